@@ -1,0 +1,54 @@
+# Strongroom developer entry points. Everything runs through uv in one workspace
+# environment (.venv); uv itself is bootstrapped with pip when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo .bootstrap/bin/uv)
+UV_DEP := $(if $(filter .bootstrap/bin/uv,$(UV)),.bootstrap/bin/uv,)
+PROTO_SOURCES := $(shell find proto -name '*.proto')
+PROTO_STAMP := libs/proto/src/strongroom/.generated
+PYTEST_ARGS ?=
+
+.PHONY: run test sync proto lint typecheck unit check prefetch clean
+
+## run: start every service against embedded backends and back up a demo directory (Ctrl-C stops)
+run: sync
+	$(UV) run strongroom standalone $(if $(DIR),--backup-dir "$(DIR)",)
+
+## test: lint, type-check and run every test against real Kafka, PostgreSQL and S3
+test: sync lint typecheck prefetch
+	$(UV) run pytest $(PYTEST_ARGS)
+
+.bootstrap/bin/uv:
+	$(PYTHON) -m venv .bootstrap
+	.bootstrap/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(PROTO_STAMP): $(PROTO_SOURCES) tools/gen_protos.py $(UV_DEP)
+	$(UV) run --no-project --with grpcio-tools==1.85.1 --with mypy-protobuf==5.1.0 python tools/gen_protos.py
+	touch $@
+
+## proto: generate the protobuf/gRPC package from proto/
+proto: $(PROTO_STAMP)
+
+## sync: create/refresh the workspace environment from uv.lock
+sync: $(PROTO_STAMP)
+	$(UV) sync --frozen
+
+## prefetch: download and build the real servers the tests start (cached between runs)
+prefetch: sync
+	$(UV) run python -m strongroom_servers prefetch
+
+lint: sync
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+typecheck: sync
+	$(UV) run mypy libs/platform/src libs/servers/src libs/testing/src libs/cli/src agent/src \
+		services/scheduler/src services/catalog/src services/billing/src services/agent-gateway/src services/restore/src
+
+## unit: the fast tests only (no real servers)
+unit: sync
+	$(UV) run pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+clean:
+	rm -rf .venv .bootstrap libs/proto/src/strongroom

@@ -1,0 +1,1 @@
+"""The Strongroom on-host agent: scans block-storage filesystems, chunks, deduplicates, uploads and restores."""

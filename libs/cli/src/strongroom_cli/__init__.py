@@ -1,0 +1,1 @@
+"""The strongroom command: operator CLI and the all-in-one standalone runner."""

@@ -1,0 +1,69 @@
+"""The event bus port: Kafka topics carrying protobuf events.
+
+Producing goes through the transactional outbox (``outbox.py``); only the
+outbox relay calls :class:`EventPublisher` directly. Consuming is done by
+:class:`EventConsumer`, which feeds each record to a plain async handler and
+commits its offset only after the handler returned (at-least-once). Handlers
+make redelivery harmless by recording the event id in the same database
+transaction as their effect (``inbox.py``).
+
+Adapters: ``eventbus_kafka`` (aiokafka producer, faust-streaming consumer) and
+``testing.InMemoryEventBus``; both pass ``strongroom_testing.contracts.eventbus``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+Handler = Callable[[Record], Awaitable[None]]
+"""Processes one record. Returning means done (the offset may be committed).
+
+Raising :class:`PoisonRecord` sends the record to ``<topic>.dlq`` and moves on;
+any other exception is retried with backoff until it succeeds, so a transient
+outage (database down) loses nothing.
+"""
+
+
+class PoisonRecord(Exception):
+    """The record can never be processed (undecodable, invalid); it goes to the DLQ."""
+
+
+class EventPublisher(Protocol):
+    """Writes records to topics."""
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        """Append a record; when this returns, the broker has durably accepted it.
+
+        Records with the same key go to the same partition, so their order is kept.
+        """
+        ...
+
+
+class EventConsumer(Protocol):
+    """Consumes topics as one consumer group, one handler per topic."""
+
+    async def start(self) -> None:
+        """Join the group and begin feeding records to the handlers."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop feeding, finish the record in flight and commit what was handled."""
+        ...
+
+
+ConsumerFactory = Callable[[str, Mapping[str, Handler]], EventConsumer]
+"""Builds a consumer for (group_id, {topic: handler})."""

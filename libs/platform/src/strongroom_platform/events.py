@@ -1,0 +1,79 @@
+"""Topic names, their message types, and helpers to build and decode events.
+
+The registry below is the single place that binds a topic to its protobuf
+message; ``proto/topics/*.yaml`` documents producers and consumers and a test
+checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+
+from strongroom_platform.eventbus import PoisonRecord
+
+INSTANCE_ACTIVATED = "instance-activated"
+INSTANCE_DEACTIVATED = "instance-deactivated"
+AGENT_ENROLLED = "agent-enrolled"
+JOB_REQUESTED = "job-requested"
+JOB_CANCEL_REQUESTED = "job-cancel-requested"
+JOB_UPDATED = "job-updated"
+POINT_CREATED = "point-created"
+VERSION_EXPIRED = "version-expired"
+RESTORE_REQUESTED = "restore-requested"
+RESTORE_CANCEL_REQUESTED = "restore-cancel-requested"
+RESTORE_UPDATED = "restore-updated"
+
+TOPIC_MESSAGES: dict[str, type[Message]] = {
+    INSTANCE_ACTIVATED: events_pb2.InstanceActivated,
+    INSTANCE_DEACTIVATED: events_pb2.InstanceDeactivated,
+    AGENT_ENROLLED: events_pb2.AgentEnrolled,
+    JOB_REQUESTED: events_pb2.JobRequested,
+    JOB_CANCEL_REQUESTED: events_pb2.JobCancelRequested,
+    JOB_UPDATED: events_pb2.JobUpdated,
+    POINT_CREATED: events_pb2.PointCreated,
+    VERSION_EXPIRED: events_pb2.VersionExpired,
+    RESTORE_REQUESTED: events_pb2.RestoreRequested,
+    RESTORE_CANCEL_REQUESTED: events_pb2.RestoreCancelRequested,
+    RESTORE_UPDATED: events_pb2.RestoreUpdated,
+}
+
+M = TypeVar("M", bound=Message)
+
+
+def new_meta(producer: str, now: dt.datetime) -> common_pb2.EventMeta:
+    """Metadata for a new event: a fresh event id and the producer's time."""
+    return common_pb2.EventMeta(event_id=str(uuid.uuid4()), occurred_at=to_timestamp(now), producer=producer)
+
+
+def to_timestamp(when: dt.datetime) -> Timestamp:
+    """A protobuf Timestamp from an aware datetime."""
+    if when.tzinfo is None:
+        raise ValueError("naive datetime")
+    ts = Timestamp()
+    ts.FromDatetime(when.astimezone(dt.UTC))
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> dt.datetime:
+    """An aware UTC datetime from a protobuf Timestamp."""
+    return ts.ToDatetime(tzinfo=dt.UTC)
+
+
+def decode(message_type: type[M], value: bytes) -> M:
+    """Parse an event; undecodable or id-less bytes are a :class:`PoisonRecord`."""
+    message = message_type()
+    try:
+        message.ParseFromString(value)
+    except DecodeError as exc:
+        raise PoisonRecord(f"cannot decode {message_type.__name__}: {exc}") from exc
+    meta = getattr(message, "meta", None)
+    if meta is None or not meta.event_id:
+        raise PoisonRecord(f"{message_type.__name__} without meta.event_id")
+    return message

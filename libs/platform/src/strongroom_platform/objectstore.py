@@ -1,0 +1,77 @@
+"""The object store port: where packs and manifests live (S3 in production).
+
+Adapters: ``strongroom_platform.objectstore_s3.S3ObjectStore`` (any S3 server with
+Object Lock, written against the S3 API only), ``objectstore_fs.FilesystemObjectStore``
+(standalone mode) and ``testing.InMemoryObjectStore``. All pass
+``strongroom_testing.contracts.objectstore.ObjectStoreContract``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class ObjectStoreError(Exception):
+    """Base class of object store failures."""
+
+
+class ObjectNotFound(ObjectStoreError):
+    """The key does not exist."""
+
+
+class ObjectLocked(ObjectStoreError):
+    """The object is under retention (Object Lock COMPLIANCE) and cannot be deleted or altered."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    # None when the object carries no retention.
+    retain_until: dt.datetime | None
+
+
+class ObjectStore(Protocol):
+    """A flat key -> bytes store with write-once, lockable objects.
+
+    Guarantees every adapter gives:
+    - ``put`` is atomic: a reader sees the whole object or nothing; after it
+      returns, ``get`` returns exactly the bytes written (read-after-write).
+    - An object put with ``retain_until`` can be neither deleted nor
+      overwritten before that time: ``delete`` raises :class:`ObjectLocked`
+      and the bytes stay readable. ``extend_retention`` can only move the date
+      later; an earlier date is ignored.
+    - Keys are written once by design (content-addressed or random); writing an
+      existing unlocked key replaces it.
+    - Keys are '/'-separated, without a leading '/', of printable ASCII.
+    """
+
+    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> None:
+        """Store ``data`` under ``key``, locked until ``retain_until`` when given."""
+        ...
+
+    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        """Read the object, or ``length`` bytes of it from ``offset``. Raises ObjectNotFound."""
+        ...
+
+    async def stat(self, key: str) -> ObjectInfo:
+        """Size and retention of the object. Raises ObjectNotFound."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object (every stored version of it). Missing keys are not an error.
+
+        Raises ObjectLocked, leaving the object intact, while it is under retention.
+        """
+        ...
+
+    async def extend_retention(self, key: str, retain_until: dt.datetime) -> None:
+        """Lock the object until at least ``retain_until``. Raises ObjectNotFound."""
+        ...
+
+    def list(self, prefix: str) -> AsyncIterator[str]:
+        """Yield the keys that start with ``prefix``, in lexicographic order."""
+        ...

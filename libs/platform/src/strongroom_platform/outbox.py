@@ -1,0 +1,141 @@
+"""Transactional outbox: events are rows written in the same transaction as the
+state change they describe, and a relay publishes them to Kafka afterwards.
+
+Nothing is lost when any process dies: a row is deleted only after the broker
+acknowledged the record (at-least-once; consumers deduplicate on event id).
+Records are published in insertion order; one relay per schema publishes at a
+time (an advisory lock), so the order of events with the same key is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+
+import asyncpg
+from google.protobuf.message import Message
+
+from strongroom_platform.clock import Clock
+from strongroom_platform.eventbus import EventPublisher
+from strongroom_platform.events import TOPIC_MESSAGES
+
+log = logging.getLogger(__name__)
+
+OUTBOX_DDL = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id bigserial PRIMARY KEY,
+    topic text NOT NULL,
+    key bytea NOT NULL,
+    payload bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+def _channel(schema: str) -> str:
+    return f"outbox_{schema}"
+
+
+async def enqueue(conn: asyncpg.Connection, topic: str, key: str, event: Message) -> None:
+    """Add ``event`` to the outbox inside the caller's open transaction.
+
+    Raises ValueError if ``event`` is not the registered message type of ``topic``.
+    """
+    expected = TOPIC_MESSAGES.get(topic)
+    if expected is None or not isinstance(event, expected):
+        raise ValueError(f"{type(event).__name__} is not the message type of topic {topic!r}")
+    if not conn.is_in_transaction():
+        raise RuntimeError("outbox.enqueue must run inside the transaction of the state change")
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3)",
+        topic,
+        key.encode(),
+        event.SerializeToString(),
+    )
+    schema = await conn.fetchval("SELECT current_schema()")
+    await conn.execute("SELECT pg_notify($1, '')", _channel(schema))
+
+
+class OutboxRelay:
+    """Publishes outbox rows of one schema, oldest first, then deletes them.
+
+    Args:
+        pool: pool bound to the service's schema.
+        schema: that schema's name (for the lock and the wake-up channel).
+        publisher: the Kafka producer port.
+        clock: used for the poll interval.
+        poll_interval: seconds between polls when no notification arrives.
+        batch_size: rows published per transaction.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        publisher: EventPublisher,
+        clock: Clock,
+        *,
+        poll_interval: float = 1.0,
+        batch_size: int = 200,
+    ) -> None:
+        self._pool = pool
+        self._schema = schema
+        self._publisher = publisher
+        self._clock = clock
+        self._poll_interval = poll_interval
+        self._batch_size = batch_size
+        self._wake = asyncio.Event()
+        self._lock_id = int.from_bytes(hashlib.sha256(f"outbox:{schema}".encode()).digest()[:8], "big", signed=True)
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of pending rows; return how many were published.
+
+        If publishing fails midway, the rows already acknowledged are deleted
+        and the error propagates; the rest stay for the next attempt.
+        """
+        failure: BaseException | None = None
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
+                return 0
+            rows = await conn.fetch("SELECT id, topic, key, payload FROM outbox ORDER BY id LIMIT $1", self._batch_size)
+            done: list[int] = []
+            for row in rows:
+                try:
+                    await self._publisher.publish(row["topic"], bytes(row["key"]), bytes(row["payload"]))
+                except Exception as exc:  # commit what was acknowledged, then report
+                    failure = exc
+                    break
+                done.append(row["id"])
+            if done:
+                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", done)
+        if failure is not None:
+            raise failure
+        return len(done)
+
+    async def run(self) -> None:
+        """Relay forever (until cancelled), woken by NOTIFY or the poll interval."""
+        async with self._pool.acquire() as listen_conn:
+            await listen_conn.add_listener(_channel(self._schema), self._on_notify)
+            try:
+                while True:
+                    try:
+                        while await self.publish_pending() == self._batch_size:
+                            pass
+                    except (OSError, asyncpg.PostgresError, ConnectionError) as exc:
+                        log.warning("outbox relay for %s failed, retrying: %s", self._schema, exc)
+                    except Exception:
+                        log.exception("outbox relay for %s failed, retrying", self._schema)
+                    self._wake.clear()
+                    sleeper = asyncio.ensure_future(self._clock.sleep(self._poll_interval))
+                    waker = asyncio.ensure_future(self._wake.wait())
+                    try:
+                        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        sleeper.cancel()
+                        waker.cancel()
+            finally:
+                await listen_conn.remove_listener(_channel(self._schema), self._on_notify)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()

@@ -1,0 +1,169 @@
+"""In-memory fakes of the platform's ports, for unit tests of every package.
+
+Each fake passes the same contract suite as the real adapter
+(``strongroom_testing.contracts``), so a test that passes with a fake
+exercises behaviour the real server also has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Mapping
+
+from strongroom_platform.clock import SystemClock, utc
+from strongroom_platform.eventbus import Handler, PoisonRecord, Record
+from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound
+
+
+class FakeClock:
+    """A clock that only moves when told to.
+
+    ``sleep`` waits until :meth:`advance` has moved the clock past the wake-up
+    time, so code that sleeps in a loop can be driven step by step.
+    """
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self._now = start or utc(2026, 1, 1)
+        self._changed = asyncio.Event()
+
+    def now(self) -> dt.datetime:
+        return self._now
+
+    def advance(self, seconds: float = 0.0, **delta: float) -> dt.datetime:
+        """Move the clock forward and wake sleepers whose time has come."""
+        if seconds < 0:
+            raise ValueError("a clock never goes backwards")
+        self._now += dt.timedelta(seconds=seconds, **delta)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self._now
+
+    def set(self, when: dt.datetime) -> None:
+        """Jump to ``when`` (must not be earlier than now)."""
+        if when < self._now:
+            raise ValueError("a clock never goes backwards")
+        self.advance((when - self._now).total_seconds())
+
+    async def sleep(self, seconds: float) -> None:
+        wake_at = self._now + dt.timedelta(seconds=seconds)
+        while self._now < wake_at:
+            await self._changed.wait()
+
+
+class InMemoryObjectStore:
+    """ObjectStore fake with Object Lock semantics; ``clock`` decides when locks expire."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self._clock: FakeClock | SystemClock = clock or SystemClock()
+        self._objects: dict[str, tuple[bytes, dt.datetime | None]] = {}
+
+    def _locked(self, key: str) -> bool:
+        entry = self._objects.get(key)
+        return entry is not None and entry[1] is not None and entry[1] > self._clock.now()
+
+    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> None:
+        if self._locked(key):
+            raise ObjectLocked(key)
+        self._objects[key] = (bytes(data), retain_until)
+
+    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        entry = self._objects.get(key)
+        if entry is None:
+            raise ObjectNotFound(key)
+        data = entry[0]
+        end = len(data) if length is None else offset + length
+        return data[offset:end]
+
+    async def stat(self, key: str) -> ObjectInfo:
+        entry = self._objects.get(key)
+        if entry is None:
+            raise ObjectNotFound(key)
+        return ObjectInfo(key=key, size=len(entry[0]), retain_until=entry[1])
+
+    async def delete(self, key: str) -> None:
+        if self._locked(key):
+            raise ObjectLocked(key)
+        self._objects.pop(key, None)
+
+    async def extend_retention(self, key: str, retain_until: dt.datetime) -> None:
+        entry = self._objects.get(key)
+        if entry is None:
+            raise ObjectNotFound(key)
+        if entry[1] is None or retain_until > entry[1]:
+            self._objects[key] = (entry[0], retain_until)
+
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        for key in sorted(self._objects):
+            if key.startswith(prefix):
+                yield key
+
+
+class InMemoryEventBus:
+    """EventPublisher plus consumer factory over in-process lists.
+
+    Each topic is one partition. Consumer groups keep committed offsets, so a
+    consumer started again for the same group continues after the last record
+    its handler finished, exactly as with Kafka.
+    """
+
+    def __init__(self) -> None:
+        self.topics: dict[str, list[tuple[bytes, bytes]]] = {}
+        self._committed: dict[tuple[str, str], int] = {}
+        self._appended = asyncio.Condition()
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        async with self._appended:
+            self.topics.setdefault(topic, []).append((key, value))
+            self._appended.notify_all()
+
+    def consumer(self, group_id: str, handlers: Mapping[str, Handler]) -> InMemoryConsumer:
+        return InMemoryConsumer(self, group_id, dict(handlers))
+
+    def committed(self, group_id: str, topic: str) -> int:
+        return self._committed.get((group_id, topic), 0)
+
+
+class InMemoryConsumer:
+    """A consumer of :class:`InMemoryEventBus`; see ``EventConsumer``."""
+
+    def __init__(self, bus: InMemoryEventBus, group_id: str, handlers: dict[str, Handler]) -> None:
+        self._bus = bus
+        self._group = group_id
+        self._handlers = handlers
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        bus = self._bus
+        while True:
+            progressed = False
+            for topic, handler in self._handlers.items():
+                records = bus.topics.get(topic, [])
+                position = bus._committed.get((self._group, topic), 0)
+                while position < len(records):
+                    key, value = records[position]
+                    record = Record(topic=topic, partition=0, offset=position, key=key, value=value)
+                    try:
+                        await handler(record)
+                    except PoisonRecord as exc:
+                        await bus.publish(f"{topic}.dlq", key, value + b"\n#error: " + str(exc).encode())
+                    except Exception:
+                        await asyncio.sleep(0.01)  # retried, like the Kafka adapter
+                        continue
+                    position += 1
+                    bus._committed[(self._group, topic)] = position
+                    progressed = True
+            if not progressed:
+                async with bus._appended:
+                    await bus._appended.wait()

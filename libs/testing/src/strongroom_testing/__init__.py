@@ -1,0 +1,1 @@
+"""Test support for Strongroom: fixtures that start real servers and contract suites for every port."""

@@ -1,0 +1,1 @@
+"""The agent gateway: agent enrollment and sessions, chunk ingest into packs in S3, point commits."""

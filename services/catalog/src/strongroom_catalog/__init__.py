@@ -1,0 +1,1 @@
+"""The catalog service: backup versions and points, browsing their files, and retention."""

@@ -1,0 +1,1 @@
+"""The restore service: restore jobs from a backup point to the source or another instance."""

@@ -1,0 +1,1 @@
+"""The scheduler service: the fleet of instances, their backup settings, daily schedules and backup jobs."""
