@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import zstandard
-from google.protobuf.internal.decoder import _DecodeVarint
-from google.protobuf.internal.encoder import _VarintBytes
 from strongroom.common.v1 import common_pb2
 
 MAGIC = b"SRMF"
@@ -30,6 +28,34 @@ class ManifestFormatError(ValueError):
     """The bytes are not a manifest this code can read (wrong magic, version or corrupt body)."""
 
 
+def encode_uvarint(value: int) -> bytes:
+    """Protobuf-style unsigned LEB128."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def decode_uvarint(data: bytes, position: int) -> tuple[int, int]:
+    """Read a uvarint at ``position``; return (value, next position)."""
+    result = 0
+    shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ManifestFormatError("truncated or overlong varint")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
+
+
 def encode_manifest(entries: Iterable[common_pb2.FileEntry], *, level: int = 3) -> bytes:
     """Serialize entries (already sorted by path) into manifest bytes."""
     parts: list[bytes] = []
@@ -39,7 +65,7 @@ def encode_manifest(entries: Iterable[common_pb2.FileEntry], *, level: int = 3) 
             raise ValueError(f"manifest entries must be sorted and unique: {entry.path!r} after {previous!r}")
         previous = entry.path
         payload = entry.SerializeToString()
-        parts.append(_VarintBytes(len(payload)))
+        parts.append(encode_uvarint(len(payload)))
         parts.append(payload)
     body = zstandard.ZstdCompressor(level=level).compress(b"".join(parts))
     return MAGIC + bytes([VERSION]) + body
@@ -58,7 +84,7 @@ def decode_manifest(data: bytes) -> Iterator[common_pb2.FileEntry]:
         raise ManifestFormatError(f"corrupt manifest body: {exc}") from exc
     position = 0
     while position < len(body):
-        length, position = _DecodeVarint(body, position)
+        length, position = decode_uvarint(body, position)
         end = position + length
         if end > len(body):
             raise ManifestFormatError("truncated manifest record")
