@@ -28,8 +28,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic text NOT NULL,
     key bytea NOT NULL,
     payload bytea NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- Set instead of deleting the row when the relay keeps published events
+    -- (standalone mode, whose in-memory broker forgets everything on restart).
+    published_at timestamptz
 );
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE published_at IS NULL;
 """
 
 
@@ -67,6 +71,9 @@ class OutboxRelay:
         clock: used for the poll interval.
         poll_interval: seconds between polls when no notification arrives.
         batch_size: rows published per transaction.
+        keep_published: mark published rows instead of deleting them, so that
+            :meth:`replay_published` can publish them again to a broker that
+            lost its data (consumers deduplicate by event id).
     """
 
     def __init__(
@@ -78,7 +85,9 @@ class OutboxRelay:
         *,
         poll_interval: float = 1.0,
         batch_size: int = 200,
+        keep_published: bool = False,
     ) -> None:
+        self._keep_published = keep_published
         self._pool = pool
         self._schema = schema
         self._publisher = publisher
@@ -98,7 +107,7 @@ class OutboxRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
                 return 0
-            rows = await conn.fetch("SELECT id, topic, key, payload FROM outbox ORDER BY id LIMIT $1", self._batch_size)
+            rows = await conn.fetch("SELECT id, topic, key, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1", self._batch_size)
             done: list[int] = []
             for row in rows:
                 try:
@@ -107,11 +116,23 @@ class OutboxRelay:
                     failure = exc
                     break
                 done.append(row["id"])
-            if done:
+            if done and self._keep_published:
+                await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", done)
+            elif done:
                 await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", done)
         if failure is not None:
             raise failure
         return len(done)
+
+    async def replay_published(self) -> int:
+        """Mark every kept, already published row pending again; return how many.
+
+        Used when the broker is known to have lost its log (an in-memory broker
+        after a restart): everything is published again, in the original order.
+        """
+        async with self._pool.acquire() as conn:
+            result = await conn.execute("UPDATE outbox SET published_at = NULL WHERE published_at IS NOT NULL")
+        return int(result.split()[-1])
 
     async def run(self) -> None:
         """Relay forever (until cancelled), woken by NOTIFY or the poll interval."""
