@@ -163,3 +163,18 @@ class OutboxRelay:
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
+
+
+async def start_relay(
+    pool: asyncpg.Pool, schema: str, publisher: EventPublisher, clock: Clock, *, replay: bool
+) -> asyncio.Task[None]:
+    """Start the relay of ``schema`` as a background task (cancel it to stop).
+
+    With ``replay`` (standalone mode) published rows are kept and all of them
+    are published again first.
+    """
+    relay = OutboxRelay(pool, schema, publisher, clock, keep_published=replay)
+    if replay:
+        count = await relay.replay_published()
+        log.info("outbox %s: replaying %d published events to a fresh broker", schema, count)
+    return asyncio.create_task(relay.run(), name=f"outbox-relay-{schema}")

@@ -67,6 +67,9 @@ class PlatformSettings:
         STRONGROOM_OBJECT_STORE: "s3" (default) or "file:<directory>" (standalone mode).
         STRONGROOM_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY, _SECURE, _BUCKET, _REGION: S3 access.
         STRONGROOM_OTEL: "none" (default), "console" or "otlp".
+        STRONGROOM_OUTBOX_REPLAY: "1" in standalone mode, whose in-memory broker forgets
+            everything on restart: the outbox keeps published events and publishes them
+            all again at start (consumers deduplicate by event id).
     """
 
     pg_dsn: str
@@ -75,6 +78,7 @@ class PlatformSettings:
     object_store: str
     s3: S3Settings | None
     otel: str
+    outbox_replay: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PlatformSettings:
@@ -101,4 +105,5 @@ class PlatformSettings:
             object_store=object_store,
             s3=s3,
             otel=otel,
+            outbox_replay=env_bool(environ, "STRONGROOM_OUTBOX_REPLAY", False),
         )
