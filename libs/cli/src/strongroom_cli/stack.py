@@ -145,13 +145,25 @@ class Stack:
     def addresses(self) -> dict[str, str]:
         return {name: p.address for name, p in self.processes.items()}
 
-    async def start(self, base_env: Mapping[str, str], log_dir: Path, *, start_within: float = 90.0) -> None:
-        """Start every service; on any failure stop those already started and re-raise."""
+    async def start(
+        self,
+        base_env: Mapping[str, str],
+        log_dir: Path,
+        *,
+        listen: Mapping[str, str] | None = None,
+        start_within: float = 90.0,
+    ) -> None:
+        """Start every service; on any failure stop those already started and re-raise.
+
+        ``listen`` maps a service name to its fixed listen address (default: any free port).
+        """
+        listen = listen or {}
         try:
             first, *rest = SERVICES
-            self.processes[first] = await self._start_one(first, base_env, log_dir, start_within)
+            self.processes[first] = await self._start_one(first, base_env, log_dir, listen.get(first), start_within)
             started = await asyncio.gather(
-                *(self._start_one(name, base_env, log_dir, start_within) for name in rest), return_exceptions=True
+                *(self._start_one(name, base_env, log_dir, listen.get(name), start_within) for name in rest),
+                return_exceptions=True,
             )
             failure: BaseException | None = None
             for name, result in zip(rest, started, strict=True):
@@ -166,9 +178,11 @@ class Stack:
             raise
 
     async def _start_one(
-        self, name: str, base_env: Mapping[str, str], log_dir: Path, start_within: float
+        self, name: str, base_env: Mapping[str, str], log_dir: Path, listen: str | None, start_within: float
     ) -> ManagedProcess:
         env = service_env(base_env, self.addresses)
+        if listen:
+            env["STRONGROOM_GRPC_LISTEN"] = listen
         argv = [sys.executable, "-m", MODULES[name]]
         return await spawn(name, argv, env, log_dir, announce=name, start_within=start_within)
 

@@ -1,0 +1,277 @@
+"""``strongroom standalone``: the whole platform in one command, on embedded backends.
+
+Starts an embedded PostgreSQL (durable, under the data directory), the Tansu
+Kafka-compatible broker (in memory; the services' outboxes replay their events
+to it at every start), a filesystem object store, every service in its own
+process and a local agent enrolled as an instance. Then it backs up a
+directory (a demo directory it creates, or the one named) and prints how to
+browse the backup and restore a file. Runs until Ctrl-C. State lives in the
+data directory (default ``.strongroom``) and survives a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from strongroom.common.v1 import common_pb2
+from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from strongroom_platform.runtime import run_until_signalled
+from strongroom_servers.postgres import LocalPostgres
+from strongroom_servers.tansu import LocalTansu
+
+from strongroom_cli.stack import SERVICES, ManagedProcess, Stack, spawn
+
+DEMO_FILES: Mapping[str, bytes] = {
+    "hello.txt": b"Hello from Strongroom!\n",
+    "docs/readme.md": b"# Demo\n\nThis directory was created by `make run` and is backed up daily.\n",
+    "docs/notes/todo.txt": b"- restore a file\n- restore a directory\n",
+    "data/numbers.csv": "".join(f"{i},{i * i}\n" for i in range(20000)).encode(),
+    "data/blob.bin": bytes(range(256)) * 4096,
+}
+
+
+class StandaloneError(RuntimeError):
+    """A step of the standalone start failed; the message says which and where the logs are."""
+
+
+@dataclass(frozen=True)
+class Options:
+    data_dir: Path
+    backup_dir: Path | None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+class StateFile:
+    """JSON state of the standalone installation (ports, instance), kept across restarts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        tmp.replace(self.path)
+
+
+def create_demo_dir(path: Path) -> None:
+    """Create the demo directory with a few files (kept if it already exists)."""
+    for name, content in DEMO_FILES.items():
+        target = path / name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+
+
+async def _wait_for(what: str, check: Any, within: float, log_hint: str) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise StandaloneError(f"timed out after {within:.0f}s waiting for {what}; see {log_hint}")
+        await asyncio.sleep(0.5)
+
+
+async def _ensure_instance(
+    state: StateFile, scheduler: scheduler_pb2_grpc.SchedulerServiceStub, backup_dir: Path
+) -> tuple[str, str | None]:
+    """Return (instance_id, enrollment token or None when already enrolled)."""
+    instance_id = state.data.get("instance_id")
+    if instance_id and state.data.get("backup_dir") == str(backup_dir):
+        return str(instance_id), None
+    settings = scheduler_pb2.BackupSettings(
+        priority=common_pb2.BACKUP_PRIORITY_HIGH,
+        daily_start_minute=2 * 60,
+        keep_latest_version=True,
+        roots=[str(backup_dir)],
+    )
+    response = await scheduler.ActivateBackup(
+        scheduler_pb2.ActivateBackupRequest(
+            account_id="default", name=socket.gethostname(), region="local", settings=settings, has_settings=True
+        )
+    )
+    return response.instance.instance_id, response.enrollment_token
+
+
+async def _enroll_agent(gateway: str, token: str, agent_dir: Path, env: Mapping[str, str], logs: Path) -> None:
+    """Enroll the local agent; retried while the gateway has not yet seen the activation event."""
+    deadline = time.monotonic() + 60
+    argv = [sys.executable, "-m", "strongroom_agent", "enroll", "--gateway", gateway, "--token", token]
+    argv += ["--state-dir", str(agent_dir)]
+    while True:
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=dict(env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output, _ = await process.communicate()
+        if process.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise StandaloneError(f"agent enrollment failed: {output.decode(errors='replace').strip()}")
+        await asyncio.sleep(1)
+
+
+async def _first_backup(
+    instance_id: str,
+    scheduler: scheduler_pb2_grpc.SchedulerServiceStub,
+    catalog: catalog_pb2_grpc.CatalogServiceStub,
+    logs: Path,
+) -> catalog_pb2.Version:
+    """Run a backup now unless the instance already has a version; return the newest version."""
+    versions = await catalog.ListVersions(catalog_pb2.ListVersionsRequest(instance_id=instance_id))
+    if versions.versions:
+        return versions.versions[0]
+
+    async def ready() -> bool:
+        instance = await scheduler.GetInstance(scheduler_pb2.GetInstanceRequest(instance_id=instance_id))
+        return instance.status in (scheduler_pb2.RUNNING_STATUS_READY, scheduler_pb2.RUNNING_STATUS_RUNNING)
+
+    await _wait_for("the agent to be ready", ready, 60, str(logs))
+    job = await scheduler.RunBackupNow(scheduler_pb2.RunBackupNowRequest(instance_id=instance_id))
+    _say(f"backing up (job {job.job_id}) ...")
+    finished = (common_pb2.JOB_STATUS_COMPLETE, common_pb2.JOB_STATUS_PARTIAL_COMPLETE, common_pb2.JOB_STATUS_FAILED)
+
+    async def done() -> scheduler_pb2.BackupJob | None:
+        current = await scheduler.GetJob(scheduler_pb2.GetJobRequest(job_id=job.job_id))
+        return current if current.status in finished else None
+
+    final: scheduler_pb2.BackupJob = await _wait_for("the first backup", done, 600, str(logs))
+    if final.status == common_pb2.JOB_STATUS_FAILED:
+        raise StandaloneError(f"the first backup failed: {final.error}; see {logs}")
+
+    async def catalogued() -> catalog_pb2.ListVersionsResponse | None:
+        listed = await catalog.ListVersions(catalog_pb2.ListVersionsRequest(instance_id=instance_id))
+        return listed if listed.versions and all(p.browsable for p in listed.versions[0].points) else None
+
+    listed: catalog_pb2.ListVersionsResponse = await _wait_for("the catalog", catalogued, 60, str(logs))
+    stats = final.stats
+    _say(f"backup complete: {stats.files_scanned} files, {stats.bytes_scanned} bytes, {stats.bytes_uploaded} uploaded")
+    return listed.versions[0]
+
+
+def _print_instructions(instance_id: str, version: catalog_pb2.Version, backup_dir: Path, data_dir: Path) -> None:
+    point = version.points[0]
+    sample = next((name for name in DEMO_FILES if (backup_dir / name).is_file()), "")
+    cli = ".venv/bin/strongroom" if Path(".venv/bin/strongroom").exists() else "strongroom"
+    lines = [
+        "",
+        f"Strongroom is running. {backup_dir} is backed up as instance {instance_id}.",
+        f"Backup version {version.version_id}, point {point.point_id} ({point.file_count} files).",
+        "In another terminal (same directory):",
+        f"  {cli} versions list {instance_id}",
+        f"  {cli} browse {point.point_id} {os.path.dirname(sample)}",
+        "  mkdir -p /tmp/strongroom-restore",
+        f"  {cli} restore create {point.point_id} --include {sample or '<path>'} "
+        "--target-path /tmp/strongroom-restore --wait",
+        f"  cmp {backup_dir / sample} /tmp/strongroom-restore/{sample}",
+        f"Logs: {data_dir / 'logs'}. Ctrl-C stops everything; state is kept in {data_dir}.",
+    ]
+    _say("\n".join(lines))
+
+
+async def run(options: Options, stop: asyncio.Event) -> None:
+    """Start everything, run the first backup, print instructions, wait for ``stop``."""
+    data_dir = options.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    state = StateFile(data_dir / "state.json")
+    ports: dict[str, int] = state.data.setdefault("ports", {})
+    for name in SERVICES:
+        ports.setdefault(name, _free_port())
+    state.save()
+    backup_dir = (options.backup_dir or data_dir / "demo").absolute()
+    if options.backup_dir is None:
+        create_demo_dir(backup_dir)
+    elif not backup_dir.is_dir():
+        raise StandaloneError(f"backup directory {backup_dir} does not exist or is not a directory")
+
+    _say(f"starting embedded PostgreSQL and broker (data in {data_dir}) ...")
+    postgres = LocalPostgres(None, data_dir / "pg", durable=True)
+    await asyncio.to_thread(postgres.start)
+    tansu = LocalTansu()
+    stack = Stack()
+    agent: ManagedProcess | None = None
+    try:
+        await asyncio.to_thread(tansu.start)
+        env = dict(os.environ)
+        env.update(
+            STRONGROOM_PG_DSN=postgres.dsn,
+            STRONGROOM_KAFKA_BOOTSTRAP=tansu.bootstrap,
+            STRONGROOM_KAFKA_IDEMPOTENT="0",  # Tansu refuses idempotent producers
+            STRONGROOM_OBJECT_STORE=f"file:{data_dir / 'objects'}",
+            STRONGROOM_OUTBOX_REPLAY="1",  # the in-memory broker starts empty every time
+        )
+        _say("starting services ...")
+        listen = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        await stack.start(env, logs, listen=listen)
+        addresses = stack.addresses
+        (data_dir / "standalone.json").write_text(json.dumps(addresses, indent=2))
+        async with (
+            grpc.aio.insecure_channel(addresses["scheduler"]) as scheduler_channel,
+            grpc.aio.insecure_channel(addresses["catalog"]) as catalog_channel,
+        ):
+            scheduler = scheduler_pb2_grpc.SchedulerServiceStub(scheduler_channel)
+            catalog = catalog_pb2_grpc.CatalogServiceStub(catalog_channel)
+            instance_id, token = await _ensure_instance(state, scheduler, backup_dir)
+            agent_dir = data_dir / "agent"
+            agent_env = dict(env, STRONGROOM_AGENT_STATE_DIR=str(agent_dir))
+            if token is not None:
+                await _enroll_agent(addresses["gateway"], token, agent_dir, agent_env, logs)
+                state.data.update(instance_id=instance_id, backup_dir=str(backup_dir))
+                state.save()
+            agent_argv = [sys.executable, "-m", "strongroom_agent", "run", "--state-dir", str(agent_dir)]
+            agent = await spawn("agent", agent_argv, agent_env, logs)
+            version = await _first_backup(instance_id, scheduler, catalog, logs)
+            _print_instructions(instance_id, version, backup_dir, data_dir)
+        await stop.wait()
+        _say("stopping ...")
+    finally:
+        if agent is not None:
+            await agent.stop()
+        await stack.stop()
+        await asyncio.to_thread(tansu.stop)
+        await asyncio.to_thread(postgres.stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``strongroom standalone``."""
+    parser = argparse.ArgumentParser(prog="strongroom standalone", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(".strongroom"), help="where state is kept")
+    parser.add_argument("--backup-dir", type=Path, default=None, help="directory to back up (default: a demo dir)")
+    args = parser.parse_args(argv)
+    options = Options(data_dir=args.data_dir.absolute(), backup_dir=args.backup_dir)
+    failure: list[str] = []
+
+    async def guarded(stop: asyncio.Event) -> None:
+        try:
+            await run(options, stop)
+        except (StandaloneError, OSError, grpc.aio.AioRpcError) as exc:
+            failure.append(str(exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc))
+
+    run_until_signalled(guarded)
+    if failure:
+        print(f"error: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0

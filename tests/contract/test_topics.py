@@ -1,0 +1,42 @@
+"""The topic registry (proto/topics/*.yaml) and the code's topic table agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from strongroom_platform.events import TOPIC_MESSAGES
+
+TOPICS_DIR = Path(__file__).resolve().parents[2] / "proto" / "topics"
+SERVICES = {"scheduler", "catalog", "billing", "agent-gateway", "restore"}
+
+
+def registry() -> dict[str, dict[str, object]]:
+    entries = {}
+    for path in sorted(TOPICS_DIR.glob("*.yaml")):
+        entry = yaml.safe_load(path.read_text())
+        assert entry["topic"] == path.stem, f"{path.name} names topic {entry['topic']}"
+        entries[path.stem] = entry
+    return entries
+
+
+def test_every_topic_in_code_is_registered_and_vice_versa() -> None:
+    assert set(registry()) == set(TOPIC_MESSAGES)
+
+
+@pytest.mark.parametrize("topic", sorted(TOPIC_MESSAGES))
+def test_registered_message_type_matches_code(topic: str) -> None:
+    entry = registry()[topic]
+    assert entry["message"] == TOPIC_MESSAGES[topic].DESCRIPTOR.full_name
+    producers = entry["producers"]
+    consumers = entry["consumers"]
+    assert isinstance(producers, list) and isinstance(consumers, list)
+    assert producers and set(producers) <= SERVICES
+    assert consumers and set(consumers) <= SERVICES
+
+
+@pytest.mark.parametrize("topic", sorted(TOPIC_MESSAGES))
+def test_message_carries_event_meta(topic: str) -> None:
+    fields = TOPIC_MESSAGES[topic].DESCRIPTOR.fields_by_name
+    assert fields["meta"].message_type.full_name == "strongroom.common.v1.EventMeta"
