@@ -1,0 +1,80 @@
+"""Composition root of the catalog: pool, migrations, outbox relay, consumer, retention, gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AsyncExitStack
+
+from strongroom_platform.clock import Clock, SystemClock
+from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
+from strongroom_platform.objectstore import ObjectStore
+from strongroom_platform.outbox import start_relay
+from strongroom_platform.runtime import start_grpc_server
+
+from strongroom_catalog import adapters, consumers
+from strongroom_catalog.grpc_api import CatalogServicer, register
+from strongroom_catalog.migrations import MIGRATIONS, SCHEMA
+from strongroom_catalog.repository import PgCatalogRepository
+from strongroom_catalog.retention import run_retention
+from strongroom_catalog.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    clock: Clock | None = None,
+    object_store: ObjectStore | None = None,
+    publisher: EventPublisher | None = None,
+    consumer_factory: ConsumerFactory | None = None,
+    schema: str = SCHEMA,
+) -> None:
+    """Serve until ``stop`` is set, then shut down in reverse order.
+
+    Prints ``LISTENING catalog <host>:<port>`` on stdout once the gRPC API
+    serves. Dependencies left as None are built from ``settings``.
+    """
+    clock = clock or SystemClock()
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(settings.platform.pg_dsn, schema)
+        stack.push_async_callback(pool.close)
+        await migrate(pool, schema, MIGRATIONS)
+        repo = PgCatalogRepository(pool)
+
+        if object_store is None:
+            object_store = await stack.enter_async_context(adapters.object_store(settings.platform))
+        if publisher is None:
+            publisher = await stack.enter_async_context(adapters.publisher(settings.platform))
+        if consumer_factory is None:
+            consumer_factory = adapters.consumer_factory(settings.platform)
+
+        relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
+        stack.push_async_callback(_cancel, relay)
+
+        consumer = consumer_factory(consumers.GROUP_ID, consumers.handlers(repo, object_store))
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+
+        retention = asyncio.create_task(
+            run_retention(repo, clock, interval=settings.retention_interval), name="catalog-retention"
+        )
+        stack.push_async_callback(_cancel, retention)
+
+        server, port = await start_grpc_server(settings.grpc_listen, register(CatalogServicer(repo)))
+        stack.push_async_callback(server.stop, 5)
+        host = settings.grpc_listen.rsplit(":", 1)[0]
+        print(f"LISTENING catalog {host}:{port}", flush=True)
+        log.info("catalog serving on %s:%d", host, port)
+        await stop.wait()
+        log.info("catalog stopping")

@@ -1,0 +1,119 @@
+"""gRPC ``CatalogService``: a thin servicer over ``handlers`` that maps errors to status codes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from strongroom.common.v1 import common_pb2
+from strongroom_platform.events import to_timestamp
+
+from strongroom_catalog import handlers
+from strongroom_catalog.errors import CatalogError, FailedPrecondition, InvalidArgument, NotFound
+from strongroom_catalog.model import EntryRow, PointRecord, VersionRecord
+from strongroom_catalog.ports import CatalogRepository
+
+T = TypeVar("T")
+
+_CODES: dict[type[CatalogError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def point_message(point: PointRecord) -> catalog_pb2.Point:
+    message = catalog_pb2.Point(
+        point_id=point.point_id,
+        version_id=point.version_id,
+        instance_id=point.instance_id,
+        account_id=point.account_id,
+        filesystem=common_pb2.Filesystem(
+            mount_point=point.mount_point,
+            device=point.device,
+            fs_type=point.fs_type,
+            capacity_bytes=point.capacity_bytes,
+        ),
+        manifest_key=point.manifest_key,
+        file_count=point.file_count,
+        total_bytes=point.total_bytes,
+        created_at=to_timestamp(point.created_at),
+        browsable=point.browsable,
+    )
+    if point.retain_until is not None:
+        message.retain_until.CopyFrom(to_timestamp(point.retain_until))
+    return message
+
+
+def version_message(version: VersionRecord) -> catalog_pb2.Version:
+    return catalog_pb2.Version(
+        version_id=version.version_id,
+        instance_id=version.instance_id,
+        account_id=version.account_id,
+        created_at=to_timestamp(version.created_at),
+        points=[point_message(p) for p in version.points],
+    )
+
+
+def entry_message(row: EntryRow) -> common_pb2.FileEntry:
+    return common_pb2.FileEntry(
+        path=row.path,
+        type=common_pb2.EntryType.ValueType(row.type),
+        mode=row.mode,
+        uid=row.uid,
+        gid=row.gid,
+        size=row.size,
+        mtime_ns=row.mtime_ns,
+        link_target=row.link_target,
+    )
+
+
+async def _call(context: grpc.aio.ServicerContext[Any, Any], operation: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await operation()
+    except CatalogError as exc:
+        await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), str(exc))
+        raise  # abort raises; this keeps type checkers informed
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, repo: CatalogRepository) -> None:
+        self._repo = repo
+
+    async def ListVersions(
+        self, request: catalog_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.ListVersionsResponse:
+        versions = await _call(context, lambda: handlers.list_versions(self._repo, request.instance_id))
+        return catalog_pb2.ListVersionsResponse(versions=[version_message(v) for v in versions])
+
+    async def GetPoint(
+        self, request: catalog_pb2.GetPointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.Point:
+        point = await _call(context, lambda: handlers.get_point(self._repo, request.point_id))
+        return point_message(point)
+
+    async def BrowsePoint(
+        self, request: catalog_pb2.BrowsePointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.BrowsePointResponse:
+        rows, token = await _call(
+            context,
+            lambda: handlers.browse_point(
+                self._repo,
+                request.point_id,
+                request.path,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+        )
+        return catalog_pb2.BrowsePointResponse(entries=[entry_message(r) for r in rows], next_page_token=token)
+
+
+def register(servicer: CatalogServicer) -> Callable[[grpc.aio.Server], None]:
+    """The registration callback for ``strongroom_platform.runtime.start_grpc_server``."""
+
+    def add(server: grpc.aio.Server) -> None:
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(servicer, server)
+
+    return add

@@ -1,0 +1,82 @@
+"""The catalog's records: versions, their points, and the indexed entries of a point."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PointRecord:
+    """One backup point: one filesystem of an instance in one backup version.
+
+    ``created_at`` is the creation time of the point's version (server time).
+    ``browsable`` turns true once the file index of the point is complete;
+    ``index_error`` says why it never will (the manifest was missing or unreadable).
+    """
+
+    point_id: str
+    version_id: str
+    instance_id: str
+    account_id: str
+    mount_point: str
+    device: str
+    fs_type: str
+    capacity_bytes: int
+    manifest_key: str
+    file_count: int
+    total_bytes: int
+    created_at: dt.datetime
+    retain_until: dt.datetime | None
+    browsable: bool = False
+    index_error: str | None = None
+    expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """A backup version: the points of one backup of an instance, newest point data first."""
+
+    version_id: str
+    instance_id: str
+    account_id: str
+    created_at: dt.datetime
+    expired_at: dt.datetime | None
+    points: tuple[PointRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    """One indexed manifest entry, stored as (parent directory, name) for browsing.
+
+    ``parent`` is the point-relative path of the directory holding the entry
+    ("" for the root of the point); ``type`` is a ``common_pb2.EntryType`` value.
+    """
+
+    point_id: str
+    parent: str
+    name: str
+    type: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    link_target: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.parent}/{self.name}" if self.parent else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionCandidate:
+    """A live version older than the retention cutoff, with what the retention rule needs to know.
+
+    ``is_newest``: no other version of the instance was created later.
+    ``keep_latest``: the instance's "keep at least one backup version" setting.
+    """
+
+    version: VersionRecord
+    is_newest: bool
+    keep_latest: bool

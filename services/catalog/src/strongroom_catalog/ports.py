@@ -1,0 +1,99 @@
+"""Ports of the catalog: its storage, as the handlers need it.
+
+Adapters: ``repository.PgCatalogRepository`` (asyncpg) and
+``testing.InMemoryCatalogRepository``; both pass the contract suite in
+``services/catalog/tests/contract_repository.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from google.protobuf.message import Message
+
+from strongroom_catalog.model import EntryRow, PointRecord, RetentionCandidate, VersionRecord
+
+
+class CatalogTransaction(Protocol):
+    """Writes that commit together or not at all (leaving the block by an exception rolls back)."""
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        """Record that ``consumer`` processes ``event_id``; False if it already did."""
+        ...
+
+    async def upsert_point(self, point: PointRecord) -> None:
+        """Insert the point, its version and its instance when missing.
+
+        An existing version keeps its state (an expired version stays expired)
+        and an existing point keeps its index state; the point's descriptive
+        fields are refreshed from ``point``.
+        """
+        ...
+
+    async def get_point(self, point_id: str) -> PointRecord | None:
+        """The point, locked against concurrent index writes until the transaction ends."""
+        ...
+
+    async def delete_entries(self, point_id: str) -> None:
+        """Remove every indexed entry of the point."""
+        ...
+
+    async def add_entries(self, rows: Sequence[EntryRow]) -> None:
+        """Append entries (no duplicates of (point_id, parent, name) allowed)."""
+        ...
+
+    async def set_index_state(self, point_id: str, *, browsable: bool, error: str | None) -> None:
+        """Record the outcome of indexing the point."""
+        ...
+
+    async def set_keep_latest(self, instance_id: str, keep_latest: bool) -> None:
+        """Set the instance's "keep at least one backup version" flag (inserting the instance)."""
+        ...
+
+    async def expire_version(self, version_id: str, at: dt.datetime) -> list[str] | None:
+        """Mark a live version expired and drop its points' entries; return its point ids.
+
+        None when the version is unknown or already expired (nothing changed).
+        """
+        ...
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        """Publish ``event`` (through the outbox) if and when the transaction commits."""
+        ...
+
+
+class CatalogRepository(Protocol):
+    """The catalog's storage: versions, points, their file index, and retention queries."""
+
+    def transaction(self) -> AbstractAsyncContextManager[CatalogTransaction]:
+        """Open a transaction; it commits when the block exits normally."""
+        ...
+
+    async def list_versions(self, instance_id: str) -> list[VersionRecord]:
+        """Live (not expired) versions of the instance with their points, newest first.
+
+        Points are ordered by mount point.
+        """
+        ...
+
+    async def get_point(self, point_id: str) -> PointRecord | None:
+        """The point (also when its version expired: see ``PointRecord.expired``)."""
+        ...
+
+    async def entry_type(self, point_id: str, path: str) -> int | None:
+        """The ``EntryType`` of the entry at the non-empty ``path``, or None if absent."""
+        ...
+
+    async def list_children(self, point_id: str, parent: str, *, after: str, limit: int) -> list[EntryRow]:
+        """At most ``limit`` entries of directory ``parent`` with a name greater than ``after``.
+
+        Sorted by name in code point (UTF-8 byte) order.
+        """
+        ...
+
+    async def retention_candidates(self, cutoff: dt.datetime) -> list[RetentionCandidate]:
+        """Live versions created at or before ``cutoff``, oldest first."""
+        ...

@@ -1,0 +1,225 @@
+"""Contract of ``CatalogRepository``: every adapter (fake and PostgreSQL) must pass it.
+
+Subclasses provide the ``harness`` fixture: a fresh, empty repository and a
+way to read the events its committed transactions put in the outbox.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Protocol
+
+import pytest
+from catalog_fixtures import DIR, FILE, T0, point, row
+from strongroom.events.v1 import events_pb2
+from strongroom_catalog.ports import CatalogRepository
+from strongroom_platform.events import VERSION_EXPIRED, new_meta
+
+
+class Harness(Protocol):
+    repo: CatalogRepository
+
+    async def outbox(self) -> list[tuple[str, str, bytes]]:
+        """(topic, key, serialized event) of every committed enqueue, in order."""
+        ...
+
+
+class Boom(Exception):
+    pass
+
+
+class CatalogRepositoryContract:
+    @pytest.fixture
+    def harness(self) -> Harness:
+        raise NotImplementedError
+
+    async def test_upserted_point_reads_back_not_browsable(self, harness: Harness) -> None:
+        repo = harness.repo
+        p = point()
+        async with repo.transaction() as tx:
+            await tx.upsert_point(p)
+        got = await repo.get_point("p1")
+        assert got == p
+        assert not got.browsable and got.index_error is None and not got.expired
+        assert await repo.get_point("nope") is None
+
+    async def test_upsert_keeps_index_state_and_refreshes_fields(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point())
+            await tx.set_index_state("p1", browsable=True, error=None)
+        async with repo.transaction() as tx:
+            await tx.upsert_point(dataclasses.replace(point(), file_count=99))
+            locked = await tx.get_point("p1")
+        assert locked is not None and locked.browsable and locked.file_count == 99
+        versions = await repo.list_versions("i-1")
+        assert [v.version_id for v in versions] == ["v1"]
+
+    async def test_index_error_is_recorded(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point())
+            await tx.set_index_state("p1", browsable=False, error="manifest missing")
+        got = await repo.get_point("p1")
+        assert got is not None and got.index_error == "manifest missing" and not got.browsable
+
+    async def test_list_versions_newest_first_with_points_by_mount_point(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point("p-old", "v-old", created_at=T0))
+            await tx.upsert_point(point("p-data", "v-new", created_at=T0 + dt.timedelta(days=1), mount_point="/data"))
+            await tx.upsert_point(point("p-root", "v-new", created_at=T0 + dt.timedelta(days=1), mount_point="/"))
+            await tx.upsert_point(point("p-other", "v-other", instance_id="i-2"))
+        versions = await repo.list_versions("i-1")
+        assert [v.version_id for v in versions] == ["v-new", "v-old"]
+        assert [p.point_id for p in versions[0].points] == ["p-root", "p-data"]
+        assert versions[0].created_at == T0 + dt.timedelta(days=1)
+        assert versions[0].account_id == "acct" and versions[0].expired_at is None
+        assert await repo.list_versions("i-unknown") == []
+
+    async def test_children_sorted_by_name_in_byte_order_and_paged(self, harness: Harness) -> None:
+        repo = harness.repo
+        names = ["b", "B", "a", "é", "a b", "z", "Z"]
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point())
+            await tx.add_entries([row("p1", "dir", DIR)])
+            await tx.add_entries([row("p1", f"dir/{n}", FILE, size=i) for i, n in enumerate(names)])
+            await tx.add_entries([row("p1", "dir/a/deeper", FILE), row("p1", "other", FILE)])
+        expected = sorted(names)  # code point order == UTF-8 byte order
+        children = await repo.list_children("p1", "dir", after="", limit=100)
+        assert [c.name for c in children] == expected
+        assert children[0].path == f"dir/{expected[0]}"
+        first = await repo.list_children("p1", "dir", after="", limit=3)
+        rest = await repo.list_children("p1", "dir", after=first[-1].name, limit=100)
+        assert [c.name for c in first + rest] == expected
+        root = await repo.list_children("p1", "", after="", limit=10)
+        assert [c.path for c in root] == ["dir", "other"]
+        assert await repo.list_children("p2", "", after="", limit=10) == []
+
+    async def test_entry_rows_round_trip(self, harness: Harness) -> None:
+        repo = harness.repo
+        big = row("p1", "big", FILE, size=(1 << 62) + 5)
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point())
+            await tx.add_entries([big])
+        assert await repo.list_children("p1", "", after="", limit=10) == [big]
+
+    async def test_entry_type(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point())
+            await tx.add_entries([row("p1", "etc", DIR), row("p1", "etc/hosts", FILE)])
+        assert await repo.entry_type("p1", "etc") == DIR
+        assert await repo.entry_type("p1", "etc/hosts") == FILE
+        assert await repo.entry_type("p1", "etc/missing") is None
+        assert await repo.entry_type("p2", "etc") is None
+
+    async def test_delete_entries_only_of_that_point(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point("p1"))
+            await tx.upsert_point(point("p2"))
+            await tx.add_entries([row("p1", "x"), row("p2", "x")])
+        async with repo.transaction() as tx:
+            await tx.delete_entries("p1")
+        assert await repo.list_children("p1", "", after="", limit=10) == []
+        assert len(await repo.list_children("p2", "", after="", limit=10)) == 1
+
+    async def test_duplicate_entries_are_refused(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point())
+        with pytest.raises(Exception):  # noqa: B017 - each adapter raises its own error type
+            async with repo.transaction() as tx:
+                await tx.add_entries([row("p1", "x"), row("p1", "x")])
+        assert await repo.list_children("p1", "", after="", limit=10) == []
+
+    async def test_claim_event_once(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            assert await tx.claim_event("c", "e1")
+            assert not await tx.claim_event("c", "e1")
+            assert await tx.claim_event("other", "e1")
+        async with repo.transaction() as tx:
+            assert not await tx.claim_event("c", "e1")
+
+    async def test_exception_rolls_back_everything(self, harness: Harness) -> None:
+        repo = harness.repo
+        event = events_pb2.VersionExpired(meta=new_meta("catalog", T0), version_id="v1")
+        with pytest.raises(Boom):
+            async with repo.transaction() as tx:
+                assert await tx.claim_event("c", "e1")
+                await tx.upsert_point(point())
+                await tx.add_entries([row("p1", "x")])
+                await tx.enqueue(VERSION_EXPIRED, "i-1", event)
+                raise Boom
+        assert await repo.get_point("p1") is None
+        assert await repo.list_children("p1", "", after="", limit=10) == []
+        assert await harness.outbox() == []
+        async with repo.transaction() as tx:
+            assert await tx.claim_event("c", "e1")
+
+    async def test_enqueue_commits_with_transaction(self, harness: Harness) -> None:
+        repo = harness.repo
+        event = events_pb2.VersionExpired(meta=new_meta("catalog", T0), version_id="v1", point_ids=["p1"])
+        async with repo.transaction() as tx:
+            await tx.enqueue(VERSION_EXPIRED, "i-1", event)
+        [(topic, key, payload)] = await harness.outbox()
+        assert (topic, key) == (VERSION_EXPIRED, "i-1")
+        assert events_pb2.VersionExpired.FromString(payload) == event
+
+    async def test_expire_version(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point("p2", "v1", mount_point="/data"))
+            await tx.upsert_point(point("p1", "v1"))
+            await tx.upsert_point(point("p3", "v2", created_at=T0 + dt.timedelta(days=1)))
+            await tx.add_entries([row("p1", "x"), row("p2", "y"), row("p3", "z")])
+            await tx.set_index_state("p1", browsable=True, error=None)
+        at = T0 + dt.timedelta(days=30)
+        async with repo.transaction() as tx:
+            assert await tx.expire_version("v1", at) == ["p1", "p2"]
+        async with repo.transaction() as tx:
+            assert await tx.expire_version("v1", at) is None
+            assert await tx.expire_version("unknown", at) is None
+        assert [v.version_id for v in await repo.list_versions("i-1")] == ["v2"]
+        expired = await repo.get_point("p1")
+        assert expired is not None and expired.expired and not expired.browsable
+        assert await repo.list_children("p1", "", after="", limit=10) == []
+        assert await repo.list_children("p2", "", after="", limit=10) == []
+        assert len(await repo.list_children("p3", "", after="", limit=10)) == 1
+        live = await repo.get_point("p3")
+        assert live is not None and not live.expired
+
+    async def test_upsert_never_revives_an_expired_version(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point("p1", "v1"))
+            await tx.expire_version("v1", T0)
+            await tx.upsert_point(point("p2", "v1", mount_point="/data"))
+        assert await repo.list_versions("i-1") == []
+        late = await repo.get_point("p2")
+        assert late is not None and late.expired
+
+    async def test_retention_candidates(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point("a1", "va1", "i-a", created_at=T0))
+            await tx.upsert_point(point("a2", "va2", "i-a", created_at=T0 + dt.timedelta(days=2)))
+            await tx.upsert_point(point("a3", "va3", "i-a", created_at=T0 + dt.timedelta(days=5)))
+            await tx.upsert_point(point("b1", "vb1", "i-b", created_at=T0 + dt.timedelta(days=1)))
+            await tx.set_keep_latest("i-b", False)
+        candidates = await repo.retention_candidates(T0 + dt.timedelta(days=2))
+        assert [(c.version.version_id, c.is_newest, c.keep_latest) for c in candidates] == [
+            ("va1", False, True),
+            ("vb1", True, False),
+            ("va2", False, True),
+        ]
+        assert candidates[0].version.instance_id == "i-a" and candidates[0].version.created_at == T0
+        everything = await repo.retention_candidates(T0 + dt.timedelta(days=100))
+        assert [(c.version.version_id, c.is_newest) for c in everything][-1] == ("va3", True)
+        async with repo.transaction() as tx:
+            await tx.expire_version("va1", T0 + dt.timedelta(days=40))
+        after = await repo.retention_candidates(T0 + dt.timedelta(days=100))
+        assert "va1" not in [c.version.version_id for c in after]
