@@ -1,0 +1,170 @@
+"""gRPC ``SchedulerService``: validates, calls ``handlers``, maps errors to status codes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from strongroom_platform.events import to_timestamp
+
+from strongroom_scheduler import handlers
+from strongroom_scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, SchedulerError
+from strongroom_scheduler.handlers import Deps, SettingsInput
+from strongroom_scheduler.models import Instance, Job
+
+T = TypeVar("T")
+
+_CODES: dict[type[SchedulerError], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def instance_to_proto(instance: Instance, now: dt.datetime) -> scheduler_pb2.Instance:
+    status = instance.status(now)
+    message = scheduler_pb2.Instance(
+        instance_id=instance.instance_id,
+        account_id=instance.account_id,
+        name=instance.name,
+        region=instance.region,
+        status=status,  # type: ignore[arg-type]
+        settings=scheduler_pb2.BackupSettings(
+            priority=instance.priority,  # type: ignore[arg-type]
+            daily_start_minute=instance.daily_start_minute,
+            keep_latest_version=instance.keep_latest_version,
+            roots=instance.roots,
+        ),
+        hostname=instance.hostname,
+        last_error=instance.status_error(now),
+        activated_at=to_timestamp(instance.activated_at),
+    )
+    if status not in (scheduler_pb2.RUNNING_STATUS_PAUSED, scheduler_pb2.RUNNING_STATUS_CANCELED):
+        message.next_backup_at.CopyFrom(to_timestamp(instance.next_backup_at))
+    return message
+
+
+def job_to_proto(job: Job) -> scheduler_pb2.BackupJob:
+    message = scheduler_pb2.BackupJob(
+        job_id=job.job_id,
+        instance_id=job.instance_id,
+        status=job.status,  # type: ignore[arg-type]
+        created_at=to_timestamp(job.created_at),
+        error=job.error,
+        stats=job.stats,
+        version_id=job.version_id,
+        priority=job.priority,  # type: ignore[arg-type]
+        file_errors=job.file_errors,
+    )
+    if job.finished_at is not None:
+        message.finished_at.CopyFrom(to_timestamp(job.finished_at))
+    return message
+
+
+def _settings_input(settings: scheduler_pb2.BackupSettings, fields: set[str]) -> SettingsInput:
+    return SettingsInput(
+        priority=int(settings.priority) if "priority" in fields else None,
+        daily_start_minute=settings.daily_start_minute if "daily_start_minute" in fields else None,
+        keep_latest_version=settings.keep_latest_version if "keep_latest_version" in fields else None,
+        roots=list(settings.roots) if "roots" in fields else None,
+    )
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    async def _call(self, context: grpc.aio.ServicerContext[object, object], operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except SchedulerError as exc:
+            await context.abort(_CODES.get(type(exc), grpc.StatusCode.INTERNAL), str(exc))
+            raise  # abort raises; this line is for type checkers
+
+    def _instance(self, instance: Instance) -> scheduler_pb2.Instance:
+        return instance_to_proto(instance, self._deps.clock.now())
+
+    async def ActivateBackup(
+        self, request: scheduler_pb2.ActivateBackupRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.ActivateBackupResponse:
+        settings = None
+        if request.has_settings:
+            # proto3 has no presence for scalars: with has_settings every field is taken as given,
+            # except an unspecified priority, which means the default (low).
+            fields = {"daily_start_minute", "keep_latest_version", "roots"}
+            if request.settings.priority:
+                fields.add("priority")
+            settings = _settings_input(request.settings, fields)
+        instance, token = await self._call(
+            context,
+            handlers.activate_backup(
+                self._deps, account_id=request.account_id, name=request.name, region=request.region, settings=settings
+            ),
+        )
+        return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
+
+    async def GetInstance(
+        self, request: scheduler_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.Instance:
+        return self._instance(await self._call(context, handlers.get_instance(self._deps, request.instance_id)))
+
+    async def ListInstances(
+        self, request: scheduler_pb2.ListInstancesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.ListInstancesResponse:
+        found = await self._call(context, handlers.list_instances(self._deps, request.account_id, request.region))
+        return scheduler_pb2.ListInstancesResponse(instances=[self._instance(i) for i in found])
+
+    async def RunBackupNow(
+        self, request: scheduler_pb2.RunBackupNowRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.BackupJob:
+        return job_to_proto(await self._call(context, handlers.run_backup_now(self._deps, request.instance_id)))
+
+    async def _instance_op(
+        self,
+        op: Callable[[Deps, str], Awaitable[Instance]],
+        request: scheduler_pb2.InstanceRef,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> scheduler_pb2.Instance:
+        return self._instance(await self._call(context, op(self._deps, request.instance_id)))
+
+    async def PauseBackup(
+        self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.Instance:
+        return await self._instance_op(handlers.pause_backup, request, context)
+
+    async def ResumeBackup(
+        self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.Instance:
+        return await self._instance_op(handlers.resume_backup, request, context)
+
+    async def CancelBackup(
+        self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.Instance:
+        return await self._instance_op(handlers.cancel_backup, request, context)
+
+    async def UpdateSettings(
+        self, request: scheduler_pb2.UpdateSettingsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.Instance:
+        mask = list(request.update_mask)
+        settings = _settings_input(request.settings, set(mask))
+        instance = await self._call(context, handlers.update_settings(self._deps, request.instance_id, settings, mask))
+        return self._instance(instance)
+
+    async def ListJobs(
+        self, request: scheduler_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.ListJobsResponse:
+        jobs = await self._call(context, handlers.list_jobs(self._deps, request.instance_id, request.limit))
+        return scheduler_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
+
+    async def GetJob(
+        self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.BackupJob:
+        return job_to_proto(await self._call(context, handlers.get_job(self._deps, request.job_id)))
+
+    async def CancelJob(
+        self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.BackupJob:
+        return job_to_proto(await self._call(context, handlers.cancel_job(self._deps, request.job_id)))

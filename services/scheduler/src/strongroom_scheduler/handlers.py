@@ -1,0 +1,411 @@
+"""All scheduler logic: operator operations and event handlers, over the ``SchedulerStore`` port.
+
+Each function runs in one transaction: the state change and the events it
+produces (through the outbox) commit together. Errors are raised as
+``errors.NotFound`` / ``InvalidArgument`` / ``FailedPrecondition`` with a
+message meant for the operator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import random
+import secrets
+import uuid
+from dataclasses import dataclass, field
+
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_platform.clock import Clock
+from strongroom_platform.events import (
+    INSTANCE_ACTIVATED,
+    INSTANCE_DEACTIVATED,
+    JOB_CANCEL_REQUESTED,
+    from_timestamp,
+    new_meta,
+    to_timestamp,
+)
+
+from strongroom_scheduler import schedule
+from strongroom_scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
+from strongroom_scheduler.jobs import PRODUCER, start_job
+from strongroom_scheduler.models import (
+    FINISHED_JOB_STATUSES,
+    PRIORITIES,
+    SUCCESSFUL_JOB_STATUSES,
+    TRIGGER_MANUAL,
+    UNFINISHED_JOB_STATUSES,
+    Instance,
+    Job,
+    job_status_name,
+)
+from strongroom_scheduler.ports import Alerter, FailureAlert, SchedulerStore, SchedulerTx
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "scheduler"
+DEFAULT_ACCOUNT = "default"
+TOKEN_VALIDITY = dt.timedelta(hours=24)
+DEFAULT_JOB_LIMIT = 50
+MAX_JOB_LIMIT = 1000
+SETTINGS_FIELDS = ("priority", "daily_start_minute", "keep_latest_version", "roots")
+
+
+@dataclass
+class Deps:
+    """What the handlers need; ``rng`` picks default start times (seeded in tests)."""
+
+    store: SchedulerStore
+    clock: Clock
+    alerter: Alerter
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsInput:
+    """Backup settings to apply; ``None`` = keep the current value (or take the default)."""
+
+    priority: int | None = None
+    daily_start_minute: int | None = None
+    keep_latest_version: bool | None = None
+    roots: list[str] | None = None
+
+
+def token_sha256(token: str) -> str:
+    """Hex SHA-256 of an enrollment token (the only form that is stored or published)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _validate_settings(settings: SettingsInput) -> None:
+    if settings.priority is not None and settings.priority not in PRIORITIES:
+        raise InvalidArgument(f"priority must be BACKUP_PRIORITY_LOW or BACKUP_PRIORITY_HIGH, got {settings.priority}")
+    if settings.daily_start_minute is not None:
+        try:
+            schedule.validate_minute(settings.daily_start_minute)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+    for root in settings.roots or []:
+        if not root or root != root.strip():
+            raise InvalidArgument(f"backup roots must be non-empty paths without surrounding spaces, got {root!r}")
+    if settings.roots is not None and len(set(settings.roots)) != len(settings.roots):
+        raise InvalidArgument("backup roots must not repeat")
+
+
+def _require_id(value: str, what: str) -> str:
+    if not value.strip():
+        raise InvalidArgument(f"{what} is required")
+    return value.strip()
+
+
+async def _instance(tx: SchedulerTx, instance_id: str, *, for_update: bool = False) -> Instance:
+    instance = await tx.get_instance(_require_id(instance_id, "instance_id"), for_update=for_update)
+    if instance is None:
+        raise NotFound(f"instance {instance_id} not found")
+    return instance
+
+
+async def _active_instance(tx: SchedulerTx, instance_id: str) -> Instance:
+    instance = await _instance(tx, instance_id, for_update=True)
+    if instance.canceled:
+        raise FailedPrecondition(f"backup of instance {instance_id} was canceled; activate it again to back it up")
+    return instance
+
+
+async def _job(tx: SchedulerTx, job_id: str, *, for_update: bool = False) -> Job:
+    job = await tx.get_job(_require_id(job_id, "job_id"), for_update=for_update)
+    if job is None:
+        raise NotFound(f"backup job {job_id} not found")
+    return job
+
+
+# --- operator operations ---------------------------------------------------------------
+
+
+async def activate_backup(
+    deps: Deps, *, account_id: str, name: str, region: str, settings: SettingsInput | None
+) -> tuple[Instance, str]:
+    """Activate backup for a new instance; return it (PREPARING) and its one-time enrollment token."""
+    if not name.strip():
+        raise InvalidArgument("name is required")
+    if not region.strip():
+        raise InvalidArgument("region is required")
+    settings = settings or SettingsInput()
+    _validate_settings(settings)
+    now = deps.clock.now()
+    minute = settings.daily_start_minute
+    if minute is None:
+        minute = deps.rng.randrange(schedule.DEFAULT_WINDOW_MINUTES)
+    token = secrets.token_urlsafe(32)
+    instance = Instance(
+        instance_id=str(uuid.uuid4()),
+        account_id=account_id.strip() or DEFAULT_ACCOUNT,
+        name=name.strip(),
+        region=region.strip(),
+        priority=settings.priority if settings.priority is not None else common_pb2.BACKUP_PRIORITY_LOW,
+        daily_start_minute=minute,
+        keep_latest_version=True if settings.keep_latest_version is None else settings.keep_latest_version,
+        roots=list(settings.roots or []),
+        activated_at=now,
+        token_sha256=token_sha256(token),
+        token_expires_at=now + TOKEN_VALIDITY,
+        next_backup_at=schedule.next_run(minute, now, None),
+    )
+    event = events_pb2.InstanceActivated(
+        meta=new_meta(PRODUCER, now),
+        account_id=instance.account_id,
+        instance_id=instance.instance_id,
+        region=instance.region,
+        enrollment_token_sha256=instance.token_sha256,
+        token_expires_at=to_timestamp(instance.token_expires_at),
+    )
+    async with deps.store.transaction() as tx:
+        await tx.insert_instance(instance)
+        await tx.enqueue(INSTANCE_ACTIVATED, instance.instance_id, event)
+    log.info("activated backup of instance %s (%s) in %s", instance.instance_id, instance.name, instance.region)
+    return instance, token
+
+
+async def get_instance(deps: Deps, instance_id: str) -> Instance:
+    async with deps.store.transaction() as tx:
+        return await _instance(tx, instance_id)
+
+
+async def list_instances(deps: Deps, account_id: str, region: str) -> list[Instance]:
+    """Instances with backup activated (canceled ones are removed from the list, as in the seed)."""
+    async with deps.store.transaction() as tx:
+        return await tx.list_instances(account_id.strip() or DEFAULT_ACCOUNT, region.strip(), include_canceled=False)
+
+
+async def run_backup_now(deps: Deps, instance_id: str) -> Job:
+    """Start a manual backup job; the instance must be enrolled, active and idle."""
+    now = deps.clock.now()
+    async with deps.store.transaction() as tx:
+        instance = await _active_instance(tx, instance_id)
+        if instance.paused:
+            raise FailedPrecondition(f"backup of instance {instance_id} is paused; resume it first")
+        if not instance.enrolled:
+            raise FailedPrecondition(
+                f"the agent of instance {instance_id} has not enrolled yet; install and enroll it first"
+            )
+        unfinished = await tx.unfinished_jobs(instance.instance_id)
+        if unfinished:
+            job = unfinished[0]
+            raise FailedPrecondition(
+                f"backup job {job.job_id} of instance {instance_id} is still {job_status_name(job.status)}; "
+                "wait for it to finish or cancel it"
+            )
+        return await start_job(tx, instance, TRIGGER_MANUAL, now)
+
+
+async def pause_backup(deps: Deps, instance_id: str) -> Instance:
+    """Stop scheduling jobs (a running job finishes); idempotent."""
+    async with deps.store.transaction() as tx:
+        instance = await _active_instance(tx, instance_id)
+        if not instance.paused:
+            instance.paused = True
+            await tx.update_instance(instance)
+        return instance
+
+
+async def resume_backup(deps: Deps, instance_id: str) -> Instance:
+    """Schedule again from the next daily slot after now; idempotent."""
+    now = deps.clock.now()
+    async with deps.store.transaction() as tx:
+        instance = await _active_instance(tx, instance_id)
+        if instance.paused:
+            instance.paused = False
+            instance.next_backup_at = schedule.next_run(instance.daily_start_minute, now, instance.last_scheduled_on)
+            await tx.update_instance(instance)
+        return instance
+
+
+async def cancel_backup(deps: Deps, instance_id: str) -> Instance:
+    """Cancel backup: the agent is revoked (``instance-deactivated``) and unfinished jobs are canceled."""
+    now = deps.clock.now()
+    async with deps.store.transaction() as tx:
+        instance = await _active_instance(tx, instance_id)
+        for job in await tx.unfinished_jobs(instance.instance_id):
+            job.status = common_pb2.JOB_STATUS_CANCELED
+            job.error = "backup of the instance was canceled"
+            job.finished_at = now
+            await tx.update_job(job)
+        instance.canceled = True
+        instance.backing_up = False
+        await tx.update_instance(instance)
+        event = events_pb2.InstanceDeactivated(
+            meta=new_meta(PRODUCER, now), account_id=instance.account_id, instance_id=instance.instance_id
+        )
+        await tx.enqueue(INSTANCE_DEACTIVATED, instance.instance_id, event)
+    log.info("canceled backup of instance %s", instance.instance_id)
+    return instance
+
+
+async def update_settings(deps: Deps, instance_id: str, settings: SettingsInput, mask: list[str]) -> Instance:
+    """Change the fields named in ``mask``.
+
+    A new priority applies from the next job. A new start time follows the
+    seed's "modify next backup time" rules (see ``schedule.next_run``).
+    """
+    if not mask:
+        raise InvalidArgument(f"update_mask is empty; name the fields to change: {', '.join(SETTINGS_FIELDS)}")
+    unknown = sorted(set(mask) - set(SETTINGS_FIELDS))
+    if unknown:
+        raise InvalidArgument(f"unknown update_mask field(s) {', '.join(unknown)}; valid: {', '.join(SETTINGS_FIELDS)}")
+    _validate_settings(settings)
+    now = deps.clock.now()
+    async with deps.store.transaction() as tx:
+        instance = await _active_instance(tx, instance_id)
+        if "priority" in mask:
+            assert settings.priority is not None
+            instance.priority = settings.priority
+        if "keep_latest_version" in mask:
+            assert settings.keep_latest_version is not None
+            instance.keep_latest_version = settings.keep_latest_version
+        if "roots" in mask:
+            instance.roots = list(settings.roots or [])
+        if "daily_start_minute" in mask:
+            assert settings.daily_start_minute is not None
+            instance.daily_start_minute = settings.daily_start_minute
+            instance.next_backup_at = schedule.next_run(instance.daily_start_minute, now, instance.last_scheduled_on)
+        await tx.update_instance(instance)
+        return instance
+
+
+async def list_jobs(deps: Deps, instance_id: str, limit: int) -> list[Job]:
+    """The instance's jobs, newest first; ``limit`` 0 = the default (50)."""
+    if limit < 0:
+        raise InvalidArgument("limit must not be negative")
+    limit = min(limit or DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT)
+    async with deps.store.transaction() as tx:
+        instance = await _instance(tx, instance_id)
+        return await tx.list_jobs(instance.instance_id, limit)
+
+
+async def get_job(deps: Deps, job_id: str) -> Job:
+    async with deps.store.transaction() as tx:
+        return await _job(tx, job_id)
+
+
+async def cancel_job(deps: Deps, job_id: str) -> Job:
+    """Cancel an unfinished job.
+
+    A queued job is canceled at once; a running one becomes CANCELING until
+    the agent confirms. Both ask the gateway to stop it (``job-cancel-requested``).
+    Canceling a CANCELING job again changes nothing.
+    """
+    now = deps.clock.now()
+    async with deps.store.transaction() as tx:
+        job = await _job(tx, job_id, for_update=True)
+        if job.finished:
+            raise FailedPrecondition(f"backup job {job_id} already finished ({job_status_name(job.status)})")
+        if job.status == common_pb2.JOB_STATUS_CANCELING:
+            return job
+        if job.status == common_pb2.JOB_STATUS_RUNNING:
+            job.status = common_pb2.JOB_STATUS_CANCELING
+        else:
+            job.status = common_pb2.JOB_STATUS_CANCELED
+            job.error = "canceled by the operator before it started"
+            job.finished_at = now
+        await tx.update_job(job)
+        event = events_pb2.JobCancelRequested(
+            meta=new_meta(PRODUCER, now), account_id=job.account_id, instance_id=job.instance_id, job_id=job.job_id
+        )
+        await tx.enqueue(JOB_CANCEL_REQUESTED, job.instance_id, event)
+        return job
+
+
+# --- event handlers ----------------------------------------------------------------------
+
+
+async def handle_agent_enrolled(event: events_pb2.AgentEnrolled, deps: Deps) -> None:
+    """The instance's agent enrolled: it is READY for its first backup. Idempotent."""
+    async with deps.store.transaction() as tx:
+        if not await tx.claim_event(CONSUMER, event.meta.event_id):
+            return
+        instance = await tx.get_instance(event.instance_id, for_update=True)
+        if instance is None:
+            log.warning("agent-enrolled for unknown instance %s ignored", event.instance_id)
+            return
+        if instance.canceled:
+            log.warning("agent-enrolled for canceled instance %s ignored", event.instance_id)
+            return
+        instance.enrolled = True
+        instance.hostname = event.hostname
+        await tx.update_instance(instance)
+    log.info("agent of instance %s enrolled (host %s)", event.instance_id, event.hostname)
+
+
+async def handle_job_updated(event: events_pb2.JobUpdated, deps: Deps) -> None:
+    """Apply a job's progress or result, and the instance's running status. Idempotent.
+
+    A finished job never changes again, and a CANCELING job is not moved back
+    to RUNNING. A FAILED result records the instance's last error and raises
+    a failure alert (after the transaction committed).
+    """
+    alert: FailureAlert | None = None
+    async with deps.store.transaction() as tx:
+        if not await tx.claim_event(CONSUMER, event.meta.event_id):
+            return
+        job = await tx.get_job(event.job_id, for_update=True)
+        if job is None:
+            log.warning("job-updated for unknown job %s ignored", event.job_id)
+            return
+        new_status = int(event.status)
+        if job.finished:
+            log.info(
+                "job-updated %s for finished job %s (%s) ignored",
+                job_status_name(new_status),
+                job.job_id,
+                job_status_name(job.status),
+            )
+            return
+        if new_status not in UNFINISHED_JOB_STATUSES | FINISHED_JOB_STATUSES:
+            log.warning("job-updated for job %s with invalid status %d ignored", job.job_id, new_status)
+            return
+        finished = new_status not in UNFINISHED_JOB_STATUSES
+        if finished or not _is_backwards(job.status, new_status):
+            job.status = new_status
+        job.stats.CopyFrom(event.stats)
+        if event.error:
+            job.error = event.error
+        if event.version_id:
+            job.version_id = event.version_id
+        if event.file_errors:
+            job.file_errors = list(event.file_errors)
+        if finished:
+            has_time = event.meta.HasField("occurred_at")
+            job.finished_at = from_timestamp(event.meta.occurred_at) if has_time else deps.clock.now()
+        await tx.update_job(job)
+        instance = await tx.get_instance(job.instance_id, for_update=True)
+        if instance is not None:
+            instance.backing_up = job.status in (common_pb2.JOB_STATUS_RUNNING, common_pb2.JOB_STATUS_CANCELING)
+            if job.status in SUCCESSFUL_JOB_STATUSES:
+                instance.succeeded_once = True
+                instance.last_error = ""
+            elif job.status == common_pb2.JOB_STATUS_FAILED:
+                instance.last_error = job.error or "backup job failed"
+                alert = FailureAlert(
+                    account_id=instance.account_id,
+                    instance_id=instance.instance_id,
+                    instance_name=instance.name,
+                    job_id=job.job_id,
+                    error=instance.last_error,
+                )
+            await tx.update_instance(instance)
+    if alert is not None:
+        await deps.alerter.backup_failed(alert)
+
+
+_PROGRESS_ORDER: dict[int, int] = {
+    common_pb2.JOB_STATUS_CREATED: 0,
+    common_pb2.JOB_STATUS_QUEUED: 1,
+    common_pb2.JOB_STATUS_RUNNING: 2,
+    common_pb2.JOB_STATUS_CANCELING: 3,
+}
+
+
+def _is_backwards(current: int, new: int) -> bool:
+    """True if an unfinished status would move the job back (e.g. CANCELING -> RUNNING)."""
+    return _PROGRESS_ORDER.get(new, 0) < _PROGRESS_ORDER.get(current, 0)

@@ -1,0 +1,63 @@
+"""Schema ``scheduler``: instances, backup jobs, outbox and processed events."""
+
+from __future__ import annotations
+
+from strongroom_platform.db import Migration
+from strongroom_platform.inbox import INBOX_DDL
+from strongroom_platform.outbox import OUTBOX_DDL
+
+SCHEMA = "scheduler"
+
+_TABLES = """
+CREATE TABLE instances (
+    instance_id text PRIMARY KEY,
+    account_id text NOT NULL,
+    name text NOT NULL,
+    region text NOT NULL,
+    priority smallint NOT NULL,
+    daily_start_minute integer NOT NULL CHECK (daily_start_minute >= 0 AND daily_start_minute < 1440),
+    keep_latest_version boolean NOT NULL,
+    roots text[] NOT NULL,
+    activated_at timestamptz NOT NULL,
+    token_sha256 text NOT NULL,
+    token_expires_at timestamptz NOT NULL,
+    next_backup_at timestamptz NOT NULL,
+    -- UTC+8 date of the last daily slot processed (job started or slot skipped)
+    last_scheduled_on date,
+    enrolled boolean NOT NULL,
+    hostname text NOT NULL,
+    paused boolean NOT NULL,
+    canceled boolean NOT NULL,
+    succeeded_once boolean NOT NULL,
+    backing_up boolean NOT NULL,
+    last_error text NOT NULL
+);
+CREATE INDEX instances_by_account ON instances (account_id, region, activated_at);
+CREATE INDEX instances_due ON instances (next_backup_at) WHERE NOT paused AND NOT canceled;
+
+CREATE TABLE jobs (
+    job_id text PRIMARY KEY,
+    instance_id text NOT NULL REFERENCES instances (instance_id),
+    account_id text NOT NULL,
+    status smallint NOT NULL,
+    trigger smallint NOT NULL,
+    priority smallint NOT NULL,
+    roots text[] NOT NULL,
+    created_at timestamptz NOT NULL,
+    seq bigserial NOT NULL,
+    finished_at timestamptz,
+    error text NOT NULL,
+    stats bytea NOT NULL,
+    version_id text NOT NULL,
+    file_errors text[] NOT NULL
+);
+CREATE INDEX jobs_by_instance ON jobs (instance_id, created_at DESC, seq DESC);
+-- At most one unfinished job (CREATED, QUEUED, RUNNING, CANCELING) per instance.
+CREATE UNIQUE INDEX jobs_one_unfinished ON jobs (instance_id) WHERE status IN (1, 2, 3, 7);
+"""
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, OUTBOX_DDL),
+    Migration(2, INBOX_DDL),
+    Migration(3, _TABLES),
+]

@@ -1,0 +1,118 @@
+"""The scheduler's state: instances (settings, facts about their agent and schedule) and backup jobs.
+
+The running status is derived from facts rather than stored, so no code path
+can leave it inconsistent with them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom.scheduler.v1 import scheduler_pb2
+
+JobStatus = int  # strongroom.common.v1.JobStatus value
+Priority = int  # strongroom.common.v1.BackupPriority value
+Trigger = int  # strongroom.events.v1.JobRequested.Trigger value
+
+UNFINISHED_JOB_STATUSES: frozenset[int] = frozenset(
+    {
+        common_pb2.JOB_STATUS_CREATED,
+        common_pb2.JOB_STATUS_QUEUED,
+        common_pb2.JOB_STATUS_RUNNING,
+        common_pb2.JOB_STATUS_CANCELING,
+    }
+)
+FINISHED_JOB_STATUSES: frozenset[int] = frozenset(
+    {
+        common_pb2.JOB_STATUS_COMPLETE,
+        common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
+        common_pb2.JOB_STATUS_FAILED,
+        common_pb2.JOB_STATUS_CANCELED,
+        common_pb2.JOB_STATUS_EXPIRED,
+    }
+)
+SUCCESSFUL_JOB_STATUSES: frozenset[int] = frozenset(
+    {common_pb2.JOB_STATUS_COMPLETE, common_pb2.JOB_STATUS_PARTIAL_COMPLETE}
+)
+PRIORITIES: frozenset[int] = frozenset({common_pb2.BACKUP_PRIORITY_LOW, common_pb2.BACKUP_PRIORITY_HIGH})
+TRIGGER_SCHEDULE: Trigger = events_pb2.JobRequested.TRIGGER_SCHEDULE
+TRIGGER_MANUAL: Trigger = events_pb2.JobRequested.TRIGGER_MANUAL
+
+
+def job_status_name(status: JobStatus) -> str:
+    """``RUNNING`` for JOB_STATUS_RUNNING, for messages."""
+    return common_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class Instance:
+    """One server with backup activated (or canceled)."""
+
+    instance_id: str
+    account_id: str
+    name: str
+    region: str
+    priority: Priority
+    daily_start_minute: int
+    keep_latest_version: bool
+    roots: list[str]
+    activated_at: dt.datetime
+    token_sha256: str
+    token_expires_at: dt.datetime
+    next_backup_at: dt.datetime
+    last_scheduled_on: dt.date | None = None
+    enrolled: bool = False
+    hostname: str = ""
+    paused: bool = False
+    canceled: bool = False
+    succeeded_once: bool = False
+    backing_up: bool = False
+    last_error: str = ""
+
+    def status(self, now: dt.datetime) -> int:
+        """The seed's running status (a ``scheduler_pb2.RunningStatus`` value) at ``now``."""
+        if self.canceled:
+            return scheduler_pb2.RUNNING_STATUS_CANCELED
+        if self.paused:
+            return scheduler_pb2.RUNNING_STATUS_PAUSED
+        if not self.enrolled:
+            if now >= self.token_expires_at:
+                return scheduler_pb2.RUNNING_STATUS_PREPARATION_FAILED
+            return scheduler_pb2.RUNNING_STATUS_PREPARING
+        if self.backing_up:
+            return scheduler_pb2.RUNNING_STATUS_BACKING_UP
+        if self.succeeded_once:
+            return scheduler_pb2.RUNNING_STATUS_RUNNING
+        return scheduler_pb2.RUNNING_STATUS_READY
+
+    def status_error(self, now: dt.datetime) -> str:
+        """``last_error``, or why preparation failed when the agent never enrolled in time."""
+        if not self.canceled and not self.enrolled and now >= self.token_expires_at:
+            return "the agent did not enroll within 24 hours of activation; cancel and activate the instance again"
+        return self.last_error
+
+
+@dataclass(slots=True)
+class Job:
+    """One backup job of an instance."""
+
+    job_id: str
+    instance_id: str
+    account_id: str
+    status: JobStatus
+    trigger: Trigger
+    priority: Priority
+    roots: list[str]
+    created_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    error: str = ""
+    stats: common_pb2.JobStats = field(default_factory=common_pb2.JobStats)
+    version_id: str = ""
+    file_errors: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_JOB_STATUSES

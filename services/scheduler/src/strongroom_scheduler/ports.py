@@ -1,0 +1,87 @@
+"""Ports the scheduler's logic depends on; adapters in ``repository`` (PostgreSQL), ``alerts`` and ``testing``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from google.protobuf.message import Message
+
+from strongroom_scheduler.models import Instance, Job
+
+
+class SchedulerTx(Protocol):
+    """One database transaction: every read and write of an operation, committed together.
+
+    ``get_*(..., for_update=True)`` locks the row until the transaction ends,
+    so concurrent operations on the same instance or job are serialized.
+    """
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        """Record that ``consumer`` processes ``event_id``; False if it already did."""
+        ...
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        """Add an event to the outbox; it is published only if the transaction commits."""
+        ...
+
+    async def insert_instance(self, instance: Instance) -> None: ...
+
+    async def update_instance(self, instance: Instance) -> None: ...
+
+    async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None: ...
+
+    async def list_instances(self, account_id: str, region: str, *, include_canceled: bool) -> list[Instance]:
+        """Instances of the account, oldest activation first; ``region`` empty = all regions."""
+        ...
+
+    async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
+        """Lock and return up to ``limit`` instances, not paused nor canceled, with ``next_backup_at <= now``.
+
+        Rows locked by another transaction are skipped (``FOR UPDATE SKIP
+        LOCKED``), so concurrent schedulers never process the same slot twice.
+        """
+        ...
+
+    async def insert_job(self, job: Job) -> None: ...
+
+    async def update_job(self, job: Job) -> None: ...
+
+    async def get_job(self, job_id: str, *, for_update: bool = False) -> Job | None: ...
+
+    async def unfinished_jobs(self, instance_id: str) -> list[Job]:
+        """Jobs of the instance that have not finished (at most one in practice)."""
+        ...
+
+    async def list_jobs(self, instance_id: str, limit: int) -> list[Job]:
+        """The instance's jobs, newest first."""
+        ...
+
+
+class SchedulerStore(Protocol):
+    """Opens transactions over the scheduler's state."""
+
+    def transaction(self) -> AbstractAsyncContextManager[SchedulerTx]:
+        """A transaction that commits when the block exits normally and rolls back on an exception."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FailureAlert:
+    """A backup job failed; operators must be told (seed: "Failure alert")."""
+
+    account_id: str
+    instance_id: str
+    instance_name: str
+    job_id: str
+    error: str
+
+
+class Alerter(Protocol):
+    """Delivers failure alerts (log line today; email and webhooks plug in here)."""
+
+    async def backup_failed(self, alert: FailureAlert) -> None:
+        """Deliver one alert; must not raise for delivery problems (log them instead)."""
+        ...

@@ -1,0 +1,172 @@
+"""PostgreSQL adapter of ``SchedulerStore`` (schema ``scheduler``, see ``migrations``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import cast
+
+import asyncpg
+from google.protobuf.message import Message
+from strongroom.common.v1 import common_pb2
+from strongroom_platform import inbox, outbox
+
+from strongroom_scheduler.models import Instance, Job
+
+_INSTANCE_COLUMNS = (
+    "instance_id",
+    "account_id",
+    "name",
+    "region",
+    "priority",
+    "daily_start_minute",
+    "keep_latest_version",
+    "roots",
+    "activated_at",
+    "token_sha256",
+    "token_expires_at",
+    "next_backup_at",
+    "last_scheduled_on",
+    "enrolled",
+    "hostname",
+    "paused",
+    "canceled",
+    "succeeded_once",
+    "backing_up",
+    "last_error",
+)
+_JOB_COLUMNS = (
+    "job_id",
+    "instance_id",
+    "account_id",
+    "status",
+    "trigger",
+    "priority",
+    "roots",
+    "created_at",
+    "finished_at",
+    "error",
+    "stats",
+    "version_id",
+    "file_errors",
+)
+_INSTANCE_SELECT = f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances"
+_JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
+_UNFINISHED = "(1, 2, 3, 7)"  # CREATED, QUEUED, RUNNING, CANCELING (models.UNFINISHED_JOB_STATUSES)
+
+
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
+
+
+def _update_sql(table: str, columns: tuple[str, ...]) -> str:
+    assignments = ", ".join(f"{c} = ${n}" for n, c in enumerate(columns[1:], start=2))
+    return f"UPDATE {table} SET {assignments} WHERE {columns[0]} = $1"
+
+
+def _instance_values(i: Instance) -> tuple[object, ...]:
+    return tuple(getattr(i, c) for c in _INSTANCE_COLUMNS)
+
+
+def _instance(row: asyncpg.Record) -> Instance:
+    values = dict(row)
+    values["roots"] = list(values["roots"])
+    return Instance(**values)
+
+
+def _job_values(j: Job) -> tuple[object, ...]:
+    return tuple(j.stats.SerializeToString() if c == "stats" else getattr(j, c) for c in _JOB_COLUMNS)
+
+
+def _job(row: asyncpg.Record) -> Job:
+    values = dict(row)
+    stats = common_pb2.JobStats()
+    stats.ParseFromString(bytes(values.pop("stats")))
+    values["roots"] = list(values["roots"])
+    values["file_errors"] = list(values["file_errors"])
+    return Job(stats=stats, **values)
+
+
+class PgSchedulerTx:
+    """One open transaction on one connection."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        return await inbox.claim_event(self._conn, consumer, event_id)
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        await outbox.enqueue(self._conn, topic, key, event)
+
+    async def insert_instance(self, instance: Instance) -> None:
+        await self._conn.execute(_insert_sql("instances", _INSTANCE_COLUMNS), *_instance_values(instance))
+
+    async def update_instance(self, instance: Instance) -> None:
+        result = await self._conn.execute(_update_sql("instances", _INSTANCE_COLUMNS), *_instance_values(instance))
+        if result != "UPDATE 1":
+            raise KeyError(instance.instance_id)
+
+    async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self._conn.fetchrow(f"{_INSTANCE_SELECT} WHERE instance_id = $1{lock}", instance_id)
+        return _instance(row) if row is not None else None
+
+    async def list_instances(self, account_id: str, region: str, *, include_canceled: bool) -> list[Instance]:
+        rows = await self._conn.fetch(
+            f"{_INSTANCE_SELECT} WHERE account_id = $1 AND ($2 = '' OR region = $2) AND ($3 OR NOT canceled)"
+            " ORDER BY activated_at, instance_id",
+            account_id,
+            region,
+            include_canceled,
+        )
+        return [_instance(r) for r in rows]
+
+    async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
+        rows = await self._conn.fetch(
+            f"{_INSTANCE_SELECT} WHERE NOT paused AND NOT canceled AND next_backup_at <= $1"
+            " ORDER BY next_backup_at, instance_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            now,
+            limit,
+        )
+        return [_instance(r) for r in rows]
+
+    async def insert_job(self, job: Job) -> None:
+        await self._conn.execute(_insert_sql("jobs", _JOB_COLUMNS), *_job_values(job))
+
+    async def update_job(self, job: Job) -> None:
+        result = await self._conn.execute(_update_sql("jobs", _JOB_COLUMNS), *_job_values(job))
+        if result != "UPDATE 1":
+            raise KeyError(job.job_id)
+
+    async def get_job(self, job_id: str, *, for_update: bool = False) -> Job | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self._conn.fetchrow(f"{_JOB_SELECT} WHERE job_id = $1{lock}", job_id)
+        return _job(row) if row is not None else None
+
+    async def unfinished_jobs(self, instance_id: str) -> list[Job]:
+        rows = await self._conn.fetch(
+            f"{_JOB_SELECT} WHERE instance_id = $1 AND status IN {_UNFINISHED} ORDER BY created_at", instance_id
+        )
+        return [_job(r) for r in rows]
+
+    async def list_jobs(self, instance_id: str, limit: int) -> list[Job]:
+        rows = await self._conn.fetch(
+            f"{_JOB_SELECT} WHERE instance_id = $1 ORDER BY created_at DESC, seq DESC LIMIT $2", instance_id, limit
+        )
+        return [_job(r) for r in rows]
+
+
+class PgSchedulerStore:
+    """SchedulerStore over a pool bound to the ``scheduler`` schema."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgSchedulerTx]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # the pool hands out a proxy that behaves as the Connection it wraps
+            yield PgSchedulerTx(cast(asyncpg.Connection, conn))

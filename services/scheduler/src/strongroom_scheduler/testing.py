@@ -1,0 +1,145 @@
+"""In-memory fakes of the scheduler's ports, for unit tests (here and in other packages).
+
+``InMemorySchedulerStore`` behaves like the PostgreSQL repository where the
+logic can tell: transactions are serialized (so row locks hold trivially),
+roll back on exceptions, and hand out copies, so a change that is not saved
+with ``update_*`` is lost just as it would be in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from google.protobuf.message import Message
+from strongroom_platform.events import TOPIC_MESSAGES
+
+from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job
+from strongroom_scheduler.ports import FailureAlert
+
+
+class _State:
+    def __init__(self) -> None:
+        self.instances: dict[str, Instance] = {}
+        self.jobs: dict[str, Job] = {}
+        self.claimed: set[tuple[str, str]] = set()
+        self.outbox: list[tuple[str, str, Message]] = []
+
+
+class InMemorySchedulerTx:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        if not event_id:
+            raise ValueError("event without an event_id cannot be processed idempotently")
+        if (consumer, event_id) in self._s.claimed:
+            return False
+        self._s.claimed.add((consumer, event_id))
+        return True
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        expected = TOPIC_MESSAGES.get(topic)
+        if expected is None or not isinstance(event, expected):
+            raise ValueError(f"{type(event).__name__} is not the message type of topic {topic!r}")
+        self._s.outbox.append((topic, key, copy.deepcopy(event)))
+
+    async def insert_instance(self, instance: Instance) -> None:
+        if instance.instance_id in self._s.instances:
+            raise ValueError(f"duplicate instance {instance.instance_id}")
+        self._s.instances[instance.instance_id] = copy.deepcopy(instance)
+
+    async def update_instance(self, instance: Instance) -> None:
+        if instance.instance_id not in self._s.instances:
+            raise KeyError(instance.instance_id)
+        self._s.instances[instance.instance_id] = copy.deepcopy(instance)
+
+    async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
+        found = self._s.instances.get(instance_id)
+        return copy.deepcopy(found) if found is not None else None
+
+    async def list_instances(self, account_id: str, region: str, *, include_canceled: bool) -> list[Instance]:
+        found = [
+            copy.deepcopy(i)
+            for i in self._s.instances.values()
+            if i.account_id == account_id
+            and (not region or i.region == region)
+            and (include_canceled or not i.canceled)
+        ]
+        return sorted(found, key=lambda i: (i.activated_at, i.instance_id))
+
+    async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
+        due = [
+            copy.deepcopy(i)
+            for i in self._s.instances.values()
+            if not i.paused and not i.canceled and i.next_backup_at <= now
+        ]
+        return sorted(due, key=lambda i: (i.next_backup_at, i.instance_id))[:limit]
+
+    async def insert_job(self, job: Job) -> None:
+        if job.job_id in self._s.jobs:
+            raise ValueError(f"duplicate job {job.job_id}")
+        if job.status in UNFINISHED_JOB_STATUSES and await self.unfinished_jobs(job.instance_id):
+            raise ValueError(f"instance {job.instance_id} already has an unfinished job")  # the unique index
+        self._s.jobs[job.job_id] = copy.deepcopy(job)
+
+    async def update_job(self, job: Job) -> None:
+        if job.job_id not in self._s.jobs:
+            raise KeyError(job.job_id)
+        self._s.jobs[job.job_id] = copy.deepcopy(job)
+
+    async def get_job(self, job_id: str, *, for_update: bool = False) -> Job | None:
+        found = self._s.jobs.get(job_id)
+        return copy.deepcopy(found) if found is not None else None
+
+    async def unfinished_jobs(self, instance_id: str) -> list[Job]:
+        return [
+            copy.deepcopy(j)
+            for j in self._s.jobs.values()
+            if j.instance_id == instance_id and j.status in UNFINISHED_JOB_STATUSES
+        ]
+
+    async def list_jobs(self, instance_id: str, limit: int) -> list[Job]:
+        jobs = [copy.deepcopy(j) for j in self._s.jobs.values() if j.instance_id == instance_id]
+        # insertion order breaks ties of equal creation times, newest first
+        order = {job_id: n for n, job_id in enumerate(self._s.jobs)}
+        return sorted(jobs, key=lambda j: (j.created_at, order[j.job_id]), reverse=True)[:limit]
+
+
+class InMemorySchedulerStore:
+    """SchedulerStore fake; ``outbox`` lists the (topic, key, event) of committed transactions."""
+
+    def __init__(self) -> None:
+        self._state = _State()
+        self._lock = asyncio.Lock()
+
+    @property
+    def outbox(self) -> list[tuple[str, str, Message]]:
+        return self._state.outbox
+
+    def events(self, topic: str) -> list[Message]:
+        """Committed events of one topic, in order."""
+        return [event for t, _, event in self._state.outbox if t == topic]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[InMemorySchedulerTx]:
+        async with self._lock:
+            snapshot = copy.deepcopy(self._state)
+            try:
+                yield InMemorySchedulerTx(self._state)
+            except BaseException:
+                self._state.__dict__.update(snapshot.__dict__)
+                raise
+
+
+class RecordingAlerter:
+    """Alerter fake: remembers every alert."""
+
+    def __init__(self) -> None:
+        self.alerts: list[FailureAlert] = []
+
+    async def backup_failed(self, alert: FailureAlert) -> None:
+        self.alerts.append(alert)

@@ -1,0 +1,63 @@
+"""Shared steps of the scheduler tests."""
+
+from __future__ import annotations
+
+import uuid
+
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_platform.events import new_meta
+from strongroom_scheduler import handlers
+from strongroom_scheduler.handlers import Deps, SettingsInput
+from strongroom_scheduler.models import Instance
+
+
+def meta(deps: Deps) -> common_pb2.EventMeta:
+    return new_meta("agent-gateway", deps.clock.now())
+
+
+async def activate(deps: Deps, minute: int | None = None, **kwargs: object) -> Instance:
+    settings = SettingsInput(daily_start_minute=minute) if minute is not None else None
+    instance, _ = await handlers.activate_backup(
+        deps,
+        account_id=str(kwargs.get("account_id", "acme")),
+        name=str(kwargs.get("name", "web-1")),
+        region=str(kwargs.get("region", "cn-hangzhou")),
+        settings=settings,
+    )
+    return instance
+
+
+async def enroll(deps: Deps, instance_id: str, hostname: str = "web-1.example") -> events_pb2.AgentEnrolled:
+    event = events_pb2.AgentEnrolled(meta=meta(deps), account_id="acme", instance_id=instance_id, hostname=hostname)
+    await handlers.handle_agent_enrolled(event, deps)
+    return event
+
+
+async def active_instance(deps: Deps, minute: int | None = None) -> Instance:
+    instance = await activate(deps, minute)
+    await enroll(deps, instance.instance_id)
+    return await handlers.get_instance(deps, instance.instance_id)
+
+
+def job_update(
+    deps: Deps, job_id: str, instance_id: str, status: int, *, error: str = "", version_id: str = "", files: int = 0
+) -> events_pb2.JobUpdated:
+    return events_pb2.JobUpdated(
+        meta=meta(deps),
+        account_id="acme",
+        instance_id=instance_id,
+        job_id=job_id,
+        status=status,  # type: ignore[arg-type]
+        error=error,
+        version_id=version_id,
+        stats=common_pb2.JobStats(files_scanned=files),
+    )
+
+
+async def update_job(deps: Deps, job_id: str, instance_id: str, status: int, **kwargs: object) -> None:
+    await handlers.handle_job_updated(job_update(deps, job_id, instance_id, status, **kwargs), deps)  # type: ignore[arg-type]
+
+
+def random_id() -> str:
+    return str(uuid.uuid4())

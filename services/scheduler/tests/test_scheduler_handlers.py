@@ -1,0 +1,354 @@
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+
+import pytest
+from scheduler_helpers import activate, active_instance, enroll, job_update, update_job
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom.scheduler.v1 import scheduler_pb2
+from strongroom_platform.events import (
+    INSTANCE_ACTIVATED,
+    INSTANCE_DEACTIVATED,
+    JOB_CANCEL_REQUESTED,
+    JOB_REQUESTED,
+    from_timestamp,
+)
+from strongroom_platform.testing import FakeClock
+from strongroom_scheduler import handlers
+from strongroom_scheduler.alerts import LoggingAlerter
+from strongroom_scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
+from strongroom_scheduler.handlers import Deps, SettingsInput
+from strongroom_scheduler.ports import FailureAlert
+from strongroom_scheduler.testing import InMemorySchedulerStore, RecordingAlerter
+
+S = scheduler_pb2
+
+
+async def test_activation_defaults_token_and_event(deps: Deps, store: InMemorySchedulerStore, clock: FakeClock) -> None:
+    instance, token = await handlers.activate_backup(
+        deps, account_id="acme", name="web-1", region="cn-hangzhou", settings=None
+    )
+    assert instance.status(clock.now()) == S.RUNNING_STATUS_PREPARING
+    assert instance.priority == common_pb2.BACKUP_PRIORITY_LOW
+    assert instance.keep_latest_version is True
+    assert 0 <= instance.daily_start_minute < 360
+    assert len(token) >= 32
+    assert instance.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
+    [event] = store.events(INSTANCE_ACTIVATED)
+    assert isinstance(event, events_pb2.InstanceActivated)
+    assert event.instance_id == instance.instance_id
+    assert event.region == "cn-hangzhou"
+    assert event.enrollment_token_sha256 == instance.token_sha256
+    assert token not in str(event)
+    assert from_timestamp(event.token_expires_at) == clock.now() + dt.timedelta(hours=24)
+
+
+async def test_activation_with_settings_and_default_account(deps: Deps) -> None:
+    settings = SettingsInput(
+        priority=common_pb2.BACKUP_PRIORITY_HIGH, daily_start_minute=0, keep_latest_version=False, roots=["/data"]
+    )
+    instance, _ = await handlers.activate_backup(deps, account_id="", name="db", region="local", settings=settings)
+    assert instance.account_id == "default"
+    assert (instance.priority, instance.daily_start_minute, instance.keep_latest_version, instance.roots) == (
+        common_pb2.BACKUP_PRIORITY_HIGH,
+        0,
+        False,
+        ["/data"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": " "}, "name is required"),
+        ({"region": ""}, "region is required"),
+        ({"settings": SettingsInput(daily_start_minute=1440)}, "daily_start_minute"),
+        ({"settings": SettingsInput(priority=7)}, "priority must be"),
+        ({"settings": SettingsInput(roots=["/a", "/a"])}, "must not repeat"),
+        ({"settings": SettingsInput(roots=[""])}, "non-empty"),
+    ],
+)
+async def test_activation_rejects_bad_input(deps: Deps, kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"account_id": "acme", "name": "web", "region": "r", "settings": None, **kwargs}
+    with pytest.raises(InvalidArgument, match=message):
+        await handlers.activate_backup(deps, **args)  # type: ignore[arg-type]
+
+
+async def test_preparation_fails_when_agent_never_enrolls(deps: Deps, clock: FakeClock) -> None:
+    instance = await activate(deps)
+    clock.advance(hours=24)
+    assert instance.status(clock.now()) == S.RUNNING_STATUS_PREPARATION_FAILED
+    assert "did not enroll" in instance.status_error(clock.now())
+
+
+async def test_enrollment_makes_instance_ready_idempotently(deps: Deps, clock: FakeClock) -> None:
+    instance = await activate(deps)
+    event = await enroll(deps, instance.instance_id, hostname="host-a")
+    await handlers.handle_agent_enrolled(event, deps)
+    after = await handlers.get_instance(deps, instance.instance_id)
+    assert after.status(clock.now()) == S.RUNNING_STATUS_READY
+    assert after.hostname == "host-a"
+
+
+async def test_enrollment_of_unknown_or_canceled_instance_is_ignored(deps: Deps, clock: FakeClock) -> None:
+    await enroll(deps, "no-such-instance")
+    instance = await activate(deps)
+    await handlers.cancel_backup(deps, instance.instance_id)
+    await enroll(deps, instance.instance_id)
+    after = await handlers.get_instance(deps, instance.instance_id)
+    assert not after.enrolled
+    assert after.status(clock.now()) == S.RUNNING_STATUS_CANCELED
+
+
+async def test_get_and_list_instances(deps: Deps, clock: FakeClock) -> None:
+    a = await activate(deps, region="r1", account_id="acme")
+    clock.advance(1)
+    b = await activate(deps, region="r2", account_id="acme")
+    await activate(deps, region="r1", account_id="other")
+    c = await activate(deps, region="r1", account_id="acme")
+    await handlers.cancel_backup(deps, c.instance_id)
+    assert [i.instance_id for i in await handlers.list_instances(deps, "acme", "")] == [a.instance_id, b.instance_id]
+    assert [i.instance_id for i in await handlers.list_instances(deps, "acme", "r2")] == [b.instance_id]
+    assert (await handlers.get_instance(deps, c.instance_id)).canceled
+    with pytest.raises(NotFound, match="instance nope not found"):
+        await handlers.get_instance(deps, "nope")
+    with pytest.raises(InvalidArgument, match="instance_id is required"):
+        await handlers.get_instance(deps, "")
+
+
+async def test_backup_now_creates_manual_job(deps: Deps, store: InMemorySchedulerStore, clock: FakeClock) -> None:
+    instance = await active_instance(deps)
+    await handlers.update_settings(deps, instance.instance_id, SettingsInput(roots=["/srv/www"]), ["roots"])
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    assert job.status == common_pb2.JOB_STATUS_QUEUED
+    [event] = store.events(JOB_REQUESTED)
+    assert isinstance(event, events_pb2.JobRequested)
+    assert event.trigger == events_pb2.JobRequested.TRIGGER_MANUAL
+    assert event.job_id == job.job_id
+    assert list(event.roots) == ["/srv/www"]
+    assert event.priority == common_pb2.BACKUP_PRIORITY_LOW
+
+
+async def test_backup_now_preconditions(deps: Deps) -> None:
+    preparing = await activate(deps)
+    with pytest.raises(FailedPrecondition, match="has not enrolled yet"):
+        await handlers.run_backup_now(deps, preparing.instance_id)
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    with pytest.raises(FailedPrecondition, match=f"backup job {job.job_id} .* is still QUEUED"):
+        await handlers.run_backup_now(deps, instance.instance_id)
+    await handlers.pause_backup(deps, instance.instance_id)
+    with pytest.raises(FailedPrecondition, match="is paused; resume it first"):
+        await handlers.run_backup_now(deps, instance.instance_id)
+    await handlers.cancel_backup(deps, instance.instance_id)
+    with pytest.raises(FailedPrecondition, match="was canceled"):
+        await handlers.run_backup_now(deps, instance.instance_id)
+    with pytest.raises(NotFound):
+        await handlers.run_backup_now(deps, "missing")
+
+
+async def test_priority_change_applies_to_next_job(deps: Deps) -> None:
+    instance = await active_instance(deps)
+    first = await handlers.run_backup_now(deps, instance.instance_id)
+    await handlers.update_settings(
+        deps, instance.instance_id, SettingsInput(priority=common_pb2.BACKUP_PRIORITY_HIGH), ["priority"]
+    )
+    assert (await handlers.get_job(deps, first.job_id)).priority == common_pb2.BACKUP_PRIORITY_LOW
+    await update_job(deps, first.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE)
+    second = await handlers.run_backup_now(deps, instance.instance_id)
+    assert second.priority == common_pb2.BACKUP_PRIORITY_HIGH
+
+
+async def test_update_settings_changes_only_masked_fields(deps: Deps) -> None:
+    instance = await active_instance(deps, minute=100)
+    changed = await handlers.update_settings(
+        deps,
+        instance.instance_id,
+        SettingsInput(keep_latest_version=False, daily_start_minute=999, priority=common_pb2.BACKUP_PRIORITY_HIGH),
+        ["keep_latest_version"],
+    )
+    assert changed.keep_latest_version is False
+    assert changed.daily_start_minute == 100
+    assert changed.priority == common_pb2.BACKUP_PRIORITY_LOW
+
+
+@pytest.mark.parametrize(
+    ("settings", "mask", "message"),
+    [
+        (SettingsInput(), [], "update_mask is empty"),
+        (SettingsInput(), ["colour"], "unknown update_mask field"),
+        (SettingsInput(daily_start_minute=1440), ["daily_start_minute"], r"\[0, 1440\)"),
+        (SettingsInput(priority=0), ["priority"], "priority must be"),
+    ],
+)
+async def test_update_settings_rejects_bad_input(
+    deps: Deps, settings: SettingsInput, mask: list[str], message: str
+) -> None:
+    instance = await active_instance(deps)
+    with pytest.raises(InvalidArgument, match=message):
+        await handlers.update_settings(deps, instance.instance_id, settings, mask)
+
+
+async def test_canceled_instance_refuses_every_change(deps: Deps, store: InMemorySchedulerStore) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    canceled = await handlers.cancel_backup(deps, instance.instance_id)
+    assert canceled.canceled
+    [event] = store.events(INSTANCE_DEACTIVATED)
+    assert event.instance_id == instance.instance_id  # type: ignore[attr-defined]
+    assert (await handlers.get_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELED
+    for operation in (handlers.pause_backup, handlers.resume_backup, handlers.cancel_backup):
+        with pytest.raises(FailedPrecondition, match="was canceled"):
+            await operation(deps, instance.instance_id)
+    with pytest.raises(FailedPrecondition, match="was canceled"):
+        await handlers.update_settings(
+            deps, instance.instance_id, SettingsInput(keep_latest_version=False), ["keep_latest_version"]
+        )
+
+
+async def test_pause_and_resume_status(deps: Deps, clock: FakeClock) -> None:
+    instance = await active_instance(deps)
+    paused = await handlers.pause_backup(deps, instance.instance_id)
+    assert paused.status(clock.now()) == S.RUNNING_STATUS_PAUSED
+    assert (await handlers.pause_backup(deps, instance.instance_id)).paused  # idempotent
+    resumed = await handlers.resume_backup(deps, instance.instance_id)
+    assert resumed.status(clock.now()) == S.RUNNING_STATUS_READY
+
+
+async def test_job_lifecycle_drives_running_status(deps: Deps, clock: FakeClock) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    status = (await handlers.get_instance(deps, instance.instance_id)).status
+    assert status(clock.now()) == S.RUNNING_STATUS_READY
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING, files=10)
+    current = await handlers.get_instance(deps, instance.instance_id)
+    assert current.status(clock.now()) == S.RUNNING_STATUS_BACKING_UP
+    assert (await handlers.get_job(deps, job.job_id)).stats.files_scanned == 10
+    clock.advance(60)
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE, version_id="v1", files=20)
+    done = await handlers.get_job(deps, job.job_id)
+    assert (done.status, done.version_id, done.stats.files_scanned) == (common_pb2.JOB_STATUS_COMPLETE, "v1", 20)
+    assert done.finished_at == clock.now()
+    current = await handlers.get_instance(deps, instance.instance_id)
+    assert current.status(clock.now()) == S.RUNNING_STATUS_RUNNING
+
+
+async def test_finished_job_never_moves_back(deps: Deps) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE, version_id="v1")
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING)
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_FAILED, error="late")
+    after = await handlers.get_job(deps, job.job_id)
+    assert (after.status, after.error) == (common_pb2.JOB_STATUS_COMPLETE, "")
+
+
+async def test_redelivered_event_is_applied_once(deps: Deps, alerter: RecordingAlerter) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    failed = job_update(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_FAILED, error="disk gone")
+    await handlers.handle_job_updated(failed, deps)
+    await handlers.handle_job_updated(failed, deps)
+    assert len(alerter.alerts) == 1
+
+
+async def test_failed_job_records_error_and_alerts(deps: Deps, alerter: RecordingAlerter, clock: FakeClock) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_FAILED, error="disk gone")
+    after = await handlers.get_instance(deps, instance.instance_id)
+    assert after.last_error == "disk gone"
+    assert after.status(clock.now()) == S.RUNNING_STATUS_READY
+    assert alerter.alerts == [
+        FailureAlert(
+            account_id="acme",
+            instance_id=instance.instance_id,
+            instance_name="web-1",
+            job_id=job.job_id,
+            error="disk gone",
+        )
+    ]
+    second = await handlers.run_backup_now(deps, instance.instance_id)
+    await update_job(deps, second.job_id, instance.instance_id, common_pb2.JOB_STATUS_PARTIAL_COMPLETE)
+    after = await handlers.get_instance(deps, instance.instance_id)
+    assert (after.last_error, after.status(clock.now())) == ("", S.RUNNING_STATUS_RUNNING)
+
+
+async def test_logging_alerter_writes_alert_line(caplog: pytest.LogCaptureFixture) -> None:
+    alert = FailureAlert(account_id="a", instance_id="i-1", instance_name="web", job_id="j-1", error="no space left")
+    with caplog.at_level(logging.ERROR):
+        await LoggingAlerter().backup_failed(alert)
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "ALERT backup failed instance=i-1 job=j-1 error=no space left"
+
+
+async def test_update_for_unknown_job_is_ignored(deps: Deps) -> None:
+    await update_job(deps, "ghost", "i", common_pb2.JOB_STATUS_RUNNING)
+    with pytest.raises(NotFound, match="backup job ghost not found"):
+        await handlers.get_job(deps, "ghost")
+
+
+async def test_cancel_queued_job_finishes_it(deps: Deps, store: InMemorySchedulerStore) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    canceled = await handlers.cancel_job(deps, job.job_id)
+    assert canceled.status == common_pb2.JOB_STATUS_CANCELED
+    assert len(store.events(JOB_CANCEL_REQUESTED)) == 1
+    await handlers.run_backup_now(deps, instance.instance_id)  # no longer blocks a new job
+
+
+async def test_cancel_running_job_waits_for_agent(deps: Deps, store: InMemorySchedulerStore, clock: FakeClock) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING)
+    assert (await handlers.cancel_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELING
+    assert (await handlers.cancel_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELING
+    [event] = store.events(JOB_CANCEL_REQUESTED)
+    assert event.job_id == job.job_id  # type: ignore[attr-defined]
+    # a late progress report does not move it back to RUNNING
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING, files=5)
+    assert (await handlers.get_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELING
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_CANCELED)
+    assert (await handlers.get_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELED
+    current = await handlers.get_instance(deps, instance.instance_id)
+    assert current.status(clock.now()) == S.RUNNING_STATUS_READY
+
+
+async def test_cancel_finished_job_fails(deps: Deps) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id)
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE)
+    with pytest.raises(FailedPrecondition, match="already finished \\(COMPLETE\\)"):
+        await handlers.cancel_job(deps, job.job_id)
+    with pytest.raises(NotFound):
+        await handlers.cancel_job(deps, "nope")
+
+
+async def test_list_jobs_newest_first_with_limit(deps: Deps, clock: FakeClock) -> None:
+    instance = await active_instance(deps)
+    ids = []
+    for _ in range(3):
+        job = await handlers.run_backup_now(deps, instance.instance_id)
+        await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE)
+        ids.append(job.job_id)
+        clock.advance(1)
+    assert [j.job_id for j in await handlers.list_jobs(deps, instance.instance_id, 0)] == ids[::-1]
+    assert [j.job_id for j in await handlers.list_jobs(deps, instance.instance_id, 2)] == ids[::-1][:2]
+    with pytest.raises(NotFound):
+        await handlers.list_jobs(deps, "nope", 0)
+
+
+async def test_failed_transaction_leaves_no_event(deps: Deps, store: InMemorySchedulerStore) -> None:
+    instance = await active_instance(deps)
+    before = len(store.outbox)
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            await tx.enqueue(
+                INSTANCE_DEACTIVATED, instance.instance_id, events_pb2.InstanceDeactivated(instance_id="x")
+            )
+            raise RuntimeError("boom")
+    assert len(store.outbox) == before
