@@ -1,0 +1,175 @@
+"""The PostgreSQL repository and the whole process, against a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+import pytest
+from scheduler_helpers import active_instance, update_job
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom.scheduler.v1 import scheduler_pb2 as S
+from strongroom.scheduler.v1 import scheduler_pb2_grpc
+from strongroom_platform.clock import SystemClock, utc
+from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.events import AGENT_ENROLLED, INSTANCE_ACTIVATED, JOB_REQUESTED, JOB_UPDATED, new_meta
+from strongroom_platform.testing import FakeClock, InMemoryEventBus
+from strongroom_scheduler import bootstrap, handlers
+from strongroom_scheduler.handlers import Deps, SettingsInput
+from strongroom_scheduler.jobs import start_job
+from strongroom_scheduler.migrations import MIGRATIONS, SCHEMA
+from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES
+from strongroom_scheduler.repository import _UNFINISHED, PgSchedulerStore
+from strongroom_scheduler.schedule import schedule_due
+from strongroom_scheduler.settings import Settings
+from strongroom_scheduler.testing import RecordingAlerter
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(pg_dsn, SCHEMA)
+    await migrate(pool, SCHEMA, MIGRATIONS)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def pg_deps(pool: asyncpg.Pool, clock: FakeClock, alerter: RecordingAlerter) -> Deps:
+    return Deps(store=PgSchedulerStore(pool), clock=clock, alerter=alerter, rng=random.Random(3))
+
+
+def test_unfinished_statuses_match_the_unique_index() -> None:
+    assert {int(s) for s in _UNFINISHED.strip("()").split(",")} == set(UNFINISHED_JOB_STATUSES)
+
+
+async def test_migrations_are_idempotent(pool: asyncpg.Pool) -> None:
+    assert await migrate(pool, SCHEMA, MIGRATIONS) == 0
+
+
+async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock) -> None:
+    instance = await active_instance(pg_deps, minute=90)
+    await handlers.update_settings(
+        pg_deps,
+        instance.instance_id,
+        SettingsInput(roots=["/srv", "/data"], priority=common_pb2.BACKUP_PRIORITY_HIGH),
+        ["roots", "priority"],
+    )
+    stored = await handlers.get_instance(pg_deps, instance.instance_id)
+    assert (stored.roots, stored.enrolled, stored.hostname) == (["/srv", "/data"], True, "web-1.example")
+    assert stored.activated_at == clock.now()
+    job = await handlers.run_backup_now(pg_deps, instance.instance_id)
+    await update_job(pg_deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING, files=7)
+    clock.advance(5)
+    await update_job(
+        pg_deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_PARTIAL_COMPLETE, version_id="v", files=9
+    )
+    done = await handlers.get_job(pg_deps, job.job_id)
+    assert (done.status, done.version_id, done.stats.files_scanned, done.roots) == (
+        common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
+        "v",
+        9,
+        ["/srv", "/data"],
+    )
+    assert done.finished_at == clock.now()
+    assert [j.job_id for j in await handlers.list_jobs(pg_deps, instance.instance_id, 10)] == [job.job_id]
+    assert [i.instance_id for i in await handlers.list_instances(pg_deps, "acme", "cn-hangzhou")] == [
+        instance.instance_id
+    ]
+    topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
+    assert topics == [INSTANCE_ACTIVATED, JOB_REQUESTED]
+    assert await pool.fetchval("SELECT count(*) FROM processed_events") == 3
+
+
+async def test_database_refuses_a_second_unfinished_job(pg_deps: Deps) -> None:
+    instance = await active_instance(pg_deps)
+    await handlers.run_backup_now(pg_deps, instance.instance_id)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with pg_deps.store.transaction() as tx:
+            current = await tx.get_instance(instance.instance_id)
+            assert current is not None
+            await start_job(tx, current, 2, pg_deps.clock.now())
+
+
+async def test_two_schedulers_never_double_schedule(pg_deps: Deps, pg_dsn: str, clock: FakeClock) -> None:
+    ids = [(await active_instance(pg_deps, minute=120)).instance_id for _ in range(12)]
+    clock.set(utc(2026, 1, 1, 18, 0))
+    other_pool = await create_pool(pg_dsn, SCHEMA)
+    try:
+        stores = [pg_deps.store, PgSchedulerStore(other_pool)]
+        results = await asyncio.gather(*(schedule_due(s, clock, batch_size=2) for s in stores for _ in range(3)))
+    finally:
+        await other_pool.close()
+    created = [job for r in results for job in r.created]
+    assert len(created) == len(set(created)) == 12
+    for instance_id in ids:
+        assert len(await handlers.list_jobs(pg_deps, instance_id, 10)) == 1
+        after = await handlers.get_instance(pg_deps, instance_id)
+        assert after.last_scheduled_on == dt.date(2026, 1, 2)
+
+
+async def _listening_address(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    seen = ""
+    for _ in range(500):
+        seen += capsys.readouterr().out
+        for line in seen.splitlines():
+            if line.startswith("LISTENING scheduler "):
+                return line.split()[2], seen
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no LISTENING line in {seen!r}")
+
+
+async def _wait_for(predicate: object, what: str) -> None:
+    for _ in range(500):
+        if predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_process_serves_grpc_and_events(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    bus = InMemoryEventBus()
+    stop = asyncio.Event()
+    settings = Settings(pg_dsn=pg_dsn, kafka_bootstrap="unused:9092", schedule_interval=0.2)
+    server = asyncio.create_task(
+        bootstrap.run(settings, stop, clock=SystemClock(), publisher=bus, consumer_factory=bus.consumer)
+    )
+    try:
+        address, printed = await _listening_address(capsys)
+        assert address.startswith("127.0.0.1:")
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            response = await stub.ActivateBackup(S.ActivateBackupRequest(account_id="a", name="n", region="r"))
+            instance_id = response.instance.instance_id
+            await _wait_for(lambda: bus.topics.get(INSTANCE_ACTIVATED), "instance-activated")
+            enrolled = events_pb2.AgentEnrolled(
+                meta=new_meta("agent-gateway", SystemClock().now()), instance_id=instance_id, hostname="h"
+            )
+            await bus.publish(AGENT_ENROLLED, instance_id.encode(), enrolled.SerializeToString())
+
+            async def status() -> int:
+                return (await stub.GetInstance(S.GetInstanceRequest(instance_id=instance_id))).status
+
+            for _ in range(500):
+                if await status() == S.RUNNING_STATUS_READY:
+                    break
+                await asyncio.sleep(0.02)
+            assert await status() == S.RUNNING_STATUS_READY
+            job = await stub.RunBackupNow(S.RunBackupNowRequest(instance_id=instance_id))
+            await _wait_for(lambda: bus.topics.get(JOB_REQUESTED), "job-requested")
+            requested = events_pb2.JobRequested.FromString(bus.topics[JOB_REQUESTED][0][1])
+            assert requested.job_id == job.job_id
+            await bus.publish(JOB_UPDATED, b"k", b"\xff\xff not protobuf")  # poison: to the DLQ, not a crash
+            await _wait_for(lambda: bus.topics.get(f"{JOB_UPDATED}.dlq"), "the dead-letter record")
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 30)
+    assert (printed + capsys.readouterr().out).count("LISTENING scheduler") == 1
