@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections.abc import Callable
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -113,3 +115,12 @@ def point_created(
         retain_until=to_timestamp(created_at + dt.timedelta(days=31)),
         instance_capacity_bytes=40 << 30,
     )
+
+
+async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> None:
+    """Wait until ``condition()`` holds (polling: background tasks have no event to await)."""
+    for _ in range(int(within / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,137 @@
+"""CatalogService over a real in-process gRPC server, backed by the in-memory repository."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from catalog_fixtures import T0, point_created, sample_manifest
+from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from strongroom.common.v1 import common_pb2
+from strongroom_catalog.grpc_api import CatalogServicer, register
+from strongroom_catalog.handlers import handle_point_created
+from strongroom_catalog.testing import InMemoryCatalogRepository
+from strongroom_platform.runtime import start_grpc_server
+from strongroom_platform.testing import InMemoryObjectStore
+
+
+@pytest.fixture
+async def repo() -> InMemoryCatalogRepository:
+    repo = InMemoryCatalogRepository()
+    store = InMemoryObjectStore()
+    await store.put("manifests/p1", sample_manifest())
+    await store.put("manifests/p2", sample_manifest())
+    await handle_point_created(point_created("p1", "v1"), repo=repo, store=store)
+    await handle_point_created(
+        point_created("p2", "v2", created_at=T0 + dt.timedelta(days=1), manifest_key="manifests/p2"),
+        repo=repo,
+        store=store,
+    )
+    await handle_point_created(
+        point_created("p3", "v2", created_at=T0 + dt.timedelta(days=1), mount_point="/data"),
+        repo=repo,
+        store=store,
+    )
+    return repo
+
+
+@pytest.fixture
+async def stub(repo: InMemoryCatalogRepository) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
+    server, port = await start_grpc_server("127.0.0.1:0", register(CatalogServicer(repo)))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield catalog_pb2_grpc.CatalogServiceStub(channel)  # type: ignore[misc]
+    finally:
+        await server.stop(None)
+
+
+async def expect_error(call: object, code: grpc.StatusCode, message: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code
+    assert message in (info.value.details() or "")
+
+
+async def test_list_versions_newest_first_with_points(stub: catalog_pb2_grpc.CatalogServiceAsyncStub) -> None:
+    response = await stub.ListVersions(catalog_pb2.ListVersionsRequest(instance_id="i-1"))
+    assert [v.version_id for v in response.versions] == ["v2", "v1"]
+    newest = response.versions[0]
+    assert newest.created_at.ToDatetime(tzinfo=dt.UTC) == T0 + dt.timedelta(days=1)
+    assert [(p.point_id, p.filesystem.mount_point, p.browsable) for p in newest.points] == [
+        ("p2", "/", True),
+        ("p3", "/data", False),  # no manifest for p3
+    ]
+    assert newest.instance_id == "i-1" and newest.account_id == "acct"
+
+
+async def test_list_versions_without_instance(stub: catalog_pb2_grpc.CatalogServiceAsyncStub) -> None:
+    await expect_error(
+        stub.ListVersions(catalog_pb2.ListVersionsRequest()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "instance_id is required",
+    )
+
+
+async def test_get_point(stub: catalog_pb2_grpc.CatalogServiceAsyncStub) -> None:
+    p = await stub.GetPoint(catalog_pb2.GetPointRequest(point_id="p1"))
+    assert (p.point_id, p.version_id, p.instance_id, p.manifest_key) == ("p1", "v1", "i-1", "manifests/p1")
+    assert p.filesystem == common_pb2.Filesystem(
+        mount_point="/", device="/dev/vda1", fs_type="ext4", capacity_bytes=40 << 30
+    )
+    assert (p.file_count, p.total_bytes, p.browsable) == (5, 2173, True)
+    assert p.created_at.ToDatetime(tzinfo=dt.UTC) == T0
+    assert p.retain_until.ToDatetime(tzinfo=dt.UTC) == T0 + dt.timedelta(days=31)
+
+
+async def test_get_unknown_point(stub: catalog_pb2_grpc.CatalogServiceAsyncStub) -> None:
+    await expect_error(
+        stub.GetPoint(catalog_pb2.GetPointRequest(point_id="nope")), grpc.StatusCode.NOT_FOUND, "'nope' not found"
+    )
+
+
+async def test_browse(stub: catalog_pb2_grpc.CatalogServiceAsyncStub) -> None:
+    first = await stub.BrowsePoint(catalog_pb2.BrowsePointRequest(point_id="p1", path="etc", page_size=1))
+    assert [(e.path, e.type) for e in first.entries] == [("etc/hosts", common_pb2.ENTRY_TYPE_FILE)]
+    assert first.entries[0].size == 120 and not first.entries[0].chunk_ids
+    second = await stub.BrowsePoint(
+        catalog_pb2.BrowsePointRequest(point_id="p1", path="etc", page_size=1, page_token=first.next_page_token)
+    )
+    assert [e.path for e in second.entries] == ["etc/nginx"] and second.next_page_token == ""
+    home = await stub.BrowsePoint(catalog_pb2.BrowsePointRequest(point_id="p1", path="home"))
+    link = home.entries[1]
+    assert (link.path, link.type, link.link_target) == ("home/link", common_pb2.ENTRY_TYPE_SYMLINK, "a.txt")
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "message"),
+    [
+        (catalog_pb2.BrowsePointRequest(point_id="p1", path="../x"), grpc.StatusCode.INVALID_ARGUMENT, "'..'"),
+        (catalog_pb2.BrowsePointRequest(point_id="p1", path="/etc"), grpc.StatusCode.INVALID_ARGUMENT, "leading"),
+        (
+            catalog_pb2.BrowsePointRequest(point_id="p1", page_token="garbage"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token",
+        ),
+        (catalog_pb2.BrowsePointRequest(point_id="nope"), grpc.StatusCode.NOT_FOUND, "'nope' not found"),
+        (catalog_pb2.BrowsePointRequest(point_id="p1", path="var"), grpc.StatusCode.NOT_FOUND, "no directory"),
+        (
+            catalog_pb2.BrowsePointRequest(point_id="p1", path="etc/hosts"),
+            grpc.StatusCode.NOT_FOUND,
+            "not a directory",
+        ),
+        (
+            catalog_pb2.BrowsePointRequest(point_id="p3"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "manifest 'manifests/p3' not found",
+        ),
+    ],
+)
+async def test_browse_failures(
+    stub: catalog_pb2_grpc.CatalogServiceAsyncStub,
+    request_: catalog_pb2.BrowsePointRequest,
+    code: grpc.StatusCode,
+    message: str,
+) -> None:
+    await expect_error(stub.BrowsePoint(request_), code, message)
