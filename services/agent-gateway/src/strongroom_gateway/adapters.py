@@ -1,0 +1,43 @@
+"""Production adapters of the platform ports (Kafka, S3 or filesystem store), imported only when used,
+so tests that inject fakes never load the Kafka client libraries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
+from strongroom_platform.objectstore import ObjectStore
+from strongroom_platform.settings import PlatformSettings
+
+
+def _platform(module: str) -> Any:
+    return importlib.import_module(f"strongroom_platform.{module}")
+
+
+@asynccontextmanager
+async def object_store(settings: PlatformSettings) -> AsyncIterator[ObjectStore]:
+    store = _platform("objectstore_factory").open_object_store(settings)
+    yield cast(ObjectStore, store)
+
+
+@asynccontextmanager
+async def publisher(settings: PlatformSettings) -> AsyncIterator[EventPublisher]:
+    kafka = _platform("eventbus_kafka").KafkaPublisher(settings.kafka_bootstrap, idempotent=settings.kafka_idempotent)
+    await kafka.start()
+    try:
+        yield cast(EventPublisher, kafka)
+    finally:
+        await kafka.stop()
+
+
+def consumer_factory(settings: PlatformSettings) -> ConsumerFactory:
+    module = _platform("eventbus_kafka")
+
+    def build(group_id: str, handlers: Any) -> Any:
+        return module.FaustConsumer(settings.kafka_bootstrap, group_id, handlers)
+
+    return cast(ConsumerFactory, build)

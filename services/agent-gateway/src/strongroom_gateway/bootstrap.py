@@ -1,0 +1,97 @@
+"""Composition root of the agent gateway: pool, migrations, outbox relay, consumer, pack writer, gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AsyncExitStack
+
+from strongroom_platform.clock import Clock, SystemClock
+from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
+from strongroom_platform.objectstore import ObjectStore
+from strongroom_platform.outbox import start_relay
+from strongroom_platform.runtime import start_grpc_server
+
+from strongroom_gateway import adapters, consumers
+from strongroom_gateway.grpc_api import GatewayServicer, register
+from strongroom_gateway.ingest import PackWriter
+from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.ports import GatewayStore
+from strongroom_gateway.repository import PgGatewayStore
+from strongroom_gateway.sessions import SessionRegistry
+from strongroom_gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    clock: Clock | None = None,
+    object_store: ObjectStore | None = None,
+    publisher: EventPublisher | None = None,
+    consumer_factory: ConsumerFactory | None = None,
+    store: GatewayStore | None = None,
+    schema: str = SCHEMA,
+) -> None:
+    """Serve until ``stop`` is set, then shut down in reverse order.
+
+    Prints ``LISTENING gateway <host>:<port>`` on stdout once the gRPC API
+    serves. Dependencies left as None are built from ``settings``; with an
+    injected ``store`` no database is opened and no outbox relay runs (the
+    fake store keeps its outbox in memory).
+    """
+    clock = clock or SystemClock()
+    async with AsyncExitStack() as stack:
+        if store is None:
+            pool = await create_pool(settings.platform.pg_dsn, schema)
+            stack.push_async_callback(pool.close)
+            await migrate(pool, schema, MIGRATIONS)
+            store = PgGatewayStore(pool)
+            if publisher is None:
+                publisher = await stack.enter_async_context(adapters.publisher(settings.platform))
+            relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
+            stack.push_async_callback(_cancel, relay)
+        if object_store is None:
+            object_store = await stack.enter_async_context(adapters.object_store(settings.platform))
+        if consumer_factory is None:
+            consumer_factory = adapters.consumer_factory(settings.platform)
+
+        sessions = SessionRegistry()
+        writer = PackWriter(
+            store,
+            object_store,
+            clock,
+            target_bytes=settings.pack_target_bytes,
+            max_concurrent_writes=settings.max_concurrent_writes,
+        )
+        stack.push_async_callback(writer.close)
+
+        consumer = consumer_factory(consumers.GROUP_ID, consumers.build_handlers(store, clock, sessions))
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+
+        servicer = GatewayServicer(
+            store=store,
+            object_store=object_store,
+            clock=clock,
+            sessions=sessions,
+            writer=writer,
+            job_poll_interval=settings.job_poll_interval,
+        )
+        server, port = await start_grpc_server(settings.grpc_listen, register(servicer))
+        stack.push_async_callback(server.stop, 5)
+        host = settings.grpc_listen.rsplit(":", 1)[0]
+        print(f"LISTENING gateway {host}:{port}", flush=True)
+        log.info("gateway serving on %s:%d", host, port)
+        await stop.wait()
+        log.info("gateway stopping")

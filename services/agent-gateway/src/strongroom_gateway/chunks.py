@@ -1,0 +1,62 @@
+"""Chunk ids and payload verification (docs/formats/chunk-id.md).
+
+A chunk id is the 32-byte keyed BLAKE3 hash of the chunk's uncompressed
+content, keyed with the account's 32-byte ``chunk_id_key``. The gateway
+recomputes it for every uploaded and every served chunk. Pure CPU: callers run
+these functions in a worker thread.
+"""
+
+from __future__ import annotations
+
+import io
+
+import blake3
+import zstandard
+
+from strongroom_gateway.packfile import COMPRESSION_NONE, COMPRESSION_ZSTD
+
+CHUNK_ID_SIZE = 32
+CHUNK_KEY_SIZE = 32
+# The agent's chunker never emits more than 4 MiB; a little slack for future tuning.
+MAX_CHUNK_SIZE = 8 << 20
+
+
+class ChunkRejected(ValueError):
+    """The payload does not decode to content with the claimed length and id."""
+
+
+def chunk_id(key: bytes, content: bytes) -> bytes:
+    """The keyed BLAKE3 id of ``content``."""
+    return blake3.blake3(content, key=key).digest()
+
+
+def decode_payload(payload: bytes, compression: int, raw_length: int) -> bytes:
+    """The raw content of a stored/uploaded payload; never inflates beyond ``raw_length``."""
+    if raw_length > MAX_CHUNK_SIZE:
+        raise ChunkRejected(f"raw length {raw_length} exceeds the maximum chunk size {MAX_CHUNK_SIZE}")
+    if compression == COMPRESSION_NONE:
+        content = payload
+    elif compression == COMPRESSION_ZSTD:
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)) as reader:
+                content = reader.read(raw_length + 1)
+        except zstandard.ZstdError as exc:
+            raise ChunkRejected(f"payload is not a valid zstd frame: {exc}") from exc
+    else:
+        raise ChunkRejected(f"unknown compression code {compression}")
+    if len(content) != raw_length:
+        raise ChunkRejected(f"content is {len(content)} bytes, raw_length says {raw_length}")
+    return content
+
+
+def verify_payload(key: bytes, expected_id: bytes, payload: bytes, compression: int, raw_length: int) -> bytes:
+    """Decode the payload and check its id; return the raw content. Raises ChunkRejected."""
+    if len(expected_id) != CHUNK_ID_SIZE:
+        raise ChunkRejected(f"chunk id must be {CHUNK_ID_SIZE} bytes, got {len(expected_id)}")
+    content = decode_payload(payload, compression, raw_length)
+    actual = chunk_id(key, content)
+    if actual != expected_id:
+        raise ChunkRejected(
+            f"chunk id mismatch: claimed {expected_id.hex()[:16]}…, content hashes to {actual.hex()[:16]}…"
+        )
+    return content

@@ -1,0 +1,202 @@
+"""The AgentGatewayService servicer: authenticate, call the domain functions, map errors to status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import NoReturn
+
+import grpc
+from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom_platform.clock import Clock
+from strongroom_platform.objectstore import ObjectStore
+
+from strongroom_gateway import agents, ingest, points
+from strongroom_gateway.agents import Identity
+from strongroom_gateway.errors import (
+    FailedPrecondition,
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from strongroom_gateway.ports import GatewayStore
+from strongroom_gateway.sessions import Session, SessionRegistry
+
+log = logging.getLogger(__name__)
+
+_CODES: dict[type[GatewayError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+async def _abort(context: grpc.aio.ServicerContext[object, object], exc: GatewayError) -> NoReturn:
+    code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
+    await context.abort(code, str(exc))
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
+    def __init__(
+        self,
+        *,
+        store: GatewayStore,
+        object_store: ObjectStore,
+        clock: Clock,
+        sessions: SessionRegistry,
+        writer: ingest.PackWriter,
+        job_poll_interval: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._objects = object_store
+        self._clock = clock
+        self._sessions = sessions
+        self._writer = writer
+        self._poll = job_poll_interval
+
+    async def _identity(self, context: grpc.aio.ServicerContext[object, object]) -> Identity:
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else value.decode()
+        return await agents.authenticate(authorization, store=self._store)
+
+    async def Enroll(
+        self, request: gateway_pb2.EnrollRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> gateway_pb2.EnrollResponse:
+        try:
+            return await agents.enroll(request, store=self._store, clock=self._clock)
+        except GatewayError as exc:
+            await _abort(context, exc)
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.AgentReport],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[gateway_pb2.AgentCommand]:
+        try:
+            identity = await self._identity(context)
+        except GatewayError as exc:
+            await _abort(context, exc)
+        session = self._sessions.open(identity.instance_id)
+        reader = asyncio.create_task(self._read_reports(identity, request_iterator, session))
+        log.info("agent %s connected", identity.instance_id)
+        try:
+            while True:
+                session.wake.clear()
+                for key, command in await agents.pending_commands(identity, session, store=self._store):
+                    if not key.startswith("cancel:"):
+                        # Before sending: the agent may call ReadManifest as soon as it has the command.
+                        await agents.mark_delivered(key, store=self._store)
+                    session.sent.add(key)
+                    yield command
+                if reader.done() or session.closed.is_set():
+                    break
+                await self._wait(session, reader)
+            if session.closed.is_set():
+                code = grpc.StatusCode.ABORTED
+                if "revoked" in session.close_reason:
+                    code = grpc.StatusCode.UNAUTHENTICATED
+                await context.abort(code, session.close_reason)
+            error = reader.exception()
+            if isinstance(error, GatewayError):
+                await _abort(context, error)
+            if error is not None:
+                raise error
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self._sessions.release(session)
+            log.info("agent %s disconnected", identity.instance_id)
+
+    async def _wait(self, session: Session, reader: asyncio.Task[None]) -> None:
+        waiters = [
+            asyncio.ensure_future(session.wake.wait()),
+            asyncio.ensure_future(self._clock.sleep(self._poll)),
+        ]
+        try:
+            await asyncio.wait([*waiters, reader], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _read_reports(
+        self, identity: Identity, reports: AsyncIterator[gateway_pb2.AgentReport], session: Session
+    ) -> None:
+        async for report in reports:
+            await agents.handle_report(identity, report, session, store=self._store, clock=self._clock)
+
+    async def FindMissingChunks(
+        self, request: gateway_pb2.FindMissingChunksRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> gateway_pb2.FindMissingChunksResponse:
+        try:
+            identity = await self._identity(context)
+            return await points.find_missing_chunks(identity, request, store=self._store)
+        except GatewayError as exc:
+            await _abort(context, exc)
+
+    async def UploadChunks(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.UploadChunkRequest],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> gateway_pb2.UploadChunksResponse:
+        try:
+            identity = await self._identity(context)
+            return await ingest.upload_chunks(identity, request_iterator, store=self._store, writer=self._writer)
+        except GatewayError as exc:
+            await _abort(context, exc)
+
+    async def CommitPoint(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.CommitPointRequest],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> gateway_pb2.CommitPointResponse:
+        try:
+            identity = await self._identity(context)
+            return await points.commit_point(
+                identity,
+                request_iterator,
+                store=self._store,
+                object_store=self._objects,
+                clock=self._clock,
+                write_slots=self._writer.write_slots,
+            )
+        except GatewayError as exc:
+            await _abort(context, exc)
+
+    async def ReadManifest(
+        self, request: gateway_pb2.ReadManifestRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[gateway_pb2.ReadManifestResponse]:
+        try:
+            identity = await self._identity(context)
+            async for response in points.read_manifest(
+                identity, request, store=self._store, object_store=self._objects
+            ):
+                yield response
+        except GatewayError as exc:
+            await _abort(context, exc)
+
+    async def ReadChunks(
+        self, request: gateway_pb2.ReadChunksRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
+        try:
+            identity = await self._identity(context)
+            async for response in points.read_chunks(identity, request, store=self._store, object_store=self._objects):
+                yield response
+        except GatewayError as exc:
+            await _abort(context, exc)
+
+
+def register(servicer: GatewayServicer) -> Callable[[grpc.aio.Server], None]:
+    def add(server: grpc.aio.Server) -> None:
+        gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server(servicer, server)
+
+    return add

@@ -1,0 +1,236 @@
+"""Chunk ingest: verify uploaded chunks and pack them into pack objects.
+
+Chunks of one account accumulate in an open pack buffer, shared by all
+concurrent uploads of that account. A pack is written when it reaches the
+target size, and every UploadChunks call seals and waits for the packs holding
+its chunks before it returns, so a committed point never references data that
+is not durably stored. Chunk rows are inserted only after the pack object is
+stored: a chunk row never points at a missing pack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom_platform.clock import Clock
+from strongroom_platform.objectstore import ObjectStore
+
+from strongroom_gateway import packfile
+from strongroom_gateway.agents import Identity
+from strongroom_gateway.chunks import MAX_CHUNK_SIZE, ChunkRejected, verify_payload
+from strongroom_gateway.errors import InvalidArgument, NotFound
+from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack
+from strongroom_gateway.restrictions import require_job
+
+log = logging.getLogger(__name__)
+
+# Object Lock of new objects: the 30-day retention plus a day of margin for clock skew.
+RETENTION = dt.timedelta(days=30)
+LOCK_MARGIN = dt.timedelta(days=1)
+
+_COMPRESSION_CODES = {
+    gateway_pb2.CHUNK_COMPRESSION_NONE: packfile.COMPRESSION_NONE,
+    gateway_pb2.CHUNK_COMPRESSION_ZSTD: packfile.COMPRESSION_ZSTD,
+}
+# Chunks looked up in the database and handed to the packer at a time.
+_LOOKUP_BATCH = 128
+
+
+def pack_key(account_id: str, pack_id: str) -> str:
+    return f"packs/{account_id}/{pack_id[:2]}/{pack_id}"
+
+
+@dataclass(eq=False)
+class _PendingPack:
+    account_id: str
+    blobs: list[packfile.BlobToPack] = field(default_factory=list)
+    size: int = 0
+    sealed: bool = False
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class PackWriter:
+    """Per-account open pack buffers, flushed by size or by the uploads that wait for them.
+
+    Args:
+        target_bytes: a pack is sealed once its blobs reach this size.
+        max_concurrent_writes: object-store writes at a time; also the number of
+            sealed packs waiting to be written before uploads are held back.
+    """
+
+    def __init__(
+        self,
+        store: GatewayStore,
+        object_store: ObjectStore,
+        clock: Clock,
+        *,
+        target_bytes: int = 16 << 20,
+        max_concurrent_writes: int = 8,
+    ) -> None:
+        self._store = store
+        self._objects = object_store
+        self._clock = clock
+        self._target = target_bytes
+        self._open: dict[str, _PendingPack] = {}
+        # Chunks in an open or not yet recorded pack, per account: never buffered twice.
+        self._pending_ids: dict[str, dict[bytes, _PendingPack]] = {}
+        self.write_slots = asyncio.Semaphore(max_concurrent_writes)
+        self._buffer_slots = asyncio.Semaphore(max_concurrent_writes)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def add(self, account_id: str, blob: packfile.BlobToPack) -> tuple[_PendingPack, bool]:
+        """Buffer a verified blob; return the pack that will hold it and whether it was new."""
+        pending = self._pending_ids.setdefault(account_id, {})
+        holder = pending.get(blob.chunk_id)
+        if holder is not None:
+            return holder, False
+        pack = self._open.get(account_id)
+        if pack is None:
+            pack = self._open[account_id] = _PendingPack(account_id)
+            # Nobody may await a pack whose upload failed midway; do not warn then.
+            pack.done.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        pack.blobs.append(blob)
+        pack.size += len(blob.payload)
+        pending[blob.chunk_id] = pack
+        if pack.size >= self._target:
+            await self._seal(pack)
+        return pack, True
+
+    async def flush(self, packs: set[_PendingPack]) -> None:
+        """Seal ``packs`` if still open and wait until all are stored and recorded (raises their error)."""
+        for pack in packs:
+            if not pack.sealed:
+                await self._seal(pack)
+        for pack in packs:
+            await asyncio.shield(pack.done)
+
+    async def close(self) -> None:
+        """Write every open pack and wait for all writes (graceful shutdown)."""
+        for pack in list(self._open.values()):
+            await self._seal(pack)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _seal(self, pack: _PendingPack) -> None:
+        if pack.sealed:
+            return
+        pack.sealed = True
+        if self._open.get(pack.account_id) is pack:
+            del self._open[pack.account_id]
+        # Backpressure: the caller (an upload stream) waits while too many packs are in flight.
+        await self._buffer_slots.acquire()
+        task = asyncio.create_task(self._write(pack), name=f"pack-write-{pack.account_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, pack: _PendingPack) -> None:
+        try:
+            encoded = await asyncio.to_thread(packfile.encode_pack, pack.blobs)
+            key = pack_key(pack.account_id, encoded.pack_id)
+            now = self._clock.now()
+            retain_until = now + RETENTION + LOCK_MARGIN
+            async with self.write_slots:
+                await self._objects.put(key, encoded.data, retain_until=retain_until)
+            record = Pack(encoded.pack_id, pack.account_id, key, len(encoded.data), now, retain_until)
+            rows = [
+                ChunkLocation(e.chunk_id, encoded.pack_id, key, e.offset, e.length, e.raw_length, e.compression)
+                for e in encoded.entries
+            ]
+            async with self._store.transaction() as tx:
+                await tx.insert_pack(record, rows)
+            pack.done.set_result(None)
+        except BaseException as exc:
+            log.warning("writing a pack of account %s failed: %s", pack.account_id, exc)
+            if not pack.done.done():
+                pack.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("pack write cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._buffer_slots.release()
+            pending = self._pending_ids.get(pack.account_id, {})
+            for blob in pack.blobs:
+                if pending.get(blob.chunk_id) is pack:
+                    del pending[blob.chunk_id]
+
+
+async def upload_chunks(
+    identity: Identity,
+    requests: AsyncIterator[gateway_pb2.UploadChunkRequest],
+    *,
+    store: GatewayStore,
+    writer: PackWriter,
+) -> gateway_pb2.UploadChunksResponse:
+    """Verify each chunk against the account's key and store the new ones in packs.
+
+    A chunk whose content does not hash to its id is refused (InvalidArgument)
+    and never stored; chunks verified before it in the same call are kept.
+    """
+    async with store.transaction() as tx:
+        account = await tx.get_account(identity.account_id)
+    if account is None:
+        raise NotFound(f"account {identity.account_id!r} is unknown to the gateway")
+    jobs_checked: set[str] = set()
+    packs: set[_PendingPack] = set()
+    response = gateway_pb2.UploadChunksResponse()
+    batch: list[packfile.BlobToPack] = []
+
+    async def store_batch() -> None:
+        existing = await _existing(store, identity.account_id, [b.chunk_id for b in batch])
+        for blob in batch:
+            if blob.chunk_id in existing:
+                response.chunks_already_present += 1
+                continue
+            pack, new = await writer.add(identity.account_id, blob)
+            packs.add(pack)
+            if new:
+                response.chunks_stored += 1
+                response.bytes_stored += len(blob.payload)
+            else:
+                response.chunks_already_present += 1
+        batch.clear()
+
+    try:
+        async for request in requests:
+            if request.job_id not in jobs_checked:
+                await require_job(identity, request.job_id, "backup", store=store)
+                jobs_checked.add(request.job_id)
+            compression = _COMPRESSION_CODES.get(request.compression)
+            if compression is None:
+                raise InvalidArgument(f"chunk {request.chunk_id.hex()}: compression must be NONE or ZSTD")
+            if len(request.payload) > MAX_CHUNK_SIZE + (64 << 10):
+                raise InvalidArgument(f"chunk {request.chunk_id.hex()}: payload larger than any chunk may be")
+            try:
+                await asyncio.to_thread(
+                    verify_payload,
+                    account.chunk_id_key,
+                    request.chunk_id,
+                    request.payload,
+                    compression,
+                    request.raw_length,
+                )
+            except ChunkRejected as exc:
+                raise InvalidArgument(f"chunk {request.chunk_id.hex()} refused: {exc}") from None
+            batch.append(packfile.BlobToPack(request.chunk_id, compression, request.payload, request.raw_length))
+            if len(batch) >= _LOOKUP_BATCH:
+                await store_batch()
+        await store_batch()
+    except BaseException:
+        # Also on refusal: chunks already accepted are written rather than left in a buffer.
+        with contextlib.suppress(Exception):
+            await writer.flush(packs)
+        raise
+    await writer.flush(packs)
+    return response
+
+
+async def _existing(store: GatewayStore, account_id: str, chunk_ids: list[bytes]) -> set[bytes]:
+    if not chunk_ids:
+        return set()
+    async with store.transaction() as tx:
+        return set(await tx.find_chunks(account_id, chunk_ids))

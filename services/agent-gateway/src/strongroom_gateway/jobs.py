@@ -1,0 +1,122 @@
+"""Job commands and job status events, shared by the event handlers and the agent API."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_platform.clock import Clock
+from strongroom_platform.events import JOB_UPDATED, RESTORE_UPDATED, new_meta
+
+from strongroom_gateway.ports import Account, GatewayTx, Job
+
+PRODUCER = "agent-gateway"
+
+# Chunker parameters every agent uses (docs/formats/chunk-id.md).
+CHUNKER_MIN_SIZE = 256 << 10
+CHUNKER_AVG_SIZE = 1 << 20
+CHUNKER_MAX_SIZE = 4 << 20
+
+# Seed: Low priority = 10 MB/s + 1 core, High = 30 MB/s + 2 cores.
+THROTTLE: dict[int, tuple[int, int]] = {
+    common_pb2.BACKUP_PRIORITY_UNSPECIFIED: (10_000_000, 1),
+    common_pb2.BACKUP_PRIORITY_LOW: (10_000_000, 1),
+    common_pb2.BACKUP_PRIORITY_HIGH: (30_000_000, 2),
+}
+
+FINAL_STATUSES = frozenset(
+    {
+        common_pb2.JOB_STATUS_COMPLETE,
+        common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
+        common_pb2.JOB_STATUS_FAILED,
+        common_pb2.JOB_STATUS_CANCELED,
+        common_pb2.JOB_STATUS_EXPIRED,
+    }
+)
+
+
+def repository_parameters(account: Account) -> gateway_pb2.RepositoryParameters:
+    return gateway_pb2.RepositoryParameters(
+        chunker_min_size=CHUNKER_MIN_SIZE,
+        chunker_avg_size=CHUNKER_AVG_SIZE,
+        chunker_max_size=CHUNKER_MAX_SIZE,
+        chunk_id_key=account.chunk_id_key,
+        chunker_seed=account.chunker_seed,
+    )
+
+
+def run_backup_command(
+    job_id: str, priority: common_pb2.BackupPriority.ValueType, roots: Iterable[str]
+) -> gateway_pb2.AgentCommand:
+    """The stored command of a backup job (repository parameters are added at delivery)."""
+    rate, cores = THROTTLE.get(priority, THROTTLE[common_pb2.BACKUP_PRIORITY_LOW])
+    return gateway_pb2.AgentCommand(
+        run_backup=gateway_pb2.RunBackup(
+            job_id=job_id,
+            priority=priority,
+            max_read_bytes_per_second=rate,
+            max_cores=cores,
+            roots=list(roots),
+        )
+    )
+
+
+def command_for_delivery(job: Job, account: Account) -> gateway_pb2.AgentCommand:
+    command = gateway_pb2.AgentCommand()
+    command.ParseFromString(job.command)
+    if command.HasField("run_backup"):
+        command.run_backup.repository.CopyFrom(repository_parameters(account))
+    return command
+
+
+async def emit_job_status(
+    tx: GatewayTx,
+    job: Job,
+    status: common_pb2.JobStatus.ValueType,
+    clock: Clock,
+    *,
+    error: str = "",
+    stats: common_pb2.JobStats | None = None,
+    file_errors: Iterable[str] = (),
+) -> None:
+    """Enqueue job-updated (backup) or restore-updated (restore) for ``job``."""
+    meta = new_meta(PRODUCER, clock.now())
+    if job.kind == "backup":
+        updated = events_pb2.JobUpdated(
+            meta=meta,
+            account_id=job.account_id,
+            instance_id=job.instance_id,
+            job_id=job.job_id,
+            status=status,
+            error=error,
+            version_id=job.version_id or "",
+            file_errors=list(file_errors),
+        )
+        if stats is not None:
+            updated.stats.CopyFrom(stats)
+        await tx.enqueue(JOB_UPDATED, job.instance_id, updated)
+    else:
+        restore = events_pb2.RestoreUpdated(
+            meta=meta,
+            account_id=job.account_id,
+            restore_job_id=job.job_id,
+            target_instance_id=job.instance_id,
+            status=status,
+            error=error,
+        )
+        if stats is not None:
+            restore.stats.CopyFrom(stats)
+        await tx.enqueue(RESTORE_UPDATED, job.instance_id, restore)
+
+
+async def finish_job(
+    tx: GatewayTx, job: Job, status: common_pb2.JobStatus.ValueType, clock: Clock, *, error: str = ""
+) -> Job:
+    """Mark the job finished and emit its final status."""
+    finished = dataclasses.replace(job, state="finished")
+    await tx.update_job(finished)
+    await emit_job_status(tx, finished, status, clock, error=error)
+    return finished

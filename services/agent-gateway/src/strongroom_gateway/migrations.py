@@ -1,0 +1,92 @@
+"""Schema ``gateway``: instances and their credentials, jobs, packs, chunks, points."""
+
+from __future__ import annotations
+
+from strongroom_platform.db import Migration
+from strongroom_platform.inbox import INBOX_DDL
+from strongroom_platform.outbox import OUTBOX_DDL
+
+SCHEMA = "gateway"
+
+_V1 = """
+CREATE TABLE accounts (
+    account_id text PRIMARY KEY,
+    chunk_id_key bytea NOT NULL CHECK (length(chunk_id_key) = 32),
+    chunker_seed bigint NOT NULL CHECK (chunker_seed BETWEEN 0 AND 4294967295),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE instances (
+    instance_id text PRIMARY KEY,
+    account_id text NOT NULL REFERENCES accounts (account_id),
+    -- SHA-256 hex of the unused one-time enrollment token; NULL once used or revoked.
+    token_sha256 text UNIQUE,
+    token_expires_at timestamptz,
+    -- SHA-256 hex of the secret part of the agent credential; NULL until enrolled or when revoked.
+    credential_sha256 text,
+    enrolled_at timestamptz,
+    revoked boolean NOT NULL DEFAULT false,
+    hostname text NOT NULL DEFAULT '',
+    -- Sum of the filesystem capacities the agent reported in its last hello.
+    capacity_bytes bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE jobs (
+    job_id text PRIMARY KEY,
+    -- No foreign key: a job request may arrive before the instance's activation
+    -- (different topics, no mutual order); it waits until the agent connects.
+    instance_id text NOT NULL,
+    account_id text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('backup', 'restore')),
+    command bytea NOT NULL,
+    state text NOT NULL CHECK (state IN ('queued', 'delivered', 'running', 'finished')),
+    cancel_requested boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL,
+    point_id text,
+    version_id text UNIQUE,
+    version_created_at timestamptz
+);
+CREATE INDEX jobs_unfinished ON jobs (instance_id, created_at) WHERE state <> 'finished';
+
+CREATE TABLE packs (
+    pack_id text PRIMARY KEY,
+    account_id text NOT NULL REFERENCES accounts (account_id),
+    object_key text NOT NULL,
+    size bigint NOT NULL,
+    created_at timestamptz NOT NULL,
+    retain_until timestamptz NOT NULL
+);
+
+CREATE TABLE chunks (
+    account_id text NOT NULL,
+    chunk_id bytea NOT NULL CHECK (length(chunk_id) = 32),
+    pack_id text NOT NULL REFERENCES packs (pack_id),
+    "offset" bigint NOT NULL,
+    length integer NOT NULL,
+    raw_length integer NOT NULL,
+    compression smallint NOT NULL,
+    PRIMARY KEY (account_id, chunk_id)
+);
+
+CREATE TABLE points (
+    point_id text PRIMARY KEY,
+    account_id text NOT NULL,
+    instance_id text NOT NULL,
+    job_id text NOT NULL REFERENCES jobs (job_id),
+    version_id text NOT NULL,
+    mount_point text NOT NULL,
+    filesystem bytea NOT NULL,
+    manifest_key text NOT NULL,
+    file_count bigint NOT NULL,
+    total_bytes bigint NOT NULL,
+    created_at timestamptz NOT NULL,
+    retain_until timestamptz NOT NULL,
+    UNIQUE (job_id, mount_point)
+);
+"""
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, OUTBOX_DDL),
+    Migration(2, INBOX_DDL),
+    Migration(3, _V1),
+]

@@ -1,0 +1,341 @@
+"""Backup points: chunk lookup, committing a point's manifest, and the restore reads."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_platform.clock import Clock
+from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
+from strongroom_platform.manifest import ManifestFormatError, decode_manifest, encode_manifest
+from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
+
+from strongroom_gateway.agents import Identity
+from strongroom_gateway.chunks import CHUNK_ID_SIZE, ChunkRejected, verify_payload
+from strongroom_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
+from strongroom_gateway.jobs import PRODUCER
+from strongroom_gateway.ports import ChunkLocation, GatewayStore, Point
+from strongroom_gateway.restrictions import require_job
+
+MAX_IDS_PER_REQUEST = 10_000
+MANIFEST_BATCH = 1_000
+# Packs whose lock ends sooner than this after a commit get their lock extended.
+LOCK_EXTENSION_SLACK = RETENTION + LOCK_MARGIN / 2
+_READ_AHEAD = 8
+_ENTRY_TYPES = frozenset({common_pb2.ENTRY_TYPE_FILE, common_pb2.ENTRY_TYPE_DIRECTORY, common_pb2.ENTRY_TYPE_SYMLINK})
+
+
+def manifest_key(account_id: str, point_id: str) -> str:
+    return f"manifests/{account_id}/{point_id}"
+
+
+def check_relative_path(path: str, what: str = "path") -> None:
+    """'/'-separated, relative, no empty, '.' or '..' components; '' is the point's root."""
+    if path == "":
+        return
+    if "\x00" in path:
+        raise InvalidArgument(f"{what} {path!r} contains a NUL byte")
+    if path.startswith("/"):
+        raise InvalidArgument(f"{what} {path!r} must be relative to the mount point (no leading '/')")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise InvalidArgument(f"{what} {path!r} has an empty, '.' or '..' component")
+
+
+async def find_missing_chunks(
+    identity: Identity, request: gateway_pb2.FindMissingChunksRequest, *, store: GatewayStore
+) -> gateway_pb2.FindMissingChunksResponse:
+    """The requested ids this agent's account does not hold (other accounts are never consulted)."""
+    await require_job(identity, request.job_id, "backup", store=store)
+    ids = [bytes(c) for c in request.chunk_ids]
+    if len(ids) > MAX_IDS_PER_REQUEST:
+        raise InvalidArgument(f"at most {MAX_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
+    if any(len(c) != CHUNK_ID_SIZE for c in ids):
+        raise InvalidArgument(f"chunk ids must be {CHUNK_ID_SIZE} bytes")
+    async with store.transaction() as tx:
+        present = await tx.find_chunks(identity.account_id, ids)
+    missing: list[bytes] = []
+    seen: set[bytes] = set()
+    for cid in ids:
+        if cid not in present and cid not in seen:
+            missing.append(cid)
+            seen.add(cid)
+    return gateway_pb2.FindMissingChunksResponse(missing_chunk_ids=missing)
+
+
+def _check_entry(entry: common_pb2.FileEntry) -> None:
+    check_relative_path(entry.path)
+    if entry.type not in _ENTRY_TYPES:
+        raise InvalidArgument(f"entry {entry.path!r} has no valid type")
+    if entry.type != common_pb2.ENTRY_TYPE_FILE and entry.chunk_ids:
+        raise InvalidArgument(f"entry {entry.path!r} is not a file but lists chunks")
+    for cid in entry.chunk_ids:
+        if len(cid) != CHUNK_ID_SIZE:
+            raise InvalidArgument(f"entry {entry.path!r} has a chunk id that is not {CHUNK_ID_SIZE} bytes")
+
+
+def _sorted_entries(entries: list[common_pb2.FileEntry]) -> list[common_pb2.FileEntry]:
+    entries.sort(key=lambda e: e.path.encode())
+    for before, after in zip(entries, entries[1:], strict=False):
+        if before.path == after.path:
+            raise InvalidArgument(f"duplicate entry path {after.path!r}")
+    return entries
+
+
+async def commit_point(
+    identity: Identity,
+    requests: AsyncIterator[gateway_pb2.CommitPointRequest],
+    *,
+    store: GatewayStore,
+    object_store: ObjectStore,
+    clock: Clock,
+    write_slots: asyncio.Semaphore,
+) -> gateway_pb2.CommitPointResponse:
+    """Validate the entries, write the manifest (locked), record the point and emit point-created.
+
+    Committing the same filesystem of a job again returns the existing point
+    (a retry after a lost response).
+    """
+    first = await anext(aiter(requests), None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidArgument("the first CommitPoint message must be the header")
+    header = first.header
+    job = await require_job(identity, header.job_id, "backup", store=store)
+    filesystem = header.filesystem
+    if not filesystem.mount_point:
+        raise InvalidArgument("the point header needs the filesystem's mount_point")
+    entries: list[common_pb2.FileEntry] = []
+    async for request in requests:
+        if request.WhichOneof("part") != "entries":
+            raise InvalidArgument("only entry batches may follow the header")
+        for entry in request.entries.entries:
+            _check_entry(entry)
+        entries.extend(request.entries.entries)
+
+    async with store.transaction() as tx:
+        existing = await tx.find_point(job.job_id, filesystem.mount_point)
+    if existing is not None:
+        return _response(existing)
+
+    entries = await asyncio.to_thread(_sorted_entries, entries)
+    chunk_ids = list({bytes(c) for e in entries for c in e.chunk_ids})
+    locations = await _locate(store, identity.account_id, chunk_ids)
+    missing = [c for c in chunk_ids if c not in locations]
+    if missing:
+        sample = ", ".join(sorted(c.hex() for c in missing)[:5])
+        raise FailedPrecondition(f"{len(missing)} referenced chunks are not stored (upload them first): {sample}")
+
+    now = clock.now()
+    retain_until = now + RETENTION + LOCK_MARGIN
+    await _extend_pack_locks(identity.account_id, locations.values(), now, store, object_store, write_slots)
+    point_id = str(uuid.uuid4())
+    key = manifest_key(identity.account_id, point_id)
+    data = await asyncio.to_thread(encode_manifest, entries)
+    async with write_slots:
+        await object_store.put(key, data, retain_until=retain_until)
+
+    file_count = sum(1 for e in entries if e.type == common_pb2.ENTRY_TYPE_FILE)
+    total_bytes = sum(e.size for e in entries if e.type == common_pb2.ENTRY_TYPE_FILE)
+    async with store.transaction() as tx:
+        current = await tx.get_job(job.job_id, for_update=True)
+        if current is None or current.state == "finished" or current.cancel_requested:
+            raise FailedPrecondition(f"backup job {job.job_id!r} finished or was canceled during the commit")
+        raced = await tx.find_point(job.job_id, filesystem.mount_point)
+        if raced is not None:
+            return _response(raced)
+        if current.version_id is None:
+            current = dataclasses.replace(current, version_id=str(uuid.uuid4()), version_created_at=now)
+            await tx.update_job(current)
+        assert current.version_id is not None and current.version_created_at is not None
+        instance = await tx.get_instance(identity.instance_id)
+        point = Point(
+            point_id=point_id,
+            account_id=identity.account_id,
+            instance_id=identity.instance_id,
+            job_id=job.job_id,
+            version_id=current.version_id,
+            mount_point=filesystem.mount_point,
+            filesystem=filesystem.SerializeToString(),
+            manifest_key=key,
+            file_count=file_count,
+            total_bytes=total_bytes,
+            created_at=now,
+            retain_until=retain_until,
+        )
+        await tx.insert_point(point)
+        await tx.enqueue(
+            POINT_CREATED,
+            identity.instance_id,
+            events_pb2.PointCreated(
+                meta=new_meta(PRODUCER, now),
+                account_id=identity.account_id,
+                instance_id=identity.instance_id,
+                job_id=job.job_id,
+                version_id=current.version_id,
+                point_id=point_id,
+                filesystem=filesystem,
+                version_created_at=to_timestamp(current.version_created_at),
+                manifest_key=key,
+                file_count=file_count,
+                total_bytes=total_bytes,
+                retain_until=to_timestamp(retain_until),
+                instance_capacity_bytes=instance.capacity_bytes if instance is not None else 0,
+            ),
+        )
+    return _response(point)
+
+
+def _response(point: Point) -> gateway_pb2.CommitPointResponse:
+    return gateway_pb2.CommitPointResponse(
+        point_id=point.point_id, file_count=point.file_count, total_bytes=point.total_bytes
+    )
+
+
+async def _locate(store: GatewayStore, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:
+    found: dict[bytes, ChunkLocation] = {}
+    for start in range(0, len(chunk_ids), MAX_IDS_PER_REQUEST):
+        async with store.transaction() as tx:
+            found.update(await tx.find_chunks(account_id, chunk_ids[start : start + MAX_IDS_PER_REQUEST]))
+    return found
+
+
+async def _extend_pack_locks(
+    account_id: str,
+    locations: Iterable[ChunkLocation],
+    now: dt.datetime,
+    store: GatewayStore,
+    object_store: ObjectStore,
+    write_slots: asyncio.Semaphore,
+) -> None:
+    """Keep every pack a new point references locked at least as long as the point.
+
+    Packs written within the last half day are locked long enough already; older
+    packs deduplicated into this point get their Object Lock moved later.
+    """
+    pack_ids = sorted({loc.pack_id for loc in locations})
+    if not pack_ids:
+        return
+    async with store.transaction() as tx:
+        stale = await tx.packs_locked_before(account_id, pack_ids, now + LOCK_EXTENSION_SLACK)
+    retain_until = now + RETENTION + LOCK_MARGIN
+
+    async def extend(key: str) -> None:
+        async with write_slots:
+            await object_store.extend_retention(key, retain_until)
+
+    await asyncio.gather(*(extend(p.object_key) for p in stale))
+    if stale:
+        async with store.transaction() as tx:
+            for pack in stale:
+                await tx.set_pack_retention(pack.pack_id, retain_until)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return prefix == "" or path == prefix or path.startswith(prefix + "/")
+
+
+def _normalize(paths: Iterable[str], what: str) -> list[str]:
+    out = []
+    for raw in paths:
+        path = raw.strip("/")
+        check_relative_path(path, what)
+        out.append(path)
+    return out
+
+
+def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:
+    """Decode a manifest and keep the entries below an include path (all when none) and below no exclude path."""
+    return [
+        e
+        for e in decode_manifest(data)
+        if (not include or any(_under(e.path, p) for p in include)) and not any(_under(e.path, p) for p in exclude)
+    ]
+
+
+async def _restore_point(identity: Identity, restore_job_id: str, point_id: str, store: GatewayStore) -> Point:
+    job = await require_job(identity, restore_job_id, "restore", store=store)
+    if point_id and point_id != job.point_id:
+        raise PermissionDenied(f"restore job {restore_job_id!r} restores another point than {point_id!r}")
+    async with store.transaction() as tx:
+        point = await tx.get_point(job.point_id or "")
+    if point is None:
+        raise NotFound(f"point {job.point_id!r} of restore job {restore_job_id!r} does not exist")
+    if point.account_id != identity.account_id:
+        raise PermissionDenied(f"point {point.point_id!r} belongs to another account")
+    return point
+
+
+async def read_manifest(
+    identity: Identity,
+    request: gateway_pb2.ReadManifestRequest,
+    *,
+    store: GatewayStore,
+    object_store: ObjectStore,
+) -> AsyncIterator[gateway_pb2.ReadManifestResponse]:
+    """Stream the entries of the restore job's point below the include paths, minus the exclude paths."""
+    point = await _restore_point(identity, request.restore_job_id, request.point_id, store)
+    include = _normalize(request.include_paths, "include path")
+    exclude = _normalize(request.exclude_paths, "exclude path")
+    try:
+        data = await object_store.get(point.manifest_key)
+    except ObjectNotFound:
+        raise NotFound(f"manifest of point {point.point_id!r} is missing from the object store") from None
+    try:
+        entries = await asyncio.to_thread(filter_entries, data, include, exclude)
+    except ManifestFormatError as exc:
+        raise FailedPrecondition(f"manifest of point {point.point_id!r} cannot be read: {exc}") from None
+    for start in range(0, len(entries), MANIFEST_BATCH):
+        yield gateway_pb2.ReadManifestResponse(entries=entries[start : start + MANIFEST_BATCH])
+
+
+async def read_chunks(
+    identity: Identity,
+    request: gateway_pb2.ReadChunksRequest,
+    *,
+    store: GatewayStore,
+    object_store: ObjectStore,
+) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
+    """Stream the requested chunks of the agent's account, verified, in request order."""
+    await _restore_point(identity, request.restore_job_id, "", store)
+    ids = [bytes(c) for c in request.chunk_ids]
+    if len(ids) > MAX_IDS_PER_REQUEST:
+        raise InvalidArgument(f"at most {MAX_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
+    async with store.transaction() as tx:
+        account = await tx.get_account(identity.account_id)
+        locations = await tx.find_chunks(identity.account_id, ids)
+    assert account is not None
+    unknown = [c.hex() for c in ids if c not in locations]
+    if unknown:
+        raise NotFound(f"{len(unknown)} chunks are not stored for this account: {', '.join(unknown[:5])}")
+
+    async def fetch(location: ChunkLocation) -> bytes:
+        payload = await object_store.get(location.object_key, offset=location.offset, length=location.length)
+        try:
+            return await asyncio.to_thread(
+                verify_payload,
+                account.chunk_id_key,
+                location.chunk_id,
+                payload,
+                location.compression,
+                location.raw_length,
+            )
+        except ChunkRejected as exc:
+            raise FailedPrecondition(f"stored chunk {location.chunk_id.hex()} is corrupt: {exc}") from None
+
+    # Bounded read-ahead: a few object reads in flight while earlier chunks are sent.
+    window: list[asyncio.Task[bytes]] = []
+    try:
+        for position, cid in enumerate(ids):
+            while len(window) < _READ_AHEAD and position + len(window) < len(ids):
+                window.append(asyncio.create_task(fetch(locations[ids[position + len(window)]])))
+            data = await window.pop(0)
+            yield gateway_pb2.ReadChunksResponse(chunk_id=cid, data=data)
+    finally:
+        for task in window:
+            task.cancel()

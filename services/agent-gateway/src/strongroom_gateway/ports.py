@@ -1,0 +1,180 @@
+"""The gateway's persistence port: one unit of work over schema ``gateway``.
+
+Every state change happens inside ``async with store.transaction() as tx``;
+events produced by the change are added with ``tx.enqueue`` and consumed event
+ids are claimed with ``tx.claim_event`` in that same transaction, so state,
+outgoing events and the inbox commit or roll back together.
+
+Adapters: ``repository.PgGatewayStore`` (asyncpg, transactional outbox/inbox)
+and ``testing.InMemoryGatewayStore``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from google.protobuf.message import Message
+
+JobKind = Literal["backup", "restore"]
+# queued: waiting for the agent; delivered: sent on a stream; running: the agent
+# reported on it; finished: final (complete, failed, canceled...).
+JobState = Literal["queued", "delivered", "running", "finished"]
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    chunk_id_key: bytes
+    chunker_seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    instance_id: str
+    account_id: str
+    token_sha256: str | None
+    token_expires_at: dt.datetime | None
+    credential_sha256: str | None
+    enrolled_at: dt.datetime | None
+    revoked: bool
+    hostname: str
+    capacity_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    instance_id: str
+    account_id: str
+    kind: JobKind
+    # Serialized strongroom.agent.v1.AgentCommand (RunBackup without repository
+    # parameters, which are filled in at delivery; or RunRestore).
+    command: bytes
+    state: JobState
+    cancel_requested: bool
+    created_at: dt.datetime
+    point_id: str | None = None
+    version_id: str | None = None
+    version_created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLocation:
+    chunk_id: bytes
+    pack_id: str
+    object_key: str
+    offset: int
+    length: int
+    raw_length: int
+    compression: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    pack_id: str
+    account_id: str
+    object_key: str
+    size: int
+    created_at: dt.datetime
+    retain_until: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    point_id: str
+    account_id: str
+    instance_id: str
+    job_id: str
+    version_id: str
+    mount_point: str
+    # Serialized strongroom.common.v1.Filesystem.
+    filesystem: bytes
+    manifest_key: str
+    file_count: int
+    total_bytes: int
+    created_at: dt.datetime
+    retain_until: dt.datetime
+
+
+class GatewayTx(Protocol):
+    """Reads and writes inside one transaction."""
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        """Record the event as processed; False when it already was."""
+        ...
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        """Add an outgoing event, published after commit (transactional outbox)."""
+        ...
+
+    async def ensure_account(self, account: Account) -> Account:
+        """Insert the account unless it exists; return the stored one (its key never changes)."""
+        ...
+
+    async def get_account(self, account_id: str) -> Account | None: ...
+
+    async def activate_instance(
+        self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime
+    ) -> None:
+        """Create the instance or give it a new enrollment token; clears a revocation."""
+        ...
+
+    async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None: ...
+
+    async def find_instance_by_token(self, token_sha256: str) -> Instance | None:
+        """The instance holding this unused token, locked for update."""
+        ...
+
+    async def enroll_instance(self, instance_id: str, credential_sha256: str, hostname: str, now: dt.datetime) -> None:
+        """Store the credential hash and consume the token (single use)."""
+        ...
+
+    async def revoke_instance(self, instance_id: str) -> None:
+        """Drop credential and token; the instance can no longer authenticate."""
+        ...
+
+    async def set_instance_capacity(self, instance_id: str, capacity_bytes: int, hostname: str) -> None: ...
+
+    async def insert_job(self, job: Job) -> bool:
+        """Insert unless a job with that id exists; True when inserted."""
+        ...
+
+    async def get_job(self, job_id: str, *, for_update: bool = False) -> Job | None: ...
+
+    async def update_job(self, job: Job) -> None:
+        """Write state, cancel_requested, version_id and version_created_at of the job."""
+        ...
+
+    async def unfinished_jobs(self, instance_id: str) -> list[Job]:
+        """Jobs of the instance not finished yet, oldest first."""
+        ...
+
+    async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:
+        """Locations of those of ``chunk_ids`` the account holds (never another account's)."""
+        ...
+
+    async def insert_pack(self, pack: Pack, chunks: Sequence[ChunkLocation]) -> int:
+        """Record a stored pack and its chunks; chunks already recorded stay. Returns rows inserted."""
+        ...
+
+    async def packs_locked_before(self, account_id: str, pack_ids: Sequence[str], when: dt.datetime) -> list[Pack]:
+        """Those packs whose retention ends before ``when``."""
+        ...
+
+    async def set_pack_retention(self, pack_id: str, retain_until: dt.datetime) -> None: ...
+
+    async def get_point(self, point_id: str) -> Point | None: ...
+
+    async def find_point(self, job_id: str, mount_point: str) -> Point | None: ...
+
+    async def insert_point(self, point: Point) -> None: ...
+
+
+class GatewayStore(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[GatewayTx]:
+        """Open a transaction; it commits when the block exits normally, else rolls back."""
+        ...

@@ -1,0 +1,303 @@
+"""PostgreSQL adapter of the gateway store (schema ``gateway``, asyncpg)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import asyncpg
+from google.protobuf.message import Message
+from strongroom_platform import inbox, outbox
+
+from strongroom_gateway.ports import Account, ChunkLocation, Instance, Job, JobKind, JobState, Pack, Point
+
+# Bound on ids per query, so huge lookups do not build huge parameter arrays.
+_BATCH = 10_000
+
+
+class PgGatewayStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgGatewayTx]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The pool hands out a proxy that behaves as a Connection.
+            yield PgGatewayTx(cast(asyncpg.Connection, conn))
+
+
+def _instance(row: asyncpg.Record) -> Instance:
+    return Instance(
+        instance_id=row["instance_id"],
+        account_id=row["account_id"],
+        token_sha256=row["token_sha256"],
+        token_expires_at=row["token_expires_at"],
+        credential_sha256=row["credential_sha256"],
+        enrolled_at=row["enrolled_at"],
+        revoked=row["revoked"],
+        hostname=row["hostname"],
+        capacity_bytes=row["capacity_bytes"],
+    )
+
+
+def _job(row: asyncpg.Record) -> Job:
+    return Job(
+        job_id=row["job_id"],
+        instance_id=row["instance_id"],
+        account_id=row["account_id"],
+        kind=cast(JobKind, row["kind"]),
+        command=bytes(row["command"]),
+        state=cast(JobState, row["state"]),
+        cancel_requested=row["cancel_requested"],
+        created_at=row["created_at"],
+        point_id=row["point_id"],
+        version_id=row["version_id"],
+        version_created_at=row["version_created_at"],
+    )
+
+
+def _pack(row: asyncpg.Record) -> Pack:
+    return Pack(
+        pack_id=row["pack_id"],
+        account_id=row["account_id"],
+        object_key=row["object_key"],
+        size=row["size"],
+        created_at=row["created_at"],
+        retain_until=row["retain_until"],
+    )
+
+
+def _point(row: asyncpg.Record) -> Point:
+    return Point(
+        point_id=row["point_id"],
+        account_id=row["account_id"],
+        instance_id=row["instance_id"],
+        job_id=row["job_id"],
+        version_id=row["version_id"],
+        mount_point=row["mount_point"],
+        filesystem=bytes(row["filesystem"]),
+        manifest_key=row["manifest_key"],
+        file_count=row["file_count"],
+        total_bytes=row["total_bytes"],
+        created_at=row["created_at"],
+        retain_until=row["retain_until"],
+    )
+
+
+class PgGatewayTx:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        return await inbox.claim_event(self._conn, consumer, event_id)
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        await outbox.enqueue(self._conn, topic, key, event)
+
+    async def ensure_account(self, account: Account) -> Account:
+        await self._conn.execute(
+            "INSERT INTO accounts (account_id, chunk_id_key, chunker_seed) VALUES ($1, $2, $3)"
+            " ON CONFLICT (account_id) DO NOTHING",
+            account.account_id,
+            account.chunk_id_key,
+            account.chunker_seed,
+        )
+        stored = await self.get_account(account.account_id)
+        assert stored is not None
+        return stored
+
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self._conn.fetchrow(
+            "SELECT account_id, chunk_id_key, chunker_seed FROM accounts WHERE account_id = $1", account_id
+        )
+        if row is None:
+            return None
+        return Account(row["account_id"], bytes(row["chunk_id_key"]), row["chunker_seed"])
+
+    async def activate_instance(
+        self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO instances (instance_id, account_id, token_sha256, token_expires_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (instance_id) DO UPDATE SET account_id = EXCLUDED.account_id,"
+            " token_sha256 = EXCLUDED.token_sha256, token_expires_at = EXCLUDED.token_expires_at, revoked = false",
+            instance_id,
+            account_id,
+            token_sha256,
+            token_expires_at,
+        )
+
+    async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self._conn.fetchrow("SELECT * FROM instances WHERE instance_id = $1" + lock, instance_id)
+        return None if row is None else _instance(row)
+
+    async def find_instance_by_token(self, token_sha256: str) -> Instance | None:
+        row = await self._conn.fetchrow("SELECT * FROM instances WHERE token_sha256 = $1 FOR UPDATE", token_sha256)
+        return None if row is None else _instance(row)
+
+    async def enroll_instance(self, instance_id: str, credential_sha256: str, hostname: str, now: dt.datetime) -> None:
+        await self._conn.execute(
+            "UPDATE instances SET credential_sha256 = $2, hostname = $3, enrolled_at = $4,"
+            " token_sha256 = NULL, token_expires_at = NULL WHERE instance_id = $1",
+            instance_id,
+            credential_sha256,
+            hostname,
+            now,
+        )
+
+    async def revoke_instance(self, instance_id: str) -> None:
+        await self._conn.execute(
+            "UPDATE instances SET revoked = true, credential_sha256 = NULL, token_sha256 = NULL,"
+            " token_expires_at = NULL WHERE instance_id = $1",
+            instance_id,
+        )
+
+    async def set_instance_capacity(self, instance_id: str, capacity_bytes: int, hostname: str) -> None:
+        await self._conn.execute(
+            "UPDATE instances SET capacity_bytes = $2, hostname = $3 WHERE instance_id = $1",
+            instance_id,
+            capacity_bytes,
+            hostname,
+        )
+
+    async def insert_job(self, job: Job) -> bool:
+        result = await self._conn.execute(
+            "INSERT INTO jobs (job_id, instance_id, account_id, kind, command, state, cancel_requested, created_at,"
+            " point_id, version_id, version_created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            " ON CONFLICT (job_id) DO NOTHING",
+            job.job_id,
+            job.instance_id,
+            job.account_id,
+            job.kind,
+            job.command,
+            job.state,
+            job.cancel_requested,
+            job.created_at,
+            job.point_id,
+            job.version_id,
+            job.version_created_at,
+        )
+        return bool(result.endswith(" 1"))
+
+    async def get_job(self, job_id: str, *, for_update: bool = False) -> Job | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self._conn.fetchrow("SELECT * FROM jobs WHERE job_id = $1" + lock, job_id)
+        return None if row is None else _job(row)
+
+    async def update_job(self, job: Job) -> None:
+        await self._conn.execute(
+            "UPDATE jobs SET state = $2, cancel_requested = $3, version_id = $4, version_created_at = $5"
+            " WHERE job_id = $1",
+            job.job_id,
+            job.state,
+            job.cancel_requested,
+            job.version_id,
+            job.version_created_at,
+        )
+
+    async def unfinished_jobs(self, instance_id: str) -> list[Job]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM jobs WHERE instance_id = $1 AND state <> 'finished' ORDER BY created_at, job_id",
+            instance_id,
+        )
+        return [_job(r) for r in rows]
+
+    async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:
+        found: dict[bytes, ChunkLocation] = {}
+        ids = [bytes(c) for c in chunk_ids]
+        for start in range(0, len(ids), _BATCH):
+            rows = await self._conn.fetch(
+                'SELECT c.chunk_id, c.pack_id, p.object_key, c."offset", c.length, c.raw_length, c.compression'
+                " FROM chunks c JOIN packs p ON p.pack_id = c.pack_id"
+                " WHERE c.account_id = $1 AND c.chunk_id = ANY($2::bytea[])",
+                account_id,
+                ids[start : start + _BATCH],
+            )
+            for row in rows:
+                found[bytes(row["chunk_id"])] = ChunkLocation(
+                    chunk_id=bytes(row["chunk_id"]),
+                    pack_id=row["pack_id"],
+                    object_key=row["object_key"],
+                    offset=row["offset"],
+                    length=row["length"],
+                    raw_length=row["raw_length"],
+                    compression=row["compression"],
+                )
+        return found
+
+    async def insert_pack(self, pack: Pack, chunks: Sequence[ChunkLocation]) -> int:
+        await self._conn.execute(
+            "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pack_id) DO NOTHING",
+            pack.pack_id,
+            pack.account_id,
+            pack.object_key,
+            pack.size,
+            pack.created_at,
+            pack.retain_until,
+        )
+        result = await self._conn.fetchval(
+            "WITH inserted AS ("
+            ' INSERT INTO chunks (account_id, chunk_id, pack_id, "offset", length, raw_length, compression)'
+            " SELECT $1, u.chunk_id, $2, u.off, u.len, u.raw, u.comp FROM unnest($3::bytea[], $4::bigint[],"
+            " $5::integer[], $6::integer[], $7::smallint[]) AS u(chunk_id, off, len, raw, comp)"
+            " ON CONFLICT (account_id, chunk_id) DO NOTHING RETURNING 1)"
+            " SELECT count(*) FROM inserted",
+            pack.account_id,
+            pack.pack_id,
+            [c.chunk_id for c in chunks],
+            [c.offset for c in chunks],
+            [c.length for c in chunks],
+            [c.raw_length for c in chunks],
+            [c.compression for c in chunks],
+        )
+        return int(result)
+
+    async def packs_locked_before(self, account_id: str, pack_ids: Sequence[str], when: dt.datetime) -> list[Pack]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM packs WHERE account_id = $1 AND pack_id = ANY($2::text[]) AND retain_until < $3",
+            account_id,
+            list(pack_ids),
+            when,
+        )
+        return [_pack(r) for r in rows]
+
+    async def set_pack_retention(self, pack_id: str, retain_until: dt.datetime) -> None:
+        await self._conn.execute(
+            "UPDATE packs SET retain_until = greatest(retain_until, $2) WHERE pack_id = $1", pack_id, retain_until
+        )
+
+    async def get_point(self, point_id: str) -> Point | None:
+        row = await self._conn.fetchrow("SELECT * FROM points WHERE point_id = $1", point_id)
+        return None if row is None else _point(row)
+
+    async def find_point(self, job_id: str, mount_point: str) -> Point | None:
+        row = await self._conn.fetchrow(
+            "SELECT * FROM points WHERE job_id = $1 AND mount_point = $2", job_id, mount_point
+        )
+        return None if row is None else _point(row)
+
+    async def insert_point(self, point: Point) -> None:
+        values: list[Any] = [
+            point.point_id,
+            point.account_id,
+            point.instance_id,
+            point.job_id,
+            point.version_id,
+            point.mount_point,
+            point.filesystem,
+            point.manifest_key,
+            point.file_count,
+            point.total_bytes,
+            point.created_at,
+            point.retain_until,
+        ]
+        await self._conn.execute(
+            "INSERT INTO points (point_id, account_id, instance_id, job_id, version_id, mount_point, filesystem,"
+            " manifest_key, file_count, total_bytes, created_at, retain_until)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            *values,
+        )

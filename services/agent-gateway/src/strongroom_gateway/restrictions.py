@@ -1,0 +1,31 @@
+"""Which jobs an authenticated agent may act on."""
+
+from __future__ import annotations
+
+from strongroom_gateway.agents import Identity
+from strongroom_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from strongroom_gateway.ports import GatewayStore, Job, JobKind
+
+
+async def require_job(identity: Identity, job_id: str, kind: JobKind, *, store: GatewayStore) -> Job:
+    """The job, if it is an unfinished ``kind`` job of this agent's instance that it may work on.
+
+    A restore job must additionally have been delivered to the agent.
+    """
+    if not job_id:
+        raise InvalidArgument(f"{kind} job id missing")
+    async with store.transaction() as tx:
+        job = await tx.get_job(job_id)
+    if job is None:
+        raise NotFound(f"unknown {kind} job {job_id!r}")
+    if job.instance_id != identity.instance_id or job.account_id != identity.account_id:
+        raise PermissionDenied(f"{kind} job {job_id!r} is not a job of this instance")
+    if job.kind != kind:
+        raise FailedPrecondition(f"job {job_id!r} is a {job.kind} job, not a {kind} job")
+    if job.state == "finished":
+        raise FailedPrecondition(f"{kind} job {job_id!r} has already finished")
+    if job.cancel_requested:
+        raise FailedPrecondition(f"{kind} job {job_id!r} was canceled")
+    if kind == "restore" and job.state == "queued":
+        raise FailedPrecondition(f"restore job {job_id!r} has not been delivered to this agent yet")
+    return job

@@ -1,0 +1,64 @@
+"""Live agent sessions of this gateway process: one Connect stream per instance.
+
+The registry only wakes sessions; what to send is always read from the
+database, so a command is never lost when no session is open or the process
+restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class Session:
+    instance_id: str
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Why the session was closed by the gateway ("" while open).
+    close_reason: str = ""
+    # Job ids (and "cancel:<job id>") already sent on this stream.
+    sent: set[str] = field(default_factory=set)
+    # Sum of filesystem capacities from the agent's hello.
+    capacity_bytes: int = 0
+
+
+class SessionRegistry:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+
+    def open(self, instance_id: str) -> Session:
+        """Register a new stream; an older stream of the same instance is closed (the agent reconnected)."""
+        previous = self._sessions.get(instance_id)
+        if previous is not None:
+            self._close(previous, "replaced by a newer connection of the same agent")
+        session = Session(instance_id)
+        self._sessions[instance_id] = session
+        return session
+
+    def release(self, session: Session) -> None:
+        if self._sessions.get(session.instance_id) is session:
+            del self._sessions[session.instance_id]
+
+    def get(self, instance_id: str) -> Session | None:
+        return self._sessions.get(instance_id)
+
+    def wake(self, instance_id: str) -> None:
+        session = self._sessions.get(instance_id)
+        if session is not None:
+            session.wake.set()
+
+    def disconnect(self, instance_id: str, reason: str) -> None:
+        session = self._sessions.get(instance_id)
+        if session is not None:
+            self._close(session, reason)
+
+    def connected(self) -> list[str]:
+        return sorted(self._sessions)
+
+    @staticmethod
+    def _close(session: Session, reason: str) -> None:
+        session.close_reason = reason
+        session.closed.set()
+        session.wake.set()

@@ -1,0 +1,198 @@
+"""In-memory fake of the gateway's store, for unit tests.
+
+Transactions are serialized by a lock and roll back by restoring a snapshot,
+so a handler that raises leaves no state, no outbox rows and no inbox claim
+behind, as with PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from google.protobuf.message import Message
+from strongroom_platform.events import TOPIC_MESSAGES
+
+from strongroom_gateway.ports import Account, ChunkLocation, Instance, Job, Pack, Point
+
+
+@dataclasses.dataclass
+class _State:
+    accounts: dict[str, Account] = dataclasses.field(default_factory=dict)
+    instances: dict[str, Instance] = dataclasses.field(default_factory=dict)
+    jobs: dict[str, Job] = dataclasses.field(default_factory=dict)
+    packs: dict[str, Pack] = dataclasses.field(default_factory=dict)
+    chunks: dict[tuple[str, bytes], ChunkLocation] = dataclasses.field(default_factory=dict)
+    points: dict[str, Point] = dataclasses.field(default_factory=dict)
+    processed: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    outbox: list[tuple[str, str, Message]] = dataclasses.field(default_factory=list)
+
+    def copy(self) -> _State:
+        return _State(**{f.name: type(v)(v) for f in dataclasses.fields(self) for v in [getattr(self, f.name)]})
+
+
+class InMemoryGatewayStore:
+    """GatewayStore fake. ``outbox`` lists (topic, key, event) in commit order."""
+
+    def __init__(self) -> None:
+        self._state = _State()
+        self._lock = asyncio.Lock()
+
+    @property
+    def outbox(self) -> list[tuple[str, str, Message]]:
+        return self._state.outbox
+
+    def events(self, topic: str) -> list[Any]:
+        """The events enqueued for ``topic``, in order."""
+        return [event for t, _, event in self._state.outbox if t == topic]
+
+    @property
+    def state(self) -> _State:
+        return self._state
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[InMemoryGatewayTx]:
+        async with self._lock:
+            snapshot = self._state.copy()
+            try:
+                yield InMemoryGatewayTx(self._state)
+            except BaseException:
+                self._state = snapshot
+                raise
+
+
+class InMemoryGatewayTx:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        if not event_id:
+            raise ValueError("event without an event_id cannot be processed idempotently")
+        if (consumer, event_id) in self._s.processed:
+            return False
+        self._s.processed.add((consumer, event_id))
+        return True
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        expected = TOPIC_MESSAGES.get(topic)
+        if expected is None or not isinstance(event, expected):
+            raise ValueError(f"{type(event).__name__} is not the message type of topic {topic!r}")
+        self._s.outbox.append((topic, key, event))
+
+    async def ensure_account(self, account: Account) -> Account:
+        return self._s.accounts.setdefault(account.account_id, account)
+
+    async def get_account(self, account_id: str) -> Account | None:
+        return self._s.accounts.get(account_id)
+
+    async def activate_instance(
+        self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime
+    ) -> None:
+        current = self._s.instances.get(instance_id)
+        if current is None:
+            current = Instance(instance_id, account_id, None, None, None, None, False, "", 0)
+        self._s.instances[instance_id] = dataclasses.replace(
+            current, account_id=account_id, token_sha256=token_sha256, token_expires_at=token_expires_at, revoked=False
+        )
+
+    async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
+        return self._s.instances.get(instance_id)
+
+    async def find_instance_by_token(self, token_sha256: str) -> Instance | None:
+        for instance in self._s.instances.values():
+            if instance.token_sha256 == token_sha256:
+                return instance
+        return None
+
+    async def enroll_instance(self, instance_id: str, credential_sha256: str, hostname: str, now: dt.datetime) -> None:
+        current = self._s.instances[instance_id]
+        self._s.instances[instance_id] = dataclasses.replace(
+            current,
+            credential_sha256=credential_sha256,
+            hostname=hostname,
+            enrolled_at=now,
+            token_sha256=None,
+            token_expires_at=None,
+        )
+
+    async def revoke_instance(self, instance_id: str) -> None:
+        current = self._s.instances.get(instance_id)
+        if current is not None:
+            self._s.instances[instance_id] = dataclasses.replace(
+                current, revoked=True, credential_sha256=None, token_sha256=None, token_expires_at=None
+            )
+
+    async def set_instance_capacity(self, instance_id: str, capacity_bytes: int, hostname: str) -> None:
+        current = self._s.instances[instance_id]
+        self._s.instances[instance_id] = dataclasses.replace(current, capacity_bytes=capacity_bytes, hostname=hostname)
+
+    async def insert_job(self, job: Job) -> bool:
+        if job.job_id in self._s.jobs:
+            return False
+        self._s.jobs[job.job_id] = job
+        return True
+
+    async def get_job(self, job_id: str, *, for_update: bool = False) -> Job | None:
+        return self._s.jobs.get(job_id)
+
+    async def update_job(self, job: Job) -> None:
+        current = self._s.jobs[job.job_id]
+        self._s.jobs[job.job_id] = dataclasses.replace(
+            current,
+            state=job.state,
+            cancel_requested=job.cancel_requested,
+            version_id=job.version_id,
+            version_created_at=job.version_created_at,
+        )
+
+    async def unfinished_jobs(self, instance_id: str) -> list[Job]:
+        jobs = [j for j in self._s.jobs.values() if j.instance_id == instance_id and j.state != "finished"]
+        return sorted(jobs, key=lambda j: (j.created_at, j.job_id))
+
+    async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:
+        found: dict[bytes, ChunkLocation] = {}
+        for cid in chunk_ids:
+            location = self._s.chunks.get((account_id, bytes(cid)))
+            if location is not None:
+                found[bytes(cid)] = location
+        return found
+
+    async def insert_pack(self, pack: Pack, chunks: Sequence[ChunkLocation]) -> int:
+        self._s.packs.setdefault(pack.pack_id, pack)
+        inserted = 0
+        for chunk in chunks:
+            if (pack.account_id, chunk.chunk_id) not in self._s.chunks:
+                self._s.chunks[(pack.account_id, chunk.chunk_id)] = chunk
+                inserted += 1
+        return inserted
+
+    async def packs_locked_before(self, account_id: str, pack_ids: Sequence[str], when: dt.datetime) -> list[Pack]:
+        wanted = set(pack_ids)
+        return [
+            p
+            for p in self._s.packs.values()
+            if p.pack_id in wanted and p.account_id == account_id and p.retain_until < when
+        ]
+
+    async def set_pack_retention(self, pack_id: str, retain_until: dt.datetime) -> None:
+        current = self._s.packs[pack_id]
+        if retain_until > current.retain_until:
+            self._s.packs[pack_id] = dataclasses.replace(current, retain_until=retain_until)
+
+    async def get_point(self, point_id: str) -> Point | None:
+        return self._s.points.get(point_id)
+
+    async def find_point(self, job_id: str, mount_point: str) -> Point | None:
+        for point in self._s.points.values():
+            if point.job_id == job_id and point.mount_point == mount_point:
+                return point
+        return None
+
+    async def insert_point(self, point: Point) -> None:
+        if point.point_id in self._s.points:
+            raise ValueError(f"duplicate point {point.point_id}")
+        self._s.points[point.point_id] = point
