@@ -1,0 +1,836 @@
+"""The backup pipeline: scan → read+chunk+hash → dedup → compress → upload → commit.
+
+Stages are joined by bounded ``asyncio.Queue``s and a byte budget on chunk
+content held in memory, so memory stays bounded whatever the number or size
+of files. CPU work (FastCDC, BLAKE3, zstd) and file reads run in a per-job
+thread pool of ``max_cores`` threads; the event loop only moves data.
+
+Ordering: the gateway wants the entries of a point sorted by the UTF-8 bytes
+of their paths. Within a directory, children are visited by name, and the
+subtree of a child directory ``d`` is visited where the string ``d/`` sorts
+among its siblings (so ``a``, ``a-c``, ``a/b`` come out in that order). Files
+are read concurrently but their entries are emitted in scan order.
+
+Manifest entries are spooled to a temporary file as files finish; once every
+chunk of the point has been uploaded the spool is streamed to ``CommitPoint``
+in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import stat
+import struct
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any, TypeVar
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+
+from strongroom_agent.chunking import ChunkParams, InvalidRepositoryParameters, chunk_id, compress
+from strongroom_agent.exclusions import Exclusions
+from strongroom_agent.gateway_client import GatewayClient, GatewayError
+from strongroom_agent.throttle import ReadThrottle, make_throttle
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+JobStatus = common_pb2.JobStatus
+ProgressCallback = Callable[[common_pb2.JobStats], Awaitable[None]]
+OpenFile = Callable[[str], int]
+
+MAX_REPORTED_FILE_ERRORS = 100
+READ_SIZE = 1 << 20  # bytes per read() call, so the throttle stays smooth
+_DEFAULT_CORES = {common_pb2.BACKUP_PRIORITY_LOW: 1, common_pb2.BACKUP_PRIORITY_HIGH: 2}
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    """Sizes of the bounded stages (defaults suit production; tests shrink them)."""
+
+    memory_budget_bytes: int = 256 << 20  # chunk content between read and upload
+    read_batch_bytes: int = 8 << 20  # chunk content produced per worker-thread step
+    ordered_queue: int = 256  # files in flight between scan and spool
+    chunk_queue: int = 4096
+    dedup_batch_ids: int = 1000
+    compress_batch_bytes: int = 8 << 20
+    upload_batch_chunks: int = 256
+    upload_batch_bytes: int = 32 << 20
+    uploaders: int = 2
+    commit_batch_entries: int = 1000
+    commit_batch_bytes: int = 1 << 20
+    seen_ids: int = 200_000  # chunk ids remembered per job to skip repeat dedup queries
+
+
+@dataclass
+class FileError:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class JobCanceled(Exception):
+    """The job was canceled by a CancelJob command."""
+
+
+class _FileProblem(Exception):
+    """A per-file failure: the file is left out and the job becomes PARTIAL_COMPLETE."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def open_for_backup(path: str) -> int:
+    """Open a file read-only without following a symlink, blocking on a FIFO, or touching atime."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    noatime = getattr(os, "O_NOATIME", 0)
+    if noatime:
+        try:
+            return os.open(path, flags | noatime)
+        except PermissionError:
+            pass  # O_NOATIME needs ownership or CAP_FOWNER
+    return os.open(path, flags)
+
+
+def cores_for(command: gateway_pb2.RunBackup) -> int:
+    """Worker threads for a job: max_cores, or the priority's default (seed: low 1, high 2)."""
+    cores = command.max_cores or _DEFAULT_CORES.get(command.priority, 1)
+    return max(1, min(cores, os.cpu_count() or 1))
+
+
+def _pin_thread(cpus: frozenset[int]) -> None:
+    # Best effort: not every platform or container allows changing affinity.
+    setaffinity = getattr(os, "sched_setaffinity", None)
+    if setaffinity is not None and cpus:
+        with contextlib.suppress(OSError):
+            setaffinity(0, cpus)
+
+
+def job_executor(cores: int) -> ThreadPoolExecutor:
+    """``cores`` worker threads, each pinned to the last ``cores`` CPUs the process may use."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    allowed = sorted(getaffinity(0)) if getaffinity is not None else []
+    cpus = frozenset(allowed[-cores:]) if len(allowed) > cores else frozenset()
+    return ThreadPoolExecutor(
+        max_workers=cores, thread_name_prefix="strongroom-backup", initializer=_pin_thread, initargs=(cpus,)
+    )
+
+
+# --- points ---------------------------------------------------------------------------------------------------------
+
+
+def plan_points(
+    roots: Sequence[str],
+    *,
+    discover: Callable[[], list[common_pb2.Filesystem]],
+    describe_root: Callable[[str], common_pb2.Filesystem],
+) -> tuple[list[common_pb2.Filesystem], list[FileError]]:
+    """The points of a job: each explicit root, or every discovered block-storage filesystem.
+
+    Roots that are not absolute existing directories (or lie on network
+    storage) are reported as errors instead of points.
+    """
+    if not roots:
+        return discover(), []
+    points: list[common_pb2.Filesystem] = []
+    errors: list[FileError] = []
+    for root in roots:
+        if not os.path.isabs(root):
+            errors.append(FileError(root, "backup root must be an absolute path"))
+            continue
+        real = os.path.realpath(root)
+        if not os.path.isdir(real):
+            errors.append(FileError(root, "backup root is not an existing directory"))
+            continue
+        try:
+            points.append(describe_root(real))
+        except ValueError as exc:
+            errors.append(FileError(root, str(exc)))
+    return points, errors
+
+
+# --- scanning -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanItem:
+    rel: str  # point-relative, '/'-separated, "" for the point root
+    path: str  # absolute host path
+    st: os.stat_result
+    link_target: str = ""
+
+
+@dataclass
+class _Listing:
+    # (sort key, descend?, item): descend items stand for a child directory's subtree.
+    items: list[tuple[bytes, bool, ScanItem]] = field(default_factory=list)
+    errors: list[FileError] = field(default_factory=list)
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _list_dir(path: str, rel: str, device: int, exclusions: Exclusions) -> _Listing:
+    """List one directory (runs in a thread): lstat each child, drop excluded, foreign-device and special files."""
+    listing = _Listing()
+    try:
+        with os.scandir(path) as entries:
+            children = list(entries)
+    except OSError as exc:
+        listing.errors.append(FileError(path, f"cannot list directory: {_reason(exc)}"))
+        return listing
+    for child in children:
+        child_path = os.path.join(path, child.name)
+        try:
+            name_bytes = child.name.encode("utf-8")
+        except UnicodeEncodeError:
+            listing.errors.append(FileError(child_path, "name is not valid UTF-8"))
+            continue
+        try:
+            st = child.stat(follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != 2:  # vanished since listing: nothing to back up
+                listing.errors.append(FileError(child_path, _reason(exc)))
+            continue
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if not (is_dir or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            continue  # sockets, devices, FIFOs
+        if st.st_dev != device or exclusions.excluded(child_path, is_dir=is_dir):
+            continue  # another filesystem (its own point) or excluded by policy
+        item = ScanItem(_join(rel, child.name), child_path, st)
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                item.link_target = os.readlink(child_path)
+                item.link_target.encode("utf-8")
+            except OSError as exc:
+                listing.errors.append(FileError(child_path, _reason(exc)))
+                continue
+            except UnicodeEncodeError:
+                listing.errors.append(FileError(child_path, "symlink target is not valid UTF-8"))
+                continue
+        listing.items.append((name_bytes, False, item))
+        if is_dir:
+            listing.items.append((name_bytes + b"/", True, item))
+    listing.items.sort(key=lambda t: t[0])
+    return listing
+
+
+async def scan_point(
+    root: str, exclusions: Exclusions, errors: list[FileError], cancel: asyncio.Event
+) -> AsyncIterator[ScanItem]:
+    """Yield the entries of the tree at ``root`` in manifest (UTF-8 byte) order, without crossing mounts."""
+    st = await asyncio.to_thread(os.lstat, root)
+    yield ScanItem("", root, st)
+    stack = [iter([(b"", True, ScanItem("", root, st))])]
+    while stack:
+        if cancel.is_set():
+            raise JobCanceled
+        try:
+            _key, descend, item = next(stack[-1])
+        except StopIteration:
+            stack.pop()
+            continue
+        if not descend:
+            yield item
+            continue
+        listing = await asyncio.to_thread(_list_dir, item.path, item.rel, st.st_dev, exclusions)
+        errors.extend(listing.errors)
+        stack.append(iter(listing.items))
+
+
+# --- reading --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    chunks: list[tuple[bytes, bytes]]
+    bytes_read: int
+    done: bool
+    consistent: bool = False
+
+
+def _snapshot(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _FileReader:
+    """Reads and chunks one file in worker threads, one bounded step at a time.
+
+    All methods take a lock, so ``close`` submitted after a cancellation waits
+    for a step still running in another thread.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        params: ChunkParams,
+        open_file: OpenFile,
+        throttle: ReadThrottle,
+        stop: threading.Event,
+        batch_bytes: int,
+    ) -> None:
+        self.path = path
+        self._params = params
+        self._open_file = open_file
+        self._throttle = throttle
+        self._stop = stop
+        self._batch_bytes = batch_bytes
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._closed = False
+        self.before: os.stat_result | None = None
+        self._chunks: Any = None
+        self._total = 0
+        self._delta = 0
+
+    def _start(self) -> None:
+        assert self._fd >= 0
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self.before = os.fstat(self._fd)
+        if not stat.S_ISREG(self.before.st_mode):
+            raise _FileProblem("no longer a regular file")
+        self._total = 0
+        self._chunks = iter(self._params.chunker().cut_stream(self))
+
+    def readinto(self, buffer: memoryview) -> int:
+        """The FastCDC stream source: bounded reads, charged to the throttle."""
+        if self._stop.is_set():
+            raise JobCanceled
+        n = os.readv(self._fd, [buffer[:READ_SIZE]])
+        self._total += n
+        self._delta += n
+        if n:
+            self._throttle.acquire(n)
+        return n
+
+    def step(self) -> _Step:
+        with self._lock:
+            if self._closed:
+                raise JobCanceled
+            if self._fd < 0:
+                self._fd = self._open_file(self.path)
+                self._start()
+            self._delta = 0
+            chunks: list[tuple[bytes, bytes]] = []
+            produced = 0
+            for chunk in self._chunks:
+                content = bytes(chunk.data)  # the stream chunker reuses its buffer
+                chunks.append((chunk_id(self._params.key, content), content))
+                produced += len(content)
+                if produced >= self._batch_bytes:
+                    return _Step(chunks, self._delta, done=False)
+            assert self.before is not None
+            after = os.fstat(self._fd)
+            consistent = _snapshot(after) == _snapshot(self.before) and self._total == after.st_size
+            return _Step(chunks, self._delta, done=True, consistent=consistent)
+
+    def restart(self) -> None:
+        with self._lock:
+            self._start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+# --- pipeline -------------------------------------------------------------------------------------------------------
+
+
+class _ByteBudget:
+    """Bounds the chunk content held between reading and upload."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, nbytes: int) -> int:
+        charge = min(nbytes, self.capacity)
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._used + charge <= self.capacity)
+            self._used += charge
+        return charge
+
+    async def release(self, charge: int) -> None:
+        async with self._cond:
+            self._used -= charge
+            self._cond.notify_all()
+
+
+class _SeenIds:
+    """Chunk ids known to be in the repository or on their way there (bounded, oldest forgotten first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._ids: OrderedDict[bytes, None] = OrderedDict()
+        self._capacity = capacity
+
+    def __contains__(self, chunk: bytes) -> bool:
+        return chunk in self._ids
+
+    def add(self, chunk: bytes) -> None:
+        self._ids[chunk] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+
+
+@dataclass
+class _Chunk:
+    id: bytes
+    content: bytes
+    charge: int  # bytes held in the budget
+
+
+@dataclass
+class _Upload:
+    id: bytes
+    raw_length: int
+    compression: gateway_pb2.ChunkCompression.ValueType
+    payload: bytes
+    charge: int
+
+
+_END: Any = object()
+
+
+async def _take_batch(
+    queue: asyncio.Queue[Any], max_items: int, max_bytes: int, size: Callable[[Any], int]
+) -> list[Any]:
+    """Wait for one item, then take whatever else is ready (never waiting for more).
+
+    Stops after the end marker, which is included as the last element.
+    """
+    first = await queue.get()
+    batch = [first]
+    total = 0 if first is _END else size(first)
+    while first is not _END and len(batch) < max_items and total < max_bytes and not queue.empty():
+        item = queue.get_nowait()
+        batch.append(item)
+        if item is _END:
+            break
+        total += size(item)
+    return batch
+
+
+def _compress_all(chunks: list[_Chunk]) -> list[_Upload]:
+    uploads = []
+    for chunk in chunks:
+        compression, payload = compress(chunk.content)
+        uploads.append(_Upload(chunk.id, len(chunk.content), compression, payload, chunk.charge))
+    return uploads
+
+
+class _Spool:
+    """Manifest entries of one point on local disk: 4-byte length + FileEntry, in order."""
+
+    def __init__(self, directory: str | None) -> None:
+        if directory:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Closed by close(); unlinked on creation, so nothing is left behind on a crash.
+        self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory or None)  # noqa: SIM115
+        self.count = 0
+
+    def write(self, entry: common_pb2.FileEntry) -> None:
+        data = entry.SerializeToString()
+        self._file.write(struct.pack(">I", len(data)))
+        self._file.write(data)
+        self.count += 1
+
+    def rewind(self) -> None:
+        self._file.flush()
+        self._file.seek(0)
+
+    def read_batch(self, max_entries: int, max_bytes: int) -> list[common_pb2.FileEntry]:
+        batch: list[common_pb2.FileEntry] = []
+        total = 0
+        while len(batch) < max_entries and total < max_bytes:
+            header = self._file.read(4)
+            if len(header) < 4:
+                break
+            (length,) = struct.unpack(">I", header)
+            entry = common_pb2.FileEntry()
+            entry.ParseFromString(self._file.read(length))
+            batch.append(entry)
+            total += length
+        return batch
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class _JobContext:
+    job_id: str
+    client: GatewayClient
+    params: ChunkParams
+    exclusions: Exclusions
+    executor: ThreadPoolExecutor
+    workers: int
+    throttle: ReadThrottle
+    open_file: OpenFile
+    limits: PipelineLimits
+    spool_dir: str | None
+    cancel: asyncio.Event
+    stop_threads: threading.Event
+    stats: common_pb2.JobStats
+    errors: list[FileError]
+    seen: _SeenIds
+
+
+class _PointRun:
+    """Backs up one point: every stage runs as a task of one TaskGroup."""
+
+    def __init__(self, ctx: _JobContext, filesystem: common_pb2.Filesystem) -> None:
+        self.ctx = ctx
+        self.filesystem = filesystem
+        limits = ctx.limits
+        self.budget = _ByteBudget(limits.memory_budget_bytes)
+        self.ordered: asyncio.Queue[Any] = asyncio.Queue(limits.ordered_queue)
+        self.chunks: asyncio.Queue[Any] = asyncio.Queue(limits.chunk_queue)
+        self.to_compress: asyncio.Queue[Any] = asyncio.Queue(limits.chunk_queue)
+        self.to_upload: asyncio.Queue[Any] = asyncio.Queue(limits.upload_batch_chunks * 2)
+        self.readers = asyncio.Semaphore(ctx.workers)
+        self.spool = _Spool(ctx.spool_dir)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, fn)
+
+    async def run(self) -> gateway_pb2.CommitPointResponse:
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._scan(group))
+                writer = group.create_task(self._write_spool())
+                dedup = group.create_task(self._dedup())
+                compressors = [group.create_task(self._compress()) for _ in range(self.ctx.workers)]
+                uploaders = [group.create_task(self._upload()) for _ in range(self.ctx.limits.uploaders)]
+                # Shut the stages down in order once each upstream stage is done.
+                await writer
+                await self.chunks.put(_END)
+                await dedup
+                for _ in compressors:
+                    await self.to_compress.put(_END)
+                await asyncio.gather(*compressors)
+                for _ in uploaders:
+                    await self.to_upload.put(_END)
+            return await self._commit()
+        finally:
+            self.spool.close()
+
+    async def _scan(self, group: asyncio.TaskGroup) -> None:
+        ctx = self.ctx
+        root = self.filesystem.mount_point
+        try:
+            async for item in scan_point(root, ctx.exclusions, ctx.errors, ctx.cancel):
+                ctx.stats.files_scanned += 1
+                if stat.S_ISREG(item.st.st_mode):
+                    ctx.stats.bytes_scanned += item.st.st_size
+                    await self.readers.acquire()
+                    await self.ordered.put(group.create_task(self._file_entry(item)))
+                else:
+                    await self.ordered.put(_entry(item))
+        except FileNotFoundError:
+            ctx.errors.append(FileError(root, "backup root vanished"))
+        except OSError as exc:
+            ctx.errors.append(FileError(root, _reason(exc)))
+        await self.ordered.put(_END)
+
+    async def _write_spool(self) -> None:
+        while (item := await self.ordered.get()) is not _END:
+            entry = await item if isinstance(item, asyncio.Future) else item
+            if entry is not None:
+                self.spool.write(entry)
+
+    async def _file_entry(self, item: ScanItem) -> common_pb2.FileEntry | None:
+        ctx = self.ctx
+        reader = _FileReader(
+            item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes
+        )
+        try:
+            entry = await self._read_file(reader, item)
+            ctx.stats.files_read += 1
+            return entry
+        except _FileProblem as exc:
+            ctx.errors.append(FileError(item.path, str(exc)))
+        except OSError as exc:
+            if exc.errno != 2:
+                ctx.errors.append(FileError(item.path, _reason(exc)))
+        finally:
+            # Through the executor: a cancelled step may still be running in a thread.
+            ctx.executor.submit(reader.close)
+            self.readers.release()
+        return None
+
+    async def _read_file(self, reader: _FileReader, item: ScanItem) -> common_pb2.FileEntry:
+        ctx = self.ctx
+        for attempt in range(2):
+            if attempt:
+                await self._in_thread(reader.restart)
+            ids: list[bytes] = []
+            while True:
+                if ctx.cancel.is_set():
+                    raise JobCanceled
+                step = await self._in_thread(reader.step)
+                ctx.stats.bytes_read += step.bytes_read
+                for cid, content in step.chunks:
+                    ids.append(cid)
+                    charge = await self.budget.acquire(len(content))
+                    await self.chunks.put(_Chunk(cid, content, charge))
+                if step.done:
+                    break
+            if step.consistent:
+                assert reader.before is not None
+                entry = _entry(item, reader.before)
+                entry.chunk_ids.extend(ids)
+                return entry
+        raise _FileProblem("file changed while being read")
+
+    async def _dedup(self) -> None:
+        ctx = self.ctx
+        limits = ctx.limits
+        done = False
+        while not done:
+            batch = await _take_batch(
+                self.chunks, limits.dedup_batch_ids, limits.memory_budget_bytes // 4, lambda c: len(c.content)
+            )
+            if batch[-1] is _END:
+                batch.pop()
+                done = True
+            query: dict[bytes, _Chunk] = {}
+            for chunk in batch:
+                if chunk.id in ctx.seen or chunk.id in query:
+                    await self.budget.release(chunk.charge)
+                else:
+                    query[chunk.id] = chunk
+            if not query:
+                continue
+            missing = set(await ctx.client.find_missing_chunks(ctx.job_id, list(query)))
+            for cid, chunk in query.items():
+                ctx.seen.add(cid)
+                if cid in missing:
+                    await self.to_compress.put(chunk)
+                else:
+                    await self.budget.release(chunk.charge)
+
+    async def _compress(self) -> None:
+        limits = self.ctx.limits
+        while True:
+            batch = await _take_batch(self.to_compress, 1 << 30, limits.compress_batch_bytes, lambda c: len(c.content))
+            end = batch[-1] is _END
+            chunks: list[_Chunk] = batch[:-1] if end else batch
+            if chunks:
+                for upload in await self._in_thread(functools.partial(_compress_all, chunks)):
+                    await self.to_upload.put(upload)
+            if end:
+                return
+
+    async def _upload(self) -> None:
+        ctx = self.ctx
+        limits = ctx.limits
+        while True:
+            batch = await _take_batch(
+                self.to_upload, limits.upload_batch_chunks, limits.upload_batch_bytes, lambda u: len(u.payload)
+            )
+            end = batch[-1] is _END
+            uploads: list[_Upload] = batch[:-1] if end else batch
+            if uploads:
+                requests = [
+                    gateway_pb2.UploadChunkRequest(
+                        job_id=ctx.job_id,
+                        chunk_id=u.id,
+                        compression=u.compression,
+                        raw_length=u.raw_length,
+                        payload=u.payload,
+                    )
+                    for u in uploads
+                ]
+                response = await ctx.client.upload_chunks(requests)
+                ctx.stats.chunks_new += response.chunks_stored
+                ctx.stats.bytes_uploaded += sum(len(u.payload) for u in uploads)
+                for u in uploads:
+                    await self.budget.release(u.charge)
+            if end:
+                return
+
+    async def _commit(self) -> gateway_pb2.CommitPointResponse:
+        ctx = self.ctx
+        self.spool.rewind()
+
+        async def requests() -> AsyncIterator[gateway_pb2.CommitPointRequest]:
+            header = gateway_pb2.PointHeader(job_id=ctx.job_id, filesystem=self.filesystem)
+            yield gateway_pb2.CommitPointRequest(header=header)
+            while True:
+                entries = await asyncio.to_thread(
+                    self.spool.read_batch, ctx.limits.commit_batch_entries, ctx.limits.commit_batch_bytes
+                )
+                if not entries:
+                    return
+                yield gateway_pb2.CommitPointRequest(entries=gateway_pb2.EntryBatch(entries=entries))
+
+        return await ctx.client.commit_point(requests())
+
+
+def _entry(item: ScanItem, st: os.stat_result | None = None) -> common_pb2.FileEntry:
+    st = st or item.st
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        kind, size = common_pb2.ENTRY_TYPE_DIRECTORY, 0
+    elif stat.S_ISLNK(mode):
+        kind, size = common_pb2.ENTRY_TYPE_SYMLINK, 0
+    else:
+        kind, size = common_pb2.ENTRY_TYPE_FILE, st.st_size
+    return common_pb2.FileEntry(
+        path=item.rel,
+        type=kind,
+        mode=stat.S_IMODE(mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=size,
+        mtime_ns=st.st_mtime_ns,
+        link_target=item.link_target,
+    )
+
+
+# --- the job --------------------------------------------------------------------------------------------------------
+
+
+async def _report_progress(stats: common_pb2.JobStats, on_progress: ProgressCallback, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        snapshot = common_pb2.JobStats()
+        snapshot.CopyFrom(stats)
+        await on_progress(snapshot)
+
+
+def _finished(
+    job_id: str,
+    status: common_pb2.JobStatus.ValueType,
+    stats: common_pb2.JobStats,
+    errors: list[FileError],
+    error: str = "",
+) -> gateway_pb2.JobFinished:
+    stats.files_failed = len(errors)
+    return gateway_pb2.JobFinished(
+        job_id=job_id,
+        status=status,
+        error=error,
+        stats=stats,
+        file_errors=[str(e) for e in errors[:MAX_REPORTED_FILE_ERRORS]],
+    )
+
+
+async def run_backup(
+    command: gateway_pb2.RunBackup,
+    *,
+    client: GatewayClient,
+    points: Sequence[common_pb2.Filesystem],
+    exclusions: Exclusions,
+    cancel: asyncio.Event,
+    point_errors: Sequence[FileError] = (),
+    on_progress: ProgressCallback | None = None,
+    progress_interval: float = 5.0,
+    spool_dir: str | None = None,
+    open_file: OpenFile = open_for_backup,
+    throttle: ReadThrottle | None = None,
+    limits: PipelineLimits | None = None,
+) -> gateway_pb2.JobFinished:
+    """Back up ``points`` one after another and commit each; never raises for job-level failures.
+
+    Returns COMPLETE, PARTIAL_COMPLETE (some files or roots failed; see
+    ``file_errors``), FAILED (the gateway or the parameters failed), or
+    CANCELED (``cancel`` was set).
+    """
+    stats = common_pb2.JobStats()
+    errors = list(point_errors)
+    try:
+        params = ChunkParams.from_proto(command.repository)
+    except InvalidRepositoryParameters as exc:
+        return _finished(
+            command.job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"bad repository parameters: {exc}"
+        )
+    if not points:
+        reason = "; ".join(str(e) for e in errors) or "no block-storage filesystem to back up"
+        return _finished(command.job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, reason)
+
+    workers = cores_for(command)
+    executor = job_executor(workers)
+    ctx = _JobContext(
+        job_id=command.job_id,
+        client=client,
+        params=params,
+        exclusions=exclusions,
+        executor=executor,
+        workers=workers,
+        throttle=throttle or make_throttle(command.max_read_bytes_per_second),
+        open_file=open_file,
+        limits=limits or PipelineLimits(),
+        spool_dir=spool_dir,
+        cancel=cancel,
+        stop_threads=threading.Event(),
+        stats=stats,
+        errors=errors,
+        seen=_SeenIds((limits or PipelineLimits()).seen_ids),
+    )
+
+    async def all_points() -> None:
+        for filesystem in points:
+            response = await _PointRun(ctx, filesystem).run()
+            log.info("job %s: committed point %s of %s", command.job_id, response.point_id, filesystem.mount_point)
+
+    work = asyncio.create_task(all_points())
+    canceled = asyncio.create_task(cancel.wait())
+    progress = asyncio.create_task(_report_progress(stats, on_progress, progress_interval)) if on_progress else None
+    try:
+        await asyncio.wait({work, canceled}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})
+        failure = None if work.cancelled() else work.exception()
+    finally:
+        ctx.stop_threads.set()
+        for task in (canceled, progress):
+            if task is not None:
+                task.cancel()
+        executor.shutdown(wait=False)
+    return _outcome(command.job_id, stats, errors, failure, canceled=cancel.is_set())
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _outcome(
+    job_id: str,
+    stats: common_pb2.JobStats,
+    errors: list[FileError],
+    failure: BaseException | None,
+    *,
+    canceled: bool,
+) -> gateway_pb2.JobFinished:
+    leaves = _leaves(failure) if failure is not None else []
+    if canceled or any(isinstance(leaf, JobCanceled) for leaf in leaves):
+        return _finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, errors)
+    if leaves:
+        gateway = [leaf for leaf in leaves if isinstance(leaf, GatewayError)]
+        if gateway:
+            return _finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"gateway error: {gateway[0]}")
+        log.error("job %s failed", job_id, exc_info=failure)
+        return _finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"internal error: {leaves[0]!r}")
+    status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE if errors else common_pb2.JOB_STATUS_COMPLETE
+    return _finished(job_id, status, stats, errors)

@@ -1,0 +1,101 @@
+"""Content-defined chunking, keyed chunk ids and chunk compression.
+
+A chunk id is the 32-byte keyed BLAKE3 hash of the chunk's uncompressed
+content, with the account's ``chunk_id_key``; chunk boundaries come from
+FastCDC with the account's gear ``chunker_seed``. Both must match what the
+gateway verifies, so they come only from ``RepositoryParameters``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+from pyfastcdc import FastCDC
+from strongroom.agent.v1 import gateway_pb2
+
+CHUNK_ID_LENGTH = 32
+ZSTD_LEVEL = 3
+
+# pyfastcdc's accepted ranges.
+_MIN_RANGE = (64, 1 << 20)
+_AVG_RANGE = (256, 4 << 20)
+_MAX_RANGE = (1024, 16 << 20)
+
+
+class InvalidRepositoryParameters(ValueError):
+    """The job's repository parameters cannot be chunked with."""
+
+
+@dataclass(frozen=True)
+class ChunkParams:
+    """FastCDC sizes, gear seed and chunk-id key of one account's repository."""
+
+    min_size: int
+    avg_size: int
+    max_size: int
+    key: bytes
+    seed: int
+
+    @classmethod
+    def from_proto(cls, params: gateway_pb2.RepositoryParameters) -> ChunkParams:
+        result = cls(
+            min_size=params.chunker_min_size,
+            avg_size=params.chunker_avg_size,
+            max_size=params.chunker_max_size,
+            key=bytes(params.chunk_id_key),
+            seed=params.chunker_seed,
+        )
+        result.validate()
+        return result
+
+    def validate(self) -> None:
+        if len(self.key) != CHUNK_ID_LENGTH:
+            raise InvalidRepositoryParameters(f"chunk_id_key must be 32 bytes, got {len(self.key)}")
+        for name, value, (low, high) in (
+            ("chunker_min_size", self.min_size, _MIN_RANGE),
+            ("chunker_avg_size", self.avg_size, _AVG_RANGE),
+            ("chunker_max_size", self.max_size, _MAX_RANGE),
+        ):
+            if not low <= value <= high:
+                raise InvalidRepositoryParameters(f"{name} {value} is outside [{low}, {high}]")
+        if not self.min_size <= self.avg_size <= self.max_size:
+            raise InvalidRepositoryParameters("chunker sizes must satisfy min <= avg <= max")
+
+    def chunker(self) -> FastCDC:
+        return FastCDC(self.avg_size, min_size=self.min_size, max_size=self.max_size, seed=self.seed)
+
+
+def chunk_id(key: bytes, data: bytes | memoryview) -> bytes:
+    """The keyed BLAKE3 id of a chunk's uncompressed content."""
+    return blake3.blake3(data, key=key).digest()
+
+
+def chunk_buffer(params: ChunkParams, data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(id, content) of the chunks of an in-memory buffer (used for tests and small inputs)."""
+    for chunk in params.chunker().cut_buf(data):
+        content = bytes(chunk.data)
+        yield chunk_id(params.key, content), content
+
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    # A ZstdCompressor must not be shared between threads; one per worker thread.
+    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        _local.compressor = compressor
+    return compressor
+
+
+def compress(data: bytes) -> tuple[gateway_pb2.ChunkCompression.ValueType, bytes]:
+    """zstd level 3, or the content itself when compression does not make it smaller."""
+    compressed = _compressor().compress(data)
+    if len(compressed) < len(data):
+        return gateway_pb2.CHUNK_COMPRESSION_ZSTD, compressed
+    return gateway_pb2.CHUNK_COMPRESSION_NONE, data

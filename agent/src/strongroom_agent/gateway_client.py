@@ -1,0 +1,178 @@
+"""The agent's view of the gateway: a small Protocol plus its gRPC implementation.
+
+Backup, restore and the session loop depend only on ``GatewayClient`` so tests
+substitute an in-memory fake. Every call made by ``GrpcGatewayClient`` carries
+``authorization: Bearer <instance_id>.<credential>``; gRPC failures surface as
+``GatewayError`` so callers never import grpc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+import grpc
+from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.common.v1 import common_pb2
+
+# Chunks are up to 16 MiB and file entries of huge files carry many chunk ids.
+MAX_MESSAGE_BYTES = 64 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+ENROLL_TIMEOUT_SECONDS = 15.0
+UNARY_TIMEOUT_SECONDS = 120.0
+
+
+class GatewayError(Exception):
+    """A gateway call failed. ``code`` is the gRPC status name, e.g. ``UNAVAILABLE``."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}" if details else code)
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, exc: grpc.aio.AioRpcError) -> GatewayError:
+        return cls(exc.code().name, exc.details() or "")
+
+
+class ControlStream(Protocol):
+    """One open Connect stream."""
+
+    async def write(self, report: gateway_pb2.AgentReport) -> None: ...
+
+    async def read(self) -> gateway_pb2.AgentCommand | None:
+        """The next command, or None when the gateway closed the stream cleanly."""
+        ...
+
+    def cancel(self) -> None: ...
+
+
+class GatewayClient(Protocol):
+    """The calls an enrolled agent makes."""
+
+    def connect(self) -> ControlStream: ...
+
+    async def find_missing_chunks(self, job_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]: ...
+
+    async def upload_chunks(
+        self, requests: Sequence[gateway_pb2.UploadChunkRequest]
+    ) -> gateway_pb2.UploadChunksResponse: ...
+
+    async def commit_point(
+        self, requests: AsyncIterator[gateway_pb2.CommitPointRequest]
+    ) -> gateway_pb2.CommitPointResponse: ...
+
+    def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]: ...
+
+    def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+        """(chunk id, uncompressed content) pairs, in any order."""
+        ...
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    # Plaintext: the deployment terminates TLS in front of the gateway (see the report).
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+async def enroll(address: str, request: gateway_pb2.EnrollRequest) -> gateway_pb2.EnrollResponse:
+    """Exchange an enrollment token for a credential (the only call without authorization)."""
+    async with open_channel(address) as channel:
+        stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
+        try:
+            response: gateway_pb2.EnrollResponse = await stub.Enroll(request, timeout=ENROLL_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        return response
+
+
+class _GrpcControlStream:
+    def __init__(self, call: grpc.aio.StreamStreamCall[gateway_pb2.AgentReport, gateway_pb2.AgentCommand]) -> None:
+        self._call = call
+
+    async def write(self, report: gateway_pb2.AgentReport) -> None:
+        try:
+            await self._call.write(report)
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        except grpc.aio.UsageError as exc:  # the call already finished
+            raise GatewayError("UNAVAILABLE", f"control stream closed: {exc}") from exc
+
+    async def read(self) -> gateway_pb2.AgentCommand | None:
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        # At the end of the stream grpc returns its EOF sentinel rather than a message.
+        return message if isinstance(message, gateway_pb2.AgentCommand) else None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcGatewayClient:
+    """``GatewayClient`` over a gRPC channel, authenticated as one enrolled instance."""
+
+    def __init__(self, channel: grpc.aio.Channel, instance_id: str, credential: str) -> None:
+        self._stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {instance_id}.{credential}"),)
+
+    def connect(self) -> ControlStream:
+        return _GrpcControlStream(self._stub.Connect(None, metadata=self._metadata))
+
+    async def find_missing_chunks(self, job_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:
+        request = gateway_pb2.FindMissingChunksRequest(job_id=job_id, chunk_ids=list(chunk_ids))
+        try:
+            response = await self._stub.FindMissingChunks(
+                request, metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        return list(response.missing_chunk_ids)
+
+    async def upload_chunks(
+        self, requests: Sequence[gateway_pb2.UploadChunkRequest]
+    ) -> gateway_pb2.UploadChunksResponse:
+        try:
+            response: gateway_pb2.UploadChunksResponse = await self._stub.UploadChunks(
+                iter(requests), metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        return response
+
+    async def commit_point(
+        self, requests: AsyncIterator[gateway_pb2.CommitPointRequest]
+    ) -> gateway_pb2.CommitPointResponse:
+        try:
+            response: gateway_pb2.CommitPointResponse = await self._stub.CommitPoint(requests, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        return response
+
+    async def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]:
+        call = self._stub.ReadManifest(request, metadata=self._metadata)
+        try:
+            async for response in call:
+                for entry in response.entries:
+                    yield entry
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        finally:
+            call.cancel()
+
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+        request = gateway_pb2.ReadChunksRequest(restore_job_id=restore_job_id, chunk_ids=list(chunk_ids))
+        call = self._stub.ReadChunks(request, metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS)
+        try:
+            async for response in call:
+                yield bytes(response.chunk_id), bytes(response.data)
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        finally:
+            call.cancel()

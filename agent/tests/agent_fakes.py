@@ -1,0 +1,174 @@
+"""An in-memory gateway implementing the agent's GatewayClient protocol.
+
+It checks what the real gateway checks: chunk ids are the keyed BLAKE3 of the
+decompressed payload, manifest entries arrive sorted by UTF-8 path bytes with
+the header first, and every chunk an entry references has been uploaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import blake3
+import zstandard
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom_agent.gateway_client import GatewayError
+
+KEY = bytes(range(32))
+REPOSITORY = gateway_pb2.RepositoryParameters(
+    chunker_min_size=1024, chunker_avg_size=4096, chunker_max_size=16384, chunk_id_key=KEY, chunker_seed=7
+)
+
+
+def run_backup_command(job_id: str = "job-1", **kwargs: object) -> gateway_pb2.RunBackup:
+    command = gateway_pb2.RunBackup(job_id=job_id, max_cores=2, **kwargs)  # type: ignore[arg-type]
+    command.repository.CopyFrom(REPOSITORY)
+    return command
+
+
+@dataclass
+class Point:
+    point_id: str
+    job_id: str
+    filesystem: common_pb2.Filesystem
+    entries: list[common_pb2.FileEntry]
+
+
+@dataclass
+class FakeGateway:
+    key: bytes = KEY
+    chunks: dict[bytes, bytes] = field(default_factory=dict)
+    points: dict[str, Point] = field(default_factory=dict)
+    uploaded: list[bytes] = field(default_factory=list)  # every chunk id ever uploaded, in order
+    upload_calls: int = 0
+    find_calls: int = 0
+    max_find_batch: int = 0
+    read_chunk_calls: int = 0
+    fail_uploads: bool = False
+    manifest_batches: list[int] = field(default_factory=list)
+
+    async def find_missing_chunks(self, job_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:
+        self.find_calls += 1
+        self.max_find_batch = max(self.max_find_batch, len(chunk_ids))
+        assert job_id
+        return [c for c in chunk_ids if c not in self.chunks]
+
+    async def upload_chunks(
+        self, requests: Sequence[gateway_pb2.UploadChunkRequest]
+    ) -> gateway_pb2.UploadChunksResponse:
+        if self.fail_uploads:
+            raise GatewayError("UNAVAILABLE", "object store down")
+        self.upload_calls += 1
+        stored = present = 0
+        for request in requests:
+            if request.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD:
+                data = zstandard.ZstdDecompressor().decompress(request.payload, max_output_size=request.raw_length)
+            else:
+                assert request.compression == gateway_pb2.CHUNK_COMPRESSION_NONE
+                data = request.payload
+            assert len(data) == request.raw_length
+            if blake3.blake3(data, key=self.key).digest() != request.chunk_id:
+                raise GatewayError("INVALID_ARGUMENT", "chunk id does not match content")
+            self.uploaded.append(request.chunk_id)
+            if request.chunk_id in self.chunks:
+                present += 1
+            else:
+                stored += 1
+                self.chunks[request.chunk_id] = data
+        return gateway_pb2.UploadChunksResponse(chunks_stored=stored, chunks_already_present=present)
+
+    async def commit_point(
+        self, requests: AsyncIterator[gateway_pb2.CommitPointRequest]
+    ) -> gateway_pb2.CommitPointResponse:
+        first = await anext(requests)
+        assert first.WhichOneof("part") == "header"
+        entries: list[common_pb2.FileEntry] = []
+        async for request in requests:
+            assert request.WhichOneof("part") == "entries"
+            self.manifest_batches.append(len(request.entries.entries))
+            for entry in request.entries.entries:
+                if entries and entry.path.encode() <= entries[-1].path.encode():
+                    raise GatewayError("INVALID_ARGUMENT", f"unsorted entry {entry.path!r} after {entries[-1].path!r}")
+                for cid in entry.chunk_ids:
+                    if cid not in self.chunks:
+                        raise GatewayError("FAILED_PRECONDITION", f"chunk of {entry.path!r} was never uploaded")
+                entries.append(entry)
+        point_id = f"point-{len(self.points) + 1}"
+        self.points[point_id] = Point(point_id, first.header.job_id, first.header.filesystem, entries)
+        total = sum(e.size for e in entries)
+        return gateway_pb2.CommitPointResponse(point_id=point_id, file_count=len(entries), total_bytes=total)
+
+    async def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]:
+        point = self.points.get(request.point_id)
+        if point is None:
+            raise GatewayError("NOT_FOUND", f"no point {request.point_id}")
+
+        def under(path: str, prefixes: Sequence[str]) -> bool:
+            return any(p == "" or path == p or path.startswith(p + "/") for p in prefixes)
+
+        for entry in point.entries:
+            if request.include_paths and not under(entry.path, request.include_paths):
+                continue
+            if under(entry.path, request.exclude_paths):
+                continue
+            yield entry
+
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+        self.read_chunk_calls += 1
+        # Answer in reverse order: the protocol promises no order.
+        for cid in reversed(list(dict.fromkeys(chunk_ids))):
+            if cid not in self.chunks:
+                raise GatewayError("NOT_FOUND", "chunk missing")
+            await asyncio.sleep(0)
+            yield cid, self.chunks[cid]
+
+    def connect(self) -> FakeControlStream:
+        raise NotImplementedError("use FakeSessionGateway for session tests")
+
+    # helpers for assertions
+    def only_point(self) -> Point:
+        assert len(self.points) == 1, self.points.keys()
+        return next(iter(self.points.values()))
+
+    def content(self, entry: common_pb2.FileEntry) -> bytes:
+        return b"".join(self.chunks[c] for c in entry.chunk_ids)
+
+
+class FakeControlStream:
+    """One Connect stream: the test pushes commands and reads what the agent reported."""
+
+    def __init__(self) -> None:
+        self.commands: asyncio.Queue[gateway_pb2.AgentCommand | None | Exception] = asyncio.Queue()
+        self.reports: asyncio.Queue[gateway_pb2.AgentReport] = asyncio.Queue()
+        self.canceled = False
+
+    async def write(self, report: gateway_pb2.AgentReport) -> None:
+        if self.canceled:
+            raise GatewayError("CANCELLED", "stream canceled")
+        await self.reports.put(report)
+
+    async def read(self) -> gateway_pb2.AgentCommand | None:
+        item = await self.commands.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self.canceled = True
+
+
+def entries_by_path(point: Point) -> dict[str, common_pb2.FileEntry]:
+    return {e.path: e for e in point.entries}
+
+
+def write_file(path: str, data: bytes, mode: int = 0o644, mtime_ns: int | None = None) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))

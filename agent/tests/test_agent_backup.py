@@ -1,0 +1,325 @@
+"""The backup pipeline against the in-memory gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_fakes import FakeGateway, entries_by_path, run_backup_command, write_file
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom_agent.backup import PipelineLimits, _list_dir, plan_points, run_backup
+from strongroom_agent.exclusions import LinuxExclusions
+
+COMPLETE = common_pb2.JOB_STATUS_COMPLETE
+PARTIAL = common_pb2.JOB_STATUS_PARTIAL_COMPLETE
+
+
+def rand(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def filesystem(root: Path) -> common_pb2.Filesystem:
+    return common_pb2.Filesystem(mount_point=str(root), device="/dev/vdz", fs_type="ext4", capacity_bytes=1 << 30)
+
+
+async def backup(gateway: FakeGateway, root: Path, **kwargs: Any) -> gateway_pb2.JobFinished:
+    command = kwargs.pop("command", None) or run_backup_command()
+    kwargs.setdefault("exclusions", LinuxExclusions())
+    kwargs.setdefault("cancel", asyncio.Event())
+    return await run_backup(command, client=gateway, points=[filesystem(root)], **kwargs)
+
+
+def make_tree(root: Path) -> None:
+    write_file(
+        str(root / "docs/report.txt"), b"quarterly numbers\n" * 500, mode=0o640, mtime_ns=1_600_000_000_123_456_789
+    )
+    write_file(str(root / "docs/big.bin"), rand(300_000, 1))
+    write_file(str(root / "empty"), b"")
+    write_file(str(root / "a-c"), b"sorts between a and a/")
+    write_file(str(root / "a/b"), b"inside a")
+    os.symlink("docs/report.txt", root / "link")
+    os.mkfifo(root / "fifo")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(root / "sock"))
+
+
+async def test_backup_of_a_tree(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    make_tree(root)
+    gateway = FakeGateway()
+    finished = await backup(gateway, root)
+    assert finished.status == COMPLETE, finished
+    point = gateway.only_point()
+    paths = [e.path for e in point.entries]
+    # sorted by UTF-8 bytes, root first, directory before its children; fifo and socket skipped
+    assert paths == ["", "a", "a-c", "a/b", "docs", "docs/big.bin", "docs/report.txt", "empty", "link"]
+    entries = entries_by_path(point)
+    assert entries[""].type == common_pb2.ENTRY_TYPE_DIRECTORY
+    report = entries["docs/report.txt"]
+    assert report.type == common_pb2.ENTRY_TYPE_FILE
+    assert report.mode == 0o640 and report.mtime_ns == 1_600_000_000_123_456_789
+    assert report.size == len(b"quarterly numbers\n" * 500)
+    assert gateway.content(report) == b"quarterly numbers\n" * 500
+    assert gateway.content(entries["docs/big.bin"]) == rand(300_000, 1)
+    assert len(entries["docs/big.bin"].chunk_ids) > 10
+    assert entries["empty"].chunk_ids == [] and entries["empty"].size == 0
+    assert entries["link"].type == common_pb2.ENTRY_TYPE_SYMLINK and entries["link"].link_target == "docs/report.txt"
+    assert point.filesystem.mount_point == str(root) and point.job_id == "job-1"
+    stats = finished.stats
+    assert stats.files_read == 5 and stats.files_failed == 0
+    assert stats.bytes_read == sum(e.size for e in point.entries)
+    assert stats.chunks_new == len(gateway.chunks) and stats.bytes_uploaded > 0
+
+
+async def test_unchanged_tree_uploads_nothing_and_change_uploads_only_new_chunks(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    make_tree(root)
+    gateway = FakeGateway()
+    assert (await backup(gateway, root)).status == COMPLETE
+    first_uploads = len(gateway.uploaded)
+    old_ids = set(entries_by_path(gateway.only_point())["docs/big.bin"].chunk_ids)
+
+    second = await backup(gateway, root, command=run_backup_command("job-2"))
+    assert second.status == COMPLETE
+    assert len(gateway.uploaded) == first_uploads
+    assert second.stats.chunks_new == 0 and second.stats.bytes_uploaded == 0
+
+    # Insert bytes near the start of the big file: only the chunks around the edit are new.
+    big = root / "docs/big.bin"
+    data = big.read_bytes()
+    big.write_bytes(data[:1000] + b"INSERTED" + data[1000:])
+    third = await backup(gateway, root, command=run_backup_command("job-3"))
+    assert third.status == COMPLETE
+    new_entry = entries_by_path(gateway.points["point-3"])["docs/big.bin"]
+    new_ids = set(new_entry.chunk_ids)
+    uploaded_now = gateway.uploaded[first_uploads:]
+    assert set(uploaded_now) == new_ids - old_ids
+    assert len(uploaded_now) == len(set(uploaded_now))  # each new chunk uploaded once
+    assert 0 < len(uploaded_now) <= 3 < len(new_ids)
+    assert gateway.content(new_entry) == big.read_bytes()
+
+
+async def test_duplicate_content_is_uploaded_once(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    blob = rand(100_000, 5)
+    for i in range(5):
+        write_file(str(root / f"copy{i}"), blob)
+    gateway = FakeGateway()
+    assert (await backup(gateway, root)).status == COMPLETE
+    assert len(gateway.uploaded) == len(set(gateway.uploaded))
+    assert {e.path for e in gateway.only_point().entries} == {"", "copy0", "copy1", "copy2", "copy3", "copy4"}
+
+
+class MutatingThrottle:
+    """Rewrites a file after the reader read some of it: 'times' rewrites, each with a fresh mtime."""
+
+    def __init__(self, path: Path, times: int) -> None:
+        self.path = path
+        self.remaining = times
+        self.calls = 0
+
+    def acquire(self, nbytes: int) -> None:
+        self.calls += 1
+        if self.remaining > 0:
+            self.remaining -= 1
+            data = bytearray(self.path.read_bytes())
+            data[0] ^= 0xFF
+            self.path.write_bytes(bytes(data))
+            stamp = 2_000_000_000_000_000_000 + self.calls
+            os.utime(self.path, ns=(stamp, stamp))
+
+
+async def test_file_changing_during_every_read_is_reported_not_stored(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "busy.db"), rand(50_000, 2))
+    gateway = FakeGateway()
+    finished = await backup(gateway, root, throttle=MutatingThrottle(root / "busy.db", times=1000))
+    assert finished.status == PARTIAL
+    assert [e.path for e in gateway.only_point().entries] == [""]
+    assert len(finished.file_errors) == 1
+    assert "busy.db" in finished.file_errors[0] and "changed while being read" in finished.file_errors[0]
+    assert finished.stats.files_failed == 1
+
+
+async def test_file_changing_once_is_reread_and_stored_consistently(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "log"), rand(50_000, 3))
+    gateway = FakeGateway()
+    finished = await backup(gateway, root, throttle=MutatingThrottle(root / "log", times=1))
+    assert finished.status == COMPLETE, finished.file_errors
+    entry = entries_by_path(gateway.only_point())["log"]
+    assert gateway.content(entry) == (root / "log").read_bytes()  # the second, settled state
+    assert entry.mtime_ns == os.lstat(root / "log").st_mtime_ns
+    assert finished.stats.bytes_read == 2 * 50_000
+
+
+async def test_unreadable_file_makes_the_job_partial(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "secret"), b"no")
+    write_file(str(root / "public"), b"yes")
+
+    def opener(path: str) -> int:
+        if path.endswith("secret"):
+            raise PermissionError(13, "Permission denied", path)
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+
+    gateway = FakeGateway()
+    finished = await backup(gateway, root, open_file=opener)
+    assert finished.status == PARTIAL
+    assert finished.file_errors == [f"{root}/secret: Permission denied"]
+    assert [e.path for e in gateway.only_point().entries] == ["", "public"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of permissions")
+async def test_unreadable_file_really_unreadable(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "secret"), b"no", mode=0o000)
+    gateway = FakeGateway()
+    finished = await backup(gateway, root)
+    assert finished.status == PARTIAL
+
+
+async def test_unlistable_directory_is_reported(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "d/f"), b"x")
+    listing = _list_dir(str(root / "missing"), "missing", os.lstat(root).st_dev, LinuxExclusions())
+    assert listing.items == [] and "cannot list directory" in listing.errors[0].reason
+
+
+def test_listing_skips_other_filesystems_and_exclusions(tmp_path: Path) -> None:
+    write_file(str(tmp_path / "keep"), b"x")
+    write_file(str(tmp_path / "state/agent.json"), b"{}")
+    device = os.lstat(tmp_path).st_dev
+    same = _list_dir(str(tmp_path), "", device, LinuxExclusions(extra_dirs=[str(tmp_path / "state")]))
+    assert [key for key, _descend, _item in same.items] == [b"keep"]
+    other = _list_dir(str(tmp_path), "", device + 1, LinuxExclusions())
+    assert other.items == []
+
+
+async def test_state_dir_inside_the_tree_is_not_backed_up(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "data"), b"x")
+    write_file(str(root / "var/lib/agent/agent.json"), b"secret credential")
+    gateway = FakeGateway()
+    finished = await backup(gateway, root, exclusions=LinuxExclusions(extra_dirs=[str(root / "var/lib/agent")]))
+    assert finished.status == COMPLETE
+    assert [e.path for e in gateway.only_point().entries] == ["", "data", "var", "var/lib"]
+
+
+async def test_tiny_limits_still_complete(tmp_path: Path) -> None:
+    """Bounded queues and a tiny memory budget must not deadlock; batching limits are honoured."""
+    root = tmp_path / "src"
+    for i in range(60):
+        write_file(str(root / f"d{i % 7}/f{i:03}"), rand(5000 + i * 300, i))
+    limits = PipelineLimits(
+        memory_budget_bytes=20_000,
+        read_batch_bytes=4096,
+        ordered_queue=2,
+        chunk_queue=2,
+        dedup_batch_ids=3,
+        upload_batch_chunks=2,
+        commit_batch_entries=5,
+        uploaders=1,
+    )
+    gateway = FakeGateway()
+    finished = await backup(gateway, root, limits=limits)
+    assert finished.status == COMPLETE
+    assert gateway.max_find_batch <= 3
+    assert max(gateway.manifest_batches) <= 5
+    entries = entries_by_path(gateway.only_point())
+    for i in range(60):
+        assert gateway.content(entries[f"d{i % 7}/f{i:03}"]) == rand(5000 + i * 300, i)
+
+
+async def test_gateway_failure_fails_the_job(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "f"), rand(10_000, 9))
+    gateway = FakeGateway(fail_uploads=True)
+    finished = await backup(gateway, root)
+    assert finished.status == common_pb2.JOB_STATUS_FAILED
+    assert "object store down" in finished.error
+    assert gateway.points == {}
+
+
+async def test_bad_repository_parameters_fail_the_job(tmp_path: Path) -> None:
+    command = run_backup_command()
+    command.repository.chunk_id_key = b"short"
+    finished = await backup(FakeGateway(), tmp_path, command=command)
+    assert finished.status == common_pb2.JOB_STATUS_FAILED and "chunk_id_key" in finished.error
+
+
+async def test_cancel_stops_the_job_promptly(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    for i in range(20):
+        write_file(str(root / f"f{i}"), rand(200_000, i))
+    cancel = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    class CancelOnRead:
+        def acquire(self, nbytes: int) -> None:
+            loop.call_soon_threadsafe(cancel.set)
+
+    gateway = FakeGateway()
+    finished = await asyncio.wait_for(backup(gateway, root, cancel=cancel, throttle=CancelOnRead()), timeout=10)
+    assert finished.status == common_pb2.JOB_STATUS_CANCELED
+    assert gateway.points == {}
+
+
+async def test_progress_is_reported(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "f"), rand(100_000, 1))
+    reports: list[common_pb2.JobStats] = []
+
+    class SlowThrottle:
+        def acquire(self, nbytes: int) -> None:
+            import time
+
+            time.sleep(0.05)
+
+    async def on_progress(stats: common_pb2.JobStats) -> None:
+        reports.append(stats)
+
+    finished = await backup(
+        FakeGateway(), root, on_progress=on_progress, progress_interval=0.01, throttle=SlowThrottle()
+    )
+    assert finished.status == COMPLETE
+    assert reports and reports[-1].files_scanned >= 1
+
+
+def test_plan_points_validates_roots(tmp_path: Path) -> None:
+    (tmp_path / "ok").mkdir()
+    write_file(str(tmp_path / "file"), b"x")
+    points, errors = plan_points(
+        [str(tmp_path / "ok"), "relative/dir", str(tmp_path / "missing"), str(tmp_path / "file")],
+        discover=list,
+        describe_root=lambda p: common_pb2.Filesystem(mount_point=p),
+    )
+    assert [p.mount_point for p in points] == [str(tmp_path / "ok")]
+    assert [e.reason for e in errors] == [
+        "backup root must be an absolute path",
+        "backup root is not an existing directory",
+        "backup root is not an existing directory",
+    ]
+    discovered = [common_pb2.Filesystem(mount_point="/")]
+    assert plan_points([], discover=lambda: discovered, describe_root=lambda p: discovered[0]) == (discovered, [])
+
+
+async def test_no_points_fails_with_the_root_errors(tmp_path: Path) -> None:
+    from strongroom_agent.backup import FileError
+
+    finished = await run_backup(
+        run_backup_command(),
+        client=FakeGateway(),
+        points=[],
+        point_errors=[FileError("/nope", "backup root is not an existing directory")],
+        exclusions=LinuxExclusions(),
+        cancel=asyncio.Event(),
+    )
+    assert finished.status == common_pb2.JOB_STATUS_FAILED
+    assert "/nope: backup root is not an existing directory" in finished.error
