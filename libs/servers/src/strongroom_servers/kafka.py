@@ -1,0 +1,331 @@
+"""Apache Kafka, single node in KRaft mode, run from Maven Central jars (no tarball, no Docker).
+
+The broker's classpath is fetched once with ``mvn dependency:copy-dependencies`` from the POM that
+ships in this package (``kafka-pom.xml``) into ``<cache>/kafka-<version>/libs`` and reused; a
+``.complete`` marker is written last, so an interrupted download is redone, not trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import importlib.resources
+import os
+import shutil
+import signal
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from strongroom_servers._process import (
+    ManagedProcess,
+    PrerequisiteMissing,
+    ServerStartError,
+    cache_root,
+    file_lock,
+    free_port,
+    port_open,
+    run_checked,
+    which_or_raise,
+)
+from strongroom_servers.kafka_probe import probe_kafka
+
+__all__ = ["KAFKA_VERSION", "LOG4J_VERSIONS", "LocalKafka", "ensure_kafka_libs", "find_java"]
+
+KAFKA_VERSION = "4.3.1"
+# First entry is the log4j2 release Kafka 4.3 ships with; the others are fallbacks in case the
+# repository does not serve it.
+LOG4J_VERSIONS = ("2.25.5", "2.25.4", "2.25.3")
+
+_READY_LINE = "Kafka Server started"  # KafkaBroker.STARTED_MESSAGE, same in 3.9 and 4.x
+_BIND_ERRORS = ("Address already in use", "BindException")
+
+_LOG4J2_PROPERTIES = """\
+# Everything to stdout, which the launcher sends to kafka.log in the work dir.
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+"""
+
+
+def find_java() -> str:
+    """``$JAVA_HOME/bin/java`` if set, else ``java`` on PATH. Kafka 4.x needs Java 17+."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and os.access(Path(java_home) / "bin" / "java", os.X_OK):
+        return str(Path(java_home) / "bin" / "java")
+    return which_or_raise("java", "Kafka 4.x needs a Java 17+ runtime, e.g. apt-get install openjdk-17-jre-headless")
+
+
+def _has_core_jar(libs: Path, version: str) -> bool:
+    return (libs / f"kafka_2.13-{version}.jar").is_file()
+
+
+def ensure_kafka_libs(version: str = KAFKA_VERSION) -> Path:
+    """Return a directory holding the broker classpath for ``version``, downloading it if needed.
+
+    ``$STRONGROOM_KAFKA_LIBS`` (a directory with ``kafka_2.13-<version>.jar`` and its dependencies)
+    skips the download. Otherwise ``<cache>/kafka-<version>/libs`` is filled once by Maven under a
+    file lock. Raises PrerequisiteMissing when ``mvn`` is needed but absent, ServerStartError when
+    Maven fails (with the tail of ``mvn.log``).
+    """
+    override = os.environ.get("STRONGROOM_KAFKA_LIBS")
+    if override:
+        libs = Path(override)
+        if not _has_core_jar(libs, version):
+            raise PrerequisiteMissing(f"STRONGROOM_KAFKA_LIBS={override} has no kafka_2.13-{version}.jar")
+        return libs
+    base = cache_root() / f"kafka-{version}"
+    libs, marker = base / "libs", base / ".complete"
+    if marker.is_file() and _has_core_jar(libs, version):
+        return libs
+    mvn = which_or_raise("mvn", "Maven fetches the Kafka jars once, e.g. apt-get install maven")
+    with file_lock(base.parent / f"kafka-{version}.lock"):
+        if marker.is_file() and _has_core_jar(libs, version):
+            return libs  # another process finished it while we waited for the lock
+        base.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(libs, ignore_errors=True)
+        partial = base / "libs.partial"
+        pom = base / "pom.xml"
+        pom.write_text(importlib.resources.files("strongroom_servers").joinpath("kafka-pom.xml").read_text("utf-8"))
+        last_error: ServerStartError | None = None
+        for log4j in LOG4J_VERSIONS:
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                run_checked(
+                    [
+                        mvn,
+                        "-q",
+                        "-B",
+                        "-f",
+                        str(pom),
+                        "dependency:copy-dependencies",
+                        "-DincludeScope=runtime",
+                        f"-DoutputDirectory={partial}",
+                        f"-Dkafka.version={version}",
+                        f"-Dlog4j.version={log4j}",
+                    ],
+                    what=f"Maven download of Kafka {version} (log4j {log4j})",
+                    log_path=base / "mvn.log",
+                    cwd=base,
+                )
+            except ServerStartError as exc:
+                last_error = exc
+                continue
+            if not _has_core_jar(partial, version):
+                raise ServerStartError(f"Maven finished but {partial} has no kafka_2.13-{version}.jar")
+            partial.rename(libs)
+            marker.write_text(f"kafka {version}\nlog4j {log4j}\n")
+            return libs
+        assert last_error is not None
+        raise last_error
+
+
+def _kafka_ready(proc: ManagedProcess, port: int) -> bool:
+    return proc.log_contains(_READY_LINE) and port_open("127.0.0.1", port)
+
+
+def _cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, url-safe base64 without padding (as Uuid.randomUuid)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):  # StorageTool's argument parser would read it as an option
+            return cid
+
+
+class LocalKafka:
+    """One combined broker+controller KRaft node on 127.0.0.1.
+
+    Contract: ``start()`` provisions the jars (cached), formats ``work_dir/kraft-data`` on first
+    use (a restart on the same work dir keeps its topics), launches ``kafka.Kafka`` and returns once
+    the log says "Kafka Server started" and the port accepts connections; raises ServerStartError
+    with the log tail otherwise. ``stop()`` sends SIGTERM (controlled shutdown), then SIGKILL after
+    ``stop_timeout``. The broker log is ``work_dir/kafka.log``.
+
+    Settings are tuned for tests: every internal topic has one partition and replication factor 1
+    (so consumer groups and transactions work on one node) and the first group rebalance is not
+    delayed.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        port: int | None = None,
+        libs_dir: Path | None = None,
+        version: str = KAFKA_VERSION,
+        heap_max: str = "1g",
+        start_timeout: float = 120.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self.work_dir = Path(work_dir)
+        self.version = version
+        self.heap_max = heap_max
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._fixed_port = port
+        self._libs_dir = libs_dir
+        self._port: int | None = None
+        self._proc: ManagedProcess | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None or self._proc is None:
+            raise RuntimeError("LocalKafka is not running")
+        return self._port
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:PORT`` of the PLAINTEXT listener."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "kafka.log"
+
+    @property
+    def alive(self) -> bool:
+        """True while the started server process is still running."""
+        return self._proc is not None and self._proc.exit_code() is None
+
+    def start(self) -> Self:
+        """Provision, format if needed, launch and wait until ready. Returns self."""
+        if self._proc is not None:
+            raise RuntimeError("LocalKafka already started")
+        libs = self._libs_dir or ensure_kafka_libs(self.version)
+        java = find_java()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        # A port chosen by us can be taken between probe and bind; retry once with new ports.
+        attempts = 1 if self._fixed_port is not None else 2
+        for attempt in range(attempts):
+            broker_port = self._fixed_port or free_port()
+            controller_port = free_port()
+            self._write_config(broker_port, controller_port)
+            self._format(java, libs)
+            proc = ManagedProcess(
+                "kafka",
+                [
+                    java,
+                    "-Xms256m",
+                    f"-Xmx{self.heap_max}",
+                    *self._jvm_common(libs),
+                    "kafka.Kafka",
+                    str(self.work_dir / "server.properties"),
+                ],
+                self.log_path,
+                cwd=self.work_dir,
+                stop_signal=signal.SIGTERM,
+                stop_timeout=self.stop_timeout,
+            )
+            proc.start()
+            try:
+                proc.wait_until(
+                    functools.partial(_kafka_ready, proc, broker_port),
+                    timeout=self.start_timeout,
+                    what=f"'{_READY_LINE}' and port {broker_port} open",
+                )
+            except ServerStartError:
+                if attempt + 1 < attempts and any(proc.log_contains(e) for e in _BIND_ERRORS):
+                    continue
+                raise
+            self._proc, self._port = proc, broker_port
+            return self
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """Controlled shutdown (SIGTERM), SIGKILL after ``stop_timeout``. Idempotent."""
+        if self._proc is not None:
+            self._proc.stop()
+            self._proc = None
+
+    def server_info(self) -> str:
+        """``"Kafka 4.3.1 (metadata.version 4.3-IV0 via ApiVersions v3)"``: the jar version this launcher
+        ran plus what the broker reports over the protocol."""
+        return f"Kafka {self.version} ({probe_kafka(self.bootstrap).describe()})"
+
+    def __enter__(self) -> Self:
+        """Start unless already started (so ``with X(...).start() as x`` works too)."""
+        return self if self._proc is not None else self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _jvm_common(self, libs: Path) -> list[str]:
+        # The G1 flags are those of Kafka's bin/kafka-run-class.sh; JMX is left off.
+        return [
+            "-server",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.work_dir / 'logs'}",
+            f"-Dlog4j2.configurationFile={self.work_dir / 'log4j2.properties'}",
+            "-cp",
+            f"{libs}/*",
+        ]
+
+    def _write_config(self, broker_port: int, controller_port: int) -> None:
+        data = self.work_dir / "kraft-data"
+        # Static single voter (controller.quorum.voters), so `format` runs without --standalone.
+        props = f"""\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+num.network.threads=2
+num.io.threads=2
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=true
+# One partition instead of 50: the first consumer-group join in a test is fast.
+offsets.topic.num.partitions=1
+offsets.topic.replication.factor=1
+# Transactions / idempotent producers need these on a single broker.
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Default 3000 ms delays every test's first rebalance.
+group.initial.rebalance.delay.ms=0
+"""
+        (self.work_dir / "server.properties").write_text(props)
+        (self.work_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
+
+    def _format(self, java: str, libs: Path) -> None:
+        id_file = self.work_dir / "cluster-id"
+        if not id_file.is_file():
+            id_file.write_text(_cluster_id())
+        run_checked(
+            [
+                java,
+                "-Xmx256m",
+                *self._jvm_common(libs),
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                id_file.read_text().strip(),
+                "-c",
+                str(self.work_dir / "server.properties"),
+                "--ignore-formatted",  # a restart on the same work dir keeps its data
+            ],
+            what="kafka StorageTool format",
+            log_path=self.log_path,
+            cwd=self.work_dir,
+            timeout=120,
+        )

@@ -1,0 +1,248 @@
+"""versitygw: an Apache-2.0 S3 gateway with versioning and Object Lock, built from source with ``go install``.
+
+The binary is built once into ``<cache>/versitygw-<version>/bin`` (a ``.complete`` marker is
+written last) and run with the posix backend over a work dir, plus ``--versioning-dir`` so buckets
+created with Object Lock get versioning, retention and legal hold.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import http.client
+import os
+import secrets
+import signal
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from strongroom_servers._process import (
+    ManagedProcess,
+    PrerequisiteMissing,
+    ServerStartError,
+    cache_root,
+    file_lock,
+    free_port,
+    run_checked,
+    which_or_raise,
+)
+
+__all__ = ["VERSITYGW_MODULE", "VERSITYGW_VERSION", "LocalVersityGW", "ensure_versitygw", "s3_server_header"]
+
+VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw"
+# v1.8.0 rather than v1.7.0: v1.7.0 lets a client *shorten* a COMPLIANCE retention period
+# (AWS refuses that), v1.8.0 refuses it. Both build with Go 1.26 and CGO_ENABLED=0.
+VERSITYGW_VERSION = "v1.8.0"
+
+
+def _binary_ok(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def ensure_versitygw(version: str = VERSITYGW_VERSION) -> Path:
+    """Path of a versitygw binary for ``version``, building it with ``go install`` if needed.
+
+    ``$STRONGROOM_VERSITYGW_BIN`` names a prebuilt binary and skips the build. Raises
+    PrerequisiteMissing when ``go`` is needed but absent, ServerStartError when the build fails.
+    """
+    override = os.environ.get("STRONGROOM_VERSITYGW_BIN")
+    if override:
+        if not _binary_ok(Path(override)):
+            raise PrerequisiteMissing(f"STRONGROOM_VERSITYGW_BIN={override} is not an executable file")
+        return Path(override)
+    base = cache_root() / f"versitygw-{version}"
+    binary, marker = base / "bin" / "versitygw", base / ".complete"
+    if marker.is_file() and _binary_ok(binary):
+        return binary
+    go = which_or_raise("go", "the Go toolchain builds versitygw once")
+    with file_lock(base.parent / f"versitygw-{version}.lock"):
+        if marker.is_file() and _binary_ok(binary):
+            return binary
+        base.mkdir(parents=True, exist_ok=True)
+        binary.unlink(missing_ok=True)
+        env = dict(os.environ)
+        env.update(
+            CGO_ENABLED="0",  # cmd/versitygw needs no cgo; a static binary has no libc coupling
+            GOTOOLCHAIN="local",  # never fetch another toolchain
+            GOBIN=str(base / "bin"),
+            GOFLAGS=" ".join(filter(None, [env.get("GOFLAGS", ""), "-trimpath"])),
+        )
+        # go install leaves main.Version at "git"; stamp the real tag so `versitygw --version` tells it.
+        ldflags = f"-X main.Version={version} -X main.Build=go-install"
+        run_checked(
+            [go, "install", f"-ldflags={ldflags}", f"{VERSITYGW_MODULE}@{version}"],
+            what=f"go install versitygw {version}",
+            log_path=base / "build.log",
+            env=env,
+            cwd=base,
+        )
+        if not _binary_ok(binary):
+            raise ServerStartError(f"go install finished but {binary} is missing")
+        marker.write_text(f"{VERSITYGW_MODULE}@{version}\n")
+        return binary
+
+
+def s3_server_header(endpoint: str, *, secure: bool = False, timeout: float = 5.0) -> str | None:
+    """The ``Server`` header of an unauthenticated ``GET /`` (an S3 server answers 403 with it), or None."""
+    conn_cls = http.client.HTTPSConnection if secure else http.client.HTTPConnection
+    conn = conn_cls(endpoint, timeout=timeout)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+        return response.getheader("Server")
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def _answers_http(endpoint: str) -> bool:
+    return s3_server_header(endpoint, timeout=1.0) is not None
+
+
+def _xattrs_supported(directory: Path) -> bool:
+    try:
+        os.setxattr(directory, "user.strongroom.probe", b"1")
+        os.removexattr(directory, "user.strongroom.probe")
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return False
+        raise
+    return True
+
+
+class LocalVersityGW:
+    """versitygw on ``127.0.0.1:<port>``, posix backend over ``work_dir/root``, versioning in ``work_dir/versions``.
+
+    Contract: ``start()`` builds the binary if needed (cached), launches the gateway and returns once
+    it answers HTTP with its Server header; raises ServerStartError with the log tail otherwise.
+    Object metadata lives in ``user.*`` xattrs; on a filesystem without them a sidecar dir
+    (``work_dir/meta``) is used. One root account, ``access_key`` / ``secret_key`` (a random secret
+    unless given). ``stop()``: SIGTERM, SIGKILL after ``stop_timeout``. Log: ``work_dir/versitygw.log``.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        port: int | None = None,
+        access_key: str = "strongroom",
+        secret_key: str | None = None,
+        version: str = VERSITYGW_VERSION,
+        binary: Path | None = None,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 15.0,
+    ) -> None:
+        self.work_dir = Path(work_dir).absolute()
+        self.access_key = access_key
+        self.secret_key = secret_key or secrets.token_urlsafe(24)
+        self.version = version
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._binary = binary
+        self._fixed_port = port
+        self._port: int | None = None
+        self._proc: ManagedProcess | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None or self._proc is None:
+            raise RuntimeError("LocalVersityGW is not running")
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        """``127.0.0.1:PORT`` (no scheme; plain HTTP), as the minio SDK takes it."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def secure(self) -> bool:
+        return False
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "versitygw.log"
+
+    def binary(self) -> Path:
+        if self._binary is None:
+            self._binary = ensure_versitygw(self.version)
+        return self._binary
+
+    @property
+    def alive(self) -> bool:
+        """True while the started server process is still running."""
+        return self._proc is not None and self._proc.exit_code() is None
+
+    def start(self) -> Self:
+        """Build if needed, launch, wait for an HTTP answer. Returns self."""
+        if self._proc is not None:
+            raise RuntimeError("LocalVersityGW already started")
+        binary = self.binary()
+        root, versions = self.work_dir / "root", self.work_dir / "versions"
+        for directory in (root, versions):
+            directory.mkdir(parents=True, exist_ok=True)
+        backend = ["posix", "--versioning-dir", str(versions)]
+        if not _xattrs_supported(root):
+            meta = self.work_dir / "meta"
+            meta.mkdir(exist_ok=True)
+            backend += ["--sidecar", str(meta)]
+        env = dict(os.environ)
+        # Credentials through the environment, so they do not show in `ps`.
+        env.update(ROOT_ACCESS_KEY=self.access_key, ROOT_SECRET_KEY=self.secret_key)
+        attempts = 1 if self._fixed_port is not None else 2
+        for attempt in range(attempts):
+            port = self._fixed_port or free_port()
+            proc = ManagedProcess(
+                "versitygw",
+                [str(binary), "--port", f"127.0.0.1:{port}", "--quiet", *backend, str(root)],
+                self.log_path,
+                env=env,
+                cwd=self.work_dir,
+                stop_signal=signal.SIGTERM,
+                stop_timeout=self.stop_timeout,
+            )
+            proc.start()
+            try:
+                proc.wait_until(
+                    functools.partial(_answers_http, f"127.0.0.1:{port}"),
+                    timeout=self.start_timeout,
+                    what=f"HTTP answer on port {port}",
+                )
+            except ServerStartError:
+                if attempt + 1 < attempts and proc.log_contains("address already in use"):
+                    continue
+                raise
+            self._proc, self._port = proc, port
+            return self
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """SIGTERM, SIGKILL after ``stop_timeout``. Idempotent."""
+        if self._proc is not None:
+            self._proc.stop()
+            self._proc = None
+
+    def binary_version(self) -> str:
+        """The version the binary reports (``versitygw --version``), e.g. ``"v1.8.0"``."""
+        out = subprocess.run([str(self.binary()), "--version"], capture_output=True, text=True, timeout=30)
+        for line in out.stdout.splitlines():
+            if line.startswith("Version"):
+                return line.split(":", 1)[1].strip()
+        return "unknown"
+
+    def server_info(self) -> str:
+        """``"versitygw v1.8.0 (Server: VERSITYGW)"``: the binary's own version plus the HTTP Server header."""
+        header = s3_server_header(self.endpoint) if self._proc is not None else None
+        return f"versitygw {self.binary_version()}" + (f" (Server: {header})" if header else "")
+
+    def __enter__(self) -> Self:
+        """Start unless already started (so ``with X(...).start() as x`` works too)."""
+        return self if self._proc is not None else self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
