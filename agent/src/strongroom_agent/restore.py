@@ -1,0 +1,409 @@
+"""Restore: write the entries of a backup point below a destination directory.
+
+Safety: an entry path must be relative, without ``.``/``..``/empty components.
+Every directory on the way is opened with ``O_NOFOLLOW`` relative to its
+parent's descriptor, starting at the destination root, so no symlink in the
+destination (pre-existing, or restored a moment ago) is ever followed and
+nothing is written outside the root. Files are written to a temporary name in
+their directory and renamed over the destination, which replaces (never
+follows) whatever was there.
+
+Conflicts: SKIP (default) leaves an existing file, symlink or directory's
+metadata alone and counts it as skipped; OVERWRITE replaces files and
+symlinks and re-applies directory metadata. Directory modes and mtimes are
+applied after their whole subtree is written (a read-only directory would
+otherwise block its own contents, and writing a child changes the mtime).
+The point root (path "") gets no metadata: the destination root is the
+operator's choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import heapq
+import logging
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+
+from strongroom_agent.backup import MAX_REPORTED_FILE_ERRORS, FileError
+from strongroom_agent.gateway_client import GatewayClient, GatewayError
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[common_pb2.JobStats], Awaitable[None]]
+FETCH_BATCH_BYTES = 32 << 20
+FETCH_BATCH_MAX_IDS = 256
+
+
+class UnsafePath(ValueError):
+    """An entry path that could escape the destination root."""
+
+
+def safe_parts(path: str) -> list[str]:
+    """The components of a point-relative path; UnsafePath for anything that is not plainly relative."""
+    if path == "":
+        return []
+    if path.startswith("/") or "\x00" in path:
+        raise UnsafePath(f"refusing unsafe path {path!r}")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafePath(f"refusing unsafe path {path!r}")
+    return parts
+
+
+class _EntryProblem(Exception):
+    """A per-entry failure (the job becomes PARTIAL_COMPLETE)."""
+
+
+@dataclass(order=True)
+class _PendingDir:
+    key: bytes  # path + "/": the entries below the directory sort right after it
+    parts: list[str] = field(compare=False)
+    entry: common_pb2.FileEntry = field(compare=False)
+
+
+class _Destination:
+    """Descriptor-relative operations below the destination root (run in threads, serialized)."""
+
+    def __init__(self, root: str, *, as_root: bool) -> None:
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.as_root = as_root
+        self._lock = threading.Lock()
+        self._cached: tuple[tuple[str, ...], int] | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_cache()
+            os.close(self.root_fd)
+
+    def _drop_cache(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+
+    def _open_dir(self, parts: list[str], *, create: bool) -> int:
+        """A new descriptor of the directory at ``parts`` (never through a symlink)."""
+        fd = os.dup(self.root_fd)
+        try:
+            for part in parts:
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise _EntryProblem(
+                            f"refusing to write through {'/'.join(parts)!r}: {part!r} is not a directory"
+                        ) from exc
+                    raise
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def parent(self, parts: list[str]) -> int:
+        """Descriptor of the parent directory of ``parts`` (cached; creates missing directories)."""
+        key = tuple(parts[:-1])
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        self._drop_cache()
+        fd = self._open_dir(list(key), create=True)
+        self._cached = (key, fd)
+        return fd
+
+    def existing(self, parts: list[str]) -> os.stat_result | None:
+        with self._lock:
+            try:
+                return os.stat(parts[-1], dir_fd=self.parent(parts), follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+
+    def make_dir(self, parts: list[str]) -> bool:
+        """Create the directory; False when a directory was already there."""
+        with self._lock:
+            pfd = self.parent(parts)
+            try:
+                os.mkdir(parts[-1], 0o700, dir_fd=pfd)
+                return True
+            except FileExistsError:
+                st = os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise _EntryProblem("exists and is not a directory") from None
+                return False
+
+    def create_temp(self, parts: list[str]) -> tuple[int, str]:
+        with self._lock:
+            pfd = self.parent(parts)
+            name = f".strongroom-restore-{secrets.token_hex(6)}.tmp"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(name, flags, 0o600, dir_fd=pfd), name
+
+    @staticmethod
+    def write(fd: int, data: list[bytes]) -> None:
+        for piece in data:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+
+    def finish_file(self, parts: list[str], fd: int, temp: str, entry: common_pb2.FileEntry) -> None:
+        with self._lock:
+            pfd = self.parent(parts)
+            try:
+                if self.as_root:
+                    os.fchown(fd, entry.uid, entry.gid)  # before chmod: chown clears set-id bits
+                os.fchmod(fd, entry.mode & 0o7777)
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            finally:
+                os.close(fd)
+            self._replace(pfd, temp, parts[-1])
+
+    def _replace(self, pfd: int, temp: str, name: str) -> None:
+        try:
+            os.rename(temp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except OSError as exc:
+            os.unlink(temp, dir_fd=pfd)
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise _EntryProblem("a directory is in the way") from exc
+            raise
+
+    def discard_temp(self, parts: list[str], fd: int, temp: str) -> None:
+        with self._lock:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=self.parent(parts))
+
+    def make_symlink(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
+        with self._lock:
+            pfd = self.parent(parts)
+            temp = f".strongroom-restore-{secrets.token_hex(6)}.tmp"
+            os.symlink(entry.link_target, temp, dir_fd=pfd)
+            try:
+                if self.as_root:
+                    os.chown(temp, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
+                with contextlib.suppress(NotImplementedError):
+                    os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+            except BaseException:
+                os.unlink(temp, dir_fd=pfd)
+                raise
+            self._replace(pfd, temp, parts[-1])
+
+    def finish_dir(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
+        with self._lock:
+            fd = self._open_dir(parts, create=False)
+            try:
+                if self.as_root:
+                    os.fchown(fd, entry.uid, entry.gid)
+                os.fchmod(fd, entry.mode & 0o7777)
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            finally:
+                os.close(fd)
+
+
+class _Restore:
+    def __init__(
+        self,
+        command: gateway_pb2.RunRestore,
+        client: GatewayClient,
+        destination: _Destination,
+        stats: common_pb2.JobStats,
+        errors: list[FileError],
+        cancel: asyncio.Event,
+        fetch_batch_bytes: int,
+    ) -> None:
+        self.command = command
+        self.client = client
+        self.dest = destination
+        self.stats = stats
+        self.errors = errors
+        self.cancel = cancel
+        self.overwrite = command.conflict_policy == gateway_pb2.CONFLICT_POLICY_OVERWRITE
+        self.fetch_batch_bytes = fetch_batch_bytes
+        self.pending: list[_PendingDir] = []
+
+    async def run(self) -> None:
+        request = gateway_pb2.ReadManifestRequest(
+            restore_job_id=self.command.restore_job_id,
+            point_id=self.command.point_id,
+            include_paths=self.command.include_paths,
+            exclude_paths=self.command.exclude_paths,
+        )
+        async for entry in self.client.read_manifest(request):
+            if self.cancel.is_set():
+                return
+            await self._finish_dirs_before(entry.path.encode())
+            try:
+                await self._restore_entry(entry)
+            except UnsafePath as exc:
+                self.errors.append(FileError(entry.path, str(exc)))
+            except _EntryProblem as exc:
+                self.errors.append(FileError(entry.path, str(exc)))
+            except OSError as exc:
+                self.errors.append(FileError(entry.path, exc.strerror or str(exc)))
+        await self._finish_dirs_before(None)
+
+    async def _finish_dirs_before(self, path: bytes | None) -> None:
+        """Apply metadata of the pending directories whose subtree ends before ``path`` (all when None)."""
+        ready: list[_PendingDir] = []
+        while self.pending and (
+            path is None or (path > self.pending[0].key and not path.startswith(self.pending[0].key))
+        ):
+            ready.append(heapq.heappop(self.pending))
+        # Deepest first, so a restrictive parent mode never blocks a child.
+        for pending in sorted(ready, reverse=True):
+            try:
+                await asyncio.to_thread(self.dest.finish_dir, pending.parts, pending.entry)
+            except (_EntryProblem, OSError) as exc:
+                self.errors.append(FileError(pending.entry.path, f"cannot set directory metadata: {exc}"))
+
+    async def _restore_entry(self, entry: common_pb2.FileEntry) -> None:
+        parts = safe_parts(entry.path)
+        if not parts:
+            return  # the point root: the destination root itself
+        if entry.type == common_pb2.ENTRY_TYPE_DIRECTORY:
+            created = await asyncio.to_thread(self.dest.make_dir, parts)
+            if created or self.overwrite:
+                heapq.heappush(self.pending, _PendingDir(entry.path.encode() + b"/", parts, entry))
+            return
+        existing = await asyncio.to_thread(self.dest.existing, parts)
+        if existing is not None and not self.overwrite:
+            self.stats.files_skipped += 1
+            return
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            raise _EntryProblem("a directory is in the way")
+        if entry.type == common_pb2.ENTRY_TYPE_SYMLINK:
+            await asyncio.to_thread(self.dest.make_symlink, parts, entry)
+        elif entry.type == common_pb2.ENTRY_TYPE_FILE:
+            await self._restore_file(parts, entry)
+        else:
+            raise _EntryProblem(f"unknown entry type {entry.type}")
+        self.stats.files_restored += 1
+
+    async def _restore_file(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
+        fd, temp = await asyncio.to_thread(self.dest.create_temp, parts)
+        written = 0
+        try:
+            ids = list(entry.chunk_ids)
+            average = max(1, entry.size // max(1, len(ids)))
+            window = max(1, min(FETCH_BATCH_MAX_IDS, self.fetch_batch_bytes // average))
+            for start in range(0, len(ids), window):
+                wanted = ids[start : start + window]
+                fetched: dict[bytes, bytes] = {}
+                async for chunk_id, data in self.client.read_chunks(
+                    self.command.restore_job_id, list(dict.fromkeys(wanted))
+                ):
+                    fetched[chunk_id] = data
+                missing = [c for c in wanted if c not in fetched]
+                if missing:
+                    raise _EntryProblem(f"gateway did not return chunk {missing[0].hex()}")
+                pieces = [fetched[c] for c in wanted]
+                await asyncio.to_thread(self.dest.write, fd, pieces)
+                written += sum(len(p) for p in pieces)
+            if written != entry.size:
+                raise _EntryProblem(f"content is {written} bytes, expected {entry.size}")
+            await asyncio.to_thread(self.dest.finish_file, parts, fd, temp, entry)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(self.dest.discard_temp, parts, fd, temp))
+            raise
+        self.stats.bytes_restored += written
+
+
+def _finished(
+    job_id: str,
+    status: common_pb2.JobStatus.ValueType,
+    stats: common_pb2.JobStats,
+    errors: list[FileError],
+    error: str = "",
+) -> gateway_pb2.JobFinished:
+    stats.files_failed = len(errors)
+    return gateway_pb2.JobFinished(
+        job_id=job_id,
+        status=status,
+        error=error,
+        stats=stats,
+        file_errors=[str(e) for e in errors[:MAX_REPORTED_FILE_ERRORS]],
+    )
+
+
+def destination_root(command: gateway_pb2.RunRestore) -> str:
+    """Where the point's paths are restored: target_path, or the source mount point (original location)."""
+    return command.target_path or command.source_mount_point
+
+
+async def _report_progress(stats: common_pb2.JobStats, on_progress: ProgressCallback, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        snapshot = common_pb2.JobStats()
+        snapshot.CopyFrom(stats)
+        await on_progress(snapshot)
+
+
+async def run_restore(
+    command: gateway_pb2.RunRestore,
+    *,
+    client: GatewayClient,
+    cancel: asyncio.Event,
+    on_progress: ProgressCallback | None = None,
+    progress_interval: float = 5.0,
+    as_root: bool | None = None,
+    fetch_batch_bytes: int = FETCH_BATCH_BYTES,
+) -> gateway_pb2.JobFinished:
+    """Run one restore job; never raises for job-level failures (they become FAILED)."""
+    job_id = command.restore_job_id
+    stats = common_pb2.JobStats()
+    errors: list[FileError] = []
+    root = destination_root(command)
+    if not root or not os.path.isabs(root):
+        return _finished(
+            job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"restore path {root!r} is not an absolute path"
+        )
+    if not os.path.isdir(root):
+        return _finished(
+            job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"restore path {root} does not exist on this instance"
+        )
+    try:
+        destination = _Destination(root, as_root=os.geteuid() == 0 if as_root is None else as_root)
+    except OSError as exc:
+        return _finished(
+            job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"cannot open restore path {root}: {exc.strerror}"
+        )
+
+    restore = _Restore(command, client, destination, stats, errors, cancel, fetch_batch_bytes)
+    work = asyncio.create_task(restore.run())
+    canceled = asyncio.create_task(cancel.wait())
+    progress = asyncio.create_task(_report_progress(stats, on_progress, progress_interval)) if on_progress else None
+    try:
+        await asyncio.wait({work, canceled}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})
+        failure = None if work.cancelled() else work.exception()
+    finally:
+        for task in (canceled, progress):
+            if task is not None:
+                task.cancel()
+        await asyncio.to_thread(destination.close)
+    if cancel.is_set():
+        return _finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, errors)
+    if isinstance(failure, GatewayError):
+        return _finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"gateway error: {failure}")
+    if failure is not None:
+        log.error("restore %s failed", job_id, exc_info=failure)
+        return _finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"internal error: {failure!r}")
+    status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE if errors else common_pb2.JOB_STATUS_COMPLETE
+    return _finished(job_id, status, stats, errors)
