@@ -1,0 +1,25 @@
+"""``strongroom-billing``: settings from the environment, then serve until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from strongroom_platform.runtime import configure_logging, run_until_signalled
+
+from strongroom_billing import bootstrap
+from strongroom_billing.settings import Settings
+
+
+def main() -> None:
+    configure_logging("billing")
+    settings = Settings.from_env(os.environ)
+
+    async def serve(stop: asyncio.Event) -> None:
+        await bootstrap.run(settings, stop)
+
+    run_until_signalled(serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""gRPC ``BillingService``."""
+
+from __future__ import annotations
+
+import grpc
+from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
+
+from strongroom_billing import handlers
+from strongroom_billing.handlers import InvalidArgument
+from strongroom_billing.ports import BillingStore
+
+
+class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
+    def __init__(self, store: BillingStore) -> None:
+        self._store = store
+
+    async def GetOverview(
+        self, request: billing_pb2.GetOverviewRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> billing_pb2.Overview:
+        try:
+            result = await handlers.get_overview(self._store, request.account_id, request.region)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        return billing_pb2.Overview(
+            backed_up_instances=result.usage.backed_up,
+            unbacked_up_instances=result.usage.unbacked_up,
+            backed_up_capacity_bytes=result.usage.capacity_bytes,
+            free_quota_bytes=result.free_quota_bytes,
+            free_quota_used_bytes=result.free_quota_used_bytes,
+            billable_capacity_bytes=result.billable_bytes,
+        )

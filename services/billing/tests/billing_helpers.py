@@ -1,0 +1,51 @@
+"""Event builders for the billing tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from strongroom.events.v1 import events_pb2
+from strongroom_billing import handlers
+from strongroom_billing.ports import BillingStore
+from strongroom_platform.clock import utc
+from strongroom_platform.events import new_meta, to_timestamp
+
+GIB = 1 << 30
+T0 = utc(2026, 1, 1)
+
+
+async def activated(store: BillingStore, instance_id: str, region: str = "cn-hangzhou", account: str = "acme") -> None:
+    event = events_pb2.InstanceActivated(
+        meta=new_meta("scheduler", T0), account_id=account, instance_id=instance_id, region=region
+    )
+    await handlers.handle_instance_activated(event, store)
+
+
+async def deactivated(store: BillingStore, instance_id: str, account: str = "acme") -> None:
+    event = events_pb2.InstanceDeactivated(meta=new_meta("scheduler", T0), account_id=account, instance_id=instance_id)
+    await handlers.handle_instance_deactivated(event, store)
+
+
+def point_event(
+    instance_id: str, version_id: str, capacity: int, *, day: int = 0, point: str = "p", account: str = "acme"
+) -> events_pb2.PointCreated:
+    return events_pb2.PointCreated(
+        meta=new_meta("agent-gateway", T0),
+        account_id=account,
+        instance_id=instance_id,
+        version_id=version_id,
+        point_id=f"{version_id}-{point}",
+        version_created_at=to_timestamp(T0 + dt.timedelta(days=day)),
+        instance_capacity_bytes=capacity,
+    )
+
+
+async def point(store: BillingStore, instance_id: str, version_id: str, capacity: int, **kwargs: object) -> None:
+    await handlers.handle_point_created(point_event(instance_id, version_id, capacity, **kwargs), store)  # type: ignore[arg-type]
+
+
+async def expired(store: BillingStore, instance_id: str, version_id: str, account: str = "acme") -> None:
+    event = events_pb2.VersionExpired(
+        meta=new_meta("catalog", T0), account_id=account, instance_id=instance_id, version_id=version_id
+    )
+    await handlers.handle_version_expired(event, store)

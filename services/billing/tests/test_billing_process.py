@@ -1,0 +1,82 @@
+"""The billing process end to end: consumers, PostgreSQL and gRPC, over the in-memory event bus."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from billing_helpers import GIB, T0, point_event
+from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
+from strongroom.events.v1 import events_pb2
+from strongroom_billing import bootstrap
+from strongroom_billing.settings import Settings
+from strongroom_platform.events import INSTANCE_ACTIVATED, POINT_CREATED, new_meta
+from strongroom_platform.settings import SettingsError
+from strongroom_platform.testing import InMemoryEventBus
+
+
+def test_settings_from_env() -> None:
+    settings = Settings.from_env(
+        {
+            "STRONGROOM_PG_DSN": "postgresql://x",
+            "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092",
+            "STRONGROOM_KAFKA_IDEMPOTENT": "0",
+        }
+    )
+    assert (settings.kafka_idempotent, settings.grpc_listen) == (False, "127.0.0.1:0")
+    with pytest.raises(SettingsError, match="STRONGROOM_PG_DSN"):
+        Settings.from_env({"STRONGROOM_KAFKA_BOOTSTRAP": "k:9092"})
+
+
+@pytest.mark.integration
+async def test_process_consumes_and_serves_overview(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    bus = InMemoryEventBus()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        bootstrap.run(Settings(pg_dsn=pg_dsn, kafka_bootstrap="unused:9092"), stop, consumer_factory=bus.consumer)
+    )
+    try:
+        printed = ""
+        for _ in range(500):
+            printed += capsys.readouterr().out
+            if "LISTENING billing " in printed:
+                break
+            await asyncio.sleep(0.02)
+        address = printed.split("LISTENING billing ", 1)[1].split()[0]
+        activated = events_pb2.InstanceActivated(
+            meta=new_meta("scheduler", T0), account_id="acme", instance_id="i1", region="r1"
+        )
+        await bus.publish(INSTANCE_ACTIVATED, b"i1", activated.SerializeToString())
+        await bus.publish(POINT_CREATED, b"i1", point_event("i1", "v1", 150 * GIB).SerializeToString())
+        await bus.publish(POINT_CREATED, b"i1", b"\x01garbage")
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = billing_pb2_grpc.BillingServiceStub(channel)
+            expected = billing_pb2.Overview(
+                backed_up_instances=1,
+                backed_up_capacity_bytes=150 * GIB,
+                free_quota_bytes=100 * GIB,
+                free_quota_used_bytes=100 * GIB,
+                billable_capacity_bytes=50 * GIB,
+            )
+            for _ in range(500):
+                overview = await stub.GetOverview(billing_pb2.GetOverviewRequest(account_id="acme"))
+                if overview == expected:
+                    break
+                await asyncio.sleep(0.02)
+            assert overview == expected
+            regional = await stub.GetOverview(billing_pb2.GetOverviewRequest(account_id="acme", region="r1"))
+            assert (regional.backed_up_instances, regional.free_quota_bytes) == (1, 0)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetOverview(billing_pb2.GetOverviewRequest(region=" r1"))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "surrounding spaces" in (info.value.details() or "")
+        for _ in range(500):
+            if bus.topics.get(f"{POINT_CREATED}.dlq"):
+                break
+            await asyncio.sleep(0.02)
+        assert len(bus.topics[f"{POINT_CREATED}.dlq"]) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert (printed + capsys.readouterr().out).count("LISTENING billing") == 1
