@@ -33,6 +33,8 @@ CREATE TABLE instances (
 
 CREATE TABLE jobs (
     job_id text PRIMARY KEY,
+    -- Delivery order: the order the requests were consumed in.
+    seq bigserial NOT NULL,
     -- No foreign key: a job request may arrive before the instance's activation
     -- (different topics, no mutual order); it waits until the agent connects.
     instance_id text NOT NULL,
@@ -46,7 +48,7 @@ CREATE TABLE jobs (
     version_id text UNIQUE,
     version_created_at timestamptz
 );
-CREATE INDEX jobs_unfinished ON jobs (instance_id, created_at) WHERE state <> 'finished';
+CREATE INDEX jobs_unfinished ON jobs (instance_id, seq) WHERE state <> 'finished';
 
 CREATE TABLE packs (
     pack_id text PRIMARY KEY,

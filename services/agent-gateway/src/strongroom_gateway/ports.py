@@ -150,7 +150,7 @@ class GatewayTx(Protocol):
         ...
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
-        """Jobs of the instance not finished yet, oldest first."""
+        """Jobs of the instance not finished yet, in the order they were inserted."""
         ...
 
     async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:

@@ -200,7 +200,7 @@ class PgGatewayTx:
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
         rows = await self._conn.fetch(
-            "SELECT * FROM jobs WHERE instance_id = $1 AND state <> 'finished' ORDER BY created_at, job_id",
+            "SELECT * FROM jobs WHERE instance_id = $1 AND state <> 'finished' ORDER BY seq",
             instance_id,
         )
         return [_job(r) for r in rows]

@@ -150,8 +150,8 @@ class InMemoryGatewayTx:
         )
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
-        jobs = [j for j in self._s.jobs.values() if j.instance_id == instance_id and j.state != "finished"]
-        return sorted(jobs, key=lambda j: (j.created_at, j.job_id))
+        # dicts keep insertion order: the order the jobs were requested in.
+        return [j for j in self._s.jobs.values() if j.instance_id == instance_id and j.state != "finished"]
 
     async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:
         found: dict[bytes, ChunkLocation] = {}

@@ -1,0 +1,199 @@
+"""Test harness: a real grpc.aio gateway server on 127.0.0.1:0 over in-memory fakes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import blake3
+import grpc
+import zstandard
+from google.protobuf.message import Message
+from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_gateway.consumers import build_handlers
+from strongroom_gateway.grpc_api import GatewayServicer, register
+from strongroom_gateway.ingest import PackWriter
+from strongroom_gateway.sessions import SessionRegistry
+from strongroom_gateway.testing import InMemoryGatewayStore
+from strongroom_platform import events
+from strongroom_platform.eventbus import Record
+from strongroom_platform.events import new_meta, to_timestamp
+from strongroom_platform.runtime import start_grpc_server
+from strongroom_platform.testing import FakeClock, InMemoryObjectStore
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def meta() -> common_pb2.EventMeta:
+    return new_meta("test", FakeClock().now())
+
+
+class Agent:
+    """An enrolled agent: its identity and call metadata."""
+
+    def __init__(self, instance_id: str, account_id: str, credential: str) -> None:
+        self.instance_id = instance_id
+        self.account_id = account_id
+        self.credential = credential
+
+    @property
+    def md(self) -> Metadata:
+        return (("authorization", f"Bearer {self.credential}"),)
+
+
+class GatewayHarness:
+    def __init__(self, clock: FakeClock, *, pack_target_bytes: int = 16 << 20) -> None:
+        self.clock = clock
+        self.store = InMemoryGatewayStore()
+        self.objects = InMemoryObjectStore(clock)
+        self.sessions = SessionRegistry()
+        self.pack_target_bytes = pack_target_bytes
+        self._event_offset = 0
+
+    async def start(self) -> None:
+        self.writer = PackWriter(
+            self.store, self.objects, self.clock, target_bytes=self.pack_target_bytes, max_concurrent_writes=2
+        )
+        self.handlers = build_handlers(self.store, self.clock, self.sessions)
+        servicer = GatewayServicer(
+            store=self.store,
+            object_store=self.objects,
+            clock=self.clock,
+            sessions=self.sessions,
+            writer=self.writer,
+            job_poll_interval=3600,
+        )
+        self.server, port = await start_grpc_server("127.0.0.1:0", register(servicer))
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = gateway_pb2_grpc.AgentGatewayServiceStub(self.channel)
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.server.stop(None)
+        await self.writer.close()
+
+    async def deliver(self, topic: str, event: Message) -> None:
+        """Feed one event to the gateway's consumer handler, as the event bus would."""
+        self._event_offset += 1
+        record = Record(topic, 0, self._event_offset, b"k", event.SerializeToString())
+        await self.handlers[topic](record)
+
+    async def activate(self, instance_id: str, account_id: str = "acct-a", *, valid_hours: float = 24) -> str:
+        token = secrets.token_urlsafe(32)
+        expires = self.clock.now() + dt.timedelta(hours=valid_hours)
+        await self.deliver(
+            events.INSTANCE_ACTIVATED,
+            events_pb2.InstanceActivated(
+                meta=meta(),
+                account_id=account_id,
+                instance_id=instance_id,
+                region="r1",
+                enrollment_token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+                token_expires_at=to_timestamp(expires),
+            ),
+        )
+        return token
+
+    async def enrolled_agent(self, instance_id: str, account_id: str = "acct-a") -> Agent:
+        token = await self.activate(instance_id, account_id)
+        response = await self.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, hostname=instance_id))
+        return Agent(response.instance_id, account_id, response.credential)
+
+    async def request_backup(
+        self, agent: Agent, job_id: str, priority: common_pb2.BackupPriority.ValueType = common_pb2.BACKUP_PRIORITY_LOW
+    ) -> None:
+        await self.deliver(
+            events.JOB_REQUESTED,
+            events_pb2.JobRequested(
+                meta=meta(),
+                account_id=agent.account_id,
+                instance_id=agent.instance_id,
+                job_id=job_id,
+                priority=priority,
+            ),
+        )
+
+    async def request_restore(self, agent: Agent, job_id: str, point_id: str, **fields: Any) -> None:
+        await self.deliver(
+            events.RESTORE_REQUESTED,
+            events_pb2.RestoreRequested(
+                meta=meta(),
+                account_id=agent.account_id,
+                restore_job_id=job_id,
+                source_instance_id=fields.pop("source_instance_id", agent.instance_id),
+                target_instance_id=agent.instance_id,
+                point_id=point_id,
+                **fields,
+            ),
+        )
+
+    async def key_of(self, account_id: str) -> bytes:
+        async with self.store.transaction() as tx:
+            account = await tx.get_account(account_id)
+        assert account is not None
+        return account.chunk_id_key
+
+    async def upload(
+        self, agent: Agent, job_id: str, contents: Iterable[bytes], *, compress: bool = True
+    ) -> gateway_pb2.UploadChunksResponse:
+        key = await self.key_of(agent.account_id)
+        requests = [upload_request(job_id, key, c, compress=compress) for c in contents]
+        return await self.stub.UploadChunks(aiter_of(requests), metadata=agent.md)
+
+    async def commit(
+        self, agent: Agent, job_id: str, entries: Sequence[common_pb2.FileEntry], mount_point: str = "/"
+    ) -> gateway_pb2.CommitPointResponse:
+        header = gateway_pb2.CommitPointRequest(
+            header=gateway_pb2.PointHeader(
+                job_id=job_id,
+                filesystem=common_pb2.Filesystem(
+                    mount_point=mount_point, device="/dev/vda1", fs_type="ext4", capacity_bytes=100 << 30
+                ),
+            )
+        )
+        batch = gateway_pb2.CommitPointRequest(entries=gateway_pb2.EntryBatch(entries=list(entries)))
+        return await self.stub.CommitPoint(aiter_of([header, batch]), metadata=agent.md)
+
+
+def chunk_id(key: bytes, content: bytes) -> bytes:
+    return blake3.blake3(content, key=key).digest()
+
+
+def upload_request(job_id: str, key: bytes, content: bytes, *, compress: bool = True) -> gateway_pb2.UploadChunkRequest:
+    if compress:
+        payload = zstandard.ZstdCompressor().compress(content)
+        compression = gateway_pb2.CHUNK_COMPRESSION_ZSTD
+    else:
+        payload, compression = content, gateway_pb2.CHUNK_COMPRESSION_NONE
+    return gateway_pb2.UploadChunkRequest(
+        job_id=job_id,
+        chunk_id=chunk_id(key, content),
+        compression=compression,
+        raw_length=len(content),
+        payload=payload,
+    )
+
+
+def file_entry(path: str, key: bytes, contents: Sequence[bytes]) -> common_pb2.FileEntry:
+    return common_pb2.FileEntry(
+        path=path,
+        type=common_pb2.ENTRY_TYPE_FILE,
+        mode=0o644,
+        size=sum(len(c) for c in contents),
+        mtime_ns=1,
+        chunk_ids=[chunk_id(key, c) for c in contents],
+    )
+
+
+def dir_entry(path: str) -> common_pb2.FileEntry:
+    return common_pb2.FileEntry(path=path, type=common_pb2.ENTRY_TYPE_DIRECTORY, mode=0o755)
+
+
+async def aiter_of(items: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item

@@ -1,0 +1,176 @@
+"""Connect: job delivery (queued before and during a session), reports to events, cancel, revocation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from gateway_helpers import Agent, GatewayHarness, meta
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_platform import events
+
+TIMEOUT = 5
+
+
+def hello(*capacities: int) -> gateway_pb2.AgentReport:
+    return gateway_pb2.AgentReport(
+        hello=gateway_pb2.AgentHello(
+            agent_version="1",
+            hostname="web1",
+            filesystems=[
+                common_pb2.Filesystem(mount_point=f"/fs{i}", capacity_bytes=c) for i, c in enumerate(capacities)
+            ],
+        )
+    )
+
+
+async def read(
+    call: grpc.aio.StreamStreamCall[gateway_pb2.AgentReport, gateway_pb2.AgentCommand],
+) -> gateway_pb2.AgentCommand:
+    command = await asyncio.wait_for(call.read(), TIMEOUT)
+    assert isinstance(command, gateway_pb2.AgentCommand)
+    return command
+
+
+async def eventually(predicate: object) -> None:
+    for _ in range(500):
+        if predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_jobs_queued_while_offline_are_delivered_on_connect(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-low", common_pb2.BACKUP_PRIORITY_LOW)
+    await gw.request_backup(agent, "job-high", common_pb2.BACKUP_PRIORITY_HIGH)
+    key = await gw.key_of("acct-a")
+
+    call = gw.stub.Connect(metadata=agent.md)
+    await call.write(hello(10, 20))
+    first, second = await read(call), await read(call)
+    assert first.run_backup.job_id == "job-low"
+    assert (first.run_backup.max_read_bytes_per_second, first.run_backup.max_cores) == (10_000_000, 1)
+    assert second.run_backup.job_id == "job-high"
+    assert (second.run_backup.max_read_bytes_per_second, second.run_backup.max_cores) == (30_000_000, 2)
+    repo = first.run_backup.repository
+    assert (repo.chunker_min_size, repo.chunker_avg_size, repo.chunker_max_size) == (256 << 10, 1 << 20, 4 << 20)
+    assert repo.chunk_id_key == key and len(key) == 32
+    assert repo.chunker_seed == gw.store.state.accounts["acct-a"].chunker_seed
+    assert gw.store.state.jobs["job-low"].state == "delivered"
+    call.cancel()
+
+
+async def test_job_requested_while_connected_is_pushed_immediately(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    call = gw.stub.Connect(metadata=agent.md)
+    await call.write(hello(1))
+    await eventually(lambda: gw.sessions.get("i-1") is not None)
+    await gw.request_backup(agent, "job-1")
+    command = await read(call)
+    assert command.run_backup.job_id == "job-1"
+    call.cancel()
+
+
+async def test_jobs_survive_a_reconnect(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    call = gw.stub.Connect(metadata=agent.md)
+    assert (await read(call)).run_backup.job_id == "job-1"
+    call.cancel()
+    # The agent died before finishing: the unfinished job is sent again on the next stream.
+    again = gw.stub.Connect(metadata=agent.md)
+    assert (await read(again)).run_backup.job_id == "job-1"
+    again.cancel()
+
+
+async def _connected_with_job(gw: GatewayHarness, agent: Agent, job_id: str) -> grpc.aio.StreamStreamCall:  # type: ignore[type-arg]
+    await gw.request_backup(agent, job_id)
+    call = gw.stub.Connect(metadata=agent.md)
+    await call.write(hello(100, 200))
+    assert (await read(call)).run_backup.job_id == job_id
+    return call
+
+
+async def test_progress_and_finished_reports_become_job_updated(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    call = await _connected_with_job(gw, agent, "job-1")
+    await call.write(
+        gateway_pb2.AgentReport(
+            progress=gateway_pb2.JobProgress(job_id="job-1", stats=common_pb2.JobStats(files_scanned=7))
+        )
+    )
+    await call.write(
+        gateway_pb2.AgentReport(
+            finished=gateway_pb2.JobFinished(
+                job_id="job-1",
+                status=common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
+                stats=common_pb2.JobStats(files_scanned=9, files_failed=1),
+                file_errors=["etc/shadow: permission denied"],
+            )
+        )
+    )
+    await eventually(lambda: len(gw.store.events(events.JOB_UPDATED)) == 2)
+    running, finished = gw.store.events(events.JOB_UPDATED)
+    assert (running.job_id, running.status, running.stats.files_scanned) == ("job-1", common_pb2.JOB_STATUS_RUNNING, 7)
+    assert finished.status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE
+    assert list(finished.file_errors) == ["etc/shadow: permission denied"]
+    assert finished.instance_id == "i-1" and finished.account_id == "acct-a"
+    assert gw.store.state.jobs["job-1"].state == "finished"
+    assert gw.store.state.instances["i-1"].capacity_bytes == 300
+    call.cancel()
+
+
+async def test_reports_on_another_instances_job_are_ignored(gw: GatewayHarness) -> None:
+    victim = await gw.enrolled_agent("i-1")
+    await gw.request_backup(victim, "victim-job")
+    attacker = await gw.enrolled_agent("i-2")
+    call = gw.stub.Connect(metadata=attacker.md)
+    await call.write(
+        gateway_pb2.AgentReport(
+            finished=gateway_pb2.JobFinished(job_id="victim-job", status=common_pb2.JOB_STATUS_FAILED)
+        )
+    )
+    await call.write(hello(1))
+    await eventually(lambda: gw.store.state.instances["i-2"].capacity_bytes == 1)
+    assert gw.store.events(events.JOB_UPDATED) == []
+    assert gw.store.state.jobs["victim-job"].state == "queued"
+    call.cancel()
+
+
+async def test_cancel_of_a_delivered_job_sends_cancel_job(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    call = await _connected_with_job(gw, agent, "job-1")
+    await gw.deliver(
+        events.JOB_CANCEL_REQUESTED,
+        events_pb2.JobCancelRequested(meta=meta(), account_id="acct-a", instance_id="i-1", job_id="job-1"),
+    )
+    command = await read(call)
+    assert command.cancel_job.job_id == "job-1"
+    [canceling] = gw.store.events(events.JOB_UPDATED)
+    assert canceling.status == common_pb2.JOB_STATUS_CANCELING
+    call.cancel()
+
+
+async def test_deactivation_ends_the_stream(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    call = await _connected_with_job(gw, agent, "job-1")
+    await gw.deliver(
+        events.INSTANCE_DEACTIVATED,
+        events_pb2.InstanceDeactivated(meta=meta(), account_id="acct-a", instance_id="i-1"),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read(call)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    [canceled] = gw.store.events(events.JOB_UPDATED)
+    assert canceled.status == common_pb2.JOB_STATUS_CANCELED
+
+
+async def test_connect_without_credential_is_refused(gw: GatewayHarness) -> None:
+    call = gw.stub.Connect()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read(call)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

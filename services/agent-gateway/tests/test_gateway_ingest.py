@@ -1,0 +1,148 @@
+"""UploadChunks and FindMissingChunks: verification, packing, durability order, account isolation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import grpc
+import pytest
+from gateway_helpers import GatewayHarness, aiter_of, chunk_id, upload_request
+from strongroom.agent.v1 import gateway_pb2
+from strongroom_gateway.packfile import COMPRESSION_NONE, COMPRESSION_ZSTD, decode_index
+from strongroom_platform.testing import FakeClock
+
+
+def pack_keys(gw: GatewayHarness) -> list[str]:
+    return [k for k in gw.objects._objects if k.startswith("packs/")]
+
+
+async def test_chunks_are_verified_and_packed_into_one_locked_object(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    contents = [os.urandom(1000) for _ in range(20)] + [b"z" * 5000]
+    response = await gw.upload(agent, "job-1", contents[:10], compress=True)
+    assert (response.chunks_stored, response.chunks_already_present) == (10, 0)
+    response = await gw.upload(agent, "job-1", contents[10:], compress=False)
+    assert response.chunks_stored == 11
+
+    keys = pack_keys(gw)
+    assert len(keys) == 2  # one object per call here, never one per chunk
+    key = await gw.key_of("acct-a")
+    for object_key in keys:
+        pack_id = object_key.rsplit("/", 1)[1]
+        assert object_key == f"packs/acct-a/{pack_id[:2]}/{pack_id}"
+        info = await gw.objects.stat(object_key)
+        assert info.retain_until == gw.clock.now() + dt.timedelta(days=31)
+        data = await gw.objects.get(object_key)
+        for entry in decode_index(data):
+            row = gw.store.state.chunks[("acct-a", entry.chunk_id)]
+            assert (row.pack_id, row.offset, row.length) == (pack_id, entry.offset, entry.length)
+    compressions = {row.compression for row in gw.store.state.chunks.values()}
+    assert compressions == {COMPRESSION_ZSTD, COMPRESSION_NONE}
+    assert set(gw.store.state.chunks) == {("acct-a", chunk_id(key, c)) for c in contents}
+
+
+async def test_packs_are_split_by_size(clock: FakeClock) -> None:
+    gw = GatewayHarness(clock, pack_target_bytes=10_000)
+    await gw.start()
+    try:
+        agent = await gw.enrolled_agent("i-1")
+        await gw.request_backup(agent, "job-1")
+        await gw.upload(agent, "job-1", [os.urandom(3000) for _ in range(10)], compress=False)
+        keys = pack_keys(gw)
+        assert len(keys) == 3  # 4 + 4 + 2 chunks
+        sizes = sorted([len(decode_index(await gw.objects.get(k))) for k in keys])
+        assert sizes == [2, 4, 4]
+        assert len(gw.store.state.chunks) == 10
+    finally:
+        await gw.stop()
+
+
+async def test_chunk_id_mismatch_is_refused_and_nothing_stored(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    key = await gw.key_of("acct-a")
+    forged = upload_request("job-1", key, b"the real content")
+    forged.chunk_id = chunk_id(key, b"some other content")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gw.stub.UploadChunks(aiter_of([forged]), metadata=agent.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "mismatch" in (err.value.details() or "")
+    assert pack_keys(gw) == []
+    assert gw.store.state.chunks == {}
+
+
+async def test_wrong_raw_length_is_refused(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    request = upload_request("job-1", await gw.key_of("acct-a"), b"content")
+    request.raw_length = 3
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gw.stub.UploadChunks(aiter_of([request]), metadata=agent.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert gw.store.state.chunks == {}
+
+
+async def test_repeated_upload_is_reported_present_and_not_stored_twice(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    await gw.upload(agent, "job-1", [b"a" * 100, b"b" * 100])
+    again = await gw.upload(agent, "job-1", [b"a" * 100, b"b" * 100, b"b" * 100, b"c" * 100])
+    assert (again.chunks_stored, again.chunks_already_present) == (1, 3)
+    assert len(gw.store.state.chunks) == 3
+
+
+async def test_find_missing_reports_only_what_the_account_lacks(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    key = await gw.key_of("acct-a")
+    await gw.upload(agent, "job-1", [b"stored"])
+    stored, new = chunk_id(key, b"stored"), chunk_id(key, b"new")
+    response = await gw.stub.FindMissingChunks(
+        gateway_pb2.FindMissingChunksRequest(job_id="job-1", chunk_ids=[stored, new, new]), metadata=agent.md
+    )
+    assert list(response.missing_chunk_ids) == [new]
+
+
+async def test_account_b_cannot_learn_or_read_account_a_chunks(gw: GatewayHarness) -> None:
+    alice = await gw.enrolled_agent("i-a", "acct-a")
+    bob = await gw.enrolled_agent("i-b", "acct-b")
+    await gw.request_backup(alice, "job-a")
+    await gw.request_backup(bob, "job-b")
+    key_a, key_b = await gw.key_of("acct-a"), await gw.key_of("acct-b")
+    assert key_a != key_b
+    secret = b"alice's secret document"
+    await gw.upload(alice, "job-a", [secret])
+    alice_id = chunk_id(key_a, secret)
+
+    # Bob asking about Alice's id is told it is missing: existence does not leak across accounts.
+    response = await gw.stub.FindMissingChunks(
+        gateway_pb2.FindMissingChunksRequest(job_id="job-b", chunk_ids=[alice_id]), metadata=bob.md
+    )
+    assert list(response.missing_chunk_ids) == [alice_id]
+    # Bob cannot use Alice's job either.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gw.stub.FindMissingChunks(
+            gateway_pb2.FindMissingChunksRequest(job_id="job-a", chunk_ids=[alice_id]), metadata=bob.md
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The same content under Bob's key is a different chunk, stored separately.
+    uploaded = await gw.upload(bob, "job-b", [secret])
+    assert uploaded.chunks_stored == 1
+    assert ("acct-b", chunk_id(key_b, secret)) in gw.store.state.chunks
+    assert ("acct-b", alice_id) not in gw.store.state.chunks
+    # Bob cannot smuggle Alice's id in with Alice's key-less content either: the id must verify under Bob's key.
+    forged = upload_request("job-b", key_b, secret)
+    forged.chunk_id = alice_id
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gw.stub.UploadChunks(aiter_of([forged]), metadata=bob.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_upload_for_a_finished_job_is_refused(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gw.upload(agent, "no-such-job", [b"x"])
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert gw.store.state.chunks == {}
