@@ -11,20 +11,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+from strongroom_platform.clock import Clock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.settings import PlatformSettings
 
 
 def _platform(module: str) -> Any:
-    # The Kafka and object store adapters are imported only when used.
+    # Imported only when used, and by name: the Kafka adapters are an optional part of the platform.
     return importlib.import_module(f"strongroom_platform.{module}")
 
 
-@asynccontextmanager
-async def object_store(settings: PlatformSettings) -> AsyncIterator[ObjectStore]:
-    store = _platform("objectstore_factory").open_object_store(settings)
-    yield cast(ObjectStore, store)
+async def object_store(settings: PlatformSettings, clock: Clock) -> ObjectStore:
+    from strongroom_platform.objectstore_factory import open_object_store
+
+    return await open_object_store(settings, clock)
 
 
 @asynccontextmanager

@@ -53,7 +53,7 @@ async def run(
         repo = PgCatalogRepository(pool)
 
         if object_store is None:
-            object_store = await stack.enter_async_context(adapters.object_store(settings.platform))
+            object_store = await adapters.object_store(settings.platform, clock)
         if publisher is None:
             publisher = await stack.enter_async_context(adapters.publisher(settings.platform))
         if consumer_factory is None:
