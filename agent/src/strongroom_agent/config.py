@@ -1,0 +1,79 @@
+"""The agent's persistent state: which gateway it enrolled with and its credential.
+
+Stored as ``<state-dir>/agent.json`` with mode 0600 in a 0700 directory. The
+state dir defaults to /var/lib/strongroom-agent and can be moved with
+``--state-dir`` or ``STRONGROOM_AGENT_STATE_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_STATE_DIR = "/var/lib/strongroom-agent"
+STATE_DIR_ENV = "STRONGROOM_AGENT_STATE_DIR"
+STATE_FILE = "agent.json"
+SPOOL_DIR = "spool"
+
+
+class StateError(Exception):
+    """The state is missing or unreadable; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class AgentState:
+    gateway: str
+    instance_id: str
+    credential: str
+
+
+def resolve_state_dir(cli_value: str | None, environ: Mapping[str, str]) -> str:
+    return os.path.abspath(cli_value or environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+def state_path(state_dir: str) -> str:
+    return os.path.join(state_dir, STATE_FILE)
+
+
+def save_state(state_dir: str, state: AgentState) -> str:
+    """Write the state atomically (temp file + rename), readable only by the owner; return its path."""
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    path = state_path(state_dir)
+    temp = f"{path}.{secrets.token_hex(4)}.tmp"
+    payload = json.dumps(
+        {"gateway": state.gateway, "instance_id": state.instance_id, "credential": state.credential}, indent=2
+    ).encode()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(temp, path)
+    except OSError:
+        os.unlink(temp)
+        raise
+    return path
+
+
+def load_state(state_dir: str) -> AgentState:
+    path = state_path(state_dir)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise StateError(f"not enrolled: {path} does not exist; run 'strongroom-agent enroll' first") from None
+    except PermissionError:
+        raise StateError(f"cannot read {path}: permission denied (run as the agent's user)") from None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read {path}: {exc}") from None
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) and raw[k] for k in _FIELDS):
+        raise StateError(f"{path} is not a valid agent state file; enroll again")
+    return AgentState(gateway=raw["gateway"], instance_id=raw["instance_id"], credential=raw["credential"])
+
+
+_FIELDS = ("gateway", "instance_id", "credential")

@@ -1,0 +1,337 @@
+"""The Connect stream loop: say hello, run the commands the gateway sends, report results.
+
+One backup and one restore may run at a time. A second job of the same kind
+is answered at once with FAILED (the gateway schedules; the agent never
+queues). Jobs keep running while the stream is down; progress reports are
+dropped while disconnected, but a JobFinished that could not be written is
+sent again on the next connection. The stream is re-opened with capped
+exponential backoff (with jitter) until the agent is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import random
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+
+from strongroom_agent import __version__
+from strongroom_agent.backup import plan_points, run_backup
+from strongroom_agent.config import SPOOL_DIR
+from strongroom_agent.exclusions import LinuxExclusions
+from strongroom_agent.filesystems import discover_filesystems, filesystem_for_root
+from strongroom_agent.gateway_client import ControlStream, GatewayClient, GatewayError
+from strongroom_agent.restore import run_restore
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[common_pb2.JobStats], Awaitable[None]]
+BackupRunner = Callable[[gateway_pb2.RunBackup, asyncio.Event, ProgressCallback], Awaitable[gateway_pb2.JobFinished]]
+RestoreRunner = Callable[[gateway_pb2.RunRestore, asyncio.Event, ProgressCallback], Awaitable[gateway_pb2.JobFinished]]
+Sleep = Callable[[float], Awaitable[None]]
+
+_AUTH_FAILURES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class CredentialRejected(Exception):
+    """The gateway no longer accepts this agent's credential (re-enrollment needed)."""
+
+
+@dataclass
+class _Job:
+    job_id: str
+    cancel: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 1.0
+    maximum: float = 60.0
+    # A stream that stayed up this long resets the delay.
+    healthy_after: float = 30.0
+
+
+class Session:
+    def __init__(
+        self,
+        client: GatewayClient,
+        *,
+        hello: Callable[[], Awaitable[gateway_pb2.AgentHello]],
+        run_backup: BackupRunner,
+        run_restore: RestoreRunner,
+        backoff: Backoff = Backoff(),
+        sleep: Sleep = asyncio.sleep,
+        monotonic: Callable[[], float] | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._client = client
+        self._hello = hello
+        self._run_backup = run_backup
+        self._run_restore = run_restore
+        self._backoff = backoff
+        self._sleep = sleep
+        self._monotonic = monotonic or asyncio.get_running_loop().time
+        self._jitter = jitter
+        self._stream: ControlStream | None = None
+        self._write_lock = asyncio.Lock()
+        self._unsent: deque[gateway_pb2.AgentReport] = deque()
+        self._backup: _Job | None = None
+        self._restore: _Job | None = None
+        self._finished_ids: deque[str] = deque(maxlen=1000)
+        self._stopping = False
+        self.connections = 0
+
+    # --- reporting ---
+
+    async def _write(self, report: gateway_pb2.AgentReport, *, must_deliver: bool) -> None:
+        async with self._write_lock:
+            stream = self._stream
+            if stream is None:
+                if must_deliver:
+                    self._unsent.append(report)
+                return
+            try:
+                await stream.write(report)
+            except GatewayError as exc:
+                log.info("report not sent (%s)", exc)
+                if must_deliver:
+                    self._unsent.append(report)
+
+    def _progress_callback(self, job_id: str) -> ProgressCallback:
+        async def on_progress(stats: common_pb2.JobStats) -> None:
+            progress = gateway_pb2.JobProgress(job_id=job_id, stats=stats)
+            await self._write(gateway_pb2.AgentReport(progress=progress), must_deliver=False)
+
+        return on_progress
+
+    async def _finish(self, finished: gateway_pb2.JobFinished) -> None:
+        self._finished_ids.append(finished.job_id)
+        await self._write(gateway_pb2.AgentReport(finished=finished), must_deliver=True)
+
+    # --- jobs ---
+
+    async def _job(self, job_id: str, cancel: asyncio.Event, work: Awaitable[gateway_pb2.JobFinished]) -> None:
+        try:
+            finished = await work
+        except Exception as exc:  # a bug: still tell the gateway the job is over
+            log.exception("job %s crashed", job_id)
+            finished = gateway_pb2.JobFinished(
+                job_id=job_id, status=common_pb2.JOB_STATUS_FAILED, error=f"internal error: {exc!r}"
+            )
+        if self._stopping and finished.status == common_pb2.JOB_STATUS_CANCELED:
+            finished.status = common_pb2.JOB_STATUS_FAILED
+            finished.error = "the agent was stopped while the job was running"
+        log.info("job %s finished: %s %s", job_id, common_pb2.JobStatus.Name(finished.status), finished.error)
+        await self._finish(finished)
+
+    def _start(
+        self,
+        current: _Job | None,
+        job_id: str,
+        kind: str,
+        runner: Callable[[asyncio.Event], Awaitable[gateway_pb2.JobFinished]],
+    ) -> _Job | None:
+        """Start a job unless one of its kind is running; returns the new job (None if refused)."""
+        if current is not None and not current.task.done():
+            if current.job_id != job_id:  # the same id again (e.g. after a reconnect) is already running
+                refusal = gateway_pb2.JobFinished(
+                    job_id=job_id,
+                    status=common_pb2.JOB_STATUS_FAILED,
+                    error=f"another {kind} job ({current.job_id}) is running on this instance",
+                )
+                asyncio.get_running_loop().create_task(self._finish(refusal))
+            return None
+        log.info("starting %s job %s", kind, job_id)
+        cancel = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._job(job_id, cancel, runner(cancel)))
+        return _Job(job_id, cancel, task)
+
+    async def _dispatch(self, command: gateway_pb2.AgentCommand) -> None:
+        kind = command.WhichOneof("command")
+        if kind == "run_backup":
+            backup = command.run_backup
+            started = self._start(
+                self._backup,
+                backup.job_id,
+                "backup",
+                lambda cancel: self._run_backup(backup, cancel, self._progress_callback(backup.job_id)),
+            )
+            self._backup = started or self._backup
+        elif kind == "run_restore":
+            restore = command.run_restore
+            started = self._start(
+                self._restore,
+                restore.restore_job_id,
+                "restore",
+                lambda cancel: self._run_restore(restore, cancel, self._progress_callback(restore.restore_job_id)),
+            )
+            self._restore = started or self._restore
+        elif kind == "cancel_job":
+            await self._cancel(command.cancel_job.job_id)
+        else:
+            log.warning("ignoring unknown command %r", kind)
+
+    async def _cancel(self, job_id: str) -> None:
+        for job in (self._backup, self._restore):
+            if job is not None and job.job_id == job_id and not job.task.done():
+                log.info("canceling job %s", job_id)
+                job.cancel.set()
+                return
+        if job_id not in self._finished_ids:
+            # Unknown here (e.g. the agent restarted): confirm so the gateway does not wait forever.
+            await self._finish(gateway_pb2.JobFinished(job_id=job_id, status=common_pb2.JOB_STATUS_CANCELED))
+
+    def running_jobs(self) -> list[_Job]:
+        return [j for j in (self._backup, self._restore) if j is not None and not j.task.done()]
+
+    # --- the stream ---
+
+    async def _serve_once(self, stop: asyncio.Event) -> None:
+        stream = self._client.connect()
+        try:
+            hello = await self._hello()
+            await stream.write(gateway_pb2.AgentReport(hello=hello))
+            async with self._write_lock:
+                while self._unsent:
+                    await stream.write(self._unsent[0])
+                    self._unsent.popleft()
+                self._stream = stream
+            self.connections += 1
+            log.info("connected to the gateway")
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                while True:
+                    read = asyncio.ensure_future(stream.read())
+                    await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    if not read.done():
+                        read.cancel()
+                        return
+                    command = read.result()
+                    if command is None:
+                        log.info("the gateway closed the control stream")
+                        return
+                    await self._dispatch(command)
+            finally:
+                stopped.cancel()
+        finally:
+            async with self._write_lock:
+                self._stream = None
+            stream.cancel()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; raises CredentialRejected when the gateway refuses the credential."""
+        delay = self._backoff.initial
+        try:
+            while not stop.is_set():
+                started = self._monotonic()
+                try:
+                    await self._serve_once(stop)
+                except GatewayError as exc:
+                    if exc.code in _AUTH_FAILURES:
+                        raise CredentialRejected(str(exc)) from exc
+                    log.warning("control stream failed: %s", exc)
+                if stop.is_set():
+                    break
+                if self._monotonic() - started >= self._backoff.healthy_after:
+                    delay = self._backoff.initial
+                wait = delay * (0.5 + self._jitter() / 2)
+                log.info("reconnecting in %.1f s", wait)
+                await _sleep_or_stop(self._sleep, wait, stop)
+                delay = min(delay * 2, self._backoff.maximum)
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        jobs = self.running_jobs()
+        for job in jobs:
+            job.cancel.set()
+        if jobs:
+            await asyncio.wait([j.task for j in jobs], timeout=SHUTDOWN_GRACE_SECONDS)
+        for job in jobs:
+            job.task.cancel()
+
+
+async def _sleep_or_stop(sleep: Sleep, seconds: float, stop: asyncio.Event) -> None:
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        stopped.cancel()
+
+
+# --- wiring for the real host ---------------------------------------------------------------------------------------
+
+
+def host_exclusions(state_dir: str) -> LinuxExclusions:
+    return LinuxExclusions(extra_dirs=[state_dir])
+
+
+def make_hello(state_dir: str) -> Callable[[], Awaitable[gateway_pb2.AgentHello]]:
+    exclusions = host_exclusions(state_dir)
+
+    async def hello() -> gateway_pb2.AgentHello:
+        filesystems = await asyncio.to_thread(
+            discover_filesystems, excluded=lambda p: exclusions.excluded(p, is_dir=True)
+        )
+        return gateway_pb2.AgentHello(agent_version=__version__, hostname=socket.gethostname(), filesystems=filesystems)
+
+    return hello
+
+
+def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Sequence[str]) -> BackupRunner:
+    exclusions = host_exclusions(state_dir)
+
+    async def runner(
+        command: gateway_pb2.RunBackup, cancel: asyncio.Event, on_progress: ProgressCallback
+    ) -> gateway_pb2.JobFinished:
+        roots = list(command.roots) or list(default_roots)
+        points, errors = await asyncio.to_thread(
+            plan_points,
+            roots,
+            discover=lambda: discover_filesystems(excluded=lambda p: exclusions.excluded(p, is_dir=True)),
+            describe_root=filesystem_for_root,
+        )
+        return await run_backup(
+            command,
+            client=client,
+            points=points,
+            point_errors=errors,
+            exclusions=exclusions,
+            cancel=cancel,
+            on_progress=on_progress,
+            spool_dir=os.path.join(state_dir, SPOOL_DIR),
+        )
+
+    return runner
+
+
+def make_restore_runner(client: GatewayClient) -> RestoreRunner:
+    async def runner(
+        command: gateway_pb2.RunRestore, cancel: asyncio.Event, on_progress: ProgressCallback
+    ) -> gateway_pb2.JobFinished:
+        return await run_restore(command, client=client, cancel=cancel, on_progress=on_progress)
+
+    return runner
+
+
+def enroll_request(token: str) -> gateway_pb2.EnrollRequest:
+    return gateway_pb2.EnrollRequest(
+        enrollment_token=token,
+        hostname=socket.gethostname(),
+        os=platform.system().lower(),
+        arch=platform.machine(),
+        agent_version=__version__,
+    )
