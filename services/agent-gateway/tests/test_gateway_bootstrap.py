@@ -1,0 +1,79 @@
+"""The composition root serves, announces its address, consumes events and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+
+import grpc
+import pytest
+from gateway_helpers import meta
+from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.events.v1 import events_pb2
+from strongroom_gateway.bootstrap import run
+from strongroom_gateway.settings import Settings
+from strongroom_gateway.testing import InMemoryGatewayStore
+from strongroom_platform import events
+from strongroom_platform.events import to_timestamp
+from strongroom_platform.settings import PlatformSettings
+from strongroom_platform.testing import FakeClock, InMemoryEventBus, InMemoryObjectStore
+
+
+async def test_run_announces_and_serves_with_injected_fakes(capsys: pytest.CaptureFixture[str]) -> None:
+    clock = FakeClock()
+    bus = InMemoryEventBus()
+    store = InMemoryGatewayStore()
+    settings = Settings(
+        platform=PlatformSettings(
+            pg_dsn="unused",
+            kafka_bootstrap="unused",
+            kafka_idempotent=True,
+            object_store="file:unused",
+            s3=None,
+            otel="none",
+        )
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run(
+            settings,
+            stop,
+            clock=clock,
+            object_store=InMemoryObjectStore(clock),
+            consumer_factory=bus.consumer,
+            store=store,
+        )
+    )
+    try:
+        address = ""
+        for _ in range(500):
+            out = capsys.readouterr().out
+            if out:
+                [line] = out.splitlines()
+                assert line.startswith("LISTENING gateway 127.0.0.1:")
+                address = line.split()[2]
+                break
+            await asyncio.sleep(0.01)
+        assert address
+        token = "one-time-token"
+        activated = events_pb2.InstanceActivated(
+            meta=meta(),
+            account_id="acct",
+            instance_id="i-1",
+            enrollment_token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+            token_expires_at=to_timestamp(clock.now() + dt.timedelta(hours=1)),
+        )
+        await bus.publish(events.INSTANCE_ACTIVATED, b"i-1", activated.SerializeToString())
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
+            for _ in range(500):
+                if "i-1" in store.state.instances:
+                    break
+                await asyncio.sleep(0.01)
+            response = await stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token))
+        assert response.instance_id == "i-1"
+        assert bus.committed("agent-gateway", events.INSTANCE_ACTIVATED) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+from strongroom_gateway.settings import Settings
+from strongroom_platform.settings import SettingsError
+
+BASE = {
+    "STRONGROOM_PG_DSN": "postgresql://u@localhost/db",
+    "STRONGROOM_KAFKA_BOOTSTRAP": "localhost:9092",
+    "STRONGROOM_OBJECT_STORE": "file:/tmp/objects",
+}
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env(BASE)
+    assert settings.grpc_listen == "127.0.0.1:0"
+    assert settings.pack_target_bytes == 16 << 20
+    assert settings.platform.object_store == "file:/tmp/objects"
+
+
+def test_overrides() -> None:
+    settings = Settings.from_env(
+        BASE | {"STRONGROOM_GRPC_LISTEN": "0.0.0.0:7443", "STRONGROOM_GATEWAY_PACK_BYTES": str(4 << 20)}
+    )
+    assert (settings.grpc_listen, settings.pack_target_bytes) == ("0.0.0.0:7443", 4 << 20)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("STRONGROOM_GATEWAY_PACK_BYTES", "10"), ("STRONGROOM_GATEWAY_MAX_WRITES", "0")]
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env(BASE | {name: value})
+
+
+def test_database_is_required() -> None:
+    with pytest.raises(SettingsError, match="STRONGROOM_PG_DSN"):
+        Settings.from_env({k: v for k, v in BASE.items() if k != "STRONGROOM_PG_DSN"})
