@@ -1,0 +1,78 @@
+"""Composition root of the restore service: pool, migrations, outbox relay, consumer, catalog client, gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AsyncExitStack
+
+import grpc
+from strongroom_platform.clock import Clock, SystemClock
+from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
+from strongroom_platform.outbox import start_relay
+from strongroom_platform.runtime import start_grpc_server
+
+from strongroom_restore import adapters, consumers
+from strongroom_restore.catalog_client import GrpcCatalogClient
+from strongroom_restore.grpc_api import RestoreServicer, register
+from strongroom_restore.migrations import MIGRATIONS, SCHEMA
+from strongroom_restore.ports import CatalogClient
+from strongroom_restore.repository import PgRestoreRepository
+from strongroom_restore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    clock: Clock | None = None,
+    publisher: EventPublisher | None = None,
+    consumer_factory: ConsumerFactory | None = None,
+    catalog: CatalogClient | None = None,
+    schema: str = SCHEMA,
+) -> None:
+    """Serve until ``stop`` is set, then shut down in reverse order.
+
+    Prints ``LISTENING restore <host>:<port>`` on stdout once the gRPC API
+    serves. Dependencies left as None are built from ``settings``.
+    """
+    clock = clock or SystemClock()
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(settings.platform.pg_dsn, schema)
+        stack.push_async_callback(pool.close)
+        await migrate(pool, schema, MIGRATIONS)
+        repo = PgRestoreRepository(pool)
+
+        if catalog is None:
+            channel = grpc.aio.insecure_channel(settings.catalog_addr)
+            stack.push_async_callback(channel.close, None)
+            catalog = GrpcCatalogClient(channel)
+        if publisher is None:
+            publisher = await stack.enter_async_context(adapters.publisher(settings.platform))
+        if consumer_factory is None:
+            consumer_factory = adapters.consumer_factory(settings.platform)
+
+        relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
+        stack.push_async_callback(_cancel, relay)
+
+        consumer = consumer_factory(consumers.GROUP_ID, consumers.handlers(repo))
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+
+        server, port = await start_grpc_server(settings.grpc_listen, register(RestoreServicer(repo, catalog, clock)))
+        stack.push_async_callback(server.stop, 5)
+        host = settings.grpc_listen.rsplit(":", 1)[0]
+        print(f"LISTENING restore {host}:{port}", flush=True)
+        log.info("restore serving on %s:%d", host, port)
+        await stop.wait()
+        log.info("restore stopping")

@@ -1,0 +1,100 @@
+"""gRPC ``RestoreService``: a thin servicer over ``handlers`` that maps errors to status codes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
+from strongroom_platform.clock import Clock
+from strongroom_platform.events import to_timestamp
+
+from strongroom_restore import handlers
+from strongroom_restore.errors import CatalogUnavailable, FailedPrecondition, InvalidArgument, NotFound, RestoreError
+from strongroom_restore.model import RestoreJob
+from strongroom_restore.ports import CatalogClient, RestoreRepository
+
+T = TypeVar("T")
+
+_CODES: dict[type[RestoreError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    CatalogUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def job_message(job: RestoreJob) -> restore_pb2.RestoreJob:
+    message = restore_pb2.RestoreJob(
+        restore_job_id=job.restore_job_id,
+        point_id=job.point_id,
+        source_instance_id=job.source_instance_id,
+        target_instance_id=job.target_instance_id,
+        status=common_pb2.JobStatus.ValueType(job.status),
+        include_paths=job.include_paths,
+        exclude_paths=job.exclude_paths,
+        target_path=job.target_path,
+        conflict_policy=gateway_pb2.ConflictPolicy.ValueType(job.conflict_policy),
+        error=job.error,
+        stats=job.stats,
+        created_at=to_timestamp(job.created_at),
+    )
+    if job.finished_at is not None:
+        message.finished_at.CopyFrom(to_timestamp(job.finished_at))
+    return message
+
+
+async def _call(context: grpc.aio.ServicerContext[Any, Any], operation: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await operation()
+    except RestoreError as exc:
+        await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), str(exc))
+        raise  # abort raises; this keeps type checkers informed
+
+
+class RestoreServicer(restore_pb2_grpc.RestoreServiceServicer):
+    def __init__(self, repo: RestoreRepository, catalog: CatalogClient, clock: Clock) -> None:
+        self._repo = repo
+        self._catalog = catalog
+        self._clock = clock
+
+    async def CreateRestoreJob(
+        self, request: restore_pb2.CreateRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> restore_pb2.RestoreJob:
+        job = await _call(
+            context,
+            lambda: handlers.create_restore_job(request, repo=self._repo, catalog=self._catalog, clock=self._clock),
+        )
+        return job_message(job)
+
+    async def GetRestoreJob(
+        self, request: restore_pb2.GetRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> restore_pb2.RestoreJob:
+        job = await _call(context, lambda: handlers.get_restore_job(self._repo, request.restore_job_id))
+        return job_message(job)
+
+    async def ListRestoreJobs(
+        self, request: restore_pb2.ListRestoreJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> restore_pb2.ListRestoreJobsResponse:
+        jobs = await _call(context, lambda: handlers.list_restore_jobs(self._repo, request.instance_id))
+        return restore_pb2.ListRestoreJobsResponse(jobs=[job_message(j) for j in jobs])
+
+    async def CancelRestoreJob(
+        self, request: restore_pb2.GetRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> restore_pb2.RestoreJob:
+        job = await _call(
+            context, lambda: handlers.cancel_restore_job(self._repo, request.restore_job_id, clock=self._clock)
+        )
+        return job_message(job)
+
+
+def register(servicer: RestoreServicer) -> Callable[[grpc.aio.Server], None]:
+    """The registration callback for ``strongroom_platform.runtime.start_grpc_server``."""
+
+    def add(server: grpc.aio.Server) -> None:
+        restore_pb2_grpc.add_RestoreServiceServicer_to_server(servicer, server)
+
+    return add

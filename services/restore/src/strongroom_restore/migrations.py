@@ -1,0 +1,39 @@
+"""Schema ``restore``: restore jobs, outbox, inbox."""
+
+from __future__ import annotations
+
+from strongroom_platform.db import Migration
+from strongroom_platform.inbox import INBOX_DDL
+from strongroom_platform.outbox import OUTBOX_DDL
+
+SCHEMA = "restore"
+
+_V1 = """
+CREATE TABLE restore_jobs (
+    restore_job_id text PRIMARY KEY,
+    account_id text NOT NULL,
+    point_id text NOT NULL,
+    source_instance_id text NOT NULL,
+    target_instance_id text NOT NULL,
+    status smallint NOT NULL,
+    include_paths text[] NOT NULL,
+    exclude_paths text[] NOT NULL,
+    target_path text NOT NULL,
+    conflict_policy smallint NOT NULL,
+    error text NOT NULL DEFAULT '',
+    -- serialized strongroom.common.v1.JobStats
+    stats bytea NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL,
+    -- event time of the last applied restore-updated (older updates are stale)
+    updated_at timestamptz,
+    finished_at timestamptz
+);
+CREATE INDEX restore_jobs_by_target ON restore_jobs (target_instance_id, created_at DESC);
+CREATE INDEX restore_jobs_by_source ON restore_jobs (source_instance_id, created_at DESC);
+"""
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, OUTBOX_DDL),
+    Migration(2, INBOX_DDL),
+    Migration(3, _V1),
+]

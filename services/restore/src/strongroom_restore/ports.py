@@ -1,0 +1,60 @@
+"""Ports of the restore service: its storage and the catalog it asks about points.
+
+Adapters: ``repository.PgRestoreRepository`` / ``testing.InMemoryRestoreRepository``
+(both pass ``services/restore/tests/restore_contract_repository.py``), and
+``catalog_client.GrpcCatalogClient`` / ``testing.FakeCatalogClient``.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from google.protobuf.message import Message
+
+from strongroom_restore.model import CatalogPoint, RestoreJob
+
+
+class RestoreTransaction(Protocol):
+    """Writes that commit together or not at all (an exception leaving the block rolls back)."""
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        """Record that ``consumer`` processes ``event_id``; False if it already did."""
+        ...
+
+    async def get_job(self, restore_job_id: str) -> RestoreJob | None:
+        """The job, locked against concurrent updates until the transaction ends."""
+        ...
+
+    async def insert_job(self, job: RestoreJob) -> None:
+        """Store a new job (its id must be new)."""
+        ...
+
+    async def update_job(self, job: RestoreJob) -> None:
+        """Store the job's status, error, stats, updated_at and finished_at."""
+        ...
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        """Publish ``event`` (through the outbox) if and when the transaction commits."""
+        ...
+
+
+class RestoreRepository(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[RestoreTransaction]:
+        """Open a transaction; it commits when the block exits normally."""
+        ...
+
+    async def get_job(self, restore_job_id: str) -> RestoreJob | None: ...
+
+    async def list_jobs(self, instance_id: str, *, limit: int) -> list[RestoreJob]:
+        """Jobs restoring to or from ``instance_id``, newest first, at most ``limit``."""
+        ...
+
+
+class CatalogClient(Protocol):
+    async def get_point(self, point_id: str) -> CatalogPoint | None:
+        """The live point, or None when the catalog does not know it (or it expired).
+
+        Raises ``errors.CatalogUnavailable`` when the catalog cannot answer.
+        """
+        ...

@@ -1,0 +1,116 @@
+"""PostgreSQL adapter of :class:`~strongroom_restore.ports.RestoreRepository` (schema ``restore``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import cast
+
+import asyncpg
+from google.protobuf.message import Message
+from strongroom.common.v1 import common_pb2
+from strongroom_platform import inbox, outbox
+
+from strongroom_restore.model import RestoreJob
+
+_COLUMNS = (
+    "restore_job_id, account_id, point_id, source_instance_id, target_instance_id, status, include_paths,"
+    " exclude_paths, target_path, conflict_policy, error, stats, created_at, updated_at, finished_at"
+)
+
+
+def _job(row: asyncpg.Record) -> RestoreJob:
+    return RestoreJob(
+        restore_job_id=row["restore_job_id"],
+        account_id=row["account_id"],
+        point_id=row["point_id"],
+        source_instance_id=row["source_instance_id"],
+        target_instance_id=row["target_instance_id"],
+        status=row["status"],
+        include_paths=tuple(row["include_paths"]),
+        exclude_paths=tuple(row["exclude_paths"]),
+        target_path=row["target_path"],
+        conflict_policy=row["conflict_policy"],
+        error=row["error"],
+        stats=common_pb2.JobStats.FromString(bytes(row["stats"])),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+class PgRestoreTransaction:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        return await inbox.claim_event(self._conn, consumer, event_id)
+
+    async def get_job(self, restore_job_id: str) -> RestoreJob | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM restore_jobs WHERE restore_job_id = $1 FOR UPDATE", restore_job_id
+        )
+        return None if row is None else _job(row)
+
+    async def insert_job(self, job: RestoreJob) -> None:
+        await self._conn.execute(
+            f"INSERT INTO restore_jobs ({_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            job.restore_job_id,
+            job.account_id,
+            job.point_id,
+            job.source_instance_id,
+            job.target_instance_id,
+            job.status,
+            list(job.include_paths),
+            list(job.exclude_paths),
+            job.target_path,
+            job.conflict_policy,
+            job.error,
+            job.stats.SerializeToString(),
+            job.created_at,
+            job.updated_at,
+            job.finished_at,
+        )
+
+    async def update_job(self, job: RestoreJob) -> None:
+        await self._conn.execute(
+            "UPDATE restore_jobs SET status = $2, error = $3, stats = $4, updated_at = $5, finished_at = $6"
+            " WHERE restore_job_id = $1",
+            job.restore_job_id,
+            job.status,
+            job.error,
+            job.stats.SerializeToString(),
+            job.updated_at,
+            job.finished_at,
+        )
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        await outbox.enqueue(self._conn, topic, key, event)
+
+
+class PgRestoreRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgRestoreTransaction]:
+        async with self._pool.acquire() as proxy, proxy.transaction():
+            # The pool's proxy forwards every Connection method; the platform helpers take a Connection.
+            yield PgRestoreTransaction(cast(asyncpg.Connection, proxy))
+
+    async def get_job(self, restore_job_id: str) -> RestoreJob | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM restore_jobs WHERE restore_job_id = $1", restore_job_id)
+        return None if row is None else _job(row)
+
+    async def list_jobs(self, instance_id: str, *, limit: int) -> list[RestoreJob]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM restore_jobs"
+                " WHERE target_instance_id = $1 OR source_instance_id = $1"
+                ' ORDER BY created_at DESC, restore_job_id COLLATE "C" DESC LIMIT $2',
+                instance_id,
+                limit,
+            )
+        return [_job(r) for r in rows]

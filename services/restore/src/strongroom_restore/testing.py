@@ -1,0 +1,107 @@
+"""In-memory fakes of the restore service's ports, for unit tests.
+
+``InMemoryRestoreRepository`` passes the same contract suite as the
+PostgreSQL adapter; transactions are serialized and roll back on exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from strongroom_restore.errors import CatalogUnavailable
+from strongroom_restore.model import CatalogPoint, RestoreJob
+
+
+@dataclass
+class _State:
+    jobs: dict[str, RestoreJob] = field(default_factory=dict)
+    processed: set[tuple[str, str]] = field(default_factory=set)
+    outbox: list[tuple[str, str, Message]] = field(default_factory=list)
+
+
+class InMemoryRestoreTransaction:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        if not event_id:
+            raise ValueError("event without an event_id cannot be processed idempotently")
+        if (consumer, event_id) in self._s.processed:
+            return False
+        self._s.processed.add((consumer, event_id))
+        return True
+
+    async def get_job(self, restore_job_id: str) -> RestoreJob | None:
+        return self._s.jobs.get(restore_job_id)
+
+    async def insert_job(self, job: RestoreJob) -> None:
+        if job.restore_job_id in self._s.jobs:
+            raise KeyError(f"duplicate restore job {job.restore_job_id}")
+        self._s.jobs[job.restore_job_id] = job
+
+    async def update_job(self, job: RestoreJob) -> None:
+        current = self._s.jobs[job.restore_job_id]
+        self._s.jobs[job.restore_job_id] = dataclasses.replace(
+            current,
+            status=job.status,
+            error=job.error,
+            stats=job.stats,
+            updated_at=job.updated_at,
+            finished_at=job.finished_at,
+        )
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        self._s.outbox.append((topic, key, event))
+
+
+class InMemoryRestoreRepository:
+    """RestoreRepository fake; ``outbox`` lists (topic, key, event) of committed transactions."""
+
+    def __init__(self) -> None:
+        self._state = _State()
+        self._lock = asyncio.Lock()
+
+    @property
+    def outbox(self) -> list[tuple[str, str, Message]]:
+        return self._state.outbox
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[InMemoryRestoreTransaction]:
+        async with self._lock:
+            snapshot = copy.deepcopy(self._state)
+            try:
+                yield InMemoryRestoreTransaction(self._state)
+            except BaseException:
+                self._state = snapshot
+                raise
+
+    async def get_job(self, restore_job_id: str) -> RestoreJob | None:
+        return self._state.jobs.get(restore_job_id)
+
+    async def list_jobs(self, instance_id: str, *, limit: int) -> list[RestoreJob]:
+        jobs = [j for j in self._state.jobs.values() if instance_id in (j.target_instance_id, j.source_instance_id)]
+        jobs.sort(key=lambda j: (j.created_at, j.restore_job_id), reverse=True)
+        return jobs[:limit]
+
+
+class FakeCatalogClient:
+    """CatalogClient fake: knows the points added with :meth:`add`; ``unavailable`` simulates an outage."""
+
+    def __init__(self, *points: CatalogPoint) -> None:
+        self.points = {p.point_id: p for p in points}
+        self.unavailable = False
+
+    def add(self, point: CatalogPoint) -> None:
+        self.points[point.point_id] = point
+
+    async def get_point(self, point_id: str) -> CatalogPoint | None:
+        if self.unavailable:
+            raise CatalogUnavailable("catalog unavailable: connection refused")
+        return self.points.get(point_id)

@@ -1,0 +1,111 @@
+"""Contract of ``RestoreRepository``: the fake and the PostgreSQL adapter must both pass it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Protocol
+
+import pytest
+from restore_fixtures import T0, job
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, new_meta
+from strongroom_restore.ports import RestoreRepository
+
+
+class Harness(Protocol):
+    repo: RestoreRepository
+
+    async def outbox(self) -> list[tuple[str, str, bytes]]:
+        """(topic, key, serialized event) of every committed enqueue, in order."""
+        ...
+
+
+class Boom(Exception):
+    pass
+
+
+class RestoreRepositoryContract:
+    @pytest.fixture
+    def harness(self) -> Harness:
+        raise NotImplementedError
+
+    async def test_insert_and_read_back(self, harness: Harness) -> None:
+        repo = harness.repo
+        stored = job()
+        async with repo.transaction() as tx:
+            await tx.insert_job(stored)
+        assert await repo.get_job("r1") == stored
+        assert await repo.get_job("nope") is None
+        async with repo.transaction() as tx:
+            assert await tx.get_job("r1") == stored
+            assert await tx.get_job("nope") is None
+
+    async def test_duplicate_id_is_refused(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.insert_job(job())
+        with pytest.raises(Exception):  # noqa: B017 - each adapter raises its own error type
+            async with repo.transaction() as tx:
+                await tx.insert_job(job())
+
+    async def test_update_changes_only_the_mutable_fields(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.insert_job(job())
+        at = T0 + dt.timedelta(minutes=5)
+        updated = dataclasses.replace(
+            job(),
+            status=common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
+            error="2 files failed",
+            stats=common_pb2.JobStats(files_restored=7, bytes_restored=700, files_failed=2, files_skipped=1),
+            updated_at=at,
+            finished_at=at,
+        )
+        async with repo.transaction() as tx:
+            await tx.update_job(dataclasses.replace(updated, target_path="/elsewhere", point_id="p9"))
+        assert await repo.get_job("r1") == updated
+
+    async def test_list_by_target_or_source_newest_first(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.insert_job(job("r-old", target="i-a", source="i-b", created_at=T0))
+            await tx.insert_job(job("r-new", target="i-b", source="i-b", created_at=T0 + dt.timedelta(hours=1)))
+            await tx.insert_job(job("r-mid", target="i-c", source="i-a", created_at=T0 + dt.timedelta(minutes=1)))
+        assert [j.restore_job_id for j in await repo.list_jobs("i-a", limit=10)] == ["r-mid", "r-old"]
+        assert [j.restore_job_id for j in await repo.list_jobs("i-b", limit=10)] == ["r-new", "r-old"]
+        assert [j.restore_job_id for j in await repo.list_jobs("i-b", limit=1)] == ["r-new"]
+        assert await repo.list_jobs("i-z", limit=10) == []
+
+    async def test_claim_event_once(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            assert await tx.claim_event("c", "e1")
+            assert not await tx.claim_event("c", "e1")
+            assert await tx.claim_event("d", "e1")
+        async with repo.transaction() as tx:
+            assert not await tx.claim_event("c", "e1")
+
+    async def test_exception_rolls_back(self, harness: Harness) -> None:
+        repo = harness.repo
+        event = events_pb2.RestoreCancelRequested(meta=new_meta("restore", T0), restore_job_id="r1")
+        with pytest.raises(Boom):
+            async with repo.transaction() as tx:
+                await tx.claim_event("c", "e1")
+                await tx.insert_job(job())
+                await tx.enqueue(RESTORE_CANCEL_REQUESTED, "i-dst", event)
+                raise Boom
+        assert await repo.get_job("r1") is None
+        assert await harness.outbox() == []
+        async with repo.transaction() as tx:
+            assert await tx.claim_event("c", "e1")
+
+    async def test_enqueue_commits_with_the_transaction(self, harness: Harness) -> None:
+        repo = harness.repo
+        event = events_pb2.RestoreCancelRequested(meta=new_meta("restore", T0), restore_job_id="r1")
+        async with repo.transaction() as tx:
+            await tx.enqueue(RESTORE_CANCEL_REQUESTED, "i-dst", event)
+        [(topic, key, payload)] = await harness.outbox()
+        assert (topic, key) == (RESTORE_CANCEL_REQUESTED, "i-dst")
+        assert events_pb2.RestoreCancelRequested.FromString(payload) == event

@@ -1,0 +1,73 @@
+"""Builders shared by the restore service's tests."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_platform.clock import utc
+from strongroom_platform.events import new_meta
+from strongroom_restore.model import CatalogPoint, RestoreJob
+
+T0 = utc(2026, 3, 1, 12)
+POINT = CatalogPoint(
+    point_id="p1", instance_id="i-src", account_id="acct", mount_point="/data", manifest_key="manifests/p1"
+)
+
+
+def job(
+    restore_job_id: str = "r1",
+    *,
+    status: int = common_pb2.JOB_STATUS_QUEUED,
+    target: str = "i-dst",
+    source: str = "i-src",
+    created_at: dt.datetime = T0,
+) -> RestoreJob:
+    return RestoreJob(
+        restore_job_id=restore_job_id,
+        account_id="acct",
+        point_id="p1",
+        source_instance_id=source,
+        target_instance_id=target,
+        status=status,
+        include_paths=("etc", "home/a b"),
+        exclude_paths=("etc/secret",),
+        target_path="/srv/restore",
+        conflict_policy=gateway_pb2.CONFLICT_POLICY_OVERWRITE,
+        created_at=created_at,
+    )
+
+
+def restore_updated(
+    restore_job_id: str = "r1",
+    status: int = common_pb2.JOB_STATUS_RUNNING,
+    *,
+    at: dt.datetime = T0,
+    target: str = "i-dst",
+    error: str = "",
+    files_restored: int | None = None,
+) -> events_pb2.RestoreUpdated:
+    event = events_pb2.RestoreUpdated(
+        meta=new_meta("agent-gateway", at),
+        account_id="acct",
+        restore_job_id=restore_job_id,
+        target_instance_id=target,
+        status=status,  # type: ignore[arg-type]
+        error=error,
+    )
+    if files_restored is not None:
+        event.stats.CopyFrom(common_pb2.JobStats(files_restored=files_restored, bytes_restored=files_restored * 10))
+    return event
+
+
+async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> None:
+    """Wait until ``condition()`` holds (polling: background tasks have no event to await)."""
+    for _ in range(int(within / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met in time")

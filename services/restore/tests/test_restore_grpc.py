@@ -1,0 +1,211 @@
+"""RestoreService over a real in-process gRPC server, and the gRPC catalog client against a fake catalog."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from restore_fixtures import POINT, T0, restore_updated
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from strongroom.common.v1 import common_pb2
+from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
+from strongroom_platform.runtime import start_grpc_server
+from strongroom_platform.testing import FakeClock
+from strongroom_restore.catalog_client import GrpcCatalogClient
+from strongroom_restore.errors import CatalogUnavailable
+from strongroom_restore.grpc_api import RestoreServicer, register
+from strongroom_restore.handlers import handle_restore_updated
+from strongroom_restore.testing import FakeCatalogClient, InMemoryRestoreRepository
+
+S = common_pb2
+
+
+@pytest.fixture
+def repo() -> InMemoryRestoreRepository:
+    return InMemoryRestoreRepository()
+
+
+@pytest.fixture
+def catalog() -> FakeCatalogClient:
+    return FakeCatalogClient(POINT)
+
+
+@pytest.fixture
+async def stub(
+    repo: InMemoryRestoreRepository, catalog: FakeCatalogClient
+) -> AsyncIterator[restore_pb2_grpc.RestoreServiceAsyncStub]:
+    server, port = await start_grpc_server("127.0.0.1:0", register(RestoreServicer(repo, catalog, FakeClock(T0))))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield restore_pb2_grpc.RestoreServiceStub(channel)  # type: ignore[misc]
+    finally:
+        await server.stop(None)
+
+
+async def expect_error(call: object, code: grpc.StatusCode, message: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code
+    assert message in (info.value.details() or "")
+
+
+async def test_create_get_list_cancel(
+    stub: restore_pb2_grpc.RestoreServiceAsyncStub, repo: InMemoryRestoreRepository
+) -> None:
+    created = await stub.CreateRestoreJob(
+        restore_pb2.CreateRestoreJobRequest(point_id="p1", include_paths=["etc"], target_path="/srv/r")
+    )
+    assert created.status == S.JOB_STATUS_QUEUED
+    assert (created.source_instance_id, created.target_instance_id) == ("i-src", "i-src")
+    assert created.conflict_policy == gateway_pb2.CONFLICT_POLICY_SKIP
+    assert list(created.include_paths) == ["etc"] and created.target_path == "/srv/r"
+    assert created.created_at.ToDatetime(tzinfo=dt.UTC) == T0 and not created.HasField("finished_at")
+
+    got = await stub.GetRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id))
+    assert got == created
+    listed = await stub.ListRestoreJobs(restore_pb2.ListRestoreJobsRequest(instance_id="i-src"))
+    assert [j.restore_job_id for j in listed.jobs] == [created.restore_job_id]
+
+    canceling = await stub.CancelRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id))
+    assert canceling.status == S.JOB_STATUS_CANCELING
+
+    await handle_restore_updated(
+        restore_updated(created.restore_job_id, S.JOB_STATUS_CANCELED, at=T0 + dt.timedelta(minutes=1), target="i-src"),
+        repo=repo,
+    )
+    finished = await stub.GetRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id))
+    assert finished.status == S.JOB_STATUS_CANCELED
+    assert finished.finished_at.ToDatetime(tzinfo=dt.UTC) == T0 + dt.timedelta(minutes=1)
+    await expect_error(
+        stub.CancelRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "already finished (CANCELED)",
+    )
+
+
+async def test_stats_are_returned(
+    stub: restore_pb2_grpc.RestoreServiceAsyncStub, repo: InMemoryRestoreRepository
+) -> None:
+    created = await stub.CreateRestoreJob(restore_pb2.CreateRestoreJobRequest(point_id="p1"))
+    await handle_restore_updated(
+        restore_updated(created.restore_job_id, S.JOB_STATUS_RUNNING, target="i-src", files_restored=3), repo=repo
+    )
+    got = await stub.GetRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id))
+    assert (got.stats.files_restored, got.stats.bytes_restored) == (3, 30)
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "message"),
+    [
+        (restore_pb2.CreateRestoreJobRequest(), grpc.StatusCode.INVALID_ARGUMENT, "point_id is required"),
+        (
+            restore_pb2.CreateRestoreJobRequest(point_id="p1", include_paths=["../etc"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "must not contain '..'",
+        ),
+        (
+            restore_pb2.CreateRestoreJobRequest(point_id="p1", target_path="relative"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "must be an absolute directory",
+        ),
+        (
+            restore_pb2.CreateRestoreJobRequest(point_id="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "backup point 'nope' not found",
+        ),
+    ],
+)
+async def test_create_failures(
+    stub: restore_pb2_grpc.RestoreServiceAsyncStub,
+    request_: restore_pb2.CreateRestoreJobRequest,
+    code: grpc.StatusCode,
+    message: str,
+) -> None:
+    await expect_error(stub.CreateRestoreJob(request_), code, message)
+
+
+async def test_catalog_outage_is_unavailable(
+    stub: restore_pb2_grpc.RestoreServiceAsyncStub, catalog: FakeCatalogClient
+) -> None:
+    catalog.unavailable = True
+    await expect_error(
+        stub.CreateRestoreJob(restore_pb2.CreateRestoreJobRequest(point_id="p1")),
+        grpc.StatusCode.UNAVAILABLE,
+        "catalog unavailable",
+    )
+
+
+async def test_lookup_failures(stub: restore_pb2_grpc.RestoreServiceAsyncStub) -> None:
+    await expect_error(
+        stub.GetRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id="nope")),
+        grpc.StatusCode.NOT_FOUND,
+        "restore job 'nope' not found",
+    )
+    await expect_error(
+        stub.CancelRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id="nope")),
+        grpc.StatusCode.NOT_FOUND,
+        "restore job 'nope' not found",
+    )
+    await expect_error(
+        stub.ListRestoreJobs(restore_pb2.ListRestoreJobsRequest()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "instance_id is required",
+    )
+
+
+# --- GrpcCatalogClient ---------------------------------------------------------
+
+
+class FakeCatalogService(catalog_pb2_grpc.CatalogServiceServicer):
+    """Knows point p1; any other id is NOT_FOUND, id 'broken' fails INTERNAL."""
+
+    async def GetPoint(
+        self, request: catalog_pb2.GetPointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.Point:
+        if request.point_id == "broken":
+            await context.abort(grpc.StatusCode.INTERNAL, "database on fire")
+        if request.point_id != "p1":
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"point {request.point_id!r} not found")
+        return catalog_pb2.Point(
+            point_id="p1",
+            version_id="v1",
+            instance_id="i-src",
+            account_id="acct",
+            filesystem=common_pb2.Filesystem(mount_point="/data"),
+            manifest_key="manifests/p1",
+        )
+
+    async def ListVersions(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+    async def BrowsePoint(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+
+async def test_grpc_catalog_client() -> None:
+    def add(server: grpc.aio.Server) -> None:
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(FakeCatalogService(), server)
+
+    server, port = await start_grpc_server("127.0.0.1:0", add)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = GrpcCatalogClient(channel)
+            assert await client.get_point("p1") == POINT
+            assert await client.get_point("p2") is None
+            with pytest.raises(CatalogUnavailable, match="database on fire"):
+                await client.get_point("broken")
+    finally:
+        await server.stop(None)
+
+
+async def test_grpc_catalog_client_when_catalog_is_down() -> None:
+    server, port = await start_grpc_server("127.0.0.1:0", lambda server: None)
+    await server.stop(None)  # the port is now closed
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        client = GrpcCatalogClient(channel, timeout=2)
+        with pytest.raises(CatalogUnavailable, match="could not look up point 'p1'"):
+            await client.get_point("p1")
