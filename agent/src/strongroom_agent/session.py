@@ -3,8 +3,11 @@
 One backup and one restore may run at a time. A second job of the same kind
 is answered at once with FAILED (the gateway schedules; the agent never
 queues). Jobs keep running while the stream is down; progress reports are
-dropped while disconnected, but a JobFinished that could not be written is
-sent again on the next connection. The stream is re-opened with capped
+dropped while disconnected, but a JobFinished is sent again on the next
+connection when it could not be written, or when the stream it was written
+to ended less than ``REDELIVER_WINDOW_SECONDS`` later (a write to a dying
+stream may be lost). The gateway must therefore accept a repeated
+JobFinished for a job that already finished. The stream is re-opened with capped
 exponential backoff (with jitter) until the agent is stopped.
 """
 
@@ -40,6 +43,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 _AUTH_FAILURES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 SHUTDOWN_GRACE_SECONDS = 10.0
+REDELIVER_WINDOW_SECONDS = 60.0
 
 
 class CredentialRejected(Exception):
@@ -85,6 +89,8 @@ class Session:
         self._stream: ControlStream | None = None
         self._write_lock = asyncio.Lock()
         self._unsent: deque[gateway_pb2.AgentReport] = deque()
+        # JobFinished reports written to the current stream: (when, report).
+        self._recent: list[tuple[float, gateway_pb2.AgentReport]] = []
         self._backup: _Job | None = None
         self._restore: _Job | None = None
         self._finished_ids: deque[str] = deque(maxlen=1000)
@@ -102,6 +108,10 @@ class Session:
                 return
             try:
                 await stream.write(report)
+                if must_deliver:
+                    now = self._monotonic()
+                    self._recent = [(t, r) for t, r in self._recent if now - t < REDELIVER_WINDOW_SECONDS]
+                    self._recent.append((now, report))
             except GatewayError as exc:
                 log.info("report not sent (%s)", exc)
                 if must_deliver:
@@ -204,7 +214,7 @@ class Session:
             async with self._write_lock:
                 while self._unsent:
                     await stream.write(self._unsent[0])
-                    self._unsent.popleft()
+                    self._recent.append((self._monotonic(), self._unsent.popleft()))
                 self._stream = stream
             self.connections += 1
             log.info("connected to the gateway")
@@ -215,6 +225,7 @@ class Session:
                     await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
                     if not read.done():
                         read.cancel()
+                        await self._shutdown()  # while the stream is up, so the jobs' final reports go out
                         return
                     command = read.result()
                     if command is None:
@@ -226,6 +237,10 @@ class Session:
         finally:
             async with self._write_lock:
                 self._stream = None
+                now = self._monotonic()
+                redeliver = [r for t, r in self._recent if now - t < REDELIVER_WINDOW_SECONDS]
+                self._unsent.extendleft(reversed(redeliver))
+                self._recent = []
             stream.cancel()
 
     async def run(self, stop: asyncio.Event) -> None:
