@@ -1,0 +1,174 @@
+"""The gRPC client and the CLI against an in-process gRPC server backed by the in-memory gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from agent_fakes import FakeGateway, run_backup_command, write_file
+from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.common.v1 import common_pb2
+from strongroom_agent.__main__ import EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE, _enroll, run_cli
+from strongroom_agent.backup import run_backup
+from strongroom_agent.config import load_state
+from strongroom_agent.exclusions import LinuxExclusions
+from strongroom_agent.gateway_client import GatewayError, GrpcGatewayClient, open_channel
+from strongroom_agent.restore import run_restore
+
+TOKEN, INSTANCE, SECRET = "enroll-me", "inst-1", "s3cret"
+
+
+class Servicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
+    def __init__(self) -> None:
+        self.fake = FakeGateway()
+        self.enrollments: list[gateway_pb2.EnrollRequest] = []
+        self.hellos: list[gateway_pb2.AgentHello] = []
+
+    async def _auth(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        if metadata.get("authorization") != f"Bearer {INSTANCE}.{SECRET}":
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad credential")
+
+    async def Enroll(self, request: Any, context: Any) -> gateway_pb2.EnrollResponse:
+        if request.enrollment_token != TOKEN:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or used enrollment token")
+        self.enrollments.append(request)
+        return gateway_pb2.EnrollResponse(instance_id=INSTANCE, credential=SECRET)
+
+    async def FindMissingChunks(self, request: Any, context: Any) -> gateway_pb2.FindMissingChunksResponse:
+        await self._auth(context)
+        missing = await self.fake.find_missing_chunks(request.job_id, list(request.chunk_ids))
+        return gateway_pb2.FindMissingChunksResponse(missing_chunk_ids=missing)
+
+    async def UploadChunks(self, request_iterator: Any, context: Any) -> gateway_pb2.UploadChunksResponse:
+        await self._auth(context)
+        return await self.fake.upload_chunks([r async for r in request_iterator])
+
+    async def CommitPoint(self, request_iterator: Any, context: Any) -> gateway_pb2.CommitPointResponse:
+        await self._auth(context)
+        return await self.fake.commit_point(request_iterator.__aiter__())
+
+    async def ReadManifest(self, request: Any, context: Any) -> AsyncIterator[gateway_pb2.ReadManifestResponse]:
+        await self._auth(context)
+        async for entry in self.fake.read_manifest(request):
+            yield gateway_pb2.ReadManifestResponse(entries=[entry])
+
+    async def ReadChunks(self, request: Any, context: Any) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
+        await self._auth(context)
+        async for cid, data in self.fake.read_chunks(request.restore_job_id, list(request.chunk_ids)):
+            yield gateway_pb2.ReadChunksResponse(chunk_id=cid, data=data)
+
+    async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[gateway_pb2.AgentCommand]:
+        await self._auth(context)
+        first = await anext(request_iterator.__aiter__())
+        self.hellos.append(first.hello)
+        yield gateway_pb2.AgentCommand(cancel_job=gateway_pb2.CancelJob(job_id="nothing-running"))
+        async for _report in request_iterator:
+            return
+
+
+@pytest.fixture
+async def server() -> Any:
+    servicer = Servicer()
+    srv = grpc.aio.server()
+    gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server(servicer, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    await srv.start()
+    yield servicer, f"127.0.0.1:{port}"
+    await srv.stop(None)
+
+
+async def test_enroll_stores_the_credential_privately(server: Any, tmp_path: Path) -> None:
+    servicer, address = server
+    state_dir = tmp_path / "state"
+    message = await _enroll(address, TOKEN, str(state_dir))
+    assert "inst-1" in message
+    state = load_state(str(state_dir))
+    assert (state.gateway, state.instance_id, state.credential) == (address, INSTANCE, SECRET)
+    assert stat.S_IMODE(os.stat(state_dir / "agent.json").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o700
+    assert json.loads((state_dir / "agent.json").read_text())["instance_id"] == INSTANCE
+    request = servicer.enrollments[0]
+    assert request.hostname and request.os == "linux" and request.agent_version
+
+
+async def test_cli_enroll_rejected_token_and_unreachable_gateway(
+    server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _servicer, address = server
+    state_dir = str(tmp_path / "state")
+    code = await asyncio.to_thread(
+        run_cli, ["enroll", "--gateway", address, "--token", "wrong", "--state-dir", state_dir]
+    )
+    assert code == EXIT_REJECTED
+    err = capsys.readouterr().err
+    assert "rejected the enrollment token: unknown or used enrollment token" in err and "Traceback" not in err
+    assert not os.path.exists(state_dir)
+
+    code = await asyncio.to_thread(
+        run_cli, ["enroll", "--gateway", "127.0.0.1:9", "--token", TOKEN, "--state-dir", state_dir]
+    )
+    assert code == EXIT_UNREACHABLE
+    assert "cannot reach the gateway at 127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_cli_run_without_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRONGROOM_AGENT_STATE_DIR", str(tmp_path / "nowhere"))
+    assert run_cli(["run"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "not enrolled" in err and str(tmp_path / "nowhere" / "agent.json") in err
+    assert run_cli(["run", "--state-dir", str(tmp_path), "--roots", "relative"]) == EXIT_USAGE
+    assert "--roots must be absolute" in capsys.readouterr().err
+
+
+async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path) -> None:
+    servicer, address = server
+    source, target = tmp_path / "src", tmp_path / "dst"
+    write_file(str(source / "a/file.bin"), os.urandom(200_000), mtime_ns=1_700_000_000_000_000_000)
+    write_file(str(source / "b.txt"), b"hello\n" * 1000)
+    target.mkdir()
+    async with open_channel(address) as channel:
+        client = GrpcGatewayClient(channel, INSTANCE, SECRET)
+        fs = common_pb2.Filesystem(mount_point=str(source), device="/dev/vdz", fs_type="ext4")
+        finished = await run_backup(
+            run_backup_command(), client=client, points=[fs], exclusions=LinuxExclusions(), cancel=asyncio.Event()
+        )
+        assert finished.status == common_pb2.JOB_STATUS_COMPLETE, finished
+        point_id = servicer.fake.only_point().point_id
+        command = gateway_pb2.RunRestore(restore_job_id="r-1", point_id=point_id, target_path=str(target))
+        restored = await run_restore(command, client=client, cancel=asyncio.Event())
+        assert restored.status == common_pb2.JOB_STATUS_COMPLETE, restored
+    assert (target / "a/file.bin").read_bytes() == (source / "a/file.bin").read_bytes()
+    assert os.stat(target / "a/file.bin").st_mtime_ns == 1_700_000_000_000_000_000
+    assert (target / "b.txt").read_bytes() == b"hello\n" * 1000
+
+
+async def test_wrong_credential_is_a_gateway_error(server: Any) -> None:
+    _servicer, address = server
+    async with open_channel(address) as channel:
+        client = GrpcGatewayClient(channel, INSTANCE, "stolen")
+        with pytest.raises(GatewayError) as caught:
+            await client.find_missing_chunks("job", [b"x" * 32])
+        assert caught.value.code == "UNAUTHENTICATED"
+
+
+async def test_control_stream_over_grpc(server: Any) -> None:
+    servicer, address = server
+    async with open_channel(address) as channel:
+        stream = GrpcGatewayClient(channel, INSTANCE, SECRET).connect()
+        await stream.write(gateway_pb2.AgentReport(hello=gateway_pb2.AgentHello(hostname="h")))
+        command = await stream.read()
+        assert command is not None and command.cancel_job.job_id == "nothing-running"
+        await stream.write(gateway_pb2.AgentReport(progress=gateway_pb2.JobProgress(job_id="x")))
+        assert await stream.read() is None
+        stream.cancel()
+    assert servicer.hellos[0].hostname == "h"
