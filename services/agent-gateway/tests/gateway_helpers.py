@@ -18,6 +18,7 @@ from strongroom.events.v1 import events_pb2
 from strongroom_gateway.consumers import build_handlers
 from strongroom_gateway.grpc_api import GatewayServicer, register
 from strongroom_gateway.ingest import PackWriter
+from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
@@ -47,9 +48,11 @@ class Agent:
 
 
 class GatewayHarness:
-    def __init__(self, clock: FakeClock, *, pack_target_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self, clock: FakeClock, *, pack_target_bytes: int = 16 << 20, store: GatewayStore | None = None
+    ) -> None:
         self.clock = clock
-        self.store = InMemoryGatewayStore()
+        self.store: Any = store or InMemoryGatewayStore()
         self.objects = InMemoryObjectStore(clock)
         self.sessions = SessionRegistry()
         self.pack_target_bytes = pack_target_bytes

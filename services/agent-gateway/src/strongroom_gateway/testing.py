@@ -166,7 +166,10 @@ class InMemoryGatewayTx:
         inserted = 0
         for chunk in chunks:
             if (pack.account_id, chunk.chunk_id) not in self._s.chunks:
-                self._s.chunks[(pack.account_id, chunk.chunk_id)] = chunk
+                # As the SQL adapter: the location always names the pack it was inserted with.
+                self._s.chunks[(pack.account_id, chunk.chunk_id)] = dataclasses.replace(
+                    chunk, pack_id=pack.pack_id, object_key=pack.object_key
+                )
                 inserted += 1
         return inserted
 

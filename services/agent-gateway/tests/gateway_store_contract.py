@@ -1,0 +1,153 @@
+"""Behaviour every GatewayStore adapter must have; run against the fake and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+import pytest
+from strongroom.events.v1 import events_pb2
+from strongroom_gateway.ports import Account, ChunkLocation, GatewayStore, Job, Pack, Point
+from strongroom_platform import events
+from strongroom_platform.clock import utc
+
+T0 = utc(2026, 3, 1, 12)
+
+
+class StoreHarness(Protocol):
+    store: GatewayStore
+
+    async def outbox(self) -> list[tuple[str, str]]: ...
+
+
+def job(job_id: str, instance_id: str = "i-1", kind: str = "backup", account_id: str = "acct-a") -> Job:
+    return Job(job_id, instance_id, account_id, kind, b"cmd", "queued", False, T0)  # type: ignore[arg-type]
+
+
+def pack(pack_id: str, account_id: str = "acct-a", retain_until: dt.datetime = T0) -> Pack:
+    return Pack(pack_id, account_id, f"packs/{account_id}/{pack_id[:2]}/{pack_id}", 100, T0, retain_until)
+
+
+def location(cid: bytes, pack_id: str, offset: int = 5) -> ChunkLocation:
+    return ChunkLocation(cid, pack_id, "", offset, 10, 20, 1)
+
+
+class GatewayStoreContract:
+    @pytest.fixture
+    async def harness(self) -> StoreHarness:
+        raise NotImplementedError
+
+    async def _accounts(self, store: GatewayStore) -> None:
+        async with store.transaction() as tx:
+            await tx.ensure_account(Account("acct-a", b"a" * 32, 1))
+            await tx.ensure_account(Account("acct-b", b"b" * 32, 2))
+
+    async def test_account_key_is_set_once(self, harness: StoreHarness) -> None:
+        async with harness.store.transaction() as tx:
+            first = await tx.ensure_account(Account("acct-a", b"a" * 32, 7))
+            second = await tx.ensure_account(Account("acct-a", b"z" * 32, 9))
+            assert first == second == Account("acct-a", b"a" * 32, 7)
+            assert await tx.get_account("acct-a") == first
+            assert await tx.get_account("nope") is None
+
+    async def test_instance_lifecycle(self, harness: StoreHarness) -> None:
+        await self._accounts(harness.store)
+        async with harness.store.transaction() as tx:
+            await tx.activate_instance("i-1", "acct-a", "h" * 64, T0)
+            found = await tx.find_instance_by_token("h" * 64)
+            assert found is not None and found.instance_id == "i-1" and found.token_expires_at == T0
+            await tx.enroll_instance("i-1", "c" * 64, "web1", T0)
+            assert await tx.find_instance_by_token("h" * 64) is None
+            await tx.set_instance_capacity("i-1", 123, "web2")
+            instance = await tx.get_instance("i-1", for_update=True)
+            assert instance is not None
+            assert (instance.credential_sha256, instance.hostname, instance.capacity_bytes) == ("c" * 64, "web2", 123)
+            assert instance.enrolled_at == T0 and not instance.revoked
+            await tx.revoke_instance("i-1")
+            revoked = await tx.get_instance("i-1")
+            assert revoked is not None and revoked.revoked and revoked.credential_sha256 is None
+            await tx.activate_instance("i-1", "acct-a", "n" * 64, T0)
+            again = await tx.get_instance("i-1")
+            assert again is not None and not again.revoked and again.token_sha256 == "n" * 64
+
+    async def test_jobs(self, harness: StoreHarness) -> None:
+        async with harness.store.transaction() as tx:
+            assert await tx.insert_job(job("j-2"))
+            assert await tx.insert_job(job("j-1"))
+            assert not await tx.insert_job(job("j-1"))
+            assert await tx.insert_job(job("j-other", instance_id="i-2"))
+            assert [j.job_id for j in await tx.unfinished_jobs("i-1")] == ["j-2", "j-1"]
+            current = await tx.get_job("j-2", for_update=True)
+            assert current == job("j-2")
+            await tx.update_job(Job("j-2", "i-1", "acct-a", "backup", b"cmd", "finished", True, T0, None, "v-1", T0))
+            updated = await tx.get_job("j-2")
+            assert updated is not None
+            assert (updated.state, updated.cancel_requested, updated.version_id, updated.version_created_at) == (
+                "finished",
+                True,
+                "v-1",
+                T0,
+            )
+            assert [j.job_id for j in await tx.unfinished_jobs("i-1")] == ["j-1"]
+
+    async def test_chunks_are_per_account(self, harness: StoreHarness) -> None:
+        await self._accounts(harness.store)
+        a1, a2 = b"\x01" * 32, b"\x02" * 32
+        async with harness.store.transaction() as tx:
+            assert await tx.insert_pack(pack("aa11"), [location(a1, "aa11"), location(a2, "aa11", 15)]) == 2
+            # A later pack holding an already recorded chunk does not move it.
+            assert await tx.insert_pack(pack("bb22"), [location(a1, "bb22")]) == 0
+            found = await tx.find_chunks("acct-a", [a1, a2, b"\x03" * 32])
+            assert set(found) == {a1, a2}
+            assert found[a1].pack_id == "aa11" and found[a1].object_key == "packs/acct-a/aa/aa11"
+            assert (found[a2].offset, found[a2].length, found[a2].raw_length, found[a2].compression) == (15, 10, 20, 1)
+            assert await tx.find_chunks("acct-b", [a1, a2]) == {}
+
+    async def test_pack_retention_only_moves_later(self, harness: StoreHarness) -> None:
+        await self._accounts(harness.store)
+        later = T0 + dt.timedelta(days=10)
+        async with harness.store.transaction() as tx:
+            await tx.insert_pack(pack("aa11"), [])
+            await tx.insert_pack(pack("bb22", retain_until=later), [])
+            await tx.insert_pack(pack("cc33", account_id="acct-b"), [])
+            stale = await tx.packs_locked_before("acct-a", ["aa11", "bb22", "cc33"], T0 + dt.timedelta(days=1))
+            assert [p.pack_id for p in stale] == ["aa11"]
+            await tx.set_pack_retention("aa11", later)
+            await tx.set_pack_retention("aa11", T0)
+            assert await tx.packs_locked_before("acct-a", ["aa11"], later) == []
+            assert [
+                p.retain_until for p in await tx.packs_locked_before("acct-a", ["aa11"], later + dt.timedelta(1))
+            ] == [later]
+
+    async def test_points(self, harness: StoreHarness) -> None:
+        point = Point("p-1", "acct-a", "i-1", "j-1", "v-1", "/data", b"fs", "manifests/acct-a/p-1", 3, 30, T0, T0)
+        async with harness.store.transaction() as tx:
+            await tx.insert_job(job("j-1"))
+            await tx.insert_point(point)
+            assert await tx.get_point("p-1") == point
+            assert await tx.find_point("j-1", "/data") == point
+            assert await tx.find_point("j-1", "/") is None
+            assert await tx.get_point("p-2") is None
+
+    async def test_claims_and_outbox(self, harness: StoreHarness) -> None:
+        event = events_pb2.JobCancelRequested(job_id="j")
+        async with harness.store.transaction() as tx:
+            assert await tx.claim_event("agent-gateway", "e-1")
+            assert not await tx.claim_event("agent-gateway", "e-1")
+            assert await tx.claim_event("other", "e-1")
+            await tx.enqueue(events.JOB_UPDATED, "i-1", events_pb2.JobUpdated(job_id="j"))
+            with pytest.raises(ValueError):
+                await tx.enqueue(events.JOB_UPDATED, "i-1", event)
+        assert await harness.outbox() == [(events.JOB_UPDATED, "i-1")]
+
+    async def test_failed_transaction_leaves_nothing(self, harness: StoreHarness) -> None:
+        with pytest.raises(RuntimeError):
+            async with harness.store.transaction() as tx:
+                await tx.claim_event("agent-gateway", "e-1")
+                await tx.insert_job(job("j-1"))
+                await tx.enqueue(events.JOB_UPDATED, "i-1", events_pb2.JobUpdated(job_id="j-1"))
+                raise RuntimeError("boom")
+        async with harness.store.transaction() as tx:
+            assert await tx.get_job("j-1") is None
+            assert await tx.claim_event("agent-gateway", "e-1")
+        assert await harness.outbox() == []
