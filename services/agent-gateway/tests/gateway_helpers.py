@@ -44,7 +44,7 @@ class Agent:
 
     @property
     def md(self) -> Metadata:
-        return (("authorization", f"Bearer {self.credential}"),)
+        return (("authorization", f"Bearer {self.instance_id}.{self.credential}"),)
 
 
 class GatewayHarness:

@@ -66,7 +66,8 @@ async def enroll(
                 agent_version=request.agent_version,
             ),
         )
-    return gateway_pb2.EnrollResponse(instance_id=instance.instance_id, credential=f"{instance.instance_id}.{secret}")
+    # The agent sends "Bearer <instance_id>.<credential>" (ADR 0004).
+    return gateway_pb2.EnrollResponse(instance_id=instance.instance_id, credential=secret)
 
 
 async def authenticate(authorization: str | None, *, store: GatewayStore) -> Identity:
