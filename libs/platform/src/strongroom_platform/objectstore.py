@@ -46,7 +46,9 @@ class ObjectStore(Protocol):
       later; an earlier date is ignored.
     - Keys are written once by design (content-addressed or random); writing an
       existing unlocked key replaces it.
-    - Keys are '/'-separated, without a leading '/', of printable ASCII.
+    - Keys are '/'-separated, without a leading '/', of printable ASCII. A key
+      is never a '/'-prefix of another key ("a" and "a/b"): S3 servers backed
+      by a POSIX filesystem (versitygw) refuse that, so callers must not rely on it.
     """
 
     async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> None:

@@ -69,6 +69,8 @@ class InMemoryObjectStore:
         self._objects[key] = (bytes(data), retain_until)
 
     async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
         entry = self._objects.get(key)
         if entry is None:
             raise ObjectNotFound(key)
@@ -110,6 +112,9 @@ class InMemoryEventBus:
 
     def __init__(self) -> None:
         self.topics: dict[str, list[tuple[bytes, bytes]]] = {}
+        # Error text of each dead-lettered record, by DLQ topic, parallel to ``topics``
+        # (Kafka keeps it in a record header; the value itself stays as published).
+        self.dlq_errors: dict[str, list[str]] = {}
         self._committed: dict[tuple[str, str], int] = {}
         self._appended = asyncio.Condition()
 
@@ -157,7 +162,8 @@ class InMemoryConsumer:
                     try:
                         await handler(record)
                     except PoisonRecord as exc:
-                        await bus.publish(f"{topic}.dlq", key, value + b"\n#error: " + str(exc).encode())
+                        bus.dlq_errors.setdefault(f"{topic}.dlq", []).append(str(exc))
+                        await bus.publish(f"{topic}.dlq", key, value)
                     except Exception:
                         await asyncio.sleep(0.01)  # retried, like the Kafka adapter
                         continue

@@ -1,0 +1,34 @@
+"""Choose the object store adapter from :class:`~strongroom_platform.settings.PlatformSettings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from strongroom_platform.clock import Clock
+from strongroom_platform.objectstore import ObjectStore
+from strongroom_platform.objectstore_fs import FilesystemObjectStore
+from strongroom_platform.objectstore_s3 import S3ObjectStore
+from strongroom_platform.settings import PlatformSettings, SettingsError
+
+__all__ = ["open_object_store"]
+
+
+async def open_object_store(settings: PlatformSettings, clock: Clock) -> ObjectStore:
+    """The store named by ``settings.object_store``, ready to use.
+
+    ``"s3"``: an :class:`S3ObjectStore` on ``settings.s3``, whose bucket is created
+    with Object Lock if missing. ``"file:<dir>"``: a :class:`FilesystemObjectStore`
+    rooted at ``<dir>`` (created if missing). Raises SettingsError otherwise.
+    """
+    kind = settings.object_store
+    if kind == "s3":
+        if settings.s3 is None:
+            raise SettingsError("STRONGROOM_OBJECT_STORE=s3 needs the STRONGROOM_S3_* settings")
+        store = S3ObjectStore.from_settings(settings.s3, clock=clock)
+        await store.ensure_bucket()
+        return store
+    if kind.startswith("file:") and len(kind) > len("file:"):
+        root = Path(kind.removeprefix("file:")).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        return FilesystemObjectStore(root, clock)
+    raise SettingsError(f"STRONGROOM_OBJECT_STORE must be 's3' or 'file:<dir>', got {kind!r}")

@@ -1,0 +1,243 @@
+"""Filesystem adapter of the :class:`~strongroom_platform.objectstore.ObjectStore` port (standalone mode).
+
+Layout under ``root``: key ``a/b/c`` is the file ``a.d/b.d/c.obj``, its
+retention the sidecar ``a.d/b.d/c.lock.json`` (``{"retain_until": ISO-8601}``).
+Directory names always end in ``.d`` and object files in ``.obj``, so keys
+``a`` and ``a/b`` can coexist (a file and a directory never share a name) and
+the mapping is reversible for :meth:`FilesystemObjectStore.list`. Temporary
+files end in ``.tmp`` and are never listed.
+
+Writes are atomic: a temporary file in the target directory is written,
+fsynced and renamed over the target, then the directory is fsynced. The
+sidecar is written before the data, so a crash in between leaves a lock
+without new data rather than new data without its lock.
+
+Retention is enforced by this adapter (there is no WORM filesystem
+underneath): delete and overwrite are refused while the sidecar's date is
+after ``clock.now()``. As a second line of defence locked data files are made
+read-only (``chmod a-w``), which stops accidental writes by other tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import datetime as dt
+import json
+import os
+import secrets
+import stat as stat_mod
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from strongroom_platform.clock import Clock
+from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound
+
+__all__ = ["FilesystemObjectStore", "key_to_parts"]
+
+T = TypeVar("T")
+
+_DIR_SUFFIX = ".d"
+_OBJ_SUFFIX = ".obj"
+_LOCK_SUFFIX = ".lock.json"
+_TMP_SUFFIX = ".tmp"
+# Leaves room for the suffixes within the usual 255-byte file name limit.
+_MAX_SEGMENT = 200
+
+
+def key_to_parts(key: str) -> list[str]:
+    """Split and validate a key; raises ValueError naming the problem.
+
+    A key is non-empty printable ASCII, '/'-separated, with no leading or
+    trailing '/', no empty segment and no '.' or '..' segment.
+    """
+    if not key:
+        raise ValueError("object key must not be empty")
+    if not all(" " <= ch <= "~" for ch in key):
+        raise ValueError(f"object key {key!r} must be printable ASCII")
+    if key.startswith("/"):
+        raise ValueError(f"object key {key!r} must not be absolute (leading '/')")
+    parts = key.split("/")
+    for part in parts:
+        if part == "":
+            raise ValueError(f"object key {key!r} has an empty segment")
+        if part in {".", ".."}:
+            raise ValueError(f"object key {key!r} must not contain '.' or '..' segments")
+        if len(part) > _MAX_SEGMENT:
+            raise ValueError(f"object key {key!r} has a segment longer than {_MAX_SEGMENT} characters")
+    return parts
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(target: Path, data: bytes, *, read_only: bool) -> None:
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if read_only:
+            os.chmod(tmp, stat_mod.S_IRUSR | stat_mod.S_IRGRP | stat_mod.S_IROTH)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+class FilesystemObjectStore:
+    """ObjectStore in a local directory, with adapter-enforced retention.
+
+    Args:
+        root: directory holding the objects (created if missing).
+        clock: decides when retention has passed.
+        max_concurrency: file operations in flight at once (worker threads).
+    """
+
+    def __init__(self, root: Path, clock: Clock, *, max_concurrency: int = 8) -> None:
+        self._root = Path(root)
+        self._clock = clock
+        self._slots = asyncio.Semaphore(max_concurrency)
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._slots:
+            return await asyncio.to_thread(fn, *args)
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        """(data file, lock sidecar) of ``key``."""
+        parts = key_to_parts(key)
+        directory = self._root.joinpath(*(p + _DIR_SUFFIX for p in parts[:-1]))
+        return directory / (parts[-1] + _OBJ_SUFFIX), directory / (parts[-1] + _LOCK_SUFFIX)
+
+    @staticmethod
+    def _read_lock(lock_path: Path) -> dt.datetime | None:
+        try:
+            raw = json.loads(lock_path.read_text())
+        except FileNotFoundError:
+            return None
+        return dt.datetime.fromisoformat(raw["retain_until"])
+
+    def _locked_until(self, data_path: Path, lock_path: Path) -> dt.datetime | None:
+        """The retention date if the object exists and is still locked, else None."""
+        if not data_path.exists():
+            return None
+        until = self._read_lock(lock_path)
+        return until if until is not None and until > self._clock.now() else None
+
+    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> None:
+        """Atomically store ``data``; refuse with ObjectLocked while the key is locked."""
+        if retain_until is not None and retain_until.tzinfo is None:
+            raise ValueError("retain_until must be timezone-aware")
+        data_path, lock_path = self._paths(key)
+        await self._call(self._put_sync, key, data_path, lock_path, bytes(data), retain_until)
+
+    def _put_sync(
+        self, key: str, data_path: Path, lock_path: Path, data: bytes, retain_until: dt.datetime | None
+    ) -> None:
+        until = self._locked_until(data_path, lock_path)
+        if until is not None:
+            raise ObjectLocked(f"{key} is locked until {until.isoformat()}")
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        if retain_until is not None:
+            payload = json.dumps({"retain_until": retain_until.astimezone(dt.UTC).isoformat()}).encode()
+            _atomic_write(lock_path, payload, read_only=True)
+        else:
+            lock_path.unlink(missing_ok=True)
+        _atomic_write(data_path, data, read_only=retain_until is not None)
+
+    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        """The object's bytes, or ``length`` bytes from ``offset`` (fewer at the end)."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        data_path, _ = self._paths(key)
+        return await self._call(self._get_sync, key, data_path, offset, length)
+
+    @staticmethod
+    def _get_sync(key: str, data_path: Path, offset: int, length: int | None) -> bytes:
+        try:
+            with open(data_path, "rb") as f:
+                f.seek(offset)
+                return f.read() if length is None else f.read(length)
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    async def stat(self, key: str) -> ObjectInfo:
+        data_path, lock_path = self._paths(key)
+        return await self._call(self._stat_sync, key, data_path, lock_path)
+
+    def _stat_sync(self, key: str, data_path: Path, lock_path: Path) -> ObjectInfo:
+        try:
+            size = data_path.stat().st_size
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        return ObjectInfo(key=key, size=size, retain_until=self._read_lock(lock_path))
+
+    async def delete(self, key: str) -> None:
+        """Remove the object and its sidecar; ObjectLocked while locked; missing is fine."""
+        data_path, lock_path = self._paths(key)
+        await self._call(self._delete_sync, key, data_path, lock_path)
+
+    def _delete_sync(self, key: str, data_path: Path, lock_path: Path) -> None:
+        until = self._locked_until(data_path, lock_path)
+        if until is not None:
+            raise ObjectLocked(f"{key} is locked until {until.isoformat()}")
+        # Data first: without it the sidecar is inert (an object exists only with its data file).
+        data_path.unlink(missing_ok=True)
+        lock_path.unlink(missing_ok=True)
+
+    async def extend_retention(self, key: str, retain_until: dt.datetime) -> None:
+        """Lock until at least ``retain_until``; an earlier date changes nothing."""
+        if retain_until.tzinfo is None:
+            raise ValueError("retain_until must be timezone-aware")
+        data_path, lock_path = self._paths(key)
+        await self._call(self._extend_sync, key, data_path, lock_path, retain_until)
+
+    def _extend_sync(self, key: str, data_path: Path, lock_path: Path, retain_until: dt.datetime) -> None:
+        if not data_path.exists():
+            raise ObjectNotFound(key)
+        current = self._read_lock(lock_path)
+        if current is not None and retain_until <= current:
+            return
+        payload = json.dumps({"retain_until": retain_until.astimezone(dt.UTC).isoformat()}).encode()
+        _atomic_write(lock_path, payload, read_only=True)
+        os.chmod(data_path, stat_mod.S_IRUSR | stat_mod.S_IRGRP | stat_mod.S_IROTH)
+
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        """Keys starting with ``prefix``, in lexicographic order."""
+        keys = await self._call(self._list_sync, prefix)
+        for key in keys:
+            yield key
+
+    def _list_sync(self, prefix: str) -> builtins.list[str]:
+        keys: builtins.list[str] = []
+        if not self._root.is_dir():
+            return keys
+        # Only descend into directories whose key prefix can still match.
+        stack: builtins.list[tuple[Path, str]] = [(self._root, "")]
+        while stack:
+            directory, key_prefix = stack.pop()
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if entry.is_dir(follow_symlinks=False) and name.endswith(_DIR_SUFFIX):
+                        sub = key_prefix + name[: -len(_DIR_SUFFIX)] + "/"
+                        if sub.startswith(prefix) or prefix.startswith(sub):
+                            stack.append((Path(entry.path), sub))
+                    elif entry.is_file(follow_symlinks=False) and name.endswith(_OBJ_SUFFIX):
+                        key = key_prefix + name[: -len(_OBJ_SUFFIX)]
+                        if key.startswith(prefix):
+                            keys.append(key)
+        keys.sort()
+        return keys
