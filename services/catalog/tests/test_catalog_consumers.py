@@ -32,7 +32,9 @@ async def test_consumes_point_created_and_sends_garbage_to_dlq() -> None:
     [version] = await repo.list_versions("i-1")
     assert version.points[0].browsable
     [(_, dead)] = bus.topics[f"{POINT_CREATED}.dlq"]
-    assert b"cannot decode PointCreated" in dead
+    assert dead == b"\xff\xff not protobuf"
+    [error] = bus.dlq_errors[f"{POINT_CREATED}.dlq"]
+    assert "cannot decode PointCreated" in error
 
 
 @pytest.mark.parametrize("field", ["point_id", "manifest_key"])
@@ -49,4 +51,6 @@ async def test_incomplete_event_goes_to_dlq(field: str) -> None:
     finally:
         await consumer.stop()
     assert len(bus.topics[f"{POINT_CREATED}.dlq"]) == 1
+    [error] = bus.dlq_errors[f"{POINT_CREATED}.dlq"]
+    assert f"lacks {field}" in error
     assert await repo.list_versions("i-1") == []

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
+import grpc
 from strongroom.agent.v1 import gateway_pb2
+from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import utc
@@ -71,3 +74,29 @@ async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> N
             return
         await asyncio.sleep(0.005)
     raise AssertionError("condition not met in time")
+
+
+class FakeCatalogService(catalog_pb2_grpc.CatalogServiceServicer):
+    """Knows point p1; any other id is NOT_FOUND, id 'broken' fails INTERNAL."""
+
+    async def GetPoint(
+        self, request: catalog_pb2.GetPointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.Point:
+        if request.point_id == "broken":
+            await context.abort(grpc.StatusCode.INTERNAL, "database on fire")
+        if request.point_id != "p1":
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"point {request.point_id!r} not found")
+        return catalog_pb2.Point(
+            point_id="p1",
+            version_id="v1",
+            instance_id="i-src",
+            account_id="acct",
+            filesystem=common_pb2.Filesystem(mount_point="/data"),
+            manifest_key="manifests/p1",
+        )
+
+    async def ListVersions(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+    async def BrowsePoint(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError

@@ -31,3 +31,5 @@ async def test_consumes_updates_and_sends_garbage_to_dlq() -> None:
     done = await repo.get_job("r1")
     assert done is not None and done.status == common_pb2.JOB_STATUS_COMPLETE
     assert len(bus.topics[f"{RESTORE_UPDATED}.dlq"]) == 2
+    garbage, unspecified = bus.dlq_errors[f"{RESTORE_UPDATED}.dlq"]
+    assert "cannot decode RestoreUpdated" in garbage and "invalid status 0" in unspecified

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
-from restore_fixtures import POINT, T0, restore_updated
+from restore_fixtures import POINT, T0, FakeCatalogService, restore_updated
 from strongroom.agent.v1 import gateway_pb2
-from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from strongroom.catalog.v1 import catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
 from strongroom_platform.runtime import start_grpc_server
@@ -158,32 +157,6 @@ async def test_lookup_failures(stub: restore_pb2_grpc.RestoreServiceAsyncStub) -
 
 
 # --- GrpcCatalogClient ---------------------------------------------------------
-
-
-class FakeCatalogService(catalog_pb2_grpc.CatalogServiceServicer):
-    """Knows point p1; any other id is NOT_FOUND, id 'broken' fails INTERNAL."""
-
-    async def GetPoint(
-        self, request: catalog_pb2.GetPointRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> catalog_pb2.Point:
-        if request.point_id == "broken":
-            await context.abort(grpc.StatusCode.INTERNAL, "database on fire")
-        if request.point_id != "p1":
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"point {request.point_id!r} not found")
-        return catalog_pb2.Point(
-            point_id="p1",
-            version_id="v1",
-            instance_id="i-src",
-            account_id="acct",
-            filesystem=common_pb2.Filesystem(mount_point="/data"),
-            manifest_key="manifests/p1",
-        )
-
-    async def ListVersions(self, request: Any, context: Any) -> Any:
-        raise NotImplementedError
-
-    async def BrowsePoint(self, request: Any, context: Any) -> Any:
-        raise NotImplementedError
 
 
 async def test_grpc_catalog_client() -> None:

@@ -1,0 +1,97 @@
+"""The whole catalog process in-process: real PostgreSQL, in-memory bus and object store, FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from catalog_fixtures import eventually, point_created, sample_manifest
+from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from strongroom.events.v1 import events_pb2
+from strongroom_catalog.bootstrap import run
+from strongroom_catalog.settings import Settings
+from strongroom_platform.clock import utc
+from strongroom_platform.events import POINT_CREATED, VERSION_EXPIRED
+from strongroom_platform.settings import PlatformSettings
+from strongroom_platform.testing import FakeClock, InMemoryEventBus, InMemoryObjectStore
+
+pytestmark = pytest.mark.integration
+
+NOW = utc(2026, 6, 1)
+HOUR = 3600
+
+
+def settings(pg_dsn: str) -> Settings:
+    platform = PlatformSettings(
+        pg_dsn=pg_dsn,
+        kafka_bootstrap="unused:9092",
+        kafka_idempotent=False,
+        object_store="file:unused",
+        s3=None,
+        otel="none",
+    )
+    return Settings(platform=platform, grpc_listen="127.0.0.1:0", retention_interval=HOUR)
+
+
+@contextlib.asynccontextmanager
+async def running_catalog(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str], bus: InMemoryEventBus, clock: FakeClock, store: InMemoryObjectStore
+) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run(settings(pg_dsn), stop, clock=clock, object_store=store, publisher=bus, consumer_factory=bus.consumer)
+    )
+    output: list[str] = []
+
+    def listening() -> bool:
+        output.extend(capsys.readouterr().out.splitlines())
+        assert not task.done(), task
+        return any(line.startswith("LISTENING catalog ") for line in output)
+
+    await eventually(listening, within=30)
+    [line] = [line for line in output if line.startswith("LISTENING catalog ")]
+    host_port = line.removeprefix("LISTENING catalog ")
+    assert host_port.startswith("127.0.0.1:") and int(host_port.rsplit(":", 1)[1]) > 0
+    try:
+        async with grpc.aio.insecure_channel(host_port) as channel:
+            yield catalog_pb2_grpc.CatalogServiceStub(channel)  # type: ignore[misc]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_points_are_indexed_browsed_and_expired(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    bus = InMemoryEventBus()
+    clock = FakeClock(NOW)
+    store = InMemoryObjectStore()
+    for point_id in ("p-old", "p-new"):
+        await store.put(f"manifests/{point_id}", sample_manifest())
+    async with running_catalog(pg_dsn, capsys, bus, clock, store) as stub:
+        for point_id, version_id, age in (("p-old", "v-old", 40), ("p-new", "v-new", 35)):
+            event = point_created(point_id, version_id, created_at=NOW - dt.timedelta(days=age))
+            await bus.publish(POINT_CREATED, b"i-1", event.SerializeToString())
+
+        async def browsable() -> list[tuple[str, bool]]:
+            response = await stub.ListVersions(catalog_pb2.ListVersionsRequest(instance_id="i-1"))
+            return [(p.point_id, p.browsable) for v in response.versions for p in v.points]
+
+        for _ in range(1000):  # until the newest point is indexed (v-old may expire at any time now)
+            if ("p-new", True) in await browsable():
+                break
+            await asyncio.sleep(0.01)
+        page = await stub.BrowsePoint(catalog_pb2.BrowsePointRequest(point_id="p-new", path="etc"))
+        assert [e.path for e in page.entries] == ["etc/hosts", "etc/nginx"]
+
+        clock.advance(HOUR)  # next retention run: v-old is past 30 days, v-new is kept as the newest
+        await eventually(lambda: len(bus.topics.get(VERSION_EXPIRED, [])) == 1, within=30)
+        [(key, value)] = bus.topics[VERSION_EXPIRED]
+        expired = events_pb2.VersionExpired.FromString(value)
+        assert (key, expired.version_id, list(expired.point_ids)) == (b"i-1", "v-old", ["p-old"])
+        assert await browsable() == [("p-new", True)]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.BrowsePoint(catalog_pb2.BrowsePointRequest(point_id="p-old"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,86 @@
+"""The whole restore process in-process: real PostgreSQL, in-memory bus, a fake catalog over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import grpc
+import pytest
+from restore_fixtures import FakeCatalogService, eventually, restore_updated
+from strongroom.catalog.v1 import catalog_pb2_grpc
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
+from strongroom_platform.clock import SystemClock
+from strongroom_platform.events import RESTORE_REQUESTED, RESTORE_UPDATED
+from strongroom_platform.runtime import start_grpc_server
+from strongroom_platform.settings import PlatformSettings
+from strongroom_platform.testing import InMemoryEventBus
+from strongroom_restore.bootstrap import run
+from strongroom_restore.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_create_request_and_update(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    def add(server: grpc.aio.Server) -> None:
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(FakeCatalogService(), server)
+
+    catalog_server, catalog_port = await start_grpc_server("127.0.0.1:0", add)
+    platform = PlatformSettings(
+        pg_dsn=pg_dsn,
+        kafka_bootstrap="unused:9092",
+        kafka_idempotent=False,
+        object_store="file:x",
+        s3=None,
+        otel="none",
+    )
+    settings = Settings(platform=platform, grpc_listen="127.0.0.1:0", catalog_addr=f"127.0.0.1:{catalog_port}")
+    bus = InMemoryEventBus()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop, clock=SystemClock(), publisher=bus, consumer_factory=bus.consumer))
+    output: list[str] = []
+
+    def listening() -> bool:
+        output.extend(capsys.readouterr().out.splitlines())
+        assert not task.done(), task
+        return any(line.startswith("LISTENING restore 127.0.0.1:") for line in output)
+
+    try:
+        await eventually(listening, within=30)
+        address = next(line for line in output if line.startswith("LISTENING")).split()[-1]
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub: restore_pb2_grpc.RestoreServiceAsyncStub = restore_pb2_grpc.RestoreServiceStub(channel)  # type: ignore[assignment]
+            job = await stub.CreateRestoreJob(
+                restore_pb2.CreateRestoreJobRequest(point_id="p1", target_instance_id="i-dst")
+            )
+            await eventually(lambda: RESTORE_REQUESTED in bus.topics, within=30)
+            [(key, value)] = bus.topics[RESTORE_REQUESTED]
+            requested = events_pb2.RestoreRequested.FromString(value)
+            assert key == b"i-dst" and requested.restore_job_id == job.restore_job_id
+            assert (requested.manifest_key, requested.source_mount_point) == ("manifests/p1", "/data")
+
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.CreateRestoreJob(restore_pb2.CreateRestoreJobRequest(point_id="p2"))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+            done = restore_updated(
+                job.restore_job_id,
+                common_pb2.JOB_STATUS_COMPLETE,
+                at=dt.datetime.now(dt.UTC),
+                target="i-dst",
+                files_restored=4,
+            )
+            await bus.publish(RESTORE_UPDATED, b"i-dst", done.SerializeToString())
+            request = restore_pb2.GetRestoreJobRequest(restore_job_id=job.restore_job_id)
+            for _ in range(1000):
+                current = await stub.GetRestoreJob(request)
+                if current.status == common_pb2.JOB_STATUS_COMPLETE:
+                    break
+                await asyncio.sleep(0.01)
+            assert current.status == common_pb2.JOB_STATUS_COMPLETE and current.stats.files_restored == 4
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await catalog_server.stop(None)
