@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,8 @@ class Servicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
     def __init__(self) -> None:
         self.fake = FakeGateway()
         self.enrollments: list[gateway_pb2.EnrollRequest] = []
-        self.hellos: list[gateway_pb2.AgentHello] = []
+        self.commands: asyncio.Queue[gateway_pb2.AgentCommand | None] = asyncio.Queue()
+        self.reports: asyncio.Queue[gateway_pb2.AgentReport] = asyncio.Queue()
 
     async def _auth(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -67,11 +70,17 @@ class Servicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
 
     async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[gateway_pb2.AgentCommand]:
         await self._auth(context)
-        first = await anext(request_iterator.__aiter__())
-        self.hellos.append(first.hello)
-        yield gateway_pb2.AgentCommand(cancel_job=gateway_pb2.CancelJob(job_id="nothing-running"))
-        async for _report in request_iterator:
-            return
+
+        async def pump() -> None:
+            async for report in request_iterator:
+                await self.reports.put(report)
+
+        reader = asyncio.create_task(pump())
+        try:
+            while (command := await self.commands.get()) is not None:
+                yield command
+        finally:
+            reader.cancel()
 
 
 @pytest.fixture
@@ -163,12 +172,50 @@ async def test_wrong_credential_is_a_gateway_error(server: Any) -> None:
 
 async def test_control_stream_over_grpc(server: Any) -> None:
     servicer, address = server
+    await servicer.commands.put(gateway_pb2.AgentCommand(cancel_job=gateway_pb2.CancelJob(job_id="j")))
     async with open_channel(address) as channel:
         stream = GrpcGatewayClient(channel, INSTANCE, SECRET).connect()
         await stream.write(gateway_pb2.AgentReport(hello=gateway_pb2.AgentHello(hostname="h")))
         command = await stream.read()
-        assert command is not None and command.cancel_job.job_id == "nothing-running"
-        await stream.write(gateway_pb2.AgentReport(progress=gateway_pb2.JobProgress(job_id="x")))
+        assert command is not None and command.cancel_job.job_id == "j"
+        assert (await servicer.reports.get()).hello.hostname == "h"
+        await servicer.commands.put(None)
         assert await stream.read() is None
         stream.cancel()
-    assert servicer.hellos[0].hostname == "h"
+
+
+async def test_agent_process_runs_a_backup_and_stops_on_sigterm(server: Any, tmp_path: Path) -> None:
+    servicer, address = server
+    state_dir, source = tmp_path / "state", tmp_path / "src"
+    write_file(str(source / "f.txt"), b"served by a real agent process\n" * 100)
+    await _enroll(address, TOKEN, str(state_dir))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "strongroom_agent",
+        "run",
+        "--state-dir",
+        str(state_dir),
+        "--roots",
+        str(source),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        hello = await asyncio.wait_for(servicer.reports.get(), 30)
+        assert hello.WhichOneof("report") == "hello" and hello.hello.agent_version
+        await servicer.commands.put(gateway_pb2.AgentCommand(run_backup=run_backup_command("job-cli")))
+        while (report := await asyncio.wait_for(servicer.reports.get(), 30)).WhichOneof("report") != "finished":
+            pass
+        assert report.finished.job_id == "job-cli"
+        assert report.finished.status == common_pb2.JOB_STATUS_COMPLETE, report.finished
+        point = servicer.fake.only_point()
+        assert point.filesystem.mount_point == str(source)
+        assert [e.path for e in point.entries] == ["", "f.txt"]
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr

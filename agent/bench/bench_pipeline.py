@@ -1,0 +1,105 @@
+"""Throughput of the backup pipeline (read + chunk + hash + dedup + compress + upload) on one large file.
+
+The gateway is an in-memory sink (no verification), so this measures the
+agent's own CPU path. Usage:
+
+    uv run python agent/bench/bench_pipeline.py [--size-mib 256] [--cores 2] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom_agent.backup import run_backup
+from strongroom_agent.exclusions import LinuxExclusions
+
+
+class SinkGateway:
+    def __init__(self) -> None:
+        self.ids: set[bytes] = set()
+        self.payload_bytes = 0
+
+    async def find_missing_chunks(self, job_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:
+        return [c for c in chunk_ids if c not in self.ids]
+
+    async def upload_chunks(
+        self, requests: Sequence[gateway_pb2.UploadChunkRequest]
+    ) -> gateway_pb2.UploadChunksResponse:
+        for r in requests:
+            self.ids.add(r.chunk_id)
+            self.payload_bytes += len(r.payload)
+        return gateway_pb2.UploadChunksResponse(chunks_stored=len(requests))
+
+    async def commit_point(
+        self, requests: AsyncIterator[gateway_pb2.CommitPointRequest]
+    ) -> gateway_pb2.CommitPointResponse:
+        async for _ in requests:
+            pass
+        return gateway_pb2.CommitPointResponse(point_id="p")
+
+
+def make_file(path: str, size: int) -> None:
+    """Alternating 1 MiB blocks of random bytes and of text (compressible)."""
+    rng = random.Random(1)
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    block = 1 << 20
+    with open(path, "wb") as f:
+        for i in range(size // block):
+            if i % 2:
+                f.write(rng.randbytes(block))
+            else:
+                text = b" ".join(rng.choice(words) for _ in range(block // 5))
+                f.write(text[:block].ljust(block, b"\n"))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--avg-kib", type=int, default=1024)
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+    avg = args.avg_kib << 10
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = os.path.join(tmp, "data")
+        os.mkdir(root)
+        make_file(os.path.join(root, "big.bin"), args.size_mib << 20)
+        command = gateway_pb2.RunBackup(job_id="bench", max_cores=args.cores)
+        command.repository.CopyFrom(
+            gateway_pb2.RepositoryParameters(
+                chunker_min_size=avg // 4, chunker_avg_size=avg, chunker_max_size=avg * 4, chunk_id_key=bytes(32)
+            )
+        )
+        known: set[bytes] = set()
+        for run in ("first (all new)", "second (all known)"):
+            gateway = SinkGateway()
+            gateway.ids = known
+            start = time.perf_counter()
+            finished = await run_backup(
+                command,
+                client=gateway,  # type: ignore[arg-type]
+                points=[common_pb2.Filesystem(mount_point=root)],
+                exclusions=LinuxExclusions(),
+                cancel=asyncio.Event(),
+                spool_dir=tmp,
+            )
+            elapsed = time.perf_counter() - start
+            assert finished.status == common_pb2.JOB_STATUS_COMPLETE, finished
+            mb = finished.stats.bytes_read / 1e6
+            print(
+                f"{run}: {mb:.0f} MB in {elapsed:.2f} s = {mb / elapsed:.0f} MB/s "
+                f"({args.cores} cores, avg chunk {args.avg_kib} KiB, "
+                f"{finished.stats.chunks_new} chunks uploaded, payload {gateway.payload_bytes / 1e6:.0f} MB)"
+            )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
