@@ -1,0 +1,94 @@
+"""Argument parsing, dispatch to the subcommand modules, and error reporting.
+
+Exit codes: 0 success, 1 an operation failed (a gRPC error, a failed restore
+with ``--wait``, a missing address), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+
+from strongroom_cli import browse, instances, jobs, overview, restores, versions
+from strongroom_cli.config import SERVICES, ConfigError, resolve_addresses
+from strongroom_cli.context import Context, UsageError
+
+Command = Callable[[Context], Awaitable[int]]
+DEFAULT_TIMEOUT = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="strongroom",
+        description="Operate a Strongroom deployment: instances, backup jobs, versions, restores, overview.",
+    )
+    for service in SERVICES:
+        parser.add_argument(
+            f"--{service}",
+            metavar="ADDR",
+            help=f"{service} gRPC address host:port (default: $STRONGROOM_{service.upper()}_ADDR or "
+            ".strongroom/standalone.json)",
+        )
+    parser.add_argument(
+        "--account",
+        default=None,
+        help="account id (default: $STRONGROOM_ACCOUNT_ID or 'default')",
+    )
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per request (default 30)")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    # `--json` is also accepted after the subcommand; SUPPRESS keeps the top-level value when absent.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
+    for module in (instances, jobs, versions, browse, restores, overview):
+        module.register(groups, common)
+    groups.add_parser("standalone", help="run the whole platform locally (strongroom standalone --help)")
+    return parser
+
+
+def run(argv: list[str]) -> int:
+    """Parse ``argv`` and run the command; errors become one ``error: ...`` line on stderr."""
+    if argv[:1] == ["standalone"]:
+        # the standalone runner has its own options; imported lazily (it pulls in the servers)
+        standalone = importlib.import_module("strongroom_cli.standalone")
+        code: int = standalone.main(argv[1:])
+        return code
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        addresses = resolve_addresses({s: getattr(args, s) for s in SERVICES}, os.environ, Path.cwd())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    context = Context(
+        args=args,
+        addresses=addresses,
+        account_id=args.account or os.environ.get("STRONGROOM_ACCOUNT_ID") or "default",
+        json=args.json,
+        timeout=args.timeout,
+    )
+    command: Command = args.command
+    return asyncio.run(_run(command, context))
+
+
+async def _run(command: Command, context: Context) -> int:
+    try:
+        return await command(context)
+    except grpc.aio.AioRpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details() or 'no details'}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await context.close()

@@ -1,0 +1,62 @@
+"""What every subcommand gets: parsed arguments, gRPC stubs of the services, and the output mode."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from strongroom.billing.v1 import billing_pb2_grpc
+from strongroom.catalog.v1 import catalog_pb2_grpc
+from strongroom.restore.v1 import restore_pb2_grpc
+from strongroom.scheduler.v1 import scheduler_pb2_grpc
+
+from strongroom_cli.config import missing_address
+
+
+class UsageError(Exception):
+    """The command line is valid syntax but cannot be carried out as given (exit code 2)."""
+
+
+@dataclass
+class Context:
+    """Per-invocation state; channels are opened on first use and closed by :meth:`close`."""
+
+    args: argparse.Namespace
+    addresses: Mapping[str, str]
+    account_id: str
+    json: bool
+    timeout: float
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+    def _channel(self, service: str) -> grpc.aio.Channel:
+        if service not in self._channels:
+            address = self.addresses.get(service)
+            if not address:
+                raise missing_address(service)
+            self._channels[service] = grpc.aio.insecure_channel(address)
+        return self._channels[service]
+
+    def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceAsyncStub:
+        return scheduler_pb2_grpc.SchedulerServiceStub(self._channel("scheduler"))
+
+    def catalog(self) -> catalog_pb2_grpc.CatalogServiceAsyncStub:
+        return catalog_pb2_grpc.CatalogServiceStub(self._channel("catalog"))
+
+    def restore(self) -> restore_pb2_grpc.RestoreServiceAsyncStub:
+        return restore_pb2_grpc.RestoreServiceStub(self._channel("restore"))
+
+    def billing(self) -> billing_pb2_grpc.BillingServiceAsyncStub:
+        return billing_pb2_grpc.BillingServiceStub(self._channel("billing"))
+
+    @property
+    def call(self) -> dict[str, Any]:
+        """Keyword arguments of every RPC (the deadline)."""
+        return {"timeout": self.timeout}
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()

@@ -1,0 +1,175 @@
+"""``strongroom instances ...``: activate, list, show, pause, resume, cancel, change settings, back up now."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Sequence
+
+from strongroom.common.v1 import common_pb2
+from strongroom.scheduler.v1 import scheduler_pb2
+
+from strongroom_cli import output
+from strongroom_cli.args import PRIORITIES, on_off, time_of_day
+from strongroom_cli.context import Context, UsageError
+from strongroom_cli.jobs import print_job
+
+DEFAULT_REGION = "local"
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    group = groups.add_parser("instances", help="instances with backup activated")
+    commands = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    p = commands.add_parser("list", parents=[common], help="list instances (canceled ones are not listed)")
+    p.add_argument("--region", default="", help="only this region (default: all)")
+    p.set_defaults(command=list_instances)
+
+    p = commands.add_parser("activate", parents=[common], help="activate backup and print the enrollment token")
+    p.add_argument("name")
+    p.add_argument("--region", default=DEFAULT_REGION, help=f"region label (default {DEFAULT_REGION})")
+    p.add_argument("--priority", choices=sorted(PRIORITIES), help="backup priority (default low)")
+    p.add_argument("--time", type=time_of_day, metavar="HH:MM", help="daily start, UTC+8 (default: random 00:00-06:00)")
+    p.set_defaults(command=activate)
+
+    for name, handler, text in (
+        ("show", show, "show an instance"),
+        ("pause", pause, "pause scheduled backups"),
+        ("resume", resume, "resume scheduled backups"),
+        ("cancel", cancel, "cancel backup: the agent is revoked and backup points are deleted"),
+        ("backup-now", backup_now, "start a backup job now"),
+    ):
+        p = commands.add_parser(name, parents=[common], help=text)
+        p.add_argument("instance_id", metavar="ID")
+        p.set_defaults(command=handler)
+
+    p = commands.add_parser("set", parents=[common], help="change backup settings")
+    p.add_argument("instance_id", metavar="ID")
+    p.add_argument("--priority", choices=sorted(PRIORITIES), help="applies from the next backup job")
+    p.add_argument("--time", type=time_of_day, metavar="HH:MM", help="daily start time, UTC+8")
+    p.add_argument("--keep-latest", type=on_off, metavar="on|off", help="always keep the latest version")
+    p.set_defaults(command=set_settings)
+
+
+def _summary_row(i: scheduler_pb2.Instance) -> list[str]:
+    return [
+        i.instance_id,
+        i.name,
+        i.region,
+        output.enum_name(scheduler_pb2.RunningStatus.Name(i.status), "RUNNING_STATUS_"),
+        output.enum_name(common_pb2.BackupPriority.Name(i.settings.priority), "BACKUP_PRIORITY_"),
+        output.minute_of_day(i.settings.daily_start_minute),
+        output.timestamp(i.next_backup_at, present=i.HasField("next_backup_at")),
+    ]
+
+
+def print_instance(context: Context, i: scheduler_pb2.Instance) -> None:
+    if context.json:
+        output.as_json(i)
+        return
+    output.fields(
+        [
+            ("Instance", i.instance_id),
+            ("Name", i.name),
+            ("Account", i.account_id),
+            ("Region", i.region),
+            ("Status", output.enum_name(scheduler_pb2.RunningStatus.Name(i.status), "RUNNING_STATUS_")),
+            ("Hostname", i.hostname or "-"),
+            ("Priority", output.enum_name(common_pb2.BackupPriority.Name(i.settings.priority), "BACKUP_PRIORITY_")),
+            ("Daily start", f"{output.minute_of_day(i.settings.daily_start_minute)} (UTC+8)"),
+            ("Keep latest", "on" if i.settings.keep_latest_version else "off"),
+            ("Roots", ", ".join(i.settings.roots) or "all block-storage filesystems"),
+            ("Next backup", output.timestamp(i.next_backup_at, present=i.HasField("next_backup_at"))),
+            ("Activated", output.timestamp(i.activated_at)),
+            ("Last error", i.last_error or "-"),
+        ]
+    )
+
+
+def print_instances(context: Context, found: Sequence[scheduler_pb2.Instance]) -> None:
+    if context.json:
+        output.as_json(list(found))
+        return
+    headers = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", "NEXT BACKUP (UTC+8)"]
+    output.table(headers, [_summary_row(i) for i in found])
+
+
+async def list_instances(context: Context) -> int:
+    request = scheduler_pb2.ListInstancesRequest(account_id=context.account_id, region=context.args.region)
+    response = await context.scheduler().ListInstances(request, **context.call)
+    print_instances(context, response.instances)
+    return 0
+
+
+async def activate(context: Context) -> int:
+    args = context.args
+    request = scheduler_pb2.ActivateBackupRequest(account_id=context.account_id, name=args.name, region=args.region)
+    if args.priority is not None or args.time is not None:
+        # proto3 cannot say "unset" for the start time: pick the default window's random time here
+        minute = args.time if args.time is not None else random.randrange(6 * 60)
+        request.settings.CopyFrom(
+            scheduler_pb2.BackupSettings(
+                priority=PRIORITIES[args.priority or "low"], daily_start_minute=minute, keep_latest_version=True
+            )
+        )
+        request.has_settings = True
+    response = await context.scheduler().ActivateBackup(request, **context.call)
+    if context.json:
+        output.as_json(response)
+        return 0
+    print_instance(context, response.instance)
+    print()
+    print(f"Enrollment token (shown only once, valid 24 h): {response.enrollment_token}")
+    print("Enroll the agent on the instance with: strongroom-agent enroll --gateway HOST:PORT --token TOKEN")
+    return 0
+
+
+def _ref(context: Context) -> scheduler_pb2.InstanceRef:
+    return scheduler_pb2.InstanceRef(instance_id=context.args.instance_id)
+
+
+async def show(context: Context) -> int:
+    request = scheduler_pb2.GetInstanceRequest(instance_id=context.args.instance_id)
+    print_instance(context, await context.scheduler().GetInstance(request, **context.call))
+    return 0
+
+
+async def pause(context: Context) -> int:
+    print_instance(context, await context.scheduler().PauseBackup(_ref(context), **context.call))
+    return 0
+
+
+async def resume(context: Context) -> int:
+    print_instance(context, await context.scheduler().ResumeBackup(_ref(context), **context.call))
+    return 0
+
+
+async def cancel(context: Context) -> int:
+    print_instance(context, await context.scheduler().CancelBackup(_ref(context), **context.call))
+    return 0
+
+
+async def backup_now(context: Context) -> int:
+    request = scheduler_pb2.RunBackupNowRequest(instance_id=context.args.instance_id)
+    print_job(context, await context.scheduler().RunBackupNow(request, **context.call))
+    return 0
+
+
+async def set_settings(context: Context) -> int:
+    args = context.args
+    settings = scheduler_pb2.BackupSettings()
+    mask = []
+    if args.priority is not None:
+        settings.priority = PRIORITIES[args.priority]
+        mask.append("priority")
+    if args.time is not None:
+        settings.daily_start_minute = args.time
+        mask.append("daily_start_minute")
+    if args.keep_latest is not None:
+        settings.keep_latest_version = args.keep_latest
+        mask.append("keep_latest_version")
+    if not mask:
+        raise UsageError("nothing to change: pass --priority, --time or --keep-latest")
+    request = scheduler_pb2.UpdateSettingsRequest(instance_id=args.instance_id, settings=settings, update_mask=mask)
+    print_instance(context, await context.scheduler().UpdateSettings(request, **context.call))
+    return 0

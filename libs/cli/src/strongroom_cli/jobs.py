@@ -1,0 +1,86 @@
+"""``strongroom jobs ...``: backup jobs of an instance."""
+
+from __future__ import annotations
+
+import argparse
+
+from strongroom.common.v1 import common_pb2
+from strongroom.scheduler.v1 import scheduler_pb2
+
+from strongroom_cli import output
+from strongroom_cli.context import Context
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    group = groups.add_parser("jobs", help="backup jobs")
+    commands = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = commands.add_parser("list", parents=[common], help="jobs of an instance, newest first")
+    p.add_argument("instance_id", metavar="INSTANCE")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.set_defaults(command=list_jobs)
+    for name, handler, text in (("show", show, "show a job"), ("cancel", cancel, "cancel a queued or running job")):
+        p = commands.add_parser(name, parents=[common], help=text)
+        p.add_argument("job_id", metavar="JOB")
+        p.set_defaults(command=handler)
+
+
+def job_status(status: int) -> str:
+    return output.enum_name(common_pb2.JobStatus.Name(status), "JOB_STATUS_")  # type: ignore[arg-type]
+
+
+def print_job(context: Context, job: scheduler_pb2.BackupJob) -> None:
+    if context.json:
+        output.as_json(job)
+        return
+    stats = job.stats
+    pairs = [
+        ("Job", job.job_id),
+        ("Instance", job.instance_id),
+        ("Status", job_status(job.status)),
+        ("Priority", output.enum_name(common_pb2.BackupPriority.Name(job.priority), "BACKUP_PRIORITY_")),
+        ("Created", output.timestamp(job.created_at)),
+        ("Finished", output.timestamp(job.finished_at, present=job.HasField("finished_at"))),
+        ("Scanned", f"{stats.files_scanned} files, {output.size(stats.bytes_scanned)}"),
+        ("Uploaded", output.size(stats.bytes_uploaded)),
+        ("Failed files", str(stats.files_failed)),
+        ("Version", job.version_id or "-"),
+        ("Error", job.error or "-"),
+    ]
+    output.fields(pairs)
+    for error in job.file_errors:
+        print(f"  {error}")
+
+
+async def list_jobs(context: Context) -> int:
+    request = scheduler_pb2.ListJobsRequest(instance_id=context.args.instance_id, limit=max(context.args.limit, 0))
+    response = await context.scheduler().ListJobs(request, **context.call)
+    if context.json:
+        output.as_json(list(response.jobs))
+        return 0
+    rows = [
+        [
+            j.job_id,
+            job_status(j.status),
+            output.timestamp(j.created_at),
+            output.timestamp(j.finished_at, present=j.HasField("finished_at")),
+            str(j.stats.files_scanned),
+            output.size(j.stats.bytes_uploaded),
+            j.version_id or "-",
+            j.error or "",
+        ]
+        for j in response.jobs
+    ]
+    output.table(["JOB", "STATUS", "CREATED (UTC+8)", "FINISHED", "FILES", "UPLOADED", "VERSION", "ERROR"], rows)
+    return 0
+
+
+async def show(context: Context) -> int:
+    request = scheduler_pb2.GetJobRequest(job_id=context.args.job_id)
+    print_job(context, await context.scheduler().GetJob(request, **context.call))
+    return 0
+
+
+async def cancel(context: Context) -> int:
+    request = scheduler_pb2.GetJobRequest(job_id=context.args.job_id)
+    print_job(context, await context.scheduler().CancelJob(request, **context.call))
+    return 0

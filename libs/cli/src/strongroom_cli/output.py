@@ -1,0 +1,82 @@
+"""Rendering for the terminal: aligned tables, key/value blocks, sizes and times; JSON for machines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import stat
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+# The product's time zone: schedules and times are shown in UTC+8.
+DISPLAY_TZ = dt.timezone(dt.timedelta(hours=8), "UTC+8")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
+    """Print an aligned table (two spaces between columns); prints a note instead of an empty table."""
+    out = out or sys.stdout
+    if not rows:
+        print("(none)", file=out)
+        return
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def fields(pairs: Sequence[tuple[str, str]], out: TextIO | None = None) -> None:
+    """Print ``label: value`` lines with aligned values."""
+    out = out or sys.stdout
+    width = max(len(label) for label, _ in pairs) + 1
+    for label, value in pairs:
+        print(f"{label + ':':<{width}} {value}", file=out)
+
+
+def as_json(message: Message | Sequence[Message], out: TextIO | None = None) -> None:
+    """Print a message (or a list of them) as JSON with the proto field names and enum names."""
+    out = out or sys.stdout
+
+    def convert(m: Message) -> object:
+        return MessageToDict(m, preserving_proto_field_name=True)
+
+    data = [convert(m) for m in message] if isinstance(message, Sequence) else convert(message)
+    print(json.dumps(data, indent=2, sort_keys=True), file=out)
+
+
+def timestamp(ts: Timestamp, *, present: bool = True) -> str:
+    """``2026-01-02 02:00:00`` in UTC+8, or ``-`` when unset."""
+    if not present or (ts.seconds == 0 and ts.nanos == 0):
+        return "-"
+    return ts.ToDatetime(tzinfo=dt.UTC).astimezone(DISPLAY_TZ).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def mtime(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).astimezone(DISPLAY_TZ).strftime("%Y-%m-%d %H:%M")
+
+
+def size(n: int) -> str:
+    """Human-readable size in binary units: ``512 B``, ``1.5 KiB``, ``100.0 GiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def minute_of_day(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def enum_name(name: str, prefix: str) -> str:
+    """``RUNNING_STATUS_BACKING_UP`` -> ``backing up``."""
+    return name.removeprefix(prefix).replace("_", " ").lower()
+
+
+def permissions(file_type: str, mode: int) -> str:
+    """``drwxr-xr-x`` from a type character and permission bits."""
+    return file_type + stat.filemode(mode & 0o7777)[1:]

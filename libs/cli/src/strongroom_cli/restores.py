@@ -1,0 +1,133 @@
+"""``strongroom restore ...``: create, watch, list and cancel restore jobs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom.restore.v1 import restore_pb2
+
+from strongroom_cli import output
+from strongroom_cli.context import Context
+from strongroom_cli.jobs import job_status
+
+FINISHED = frozenset(
+    {
+        common_pb2.JOB_STATUS_COMPLETE,
+        common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
+        common_pb2.JOB_STATUS_FAILED,
+        common_pb2.JOB_STATUS_CANCELED,
+        common_pb2.JOB_STATUS_EXPIRED,
+    }
+)
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    group = groups.add_parser("restore", help="restore jobs")
+    commands = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    p = commands.add_parser("create", parents=[common], help="restore files from a backup point")
+    p.add_argument("point_id", metavar="POINT_ID")
+    p.add_argument("--include", action="append", default=[], metavar="PATH", help="restore only this path (repeat)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATH", help="do not restore this path (repeat)")
+    p.add_argument("--target-instance", default="", metavar="ID", help="destination instance (default: the source)")
+    p.add_argument("--target-path", default="", metavar="DIR", help="existing directory (default: original path)")
+    p.add_argument("--overwrite", action="store_true", help="overwrite existing files (default: skip them)")
+    p.add_argument("--wait", action="store_true", help="wait until the job finishes; exit 1 if it failed")
+    p.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.set_defaults(command=create)
+
+    p = commands.add_parser("list", parents=[common], help="restore jobs of an instance")
+    p.add_argument("instance_id", metavar="INSTANCE")
+    p.set_defaults(command=list_jobs)
+    for name, handler, text in (("show", show, "show a restore job"), ("cancel", cancel, "cancel a restore job")):
+        p = commands.add_parser(name, parents=[common], help=text)
+        p.add_argument("restore_job_id", metavar="ID")
+        p.set_defaults(command=handler)
+
+
+def print_job(context: Context, job: restore_pb2.RestoreJob) -> None:
+    if context.json:
+        output.as_json(job)
+        return
+    stats = job.stats
+    output.fields(
+        [
+            ("Restore job", job.restore_job_id),
+            ("Status", job_status(job.status)),
+            ("Point", job.point_id),
+            ("From instance", job.source_instance_id),
+            ("To instance", job.target_instance_id),
+            ("Target path", job.target_path or "original path"),
+            ("Include", ", ".join(job.include_paths) or "all files"),
+            ("Exclude", ", ".join(job.exclude_paths) or "-"),
+            ("On conflict", "overwrite" if job.conflict_policy == gateway_pb2.CONFLICT_POLICY_OVERWRITE else "skip"),
+            ("Restored", f"{stats.files_restored} files, {output.size(stats.bytes_restored)}"),
+            ("Skipped", f"{stats.files_skipped} files"),
+            ("Created", output.timestamp(job.created_at)),
+            ("Finished", output.timestamp(job.finished_at, present=job.HasField("finished_at"))),
+            ("Error", job.error or "-"),
+        ]
+    )
+
+
+async def create(context: Context) -> int:
+    args = context.args
+    policy = gateway_pb2.CONFLICT_POLICY_OVERWRITE if args.overwrite else gateway_pb2.CONFLICT_POLICY_SKIP
+    request = restore_pb2.CreateRestoreJobRequest(
+        point_id=args.point_id,
+        target_instance_id=args.target_instance,
+        include_paths=args.include,
+        exclude_paths=args.exclude,
+        target_path=args.target_path,
+        conflict_policy=policy,
+    )
+    stub = context.restore()
+    job = await stub.CreateRestoreJob(request, **context.call)
+    if args.wait:
+        if not context.json:
+            print(f"restore job {job.restore_job_id} created; waiting for it to finish ...", flush=True)
+        while job.status not in FINISHED:
+            await asyncio.sleep(args.poll_interval)
+            job = await stub.GetRestoreJob(
+                restore_pb2.GetRestoreJobRequest(restore_job_id=job.restore_job_id), **context.call
+            )
+    print_job(context, job)
+    return 1 if job.status == common_pb2.JOB_STATUS_FAILED else 0
+
+
+async def show(context: Context) -> int:
+    request = restore_pb2.GetRestoreJobRequest(restore_job_id=context.args.restore_job_id)
+    print_job(context, await context.restore().GetRestoreJob(request, **context.call))
+    return 0
+
+
+async def cancel(context: Context) -> int:
+    request = restore_pb2.GetRestoreJobRequest(restore_job_id=context.args.restore_job_id)
+    print_job(context, await context.restore().CancelRestoreJob(request, **context.call))
+    return 0
+
+
+async def list_jobs(context: Context) -> int:
+    request = restore_pb2.ListRestoreJobsRequest(instance_id=context.args.instance_id)
+    response = await context.restore().ListRestoreJobs(request, **context.call)
+    if context.json:
+        output.as_json(list(response.jobs))
+        return 0
+    rows = [
+        [
+            j.restore_job_id,
+            job_status(j.status),
+            j.point_id,
+            j.target_instance_id,
+            j.target_path or "original",
+            str(j.stats.files_restored),
+            output.timestamp(j.created_at),
+            j.error or "",
+        ]
+        for j in response.jobs
+    ]
+    output.table(["RESTORE JOB", "STATUS", "POINT", "TARGET", "PATH", "FILES", "CREATED (UTC+8)", "ERROR"], rows)
+    return 0

@@ -1,0 +1,298 @@
+"""Fake Strongroom services for the CLI tests: in-memory servicers on a real gRPC server (127.0.0.1:0)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
+from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from strongroom.common.v1 import common_pb2
+from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
+from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+Cli = Callable[..., tuple[int, str, str]]
+"""Runs ``strongroom *argv``; returns (exit code, stdout, stderr)."""
+
+# 2026-01-01 02:00:00 UTC = 10:00:00 UTC+8
+T0 = Timestamp(seconds=1767232800)
+
+
+@dataclass
+class Calls:
+    """Every request each fake received, by method name."""
+
+    requests: dict[str, list[Message]] = field(default_factory=dict)
+
+    def record(self, method: str, request: Message) -> None:
+        self.requests.setdefault(method, []).append(request)
+
+    def last(self, method: str) -> Message:
+        return self.requests[method][-1]
+
+
+def _instance(instance_id: str, name: str = "web-1", **kwargs: object) -> scheduler_pb2.Instance:
+    values: dict[str, object] = {"status": scheduler_pb2.RUNNING_STATUS_RUNNING, **kwargs}
+    instance = scheduler_pb2.Instance(
+        instance_id=instance_id,
+        account_id="default",
+        name=name,
+        region="cn-hangzhou",
+        settings=scheduler_pb2.BackupSettings(
+            priority=common_pb2.BACKUP_PRIORITY_LOW, daily_start_minute=150, keep_latest_version=True
+        ),
+        next_backup_at=Timestamp(seconds=T0.seconds + 3600),
+        activated_at=T0,
+        hostname="web-1.example",
+        **values,  # type: ignore[arg-type]
+    )
+    return instance
+
+
+class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.instances = {"i-1": _instance("i-1"), "i-2": _instance("i-2", "db-1")}
+        self.jobs = {
+            "j-1": scheduler_pb2.BackupJob(
+                job_id="j-1",
+                instance_id="i-1",
+                status=common_pb2.JOB_STATUS_COMPLETE,
+                created_at=T0,
+                finished_at=Timestamp(seconds=T0.seconds + 90),
+                stats=common_pb2.JobStats(files_scanned=12, bytes_scanned=4096, bytes_uploaded=2048),
+                version_id="v-1",
+                priority=common_pb2.BACKUP_PRIORITY_LOW,
+            )
+        }
+
+    def _get(self, instance_id: str, context: grpc.ServicerContext) -> scheduler_pb2.Instance:
+        if instance_id not in self.instances:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"instance {instance_id} not found")
+        return self.instances[instance_id]
+
+    def ActivateBackup(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ActivateBackup", request)
+        instance = _instance("i-new", request.name, status=scheduler_pb2.RUNNING_STATUS_PREPARING)
+        instance.region = request.region
+        if request.has_settings:
+            instance.settings.CopyFrom(request.settings)
+        return scheduler_pb2.ActivateBackupResponse(instance=instance, enrollment_token="tok-secret")
+
+    def GetInstance(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("GetInstance", request)
+        return self._get(request.instance_id, context)
+
+    def ListInstances(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListInstances", request)
+        return scheduler_pb2.ListInstancesResponse(instances=list(self.instances.values()))
+
+    def RunBackupNow(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("RunBackupNow", request)
+        instance = self._get(request.instance_id, context)
+        if instance.status == scheduler_pb2.RUNNING_STATUS_PAUSED:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"backup of instance {request.instance_id} is paused")
+        return scheduler_pb2.BackupJob(
+            job_id="j-2", instance_id=request.instance_id, status=common_pb2.JOB_STATUS_QUEUED, created_at=T0
+        )
+
+    def PauseBackup(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("PauseBackup", request)
+        instance = self._get(request.instance_id, context)
+        instance.status = scheduler_pb2.RUNNING_STATUS_PAUSED
+        instance.ClearField("next_backup_at")
+        return instance
+
+    def ResumeBackup(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ResumeBackup", request)
+        instance = self._get(request.instance_id, context)
+        instance.status = scheduler_pb2.RUNNING_STATUS_RUNNING
+        return instance
+
+    def CancelBackup(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("CancelBackup", request)
+        instance = self._get(request.instance_id, context)
+        instance.status = scheduler_pb2.RUNNING_STATUS_CANCELED
+        return instance
+
+    def UpdateSettings(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("UpdateSettings", request)
+        instance = self._get(request.instance_id, context)
+        for name in request.update_mask:
+            setattr(instance.settings, name, getattr(request.settings, name))
+        return instance
+
+    def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListJobs", request)
+        self._get(request.instance_id, context)
+        return scheduler_pb2.ListJobsResponse(
+            jobs=[j for j in self.jobs.values() if j.instance_id == request.instance_id]
+        )
+
+    def GetJob(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("GetJob", request)
+        if request.job_id not in self.jobs:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"backup job {request.job_id} not found")
+        return self.jobs[request.job_id]
+
+    def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("CancelJob", request)
+        job = self.GetJob(request, context)
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"backup job {job.job_id} already finished (COMPLETE)")
+
+
+def _entry(path: str, kind: int, mode: int, size: int, link: str = "") -> common_pb2.FileEntry:
+    return common_pb2.FileEntry(
+        path=path,
+        type=kind,
+        mode=mode,
+        size=size,
+        mtime_ns=T0.seconds * 10**9,
+        link_target=link,  # type: ignore[arg-type]
+    )
+
+
+class FakeCatalog(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.entries = [
+            _entry("docs", common_pb2.ENTRY_TYPE_DIRECTORY, 0o755, 4096),
+            _entry("hello.txt", common_pb2.ENTRY_TYPE_FILE, 0o644, 23),
+            _entry("latest", common_pb2.ENTRY_TYPE_SYMLINK, 0o777, 9, "hello.txt"),
+        ]
+
+    def ListVersions(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListVersions", request)
+        point = catalog_pb2.Point(
+            point_id="p-1",
+            version_id="v-1",
+            filesystem=common_pb2.Filesystem(mount_point="/", capacity_bytes=40 << 30),
+            file_count=12,
+            total_bytes=4096,
+            created_at=T0,
+            retain_until=Timestamp(seconds=T0.seconds + 30 * 86400),
+            browsable=True,
+        )
+        return catalog_pb2.ListVersionsResponse(
+            versions=[
+                catalog_pb2.Version(version_id="v-1", instance_id=request.instance_id, created_at=T0, points=[point])
+            ]
+        )
+
+    def GetPoint(self, request, context):  # type: ignore[no-untyped-def]
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the CLI")
+
+    def BrowsePoint(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("BrowsePoint", request)
+        if request.point_id != "p-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"point {request.point_id} not found")
+        # two pages, to exercise paging
+        if request.page_token == "":
+            return catalog_pb2.BrowsePointResponse(entries=self.entries[:2], next_page_token="page-2")
+        return catalog_pb2.BrowsePointResponse(entries=self.entries[2:])
+
+
+class FakeRestore(restore_pb2_grpc.RestoreServiceServicer):
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.final_status = common_pb2.JOB_STATUS_COMPLETE
+        self.polls_until_done = 2
+        self.job = restore_pb2.RestoreJob()
+
+    def CreateRestoreJob(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("CreateRestoreJob", request)
+        if request.point_id != "p-1":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"point {request.point_id} is not browsable yet")
+        self.job = restore_pb2.RestoreJob(
+            restore_job_id="r-1",
+            point_id=request.point_id,
+            source_instance_id="i-1",
+            target_instance_id=request.target_instance_id or "i-1",
+            status=common_pb2.JOB_STATUS_QUEUED,
+            include_paths=request.include_paths,
+            exclude_paths=request.exclude_paths,
+            target_path=request.target_path,
+            conflict_policy=request.conflict_policy,
+            created_at=T0,
+        )
+        return self.job
+
+    def GetRestoreJob(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("GetRestoreJob", request)
+        if request.restore_job_id != "r-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"restore job {request.restore_job_id} not found")
+        self.polls_until_done -= 1
+        if self.polls_until_done <= 0:
+            self.job.status = self.final_status
+            self.job.stats.files_restored = 3
+            if self.final_status == common_pb2.JOB_STATUS_FAILED:
+                self.job.error = "target path /nope does not exist"
+        else:
+            self.job.status = common_pb2.JOB_STATUS_RUNNING
+        return self.job
+
+    def ListRestoreJobs(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListRestoreJobs", request)
+        return restore_pb2.ListRestoreJobsResponse(jobs=[self.job] if self.job.restore_job_id else [])
+
+    def CancelRestoreJob(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("CancelRestoreJob", request)
+        self.job.status = common_pb2.JOB_STATUS_CANCELING
+        return self.job
+
+
+class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+    def GetOverview(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("GetOverview", request)
+        gib = 1 << 30
+        if request.region:
+            return billing_pb2.Overview(
+                backed_up_instances=2, unbacked_up_instances=1, backed_up_capacity_bytes=80 * gib
+            )
+        return billing_pb2.Overview(
+            backed_up_instances=5,
+            unbacked_up_instances=3,
+            backed_up_capacity_bytes=230 * gib,
+            free_quota_bytes=100 * gib,
+            free_quota_used_bytes=100 * gib,
+            billable_capacity_bytes=130 * gib,
+        )
+
+
+@dataclass
+class FakeServices:
+    calls: Calls
+    scheduler: FakeScheduler
+    catalog: FakeCatalog
+    restore: FakeRestore
+    billing: FakeBilling
+    address: str
+
+
+@contextmanager
+def fake_services() -> Iterator[FakeServices]:
+    """All four fakes on one gRPC server (a threaded server, since the CLI runs its own event loop)."""
+    calls = Calls()
+    services = FakeServices(
+        calls, FakeScheduler(calls), FakeCatalog(calls), FakeRestore(calls), FakeBilling(calls), address=""
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(services.scheduler, server)
+    catalog_pb2_grpc.add_CatalogServiceServicer_to_server(services.catalog, server)
+    restore_pb2_grpc.add_RestoreServiceServicer_to_server(services.restore, server)
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(services.billing, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    services.address = f"127.0.0.1:{port}"
+    try:
+        yield services
+    finally:
+        server.stop(None)

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_fakes import Cli, FakeServices, fake_services
+from strongroom_cli.__main__ import main
+
+SERVICES = ("scheduler", "catalog", "restore", "billing")
+
+
+@pytest.fixture
+def services(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeServices]:
+    """Fakes of every service, found through STRONGROOM_*_ADDR; runs in an empty directory."""
+    monkeypatch.chdir(tmp_path)
+    for name in (*SERVICES, "gateway"):
+        monkeypatch.delenv(f"STRONGROOM_{name.upper()}_ADDR", raising=False)
+    monkeypatch.delenv("STRONGROOM_ACCOUNT_ID", raising=False)
+    with fake_services() as fakes:
+        for name in SERVICES:
+            monkeypatch.setenv(f"STRONGROOM_{name.upper()}_ADDR", fakes.address)
+        yield fakes
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Run ``strongroom *argv``; return (exit code, stdout, stderr)."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
