@@ -1,43 +1,39 @@
-"""Production adapters of the platform ports (Kafka, S3 or filesystem store), imported only when used,
-so tests that inject fakes never load the Kafka client libraries.
+"""Production adapters of the platform ports, built from settings (Kafka, S3 or filesystem store).
+
+The adapter modules are imported inside the functions so that tests, which
+inject fakes, never load the Kafka and S3 client libraries.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, cast
 
-from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
+from strongroom_platform.clock import Clock
+from strongroom_platform.eventbus import ConsumerFactory, EventConsumer, EventPublisher, Handler
 from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.settings import PlatformSettings
 
 
-def _platform(module: str) -> Any:
-    return importlib.import_module(f"strongroom_platform.{module}")
+async def object_store(settings: PlatformSettings, clock: Clock) -> ObjectStore:
+    from strongroom_platform.objectstore_factory import open_object_store
 
-
-@asynccontextmanager
-async def object_store(settings: PlatformSettings) -> AsyncIterator[ObjectStore]:
-    store = _platform("objectstore_factory").open_object_store(settings)
-    yield cast(ObjectStore, store)
+    return await open_object_store(settings, clock)
 
 
 @asynccontextmanager
 async def publisher(settings: PlatformSettings) -> AsyncIterator[EventPublisher]:
-    kafka = _platform("eventbus_kafka").KafkaPublisher(settings.kafka_bootstrap, idempotent=settings.kafka_idempotent)
-    await kafka.start()
-    try:
-        yield cast(EventPublisher, kafka)
-    finally:
-        await kafka.stop()
+    """A started Kafka producer, stopped (flushed) when the context exits."""
+    from strongroom_platform.eventbus_kafka import KafkaPublisher
+
+    async with KafkaPublisher(settings.kafka_bootstrap, idempotent=settings.kafka_idempotent) as kafka:
+        yield kafka
 
 
 def consumer_factory(settings: PlatformSettings) -> ConsumerFactory:
-    module = _platform("eventbus_kafka")
+    from strongroom_platform.eventbus_kafka import FaustConsumer
 
-    def build(group_id: str, handlers: Any) -> Any:
-        return module.FaustConsumer(settings.kafka_bootstrap, group_id, handlers)
+    def build(group_id: str, handlers: Mapping[str, Handler]) -> EventConsumer:
+        return FaustConsumer(settings.kafka_bootstrap, group_id, handlers)
 
-    return cast(ConsumerFactory, build)
+    return build

@@ -62,7 +62,7 @@ async def run(
             relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
             stack.push_async_callback(_cancel, relay)
         if object_store is None:
-            object_store = await stack.enter_async_context(adapters.object_store(settings.platform))
+            object_store = await adapters.object_store(settings.platform, clock)
         if consumer_factory is None:
             consumer_factory = adapters.consumer_factory(settings.platform)
 

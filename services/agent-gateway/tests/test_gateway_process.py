@@ -1,0 +1,50 @@
+"""The ``strongroom-gateway`` process: starts against real servers, announces itself, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+
+async def test_process_serves_and_stops_on_sigterm(pg_dsn: str, kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        STRONGROOM_PG_DSN=pg_dsn,
+        STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        STRONGROOM_OBJECT_STORE=f"file:{tmp_path / 'objects'}",
+        STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "strongroom_gateway",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+        assert line.startswith("LISTENING gateway 127.0.0.1:"), line + (await process.stderr.read(4000)).decode()
+        address = line.split()[2]
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token="unknown"), timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        assert await process.stdout.read() == b""  # exactly one line on stdout
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
