@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 
 from strongroom_platform.runtime import configure_logging, run_until_signalled
+from strongroom_platform.settings import SettingsError
 
 from strongroom_billing import bootstrap
 from strongroom_billing.settings import Settings
@@ -13,7 +15,11 @@ from strongroom_billing.settings import Settings
 
 def main() -> None:
     configure_logging("billing")
-    settings = Settings.from_env(os.environ)
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"strongroom-billing: {exc}", file=sys.stderr)
+        sys.exit(2)
 
     async def serve(stop: asyncio.Event) -> None:
         await bootstrap.run(settings, stop)

@@ -43,12 +43,20 @@ async def run(
     ``publisher`` and ``consumer_factory`` default to the Kafka adapters.
     """
     clock = clock or SystemClock()
-    adapters = kafka.KafkaAdapters(settings) if publisher is None or consumer_factory is None else None
-    if adapters is not None:
-        await adapters.start()
-        publisher = publisher or adapters.publisher
-        consumer_factory = consumer_factory or adapters.consumer_factory
-    assert publisher is not None and consumer_factory is not None
+    async with contextlib.AsyncExitStack() as stack:
+        if publisher is None:
+            publisher = await stack.enter_async_context(kafka.publisher(settings))
+        await _serve(settings, stop, clock, publisher, consumer_factory or kafka.consumer_factory(settings), alerter)
+
+
+async def _serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    clock: Clock,
+    publisher: EventPublisher,
+    consumer_factory: ConsumerFactory,
+    alerter: Alerter | None,
+) -> None:
     pool = await create_pool(settings.pg_dsn, SCHEMA)
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -87,5 +95,3 @@ async def run(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await pool.close()
-        if adapters is not None:
-            await adapters.stop()
