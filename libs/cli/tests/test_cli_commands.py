@@ -213,7 +213,15 @@ def test_overview_region_has_no_quota(services: FakeServices, cli: Cli) -> None:
 
 def test_overview_json(services: FakeServices, cli: Cli) -> None:
     code, out, _ = cli("overview", "--json")
-    assert json.loads(out)["billable_capacity_bytes"] == str(130 << 30)  # uint64 as a JSON string
+    data = json.loads(out)
+    assert data["billable_capacity_bytes"] == 130 << 30
+    assert data["unbacked_up_instances"] == 3
+
+
+def test_json_includes_zero_values(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("overview", "--region", "r1", "--json")
+    data = json.loads(out)
+    assert (data["free_quota_bytes"], data["billable_capacity_bytes"]) == (0, 0)
 
 
 @pytest.mark.parametrize(

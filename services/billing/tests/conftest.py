@@ -9,9 +9,6 @@ from strongroom_billing.repository import PgBillingStore
 from strongroom_billing.testing import InMemoryBillingStore
 from strongroom_platform.db import create_pool, migrate
 
-# Real-server fixtures (pg_dsn: a fresh database per test) for the integration tests.
-from strongroom_testing.fixtures import pg_dsn, pg_server_dsn  # noqa: F401
-
 
 @pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[BillingStore]:

@@ -28,7 +28,3 @@ def alerter() -> RecordingAlerter:
 @pytest.fixture
 def deps(store: InMemorySchedulerStore, clock: FakeClock, alerter: RecordingAlerter) -> Deps:
     return Deps(store=store, clock=clock, alerter=alerter, rng=random.Random(7))
-
-
-# Real-server fixtures (pg_dsn: a fresh database per test) for the integration tests.
-from strongroom_testing.fixtures import pg_dsn, pg_server_dsn  # noqa: E402, F401

@@ -37,11 +37,17 @@ def fields(pairs: Sequence[tuple[str, str]], out: TextIO | None = None) -> None:
 
 
 def as_json(message: Message | Sequence[Message], out: TextIO | None = None) -> None:
-    """Print a message (or a list of them) as JSON with the proto field names and enum names."""
+    """Print a message (or a list of them) as JSON: proto field names, enum names, zero values included,
+    64-bit integers as JSON numbers."""
     out = out or sys.stdout
 
     def convert(m: Message) -> object:
-        return MessageToDict(m, preserving_proto_field_name=True)
+        return MessageToDict(
+            m,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+            unquote_int64_if_possible=True,
+        )
 
     data = [convert(m) for m in message] if isinstance(message, Sequence) else convert(message)
     print(json.dumps(data, indent=2, sort_keys=True), file=out)
