@@ -55,7 +55,8 @@ def test_standalone_is_dispatched_lazily(cli: Cli, monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "strongroom_cli.standalone", fake)
     code, _, _ = cli("standalone", "--data-dir", "x", "--json")
     assert code == 7
-    assert seen == [["--data-dir", "x", "--json"]]
+    assert cli("--timeout", "3", "standalone", "--backup-dir", "y")[0] == 7
+    assert seen == [["--data-dir", "x", "--json"], ["--backup-dir", "y"]]
 
 
 def test_help_lists_every_group(cli: Cli) -> None:

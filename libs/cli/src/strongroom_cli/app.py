@@ -49,19 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
     for module in (instances, jobs, versions, browse, restores, overview):
         module.register(groups, common)
-    groups.add_parser("standalone", help="run the whole platform locally (strongroom standalone --help)")
+    standalone = groups.add_parser(
+        "standalone", add_help=False, help="run the whole platform locally (strongroom standalone --help)"
+    )
+    standalone.add_argument("standalone_argv", nargs=argparse.REMAINDER)
     return parser
 
 
 def run(argv: list[str]) -> int:
     """Parse ``argv`` and run the command; errors become one ``error: ...`` line on stderr."""
     if argv[:1] == ["standalone"]:
-        # the standalone runner has its own options; imported lazily (it pulls in the servers)
-        standalone = importlib.import_module("strongroom_cli.standalone")
-        code: int = standalone.main(argv[1:])
-        return code
+        return _standalone(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.group == "standalone":  # after global options, e.g. `strongroom --json standalone`
+        return _standalone(args.standalone_argv)
     try:
         addresses = resolve_addresses({s: getattr(args, s) for s in SERVICES}, os.environ, Path.cwd())
     except ConfigError as exc:
@@ -76,6 +78,13 @@ def run(argv: list[str]) -> int:
     )
     command: Command = args.command
     return asyncio.run(_run(command, context))
+
+
+def _standalone(argv: list[str]) -> int:
+    # the standalone runner has its own options; imported lazily (it pulls in the embedded servers)
+    module = importlib.import_module("strongroom_cli.standalone")
+    code: int = module.main(argv)
+    return code
 
 
 async def _run(command: Command, context: Context) -> int:
