@@ -1,0 +1,294 @@
+"""Kafka adapters of the event bus port: an aiokafka producer and a faust-streaming consumer.
+
+Both run inside the caller's event loop and build nothing at import time.
+They work with Apache Kafka and with Tansu (standalone mode); Tansu refuses
+idempotent producers, hence ``KafkaPublisher(..., idempotent=False)`` there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
+
+from strongroom_platform.eventbus import Handler, PoisonRecord, Record
+
+__all__ = ["DLQ_ERROR_HEADER", "FaustConsumer", "KafkaPublisher", "create_topics", "dlq_topic"]
+
+log = logging.getLogger(__name__)
+
+DLQ_ERROR_HEADER = "strongroom-error"
+"""Header of a dead-lettered record holding the handler's error message (UTF-8)."""
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return f"{topic}.dlq"
+
+
+async def create_topics(
+    bootstrap: str, topics: Iterable[str], *, partitions: int = 1, replication: int = 1, timeout_ms: int = 30_000
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    Explicit creation matters: a broker's auto-created topics get its default
+    partition count (Tansu: 4), and consumers subscribing before the first
+    publish would otherwise find nothing to join.
+    """
+    wanted = sorted(set(topics))
+    if not wanted:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, partitions, replication) for name in wanted if name not in existing]
+        if not missing:
+            return
+        response = await admin.create_topics(missing, timeout_ms=timeout_ms)
+        for topic_error in response.topic_errors:
+            name, code = topic_error[0], topic_error[1]
+            if code not in (0, _TOPIC_ALREADY_EXISTS):  # a concurrent creator is fine
+                message = topic_error[2] if len(topic_error) > 2 else ""
+                raise for_code(code)(f"cannot create topic {name}: {message}")
+    finally:
+        await admin.close()
+
+
+class KafkaPublisher:
+    """The :class:`~strongroom_platform.eventbus.EventPublisher` port on an aiokafka producer.
+
+    ``acks="all"``: ``publish`` returns only once every in-sync replica has the
+    record. ``idempotent`` enables producer idempotence (no duplicates from
+    internal retries); Tansu does not support it, so it is a setting.
+    Call :meth:`start` before publishing and :meth:`stop` at shutdown (or use
+    ``async with``).
+    """
+
+    def __init__(
+        self, bootstrap: str, *, idempotent: bool, client_id: str = "strongroom", request_timeout_ms: int = 30_000
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._idempotent = idempotent
+        self._client_id = client_id
+        self._request_timeout_ms = request_timeout_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect to the cluster. Raises KafkaConnectionError when it cannot be reached."""
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=self._idempotent,
+            request_timeout_ms=self._request_timeout_ms,
+        )
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush pending records and disconnect. Idempotent."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        """Append a record and wait for the broker's acknowledgement (raises on failure)."""
+        if self._producer is None:
+            raise RuntimeError("KafkaPublisher.publish called before start()")
+        await self._producer.send_and_wait(topic, value=value, key=key)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class FaustConsumer:
+    """The :class:`~strongroom_platform.eventbus.EventConsumer` port on a faust-streaming app.
+
+    One Faust app per consumer group, one agent (concurrency 1) per topic with
+    raw bytes serializers. For each record the handler is called; then:
+
+    - it returned: the record is acknowledged; Faust commits acknowledged
+      offsets every ``commit_interval`` seconds and at :meth:`stop`;
+    - it raised :class:`PoisonRecord`: the record is published to
+      ``<topic>.dlq`` (error text in the ``strongroom-error`` header), then
+      acknowledged;
+    - it raised anything else: the error is logged and the same record is
+      retried after a backoff doubling from ``retry_initial`` up to
+      ``retry_max`` seconds, forever: a record is never skipped.
+
+    Acks are manual (``stream.noack()``): Faust's automatic ack also fires
+    when an agent is cancelled mid-record, which would commit a record whose
+    handler never finished.
+
+    :meth:`stop` lets the record in flight finish (up to ``stop_timeout``
+    seconds; a record still being retried is abandoned unacknowledged, so it is
+    delivered again later), then commits and leaves the group. A consumer is
+    started at most once.
+
+    ``session_timeout`` is the group session timeout in seconds; Tansu holds a
+    new member's JoinGroup for half of it, so a small value starts faster there.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        handlers: Mapping[str, Handler],
+        *,
+        session_timeout: float = 10.0,
+        commit_interval: float = 1.0,
+        retry_initial: float = 0.1,
+        retry_max: float = 30.0,
+        stop_timeout: float = 30.0,
+        create_missing_topics: bool = True,
+    ) -> None:
+        if not handlers:
+            raise ValueError("a consumer needs at least one topic handler")
+        self._bootstrap = bootstrap
+        self._group_id = group_id
+        self._handlers = dict(handlers)
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._stop_timeout = stop_timeout
+        self._create_missing_topics = create_missing_topics
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._started = False
+        self._app = self._build_app(session_timeout, commit_interval)
+
+    def _build_app(self, session_timeout: float, commit_interval: float) -> Any:
+        app = faust.App(
+            self._group_id,
+            broker=f"kafka://{self._bootstrap}",
+            store="memory://",
+            web_enabled=False,
+            autodiscover=False,
+            topic_partitions=1,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=session_timeout,
+            broker_heartbeat_interval=max(session_timeout / 3.0, 0.5),
+            broker_commit_interval=commit_interval,
+            # stop() waits for the record in flight itself: Faust's own wait
+            # never ends while a record is left unacknowledged.
+            stream_wait_empty=False,
+        )
+        for index, (topic_name, handler) in enumerate(sorted(self._handlers.items())):
+            topic = app.topic(
+                topic_name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+            )
+            app.agent(topic, name=f"{self._group_id}.agent{index}", concurrency=1)(self._agent_for(handler))
+        return app
+
+    def _agent_for(self, handler: Handler) -> Any:
+        async def agent(stream: Any) -> None:
+            manual = stream.noack()
+            async for event in manual.events():
+                if await self._process(handler, event.message):
+                    await manual.ack(event)
+
+        return agent
+
+    async def _process(self, handler: Handler, message: Any) -> bool:
+        """Run the handler until it succeeds; False if stopping interrupted the retries."""
+        record = Record(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value if message.value is not None else b"",
+        )
+        delay = self._retry_initial
+        self._idle.clear()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await handler(record)
+                    return True
+                except PoisonRecord as exc:
+                    try:
+                        await self._dead_letter(record, exc)
+                        return True
+                    except Exception:
+                        log.exception("cannot dead-letter %s@%d; retrying", record.topic, record.offset)
+                except Exception:
+                    log.exception(
+                        "handler failed on %s[%d]@%d; retrying in %.1fs",
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        delay,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                delay = min(delay * 2, self._retry_max)
+            return False
+        finally:
+            self._idle.set()
+
+    async def _dead_letter(self, record: Record, exc: PoisonRecord) -> None:
+        log.warning(
+            "poison record %s[%d]@%d to %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            dlq_topic(record.topic),
+            exc,
+        )
+        await self._app.producer.send_and_wait(
+            dlq_topic(record.topic),
+            record.key,
+            record.value,
+            None,
+            None,
+            [(DLQ_ERROR_HEADER, str(exc).encode())],
+        )
+
+    async def start(self) -> None:
+        """Create missing topics (and their DLQs), start the app and join the group.
+
+        Returns once the app runs; partitions are assigned shortly after.
+        """
+        if self._started:
+            raise RuntimeError("a FaustConsumer can be started only once")
+        self._started = True
+        if self._create_missing_topics:
+            topics = list(self._handlers)
+            await create_topics(self._bootstrap, topics + [dlq_topic(t) for t in topics])
+        await self._app.start()
+
+    async def stop(self) -> None:
+        """Finish the record in flight, commit what was handled, leave the group."""
+        if not self._started:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=self._stop_timeout)
+        except TimeoutError:
+            log.warning(
+                "consumer %s: a handler is still running after %.0fs; abandoning it", self._group_id, self._stop_timeout
+            )
+        await self._app.stop()

@@ -1,0 +1,110 @@
+"""Details of the Kafka adapters beyond the event bus contract."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from strongroom_platform.eventbus import PoisonRecord, Record
+from strongroom_platform.eventbus_kafka import (
+    DLQ_ERROR_HEADER,
+    FaustConsumer,
+    KafkaPublisher,
+    create_topics,
+    dlq_topic,
+)
+from strongroom_servers import LocalTansu
+from strongroom_testing.contracts.eventbus import wait_for
+from test_platform_eventbus_contract import read_records
+
+
+async def _noop(record: Record) -> None:
+    return None
+
+
+async def test_publish_before_start_is_an_error() -> None:
+    publisher = KafkaPublisher("127.0.0.1:1", idempotent=False)
+    with pytest.raises(RuntimeError, match="before start"):
+        await publisher.publish("t", b"k", b"v")
+    await publisher.stop()  # stopping a never-started publisher is harmless
+
+
+def test_consumer_needs_a_handler() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        FaustConsumer("127.0.0.1:1", "g", {})
+
+
+async def test_consumer_is_built_without_touching_the_broker() -> None:
+    # Port 1 has no broker: construction must not connect; stop before start is a no-op.
+    consumer = FaustConsumer("127.0.0.1:1", f"g-{uuid.uuid4().hex[:8]}", {"topic-a": _noop, "topic-b": _noop})
+    await consumer.stop()
+
+
+def test_dlq_topic_name() -> None:
+    assert dlq_topic("job-requested") == "job-requested.dlq"
+
+
+@pytest.fixture(scope="module")
+def tansu_bootstrap() -> Iterator[str]:
+    with LocalTansu() as tansu:
+        yield tansu.bootstrap
+
+
+@pytest.fixture
+async def publisher(tansu_bootstrap: str) -> AsyncIterator[KafkaPublisher]:
+    async with KafkaPublisher(tansu_bootstrap, idempotent=False) as publisher:
+        yield publisher
+
+
+@pytest.mark.integration
+async def test_create_topics_is_idempotent_with_one_partition(tansu_bootstrap: str) -> None:
+    names = [f"ct-{uuid.uuid4().hex[:8]}", f"ct-{uuid.uuid4().hex[:8]}"]
+    await create_topics(tansu_bootstrap, names)
+    await create_topics(tansu_bootstrap, names + names)  # existing topics are fine
+    admin = AIOKafkaAdminClient(bootstrap_servers=tansu_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    assert sorted(t["topic"] for t in described) == sorted(names)
+    assert all(len(t["partitions"]) == 1 for t in described)
+
+
+@pytest.mark.integration
+async def test_dead_lettered_record_keeps_key_value_and_carries_the_error(
+    tansu_bootstrap: str, publisher: KafkaPublisher
+) -> None:
+    topic = f"dlq-{uuid.uuid4().hex[:8]}"
+    handled: list[bytes] = []
+
+    async def handler(record: Record) -> None:
+        if record.value.startswith(b"bad"):
+            raise PoisonRecord(f"undecodable record at offset {record.offset}")
+        handled.append(record.value)
+
+    consumer = FaustConsumer(tansu_bootstrap, f"g-{topic}", {topic: handler}, session_timeout=2.0)
+    await consumer.start()  # creates the topic and its DLQ
+    try:
+        await publisher.publish(topic, b"key-1", b"bad \x00\xff bytes")
+        await publisher.publish(topic, b"key-2", b"fine")
+        await wait_for(lambda: handled == [b"fine"], "the record after the poison one")
+    finally:
+        await consumer.stop()
+    [(key, value, headers)] = await read_records(tansu_bootstrap, dlq_topic(topic), 1, 30.0)
+    assert (key, value) == (b"key-1", b"bad \x00\xff bytes")
+    assert dict(headers)[DLQ_ERROR_HEADER] == b"undecodable record at offset 0"
+
+
+@pytest.mark.integration
+async def test_consumer_can_be_started_only_once(tansu_bootstrap: str) -> None:
+    topic = f"once-{uuid.uuid4().hex[:8]}"
+    consumer = FaustConsumer(tansu_bootstrap, f"g-{topic}", {topic: _noop}, session_timeout=2.0)
+    await consumer.start()
+    try:
+        with pytest.raises(RuntimeError, match="only once"):
+            await consumer.start()
+    finally:
+        await consumer.stop()
