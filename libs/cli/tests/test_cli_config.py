@@ -55,8 +55,11 @@ def test_standalone_is_dispatched_lazily(cli: Cli, monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "strongroom_cli.standalone", fake)
     code, _, _ = cli("standalone", "--data-dir", "x", "--json")
     assert code == 7
-    assert cli("--timeout", "3", "standalone", "--backup-dir", "y")[0] == 7
+    assert cli("--timeout", "3", "--json", "standalone", "--backup-dir", "y")[0] == 7
     assert seen == [["--data-dir", "x", "--json"], ["--backup-dir", "y"]]
+    # an instance named "standalone" is not the standalone command
+    assert cli("--timeout", "3", "instances", "show", "standalone")[0] == 1
+    assert len(seen) == 2
 
 
 def test_help_lists_every_group(cli: Cli) -> None:

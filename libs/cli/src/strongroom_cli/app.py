@@ -49,21 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
     for module in (instances, jobs, versions, browse, restores, overview):
         module.register(groups, common)
-    standalone = groups.add_parser(
-        "standalone", add_help=False, help="run the whole platform locally (strongroom standalone --help)"
-    )
-    standalone.add_argument("standalone_argv", nargs=argparse.REMAINDER)
+    # listed for --help only: run() hands `standalone ...` to the runner before parsing
+    groups.add_parser("standalone", help="run the whole platform locally (strongroom standalone --help)")
     return parser
 
 
 def run(argv: list[str]) -> int:
     """Parse ``argv`` and run the command; errors become one ``error: ...`` line on stderr."""
-    if argv[:1] == ["standalone"]:
-        return _standalone(argv[1:])
+    standalone_argv = _standalone_argv(argv)
+    if standalone_argv is not None:
+        return _standalone(standalone_argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.group == "standalone":  # after global options, e.g. `strongroom --json standalone`
-        return _standalone(args.standalone_argv)
     try:
         addresses = resolve_addresses({s: getattr(args, s) for s in SERVICES}, os.environ, Path.cwd())
     except ConfigError as exc:
@@ -78,6 +75,22 @@ def run(argv: list[str]) -> int:
     )
     command: Command = args.command
     return asyncio.run(_run(command, context))
+
+
+_FLAGS_WITHOUT_VALUE = frozenset({"--json"})
+
+
+def _standalone_argv(argv: list[str]) -> list[str] | None:
+    """The arguments after ``standalone`` when it is the command (global options may precede it)."""
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token == "standalone":
+            return argv[index + 1 :]
+        if not token.startswith("-") or token in ("-h", "--help"):
+            return None
+        index += 1 if token in _FLAGS_WITHOUT_VALUE or "=" in token else 2
+    return None
 
 
 def _standalone(argv: list[str]) -> int:
