@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections.abc import Callable
 
+import asyncpg
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom_catalog.migrations import MIGRATIONS
 from strongroom_catalog.model import EntryRow, PointRecord
 from strongroom_platform.clock import utc
+from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.events import new_meta, to_timestamp
 from strongroom_platform.manifest import encode_manifest
 
@@ -124,3 +128,11 @@ async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> N
             return
         await asyncio.sleep(0.005)
     raise AssertionError("condition not met in time")
+
+
+async def fresh_schema_pool(dsn: str) -> tuple[asyncpg.Pool, str]:
+    """A pool on a new, migrated schema of its own (tests never share catalog state)."""
+    schema = f"catalog_test_{uuid.uuid4().hex[:12]}"
+    pool = await create_pool(dsn, schema)
+    await migrate(pool, schema, MIGRATIONS)
+    return pool, schema

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from catalog_fixtures import fresh_schema_pool
 from contract_repository import CatalogRepositoryContract
 from strongroom_catalog.migrations import MIGRATIONS
 from strongroom_catalog.repository import PgCatalogRepository
-from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.db import migrate
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +23,6 @@ class PgHarness:
     async def outbox(self) -> list[tuple[str, str, bytes]]:
         rows = await self.pool.fetch("SELECT topic, key, payload FROM outbox ORDER BY id")
         return [(r["topic"], bytes(r["key"]).decode(), bytes(r["payload"])) for r in rows]
-
-
-async def fresh_schema_pool(dsn: str) -> tuple[asyncpg.Pool, str]:
-    """A pool on a new, migrated schema of its own (tests never share catalog state)."""
-    schema = f"catalog_test_{uuid.uuid4().hex[:12]}"
-    pool = await create_pool(dsn, schema)
-    await migrate(pool, schema, MIGRATIONS)
-    return pool, schema
 
 
 class TestPgCatalogRepository(CatalogRepositoryContract):
