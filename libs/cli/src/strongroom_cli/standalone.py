@@ -96,7 +96,7 @@ async def _wait_for(what: str, check: Any, within: float, log_hint: str) -> Any:
 
 
 async def _ensure_instance(
-    state: StateFile, scheduler: scheduler_pb2_grpc.SchedulerServiceStub, backup_dir: Path
+    state: StateFile, scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub, backup_dir: Path
 ) -> tuple[str, str | None]:
     """Return (instance_id, enrollment token or None when already enrolled)."""
     instance_id = state.data.get("instance_id")
@@ -135,8 +135,8 @@ async def _enroll_agent(gateway: str, token: str, agent_dir: Path, env: Mapping[
 
 async def _first_backup(
     instance_id: str,
-    scheduler: scheduler_pb2_grpc.SchedulerServiceStub,
-    catalog: catalog_pb2_grpc.CatalogServiceStub,
+    scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
+    catalog: catalog_pb2_grpc.CatalogServiceAsyncStub,
     logs: Path,
 ) -> catalog_pb2.Version:
     """Run a backup now unless the instance already has a version; return the newest version."""
