@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 import zstandard
 from catalog_fixtures import DIR, FILE, SAMPLE_ENTRIES, SYMLINK, file_entry, point_created, row, sample_manifest
+from strongroom.common.v1 import common_pb2
 from strongroom_catalog import handlers
 from strongroom_catalog.errors import FailedPrecondition, InvalidArgument, NotFound
 from strongroom_catalog.model import EntryRow
@@ -162,6 +163,26 @@ async def test_manifest_breaking_its_ordering_contract_is_recorded(repo: InMemor
     p = await repo.get_point("p1")
     assert p is not None and p.index_error is not None and "not sorted" in p.index_error
     assert await repo.list_children("p1", "", after="", limit=10) == []
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        file_entry("huge", FILE, size=1 << 63),
+        common_pb2.FileEntry(path="weird-mode", type=FILE, mode=1 << 31),
+        file_entry("a/../b", FILE),
+        file_entry("a//b", FILE),
+    ],
+)
+async def test_corrupt_entries_are_recorded_not_retried(
+    repo: InMemoryCatalogRepository, entry: common_pb2.FileEntry
+) -> None:
+    store = InMemoryObjectStore()
+    await store.put("manifests/p1", encode_manifest([entry]))
+    await handlers.handle_point_created(point_created(), repo=repo, store=store)
+    p = await repo.get_point("p1")
+    assert p is not None and not p.browsable and p.index_error is not None
+    assert repr(entry.path) in p.index_error
 
 
 async def test_event_without_required_fields_is_poison(

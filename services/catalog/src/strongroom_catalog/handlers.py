@@ -27,6 +27,8 @@ POINT_CREATED_CONSUMER = "catalog.point-created"
 INDEX_BATCH_SIZE = 10_000
 DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 1000
+_INT64_MAX = (1 << 63) - 1
+_INT32_MAX = (1 << 31) - 1
 
 
 def point_from_event(event: events_pb2.PointCreated) -> PointRecord:
@@ -100,6 +102,9 @@ class _Batcher:
             parent, _, name = path.rpartition("/")
             if any(segment in ("", ".", "..") for segment in path.split("/")):
                 raise ManifestFormatError(f"invalid entry path {path!r}")
+            if entry.size > _INT64_MAX or entry.mode > _INT32_MAX:
+                # The index stores signed 64/32-bit integers; such an entry can only be corrupt.
+                raise ManifestFormatError(f"entry {path!r} has an out-of-range size or mode")
             rows.append(
                 EntryRow(
                     point_id=self._point_id,
