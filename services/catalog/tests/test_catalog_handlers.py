@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import zstandard
-from catalog_fixtures import DIR, FILE, SAMPLE_ENTRIES, SYMLINK, file_entry, point_created, row, sample_manifest
+from catalog_fixtures import DIR, FILE, SAMPLE_ENTRIES, SYMLINK, T0, file_entry, point_created, row, sample_manifest
 from strongroom.common.v1 import common_pb2
 from strongroom_catalog import handlers
 from strongroom_catalog.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -48,7 +48,7 @@ async def test_point_created_records_version_point_and_index(
     await handlers.handle_point_created(event, repo=repo, store=store)
     [version] = await repo.list_versions("i-1")
     assert version.version_id == "v1" and version.account_id == "acct"
-    assert version.created_at == event.version_created_at.ToDatetime().replace(tzinfo=version.created_at.tzinfo)
+    assert version.created_at == T0
     [p] = version.points
     assert p.point_id == "p1" and p.browsable and p.mount_point == "/" and p.manifest_key == "manifests/p1"
     assert p.file_count == 5 and p.total_bytes == 2173 and p.retain_until is not None
