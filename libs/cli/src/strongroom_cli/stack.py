@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 # Start order: the restore service calls the catalog, so the catalog comes first.
 SERVICES: tuple[str, ...] = ("catalog", "scheduler", "billing", "gateway", "restore")
@@ -66,6 +69,20 @@ class ManagedProcess:
         return self.process.returncode if self.process.returncode is not None else -1
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGTERM it when the supervisor dies.
+
+    Children run in their own session (so a terminal's Ctrl-C reaches only the
+    supervisor, which stops them in order); this keeps them from outliving a
+    supervisor that was killed outright.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: best effort only
+        pass
+
+
 async def _pump_output(stream: asyncio.StreamReader, log_path: Path) -> None:
     with log_path.open("ab") as log:
         while line := await stream.readline():
@@ -95,6 +112,7 @@ async def spawn(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor only
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     assert process.stdout is not None
     managed = ManagedProcess(name=name, process=process, log_path=log_path)

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -195,6 +196,28 @@ async def run(options: Options, stop: asyncio.Event) -> None:
     """Start everything, run the first backup, print instructions, wait for ``stop``."""
     data_dir = options.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_data_dir(data_dir)
+    try:
+        await _run_locked(options, stop)
+    finally:
+        lock.close()
+
+
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """Hold an exclusive lock on the data directory for the life of the process."""
+    handle = (data_dir / "lock").open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StandaloneError(
+            f"another `strongroom standalone` is already running with data directory {data_dir}"
+        ) from None
+    return handle
+
+
+async def _run_locked(options: Options, stop: asyncio.Event) -> None:
+    data_dir = options.data_dir
     logs = data_dir / "logs"
     state = StateFile(data_dir / "state.json")
     ports: dict[str, int] = state.data.setdefault("ports", {})
@@ -248,11 +271,23 @@ async def run(options: Options, stop: asyncio.Event) -> None:
         await stop.wait()
         _say("stopping ...")
     finally:
-        if agent is not None:
-            await agent.stop()
-        await stack.stop()
-        await asyncio.to_thread(tansu.stop)
-        await asyncio.to_thread(postgres.stop)
+        await _shutdown(agent, stack, tansu, postgres)
+
+
+async def _shutdown(agent: ManagedProcess | None, stack: Stack, tansu: LocalTansu, postgres: LocalPostgres) -> None:
+    """Stop everything in reverse order; one step failing does not skip the others."""
+    steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("services", stack.stop),
+        ("broker", lambda: asyncio.to_thread(tansu.stop)),
+        ("PostgreSQL", lambda: asyncio.to_thread(postgres.stop)),
+    ]
+    if agent is not None:
+        steps.insert(0, ("agent", agent.stop))
+    for what, step in steps:
+        try:
+            await step()
+        except Exception as exc:  # keep stopping the rest
+            print(f"warning: stopping the {what} failed: {exc}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -22,22 +24,42 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+FORCE_AFTER_SECONDS = 2.0
+# A service must be gone this long after it was asked to stop: first its main
+# task is cancelled, and if even that hangs (a blocked thread, an unreachable
+# broker) the process exits hard, so a supervisor never waits forever.
+SHUTDOWN_GRACE_SECONDS = 25.0
+HARD_EXIT_AFTER_SECONDS = 40.0
+
+
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop_event)`` in a new event loop; SIGINT/SIGTERM set the event.
 
     ``main`` is expected to start its servers, await the event, then shut down
-    gracefully. A second signal cancels it outright.
+    gracefully. A signal arriving more than ``FORCE_AFTER_SECONDS`` after the
+    first cancels it outright; one arriving sooner is the same Ctrl-C seen
+    twice (a terminal signals the whole process group, and ``uv run`` or
+    ``make`` forward it once more) and is ignored.
     """
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
+        first_signal_at: list[float] = []
 
         def on_signal() -> None:
-            if stop.is_set() and task is not None:
+            now = loop.time()
+            if not first_signal_at:
+                first_signal_at.append(now)
+                stop.set()
+                if task is not None:
+                    loop.call_later(SHUTDOWN_GRACE_SECONDS, task.cancel)
+                watchdog = threading.Timer(HARD_EXIT_AFTER_SECONDS, os._exit, args=(70,))
+                watchdog.daemon = True
+                watchdog.start()
+            elif now - first_signal_at[0] > FORCE_AFTER_SECONDS and task is not None:
                 task.cancel()
-            stop.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
