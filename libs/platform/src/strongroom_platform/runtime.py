@@ -7,10 +7,18 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import grpc
+
+from strongroom_platform.settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+SettingsT = TypeVar("SettingsT")
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
@@ -85,3 +93,40 @@ async def start_grpc_server(
         raise OSError(f"cannot listen on {listen}")
     await server.start()
     return server, port
+
+
+async def serve_grpc(service: str, listen: str, register: Callable[[grpc.aio.Server], None]) -> grpc.aio.Server:
+    """Start the service's gRPC server on ``listen`` and announce it.
+
+    Prints ``LISTENING <service> <host>:<port>`` on stdout once serving (the
+    line supervisors and tests wait for; the port is the bound one when
+    ``listen`` asks for port 0). The caller stops the server.
+    """
+    server, port = await start_grpc_server(listen, register)
+    host = listen.rsplit(":", 1)[0]
+    print(f"LISTENING {service} {host}:{port}", flush=True)
+    log.info("%s serving on %s:%d", service, host, port)
+    return server
+
+
+def service_main(
+    service: str,
+    settings_from_env: Callable[[Mapping[str, str]], SettingsT],
+    run: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
+) -> None:
+    """The body of a service's ``main()``: logging, settings from ``os.environ``, then
+    ``run(settings, stop)`` until SIGINT/SIGTERM (see :func:`run_until_signalled`).
+
+    Bad settings end the process with status 2 and the message on stderr.
+    """
+    configure_logging(service)
+    try:
+        settings = settings_from_env(os.environ)
+    except SettingsError as exc:
+        print(f"strongroom-{service}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+    async def serve(stop: asyncio.Event) -> None:
+        await run(settings, stop)
+
+    run_until_signalled(serve)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from contextlib import AsyncExitStack
 
+from strongroom_platform import wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
@@ -14,7 +15,7 @@ from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.outbox import start_relay
 from strongroom_platform.runtime import start_grpc_server
 
-from strongroom_gateway import adapters, consumers
+from strongroom_gateway import consumers
 from strongroom_gateway.grpc_api import GatewayServicer, register
 from strongroom_gateway.ingest import PackWriter
 from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
@@ -58,13 +59,13 @@ async def run(
             await migrate(pool, schema, MIGRATIONS)
             store = PgGatewayStore(pool)
             if publisher is None:
-                publisher = await stack.enter_async_context(adapters.publisher(settings.platform))
+                publisher = await stack.enter_async_context(wiring.publisher(settings.platform))
             relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
             stack.push_async_callback(_cancel, relay)
         if object_store is None:
-            object_store = await adapters.object_store(settings.platform, clock)
+            object_store = await stack.enter_async_context(wiring.object_store(settings.platform, clock))
         if consumer_factory is None:
-            consumer_factory = adapters.consumer_factory(settings.platform)
+            consumer_factory = wiring.consumer_factory(settings.platform)
 
         sessions = SessionRegistry()
         writer = PackWriter(

@@ -1,30 +1,15 @@
-"""``strongroom-billing``: settings from the environment, then serve until SIGTERM."""
+"""Entry point ``strongroom-billing``: settings from the environment, then run until SIGTERM."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
+from strongroom_platform.runtime import service_main
 
-from strongroom_platform.runtime import configure_logging, run_until_signalled
-from strongroom_platform.settings import SettingsError
-
-from strongroom_billing import bootstrap
+from strongroom_billing.bootstrap import run
 from strongroom_billing.settings import Settings
 
 
 def main() -> None:
-    configure_logging("billing")
-    try:
-        settings = Settings.from_env(os.environ)
-    except SettingsError as exc:
-        print(f"strongroom-billing: {exc}", file=sys.stderr)
-        sys.exit(2)
-
-    async def serve(stop: asyncio.Event) -> None:
-        await bootstrap.run(settings, stop)
-
-    run_until_signalled(serve)
+    service_main("billing", Settings.from_env, run)
 
 
 if __name__ == "__main__":

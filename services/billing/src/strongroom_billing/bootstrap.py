@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from strongroom.billing.v1 import billing_pb2_grpc
+from strongroom_platform import wiring
 from strongroom_platform.clock import Clock
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory
-from strongroom_platform.runtime import start_grpc_server
+from strongroom_platform.runtime import serve_grpc
 
 from strongroom_billing.consumers import GROUP_ID, record_handlers
 from strongroom_billing.grpc_api import BillingServicer
-from strongroom_billing.kafka import kafka_consumer_factory
 from strongroom_billing.migrations import MIGRATIONS, SCHEMA
 from strongroom_billing.repository import PgBillingStore
 from strongroom_billing.settings import Settings
@@ -31,7 +31,7 @@ async def run(
     common ``run`` shape (nothing here depends on time yet).
     """
     del clock
-    consumer_factory = consumer_factory or kafka_consumer_factory(settings.kafka_bootstrap)
+    consumer_factory = consumer_factory or wiring.consumer_factory(settings)
     pool = await create_pool(settings.pg_dsn, SCHEMA)
     try:
         await migrate(pool, SCHEMA, MIGRATIONS)
@@ -39,12 +39,11 @@ async def run(
         consumer = consumer_factory(GROUP_ID, record_handlers(store))
         await consumer.start()
         try:
-            server, port = await start_grpc_server(
+            server = await serve_grpc(
+                "billing",
                 settings.grpc_listen,
                 lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(store), s),
             )
-            host = settings.grpc_listen.rsplit(":", 1)[0]
-            print(f"LISTENING billing {host}:{port}", flush=True)
             try:
                 await stop.wait()
             finally:

@@ -7,14 +7,15 @@ import contextlib
 import logging
 from contextlib import AsyncExitStack
 
+from strongroom_platform import wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.outbox import start_relay
-from strongroom_platform.runtime import start_grpc_server
+from strongroom_platform.runtime import serve_grpc
 
-from strongroom_catalog import adapters, consumers
+from strongroom_catalog import consumers
 from strongroom_catalog.grpc_api import CatalogServicer, register
 from strongroom_catalog.migrations import MIGRATIONS, SCHEMA
 from strongroom_catalog.repository import PgCatalogRepository
@@ -53,11 +54,11 @@ async def run(
         repo = PgCatalogRepository(pool)
 
         if object_store is None:
-            object_store = await adapters.object_store(settings.platform, clock)
+            object_store = await stack.enter_async_context(wiring.object_store(settings.platform, clock))
         if publisher is None:
-            publisher = await stack.enter_async_context(adapters.publisher(settings.platform))
+            publisher = await stack.enter_async_context(wiring.publisher(settings.platform))
         if consumer_factory is None:
-            consumer_factory = adapters.consumer_factory(settings.platform)
+            consumer_factory = wiring.consumer_factory(settings.platform)
 
         relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
         stack.push_async_callback(_cancel, relay)
@@ -71,10 +72,7 @@ async def run(
         )
         stack.push_async_callback(_cancel, retention)
 
-        server, port = await start_grpc_server(settings.grpc_listen, register(CatalogServicer(repo)))
+        server = await serve_grpc("catalog", settings.grpc_listen, register(CatalogServicer(repo)))
         stack.push_async_callback(server.stop, 5)
-        host = settings.grpc_listen.rsplit(":", 1)[0]
-        print(f"LISTENING catalog {host}:{port}", flush=True)
-        log.info("catalog serving on %s:%d", host, port)
         await stop.wait()
         log.info("catalog stopping")

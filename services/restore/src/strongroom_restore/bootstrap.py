@@ -8,13 +8,14 @@ import logging
 from contextlib import AsyncExitStack
 
 import grpc
+from strongroom_platform import wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.outbox import start_relay
-from strongroom_platform.runtime import start_grpc_server
+from strongroom_platform.runtime import serve_grpc
 
-from strongroom_restore import adapters, consumers
+from strongroom_restore import consumers
 from strongroom_restore.catalog_client import GrpcCatalogClient
 from strongroom_restore.grpc_api import RestoreServicer, register
 from strongroom_restore.migrations import MIGRATIONS, SCHEMA
@@ -58,9 +59,9 @@ async def run(
             stack.push_async_callback(channel.close, None)
             catalog = GrpcCatalogClient(channel)
         if publisher is None:
-            publisher = await stack.enter_async_context(adapters.publisher(settings.platform))
+            publisher = await stack.enter_async_context(wiring.publisher(settings.platform))
         if consumer_factory is None:
-            consumer_factory = adapters.consumer_factory(settings.platform)
+            consumer_factory = wiring.consumer_factory(settings.platform)
 
         relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
         stack.push_async_callback(_cancel, relay)
@@ -69,10 +70,7 @@ async def run(
         await consumer.start()
         stack.push_async_callback(consumer.stop)
 
-        server, port = await start_grpc_server(settings.grpc_listen, register(RestoreServicer(repo, catalog, clock)))
+        server = await serve_grpc("restore", settings.grpc_listen, register(RestoreServicer(repo, catalog, clock)))
         stack.push_async_callback(server.stop, 5)
-        host = settings.grpc_listen.rsplit(":", 1)[0]
-        print(f"LISTENING restore {host}:{port}", flush=True)
-        log.info("restore serving on %s:%d", host, port)
         await stop.wait()
         log.info("restore stopping")

@@ -8,13 +8,13 @@ import logging
 import random
 
 from strongroom.scheduler.v1 import scheduler_pb2_grpc
+from strongroom_platform import wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.outbox import start_relay
-from strongroom_platform.runtime import start_grpc_server
+from strongroom_platform.runtime import serve_grpc
 
-from strongroom_scheduler import kafka
 from strongroom_scheduler.alerts import LoggingAlerter
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
 from strongroom_scheduler.grpc_api import SchedulerServicer
@@ -45,8 +45,8 @@ async def run(
     clock = clock or SystemClock()
     async with contextlib.AsyncExitStack() as stack:
         if publisher is None:
-            publisher = await stack.enter_async_context(kafka.publisher(settings))
-        await _serve(settings, stop, clock, publisher, consumer_factory or kafka.consumer_factory(settings), alerter)
+            publisher = await stack.enter_async_context(wiring.publisher(settings))
+        await _serve(settings, stop, clock, publisher, consumer_factory or wiring.consumer_factory(settings), alerter)
 
 
 async def _serve(
@@ -76,12 +76,11 @@ async def _serve(
                     run_schedule_loop(tick, clock, interval=settings.schedule_interval), name="schedule"
                 )
             )
-            server, port = await start_grpc_server(
+            server = await serve_grpc(
+                "scheduler",
                 settings.grpc_listen,
                 lambda s: scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(deps), s),
             )
-            host = settings.grpc_listen.rsplit(":", 1)[0]
-            print(f"LISTENING scheduler {host}:{port}", flush=True)
             try:
                 await stop.wait()
             finally:
