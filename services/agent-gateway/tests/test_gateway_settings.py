@@ -36,3 +36,10 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
 def test_database_is_required() -> None:
     with pytest.raises(SettingsError, match="STRONGROOM_PG_DSN"):
         Settings.from_env({k: v for k, v in BASE.items() if k != "STRONGROOM_PG_DSN"})
+
+
+def test_unthrottled_is_off_unless_asked_for() -> None:
+    assert Settings.from_env(BASE).unthrottled is False
+    assert Settings.from_env(BASE | {"STRONGROOM_GATEWAY_UNTHROTTLED": "1"}).unthrottled is True
+    with pytest.raises(SettingsError, match="STRONGROOM_GATEWAY_UNTHROTTLED"):
+        Settings.from_env(BASE | {"STRONGROOM_GATEWAY_UNTHROTTLED": "maybe"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from strongroom_platform.settings import PlatformSettings, SettingsError, env_int, env_str
+from strongroom_platform.settings import PlatformSettings, SettingsError, env_bool, env_int, env_str
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +14,8 @@ class Settings:
     STRONGROOM_GRPC_LISTEN: host:port to serve agents on (default 127.0.0.1:0).
     STRONGROOM_GATEWAY_PACK_BYTES: target pack size (default 16 MiB).
     STRONGROOM_GATEWAY_MAX_WRITES: concurrent object-store writes (default 8).
+    STRONGROOM_GATEWAY_UNTHROTTLED: benchmarks only; when 1, backup jobs are delivered without
+        the priority's read-rate and core limits (default 0).
     Plus the platform connections (``PlatformSettings``).
     """
 
@@ -23,6 +25,8 @@ class Settings:
     max_concurrent_writes: int = 8
     # Seconds between checks for jobs queued by another gateway replica.
     job_poll_interval: float = 5.0
+    # Benchmarks only: deliver backups with no read-rate or core limit.
+    unthrottled: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -37,4 +41,5 @@ class Settings:
             grpc_listen=env_str(environ, "STRONGROOM_GRPC_LISTEN", "127.0.0.1:0"),
             pack_target_bytes=pack_bytes,
             max_concurrent_writes=writes,
+            unthrottled=env_bool(environ, "STRONGROOM_GATEWAY_UNTHROTTLED", False),
         )
