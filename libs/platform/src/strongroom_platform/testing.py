@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as dt
 from collections.abc import AsyncIterator, Mapping
+from typing import Generic, TypeVar
+
+from google.protobuf.message import Message
 
 from strongroom_platform.clock import SystemClock, utc
 from strongroom_platform.eventbus import Handler, PoisonRecord, Record
+from strongroom_platform.events import TOPIC_MESSAGES
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound
+
+StateT = TypeVar("StateT")
 
 
 class FakeClock:
@@ -173,3 +180,55 @@ class InMemoryConsumer:
             if not progressed:
                 async with bus._appended:
                     await bus._appended.wait()
+
+
+class InMemoryTransactions(Generic[StateT]):
+    """Base of the services' in-memory stores: transactions over one state object.
+
+    Transactions are serialized by a lock (so row locks hold trivially) and an
+    exception restores a deep copy of the state taken at the start, so a failed
+    transaction leaves no change, outbox row or inbox claim behind, as with
+    PostgreSQL. Subclasses wrap :meth:`_transaction_state` in their own
+    ``transaction()`` that hands out the service's transaction object.
+    """
+
+    def __init__(self, state: StateT) -> None:
+        self._state = state
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _transaction_state(self) -> AsyncIterator[StateT]:
+        async with self._lock:
+            snapshot = copy.deepcopy(self._state)
+            try:
+                yield self._state
+            except BaseException:
+                self._state = snapshot
+                raise
+
+
+def claim_once(claimed: set[tuple[str, str]], consumer: str, event_id: str) -> bool:
+    """A fake store's ``claim_event`` (see ``strongroom_platform.inbox.claim_event``) over ``claimed``.
+
+    True the first time ``consumer`` claims ``event_id``, False after; an empty
+    ``event_id`` raises ValueError, as it does on PostgreSQL.
+    """
+    if not event_id:
+        raise ValueError("event without an event_id cannot be processed idempotently")
+    if (consumer, event_id) in claimed:
+        return False
+    claimed.add((consumer, event_id))
+    return True
+
+
+def record_event(outbox: list[tuple[str, str, Message]], topic: str, key: str, event: Message) -> None:
+    """A fake store's ``enqueue`` (see ``strongroom_platform.outbox.enqueue``): append to ``outbox``.
+
+    Raises ValueError, as the real outbox does, when ``event`` is not the
+    registered message type of ``topic``. A copy is kept: the real outbox
+    serializes the event, so changing it afterwards changes nothing.
+    """
+    expected = TOPIC_MESSAGES.get(topic)
+    if expected is None or not isinstance(event, expected):
+        raise ValueError(f"{type(event).__name__} is not the message type of topic {topic!r}")
+    outbox.append((topic, key, copy.deepcopy(event)))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+from strongroom_platform.testing import InMemoryTransactions, claim_once
 
 from strongroom_billing.models import Usage
 
@@ -40,12 +40,7 @@ class InMemoryBillingTx:
         self._s = state
 
     async def claim_event(self, consumer: str, event_id: str) -> bool:
-        if not event_id:
-            raise ValueError("event without an event_id cannot be processed idempotently")
-        if (consumer, event_id) in self._s.claimed:
-            return False
-        self._s.claimed.add((consumer, event_id))
-        return True
+        return claim_once(self._s.claimed, consumer, event_id)
 
     def _instance(self, account_id: str, instance_id: str) -> _Instance:
         return self._s.instances.setdefault(instance_id, _Instance(account_id=account_id))
@@ -82,17 +77,11 @@ class InMemoryBillingTx:
         return Usage(backed_up=backed_up, unbacked_up=unbacked_up, capacity_bytes=capacity)
 
 
-class InMemoryBillingStore:
+class InMemoryBillingStore(InMemoryTransactions[_State]):
     def __init__(self) -> None:
-        self._state = _State()
-        self._lock = asyncio.Lock()
+        super().__init__(_State())
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryBillingTx]:
-        async with self._lock:
-            snapshot = copy.deepcopy(self._state)
-            try:
-                yield InMemoryBillingTx(self._state)
-            except BaseException:
-                self._state.__dict__.update(snapshot.__dict__)
-                raise
+        async with self._transaction_state() as state:
+            yield InMemoryBillingTx(state)

@@ -6,8 +6,6 @@ serialized by a lock and roll back by restoring a snapshot of the state.
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
@@ -15,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
+from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
 from strongroom_catalog.model import EntryRow, PointRecord, RetentionCandidate, VersionRecord
 
@@ -35,12 +34,7 @@ class InMemoryCatalogTransaction:
         self._s = state
 
     async def claim_event(self, consumer: str, event_id: str) -> bool:
-        if not event_id:
-            raise ValueError("event without an event_id cannot be processed idempotently")
-        if (consumer, event_id) in self._s.processed:
-            return False
-        self._s.processed.add((consumer, event_id))
-        return True
+        return claim_once(self._s.processed, consumer, event_id)
 
     async def upsert_point(self, point: PointRecord) -> None:
         s = self._s
@@ -96,7 +90,7 @@ class InMemoryCatalogTransaction:
         return point_ids
 
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        self._s.outbox.append((topic, key, event))
+        record_event(self._s.outbox, topic, key, event)
 
 
 def _with_expiry(state: _State, point: PointRecord | None) -> PointRecord | None:
@@ -105,12 +99,11 @@ def _with_expiry(state: _State, point: PointRecord | None) -> PointRecord | None
     return dataclasses.replace(point, expired=state.versions[point.version_id].expired_at is not None)
 
 
-class InMemoryCatalogRepository:
+class InMemoryCatalogRepository(InMemoryTransactions[_State]):
     """CatalogRepository fake. ``outbox`` lists (topic, key, event) of committed transactions."""
 
     def __init__(self) -> None:
-        self._state = _State()
-        self._lock = asyncio.Lock()
+        super().__init__(_State())
 
     @property
     def outbox(self) -> list[tuple[str, str, Message]]:
@@ -118,13 +111,8 @@ class InMemoryCatalogRepository:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryCatalogTransaction]:
-        async with self._lock:
-            snapshot = copy.deepcopy(self._state)
-            try:
-                yield InMemoryCatalogTransaction(self._state)
-            except BaseException:
-                self._state = snapshot
-                raise
+        async with self._transaction_state() as state:
+            yield InMemoryCatalogTransaction(state)
 
     async def list_versions(self, instance_id: str) -> list[VersionRecord]:
         s = self._state

@@ -6,14 +6,13 @@ PostgreSQL adapter; transactions are serialized and roll back on exceptions.
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
+from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
 from strongroom_restore.errors import CatalogUnavailable
 from strongroom_restore.model import CatalogPoint, RestoreJob
@@ -31,12 +30,7 @@ class InMemoryRestoreTransaction:
         self._s = state
 
     async def claim_event(self, consumer: str, event_id: str) -> bool:
-        if not event_id:
-            raise ValueError("event without an event_id cannot be processed idempotently")
-        if (consumer, event_id) in self._s.processed:
-            return False
-        self._s.processed.add((consumer, event_id))
-        return True
+        return claim_once(self._s.processed, consumer, event_id)
 
     async def get_job(self, restore_job_id: str) -> RestoreJob | None:
         return self._s.jobs.get(restore_job_id)
@@ -58,15 +52,14 @@ class InMemoryRestoreTransaction:
         )
 
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        self._s.outbox.append((topic, key, event))
+        record_event(self._s.outbox, topic, key, event)
 
 
-class InMemoryRestoreRepository:
+class InMemoryRestoreRepository(InMemoryTransactions[_State]):
     """RestoreRepository fake; ``outbox`` lists (topic, key, event) of committed transactions."""
 
     def __init__(self) -> None:
-        self._state = _State()
-        self._lock = asyncio.Lock()
+        super().__init__(_State())
 
     @property
     def outbox(self) -> list[tuple[str, str, Message]]:
@@ -74,13 +67,8 @@ class InMemoryRestoreRepository:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryRestoreTransaction]:
-        async with self._lock:
-            snapshot = copy.deepcopy(self._state)
-            try:
-                yield InMemoryRestoreTransaction(self._state)
-            except BaseException:
-                self._state = snapshot
-                raise
+        async with self._transaction_state() as state:
+            yield InMemoryRestoreTransaction(state)
 
     async def get_job(self, restore_job_id: str) -> RestoreJob | None:
         return self._state.jobs.get(restore_job_id)

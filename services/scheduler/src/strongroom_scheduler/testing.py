@@ -8,14 +8,13 @@ with ``update_*`` is lost just as it would be in the database.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from google.protobuf.message import Message
-from strongroom_platform.events import TOPIC_MESSAGES
+from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
 from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job
 from strongroom_scheduler.ports import FailureAlert
@@ -34,18 +33,10 @@ class InMemorySchedulerTx:
         self._s = state
 
     async def claim_event(self, consumer: str, event_id: str) -> bool:
-        if not event_id:
-            raise ValueError("event without an event_id cannot be processed idempotently")
-        if (consumer, event_id) in self._s.claimed:
-            return False
-        self._s.claimed.add((consumer, event_id))
-        return True
+        return claim_once(self._s.claimed, consumer, event_id)
 
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        expected = TOPIC_MESSAGES.get(topic)
-        if expected is None or not isinstance(event, expected):
-            raise ValueError(f"{type(event).__name__} is not the message type of topic {topic!r}")
-        self._s.outbox.append((topic, key, copy.deepcopy(event)))
+        record_event(self._s.outbox, topic, key, event)
 
     async def insert_instance(self, instance: Instance) -> None:
         if instance.instance_id in self._s.instances:
@@ -109,12 +100,11 @@ class InMemorySchedulerTx:
         return sorted(jobs, key=lambda j: (j.created_at, order[j.job_id]), reverse=True)[:limit]
 
 
-class InMemorySchedulerStore:
+class InMemorySchedulerStore(InMemoryTransactions[_State]):
     """SchedulerStore fake; ``outbox`` lists the (topic, key, event) of committed transactions."""
 
     def __init__(self) -> None:
-        self._state = _State()
-        self._lock = asyncio.Lock()
+        super().__init__(_State())
 
     @property
     def outbox(self) -> list[tuple[str, str, Message]]:
@@ -126,13 +116,8 @@ class InMemorySchedulerStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemorySchedulerTx]:
-        async with self._lock:
-            snapshot = copy.deepcopy(self._state)
-            try:
-                yield InMemorySchedulerTx(self._state)
-            except BaseException:
-                self._state.__dict__.update(snapshot.__dict__)
-                raise
+        async with self._transaction_state() as state:
+            yield InMemorySchedulerTx(state)
 
 
 class RecordingAlerter:
