@@ -121,6 +121,20 @@ def point_created(
     )
 
 
+def settings_changed(
+    instance_id: str = "i-1", *, keep_latest: bool, at: dt.datetime = T0
+) -> events_pb2.InstanceSettingsChanged:
+    """The scheduler's instance-settings-changed event, made at ``at``."""
+    return events_pb2.InstanceSettingsChanged(
+        meta=new_meta("scheduler", at),
+        account_id="acct",
+        instance_id=instance_id,
+        keep_latest_version=keep_latest,
+        priority=common_pb2.BACKUP_PRIORITY_LOW,
+        daily_start_minute=60,
+    )
+
+
 async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> None:
     """Wait until ``condition()`` holds (polling: background tasks have no event to await)."""
     for _ in range(int(within / 0.005)):

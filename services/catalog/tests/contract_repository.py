@@ -202,6 +202,32 @@ class CatalogRepositoryContract:
         late = await repo.get_point("p2")
         assert late is not None and late.expired
 
+    async def test_keep_latest_keeps_the_newest_setting(self, harness: Harness) -> None:
+        repo = harness.repo
+        hour = dt.timedelta(hours=1)
+
+        async def flag() -> bool:
+            [candidate] = await repo.retention_candidates(T0 + dt.timedelta(days=100))
+            return candidate.keep_latest
+
+        async def set_flag(keep: bool, as_of: dt.datetime | None) -> bool:
+            async with repo.transaction() as tx:
+                return await tx.set_keep_latest("i-1", keep, as_of=as_of)
+
+        assert await set_flag(False, T0 + hour) is True  # before the instance's first point
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point("p1", "v1"))
+        assert await flag() is False
+        assert await set_flag(True, T0) is False  # made earlier: ignored
+        assert await flag() is False
+        assert await set_flag(True, T0 + hour) is True  # made at the same time: applies
+        assert await flag() is True
+        assert await set_flag(False, None) is True  # unconditional; the last setting time stays
+        assert await flag() is False
+        assert await set_flag(True, T0) is False
+        assert await set_flag(True, T0 + 2 * hour) is True
+        assert await flag() is True
+
     async def test_retention_candidates(self, harness: Harness) -> None:
         repo = harness.repo
         async with repo.transaction() as tx:

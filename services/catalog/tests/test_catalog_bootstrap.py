@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from catalog_fixtures import eventually, point_created, sample_manifest
+from catalog_fixtures import eventually, point_created, sample_manifest, settings_changed
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.events.v1 import events_pb2
 from strongroom_catalog.bootstrap import run
 from strongroom_catalog.settings import Settings
 from strongroom_platform.clock import utc
-from strongroom_platform.events import POINT_CREATED, VERSION_EXPIRED
+from strongroom_platform.events import INSTANCE_SETTINGS_CHANGED, POINT_CREATED, VERSION_EXPIRED
 from strongroom_platform.settings import PlatformSettings
 from strongroom_platform.testing import FakeClock, InMemoryEventBus, InMemoryObjectStore
 
@@ -95,3 +95,39 @@ async def test_points_are_indexed_browsed_and_expired(pg_dsn: str, capsys: pytes
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.BrowsePoint(catalog_pb2.BrowsePointRequest(point_id="p-old"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_keep_latest_turned_off_expires_the_newest_version(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bus = InMemoryEventBus()
+    clock = FakeClock(NOW)
+    store = InMemoryObjectStore()
+    await store.put("manifests/p-only", sample_manifest())
+    async with running_catalog(pg_dsn, capsys, bus, clock, store) as stub:
+        event = point_created("p-only", "v-only", "i-paused", created_at=NOW - dt.timedelta(days=31))
+        await bus.publish(POINT_CREATED, b"i-paused", event.SerializeToString())
+
+        async def versions() -> list[str]:
+            response = await stub.ListVersions(catalog_pb2.ListVersionsRequest(instance_id="i-paused"))
+            return [v.version_id for v in response.versions]
+
+        for _ in range(1000):
+            if await versions():
+                break
+            await asyncio.sleep(0.01)
+        clock.advance(HOUR)  # a retention run: the only version is kept (keep-latest is on by default)
+        await asyncio.sleep(0.1)
+        assert await versions() == ["v-only"]
+
+        off = settings_changed("i-paused", keep_latest=False, at=clock.now())
+        await bus.publish(INSTANCE_SETTINGS_CHANGED, b"i-paused", off.SerializeToString())
+        await eventually(lambda: bus.committed("catalog", INSTANCE_SETTINGS_CHANGED) == 1, within=30)
+        for _ in range(300):  # the next retention run, at most an hour away, honours the setting
+            if bus.topics.get(VERSION_EXPIRED):
+                break
+            clock.advance(HOUR)
+            await asyncio.sleep(0.1)
+        [(key, value)] = bus.topics[VERSION_EXPIRED]
+        assert (key, events_pb2.VersionExpired.FromString(value).version_id) == (b"i-paused", "v-only")
+        assert await versions() == []

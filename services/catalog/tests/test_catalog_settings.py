@@ -21,6 +21,12 @@ def test_defaults() -> None:
     assert settings.platform.object_store == "file:/var/lib/strongroom/objects"
 
 
+def test_default_retention_interval_is_at_most_an_hour() -> None:
+    # The seed: turning "keep at least one backup version" off takes effect within one hour,
+    # so retention must run at least hourly by default.
+    assert Settings.from_env(BASE).retention_interval <= 3600
+
+
 def test_overrides() -> None:
     settings = Settings.from_env(
         BASE | {"STRONGROOM_GRPC_LISTEN": "0.0.0.0:7001", "STRONGROOM_CATALOG_RETENTION_INTERVAL": "60"}

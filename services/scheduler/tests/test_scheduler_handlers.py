@@ -12,6 +12,7 @@ from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_platform.events import (
     INSTANCE_ACTIVATED,
     INSTANCE_DEACTIVATED,
+    INSTANCE_SETTINGS_CHANGED,
     JOB_CANCEL_REQUESTED,
     JOB_REQUESTED,
     from_timestamp,
@@ -173,6 +174,57 @@ async def test_update_settings_changes_only_masked_fields(deps: Deps) -> None:
     assert changed.keep_latest_version is False
     assert changed.daily_start_minute == 100
     assert changed.priority == common_pb2.BACKUP_PRIORITY_LOW
+
+
+async def test_activation_and_every_update_publish_the_settings(
+    deps: Deps, store: InMemorySchedulerStore, clock: FakeClock
+) -> None:
+    instance, _ = await handlers.activate_backup(
+        deps,
+        account_id="acme",
+        name="web-1",
+        region="local",
+        settings=SettingsInput(daily_start_minute=100, priority=common_pb2.BACKUP_PRIORITY_HIGH),
+    )
+    [activated] = store.events(INSTANCE_SETTINGS_CHANGED)
+    assert isinstance(activated, events_pb2.InstanceSettingsChanged)
+    assert (
+        activated.account_id,
+        activated.instance_id,
+        activated.keep_latest_version,
+        activated.priority,
+        activated.daily_start_minute,
+    ) == ("acme", instance.instance_id, True, common_pb2.BACKUP_PRIORITY_HIGH, 100)
+    assert from_timestamp(activated.meta.occurred_at) == clock.now()
+    assert activated.meta.event_id and activated.meta.producer == "scheduler"
+
+    clock.advance(60)
+    await handlers.update_settings(
+        deps, instance.instance_id, SettingsInput(keep_latest_version=False), ["keep_latest_version"]
+    )
+    clock.advance(60)
+    await handlers.update_settings(deps, instance.instance_id, SettingsInput(roots=["/srv"]), ["roots"])
+    _, disabled, unrelated = store.events(INSTANCE_SETTINGS_CHANGED)
+    for event in (disabled, unrelated):  # every update carries all the settings as they are now
+        assert isinstance(event, events_pb2.InstanceSettingsChanged)
+        assert (event.keep_latest_version, event.priority, event.daily_start_minute) == (
+            False,
+            common_pb2.BACKUP_PRIORITY_HIGH,
+            100,
+        )
+    assert [from_timestamp(e.meta.occurred_at) for e in (disabled, unrelated)] == [  # type: ignore[attr-defined]
+        clock.now() - dt.timedelta(seconds=60),
+        clock.now(),
+    ]
+    assert [key for topic, key, _ in store.outbox if topic == INSTANCE_SETTINGS_CHANGED] == [instance.instance_id] * 3
+
+
+async def test_rejected_update_publishes_nothing(deps: Deps, store: InMemorySchedulerStore) -> None:
+    instance = await active_instance(deps)
+    before = len(store.events(INSTANCE_SETTINGS_CHANGED))
+    with pytest.raises(InvalidArgument):
+        await handlers.update_settings(deps, instance.instance_id, SettingsInput(priority=0), ["priority"])
+    assert len(store.events(INSTANCE_SETTINGS_CHANGED)) == before
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,14 @@ from strongroom.scheduler.v1 import scheduler_pb2 as S
 from strongroom.scheduler.v1 import scheduler_pb2_grpc
 from strongroom_platform.clock import SystemClock, utc
 from strongroom_platform.db import create_pool, migrate
-from strongroom_platform.events import AGENT_ENROLLED, INSTANCE_ACTIVATED, JOB_REQUESTED, JOB_UPDATED, new_meta
+from strongroom_platform.events import (
+    AGENT_ENROLLED,
+    INSTANCE_ACTIVATED,
+    INSTANCE_SETTINGS_CHANGED,
+    JOB_REQUESTED,
+    JOB_UPDATED,
+    new_meta,
+)
 from strongroom_platform.testing import FakeClock, InMemoryEventBus
 from strongroom_scheduler import bootstrap, handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
@@ -85,7 +92,8 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         instance.instance_id
     ]
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
-    assert topics == [INSTANCE_ACTIVATED, JOB_REQUESTED]
+    # activation and the settings update each publish the settings (instance-settings-changed)
+    assert topics == [INSTANCE_ACTIVATED, INSTANCE_SETTINGS_CHANGED, INSTANCE_SETTINGS_CHANGED, JOB_REQUESTED]
     assert await pool.fetchval("SELECT count(*) FROM processed_events") == 3
 
 

@@ -20,6 +20,7 @@ from strongroom_platform.eventbus import PoisonRecord
 
 INSTANCE_ACTIVATED = "instance-activated"
 INSTANCE_DEACTIVATED = "instance-deactivated"
+INSTANCE_SETTINGS_CHANGED = "instance-settings-changed"
 AGENT_ENROLLED = "agent-enrolled"
 JOB_REQUESTED = "job-requested"
 JOB_CANCEL_REQUESTED = "job-cancel-requested"
@@ -33,6 +34,7 @@ RESTORE_UPDATED = "restore-updated"
 TOPIC_MESSAGES: dict[str, type[Message]] = {
     INSTANCE_ACTIVATED: events_pb2.InstanceActivated,
     INSTANCE_DEACTIVATED: events_pb2.InstanceDeactivated,
+    INSTANCE_SETTINGS_CHANGED: events_pb2.InstanceSettingsChanged,
     AGENT_ENROLLED: events_pb2.AgentEnrolled,
     JOB_REQUESTED: events_pb2.JobRequested,
     JOB_CANCEL_REQUESTED: events_pb2.JobCancelRequested,

@@ -1,4 +1,4 @@
-"""The catalog's logic: recording and indexing points, and the read side of the API.
+"""The catalog's logic: recording and indexing points, instance settings, and the read side of the API.
 
 Plain functions over the ports, unit-tested with the in-memory fakes.
 """
@@ -24,6 +24,7 @@ from strongroom_catalog.ports import CatalogRepository
 log = logging.getLogger(__name__)
 
 POINT_CREATED_CONSUMER = "catalog.point-created"
+INSTANCE_SETTINGS_CONSUMER = "catalog.instance-settings-changed"
 INDEX_BATCH_SIZE = 10_000
 DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 1000
@@ -77,6 +78,29 @@ async def handle_point_created(
     if current is None or current.browsable or current.index_error is not None or current.expired:
         return
     await index_point(repo, store, current, batch_size=batch_size)
+
+
+async def handle_instance_settings_changed(
+    event: events_pb2.InstanceSettingsChanged, *, repo: CatalogRepository
+) -> bool:
+    """Apply the instance's "keep at least one backup version" setting to retention.
+
+    Idempotent per event id. A setting made before the one applied last
+    (``meta.occurred_at``) is ignored, so a redelivered or reordered older
+    event cannot bring back an older value. Returns whether the flag was set.
+    """
+    if not event.instance_id or not event.meta.HasField("occurred_at"):
+        raise PoisonRecord(f"instance-settings-changed event {event.meta.event_id} lacks instance_id or occurred_at")
+    made_at = from_timestamp(event.meta.occurred_at)
+    async with repo.transaction() as tx:
+        if not await tx.claim_event(INSTANCE_SETTINGS_CONSUMER, event.meta.event_id):
+            return False
+        applied = await tx.set_keep_latest(event.instance_id, event.keep_latest_version, as_of=made_at)
+    if applied:
+        log.info("instance %s: keep latest version %s", event.instance_id, "on" if event.keep_latest_version else "off")
+    else:
+        log.info("instance %s: ignored settings made at %s, a newer setting applies", event.instance_id, made_at)
+    return applied
 
 
 class _Batcher:

@@ -64,8 +64,17 @@ CREATE TABLE entries (
 );
 """
 
+# The scheduler now sends the keep-latest setting (topic instance-settings-changed);
+# settings_at is the meta.occurred_at of the event last applied, so an older event
+# arriving later (redelivered or reordered) cannot bring back an older value.
+# Instances no settings event reached yet keep the default (on).
+_V2 = """
+ALTER TABLE instances ADD COLUMN settings_at timestamptz;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
     Migration(3, _V1),
+    Migration(4, _V2),
 ]

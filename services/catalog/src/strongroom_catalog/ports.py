@@ -49,8 +49,14 @@ class CatalogTransaction(Protocol):
         """Record the outcome of indexing the point."""
         ...
 
-    async def set_keep_latest(self, instance_id: str, keep_latest: bool) -> None:
-        """Set the instance's "keep at least one backup version" flag (inserting the instance)."""
+    async def set_keep_latest(self, instance_id: str, keep_latest: bool, *, as_of: dt.datetime | None = None) -> bool:
+        """Set the instance's "keep at least one backup version" flag (inserting the instance).
+
+        With ``as_of`` (when the setting was made) the flag changes only if no
+        setting made later has been applied already; it returns whether it
+        changed. Without, it always changes and the time of the last applied
+        setting stays as it was.
+        """
         ...
 
     async def expire_version(self, version_id: str, at: dt.datetime) -> list[str] | None:

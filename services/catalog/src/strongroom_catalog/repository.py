@@ -128,13 +128,23 @@ class PgCatalogTransaction:
             "UPDATE points SET browsable = $2, index_error = $3 WHERE point_id = $1", point_id, browsable, error
         )
 
-    async def set_keep_latest(self, instance_id: str, keep_latest: bool) -> None:
-        await self._conn.execute(
-            "INSERT INTO instances (instance_id, keep_latest) VALUES ($1, $2)"
-            " ON CONFLICT (instance_id) DO UPDATE SET keep_latest = EXCLUDED.keep_latest",
+    async def set_keep_latest(self, instance_id: str, keep_latest: bool, *, as_of: dt.datetime | None = None) -> bool:
+        applied = await self._conn.fetchval(
+            """
+            INSERT INTO instances (instance_id, keep_latest, settings_at) VALUES ($1, $2, $3)
+            ON CONFLICT (instance_id) DO UPDATE
+                SET keep_latest = EXCLUDED.keep_latest,
+                    settings_at = COALESCE(EXCLUDED.settings_at, instances.settings_at)
+                WHERE EXCLUDED.settings_at IS NULL
+                   OR instances.settings_at IS NULL
+                   OR instances.settings_at <= EXCLUDED.settings_at
+            RETURNING true
+            """,
             instance_id,
             keep_latest,
+            as_of,
         )
+        return bool(applied)
 
     async def expire_version(self, version_id: str, at: dt.datetime) -> list[str] | None:
         conn = self._conn

@@ -2,7 +2,11 @@
 
 Exception (the seed's "Keep at least one backup version", on by default):
 the newest version of an instance with that setting never expires, so an
-instance whose backups stopped keeps something to restore from.
+instance whose backups stopped keeps something to restore from. The setting
+is the scheduler's; it arrives as ``instance-settings-changed``
+(``handlers.handle_instance_settings_changed``), and the next run, at most
+``Settings.retention_interval`` later, honours it. A paused instance's
+versions keep expiring unless the setting is on.
 """
 
 from __future__ import annotations

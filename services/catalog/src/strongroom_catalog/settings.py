@@ -13,8 +13,9 @@ class Settings:
     """Environment:
     STRONGROOM_PG_DSN, STRONGROOM_KAFKA_*, STRONGROOM_OBJECT_STORE, STRONGROOM_S3_*: see PlatformSettings.
     STRONGROOM_GRPC_LISTEN: host:port the gRPC API listens on (default 127.0.0.1:0, any free port).
-    STRONGROOM_CATALOG_RETENTION_INTERVAL: seconds between retention runs (default 600; the seed
-        lets a retention change take effect "within one hour").
+    STRONGROOM_CATALOG_RETENTION_INTERVAL: seconds between retention runs (default 600). The seed
+        says turning "keep at least one backup version" off takes effect within one hour, so
+        the default must stay at most 3600 (a test holds it to that).
     """
 
     platform: PlatformSettings

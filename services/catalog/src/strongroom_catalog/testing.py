@@ -21,6 +21,8 @@ from strongroom_catalog.model import EntryRow, PointRecord, RetentionCandidate, 
 @dataclass
 class _State:
     keep_latest: dict[str, bool] = field(default_factory=dict)
+    # instance_id -> time of the last applied setting (``set_keep_latest(..., as_of=)``)
+    settings_at: dict[str, dt.datetime] = field(default_factory=dict)
     versions: dict[str, VersionRecord] = field(default_factory=dict)
     points: dict[str, PointRecord] = field(default_factory=dict)
     # point_id -> (parent, name) -> row
@@ -75,8 +77,14 @@ class InMemoryCatalogTransaction:
         point = self._s.points[point_id]
         self._s.points[point_id] = dataclasses.replace(point, browsable=browsable, index_error=error)
 
-    async def set_keep_latest(self, instance_id: str, keep_latest: bool) -> None:
+    async def set_keep_latest(self, instance_id: str, keep_latest: bool, *, as_of: dt.datetime | None = None) -> bool:
+        if as_of is not None:
+            last = self._s.settings_at.get(instance_id)
+            if last is not None and as_of < last:
+                return False
+            self._s.settings_at[instance_id] = as_of
         self._s.keep_latest[instance_id] = keep_latest
+        return True
 
     async def expire_version(self, version_id: str, at: dt.datetime) -> list[str] | None:
         version = self._s.versions.get(version_id)

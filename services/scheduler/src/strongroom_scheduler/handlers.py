@@ -22,6 +22,7 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.events import (
     INSTANCE_ACTIVATED,
     INSTANCE_DEACTIVATED,
+    INSTANCE_SETTINGS_CHANGED,
     JOB_CANCEL_REQUESTED,
     from_timestamp,
     new_meta,
@@ -113,6 +114,20 @@ async def _active_instance(tx: SchedulerTx, instance_id: str) -> Instance:
     return instance
 
 
+async def _enqueue_settings(tx: SchedulerTx, instance: Instance, now: dt.datetime) -> None:
+    """Publish the instance's settings as they are now (the catalog's retention reads
+    ``keep_latest_version``); every change sends all of them, so the newest event is the truth."""
+    event = events_pb2.InstanceSettingsChanged(
+        meta=new_meta(PRODUCER, now),
+        account_id=instance.account_id,
+        instance_id=instance.instance_id,
+        keep_latest_version=instance.keep_latest_version,
+        priority=instance.priority,  # type: ignore[arg-type]  # a BackupPriority value
+        daily_start_minute=instance.daily_start_minute,
+    )
+    await tx.enqueue(INSTANCE_SETTINGS_CHANGED, instance.instance_id, event)
+
+
 async def _job(tx: SchedulerTx, job_id: str, *, for_update: bool = False) -> Job:
     job = await tx.get_job(_require_id(job_id, "job_id"), for_update=for_update)
     if job is None:
@@ -163,6 +178,7 @@ async def activate_backup(
     async with deps.store.transaction() as tx:
         await tx.insert_instance(instance)
         await tx.enqueue(INSTANCE_ACTIVATED, instance.instance_id, event)
+        await _enqueue_settings(tx, instance, now)
     log.info("activated backup of instance %s (%s) in %s", instance.instance_id, instance.name, instance.region)
     return instance, token
 
@@ -270,6 +286,7 @@ async def update_settings(deps: Deps, instance_id: str, settings: SettingsInput,
             instance.daily_start_minute = settings.daily_start_minute
             instance.next_backup_at = schedule.next_run(instance.daily_start_minute, now, instance.last_scheduled_on)
         await tx.update_instance(instance)
+        await _enqueue_settings(tx, instance, now)
         return instance
 
 
