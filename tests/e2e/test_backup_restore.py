@@ -9,6 +9,7 @@ only the changed data.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sys
 import time
@@ -89,6 +90,7 @@ async def platform(kafka_bootstrap: str, pg_dsn: str, s3_config: S3Config, tmp_p
         STRONGROOM_S3_SECRET_KEY=s3_config.secret_key,
         STRONGROOM_S3_SECURE="1" if s3_config.secure else "0",
         STRONGROOM_S3_BUCKET=f"e2e-{uuid.uuid4().hex[:12]}",
+        STRONGROOM_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
     )
     logs = tmp_path / "logs"
     stack = Stack()

@@ -16,8 +16,11 @@ from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway.consumers import build_handlers
+from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.grpc_api import GatewayServicer, register
 from strongroom_gateway.ingest import PackWriter
+from strongroom_gateway.keys import AccountKeys, MasterKey, MasterKeyring
+from strongroom_gateway.manifests import open_manifest
 from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.testing import InMemoryGatewayStore
@@ -55,12 +58,19 @@ class GatewayHarness:
         self.store: Any = store or InMemoryGatewayStore()
         self.objects = InMemoryObjectStore(clock)
         self.sessions = SessionRegistry()
+        self.keyring = MasterKeyring(MasterKey("test-master", secrets.token_bytes(32)))
         self.pack_target_bytes = pack_target_bytes
         self._event_offset = 0
 
     async def start(self) -> None:
+        self.keys = AccountKeys(self.store, self.keyring, self.clock)
         self.writer = PackWriter(
-            self.store, self.objects, self.clock, target_bytes=self.pack_target_bytes, max_concurrent_writes=2
+            self.store,
+            self.objects,
+            self.clock,
+            keys=self.keys,
+            target_bytes=self.pack_target_bytes,
+            max_concurrent_writes=2,
         )
         self.handlers = build_handlers(self.store, self.clock, self.sessions)
         servicer = GatewayServicer(
@@ -140,6 +150,14 @@ class GatewayHarness:
             account = await tx.get_account(account_id)
         assert account is not None
         return account.chunk_id_key
+
+    async def data_key(self, account_id: str) -> DataKey:
+        return await self.keys.data_key(account_id)
+
+    async def stored_manifest(self, account_id: str, point_id: str) -> bytes:
+        """The manifest bytes (SRMF) of a committed point, opened from its sealed object."""
+        stored = await self.objects.get(f"manifests/{account_id}/{point_id}")
+        return open_manifest(await self.data_key(account_id), point_id, stored)
 
     async def upload(
         self, agent: Agent, job_id: str, contents: Iterable[bytes], *, compress: bool = True

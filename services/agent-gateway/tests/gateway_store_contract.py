@@ -7,7 +7,7 @@ from typing import Protocol
 
 import pytest
 from strongroom.events.v1 import events_pb2
-from strongroom_gateway.ports import Account, ChunkLocation, GatewayStore, Job, Pack, Point
+from strongroom_gateway.ports import Account, AccountDataKey, ChunkLocation, GatewayStore, Job, Pack, Point
 from strongroom_platform import events
 from strongroom_platform.clock import utc
 
@@ -102,6 +102,32 @@ class GatewayStoreContract:
             assert found[a1].pack_id == "aa11" and found[a1].object_key == "packs/acct-a/aa/aa11"
             assert (found[a2].offset, found[a2].length, found[a2].raw_length, found[a2].compression) == (15, 10, 20, 1)
             assert await tx.find_chunks("acct-b", [a1, a2]) == {}
+
+    async def test_pack_format_version_reaches_the_chunk_locations(self, harness: StoreHarness) -> None:
+        await self._accounts(harness.store)
+        v2 = Pack("cc33", "acct-a", "packs/acct-a/cc/cc33", 100, T0, T0, format_version=2)
+        async with harness.store.transaction() as tx:
+            await tx.insert_pack(pack("aa11"), [location(b"\x01" * 32, "aa11")])
+            await tx.insert_pack(v2, [location(b"\x02" * 32, "cc33")])
+            found = await tx.find_chunks("acct-a", [b"\x01" * 32, b"\x02" * 32])
+        assert (found[b"\x01" * 32].pack_format, found[b"\x02" * 32].pack_format) == (1, 2)
+
+    async def test_data_key_is_stored_once_and_rewrapped_only_from_the_expected_master_key(
+        self, harness: StoreHarness
+    ) -> None:
+        await self._accounts(harness.store)
+        first = AccountDataKey("acct-a", "m1", b"w" * 60, T0)
+        async with harness.store.transaction() as tx:
+            assert await tx.get_data_key("acct-a") is None
+            assert await tx.ensure_data_key(first) == first
+            # A second replica racing to create the key gets the first one back.
+            assert await tx.ensure_data_key(AccountDataKey("acct-a", "m1", b"x" * 60, T0)) == first
+            assert await tx.get_data_key("acct-b") is None
+            await tx.rewrap_data_key("acct-a", "m0", AccountDataKey("acct-a", "m9", b"y" * 60, T0))
+            assert await tx.get_data_key("acct-a") == first  # not wrapped by m0: unchanged
+            rewrapped = AccountDataKey("acct-a", "m2", b"z" * 60, T0)
+            await tx.rewrap_data_key("acct-a", "m1", rewrapped)
+            assert await tx.get_data_key("acct-a") == rewrapped
 
     async def test_pack_retention_only_moves_later(self, harness: StoreHarness) -> None:
         await self._accounts(harness.store)

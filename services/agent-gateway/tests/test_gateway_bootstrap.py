@@ -12,6 +12,7 @@ from gateway_helpers import meta
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway.bootstrap import run
+from strongroom_gateway.keys import MasterKeyConfig
 from strongroom_gateway.settings import Settings
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
@@ -32,7 +33,8 @@ async def test_run_announces_and_serves_with_injected_fakes(capsys: pytest.Captu
             object_store="file:unused",
             s3=None,
             otel="none",
-        )
+        ),
+        master_key=MasterKeyConfig(key=bytes(range(32))),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(

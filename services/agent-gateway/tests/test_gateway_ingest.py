@@ -29,13 +29,15 @@ async def test_chunks_are_verified_and_packed_into_one_locked_object(gw: Gateway
     keys = pack_keys(gw)
     assert len(keys) == 2  # one object per call here, never one per chunk
     key = await gw.key_of("acct-a")
+    data_key = await gw.data_key("acct-a")
     for object_key in keys:
         pack_id = object_key.rsplit("/", 1)[1]
         assert object_key == f"packs/acct-a/{pack_id[:2]}/{pack_id}"
         info = await gw.objects.stat(object_key)
         assert info.retain_until == gw.clock.now() + dt.timedelta(days=31)
         data = await gw.objects.get(object_key)
-        for entry in decode_index(data):
+        assert data[:5] == b"SRPK\x02"  # encrypted format
+        for entry in decode_index(data, data_key):
             row = gw.store.state.chunks[("acct-a", entry.chunk_id)]
             assert (row.pack_id, row.offset, row.length) == (pack_id, entry.offset, entry.length)
     compressions = {row.compression for row in gw.store.state.chunks.values()}
@@ -52,7 +54,8 @@ async def test_packs_are_split_by_size(clock: FakeClock) -> None:
         await gw.upload(agent, "job-1", [os.urandom(3000) for _ in range(10)], compress=False)
         keys = pack_keys(gw)
         assert len(keys) == 3  # 4 + 4 + 2 chunks
-        sizes = sorted([len(decode_index(await gw.objects.get(k))) for k in keys])
+        data_key = await gw.data_key("acct-a")
+        sizes = sorted([len(decode_index(await gw.objects.get(k), data_key)) for k in keys])
         assert sizes == [2, 4, 4]
         assert len(gw.store.state.chunks) == 10
     finally:

@@ -1,4 +1,4 @@
-"""Pack format: round trip, integrity, refusal of unknown versions and damaged structure."""
+"""Pack format: round trip, encryption, integrity, refusal of unknown versions and damaged structure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import struct
 
 import pytest
 from strongroom_gateway import packfile
-from strongroom_gateway.packfile import BlobToPack, PackFormatError, decode_index, encode_pack
+from strongroom_gateway.crypto import OVERHEAD, DataKey
+from strongroom_gateway.packfile import BlobToPack, PackFormatError, decode_index, encode_pack, open_blob
+
+KEY = DataKey("acct-a", bytes(range(32)))
 
 
 def _blobs() -> list[BlobToPack]:
@@ -18,49 +21,80 @@ def _blobs() -> list[BlobToPack]:
     ]
 
 
-def test_round_trip_locates_every_blob() -> None:
+def _open(data: bytes, entry: packfile.PackEntry, key: DataKey = KEY) -> bytes:
+    stored = data[entry.offset : entry.offset + entry.length]
+    return open_blob(key, 2, entry.chunk_id, entry.compression, entry.raw_length, stored)
+
+
+def test_round_trip_locates_and_opens_every_blob() -> None:
     blobs = _blobs()
-    pack = encode_pack(blobs)
-    entries = decode_index(pack.data)
+    pack = encode_pack(blobs, KEY)
+    entries = decode_index(pack.data, KEY)
     assert list(entries) == list(pack.entries)
     for blob, entry in zip(blobs, entries, strict=True):
         assert entry.chunk_id == blob.chunk_id
         assert entry.compression == blob.compression
         assert entry.raw_length == blob.raw_length
-        assert pack.data[entry.offset : entry.offset + entry.length] == blob.payload
+        assert entry.length == len(blob.payload) + OVERHEAD
+        assert _open(pack.data, entry) == blob.payload
+
+
+def test_payloads_and_index_are_not_stored_in_the_clear() -> None:
+    secret = b"a file name and its content that must not be readable in the bucket"
+    pack = encode_pack([BlobToPack(bytes([7]) * 32, packfile.COMPRESSION_NONE, secret, len(secret))], KEY)
+    assert secret not in pack.data
+    assert bytes([7]) * 32 not in pack.data  # chunk ids (and so chunk sizes) are inside the sealed index
+    # Two encodings of the same blobs differ: fresh nonces every time.
+    assert encode_pack(_blobs(), KEY).data != encode_pack(_blobs(), KEY).data
 
 
 def test_layout_header_and_trailer_are_as_documented() -> None:
-    pack = encode_pack(_blobs())
-    assert pack.data[:5] == b"SRPK\x01"
+    pack = encode_pack(_blobs(), KEY)
+    assert pack.data[:5] == b"SRPK\x02"
     assert pack.data[-4:] == b"SRPE"
     index_length = struct.unpack("<I", pack.data[-8:-4])[0]
-    assert index_length == 9 + 3 * 49
+    assert index_length == 5 + OVERHEAD + 4 + 3 * 49
     index = pack.data[-8 - index_length : -8]
-    assert index[:5] == b"SRPX\x01"
-    assert struct.unpack("<I", index[5:9])[0] == 3
+    assert index[:5] == b"SRPX\x02"
     assert pack.entries[0].offset == 5
+    assert pack.entries[1].offset == 5 + len(b"compressed-bytes") + OVERHEAD
 
 
 def test_pack_id_is_sha256_of_the_object() -> None:
-    pack = encode_pack(_blobs())
+    pack = encode_pack(_blobs(), KEY)
     assert pack.pack_id == hashlib.sha256(pack.data).hexdigest()
 
 
 def test_unknown_header_version_is_refused() -> None:
-    data = bytearray(encode_pack(_blobs()).data)
-    data[4] = 2
-    with pytest.raises(PackFormatError, match="unsupported pack format version 2"):
-        decode_index(bytes(data))
+    data = bytearray(encode_pack(_blobs(), KEY).data)
+    data[4] = 3
+    with pytest.raises(PackFormatError, match="unsupported pack format version 3"):
+        decode_index(bytes(data), KEY)
 
 
 def test_unknown_index_version_is_refused() -> None:
-    pack = encode_pack(_blobs())
+    pack = encode_pack(_blobs(), KEY)
     data = bytearray(pack.data)
     index_length = struct.unpack("<I", data[-8:-4])[0]
     data[len(data) - 8 - index_length + 4] = 9
     with pytest.raises(PackFormatError, match="unsupported pack index version 9"):
-        decode_index(bytes(data))
+        decode_index(bytes(data), KEY)
+
+
+def test_blob_of_an_unknown_pack_version_is_refused() -> None:
+    with pytest.raises(PackFormatError, match="unsupported pack format version 7"):
+        open_blob(KEY, 7, bytes(32), 0, 0, b"")
+
+
+def test_encrypted_pack_needs_the_key() -> None:
+    with pytest.raises(PackFormatError, match="encrypted and no data key"):
+        decode_index(encode_pack(_blobs(), KEY).data)
+
+
+def test_index_of_another_account_does_not_open() -> None:
+    other = DataKey("acct-b", bytes(range(32)))  # same key bytes, other account: the AAD differs
+    with pytest.raises(PackFormatError, match="pack index: authentication failed"):
+        decode_index(encode_pack(_blobs(), KEY).data, other)
 
 
 @pytest.mark.parametrize(
@@ -70,24 +104,35 @@ def test_unknown_index_version_is_refused() -> None:
         (lambda d: d[:-4] + b"NOPE", "bad pack trailer magic"),
         (lambda d: d[:-8] + struct.pack("<I", len(d)) + d[-4:], "index length out of range"),
         (lambda d: d[:3], "bad header magic|too short|unsupported"),
+        (lambda d: d[:-20] + bytes([d[-20] ^ 1]) + d[-19:], "pack index: authentication failed"),
     ],
 )
 def test_damaged_packs_are_refused(mutate: object, message: str) -> None:
-    data = encode_pack(_blobs()).data
+    data = encode_pack(_blobs(), KEY).data
     with pytest.raises(PackFormatError, match=message):
-        decode_index(mutate(data))  # type: ignore[operator]
+        decode_index(mutate(data), KEY)  # type: ignore[operator]
 
 
-def test_entry_pointing_outside_the_blobs_is_refused() -> None:
-    pack = encode_pack(_blobs())
+def test_flipped_blob_byte_fails_authentication() -> None:
+    pack = encode_pack(_blobs(), KEY)
+    entry = pack.entries[1]
     data = bytearray(pack.data)
-    index_length = struct.unpack("<I", data[-8:-4])[0]
-    first_entry = len(data) - 8 - index_length + 9
-    # offset field of the first entry (after 32-byte id and 1-byte compression)
-    struct.pack_into("<Q", data, first_entry + 33, len(data))
-    with pytest.raises(PackFormatError, match="out of the blob section"):
-        decode_index(bytes(data))
+    data[entry.offset + 20] ^= 0x01
+    with pytest.raises(PackFormatError, match="authentication failed"):
+        _open(bytes(data), entry)
+
+
+def test_blob_read_under_another_chunk_id_or_compression_fails() -> None:
+    pack = encode_pack(_blobs(), KEY)
+    entry = pack.entries[1]
+    stored = pack.data[entry.offset : entry.offset + entry.length]
+    with pytest.raises(PackFormatError, match="authentication failed"):
+        open_blob(KEY, 2, bytes([9]) * 32, entry.compression, entry.raw_length, stored)
+    with pytest.raises(PackFormatError, match="authentication failed"):
+        open_blob(KEY, 2, entry.chunk_id, packfile.COMPRESSION_ZSTD, entry.raw_length, stored)
+    with pytest.raises(PackFormatError, match="authentication failed"):
+        open_blob(KEY, 2, entry.chunk_id, entry.compression, entry.raw_length + 1, stored)
 
 
 def test_empty_pack_round_trips() -> None:
-    assert decode_index(encode_pack([]).data) == []
+    assert decode_index(encode_pack([], KEY).data, KEY) == []

@@ -64,7 +64,7 @@ async def test_commit_writes_the_manifest_and_emits_point_created(gw: GatewayHar
     assert event.instance_capacity_bytes == 140 << 30
     assert event.version_id and event.meta.event_id and event.meta.producer == "agent-gateway"
 
-    stored = await gw.objects.get(event.manifest_key)
+    stored = await gw.stored_manifest("acct-a", response.point_id)
     assert [e.path for e in decode_manifest(stored)] == ["", "a.txt", "etc", "etc/b.conf", "etc/link"]
     info = await gw.objects.stat(event.manifest_key)
     assert info.retain_until == committed_at + dt.timedelta(days=31)

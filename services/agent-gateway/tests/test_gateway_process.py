@@ -22,6 +22,7 @@ async def test_process_serves_and_stops_on_sigterm(pg_dsn: str, kafka_bootstrap:
         STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
         STRONGROOM_OBJECT_STORE=f"file:{tmp_path / 'objects'}",
         STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
+        STRONGROOM_MASTER_KEY_FILE=str(tmp_path / "master.key"),
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,

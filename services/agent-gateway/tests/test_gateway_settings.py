@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+
 import pytest
 from strongroom_gateway.settings import Settings
 from strongroom_platform.settings import SettingsError
@@ -8,6 +10,7 @@ BASE = {
     "STRONGROOM_PG_DSN": "postgresql://u@localhost/db",
     "STRONGROOM_KAFKA_BOOTSTRAP": "localhost:9092",
     "STRONGROOM_OBJECT_STORE": "file:/tmp/objects",
+    "STRONGROOM_MASTER_KEY": base64.b64encode(bytes(range(32))).decode(),
 }
 
 

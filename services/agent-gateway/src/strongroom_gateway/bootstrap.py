@@ -14,10 +14,12 @@ from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.outbox import start_relay
 from strongroom_platform.runtime import start_grpc_server
+from strongroom_platform.settings import SettingsError
 
 from strongroom_gateway import consumers
 from strongroom_gateway.grpc_api import GatewayServicer, register
 from strongroom_gateway.ingest import PackWriter
+from strongroom_gateway.keys import AccountKeys, MasterKeyring
 from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
 from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.repository import PgGatewayStore
@@ -42,6 +44,7 @@ async def run(
     publisher: EventPublisher | None = None,
     consumer_factory: ConsumerFactory | None = None,
     store: GatewayStore | None = None,
+    keyring: MasterKeyring | None = None,
     schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
@@ -49,9 +52,17 @@ async def run(
     Prints ``LISTENING gateway <host>:<port>`` on stdout once the gRPC API
     serves. Dependencies left as None are built from ``settings``; with an
     injected ``store`` no database is opened and no outbox relay runs (the
-    fake store keeps its outbox in memory).
+    fake store keeps its outbox in memory). The master keyring comes from
+    ``settings.master_key`` unless injected; without either the gateway refuses
+    to start (it never stores backup data unencrypted).
     """
     clock = clock or SystemClock()
+    if keyring is None:
+        if settings.master_key is None:
+            raise SettingsError("no master key configured (STRONGROOM_MASTER_KEY or STRONGROOM_MASTER_KEY_FILE)")
+        # Before any connection: a missing or unreadable key fails the start at once.
+        keyring = await asyncio.to_thread(MasterKeyring.load, settings.master_key)
+    log.info("encrypting with master key id %s", keyring.current.key_id)
     async with AsyncExitStack() as stack:
         if store is None:
             pool = await create_pool(settings.platform.pg_dsn, schema)
@@ -72,6 +83,7 @@ async def run(
             store,
             object_store,
             clock,
+            keys=AccountKeys(store, keyring, clock),
             target_bytes=settings.pack_target_bytes,
             max_concurrent_writes=settings.max_concurrent_writes,
         )

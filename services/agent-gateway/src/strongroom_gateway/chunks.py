@@ -2,7 +2,8 @@
 
 A chunk id is the 32-byte keyed BLAKE3 hash of the chunk's uncompressed
 content, keyed with the account's 32-byte ``chunk_id_key``. The gateway
-recomputes it for every uploaded and every served chunk. Pure CPU: callers run
+recomputes it for every uploaded and every served chunk; served chunks are
+first authenticated and decrypted with the account's data key (pack version 2). Pure CPU: callers run
 these functions in a worker thread.
 """
 
@@ -13,7 +14,8 @@ import io
 import blake3
 import zstandard
 
-from strongroom_gateway.packfile import COMPRESSION_NONE, COMPRESSION_ZSTD
+from strongroom_gateway.crypto import DataKey
+from strongroom_gateway.packfile import COMPRESSION_NONE, COMPRESSION_ZSTD, PackFormatError, open_blob
 
 CHUNK_ID_SIZE = 32
 CHUNK_KEY_SIZE = 32
@@ -60,3 +62,24 @@ def verify_payload(key: bytes, expected_id: bytes, payload: bytes, compression: 
             f"chunk id mismatch: claimed {expected_id.hex()[:16]}…, content hashes to {actual.hex()[:16]}…"
         )
     return content
+
+
+def verify_stored(
+    chunk_id_key: bytes,
+    data_key: DataKey | None,
+    pack_version: int,
+    expected_id: bytes,
+    stored: bytes,
+    compression: int,
+    raw_length: int,
+) -> bytes:
+    """Open a blob read from a pack (decrypt and authenticate), then verify it like an upload.
+
+    Raises ChunkRejected when the blob does not authenticate (tampered, moved
+    from another account or chunk, wrong key) or does not hash to its id.
+    """
+    try:
+        payload = open_blob(data_key, pack_version, expected_id, compression, raw_length, stored)
+    except PackFormatError as exc:
+        raise ChunkRejected(str(exc)) from None
+    return verify_payload(chunk_id_key, expected_id, payload, compression, raw_length)

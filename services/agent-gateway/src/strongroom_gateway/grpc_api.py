@@ -168,6 +168,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
                 object_store=self._objects,
                 clock=self._clock,
                 write_slots=self._writer.write_slots,
+                keys=self._writer.keys,
             )
         except GatewayError as exc:
             await _abort(context, exc)
@@ -178,7 +179,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         try:
             identity = await self._identity(context)
             async for response in points.read_manifest(
-                identity, request, store=self._store, object_store=self._objects
+                identity, request, store=self._store, object_store=self._objects, keys=self._writer.keys
             ):
                 yield response
         except GatewayError as exc:
@@ -189,7 +190,9 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
     ) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
         try:
             identity = await self._identity(context)
-            async for response in points.read_chunks(identity, request, store=self._store, object_store=self._objects):
+            async for response in points.read_chunks(
+                identity, request, store=self._store, object_store=self._objects, keys=self._writer.keys
+            ):
                 yield response
         except GatewayError as exc:
             await _abort(context, exc)

@@ -25,6 +25,7 @@ from strongroom_gateway import packfile
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.chunks import MAX_CHUNK_SIZE, ChunkRejected, verify_payload
 from strongroom_gateway.errors import InvalidArgument, NotFound
+from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack
 from strongroom_gateway.restrictions import require_job
 
@@ -59,6 +60,7 @@ class PackWriter:
     """Per-account open pack buffers, flushed by size or by the uploads that wait for them.
 
     Args:
+        keys: the accounts' data keys; every pack is encrypted with its account's key.
         target_bytes: a pack is sealed once its blobs reach this size.
         max_concurrent_writes: object-store writes at a time; also the number of
             sealed packs waiting to be written before uploads are held back.
@@ -70,12 +72,14 @@ class PackWriter:
         object_store: ObjectStore,
         clock: Clock,
         *,
+        keys: AccountKeys,
         target_bytes: int = 16 << 20,
         max_concurrent_writes: int = 8,
     ) -> None:
         self._store = store
         self._objects = object_store
         self._clock = clock
+        self.keys = keys
         self._target = target_bytes
         self._open: dict[str, _PendingPack] = {}
         # Chunks in an open or not yet recorded pack, per account: never buffered twice.
@@ -131,15 +135,28 @@ class PackWriter:
 
     async def _write(self, pack: _PendingPack) -> None:
         try:
-            encoded = await asyncio.to_thread(packfile.encode_pack, pack.blobs)
+            data_key = await self.keys.data_key(pack.account_id)
+            # Encryption (AES-GCM) and hashing release the GIL: off the event loop, in parallel.
+            encoded = await asyncio.to_thread(packfile.encode_pack, pack.blobs, data_key)
             key = pack_key(pack.account_id, encoded.pack_id)
             now = self._clock.now()
             retain_until = now + RETENTION + LOCK_MARGIN
             async with self.write_slots:
                 await self._objects.put(key, encoded.data, retain_until=retain_until)
-            record = Pack(encoded.pack_id, pack.account_id, key, len(encoded.data), now, retain_until)
+            record = Pack(
+                encoded.pack_id, pack.account_id, key, len(encoded.data), now, retain_until, encoded.format_version
+            )
             rows = [
-                ChunkLocation(e.chunk_id, encoded.pack_id, key, e.offset, e.length, e.raw_length, e.compression)
+                ChunkLocation(
+                    e.chunk_id,
+                    encoded.pack_id,
+                    key,
+                    e.offset,
+                    e.length,
+                    e.raw_length,
+                    e.compression,
+                    encoded.format_version,
+                )
                 for e in encoded.entries
             ]
             async with self._store.transaction() as tx:

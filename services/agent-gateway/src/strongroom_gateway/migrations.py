@@ -87,8 +87,24 @@ CREATE TABLE points (
 );
 """
 
+# Encryption at rest (ADR 0015): wrapped per-account data keys; the format version of each pack.
+_V4_ENCRYPTION = """
+CREATE TABLE account_keys (
+    account_id text PRIMARY KEY REFERENCES accounts (account_id),
+    -- Id of the master key that wrapped this data key (changes when re-wrapped after a rotation).
+    master_key_id text NOT NULL,
+    -- nonce (12) | AES-256-GCM(data key) | tag (16); never the data key in the clear.
+    wrapped_key bytea NOT NULL CHECK (length(wrapped_key) = 60),
+    created_at timestamptz NOT NULL
+);
+
+-- Existing packs were written in the plaintext format 1.
+ALTER TABLE packs ADD COLUMN format_version smallint NOT NULL DEFAULT 1;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
     Migration(3, _V1),
+    Migration(4, _V4_ENCRYPTION),
 ]

@@ -1,12 +1,15 @@
-"""The pack object: many chunks in one object-store object (docs/formats/pack.md).
+"""The pack object: many chunks of one account in one object-store object (docs/formats/pack.md).
 
-Byte layout (all integers little-endian):
+Version 2 (written), all integers little-endian, ``seal`` = nonce (12) | AES-256-GCM ciphertext | tag (16)
+under the account's data key (crypto.py):
 
-    header   magic b"SRPK" | format version u8 (= 1)
-    blobs    the chunk payloads as uploaded (zstd frame or raw bytes), back to back
-    index    magic b"SRPX" | index version u8 (= 1) | entry count u32 |
-             entries: chunk id (32 bytes) | compression u8 | offset u64 | length u32 | raw length u32
+    header   magic b"SRPK" | format version u8 (= 2)
+    blobs    seal(payload as uploaded), AAD binds account, version, chunk id, compression, raw length
+    index    magic b"SRPX" | index version u8 (= 2) | seal(entry count u32 | entries), AAD binds account, version
+             entry: chunk id (32 bytes) | compression u8 | offset u64 | length u32 | raw length u32
     trailer  index length u32 (bytes of the index section) | magic b"SRPE"
+
+Version 1 (read only): the same without encryption (payloads and index in the clear).
 
 The pack id is the lowercase hex SHA-256 of the whole object, so a pack can be
 verified without the database. Readers refuse unknown magics and versions.
@@ -19,11 +22,15 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from strongroom_gateway.crypto import OVERHEAD, DataKey, DecryptionError, blob_aad, index_aad
+
 HEADER_MAGIC = b"SRPK"
 INDEX_MAGIC = b"SRPX"
 TRAILER_MAGIC = b"SRPE"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+# Version 1: plaintext (2026-11, before encryption at rest). Version 2: AES-256-GCM per blob and index.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = frozenset({1, 2})
+ENCRYPTED_VERSIONS = frozenset({2})
 HEADER_SIZE = 5
 TRAILER_SIZE = 8
 CHUNK_ID_SIZE = 32
@@ -34,17 +41,19 @@ COMPRESSION_ZSTD = 1
 KNOWN_COMPRESSIONS = frozenset({COMPRESSION_NONE, COMPRESSION_ZSTD})
 
 _ENTRY = struct.Struct("<32sBQII")
-_INDEX_HEAD = struct.Struct("<4sBI")
+_INDEX_HEAD = struct.Struct("<4sBI")  # version 1: magic, version, count
+_INDEX_MAGIC_VERSION = struct.Struct("<4sB")
+_COUNT = struct.Struct("<I")
 _TRAILER = struct.Struct("<I4s")
 
 
 class PackFormatError(ValueError):
-    """The bytes are not a pack this code can read (magic, version, or structure)."""
+    """The bytes are not a pack this code can read (magic, version, structure, or failed authentication)."""
 
 
 @dataclass(frozen=True, slots=True)
 class PackEntry:
-    """Where one chunk's payload lies inside a pack."""
+    """Where one chunk's stored blob lies inside a pack (``length`` includes nonce and tag in version 2)."""
 
     chunk_id: bytes
     compression: int
@@ -66,10 +75,14 @@ class EncodedPack:
     pack_id: str
     data: bytes
     entries: tuple[PackEntry, ...]
+    format_version: int = FORMAT_VERSION
 
 
-def encode_pack(blobs: Sequence[BlobToPack]) -> EncodedPack:
-    """Build a pack from ``blobs`` (in the given order). Pure CPU: call it off the event loop."""
+def encode_pack(blobs: Sequence[BlobToPack], key: DataKey) -> EncodedPack:
+    """Build an encrypted (version 2) pack of ``key``'s account from ``blobs``, in order.
+
+    Pure CPU: call it off the event loop.
+    """
     parts: list[bytes] = [HEADER_MAGIC, bytes([FORMAT_VERSION])]
     entries: list[PackEntry] = []
     offset = HEADER_SIZE
@@ -78,53 +91,107 @@ def encode_pack(blobs: Sequence[BlobToPack]) -> EncodedPack:
             raise ValueError("chunk ids are 32 bytes")
         if blob.compression not in KNOWN_COMPRESSIONS:
             raise ValueError(f"unknown compression code {blob.compression}")
-        entries.append(PackEntry(blob.chunk_id, blob.compression, offset, len(blob.payload), blob.raw_length))
-        parts.append(blob.payload)
-        offset += len(blob.payload)
-    index = bytearray(_INDEX_HEAD.pack(INDEX_MAGIC, FORMAT_VERSION, len(entries)))
+        aad = blob_aad(key.account_id, FORMAT_VERSION, blob.chunk_id, blob.compression, blob.raw_length)
+        sealed = key.seal(blob.payload, aad)
+        entries.append(PackEntry(blob.chunk_id, blob.compression, offset, len(sealed), blob.raw_length))
+        parts.append(sealed)
+        offset += len(sealed)
+    plain_index = bytearray(_COUNT.pack(len(entries)))
     for entry in entries:
-        index += _ENTRY.pack(entry.chunk_id, entry.compression, entry.offset, entry.length, entry.raw_length)
-    parts.append(bytes(index))
+        plain_index += _ENTRY.pack(entry.chunk_id, entry.compression, entry.offset, entry.length, entry.raw_length)
+    index = _INDEX_MAGIC_VERSION.pack(INDEX_MAGIC, FORMAT_VERSION) + key.seal(
+        bytes(plain_index), index_aad(key.account_id, FORMAT_VERSION)
+    )
+    parts.append(index)
     parts.append(_TRAILER.pack(len(index), TRAILER_MAGIC))
     data = b"".join(parts)
     return EncodedPack(pack_id=hashlib.sha256(data).hexdigest(), data=data, entries=tuple(entries))
 
 
-def check_header(data: bytes) -> None:
-    """Raise PackFormatError unless ``data`` starts with a pack header of a supported version."""
+def check_version(version: int | None, what: str = "pack format") -> int:
+    """Return ``version`` if this code reads it; PackFormatError naming the supported set otherwise."""
+    if version not in SUPPORTED_VERSIONS:
+        supported = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
+        raise PackFormatError(
+            f"unsupported {what} version {version} (this gateway reads {supported}; upgrade it to read newer packs)"
+        )
+    return version
+
+
+def check_header(data: bytes) -> int:
+    """Return the format version if ``data`` starts with a supported pack header; else PackFormatError."""
     if data[:4] != HEADER_MAGIC:
         raise PackFormatError("not a Strongroom pack (bad header magic)")
-    if len(data) < HEADER_SIZE or data[4] not in SUPPORTED_VERSIONS:
-        version = data[4] if len(data) >= HEADER_SIZE else None
-        raise PackFormatError(f"unsupported pack format version {version}")
+    return check_version(data[4] if len(data) >= HEADER_SIZE else None)
 
 
-def decode_index(data: bytes) -> list[PackEntry]:
-    """Read the index of a whole pack object; validates every entry's bounds."""
-    check_header(data)
-    if len(data) < HEADER_SIZE + _INDEX_HEAD.size + TRAILER_SIZE:
+def open_blob(
+    key: DataKey | None,
+    pack_version: int,
+    chunk_id: bytes,
+    compression: int,
+    raw_length: int,
+    stored: bytes,
+) -> bytes:
+    """The payload (as uploaded) of a stored blob read from a pack of ``pack_version``.
+
+    Version 2 needs the account's data key and authenticates the blob against
+    the account, chunk id, compression and raw length; raises PackFormatError
+    when it does not authenticate. Version 1 blobs are the payload itself.
+    """
+    check_version(pack_version)
+    if pack_version not in ENCRYPTED_VERSIONS:
+        return stored
+    if key is None:
+        raise PackFormatError(f"pack format version {pack_version} is encrypted and no data key was given")
+    try:
+        return key.open(stored, blob_aad(key.account_id, pack_version, chunk_id, compression, raw_length))
+    except DecryptionError as exc:
+        raise PackFormatError(f"blob of chunk {chunk_id.hex()}: {exc}") from None
+
+
+def decode_index(data: bytes, key: DataKey | None = None) -> list[PackEntry]:
+    """Read the index of a whole pack object; validates every entry's bounds.
+
+    Version 2 packs need the data key of the pack's account.
+    """
+    version = check_header(data)
+    if len(data) < HEADER_SIZE + _INDEX_MAGIC_VERSION.size + TRAILER_SIZE:
         raise PackFormatError("pack too short")
     index_length, trailer_magic = _TRAILER.unpack_from(data, len(data) - TRAILER_SIZE)
     if trailer_magic != TRAILER_MAGIC:
         raise PackFormatError("bad pack trailer magic")
     index_start = len(data) - TRAILER_SIZE - index_length
-    if index_start < HEADER_SIZE:
+    if index_start < HEADER_SIZE or index_length < _INDEX_MAGIC_VERSION.size:
         raise PackFormatError("pack index length out of range")
-    magic, version, count = _INDEX_HEAD.unpack_from(data, index_start)
+    magic, index_version = _INDEX_MAGIC_VERSION.unpack_from(data, index_start)
     if magic != INDEX_MAGIC:
         raise PackFormatError("bad pack index magic")
-    if version not in SUPPORTED_VERSIONS:
-        raise PackFormatError(f"unsupported pack index version {version}")
-    if _INDEX_HEAD.size + count * _ENTRY.size != index_length:
+    check_version(index_version, "pack index")
+    if index_version != version:
+        raise PackFormatError(f"pack index version {index_version} does not match the header's {version}")
+    body = data[index_start + _INDEX_MAGIC_VERSION.size : len(data) - TRAILER_SIZE]
+    if version in ENCRYPTED_VERSIONS:
+        if key is None:
+            raise PackFormatError(f"pack format version {version} is encrypted and no data key was given")
+        try:
+            body = key.open(body, index_aad(key.account_id, version))
+        except DecryptionError as exc:
+            raise PackFormatError(f"pack index: {exc}") from None
+    if len(body) < _COUNT.size:
+        raise PackFormatError("pack index too short")
+    (count,) = _COUNT.unpack_from(body, 0)
+    if _COUNT.size + count * _ENTRY.size != len(body):
         raise PackFormatError("pack index length does not match its entry count")
+    minimum = OVERHEAD if version in ENCRYPTED_VERSIONS else 0
     entries: list[PackEntry] = []
-    position = index_start + _INDEX_HEAD.size
+    position = _COUNT.size
     for _ in range(count):
-        chunk_id, compression, offset, length, raw_length = _ENTRY.unpack_from(data, position)
+        chunk_id, compression, offset, length, raw_length = _ENTRY.unpack_from(body, position)
         position += _ENTRY.size
         if compression not in KNOWN_COMPRESSIONS:
             raise PackFormatError(f"unknown compression code {compression}")
-        if offset < HEADER_SIZE or offset + length > index_start:
+        if offset < HEADER_SIZE or offset + length > index_start or length < minimum:
             raise PackFormatError("pack entry out of the blob section")
         entries.append(PackEntry(chunk_id, compression, offset, length, raw_length))
     return entries

@@ -16,11 +16,13 @@ from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest, encode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
+from strongroom_gateway import manifests
 from strongroom_gateway.agents import Identity
-from strongroom_gateway.chunks import CHUNK_ID_SIZE, ChunkRejected, verify_payload
+from strongroom_gateway.chunks import CHUNK_ID_SIZE, ChunkRejected, verify_stored
 from strongroom_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
 from strongroom_gateway.jobs import PRODUCER
+from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Point
 from strongroom_gateway.restrictions import require_job
 
@@ -96,6 +98,7 @@ async def commit_point(
     object_store: ObjectStore,
     clock: Clock,
     write_slots: asyncio.Semaphore,
+    keys: AccountKeys,
 ) -> gateway_pb2.CommitPointResponse:
     """Validate the entries, write the manifest (locked), record the point and emit point-created.
 
@@ -277,15 +280,18 @@ async def read_manifest(
     *,
     store: GatewayStore,
     object_store: ObjectStore,
+    keys: AccountKeys,
 ) -> AsyncIterator[gateway_pb2.ReadManifestResponse]:
     """Stream the entries of the restore job's point below the include paths, minus the exclude paths."""
     point = await _restore_point(identity, request.restore_job_id, request.point_id, store)
     include = _normalize(request.include_paths, "include path")
     exclude = _normalize(request.exclude_paths, "exclude path")
     try:
-        data = await object_store.get(point.manifest_key)
+        data = await manifests.read_point_manifest(object_store, keys, point)
     except ObjectNotFound:
         raise NotFound(f"manifest of point {point.point_id!r} is missing from the object store") from None
+    except ManifestFormatError as exc:
+        raise FailedPrecondition(f"manifest of point {point.point_id!r} cannot be read: {exc}") from None
     try:
         entries = await asyncio.to_thread(filter_entries, data, include, exclude)
     except ManifestFormatError as exc:
@@ -300,6 +306,7 @@ async def read_chunks(
     *,
     store: GatewayStore,
     object_store: ObjectStore,
+    keys: AccountKeys,
 ) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
     """Stream the requested chunks of the agent's account, verified, in request order."""
     await _restore_point(identity, request.restore_job_id, "", store)
@@ -310,6 +317,7 @@ async def read_chunks(
         account = await tx.get_account(identity.account_id)
         locations = await tx.find_chunks(identity.account_id, ids)
     assert account is not None
+    data_key = await keys.data_key(identity.account_id)
     unknown = [c.hex() for c in ids if c not in locations]
     if unknown:
         raise NotFound(f"{len(unknown)} chunks are not stored for this account: {', '.join(unknown[:5])}")
@@ -318,8 +326,10 @@ async def read_chunks(
         payload = await object_store.get(location.object_key, offset=location.offset, length=location.length)
         try:
             return await asyncio.to_thread(
-                verify_payload,
+                verify_stored,
                 account.chunk_id_key,
+                data_key,
+                location.pack_format,
                 location.chunk_id,
                 payload,
                 location.compression,

@@ -33,6 +33,16 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountDataKey:
+    """An account's data key as stored: wrapped by the master key ``master_key_id`` (keys.py)."""
+
+    account_id: str
+    master_key_id: str
+    wrapped_key: bytes
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Instance:
     instance_id: str
     account_id: str
@@ -71,6 +81,8 @@ class ChunkLocation:
     length: int
     raw_length: int
     compression: int
+    # Format version of the pack holding the chunk (docs/formats/pack.md): 2 is encrypted.
+    pack_format: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +93,7 @@ class Pack:
     size: int
     created_at: dt.datetime
     retain_until: dt.datetime
+    format_version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +129,16 @@ class GatewayTx(Protocol):
         ...
 
     async def get_account(self, account_id: str) -> Account | None: ...
+
+    async def get_data_key(self, account_id: str) -> AccountDataKey | None: ...
+
+    async def ensure_data_key(self, key: AccountDataKey) -> AccountDataKey:
+        """Store the account's wrapped data key unless it has one; return the stored one (first writer wins)."""
+        ...
+
+    async def rewrap_data_key(self, account_id: str, old_master_key_id: str, key: AccountDataKey) -> None:
+        """Replace the wrapping (same data key, new master key) if still wrapped by ``old_master_key_id``."""
+        ...
 
     async def activate_instance(
         self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime

@@ -11,7 +11,17 @@ import asyncpg
 from google.protobuf.message import Message
 from strongroom_platform import inbox, outbox
 
-from strongroom_gateway.ports import Account, ChunkLocation, Instance, Job, JobKind, JobState, Pack, Point
+from strongroom_gateway.ports import (
+    Account,
+    AccountDataKey,
+    ChunkLocation,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Pack,
+    Point,
+)
 
 # Bound on ids per query, so huge lookups do not build huge parameter arrays.
 _BATCH = 10_000
@@ -66,7 +76,12 @@ def _pack(row: asyncpg.Record) -> Pack:
         size=row["size"],
         created_at=row["created_at"],
         retain_until=row["retain_until"],
+        format_version=row["format_version"],
     )
+
+
+def _data_key(row: asyncpg.Record) -> AccountDataKey:
+    return AccountDataKey(row["account_id"], row["master_key_id"], bytes(row["wrapped_key"]), row["created_at"])
 
 
 def _point(row: asyncpg.Record) -> Point:
@@ -115,6 +130,32 @@ class PgGatewayTx:
         if row is None:
             return None
         return Account(row["account_id"], bytes(row["chunk_id_key"]), row["chunker_seed"])
+
+    async def get_data_key(self, account_id: str) -> AccountDataKey | None:
+        row = await self._conn.fetchrow("SELECT * FROM account_keys WHERE account_id = $1", account_id)
+        return None if row is None else _data_key(row)
+
+    async def ensure_data_key(self, key: AccountDataKey) -> AccountDataKey:
+        await self._conn.execute(
+            "INSERT INTO account_keys (account_id, master_key_id, wrapped_key, created_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (account_id) DO NOTHING",
+            key.account_id,
+            key.master_key_id,
+            key.wrapped_key,
+            key.created_at,
+        )
+        stored = await self.get_data_key(key.account_id)
+        assert stored is not None
+        return stored
+
+    async def rewrap_data_key(self, account_id: str, old_master_key_id: str, key: AccountDataKey) -> None:
+        await self._conn.execute(
+            "UPDATE account_keys SET master_key_id = $3, wrapped_key = $4 WHERE account_id = $1 AND master_key_id = $2",
+            account_id,
+            old_master_key_id,
+            key.master_key_id,
+            key.wrapped_key,
+        )
 
     async def activate_instance(
         self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime
@@ -210,7 +251,8 @@ class PgGatewayTx:
         ids = [bytes(c) for c in chunk_ids]
         for start in range(0, len(ids), _BATCH):
             rows = await self._conn.fetch(
-                'SELECT c.chunk_id, c.pack_id, p.object_key, c."offset", c.length, c.raw_length, c.compression'
+                'SELECT c.chunk_id, c.pack_id, p.object_key, c."offset", c.length, c.raw_length, c.compression,'
+                " p.format_version"
                 " FROM chunks c JOIN packs p ON p.pack_id = c.pack_id"
                 " WHERE c.account_id = $1 AND c.chunk_id = ANY($2::bytea[])",
                 account_id,
@@ -225,19 +267,21 @@ class PgGatewayTx:
                     length=row["length"],
                     raw_length=row["raw_length"],
                     compression=row["compression"],
+                    pack_format=row["format_version"],
                 )
         return found
 
     async def insert_pack(self, pack: Pack, chunks: Sequence[ChunkLocation]) -> int:
         await self._conn.execute(
-            "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pack_id) DO NOTHING",
+            "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until, format_version)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pack_id) DO NOTHING",
             pack.pack_id,
             pack.account_id,
             pack.object_key,
             pack.size,
             pack.created_at,
             pack.retain_until,
+            pack.format_version,
         )
         result = await self._conn.fetchval(
             "WITH inserted AS ("

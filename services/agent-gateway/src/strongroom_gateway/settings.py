@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from strongroom_platform.settings import PlatformSettings, SettingsError, env_bool, env_int, env_str
 
+from strongroom_gateway.keys import MasterKeyConfig
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -16,6 +18,9 @@ class Settings:
     STRONGROOM_GATEWAY_MAX_WRITES: concurrent object-store writes (default 8).
     STRONGROOM_GATEWAY_UNTHROTTLED: benchmarks only; when 1, backup jobs are delivered without
         the priority's read-rate and core limits (default 0).
+    STRONGROOM_MASTER_KEY (base64 of 32 bytes) or STRONGROOM_MASTER_KEY_FILE (created 0600 if missing),
+        STRONGROOM_MASTER_KEY_ID, STRONGROOM_MASTER_KEYS_RETIRED: the key wrapping the accounts' data
+        keys; one of the first two is required (ADR 0015, ``keys.MasterKeyConfig``).
     Plus the platform connections (``PlatformSettings``).
     """
 
@@ -27,6 +32,8 @@ class Settings:
     job_poll_interval: float = 5.0
     # Benchmarks only: deliver backups with no read-rate or core limit.
     unthrottled: bool = False
+    # None only when constructed in code (tests inject a keyring); from_env requires it.
+    master_key: MasterKeyConfig | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -42,4 +49,5 @@ class Settings:
             pack_target_bytes=pack_bytes,
             max_concurrent_writes=writes,
             unthrottled=env_bool(environ, "STRONGROOM_GATEWAY_UNTHROTTLED", False),
+            master_key=MasterKeyConfig.from_env(environ),
         )

@@ -17,12 +17,13 @@ from typing import Any
 from google.protobuf.message import Message
 from strongroom_platform.events import TOPIC_MESSAGES
 
-from strongroom_gateway.ports import Account, ChunkLocation, Instance, Job, Pack, Point
+from strongroom_gateway.ports import Account, AccountDataKey, ChunkLocation, Instance, Job, Pack, Point
 
 
 @dataclasses.dataclass
 class _State:
     accounts: dict[str, Account] = dataclasses.field(default_factory=dict)
+    data_keys: dict[str, AccountDataKey] = dataclasses.field(default_factory=dict)
     instances: dict[str, Instance] = dataclasses.field(default_factory=dict)
     jobs: dict[str, Job] = dataclasses.field(default_factory=dict)
     packs: dict[str, Pack] = dataclasses.field(default_factory=dict)
@@ -88,6 +89,19 @@ class InMemoryGatewayTx:
 
     async def get_account(self, account_id: str) -> Account | None:
         return self._s.accounts.get(account_id)
+
+    async def get_data_key(self, account_id: str) -> AccountDataKey | None:
+        return self._s.data_keys.get(account_id)
+
+    async def ensure_data_key(self, key: AccountDataKey) -> AccountDataKey:
+        if key.account_id not in self._s.accounts:
+            raise ValueError(f"unknown account {key.account_id!r}")  # the SQL foreign key
+        return self._s.data_keys.setdefault(key.account_id, key)
+
+    async def rewrap_data_key(self, account_id: str, old_master_key_id: str, key: AccountDataKey) -> None:
+        current = self._s.data_keys.get(account_id)
+        if current is not None and current.master_key_id == old_master_key_id:
+            self._s.data_keys[account_id] = key
 
     async def activate_instance(
         self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime
@@ -168,7 +182,7 @@ class InMemoryGatewayTx:
             if (pack.account_id, chunk.chunk_id) not in self._s.chunks:
                 # As the SQL adapter: the location always names the pack it was inserted with.
                 self._s.chunks[(pack.account_id, chunk.chunk_id)] = dataclasses.replace(
-                    chunk, pack_id=pack.pack_id, object_key=pack.object_key
+                    chunk, pack_id=pack.pack_id, object_key=pack.object_key, pack_format=pack.format_version
                 )
                 inserted += 1
         return inserted

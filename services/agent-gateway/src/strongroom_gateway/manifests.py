@@ -1,0 +1,73 @@
+"""Sealed manifests: the encryption envelope around a point manifest (docs/formats/sealed-manifest.md).
+
+The manifest itself (``SRMF``, ``strongroom_platform.manifest``) lists file names,
+so the gateway stores it only inside this envelope:
+
+    magic b"SRME" | envelope version u8 (= 1) | nonce (12) | AES-256-GCM(manifest bytes) | tag (16)
+
+AAD = ``SRME | version | account id | point id`` (crypto.manifest_aad): a
+sealed manifest opens only as the manifest of the point it was written for.
+Objects that start with ``SRMF`` are manifests written before encryption at
+rest (plaintext) and are returned unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from strongroom_platform.manifest import MAGIC as MANIFEST_MAGIC
+from strongroom_platform.manifest import ManifestFormatError
+from strongroom_platform.objectstore import ObjectStore
+
+from strongroom_gateway.crypto import DataKey, DecryptionError, manifest_aad
+from strongroom_gateway.keys import AccountKeys
+from strongroom_gateway.ports import Point
+
+SEALED_MAGIC = b"SRME"
+SEALED_VERSION = 1
+SUPPORTED_SEALED_VERSIONS = frozenset({1})
+_HEADER_SIZE = 5
+
+
+def seal_manifest(key: DataKey, point_id: str, manifest: bytes) -> bytes:
+    """The stored form of ``manifest`` (encoded SRMF bytes) for ``point_id`` of ``key``'s account. Pure CPU."""
+    aad = manifest_aad(key.account_id, SEALED_VERSION, point_id)
+    return SEALED_MAGIC + bytes([SEALED_VERSION]) + key.seal(manifest, aad)
+
+
+def open_manifest(key: DataKey, point_id: str, stored: bytes) -> bytes:
+    """The manifest bytes (SRMF) of a stored manifest object; ManifestFormatError when unreadable.
+
+    Refuses unknown magics and envelope versions, and a sealed manifest that
+    does not authenticate as ``point_id`` of ``key``'s account.
+    """
+    magic = stored[:4]
+    if magic == MANIFEST_MAGIC:
+        return stored  # written before encryption at rest
+    if magic != SEALED_MAGIC:
+        raise ManifestFormatError("not a Strongroom manifest (bad magic)")
+    version = stored[4] if len(stored) >= _HEADER_SIZE else None
+    if version not in SUPPORTED_SEALED_VERSIONS:
+        raise ManifestFormatError(
+            f"unsupported sealed manifest version {version} (this gateway reads 1; upgrade it to read newer manifests)"
+        )
+    try:
+        return key.open(memoryview(stored)[_HEADER_SIZE:], manifest_aad(key.account_id, version, point_id))
+    except DecryptionError as exc:
+        raise ManifestFormatError(f"sealed manifest of point {point_id}: {exc}") from None
+
+
+async def seal(keys: AccountKeys, *, account_id: str, point_id: str, manifest: bytes) -> bytes:
+    """The sealed object to store for a point's manifest (encryption runs in a worker thread)."""
+    key = await keys.data_key(account_id)
+    return await asyncio.to_thread(seal_manifest, key, point_id, manifest)
+
+
+async def read_point_manifest(object_store: ObjectStore, keys: AccountKeys, point: Point) -> bytes:
+    """The manifest bytes (SRMF) of ``point``, read from the object store and opened in a worker thread.
+
+    Raises ObjectNotFound when the object is missing, ManifestFormatError when it is unreadable.
+    """
+    stored = await object_store.get(point.manifest_key)
+    key = await keys.data_key(point.account_id)
+    return await asyncio.to_thread(open_manifest, key, point.point_id, stored)
