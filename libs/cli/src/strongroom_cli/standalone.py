@@ -244,6 +244,8 @@ async def _run_locked(options: Options, stop: asyncio.Event) -> None:
             STRONGROOM_KAFKA_BOOTSTRAP=tansu.bootstrap,
             STRONGROOM_KAFKA_IDEMPOTENT="0",  # Tansu refuses idempotent producers
             STRONGROOM_OBJECT_STORE=f"file:{data_dir / 'objects'}",
+            # The gateway creates the master key here (mode 0600) on first start (ADR 0015).
+            STRONGROOM_MASTER_KEY_FILE=str(data_dir / "master.key"),
             STRONGROOM_OUTBOX_REPLAY="1",  # the in-memory broker starts empty every time
         )
         _say("starting services ...")
