@@ -25,6 +25,7 @@ REPOSITORY = gateway_pb2.RepositoryParameters(
 
 
 def run_backup_command(job_id: str = "job-1", **kwargs: object) -> gateway_pb2.RunBackup:
+    kwargs.setdefault("accepts_base_point", True)
     command = gateway_pb2.RunBackup(job_id=job_id, max_cores=2, **kwargs)  # type: ignore[arg-type]
     command.repository.CopyFrom(REPOSITORY)
     return command
@@ -50,8 +51,21 @@ class FakeGateway:
     read_chunk_calls: int = 0
     fail_uploads: bool = False
     manifest_batches: list[int] = field(default_factory=list)
+    # Calls ("find", "upload", "commit") that fail with UNAVAILABLE before succeeding.
+    unavailable: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    # Every CommitPoint header and what it sent (entries, deleted paths).
+    commits: list[tuple[gateway_pb2.PointHeader, list[common_pb2.FileEntry], list[str]]] = field(default_factory=list)
+    refuse_bases: bool = False
+
+    def _call(self, kind: str) -> None:
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        if self.unavailable.get(kind, 0) > 0:
+            self.unavailable[kind] -= 1
+            raise GatewayError("UNAVAILABLE", f"{kind}: connection reset")
 
     async def find_missing_chunks(self, job_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:
+        self._call("find")
         self.find_calls += 1
         self.max_find_batch = max(self.max_find_batch, len(chunk_ids))
         assert job_id
@@ -62,6 +76,7 @@ class FakeGateway:
     ) -> gateway_pb2.UploadChunksResponse:
         if self.fail_uploads:
             raise GatewayError("UNAVAILABLE", "object store down")
+        self._call("upload")
         self.upload_calls += 1
         stored = present = 0
         for request in requests:
@@ -86,21 +101,51 @@ class FakeGateway:
     ) -> gateway_pb2.CommitPointResponse:
         first = await anext(requests)
         assert first.WhichOneof("part") == "header"
-        entries: list[common_pb2.FileEntry] = []
+        header = first.header
+        sent: list[common_pb2.FileEntry] = []
+        deleted: list[str] = []
         async for request in requests:
             assert request.WhichOneof("part") == "entries"
             self.manifest_batches.append(len(request.entries.entries))
             for entry in request.entries.entries:
-                if entries and entry.path.encode() <= entries[-1].path.encode():
-                    raise GatewayError("INVALID_ARGUMENT", f"unsorted entry {entry.path!r} after {entries[-1].path!r}")
+                if sent and entry.path.encode() <= sent[-1].path.encode():
+                    raise GatewayError("INVALID_ARGUMENT", f"unsorted entry {entry.path!r} after {sent[-1].path!r}")
                 for cid in entry.chunk_ids:
                     if cid not in self.chunks:
                         raise GatewayError("FAILED_PRECONDITION", f"chunk of {entry.path!r} was never uploaded")
-                entries.append(entry)
+                sent.append(entry)
+            deleted.extend(request.entries.deleted_paths)
+        self._call("commit")
+        self.commits.append((header, sent, deleted))
+        entries = sent
+        if header.base_point_id:
+            base = self.points.get(header.base_point_id)
+            if base is None or self.refuse_bases:
+                raise GatewayError("FAILED_PRECONDITION", f"unknown base point {header.base_point_id}")
+            assert not deleted or [d.encode() for d in deleted] == sorted(d.encode() for d in deleted)
+            merged = {e.path: e for e in base.entries}
+            for path in deleted:
+                merged.pop(path, None)
+            for entry in sent:
+                assert entry.path not in deleted
+                merged[entry.path] = entry
+            entries = sorted(merged.values(), key=lambda e: e.path.encode())
+            if len(entries) != header.entry_count:
+                raise GatewayError(
+                    "FAILED_PRECONDITION", f"{len(entries)} entries, agent expected {header.entry_count}"
+                )
+        else:
+            assert not deleted
+        for existing in self.points.values():
+            if existing.job_id == header.job_id and existing.filesystem.mount_point == header.filesystem.mount_point:
+                return gateway_pb2.CommitPointResponse(point_id=existing.point_id)
         point_id = f"point-{len(self.points) + 1}"
-        self.points[point_id] = Point(point_id, first.header.job_id, first.header.filesystem, entries)
+        self.points[point_id] = Point(point_id, header.job_id, header.filesystem, entries)
         total = sum(e.size for e in entries)
         return gateway_pb2.CommitPointResponse(point_id=point_id, file_count=len(entries), total_bytes=total)
+
+    def point(self, point_id: str) -> Point:
+        return self.points[point_id]
 
     async def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]:
         point = self.points.get(request.point_id)
@@ -133,6 +178,9 @@ class FakeGateway:
     def only_point(self) -> Point:
         assert len(self.points) == 1, self.points.keys()
         return next(iter(self.points.values()))
+
+    def last_point(self) -> Point:
+        return list(self.points.values())[-1]
 
     def content(self, entry: common_pb2.FileEntry) -> bytes:
         return b"".join(self.chunks[c] for c in entry.chunk_ids)

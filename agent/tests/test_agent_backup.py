@@ -13,8 +13,9 @@ import pytest
 from agent_fakes import FakeGateway, entries_by_path, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
-from strongroom_agent.backup import PipelineLimits, _list_dir, plan_points, run_backup
+from strongroom_agent.backup import PipelineLimits, RetryPolicy, _list_dir, plan_points, run_backup
 from strongroom_agent.exclusions import LinuxExclusions
+from strongroom_agent.gateway_client import GatewayError
 
 COMPLETE = common_pb2.JOB_STATUS_COMPLETE
 PARTIAL = common_pb2.JOB_STATUS_PARTIAL_COMPLETE
@@ -237,14 +238,55 @@ async def test_tiny_limits_still_complete(tmp_path: Path) -> None:
         assert gateway.content(entries[f"d{i % 7}/f{i:03}"]) == rand(5000 + i * 300, i)
 
 
-async def test_gateway_failure_fails_the_job(tmp_path: Path) -> None:
+async def test_gateway_failure_fails_the_job_after_capped_retries(tmp_path: Path) -> None:
     root = tmp_path / "src"
     write_file(str(root / "f"), rand(10_000, 9))
     gateway = FakeGateway(fail_uploads=True)
-    finished = await backup(gateway, root)
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    finished = await backup(gateway, root, retry=RetryPolicy(initial=1, maximum=8, attempts=7, sleep=sleep))
     assert finished.status == common_pb2.JOB_STATUS_FAILED
     assert "object store down" in finished.error
     assert gateway.points == {}
+    assert delays == [1, 2, 4, 8, 8, 8]
+
+
+async def test_unavailable_gateway_calls_are_retried_until_they_succeed(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "f"), rand(100_000, 9))
+    gateway = FakeGateway(unavailable={"find": 2, "upload": 3, "commit": 2})
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    finished = await backup(gateway, root, retry=RetryPolicy(initial=0.5, maximum=1, sleep=sleep))
+    assert finished.status == COMPLETE, finished
+    assert gateway.calls["find"] >= 3 and gateway.calls["upload"] >= 4 and gateway.calls["commit"] == 3
+    assert len(delays) == 7 and max(delays) == 1
+    assert gateway.content(entries_by_path(gateway.only_point())["f"]) == rand(100_000, 9)
+
+
+async def test_errors_other_than_unavailable_are_not_retried(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_file(str(root / "f"), rand(10_000, 9))
+    gateway = FakeGateway()
+    slept: list[float] = []
+
+    async def refuse(requests: Any) -> gateway_pb2.CommitPointResponse:
+        gateway.calls["commit"] = gateway.calls.get("commit", 0) + 1
+        raise GatewayError("INVALID_ARGUMENT", "bad path")
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    gateway.commit_point = refuse  # type: ignore[method-assign]
+    finished = await backup(gateway, root, retry=RetryPolicy(sleep=sleep))
+    assert finished.status == common_pb2.JOB_STATUS_FAILED and "bad path" in finished.error
+    assert gateway.calls["commit"] == 1 and slept == []
 
 
 async def test_bad_repository_parameters_fail_the_job(tmp_path: Path) -> None:

@@ -14,6 +14,19 @@ are read concurrently but their entries are emitted in scan order.
 Manifest entries are spooled to a temporary file as files finish; once every
 chunk of the point has been uploaded the spool is streamed to ``CommitPoint``
 in batches.
+
+Forever incremental (ADR 0014): with a state directory, the cache of the
+root's last committed point (``cache.py``) is walked in step with the scan.
+A regular file whose (dev, inode, size, mtime, ctime) is unchanged is not
+read; its cached chunk ids are reused. When the gateway accepts a base point
+(``RunBackup.accepts_base_point``), only new or changed entries and the paths
+deleted since the cached point are sent and the gateway synthesizes the
+complete manifest; otherwise (or when it refuses the base) the complete point
+is sent from the new cache file. The new cache replaces the old one only
+after the gateway confirmed the commit.
+
+Gateway calls are retried with capped exponential backoff while the gateway
+is UNAVAILABLE (``RetryPolicy``); all of them are idempotent.
 """
 
 from __future__ import annotations
@@ -27,15 +40,17 @@ import stat
 import struct
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
+from strongroom_agent import cache
 from strongroom_agent.chunking import ChunkParams, InvalidRepositoryParameters, chunk_id, compress
 from strongroom_agent.exclusions import Exclusions
 from strongroom_agent.gateway_client import GatewayClient, GatewayError
@@ -69,6 +84,33 @@ class PipelineLimits:
     commit_batch_entries: int = 1000
     commit_batch_bytes: int = 1 << 20
     seen_ids: int = 200_000  # chunk ids remembered per job to skip repeat dedup queries
+    # A file whose ctime is less than this before the scan started is "racy": it is
+    # cached untrusted and read again next time (timestamps are coarser than writes).
+    racy_window_ns: int = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff for gateway calls that fail with UNAVAILABLE."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    attempts: int = 20  # about eight minutes with the defaults
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    retry_codes: frozenset[str] = frozenset({"UNAVAILABLE"})
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        delay = self.initial
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await fn()
+            except GatewayError as exc:
+                if exc.code not in self.retry_codes or attempt == self.attempts:
+                    raise
+                log.warning("%s failed (%s); retry %d in %.1f s", what, exc, attempt, delay)
+                await self.sleep(delay)
+                delay = min(delay * 2, self.maximum)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass
@@ -436,7 +478,10 @@ def _compress_all(chunks: list[_Chunk]) -> list[_Upload]:
 
 
 class _Spool:
-    """Manifest entries of one point on local disk: 4-byte length + FileEntry, in order."""
+    """What a point sends to CommitPoint, on local disk in order: (kind, length, bytes) records.
+
+    Kind ``E``: a serialized FileEntry; kind ``D``: a deleted path (delta commits only).
+    """
 
     def __init__(self, directory: str | None) -> None:
         if directory:
@@ -447,27 +492,36 @@ class _Spool:
 
     def write(self, entry: common_pb2.FileEntry) -> None:
         data = entry.SerializeToString()
-        self._file.write(struct.pack(">I", len(data)))
+        self._file.write(b"E" + struct.pack(">I", len(data)))
         self._file.write(data)
         self.count += 1
+
+    def write_deleted(self, path: bytes) -> None:
+        self._file.write(b"D" + struct.pack(">I", len(path)))
+        self._file.write(path)
 
     def rewind(self) -> None:
         self._file.flush()
         self._file.seek(0)
 
-    def read_batch(self, max_entries: int, max_bytes: int) -> list[common_pb2.FileEntry]:
+    def read_batch(self, max_entries: int, max_bytes: int) -> tuple[list[common_pb2.FileEntry], list[str]]:
         batch: list[common_pb2.FileEntry] = []
+        deleted: list[str] = []
         total = 0
-        while len(batch) < max_entries and total < max_bytes:
-            header = self._file.read(4)
-            if len(header) < 4:
+        while len(batch) + len(deleted) < max_entries and total < max_bytes:
+            header = self._file.read(5)
+            if len(header) < 5:
                 break
-            (length,) = struct.unpack(">I", header)
-            entry = common_pb2.FileEntry()
-            entry.ParseFromString(self._file.read(length))
-            batch.append(entry)
+            (length,) = struct.unpack(">I", header[1:])
+            data = self._file.read(length)
+            if header[:1] == b"D":
+                deleted.append(data.decode())
+            else:
+                entry = common_pb2.FileEntry()
+                entry.ParseFromString(data)
+                batch.append(entry)
             total += length
-        return batch
+        return batch, deleted
 
     def close(self) -> None:
         self._file.close()
@@ -490,12 +544,35 @@ class _JobContext:
     stats: common_pb2.JobStats
     errors: list[FileError]
     seen: _SeenIds
+    retry: RetryPolicy
+    state_dir: str | None  # where the forever-incremental cache lives (None: no cache)
+    accepts_base_point: bool
+
+
+@dataclass
+class _Gone:
+    """A path of the cached point that the scan did not find (deleted since)."""
+
+    path: bytes
+
+
+@dataclass
+class _Slot:
+    """One scanned item in manifest order: its entry (or the task reading it) and its cache record."""
+
+    path: bytes
+    value: Any  # (FileEntry, stat) | asyncio.Task[(FileEntry, stat) | None]
+    cached: cache.CacheRecord | None
+
+
+class _BaseRefused(Exception):
+    """The commit referenced cached chunks the gateway does not hold: back up again without the cache."""
 
 
 class _PointRun:
     """Backs up one point: every stage runs as a task of one TaskGroup."""
 
-    def __init__(self, ctx: _JobContext, filesystem: common_pb2.Filesystem) -> None:
+    def __init__(self, ctx: _JobContext, filesystem: common_pb2.Filesystem, *, use_cache: bool = True) -> None:
         self.ctx = ctx
         self.filesystem = filesystem
         limits = ctx.limits
@@ -506,12 +583,34 @@ class _PointRun:
         self.to_upload: asyncio.Queue[Any] = asyncio.Queue(limits.upload_batch_chunks * 2)
         self.readers = asyncio.Semaphore(ctx.workers)
         self.spool = _Spool(ctx.spool_dir)
+        self.use_cache = use_cache
+        self.cursor: cache.CacheCursor | None = None
+        self.writer: cache.CacheWriter | None = None
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, fn)
 
+    async def _open_cache(self) -> None:
+        ctx = self.ctx
+        if ctx.state_dir is None:
+            return
+        mount = self.filesystem.mount_point
+        state_dir = ctx.state_dir
+        if self.use_cache:
+            info = await asyncio.to_thread(cache.load, state_dir, ctx.params, mount)
+            if info is not None:
+                log.info(
+                    "job %s: %s incremental from point %s (%d entries)", ctx.job_id, mount, info.point_id, info.count
+                )
+                self.cursor = await asyncio.to_thread(cache.CacheCursor, info)
+        racy_before = time.time_ns() - ctx.limits.racy_window_ns
+        self.writer = await asyncio.to_thread(
+            functools.partial(cache.CacheWriter, state_dir, ctx.params, mount, racy_before_ns=racy_before)
+        )
+
     async def run(self) -> gateway_pb2.CommitPointResponse:
         try:
+            await self._open_cache()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._scan(group))
                 writer = group.create_task(self._write_spool())
@@ -527,55 +626,92 @@ class _PointRun:
                 await asyncio.gather(*compressors)
                 for _ in uploaders:
                     await self.to_upload.put(_END)
-            return await self._commit()
+            response = await self._commit()
+            if self.writer is not None:
+                await asyncio.to_thread(self.writer.commit, response.point_id)
+                self.writer = None
+            return response
         finally:
             self.spool.close()
+            if self.cursor is not None:
+                self.cursor.close()
+            if self.writer is not None:
+                self.writer.discard()
 
     async def _scan(self, group: asyncio.TaskGroup) -> None:
         ctx = self.ctx
         root = self.filesystem.mount_point
+        cursor = self.cursor
         try:
             async for item in scan_point(root, ctx.exclusions, ctx.errors, ctx.cancel):
+                path = item.rel.encode()
+                cached = None
+                if cursor is not None:
+                    while (record := await cursor.peek()) is not None and record.path < path:
+                        await self.ordered.put(_Gone(cursor.take().path))
+                    if record is not None and record.path == path:
+                        cached = cursor.take()
                 ctx.stats.files_scanned += 1
                 if stat.S_ISREG(item.st.st_mode):
                     ctx.stats.bytes_scanned += item.st.st_size
+                    if cached is not None and cached.unchanged(item.st):
+                        entry = _entry(item)
+                        entry.chunk_ids.extend(cached.entry.chunk_ids)
+                        ctx.stats.files_unchanged += 1
+                        ctx.stats.bytes_unchanged += item.st.st_size
+                        await self.ordered.put(_Slot(path, (entry, item.st), cached))
+                        continue
                     await self.readers.acquire()
-                    await self.ordered.put(group.create_task(self._file_entry(item)))
+                    await self.ordered.put(_Slot(path, group.create_task(self._file_entry(item)), cached))
                 else:
-                    await self.ordered.put(_entry(item))
+                    await self.ordered.put(_Slot(path, (_entry(item), item.st), cached))
         except FileNotFoundError:
             ctx.errors.append(FileError(root, "backup root vanished"))
         except OSError as exc:
             ctx.errors.append(FileError(root, _reason(exc)))
+        if cursor is not None:
+            while await cursor.peek() is not None:
+                await self.ordered.put(_Gone(cursor.take().path))
         await self.ordered.put(_END)
 
     async def _write_spool(self) -> None:
         while (item := await self.ordered.get()) is not _END:
-            entry = await item if isinstance(item, asyncio.Future) else item
-            if entry is not None:
+            if isinstance(item, _Gone):
+                self.spool.write_deleted(item.path)
+                continue
+            value = await item.value if isinstance(item.value, asyncio.Future) else item.value
+            if value is None:  # failed or vanished: not part of the point
+                if item.cached is not None:
+                    self.spool.write_deleted(item.path)
+                continue
+            entry, st = value
+            if self.writer is not None:
+                self.writer.add(entry, st)
+            if item.cached is None or item.cached.entry != entry:
                 self.spool.write(entry)
 
-    async def _file_entry(self, item: ScanItem) -> common_pb2.FileEntry | None:
+    async def _file_entry(self, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result] | None:
         ctx = self.ctx
         reader = _FileReader(
             item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes
         )
         try:
-            entry = await self._read_file(reader, item)
+            result = await self._read_file(reader, item)
             ctx.stats.files_read += 1
-            return entry
+            return result
         except _FileProblem as exc:
             ctx.errors.append(FileError(item.path, str(exc)))
+        except FileNotFoundError:
+            ctx.errors.append(FileError(item.path, "vanished during the backup"))
         except OSError as exc:
-            if exc.errno != 2:
-                ctx.errors.append(FileError(item.path, _reason(exc)))
+            ctx.errors.append(FileError(item.path, _reason(exc)))
         finally:
             # Through the executor: a cancelled step may still be running in a thread.
             ctx.executor.submit(reader.close)
             self.readers.release()
         return None
 
-    async def _read_file(self, reader: _FileReader, item: ScanItem) -> common_pb2.FileEntry:
+    async def _read_file(self, reader: _FileReader, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result]:
         ctx = self.ctx
         for attempt in range(2):
             if attempt:
@@ -596,7 +732,7 @@ class _PointRun:
                 assert reader.before is not None
                 entry = _entry(item, reader.before)
                 entry.chunk_ids.extend(ids)
-                return entry
+                return entry, reader.before
         raise _FileProblem("file changed while being read")
 
     async def _dedup(self) -> None:
@@ -618,7 +754,8 @@ class _PointRun:
                     query[chunk.id] = chunk
             if not query:
                 continue
-            missing = set(await ctx.client.find_missing_chunks(ctx.job_id, list(query)))
+            find = functools.partial(ctx.client.find_missing_chunks, ctx.job_id, list(query))
+            missing = set(await ctx.retry.call("FindMissingChunks", find))
             for cid, chunk in query.items():
                 ctx.seen.add(cid)
                 if cid in missing:
@@ -658,7 +795,7 @@ class _PointRun:
                     )
                     for u in uploads
                 ]
-                response = await ctx.client.upload_chunks(requests)
+                response = await ctx.retry.call("UploadChunks", functools.partial(ctx.client.upload_chunks, requests))
                 ctx.stats.chunks_new += response.chunks_stored
                 ctx.stats.bytes_uploaded += sum(len(u.payload) for u in uploads)
                 for u in uploads:
@@ -668,20 +805,83 @@ class _PointRun:
 
     async def _commit(self) -> gateway_pb2.CommitPointResponse:
         ctx = self.ctx
-        self.spool.rewind()
-
-        async def requests() -> AsyncIterator[gateway_pb2.CommitPointRequest]:
-            header = gateway_pb2.PointHeader(job_id=ctx.job_id, filesystem=self.filesystem)
-            yield gateway_pb2.CommitPointRequest(header=header)
-            while True:
-                entries = await asyncio.to_thread(
-                    self.spool.read_batch, ctx.limits.commit_batch_entries, ctx.limits.commit_batch_bytes
+        if self.cursor is None:
+            return await self._send(self._spool_source, "")
+        base = self.cursor.info.point_id
+        if ctx.accepts_base_point and not self.cursor.broken:
+            try:
+                return await self._send(self._spool_source, base)
+            except GatewayError as exc:
+                if exc.code != "FAILED_PRECONDITION":
+                    raise
+                log.warning(
+                    "job %s: the gateway refused base point %s (%s); sending the full point", ctx.job_id, base, exc
                 )
-                if not entries:
-                    return
-                yield gateway_pb2.CommitPointRequest(entries=gateway_pb2.EntryBatch(entries=entries))
+        try:
+            return await self._send(self._cache_source, "")
+        except GatewayError as exc:
+            if exc.code == "FAILED_PRECONDITION" and ctx.stats.files_unchanged:
+                raise _BaseRefused(str(exc)) from exc
+            raise
 
-        return await ctx.client.commit_point(requests())
+    def _spool_source(self) -> _BatchSource:
+        self.spool.rewind()
+        return self.spool
+
+    def _cache_source(self) -> _BatchSource:
+        assert self.writer is not None
+        return _CacheSource(self.writer.entries())
+
+    async def _send(
+        self, open_source: Callable[[], _BatchSource], base_point_id: str
+    ) -> gateway_pb2.CommitPointResponse:
+        ctx = self.ctx
+        header = gateway_pb2.PointHeader(job_id=ctx.job_id, filesystem=self.filesystem)
+        if base_point_id:
+            assert self.writer is not None
+            header.base_point_id = base_point_id
+            header.entry_count = self.writer.count
+
+        async def attempt() -> gateway_pb2.CommitPointResponse:
+            source = await asyncio.to_thread(open_source)
+
+            async def requests() -> AsyncIterator[gateway_pb2.CommitPointRequest]:
+                yield gateway_pb2.CommitPointRequest(header=header)
+                while True:
+                    entries, deleted = await asyncio.to_thread(
+                        source.read_batch, ctx.limits.commit_batch_entries, ctx.limits.commit_batch_bytes
+                    )
+                    if not entries and not deleted:
+                        return
+                    batch = gateway_pb2.EntryBatch(entries=entries, deleted_paths=deleted)
+                    yield gateway_pb2.CommitPointRequest(entries=batch)
+
+            try:
+                return await ctx.client.commit_point(requests())
+            finally:
+                if source is not self.spool:
+                    source.close()
+
+        return await ctx.retry.call("CommitPoint", attempt)
+
+
+class _BatchSource(Protocol):
+    def read_batch(self, max_entries: int, max_bytes: int) -> tuple[list[common_pb2.FileEntry], list[str]]: ...
+
+    def close(self) -> None: ...
+
+
+class _CacheSource:
+    """The complete point, read back from the new cache file."""
+
+    def __init__(self, entries: cache.CacheEntries) -> None:
+        self._entries = entries
+
+    def read_batch(self, max_entries: int, max_bytes: int) -> tuple[list[common_pb2.FileEntry], list[str]]:
+        return self._entries.read_batch(max_entries, max_bytes), []
+
+    def close(self) -> None:
+        self._entries.close()
 
 
 def _entry(item: ScanItem, st: os.stat_result | None = None) -> common_pb2.FileEntry:
@@ -747,6 +947,8 @@ async def run_backup(
     open_file: OpenFile = open_for_backup,
     throttle: ReadThrottle | None = None,
     limits: PipelineLimits | None = None,
+    state_dir: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> gateway_pb2.JobFinished:
     """Back up ``points`` one after another and commit each; never raises for job-level failures.
 
@@ -784,11 +986,18 @@ async def run_backup(
         stats=stats,
         errors=errors,
         seen=_SeenIds((limits or PipelineLimits()).seen_ids),
+        retry=retry or RetryPolicy(),
+        state_dir=state_dir,
+        accepts_base_point=command.accepts_base_point,
     )
 
     async def all_points() -> None:
         for filesystem in points:
-            response = await _PointRun(ctx, filesystem).run()
+            try:
+                response = await _PointRun(ctx, filesystem).run()
+            except _BaseRefused as exc:
+                log.warning("job %s: cached chunks refused (%s); reading %s in full", command.job_id, exc, filesystem)
+                response = await _PointRun(ctx, filesystem, use_cache=False).run()
             log.info("job %s: committed point %s of %s", command.job_id, response.point_id, filesystem.mount_point)
 
     work = asyncio.create_task(all_points())

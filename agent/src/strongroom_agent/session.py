@@ -328,6 +328,7 @@ def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Seq
             cancel=cancel,
             on_progress=on_progress,
             spool_dir=os.path.join(state_dir, SPOOL_DIR),
+            state_dir=state_dir,
         )
 
     return runner

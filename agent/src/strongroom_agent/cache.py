@@ -1,0 +1,343 @@
+"""The local cache of the last committed point of each backup root (forever incremental).
+
+One file per backup root, ``<state-dir>/cache/<sha256(mount point)[:32]>.cache``:
+the entries of the last point the gateway confirmed (``CommitPoint``), each with
+the ``lstat`` identity the agent saw when it read the file. A file whose
+``(dev, inode, size, mtime_ns, ctime_ns)`` is unchanged is not read again; its
+chunk ids come from here. The file is sorted by path bytes, exactly like the
+scan, so a backup walks it in step with the scan (``CacheCursor``) and memory
+stays bounded whatever the number of files (ADR 0014).
+
+Layout, version 1 (integers little-endian)::
+
+    header   magic b"SRAC" | version u8 = 1 | fingerprint (16 bytes) | u16 n | mount point (n bytes, UTF-8)
+    records  u32 length (> 0) | record, in strictly increasing path-byte order
+               record: u8 flags (bit 0: trusted) | dev u64 | ino u64 | size u64 | mtime_ns i64 | ctime_ns i64
+                       | u16 n | path (n bytes) | serialized strongroom.common.v1.FileEntry
+    end      u32 0
+    footer   point id (n bytes, ASCII) | u8 n | record count u64 | BLAKE3 (32 bytes) of every preceding byte
+
+The fingerprint binds the cache to the repository (chunk-id key and chunker
+parameters): chunk ids computed for another account are never reused. A cache
+that is missing, truncated, fails its checksum, has another version, fingerprint
+or mount point is ignored (the backup reads every file) and replaced after the
+next commit. A file whose ctime is not safely older than the scan start is
+stored untrusted (racy: it may change again within the timestamp granularity)
+and read again next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import IO
+
+import blake3
+from strongroom.common.v1 import common_pb2
+
+from strongroom_agent.chunking import ChunkParams
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"SRAC"
+VERSION = 1
+CACHE_DIR = "cache"
+_STAT = struct.Struct("<BQQQqqH")  # flags, dev, ino, size, mtime_ns, ctime_ns, path length
+_U32 = struct.Struct("<I")
+_FOOTER = struct.Struct("<BQ32s")  # point id length, record count, checksum
+_TRUSTED = 1
+_BUFFER = 1 << 20
+_READ_AHEAD = 2000
+
+StatKey = tuple[int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns
+
+
+class CacheCorrupt(Exception):
+    """The cache file cannot be used (its content is ignored, never trusted)."""
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def fingerprint(params: ChunkParams) -> bytes:
+    """16 bytes identifying the repository parameters without revealing the key."""
+    material = struct.pack("<4sIIII", b"SRAC", params.min_size, params.avg_size, params.max_size, params.seed)
+    return blake3.blake3(material, key=params.key).digest()[:16]
+
+
+def cache_path(state_dir: str, mount_point: str) -> str:
+    name = hashlib.sha256(mount_point.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return os.path.join(state_dir, CACHE_DIR, f"{name}.cache")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRecord:
+    path: bytes
+    key: StatKey
+    trusted: bool
+    entry: common_pb2.FileEntry
+
+    def unchanged(self, st: os.stat_result) -> bool:
+        """The file may be taken from the cache without reading it."""
+        return self.trusted and self.entry.type == common_pb2.ENTRY_TYPE_FILE and self.key == stat_key(st)
+
+
+def _header(fp: bytes, mount_point: str) -> bytes:
+    mount = mount_point.encode("utf-8", "surrogateescape")
+    return MAGIC + bytes([VERSION]) + fp + struct.pack("<H", len(mount)) + mount
+
+
+# --- reading --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    path: str
+    point_id: str
+    count: int
+    body_offset: int  # first record
+    end_offset: int  # the end marker
+
+
+def validate(path: str, fp: bytes, mount_point: str) -> CacheInfo:
+    """Check the whole file (checksum, header, footer) before any of it is used; raises CacheCorrupt."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header = _header(fp, mount_point)
+            if size < len(header) + 4 + _FOOTER.size:
+                raise CacheCorrupt("too short")
+            hasher = blake3.blake3()
+            remaining = size - 32
+            first = b""
+            while remaining:
+                block = f.read(min(_BUFFER, remaining))
+                if not block:
+                    raise CacheCorrupt("shorter than its size")
+                if not first:
+                    first = block[: len(header)]
+                hasher.update(block)
+                remaining -= len(block)
+            f.seek(size - _FOOTER.size)
+            id_length, count, checksum = _FOOTER.unpack(f.read(_FOOTER.size))
+            if hasher.digest() != checksum:
+                raise CacheCorrupt("checksum mismatch")
+            if first[:5] != MAGIC + bytes([VERSION]):
+                raise CacheCorrupt("unknown magic or version")
+            if first != header:
+                raise CacheCorrupt("written for another repository or mount point")
+            id_offset = size - _FOOTER.size - id_length
+            f.seek(id_offset - 4)
+            if f.read(4) != _U32.pack(0):
+                raise CacheCorrupt("no end marker")
+            point_id = f.read(id_length).decode("ascii")
+    except (OSError, UnicodeDecodeError, struct.error) as exc:
+        raise CacheCorrupt(str(exc)) from exc
+    if not point_id:
+        raise CacheCorrupt("no point id")
+    return CacheInfo(path, point_id, count, len(header), id_offset - 4)
+
+
+def load(state_dir: str, params: ChunkParams, mount_point: str) -> CacheInfo | None:
+    """The valid cache of this root, or None (missing or unusable: logged, never an error)."""
+    path = cache_path(state_dir, mount_point)
+    if not os.path.exists(path):
+        return None
+    try:
+        return validate(path, fingerprint(params), mount_point)
+    except CacheCorrupt as exc:
+        log.warning("ignoring the backup cache %s of %s: %s", path, mount_point, exc)
+        return None
+
+
+class CacheCursor:
+    """Walks a validated cache in path order, in step with the scan (bounded read-ahead).
+
+    If the records turn out malformed after all (e.g. the disk changed the file
+    after validation), ``broken`` is set and the cursor behaves as if the cache
+    ended there; the caller then commits a full manifest.
+    """
+
+    def __init__(self, info: CacheInfo) -> None:
+        self.info = info
+        self.broken = False
+        self.records_read = 0
+        self._file: IO[bytes] | None = open(info.path, "rb", buffering=_BUFFER)  # noqa: SIM115 - closed in close()
+        self._file.seek(info.body_offset)
+        self._ahead: deque[CacheRecord] = deque()
+        self._done = False
+        self._last = b""
+
+    def _read_some(self) -> list[CacheRecord]:
+        out: list[CacheRecord] = []
+        f = self._file
+        if f is None:
+            return out
+        try:
+            while len(out) < _READ_AHEAD:
+                (length,) = _U32.unpack(f.read(4))
+                if length == 0:
+                    self._done = True
+                    if self.records_read + len(out) != self.info.count:
+                        raise CacheCorrupt("record count mismatch")
+                    break
+                data = f.read(length)
+                flags, dev, ino, size, mtime, ctime, path_length = _STAT.unpack_from(data)
+                path = data[_STAT.size : _STAT.size + path_length]
+                entry = common_pb2.FileEntry()
+                entry.ParseFromString(data[_STAT.size + path_length :])
+                if entry.path.encode() != path or (self.records_read + len(out) > 0 and path <= self._last):
+                    raise CacheCorrupt(f"record {path!r} out of order or inconsistent")
+                self._last = path
+                out.append(CacheRecord(path, (dev, ino, size, mtime, ctime), bool(flags & _TRUSTED), entry))
+        except Exception as exc:  # any malformed byte: stop trusting the rest
+            log.warning("backup cache %s unusable after %d records: %s", self.info.path, self.records_read, exc)
+            self.broken = True
+            self._done = True
+        return out
+
+    async def _next(self) -> CacheRecord | None:
+        if not self._ahead and not self._done:
+            records = await asyncio.to_thread(self._read_some)
+            self._ahead.extend(records)
+        if not self._ahead:
+            return None
+        return self._ahead[0]
+
+    async def peek(self) -> CacheRecord | None:
+        """The next record (smallest path not taken yet), or None at the end."""
+        return await self._next()
+
+    def take(self) -> CacheRecord:
+        """Consume the record ``peek`` returned."""
+        return self._take()
+
+    def _take(self) -> CacheRecord:
+        self.records_read += 1
+        return self._ahead.popleft()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# --- writing --------------------------------------------------------------------------------------------------------
+
+
+class CacheWriter:
+    """Writes the cache of the point being backed up to a temporary file; ``commit`` puts it in place.
+
+    ``commit`` is called only once the gateway has confirmed the point, so the
+    cache never describes a point the gateway does not hold.
+    """
+
+    def __init__(self, state_dir: str, params: ChunkParams, mount_point: str, *, racy_before_ns: int) -> None:
+        self.path = cache_path(state_dir, mount_point)
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        prefix = os.path.basename(self.path)
+        for name in os.listdir(directory):  # temporaries of a run that crashed
+            if name.startswith(prefix + ".") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+        self._temp = f"{self.path}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self._file: IO[bytes] | None = os.fdopen(fd, "wb", buffering=_BUFFER)
+        self._hasher = blake3.blake3()
+        self._racy_before_ns = racy_before_ns
+        self._last: bytes | None = None
+        self.count = 0
+        self._write(_header(fingerprint(params), mount_point))
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._hasher.update(data)
+
+    def add(self, entry: common_pb2.FileEntry, st: os.stat_result) -> None:
+        """Record ``entry`` (in path order) with the stat it was made from."""
+        path = entry.path.encode()
+        if self._last is not None and path <= self._last:
+            raise ValueError(f"cache entries must be sorted: {entry.path!r}")
+        self._last = path
+        # Racy: changed so recently that another change may keep the same timestamps.
+        trusted = st.st_ctime_ns < self._racy_before_ns
+        body = entry.SerializeToString()
+        key = _STAT.pack(
+            _TRUSTED if trusted else 0, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, len(path)
+        )
+        self._write(_U32.pack(len(key) + len(path) + len(body)) + key + path + body)
+        self.count += 1
+
+    def commit(self, point_id: str) -> None:
+        """Seal with the confirmed point id, fsync and atomically replace the previous cache."""
+        ident = point_id.encode("ascii")
+        self._write(_U32.pack(0) + ident)
+        head = struct.pack("<BQ", len(ident), self.count)
+        self._write(head)
+        assert self._file is not None
+        self._file.write(self._hasher.digest())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.replace(self._temp, self.path)
+        dir_fd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def entries(self) -> CacheEntries:
+        """Re-read the entries written so far (for a full-manifest commit), in order."""
+        assert self._file is not None
+        self._file.flush()
+        return CacheEntries(self._temp)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp)
+
+
+class CacheEntries:
+    """Sequential batches of the FileEntries of an unsealed cache file."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "rb", buffering=_BUFFER)  # noqa: SIM115 - closed in close()
+        magic = self._file.read(5 + 16)
+        (mount_length,) = struct.unpack("<H", self._file.read(2))
+        self._file.read(mount_length)
+        assert magic[:4] == MAGIC
+
+    def read_batch(self, max_entries: int, max_bytes: int) -> list[common_pb2.FileEntry]:
+        batch: list[common_pb2.FileEntry] = []
+        total = 0
+        while len(batch) < max_entries and total < max_bytes:
+            raw = self._file.read(4)
+            if len(raw) < 4:
+                break
+            (length,) = _U32.unpack(raw)
+            if length == 0:
+                break
+            data = self._file.read(length)
+            (path_length,) = struct.unpack_from("<H", data, _STAT.size - 2)
+            entry = common_pb2.FileEntry()
+            entry.ParseFromString(data[_STAT.size + path_length :])
+            batch.append(entry)
+            total += length
+        return batch
+
+    def close(self) -> None:
+        self._file.close()
