@@ -146,6 +146,8 @@ def ensure(tool: str) -> Path:
 
 
 def version_of(tool: str) -> str:
+    if tool == "kopia":  # a go build without the release ldflags reports "v0-unofficial"
+        return f"kopia {PEER_VERSIONS['kopia']} (module build)"
     exe = binary(tool)
     args = {"restic": ["version"], "kopia": ["--version"], "rustic": ["--version"], "borg": ["--version"]}[tool]
     out = subprocess.run([str(exe), *args], capture_output=True, text=True, check=False).stdout.strip()
@@ -289,11 +291,13 @@ class Peer:
         if self.tool == "rustic":
             spec = f"latest:{source / include}" if include else f"latest:{source}"
             dest = target / include if include else target
+            dest.parent.mkdir(parents=True, exist_ok=True)
             return self._run([exe, *self._rustic_repo(), "restore", spec, str(dest)])
         if self.tool == "kopia":
             root = self._kopia_root(source)  # a listing, not timed (restic/rustic resolve "latest" inside)
             obj = f"{root}/{include}" if include else root
             dest = target / include if include else target
+            dest.parent.mkdir(parents=True, exist_ok=True)
             return self._run([*self._kopia(), "snapshot", "restore", obj, str(dest)])
         if self.tool == "borg":
             rel = str(source / include if include else source).lstrip("/")

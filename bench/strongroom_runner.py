@@ -115,7 +115,7 @@ class StrongroomBench:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, *, unthrottled_gateway: bool = False) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         pg = LocalPostgres(None, self.work / "postgres" / "data")
         kafka = LocalKafka(self.work / "kafka")
@@ -136,6 +136,9 @@ class StrongroomBench:
             STRONGROOM_S3_SECRET_KEY=s3.secret_key,
             STRONGROOM_S3_SECURE="0",
             STRONGROOM_S3_BUCKET=self.bucket,
+            # Benchmarks only: the gateway setting that lifts the priority's read-rate/core limits
+            # (the agent wrapper's BENCH_UNTHROTTLED does the same on the agent side).
+            STRONGROOM_GATEWAY_UNTHROTTLED="1" if unthrottled_gateway else "0",
         )
         self.env = env
         self.stack = Stack()
