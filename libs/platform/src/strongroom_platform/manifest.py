@@ -14,10 +14,15 @@ children, with no duplicate paths. Readers refuse an unknown magic or version.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 from strongroom.common.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from strongroom_platform.objectstore import ObjectStore
 
 MAGIC = b"SRMF"
 VERSION = 1
@@ -41,7 +46,7 @@ def encode_uvarint(value: int) -> bytes:
             return bytes(out)
 
 
-def decode_uvarint(data: bytes, position: int) -> tuple[int, int]:
+def decode_uvarint(data: bytes | bytearray, position: int) -> tuple[int, int]:
     """Read a uvarint at ``position``; return (value, next position)."""
     result = 0
     shift = 0
@@ -56,39 +61,147 @@ def decode_uvarint(data: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
+class ManifestEncoder:
+    """Streaming writer: ``add`` entries in path order, collect the returned bytes, end with ``finish``.
+
+    Memory stays bounded by zstd's window whatever the number of entries.
+    """
+
+    def __init__(self, *, level: int = 3) -> None:
+        self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
+        self._previous: bytes | None = None
+        self._started = False
+        self.count = 0
+
+    def _head(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        return MAGIC + bytes([VERSION])
+
+    def add(self, entry: common_pb2.FileEntry) -> bytes:
+        path = entry.path.encode()
+        if self._previous is not None and path <= self._previous:
+            raise ValueError(f"manifest entries must be sorted and unique: {entry.path!r} after {self._previous!r}")
+        self._previous = path
+        payload = entry.SerializeToString()
+        self.count += 1
+        return self._head() + self._compressor.compress(encode_uvarint(len(payload)) + payload)
+
+    def finish(self) -> bytes:
+        return self._head() + self._compressor.flush()
+
+
 def encode_manifest(entries: Iterable[common_pb2.FileEntry], *, level: int = 3) -> bytes:
     """Serialize entries (already sorted by path) into manifest bytes."""
-    parts: list[bytes] = []
-    previous: str | None = None
-    for entry in entries:
-        if previous is not None and entry.path.encode() <= previous.encode():
-            raise ValueError(f"manifest entries must be sorted and unique: {entry.path!r} after {previous!r}")
-        previous = entry.path
-        payload = entry.SerializeToString()
-        parts.append(encode_uvarint(len(payload)))
-        parts.append(payload)
-    body = zstandard.ZstdCompressor(level=level).compress(b"".join(parts))
-    return MAGIC + bytes([VERSION]) + body
+    encoder = ManifestEncoder(level=level)
+    parts = [encoder.add(entry) for entry in entries]
+    parts.append(encoder.finish())
+    return b"".join(parts)
+
+
+class ManifestDecoder:
+    """Streaming reader: ``feed`` the stored bytes in pieces of any size, get entries back; then ``finish``.
+
+    Holds at most one piece's decompressed output plus one partial record, so a
+    manifest of millions of entries is read in bounded memory.
+    """
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._decompressor: Any = None
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> list[common_pb2.FileEntry]:
+        if self._decompressor is None:
+            need = 5 - len(self._head)
+            self._head += bytes(data[:need])
+            data = data[need:]
+            if len(self._head) < 5:
+                if not MAGIC.startswith(self._head[:4]):
+                    raise ManifestFormatError("not a Strongroom manifest (bad magic)")
+                return []
+            self._check_head()
+            self._decompressor = zstandard.ZstdDecompressor().decompressobj()
+        if not data:
+            return []
+        if self._decompressor.eof:
+            raise ManifestFormatError("corrupt manifest body: data after the end of the frame")
+        try:
+            self._buffer += self._decompressor.decompress(bytes(data))
+        except zstandard.ZstdError as exc:
+            raise ManifestFormatError(f"corrupt manifest body: {exc}") from exc
+        if self._decompressor.eof and self._decompressor.unused_data:
+            raise ManifestFormatError("corrupt manifest body: data after the end of the frame")
+        return self._records()
+
+    def _check_head(self) -> None:
+        if self._head[:4] != MAGIC:
+            raise ManifestFormatError("not a Strongroom manifest (bad magic)")
+        if self._head[4] not in SUPPORTED_VERSIONS:
+            raise ManifestFormatError(f"unsupported manifest format version {self._head[4]}")
+
+    def _records(self) -> list[common_pb2.FileEntry]:
+        out: list[common_pb2.FileEntry] = []
+        buffer = self._buffer
+        position = 0
+        while position < len(buffer):
+            try:
+                length, start = decode_uvarint(buffer, position)
+            except ManifestFormatError:
+                if len(buffer) - position >= 10:
+                    raise
+                break  # the varint continues in the next piece
+            end = start + length
+            if end > len(buffer):
+                break
+            entry = common_pb2.FileEntry()
+            entry.ParseFromString(bytes(buffer[start:end]))
+            out.append(entry)
+            position = end
+        del buffer[:position]
+        return out
+
+    def finish(self) -> None:
+        """The stored bytes ended: refuse a truncated header, frame or record."""
+        if self._decompressor is None:
+            if self._head[:4] != MAGIC:
+                raise ManifestFormatError("not a Strongroom manifest (bad magic)")
+            raise ManifestFormatError("unsupported manifest format version None")
+        if not self._decompressor.eof:
+            raise ManifestFormatError("corrupt manifest body: the frame is truncated")
+        if self._buffer:
+            raise ManifestFormatError("truncated manifest record")
+
+
+DECODE_PIECE = 1 << 20
 
 
 def decode_manifest(data: bytes) -> Iterator[common_pb2.FileEntry]:
-    """Yield the entries of manifest bytes, in stored (path) order."""
-    if data[:4] != MAGIC:
-        raise ManifestFormatError("not a Strongroom manifest (bad magic)")
-    if len(data) < 5 or data[4] not in SUPPORTED_VERSIONS:
-        version = data[4] if len(data) > 4 else None
-        raise ManifestFormatError(f"unsupported manifest format version {version}")
-    try:
-        body = zstandard.ZstdDecompressor().decompressobj().decompress(data[5:])
-    except zstandard.ZstdError as exc:
-        raise ManifestFormatError(f"corrupt manifest body: {exc}") from exc
-    position = 0
-    while position < len(body):
-        length, position = decode_uvarint(body, position)
-        end = position + length
-        if end > len(body):
-            raise ManifestFormatError("truncated manifest record")
-        entry = common_pb2.FileEntry()
-        entry.ParseFromString(body[position:end])
-        position = end
-        yield entry
+    """Yield the entries of manifest bytes, in stored (path) order (decompressed piece by piece)."""
+    decoder = ManifestDecoder()
+    view = memoryview(data)
+    for offset in range(0, len(view), DECODE_PIECE):
+        yield from decoder.feed(view[offset : offset + DECODE_PIECE])
+    decoder.finish()
+
+
+async def iter_manifest_from_object(
+    store: ObjectStore, key: str, *, range_bytes: int = 4 << 20
+) -> AsyncIterator[common_pb2.FileEntry]:
+    """Yield the entries of the manifest object ``key``, reading it in ranges (bounded memory).
+
+    Decompression and parsing run in a worker thread. Raises ``ObjectNotFound``
+    or ``ManifestFormatError`` like reading the whole object would.
+    """
+    size = (await store.stat(key)).size
+    decoder = ManifestDecoder()
+    offset = 0
+    while offset < size:
+        piece = await store.get(key, offset=offset, length=min(range_bytes, size - offset))
+        if not piece:
+            break
+        offset += len(piece)
+        for entry in await asyncio.to_thread(decoder.feed, piece):
+            yield entry
+    decoder.finish()
