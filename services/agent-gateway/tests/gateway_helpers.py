@@ -15,6 +15,8 @@ from google.protobuf.message import Message
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom.gateway.v1 import manifest_pb2_grpc
+from strongroom_gateway import manifest_api
 from strongroom_gateway.consumers import build_handlers
 from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.grpc_api import GatewayServicer, register
@@ -81,9 +83,18 @@ class GatewayHarness:
             writer=self.writer,
             job_poll_interval=3600,
         )
-        self.server, port = await start_grpc_server("127.0.0.1:0", register(servicer))
+        manifest_service = manifest_api.register(
+            manifest_api.ManifestServicer(store=self.store, object_store=self.objects, keys=self.keys)
+        )
+
+        def add(server: grpc.aio.Server) -> None:
+            register(servicer)(server)
+            manifest_service(server)
+
+        self.server, port = await start_grpc_server("127.0.0.1:0", add)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.stub = gateway_pb2_grpc.AgentGatewayServiceStub(self.channel)
+        self.manifest_stub = manifest_pb2_grpc.ManifestServiceStub(self.channel)
 
     async def stop(self) -> None:
         await self.channel.close()

@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import socket
 
 import grpc
 import pytest
 from gateway_helpers import meta
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.events.v1 import events_pb2
+from strongroom.gateway.v1 import manifest_pb2, manifest_pb2_grpc
 from strongroom_gateway.bootstrap import run
 from strongroom_gateway.keys import MasterKeyConfig
 from strongroom_gateway.settings import Settings
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
 from strongroom_platform.events import to_timestamp
-from strongroom_platform.settings import PlatformSettings
+from strongroom_platform.settings import PlatformSettings, SettingsError
 from strongroom_platform.testing import FakeClock, InMemoryEventBus, InMemoryObjectStore
 
 
@@ -79,3 +81,60 @@ async def test_run_announces_and_serves_with_injected_fakes(capsys: pytest.Captu
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _serving(capsys: pytest.CaptureFixture[str]) -> str:
+    for _ in range(500):
+        out = capsys.readouterr().out
+        if out:
+            return out.split()[2]
+        await asyncio.sleep(0.01)
+    raise AssertionError("the gateway did not announce itself")
+
+
+async def test_internal_api_only_on_its_own_listener_when_configured(capsys: pytest.CaptureFixture[str]) -> None:
+    clock = FakeClock()
+    bus = InMemoryEventBus()
+    internal = f"127.0.0.1:{_free_port()}"
+    settings = Settings(
+        platform=PlatformSettings("unused", "unused", True, "file:unused", None, "none"),
+        master_key=MasterKeyConfig(key=bytes(range(32))),
+        internal_listen=internal,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run(
+            settings,
+            stop,
+            clock=clock,
+            object_store=InMemoryObjectStore(clock),
+            consumer_factory=bus.consumer,
+            store=InMemoryGatewayStore(),
+        )
+    )
+    request = manifest_pb2.ReadPointManifestRequest(point_id="p-unknown")
+    try:
+        agents = await _serving(capsys)
+        async with grpc.aio.insecure_channel(agents) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [r async for r in manifest_pb2_grpc.ManifestServiceStub(channel).ReadPointManifest(request)]
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED  # not on the agents' listener
+        async with grpc.aio.insecure_channel(internal) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [r async for r in manifest_pb2_grpc.ManifestServiceStub(channel).ReadPointManifest(request)]
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_run_refuses_to_start_without_a_master_key() -> None:
+    settings = Settings(platform=PlatformSettings("unused", "unused", True, "file:unused", None, "none"))
+    with pytest.raises(SettingsError, match="no master key configured"):
+        await run(settings, asyncio.Event(), store=InMemoryGatewayStore())

@@ -160,6 +160,34 @@ async def test_cross_account_dedup_is_impossible(gw: GatewayHarness) -> None:
     assert alice.account_id == "acct-a"
 
 
+async def test_manifest_is_sealed_and_a_tampered_or_moved_manifest_is_refused(gw: GatewayHarness) -> None:
+    agent, first = await _backup(gw, "i-1", "acct-a", [b"one"])
+    await gw.request_backup(agent, "job-2")
+    key = await gw.key_of("acct-a")
+    second = (await gw.commit(agent, "job-2", [file_entry("secret-name.txt", key, [b"one"])])).point_id
+    sealed_second = await gw.objects.get(f"manifests/acct-a/{second}")
+    assert sealed_second[:5] == b"SRME\x01" and b"secret-name" not in sealed_second
+
+    # The second point's manifest copied over the first's object: sealed for another point id.
+    _tamper(gw, f"manifests/acct-a/{first}", sealed_second)
+    await _restore_job(gw, agent, first, "r-1")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in gw.stub.ReadManifest(gateway_pb2.ReadManifestRequest(restore_job_id="r-1"), metadata=agent.md):
+            pass
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "authentication failed" in (err.value.details() or "")
+
+    # A flipped byte in the second point's own manifest.
+    flipped = bytearray(sealed_second)
+    flipped[-1] ^= 0x80
+    _tamper(gw, f"manifests/acct-a/{second}", bytes(flipped))
+    await _restore_job(gw, agent, second, "r-2")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in gw.stub.ReadManifest(gateway_pb2.ReadManifestRequest(restore_job_id="r-2"), metadata=agent.md):
+            pass
+    assert "authentication failed" in (err.value.details() or "")
+
+
 async def test_data_key_is_stored_only_wrapped(gw: GatewayHarness) -> None:
     await _backup(gw, "i-1", "acct-a", [b"x"])
     stored = gw.store.state.data_keys["acct-a"]

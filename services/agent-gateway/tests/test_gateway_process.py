@@ -49,3 +49,48 @@ async def test_process_serves_and_stops_on_sigterm(pg_dsn: str, kafka_bootstrap:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_process_without_a_master_key_refuses_to_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_MASTER_KEY")} | {
+        "STRONGROOM_PG_DSN": "postgresql://unused@127.0.0.1:1/x",
+        "STRONGROOM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "STRONGROOM_OBJECT_STORE": f"file:{tmp_path}",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "strongroom_gateway",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode != 0 and stdout == b""
+    assert b"STRONGROOM_MASTER_KEY is required" in stderr, stderr.decode()[-2000:]
+
+
+async def test_process_creates_the_key_file_0600_and_reuses_it(tmp_path: Path) -> None:
+    key_file = tmp_path / "master.key"
+    env = dict(
+        os.environ,
+        STRONGROOM_PG_DSN="postgresql://unused@127.0.0.1:1/x",
+        STRONGROOM_KAFKA_BOOTSTRAP="127.0.0.1:1",
+        STRONGROOM_OBJECT_STORE=f"file:{tmp_path / 'objects'}",
+        STRONGROOM_MASTER_KEY_FILE=str(key_file),
+    )
+
+    async def start_once() -> bytes:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "strongroom_gateway",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await asyncio.wait_for(process.communicate(), 60)  # then fails at the database: the key comes first
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        return key_file.read_bytes()
+
+    assert await start_once() == await start_once()

@@ -20,8 +20,10 @@ from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
-# Start order: the restore service calls the catalog, so the catalog comes first.
-SERVICES: tuple[str, ...] = ("catalog", "scheduler", "billing", "gateway", "restore")
+# Start order: the catalog reads manifests from the gateway and the restore service calls the
+# catalog, so the gateway starts first, then the catalog, then the others together.
+SERVICES: tuple[str, ...] = ("gateway", "catalog", "scheduler", "billing", "restore")
+_STARTED_ONE_BY_ONE = 2
 MODULES: Mapping[str, str] = {
     "catalog": "strongroom_catalog",
     "scheduler": "strongroom_scheduler",
@@ -177,8 +179,9 @@ class Stack:
         """
         listen = listen or {}
         try:
-            first, *rest = SERVICES
-            self.processes[first] = await self._start_one(first, base_env, log_dir, listen.get(first), start_within)
+            for name in SERVICES[:_STARTED_ONE_BY_ONE]:
+                self.processes[name] = await self._start_one(name, base_env, log_dir, listen.get(name), start_within)
+            rest = SERVICES[_STARTED_ONE_BY_ONE:]
             started = await asyncio.gather(
                 *(self._start_one(name, base_env, log_dir, listen.get(name), start_within) for name in rest),
                 return_exceptions=True,

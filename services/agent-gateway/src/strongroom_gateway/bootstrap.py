@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
+import grpc
 from strongroom_platform import wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.db import create_pool, migrate
@@ -16,7 +18,7 @@ from strongroom_platform.outbox import start_relay
 from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import SettingsError
 
-from strongroom_gateway import consumers
+from strongroom_gateway import consumers, manifest_api
 from strongroom_gateway.grpc_api import GatewayServicer, register
 from strongroom_gateway.ingest import PackWriter
 from strongroom_gateway.keys import AccountKeys, MasterKeyring
@@ -33,6 +35,16 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _both(
+    first: Callable[[grpc.aio.Server], None], second: Callable[[grpc.aio.Server], None]
+) -> Callable[[grpc.aio.Server], None]:
+    def add(server: grpc.aio.Server) -> None:
+        first(server)
+        second(server)
+
+    return add
 
 
 async def run(
@@ -79,11 +91,12 @@ async def run(
             consumer_factory = wiring.consumer_factory(settings.platform)
 
         sessions = SessionRegistry()
+        keys = AccountKeys(store, keyring, clock)
         writer = PackWriter(
             store,
             object_store,
             clock,
-            keys=AccountKeys(store, keyring, clock),
+            keys=keys,
             target_bytes=settings.pack_target_bytes,
             max_concurrent_writes=settings.max_concurrent_writes,
         )
@@ -101,7 +114,19 @@ async def run(
             writer=writer,
             job_poll_interval=settings.job_poll_interval,
         )
-        server, port = await start_grpc_server(settings.grpc_listen, register(servicer))
+        # The internal ManifestService (decrypted manifests for the catalog) gets its own listener
+        # when one is configured, so the agents' listener never serves it (ADR 0016).
+        internal = manifest_api.register(
+            manifest_api.ManifestServicer(store=store, object_store=object_store, keys=keys)
+        )
+        if settings.internal_listen:
+            internal_server, internal_port = await start_grpc_server(settings.internal_listen, internal)
+            stack.push_async_callback(internal_server.stop, 5)
+            log.info("gateway internal API on %s:%d", settings.internal_listen.rsplit(":", 1)[0], internal_port)
+            services = register(servicer)
+        else:
+            services = _both(register(servicer), internal)
+        server, port = await start_grpc_server(settings.grpc_listen, services)
         stack.push_async_callback(server.stop, 5)
         host = settings.grpc_listen.rsplit(":", 1)[0]
         print(f"LISTENING gateway {host}:{port}", flush=True)

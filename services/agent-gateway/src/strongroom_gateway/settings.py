@@ -18,6 +18,8 @@ class Settings:
     STRONGROOM_GATEWAY_MAX_WRITES: concurrent object-store writes (default 8).
     STRONGROOM_GATEWAY_UNTHROTTLED: benchmarks only; when 1, backup jobs are delivered without
         the priority's read-rate and core limits (default 0).
+    STRONGROOM_GATEWAY_INTERNAL_LISTEN: host:port for the internal API (ManifestService, used by the
+        catalog); unset, it is served on STRONGROOM_GRPC_LISTEN (one-machine setups only, ADR 0016).
     STRONGROOM_MASTER_KEY (base64 of 32 bytes) or STRONGROOM_MASTER_KEY_FILE (created 0600 if missing),
         STRONGROOM_MASTER_KEY_ID, STRONGROOM_MASTER_KEYS_RETIRED: the key wrapping the accounts' data
         keys; one of the first two is required (ADR 0015, ``keys.MasterKeyConfig``).
@@ -34,6 +36,7 @@ class Settings:
     unthrottled: bool = False
     # None only when constructed in code (tests inject a keyring); from_env requires it.
     master_key: MasterKeyConfig | None = None
+    internal_listen: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -50,4 +53,5 @@ class Settings:
             max_concurrent_writes=writes,
             unthrottled=env_bool(environ, "STRONGROOM_GATEWAY_UNTHROTTLED", False),
             master_key=MasterKeyConfig.from_env(environ),
+            internal_listen=environ.get("STRONGROOM_GATEWAY_INTERNAL_LISTEN") or None,
         )

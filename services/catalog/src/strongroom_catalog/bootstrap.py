@@ -7,6 +7,7 @@ import contextlib
 import logging
 from contextlib import AsyncExitStack
 
+import grpc
 from strongroom_platform import wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.db import create_pool, migrate
@@ -17,6 +18,7 @@ from strongroom_platform.runtime import serve_grpc
 
 from strongroom_catalog import consumers
 from strongroom_catalog.grpc_api import CatalogServicer, register
+from strongroom_catalog.manifests import GatewayManifestReader, ManifestReader
 from strongroom_catalog.migrations import MIGRATIONS, SCHEMA
 from strongroom_catalog.repository import PgCatalogRepository
 from strongroom_catalog.retention import run_retention
@@ -53,8 +55,16 @@ async def run(
         await migrate(pool, schema, MIGRATIONS)
         repo = PgCatalogRepository(pool)
 
-        if object_store is None:
-            object_store = await stack.enter_async_context(wiring.object_store(settings.platform, clock))
+        manifests: ObjectStore | ManifestReader
+        if object_store is not None:
+            manifests = object_store
+        elif settings.gateway_addr:
+            channel = grpc.aio.insecure_channel(settings.gateway_addr)
+            stack.push_async_callback(channel.close, None)
+            manifests = GatewayManifestReader(channel)
+        else:
+            log.warning("STRONGROOM_GATEWAY_ADDR unset: encrypted manifests cannot be indexed")
+            manifests = await stack.enter_async_context(wiring.object_store(settings.platform, clock))
         if publisher is None:
             publisher = await stack.enter_async_context(wiring.publisher(settings.platform))
         if consumer_factory is None:
@@ -63,7 +73,7 @@ async def run(
         relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
         stack.push_async_callback(_cancel, relay)
 
-        consumer = consumer_factory(consumers.GROUP_ID, consumers.handlers(repo, object_store))
+        consumer = consumer_factory(consumers.GROUP_ID, consumers.handlers(repo, manifests))
         await consumer.start()
         stack.push_async_callback(consumer.stop)
 

@@ -8,12 +8,13 @@ from strongroom_platform.events import INSTANCE_SETTINGS_CHANGED, POINT_CREATED,
 from strongroom_platform.objectstore import ObjectStore
 
 from strongroom_catalog.handlers import handle_instance_settings_changed, handle_point_created
+from strongroom_catalog.manifests import ManifestReader
 from strongroom_catalog.ports import CatalogRepository
 
 GROUP_ID = "catalog"
 
 
-def handlers(repo: CatalogRepository, store: ObjectStore) -> dict[str, Handler]:
+def handlers(repo: CatalogRepository, store: ObjectStore | ManifestReader) -> dict[str, Handler]:
     """{topic: handler} for the catalog's consumer group."""
 
     async def on_point_created(record: Record) -> None:

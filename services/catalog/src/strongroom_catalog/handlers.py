@@ -17,6 +17,7 @@ from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
 from strongroom_catalog.errors import FailedPrecondition, InvalidArgument, NotFound
+from strongroom_catalog.manifests import ManifestReader
 from strongroom_catalog.model import EntryRow, PointRecord, VersionRecord
 from strongroom_catalog.paths import decode_page_token, encode_page_token, normalize_directory
 from strongroom_catalog.ports import CatalogRepository
@@ -61,7 +62,7 @@ async def handle_point_created(
     event: events_pb2.PointCreated,
     *,
     repo: CatalogRepository,
-    store: ObjectStore,
+    store: ObjectStore | ManifestReader,
     batch_size: int = INDEX_BATCH_SIZE,
 ) -> None:
     """Record the point (and its version), then index its files for browsing.
@@ -150,7 +151,11 @@ class _Batcher:
 
 
 async def index_point(
-    repo: CatalogRepository, store: ObjectStore, point: PointRecord, *, batch_size: int = INDEX_BATCH_SIZE
+    repo: CatalogRepository,
+    store: ObjectStore | ManifestReader,
+    point: PointRecord,
+    *,
+    batch_size: int = INDEX_BATCH_SIZE,
 ) -> None:
     """Load the point's manifest into the file index and mark the point browsable.
 
@@ -158,9 +163,16 @@ async def index_point(
     per batch; decoding runs in a worker thread). A manifest that is missing
     or unreadable is recorded as the point's ``index_error`` (the point stays
     listed but not browsable); other failures propagate so the event is retried.
+    ``store`` is the gateway (manifests are encrypted, ADR 0016) or, for
+    plaintext manifests only, the object store.
     """
     try:
-        data = await store.get(point.manifest_key)
+        if isinstance(store, ManifestReader):
+            data = await store.read_point_manifest(point.point_id)
+        else:
+            data = await store.get(point.manifest_key)
+            if data[:4] == b"SRME":
+                raise ManifestFormatError("the manifest is encrypted: set STRONGROOM_GATEWAY_ADDR to read it")
         batcher = _Batcher(point.point_id, decode_manifest(data))
         async with repo.transaction() as tx:
             locked = await tx.get_point(point.point_id)
