@@ -92,7 +92,7 @@ async def authenticate(authorization: str | None, *, store: GatewayStore) -> Ide
 
 
 async def pending_commands(
-    identity: Identity, session: Session, *, store: GatewayStore
+    identity: Identity, session: Session, *, store: GatewayStore, unthrottled: bool = False
 ) -> list[tuple[str, gateway_pb2.AgentCommand]]:
     """Commands not yet sent on this stream: every unfinished job, then cancels of delivered ones.
 
@@ -113,7 +113,7 @@ async def pending_commands(
             if key not in session.sent:
                 out.append((key, gateway_pb2.AgentCommand(cancel_job=gateway_pb2.CancelJob(job_id=job.job_id))))
         elif job.job_id not in session.sent:
-            out.append((job.job_id, command_for_delivery(job, account)))
+            out.append((job.job_id, command_for_delivery(job, account, unthrottled=unthrottled)))
     return out
 
 

@@ -53,6 +53,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         sessions: SessionRegistry,
         writer: ingest.PackWriter,
         job_poll_interval: float = 5.0,
+        unthrottled: bool = False,
     ) -> None:
         self._store = store
         self._objects = object_store
@@ -60,6 +61,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self._sessions = sessions
         self._writer = writer
         self._poll = job_poll_interval
+        self._unthrottled = unthrottled
 
     async def _identity(self, context: grpc.aio.ServicerContext[object, object]) -> Identity:
         authorization = None
@@ -91,7 +93,9 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         try:
             while True:
                 session.wake.clear()
-                for key, command in await agents.pending_commands(identity, session, store=self._store):
+                for key, command in await agents.pending_commands(
+                    identity, session, store=self._store, unthrottled=self._unthrottled
+                ):
                     if not key.startswith("cancel:"):
                         # Before sending: the agent may call ReadManifest as soon as it has the command.
                         await agents.mark_delivered(key, store=self._store)

@@ -27,6 +27,9 @@ THROTTLE: dict[int, tuple[int, int]] = {
     common_pb2.BACKUP_PRIORITY_HIGH: (30_000_000, 2),
 }
 
+# max_cores of an unthrottled job: more than any host has, so the agent uses all of its cores.
+UNTHROTTLED_CORES = 1024
+
 FINAL_STATUSES = frozenset(
     {
         common_pb2.JOB_STATUS_COMPLETE,
@@ -64,11 +67,21 @@ def run_backup_command(
     )
 
 
-def command_for_delivery(job: Job, account: Account) -> gateway_pb2.AgentCommand:
+def command_for_delivery(job: Job, account: Account, *, unthrottled: bool = False) -> gateway_pb2.AgentCommand:
+    """The stored command with the account's repository parameters.
+
+    Backups are marked ``accepts_base_point`` (this gateway synthesizes points
+    from a base). ``unthrottled`` (STRONGROOM_GATEWAY_UNTHROTTLED, benchmarks
+    only) lifts the read-rate limit and lets the agent use every core.
+    """
     command = gateway_pb2.AgentCommand()
     command.ParseFromString(job.command)
     if command.HasField("run_backup"):
         command.run_backup.repository.CopyFrom(repository_parameters(account))
+        command.run_backup.accepts_base_point = True
+        if unthrottled:
+            command.run_backup.max_read_bytes_per_second = 0
+            command.run_backup.max_cores = UNTHROTTLED_CORES
     return command
 
 

@@ -13,7 +13,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
-from strongroom_platform.manifest import ManifestFormatError, decode_manifest, encode_manifest
+from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
 from strongroom_gateway import manifests
@@ -25,6 +25,7 @@ from strongroom_gateway.jobs import PRODUCER
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Point
 from strongroom_gateway.restrictions import require_job
+from strongroom_gateway.synthesis import BuiltManifest, SortedSpool, build_manifest, merge_entries
 
 MAX_IDS_PER_REQUEST = 10_000
 MANIFEST_BATCH = 1_000
@@ -82,14 +83,6 @@ def _check_entry(entry: common_pb2.FileEntry) -> None:
             raise InvalidArgument(f"entry {entry.path!r} has a chunk id that is not {CHUNK_ID_SIZE} bytes")
 
 
-def _sorted_entries(entries: list[common_pb2.FileEntry]) -> list[common_pb2.FileEntry]:
-    entries.sort(key=lambda e: e.path.encode())
-    for before, after in zip(entries, entries[1:], strict=False):
-        if before.path == after.path:
-            raise InvalidArgument(f"duplicate entry path {after.path!r}")
-    return entries
-
-
 async def commit_point(
     identity: Identity,
     requests: AsyncIterator[gateway_pb2.CommitPointRequest],
@@ -102,6 +95,11 @@ async def commit_point(
 ) -> gateway_pb2.CommitPointResponse:
     """Validate the entries, write the manifest (locked), record the point and emit point-created.
 
+    With ``base_point_id`` the manifest is synthesized: the base point's entries
+    minus the deleted paths, plus the new and changed entries (``synthesis``),
+    in bounded memory. The base must be a point of the same instance, account
+    and mount point (else FAILED_PRECONDITION, and the agent sends everything).
+
     Committing the same filesystem of a job again returns the existing point
     (a retry after a lost response).
     """
@@ -113,39 +111,50 @@ async def commit_point(
     filesystem = header.filesystem
     if not filesystem.mount_point:
         raise InvalidArgument("the point header needs the filesystem's mount_point")
-    entries: list[common_pb2.FileEntry] = []
-    async for request in requests:
-        if request.WhichOneof("part") != "entries":
-            raise InvalidArgument("only entry batches may follow the header")
-        for entry in request.entries.entries:
-            _check_entry(entry)
-        entries.extend(request.entries.entries)
+    base = await _base_point(identity, header, store) if header.base_point_id else None
+    changes = SortedSpool()
+    deleted = SortedSpool()
+    try:
+        await _receive(requests, changes, deleted, has_base=base is not None)
 
-    async with store.transaction() as tx:
-        existing = await tx.find_point(job.job_id, filesystem.mount_point)
-    if existing is not None:
-        return _response(existing)
+        async with store.transaction() as tx:
+            existing = await tx.find_point(job.job_id, filesystem.mount_point)
+        if existing is not None:
+            return _response(existing)
 
-    entries = await asyncio.to_thread(_sorted_entries, entries)
-    chunk_ids = list({bytes(c) for e in entries for c in e.chunk_ids})
-    locations = await _locate(store, identity.account_id, chunk_ids)
-    missing = [c for c in chunk_ids if c not in locations]
-    if missing:
-        sample = ", ".join(sorted(c.hex() for c in missing)[:5])
-        raise FailedPrecondition(f"{len(missing)} referenced chunks are not stored (upload them first): {sample}")
+        base_manifest = await _read_base(base, object_store, keys) if base is not None else None
+        loop = asyncio.get_running_loop()
+
+        def locate(ids: list[bytes]) -> dict[bytes, ChunkLocation]:
+            return asyncio.run_coroutine_threadsafe(_locate(store, identity.account_id, ids), loop).result()
+
+        def build() -> BuiltManifest:
+            base_entries = decode_manifest(base_manifest) if base_manifest is not None else iter(())
+            return build_manifest(merge_entries(base_entries, changes.sorted(), deleted.sorted()), locate)
+
+        try:
+            built = await asyncio.to_thread(build)
+        except ManifestFormatError as exc:
+            raise FailedPrecondition(f"the base point's manifest cannot be read: {exc}") from None
+    finally:
+        changes.close()
+        deleted.close()
+    if base is not None and built.entry_count != header.entry_count:
+        raise FailedPrecondition(
+            f"the point synthesized from base {base.point_id!r} has {built.entry_count} entries, the agent"
+            f" counted {header.entry_count}; send a full manifest"
+        )
 
     now = clock.now()
     retain_until = now + RETENTION + LOCK_MARGIN
-    await _extend_pack_locks(identity.account_id, locations.values(), now, store, object_store, write_slots)
+    await _extend_pack_locks(identity.account_id, built.packs.values(), now, store, object_store, write_slots)
     point_id = str(uuid.uuid4())
     key = manifest_key(identity.account_id, point_id)
-    data = await asyncio.to_thread(encode_manifest, entries)
-    data = await manifests.seal(keys, account_id=identity.account_id, point_id=point_id, manifest=data)
+    data = built.data
     async with write_slots:
         await object_store.put(key, data, retain_until=retain_until)
 
-    file_count = sum(1 for e in entries if e.type == common_pb2.ENTRY_TYPE_FILE)
-    total_bytes = sum(e.size for e in entries if e.type == common_pb2.ENTRY_TYPE_FILE)
+    file_count, total_bytes = built.file_count, built.total_bytes
     async with store.transaction() as tx:
         current = await tx.get_job(job.job_id, for_update=True)
         if current is None or current.state == "finished" or current.cancel_requested:
@@ -193,6 +202,51 @@ async def commit_point(
             ),
         )
     return _response(point)
+
+
+async def _receive(
+    requests: AsyncIterator[gateway_pb2.CommitPointRequest],
+    changes: SortedSpool,
+    deleted: SortedSpool,
+    *,
+    has_base: bool,
+) -> None:
+    """Validate the entry batches and spool entries and deleted paths (any order; sorted on reading)."""
+    async for request in requests:
+        if request.WhichOneof("part") != "entries":
+            raise InvalidArgument("only entry batches may follow the header")
+        for entry in request.entries.entries:
+            _check_entry(entry)
+            changes.add(entry.path.encode(), entry.SerializeToString())
+        if request.entries.deleted_paths and not has_base:
+            raise InvalidArgument("deleted_paths need a base point (PointHeader.base_point_id)")
+        for path in request.entries.deleted_paths:
+            check_relative_path(path, "deleted path")
+            deleted.add(path.encode(), b"")
+
+
+async def _base_point(identity: Identity, header: gateway_pb2.PointHeader, store: GatewayStore) -> Point:
+    async with store.transaction() as tx:
+        base = await tx.get_point(header.base_point_id)
+    if base is None or base.account_id != identity.account_id or base.instance_id != identity.instance_id:
+        raise FailedPrecondition(
+            f"base point {header.base_point_id!r} is not a point of this instance; send a full manifest"
+        )
+    if base.mount_point != header.filesystem.mount_point:
+        raise FailedPrecondition(
+            f"base point {header.base_point_id!r} is of {base.mount_point!r}, not {header.filesystem.mount_point!r}"
+        )
+    return base
+
+
+async def _read_base(base: Point, object_store: ObjectStore, keys: AccountKeys) -> bytes:
+    """The base point's manifest bytes (opened if sealed); decoded piece by piece in the synthesis thread."""
+    try:
+        return await manifests.read_point_manifest(object_store, keys, base)
+    except (ObjectNotFound, ManifestFormatError) as exc:
+        raise FailedPrecondition(
+            f"the manifest of base point {base.point_id!r} cannot be read ({exc}); send a full manifest"
+        ) from None
 
 
 def _response(point: Point) -> gateway_pb2.CommitPointResponse:
