@@ -151,6 +151,7 @@ async def commit_point(
     point_id = str(uuid.uuid4())
     key = manifest_key(identity.account_id, point_id)
     data = built.data
+    data = await manifests.seal(keys, account_id=identity.account_id, point_id=point_id, manifest=data)
     async with write_slots:
         await object_store.put(key, data, retain_until=retain_until)
 
