@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 
 ## run: start every service against embedded backends and back up a demo directory (Ctrl-C stops)
 run: sync
-	$(UV) run strongroom standalone $(if $(DIR),--backup-dir "$(DIR)",)
+	@# gRPC warns about fork() when the runner starts child processes; they exec at once, so fork support is not needed.
+	GRPC_ENABLE_FORK_SUPPORT=0 $(UV) run strongroom standalone $(if $(DIR),--backup-dir "$(DIR)",)
 
 ## test: lint, type-check and run every test against real Kafka, PostgreSQL and S3
 test: sync lint typecheck prefetch
