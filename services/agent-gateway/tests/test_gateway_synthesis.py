@@ -183,3 +183,17 @@ async def test_a_synthesized_point_still_needs_every_chunk(gw: GatewayHarness) -
         await _commit(gw, agent, "job-2", [file_entry("f", key, [b"never uploaded"])], base=base.point_id, count=2)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "not stored" in (err.value.details() or "")
+
+
+async def test_unthrottled_gateway_delivers_backups_without_limits(gw: GatewayHarness) -> None:
+    from strongroom_gateway.agents import authenticate, pending_commands
+    from strongroom_gateway.sessions import SessionRegistry
+
+    agent = await gw.enrolled_agent("i-1", "acct-a")
+    await gw.request_backup(agent, "job-1")
+    identity = await authenticate(f"Bearer {agent.instance_id}.{agent.credential}", store=gw.store)
+    registry = SessionRegistry()
+    limited = await pending_commands(identity, registry.open("i-1"), store=gw.store)
+    free = await pending_commands(identity, registry.open("i-1"), store=gw.store, unthrottled=True)
+    assert [c.run_backup.max_read_bytes_per_second for _, c in limited] == [10_000_000]
+    assert [(c.run_backup.max_read_bytes_per_second, c.run_backup.max_cores) for _, c in free] == [(0, 1024)]

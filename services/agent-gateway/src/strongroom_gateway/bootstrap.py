@@ -113,6 +113,7 @@ async def run(
             sessions=sessions,
             writer=writer,
             job_poll_interval=settings.job_poll_interval,
+            unthrottled=settings.unthrottled,
         )
         # The internal ManifestService (decrypted manifests for the catalog) gets its own listener
         # when one is configured, so the agents' listener never serves it (ADR 0016).
