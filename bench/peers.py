@@ -198,6 +198,7 @@ class Peer:
             BORG_BASE_DIR=str(self.work / "borg-base"),
             KOPIA_CHECK_FOR_UPDATES="false",
             RESTIC_CACHE_DIR=str(self.work / "cache"),
+            XDG_CONFIG_HOME=str(self.work / "config"),
         )
         if self.s3:
             env.update(AWS_ACCESS_KEY_ID=self.s3.access_key, AWS_SECRET_ACCESS_KEY=self.s3.secret_key)
@@ -211,23 +212,22 @@ class Peer:
     def _rustic_repo(self) -> list[str]:
         base = ["--no-progress", "--cache-dir", str(self.work / "cache")]
         if self.s3:
+            # rustic takes backend options only from a profile file: <XDG_CONFIG_HOME>/rustic/bench.toml
             s3 = self.s3
-            return base + [
-                "-r",
-                "opendal:s3",
-                "--opt",
-                f"bucket={s3.bucket}",
-                "--opt",
-                f"endpoint=http://{s3.endpoint}",
-                "--opt",
-                "region=us-east-1",
-                "--opt",
-                f"access_key_id={s3.access_key}",
-                "--opt",
-                f"secret_access_key={s3.secret_key}",
-                "--opt",
-                "root=/",
-            ]
+            profile = self.work / "config" / "rustic" / "bench.toml"
+            profile.parent.mkdir(parents=True, exist_ok=True)
+            profile.write_text(
+                "[repository]\n"
+                'repository = "opendal:s3"\n'
+                "[repository.options]\n"
+                f'bucket = "{s3.bucket}"\n'
+                f'endpoint = "http://{s3.endpoint}"\n'
+                'region = "us-east-1"\n'
+                f'access_key_id = "{s3.access_key}"\n'
+                f'secret_access_key = "{s3.secret_key}"\n'
+                'root = "/"\n'
+            )
+            return ["-P", "bench", *base]
         return base + ["-r", str(self.repo_dir)]
 
     def _kopia(self) -> list[str]:

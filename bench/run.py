@@ -251,6 +251,32 @@ def tables(rec: Recorder, engines: list[str]) -> str:
     return "\n".join(out)
 
 
+def render(
+    header: list[str], rec: Recorder, engines: list[str], throttle: list[str], scale: list[str], partial: str = ""
+) -> str:
+    report = ["## Benchmark" + (f" (partial, {partial})" if partial else ""), "", *header, "", tables(rec, engines)]
+    if throttle:
+        report += [
+            "### Throttle (Strongroom stock agent, MB/s = bytes read by the agent / wall time)\n",
+            "| priority | MB/s | 10 s windows min – max MB/s | cores (agent CPU / wall) | seconds |",
+            "|---|---:|---|---:|---:|",
+            *throttle,
+            "",
+        ]
+    if scale:
+        report += ["### Scale run\n", *scale, ""]
+    if rec.notes:
+        report += ["### Notes\n", *[f"- {n}" for n in rec.notes], ""]
+    return "\n".join(report)
+
+
+def save(args: argparse.Namespace, work: Path, text: str, rec: Recorder) -> None:
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    (work / "raw.json").write_text(json.dumps({m: dict(v) for m, v in rec.values.items()}, indent=1))
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -266,6 +292,8 @@ async def amain(args: argparse.Namespace) -> int:
     files = count_files(day1)
     size = sum(os.lstat(os.path.join(d, f)).st_size for d, _s, fs in os.walk(day1) for f in fs)
 
+    throttle_lines: list[str] = []
+    scale_lines: list[str] = []
     available = []
     versions = {}
     for tool in [t for t in args.peers.split(",") if t]:
@@ -308,33 +336,17 @@ async def amain(args: argparse.Namespace) -> int:
                 except Exception as exc:
                     traceback.print_exc()
                     rec.notes.append(f"run {run} {engine} FAILED: {str(exc).splitlines()[0][:200]}")
+            save(args, work, render(header, rec, engines, [], [], partial=f"after run {run}"), rec)
         throttle_lines = await throttle_runs(bench, day1, data, args.throttle_seconds, rec)
-        scale_lines = []
         if args.scale:
             scale_lines = await scale_run(bench, work, args.scale, args.scale_dir)
     finally:
         await bench.stop()
         rmtree(data)
 
-    report = ["## Benchmark", "", *header, "", tables(rec, engines)]
-    if throttle_lines:
-        report += [
-            "### Throttle (Strongroom stock agent, MB/s = bytes read by the agent / wall time)\n",
-            "| priority | MB/s | 10 s windows min – max MB/s | cores (agent CPU / wall) | seconds |",
-            "|---|---:|---|---:|---:|",
-            *throttle_lines,
-            "",
-        ]
-    if scale_lines:
-        report += ["### Scale run\n", *scale_lines, ""]
-    if rec.notes:
-        report += ["### Notes\n", *[f"- {n}" for n in rec.notes], ""]
-    text = "\n".join(report)
+    text = render(header, rec, engines, throttle_lines, scale_lines)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    (work / "raw.json").write_text(json.dumps({m: dict(v) for m, v in rec.values.items()}, indent=1))
+    save(args, work, text, rec)
     return 0
 
 
