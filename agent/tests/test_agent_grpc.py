@@ -219,3 +219,19 @@ async def test_agent_process_runs_a_backup_and_stops_on_sigterm(server: Any, tmp
             await process.wait()
     assert process.returncode == 0, stderr.decode()
     assert b"Traceback" not in stderr
+
+
+async def test_writing_to_a_finished_control_stream_is_a_gateway_error() -> None:
+    import asyncio as _asyncio
+
+    from strongroom_agent.gateway_client import GatewayError as _GatewayError
+    from strongroom_agent.gateway_client import _GrpcControlStream
+
+    class Finished:
+        async def write(self, report: object) -> None:
+            raise _asyncio.InvalidStateError("RPC already finished.")
+
+    stream = _GrpcControlStream(Finished())  # type: ignore[arg-type]
+    with pytest.raises(_GatewayError) as err:
+        await stream.write(gateway_pb2.AgentReport())
+    assert err.value.code == "UNAVAILABLE"

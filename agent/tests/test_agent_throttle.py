@@ -82,3 +82,29 @@ def test_zero_rate_means_unlimited() -> None:
     assert isinstance(make_throttle(10), TokenBucket)
     with pytest.raises(ValueError):
         TokenBucket(0)
+
+
+@pytest.mark.parametrize("pauses", [False, True])
+@pytest.mark.parametrize("rate", [10_000_000, 30_000_000])
+def test_bursty_reads_stay_within_ten_percent_over_every_sixty_second_window(rate: int, pauses: bool) -> None:
+    """Reads of random sizes (4 KiB .. 8 MiB): every 60 s window, wherever it starts, holds at most
+    rate × 60 s + 10 % (plus one burst); an eager reader also gets at least rate × 60 s - 10 %. With idle
+    gaps (the reader busy elsewhere) only the ceiling can hold, and idle time is not saved up beyond the burst."""
+    import random
+
+    clock = FakeTime()
+    bucket = TokenBucket(rate, monotonic=clock.monotonic, sleep=clock.sleep)
+    rng = random.Random(rate)
+    events: list[tuple[float, int]] = []  # (time the bytes were handed to the reader, bytes)
+    while clock.now < 1000.0 + 300:
+        size = rng.choice([4096, 65536, 1 << 20, 4 << 20, 8 << 20])
+        bucket.acquire(size)
+        events.append((clock.now, size))
+        if pauses and rng.random() < 0.1:
+            clock.sleep(rng.uniform(0.0, 0.5))  # a short pause: bursts must not be "saved up" beyond the bucket
+    for start in range(1000, 1000 + 240, 7):
+        window = sum(n for t, n in events if start <= t < start + 60)
+        expected = rate * 60
+        assert window <= expected * 1.10 + bucket.burst, (start, window / 60)
+        if not pauses:
+            assert window >= expected * 0.90 - bucket.burst, (start, window / 60)

@@ -8,6 +8,7 @@ substitute an in-memory fake. Every call made by ``GrpcGatewayClient`` carries
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
@@ -100,7 +101,7 @@ class _GrpcControlStream:
             await self._call.write(report)
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.from_rpc(exc) from exc
-        except grpc.aio.UsageError as exc:  # the call already finished
+        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:  # the call already finished
             raise GatewayError("UNAVAILABLE", f"control stream closed: {exc}") from exc
 
     async def read(self) -> gateway_pb2.AgentCommand | None:
