@@ -75,6 +75,19 @@ def seal(key: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
     return nonce + key.encrypt(nonce, plaintext, aad)
 
 
+def seal_into(key: AESGCM, plaintext: bytes, aad: bytes, out: memoryview) -> None:
+    """Write ``seal(key, plaintext, aad)`` into ``out`` (exactly ``len(plaintext) + OVERHEAD`` bytes).
+
+    Encrypting in place avoids allocating and copying a buffer per blob, which
+    costs more than AES-GCM itself on large chunks.
+    """
+    if len(out) != len(plaintext) + OVERHEAD:
+        raise ValueError("output buffer must be the plaintext length plus nonce and tag")
+    nonce = os.urandom(NONCE_SIZE)
+    out[:NONCE_SIZE] = nonce
+    key.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
+
+
 def open_sealed(key: AESGCM, sealed: bytes | memoryview, aad: bytes) -> bytes:
     """The plaintext of a ``seal`` output; DecryptionError unless key, AAD and bytes all match."""
     if len(sealed) < OVERHEAD:
@@ -103,6 +116,9 @@ class DataKey:
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         return seal(self._aead, plaintext, aad)
+
+    def seal_into(self, plaintext: bytes, aad: bytes, out: memoryview) -> None:
+        seal_into(self._aead, plaintext, aad, out)
 
     def open(self, sealed: bytes | memoryview, aad: bytes) -> bytes:
         return open_sealed(self._aead, sealed, aad)

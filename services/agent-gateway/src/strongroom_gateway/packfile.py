@@ -83,7 +83,6 @@ def encode_pack(blobs: Sequence[BlobToPack], key: DataKey) -> EncodedPack:
 
     Pure CPU: call it off the event loop.
     """
-    parts: list[bytes] = [HEADER_MAGIC, bytes([FORMAT_VERSION])]
     entries: list[PackEntry] = []
     offset = HEADER_SIZE
     for blob in blobs:
@@ -91,20 +90,30 @@ def encode_pack(blobs: Sequence[BlobToPack], key: DataKey) -> EncodedPack:
             raise ValueError("chunk ids are 32 bytes")
         if blob.compression not in KNOWN_COMPRESSIONS:
             raise ValueError(f"unknown compression code {blob.compression}")
-        aad = blob_aad(key.account_id, FORMAT_VERSION, blob.chunk_id, blob.compression, blob.raw_length)
-        sealed = key.seal(blob.payload, aad)
-        entries.append(PackEntry(blob.chunk_id, blob.compression, offset, len(sealed), blob.raw_length))
-        parts.append(sealed)
-        offset += len(sealed)
+        entries.append(
+            PackEntry(blob.chunk_id, blob.compression, offset, len(blob.payload) + OVERHEAD, blob.raw_length)
+        )
+        offset += len(blob.payload) + OVERHEAD
     plain_index = bytearray(_COUNT.pack(len(entries)))
     for entry in entries:
         plain_index += _ENTRY.pack(entry.chunk_id, entry.compression, entry.offset, entry.length, entry.raw_length)
-    index = _INDEX_MAGIC_VERSION.pack(INDEX_MAGIC, FORMAT_VERSION) + key.seal(
-        bytes(plain_index), index_aad(key.account_id, FORMAT_VERSION)
+    index_length = _INDEX_MAGIC_VERSION.size + len(plain_index) + OVERHEAD
+    # One buffer for the whole object, blobs encrypted in place: no per-blob copies.
+    buffer = bytearray(offset + index_length + TRAILER_SIZE)
+    view = memoryview(buffer)
+    view[:HEADER_SIZE] = HEADER_MAGIC + bytes([FORMAT_VERSION])
+    for blob, entry in zip(blobs, entries, strict=True):
+        aad = blob_aad(key.account_id, FORMAT_VERSION, blob.chunk_id, blob.compression, blob.raw_length)
+        key.seal_into(blob.payload, aad, view[entry.offset : entry.offset + entry.length])
+    _INDEX_MAGIC_VERSION.pack_into(buffer, offset, INDEX_MAGIC, FORMAT_VERSION)
+    key.seal_into(
+        bytes(plain_index),
+        index_aad(key.account_id, FORMAT_VERSION),
+        view[offset + _INDEX_MAGIC_VERSION.size : offset + index_length],
     )
-    parts.append(index)
-    parts.append(_TRAILER.pack(len(index), TRAILER_MAGIC))
-    data = b"".join(parts)
+    _TRAILER.pack_into(buffer, offset + index_length, index_length, TRAILER_MAGIC)
+    view.release()
+    data = bytes(buffer)  # one copy, here in the worker thread (the object stores copy a bytearray on the loop)
     return EncodedPack(pack_id=hashlib.sha256(data).hexdigest(), data=data, entries=tuple(entries))
 
 

@@ -1,0 +1,117 @@
+"""Stored objects written by earlier releases stay readable; versions nobody wrote yet are refused.
+
+The fixtures are committed bytes (``fixtures/``, written by ``make_fixtures.py`` with the writer of
+their time) and are never regenerated: their hashes are pinned below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from make_fixtures import ACCOUNT_ID, CHUNK_ID_KEY, DATA_KEY, POINT_ID, RAW_CHUNK, ZSTD_CHUNK, chunk_id
+from strongroom_gateway import packfile
+from strongroom_gateway.chunks import ChunkRejected, verify_stored
+from strongroom_gateway.crypto import DataKey
+from strongroom_gateway.manifests import SUPPORTED_SEALED_VERSIONS, open_manifest
+from strongroom_platform import manifest as manifest_format
+from strongroom_platform.manifest import ManifestFormatError, decode_manifest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+KEY = DataKey(ACCOUNT_ID, DATA_KEY)
+PINNED = {
+    "pack-v1.bin": "3853c40a61b8c7748561c042d39d24d789756b9adb892f89818ff0579f21a1ae",
+    "pack-v2.bin": "cae315d5304b194f704d619b59db82e65adc92087bcd03d8f07e64a6962666af",
+    "manifest-v1.bin": "8ae340854135e17ee6f36cb64084c5d3eb1cc39fb513df4ba77cdbdb574ad47a",
+    "sealed-manifest-v1.bin": "278d159b201843fae4ec1ec58c7761e45941e0980957f85b90f9b6890f42690d",
+}
+PATHS = ["", "etc", "etc/app.conf", "etc/link"]
+
+
+def fixture(name: str) -> bytes:
+    data = (FIXTURES / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == PINNED[name], f"{name} was rewritten; fixtures are immutable"
+    return data
+
+
+def test_every_fixture_is_pinned() -> None:
+    assert {p.name for p in FIXTURES.iterdir()} == set(PINNED)
+
+
+def test_every_supported_pack_version_has_a_fixture() -> None:
+    assert {f"pack-v{v}.bin" for v in packfile.SUPPORTED_VERSIONS} <= set(PINNED)
+    assert {f"sealed-manifest-v{v}.bin" for v in SUPPORTED_SEALED_VERSIONS} <= set(PINNED)
+    assert {f"manifest-v{v}.bin" for v in manifest_format.SUPPORTED_VERSIONS} <= set(PINNED)
+
+
+@pytest.mark.parametrize(("name", "version"), [("pack-v1.bin", 1), ("pack-v2.bin", 2)])
+def test_pack_fixture_reads_back_its_chunks(name: str, version: int) -> None:
+    data = fixture(name)
+    assert packfile.check_header(data) == version
+    entries = packfile.decode_index(data, KEY if version in packfile.ENCRYPTED_VERSIONS else None)
+    assert [e.chunk_id for e in entries] == [chunk_id(RAW_CHUNK), chunk_id(ZSTD_CHUNK)]
+    assert [e.compression for e in entries] == [packfile.COMPRESSION_NONE, packfile.COMPRESSION_ZSTD]
+    contents = [
+        verify_stored(
+            CHUNK_ID_KEY,
+            KEY,
+            version,
+            e.chunk_id,
+            data[e.offset : e.offset + e.length],
+            e.compression,
+            e.raw_length,
+        )
+        for e in entries
+    ]
+    assert contents == [RAW_CHUNK, ZSTD_CHUNK]
+
+
+def test_encrypted_pack_fixture_does_not_open_for_another_account() -> None:
+    data = fixture("pack-v2.bin")
+    [first, _] = packfile.decode_index(data, KEY)
+    other = DataKey("another-account", DATA_KEY)
+    with pytest.raises(ChunkRejected, match="authentication failed"):
+        verify_stored(CHUNK_ID_KEY, other, 2, first.chunk_id, data[first.offset : first.offset + first.length], 0, 37)
+
+
+def test_manifest_fixtures_read_back() -> None:
+    assert [e.path for e in decode_manifest(fixture("manifest-v1.bin"))] == PATHS
+    opened = open_manifest(KEY, POINT_ID, fixture("sealed-manifest-v1.bin"))
+    assert [e.path for e in decode_manifest(opened)] == PATHS
+    # A plaintext manifest written before encryption is accepted as it is.
+    assert open_manifest(KEY, POINT_ID, fixture("manifest-v1.bin")) == fixture("manifest-v1.bin")
+    with pytest.raises(ManifestFormatError, match="authentication failed"):
+        open_manifest(KEY, "another-point", fixture("sealed-manifest-v1.bin"))
+
+
+def _future(supported: frozenset[int]) -> int:
+    return max(supported) + 1
+
+
+def test_future_pack_version_is_refused_clearly() -> None:
+    future = _future(packfile.SUPPORTED_VERSIONS)
+    data = bytearray(fixture("pack-v2.bin"))
+    data[4] = future
+    with pytest.raises(packfile.PackFormatError, match=f"unsupported pack format version {future}.*upgrade"):
+        packfile.decode_index(bytes(data), KEY)
+    with pytest.raises(ChunkRejected, match=f"unsupported pack format version {future}"):
+        verify_stored(CHUNK_ID_KEY, KEY, future, bytes(32), b"", 0, 0)
+
+
+def test_future_manifest_versions_are_refused_clearly() -> None:
+    sealed = bytearray(fixture("sealed-manifest-v1.bin"))
+    sealed[4] = _future(SUPPORTED_SEALED_VERSIONS)
+    with pytest.raises(ManifestFormatError, match="unsupported sealed manifest version"):
+        open_manifest(KEY, POINT_ID, bytes(sealed))
+    plain = bytearray(fixture("manifest-v1.bin"))
+    plain[4] = _future(manifest_format.SUPPORTED_VERSIONS)
+    with pytest.raises(ManifestFormatError, match="version"):
+        list(decode_manifest(bytes(plain)))
+
+
+def test_unknown_magic_is_refused() -> None:
+    with pytest.raises(packfile.PackFormatError, match="bad header magic"):
+        packfile.decode_index(b"XXXX" + fixture("pack-v1.bin")[4:])
+    with pytest.raises(ManifestFormatError, match="bad magic"):
+        open_manifest(KEY, POINT_ID, b"SRXX\x01" + bytes(40))
