@@ -27,8 +27,9 @@ from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent import __version__
-from strongroom_agent.backup import plan_points, run_backup
+from strongroom_agent.backup import cores_for, plan_points, run_backup
 from strongroom_agent.config import SPOOL_DIR
+from strongroom_agent.cpu_limit import process_cpu_limit
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.filesystems import discover_filesystems, filesystem_for_root
 from strongroom_agent.gateway_client import ControlStream, GatewayClient, GatewayError
@@ -319,17 +320,19 @@ def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Seq
             discover=lambda: discover_filesystems(excluded=lambda p: exclusions.excluded(p, is_dir=True)),
             describe_root=filesystem_for_root,
         )
-        return await run_backup(
-            command,
-            client=client,
-            points=points,
-            point_errors=errors,
-            exclusions=exclusions,
-            cancel=cancel,
-            on_progress=on_progress,
-            spool_dir=os.path.join(state_dir, SPOOL_DIR),
-            state_dir=state_dir,
-        )
+        # The whole process (event loop and gRPC threads too) stays within the job's cores.
+        with process_cpu_limit(cores_for(command)):
+            return await run_backup(
+                command,
+                client=client,
+                points=points,
+                point_errors=errors,
+                exclusions=exclusions,
+                cancel=cancel,
+                on_progress=on_progress,
+                spool_dir=os.path.join(state_dir, SPOOL_DIR),
+                state_dir=state_dir,
+            )
 
     return runner
 
