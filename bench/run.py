@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
 import peers  # noqa: E402
+from strongroom.scheduler.v1 import scheduler_pb2  # noqa: E402
 from strongroom_runner import StrongroomBench, cpu_seconds, peak_rss  # noqa: E402
 
 SR = "strongroom"
@@ -339,7 +340,7 @@ async def amain(args: argparse.Namespace) -> int:
             save(args, work, render(header, rec, engines, [], [], partial=f"after run {run}"), rec)
         throttle_lines = await throttle_runs(bench, day1, data, args.throttle_seconds, rec)
         if args.scale:
-            scale_lines = await scale_run(bench, work, args.scale, args.scale_dir)
+            scale_lines = await scale_run(bench, args.scale, args.scale_dir, args.scale_limit)
     finally:
         await bench.stop()
         rmtree(data)
@@ -369,7 +370,7 @@ async def throttle_runs(bench: StrongroomBench, day1: Path, data: Path, seconds:
     return lines
 
 
-async def scale_run(bench: StrongroomBench, work: Path, count: int, where: Path) -> list[str]:
+async def scale_run(bench: StrongroomBench, count: int, where: Path, limit: float) -> list[str]:
     root = where / f"scale-{count}"
     if not (root / ".complete").exists():
         rmtree(root)
@@ -384,12 +385,23 @@ async def scale_run(bench: StrongroomBench, work: Path, count: int, where: Path)
     try:
         task = asyncio.create_task(bench.backup(inst))
         start = time.perf_counter()
+        progress = ""
         while not task.done():
             await asyncio.wait({task}, timeout=30)
-            log(
-                f"scale: {time.perf_counter() - start:.0f}s, agent VmHWM {peak_rss(pid) / 1e6:.0f} MB, "
+            if task.done():
+                break
+            elapsed = time.perf_counter() - start
+            jobs = await bench.scheduler.ListJobs(scheduler_pb2.ListJobsRequest(instance_id=inst.instance_id, limit=1))
+            done = jobs.jobs[0].stats.files_read if jobs.jobs else 0
+            progress = (
+                f"{elapsed:.0f}s: {done:,} files read (progress report), agent VmHWM {peak_rss(pid) / 1e6:.0f} MB, "
                 f"agent CPU {cpu_seconds(pid):.0f}s"
             )
+            log(f"scale: {progress}")
+            if limit and elapsed > limit:
+                task.cancel()
+                lines.append(f"- {count:,} small files: stopped after {limit:.0f}s; last progress {progress}")
+                return lines
         r = task.result()
         files = r.stats.files_scanned if r.stats else count
         lines.append(
@@ -413,6 +425,7 @@ def main() -> int:
     parser.add_argument("--targets", default="s3,local")
     parser.add_argument("--throttle-seconds", type=float, default=60.0, help="0 skips the throttle runs")
     parser.add_argument("--scale", type=int, default=0, metavar="N", help="also back up N generated small files")
+    parser.add_argument("--scale-limit", type=float, default=0, help="stop the scale backup after S seconds")
     parser.add_argument("--scale-dir", type=Path, default=Path("/tmp/strongroom-bench"))
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "strongroom-bench")
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
