@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from typing import Any
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -19,6 +21,7 @@ from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 from strongroom_gateway import manifests
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.chunks import CHUNK_ID_SIZE, ChunkRejected, verify_stored
+from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
 from strongroom_gateway.jobs import PRODUCER
@@ -28,10 +31,19 @@ from strongroom_gateway.restrictions import require_job
 from strongroom_gateway.synthesis import BuiltManifest, SortedSpool, build_manifest, merge_entries
 
 MAX_IDS_PER_REQUEST = 10_000
+# ReadChunks: ids per request (a restore batch of many small files), and how reads are planned.
+MAX_READ_IDS_PER_REQUEST = 20_000
+# Blobs of one pack at most this far apart are read with one ranged GET (the gap is read and dropped).
+COALESCE_GAP = 1 << 20
+# A coalesced range stops growing here (a pack is 16 MiB; a larger single blob is read alone).
+MAX_RANGE_BYTES = 8 << 20
+# Distinct content per read window; two windows are held at most (the one being sent, the next one).
+READ_WINDOW_BYTES = 16 << 20
+RANGES_IN_FLIGHT = 4
+VERIFY_THREADS = 2
 MANIFEST_BATCH = 1_000
 # Packs whose lock ends sooner than this after a commit get their lock extended.
 LOCK_EXTENSION_SLACK = RETENTION + LOCK_MARGIN / 2
-_READ_AHEAD = 8
 _ENTRY_TYPES = frozenset({common_pb2.ENTRY_TYPE_FILE, common_pb2.ENTRY_TYPE_DIRECTORY, common_pb2.ENTRY_TYPE_SYMLINK})
 
 
@@ -356,6 +368,126 @@ async def read_manifest(
         yield gateway_pb2.ReadManifestResponse(entries=entries[start : start + MANIFEST_BATCH])
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadRange:
+    """One ranged GET of a pack object and the blobs inside it (in offset order)."""
+
+    object_key: str
+    offset: int
+    length: int
+    blobs: tuple[ChunkLocation, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadWindow:
+    """A run of request positions ``[start, end)`` and the ranges that hold their chunks."""
+
+    start: int
+    end: int
+    ranges: tuple[ReadRange, ...]
+
+
+def coalesce(
+    locations: Iterable[ChunkLocation], *, max_gap: int = COALESCE_GAP, max_bytes: int = MAX_RANGE_BYTES
+) -> list[ReadRange]:
+    """Group blobs by pack object and merge blobs at most ``max_gap`` bytes apart into one range.
+
+    A range never grows beyond ``max_bytes`` (a single larger blob gets its own
+    range). Ranges come per object in offset order; each blob appears once.
+    """
+    by_object: dict[str, list[ChunkLocation]] = {}
+    for location in locations:
+        by_object.setdefault(location.object_key, []).append(location)
+    ranges: list[ReadRange] = []
+    for key, blobs in by_object.items():
+        blobs.sort(key=lambda b: (b.offset, b.length))
+        current = [blobs[0]]
+        start, end = blobs[0].offset, blobs[0].offset + blobs[0].length
+        for blob in blobs[1:]:
+            blob_end = blob.offset + blob.length
+            if blob.offset - end <= max_gap and max(end, blob_end) - start <= max_bytes:
+                current.append(blob)
+                end = max(end, blob_end)
+                continue
+            ranges.append(ReadRange(key, start, end - start, tuple(current)))
+            current, start, end = [blob], blob.offset, blob_end
+        ranges.append(ReadRange(key, start, end - start, tuple(current)))
+    return ranges
+
+
+def plan_reads(
+    ids: Sequence[bytes],
+    locations: dict[bytes, ChunkLocation],
+    *,
+    window_bytes: int = READ_WINDOW_BYTES,
+    max_gap: int = COALESCE_GAP,
+    max_bytes: int = MAX_RANGE_BYTES,
+) -> list[ReadWindow]:
+    """Cut the request into windows of at most ``window_bytes`` of distinct content, and plan each window's GETs.
+
+    A window holds at least one position. Within a window every distinct chunk
+    is read once, coalesced with its neighbours in the same pack; ranges are
+    ordered by the first position that needs them, so the head of the window
+    arrives first. A chunk repeated in a later window is read again there (the
+    memory bound wins over the extra read).
+    """
+    windows: list[ReadWindow] = []
+    start = 0
+    while start < len(ids):
+        first_use: dict[bytes, int] = {}
+        size = 0
+        end = start
+        while end < len(ids):
+            cid = ids[end]
+            if cid not in first_use:
+                raw = locations[cid].raw_length
+                if first_use and size + raw > window_bytes:
+                    break
+                first_use[cid] = end
+                size += raw
+            end += 1
+        ranges = coalesce((locations[c] for c in first_use), max_gap=max_gap, max_bytes=max_bytes)
+        ranges.sort(key=lambda r: min(first_use[b.chunk_id] for b in r.blobs))
+        windows.append(ReadWindow(start, end, tuple(ranges)))
+        start = end
+    return windows
+
+
+def open_range(chunk_id_key: bytes, data_key: DataKey | None, read: ReadRange, data: bytes) -> dict[bytes, bytes]:
+    """Split a fetched range into its blobs and verify each (``verify_stored``); pure CPU, for a worker thread."""
+    view = memoryview(data)
+    contents: dict[bytes, bytes] = {}
+    for blob in read.blobs:
+        begin = blob.offset - read.offset
+        stored = bytes(view[begin : begin + blob.length])
+        try:
+            contents[blob.chunk_id] = verify_stored(
+                chunk_id_key,
+                data_key,
+                blob.pack_format,
+                blob.chunk_id,
+                stored,
+                blob.compression,
+                blob.raw_length,
+            )
+        except ChunkRejected as exc:
+            raise FailedPrecondition(f"stored chunk {blob.chunk_id.hex()} is corrupt: {exc}") from None
+    return contents
+
+
+_verify_executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _verify_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The small pool that opens and verifies served chunks (created on first use, shared by all reads)."""
+    global _verify_executor
+    if _verify_executor is None:
+        _verify_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=VERIFY_THREADS, thread_name_prefix="read-verify"
+        )
+    return _verify_executor
+
+
 async def read_chunks(
     identity: Identity,
     request: gateway_pb2.ReadChunksRequest,
@@ -364,44 +496,75 @@ async def read_chunks(
     object_store: ObjectStore,
     keys: AccountKeys,
 ) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
-    """Stream the requested chunks of the agent's account, verified, in request order."""
+    """Stream the requested chunks of the agent's account, verified, in request order (every occurrence).
+
+    Reads are planned per window of the request (``plan_reads``): each distinct
+    chunk of a window is read once, nearby blobs of a pack in one ranged GET;
+    at most ``RANGES_IN_FLIGHT`` ranges are fetched and verified at a time, and
+    at most two windows of content are held (the one being sent and the next).
+    """
     await _restore_point(identity, request.restore_job_id, "", store)
     ids = [bytes(c) for c in request.chunk_ids]
-    if len(ids) > MAX_IDS_PER_REQUEST:
-        raise InvalidArgument(f"at most {MAX_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
+    if len(ids) > MAX_READ_IDS_PER_REQUEST:
+        raise InvalidArgument(f"at most {MAX_READ_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
     async with store.transaction() as tx:
         account = await tx.get_account(identity.account_id)
         locations = await tx.find_chunks(identity.account_id, ids)
     assert account is not None
     data_key = await keys.data_key(identity.account_id)
-    unknown = [c.hex() for c in ids if c not in locations]
+    unknown = [c.hex() for c in dict.fromkeys(ids) if c not in locations]
     if unknown:
         raise NotFound(f"{len(unknown)} chunks are not stored for this account: {', '.join(unknown[:5])}")
 
-    async def fetch(location: ChunkLocation) -> bytes:
-        payload = await object_store.get(location.object_key, offset=location.offset, length=location.length)
-        try:
-            return await asyncio.to_thread(
-                verify_stored,
-                account.chunk_id_key,
-                data_key,
-                location.pack_format,
-                location.chunk_id,
-                payload,
-                location.compression,
-                location.raw_length,
-            )
-        except ChunkRejected as exc:
-            raise FailedPrecondition(f"stored chunk {location.chunk_id.hex()} is corrupt: {exc}") from None
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(RANGES_IN_FLIGHT)
 
-    # Bounded read-ahead: a few object reads in flight while earlier chunks are sent.
-    window: list[asyncio.Task[bytes]] = []
+    async def fetch(read: ReadRange) -> dict[bytes, bytes]:
+        # The slot covers the GET and the verification, so fetched-but-unverified bytes stay bounded too.
+        async with slots:
+            data = await object_store.get(read.object_key, offset=read.offset, length=read.length)
+            return await loop.run_in_executor(_verify_pool(), open_range, account.chunk_id_key, data_key, read, data)
+
+    windows = plan_reads(
+        ids, locations, window_bytes=READ_WINDOW_BYTES, max_gap=COALESCE_GAP, max_bytes=MAX_RANGE_BYTES
+    )
+    async for response in _serve_windows(ids, windows, fetch):
+        yield response
+
+
+_Fetch = Callable[[ReadRange], Coroutine[Any, Any, dict[bytes, bytes]]]
+
+
+async def _serve_windows(
+    ids: Sequence[bytes], windows: Sequence[ReadWindow], fetch: _Fetch
+) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
+    """Send every position in order; the next window's ranges are fetched while the current one is sent."""
+
+    def start(window: ReadWindow) -> dict[bytes, asyncio.Task[dict[bytes, bytes]]]:
+        by_chunk: dict[bytes, asyncio.Task[dict[bytes, bytes]]] = {}
+        for read in window.ranges:  # in need order: the semaphore serves waiters first come, first served
+            task = asyncio.create_task(fetch(read))
+            for blob in read.blobs:
+                by_chunk[blob.chunk_id] = task
+        return by_chunk
+
+    held: list[dict[bytes, asyncio.Task[dict[bytes, bytes]]]] = []  # the window being sent, then the next
     try:
-        for position, cid in enumerate(ids):
-            while len(window) < _READ_AHEAD and position + len(window) < len(ids):
-                window.append(asyncio.create_task(fetch(locations[ids[position + len(window)]])))
-            data = await window.pop(0)
-            yield gateway_pb2.ReadChunksResponse(chunk_id=cid, data=data)
+        for number, window in enumerate(windows):
+            if not held:
+                held.append(start(window))
+            if number + 1 < len(windows):
+                held.append(start(windows[number + 1]))  # read ahead while this window is sent
+            for position in range(window.start, window.end):
+                cid = ids[position]
+                contents = await held[0][cid]
+                yield gateway_pb2.ReadChunksResponse(chunk_id=cid, data=contents[cid])
+            held.pop(0)
     finally:
-        for task in window:
-            task.cancel()
+        for tasks in held:
+            for task in tasks.values():
+                task.cancel()
+        for tasks in held:
+            for task in tasks.values():
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: a failed read of an abandoned window is not an error to log

@@ -1,0 +1,174 @@
+"""ReadChunks reads by pack: coalesced ranged GETs, windows of bounded size, request order kept."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from typing import Any
+
+import grpc
+import pytest
+from gateway_helpers import Agent, GatewayHarness, chunk_id, file_entry
+from strongroom.agent.v1 import gateway_pb2
+from strongroom_gateway import points
+from strongroom_gateway.points import coalesce, plan_reads
+from strongroom_gateway.ports import ChunkLocation
+
+
+def loc(n: int, offset: int, length: int, key: str = "pack-a", raw: int | None = None) -> ChunkLocation:
+    return ChunkLocation(
+        chunk_id=n.to_bytes(32, "big"),
+        pack_id=key,
+        object_key=key,
+        offset=offset,
+        length=length,
+        raw_length=length if raw is None else raw,
+        compression=0,
+        pack_format=2,
+    )
+
+
+def spans(ranges: list[points.ReadRange]) -> list[tuple[str, int, int, list[int]]]:
+    return [(r.object_key, r.offset, r.length, [int.from_bytes(b.chunk_id, "big") for b in r.blobs]) for r in ranges]
+
+
+def test_adjacent_and_nearby_blobs_of_a_pack_become_one_range() -> None:
+    blobs = [loc(3, 300, 100), loc(1, 5, 100), loc(2, 105, 100), loc(4, 1000, 50)]
+    assert spans(coalesce(blobs, max_gap=700, max_bytes=1 << 20)) == [("pack-a", 5, 1045, [1, 2, 3, 4])]
+    # A gap wider than max_gap starts a new range.
+    assert spans(coalesce(blobs, max_gap=500, max_bytes=1 << 20)) == [
+        ("pack-a", 5, 395, [1, 2, 3]),
+        ("pack-a", 1000, 50, [4]),
+    ]
+
+
+def test_ranges_never_span_packs_and_stop_at_max_bytes() -> None:
+    blobs = [loc(1, 5, 100), loc(2, 5, 100, key="pack-b"), loc(3, 105, 100), loc(4, 205, 100), loc(5, 305, 900)]
+    assert spans(coalesce(blobs, max_gap=1 << 20, max_bytes=250)) == [
+        ("pack-a", 5, 200, [1, 3]),
+        ("pack-a", 205, 100, [4]),
+        ("pack-a", 305, 900, [5]),  # larger than max_bytes on its own: read alone
+        ("pack-b", 5, 100, [2]),
+    ]
+
+
+def test_windows_bound_distinct_content_and_order_ranges_by_first_need() -> None:
+    locations = {loc(n, 5 + 100 * n, 100).chunk_id: loc(n, 5 + 100 * n, 100) for n in range(10)}
+    far = loc(99, 5, 100, key="pack-z")
+    locations[far.chunk_id] = far
+    ids = [locations[n.to_bytes(32, "big")].chunk_id for n in (9, 9, 8, 1, 99, 2, 3, 3, 4, 5, 6, 7, 0)]
+    windows = plan_reads(ids, locations, window_bytes=450, max_gap=0, max_bytes=1 << 20)
+    # Each window holds at most 450 bytes of distinct content (a repeated id counts once).
+    assert [(w.start, w.end) for w in windows] == [(0, 5), (5, 10), (10, 13)]
+    assert [spans(list(w.ranges)) for w in windows][0] == [
+        ("pack-a", 805, 200, [8, 9]),
+        ("pack-a", 105, 100, [1]),
+        ("pack-z", 5, 100, [99]),
+    ]
+    assert spans(list(windows[1].ranges)) == [("pack-a", 205, 400, [2, 3, 4, 5])]
+    # One chunk larger than the window still makes progress.
+    big = loc(50, 5, 1000)
+    assert [(w.start, w.end) for w in plan_reads([big.chunk_id], {big.chunk_id: big}, window_bytes=10)] == [(0, 1)]
+
+
+class CountingObjects:
+    """Counts and records the ranged GETs the gateway makes."""
+
+    def __init__(self, gw: GatewayHarness) -> None:
+        self.gets: list[tuple[str, int, int | None]] = []
+        self._get = gw.objects.get
+        gw.objects.get = self.get  # type: ignore[method-assign]
+
+    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        self.gets.append((key, offset, length))
+        await asyncio.sleep(0)
+        return await self._get(key, offset=offset, length=length)
+
+
+async def _restorable(gw: GatewayHarness, contents: list[bytes]) -> tuple[Agent, bytes, str]:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    key = await gw.key_of(agent.account_id)
+    for start in range(0, len(contents), 100):  # several UploadChunks calls: several packs
+        await gw.upload(agent, "job-1", contents[start : start + 100])
+    response = await gw.commit(agent, "job-1", [file_entry("f", key, contents)])
+    await gw.request_restore(agent, "r-1", response.point_id)
+    call = gw.stub.Connect(metadata=agent.md)
+    try:
+        while (await asyncio.wait_for(call.read(), 5)).run_restore.restore_job_id != "r-1":  # type: ignore[union-attr]
+            pass
+    finally:
+        call.cancel()
+    return agent, key, "r-1"
+
+
+def _read(gw: GatewayHarness, agent: Agent, job: str, ids: list[bytes]) -> Any:
+    return gw.stub.ReadChunks(gateway_pb2.ReadChunksRequest(restore_job_id=job, chunk_ids=ids), metadata=agent.md)
+
+
+async def test_many_small_chunks_come_back_in_request_order_with_one_get_per_pack(gw: GatewayHarness) -> None:
+    rng = random.Random(3)
+    contents = [f"small file {i}\n".encode() * rng.randint(1, 200) for i in range(300)]
+    agent, key, job = await _restorable(gw, contents)
+    objects = CountingObjects(gw)
+    ids = [chunk_id(key, c) for c in contents]
+    order = list(range(300))
+    rng.shuffle(order)
+    order += order[:20]  # duplicates are served at every occurrence
+    got = [(r.chunk_id, r.data) async for r in _read(gw, agent, job, [ids[i] for i in order])]
+    assert got == [(ids[i], contents[i]) for i in order]
+    assert len({key for key, _, _ in objects.gets}) == 3  # three packs (three uploads)
+    assert len(objects.gets) == 3
+
+
+async def test_reads_are_windowed_and_windows_reread_repeated_chunks(
+    gw: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contents = [os.urandom(3000) for _ in range(39)]
+    agent, key, job = await _restorable(gw, contents)
+    monkeypatch.setattr(points, "READ_WINDOW_BYTES", 10_000)  # three chunks per window
+    objects = CountingObjects(gw)
+    ids = [chunk_id(key, c) for c in contents]
+    got = [r.data async for r in _read(gw, agent, job, ids + ids[:1])]
+    assert got == contents + contents[:1]
+    # 13 windows of 3 contiguous chunks (one GET each), then a window that reads the first chunk again.
+    assert len(objects.gets) == 14
+    first, last = objects.gets[0], objects.gets[-1]
+    assert last[:2] == first[:2] and last[2] is not None and first[2] is not None and 3 * last[2] == first[2]
+    assert all(length is not None and length <= 3 * (3000 + 64) for _, _, length in objects.gets)
+
+
+async def test_the_request_id_limit(gw: GatewayHarness) -> None:
+    agent, key, job = await _restorable(gw, [b"one"])
+    ids = [chunk_id(key, b"one")] * (points.MAX_READ_IDS_PER_REQUEST + 1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in _read(gw, agent, job, ids):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_abandoned_read_cancels_its_fetches(gw: GatewayHarness) -> None:
+    contents = [os.urandom(2000) for _ in range(200)]
+    agent, key, job = await _restorable(gw, contents)
+    call = _read(gw, agent, job, [chunk_id(key, c) for c in contents])
+    first = await call.read()
+    assert first.data == contents[0]
+    call.cancel()
+    await asyncio.sleep(0.1)
+    # The gateway keeps serving: a new read of the same chunks works.
+    assert [r.data async for r in _read(gw, agent, job, [chunk_id(key, contents[5])])] == [contents[5]]
+
+
+async def test_a_corrupt_blob_in_a_coalesced_range_fails_the_read_clearly(gw: GatewayHarness) -> None:
+    contents = [os.urandom(2000) for _ in range(10)]
+    agent, key, job = await _restorable(gw, contents)
+    target = gw.store.state.chunks[("acct-a", chunk_id(key, contents[4]))]
+    data = bytearray(await gw.objects.get(target.object_key))
+    data[target.offset + 50] ^= 0x01
+    gw.objects._objects[target.object_key] = (bytes(data), *gw.objects._objects[target.object_key][1:])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in _read(gw, agent, job, [chunk_id(key, c) for c in contents]):
+            pass
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"stored chunk {chunk_id(key, contents[4]).hex()} is corrupt" in (err.value.details() or "")
