@@ -270,22 +270,172 @@ async def test_missing_chunk_is_a_file_error_and_leaves_no_temp_file(tmp_path: P
     assert os.listdir(target) == []
 
 
+class RecordingGateway(FakeGateway):
+    """Records the ids of every ReadChunks call; optionally sets ``cancel`` when call ``cancel_at`` starts."""
+
+    def __init__(self, cancel: asyncio.Event | None = None, cancel_at: int = 0) -> None:
+        super().__init__()
+        self.requests: list[list[bytes]] = []
+        self._cancel, self._cancel_at = cancel, cancel_at
+
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+        self.requests.append(list(chunk_ids))
+        if self._cancel is not None and len(self.requests) == self._cancel_at:
+            self._cancel.set()
+        async for item in super().read_chunks(restore_job_id, chunk_ids):
+            yield item
+
+
+def add_files(gateway: FakeGateway, tree: list[tuple[str, list[bytes] | None]]) -> str:
+    """A point of directories (None) and files (their chunks' contents), mode 0o640, mtimes from T0."""
+    entries = []
+    for n, (path, pieces) in enumerate(tree):
+        if pieces is None:
+            entries.append(common_pb2.FileEntry(path=path, type=common_pb2.ENTRY_TYPE_DIRECTORY, mode=0o755))
+            continue
+        ids = []
+        for piece in pieces:
+            ids.append(chunk_id(KEY, piece))
+            gateway.chunks[ids[-1]] = piece
+        entries.append(
+            common_pb2.FileEntry(
+                path=path,
+                type=common_pb2.ENTRY_TYPE_FILE,
+                mode=0o640,
+                mtime_ns=T0 + n,
+                size=sum(len(p) for p in pieces),
+                chunk_ids=ids,
+            )
+        )
+    entries.sort(key=lambda e: e.path.encode())
+    point_id = f"point-{len(gateway.points) + 1}"
+    gateway.points[point_id] = Point(point_id, "job", common_pb2.Filesystem(mount_point="/"), entries)
+    return point_id
+
+
+def small_tree(files: int, per_dir: int = 100) -> list[tuple[str, list[bytes] | None]]:
+    tree: list[tuple[str, list[bytes] | None]] = []
+    for i in range(files):
+        if i % per_dir == 0:
+            tree.append((f"d{i // per_dir:03}", None))
+        tree.append((f"d{i // per_dir:03}/f{i:05}", [f"file {i} ".encode() * (i % 7)]))
+    return tree
+
+
+async def test_many_small_files_come_in_a_handful_of_read_calls(tmp_path: Path) -> None:
+    gateway = RecordingGateway()
+    tree = small_tree(5000)
+    point_id = add_files(gateway, tree)
+    # A read-only directory whose files span several batches: its mode is applied after the last one.
+    point = gateway.points[point_id]
+    for entry in point.entries:
+        if entry.path == "d010":
+            entry.mode, entry.mtime_ns = 0o555, T0 - 5
+    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=4000)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert finished.stats.files_restored == 5000
+    assert finished.stats.bytes_restored == sum(e.size for e in point.entries)
+    for path, pieces in tree:
+        if pieces is not None:
+            assert (tmp_path / path).read_bytes() == b"".join(pieces)
+    n = next(i for i, (path, _) in enumerate(tree) if path == "d010/f01000")
+    st = os.stat(tmp_path / "d010/f01000")
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, T0 + n)
+    d010 = os.stat(tmp_path / "d010")
+    assert (stat.S_IMODE(d010.st_mode), d010.st_mtime_ns) == (0o555, T0 - 5)
+    # Batches are filled up to the byte budget; empty files (every 7th) need no chunks; ids are distinct.
+    total = finished.stats.bytes_restored
+    assert total // 4000 <= len(gateway.requests) <= total // 3900 + 1
+    assert all(len(ids) == len(set(ids)) for ids in gateway.requests)
+    assert not list(tmp_path.rglob(".strongroom*"))
+
+    default_batches = RecordingGateway()
+    again = tmp_path / "again"
+    again.mkdir()
+    finished = await restore(default_batches, add_files(default_batches, tree), again)
+    assert finished.status == COMPLETE and finished.stats.files_restored == 5000
+    assert len(default_batches.requests) == 2  # 5,000 small files, at most 4,096 per batch: two calls
+
+
+async def test_a_chunk_shared_by_several_files_is_fetched_once_per_batch(tmp_path: Path) -> None:
+    gateway = RecordingGateway()
+    shared, other = b"shared block " * 50, b"other"
+    point_id = add_files(
+        gateway,
+        [("a", [shared]), ("b", [other, shared]), ("c", [shared, shared, other]), ("d", [shared])],
+    )
+    finished = await restore(gateway, point_id, tmp_path)
+    assert finished.status == COMPLETE
+    assert (tmp_path / "a").read_bytes() == shared
+    assert (tmp_path / "b").read_bytes() == other + shared
+    assert (tmp_path / "c").read_bytes() == shared + shared + other
+    assert (tmp_path / "d").read_bytes() == shared
+    assert gateway.requests == [[chunk_id(KEY, shared), chunk_id(KEY, other)]]
+
+
+async def test_conflicts_under_batching(tmp_path: Path) -> None:
+    tree = small_tree(300, per_dir=50)
+    gateway = RecordingGateway()
+    point_id = add_files(gateway, tree)
+    (tmp_path / "d000").mkdir()
+    write_file(str(tmp_path / "d000/f00003"), b"local 3")
+    write_file(str(tmp_path / "d002/f00120"), b"local 120")
+    (tmp_path / "d005/f00299").mkdir(parents=True)  # a directory where a file goes
+    (tmp_path / "d004").mkdir()
+    os.symlink("/nonexistent", tmp_path / "d004/f00201")
+
+    skipped = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=500, conflict_policy=SKIP)
+    assert skipped.status == COMPLETE, skipped.file_errors
+    assert skipped.stats.files_skipped == 4 and skipped.stats.files_restored == 296
+    assert (tmp_path / "d000/f00003").read_bytes() == b"local 3"
+    assert (tmp_path / "d002/f00120").read_bytes() == b"local 120"
+    assert os.path.islink(tmp_path / "d004/f00201")
+    assert (tmp_path / "d001/f00050").read_bytes() == b"file 50 " * 1
+    # Skipped files are not fetched.
+    fetched = {c for ids in gateway.requests for c in ids}
+    assert chunk_id(KEY, b"file 3 " * 3) not in fetched
+
+    (tmp_path / "d001/f00050").write_bytes(b"changed")
+    overwritten = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=500, conflict_policy=OVERWRITE)
+    assert overwritten.status == PARTIAL
+    assert list(overwritten.file_errors) == ["d005/f00299: a directory is in the way"]
+    assert overwritten.stats.files_restored == 299
+    for path, pieces in tree:
+        if pieces is not None and path != "d005/f00299":
+            assert not os.path.islink(tmp_path / path)
+            assert (tmp_path / path).read_bytes() == b"".join(pieces), path
+    assert not [p for p in tmp_path.rglob(".strongroom*")]
+
+
+async def test_a_chunk_the_gateway_does_not_return_fails_only_its_files(tmp_path: Path) -> None:
+    class ForgetfulGateway(FakeGateway):
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+            async for cid, data in super().read_chunks(restore_job_id, chunk_ids):
+                if data != b"lost":
+                    yield cid, data
+
+    gateway = ForgetfulGateway()
+    point_id = add_files(gateway, [("a", [b"kept"]), ("b", [b"lost"]), ("c", [b"kept", b"kept"])])
+    finished = await restore(gateway, point_id, tmp_path)
+    assert finished.status == PARTIAL
+    assert list(finished.file_errors) == [f"b: gateway did not return chunk {chunk_id(KEY, b'lost').hex()}"]
+    assert sorted(os.listdir(tmp_path)) == ["a", "c"]
+
+
 async def test_cancel_restore(tmp_path: Path) -> None:
     target = tmp_path / "dst"
     target.mkdir()
     cancel = asyncio.Event()
-
-    class CancelingGateway(FakeGateway):
-        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
-            if self.read_chunk_calls == 5:
-                cancel.set()
-            async for item in super().read_chunks(restore_job_id, chunk_ids):
-                yield item
-
-    gateway = CancelingGateway()
+    gateway = RecordingGateway(cancel, cancel_at=6)
     point_id = add_point(gateway, [file(f"f{i:04}") for i in range(2000)])
     command = gateway_pb2.RunRestore(restore_job_id="r", point_id=point_id, target_path=str(target))
-    finished = await asyncio.wait_for(run_restore(command, client=gateway, cancel=cancel), 5)
+    batch = 20 * len("content of f0000")  # 20 files per batch
+    finished = await asyncio.wait_for(run_restore(command, client=gateway, cancel=cancel, fetch_batch_bytes=batch), 5)
     assert finished.status == common_pb2.JOB_STATUS_CANCELED
-    assert 4 <= len(os.listdir(target)) <= 6
-    assert not [n for n in os.listdir(target) if n.startswith(".strongroom")]
+    # Cancel came as the sixth batch was fetched: at most the batches before it (and not nothing) were written.
+    restored = os.listdir(target)
+    assert 0 < len(restored) <= 5 * 20
+    assert len(gateway.requests) <= 7
+    assert not [n for n in restored if n.startswith(".strongroom")]
+    for name in restored:
+        assert (target / name).read_bytes() == f"content of {name}".encode()

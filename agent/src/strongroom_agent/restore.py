@@ -15,11 +15,22 @@ applied after their whole subtree is written (a read-only directory would
 otherwise block its own contents, and writing a child changes the mtime).
 The point root (path "") gets no metadata: the destination root is the
 operator's choice.
+
+Throughput (restic's restorer is the model): regular files are restored in
+batches of up to ``fetch_batch_bytes`` of content (and ``FETCH_BATCH_MAX_IDS``
+chunk ids). One ``ReadChunks`` call fetches a batch's distinct chunks (the
+gateway reads them pack by pack), then a small pool of threads writes the
+batch's files while the next batch is fetched; at most
+``BATCHES_IN_FLIGHT`` batches hold content at a time. A file larger than a
+batch is streamed in bounded windows on its own. Directory metadata waits for
+every batch that holds a file below the directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import errno
 import heapq
@@ -28,7 +39,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from strongroom.agent.v1 import gateway_pb2
@@ -41,7 +52,14 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[common_pb2.JobStats], Awaitable[None]]
 FETCH_BATCH_BYTES = 32 << 20
-FETCH_BATCH_MAX_IDS = 256
+# Distinct chunk ids per ReadChunks call of a batch (the gateway takes up to 20,000).
+FETCH_BATCH_MAX_IDS = 4096
+FETCH_BATCH_MAX_FILES = 4096
+# A file larger than a batch is streamed in windows of at most this many ids.
+LARGE_FILE_WINDOW_IDS = 256
+# Batches holding content at a time: one being written while the next is fetched.
+BATCHES_IN_FLIGHT = 2
+WRITE_THREADS = 3
 
 
 class UnsafePath(ValueError):
@@ -154,7 +172,7 @@ class _Destination:
             return os.open(name, flags, 0o600, dir_fd=pfd), name
 
     @staticmethod
-    def write(fd: int, data: list[bytes]) -> None:
+    def write(fd: int, data: Sequence[bytes]) -> None:
         for piece in data:
             view = memoryview(piece)
             while view:
@@ -203,6 +221,29 @@ class _Destination:
                 raise
             self._replace(pfd, temp, parts[-1])
 
+    def open_parent(self, parts: list[str]) -> int:
+        """A new descriptor of the parent of ``parts`` for one writer thread (creates missing directories)."""
+        return self._open_dir(parts[:-1], create=True)
+
+    def write_new(self, pfd: int, parts: list[str], entry: common_pb2.FileEntry, pieces: Sequence[bytes]) -> None:
+        """Write a whole file to a temporary name in ``pfd``, apply its metadata and rename it into place."""
+        temp = f".strongroom-restore-{secrets.token_hex(6)}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+        try:
+            try:
+                self.write(fd, pieces)
+                if self.as_root:
+                    os.fchown(fd, entry.uid, entry.gid)  # before chmod: chown clears set-id bits
+                os.fchmod(fd, entry.mode & 0o7777)
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=pfd)
+            raise
+        self._replace(pfd, temp, parts[-1])
+
     def finish_dir(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         with self._lock:
             fd = self._open_dir(parts, create=False)
@@ -213,6 +254,101 @@ class _Destination:
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             finally:
                 os.close(fd)
+
+
+@dataclass
+class _File:
+    """A regular file of a batch and what became of it."""
+
+    parts: list[str]
+    entry: common_pb2.FileEntry
+    skipped: bool = False
+    written: bool = False
+    error: str | None = None
+
+
+@dataclass
+class _Batch:
+    seq: int
+    files: list[_File] = field(default_factory=list)
+    content_bytes: int = 0
+    ids: dict[bytes, None] = field(default_factory=dict)
+
+
+class _Writer:
+    """Work on runs of a batch's files in a writer thread, keeping the current parent directory open."""
+
+    def __init__(self, dest: _Destination, stop: threading.Event) -> None:
+        self.dest = dest
+        self.stop = stop
+        self._key: tuple[str, ...] | None = None
+        self._fd = -1
+
+    def _parent(self, parts: list[str]) -> int:
+        key = tuple(parts[:-1])
+        if key != self._key:
+            self.close()
+            self._fd = self.dest.open_parent(parts)
+            self._key = key
+        return self._fd
+
+    def close(self) -> None:
+        if self._key is not None:
+            os.close(self._fd)
+            self._key = None
+
+    def check(self, files: Sequence[_File], overwrite: bool) -> None:
+        """Mark files that already exist as skipped (SKIP) or in the way of a directory (OVERWRITE)."""
+        try:
+            for f in files:
+                if self.stop.is_set():
+                    return
+                try:
+                    st = os.stat(f.parts[-1], dir_fd=self._parent(f.parts), follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except _EntryProblem as exc:
+                    f.error = str(exc)
+                    continue
+                except OSError as exc:
+                    f.error = exc.strerror or str(exc)
+                    continue
+                if not overwrite:
+                    f.skipped = True
+                elif stat.S_ISDIR(st.st_mode):
+                    f.error = "a directory is in the way"
+        finally:
+            self.close()
+
+    def write(self, files: Sequence[_File], contents: dict[bytes, bytes]) -> None:
+        try:
+            for f in files:
+                if self.stop.is_set():
+                    return
+                try:
+                    pieces = [contents[c] for c in f.entry.chunk_ids]
+                except KeyError as exc:
+                    f.error = f"gateway did not return chunk {exc.args[0].hex()}"
+                    continue
+                size = sum(len(p) for p in pieces)
+                if size != f.entry.size:
+                    f.error = f"content is {size} bytes, expected {f.entry.size}"
+                    continue
+                try:
+                    self.dest.write_new(self._parent(f.parts), f.parts, f.entry, pieces)
+                    f.written = True
+                except _EntryProblem as exc:
+                    f.error = str(exc)
+                except OSError as exc:
+                    f.error = exc.strerror or str(exc)
+        finally:
+            self.close()
+
+
+def _runs(files: list[_File], count: int) -> list[list[_File]]:
+    """``files`` cut into at most ``count`` contiguous runs (neighbours share directories)."""
+    size = max(1, -(-len(files) // count))
+    return [files[i : i + size] for i in range(0, len(files), size)]
 
 
 class _Restore:
@@ -235,6 +371,19 @@ class _Restore:
         self.overwrite = command.conflict_policy == gateway_pb2.CONFLICT_POLICY_OVERWRITE
         self.fetch_batch_bytes = fetch_batch_bytes
         self.pending: list[_PendingDir] = []
+        self.stop = threading.Event()
+        self.pool = concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="restore-write")
+        self.batch = _Batch(0)
+        self.inflight: collections.deque[tuple[_Batch, asyncio.Task[None]]] = collections.deque()
+        self.done_seq = -1  # every batch up to this one is written and accounted
+        # Directories whose subtree the walk has passed, waiting for the batch that holds their last file.
+        self.deferred: collections.deque[tuple[int, _PendingDir]] = collections.deque()
+
+    def close(self) -> None:
+        """Stop the writer threads, wait for them, then close the destination (blocking; call in a thread)."""
+        self.stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.dest.close()
 
     async def run(self) -> None:
         request = gateway_pb2.ReadManifestRequest(
@@ -243,29 +392,51 @@ class _Restore:
             include_paths=self.command.include_paths,
             exclude_paths=self.command.exclude_paths,
         )
-        async for entry in self.client.read_manifest(request):
-            if self.cancel.is_set():
-                return
-            await self._finish_dirs_before(entry.path.encode())
-            try:
-                await self._restore_entry(entry)
-            except UnsafePath as exc:
-                self.errors.append(FileError(entry.path, str(exc)))
-            except _EntryProblem as exc:
-                self.errors.append(FileError(entry.path, str(exc)))
-            except OSError as exc:
-                self.errors.append(FileError(entry.path, exc.strerror or str(exc)))
-        await self._finish_dirs_before(None)
+        try:
+            async for entry in self.client.read_manifest(request):
+                if self.cancel.is_set():
+                    return
+                await self._finish_dirs_before(entry.path.encode())
+                try:
+                    await self._restore_entry(entry)
+                except UnsafePath as exc:
+                    self.errors.append(FileError(entry.path, str(exc)))
+                except _EntryProblem as exc:
+                    self.errors.append(FileError(entry.path, str(exc)))
+                except OSError as exc:
+                    self.errors.append(FileError(entry.path, exc.strerror or str(exc)))
+            await self._submit()
+            while self.inflight:
+                await self._harvest_oldest()
+            await self._finish_dirs_before(None)
+        finally:
+            self.stop.set()
+            for _, task in self.inflight:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in self.inflight), return_exceptions=True)
 
     async def _finish_dirs_before(self, path: bytes | None) -> None:
-        """Apply metadata of the pending directories whose subtree ends before ``path`` (all when None)."""
+        """Apply metadata of the pending directories whose subtree ends before ``path`` (all when None).
+
+        A directory whose files may still sit in a batch being fetched or written
+        waits (``deferred``) until that batch is done.
+        """
         ready: list[_PendingDir] = []
         while self.pending and (
             path is None or (path > self.pending[0].key and not path.startswith(self.pending[0].key))
         ):
             ready.append(heapq.heappop(self.pending))
+        if not ready:
+            return
+        needed = self.batch.seq if self.batch.files else self.batch.seq - 1
         # Deepest first, so a restrictive parent mode never blocks a child.
         for pending in sorted(ready, reverse=True):
+            self.deferred.append((needed, pending))
+        await self._apply_deferred()
+
+    async def _apply_deferred(self) -> None:
+        while self.deferred and self.deferred[0][0] <= self.done_seq:
+            _, pending = self.deferred.popleft()
             try:
                 await asyncio.to_thread(self.dest.finish_dir, pending.parts, pending.entry)
             except (_EntryProblem, OSError) as exc:
@@ -280,6 +451,9 @@ class _Restore:
             if created or self.overwrite:
                 heapq.heappush(self.pending, _PendingDir(entry.path.encode() + b"/", parts, entry))
             return
+        if entry.type == common_pb2.ENTRY_TYPE_FILE and not self._large(entry):
+            await self._add_to_batch(parts, entry)
+            return
         existing = await asyncio.to_thread(self.dest.existing, parts)
         if existing is not None and not self.overwrite:
             self.stats.files_skipped += 1
@@ -289,18 +463,80 @@ class _Restore:
         if entry.type == common_pb2.ENTRY_TYPE_SYMLINK:
             await asyncio.to_thread(self.dest.make_symlink, parts, entry)
         elif entry.type == common_pb2.ENTRY_TYPE_FILE:
-            await self._restore_file(parts, entry)
+            await self._restore_large_file(parts, entry)
         else:
             raise _EntryProblem(f"unknown entry type {entry.type}")
         self.stats.files_restored += 1
 
-    async def _restore_file(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
+    def _large(self, entry: common_pb2.FileEntry) -> bool:
+        return entry.size > self.fetch_batch_bytes or len(entry.chunk_ids) > FETCH_BATCH_MAX_IDS
+
+    async def _add_to_batch(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
+        batch = self.batch
+        new_ids = [c for c in entry.chunk_ids if c not in batch.ids]
+        if batch.files and (
+            batch.content_bytes + entry.size > self.fetch_batch_bytes
+            or len(batch.ids) + len(new_ids) > FETCH_BATCH_MAX_IDS
+            or len(batch.files) >= FETCH_BATCH_MAX_FILES
+        ):
+            await self._submit()
+            batch = self.batch
+        batch.files.append(_File(parts, entry))
+        batch.content_bytes += entry.size
+        batch.ids.update(dict.fromkeys(entry.chunk_ids))
+
+    async def _submit(self) -> None:
+        """Start fetching and writing the open batch; wait while too many batches hold content."""
+        batch = self.batch
+        if not batch.files:
+            return
+        self.batch = _Batch(batch.seq + 1)
+        while len(self.inflight) >= BATCHES_IN_FLIGHT:
+            await self._harvest_oldest()
+        self.inflight.append((batch, asyncio.create_task(self._process(batch))))
+
+    async def _harvest_oldest(self) -> None:
+        batch, task = self.inflight[0]
+        await task  # a gateway failure fails the job
+        self.inflight.popleft()
+        for f in batch.files:
+            if f.skipped:
+                self.stats.files_skipped += 1
+            elif f.error is not None:
+                self.errors.append(FileError(f.entry.path, f.error))
+            elif f.written:
+                self.stats.files_restored += 1
+                self.stats.bytes_restored += f.entry.size
+        self.done_seq = batch.seq
+        await self._apply_deferred()
+
+    async def _in_threads(self, files: list[_File], work: Callable[[_Writer, list[_File]], None]) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(
+                loop.run_in_executor(self.pool, work, _Writer(self.dest, self.stop), run)
+                for run in _runs(files, WRITE_THREADS * 2)
+            )
+        )
+
+    async def _process(self, batch: _Batch) -> None:
+        """Check for conflicts, fetch the distinct chunks of the files to write in one call, write them."""
+        await self._in_threads(batch.files, lambda w, run: w.check(run, self.overwrite))
+        wanted = [f for f in batch.files if not f.skipped and f.error is None]
+        ids = list(dict.fromkeys(c for f in wanted for c in f.entry.chunk_ids))
+        contents: dict[bytes, bytes] = {}
+        if ids:
+            async for chunk_id, data in self.client.read_chunks(self.command.restore_job_id, ids):
+                contents[chunk_id] = data
+        await self._in_threads(wanted, lambda w, run: w.write(run, contents))
+
+    async def _restore_large_file(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         fd, temp = await asyncio.to_thread(self.dest.create_temp, parts)
         written = 0
         try:
             ids = list(entry.chunk_ids)
             average = max(1, entry.size // max(1, len(ids)))
-            window = max(1, min(FETCH_BATCH_MAX_IDS, self.fetch_batch_bytes // average))
+            window = max(1, min(LARGE_FILE_WINDOW_IDS, self.fetch_batch_bytes // average))
             for start in range(0, len(ids), window):
                 wanted = ids[start : start + window]
                 fetched: dict[bytes, bytes] = {}
@@ -397,7 +633,7 @@ async def run_restore(
         for task in (canceled, progress):
             if task is not None:
                 task.cancel()
-        await asyncio.to_thread(destination.close)
+        await asyncio.to_thread(restore.close)
     if cancel.is_set():
         return _finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, errors)
     if isinstance(failure, GatewayError):
