@@ -8,9 +8,12 @@ compete for one GIL); the gateway serves from this process. Every restore is
 compared with the source tree. Usage:
 
     uv run python agent/bench/bench_restore.py [--files 50000] [--large 3] [--large-mib 32]
-        [--source DIR] [--target DIR ...] [--rounds 2] [--get-latency-ms 0]
+        [--source DIR] [--target DIR ...] [--rounds 2] [--get-latency-ms 0 ...]
 
-``--get-latency-ms`` adds a delay to every object-store read, like a remote S3 GET.
+``--get-latency-ms`` adds a delay to every object-store read during the
+restores, like a remote S3 GET; several values are measured one after another.
+Each restore line also gives the CPU seconds of the agent (child) and of the
+gateway (this process) during the restore.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -126,10 +130,12 @@ async def _child() -> None:
         start = time.perf_counter()
         finished = await run_restore(command, client=client, cancel=asyncio.Event())
         elapsed = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         json.dumps(
             {
                 "elapsed": elapsed,
+                "cpu": usage.ru_utime + usage.ru_stime,
                 "status": common_pb2.JobStatus.Name(finished.status),
                 "error": finished.error,
                 "files": finished.stats.files_restored,
@@ -158,15 +164,15 @@ async def main(args: argparse.Namespace) -> None:
 
     gw = GatewayHarness(FakeClock())
     await gw.start()
-    if args.get_latency_ms:
-        objects, delay = gw.objects, args.get_latency_ms / 1000
-        original_get = objects.get
+    latency = {"s": 0.0}
+    plain_get = gw.objects.get
 
-        async def slow_get(key: str, *, offset: int = 0, length: int | None = None) -> bytes:
-            await asyncio.sleep(delay)
-            return await original_get(key, offset=offset, length=length)
+    async def slow_get(key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        if latency["s"]:
+            await asyncio.sleep(latency["s"])
+        return await plain_get(key, offset=offset, length=length)
 
-        objects.get = slow_get
+    gw.objects.get = slow_get
     gets = {"n": 0}
     counted_get = gw.objects.get
 
@@ -194,30 +200,36 @@ async def main(args: argparse.Namespace) -> None:
         address = gw.channel._channel.target.decode()
         rates: dict[str, list[float]] = {}
         job = 0
-        for _ in range(args.rounds):
-            for target_parent in args.target:
-                job += 1
-                job_id = f"r-{job}"
-                target = Path(tempfile.mkdtemp(prefix="strongroom-restore-", dir=target_parent))
-                await gw.request_restore(agent, job_id, point.point_id, target_path=str(target))
-                command = (await _command(gw, agent, "run_restore", job_id)).run_restore
-                os.sync()
-                gets["n"] = 0
-                result = await asyncio.to_thread(_restore_in_child, address, agent, command)
-                ok = result["status"] == "JOB_STATUS_COMPLETE" and tree_digest(target) == digest
-                elapsed = result["elapsed"]
-                rates.setdefault(target_parent, []).append(elapsed)
-                print(
-                    f"restore into {target_parent}: {elapsed:.2f} s, {count / elapsed:.0f} files/s,"
-                    f" {total / elapsed / 1e6:.1f} MB/s, {gets['n']} object GETs, identical={ok}"
-                    + ("" if ok else f" {result}"),
-                    flush=True,
-                )
-                shutil.rmtree(target)
-        for target_parent, times in rates.items():
+        for delay_ms in args.get_latency_ms or [0.0]:
+            latency["s"] = delay_ms / 1000
+            for _ in range(args.rounds):
+                for target_parent in args.target:
+                    job += 1
+                    job_id = f"r-{job}"
+                    target = Path(tempfile.mkdtemp(prefix="strongroom-restore-", dir=target_parent))
+                    await gw.request_restore(agent, job_id, point.point_id, target_path=str(target))
+                    command = (await _command(gw, agent, "run_restore", job_id)).run_restore
+                    os.sync()
+                    gets["n"] = 0
+                    cpu = time.process_time()
+                    result = await asyncio.to_thread(_restore_in_child, address, agent, command)
+                    gateway_cpu = time.process_time() - cpu
+                    ok = result["status"] == "JOB_STATUS_COMPLETE" and tree_digest(target) == digest
+                    elapsed = result["elapsed"]
+                    label = f"{target_parent}, GET latency {delay_ms:g} ms"
+                    rates.setdefault(label, []).append(elapsed)
+                    print(
+                        f"restore into {label}: {elapsed:.2f} s, {count / elapsed:.0f} files/s,"
+                        f" {total / elapsed / 1e6:.1f} MB/s, {gets['n']} object GETs, CPU agent"
+                        f" {result['cpu']:.1f} s, gateway {gateway_cpu:.1f} s, identical={ok}"
+                        + ("" if ok else f" {result}"),
+                        flush=True,
+                    )
+                    shutil.rmtree(target)
+        for label, times in rates.items():
             median = statistics.median(times)
             print(
-                f"median into {target_parent}: {median:.2f} s, {count / median:.0f} files/s,"
+                f"median into {label}: {median:.2f} s, {count / median:.0f} files/s,"
                 f" {total / median / 1e6:.1f} MB/s over {len(times)} rounds"
             )
     finally:
@@ -236,7 +248,7 @@ if __name__ == "__main__":
     parser.add_argument("--source", default="/dev/shm")
     parser.add_argument("--target", action="append", default=None)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--get-latency-ms", type=float, default=0.0)
+    parser.add_argument("--get-latency-ms", type=float, action="append", default=None)
     parsed = parser.parse_args()
     parsed.target = parsed.target or ["/dev/shm", tempfile.gettempdir()]
     asyncio.run(main(parsed))
