@@ -65,6 +65,10 @@ OpenFile = Callable[[str], int]
 
 MAX_REPORTED_FILE_ERRORS = 100
 READ_SIZE = 1 << 20  # bytes per read() call, so the throttle stays smooth
+# Files up to this size are read whole and cut in memory (FastCDC's stream mode
+# allocates a max-chunk-size buffer per file, which dominated the CPU time of
+# trees of small files); at most ``workers`` such buffers exist at a time.
+WHOLE_FILE_BYTES = 8 << 20
 _DEFAULT_CORES = {common_pb2.BACKUP_PRIORITY_LOW: 1, common_pb2.BACKUP_PRIORITY_HIGH: 2}
 
 
@@ -345,7 +349,21 @@ class _FileReader:
         if not stat.S_ISREG(self.before.st_mode):
             raise _FileProblem("no longer a regular file")
         self._total = 0
-        self._chunks = iter(self._params.chunker().cut_stream(self))
+        if self.before.st_size <= WHOLE_FILE_BYTES:
+            self._chunks = iter(self._params.chunker().cut_buf(self._read_whole(self.before.st_size)))
+        else:
+            self._chunks = iter(self._params.chunker().cut_stream(self))
+
+    def _read_whole(self, size: int) -> memoryview:
+        """The file's content, read through :meth:`readinto` (throttled); one byte more to notice growth."""
+        buffer = memoryview(bytearray(size + 1))
+        got = 0
+        while got < len(buffer):
+            n = self.readinto(buffer[got:])
+            if n == 0:
+                break
+            got += n
+        return buffer[:got]
 
     def readinto(self, buffer: memoryview) -> int:
         """The FastCDC stream source: bounded reads, charged to the throttle."""
@@ -365,7 +383,6 @@ class _FileReader:
             if self._fd < 0:
                 self._fd = self._open_file(self.path)
                 self._start()
-            self._delta = 0
             chunks: list[tuple[bytes, bytes]] = []
             produced = 0
             for chunk in self._chunks:
@@ -373,11 +390,16 @@ class _FileReader:
                 chunks.append((chunk_id(self._params.key, content), content))
                 produced += len(content)
                 if produced >= self._batch_bytes:
-                    return _Step(chunks, self._delta, done=False)
+                    return _Step(chunks, self._take_delta(), done=False)
             assert self.before is not None
             after = os.fstat(self._fd)
             consistent = _snapshot(after) == _snapshot(self.before) and self._total == after.st_size
-            return _Step(chunks, self._delta, done=True, consistent=consistent)
+            return _Step(chunks, self._take_delta(), done=True, consistent=consistent)
+
+    def _take_delta(self) -> int:
+        """Bytes read since the last step reported (including reads done while (re)starting)."""
+        delta, self._delta = self._delta, 0
+        return delta
 
     def restart(self) -> None:
         with self._lock:
