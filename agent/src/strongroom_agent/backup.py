@@ -69,6 +69,7 @@ READ_SIZE = 1 << 20  # bytes per read() call, so the throttle stays smooth
 # allocates a max-chunk-size buffer per file, which dominated the CPU time of
 # trees of small files); at most ``workers`` such buffers exist at a time.
 WHOLE_FILE_BYTES = 8 << 20
+READERS_PER_WORKER = 8
 _DEFAULT_CORES = {common_pb2.BACKUP_PRIORITY_LOW: 1, common_pb2.BACKUP_PRIORITY_HIGH: 2}
 
 
@@ -603,7 +604,9 @@ class _PointRun:
         self.chunks: asyncio.Queue[Any] = asyncio.Queue(limits.chunk_queue)
         self.to_compress: asyncio.Queue[Any] = asyncio.Queue(limits.chunk_queue)
         self.to_upload: asyncio.Queue[Any] = asyncio.Queue(limits.upload_batch_chunks * 2)
-        self.readers = asyncio.Semaphore(ctx.workers)
+        # More files in flight than worker threads, so the threads never wait for the event loop
+        # between small files; CPU stays bounded by the thread count, memory by the byte budget.
+        self.readers = asyncio.Semaphore(ctx.workers * READERS_PER_WORKER)
         self.spool = _Spool(ctx.spool_dir)
         self.use_cache = use_cache
         self.cursor: cache.CacheCursor | None = None
