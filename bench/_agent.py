@@ -1,13 +1,19 @@
-"""``python -m strongroom_agent`` for the benchmark, with an opt-in unthrottle switch.
+"""``python -m strongroom_agent`` for the benchmark, with opt-in switches.
 
 With ``BENCH_UNTHROTTLED=1`` the agent's per-job read throttle is replaced by ``Unlimited`` (what
 the agent already does for ``max_read_bytes_per_second == 0``), because the gateway offers no way to
 send 0: HIGH priority is capped at 30 MB/s by design. Everything else is the stock agent.
+
+With ``BENCH_TRACEMALLOC=<file>`` the agent runs under ``tracemalloc`` and, each time the traced
+Python heap grows 64 MB past its previous peak, rewrites ``<file>`` with the top allocation sites
+(memory diagnosis only: tracemalloc slows the agent down several times).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import strongroom_agent.backup as backup
 from strongroom_agent.__main__ import main
@@ -15,6 +21,33 @@ from strongroom_agent.throttle import Unlimited
 
 if os.environ.get("BENCH_UNTHROTTLED") == "1":
     backup.make_throttle = lambda _rate: Unlimited()  # type: ignore[assignment]
+
+
+def _trace_memory(path: str) -> None:
+    import tracemalloc
+
+    tracemalloc.start(8)
+
+    def watch() -> None:
+        reported = 0
+        while True:
+            time.sleep(0.5)
+            current, _peak = tracemalloc.get_traced_memory()
+            if current > reported + (64 << 20):
+                reported = current
+                stats = tracemalloc.take_snapshot().statistics("traceback")[:12]
+                lines = [f"traced now: {current / 1e6:.0f} MB"]
+                for stat in stats:
+                    lines.append(f"{stat.size / 1e6:8.1f} MB {stat.count:8d} blocks")
+                    lines += [f"      {frame}" for frame in stat.traceback.format()[-6:]]
+                with open(path, "w") as f:
+                    f.write("\n".join(lines) + "\n")
+
+    threading.Thread(target=watch, daemon=True, name="bench-tracemalloc").start()
+
+
+if os.environ.get("BENCH_TRACEMALLOC"):
+    _trace_memory(os.environ["BENCH_TRACEMALLOC"])
 
 if __name__ == "__main__":
     main()

@@ -214,6 +214,11 @@ class StrongroomBench:
         state_dir = self.work / "agents" / instance_id
         env = dict(self.env)
         env["BENCH_UNTHROTTLED"] = "1" if unthrottled else "0"
+        # Experiments: BENCH_AGENT_ENV_<NAME>=<value> sets <NAME> for the agent process only
+        # (e.g. BENCH_AGENT_ENV_MALLOC_ARENA_MAX=2).
+        for key, value in os.environ.items():
+            if key.startswith("BENCH_AGENT_ENV_"):
+                env[key.removeprefix("BENCH_AGENT_ENV_")] = value
         gateway = self.stack.addresses["gateway"]
         enroll = [sys.executable, str(HERE / "_agent.py"), "enroll", "--gateway", gateway]
         enroll += ["--token", activated.enrollment_token, "--state-dir", str(state_dir)]
