@@ -139,6 +139,8 @@ class StrongroomBench:
             # Benchmarks only: the gateway setting that lifts the priority's read-rate/core limits
             # (the agent wrapper's BENCH_UNTHROTTLED does the same on the agent side).
             STRONGROOM_GATEWAY_UNTHROTTLED="1" if unthrottled_gateway else "0",
+            # Encryption at rest is always on (ADR 0015): the gateway creates its master key here.
+            STRONGROOM_MASTER_KEY_FILE=str(self.work / "master.key"),
         )
         self.env = env
         self.stack = Stack()
