@@ -23,8 +23,9 @@ from test_backup_restore import FINISHED, Platform, eventually, start_agent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 
-FILES = 40
-FILE_BYTES = 4_000_000  # 160 MB of incompressible data: 16 s at the low priority's 10 MB/s
+FILES = 64
+FILE_BYTES = 4_000_000  # 256 MB of incompressible data: 26 s at the low priority's 10 MB/s, so the
+# interruption (after half is reported uploaded, with progress reports seconds apart) lands mid-job
 
 
 def make_tree(root: Path) -> int:
