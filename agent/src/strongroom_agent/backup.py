@@ -934,7 +934,8 @@ def _entry(item: ScanItem, st: os.stat_result | None = None) -> common_pb2.FileE
 # --- the job --------------------------------------------------------------------------------------------------------
 
 
-async def _report_progress(stats: common_pb2.JobStats, on_progress: ProgressCallback, interval: float) -> None:
+async def report_progress(stats: common_pb2.JobStats, on_progress: ProgressCallback, interval: float) -> None:
+    """Send a snapshot of ``stats`` every ``interval`` seconds until cancelled."""
     while True:
         await asyncio.sleep(interval)
         snapshot = common_pb2.JobStats()
@@ -942,13 +943,14 @@ async def _report_progress(stats: common_pb2.JobStats, on_progress: ProgressCall
         await on_progress(snapshot)
 
 
-def _finished(
+def job_finished(
     job_id: str,
     status: common_pb2.JobStatus.ValueType,
     stats: common_pb2.JobStats,
     errors: list[FileError],
     error: str = "",
 ) -> gateway_pb2.JobFinished:
+    """The JobFinished report of a backup or restore job; the stats count the failed files."""
     stats.files_failed = len(errors)
     return gateway_pb2.JobFinished(
         job_id=job_id,
@@ -987,12 +989,12 @@ async def run_backup(
     try:
         params = ChunkParams.from_proto(command.repository)
     except InvalidRepositoryParameters as exc:
-        return _finished(
+        return job_finished(
             command.job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"bad repository parameters: {exc}"
         )
     if not points:
         reason = "; ".join(str(e) for e in errors) or "no block-storage filesystem to back up"
-        return _finished(command.job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, reason)
+        return job_finished(command.job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, reason)
 
     workers = cores_for(command)
     executor = job_executor(workers)
@@ -1028,7 +1030,7 @@ async def run_backup(
 
     work = asyncio.create_task(all_points())
     canceled = asyncio.create_task(cancel.wait())
-    progress = asyncio.create_task(_report_progress(stats, on_progress, progress_interval)) if on_progress else None
+    progress = asyncio.create_task(report_progress(stats, on_progress, progress_interval)) if on_progress else None
     try:
         await asyncio.wait({work, canceled}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
@@ -1060,12 +1062,12 @@ def _outcome(
 ) -> gateway_pb2.JobFinished:
     leaves = _leaves(failure) if failure is not None else []
     if canceled or any(isinstance(leaf, JobCanceled) for leaf in leaves):
-        return _finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, errors)
+        return job_finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, errors)
     if leaves:
         gateway = [leaf for leaf in leaves if isinstance(leaf, GatewayError)]
         if gateway:
-            return _finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"gateway error: {gateway[0]}")
+            return job_finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"gateway error: {gateway[0]}")
         log.error("job %s failed", job_id, exc_info=failure)
-        return _finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"internal error: {leaves[0]!r}")
+        return job_finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"internal error: {leaves[0]!r}")
     status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE if errors else common_pb2.JOB_STATUS_COMPLETE
-    return _finished(job_id, status, stats, errors)
+    return job_finished(job_id, status, stats, errors)

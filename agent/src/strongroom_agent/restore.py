@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
-from strongroom_agent.backup import MAX_REPORTED_FILE_ERRORS, FileError
+from strongroom_agent.backup import FileError, job_finished, report_progress
 from strongroom_agent.gateway_client import GatewayClient, GatewayError
 
 log = logging.getLogger(__name__)
@@ -559,34 +559,9 @@ class _Restore:
         self.stats.bytes_restored += written
 
 
-def _finished(
-    job_id: str,
-    status: common_pb2.JobStatus.ValueType,
-    stats: common_pb2.JobStats,
-    errors: list[FileError],
-    error: str = "",
-) -> gateway_pb2.JobFinished:
-    stats.files_failed = len(errors)
-    return gateway_pb2.JobFinished(
-        job_id=job_id,
-        status=status,
-        error=error,
-        stats=stats,
-        file_errors=[str(e) for e in errors[:MAX_REPORTED_FILE_ERRORS]],
-    )
-
-
 def destination_root(command: gateway_pb2.RunRestore) -> str:
     """Where the point's paths are restored: target_path, or the source mount point (original location)."""
     return command.target_path or command.source_mount_point
-
-
-async def _report_progress(stats: common_pb2.JobStats, on_progress: ProgressCallback, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        snapshot = common_pb2.JobStats()
-        snapshot.CopyFrom(stats)
-        await on_progress(snapshot)
 
 
 async def run_restore(
@@ -605,24 +580,24 @@ async def run_restore(
     errors: list[FileError] = []
     root = destination_root(command)
     if not root or not os.path.isabs(root):
-        return _finished(
+        return job_finished(
             job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"restore path {root!r} is not an absolute path"
         )
     if not os.path.isdir(root):
-        return _finished(
+        return job_finished(
             job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"restore path {root} does not exist on this instance"
         )
     try:
         destination = _Destination(root, as_root=os.geteuid() == 0 if as_root is None else as_root)
     except OSError as exc:
-        return _finished(
+        return job_finished(
             job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"cannot open restore path {root}: {exc.strerror}"
         )
 
     restore = _Restore(command, client, destination, stats, errors, cancel, fetch_batch_bytes)
     work = asyncio.create_task(restore.run())
     canceled = asyncio.create_task(cancel.wait())
-    progress = asyncio.create_task(_report_progress(stats, on_progress, progress_interval)) if on_progress else None
+    progress = asyncio.create_task(report_progress(stats, on_progress, progress_interval)) if on_progress else None
     try:
         await asyncio.wait({work, canceled}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
@@ -635,11 +610,11 @@ async def run_restore(
                 task.cancel()
         await asyncio.to_thread(restore.close)
     if cancel.is_set():
-        return _finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, errors)
+        return job_finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, errors)
     if isinstance(failure, GatewayError):
-        return _finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"gateway error: {failure}")
+        return job_finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"gateway error: {failure}")
     if failure is not None:
         log.error("restore %s failed", job_id, exc_info=failure)
-        return _finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"internal error: {failure!r}")
+        return job_finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"internal error: {failure!r}")
     status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE if errors else common_pb2.JOB_STATUS_COMPLETE
-    return _finished(job_id, status, stats, errors)
+    return job_finished(job_id, status, stats, errors)
