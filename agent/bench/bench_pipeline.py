@@ -1,9 +1,10 @@
-"""Throughput of the backup pipeline (read + chunk + hash + dedup + compress + upload) on one large file.
+"""Throughput of the backup pipeline (read + chunk + hash + dedup + compress + upload).
 
-The gateway is an in-memory sink (no verification), so this measures the
-agent's own CPU path. Usage:
+On one generated large file, or with ``--tree`` on an existing tree (e.g. the
+benchmark's kernel source). The gateway is an in-memory sink (no
+verification), so this measures the agent's own CPU path. Usage:
 
-    uv run python agent/bench/bench_pipeline.py [--size-mib 256] [--cores 2] [--dir DIR]
+    uv run python agent/bench/bench_pipeline.py [--size-mib 256] [--cores 2] [--dir DIR] [--tree DIR]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import os
 import random
+import resource
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -60,18 +62,26 @@ def make_file(path: str, size: int) -> None:
                 f.write(text[:block].ljust(block, b"\n"))
 
 
+def peak_rss_mb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--avg-kib", type=int, default=1024)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--tree", default=None, help="back up this existing tree instead of a generated file")
     args = parser.parse_args()
     avg = args.avg_kib << 10
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        root = os.path.join(tmp, "data")
-        os.mkdir(root)
-        make_file(os.path.join(root, "big.bin"), args.size_mib << 20)
+        if args.tree:
+            root = os.path.abspath(args.tree)
+        else:
+            root = os.path.join(tmp, "data")
+            os.mkdir(root)
+            make_file(os.path.join(root, "big.bin"), args.size_mib << 20)
         command = gateway_pb2.RunBackup(job_id="bench", max_cores=args.cores)
         command.repository.CopyFrom(
             gateway_pb2.RepositoryParameters(
@@ -97,6 +107,7 @@ async def main() -> None:
             print(
                 f"{run}: {mb:.0f} MB in {elapsed:.2f} s = {mb / elapsed:.0f} MB/s "
                 f"({args.cores} cores, avg chunk {args.avg_kib} KiB, "
+                f"{finished.stats.files_read} files read, peak RSS {peak_rss_mb()} MB, "
                 f"{finished.stats.chunks_new} chunks uploaded, payload {gateway.payload_bytes / 1e6:.0f} MB)"
             )
 

@@ -36,6 +36,19 @@ async def backup(gateway: FakeGateway, root: Path, **kwargs: Any) -> gateway_pb2
     return await run_backup(command, client=gateway, points=[filesystem(root)], **kwargs)
 
 
+# Changed files are read in groups of small files (one worker-thread hop per group) or one by
+# one (files above small_file_bytes); the per-file rules must hold on both paths.
+READ_PATHS = {
+    "grouped": PipelineLimits(),
+    "one-by-one": PipelineLimits(small_file_bytes=0),
+}
+
+
+@pytest.fixture(params=sorted(READ_PATHS))
+def read_path(request: pytest.FixtureRequest) -> PipelineLimits:
+    return READ_PATHS[request.param]
+
+
 def make_tree(root: Path) -> None:
     write_file(
         str(root / "docs/report.txt"), b"quarterly numbers\n" * 500, mode=0o640, mtime_ns=1_600_000_000_123_456_789
@@ -50,11 +63,11 @@ def make_tree(root: Path) -> None:
         s.bind(str(root / "sock"))
 
 
-async def test_backup_of_a_tree(tmp_path: Path) -> None:
+async def test_backup_of_a_tree(tmp_path: Path, read_path: PipelineLimits) -> None:
     root = tmp_path / "src"
     make_tree(root)
     gateway = FakeGateway()
-    finished = await backup(gateway, root)
+    finished = await backup(gateway, root, limits=read_path)
     assert finished.status == COMPLETE, finished
     point = gateway.only_point()
     paths = [e.path for e in point.entries]
@@ -136,11 +149,11 @@ class MutatingThrottle:
             os.utime(self.path, ns=(stamp, stamp))
 
 
-async def test_file_changing_during_every_read_is_reported_not_stored(tmp_path: Path) -> None:
+async def test_file_changing_during_every_read_is_left_out(tmp_path: Path, read_path: PipelineLimits) -> None:
     root = tmp_path / "src"
     write_file(str(root / "busy.db"), rand(50_000, 2))
     gateway = FakeGateway()
-    finished = await backup(gateway, root, throttle=MutatingThrottle(root / "busy.db", times=1000))
+    finished = await backup(gateway, root, throttle=MutatingThrottle(root / "busy.db", times=1000), limits=read_path)
     assert finished.status == PARTIAL
     assert [e.path for e in gateway.only_point().entries] == [""]
     assert len(finished.file_errors) == 1
@@ -148,11 +161,11 @@ async def test_file_changing_during_every_read_is_reported_not_stored(tmp_path: 
     assert finished.stats.files_failed == 1
 
 
-async def test_file_changing_once_is_reread_and_stored_consistently(tmp_path: Path) -> None:
+async def test_file_changing_once_is_reread_and_stored_consistently(tmp_path: Path, read_path: PipelineLimits) -> None:
     root = tmp_path / "src"
     write_file(str(root / "log"), rand(50_000, 3))
     gateway = FakeGateway()
-    finished = await backup(gateway, root, throttle=MutatingThrottle(root / "log", times=1))
+    finished = await backup(gateway, root, throttle=MutatingThrottle(root / "log", times=1), limits=read_path)
     assert finished.status == COMPLETE, finished.file_errors
     entry = entries_by_path(gateway.only_point())["log"]
     assert gateway.content(entry) == (root / "log").read_bytes()  # the second, settled state
@@ -160,7 +173,7 @@ async def test_file_changing_once_is_reread_and_stored_consistently(tmp_path: Pa
     assert finished.stats.bytes_read == 2 * 50_000
 
 
-async def test_unreadable_file_makes_the_job_partial(tmp_path: Path) -> None:
+async def test_unreadable_file_makes_the_job_partial(tmp_path: Path, read_path: PipelineLimits) -> None:
     root = tmp_path / "src"
     write_file(str(root / "secret"), b"no")
     write_file(str(root / "public"), b"yes")
@@ -171,10 +184,43 @@ async def test_unreadable_file_makes_the_job_partial(tmp_path: Path) -> None:
         return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
 
     gateway = FakeGateway()
-    finished = await backup(gateway, root, open_file=opener)
+    finished = await backup(gateway, root, open_file=opener, limits=read_path)
     assert finished.status == PARTIAL
     assert finished.file_errors == [f"{root}/secret: Permission denied"]
     assert [e.path for e in gateway.only_point().entries] == ["", "public"]
+
+
+async def test_each_file_of_a_group_fails_or_succeeds_on_its_own(tmp_path: Path) -> None:
+    """One group holds a vanished, an unreadable, a grown-too-big and two good files: only the bad two are left out."""
+    root = tmp_path / "src"
+    for name in ("a-good", "b-gone", "c-denied", "d-grows", "e-good"):
+        write_file(str(root / name), name.encode() * 100)
+    grown = rand(9 << 20, 5)  # past the whole-file limit: read on its own, in steps
+
+    def opener(path: str) -> int:
+        name = os.path.basename(path)
+        if name == "b-gone":
+            os.unlink(path)
+        elif name == "c-denied":
+            raise PermissionError(13, "Permission denied", path)
+        elif name == "d-grows" and os.path.getsize(path) < len(grown):
+            Path(path).write_bytes(grown)
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+
+    gateway = FakeGateway()
+    limits = PipelineLimits(read_batch_bytes=1 << 20)
+    finished = await backup(gateway, root, open_file=opener, limits=limits)
+    assert finished.status == PARTIAL
+    assert sorted(finished.file_errors) == [
+        f"{root}/b-gone: vanished during the backup",
+        f"{root}/c-denied: Permission denied",
+    ]
+    entries = entries_by_path(gateway.only_point())
+    assert sorted(entries) == ["", "a-good", "d-grows", "e-good"]
+    assert gateway.content(entries["a-good"]) == b"a-good" * 100
+    assert gateway.content(entries["e-good"]) == b"e-good" * 100
+    assert gateway.content(entries["d-grows"]) == grown and entries["d-grows"].size == len(grown)
+    assert finished.stats.files_read == 3
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of permissions")

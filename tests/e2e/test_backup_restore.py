@@ -127,7 +127,8 @@ async def start_agent(platform: Platform, token: str, state_dir: Path) -> Manage
         await process.communicate()
         return process.returncode == 0
 
-    await eventually("agent enrollment", enrolled, within=60)
+    # The gateway learns of the activation from Kafka; its first group join can be slow on a loaded machine.
+    await eventually("agent enrollment", enrolled, within=120)
     run = [sys.executable, "-m", "strongroom_agent", "run", "--state-dir", str(state_dir)]
     return await spawn("agent", run, platform.env, platform.logs)
 

@@ -79,7 +79,13 @@ class PipelineLimits:
 
     memory_budget_bytes: int = 256 << 20  # chunk content between read and upload
     read_batch_bytes: int = 8 << 20  # chunk content produced per worker-thread step
-    ordered_queue: int = 256  # files in flight between scan and spool
+    # Changed files up to small_file_bytes are read in groups, one worker-thread hop per group
+    # (at most small_batch_files files or small_batch_bytes bytes): per-file hand-offs between
+    # the event loop and the threads, not reading, dominated trees of small files.
+    small_file_bytes: int = 1 << 20
+    small_batch_files: int = 128
+    small_batch_bytes: int = 4 << 20
+    ordered_queue: int = 1024  # files in flight between scan and spool
     chunk_queue: int = 4096
     dedup_batch_ids: int = 1000
     compress_batch_bytes: int = 8 << 20
@@ -299,6 +305,17 @@ async def scan_point(
 
 
 # --- reading --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SmallRead:
+    """The outcome of one file of a small-file group (see ``_PointRun._read_small_files``)."""
+
+    chunks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    bytes_read: int = 0
+    before: os.stat_result | None = None
+    problem: str = ""  # why the file is left out ("" if it was read consistently)
+    too_big: bool = False  # grew past the whole-file limit since the scan: read it on its own
 
 
 @dataclass
@@ -609,6 +626,9 @@ class _PointRun:
         # uploads come in bursts, which delays progress and resumable state (tests/e2e/test_resume.py).
         self.readers = asyncio.Semaphore(ctx.workers * READERS_PER_WORKER)
         self.spool = _Spool(ctx.spool_dir)
+        # Changed small files scanned but not yet handed to a worker thread (see _add_small).
+        self.small: list[tuple[ScanItem, asyncio.Future[tuple[common_pb2.FileEntry, os.stat_result] | None]]] = []
+        self.small_bytes = 0
         self.use_cache = use_cache
         self.cursor: cache.CacheCursor | None = None
         self.writer: cache.CacheWriter | None = None
@@ -674,7 +694,7 @@ class _PointRun:
                 cached = None
                 if cursor is not None:
                     while (record := await cursor.peek()) is not None and record.path < path:
-                        await self.ordered.put(_Gone(cursor.take().path))
+                        await self._put_ordered(group, _Gone(cursor.take().path))
                     if record is not None and record.path == path:
                         cached = cursor.take()
                 ctx.stats.files_scanned += 1
@@ -685,20 +705,53 @@ class _PointRun:
                         entry.chunk_ids.extend(cached.entry.chunk_ids)
                         ctx.stats.files_unchanged += 1
                         ctx.stats.bytes_unchanged += item.st.st_size
-                        await self.ordered.put(_Slot(path, (entry, item.st), cached))
+                        await self._put_ordered(group, _Slot(path, (entry, item.st), cached))
+                        continue
+                    if item.st.st_size <= ctx.limits.small_file_bytes:
+                        await self._add_small(group, item, path, cached)
                         continue
                     await self.readers.acquire()
-                    await self.ordered.put(_Slot(path, group.create_task(self._file_entry(item)), cached))
+                    await self._put_ordered(group, _Slot(path, group.create_task(self._file_entry(item)), cached))
                 else:
-                    await self.ordered.put(_Slot(path, (_entry(item), item.st), cached))
+                    await self._put_ordered(group, _Slot(path, (_entry(item), item.st), cached))
         except FileNotFoundError:
             ctx.errors.append(FileError(root, "backup root vanished"))
         except OSError as exc:
             ctx.errors.append(FileError(root, _reason(exc)))
+        await self._flush_small(group)
         if cursor is not None:
             while await cursor.peek() is not None:
                 await self.ordered.put(_Gone(cursor.take().path))
         await self.ordered.put(_END)
+
+    async def _put_ordered(self, group: asyncio.TaskGroup, item: _Slot | _Gone) -> None:
+        """Queue ``item`` for the spool writer, first starting the pending small-file group if the queue is full.
+
+        The writer waits for slots in order; a slot of a group that is not yet
+        started must never be stuck behind a full queue.
+        """
+        if self.ordered.full():
+            await self._flush_small(group)
+        await self.ordered.put(item)
+
+    async def _add_small(
+        self, group: asyncio.TaskGroup, item: ScanItem, path: bytes, cached: cache.CacheRecord | None
+    ) -> None:
+        """Add a changed small file to the pending group; start the group when it is full."""
+        future: asyncio.Future[tuple[common_pb2.FileEntry, os.stat_result] | None]
+        future = asyncio.get_running_loop().create_future()
+        await self._put_ordered(group, _Slot(path, future, cached))
+        self.small.append((item, future))
+        self.small_bytes += item.st.st_size
+        limits = self.ctx.limits
+        if len(self.small) >= limits.small_batch_files or self.small_bytes >= limits.small_batch_bytes:
+            await self._flush_small(group)
+
+    async def _flush_small(self, group: asyncio.TaskGroup) -> None:
+        if self.small:
+            await self.readers.acquire()
+            group.create_task(self._small_group(self.small))
+            self.small, self.small_bytes = [], 0
 
     async def _write_spool(self) -> None:
         while (item := await self.ordered.get()) is not _END:
@@ -716,11 +769,22 @@ class _PointRun:
             if item.cached is None or item.cached.entry != entry:
                 self.spool.write(entry)
 
-    async def _file_entry(self, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result] | None:
+    def _reader(self, item: ScanItem) -> _FileReader:
         ctx = self.ctx
-        reader = _FileReader(
+        return _FileReader(
             item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes
         )
+
+    async def _file_entry(self, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result] | None:
+        """Read one file (holding a reader permit, released at the end); None if it failed (reported)."""
+        try:
+            return await self._read_alone(item)
+        finally:
+            self.readers.release()
+
+    async def _read_alone(self, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result] | None:
+        ctx = self.ctx
+        reader = self._reader(item)
         try:
             result = await self._read_file(reader, item)
             ctx.stats.files_read += 1
@@ -734,8 +798,75 @@ class _PointRun:
         finally:
             # Through the executor: a cancelled step may still be running in a thread.
             ctx.executor.submit(reader.close)
-            self.readers.release()
         return None
+
+    def _read_small_files(self, items: list[ScanItem]) -> list[_SmallRead]:
+        """Read and chunk a group of small files in the calling (worker) thread, one file after another.
+
+        Same rules as :meth:`_read_file`: a file that changes during its read
+        is read once more, and left out if it changes again. A file that grew
+        past the whole-file limit since the scan is marked ``too_big`` and read
+        on its own afterwards.
+        """
+        results = []
+        for item in items:
+            result = _SmallRead()
+            reader = self._reader(item)
+            try:
+                for attempt in range(2):
+                    if attempt:
+                        reader.restart()
+                    step = reader.step()
+                    result.bytes_read += step.bytes_read
+                    if not step.done:
+                        result.too_big = True
+                        break
+                    if step.consistent:
+                        result.chunks, result.before = step.chunks, reader.before
+                        break
+                else:
+                    result.problem = "file changed while being read"
+            except _FileProblem as exc:
+                result.problem = str(exc)
+            except FileNotFoundError:
+                result.problem = "vanished during the backup"
+            except OSError as exc:
+                result.problem = _reason(exc)
+            finally:
+                reader.close()
+            results.append(result)
+        return results
+
+    async def _small_group(
+        self, files: list[tuple[ScanItem, asyncio.Future[tuple[common_pb2.FileEntry, os.stat_result] | None]]]
+    ) -> None:
+        """Read a group of small files in one worker-thread hop and settle each file's slot."""
+        ctx = self.ctx
+        try:
+            results = await self._in_thread(functools.partial(self._read_small_files, [item for item, _ in files]))
+            for (item, future), result in zip(files, results, strict=True):
+                ctx.stats.bytes_read += result.bytes_read
+                if result.too_big:
+                    future.set_result(await self._read_alone(item))
+                    continue
+                if result.problem:
+                    ctx.errors.append(FileError(item.path, result.problem))
+                    future.set_result(None)
+                    continue
+                ids = []
+                for cid, content in result.chunks:
+                    ids.append(cid)
+                    charge = await self.budget.acquire(len(content))
+                    await self.chunks.put(_Chunk(cid, content, charge))
+                assert result.before is not None
+                entry = _entry(item, result.before)
+                entry.chunk_ids.extend(ids)
+                ctx.stats.files_read += 1
+                future.set_result((entry, result.before))
+        finally:
+            for _, future in files:
+                future.cancel()  # no-op for settled slots; the job is failing otherwise
+            self.readers.release()
 
     async def _read_file(self, reader: _FileReader, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result]:
         ctx = self.ctx
