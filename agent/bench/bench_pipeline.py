@@ -16,11 +16,12 @@ import random
 import resource
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
-from strongroom_agent.backup import run_backup
+from strongroom_agent.backup import PipelineLimits, run_backup
 from strongroom_agent.exclusions import LinuxExclusions
 
 
@@ -45,7 +46,7 @@ class SinkGateway:
     ) -> gateway_pb2.CommitPointResponse:
         async for _ in requests:
             pass
-        return gateway_pb2.CommitPointResponse(point_id="p")
+        return gateway_pb2.CommitPointResponse(point_id=uuid.uuid4().hex)
 
 
 def make_file(path: str, size: int) -> None:
@@ -73,6 +74,9 @@ async def main() -> None:
     parser.add_argument("--avg-kib", type=int, default=1024)
     parser.add_argument("--dir", default=None)
     parser.add_argument("--tree", default=None, help="back up this existing tree instead of a generated file")
+    parser.add_argument(
+        "--incremental", action="store_true", help="keep the agent's cache: the second run reads nothing"
+    )
     args = parser.parse_args()
     avg = args.avg_kib << 10
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -82,7 +86,7 @@ async def main() -> None:
             root = os.path.join(tmp, "data")
             os.mkdir(root)
             make_file(os.path.join(root, "big.bin"), args.size_mib << 20)
-        command = gateway_pb2.RunBackup(job_id="bench", max_cores=args.cores)
+        command = gateway_pb2.RunBackup(job_id="bench", max_cores=args.cores, accepts_base_point=args.incremental)
         command.repository.CopyFrom(
             gateway_pb2.RepositoryParameters(
                 chunker_min_size=avg // 4, chunker_avg_size=avg, chunker_max_size=avg * 4, chunk_id_key=bytes(32)
@@ -100,6 +104,8 @@ async def main() -> None:
                 exclusions=LinuxExclusions(),
                 cancel=asyncio.Event(),
                 spool_dir=tmp,
+                state_dir=os.path.join(tmp, "state") if args.incremental else None,
+                limits=PipelineLimits(racy_window_ns=0),  # the tree may be fresh: trust its timestamps
             )
             elapsed = time.perf_counter() - start
             assert finished.status == common_pb2.JOB_STATUS_COMPLETE, finished

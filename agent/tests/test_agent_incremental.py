@@ -79,6 +79,15 @@ async def test_unchanged_tree_is_not_read_and_sends_no_entries(tmp_path: Path) -
     assert (sent, deleted) == ([], [])
     assert comparable(gateway.point("point-2").entries) == comparable(gateway.point("point-1").entries)
 
+    # The second run copied the unchanged records into its cache as they were; a full point sent
+    # from that cache (a gateway that does not synthesize) is the same point, still without reads.
+    command = run_backup_command("job-3")
+    command.accepts_base_point = False
+    third = await backup(gateway, root, state, "job-3", command=command)
+    assert third.status == COMPLETE and third.stats.files_read == 0
+    assert gateway.commits[-1][0].base_point_id == ""
+    assert comparable(gateway.point("point-3").entries) == comparable(gateway.point("point-1").entries)
+
 
 async def test_changes_are_sent_and_the_synthesized_point_equals_a_full_backup(tmp_path: Path) -> None:
     root, state = tmp_path / "src", tmp_path / "state"

@@ -488,6 +488,7 @@ class _Upload:
 
 
 _END: Any = object()
+_UNCHANGED: Any = object()  # _Slot.value of a file whose cache record stands as it is
 
 
 async def _take_batch(
@@ -601,7 +602,7 @@ class _Slot:
     """One scanned item in manifest order: its entry (or the task reading it) and its cache record."""
 
     path: bytes
-    value: Any  # (FileEntry, stat) | asyncio.Task[(FileEntry, stat) | None]
+    value: Any  # (FileEntry, stat) | a future of (FileEntry, stat) | None | _UNCHANGED
     cached: cache.CacheRecord | None
 
 
@@ -655,6 +656,7 @@ class _PointRun:
         )
 
     async def run(self) -> gateway_pb2.CommitPointResponse:
+        started = time.perf_counter()
         try:
             await self._open_cache()
             async with asyncio.TaskGroup() as group:
@@ -672,7 +674,16 @@ class _PointRun:
                 await asyncio.gather(*compressors)
                 for _ in uploaders:
                     await self.to_upload.put(_END)
+            uploaded = time.perf_counter()
             response = await self._commit()
+            log.info(
+                "job %s: %s scanned, read and uploaded in %.2f s, committed in %.2f s (%d entries sent)",
+                self.ctx.job_id,
+                self.filesystem.mount_point,
+                uploaded - started,
+                time.perf_counter() - uploaded,
+                self.spool.count,
+            )
             if self.writer is not None:
                 await asyncio.to_thread(self.writer.commit, response.point_id)
                 self.writer = None
@@ -701,11 +712,11 @@ class _PointRun:
                 if stat.S_ISREG(item.st.st_mode):
                     ctx.stats.bytes_scanned += item.st.st_size
                     if cached is not None and cached.unchanged(item.st):
-                        entry = _entry(item)
-                        entry.chunk_ids.extend(cached.entry.chunk_ids)
+                        # Same inode, size, mtime and ctime: mode and owner are unchanged too (they
+                        # move ctime), so the cached entry is this file's entry as it stands.
                         ctx.stats.files_unchanged += 1
                         ctx.stats.bytes_unchanged += item.st.st_size
-                        await self._put_ordered(group, _Slot(path, (entry, item.st), cached))
+                        await self._put_ordered(group, _Slot(path, _UNCHANGED, cached))
                         continue
                     if item.st.st_size <= ctx.limits.small_file_bytes:
                         await self._add_small(group, item, path, cached)
@@ -757,6 +768,11 @@ class _PointRun:
         while (item := await self.ordered.get()) is not _END:
             if isinstance(item, _Gone):
                 self.spool.write_deleted(item.path)
+                continue
+            if item.value is _UNCHANGED:
+                assert item.cached is not None
+                if self.writer is not None:
+                    self.writer.add_unchanged(item.cached)
                 continue
             value = await item.value if isinstance(item.value, asyncio.Future) else item.value
             if value is None:  # failed or vanished: not part of the point

@@ -84,6 +84,7 @@ class CacheRecord:
     key: StatKey
     trusted: bool
     entry: common_pb2.FileEntry
+    raw: bytes = b""  # the record as stored (without its length), copied as-is for an unchanged file
 
     def unchanged(self, st: os.stat_result) -> bool:
         """The file may be taken from the cache without reading it."""
@@ -197,7 +198,7 @@ class CacheCursor:
                 if entry.path.encode() != path or (self.records_read + len(out) > 0 and path <= self._last):
                     raise CacheCorrupt(f"record {path!r} out of order or inconsistent")
                 self._last = path
-                out.append(CacheRecord(path, (dev, ino, size, mtime, ctime), bool(flags & _TRUSTED), entry))
+                out.append(CacheRecord(path, (dev, ino, size, mtime, ctime), bool(flags & _TRUSTED), entry, data))
         except Exception as exc:  # any malformed byte: stop trusting the rest
             log.warning("backup cache %s unusable after %d records: %s", self.info.path, self.records_read, exc)
             self.broken = True
@@ -276,6 +277,19 @@ class CacheWriter:
             _TRUSTED if trusted else 0, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, len(path)
         )
         self._write(_U32.pack(len(key) + len(path) + len(body)) + key + path + body)
+        self.count += 1
+
+    def add_unchanged(self, record: CacheRecord) -> None:
+        """Record a file found unchanged (``record.unchanged`` held): its stored record is copied as-is.
+
+        It stays trusted: its ctime is older still than when it was first recorded.
+        """
+        if self._last is not None and record.path <= self._last:
+            raise ValueError(f"cache entries must be sorted: {record.path!r}")
+        if not record.raw:
+            raise ValueError("only records read from a cache can be copied")
+        self._last = record.path
+        self._write(_U32.pack(len(record.raw)) + record.raw)
         self.count += 1
 
     def commit(self, point_id: str) -> None:

@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import datetime as dt
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any
@@ -29,6 +31,8 @@ from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Point
 from strongroom_gateway.restrictions import require_job
 from strongroom_gateway.synthesis import BuiltManifest, SortedSpool, build_manifest, merge_entries
+
+log = logging.getLogger(__name__)
 
 MAX_IDS_PER_REQUEST = 10_000
 # ReadChunks: ids per request (a restore batch of many small files), and how reads are planned.
@@ -115,6 +119,8 @@ async def commit_point(
     Committing the same filesystem of a job again returns the existing point
     (a retry after a lost response).
     """
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
     first = await anext(aiter(requests), None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument("the first CommitPoint message must be the header")
@@ -128,6 +134,7 @@ async def commit_point(
     deleted = SortedSpool()
     try:
         await _receive(requests, changes, deleted, has_base=base is not None)
+        phases["receive"] = time.perf_counter() - started
 
         async with store.transaction() as tx:
             existing = await tx.find_point(job.job_id, filesystem.mount_point)
@@ -144,11 +151,13 @@ async def commit_point(
             base_entries = decode_manifest(base_manifest) if base_manifest is not None else iter(())
             return build_manifest(merge_entries(base_entries, changes.sorted(), deleted.sorted()), locate)
 
+        phases["read base"] = time.perf_counter() - started - sum(phases.values())
         try:
             built = await asyncio.to_thread(build)
         except ManifestFormatError as exc:
             raise FailedPrecondition(f"the base point's manifest cannot be read: {exc}") from None
     finally:
+        sent, removed = changes.count, deleted.count
         changes.close()
         deleted.close()
     if base is not None and built.entry_count != header.entry_count:
@@ -157,15 +166,18 @@ async def commit_point(
             f" counted {header.entry_count}; send a full manifest"
         )
 
+    phases["synthesis"] = time.perf_counter() - started - sum(phases.values())
     now = clock.now()
     retain_until = now + RETENTION + LOCK_MARGIN
     await _extend_pack_locks(identity.account_id, built.packs.values(), now, store, object_store, write_slots)
+    phases["pack locks"] = time.perf_counter() - started - sum(phases.values())
     point_id = str(uuid.uuid4())
     key = manifest_key(identity.account_id, point_id)
     data = built.data
     data = await manifests.seal(keys, account_id=identity.account_id, point_id=point_id, manifest=data)
     async with write_slots:
         await object_store.put(key, data, retain_until=retain_until)
+    phases["manifest write"] = time.perf_counter() - started - sum(phases.values())
 
     file_count, total_bytes = built.file_count, built.total_bytes
     async with store.transaction() as tx:
@@ -214,6 +226,19 @@ async def commit_point(
                 instance_capacity_bytes=instance.capacity_bytes if instance is not None else 0,
             ),
         )
+    phases["record"] = time.perf_counter() - started - sum(phases.values())
+    log.info(
+        "job %s: committed point %s of %s: %d entries (%d sent, %d deleted, base %s) in %.2f s (%s)",
+        job.job_id,
+        point_id,
+        filesystem.mount_point,
+        built.entry_count,
+        sent,
+        removed,
+        base.point_id if base is not None else "none",
+        time.perf_counter() - started,
+        ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()),
+    )
     return _response(point)
 
 
