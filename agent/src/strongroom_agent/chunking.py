@@ -18,7 +18,9 @@ from pyfastcdc import FastCDC
 from strongroom.agent.v1 import gateway_pb2
 
 CHUNK_ID_LENGTH = 32
-ZSTD_LEVEL = 3
+# Level 1: on the benchmark data set it stores 1.3% more than level 3 for 21% less compression
+# CPU, which the agent spends on the host it protects (ADR 0018).
+ZSTD_LEVEL = 1
 
 # pyfastcdc's accepted ranges.
 _MIN_RANGE = (64, 1 << 20)
@@ -94,7 +96,7 @@ def _compressor() -> zstandard.ZstdCompressor:
 
 
 def compress(data: bytes) -> tuple[gateway_pb2.ChunkCompression.ValueType, bytes]:
-    """zstd level 3, or the content itself when compression does not make it smaller."""
+    """zstd at ``ZSTD_LEVEL``, or the content itself when compression does not make it smaller."""
     compressed = _compressor().compress(data)
     if len(compressed) < len(data):
         return gateway_pb2.CHUNK_COMPRESSION_ZSTD, compressed

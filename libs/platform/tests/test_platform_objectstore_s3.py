@@ -82,6 +82,24 @@ class TestOnServer:
         await store.put("k", b"v", retain_until=until)
         assert (await store.stat("k")).retain_until == until
 
+    async def test_a_pack_sized_object_is_one_put_request(self, s3_config: S3Config) -> None:
+        client = s3_client(s3_config)
+        store = S3ObjectStore(client, _bucket())
+        await store.ensure_bucket()
+        requests: list[tuple[str, str]] = []
+        urlopen = client._http.urlopen
+
+        def recording(method: str, url: str, *args: object, **kwargs: object) -> object:
+            requests.append((method, url.split("?", 1)[1] if "?" in url else ""))
+            return urlopen(method, url, *args, **kwargs)
+
+        client._http.urlopen = recording  # type: ignore[method-assign]
+        data = bytes(range(256)) * (17 << 12)  # 17 MiB: minio's own default would upload 4 parts
+        await store.put("pack", data)
+        puts = [r for r in requests if r[0] in {"PUT", "POST"}]
+        assert puts == [("PUT", "")]
+        assert await store.get("pack") == data
+
     async def test_ensure_bucket_is_idempotent(self, s3_config: S3Config) -> None:
         store = S3ObjectStore(s3_client(s3_config), _bucket())
         await store.ensure_bucket()

@@ -94,6 +94,21 @@ def _child_text(element: ElementTree.Element, name: str) -> str | None:
     return None
 
 
+# S3's limits on one part of a multipart upload (and so on what minio accepts as part_size).
+_MIN_PART_SIZE = 5 << 20
+_MAX_PART_SIZE = 5 << 30
+
+
+def _single_part_size(length: int) -> int:
+    """A part size that makes minio send ``length`` bytes in one PUT.
+
+    minio's automatic part size is 5 MiB: a 16 MiB pack became a multipart
+    upload of four parts (six requests). Objects over S3's 5 GiB single-PUT
+    limit still go in parts.
+    """
+    return min(max(length, _MIN_PART_SIZE), _MAX_PART_SIZE)
+
+
 def _crc32_headers(data: bytes) -> dict[str, str]:
     # AWS (and moto) refuse PUTs into an Object Lock bucket without Content-MD5
     # or an x-amz-checksum-* header; minio-py sends x-amz-* metadata verbatim.
@@ -201,6 +216,7 @@ class S3ObjectStore:
                 len(data),
                 metadata=_crc32_headers(data),  # type: ignore[arg-type]  # minio's DictType is too narrow
                 retention=retention,
+                part_size=_single_part_size(len(data)),
             )
         except S3Error as exc:
             raise self._error(exc, key) from exc
