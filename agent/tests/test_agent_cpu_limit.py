@@ -36,10 +36,11 @@ def test_cgroup_v1_moves_process_into_child_with_quota_and_back(tmp_path: Path) 
     own = tmp_path / "cg" / "cpu,cpuacct" / "jobs"
     own.mkdir(parents=True)
     (own / "cgroup.procs").write_text("")
-    with process_cpu_limit(1, cgroup_root=tmp_path / "cg", proc_self=proc) as limit:
+    with process_cpu_limit(2, cgroup_root=tmp_path / "cg", proc_self=proc) as limit:
         child = own / "strongroom-agent"
         assert limit.method == "cgroup-v1"
-        assert (child / "cpu.cfs_quota_us").read_text() == "100000\n"
+        assert (child / "cpu.cfs_quota_us").read_text() == "200000\n"
+        assert (child / "cpu.shares").read_text() == "2048\n"  # weighed as two threads, not one
         assert (child / "cpu.cfs_period_us").read_text() == "100000\n"
         assert (child / "cgroup.procs").read_text() == f"{os.getpid()}\n"
     assert (child / "cpu.cfs_quota_us").read_text() == "-1\n"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+SHARES_PER_CORE = 1024  # cgroup v1's weight of one nice-0 task
 PERIOD_US = 100_000
 V1_CHILD = "strongroom-agent"
 
@@ -88,6 +89,10 @@ def _try_cgroup_v1(cores: int, cgroup_root: Path, cgroups: dict[str, str], pid: 
                 child.mkdir(exist_ok=True)
                 (child / "cpu.cfs_period_us").write_text(f"{PERIOD_US}\n")
                 (child / "cpu.cfs_quota_us").write_text(f"{cores * PERIOD_US}\n")
+                # In cgroup v1 the child competes with each task of its parent as ONE task of weight
+                # cpu.shares (default 1024): a busy neighbour with many threads starved the whole
+                # agent. Weigh it as the ``cores`` threads it may run.
+                (child / "cpu.shares").write_text(f"{cores * SHARES_PER_CORE}\n")
                 (child / "cgroup.procs").write_text(f"{pid}\n")
             except OSError:
                 return None
