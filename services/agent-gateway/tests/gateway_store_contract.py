@@ -102,6 +102,11 @@ class GatewayStoreContract:
             assert found[a1].pack_id == "aa11" and found[a1].object_key == "packs/acct-a/aa/aa11"
             assert (found[a2].offset, found[a2].length, found[a2].raw_length, found[a2].compression) == (15, 10, 20, 1)
             assert await tx.find_chunks("acct-b", [a1, a2]) == {}
+            a3 = b"\x03" * 32
+            await tx.insert_pack(pack("cc33"), [location(a3, "cc33")])
+            assert await tx.chunk_packs("acct-a", [a1, a2, a3, b"\x04" * 32, a1]) == ({"aa11", "cc33"}, [b"\x04" * 32])
+            assert await tx.chunk_packs("acct-b", [a1, a3]) == (set(), [a1, a3])
+            assert await tx.chunk_packs("acct-a", []) == (set(), [])
 
     async def test_pack_format_version_reaches_the_chunk_locations(self, harness: StoreHarness) -> None:
         await self._accounts(harness.store)

@@ -144,8 +144,8 @@ async def commit_point(
         base_manifest = await _read_base(base, object_store, keys) if base is not None else None
         loop = asyncio.get_running_loop()
 
-        def locate(ids: list[bytes]) -> dict[bytes, ChunkLocation]:
-            return asyncio.run_coroutine_threadsafe(_locate(store, identity.account_id, ids), loop).result()
+        def locate(ids: list[bytes]) -> tuple[set[str], list[bytes]]:
+            return asyncio.run_coroutine_threadsafe(_chunk_packs(store, identity.account_id, ids), loop).result()
 
         def build() -> BuiltManifest:
             base_entries = decode_manifest(base_manifest) if base_manifest is not None else iter(())
@@ -169,7 +169,7 @@ async def commit_point(
     phases["synthesis"] = time.perf_counter() - started - sum(phases.values())
     now = clock.now()
     retain_until = now + RETENTION + LOCK_MARGIN
-    await _extend_pack_locks(identity.account_id, built.packs.values(), now, store, object_store, write_slots)
+    await _extend_pack_locks(identity.account_id, built.packs, now, store, object_store, write_slots)
     phases["pack locks"] = time.perf_counter() - started - sum(phases.values())
     point_id = str(uuid.uuid4())
     key = manifest_key(identity.account_id, point_id)
@@ -293,17 +293,16 @@ def _response(point: Point) -> gateway_pb2.CommitPointResponse:
     )
 
 
-async def _locate(store: GatewayStore, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:
-    found: dict[bytes, ChunkLocation] = {}
-    for start in range(0, len(chunk_ids), MAX_IDS_PER_REQUEST):
-        async with store.transaction() as tx:
-            found.update(await tx.find_chunks(account_id, chunk_ids[start : start + MAX_IDS_PER_REQUEST]))
-    return found
+async def _chunk_packs(
+    store: GatewayStore, account_id: str, chunk_ids: Sequence[bytes]
+) -> tuple[set[str], list[bytes]]:
+    async with store.transaction() as tx:
+        return await tx.chunk_packs(account_id, chunk_ids)
 
 
 async def _extend_pack_locks(
     account_id: str,
-    locations: Iterable[ChunkLocation],
+    referenced_packs: Iterable[str],
     now: dt.datetime,
     store: GatewayStore,
     object_store: ObjectStore,
@@ -314,7 +313,7 @@ async def _extend_pack_locks(
     Packs written within the last half day are locked long enough already; older
     packs deduplicated into this point get their Object Lock moved later.
     """
-    pack_ids = sorted({loc.pack_id for loc in locations})
+    pack_ids = sorted(set(referenced_packs))
     if not pack_ids:
         return
     async with store.transaction() as tx:

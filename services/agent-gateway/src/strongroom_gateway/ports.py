@@ -180,6 +180,13 @@ class GatewayTx(Protocol):
         """Locations of those of ``chunk_ids`` the account holds (never another account's)."""
         ...
 
+    async def chunk_packs(self, account_id: str, chunk_ids: Sequence[bytes]) -> tuple[set[str], list[bytes]]:
+        """The ids of the packs holding those of ``chunk_ids`` the account holds, and the ids it does not hold.
+
+        The cheap form of :meth:`find_chunks` for a point's references: no locations.
+        """
+        ...
+
     async def insert_pack(self, pack: Pack, chunks: Sequence[ChunkLocation]) -> int:
         """Record a stored pack and its chunks; chunks already recorded stay. Returns rows inserted."""
         ...

@@ -271,6 +271,25 @@ class PgGatewayTx:
                 )
         return found
 
+    async def chunk_packs(self, account_id: str, chunk_ids: Sequence[bytes]) -> tuple[set[str], list[bytes]]:
+        packs: set[str] = set()
+        missing: list[bytes] = []
+        ids = [bytes(c) for c in chunk_ids]
+        for start in range(0, len(ids), _BATCH):
+            # Aggregated in the server: one row back instead of one per chunk.
+            row = await self._conn.fetchrow(
+                "SELECT coalesce(array_agg(DISTINCT c.pack_id) FILTER (WHERE c.pack_id IS NOT NULL), '{}') AS packs,"
+                " coalesce(array_agg(t.id) FILTER (WHERE c.chunk_id IS NULL), '{}') AS missing"
+                " FROM unnest($2::bytea[]) AS t(id)"
+                " LEFT JOIN chunks c ON c.account_id = $1 AND c.chunk_id = t.id",
+                account_id,
+                ids[start : start + _BATCH],
+            )
+            assert row is not None
+            packs.update(row["packs"])
+            missing.extend(bytes(m) for m in row["missing"])
+        return packs, missing
+
     async def insert_pack(self, pack: Pack, chunks: Sequence[ChunkLocation]) -> int:
         await self._conn.execute(
             "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until, format_version)"

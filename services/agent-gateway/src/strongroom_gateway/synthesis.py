@@ -28,7 +28,6 @@ from strongroom.common.v1 import common_pb2
 from strongroom_platform.manifest import ManifestEncoder
 
 from strongroom_gateway.errors import FailedPrecondition, InvalidArgument
-from strongroom_gateway.ports import ChunkLocation
 
 RUN_BYTES = 32 << 20
 LOOKUP_BATCH = 10_000
@@ -151,17 +150,19 @@ class BuiltManifest:
     entry_count: int = 0
     file_count: int = 0
     total_bytes: int = 0
-    # One location per pack the point references (for lock extension).
-    packs: dict[str, ChunkLocation] = field(default_factory=dict)
+    # The packs the point references (for lock extension).
+    packs: set[str] = field(default_factory=set)
 
 
 def build_manifest(
     entries: Iterable[common_pb2.FileEntry],
-    locate: Callable[[list[bytes]], dict[bytes, ChunkLocation]],
+    locate: Callable[[list[bytes]], tuple[set[str], list[bytes]]],
     *,
     lookup_batch: int = LOOKUP_BATCH,
 ) -> BuiltManifest:
-    """Encode the sorted ``entries`` and check that ``locate`` finds every chunk they reference.
+    """Encode the sorted ``entries`` and check that the account holds every chunk they reference.
+
+    ``locate(ids)`` returns the packs holding ``ids`` and those of ``ids`` not stored.
 
     Raises FailedPrecondition naming up to five missing chunk ids.
     """
@@ -173,13 +174,11 @@ def build_manifest(
     def check() -> None:
         ids = list(pending)
         pending.clear()
-        found = locate(ids)
-        missing = [c for c in ids if c not in found]
+        packs, missing = locate(ids)
         if missing:
             sample = ", ".join(sorted(c.hex() for c in missing)[:5])
             raise FailedPrecondition(f"{len(missing)} referenced chunks are not stored (upload them first): {sample}")
-        for location in found.values():
-            built.packs.setdefault(location.pack_id, location)
+        built.packs.update(packs)
 
     for entry in entries:
         try:

@@ -175,6 +175,10 @@ class InMemoryGatewayTx:
                 found[bytes(cid)] = location
         return found
 
+    async def chunk_packs(self, account_id: str, chunk_ids: Sequence[bytes]) -> tuple[set[str], list[bytes]]:
+        found = await self.find_chunks(account_id, chunk_ids)
+        return {loc.pack_id for loc in found.values()}, [bytes(c) for c in chunk_ids if bytes(c) not in found]
+
     async def insert_pack(self, pack: Pack, chunks: Sequence[ChunkLocation]) -> int:
         self._s.packs.setdefault(pack.pack_id, pack)
         inserted = 0
