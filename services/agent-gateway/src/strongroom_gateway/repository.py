@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -25,6 +25,13 @@ from strongroom_gateway.ports import (
 
 # Bound on ids per query, so huge lookups do not build huge parameter arrays.
 _BATCH = 10_000
+
+
+def _batches(chunk_ids: Sequence[bytes]) -> Iterator[list[bytes]]:
+    """``chunk_ids`` as ``bytes``, in query-sized slices."""
+    ids = [bytes(c) for c in chunk_ids]
+    for start in range(0, len(ids), _BATCH):
+        yield ids[start : start + _BATCH]
 
 
 class PgGatewayStore:
@@ -248,15 +255,14 @@ class PgGatewayTx:
 
     async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:
         found: dict[bytes, ChunkLocation] = {}
-        ids = [bytes(c) for c in chunk_ids]
-        for start in range(0, len(ids), _BATCH):
+        for batch in _batches(chunk_ids):
             rows = await self._conn.fetch(
                 'SELECT c.chunk_id, c.pack_id, p.object_key, c."offset", c.length, c.raw_length, c.compression,'
                 " p.format_version"
                 " FROM chunks c JOIN packs p ON p.pack_id = c.pack_id"
                 " WHERE c.account_id = $1 AND c.chunk_id = ANY($2::bytea[])",
                 account_id,
-                ids[start : start + _BATCH],
+                batch,
             )
             for row in rows:
                 found[bytes(row["chunk_id"])] = ChunkLocation(
@@ -274,8 +280,7 @@ class PgGatewayTx:
     async def chunk_packs(self, account_id: str, chunk_ids: Sequence[bytes]) -> tuple[set[str], list[bytes]]:
         packs: set[str] = set()
         missing: list[bytes] = []
-        ids = [bytes(c) for c in chunk_ids]
-        for start in range(0, len(ids), _BATCH):
+        for batch in _batches(chunk_ids):
             # Aggregated in the server: one row back instead of one per chunk.
             row = await self._conn.fetchrow(
                 "SELECT coalesce(array_agg(DISTINCT c.pack_id) FILTER (WHERE c.pack_id IS NOT NULL), '{}') AS packs,"
@@ -283,7 +288,7 @@ class PgGatewayTx:
                 " FROM unnest($2::bytea[]) AS t(id)"
                 " LEFT JOIN chunks c ON c.account_id = $1 AND c.chunk_id = t.id",
                 account_id,
-                ids[start : start + _BATCH],
+                batch,
             )
             assert row is not None
             packs.update(row["packs"])
