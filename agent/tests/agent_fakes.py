@@ -16,7 +16,7 @@ import blake3
 import zstandard
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
-from strongroom_agent.gateway_client import GatewayError
+from strongroom_agent.gateway_client import GatewayError, SentChunk
 
 KEY = bytes(range(32))
 REPOSITORY = gateway_pb2.RepositoryParameters(
@@ -162,14 +162,19 @@ class FakeGateway:
                 continue
             yield entry
 
-    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[SentChunk]:
         self.read_chunk_calls += 1
-        # Answer in reverse order: the protocol promises no order.
-        for cid in reversed(list(dict.fromkeys(chunk_ids))):
+        # Answer in reverse order: the protocol promises no order. Every other chunk goes out zstd
+        # compressed, as a gateway does for chunks stored compressed.
+        for number, cid in enumerate(reversed(list(dict.fromkeys(chunk_ids)))):
             if cid not in self.chunks:
                 raise GatewayError("NOT_FOUND", "chunk missing")
             await asyncio.sleep(0)
-            yield cid, self.chunks[cid]
+            content = self.chunks[cid]
+            if number % 2:
+                yield SentChunk(cid, zstandard.compress(content), gateway_pb2.CHUNK_COMPRESSION_ZSTD, len(content))
+            else:
+                yield SentChunk(cid, content, gateway_pb2.CHUNK_COMPRESSION_NONE, len(content))
 
     def connect(self) -> FakeControlStream:
         raise NotImplementedError("use FakeSessionGateway for session tests")

@@ -8,7 +8,14 @@ import blake3
 import pytest
 import zstandard
 from strongroom.agent.v1 import gateway_pb2
-from strongroom_agent.chunking import ChunkParams, InvalidRepositoryParameters, chunk_buffer, chunk_id, compress
+from strongroom_agent.chunking import (
+    ChunkParams,
+    InvalidRepositoryParameters,
+    chunk_buffer,
+    chunk_id,
+    compress,
+    decode_chunk,
+)
 
 KEY = bytes(range(32))
 PARAMS = ChunkParams(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10, key=KEY, seed=42)
@@ -99,3 +106,22 @@ def test_invalid_repository_parameters(change: dict[str, object], message: str) 
             chunk_id_key=KEY,
         )
     )
+
+
+def test_decode_chunk_checks_the_length_before_inflating() -> None:
+    content = b"restore me " * 1000
+    frame = zstandard.ZstdCompressor().compress(content)
+    assert decode_chunk(frame, gateway_pb2.CHUNK_COMPRESSION_ZSTD, len(content)) == content
+    assert decode_chunk(content, gateway_pb2.CHUNK_COMPRESSION_NONE, len(content)) == content
+    # What a gateway without accept_compressed sends: the content, no length.
+    assert decode_chunk(content, gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED, 0) == content
+    with pytest.raises(ValueError, match="declares 11000 bytes, expected 10"):
+        decode_chunk(frame, gateway_pb2.CHUNK_COMPRESSION_ZSTD, 10)
+    with pytest.raises(ValueError, match="not a zstd frame"):
+        decode_chunk(b"garbage", gateway_pb2.CHUNK_COMPRESSION_ZSTD, 7)
+    with pytest.raises(ValueError, match="corrupt zstd frame"):
+        decode_chunk(frame[:-8] + b"\0" * 8, gateway_pb2.CHUNK_COMPRESSION_ZSTD, len(content))
+    with pytest.raises(ValueError, match="content is 11000 bytes, expected 5"):
+        decode_chunk(content, gateway_pb2.CHUNK_COMPRESSION_NONE, 5)
+    with pytest.raises(ValueError, match="unknown compression code 9"):
+        decode_chunk(content, 9, len(content))

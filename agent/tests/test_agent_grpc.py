@@ -30,6 +30,7 @@ TOKEN, INSTANCE, SECRET = "enroll-me", "inst-1", "s3cret"
 class Servicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
     def __init__(self) -> None:
         self.fake = FakeGateway()
+        self.accept_compressed: list[bool] = []
         self.enrollments: list[gateway_pb2.EnrollRequest] = []
         self.commands: asyncio.Queue[gateway_pb2.AgentCommand | None] = asyncio.Queue()
         self.reports: asyncio.Queue[gateway_pb2.AgentReport] = asyncio.Queue()
@@ -65,8 +66,14 @@ class Servicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
 
     async def ReadChunks(self, request: Any, context: Any) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
         await self._auth(context)
-        async for cid, data in self.fake.read_chunks(request.restore_job_id, list(request.chunk_ids)):
-            yield gateway_pb2.ReadChunksResponse(chunk_id=cid, data=data)
+        self.accept_compressed.append(request.accept_compressed)
+        async for c in self.fake.read_chunks(request.restore_job_id, list(request.chunk_ids)):
+            yield gateway_pb2.ReadChunksResponse(
+                chunk_id=c.chunk_id,
+                data=c.data,
+                compression=c.compression,
+                raw_length=c.raw_length,  # type: ignore[arg-type]
+            )
 
     async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[gateway_pb2.AgentCommand]:
         await self._auth(context)
@@ -156,6 +163,7 @@ async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path) -> None
         command = gateway_pb2.RunRestore(restore_job_id="r-1", point_id=point_id, target_path=str(target))
         restored = await run_restore(command, client=client, cancel=asyncio.Event())
         assert restored.status == common_pb2.JOB_STATUS_COMPLETE, restored
+        assert servicer.accept_compressed and all(servicer.accept_compressed)
     assert (target / "a/file.bin").read_bytes() == (source / "a/file.bin").read_bytes()
     assert os.stat(target / "a/file.bin").st_mtime_ns == 1_700_000_000_000_000_000
     assert (target / "b.txt").read_bytes() == b"hello\n" * 1000

@@ -407,12 +407,28 @@ async def test_conflicts_under_batching(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob(".strongroom*")]
 
 
+async def test_a_chunk_that_does_not_decode_fails_the_job_and_writes_no_wrong_content(tmp_path: Path) -> None:
+    class CorruptingGateway(FakeGateway):
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
+                if self.chunks[chunk.chunk_id] == b"bad":
+                    chunk = chunk._replace(raw_length=chunk.raw_length + 1)  # decodes short: refused
+                yield chunk
+
+    gateway = CorruptingGateway()
+    point_id = add_files(gateway, [("a", [b"good"]), ("b", [b"bad"])])
+    finished = await restore(gateway, point_id, tmp_path)
+    assert finished.status == common_pb2.JOB_STATUS_FAILED
+    assert "DATA_LOSS" in finished.error and "expected 4" in finished.error
+    assert not (tmp_path / "b").exists()
+
+
 async def test_a_chunk_the_gateway_does_not_return_fails_only_its_files(tmp_path: Path) -> None:
     class ForgetfulGateway(FakeGateway):
         async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
-            async for cid, data in super().read_chunks(restore_job_id, chunk_ids):
-                if data != b"lost":
-                    yield cid, data
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
+                if self.chunks[chunk.chunk_id] != b"lost":
+                    yield chunk
 
     gateway = ForgetfulGateway()
     point_id = add_files(gateway, [("a", [b"kept"]), ("b", [b"lost"]), ("c", [b"kept", b"kept"])])

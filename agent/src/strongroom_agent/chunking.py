@@ -101,3 +101,40 @@ def compress(data: bytes) -> tuple[gateway_pb2.ChunkCompression.ValueType, bytes
     if len(compressed) < len(data):
         return gateway_pb2.CHUNK_COMPRESSION_ZSTD, compressed
     return gateway_pb2.CHUNK_COMPRESSION_NONE, data
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = zstandard.ZstdDecompressor()
+        _local.decompressor = decompressor
+    return decompressor
+
+
+def decode_chunk(data: bytes, compression: int, raw_length: int) -> bytes:
+    """The content of a chunk the gateway sent encoded as ``compression``.
+
+    ValueError unless it decodes to exactly ``raw_length`` bytes (checked
+    before anything is inflated). UNSPECIFIED is what a gateway that does not
+    know ``accept_compressed`` sends: the content itself, no length given.
+    """
+    if compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED:
+        return data
+    if compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD:
+        try:
+            declared = zstandard.frame_content_size(data)
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"not a zstd frame: {exc}") from None
+        if declared != raw_length:
+            raise ValueError(f"zstd frame declares {declared} bytes, expected {raw_length}")
+        try:
+            content = _decompressor().decompress(data)
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"corrupt zstd frame: {exc}") from None
+    elif compression == gateway_pb2.CHUNK_COMPRESSION_NONE:
+        content = data
+    else:
+        raise ValueError(f"unknown compression code {compression}")
+    if len(content) != raw_length:
+        raise ValueError(f"content is {len(content)} bytes, expected {raw_length}")
+    return content

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
@@ -27,6 +27,15 @@ CHANNEL_OPTIONS = [
 ]
 ENROLL_TIMEOUT_SECONDS = 15.0
 UNARY_TIMEOUT_SECONDS = 120.0
+
+
+class SentChunk(NamedTuple):
+    """A chunk as the gateway sent it: ``data`` encoded as ``compression``, ``raw_length`` bytes decoded."""
+
+    chunk_id: bytes
+    data: bytes
+    compression: int
+    raw_length: int
 
 
 class GatewayError(Exception):
@@ -71,8 +80,8 @@ class GatewayClient(Protocol):
 
     def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]: ...
 
-    def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
-        """(chunk id, uncompressed content) pairs, in any order."""
+    def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[SentChunk]:
+        """The chunks, in any order, as sent (decode each with ``chunking.decode_chunk``)."""
         ...
 
 
@@ -167,12 +176,14 @@ class GrpcGatewayClient:
         finally:
             call.cancel()
 
-    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
-        request = gateway_pb2.ReadChunksRequest(restore_job_id=restore_job_id, chunk_ids=list(chunk_ids))
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[SentChunk]:
+        request = gateway_pb2.ReadChunksRequest(
+            restore_job_id=restore_job_id, chunk_ids=list(chunk_ids), accept_compressed=True
+        )
         call = self._stub.ReadChunks(request, metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS)
         try:
             async for response in call:
-                yield bytes(response.chunk_id), bytes(response.data)
+                yield SentChunk(response.chunk_id, response.data, response.compression, response.raw_length)
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.from_rpc(exc) from exc
         finally:

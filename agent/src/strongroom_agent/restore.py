@@ -46,7 +46,8 @@ from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.backup import FileError, job_finished, report_progress
-from strongroom_agent.gateway_client import GatewayClient, GatewayError
+from strongroom_agent.chunking import decode_chunk
+from strongroom_agent.gateway_client import GatewayClient, GatewayError, SentChunk
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,17 @@ LARGE_FILE_WINDOW_IDS = 256
 # Batches holding content at a time: one being written while the next is fetched.
 BATCHES_IN_FLIGHT = 2
 WRITE_THREADS = 3
+
+
+def _decode_all(sent: list[SentChunk]) -> list[tuple[bytes, bytes]]:
+    """(chunk id, content) of each chunk; a chunk that does not decode fails the job (DATA_LOSS)."""
+    out = []
+    for chunk in sent:
+        try:
+            out.append((chunk.chunk_id, decode_chunk(chunk.data, chunk.compression, chunk.raw_length)))
+        except ValueError as exc:
+            raise GatewayError("DATA_LOSS", f"chunk {chunk.chunk_id.hex()} sent by the gateway: {exc}") from None
+    return out
 
 
 class UnsafePath(ValueError):
@@ -524,11 +536,21 @@ class _Restore:
         await self._in_threads(batch.files, lambda w, run: w.check(run, self.overwrite))
         wanted = [f for f in batch.files if not f.skipped and f.error is None]
         ids = list(dict.fromkeys(c for f in wanted for c in f.entry.chunk_ids))
-        contents: dict[bytes, bytes] = {}
+        sent: list[SentChunk] = []
         if ids:
-            async for chunk_id, data in self.client.read_chunks(self.command.restore_job_id, ids):
-                contents[chunk_id] = data
+            async for chunk in self.client.read_chunks(self.command.restore_job_id, ids):
+                sent.append(chunk)
+        contents = await self._decode(sent)
         await self._in_threads(wanted, lambda w, run: w.write(run, contents))
+
+    async def _decode(self, sent: list[SentChunk]) -> dict[bytes, bytes]:
+        """Decompress a batch's chunks in the writer threads (``WRITE_THREADS`` runs)."""
+        loop = asyncio.get_running_loop()
+        step = max(1, -(-len(sent) // WRITE_THREADS))
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, _decode_all, sent[i : i + step]) for i in range(0, len(sent), step))
+        )
+        return {chunk_id: content for part in parts for chunk_id, content in part}
 
     async def _restore_large_file(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         fd, temp = await asyncio.to_thread(self.dest.create_temp, parts)
@@ -539,15 +561,14 @@ class _Restore:
             window = max(1, min(LARGE_FILE_WINDOW_IDS, self.fetch_batch_bytes // average))
             for start in range(0, len(ids), window):
                 wanted = ids[start : start + window]
-                fetched: dict[bytes, bytes] = {}
-                async for chunk_id, data in self.client.read_chunks(
-                    self.command.restore_job_id, list(dict.fromkeys(wanted))
-                ):
-                    fetched[chunk_id] = data
+                fetched: dict[bytes, SentChunk] = {}
+                async for chunk in self.client.read_chunks(self.command.restore_job_id, list(dict.fromkeys(wanted))):
+                    fetched[chunk.chunk_id] = chunk
                 missing = [c for c in wanted if c not in fetched]
                 if missing:
                     raise _EntryProblem(f"gateway did not return chunk {missing[0].hex()}")
-                pieces = [fetched[c] for c in wanted]
+                decoded = dict(await asyncio.to_thread(_decode_all, list(fetched.values())))
+                pieces = [decoded[c] for c in wanted]
                 await asyncio.to_thread(self.dest.write, fd, pieces)
                 written += sum(len(p) for p in pieces)
             if written != entry.size:

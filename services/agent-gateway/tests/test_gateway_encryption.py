@@ -10,6 +10,7 @@ import os
 
 import grpc
 import pytest
+import zstandard
 from gateway_helpers import Agent, GatewayHarness, aiter_of, chunk_id, file_entry, upload_request
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_gateway.packfile import decode_index
@@ -47,9 +48,20 @@ async def _backup(gw: GatewayHarness, instance: str, account: str, contents: lis
     return agent, response.point_id
 
 
-async def _read(gw: GatewayHarness, agent: Agent, job_id: str, ids: list[bytes]) -> list[bytes]:
-    request = gateway_pb2.ReadChunksRequest(restore_job_id=job_id, chunk_ids=ids)
-    return [r.data async for r in gw.stub.ReadChunks(request, metadata=agent.md)]
+async def _read(
+    gw: GatewayHarness, agent: Agent, job_id: str, ids: list[bytes], *, compressed: bool = False
+) -> list[bytes]:
+    """The contents of ``ids``; with ``compressed`` the gateway may send them zstd-compressed (decoded here)."""
+    request = gateway_pb2.ReadChunksRequest(restore_job_id=job_id, chunk_ids=ids, accept_compressed=compressed)
+    contents = []
+    async for r in gw.stub.ReadChunks(request, metadata=agent.md):
+        if r.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD:
+            assert compressed
+            contents.append(zstandard.decompress(r.data))
+        else:
+            contents.append(r.data)
+        assert len(contents[-1]) == r.raw_length
+    return contents
 
 
 async def test_restore_reads_back_encrypted_chunks(gw: GatewayHarness) -> None:
@@ -62,7 +74,32 @@ async def test_restore_reads_back_encrypted_chunks(gw: GatewayHarness) -> None:
     assert await _read(gw, agent, job, [chunk_id(key, c) for c in contents]) == contents
 
 
-async def test_aead_tamper_flipped_byte_in_a_stored_pack_fails_the_restore_clearly(gw: GatewayHarness) -> None:
+async def test_an_agent_that_decodes_gets_compressed_chunks_as_stored(gw: GatewayHarness) -> None:
+    text = b"compressible restore content " * 2000
+    agent = await gw.enrolled_agent("i-1", "acct-a")
+    await gw.request_backup(agent, "job-i-1")
+    await gw.upload(agent, "job-i-1", [text], compress=True)
+    key = await gw.key_of("acct-a")
+    point_id = (await gw.commit(agent, "job-i-1", [file_entry("f", key, [text])])).point_id
+    job = await _restore_job(gw, agent, point_id)
+    ids = [chunk_id(await gw.key_of("acct-a"), text)]
+    [plain] = [
+        r
+        async for r in gw.stub.ReadChunks(
+            gateway_pb2.ReadChunksRequest(restore_job_id=job, chunk_ids=ids), metadata=agent.md
+        )
+    ]
+    assert (plain.data, plain.compression, plain.raw_length) == (text, gateway_pb2.CHUNK_COMPRESSION_NONE, len(text))
+    request = gateway_pb2.ReadChunksRequest(restore_job_id=job, chunk_ids=ids, accept_compressed=True)
+    [sent] = [r async for r in gw.stub.ReadChunks(request, metadata=agent.md)]
+    assert sent.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD and len(sent.data) < len(text) // 10
+    assert zstandard.decompress(sent.data) == text and sent.raw_length == len(text)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["decoded", "sent-compressed"])
+async def test_aead_tamper_flipped_byte_in_a_stored_pack_fails_the_restore_clearly(
+    gw: GatewayHarness, compressed: bool
+) -> None:
     contents = [os.urandom(5000), os.urandom(5000)]
     agent, point_id = await _backup(gw, "i-1", "acct-a", contents)
     key = await gw.key_of("acct-a")
@@ -73,9 +110,9 @@ async def test_aead_tamper_flipped_byte_in_a_stored_pack_fails_the_restore_clear
     job = await _restore_job(gw, agent, point_id)
 
     # The untouched chunk still restores; the flipped one is refused, never returned altered.
-    assert await _read(gw, agent, job, [chunk_id(key, contents[0])]) == [contents[0]]
+    assert await _read(gw, agent, job, [chunk_id(key, contents[0])], compressed=compressed) == [contents[0]]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await _read(gw, agent, job, [chunk_id(key, contents[1])])
+        await _read(gw, agent, job, [chunk_id(key, contents[1])], compressed=compressed)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "corrupt" in (err.value.details() or "") and "authentication failed" in (err.value.details() or "")
 

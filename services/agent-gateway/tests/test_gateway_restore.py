@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+import zstandard
 from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -87,6 +88,20 @@ async def test_restore_job_reads_its_point_with_filters(gw: GatewayHarness) -> N
         )
     ]
     assert got == [(ids[0], b"gamma"), (ids[1], b"alpha"), (ids[2], b"gamma")]
+    # An agent that decodes compression itself gets each chunk as stored: decrypted, still zstd.
+    sent = [
+        r
+        async for r in gw.stub.ReadChunks(
+            gateway_pb2.ReadChunksRequest(restore_job_id="r-1", chunk_ids=ids, accept_compressed=True),
+            metadata=agent.md,
+        )
+    ]
+    decoded = [
+        (r.chunk_id, zstandard.decompress(r.data) if r.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD else r.data)
+        for r in sent
+    ]
+    assert decoded == [(ids[0], b"gamma"), (ids[1], b"alpha"), (ids[2], b"gamma")]
+    assert [r.raw_length for r in sent] == [5, 5, 5]
 
 
 async def test_another_instance_of_the_account_can_restore_the_point(gw: GatewayHarness) -> None:

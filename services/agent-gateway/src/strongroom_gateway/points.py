@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import time
 import uuid
@@ -28,6 +29,13 @@ from strongroom_gateway.errors import FailedPrecondition, InvalidArgument, NotFo
 from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
 from strongroom_gateway.jobs import PRODUCER
 from strongroom_gateway.keys import AccountKeys
+from strongroom_gateway.packfile import (
+    COMPRESSION_NONE,
+    COMPRESSION_ZSTD,
+    ENCRYPTED_VERSIONS,
+    PackFormatError,
+    open_blob,
+)
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Point
 from strongroom_gateway.restrictions import require_job
 from strongroom_gateway.synthesis import BuiltManifest, SortedSpool, build_manifest, merge_entries
@@ -477,26 +485,54 @@ def plan_reads(
     return windows
 
 
-def open_range(chunk_id_key: bytes, data_key: DataKey | None, read: ReadRange, data: bytes) -> dict[bytes, bytes]:
-    """Split a fetched range into its blobs and verify each (``verify_stored``); pure CPU, for a worker thread."""
+# Pack-format compression codes (docs/formats/pack.md) as the protocol names them.
+_PROTO_COMPRESSION: dict[int, gateway_pb2.ChunkCompression.ValueType] = {
+    COMPRESSION_NONE: gateway_pb2.CHUNK_COMPRESSION_NONE,
+    COMPRESSION_ZSTD: gateway_pb2.CHUNK_COMPRESSION_ZSTD,
+}
+
+
+def open_range(
+    chunk_id_key: bytes, data_key: DataKey | None, read: ReadRange, data: bytes, *, compressed: bool = False
+) -> dict[bytes, gateway_pb2.ReadChunksResponse]:
+    """Split a fetched range into its blobs and open each as a response; pure CPU, for a worker thread.
+
+    A blob of an authenticated (encrypted) pack is only decrypted when the
+    agent takes ``compressed`` data: AES-GCM proves it is the payload the
+    gateway verified and sealed for this account and chunk id. Every other blob
+    is decoded and its id re-checked (``verify_stored``).
+    """
     view = memoryview(data)
-    contents: dict[bytes, bytes] = {}
+    responses: dict[bytes, gateway_pb2.ReadChunksResponse] = {}
     for blob in read.blobs:
         begin = blob.offset - read.offset
         stored = bytes(view[begin : begin + blob.length])
         try:
-            contents[blob.chunk_id] = verify_stored(
-                chunk_id_key,
-                data_key,
-                blob.pack_format,
-                blob.chunk_id,
-                stored,
-                blob.compression,
-                blob.raw_length,
-            )
-        except ChunkRejected as exc:
+            if compressed and blob.pack_format in ENCRYPTED_VERSIONS:
+                payload = open_blob(
+                    data_key, blob.pack_format, blob.chunk_id, blob.compression, blob.raw_length, stored
+                )
+                compression = _PROTO_COMPRESSION[blob.compression]
+            else:
+                payload = verify_stored(
+                    chunk_id_key,
+                    data_key,
+                    blob.pack_format,
+                    blob.chunk_id,
+                    stored,
+                    blob.compression,
+                    blob.raw_length,
+                )
+                compression = gateway_pb2.CHUNK_COMPRESSION_NONE
+        except (ChunkRejected, PackFormatError) as exc:
             raise FailedPrecondition(f"stored chunk {blob.chunk_id.hex()} is corrupt: {exc}") from None
-    return contents
+        responses[blob.chunk_id] = gateway_pb2.ReadChunksResponse(
+            chunk_id=blob.chunk_id,
+            data=payload,
+            compression=compression,
+            raw_length=blob.raw_length,
+        )
+    return responses
 
 
 _verify_executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -543,11 +579,13 @@ async def read_chunks(
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(RANGES_IN_FLIGHT)
 
-    async def fetch(read: ReadRange) -> dict[bytes, bytes]:
+    open_fetched = functools.partial(open_range, account.chunk_id_key, data_key, compressed=request.accept_compressed)
+
+    async def fetch(read: ReadRange) -> dict[bytes, gateway_pb2.ReadChunksResponse]:
         # The slot covers the GET and the verification, so fetched-but-unverified bytes stay bounded too.
         async with slots:
             data = await object_store.get(read.object_key, offset=read.offset, length=read.length)
-            return await loop.run_in_executor(_verify_pool(), open_range, account.chunk_id_key, data_key, read, data)
+            return await loop.run_in_executor(_verify_pool(), open_fetched, read, data)
 
     windows = plan_reads(
         ids, locations, window_bytes=READ_WINDOW_BYTES, max_gap=COALESCE_GAP, max_bytes=MAX_RANGE_BYTES
@@ -556,7 +594,7 @@ async def read_chunks(
         yield response
 
 
-_Fetch = Callable[[ReadRange], Coroutine[Any, Any, dict[bytes, bytes]]]
+_Fetch = Callable[[ReadRange], Coroutine[Any, Any, dict[bytes, gateway_pb2.ReadChunksResponse]]]
 
 
 async def _serve_windows(
@@ -564,15 +602,16 @@ async def _serve_windows(
 ) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
     """Send every position in order; the next window's ranges are fetched while the current one is sent."""
 
-    def start(window: ReadWindow) -> dict[bytes, asyncio.Task[dict[bytes, bytes]]]:
-        by_chunk: dict[bytes, asyncio.Task[dict[bytes, bytes]]] = {}
+    def start(window: ReadWindow) -> dict[bytes, asyncio.Task[dict[bytes, gateway_pb2.ReadChunksResponse]]]:
+        by_chunk: dict[bytes, asyncio.Task[dict[bytes, gateway_pb2.ReadChunksResponse]]] = {}
         for read in window.ranges:  # in need order: the semaphore serves waiters first come, first served
             task = asyncio.create_task(fetch(read))
             for blob in read.blobs:
                 by_chunk[blob.chunk_id] = task
         return by_chunk
 
-    held: list[dict[bytes, asyncio.Task[dict[bytes, bytes]]]] = []  # the window being sent, then the next
+    # the window being sent, then the next
+    held: list[dict[bytes, asyncio.Task[dict[bytes, gateway_pb2.ReadChunksResponse]]]] = []
     try:
         for number, window in enumerate(windows):
             if not held:
@@ -581,8 +620,8 @@ async def _serve_windows(
                 held.append(start(windows[number + 1]))  # read ahead while this window is sent
             for position in range(window.start, window.end):
                 cid = ids[position]
-                contents = await held[0][cid]
-                yield gateway_pb2.ReadChunksResponse(chunk_id=cid, data=contents[cid])
+                responses = await held[0][cid]
+                yield responses[cid]
             held.pop(0)
     finally:
         for tasks in held:
