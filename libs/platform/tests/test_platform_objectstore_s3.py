@@ -100,6 +100,17 @@ class TestOnServer:
         assert puts == [("PUT", "")]
         assert await store.get("pack") == data
 
+    async def test_gets_reuse_pooled_connections(self, s3_config: S3Config) -> None:
+        client = s3_client(s3_config)
+        store = S3ObjectStore(client, _bucket(), max_concurrency=1)
+        await store.ensure_bucket()
+        await store.put("k", b"0123456789")
+        pool = client._http.connection_from_url(client._base_url._url.geturl())
+        before = pool.num_connections
+        for offset in range(8):
+            assert await store.get("k", offset=offset, length=2) == b"0123456789"[offset : offset + 2]
+        assert pool.num_connections - before <= 1  # one connection at most, not one per GET
+
     async def test_ensure_bucket_is_idempotent(self, s3_config: S3Config) -> None:
         store = S3ObjectStore(s3_client(s3_config), _bucket())
         await store.ensure_bucket()
