@@ -132,6 +132,13 @@ async def test_a_point_is_synthesized_from_its_base_and_stands_alone(gw: Gateway
     await gw.request_backup(agent, "job-3")
     third = await _commit(gw, agent, "job-3", [], base=second.point_id, count=4)
     assert await _paths(gw, "acct-a", third.point_id) == await _paths(gw, "acct-a", second.point_id)
+    # ... whose manifest is the base's, byte for byte (not encoded again), under its own seal.
+    assert await gw.stored_manifest("acct-a", third.point_id) == await gw.stored_manifest("acct-a", second.point_id)
+    assert (third.file_count, third.total_bytes) == (2, 10)
+    await gw.request_backup(agent, "job-4")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _commit(gw, agent, "job-4", [], base=third.point_id, count=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 async def test_foreign_unknown_or_miscounted_bases_are_refused(gw: GatewayHarness) -> None:

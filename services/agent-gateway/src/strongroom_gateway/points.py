@@ -157,6 +157,10 @@ async def commit_point(
 
         def build() -> BuiltManifest:
             base_entries = decode_manifest(base_manifest) if base_manifest is not None else iter(())
+            if base_manifest is not None and not changes.count and not deleted.count:
+                # Nothing changed (the daily case of an idle server): the base's manifest is this
+                # point's manifest; only the chunk references are checked again.
+                return build_manifest(base_entries, locate, encoded=base_manifest)
             return build_manifest(merge_entries(base_entries, changes.sorted(), deleted.sorted()), locate)
 
         phases["read base"] = time.perf_counter() - started - sum(phases.values())

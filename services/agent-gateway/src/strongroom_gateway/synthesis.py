@@ -159,10 +159,13 @@ def build_manifest(
     locate: Callable[[list[bytes]], tuple[set[str], list[bytes]]],
     *,
     lookup_batch: int = LOOKUP_BATCH,
+    encoded: bytes | None = None,
 ) -> BuiltManifest:
     """Encode the sorted ``entries`` and check that the account holds every chunk they reference.
 
     ``locate(ids)`` returns the packs holding ``ids`` and those of ``ids`` not stored.
+    With ``encoded`` (the manifest these entries were decoded from, unchanged), nothing is
+    encoded again: the result carries those bytes.
 
     Raises FailedPrecondition naming up to five missing chunk ids.
     """
@@ -181,10 +184,11 @@ def build_manifest(
         built.packs.update(packs)
 
     for entry in entries:
-        try:
-            out.write(encoder.add(entry))
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+        if encoded is None:
+            try:
+                out.write(encoder.add(entry))
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
         built.entry_count += 1
         if entry.type == common_pb2.ENTRY_TYPE_FILE:
             built.file_count += 1
@@ -195,6 +199,9 @@ def build_manifest(
             check()
     if pending:
         check()
-    out.write(encoder.finish())
-    built.data = out.getvalue()
+    if encoded is not None:
+        built.data = encoded
+    else:
+        out.write(encoder.finish())
+        built.data = out.getvalue()
     return built
