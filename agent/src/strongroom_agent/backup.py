@@ -147,6 +147,18 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+CHANGED_WHILE_READ = "file changed while being read"
+
+
+def _read_problem(exc: _FileProblem | OSError) -> str:
+    """Why a file is left out of the point, as reported per file."""
+    if isinstance(exc, _FileProblem):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return "vanished during the backup"
+    return _reason(exc)
+
+
 def open_for_backup(path: str) -> int:
     """Open a file read-only without following a symlink, blocking on a FIFO, or touching atime."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -807,12 +819,8 @@ class _PointRun:
             result = await self._read_file(reader, item)
             ctx.stats.files_read += 1
             return result
-        except _FileProblem as exc:
-            ctx.errors.append(FileError(item.path, str(exc)))
-        except FileNotFoundError:
-            ctx.errors.append(FileError(item.path, "vanished during the backup"))
-        except OSError as exc:
-            ctx.errors.append(FileError(item.path, _reason(exc)))
+        except (_FileProblem, OSError) as exc:
+            ctx.errors.append(FileError(item.path, _read_problem(exc)))
         finally:
             # Through the executor: a cancelled step may still be running in a thread.
             ctx.executor.submit(reader.close)
@@ -843,13 +851,9 @@ class _PointRun:
                         result.chunks, result.before = step.chunks, reader.before
                         break
                 else:
-                    result.problem = "file changed while being read"
-            except _FileProblem as exc:
-                result.problem = str(exc)
-            except FileNotFoundError:
-                result.problem = "vanished during the backup"
-            except OSError as exc:
-                result.problem = _reason(exc)
+                    result.problem = CHANGED_WHILE_READ
+            except (_FileProblem, OSError) as exc:
+                result.problem = _read_problem(exc)
             finally:
                 reader.close()
             results.append(result)
@@ -871,20 +875,22 @@ class _PointRun:
                     ctx.errors.append(FileError(item.path, result.problem))
                     future.set_result(None)
                     continue
-                ids = []
-                for cid, content in result.chunks:
-                    ids.append(cid)
-                    charge = await self.budget.acquire(len(content))
-                    await self.chunks.put(_Chunk(cid, content, charge))
                 assert result.before is not None
                 entry = _entry(item, result.before)
-                entry.chunk_ids.extend(ids)
+                entry.chunk_ids.extend(await self._to_dedup(result.chunks))
                 ctx.stats.files_read += 1
                 future.set_result((entry, result.before))
         finally:
             for _, future in files:
                 future.cancel()  # no-op for settled slots; the job is failing otherwise
             self.readers.release()
+
+    async def _to_dedup(self, chunks: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """Hand read chunks to the dedup stage (within the memory budget); their ids, in order."""
+        for cid, content in chunks:
+            charge = await self.budget.acquire(len(content))
+            await self.chunks.put(_Chunk(cid, content, charge))
+        return [cid for cid, _ in chunks]
 
     async def _read_file(self, reader: _FileReader, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result]:
         ctx = self.ctx
@@ -897,10 +903,7 @@ class _PointRun:
                     raise JobCanceled
                 step = await self._in_thread(reader.step)
                 ctx.stats.bytes_read += step.bytes_read
-                for cid, content in step.chunks:
-                    ids.append(cid)
-                    charge = await self.budget.acquire(len(content))
-                    await self.chunks.put(_Chunk(cid, content, charge))
+                ids.extend(await self._to_dedup(step.chunks))
                 if step.done:
                     break
             if step.consistent:
@@ -908,7 +911,7 @@ class _PointRun:
                 entry = _entry(item, reader.before)
                 entry.chunk_ids.extend(ids)
                 return entry, reader.before
-        raise _FileProblem("file changed while being read")
+        raise _FileProblem(CHANGED_WHILE_READ)
 
     async def _dedup(self) -> None:
         ctx = self.ctx

@@ -536,10 +536,7 @@ class _Restore:
         await self._in_threads(batch.files, lambda w, run: w.check(run, self.overwrite))
         wanted = [f for f in batch.files if not f.skipped and f.error is None]
         ids = list(dict.fromkeys(c for f in wanted for c in f.entry.chunk_ids))
-        sent: list[SentChunk] = []
-        if ids:
-            async for chunk in self.client.read_chunks(self.command.restore_job_id, ids):
-                sent.append(chunk)
+        sent = [c async for c in self.client.read_chunks(self.command.restore_job_id, ids)] if ids else []
         contents = await self._decode(sent)
         await self._in_threads(wanted, lambda w, run: w.write(run, contents))
 
@@ -551,6 +548,13 @@ class _Restore:
             *(loop.run_in_executor(self.pool, _decode_all, sent[i : i + step]) for i in range(0, len(sent), step))
         )
         return {chunk_id: content for part in parts for chunk_id, content in part}
+
+    def _decode_and_write(self, fd: int, wanted: list[bytes], fetched: dict[bytes, SentChunk]) -> int:
+        """Decode a window of a large file and append it (one worker-thread call); the bytes written."""
+        decoded = dict(_decode_all(list(fetched.values())))
+        pieces = [decoded[c] for c in wanted]
+        self.dest.write(fd, pieces)
+        return sum(len(p) for p in pieces)
 
     async def _restore_large_file(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         fd, temp = await asyncio.to_thread(self.dest.create_temp, parts)
@@ -567,10 +571,7 @@ class _Restore:
                 missing = [c for c in wanted if c not in fetched]
                 if missing:
                     raise _EntryProblem(f"gateway did not return chunk {missing[0].hex()}")
-                decoded = dict(await asyncio.to_thread(_decode_all, list(fetched.values())))
-                pieces = [decoded[c] for c in wanted]
-                await asyncio.to_thread(self.dest.write, fd, pieces)
-                written += sum(len(p) for p in pieces)
+                written += await asyncio.to_thread(self._decode_and_write, fd, wanted, fetched)
             if written != entry.size:
                 raise _EntryProblem(f"content is {written} bytes, expected {entry.size}")
             await asyncio.to_thread(self.dest.finish_file, parts, fd, temp, entry)

@@ -13,9 +13,20 @@ import io
 
 import blake3
 import zstandard
+from strongroom.agent.v1 import gateway_pb2
 
 from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.packfile import COMPRESSION_NONE, COMPRESSION_ZSTD, PackFormatError, open_blob
+
+# The protocol's compression names and the pack format's codes (docs/formats/pack.md), both ways.
+PACK_COMPRESSION: dict[int, int] = {
+    gateway_pb2.CHUNK_COMPRESSION_NONE: COMPRESSION_NONE,
+    gateway_pb2.CHUNK_COMPRESSION_ZSTD: COMPRESSION_ZSTD,
+}
+PROTO_COMPRESSION: dict[int, gateway_pb2.ChunkCompression.ValueType] = {
+    COMPRESSION_NONE: gateway_pb2.CHUNK_COMPRESSION_NONE,
+    COMPRESSION_ZSTD: gateway_pb2.CHUNK_COMPRESSION_ZSTD,
+}
 
 CHUNK_ID_SIZE = 32
 CHUNK_KEY_SIZE = 32

@@ -23,7 +23,7 @@ from strongroom_platform.objectstore import ObjectStore
 
 from strongroom_gateway import packfile
 from strongroom_gateway.agents import Identity
-from strongroom_gateway.chunks import MAX_CHUNK_SIZE, ChunkRejected, verify_payload
+from strongroom_gateway.chunks import MAX_CHUNK_SIZE, PACK_COMPRESSION, ChunkRejected, verify_payload
 from strongroom_gateway.errors import InvalidArgument, NotFound
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 RETENTION = dt.timedelta(days=30)
 LOCK_MARGIN = dt.timedelta(days=1)
 
-_COMPRESSION_CODES = {
-    gateway_pb2.CHUNK_COMPRESSION_NONE: packfile.COMPRESSION_NONE,
-    gateway_pb2.CHUNK_COMPRESSION_ZSTD: packfile.COMPRESSION_ZSTD,
-}
 # Chunks looked up in the database and handed to the packer at a time.
 _LOOKUP_BATCH = 128
 
@@ -217,7 +213,7 @@ async def upload_chunks(
             if request.job_id not in jobs_checked:
                 await require_job(identity, request.job_id, "backup", store=store)
                 jobs_checked.add(request.job_id)
-            compression = _COMPRESSION_CODES.get(request.compression)
+            compression = PACK_COMPRESSION.get(request.compression)
             if compression is None:
                 raise InvalidArgument(f"chunk {request.chunk_id.hex()}: compression must be NONE or ZSTD")
             if len(request.payload) > MAX_CHUNK_SIZE + (64 << 10):

@@ -23,19 +23,13 @@ from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
 from strongroom_gateway import manifests
 from strongroom_gateway.agents import Identity
-from strongroom_gateway.chunks import CHUNK_ID_SIZE, ChunkRejected, verify_stored
+from strongroom_gateway.chunks import CHUNK_ID_SIZE, PROTO_COMPRESSION, ChunkRejected, verify_stored
 from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
 from strongroom_gateway.jobs import PRODUCER
 from strongroom_gateway.keys import AccountKeys
-from strongroom_gateway.packfile import (
-    COMPRESSION_NONE,
-    COMPRESSION_ZSTD,
-    ENCRYPTED_VERSIONS,
-    PackFormatError,
-    open_blob,
-)
+from strongroom_gateway.packfile import ENCRYPTED_VERSIONS, PackFormatError, open_blob
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Point
 from strongroom_gateway.restrictions import require_job
 from strongroom_gateway.synthesis import BuiltManifest, SortedSpool, build_manifest, merge_entries
@@ -127,8 +121,7 @@ async def commit_point(
     Committing the same filesystem of a job again returns the existing point
     (a retry after a lost response).
     """
-    started = time.perf_counter()
-    phases: dict[str, float] = {}
+    timing = _Stopwatch()
     first = await anext(aiter(requests), None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument("the first CommitPoint message must be the header")
@@ -142,7 +135,7 @@ async def commit_point(
     deleted = SortedSpool()
     try:
         await _receive(requests, changes, deleted, has_base=base is not None)
-        phases["receive"] = time.perf_counter() - started
+        timing.lap("receive")
 
         async with store.transaction() as tx:
             existing = await tx.find_point(job.job_id, filesystem.mount_point)
@@ -163,7 +156,7 @@ async def commit_point(
                 return build_manifest(base_entries, locate, encoded=base_manifest)
             return build_manifest(merge_entries(base_entries, changes.sorted(), deleted.sorted()), locate)
 
-        phases["read base"] = time.perf_counter() - started - sum(phases.values())
+        timing.lap("read base")
         try:
             built = await asyncio.to_thread(build)
         except ManifestFormatError as exc:
@@ -178,18 +171,18 @@ async def commit_point(
             f" counted {header.entry_count}; send a full manifest"
         )
 
-    phases["synthesis"] = time.perf_counter() - started - sum(phases.values())
+    timing.lap("synthesis")
     now = clock.now()
     retain_until = now + RETENTION + LOCK_MARGIN
     await _extend_pack_locks(identity.account_id, built.packs, now, store, object_store, write_slots)
-    phases["pack locks"] = time.perf_counter() - started - sum(phases.values())
+    timing.lap("pack locks")
     point_id = str(uuid.uuid4())
     key = manifest_key(identity.account_id, point_id)
     data = built.data
     data = await manifests.seal(keys, account_id=identity.account_id, point_id=point_id, manifest=data)
     async with write_slots:
         await object_store.put(key, data, retain_until=retain_until)
-    phases["manifest write"] = time.perf_counter() - started - sum(phases.values())
+    timing.lap("manifest write")
 
     file_count, total_bytes = built.file_count, built.total_bytes
     async with store.transaction() as tx:
@@ -238,7 +231,7 @@ async def commit_point(
                 instance_capacity_bytes=instance.capacity_bytes if instance is not None else 0,
             ),
         )
-    phases["record"] = time.perf_counter() - started - sum(phases.values())
+    timing.lap("record")
     log.info(
         "job %s: committed point %s of %s: %d entries (%d sent, %d deleted, base %s) in %.2f s (%s)",
         job.job_id,
@@ -248,10 +241,30 @@ async def commit_point(
         sent,
         removed,
         base.point_id if base is not None else "none",
-        time.perf_counter() - started,
-        ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()),
+        timing.total(),
+        timing,
     )
     return _response(point)
+
+
+class _Stopwatch:
+    """Durations of the consecutive phases of a call, for its log line."""
+
+    def __init__(self) -> None:
+        self._started = self._last = time.perf_counter()
+        self._laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        """End the phase ``name`` now."""
+        now = time.perf_counter()
+        self._laps.append((name, now - self._last))
+        self._last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self._started
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self._laps)
 
 
 async def _receive(
@@ -489,13 +502,6 @@ def plan_reads(
     return windows
 
 
-# Pack-format compression codes (docs/formats/pack.md) as the protocol names them.
-_PROTO_COMPRESSION: dict[int, gateway_pb2.ChunkCompression.ValueType] = {
-    COMPRESSION_NONE: gateway_pb2.CHUNK_COMPRESSION_NONE,
-    COMPRESSION_ZSTD: gateway_pb2.CHUNK_COMPRESSION_ZSTD,
-}
-
-
 def open_range(
     chunk_id_key: bytes, data_key: DataKey | None, read: ReadRange, data: bytes, *, compressed: bool = False
 ) -> dict[bytes, gateway_pb2.ReadChunksResponse]:
@@ -516,7 +522,7 @@ def open_range(
                 payload = open_blob(
                     data_key, blob.pack_format, blob.chunk_id, blob.compression, blob.raw_length, stored
                 )
-                compression = _PROTO_COMPRESSION[blob.compression]
+                compression = PROTO_COMPRESSION[blob.compression]
             else:
                 payload = verify_stored(
                     chunk_id_key,
