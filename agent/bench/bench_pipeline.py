@@ -36,10 +36,11 @@ class SinkGateway:
     async def upload_chunks(
         self, requests: Sequence[gateway_pb2.UploadChunkRequest]
     ) -> gateway_pb2.UploadChunksResponse:
-        for r in requests:
-            self.ids.add(r.chunk_id)
-            self.payload_bytes += len(r.payload)
-        return gateway_pb2.UploadChunksResponse(chunks_stored=len(requests))
+        chunks = [c for r in requests for c in (r.chunks if r.chunks else [r])]
+        for c in chunks:
+            self.ids.add(c.chunk_id)
+            self.payload_bytes += len(c.payload)
+        return gateway_pb2.UploadChunksResponse(chunks_stored=len(chunks))
 
     async def commit_point(
         self, requests: AsyncIterator[gateway_pb2.CommitPointRequest]

@@ -79,7 +79,7 @@ class FakeGateway:
         self._call("upload")
         self.upload_calls += 1
         stored = present = 0
-        for request in requests:
+        for request in (c for r in requests for c in (r.chunks if r.chunks else [r])):
             if request.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD:
                 data = zstandard.ZstdDecompressor().decompress(request.payload, max_output_size=request.raw_length)
             else:

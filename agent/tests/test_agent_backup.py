@@ -13,7 +13,15 @@ import pytest
 from agent_fakes import FakeGateway, entries_by_path, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
-from strongroom_agent.backup import PipelineLimits, RetryPolicy, _list_dir, plan_points, run_backup
+from strongroom_agent.backup import (
+    PipelineLimits,
+    RetryPolicy,
+    Upload,
+    _list_dir,
+    plan_points,
+    run_backup,
+    upload_requests,
+)
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
 
@@ -411,3 +419,15 @@ async def test_no_points_fails_with_the_root_errors(tmp_path: Path) -> None:
     )
     assert finished.status == common_pb2.JOB_STATUS_FAILED
     assert "/nope: backup root is not an existing directory" in finished.error
+
+
+def test_upload_requests_carry_many_chunks_per_message_in_order() -> None:
+    uploads = [
+        Upload(bytes([i]) * 32, 100, gateway_pb2.CHUNK_COMPRESSION_NONE, bytes(size), 0)
+        for i, size in enumerate([300, 300, 300, 2000, 10, 10])
+    ]
+    requests = upload_requests("job-1", uploads, message_bytes=700)
+    assert [[len(c.payload) for c in r.chunks] for r in requests] == [[300, 300], [300], [2000], [10, 10]]
+    assert all(r.job_id == "job-1" and not r.chunk_id for r in requests)
+    assert [c.chunk_id for r in requests for c in r.chunks] == [u.id for u in uploads]
+    assert upload_requests("job-1", [], message_bytes=700) == []

@@ -76,6 +76,59 @@ async def test_chunk_id_mismatch_is_refused_and_nothing_stored(gw: GatewayHarnes
     assert gw.store.state.chunks == {}
 
 
+def batched(job_id: str, requests: list[gateway_pb2.UploadChunkRequest]) -> gateway_pb2.UploadChunkRequest:
+    """The one-message form of ``requests``: every chunk in ``chunks``."""
+    return gateway_pb2.UploadChunkRequest(
+        job_id=job_id,
+        chunks=[
+            gateway_pb2.UploadedChunk(
+                chunk_id=r.chunk_id, compression=r.compression, raw_length=r.raw_length, payload=r.payload
+            )
+            for r in requests
+        ],
+    )
+
+
+async def test_many_chunks_in_one_message_and_both_forms_in_one_stream(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    key = await gw.key_of("acct-a")
+    contents = [os.urandom(700) for _ in range(300)]  # more than one verification batch
+    single = [upload_request("job-1", key, c) for c in contents]
+    stream = [batched("job-1", single[:250]), single[250], batched("job-1", single[251:]), single[0]]
+    response = await gw.stub.UploadChunks(aiter_of(stream), metadata=agent.md)
+    assert (response.chunks_stored, response.chunks_already_present) == (300, 1)
+    assert set(gw.store.state.chunks) == {("acct-a", chunk_id(key, c)) for c in contents}
+
+
+async def test_a_forged_chunk_in_a_batch_is_refused_and_the_chunks_before_it_are_kept(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    key = await gw.key_of("acct-a")
+    good = [upload_request("job-1", key, f"good {i}".encode()) for i in range(3)]
+    forged = upload_request("job-1", key, b"the real content")
+    forged.chunk_id = chunk_id(key, b"some other content")
+    after = upload_request("job-1", key, b"after the forged one")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gw.stub.UploadChunks(aiter_of([batched("job-1", [*good, forged, after])]), metadata=agent.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert forged.chunk_id.hex() in (err.value.details() or "")
+    assert set(gw.store.state.chunks) == {("acct-a", r.chunk_id) for r in good}
+
+
+async def test_a_message_with_both_forms_is_refused(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    key = await gw.key_of("acct-a")
+    request = batched("job-1", [upload_request("job-1", key, b"one")])
+    request.chunk_id = chunk_id(key, b"two")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gw.stub.UploadChunks(aiter_of([request]), metadata=agent.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not both" in (err.value.details() or "")
+    assert gw.store.state.chunks == {}
+
+
 async def test_wrong_raw_length_is_refused(gw: GatewayHarness) -> None:
     agent = await gw.enrolled_agent("i-1")
     await gw.request_backup(agent, "job-1")

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from strongroom.agent.v1 import gateway_pb2
@@ -23,7 +23,7 @@ from strongroom_platform.objectstore import ObjectStore
 
 from strongroom_gateway import packfile
 from strongroom_gateway.agents import Identity
-from strongroom_gateway.chunks import MAX_CHUNK_SIZE, PACK_COMPRESSION, ChunkRejected, verify_payload
+from strongroom_gateway.chunks import MAX_CHUNK_SIZE, PACK_COMPRESSION, UploadedPayload, verify_uploads
 from strongroom_gateway.errors import InvalidArgument, NotFound
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack
@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 RETENTION = dt.timedelta(days=30)
 LOCK_MARGIN = dt.timedelta(days=1)
 
-# Chunks looked up in the database and handed to the packer at a time.
-_LOOKUP_BATCH = 128
+# Chunks verified in one worker-thread call, then looked up in the database and handed to the
+# packer, at a time: bounded in count and in bytes (a batch's payloads are held until then).
+_VERIFY_BATCH_CHUNKS = 128
+_VERIFY_BATCH_BYTES = 8 << 20
 
 
 def pack_key(account_id: str, pack_id: str) -> str:
@@ -172,6 +174,25 @@ class PackWriter:
                     del pending[blob.chunk_id]
 
 
+def _uploaded_chunks(request: gateway_pb2.UploadChunkRequest) -> list[UploadedPayload]:
+    """The chunks one stream message carries (either form, see UploadChunkRequest); InvalidArgument if malformed."""
+    if request.chunks:
+        if request.chunk_id:
+            raise InvalidArgument("a message carries its chunks in `chunks` or in fields 2-5, not both")
+        forms: Iterable[gateway_pb2.UploadedChunk | gateway_pb2.UploadChunkRequest] = request.chunks
+    else:
+        forms = (request,)
+    out = []
+    for chunk in forms:
+        compression = PACK_COMPRESSION.get(chunk.compression)
+        if compression is None:
+            raise InvalidArgument(f"chunk {chunk.chunk_id.hex()}: compression must be NONE or ZSTD")
+        if len(chunk.payload) > MAX_CHUNK_SIZE + (64 << 10):
+            raise InvalidArgument(f"chunk {chunk.chunk_id.hex()}: payload larger than any chunk may be")
+        out.append(UploadedPayload(chunk.chunk_id, compression, chunk.raw_length, chunk.payload))
+    return out
+
+
 async def upload_chunks(
     identity: Identity,
     requests: AsyncIterator[gateway_pb2.UploadChunkRequest],
@@ -182,7 +203,9 @@ async def upload_chunks(
     """Verify each chunk against the account's key and store the new ones in packs.
 
     A chunk whose content does not hash to its id is refused (InvalidArgument)
-    and never stored; chunks verified before it in the same call are kept.
+    and never stored; chunks before it in the same call are kept. Chunks are
+    verified in batches (``_VERIFY_BATCH_CHUNKS`` / ``_VERIFY_BATCH_BYTES``),
+    one worker-thread call per batch.
     """
     async with store.transaction() as tx:
         account = await tx.get_account(identity.account_id)
@@ -191,14 +214,22 @@ async def upload_chunks(
     jobs_checked: set[str] = set()
     packs: set[_PendingPack] = set()
     response = gateway_pb2.UploadChunksResponse()
-    batch: list[packfile.BlobToPack] = []
+    batch: list[UploadedPayload] = []
+    batch_bytes = 0
 
     async def store_batch() -> None:
-        existing = await _existing(store, identity.account_id, [b.chunk_id for b in batch])
-        for blob in batch:
-            if blob.chunk_id in existing:
+        """Verify the batch, then buffer the chunks that passed; raise for the first refused one."""
+        nonlocal batch_bytes
+        if not batch:
+            return
+        passed, refusal = await asyncio.to_thread(verify_uploads, account.chunk_id_key, batch)
+        verified = batch[:passed]
+        existing = await _existing(store, identity.account_id, [c.chunk_id for c in verified])
+        for chunk in verified:
+            if chunk.chunk_id in existing:
                 response.chunks_already_present += 1
                 continue
+            blob = packfile.BlobToPack(chunk.chunk_id, chunk.compression, chunk.payload, chunk.raw_length)
             pack, new = await writer.add(identity.account_id, blob)
             packs.add(pack)
             if new:
@@ -206,32 +237,26 @@ async def upload_chunks(
                 response.bytes_stored += len(blob.payload)
             else:
                 response.chunks_already_present += 1
+        if refusal is not None:
+            raise InvalidArgument(f"chunk {batch[passed].chunk_id.hex()} refused: {refusal}")
         batch.clear()
+        batch_bytes = 0
 
     try:
         async for request in requests:
             if request.job_id not in jobs_checked:
                 await require_job(identity, request.job_id, "backup", store=store)
                 jobs_checked.add(request.job_id)
-            compression = PACK_COMPRESSION.get(request.compression)
-            if compression is None:
-                raise InvalidArgument(f"chunk {request.chunk_id.hex()}: compression must be NONE or ZSTD")
-            if len(request.payload) > MAX_CHUNK_SIZE + (64 << 10):
-                raise InvalidArgument(f"chunk {request.chunk_id.hex()}: payload larger than any chunk may be")
             try:
-                await asyncio.to_thread(
-                    verify_payload,
-                    account.chunk_id_key,
-                    request.chunk_id,
-                    request.payload,
-                    compression,
-                    request.raw_length,
-                )
-            except ChunkRejected as exc:
-                raise InvalidArgument(f"chunk {request.chunk_id.hex()} refused: {exc}") from None
-            batch.append(packfile.BlobToPack(request.chunk_id, compression, request.payload, request.raw_length))
-            if len(batch) >= _LOOKUP_BATCH:
-                await store_batch()
+                chunks = _uploaded_chunks(request)
+            except InvalidArgument:
+                await store_batch()  # the chunks before the malformed message are kept
+                raise
+            for chunk in chunks:
+                batch.append(chunk)
+                batch_bytes += len(chunk.payload)
+                if len(batch) >= _VERIFY_BATCH_CHUNKS or batch_bytes >= _VERIFY_BATCH_BYTES:
+                    await store_batch()
         await store_batch()
     except BaseException:
         # Also on refusal: chunks already accepted are written rather than left in a buffer.
