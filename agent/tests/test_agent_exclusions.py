@@ -113,3 +113,37 @@ def test_windows_last_component_is_a_directory_only_when_told() -> None:
     assert windows.excluded("C:\\data\\Windows", is_dir=True)
     # A directory named like an excluded file is not excluded.
     assert not windows.excluded("C:\\pagefile.sys", is_dir=True)
+
+
+@pytest.mark.parametrize(
+    ("directory", "may"),
+    [
+        ("/", True),
+        ("/usr", True),  # /usr/bin, /usr/sbin
+        ("/usr/", True),
+        ("//usr", True),
+        ("/var", True),  # the state dir below
+        ("/var/lib", True),
+        ("/home", False),
+        ("/usr/local", False),
+        ("/var/log", False),
+        ("/libexec", False),  # a lookalike of /lib: nothing below it is excluded
+    ],
+)
+def test_linux_may_exclude_below_only_above_an_excluded_directory(directory: str, may: bool) -> None:
+    assert LinuxExclusions(extra_dirs=["/var/lib/strongroom"]).may_exclude_below(directory) is may
+
+
+def test_linux_no_child_is_excluded_where_may_exclude_below_says_none_is() -> None:
+    exclusions = LinuxExclusions(extra_dirs=["/var/lib/strongroom"])
+    directories = ["/", "/usr", "/usr/local", "/var", "/var/lib", "/home", "/libexec", "/srv2"]
+    names = ["bin", "sbin", "lib", "strongroom", "x", "lost+found", "proc", "lib64", "srv"]
+    for directory in directories:
+        excluded = [n for n in names if exclusions.excluded(f"{directory.rstrip('/')}/{n}", is_dir=True)]
+        if not exclusions.may_exclude_below(directory):
+            assert excluded == [], directory
+    assert LinuxExclusions().may_exclude_below("/") and LinuxExclusions().excluded("/bin", is_dir=True)
+
+
+def test_windows_may_exclude_below_anywhere() -> None:
+    assert WindowsExclusions().may_exclude_below("D:\\data\\deep")

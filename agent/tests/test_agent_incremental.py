@@ -302,3 +302,25 @@ def test_cache_cursor_reads_ahead_a_bounded_number_of_records(tmp_path: Path) ->
         return seen
 
     assert asyncio.run(walk()) == [f"p{i:05}" for i in range(5000)]
+
+
+def test_a_cache_cursor_closed_while_the_next_block_is_read_is_safe(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    writer = cache.CacheWriter(str(state), PARAMS, "/m", racy_before_ns=2**62)
+    st = os.stat(tmp_path)
+    for i in range(7000):
+        writer.add(common_pb2.FileEntry(path=f"p{i:05}", type=common_pb2.ENTRY_TYPE_FILE), st)
+    writer.commit("point-x")
+    info = cache.load(str(state), PARAMS, "/m")
+    assert info is not None
+
+    async def walk_part() -> list[str]:
+        cursor = cache.CacheCursor(info)
+        seen = []
+        for _ in range(2500):  # into the second block, with the third being read ahead
+            assert await cursor.peek() is not None
+            seen.append(cursor.take().entry.path)
+        cursor.close()
+        return seen
+
+    assert asyncio.run(walk_part()) == [f"p{i:05}" for i in range(2500)]

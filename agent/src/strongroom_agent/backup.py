@@ -260,8 +260,9 @@ def _list_dir(path: str, rel: str, device: int, exclusions: Exclusions) -> _List
     except OSError as exc:
         listing.errors.append(FileError(path, f"cannot list directory: {_reason(exc)}"))
         return listing
+    check_exclusions = exclusions.may_exclude_below(path)
     for child in children:
-        child_path = os.path.join(path, child.name)
+        child_path = child.path
         try:
             name_bytes = child.name.encode("utf-8")
         except UnicodeEncodeError:
@@ -276,7 +277,7 @@ def _list_dir(path: str, rel: str, device: int, exclusions: Exclusions) -> _List
         is_dir = stat.S_ISDIR(st.st_mode)
         if not (is_dir or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
             continue  # sockets, devices, FIFOs
-        if st.st_dev != device or exclusions.excluded(child_path, is_dir=is_dir):
+        if st.st_dev != device or (check_exclusions and exclusions.excluded(child_path, is_dir=is_dir)):
             continue  # another filesystem (its own point) or excluded by policy
         item = ScanItem(_join(rel, child.name), child_path, st)
         if stat.S_ISLNK(st.st_mode):
@@ -296,27 +297,83 @@ def _list_dir(path: str, rel: str, device: int, exclusions: Exclusions) -> _List
     return listing
 
 
+# Directory listings started ahead of the walk (each one lstat()s its children in a thread).
+SCAN_READ_AHEAD = 32
+
+
+class _Level:
+    """One directory of the walk: its sorted listing, the walk's position and the read-ahead's."""
+
+    __slots__ = ("items", "next", "ahead")
+
+    def __init__(self, items: list[tuple[bytes, bool, ScanItem]]) -> None:
+        self.items = items
+        self.next = 0  # next item the walk yields or descends into
+        self.ahead = 0  # next item the read-ahead looks at
+
+
 async def scan_point(
-    root: str, exclusions: Exclusions, errors: list[FileError], cancel: asyncio.Event
+    root: str,
+    exclusions: Exclusions,
+    errors: list[FileError],
+    cancel: asyncio.Event,
+    *,
+    read_ahead: int = SCAN_READ_AHEAD,
 ) -> AsyncIterator[ScanItem]:
-    """Yield the entries of the tree at ``root`` in manifest (UTF-8 byte) order, without crossing mounts."""
+    """Yield the entries of the tree at ``root`` in manifest (UTF-8 byte) order, without crossing mounts.
+
+    Up to ``read_ahead`` directories the walk will enter next are listed
+    concurrently in worker threads while it goes on: listing one directory at
+    a time left the walk waiting for each round trip (most of a no-change
+    backup's time). Listings are consumed, and their errors reported, in walk
+    order, so the result is the same as a walk one directory at a time.
+    """
+    loop = asyncio.get_running_loop()
     st = await asyncio.to_thread(os.lstat, root)
+    device = st.st_dev
     yield ScanItem("", root, st)
-    stack = [iter([(b"", True, ScanItem("", root, st))])]
-    while stack:
-        if cancel.is_set():
-            raise JobCanceled
-        try:
-            _key, descend, item = next(stack[-1])
-        except StopIteration:
-            stack.pop()
-            continue
-        if not descend:
-            yield item
-            continue
-        listing = await asyncio.to_thread(_list_dir, item.path, item.rel, st.st_dev, exclusions)
-        errors.extend(listing.errors)
-        stack.append(iter(listing.items))
+    started: dict[str, asyncio.Future[_Listing]] = {}
+
+    def start(item: ScanItem) -> asyncio.Future[_Listing]:
+        return loop.run_in_executor(None, _list_dir, item.path, item.rel, device, exclusions)
+
+    def fill(stack: list[_Level]) -> None:
+        """Start listings of the next directories in walk order (deepest level first) until the window is full."""
+        for level in reversed(stack):
+            while len(started) < read_ahead and level.ahead < len(level.items):
+                _key, descend, item = level.items[level.ahead]
+                level.ahead += 1
+                if descend and item.path not in started:
+                    started[item.path] = start(item)
+            if len(started) >= read_ahead:
+                return
+
+    root_item = ScanItem("", root, st)
+    stack = [_Level([(b"", True, root_item)])]
+    try:
+        while stack:
+            if cancel.is_set():
+                raise JobCanceled
+            level = stack[-1]
+            if level.next >= len(level.items):
+                stack.pop()
+                continue
+            _key, descend, item = level.items[level.next]
+            level.next += 1
+            level.ahead = max(level.ahead, level.next)
+            if not descend:
+                yield item
+                continue
+            future = started.pop(item.path, None)
+            listing = await (future if future is not None else start(item))
+            errors.extend(listing.errors)
+            stack.append(_Level(listing.items))
+            fill(stack)
+    finally:
+        for future in started.values():
+            # Still running or done in a thread: nobody awaits it now; its result is dropped.
+            future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+            future.cancel()
 
 
 # --- reading --------------------------------------------------------------------------------------------------------
@@ -663,6 +720,8 @@ class _PointRun:
         limits = ctx.limits
         self.budget = _ByteBudget(limits.memory_budget_bytes)
         self.ordered: asyncio.Queue[Any] = asyncio.Queue(limits.ordered_queue)
+        # Items put on ``ordered`` that the spool writer has not finished yet (see _scan).
+        self.unwritten = 0
         self.chunks: asyncio.Queue[Any] = asyncio.Queue(limits.chunk_queue)
         self.to_compress: asyncio.Queue[Any] = asyncio.Queue(limits.chunk_queue)
         self.to_upload: asyncio.Queue[Any] = asyncio.Queue(limits.upload_batch_chunks * 2)
@@ -749,7 +808,7 @@ class _PointRun:
                 cached = None
                 if cursor is not None:
                     while (record := await cursor.peek()) is not None and record.path < path:
-                        await self._put_ordered(group, _Gone(cursor.take().path))
+                        await self._put_known(group, _Gone(cursor.take().path))
                     if record is not None and record.path == path:
                         cached = cursor.take()
                 ctx.stats.files_scanned += 1
@@ -760,7 +819,7 @@ class _PointRun:
                         # move ctime), so the cached entry is this file's entry as it stands.
                         ctx.stats.files_unchanged += 1
                         ctx.stats.bytes_unchanged += item.st.st_size
-                        await self._put_ordered(group, _Slot(path, _UNCHANGED, cached))
+                        await self._put_known(group, _Slot(path, _UNCHANGED, cached))
                         continue
                     if item.st.st_size <= ctx.limits.small_file_bytes:
                         await self._add_small(group, item, path, cached)
@@ -768,7 +827,7 @@ class _PointRun:
                     await self.readers.acquire()
                     await self._put_ordered(group, _Slot(path, group.create_task(self._file_entry(item)), cached))
                 else:
-                    await self._put_ordered(group, _Slot(path, (_entry(item), item.st), cached))
+                    await self._put_known(group, _Slot(path, (_entry(item), item.st), cached))
         except FileNotFoundError:
             ctx.errors.append(FileError(root, "backup root vanished"))
         except OSError as exc:
@@ -776,6 +835,7 @@ class _PointRun:
         await self._flush_small(group)
         if cursor is not None:
             while await cursor.peek() is not None:
+                self.unwritten += 1
                 await self.ordered.put(_Gone(cursor.take().path))
         await self.ordered.put(_END)
 
@@ -787,6 +847,7 @@ class _PointRun:
         """
         if self.ordered.full():
             await self._flush_small(group)
+        self.unwritten += 1
         await self.ordered.put(item)
 
     async def _add_small(
@@ -810,24 +871,49 @@ class _PointRun:
 
     async def _write_spool(self) -> None:
         while (item := await self.ordered.get()) is not _END:
-            if isinstance(item, _Gone):
-                self.spool.write_deleted(item.path)
-                continue
-            if item.value is _UNCHANGED:
-                assert item.cached is not None
-                if self.writer is not None:
-                    self.writer.add_unchanged(item.cached)
-                continue
-            value = await item.value if isinstance(item.value, asyncio.Future) else item.value
-            if value is None:  # failed or vanished: not part of the point
-                if item.cached is not None:
-                    self.spool.write_deleted(item.path)
-                continue
-            entry, st = value
+            try:
+                await self._write_slot(item)
+            finally:
+                self.unwritten -= 1
+
+    async def _write_slot(self, item: _Slot | _Gone) -> None:
+        """Record one queued item, waiting for its file's read first (called in scan order)."""
+        if isinstance(item, _Slot) and isinstance(item.value, asyncio.Future):
+            value = await item.value
+            self._record(_Slot(item.path, value, item.cached))
+        else:
+            self._record(item)
+
+    def _record(self, item: _Slot | _Gone) -> None:
+        """Record an item whose outcome is known in the spool and the new cache (in scan order)."""
+        if isinstance(item, _Gone):
+            self.spool.write_deleted(item.path)
+            return
+        if item.value is _UNCHANGED:
+            assert item.cached is not None
             if self.writer is not None:
-                self.writer.add(entry, st)
-            if item.cached is None or item.cached.entry != entry:
-                self.spool.write(entry)
+                self.writer.add_unchanged(item.cached)
+            return
+        if item.value is None:  # failed or vanished: not part of the point
+            if item.cached is not None:
+                self.spool.write_deleted(item.path)
+            return
+        entry, st = item.value
+        if self.writer is not None:
+            self.writer.add(entry, st)
+        if item.cached is None or item.cached.entry != entry:
+            self.spool.write(entry)
+
+    async def _put_known(self, group: asyncio.TaskGroup, item: _Slot | _Gone) -> None:
+        """Queue an item whose outcome is known, or record it at once when nothing is queued ahead of it.
+
+        Most items of a daily backup (unchanged files, directories) take the
+        direct path and skip the queue round trip.
+        """
+        if self.unwritten == 0:
+            self._record(item)
+        else:
+            await self._put_ordered(group, item)
 
     def _reader(self, item: ScanItem) -> _FileReader:
         ctx = self.ctx

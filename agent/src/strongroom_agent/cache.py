@@ -176,6 +176,9 @@ class CacheCursor:
         self._ahead: deque[CacheRecord] = deque()
         self._done = False
         self._last = b""
+        self._parsed = 0  # records parsed so far (touched only by _read_some, in a thread)
+        # The next block, parsed in a thread while the scan consumes this one.
+        self._next_block: asyncio.Future[list[CacheRecord]] | None = None
 
     def _read_some(self) -> list[CacheRecord]:
         out: list[CacheRecord] = []
@@ -187,7 +190,7 @@ class CacheCursor:
                 (length,) = _U32.unpack(f.read(4))
                 if length == 0:
                     self._done = True
-                    if self.records_read + len(out) != self.info.count:
+                    if self._parsed + len(out) != self.info.count:
                         raise CacheCorrupt("record count mismatch")
                     break
                 data = f.read(length)
@@ -195,20 +198,24 @@ class CacheCursor:
                 path = data[_STAT.size : _STAT.size + path_length]
                 entry = common_pb2.FileEntry()
                 entry.ParseFromString(data[_STAT.size + path_length :])
-                if entry.path.encode() != path or (self.records_read + len(out) > 0 and path <= self._last):
+                if entry.path.encode() != path or (self._parsed + len(out) > 0 and path <= self._last):
                     raise CacheCorrupt(f"record {path!r} out of order or inconsistent")
                 self._last = path
                 out.append(CacheRecord(path, (dev, ino, size, mtime, ctime), bool(flags & _TRUSTED), entry, data))
         except Exception as exc:  # any malformed byte: stop trusting the rest
-            log.warning("backup cache %s unusable after %d records: %s", self.info.path, self.records_read, exc)
+            log.warning("backup cache %s unusable after %d records: %s", self.info.path, self._parsed + len(out), exc)
             self.broken = True
             self._done = True
+        self._parsed += len(out)
         return out
 
     async def _next(self) -> CacheRecord | None:
-        if not self._ahead and not self._done:
-            records = await asyncio.to_thread(self._read_some)
-            self._ahead.extend(records)
+        if not self._ahead and (self._next_block is not None or not self._done):
+            block = self._next_block or asyncio.get_running_loop().run_in_executor(None, self._read_some)
+            self._next_block = None
+            self._ahead.extend(await block)
+            if not self._done:
+                self._next_block = asyncio.get_running_loop().run_in_executor(None, self._read_some)
         if not self._ahead:
             return None
         return self._ahead[0]
@@ -226,6 +233,11 @@ class CacheCursor:
         return self._ahead.popleft()
 
     def close(self) -> None:
+        """Close the file; a block still being parsed in a thread stops at the closed file (its result is dropped)."""
+        block, self._next_block = self._next_block, None
+        if block is not None:
+            block.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+            block.cancel()
         if self._file is not None:
             self._file.close()
             self._file = None

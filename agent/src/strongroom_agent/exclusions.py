@@ -60,6 +60,14 @@ class Exclusions(Protocol):
 
     def excluded(self, path: str, *, is_dir: bool) -> bool: ...
 
+    def may_exclude_below(self, directory: str) -> bool:
+        """False only when no path strictly below ``directory`` (absolute, not itself excluded) is excluded.
+
+        The scan asks once per directory and skips the per-child checks when
+        the answer is False; True is always a correct (if slower) answer.
+        """
+        ...
+
 
 def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
@@ -79,6 +87,14 @@ class LinuxExclusions:
             normalized = "/" + normalized.lstrip("/")
         return any(_under(normalized, d) for d in self._dirs)
 
+    def may_exclude_below(self, directory: str) -> bool:
+        """Whole subtrees are excluded: only a directory above an excluded one can hold excluded paths."""
+        normalized = posixpath.normpath(directory)
+        if normalized.startswith("//"):
+            normalized = "/" + normalized.lstrip("/")
+        prefix = normalized.rstrip("/") + "/"
+        return any(d.startswith(prefix) for d in self._dirs)
+
 
 def _windows_parts(path: str) -> tuple[str, list[str]]:
     """(drive, casefolded components below the drive root)."""
@@ -94,6 +110,10 @@ class WindowsExclusions:
         self._dir_names = frozenset(n.casefold() for n in WINDOWS_EXCLUDED_DIR_NAMES)
         self._files = frozenset(tuple(f.casefold().split("\\")) for f in WINDOWS_EXCLUDED_FILES)
         self._extra = tuple(_windows_parts(d) for d in extra_dirs if d)
+
+    def may_exclude_below(self, directory: str) -> bool:
+        """Directory names are excluded at any depth: anything below may be."""
+        return True
 
     def excluded(self, path: str, *, is_dir: bool) -> bool:
         drive, parts = _windows_parts(path)
