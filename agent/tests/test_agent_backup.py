@@ -17,6 +17,7 @@ from strongroom_agent.backup import (
     PipelineLimits,
     RetryPolicy,
     Upload,
+    _ByteBudget,
     _list_dir,
     plan_points,
     run_backup,
@@ -474,3 +475,29 @@ async def test_a_scan_left_early_drops_the_listings_read_ahead(tmp_path: Path) -
     seen = [await anext(walk) for _ in range(5)]
     await walk.aclose()  # listings started ahead are still running or done: dropped quietly
     assert [s.rel for s in seen] == ["", "d00", "d00/sub", "d01", "d01/sub"]
+
+
+async def test_the_memory_budget_grants_in_order_and_a_cancelled_wait_takes_nothing() -> None:
+    budget = _ByteBudget(100)
+    assert await budget.acquire(60) == 60
+    order: list[str] = []
+
+    async def take(name: str, nbytes: int) -> None:
+        await budget.acquire(nbytes)
+        order.append(name)
+
+    big = asyncio.create_task(take("big", 500))  # clamped to the capacity: waits for everything
+    await asyncio.sleep(0)
+    small = asyncio.create_task(take("small", 10))  # fits now, but waits behind "big" (first come)
+    doomed = asyncio.create_task(take("doomed", 30))
+    await asyncio.sleep(0)
+    assert order == []
+    doomed.cancel()
+    await asyncio.gather(doomed, return_exceptions=True)
+    budget.release(60)
+    await asyncio.wait_for(big, 1)
+    assert order == ["big"]  # the cancelled waiter was skipped and holds nothing
+    budget.release(100)
+    await asyncio.wait_for(small, 1)
+    assert order == ["big", "small"]
+    assert await budget.acquire(90) == 90  # 10 + 90: the whole capacity, nothing leaked

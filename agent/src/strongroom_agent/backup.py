@@ -32,6 +32,7 @@ is UNAVAILABLE (``RetryPolicy``); all of them are idempotent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -386,6 +387,7 @@ class _SmallRead:
     chunks: list[tuple[bytes, bytes]] = field(default_factory=list)
     bytes_read: int = 0
     before: os.stat_result | None = None
+    entry: common_pb2.FileEntry | None = None  # the file's entry, when it was read consistently
     problem: str = ""  # why the file is left out ("" if it was read consistently)
     too_big: bool = False  # grew past the whole-file limit since the scan: read it on its own
 
@@ -507,24 +509,52 @@ class _FileReader:
 
 
 class _ByteBudget:
-    """Bounds the chunk content held between reading and upload."""
+    """Bounds the chunk content held between reading and upload.
+
+    Grants are first come, first served. ``release`` is synchronous and the
+    uncontended ``acquire`` does not suspend: both run once per chunk, and a
+    Condition round trip each time was a measurable share of the event loop.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._used = 0
-        self._cond = asyncio.Condition()
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
     async def acquire(self, nbytes: int) -> int:
+        """Wait until ``nbytes`` (at most the capacity) fit; the charge to release later."""
         charge = min(nbytes, self.capacity)
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._used + charge <= self.capacity)
+        if not self._waiters and self._used + charge <= self.capacity:
             self._used += charge
+            return charge
+        granted = asyncio.get_running_loop().create_future()
+        self._waiters.append((charge, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(charge)  # granted just as it was cancelled: give it back
+            else:
+                granted.cancel()  # _grant skips it
+                self._grant()
+            raise
         return charge
 
-    async def release(self, charge: int) -> None:
-        async with self._cond:
-            self._used -= charge
-            self._cond.notify_all()
+    def release(self, charge: int) -> None:
+        self._used -= charge
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters:
+            charge, granted = self._waiters[0]
+            if granted.done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            if self._used + charge > self.capacity:
+                return
+            self._waiters.popleft()
+            self._used += charge
+            granted.set_result(None)
 
 
 class _SeenIds:
@@ -964,7 +994,11 @@ class _PointRun:
                         result.too_big = True
                         break
                     if step.consistent:
+                        assert reader.before is not None
                         result.chunks, result.before = step.chunks, reader.before
+                        # Built here, in the worker thread: less per-file work on the event loop.
+                        result.entry = _entry(item, reader.before)
+                        result.entry.chunk_ids.extend(cid for cid, _ in step.chunks)
                         break
                 else:
                     result.problem = CHANGED_WHILE_READ
@@ -991,21 +1025,30 @@ class _PointRun:
                     ctx.errors.append(FileError(item.path, result.problem))
                     future.set_result(None)
                     continue
-                assert result.before is not None
-                entry = _entry(item, result.before)
-                entry.chunk_ids.extend(await self._to_dedup(result.chunks))
+                assert result.before is not None and result.entry is not None
+                await self._to_dedup(result.chunks)
                 ctx.stats.files_read += 1
-                future.set_result((entry, result.before))
+                future.set_result((result.entry, result.before))
         finally:
             for _, future in files:
                 future.cancel()  # no-op for settled slots; the job is failing otherwise
             self.readers.release()
 
     async def _to_dedup(self, chunks: list[tuple[bytes, bytes]]) -> list[bytes]:
-        """Hand read chunks to the dedup stage (within the memory budget); their ids, in order."""
-        for cid, content in chunks:
-            charge = await self.budget.acquire(len(content))
-            await self.chunks.put(_Chunk(cid, content, charge))
+        """Hand read chunks to the dedup stage (within the memory budget); their ids, in order.
+
+        The chunks of a step or small file (at most a read batch) are charged in one
+        acquire when they fit the budget together, each chunk then holding its own share.
+        """
+        total = sum(len(content) for _, content in chunks)
+        if 0 < total <= self.budget.capacity:
+            await self.budget.acquire(total)
+            for cid, content in chunks:
+                await self.chunks.put(_Chunk(cid, content, len(content)))
+        else:
+            for cid, content in chunks:
+                charge = await self.budget.acquire(len(content))
+                await self.chunks.put(_Chunk(cid, content, charge))
         return [cid for cid, _ in chunks]
 
     async def _read_file(self, reader: _FileReader, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result]:
@@ -1043,7 +1086,7 @@ class _PointRun:
             query: dict[bytes, _Chunk] = {}
             for chunk in batch:
                 if chunk.id in ctx.seen or chunk.id in query:
-                    await self.budget.release(chunk.charge)
+                    self.budget.release(chunk.charge)
                 else:
                     query[chunk.id] = chunk
             if not query:
@@ -1055,7 +1098,7 @@ class _PointRun:
                 if cid in missing:
                     await self.to_compress.put(chunk)
                 else:
-                    await self.budget.release(chunk.charge)
+                    self.budget.release(chunk.charge)
 
     async def _compress(self) -> None:
         limits = self.ctx.limits
@@ -1084,7 +1127,7 @@ class _PointRun:
                 ctx.stats.chunks_new += response.chunks_stored
                 ctx.stats.bytes_uploaded += sum(len(u.payload) for u in uploads)
                 for u in uploads:
-                    await self.budget.release(u.charge)
+                    self.budget.release(u.charge)
             if end:
                 return
 
