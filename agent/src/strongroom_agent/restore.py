@@ -4,9 +4,14 @@ Safety: an entry path must be relative, without ``.``/``..``/empty components.
 Every directory on the way is opened with ``O_NOFOLLOW`` relative to its
 parent's descriptor, starting at the destination root, so no symlink in the
 destination (pre-existing, or restored a moment ago) is ever followed and
-nothing is written outside the root. Files are written to a temporary name in
-their directory and renamed over the destination, which replaces (never
-follows) whatever was there.
+nothing is written outside the root. A file whose name the conflict check found
+free is created under its final name with ``O_CREAT | O_EXCL | O_NOFOLLOW``
+(which never follows or reuses anything that appeared since) and unlinked
+again if anything fails before it is complete, so no partial file stays. A
+file that replaces an existing one (OVERWRITE), or whose name was taken after
+the check, is written to a temporary name in its directory (also ``O_EXCL``)
+and renamed over the destination, which replaces (never follows) whatever was
+there.
 
 Conflicts: SKIP (default) leaves an existing file, symlink or directory's
 metadata alone and counts it as skipped; OVERWRITE replaces files and
@@ -34,9 +39,9 @@ import concurrent.futures
 import contextlib
 import errno
 import heapq
+import itertools
 import logging
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,6 +66,26 @@ LARGE_FILE_WINDOW_IDS = 256
 # Batches holding content at a time: one being written while the next is fetched.
 BATCHES_IN_FLIGHT = 2
 WRITE_THREADS = 3
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Temporary names: this process's id and a counter are unique among live restores (a name left by a
+# crashed run is skipped by O_EXCL) and cost nothing, unlike a random name per file.
+_temp_numbers = itertools.count()
+_TEMP_ATTEMPTS = 100
+
+
+def _temp_name() -> str:
+    return f".strongroom-restore-{os.getpid()}-{next(_temp_numbers)}.tmp"
+
+
+def _open_temp(pfd: int) -> tuple[int, str]:
+    """A new temporary file in the directory ``pfd`` (mode 0600) and its name."""
+    for _ in range(_TEMP_ATTEMPTS):
+        name = _temp_name()
+        try:
+            return os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=pfd), name
+        except FileExistsError:
+            continue  # left behind by an earlier process with the same id
+    raise FileExistsError(errno.EEXIST, "no free temporary name", name)
 
 
 def _decode_all(sent: list[SentChunk]) -> list[tuple[bytes, bytes]]:
@@ -176,12 +201,21 @@ class _Destination:
                     raise _EntryProblem("exists and is not a directory") from None
                 return False
 
-    def create_temp(self, parts: list[str]) -> tuple[int, str]:
+    def create_file(self, parts: list[str], *, fresh: bool, overwrite: bool) -> tuple[int, str | None] | None:
+        """Open a file to stream into: ``(fd, temp)``, ``temp`` None when it is the final name itself.
+
+        ``fresh`` (the check found the name free): created in place; if the
+        name was taken since, SKIP gives None and OVERWRITE a temporary file.
+        """
         with self._lock:
             pfd = self.parent(parts)
-            name = f".strongroom-restore-{secrets.token_hex(6)}.tmp"
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            return os.open(name, flags, 0o600, dir_fd=pfd), name
+            if fresh:
+                try:
+                    return os.open(parts[-1], _NEW_FILE_FLAGS, 0o600, dir_fd=pfd), None
+                except FileExistsError:
+                    if not overwrite:
+                        return None
+            return _open_temp(pfd)
 
     @staticmethod
     def write(fd: int, data: Sequence[bytes]) -> None:
@@ -190,7 +224,8 @@ class _Destination:
             while view:
                 view = view[os.write(fd, view) :]
 
-    def finish_file(self, parts: list[str], fd: int, temp: str, entry: common_pb2.FileEntry) -> None:
+    def finish_file(self, parts: list[str], fd: int, temp: str | None, entry: common_pb2.FileEntry) -> None:
+        """Apply the metadata, close ``fd`` and rename a temporary file into place (``temp`` None: in place)."""
         with self._lock:
             pfd = self.parent(parts)
             try:
@@ -200,7 +235,8 @@ class _Destination:
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             finally:
                 os.close(fd)
-            self._replace(pfd, temp, parts[-1])
+            if temp is not None:
+                self._replace(pfd, temp, parts[-1])
 
     def _replace(self, pfd: int, temp: str, name: str) -> None:
         try:
@@ -211,17 +247,18 @@ class _Destination:
                 raise _EntryProblem("a directory is in the way") from exc
             raise
 
-    def discard_temp(self, parts: list[str], fd: int, temp: str) -> None:
+    def discard_file(self, parts: list[str], fd: int, temp: str | None) -> None:
+        """Close and unlink a file that ``create_file`` made (the final name itself when ``temp`` is None)."""
         with self._lock:
             with contextlib.suppress(OSError):
                 os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=self.parent(parts))
+                os.unlink(parts[-1] if temp is None else temp, dir_fd=self.parent(parts))
 
     def make_symlink(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         with self._lock:
             pfd = self.parent(parts)
-            temp = f".strongroom-restore-{secrets.token_hex(6)}.tmp"
+            temp = _temp_name()
             os.symlink(entry.link_target, temp, dir_fd=pfd)
             try:
                 if self.as_root:
@@ -237,10 +274,39 @@ class _Destination:
         """A new descriptor of the parent of ``parts`` for one writer thread (creates missing directories)."""
         return self._open_dir(parts[:-1], create=True)
 
-    def write_new(self, pfd: int, parts: list[str], entry: common_pb2.FileEntry, pieces: Sequence[bytes]) -> None:
-        """Write a whole file to a temporary name in ``pfd``, apply its metadata and rename it into place."""
-        temp = f".strongroom-restore-{secrets.token_hex(6)}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+    def write_new(
+        self,
+        pfd: int,
+        parts: list[str],
+        entry: common_pb2.FileEntry,
+        pieces: Sequence[bytes],
+        *,
+        fresh: bool,
+        overwrite: bool,
+    ) -> bool:
+        """Write a whole file into ``pfd`` with its metadata; False when SKIP leaves a name taken since the check.
+
+        ``fresh`` (the check found the name free): created under its final name
+        (``O_EXCL``) and unlinked again on any failure. Otherwise, or when the
+        name was taken meanwhile under OVERWRITE: a temporary file renamed over it.
+        """
+        name = parts[-1]
+        if fresh:
+            try:
+                fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=pfd)
+            except FileExistsError:
+                if not overwrite:
+                    return False
+            else:
+                self._fill(pfd, fd, name, entry, pieces)
+                return True
+        fd, temp = _open_temp(pfd)
+        self._fill(pfd, fd, temp, entry, pieces)
+        self._replace(pfd, temp, name)
+        return True
+
+    def _fill(self, pfd: int, fd: int, name: str, entry: common_pb2.FileEntry, pieces: Sequence[bytes]) -> None:
+        """Write, apply the metadata and close the new file ``name``; unlink it if any of that fails."""
         try:
             try:
                 self.write(fd, pieces)
@@ -252,9 +318,8 @@ class _Destination:
                 os.close(fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=pfd)
+                os.unlink(name, dir_fd=pfd)
             raise
-        self._replace(pfd, temp, parts[-1])
 
     def finish_dir(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         with self._lock:
@@ -275,6 +340,7 @@ class _File:
     parts: list[str]
     entry: common_pb2.FileEntry
     skipped: bool = False
+    exists: bool = True  # until the check finds the name free
     written: bool = False
     error: str | None = None
 
@@ -318,6 +384,7 @@ class _Writer:
                 try:
                     st = os.stat(f.parts[-1], dir_fd=self._parent(f.parts), follow_symlinks=False)
                 except FileNotFoundError:
+                    f.exists = False
                     continue
                 except _EntryProblem as exc:
                     f.error = str(exc)
@@ -332,7 +399,8 @@ class _Writer:
         finally:
             self.close()
 
-    def write(self, files: Sequence[_File], contents: dict[bytes, bytes]) -> None:
+    def write(self, files: Sequence[_File], contents: dict[bytes, bytes], overwrite: bool) -> None:
+        """Write checked files; one whose name appeared since the check is skipped (SKIP) or replaced (OVERWRITE)."""
         try:
             for f in files:
                 if self.stop.is_set():
@@ -347,8 +415,11 @@ class _Writer:
                     f.error = f"content is {size} bytes, expected {f.entry.size}"
                     continue
                 try:
-                    self.dest.write_new(self._parent(f.parts), f.parts, f.entry, pieces)
-                    f.written = True
+                    pfd = self._parent(f.parts)
+                    if self.dest.write_new(pfd, f.parts, f.entry, pieces, fresh=not f.exists, overwrite=overwrite):
+                        f.written = True
+                    else:
+                        f.skipped = True
                 except _EntryProblem as exc:
                     f.error = str(exc)
                 except OSError as exc:
@@ -475,7 +546,9 @@ class _Restore:
         if entry.type == common_pb2.ENTRY_TYPE_SYMLINK:
             await asyncio.to_thread(self.dest.make_symlink, parts, entry)
         elif entry.type == common_pb2.ENTRY_TYPE_FILE:
-            await self._restore_large_file(parts, entry)
+            if not await self._restore_large_file(parts, entry, fresh=existing is None):
+                self.stats.files_skipped += 1
+                return
         else:
             raise _EntryProblem(f"unknown entry type {entry.type}")
         self.stats.files_restored += 1
@@ -538,7 +611,7 @@ class _Restore:
         ids = list(dict.fromkeys(c for f in wanted for c in f.entry.chunk_ids))
         sent = [c async for c in self.client.read_chunks(self.command.restore_job_id, ids)] if ids else []
         contents = await self._decode(sent)
-        await self._in_threads(wanted, lambda w, run: w.write(run, contents))
+        await self._in_threads(wanted, lambda w, run: w.write(run, contents, self.overwrite))
 
     async def _decode(self, sent: list[SentChunk]) -> dict[bytes, bytes]:
         """Decompress a batch's chunks in the writer threads (``WRITE_THREADS`` runs)."""
@@ -556,8 +629,12 @@ class _Restore:
         self.dest.write(fd, pieces)
         return sum(len(p) for p in pieces)
 
-    async def _restore_large_file(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
-        fd, temp = await asyncio.to_thread(self.dest.create_temp, parts)
+    async def _restore_large_file(self, parts: list[str], entry: common_pb2.FileEntry, *, fresh: bool) -> bool:
+        """Stream a file larger than a batch in windows; False when SKIP leaves a name taken since the check."""
+        created = await asyncio.to_thread(self.dest.create_file, parts, fresh=fresh, overwrite=self.overwrite)
+        if created is None:
+            return False
+        fd, temp = created
         written = 0
         try:
             ids = list(entry.chunk_ids)
@@ -576,9 +653,10 @@ class _Restore:
                 raise _EntryProblem(f"content is {written} bytes, expected {entry.size}")
             await asyncio.to_thread(self.dest.finish_file, parts, fd, temp, entry)
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(self.dest.discard_temp, parts, fd, temp))
+            await asyncio.shield(asyncio.to_thread(self.dest.discard_file, parts, fd, temp))
             raise
         self.stats.bytes_restored += written
+        return True
 
 
 def destination_root(command: gateway_pb2.RunRestore) -> str:
