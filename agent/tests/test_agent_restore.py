@@ -606,3 +606,56 @@ async def test_temporary_names_skip_a_leftover_with_the_same_name(
     assert (tmp_path / "a").read_bytes() == b"new"
     assert leftover.read_bytes() == b"from a crashed run"
     assert sorted(os.listdir(tmp_path)) == [leftover.name, "a"]
+
+
+class Calls:
+    """Records the first argument of every call to ``os.<name>`` made through the restore module."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        self.args: list[Any] = []
+        real = getattr(os, name)
+
+        def record(*args: Any, **kwargs: Any) -> Any:
+            self.args.append(args[0])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(restore_module.os, name, record)
+
+
+@pytest.mark.parametrize("policy", [SKIP, OVERWRITE], ids=["skip", "overwrite"])
+async def test_files_in_a_directory_the_restore_created_are_not_checked_but_still_never_clobbered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: int
+) -> None:
+    stats = Calls(monkeypatch, "stat")
+    gateway = RacingGateway(tmp_path, "d/b")  # appears in the new directory before the batch is written
+    point_id = add_files(gateway, [("d", None), ("d/a", [b"alpha"]), ("d/b", [b"bravo"]), ("top", [b"top"])])
+    finished = await restore(gateway, point_id, tmp_path, conflict_policy=policy)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert "a" not in stats.args and "b" not in stats.args
+    assert "top" in stats.args  # the destination root was not created by the restore: checked
+    assert (tmp_path / "d/a").read_bytes() == b"alpha"
+    assert (tmp_path / "d/b").read_bytes() == (b"appeared meanwhile" if policy == SKIP else b"bravo")
+    assert finished.stats.files_skipped == (1 if policy == SKIP else 0)
+    assert sorted(os.listdir(tmp_path / "d")) == ["a", "b"]
+
+
+async def test_a_fresh_file_gets_its_mode_at_creation_when_the_umask_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chmods = Calls(monkeypatch, "fchmod")
+    gateway = FakeGateway()
+    point_id = add_files(gateway, [("plain", [b"p"]), ("readonly", [b"r"]), ("shared", [b"s"]), ("setuid", [b"u"])])
+    modes = {"plain": 0o640, "readonly": 0o444, "shared": 0o666, "setuid": 0o4755}
+    for entry in gateway.points[point_id].entries:
+        entry.mode = modes[entry.path]
+    old = os.umask(0o022)
+    try:
+        finished = await restore(gateway, point_id, tmp_path, as_root=False)  # root always chmods after chown
+    finally:
+        os.umask(old)
+    assert finished.status == COMPLETE, finished.file_errors
+    for name, mode in modes.items():
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == mode, name
+        assert (tmp_path / name).read_bytes() == {"setuid": b"u"}.get(name, name[0].encode())
+    # Only the modes the umask would cut (0666) or that carry set-id bits need an fchmod.
+    assert len(chmods.args) == 2

@@ -11,7 +11,8 @@ again if anything fails before it is complete, so no partial file stays. A
 file that replaces an existing one (OVERWRITE), or whose name was taken after
 the check, is written to a temporary name in its directory (also ``O_EXCL``)
 and renamed over the destination, which replaces (never follows) whatever was
-there.
+there. Files in a directory this restore created are not checked at all: the
+``O_EXCL`` create is their check.
 
 Conflicts: SKIP (default) leaves an existing file, symlink or directory's
 metadata alone and counts it as skipped; OVERWRITE replaces files and
@@ -77,6 +78,18 @@ def _temp_name() -> str:
     return f".strongroom-restore-{os.getpid()}-{next(_temp_numbers)}.tmp"
 
 
+def _process_umask() -> int | None:
+    """This process's umask without changing it (``os.umask`` can only be read by setting it); None if unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _open_temp(pfd: int) -> tuple[int, str]:
     """A new temporary file in the directory ``pfd`` (mode 0600) and its name."""
     for _ in range(_TEMP_ATTEMPTS):
@@ -132,8 +145,20 @@ class _Destination:
     def __init__(self, root: str, *, as_root: bool) -> None:
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = as_root
+        self._umask = _process_umask()
         self._lock = threading.Lock()
         self._cached: tuple[tuple[str, ...], int] | None = None
+
+    def _creation_mode(self, entry: common_pb2.FileEntry) -> int | None:
+        """The mode to create a file in place with that needs no ``fchmod`` afterwards; None when one is needed.
+
+        Only without set-id or sticky bits, without a chown (which would clear
+        them anyway, so root always chmods) and when the umask removes nothing.
+        """
+        mode = entry.mode & 0o7777
+        if self.as_root or self._umask is None or mode & 0o7000 or mode & self._umask:
+            return None
+        return mode
 
     def close(self) -> None:
         with self._lock:
@@ -292,27 +317,32 @@ class _Destination:
         """
         name = parts[-1]
         if fresh:
+            # Created with its final mode when that is exact (one system call less per file), else 0600.
+            mode = self._creation_mode(entry)
             try:
-                fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=pfd)
+                fd = os.open(name, _NEW_FILE_FLAGS, 0o600 if mode is None else mode, dir_fd=pfd)
             except FileExistsError:
                 if not overwrite:
                     return False
             else:
-                self._fill(pfd, fd, name, entry, pieces)
+                self._fill(pfd, fd, name, entry, pieces, chmod=mode is None)
                 return True
         fd, temp = _open_temp(pfd)
-        self._fill(pfd, fd, temp, entry, pieces)
+        self._fill(pfd, fd, temp, entry, pieces, chmod=True)
         self._replace(pfd, temp, name)
         return True
 
-    def _fill(self, pfd: int, fd: int, name: str, entry: common_pb2.FileEntry, pieces: Sequence[bytes]) -> None:
+    def _fill(
+        self, pfd: int, fd: int, name: str, entry: common_pb2.FileEntry, pieces: Sequence[bytes], *, chmod: bool
+    ) -> None:
         """Write, apply the metadata and close the new file ``name``; unlink it if any of that fails."""
         try:
             try:
                 self.write(fd, pieces)
                 if self.as_root:
                     os.fchown(fd, entry.uid, entry.gid)  # before chmod: chown clears set-id bits
-                os.fchmod(fd, entry.mode & 0o7777)
+                if chmod:
+                    os.fchmod(fd, entry.mode & 0o7777)
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             finally:
                 os.close(fd)
@@ -340,7 +370,7 @@ class _File:
     parts: list[str]
     entry: common_pb2.FileEntry
     skipped: bool = False
-    exists: bool = True  # until the check finds the name free
+    exists: bool = True  # until the check finds the name free (or it is in a directory this restore created)
     written: bool = False
     error: str | None = None
 
@@ -459,6 +489,9 @@ class _Restore:
         self.batch = _Batch(0)
         self.inflight: collections.deque[tuple[_Batch, asyncio.Task[None]]] = collections.deque()
         self.done_seq = -1  # every batch up to this one is written and accounted
+        # Directories this restore created: a name below one is free unless something appeared since,
+        # which the O_EXCL create catches, so its files need no conflict check.
+        self.created_dirs: set[tuple[str, ...]] = set()
         # Directories whose subtree the walk has passed, waiting for the batch that holds their last file.
         self.deferred: collections.deque[tuple[int, _PendingDir]] = collections.deque()
 
@@ -531,13 +564,18 @@ class _Restore:
             return  # the point root: the destination root itself
         if entry.type == common_pb2.ENTRY_TYPE_DIRECTORY:
             created = await asyncio.to_thread(self.dest.make_dir, parts)
+            if created:
+                self.created_dirs.add(tuple(parts))
             if created or self.overwrite:
                 heapq.heappush(self.pending, _PendingDir(entry.path.encode() + b"/", parts, entry))
             return
         if entry.type == common_pb2.ENTRY_TYPE_FILE and not self._large(entry):
             await self._add_to_batch(parts, entry)
             return
-        existing = await asyncio.to_thread(self.dest.existing, parts)
+        if entry.type == common_pb2.ENTRY_TYPE_FILE and self._in_created_dir(parts):
+            existing = None  # created with O_EXCL: a name taken meanwhile is still caught
+        else:
+            existing = await asyncio.to_thread(self.dest.existing, parts)
         if existing is not None and not self.overwrite:
             self.stats.files_skipped += 1
             return
@@ -553,6 +591,9 @@ class _Restore:
             raise _EntryProblem(f"unknown entry type {entry.type}")
         self.stats.files_restored += 1
 
+    def _in_created_dir(self, parts: list[str]) -> bool:
+        return tuple(parts[:-1]) in self.created_dirs
+
     def _large(self, entry: common_pb2.FileEntry) -> bool:
         return entry.size > self.fetch_batch_bytes or len(entry.chunk_ids) > FETCH_BATCH_MAX_IDS
 
@@ -566,7 +607,7 @@ class _Restore:
         ):
             await self._submit()
             batch = self.batch
-        batch.files.append(_File(parts, entry))
+        batch.files.append(_File(parts, entry, exists=not self._in_created_dir(parts)))
         batch.content_bytes += entry.size
         batch.ids.update(dict.fromkeys(entry.chunk_ids))
 
@@ -606,7 +647,9 @@ class _Restore:
 
     async def _process(self, batch: _Batch) -> None:
         """Check for conflicts, fetch the distinct chunks of the files to write in one call, write them."""
-        await self._in_threads(batch.files, lambda w, run: w.check(run, self.overwrite))
+        unchecked = [f for f in batch.files if f.exists]
+        if unchecked:
+            await self._in_threads(unchecked, lambda w, run: w.check(run, self.overwrite))
         wanted = [f for f in batch.files if not f.skipped and f.error is None]
         ids = list(dict.fromkeys(c for f in wanted for c in f.entry.chunk_ids))
         sent = [c async for c in self.client.read_chunks(self.command.restore_job_id, ids)] if ids else []
