@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+import zstandard
 from gateway_helpers import Agent, GatewayHarness, chunk_id, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_gateway import points
@@ -219,3 +220,21 @@ async def test_a_chunk_larger_than_the_message_limit_travels_alone(
     monkeypatch.setattr(points, "MAX_READ_MESSAGE_BYTES", 300)
     messages = [r async for r in _read_batched(gw, agent, job, ids, 1 << 30)]
     assert [[c.data for c in m.chunks] for m in messages] == [[c] for c in contents]
+
+
+async def test_batched_messages_carry_each_chunks_compression_and_raw_length(gw: GatewayHarness) -> None:
+    contents = [f"line {i} of a text file\n".encode() * 40 for i in range(20)] + [os.urandom(500)]
+    agent, key, job = await _restorable(gw, contents)
+    ids = [chunk_id(key, c) for c in contents]
+    request = gateway_pb2.ReadChunksRequest(
+        restore_job_id=job, chunk_ids=ids, accept_compressed=True, max_message_bytes=1 << 20
+    )
+    messages = [r async for r in gw.stub.ReadChunks(request, metadata=agent.md)]
+    served = [c for m in messages for c in m.chunks]
+    assert [c.chunk_id for c in served] == ids
+    assert {c.compression for c in served} == {gateway_pb2.CHUNK_COMPRESSION_ZSTD}  # sent as stored
+    decoded = [
+        zstandard.decompress(c.data) if c.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD else c.data for c in served
+    ]
+    assert decoded == contents
+    assert [c.raw_length for c in served] == [len(c) for c in contents]
