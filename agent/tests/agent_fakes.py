@@ -176,6 +176,44 @@ class FakeGateway:
             else:
                 yield SentChunk(cid, content, gateway_pb2.CHUNK_COMPRESSION_NONE, len(content))
 
+    async def read_chunks_responses(
+        self, request: gateway_pb2.ReadChunksRequest, *, legacy: bool = False
+    ) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
+        """ReadChunks as the wire protocol defines it: request order, every occurrence, in messages.
+
+        With ``max_message_bytes`` the chunks of consecutive positions share a
+        message up to that many bytes of data (a larger chunk alone); without it,
+        or when ``legacy`` (a gateway that predates the field), one chunk per
+        message in the response's own fields. Every other chunk is sent zstd
+        compressed when the request accepts compressed data.
+        """
+        self.read_chunk_calls += 1
+        for cid in request.chunk_ids:
+            if cid not in self.chunks:
+                raise GatewayError("NOT_FOUND", "chunk missing")
+        limit = 0 if legacy else request.max_message_bytes
+        batch = gateway_pb2.ReadChunksResponse()
+        for number, cid in enumerate(request.chunk_ids):
+            content = self.chunks[cid]
+            served = gateway_pb2.ServedChunk(chunk_id=cid, data=content, raw_length=len(content))
+            if request.accept_compressed and number % 2:
+                served.data = zstandard.compress(content)
+                served.compression = gateway_pb2.CHUNK_COMPRESSION_ZSTD
+            if not limit:
+                yield gateway_pb2.ReadChunksResponse(
+                    chunk_id=served.chunk_id,
+                    data=served.data,
+                    compression=served.compression,
+                    raw_length=served.raw_length,
+                )
+                continue
+            if batch.chunks and sum(len(c.data) for c in batch.chunks) + len(served.data) > limit:
+                yield batch
+                batch = gateway_pb2.ReadChunksResponse()
+            batch.chunks.append(served)
+        if batch.chunks:
+            yield batch
+
     def connect(self) -> FakeControlStream:
         raise NotImplementedError("use FakeSessionGateway for session tests")
 

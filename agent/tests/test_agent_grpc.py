@@ -17,8 +17,10 @@ import pytest
 from agent_fakes import FakeGateway, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
+from strongroom_agent import gateway_client
 from strongroom_agent.__main__ import EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE, _enroll, run_cli
 from strongroom_agent.backup import run_backup
+from strongroom_agent.chunking import decode_chunk
 from strongroom_agent.config import load_state
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError, GrpcGatewayClient, open_channel
@@ -31,6 +33,9 @@ class Servicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
     def __init__(self) -> None:
         self.fake = FakeGateway()
         self.accept_compressed: list[bool] = []
+        self.max_message_bytes: list[int] = []
+        self.read_chunk_messages = 0
+        self.legacy_read_chunks = False  # answer ReadChunks as a gateway that predates max_message_bytes
         self.enrollments: list[gateway_pb2.EnrollRequest] = []
         self.commands: asyncio.Queue[gateway_pb2.AgentCommand | None] = asyncio.Queue()
         self.reports: asyncio.Queue[gateway_pb2.AgentReport] = asyncio.Queue()
@@ -67,13 +72,10 @@ class Servicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
     async def ReadChunks(self, request: Any, context: Any) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
         await self._auth(context)
         self.accept_compressed.append(request.accept_compressed)
-        async for c in self.fake.read_chunks(request.restore_job_id, list(request.chunk_ids)):
-            yield gateway_pb2.ReadChunksResponse(
-                chunk_id=c.chunk_id,
-                data=c.data,
-                compression=c.compression,
-                raw_length=c.raw_length,  # type: ignore[arg-type]
-            )
+        self.max_message_bytes.append(request.max_message_bytes)
+        async for response in self.fake.read_chunks_responses(request, legacy=self.legacy_read_chunks):
+            self.read_chunk_messages += 1
+            yield response
 
     async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[gateway_pb2.AgentCommand]:
         await self._auth(context)
@@ -146,11 +148,15 @@ def test_cli_run_without_state(
     assert "--roots must be absolute" in capsys.readouterr().err
 
 
-async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("legacy", [False, True], ids=["batched", "old-gateway"])
+async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path, legacy: bool) -> None:
     servicer, address = server
+    servicer.legacy_read_chunks = legacy
     source, target = tmp_path / "src", tmp_path / "dst"
     write_file(str(source / "a/file.bin"), os.urandom(200_000), mtime_ns=1_700_000_000_000_000_000)
     write_file(str(source / "b.txt"), b"hello\n" * 1000)
+    for i in range(40):
+        write_file(str(source / f"small/{i}.txt"), f"small {i}\n".encode() * (i + 1))
     target.mkdir()
     async with open_channel(address) as channel:
         client = GrpcGatewayClient(channel, INSTANCE, SECRET)
@@ -164,9 +170,39 @@ async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path) -> None
         restored = await run_restore(command, client=client, cancel=asyncio.Event())
         assert restored.status == common_pb2.JOB_STATUS_COMPLETE, restored
         assert servicer.accept_compressed and all(servicer.accept_compressed)
+        assert servicer.max_message_bytes and all(servicer.max_message_bytes)
+        chunks = len(servicer.fake.chunks)
+        if legacy:  # one message per chunk, and the agent takes that too
+            assert servicer.read_chunk_messages == chunks
+        else:
+            assert servicer.read_chunk_messages < chunks / 4
     assert (target / "a/file.bin").read_bytes() == (source / "a/file.bin").read_bytes()
+    for i in range(40):
+        assert (target / f"small/{i}.txt").read_bytes() == f"small {i}\n".encode() * (i + 1)
     assert os.stat(target / "a/file.bin").st_mtime_ns == 1_700_000_000_000_000_000
     assert (target / "b.txt").read_bytes() == b"hello\n" * 1000
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["batched", "old-gateway"])
+async def test_read_chunks_yields_every_position_in_order(
+    server: Any, legacy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servicer, address = server
+    monkeypatch.setattr(gateway_client, "READ_MESSAGE_BYTES", 7000)  # two chunks of 3000 bytes per message
+    servicer.legacy_read_chunks = legacy
+    contents = [os.urandom(3000) for _ in range(10)]
+    ids = [bytes([i]) * 32 for i in range(10)]
+    servicer.fake.chunks.update(zip(ids, contents, strict=True))
+    wanted = ids + ids[:3]
+    async with open_channel(address) as channel:
+        client = GrpcGatewayClient(channel, INSTANCE, SECRET)
+        got = [
+            (c.chunk_id, decode_chunk(c.data, c.compression, c.raw_length))
+            async for c in client.read_chunks("r-1", wanted)
+        ]
+    assert got == [(c, servicer.fake.chunks[c]) for c in wanted]
+    assert servicer.max_message_bytes == [7000]
+    assert servicer.read_chunk_messages == (13 if legacy else 7)
 
 
 async def test_wrong_credential_is_a_gateway_error(server: Any) -> None:

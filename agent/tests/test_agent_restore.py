@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import itertools
 import os
 import random
 import stat
@@ -13,9 +15,11 @@ import pytest
 from agent_fakes import KEY, FakeGateway, Point, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
+from strongroom_agent import restore as restore_module
 from strongroom_agent.backup import run_backup
 from strongroom_agent.chunking import chunk_id
 from strongroom_agent.exclusions import LinuxExclusions
+from strongroom_agent.gateway_client import GatewayError
 from strongroom_agent.restore import UnsafePath, run_restore, safe_parts
 
 COMPLETE = common_pb2.JOB_STATUS_COMPLETE
@@ -455,3 +459,203 @@ async def test_cancel_restore(tmp_path: Path) -> None:
     assert not [n for n in restored if n.startswith(".strongroom")]
     for name in restored:
         assert (target / name).read_bytes() == f"content of {name}".encode()
+
+
+class Renames:
+    """Counts the renames the restore makes (a fresh file is created in place, never renamed)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        self._rename = os.rename
+        monkeypatch.setattr(restore_module.os, "rename", self.rename)
+
+    def rename(self, src: Any, dst: Any, **kwargs: Any) -> None:
+        self.names.append(str(dst))
+        self._rename(src, dst, **kwargs)
+
+
+async def test_a_fresh_file_is_written_in_place_with_its_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renames = Renames(monkeypatch)
+    gateway = FakeGateway()
+    point_id = add_files(gateway, [("d", None), ("d/small", [b"small content"]), ("d/large", [b"x" * 600, b"y" * 600])])
+    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=1000)  # "d/large" is streamed
+    assert finished.status == COMPLETE, finished.file_errors
+    for name, content, mtime in (("small", b"small content", T0 + 1), ("large", b"x" * 600 + b"y" * 600, T0 + 2)):
+        st = os.stat(tmp_path / "d" / name)
+        assert (tmp_path / "d" / name).read_bytes() == content
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, mtime)
+    assert renames.names == []
+    assert sorted(os.listdir(tmp_path / "d")) == ["large", "small"]
+
+    # OVERWRITE of an existing file still goes through a temporary file and a rename.
+    (tmp_path / "d/small").write_bytes(b"local")
+    overwritten = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=1000, conflict_policy=OVERWRITE)
+    assert overwritten.status == COMPLETE and overwritten.stats.files_restored == 2
+    assert (tmp_path / "d/small").read_bytes() == b"small content"
+    assert sorted(renames.names) == ["large", "small"]
+    assert sorted(os.listdir(tmp_path / "d")) == ["large", "small"]
+
+
+async def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain_write = restore_module._Destination.write
+
+    def failing_write(fd: int, data: Any) -> None:
+        pieces = list(data)
+        if pieces and pieces[0].startswith(b"doomed"):
+            os.write(fd, pieces[0][:3])  # part of the content is on disk already
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        plain_write(fd, pieces)
+
+    monkeypatch.setattr(restore_module._Destination, "write", staticmethod(failing_write))
+    gateway = FakeGateway()
+    point_id = add_files(gateway, [("a", [b"fine"]), ("b", [b"doomed small"]), ("c", [b"fine too"])])
+    finished = await restore(gateway, point_id, tmp_path)
+    assert finished.status == PARTIAL
+    assert list(finished.file_errors) == [f"b: {os.strerror(errno.ENOSPC)}"]
+    assert sorted(os.listdir(tmp_path)) == ["a", "c"]
+
+    # The same for a file streamed in windows, created in place and failing in its first window.
+    large = tmp_path / "large"
+    large.mkdir()
+    point_id = add_files(gateway, [("big", [b"doomed" + b"z" * 700, b"w" * 700])])
+    finished = await restore(gateway, point_id, large, fetch_batch_bytes=1000)
+    assert finished.status == PARTIAL and list(finished.file_errors) == [f"big: {os.strerror(errno.ENOSPC)}"]
+    assert os.listdir(large) == []
+
+
+async def test_a_streamed_file_that_fails_midway_is_removed(tmp_path: Path) -> None:
+    class FailingGateway(FakeGateway):
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+            if self.read_chunk_calls >= 1:
+                raise GatewayError("UNAVAILABLE", "connection reset")
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
+                yield chunk
+
+    gateway = FailingGateway()
+    point_id = add_files(gateway, [("big", [bytes([n]) * 600 for n in range(5)])])
+    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=1000)  # windows of one chunk
+    assert finished.status == FAILED and "connection reset" in finished.error
+    assert gateway.read_chunk_calls == 1  # the first window was written under the final name
+    assert os.listdir(tmp_path) == []
+
+
+class RacingGateway(FakeGateway):
+    """Creates ``path`` below ``root`` on the first read, after the restore checked that the name was free."""
+
+    def __init__(self, root: Path, path: str) -> None:
+        super().__init__()
+        self.root, self.path = root, path
+
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+        if not (self.root / self.path).exists():
+            write_file(str(self.root / self.path), b"appeared meanwhile")
+        async for chunk in super().read_chunks(restore_job_id, chunk_ids):
+            yield chunk
+
+
+@pytest.mark.parametrize("policy", [SKIP, OVERWRITE], ids=["skip", "overwrite"])
+async def test_a_name_taken_after_the_check_follows_the_conflict_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: int
+) -> None:
+    renames = Renames(monkeypatch)
+    gateway = RacingGateway(tmp_path, "b")
+    point_id = add_files(gateway, [("a", [b"alpha"]), ("b", [b"bravo"])])
+    finished = await restore(gateway, point_id, tmp_path, conflict_policy=policy)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert (tmp_path / "a").read_bytes() == b"alpha"
+    if policy == SKIP:
+        assert (tmp_path / "b").read_bytes() == b"appeared meanwhile"
+        assert (finished.stats.files_skipped, finished.stats.files_restored) == (1, 1)
+        assert renames.names == []
+    else:
+        assert (tmp_path / "b").read_bytes() == b"bravo"
+        assert (finished.stats.files_skipped, finished.stats.files_restored) == (0, 2)
+        assert renames.names == ["b"]  # "a" was fresh: written in place
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("policy", [SKIP, OVERWRITE], ids=["skip", "overwrite"])
+async def test_a_streamed_file_whose_name_was_taken_after_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: int
+) -> None:
+    monkeypatch.setattr(restore_module._Destination, "existing", lambda self, parts: None)  # the check saw nothing
+    write_file(str(tmp_path / "big"), b"appeared meanwhile")
+    gateway = FakeGateway()
+    point_id = add_files(gateway, [("big", [b"p" * 700, b"q" * 700])])
+    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=1000, conflict_policy=policy)
+    assert finished.status == COMPLETE, finished.file_errors
+    expected = b"appeared meanwhile" if policy == SKIP else b"p" * 700 + b"q" * 700
+    assert (tmp_path / "big").read_bytes() == expected
+    assert finished.stats.files_skipped == (1 if policy == SKIP else 0)
+    assert os.listdir(tmp_path) == ["big"]
+
+
+async def test_temporary_names_skip_a_leftover_with_the_same_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restore_module, "_temp_numbers", itertools.count())
+    leftover = tmp_path / f".strongroom-restore-{os.getpid()}-0.tmp"
+    leftover.write_bytes(b"from a crashed run")
+    write_file(str(tmp_path / "a"), b"old")
+    gateway = FakeGateway()
+    point_id = add_files(gateway, [("a", [b"new"])])
+    finished = await restore(gateway, point_id, tmp_path, conflict_policy=OVERWRITE)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert (tmp_path / "a").read_bytes() == b"new"
+    assert leftover.read_bytes() == b"from a crashed run"
+    assert sorted(os.listdir(tmp_path)) == [leftover.name, "a"]
+
+
+class Calls:
+    """Records the first argument of every call to ``os.<name>`` made through the restore module."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        self.args: list[Any] = []
+        real = getattr(os, name)
+
+        def record(*args: Any, **kwargs: Any) -> Any:
+            self.args.append(args[0])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(restore_module.os, name, record)
+
+
+@pytest.mark.parametrize("policy", [SKIP, OVERWRITE], ids=["skip", "overwrite"])
+async def test_files_in_a_directory_the_restore_created_are_not_checked_but_still_never_clobbered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: int
+) -> None:
+    stats = Calls(monkeypatch, "stat")
+    gateway = RacingGateway(tmp_path, "d/b")  # appears in the new directory before the batch is written
+    point_id = add_files(gateway, [("d", None), ("d/a", [b"alpha"]), ("d/b", [b"bravo"]), ("top", [b"top"])])
+    finished = await restore(gateway, point_id, tmp_path, conflict_policy=policy)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert "a" not in stats.args and "b" not in stats.args
+    assert "top" in stats.args  # the destination root was not created by the restore: checked
+    assert (tmp_path / "d/a").read_bytes() == b"alpha"
+    assert (tmp_path / "d/b").read_bytes() == (b"appeared meanwhile" if policy == SKIP else b"bravo")
+    assert finished.stats.files_skipped == (1 if policy == SKIP else 0)
+    assert sorted(os.listdir(tmp_path / "d")) == ["a", "b"]
+
+
+async def test_a_fresh_file_gets_its_mode_at_creation_when_the_umask_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chmods = Calls(monkeypatch, "fchmod")
+    gateway = FakeGateway()
+    point_id = add_files(gateway, [("plain", [b"p"]), ("readonly", [b"r"]), ("shared", [b"s"]), ("setuid", [b"u"])])
+    modes = {"plain": 0o640, "readonly": 0o444, "shared": 0o666, "setuid": 0o4755}
+    for entry in gateway.points[point_id].entries:
+        entry.mode = modes[entry.path]
+    old = os.umask(0o022)
+    try:
+        finished = await restore(gateway, point_id, tmp_path, as_root=False)  # root always chmods after chown
+    finally:
+        os.umask(old)
+    assert finished.status == COMPLETE, finished.file_errors
+    for name, mode in modes.items():
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == mode, name
+        assert (tmp_path / name).read_bytes() == {"setuid": b"u"}.get(name, name[0].encode())
+    # Only the modes the umask would cut (0666) or that carry set-id bits need an fchmod.
+    assert len(chmods.args) == 2

@@ -25,6 +25,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+# ReadChunksRequest.max_message_bytes: many small chunks per message (the gateway caps it at 4 MiB),
+# so a restore of small files does not pay gRPC's per-message cost for every chunk (ADR 0019).
+READ_MESSAGE_BYTES = 4 << 20
 ENROLL_TIMEOUT_SECONDS = 15.0
 UNARY_TIMEOUT_SECONDS = 120.0
 
@@ -36,6 +39,18 @@ class SentChunk(NamedTuple):
     data: bytes
     compression: int
     raw_length: int
+
+
+def sent_chunks(response: gateway_pb2.ReadChunksResponse) -> list[SentChunk]:
+    """The chunks of one ReadChunks message: its ``chunks``, or, when that is empty, the message itself.
+
+    A gateway that predates ``max_message_bytes`` sends one chunk per message in
+    the response's own fields; a chunk id is never empty, so an empty ``chunks``
+    cannot be a batched message.
+    """
+    if response.chunks:
+        return [SentChunk(c.chunk_id, c.data, c.compression, c.raw_length) for c in response.chunks]
+    return [SentChunk(response.chunk_id, response.data, response.compression, response.raw_length)]
 
 
 class GatewayError(Exception):
@@ -178,12 +193,16 @@ class GrpcGatewayClient:
 
     async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[SentChunk]:
         request = gateway_pb2.ReadChunksRequest(
-            restore_job_id=restore_job_id, chunk_ids=list(chunk_ids), accept_compressed=True
+            restore_job_id=restore_job_id,
+            chunk_ids=list(chunk_ids),
+            accept_compressed=True,
+            max_message_bytes=READ_MESSAGE_BYTES,
         )
         call = self._stub.ReadChunks(request, metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS)
         try:
             async for response in call:
-                yield SentChunk(response.chunk_id, response.data, response.compression, response.raw_length)
+                for chunk in sent_chunks(response):
+                    yield chunk
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.from_rpc(exc) from exc
         finally:

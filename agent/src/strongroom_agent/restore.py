@@ -4,9 +4,15 @@ Safety: an entry path must be relative, without ``.``/``..``/empty components.
 Every directory on the way is opened with ``O_NOFOLLOW`` relative to its
 parent's descriptor, starting at the destination root, so no symlink in the
 destination (pre-existing, or restored a moment ago) is ever followed and
-nothing is written outside the root. Files are written to a temporary name in
-their directory and renamed over the destination, which replaces (never
-follows) whatever was there.
+nothing is written outside the root. A file whose name the conflict check found
+free is created under its final name with ``O_CREAT | O_EXCL | O_NOFOLLOW``
+(which never follows or reuses anything that appeared since) and unlinked
+again if anything fails before it is complete, so no partial file stays. A
+file that replaces an existing one (OVERWRITE), or whose name was taken after
+the check, is written to a temporary name in its directory (also ``O_EXCL``)
+and renamed over the destination, which replaces (never follows) whatever was
+there. Files in a directory this restore created are not checked at all: the
+``O_EXCL`` create is their check.
 
 Conflicts: SKIP (default) leaves an existing file, symlink or directory's
 metadata alone and counts it as skipped; OVERWRITE replaces files and
@@ -34,9 +40,9 @@ import concurrent.futures
 import contextlib
 import errno
 import heapq
+import itertools
 import logging
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,6 +67,38 @@ LARGE_FILE_WINDOW_IDS = 256
 # Batches holding content at a time: one being written while the next is fetched.
 BATCHES_IN_FLIGHT = 2
 WRITE_THREADS = 3
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Temporary names: this process's id and a counter are unique among live restores (a name left by a
+# crashed run is skipped by O_EXCL) and cost nothing, unlike a random name per file.
+_temp_numbers = itertools.count()
+_TEMP_ATTEMPTS = 100
+
+
+def _temp_name() -> str:
+    return f".strongroom-restore-{os.getpid()}-{next(_temp_numbers)}.tmp"
+
+
+def _process_umask() -> int | None:
+    """This process's umask without changing it (``os.umask`` can only be read by setting it); None if unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _open_temp(pfd: int) -> tuple[int, str]:
+    """A new temporary file in the directory ``pfd`` (mode 0600) and its name."""
+    for _ in range(_TEMP_ATTEMPTS):
+        name = _temp_name()
+        try:
+            return os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=pfd), name
+        except FileExistsError:
+            continue  # left behind by an earlier process with the same id
+    raise FileExistsError(errno.EEXIST, "no free temporary name", name)
 
 
 def _decode_all(sent: list[SentChunk]) -> list[tuple[bytes, bytes]]:
@@ -107,8 +145,20 @@ class _Destination:
     def __init__(self, root: str, *, as_root: bool) -> None:
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = as_root
+        self._umask = _process_umask()
         self._lock = threading.Lock()
         self._cached: tuple[tuple[str, ...], int] | None = None
+
+    def _creation_mode(self, entry: common_pb2.FileEntry) -> int | None:
+        """The mode to create a file in place with that needs no ``fchmod`` afterwards; None when one is needed.
+
+        Only without set-id or sticky bits, without a chown (which would clear
+        them anyway, so root always chmods) and when the umask removes nothing.
+        """
+        mode = entry.mode & 0o7777
+        if self.as_root or self._umask is None or mode & 0o7000 or mode & self._umask:
+            return None
+        return mode
 
     def close(self) -> None:
         with self._lock:
@@ -176,12 +226,21 @@ class _Destination:
                     raise _EntryProblem("exists and is not a directory") from None
                 return False
 
-    def create_temp(self, parts: list[str]) -> tuple[int, str]:
+    def create_file(self, parts: list[str], *, fresh: bool, overwrite: bool) -> tuple[int, str | None] | None:
+        """Open a file to stream into: ``(fd, temp)``, ``temp`` None when it is the final name itself.
+
+        ``fresh`` (the check found the name free): created in place; if the
+        name was taken since, SKIP gives None and OVERWRITE a temporary file.
+        """
         with self._lock:
             pfd = self.parent(parts)
-            name = f".strongroom-restore-{secrets.token_hex(6)}.tmp"
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            return os.open(name, flags, 0o600, dir_fd=pfd), name
+            if fresh:
+                try:
+                    return os.open(parts[-1], _NEW_FILE_FLAGS, 0o600, dir_fd=pfd), None
+                except FileExistsError:
+                    if not overwrite:
+                        return None
+            return _open_temp(pfd)
 
     @staticmethod
     def write(fd: int, data: Sequence[bytes]) -> None:
@@ -190,7 +249,8 @@ class _Destination:
             while view:
                 view = view[os.write(fd, view) :]
 
-    def finish_file(self, parts: list[str], fd: int, temp: str, entry: common_pb2.FileEntry) -> None:
+    def finish_file(self, parts: list[str], fd: int, temp: str | None, entry: common_pb2.FileEntry) -> None:
+        """Apply the metadata, close ``fd`` and rename a temporary file into place (``temp`` None: in place)."""
         with self._lock:
             pfd = self.parent(parts)
             try:
@@ -200,7 +260,8 @@ class _Destination:
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             finally:
                 os.close(fd)
-            self._replace(pfd, temp, parts[-1])
+            if temp is not None:
+                self._replace(pfd, temp, parts[-1])
 
     def _replace(self, pfd: int, temp: str, name: str) -> None:
         try:
@@ -211,17 +272,18 @@ class _Destination:
                 raise _EntryProblem("a directory is in the way") from exc
             raise
 
-    def discard_temp(self, parts: list[str], fd: int, temp: str) -> None:
+    def discard_file(self, parts: list[str], fd: int, temp: str | None) -> None:
+        """Close and unlink a file that ``create_file`` made (the final name itself when ``temp`` is None)."""
         with self._lock:
             with contextlib.suppress(OSError):
                 os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=self.parent(parts))
+                os.unlink(parts[-1] if temp is None else temp, dir_fd=self.parent(parts))
 
     def make_symlink(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         with self._lock:
             pfd = self.parent(parts)
-            temp = f".strongroom-restore-{secrets.token_hex(6)}.tmp"
+            temp = _temp_name()
             os.symlink(entry.link_target, temp, dir_fd=pfd)
             try:
                 if self.as_root:
@@ -237,24 +299,57 @@ class _Destination:
         """A new descriptor of the parent of ``parts`` for one writer thread (creates missing directories)."""
         return self._open_dir(parts[:-1], create=True)
 
-    def write_new(self, pfd: int, parts: list[str], entry: common_pb2.FileEntry, pieces: Sequence[bytes]) -> None:
-        """Write a whole file to a temporary name in ``pfd``, apply its metadata and rename it into place."""
-        temp = f".strongroom-restore-{secrets.token_hex(6)}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+    def write_new(
+        self,
+        pfd: int,
+        parts: list[str],
+        entry: common_pb2.FileEntry,
+        pieces: Sequence[bytes],
+        *,
+        fresh: bool,
+        overwrite: bool,
+    ) -> bool:
+        """Write a whole file into ``pfd`` with its metadata; False when SKIP leaves a name taken since the check.
+
+        ``fresh`` (the check found the name free): created under its final name
+        (``O_EXCL``) and unlinked again on any failure. Otherwise, or when the
+        name was taken meanwhile under OVERWRITE: a temporary file renamed over it.
+        """
+        name = parts[-1]
+        if fresh:
+            # Created with its final mode when that is exact (one system call less per file), else 0600.
+            mode = self._creation_mode(entry)
+            try:
+                fd = os.open(name, _NEW_FILE_FLAGS, 0o600 if mode is None else mode, dir_fd=pfd)
+            except FileExistsError:
+                if not overwrite:
+                    return False
+            else:
+                self._fill(pfd, fd, name, entry, pieces, chmod=mode is None)
+                return True
+        fd, temp = _open_temp(pfd)
+        self._fill(pfd, fd, temp, entry, pieces, chmod=True)
+        self._replace(pfd, temp, name)
+        return True
+
+    def _fill(
+        self, pfd: int, fd: int, name: str, entry: common_pb2.FileEntry, pieces: Sequence[bytes], *, chmod: bool
+    ) -> None:
+        """Write, apply the metadata and close the new file ``name``; unlink it if any of that fails."""
         try:
             try:
                 self.write(fd, pieces)
                 if self.as_root:
                     os.fchown(fd, entry.uid, entry.gid)  # before chmod: chown clears set-id bits
-                os.fchmod(fd, entry.mode & 0o7777)
+                if chmod:
+                    os.fchmod(fd, entry.mode & 0o7777)
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             finally:
                 os.close(fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=pfd)
+                os.unlink(name, dir_fd=pfd)
             raise
-        self._replace(pfd, temp, parts[-1])
 
     def finish_dir(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         with self._lock:
@@ -275,6 +370,7 @@ class _File:
     parts: list[str]
     entry: common_pb2.FileEntry
     skipped: bool = False
+    exists: bool = True  # until the check finds the name free (or it is in a directory this restore created)
     written: bool = False
     error: str | None = None
 
@@ -318,6 +414,7 @@ class _Writer:
                 try:
                     st = os.stat(f.parts[-1], dir_fd=self._parent(f.parts), follow_symlinks=False)
                 except FileNotFoundError:
+                    f.exists = False
                     continue
                 except _EntryProblem as exc:
                     f.error = str(exc)
@@ -332,7 +429,8 @@ class _Writer:
         finally:
             self.close()
 
-    def write(self, files: Sequence[_File], contents: dict[bytes, bytes]) -> None:
+    def write(self, files: Sequence[_File], contents: dict[bytes, bytes], overwrite: bool) -> None:
+        """Write checked files; one whose name appeared since the check is skipped (SKIP) or replaced (OVERWRITE)."""
         try:
             for f in files:
                 if self.stop.is_set():
@@ -347,8 +445,11 @@ class _Writer:
                     f.error = f"content is {size} bytes, expected {f.entry.size}"
                     continue
                 try:
-                    self.dest.write_new(self._parent(f.parts), f.parts, f.entry, pieces)
-                    f.written = True
+                    pfd = self._parent(f.parts)
+                    if self.dest.write_new(pfd, f.parts, f.entry, pieces, fresh=not f.exists, overwrite=overwrite):
+                        f.written = True
+                    else:
+                        f.skipped = True
                 except _EntryProblem as exc:
                     f.error = str(exc)
                 except OSError as exc:
@@ -388,6 +489,9 @@ class _Restore:
         self.batch = _Batch(0)
         self.inflight: collections.deque[tuple[_Batch, asyncio.Task[None]]] = collections.deque()
         self.done_seq = -1  # every batch up to this one is written and accounted
+        # Directories this restore created: a name below one is free unless something appeared since,
+        # which the O_EXCL create catches, so its files need no conflict check.
+        self.created_dirs: set[tuple[str, ...]] = set()
         # Directories whose subtree the walk has passed, waiting for the batch that holds their last file.
         self.deferred: collections.deque[tuple[int, _PendingDir]] = collections.deque()
 
@@ -460,13 +564,18 @@ class _Restore:
             return  # the point root: the destination root itself
         if entry.type == common_pb2.ENTRY_TYPE_DIRECTORY:
             created = await asyncio.to_thread(self.dest.make_dir, parts)
+            if created:
+                self.created_dirs.add(tuple(parts))
             if created or self.overwrite:
                 heapq.heappush(self.pending, _PendingDir(entry.path.encode() + b"/", parts, entry))
             return
         if entry.type == common_pb2.ENTRY_TYPE_FILE and not self._large(entry):
             await self._add_to_batch(parts, entry)
             return
-        existing = await asyncio.to_thread(self.dest.existing, parts)
+        if entry.type == common_pb2.ENTRY_TYPE_FILE and self._in_created_dir(parts):
+            existing = None  # created with O_EXCL: a name taken meanwhile is still caught
+        else:
+            existing = await asyncio.to_thread(self.dest.existing, parts)
         if existing is not None and not self.overwrite:
             self.stats.files_skipped += 1
             return
@@ -475,10 +584,15 @@ class _Restore:
         if entry.type == common_pb2.ENTRY_TYPE_SYMLINK:
             await asyncio.to_thread(self.dest.make_symlink, parts, entry)
         elif entry.type == common_pb2.ENTRY_TYPE_FILE:
-            await self._restore_large_file(parts, entry)
+            if not await self._restore_large_file(parts, entry, fresh=existing is None):
+                self.stats.files_skipped += 1
+                return
         else:
             raise _EntryProblem(f"unknown entry type {entry.type}")
         self.stats.files_restored += 1
+
+    def _in_created_dir(self, parts: list[str]) -> bool:
+        return tuple(parts[:-1]) in self.created_dirs
 
     def _large(self, entry: common_pb2.FileEntry) -> bool:
         return entry.size > self.fetch_batch_bytes or len(entry.chunk_ids) > FETCH_BATCH_MAX_IDS
@@ -493,7 +607,7 @@ class _Restore:
         ):
             await self._submit()
             batch = self.batch
-        batch.files.append(_File(parts, entry))
+        batch.files.append(_File(parts, entry, exists=not self._in_created_dir(parts)))
         batch.content_bytes += entry.size
         batch.ids.update(dict.fromkeys(entry.chunk_ids))
 
@@ -533,12 +647,14 @@ class _Restore:
 
     async def _process(self, batch: _Batch) -> None:
         """Check for conflicts, fetch the distinct chunks of the files to write in one call, write them."""
-        await self._in_threads(batch.files, lambda w, run: w.check(run, self.overwrite))
+        unchecked = [f for f in batch.files if f.exists]
+        if unchecked:
+            await self._in_threads(unchecked, lambda w, run: w.check(run, self.overwrite))
         wanted = [f for f in batch.files if not f.skipped and f.error is None]
         ids = list(dict.fromkeys(c for f in wanted for c in f.entry.chunk_ids))
         sent = [c async for c in self.client.read_chunks(self.command.restore_job_id, ids)] if ids else []
         contents = await self._decode(sent)
-        await self._in_threads(wanted, lambda w, run: w.write(run, contents))
+        await self._in_threads(wanted, lambda w, run: w.write(run, contents, self.overwrite))
 
     async def _decode(self, sent: list[SentChunk]) -> dict[bytes, bytes]:
         """Decompress a batch's chunks in the writer threads (``WRITE_THREADS`` runs)."""
@@ -556,8 +672,12 @@ class _Restore:
         self.dest.write(fd, pieces)
         return sum(len(p) for p in pieces)
 
-    async def _restore_large_file(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
-        fd, temp = await asyncio.to_thread(self.dest.create_temp, parts)
+    async def _restore_large_file(self, parts: list[str], entry: common_pb2.FileEntry, *, fresh: bool) -> bool:
+        """Stream a file larger than a batch in windows; False when SKIP leaves a name taken since the check."""
+        created = await asyncio.to_thread(self.dest.create_file, parts, fresh=fresh, overwrite=self.overwrite)
+        if created is None:
+            return False
+        fd, temp = created
         written = 0
         try:
             ids = list(entry.chunk_ids)
@@ -576,9 +696,10 @@ class _Restore:
                 raise _EntryProblem(f"content is {written} bytes, expected {entry.size}")
             await asyncio.to_thread(self.dest.finish_file, parts, fd, temp, entry)
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(self.dest.discard_temp, parts, fd, temp))
+            await asyncio.shield(asyncio.to_thread(self.dest.discard_file, parts, fd, temp))
             raise
         self.stats.bytes_restored += written
+        return True
 
 
 def destination_root(command: gateway_pb2.RunRestore) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+import zstandard
 from gateway_helpers import Agent, GatewayHarness, chunk_id, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_gateway import points
@@ -172,3 +173,68 @@ async def test_a_corrupt_blob_in_a_coalesced_range_fails_the_read_clearly(gw: Ga
             pass
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert f"stored chunk {chunk_id(key, contents[4]).hex()} is corrupt" in (err.value.details() or "")
+
+
+def _read_batched(gw: GatewayHarness, agent: Agent, job: str, ids: list[bytes], message_bytes: int) -> Any:
+    request = gateway_pb2.ReadChunksRequest(restore_job_id=job, chunk_ids=ids, max_message_bytes=message_bytes)
+    return gw.stub.ReadChunks(request, metadata=agent.md)
+
+
+async def test_an_old_style_request_gets_one_message_per_chunk(gw: GatewayHarness) -> None:
+    contents = [f"chunk {i}\n".encode() * 20 for i in range(50)]
+    agent, key, job = await _restorable(gw, contents)
+    ids = [chunk_id(key, c) for c in contents]
+    messages = [r async for r in _read(gw, agent, job, ids + ids[:2])]
+    assert len(messages) == 52
+    assert all(not m.chunks for m in messages)
+    assert [(m.chunk_id, m.data) for m in messages] == list(zip(ids + ids[:2], contents + contents[:2], strict=True))
+
+
+async def test_max_message_bytes_packs_consecutive_chunks_in_request_order(gw: GatewayHarness) -> None:
+    rng = random.Random(5)
+    contents = [os.urandom(rng.randint(100, 900)) for _ in range(300)]
+    agent, key, job = await _restorable(gw, contents)
+    ids = [chunk_id(key, c) for c in contents]
+    order = list(range(300))
+    rng.shuffle(order)
+    order += order[:30]  # a repeated id is still answered at every occurrence
+    limit = 8000
+    messages = [r async for r in _read_batched(gw, agent, job, [ids[i] for i in order], limit)]
+    flat = [(c.chunk_id, c.data, c.raw_length) for m in messages for c in m.chunks]
+    assert flat == [(ids[i], contents[i], len(contents[i])) for i in order]
+    # Batched messages leave the single-chunk fields unset and hold at least one chunk each.
+    assert all(m.chunks and not m.chunk_id and not m.data for m in messages)
+    assert all(sum(len(c.data) + 32 for c in m.chunks) <= limit for m in messages)
+    assert len(messages) < len(order) / 4
+
+
+async def test_a_chunk_larger_than_the_message_limit_travels_alone(
+    gw: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contents = [os.urandom(200), os.urandom(5000), os.urandom(200), os.urandom(200)]
+    agent, key, job = await _restorable(gw, contents)
+    ids = [chunk_id(key, c) for c in contents]
+    messages = [r async for r in _read_batched(gw, agent, job, ids, 1000)]
+    assert [[c.data for c in m.chunks] for m in messages] == [[contents[0]], [contents[1]], contents[2:]]
+    # The gateway lowers a larger request to its own cap.
+    monkeypatch.setattr(points, "MAX_READ_MESSAGE_BYTES", 300)
+    messages = [r async for r in _read_batched(gw, agent, job, ids, 1 << 30)]
+    assert [[c.data for c in m.chunks] for m in messages] == [[c] for c in contents]
+
+
+async def test_batched_messages_carry_each_chunks_compression_and_raw_length(gw: GatewayHarness) -> None:
+    contents = [f"line {i} of a text file\n".encode() * 40 for i in range(20)] + [os.urandom(500)]
+    agent, key, job = await _restorable(gw, contents)
+    ids = [chunk_id(key, c) for c in contents]
+    request = gateway_pb2.ReadChunksRequest(
+        restore_job_id=job, chunk_ids=ids, accept_compressed=True, max_message_bytes=1 << 20
+    )
+    messages = [r async for r in gw.stub.ReadChunks(request, metadata=agent.md)]
+    served = [c for m in messages for c in m.chunks]
+    assert [c.chunk_id for c in served] == ids
+    assert {c.compression for c in served} == {gateway_pb2.CHUNK_COMPRESSION_ZSTD}  # sent as stored
+    decoded = [
+        zstandard.decompress(c.data) if c.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD else c.data for c in served
+    ]
+    assert decoded == contents
+    assert [c.raw_length for c in served] == [len(c) for c in contents]

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -46,6 +46,9 @@ MAX_RANGE_BYTES = 8 << 20
 # Distinct content per read window; two windows are held at most (the one being sent, the next one).
 READ_WINDOW_BYTES = 16 << 20
 RANGES_IN_FLIGHT = 4
+# ReadChunksRequest.max_message_bytes is lowered to this: small enough for any agent's receive limit,
+# large enough that the per-message cost of gRPC is spread over hundreds of small chunks.
+MAX_READ_MESSAGE_BYTES = 4 << 20
 VERIFY_THREADS = 2
 MANIFEST_BATCH = 1_000
 # Packs whose lock ends sooner than this after a commit get their lock extended.
@@ -502,10 +505,19 @@ def plan_reads(
     return windows
 
 
+class OpenedChunk(NamedTuple):
+    """A served chunk: ``data`` encoded as ``compression``, ``raw_length`` bytes once decoded."""
+
+    chunk_id: bytes
+    data: bytes
+    compression: gateway_pb2.ChunkCompression.ValueType
+    raw_length: int
+
+
 def open_range(
     chunk_id_key: bytes, data_key: DataKey | None, read: ReadRange, data: bytes, *, compressed: bool = False
-) -> dict[bytes, gateway_pb2.ReadChunksResponse]:
-    """Split a fetched range into its blobs and open each as a response; pure CPU, for a worker thread.
+) -> dict[bytes, OpenedChunk]:
+    """Split a fetched range into its blobs and open each for sending; pure CPU, for a worker thread.
 
     A blob of an authenticated (encrypted) pack is only decrypted when the
     agent takes ``compressed`` data: AES-GCM proves it is the payload the
@@ -513,7 +525,7 @@ def open_range(
     is decoded and its id re-checked (``verify_stored``).
     """
     view = memoryview(data)
-    responses: dict[bytes, gateway_pb2.ReadChunksResponse] = {}
+    responses: dict[bytes, OpenedChunk] = {}
     for blob in read.blobs:
         begin = blob.offset - read.offset
         stored = bytes(view[begin : begin + blob.length])
@@ -536,12 +548,7 @@ def open_range(
                 compression = gateway_pb2.CHUNK_COMPRESSION_NONE
         except (ChunkRejected, PackFormatError) as exc:
             raise FailedPrecondition(f"stored chunk {blob.chunk_id.hex()} is corrupt: {exc}") from None
-        responses[blob.chunk_id] = gateway_pb2.ReadChunksResponse(
-            chunk_id=blob.chunk_id,
-            data=payload,
-            compression=compression,
-            raw_length=blob.raw_length,
-        )
+        responses[blob.chunk_id] = OpenedChunk(blob.chunk_id, payload, compression, blob.raw_length)
     return responses
 
 
@@ -568,8 +575,11 @@ async def read_chunks(
 ) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
     """Stream the requested chunks of the agent's account, verified, in request order (every occurrence).
 
-    Reads are planned per window of the request (``plan_reads``): each distinct
-    chunk of a window is read once, nearby blobs of a pack in one ranged GET;
+    One chunk per message in the response's own fields, or, when the request
+    sets ``max_message_bytes``, runs of consecutive positions in ``chunks`` (at
+    most ``MAX_READ_MESSAGE_BYTES``; see ``_serve_windows``). Reads are planned
+    per window of the request (``plan_reads``): each distinct chunk of a window
+    is read once, nearby blobs of a pack in one ranged GET;
     at most ``RANGES_IN_FLIGHT`` ranges are fetched and verified at a time, and
     at most two windows of content are held (the one being sent and the next).
     """
@@ -591,7 +601,7 @@ async def read_chunks(
 
     open_fetched = functools.partial(open_range, account.chunk_id_key, data_key, compressed=request.accept_compressed)
 
-    async def fetch(read: ReadRange) -> dict[bytes, gateway_pb2.ReadChunksResponse]:
+    async def fetch(read: ReadRange) -> dict[bytes, OpenedChunk]:
         # The slot covers the GET and the verification, so fetched-but-unverified bytes stay bounded too.
         async with slots:
             data = await object_store.get(read.object_key, offset=read.offset, length=read.length)
@@ -600,20 +610,43 @@ async def read_chunks(
     windows = plan_reads(
         ids, locations, window_bytes=READ_WINDOW_BYTES, max_gap=COALESCE_GAP, max_bytes=MAX_RANGE_BYTES
     )
-    async for response in _serve_windows(ids, windows, fetch):
+    message_bytes = min(request.max_message_bytes, MAX_READ_MESSAGE_BYTES)
+    async for run in _serve_windows(ids, windows, fetch, message_bytes):
+        if not message_bytes:  # an agent that predates max_message_bytes: the response's own fields
+            [c] = run
+            yield gateway_pb2.ReadChunksResponse(
+                chunk_id=c.chunk_id,
+                data=c.data,
+                compression=c.compression,
+                raw_length=c.raw_length,
+            )
+            continue
+        response = gateway_pb2.ReadChunksResponse()
+        add = response.chunks.add
+        for c in run:
+            add(chunk_id=c.chunk_id, data=c.data, compression=c.compression, raw_length=c.raw_length)
         yield response
 
 
-_Fetch = Callable[[ReadRange], Coroutine[Any, Any, dict[bytes, gateway_pb2.ReadChunksResponse]]]
+_Fetch = Callable[[ReadRange], Coroutine[Any, Any, dict[bytes, OpenedChunk]]]
+# What a chunk adds to a message beyond its data: the id and the field tags and lengths.
+_CHUNK_OVERHEAD = CHUNK_ID_SIZE + 16
 
 
 async def _serve_windows(
-    ids: Sequence[bytes], windows: Sequence[ReadWindow], fetch: _Fetch
-) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
-    """Send every position in order; the next window's ranges are fetched while the current one is sent."""
+    ids: Sequence[bytes], windows: Sequence[ReadWindow], fetch: _Fetch, message_bytes: int = 0
+) -> AsyncIterator[list[OpenedChunk]]:
+    """Send every position in order, in runs; the next window's ranges are fetched while the current one is sent.
 
-    def start(window: ReadWindow) -> dict[bytes, asyncio.Task[dict[bytes, gateway_pb2.ReadChunksResponse]]]:
-        by_chunk: dict[bytes, asyncio.Task[dict[bytes, gateway_pb2.ReadChunksResponse]]] = {}
+    A run holds consecutive positions of at most ``message_bytes`` (data plus
+    ``_CHUNK_OVERHEAD`` each); a single larger chunk, and every chunk when
+    ``message_bytes`` is 0, is a run of its own. A run is sent as soon as the
+    next position's chunk is not read yet: the agent gets what is ready rather
+    than waiting for a full message.
+    """
+
+    def start(window: ReadWindow) -> dict[bytes, asyncio.Task[dict[bytes, OpenedChunk]]]:
+        by_chunk: dict[bytes, asyncio.Task[dict[bytes, OpenedChunk]]] = {}
         for read in window.ranges:  # in need order: the semaphore serves waiters first come, first served
             task = asyncio.create_task(fetch(read))
             for blob in read.blobs:
@@ -621,7 +654,9 @@ async def _serve_windows(
         return by_chunk
 
     # the window being sent, then the next
-    held: list[dict[bytes, asyncio.Task[dict[bytes, gateway_pb2.ReadChunksResponse]]]] = []
+    held: list[dict[bytes, asyncio.Task[dict[bytes, OpenedChunk]]]] = []
+    run: list[OpenedChunk] = []
+    run_bytes = 0
     try:
         for number, window in enumerate(windows):
             if not held:
@@ -630,14 +665,29 @@ async def _serve_windows(
                 held.append(start(windows[number + 1]))  # read ahead while this window is sent
             for position in range(window.start, window.end):
                 cid = ids[position]
-                responses = await held[0][cid]
-                yield responses[cid]
+                task = held[0][cid]
+                if run and not task.done():
+                    yield run
+                    run, run_bytes = [], 0
+                chunk = (await task)[cid]
+                size = len(chunk.data) + _CHUNK_OVERHEAD
+                if run and run_bytes + size > message_bytes:
+                    yield run
+                    run, run_bytes = [], 0
+                run.append(chunk)
+                run_bytes += size
             held.pop(0)
+        if run:
+            yield run
     finally:
-        for tasks in held:
-            for task in tasks.values():
-                task.cancel()
-        for tasks in held:
-            for task in tasks.values():
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: a failed read of an abandoned window is not an error to log
+        _abandon(held)
+
+
+def _abandon(held: Sequence[dict[bytes, asyncio.Task[dict[bytes, OpenedChunk]]]]) -> None:
+    """Cancel the fetches of windows no longer needed (a finished or abandoned read)."""
+    tasks = [task for by_chunk in held for task in by_chunk.values()]
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a failed read of an abandoned window is not an error to log
