@@ -279,3 +279,14 @@ async def test_writing_to_a_finished_control_stream_is_a_gateway_error() -> None
     with pytest.raises(_GatewayError) as err:
         await stream.write(gateway_pb2.AgentReport())
     assert err.value.code == "UNAVAILABLE"
+
+
+async def test_a_locally_cancelled_control_stream_reads_as_a_gateway_error(server: Any) -> None:
+    _servicer, address = server
+    async with open_channel(address) as channel:
+        stream = GrpcGatewayClient(channel, INSTANCE, SECRET).connect()
+        await stream.write(gateway_pb2.AgentReport(hello=gateway_pb2.AgentHello(hostname="h")))
+        stream.cancel()  # as an interrupted write elsewhere would: the call is gone, the reader is not
+        with pytest.raises(GatewayError) as err:
+            await stream.read()
+        assert err.value.code == "CANCELLED"

@@ -238,3 +238,53 @@ async def test_stop_cancels_running_jobs_and_reports_them_failed(harness: Any) -
     assert finished.error == "the agent was stopped while the job was running"
     await asyncio.wait_for(task, 5)
     assert session.running_jobs() == []
+
+
+class GrpcLikeStream(FakeControlStream):
+    """Like grpc.aio: a task cancelled in the middle of a write cancels the whole call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.writing = asyncio.Event()
+
+    async def write(self, report: gateway_pb2.AgentReport) -> None:
+        if self.canceled:
+            raise GatewayError("UNAVAILABLE", "control stream closed: RPC already finished.")
+        self.writing.set()
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.canceled = True
+            raise
+        await self.reports.put(report)
+
+
+async def test_a_progress_report_cancelled_mid_write_keeps_the_stream_and_the_final_report(harness: Any) -> None:
+    factory, _backups, restores, _sleeps, _session, stop = harness
+    stream = GrpcLikeStream()
+    factory.streams.append(stream)
+
+    def interrupted_progress(command: Any, cancel: asyncio.Event, on_progress: Callable[[Any], Awaitable[None]]) -> Any:
+        async def run() -> gateway_pb2.JobFinished:
+            stream.gate.clear()
+            stream.writing.clear()
+            reporter = asyncio.create_task(on_progress(common_pb2.JobStats(files_scanned=3)))
+            await stream.writing.wait()
+            reporter.cancel()  # as a job's progress reporter is cancelled when the job ends
+            await asyncio.gather(reporter, return_exceptions=True)
+            stream.gate.set()
+            return gateway_pb2.JobFinished(job_id=command.job_id, status=COMPLETE)
+
+        return run()
+
+    session = make_session(factory, interrupted_progress, restores, [])  # type: ignore[arg-type]
+    task = asyncio.create_task(session.run(stop))
+    assert (await asyncio.wait_for(stream.reports.get(), 5)).WhichOneof("report") == "hello"
+    await stream.commands.put(backup_command("b-1"))
+    finished = await next_report(stream, "finished")
+    assert (finished.job_id, finished.status) == ("b-1", COMPLETE)
+    assert not stream.canceled
+    stop.set()
+    await asyncio.wait_for(task, 5)

@@ -133,6 +133,13 @@ class _GrpcControlStream:
             message = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.from_rpc(exc) from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this read is being cancelled
+            # grpc.aio raises CancelledError from a read when the call itself was cancelled
+            # locally (e.g. by another task's interrupted write): the stream is gone, not us.
+            raise GatewayError("CANCELLED", "control stream cancelled") from None
         # At the end of the stream grpc returns its EOF sentinel rather than a message.
         return message if isinstance(message, gateway_pb2.AgentCommand) else None
 

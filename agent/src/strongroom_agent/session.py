@@ -101,6 +101,21 @@ class Session:
     # --- reporting ---
 
     async def _write(self, report: gateway_pb2.AgentReport, *, must_deliver: bool) -> None:
+        """Send a report on the current stream (queued for the next one if it must be delivered).
+
+        The write runs in its own task and is shielded: the caller may be
+        cancelled (a job's progress reporter is cancelled when the job ends), and
+        grpc.aio cancels the whole call when a task is cancelled in the middle of
+        a write; the control stream, and the job's final report after it, would
+        then be lost. Writes still go out one at a time, in order (the lock is
+        taken inside the task).
+        """
+        write = asyncio.ensure_future(self._write_now(report, must_deliver=must_deliver))
+        # Retrieved here even when the caller has gone (cancelled): no "never retrieved" warning.
+        write.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+        await asyncio.shield(write)
+
+    async def _write_now(self, report: gateway_pb2.AgentReport, *, must_deliver: bool) -> None:
         async with self._write_lock:
             stream = self._stream
             if stream is None:
