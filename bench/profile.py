@@ -34,7 +34,9 @@ def pyspy() -> list[str]:
     exe = shutil.which("py-spy")
     if exe:
         return [exe]
-    return ["uv", "run", "--no-project", "--with", "py-spy", "py-spy"]
+    # `make` bootstraps uv into .bootstrap/ when the machine has none on PATH.
+    uv = shutil.which("uv") or str(HERE.parent / ".bootstrap" / "bin" / "uv")
+    return [uv, "run", "--no-project", "--with", "py-spy", "py-spy"]
 
 
 def start_record(pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:
