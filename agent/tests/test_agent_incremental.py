@@ -281,15 +281,20 @@ async def test_vanished_file_is_reported_and_left_out(tmp_path: Path) -> None:
     assert "d1/f1.bin" not in entries_by_path(gateway.last_point())
 
 
-def test_cache_cursor_reads_ahead_a_bounded_number_of_records(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    writer = cache.CacheWriter(str(state), PARAMS, "/m", racy_before_ns=2**62)
+def committed_cache(tmp_path: Path, count: int) -> tuple[cache.CacheInfo, os.stat_result]:
+    """A committed cache of ``count`` trusted file records ``p00000``..., all with the stat of ``tmp_path``."""
+    writer = cache.CacheWriter(str(tmp_path / "state"), PARAMS, "/m", racy_before_ns=2**62)
     st = os.stat(tmp_path)
-    for i in range(5000):
+    for i in range(count):
         writer.add(common_pb2.FileEntry(path=f"p{i:05}", type=common_pb2.ENTRY_TYPE_FILE), st)
     writer.commit("point-x")
-    info = cache.load(str(state), PARAMS, "/m")
-    assert info is not None and (info.point_id, info.count) == ("point-x", 5000)
+    info = cache.load(str(tmp_path / "state"), PARAMS, "/m")
+    assert info is not None and (info.point_id, info.count) == ("point-x", count)
+    return info, st
+
+
+def test_cache_cursor_reads_ahead_a_bounded_number_of_records(tmp_path: Path) -> None:
+    info, st = committed_cache(tmp_path, 5000)
 
     async def walk() -> list[str]:
         cursor = cache.CacheCursor(info)
@@ -305,14 +310,7 @@ def test_cache_cursor_reads_ahead_a_bounded_number_of_records(tmp_path: Path) ->
 
 
 def test_a_cache_cursor_closed_while_the_next_block_is_read_is_safe(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    writer = cache.CacheWriter(str(state), PARAMS, "/m", racy_before_ns=2**62)
-    st = os.stat(tmp_path)
-    for i in range(7000):
-        writer.add(common_pb2.FileEntry(path=f"p{i:05}", type=common_pb2.ENTRY_TYPE_FILE), st)
-    writer.commit("point-x")
-    info = cache.load(str(state), PARAMS, "/m")
-    assert info is not None
+    info, _st = committed_cache(tmp_path, 7000)
 
     async def walk_part() -> list[str]:
         cursor = cache.CacheCursor(info)
