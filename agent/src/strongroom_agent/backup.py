@@ -332,7 +332,8 @@ async def scan_point(
     loop = asyncio.get_running_loop()
     st = await asyncio.to_thread(os.lstat, root)
     device = st.st_dev
-    yield ScanItem("", root, st)
+    root_item = ScanItem("", root, st)
+    yield root_item
     started: dict[str, asyncio.Future[_Listing]] = {}
 
     def start(item: ScanItem) -> asyncio.Future[_Listing]:
@@ -349,7 +350,6 @@ async def scan_point(
             if len(started) >= read_ahead:
                 return
 
-    root_item = ScanItem("", root, st)
     stack = [_Level([(b"", True, root_item)])]
     try:
         while stack:
@@ -865,8 +865,7 @@ class _PointRun:
         await self._flush_small(group)
         if cursor is not None:
             while await cursor.peek() is not None:
-                self.unwritten += 1
-                await self.ordered.put(_Gone(cursor.take().path))
+                await self._put_known(group, _Gone(cursor.take().path))
         await self.ordered.put(_END)
 
     async def _put_ordered(self, group: asyncio.TaskGroup, item: _Slot | _Gone) -> None:

@@ -254,14 +254,19 @@ class _Destination:
         with self._lock:
             pfd = self.parent(parts)
             try:
-                if self.as_root:
-                    os.fchown(fd, entry.uid, entry.gid)  # before chmod: chown clears set-id bits
-                os.fchmod(fd, entry.mode & 0o7777)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                self._apply_metadata(fd, entry, chmod=True)
             finally:
                 os.close(fd)
             if temp is not None:
                 self._replace(pfd, temp, parts[-1])
+
+    def _apply_metadata(self, fd: int, entry: common_pb2.FileEntry, *, chmod: bool) -> None:
+        """Owner (as root), mode (unless the file was created with it) and mtime of a written file."""
+        if self.as_root:
+            os.fchown(fd, entry.uid, entry.gid)  # before chmod: chown clears set-id bits
+        if chmod:
+            os.fchmod(fd, entry.mode & 0o7777)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def _replace(self, pfd: int, temp: str, name: str) -> None:
         try:
@@ -339,11 +344,7 @@ class _Destination:
         try:
             try:
                 self.write(fd, pieces)
-                if self.as_root:
-                    os.fchown(fd, entry.uid, entry.gid)  # before chmod: chown clears set-id bits
-                if chmod:
-                    os.fchmod(fd, entry.mode & 0o7777)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                self._apply_metadata(fd, entry, chmod=chmod)
             finally:
                 os.close(fd)
         except BaseException:
