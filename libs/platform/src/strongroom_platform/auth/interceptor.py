@@ -175,7 +175,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
     def _wrap_unary(self, behavior: Behavior, method: str, rule: Rule | None) -> Behavior:
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await self._admit(method, rule, context)
-            return await behavior(request, context)
+            try:
+                return await behavior(request, context)
+            except AuthError as exc:
+                await context.abort(exc.code, str(exc))
 
         return guarded
 
@@ -185,8 +188,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             await self._admit(method, rule, context)
-            async for response in behavior(request, context):
-                yield response
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except AuthError as exc:
+                await context.abort(exc.code, str(exc))
 
         return guarded
 
