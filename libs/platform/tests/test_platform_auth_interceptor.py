@@ -13,8 +13,8 @@ from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom.gateway.v1 import manifest_pb2, manifest_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_platform.auth import (
-    AuthInterceptor,
     Authenticator,
+    AuthInterceptor,
     InMemoryTokenStore,
     NotFound,
     Principal,
@@ -131,7 +131,9 @@ async def test_the_account_comes_from_the_credential(stack: Stack) -> None:
     overview = await billing.GetOverview(billing_pb2.GetOverviewRequest(), metadata=bearer(stack.tokens["viewer"]))
     assert overview.backed_up_instances == len("acme")
     code, details = await code_of(
-        billing.GetOverview(billing_pb2.GetOverviewRequest(account_id="globex"), metadata=bearer(stack.tokens["viewer"]))
+        billing.GetOverview(
+            billing_pb2.GetOverviewRequest(account_id="globex"), metadata=bearer(stack.tokens["viewer"])
+        )
     )
     assert (code, details) == (grpc.StatusCode.NOT_FOUND, "account globex not found")
 
