@@ -52,7 +52,7 @@ def test_operator_rules_name_a_permission_and_services_are_named() -> None:
 
 def test_mutating_operator_calls_are_audited() -> None:
     """Every operator RPC whose name says it changes something is marked mutating."""
-    readers = ("Get", "List", "Browse")
+    readers = ("Get", "List", "Browse", "WhoAmI")
     for method, rule in POLICY.items():
         if Caller.OPERATOR not in rule.callers:
             continue

@@ -58,6 +58,7 @@ _BILLING = "/strongroom.billing.v1.BillingService/"
 _RESTORE = "/strongroom.restore.v1.RestoreService/"
 _MANIFEST = "/strongroom.gateway.v1.ManifestService/"
 _AGENT_GATEWAY = "/strongroom.agent.v1.AgentGatewayService/"
+_TOKENS = "/strongroom.auth.v1.TokenService/"
 
 POLICY: Mapping[str, Rule] = MappingProxyType(
     {
@@ -85,6 +86,11 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _RESTORE + "GetRestoreJob": _op(READ, "read restore jobs"),
         _RESTORE + "ListRestoreJobs": _op(READ, "list restore jobs"),
         _RESTORE + "CancelRestoreJob": _op(OPERATE, "cancel restore jobs", mutating=True),
+        # operator credentials (served by the scheduler)
+        _TOKENS + "CreateToken": _op(ADMIN, "create API tokens", mutating=True),
+        _TOKENS + "ListTokens": _op(ADMIN, "list API tokens"),
+        _TOKENS + "RevokeToken": _op(ADMIN, "revoke API tokens", mutating=True),
+        _TOKENS + "WhoAmI": _op(READ, "read its own identity"),
         # gateway, internal listener: decrypted manifests, for the catalog's indexer only
         _MANIFEST + "ReadPointManifest": Rule(
             callers=Caller.SERVICE, services=frozenset({"catalog"}), verb="read manifests"
