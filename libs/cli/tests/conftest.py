@@ -17,6 +17,8 @@ def services(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeSe
     for name in (*SERVICES, "gateway"):
         monkeypatch.delenv(f"STRONGROOM_{name.upper()}_ADDR", raising=False)
     monkeypatch.delenv("STRONGROOM_ACCOUNT_ID", raising=False)
+    monkeypatch.delenv("STRONGROOM_TOKEN", raising=False)
+    monkeypatch.setenv("STRONGROOM_CONFIG", str(tmp_path / "config" / "credentials.json"))
     with fake_services() as fakes:
         for name in SERVICES:
             monkeypatch.setenv(f"STRONGROOM_{name.upper()}_ADDR", fakes.address)

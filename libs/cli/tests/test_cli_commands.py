@@ -26,7 +26,8 @@ def test_instances_list_table(services: FakeServices, cli: Cli) -> None:
     assert lines[1].split() == ["i-1", "web-1", "cn-hangzhou", "running", "low", "02:30", "2026-01-01", "11:00:00"]
     assert len(lines) == 3
     request = services.calls.last("ListInstances")
-    assert (request.account_id, request.region) == ("default", "cn-hangzhou")  # type: ignore[attr-defined]
+    # no --account: the empty field means "the credential's only account" (ADR 0024)
+    assert (request.account_id, request.region) == ("", "cn-hangzhou")  # type: ignore[attr-defined]
 
 
 def test_instances_list_json_and_account(services: FakeServices, cli: Cli) -> None:

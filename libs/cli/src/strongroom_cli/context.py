@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from strongroom.auth.v1 import auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2_grpc
 from strongroom.restore.v1 import restore_pb2_grpc
@@ -29,6 +30,7 @@ class Context:
     account_id: str
     json: bool
     timeout: float
+    token: str = ""
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     def _channel(self, service: str) -> grpc.aio.Channel:
@@ -51,10 +53,16 @@ class Context:
     def billing(self) -> billing_pb2_grpc.BillingServiceAsyncStub:
         return billing_pb2_grpc.BillingServiceStub(self._channel("billing"))
 
+    def tokens(self) -> auth_pb2_grpc.TokenServiceAsyncStub:
+        """API tokens are served by the scheduler."""
+        return auth_pb2_grpc.TokenServiceStub(self._channel("scheduler"))
+
     @property
     def call(self) -> dict[str, Any]:
-        """Keyword arguments of every RPC (the deadline)."""
-        return {"timeout": self.timeout}
+        """Keyword arguments of every RPC: the deadline and the credential."""
+        if not self.token:
+            return {"timeout": self.timeout}
+        return {"timeout": self.timeout, "metadata": (("authorization", f"Bearer {self.token}"),)}
 
     async def close(self) -> None:
         for channel in self._channels.values():
