@@ -6,6 +6,7 @@ handshakes; nothing is mocked.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import ssl
@@ -16,15 +17,20 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from cryptography import x509
 from strongroom_platform import certs
 from strongroom_platform.certs import CertificateAuthority, IssuedPair, spki_sha256
+from strongroom_platform.eventbus import Record
+from strongroom_platform.eventbus_kafka import FaustConsumer, KafkaPublisher
 from strongroom_platform.runtime import start_grpc_server
-from strongroom_platform.settings import PlaintextRefused, PlatformSettings, SettingsError, TlsSettings
+from strongroom_platform.settings import BackendTls, PlaintextRefused, PlatformSettings, SettingsError, TlsSettings
 from strongroom_platform.tls import (
     PinMismatch,
     ReloadingServerCertificates,
+    backend_ssl_context,
     channel_credentials,
+    client_ssl_context,
     fetch_peer_certificate,
     listener_credentials,
     pinned_roots,
@@ -384,3 +390,49 @@ def test_ca_files_round_trip_with_private_keys_0600(pki: Pki) -> None:
     certs.write_private(pki.directory / certs.CA_KEY_FILE, CertificateAuthority.create().key_pem)
     with pytest.raises(ValueError, match="does not belong"):
         certs.load_ca(pki.directory)
+
+
+# -- Kafka client TLS (a TLS listener stands in for the broker: the handshake is what is checked) --
+
+
+async def test_kafka_clients_handshake_with_the_backend_context(pki: Pki) -> None:
+    handshakes: list[str] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handshakes.append(writer.get_extra_info("ssl_object").version())
+        writer.close()
+
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(pki.cert_file, pki.key_file)
+    broker = await asyncio.start_server(accept, HOST, 0, ssl=server_context)
+    bootstrap = f"{HOST}:{broker.sockets[0].getsockname()[1]}"
+    try:
+        trusted = backend_ssl_context(BackendTls(enabled=True, ca_file=pki.ca_file))
+        assert trusted is not None and trusted.check_hostname
+        with pytest.raises(KafkaConnectionError):
+            await KafkaPublisher(bootstrap, idempotent=False, ssl_context=trusted, request_timeout_ms=2000).start()
+        assert handshakes and handshakes[0] in {"TLSv1.2", "TLSv1.3"}
+
+        handshakes.clear()
+        foreign = client_ssl_context(ca_file=None)  # the system roots do not know the built-in CA
+        with pytest.raises(KafkaConnectionError):
+            await KafkaPublisher(bootstrap, idempotent=False, ssl_context=foreign, request_timeout_ms=2000).start()
+        assert handshakes == []
+    finally:
+        broker.close()
+        await broker.wait_closed()
+
+    consumer = FaustConsumer(bootstrap, "tls-probe", {"t": _never}, ssl_context=trusted)
+    credentials = consumer._app.conf.broker_credentials
+    assert (credentials.protocol.value, credentials.context) == ("SSL", trusted)
+    assert (
+        BackendTls()
+        == PlatformSettings.from_env(
+            {"STRONGROOM_PG_DSN": "x", "STRONGROOM_KAFKA_BOOTSTRAP": "y", "STRONGROOM_OBJECT_STORE": "file:/x"}
+        ).kafka_tls
+    )
+    assert backend_ssl_context(BackendTls()) is None
+
+
+async def _never(record: Record) -> None:
+    raise AssertionError("no record is consumed here")
