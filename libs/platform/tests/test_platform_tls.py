@@ -21,10 +21,12 @@ from aiokafka.errors import KafkaConnectionError
 from cryptography import x509
 from strongroom_platform import certs
 from strongroom_platform.certs import CertificateAuthority, IssuedPair, spki_sha256
+from strongroom_platform.clock import utc
 from strongroom_platform.eventbus import Record
 from strongroom_platform.eventbus_kafka import FaustConsumer, KafkaPublisher
 from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import BackendTls, PlaintextRefused, PlatformSettings, SettingsError, TlsSettings
+from strongroom_platform.testing import FakeClock
 from strongroom_platform.tls import (
     PinMismatch,
     ReloadingServerCertificates,
@@ -436,3 +438,28 @@ async def test_kafka_clients_handshake_with_the_backend_context(pki: Pki) -> Non
 
 async def _never(record: Record) -> None:
     raise AssertionError("no record is consumed here")
+
+
+def test_local_pki_is_created_once_and_renewed_when_a_third_of_the_life_is_left(tmp_path: Path) -> None:
+    clock = FakeClock(utc(2027, 1, 1))
+    files = certs.ensure_local_pki(tmp_path, ["gateway", "catalog"], clock=clock)
+    assert set(files) == {"gateway", "catalog"}
+    first = x509.load_pem_x509_certificate(files["gateway"][0].read_bytes())
+    ca = certs.load_ca(tmp_path)
+    first.verify_directly_issued_by(ca.certificate)
+
+    clock.advance(days=30)
+    certs.ensure_local_pki(tmp_path, ["gateway"], clock=clock)
+    assert x509.load_pem_x509_certificate(files["gateway"][0].read_bytes()) == first
+
+    clock.advance(days=31)  # 61 of 90 days gone
+    certs.ensure_local_pki(tmp_path, ["gateway"], clock=clock)
+    renewed = x509.load_pem_x509_certificate(files["gateway"][0].read_bytes())
+    assert renewed.serial_number != first.serial_number
+    assert certs.load_ca(tmp_path).certificate == ca.certificate  # the CA (and so the pin) stays
+
+    files["catalog"][1].write_bytes(certs.CertificateAuthority.create().key_pem)  # a key of another pair
+    with pytest.raises(ValueError, match="does not belong"):
+        ReloadingServerCertificates(*files["catalog"])
+    certs.ensure_local_pki(tmp_path, ["catalog"], clock=clock)
+    ReloadingServerCertificates(*files["catalog"])  # a matching pair again

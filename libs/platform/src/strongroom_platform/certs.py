@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -47,6 +48,7 @@ __all__ = [
     "SERVICE_URI_PREFIX",
     "CertificateAuthority",
     "IssuedPair",
+    "ensure_local_pki",
     "load_ca",
     "load_certificate",
     "pair_paths",
@@ -310,3 +312,43 @@ def load_ca(directory: Path) -> CertificateAuthority:
     if public_key_sha256(key.public_key()) != spki_sha256(cert):
         raise ValueError(f"{directory / CA_KEY_FILE} does not belong to {directory / CA_CERT_FILE}")
     return CertificateAuthority(cert, key)
+
+
+def ensure_local_pki(
+    directory: Path, names: Iterable[str], *, ips: Iterable[str] = ("127.0.0.1",), clock: Clock | None = None
+) -> dict[str, tuple[Path, Path]]:
+    """The files a one-machine deployment (standalone, end-to-end tests) needs, created as needed.
+
+    Loads the CA of ``directory`` or creates one; for each of ``names`` keeps ``<name>.pem`` while
+    it was issued by that CA and has more than a third of its life left, else issues a new service
+    certificate (DNS ``localhost`` and ``<name>``, ``ips``). Returns ``{name: (cert, key)}``; the CA
+    bundle is ``directory / CA_CERT_FILE``.
+    """
+    now = (clock or SystemClock()).now()
+    try:
+        ca = load_ca(directory)
+    except FileNotFoundError:
+        ca = CertificateAuthority.create(clock=clock)
+        write_ca(directory, ca)
+    ip_list = list(ips)
+    result: dict[str, tuple[Path, Path]] = {}
+    for name in names:
+        cert_path, key_path = pair_paths(directory, name)
+        if not _still_good(cert_path, key_path, ca, now):
+            pair = ca.issue_service(name, dns=["localhost", name], ips=ip_list, clock=clock)
+            write_pair(directory, name, pair)
+        result[name] = (cert_path, key_path)
+    return result
+
+
+def _still_good(cert_path: Path, key_path: Path, ca: CertificateAuthority, now: dt.datetime) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert.verify_directly_issued_by(ca.certificate)
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return False
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or public_key_sha256(key.public_key()) != spki_sha256(cert):
+        return False
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    return cert.not_valid_after_utc - now > life / 3
