@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from strongroom_cli import browse, credentials, instances, jobs, overview, restores, tokens, versions
+from strongroom_cli import browse, certs, credentials, instances, jobs, overview, restores, tokens, versions
 from strongroom_cli.config import SERVICES, ConfigError, resolve_addresses
 from strongroom_cli.context import Context, UsageError
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `--json` is also accepted after the subcommand; SUPPRESS keeps the top-level value when absent.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
-    for module in (instances, jobs, versions, browse, restores, overview, tokens):
+    for module in (instances, jobs, versions, browse, restores, overview, certs, tokens):
         module.register(groups, common)
     # listed for --help only: run() hands `standalone ...` to the runner before parsing
     groups.add_parser("standalone", help="run the whole platform locally (strongroom standalone --help)")
@@ -63,8 +63,10 @@ def run(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        addresses = resolve_addresses({s: getattr(args, s) for s in SERVICES}, os.environ, Path.cwd())
-        credential = credentials.resolve(os.environ, Path.cwd())
+        # local commands (certs) reach no service: a broken state file must not stop them
+        local = getattr(args, "local", False)
+        addresses = {} if local else resolve_addresses({s: getattr(args, s) for s in SERVICES}, os.environ, Path.cwd())
+        credential = None if local else credentials.resolve(os.environ, Path.cwd())
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -9,8 +9,10 @@ under an advisory lock so that concurrent starts of a service are safe.
 from __future__ import annotations
 
 import hashlib
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -23,11 +25,19 @@ class Migration:
     sql: str
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """Open a pool whose connections use ``schema`` (created if missing) as search_path."""
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, tls: ssl.SSLContext | None = None
+) -> asyncpg.Pool:
+    """Open a pool whose connections use ``schema`` (created if missing) as search_path.
+
+    ``tls`` (``strongroom_platform.tls.backend_ssl_context(settings.pg_tls)``) makes every
+    connection use TLS verified by that context, and fail on a server that does not offer it.
+    Without it, the DSN decides (``?sslmode=verify-full&sslrootcert=...`` works too).
+    """
     if not schema.isidentifier():
         raise ValueError(f"invalid schema name {schema!r}")
-    conn = await asyncpg.connect(dsn)
+    ssl_args: dict[str, Any] = {} if tls is None else {"ssl": tls}
+    conn = await asyncpg.connect(dsn, **ssl_args)
     try:
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     finally:
@@ -37,6 +47,7 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
         min_size=min_size,
         max_size=max_size,
         server_settings={"search_path": schema, "application_name": f"strongroom-{schema}"},
+        **ssl_args,
     )
     assert pool is not None  # create_pool only returns None when awaited lazily
     return pool

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -36,8 +37,21 @@ def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
+def _security(ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
+    """aiokafka's connection security arguments: TLS with ``ssl_context``, else plaintext."""
+    if ssl_context is None:
+        return {}
+    return {"security_protocol": "SSL", "ssl_context": ssl_context}
+
+
 async def create_topics(
-    bootstrap: str, topics: Iterable[str], *, partitions: int = 1, replication: int = 1, timeout_ms: int = 30_000
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    partitions: int = 1,
+    replication: int = 1,
+    timeout_ms: int = 30_000,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
@@ -48,7 +62,7 @@ async def create_topics(
     wanted = sorted(set(topics))
     if not wanted:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(ssl_context))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -71,14 +85,22 @@ class KafkaPublisher:
     ``acks="all"``: ``publish`` returns only once every in-sync replica has the
     record. ``idempotent`` enables producer idempotence (no duplicates from
     internal retries); Tansu does not support it, so it is a setting.
+    ``ssl_context`` (``strongroom_platform.tls.backend_ssl_context``) connects over TLS.
     Call :meth:`start` before publishing and :meth:`stop` at shutdown (or use
     ``async with``).
     """
 
     def __init__(
-        self, bootstrap: str, *, idempotent: bool, client_id: str = "strongroom", request_timeout_ms: int = 30_000
+        self,
+        bootstrap: str,
+        *,
+        idempotent: bool,
+        client_id: str = "strongroom",
+        request_timeout_ms: int = 30_000,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._ssl_context = ssl_context
         self._idempotent = idempotent
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
@@ -94,6 +116,7 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=self._idempotent,
             request_timeout_ms=self._request_timeout_ms,
+            **_security(self._ssl_context),
         )
         await producer.start()
         self._producer = producer
@@ -146,6 +169,7 @@ class FaustConsumer:
 
     ``session_timeout`` is the group session timeout in seconds; Tansu holds a
     new member's JoinGroup for half of it, so a small value starts faster there.
+    ``ssl_context`` connects the consumer, its DLQ producer and topic creation over TLS.
     """
 
     def __init__(
@@ -160,6 +184,7 @@ class FaustConsumer:
         retry_max: float = 30.0,
         stop_timeout: float = 30.0,
         create_missing_topics: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one topic handler")
@@ -170,6 +195,7 @@ class FaustConsumer:
         self._retry_max = retry_max
         self._stop_timeout = stop_timeout
         self._create_missing_topics = create_missing_topics
+        self._ssl_context = ssl_context
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -191,6 +217,8 @@ class FaustConsumer:
             # stop() waits for the record in flight itself: Faust's own wait
             # never ends while a record is left unacknowledged.
             stream_wait_empty=False,
+            # faust turns an SSLContext into aiokafka's security_protocol="SSL" + ssl_context.
+            broker_credentials=self._ssl_context,
         )
         for index, (topic_name, handler) in enumerate(sorted(self._handlers.items())):
             topic = app.topic(
@@ -277,7 +305,7 @@ class FaustConsumer:
         self._started = True
         if self._create_missing_topics:
             topics = list(self._handlers)
-            await create_topics(self._bootstrap, topics + [dlq_topic(t) for t in topics])
+            await create_topics(self._bootstrap, topics + [dlq_topic(t) for t in topics], ssl_context=self._ssl_context)
         await self._app.start()
 
     async def stop(self) -> None:

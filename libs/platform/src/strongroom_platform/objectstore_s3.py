@@ -41,6 +41,7 @@ from minio.retention import Retention
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound, ObjectStoreError
 from strongroom_platform.settings import S3Settings
+from strongroom_platform.tls import client_ssl_context
 
 __all__ = ["S3ObjectStore"]
 
@@ -137,9 +138,17 @@ class S3ObjectStore:
 
     @classmethod
     def from_settings(cls, s3: S3Settings, *, clock: Clock | None = None, max_concurrency: int = 8) -> S3ObjectStore:
-        """A store for ``s3`` with a connection pool sized to ``max_concurrency``."""
+        """A store for ``s3`` with a connection pool sized to ``max_concurrency``.
+
+        With ``s3.secure`` the endpoint's certificate is verified, against ``s3.ca_file`` when
+        set (else the system roots), host name included.
+        """
+        tls: dict[str, Any] = {}
+        if s3.secure and s3.ca_file is not None:
+            tls["ssl_context"] = client_ssl_context(ca_file=s3.ca_file)
         http = urllib3.PoolManager(
             maxsize=max_concurrency,
+            **tls,
             timeout=urllib3.Timeout(connect=10.0, read=120.0),
             retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )

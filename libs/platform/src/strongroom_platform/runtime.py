@@ -78,9 +78,17 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
 
 
 async def start_grpc_server(
-    listen: str, register: Callable[[grpc.aio.Server], None], *, max_message_bytes: int = 64 << 20
+    listen: str,
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    max_message_bytes: int = 64 << 20,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start a grpc.aio server on ``listen`` (host:port; port 0 = any); return it and the bound port."""
+    """Start a grpc.aio server on ``listen`` (host:port; port 0 = any); return it and the bound port.
+
+    With ``credentials`` (``strongroom_platform.tls.listener_credentials``) the port speaks TLS only;
+    without, plaintext only.
+    """
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -88,7 +96,7 @@ async def start_grpc_server(
         ]
     )
     register(server)
-    port = server.add_insecure_port(listen)
+    port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class SettingsError(ValueError):
@@ -46,6 +47,107 @@ def env_int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
+INSECURE_PLAINTEXT_ENV = "STRONGROOM_INSECURE_PLAINTEXT"
+
+
+class PlaintextRefused(SettingsError):
+    """A listener or connection would carry plaintext and the escape hatch is not set."""
+
+
+def _path(environ: Mapping[str, str], name: str) -> Path | None:
+    value = environ.get(name, "").strip()
+    return Path(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """The TLS identity and trust of one process's gRPC endpoints.
+
+    Attributes:
+        cert_file: PEM certificate (chain, leaf first) this process presents: on its listeners, and
+            as its client certificate when it calls a peer that requires mutual TLS.
+        key_file: the PEM private key of ``cert_file``.
+        ca_file: PEM bundle of the CAs whose certificates this process trusts in the servers it
+            calls (peers); None: the system's trust store.
+        client_ca_file: PEM bundle of the CAs whose client certificates the listeners accept;
+            with it, a client certificate is required (gRPC cannot verify an optional one).
+    """
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise SettingsError("a TLS certificate needs its key and a key its certificate (set both or neither)")
+
+    @property
+    def require_client_cert(self) -> bool:
+        """Listeners require and verify client certificates (a client CA is configured)."""
+        return self.client_ca_file is not None
+
+    @property
+    def has_identity(self) -> bool:
+        """A certificate and key are configured (the process can serve TLS)."""
+        return self.cert_file is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], prefix: str = "STRONGROOM_TLS") -> TlsSettings | None:
+        """``<prefix>_CERT``, ``<prefix>_KEY``, ``<prefix>_CA``, ``<prefix>_CLIENT_CA``; None when none is set.
+
+        A listener with its own identity (the gateway's agent port) uses its own ``prefix``.
+        """
+        cert, key = _path(environ, f"{prefix}_CERT"), _path(environ, f"{prefix}_KEY")
+        if (cert is None) != (key is None):
+            raise SettingsError(f"{prefix}_CERT and {prefix}_KEY go together (set both or neither)")
+        settings = cls(
+            cert_file=cert,
+            key_file=key,
+            ca_file=_path(environ, f"{prefix}_CA"),
+            client_ca_file=_path(environ, f"{prefix}_CLIENT_CA"),
+        )
+        if settings == cls():
+            return None
+        if settings.client_ca_file is not None and not settings.has_identity:
+            raise SettingsError(f"{prefix}_CLIENT_CA needs {prefix}_CERT and {prefix}_KEY (a listener's identity)")
+        return settings
+
+
+def insecure_plaintext_from_env(environ: Mapping[str, str], tls: TlsSettings | None) -> bool:
+    """``STRONGROOM_INSECURE_PLAINTEXT``; refused together with TLS settings (they contradict)."""
+    insecure = env_bool(environ, INSECURE_PLAINTEXT_ENV, False)
+    if insecure and tls is not None:
+        raise SettingsError(f"{INSECURE_PLAINTEXT_ENV}=1 contradicts the STRONGROOM_TLS_* settings; set only one")
+    return insecure
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTls:
+    """TLS towards one backend (PostgreSQL, Kafka): off by default (today's behaviour).
+
+    Environment for ``prefix`` (``STRONGROOM_PG_TLS``, ``STRONGROOM_KAFKA_TLS``): ``<prefix>=1``
+    turns TLS on with the system roots; ``<prefix>_CA`` (which implies on) names the CA bundle;
+    ``<prefix>_CERT`` and ``<prefix>_KEY`` a client certificate (certificate authentication).
+    """
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], prefix: str) -> BackendTls:
+        ca, cert, key = (_path(environ, f"{prefix}_{n}") for n in ("CA", "CERT", "KEY"))
+        implied = any(p is not None for p in (ca, cert, key))
+        enabled = env_bool(environ, prefix, implied)
+        if implied and not enabled:
+            raise SettingsError(f"{prefix}=0 contradicts {prefix}_CA/_CERT/_KEY")
+        if (cert is None) != (key is None):
+            raise SettingsError(f"{prefix}_CERT and {prefix}_KEY go together")
+        return cls(enabled=enabled, ca_file=ca, cert_file=cert, key_file=key)
+
+
 @dataclass(frozen=True, slots=True)
 class S3Settings:
     endpoint: str
@@ -54,6 +156,8 @@ class S3Settings:
     secure: bool
     bucket: str
     region: str
+    ca_file: Path | None = None
+    """CA bundle verifying the endpoint's certificate (None: the system roots); needs ``secure``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +169,13 @@ class PlatformSettings:
         STRONGROOM_KAFKA_BOOTSTRAP: host:port of a Kafka-compatible broker.
         STRONGROOM_KAFKA_IDEMPOTENT: enable producer idempotence (default on; off for Tansu).
         STRONGROOM_OBJECT_STORE: "s3" (default) or "file:<directory>" (standalone mode).
-        STRONGROOM_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY, _SECURE, _BUCKET, _REGION: S3 access.
+        STRONGROOM_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY, _SECURE, _BUCKET, _REGION: S3 access;
+            STRONGROOM_S3_TLS_CA: CA bundle of the endpoint (implies _SECURE).
+        STRONGROOM_TLS_CERT, _KEY, _CA, _CLIENT_CA: this process's gRPC TLS (:class:`TlsSettings`).
+        STRONGROOM_INSECURE_PLAINTEXT: "1" lets gRPC listeners and channels run without TLS
+            (development and tests only); without it and without TLS settings they are refused.
+        STRONGROOM_PG_TLS, _CA, _CERT, _KEY and STRONGROOM_KAFKA_TLS, _CA, _CERT, _KEY: TLS to
+            PostgreSQL and Kafka (:class:`BackendTls`; off by default).
         STRONGROOM_OTEL: "none" (default), "console" or "otlp".
         STRONGROOM_OUTBOX_REPLAY: "1" in standalone mode, whose in-memory broker forgets
             everything on restart: the outbox keeps published events and publishes them
@@ -79,22 +189,32 @@ class PlatformSettings:
     s3: S3Settings | None
     otel: str
     outbox_replay: bool = False
+    tls: TlsSettings | None = None
+    insecure_plaintext: bool = False
+    pg_tls: BackendTls = BackendTls()
+    kafka_tls: BackendTls = BackendTls()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PlatformSettings:
         object_store = env_str(environ, "STRONGROOM_OBJECT_STORE", "s3")
         s3 = None
         if object_store == "s3":
+            s3_ca = _path(environ, "STRONGROOM_S3_TLS_CA")
+            secure = env_bool(environ, "STRONGROOM_S3_SECURE", s3_ca is not None)
+            if s3_ca is not None and not secure:
+                raise SettingsError("STRONGROOM_S3_TLS_CA contradicts STRONGROOM_S3_SECURE=0")
             s3 = S3Settings(
                 endpoint=env_str(environ, "STRONGROOM_S3_ENDPOINT"),
                 access_key=env_str(environ, "STRONGROOM_S3_ACCESS_KEY"),
                 secret_key=env_str(environ, "STRONGROOM_S3_SECRET_KEY"),
-                secure=env_bool(environ, "STRONGROOM_S3_SECURE", False),
+                secure=secure,
                 bucket=env_str(environ, "STRONGROOM_S3_BUCKET", "strongroom"),
                 region=env_str(environ, "STRONGROOM_S3_REGION", "us-east-1"),
+                ca_file=s3_ca,
             )
         elif not object_store.startswith("file:"):
             raise SettingsError(f"STRONGROOM_OBJECT_STORE must be 's3' or 'file:<dir>', got {object_store!r}")
+        tls = TlsSettings.from_env(environ)
         otel = env_str(environ, "STRONGROOM_OTEL", "none")
         if otel not in {"none", "console", "otlp"}:
             raise SettingsError(f"STRONGROOM_OTEL must be none, console or otlp, got {otel!r}")
@@ -106,4 +226,8 @@ class PlatformSettings:
             s3=s3,
             otel=otel,
             outbox_replay=env_bool(environ, "STRONGROOM_OUTBOX_REPLAY", False),
+            tls=tls,
+            insecure_plaintext=insecure_plaintext_from_env(environ, tls),
+            pg_tls=BackendTls.from_env(environ, "STRONGROOM_PG_TLS"),
+            kafka_tls=BackendTls.from_env(environ, "STRONGROOM_KAFKA_TLS"),
         )

@@ -16,7 +16,8 @@ from strongroom_platform.eventbus import ConsumerFactory, EventConsumer, EventPu
 from strongroom_platform.eventbus_kafka import FaustConsumer, KafkaPublisher
 from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.objectstore_factory import open_object_store
-from strongroom_platform.settings import PlatformSettings
+from strongroom_platform.settings import BackendTls, PlatformSettings
+from strongroom_platform.tls import backend_ssl_context
 
 __all__ = ["KafkaSettings", "consumer_factory", "object_store", "publisher"]
 
@@ -32,17 +33,22 @@ class KafkaSettings(Protocol):
 
 
 @asynccontextmanager
-async def publisher(settings: KafkaSettings) -> AsyncIterator[EventPublisher]:
-    """A started Kafka producer, stopped (flushed) when the context exits."""
-    async with KafkaPublisher(settings.kafka_bootstrap, idempotent=settings.kafka_idempotent) as kafka:
+async def publisher(settings: KafkaSettings, *, tls: BackendTls | None = None) -> AsyncIterator[EventPublisher]:
+    """A started Kafka producer, stopped (flushed) when the context exits; over TLS with ``tls``
+    (``PlatformSettings.kafka_tls``)."""
+    ssl_context = backend_ssl_context(tls) if tls is not None else None
+    async with KafkaPublisher(
+        settings.kafka_bootstrap, idempotent=settings.kafka_idempotent, ssl_context=ssl_context
+    ) as kafka:
         yield kafka
 
 
-def consumer_factory(settings: KafkaSettings) -> ConsumerFactory:
-    """A factory of Faust consumers of the cluster at ``settings.kafka_bootstrap``."""
+def consumer_factory(settings: KafkaSettings, *, tls: BackendTls | None = None) -> ConsumerFactory:
+    """A factory of Faust consumers of the cluster at ``settings.kafka_bootstrap``; over TLS with ``tls``."""
+    ssl_context = backend_ssl_context(tls) if tls is not None else None
 
     def build(group_id: str, handlers: Mapping[str, Handler]) -> EventConsumer:
-        return FaustConsumer(settings.kafka_bootstrap, group_id, handlers)
+        return FaustConsumer(settings.kafka_bootstrap, group_id, handlers, ssl_context=ssl_context)
 
     return build
 
