@@ -60,7 +60,7 @@ def live_group_members(pgid: int) -> list[int]:
 
 
 @pytest.fixture
-def starter(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+def starter() -> Iterator[list[subprocess.Popen[str]]]:
     """Holds the starter process; kills it (and whatever server survived the test) at the end."""
     started: list[subprocess.Popen[str]] = []
     yield started
