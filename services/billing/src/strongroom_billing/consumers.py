@@ -16,6 +16,7 @@ from strongroom_platform.events import (
 )
 
 from strongroom_billing import handlers
+from strongroom_billing.errors import InvalidArgument
 from strongroom_billing.ports import BillingStore
 
 GROUP_ID = "billing"
@@ -29,7 +30,7 @@ def record_handlers(store: BillingStore) -> Mapping[str, Handler]:
             event = decode(message_type, record.value)
             try:
                 await handle(event, store)
-            except handlers.InvalidArgument as exc:
+            except InvalidArgument as exc:
                 raise PoisonRecord(str(exc)) from exc
 
         return on_record
