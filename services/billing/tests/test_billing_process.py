@@ -13,7 +13,7 @@ from strongroom.events.v1 import events_pb2
 from strongroom_billing import bootstrap
 from strongroom_billing.settings import Settings
 from strongroom_platform.events import INSTANCE_ACTIVATED, POINT_CREATED, new_meta
-from strongroom_platform.settings import SettingsError
+from strongroom_platform.settings import PlatformSettings, SettingsError
 from strongroom_platform.testing import InMemoryEventBus
 from strongroom_testing.faults import TcpProxy
 
@@ -24,20 +24,23 @@ def test_settings_from_env() -> None:
             "STRONGROOM_PG_DSN": "postgresql://x",
             "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092",
             "STRONGROOM_KAFKA_IDEMPOTENT": "0",
+            "STRONGROOM_OBJECT_STORE": "file:/unused",
         }
     )
-    assert (settings.kafka_idempotent, settings.grpc_listen) == (False, "127.0.0.1:0")
+    assert (settings.platform.kafka_idempotent, settings.grpc_listen) == (False, "127.0.0.1:0")
     with pytest.raises(SettingsError, match="STRONGROOM_PG_DSN"):
-        Settings.from_env({"STRONGROOM_KAFKA_BOOTSTRAP": "k:9092"})
+        Settings.from_env({"STRONGROOM_KAFKA_BOOTSTRAP": "k:9092", "STRONGROOM_OBJECT_STORE": "file:/unused"})
+
+
+def _settings(pg_dsn: str) -> Settings:
+    return Settings(platform=PlatformSettings(pg_dsn, "unused:9092", True, "file:unused", None, "none"))
 
 
 @pytest.mark.integration
 async def test_process_consumes_and_serves_overview(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        bootstrap.run(Settings(pg_dsn=pg_dsn, kafka_bootstrap="unused:9092"), stop, consumer_factory=bus.consumer)
-    )
+    task = asyncio.create_task(bootstrap.run(_settings(pg_dsn), stop, consumer_factory=bus.consumer))
     try:
         printed = ""
         for _ in range(500):
@@ -91,7 +94,7 @@ async def test_a_call_while_the_database_is_down_is_unavailable_with_a_clear_mes
     target = urlsplit(pg_dsn)
     async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
         stop = asyncio.Event()
-        settings = Settings(pg_dsn=proxy.dsn_via(pg_dsn), kafka_bootstrap="unused:9092")
+        settings = _settings(proxy.dsn_via(pg_dsn))
         task = asyncio.create_task(bootstrap.run(settings, stop, consumer_factory=InMemoryEventBus().consumer))
         try:
             address = await _listening("billing", capsys)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 
@@ -25,3 +27,12 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             free_quota_used_bytes=result.free_quota_used_bytes,
             billable_capacity_bytes=result.billable_bytes,
         )
+
+
+def register(servicer: BillingServicer) -> Callable[[grpc.aio.Server], None]:
+    """The registration callback for ``strongroom_platform.runtime.start_grpc_server``."""
+
+    def add(server: grpc.aio.Server) -> None:
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(servicer, server)
+
+    return add

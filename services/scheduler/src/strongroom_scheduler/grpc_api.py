@@ -148,3 +148,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.BackupJob:
         return job_to_proto(await handlers.cancel_job(self._deps, request.job_id))
+
+
+def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:
+    """The registration callback for ``strongroom_platform.runtime.start_grpc_server``."""
+
+    def add(server: grpc.aio.Server) -> None:
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
+
+    return add
