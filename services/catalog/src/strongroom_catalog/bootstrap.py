@@ -16,7 +16,7 @@ from strongroom_catalog import consumers
 from strongroom_catalog.grpc_api import CatalogServicer, register
 from strongroom_catalog.manifests import GatewayManifestReader, ManifestReader
 from strongroom_catalog.migrations import MIGRATIONS, SCHEMA
-from strongroom_catalog.repository import PgCatalogRepository
+from strongroom_catalog.repository import PgCatalogStore
 from strongroom_catalog.retention import run_retention
 from strongroom_catalog.settings import Settings
 
@@ -41,7 +41,7 @@ async def run(
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
         pool = await lifecycle.open_pool(stack, settings.platform.pg_dsn, schema, MIGRATIONS)
-        repo = PgCatalogRepository(pool)
+        repo = PgCatalogStore(pool)
 
         manifests: ObjectStore | ManifestReader
         if object_store is not None:

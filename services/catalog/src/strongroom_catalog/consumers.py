@@ -9,12 +9,12 @@ from strongroom_platform.objectstore import ObjectStore
 
 from strongroom_catalog.handlers import handle_instance_settings_changed, handle_point_created
 from strongroom_catalog.manifests import ManifestReader
-from strongroom_catalog.ports import CatalogRepository
+from strongroom_catalog.ports import CatalogStore
 
 GROUP_ID = "catalog"
 
 
-def handlers(repo: CatalogRepository, store: ObjectStore | ManifestReader) -> dict[str, Handler]:
+def handlers(repo: CatalogStore, store: ObjectStore | ManifestReader) -> dict[str, Handler]:
     """{topic: handler} for the catalog's consumer group."""
 
     async def on_point_created(record: Record) -> None:

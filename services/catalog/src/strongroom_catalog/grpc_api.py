@@ -12,7 +12,7 @@ from strongroom_platform.events import to_timestamp
 
 from strongroom_catalog import handlers
 from strongroom_catalog.model import EntryRow, PointRecord, VersionRecord
-from strongroom_catalog.ports import CatalogRepository
+from strongroom_catalog.ports import CatalogStore
 
 
 def point_message(point: PointRecord) -> catalog_pb2.Point:
@@ -62,7 +62,7 @@ def entry_message(row: EntryRow) -> common_pb2.FileEntry:
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, repo: CatalogRepository) -> None:
+    def __init__(self, repo: CatalogStore) -> None:
         self._repo = repo
 
     async def ListVersions(

@@ -16,7 +16,7 @@ from strongroom_restore.catalog_client import GrpcCatalogClient
 from strongroom_restore.grpc_api import RestoreServicer, register
 from strongroom_restore.migrations import MIGRATIONS, SCHEMA
 from strongroom_restore.ports import CatalogClient
-from strongroom_restore.repository import PgRestoreRepository
+from strongroom_restore.repository import PgRestoreStore
 from strongroom_restore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ async def run(
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
         pool = await lifecycle.open_pool(stack, settings.platform.pg_dsn, schema, MIGRATIONS)
-        repo = PgRestoreRepository(pool)
+        repo = PgRestoreStore(pool)
 
         if catalog is None:
             channel = grpc.aio.insecure_channel(settings.catalog_addr)

@@ -7,12 +7,12 @@ from strongroom_platform.eventbus import Handler, Record
 from strongroom_platform.events import RESTORE_UPDATED, decode
 
 from strongroom_restore.handlers import handle_restore_updated
-from strongroom_restore.ports import RestoreRepository
+from strongroom_restore.ports import RestoreStore
 
 GROUP_ID = "restore"
 
 
-def handlers(repo: RestoreRepository) -> dict[str, Handler]:
+def handlers(repo: RestoreStore) -> dict[str, Handler]:
     """{topic: handler} for the restore service's consumer group."""
 
     async def on_restore_updated(record: Record) -> None:

@@ -14,7 +14,7 @@ from strongroom_platform.events import to_timestamp
 
 from strongroom_restore import handlers
 from strongroom_restore.model import RestoreJob
-from strongroom_restore.ports import CatalogClient, RestoreRepository
+from strongroom_restore.ports import CatalogClient, RestoreStore
 
 
 def job_message(job: RestoreJob) -> restore_pb2.RestoreJob:
@@ -38,7 +38,7 @@ def job_message(job: RestoreJob) -> restore_pb2.RestoreJob:
 
 
 class RestoreServicer(restore_pb2_grpc.RestoreServiceServicer):
-    def __init__(self, repo: RestoreRepository, catalog: CatalogClient, clock: Clock) -> None:
+    def __init__(self, repo: RestoreStore, catalog: CatalogClient, clock: Clock) -> None:
         self._repo = repo
         self._catalog = catalog
         self._clock = clock
