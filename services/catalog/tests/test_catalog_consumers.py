@@ -19,7 +19,7 @@ async def test_consumes_point_created_and_sends_garbage_to_dlq() -> None:
     repo = InMemoryCatalogStore()
     store = InMemoryObjectStore()
     await store.put("manifests/p1", sample_manifest())
-    consumer = bus.consumer(consumers.GROUP_ID, consumers.handlers(repo, store))
+    consumer = bus.consumer(consumers.GROUP_ID, consumers.record_handlers(repo, store))
     await consumer.start()
     try:
         event = point_created().SerializeToString()
@@ -41,7 +41,7 @@ async def test_consumes_point_created_and_sends_garbage_to_dlq() -> None:
 async def test_incomplete_event_goes_to_dlq(field: str) -> None:
     bus = InMemoryEventBus()
     repo = InMemoryCatalogStore()
-    consumer = bus.consumer(consumers.GROUP_ID, consumers.handlers(repo, InMemoryObjectStore()))
+    consumer = bus.consumer(consumers.GROUP_ID, consumers.record_handlers(repo, InMemoryObjectStore()))
     await consumer.start()
     try:
         event = point_created()

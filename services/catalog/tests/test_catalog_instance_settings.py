@@ -94,7 +94,7 @@ async def test_event_without_instance_or_time_is_poison(repo: InMemoryCatalogSto
 
 async def test_consumer_decodes_and_applies(repo: InMemoryCatalogStore) -> None:
     await one_version(repo)
-    handler = consumers.handlers(repo, InMemoryObjectStore())[INSTANCE_SETTINGS_CHANGED]
+    handler = consumers.record_handlers(repo, InMemoryObjectStore())[INSTANCE_SETTINGS_CHANGED]
     value = settings_changed(keep_latest=False).SerializeToString()
     await handler(Record(topic=INSTANCE_SETTINGS_CHANGED, partition=0, offset=0, key=b"i-1", value=value))
     assert await keep_latest(repo) is False

@@ -15,7 +15,7 @@ async def test_consumes_updates_and_sends_garbage_to_dlq() -> None:
     repo = InMemoryRestoreStore()
     async with repo.transaction() as tx:
         await tx.insert_job(job())
-    consumer = bus.consumer(consumers.GROUP_ID, consumers.handlers(repo))
+    consumer = bus.consumer(consumers.GROUP_ID, consumers.record_handlers(repo))
     await consumer.start()
     try:
         await bus.publish(RESTORE_UPDATED, b"i-dst", b"\x08\x96\x01 garbage")

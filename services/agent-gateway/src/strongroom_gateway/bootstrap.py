@@ -90,7 +90,7 @@ async def run(
         )
         stack.push_async_callback(writer.close)
 
-        handlers = consumers.build_handlers(store, clock, sessions)
+        handlers = consumers.record_handlers(store, clock, sessions)
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, handlers)
 
         servicer = GatewayServicer(

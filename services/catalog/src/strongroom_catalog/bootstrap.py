@@ -59,7 +59,9 @@ async def run(
             consumer_factory = wiring.consumer_factory(settings.platform)
 
         await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
-        await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, consumers.handlers(repo, manifests))
+        await lifecycle.start_consumer(
+            stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo, manifests)
+        )
         retention = run_retention(repo, clock, interval=settings.retention_interval)
         lifecycle.start_task(stack, retention, "catalog-retention")
         await lifecycle.serve(stack, "catalog", settings.grpc_listen, register(CatalogServicer(repo)))

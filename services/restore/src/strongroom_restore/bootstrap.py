@@ -52,7 +52,7 @@ async def run(
             consumer_factory = wiring.consumer_factory(settings.platform)
 
         await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
-        await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, consumers.handlers(repo))
+        await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo))
         await lifecycle.serve(stack, "restore", settings.grpc_listen, register(RestoreServicer(repo, catalog, clock)))
         await stop.wait()
         log.info("restore stopping")
