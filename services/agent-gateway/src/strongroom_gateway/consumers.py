@@ -8,8 +8,8 @@ effect (wake or disconnect a session) is applied after commit.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
 from strongroom.events.v1 import events_pb2
@@ -26,20 +26,26 @@ from strongroom_gateway.sessions import SessionRegistry
 GROUP_ID = "agent-gateway"
 
 E = TypeVar("E", bound=Message)
-TxHandler = Callable[[E, GatewayTx], Awaitable[SessionEffect | None]]
+E_contra = TypeVar("E_contra", bound=Message, contravariant=True)
+
+
+class EventHandler(Protocol[E_contra]):
+    """The shape of every handler in ``handlers``: the event, the claimed transaction, the clock."""
+
+    def __call__(self, event: E_contra, /, *, tx: GatewayTx, clock: Clock) -> Awaitable[SessionEffect | None]: ...
 
 
 def record_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry) -> dict[str, Handler]:
     """{topic: handler} for the gateway's consumer group."""
 
-    def claimed(handler: TxHandler[E]) -> Callable[[E], Awaitable[None]]:
+    def claimed(message_type: type[E], handler: EventHandler[E]) -> Handler:
         async def handle(event: E) -> None:
             tx: GatewayTx
             async with store.transaction() as tx:
                 # decode() has checked that the event has meta.event_id.
                 if not await tx.claim_event(CONSUMER, getattr(event, "meta").event_id):  # noqa: B009
                     return
-                effect = await handler(event, tx)
+                effect = await handler(event, tx=tx, clock=clock)
             if effect is None:
                 return
             if effect.disconnect:
@@ -47,31 +53,15 @@ def record_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry
             else:
                 sessions.wake(effect.instance_id)
 
-        return handle
+        return consume(message_type, handle)
 
     return {
-        events.INSTANCE_ACTIVATED: consume(
-            events_pb2.InstanceActivated,
-            claimed(lambda event, tx: handlers.handle_instance_activated(event, tx=tx, clock=clock)),
-        ),
-        events.INSTANCE_DEACTIVATED: consume(
-            events_pb2.InstanceDeactivated,
-            claimed(lambda event, tx: handlers.handle_instance_deactivated(event, tx=tx, clock=clock)),
-        ),
-        events.JOB_REQUESTED: consume(
-            events_pb2.JobRequested,
-            claimed(lambda event, tx: handlers.handle_job_requested(event, tx=tx, clock=clock)),
-        ),
-        events.JOB_CANCEL_REQUESTED: consume(
-            events_pb2.JobCancelRequested,
-            claimed(lambda event, tx: handlers.handle_job_cancel_requested(event, tx=tx, clock=clock)),
-        ),
-        events.RESTORE_REQUESTED: consume(
-            events_pb2.RestoreRequested,
-            claimed(lambda event, tx: handlers.handle_restore_requested(event, tx=tx, clock=clock)),
-        ),
-        events.RESTORE_CANCEL_REQUESTED: consume(
-            events_pb2.RestoreCancelRequested,
-            claimed(lambda event, tx: handlers.handle_restore_cancel_requested(event, tx=tx, clock=clock)),
+        events.INSTANCE_ACTIVATED: claimed(events_pb2.InstanceActivated, handlers.handle_instance_activated),
+        events.INSTANCE_DEACTIVATED: claimed(events_pb2.InstanceDeactivated, handlers.handle_instance_deactivated),
+        events.JOB_REQUESTED: claimed(events_pb2.JobRequested, handlers.handle_job_requested),
+        events.JOB_CANCEL_REQUESTED: claimed(events_pb2.JobCancelRequested, handlers.handle_job_cancel_requested),
+        events.RESTORE_REQUESTED: claimed(events_pb2.RestoreRequested, handlers.handle_restore_requested),
+        events.RESTORE_CANCEL_REQUESTED: claimed(
+            events_pb2.RestoreCancelRequested, handlers.handle_restore_cancel_requested
         ),
     }
