@@ -42,6 +42,7 @@ prefetch: sync
 lint: sync
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
+	$(UV) run lint-imports
 
 typecheck: sync
 	$(UV) run mypy libs/platform/src libs/servers/src libs/testing/src libs/cli/src agent/src \

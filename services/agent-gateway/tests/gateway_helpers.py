@@ -17,7 +17,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.gateway.v1 import manifest_pb2_grpc
 from strongroom_gateway import manifest_api
-from strongroom_gateway.consumers import build_handlers
+from strongroom_gateway.consumers import record_handlers
 from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.grpc_api import GatewayServicer, register
 from strongroom_gateway.ingest import PackWriter
@@ -74,7 +74,7 @@ class GatewayHarness:
             target_bytes=self.pack_target_bytes,
             max_concurrent_writes=2,
         )
-        self.handlers = build_handlers(self.store, self.clock, self.sessions)
+        self.handlers = record_handlers(self.store, self.clock, self.sessions)
         servicer = GatewayServicer(
             store=self.store,
             object_store=self.objects,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from strongroom_gateway import __main__ as gateway_main
 from strongroom_gateway.settings import Settings
 from strongroom_platform.settings import SettingsError
 
@@ -46,3 +47,16 @@ def test_unthrottled_is_off_unless_asked_for() -> None:
     assert Settings.from_env(BASE | {"STRONGROOM_GATEWAY_UNTHROTTLED": "1"}).unthrottled is True
     with pytest.raises(SettingsError, match="STRONGROOM_GATEWAY_UNTHROTTLED"):
         Settings.from_env(BASE | {"STRONGROOM_GATEWAY_UNTHROTTLED": "maybe"})
+
+
+def test_main_exits_2_naming_the_bad_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in BASE.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("STRONGROOM_GATEWAY_MAX_WRITES", "0")
+    with pytest.raises(SystemExit) as exited:
+        gateway_main.main()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "strongroom-gateway: STRONGROOM_GATEWAY_MAX_WRITES must be at least 1\n"

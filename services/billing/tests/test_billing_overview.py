@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from billing_helpers import GIB, activated, deactivated, expired, point, point_event
 from strongroom_billing import handlers
-from strongroom_billing.handlers import InvalidArgument
+from strongroom_billing.errors import InvalidArgument
 from strongroom_billing.models import FREE_QUOTA_BYTES, Usage
 from strongroom_billing.ports import BillingStore
 

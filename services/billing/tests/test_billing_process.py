@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -12,8 +13,9 @@ from strongroom.events.v1 import events_pb2
 from strongroom_billing import bootstrap
 from strongroom_billing.settings import Settings
 from strongroom_platform.events import INSTANCE_ACTIVATED, POINT_CREATED, new_meta
-from strongroom_platform.settings import SettingsError
+from strongroom_platform.settings import PlatformSettings, SettingsError
 from strongroom_platform.testing import InMemoryEventBus
+from strongroom_testing.faults import TcpProxy
 
 
 def test_settings_from_env() -> None:
@@ -22,20 +24,23 @@ def test_settings_from_env() -> None:
             "STRONGROOM_PG_DSN": "postgresql://x",
             "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092",
             "STRONGROOM_KAFKA_IDEMPOTENT": "0",
+            "STRONGROOM_OBJECT_STORE": "file:/unused",
         }
     )
-    assert (settings.kafka_idempotent, settings.grpc_listen) == (False, "127.0.0.1:0")
+    assert (settings.platform.kafka_idempotent, settings.grpc_listen) == (False, "127.0.0.1:0")
     with pytest.raises(SettingsError, match="STRONGROOM_PG_DSN"):
-        Settings.from_env({"STRONGROOM_KAFKA_BOOTSTRAP": "k:9092"})
+        Settings.from_env({"STRONGROOM_KAFKA_BOOTSTRAP": "k:9092", "STRONGROOM_OBJECT_STORE": "file:/unused"})
+
+
+def _settings(pg_dsn: str) -> Settings:
+    return Settings(platform=PlatformSettings(pg_dsn, "unused:9092", True, "file:unused", None, "none"))
 
 
 @pytest.mark.integration
 async def test_process_consumes_and_serves_overview(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        bootstrap.run(Settings(pg_dsn=pg_dsn, kafka_bootstrap="unused:9092"), stop, consumer_factory=bus.consumer)
-    )
+    task = asyncio.create_task(bootstrap.run(_settings(pg_dsn), stop, consumer_factory=bus.consumer))
     try:
         printed = ""
         for _ in range(500):
@@ -80,3 +85,38 @@ async def test_process_consumes_and_serves_overview(pg_dsn: str, capsys: pytest.
         stop.set()
         await asyncio.wait_for(task, 30)
     assert (printed + capsys.readouterr().out).count("LISTENING billing") == 1
+
+
+@pytest.mark.integration
+async def test_a_call_while_the_database_is_down_is_unavailable_with_a_clear_message(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = urlsplit(pg_dsn)
+    async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        stop = asyncio.Event()
+        settings = _settings(proxy.dsn_via(pg_dsn))
+        task = asyncio.create_task(bootstrap.run(settings, stop, consumer_factory=InMemoryEventBus().consumer))
+        try:
+            address = await _listening("billing", capsys)
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = billing_pb2_grpc.BillingServiceStub(channel)
+                await stub.GetOverview(billing_pb2.GetOverviewRequest(account_id="acme"))  # the database is up
+                await proxy.cut()
+                for _ in range(2):  # the pool's connection reset, then a new connection refused
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await stub.GetOverview(billing_pb2.GetOverviewRequest(account_id="acme"))
+                    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert info.value.details() == "the metadata database is unavailable; retry"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+
+async def _listening(service: str, capsys: pytest.CaptureFixture[str]) -> str:
+    printed = ""
+    for _ in range(500):
+        printed += capsys.readouterr().out
+        if f"LISTENING {service} " in printed:
+            return printed.split(f"LISTENING {service} ", 1)[1].split()[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{service} never printed LISTENING")

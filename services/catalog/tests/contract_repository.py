@@ -1,4 +1,4 @@
-"""Contract of ``CatalogRepository``: every adapter (fake and PostgreSQL) must pass it.
+"""Contract of ``CatalogStore``: every adapter (fake and PostgreSQL) must pass it.
 
 Subclasses provide the ``harness`` fixture: a fresh, empty repository and a
 way to read the events its committed transactions put in the outbox.
@@ -13,12 +13,12 @@ from typing import Protocol
 import pytest
 from catalog_fixtures import DIR, FILE, T0, point, row
 from strongroom.events.v1 import events_pb2
-from strongroom_catalog.ports import CatalogRepository
+from strongroom_catalog.ports import CatalogStore
 from strongroom_platform.events import VERSION_EXPIRED, new_meta
 
 
 class Harness(Protocol):
-    repo: CatalogRepository
+    repo: CatalogStore
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:
         """(topic, key, serialized event) of every committed enqueue, in order."""

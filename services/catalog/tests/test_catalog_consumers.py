@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from catalog_fixtures import eventually, point_created, sample_manifest
 from strongroom_catalog import consumers
-from strongroom_catalog.testing import InMemoryCatalogRepository
+from strongroom_catalog.testing import InMemoryCatalogStore
 from strongroom_platform.events import POINT_CREATED
 from strongroom_platform.testing import InMemoryEventBus, InMemoryObjectStore
 
@@ -16,10 +16,10 @@ async def wait_for_commit(bus: InMemoryEventBus, topic: str, count: int) -> None
 
 async def test_consumes_point_created_and_sends_garbage_to_dlq() -> None:
     bus = InMemoryEventBus()
-    repo = InMemoryCatalogRepository()
+    repo = InMemoryCatalogStore()
     store = InMemoryObjectStore()
     await store.put("manifests/p1", sample_manifest())
-    consumer = bus.consumer(consumers.GROUP_ID, consumers.handlers(repo, store))
+    consumer = bus.consumer(consumers.GROUP_ID, consumers.record_handlers(repo, store))
     await consumer.start()
     try:
         event = point_created().SerializeToString()
@@ -40,8 +40,8 @@ async def test_consumes_point_created_and_sends_garbage_to_dlq() -> None:
 @pytest.mark.parametrize("field", ["point_id", "manifest_key"])
 async def test_incomplete_event_goes_to_dlq(field: str) -> None:
     bus = InMemoryEventBus()
-    repo = InMemoryCatalogRepository()
-    consumer = bus.consumer(consumers.GROUP_ID, consumers.handlers(repo, InMemoryObjectStore()))
+    repo = InMemoryCatalogStore()
+    consumer = bus.consumer(consumers.GROUP_ID, consumers.record_handlers(repo, InMemoryObjectStore()))
     await consumer.start()
     try:
         event = point_created()

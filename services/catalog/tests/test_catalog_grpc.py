@@ -12,14 +12,14 @@ from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom_catalog.grpc_api import CatalogServicer, register
 from strongroom_catalog.handlers import handle_point_created
-from strongroom_catalog.testing import InMemoryCatalogRepository
+from strongroom_catalog.testing import InMemoryCatalogStore
 from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.testing import InMemoryObjectStore
 
 
 @pytest.fixture
-async def repo() -> InMemoryCatalogRepository:
-    repo = InMemoryCatalogRepository()
+async def repo() -> InMemoryCatalogStore:
+    repo = InMemoryCatalogStore()
     store = InMemoryObjectStore()
     await store.put("manifests/p1", sample_manifest())
     await store.put("manifests/p2", sample_manifest())
@@ -38,7 +38,7 @@ async def repo() -> InMemoryCatalogRepository:
 
 
 @pytest.fixture
-async def stub(repo: InMemoryCatalogRepository) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
+async def stub(repo: InMemoryCatalogStore) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
     server, port = await start_grpc_server("127.0.0.1:0", register(CatalogServicer(repo)))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -14,15 +14,15 @@ from strongroom_catalog import handlers
 from strongroom_catalog.errors import FailedPrecondition, InvalidArgument, NotFound
 from strongroom_catalog.model import EntryRow
 from strongroom_catalog.paths import encode_page_token
-from strongroom_catalog.testing import InMemoryCatalogRepository, InMemoryCatalogTransaction
+from strongroom_catalog.testing import InMemoryCatalogStore, InMemoryCatalogTx
 from strongroom_platform.eventbus import PoisonRecord
 from strongroom_platform.manifest import encode_manifest, encode_uvarint
 from strongroom_platform.testing import InMemoryObjectStore
 
 
 @pytest.fixture
-def repo() -> InMemoryCatalogRepository:
-    return InMemoryCatalogRepository()
+def repo() -> InMemoryCatalogStore:
+    return InMemoryCatalogStore()
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ async def store() -> InMemoryObjectStore:
     return store
 
 
-async def all_paths(repo: InMemoryCatalogRepository, point_id: str, parent: str = "") -> list[str]:
+async def all_paths(repo: InMemoryCatalogStore, point_id: str, parent: str = "") -> list[str]:
     paths = []
     for child in await repo.list_children(point_id, parent, after="", limit=10_000):
         paths.append(child.path)
@@ -42,7 +42,7 @@ async def all_paths(repo: InMemoryCatalogRepository, point_id: str, parent: str 
 
 
 async def test_point_created_records_version_point_and_index(
-    repo: InMemoryCatalogRepository, store: InMemoryObjectStore
+    repo: InMemoryCatalogStore, store: InMemoryObjectStore
 ) -> None:
     event = point_created()
     await handlers.handle_point_created(event, repo=repo, store=store)
@@ -59,7 +59,7 @@ async def test_point_created_records_version_point_and_index(
     assert (conf.size, conf.mode, conf.mtime_ns) == (2048, 0o644, 1_700_000_000_123_456_789)
 
 
-async def test_redelivered_event_changes_nothing(repo: InMemoryCatalogRepository, store: InMemoryObjectStore) -> None:
+async def test_redelivered_event_changes_nothing(repo: InMemoryCatalogStore, store: InMemoryObjectStore) -> None:
     event = point_created()
     await handlers.handle_point_created(event, repo=repo, store=store)
     before = await all_paths(repo, "p1")
@@ -68,7 +68,7 @@ async def test_redelivered_event_changes_nothing(repo: InMemoryCatalogRepository
     assert len(await repo.list_versions("i-1")) == 1
 
 
-class CrashingRepository(InMemoryCatalogRepository):
+class CrashingRepository(InMemoryCatalogStore):
     """Fails the Nth add_entries call once, like a process dying mid-index."""
 
     def __init__(self, fail_on_call: int) -> None:
@@ -78,7 +78,7 @@ class CrashingRepository(InMemoryCatalogRepository):
         self.batch_sizes: list[int] = []
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[InMemoryCatalogTransaction]:
+    async def transaction(self) -> AsyncIterator[InMemoryCatalogTx]:
         async with super().transaction() as tx:
             original = tx.add_entries
 
@@ -117,7 +117,7 @@ async def test_index_is_loaded_in_bounded_batches() -> None:
     assert len(await repo.list_children("p1", "d", after="", limit=5000)) == 2500
 
 
-async def test_reindex_replaces_stale_rows(repo: InMemoryCatalogRepository, store: InMemoryObjectStore) -> None:
+async def test_reindex_replaces_stale_rows(repo: InMemoryCatalogStore, store: InMemoryObjectStore) -> None:
     # A second point-created for the same point (other event id) while the first never finished.
     await handlers.handle_point_created(point_created(), repo=repo, store=store)
     async with repo.transaction() as tx:
@@ -127,7 +127,7 @@ async def test_reindex_replaces_stale_rows(repo: InMemoryCatalogRepository, stor
     assert "stale" not in await all_paths(repo, "p1")
 
 
-async def test_missing_manifest_is_recorded_not_retried(repo: InMemoryCatalogRepository) -> None:
+async def test_missing_manifest_is_recorded_not_retried(repo: InMemoryCatalogStore) -> None:
     await handlers.handle_point_created(point_created(), repo=repo, store=InMemoryObjectStore())
     p = await repo.get_point("p1")
     assert p is not None and not p.browsable
@@ -143,7 +143,7 @@ async def test_missing_manifest_is_recorded_not_retried(repo: InMemoryCatalogRep
         (b"SRMF\x01garbage", "corrupt manifest body"),
     ],
 )
-async def test_unreadable_manifest_is_recorded(repo: InMemoryCatalogRepository, data: bytes, message: str) -> None:
+async def test_unreadable_manifest_is_recorded(repo: InMemoryCatalogStore, data: bytes, message: str) -> None:
     store = InMemoryObjectStore()
     await store.put("manifests/p1", data)
     await handlers.handle_point_created(point_created(), repo=repo, store=store)
@@ -151,7 +151,7 @@ async def test_unreadable_manifest_is_recorded(repo: InMemoryCatalogRepository, 
     assert p is not None and not p.browsable and p.index_error is not None and message in p.index_error
 
 
-async def test_manifest_breaking_its_ordering_contract_is_recorded(repo: InMemoryCatalogRepository) -> None:
+async def test_manifest_breaking_its_ordering_contract_is_recorded(repo: InMemoryCatalogStore) -> None:
     entries = [file_entry("b"), file_entry("a")]
     body = encode_manifest([entries[0]])
     # encode_manifest refuses unsorted input: build the body by hand.
@@ -175,7 +175,7 @@ async def test_manifest_breaking_its_ordering_contract_is_recorded(repo: InMemor
     ],
 )
 async def test_corrupt_entries_are_recorded_not_retried(
-    repo: InMemoryCatalogRepository, entry: common_pb2.FileEntry
+    repo: InMemoryCatalogStore, entry: common_pb2.FileEntry
 ) -> None:
     store = InMemoryObjectStore()
     await store.put("manifests/p1", encode_manifest([entry]))
@@ -185,9 +185,7 @@ async def test_corrupt_entries_are_recorded_not_retried(
     assert repr(entry.path) in p.index_error
 
 
-async def test_event_without_required_fields_is_poison(
-    repo: InMemoryCatalogRepository, store: InMemoryObjectStore
-) -> None:
+async def test_event_without_required_fields_is_poison(repo: InMemoryCatalogStore, store: InMemoryObjectStore) -> None:
     event = point_created()
     event.ClearField("version_created_at")
     event.point_id = ""
@@ -196,7 +194,7 @@ async def test_event_without_required_fields_is_poison(
 
 
 async def test_late_point_of_expired_version_is_not_indexed(
-    repo: InMemoryCatalogRepository, store: InMemoryObjectStore
+    repo: InMemoryCatalogStore, store: InMemoryObjectStore
 ) -> None:
     await handlers.handle_point_created(point_created("p0"), repo=repo, store=store)
     async with repo.transaction() as tx:
@@ -211,17 +209,17 @@ async def test_late_point_of_expired_version_is_not_indexed(
 
 
 @pytest.fixture
-async def indexed(repo: InMemoryCatalogRepository, store: InMemoryObjectStore) -> InMemoryCatalogRepository:
+async def indexed(repo: InMemoryCatalogStore, store: InMemoryObjectStore) -> InMemoryCatalogStore:
     await handlers.handle_point_created(point_created(), repo=repo, store=store)
     return repo
 
 
-async def test_list_versions_requires_instance(repo: InMemoryCatalogRepository) -> None:
+async def test_list_versions_requires_instance(repo: InMemoryCatalogStore) -> None:
     with pytest.raises(InvalidArgument, match="instance_id is required"):
         await handlers.list_versions(repo, "")
 
 
-async def test_get_point(indexed: InMemoryCatalogRepository) -> None:
+async def test_get_point(indexed: InMemoryCatalogStore) -> None:
     assert (await handlers.get_point(indexed, "p1")).point_id == "p1"
     with pytest.raises(NotFound, match="point 'nope' not found"):
         await handlers.get_point(indexed, "nope")
@@ -229,7 +227,7 @@ async def test_get_point(indexed: InMemoryCatalogRepository) -> None:
         await handlers.get_point(indexed, "")
 
 
-async def test_expired_point_is_not_found(indexed: InMemoryCatalogRepository) -> None:
+async def test_expired_point_is_not_found(indexed: InMemoryCatalogStore) -> None:
     async with indexed.transaction() as tx:
         await tx.expire_version("v1", handlers.from_timestamp(point_created().version_created_at))
     with pytest.raises(NotFound, match="expired"):
@@ -239,18 +237,18 @@ async def test_expired_point_is_not_found(indexed: InMemoryCatalogRepository) ->
 
 
 @pytest.mark.parametrize("path", ["", "/"])
-async def test_browse_root(indexed: InMemoryCatalogRepository, path: str) -> None:
+async def test_browse_root(indexed: InMemoryCatalogStore, path: str) -> None:
     rows, token = await handlers.browse_point(indexed, "p1", path)
     assert [r.path for r in rows] == ["etc", "home"] and token == ""
 
 
 @pytest.mark.parametrize("path", ["etc", "etc/"])
-async def test_browse_directory(indexed: InMemoryCatalogRepository, path: str) -> None:
+async def test_browse_directory(indexed: InMemoryCatalogStore, path: str) -> None:
     rows, _ = await handlers.browse_point(indexed, "p1", path)
     assert [(r.path, r.type) for r in rows] == [("etc/hosts", FILE), ("etc/nginx", DIR)]
 
 
-async def test_browse_pages_through_a_directory(repo: InMemoryCatalogRepository) -> None:
+async def test_browse_pages_through_a_directory(repo: InMemoryCatalogStore) -> None:
     entries = [file_entry("d", DIR)] + [file_entry(f"d/{i:03d}") for i in range(25)]
     store = InMemoryObjectStore()
     await store.put("manifests/p1", encode_manifest(entries))
@@ -267,7 +265,7 @@ async def test_browse_pages_through_a_directory(repo: InMemoryCatalogRepository)
     assert seen == [f"{i:03d}" for i in range(25)] and pages == 3
 
 
-async def test_page_size_is_capped(repo: InMemoryCatalogRepository) -> None:
+async def test_page_size_is_capped(repo: InMemoryCatalogStore) -> None:
     entries = [file_entry(f"{i:05d}") for i in range(handlers.MAX_PAGE_SIZE + 5)]
     store = InMemoryObjectStore()
     await store.put("manifests/p1", encode_manifest(entries))
@@ -289,34 +287,34 @@ async def test_page_size_is_capped(repo: InMemoryCatalogRepository) -> None:
         ("etc\x00", "NUL"),
     ],
 )
-async def test_browse_rejects_malformed_paths(indexed: InMemoryCatalogRepository, path: str, message: str) -> None:
+async def test_browse_rejects_malformed_paths(indexed: InMemoryCatalogStore, path: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         await handlers.browse_point(indexed, "p1", path)
 
 
-async def test_browse_unknown_point(indexed: InMemoryCatalogRepository) -> None:
+async def test_browse_unknown_point(indexed: InMemoryCatalogStore) -> None:
     with pytest.raises(NotFound, match="point 'nope' not found"):
         await handlers.browse_point(indexed, "nope", "")
 
 
-async def test_browse_missing_directory(indexed: InMemoryCatalogRepository) -> None:
+async def test_browse_missing_directory(indexed: InMemoryCatalogStore) -> None:
     with pytest.raises(NotFound, match="no directory 'var' in point 'p1'"):
         await handlers.browse_point(indexed, "p1", "var")
 
 
 @pytest.mark.parametrize("path", ["etc/hosts", "home/link"])
-async def test_browse_a_non_directory(indexed: InMemoryCatalogRepository, path: str) -> None:
+async def test_browse_a_non_directory(indexed: InMemoryCatalogStore, path: str) -> None:
     with pytest.raises(NotFound, match="is not a directory"):
         await handlers.browse_point(indexed, "p1", path)
 
 
-async def test_browse_rejects_foreign_or_garbage_token(indexed: InMemoryCatalogRepository) -> None:
+async def test_browse_rejects_foreign_or_garbage_token(indexed: InMemoryCatalogStore) -> None:
     for token in ["%%%", "bm90anNvbg", encode_page_token("p1", "home", "a.txt"), encode_page_token("p2", "", "a")]:
         with pytest.raises(InvalidArgument, match="page_token"):
             await handlers.browse_point(indexed, "p1", "", page_token=token)
 
 
-async def test_browse_before_indexing_finished(repo: InMemoryCatalogRepository) -> None:
+async def test_browse_before_indexing_finished(repo: InMemoryCatalogStore) -> None:
     async with repo.transaction() as tx:
         await tx.upsert_point(handlers.point_from_event(point_created()))
     with pytest.raises(FailedPrecondition, match="still being indexed"):

@@ -9,7 +9,7 @@ import pytest
 from catalog_fixtures import DIR, file_entry, fresh_schema_pool, point_created
 from strongroom_catalog import handlers
 from strongroom_catalog.model import EntryRow
-from strongroom_catalog.repository import PgCatalogRepository, PgCatalogTransaction
+from strongroom_catalog.repository import PgCatalogStore, PgCatalogTx
 from strongroom_platform.manifest import encode_manifest
 from strongroom_platform.testing import InMemoryObjectStore
 
@@ -40,7 +40,7 @@ async def store() -> InMemoryObjectStore:
 
 
 async def test_large_manifest_is_indexed_in_batches(pool: asyncpg.Pool, store: InMemoryObjectStore) -> None:
-    repo = PgCatalogRepository(pool)
+    repo = PgCatalogStore(pool)
     await handlers.handle_point_created(point_created(), repo=repo, store=store, batch_size=7000)
     assert await pool.fetchval("SELECT count(*) FROM entries WHERE point_id = 'p1'") == DIRS * (FILES_PER_DIR + 1)
     rows, token = await handlers.browse_point(repo, "p1", "d07", page_size=1000)
@@ -53,18 +53,18 @@ async def test_crash_mid_index_rolls_back_and_redelivery_completes(
     pool: asyncpg.Pool, store: InMemoryObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = 0
-    original = PgCatalogTransaction.add_entries
+    original = PgCatalogTx.add_entries
 
-    async def failing(self: PgCatalogTransaction, rows: Sequence[EntryRow]) -> None:
+    async def failing(self: PgCatalogTx, rows: Sequence[EntryRow]) -> None:
         nonlocal calls
         calls += 1
         if calls == 3:
             raise ConnectionResetError("connection lost")
         await original(self, rows)
 
-    repo = PgCatalogRepository(pool)
+    repo = PgCatalogStore(pool)
     event = point_created()
-    monkeypatch.setattr(PgCatalogTransaction, "add_entries", failing)
+    monkeypatch.setattr(PgCatalogTx, "add_entries", failing)
     with pytest.raises(ConnectionResetError):
         await handlers.handle_point_created(event, repo=repo, store=store, batch_size=5000)
     assert await pool.fetchval("SELECT count(*) FROM entries") == 0

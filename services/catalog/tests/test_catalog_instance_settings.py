@@ -10,7 +10,7 @@ from strongroom.events.v1 import events_pb2
 from strongroom_catalog import consumers
 from strongroom_catalog.handlers import handle_instance_settings_changed
 from strongroom_catalog.retention import expire_versions
-from strongroom_catalog.testing import InMemoryCatalogRepository
+from strongroom_catalog.testing import InMemoryCatalogStore
 from strongroom_platform.eventbus import PoisonRecord, Record
 from strongroom_platform.events import INSTANCE_SETTINGS_CHANGED
 from strongroom_platform.testing import FakeClock, InMemoryObjectStore
@@ -19,27 +19,27 @@ DAY = dt.timedelta(days=1)
 
 
 @pytest.fixture
-def repo() -> InMemoryCatalogRepository:
-    return InMemoryCatalogRepository()
+def repo() -> InMemoryCatalogStore:
+    return InMemoryCatalogStore()
 
 
-async def keep_latest(repo: InMemoryCatalogRepository, instance_id: str = "i-1") -> bool:
+async def keep_latest(repo: InMemoryCatalogStore, instance_id: str = "i-1") -> bool:
     """The flag retention sees for the instance (it has one version, created at T0)."""
     [candidate] = [c for c in await repo.retention_candidates(T0 + 365 * DAY) if c.version.instance_id == instance_id]
     return candidate.keep_latest
 
 
-async def one_version(repo: InMemoryCatalogRepository, instance_id: str = "i-1") -> None:
+async def one_version(repo: InMemoryCatalogStore, instance_id: str = "i-1") -> None:
     async with repo.transaction() as tx:
         await tx.upsert_point(point(f"p-{instance_id}", f"v-{instance_id}", instance_id, created_at=T0))
 
 
-async def test_keep_latest_is_on_until_a_setting_arrives(repo: InMemoryCatalogRepository) -> None:
+async def test_keep_latest_is_on_until_a_setting_arrives(repo: InMemoryCatalogStore) -> None:
     await one_version(repo)
     assert await keep_latest(repo) is True
 
 
-async def test_setting_is_applied(repo: InMemoryCatalogRepository) -> None:
+async def test_setting_is_applied(repo: InMemoryCatalogStore) -> None:
     await one_version(repo)
     assert await handle_instance_settings_changed(settings_changed(keep_latest=False), repo=repo) is True
     assert await keep_latest(repo) is False
@@ -48,13 +48,13 @@ async def test_setting_is_applied(repo: InMemoryCatalogRepository) -> None:
     assert await keep_latest(repo) is True
 
 
-async def test_setting_before_the_first_point_is_kept_for_it(repo: InMemoryCatalogRepository) -> None:
+async def test_setting_before_the_first_point_is_kept_for_it(repo: InMemoryCatalogStore) -> None:
     await handle_instance_settings_changed(settings_changed(keep_latest=False), repo=repo)
     await one_version(repo)
     assert await keep_latest(repo) is False
 
 
-async def test_older_setting_arriving_later_is_ignored(repo: InMemoryCatalogRepository) -> None:
+async def test_older_setting_arriving_later_is_ignored(repo: InMemoryCatalogStore) -> None:
     await one_version(repo)
     older = settings_changed(keep_latest=True, at=T0)
     newer = settings_changed(keep_latest=False, at=T0 + dt.timedelta(minutes=1))
@@ -63,7 +63,7 @@ async def test_older_setting_arriving_later_is_ignored(repo: InMemoryCatalogRepo
     assert await keep_latest(repo) is False
 
 
-async def test_redelivered_setting_changes_nothing(repo: InMemoryCatalogRepository) -> None:
+async def test_redelivered_setting_changes_nothing(repo: InMemoryCatalogStore) -> None:
     await one_version(repo)
     off = settings_changed(keep_latest=False, at=T0)
     on = settings_changed(keep_latest=True, at=T0)  # made at the same time, applied after it
@@ -73,7 +73,7 @@ async def test_redelivered_setting_changes_nothing(repo: InMemoryCatalogReposito
     assert await keep_latest(repo) is True
 
 
-async def test_settings_of_other_instances_are_separate(repo: InMemoryCatalogRepository) -> None:
+async def test_settings_of_other_instances_are_separate(repo: InMemoryCatalogStore) -> None:
     await one_version(repo, "i-1")
     await one_version(repo, "i-2")
     await handle_instance_settings_changed(settings_changed("i-2", keep_latest=False, at=T0 + DAY), repo=repo)
@@ -82,7 +82,7 @@ async def test_settings_of_other_instances_are_separate(repo: InMemoryCatalogRep
 
 
 @pytest.mark.parametrize("field", ["instance_id", "occurred_at"])
-async def test_event_without_instance_or_time_is_poison(repo: InMemoryCatalogRepository, field: str) -> None:
+async def test_event_without_instance_or_time_is_poison(repo: InMemoryCatalogStore, field: str) -> None:
     event = settings_changed(keep_latest=False)
     if field == "occurred_at":
         event.meta.ClearField("occurred_at")
@@ -92,9 +92,9 @@ async def test_event_without_instance_or_time_is_poison(repo: InMemoryCatalogRep
         await handle_instance_settings_changed(event, repo=repo)
 
 
-async def test_consumer_decodes_and_applies(repo: InMemoryCatalogRepository) -> None:
+async def test_consumer_decodes_and_applies(repo: InMemoryCatalogStore) -> None:
     await one_version(repo)
-    handler = consumers.handlers(repo, InMemoryObjectStore())[INSTANCE_SETTINGS_CHANGED]
+    handler = consumers.record_handlers(repo, InMemoryObjectStore())[INSTANCE_SETTINGS_CHANGED]
     value = settings_changed(keep_latest=False).SerializeToString()
     await handler(Record(topic=INSTANCE_SETTINGS_CHANGED, partition=0, offset=0, key=b"i-1", value=value))
     assert await keep_latest(repo) is False
@@ -102,7 +102,7 @@ async def test_consumer_decodes_and_applies(repo: InMemoryCatalogRepository) -> 
         await handler(Record(topic=INSTANCE_SETTINGS_CHANGED, partition=0, offset=1, key=b"i-1", value=b"\xff\xff"))
 
 
-async def test_turning_keep_latest_off_expires_the_newest_old_version(repo: InMemoryCatalogRepository) -> None:
+async def test_turning_keep_latest_off_expires_the_newest_old_version(repo: InMemoryCatalogStore) -> None:
     """A paused instance (no new backups): its only version is 31 days old."""
     await one_version(repo)
     clock = FakeClock(T0 + 31 * DAY)
@@ -115,7 +115,7 @@ async def test_turning_keep_latest_off_expires_the_newest_old_version(repo: InMe
     assert isinstance(expired, events_pb2.VersionExpired) and expired.version_id == "v-i-1"
 
 
-async def test_turning_keep_latest_on_again_keeps_the_newest(repo: InMemoryCatalogRepository) -> None:
+async def test_turning_keep_latest_on_again_keeps_the_newest(repo: InMemoryCatalogStore) -> None:
     await one_version(repo)
     await handle_instance_settings_changed(settings_changed(keep_latest=False, at=T0), repo=repo)
     await handle_instance_settings_changed(settings_changed(keep_latest=True, at=T0 + DAY), repo=repo)

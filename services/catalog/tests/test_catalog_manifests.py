@@ -10,7 +10,7 @@ from catalog_fixtures import point_created, sample_manifest
 from strongroom.gateway.v1 import manifest_pb2, manifest_pb2_grpc
 from strongroom_catalog import handlers
 from strongroom_catalog.manifests import GatewayManifestReader
-from strongroom_catalog.testing import InMemoryCatalogRepository
+from strongroom_catalog.testing import InMemoryCatalogStore
 from strongroom_platform.manifest import ManifestFormatError
 from strongroom_platform.objectstore import ObjectNotFound
 from strongroom_platform.runtime import start_grpc_server
@@ -56,7 +56,7 @@ async def test_reader_joins_the_pieces_and_maps_errors(reader: GatewayManifestRe
 
 
 async def test_point_is_indexed_from_the_gateway(reader: GatewayManifestReader) -> None:
-    repo = InMemoryCatalogRepository()
+    repo = InMemoryCatalogStore()
     await handlers.handle_point_created(point_created("p1"), repo=repo, store=reader)
     point = await repo.get_point("p1")
     assert point is not None and point.browsable
@@ -66,7 +66,7 @@ async def test_point_is_indexed_from_the_gateway(reader: GatewayManifestReader) 
 
 
 async def test_encrypted_manifest_in_the_object_store_is_a_clear_index_error() -> None:
-    repo = InMemoryCatalogRepository()
+    repo = InMemoryCatalogStore()
     event = point_created("p1")
     store = InMemoryObjectStore()
     await store.put(event.manifest_key, b"SRME\x01" + bytes(40))

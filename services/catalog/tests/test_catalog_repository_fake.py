@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from contract_repository import CatalogRepositoryContract
-from strongroom_catalog.testing import InMemoryCatalogRepository
+from strongroom_catalog.testing import InMemoryCatalogStore
 
 
 class FakeHarness:
     def __init__(self) -> None:
-        self.fake = InMemoryCatalogRepository()
+        self.fake = InMemoryCatalogStore()
         self.repo = self.fake
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:

@@ -9,7 +9,7 @@ import pytest
 from catalog_fixtures import fresh_schema_pool
 from contract_repository import CatalogRepositoryContract
 from strongroom_catalog.migrations import MIGRATIONS
-from strongroom_catalog.repository import PgCatalogRepository
+from strongroom_catalog.repository import PgCatalogStore
 from strongroom_platform.db import migrate
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 class PgHarness:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.repo = PgCatalogRepository(pool)
+        self.repo = PgCatalogStore(pool)
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:
         rows = await self.pool.fetch("SELECT topic, key, payload FROM outbox ORDER BY id")

@@ -10,14 +10,14 @@ from catalog_fixtures import T0, eventually, point, row
 from strongroom.events.v1 import events_pb2
 from strongroom_catalog.model import RetentionCandidate
 from strongroom_catalog.retention import expire_versions, run_retention
-from strongroom_catalog.testing import InMemoryCatalogRepository
+from strongroom_catalog.testing import InMemoryCatalogStore
 from strongroom_platform.events import VERSION_EXPIRED
 from strongroom_platform.testing import FakeClock
 
 DAY = dt.timedelta(days=1)
 
 
-async def seed(repo: InMemoryCatalogRepository, *versions: tuple[str, str, dt.datetime]) -> None:
+async def seed(repo: InMemoryCatalogStore, *versions: tuple[str, str, dt.datetime]) -> None:
     async with repo.transaction() as tx:
         for version_id, instance_id, created_at in versions:
             for mount in ("/", "/data"):
@@ -27,16 +27,16 @@ async def seed(repo: InMemoryCatalogRepository, *versions: tuple[str, str, dt.da
                 await tx.set_index_state(point_id, browsable=True, error=None)
 
 
-async def live(repo: InMemoryCatalogRepository, instance_id: str = "i-1") -> list[str]:
+async def live(repo: InMemoryCatalogStore, instance_id: str = "i-1") -> list[str]:
     return [v.version_id for v in await repo.list_versions(instance_id)]
 
 
 @pytest.fixture
-def repo() -> InMemoryCatalogRepository:
-    return InMemoryCatalogRepository()
+def repo() -> InMemoryCatalogStore:
+    return InMemoryCatalogStore()
 
 
-async def test_day_29_kept_day_31_expired(repo: InMemoryCatalogRepository) -> None:
+async def test_day_29_kept_day_31_expired(repo: InMemoryCatalogStore) -> None:
     await seed(repo, ("old", "i-1", T0), ("new", "i-1", T0 + 5 * DAY))
     clock = FakeClock(T0 + 29 * DAY)
     assert await expire_versions(repo, clock) == []
@@ -46,7 +46,7 @@ async def test_day_29_kept_day_31_expired(repo: InMemoryCatalogRepository) -> No
     assert await live(repo) == ["new"]
 
 
-async def test_expires_at_exactly_30_days(repo: InMemoryCatalogRepository) -> None:
+async def test_expires_at_exactly_30_days(repo: InMemoryCatalogStore) -> None:
     await seed(repo, ("old", "i-1", T0), ("new", "i-1", T0 + DAY))
     clock = FakeClock(T0 + 30 * DAY - dt.timedelta(seconds=1))
     assert await expire_versions(repo, clock) == []
@@ -54,7 +54,7 @@ async def test_expires_at_exactly_30_days(repo: InMemoryCatalogRepository) -> No
     assert await expire_versions(repo, clock) == ["old"]
 
 
-async def test_newest_version_kept_under_keep_latest_by_default(repo: InMemoryCatalogRepository) -> None:
+async def test_newest_version_kept_under_keep_latest_by_default(repo: InMemoryCatalogStore) -> None:
     await seed(repo, ("v1", "i-1", T0), ("v2", "i-1", T0 + DAY), ("v3", "i-1", T0 + 2 * DAY))
     clock = FakeClock(T0 + 365 * DAY)
     assert await expire_versions(repo, clock) == ["v1", "v2"]
@@ -62,7 +62,7 @@ async def test_newest_version_kept_under_keep_latest_by_default(repo: InMemoryCa
     assert await expire_versions(repo, clock) == []
 
 
-async def test_without_keep_latest_every_version_expires(repo: InMemoryCatalogRepository) -> None:
+async def test_without_keep_latest_every_version_expires(repo: InMemoryCatalogStore) -> None:
     await seed(repo, ("v1", "i-1", T0), ("v2", "i-1", T0 + DAY), ("k1", "i-keep", T0))
     async with repo.transaction() as tx:
         await tx.set_keep_latest("i-1", False)
@@ -72,7 +72,7 @@ async def test_without_keep_latest_every_version_expires(repo: InMemoryCatalogRe
     assert await live(repo, "i-keep") == ["k1"]  # the other instance keeps its only version
 
 
-async def test_expiry_drops_index_and_enqueues_event(repo: InMemoryCatalogRepository) -> None:
+async def test_expiry_drops_index_and_enqueues_event(repo: InMemoryCatalogStore) -> None:
     await seed(repo, ("old", "i-1", T0), ("new", "i-1", T0 + DAY))
     clock = FakeClock(T0 + 31 * DAY)
     await expire_versions(repo, clock)
@@ -90,14 +90,14 @@ async def test_expiry_drops_index_and_enqueues_event(repo: InMemoryCatalogReposi
     assert event.meta.occurred_at.ToDatetime(tzinfo=dt.UTC) == clock.now()
 
 
-async def test_second_run_expires_nothing_twice(repo: InMemoryCatalogRepository) -> None:
+async def test_second_run_expires_nothing_twice(repo: InMemoryCatalogStore) -> None:
     await seed(repo, ("old", "i-1", T0), ("new", "i-1", T0 + DAY))
     clock = FakeClock(T0 + 31 * DAY)
     await asyncio.gather(expire_versions(repo, clock), expire_versions(repo, clock))
     assert len(repo.outbox) == 1
 
 
-async def test_periodic_task_runs_on_each_interval(repo: InMemoryCatalogRepository) -> None:
+async def test_periodic_task_runs_on_each_interval(repo: InMemoryCatalogStore) -> None:
     await seed(repo, ("v1", "i-1", T0), ("v2", "i-1", T0 + 2 * DAY), ("v3", "i-1", T0 + 4 * DAY))
     clock = FakeClock(T0 + 31 * DAY)
     task = asyncio.create_task(run_retention(repo, clock, interval=DAY.total_seconds()))
@@ -113,7 +113,7 @@ async def test_periodic_task_runs_on_each_interval(repo: InMemoryCatalogReposito
             await task
 
 
-class FlakyRepository(InMemoryCatalogRepository):
+class FlakyRepository(InMemoryCatalogStore):
     def __init__(self) -> None:
         super().__init__()
         self.failures = 1

@@ -1,4 +1,4 @@
-"""Contract of ``RestoreRepository``: the fake and the PostgreSQL adapter must both pass it."""
+"""Contract of ``RestoreStore``: the fake and the PostgreSQL adapter must both pass it."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from restore_fixtures import T0, job
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, new_meta
-from strongroom_restore.ports import RestoreRepository
+from strongroom_restore.ports import RestoreStore
 
 
 class Harness(Protocol):
-    repo: RestoreRepository
+    repo: RestoreStore
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:
         """(topic, key, serialized event) of every committed enqueue, in order."""

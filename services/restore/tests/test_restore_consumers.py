@@ -7,15 +7,15 @@ from strongroom.common.v1 import common_pb2
 from strongroom_platform.events import RESTORE_UPDATED
 from strongroom_platform.testing import InMemoryEventBus
 from strongroom_restore import consumers
-from strongroom_restore.testing import InMemoryRestoreRepository
+from strongroom_restore.testing import InMemoryRestoreStore
 
 
 async def test_consumes_updates_and_sends_garbage_to_dlq() -> None:
     bus = InMemoryEventBus()
-    repo = InMemoryRestoreRepository()
+    repo = InMemoryRestoreStore()
     async with repo.transaction() as tx:
         await tx.insert_job(job())
-    consumer = bus.consumer(consumers.GROUP_ID, consumers.handlers(repo))
+    consumer = bus.consumer(consumers.GROUP_ID, consumers.record_handlers(repo))
     await consumer.start()
     try:
         await bus.publish(RESTORE_UPDATED, b"i-dst", b"\x08\x96\x01 garbage")

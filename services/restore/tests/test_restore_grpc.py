@@ -18,14 +18,14 @@ from strongroom_restore.catalog_client import GrpcCatalogClient
 from strongroom_restore.errors import CatalogUnavailable
 from strongroom_restore.grpc_api import RestoreServicer, register
 from strongroom_restore.handlers import handle_restore_updated
-from strongroom_restore.testing import FakeCatalogClient, InMemoryRestoreRepository
+from strongroom_restore.testing import FakeCatalogClient, InMemoryRestoreStore
 
 S = common_pb2
 
 
 @pytest.fixture
-def repo() -> InMemoryRestoreRepository:
-    return InMemoryRestoreRepository()
+def repo() -> InMemoryRestoreStore:
+    return InMemoryRestoreStore()
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def catalog() -> FakeCatalogClient:
 
 @pytest.fixture
 async def stub(
-    repo: InMemoryRestoreRepository, catalog: FakeCatalogClient
+    repo: InMemoryRestoreStore, catalog: FakeCatalogClient
 ) -> AsyncIterator[restore_pb2_grpc.RestoreServiceAsyncStub]:
     server, port = await start_grpc_server("127.0.0.1:0", register(RestoreServicer(repo, catalog, FakeClock(T0))))
     try:
@@ -53,7 +53,7 @@ async def expect_error(call: object, code: grpc.StatusCode, message: str) -> Non
 
 
 async def test_create_get_list_cancel(
-    stub: restore_pb2_grpc.RestoreServiceAsyncStub, repo: InMemoryRestoreRepository
+    stub: restore_pb2_grpc.RestoreServiceAsyncStub, repo: InMemoryRestoreStore
 ) -> None:
     created = await stub.CreateRestoreJob(
         restore_pb2.CreateRestoreJobRequest(point_id="p1", include_paths=["etc"], target_path="/srv/r")
@@ -86,9 +86,7 @@ async def test_create_get_list_cancel(
     )
 
 
-async def test_stats_are_returned(
-    stub: restore_pb2_grpc.RestoreServiceAsyncStub, repo: InMemoryRestoreRepository
-) -> None:
+async def test_stats_are_returned(stub: restore_pb2_grpc.RestoreServiceAsyncStub, repo: InMemoryRestoreStore) -> None:
     created = await stub.CreateRestoreJob(restore_pb2.CreateRestoreJobRequest(point_id="p1"))
     await handle_restore_updated(
         restore_updated(created.restore_job_id, S.JOB_STATUS_RUNNING, target="i-src", files_restored=3), repo=repo

@@ -17,15 +17,15 @@ from strongroom_platform.testing import FakeClock
 from strongroom_restore import handlers
 from strongroom_restore.errors import CatalogUnavailable, FailedPrecondition, InvalidArgument, NotFound
 from strongroom_restore.model import RestoreJob
-from strongroom_restore.testing import FakeCatalogClient, InMemoryRestoreRepository
+from strongroom_restore.testing import FakeCatalogClient, InMemoryRestoreStore
 
 S = common_pb2
 MINUTE = dt.timedelta(minutes=1)
 
 
 @pytest.fixture
-def repo() -> InMemoryRestoreRepository:
-    return InMemoryRestoreRepository()
+def repo() -> InMemoryRestoreStore:
+    return InMemoryRestoreStore()
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def clock() -> FakeClock:
 
 
 async def create(
-    repo: InMemoryRestoreRepository, catalog: FakeCatalogClient, clock: FakeClock, **fields: object
+    repo: InMemoryRestoreStore, catalog: FakeCatalogClient, clock: FakeClock, **fields: object
 ) -> RestoreJob:
     request = restore_pb2.CreateRestoreJobRequest(**{"point_id": "p1", **fields})  # type: ignore[arg-type]
     return await handlers.create_restore_job(request, repo=repo, catalog=catalog, clock=clock)
@@ -48,9 +48,7 @@ async def create(
 # --- create --------------------------------------------------------------------
 
 
-async def test_create_with_defaults(
-    repo: InMemoryRestoreRepository, catalog: FakeCatalogClient, clock: FakeClock
-) -> None:
+async def test_create_with_defaults(repo: InMemoryRestoreStore, catalog: FakeCatalogClient, clock: FakeClock) -> None:
     created = await create(repo, catalog, clock)
     assert created.status == S.JOB_STATUS_QUEUED
     assert (created.source_instance_id, created.target_instance_id) == ("i-src", "i-src")
@@ -68,7 +66,7 @@ async def test_create_with_defaults(
 
 
 async def test_create_to_another_instance_with_filters(
-    repo: InMemoryRestoreRepository, catalog: FakeCatalogClient, clock: FakeClock
+    repo: InMemoryRestoreStore, catalog: FakeCatalogClient, clock: FakeClock
 ) -> None:
     created = await create(
         repo,
@@ -91,14 +89,14 @@ async def test_create_to_another_instance_with_filters(
 
 
 async def test_windows_target_path_is_absolute(
-    repo: InMemoryRestoreRepository, catalog: FakeCatalogClient, clock: FakeClock
+    repo: InMemoryRestoreStore, catalog: FakeCatalogClient, clock: FakeClock
 ) -> None:
     created = await create(repo, catalog, clock, target_path="D:\\restore")
     assert created.target_path == "D:\\restore"
 
 
 async def test_create_for_unknown_point(
-    repo: InMemoryRestoreRepository, catalog: FakeCatalogClient, clock: FakeClock
+    repo: InMemoryRestoreStore, catalog: FakeCatalogClient, clock: FakeClock
 ) -> None:
     with pytest.raises(NotFound, match="backup point 'nope' not found"):
         await create(repo, catalog, clock, point_id="nope")
@@ -106,7 +104,7 @@ async def test_create_for_unknown_point(
 
 
 async def test_create_while_catalog_is_down(
-    repo: InMemoryRestoreRepository, catalog: FakeCatalogClient, clock: FakeClock
+    repo: InMemoryRestoreStore, catalog: FakeCatalogClient, clock: FakeClock
 ) -> None:
     catalog.unavailable = True
     with pytest.raises(CatalogUnavailable):
@@ -130,7 +128,7 @@ async def test_create_while_catalog_is_down(
     ],
 )
 async def test_create_rejects_invalid_requests(
-    repo: InMemoryRestoreRepository,
+    repo: InMemoryRestoreStore,
     catalog: FakeCatalogClient,
     clock: FakeClock,
     fields: dict[str, object],
@@ -145,7 +143,7 @@ async def test_create_rejects_invalid_requests(
 # --- get / list ----------------------------------------------------------------
 
 
-async def test_get_and_list(repo: InMemoryRestoreRepository, catalog: FakeCatalogClient, clock: FakeClock) -> None:
+async def test_get_and_list(repo: InMemoryRestoreStore, catalog: FakeCatalogClient, clock: FakeClock) -> None:
     first = await create(repo, catalog, clock)
     clock.advance(60)
     second = await create(repo, catalog, clock, target_instance_id="i-other")
@@ -155,7 +153,7 @@ async def test_get_and_list(repo: InMemoryRestoreRepository, catalog: FakeCatalo
     assert [j.restore_job_id for j in await handlers.list_restore_jobs(repo, "i-other")] == [second.restore_job_id]
 
 
-async def test_get_unknown_and_missing_ids(repo: InMemoryRestoreRepository) -> None:
+async def test_get_unknown_and_missing_ids(repo: InMemoryRestoreStore) -> None:
     with pytest.raises(NotFound, match="restore job 'nope' not found"):
         await handlers.get_restore_job(repo, "nope")
     with pytest.raises(InvalidArgument, match="restore_job_id is required"):
@@ -167,14 +165,14 @@ async def test_get_unknown_and_missing_ids(repo: InMemoryRestoreRepository) -> N
 # --- cancel --------------------------------------------------------------------
 
 
-async def insert(repo: InMemoryRestoreRepository, *jobs: RestoreJob) -> None:
+async def insert(repo: InMemoryRestoreStore, *jobs: RestoreJob) -> None:
     async with repo.transaction() as tx:
         for j in jobs:
             await tx.insert_job(j)
 
 
 @pytest.mark.parametrize("status", [S.JOB_STATUS_CREATED, S.JOB_STATUS_QUEUED, S.JOB_STATUS_RUNNING])
-async def test_cancel_unfinished_job(repo: InMemoryRestoreRepository, clock: FakeClock, status: int) -> None:
+async def test_cancel_unfinished_job(repo: InMemoryRestoreStore, clock: FakeClock, status: int) -> None:
     await insert(repo, job(status=status))
     canceled = await handlers.cancel_restore_job(repo, "r1", clock=clock)
     assert canceled.status == S.JOB_STATUS_CANCELING
@@ -185,7 +183,7 @@ async def test_cancel_unfinished_job(repo: InMemoryRestoreRepository, clock: Fak
     assert (event.restore_job_id, event.target_instance_id, event.account_id) == ("r1", "i-dst", "acct")
 
 
-async def test_cancel_twice_requests_once(repo: InMemoryRestoreRepository, clock: FakeClock) -> None:
+async def test_cancel_twice_requests_once(repo: InMemoryRestoreStore, clock: FakeClock) -> None:
     await insert(repo, job(status=S.JOB_STATUS_RUNNING))
     await handlers.cancel_restore_job(repo, "r1", clock=clock)
     again = await handlers.cancel_restore_job(repo, "r1", clock=clock)
@@ -202,7 +200,7 @@ async def test_cancel_twice_requests_once(repo: InMemoryRestoreRepository, clock
     ],
 )
 async def test_cancel_finished_job_is_refused(
-    repo: InMemoryRestoreRepository, clock: FakeClock, status: int, name: str
+    repo: InMemoryRestoreStore, clock: FakeClock, status: int, name: str
 ) -> None:
     await insert(repo, job(status=status))
     with pytest.raises(FailedPrecondition, match=f"already finished \\({name}\\); it cannot be cancelled"):
@@ -210,7 +208,7 @@ async def test_cancel_finished_job_is_refused(
     assert repo.outbox == [] and (await repo.get_job("r1")) == job(status=status)
 
 
-async def test_cancel_unknown_job(repo: InMemoryRestoreRepository, clock: FakeClock) -> None:
+async def test_cancel_unknown_job(repo: InMemoryRestoreStore, clock: FakeClock) -> None:
     with pytest.raises(NotFound, match="restore job 'nope' not found"):
         await handlers.cancel_restore_job(repo, "nope", clock=clock)
 
@@ -218,7 +216,7 @@ async def test_cancel_unknown_job(repo: InMemoryRestoreRepository, clock: FakeCl
 # --- restore-updated -------------------------------------------------------------
 
 
-async def apply(repo: InMemoryRestoreRepository, *events: events_pb2.RestoreUpdated) -> RestoreJob:
+async def apply(repo: InMemoryRestoreStore, *events: events_pb2.RestoreUpdated) -> RestoreJob:
     for event in events:
         await handlers.handle_restore_updated(event, repo=repo)
     current = await repo.get_job("r1")
@@ -226,7 +224,7 @@ async def apply(repo: InMemoryRestoreRepository, *events: events_pb2.RestoreUpda
     return current
 
 
-async def test_progress_then_completion(repo: InMemoryRestoreRepository) -> None:
+async def test_progress_then_completion(repo: InMemoryRestoreStore) -> None:
     await insert(repo, job())
     running = await apply(repo, restore_updated(status=S.JOB_STATUS_RUNNING, at=T0 + MINUTE, files_restored=3))
     assert running.status == S.JOB_STATUS_RUNNING and running.stats.files_restored == 3
@@ -236,7 +234,7 @@ async def test_progress_then_completion(repo: InMemoryRestoreRepository) -> None
     assert done.stats.bytes_restored == 90 and done.finished_at == T0 + 2 * MINUTE
 
 
-async def test_failure_keeps_error_and_earlier_stats(repo: InMemoryRestoreRepository) -> None:
+async def test_failure_keeps_error_and_earlier_stats(repo: InMemoryRestoreStore) -> None:
     await insert(repo, job())
     failed = await apply(
         repo,
@@ -247,28 +245,28 @@ async def test_failure_keeps_error_and_earlier_stats(repo: InMemoryRestoreReposi
     assert failed.stats.files_restored == 4
 
 
-async def test_redelivered_update_applies_once(repo: InMemoryRestoreRepository) -> None:
+async def test_redelivered_update_applies_once(repo: InMemoryRestoreStore) -> None:
     await insert(repo, job())
     event = restore_updated(status=S.JOB_STATUS_RUNNING, at=T0 + MINUTE, files_restored=1)
     first = await apply(repo, event)
     assert await apply(repo, event) == first
 
 
-async def test_finished_job_never_moves_back(repo: InMemoryRestoreRepository) -> None:
+async def test_finished_job_never_moves_back(repo: InMemoryRestoreStore) -> None:
     await insert(repo, job())
     done = await apply(repo, restore_updated(status=S.JOB_STATUS_COMPLETE, at=T0 + 2 * MINUTE, files_restored=9))
     late = await apply(repo, restore_updated(status=S.JOB_STATUS_RUNNING, at=T0 + 3 * MINUTE, files_restored=1))
     assert late == done
 
 
-async def test_stale_update_is_ignored(repo: InMemoryRestoreRepository) -> None:
+async def test_stale_update_is_ignored(repo: InMemoryRestoreStore) -> None:
     await insert(repo, job())
     newer = await apply(repo, restore_updated(status=S.JOB_STATUS_RUNNING, at=T0 + 2 * MINUTE, files_restored=8))
     older = await apply(repo, restore_updated(status=S.JOB_STATUS_RUNNING, at=T0 + MINUTE, files_restored=2))
     assert older == newer
 
 
-async def test_progress_does_not_undo_canceling(repo: InMemoryRestoreRepository) -> None:
+async def test_progress_does_not_undo_canceling(repo: InMemoryRestoreStore) -> None:
     await insert(repo, job(status=S.JOB_STATUS_CANCELING))
     still = await apply(repo, restore_updated(status=S.JOB_STATUS_RUNNING, at=T0 + MINUTE, files_restored=5))
     assert still.status == S.JOB_STATUS_CANCELING and still.stats.files_restored == 5
@@ -276,13 +274,13 @@ async def test_progress_does_not_undo_canceling(repo: InMemoryRestoreRepository)
     assert canceled.status == S.JOB_STATUS_CANCELED and canceled.finished_at == T0 + 2 * MINUTE
 
 
-async def test_update_from_another_instance_is_ignored(repo: InMemoryRestoreRepository) -> None:
+async def test_update_from_another_instance_is_ignored(repo: InMemoryRestoreStore) -> None:
     await insert(repo, job())
     same = await apply(repo, restore_updated(status=S.JOB_STATUS_COMPLETE, at=T0 + MINUTE, target="i-evil"))
     assert same == job()
 
 
-async def test_update_for_unknown_job_is_ignored(repo: InMemoryRestoreRepository) -> None:
+async def test_update_for_unknown_job_is_ignored(repo: InMemoryRestoreStore) -> None:
     await handlers.handle_restore_updated(restore_updated("nope"), repo=repo)
     assert await repo.get_job("nope") is None
 
@@ -296,7 +294,7 @@ async def test_update_for_unknown_job_is_ignored(repo: InMemoryRestoreRepository
     ],
 )
 async def test_invalid_update_is_poison(
-    repo: InMemoryRestoreRepository, event: events_pb2.RestoreUpdated, message: str
+    repo: InMemoryRestoreStore, event: events_pb2.RestoreUpdated, message: str
 ) -> None:
     await insert(repo, job())
     with pytest.raises(PoisonRecord, match=message):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from restore_contract_repository import RestoreRepositoryContract
-from strongroom_restore.testing import InMemoryRestoreRepository
+from strongroom_restore.testing import InMemoryRestoreStore
 
 
 class FakeHarness:
     def __init__(self) -> None:
-        self.fake = InMemoryRestoreRepository()
+        self.fake = InMemoryRestoreStore()
         self.repo = self.fake
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:

@@ -9,7 +9,7 @@ import pytest
 from restore_contract_repository import RestoreRepositoryContract
 from strongroom_platform.db import create_pool, migrate
 from strongroom_restore.migrations import MIGRATIONS, SCHEMA
-from strongroom_restore.repository import PgRestoreRepository
+from strongroom_restore.repository import PgRestoreStore
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 class PgHarness:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.repo = PgRestoreRepository(pool)
+        self.repo = PgRestoreStore(pool)
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:
         rows = await self.pool.fetch("SELECT topic, key, payload FROM outbox ORDER BY id")

@@ -25,6 +25,7 @@ from strongroom_platform.events import (
     JOB_UPDATED,
     new_meta,
 )
+from strongroom_platform.settings import PlatformSettings
 from strongroom_platform.testing import FakeClock, InMemoryEventBus
 from strongroom_scheduler import bootstrap, handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
@@ -146,7 +147,8 @@ async def _wait_for(predicate: object, what: str) -> None:
 async def test_process_serves_grpc_and_events(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    settings = Settings(pg_dsn=pg_dsn, kafka_bootstrap="unused:9092", schedule_interval=0.2)
+    platform = PlatformSettings(pg_dsn, "unused:9092", True, "file:unused", None, "none")
+    settings = Settings(platform=platform, schedule_interval=0.2)
     server = asyncio.create_task(
         bootstrap.run(settings, stop, clock=SystemClock(), publisher=bus, consumer_factory=bus.consumer)
     )

@@ -4,25 +4,33 @@ import pytest
 from strongroom_platform.settings import SettingsError
 from strongroom_scheduler.settings import Settings
 
-BASE = {"STRONGROOM_PG_DSN": "postgresql://x", "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092"}
+BASE = {
+    "STRONGROOM_PG_DSN": "postgresql://x",
+    "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092",
+    "STRONGROOM_OBJECT_STORE": "file:/unused",
+}
 
 
 def test_defaults() -> None:
     settings = Settings.from_env(BASE)
-    assert (settings.grpc_listen, settings.schedule_interval, settings.kafka_idempotent) == ("127.0.0.1:0", 30.0, True)
+    assert (settings.grpc_listen, settings.schedule_interval, settings.platform.kafka_idempotent) == (
+        "127.0.0.1:0",
+        30.0,
+        True,
+    )
 
 
 def test_overrides() -> None:
     settings = Settings.from_env(
         {**BASE, "STRONGROOM_SCHEDULE_INTERVAL": "0.5", "STRONGROOM_OUTBOX_REPLAY": "1", "STRONGROOM_GRPC_LISTEN": ":7"}
     )
-    assert (settings.schedule_interval, settings.outbox_replay, settings.grpc_listen) == (0.5, True, ":7")
+    assert (settings.schedule_interval, settings.platform.outbox_replay, settings.grpc_listen) == (0.5, True, ":7")
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"STRONGROOM_KAFKA_BOOTSTRAP": "k"}, "STRONGROOM_PG_DSN is required"),
+        ({"STRONGROOM_KAFKA_BOOTSTRAP": "k", "STRONGROOM_OBJECT_STORE": "file:/x"}, "STRONGROOM_PG_DSN is required"),
         ({**BASE, "STRONGROOM_SCHEDULE_INTERVAL": "soon"}, "must be a number"),
         ({**BASE, "STRONGROOM_SCHEDULE_INTERVAL": "0"}, "must be positive"),
     ],

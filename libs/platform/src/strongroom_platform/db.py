@@ -1,20 +1,28 @@
-"""PostgreSQL access: pools bound to a service's own schema, and migrations.
+"""PostgreSQL access: pools bound to a service's own schema, migrations, and the unit of work.
 
 Each service owns one schema (its name) in the shared database server; the
 pool sets ``search_path`` to it, so SQL in the services names tables without
 a schema prefix. Migrations are plain SQL strings, applied in order, once,
 under an advisory lock so that concurrent starts of a service are safe.
+
+A service's store port opens transactions (``async with store.transaction() as tx``); its
+``…Tx`` port extends :class:`InboxTx` or :class:`InboxOutboxTx`, and its asyncpg adapter extends
+:class:`PgTransaction` and opens it with :func:`transaction` (ADR 0021).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import asyncpg
+from google.protobuf.message import Message
+
+from strongroom_platform import inbox, outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +82,46 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: Sequence[Migratio
             await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", migration.version)
             applied += 1
     return applied
+
+
+class InboxTx(Protocol):
+    """A transaction that can claim a consumed event (``inbox.claim_event``)."""
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        """Record that ``consumer`` processes ``event_id``; False if it already did (then do nothing)."""
+        ...
+
+
+class InboxOutboxTx(InboxTx, Protocol):
+    """A transaction that can also produce events (transactional outbox)."""
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        """Add an outgoing event; it is published only if the transaction commits."""
+        ...
+
+
+class PgTransaction:
+    """The asyncpg side of :class:`InboxOutboxTx`: one connection inside an open transaction.
+
+    A service's adapter subclasses it and adds its reads and writes on ``self._conn``.
+    """
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def claim_event(self, consumer: str, event_id: str) -> bool:
+        return await inbox.claim_event(self._conn, consumer, event_id)
+
+    async def enqueue(self, topic: str, key: str, event: Message) -> None:
+        await outbox.enqueue(self._conn, topic, key, event)
+
+
+TxT = TypeVar("TxT", bound=PgTransaction)
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool, tx_type: Callable[[asyncpg.Connection], TxT]) -> AsyncIterator[TxT]:
+    """A pooled connection in a transaction, as ``tx_type``: commits when the block exits normally, else rolls back."""
+    async with pool.acquire() as conn, conn.transaction():
+        # The pool hands out a proxy of the connection; it forwards every call to it.
+        yield tx_type(cast(asyncpg.Connection, conn))

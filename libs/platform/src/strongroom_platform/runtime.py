@@ -9,11 +9,12 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
+from strongroom_platform.grpc_errors import ErrorMappingInterceptor
 from strongroom_platform.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -83,17 +84,23 @@ async def start_grpc_server(
     *,
     max_message_bytes: int = 64 << 20,
     credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Start a grpc.aio server on ``listen`` (host:port; port 0 = any); return it and the bound port.
 
     With ``credentials`` (``strongroom_platform.tls.listener_credentials``) the port speaks TLS only;
     without, plaintext only.
+
+    The error mapping of ``grpc_errors`` is the outermost interceptor, so a ``ServiceError``
+    raised by one of ``interceptors`` (an authentication check, say) or by a servicer reaches
+    the caller as its status code, and no exception reaches it with its own text.
     """
     server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-        ]
+        ],
     )
     register(server)
     port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
@@ -103,14 +110,21 @@ async def start_grpc_server(
     return server, port
 
 
-async def serve_grpc(service: str, listen: str, register: Callable[[grpc.aio.Server], None]) -> grpc.aio.Server:
+async def serve_grpc(
+    service: str,
+    listen: str,
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+) -> grpc.aio.Server:
     """Start the service's gRPC server on ``listen`` and announce it.
 
     Prints ``LISTENING <service> <host>:<port>`` on stdout once serving (the
     line supervisors and tests wait for; the port is the bound one when
     ``listen`` asks for port 0). The caller stops the server.
     """
-    server, port = await start_grpc_server(listen, register)
+    server, port = await start_grpc_server(listen, register, credentials=credentials, interceptors=interceptors)
     host = listen.rsplit(":", 1)[0]
     print(f"LISTENING {service} {host}:{port}", flush=True)
     log.info("%s serving on %s:%d", service, host, port)

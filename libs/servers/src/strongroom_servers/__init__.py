@@ -2,11 +2,12 @@
 
 Each launcher is a small class with ``start()`` / ``stop()`` that also works as a context manager,
 listens on a free 127.0.0.1 port, logs to a file in its work dir and raises
-:class:`ServerStartError` (with the log tail) when the server does not come up. Downloads and
+:class:`ServerStartError` (with the log tail) when the server does not come up. A server never
+outlives the process that started it, even one killed with SIGKILL (a watchdog per server, ADR 0022). Downloads and
 builds are cached under :func:`cache_root`. Importing this package starts nothing.
 """
 
-from strongroom_servers._process import PrerequisiteMissing, ServerStartError, cache_root, free_port
+from strongroom_servers._process import LocalServer, PrerequisiteMissing, ServerStartError, cache_root, free_port
 from strongroom_servers.kafka import KAFKA_VERSION, LocalKafka, ensure_kafka_libs
 from strongroom_servers.kafka_probe import KafkaServerInfo, probe_kafka
 from strongroom_servers.postgres import LocalPostgres, find_pg_bin_dir
@@ -19,6 +20,7 @@ __all__ = [
     "KafkaServerInfo",
     "LocalKafka",
     "LocalPostgres",
+    "LocalServer",
     "LocalTansu",
     "LocalVersityGW",
     "PrerequisiteMissing",

@@ -24,22 +24,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
 
-from strongroom_servers._process import PrerequisiteMissing, ServerStartError, cache_root
+from strongroom_servers._process import LocalServer, PrerequisiteMissing, ServerStartError, cache_root
 from strongroom_servers.kafka import KAFKA_VERSION, LocalKafka, ensure_kafka_libs
 from strongroom_servers.postgres import LocalPostgres, find_pg_bin_dir
 from strongroom_servers.s3 import VERSITYGW_VERSION, LocalVersityGW, ensure_versitygw
 from strongroom_servers.tansu import LocalTansu, find_tansu
 
 __all__ = ["main"]
-
-
-class _Server(Protocol):
-    @property
-    def alive(self) -> bool: ...
-
-    def stop(self) -> None: ...
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +89,7 @@ def _prefetch(only: Sequence[str] | None) -> int:
     return 1 if failed else 0
 
 
-def _start(args: argparse.Namespace, work_dir: Path) -> tuple[_Server, dict[str, str], str]:
+def _start(args: argparse.Namespace, work_dir: Path) -> tuple[LocalServer, dict[str, str], str]:
     """Start the chosen server; return it, its TEST_* variables and a one-line description."""
     if args.command == "kafka":
         kafka = LocalKafka(work_dir, port=args.port).start()

@@ -5,9 +5,11 @@ Nothing here runs at import time; every function touches the system only when ca
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import fcntl
+import functools
 import os
 import pwd
 import re
@@ -15,14 +17,17 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Self
 
 __all__ = [
+    "LocalServer",
     "ManagedProcess",
     "PrerequisiteMissing",
     "ServerStartError",
@@ -36,6 +41,7 @@ __all__ = [
 ]
 
 
+_WATCHDOG = Path(__file__).resolve().with_name("_watchdog.py")
 _ERROR_MARK = re.compile(r"\b(ERROR|FATAL|PANIC|Exception)\b|error:")
 
 
@@ -136,41 +142,29 @@ def run_checked(
     timeout: float = 1800.0,
     user: str | None = None,
 ) -> None:
-    """Run a one-shot command with output appended to ``log_path``; raise ServerStartError with the tail on failure."""
-    uid, gid, groups = _user_ids(user)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        log.write(f"$ {' '.join(argv)}\n".encode())
-        log.flush()
-        try:
-            proc = subprocess.run(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
-                cwd=cwd,
-                timeout=timeout,
-                check=False,
-                user=uid,
-                group=gid,
-                extra_groups=groups,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ServerStartError(
-                f"{what} timed out after {timeout:.0f}s; log {log_path}:\n{log_tail(log_path)}"
-            ) from exc
-    if proc.returncode != 0:
-        raise ServerStartError(f"{what} failed (exit {proc.returncode}); log {log_path}:\n{log_tail(log_path)}")
+    """Run a one-shot command with output appended to ``log_path``; raise ServerStartError with the tail on failure.
+
+    The command runs under a watchdog like a server (see :class:`ManagedProcess`), so a build or
+    ``initdb`` does not outlive a starter that is killed meanwhile.
+    """
+    proc = ManagedProcess(what, argv, log_path, env=env, cwd=cwd, user=user, stop_signal=signal.SIGKILL)
+    proc.start()
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise ServerStartError(f"{what} timed out after {timeout:.0f}s; log {log_path}:\n{log_tail(log_path)}") from exc
+    finally:
+        proc.stop()
+    if code != 0:
+        raise ServerStartError(f"{what} failed (exit {code}); log {log_path}:\n{log_tail(log_path)}")
 
 
-def _user_ids(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
-    """(uid, gid, extra_groups) for Popen to drop privileges to ``user``; all None for no change."""
+def _user_ids(user: str | None) -> tuple[int | None, int | None]:
+    """(uid, gid) the watchdog drops to (also dropping root's supplementary groups); None for no change."""
     if user is None:
-        return None, None, None
+        return None, None
     entry = pwd.getpwnam(user)
-    # extra_groups=[] drops root's supplementary groups; Popen does setgroups/setgid/setuid in the child.
-    return entry.pw_uid, entry.pw_gid, []
+    return entry.pw_uid, entry.pw_gid
 
 
 # Launchers still running at interpreter exit are stopped, so an exception or a forgotten stop()
@@ -187,10 +181,18 @@ def _stop_all_at_exit() -> None:
 
 
 class ManagedProcess:
-    """One long-running child process whose stdout/stderr go to a log file.
+    """One long-running child process whose stdout/stderr go to a log file, tied to this process.
 
-    The child runs in its own session (process group) so a terminal Ctrl-C reaches only the
-    parent, which then stops it in order; stop() signals the whole group.
+    The child is started by a watchdog (``_watchdog.py``, a tiny stdlib-only Python process in its
+    own session) that holds one end of a socket pair; only this process holds the other end. When
+    this process dies, however it dies (SIGKILL included), the watchdog sees EOF (or its parent pid
+    change), sends ``stop_signal`` to the child's process group, SIGKILLs it after ``orphan_grace``
+    seconds and exits. On Linux the child also gets SIGKILL if the watchdog itself is killed.
+
+    The child runs in its own session (process group), so a terminal Ctrl-C reaches only the
+    parent, which then stops it in order; stop() signals the whole group (through the watchdog,
+    which still owns the unreaped child, so the group id cannot have been reused). ``pid`` is the
+    child's, not the watchdog's. See docs/adr/0022-servers-die-with-their-starter.md.
     """
 
     def __init__(
@@ -204,6 +206,7 @@ class ManagedProcess:
         user: str | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
         stop_timeout: float = 30.0,
+        orphan_grace: float = 5.0,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -213,50 +216,104 @@ class ManagedProcess:
         self.user = user
         self.stop_signal = stop_signal
         self.stop_timeout = stop_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.orphan_grace = orphan_grace
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._lifeline: socket.socket | None = None
+        self._pid: int | None = None
         self._log: IO[bytes] | None = None
         self._log_offset = 0
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        """The server's pid (also its process group id), None before start() and after stop()."""
+        return self._pid
+
+    @property
+    def watchdog_pid(self) -> int | None:
+        return self._watchdog.pid if self._watchdog is not None else None
 
     def start(self) -> None:
-        """Spawn the child. Raises ServerStartError if the executable cannot be started."""
+        """Spawn the watchdog and, through it, the child. Raises ServerStartError if the child cannot be started."""
         global _atexit_registered
-        if self._proc is not None:
+        if self._watchdog is not None:
             raise RuntimeError(f"{self.name} already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        uid, gid, groups = _user_ids(self.user)
+        uid, gid = _user_ids(self.user)
         self._log = self.log_path.open("ab")
         self._log_offset = self._log.tell()
         self._log.write(f"$ {' '.join(self.argv)}\n".encode())
         self._log.flush()
+        argv = [
+            sys.executable,
+            "-I",  # ignore PYTHON* variables and user site-packages: the watchdog needs the stdlib only
+            "-S",
+            str(_WATCHDOG),
+            "--ppid",
+            str(os.getpid()),
+            "--stop-signal",
+            str(int(self.stop_signal)),
+            "--grace",
+            str(self.orphan_grace),
+            *(["--uid", str(uid), "--gid", str(gid)] if uid is not None else []),
+            "--",
+            *self.argv,
+        ]
+        ours, theirs = socket.socketpair()  # not inheritable: later children of ours do not get a copy
         try:
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
+            self._watchdog = subprocess.Popen(
+                argv,
+                stdin=theirs.fileno(),
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 cwd=self.cwd,
-                start_new_session=True,
-                user=uid,
-                group=gid,
-                extra_groups=groups,
+                start_new_session=True,  # a kill aimed at our process group must not take the watchdog too
             )
         except OSError as exc:
+            ours.close()
             self._close_log()
-            raise ServerStartError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from exc
+            raise ServerStartError(f"cannot start the watchdog for {self.name}: {exc}") from exc
+        finally:
+            theirs.close()
+        self._lifeline = ours
         with _ATEXIT_LOCK:
             if not _atexit_registered:
                 atexit.register(_stop_all_at_exit)
                 _atexit_registered = True
         _RUNNING.add(self)
+        reply = self._read_reply()
+        verb, _, value = reply.partition(" ")
+        if verb != "pid" or not value.isdigit():
+            self.stop()
+            detail = value if verb == "error" else f"watchdog said {reply!r}; log {self.log_path}"
+            raise ServerStartError(f"cannot start {self.name} ({self.argv[0]}): {detail}")
+        self._pid = int(value)
+
+    def _read_reply(self, timeout: float = 30.0) -> str:
+        assert self._lifeline is not None
+        self._lifeline.settimeout(timeout)
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                chunk = self._lifeline.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        finally:
+            self._lifeline.settimeout(None)
+        return data.decode("utf-8", "replace").strip()
 
     def exit_code(self) -> int | None:
-        """The child's exit status, or None while it runs (or before start)."""
-        return self._proc.poll() if self._proc is not None else None
+        """The child's exit status (128 + n after signal n), or None while it runs (or before start)."""
+        return self._watchdog.poll() if self._watchdog is not None else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit and return its status; raises subprocess.TimeoutExpired."""
+        if self._watchdog is None:
+            raise RuntimeError(f"{self.name} not started")
+        return self._watchdog.wait(timeout=timeout)
 
     def wait_until(self, ready: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1) -> None:
         """Poll ``ready()`` until it is true.
@@ -298,30 +355,38 @@ class ManagedProcess:
 
     def stop(self) -> None:
         """Send ``stop_signal`` to the process group, wait ``stop_timeout``, then SIGKILL. Idempotent."""
-        proc = self._proc
-        if proc is None:
+        watchdog = self._watchdog
+        if watchdog is None:
             return
         try:
-            if proc.poll() is None:
-                self._signal_group(proc, self.stop_signal)
+            if watchdog.poll() is None:
+                self._signal_group(self.stop_signal)
                 try:
-                    proc.wait(timeout=self.stop_timeout)
+                    watchdog.wait(timeout=self.stop_timeout)
                 except subprocess.TimeoutExpired:
-                    self._signal_group(proc, signal.SIGKILL)
-                    proc.wait(timeout=30)
+                    self._signal_group(signal.SIGKILL)
+                    try:
+                        watchdog.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        watchdog.kill()  # an unresponsive watchdog: on Linux its child gets SIGKILL too
+                        watchdog.wait(timeout=30)
         finally:
-            self._proc = None
+            self._watchdog = None
+            self._pid = None
             _RUNNING.discard(self)
+            if self._lifeline is not None:
+                self._lifeline.close()  # after the watchdog exited, so closing it kills nothing
+                self._lifeline = None
             self._close_log()
 
-    @staticmethod
-    def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    def _signal_group(self, sig: signal.Signals) -> None:
+        """Ask the watchdog to send ``sig`` to the child's process group."""
+        if self._lifeline is None:
+            return
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            proc.send_signal(sig)
+            self._lifeline.sendall(f"signal {int(sig)}\n".encode())
+        except OSError:
+            pass  # the watchdog is gone, and with it (or before it) the child
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -335,3 +400,101 @@ def which_or_raise(tool: str, hint: str) -> str:
     if found is None:
         raise PrerequisiteMissing(f"`{tool}` not found on PATH ({hint})")
     return found
+
+
+class LocalServer(abc.ABC):
+    """The common shape of the launchers: ``start()`` on a free (or given) port with one retry on
+    "address already in use", ``stop()``, ``port`` / ``log_path`` / ``alive``, context manager.
+
+    Subclasses provide ``_launch(port)`` (an unstarted :class:`ManagedProcess` for that port),
+    ``_ready(proc, port)`` and ``log_path``; ``_prepare()`` runs once per start before the first
+    attempt (downloads, initdb) and ``_start_failed()`` after a start that gave up.
+    """
+
+    #: Log text that means the port was taken between free_port() and the server's bind.
+    _bind_errors: tuple[str, ...] = ("Address already in use",)
+    #: What readiness means, for the timeout message; ``{port}`` is filled in.
+    _ready_what = "port {port} open"
+
+    def __init__(self, *, port: int | None, start_timeout: float, stop_timeout: float) -> None:
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._fixed_port = port
+        self._port: int | None = None
+        self._proc: ManagedProcess | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None or self._proc is None:
+            raise RuntimeError(f"{type(self).__name__} is not running")
+        return self._port
+
+    @property
+    @abc.abstractmethod
+    def log_path(self) -> Path:
+        """The server's log file."""
+
+    @property
+    def alive(self) -> bool:
+        """True while the started server process is still running."""
+        return self._proc is not None and self._proc.exit_code() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id (also its process group id) while started, else None."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> Self:
+        """Prepare, launch and wait until ready; returns self. Raises ServerStartError with the log tail."""
+        if self._proc is not None:
+            raise RuntimeError(f"{type(self).__name__} already started")
+        self._prepare()
+        # A port chosen by us can be taken between probe and bind; retry once with a new one.
+        attempts = 1 if self._fixed_port is not None else 2
+        for attempt in range(attempts):
+            port = self._fixed_port or free_port()
+            proc = self._launch(port)
+            try:
+                proc.start()
+                proc.wait_until(
+                    functools.partial(self._ready, proc, port),
+                    timeout=self.start_timeout,
+                    what=self._ready_what.format(port=port),
+                )
+            except ServerStartError:
+                if attempt + 1 < attempts and any(proc.log_contains(e) for e in self._bind_errors):
+                    continue
+                self._start_failed()
+                raise
+            self._proc, self._port = proc, port
+            return self
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """The server's graceful stop signal to its process group, SIGKILL after ``stop_timeout``. Idempotent."""
+        if self._proc is not None:
+            self._proc.stop()
+            self._proc = None
+
+    def __enter__(self) -> Self:
+        """Start unless already started (so ``with X(...).start() as x`` works too)."""
+        return self if self._proc is not None else self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _prepare(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Work before the first launch attempt (provisioning, initdb)."""
+
+    @abc.abstractmethod
+    def _launch(self, port: int) -> ManagedProcess:
+        """The server process for ``port``, not yet started."""
+
+    @abc.abstractmethod
+    def _ready(self, proc: ManagedProcess, port: int) -> bool:
+        """True once the server launched as ``proc`` on ``port`` serves."""
+
+    def _start_failed(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Clean-up after a start that gave up (the process is already stopped)."""

@@ -8,17 +8,15 @@ ships in this package (``kafka-pom.xml``) into ``<cache>/kafka-<version>/libs`` 
 from __future__ import annotations
 
 import base64
-import functools
 import importlib.resources
 import os
 import shutil
 import signal
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from strongroom_servers._process import (
+    LocalServer,
     ManagedProcess,
     PrerequisiteMissing,
     ServerStartError,
@@ -127,10 +125,6 @@ def ensure_kafka_libs(version: str = KAFKA_VERSION) -> Path:
         raise last_error
 
 
-def _kafka_ready(proc: ManagedProcess, port: int) -> bool:
-    return proc.log_contains(_READY_LINE) and port_open("127.0.0.1", port)
-
-
 def _cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, url-safe base64 without padding (as Uuid.randomUuid)."""
     while True:
@@ -139,19 +133,23 @@ def _cluster_id() -> str:
             return cid
 
 
-class LocalKafka:
+class LocalKafka(LocalServer):
     """One combined broker+controller KRaft node on 127.0.0.1.
 
     Contract: ``start()`` provisions the jars (cached), formats ``work_dir/kraft-data`` on first
     use (a restart on the same work dir keeps its topics), launches ``kafka.Kafka`` and returns once
     the log says "Kafka Server started" and the port accepts connections; raises ServerStartError
     with the log tail otherwise. ``stop()`` sends SIGTERM (controlled shutdown), then SIGKILL after
-    ``stop_timeout``. The broker log is ``work_dir/kafka.log``.
+    ``stop_timeout``. The broker log is ``work_dir/kafka.log``. The JVM does not outlive the process
+    that started it (ADR 0022).
 
     Settings are tuned for tests: every internal topic has one partition and replication factor 1
     (so consumer groups and transactions work on one node) and the first group rebalance is not
     delayed.
     """
+
+    _bind_errors = _BIND_ERRORS
+    _ready_what = f"'{_READY_LINE}' and port {{port}} open"
 
     def __init__(
         self,
@@ -164,21 +162,12 @@ class LocalKafka:
         start_timeout: float = 120.0,
         stop_timeout: float = 30.0,
     ) -> None:
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.work_dir = Path(work_dir)
         self.version = version
         self.heap_max = heap_max
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._fixed_port = port
         self._libs_dir = libs_dir
-        self._port: int | None = None
-        self._proc: ManagedProcess | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None or self._proc is None:
-            raise RuntimeError("LocalKafka is not running")
-        return self._port
+        self._java = ""
 
     @property
     def bootstrap(self) -> str:
@@ -189,74 +178,38 @@ class LocalKafka:
     def log_path(self) -> Path:
         return self.work_dir / "kafka.log"
 
-    @property
-    def alive(self) -> bool:
-        """True while the started server process is still running."""
-        return self._proc is not None and self._proc.exit_code() is None
-
-    def start(self) -> Self:
-        """Provision, format if needed, launch and wait until ready. Returns self."""
-        if self._proc is not None:
-            raise RuntimeError("LocalKafka already started")
-        libs = self._libs_dir or ensure_kafka_libs(self.version)
-        java = find_java()
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        # A port chosen by us can be taken between probe and bind; retry once with new ports.
-        attempts = 1 if self._fixed_port is not None else 2
-        for attempt in range(attempts):
-            broker_port = self._fixed_port or free_port()
-            controller_port = free_port()
-            self._write_config(broker_port, controller_port)
-            self._format(java, libs)
-            proc = ManagedProcess(
-                "kafka",
-                [
-                    java,
-                    "-Xms256m",
-                    f"-Xmx{self.heap_max}",
-                    *self._jvm_common(libs),
-                    "kafka.Kafka",
-                    str(self.work_dir / "server.properties"),
-                ],
-                self.log_path,
-                cwd=self.work_dir,
-                stop_signal=signal.SIGTERM,
-                stop_timeout=self.stop_timeout,
-            )
-            proc.start()
-            try:
-                proc.wait_until(
-                    functools.partial(_kafka_ready, proc, broker_port),
-                    timeout=self.start_timeout,
-                    what=f"'{_READY_LINE}' and port {broker_port} open",
-                )
-            except ServerStartError:
-                if attempt + 1 < attempts and any(proc.log_contains(e) for e in _BIND_ERRORS):
-                    continue
-                raise
-            self._proc, self._port = proc, broker_port
-            return self
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        """Controlled shutdown (SIGTERM), SIGKILL after ``stop_timeout``. Idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
     def server_info(self) -> str:
         """``"Kafka 4.3.1 (metadata.version 4.3-IV0 via ApiVersions v3)"``: the jar version this launcher
         ran plus what the broker reports over the protocol."""
         return f"Kafka {self.version} ({probe_kafka(self.bootstrap).describe()})"
 
-    def __enter__(self) -> Self:
-        """Start unless already started (so ``with X(...).start() as x`` works too)."""
-        return self if self._proc is not None else self.start()
+    def _prepare(self) -> None:
+        self._libs_dir = self._libs_dir or ensure_kafka_libs(self.version)
+        self._java = find_java()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _launch(self, port: int) -> ManagedProcess:
+        assert self._libs_dir is not None
+        self._write_config(port, free_port())
+        self._format(self._java, self._libs_dir)
+        return ManagedProcess(
+            "kafka",
+            [
+                self._java,
+                "-Xms256m",
+                f"-Xmx{self.heap_max}",
+                *self._jvm_common(self._libs_dir),
+                "kafka.Kafka",
+                str(self.work_dir / "server.properties"),
+            ],
+            self.log_path,
+            cwd=self.work_dir,
+            stop_signal=signal.SIGTERM,
+            stop_timeout=self.stop_timeout,
+        )
+
+    def _ready(self, proc: ManagedProcess, port: int) -> bool:
+        return proc.log_contains(_READY_LINE) and port_open("127.0.0.1", port)
 
     def _jvm_common(self, libs: Path) -> list[str]:
         # The G1 flags are those of Kafka's bin/kafka-run-class.sh; JMX is left off.

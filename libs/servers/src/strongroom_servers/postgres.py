@@ -7,7 +7,6 @@ unprivileged user (``postgres``, created with useradd if missing, else ``nobody`
 
 from __future__ import annotations
 
-import functools
 import glob
 import importlib.util
 import os
@@ -17,14 +16,12 @@ import signal
 import stat
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from strongroom_servers._process import (
+    LocalServer,
     ManagedProcess,
     PrerequisiteMissing,
     ServerStartError,
-    free_port,
     port_open,
     run_checked,
 )
@@ -142,7 +139,7 @@ def _pg_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
-class LocalPostgres:
+class LocalPostgres(LocalServer):
     """One PostgreSQL server on ``127.0.0.1:<port>`` over ``data_dir``.
 
     Contract: ``start()`` runs ``initdb`` only when ``data_dir`` has no cluster yet (so a durable
@@ -150,11 +147,14 @@ class LocalPostgres:
     "ready" and the port accepts connections; raises ServerStartError with the log tail otherwise.
     ``stop()`` asks for a *fast* shutdown (SIGINT: roll back open transactions, disconnect clients),
     SIGKILL after ``stop_timeout``. The server log is ``data_dir.parent / (data_dir.name + ".log")``.
+    The postmaster (and so its backends) does not outlive the process that started it (ADR 0022).
 
     ``durable=False`` (tests) turns off fsync, synchronous_commit and full_page_writes: fast, but a
     machine crash can corrupt the cluster. ``durable=True`` keeps PostgreSQL's defaults (standalone
     mode). The port is chosen anew on each start unless ``port`` is given.
     """
+
+    _ready_what = "postmaster.pid 'ready' and port {port} open"
 
     def __init__(
         self,
@@ -167,28 +167,19 @@ class LocalPostgres:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
     ) -> None:
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.bin_dir_hint = bin_dir
         self.data_dir = Path(data_dir).absolute()
         self.durable = durable
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._fixed_port = port
         self._run_as = run_as
         self._bin_dir: Path | None = None
-        self._port: int | None = None
-        self._proc: ManagedProcess | None = None
+        self._user: str | None = None
 
     @property
     def bin_dir(self) -> Path:
         if self._bin_dir is None:
             self._bin_dir = find_pg_bin_dir(self.bin_dir_hint)
         return self._bin_dir
-
-    @property
-    def port(self) -> int:
-        if self._port is None or self._proc is None:
-            raise RuntimeError("LocalPostgres is not running")
-        return self._port
 
     @property
     def dsn(self) -> str:
@@ -198,56 +189,6 @@ class LocalPostgres:
     @property
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
-
-    @property
-    def alive(self) -> bool:
-        """True while the started server process is still running."""
-        return self._proc is not None and self._proc.exit_code() is None
-
-    def start(self) -> Self:
-        """initdb if needed, launch, wait until ready. Returns self."""
-        if self._proc is not None:
-            raise RuntimeError("LocalPostgres already started")
-        bin_dir = self.bin_dir
-        user = _pick_run_user(self._run_as)
-        self._prepare_data_dir(user, bin_dir)
-        if not (self.data_dir / "PG_VERSION").is_file():
-            self._initdb(bin_dir, user)
-        attempts = 1 if self._fixed_port is not None else 2
-        for attempt in range(attempts):
-            port = self._fixed_port or free_port()
-            proc = ManagedProcess(
-                "postgres",
-                [str(bin_dir / "postgres"), "-D", str(self.data_dir), *self._server_args(port)],
-                self.log_path,
-                env=_pg_env(),
-                cwd=Path("/"),
-                user=user,
-                # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client (a test's
-                # connection pool) to disconnect; SIGINT is the "fast" shutdown we want.
-                stop_signal=signal.SIGINT,
-                stop_timeout=self.stop_timeout,
-            )
-            proc.start()
-            try:
-                proc.wait_until(
-                    functools.partial(self._ready, proc, port),
-                    timeout=self.start_timeout,
-                    what=f"postmaster.pid 'ready' and port {port} open",
-                )
-            except ServerStartError:
-                if attempt + 1 < attempts and proc.log_contains("Address already in use"):
-                    continue
-                raise
-            self._proc, self._port = proc, port
-            return self
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT), SIGKILL after ``stop_timeout``. Idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
 
     def server_version(self) -> str:
         """``SELECT version()`` as reported by the running server (via the bin dir's psql)."""
@@ -267,14 +208,26 @@ class LocalPostgres:
         )
         return out.stdout.strip()
 
-    def __enter__(self) -> Self:
-        """Start unless already started (so ``with X(...).start() as x`` works too)."""
-        return self if self._proc is not None else self.start()
+    def _prepare(self) -> None:
+        bin_dir = self.bin_dir
+        self._user = _pick_run_user(self._run_as)
+        self._prepare_data_dir(self._user, bin_dir)
+        if not (self.data_dir / "PG_VERSION").is_file():
+            self._initdb(bin_dir, self._user)
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _launch(self, port: int) -> ManagedProcess:
+        return ManagedProcess(
+            "postgres",
+            [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), *self._server_args(port)],
+            self.log_path,
+            env=_pg_env(),
+            cwd=Path("/"),
+            user=self._user,
+            # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client (a test's
+            # connection pool) to disconnect; SIGINT is the "fast" shutdown we want.
+            stop_signal=signal.SIGINT,
+            stop_timeout=self.stop_timeout,
+        )
 
     def _server_args(self, port: int) -> list[str]:
         args = ["-p", str(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]

@@ -8,23 +8,20 @@ created with Object Lock get versioning, retention and legal hold.
 from __future__ import annotations
 
 import errno
-import functools
 import http.client
 import os
 import secrets
 import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from strongroom_servers._process import (
+    LocalServer,
     ManagedProcess,
     PrerequisiteMissing,
     ServerStartError,
     cache_root,
     file_lock,
-    free_port,
     run_checked,
     which_or_raise,
 )
@@ -114,7 +111,7 @@ def _xattrs_supported(directory: Path) -> bool:
     return True
 
 
-class LocalVersityGW:
+class LocalVersityGW(LocalServer):
     """versitygw on ``127.0.0.1:<port>``, posix backend over ``work_dir/root``, versioning in ``work_dir/versions``.
 
     Contract: ``start()`` builds the binary if needed (cached), launches the gateway and returns once
@@ -122,7 +119,11 @@ class LocalVersityGW:
     Object metadata lives in ``user.*`` xattrs; on a filesystem without them a sidecar dir
     (``work_dir/meta``) is used. One root account, ``access_key`` / ``secret_key`` (a random secret
     unless given). ``stop()``: SIGTERM, SIGKILL after ``stop_timeout``. Log: ``work_dir/versitygw.log``.
+    The gateway does not outlive the process that started it (ADR 0022).
     """
+
+    _bind_errors = ("address already in use",)
+    _ready_what = "HTTP answer on port {port}"
 
     def __init__(
         self,
@@ -136,22 +137,13 @@ class LocalVersityGW:
         start_timeout: float = 30.0,
         stop_timeout: float = 15.0,
     ) -> None:
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.work_dir = Path(work_dir).absolute()
         self.access_key = access_key
         self.secret_key = secret_key or secrets.token_urlsafe(24)
         self.version = version
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
         self._binary = binary
-        self._fixed_port = port
-        self._port: int | None = None
-        self._proc: ManagedProcess | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None or self._proc is None:
-            raise RuntimeError("LocalVersityGW is not running")
-        return self._port
+        self._backend: list[str] = []
 
     @property
     def endpoint(self) -> str:
@@ -171,60 +163,6 @@ class LocalVersityGW:
             self._binary = ensure_versitygw(self.version)
         return self._binary
 
-    @property
-    def alive(self) -> bool:
-        """True while the started server process is still running."""
-        return self._proc is not None and self._proc.exit_code() is None
-
-    def start(self) -> Self:
-        """Build if needed, launch, wait for an HTTP answer. Returns self."""
-        if self._proc is not None:
-            raise RuntimeError("LocalVersityGW already started")
-        binary = self.binary()
-        root, versions = self.work_dir / "root", self.work_dir / "versions"
-        for directory in (root, versions):
-            directory.mkdir(parents=True, exist_ok=True)
-        backend = ["posix", "--versioning-dir", str(versions)]
-        if not _xattrs_supported(root):
-            meta = self.work_dir / "meta"
-            meta.mkdir(exist_ok=True)
-            backend += ["--sidecar", str(meta)]
-        env = dict(os.environ)
-        # Credentials through the environment, so they do not show in `ps`.
-        env.update(ROOT_ACCESS_KEY=self.access_key, ROOT_SECRET_KEY=self.secret_key)
-        attempts = 1 if self._fixed_port is not None else 2
-        for attempt in range(attempts):
-            port = self._fixed_port or free_port()
-            proc = ManagedProcess(
-                "versitygw",
-                [str(binary), "--port", f"127.0.0.1:{port}", "--quiet", *backend, str(root)],
-                self.log_path,
-                env=env,
-                cwd=self.work_dir,
-                stop_signal=signal.SIGTERM,
-                stop_timeout=self.stop_timeout,
-            )
-            proc.start()
-            try:
-                proc.wait_until(
-                    functools.partial(_answers_http, f"127.0.0.1:{port}"),
-                    timeout=self.start_timeout,
-                    what=f"HTTP answer on port {port}",
-                )
-            except ServerStartError:
-                if attempt + 1 < attempts and proc.log_contains("address already in use"):
-                    continue
-                raise
-            self._proc, self._port = proc, port
-            return self
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        """SIGTERM, SIGKILL after ``stop_timeout``. Idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
     def binary_version(self) -> str:
         """The version the binary reports (``versitygw --version``), e.g. ``"v1.8.0"``."""
         out = subprocess.run([str(self.binary()), "--version"], capture_output=True, text=True, timeout=30)
@@ -238,11 +176,37 @@ class LocalVersityGW:
         header = s3_server_header(self.endpoint) if self._proc is not None else None
         return f"versitygw {self.binary_version()}" + (f" (Server: {header})" if header else "")
 
-    def __enter__(self) -> Self:
-        """Start unless already started (so ``with X(...).start() as x`` works too)."""
-        return self if self._proc is not None else self.start()
+    def _prepare(self) -> None:
+        self.binary()
+        root, versions = self.work_dir / "root", self.work_dir / "versions"
+        for directory in (root, versions):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._backend = ["posix", "--versioning-dir", str(versions)]
+        if not _xattrs_supported(root):
+            meta = self.work_dir / "meta"
+            meta.mkdir(exist_ok=True)
+            self._backend += ["--sidecar", str(meta)]
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _launch(self, port: int) -> ManagedProcess:
+        env = dict(os.environ)
+        # Credentials through the environment, so they do not show in `ps`.
+        env.update(ROOT_ACCESS_KEY=self.access_key, ROOT_SECRET_KEY=self.secret_key)
+        return ManagedProcess(
+            "versitygw",
+            [
+                str(self.binary()),
+                "--port",
+                f"127.0.0.1:{port}",
+                "--quiet",
+                *self._backend,
+                str(self.work_dir / "root"),
+            ],
+            self.log_path,
+            env=env,
+            cwd=self.work_dir,
+            stop_signal=signal.SIGTERM,
+            stop_timeout=self.stop_timeout,
+        )
+
+    def _ready(self, proc: ManagedProcess, port: int) -> bool:
+        return _answers_http(f"127.0.0.1:{port}")

@@ -7,30 +7,22 @@ answers UnknownError), so producers talking to it must keep ``enable_idempotence
 
 from __future__ import annotations
 
-import functools
 import importlib
 import shutil
 import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from strongroom_servers._process import (
+    LocalServer,
     ManagedProcess,
     PrerequisiteMissing,
-    ServerStartError,
-    free_port,
     port_open,
 )
 from strongroom_servers.kafka_probe import metadata_request_ok
 
 __all__ = ["LocalTansu", "find_tansu"]
-
-
-def _tansu_ready(port: int) -> bool:
-    return port_open("127.0.0.1", port) and metadata_request_ok(f"127.0.0.1:{port}", timeout=2.0)
 
 
 def find_tansu() -> Path:
@@ -49,14 +41,17 @@ def find_tansu() -> Path:
         raise PrerequisiteMissing(str(exc)) from exc
 
 
-class LocalTansu:
+class LocalTansu(LocalServer):
     """A Tansu broker on ``127.0.0.1:<port>`` with the ``memory://`` storage engine.
 
     Contract: ``start()`` launches it and returns once the port accepts connections and a Kafka
     Metadata request is answered; raises ServerStartError with the log tail otherwise. ``stop()``:
     SIGTERM, SIGKILL after ``stop_timeout``. The log goes to ``work_dir/tansu.log``; without a
-    ``work_dir`` a temporary one is made and removed by ``stop()``.
+    ``work_dir`` a temporary one is made and removed by ``stop()``. The broker does not outlive the
+    process that started it (ADR 0022).
     """
+
+    _ready_what = "Metadata answered on port {port}"
 
     def __init__(
         self,
@@ -67,88 +62,32 @@ class LocalTansu:
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._fixed_port = port
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self._work_dir = Path(work_dir).absolute() if work_dir is not None else None
         self._own_work_dir = False
         self._binary = binary
-        self._port: int | None = None
-        self._proc: ManagedProcess | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None or self._proc is None:
-            raise RuntimeError("LocalTansu is not running")
-        return self._port
 
     @property
     def bootstrap(self) -> str:
         """``127.0.0.1:PORT``."""
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        """``work_dir/tansu.log``; without a ``work_dir``, only known while started."""
+        if self._work_dir is None:
+            raise RuntimeError("LocalTansu has no work dir until started")
+        return self._work_dir / "tansu.log"
+
     def binary(self) -> Path:
         if self._binary is None:
             self._binary = find_tansu()
         return self._binary
 
-    @property
-    def alive(self) -> bool:
-        """True while the started server process is still running."""
-        return self._proc is not None and self._proc.exit_code() is None
-
-    def start(self) -> Self:
-        """Launch and wait until a Metadata request is answered. Returns self."""
-        if self._proc is not None:
-            raise RuntimeError("LocalTansu already started")
-        binary = self.binary()
-        if self._work_dir is None:
-            self._work_dir = Path(tempfile.mkdtemp(prefix="strongroom-tansu-"))
-            self._own_work_dir = True
-        self._work_dir.mkdir(parents=True, exist_ok=True)
-        attempts = 1 if self._fixed_port is not None else 2
-        for attempt in range(attempts):
-            port = self._fixed_port or free_port()
-            url = f"tcp://127.0.0.1:{port}"
-            proc = ManagedProcess(
-                "tansu",
-                [
-                    str(binary),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ],
-                self._work_dir / "tansu.log",
-                cwd=self._work_dir,
-                stop_signal=signal.SIGTERM,
-                stop_timeout=self.stop_timeout,
-            )
-            proc.start()
-            try:
-                proc.wait_until(
-                    functools.partial(_tansu_ready, port),
-                    timeout=self.start_timeout,
-                    what=f"Metadata answered on port {port}",
-                )
-            except ServerStartError:
-                if attempt + 1 < attempts and proc.log_contains("Address already in use"):
-                    continue
-                self._cleanup_work_dir()
-                raise
-            self._proc, self._port = proc, port
-            return self
-        raise AssertionError("unreachable")
-
     def stop(self) -> None:
         """SIGTERM, SIGKILL after ``stop_timeout``; removes a temporary work dir. Idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-        self._cleanup_work_dir()
+        super().stop()
+        self._start_failed()
 
     def server_info(self) -> str:
         """``"Tansu 0.6.0"`` from the binary's ``--version``."""
@@ -156,16 +95,38 @@ class LocalTansu:
         words = out.stdout.split()
         return f"Tansu {words[-1]}" if words else "Tansu (unknown version)"
 
-    def __enter__(self) -> Self:
-        """Start unless already started (so ``with X(...).start() as x`` works too)."""
-        return self if self._proc is not None else self.start()
+    def _prepare(self) -> None:
+        self.binary()
+        if self._work_dir is None:
+            self._work_dir = Path(tempfile.mkdtemp(prefix="strongroom-tansu-"))
+            self._own_work_dir = True
+        self._work_dir.mkdir(parents=True, exist_ok=True)
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _launch(self, port: int) -> ManagedProcess:
+        url = f"tcp://127.0.0.1:{port}"
+        return ManagedProcess(
+            "tansu",
+            [
+                str(self.binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            self.log_path,
+            cwd=self._work_dir,
+            stop_signal=signal.SIGTERM,
+            stop_timeout=self.stop_timeout,
+        )
 
-    def _cleanup_work_dir(self) -> None:
+    def _ready(self, proc: ManagedProcess, port: int) -> bool:
+        return port_open("127.0.0.1", port) and metadata_request_ok(f"127.0.0.1:{port}", timeout=2.0)
+
+    def _start_failed(self) -> None:
+        """Remove a temporary work dir (also on stop())."""
         if self._own_work_dir and self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
             self._work_dir = None

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-
-from strongroom_platform.runtime import configure_logging, run_until_signalled
+from strongroom_platform.runtime import service_main
 
 from strongroom_gateway.bootstrap import run
 from strongroom_gateway.settings import Settings
 
 
 def main() -> None:
-    configure_logging("gateway")
-    settings = Settings.from_env(os.environ)
-
-    async def service(stop: asyncio.Event) -> None:
-        await run(settings, stop)
-
-    run_until_signalled(service)
+    service_main("gateway", Settings.from_env, run)
 
 
 if __name__ == "__main__":

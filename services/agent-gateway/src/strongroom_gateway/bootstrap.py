@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import grpc
-from strongroom_platform import wiring
+from strongroom_platform import lifecycle, wiring
 from strongroom_platform.clock import Clock, SystemClock
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
-from strongroom_platform.outbox import start_relay
 from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import SettingsError
 
@@ -29,12 +26,6 @@ from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _both(
@@ -77,14 +68,11 @@ async def run(
     log.info("encrypting with master key id %s", keyring.current.key_id)
     async with AsyncExitStack() as stack:
         if store is None:
-            pool = await create_pool(settings.platform.pg_dsn, schema)
-            stack.push_async_callback(pool.close)
-            await migrate(pool, schema, MIGRATIONS)
+            pool = await lifecycle.open_pool(stack, settings.platform.pg_dsn, schema, MIGRATIONS)
             store = PgGatewayStore(pool)
             if publisher is None:
                 publisher = await stack.enter_async_context(wiring.publisher(settings.platform))
-            relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
-            stack.push_async_callback(_cancel, relay)
+            await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
         if object_store is None:
             object_store = await stack.enter_async_context(wiring.object_store(settings.platform, clock))
         if consumer_factory is None:
@@ -102,9 +90,8 @@ async def run(
         )
         stack.push_async_callback(writer.close)
 
-        consumer = consumer_factory(consumers.GROUP_ID, consumers.build_handlers(store, clock, sessions))
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
+        handlers = consumers.record_handlers(store, clock, sessions)
+        await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, handlers)
 
         servicer = GatewayServicer(
             store=store,
@@ -127,10 +114,6 @@ async def run(
             services = register(servicer)
         else:
             services = _both(register(servicer), internal)
-        server, port = await start_grpc_server(settings.grpc_listen, services)
-        stack.push_async_callback(server.stop, 5)
-        host = settings.grpc_listen.rsplit(":", 1)[0]
-        print(f"LISTENING gateway {host}:{port}", flush=True)
-        log.info("gateway serving on %s:%d", host, port)
+        await lifecycle.serve(stack, "gateway", settings.grpc_listen, services)
         await stop.wait()
         log.info("gateway stopping")

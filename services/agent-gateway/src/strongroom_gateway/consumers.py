@@ -1,15 +1,22 @@
-"""Kafka consumers: decode, claim the event id and apply the handler in one transaction, then wake sessions."""
+"""The gateway's consumer table: topic → ``consume(event type, handler in a claimed transaction)``.
+
+The documented exception to "the handler claims" (ADR 0021): every gateway event handler fits
+one transaction and returns the effect on agent sessions, so the claim lives here, once, in
+:func:`_claimed` — open a transaction, claim the event, call the handler with ``tx`` — and the
+effect (wake or disconnect a session) is applied after commit.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
 from strongroom.events.v1 import events_pb2
 from strongroom_platform import events
 from strongroom_platform.clock import Clock
-from strongroom_platform.eventbus import Handler, Record
+from strongroom_platform.consume import consume
+from strongroom_platform.eventbus import Handler
 
 from strongroom_gateway import handlers
 from strongroom_gateway.handlers import CONSUMER, SessionEffect
@@ -18,39 +25,43 @@ from strongroom_gateway.sessions import SessionRegistry
 
 GROUP_ID = "agent-gateway"
 
-M = TypeVar("M", bound=Message)
-EventHandler = Callable[..., Awaitable[SessionEffect | None]]
+E = TypeVar("E", bound=Message)
+E_contra = TypeVar("E_contra", bound=Message, contravariant=True)
 
 
-def _consumer(
-    message_type: type[M], handler: EventHandler, store: GatewayStore, clock: Clock, sessions: SessionRegistry
-) -> Handler:
-    async def consume(record: Record) -> None:
-        event = events.decode(message_type, record.value)
-        meta = getattr(event, "meta")  # noqa: B009 - every event message has meta
-        tx: GatewayTx
-        async with store.transaction() as tx:
-            if not await tx.claim_event(CONSUMER, meta.event_id):
+class EventHandler(Protocol[E_contra]):
+    """The shape of every handler in ``handlers``: the event, the claimed transaction, the clock."""
+
+    def __call__(self, event: E_contra, /, *, tx: GatewayTx, clock: Clock) -> Awaitable[SessionEffect | None]: ...
+
+
+def record_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry) -> dict[str, Handler]:
+    """{topic: handler} for the gateway's consumer group."""
+
+    def claimed(message_type: type[E], handler: EventHandler[E]) -> Handler:
+        async def handle(event: E) -> None:
+            tx: GatewayTx
+            async with store.transaction() as tx:
+                # decode() has checked that the event has meta.event_id.
+                if not await tx.claim_event(CONSUMER, getattr(event, "meta").event_id):  # noqa: B009
+                    return
+                effect = await handler(event, tx=tx, clock=clock)
+            if effect is None:
                 return
-            effect = await handler(event, tx=tx, clock=clock)
-        if effect is None:
-            return
-        if effect.disconnect:
-            sessions.disconnect(effect.instance_id, "credential revoked: backup was deactivated for this instance")
-        else:
-            sessions.wake(effect.instance_id)
+            if effect.disconnect:
+                sessions.disconnect(effect.instance_id, "credential revoked: backup was deactivated for this instance")
+            else:
+                sessions.wake(effect.instance_id)
 
-    return consume
+        return consume(message_type, handle)
 
-
-def build_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry) -> dict[str, Handler]:
-    """The handler of each consumed topic."""
-    table: dict[str, tuple[type[Message], EventHandler]] = {
-        events.INSTANCE_ACTIVATED: (events_pb2.InstanceActivated, handlers.handle_instance_activated),
-        events.INSTANCE_DEACTIVATED: (events_pb2.InstanceDeactivated, handlers.handle_instance_deactivated),
-        events.JOB_REQUESTED: (events_pb2.JobRequested, handlers.handle_job_requested),
-        events.JOB_CANCEL_REQUESTED: (events_pb2.JobCancelRequested, handlers.handle_job_cancel_requested),
-        events.RESTORE_REQUESTED: (events_pb2.RestoreRequested, handlers.handle_restore_requested),
-        events.RESTORE_CANCEL_REQUESTED: (events_pb2.RestoreCancelRequested, handlers.handle_restore_cancel_requested),
+    return {
+        events.INSTANCE_ACTIVATED: claimed(events_pb2.InstanceActivated, handlers.handle_instance_activated),
+        events.INSTANCE_DEACTIVATED: claimed(events_pb2.InstanceDeactivated, handlers.handle_instance_deactivated),
+        events.JOB_REQUESTED: claimed(events_pb2.JobRequested, handlers.handle_job_requested),
+        events.JOB_CANCEL_REQUESTED: claimed(events_pb2.JobCancelRequested, handlers.handle_job_cancel_requested),
+        events.RESTORE_REQUESTED: claimed(events_pb2.RestoreRequested, handlers.handle_restore_requested),
+        events.RESTORE_CANCEL_REQUESTED: claimed(
+            events_pb2.RestoreCancelRequested, handlers.handle_restore_cancel_requested
+        ),
     }
-    return {topic: _consumer(mt, fn, store, clock, sessions) for topic, (mt, fn) in table.items()}

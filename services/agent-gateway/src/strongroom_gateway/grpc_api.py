@@ -1,4 +1,4 @@
-"""The AgentGatewayService servicer: authenticate, call the domain functions, map errors to status codes."""
+"""The AgentGatewayService servicer: authenticate, call the domain functions (errors: ``grpc_errors``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import NoReturn
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
@@ -15,32 +14,10 @@ from strongroom_platform.objectstore import ObjectStore
 
 from strongroom_gateway import agents, ingest, points
 from strongroom_gateway.agents import Identity
-from strongroom_gateway.errors import (
-    FailedPrecondition,
-    GatewayError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
-)
 from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.sessions import Session, SessionRegistry
 
 log = logging.getLogger(__name__)
-
-_CODES: dict[type[GatewayError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-}
-
-
-async def _abort(context: grpc.aio.ServicerContext[object, object], exc: GatewayError) -> NoReturn:
-    code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
-    await context.abort(code, str(exc))
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
 class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
@@ -73,20 +50,14 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
     async def Enroll(
         self, request: gateway_pb2.EnrollRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> gateway_pb2.EnrollResponse:
-        try:
-            return await agents.enroll(request, store=self._store, clock=self._clock)
-        except GatewayError as exc:
-            await _abort(context, exc)
+        return await agents.enroll(request, store=self._store, clock=self._clock)
 
     async def Connect(
         self,
         request_iterator: AsyncIterator[gateway_pb2.AgentReport],
         context: grpc.aio.ServicerContext[object, object],
     ) -> AsyncIterator[gateway_pb2.AgentCommand]:
-        try:
-            identity = await self._identity(context)
-        except GatewayError as exc:
-            await _abort(context, exc)
+        identity = await self._identity(context)
         session = self._sessions.open(identity.instance_id)
         reader = asyncio.create_task(self._read_reports(identity, request_iterator, session))
         log.info("agent %s connected", identity.instance_id)
@@ -110,8 +81,6 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
                     code = grpc.StatusCode.UNAUTHENTICATED
                 await context.abort(code, session.close_reason)
             error = reader.exception()
-            if isinstance(error, GatewayError):
-                await _abort(context, error)
             if error is not None:
                 raise error
         finally:
@@ -141,65 +110,50 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
     async def FindMissingChunks(
         self, request: gateway_pb2.FindMissingChunksRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> gateway_pb2.FindMissingChunksResponse:
-        try:
-            identity = await self._identity(context)
-            return await points.find_missing_chunks(identity, request, store=self._store)
-        except GatewayError as exc:
-            await _abort(context, exc)
+        identity = await self._identity(context)
+        return await points.find_missing_chunks(identity, request, store=self._store)
 
     async def UploadChunks(
         self,
         request_iterator: AsyncIterator[gateway_pb2.UploadChunkRequest],
         context: grpc.aio.ServicerContext[object, object],
     ) -> gateway_pb2.UploadChunksResponse:
-        try:
-            identity = await self._identity(context)
-            return await ingest.upload_chunks(identity, request_iterator, store=self._store, writer=self._writer)
-        except GatewayError as exc:
-            await _abort(context, exc)
+        identity = await self._identity(context)
+        return await ingest.upload_chunks(identity, request_iterator, store=self._store, writer=self._writer)
 
     async def CommitPoint(
         self,
         request_iterator: AsyncIterator[gateway_pb2.CommitPointRequest],
         context: grpc.aio.ServicerContext[object, object],
     ) -> gateway_pb2.CommitPointResponse:
-        try:
-            identity = await self._identity(context)
-            return await points.commit_point(
-                identity,
-                request_iterator,
-                store=self._store,
-                object_store=self._objects,
-                clock=self._clock,
-                write_slots=self._writer.write_slots,
-                keys=self._writer.keys,
-            )
-        except GatewayError as exc:
-            await _abort(context, exc)
+        identity = await self._identity(context)
+        return await points.commit_point(
+            identity,
+            request_iterator,
+            store=self._store,
+            object_store=self._objects,
+            clock=self._clock,
+            write_slots=self._writer.write_slots,
+            keys=self._writer.keys,
+        )
 
     async def ReadManifest(
         self, request: gateway_pb2.ReadManifestRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[gateway_pb2.ReadManifestResponse]:
-        try:
-            identity = await self._identity(context)
-            async for response in points.read_manifest(
-                identity, request, store=self._store, object_store=self._objects, keys=self._writer.keys
-            ):
-                yield response
-        except GatewayError as exc:
-            await _abort(context, exc)
+        identity = await self._identity(context)
+        async for response in points.read_manifest(
+            identity, request, store=self._store, object_store=self._objects, keys=self._writer.keys
+        ):
+            yield response
 
     async def ReadChunks(
         self, request: gateway_pb2.ReadChunksRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
-        try:
-            identity = await self._identity(context)
-            async for response in points.read_chunks(
-                identity, request, store=self._store, object_store=self._objects, keys=self._writer.keys
-            ):
-                yield response
-        except GatewayError as exc:
-            await _abort(context, exc)
+        identity = await self._identity(context)
+        async for response in points.read_chunks(
+            identity, request, store=self._store, object_store=self._objects, keys=self._writer.keys
+        ):
+            yield response
 
 
 def register(servicer: GatewayServicer) -> Callable[[grpc.aio.Server], None]:

@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from google.protobuf.message import Message
+from strongroom_platform.db import InboxOutboxTx
 
 JobKind = Literal["backup", "restore"]
 # queued: waiting for the agent; delivered: sent on a stream; running: the agent
@@ -113,16 +113,8 @@ class Point:
     retain_until: dt.datetime
 
 
-class GatewayTx(Protocol):
+class GatewayTx(InboxOutboxTx, Protocol):
     """Reads and writes inside one transaction."""
-
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        """Record the event as processed; False when it already was."""
-        ...
-
-    async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        """Add an outgoing event, published after commit (transactional outbox)."""
-        ...
 
     async def ensure_account(self, account: Account) -> Account:
         """Insert the account unless it exists; return the stored one (its key never changes)."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
 import asyncpg
-from google.protobuf.message import Message
-from strongroom_platform import inbox, outbox
+from strongroom_platform import db
+from strongroom_platform.db import PgTransaction
 
 from strongroom_gateway.ports import (
     Account,
@@ -38,11 +38,8 @@ class PgGatewayStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PgGatewayTx]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            # The pool hands out a proxy that behaves as a Connection.
-            yield PgGatewayTx(cast(asyncpg.Connection, conn))
+    def transaction(self) -> AbstractAsyncContextManager[PgGatewayTx]:
+        return db.transaction(self._pool, PgGatewayTx)
 
 
 def _instance(row: asyncpg.Record) -> Instance:
@@ -108,16 +105,7 @@ def _point(row: asyncpg.Record) -> Point:
     )
 
 
-class PgGatewayTx:
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        return await inbox.claim_event(self._conn, consumer, event_id)
-
-    async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        await outbox.enqueue(self._conn, topic, key, event)
-
+class PgGatewayTx(PgTransaction):
     async def ensure_account(self, account: Account) -> Account:
         await self._conn.execute(
             "INSERT INTO accounts (account_id, chunk_id_key, chunker_seed) VALUES ($1, $2, $3)"

@@ -1,19 +1,14 @@
-"""Kafka handlers of billing: decode, then call the (idempotent) handler; invalid events go to the DLQ."""
+"""Billing's consumer table: topic → ``consume(event type, handler)``; the handler claims the event.
+
+An event the handler rejects as invalid (``InvalidArgument``) goes to the DLQ (``platform.consume``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-
-from google.protobuf.message import Message
 from strongroom.events.v1 import events_pb2
-from strongroom_platform.eventbus import Handler, PoisonRecord, Record
-from strongroom_platform.events import (
-    INSTANCE_ACTIVATED,
-    INSTANCE_DEACTIVATED,
-    POINT_CREATED,
-    VERSION_EXPIRED,
-    decode,
-)
+from strongroom_platform.consume import consume
+from strongroom_platform.eventbus import Handler
+from strongroom_platform.events import INSTANCE_ACTIVATED, INSTANCE_DEACTIVATED, POINT_CREATED, VERSION_EXPIRED
 
 from strongroom_billing import handlers
 from strongroom_billing.ports import BillingStore
@@ -21,22 +16,17 @@ from strongroom_billing.ports import BillingStore
 GROUP_ID = "billing"
 
 
-def record_handlers(store: BillingStore) -> Mapping[str, Handler]:
+def record_handlers(store: BillingStore) -> dict[str, Handler]:
     """{topic: handler} for the billing consumer group."""
-
-    def adapt(message_type: type[Message], handle: Callable[[Message, BillingStore], Awaitable[None]]) -> Handler:
-        async def on_record(record: Record) -> None:
-            event = decode(message_type, record.value)
-            try:
-                await handle(event, store)
-            except handlers.InvalidArgument as exc:
-                raise PoisonRecord(str(exc)) from exc
-
-        return on_record
-
     return {
-        INSTANCE_ACTIVATED: adapt(events_pb2.InstanceActivated, handlers.handle_instance_activated),  # type: ignore[arg-type]
-        INSTANCE_DEACTIVATED: adapt(events_pb2.InstanceDeactivated, handlers.handle_instance_deactivated),  # type: ignore[arg-type]
-        POINT_CREATED: adapt(events_pb2.PointCreated, handlers.handle_point_created),  # type: ignore[arg-type]
-        VERSION_EXPIRED: adapt(events_pb2.VersionExpired, handlers.handle_version_expired),  # type: ignore[arg-type]
+        INSTANCE_ACTIVATED: consume(
+            events_pb2.InstanceActivated, lambda event: handlers.handle_instance_activated(event, store)
+        ),
+        INSTANCE_DEACTIVATED: consume(
+            events_pb2.InstanceDeactivated, lambda event: handlers.handle_instance_deactivated(event, store)
+        ),
+        POINT_CREATED: consume(events_pb2.PointCreated, lambda event: handlers.handle_point_created(event, store)),
+        VERSION_EXPIRED: consume(
+            events_pb2.VersionExpired, lambda event: handlers.handle_version_expired(event, store)
+        ),
     }

@@ -1,12 +1,13 @@
-"""gRPC ``BillingService``."""
+"""gRPC ``BillingService``: calls ``handlers``; errors become status codes in ``grpc_errors``."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import grpc
 from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 
 from strongroom_billing import handlers
-from strongroom_billing.handlers import InvalidArgument
 from strongroom_billing.ports import BillingStore
 
 
@@ -17,11 +18,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def GetOverview(
         self, request: billing_pb2.GetOverviewRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> billing_pb2.Overview:
-        try:
-            result = await handlers.get_overview(self._store, request.account_id, request.region)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
+        result = await handlers.get_overview(self._store, request.account_id, request.region)
         return billing_pb2.Overview(
             backed_up_instances=result.usage.backed_up,
             unbacked_up_instances=result.usage.unbacked_up,
@@ -30,3 +27,12 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             free_quota_used_bytes=result.free_quota_used_bytes,
             billable_capacity_bytes=result.billable_bytes,
         )
+
+
+def register(servicer: BillingServicer) -> Callable[[grpc.aio.Server], None]:
+    """The registration callback for ``strongroom_platform.runtime.start_grpc_server``."""
+
+    def add(server: grpc.aio.Server) -> None:
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(servicer, server)
+
+    return add

@@ -7,6 +7,7 @@ import logging
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.events import from_timestamp
 
+from strongroom_billing.errors import InvalidArgument
 from strongroom_billing.models import Overview, overview
 from strongroom_billing.ports import BillingStore
 
@@ -14,10 +15,6 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "billing"
 DEFAULT_ACCOUNT = "default"
-
-
-class InvalidArgument(ValueError):
-    """The request is malformed; the message says why."""
 
 
 def _require(value: str, what: str, event: str) -> None:

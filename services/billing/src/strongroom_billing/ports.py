@@ -12,14 +12,12 @@ import datetime as dt
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from strongroom_platform.db import InboxTx
+
 from strongroom_billing.models import Usage
 
 
-class BillingTx(Protocol):
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        """Record that ``consumer`` processes ``event_id``; False if it already did."""
-        ...
-
+class BillingTx(InboxTx, Protocol):
     async def instance_activated(self, account_id: str, instance_id: str, region: str) -> None: ...
 
     async def instance_canceled(self, account_id: str, instance_id: str) -> None: ...

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import cast
+from contextlib import AbstractAsyncContextManager
 
 import asyncpg
-from strongroom_platform import inbox
+from strongroom_platform import db
+from strongroom_platform.db import PgTransaction
 
 from strongroom_billing.models import Usage
 
@@ -34,13 +33,7 @@ WHERE i.account_id = $1 AND NOT i.canceled AND ($2 = '' OR i.region = $2)
 """
 
 
-class PgBillingTx:
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        return await inbox.claim_event(self._conn, consumer, event_id)
-
+class PgBillingTx(PgTransaction):
     async def instance_activated(self, account_id: str, instance_id: str, region: str) -> None:
         await self._conn.execute(
             "INSERT INTO instances (instance_id, account_id, region, activated) VALUES ($1, $2, $3, true)"
@@ -95,8 +88,5 @@ class PgBillingStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PgBillingTx]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            # the pool hands out a proxy that behaves as the Connection it wraps
-            yield PgBillingTx(cast(asyncpg.Connection, conn))
+    def transaction(self) -> AbstractAsyncContextManager[PgBillingTx]:
+        return db.transaction(self._pool, PgBillingTx)

@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from contextlib import AsyncExitStack
 
 import grpc
-from strongroom_platform import wiring
+from strongroom_platform import lifecycle, wiring
 from strongroom_platform.clock import Clock, SystemClock
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
-from strongroom_platform.outbox import start_relay
-from strongroom_platform.runtime import serve_grpc
 
 from strongroom_catalog import consumers
 from strongroom_catalog.grpc_api import CatalogServicer, register
 from strongroom_catalog.manifests import GatewayManifestReader, ManifestReader
 from strongroom_catalog.migrations import MIGRATIONS, SCHEMA
-from strongroom_catalog.repository import PgCatalogRepository
+from strongroom_catalog.repository import PgCatalogStore
 from strongroom_catalog.retention import run_retention
 from strongroom_catalog.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def run(
@@ -50,10 +40,8 @@ async def run(
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
-        pool = await create_pool(settings.platform.pg_dsn, schema)
-        stack.push_async_callback(pool.close)
-        await migrate(pool, schema, MIGRATIONS)
-        repo = PgCatalogRepository(pool)
+        pool = await lifecycle.open_pool(stack, settings.platform.pg_dsn, schema, MIGRATIONS)
+        repo = PgCatalogStore(pool)
 
         manifests: ObjectStore | ManifestReader
         if object_store is not None:
@@ -70,19 +58,12 @@ async def run(
         if consumer_factory is None:
             consumer_factory = wiring.consumer_factory(settings.platform)
 
-        relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
-        stack.push_async_callback(_cancel, relay)
-
-        consumer = consumer_factory(consumers.GROUP_ID, consumers.handlers(repo, manifests))
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
-
-        retention = asyncio.create_task(
-            run_retention(repo, clock, interval=settings.retention_interval), name="catalog-retention"
+        await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
+        await lifecycle.start_consumer(
+            stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo, manifests)
         )
-        stack.push_async_callback(_cancel, retention)
-
-        server = await serve_grpc("catalog", settings.grpc_listen, register(CatalogServicer(repo)))
-        stack.push_async_callback(server.stop, 5)
+        retention = run_retention(repo, clock, interval=settings.retention_interval)
+        lifecycle.start_task(stack, retention, "catalog-retention")
+        await lifecycle.serve(stack, "catalog", settings.grpc_listen, register(CatalogServicer(repo)))
         await stop.wait()
         log.info("catalog stopping")

@@ -1,19 +1,7 @@
-"""Failures the catalog's operations report to callers; ``grpc_api`` maps each to a status code."""
+"""Failures the catalog's operations report: the platform's family (each carries its gRPC status code, ADR 0021)."""
 
 from __future__ import annotations
 
+from strongroom_platform.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 
-class CatalogError(Exception):
-    """Base class; the message is meant for the API caller."""
-
-
-class InvalidArgument(CatalogError):
-    """The request is malformed (INVALID_ARGUMENT)."""
-
-
-class NotFound(CatalogError):
-    """The point, version or directory does not exist (NOT_FOUND)."""
-
-
-class FailedPrecondition(CatalogError):
-    """The request is valid but the state does not allow it yet (FAILED_PRECONDITION)."""
+__all__ = ["FailedPrecondition", "InvalidArgument", "NotFound", "ServiceError"]

@@ -1,9 +1,9 @@
-"""gRPC ``CatalogService``: a thin servicer over ``handlers`` that maps errors to status codes."""
+"""gRPC ``CatalogService``: a thin servicer over ``handlers``; errors become status codes in ``grpc_errors``."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -11,17 +11,8 @@ from strongroom.common.v1 import common_pb2
 from strongroom_platform.events import to_timestamp
 
 from strongroom_catalog import handlers
-from strongroom_catalog.errors import CatalogError, FailedPrecondition, InvalidArgument, NotFound
 from strongroom_catalog.model import EntryRow, PointRecord, VersionRecord
-from strongroom_catalog.ports import CatalogRepository
-
-T = TypeVar("T")
-
-_CODES: dict[type[CatalogError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-}
+from strongroom_catalog.ports import CatalogStore
 
 
 def point_message(point: PointRecord) -> catalog_pb2.Point:
@@ -70,42 +61,31 @@ def entry_message(row: EntryRow) -> common_pb2.FileEntry:
     )
 
 
-async def _call(context: grpc.aio.ServicerContext[Any, Any], operation: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await operation()
-    except CatalogError as exc:
-        await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), str(exc))
-        raise  # abort raises; this keeps type checkers informed
-
-
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, repo: CatalogRepository) -> None:
+    def __init__(self, repo: CatalogStore) -> None:
         self._repo = repo
 
     async def ListVersions(
         self, request: catalog_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> catalog_pb2.ListVersionsResponse:
-        versions = await _call(context, lambda: handlers.list_versions(self._repo, request.instance_id))
+        versions = await handlers.list_versions(self._repo, request.instance_id)
         return catalog_pb2.ListVersionsResponse(versions=[version_message(v) for v in versions])
 
     async def GetPoint(
         self, request: catalog_pb2.GetPointRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> catalog_pb2.Point:
-        point = await _call(context, lambda: handlers.get_point(self._repo, request.point_id))
+        point = await handlers.get_point(self._repo, request.point_id)
         return point_message(point)
 
     async def BrowsePoint(
         self, request: catalog_pb2.BrowsePointRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> catalog_pb2.BrowsePointResponse:
-        rows, token = await _call(
-            context,
-            lambda: handlers.browse_point(
-                self._repo,
-                request.point_id,
-                request.path,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            ),
+        rows, token = await handlers.browse_point(
+            self._repo,
+            request.point_id,
+            request.path,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
         return catalog_pb2.BrowsePointResponse(entries=[entry_message(r) for r in rows], next_page_token=token)
 

@@ -20,7 +20,7 @@ from strongroom_catalog.errors import FailedPrecondition, InvalidArgument, NotFo
 from strongroom_catalog.manifests import ManifestReader
 from strongroom_catalog.model import EntryRow, PointRecord, VersionRecord
 from strongroom_catalog.paths import decode_page_token, encode_page_token, normalize_directory
-from strongroom_catalog.ports import CatalogRepository
+from strongroom_catalog.ports import CatalogStore
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def point_from_event(event: events_pb2.PointCreated) -> PointRecord:
 async def handle_point_created(
     event: events_pb2.PointCreated,
     *,
-    repo: CatalogRepository,
+    repo: CatalogStore,
     store: ObjectStore | ManifestReader,
     batch_size: int = INDEX_BATCH_SIZE,
 ) -> None:
@@ -81,9 +81,7 @@ async def handle_point_created(
     await index_point(repo, store, current, batch_size=batch_size)
 
 
-async def handle_instance_settings_changed(
-    event: events_pb2.InstanceSettingsChanged, *, repo: CatalogRepository
-) -> bool:
+async def handle_instance_settings_changed(event: events_pb2.InstanceSettingsChanged, *, repo: CatalogStore) -> bool:
     """Apply the instance's "keep at least one backup version" setting to retention.
 
     Idempotent per event id. A setting made before the one applied last
@@ -151,7 +149,7 @@ class _Batcher:
 
 
 async def index_point(
-    repo: CatalogRepository,
+    repo: CatalogStore,
     store: ObjectStore | ManifestReader,
     point: PointRecord,
     *,
@@ -191,14 +189,14 @@ async def index_point(
             await tx.set_index_state(point.point_id, browsable=False, error=reason)
 
 
-async def list_versions(repo: CatalogRepository, instance_id: str) -> list[VersionRecord]:
+async def list_versions(repo: CatalogStore, instance_id: str) -> list[VersionRecord]:
     """Live versions of the instance, newest first, with their points."""
     if not instance_id:
         raise InvalidArgument("instance_id is required")
     return await repo.list_versions(instance_id)
 
 
-async def get_point(repo: CatalogRepository, point_id: str) -> PointRecord:
+async def get_point(repo: CatalogStore, point_id: str) -> PointRecord:
     """The live point; NotFound when unknown or expired."""
     if not point_id:
         raise InvalidArgument("point_id is required")
@@ -211,7 +209,7 @@ async def get_point(repo: CatalogRepository, point_id: str) -> PointRecord:
 
 
 async def browse_point(
-    repo: CatalogRepository, point_id: str, path: str, *, page_size: int = 0, page_token: str = ""
+    repo: CatalogStore, point_id: str, path: str, *, page_size: int = 0, page_token: str = ""
 ) -> tuple[list[EntryRow], str]:
     """One page of the direct children of directory ``path``, by name; and the next page token ("" at the end)."""
     directory = normalize_directory(path)

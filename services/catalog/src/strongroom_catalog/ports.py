@@ -1,7 +1,7 @@
 """Ports of the catalog: its storage, as the handlers need it.
 
-Adapters: ``repository.PgCatalogRepository`` (asyncpg) and
-``testing.InMemoryCatalogRepository``; both pass the contract suite in
+Adapters: ``repository.PgCatalogStore`` (asyncpg) and
+``testing.InMemoryCatalogStore``; both pass the contract suite in
 ``services/catalog/tests/contract_repository.py``.
 """
 
@@ -12,17 +12,13 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from google.protobuf.message import Message
+from strongroom_platform.db import InboxOutboxTx
 
 from strongroom_catalog.model import EntryRow, PointRecord, RetentionCandidate, VersionRecord
 
 
-class CatalogTransaction(Protocol):
+class CatalogTx(InboxOutboxTx, Protocol):
     """Writes that commit together or not at all (leaving the block by an exception rolls back)."""
-
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        """Record that ``consumer`` processes ``event_id``; False if it already did."""
-        ...
 
     async def upsert_point(self, point: PointRecord) -> None:
         """Insert the point, its version and its instance when missing.
@@ -66,15 +62,11 @@ class CatalogTransaction(Protocol):
         """
         ...
 
-    async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        """Publish ``event`` (through the outbox) if and when the transaction commits."""
-        ...
 
-
-class CatalogRepository(Protocol):
+class CatalogStore(Protocol):
     """The catalog's storage: versions, points, their file index, and retention queries."""
 
-    def transaction(self) -> AbstractAsyncContextManager[CatalogTransaction]:
+    def transaction(self) -> AbstractAsyncContextManager[CatalogTx]:
         """Open a transaction; it commits when the block exits normally."""
         ...
 

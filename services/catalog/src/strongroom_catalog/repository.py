@@ -1,15 +1,14 @@
-"""PostgreSQL adapter of :class:`~strongroom_catalog.ports.CatalogRepository` (schema ``catalog``)."""
+"""PostgreSQL adapter of :class:`~strongroom_catalog.ports.CatalogStore` (schema ``catalog``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import cast
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 
 import asyncpg
-from google.protobuf.message import Message
-from strongroom_platform import inbox, outbox
+from strongroom_platform import db
+from strongroom_platform.db import PgTransaction
 
 from strongroom_catalog.model import EntryRow, PointRecord, RetentionCandidate, VersionRecord
 
@@ -59,13 +58,7 @@ def _entry(row: asyncpg.Record) -> EntryRow:
     return EntryRow(**{column: row[column] for column in _ENTRY_COLUMNS})
 
 
-class PgCatalogTransaction:
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        return await inbox.claim_event(self._conn, consumer, event_id)
-
+class PgCatalogTx(PgTransaction):
     async def upsert_point(self, point: PointRecord) -> None:
         conn = self._conn
         await conn.execute("INSERT INTO instances (instance_id) VALUES ($1) ON CONFLICT DO NOTHING", point.instance_id)
@@ -165,21 +158,15 @@ class PgCatalogTransaction:
         await conn.execute("DELETE FROM entries WHERE point_id = ANY($1::text[])", point_ids)
         return point_ids
 
-    async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        await outbox.enqueue(self._conn, topic, key, event)
 
-
-class PgCatalogRepository:
+class PgCatalogStore:
     """The catalog's tables, through a pool whose search_path is the catalog schema."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PgCatalogTransaction]:
-        async with self._pool.acquire() as proxy, proxy.transaction():
-            # The pool's proxy forwards every Connection method; the platform helpers take a Connection.
-            yield PgCatalogTransaction(cast(asyncpg.Connection, proxy))
+    def transaction(self) -> AbstractAsyncContextManager[PgCatalogTx]:
+        return db.transaction(self._pool, PgCatalogTx)
 
     async def list_versions(self, instance_id: str) -> list[VersionRecord]:
         async with self._pool.acquire() as conn:

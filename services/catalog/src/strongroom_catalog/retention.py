@@ -20,7 +20,7 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.events import VERSION_EXPIRED, new_meta
 
 from strongroom_catalog.model import RetentionCandidate
-from strongroom_catalog.ports import CatalogRepository
+from strongroom_catalog.ports import CatalogStore
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,7 @@ def keeps(candidate: RetentionCandidate) -> bool:
     return candidate.keep_latest and candidate.is_newest
 
 
-async def expire_versions(
-    repo: CatalogRepository, clock: Clock, *, period: dt.timedelta = RETENTION_PERIOD
-) -> list[str]:
+async def expire_versions(repo: CatalogStore, clock: Clock, *, period: dt.timedelta = RETENTION_PERIOD) -> list[str]:
     """Expire every version whose retention has passed; return their ids.
 
     Each expiry is one transaction: the version is marked expired (hidden from
@@ -65,7 +63,7 @@ async def expire_versions(
     return expired
 
 
-async def run_retention(repo: CatalogRepository, clock: Clock, *, interval: float) -> None:
+async def run_retention(repo: CatalogStore, clock: Clock, *, interval: float) -> None:
     """Run :func:`expire_versions` every ``interval`` seconds until cancelled; failures are logged and retried."""
     while True:
         try:

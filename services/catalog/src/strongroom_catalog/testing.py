@@ -31,7 +31,7 @@ class _State:
     outbox: list[tuple[str, str, Message]] = field(default_factory=list)
 
 
-class InMemoryCatalogTransaction:
+class InMemoryCatalogTx:
     def __init__(self, state: _State) -> None:
         self._s = state
 
@@ -107,8 +107,8 @@ def _with_expiry(state: _State, point: PointRecord | None) -> PointRecord | None
     return dataclasses.replace(point, expired=state.versions[point.version_id].expired_at is not None)
 
 
-class InMemoryCatalogRepository(InMemoryTransactions[_State]):
-    """CatalogRepository fake. ``outbox`` lists (topic, key, event) of committed transactions."""
+class InMemoryCatalogStore(InMemoryTransactions[_State]):
+    """CatalogStore fake. ``outbox`` lists (topic, key, event) of committed transactions."""
 
     def __init__(self) -> None:
         super().__init__(_State())
@@ -118,9 +118,9 @@ class InMemoryCatalogRepository(InMemoryTransactions[_State]):
         return self._state.outbox
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[InMemoryCatalogTransaction]:
+    async def transaction(self) -> AsyncIterator[InMemoryCatalogTx]:
         async with self._transaction_state() as state:
-            yield InMemoryCatalogTransaction(state)
+            yield InMemoryCatalogTx(state)
 
     async def list_versions(self, instance_id: str) -> list[VersionRecord]:
         s = self._state

@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from contextlib import AsyncExitStack
 
 import grpc
-from strongroom_platform import wiring
+from strongroom_platform import lifecycle, wiring
 from strongroom_platform.clock import Clock, SystemClock
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
-from strongroom_platform.outbox import start_relay
-from strongroom_platform.runtime import serve_grpc
 
 from strongroom_restore import consumers
 from strongroom_restore.catalog_client import GrpcCatalogClient
 from strongroom_restore.grpc_api import RestoreServicer, register
 from strongroom_restore.migrations import MIGRATIONS, SCHEMA
 from strongroom_restore.ports import CatalogClient
-from strongroom_restore.repository import PgRestoreRepository
+from strongroom_restore.repository import PgRestoreStore
 from strongroom_restore.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def run(
@@ -49,10 +39,8 @@ async def run(
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
-        pool = await create_pool(settings.platform.pg_dsn, schema)
-        stack.push_async_callback(pool.close)
-        await migrate(pool, schema, MIGRATIONS)
-        repo = PgRestoreRepository(pool)
+        pool = await lifecycle.open_pool(stack, settings.platform.pg_dsn, schema, MIGRATIONS)
+        repo = PgRestoreStore(pool)
 
         if catalog is None:
             channel = grpc.aio.insecure_channel(settings.catalog_addr)
@@ -63,14 +51,8 @@ async def run(
         if consumer_factory is None:
             consumer_factory = wiring.consumer_factory(settings.platform)
 
-        relay = await start_relay(pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
-        stack.push_async_callback(_cancel, relay)
-
-        consumer = consumer_factory(consumers.GROUP_ID, consumers.handlers(repo))
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
-
-        server = await serve_grpc("restore", settings.grpc_listen, register(RestoreServicer(repo, catalog, clock)))
-        stack.push_async_callback(server.stop, 5)
+        await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
+        await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo))
+        await lifecycle.serve(stack, "restore", settings.grpc_listen, register(RestoreServicer(repo, catalog, clock)))
         await stop.wait()
         log.info("restore stopping")

@@ -1,23 +1,11 @@
-"""Failures the restore service's operations report; ``grpc_api`` maps each to a status code."""
+"""Failures the restore service's operations report: the platform's family (ADR 0021) and one of its own."""
 
 from __future__ import annotations
 
+from strongroom_platform.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
 
-class RestoreError(Exception):
-    """Base class; the message is meant for the API caller."""
-
-
-class InvalidArgument(RestoreError):
-    """The request is malformed (INVALID_ARGUMENT)."""
+__all__ = ["CatalogUnavailable", "FailedPrecondition", "InvalidArgument", "NotFound", "ServiceError"]
 
 
-class NotFound(RestoreError):
-    """The restore job or backup point does not exist (NOT_FOUND)."""
-
-
-class FailedPrecondition(RestoreError):
-    """The job's state does not allow the operation (FAILED_PRECONDITION)."""
-
-
-class CatalogUnavailable(RestoreError):
+class CatalogUnavailable(Unavailable):
     """The catalog could not be asked about the point (UNAVAILABLE; the caller may retry)."""

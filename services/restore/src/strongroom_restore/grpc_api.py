@@ -1,9 +1,9 @@
-"""gRPC ``RestoreService``: a thin servicer over ``handlers`` that maps errors to status codes."""
+"""gRPC ``RestoreService``: a thin servicer over ``handlers``; errors become status codes in ``grpc_errors``."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2
@@ -13,18 +13,8 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.events import to_timestamp
 
 from strongroom_restore import handlers
-from strongroom_restore.errors import CatalogUnavailable, FailedPrecondition, InvalidArgument, NotFound, RestoreError
 from strongroom_restore.model import RestoreJob
-from strongroom_restore.ports import CatalogClient, RestoreRepository
-
-T = TypeVar("T")
-
-_CODES: dict[type[RestoreError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    CatalogUnavailable: grpc.StatusCode.UNAVAILABLE,
-}
+from strongroom_restore.ports import CatalogClient, RestoreStore
 
 
 def job_message(job: RestoreJob) -> restore_pb2.RestoreJob:
@@ -47,16 +37,8 @@ def job_message(job: RestoreJob) -> restore_pb2.RestoreJob:
     return message
 
 
-async def _call(context: grpc.aio.ServicerContext[Any, Any], operation: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await operation()
-    except RestoreError as exc:
-        await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), str(exc))
-        raise  # abort raises; this keeps type checkers informed
-
-
 class RestoreServicer(restore_pb2_grpc.RestoreServiceServicer):
-    def __init__(self, repo: RestoreRepository, catalog: CatalogClient, clock: Clock) -> None:
+    def __init__(self, repo: RestoreStore, catalog: CatalogClient, clock: Clock) -> None:
         self._repo = repo
         self._catalog = catalog
         self._clock = clock
@@ -64,30 +46,25 @@ class RestoreServicer(restore_pb2_grpc.RestoreServiceServicer):
     async def CreateRestoreJob(
         self, request: restore_pb2.CreateRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.RestoreJob:
-        job = await _call(
-            context,
-            lambda: handlers.create_restore_job(request, repo=self._repo, catalog=self._catalog, clock=self._clock),
-        )
+        job = await handlers.create_restore_job(request, repo=self._repo, catalog=self._catalog, clock=self._clock)
         return job_message(job)
 
     async def GetRestoreJob(
         self, request: restore_pb2.GetRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.RestoreJob:
-        job = await _call(context, lambda: handlers.get_restore_job(self._repo, request.restore_job_id))
+        job = await handlers.get_restore_job(self._repo, request.restore_job_id)
         return job_message(job)
 
     async def ListRestoreJobs(
         self, request: restore_pb2.ListRestoreJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.ListRestoreJobsResponse:
-        jobs = await _call(context, lambda: handlers.list_restore_jobs(self._repo, request.instance_id))
+        jobs = await handlers.list_restore_jobs(self._repo, request.instance_id)
         return restore_pb2.ListRestoreJobsResponse(jobs=[job_message(j) for j in jobs])
 
     async def CancelRestoreJob(
         self, request: restore_pb2.GetRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.RestoreJob:
-        job = await _call(
-            context, lambda: handlers.cancel_restore_job(self._repo, request.restore_job_id, clock=self._clock)
-        )
+        job = await handlers.cancel_restore_job(self._repo, request.restore_job_id, clock=self._clock)
         return job_message(job)
 
 

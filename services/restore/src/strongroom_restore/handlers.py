@@ -21,7 +21,7 @@ from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, RESTORE_REQUEST
 from strongroom_restore import paths
 from strongroom_restore.errors import FailedPrecondition, InvalidArgument, NotFound
 from strongroom_restore.model import FINISHED, RestoreJob, is_known_status, rank, status_name
-from strongroom_restore.ports import CatalogClient, RestoreRepository
+from strongroom_restore.ports import CatalogClient, RestoreStore
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _new_id() -> str:
 async def create_restore_job(
     request: restore_pb2.CreateRestoreJobRequest,
     *,
-    repo: RestoreRepository,
+    repo: RestoreStore,
     catalog: CatalogClient,
     clock: Clock,
     new_id: Callable[[], str] = _new_id,
@@ -99,7 +99,7 @@ async def create_restore_job(
     return job
 
 
-async def get_restore_job(repo: RestoreRepository, restore_job_id: str) -> RestoreJob:
+async def get_restore_job(repo: RestoreStore, restore_job_id: str) -> RestoreJob:
     if not restore_job_id:
         raise InvalidArgument("restore_job_id is required")
     job = await repo.get_job(restore_job_id)
@@ -108,14 +108,14 @@ async def get_restore_job(repo: RestoreRepository, restore_job_id: str) -> Resto
     return job
 
 
-async def list_restore_jobs(repo: RestoreRepository, instance_id: str) -> list[RestoreJob]:
+async def list_restore_jobs(repo: RestoreStore, instance_id: str) -> list[RestoreJob]:
     """Jobs restoring to or from the instance, newest first (the latest ``LIST_LIMIT``)."""
     if not instance_id:
         raise InvalidArgument("instance_id is required")
     return await repo.list_jobs(instance_id, limit=LIST_LIMIT)
 
 
-async def cancel_restore_job(repo: RestoreRepository, restore_job_id: str, *, clock: Clock) -> RestoreJob:
+async def cancel_restore_job(repo: RestoreStore, restore_job_id: str, *, clock: Clock) -> RestoreJob:
     """Ask the agent to stop the job: status CANCELING and ``restore-cancel-requested``.
 
     Cancelling a job that is already CANCELING changes nothing; a finished job
@@ -174,7 +174,7 @@ def _apply(job: RestoreJob, event: events_pb2.RestoreUpdated) -> RestoreJob | No
     )
 
 
-async def handle_restore_updated(event: events_pb2.RestoreUpdated, *, repo: RestoreRepository) -> None:
+async def handle_restore_updated(event: events_pb2.RestoreUpdated, *, repo: RestoreStore) -> None:
     """Apply an agent's status report to its job, once per event id.
 
     Never moves a job backwards (a progress report cannot undo CANCELING or a

@@ -1,6 +1,6 @@
 """Ports of the restore service: its storage and the catalog it asks about points.
 
-Adapters: ``repository.PgRestoreRepository`` / ``testing.InMemoryRestoreRepository``
+Adapters: ``repository.PgRestoreStore`` / ``testing.InMemoryRestoreStore``
 (both pass ``services/restore/tests/restore_contract_repository.py``), and
 ``catalog_client.GrpcCatalogClient`` / ``testing.FakeCatalogClient``.
 """
@@ -10,17 +10,13 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from google.protobuf.message import Message
+from strongroom_platform.db import InboxOutboxTx
 
 from strongroom_restore.model import CatalogPoint, RestoreJob
 
 
-class RestoreTransaction(Protocol):
+class RestoreTx(InboxOutboxTx, Protocol):
     """Writes that commit together or not at all (an exception leaving the block rolls back)."""
-
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        """Record that ``consumer`` processes ``event_id``; False if it already did."""
-        ...
 
     async def get_job(self, restore_job_id: str) -> RestoreJob | None:
         """The job, locked against concurrent updates until the transaction ends."""
@@ -34,13 +30,9 @@ class RestoreTransaction(Protocol):
         """Store the job's status, error, stats, updated_at and finished_at."""
         ...
 
-    async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        """Publish ``event`` (through the outbox) if and when the transaction commits."""
-        ...
 
-
-class RestoreRepository(Protocol):
-    def transaction(self) -> AbstractAsyncContextManager[RestoreTransaction]:
+class RestoreStore(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[RestoreTx]:
         """Open a transaction; it commits when the block exits normally."""
         ...
 

@@ -1,15 +1,13 @@
-"""PostgreSQL adapter of :class:`~strongroom_restore.ports.RestoreRepository` (schema ``restore``)."""
+"""PostgreSQL adapter of :class:`~strongroom_restore.ports.RestoreStore` (schema ``restore``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import cast
+from contextlib import AbstractAsyncContextManager
 
 import asyncpg
-from google.protobuf.message import Message
 from strongroom.common.v1 import common_pb2
-from strongroom_platform import inbox, outbox
+from strongroom_platform import db
+from strongroom_platform.db import PgTransaction
 
 from strongroom_restore.model import RestoreJob
 
@@ -39,13 +37,7 @@ def _job(row: asyncpg.Record) -> RestoreJob:
     )
 
 
-class PgRestoreTransaction:
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        return await inbox.claim_event(self._conn, consumer, event_id)
-
+class PgRestoreTx(PgTransaction):
     async def get_job(self, restore_job_id: str) -> RestoreJob | None:
         row = await self._conn.fetchrow(
             f"SELECT {_COLUMNS} FROM restore_jobs WHERE restore_job_id = $1 FOR UPDATE", restore_job_id
@@ -85,19 +77,13 @@ class PgRestoreTransaction:
             job.finished_at,
         )
 
-    async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        await outbox.enqueue(self._conn, topic, key, event)
 
-
-class PgRestoreRepository:
+class PgRestoreStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PgRestoreTransaction]:
-        async with self._pool.acquire() as proxy, proxy.transaction():
-            # The pool's proxy forwards every Connection method; the platform helpers take a Connection.
-            yield PgRestoreTransaction(cast(asyncpg.Connection, proxy))
+    def transaction(self) -> AbstractAsyncContextManager[PgRestoreTx]:
+        return db.transaction(self._pool, PgRestoreTx)
 
     async def get_job(self, restore_job_id: str) -> RestoreJob | None:
         async with self._pool.acquire() as conn:

@@ -1,6 +1,6 @@
 """In-memory fakes of the restore service's ports, for unit tests.
 
-``InMemoryRestoreRepository`` passes the same contract suite as the
+``InMemoryRestoreStore`` passes the same contract suite as the
 PostgreSQL adapter; transactions are serialized and roll back on exceptions.
 """
 
@@ -25,7 +25,7 @@ class _State:
     outbox: list[tuple[str, str, Message]] = field(default_factory=list)
 
 
-class InMemoryRestoreTransaction:
+class InMemoryRestoreTx:
     def __init__(self, state: _State) -> None:
         self._s = state
 
@@ -55,8 +55,8 @@ class InMemoryRestoreTransaction:
         record_event(self._s.outbox, topic, key, event)
 
 
-class InMemoryRestoreRepository(InMemoryTransactions[_State]):
-    """RestoreRepository fake; ``outbox`` lists (topic, key, event) of committed transactions."""
+class InMemoryRestoreStore(InMemoryTransactions[_State]):
+    """RestoreStore fake; ``outbox`` lists (topic, key, event) of committed transactions."""
 
     def __init__(self) -> None:
         super().__init__(_State())
@@ -66,9 +66,9 @@ class InMemoryRestoreRepository(InMemoryTransactions[_State]):
         return self._state.outbox
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[InMemoryRestoreTransaction]:
+    async def transaction(self) -> AsyncIterator[InMemoryRestoreTx]:
         async with self._transaction_state() as state:
-            yield InMemoryRestoreTransaction(state)
+            yield InMemoryRestoreTx(state)
 
     async def get_job(self, restore_job_id: str) -> RestoreJob | None:
         return self._state.jobs.get(restore_job_id)

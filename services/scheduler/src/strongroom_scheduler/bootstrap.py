@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
+from contextlib import AsyncExitStack
 
-from strongroom.scheduler.v1 import scheduler_pb2_grpc
-from strongroom_platform import wiring
+from strongroom_platform import lifecycle, wiring
 from strongroom_platform.clock import Clock, SystemClock
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
-from strongroom_platform.outbox import start_relay
-from strongroom_platform.runtime import serve_grpc
 
 from strongroom_scheduler.alerts import LoggingAlerter
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
-from strongroom_scheduler.grpc_api import SchedulerServicer
+from strongroom_scheduler.grpc_api import SchedulerServicer, register
 from strongroom_scheduler.handlers import Deps
 from strongroom_scheduler.migrations import MIGRATIONS, SCHEMA
 from strongroom_scheduler.ports import Alerter
@@ -37,60 +33,27 @@ async def run(
     consumer_factory: ConsumerFactory | None = None,
     alerter: Alerter | None = None,
 ) -> None:
-    """Serve until ``stop`` is set, then shut down gracefully.
+    """Serve until ``stop`` is set, then shut down in reverse order.
 
     Prints ``LISTENING scheduler <host>:<port>`` once the gRPC server serves.
     ``publisher`` and ``consumer_factory`` default to the Kafka adapters.
     """
     clock = clock or SystemClock()
-    async with contextlib.AsyncExitStack() as stack:
-        if publisher is None:
-            publisher = await stack.enter_async_context(wiring.publisher(settings))
-        await _serve(settings, stop, clock, publisher, consumer_factory or wiring.consumer_factory(settings), alerter)
-
-
-async def _serve(
-    settings: Settings,
-    stop: asyncio.Event,
-    clock: Clock,
-    publisher: EventPublisher,
-    consumer_factory: ConsumerFactory,
-    alerter: Alerter | None,
-) -> None:
-    pool = await create_pool(settings.pg_dsn, SCHEMA)
-    tasks: list[asyncio.Task[None]] = []
-    try:
-        await migrate(pool, SCHEMA, MIGRATIONS)
+    platform = settings.platform
+    async with AsyncExitStack() as stack:
+        pool = await lifecycle.open_pool(stack, platform.pg_dsn, SCHEMA, MIGRATIONS)
         store = PgSchedulerStore(pool)
         deps = Deps(store=store, clock=clock, alerter=alerter or LoggingAlerter(), rng=random.SystemRandom())
-        tasks.append(await start_relay(pool, SCHEMA, publisher, clock, replay=settings.outbox_replay))
-        consumer = consumer_factory(GROUP_ID, record_handlers(deps))
-        await consumer.start()
-        try:
+        if publisher is None:
+            publisher = await stack.enter_async_context(wiring.publisher(platform))
+        await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
+        factory = consumer_factory or wiring.consumer_factory(platform)
+        await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(deps))
 
-            async def tick() -> None:
-                await schedule_due(store, clock)
+        async def tick() -> None:
+            await schedule_due(store, clock)
 
-            tasks.append(
-                asyncio.create_task(
-                    run_schedule_loop(tick, clock, interval=settings.schedule_interval), name="schedule"
-                )
-            )
-            server = await serve_grpc(
-                "scheduler",
-                settings.grpc_listen,
-                lambda s: scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(deps), s),
-            )
-            try:
-                await stop.wait()
-            finally:
-                await server.stop(grace=5)
-        finally:
-            await consumer.stop()
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await pool.close()
+        lifecycle.start_task(stack, run_schedule_loop(tick, clock, interval=settings.schedule_interval), "schedule")
+        await lifecycle.serve(stack, "scheduler", settings.grpc_listen, register(SchedulerServicer(deps)))
+        await stop.wait()
+        log.info("scheduler stopping")

@@ -1,19 +1,7 @@
-"""Errors of scheduler operations; ``grpc_api`` maps each to a gRPC status code."""
+"""Errors of scheduler operations: the platform's family (each carries its gRPC status code, ADR 0021)."""
 
 from __future__ import annotations
 
+from strongroom_platform.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 
-class SchedulerError(Exception):
-    """Base class; the message is shown to the operator as is."""
-
-
-class NotFound(SchedulerError):
-    """The named instance or job does not exist (NOT_FOUND)."""
-
-
-class InvalidArgument(SchedulerError):
-    """The request is malformed (INVALID_ARGUMENT)."""
-
-
-class FailedPrecondition(SchedulerError):
-    """The request is valid but the current state does not allow it (FAILED_PRECONDITION)."""
+__all__ = ["FailedPrecondition", "InvalidArgument", "NotFound", "ServiceError"]

@@ -1,27 +1,17 @@
-"""gRPC ``SchedulerService``: validates, calls ``handlers``, maps errors to status codes."""
+"""gRPC ``SchedulerService``: validates, calls ``handlers``; errors become status codes in ``grpc_errors``."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_platform.events import to_timestamp
 
 from strongroom_scheduler import handlers
-from strongroom_scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, SchedulerError
 from strongroom_scheduler.handlers import Deps, SettingsInput
 from strongroom_scheduler.models import Instance, Job
-
-T = TypeVar("T")
-
-_CODES: dict[type[SchedulerError], grpc.StatusCode] = {
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-}
 
 
 def instance_to_proto(instance: Instance, now: dt.datetime) -> scheduler_pb2.Instance:
@@ -77,13 +67,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
 
-    async def _call(self, context: grpc.aio.ServicerContext[object, object], operation: Awaitable[T]) -> T:
-        try:
-            return await operation
-        except SchedulerError as exc:
-            await context.abort(_CODES.get(type(exc), grpc.StatusCode.INTERNAL), str(exc))
-            raise  # abort raises; this line is for type checkers
-
     def _instance(self, instance: Instance) -> scheduler_pb2.Instance:
         return instance_to_proto(instance, self._deps.clock.now())
 
@@ -98,29 +81,26 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             if request.settings.priority:
                 fields.add("priority")
             settings = _settings_input(request.settings, fields)
-        instance, token = await self._call(
-            context,
-            handlers.activate_backup(
-                self._deps, account_id=request.account_id, name=request.name, region=request.region, settings=settings
-            ),
+        instance, token = await handlers.activate_backup(
+            self._deps, account_id=request.account_id, name=request.name, region=request.region, settings=settings
         )
         return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
 
     async def GetInstance(
         self, request: scheduler_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.Instance:
-        return self._instance(await self._call(context, handlers.get_instance(self._deps, request.instance_id)))
+        return self._instance(await handlers.get_instance(self._deps, request.instance_id))
 
     async def ListInstances(
         self, request: scheduler_pb2.ListInstancesRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.ListInstancesResponse:
-        found = await self._call(context, handlers.list_instances(self._deps, request.account_id, request.region))
+        found = await handlers.list_instances(self._deps, request.account_id, request.region)
         return scheduler_pb2.ListInstancesResponse(instances=[self._instance(i) for i in found])
 
     async def RunBackupNow(
         self, request: scheduler_pb2.RunBackupNowRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.BackupJob:
-        return job_to_proto(await self._call(context, handlers.run_backup_now(self._deps, request.instance_id)))
+        return job_to_proto(await handlers.run_backup_now(self._deps, request.instance_id))
 
     async def _instance_op(
         self,
@@ -128,7 +108,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         request: scheduler_pb2.InstanceRef,
         context: grpc.aio.ServicerContext[object, object],
     ) -> scheduler_pb2.Instance:
-        return self._instance(await self._call(context, op(self._deps, request.instance_id)))
+        return self._instance(await op(self._deps, request.instance_id))
 
     async def PauseBackup(
         self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
@@ -150,21 +130,30 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.Instance:
         mask = list(request.update_mask)
         settings = _settings_input(request.settings, set(mask))
-        instance = await self._call(context, handlers.update_settings(self._deps, request.instance_id, settings, mask))
+        instance = await handlers.update_settings(self._deps, request.instance_id, settings, mask)
         return self._instance(instance)
 
     async def ListJobs(
         self, request: scheduler_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.ListJobsResponse:
-        jobs = await self._call(context, handlers.list_jobs(self._deps, request.instance_id, request.limit))
+        jobs = await handlers.list_jobs(self._deps, request.instance_id, request.limit)
         return scheduler_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
 
     async def GetJob(
         self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.BackupJob:
-        return job_to_proto(await self._call(context, handlers.get_job(self._deps, request.job_id)))
+        return job_to_proto(await handlers.get_job(self._deps, request.job_id))
 
     async def CancelJob(
         self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.BackupJob:
-        return job_to_proto(await self._call(context, handlers.cancel_job(self._deps, request.job_id)))
+        return job_to_proto(await handlers.cancel_job(self._deps, request.job_id))
+
+
+def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:
+    """The registration callback for ``strongroom_platform.runtime.start_grpc_server``."""
+
+    def add(server: grpc.aio.Server) -> None:
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
+
+    return add

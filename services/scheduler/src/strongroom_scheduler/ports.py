@@ -7,25 +7,17 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from google.protobuf.message import Message
+from strongroom_platform.db import InboxOutboxTx
 
 from strongroom_scheduler.models import Instance, Job
 
 
-class SchedulerTx(Protocol):
+class SchedulerTx(InboxOutboxTx, Protocol):
     """One database transaction: every read and write of an operation, committed together.
 
     ``get_*(..., for_update=True)`` locks the row until the transaction ends,
     so concurrent operations on the same instance or job are serialized.
     """
-
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        """Record that ``consumer`` processes ``event_id``; False if it already did."""
-        ...
-
-    async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        """Add an event to the outbox; it is published only if the transaction commits."""
-        ...
 
     async def insert_instance(self, instance: Instance) -> None: ...
 

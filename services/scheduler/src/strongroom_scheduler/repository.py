@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import cast
+from contextlib import AbstractAsyncContextManager
 
 import asyncpg
-from google.protobuf.message import Message
 from strongroom.common.v1 import common_pb2
-from strongroom_platform import inbox, outbox
+from strongroom_platform import db
+from strongroom_platform.db import PgTransaction
 
 from strongroom_scheduler.models import Instance, Job
 
@@ -89,17 +87,8 @@ def _job(row: asyncpg.Record) -> Job:
     return Job(stats=stats, **values)
 
 
-class PgSchedulerTx:
+class PgSchedulerTx(PgTransaction):
     """One open transaction on one connection."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    async def claim_event(self, consumer: str, event_id: str) -> bool:
-        return await inbox.claim_event(self._conn, consumer, event_id)
-
-    async def enqueue(self, topic: str, key: str, event: Message) -> None:
-        await outbox.enqueue(self._conn, topic, key, event)
 
     async def insert_instance(self, instance: Instance) -> None:
         await self._conn.execute(_insert_sql("instances", _INSTANCE_COLUMNS), *_instance_values(instance))
@@ -165,8 +154,5 @@ class PgSchedulerStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PgSchedulerTx]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            # the pool hands out a proxy that behaves as the Connection it wraps
-            yield PgSchedulerTx(cast(asyncpg.Connection, conn))
+    def transaction(self) -> AbstractAsyncContextManager[PgSchedulerTx]:
+        return db.transaction(self._pool, PgSchedulerTx)

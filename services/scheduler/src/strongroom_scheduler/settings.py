@@ -5,22 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from strongroom_platform.settings import SettingsError, env_bool, env_str
+from strongroom_platform.settings import PlatformSettings, SettingsError, env_str
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Environment:
-    STRONGROOM_PG_DSN (required), STRONGROOM_KAFKA_BOOTSTRAP (required),
-    STRONGROOM_KAFKA_IDEMPOTENT (default on), STRONGROOM_OUTBOX_REPLAY (standalone),
+    STRONGROOM_PG_DSN, STRONGROOM_KAFKA_*, STRONGROOM_OUTBOX_REPLAY, ...: see PlatformSettings.
     STRONGROOM_GRPC_LISTEN (default 127.0.0.1:0),
     STRONGROOM_SCHEDULE_INTERVAL (seconds between schedule passes, default 30).
     """
 
-    pg_dsn: str
-    kafka_bootstrap: str
-    kafka_idempotent: bool = True
-    outbox_replay: bool = False
+    platform: PlatformSettings
     grpc_listen: str = "127.0.0.1:0"
     schedule_interval: float = 30.0
 
@@ -36,10 +32,7 @@ class Settings:
         if interval <= 0:
             raise SettingsError(f"STRONGROOM_SCHEDULE_INTERVAL must be positive, got {raw_interval!r}")
         return cls(
-            pg_dsn=env_str(environ, "STRONGROOM_PG_DSN"),
-            kafka_bootstrap=env_str(environ, "STRONGROOM_KAFKA_BOOTSTRAP"),
-            kafka_idempotent=env_bool(environ, "STRONGROOM_KAFKA_IDEMPOTENT", True),
-            outbox_replay=env_bool(environ, "STRONGROOM_OUTBOX_REPLAY", False),
+            platform=PlatformSettings.from_env(environ),
             grpc_listen=env_str(environ, "STRONGROOM_GRPC_LISTEN", "127.0.0.1:0"),
             schedule_interval=interval,
         )

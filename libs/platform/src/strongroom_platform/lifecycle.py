@@ -1,0 +1,78 @@
+"""The parts of a service's composition root, each registering its own cleanup.
+
+Every ``bootstrap.run`` opens one ``contextlib.AsyncExitStack`` and starts its parts with these
+helpers in dependency order (pool, relay, consumer, background tasks, gRPC server); leaving the
+stack stops them in reverse order: the server stops taking calls first, the pool closes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import asyncpg
+import grpc
+
+from strongroom_platform import outbox
+from strongroom_platform.clock import Clock
+from strongroom_platform.db import Migration, create_pool, migrate
+from strongroom_platform.eventbus import ConsumerFactory, EventConsumer, EventPublisher, Handler
+from strongroom_platform.runtime import serve_grpc
+
+__all__ = ["cancel", "open_pool", "serve", "start_consumer", "start_relay", "start_task"]
+
+
+async def cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def open_pool(stack: AsyncExitStack, dsn: str, schema: str, migrations: Sequence[Migration]) -> asyncpg.Pool:
+    """A pool on ``schema`` with ``migrations`` applied; closed when the stack unwinds."""
+    pool = await create_pool(dsn, schema)
+    stack.push_async_callback(pool.close)
+    await migrate(pool, schema, migrations)
+    return pool
+
+
+async def start_relay(
+    stack: AsyncExitStack, pool: asyncpg.Pool, schema: str, publisher: EventPublisher, clock: Clock, *, replay: bool
+) -> None:
+    """The outbox relay of ``schema`` (see ``outbox.start_relay``); cancelled when the stack unwinds."""
+    stack.push_async_callback(cancel, await outbox.start_relay(pool, schema, publisher, clock, replay=replay))
+
+
+async def start_consumer(
+    stack: AsyncExitStack, factory: ConsumerFactory, group_id: str, handlers: Mapping[str, Handler]
+) -> EventConsumer:
+    """A started consumer of ``group_id``; stopped (offsets committed) when the stack unwinds."""
+    consumer = factory(group_id, handlers)
+    await consumer.start()
+    stack.push_async_callback(consumer.stop)
+    return consumer
+
+
+def start_task(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """``work`` as a background task (a periodic loop); cancelled when the stack unwinds."""
+    task = asyncio.create_task(work, name=name)
+    stack.push_async_callback(cancel, task)
+    return task
+
+
+async def serve(
+    stack: AsyncExitStack,
+    service: str,
+    listen: str,
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+) -> grpc.aio.Server:
+    """The service's gRPC server, announced (``runtime.serve_grpc``); stopped with 5 s grace when the stack unwinds."""
+    server = await serve_grpc(service, listen, register, interceptors=interceptors)
+    stack.push_async_callback(server.stop, 5)
+    return server
