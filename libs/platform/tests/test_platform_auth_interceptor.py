@@ -28,6 +28,7 @@ from strongroom_platform.auth import (
     new_token,
 )
 from strongroom_platform.clock import utc
+from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.testing import FakeClock
 
 INSTANCES = {"i-acme": "acme", "i-globex": "globex"}
@@ -45,12 +46,9 @@ class Scheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
             return NotFound(f"instance {request.instance_id} not found")
 
         account = INSTANCES.get(request.instance_id)
-        try:
-            if account is None:
-                raise missing()
-            authorize(account, missing)
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if account is None:
+            raise missing()
+        authorize(account, missing)
         return scheduler_pb2.Instance(instance_id=request.instance_id, account_id=account or "")
 
 
@@ -87,12 +85,13 @@ async def stack() -> AsyncIterator[Stack]:
         await store.insert(record)
         tokens[name] = token
     authenticator = Authenticator(tokens=TokenVerifier(store, clock), agents=agent_authenticator)
-    server = grpc.aio.server(interceptors=[AuthInterceptor(authenticator)])
-    billing_pb2_grpc.add_BillingServiceServicer_to_server(Billing(), server)
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(Scheduler(), server)
-    manifest_pb2_grpc.add_ManifestServiceServicer_to_server(Manifests(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+
+    def register(server: grpc.aio.Server) -> None:
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(Billing(), server)
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(Scheduler(), server)
+        manifest_pb2_grpc.add_ManifestServiceServicer_to_server(Manifests(), server)
+
+    server, port = await start_grpc_server("127.0.0.1:0", register, interceptors=[AuthInterceptor(authenticator)])
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield Stack(channel, tokens)
@@ -183,10 +182,11 @@ async def test_a_method_without_a_rule_is_refused() -> None:
     handler = grpc.method_handlers_generic_handler(
         "strongroom.test.v1.Unlisted", {"Echo": grpc.unary_unary_rpc_method_handler(behavior)}
     )
-    server = grpc.aio.server(interceptors=[AuthInterceptor(Authenticator(tokens=None))])
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await start_grpc_server(
+        "127.0.0.1:0",
+        lambda s: s.add_generic_rpc_handlers((handler,)),
+        interceptors=[AuthInterceptor(Authenticator(tokens=None))],
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             echo = channel.unary_unary("/strongroom.test.v1.Unlisted/Echo")

@@ -13,6 +13,7 @@ from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom_platform.auth import Authenticator, AuthInterceptor, InMemoryTokenStore, Role, TokenVerifier
 from strongroom_platform.auth.token_api import TokenServicer, bootstrap_token, register
 from strongroom_platform.clock import utc
+from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.testing import FakeClock
 
 
@@ -30,12 +31,10 @@ async def stack() -> AsyncIterator[Stack]:
     admin = await bootstrap_token(
         "acme", Role.ADMIN, name="first", lifetime=dt.timedelta(days=1), store=store, clock=clock
     )
-    server = grpc.aio.server(
-        interceptors=[AuthInterceptor(Authenticator(tokens=TokenVerifier(store, clock, cache_seconds=0)))]
+    interceptor = AuthInterceptor(Authenticator(tokens=TokenVerifier(store, clock, cache_seconds=0)))
+    server, port = await start_grpc_server(
+        "127.0.0.1:0", register(TokenServicer(store, clock)), interceptors=[interceptor]
     )
-    register(TokenServicer(store, clock))(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield Stack(auth_pb2_grpc.TokenServiceStub(channel), admin, clock)
     await server.stop(None)

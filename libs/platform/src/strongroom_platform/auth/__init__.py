@@ -7,16 +7,11 @@ handlers scope their work with ``choose_account`` and ``authorize``.
 from strongroom_platform.auth.interceptor import AgentAuthenticator, Authenticator, AuthInterceptor
 from strongroom_platform.auth.policy import POLICY, Caller, Rule, rule_for
 from strongroom_platform.auth.principal import (
-    AuthError,
     CallAuth,
     CallerKind,
-    InvalidArgument,
-    NotFound,
     Permission,
-    PermissionDenied,
     Principal,
     Role,
-    Unauthenticated,
     agent,
     authorize,
     choose_account,
@@ -25,11 +20,11 @@ from strongroom_platform.auth.principal import (
     service,
 )
 from strongroom_platform.auth.tokens import InMemoryTokenStore, TokenRecord, TokenStore, TokenVerifier, new_token
+from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 __all__ = [
     "POLICY",
     "AgentAuthenticator",
-    "AuthError",
     "AuthInterceptor",
     "Authenticator",
     "CallAuth",

@@ -19,18 +19,10 @@ from cryptography import x509
 
 from strongroom_platform.auth.oidc import OidcVerifier, looks_like_jwt
 from strongroom_platform.auth.policy import Caller, Rule, rule_for
-from strongroom_platform.auth.principal import (
-    ANONYMOUS,
-    AuthError,
-    CallAuth,
-    CallerKind,
-    PermissionDenied,
-    Principal,
-    Unauthenticated,
-    service,
-    set_current_call,
-)
+from strongroom_platform.auth.principal import ANONYMOUS, CallAuth, CallerKind, Principal, service, set_current_call
 from strongroom_platform.auth.tokens import TOKEN_PREFIX, TokenVerifier
+from strongroom_platform.errors import PermissionDenied, Unauthenticated
+from strongroom_platform.grpc_errors import ServerInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +116,12 @@ class Authenticator:
 Behavior = Callable[..., Any]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs: generic only in stubs
-    """Authenticates and authorizes every call of the server it is installed on."""
+class AuthInterceptor(ServerInterceptor):
+    """Authenticates and authorizes every call of the server it is installed on.
+
+    Install it through ``runtime.start_grpc_server(..., interceptors=[...])``: refusals are raised
+    as service errors, which the error mapping installed there turns into status codes.
+    """
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
@@ -161,24 +157,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
     async def _admit(self, method: str, rule: Rule | None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if rule is None:
             log.error("refused %s: the method has no rule in strongroom_platform.auth.policy", method)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not open to any caller")
-            return
-        try:
-            principal = await self._authenticator.principal(rule, context)
-        except AuthError as exc:
-            await context.abort(exc.code, str(exc))
-            return
+            raise PermissionDenied(f"{method} is not open to any caller")
+        principal = await self._authenticator.principal(rule, context)
         if principal.kind is CallerKind.ANONYMOUS and Caller.PUBLIC not in rule.callers:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this call needs a credential")
+            raise Unauthenticated("this call needs a credential")
         set_current_call(CallAuth(principal=principal, method=method, permission=rule.permission, verb=rule.verb))
 
     def _wrap_unary(self, behavior: Behavior, method: str, rule: Rule | None) -> Behavior:
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await self._admit(method, rule, context)
-            try:
-                return await behavior(request, context)
-            except AuthError as exc:
-                await context.abort(exc.code, str(exc))
+            return await behavior(request, context)
 
         return guarded
 
@@ -188,11 +176,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             await self._admit(method, rule, context)
-            try:
-                async for response in behavior(request, context):
-                    yield response
-            except AuthError as exc:
-                await context.abort(exc.code, str(exc))
+            async for response in behavior(request, context):
+                yield response
 
         return guarded
 

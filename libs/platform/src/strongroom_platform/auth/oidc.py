@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from strongroom_platform.auth.principal import Principal, Role, Unauthenticated, operator
+from strongroom_platform.auth.principal import Principal, Role, operator
 from strongroom_platform.clock import Clock
+from strongroom_platform.errors import Unauthenticated
 from strongroom_platform.settings import SettingsError, env_str
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256", "PS384", "PS512"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import grpc
+from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDenied, ServiceError
 
 
 class Permission(enum.IntEnum):
@@ -57,28 +57,9 @@ class CallerKind(enum.Enum):
     ANONYMOUS = "anonymous"
 
 
-class AuthError(Exception):
-    """An authentication or authorization refusal; ``code`` is the gRPC status it maps to."""
-
-    code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Unauthenticated(AuthError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(AuthError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class NotFound(AuthError):
-    """The resource's account is not the caller's: answered like an id that does not exist."""
-
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class InvalidArgument(AuthError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+# Refusals are the platform's service errors, so the one error mapping (``grpc_errors``) turns them
+# into their status codes wherever they are raised: in the interceptor or in a handler.
+AuthError = ServiceError
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,19 +14,10 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from strongroom_platform.auth.principal import (
-    CallAuth,
-    CallerKind,
-    InvalidArgument,
-    NotFound,
-    Permission,
-    PermissionDenied,
-    Role,
-    choose_account,
-    current_call,
-)
+from strongroom_platform.auth.principal import CallAuth, CallerKind, Permission, Role, choose_account, current_call
 from strongroom_platform.auth.tokens import MAX_TOKEN_LIFETIME, TokenRecord, TokenStore, new_token
 from strongroom_platform.clock import Clock
+from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDenied
 
 DEFAULT_LIFETIME = dt.timedelta(days=90)
 _ROLE_TO_PROTO = {

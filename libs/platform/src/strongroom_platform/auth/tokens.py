@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from strongroom_platform.auth.principal import Principal, Role, Unauthenticated, operator
+from strongroom_platform.auth.principal import Principal, Role, operator
 from strongroom_platform.clock import Clock
+from strongroom_platform.errors import Unauthenticated
 
 TOKEN_PREFIX = "srt_"
 MAX_TOKEN_LIFETIME = dt.timedelta(days=366)
