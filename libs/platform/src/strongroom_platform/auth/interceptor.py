@@ -77,7 +77,7 @@ class Authenticator:
         self._agents = agents
 
     async def principal(self, rule: Rule, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-        """The caller, admitted by ``rule``; raises :class:`AuthError` otherwise."""
+        """The caller, admitted by ``rule``; raises ``Unauthenticated`` or ``PermissionDenied`` otherwise."""
         if Caller.PUBLIC in rule.callers:
             return ANONYMOUS
         if Caller.SERVICE in rule.callers:

@@ -15,7 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDenied, ServiceError
+# Refusals are the platform's service errors, so the one error mapping (``grpc_errors``) turns them
+# into their status codes wherever they are raised: in the interceptor or in a handler.
+from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDenied
 
 
 class Permission(enum.IntEnum):
@@ -56,10 +58,6 @@ class CallerKind(enum.Enum):
     AGENT = "agent"
     ANONYMOUS = "anonymous"
 
-
-# Refusals are the platform's service errors, so the one error mapping (``grpc_errors``) turns them
-# into their status codes wherever they are raised: in the interceptor or in a handler.
-AuthError = ServiceError
 
 
 @dataclass(frozen=True, slots=True)
