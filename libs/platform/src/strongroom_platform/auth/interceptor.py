@@ -166,7 +166,8 @@ class AuthInterceptor(ServerInterceptor):
     def _wrap_unary(self, behavior: Behavior, method: str, rule: Rule | None) -> Behavior:
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await self._admit(method, rule, context)
-            return await behavior(request, context)
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
 
         return guarded
 
