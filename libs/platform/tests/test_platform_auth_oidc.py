@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from strongroom_platform.auth import Role, Unauthenticated
-from strongroom_platform.auth.oidc import OidcSettings, OidcVerifier, roles_from_claim
+from strongroom_platform.auth.oidc import OidcVerifier, roles_from_claim
 from strongroom_platform.clock import SystemClock
-from strongroom_platform.settings import SettingsError
+from strongroom_platform.settings import OidcSettings, SettingsError
 
 ISSUER = "https://login.example.test/realms/ops"
 AUDIENCE = "strongroom"

@@ -10,51 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 
 from strongroom_platform.auth.principal import Principal, Role, operator
 from strongroom_platform.clock import Clock
 from strongroom_platform.errors import Unauthenticated
-from strongroom_platform.settings import SettingsError, env_str
+from strongroom_platform.settings import OidcSettings
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256", "PS384", "PS512"]
 LEEWAY_SECONDS = 30
 _INVALID = "invalid or expired OIDC token"
-
-
-@dataclass(frozen=True, slots=True)
-class OidcSettings:
-    """``STRONGROOM_OIDC_ISSUER``, ``_AUDIENCE``, ``_JWKS`` (file path or https address), ``_ROLES_CLAIM``."""
-
-    issuer: str
-    audience: str
-    jwks: str
-    roles_claim: str = "strongroom_roles"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> OidcSettings | None:
-        """None when OIDC is not configured (no issuer); a SettingsError when half-configured."""
-        issuer = environ.get("STRONGROOM_OIDC_ISSUER", "")
-        if not issuer:
-            return None
-        jwks = env_str(environ, "STRONGROOM_OIDC_JWKS")
-        if "://" in jwks:
-            parts = urlsplit(jwks)
-            loopback = parts.hostname in {"127.0.0.1", "localhost", "::1"}
-            if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-                raise SettingsError("STRONGROOM_OIDC_JWKS must be a file path or an https address")
-        return cls(
-            issuer=issuer,
-            audience=env_str(environ, "STRONGROOM_OIDC_AUDIENCE"),
-            jwks=jwks,
-            roles_claim=env_str(environ, "STRONGROOM_OIDC_ROLES_CLAIM", "strongroom_roles"),
-        )
 
 
 def looks_like_jwt(bearer: str) -> bool:

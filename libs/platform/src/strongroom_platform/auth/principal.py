@@ -59,7 +59,6 @@ class CallerKind(enum.Enum):
     ANONYMOUS = "anonymous"
 
 
-
 @dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller.
@@ -136,6 +135,11 @@ def current_call() -> CallAuth:
     if call is None:
         raise PermissionDenied("this call was not authenticated (the server is missing its auth interceptor)")
     return call
+
+
+def peek_call() -> CallAuth | None:
+    """The :class:`CallAuth` of the RPC being handled, or None outside the interceptor."""
+    return _CURRENT.get()
 
 
 def set_current_call(call: CallAuth | None) -> contextvars.Token[CallAuth | None]:
