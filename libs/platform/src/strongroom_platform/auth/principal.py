@@ -59,7 +59,6 @@ class CallerKind(enum.Enum):
     ANONYMOUS = "anonymous"
 
 
-
 @dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller.
