@@ -7,18 +7,19 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from restore_fixtures import POINT, T0, FakeCatalogService, restore_updated
+from restore_fixtures import INSTANCES, POINT, T0, FakeCatalogService, restore_updated
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.catalog.v1 import catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
+from strongroom_platform.auth import Role
 from strongroom_platform.runtime import start_grpc_server
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.testing import FakeClock, serve_authenticated
 from strongroom_restore.catalog_client import GrpcCatalogClient
 from strongroom_restore.errors import CatalogUnavailable
 from strongroom_restore.grpc_api import RestoreServicer, register
 from strongroom_restore.handlers import handle_restore_updated
-from strongroom_restore.testing import FakeCatalogClient, InMemoryRestoreStore
+from strongroom_restore.testing import FakeCatalogClient, FakeInstanceDirectory, InMemoryRestoreStore
 
 S = common_pb2
 
@@ -37,12 +38,9 @@ def catalog() -> FakeCatalogClient:
 async def stub(
     repo: InMemoryRestoreStore, catalog: FakeCatalogClient
 ) -> AsyncIterator[restore_pb2_grpc.RestoreServiceAsyncStub]:
-    server, port = await start_grpc_server("127.0.0.1:0", register(RestoreServicer(repo, catalog, FakeClock(T0))))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield restore_pb2_grpc.RestoreServiceStub(channel)  # type: ignore[misc]
-    finally:
-        await server.stop(None)
+    servicer = RestoreServicer(repo, catalog, FakeClock(T0), FakeInstanceDirectory(*INSTANCES))
+    async with serve_authenticated(register(servicer), {"acct": Role.ADMIN}) as channel:
+        yield restore_pb2_grpc.RestoreServiceStub(channel)  # type: ignore[misc]
 
 
 async def expect_error(call: object, code: grpc.StatusCode, message: str) -> None:
