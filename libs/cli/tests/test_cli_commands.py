@@ -171,6 +171,14 @@ def test_restore_create_request(services: FakeServices, cli: Cli) -> None:
 def test_restore_default_policy_is_skip(services: FakeServices, cli: Cli) -> None:
     assert cli("restore", "create", "p-1")[0] == 0
     assert services.calls.last("CreateRestoreJob").conflict_policy == gateway_pb2.CONFLICT_POLICY_SKIP  # type: ignore[attr-defined]
+    assert not services.calls.last("CreateRestoreJob").confirm_original_path_on_other_instance  # type: ignore[attr-defined]
+
+
+def test_restore_onto_another_instance_at_the_original_path_is_confirmed(services: FakeServices, cli: Cli) -> None:
+    assert cli("restore", "create", "p-1", "--target-instance", "i-2", "--confirm-original-path")[0] == 0
+    request = services.calls.last("CreateRestoreJob")
+    assert (request.target_instance_id, request.target_path) == ("i-2", "")  # type: ignore[attr-defined]
+    assert request.confirm_original_path_on_other_instance  # type: ignore[attr-defined]
 
 
 def test_restore_wait_polls_until_complete(services: FakeServices, cli: Cli) -> None:

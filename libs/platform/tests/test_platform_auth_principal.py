@@ -16,7 +16,9 @@ from strongroom_platform.auth import (
     current_call,
     operator,
     service,
+    visible_accounts,
 )
+from strongroom_platform.testing import call_for
 
 
 def call(principal: object, permission: Permission = Permission.READ, verb: str = "list instances") -> CallAuth:
@@ -82,3 +84,20 @@ def test_an_agent_acts_for_its_own_account_only() -> None:
 def test_no_interceptor_means_no_access() -> None:
     with pytest.raises(PermissionDenied, match="missing its auth interceptor"):
         current_call()
+
+
+def test_visible_accounts_are_those_granting_the_calls_permission() -> None:
+    mixed = operator("token:m", {"acme": Role.VIEWER, "globex": Role.OPERATOR, "initech": Role.ADMIN})
+    assert visible_accounts(call=call(mixed, Permission.READ)) == ["acme", "globex", "initech"]
+    assert visible_accounts(call=call(mixed, Permission.OPERATE)) == ["globex", "initech"]
+    assert visible_accounts(call=call(operator("token:none", {}))) == []
+    assert visible_accounts(call=call(service("restore"))) is None  # every account
+    assert visible_accounts(call=call(agent("acme", "i-1"))) == ["acme"]
+
+
+def test_call_for_takes_permission_and_verb_from_the_table() -> None:
+    alice = operator("token:a", {"acme": Role.VIEWER})
+    built = call_for("/strongroom.scheduler.v1.SchedulerService/CancelBackup", alice)
+    assert (built.permission, built.verb, built.principal) == (Permission.ADMIN, "cancel backups", alice)
+    with pytest.raises(KeyError):
+        call_for("/strongroom.scheduler.v1.SchedulerService/NoSuchMethod", alice)

@@ -12,14 +12,35 @@ from strongroom.agent.v1 import gateway_pb2
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from strongroom_platform.auth import CallAuth, Principal, Role, operator
 from strongroom_platform.clock import utc
 from strongroom_platform.events import new_meta
-from strongroom_restore.model import CatalogPoint, RestoreJob
+from strongroom_platform.testing import call_for
+from strongroom_restore.model import CatalogPoint, InstanceFacts, RestoreJob
 
 T0 = utc(2026, 3, 1, 12)
 POINT = CatalogPoint(
     point_id="p1", instance_id="i-src", account_id="acct", mount_point="/data", manifest_key="manifests/p1"
 )
+READY = scheduler_pb2.RUNNING_STATUS_READY
+
+
+def instance(instance_id: str, *, account: str = "acct", region: str = "r1", status: int = READY) -> InstanceFacts:
+    """An instance as the scheduler describes it; enrolled unless it is still preparing."""
+    enrolled = status not in (scheduler_pb2.RUNNING_STATUS_PREPARING, scheduler_pb2.RUNNING_STATUS_PREPARATION_FAILED)
+    return InstanceFacts(instance_id=instance_id, account_id=account, region=region, status=status, enrolled=enrolled)
+
+
+# The point's own instance and two more of its account and region, all with an enrolled agent.
+INSTANCES = (instance("i-src"), instance("i-dst"), instance("i-other"))
+RESTORE = "/strongroom.restore.v1.RestoreService/"
+ADMIN = operator("token:admin-of-acct", {"acct": Role.ADMIN})
+
+
+def call(method: str, principal: Principal = ADMIN) -> CallAuth:
+    """The ``CallAuth`` of ``principal`` (default: an admin of acct) calling the restore service's ``method``."""
+    return call_for(RESTORE + method, principal)
 
 
 def job(
@@ -100,3 +121,23 @@ class FakeCatalogService(catalog_pb2_grpc.CatalogServiceServicer):
 
     async def BrowsePoint(self, request: Any, context: Any) -> Any:
         raise NotImplementedError
+
+
+class FakeSchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
+    """Knows instance i-src; any other id is NOT_FOUND, id 'broken' fails INTERNAL."""
+
+    async def GetInstance(
+        self, request: scheduler_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> scheduler_pb2.Instance:
+        if request.instance_id == "broken":
+            await context.abort(grpc.StatusCode.INTERNAL, "database on fire")
+        if request.instance_id != "i-src":
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"instance {request.instance_id} not found")
+        return scheduler_pb2.Instance(
+            instance_id="i-src",
+            account_id="acct",
+            name="web-1",
+            region="r1",
+            status=scheduler_pb2.RUNNING_STATUS_PAUSED,
+            agent_enrolled=True,
+        )

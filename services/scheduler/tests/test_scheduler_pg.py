@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
-from scheduler_helpers import active_instance, update_job
+from scheduler_helpers import active_instance, call, update_job
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2 as S
@@ -70,17 +70,18 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         instance.instance_id,
         SettingsInput(roots=["/srv", "/data"], priority=common_pb2.BACKUP_PRIORITY_HIGH),
         ["roots", "priority"],
+        call=call("UpdateSettings"),
     )
-    stored = await handlers.get_instance(pg_deps, instance.instance_id)
+    stored = await handlers.get_instance(pg_deps, instance.instance_id, call=call("GetInstance"))
     assert (stored.roots, stored.enrolled, stored.hostname) == (["/srv", "/data"], True, "web-1.example")
     assert stored.activated_at == clock.now()
-    job = await handlers.run_backup_now(pg_deps, instance.instance_id)
+    job = await handlers.run_backup_now(pg_deps, instance.instance_id, call=call("RunBackupNow"))
     await update_job(pg_deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING, files=7)
     clock.advance(5)
     await update_job(
         pg_deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_PARTIAL_COMPLETE, version_id="v", files=9
     )
-    done = await handlers.get_job(pg_deps, job.job_id)
+    done = await handlers.get_job(pg_deps, job.job_id, call=call("GetJob"))
     assert (done.status, done.version_id, done.stats.files_scanned, done.roots) == (
         common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
         "v",
@@ -88,10 +89,12 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         ["/srv", "/data"],
     )
     assert done.finished_at == clock.now()
-    assert [j.job_id for j in await handlers.list_jobs(pg_deps, instance.instance_id, 10)] == [job.job_id]
-    assert [i.instance_id for i in await handlers.list_instances(pg_deps, "acme", "cn-hangzhou")] == [
-        instance.instance_id
+    assert [j.job_id for j in await handlers.list_jobs(pg_deps, instance.instance_id, 10, call=call("ListJobs"))] == [
+        job.job_id
     ]
+    assert [
+        i.instance_id for i in await handlers.list_instances(pg_deps, "acme", "cn-hangzhou", call=call("ListInstances"))
+    ] == [instance.instance_id]
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
     # activation and the settings update each publish the settings (instance-settings-changed)
     assert topics == [INSTANCE_ACTIVATED, INSTANCE_SETTINGS_CHANGED, INSTANCE_SETTINGS_CHANGED, JOB_REQUESTED]
@@ -100,7 +103,7 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
 
 async def test_database_refuses_a_second_unfinished_job(pg_deps: Deps) -> None:
     instance = await active_instance(pg_deps)
-    await handlers.run_backup_now(pg_deps, instance.instance_id)
+    await handlers.run_backup_now(pg_deps, instance.instance_id, call=call("RunBackupNow"))
     with pytest.raises(asyncpg.UniqueViolationError):
         async with pg_deps.store.transaction() as tx:
             current = await tx.get_instance(instance.instance_id)
@@ -120,8 +123,8 @@ async def test_two_schedulers_never_double_schedule(pg_deps: Deps, pg_dsn: str, 
     created = [job for r in results for job in r.created]
     assert len(created) == len(set(created)) == 12
     for instance_id in ids:
-        assert len(await handlers.list_jobs(pg_deps, instance_id, 10)) == 1
-        after = await handlers.get_instance(pg_deps, instance_id)
+        assert len(await handlers.list_jobs(pg_deps, instance_id, 10, call=call("ListJobs"))) == 1
+        after = await handlers.get_instance(pg_deps, instance_id, call=call("GetInstance"))
         assert after.last_scheduled_on == dt.date(2026, 1, 2)
 
 

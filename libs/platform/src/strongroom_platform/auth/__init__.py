@@ -18,6 +18,7 @@ from strongroom_platform.auth.principal import (
     current_call,
     operator,
     service,
+    visible_accounts,
 )
 from strongroom_platform.auth.tokens import InMemoryTokenStore, TokenRecord, TokenStore, TokenVerifier, new_token
 from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
@@ -50,4 +51,5 @@ __all__ = [
     "operator",
     "rule_for",
     "service",
+    "visible_accounts",
 ]

@@ -64,7 +64,8 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
     {
         # scheduler: instances, schedules, backup jobs
         _SCHEDULER + "ActivateBackup": _op(OPERATE, "activate backup", mutating=True),
-        _SCHEDULER + "GetInstance": _op(READ, "read instances"),
+        # the restore service checks the target instance of the restore jobs it creates
+        _SCHEDULER + "GetInstance": _op(READ, "read instances", services=frozenset({"restore"})),
         _SCHEDULER + "ListInstances": _op(READ, "list instances"),
         _SCHEDULER + "RunBackupNow": _op(OPERATE, "start backups", mutating=True),
         _SCHEDULER + "PauseBackup": _op(OPERATE, "pause backups", mutating=True),

@@ -178,6 +178,22 @@ def choose_account(requested: str, *, call: CallAuth | None = None) -> str:
     return requested
 
 
+def visible_accounts(*, call: CallAuth | None = None) -> list[str] | None:
+    """The accounts on which the caller may perform the current call, sorted; None means every account.
+
+    For queries keyed by something other than an account (the versions of an instance id, say):
+    filter by these accounts, so a resource of another account lists like one that does not exist.
+    A service acts for every account (None); an agent for its own.
+    """
+    call = call or current_call()
+    principal = call.principal
+    if principal.kind is CallerKind.SERVICE:
+        return None
+    if principal.kind is CallerKind.AGENT:
+        return [principal.agent_account]
+    return principal.accounts_with(call.permission or Permission.READ)
+
+
 def authorize(account_id: str, not_found: Callable[[], Exception], *, call: CallAuth | None = None) -> None:
     """Refuse unless the caller may perform the current call on a resource of ``account_id``.
 
