@@ -16,8 +16,10 @@ from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_platform.auth import CallAuth, Principal, Role, operator
 from strongroom_platform.clock import utc
 from strongroom_platform.events import new_meta
+from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.testing import call_for
 from strongroom_restore.model import CatalogPoint, InstanceFacts, RestoreJob
+from strongroom_testing.pki import LocalPki
 
 T0 = utc(2026, 3, 1, 12)
 POINT = CatalogPoint(
@@ -124,20 +126,34 @@ class FakeCatalogService(catalog_pb2_grpc.CatalogServiceServicer):
 
 
 class FakeSchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
-    """Knows instance i-src; any other id is NOT_FOUND, id 'broken' fails INTERNAL."""
+    """Knows instance i-src (and ``known``); any other id is NOT_FOUND, id 'broken' fails INTERNAL."""
+
+    def __init__(self, *known: str) -> None:
+        self.known = {"i-src", *known}
 
     async def GetInstance(
         self, request: scheduler_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> scheduler_pb2.Instance:
         if request.instance_id == "broken":
             await context.abort(grpc.StatusCode.INTERNAL, "database on fire")
-        if request.instance_id != "i-src":
+        if request.instance_id not in self.known:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"instance {request.instance_id} not found")
         return scheduler_pb2.Instance(
-            instance_id="i-src",
+            instance_id=request.instance_id,
             account_id="acct",
             name="web-1",
             region="r1",
             status=scheduler_pb2.RUNNING_STATUS_PAUSED,
             agent_enrolled=True,
         )
+
+
+async def serve_peer_fakes(pki: LocalPki, *instances: str) -> tuple[grpc.aio.Server, str]:
+    """The catalog's and the scheduler's fakes on one internal (mutual-TLS) listener; (server, address)."""
+
+    def add(server: grpc.aio.Server) -> None:
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(FakeCatalogService(), server)
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(FakeSchedulerService(*instances), server)
+
+    server, port = await start_grpc_server("127.0.0.1:0", add, credentials=pki.peer_credentials("catalog"))
+    return server, f"127.0.0.1:{port}"

@@ -182,20 +182,6 @@ async def test_grpc_catalog_client_when_catalog_is_down() -> None:
             await client.get_point("p1")
 
 
-async def test_without_an_instance_directory_no_job_is_created(
-    repo: InMemoryRestoreStore, catalog: FakeCatalogClient
-) -> None:
-    servicer = RestoreServicer(repo, catalog, FakeClock(T0))
-    async with serve_authenticated(register(servicer), {"acct": Role.ADMIN}) as channel:
-        stub: restore_pb2_grpc.RestoreServiceAsyncStub = restore_pb2_grpc.RestoreServiceStub(channel)  # type: ignore[assignment]
-        await expect_error(
-            stub.CreateRestoreJob(restore_pb2.CreateRestoreJobRequest(point_id="p1")),
-            grpc.StatusCode.UNAVAILABLE,
-            "no scheduler to check target instances with",
-        )
-    assert repo.outbox == []
-
-
 async def test_a_refused_target_is_failed_precondition_over_grpc(
     stub: restore_pb2_grpc.RestoreServiceAsyncStub, repo: InMemoryRestoreStore
 ) -> None:

@@ -172,11 +172,12 @@ def service_env(base: Mapping[str, str], addresses: Mapping[str, str]) -> dict[s
     return env
 
 
-def tls_env(tls_dir: Path, service: str) -> dict[str, str]:
+def tls_env(tls_dir: Path, service: str, *, internal_listen: str | None = None) -> dict[str, str]:
     """TLS of one service from a local PKI (``certs.ensure_local_pki``), with its internal listener.
 
     The service presents ``<service>.pem`` on both listeners and to its peers; its internal
-    listener accepts only certificates of the same CA (mutual TLS, ADR 0024).
+    listener accepts only certificates of the same CA (mutual TLS, ADR 0024). A restarted service
+    gets its previous ``internal_listen`` back, so its peers' channels find it again.
     """
     from strongroom_platform.certs import CA_CERT_FILE, pair_paths
 
@@ -187,7 +188,7 @@ def tls_env(tls_dir: Path, service: str) -> dict[str, str]:
         "STRONGROOM_TLS_KEY": str(key),
         "STRONGROOM_TLS_CA": str(tls_dir / CA_CERT_FILE),
         "STRONGROOM_TLS_CLIENT_CA": str(tls_dir / CA_CERT_FILE),
-        internal: "127.0.0.1:0",
+        internal: internal_listen or "127.0.0.1:0",
     }
 
 
@@ -251,7 +252,7 @@ class Stack:
         env = service_env(base_env, self.addresses)
         also: tuple[str, ...] = ()
         if self.tls_dir is not None:
-            env.update(tls_env(self.tls_dir, name))
+            env.update(tls_env(self.tls_dir, name, internal_listen=self.addresses.get(name + INTERNAL)))
             also = (name + INTERNAL,)
         if listen:
             env["STRONGROOM_GRPC_LISTEN"] = listen

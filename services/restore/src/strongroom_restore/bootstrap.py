@@ -15,8 +15,9 @@ from strongroom_restore import consumers
 from strongroom_restore.catalog_client import GrpcCatalogClient
 from strongroom_restore.grpc_api import RestoreServicer, register
 from strongroom_restore.migrations import MIGRATIONS, SCHEMA
-from strongroom_restore.ports import CatalogClient
+from strongroom_restore.ports import CatalogClient, InstanceDirectory
 from strongroom_restore.repository import PgRestoreStore
+from strongroom_restore.scheduler_client import SchedulerInstanceDirectory
 from strongroom_restore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ async def run(
     publisher: EventPublisher | None = None,
     consumer_factory: ConsumerFactory | None = None,
     catalog: CatalogClient | None = None,
+    instances: InstanceDirectory | None = None,
     schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
@@ -51,6 +53,11 @@ async def run(
             channel = serving.peer_channel(platform, settings.catalog_addr)
             stack.push_async_callback(channel.close, None)
             catalog = GrpcCatalogClient(channel)
+        if instances is None:
+            # the scheduler's internal listener, for the facts of restore targets (ADR 0024)
+            scheduler_channel = serving.peer_channel(platform, settings.scheduler_addr)
+            stack.push_async_callback(scheduler_channel.close, None)
+            instances = SchedulerInstanceDirectory(scheduler_channel)
         if publisher is None:
             publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
         if consumer_factory is None:
@@ -58,7 +65,7 @@ async def run(
 
         await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo))
-        servicer = RestoreServicer(repo, catalog, clock)
+        servicer = RestoreServicer(repo, catalog, clock, instances)
         await serving.serve_listeners(
             stack, "restore", platform, settings.grpc_listen, register(servicer), auth=auth.interceptor
         )

@@ -14,7 +14,6 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.events import to_timestamp
 
 from strongroom_restore import handlers
-from strongroom_restore.errors import SchedulerUnavailable
 from strongroom_restore.model import RestoreJob
 from strongroom_restore.ports import CatalogClient, InstanceDirectory, RestoreStore
 
@@ -46,9 +45,7 @@ class RestoreServicer(restore_pb2_grpc.RestoreServiceServicer):
     of every new job; without it no job can be created (fail closed), the other calls still serve.
     """
 
-    def __init__(
-        self, repo: RestoreStore, catalog: CatalogClient, clock: Clock, instances: InstanceDirectory | None = None
-    ) -> None:
+    def __init__(self, repo: RestoreStore, catalog: CatalogClient, clock: Clock, instances: InstanceDirectory) -> None:
         self._repo = repo
         self._catalog = catalog
         self._clock = clock
@@ -58,8 +55,6 @@ class RestoreServicer(restore_pb2_grpc.RestoreServiceServicer):
         self, request: restore_pb2.CreateRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.RestoreJob:
         call = current_call()
-        if self._instances is None:
-            raise SchedulerUnavailable("the restore service has no scheduler to check target instances with")
         job = await handlers.create_restore_job(
             request, repo=self._repo, catalog=self._catalog, instances=self._instances, clock=self._clock, call=call
         )

@@ -16,13 +16,13 @@ class Settings:
     STRONGROOM_CATALOG_INTERNAL_ADDR (or STRONGROOM_CATALOG_ADDR): the catalog's internal listener,
         called with this service's certificate (required).
     STRONGROOM_SCHEDULER_INTERNAL_ADDR (or STRONGROOM_SCHEDULER_ADDR): the scheduler's internal
-        listener, for the facts of restore targets.
+        listener, for the facts of restore targets (required).
     """
 
     platform: PlatformSettings
     grpc_listen: str
     catalog_addr: str
-    scheduler_addr: str | None = None
+    scheduler_addr: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -31,6 +31,5 @@ class Settings:
             grpc_listen=env_str(environ, "STRONGROOM_GRPC_LISTEN", "127.0.0.1:0"),
             catalog_addr=environ.get("STRONGROOM_CATALOG_INTERNAL_ADDR") or env_str(environ, "STRONGROOM_CATALOG_ADDR"),
             scheduler_addr=environ.get("STRONGROOM_SCHEDULER_INTERNAL_ADDR")
-            or environ.get("STRONGROOM_SCHEDULER_ADDR")
-            or None,
+            or env_str(environ, "STRONGROOM_SCHEDULER_ADDR"),
         )
