@@ -27,6 +27,7 @@ def test_settings_from_env() -> None:
             "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092",
             "STRONGROOM_KAFKA_IDEMPOTENT": "0",
             "STRONGROOM_OBJECT_STORE": "file:/unused",
+            "STRONGROOM_INSECURE_PLAINTEXT": "1",
         }
     )
     assert (settings.platform.kafka_idempotent, settings.grpc_listen) == (False, "127.0.0.1:0")

@@ -33,6 +33,7 @@ def test_missing_catalog_address_fails_fast() -> None:
         "STRONGROOM_PG_DSN": "postgresql://127.0.0.1:1/none",
         "STRONGROOM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
         "STRONGROOM_OBJECT_STORE": "file:/nonexistent",
+        "STRONGROOM_INSECURE_PLAINTEXT": "1",
     }
     done = subprocess.run(
         [sys.executable, "-m", "strongroom_restore"], env=env, capture_output=True, text=True, timeout=60

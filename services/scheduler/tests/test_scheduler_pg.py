@@ -11,10 +11,12 @@ import asyncpg
 import grpc
 import pytest
 from scheduler_helpers import active_instance, call, update_job
+from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2 as S
 from strongroom.scheduler.v1 import scheduler_pb2_grpc
+from strongroom_platform.admin import create_admin_token
 from strongroom_platform.clock import SystemClock, utc
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.events import (
@@ -36,6 +38,7 @@ from strongroom_scheduler.repository import _UNFINISHED, PgSchedulerStore
 from strongroom_scheduler.schedule import schedule_due
 from strongroom_scheduler.settings import Settings
 from strongroom_scheduler.testing import RecordingAlerter
+from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
 
@@ -147,10 +150,15 @@ async def _wait_for(predicate: object, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_process_serves_grpc_and_events(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_process_serves_grpc_and_events(
+    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    platform = PlatformSettings(pg_dsn, "unused:9092", True, "file:unused", None, "none")
+    token = await create_admin_token(pg_dsn, "a")
+    platform = PlatformSettings(
+        pg_dsn, "unused:9092", True, "file:unused", None, "none", tls=local_pki.tls("scheduler")
+    )
     settings = Settings(platform=platform, schedule_interval=0.2)
     server = asyncio.create_task(
         bootstrap.run(settings, stop, clock=SystemClock(), publisher=bus, consumer_factory=bus.consumer)
@@ -158,7 +166,7 @@ async def test_process_serves_grpc_and_events(pg_dsn: str, capsys: pytest.Captur
     try:
         address, printed = await _listening_address(capsys)
         assert address.startswith("127.0.0.1:")
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with local_pki.operator_channel(address, token) as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
             response = await stub.ActivateBackup(S.ActivateBackupRequest(account_id="a", name="n", region="r"))
             instance_id = response.instance.instance_id
@@ -182,6 +190,23 @@ async def test_process_serves_grpc_and_events(pg_dsn: str, capsys: pytest.Captur
             assert requested.job_id == job.job_id
             await bus.publish(JOB_UPDATED, b"k", b"\xff\xff not protobuf")  # poison: to the DLQ, not a crash
             await _wait_for(lambda: bus.topics.get(f"{JOB_UPDATED}.dlq"), "the dead-letter record")
+
+            # the scheduler serves API tokens: a viewer made by the admin reads but cannot act
+            tokens = auth_pb2_grpc.TokenServiceStub(channel)
+            grant = auth_pb2.Grant(account_id="a", role=auth_pb2.ROLE_VIEWER)
+            viewer = await tokens.CreateToken(auth_pb2.CreateTokenRequest(name="dash", grants=[grant]))
+        async with local_pki.operator_channel(address, viewer.secret) as channel:
+            stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            assert (await stub.GetInstance(S.GetInstanceRequest(instance_id=instance_id))).account_id == "a"
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await stub.PauseBackup(S.InstanceRef(instance_id=instance_id))
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        async with grpc.aio.insecure_channel(address) as plaintext:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await scheduler_pb2_grpc.SchedulerServiceStub(plaintext).ListInstances(
+                    S.ListInstancesRequest(), timeout=5
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         stop.set()
         await asyncio.wait_for(server, 30)

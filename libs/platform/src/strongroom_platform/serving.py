@@ -30,7 +30,7 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.settings import PlatformSettings, SettingsError, TlsSettings
 from strongroom_platform.tls import backend_ssl_context, listener_credentials, secure_channel, server_credentials
 
-__all__ = ["Auth", "open_auth", "peer_channel", "serve_listeners"]
+__all__ = ["Auth", "agents_only", "open_auth", "peer_channel", "serve_listeners"]
 
 Register = Callable[[grpc.aio.Server], None]
 
@@ -43,10 +43,16 @@ class Auth:
     tokens: PgTokenStore
 
 
+def agents_only(agents: AgentAuthenticator) -> AuthInterceptor:
+    """The interceptor of a process that serves no operator (the gateway): agents and services only."""
+    return AuthInterceptor(Authenticator(tokens=None, agents=agents))
+
+
 async def open_auth(
     stack: AsyncExitStack, settings: PlatformSettings, clock: Clock, *, agents: AgentAuthenticator | None = None
 ) -> Auth:
-    """The auth interceptor of this process: API tokens from ``auth.api_tokens``, OIDC if configured.
+    """The auth interceptor of a process serving operators: API tokens from ``auth.api_tokens``,
+    OIDC if configured.
 
     Opens a small pool on schema ``auth`` and applies its migrations (idempotent, under the
     migration lock), so a service that starts before the scheduler can verify tokens at once.

@@ -254,7 +254,7 @@ class PlatformSettings:
         otel = env_str(environ, "STRONGROOM_OTEL", "none")
         if otel not in {"none", "console", "otlp"}:
             raise SettingsError(f"STRONGROOM_OTEL must be none, console or otlp, got {otel!r}")
-        return cls(
+        settings = cls(
             pg_dsn=env_str(environ, "STRONGROOM_PG_DSN"),
             kafka_bootstrap=env_str(environ, "STRONGROOM_KAFKA_BOOTSTRAP"),
             kafka_idempotent=env_bool(environ, "STRONGROOM_KAFKA_IDEMPOTENT", True),
@@ -269,3 +269,10 @@ class PlatformSettings:
             internal_listen=environ.get("STRONGROOM_INTERNAL_LISTEN") or None,
             oidc=OidcSettings.from_env(environ),
         )
+        if not settings.insecure_plaintext and (tls is None or not tls.has_identity):
+            # Refused here, before anything connects, rather than when the listener opens.
+            raise PlaintextRefused(
+                f"no TLS certificate (set STRONGROOM_TLS_CERT and STRONGROOM_TLS_KEY); "
+                f"plaintext needs {INSECURE_PLAINTEXT_ENV}=1"
+            )
+        return settings

@@ -102,14 +102,15 @@ async def run(
         internal_listen = settings.internal_listen or platform.internal_listen
         if not internal_listen:
             log.warning("no internal listener (STRONGROOM_GATEWAY_INTERNAL_LISTEN): the catalog cannot index points")
-        auth = await serving.open_auth(stack, platform, clock, agents=agents.authenticator(store))
+        # The gateway serves agents (their credential) and services (their certificate), no operator.
+        auth = serving.agents_only(agents.authenticator(store))
         await serving.serve_listeners(
             stack,
             "gateway",
             platform,
             settings.grpc_listen,
             register(servicer),
-            auth=auth.interceptor,
+            auth=auth,
             internal_listen=internal_listen,
             internal_register=internal,
         )
