@@ -25,7 +25,7 @@ def test_login_checks_the_token_then_stores_it_0600(
     assert "logged in as token:" in out and "default:admin" in out
     config = Path(os.environ["STRONGROOM_CONFIG"])
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
-    assert stored(config) == {"token": GOOD_TOKEN, "account": "default"}
+    assert stored(config) == {"token": GOOD_TOKEN, "account": "default", "ca_file": ""}
     code, _, err = cli("overview")
     assert code == 0, err
     assert services.calls.last("GetOverview").account_id == "default"  # type: ignore[attr-defined]
@@ -82,3 +82,25 @@ def test_tokens_create_prints_the_secret_once(
     assert request.ttl_seconds == 7 * 86400  # type: ignore[attr-defined]
     code, _, err = cli("tokens", "create", "ci", "--grant", "default:root")
     assert code == 2 and "--grant takes ACCOUNT:ROLE" in err
+
+
+def test_the_cli_speaks_tls_unless_told_otherwise(
+    services: FakeServices, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRONGROOM_INSECURE_PLAINTEXT")
+    monkeypatch.setenv("STRONGROOM_TOKEN", GOOD_TOKEN)
+    code, _, err = cli("--timeout", "5", "whoami")
+    assert code == 1 and "UNAVAILABLE" in err
+    assert services.tokens.authorizations == [], "the token never crossed the plaintext connection"
+
+
+def test_a_standalone_directory_elsewhere_is_found_through_the_environment(
+    services: FakeServices, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "elsewhere"
+    data.mkdir()
+    (data / "admin-token").write_text(GOOD_TOKEN + "\n")
+    monkeypatch.setenv("STRONGROOM_STANDALONE_DIR", str(data))
+    code, out, err = cli("whoami")
+    assert code == 0, err
+    assert "default:admin" in out

@@ -79,6 +79,8 @@ def run(argv: list[str]) -> int:
         json=args.json,
         timeout=args.timeout,
         token=credential.token if credential else "",
+        ca_file=credentials.ca_file(os.environ, Path.cwd(), credential),
+        plaintext=os.environ.get("STRONGROOM_INSECURE_PLAINTEXT") == "1",
     )
     command: Command = args.command
     return asyncio.run(_run(command, context))

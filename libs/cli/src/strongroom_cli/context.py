@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +32,8 @@ class Context:
     json: bool
     timeout: float
     token: str = ""
+    ca_file: str = ""
+    plaintext: bool = False
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     def _channel(self, service: str) -> grpc.aio.Channel:
@@ -38,8 +41,15 @@ class Context:
             address = self.addresses.get(service)
             if not address:
                 raise missing_address(service)
-            self._channels[service] = grpc.aio.insecure_channel(address)
+            self._channels[service] = self._open(address)
         return self._channels[service]
+
+    def _open(self, address: str) -> grpc.aio.Channel:
+        """TLS verified by ``ca_file`` (or the system's CAs); plaintext only when asked for."""
+        if self.plaintext:
+            return grpc.aio.insecure_channel(address)
+        roots = Path(self.ca_file).read_bytes() if self.ca_file else None
+        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots))
 
     def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceAsyncStub:
         return scheduler_pb2_grpc.SchedulerServiceStub(self._channel("scheduler"))

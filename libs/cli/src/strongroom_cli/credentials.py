@@ -2,8 +2,10 @@
 
 The file is ``$STRONGROOM_CONFIG`` or ``$XDG_CONFIG_HOME/strongroom/credentials.json`` (default
 ``~/.config/strongroom/credentials.json``), mode 0600, holding ``{"token": "...", "account": "..."}``.
-A standalone run leaves its admin token in ``.strongroom/admin-token`` of its data directory; the
-CLI reads it when run from there and nothing else is configured.
+A standalone run leaves its admin token in ``admin-token`` and its CA in ``tls/ca.pem`` of its data
+directory (``$STRONGROOM_STANDALONE_DIR``, default ``./.strongroom``); the CLI reads them when nothing
+else is configured. The CA that verifies the services is ``$STRONGROOM_TLS_CA``, else the login's
+``ca_file``, else the standalone one, else the system's trusted CAs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 
 from strongroom_cli.config import ConfigError
 
-STANDALONE_TOKEN = Path(".strongroom") / "admin-token"
+STANDALONE_DIR = Path(".strongroom")
+STANDALONE_TOKEN = "admin-token"
+STANDALONE_CA = Path("tls") / "ca.pem"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,23 @@ class Credential:
     token: str
     account: str = ""
     source: str = ""
+    ca_file: str = ""
+
+
+def standalone_dir(environ: Mapping[str, str], cwd: Path) -> Path:
+    """The data directory of a standalone run this CLI talks to."""
+    explicit = environ.get("STRONGROOM_STANDALONE_DIR")
+    return Path(explicit) if explicit else cwd / STANDALONE_DIR
+
+
+def ca_file(environ: Mapping[str, str], cwd: Path, credential: Credential | None) -> str:
+    """The CA bundle verifying the services ("" = the system's trusted CAs)."""
+    if environ.get("STRONGROOM_TLS_CA"):
+        return environ["STRONGROOM_TLS_CA"]
+    if credential is not None and credential.ca_file:
+        return credential.ca_file
+    standalone = standalone_dir(environ, cwd) / STANDALONE_CA
+    return str(standalone) if standalone.is_file() else ""
 
 
 def config_path(environ: Mapping[str, str]) -> Path:
@@ -49,8 +70,13 @@ def resolve(environ: Mapping[str, str], cwd: Path) -> Credential | None:
     if data is not None:
         if not isinstance(data, dict) or not isinstance(data.get("token"), str):
             raise ConfigError(f"{path} holds no token; run `strongroom login` again")
-        return Credential(token=data["token"], account=str(data.get("account") or ""), source=str(path))
-    standalone = cwd / STANDALONE_TOKEN
+        return Credential(
+            token=data["token"],
+            account=str(data.get("account") or ""),
+            source=str(path),
+            ca_file=str(data.get("ca_file") or ""),
+        )
+    standalone = standalone_dir(environ, cwd) / STANDALONE_TOKEN
     if standalone.is_file():
         return Credential(token=standalone.read_text().strip(), source=str(standalone))
     return None
@@ -64,7 +90,7 @@ def save(environ: Mapping[str, str], credential: Credential) -> Path:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as out:
-            json.dump({"token": credential.token, "account": credential.account}, out)
+            json.dump({"token": credential.token, "account": credential.account, "ca_file": credential.ca_file}, out)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ ROLES = {"viewer": auth_pb2.ROLE_VIEWER, "operator": auth_pb2.ROLE_OPERATOR, "ad
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = groups.add_parser("login", parents=[common], help="check an API token and store it for later commands")
     p.add_argument("--token-file", metavar="FILE", help="read the token from FILE (default: prompt, or stdin)")
+    p.add_argument("--ca-file", metavar="FILE", help="CA bundle that verifies the services (default: the system's)")
     p.set_defaults(command=login)
     p = groups.add_parser("logout", parents=[common], help="forget the stored token")
     p.set_defaults(command=logout)
@@ -60,10 +61,13 @@ async def login(context: Context) -> int:
     token = _read_token(context.args)
     if not token:
         raise UsageError("no token given")
+    if context.args.ca_file:
+        context.ca_file = os.path.abspath(context.args.ca_file)
     me = await context.tokens().WhoAmI(
         auth_pb2.WhoAmIRequest(), timeout=context.timeout, metadata=(("authorization", f"Bearer {token}"),)
     )
-    path = credentials.save(os.environ, credentials.Credential(token=token, account=context.args.account or ""))
+    credential = credentials.Credential(token=token, account=context.args.account or "", ca_file=context.ca_file)
+    path = credentials.save(os.environ, credential)
     if context.json:
         output.as_json(me)
     else:
