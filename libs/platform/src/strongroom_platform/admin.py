@@ -26,7 +26,7 @@ from strongroom_platform.tls import backend_ssl_context
 
 async def create_admin_token(
     dsn: str,
-    account: str,
+    account: str | Sequence[str],
     *,
     role: Role = Role.ADMIN,
     name: str = "bootstrap",
@@ -34,12 +34,14 @@ async def create_admin_token(
     pg_tls: ssl.SSLContext | None = None,
     clock: Clock | None = None,
 ) -> str:
-    """Store a new token for ``account`` directly in ``auth.api_tokens``; return it (shown once)."""
+    """Store a new token with ``role`` on ``account`` (or on each of several) directly in
+    ``auth.api_tokens``; return it (shown once)."""
+    accounts = [account] if isinstance(account, str) else list(account)
     pool = await create_pool(dsn, AUTH_SCHEMA, max_size=1, tls=pg_tls)
     try:
         await migrate(pool, AUTH_SCHEMA, AUTH_MIGRATIONS)
         return await bootstrap_token(
-            account, role, name=name, lifetime=lifetime, store=PgTokenStore(pool), clock=clock or SystemClock()
+            accounts, role, name=name, lifetime=lifetime, store=PgTokenStore(pool), clock=clock or SystemClock()
         )
     finally:
         await pool.close()

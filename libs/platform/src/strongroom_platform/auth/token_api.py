@@ -63,12 +63,15 @@ async def _issue(
 
 
 async def bootstrap_token(
-    account: str, role: Role, *, name: str, lifetime: dt.timedelta, store: TokenStore, clock: Clock
+    account: str | list[str], role: Role, *, name: str, lifetime: dt.timedelta, store: TokenStore, clock: Clock
 ) -> str:
-    """The first token of a deployment, made with database access rather than a credential."""
-    if not account:
+    """The first token of a deployment (``role`` on one account or several), made with database
+    access rather than a credential."""
+    accounts = [account] if isinstance(account, str) else account
+    if not accounts or not all(accounts):
         raise InvalidArgument("an account is required")
-    token, _ = await _issue(name, {account: role}, lifetime, created_by="bootstrap", store=store, clock=clock)
+    grants = dict.fromkeys(accounts, role)
+    token, _ = await _issue(name, grants, lifetime, created_by="bootstrap", store=store, clock=clock)
     return token
 
 
