@@ -25,8 +25,8 @@ complete manifest; otherwise (or when it refuses the base) the complete point
 is sent from the new cache file. The new cache replaces the old one only
 after the gateway confirmed the commit.
 
-Gateway calls are retried with capped exponential backoff while the gateway
-is UNAVAILABLE (``RetryPolicy``); all of them are idempotent.
+Gateway calls are retried (``jobs.RetryPolicy``); the job's lifecycle,
+progress and outcome are ``jobs.run_job``'s.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
@@ -55,16 +55,15 @@ from strongroom_agent import cache
 from strongroom_agent.chunking import ChunkParams, InvalidRepositoryParameters, chunk_id, compress
 from strongroom_agent.exclusions import Exclusions
 from strongroom_agent.gateway_client import GatewayClient, GatewayError
+from strongroom_agent.jobs import FileError, JobCanceled, ProgressCallback, RetryPolicy, job_finished, reason, run_job
 from strongroom_agent.throttle import ReadThrottle, make_throttle
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 JobStatus = common_pb2.JobStatus
-ProgressCallback = Callable[[common_pb2.JobStats], Awaitable[None]]
 OpenFile = Callable[[str], int]
 
-MAX_REPORTED_FILE_ERRORS = 100
 READ_SIZE = 1 << 20  # bytes per read() call, so the throttle stays smooth
 # Files up to this size are read whole and cut in memory (FastCDC's stream mode
 # allocates a max-chunk-size buffer per file, which dominated the CPU time of
@@ -104,49 +103,8 @@ class PipelineLimits:
     racy_window_ns: int = 2_000_000_000
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Capped exponential backoff for gateway calls that fail with UNAVAILABLE."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    attempts: int = 20  # about eight minutes with the defaults
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    retry_codes: frozenset[str] = frozenset({"UNAVAILABLE"})
-
-    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        delay = self.initial
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return await fn()
-            except GatewayError as exc:
-                if exc.code not in self.retry_codes or attempt == self.attempts:
-                    raise
-                log.warning("%s failed (%s); retry %d in %.1f s", what, exc, attempt, delay)
-                await self.sleep(delay)
-                delay = min(delay * 2, self.maximum)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-@dataclass
-class FileError:
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-class JobCanceled(Exception):
-    """The job was canceled by a CancelJob command."""
-
-
 class _FileProblem(Exception):
     """A per-file failure: the file is left out and the job becomes PARTIAL_COMPLETE."""
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 CHANGED_WHILE_READ = "file changed while being read"
@@ -158,7 +116,7 @@ def _read_problem(exc: _FileProblem | OSError) -> str:
         return str(exc)
     if isinstance(exc, FileNotFoundError):
         return "vanished during the backup"
-    return _reason(exc)
+    return reason(exc)
 
 
 def open_for_backup(path: str) -> int:
@@ -259,7 +217,7 @@ def _list_dir(path: str, rel: str, device: int, exclusions: Exclusions) -> _List
         with os.scandir(path) as entries:
             children = list(entries)
     except OSError as exc:
-        listing.errors.append(FileError(path, f"cannot list directory: {_reason(exc)}"))
+        listing.errors.append(FileError(path, f"cannot list directory: {reason(exc)}"))
         return listing
     check_exclusions = exclusions.may_exclude_below(path)
     for child in children:
@@ -273,7 +231,7 @@ def _list_dir(path: str, rel: str, device: int, exclusions: Exclusions) -> _List
             st = child.stat(follow_symlinks=False)
         except OSError as exc:
             if exc.errno != 2:  # vanished since listing: nothing to back up
-                listing.errors.append(FileError(child_path, _reason(exc)))
+                listing.errors.append(FileError(child_path, reason(exc)))
             continue
         is_dir = stat.S_ISDIR(st.st_mode)
         if not (is_dir or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
@@ -286,7 +244,7 @@ def _list_dir(path: str, rel: str, device: int, exclusions: Exclusions) -> _List
                 item.link_target = os.readlink(child_path)
                 item.link_target.encode("utf-8")
             except OSError as exc:
-                listing.errors.append(FileError(child_path, _reason(exc)))
+                listing.errors.append(FileError(child_path, reason(exc)))
                 continue
             except UnicodeEncodeError:
                 listing.errors.append(FileError(child_path, "symlink target is not valid UTF-8"))
@@ -861,7 +819,7 @@ class _PointRun:
         except FileNotFoundError:
             ctx.errors.append(FileError(root, "backup root vanished"))
         except OSError as exc:
-            ctx.errors.append(FileError(root, _reason(exc)))
+            ctx.errors.append(FileError(root, reason(exc)))
         await self._flush_small(group)
         if cursor is not None:
             while await cursor.peek() is not None:
@@ -1235,33 +1193,6 @@ def _entry(item: ScanItem, st: os.stat_result | None = None) -> common_pb2.FileE
 # --- the job --------------------------------------------------------------------------------------------------------
 
 
-async def report_progress(stats: common_pb2.JobStats, on_progress: ProgressCallback, interval: float) -> None:
-    """Send a snapshot of ``stats`` every ``interval`` seconds until cancelled."""
-    while True:
-        await asyncio.sleep(interval)
-        snapshot = common_pb2.JobStats()
-        snapshot.CopyFrom(stats)
-        await on_progress(snapshot)
-
-
-def job_finished(
-    job_id: str,
-    status: common_pb2.JobStatus.ValueType,
-    stats: common_pb2.JobStats,
-    errors: list[FileError],
-    error: str = "",
-) -> gateway_pb2.JobFinished:
-    """The JobFinished report of a backup or restore job; the stats count the failed files."""
-    stats.files_failed = len(errors)
-    return gateway_pb2.JobFinished(
-        job_id=job_id,
-        status=status,
-        error=error,
-        stats=stats,
-        file_errors=[str(e) for e in errors[:MAX_REPORTED_FILE_ERRORS]],
-    )
-
-
 async def run_backup(
     command: gateway_pb2.RunBackup,
     *,
@@ -1329,46 +1260,17 @@ async def run_backup(
                 response = await _PointRun(ctx, filesystem, use_cache=False).run()
             log.info("job %s: committed point %s of %s", command.job_id, response.point_id, filesystem.mount_point)
 
-    work = asyncio.create_task(all_points())
-    canceled = asyncio.create_task(cancel.wait())
-    progress = asyncio.create_task(report_progress(stats, on_progress, progress_interval)) if on_progress else None
-    try:
-        await asyncio.wait({work, canceled}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
-            work.cancel()
-            await asyncio.wait({work})
-        failure = None if work.cancelled() else work.exception()
-    finally:
+    async def stop_threads() -> None:
         ctx.stop_threads.set()
-        for task in (canceled, progress):
-            if task is not None:
-                task.cancel()
         executor.shutdown(wait=False)
-    return _outcome(command.job_id, stats, errors, failure, canceled=cancel.is_set())
 
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-def _outcome(
-    job_id: str,
-    stats: common_pb2.JobStats,
-    errors: list[FileError],
-    failure: BaseException | None,
-    *,
-    canceled: bool,
-) -> gateway_pb2.JobFinished:
-    leaves = _leaves(failure) if failure is not None else []
-    if canceled or any(isinstance(leaf, JobCanceled) for leaf in leaves):
-        return job_finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, errors)
-    if leaves:
-        gateway = [leaf for leaf in leaves if isinstance(leaf, GatewayError)]
-        if gateway:
-            return job_finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"gateway error: {gateway[0]}")
-        log.error("job %s failed", job_id, exc_info=failure)
-        return job_finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"internal error: {leaves[0]!r}")
-    status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE if errors else common_pb2.JOB_STATUS_COMPLETE
-    return job_finished(job_id, status, stats, errors)
+    return await run_job(
+        all_points(),
+        job_id=command.job_id,
+        cancel=cancel,
+        stats=stats,
+        errors=errors,
+        on_progress=on_progress,
+        progress_interval=progress_interval,
+        finish=stop_threads,
+    )

@@ -45,19 +45,18 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
-from strongroom_agent.backup import FileError, job_finished, report_progress
 from strongroom_agent.chunking import decode_chunk
 from strongroom_agent.gateway_client import GatewayClient, GatewayError, SentChunk
+from strongroom_agent.jobs import FileError, ProgressCallback, job_finished, run_job
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[common_pb2.JobStats], Awaitable[None]]
 FETCH_BATCH_BYTES = 32 << 20
 # Distinct chunk ids per ReadChunks call of a batch (the gateway takes up to 20,000).
 FETCH_BATCH_MAX_IDS = 4096
@@ -471,6 +470,7 @@ class _Restore:
         command: gateway_pb2.RunRestore,
         client: GatewayClient,
         destination: _Destination,
+        pool: concurrent.futures.ThreadPoolExecutor,
         stats: common_pb2.JobStats,
         errors: list[FileError],
         cancel: asyncio.Event,
@@ -486,7 +486,7 @@ class _Restore:
         self.fetch_batch_bytes = fetch_batch_bytes
         self.pending: list[_PendingDir] = []
         self.stop = threading.Event()
-        self.pool = concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="restore-write")
+        self.pool = pool
         self.batch = _Batch(0)
         self.inflight: collections.deque[tuple[_Batch, asyncio.Task[None]]] = collections.deque()
         self.done_seq = -1  # every batch up to this one is written and accounted
@@ -738,27 +738,19 @@ async def run_restore(
             job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"cannot open restore path {root}: {exc.strerror}"
         )
 
-    restore = _Restore(command, client, destination, stats, errors, cancel, fetch_batch_bytes)
-    work = asyncio.create_task(restore.run())
-    canceled = asyncio.create_task(cancel.wait())
-    progress = asyncio.create_task(report_progress(stats, on_progress, progress_interval)) if on_progress else None
-    try:
-        await asyncio.wait({work, canceled}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
-            work.cancel()
-            await asyncio.wait({work})
-        failure = None if work.cancelled() else work.exception()
-    finally:
-        for task in (canceled, progress):
-            if task is not None:
-                task.cancel()
+    pool = concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="restore-write")
+    restore = _Restore(command, client, destination, pool, stats, errors, cancel, fetch_batch_bytes)
+
+    async def close() -> None:
         await asyncio.to_thread(restore.close)
-    if cancel.is_set():
-        return job_finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, errors)
-    if isinstance(failure, GatewayError):
-        return job_finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"gateway error: {failure}")
-    if failure is not None:
-        log.error("restore %s failed", job_id, exc_info=failure)
-        return job_finished(job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"internal error: {failure!r}")
-    status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE if errors else common_pb2.JOB_STATUS_COMPLETE
-    return job_finished(job_id, status, stats, errors)
+
+    return await run_job(
+        restore.run(),
+        job_id=job_id,
+        cancel=cancel,
+        stats=stats,
+        errors=errors,
+        on_progress=on_progress,
+        progress_interval=progress_interval,
+        finish=close,
+    )
