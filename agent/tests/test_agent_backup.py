@@ -18,12 +18,12 @@ from strongroom_agent.backup import (
     RetryPolicy,
     Upload,
     _ByteBudget,
-    _list_dir,
     plan_points,
     run_backup,
     scan_point,
     upload_requests,
 )
+from strongroom_agent.backup.scan import _list_dir
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
 
