@@ -45,15 +45,24 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent import cache
+from strongroom_agent.backup.read import (
+    CHANGED_WHILE_READ,
+    FileProblem,
+    FileReader,
+    OpenFile,
+    SmallRead,
+    open_for_backup,
+    read_problem,
+)
 from strongroom_agent.backup.scan import ScanItem, file_entry, plan_points, scan_point
-from strongroom_agent.chunking import ChunkParams, InvalidRepositoryParameters, chunk_id, compress
+from strongroom_agent.chunking import ChunkParams, InvalidRepositoryParameters, compress
 from strongroom_agent.exclusions import Exclusions
 from strongroom_agent.gateway_client import GatewayClient, GatewayError
 from strongroom_agent.jobs import FileError, JobCanceled, ProgressCallback, RetryPolicy, job_finished, reason, run_job
@@ -77,13 +86,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 JobStatus = common_pb2.JobStatus
-OpenFile = Callable[[str], int]
 
-READ_SIZE = 1 << 20  # bytes per read() call, so the throttle stays smooth
-# Files up to this size are read whole and cut in memory (FastCDC's stream mode
-# allocates a max-chunk-size buffer per file, which dominated the CPU time of
-# trees of small files); at most ``workers`` such buffers exist at a time.
-WHOLE_FILE_BYTES = 8 << 20
 READERS_PER_WORKER = 1
 _DEFAULT_CORES = {common_pb2.BACKUP_PRIORITY_LOW: 1, common_pb2.BACKUP_PRIORITY_HIGH: 2}
 
@@ -118,34 +121,6 @@ class PipelineLimits:
     racy_window_ns: int = 2_000_000_000
 
 
-class _FileProblem(Exception):
-    """A per-file failure: the file is left out and the job becomes PARTIAL_COMPLETE."""
-
-
-CHANGED_WHILE_READ = "file changed while being read"
-
-
-def _read_problem(exc: _FileProblem | OSError) -> str:
-    """Why a file is left out of the point, as reported per file."""
-    if isinstance(exc, _FileProblem):
-        return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return "vanished during the backup"
-    return reason(exc)
-
-
-def open_for_backup(path: str) -> int:
-    """Open a file read-only without following a symlink, blocking on a FIFO, or touching atime."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    noatime = getattr(os, "O_NOATIME", 0)
-    if noatime:
-        try:
-            return os.open(path, flags | noatime)
-        except PermissionError:
-            pass  # O_NOATIME needs ownership or CAP_FOWNER
-    return os.open(path, flags)
-
-
 def cores_for(command: gateway_pb2.RunBackup) -> int:
     """Worker threads for a job: max_cores, or the priority's default (seed: low 1, high 2)."""
     cores = command.max_cores or _DEFAULT_CORES.get(command.priority, 1)
@@ -168,134 +143,6 @@ def job_executor(cores: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
         max_workers=cores, thread_name_prefix="strongroom-backup", initializer=_pin_thread, initargs=(cpus,)
     )
-
-
-# --- reading --------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _SmallRead:
-    """The outcome of one file of a small-file group (see ``_PointRun._read_small_files``)."""
-
-    chunks: list[tuple[bytes, bytes]] = field(default_factory=list)
-    bytes_read: int = 0
-    before: os.stat_result | None = None
-    entry: common_pb2.FileEntry | None = None  # the file's entry, when it was read consistently
-    problem: str = ""  # why the file is left out ("" if it was read consistently)
-    too_big: bool = False  # grew past the whole-file limit since the scan: read it on its own
-
-
-@dataclass
-class _Step:
-    chunks: list[tuple[bytes, bytes]]
-    bytes_read: int
-    done: bool
-    consistent: bool = False
-
-
-def _snapshot(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class _FileReader:
-    """Reads and chunks one file in worker threads, one bounded step at a time.
-
-    All methods take a lock, so ``close`` submitted after a cancellation waits
-    for a step still running in another thread.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        params: ChunkParams,
-        open_file: OpenFile,
-        throttle: ReadThrottle,
-        stop: threading.Event,
-        batch_bytes: int,
-    ) -> None:
-        self.path = path
-        self._params = params
-        self._open_file = open_file
-        self._throttle = throttle
-        self._stop = stop
-        self._batch_bytes = batch_bytes
-        self._lock = threading.Lock()
-        self._fd = -1
-        self._closed = False
-        self.before: os.stat_result | None = None
-        self._chunks: Any = None
-        self._total = 0
-        self._delta = 0
-
-    def _start(self) -> None:
-        assert self._fd >= 0
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        self.before = os.fstat(self._fd)
-        if not stat.S_ISREG(self.before.st_mode):
-            raise _FileProblem("no longer a regular file")
-        self._total = 0
-        if self.before.st_size <= WHOLE_FILE_BYTES:
-            self._chunks = iter(self._params.chunker().cut_buf(self._read_whole(self.before.st_size)))
-        else:
-            self._chunks = iter(self._params.chunker().cut_stream(self))
-
-    def _read_whole(self, size: int) -> memoryview:
-        """The file's content, read through :meth:`readinto` (throttled); one byte more to notice growth."""
-        buffer = memoryview(bytearray(size + 1))
-        got = 0
-        while got < len(buffer):
-            n = self.readinto(buffer[got:])
-            if n == 0:
-                break
-            got += n
-        return buffer[:got]
-
-    def readinto(self, buffer: memoryview) -> int:
-        """The FastCDC stream source: bounded reads, charged to the throttle."""
-        if self._stop.is_set():
-            raise JobCanceled
-        n = os.readv(self._fd, [buffer[:READ_SIZE]])
-        self._total += n
-        self._delta += n
-        if n:
-            self._throttle.acquire(n)
-        return n
-
-    def step(self) -> _Step:
-        with self._lock:
-            if self._closed:
-                raise JobCanceled
-            if self._fd < 0:
-                self._fd = self._open_file(self.path)
-                self._start()
-            chunks: list[tuple[bytes, bytes]] = []
-            produced = 0
-            for chunk in self._chunks:
-                content = bytes(chunk.data)  # the stream chunker reuses its buffer
-                chunks.append((chunk_id(self._params.key, content), content))
-                produced += len(content)
-                if produced >= self._batch_bytes:
-                    return _Step(chunks, self._take_delta(), done=False)
-            assert self.before is not None
-            after = os.fstat(self._fd)
-            consistent = _snapshot(after) == _snapshot(self.before) and self._total == after.st_size
-            return _Step(chunks, self._take_delta(), done=True, consistent=consistent)
-
-    def _take_delta(self) -> int:
-        """Bytes read since the last step reported (including reads done while (re)starting)."""
-        delta, self._delta = self._delta, 0
-        return delta
-
-    def restart(self) -> None:
-        with self._lock:
-            self._start()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
 
 
 # --- pipeline -------------------------------------------------------------------------------------------------------
@@ -737,9 +584,9 @@ class _PointRun:
         else:
             await self._put_ordered(group, item)
 
-    def _reader(self, item: ScanItem) -> _FileReader:
+    def _reader(self, item: ScanItem) -> FileReader:
         ctx = self.ctx
-        return _FileReader(
+        return FileReader(
             item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes
         )
 
@@ -757,14 +604,14 @@ class _PointRun:
             result = await self._read_file(reader, item)
             ctx.stats.files_read += 1
             return result
-        except (_FileProblem, OSError) as exc:
-            ctx.errors.append(FileError(item.path, _read_problem(exc)))
+        except (FileProblem, OSError) as exc:
+            ctx.errors.append(FileError(item.path, read_problem(exc)))
         finally:
             # Through the executor: a cancelled step may still be running in a thread.
             ctx.executor.submit(reader.close)
         return None
 
-    def _read_small_files(self, items: list[ScanItem]) -> list[_SmallRead]:
+    def _read_small_files(self, items: list[ScanItem]) -> list[SmallRead]:
         """Read and chunk a group of small files in the calling (worker) thread, one file after another.
 
         Same rules as :meth:`_read_file`: a file that changes during its read
@@ -774,7 +621,7 @@ class _PointRun:
         """
         results = []
         for item in items:
-            result = _SmallRead()
+            result = SmallRead()
             reader = self._reader(item)
             try:
                 for attempt in range(2):
@@ -794,8 +641,8 @@ class _PointRun:
                         break
                 else:
                     result.problem = CHANGED_WHILE_READ
-            except (_FileProblem, OSError) as exc:
-                result.problem = _read_problem(exc)
+            except (FileProblem, OSError) as exc:
+                result.problem = read_problem(exc)
             finally:
                 reader.close()
             results.append(result)
@@ -843,7 +690,7 @@ class _PointRun:
                 await self.chunks.put(_Chunk(cid, content, charge))
         return [cid for cid, _ in chunks]
 
-    async def _read_file(self, reader: _FileReader, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result]:
+    async def _read_file(self, reader: FileReader, item: ScanItem) -> tuple[common_pb2.FileEntry, os.stat_result]:
         ctx = self.ctx
         for attempt in range(2):
             if attempt:
@@ -862,7 +709,7 @@ class _PointRun:
                 entry = file_entry(item, reader.before)
                 entry.chunk_ids.extend(ids)
                 return entry, reader.before
-        raise _FileProblem(CHANGED_WHILE_READ)
+        raise FileProblem(CHANGED_WHILE_READ)
 
     async def _dedup(self) -> None:
         ctx = self.ctx
