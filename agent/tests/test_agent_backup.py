@@ -17,13 +17,13 @@ from strongroom_agent.backup import (
     PipelineLimits,
     RetryPolicy,
     Upload,
-    _ByteBudget,
     plan_points,
     run_backup,
     scan_point,
     upload_requests,
 )
 from strongroom_agent.backup.scan import _list_dir
+from strongroom_agent.backup.stages import ByteBudget
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
 
@@ -478,7 +478,7 @@ async def test_a_scan_left_early_drops_the_listings_read_ahead(tmp_path: Path) -
 
 
 async def test_the_memory_budget_grants_in_order_and_a_cancelled_wait_takes_nothing() -> None:
-    budget = _ByteBudget(100)
+    budget = ByteBudget(100)
     assert await budget.acquire(60) == 60
     order: list[str] = []
 

@@ -12,26 +12,39 @@ that changes is read once more and left out if it changes again
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from pyfastcdc import Chunk
+import pyfastcdc
 from strongroom.common.v1 import common_pb2
 
+from strongroom_agent.backup.context import JobContext, OpenFile
+from strongroom_agent.backup.scan import ScanItem, file_entry
+from strongroom_agent.backup.stages import ByteBudget, Chunk, Deduper
 from strongroom_agent.chunking import ChunkParams, chunk_id
-from strongroom_agent.jobs import JobCanceled, reason
+from strongroom_agent.jobs import FileError, JobCanceled, reason
 from strongroom_agent.throttle import ReadThrottle
 
-OpenFile = Callable[[str], int]
+T = TypeVar("T")
 
 READ_SIZE = 1 << 20  # bytes per read() call, so the throttle stays smooth
 # Files up to this size are read whole and cut in memory (FastCDC's stream mode
 # allocates a max-chunk-size buffer per file, which dominated the CPU time of
 # trees of small files); at most ``workers`` such buffers exist at a time.
 WHOLE_FILE_BYTES = 8 << 20
+# One file (or small-file group) in flight per worker thread. More (8 per thread) made an unthrottled
+# tree of small files 10% faster, but under a read throttle every file then finishes late and uploads
+# come in bursts, which delays progress and resumable state (tests/e2e/test_resume.py).
+READERS_PER_WORKER = 1
+
+# A read file's entry and the stat it was read under; None when it was left out (and reported).
+FileOutcome = tuple[common_pb2.FileEntry, os.stat_result]
 
 
 class FileProblem(Exception):
@@ -112,7 +125,7 @@ class FileReader:
         self._fd = -1
         self._closed = False
         self.before: os.stat_result | None = None
-        self._chunks: Iterator[Chunk] = iter(())
+        self._chunks: Iterator[pyfastcdc.Chunk] = iter(())
         self._total = 0
         self._delta = 0
 
@@ -185,3 +198,173 @@ class FileReader:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+class Reader:
+    """The read stage: reads changed files in the job's worker threads and hands their chunks to dedup.
+
+    A file larger than ``small_file_bytes`` is read on its own task, one step
+    at a time; smaller ones are read in groups, one worker-thread hop per group
+    (``add_small`` / ``flush``). Chunks are charged to the memory budget before
+    they are queued for dedup. Each file's ``FileOutcome`` (None when it was
+    left out and reported) settles the future the spool writer waits on.
+    """
+
+    def __init__(self, ctx: JobContext, budget: ByteBudget, out: Deduper) -> None:
+        self._ctx = ctx
+        self._budget = budget
+        self._out = out
+        self._permits = asyncio.Semaphore(ctx.workers * READERS_PER_WORKER)
+        # Changed small files scanned but not yet handed to a worker thread.
+        self._small: list[tuple[ScanItem, asyncio.Future[FileOutcome | None]]] = []
+        self._small_bytes = 0
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._ctx.executor, fn)
+
+    async def read(self, group: asyncio.TaskGroup, item: ScanItem) -> asyncio.Task[FileOutcome | None]:
+        """Start reading one file on its own once a permit is free; the task gives its outcome."""
+        await self._permits.acquire()
+        return group.create_task(self._file_entry(item))
+
+    async def add_small(
+        self, group: asyncio.TaskGroup, item: ScanItem, future: asyncio.Future[FileOutcome | None]
+    ) -> None:
+        """Add a changed small file to the pending group; start the group when it is full."""
+        self._small.append((item, future))
+        self._small_bytes += item.st.st_size
+        limits = self._ctx.limits
+        if len(self._small) >= limits.small_batch_files or self._small_bytes >= limits.small_batch_bytes:
+            await self.flush(group)
+
+    async def flush(self, group: asyncio.TaskGroup) -> None:
+        """Start the pending small-file group, if any, once a permit is free."""
+        if self._small:
+            await self._permits.acquire()
+            group.create_task(self._small_group(self._small))
+            self._small, self._small_bytes = [], 0
+
+    def _reader(self, item: ScanItem) -> FileReader:
+        ctx = self._ctx
+        return FileReader(
+            item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes
+        )
+
+    async def _file_entry(self, item: ScanItem) -> FileOutcome | None:
+        """Read one file (holding a reader permit, released at the end); None if it failed (reported)."""
+        try:
+            return await self._read_alone(item)
+        finally:
+            self._permits.release()
+
+    async def _read_alone(self, item: ScanItem) -> FileOutcome | None:
+        ctx = self._ctx
+        reader = self._reader(item)
+        try:
+            result = await self._read_file(reader, item)
+            ctx.stats.files_read += 1
+            return result
+        except (FileProblem, OSError) as exc:
+            ctx.errors.append(FileError(item.path, read_problem(exc)))
+        finally:
+            # Through the executor: a cancelled step may still be running in a thread.
+            ctx.executor.submit(reader.close)
+        return None
+
+    def _read_small_files(self, items: list[ScanItem]) -> list[SmallRead]:
+        """Read and chunk a group of small files in the calling (worker) thread, one file after another.
+
+        Same rules as :meth:`_read_file`: a file that changes during its read
+        is read once more, and left out if it changes again. A file that grew
+        past the whole-file limit since the scan is marked ``too_big`` and read
+        on its own afterwards.
+        """
+        results = []
+        for item in items:
+            result = SmallRead()
+            reader = self._reader(item)
+            try:
+                for attempt in range(2):
+                    if attempt:
+                        reader.restart()
+                    step = reader.step()
+                    result.bytes_read += step.bytes_read
+                    if not step.done:
+                        result.too_big = True
+                        break
+                    if step.consistent:
+                        assert reader.before is not None
+                        result.chunks, result.before = step.chunks, reader.before
+                        # Built here, in the worker thread: less per-file work on the event loop.
+                        result.entry = file_entry(item, reader.before)
+                        result.entry.chunk_ids.extend(cid for cid, _ in step.chunks)
+                        break
+                else:
+                    result.problem = CHANGED_WHILE_READ
+            except (FileProblem, OSError) as exc:
+                result.problem = read_problem(exc)
+            finally:
+                reader.close()
+            results.append(result)
+        return results
+
+    async def _small_group(self, files: list[tuple[ScanItem, asyncio.Future[FileOutcome | None]]]) -> None:
+        """Read a group of small files in one worker-thread hop and settle each file's slot."""
+        ctx = self._ctx
+        try:
+            results = await self._in_thread(functools.partial(self._read_small_files, [item for item, _ in files]))
+            for (item, future), result in zip(files, results, strict=True):
+                ctx.stats.bytes_read += result.bytes_read
+                if result.too_big:
+                    future.set_result(await self._read_alone(item))
+                    continue
+                if result.problem:
+                    ctx.errors.append(FileError(item.path, result.problem))
+                    future.set_result(None)
+                    continue
+                assert result.before is not None and result.entry is not None
+                await self._to_dedup(result.chunks)
+                ctx.stats.files_read += 1
+                future.set_result((result.entry, result.before))
+        finally:
+            for _, future in files:
+                future.cancel()  # no-op for settled slots; the job is failing otherwise
+            self._permits.release()
+
+    async def _to_dedup(self, chunks: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """Hand read chunks to the dedup stage (within the memory budget); their ids, in order.
+
+        The chunks of a step or small file (at most a read batch) are charged in one
+        acquire when they fit the budget together, each chunk then holding its own share.
+        """
+        total = sum(len(content) for _, content in chunks)
+        if 0 < total <= self._budget.capacity:
+            await self._budget.acquire(total)
+            for cid, content in chunks:
+                await self._out.put(Chunk(cid, content, len(content)))
+        else:
+            for cid, content in chunks:
+                charge = await self._budget.acquire(len(content))
+                await self._out.put(Chunk(cid, content, charge))
+        return [cid for cid, _ in chunks]
+
+    async def _read_file(self, reader: FileReader, item: ScanItem) -> FileOutcome:
+        ctx = self._ctx
+        for attempt in range(2):
+            if attempt:
+                await self._in_thread(reader.restart)
+            ids: list[bytes] = []
+            while True:
+                if ctx.cancel.is_set():
+                    raise JobCanceled
+                step = await self._in_thread(reader.step)
+                ctx.stats.bytes_read += step.bytes_read
+                ids.extend(await self._to_dedup(step.chunks))
+                if step.done:
+                    break
+            if step.consistent:
+                assert reader.before is not None
+                entry = file_entry(item, reader.before)
+                entry.chunk_ids.extend(ids)
+                return entry, reader.before
+        raise FileProblem(CHANGED_WHILE_READ)
