@@ -13,7 +13,7 @@ import pytest
 from agent_fakes import FakeGateway, entries_by_path, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
-from strongroom_agent.backup import PipelineLimits, RetryPolicy, run_backup
+from strongroom_agent.backup import PipelineLimits, RetryPolicy, cores_for, run_backup
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
 
@@ -376,3 +376,13 @@ async def test_no_points_fails_with_the_root_errors(tmp_path: Path) -> None:
     )
     assert finished.status == common_pb2.JOB_STATUS_FAILED
     assert "/nope: backup root is not an existing directory" in finished.error
+
+
+def test_cores_come_from_the_command_only() -> None:
+    host = os.cpu_count() or 1
+    high = common_pb2.BACKUP_PRIORITY_HIGH
+    assert cores_for(gateway_pb2.RunBackup(priority=high, max_cores=2)) == min(2, host)
+    assert cores_for(gateway_pb2.RunBackup(priority=common_pb2.BACKUP_PRIORITY_LOW, max_cores=1)) == 1
+    # An older gateway that sends no max_cores: one core, whatever the priority.
+    assert cores_for(gateway_pb2.RunBackup(priority=high)) == 1
+    assert cores_for(gateway_pb2.RunBackup(max_cores=1024)) == host

@@ -35,13 +35,14 @@ from strongroom_agent.throttle import ReadThrottle, make_throttle
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_CORES = {common_pb2.BACKUP_PRIORITY_LOW: 1, common_pb2.BACKUP_PRIORITY_HIGH: 2}
-
 
 def cores_for(command: gateway_pb2.RunBackup) -> int:
-    """Worker threads for a job: max_cores, or the priority's default (seed: low 1, high 2)."""
-    cores = command.max_cores or _DEFAULT_CORES.get(command.priority, 1)
-    return max(1, min(cores, os.cpu_count() or 1))
+    """Worker threads for a job: the command's max_cores, at most the host's CPUs.
+
+    The gateway's priority table (``THROTTLE``) sets ``max_cores``; the agent
+    keeps no table of its own. A command without it (an older gateway) gets one core.
+    """
+    return max(1, min(command.max_cores or 1, os.cpu_count() or 1))
 
 
 def _pin_thread(cpus: frozenset[int]) -> None:
