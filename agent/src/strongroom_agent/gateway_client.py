@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, cast
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
@@ -55,17 +55,39 @@ def sent_chunks(response: gateway_pb2.ReadChunksResponse) -> list[SentChunk]:
     return [SentChunk(response.chunk_id, response.data, response.compression, response.raw_length)]
 
 
+# The gRPC status names (``grpc.StatusCode``), so mypy catches a misspelt code where one is compared.
+StatusCode = Literal[
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+]
+
+
 class GatewayError(Exception):
     """A gateway call failed. ``code`` is the gRPC status name, e.g. ``UNAVAILABLE``."""
 
-    def __init__(self, code: str, details: str) -> None:
+    def __init__(self, code: StatusCode, details: str) -> None:
         super().__init__(f"{code}: {details}" if details else code)
         self.code = code
         self.details = details
 
     @classmethod
     def from_rpc(cls, exc: grpc.aio.AioRpcError) -> GatewayError:
-        return cls(exc.code().name, exc.details() or "")
+        return cls(cast(StatusCode, exc.code().name), exc.details() or "")
 
 
 class ControlStream(Protocol):
