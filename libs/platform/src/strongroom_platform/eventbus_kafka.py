@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
 from strongroom_platform.eventbus import Handler, PoisonRecord, Record
+from strongroom_platform.settings import KafkaSasl
 
 __all__ = ["DLQ_ERROR_HEADER", "FaustConsumer", "KafkaPublisher", "create_topics", "dlq_topic"]
 
@@ -37,11 +38,32 @@ def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-def _security(ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
-    """aiokafka's connection security arguments: TLS with ``ssl_context``, else plaintext."""
+def _security(ssl_context: ssl.SSLContext | None, sasl: KafkaSasl | None = None) -> dict[str, Any]:
+    """aiokafka's connection security arguments: SASL_SSL with ``sasl`` (which needs ``ssl_context``:
+    SASL_PLAINTEXT is refused, ADR 0029), TLS with ``ssl_context`` alone, else plaintext."""
+    if sasl is not None:
+        if ssl_context is None:
+            raise ValueError("Kafka SASL needs TLS (an ssl_context): SASL_PLAINTEXT is refused")
+        return {
+            "security_protocol": "SASL_SSL",
+            "ssl_context": ssl_context,
+            "sasl_mechanism": sasl.mechanism,
+            "sasl_plain_username": sasl.username,
+            "sasl_plain_password": sasl.password,
+        }
     if ssl_context is None:
         return {}
     return {"security_protocol": "SSL", "ssl_context": ssl_context}
+
+
+def _faust_credentials(ssl_context: ssl.SSLContext | None, sasl: KafkaSasl | None) -> Any:
+    """faust's ``broker_credentials`` for the same security as :func:`_security`."""
+    if sasl is None:
+        return ssl_context  # faust turns an SSLContext into security_protocol="SSL" + ssl_context
+    _security(ssl_context, sasl)  # the same refusal of SASL without TLS
+    return faust.SASLCredentials(
+        username=sasl.username, password=sasl.password, ssl_context=ssl_context, mechanism=sasl.mechanism
+    )
 
 
 async def create_topics(
@@ -52,6 +74,7 @@ async def create_topics(
     replication: int = 1,
     timeout_ms: int = 30_000,
     ssl_context: ssl.SSLContext | None = None,
+    sasl: KafkaSasl | None = None,
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
@@ -62,7 +85,9 @@ async def create_topics(
     wanted = sorted(set(topics))
     if not wanted:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(ssl_context))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(ssl_context, sasl)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -85,7 +110,8 @@ class KafkaPublisher:
     ``acks="all"``: ``publish`` returns only once every in-sync replica has the
     record. ``idempotent`` enables producer idempotence (no duplicates from
     internal retries); Tansu does not support it, so it is a setting.
-    ``ssl_context`` (``strongroom_platform.tls.backend_ssl_context``) connects over TLS.
+    ``ssl_context`` (``strongroom_platform.tls.backend_ssl_context``) connects over TLS, and
+    ``sasl`` authenticates over it (SASL_SSL).
     Call :meth:`start` before publishing and :meth:`stop` at shutdown (or use
     ``async with``).
     """
@@ -98,9 +124,11 @@ class KafkaPublisher:
         client_id: str = "strongroom",
         request_timeout_ms: int = 30_000,
         ssl_context: ssl.SSLContext | None = None,
+        sasl: KafkaSasl | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._ssl_context = ssl_context
+        self._sasl = sasl
         self._idempotent = idempotent
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
@@ -116,7 +144,7 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=self._idempotent,
             request_timeout_ms=self._request_timeout_ms,
-            **_security(self._ssl_context),
+            **_security(self._ssl_context, self._sasl),
         )
         await producer.start()
         self._producer = producer
@@ -169,7 +197,8 @@ class FaustConsumer:
 
     ``session_timeout`` is the group session timeout in seconds; Tansu holds a
     new member's JoinGroup for half of it, so a small value starts faster there.
-    ``ssl_context`` connects the consumer, its DLQ producer and topic creation over TLS.
+    ``ssl_context`` connects the consumer, its DLQ producer and topic creation over TLS, and
+    ``sasl`` authenticates them over it (SASL_SSL).
     """
 
     def __init__(
@@ -185,6 +214,7 @@ class FaustConsumer:
         stop_timeout: float = 30.0,
         create_missing_topics: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        sasl: KafkaSasl | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one topic handler")
@@ -196,6 +226,7 @@ class FaustConsumer:
         self._stop_timeout = stop_timeout
         self._create_missing_topics = create_missing_topics
         self._ssl_context = ssl_context
+        self._sasl = sasl
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -217,8 +248,7 @@ class FaustConsumer:
             # stop() waits for the record in flight itself: Faust's own wait
             # never ends while a record is left unacknowledged.
             stream_wait_empty=False,
-            # faust turns an SSLContext into aiokafka's security_protocol="SSL" + ssl_context.
-            broker_credentials=self._ssl_context,
+            broker_credentials=_faust_credentials(self._ssl_context, self._sasl),
         )
         for index, (topic_name, handler) in enumerate(sorted(self._handlers.items())):
             topic = app.topic(
@@ -305,7 +335,9 @@ class FaustConsumer:
         self._started = True
         if self._create_missing_topics:
             topics = list(self._handlers)
-            await create_topics(self._bootstrap, topics + [dlq_topic(t) for t in topics], ssl_context=self._ssl_context)
+            await create_topics(
+                self._bootstrap, topics + [dlq_topic(t) for t in topics], ssl_context=self._ssl_context, sasl=self._sasl
+            )
         await self._app.start()
 
     async def stop(self) -> None:
