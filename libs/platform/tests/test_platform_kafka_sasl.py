@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -32,7 +31,8 @@ from strongroom_platform.settings import (
     SettingsError,
 )
 from strongroom_platform.tls import backend_ssl_context, client_ssl_context
-from strongroom_servers import KafkaSaslSsl, LocalKafka, PrerequisiteMissing
+from strongroom_servers import KafkaSaslSsl, LocalKafka
+from strongroom_testing.fixtures import start_or_skip
 
 HOST = "127.0.0.1"
 USER, PASSWORD = "strongroom-svc", "correct-horse-battery-staple"
@@ -155,17 +155,8 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker
     ca_file = certs.write_ca(directory, ca)
     cert_file, key_file = certs.write_pair(directory, "kafka", ca.issue_service("kafka", ips=[HOST]))
     listener = KafkaSaslSsl(cert_file, key_file, ca_file, users={USER: PASSWORD})
-    kafka = LocalKafka(directory / "kafka", sasl_ssl=listener)
-    try:
-        kafka.start()
-    except PrerequisiteMissing as exc:
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            raise
-        pytest.skip(str(exc))
-    try:
+    with start_or_skip(LocalKafka(directory / "kafka", sasl_ssl=listener)) as kafka:
         yield SaslBroker(kafka, ca_file)
-    finally:
-        kafka.stop()
 
 
 @pytest.mark.integration
