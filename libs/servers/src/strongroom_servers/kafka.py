@@ -298,22 +298,19 @@ class LocalKafka(LocalServer):
             secret.write_text(secrets.token_hex(24))
 
     def _listener_config(self, broker_port: int, controller_port: int) -> str:
-        if self.sasl_ssl is None:
-            return f"""\
-listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}
-inter.broker.listener.name=PLAINTEXT
+        name = self.security_protocol  # the client listener's name is its protocol
+        listeners = f"""\
+listeners={name}://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners={name}://127.0.0.1:{broker_port}
+inter.broker.listener.name={name}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,{name}:{name}
 """
+        if self.sasl_ssl is None:
+            return listeners
         mechanism = self.sasl_ssl.mechanism
         password = (self.work_dir / "broker-scram-password").read_text().strip()
-        return f"""\
-listeners=SASL_SSL://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=SASL_SSL://127.0.0.1:{broker_port}
-inter.broker.listener.name=SASL_SSL
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+        return f"""{listeners}\
 sasl.enabled.mechanisms={mechanism}
 sasl.mechanism.inter.broker.protocol={mechanism}
 listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config=\
