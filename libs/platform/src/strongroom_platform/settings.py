@@ -313,9 +313,9 @@ class PlatformSettings:
             raise SettingsError(f"STRONGROOM_OBJECT_STORE must be 's3' or 'file:<dir>', got {object_store!r}")
         tls = TlsSettings.from_env(environ)
         otel = env_str(environ, "STRONGROOM_OTEL", "none")
-        kafka_tls = BackendTls.from_env(environ, "STRONGROOM_KAFKA_TLS")
         if otel not in {"none", "console", "otlp"}:
             raise SettingsError(f"STRONGROOM_OTEL must be none, console or otlp, got {otel!r}")
+        kafka_tls = BackendTls.from_env(environ, "STRONGROOM_KAFKA_TLS")
         settings = cls(
             pg_dsn=env_str(environ, "STRONGROOM_PG_DSN"),
             kafka_bootstrap=env_str(environ, "STRONGROOM_KAFKA_BOOTSTRAP"),
