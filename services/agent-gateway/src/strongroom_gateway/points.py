@@ -21,7 +21,7 @@ from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
-from strongroom_gateway import manifests
+from strongroom_gateway import manifests, validation
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.chunks import CHUNK_ID_SIZE, PROTO_COMPRESSION, ChunkRejected, verify_stored
 from strongroom_gateway.crypto import DataKey
@@ -53,35 +53,21 @@ VERIFY_THREADS = 2
 MANIFEST_BATCH = 1_000
 # Packs whose lock ends sooner than this after a commit get their lock extended.
 LOCK_EXTENSION_SLACK = RETENTION + LOCK_MARGIN / 2
-_ENTRY_TYPES = frozenset({common_pb2.ENTRY_TYPE_FILE, common_pb2.ENTRY_TYPE_DIRECTORY, common_pb2.ENTRY_TYPE_SYMLINK})
 
 
 def manifest_key(account_id: str, point_id: str) -> str:
     return f"manifests/{account_id}/{point_id}"
 
 
-def check_relative_path(path: str, what: str = "path") -> None:
-    """'/'-separated, relative, no empty, '.' or '..' components; '' is the point's root."""
-    if path == "":
-        return
-    if "\x00" in path:
-        raise InvalidArgument(f"{what} {path!r} contains a NUL byte")
-    if path.startswith("/"):
-        raise InvalidArgument(f"{what} {path!r} must be relative to the mount point (no leading '/')")
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise InvalidArgument(f"{what} {path!r} has an empty, '.' or '..' component")
-
-
 async def find_missing_chunks(
     identity: Identity, request: gateway_pb2.FindMissingChunksRequest, *, store: GatewayStore
 ) -> gateway_pb2.FindMissingChunksResponse:
     """The requested ids this agent's account does not hold (other accounts are never consulted)."""
-    await require_job(identity, request.job_id, "backup", store=store)
     ids = [bytes(c) for c in request.chunk_ids]
     if len(ids) > MAX_IDS_PER_REQUEST:
         raise InvalidArgument(f"at most {MAX_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
-    if any(len(c) != CHUNK_ID_SIZE for c in ids):
-        raise InvalidArgument(f"chunk ids must be {CHUNK_ID_SIZE} bytes")
+    validation.chunk_ids("chunk_ids", ids)
+    await require_job(identity, request.job_id, "backup", store=store)
     async with store.transaction() as tx:
         present = await tx.find_chunks(identity.account_id, ids)
     missing: list[bytes] = []
@@ -91,17 +77,6 @@ async def find_missing_chunks(
             missing.append(cid)
             seen.add(cid)
     return gateway_pb2.FindMissingChunksResponse(missing_chunk_ids=missing)
-
-
-def _check_entry(entry: common_pb2.FileEntry) -> None:
-    check_relative_path(entry.path)
-    if entry.type not in _ENTRY_TYPES:
-        raise InvalidArgument(f"entry {entry.path!r} has no valid type")
-    if entry.type != common_pb2.ENTRY_TYPE_FILE and entry.chunk_ids:
-        raise InvalidArgument(f"entry {entry.path!r} is not a file but lists chunks")
-    for cid in entry.chunk_ids:
-        if len(cid) != CHUNK_ID_SIZE:
-            raise InvalidArgument(f"entry {entry.path!r} has a chunk id that is not {CHUNK_ID_SIZE} bytes")
 
 
 async def commit_point(
@@ -129,10 +104,9 @@ async def commit_point(
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument("the first CommitPoint message must be the header")
     header = first.header
+    validation.point_header(header)
     job = await require_job(identity, header.job_id, "backup", store=store)
     filesystem = header.filesystem
-    if not filesystem.mount_point:
-        raise InvalidArgument("the point header needs the filesystem's mount_point")
     base = await _base_point(identity, header, store) if header.base_point_id else None
     changes = SortedSpool()
     deleted = SortedSpool()
@@ -281,13 +255,13 @@ async def _receive(
     async for request in requests:
         if request.WhichOneof("part") != "entries":
             raise InvalidArgument("only entry batches may follow the header")
-        for entry in request.entries.entries:
-            _check_entry(entry)
-            changes.add(entry.path.encode(), entry.SerializeToString())
         if request.entries.deleted_paths and not has_base:
             raise InvalidArgument("deleted_paths need a base point (PointHeader.base_point_id)")
+        # The whole batch before any of it is spooled: the field names count across the stream.
+        validation.entry_batch(request.entries, changes.count, deleted.count)
+        for entry in request.entries.entries:
+            changes.add(entry.path.encode(), entry.SerializeToString())
         for path in request.entries.deleted_paths:
-            check_relative_path(path, "deleted path")
             deleted.add(path.encode(), b"")
 
 
@@ -363,13 +337,9 @@ def _under(path: str, prefix: str) -> bool:
     return prefix == "" or path == prefix or path.startswith(prefix + "/")
 
 
-def _normalize(paths: Iterable[str], what: str) -> list[str]:
-    out = []
-    for raw in paths:
-        path = raw.strip("/")
-        check_relative_path(path, what)
-        out.append(path)
-    return out
+def _normalize(paths: Iterable[str]) -> list[str]:
+    """Filter paths without leading and trailing '/' (checked by ``validation.read_manifest_request``)."""
+    return [raw.strip("/") for raw in paths]
 
 
 def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:
@@ -381,8 +351,10 @@ def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) 
     ]
 
 
-async def _restore_point(identity: Identity, restore_job_id: str, point_id: str, store: GatewayStore) -> Point:
-    job = await require_job(identity, restore_job_id, "restore", store=store)
+async def _restore_point(
+    identity: Identity, restore_job_id: str, point_id: str, store: GatewayStore, *, field: str = "restore_job_id"
+) -> Point:
+    job = await require_job(identity, restore_job_id, "restore", store=store, field=field)
     if point_id and point_id != job.point_id:
         raise PermissionDenied(f"restore job {restore_job_id!r} restores another point than {point_id!r}")
     async with store.transaction() as tx:
@@ -403,9 +375,10 @@ async def read_manifest(
     keys: AccountKeys,
 ) -> AsyncIterator[gateway_pb2.ReadManifestResponse]:
     """Stream the entries of the restore job's point below the include paths, minus the exclude paths."""
+    validation.read_manifest_request(request)
     point = await _restore_point(identity, request.restore_job_id, request.point_id, store)
-    include = _normalize(request.include_paths, "include path")
-    exclude = _normalize(request.exclude_paths, "exclude path")
+    include = _normalize(request.include_paths)
+    exclude = _normalize(request.exclude_paths)
     try:
         data = await manifests.read_point_manifest(object_store, keys, point)
     except ObjectNotFound:
@@ -583,10 +556,11 @@ async def read_chunks(
     at most ``RANGES_IN_FLIGHT`` ranges are fetched and verified at a time, and
     at most two windows of content are held (the one being sent and the next).
     """
-    await _restore_point(identity, request.restore_job_id, "", store)
     ids = [bytes(c) for c in request.chunk_ids]
     if len(ids) > MAX_READ_IDS_PER_REQUEST:
         raise InvalidArgument(f"at most {MAX_READ_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
+    validation.chunk_ids("chunk_ids", ids)
+    await _restore_point(identity, request.restore_job_id, "", store, field="restore_job_id")
     async with store.transaction() as tx:
         account = await tx.get_account(identity.account_id)
         locations = await tx.find_chunks(identity.account_id, ids)
