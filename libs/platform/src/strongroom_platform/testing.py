@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
+import itertools
 from collections.abc import AsyncIterator, Mapping
 from typing import Generic, TypeVar
 
@@ -59,53 +61,90 @@ class FakeClock:
             await self._changed.wait()
 
 
+@dataclasses.dataclass(slots=True)
+class _MemoryVersion:
+    version_id: str
+    data: bytes | None  # None: a delete marker
+    retain_until: dt.datetime | None
+
+
 class InMemoryObjectStore:
-    """ObjectStore fake with Object Lock semantics; ``clock`` decides when locks expire."""
+    """ObjectStore fake with Object Lock and versioning semantics; ``clock`` decides when locks expire.
+
+    ``add_delete_marker`` and ``put_new_version`` do what anyone holding the S3 credentials can do
+    directly, bypassing the port's checks (a plain DELETE; a PUT over a locked key): tests use them
+    to play the attacker.
+    """
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         self._clock: FakeClock | SystemClock = clock or SystemClock()
-        self._objects: dict[str, tuple[bytes, dt.datetime | None]] = {}
+        self._versions: dict[str, list[_MemoryVersion]] = {}
+        self._next_version = itertools.count(1)
 
-    def _locked(self, key: str) -> bool:
-        entry = self._objects.get(key)
-        return entry is not None and entry[1] is not None and entry[1] > self._clock.now()
+    def _new_version_id(self) -> str:
+        return f"v{next(self._next_version):08d}"
 
-    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> None:
-        if self._locked(key):
+    def _current(self, key: str) -> _MemoryVersion | None:
+        versions = self._versions.get(key)
+        if not versions or versions[-1].data is None:
+            return None
+        return versions[-1]
+
+    def _version(self, key: str, version_id: str | None) -> _MemoryVersion:
+        if version_id is None:
+            found = self._current(key)
+        else:
+            found = next((v for v in self._versions.get(key, ()) if v.version_id == version_id), None)
+        if found is None or found.data is None:
+            raise ObjectNotFound(key)
+        return found
+
+    def _is_locked(self, version: _MemoryVersion | None) -> bool:
+        return version is not None and version.retain_until is not None and version.retain_until > self._clock.now()
+
+    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+        if self._is_locked(self._current(key)):
             raise ObjectLocked(key)
-        self._objects[key] = (bytes(data), retain_until)
+        return self.put_new_version(key, data, retain_until=retain_until)
 
-    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+    def put_new_version(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+        """A new current version even over a locked one (what a raw S3 PUT does); returns its id."""
+        version = _MemoryVersion(self._new_version_id(), bytes(data), retain_until)
+        self._versions.setdefault(key, []).append(version)
+        return version.version_id
+
+    def add_delete_marker(self, key: str) -> None:
+        """Hide the key from unversioned reads, removing nothing (what a plain S3 DELETE does)."""
+        self._versions.setdefault(key, []).append(_MemoryVersion(self._new_version_id(), None, None))
+
+    async def get(
+        self, key: str, *, offset: int = 0, length: int | None = None, version_id: str | None = None
+    ) -> bytes:
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
-        entry = self._objects.get(key)
-        if entry is None:
-            raise ObjectNotFound(key)
-        data = entry[0]
+        data = self._version(key, version_id).data
+        assert data is not None
         end = len(data) if length is None else offset + length
         return data[offset:end]
 
-    async def stat(self, key: str) -> ObjectInfo:
-        entry = self._objects.get(key)
-        if entry is None:
-            raise ObjectNotFound(key)
-        return ObjectInfo(key=key, size=len(entry[0]), retain_until=entry[1])
+    async def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        version = self._version(key, version_id)
+        assert version.data is not None
+        return ObjectInfo(key=key, size=len(version.data), retain_until=version.retain_until)
 
     async def delete(self, key: str) -> None:
-        if self._locked(key):
+        if any(self._is_locked(v) for v in self._versions.get(key, ())):
             raise ObjectLocked(key)
-        self._objects.pop(key, None)
+        self._versions.pop(key, None)
 
-    async def extend_retention(self, key: str, retain_until: dt.datetime) -> None:
-        entry = self._objects.get(key)
-        if entry is None:
-            raise ObjectNotFound(key)
-        if entry[1] is None or retain_until > entry[1]:
-            self._objects[key] = (entry[0], retain_until)
+    async def extend_retention(self, key: str, retain_until: dt.datetime, *, version_id: str | None = None) -> None:
+        version = self._version(key, version_id)
+        if version.retain_until is None or retain_until > version.retain_until:
+            version.retain_until = retain_until
 
     async def list(self, prefix: str) -> AsyncIterator[str]:
-        for key in sorted(self._objects):
-            if key.startswith(prefix):
+        for key in sorted(self._versions):
+            if key.startswith(prefix) and self._current(key) is not None:
                 yield key
 
 
