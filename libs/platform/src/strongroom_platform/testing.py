@@ -113,6 +113,15 @@ class InMemoryObjectStore:
         self._versions.setdefault(key, []).append(version)
         return version.version_id
 
+    def damage(self, key: str, data: bytes) -> None:
+        """Replace the current version's bytes in place, keeping its id and lock (a broken disk would)."""
+        version = self._version(key, None)
+        version.data = bytes(data)
+
+    def clear(self) -> None:
+        """Forget every object (benchmarks keep memory flat between rounds)."""
+        self._versions.clear()
+
     def add_delete_marker(self, key: str) -> None:
         """Hide the key from unversioned reads, removing nothing (what a plain S3 DELETE does)."""
         self._versions.setdefault(key, []).append(_MemoryVersion(self._new_version_id(), None, None))

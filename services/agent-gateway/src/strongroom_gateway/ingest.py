@@ -140,9 +140,16 @@ class PackWriter:
             now = self._clock.now()
             retain_until = now + RETENTION + LOCK_MARGIN
             async with self.write_slots:
-                await self._objects.put(key, encoded.data, retain_until=retain_until)
+                version_id = await self._objects.put(key, encoded.data, retain_until=retain_until)
             record = Pack(
-                encoded.pack_id, pack.account_id, key, len(encoded.data), now, retain_until, encoded.format_version
+                encoded.pack_id,
+                pack.account_id,
+                key,
+                len(encoded.data),
+                now,
+                retain_until,
+                encoded.format_version,
+                version_id,
             )
             rows = [
                 ChunkLocation(
@@ -154,6 +161,7 @@ class PackWriter:
                     e.raw_length,
                     e.compression,
                     encoded.format_version,
+                    version_id,
                 )
                 for e in encoded.entries
             ]

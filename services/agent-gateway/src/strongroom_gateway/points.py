@@ -30,7 +30,7 @@ from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
 from strongroom_gateway.jobs import PRODUCER
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.packfile import ENCRYPTED_VERSIONS, PackFormatError, open_blob
-from strongroom_gateway.ports import ChunkLocation, GatewayStore, Point
+from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack, Point
 from strongroom_gateway.restrictions import require_job
 from strongroom_gateway.synthesis import BuiltManifest, SortedSpool, build_manifest, merge_entries
 
@@ -158,7 +158,7 @@ async def commit_point(
     data = built.data
     data = await manifests.seal(keys, account_id=identity.account_id, point_id=point_id, manifest=data)
     async with write_slots:
-        await object_store.put(key, data, retain_until=retain_until)
+        manifest_version_id = await object_store.put(key, data, retain_until=retain_until)
     timing.lap("manifest write")
 
     file_count, total_bytes = built.file_count, built.total_bytes
@@ -187,6 +187,7 @@ async def commit_point(
             total_bytes=total_bytes,
             created_at=now,
             retain_until=retain_until,
+            manifest_version_id=manifest_version_id,
         )
         await tx.insert_point(point)
         await tx.enqueue(
@@ -322,11 +323,12 @@ async def _extend_pack_locks(
         stale = await tx.packs_locked_before(account_id, pack_ids, now + LOCK_EXTENSION_SLACK)
     retain_until = now + RETENTION + LOCK_MARGIN
 
-    async def extend(key: str) -> None:
+    async def extend(pack: Pack) -> None:
+        # The version the pack was written as: a later object on the key must not take its lock.
         async with write_slots:
-            await object_store.extend_retention(key, retain_until)
+            await object_store.extend_retention(pack.object_key, retain_until, version_id=pack.version_id)
 
-    await asyncio.gather(*(extend(p.object_key) for p in stale))
+    await asyncio.gather(*(extend(p) for p in stale))
     if stale:
         async with store.transaction() as tx:
             for pack in stale:
@@ -401,6 +403,8 @@ class ReadRange:
     offset: int
     length: int
     blobs: tuple[ChunkLocation, ...]
+    # The pack's recorded object version (None: recorded before version ids, read the latest).
+    version_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -420,11 +424,11 @@ def coalesce(
     A range never grows beyond ``max_bytes`` (a single larger blob gets its own
     range). Ranges come per object in offset order; each blob appears once.
     """
-    by_object: dict[str, list[ChunkLocation]] = {}
+    by_object: dict[tuple[str, str | None], list[ChunkLocation]] = {}
     for location in locations:
-        by_object.setdefault(location.object_key, []).append(location)
+        by_object.setdefault((location.object_key, location.version_id), []).append(location)
     ranges: list[ReadRange] = []
-    for key, blobs in by_object.items():
+    for (key, version_id), blobs in by_object.items():
         blobs.sort(key=lambda b: (b.offset, b.length))
         current = [blobs[0]]
         start, end = blobs[0].offset, blobs[0].offset + blobs[0].length
@@ -434,9 +438,9 @@ def coalesce(
                 current.append(blob)
                 end = max(end, blob_end)
                 continue
-            ranges.append(ReadRange(key, start, end - start, tuple(current)))
+            ranges.append(ReadRange(key, start, end - start, tuple(current), version_id))
             current, start, end = [blob], blob.offset, blob_end
-        ranges.append(ReadRange(key, start, end - start, tuple(current)))
+        ranges.append(ReadRange(key, start, end - start, tuple(current), version_id))
     return ranges
 
 
@@ -578,7 +582,9 @@ async def read_chunks(
     async def fetch(read: ReadRange) -> dict[bytes, OpenedChunk]:
         # The slot covers the GET and the verification, so fetched-but-unverified bytes stay bounded too.
         async with slots:
-            data = await object_store.get(read.object_key, offset=read.offset, length=read.length)
+            data = await object_store.get(
+                read.object_key, offset=read.offset, length=read.length, version_id=read.version_id
+            )
             return await loop.run_in_executor(_verify_pool(), open_fetched, read, data)
 
     windows = plan_reads(

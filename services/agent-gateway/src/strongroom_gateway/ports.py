@@ -83,6 +83,8 @@ class ChunkLocation:
     compression: int
     # Format version of the pack holding the chunk (docs/formats/pack.md): 2 is encrypted.
     pack_format: int = 1
+    # Object store version of the pack (ADR 0025); None for packs recorded before versions were: read the latest.
+    version_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class Pack:
     created_at: dt.datetime
     retain_until: dt.datetime
     format_version: int = 1
+    # Object store version id the pack was written as (ADR 0025); None: recorded before, read the latest.
+    version_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,8 @@ class Point:
     total_bytes: int
     created_at: dt.datetime
     retain_until: dt.datetime
+    # Object store version id of the manifest (ADR 0025); None: recorded before, read the latest.
+    manifest_version_id: str | None = None
 
 
 class GatewayTx(InboxOutboxTx, Protocol):

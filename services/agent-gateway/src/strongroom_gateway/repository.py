@@ -81,6 +81,7 @@ def _pack(row: asyncpg.Record) -> Pack:
         created_at=row["created_at"],
         retain_until=row["retain_until"],
         format_version=row["format_version"],
+        version_id=row["version_id"],
     )
 
 
@@ -102,6 +103,7 @@ def _point(row: asyncpg.Record) -> Point:
         total_bytes=row["total_bytes"],
         created_at=row["created_at"],
         retain_until=row["retain_until"],
+        manifest_version_id=row["manifest_version_id"],
     )
 
 
@@ -246,7 +248,7 @@ class PgGatewayTx(PgTransaction):
         for batch in _batches(chunk_ids):
             rows = await self._conn.fetch(
                 'SELECT c.chunk_id, c.pack_id, p.object_key, c."offset", c.length, c.raw_length, c.compression,'
-                " p.format_version"
+                " p.format_version, p.version_id"
                 " FROM chunks c JOIN packs p ON p.pack_id = c.pack_id"
                 " WHERE c.account_id = $1 AND c.chunk_id = ANY($2::bytea[])",
                 account_id,
@@ -262,6 +264,7 @@ class PgGatewayTx(PgTransaction):
                     raw_length=row["raw_length"],
                     compression=row["compression"],
                     pack_format=row["format_version"],
+                    version_id=row["version_id"],
                 )
         return found
 
@@ -285,8 +288,8 @@ class PgGatewayTx(PgTransaction):
 
     async def insert_pack(self, pack: Pack, chunks: Sequence[ChunkLocation]) -> int:
         await self._conn.execute(
-            "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until, format_version)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pack_id) DO NOTHING",
+            "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until, format_version,"
+            " version_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pack_id) DO NOTHING",
             pack.pack_id,
             pack.account_id,
             pack.object_key,
@@ -294,6 +297,7 @@ class PgGatewayTx(PgTransaction):
             pack.created_at,
             pack.retain_until,
             pack.format_version,
+            pack.version_id,
         )
         result = await self._conn.fetchval(
             "WITH inserted AS ("
@@ -350,10 +354,11 @@ class PgGatewayTx(PgTransaction):
             point.total_bytes,
             point.created_at,
             point.retain_until,
+            point.manifest_version_id,
         ]
         await self._conn.execute(
             "INSERT INTO points (point_id, account_id, instance_id, job_id, version_id, mount_point, filesystem,"
-            " manifest_key, file_count, total_bytes, created_at, retain_until)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            " manifest_key, file_count, total_bytes, created_at, retain_until, manifest_version_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             *values,
         )

@@ -186,7 +186,11 @@ class InMemoryGatewayTx:
             if (pack.account_id, chunk.chunk_id) not in self._s.chunks:
                 # As the SQL adapter: the location always names the pack it was inserted with.
                 self._s.chunks[(pack.account_id, chunk.chunk_id)] = dataclasses.replace(
-                    chunk, pack_id=pack.pack_id, object_key=pack.object_key, pack_format=pack.format_version
+                    chunk,
+                    pack_id=pack.pack_id,
+                    object_key=pack.object_key,
+                    pack_format=pack.format_version,
+                    version_id=pack.version_id,
                 )
                 inserted += 1
         return inserted
