@@ -18,10 +18,11 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from strongroom_platform.clock import SystemClock, utc
-from strongroom_platform.eventbus import Handler, PoisonRecord, Record
-from strongroom_platform.events import TOPIC_MESSAGES
+from strongroom_platform.clock import Clock, SystemClock, utc
+from strongroom_platform.eventbus import Handler, Record
+from strongroom_platform.events import ALERT_RAISED, TOPIC_MESSAGES, topic_spec
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound
+from strongroom_platform.poison import RetryPolicy, poison_alert, run_record
 
 StateT = TypeVar("StateT")
 
@@ -188,11 +189,36 @@ class InMemoryEventBus:
 class InMemoryConsumer:
     """A consumer of :class:`InMemoryEventBus`; see ``EventConsumer``."""
 
-    def __init__(self, bus: InMemoryEventBus, group_id: str, handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        bus: InMemoryEventBus,
+        group_id: str,
+        handlers: dict[str, Handler],
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self._bus = bus
         self._group = group_id
         self._handlers = handlers
+        # Short pauses: the same outcomes as the Kafka adapter, without its real-time backoff.
+        self._policy = policy or RetryPolicy(initial=0.01, maximum=0.05)
+        self._clock: Clock = clock or SystemClock()
         self._task: asyncio.Task[None] | None = None
+
+    async def _dead_letter(self, record: Record, reason: str, attempts: int) -> None:
+        target = dlq_topic_of(record.topic)
+        self._bus.dlq_errors.setdefault(target, []).append(reason)
+        await self._bus.publish(target, record.key or b"", record.value)
+        alert = poison_alert(
+            source=self._group,
+            record=record,
+            dead_letter_topic=target,
+            reason=reason,
+            attempts=attempts,
+            clock=self._clock,
+        )
+        await self._bus.publish(ALERT_RAISED, record.topic.encode(), alert.SerializeToString())
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -214,20 +240,26 @@ class InMemoryConsumer:
                 while position < len(records):
                     key, value = records[position]
                     record = Record(topic=topic, partition=0, offset=position, key=key, value=value)
-                    try:
-                        await handler(record)
-                    except PoisonRecord as exc:
-                        bus.dlq_errors.setdefault(f"{topic}.dlq", []).append(str(exc))
-                        await bus.publish(f"{topic}.dlq", key, value)
-                    except Exception:
-                        await asyncio.sleep(0.01)  # retried, like the Kafka adapter
-                        continue
+                    if not await run_record(
+                        handler, record, policy=self._policy, dead_letter=self._dead_letter, pause=_pause
+                    ):
+                        return
                     position += 1
                     bus._committed[(self._group, topic)] = position
                     progressed = True
             if not progressed:
                 async with bus._appended:
                     await bus._appended.wait()
+
+
+async def _pause(seconds: float) -> bool:
+    await asyncio.sleep(seconds)
+    return True
+
+
+def dlq_topic_of(topic: str) -> str:
+    """The dead-letter topic of ``topic`` (its registry entry's, else ``<topic>.dlq``)."""
+    return topic_spec(topic).dead_letter_topic or f"{topic}.dlq"
 
 
 class InMemoryTransactions(Generic[StateT]):
