@@ -14,7 +14,7 @@ from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import AGENT_ENROLLED, new_meta
 
-from strongroom_gateway import validation
+from strongroom_gateway import filesystems, validation
 from strongroom_gateway.errors import InvalidArgument, Unauthenticated
 from strongroom_gateway.jobs import FINAL_STATUSES, PRODUCER, command_for_delivery, emit_job_status
 from strongroom_gateway.ports import GatewayStore, Job
@@ -55,6 +55,7 @@ async def enroll(
         if instance.token_expires_at is None or instance.token_expires_at <= clock.now():
             raise Unauthenticated("enrollment token has expired; re-activate backup to get a new one")
         await tx.enroll_instance(instance.instance_id, sha256_hex(secret), request.hostname, clock.now())
+        await filesystems.record_enrolled(tx, instance.instance_id, request.filesystems, clock.now())
         await tx.enqueue(
             AGENT_ENROLLED,
             instance.instance_id,
@@ -137,6 +138,7 @@ async def handle_report(
         session.capacity_bytes = capacity
         async with store.transaction() as tx:
             await tx.set_instance_capacity(identity.instance_id, capacity, report.hello.hostname)
+            await filesystems.note_reported(tx, identity.instance_id, report.hello.filesystems, clock.now())
         return
     if kind == "progress":
         validation.progress(report.progress)

@@ -21,7 +21,7 @@ from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
-from strongroom_gateway import manifests, validation
+from strongroom_gateway import filesystems, manifests, validation
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.chunks import CHUNK_ID_SIZE, PROTO_COMPRESSION, ChunkRejected, verify_stored
 from strongroom_gateway.crypto import DataKey
@@ -107,6 +107,8 @@ async def commit_point(
     validation.point_header(header)
     job = await require_job(identity, header.job_id, "backup", store=store)
     filesystem = header.filesystem
+    # Before anything is read or written: restores to the "original location" trust this mount point.
+    await filesystems.require_approved(store, identity.instance_id, filesystem.mount_point)
     base = await _base_point(identity, header, store) if header.base_point_id else None
     changes = SortedSpool()
     deleted = SortedSpool()

@@ -119,6 +119,19 @@ class Point:
     manifest_version_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceFilesystem:
+    """A filesystem of an instance: approved (recorded at enrollment, or by an operator) or pending approval."""
+
+    instance_id: str
+    mount_point: str
+    # Serialized strongroom.common.v1.Filesystem, as the agent first reported it.
+    filesystem: bytes
+    approved: bool
+    first_seen_at: dt.datetime
+    approved_at: dt.datetime | None = None
+
+
 class GatewayTx(InboxOutboxTx, Protocol):
     """Reads and writes inside one transaction."""
 
@@ -159,6 +172,18 @@ class GatewayTx(InboxOutboxTx, Protocol):
         ...
 
     async def set_instance_capacity(self, instance_id: str, capacity_bytes: int, hostname: str) -> None: ...
+
+    async def instance_filesystems(self, instance_id: str) -> list[InstanceFilesystem]:
+        """The instance's recorded filesystems, approved and pending, by mount point."""
+        ...
+
+    async def add_instance_filesystem(self, filesystem: InstanceFilesystem) -> bool:
+        """Record it unless the instance already has that mount point (then nothing changes); True when added."""
+        ...
+
+    async def approve_instance_filesystem(self, instance_id: str, mount_point: str, now: dt.datetime) -> bool:
+        """Mark a pending filesystem approved; False when the instance has no such filesystem."""
+        ...
 
     async def insert_job(self, job: Job) -> bool:
         """Insert unless a job with that id exists; True when inserted."""

@@ -16,6 +16,7 @@ from strongroom_gateway.ports import (
     AccountDataKey,
     ChunkLocation,
     Instance,
+    InstanceFilesystem,
     Job,
     JobKind,
     JobState,
@@ -200,6 +201,45 @@ class PgGatewayTx(PgTransaction):
             capacity_bytes,
             hostname,
         )
+
+    async def instance_filesystems(self, instance_id: str) -> list[InstanceFilesystem]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM instance_filesystems WHERE instance_id = $1 ORDER BY mount_point", instance_id
+        )
+        return [
+            InstanceFilesystem(
+                instance_id=r["instance_id"],
+                mount_point=r["mount_point"],
+                filesystem=bytes(r["filesystem"]),
+                approved=r["approved"],
+                first_seen_at=r["first_seen_at"],
+                approved_at=r["approved_at"],
+            )
+            for r in rows
+        ]
+
+    async def add_instance_filesystem(self, filesystem: InstanceFilesystem) -> bool:
+        result = await self._conn.execute(
+            "INSERT INTO instance_filesystems (instance_id, mount_point, filesystem, approved, first_seen_at,"
+            " approved_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (instance_id, mount_point) DO NOTHING",
+            filesystem.instance_id,
+            filesystem.mount_point,
+            filesystem.filesystem,
+            filesystem.approved,
+            filesystem.first_seen_at,
+            filesystem.approved_at,
+        )
+        return bool(result == "INSERT 0 1")
+
+    async def approve_instance_filesystem(self, instance_id: str, mount_point: str, now: dt.datetime) -> bool:
+        result = await self._conn.execute(
+            "UPDATE instance_filesystems SET approved = true, approved_at = coalesce(approved_at, $3)"
+            " WHERE instance_id = $1 AND mount_point = $2",
+            instance_id,
+            mount_point,
+            now,
+        )
+        return bool(result == "UPDATE 1")
 
     async def insert_job(self, job: Job) -> bool:
         result = await self._conn.execute(

@@ -182,6 +182,7 @@ def enroll_request(request: gateway_pb2.EnrollRequest) -> None:
     label("os", request.os)
     label("arch", request.arch)
     label("agent_version", request.agent_version)
+    filesystems("filesystems", request.filesystems)
 
 
 def filesystems(field: str, values: Iterable[common_pb2.Filesystem]) -> None:
