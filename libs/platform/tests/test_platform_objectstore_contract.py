@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
 import os
 import uuid
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,19 +14,8 @@ from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.objectstore_fs import FilesystemObjectStore
 from strongroom_platform.objectstore_s3 import S3ObjectStore
 from strongroom_platform.testing import FakeClock, InMemoryObjectStore
-from strongroom_testing.contracts import Attacker, ObjectStoreContract
+from strongroom_testing.contracts import Attacker, InMemoryAttacker, ObjectStoreContract, S3Attacker
 from strongroom_testing.fixtures import S3Config
-
-
-class MemoryAttacker:
-    def __init__(self, store: InMemoryObjectStore) -> None:
-        self._store = store
-
-    async def delete_marker(self, key: str) -> None:
-        self._store.add_delete_marker(key)
-
-    async def overwrite(self, key: str, data: bytes) -> None:
-        self._store.put_new_version(key, data)
 
 
 class TestInMemoryObjectStore(ObjectStoreContract):
@@ -44,7 +29,7 @@ class TestInMemoryObjectStore(ObjectStoreContract):
 
     @pytest.fixture
     def attacker(self, store: InMemoryObjectStore) -> Attacker:
-        return MemoryAttacker(store)
+        return InMemoryAttacker(store)
 
 
 class FilesystemAttacker:
@@ -79,24 +64,6 @@ class TestFilesystemObjectStore(ObjectStoreContract):
     @pytest.fixture
     def attacker(self, tmp_path: Path) -> Attacker:
         return FilesystemAttacker(tmp_path / "objects")
-
-
-class S3Attacker:
-    """The S3 credentials every service holds, used with a plain client (no adapter checks)."""
-
-    def __init__(self, client: Minio, bucket: str) -> None:
-        self._client = client
-        self._bucket = bucket
-
-    async def delete_marker(self, key: str) -> None:
-        await asyncio.to_thread(self._client.remove_object, self._bucket, key)
-
-    async def overwrite(self, key: str, data: bytes) -> None:
-        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
-        headers = {"x-amz-sdk-checksum-algorithm": "CRC32", "x-amz-checksum-crc32": crc}
-        await asyncio.to_thread(
-            self._client.put_object, self._bucket, key, io.BytesIO(data), len(data), metadata=headers
-        )
 
 
 def s3_client(config: S3Config) -> Minio:

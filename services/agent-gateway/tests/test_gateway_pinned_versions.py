@@ -9,14 +9,10 @@ Run over the in-memory fakes and over real PostgreSQL + S3 (versitygw) with a pl
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import os
 import uuid
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import pytest
 from gateway_helpers import Agent, GatewayHarness, aiter_of, chunk_id, dir_entry, file_entry
@@ -32,14 +28,9 @@ from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.manifest import decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound
 from strongroom_platform.objectstore_s3 import S3ObjectStore
-from strongroom_platform.testing import FakeClock, InMemoryObjectStore
+from strongroom_platform.testing import FakeClock
+from strongroom_testing.contracts import Attacker, InMemoryAttacker, S3Attacker
 from strongroom_testing.fixtures import S3Config
-
-
-class Attacker(Protocol):
-    async def delete_marker(self, key: str) -> None: ...
-
-    async def overwrite(self, key: str, data: bytes) -> None: ...
 
 
 @dataclass
@@ -48,41 +39,13 @@ class Setup:
     attacker: Attacker
 
 
-class MemoryAttacker:
-    def __init__(self, store: InMemoryObjectStore) -> None:
-        self._store = store
-
-    async def delete_marker(self, key: str) -> None:
-        self._store.add_delete_marker(key)
-
-    async def overwrite(self, key: str, data: bytes) -> None:
-        self._store.put_new_version(key, data)
-
-
-class S3Attacker:
-    """A plain S3 client with the services' credentials: no adapter, no checks."""
-
-    def __init__(self, client: Minio, bucket: str) -> None:
-        self._client, self._bucket = client, bucket
-
-    async def delete_marker(self, key: str) -> None:
-        await asyncio.to_thread(self._client.remove_object, self._bucket, key)
-
-    async def overwrite(self, key: str, data: bytes) -> None:
-        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
-        headers = {"x-amz-sdk-checksum-algorithm": "CRC32", "x-amz-checksum-crc32": crc}
-        await asyncio.to_thread(
-            self._client.put_object, self._bucket, key, io.BytesIO(data), len(data), metadata=headers
-        )
-
-
 @pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.integration)])
 async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     # Locks are checked against real time by S3: the gateway's clock starts at the real now.
     clock = FakeClock(SystemClock().now())
     if request.param == "memory":
         gw = GatewayHarness(clock)
-        attacker: Attacker = MemoryAttacker(gw.objects)
+        attacker: Attacker = InMemoryAttacker(gw.objects)
         await gw.start()
         try:
             yield Setup(gw, attacker)

@@ -23,8 +23,8 @@ from aiokafka.errors import for_code
 
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import Handler, Record
-from strongroom_platform.events import ALERT_RAISED, TOPIC_SPECS, TopicSpec, topic_spec
-from strongroom_platform.poison import RetryPolicy, poison_alert, run_record
+from strongroom_platform.events import ALERT_RAISED, TOPIC_SPECS, TopicSpec, dead_letter_topic, topic_spec
+from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
 
 __all__ = ["DLQ_ERROR_HEADER", "FaustConsumer", "KafkaPublisher", "create_topics", "dlq_topic"]
 
@@ -36,9 +36,8 @@ DLQ_ERROR_HEADER = "strongroom-error"
 _TOPIC_ALREADY_EXISTS = 36
 
 
-def dlq_topic(topic: str) -> str:
-    """The dead-letter topic of ``topic`` (its registry entry's, else ``<topic>.dlq``)."""
-    return topic_spec(topic).dead_letter_topic or f"{topic}.dlq"
+dlq_topic = dead_letter_topic
+"""The dead-letter topic of a topic (``events.dead_letter_topic``)."""
 
 
 def _security(ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
@@ -303,22 +302,15 @@ class FaustConsumer:
         return not self._stopping.is_set()
 
     async def _dead_letter(self, record: Record, reason: str, attempts: int) -> None:
-        target = dlq_topic(record.topic)
-        log.warning("poison record %s[%d]@%d to %s: %s", record.topic, record.partition, record.offset, target, reason)
-        await self._app.producer.send_and_wait(
-            target, record.key, record.value, None, None, [(DLQ_ERROR_HEADER, reason.encode())]
+        plan = plan_dead_letter(
+            source=self._group_id, record=record, reason=reason, attempts=attempts, clock=self._clock
         )
-        alert = poison_alert(
-            source=self._group_id,
-            record=record,
-            dead_letter_topic=target,
-            reason=reason,
-            attempts=attempts,
-            clock=self._clock,
+        log.warning(
+            "poison record %s[%d]@%d to %s: %s", record.topic, record.partition, record.offset, plan.topic, reason
         )
-        await self._app.producer.send_and_wait(
-            self._alert_topic, record.topic.encode(), alert.SerializeToString(), None, None, []
-        )
+        send = self._app.producer.send_and_wait
+        await send(plan.topic, record.key, record.value, None, None, [(DLQ_ERROR_HEADER, reason.encode())])
+        await send(self._alert_topic, plan.alert_key, plan.alert, None, None, [])
 
     async def start(self) -> None:
         """Create missing topics (and their DLQs), start the app and join the group.

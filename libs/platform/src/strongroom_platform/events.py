@@ -70,6 +70,11 @@ TOPIC_SPECS: dict[str, TopicSpec] = {topic: _consumed(topic) for topic in TOPIC_
 TOPIC_SPECS[ALERT_RAISED] = TopicSpec(dead_letter_topic=None)
 
 
+def dead_letter_topic(topic: str) -> str:
+    """Where records of ``topic`` that can never be processed go (its registry entry's, else ``<topic>.dlq``)."""
+    return topic_spec(topic).dead_letter_topic or f"{topic}.dlq"
+
+
 def topic_spec(topic: str) -> TopicSpec:
     """The registered spec of ``topic``; an unregistered one (tests) gets 1 partition, 1 replica, ``<topic>.dlq``."""
     return TOPIC_SPECS.get(topic) or TopicSpec(replication_factor=1, dead_letter_topic=f"{topic}.dlq")

@@ -30,9 +30,9 @@ from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import Clock
 from strongroom_platform.errors import Unavailable
 from strongroom_platform.eventbus import Handler, PoisonRecord, Record
-from strongroom_platform.events import new_meta
+from strongroom_platform.events import dead_letter_topic, new_meta
 
-__all__ = ["RetryPolicy", "is_transient", "poison_alert", "run_record"]
+__all__ = ["DeadLetterPlan", "RetryPolicy", "is_transient", "plan_dead_letter", "poison_alert", "run_record"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,24 @@ def poison_alert(
         attempts=attempts,
         record_key=record.key or b"",
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetterPlan:
+    """What dead-lettering a record publishes: the record to ``topic``, then ``alert`` to ``alert-raised``."""
+
+    topic: str
+    alert_key: bytes
+    alert: bytes
+
+
+def plan_dead_letter(*, source: str, record: Record, reason: str, attempts: int, clock: Clock) -> DeadLetterPlan:
+    """The dead-letter topic of ``record`` and its serialized ``alert-raised`` event (key: the source topic)."""
+    target = dead_letter_topic(record.topic)
+    alert = poison_alert(
+        source=source, record=record, dead_letter_topic=target, reason=reason, attempts=attempts, clock=clock
+    )
+    return DeadLetterPlan(target, record.topic.encode(), alert.SerializeToString())
 
 
 DeadLetter = Callable[[Record, str, int], Awaitable[None]]

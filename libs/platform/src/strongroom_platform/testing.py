@@ -20,9 +20,9 @@ from google.protobuf.message import Message
 
 from strongroom_platform.clock import Clock, SystemClock, utc
 from strongroom_platform.eventbus import Handler, Record
-from strongroom_platform.events import ALERT_RAISED, TOPIC_MESSAGES, topic_spec
+from strongroom_platform.events import ALERT_RAISED, TOPIC_MESSAGES
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound
-from strongroom_platform.poison import RetryPolicy, poison_alert, run_record
+from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
 
 StateT = TypeVar("StateT")
 
@@ -207,18 +207,10 @@ class InMemoryConsumer:
         self._task: asyncio.Task[None] | None = None
 
     async def _dead_letter(self, record: Record, reason: str, attempts: int) -> None:
-        target = dlq_topic_of(record.topic)
-        self._bus.dlq_errors.setdefault(target, []).append(reason)
-        await self._bus.publish(target, record.key or b"", record.value)
-        alert = poison_alert(
-            source=self._group,
-            record=record,
-            dead_letter_topic=target,
-            reason=reason,
-            attempts=attempts,
-            clock=self._clock,
-        )
-        await self._bus.publish(ALERT_RAISED, record.topic.encode(), alert.SerializeToString())
+        plan = plan_dead_letter(source=self._group, record=record, reason=reason, attempts=attempts, clock=self._clock)
+        self._bus.dlq_errors.setdefault(plan.topic, []).append(reason)
+        await self._bus.publish(plan.topic, record.key or b"", record.value)
+        await self._bus.publish(ALERT_RAISED, plan.alert_key, plan.alert)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -255,11 +247,6 @@ class InMemoryConsumer:
 async def _pause(seconds: float) -> bool:
     await asyncio.sleep(seconds)
     return True
-
-
-def dlq_topic_of(topic: str) -> str:
-    """The dead-letter topic of ``topic`` (its registry entry's, else ``<topic>.dlq``)."""
-    return topic_spec(topic).dead_letter_topic or f"{topic}.dlq"
 
 
 class InMemoryTransactions(Generic[StateT]):

@@ -13,15 +13,19 @@ Subclass :class:`ObjectStoreContract` and provide three fixtures:
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import io
+import zlib
 from typing import Protocol
 
 import pytest
+from minio import Minio
 from strongroom_platform.clock import Clock
 from strongroom_platform.objectstore import ObjectLocked, ObjectNotFound, ObjectStore
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.testing import FakeClock, InMemoryObjectStore
 
-__all__ = ["Attacker", "ObjectStoreContract"]
+__all__ = ["Attacker", "InMemoryAttacker", "ObjectStoreContract", "S3Attacker"]
 
 
 class Attacker(Protocol):
@@ -34,6 +38,42 @@ class Attacker(Protocol):
     async def overwrite(self, key: str, data: bytes) -> None:
         """A PUT over the key, locked or not: a new current version on top of the others."""
         ...
+
+
+class InMemoryAttacker:
+    """The :class:`Attacker` of an :class:`~strongroom_platform.testing.InMemoryObjectStore`."""
+
+    def __init__(self, store: InMemoryObjectStore) -> None:
+        self._store = store
+
+    async def delete_marker(self, key: str) -> None:
+        self._store.add_delete_marker(key)
+
+    async def overwrite(self, key: str, data: bytes) -> None:
+        self._store.put_new_version(key, data)
+
+
+class S3Attacker:
+    """The :class:`Attacker` of an S3 bucket: a plain client with the services' credentials, no adapter checks."""
+
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self._client, self._bucket = client, bucket
+
+    async def delete_marker(self, key: str) -> None:
+        await asyncio.to_thread(self._client.remove_object, self._bucket, key)
+
+    async def overwrite(self, key: str, data: bytes) -> None:
+        # An Object Lock bucket wants a checksum on every PUT (see objectstore_s3).
+        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        headers = {"x-amz-sdk-checksum-algorithm": "CRC32", "x-amz-checksum-crc32": crc}
+        await asyncio.to_thread(
+            self._client.put_object,
+            self._bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            metadata=headers,  # type: ignore[arg-type]  # minio's DictType is too narrow
+        )
 
 
 def _whole_seconds_from(clock: Clock, seconds: int) -> dt.datetime:
