@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from gateway_helpers import Agent, GatewayHarness, dir_entry
+from gateway_helpers import Agent, GatewayHarness, dir_entry, meta
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
 from strongroom_gateway import filesystems
 from strongroom_gateway.errors import NotFound
 from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
@@ -98,6 +99,18 @@ async def test_another_instance_s_filesystems_do_not_count(gw: GatewayHarness) -
     agent = await gw.enrolled_agent("i-2", mount_points=["/"])
     await gw.request_backup(agent, "job-1")
     await _refused(gw, agent, "job-1", "/data")
+
+
+async def test_an_explicit_root_of_the_job_is_approved_by_the_operator_s_request(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1", mount_points=["/"])
+    await gw.deliver(
+        events.JOB_REQUESTED,
+        events_pb2.JobRequested(
+            meta=meta(), account_id="acct-a", instance_id="i-1", job_id="job-1", roots=["/srv/www"]
+        ),
+    )
+    assert (await gw.commit(agent, "job-1", [dir_entry("")], mount_point="/srv/www")).point_id
+    await _refused(gw, agent, "job-1", "/srv")  # only the root itself
 
 
 async def test_approving_a_filesystem_nobody_reported_is_not_found(gw: GatewayHarness) -> None:

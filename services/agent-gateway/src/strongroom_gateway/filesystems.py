@@ -6,6 +6,7 @@ point may only be committed for a filesystem recorded for the instance **at enro
 (``EnrollRequest.filesystems``; for agents that send none there, the first hello after
 enrollment, while nothing is recorded yet). A filesystem that appears later in a hello is kept
 as *pending approval* and refused at commit until an operator approves it (:func:`approve`).
+A job's explicit backup roots, which the operator chose, count as approved for that job.
 """
 
 from __future__ import annotations
@@ -67,8 +68,17 @@ async def note_reported(
     return pending
 
 
-async def require_approved(store: GatewayStore, instance_id: str, mount_point: str) -> None:
-    """FAILED_PRECONDITION unless ``mount_point`` is an approved filesystem of the instance."""
+async def require_approved(
+    store: GatewayStore, instance_id: str, mount_point: str, *, job_roots: Iterable[str] = ()
+) -> None:
+    """FAILED_PRECONDITION unless ``mount_point`` is an approved filesystem of the instance.
+
+    An explicit backup root of the job (``RunBackup.roots``, set by the operator through the
+    scheduler, never by the agent) is approved by being in the job: its points carry the root as
+    their mount point.
+    """
+    if mount_point in set(job_roots):
+        return
     async with store.transaction() as tx:
         recorded = {f.mount_point: f for f in await tx.instance_filesystems(instance_id)}
     found = recorded.get(mount_point)

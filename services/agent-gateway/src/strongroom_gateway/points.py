@@ -108,7 +108,8 @@ async def commit_point(
     job = await require_job(identity, header.job_id, "backup", store=store)
     filesystem = header.filesystem
     # Before anything is read or written: restores to the "original location" trust this mount point.
-    await filesystems.require_approved(store, identity.instance_id, filesystem.mount_point)
+    roots = gateway_pb2.AgentCommand.FromString(job.command).run_backup.roots
+    await filesystems.require_approved(store, identity.instance_id, filesystem.mount_point, job_roots=roots)
     base = await _base_point(identity, header, store) if header.base_point_id else None
     changes = SortedSpool()
     deleted = SortedSpool()
