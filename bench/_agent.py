@@ -15,12 +15,12 @@ import os
 import threading
 import time
 
-import strongroom_agent.backup as backup
+import strongroom_agent.backup.job as backup_job
 from strongroom_agent.__main__ import main
 from strongroom_agent.throttle import Unlimited
 
 if os.environ.get("BENCH_UNTHROTTLED") == "1":
-    backup.make_throttle = lambda _rate: Unlimited()  # type: ignore[assignment]
+    backup_job.make_throttle = lambda _rate: Unlimited()  # type: ignore[assignment]
 
 
 def _trace_memory(path: str) -> None:

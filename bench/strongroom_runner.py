@@ -41,7 +41,9 @@ from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from strongroom_cli.stack import ManagedProcess, Stack, spawn
+from strongroom_cli.stack import ManagedProcess, Stack, operator_channel, spawn
+from strongroom_platform.admin import create_admin_token
+from strongroom_platform.certs import CA_CERT_FILE, spki_sha256
 from strongroom_servers.kafka import LocalKafka
 from strongroom_servers.postgres import LocalPostgres
 from strongroom_servers.s3 import LocalVersityGW
@@ -110,8 +112,12 @@ class StrongroomBench:
     env: dict[str, str] = field(default_factory=dict)
     s3: LocalVersityGW | None = None
     bucket: str = ""
+    ca_file: Path = Path()
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     instances: list[Instance] = field(default_factory=list)
+    # Every run backs up into an account of its own (an empty repository); the one admin token
+    # holds them all, so they are named up front.
+    accounts: list[str] = field(default_factory=lambda: [f"bench-{uuid.uuid4().hex[:10]}" for _ in range(256)])
 
     # ------------------------------------------------------------ lifecycle
 
@@ -144,9 +150,15 @@ class StrongroomBench:
         )
         self.env = env
         self.stack = Stack()
-        await self.stack.start(env, self.work / "logs")
+        tls_dir = self.work / "tls"
+        await self.stack.start(env, self.work / "logs", tls_dir=tls_dir)
         addresses = self.stack.addresses
-        self.channels = [grpc.aio.insecure_channel(addresses[n]) for n in ("scheduler", "catalog", "restore")]
+        token = await create_admin_token(pg.dsn, list(self.accounts), name="bench")
+        self.ca_file = tls_dir / CA_CERT_FILE
+        self.channels = [
+            operator_channel(addresses[n], ca_file=self.ca_file, token=token)
+            for n in ("scheduler", "catalog", "restore")
+        ]
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.channels[0])
         self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channels[1])
         self.restore_api = restore_pb2_grpc.RestoreServiceStub(self.channels[2])
@@ -199,7 +211,7 @@ class StrongroomBench:
 
     async def new_instance(self, source: Path, *, priority: str = "high", unthrottled: bool = True) -> Instance:
         assert self.stack is not None
-        account = f"bench-{uuid.uuid4().hex[:10]}"
+        account = self.accounts.pop()
         prio = common_pb2.BACKUP_PRIORITY_HIGH if priority == "high" else common_pb2.BACKUP_PRIORITY_LOW
         activated = await self.scheduler.ActivateBackup(
             scheduler_pb2.ActivateBackupRequest(
@@ -224,6 +236,7 @@ class StrongroomBench:
         gateway = self.stack.addresses["gateway"]
         enroll = [sys.executable, str(HERE / "_agent.py"), "enroll", "--gateway", gateway]
         enroll += ["--token", activated.enrollment_token, "--state-dir", str(state_dir)]
+        enroll += ["--ca-file", str(self.ca_file), "--pin", spki_sha256(self.ca_file.read_bytes())]
 
         async def enrolled() -> bool:
             proc = await asyncio.create_subprocess_exec(

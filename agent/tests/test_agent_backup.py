@@ -13,17 +13,7 @@ import pytest
 from agent_fakes import FakeGateway, entries_by_path, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
-from strongroom_agent.backup import (
-    PipelineLimits,
-    RetryPolicy,
-    Upload,
-    _ByteBudget,
-    _list_dir,
-    plan_points,
-    run_backup,
-    scan_point,
-    upload_requests,
-)
+from strongroom_agent.backup import PipelineLimits, RetryPolicy, cores_for, run_backup
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
 
@@ -242,23 +232,6 @@ async def test_unreadable_file_really_unreadable(tmp_path: Path) -> None:
     assert finished.status == PARTIAL
 
 
-async def test_unlistable_directory_is_reported(tmp_path: Path) -> None:
-    root = tmp_path / "src"
-    write_file(str(root / "d/f"), b"x")
-    listing = _list_dir(str(root / "missing"), "missing", os.lstat(root).st_dev, LinuxExclusions())
-    assert listing.items == [] and "cannot list directory" in listing.errors[0].reason
-
-
-def test_listing_skips_other_filesystems_and_exclusions(tmp_path: Path) -> None:
-    write_file(str(tmp_path / "keep"), b"x")
-    write_file(str(tmp_path / "state/agent.json"), b"{}")
-    device = os.lstat(tmp_path).st_dev
-    same = _list_dir(str(tmp_path), "", device, LinuxExclusions(extra_dirs=[str(tmp_path / "state")]))
-    assert [key for key, _descend, _item in same.items] == [b"keep"]
-    other = _list_dir(str(tmp_path), "", device + 1, LinuxExclusions())
-    assert other.items == []
-
-
 async def test_state_dir_inside_the_tree_is_not_backed_up(tmp_path: Path) -> None:
     root = tmp_path / "src"
     write_file(str(root / "data"), b"x")
@@ -390,24 +363,6 @@ async def test_progress_is_reported(tmp_path: Path) -> None:
     assert reports and reports[-1].files_scanned >= 1
 
 
-def test_plan_points_validates_roots(tmp_path: Path) -> None:
-    (tmp_path / "ok").mkdir()
-    write_file(str(tmp_path / "file"), b"x")
-    points, errors = plan_points(
-        [str(tmp_path / "ok"), "relative/dir", str(tmp_path / "missing"), str(tmp_path / "file")],
-        discover=list,
-        describe_root=lambda p: common_pb2.Filesystem(mount_point=p),
-    )
-    assert [p.mount_point for p in points] == [str(tmp_path / "ok")]
-    assert [e.reason for e in errors] == [
-        "backup root must be an absolute path",
-        "backup root is not an existing directory",
-        "backup root is not an existing directory",
-    ]
-    discovered = [common_pb2.Filesystem(mount_point="/")]
-    assert plan_points([], discover=lambda: discovered, describe_root=lambda p: discovered[0]) == (discovered, [])
-
-
 async def test_no_points_fails_with_the_root_errors(tmp_path: Path) -> None:
     from strongroom_agent.backup import FileError
 
@@ -423,81 +378,11 @@ async def test_no_points_fails_with_the_root_errors(tmp_path: Path) -> None:
     assert "/nope: backup root is not an existing directory" in finished.error
 
 
-def test_upload_requests_carry_many_chunks_per_message_in_order() -> None:
-    uploads = [
-        Upload(bytes([i]) * 32, 100, gateway_pb2.CHUNK_COMPRESSION_NONE, bytes(size), 0)
-        for i, size in enumerate([300, 300, 300, 2000, 10, 10])
-    ]
-    requests = upload_requests("job-1", uploads, message_bytes=700)
-    assert [[len(c.payload) for c in r.chunks] for r in requests] == [[300, 300], [300], [2000], [10, 10]]
-    assert all(r.job_id == "job-1" and not r.chunk_id for r in requests)
-    assert [c.chunk_id for r in requests for c in r.chunks] == [u.id for u in uploads]
-    assert upload_requests("job-1", [], message_bytes=700) == []
-
-
-async def test_the_scan_reads_directories_ahead_and_still_yields_manifest_order(tmp_path: Path) -> None:
-    rng = random.Random(7)
-    names = ["a", "a-b", "a.b", "b", "é", "z z", "0"]
-    paths = []
-    for _ in range(120):
-        parts = [rng.choice(names) for _ in range(rng.randint(1, 4))]
-        paths.append("/".join(parts))
-    for i, rel in enumerate(paths):
-        target = tmp_path / rel
-        if not target.exists():
-            target.mkdir(parents=True)
-        (target / f"f{i}").write_bytes(b"x")
-    expected = sorted(
-        (os.path.relpath(os.path.join(d, n), tmp_path) for d, dirs, files in os.walk(tmp_path) for n in dirs + files),
-        key=lambda p: p.encode(),
-    )
-
-    async def walk(read_ahead: int) -> list[str]:
-        errors: list[Any] = []
-        seen = [
-            item.rel
-            async for item in scan_point(
-                str(tmp_path), LinuxExclusions(), errors, asyncio.Event(), read_ahead=read_ahead
-            )
-        ]
-        assert errors == []
-        return seen
-
-    one_at_a_time = await walk(1)
-    assert one_at_a_time == ["", *expected]
-    assert await walk(32) == one_at_a_time
-
-
-async def test_a_scan_left_early_drops_the_listings_read_ahead(tmp_path: Path) -> None:
-    for i in range(50):
-        (tmp_path / f"d{i:02}" / "sub").mkdir(parents=True)
-    walk = scan_point(str(tmp_path), LinuxExclusions(), [], asyncio.Event(), read_ahead=16)
-    seen = [await anext(walk) for _ in range(5)]
-    await walk.aclose()  # listings started ahead are still running or done: dropped quietly
-    assert [s.rel for s in seen] == ["", "d00", "d00/sub", "d01", "d01/sub"]
-
-
-async def test_the_memory_budget_grants_in_order_and_a_cancelled_wait_takes_nothing() -> None:
-    budget = _ByteBudget(100)
-    assert await budget.acquire(60) == 60
-    order: list[str] = []
-
-    async def take(name: str, nbytes: int) -> None:
-        await budget.acquire(nbytes)
-        order.append(name)
-
-    big = asyncio.create_task(take("big", 500))  # clamped to the capacity: waits for everything
-    await asyncio.sleep(0)
-    small = asyncio.create_task(take("small", 10))  # fits now, but waits behind "big" (first come)
-    doomed = asyncio.create_task(take("doomed", 30))
-    await asyncio.sleep(0)
-    assert order == []
-    doomed.cancel()
-    await asyncio.gather(doomed, return_exceptions=True)
-    budget.release(60)
-    await asyncio.wait_for(big, 1)
-    assert order == ["big"]  # the cancelled waiter was skipped and holds nothing
-    budget.release(100)
-    await asyncio.wait_for(small, 1)
-    assert order == ["big", "small"]
-    assert await budget.acquire(90) == 90  # 10 + 90: the whole capacity, nothing leaked
+def test_cores_come_from_the_command_only() -> None:
+    host = os.cpu_count() or 1
+    high = common_pb2.BACKUP_PRIORITY_HIGH
+    assert cores_for(gateway_pb2.RunBackup(priority=high, max_cores=2)) == min(2, host)
+    assert cores_for(gateway_pb2.RunBackup(priority=common_pb2.BACKUP_PRIORITY_LOW, max_cores=1)) == 1
+    # An older gateway that sends no max_cores: one core, whatever the priority.
+    assert cores_for(gateway_pb2.RunBackup(priority=high)) == 1
+    assert cores_for(gateway_pb2.RunBackup(max_cores=1024)) == host

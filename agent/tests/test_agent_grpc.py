@@ -25,8 +25,11 @@ from strongroom_agent.config import load_state
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError, GrpcGatewayClient, open_channel
 from strongroom_agent.restore import run_restore
+from strongroom_agent.transport import GatewayTrust
 
 TOKEN, INSTANCE, SECRET = "enroll-me", "inst-1", "s3cret"
+
+PLAINTEXT = GatewayTrust(plaintext=True)  # these tests talk to an in-process fake gateway
 
 
 class Servicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
@@ -106,7 +109,7 @@ async def server() -> Any:
 async def test_enroll_stores_the_credential_privately(server: Any, tmp_path: Path) -> None:
     servicer, address = server
     state_dir = tmp_path / "state"
-    message = await _enroll(address, TOKEN, str(state_dir))
+    message = await _enroll(address, TOKEN, str(state_dir), PLAINTEXT, None)
     assert "inst-1" in message
     state = load_state(str(state_dir))
     assert (state.gateway, state.instance_id, state.credential) == (address, INSTANCE, SECRET)
@@ -123,7 +126,7 @@ async def test_cli_enroll_rejected_token_and_unreachable_gateway(
     _servicer, address = server
     state_dir = str(tmp_path / "state")
     code = await asyncio.to_thread(
-        run_cli, ["enroll", "--gateway", address, "--token", "wrong", "--state-dir", state_dir]
+        run_cli, ["enroll", "--gateway", address, "--token", "wrong", "--state-dir", state_dir, "--insecure-plaintext"]
     )
     assert code == EXIT_REJECTED
     err = capsys.readouterr().err
@@ -131,7 +134,8 @@ async def test_cli_enroll_rejected_token_and_unreachable_gateway(
     assert not os.path.exists(state_dir)
 
     code = await asyncio.to_thread(
-        run_cli, ["enroll", "--gateway", "127.0.0.1:9", "--token", TOKEN, "--state-dir", state_dir]
+        run_cli,
+        ["enroll", "--gateway", "127.0.0.1:9", "--token", TOKEN, "--state-dir", state_dir, "--insecure-plaintext"],
     )
     assert code == EXIT_UNREACHABLE
     assert "cannot reach the gateway at 127.0.0.1:9" in capsys.readouterr().err
@@ -158,7 +162,7 @@ async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path, legacy:
     for i in range(40):
         write_file(str(source / f"small/{i}.txt"), f"small {i}\n".encode() * (i + 1))
     target.mkdir()
-    async with open_channel(address) as channel:
+    async with open_channel(address, PLAINTEXT) as channel:
         client = GrpcGatewayClient(channel, INSTANCE, SECRET)
         fs = common_pb2.Filesystem(mount_point=str(source), device="/dev/vdz", fs_type="ext4")
         finished = await run_backup(
@@ -194,7 +198,7 @@ async def test_read_chunks_yields_every_position_in_order(
     ids = [bytes([i]) * 32 for i in range(10)]
     servicer.fake.chunks.update(zip(ids, contents, strict=True))
     wanted = ids + ids[:3]
-    async with open_channel(address) as channel:
+    async with open_channel(address, PLAINTEXT) as channel:
         client = GrpcGatewayClient(channel, INSTANCE, SECRET)
         got = [
             (c.chunk_id, decode_chunk(c.data, c.compression, c.raw_length))
@@ -207,7 +211,7 @@ async def test_read_chunks_yields_every_position_in_order(
 
 async def test_wrong_credential_is_a_gateway_error(server: Any) -> None:
     _servicer, address = server
-    async with open_channel(address) as channel:
+    async with open_channel(address, PLAINTEXT) as channel:
         client = GrpcGatewayClient(channel, INSTANCE, "stolen")
         with pytest.raises(GatewayError) as caught:
             await client.find_missing_chunks("job", [b"x" * 32])
@@ -217,7 +221,7 @@ async def test_wrong_credential_is_a_gateway_error(server: Any) -> None:
 async def test_control_stream_over_grpc(server: Any) -> None:
     servicer, address = server
     await servicer.commands.put(gateway_pb2.AgentCommand(cancel_job=gateway_pb2.CancelJob(job_id="j")))
-    async with open_channel(address) as channel:
+    async with open_channel(address, PLAINTEXT) as channel:
         stream = GrpcGatewayClient(channel, INSTANCE, SECRET).connect()
         await stream.write(gateway_pb2.AgentReport(hello=gateway_pb2.AgentHello(hostname="h")))
         command = await stream.read()
@@ -232,7 +236,7 @@ async def test_agent_process_runs_a_backup_and_stops_on_sigterm(server: Any, tmp
     servicer, address = server
     state_dir, source = tmp_path / "state", tmp_path / "src"
     write_file(str(source / "f.txt"), b"served by a real agent process\n" * 100)
-    await _enroll(address, TOKEN, str(state_dir))
+    await _enroll(address, TOKEN, str(state_dir), PLAINTEXT, None)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -283,7 +287,7 @@ async def test_writing_to_a_finished_control_stream_is_a_gateway_error() -> None
 
 async def test_a_locally_cancelled_control_stream_reads_as_a_gateway_error(server: Any) -> None:
     _servicer, address = server
-    async with open_channel(address) as channel:
+    async with open_channel(address, PLAINTEXT) as channel:
         stream = GrpcGatewayClient(channel, INSTANCE, SECRET).connect()
         await stream.write(gateway_pb2.AgentReport(hello=gateway_pb2.AgentHello(hostname="h")))
         stream.cancel()  # as an interrupted write elsewhere would: the call is gone, the reader is not

@@ -15,12 +15,12 @@ import pytest
 from agent_fakes import KEY, FakeGateway, Point, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
-from strongroom_agent import restore as restore_module
 from strongroom_agent.backup import run_backup
 from strongroom_agent.chunking import chunk_id
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
-from strongroom_agent.restore import UnsafePath, run_restore, safe_parts
+from strongroom_agent.restore import destination as destination_module
+from strongroom_agent.restore import run_restore
 
 COMPLETE = common_pb2.JOB_STATUS_COMPLETE
 PARTIAL = common_pb2.JOB_STATUS_PARTIAL_COMPLETE
@@ -161,14 +161,6 @@ async def test_skip_leaves_existing_files_and_overwrite_replaces_them(tmp_path: 
     overwritten = await restore(gateway, point_id, target, conflict_policy=OVERWRITE)
     assert overwritten.status == COMPLETE
     assert snapshot(target) == snapshot(source)
-
-
-def test_safe_parts() -> None:
-    assert safe_parts("") == []
-    assert safe_parts("a/b c/d") == ["a", "b c", "d"]
-    for bad in ["/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "..", "a\x00b"]:
-        with pytest.raises(UnsafePath):
-            safe_parts(bad)
 
 
 def add_point(gateway: FakeGateway, entries: list[common_pb2.FileEntry]) -> str:
@@ -467,7 +459,7 @@ class Renames:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.names: list[str] = []
         self._rename = os.rename
-        monkeypatch.setattr(restore_module.os, "rename", self.rename)
+        monkeypatch.setattr(destination_module.os, "rename", self.rename)
 
     def rename(self, src: Any, dst: Any, **kwargs: Any) -> None:
         self.names.append(str(dst))
@@ -499,7 +491,7 @@ async def test_a_fresh_file_is_written_in_place_with_its_metadata(
 
 
 async def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    plain_write = restore_module._Destination.write
+    plain_write = destination_module.Destination.write
 
     def failing_write(fd: int, data: Any) -> None:
         pieces = list(data)
@@ -508,7 +500,7 @@ async def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         plain_write(fd, pieces)
 
-    monkeypatch.setattr(restore_module._Destination, "write", staticmethod(failing_write))
+    monkeypatch.setattr(destination_module.Destination, "write", staticmethod(failing_write))
     gateway = FakeGateway()
     point_id = add_files(gateway, [("a", [b"fine"]), ("b", [b"doomed small"]), ("c", [b"fine too"])])
     finished = await restore(gateway, point_id, tmp_path)
@@ -580,7 +572,7 @@ async def test_a_name_taken_after_the_check_follows_the_conflict_policy(
 async def test_a_streamed_file_whose_name_was_taken_after_the_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: int
 ) -> None:
-    monkeypatch.setattr(restore_module._Destination, "existing", lambda self, parts: None)  # the check saw nothing
+    monkeypatch.setattr(destination_module.Destination, "existing", lambda self, parts: None)  # the check saw nothing
     write_file(str(tmp_path / "big"), b"appeared meanwhile")
     gateway = FakeGateway()
     point_id = add_files(gateway, [("big", [b"p" * 700, b"q" * 700])])
@@ -595,7 +587,7 @@ async def test_a_streamed_file_whose_name_was_taken_after_the_check(
 async def test_temporary_names_skip_a_leftover_with_the_same_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(restore_module, "_temp_numbers", itertools.count())
+    monkeypatch.setattr(destination_module, "_temp_numbers", itertools.count())
     leftover = tmp_path / f".strongroom-restore-{os.getpid()}-0.tmp"
     leftover.write_bytes(b"from a crashed run")
     write_file(str(tmp_path / "a"), b"old")
@@ -619,7 +611,7 @@ class Calls:
             self.args.append(args[0])
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(restore_module.os, name, record)
+        monkeypatch.setattr(destination_module.os, name, record)
 
 
 @pytest.mark.parametrize("policy", [SKIP, OVERWRITE], ids=["skip", "overwrite"])

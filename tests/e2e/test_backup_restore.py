@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
 import pytest
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from strongroom_cli.stack import ManagedProcess, Stack, spawn
+from strongroom_cli.stack import ManagedProcess, Stack, operator_channel, spawn
+from strongroom_platform.admin import create_admin_token
+from strongroom_platform.certs import CA_CERT_FILE, spki_sha256
 from strongroom_testing.fixtures import S3Config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -76,6 +77,7 @@ class Platform:
     restore: restore_pb2_grpc.RestoreServiceAsyncStub
     env: dict[str, str]
     logs: Path
+    tls_dir: Path
 
 
 @pytest.fixture
@@ -92,11 +94,15 @@ async def platform(kafka_bootstrap: str, pg_dsn: str, s3_config: S3Config, tmp_p
         STRONGROOM_S3_BUCKET=f"e2e-{uuid.uuid4().hex[:12]}",
         STRONGROOM_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
     )
-    logs = tmp_path / "logs"
+    logs, tls_dir = tmp_path / "logs", tmp_path / "tls"
     stack = Stack()
-    await stack.start(env, logs)
+    await stack.start(env, logs, tls_dir=tls_dir)
     addresses = stack.addresses
-    channels = [grpc.aio.insecure_channel(addresses[name]) for name in ("scheduler", "catalog", "restore")]
+    token = await create_admin_token(pg_dsn, "acme")
+    channels = [
+        operator_channel(addresses[name], ca_file=tls_dir / CA_CERT_FILE, token=token)
+        for name in ("scheduler", "catalog", "restore")
+    ]
     try:
         yield Platform(
             stack=stack,
@@ -105,6 +111,7 @@ async def platform(kafka_bootstrap: str, pg_dsn: str, s3_config: S3Config, tmp_p
             restore=restore_pb2_grpc.RestoreServiceStub(channels[2]),
             env=env,
             logs=logs,
+            tls_dir=tls_dir,
         )
     finally:
         for channel in channels:
@@ -118,7 +125,8 @@ async def platform(kafka_bootstrap: str, pg_dsn: str, s3_config: S3Config, tmp_p
 async def start_agent(platform: Platform, token: str, state_dir: Path) -> ManagedProcess:
     gateway = platform.stack.addresses["gateway"]
     argv = [sys.executable, "-m", "strongroom_agent", "enroll", "--gateway", gateway, "--token", token]
-    argv += ["--state-dir", str(state_dir)]
+    ca_file = platform.tls_dir / CA_CERT_FILE
+    argv += ["--state-dir", str(state_dir), "--ca-file", str(ca_file), "--pin", spki_sha256(ca_file.read_bytes())]
 
     async def enrolled() -> bool:
         process = await asyncio.create_subprocess_exec(

@@ -26,6 +26,7 @@ from strongroom_agent.session import (
     make_hello,
     make_restore_runner,
 )
+from strongroom_agent.transport import GatewayTrust, PinMismatch, channel_credentials
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
 _UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
@@ -55,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     enroll_cmd.add_argument("--gateway", required=True, type=gateway_address, help="agent gateway HOST:PORT")
     enroll_cmd.add_argument("--token", required=True, help="one-time enrollment token")
     enroll_cmd.add_argument("--state-dir", help="where the credential is stored (default /var/lib/strongroom-agent)")
+    enroll_cmd.add_argument("--ca-file", help="the gateway's CA bundle (PEM); default: the system's trusted CAs")
+    enroll_cmd.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="SHA256",
+        help="SPKI pin of a CA of --ca-file the gateway's certificate must chain to (from the activation)",
+    )
+    enroll_cmd.add_argument(
+        "--insecure-plaintext", action="store_true", help="no TLS to the gateway (development only)"
+    )
     run_cmd = commands.add_parser("run", help="connect to the gateway and run backup and restore jobs")
     run_cmd.add_argument("--state-dir", help="state directory written by 'enroll'")
     run_cmd.add_argument(
@@ -64,11 +76,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _enroll(address: str, token: str, state_dir: str) -> str:
+def _trust(args: argparse.Namespace) -> tuple[GatewayTrust, str | None]:
+    """The gateway trust of the enroll command's flags, and the CA bundle to keep in the state."""
+    if args.insecure_plaintext:
+        if args.ca_file or args.pin:
+            raise CliError("--insecure-plaintext contradicts --ca-file and --pin", EXIT_USAGE)
+        return GatewayTrust(plaintext=True), None
+    if args.pin and not args.ca_file:
+        raise CliError("--pin needs --ca-file (the bundle the pins select from)", EXIT_USAGE)
+    ca_pem: str | None = None
+    if args.ca_file:
+        try:
+            with open(args.ca_file, encoding="ascii") as source:
+                ca_pem = source.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read the CA bundle {args.ca_file}: {exc}", EXIT_USAGE) from None
+    trust = GatewayTrust(ca_pem=ca_pem.encode() if ca_pem else None, pins=tuple(args.pin))
+    try:
+        channel_credentials(trust)
+    except PinMismatch as exc:
+        raise CliError(str(exc), EXIT_REJECTED) from None
+    return trust, ca_pem
+
+
+async def _enroll(address: str, token: str, state_dir: str, trust: GatewayTrust, ca_pem: str | None) -> str:
     if not token.strip():
         raise CliError("the enrollment token is empty", EXIT_USAGE)
     try:
-        response = await enroll(address, enroll_request(token))
+        response = await enroll(address, enroll_request(token), trust)
     except GatewayError as exc:
         if exc.code in _UNREACHABLE:
             raise CliError(
@@ -81,7 +116,14 @@ async def _enroll(address: str, token: str, state_dir: str) -> str:
         raise CliError(f"enrollment failed: {exc}", EXIT_ERROR) from exc
     if not response.instance_id or not response.credential:
         raise CliError("enrollment failed: the gateway returned no credential", EXIT_ERROR)
-    state = AgentState(gateway=address, instance_id=response.instance_id, credential=response.credential)
+    state = AgentState(
+        gateway=address,
+        instance_id=response.instance_id,
+        credential=response.credential,
+        gateway_ca=ca_pem,
+        gateway_pins=trust.pins,
+        plaintext=trust.plaintext,
+    )
     try:
         path = save_state(state_dir, state)
     except OSError as exc:
@@ -94,7 +136,11 @@ async def _run(state: AgentState, state_dir: str, roots: Sequence[str]) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_channel(state.gateway) as channel:
+    try:
+        channel = open_channel(state.gateway, state.trust)
+    except PinMismatch as exc:
+        raise CliError(f"{exc}; enroll again with the current CA and pins", EXIT_REJECTED) from None
+    async with channel:
         client = GrpcGatewayClient(channel, state.instance_id, state.credential)
         session = Session(
             client,
@@ -126,7 +172,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     state_dir = resolve_state_dir(args.state_dir, os.environ)
     try:
         if args.command == "enroll":
-            print(asyncio.run(_enroll(args.gateway, args.token, state_dir)))
+            print(asyncio.run(_enroll(args.gateway, args.token, state_dir, *_trust(args))))
             return EXIT_OK
         logging.basicConfig(
             level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

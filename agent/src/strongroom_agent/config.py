@@ -13,6 +13,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from strongroom_agent.transport import GatewayTrust
+
 DEFAULT_STATE_DIR = "/var/lib/strongroom-agent"
 STATE_DIR_ENV = "STRONGROOM_AGENT_STATE_DIR"
 STATE_FILE = "agent.json"
@@ -28,6 +30,16 @@ class AgentState:
     gateway: str
     instance_id: str
     credential: str
+    # How the gateway is trusted (ADR 0023): its CA bundle (PEM; None: the system roots), the
+    # enrollment's SPKI pins, and plaintext only when enrolled with --insecure-plaintext.
+    gateway_ca: str | None = None
+    gateway_pins: tuple[str, ...] = ()
+    plaintext: bool = False
+
+    @property
+    def trust(self) -> GatewayTrust:
+        ca = self.gateway_ca.encode() if self.gateway_ca else None
+        return GatewayTrust(ca_pem=ca, pins=self.gateway_pins, plaintext=self.plaintext)
 
 
 def resolve_state_dir(cli_value: str | None, environ: Mapping[str, str]) -> str:
@@ -44,7 +56,15 @@ def save_state(state_dir: str, state: AgentState) -> str:
     path = state_path(state_dir)
     temp = f"{path}.{secrets.token_hex(4)}.tmp"
     payload = json.dumps(
-        {"gateway": state.gateway, "instance_id": state.instance_id, "credential": state.credential}, indent=2
+        {
+            "gateway": state.gateway,
+            "instance_id": state.instance_id,
+            "credential": state.credential,
+            "gateway_ca": state.gateway_ca,
+            "gateway_pins": list(state.gateway_pins),
+            "plaintext": state.plaintext,
+        },
+        indent=2,
     ).encode()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -73,7 +93,17 @@ def load_state(state_dir: str) -> AgentState:
         raise StateError(f"cannot read {path}: {exc}") from None
     if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) and raw[k] for k in _FIELDS):
         raise StateError(f"{path} is not a valid agent state file; enroll again")
-    return AgentState(gateway=raw["gateway"], instance_id=raw["instance_id"], credential=raw["credential"])
+    ca, pins, plaintext = raw.get("gateway_ca"), raw.get("gateway_pins", []), raw.get("plaintext", False)
+    if not (ca is None or isinstance(ca, str)) or not isinstance(pins, list) or not isinstance(plaintext, bool):
+        raise StateError(f"{path} is not a valid agent state file; enroll again")
+    return AgentState(
+        gateway=raw["gateway"],
+        instance_id=raw["instance_id"],
+        credential=raw["credential"],
+        gateway_ca=ca,
+        gateway_pins=tuple(str(p) for p in pins),
+        plaintext=plaintext,
+    )
 
 
 _FIELDS = ("gateway", "instance_id", "credential")

@@ -1,4 +1,4 @@
-"""Process-wide CPU quota for a backup job (seed: low priority 1 core, high 2 cores).
+"""Process-wide CPU quota for a backup job: the job command's ``max_cores`` (the gateway maps priority to it).
 
 The worker pool already has ``cores`` threads, but the event loop thread and
 gRPC's threads also burn CPU, so the limit must cover the whole process. In

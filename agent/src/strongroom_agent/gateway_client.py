@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, cast
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
+
+from strongroom_agent.transport import GatewayTrust, channel_credentials
 
 # Chunks are up to 16 MiB and file entries of huge files carry many chunk ids.
 MAX_MESSAGE_BYTES = 64 << 20
@@ -53,17 +55,39 @@ def sent_chunks(response: gateway_pb2.ReadChunksResponse) -> list[SentChunk]:
     return [SentChunk(response.chunk_id, response.data, response.compression, response.raw_length)]
 
 
+# The gRPC status names (``grpc.StatusCode``), so mypy catches a misspelt code where one is compared.
+StatusCode = Literal[
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+]
+
+
 class GatewayError(Exception):
     """A gateway call failed. ``code`` is the gRPC status name, e.g. ``UNAVAILABLE``."""
 
-    def __init__(self, code: str, details: str) -> None:
+    def __init__(self, code: StatusCode, details: str) -> None:
         super().__init__(f"{code}: {details}" if details else code)
         self.code = code
         self.details = details
 
     @classmethod
     def from_rpc(cls, exc: grpc.aio.AioRpcError) -> GatewayError:
-        return cls(exc.code().name, exc.details() or "")
+        return cls(cast(StatusCode, exc.code().name), exc.details() or "")
 
 
 class ControlStream(Protocol):
@@ -100,14 +124,20 @@ class GatewayClient(Protocol):
         ...
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    # Plaintext: the deployment terminates TLS in front of the gateway (see the report).
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def open_channel(address: str, trust: GatewayTrust) -> grpc.aio.Channel:
+    """A channel to the gateway: TLS under ``trust`` (pinned CA), plaintext only if it says so."""
+    credentials = channel_credentials(trust)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
 
 
-async def enroll(address: str, request: gateway_pb2.EnrollRequest) -> gateway_pb2.EnrollResponse:
-    """Exchange an enrollment token for a credential (the only call without authorization)."""
-    async with open_channel(address) as channel:
+async def enroll(address: str, request: gateway_pb2.EnrollRequest, trust: GatewayTrust) -> gateway_pb2.EnrollResponse:
+    """Exchange an enrollment token for a credential (the only call without authorization).
+
+    The channel is pinned before the token is sent, so an interceptor never sees it.
+    """
+    async with open_channel(address, trust) as channel:
         stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
         try:
             response: gateway_pb2.EnrollResponse = await stub.Enroll(request, timeout=ENROLL_TIMEOUT_SECONDS)

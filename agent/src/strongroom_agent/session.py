@@ -33,11 +33,11 @@ from strongroom_agent.cpu_limit import process_cpu_limit
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.filesystems import discover_filesystems, filesystem_for_root
 from strongroom_agent.gateway_client import ControlStream, GatewayClient, GatewayError
+from strongroom_agent.jobs import ProgressCallback
 from strongroom_agent.restore import run_restore
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[common_pb2.JobStats], Awaitable[None]]
 BackupRunner = Callable[[gateway_pb2.RunBackup, asyncio.Event, ProgressCallback], Awaitable[gateway_pb2.JobFinished]]
 RestoreRunner = Callable[[gateway_pb2.RunRestore, asyncio.Event, ProgressCallback], Awaitable[gateway_pb2.JobFinished]]
 Sleep = Callable[[float], Awaitable[None]]

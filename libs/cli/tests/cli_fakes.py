@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
@@ -267,6 +268,40 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
         )
 
 
+GOOD_TOKEN = "srt_" + "a" * 24 + "_" + "s" * 43
+
+
+class FakeTokens(auth_pb2_grpc.TokenServiceServicer):
+    """Knows one token (GOOD_TOKEN, admin of 'default'); records the authorization each call carried."""
+
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.authorizations: list[str] = []
+
+    def _check(self, context: grpc.ServicerContext) -> None:
+        value = dict(context.invocation_metadata()).get("authorization", "")
+        self.authorizations.append(str(value))
+        if value != f"Bearer {GOOD_TOKEN}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or expired API token")
+
+    def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: grpc.ServicerContext) -> auth_pb2.WhoAmIResponse:  # noqa: N802
+        self.calls.record("WhoAmI", request)
+        self._check(context)
+        return auth_pb2.WhoAmIResponse(
+            subject="token:" + "a" * 24, grants=[auth_pb2.Grant(account_id="default", role=auth_pb2.ROLE_ADMIN)]
+        )
+
+    def CreateToken(  # noqa: N802
+        self, request: auth_pb2.CreateTokenRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.CreateTokenResponse:
+        self.calls.record("CreateToken", request)
+        self._check(context)
+        token = auth_pb2.ApiToken(
+            token_id="b" * 24, name=request.name, grants=request.grants, expires_at=T0, created_at=T0
+        )
+        return auth_pb2.CreateTokenResponse(token=token, secret="srt_" + "b" * 24 + "_" + "t" * 43)
+
+
 @dataclass
 class FakeServices:
     calls: Calls
@@ -274,6 +309,7 @@ class FakeServices:
     catalog: FakeCatalog
     restore: FakeRestore
     billing: FakeBilling
+    tokens: FakeTokens
     address: str
 
 
@@ -282,13 +318,20 @@ def fake_services() -> Iterator[FakeServices]:
     """All four fakes on one gRPC server (a threaded server, since the CLI runs its own event loop)."""
     calls = Calls()
     services = FakeServices(
-        calls, FakeScheduler(calls), FakeCatalog(calls), FakeRestore(calls), FakeBilling(calls), address=""
+        calls,
+        FakeScheduler(calls),
+        FakeCatalog(calls),
+        FakeRestore(calls),
+        FakeBilling(calls),
+        FakeTokens(calls),
+        address="",
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(services.scheduler, server)
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(services.catalog, server)
     restore_pb2_grpc.add_RestoreServiceServicer_to_server(services.restore, server)
     billing_pb2_grpc.add_BillingServiceServicer_to_server(services.billing, server)
+    auth_pb2_grpc.add_TokenServiceServicer_to_server(services.tokens, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     services.address = f"127.0.0.1:{port}"

@@ -17,6 +17,12 @@ def services(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeSe
     for name in (*SERVICES, "gateway"):
         monkeypatch.delenv(f"STRONGROOM_{name.upper()}_ADDR", raising=False)
     monkeypatch.delenv("STRONGROOM_ACCOUNT_ID", raising=False)
+    monkeypatch.delenv("STRONGROOM_TOKEN", raising=False)
+    monkeypatch.delenv("STRONGROOM_TLS_CA", raising=False)
+    monkeypatch.delenv("STRONGROOM_STANDALONE_DIR", raising=False)
+    # the fakes speak plaintext; test_cli_login checks that the CLI refuses it by default
+    monkeypatch.setenv("STRONGROOM_INSECURE_PLAINTEXT", "1")
+    monkeypatch.setenv("STRONGROOM_CONFIG", str(tmp_path / "config" / "credentials.json"))
     with fake_services() as fakes:
         for name in SERVICES:
             monkeypatch.setenv(f"STRONGROOM_{name.upper()}_ADDR", fakes.address)

@@ -26,7 +26,8 @@ def test_instances_list_table(services: FakeServices, cli: Cli) -> None:
     assert lines[1].split() == ["i-1", "web-1", "cn-hangzhou", "running", "low", "02:30", "2026-01-01", "11:00:00"]
     assert len(lines) == 3
     request = services.calls.last("ListInstances")
-    assert (request.account_id, request.region) == ("default", "cn-hangzhou")  # type: ignore[attr-defined]
+    # no --account: the empty field means "the credential's only account" (ADR 0024)
+    assert (request.account_id, request.region) == ("", "cn-hangzhou")  # type: ignore[attr-defined]
 
 
 def test_instances_list_json_and_account(services: FakeServices, cli: Cli) -> None:
@@ -170,6 +171,14 @@ def test_restore_create_request(services: FakeServices, cli: Cli) -> None:
 def test_restore_default_policy_is_skip(services: FakeServices, cli: Cli) -> None:
     assert cli("restore", "create", "p-1")[0] == 0
     assert services.calls.last("CreateRestoreJob").conflict_policy == gateway_pb2.CONFLICT_POLICY_SKIP  # type: ignore[attr-defined]
+    assert not services.calls.last("CreateRestoreJob").confirm_original_path_on_other_instance  # type: ignore[attr-defined]
+
+
+def test_restore_onto_another_instance_at_the_original_path_is_confirmed(services: FakeServices, cli: Cli) -> None:
+    assert cli("restore", "create", "p-1", "--target-instance", "i-2", "--confirm-original-path")[0] == 0
+    request = services.calls.last("CreateRestoreJob")
+    assert (request.target_instance_id, request.target_path) == ("i-2", "")  # type: ignore[attr-defined]
+    assert request.confirm_original_path_on_other_instance  # type: ignore[attr-defined]
 
 
 def test_restore_wait_polls_until_complete(services: FakeServices, cli: Cli) -> None:

@@ -41,6 +41,8 @@ def test_cli_finds_services_through_the_standalone_file(
     monkeypatch.chdir(tmp_path)
     for name in ("SCHEDULER", "CATALOG", "RESTORE", "BILLING"):
         monkeypatch.delenv(f"STRONGROOM_{name}_ADDR", raising=False)
+    monkeypatch.delenv("STRONGROOM_STANDALONE_DIR", raising=False)
+    monkeypatch.setenv("STRONGROOM_INSECURE_PLAINTEXT", "1")  # the fakes speak plaintext
     with fake_services() as fakes:
         write_state(tmp_path, {"scheduler": fakes.address, "billing": fakes.address, "gateway": "127.0.0.1:9"})
         code, out, err = cli("overview")

@@ -317,14 +317,15 @@ async def test_a_listener_without_tls_is_refused_unless_plaintext_is_explicitly_
 def test_settings_from_the_environment(pki: Pki) -> None:
     base = {"STRONGROOM_PG_DSN": "postgresql://x", "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092"}
     base["STRONGROOM_OBJECT_STORE"] = "file:/x"
-    plain = PlatformSettings.from_env(base)
+    with pytest.raises(PlaintextRefused, match="plaintext needs STRONGROOM_INSECURE_PLAINTEXT=1"):
+        PlatformSettings.from_env(base)
+    plain = PlatformSettings.from_env({**base, "STRONGROOM_INSECURE_PLAINTEXT": "1"})
     assert (plain.tls, plain.insecure_plaintext, plain.pg_tls.enabled, plain.kafka_tls.enabled) == (
         None,
-        False,
+        True,
         False,
         False,
     )
-    assert PlatformSettings.from_env({**base, "STRONGROOM_INSECURE_PLAINTEXT": "1"}).insecure_plaintext
 
     tls_env = {
         "STRONGROOM_TLS_CERT": str(pki.cert_file),
@@ -355,7 +356,7 @@ def test_settings_from_the_environment(pki: Pki) -> None:
     )
     assert agent_port == TlsSettings(Path("/c"), Path("/k"))
 
-    s3_env = {**base, "STRONGROOM_OBJECT_STORE": "s3", "STRONGROOM_S3_ENDPOINT": "s3:9000"}
+    s3_env = {**base, **tls_env, "STRONGROOM_OBJECT_STORE": "s3", "STRONGROOM_S3_ENDPOINT": "s3:9000"}
     s3_env |= {"STRONGROOM_S3_ACCESS_KEY": "a", "STRONGROOM_S3_SECRET_KEY": "s"}
     s3 = PlatformSettings.from_env({**s3_env, "STRONGROOM_S3_TLS_CA": str(pki.ca_file)}).s3
     assert s3 is not None and (s3.secure, s3.ca_file) == (True, pki.ca_file)
@@ -430,7 +431,12 @@ async def test_kafka_clients_handshake_with_the_backend_context(pki: Pki) -> Non
     assert (
         BackendTls()
         == PlatformSettings.from_env(
-            {"STRONGROOM_PG_DSN": "x", "STRONGROOM_KAFKA_BOOTSTRAP": "y", "STRONGROOM_OBJECT_STORE": "file:/x"}
+            {
+                "STRONGROOM_PG_DSN": "x",
+                "STRONGROOM_KAFKA_BOOTSTRAP": "y",
+                "STRONGROOM_OBJECT_STORE": "file:/x",
+                "STRONGROOM_INSECURE_PLAINTEXT": "1",
+            }
         ).kafka_tls
     )
     assert backend_ssl_context(BackendTls()) is None

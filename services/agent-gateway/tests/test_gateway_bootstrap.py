@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import socket
@@ -21,9 +22,12 @@ from strongroom_platform import events
 from strongroom_platform.events import to_timestamp
 from strongroom_platform.settings import PlatformSettings, SettingsError
 from strongroom_platform.testing import FakeClock, InMemoryEventBus, InMemoryObjectStore
+from strongroom_testing.pki import LocalPki
 
 
-async def test_run_announces_and_serves_with_injected_fakes(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_run_announces_and_serves_with_injected_fakes(
+    local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+) -> None:
     clock = FakeClock()
     bus = InMemoryEventBus()
     store = InMemoryGatewayStore()
@@ -35,6 +39,7 @@ async def test_run_announces_and_serves_with_injected_fakes(capsys: pytest.Captu
             object_store="file:unused",
             s3=None,
             otel="none",
+            tls=dataclasses.replace(local_pki.tls("gateway"), client_ca_file=None),
         ),
         master_key=MasterKeyConfig(key=bytes(range(32))),
     )
@@ -69,7 +74,8 @@ async def test_run_announces_and_serves_with_injected_fakes(capsys: pytest.Captu
             token_expires_at=to_timestamp(clock.now() + dt.timedelta(hours=1)),
         )
         await bus.publish(events.INSTANCE_ACTIVATED, b"i-1", activated.SerializeToString())
-        async with grpc.aio.insecure_channel(address) as channel:
+        agent_tls = grpc.ssl_channel_credentials(root_certificates=local_pki.ca_file.read_bytes())
+        async with grpc.aio.secure_channel(address, agent_tls) as channel:
             stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
             for _ in range(500):
                 if "i-1" in store.state.instances:
@@ -90,20 +96,25 @@ def _free_port() -> int:
 
 
 async def _serving(capsys: pytest.CaptureFixture[str]) -> str:
+    """The agents' listener (the internal one announces itself first, as gateway-internal)."""
+    printed = ""
     for _ in range(500):
-        out = capsys.readouterr().out
-        if out:
-            return out.split()[2]
+        printed += capsys.readouterr().out
+        if "LISTENING gateway " in printed:
+            return printed.split("LISTENING gateway ", 1)[1].split()[0]
         await asyncio.sleep(0.01)
     raise AssertionError("the gateway did not announce itself")
 
 
-async def test_internal_api_only_on_its_own_listener_when_configured(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_internal_api_only_on_its_own_listener_for_the_catalog_only(
+    local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+) -> None:
     clock = FakeClock()
     bus = InMemoryEventBus()
     internal = f"127.0.0.1:{_free_port()}"
+    tls = local_pki.tls("gateway")
     settings = Settings(
-        platform=PlatformSettings("unused", "unused", True, "file:unused", None, "none"),
+        platform=PlatformSettings("unused", "unused", True, "file:unused", None, "none", tls=tls),
         master_key=MasterKeyConfig(key=bytes(range(32))),
         internal_listen=internal,
     )
@@ -121,14 +132,23 @@ async def test_internal_api_only_on_its_own_listener_when_configured(capsys: pyt
     request = manifest_pb2.ReadPointManifestRequest(point_id="p-unknown")
     try:
         agents = await _serving(capsys)
-        async with grpc.aio.insecure_channel(agents) as channel:
+        agent_tls = grpc.ssl_channel_credentials(root_certificates=local_pki.ca_file.read_bytes())
+        async with grpc.aio.secure_channel(agents, agent_tls) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 [r async for r in manifest_pb2_grpc.ManifestServiceStub(channel).ReadPointManifest(request)]
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED  # not on the agents' listener
-        async with grpc.aio.insecure_channel(internal) as channel:
+        async with local_pki.service_channel(internal, "catalog") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 [r async for r in manifest_pb2_grpc.ManifestServiceStub(channel).ReadPointManifest(request)]
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        async with local_pki.service_channel(internal, "restore") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [r async for r in manifest_pb2_grpc.ManifestServiceStub(channel).ReadPointManifest(request)]
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED  # another service's certificate
+        async with grpc.aio.secure_channel(internal, agent_tls) as channel:  # no client certificate
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [r async for r in manifest_pb2_grpc.ManifestServiceStub(channel).ReadPointManifest(request)]
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

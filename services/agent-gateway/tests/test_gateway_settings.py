@@ -9,6 +9,7 @@ from strongroom_platform.settings import SettingsError
 
 BASE = {
     "STRONGROOM_PG_DSN": "postgresql://u@localhost/db",
+    "STRONGROOM_INSECURE_PLAINTEXT": "1",  # what is tested here is not the transport
     "STRONGROOM_KAFKA_BOOTSTRAP": "localhost:9092",
     "STRONGROOM_OBJECT_STORE": "file:/tmp/objects",
     "STRONGROOM_MASTER_KEY": base64.b64encode(bytes(range(32))).decode(),

@@ -7,11 +7,21 @@ import datetime as dt
 from strongroom.events.v1 import events_pb2
 from strongroom_billing import handlers
 from strongroom_billing.ports import BillingStore
+from strongroom_platform.auth import CallAuth, Principal, Role, operator
 from strongroom_platform.clock import utc
 from strongroom_platform.events import new_meta, to_timestamp
+from strongroom_platform.testing import call_for
 
 GIB = 1 << 30
 T0 = utc(2026, 1, 1)
+GET_OVERVIEW = "/strongroom.billing.v1.BillingService/GetOverview"
+
+
+def overview_call(principal: Principal | str = "acme") -> CallAuth:
+    """The ``CallAuth`` of ``GetOverview`` by ``principal``; a string names the account of an admin."""
+    if isinstance(principal, str):
+        principal = operator(f"token:admin-of-{principal}", {principal: Role.ADMIN})
+    return call_for(GET_OVERVIEW, principal)
 
 
 async def activated(store: BillingStore, instance_id: str, region: str = "cn-hangzhou", account: str = "acme") -> None:

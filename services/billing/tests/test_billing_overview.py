@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from billing_helpers import GIB, activated, deactivated, expired, point, point_event
+from billing_helpers import GIB, activated, deactivated, expired, overview_call, point, point_event
 from strongroom_billing import handlers
 from strongroom_billing.errors import InvalidArgument
 from strongroom_billing.models import FREE_QUOTA_BYTES, Usage
@@ -9,7 +9,7 @@ from strongroom_billing.ports import BillingStore
 
 
 async def usage(store: BillingStore, region: str = "", account: str = "acme") -> Usage:
-    return (await handlers.get_overview(store, account, region)).usage
+    return (await handlers.get_overview(store, account, region, call=overview_call(account))).usage
 
 
 async def test_free_quota_is_100_gib() -> None:
@@ -23,14 +23,14 @@ async def test_seed_example(store: BillingStore) -> None:
         await activated(store, f"i{n}")
     for n in range(5):
         await point(store, f"i{n}", f"v{n}", 40 * GIB)
-    view = await handlers.get_overview(store, "acme", "cn-hangzhou")
+    view = await handlers.get_overview(store, "acme", "cn-hangzhou", call=overview_call())
     assert (view.usage.backed_up, view.usage.unbacked_up) == (5, 3)
     assert view.usage.capacity_bytes == 200 * GIB
     assert view.free_quota_bytes == 0  # quota figures belong to the all-regions view
     # after the 3 others get versions: 8 backed up, 0 (seed: 4, the never-activated ones) un-backed-up
     for n in range(5, 8):
         await point(store, f"i{n}", f"v{n}", 10 * GIB)
-    total = await handlers.get_overview(store, "acme", "")
+    total = await handlers.get_overview(store, "acme", "", call=overview_call())
     assert (total.usage.backed_up, total.usage.unbacked_up, total.usage.capacity_bytes) == (8, 0, 230 * GIB)
     assert total.free_quota_bytes == 100 * GIB
     assert total.free_quota_used_bytes == 100 * GIB
@@ -40,7 +40,7 @@ async def test_seed_example(store: BillingStore) -> None:
 async def test_under_the_quota_nothing_is_billable(store: BillingStore) -> None:
     await activated(store, "a")
     await point(store, "a", "v1", 60 * GIB)
-    total = await handlers.get_overview(store, "acme", "")
+    total = await handlers.get_overview(store, "acme", "", call=overview_call())
     assert (total.free_quota_used_bytes, total.billable_bytes) == (60 * GIB, 0)
 
 
@@ -88,7 +88,7 @@ async def test_canceled_instance_is_neither_counted_nor_billed(store: BillingSto
     await point(store, "a", "v1", 300 * GIB)
     await deactivated(store, "a")
     await deactivated(store, "b")
-    total = await handlers.get_overview(store, "acme", "")
+    total = await handlers.get_overview(store, "acme", "", call=overview_call())
     assert total.usage == Usage(backed_up=0, unbacked_up=0, capacity_bytes=0)
     assert total.billable_bytes == 0
     await activated(store, "a")  # a late duplicate-looking activation does not revive it
@@ -116,8 +116,8 @@ async def test_event_without_ids_is_rejected(store: BillingStore) -> None:
         await handlers.handle_point_created(point_event("a", "", 1), store)
 
 
-async def test_default_account_and_bad_region(store: BillingStore) -> None:
+async def test_the_credentials_only_account_and_bad_region(store: BillingStore) -> None:
     await activated(store, "a", account="default")
-    assert (await handlers.get_overview(store, "", "")).usage.unbacked_up == 1
+    assert (await handlers.get_overview(store, "", "", call=overview_call("default"))).usage.unbacked_up == 1
     with pytest.raises(InvalidArgument, match="surrounding spaces"):
-        await handlers.get_overview(store, "acme", " r1")
+        await handlers.get_overview(store, "acme", " r1", call=overview_call())

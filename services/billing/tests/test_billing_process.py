@@ -12,10 +12,12 @@ from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom.events.v1 import events_pb2
 from strongroom_billing import bootstrap
 from strongroom_billing.settings import Settings
+from strongroom_platform.admin import create_admin_token
 from strongroom_platform.events import INSTANCE_ACTIVATED, POINT_CREATED, new_meta
 from strongroom_platform.settings import PlatformSettings, SettingsError
 from strongroom_platform.testing import InMemoryEventBus
 from strongroom_testing.faults import TcpProxy
+from strongroom_testing.pki import LocalPki
 
 
 def test_settings_from_env() -> None:
@@ -25,6 +27,7 @@ def test_settings_from_env() -> None:
             "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092",
             "STRONGROOM_KAFKA_IDEMPOTENT": "0",
             "STRONGROOM_OBJECT_STORE": "file:/unused",
+            "STRONGROOM_INSECURE_PLAINTEXT": "1",
         }
     )
     assert (settings.platform.kafka_idempotent, settings.grpc_listen) == (False, "127.0.0.1:0")
@@ -32,15 +35,20 @@ def test_settings_from_env() -> None:
         Settings.from_env({"STRONGROOM_KAFKA_BOOTSTRAP": "k:9092", "STRONGROOM_OBJECT_STORE": "file:/unused"})
 
 
-def _settings(pg_dsn: str) -> Settings:
-    return Settings(platform=PlatformSettings(pg_dsn, "unused:9092", True, "file:unused", None, "none"))
+def _settings(pg_dsn: str, pki: LocalPki) -> Settings:
+    return Settings(
+        platform=PlatformSettings(pg_dsn, "unused:9092", True, "file:unused", None, "none", tls=pki.tls("billing"))
+    )
 
 
 @pytest.mark.integration
-async def test_process_consumes_and_serves_overview(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_process_consumes_and_serves_overview(
+    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    task = asyncio.create_task(bootstrap.run(_settings(pg_dsn), stop, consumer_factory=bus.consumer))
+    token = await create_admin_token(pg_dsn, "acme")
+    task = asyncio.create_task(bootstrap.run(_settings(pg_dsn, local_pki), stop, consumer_factory=bus.consumer))
     try:
         printed = ""
         for _ in range(500):
@@ -55,7 +63,7 @@ async def test_process_consumes_and_serves_overview(pg_dsn: str, capsys: pytest.
         await bus.publish(INSTANCE_ACTIVATED, b"i1", activated.SerializeToString())
         await bus.publish(POINT_CREATED, b"i1", point_event("i1", "v1", 150 * GIB).SerializeToString())
         await bus.publish(POINT_CREATED, b"i1", b"\x01garbage")
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with local_pki.operator_channel(address, token) as channel:
             stub = billing_pb2_grpc.BillingServiceStub(channel)
             expected = billing_pb2.Overview(
                 backed_up_instances=1,
@@ -89,16 +97,17 @@ async def test_process_consumes_and_serves_overview(pg_dsn: str, capsys: pytest.
 
 @pytest.mark.integration
 async def test_a_call_while_the_database_is_down_is_unavailable_with_a_clear_message(
-    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = urlsplit(pg_dsn)
+    token = await create_admin_token(pg_dsn, "acme")
     async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
         stop = asyncio.Event()
-        settings = _settings(proxy.dsn_via(pg_dsn))
+        settings = _settings(proxy.dsn_via(pg_dsn), local_pki)
         task = asyncio.create_task(bootstrap.run(settings, stop, consumer_factory=InMemoryEventBus().consumer))
         try:
             address = await _listening("billing", capsys)
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with local_pki.operator_channel(address, token) as channel:
                 stub = billing_pb2_grpc.BillingServiceStub(channel)
                 await stub.GetOverview(billing_pb2.GetOverviewRequest(account_id="acme"))  # the database is up
                 await proxy.cut()

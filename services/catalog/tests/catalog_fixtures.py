@@ -12,15 +12,26 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_catalog.migrations import MIGRATIONS
 from strongroom_catalog.model import EntryRow, PointRecord
+from strongroom_platform.auth import CallAuth, Principal, Role, operator
 from strongroom_platform.clock import utc
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.events import new_meta, to_timestamp
 from strongroom_platform.manifest import encode_manifest
+from strongroom_platform.testing import call_for
 
 T0 = utc(2026, 1, 1)
 DIR = common_pb2.ENTRY_TYPE_DIRECTORY
 FILE = common_pb2.ENTRY_TYPE_FILE
 SYMLINK = common_pb2.ENTRY_TYPE_SYMLINK
+
+
+CATALOG = "/strongroom.catalog.v1.CatalogService/"
+ADMIN = operator("token:admin-of-acct", {"acct": Role.ADMIN})
+
+
+def call(method: str, principal: Principal = ADMIN) -> CallAuth:
+    """The ``CallAuth`` of ``principal`` (default: an admin of acct) calling the catalog's ``method``."""
+    return call_for(CATALOG + method, principal)
 
 
 def point(

@@ -53,7 +53,7 @@ class CatalogRepositoryContract:
             await tx.upsert_point(dataclasses.replace(point(), file_count=99))
             locked = await tx.get_point("p1")
         assert locked is not None and locked.browsable and locked.file_count == 99
-        versions = await repo.list_versions("i-1")
+        versions = await repo.list_versions("i-1", accounts=None)
         assert [v.version_id for v in versions] == ["v1"]
 
     async def test_index_error_is_recorded(self, harness: Harness) -> None:
@@ -71,12 +71,23 @@ class CatalogRepositoryContract:
             await tx.upsert_point(point("p-data", "v-new", created_at=T0 + dt.timedelta(days=1), mount_point="/data"))
             await tx.upsert_point(point("p-root", "v-new", created_at=T0 + dt.timedelta(days=1), mount_point="/"))
             await tx.upsert_point(point("p-other", "v-other", instance_id="i-2"))
-        versions = await repo.list_versions("i-1")
+        versions = await repo.list_versions("i-1", accounts=None)
         assert [v.version_id for v in versions] == ["v-new", "v-old"]
         assert [p.point_id for p in versions[0].points] == ["p-root", "p-data"]
         assert versions[0].created_at == T0 + dt.timedelta(days=1)
         assert versions[0].account_id == "acct" and versions[0].expired_at is None
-        assert await repo.list_versions("i-unknown") == []
+        assert await repo.list_versions("i-unknown", accounts=None) == []
+
+    async def test_list_versions_of_the_given_accounts_only(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.upsert_point(point("p1", "v1"))
+            await tx.upsert_point(point("p2", "v2", created_at=T0 + dt.timedelta(days=1), account_id="other"))
+        assert [v.version_id for v in await repo.list_versions("i-1", accounts=["acct"])] == ["v1"]
+        [other] = await repo.list_versions("i-1", accounts=["other", "third"])
+        assert (other.version_id, [p.point_id for p in other.points]) == ("v2", ["p2"])
+        assert [v.version_id for v in await repo.list_versions("i-1", accounts=None)] == ["v2", "v1"]
+        assert await repo.list_versions("i-1", accounts=[]) == []
 
     async def test_children_sorted_by_name_in_byte_order_and_paged(self, harness: Harness) -> None:
         repo = harness.repo
@@ -183,7 +194,7 @@ class CatalogRepositoryContract:
         async with repo.transaction() as tx:
             assert await tx.expire_version("v1", at) is None
             assert await tx.expire_version("unknown", at) is None
-        assert [v.version_id for v in await repo.list_versions("i-1")] == ["v2"]
+        assert [v.version_id for v in await repo.list_versions("i-1", accounts=None)] == ["v2"]
         expired = await repo.get_point("p1")
         assert expired is not None and expired.expired and not expired.browsable
         assert await repo.list_children("p1", "", after="", limit=10) == []
@@ -198,7 +209,7 @@ class CatalogRepositoryContract:
             await tx.upsert_point(point("p1", "v1"))
             await tx.expire_version("v1", T0)
             await tx.upsert_point(point("p2", "v1", mount_point="/data"))
-        assert await repo.list_versions("i-1") == []
+        assert await repo.list_versions("i-1", accounts=None) == []
         late = await repo.get_point("p2")
         assert late is not None and late.expired
 

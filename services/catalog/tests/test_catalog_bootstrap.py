@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,10 +17,12 @@ from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.events.v1 import events_pb2
 from strongroom_catalog.bootstrap import run
 from strongroom_catalog.settings import Settings
+from strongroom_platform.admin import create_admin_token
 from strongroom_platform.clock import utc
 from strongroom_platform.events import INSTANCE_SETTINGS_CHANGED, POINT_CREATED, VERSION_EXPIRED
 from strongroom_platform.settings import PlatformSettings
 from strongroom_platform.testing import FakeClock, InMemoryEventBus, InMemoryObjectStore
+from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +30,7 @@ NOW = utc(2026, 6, 1)
 HOUR = 3600
 
 
-def settings(pg_dsn: str) -> Settings:
+def settings(pg_dsn: str, pki: LocalPki) -> Settings:
     platform = PlatformSettings(
         pg_dsn=pg_dsn,
         kafka_bootstrap="unused:9092",
@@ -33,6 +38,7 @@ def settings(pg_dsn: str) -> Settings:
         object_store="file:unused",
         s3=None,
         otel="none",
+        tls=pki.tls("catalog"),
     )
     return Settings(platform=platform, grpc_listen="127.0.0.1:0", retention_interval=HOUR)
 
@@ -41,9 +47,12 @@ def settings(pg_dsn: str) -> Settings:
 async def running_catalog(
     pg_dsn: str, capsys: pytest.CaptureFixture[str], bus: InMemoryEventBus, clock: FakeClock, store: InMemoryObjectStore
 ) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
+    pki = LocalPki.create(Path(tempfile.mkdtemp(prefix="catalog-pki-")))
+    # the token's expiry is checked against the test's clock
+    token = await create_admin_token(pg_dsn, "acct", clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(
-        run(settings(pg_dsn), stop, clock=clock, object_store=store, publisher=bus, consumer_factory=bus.consumer)
+        run(settings(pg_dsn, pki), stop, clock=clock, object_store=store, publisher=bus, consumer_factory=bus.consumer)
     )
     output: list[str] = []
 
@@ -57,11 +66,12 @@ async def running_catalog(
     host_port = line.removeprefix("LISTENING catalog ")
     assert host_port.startswith("127.0.0.1:") and int(host_port.rsplit(":", 1)[1]) > 0
     try:
-        async with grpc.aio.insecure_channel(host_port) as channel:
+        async with pki.operator_channel(host_port, token) as channel:
             yield catalog_pb2_grpc.CatalogServiceStub(channel)  # type: ignore[misc]
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+        shutil.rmtree(pki.directory, ignore_errors=True)
 
 
 async def test_points_are_indexed_browsed_and_expired(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,7 +29,7 @@ async def test_consumes_point_created_and_sends_garbage_to_dlq() -> None:
         await wait_for_commit(bus, POINT_CREATED, 3)
     finally:
         await consumer.stop()
-    [version] = await repo.list_versions("i-1")
+    [version] = await repo.list_versions("i-1", accounts=None)
     assert version.points[0].browsable
     [(_, dead)] = bus.topics[f"{POINT_CREATED}.dlq"]
     assert dead == b"\xff\xff not protobuf"
@@ -53,4 +53,4 @@ async def test_incomplete_event_goes_to_dlq(field: str) -> None:
     assert len(bus.topics[f"{POINT_CREATED}.dlq"]) == 1
     [error] = bus.dlq_errors[f"{POINT_CREATED}.dlq"]
     assert f"lacks {field}" in error
-    assert await repo.list_versions("i-1") == []
+    assert await repo.list_versions("i-1", accounts=None) == []

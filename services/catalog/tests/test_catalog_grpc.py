@@ -13,8 +13,8 @@ from strongroom.common.v1 import common_pb2
 from strongroom_catalog.grpc_api import CatalogServicer, register
 from strongroom_catalog.handlers import handle_point_created
 from strongroom_catalog.testing import InMemoryCatalogStore
-from strongroom_platform.runtime import start_grpc_server
-from strongroom_platform.testing import InMemoryObjectStore
+from strongroom_platform.auth import Role
+from strongroom_platform.testing import InMemoryObjectStore, serve_authenticated
 
 
 @pytest.fixture
@@ -39,12 +39,8 @@ async def repo() -> InMemoryCatalogStore:
 
 @pytest.fixture
 async def stub(repo: InMemoryCatalogStore) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
-    server, port = await start_grpc_server("127.0.0.1:0", register(CatalogServicer(repo)))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield catalog_pb2_grpc.CatalogServiceStub(channel)  # type: ignore[misc]
-    finally:
-        await server.stop(None)
+    async with serve_authenticated(register(CatalogServicer(repo)), {"acct": Role.ADMIN}) as channel:
+        yield catalog_pb2_grpc.CatalogServiceStub(channel)  # type: ignore[misc]
 
 
 async def expect_error(call: object, code: grpc.StatusCode, message: str) -> None:

@@ -8,7 +8,18 @@ from contextlib import asynccontextmanager
 
 import pytest
 import zstandard
-from catalog_fixtures import DIR, FILE, SAMPLE_ENTRIES, SYMLINK, T0, file_entry, point_created, row, sample_manifest
+from catalog_fixtures import (
+    DIR,
+    FILE,
+    SAMPLE_ENTRIES,
+    SYMLINK,
+    T0,
+    call,
+    file_entry,
+    point_created,
+    row,
+    sample_manifest,
+)
 from strongroom.common.v1 import common_pb2
 from strongroom_catalog import handlers
 from strongroom_catalog.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -46,7 +57,7 @@ async def test_point_created_records_version_point_and_index(
 ) -> None:
     event = point_created()
     await handlers.handle_point_created(event, repo=repo, store=store)
-    [version] = await repo.list_versions("i-1")
+    [version] = await repo.list_versions("i-1", accounts=None)
     assert version.version_id == "v1" and version.account_id == "acct"
     assert version.created_at == T0
     [p] = version.points
@@ -65,7 +76,7 @@ async def test_redelivered_event_changes_nothing(repo: InMemoryCatalogStore, sto
     before = await all_paths(repo, "p1")
     await handlers.handle_point_created(event, repo=repo, store=store)
     assert await all_paths(repo, "p1") == before
-    assert len(await repo.list_versions("i-1")) == 1
+    assert len(await repo.list_versions("i-1", accounts=None)) == 1
 
 
 class CrashingRepository(InMemoryCatalogStore):
@@ -132,7 +143,9 @@ async def test_missing_manifest_is_recorded_not_retried(repo: InMemoryCatalogSto
     p = await repo.get_point("p1")
     assert p is not None and not p.browsable
     assert p.index_error == "manifest 'manifests/p1' not found"
-    assert len(await repo.list_versions("i-1")) == 1  # still listed (and restorable once the object shows up)
+    assert (
+        len(await repo.list_versions("i-1", accounts=None)) == 1
+    )  # still listed (and restorable once the object shows up)
 
 
 @pytest.mark.parametrize(
@@ -216,35 +229,35 @@ async def indexed(repo: InMemoryCatalogStore, store: InMemoryObjectStore) -> InM
 
 async def test_list_versions_requires_instance(repo: InMemoryCatalogStore) -> None:
     with pytest.raises(InvalidArgument, match="instance_id is required"):
-        await handlers.list_versions(repo, "")
+        await handlers.list_versions(repo, "", call=call("ListVersions"))
 
 
 async def test_get_point(indexed: InMemoryCatalogStore) -> None:
-    assert (await handlers.get_point(indexed, "p1")).point_id == "p1"
+    assert (await handlers.get_point(indexed, "p1", call=call("GetPoint"))).point_id == "p1"
     with pytest.raises(NotFound, match="point 'nope' not found"):
-        await handlers.get_point(indexed, "nope")
+        await handlers.get_point(indexed, "nope", call=call("GetPoint"))
     with pytest.raises(InvalidArgument, match="point_id is required"):
-        await handlers.get_point(indexed, "")
+        await handlers.get_point(indexed, "", call=call("GetPoint"))
 
 
 async def test_expired_point_is_not_found(indexed: InMemoryCatalogStore) -> None:
     async with indexed.transaction() as tx:
         await tx.expire_version("v1", handlers.from_timestamp(point_created().version_created_at))
     with pytest.raises(NotFound, match="expired"):
-        await handlers.get_point(indexed, "p1")
+        await handlers.get_point(indexed, "p1", call=call("GetPoint"))
     with pytest.raises(NotFound, match="expired"):
-        await handlers.browse_point(indexed, "p1", "")
+        await handlers.browse_point(indexed, "p1", "", call=call("BrowsePoint"))
 
 
 @pytest.mark.parametrize("path", ["", "/"])
 async def test_browse_root(indexed: InMemoryCatalogStore, path: str) -> None:
-    rows, token = await handlers.browse_point(indexed, "p1", path)
+    rows, token = await handlers.browse_point(indexed, "p1", path, call=call("BrowsePoint"))
     assert [r.path for r in rows] == ["etc", "home"] and token == ""
 
 
 @pytest.mark.parametrize("path", ["etc", "etc/"])
 async def test_browse_directory(indexed: InMemoryCatalogStore, path: str) -> None:
-    rows, _ = await handlers.browse_point(indexed, "p1", path)
+    rows, _ = await handlers.browse_point(indexed, "p1", path, call=call("BrowsePoint"))
     assert [(r.path, r.type) for r in rows] == [("etc/hosts", FILE), ("etc/nginx", DIR)]
 
 
@@ -257,7 +270,9 @@ async def test_browse_pages_through_a_directory(repo: InMemoryCatalogStore) -> N
     token = ""
     pages = 0
     while True:
-        rows, token = await handlers.browse_point(repo, "p1", "d", page_size=10, page_token=token)
+        rows, token = await handlers.browse_point(
+            repo, "p1", "d", page_size=10, page_token=token, call=call("BrowsePoint")
+        )
         seen.extend(r.name for r in rows)
         pages += 1
         if not token:
@@ -270,9 +285,9 @@ async def test_page_size_is_capped(repo: InMemoryCatalogStore) -> None:
     store = InMemoryObjectStore()
     await store.put("manifests/p1", encode_manifest(entries))
     await handlers.handle_point_created(point_created(), repo=repo, store=store)
-    rows, token = await handlers.browse_point(repo, "p1", "", page_size=100_000)
+    rows, token = await handlers.browse_point(repo, "p1", "", page_size=100_000, call=call("BrowsePoint"))
     assert len(rows) == handlers.MAX_PAGE_SIZE and token
-    rows, token = await handlers.browse_point(repo, "p1", "")
+    rows, token = await handlers.browse_point(repo, "p1", "", call=call("BrowsePoint"))
     assert len(rows) == handlers.DEFAULT_PAGE_SIZE and token
 
 
@@ -289,40 +304,40 @@ async def test_page_size_is_capped(repo: InMemoryCatalogStore) -> None:
 )
 async def test_browse_rejects_malformed_paths(indexed: InMemoryCatalogStore, path: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        await handlers.browse_point(indexed, "p1", path)
+        await handlers.browse_point(indexed, "p1", path, call=call("BrowsePoint"))
 
 
 async def test_browse_unknown_point(indexed: InMemoryCatalogStore) -> None:
     with pytest.raises(NotFound, match="point 'nope' not found"):
-        await handlers.browse_point(indexed, "nope", "")
+        await handlers.browse_point(indexed, "nope", "", call=call("BrowsePoint"))
 
 
 async def test_browse_missing_directory(indexed: InMemoryCatalogStore) -> None:
     with pytest.raises(NotFound, match="no directory 'var' in point 'p1'"):
-        await handlers.browse_point(indexed, "p1", "var")
+        await handlers.browse_point(indexed, "p1", "var", call=call("BrowsePoint"))
 
 
 @pytest.mark.parametrize("path", ["etc/hosts", "home/link"])
 async def test_browse_a_non_directory(indexed: InMemoryCatalogStore, path: str) -> None:
     with pytest.raises(NotFound, match="is not a directory"):
-        await handlers.browse_point(indexed, "p1", path)
+        await handlers.browse_point(indexed, "p1", path, call=call("BrowsePoint"))
 
 
 async def test_browse_rejects_foreign_or_garbage_token(indexed: InMemoryCatalogStore) -> None:
     for token in ["%%%", "bm90anNvbg", encode_page_token("p1", "home", "a.txt"), encode_page_token("p2", "", "a")]:
         with pytest.raises(InvalidArgument, match="page_token"):
-            await handlers.browse_point(indexed, "p1", "", page_token=token)
+            await handlers.browse_point(indexed, "p1", "", page_token=token, call=call("BrowsePoint"))
 
 
 async def test_browse_before_indexing_finished(repo: InMemoryCatalogStore) -> None:
     async with repo.transaction() as tx:
         await tx.upsert_point(handlers.point_from_event(point_created()))
     with pytest.raises(FailedPrecondition, match="still being indexed"):
-        await handlers.browse_point(repo, "p1", "")
+        await handlers.browse_point(repo, "p1", "", call=call("BrowsePoint"))
     async with repo.transaction() as tx:
         await tx.set_index_state("p1", browsable=False, error="manifest 'm' not found")
     with pytest.raises(FailedPrecondition, match="cannot be browsed: manifest 'm' not found"):
-        await handlers.browse_point(repo, "p1", "")
+        await handlers.browse_point(repo, "p1", "", call=call("BrowsePoint"))
 
 
 def test_point_from_event_maps_every_field() -> None:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
-from catalog_fixtures import DIR, file_entry, fresh_schema_pool, point_created
+from catalog_fixtures import DIR, call, file_entry, fresh_schema_pool, point_created
 from strongroom_catalog import handlers
 from strongroom_catalog.model import EntryRow
 from strongroom_catalog.repository import PgCatalogStore, PgCatalogTx
@@ -43,9 +43,9 @@ async def test_large_manifest_is_indexed_in_batches(pool: asyncpg.Pool, store: I
     repo = PgCatalogStore(pool)
     await handlers.handle_point_created(point_created(), repo=repo, store=store, batch_size=7000)
     assert await pool.fetchval("SELECT count(*) FROM entries WHERE point_id = 'p1'") == DIRS * (FILES_PER_DIR + 1)
-    rows, token = await handlers.browse_point(repo, "p1", "d07", page_size=1000)
+    rows, token = await handlers.browse_point(repo, "p1", "d07", page_size=1000, call=call("BrowsePoint"))
     assert rows[0].path == "d07/f00000" and rows[-1].path == "d07/f00999" and token
-    rows, _ = await handlers.browse_point(repo, "p1", "d07", page_size=1000, page_token=token)
+    rows, _ = await handlers.browse_point(repo, "p1", "d07", page_size=1000, page_token=token, call=call("BrowsePoint"))
     assert rows[0].name == "f01000"
 
 

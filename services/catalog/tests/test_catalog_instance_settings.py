@@ -110,7 +110,7 @@ async def test_turning_keep_latest_off_expires_the_newest_old_version(repo: InMe
     await handle_instance_settings_changed(settings_changed(keep_latest=False, at=clock.now()), repo=repo)
     clock.advance(600)
     assert await expire_versions(repo, clock) == ["v-i-1"]
-    assert await repo.list_versions("i-1") == []
+    assert await repo.list_versions("i-1", accounts=None) == []
     [(_, _, expired)] = repo.outbox
     assert isinstance(expired, events_pb2.VersionExpired) and expired.version_id == "v-i-1"
 

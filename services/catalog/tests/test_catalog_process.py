@@ -14,10 +14,12 @@ import pytest
 from catalog_fixtures import point_created, sample_manifest
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom_cli.stack import spawn
+from strongroom_platform.admin import create_admin_token
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.eventbus_kafka import KafkaPublisher, create_topics
 from strongroom_platform.events import POINT_CREATED, VERSION_EXPIRED
 from strongroom_platform.objectstore_fs import FilesystemObjectStore
+from strongroom_testing.pki import LocalPki
 
 
 def test_missing_setting_fails_fast_with_its_name(tmp_path: Path) -> None:
@@ -30,7 +32,9 @@ def test_missing_setting_fails_fast_with_its_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-async def test_process_indexes_a_point_from_kafka(pg_dsn: str, kafka_bootstrap: str, tmp_path: Path) -> None:
+async def test_process_indexes_a_point_from_kafka(
+    pg_dsn: str, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
+) -> None:
     objects = tmp_path / "objects"
     objects.mkdir()
     store = FilesystemObjectStore(objects, SystemClock())
@@ -45,13 +49,15 @@ async def test_process_indexes_a_point_from_kafka(pg_dsn: str, kafka_bootstrap: 
         STRONGROOM_OBJECT_STORE=f"file:{objects}",
         STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
         PYTHONUNBUFFERED="1",
+        **local_pki.env("catalog"),
     )
+    token = await create_admin_token(pg_dsn, "acct")
     process = await spawn("catalog", [sys.executable, "-m", "strongroom_catalog"], env, tmp_path, announce="catalog")
     try:
         event = point_created(point_id, f"v-{point_id}", instance_id)
         async with KafkaPublisher(kafka_bootstrap, idempotent=True) as publisher:
             await publisher.publish(POINT_CREATED, instance_id.encode(), event.SerializeToString())
-        async with grpc.aio.insecure_channel(process.address) as channel:
+        async with local_pki.operator_channel(process.address, token) as channel:
             stub = catalog_pb2_grpc.CatalogServiceStub(channel)  # type: ignore[misc]
             point = catalog_pb2.Point()
             for _ in range(600):

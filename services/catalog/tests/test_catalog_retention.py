@@ -28,7 +28,7 @@ async def seed(repo: InMemoryCatalogStore, *versions: tuple[str, str, dt.datetim
 
 
 async def live(repo: InMemoryCatalogStore, instance_id: str = "i-1") -> list[str]:
-    return [v.version_id for v in await repo.list_versions(instance_id)]
+    return [v.version_id for v in await repo.list_versions(instance_id, accounts=None)]
 
 
 @pytest.fixture

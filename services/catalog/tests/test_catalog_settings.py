@@ -8,6 +8,7 @@ from strongroom_platform.settings import SettingsError
 
 BASE = {
     "STRONGROOM_PG_DSN": "postgresql://db/strongroom",
+    "STRONGROOM_INSECURE_PLAINTEXT": "1",  # what is tested here is not the transport
     "STRONGROOM_KAFKA_BOOTSTRAP": "broker:9092",
     "STRONGROOM_OBJECT_STORE": "file:/var/lib/strongroom/objects",
 }

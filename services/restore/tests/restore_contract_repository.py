@@ -73,10 +73,26 @@ class RestoreRepositoryContract:
             await tx.insert_job(job("r-old", target="i-a", source="i-b", created_at=T0))
             await tx.insert_job(job("r-new", target="i-b", source="i-b", created_at=T0 + dt.timedelta(hours=1)))
             await tx.insert_job(job("r-mid", target="i-c", source="i-a", created_at=T0 + dt.timedelta(minutes=1)))
-        assert [j.restore_job_id for j in await repo.list_jobs("i-a", limit=10)] == ["r-mid", "r-old"]
-        assert [j.restore_job_id for j in await repo.list_jobs("i-b", limit=10)] == ["r-new", "r-old"]
-        assert [j.restore_job_id for j in await repo.list_jobs("i-b", limit=1)] == ["r-new"]
-        assert await repo.list_jobs("i-z", limit=10) == []
+        assert [j.restore_job_id for j in await repo.list_jobs("i-a", accounts=None, limit=10)] == ["r-mid", "r-old"]
+        assert [j.restore_job_id for j in await repo.list_jobs("i-b", accounts=None, limit=10)] == ["r-new", "r-old"]
+        assert [j.restore_job_id for j in await repo.list_jobs("i-b", accounts=None, limit=1)] == ["r-new"]
+        assert await repo.list_jobs("i-z", accounts=None, limit=10) == []
+
+    async def test_list_of_the_given_accounts_only(self, harness: Harness) -> None:
+        repo = harness.repo
+        async with repo.transaction() as tx:
+            await tx.insert_job(job("r-acct", target="i-a", created_at=T0))
+            await tx.insert_job(
+                dataclasses.replace(
+                    job("r-other", target="i-a", created_at=T0 + dt.timedelta(minutes=1)), account_id="other"
+                )
+            )
+        assert [j.restore_job_id for j in await repo.list_jobs("i-a", accounts=["acct"], limit=10)] == ["r-acct"]
+        assert [j.restore_job_id for j in await repo.list_jobs("i-a", accounts=["other", "x"], limit=10)] == ["r-other"]
+        assert [j.restore_job_id for j in await repo.list_jobs("i-a", accounts=None, limit=10)] == ["r-other", "r-acct"]
+        # the limit applies after the account filter
+        assert [j.restore_job_id for j in await repo.list_jobs("i-a", accounts=["acct"], limit=1)] == ["r-acct"]
+        assert await repo.list_jobs("i-a", accounts=[], limit=10) == []
 
     async def test_claim_event_once(self, harness: Harness) -> None:
         repo = harness.repo

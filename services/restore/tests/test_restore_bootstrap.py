@@ -7,27 +7,24 @@ import datetime as dt
 
 import grpc
 import pytest
-from restore_fixtures import FakeCatalogService, eventually, restore_updated
-from strongroom.catalog.v1 import catalog_pb2_grpc
+from restore_fixtures import eventually, restore_updated, serve_peer_fakes
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
+from strongroom_platform.admin import create_admin_token
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.events import RESTORE_REQUESTED, RESTORE_UPDATED
-from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import PlatformSettings
 from strongroom_platform.testing import InMemoryEventBus
 from strongroom_restore.bootstrap import run
 from strongroom_restore.settings import Settings
+from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
 
 
-async def test_create_request_and_update(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
-    def add(server: grpc.aio.Server) -> None:
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(FakeCatalogService(), server)
-
-    catalog_server, catalog_port = await start_grpc_server("127.0.0.1:0", add)
+async def test_create_request_and_update(pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]) -> None:
+    catalog_server, peers = await serve_peer_fakes(local_pki, "i-dst")
     platform = PlatformSettings(
         pg_dsn=pg_dsn,
         kafka_bootstrap="unused:9092",
@@ -35,8 +32,10 @@ async def test_create_request_and_update(pg_dsn: str, capsys: pytest.CaptureFixt
         object_store="file:x",
         s3=None,
         otel="none",
+        tls=local_pki.tls("restore"),
     )
-    settings = Settings(platform=platform, grpc_listen="127.0.0.1:0", catalog_addr=f"127.0.0.1:{catalog_port}")
+    settings = Settings(platform=platform, grpc_listen="127.0.0.1:0", catalog_addr=peers, scheduler_addr=peers)
+    token = await create_admin_token(pg_dsn, "acct")
     bus = InMemoryEventBus()
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop, clock=SystemClock(), publisher=bus, consumer_factory=bus.consumer))
@@ -50,10 +49,12 @@ async def test_create_request_and_update(pg_dsn: str, capsys: pytest.CaptureFixt
     try:
         await eventually(listening, within=30)
         address = next(line for line in output if line.startswith("LISTENING")).split()[-1]
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with local_pki.operator_channel(address, token) as channel:
             stub: restore_pb2_grpc.RestoreServiceAsyncStub = restore_pb2_grpc.RestoreServiceStub(channel)  # type: ignore[assignment]
             job = await stub.CreateRestoreJob(
-                restore_pb2.CreateRestoreJobRequest(point_id="p1", target_instance_id="i-dst")
+                restore_pb2.CreateRestoreJobRequest(
+                    point_id="p1", target_instance_id="i-dst", target_path="/srv/restored"
+                )
             )
             await eventually(lambda: RESTORE_REQUESTED in bus.topics, within=30)
             [(key, value)] = bus.topics[RESTORE_REQUESTED]

@@ -7,18 +7,21 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from restore_fixtures import POINT, T0, FakeCatalogService, restore_updated
+from restore_fixtures import INSTANCES, POINT, T0, FakeCatalogService, FakeSchedulerService, instance, restore_updated
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.catalog.v1 import catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
+from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from strongroom_platform.auth import Role
 from strongroom_platform.runtime import start_grpc_server
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.testing import FakeClock, serve_authenticated
 from strongroom_restore.catalog_client import GrpcCatalogClient
-from strongroom_restore.errors import CatalogUnavailable
+from strongroom_restore.errors import CatalogUnavailable, SchedulerUnavailable
 from strongroom_restore.grpc_api import RestoreServicer, register
 from strongroom_restore.handlers import handle_restore_updated
-from strongroom_restore.testing import FakeCatalogClient, InMemoryRestoreStore
+from strongroom_restore.scheduler_client import SchedulerInstanceDirectory
+from strongroom_restore.testing import FakeCatalogClient, FakeInstanceDirectory, InMemoryRestoreStore
 
 S = common_pb2
 
@@ -37,12 +40,9 @@ def catalog() -> FakeCatalogClient:
 async def stub(
     repo: InMemoryRestoreStore, catalog: FakeCatalogClient
 ) -> AsyncIterator[restore_pb2_grpc.RestoreServiceAsyncStub]:
-    server, port = await start_grpc_server("127.0.0.1:0", register(RestoreServicer(repo, catalog, FakeClock(T0))))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield restore_pb2_grpc.RestoreServiceStub(channel)  # type: ignore[misc]
-    finally:
-        await server.stop(None)
+    servicer = RestoreServicer(repo, catalog, FakeClock(T0), FakeInstanceDirectory(*INSTANCES))
+    async with serve_authenticated(register(servicer), {"acct": Role.ADMIN}) as channel:
+        yield restore_pb2_grpc.RestoreServiceStub(channel)  # type: ignore[misc]
 
 
 async def expect_error(call: object, code: grpc.StatusCode, message: str) -> None:
@@ -180,3 +180,49 @@ async def test_grpc_catalog_client_when_catalog_is_down() -> None:
         client = GrpcCatalogClient(channel, timeout=2)
         with pytest.raises(CatalogUnavailable, match="could not look up point 'p1'"):
             await client.get_point("p1")
+
+
+async def test_a_refused_target_is_failed_precondition_over_grpc(
+    stub: restore_pb2_grpc.RestoreServiceAsyncStub, repo: InMemoryRestoreStore
+) -> None:
+    await expect_error(
+        stub.CreateRestoreJob(restore_pb2.CreateRestoreJobRequest(point_id="p1", target_instance_id="i-dst")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "confirm with confirm_original_path_on_other_instance",
+    )
+    await expect_error(
+        stub.CreateRestoreJob(restore_pb2.CreateRestoreJobRequest(point_id="p1", target_instance_id="i-nope")),
+        grpc.StatusCode.NOT_FOUND,
+        "instance i-nope not found",
+    )
+    assert repo.outbox == []
+
+
+# --- SchedulerInstanceDirectory ------------------------------------------------
+
+
+async def test_scheduler_instance_directory() -> None:
+    def add(server: grpc.aio.Server) -> None:
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(FakeSchedulerService(), server)
+
+    server, port = await start_grpc_server("127.0.0.1:0", add)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            directory = SchedulerInstanceDirectory(channel)
+            assert await directory.get_instance("i-src") == instance(
+                "i-src", status=scheduler_pb2.RUNNING_STATUS_PAUSED
+            )
+            assert await directory.get_instance("i-other") is None
+            with pytest.raises(SchedulerUnavailable, match="database on fire"):
+                await directory.get_instance("broken")
+    finally:
+        await server.stop(None)
+
+
+async def test_scheduler_instance_directory_when_scheduler_is_down() -> None:
+    server, port = await start_grpc_server("127.0.0.1:0", lambda server: None)
+    await server.stop(None)  # the port is now closed
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        directory = SchedulerInstanceDirectory(channel, timeout=2)
+        with pytest.raises(SchedulerUnavailable, match="could not look up instance 'i-src'"):
+            await directory.get_instance("i-src")

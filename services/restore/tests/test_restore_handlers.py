@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 
 import pytest
-from restore_fixtures import POINT, T0, job, restore_updated
+from restore_fixtures import INSTANCES, POINT, T0, call, job, restore_updated
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -17,7 +17,7 @@ from strongroom_platform.testing import FakeClock
 from strongroom_restore import handlers
 from strongroom_restore.errors import CatalogUnavailable, FailedPrecondition, InvalidArgument, NotFound
 from strongroom_restore.model import RestoreJob
-from strongroom_restore.testing import FakeCatalogClient, InMemoryRestoreStore
+from strongroom_restore.testing import FakeCatalogClient, FakeInstanceDirectory, InMemoryRestoreStore
 
 S = common_pb2
 MINUTE = dt.timedelta(minutes=1)
@@ -42,7 +42,14 @@ async def create(
     repo: InMemoryRestoreStore, catalog: FakeCatalogClient, clock: FakeClock, **fields: object
 ) -> RestoreJob:
     request = restore_pb2.CreateRestoreJobRequest(**{"point_id": "p1", **fields})  # type: ignore[arg-type]
-    return await handlers.create_restore_job(request, repo=repo, catalog=catalog, clock=clock)
+    return await handlers.create_restore_job(
+        request,
+        repo=repo,
+        catalog=catalog,
+        instances=FakeInstanceDirectory(*INSTANCES),
+        clock=clock,
+        call=call("CreateRestoreJob"),
+    )
 
 
 # --- create --------------------------------------------------------------------
@@ -146,20 +153,21 @@ async def test_create_rejects_invalid_requests(
 async def test_get_and_list(repo: InMemoryRestoreStore, catalog: FakeCatalogClient, clock: FakeClock) -> None:
     first = await create(repo, catalog, clock)
     clock.advance(60)
-    second = await create(repo, catalog, clock, target_instance_id="i-other")
-    assert await handlers.get_restore_job(repo, first.restore_job_id) == first
-    listed = await handlers.list_restore_jobs(repo, "i-src")
+    second = await create(repo, catalog, clock, target_instance_id="i-other", target_path="/srv/restore")
+    assert await handlers.get_restore_job(repo, first.restore_job_id, call=call("GetRestoreJob")) == first
+    listed = await handlers.list_restore_jobs(repo, "i-src", call=call("ListRestoreJobs"))
     assert [j.restore_job_id for j in listed] == [second.restore_job_id, first.restore_job_id]
-    assert [j.restore_job_id for j in await handlers.list_restore_jobs(repo, "i-other")] == [second.restore_job_id]
+    other = await handlers.list_restore_jobs(repo, "i-other", call=call("ListRestoreJobs"))
+    assert [j.restore_job_id for j in other] == [second.restore_job_id]
 
 
 async def test_get_unknown_and_missing_ids(repo: InMemoryRestoreStore) -> None:
     with pytest.raises(NotFound, match="restore job 'nope' not found"):
-        await handlers.get_restore_job(repo, "nope")
+        await handlers.get_restore_job(repo, "nope", call=call("GetRestoreJob"))
     with pytest.raises(InvalidArgument, match="restore_job_id is required"):
-        await handlers.get_restore_job(repo, "")
+        await handlers.get_restore_job(repo, "", call=call("GetRestoreJob"))
     with pytest.raises(InvalidArgument, match="instance_id is required"):
-        await handlers.list_restore_jobs(repo, "")
+        await handlers.list_restore_jobs(repo, "", call=call("ListRestoreJobs"))
 
 
 # --- cancel --------------------------------------------------------------------
@@ -174,7 +182,7 @@ async def insert(repo: InMemoryRestoreStore, *jobs: RestoreJob) -> None:
 @pytest.mark.parametrize("status", [S.JOB_STATUS_CREATED, S.JOB_STATUS_QUEUED, S.JOB_STATUS_RUNNING])
 async def test_cancel_unfinished_job(repo: InMemoryRestoreStore, clock: FakeClock, status: int) -> None:
     await insert(repo, job(status=status))
-    canceled = await handlers.cancel_restore_job(repo, "r1", clock=clock)
+    canceled = await handlers.cancel_restore_job(repo, "r1", clock=clock, call=call("CancelRestoreJob"))
     assert canceled.status == S.JOB_STATUS_CANCELING
     assert (await repo.get_job("r1")) == canceled
     [(topic, key, event)] = repo.outbox
@@ -185,8 +193,8 @@ async def test_cancel_unfinished_job(repo: InMemoryRestoreStore, clock: FakeCloc
 
 async def test_cancel_twice_requests_once(repo: InMemoryRestoreStore, clock: FakeClock) -> None:
     await insert(repo, job(status=S.JOB_STATUS_RUNNING))
-    await handlers.cancel_restore_job(repo, "r1", clock=clock)
-    again = await handlers.cancel_restore_job(repo, "r1", clock=clock)
+    await handlers.cancel_restore_job(repo, "r1", clock=clock, call=call("CancelRestoreJob"))
+    again = await handlers.cancel_restore_job(repo, "r1", clock=clock, call=call("CancelRestoreJob"))
     assert again.status == S.JOB_STATUS_CANCELING and len(repo.outbox) == 1
 
 
@@ -204,13 +212,13 @@ async def test_cancel_finished_job_is_refused(
 ) -> None:
     await insert(repo, job(status=status))
     with pytest.raises(FailedPrecondition, match=f"already finished \\({name}\\); it cannot be cancelled"):
-        await handlers.cancel_restore_job(repo, "r1", clock=clock)
+        await handlers.cancel_restore_job(repo, "r1", clock=clock, call=call("CancelRestoreJob"))
     assert repo.outbox == [] and (await repo.get_job("r1")) == job(status=status)
 
 
 async def test_cancel_unknown_job(repo: InMemoryRestoreStore, clock: FakeClock) -> None:
     with pytest.raises(NotFound, match="restore job 'nope' not found"):
-        await handlers.cancel_restore_job(repo, "nope", clock=clock)
+        await handlers.cancel_restore_job(repo, "nope", clock=clock, call=call("CancelRestoreJob"))
 
 
 # --- restore-updated -------------------------------------------------------------

@@ -16,15 +16,15 @@ from pathlib import Path
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from restore_fixtures import FakeCatalogService, restore_updated
-from strongroom.catalog.v1 import catalog_pb2_grpc
+from restore_fixtures import restore_updated, serve_peer_fakes
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
 from strongroom_cli.stack import spawn
+from strongroom_platform.admin import create_admin_token
 from strongroom_platform.eventbus_kafka import KafkaPublisher, create_topics
 from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, RESTORE_REQUESTED, RESTORE_UPDATED
-from strongroom_platform.runtime import start_grpc_server
+from strongroom_testing.pki import LocalPki
 
 
 def test_missing_catalog_address_fails_fast() -> None:
@@ -33,6 +33,7 @@ def test_missing_catalog_address_fails_fast() -> None:
         "STRONGROOM_PG_DSN": "postgresql://127.0.0.1:1/none",
         "STRONGROOM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
         "STRONGROOM_OBJECT_STORE": "file:/nonexistent",
+        "STRONGROOM_INSECURE_PLAINTEXT": "1",
     }
     done = subprocess.run(
         [sys.executable, "-m", "strongroom_restore"], env=env, capture_output=True, text=True, timeout=60
@@ -61,12 +62,10 @@ async def find_request(bootstrap: str, restore_job_id: str, within: float) -> tu
 
 @pytest.mark.integration
 async def test_process_creates_requests_and_follows_a_restore(
-    pg_dsn: str, kafka_bootstrap: str, tmp_path: Path
+    pg_dsn: str, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
 ) -> None:
-    def add(server: grpc.aio.Server) -> None:
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(FakeCatalogService(), server)
-
-    catalog, catalog_port = await start_grpc_server("127.0.0.1:0", add)
+    target = f"i-{uuid.uuid4().hex[:8]}"
+    catalog, peers = await serve_peer_fakes(local_pki, target)
     await create_topics(kafka_bootstrap, [RESTORE_REQUESTED, RESTORE_CANCEL_REQUESTED, RESTORE_UPDATED])
     env = dict(
         os.environ,
@@ -74,16 +73,20 @@ async def test_process_creates_requests_and_follows_a_restore(
         STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
         STRONGROOM_OBJECT_STORE=f"file:{tmp_path / 'objects'}",
         STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
-        STRONGROOM_CATALOG_ADDR=f"127.0.0.1:{catalog_port}",
+        STRONGROOM_CATALOG_ADDR=peers,
+        STRONGROOM_SCHEDULER_ADDR=peers,
         PYTHONUNBUFFERED="1",
+        **local_pki.env("restore"),
     )
-    target = f"i-{uuid.uuid4().hex[:8]}"
+    token = await create_admin_token(pg_dsn, "acct")
     process = await spawn("restore", [sys.executable, "-m", "strongroom_restore"], env, tmp_path, announce="restore")
     try:
-        async with grpc.aio.insecure_channel(process.address) as channel:
+        async with local_pki.operator_channel(process.address, token) as channel:
             stub = restore_pb2_grpc.RestoreServiceStub(channel)  # type: ignore[misc]
             job = await stub.CreateRestoreJob(
-                restore_pb2.CreateRestoreJobRequest(point_id="p1", target_instance_id=target, include_paths=["etc"])
+                restore_pb2.CreateRestoreJobRequest(
+                    point_id="p1", target_instance_id=target, include_paths=["etc"], target_path="/srv/restored"
+                )
             )
             key, value = await find_request(kafka_bootstrap, job.restore_job_id, within=60)
             requested = events_pb2.RestoreRequested.FromString(value)

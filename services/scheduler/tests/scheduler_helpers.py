@@ -6,10 +6,24 @@ import uuid
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom_platform.auth import CallAuth, Principal, Role, operator
 from strongroom_platform.events import new_meta
+from strongroom_platform.testing import call_for
 from strongroom_scheduler import handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
 from strongroom_scheduler.models import Instance
+
+SERVICE = "/strongroom.scheduler.v1.SchedulerService/"
+
+
+def admin(account: str = "acme") -> Principal:
+    """An admin of ``account`` only."""
+    return operator(f"token:admin-of-{account}", {account: Role.ADMIN})
+
+
+def call(method: str, principal: Principal | None = None) -> CallAuth:
+    """The ``CallAuth`` of ``principal`` (default: an admin of acme) calling the scheduler's ``method``."""
+    return call_for(SERVICE + method, principal or admin())
 
 
 def meta(deps: Deps) -> common_pb2.EventMeta:
@@ -24,6 +38,7 @@ async def activate(deps: Deps, minute: int | None = None, **kwargs: object) -> I
         name=str(kwargs.get("name", "web-1")),
         region=str(kwargs.get("region", "cn-hangzhou")),
         settings=settings,
+        call=call("ActivateBackup", admin(str(kwargs.get("account_id", "acme")))),
     )
     return instance
 
@@ -37,7 +52,7 @@ async def enroll(deps: Deps, instance_id: str, hostname: str = "web-1.example") 
 async def active_instance(deps: Deps, minute: int | None = None) -> Instance:
     instance = await activate(deps, minute)
     await enroll(deps, instance.instance_id)
-    return await handlers.get_instance(deps, instance.instance_id)
+    return await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
 
 
 def job_update(

@@ -8,8 +8,8 @@ from scheduler_helpers import enroll, update_job
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2 as S
 from strongroom.scheduler.v1 import scheduler_pb2_grpc
-from strongroom_platform.runtime import start_grpc_server
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.auth import Role
+from strongroom_platform.testing import FakeClock, serve_authenticated
 from strongroom_scheduler.grpc_api import SchedulerServicer
 from strongroom_scheduler.handlers import Deps
 
@@ -18,14 +18,11 @@ Stub = scheduler_pb2_grpc.SchedulerServiceStub
 
 @pytest.fixture
 async def stub(deps: Deps) -> AsyncIterator[Stub]:
-    server, port = await start_grpc_server(
-        "127.0.0.1:0", lambda s: scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(deps), s)
-    )
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Stub(channel)
-    finally:
-        await server.stop(None)
+    def register(server: grpc.aio.Server) -> None:
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(deps), server)
+
+    async with serve_authenticated(register, {"acme": Role.ADMIN}) as channel:
+        yield Stub(channel)
 
 
 async def activate(stub: Stub, **settings: object) -> S.ActivateBackupResponse:
@@ -77,10 +74,10 @@ async def test_list_instances_by_region(stub: Stub) -> None:
 async def test_full_operator_flow(stub: Stub, deps: Deps, clock: FakeClock) -> None:
     instance = (await activate(stub)).instance
     ref = S.InstanceRef(instance_id=instance.instance_id)
+    assert not instance.agent_enrolled
     await enroll(deps, instance.instance_id)
-    assert (await stub.GetInstance(S.GetInstanceRequest(instance_id=instance.instance_id))).status == (
-        S.RUNNING_STATUS_READY
-    )
+    enrolled = await stub.GetInstance(S.GetInstanceRequest(instance_id=instance.instance_id))
+    assert (enrolled.status, enrolled.agent_enrolled) == (S.RUNNING_STATUS_READY, True)
     job = await stub.RunBackupNow(S.RunBackupNowRequest(instance_id=instance.instance_id))
     assert job.status == common_pb2.JOB_STATUS_QUEUED
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING)
@@ -101,7 +98,8 @@ async def test_full_operator_flow(stub: Stub, deps: Deps, clock: FakeClock) -> N
         )
     )
     assert (updated.settings.priority, updated.settings.daily_start_minute) == (common_pb2.BACKUP_PRIORITY_HIGH, 1439)
-    assert (await stub.CancelBackup(ref)).status == S.RUNNING_STATUS_CANCELED
+    canceled = await stub.CancelBackup(ref)
+    assert (canceled.status, canceled.agent_enrolled) == (S.RUNNING_STATUS_CANCELED, True)
 
 
 async def test_user_facing_errors_map_to_status_codes(stub: Stub, deps: Deps) -> None:

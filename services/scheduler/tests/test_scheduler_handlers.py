@@ -5,7 +5,7 @@ import hashlib
 import logging
 
 import pytest
-from scheduler_helpers import activate, active_instance, enroll, job_update, update_job
+from scheduler_helpers import activate, active_instance, call, enroll, job_update, update_job
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
@@ -30,7 +30,7 @@ S = scheduler_pb2
 
 async def test_activation_defaults_token_and_event(deps: Deps, store: InMemorySchedulerStore, clock: FakeClock) -> None:
     instance, token = await handlers.activate_backup(
-        deps, account_id="acme", name="web-1", region="cn-hangzhou", settings=None
+        deps, account_id="acme", name="web-1", region="cn-hangzhou", settings=None, call=call("ActivateBackup")
     )
     assert instance.status(clock.now()) == S.RUNNING_STATUS_PREPARING
     assert instance.priority == common_pb2.BACKUP_PRIORITY_LOW
@@ -47,12 +47,14 @@ async def test_activation_defaults_token_and_event(deps: Deps, store: InMemorySc
     assert from_timestamp(event.token_expires_at) == clock.now() + dt.timedelta(hours=24)
 
 
-async def test_activation_with_settings_and_default_account(deps: Deps) -> None:
+async def test_activation_with_settings_in_the_credentials_only_account(deps: Deps) -> None:
     settings = SettingsInput(
         priority=common_pb2.BACKUP_PRIORITY_HIGH, daily_start_minute=0, keep_latest_version=False, roots=["/data"]
     )
-    instance, _ = await handlers.activate_backup(deps, account_id="", name="db", region="local", settings=settings)
-    assert instance.account_id == "default"
+    instance, _ = await handlers.activate_backup(
+        deps, account_id="", name="db", region="local", settings=settings, call=call("ActivateBackup")
+    )
+    assert instance.account_id == "acme"
     assert (instance.priority, instance.daily_start_minute, instance.keep_latest_version, instance.roots) == (
         common_pb2.BACKUP_PRIORITY_HIGH,
         0,
@@ -75,7 +77,7 @@ async def test_activation_with_settings_and_default_account(deps: Deps) -> None:
 async def test_activation_rejects_bad_input(deps: Deps, kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"account_id": "acme", "name": "web", "region": "r", "settings": None, **kwargs}
     with pytest.raises(InvalidArgument, match=message):
-        await handlers.activate_backup(deps, **args)  # type: ignore[arg-type]
+        await handlers.activate_backup(deps, **args, call=call("ActivateBackup"))  # type: ignore[arg-type]
 
 
 async def test_preparation_fails_when_agent_never_enrolls(deps: Deps, clock: FakeClock) -> None:
@@ -89,7 +91,7 @@ async def test_enrollment_makes_instance_ready_idempotently(deps: Deps, clock: F
     instance = await activate(deps)
     event = await enroll(deps, instance.instance_id, hostname="host-a")
     await handlers.handle_agent_enrolled(event, deps)
-    after = await handlers.get_instance(deps, instance.instance_id)
+    after = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert after.status(clock.now()) == S.RUNNING_STATUS_READY
     assert after.hostname == "host-a"
 
@@ -97,9 +99,9 @@ async def test_enrollment_makes_instance_ready_idempotently(deps: Deps, clock: F
 async def test_enrollment_of_unknown_or_canceled_instance_is_ignored(deps: Deps, clock: FakeClock) -> None:
     await enroll(deps, "no-such-instance")
     instance = await activate(deps)
-    await handlers.cancel_backup(deps, instance.instance_id)
+    await handlers.cancel_backup(deps, instance.instance_id, call=call("CancelBackup"))
     await enroll(deps, instance.instance_id)
-    after = await handlers.get_instance(deps, instance.instance_id)
+    after = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert not after.enrolled
     assert after.status(clock.now()) == S.RUNNING_STATUS_CANCELED
 
@@ -110,20 +112,27 @@ async def test_get_and_list_instances(deps: Deps, clock: FakeClock) -> None:
     b = await activate(deps, region="r2", account_id="acme")
     await activate(deps, region="r1", account_id="other")
     c = await activate(deps, region="r1", account_id="acme")
-    await handlers.cancel_backup(deps, c.instance_id)
-    assert [i.instance_id for i in await handlers.list_instances(deps, "acme", "")] == [a.instance_id, b.instance_id]
-    assert [i.instance_id for i in await handlers.list_instances(deps, "acme", "r2")] == [b.instance_id]
-    assert (await handlers.get_instance(deps, c.instance_id)).canceled
+    await handlers.cancel_backup(deps, c.instance_id, call=call("CancelBackup"))
+    assert [i.instance_id for i in await handlers.list_instances(deps, "acme", "", call=call("ListInstances"))] == [
+        a.instance_id,
+        b.instance_id,
+    ]
+    assert [i.instance_id for i in await handlers.list_instances(deps, "acme", "r2", call=call("ListInstances"))] == [
+        b.instance_id
+    ]
+    assert (await handlers.get_instance(deps, c.instance_id, call=call("GetInstance"))).canceled
     with pytest.raises(NotFound, match="instance nope not found"):
-        await handlers.get_instance(deps, "nope")
+        await handlers.get_instance(deps, "nope", call=call("GetInstance"))
     with pytest.raises(InvalidArgument, match="instance_id is required"):
-        await handlers.get_instance(deps, "")
+        await handlers.get_instance(deps, "", call=call("GetInstance"))
 
 
 async def test_backup_now_creates_manual_job(deps: Deps, store: InMemorySchedulerStore, clock: FakeClock) -> None:
     instance = await active_instance(deps)
-    await handlers.update_settings(deps, instance.instance_id, SettingsInput(roots=["/srv/www"]), ["roots"])
-    job = await handlers.run_backup_now(deps, instance.instance_id)
+    await handlers.update_settings(
+        deps, instance.instance_id, SettingsInput(roots=["/srv/www"]), ["roots"], call=call("UpdateSettings")
+    )
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     assert job.status == common_pb2.JOB_STATUS_QUEUED
     [event] = store.events(JOB_REQUESTED)
     assert isinstance(event, events_pb2.JobRequested)
@@ -136,30 +145,34 @@ async def test_backup_now_creates_manual_job(deps: Deps, store: InMemorySchedule
 async def test_backup_now_preconditions(deps: Deps) -> None:
     preparing = await activate(deps)
     with pytest.raises(FailedPrecondition, match="has not enrolled yet"):
-        await handlers.run_backup_now(deps, preparing.instance_id)
+        await handlers.run_backup_now(deps, preparing.instance_id, call=call("RunBackupNow"))
     instance = await active_instance(deps)
-    job = await handlers.run_backup_now(deps, instance.instance_id)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     with pytest.raises(FailedPrecondition, match=f"backup job {job.job_id} .* is still QUEUED"):
-        await handlers.run_backup_now(deps, instance.instance_id)
-    await handlers.pause_backup(deps, instance.instance_id)
+        await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
+    await handlers.pause_backup(deps, instance.instance_id, call=call("PauseBackup"))
     with pytest.raises(FailedPrecondition, match="is paused; resume it first"):
-        await handlers.run_backup_now(deps, instance.instance_id)
-    await handlers.cancel_backup(deps, instance.instance_id)
+        await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
+    await handlers.cancel_backup(deps, instance.instance_id, call=call("CancelBackup"))
     with pytest.raises(FailedPrecondition, match="was canceled"):
-        await handlers.run_backup_now(deps, instance.instance_id)
+        await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     with pytest.raises(NotFound):
-        await handlers.run_backup_now(deps, "missing")
+        await handlers.run_backup_now(deps, "missing", call=call("RunBackupNow"))
 
 
 async def test_priority_change_applies_to_next_job(deps: Deps) -> None:
     instance = await active_instance(deps)
-    first = await handlers.run_backup_now(deps, instance.instance_id)
+    first = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     await handlers.update_settings(
-        deps, instance.instance_id, SettingsInput(priority=common_pb2.BACKUP_PRIORITY_HIGH), ["priority"]
+        deps,
+        instance.instance_id,
+        SettingsInput(priority=common_pb2.BACKUP_PRIORITY_HIGH),
+        ["priority"],
+        call=call("UpdateSettings"),
     )
-    assert (await handlers.get_job(deps, first.job_id)).priority == common_pb2.BACKUP_PRIORITY_LOW
+    assert (await handlers.get_job(deps, first.job_id, call=call("GetJob"))).priority == common_pb2.BACKUP_PRIORITY_LOW
     await update_job(deps, first.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE)
-    second = await handlers.run_backup_now(deps, instance.instance_id)
+    second = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     assert second.priority == common_pb2.BACKUP_PRIORITY_HIGH
 
 
@@ -170,6 +183,7 @@ async def test_update_settings_changes_only_masked_fields(deps: Deps) -> None:
         instance.instance_id,
         SettingsInput(keep_latest_version=False, daily_start_minute=999, priority=common_pb2.BACKUP_PRIORITY_HIGH),
         ["keep_latest_version"],
+        call=call("UpdateSettings"),
     )
     assert changed.keep_latest_version is False
     assert changed.daily_start_minute == 100
@@ -185,6 +199,7 @@ async def test_activation_and_every_update_publish_the_settings(
         name="web-1",
         region="local",
         settings=SettingsInput(daily_start_minute=100, priority=common_pb2.BACKUP_PRIORITY_HIGH),
+        call=call("ActivateBackup"),
     )
     [activated] = store.events(INSTANCE_SETTINGS_CHANGED)
     assert isinstance(activated, events_pb2.InstanceSettingsChanged)
@@ -200,10 +215,16 @@ async def test_activation_and_every_update_publish_the_settings(
 
     clock.advance(60)
     await handlers.update_settings(
-        deps, instance.instance_id, SettingsInput(keep_latest_version=False), ["keep_latest_version"]
+        deps,
+        instance.instance_id,
+        SettingsInput(keep_latest_version=False),
+        ["keep_latest_version"],
+        call=call("UpdateSettings"),
     )
     clock.advance(60)
-    await handlers.update_settings(deps, instance.instance_id, SettingsInput(roots=["/srv"]), ["roots"])
+    await handlers.update_settings(
+        deps, instance.instance_id, SettingsInput(roots=["/srv"]), ["roots"], call=call("UpdateSettings")
+    )
     _, disabled, unrelated = store.events(INSTANCE_SETTINGS_CHANGED)
     for event in (disabled, unrelated):  # every update carries all the settings as they are now
         assert isinstance(event, events_pb2.InstanceSettingsChanged)
@@ -223,7 +244,9 @@ async def test_rejected_update_publishes_nothing(deps: Deps, store: InMemorySche
     instance = await active_instance(deps)
     before = len(store.events(INSTANCE_SETTINGS_CHANGED))
     with pytest.raises(InvalidArgument):
-        await handlers.update_settings(deps, instance.instance_id, SettingsInput(priority=0), ["priority"])
+        await handlers.update_settings(
+            deps, instance.instance_id, SettingsInput(priority=0), ["priority"], call=call("UpdateSettings")
+        )
     assert len(store.events(INSTANCE_SETTINGS_CHANGED)) == before
 
 
@@ -241,66 +264,74 @@ async def test_update_settings_rejects_bad_input(
 ) -> None:
     instance = await active_instance(deps)
     with pytest.raises(InvalidArgument, match=message):
-        await handlers.update_settings(deps, instance.instance_id, settings, mask)
+        await handlers.update_settings(deps, instance.instance_id, settings, mask, call=call("UpdateSettings"))
 
 
 async def test_canceled_instance_refuses_every_change(deps: Deps, store: InMemorySchedulerStore) -> None:
     instance = await active_instance(deps)
-    job = await handlers.run_backup_now(deps, instance.instance_id)
-    canceled = await handlers.cancel_backup(deps, instance.instance_id)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
+    canceled = await handlers.cancel_backup(deps, instance.instance_id, call=call("CancelBackup"))
     assert canceled.canceled
     [event] = store.events(INSTANCE_DEACTIVATED)
     assert event.instance_id == instance.instance_id  # type: ignore[attr-defined]
-    assert (await handlers.get_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELED
-    for operation in (handlers.pause_backup, handlers.resume_backup, handlers.cancel_backup):
+    assert (await handlers.get_job(deps, job.job_id, call=call("GetJob"))).status == common_pb2.JOB_STATUS_CANCELED
+    for operation, method in (
+        (handlers.pause_backup, "PauseBackup"),
+        (handlers.resume_backup, "ResumeBackup"),
+        (handlers.cancel_backup, "CancelBackup"),
+    ):
         with pytest.raises(FailedPrecondition, match="was canceled"):
-            await operation(deps, instance.instance_id)
+            await operation(deps, instance.instance_id, call=call(method))
     with pytest.raises(FailedPrecondition, match="was canceled"):
         await handlers.update_settings(
-            deps, instance.instance_id, SettingsInput(keep_latest_version=False), ["keep_latest_version"]
+            deps,
+            instance.instance_id,
+            SettingsInput(keep_latest_version=False),
+            ["keep_latest_version"],
+            call=call("UpdateSettings"),
         )
 
 
 async def test_pause_and_resume_status(deps: Deps, clock: FakeClock) -> None:
     instance = await active_instance(deps)
-    paused = await handlers.pause_backup(deps, instance.instance_id)
+    paused = await handlers.pause_backup(deps, instance.instance_id, call=call("PauseBackup"))
     assert paused.status(clock.now()) == S.RUNNING_STATUS_PAUSED
-    assert (await handlers.pause_backup(deps, instance.instance_id)).paused  # idempotent
-    resumed = await handlers.resume_backup(deps, instance.instance_id)
+    assert (await handlers.pause_backup(deps, instance.instance_id, call=call("PauseBackup"))).paused  # idempotent
+    resumed = await handlers.resume_backup(deps, instance.instance_id, call=call("ResumeBackup"))
     assert resumed.status(clock.now()) == S.RUNNING_STATUS_READY
 
 
 async def test_job_lifecycle_drives_running_status(deps: Deps, clock: FakeClock) -> None:
     instance = await active_instance(deps)
-    job = await handlers.run_backup_now(deps, instance.instance_id)
-    status = (await handlers.get_instance(deps, instance.instance_id)).status
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
+    status = (await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))).status
     assert status(clock.now()) == S.RUNNING_STATUS_READY
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING, files=10)
-    current = await handlers.get_instance(deps, instance.instance_id)
+    current = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert current.status(clock.now()) == S.RUNNING_STATUS_BACKING_UP
-    assert (await handlers.get_job(deps, job.job_id)).stats.files_scanned == 10
+    assert (await handlers.get_job(deps, job.job_id, call=call("GetJob"))).stats.files_scanned == 10
     clock.advance(60)
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE, version_id="v1", files=20)
-    done = await handlers.get_job(deps, job.job_id)
+    done = await handlers.get_job(deps, job.job_id, call=call("GetJob"))
     assert (done.status, done.version_id, done.stats.files_scanned) == (common_pb2.JOB_STATUS_COMPLETE, "v1", 20)
     assert done.finished_at == clock.now()
-    current = await handlers.get_instance(deps, instance.instance_id)
+    current = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert current.status(clock.now()) == S.RUNNING_STATUS_RUNNING
 
 
 async def test_finished_job_never_moves_back(deps: Deps) -> None:
     instance = await active_instance(deps)
-    job = await handlers.run_backup_now(deps, instance.instance_id)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE, version_id="v1")
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING)
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_FAILED, error="late")
-    after = await handlers.get_job(deps, job.job_id)
+    after = await handlers.get_job(deps, job.job_id, call=call("GetJob"))
     assert (after.status, after.error) == (common_pb2.JOB_STATUS_COMPLETE, "")
 
 
 async def test_redelivered_event_is_applied_once(deps: Deps, alerter: RecordingAlerter) -> None:
     instance = await active_instance(deps)
-    job = await handlers.run_backup_now(deps, instance.instance_id)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     failed = job_update(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_FAILED, error="disk gone")
     await handlers.handle_job_updated(failed, deps)
     await handlers.handle_job_updated(failed, deps)
@@ -309,9 +340,9 @@ async def test_redelivered_event_is_applied_once(deps: Deps, alerter: RecordingA
 
 async def test_failed_job_records_error_and_alerts(deps: Deps, alerter: RecordingAlerter, clock: FakeClock) -> None:
     instance = await active_instance(deps)
-    job = await handlers.run_backup_now(deps, instance.instance_id)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_FAILED, error="disk gone")
-    after = await handlers.get_instance(deps, instance.instance_id)
+    after = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert after.last_error == "disk gone"
     assert after.status(clock.now()) == S.RUNNING_STATUS_READY
     assert alerter.alerts == [
@@ -323,9 +354,9 @@ async def test_failed_job_records_error_and_alerts(deps: Deps, alerter: Recordin
             error="disk gone",
         )
     ]
-    second = await handlers.run_backup_now(deps, instance.instance_id)
+    second = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     await update_job(deps, second.job_id, instance.instance_id, common_pb2.JOB_STATUS_PARTIAL_COMPLETE)
-    after = await handlers.get_instance(deps, instance.instance_id)
+    after = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert (after.last_error, after.status(clock.now())) == ("", S.RUNNING_STATUS_RUNNING)
 
 
@@ -341,57 +372,65 @@ async def test_logging_alerter_writes_alert_line(caplog: pytest.LogCaptureFixtur
 async def test_update_for_unknown_job_is_ignored(deps: Deps) -> None:
     await update_job(deps, "ghost", "i", common_pb2.JOB_STATUS_RUNNING)
     with pytest.raises(NotFound, match="backup job ghost not found"):
-        await handlers.get_job(deps, "ghost")
+        await handlers.get_job(deps, "ghost", call=call("GetJob"))
 
 
 async def test_cancel_queued_job_finishes_it(deps: Deps, store: InMemorySchedulerStore) -> None:
     instance = await active_instance(deps)
-    job = await handlers.run_backup_now(deps, instance.instance_id)
-    canceled = await handlers.cancel_job(deps, job.job_id)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
+    canceled = await handlers.cancel_job(deps, job.job_id, call=call("CancelJob"))
     assert canceled.status == common_pb2.JOB_STATUS_CANCELED
     assert len(store.events(JOB_CANCEL_REQUESTED)) == 1
-    await handlers.run_backup_now(deps, instance.instance_id)  # no longer blocks a new job
+    await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))  # no longer blocks a new job
 
 
 async def test_cancel_running_job_waits_for_agent(deps: Deps, store: InMemorySchedulerStore, clock: FakeClock) -> None:
     instance = await active_instance(deps)
-    job = await handlers.run_backup_now(deps, instance.instance_id)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING)
-    assert (await handlers.cancel_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELING
-    assert (await handlers.cancel_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELING
+    assert (
+        await handlers.cancel_job(deps, job.job_id, call=call("CancelJob"))
+    ).status == common_pb2.JOB_STATUS_CANCELING
+    assert (
+        await handlers.cancel_job(deps, job.job_id, call=call("CancelJob"))
+    ).status == common_pb2.JOB_STATUS_CANCELING
     [event] = store.events(JOB_CANCEL_REQUESTED)
     assert event.job_id == job.job_id  # type: ignore[attr-defined]
     # a late progress report does not move it back to RUNNING
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING, files=5)
-    assert (await handlers.get_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELING
+    assert (await handlers.get_job(deps, job.job_id, call=call("GetJob"))).status == common_pb2.JOB_STATUS_CANCELING
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_CANCELED)
-    assert (await handlers.get_job(deps, job.job_id)).status == common_pb2.JOB_STATUS_CANCELED
-    current = await handlers.get_instance(deps, instance.instance_id)
+    assert (await handlers.get_job(deps, job.job_id, call=call("GetJob"))).status == common_pb2.JOB_STATUS_CANCELED
+    current = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert current.status(clock.now()) == S.RUNNING_STATUS_READY
 
 
 async def test_cancel_finished_job_fails(deps: Deps) -> None:
     instance = await active_instance(deps)
-    job = await handlers.run_backup_now(deps, instance.instance_id)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE)
     with pytest.raises(FailedPrecondition, match="already finished \\(COMPLETE\\)"):
-        await handlers.cancel_job(deps, job.job_id)
+        await handlers.cancel_job(deps, job.job_id, call=call("CancelJob"))
     with pytest.raises(NotFound):
-        await handlers.cancel_job(deps, "nope")
+        await handlers.cancel_job(deps, "nope", call=call("CancelJob"))
 
 
 async def test_list_jobs_newest_first_with_limit(deps: Deps, clock: FakeClock) -> None:
     instance = await active_instance(deps)
     ids = []
     for _ in range(3):
-        job = await handlers.run_backup_now(deps, instance.instance_id)
+        job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
         await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE)
         ids.append(job.job_id)
         clock.advance(1)
-    assert [j.job_id for j in await handlers.list_jobs(deps, instance.instance_id, 0)] == ids[::-1]
-    assert [j.job_id for j in await handlers.list_jobs(deps, instance.instance_id, 2)] == ids[::-1][:2]
+    assert [j.job_id for j in await handlers.list_jobs(deps, instance.instance_id, 0, call=call("ListJobs"))] == ids[
+        ::-1
+    ]
+    assert [j.job_id for j in await handlers.list_jobs(deps, instance.instance_id, 2, call=call("ListJobs"))] == ids[
+        ::-1
+    ][:2]
     with pytest.raises(NotFound):
-        await handlers.list_jobs(deps, "nope", 0)
+        await handlers.list_jobs(deps, "nope", 0, call=call("ListJobs"))
 
 
 async def test_failed_transaction_leaves_no_event(deps: Deps, store: InMemorySchedulerStore) -> None:

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
-from scheduler_helpers import active_instance, update_job
+from scheduler_helpers import active_instance, call, update_job
+from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2 as S
 from strongroom.scheduler.v1 import scheduler_pb2_grpc
+from strongroom_platform.admin import create_admin_token
 from strongroom_platform.clock import SystemClock, utc
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.events import (
@@ -36,6 +38,7 @@ from strongroom_scheduler.repository import _UNFINISHED, PgSchedulerStore
 from strongroom_scheduler.schedule import schedule_due
 from strongroom_scheduler.settings import Settings
 from strongroom_scheduler.testing import RecordingAlerter
+from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
 
@@ -70,17 +73,18 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         instance.instance_id,
         SettingsInput(roots=["/srv", "/data"], priority=common_pb2.BACKUP_PRIORITY_HIGH),
         ["roots", "priority"],
+        call=call("UpdateSettings"),
     )
-    stored = await handlers.get_instance(pg_deps, instance.instance_id)
+    stored = await handlers.get_instance(pg_deps, instance.instance_id, call=call("GetInstance"))
     assert (stored.roots, stored.enrolled, stored.hostname) == (["/srv", "/data"], True, "web-1.example")
     assert stored.activated_at == clock.now()
-    job = await handlers.run_backup_now(pg_deps, instance.instance_id)
+    job = await handlers.run_backup_now(pg_deps, instance.instance_id, call=call("RunBackupNow"))
     await update_job(pg_deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING, files=7)
     clock.advance(5)
     await update_job(
         pg_deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_PARTIAL_COMPLETE, version_id="v", files=9
     )
-    done = await handlers.get_job(pg_deps, job.job_id)
+    done = await handlers.get_job(pg_deps, job.job_id, call=call("GetJob"))
     assert (done.status, done.version_id, done.stats.files_scanned, done.roots) == (
         common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
         "v",
@@ -88,10 +92,12 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         ["/srv", "/data"],
     )
     assert done.finished_at == clock.now()
-    assert [j.job_id for j in await handlers.list_jobs(pg_deps, instance.instance_id, 10)] == [job.job_id]
-    assert [i.instance_id for i in await handlers.list_instances(pg_deps, "acme", "cn-hangzhou")] == [
-        instance.instance_id
+    assert [j.job_id for j in await handlers.list_jobs(pg_deps, instance.instance_id, 10, call=call("ListJobs"))] == [
+        job.job_id
     ]
+    assert [
+        i.instance_id for i in await handlers.list_instances(pg_deps, "acme", "cn-hangzhou", call=call("ListInstances"))
+    ] == [instance.instance_id]
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
     # activation and the settings update each publish the settings (instance-settings-changed)
     assert topics == [INSTANCE_ACTIVATED, INSTANCE_SETTINGS_CHANGED, INSTANCE_SETTINGS_CHANGED, JOB_REQUESTED]
@@ -100,7 +106,7 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
 
 async def test_database_refuses_a_second_unfinished_job(pg_deps: Deps) -> None:
     instance = await active_instance(pg_deps)
-    await handlers.run_backup_now(pg_deps, instance.instance_id)
+    await handlers.run_backup_now(pg_deps, instance.instance_id, call=call("RunBackupNow"))
     with pytest.raises(asyncpg.UniqueViolationError):
         async with pg_deps.store.transaction() as tx:
             current = await tx.get_instance(instance.instance_id)
@@ -120,8 +126,8 @@ async def test_two_schedulers_never_double_schedule(pg_deps: Deps, pg_dsn: str, 
     created = [job for r in results for job in r.created]
     assert len(created) == len(set(created)) == 12
     for instance_id in ids:
-        assert len(await handlers.list_jobs(pg_deps, instance_id, 10)) == 1
-        after = await handlers.get_instance(pg_deps, instance_id)
+        assert len(await handlers.list_jobs(pg_deps, instance_id, 10, call=call("ListJobs"))) == 1
+        after = await handlers.get_instance(pg_deps, instance_id, call=call("GetInstance"))
         assert after.last_scheduled_on == dt.date(2026, 1, 2)
 
 
@@ -144,10 +150,15 @@ async def _wait_for(predicate: object, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_process_serves_grpc_and_events(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_process_serves_grpc_and_events(
+    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    platform = PlatformSettings(pg_dsn, "unused:9092", True, "file:unused", None, "none")
+    token = await create_admin_token(pg_dsn, "a")
+    platform = PlatformSettings(
+        pg_dsn, "unused:9092", True, "file:unused", None, "none", tls=local_pki.tls("scheduler")
+    )
     settings = Settings(platform=platform, schedule_interval=0.2)
     server = asyncio.create_task(
         bootstrap.run(settings, stop, clock=SystemClock(), publisher=bus, consumer_factory=bus.consumer)
@@ -155,7 +166,7 @@ async def test_process_serves_grpc_and_events(pg_dsn: str, capsys: pytest.Captur
     try:
         address, printed = await _listening_address(capsys)
         assert address.startswith("127.0.0.1:")
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with local_pki.operator_channel(address, token) as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
             response = await stub.ActivateBackup(S.ActivateBackupRequest(account_id="a", name="n", region="r"))
             instance_id = response.instance.instance_id
@@ -179,6 +190,23 @@ async def test_process_serves_grpc_and_events(pg_dsn: str, capsys: pytest.Captur
             assert requested.job_id == job.job_id
             await bus.publish(JOB_UPDATED, b"k", b"\xff\xff not protobuf")  # poison: to the DLQ, not a crash
             await _wait_for(lambda: bus.topics.get(f"{JOB_UPDATED}.dlq"), "the dead-letter record")
+
+            # the scheduler serves API tokens: a viewer made by the admin reads but cannot act
+            tokens = auth_pb2_grpc.TokenServiceStub(channel)
+            grant = auth_pb2.Grant(account_id="a", role=auth_pb2.ROLE_VIEWER)
+            viewer = await tokens.CreateToken(auth_pb2.CreateTokenRequest(name="dash", grants=[grant]))
+        async with local_pki.operator_channel(address, viewer.secret) as channel:
+            stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            assert (await stub.GetInstance(S.GetInstanceRequest(instance_id=instance_id))).account_id == "a"
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await stub.PauseBackup(S.InstanceRef(instance_id=instance_id))
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        async with grpc.aio.insecure_channel(address) as plaintext:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await scheduler_pb2_grpc.SchedulerServiceStub(plaintext).ListInstances(
+                    S.ListInstancesRequest(), timeout=5
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         stop.set()
         await asyncio.wait_for(server, 30)

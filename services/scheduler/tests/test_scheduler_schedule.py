@@ -4,7 +4,7 @@ import asyncio
 import datetime as dt
 
 import pytest
-from scheduler_helpers import activate, active_instance, enroll, update_job
+from scheduler_helpers import activate, active_instance, call, enroll, update_job
 from strongroom.common.v1 import common_pb2
 from strongroom_platform.clock import utc
 from strongroom_platform.events import JOB_REQUESTED
@@ -94,7 +94,7 @@ async def test_due_instance_gets_a_scheduled_job_once(
     requested = store.events(JOB_REQUESTED)
     assert len(requested) == 1
     assert requested[0].trigger == requested[0].TRIGGER_SCHEDULE  # type: ignore[attr-defined]
-    after = await handlers.get_instance(deps, instance.instance_id)
+    after = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert after.next_backup_at == utc(2026, 1, 2, 18, 0)
     assert after.last_scheduled_on == dt.date(2026, 1, 2)
 
@@ -108,7 +108,9 @@ async def test_still_running_backup_skips_the_day(deps: Deps, store: InMemorySch
     result = await schedule_due(store, clock)
     assert result.created == []
     assert result.skipped == [instance.instance_id]
-    assert (await handlers.get_instance(deps, instance.instance_id)).next_backup_at == utc(2026, 1, 3, 18, 0)
+    assert (await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))).next_backup_at == utc(
+        2026, 1, 3, 18, 0
+    )
     await update_job(deps, job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE)
     clock.set(utc(2026, 1, 3, 18, 0))
     assert len((await schedule_due(store, clock)).created) == 1
@@ -119,7 +121,7 @@ async def test_not_enrolled_and_paused_instances_get_no_jobs(
 ) -> None:
     waiting = await activate(deps, minute=120)
     paused = await active_instance(deps, minute=120)
-    await handlers.pause_backup(deps, paused.instance_id)
+    await handlers.pause_backup(deps, paused.instance_id, call=call("PauseBackup"))
     clock.set(utc(2026, 1, 1, 18, 0))
     result = await schedule_due(store, clock)
     assert result.created == []
@@ -135,7 +137,9 @@ async def test_missed_days_collapse_into_one_job(deps: Deps, store: InMemorySche
     instance = await active_instance(deps, minute=120)
     clock.set(utc(2026, 1, 5, 12, 0))  # four slots missed while the scheduler was down
     assert len((await schedule_due(store, clock)).created) == 1
-    assert (await handlers.get_instance(deps, instance.instance_id)).next_backup_at == utc(2026, 1, 5, 18, 0)
+    assert (await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))).next_backup_at == utc(
+        2026, 1, 5, 18, 0
+    )
 
 
 async def test_batches_cover_every_due_instance(deps: Deps, store: InMemorySchedulerStore, clock: FakeClock) -> None:
@@ -151,27 +155,39 @@ async def test_time_change_through_settings_follows_seed_rules(
     instance = await active_instance(deps, minute=5 * 60)  # 05:00 UTC+8
     clock.set(at_local(2, 4, 30))
     changed = await handlers.update_settings(
-        deps, instance.instance_id, SettingsInput(daily_start_minute=4 * 60), ["daily_start_minute"]
+        deps,
+        instance.instance_id,
+        SettingsInput(daily_start_minute=4 * 60),
+        ["daily_start_minute"],
+        call=call("UpdateSettings"),
     )
     assert changed.next_backup_at == at_local(3, 4, 0)  # today's skipped
     changed = await handlers.update_settings(
-        deps, instance.instance_id, SettingsInput(daily_start_minute=6 * 60), ["daily_start_minute"]
+        deps,
+        instance.instance_id,
+        SettingsInput(daily_start_minute=6 * 60),
+        ["daily_start_minute"],
+        call=call("UpdateSettings"),
     )
     assert changed.next_backup_at == at_local(2, 6, 0)  # later than now: today
     clock.set(at_local(2, 6, 0))
     assert len((await schedule_due(store, clock)).created) == 1
     changed = await handlers.update_settings(
-        deps, instance.instance_id, SettingsInput(daily_start_minute=22 * 60), ["daily_start_minute"]
+        deps,
+        instance.instance_id,
+        SettingsInput(daily_start_minute=22 * 60),
+        ["daily_start_minute"],
+        call=call("UpdateSettings"),
     )
     assert changed.next_backup_at == at_local(3, 22, 0)  # today's already ran: from tomorrow
 
 
 async def test_resume_schedules_from_the_next_slot(deps: Deps, store: InMemorySchedulerStore, clock: FakeClock) -> None:
     instance = await active_instance(deps, minute=120)
-    await handlers.pause_backup(deps, instance.instance_id)
+    await handlers.pause_backup(deps, instance.instance_id, call=call("PauseBackup"))
     clock.set(utc(2026, 1, 4, 12, 0))
     assert (await schedule_due(store, clock)).created == []
-    resumed = await handlers.resume_backup(deps, instance.instance_id)
+    resumed = await handlers.resume_backup(deps, instance.instance_id, call=call("ResumeBackup"))
     assert resumed.next_backup_at == utc(2026, 1, 4, 18, 0)
     assert (await schedule_due(store, clock)).created == []
 

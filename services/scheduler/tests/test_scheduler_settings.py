@@ -6,6 +6,7 @@ from strongroom_scheduler.settings import Settings
 
 BASE = {
     "STRONGROOM_PG_DSN": "postgresql://x",
+    "STRONGROOM_INSECURE_PLAINTEXT": "1",  # what is tested here is not the transport
     "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092",
     "STRONGROOM_OBJECT_STORE": "file:/unused",
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from strongroom_cli import browse, certs, instances, jobs, overview, restores, versions
+from strongroom_cli import browse, certs, credentials, instances, jobs, overview, restores, tokens, versions
 from strongroom_cli.config import SERVICES, ConfigError, resolve_addresses
 from strongroom_cli.context import Context, UsageError
 
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--account",
         default=None,
-        help="account id (default: $STRONGROOM_ACCOUNT_ID or 'default')",
+        help="account to act on, among those of the credential (default: $STRONGROOM_ACCOUNT_ID, the login's "
+        "account, or the credential's only account)",
     )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per request (default 30)")
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `--json` is also accepted after the subcommand; SUPPRESS keeps the top-level value when absent.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
-    for module in (instances, jobs, versions, browse, restores, overview, certs):
+    for module in (instances, jobs, versions, browse, restores, overview, certs, tokens):
         module.register(groups, common)
     # listed for --help only: run() hands `standalone ...` to the runner before parsing
     groups.add_parser("standalone", help="run the whole platform locally (strongroom standalone --help)")
@@ -65,15 +66,21 @@ def run(argv: list[str]) -> int:
         # local commands (certs) reach no service: a broken state file must not stop them
         local = getattr(args, "local", False)
         addresses = {} if local else resolve_addresses({s: getattr(args, s) for s in SERVICES}, os.environ, Path.cwd())
+        credential = None if local else credentials.resolve(os.environ, Path.cwd())
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     context = Context(
         args=args,
         addresses=addresses,
-        account_id=args.account or os.environ.get("STRONGROOM_ACCOUNT_ID") or "default",
+        account_id=args.account
+        or os.environ.get("STRONGROOM_ACCOUNT_ID")
+        or (credential.account if credential else ""),
         json=args.json,
         timeout=args.timeout,
+        token=credential.token if credential else "",
+        ca_file=credentials.ca_file(os.environ, Path.cwd(), credential),
+        plaintext=os.environ.get("STRONGROOM_INSECURE_PLAINTEXT") == "1",
     )
     command: Command = args.command
     return asyncio.run(_run(command, context))

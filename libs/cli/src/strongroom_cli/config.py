@@ -14,8 +14,8 @@ class ConfigError(Exception):
     """An address cannot be determined; the message says how to provide it."""
 
 
-def _standalone_addresses(cwd: Path) -> dict[str, str]:
-    path = cwd / STANDALONE_FILE
+def _standalone_addresses(data_dir: Path) -> dict[str, str]:
+    path = data_dir / STANDALONE_FILE.name
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -28,8 +28,12 @@ def _standalone_addresses(cwd: Path) -> dict[str, str]:
 
 
 def resolve_addresses(flags: Mapping[str, str | None], environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
-    """{service: host:port} for every service that has an address, by precedence flag > env > state file."""
-    from_file = _standalone_addresses(cwd)
+    """{service: host:port} for every service that has an address, by precedence flag > env > state file.
+
+    The state file is ``standalone.json`` of ``$STRONGROOM_STANDALONE_DIR`` (default ``./.strongroom``).
+    """
+    explicit = environ.get("STRONGROOM_STANDALONE_DIR")
+    from_file = _standalone_addresses(Path(explicit) if explicit else cwd / STANDALONE_FILE.parent)
     addresses: dict[str, str] = {}
     for service in SERVICES:
         value = flags.get(service) or environ.get(f"STRONGROOM_{service.upper()}_ADDR") or from_file.get(service)

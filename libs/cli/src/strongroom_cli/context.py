@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+from strongroom.auth.v1 import auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2_grpc
 from strongroom.restore.v1 import restore_pb2_grpc
@@ -29,6 +31,9 @@ class Context:
     account_id: str
     json: bool
     timeout: float
+    token: str = ""
+    ca_file: str = ""
+    plaintext: bool = False
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     def _channel(self, service: str) -> grpc.aio.Channel:
@@ -36,8 +41,15 @@ class Context:
             address = self.addresses.get(service)
             if not address:
                 raise missing_address(service)
-            self._channels[service] = grpc.aio.insecure_channel(address)
+            self._channels[service] = self._open(address)
         return self._channels[service]
+
+    def _open(self, address: str) -> grpc.aio.Channel:
+        """TLS verified by ``ca_file`` (or the system's CAs); plaintext only when asked for."""
+        if self.plaintext:
+            return grpc.aio.insecure_channel(address)
+        roots = Path(self.ca_file).read_bytes() if self.ca_file else None
+        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots))
 
     def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceAsyncStub:
         return scheduler_pb2_grpc.SchedulerServiceStub(self._channel("scheduler"))
@@ -51,10 +63,16 @@ class Context:
     def billing(self) -> billing_pb2_grpc.BillingServiceAsyncStub:
         return billing_pb2_grpc.BillingServiceStub(self._channel("billing"))
 
+    def tokens(self) -> auth_pb2_grpc.TokenServiceAsyncStub:
+        """API tokens are served by the scheduler."""
+        return auth_pb2_grpc.TokenServiceStub(self._channel("scheduler"))
+
     @property
     def call(self) -> dict[str, Any]:
-        """Keyword arguments of every RPC (the deadline)."""
-        return {"timeout": self.timeout}
+        """Keyword arguments of every RPC: the deadline and the credential."""
+        if not self.token:
+            return {"timeout": self.timeout}
+        return {"timeout": self.timeout, "metadata": (("authorization", f"Bearer {self.token}"),)}
 
     async def close(self) -> None:
         for channel in self._channels.values():

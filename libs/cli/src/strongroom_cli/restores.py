@@ -35,6 +35,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.add_argument("--target-instance", default="", metavar="ID", help="destination instance (default: the source)")
     p.add_argument("--target-path", default="", metavar="DIR", help="existing directory (default: original path)")
     p.add_argument("--overwrite", action="store_true", help="overwrite existing files (default: skip them)")
+    p.add_argument(
+        "--confirm-original-path",
+        action="store_true",
+        help="restore onto another instance at the point's original paths (no --target-path); audited",
+    )
     p.add_argument("--wait", action="store_true", help="wait until the job finishes; exit 1 if it failed")
     p.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
     p.set_defaults(command=create)
@@ -83,6 +88,7 @@ async def create(context: Context) -> int:
         exclude_paths=args.exclude,
         target_path=args.target_path,
         conflict_policy=policy,
+        confirm_original_path_on_other_instance=args.confirm_original_path,
     )
     stub = context.restore()
     job = await stub.CreateRestoreJob(request, **context.call)

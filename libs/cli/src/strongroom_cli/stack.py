@@ -18,12 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
-# Start order: the catalog reads manifests from the gateway and the restore service calls the
-# catalog, so the gateway starts first, then the catalog, then the others together.
+# Start order: the catalog reads manifests from the gateway's internal listener and the restore
+# service calls the catalog's and the scheduler's, so those three start one by one, first.
 SERVICES: tuple[str, ...] = ("gateway", "catalog", "scheduler", "billing", "restore")
-_STARTED_ONE_BY_ONE = 2
+_STARTED_ONE_BY_ONE = 3
+INTERNAL = "-internal"
 MODULES: Mapping[str, str] = {
     "catalog": "strongroom_catalog",
     "scheduler": "strongroom_scheduler",
@@ -52,6 +55,7 @@ class ManagedProcess:
     process: asyncio.subprocess.Process
     log_path: Path
     address: str = ""
+    announced: dict[str, str] = field(default_factory=dict)
     _pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def stop(self, grace: float = 15.0) -> int:
@@ -99,9 +103,13 @@ async def spawn(
     log_dir: Path,
     *,
     announce: str | None = None,
+    also_announce: tuple[str, ...] = (),
     start_within: float = 90.0,
 ) -> ManagedProcess:
     """Start ``argv``; when ``announce`` is given, wait for ``LISTENING <announce> <addr>`` on stdout.
+
+    ``also_announce`` names further listeners (``gateway-internal``) announced before it; their
+    addresses land in ``announced``.
 
     Raises ServiceStartError (with the log tail) if the process exits or does
     not announce itself within ``start_within`` seconds.
@@ -120,6 +128,7 @@ async def spawn(
     managed = ManagedProcess(name=name, process=process, log_path=log_path)
     if announce is not None:
         prefix = f"LISTENING {announce} "
+        others = tuple(f"LISTENING {name} " for name in also_announce)
         try:
             async with asyncio.timeout(start_within):
                 with log_path.open("ab") as log:
@@ -133,8 +142,12 @@ async def spawn(
                             )
                         log.write(line)
                         text = line.decode(errors="replace").strip()
+                        for other, name in zip(others, also_announce, strict=True):
+                            if text.startswith(other):
+                                managed.announced[name] = text[len(other) :].strip()
                         if text.startswith(prefix):
                             managed.address = text[len(prefix) :].strip()
+                            managed.announced[announce] = managed.address
                             break
         except TimeoutError:
             await managed.stop(grace=2)
@@ -146,13 +159,37 @@ async def spawn(
 
 
 def service_env(base: Mapping[str, str], addresses: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a service process: ``base`` plus every known peer address."""
+    """The environment of a service process: ``base`` plus every known peer address.
+
+    ``gateway`` becomes ``STRONGROOM_GATEWAY_ADDR``, ``gateway-internal``
+    ``STRONGROOM_GATEWAY_INTERNAL_ADDR``.
+    """
     env = dict(base)
     for name, address in addresses.items():
-        env[f"STRONGROOM_{name.upper()}_ADDR"] = address
+        env[f"STRONGROOM_{name.upper().replace('-', '_')}_ADDR"] = address
     env.setdefault("STRONGROOM_GRPC_LISTEN", "127.0.0.1:0")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def tls_env(tls_dir: Path, service: str, *, internal_listen: str | None = None) -> dict[str, str]:
+    """TLS of one service from a local PKI (``certs.ensure_local_pki``), with its internal listener.
+
+    The service presents ``<service>.pem`` on both listeners and to its peers; its internal
+    listener accepts only certificates of the same CA (mutual TLS, ADR 0024). A restarted service
+    gets its previous ``internal_listen`` back, so its peers' channels find it again.
+    """
+    from strongroom_platform.certs import CA_CERT_FILE, pair_paths
+
+    cert, key = pair_paths(tls_dir, service)
+    internal = "STRONGROOM_GATEWAY_INTERNAL_LISTEN" if service == "gateway" else "STRONGROOM_INTERNAL_LISTEN"
+    return {
+        "STRONGROOM_TLS_CERT": str(cert),
+        "STRONGROOM_TLS_KEY": str(key),
+        "STRONGROOM_TLS_CA": str(tls_dir / CA_CERT_FILE),
+        "STRONGROOM_TLS_CLIENT_CA": str(tls_dir / CA_CERT_FILE),
+        internal: internal_listen or "127.0.0.1:0",
+    }
 
 
 @dataclass
@@ -161,9 +198,12 @@ class Stack:
 
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
 
+    tls_dir: Path | None = None
+
     @property
     def addresses(self) -> dict[str, str]:
-        return {name: p.address for name, p in self.processes.items()}
+        """Every listener's address: ``<service>`` and, with TLS, ``<service>-internal``."""
+        return {name: address for p in self.processes.values() for name, address in p.announced.items()}
 
     async def start(
         self,
@@ -171,13 +211,21 @@ class Stack:
         log_dir: Path,
         *,
         listen: Mapping[str, str] | None = None,
+        tls_dir: Path | None = None,
         start_within: float = 90.0,
     ) -> None:
         """Start every service; on any failure stop those already started and re-raise.
 
         ``listen`` maps a service name to its fixed listen address (default: any free port).
+        ``tls_dir`` holds (or receives) a local PKI: every service then serves TLS, with an
+        internal mutual-TLS listener for its peers; without it ``base_env`` must say how.
         """
         listen = listen or {}
+        if tls_dir is not None:
+            from strongroom_platform.certs import ensure_local_pki
+
+            ensure_local_pki(tls_dir, SERVICES)
+            self.tls_dir = tls_dir
         try:
             for name in SERVICES[:_STARTED_ONE_BY_ONE]:
                 self.processes[name] = await self._start_one(name, base_env, log_dir, listen.get(name), start_within)
@@ -202,10 +250,14 @@ class Stack:
         self, name: str, base_env: Mapping[str, str], log_dir: Path, listen: str | None, start_within: float
     ) -> ManagedProcess:
         env = service_env(base_env, self.addresses)
+        also: tuple[str, ...] = ()
+        if self.tls_dir is not None:
+            env.update(tls_env(self.tls_dir, name, internal_listen=self.addresses.get(name + INTERNAL)))
+            also = (name + INTERNAL,)
         if listen:
             env["STRONGROOM_GRPC_LISTEN"] = listen
         argv = [sys.executable, "-m", MODULES[name]]
-        return await spawn(name, argv, env, log_dir, announce=name, start_within=start_within)
+        return await spawn(name, argv, env, log_dir, announce=name, also_announce=also, start_within=start_within)
 
     async def stop(self) -> None:
         """Stop every process (in reverse start order)."""
@@ -217,3 +269,19 @@ class Stack:
 def current_env() -> dict[str, str]:
     """The supervisor's own environment (read once, by the caller's composition root)."""
     return dict(os.environ)
+
+
+def operator_channel(address: str, *, ca_file: Path | None, token: str) -> grpc.aio.Channel:
+    """A channel to a service's public listener that sends ``token`` on every call.
+
+    With ``ca_file`` the channel speaks TLS, trusting that CA, and the token rides as call
+    credentials. Without it the channel is plaintext, and gRPC refuses call credentials there:
+    the caller must then send the token as metadata itself.
+    """
+    if ca_file is None:
+        return grpc.aio.insecure_channel(address)
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes()),
+        grpc.access_token_call_credentials(token),
+    )
+    return grpc.aio.secure_channel(address, credentials)

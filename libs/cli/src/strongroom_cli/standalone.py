@@ -28,11 +28,13 @@ import grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from strongroom_platform.admin import create_admin_token
+from strongroom_platform.certs import CA_CERT_FILE, spki_sha256, write_private
 from strongroom_platform.runtime import run_until_signalled
 from strongroom_servers.postgres import LocalPostgres
 from strongroom_servers.tansu import LocalTansu
 
-from strongroom_cli.stack import SERVICES, ManagedProcess, Stack, spawn
+from strongroom_cli.stack import SERVICES, ManagedProcess, Stack, operator_channel, spawn
 
 DEMO_FILES: Mapping[str, bytes] = {
     "hello.txt": b"Hello from Strongroom!\n",
@@ -117,11 +119,14 @@ async def _ensure_instance(
     return response.instance.instance_id, response.enrollment_token
 
 
-async def _enroll_agent(gateway: str, token: str, agent_dir: Path, env: Mapping[str, str], logs: Path) -> None:
-    """Enroll the local agent; retried while the gateway has not yet seen the activation event."""
+async def _enroll_agent(
+    gateway: str, token: str, agent_dir: Path, env: Mapping[str, str], logs: Path, ca_file: Path
+) -> None:
+    """Enroll the local agent, pinned to the local CA; retried while the gateway has not yet seen
+    the activation event."""
     deadline = time.monotonic() + 60
     argv = [sys.executable, "-m", "strongroom_agent", "enroll", "--gateway", gateway, "--token", token]
-    argv += ["--state-dir", str(agent_dir)]
+    argv += ["--state-dir", str(agent_dir), "--ca-file", str(ca_file), "--pin", spki_sha256(ca_file.read_bytes())]
     while True:
         process = await asyncio.create_subprocess_exec(
             *argv, env=dict(env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -175,12 +180,20 @@ async def _first_backup(
 def _print_instructions(instance_id: str, version: catalog_pb2.Version, backup_dir: Path, data_dir: Path) -> None:
     point = version.points[0]
     sample = next((name for name in DEMO_FILES if (backup_dir / name).is_file()), "")
-    cli = ".venv/bin/strongroom" if Path(".venv/bin/strongroom").exists() else "strongroom"
+    cli = str(Path(".venv/bin/strongroom").absolute()) if Path(".venv/bin/strongroom").exists() else "strongroom"
+    located = (
+        []
+        if data_dir == (Path.cwd() / ".strongroom").absolute()
+        else [f"  export STRONGROOM_STANDALONE_DIR={data_dir}"]
+    )
     lines = [
         "",
         f"Strongroom is running. {backup_dir} is backed up as instance {instance_id}.",
         f"Backup version {version.version_id}, point {point.point_id} ({point.file_count} files).",
+        f"Every connection is TLS (local CA in {data_dir / 'tls'}); the CLI signs in with {data_dir / 'admin-token'}.",
         "In another terminal (same directory):",
+        *located,
+        f"  {cli} whoami",
         f"  {cli} versions list {instance_id}",
         f"  {cli} browse {point.point_id} {os.path.dirname(sample)}",
         "  mkdir -p /tmp/strongroom-restore",
@@ -190,6 +203,24 @@ def _print_instructions(instance_id: str, version: catalog_pb2.Version, backup_d
         f"Logs: {data_dir / 'logs'}. Ctrl-C stops everything; state is kept in {data_dir}.",
     ]
     _say("\n".join(lines))
+
+
+ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_TOKEN_REFRESH = 30 * 86400  # seconds: a token older than this is replaced at start
+
+
+async def _admin_token(data_dir: Path, dsn: str) -> str:
+    """The standalone admin token of account ``default`` (file 0600), made anew when missing or old.
+
+    Made with database access (``strongroom-admin token create``); valid 90 days, replaced at a
+    start once 30 days old, so a running standalone never holds an expired one.
+    """
+    path = data_dir / ADMIN_TOKEN_FILE
+    if path.is_file() and time.time() - path.stat().st_mtime < ADMIN_TOKEN_REFRESH:
+        return path.read_text().strip()
+    token = await create_admin_token(dsn, "default", name="standalone")
+    write_private(path, token.encode() + b"\n")
+    return token
 
 
 async def run(options: Options, stop: asyncio.Event) -> None:
@@ -248,22 +279,25 @@ async def _run_locked(options: Options, stop: asyncio.Event) -> None:
             STRONGROOM_MASTER_KEY_FILE=str(data_dir / "master.key"),
             STRONGROOM_OUTBOX_REPLAY="1",  # the in-memory broker starts empty every time
         )
-        _say("starting services ...")
+        _say("starting services (TLS, local CA) ...")
         listen = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-        await stack.start(env, logs, listen=listen)
+        tls_dir = data_dir / "tls"
+        await stack.start(env, logs, listen=listen, tls_dir=tls_dir)
         addresses = stack.addresses
         (data_dir / "standalone.json").write_text(json.dumps(addresses, indent=2))
+        token = await _admin_token(data_dir, postgres.dsn)
+        ca_file = tls_dir / CA_CERT_FILE
         async with (
-            grpc.aio.insecure_channel(addresses["scheduler"]) as scheduler_channel,
-            grpc.aio.insecure_channel(addresses["catalog"]) as catalog_channel,
+            operator_channel(addresses["scheduler"], ca_file=ca_file, token=token) as scheduler_channel,
+            operator_channel(addresses["catalog"], ca_file=ca_file, token=token) as catalog_channel,
         ):
             scheduler = scheduler_pb2_grpc.SchedulerServiceStub(scheduler_channel)
             catalog = catalog_pb2_grpc.CatalogServiceStub(catalog_channel)
-            instance_id, token = await _ensure_instance(state, scheduler, backup_dir)
+            instance_id, enrollment = await _ensure_instance(state, scheduler, backup_dir)
             agent_dir = data_dir / "agent"
             agent_env = dict(env, STRONGROOM_AGENT_STATE_DIR=str(agent_dir))
-            if token is not None:
-                await _enroll_agent(addresses["gateway"], token, agent_dir, agent_env, logs)
+            if enrollment is not None:
+                await _enroll_agent(addresses["gateway"], enrollment, agent_dir, agent_env, logs, ca_file)
                 state.data.update(instance_id=instance_id, backup_dir=str(backup_dir))
                 state.save()
             agent_argv = [sys.executable, "-m", "strongroom_agent", "run", "--state-dir", str(agent_dir)]

@@ -98,7 +98,9 @@ def _wrap(behavior: Behavior, method: str) -> Behavior:
 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         async with map_errors(context, method):
-            return await behavior(request, context)
+            result = behavior(request, context)
+            # grpc.aio also serves plain (non-async) methods; their result is the response itself.
+            return await result if inspect.isawaitable(result) else result
 
     return call
 

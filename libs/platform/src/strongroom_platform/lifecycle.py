@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -32,9 +33,20 @@ async def cancel(task: asyncio.Task[Any]) -> None:
         await task
 
 
-async def open_pool(stack: AsyncExitStack, dsn: str, schema: str, migrations: Sequence[Migration]) -> asyncpg.Pool:
-    """A pool on ``schema`` with ``migrations`` applied; closed when the stack unwinds."""
-    pool = await create_pool(dsn, schema)
+async def open_pool(
+    stack: AsyncExitStack,
+    dsn: str,
+    schema: str,
+    migrations: Sequence[Migration],
+    *,
+    max_size: int = 10,
+    tls: ssl.SSLContext | None = None,
+) -> asyncpg.Pool:
+    """A pool on ``schema`` with ``migrations`` applied; closed when the stack unwinds.
+
+    ``tls``: ``tls.backend_ssl_context(settings.pg_tls)`` (None: as the DSN says).
+    """
+    pool = await create_pool(dsn, schema, max_size=max_size, tls=tls)
     stack.push_async_callback(pool.close)
     await migrate(pool, schema, migrations)
     return pool
@@ -70,9 +82,10 @@ async def serve(
     listen: str,
     register: Callable[[grpc.aio.Server], None],
     *,
+    credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> grpc.aio.Server:
     """The service's gRPC server, announced (``runtime.serve_grpc``); stopped with 5 s grace when the stack unwinds."""
-    server = await serve_grpc(service, listen, register, interceptors=interceptors)
+    server = await serve_grpc(service, listen, register, credentials=credentials, interceptors=interceptors)
     stack.push_async_callback(server.stop, 5)
     return server

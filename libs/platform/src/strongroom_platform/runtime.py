@@ -139,7 +139,8 @@ def service_main(
     """The body of a service's ``main()``: logging, settings from ``os.environ``, then
     ``run(settings, stop)`` until SIGINT/SIGTERM (see :func:`run_until_signalled`).
 
-    Bad settings end the process with status 2 and the message on stderr.
+    Bad settings end the process with status 2 and the message on stderr, also those found while
+    starting (a listener refused plaintext, a master key missing).
     """
     configure_logging(service)
     try:
@@ -147,8 +148,15 @@ def service_main(
     except SettingsError as exc:
         print(f"strongroom-{service}: {exc}", file=sys.stderr)
         sys.exit(2)
+    refused: list[SettingsError] = []
 
     async def serve(stop: asyncio.Event) -> None:
-        await run(settings, stop)
+        try:
+            await run(settings, stop)
+        except SettingsError as exc:
+            refused.append(exc)
 
     run_until_signalled(serve)
+    if refused:
+        print(f"strongroom-{service}: {refused[0]}", file=sys.stderr)
+        sys.exit(2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -161,6 +162,35 @@ class S3Settings:
 
 
 @dataclass(frozen=True, slots=True)
+class OidcSettings:
+    """``STRONGROOM_OIDC_ISSUER``, ``_AUDIENCE``, ``_JWKS`` (file path or https address), ``_ROLES_CLAIM``."""
+
+    issuer: str
+    audience: str
+    jwks: str
+    roles_claim: str = "strongroom_roles"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> OidcSettings | None:
+        """None when OIDC is not configured (no issuer); a SettingsError when half-configured."""
+        issuer = environ.get("STRONGROOM_OIDC_ISSUER", "")
+        if not issuer:
+            return None
+        jwks = env_str(environ, "STRONGROOM_OIDC_JWKS")
+        if "://" in jwks:
+            parts = urlsplit(jwks)
+            loopback = parts.hostname in {"127.0.0.1", "localhost", "::1"}
+            if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+                raise SettingsError("STRONGROOM_OIDC_JWKS must be a file path or an https address")
+        return cls(
+            issuer=issuer,
+            audience=env_str(environ, "STRONGROOM_OIDC_AUDIENCE"),
+            jwks=jwks,
+            roles_claim=env_str(environ, "STRONGROOM_OIDC_ROLES_CLAIM", "strongroom_roles"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PlatformSettings:
     """Connections every service needs.
 
@@ -176,6 +206,10 @@ class PlatformSettings:
             (development and tests only); without it and without TLS settings they are refused.
         STRONGROOM_PG_TLS, _CA, _CERT, _KEY and STRONGROOM_KAFKA_TLS, _CA, _CERT, _KEY: TLS to
             PostgreSQL and Kafka (:class:`BackendTls`; off by default).
+        STRONGROOM_INTERNAL_LISTEN: host:port of the internal listener, where other Strongroom
+            services call this one with their service certificates (mutual TLS; needs
+            STRONGROOM_TLS_CLIENT_CA); unset, no internal listener (ADR 0024).
+        STRONGROOM_OIDC_ISSUER, _AUDIENCE, _JWKS, _ROLES_CLAIM: operators' OIDC tokens (:class:`OidcSettings`).
         STRONGROOM_OTEL: "none" (default), "console" or "otlp".
         STRONGROOM_OUTBOX_REPLAY: "1" in standalone mode, whose in-memory broker forgets
             everything on restart: the outbox keeps published events and publishes them
@@ -193,6 +227,8 @@ class PlatformSettings:
     insecure_plaintext: bool = False
     pg_tls: BackendTls = BackendTls()
     kafka_tls: BackendTls = BackendTls()
+    internal_listen: str | None = None
+    oidc: OidcSettings | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PlatformSettings:
@@ -218,7 +254,7 @@ class PlatformSettings:
         otel = env_str(environ, "STRONGROOM_OTEL", "none")
         if otel not in {"none", "console", "otlp"}:
             raise SettingsError(f"STRONGROOM_OTEL must be none, console or otlp, got {otel!r}")
-        return cls(
+        settings = cls(
             pg_dsn=env_str(environ, "STRONGROOM_PG_DSN"),
             kafka_bootstrap=env_str(environ, "STRONGROOM_KAFKA_BOOTSTRAP"),
             kafka_idempotent=env_bool(environ, "STRONGROOM_KAFKA_IDEMPOTENT", True),
@@ -230,4 +266,13 @@ class PlatformSettings:
             insecure_plaintext=insecure_plaintext_from_env(environ, tls),
             pg_tls=BackendTls.from_env(environ, "STRONGROOM_PG_TLS"),
             kafka_tls=BackendTls.from_env(environ, "STRONGROOM_KAFKA_TLS"),
+            internal_listen=environ.get("STRONGROOM_INTERNAL_LISTEN") or None,
+            oidc=OidcSettings.from_env(environ),
         )
+        if not settings.insecure_plaintext and (tls is None or not tls.has_identity):
+            # Refused here, before anything connects, rather than when the listener opens.
+            raise PlaintextRefused(
+                f"no TLS certificate (set STRONGROOM_TLS_CERT and STRONGROOM_TLS_KEY); "
+                f"plaintext needs {INSECURE_PLAINTEXT_ENV}=1"
+            )
+        return settings

@@ -13,16 +13,22 @@ import copy
 import dataclasses
 import datetime as dt
 import itertools
-from collections.abc import AsyncIterator, Mapping
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import grpc
 from google.protobuf.message import Message
 
+from strongroom_platform.auth.interceptor import Authenticator, AuthInterceptor
+from strongroom_platform.auth.policy import POLICY
+from strongroom_platform.auth.principal import CallAuth, Principal, Role
+from strongroom_platform.auth.tokens import InMemoryTokenStore, TokenVerifier, new_token
 from strongroom_platform.clock import Clock, SystemClock, utc
 from strongroom_platform.eventbus import Handler, Record
 from strongroom_platform.events import ALERT_RAISED, TOPIC_MESSAGES
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound
 from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
+from strongroom_platform.runtime import start_grpc_server
 
 StateT = TypeVar("StateT")
 
@@ -299,3 +305,62 @@ def record_event(outbox: list[tuple[str, str, Message]], topic: str, key: str, e
     if expected is None or not isinstance(event, expected):
         raise ValueError(f"{type(event).__name__} is not the message type of topic {topic!r}")
     outbox.append((topic, key, copy.deepcopy(event)))
+
+
+def call_for(method: str, principal: Principal) -> CallAuth:
+    """The :class:`CallAuth` the auth interceptor sets when ``principal`` calls ``method``.
+
+    ``method`` is the full gRPC name (``/package.Service/Method``); the permission and verb come from
+    its rule in ``auth.policy.POLICY``, so handler tests and the table cannot drift (KeyError for a
+    method without a rule).
+    """
+    rule = POLICY[method]
+    return CallAuth(principal=principal, method=method, permission=rule.permission, verb=rule.verb)
+
+
+if TYPE_CHECKING:
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+else:  # the grpc classes are generic for the type checker only
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
+
+
+class _Bearer(_UnaryUnary, _UnaryStream):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._entry)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+@contextlib.asynccontextmanager
+async def serve_authenticated(
+    register: Callable[[grpc.aio.Server], None], grants: Mapping[str, Role]
+) -> AsyncIterator[grpc.aio.Channel]:
+    """Serve ``register`` on 127.0.0.1 behind the auth interceptor; yield a channel whose calls carry
+    an API token holding ``grants`` (account → role)."""
+    clock = SystemClock()
+    store = InMemoryTokenStore()
+    token, record = new_token(
+        name="test", grants=grants, created_by="test", now=clock.now(), lifetime=dt.timedelta(hours=1)
+    )
+    await store.insert(record)
+    interceptor = AuthInterceptor(Authenticator(tokens=TokenVerifier(store, clock)))
+    server, port = await start_grpc_server("127.0.0.1:0", register, interceptors=[interceptor])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[_Bearer(token)]) as channel:  # type: ignore[list-item]
+            yield channel
+    finally:
+        await server.stop(None)

@@ -47,12 +47,16 @@ from strongroom_servers import (
     s3_server_header,
 )
 
+from strongroom_testing.pki import LocalPki
+
 __all__ = [
     "FIXTURE_KINDS",
+    "LocalPki",
     "S3Config",
     "ServerPool",
     "ServiceUnavailable",
     "kafka_bootstrap",
+    "local_pki",
     "pg_dsn",
     "pg_server_dsn",
     "s3_config",
@@ -446,3 +450,9 @@ def s3_config(request: pytest.FixtureRequest) -> S3Config:
     """The session's S3 server; it supports versioning and Object Lock (``make_bucket(..., object_lock=True)``)."""
     value: S3Config = _require(request, "s3")
     return value
+
+
+@pytest.fixture
+def local_pki(tmp_path: Path) -> LocalPki:
+    """A test CA with a certificate for every service (``strongroom_testing.pki``)."""
+    return LocalPki.create(tmp_path / "pki")

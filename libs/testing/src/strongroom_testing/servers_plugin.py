@@ -22,6 +22,7 @@ from strongroom_testing.fixtures import (
     FIXTURE_KINDS,
     Kind,
     kafka_bootstrap,
+    local_pki,
     pg_dsn,
     pg_server_dsn,
     s3_config,
@@ -29,7 +30,7 @@ from strongroom_testing.fixtures import (
 )
 
 # Re-exported so pytest registers them as fixtures of this plugin.
-__all__ = ["kafka_bootstrap", "pg_dsn", "pg_server_dsn", "s3_config"]
+__all__ = ["kafka_bootstrap", "local_pki", "pg_dsn", "pg_server_dsn", "s3_config"]
 
 
 def _needed_kinds(items: list[pytest.Item]) -> set[Kind]:

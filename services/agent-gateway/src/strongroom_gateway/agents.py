@@ -11,6 +11,8 @@ import secrets
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom_platform.auth import AgentAuthenticator, Principal
+from strongroom_platform.auth import agent as agent_principal
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import AGENT_ENROLLED, new_meta
 
@@ -92,6 +94,16 @@ async def authenticate(authorization: str | None, *, store: GatewayStore) -> Ide
     if instance.revoked:
         raise Unauthenticated("credential revoked: backup was deactivated for this instance")
     return Identity(instance.instance_id, instance.account_id)
+
+
+def authenticator(store: GatewayStore) -> AgentAuthenticator:
+    """The agent check of the auth interceptor on the agents' listener (ADR 0024)."""
+
+    async def check(authorization: str | None) -> Principal:
+        identity = await authenticate(authorization, store=store)
+        return agent_principal(identity.account_id, identity.instance_id)
+
+    return check
 
 
 async def pending_commands(

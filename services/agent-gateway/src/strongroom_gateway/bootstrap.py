@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 
-import grpc
-from strongroom_platform import lifecycle, wiring
+from strongroom_platform import lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
-from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import SettingsError
+from strongroom_platform.tls import backend_ssl_context
 
-from strongroom_gateway import consumers, manifest_api
+from strongroom_gateway import agents, consumers, manifest_api
 from strongroom_gateway.grpc_api import GatewayServicer, register
 from strongroom_gateway.ingest import PackWriter
 from strongroom_gateway.keys import AccountKeys, MasterKeyring
@@ -26,16 +24,6 @@ from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _both(
-    first: Callable[[grpc.aio.Server], None], second: Callable[[grpc.aio.Server], None]
-) -> Callable[[grpc.aio.Server], None]:
-    def add(server: grpc.aio.Server) -> None:
-        first(server)
-        second(server)
-
-    return add
 
 
 async def run(
@@ -67,16 +55,19 @@ async def run(
         keyring = await asyncio.to_thread(MasterKeyring.load, settings.master_key)
     log.info("encrypting with master key id %s", keyring.current.key_id)
     async with AsyncExitStack() as stack:
+        platform = settings.platform
         if store is None:
-            pool = await lifecycle.open_pool(stack, settings.platform.pg_dsn, schema, MIGRATIONS)
+            pool = await lifecycle.open_pool(
+                stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
+            )
             store = PgGatewayStore(pool)
             if publisher is None:
-                publisher = await stack.enter_async_context(wiring.publisher(settings.platform))
-            await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
+                publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
+            await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
         if object_store is None:
-            object_store = await stack.enter_async_context(wiring.object_store(settings.platform, clock))
+            object_store = await stack.enter_async_context(wiring.object_store(platform, clock))
         if consumer_factory is None:
-            consumer_factory = wiring.consumer_factory(settings.platform)
+            consumer_factory = wiring.consumer_factory(platform, tls=platform.kafka_tls)
 
         sessions = SessionRegistry()
         keys = AccountKeys(store, keyring, clock)
@@ -102,18 +93,26 @@ async def run(
             job_poll_interval=settings.job_poll_interval,
             unthrottled=settings.unthrottled,
         )
-        # The internal ManifestService (decrypted manifests for the catalog) gets its own listener
-        # when one is configured, so the agents' listener never serves it (ADR 0016).
+        # The internal ManifestService (decrypted manifests, for the catalog only) is served on the
+        # internal listener, to callers with a service certificate; never on the agents' port
+        # (ADR 0016, 0024).
         internal = manifest_api.register(
             manifest_api.ManifestServicer(store=store, object_store=object_store, keys=keys)
         )
-        if settings.internal_listen:
-            internal_server, internal_port = await start_grpc_server(settings.internal_listen, internal)
-            stack.push_async_callback(internal_server.stop, 5)
-            log.info("gateway internal API on %s:%d", settings.internal_listen.rsplit(":", 1)[0], internal_port)
-            services = register(servicer)
-        else:
-            services = _both(register(servicer), internal)
-        await lifecycle.serve(stack, "gateway", settings.grpc_listen, services)
+        internal_listen = settings.internal_listen or platform.internal_listen
+        if not internal_listen:
+            log.warning("no internal listener (STRONGROOM_GATEWAY_INTERNAL_LISTEN): the catalog cannot index points")
+        # The gateway serves agents (their credential) and services (their certificate), no operator.
+        auth = serving.agents_only(agents.authenticator(store))
+        await serving.serve_listeners(
+            stack,
+            "gateway",
+            platform,
+            settings.grpc_listen,
+            register(servicer),
+            auth=auth,
+            internal_listen=internal_listen,
+            internal_register=internal,
+        )
         await stop.wait()
         log.info("gateway stopping")

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom_platform.auth import CallerKind
+from strongroom_platform.auth.principal import peek_call
 from strongroom_platform.clock import Clock
 from strongroom_platform.objectstore import ObjectStore
 
@@ -41,6 +43,11 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self._unthrottled = unthrottled
 
     async def _identity(self, context: grpc.aio.ServicerContext[object, object]) -> Identity:
+        # Behind the auth interceptor the agent is already authenticated (one database read per
+        # call); a servicer served without it authenticates the metadata itself, just as strictly.
+        call = peek_call()
+        if call is not None and call.principal.kind is CallerKind.AGENT:
+            return Identity(call.principal.agent_instance, call.principal.agent_account)
         authorization = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":

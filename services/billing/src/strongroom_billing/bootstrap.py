@@ -6,9 +6,10 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from strongroom_platform import lifecycle, wiring
-from strongroom_platform.clock import Clock
+from strongroom_platform import lifecycle, serving, wiring
+from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory
+from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_billing.consumers import GROUP_ID, record_handlers
 from strongroom_billing.grpc_api import BillingServicer, register
@@ -28,16 +29,20 @@ async def run(
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order; prints ``LISTENING billing <host>:<port>``.
 
-    Billing produces no events, so it has no publisher and no relay; ``clock`` is accepted for the
-    common ``run`` shape (nothing here depends on time yet).
+    Billing produces no events, so it has no publisher and no relay; ``clock`` checks token expiry.
     """
-    del clock
+    clock = clock or SystemClock()
     platform = settings.platform
     async with AsyncExitStack() as stack:
-        pool = await lifecycle.open_pool(stack, platform.pg_dsn, SCHEMA, MIGRATIONS)
+        pool = await lifecycle.open_pool(
+            stack, platform.pg_dsn, SCHEMA, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
+        )
+        auth = await serving.open_auth(stack, platform, clock)
         store = PgBillingStore(pool)
-        factory = consumer_factory or wiring.consumer_factory(platform)
+        factory = consumer_factory or wiring.consumer_factory(platform, tls=platform.kafka_tls)
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(store))
-        await lifecycle.serve(stack, "billing", settings.grpc_listen, register(BillingServicer(store)))
+        await serving.serve_listeners(
+            stack, "billing", platform, settings.grpc_listen, register(BillingServicer(store)), auth=auth.interceptor
+        )
         await stop.wait()
         log.info("billing stopping")

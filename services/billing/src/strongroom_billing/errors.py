@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from strongroom_platform.errors import InvalidArgument, ServiceError
+from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDenied, ServiceError
 
-__all__ = ["InvalidArgument", "ServiceError"]
+__all__ = ["InvalidArgument", "NotFound", "PermissionDenied", "ServiceError"]

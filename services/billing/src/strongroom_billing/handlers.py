@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from strongroom.events.v1 import events_pb2
+from strongroom_platform.auth import CallAuth, choose_account
 from strongroom_platform.events import from_timestamp
 
 from strongroom_billing.errors import InvalidArgument
@@ -66,10 +67,14 @@ async def handle_version_expired(event: events_pb2.VersionExpired, store: Billin
             )
 
 
-async def get_overview(store: BillingStore, account_id: str, region: str) -> Overview:
-    """The seed's overview of one region, or of all regions (with the free quota) when ``region`` is empty."""
+async def get_overview(store: BillingStore, account_id: str, region: str, *, call: CallAuth) -> Overview:
+    """The seed's overview of one region, or of all regions (with the free quota) when ``region`` is empty.
+
+    Of the account ``choose_account(account_id)`` picks (ADR 0024): empty = the credential's only one.
+    """
+    account = choose_account(account_id.strip(), call=call)
     if region != region.strip():
         raise InvalidArgument(f"region must not have surrounding spaces, got {region!r}")
     async with store.transaction() as tx:
-        usage = await tx.usage(account_id.strip() or DEFAULT_ACCOUNT, region)
+        usage = await tx.usage(account, region)
     return overview(usage, all_regions=not region)

@@ -6,11 +6,11 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-import grpc
-from strongroom_platform import lifecycle, wiring
+from strongroom_platform import lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
+from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_catalog import consumers
 from strongroom_catalog.grpc_api import CatalogServicer, register
@@ -40,30 +40,37 @@ async def run(
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
-        pool = await lifecycle.open_pool(stack, settings.platform.pg_dsn, schema, MIGRATIONS)
+        platform = settings.platform
+        pool = await lifecycle.open_pool(
+            stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
+        )
+        auth = await serving.open_auth(stack, platform, clock)
         repo = PgCatalogStore(pool)
 
         manifests: ObjectStore | ManifestReader
         if object_store is not None:
             manifests = object_store
         elif settings.gateway_addr:
-            channel = grpc.aio.insecure_channel(settings.gateway_addr)
+            # the gateway's internal listener, with this service's certificate (ADR 0016, 0024)
+            channel = serving.peer_channel(platform, settings.gateway_addr)
             stack.push_async_callback(channel.close, None)
             manifests = GatewayManifestReader(channel)
         else:
             log.warning("STRONGROOM_GATEWAY_ADDR unset: encrypted manifests cannot be indexed")
             manifests = await stack.enter_async_context(wiring.object_store(settings.platform, clock))
         if publisher is None:
-            publisher = await stack.enter_async_context(wiring.publisher(settings.platform))
+            publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
         if consumer_factory is None:
-            consumer_factory = wiring.consumer_factory(settings.platform)
+            consumer_factory = wiring.consumer_factory(platform, tls=platform.kafka_tls)
 
-        await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
+        await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
         await lifecycle.start_consumer(
             stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo, manifests)
         )
         retention = run_retention(repo, clock, interval=settings.retention_interval)
         lifecycle.start_task(stack, retention, "catalog-retention")
-        await lifecycle.serve(stack, "catalog", settings.grpc_listen, register(CatalogServicer(repo)))
+        await serving.serve_listeners(
+            stack, "catalog", platform, settings.grpc_listen, register(CatalogServicer(repo)), auth=auth.interceptor
+        )
         await stop.wait()
         log.info("catalog stopping")

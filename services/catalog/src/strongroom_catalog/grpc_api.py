@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
+from strongroom_platform.auth import current_call
 from strongroom_platform.events import to_timestamp
 
 from strongroom_catalog import handlers
@@ -62,19 +63,21 @@ def entry_message(row: EntryRow) -> common_pb2.FileEntry:
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    """Every method passes the call's ``CallAuth`` (set by the auth interceptor) to its handler."""
+
     def __init__(self, repo: CatalogStore) -> None:
         self._repo = repo
 
     async def ListVersions(
         self, request: catalog_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> catalog_pb2.ListVersionsResponse:
-        versions = await handlers.list_versions(self._repo, request.instance_id)
+        versions = await handlers.list_versions(self._repo, request.instance_id, call=current_call())
         return catalog_pb2.ListVersionsResponse(versions=[version_message(v) for v in versions])
 
     async def GetPoint(
         self, request: catalog_pb2.GetPointRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> catalog_pb2.Point:
-        point = await handlers.get_point(self._repo, request.point_id)
+        point = await handlers.get_point(self._repo, request.point_id, call=current_call())
         return point_message(point)
 
     async def BrowsePoint(
@@ -84,6 +87,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             self._repo,
             request.point_id,
             request.path,
+            call=current_call(),
             page_size=request.page_size,
             page_token=request.page_token,
         )

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom_platform.auth import CallAuth, authorize, visible_accounts
 from strongroom_platform.eventbus import PoisonRecord
 from strongroom_platform.events import from_timestamp
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
@@ -189,32 +190,47 @@ async def index_point(
             await tx.set_index_state(point.point_id, browsable=False, error=reason)
 
 
-async def list_versions(repo: CatalogStore, instance_id: str) -> list[VersionRecord]:
-    """Live versions of the instance, newest first, with their points."""
+# --- operator reads: each takes the call's ``CallAuth`` (ADR 0024) -------------------------
+
+
+async def list_versions(repo: CatalogStore, instance_id: str, *, call: CallAuth) -> list[VersionRecord]:
+    """Live versions of the instance, newest first, with their points.
+
+    Only versions of the caller's accounts are listed: an instance of another account lists
+    nothing, like an unknown one.
+    """
     if not instance_id:
         raise InvalidArgument("instance_id is required")
-    return await repo.list_versions(instance_id)
+    return await repo.list_versions(instance_id, accounts=visible_accounts(call=call))
 
 
-async def get_point(repo: CatalogStore, point_id: str) -> PointRecord:
-    """The live point; NotFound when unknown or expired."""
+async def get_point(repo: CatalogStore, point_id: str, *, call: CallAuth) -> PointRecord:
+    """The live point; NotFound when unknown, of another account, or expired.
+
+    The restore service (a service principal) reads the points of every account.
+    """
     if not point_id:
         raise InvalidArgument("point_id is required")
+
+    def not_found() -> NotFound:
+        return NotFound(f"point {point_id!r} not found")
+
     point = await repo.get_point(point_id)
     if point is None:
-        raise NotFound(f"point {point_id!r} not found")
+        raise not_found()
+    authorize(point.account_id, not_found, call=call)
     if point.expired:
         raise NotFound(f"point {point_id!r} has expired (its version passed the retention period)")
     return point
 
 
 async def browse_point(
-    repo: CatalogStore, point_id: str, path: str, *, page_size: int = 0, page_token: str = ""
+    repo: CatalogStore, point_id: str, path: str, *, call: CallAuth, page_size: int = 0, page_token: str = ""
 ) -> tuple[list[EntryRow], str]:
     """One page of the direct children of directory ``path``, by name; and the next page token ("" at the end)."""
     directory = normalize_directory(path)
     after = decode_page_token(page_token, point_id, directory)
-    point = await get_point(repo, point_id)
+    point = await get_point(repo, point_id, call=call)
     if not point.browsable:
         if point.index_error:
             raise FailedPrecondition(f"point {point_id!r} cannot be browsed: {point.index_error}")

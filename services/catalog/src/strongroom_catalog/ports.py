@@ -8,7 +8,7 @@ Adapters: ``repository.PgCatalogStore`` (asyncpg) and
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -70,10 +70,10 @@ class CatalogStore(Protocol):
         """Open a transaction; it commits when the block exits normally."""
         ...
 
-    async def list_versions(self, instance_id: str) -> list[VersionRecord]:
+    async def list_versions(self, instance_id: str, *, accounts: Collection[str] | None) -> list[VersionRecord]:
         """Live (not expired) versions of the instance with their points, newest first.
 
-        Points are ordered by mount point.
+        Only versions of ``accounts`` (None: of every account). Points are ordered by mount point.
         """
         ...
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 
 import asyncpg
@@ -168,18 +168,23 @@ class PgCatalogStore:
     def transaction(self) -> AbstractAsyncContextManager[PgCatalogTx]:
         return db.transaction(self._pool, PgCatalogTx)
 
-    async def list_versions(self, instance_id: str) -> list[VersionRecord]:
+    async def list_versions(self, instance_id: str, *, accounts: Collection[str] | None) -> list[VersionRecord]:
+        account_list = None if accounts is None else list(accounts)
         async with self._pool.acquire() as conn:
             versions = await conn.fetch(
                 "SELECT version_id, instance_id, account_id, created_at, expired_at FROM versions"
                 " WHERE instance_id = $1 AND expired_at IS NULL"
+                " AND ($2::text[] IS NULL OR account_id = ANY($2::text[]))"
                 ' ORDER BY created_at DESC, version_id COLLATE "C" DESC',
                 instance_id,
+                account_list,
             )
             points = await conn.fetch(
                 _POINT_SELECT + " WHERE v.instance_id = $1 AND v.expired_at IS NULL"
+                " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[]))"
                 ' ORDER BY p.mount_point COLLATE "C", p.point_id COLLATE "C"',
                 instance_id,
+                account_list,
             )
         by_version: dict[str, list[PointRecord]] = {}
         for row in points:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -122,9 +122,13 @@ class InMemoryCatalogStore(InMemoryTransactions[_State]):
         async with self._transaction_state() as state:
             yield InMemoryCatalogTx(state)
 
-    async def list_versions(self, instance_id: str) -> list[VersionRecord]:
+    async def list_versions(self, instance_id: str, *, accounts: Collection[str] | None) -> list[VersionRecord]:
         s = self._state
-        live = [v for v in s.versions.values() if v.instance_id == instance_id and v.expired_at is None]
+        live = [
+            v
+            for v in s.versions.values()
+            if v.instance_id == instance_id and v.expired_at is None and (accounts is None or v.account_id in accounts)
+        ]
         live.sort(key=lambda v: (v.created_at, v.version_id), reverse=True)
         result = []
         for version in live:

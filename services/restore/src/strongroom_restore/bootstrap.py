@@ -6,17 +6,18 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-import grpc
-from strongroom_platform import lifecycle, wiring
+from strongroom_platform import lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
+from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_restore import consumers
 from strongroom_restore.catalog_client import GrpcCatalogClient
 from strongroom_restore.grpc_api import RestoreServicer, register
 from strongroom_restore.migrations import MIGRATIONS, SCHEMA
-from strongroom_restore.ports import CatalogClient
+from strongroom_restore.ports import CatalogClient, InstanceDirectory
 from strongroom_restore.repository import PgRestoreStore
+from strongroom_restore.scheduler_client import SchedulerInstanceDirectory
 from strongroom_restore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ async def run(
     publisher: EventPublisher | None = None,
     consumer_factory: ConsumerFactory | None = None,
     catalog: CatalogClient | None = None,
+    instances: InstanceDirectory | None = None,
     schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
@@ -39,20 +41,33 @@ async def run(
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
-        pool = await lifecycle.open_pool(stack, settings.platform.pg_dsn, schema, MIGRATIONS)
+        platform = settings.platform
+        pool = await lifecycle.open_pool(
+            stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
+        )
+        auth = await serving.open_auth(stack, platform, clock)
         repo = PgRestoreStore(pool)
 
         if catalog is None:
-            channel = grpc.aio.insecure_channel(settings.catalog_addr)
+            # the catalog's internal listener, with this service's certificate (ADR 0024)
+            channel = serving.peer_channel(platform, settings.catalog_addr)
             stack.push_async_callback(channel.close, None)
             catalog = GrpcCatalogClient(channel)
+        if instances is None:
+            # the scheduler's internal listener, for the facts of restore targets (ADR 0024)
+            scheduler_channel = serving.peer_channel(platform, settings.scheduler_addr)
+            stack.push_async_callback(scheduler_channel.close, None)
+            instances = SchedulerInstanceDirectory(scheduler_channel)
         if publisher is None:
-            publisher = await stack.enter_async_context(wiring.publisher(settings.platform))
+            publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
         if consumer_factory is None:
-            consumer_factory = wiring.consumer_factory(settings.platform)
+            consumer_factory = wiring.consumer_factory(platform, tls=platform.kafka_tls)
 
-        await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=settings.platform.outbox_replay)
+        await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo))
-        await lifecycle.serve(stack, "restore", settings.grpc_listen, register(RestoreServicer(repo, catalog, clock)))
+        servicer = RestoreServicer(repo, catalog, clock, instances)
+        await serving.serve_listeners(
+            stack, "restore", platform, settings.grpc_listen, register(servicer), auth=auth.interceptor
+        )
         await stop.wait()
         log.info("restore stopping")

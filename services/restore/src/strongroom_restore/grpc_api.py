@@ -9,12 +9,13 @@ import grpc
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
+from strongroom_platform.auth import current_call
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import to_timestamp
 
 from strongroom_restore import handlers
 from strongroom_restore.model import RestoreJob
-from strongroom_restore.ports import CatalogClient, RestoreStore
+from strongroom_restore.ports import CatalogClient, InstanceDirectory, RestoreStore
 
 
 def job_message(job: RestoreJob) -> restore_pb2.RestoreJob:
@@ -38,33 +39,45 @@ def job_message(job: RestoreJob) -> restore_pb2.RestoreJob:
 
 
 class RestoreServicer(restore_pb2_grpc.RestoreServiceServicer):
-    def __init__(self, repo: RestoreStore, catalog: CatalogClient, clock: Clock) -> None:
+    """Every method passes the call's ``CallAuth`` (set by the auth interceptor) to its handler.
+
+    ``instances`` (``scheduler_client.SchedulerInstanceDirectory`` in production) checks the target
+    of every new job; without it no job can be created (fail closed), the other calls still serve.
+    """
+
+    def __init__(self, repo: RestoreStore, catalog: CatalogClient, clock: Clock, instances: InstanceDirectory) -> None:
         self._repo = repo
         self._catalog = catalog
         self._clock = clock
+        self._instances = instances
 
     async def CreateRestoreJob(
         self, request: restore_pb2.CreateRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.RestoreJob:
-        job = await handlers.create_restore_job(request, repo=self._repo, catalog=self._catalog, clock=self._clock)
+        call = current_call()
+        job = await handlers.create_restore_job(
+            request, repo=self._repo, catalog=self._catalog, instances=self._instances, clock=self._clock, call=call
+        )
         return job_message(job)
 
     async def GetRestoreJob(
         self, request: restore_pb2.GetRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.RestoreJob:
-        job = await handlers.get_restore_job(self._repo, request.restore_job_id)
+        job = await handlers.get_restore_job(self._repo, request.restore_job_id, call=current_call())
         return job_message(job)
 
     async def ListRestoreJobs(
         self, request: restore_pb2.ListRestoreJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.ListRestoreJobsResponse:
-        jobs = await handlers.list_restore_jobs(self._repo, request.instance_id)
+        jobs = await handlers.list_restore_jobs(self._repo, request.instance_id, call=current_call())
         return restore_pb2.ListRestoreJobsResponse(jobs=[job_message(j) for j in jobs])
 
     async def CancelRestoreJob(
         self, request: restore_pb2.GetRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.RestoreJob:
-        job = await handlers.cancel_restore_job(self._repo, request.restore_job_id, clock=self._clock)
+        job = await handlers.cancel_restore_job(
+            self._repo, request.restore_job_id, clock=self._clock, call=current_call()
+        )
         return job_message(job)
 
 

@@ -14,16 +14,28 @@ from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.restore.v1 import restore_pb2
+from strongroom.scheduler.v1 import scheduler_pb2
+from strongroom_platform.auth import CallAuth, authorize, visible_accounts
 from strongroom_platform.clock import Clock
 from strongroom_platform.eventbus import PoisonRecord
 from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, RESTORE_REQUESTED, from_timestamp, new_meta
 
 from strongroom_restore import paths
 from strongroom_restore.errors import FailedPrecondition, InvalidArgument, NotFound
-from strongroom_restore.model import FINISHED, RestoreJob, is_known_status, rank, status_name
-from strongroom_restore.ports import CatalogClient, RestoreStore
+from strongroom_restore.model import (
+    FINISHED,
+    CatalogPoint,
+    InstanceFacts,
+    RestoreJob,
+    is_known_status,
+    rank,
+    status_name,
+)
+from strongroom_restore.ports import CatalogClient, InstanceDirectory, RestoreStore
 
 log = logging.getLogger(__name__)
+# Restores that need a confirmation are recorded here, with who confirmed them.
+audit = logging.getLogger("strongroom.audit")
 
 PRODUCER = "restore"
 RESTORE_UPDATED_CONSUMER = "restore.restore-updated"
@@ -35,22 +47,66 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _no_restore_job(restore_job_id: str) -> Callable[[], NotFound]:
+    return lambda: NotFound(f"restore job {restore_job_id!r} not found")
+
+
+async def _target(
+    point: CatalogPoint, target_id: str, *, instances: InstanceDirectory
+) -> tuple[InstanceFacts, InstanceFacts]:
+    """The target instance and the point's own, once the target may receive the point's files.
+
+    A target of another account than the point's, or an unknown one, is NotFound (no oracle: the
+    caller holds the point's account, not necessarily the target's). One in another region, whose
+    backup was canceled (agent revoked), stopped, or without an enrolled agent is FailedPrecondition:
+    such a job could never leave QUEUED.
+    """
+    target = await instances.get_instance(target_id)
+    if target is None or target.account_id != point.account_id:
+        raise NotFound(f"instance {target_id} not found")
+    source = target if target_id == point.instance_id else await instances.get_instance(point.instance_id)
+    if source is None:
+        raise FailedPrecondition(
+            f"instance {point.instance_id} of point {point.point_id!r} is unknown to the scheduler, so the "
+            "point's region cannot be checked"
+        )
+    if target.region != source.region:
+        raise FailedPrecondition(
+            f"instance {target_id} is in region {target.region}, but point {point.point_id!r} was backed up in "
+            f"region {source.region}; restore onto an instance of region {source.region}"
+        )
+    if target.status == scheduler_pb2.RUNNING_STATUS_CANCELED:
+        raise FailedPrecondition(
+            f"backup of instance {target_id} was canceled and its agent revoked; restore onto an instance "
+            "with an active agent"
+        )
+    if target.status == scheduler_pb2.RUNNING_STATUS_STOPPED:
+        raise FailedPrecondition(f"instance {target_id} is stopped; start it and try again")
+    if not target.enrolled:
+        raise FailedPrecondition(f"the agent of instance {target_id} has not enrolled yet; install and enroll it first")
+    return target, source
+
+
 async def create_restore_job(
     request: restore_pb2.CreateRestoreJobRequest,
     *,
     repo: RestoreStore,
     catalog: CatalogClient,
+    instances: InstanceDirectory,
     clock: Clock,
+    call: CallAuth,
     new_id: Callable[[], str] = _new_id,
 ) -> RestoreJob:
-    """Validate the request, check the point with the catalog, store the job and request the restore.
+    """Validate the request, check the point and the target, store the job and request the restore.
+
+    The point must be of one of the caller's accounts (else the NotFound of an unknown point); the
+    target (default: the point's own instance) must be of the point's account, in its region, not
+    stopped, with an enrolled agent (see ``_target``). Restoring onto another instance without a
+    ``target_path`` writes at the point's original absolute paths there: it needs
+    ``confirm_original_path_on_other_instance`` and is recorded in the audit log.
 
     The job is stored QUEUED and ``restore-requested`` (keyed by the target
-    instance) is enqueued in the same transaction. The target defaults to the
-    point's own instance, the conflict policy to SKIP.
-
-    Not checked yet (no feed of instance state in this service): that the
-    target is not Stopped and is in the point's region and account.
+    instance) is enqueued in the same transaction. The conflict policy defaults to SKIP.
     """
     if not request.point_id:
         raise InvalidArgument("point_id is required")
@@ -61,16 +117,29 @@ async def create_restore_job(
     if policy not in _POLICIES:
         raise InvalidArgument(f"conflict_policy {policy} is not SKIP or OVERWRITE")
 
+    def point_not_found() -> NotFound:
+        return NotFound(f"backup point {request.point_id!r} not found (unknown or expired)")
+
     point = await catalog.get_point(request.point_id)
     if point is None:
-        raise NotFound(f"backup point {request.point_id!r} not found (unknown or expired)")
-    target = request.target_instance_id or point.instance_id
+        raise point_not_found()
+    authorize(point.account_id, point_not_found, call=call)
+    target_id = request.target_instance_id or point.instance_id
+    await _target(point, target_id, instances=instances)
+    onto_original_path_elsewhere = target_id != point.instance_id and not target_path
+    if onto_original_path_elsewhere and not request.confirm_original_path_on_other_instance:
+        raise FailedPrecondition(
+            f"without a target_path the files are restored onto instance {target_id} at the original paths of "
+            f"instance {point.instance_id} (under {point.mount_point or '/'}), overwriting what is there by the "
+            "conflict policy; give a target_path, or confirm with confirm_original_path_on_other_instance "
+            "(strongroom restore create --confirm-original-path)"
+        )
     job = RestoreJob(
         restore_job_id=new_id(),
         account_id=point.account_id,
         point_id=point.point_id,
         source_instance_id=point.instance_id,
-        target_instance_id=target,
+        target_instance_id=target_id,
         status=common_pb2.JOB_STATUS_QUEUED,
         include_paths=include,
         exclude_paths=exclude,
@@ -95,38 +164,54 @@ async def create_restore_job(
     async with repo.transaction() as tx:
         await tx.insert_job(job)
         await tx.enqueue(RESTORE_REQUESTED, job.target_instance_id, event)
-    log.info("restore job %s: point %s -> instance %s", job.restore_job_id, job.point_id, target)
+    if onto_original_path_elsewhere:
+        audit.warning(
+            "AUDIT restore onto another instance at the original path confirmed by %s: account=%s job=%s "
+            "point=%s source=%s target=%s mount=%s",
+            call.principal.subject,
+            job.account_id,
+            job.restore_job_id,
+            job.point_id,
+            job.source_instance_id,
+            job.target_instance_id,
+            point.mount_point,
+        )
+    log.info("restore job %s: point %s -> instance %s", job.restore_job_id, job.point_id, target_id)
     return job
 
 
-async def get_restore_job(repo: RestoreStore, restore_job_id: str) -> RestoreJob:
+async def get_restore_job(repo: RestoreStore, restore_job_id: str, *, call: CallAuth) -> RestoreJob:
+    """The job; a job of another account is the NotFound of an unknown id."""
     if not restore_job_id:
         raise InvalidArgument("restore_job_id is required")
     job = await repo.get_job(restore_job_id)
     if job is None:
-        raise NotFound(f"restore job {restore_job_id!r} not found")
+        raise _no_restore_job(restore_job_id)()
+    authorize(job.account_id, _no_restore_job(restore_job_id), call=call)
     return job
 
 
-async def list_restore_jobs(repo: RestoreStore, instance_id: str) -> list[RestoreJob]:
-    """Jobs restoring to or from the instance, newest first (the latest ``LIST_LIMIT``)."""
+async def list_restore_jobs(repo: RestoreStore, instance_id: str, *, call: CallAuth) -> list[RestoreJob]:
+    """Jobs of the caller's accounts restoring to or from the instance, newest first (the latest
+    ``LIST_LIMIT``); an instance of another account lists nothing, like an unknown one."""
     if not instance_id:
         raise InvalidArgument("instance_id is required")
-    return await repo.list_jobs(instance_id, limit=LIST_LIMIT)
+    return await repo.list_jobs(instance_id, accounts=visible_accounts(call=call), limit=LIST_LIMIT)
 
 
-async def cancel_restore_job(repo: RestoreStore, restore_job_id: str, *, clock: Clock) -> RestoreJob:
+async def cancel_restore_job(repo: RestoreStore, restore_job_id: str, *, clock: Clock, call: CallAuth) -> RestoreJob:
     """Ask the agent to stop the job: status CANCELING and ``restore-cancel-requested``.
 
     Cancelling a job that is already CANCELING changes nothing; a finished job
-    cannot be cancelled (FailedPrecondition).
+    cannot be cancelled (FailedPrecondition). A job of another account is the NotFound of an unknown id.
     """
     if not restore_job_id:
         raise InvalidArgument("restore_job_id is required")
     async with repo.transaction() as tx:
         job = await tx.get_job(restore_job_id)
         if job is None:
-            raise NotFound(f"restore job {restore_job_id!r} not found")
+            raise _no_restore_job(restore_job_id)()
+        authorize(job.account_id, _no_restore_job(restore_job_id), call=call)
         if job.finished:
             raise FailedPrecondition(
                 f"restore job {restore_job_id!r} already finished ({status_name(job.status)}); it cannot be cancelled"

@@ -57,6 +57,20 @@ class CatalogPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceFacts:
+    """What the restore service needs to know about a target instance (from the scheduler).
+
+    ``status`` is a ``scheduler.v1.RunningStatus`` value; ``enrolled``: its agent has enrolled.
+    """
+
+    instance_id: str
+    account_id: str
+    region: str
+    status: int
+    enrolled: bool
+
+
+@dataclass(frozen=True, slots=True)
 class RestoreJob:
     """A restore of (part of) a backup point to an instance.
 

@@ -1,18 +1,20 @@
-"""Ports of the restore service: its storage and the catalog it asks about points.
+"""Ports of the restore service: its storage, the catalog it asks about points, the scheduler it asks about instances.
 
 Adapters: ``repository.PgRestoreStore`` / ``testing.InMemoryRestoreStore``
-(both pass ``services/restore/tests/restore_contract_repository.py``), and
-``catalog_client.GrpcCatalogClient`` / ``testing.FakeCatalogClient``.
+(both pass ``services/restore/tests/restore_contract_repository.py``),
+``catalog_client.GrpcCatalogClient`` / ``testing.FakeCatalogClient``, and
+``scheduler_client.SchedulerInstanceDirectory`` / ``testing.FakeInstanceDirectory``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from strongroom_platform.db import InboxOutboxTx
 
-from strongroom_restore.model import CatalogPoint, RestoreJob
+from strongroom_restore.model import CatalogPoint, InstanceFacts, RestoreJob
 
 
 class RestoreTx(InboxOutboxTx, Protocol):
@@ -38,8 +40,9 @@ class RestoreStore(Protocol):
 
     async def get_job(self, restore_job_id: str) -> RestoreJob | None: ...
 
-    async def list_jobs(self, instance_id: str, *, limit: int) -> list[RestoreJob]:
-        """Jobs restoring to or from ``instance_id``, newest first, at most ``limit``."""
+    async def list_jobs(self, instance_id: str, *, accounts: Collection[str] | None, limit: int) -> list[RestoreJob]:
+        """Jobs of ``accounts`` (None: of every account) restoring to or from ``instance_id``, newest
+        first, at most ``limit``."""
         ...
 
 
@@ -48,5 +51,14 @@ class CatalogClient(Protocol):
         """The live point, or None when the catalog does not know it (or it expired).
 
         Raises ``errors.CatalogUnavailable`` when the catalog cannot answer.
+        """
+        ...
+
+
+class InstanceDirectory(Protocol):
+    async def get_instance(self, instance_id: str) -> InstanceFacts | None:
+        """The instance, or None when the scheduler does not know it.
+
+        Raises ``errors.SchedulerUnavailable`` when the scheduler cannot answer.
         """
         ...

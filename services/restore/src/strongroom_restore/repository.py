@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 
 import asyncpg
@@ -90,13 +91,15 @@ class PgRestoreStore:
             row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM restore_jobs WHERE restore_job_id = $1", restore_job_id)
         return None if row is None else _job(row)
 
-    async def list_jobs(self, instance_id: str, *, limit: int) -> list[RestoreJob]:
+    async def list_jobs(self, instance_id: str, *, accounts: Collection[str] | None, limit: int) -> list[RestoreJob]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM restore_jobs"
-                " WHERE target_instance_id = $1 OR source_instance_id = $1"
+                " WHERE (target_instance_id = $1 OR source_instance_id = $1)"
+                " AND ($3::text[] IS NULL OR account_id = ANY($3::text[]))"
                 ' ORDER BY created_at DESC, restore_job_id COLLATE "C" DESC LIMIT $2',
                 instance_id,
                 limit,
+                None if accounts is None else list(accounts),
             )
         return [_job(r) for r in rows]

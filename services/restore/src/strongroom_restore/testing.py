@@ -7,15 +7,15 @@ PostgreSQL adapter; transactions are serialized and roll back on exceptions.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
-from strongroom_restore.errors import CatalogUnavailable
-from strongroom_restore.model import CatalogPoint, RestoreJob
+from strongroom_restore.errors import CatalogUnavailable, SchedulerUnavailable
+from strongroom_restore.model import CatalogPoint, InstanceFacts, RestoreJob
 
 
 @dataclass
@@ -73,8 +73,13 @@ class InMemoryRestoreStore(InMemoryTransactions[_State]):
     async def get_job(self, restore_job_id: str) -> RestoreJob | None:
         return self._state.jobs.get(restore_job_id)
 
-    async def list_jobs(self, instance_id: str, *, limit: int) -> list[RestoreJob]:
-        jobs = [j for j in self._state.jobs.values() if instance_id in (j.target_instance_id, j.source_instance_id)]
+    async def list_jobs(self, instance_id: str, *, accounts: Collection[str] | None, limit: int) -> list[RestoreJob]:
+        jobs = [
+            j
+            for j in self._state.jobs.values()
+            if instance_id in (j.target_instance_id, j.source_instance_id)
+            and (accounts is None or j.account_id in accounts)
+        ]
         jobs.sort(key=lambda j: (j.created_at, j.restore_job_id), reverse=True)
         return jobs[:limit]
 
@@ -93,3 +98,19 @@ class FakeCatalogClient:
         if self.unavailable:
             raise CatalogUnavailable("catalog unavailable: connection refused")
         return self.points.get(point_id)
+
+
+class FakeInstanceDirectory:
+    """InstanceDirectory fake: knows the instances added with :meth:`add`; ``unavailable`` simulates an outage."""
+
+    def __init__(self, *instances: InstanceFacts) -> None:
+        self.instances = {i.instance_id: i for i in instances}
+        self.unavailable = False
+
+    def add(self, instance: InstanceFacts) -> None:
+        self.instances[instance.instance_id] = instance
+
+    async def get_instance(self, instance_id: str) -> InstanceFacts | None:
+        if self.unavailable:
+            raise SchedulerUnavailable("scheduler unavailable: connection refused")
+        return self.instances.get(instance_id)

@@ -7,9 +7,12 @@ import logging
 import random
 from contextlib import AsyncExitStack
 
-from strongroom_platform import lifecycle, wiring
+import grpc
+from strongroom_platform import lifecycle, serving, wiring
+from strongroom_platform.auth import token_api
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
+from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_scheduler.alerts import LoggingAlerter
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
@@ -41,19 +44,32 @@ async def run(
     clock = clock or SystemClock()
     platform = settings.platform
     async with AsyncExitStack() as stack:
-        pool = await lifecycle.open_pool(stack, platform.pg_dsn, SCHEMA, MIGRATIONS)
+        pool = await lifecycle.open_pool(
+            stack, platform.pg_dsn, SCHEMA, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
+        )
+        auth = await serving.open_auth(stack, platform, clock)
         store = PgSchedulerStore(pool)
         deps = Deps(store=store, clock=clock, alerter=alerter or LoggingAlerter(), rng=random.SystemRandom())
         if publisher is None:
-            publisher = await stack.enter_async_context(wiring.publisher(platform))
+            publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
         await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
-        factory = consumer_factory or wiring.consumer_factory(platform)
+        factory = consumer_factory or wiring.consumer_factory(platform, tls=platform.kafka_tls)
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(deps))
 
         async def tick() -> None:
             await schedule_due(store, clock)
 
         lifecycle.start_task(stack, run_schedule_loop(tick, clock, interval=settings.schedule_interval), "schedule")
-        await lifecycle.serve(stack, "scheduler", settings.grpc_listen, register(SchedulerServicer(deps)))
+        scheduler_api = register(SchedulerServicer(deps))
+        # API tokens are served by the scheduler (ADR 0024): the control plane's front door.
+        tokens_api = token_api.register(token_api.TokenServicer(auth.tokens, clock))
+
+        def services(server: grpc.aio.Server) -> None:
+            scheduler_api(server)
+            tokens_api(server)
+
+        await serving.serve_listeners(
+            stack, "scheduler", platform, settings.grpc_listen, services, auth=auth.interceptor
+        )
         await stop.wait()
         log.info("scheduler stopping")

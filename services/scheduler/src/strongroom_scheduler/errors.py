@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from strongroom_platform.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from strongroom_platform.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ServiceError
 
-__all__ = ["FailedPrecondition", "InvalidArgument", "NotFound", "ServiceError"]
+__all__ = ["FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "ServiceError"]

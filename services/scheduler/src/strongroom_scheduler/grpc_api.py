@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from strongroom_platform.auth import CallAuth, current_call
 from strongroom_platform.events import to_timestamp
 
 from strongroom_scheduler import handlers
@@ -31,6 +33,7 @@ def instance_to_proto(instance: Instance, now: dt.datetime) -> scheduler_pb2.Ins
         hostname=instance.hostname,
         last_error=instance.status_error(now),
         activated_at=to_timestamp(instance.activated_at),
+        agent_enrolled=instance.enrolled,
     )
     if status not in (scheduler_pb2.RUNNING_STATUS_PAUSED, scheduler_pb2.RUNNING_STATUS_CANCELED):
         message.next_backup_at.CopyFrom(to_timestamp(instance.next_backup_at))
@@ -54,6 +57,12 @@ def job_to_proto(job: Job) -> scheduler_pb2.BackupJob:
     return message
 
 
+class InstanceOp(Protocol):
+    """``pause_backup``, ``resume_backup``, ``cancel_backup``."""
+
+    def __call__(self, deps: Deps, instance_id: str, *, call: CallAuth) -> Awaitable[Instance]: ...
+
+
 def _settings_input(settings: scheduler_pb2.BackupSettings, fields: set[str]) -> SettingsInput:
     return SettingsInput(
         priority=int(settings.priority) if "priority" in fields else None,
@@ -64,6 +73,8 @@ def _settings_input(settings: scheduler_pb2.BackupSettings, fields: set[str]) ->
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    """Every method passes the call's ``CallAuth`` (set by the auth interceptor) to its handler."""
+
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
 
@@ -82,33 +93,38 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 fields.add("priority")
             settings = _settings_input(request.settings, fields)
         instance, token = await handlers.activate_backup(
-            self._deps, account_id=request.account_id, name=request.name, region=request.region, settings=settings
+            self._deps,
+            account_id=request.account_id,
+            name=request.name,
+            region=request.region,
+            settings=settings,
+            call=current_call(),
         )
         return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
 
     async def GetInstance(
         self, request: scheduler_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.Instance:
-        return self._instance(await handlers.get_instance(self._deps, request.instance_id))
+        return self._instance(await handlers.get_instance(self._deps, request.instance_id, call=current_call()))
 
     async def ListInstances(
         self, request: scheduler_pb2.ListInstancesRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.ListInstancesResponse:
-        found = await handlers.list_instances(self._deps, request.account_id, request.region)
+        found = await handlers.list_instances(self._deps, request.account_id, request.region, call=current_call())
         return scheduler_pb2.ListInstancesResponse(instances=[self._instance(i) for i in found])
 
     async def RunBackupNow(
         self, request: scheduler_pb2.RunBackupNowRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.BackupJob:
-        return job_to_proto(await handlers.run_backup_now(self._deps, request.instance_id))
+        return job_to_proto(await handlers.run_backup_now(self._deps, request.instance_id, call=current_call()))
 
     async def _instance_op(
         self,
-        op: Callable[[Deps, str], Awaitable[Instance]],
+        op: InstanceOp,
         request: scheduler_pb2.InstanceRef,
         context: grpc.aio.ServicerContext[object, object],
     ) -> scheduler_pb2.Instance:
-        return self._instance(await op(self._deps, request.instance_id))
+        return self._instance(await op(self._deps, request.instance_id, call=current_call()))
 
     async def PauseBackup(
         self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
@@ -130,24 +146,24 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.Instance:
         mask = list(request.update_mask)
         settings = _settings_input(request.settings, set(mask))
-        instance = await handlers.update_settings(self._deps, request.instance_id, settings, mask)
+        instance = await handlers.update_settings(self._deps, request.instance_id, settings, mask, call=current_call())
         return self._instance(instance)
 
     async def ListJobs(
         self, request: scheduler_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.ListJobsResponse:
-        jobs = await handlers.list_jobs(self._deps, request.instance_id, request.limit)
+        jobs = await handlers.list_jobs(self._deps, request.instance_id, request.limit, call=current_call())
         return scheduler_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
 
     async def GetJob(
         self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.BackupJob:
-        return job_to_proto(await handlers.get_job(self._deps, request.job_id))
+        return job_to_proto(await handlers.get_job(self._deps, request.job_id, call=current_call()))
 
     async def CancelJob(
         self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.BackupJob:
-        return job_to_proto(await handlers.cancel_job(self._deps, request.job_id))
+        return job_to_proto(await handlers.cancel_job(self._deps, request.job_id, call=current_call()))
 
 
 def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:

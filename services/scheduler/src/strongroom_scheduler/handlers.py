@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom_platform.auth import CallAuth, authorize, choose_account
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import (
     INSTANCE_ACTIVATED,
@@ -47,7 +48,6 @@ from strongroom_scheduler.ports import Alerter, FailureAlert, SchedulerStore, Sc
 log = logging.getLogger(__name__)
 
 CONSUMER = "scheduler"
-DEFAULT_ACCOUNT = "default"
 TOKEN_VALIDITY = dt.timedelta(hours=24)
 DEFAULT_JOB_LIMIT = 50
 MAX_JOB_LIMIT = 1000
@@ -100,15 +100,22 @@ def _require_id(value: str, what: str) -> str:
     return value.strip()
 
 
-async def _instance(tx: SchedulerTx, instance_id: str, *, for_update: bool = False) -> Instance:
+async def _instance(tx: SchedulerTx, instance_id: str, *, call: CallAuth, for_update: bool = False) -> Instance:
+    """The instance, if the caller may perform ``call`` on it; an instance of another account is
+    refused exactly like an unknown id."""
+
+    def not_found() -> NotFound:
+        return NotFound(f"instance {instance_id} not found")
+
     instance = await tx.get_instance(_require_id(instance_id, "instance_id"), for_update=for_update)
     if instance is None:
-        raise NotFound(f"instance {instance_id} not found")
+        raise not_found()
+    authorize(instance.account_id, not_found, call=call)
     return instance
 
 
-async def _active_instance(tx: SchedulerTx, instance_id: str) -> Instance:
-    instance = await _instance(tx, instance_id, for_update=True)
+async def _active_instance(tx: SchedulerTx, instance_id: str, *, call: CallAuth) -> Instance:
+    instance = await _instance(tx, instance_id, call=call, for_update=True)
     if instance.canceled:
         raise FailedPrecondition(f"backup of instance {instance_id} was canceled; activate it again to back it up")
     return instance
@@ -128,20 +135,33 @@ async def _enqueue_settings(tx: SchedulerTx, instance: Instance, now: dt.datetim
     await tx.enqueue(INSTANCE_SETTINGS_CHANGED, instance.instance_id, event)
 
 
-async def _job(tx: SchedulerTx, job_id: str, *, for_update: bool = False) -> Job:
+async def _job(tx: SchedulerTx, job_id: str, *, call: CallAuth, for_update: bool = False) -> Job:
+    """The job, if the caller may perform ``call`` on it; a job of another account is refused
+    exactly like an unknown id."""
+
+    def not_found() -> NotFound:
+        return NotFound(f"backup job {job_id} not found")
+
     job = await tx.get_job(_require_id(job_id, "job_id"), for_update=for_update)
     if job is None:
-        raise NotFound(f"backup job {job_id} not found")
+        raise not_found()
+    authorize(job.account_id, not_found, call=call)
     return job
 
 
 # --- operator operations ---------------------------------------------------------------
+# Each takes the ``CallAuth`` of the RPC (``call=``, ADR 0024 addendum): account-keyed calls pick
+# their account with ``choose_account``; calls by id load the resource and ``authorize`` its account.
 
 
 async def activate_backup(
-    deps: Deps, *, account_id: str, name: str, region: str, settings: SettingsInput | None
+    deps: Deps, *, account_id: str, name: str, region: str, settings: SettingsInput | None, call: CallAuth
 ) -> tuple[Instance, str]:
-    """Activate backup for a new instance; return it (PREPARING) and its one-time enrollment token."""
+    """Activate backup for a new instance; return it (PREPARING) and its one-time enrollment token.
+
+    The instance belongs to ``choose_account(account_id)``: empty = the credential's only account.
+    """
+    account = choose_account(account_id.strip(), call=call)
     if not name.strip():
         raise InvalidArgument("name is required")
     if not region.strip():
@@ -155,7 +175,7 @@ async def activate_backup(
     token = secrets.token_urlsafe(32)
     instance = Instance(
         instance_id=str(uuid.uuid4()),
-        account_id=account_id.strip() or DEFAULT_ACCOUNT,
+        account_id=account,
         name=name.strip(),
         region=region.strip(),
         priority=settings.priority if settings.priority is not None else common_pb2.BACKUP_PRIORITY_LOW,
@@ -183,22 +203,24 @@ async def activate_backup(
     return instance, token
 
 
-async def get_instance(deps: Deps, instance_id: str) -> Instance:
+async def get_instance(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
     async with deps.store.transaction() as tx:
-        return await _instance(tx, instance_id)
+        return await _instance(tx, instance_id, call=call)
 
 
-async def list_instances(deps: Deps, account_id: str, region: str) -> list[Instance]:
-    """Instances with backup activated (canceled ones are removed from the list, as in the seed)."""
+async def list_instances(deps: Deps, account_id: str, region: str, *, call: CallAuth) -> list[Instance]:
+    """Instances of ``choose_account(account_id)`` with backup activated (canceled ones are removed
+    from the list, as in the seed)."""
+    account = choose_account(account_id.strip(), call=call)
     async with deps.store.transaction() as tx:
-        return await tx.list_instances(account_id.strip() or DEFAULT_ACCOUNT, region.strip(), include_canceled=False)
+        return await tx.list_instances(account, region.strip(), include_canceled=False)
 
 
-async def run_backup_now(deps: Deps, instance_id: str) -> Job:
+async def run_backup_now(deps: Deps, instance_id: str, *, call: CallAuth) -> Job:
     """Start a manual backup job; the instance must be enrolled, active and idle."""
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id)
+        instance = await _active_instance(tx, instance_id, call=call)
         if instance.paused:
             raise FailedPrecondition(f"backup of instance {instance_id} is paused; resume it first")
         if not instance.enrolled:
@@ -215,21 +237,21 @@ async def run_backup_now(deps: Deps, instance_id: str) -> Job:
         return await start_job(tx, instance, TRIGGER_MANUAL, now)
 
 
-async def pause_backup(deps: Deps, instance_id: str) -> Instance:
+async def pause_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
     """Stop scheduling jobs (a running job finishes); idempotent."""
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id)
+        instance = await _active_instance(tx, instance_id, call=call)
         if not instance.paused:
             instance.paused = True
             await tx.update_instance(instance)
         return instance
 
 
-async def resume_backup(deps: Deps, instance_id: str) -> Instance:
+async def resume_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
     """Schedule again from the next daily slot after now; idempotent."""
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id)
+        instance = await _active_instance(tx, instance_id, call=call)
         if instance.paused:
             instance.paused = False
             instance.next_backup_at = schedule.next_run(instance.daily_start_minute, now, instance.last_scheduled_on)
@@ -237,11 +259,11 @@ async def resume_backup(deps: Deps, instance_id: str) -> Instance:
         return instance
 
 
-async def cancel_backup(deps: Deps, instance_id: str) -> Instance:
+async def cancel_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
     """Cancel backup: the agent is revoked (``instance-deactivated``) and unfinished jobs are canceled."""
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id)
+        instance = await _active_instance(tx, instance_id, call=call)
         for job in await tx.unfinished_jobs(instance.instance_id):
             job.status = common_pb2.JOB_STATUS_CANCELED
             job.error = "backup of the instance was canceled"
@@ -258,7 +280,9 @@ async def cancel_backup(deps: Deps, instance_id: str) -> Instance:
     return instance
 
 
-async def update_settings(deps: Deps, instance_id: str, settings: SettingsInput, mask: list[str]) -> Instance:
+async def update_settings(
+    deps: Deps, instance_id: str, settings: SettingsInput, mask: list[str], *, call: CallAuth
+) -> Instance:
     """Change the fields named in ``mask``.
 
     A new priority applies from the next job. A new start time follows the
@@ -272,7 +296,7 @@ async def update_settings(deps: Deps, instance_id: str, settings: SettingsInput,
     _validate_settings(settings)
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id)
+        instance = await _active_instance(tx, instance_id, call=call)
         if "priority" in mask:
             assert settings.priority is not None
             instance.priority = settings.priority
@@ -290,22 +314,22 @@ async def update_settings(deps: Deps, instance_id: str, settings: SettingsInput,
         return instance
 
 
-async def list_jobs(deps: Deps, instance_id: str, limit: int) -> list[Job]:
+async def list_jobs(deps: Deps, instance_id: str, limit: int, *, call: CallAuth) -> list[Job]:
     """The instance's jobs, newest first; ``limit`` 0 = the default (50)."""
     if limit < 0:
         raise InvalidArgument("limit must not be negative")
     limit = min(limit or DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT)
     async with deps.store.transaction() as tx:
-        instance = await _instance(tx, instance_id)
+        instance = await _instance(tx, instance_id, call=call)
         return await tx.list_jobs(instance.instance_id, limit)
 
 
-async def get_job(deps: Deps, job_id: str) -> Job:
+async def get_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
     async with deps.store.transaction() as tx:
-        return await _job(tx, job_id)
+        return await _job(tx, job_id, call=call)
 
 
-async def cancel_job(deps: Deps, job_id: str) -> Job:
+async def cancel_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
     """Cancel an unfinished job.
 
     A queued job is canceled at once; a running one becomes CANCELING until
@@ -314,7 +338,7 @@ async def cancel_job(deps: Deps, job_id: str) -> Job:
     """
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        job = await _job(tx, job_id, for_update=True)
+        job = await _job(tx, job_id, call=call, for_update=True)
         if job.finished:
             raise FailedPrecondition(f"backup job {job_id} already finished ({job_status_name(job.status)})")
         if job.status == common_pb2.JOB_STATUS_CANCELING:

@@ -1,0 +1,216 @@
+"""One point's backup: scan → read+chunk+hash → dedup → compress → upload, then commit.
+
+``PointRun`` opens the point's cache, builds the stages, runs them as tasks
+of one ``TaskGroup`` and shuts them down in order once each upstream stage is
+done: the spool writer (every read settled), dedup, the compressors, the
+uploaders. Then it commits the point (``commit.py``) and, once the gateway
+confirmed the commit, replaces the cache. The stages themselves live in
+``scan.py`` (order), ``read.py`` (files), ``stages.py`` (chunks, memory) and
+``commit.py`` (spool, commit).
+
+Forever incremental (ADR 0014): the cache of the root's last committed point
+is walked in step with the scan. A regular file whose (dev, inode, size,
+mtime, ctime) is unchanged is not read; its cached chunk ids are reused.
+Cached paths the scan passes without finding are deleted since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import stat
+import time
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+
+from strongroom_agent import cache
+from strongroom_agent.backup.commit import UNCHANGED, Committer, Gone, Slot, Spool, SpoolWriter
+from strongroom_agent.backup.context import JobContext
+from strongroom_agent.backup.read import FileOutcome, Reader
+from strongroom_agent.backup.scan import ScanItem, file_entry, scan_point
+from strongroom_agent.backup.stages import ByteBudget, Compressor, Deduper, Uploader
+from strongroom_agent.jobs import FileError, reason
+
+log = logging.getLogger(__name__)
+
+
+class PointRun:
+    """Backs up one point: wires the stages in one TaskGroup and commits."""
+
+    def __init__(self, ctx: JobContext, filesystem: common_pb2.Filesystem, *, use_cache: bool = True) -> None:
+        self.ctx = ctx
+        self.filesystem = filesystem
+        self.spool = Spool(ctx.spool_dir)
+        self.use_cache = use_cache
+        self.cursor: cache.CacheCursor | None = None
+        self.writer: cache.CacheWriter | None = None
+
+    async def _open_cache(self) -> None:
+        ctx = self.ctx
+        if ctx.state_dir is None:
+            return
+        mount = self.filesystem.mount_point
+        state_dir = ctx.state_dir
+        if self.use_cache:
+            info = await asyncio.to_thread(cache.load, state_dir, ctx.params, mount)
+            if info is not None:
+                log.info(
+                    "job %s: %s incremental from point %s (%d entries)", ctx.job_id, mount, info.point_id, info.count
+                )
+                self.cursor = await asyncio.to_thread(cache.CacheCursor, info)
+        # Wall-clock on purpose (not the injected Clock): it is compared with the files' ctimes.
+        racy_before = time.time_ns() - ctx.limits.racy_window_ns
+        self.writer = await asyncio.to_thread(
+            functools.partial(cache.CacheWriter, state_dir, ctx.params, mount, racy_before_ns=racy_before)
+        )
+
+    async def run(self) -> gateway_pb2.CommitPointResponse:
+        started = time.perf_counter()
+        try:
+            await self._open_cache()
+            await self._run_stages()
+            uploaded = time.perf_counter()
+            response = await Committer(self.ctx, self.filesystem, self.spool, self.cursor, self.writer).commit()
+            log.info(
+                "job %s: %s scanned, read and uploaded in %.2f s, committed in %.2f s (%d entries sent)",
+                self.ctx.job_id,
+                self.filesystem.mount_point,
+                uploaded - started,
+                time.perf_counter() - uploaded,
+                self.spool.count,
+            )
+            if self.writer is not None:
+                await asyncio.to_thread(self.writer.commit, response.point_id)
+                self.writer = None
+            return response
+        finally:
+            self.spool.close()
+            if self.cursor is not None:
+                self.cursor.close()
+            if self.writer is not None:
+                self.writer.discard()
+
+    async def _run_stages(self) -> None:
+        ctx = self.ctx
+        limits = ctx.limits
+        budget = ByteBudget(limits.memory_budget_bytes)
+        uploader = Uploader(
+            job_id=ctx.job_id, client=ctx.client, retry=ctx.retry, budget=budget, stats=ctx.stats, limits=limits
+        )
+        compressor = Compressor(executor=ctx.executor, workers=ctx.workers, limits=limits, out=uploader)
+        deduper = Deduper(
+            job_id=ctx.job_id,
+            client=ctx.client,
+            retry=ctx.retry,
+            seen=ctx.seen,
+            budget=budget,
+            limits=limits,
+            out=compressor,
+        )
+        reader = Reader(ctx, budget, deduper)
+        spool_writer = SpoolWriter(self.spool, self.writer, limits.ordered_queue)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(_Scan(ctx, self.filesystem, self.cursor, reader, spool_writer).run(group))
+            writing = group.create_task(spool_writer.run())
+            dedup = group.create_task(deduper.run())
+            compressors = [group.create_task(compressor.run()) for _ in range(compressor.workers)]
+            for _ in range(uploader.workers):
+                group.create_task(uploader.run())
+            # Shut the stages down in order once each upstream stage is done.
+            await writing
+            await deduper.close()
+            await dedup
+            await compressor.close()
+            await asyncio.gather(*compressors)
+            await uploader.close()
+
+
+class _Scan:
+    """The scan stage: walks the point, pairs each item with its cache record and routes it.
+
+    Unchanged files and non-files go straight to the spool writer; changed
+    files go to the reader, their slot (a future) queued in scan order.
+    """
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        filesystem: common_pb2.Filesystem,
+        cursor: cache.CacheCursor | None,
+        reader: Reader,
+        spool_writer: SpoolWriter,
+    ) -> None:
+        self.ctx = ctx
+        self.root = filesystem.mount_point
+        self.cursor = cursor
+        self.reader = reader
+        self.spool_writer = spool_writer
+
+    async def run(self, group: asyncio.TaskGroup) -> None:
+        ctx = self.ctx
+        cursor = self.cursor
+        try:
+            async for item in scan_point(self.root, ctx.exclusions, ctx.errors, ctx.cancel):
+                path = item.rel.encode()
+                cached = None
+                if cursor is not None:
+                    while (record := await cursor.peek()) is not None and record.path < path:
+                        await self._put_known(group, Gone(cursor.take().path))
+                    if record is not None and record.path == path:
+                        cached = cursor.take()
+                ctx.stats.files_scanned += 1
+                if stat.S_ISREG(item.st.st_mode):
+                    ctx.stats.bytes_scanned += item.st.st_size
+                    if cached is not None and cached.unchanged(item.st):
+                        # Same inode, size, mtime and ctime: mode and owner are unchanged too (they
+                        # move ctime), so the cached entry is this file's entry as it stands.
+                        ctx.stats.files_unchanged += 1
+                        ctx.stats.bytes_unchanged += item.st.st_size
+                        await self._put_known(group, Slot(path, UNCHANGED, cached))
+                        continue
+                    if item.st.st_size <= ctx.limits.small_file_bytes:
+                        await self._add_small(group, item, path, cached)
+                        continue
+                    await self._put_ordered(group, Slot(path, await self.reader.read(group, item), cached))
+                else:
+                    await self._put_known(group, Slot(path, (file_entry(item), item.st), cached))
+        except FileNotFoundError:
+            ctx.errors.append(FileError(self.root, "backup root vanished"))
+        except OSError as exc:
+            ctx.errors.append(FileError(self.root, reason(exc)))
+        await self.reader.flush(group)
+        if cursor is not None:
+            while await cursor.peek() is not None:
+                await self._put_known(group, Gone(cursor.take().path))
+        await self.spool_writer.close()
+
+    async def _put_ordered(self, group: asyncio.TaskGroup, item: Slot | Gone) -> None:
+        """Queue ``item`` for the spool writer, first starting the pending small-file group if the queue is full.
+
+        The writer waits for slots in order; a slot of a group that is not yet
+        started must never be stuck behind a full queue.
+        """
+        if self.spool_writer.full():
+            await self.reader.flush(group)
+        await self.spool_writer.put(item)
+
+    async def _add_small(
+        self, group: asyncio.TaskGroup, item: ScanItem, path: bytes, cached: cache.CacheRecord | None
+    ) -> None:
+        """Queue a changed small file's slot, then add the file to the reader's pending group."""
+        future: asyncio.Future[FileOutcome | None] = asyncio.get_running_loop().create_future()
+        await self._put_ordered(group, Slot(path, future, cached))
+        await self.reader.add_small(group, item, future)
+
+    async def _put_known(self, group: asyncio.TaskGroup, item: Slot | Gone) -> None:
+        """Record an item whose outcome is known at once when nothing is queued ahead of it, else queue it.
+
+        Most items of a daily backup (unchanged files, directories) take the
+        direct path and skip the queue round trip.
+        """
+        if self.spool_writer.idle():
+            self.spool_writer.record(item)
+        else:
+            await self._put_ordered(group, item)

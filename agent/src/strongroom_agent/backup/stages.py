@@ -1,0 +1,344 @@
+"""The backup's chunk stages after reading: dedup → compress → upload.
+
+Memory: stages are joined by bounded ``asyncio.Queue``s and a byte budget
+(``ByteBudget``) on chunk content held in memory, so memory stays bounded
+whatever the number or size of files. A chunk is charged to the budget when
+the reader hands it over and released when dedup finds it known or its upload
+returns. CPU work (zstd here; FastCDC and BLAKE3 in ``read.py``) runs in the
+job's thread pool of ``max_cores`` threads; the event loop only moves data.
+``PipelineLimits`` sizes every bound, with the measurements behind them.
+
+Each stage owns its input queue (``put`` / ``close``) and runs as one or more
+workers (``run``) that take whatever is ready, up to a batch, never waiting
+for more. ``close`` queues the end marker once per worker; the point's run
+closes each stage after the one before it has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import functools
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+
+from strongroom_agent.chunking import compress
+from strongroom_agent.gateway_client import GatewayClient
+from strongroom_agent.jobs import RetryPolicy
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    """Sizes of the bounded stages (defaults suit production; tests shrink them)."""
+
+    # Chunk content between read and upload. 64 MiB keeps both uploaders busy with a batch each
+    # plus read-ahead; 256 MiB was no faster on the benchmark tree and peaked 200 MB higher.
+    memory_budget_bytes: int = 64 << 20
+    read_batch_bytes: int = 8 << 20  # chunk content produced per worker-thread step
+    # Changed files up to small_file_bytes are read in groups, one worker-thread hop per group
+    # (at most small_batch_files files or small_batch_bytes bytes): per-file hand-offs between
+    # the event loop and the threads, not reading, dominated trees of small files.
+    small_file_bytes: int = 1 << 20
+    small_batch_files: int = 128
+    small_batch_bytes: int = 4 << 20
+    ordered_queue: int = 1024  # files in flight between scan and spool
+    chunk_queue: int = 4096
+    dedup_batch_ids: int = 1000
+    compress_batch_bytes: int = 8 << 20
+    upload_batch_chunks: int = 256
+    upload_batch_bytes: int = 16 << 20
+    upload_message_bytes: int = 4 << 20  # chunk payload per UploadChunks message (a chunk larger goes alone)
+    uploaders: int = 2
+    commit_batch_entries: int = 1000
+    commit_batch_bytes: int = 1 << 20
+    seen_ids: int = 200_000  # chunk ids remembered per job to skip repeat dedup queries
+    # A file whose ctime is less than this before the scan started is "racy": it is
+    # cached untrusted and read again next time (timestamps are coarser than writes).
+    racy_window_ns: int = 2_000_000_000
+
+
+class End(enum.Enum):
+    """The end marker of a stage's queue: no more items follow."""
+
+    END = enum.auto()
+
+
+END = End.END
+
+
+class ByteBudget:
+    """Bounds the chunk content held between reading and upload.
+
+    Grants are first come, first served. ``release`` is synchronous and the
+    uncontended ``acquire`` does not suspend: both run once per chunk, and a
+    Condition round trip each time was a measurable share of the event loop.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, nbytes: int) -> int:
+        """Wait until ``nbytes`` (at most the capacity) fit; the charge to release later."""
+        charge = min(nbytes, self.capacity)
+        if not self._waiters and self._used + charge <= self.capacity:
+            self._used += charge
+            return charge
+        granted = asyncio.get_running_loop().create_future()
+        self._waiters.append((charge, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(charge)  # granted just as it was cancelled: give it back
+            else:
+                granted.cancel()  # _grant skips it
+                self._grant()
+            raise
+        return charge
+
+    def release(self, charge: int) -> None:
+        self._used -= charge
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters:
+            charge, granted = self._waiters[0]
+            if granted.done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            if self._used + charge > self.capacity:
+                return
+            self._waiters.popleft()
+            self._used += charge
+            granted.set_result(None)
+
+
+class SeenIds:
+    """Chunk ids known to be in the repository or on their way there (bounded, oldest forgotten first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._ids: OrderedDict[bytes, None] = OrderedDict()
+        self._capacity = capacity
+
+    def __contains__(self, chunk: bytes) -> bool:
+        return chunk in self._ids
+
+    def add(self, chunk: bytes) -> None:
+        self._ids[chunk] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+
+
+@dataclass
+class Chunk:
+    id: bytes
+    content: bytes
+    charge: int  # bytes held in the budget
+
+
+@dataclass
+class Upload:
+    """A chunk ready to upload: ``payload`` is its content encoded as ``compression``.
+
+    ``charge`` is what it holds of the memory budget until the upload returns.
+    """
+
+    id: bytes
+    raw_length: int
+    compression: gateway_pb2.ChunkCompression.ValueType
+    payload: bytes
+    charge: int
+
+
+async def take_batch(
+    queue: asyncio.Queue[T | End], max_items: int, max_bytes: int, size: Callable[[T], int]
+) -> tuple[list[T], bool]:
+    """Wait for one item, then take whatever else is ready (never waiting for more).
+
+    Stops after the end marker; the second value says whether it was taken.
+    """
+    first = await queue.get()
+    if first is END:
+        return [], True
+    batch = [first]
+    total = size(first)
+    while len(batch) < max_items and total < max_bytes and not queue.empty():
+        item = queue.get_nowait()
+        if item is END:
+            return batch, True
+        batch.append(item)
+        total += size(item)
+    return batch, False
+
+
+def upload_requests(job_id: str, uploads: Sequence[Upload], message_bytes: int) -> list[gateway_pb2.UploadChunkRequest]:
+    """The messages of one UploadChunks call: many chunks per message, each message about ``message_bytes``.
+
+    One message per chunk made the gRPC machinery, not the data, most of the
+    upload's CPU on both sides for trees of small files (ADR 0020).
+    """
+    requests: list[gateway_pb2.UploadChunkRequest] = []
+    current: list[gateway_pb2.UploadedChunk] = []
+    size = 0
+    for u in uploads:
+        if current and size + len(u.payload) > message_bytes:
+            requests.append(gateway_pb2.UploadChunkRequest(job_id=job_id, chunks=current))
+            current, size = [], 0
+        current.append(
+            gateway_pb2.UploadedChunk(
+                chunk_id=u.id, compression=u.compression, raw_length=u.raw_length, payload=u.payload
+            )
+        )
+        size += len(u.payload)
+    if current:
+        requests.append(gateway_pb2.UploadChunkRequest(job_id=job_id, chunks=current))
+    return requests
+
+
+def _compress_all(chunks: list[Chunk]) -> list[Upload]:
+    uploads = []
+    for chunk in chunks:
+        compression, payload = compress(chunk.content)
+        uploads.append(Upload(chunk.id, len(chunk.content), compression, payload, chunk.charge))
+    return uploads
+
+
+class Uploader:
+    """Sends compressed chunks to the gateway in batches (``uploaders`` workers), then releases their budget."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        client: GatewayClient,
+        retry: RetryPolicy,
+        budget: ByteBudget,
+        stats: common_pb2.JobStats,
+        limits: PipelineLimits,
+    ) -> None:
+        self._job_id = job_id
+        self._client = client
+        self._retry = retry
+        self._budget = budget
+        self._stats = stats
+        self._limits = limits
+        self.workers = limits.uploaders
+        self._queue: asyncio.Queue[Upload | End] = asyncio.Queue(limits.upload_batch_chunks * 2)
+
+    async def put(self, upload: Upload) -> None:
+        await self._queue.put(upload)
+
+    async def close(self) -> None:
+        for _ in range(self.workers):
+            await self._queue.put(END)
+
+    async def run(self) -> None:
+        limits = self._limits
+        while True:
+            uploads, end = await take_batch(
+                self._queue, limits.upload_batch_chunks, limits.upload_batch_bytes, lambda u: len(u.payload)
+            )
+            if uploads:
+                requests = upload_requests(self._job_id, uploads, limits.upload_message_bytes)
+                upload = functools.partial(self._client.upload_chunks, requests)
+                response = await self._retry.call("UploadChunks", upload)
+                self._stats.chunks_new += response.chunks_stored
+                self._stats.bytes_uploaded += sum(len(u.payload) for u in uploads)
+                for u in uploads:
+                    self._budget.release(u.charge)
+            if end:
+                return
+
+
+class Compressor:
+    """Compresses new chunks in the job's worker threads (one worker per thread) and passes them to upload."""
+
+    def __init__(self, *, executor: ThreadPoolExecutor, workers: int, limits: PipelineLimits, out: Uploader) -> None:
+        self._executor = executor
+        self.workers = workers
+        self._batch_bytes = limits.compress_batch_bytes
+        self._out = out
+        self._queue: asyncio.Queue[Chunk | End] = asyncio.Queue(limits.chunk_queue)
+
+    async def put(self, chunk: Chunk) -> None:
+        await self._queue.put(chunk)
+
+    async def close(self) -> None:
+        for _ in range(self.workers):
+            await self._queue.put(END)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            chunks, end = await take_batch(self._queue, 1 << 30, self._batch_bytes, lambda c: len(c.content))
+            if chunks:
+                for upload in await loop.run_in_executor(self._executor, functools.partial(_compress_all, chunks)):
+                    await self._out.put(upload)
+            if end:
+                return
+
+
+class Deduper:
+    """Asks the gateway which chunks it lacks; passes those on to compress and releases the others' budget.
+
+    Ids asked about once in this job (``SeenIds``) are not asked again.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        client: GatewayClient,
+        retry: RetryPolicy,
+        seen: SeenIds,
+        budget: ByteBudget,
+        limits: PipelineLimits,
+        out: Compressor,
+    ) -> None:
+        self._job_id = job_id
+        self._client = client
+        self._retry = retry
+        self._seen = seen
+        self._budget = budget
+        self._batch_ids = limits.dedup_batch_ids
+        self._batch_bytes = limits.memory_budget_bytes // 4
+        self._out = out
+        self._queue: asyncio.Queue[Chunk | End] = asyncio.Queue(limits.chunk_queue)
+
+    async def put(self, chunk: Chunk) -> None:
+        await self._queue.put(chunk)
+
+    async def close(self) -> None:
+        await self._queue.put(END)
+
+    async def run(self) -> None:
+        end = False
+        while not end:
+            batch, end = await take_batch(self._queue, self._batch_ids, self._batch_bytes, lambda c: len(c.content))
+            query: dict[bytes, Chunk] = {}
+            for chunk in batch:
+                if chunk.id in self._seen or chunk.id in query:
+                    self._budget.release(chunk.charge)
+                else:
+                    query[chunk.id] = chunk
+            if not query:
+                continue
+            find = functools.partial(self._client.find_missing_chunks, self._job_id, list(query))
+            missing = set(await self._retry.call("FindMissingChunks", find))
+            for cid, chunk in query.items():
+                self._seen.add(cid)
+                if cid in missing:
+                    await self._out.put(chunk)
+                else:
+                    self._budget.release(chunk.charge)

@@ -1,0 +1,256 @@
+"""One restore job: walk the point's manifest and restore each entry below the destination.
+
+Conflicts: SKIP (default) leaves an existing file, symlink or directory's
+metadata alone and counts it as skipped; OVERWRITE replaces files and
+symlinks and re-applies directory metadata (``metadata.py``).
+
+Throughput (restic's restorer is the model): regular files are restored in
+batches of up to ``fetch_batch_bytes`` of content (and ``FETCH_BATCH_MAX_IDS``
+chunk ids). One ``ReadChunks`` call fetches a batch's distinct chunks
+(``fetch.py``), then a small pool of threads writes the batch's files
+(``writer.py``) while the next batch is fetched; at most ``BATCHES_IN_FLIGHT``
+batches hold content at a time. A file larger than a batch is streamed in
+bounded windows on its own. Directories and symlinks are made as the walk
+meets them; every filesystem operation is descriptor-relative
+(``destination.py``). The writer pool is created here and passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import os
+import stat
+import threading
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+
+from strongroom_agent.gateway_client import GatewayClient
+from strongroom_agent.jobs import FileError, ProgressCallback, job_finished, run_job
+from strongroom_agent.restore.destination import Destination, EntryProblem, UnsafePath, safe_parts
+from strongroom_agent.restore.fetch import Fetcher
+from strongroom_agent.restore.metadata import DirectoryMetadata
+from strongroom_agent.restore.writer import WRITE_THREADS, Batch, File, in_threads
+
+FETCH_BATCH_BYTES = 32 << 20
+# Distinct chunk ids per ReadChunks call of a batch (the gateway takes up to 20,000).
+FETCH_BATCH_MAX_IDS = 4096
+FETCH_BATCH_MAX_FILES = 4096
+# Batches holding content at a time: one being written while the next is fetched.
+BATCHES_IN_FLIGHT = 2
+
+
+class _Restore:
+    def __init__(
+        self,
+        command: gateway_pb2.RunRestore,
+        client: GatewayClient,
+        destination: Destination,
+        pool: concurrent.futures.ThreadPoolExecutor,
+        stats: common_pb2.JobStats,
+        errors: list[FileError],
+        cancel: asyncio.Event,
+        fetch_batch_bytes: int,
+    ) -> None:
+        self.command = command
+        self.client = client
+        self.dest = destination
+        self.stats = stats
+        self.errors = errors
+        self.cancel = cancel
+        self.overwrite = command.conflict_policy == gateway_pb2.CONFLICT_POLICY_OVERWRITE
+        self.fetch_batch_bytes = fetch_batch_bytes
+        self.stop = threading.Event()
+        self.pool = pool
+        self.fetcher = Fetcher(client, command.restore_job_id, pool, destination, fetch_batch_bytes)
+        self.metadata = DirectoryMetadata(destination, errors)
+        self.batch = Batch(0)
+        self.inflight: collections.deque[tuple[Batch, asyncio.Task[None]]] = collections.deque()
+        # Directories this restore created: a name below one is free unless something appeared since,
+        # which the O_EXCL create catches, so its files need no conflict check.
+        self.created_dirs: set[tuple[str, ...]] = set()
+
+    def close(self) -> None:
+        """Stop the writer threads, wait for them, then close the destination (blocking; call in a thread)."""
+        self.stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.dest.close()
+
+    async def run(self) -> None:
+        request = gateway_pb2.ReadManifestRequest(
+            restore_job_id=self.command.restore_job_id,
+            point_id=self.command.point_id,
+            include_paths=self.command.include_paths,
+            exclude_paths=self.command.exclude_paths,
+        )
+        try:
+            async for entry in self.client.read_manifest(request):
+                if self.cancel.is_set():
+                    return
+                await self._finish_dirs_before(entry.path.encode())
+                try:
+                    await self._restore_entry(entry)
+                except UnsafePath as exc:
+                    self.errors.append(FileError(entry.path, str(exc)))
+                except EntryProblem as exc:
+                    self.errors.append(FileError(entry.path, str(exc)))
+                except OSError as exc:
+                    self.errors.append(FileError(entry.path, exc.strerror or str(exc)))
+            await self._submit()
+            while self.inflight:
+                await self._harvest_oldest()
+            await self._finish_dirs_before(None)
+        finally:
+            self.stop.set()
+            for _, task in self.inflight:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in self.inflight), return_exceptions=True)
+
+    async def _finish_dirs_before(self, path: bytes | None) -> None:
+        """Hand the directories whose subtree ends before ``path`` (all when None) to the metadata stage."""
+        needed = self.batch.seq if self.batch.files else self.batch.seq - 1
+        await self.metadata.finish_before(path, needed)
+
+    async def _restore_entry(self, entry: common_pb2.FileEntry) -> None:
+        parts = safe_parts(entry.path)
+        if not parts:
+            return  # the point root: the destination root itself
+        if entry.type == common_pb2.ENTRY_TYPE_DIRECTORY:
+            created = await asyncio.to_thread(self.dest.make_dir, parts)
+            if created:
+                self.created_dirs.add(tuple(parts))
+            if created or self.overwrite:
+                self.metadata.add(parts, entry)
+            return
+        if entry.type == common_pb2.ENTRY_TYPE_FILE and not self._large(entry):
+            await self._add_to_batch(parts, entry)
+            return
+        if entry.type == common_pb2.ENTRY_TYPE_FILE and self._in_created_dir(parts):
+            existing = None  # created with O_EXCL: a name taken meanwhile is still caught
+        else:
+            existing = await asyncio.to_thread(self.dest.existing, parts)
+        if existing is not None and not self.overwrite:
+            self.stats.files_skipped += 1
+            return
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            raise EntryProblem("a directory is in the way")
+        if entry.type == common_pb2.ENTRY_TYPE_SYMLINK:
+            await asyncio.to_thread(self.dest.make_symlink, parts, entry)
+        elif entry.type == common_pb2.ENTRY_TYPE_FILE:
+            written = await self.fetcher.large_file(parts, entry, fresh=existing is None, overwrite=self.overwrite)
+            if written is None:
+                self.stats.files_skipped += 1
+                return
+            self.stats.bytes_restored += written
+        else:
+            raise EntryProblem(f"unknown entry type {entry.type}")
+        self.stats.files_restored += 1
+
+    def _in_created_dir(self, parts: list[str]) -> bool:
+        return tuple(parts[:-1]) in self.created_dirs
+
+    def _large(self, entry: common_pb2.FileEntry) -> bool:
+        return entry.size > self.fetch_batch_bytes or len(entry.chunk_ids) > FETCH_BATCH_MAX_IDS
+
+    async def _add_to_batch(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
+        batch = self.batch
+        new_ids = [c for c in entry.chunk_ids if c not in batch.ids]
+        if batch.files and (
+            batch.content_bytes + entry.size > self.fetch_batch_bytes
+            or len(batch.ids) + len(new_ids) > FETCH_BATCH_MAX_IDS
+            or len(batch.files) >= FETCH_BATCH_MAX_FILES
+        ):
+            await self._submit()
+            batch = self.batch
+        batch.files.append(File(parts, entry, exists=not self._in_created_dir(parts)))
+        batch.content_bytes += entry.size
+        batch.ids.update(dict.fromkeys(entry.chunk_ids))
+
+    async def _submit(self) -> None:
+        """Start fetching and writing the open batch; wait while too many batches hold content."""
+        batch = self.batch
+        if not batch.files:
+            return
+        self.batch = Batch(batch.seq + 1)
+        while len(self.inflight) >= BATCHES_IN_FLIGHT:
+            await self._harvest_oldest()
+        self.inflight.append((batch, asyncio.create_task(self._process(batch))))
+
+    async def _harvest_oldest(self) -> None:
+        batch, task = self.inflight[0]
+        await task  # a gateway failure fails the job
+        self.inflight.popleft()
+        for f in batch.files:
+            if f.skipped:
+                self.stats.files_skipped += 1
+            elif f.error is not None:
+                self.errors.append(FileError(f.entry.path, f.error))
+            elif f.written:
+                self.stats.files_restored += 1
+                self.stats.bytes_restored += f.entry.size
+        await self.metadata.batch_done(batch.seq)
+
+    async def _process(self, batch: Batch) -> None:
+        """Check for conflicts, fetch the distinct chunks of the files to write in one call, write them."""
+        unchecked = [f for f in batch.files if f.exists]
+        if unchecked:
+            await in_threads(self.pool, self.dest, self.stop, unchecked, lambda w, run: w.check(run, self.overwrite))
+        wanted = [f for f in batch.files if not f.skipped and f.error is None]
+        ids = list(dict.fromkeys(c for f in wanted for c in f.entry.chunk_ids))
+        contents = await self.fetcher.batch(ids)
+        await in_threads(self.pool, self.dest, self.stop, wanted, lambda w, run: w.write(run, contents, self.overwrite))
+
+
+def destination_root(command: gateway_pb2.RunRestore) -> str:
+    """Where the point's paths are restored: target_path, or the source mount point (original location)."""
+    return command.target_path or command.source_mount_point
+
+
+async def run_restore(
+    command: gateway_pb2.RunRestore,
+    *,
+    client: GatewayClient,
+    cancel: asyncio.Event,
+    on_progress: ProgressCallback | None = None,
+    progress_interval: float = 5.0,
+    as_root: bool | None = None,
+    fetch_batch_bytes: int = FETCH_BATCH_BYTES,
+) -> gateway_pb2.JobFinished:
+    """Run one restore job; never raises for job-level failures (they become FAILED)."""
+    job_id = command.restore_job_id
+    stats = common_pb2.JobStats()
+    errors: list[FileError] = []
+    root = destination_root(command)
+    if not root or not os.path.isabs(root):
+        return job_finished(
+            job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"restore path {root!r} is not an absolute path"
+        )
+    if not os.path.isdir(root):
+        return job_finished(
+            job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"restore path {root} does not exist on this instance"
+        )
+    try:
+        destination = Destination(root, as_root=os.geteuid() == 0 if as_root is None else as_root)
+    except OSError as exc:
+        return job_finished(
+            job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"cannot open restore path {root}: {exc.strerror}"
+        )
+
+    pool = concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="restore-write")
+    restore = _Restore(command, client, destination, pool, stats, errors, cancel, fetch_batch_bytes)
+
+    async def close() -> None:
+        await asyncio.to_thread(restore.close)
+
+    return await run_job(
+        restore.run(),
+        job_id=job_id,
+        cancel=cancel,
+        stats=stats,
+        errors=errors,
+        on_progress=on_progress,
+        progress_interval=progress_interval,
+        finish=close,
+    )

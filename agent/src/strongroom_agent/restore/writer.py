@@ -1,0 +1,138 @@
+"""Writer threads: check and write the regular files of a fetched batch.
+
+A batch's files are cut into contiguous runs (neighbours share directories);
+each run is worked on in one thread of the job's writer pool, which keeps the
+current parent directory open. Files in a directory this restore created are
+not checked at all: the ``O_EXCL`` create is their check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from strongroom.common.v1 import common_pb2
+
+from strongroom_agent.restore.destination import Destination, EntryProblem
+
+WRITE_THREADS = 3
+
+
+@dataclass
+class File:
+    """A regular file of a batch and what became of it."""
+
+    parts: list[str]
+    entry: common_pb2.FileEntry
+    skipped: bool = False
+    exists: bool = True  # until the check finds the name free (or it is in a directory this restore created)
+    written: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Batch:
+    seq: int
+    files: list[File] = field(default_factory=list)
+    content_bytes: int = 0
+    ids: dict[bytes, None] = field(default_factory=dict)
+
+
+class Writer:
+    """Work on runs of a batch's files in a writer thread, keeping the current parent directory open."""
+
+    def __init__(self, dest: Destination, stop: threading.Event) -> None:
+        self.dest = dest
+        self.stop = stop
+        self._key: tuple[str, ...] | None = None
+        self._fd = -1
+
+    def _parent(self, parts: list[str]) -> int:
+        key = tuple(parts[:-1])
+        if key != self._key:
+            self.close()
+            self._fd = self.dest.open_parent(parts)
+            self._key = key
+        return self._fd
+
+    def close(self) -> None:
+        if self._key is not None:
+            os.close(self._fd)
+            self._key = None
+
+    def check(self, files: Sequence[File], overwrite: bool) -> None:
+        """Mark files that already exist as skipped (SKIP) or in the way of a directory (OVERWRITE)."""
+        try:
+            for f in files:
+                if self.stop.is_set():
+                    return
+                try:
+                    st = os.stat(f.parts[-1], dir_fd=self._parent(f.parts), follow_symlinks=False)
+                except FileNotFoundError:
+                    f.exists = False
+                    continue
+                except EntryProblem as exc:
+                    f.error = str(exc)
+                    continue
+                except OSError as exc:
+                    f.error = exc.strerror or str(exc)
+                    continue
+                if not overwrite:
+                    f.skipped = True
+                elif stat.S_ISDIR(st.st_mode):
+                    f.error = "a directory is in the way"
+        finally:
+            self.close()
+
+    def write(self, files: Sequence[File], contents: dict[bytes, bytes], overwrite: bool) -> None:
+        """Write checked files; one whose name appeared since the check is skipped (SKIP) or replaced (OVERWRITE)."""
+        try:
+            for f in files:
+                if self.stop.is_set():
+                    return
+                try:
+                    pieces = [contents[c] for c in f.entry.chunk_ids]
+                except KeyError as exc:
+                    f.error = f"gateway did not return chunk {exc.args[0].hex()}"
+                    continue
+                size = sum(len(p) for p in pieces)
+                if size != f.entry.size:
+                    f.error = f"content is {size} bytes, expected {f.entry.size}"
+                    continue
+                try:
+                    pfd = self._parent(f.parts)
+                    if self.dest.write_new(pfd, f.parts, f.entry, pieces, fresh=not f.exists, overwrite=overwrite):
+                        f.written = True
+                    else:
+                        f.skipped = True
+                except EntryProblem as exc:
+                    f.error = str(exc)
+                except OSError as exc:
+                    f.error = exc.strerror or str(exc)
+        finally:
+            self.close()
+
+
+def runs(files: list[File], count: int) -> list[list[File]]:
+    """``files`` cut into at most ``count`` contiguous runs (neighbours share directories)."""
+    size = max(1, -(-len(files) // count))
+    return [files[i : i + size] for i in range(0, len(files), size)]
+
+
+async def in_threads(
+    pool: ThreadPoolExecutor,
+    dest: Destination,
+    stop: threading.Event,
+    files: list[File],
+    work: Callable[[Writer, list[File]], None],
+) -> None:
+    """Do ``work`` on runs of ``files`` in the writer threads, a ``Writer`` per run; wait for all of them."""
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(
+        *(loop.run_in_executor(pool, work, Writer(dest, stop), run) for run in runs(files, WRITE_THREADS * 2))
+    )

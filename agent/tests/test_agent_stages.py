@@ -1,0 +1,47 @@
+"""The backup's chunk stages: the memory budget and the upload messages."""
+
+from __future__ import annotations
+
+import asyncio
+
+from strongroom.agent.v1 import gateway_pb2
+from strongroom_agent.backup import Upload, upload_requests
+from strongroom_agent.backup.stages import ByteBudget
+
+
+def test_upload_requests_carry_many_chunks_per_message_in_order() -> None:
+    uploads = [
+        Upload(bytes([i]) * 32, 100, gateway_pb2.CHUNK_COMPRESSION_NONE, bytes(size), 0)
+        for i, size in enumerate([300, 300, 300, 2000, 10, 10])
+    ]
+    requests = upload_requests("job-1", uploads, message_bytes=700)
+    assert [[len(c.payload) for c in r.chunks] for r in requests] == [[300, 300], [300], [2000], [10, 10]]
+    assert all(r.job_id == "job-1" and not r.chunk_id for r in requests)
+    assert [c.chunk_id for r in requests for c in r.chunks] == [u.id for u in uploads]
+    assert upload_requests("job-1", [], message_bytes=700) == []
+
+
+async def test_the_memory_budget_grants_in_order_and_a_cancelled_wait_takes_nothing() -> None:
+    budget = ByteBudget(100)
+    assert await budget.acquire(60) == 60
+    order: list[str] = []
+
+    async def take(name: str, nbytes: int) -> None:
+        await budget.acquire(nbytes)
+        order.append(name)
+
+    big = asyncio.create_task(take("big", 500))  # clamped to the capacity: waits for everything
+    await asyncio.sleep(0)
+    small = asyncio.create_task(take("small", 10))  # fits now, but waits behind "big" (first come)
+    doomed = asyncio.create_task(take("doomed", 30))
+    await asyncio.sleep(0)
+    assert order == []
+    doomed.cancel()
+    await asyncio.gather(doomed, return_exceptions=True)
+    budget.release(60)
+    await asyncio.wait_for(big, 1)
+    assert order == ["big"]  # the cancelled waiter was skipped and holds nothing
+    budget.release(100)
+    await asyncio.wait_for(small, 1)
+    assert order == ["big", "small"]
+    assert await budget.acquire(90) == 90  # 10 + 90: the whole capacity, nothing leaked

@@ -1,0 +1,187 @@
+"""The one server interceptor that authenticates every call and applies the policy table (ADR 0024).
+
+For each call it finds the method's :class:`~strongroom_platform.auth.policy.Rule` (none: refused),
+identifies the caller from the transport (a service's mTLS certificate) or the ``authorization``
+metadata (API token, OIDC JWT, or an agent credential checked by the gateway's authenticator),
+refuses what the rule does not admit, and runs the handler with the :class:`CallAuth` in a context
+variable for :func:`~strongroom_platform.auth.principal.choose_account` and ``authorize``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from strongroom_platform.auth.oidc import OidcVerifier, looks_like_jwt
+from strongroom_platform.auth.policy import Caller, Rule, rule_for
+from strongroom_platform.auth.principal import ANONYMOUS, CallAuth, CallerKind, Principal, service, set_current_call
+from strongroom_platform.auth.tokens import TOKEN_PREFIX, TokenVerifier
+from strongroom_platform.errors import PermissionDenied, Unauthenticated
+from strongroom_platform.grpc_errors import ServerInterceptor
+
+log = logging.getLogger(__name__)
+
+SERVICE_URI_PREFIX = "spiffe://strongroom/service/"
+
+AgentAuthenticator = Callable[[str | None], Awaitable[Principal]]
+"""Checks an agent's ``authorization`` value (None when absent) and returns its principal."""
+
+
+def bearer_of(metadata: Any) -> str | None:
+    """The value of the ``authorization`` metadata entry, or None."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+    return None
+
+
+def service_name_of(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """The service name in a verified peer certificate's ``spiffe://strongroom/service/<name>`` URI SAN.
+
+    gRPC fills ``x509_pem_cert`` only after verifying the chain against the listener's client CA,
+    so the certificate here is one our CA issued.
+    """
+    pems = list(auth_context.get("x509_pem_cert") or ())
+    if not pems:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(pems[0])
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(SERVICE_URI_PREFIX):
+            name = uri[len(SERVICE_URI_PREFIX) :]
+            if name.isidentifier():
+                return name
+    return None
+
+
+class Authenticator:
+    """Turns a call's transport identity and metadata into a :class:`Principal` under a rule."""
+
+    def __init__(
+        self,
+        *,
+        tokens: TokenVerifier | None,
+        oidc: OidcVerifier | None = None,
+        agents: AgentAuthenticator | None = None,
+    ) -> None:
+        self._tokens = tokens
+        self._oidc = oidc
+        self._agents = agents
+
+    async def principal(self, rule: Rule, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        """The caller, admitted by ``rule``; raises ``Unauthenticated`` or ``PermissionDenied`` otherwise."""
+        if Caller.PUBLIC in rule.callers:
+            return ANONYMOUS
+        if Caller.SERVICE in rule.callers:
+            name = service_name_of(context.auth_context())
+            if name is not None:
+                if name in rule.services:
+                    return service(name)
+                raise PermissionDenied(f"service {name} may not {rule.verb}")
+        bearer = bearer_of(context.invocation_metadata())
+        if Caller.AGENT in rule.callers:
+            if self._agents is None:
+                raise PermissionDenied("agents are not served on this listener")
+            return await self._agents(bearer)
+        if Caller.OPERATOR in rule.callers:
+            return await self._operator(bearer, rule)
+        raise PermissionDenied(f"only Strongroom services may {rule.verb}")
+
+    async def _operator(self, bearer: str | None, rule: Rule) -> Principal:
+        if not bearer:
+            raise Unauthenticated("this call needs a credential: authorization: Bearer <API token or OIDC token>")
+        scheme, _, credential = bearer.partition(" ")
+        if scheme.lower() != "bearer" or not credential:
+            raise Unauthenticated("the authorization header must be 'Bearer <token>'")
+        credential = credential.strip()
+        if credential.startswith(TOKEN_PREFIX) and self._tokens is not None:
+            principal = await self._tokens.verify(credential)
+        elif looks_like_jwt(credential) and self._oidc is not None:
+            principal = await self._oidc.verify(credential)
+        else:
+            raise Unauthenticated("invalid credential")
+        if rule.permission is not None and not principal.may_ever(rule.permission):
+            raise PermissionDenied(f"this credential's roles cannot {rule.verb}")
+        return principal
+
+
+Behavior = Callable[..., Any]
+
+
+class AuthInterceptor(ServerInterceptor):
+    """Authenticates and authorizes every call of the server it is installed on.
+
+    Install it through ``runtime.start_grpc_server(..., interceptors=[...])``: refusals are raised
+    as service errors, which the error mapping installed there turns into status codes.
+    """
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        rule = rule_for(method)
+        wrap = self._wrap_stream if _streams_response(handler) else self._wrap_unary
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap(handler.unary_unary, method, rule), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap(handler.unary_stream, method, rule), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap(handler.stream_unary, method, rule), handler.request_deserializer, handler.response_serializer
+            )
+        assert handler.stream_stream is not None
+        return grpc.stream_stream_rpc_method_handler(
+            wrap(handler.stream_stream, method, rule), handler.request_deserializer, handler.response_serializer
+        )
+
+    async def _admit(self, method: str, rule: Rule | None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if rule is None:
+            log.error("refused %s: the method has no rule in strongroom_platform.auth.policy", method)
+            raise PermissionDenied(f"{method} is not open to any caller")
+        principal = await self._authenticator.principal(rule, context)
+        if principal.kind is CallerKind.ANONYMOUS and Caller.PUBLIC not in rule.callers:
+            raise Unauthenticated("this call needs a credential")
+        set_current_call(CallAuth(principal=principal, method=method, permission=rule.permission, verb=rule.verb))
+
+    def _wrap_unary(self, behavior: Behavior, method: str, rule: Rule | None) -> Behavior:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await self._admit(method, rule, context)
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+        return guarded
+
+    def _wrap_stream(self, behavior: Behavior, method: str, rule: Rule | None) -> Behavior:
+        if not inspect.isasyncgenfunction(behavior):
+            return self._wrap_unary(behavior, method, rule)
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            await self._admit(method, rule, context)
+            async for response in behavior(request, context):
+                yield response
+
+        return guarded
+
+
+def _streams_response(handler: grpc.RpcMethodHandler[Any, Any]) -> bool:
+    return bool(handler.response_streaming)

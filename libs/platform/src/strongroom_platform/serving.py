@@ -1,0 +1,120 @@
+"""A service's gRPC listeners behind the one auth interceptor (ADRs 0023, 0024).
+
+Every service serves:
+- its **public listener** (``STRONGROOM_GRPC_LISTEN``): server TLS only; operators present a bearer
+  credential (API token or OIDC JWT), agents theirs on the gateway's port;
+- optionally its **internal listener** (``STRONGROOM_INTERNAL_LISTEN``): mutual TLS against the
+  service CA (``STRONGROOM_TLS_CLIENT_CA``), where other Strongroom services call it with their
+  service certificates. gRPC Python cannot ask for an optional client certificate, so the two
+  kinds of caller get two ports; NetworkPolicies keep the internal one inside the cluster.
+
+Both run the same :class:`~strongroom_platform.auth.AuthInterceptor`: on the public port no service
+identity can appear, and on the internal port no caller without a service certificate gets in.
+Without TLS settings a listener is refused unless ``STRONGROOM_INSECURE_PLAINTEXT=1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+
+from strongroom_platform import lifecycle
+from strongroom_platform.auth import AgentAuthenticator, Authenticator, AuthInterceptor, TokenVerifier
+from strongroom_platform.auth.oidc import OidcVerifier
+from strongroom_platform.auth.tokens_pg import AUTH_MIGRATIONS, AUTH_SCHEMA, PgTokenStore
+from strongroom_platform.clock import Clock
+from strongroom_platform.settings import PlatformSettings, SettingsError, TlsSettings
+from strongroom_platform.tls import backend_ssl_context, listener_credentials, secure_channel, server_credentials
+
+__all__ = ["Auth", "agents_only", "open_auth", "peer_channel", "serve_listeners"]
+
+Register = Callable[[grpc.aio.Server], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """What a process authenticates with: the interceptor, and the token store behind it."""
+
+    interceptor: AuthInterceptor
+    tokens: PgTokenStore
+
+
+def agents_only(agents: AgentAuthenticator) -> AuthInterceptor:
+    """The interceptor of a process that serves no operator (the gateway): agents and services only."""
+    return AuthInterceptor(Authenticator(tokens=None, agents=agents))
+
+
+async def open_auth(
+    stack: AsyncExitStack, settings: PlatformSettings, clock: Clock, *, agents: AgentAuthenticator | None = None
+) -> Auth:
+    """The auth interceptor of a process serving operators: API tokens from ``auth.api_tokens``,
+    OIDC if configured.
+
+    Opens a small pool on schema ``auth`` and applies its migrations (idempotent, under the
+    migration lock), so a service that starts before the scheduler can verify tokens at once.
+    """
+    pool = await lifecycle.open_pool(
+        stack, settings.pg_dsn, AUTH_SCHEMA, AUTH_MIGRATIONS, max_size=2, tls=backend_ssl_context(settings.pg_tls)
+    )
+    tokens = PgTokenStore(pool)
+    oidc = OidcVerifier(settings.oidc, clock) if settings.oidc is not None else None
+    authenticator = Authenticator(tokens=TokenVerifier(tokens, clock), oidc=oidc, agents=agents)
+    return Auth(AuthInterceptor(authenticator), tokens)
+
+
+def _public_tls(tls: TlsSettings | None) -> TlsSettings | None:
+    # Operators hold no client certificate: the public port never asks for one.
+    return dataclasses.replace(tls, client_ca_file=None) if tls is not None else None
+
+
+def _internal_credentials(settings: PlatformSettings, service: str) -> grpc.ServerCredentials | None:
+    tls = settings.tls
+    if tls is not None and tls.has_identity:
+        if tls.client_ca_file is None:
+            raise SettingsError(
+                f"{service}: STRONGROOM_INTERNAL_LISTEN needs STRONGROOM_TLS_CLIENT_CA (the service CA)"
+            )
+        return server_credentials(tls)
+    return listener_credentials(tls, insecure_plaintext=settings.insecure_plaintext, listener=f"{service} internal")
+
+
+async def serve_listeners(
+    stack: AsyncExitStack,
+    service: str,
+    settings: PlatformSettings,
+    listen: str,
+    register: Register,
+    *,
+    auth: AuthInterceptor,
+    internal_listen: str | None = None,
+    internal_register: Register | None = None,
+) -> grpc.aio.Server:
+    """Serve ``register`` on the public listener and, if configured, the internal one.
+
+    Announces ``LISTENING <service> <addr>`` and ``LISTENING <service>-internal <addr>``. The
+    internal listener serves ``internal_register`` (default: the same services); it listens on
+    ``internal_listen`` or else ``settings.internal_listen``.
+    """
+    internal_listen = internal_listen or settings.internal_listen
+    if internal_listen:
+        await lifecycle.serve(
+            stack,
+            f"{service}-internal",
+            internal_listen,
+            internal_register or register,
+            credentials=_internal_credentials(settings, service),
+            interceptors=[auth],
+        )
+    credentials = listener_credentials(
+        _public_tls(settings.tls), insecure_plaintext=settings.insecure_plaintext, listener=f"{service} gRPC"
+    )
+    return await lifecycle.serve(stack, service, listen, register, credentials=credentials, interceptors=[auth])
+
+
+def peer_channel(settings: PlatformSettings, address: str) -> grpc.aio.Channel:
+    """A channel to another service's internal listener, presenting this service's certificate."""
+    return secure_channel(address, settings.tls, insecure_plaintext=settings.insecure_plaintext)
