@@ -23,10 +23,12 @@ from catalog_fixtures import point_created, sample_manifest
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.events.v1 import events_pb2
 from strongroom_cli.stack import spawn
+from strongroom_platform.admin import create_admin_token
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.eventbus_kafka import DLQ_ERROR_HEADER, KafkaPublisher, create_topics, dlq_topic
 from strongroom_platform.events import ALERT_RAISED, POINT_CREATED, VERSION_EXPIRED
 from strongroom_platform.objectstore_fs import FilesystemObjectStore
+from strongroom_testing.pki import LocalPki
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -69,7 +71,7 @@ async def _browsable(stub: catalog_pb2_grpc.CatalogServiceAsyncStub, point_id: s
 
 
 async def test_a_poisonous_point_is_dead_lettered_and_does_not_hold_up_others(
-    pg_dsn: str, kafka_bootstrap: str, tmp_path: Path
+    pg_dsn: str, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
 ) -> None:
     objects = tmp_path / "objects"
     store = FilesystemObjectStore(objects, SystemClock())
@@ -87,12 +89,14 @@ async def test_a_poisonous_point_is_dead_lettered_and_does_not_hold_up_others(
         STRONGROOM_OBJECT_STORE=f"file:{objects}",
         STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
         PYTHONUNBUFFERED="1",
+        **local_pki.env("catalog"),
     )
+    token = await create_admin_token(pg_dsn, ["acct", "another-account"])
     process = await spawn("catalog", [sys.executable, "-m", "strongroom_catalog"], env, tmp_path, announce="catalog")
     try:
         async with (
             KafkaPublisher(kafka_bootstrap, idempotent=True) as publisher,
-            grpc.aio.insecure_channel(process.address) as channel,
+            local_pki.operator_channel(process.address, token) as channel,
         ):
             stub = catalog_pb2_grpc.CatalogServiceStub(channel)  # type: ignore[misc]
 
