@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections.abc import Iterable, Mapping
@@ -20,7 +21,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
-from strongroom_platform.eventbus import Handler, PoisonRecord, Record
+from strongroom_platform.clock import Clock, SystemClock
+from strongroom_platform.eventbus import Handler, Record
+from strongroom_platform.events import ALERT_RAISED, TOPIC_SPECS, TopicSpec, dead_letter_topic, topic_spec
+from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
 from strongroom_platform.settings import KafkaSasl
 
 __all__ = ["DLQ_ERROR_HEADER", "FaustConsumer", "KafkaPublisher", "create_topics", "dlq_topic"]
@@ -33,9 +37,8 @@ DLQ_ERROR_HEADER = "strongroom-error"
 _TOPIC_ALREADY_EXISTS = 36
 
 
-def dlq_topic(topic: str) -> str:
-    """The dead-letter topic of ``topic``."""
-    return f"{topic}.dlq"
+dlq_topic = dead_letter_topic
+"""The dead-letter topic of a topic (``events.dead_letter_topic``)."""
 
 
 def _security(ssl_context: ssl.SSLContext | None, sasl: KafkaSasl | None = None) -> dict[str, Any]:
@@ -70,17 +73,17 @@ async def create_topics(
     bootstrap: str,
     topics: Iterable[str],
     *,
-    partitions: int = 1,
-    replication: int = 1,
     timeout_ms: int = 30_000,
     ssl_context: ssl.SSLContext | None = None,
     sasl: KafkaSasl | None = None,
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
-    Explicit creation matters: a broker's auto-created topics get its default
-    partition count (Tansu: 4), and consumers subscribing before the first
-    publish would otherwise find nothing to join.
+    Partitions and replication factor come from the topic registry (``events.topic_spec``; a
+    dead-letter topic gets its source topic's); the replication factor is capped at the number of
+    brokers in the cluster (one in development). Explicit creation matters: a broker's
+    auto-created topics get its default partition count (Tansu: 4), and consumers subscribing
+    before the first publish would otherwise find nothing to join.
     """
     wanted = sorted(set(topics))
     if not wanted:
@@ -91,9 +94,19 @@ async def create_topics(
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, partitions, replication) for name in wanted if name not in existing]
-        if not missing:
+        names = [name for name in wanted if name not in existing]
+        if not names:
             return
+        brokers = await _broker_count(admin)
+        missing = []
+        for name in names:
+            spec = _spec_for(name)
+            replication = min(spec.replication_factor, brokers)
+            if replication < spec.replication_factor:
+                log.info(
+                    "topic %s: %d replicas wanted, the cluster has %d brokers", name, spec.replication_factor, brokers
+                )
+            missing.append(NewTopic(name, spec.partitions, replication))
         response = await admin.create_topics(missing, timeout_ms=timeout_ms)
         for topic_error in response.topic_errors:
             name, code = topic_error[0], topic_error[1]
@@ -102,6 +115,25 @@ async def create_topics(
                 raise for_code(code)(f"cannot create topic {name}: {message}")
     finally:
         await admin.close()
+
+
+def _spec_for(name: str) -> TopicSpec:
+    """The registry spec of a topic, or of the topic whose dead-letter topic ``name`` is."""
+    for spec in TOPIC_SPECS.values():
+        if spec.dead_letter_topic == name:
+            return dataclasses.replace(spec, dead_letter_topic=None)
+    if name.endswith(".dlq"):
+        return dataclasses.replace(topic_spec(name[: -len(".dlq")]), dead_letter_topic=None)
+    return topic_spec(name)
+
+
+async def _broker_count(admin: AIOKafkaAdminClient) -> int:
+    try:
+        cluster = await admin.describe_cluster()
+        return max(1, len(cluster.get("brokers", [])))
+    except Exception:  # a broker without DescribeCluster (Tansu): assume the smallest cluster
+        log.warning("cannot describe the Kafka cluster; creating topics with one replica")
+        return 1
 
 
 class KafkaPublisher:
@@ -179,12 +211,13 @@ class FaustConsumer:
 
     - it returned: the record is acknowledged; Faust commits acknowledged
       offsets every ``commit_interval`` seconds and at :meth:`stop`;
-    - it raised :class:`PoisonRecord`: the record is published to
-      ``<topic>.dlq`` (error text in the ``strongroom-error`` header), then
-      acknowledged;
-    - it raised anything else: the error is logged and the same record is
-      retried after a backoff doubling from ``retry_initial`` up to
-      ``retry_max`` seconds, forever: a record is never skipped.
+    - it raised :class:`PoisonRecord`, or failed deterministically
+      ``max_attempts`` times: the record is published to its dead-letter topic
+      (error text in the ``strongroom-error`` header), an ``alert-raised``
+      event is published (``alert_topic``), and the record is acknowledged;
+    - it raised a transient failure (``poison.is_transient``: database, broker
+      or peer unreachable): retried after a backoff doubling from
+      ``retry_initial`` up to ``retry_max`` seconds, forever (ADR 0026).
 
     Acks are manual (``stream.noack()``): Faust's automatic ack also fires
     when an agent is cancelled mid-record, which would commit a record whose
@@ -211,18 +244,22 @@ class FaustConsumer:
         commit_interval: float = 1.0,
         retry_initial: float = 0.1,
         retry_max: float = 30.0,
+        max_attempts: int = 5,
         stop_timeout: float = 30.0,
         create_missing_topics: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         sasl: KafkaSasl | None = None,
+        alert_topic: str = ALERT_RAISED,
+        clock: Clock | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one topic handler")
         self._bootstrap = bootstrap
         self._group_id = group_id
         self._handlers = dict(handlers)
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._policy = RetryPolicy(retry_initial, retry_max, max_attempts)
+        self._alert_topic = alert_topic
+        self._clock: Clock = clock or SystemClock()
         self._stop_timeout = stop_timeout
         self._create_missing_topics = create_missing_topics
         self._ssl_context = ssl_context
@@ -271,7 +308,7 @@ class FaustConsumer:
         return agent
 
     async def _process(self, handler: Handler, message: Any) -> bool:
-        """Run the handler until it succeeds; False if stopping interrupted the retries."""
+        """Run the record to an outcome (``poison.run_record``); False if stopping interrupted the retries."""
         record = Record(
             topic=message.topic,
             partition=message.partition,
@@ -279,51 +316,31 @@ class FaustConsumer:
             key=message.key,
             value=message.value if message.value is not None else b"",
         )
-        delay = self._retry_initial
+        if self._stopping.is_set():
+            return False  # left unacknowledged: delivered again after the restart
         self._idle.clear()
         try:
-            while not self._stopping.is_set():
-                try:
-                    await handler(record)
-                    return True
-                except PoisonRecord as exc:
-                    try:
-                        await self._dead_letter(record, exc)
-                        return True
-                    except Exception:
-                        log.exception("cannot dead-letter %s@%d; retrying", record.topic, record.offset)
-                except Exception:
-                    log.exception(
-                        "handler failed on %s[%d]@%d; retrying in %.1fs",
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        delay,
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                delay = min(delay * 2, self._retry_max)
-            return False
+            return await run_record(
+                handler, record, policy=self._policy, dead_letter=self._dead_letter, pause=self._pause
+            )
         finally:
             self._idle.set()
 
-    async def _dead_letter(self, record: Record, exc: PoisonRecord) -> None:
+    async def _pause(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        return not self._stopping.is_set()
+
+    async def _dead_letter(self, record: Record, reason: str, attempts: int) -> None:
+        plan = plan_dead_letter(
+            source=self._group_id, record=record, reason=reason, attempts=attempts, clock=self._clock
+        )
         log.warning(
-            "poison record %s[%d]@%d to %s: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            dlq_topic(record.topic),
-            exc,
+            "poison record %s[%d]@%d to %s: %s", record.topic, record.partition, record.offset, plan.topic, reason
         )
-        await self._app.producer.send_and_wait(
-            dlq_topic(record.topic),
-            record.key,
-            record.value,
-            None,
-            None,
-            [(DLQ_ERROR_HEADER, str(exc).encode())],
-        )
+        send = self._app.producer.send_and_wait
+        await send(plan.topic, record.key, record.value, None, None, [(DLQ_ERROR_HEADER, reason.encode())])
+        await send(self._alert_topic, plan.alert_key, plan.alert, None, None, [])
 
     async def start(self) -> None:
         """Create missing topics (and their DLQs), start the app and join the group.
@@ -336,7 +353,10 @@ class FaustConsumer:
         if self._create_missing_topics:
             topics = list(self._handlers)
             await create_topics(
-                self._bootstrap, topics + [dlq_topic(t) for t in topics], ssl_context=self._ssl_context, sasl=self._sasl
+                self._bootstrap,
+                [*topics, *(dlq_topic(t) for t in topics), self._alert_topic],
+                ssl_context=self._ssl_context,
+                sasl=self._sasl,
             )
         await self._app.start()
 
