@@ -25,6 +25,7 @@ from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import Handler, Record
 from strongroom_platform.events import ALERT_RAISED, TOPIC_SPECS, TopicSpec, dead_letter_topic, topic_spec
 from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
+from strongroom_platform.settings import KafkaSasl
 
 __all__ = ["DLQ_ERROR_HEADER", "FaustConsumer", "KafkaPublisher", "create_topics", "dlq_topic"]
 
@@ -40,11 +41,32 @@ dlq_topic = dead_letter_topic
 """The dead-letter topic of a topic (``events.dead_letter_topic``)."""
 
 
-def _security(ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
-    """aiokafka's connection security arguments: TLS with ``ssl_context``, else plaintext."""
+def _security(ssl_context: ssl.SSLContext | None, sasl: KafkaSasl | None = None) -> dict[str, Any]:
+    """aiokafka's connection security arguments: SASL_SSL with ``sasl`` (which needs ``ssl_context``:
+    SASL_PLAINTEXT is refused, ADR 0029), TLS with ``ssl_context`` alone, else plaintext."""
+    if sasl is not None:
+        if ssl_context is None:
+            raise ValueError("Kafka SASL needs TLS (an ssl_context): SASL_PLAINTEXT is refused")
+        return {
+            "security_protocol": "SASL_SSL",
+            "ssl_context": ssl_context,
+            "sasl_mechanism": sasl.mechanism,
+            "sasl_plain_username": sasl.username,
+            "sasl_plain_password": sasl.password,
+        }
     if ssl_context is None:
         return {}
     return {"security_protocol": "SSL", "ssl_context": ssl_context}
+
+
+def _faust_credentials(ssl_context: ssl.SSLContext | None, sasl: KafkaSasl | None) -> Any:
+    """faust's ``broker_credentials`` for the same security as :func:`_security`."""
+    if sasl is None:
+        return ssl_context  # faust turns an SSLContext into security_protocol="SSL" + ssl_context
+    _security(ssl_context, sasl)  # the same refusal of SASL without TLS
+    return faust.SASLCredentials(
+        username=sasl.username, password=sasl.password, ssl_context=ssl_context, mechanism=sasl.mechanism
+    )
 
 
 async def create_topics(
@@ -53,6 +75,7 @@ async def create_topics(
     *,
     timeout_ms: int = 30_000,
     ssl_context: ssl.SSLContext | None = None,
+    sasl: KafkaSasl | None = None,
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
@@ -65,7 +88,9 @@ async def create_topics(
     wanted = sorted(set(topics))
     if not wanted:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(ssl_context))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(ssl_context, sasl)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -117,7 +142,8 @@ class KafkaPublisher:
     ``acks="all"``: ``publish`` returns only once every in-sync replica has the
     record. ``idempotent`` enables producer idempotence (no duplicates from
     internal retries); Tansu does not support it, so it is a setting.
-    ``ssl_context`` (``strongroom_platform.tls.backend_ssl_context``) connects over TLS.
+    ``ssl_context`` (``strongroom_platform.tls.backend_ssl_context``) connects over TLS, and
+    ``sasl`` authenticates over it (SASL_SSL).
     Call :meth:`start` before publishing and :meth:`stop` at shutdown (or use
     ``async with``).
     """
@@ -130,9 +156,11 @@ class KafkaPublisher:
         client_id: str = "strongroom",
         request_timeout_ms: int = 30_000,
         ssl_context: ssl.SSLContext | None = None,
+        sasl: KafkaSasl | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._ssl_context = ssl_context
+        self._sasl = sasl
         self._idempotent = idempotent
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
@@ -148,7 +176,7 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=self._idempotent,
             request_timeout_ms=self._request_timeout_ms,
-            **_security(self._ssl_context),
+            **_security(self._ssl_context, self._sasl),
         )
         await producer.start()
         self._producer = producer
@@ -202,7 +230,8 @@ class FaustConsumer:
 
     ``session_timeout`` is the group session timeout in seconds; Tansu holds a
     new member's JoinGroup for half of it, so a small value starts faster there.
-    ``ssl_context`` connects the consumer, its DLQ producer and topic creation over TLS.
+    ``ssl_context`` connects the consumer, its DLQ producer and topic creation over TLS, and
+    ``sasl`` authenticates them over it (SASL_SSL).
     """
 
     def __init__(
@@ -219,6 +248,7 @@ class FaustConsumer:
         stop_timeout: float = 30.0,
         create_missing_topics: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        sasl: KafkaSasl | None = None,
         alert_topic: str = ALERT_RAISED,
         clock: Clock | None = None,
     ) -> None:
@@ -233,6 +263,7 @@ class FaustConsumer:
         self._stop_timeout = stop_timeout
         self._create_missing_topics = create_missing_topics
         self._ssl_context = ssl_context
+        self._sasl = sasl
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -254,8 +285,7 @@ class FaustConsumer:
             # stop() waits for the record in flight itself: Faust's own wait
             # never ends while a record is left unacknowledged.
             stream_wait_empty=False,
-            # faust turns an SSLContext into aiokafka's security_protocol="SSL" + ssl_context.
-            broker_credentials=self._ssl_context,
+            broker_credentials=_faust_credentials(self._ssl_context, self._sasl),
         )
         for index, (topic_name, handler) in enumerate(sorted(self._handlers.items())):
             topic = app.topic(
@@ -326,6 +356,7 @@ class FaustConsumer:
                 self._bootstrap,
                 [*topics, *(dlq_topic(t) for t in topics), self._alert_topic],
                 ssl_context=self._ssl_context,
+                sasl=self._sasl,
             )
         await self._app.start()
 
