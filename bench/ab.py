@@ -77,7 +77,7 @@ def main() -> int:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print(f"A/B: base {args.base} vs after {head.strip()}, {args.rounds} rounds each, alternating; data {data}")
+    print(f"A/B: base {args.base} vs after {head.strip()}, {args.rounds} rounds each, alternating; data {data.name}")
     print("| metric | base (median) | after (median) | after/base | all base | all after |")
     print("|---|---:|---:|---:|---|---|")
     for metric in ("full_s", "nochange_s", "cpu_s"):
