@@ -234,4 +234,3 @@ async def test_a_partial_restore_passes_its_failed_files_on_bounded(gw: GatewayH
     [update] = gw.store.events(events.RESTORE_UPDATED)
     assert update.status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE and update.stats.files_failed == 1500
     assert list(update.failed_files) == failed[:1000]
-
