@@ -152,6 +152,14 @@ def test_cli_run_without_state(
     assert "--roots must be absolute" in capsys.readouterr().err
 
 
+async def back_up(client: GrpcGatewayClient, source: Path) -> None:
+    fs = common_pb2.Filesystem(mount_point=str(source), device="/dev/vdz", fs_type="ext4")
+    finished = await run_backup(
+        run_backup_command(), client=client, points=[fs], exclusions=LinuxExclusions(), cancel=asyncio.Event()
+    )
+    assert finished.status == common_pb2.JOB_STATUS_COMPLETE, finished
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["batched", "old-gateway"])
 async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path, legacy: bool) -> None:
     servicer, address = server
@@ -164,11 +172,7 @@ async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path, legacy:
     target.mkdir()
     async with open_channel(address, PLAINTEXT) as channel:
         client = GrpcGatewayClient(channel, INSTANCE, SECRET)
-        fs = common_pb2.Filesystem(mount_point=str(source), device="/dev/vdz", fs_type="ext4")
-        finished = await run_backup(
-            run_backup_command(), client=client, points=[fs], exclusions=LinuxExclusions(), cancel=asyncio.Event()
-        )
-        assert finished.status == common_pb2.JOB_STATUS_COMPLETE, finished
+        await back_up(client, source)
         point_id = servicer.fake.only_point().point_id
         command = gateway_pb2.RunRestore(restore_job_id="r-1", point_id=point_id, target_path=str(target))
         restored = await run_restore(command, client=client, cancel=asyncio.Event())
@@ -220,11 +224,7 @@ async def test_damaged_chunks_over_grpc_fail_only_their_files(server: Any, tmp_p
     target.mkdir()
     async with open_channel(address, PLAINTEXT) as channel:
         client = GrpcGatewayClient(channel, INSTANCE, SECRET)
-        fs = common_pb2.Filesystem(mount_point=str(source), device="/dev/vdz", fs_type="ext4")
-        finished = await run_backup(
-            run_backup_command(), client=client, points=[fs], exclusions=LinuxExclusions(), cancel=asyncio.Event()
-        )
-        assert finished.status == common_pb2.JOB_STATUS_COMPLETE, finished
+        await back_up(client, source)
         point = servicer.fake.only_point()
         [bad] = [e for e in point.entries if e.path == "f05.txt"]
         servicer.fake.damaged[bad.chunk_ids[0]] = "authentication failed"
