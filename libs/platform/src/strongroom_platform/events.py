@@ -30,6 +30,7 @@ VERSION_EXPIRED = "version-expired"
 RESTORE_REQUESTED = "restore-requested"
 RESTORE_CANCEL_REQUESTED = "restore-cancel-requested"
 RESTORE_UPDATED = "restore-updated"
+AUDIT_RECORDED = "audit-recorded"
 
 TOPIC_MESSAGES: dict[str, type[Message]] = {
     INSTANCE_ACTIVATED: events_pb2.InstanceActivated,
@@ -44,6 +45,7 @@ TOPIC_MESSAGES: dict[str, type[Message]] = {
     RESTORE_REQUESTED: events_pb2.RestoreRequested,
     RESTORE_CANCEL_REQUESTED: events_pb2.RestoreCancelRequested,
     RESTORE_UPDATED: events_pb2.RestoreUpdated,
+    AUDIT_RECORDED: events_pb2.AuditRecorded,
 }
 
 M = TypeVar("M", bound=Message)
