@@ -42,6 +42,7 @@ __all__ = [
     "AuditSink",
     "CallAudit",
     "OutboxAuditSink",
+    "SinkIdentity",
     "begin",
     "current",
     "end",
@@ -83,11 +84,10 @@ def event_key(event: events_pb2.AuditRecorded) -> str:
     return event.account_ids[0] if event.account_ids else ""
 
 
-class OutboxAuditSink:
-    """Records in the service's outbox (``pool`` bound to a schema with ``OUTBOX_DDL``)."""
+class SinkIdentity:
+    """The ``producer`` and ``clock`` half of an :class:`AuditSink`, shared by its implementations."""
 
-    def __init__(self, pool: asyncpg.Pool, producer: str, clock: Clock) -> None:
-        self._pool = pool
+    def __init__(self, producer: str, clock: Clock) -> None:
         self._producer = producer
         self._clock = clock
 
@@ -98,6 +98,14 @@ class OutboxAuditSink:
     @property
     def clock(self) -> Clock:
         return self._clock
+
+
+class OutboxAuditSink(SinkIdentity):
+    """Records in the service's outbox (``pool`` bound to a schema with ``OUTBOX_DDL``)."""
+
+    def __init__(self, pool: asyncpg.Pool, producer: str, clock: Clock) -> None:
+        super().__init__(producer, clock)
+        self._pool = pool
 
     async def record(self, event: events_pb2.AuditRecorded) -> None:
         async with self._pool.acquire() as conn, conn.transaction():

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import Message
 from strongroom.events.v1 import events_pb2
 
+from strongroom_platform.audit import SinkIdentity
 from strongroom_platform.auth.interceptor import Authenticator, AuthInterceptor
 from strongroom_platform.auth.policy import POLICY
 from strongroom_platform.auth.principal import CallAuth, Principal, Role
@@ -279,21 +280,12 @@ class _Bearer(_UnaryUnary, _UnaryStream):
         return await continuation(self._details(details), request)
 
 
-class InMemoryAuditSink:
+class InMemoryAuditSink(SinkIdentity):
     """An ``audit.AuditSink`` keeping the records in :attr:`events` (they are committed at once)."""
 
     def __init__(self, clock: Clock | None = None, producer: str = "test") -> None:
+        super().__init__(producer, clock or SystemClock())
         self.events: list[events_pb2.AuditRecorded] = []
-        self._clock = clock or SystemClock()
-        self._producer = producer
-
-    @property
-    def producer(self) -> str:
-        return self._producer
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
 
     async def record(self, event: events_pb2.AuditRecorded) -> None:
         self.events.append(copy.deepcopy(event))
