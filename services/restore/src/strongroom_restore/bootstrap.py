@@ -60,9 +60,9 @@ async def run(
             stack.push_async_callback(scheduler_channel.close, None)
             instances = SchedulerInstanceDirectory(scheduler_channel)
         if publisher is None:
-            publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
+            publisher = await stack.enter_async_context(wiring.publisher(platform))
         if consumer_factory is None:
-            consumer_factory = wiring.consumer_factory(platform, tls=platform.kafka_tls)
+            consumer_factory = wiring.consumer_factory(platform)
 
         await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo))

@@ -53,9 +53,9 @@ async def run(
         store = PgSchedulerStore(pool)
         deps = Deps(store=store, clock=clock, alerter=alerter or LoggingAlerter(), rng=random.SystemRandom())
         if publisher is None:
-            publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
+            publisher = await stack.enter_async_context(wiring.publisher(platform))
         await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
-        factory = consumer_factory or wiring.consumer_factory(platform, tls=platform.kafka_tls)
+        factory = consumer_factory or wiring.consumer_factory(platform)
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(deps))
 
         async def tick() -> None:
