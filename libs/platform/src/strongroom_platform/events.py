@@ -31,6 +31,7 @@ VERSION_EXPIRED = "version-expired"
 RESTORE_REQUESTED = "restore-requested"
 RESTORE_CANCEL_REQUESTED = "restore-cancel-requested"
 RESTORE_UPDATED = "restore-updated"
+AUDIT_RECORDED = "audit-recorded"
 ALERT_RAISED = "alert-raised"
 
 TOPIC_MESSAGES: dict[str, type[Message]] = {
@@ -46,6 +47,7 @@ TOPIC_MESSAGES: dict[str, type[Message]] = {
     RESTORE_REQUESTED: events_pb2.RestoreRequested,
     RESTORE_CANCEL_REQUESTED: events_pb2.RestoreCancelRequested,
     RESTORE_UPDATED: events_pb2.RestoreUpdated,
+    AUDIT_RECORDED: events_pb2.AuditRecorded,
     ALERT_RAISED: events_pb2.AlertRaised,
 }
 

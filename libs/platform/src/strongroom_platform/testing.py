@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from strongroom.events.v1 import events_pb2
 
+from strongroom_platform.audit import SinkIdentity
 from strongroom_platform.auth.interceptor import Authenticator, AuthInterceptor
 from strongroom_platform.auth.policy import POLICY
 from strongroom_platform.auth.principal import CallAuth, Principal, Role
@@ -345,19 +347,36 @@ class _Bearer(_UnaryUnary, _UnaryStream):
         return await continuation(self._details(details), request)
 
 
+class InMemoryAuditSink(SinkIdentity):
+    """An ``audit.AuditSink`` keeping the records in :attr:`events` (they are committed at once)."""
+
+    def __init__(self, clock: Clock | None = None, producer: str = "test") -> None:
+        super().__init__(producer, clock or SystemClock())
+        self.events: list[events_pb2.AuditRecorded] = []
+
+    async def record(self, event: events_pb2.AuditRecorded) -> None:
+        self.events.append(copy.deepcopy(event))
+
+
 @contextlib.asynccontextmanager
 async def serve_authenticated(
-    register: Callable[[grpc.aio.Server], None], grants: Mapping[str, Role]
+    register: Callable[[grpc.aio.Server], None],
+    grants: Mapping[str, Role],
+    *,
+    audit_sink: InMemoryAuditSink | None = None,
 ) -> AsyncIterator[grpc.aio.Channel]:
     """Serve ``register`` on 127.0.0.1 behind the auth interceptor; yield a channel whose calls carry
-    an API token holding ``grants`` (account → role)."""
+    an API token holding ``grants`` (account → role). Mutating calls are recorded in ``audit_sink``
+    (default: a fresh one)."""
     clock = SystemClock()
     store = InMemoryTokenStore()
     token, record = new_token(
         name="test", grants=grants, created_by="test", now=clock.now(), lifetime=dt.timedelta(hours=1)
     )
     await store.insert(record)
-    interceptor = AuthInterceptor(Authenticator(tokens=TokenVerifier(store, clock)))
+    interceptor = AuthInterceptor(
+        Authenticator(tokens=TokenVerifier(store, clock)), audit_sink=audit_sink or InMemoryAuditSink(clock)
+    )
     server, port = await start_grpc_server("127.0.0.1:0", register, interceptors=[interceptor])
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[_Bearer(token)]) as channel:  # type: ignore[list-item]

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from strongroom_platform import lifecycle, serving, wiring
+from strongroom_platform import audit, lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.tls import backend_ssl_context
@@ -45,7 +45,8 @@ async def run(
         pool = await lifecycle.open_pool(
             stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
         )
-        auth = await serving.open_auth(stack, platform, clock)
+        # Mutating calls leave their audit record in this schema's outbox (ADR 0027).
+        auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, schema, clock))
         repo = PgRestoreStore(pool)
 
         if catalog is None:
