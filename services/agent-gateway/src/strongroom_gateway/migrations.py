@@ -6,6 +6,8 @@ from strongroom_platform.db import Migration
 from strongroom_platform.inbox import INBOX_DDL
 from strongroom_platform.outbox import OUTBOX_DDL
 
+from strongroom_gateway.agent_cert_store import AGENT_CERTIFICATES_DDL
+
 SCHEMA = "gateway"
 
 _V1 = """
@@ -107,4 +109,6 @@ MIGRATIONS: list[Migration] = [
     Migration(2, INBOX_DDL),
     Migration(3, _V1),
     Migration(4, _V4_ENCRYPTION),
+    # Agent certificates and their deny-list (ADR 0028).
+    Migration(5, AGENT_CERTIFICATES_DDL),
 ]
