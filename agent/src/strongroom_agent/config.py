@@ -35,6 +35,9 @@ class AgentState:
     gateway_ca: str | None = None
     gateway_pins: tuple[str, ...] = ()
     plaintext: bool = False
+    # The gateway's agent mTLS listener ("host:port" or ":port" on the enrolled host, ADR 0028);
+    # empty: no certificate, every call with the bearer credential.
+    mtls_address: str = ""
 
     @property
     def trust(self) -> GatewayTrust:
@@ -63,6 +66,7 @@ def save_state(state_dir: str, state: AgentState) -> str:
             "gateway_ca": state.gateway_ca,
             "gateway_pins": list(state.gateway_pins),
             "plaintext": state.plaintext,
+            "mtls_address": state.mtls_address,
         },
         indent=2,
     ).encode()
@@ -94,7 +98,10 @@ def load_state(state_dir: str) -> AgentState:
     if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) and raw[k] for k in _FIELDS):
         raise StateError(f"{path} is not a valid agent state file; enroll again")
     ca, pins, plaintext = raw.get("gateway_ca"), raw.get("gateway_pins", []), raw.get("plaintext", False)
+    mtls_address = raw.get("mtls_address", "")
     if not (ca is None or isinstance(ca, str)) or not isinstance(pins, list) or not isinstance(plaintext, bool):
+        raise StateError(f"{path} is not a valid agent state file; enroll again")
+    if not isinstance(mtls_address, str):
         raise StateError(f"{path} is not a valid agent state file; enroll again")
     return AgentState(
         gateway=raw["gateway"],
@@ -103,6 +110,7 @@ def load_state(state_dir: str) -> AgentState:
         gateway_ca=ca,
         gateway_pins=tuple(str(p) for p in pins),
         plaintext=plaintext,
+        mtls_address=mtls_address,
     )
 
 

@@ -217,6 +217,12 @@ class Session:
             # Unknown here (e.g. the agent restarted): confirm so the gateway does not wait forever.
             await self._finish(gateway_pb2.JobFinished(job_id=job_id, status=common_pb2.JOB_STATUS_CANCELED))
 
+    def reconnect(self) -> None:
+        """End the current control stream; :meth:`run` opens the next one on the client's current
+        channel (after a certificate renewal). Running jobs are not touched."""
+        if self._stream is not None:
+            self._stream.cancel()
+
     def running_jobs(self) -> list[_Job]:
         return [j for j in (self._backup, self._restore) if j is not None and not j.task.done()]
 
