@@ -262,12 +262,9 @@ class Stack:
         env = service_env(base_env, self.addresses)
         also: tuple[str, ...] = ()
         if self.tls_dir is not None:
-            addresses = self.addresses
-            env.update(
-                tls_env(
-                    self.tls_dir, name, internal_listen=addresses.get(name + INTERNAL), agents_listen=addresses.get(AGENTS)
-                )
-            )
+            known = self.addresses
+            internal, agents = known.get(name + INTERNAL), known.get(AGENTS)
+            env.update(tls_env(self.tls_dir, name, internal_listen=internal, agents_listen=agents))
             also = (name + INTERNAL, AGENTS) if name == "gateway" else (name + INTERNAL,)
         if listen:
             env["STRONGROOM_GRPC_LISTEN"] = listen
