@@ -55,9 +55,7 @@ def state_path(state_dir: str) -> str:
 
 def save_state(state_dir: str, state: AgentState) -> str:
     """Write the state atomically (temp file + rename), readable only by the owner; return its path."""
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
     path = state_path(state_dir)
-    temp = f"{path}.{secrets.token_hex(4)}.tmp"
     payload = json.dumps(
         {
             "gateway": state.gateway,
@@ -70,6 +68,15 @@ def save_state(state_dir: str, state: AgentState) -> str:
         },
         indent=2,
     ).encode()
+    write_private(state_dir, path, payload)
+    return path
+
+
+def write_private(state_dir: str, path: str, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` in ``state_dir`` (0700), readable only by the owner (0600),
+    atomically (temp file + rename)."""
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    temp = f"{path}.{secrets.token_hex(4)}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, payload)
@@ -81,7 +88,6 @@ def save_state(state_dir: str, state: AgentState) -> str:
     except OSError:
         os.unlink(temp)
         raise
-    return path
 
 
 def load_state(state_dir: str) -> AgentState:

@@ -17,7 +17,6 @@ import asyncio
 import datetime as dt
 import logging
 import os
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -27,7 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from strongroom.agent.v1 import gateway_pb2
 
+from strongroom_agent.config import write_private
 from strongroom_agent.gateway_client import GatewayError
+from strongroom_agent.session import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +88,7 @@ def identity_path(state_dir: str) -> str:
 def save_identity(state_dir: str, identity: ClientCertificate) -> None:
     """Write certificate and key as one 0600 file, atomically (temp file + rename)."""
     _check_pair(identity)
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    path = identity_path(state_dir)
-    temp = f"{path}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, identity.cert_pem + identity.key_pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(temp, path)
-    except OSError:
-        os.unlink(temp)
-        raise
+    write_private(state_dir, identity_path(state_dir), identity.cert_pem + identity.key_pem)
 
 
 def load_identity(state_dir: str) -> ClientCertificate | None:
@@ -202,14 +190,4 @@ class CertificateKeeper:
                     wait = RETRY_SECONDS
             else:
                 wait = min((current.renew_at - now).total_seconds(), CHECK_INTERVAL_SECONDS)
-            await _sleep_or_stop(self._sleep, max(wait, 0.0), stop)
-
-
-async def _sleep_or_stop(sleep: Callable[[float], Awaitable[None]], seconds: float, stop: asyncio.Event) -> None:
-    sleeper = asyncio.ensure_future(sleep(seconds))
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
-        stopped.cancel()
+            await sleep_or_stop(self._sleep, max(wait, 0.0), stop)

@@ -283,7 +283,7 @@ class Session:
                     delay = self._backoff.initial
                 wait = delay * (0.5 + self._jitter() / 2)
                 log.info("reconnecting in %.1f s", wait)
-                await _sleep_or_stop(self._sleep, wait, stop)
+                await sleep_or_stop(self._sleep, wait, stop)
                 delay = min(delay * 2, self._backoff.maximum)
         finally:
             await self._shutdown()
@@ -299,7 +299,8 @@ class Session:
             job.task.cancel()
 
 
-async def _sleep_or_stop(sleep: Sleep, seconds: float, stop: asyncio.Event) -> None:
+async def sleep_or_stop(sleep: Sleep, seconds: float, stop: asyncio.Event) -> None:
+    """Sleep ``seconds`` with ``sleep``, or less when ``stop`` is set meanwhile."""
     sleeper = asyncio.ensure_future(sleep(seconds))
     stopped = asyncio.ensure_future(stop.wait())
     try:
