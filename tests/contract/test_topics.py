@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from strongroom_platform.events import TOPIC_MESSAGES
+from strongroom_platform.events import TOPIC_MESSAGES, TOPIC_SPECS
 
 TOPICS_DIR = Path(__file__).resolve().parents[2] / "proto" / "topics"
 SERVICES = {"scheduler", "catalog", "billing", "agent-gateway", "restore"}
@@ -33,7 +33,19 @@ def test_registered_message_type_matches_code(topic: str) -> None:
     consumers = entry["consumers"]
     assert isinstance(producers, list) and isinstance(consumers, list)
     assert producers and set(producers) <= SERVICES
-    assert consumers and set(consumers) <= SERVICES
+    assert set(consumers) <= SERVICES
+    # A topic nobody inside consumes (alert-raised) names who outside does.
+    assert consumers or entry.get("external_consumers")
+
+
+@pytest.mark.parametrize("topic", sorted(TOPIC_MESSAGES))
+def test_partitions_replication_and_dead_letter_topic_match_code(topic: str) -> None:
+    entry = registry()[topic]
+    spec = TOPIC_SPECS[topic]
+    assert (entry["partitions"], entry["replication_factor"]) == (spec.partitions, spec.replication_factor)
+    assert entry["dead_letter_topic"] == spec.dead_letter_topic
+    # What a service consumes can be dead-lettered; what none consumes has nowhere to go.
+    assert (spec.dead_letter_topic is not None) == bool(entry["consumers"])
 
 
 @pytest.mark.parametrize("topic", sorted(TOPIC_MESSAGES))

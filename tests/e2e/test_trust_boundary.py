@@ -22,6 +22,7 @@ import pytest
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.audit.v1 import audit_pb2
 from strongroom.auth.v1 import auth_pb2
 from strongroom.billing.v1 import billing_pb2
 from strongroom.catalog.v1 import catalog_pb2
@@ -39,6 +40,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)
 SERVICE_OF = {
     "strongroom.scheduler.v1.SchedulerService": "scheduler",
     "strongroom.auth.v1.TokenService": "scheduler",
+    "strongroom.audit.v1.AuditService": "scheduler",
     "strongroom.catalog.v1.CatalogService": "catalog",
     "strongroom.billing.v1.BillingService": "billing",
     "strongroom.restore.v1.RestoreService": "restore",
@@ -46,7 +48,7 @@ SERVICE_OF = {
 LIST_INSTANCES = "/strongroom.scheduler.v1.SchedulerService/ListInstances"
 GET_POINT = "/strongroom.catalog.v1.CatalogService/GetPoint"
 # imported for their descriptors (the pool must hold every operator service)
-_ = (auth_pb2, billing_pb2, catalog_pb2, restore_pb2, scheduler_pb2)
+_ = (audit_pb2, auth_pb2, billing_pb2, catalog_pb2, restore_pb2, scheduler_pb2)
 
 
 def operator_methods() -> list[tuple[str, str, Any]]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from strongroom.audit.v1 import audit_pb2, audit_pb2_grpc
 from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -302,6 +303,36 @@ class FakeTokens(auth_pb2_grpc.TokenServiceServicer):
         return auth_pb2.CreateTokenResponse(token=token, secret="srt_" + "b" * 24 + "_" + "t" * 43)
 
 
+class FakeAudit(audit_pb2_grpc.AuditServiceServicer):
+    """Three records, served two per page."""
+
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.events = [
+            audit_pb2.AuditEvent(
+                event_id=f"e-{n}",
+                occurred_at=Timestamp(seconds=T0.seconds - 60 * n),
+                service="scheduler",
+                subject="token:abc",
+                principal_kind="operator",
+                account_ids=["default"],
+                method="/strongroom.scheduler.v1.SchedulerService/PauseBackup",
+                verb="pause backups",
+                resources={"instance_id": f"i-{n}"},
+                result_code="OK" if n != 1 else "PERMISSION_DENIED",
+                result_message="" if n != 1 else "role viewer on account default cannot pause backups",
+            )
+            for n in range(3)
+        ]
+
+    def ListAuditEvents(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListAuditEvents", request)
+        start = int(request.page_token or 0)
+        end = start + min(request.page_size or 100, 2)
+        next_token = str(end) if end < len(self.events) else ""
+        return audit_pb2.ListAuditEventsResponse(events=self.events[start:end], next_page_token=next_token)
+
+
 @dataclass
 class FakeServices:
     calls: Calls
@@ -310,6 +341,7 @@ class FakeServices:
     restore: FakeRestore
     billing: FakeBilling
     tokens: FakeTokens
+    audit: FakeAudit
     address: str
 
 
@@ -324,6 +356,7 @@ def fake_services() -> Iterator[FakeServices]:
         FakeRestore(calls),
         FakeBilling(calls),
         FakeTokens(calls),
+        FakeAudit(calls),
         address="",
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -332,6 +365,7 @@ def fake_services() -> Iterator[FakeServices]:
     restore_pb2_grpc.add_RestoreServiceServicer_to_server(services.restore, server)
     billing_pb2_grpc.add_BillingServiceServicer_to_server(services.billing, server)
     auth_pb2_grpc.add_TokenServiceServicer_to_server(services.tokens, server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(services.audit, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     services.address = f"127.0.0.1:{port}"

@@ -30,7 +30,7 @@ from strongroom_platform.auth import (
 )
 from strongroom_platform.clock import utc
 from strongroom_platform.runtime import start_grpc_server
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.testing import FakeClock, InMemoryAuditSink
 
 INSTANCES = {"i-acme": "acme", "i-globex": "globex"}
 
@@ -62,6 +62,7 @@ class Manifests(manifest_pb2_grpc.ManifestServiceServicer):
 class Stack:
     channel: grpc.aio.Channel
     tokens: dict[str, str]
+    audit: InMemoryAuditSink
 
 
 async def agent_authenticator(call: AgentCall) -> Principal:
@@ -92,10 +93,12 @@ async def stack() -> AsyncIterator[Stack]:
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(Scheduler(), server)
         manifest_pb2_grpc.add_ManifestServiceServicer_to_server(Manifests(), server)
 
-    server, port = await start_grpc_server("127.0.0.1:0", register, interceptors=[AuthInterceptor(authenticator)])
+    audit = InMemoryAuditSink(clock, producer="scheduler")
+    interceptor = AuthInterceptor(authenticator, audit_sink=audit)
+    server, port = await start_grpc_server("127.0.0.1:0", register, interceptors=[interceptor])
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Stack(channel, tokens)
+        yield Stack(channel, tokens, audit)
     finally:
         await channel.close()
         await server.stop(None)
@@ -196,3 +199,77 @@ async def test_a_method_without_a_rule_is_refused() -> None:
         assert "is not open to any caller" in details
     finally:
         await server.stop(None)
+
+
+# --- the audit trail (ADR 0027) ------------------------------------------------------------
+
+
+async def test_a_mutating_call_is_recorded_with_who_which_account_what_and_result(stack: Stack) -> None:
+    scheduler = scheduler_pb2_grpc.SchedulerServiceStub(stack.channel)
+    await scheduler.PauseBackup(
+        scheduler_pb2.InstanceRef(instance_id="i-acme"), metadata=bearer(stack.tokens["operator"])
+    )
+    [event] = stack.audit.events
+    assert event.meta.event_id and event.meta.producer == "scheduler"
+    assert event.meta.occurred_at.ToDatetime(tzinfo=dt.UTC) == utc(2026, 12, 1)
+    assert event.subject.startswith("token:") and event.principal_kind == "operator"
+    assert list(event.account_ids) == ["acme"]
+    assert event.method == "/strongroom.scheduler.v1.SchedulerService/PauseBackup"
+    assert event.verb == "pause backups"
+    assert dict(event.resources) == {"instance_id": "i-acme"}
+    assert (event.result_code, event.result_message) == ("OK", "")
+
+
+async def test_refusals_are_recorded_with_the_answer_the_caller_got(stack: Stack) -> None:
+    scheduler = scheduler_pb2_grpc.SchedulerServiceStub(stack.channel)
+    viewer, operator = bearer(stack.tokens["viewer"]), bearer(stack.tokens["operator"])
+    viewer_code, viewer_details = await code_of(
+        scheduler.PauseBackup(scheduler_pb2.InstanceRef(instance_id="i-acme"), metadata=viewer)
+    )
+    await code_of(scheduler.PauseBackup(scheduler_pb2.InstanceRef(instance_id="i-globex"), metadata=operator))
+    denied, foreign = stack.audit.events
+    assert (denied.result_code, denied.result_message) == (viewer_code.name, viewer_details)
+    assert denied.result_code == "PERMISSION_DENIED" and list(denied.account_ids) == ["acme"]
+    # the victim account's admins see the attempt; the caller was told "not found", like a random id
+    assert (foreign.result_code, foreign.result_message) == ("NOT_FOUND", "instance i-globex not found")
+    assert list(foreign.account_ids) == ["globex"]
+    assert dict(foreign.resources) == {"instance_id": "i-globex"}
+
+
+async def test_anonymous_calls_and_reads_are_not_recorded(stack: Stack) -> None:
+    scheduler = scheduler_pb2_grpc.SchedulerServiceStub(stack.channel)
+    billing = billing_pb2_grpc.BillingServiceStub(stack.channel)
+    code, _ = await code_of(scheduler.PauseBackup(scheduler_pb2.InstanceRef(instance_id="i-acme")))
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    await code_of(
+        scheduler.PauseBackup(
+            scheduler_pb2.InstanceRef(instance_id="i-acme"), metadata=(("authorization", "Bearer nonsense"),)
+        )
+    )
+    await billing.GetOverview(billing_pb2.GetOverviewRequest(), metadata=bearer(stack.tokens["operator"]))
+    assert stack.audit.events == []
+
+
+async def test_a_server_without_an_audit_sink_refuses_to_mutate() -> None:
+    clock = FakeClock(utc(2026, 12, 1))
+    store = InMemoryTokenStore()
+    token, record = new_token(
+        name="op", grants={"acme": Role.ADMIN}, created_by="test", now=clock.now(), lifetime=dt.timedelta(days=1)
+    )
+    await store.insert(record)
+    interceptor = AuthInterceptor(Authenticator(tokens=TokenVerifier(store, clock)))
+
+    def register(server: grpc.aio.Server) -> None:
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(Scheduler(), server)
+
+    server, port = await start_grpc_server("127.0.0.1:0", register, interceptors=[interceptor])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            code, details = await code_of(
+                scheduler.PauseBackup(scheduler_pb2.InstanceRef(instance_id="i-acme"), metadata=bearer(token))
+            )
+    finally:
+        await server.stop(None)
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert "keeps no audit trail" in details

@@ -14,7 +14,7 @@ from strongroom_platform.auth import Authenticator, AuthInterceptor, InMemoryTok
 from strongroom_platform.auth.token_api import TokenServicer, bootstrap_token, register
 from strongroom_platform.clock import utc
 from strongroom_platform.runtime import start_grpc_server
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.testing import FakeClock, InMemoryAuditSink
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Stack:
     tokens: auth_pb2_grpc.TokenServiceStub
     admin: str
     clock: FakeClock
+    audit: InMemoryAuditSink
 
 
 @pytest.fixture
@@ -31,12 +32,13 @@ async def stack() -> AsyncIterator[Stack]:
     admin = await bootstrap_token(
         "acme", Role.ADMIN, name="first", lifetime=dt.timedelta(days=1), store=store, clock=clock
     )
-    interceptor = AuthInterceptor(Authenticator(tokens=TokenVerifier(store, clock, cache_seconds=0)))
+    audit = InMemoryAuditSink(clock, producer="scheduler")
+    interceptor = AuthInterceptor(Authenticator(tokens=TokenVerifier(store, clock, cache_seconds=0)), audit_sink=audit)
     server, port = await start_grpc_server(
         "127.0.0.1:0", register(TokenServicer(store, clock)), interceptors=[interceptor]
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield Stack(auth_pb2_grpc.TokenServiceStub(channel), admin, clock)
+        yield Stack(auth_pb2_grpc.TokenServiceStub(channel), admin, clock, audit)
     await server.stop(None)
 
 
@@ -121,3 +123,22 @@ async def test_a_revoked_token_stops_working_and_foreign_ids_are_not_found(stack
         grpc.StatusCode.NOT_FOUND,
         f"API token {'0' * 24} not found",
     )
+
+
+async def test_token_calls_are_audited_by_id_and_the_secret_never_is(stack: Stack) -> None:
+    created = await stack.tokens.CreateToken(
+        auth_pb2.CreateTokenRequest(name="ci", grants=[grant("acme", auth_pb2.ROLE_OPERATOR)]),
+        metadata=auth(stack.admin),
+    )
+    await stack.tokens.RevokeToken(
+        auth_pb2.RevokeTokenRequest(token_id=created.token.token_id), metadata=auth(stack.admin)
+    )
+    await stack.tokens.ListTokens(auth_pb2.ListTokensRequest(), metadata=auth(stack.admin))  # a read: not recorded
+    create, revoke = stack.audit.events
+    token_id = created.token.token_id
+    assert create.method.endswith("/CreateToken") and dict(create.resources) == {"token_id": token_id}
+    assert list(create.account_ids) == ["acme"] and create.result_code == "OK"
+    assert revoke.method.endswith("/RevokeToken") and dict(revoke.resources) == {"token_id": token_id}
+    secret_part = created.secret.rsplit("_", 1)[1]
+    for event in stack.audit.events:
+        assert secret_part.encode() not in event.SerializeToString()

@@ -109,10 +109,12 @@ async def test_iter_manifest_from_object_reads_in_ranges() -> None:
     reads: list[int] = []
     get = store.get
 
-    async def counting_get(key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+    async def counting_get(
+        key: str, *, offset: int = 0, length: int | None = None, version_id: str | None = None
+    ) -> bytes:
         assert length is not None and length <= 10_000
         reads.append(length)
-        return await get(key, offset=offset, length=length)
+        return await get(key, offset=offset, length=length, version_id=version_id)
 
     store.get = counting_get  # type: ignore[method-assign]
     got = [e async for e in iter_manifest_from_object(store, "manifests/a/p", range_bytes=10_000)]

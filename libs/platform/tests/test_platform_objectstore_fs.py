@@ -58,8 +58,13 @@ async def test_layout_keeps_keys_inside_root_and_reversible(store: FilesystemObj
     await store.put("a", b"file")
     await store.put("a/b", b"below")  # allowed here even though S3 on POSIX refuses it
     await store.put("x.d/y.obj", b"suffix look-alikes")
-    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    files = sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and ".versions" not in str(p)
+    )
     assert files == ["a.d/b.obj", "a.obj", "x.d.d/y.obj.obj"]
+    # Every version is also kept by id, beside the key, in a directory that is never listed.
+    versions = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.rglob("*.versions/*.obj"))
+    assert versions == ["a.d/b.versions", "a.versions", "x.d.d/y.obj.versions"]
     assert [k async for k in store.list("")] == ["a", "a/b", "x.d/y.obj"]
     assert await store.get("x.d/y.obj") == b"suffix look-alikes"
 
@@ -100,7 +105,8 @@ async def test_temporary_files_are_never_listed_or_left_behind(store: Filesystem
     (tmp_path / "t.d" / ".obj.obj.0123.tmp").write_bytes(b"partial write of a crashed process")
     assert [k async for k in store.list("t/")] == ["t/obj"]
     await store.put("t/obj", b"2")
-    assert sorted(p.name for p in (tmp_path / "t.d").iterdir()) == [".obj.obj.0123.tmp", "obj.obj"]
+    assert sorted(p.name for p in (tmp_path / "t.d").iterdir()) == [".obj.obj.0123.tmp", "obj.obj", "obj.versions"]
+    assert [p.suffix for p in (tmp_path / "t.d" / "obj.versions").iterdir()] == [".obj", ".obj"]
 
 
 async def test_failed_write_leaves_the_old_object(
@@ -116,7 +122,8 @@ async def test_failed_write_leaves_the_old_object(
         await store.put("w/obj", b"replacement")
     monkeypatch.undo()
     assert await store.get("w/obj") == b"original"
-    assert [p.name for p in (tmp_path / "w.d").iterdir()] == ["obj.obj"]  # the temp file was removed
+    assert sorted(p.name for p in (tmp_path / "w.d").iterdir()) == ["obj.obj", "obj.versions"]
+    assert not list(tmp_path.rglob("*.tmp"))  # the temp file was removed
 
 
 async def test_naive_retention_dates_are_rejected(store: FilesystemObjectStore) -> None:

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from strongroom_servers import KAFKA_VERSION, LocalKafka, PrerequisiteMissing, probe_kafka
+from strongroom_servers import KAFKA_VERSION, LocalKafka, probe_kafka
 from strongroom_servers.kafka_probe import metadata_request_ok, metadata_version_name
+from strongroom_testing.fixtures import start_or_skip
 
 pytestmark = pytest.mark.integration
 
 
-def _start(kafka: LocalKafka) -> LocalKafka:
-    try:
-        return kafka.start()
-    except PrerequisiteMissing as exc:
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            raise
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(scope="module")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    server = _start(LocalKafka(tmp_path_factory.mktemp("kafka")))
-    try:
+    with start_or_skip(LocalKafka(tmp_path_factory.mktemp("kafka"))) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_produce_consume_round_trip(kafka: LocalKafka) -> None:
@@ -82,7 +70,7 @@ def test_metadata_version_names() -> None:
 
 async def test_restart_on_same_work_dir_keeps_topics(tmp_path: Path) -> None:
     topic = "survives-restart"
-    with _start(LocalKafka(tmp_path / "k")) as first:
+    with start_or_skip(LocalKafka(tmp_path / "k")) as first:
         producer = AIOKafkaProducer(bootstrap_servers=first.bootstrap)
         await producer.start()
         try:
@@ -91,7 +79,7 @@ async def test_restart_on_same_work_dir_keeps_topics(tmp_path: Path) -> None:
             await producer.stop()
     assert not first.alive
 
-    with _start(LocalKafka(tmp_path / "k")) as second:
+    with start_or_skip(LocalKafka(tmp_path / "k")) as second:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=second.bootstrap, auto_offset_reset="earliest")
         await consumer.start()
         try:

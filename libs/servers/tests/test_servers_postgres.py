@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import asyncpg
 import pytest
-from strongroom_servers import LocalPostgres, PrerequisiteMissing
+from strongroom_servers import LocalPostgres
+from strongroom_testing.fixtures import start_or_skip
 
 pytestmark = pytest.mark.integration
 
 
-def _start(pg: LocalPostgres) -> LocalPostgres:
-    try:
-        return pg.start()
-    except PrerequisiteMissing as exc:
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            raise
-        pytest.skip(str(exc))
-
-
 async def test_version_over_tcp(tmp_path: Path) -> None:
-    with _start(LocalPostgres(None, tmp_path / "pgdata")) as pg:
+    with start_or_skip(LocalPostgres(None, tmp_path / "pgdata")) as pg:
         assert pg.dsn == f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
         conn = await asyncpg.connect(pg.dsn)
         try:
@@ -38,7 +29,7 @@ async def test_version_over_tcp(tmp_path: Path) -> None:
 
 async def test_durable_restart_keeps_table(tmp_path: Path) -> None:
     data_dir = tmp_path / "durable"
-    with _start(LocalPostgres(None, data_dir, durable=True)) as pg:
+    with start_or_skip(LocalPostgres(None, data_dir, durable=True)) as pg:
         conn = await asyncpg.connect(pg.dsn)
         try:
             assert await conn.fetchval("SHOW fsync") == "on"
@@ -48,7 +39,7 @@ async def test_durable_restart_keeps_table(tmp_path: Path) -> None:
             await conn.close()
 
     # start() on an initialised data dir must only start it (no initdb); the port may differ.
-    with _start(LocalPostgres(None, data_dir, durable=True)) as pg:
+    with start_or_skip(LocalPostgres(None, data_dir, durable=True)) as pg:
         conn = await asyncpg.connect(pg.dsn)
         try:
             assert await conn.fetchval("SELECT note FROM kept WHERE id = 1") == "survives a restart"
@@ -61,4 +52,4 @@ def test_refuses_non_cluster_dir(tmp_path: Path) -> None:
     data_dir.mkdir()
     (data_dir / "stray.txt").write_text("not a cluster")
     with pytest.raises(Exception, match="holds no PostgreSQL cluster"):
-        _start(LocalPostgres(None, data_dir))
+        start_or_skip(LocalPostgres(None, data_dir))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,24 +12,16 @@ from minio import Minio
 from minio.commonconfig import COMPLIANCE
 from minio.error import S3Error
 from minio.retention import Retention
-from strongroom_servers import VERSITYGW_VERSION, LocalVersityGW, PrerequisiteMissing
+from strongroom_servers import VERSITYGW_VERSION, LocalVersityGW
+from strongroom_testing.fixtures import start_or_skip
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalVersityGW]:
-    server = LocalVersityGW(tmp_path_factory.mktemp("versitygw"))
-    try:
-        server.start()
-    except PrerequisiteMissing as exc:
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            raise
-        pytest.skip(str(exc))
-    try:
+    with start_or_skip(LocalVersityGW(tmp_path_factory.mktemp("versitygw"))) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,23 +11,15 @@ from collections.abc import Iterator
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from strongroom_servers import LocalTansu, PrerequisiteMissing, probe_kafka
+from strongroom_testing.fixtures import start_or_skip
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def tansu() -> Iterator[LocalTansu]:
-    server = LocalTansu()
-    try:
-        server.start()
-    except PrerequisiteMissing as exc:
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            raise
-        pytest.skip(str(exc))
-    try:
+    with start_or_skip(LocalTansu()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_produce_consume(tansu: LocalTansu) -> None:

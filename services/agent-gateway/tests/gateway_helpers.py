@@ -123,9 +123,15 @@ class GatewayHarness:
         )
         return token
 
-    async def enrolled_agent(self, instance_id: str, account_id: str = "acct-a") -> Agent:
+    async def enrolled_agent(
+        self, instance_id: str, account_id: str = "acct-a", *, mount_points: Sequence[str] = ("/", "/data")
+    ) -> Agent:
+        """An agent enrolled with the filesystems ``mount_points`` (the set its points may be of)."""
         token = await self.activate(instance_id, account_id)
-        response = await self.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, hostname=instance_id))
+        filesystems = [common_pb2.Filesystem(mount_point=m, device="/dev/vda1", fs_type="ext4") for m in mount_points]
+        response = await self.stub.Enroll(
+            gateway_pb2.EnrollRequest(enrollment_token=token, hostname=instance_id, filesystems=filesystems)
+        )
         return Agent(response.instance_id, account_id, response.credential)
 
     async def request_backup(

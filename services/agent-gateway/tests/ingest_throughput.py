@@ -34,7 +34,7 @@ async def one_round(gw: GatewayHarness, round_no: int, mib: int) -> float:
     start = time.perf_counter()
     await asyncio.gather(*(gw.stub.UploadChunks(aiter_of(batch), metadata=agent.md) for batch in per_stream))
     elapsed = time.perf_counter() - start
-    gw.objects._objects.clear()  # keep memory flat between rounds
+    gw.objects.clear()  # keep memory flat between rounds
     return mib * (1 << 20) / elapsed / 1e6
 
 

@@ -17,13 +17,12 @@ from strongroom_gateway.packfile import decode_index
 
 
 def _pack_keys(gw: GatewayHarness, account_id: str) -> list[str]:
-    return [k for k in gw.objects._objects if k.startswith(f"packs/{account_id}/")]
+    return [k for k in gw.objects._versions if k.startswith(f"packs/{account_id}/")]
 
 
 def _tamper(gw: GatewayHarness, object_key: str, data: bytes) -> None:
     """Replace an object's bytes behind the store's back (Object Lock would refuse; a broken disk would not)."""
-    _, retain_until = gw.objects._objects[object_key]
-    gw.objects._objects[object_key] = (data, retain_until)
+    gw.objects.damage(object_key, data)
 
 
 async def _restore_job(gw: GatewayHarness, agent: Agent, point_id: str, job_id: str = "r-1") -> str:

@@ -14,7 +14,7 @@ from strongroom_platform.testing import FakeClock
 
 
 def pack_keys(gw: GatewayHarness) -> list[str]:
-    return [k for k in gw.objects._objects if k.startswith("packs/")]
+    return [k for k in gw.objects._versions if k.startswith("packs/")]
 
 
 async def test_chunks_are_verified_and_packed_into_one_locked_object(gw: GatewayHarness) -> None:

@@ -46,7 +46,7 @@ async def test_manifests_written_before_encryption_are_served_as_stored(gw: Gate
     point_id = await _point(gw, ["x"])
     plaintext = encode_manifest([file_entry("legacy", b"k" * 32, [b"c"])])
     key = f"manifests/acct-a/{point_id}"
-    gw.objects._objects[key] = (plaintext, gw.objects._objects[key][1])
+    gw.objects.damage(key, plaintext)
     assert (await _read(gw, point_id))[0] == plaintext
 
 
@@ -56,13 +56,13 @@ async def test_unknown_point_is_not_found_and_a_tampered_manifest_a_failed_preco
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     point_id = await _point(gw, ["x"])
     key = f"manifests/acct-a/{point_id}"
-    sealed, lock = gw.objects._objects[key]
-    gw.objects._objects[key] = (sealed[:-1] + bytes([sealed[-1] ^ 1]), lock)
+    sealed = await gw.objects.get(key)
+    gw.objects.damage(key, sealed[:-1] + bytes([sealed[-1] ^ 1]))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _read(gw, point_id)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "authentication failed" in (err.value.details() or "")
-    gw.objects._objects[key] = (b"SRME\x07" + sealed[5:], lock)
+    gw.objects.damage(key, b"SRME\x07" + sealed[5:])
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _read(gw, point_id)
     assert "unsupported sealed manifest version 7" in (err.value.details() or "")

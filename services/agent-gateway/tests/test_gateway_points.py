@@ -107,7 +107,7 @@ async def test_commit_with_a_missing_chunk_is_refused(gw: GatewayHarness) -> Non
     assert chunk_id(key, b"never uploaded").hex() in (err.value.details() or "")
     assert chunk_id(key, b"present").hex() not in (err.value.details() or "")
     assert gw.store.events(events.POINT_CREATED) == []
-    assert [k for k in gw.objects._objects if k.startswith("manifests/")] == []
+    assert [k for k in gw.objects._versions if k.startswith("manifests/")] == []
 
 
 async def test_chunks_of_another_account_do_not_satisfy_a_commit(gw: GatewayHarness) -> None:
@@ -152,7 +152,7 @@ async def test_old_packs_referenced_by_a_new_point_get_their_lock_extended(gw: G
     agent = await _running_backup(gw)
     key = await gw.key_of("acct-a")
     await gw.upload(agent, "job-1", [b"old data"])
-    [pack_key] = [k for k in gw.objects._objects if k.startswith("packs/")]
+    [pack_key] = [k for k in gw.objects._versions if k.startswith("packs/")]
     first_lock = (await gw.objects.stat(pack_key)).retain_until
     assert first_lock is not None
     await gw.commit(agent, "job-1", [file_entry("f", key, [b"old data"])])

@@ -81,10 +81,13 @@ class CountingObjects:
         self._get = gw.objects.get
         gw.objects.get = self.get  # type: ignore[method-assign]
 
-    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+    async def get(
+        self, key: str, *, offset: int = 0, length: int | None = None, version_id: str | None = None
+    ) -> bytes:
+        assert version_id is not None, "packs are read by their recorded version"
         self.gets.append((key, offset, length))
         await asyncio.sleep(0)
-        return await self._get(key, offset=offset, length=length)
+        return await self._get(key, offset=offset, length=length, version_id=version_id)
 
 
 async def _restorable(gw: GatewayHarness, contents: list[bytes]) -> tuple[Agent, bytes, str]:
@@ -167,7 +170,7 @@ async def test_a_corrupt_blob_in_a_coalesced_range_fails_the_read_clearly(gw: Ga
     target = gw.store.state.chunks[("acct-a", chunk_id(key, contents[4]))]
     data = bytearray(await gw.objects.get(target.object_key))
     data[target.offset + 50] ^= 0x01
-    gw.objects._objects[target.object_key] = (bytes(data), *gw.objects._objects[target.object_key][1:])
+    gw.objects.damage(target.object_key, bytes(data))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in _read(gw, agent, job, [chunk_id(key, c) for c in contents]):
             pass

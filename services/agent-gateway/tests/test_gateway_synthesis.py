@@ -173,7 +173,7 @@ async def test_foreign_unknown_or_miscounted_bases_are_refused(gw: GatewayHarnes
 async def test_a_base_whose_manifest_is_gone_is_refused(gw: GatewayHarness) -> None:
     agent = await _running_backup(gw, "i-1", "acct-a", "job-1")
     base = await _commit(gw, agent, "job-1", [dir_entry("")])
-    gw.objects._objects.pop(f"manifests/acct-a/{base.point_id}")
+    gw.objects._versions.pop(f"manifests/acct-a/{base.point_id}")  # every version lost
     await gw.request_backup(agent, "job-2")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _commit(gw, agent, "job-2", [], base=base.point_id, count=1)

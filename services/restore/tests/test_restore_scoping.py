@@ -9,14 +9,14 @@ stays QUEUED forever.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import pytest
 from restore_fixtures import INSTANCES, POINT, T0, call, instance, job
 from strongroom.restore.v1 import restore_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
+from strongroom_platform import audit
 from strongroom_platform.auth import Principal, Role, operator
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.testing import FakeClock, InMemoryAuditSink
 from strongroom_restore import handlers
 from strongroom_restore.errors import (
     FailedPrecondition,
@@ -222,28 +222,50 @@ async def test_original_path_on_another_instance_needs_confirmation(
     )
 
 
+async def audited_create(
+    repo: InMemoryRestoreStore, instances: FakeInstanceDirectory, **fields: object
+) -> tuple[RestoreJob, audit.CallAudit]:
+    """``create`` as the auth interceptor runs it: inside the call's audit (ADR 0027)."""
+    method = call("CreateRestoreJob", ACCT_ADMIN)
+    request = restore_pb2.CreateRestoreJobRequest(**{"point_id": "p1", **fields})  # type: ignore[arg-type]
+    state, token = audit.begin(InMemoryAuditSink(), method.method, method.verb, request)
+    state.call = method
+    try:
+        created = await create(repo, instances, **fields)
+    finally:
+        audit.end(token)
+    return created, state
+
+
 async def test_confirmed_original_path_on_another_instance_is_audited(
-    repo: InMemoryRestoreStore, instances: FakeInstanceDirectory, caplog: pytest.LogCaptureFixture
+    repo: InMemoryRestoreStore, instances: FakeInstanceDirectory
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="strongroom.audit"):
-        created = await create(
-            repo, instances, target_instance_id="i-dst", confirm_original_path_on_other_instance=True
-        )
-    assert (created.target_instance_id, created.target_path) == ("i-dst", "")
-    [record] = [r for r in caplog.records if r.name == "strongroom.audit"]
-    assert record.getMessage() == (
-        "AUDIT restore onto another instance at the original path confirmed by token:admin-of-acct: account=acct "
-        f"job={created.restore_job_id} point=p1 source=i-src target=i-dst mount=/data"
+    created, state = await audited_create(
+        repo, instances, target_instance_id="i-dst", confirm_original_path_on_other_instance=True
     )
+    assert (created.target_instance_id, created.target_path) == ("i-dst", "")
+    assert state.accounts == ["acct"]
+    assert state.resources == {
+        "point_id": "p1",
+        "target_instance_id": "i-dst",
+        "restore_job_id": created.restore_job_id,
+        "source_instance_id": "i-src",
+        "original_path_on_other_instance": "confirmed",
+        "source_mount_point": "/data",
+    }
+    record = state.event("OK", "")
+    assert record.subject == "token:admin-of-acct" and record.verb == "restore files"
 
 
 async def test_no_confirmation_needed_with_a_target_path_or_onto_the_source(
-    repo: InMemoryRestoreStore, instances: FakeInstanceDirectory, caplog: pytest.LogCaptureFixture
+    repo: InMemoryRestoreStore, instances: FakeInstanceDirectory
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="strongroom.audit"):
-        await create(repo, instances, target_instance_id="i-dst", target_path="/srv/restore")
-        await create(repo, instances)
-    assert [r for r in caplog.records if r.name == "strongroom.audit"] == []
+    elsewhere, state = await audited_create(repo, instances, target_instance_id="i-dst", target_path="/srv/restore")
+    _, onto_source = await audited_create(repo, instances)
+    assert "original_path_on_other_instance" not in state.resources
+    assert "original_path_on_other_instance" not in onto_source.resources
+    assert "/srv/restore" not in str(state.resources)  # paths are not ids: not recorded
+    assert state.resources["restore_job_id"] == elsewhere.restore_job_id
     assert len(repo.outbox) == 2
 
 

@@ -10,17 +10,21 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
-from scheduler_helpers import active_instance, call, update_job
+from scheduler_helpers import active_instance, admin, call, update_job
+from strongroom.audit.v1 import audit_pb2, audit_pb2_grpc
 from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2 as S
 from strongroom.scheduler.v1 import scheduler_pb2_grpc
+from strongroom_platform import audit
 from strongroom_platform.admin import create_admin_token
+from strongroom_platform.auth.principal import reset_current_call, set_current_call
 from strongroom_platform.clock import SystemClock, utc
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.events import (
     AGENT_ENROLLED,
+    AUDIT_RECORDED,
     INSTANCE_ACTIVATED,
     INSTANCE_SETTINGS_CHANGED,
     JOB_REQUESTED,
@@ -28,7 +32,7 @@ from strongroom_platform.events import (
     new_meta,
 )
 from strongroom_platform.settings import PlatformSettings
-from strongroom_platform.testing import FakeClock, InMemoryEventBus
+from strongroom_platform.testing import FakeClock, InMemoryAuditSink, InMemoryEventBus
 from strongroom_scheduler import bootstrap, handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
 from strongroom_scheduler.jobs import start_job
@@ -201,6 +205,33 @@ async def test_process_serves_grpc_and_events(
             with pytest.raises(grpc.aio.AioRpcError) as denied:
                 await stub.PauseBackup(S.InstanceRef(instance_id=instance_id))
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # every mutation above, and the refusal, reached the audit trail through the outbox and the
+        # consumer of audit-recorded; reading it is for admins
+        async with local_pki.operator_channel(address, token) as channel:
+            trail = audit_pb2_grpc.AuditServiceStub(channel)
+
+            async def recorded() -> dict[str, audit_pb2.AuditEvent]:
+                page = await trail.ListAuditEvents(audit_pb2.ListAuditEventsRequest(account_id="a", page_size=1000))
+                return {
+                    e.method.rsplit("/", 1)[1]: e
+                    for e in page.events
+                    if instance_id in str(e) or e.resources.get("token_id") == viewer.token.token_id
+                }
+
+            for _ in range(500):
+                if len(found := await recorded()) == 4:
+                    break
+                await asyncio.sleep(0.02)
+            assert set(found) == {"ActivateBackup", "RunBackupNow", "CreateToken", "PauseBackup"}
+            assert found["RunBackupNow"].resources["job_id"] == job.job_id
+            assert found["ActivateBackup"].result_code == "OK" and list(found["ActivateBackup"].account_ids) == ["a"]
+            assert found["PauseBackup"].result_code == "PERMISSION_DENIED"
+            assert found["PauseBackup"].subject == f"token:{viewer.token.token_id}"
+            assert viewer.secret.rsplit("_", 1)[1] not in str(found["CreateToken"])
+        async with local_pki.operator_channel(address, viewer.secret) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as not_admin:
+                await audit_pb2_grpc.AuditServiceStub(channel).ListAuditEvents(audit_pb2.ListAuditEventsRequest())
+            assert not_admin.value.code() == grpc.StatusCode.PERMISSION_DENIED
         async with grpc.aio.insecure_channel(address) as plaintext:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await scheduler_pb2_grpc.SchedulerServiceStub(plaintext).ListInstances(
@@ -211,3 +242,112 @@ async def test_process_serves_grpc_and_events(
         stop.set()
         await asyncio.wait_for(server, 30)
     assert (printed + capsys.readouterr().out).count("LISTENING scheduler") == 1
+
+
+# --- the audit trail (ADR 0027) ------------------------------------------------------------
+
+
+def audit_record(clock: FakeClock, account: str = "acme") -> events_pb2.AuditRecorded:
+    return events_pb2.AuditRecorded(
+        meta=new_meta("restore", clock.now()),
+        subject="token:t1",
+        principal_kind="operator",
+        account_ids=[account],
+        method="/strongroom.restore.v1.RestoreService/CreateRestoreJob",
+        verb="restore files",
+        resources={"point_id": "p-1"},
+        result_code="OK",
+    )
+
+
+async def test_the_audit_table_keeps_each_record_once_and_refuses_changes(
+    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock
+) -> None:
+    account = f"acct-{random.getrandbits(32)}"
+    event = audit_record(clock, account)
+    await handlers.handle_audit_recorded(event, pg_deps)
+    await handlers.handle_audit_recorded(event, pg_deps)  # redelivered: claimed already
+    query = {"page_size": 0, "page_token": "", "since": None, "until": None, "subject": ""}
+    events, _ = await handlers.list_audit_events(pg_deps, account, call=call("ActivateBackup", admin(account)), **query)  # type: ignore[arg-type]
+    assert events == [event]
+    for statement in (
+        "UPDATE audit_events SET result_code = 'NOT_FOUND' WHERE event_id = $1",
+        "DELETE FROM audit_events WHERE event_id = $1",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await pool.execute(statement, event.meta.event_id)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only: TRUNCATE"):
+        await pool.execute("TRUNCATE audit_events")
+    assert await pool.fetchval("SELECT result_code FROM audit_events WHERE event_id = $1", event.meta.event_id) == "OK"
+
+
+async def test_the_audit_trail_pages_in_postgres(pg_deps: Deps, clock: FakeClock) -> None:
+    account = f"acct-{random.getrandbits(32)}"
+    ids = []
+    for _ in range(5):
+        clock.advance(seconds=1)
+        event = audit_record(clock, account)
+        await handlers.handle_audit_recorded(event, pg_deps)
+        ids.append(event.meta.event_id)
+    listed, token = [], ""
+    while True:
+        page, token = await handlers.list_audit_events(
+            pg_deps,
+            account,
+            page_size=2,
+            page_token=token,
+            since=None,
+            until=None,
+            subject="",
+            call=call("ActivateBackup", admin(account)),
+        )
+        listed += [e.meta.event_id for e in page]
+        if not token:
+            break
+    assert listed == list(reversed(ids))
+
+
+async def test_a_mutation_commits_with_its_audit_record_or_not_at_all(
+    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock
+) -> None:
+    """Effect and record share one transaction: when the record cannot be written, nothing happened."""
+    instance = await active_instance(pg_deps)
+    pause = call("PauseBackup")
+    sink = InMemoryAuditSink(clock, producer="scheduler")
+
+    async def pause_audited() -> audit.CallAudit:
+        state, token = audit.begin(sink, pause.method, pause.verb, S.InstanceRef(instance_id=instance.instance_id))
+        state.call = pause
+        call_token = set_current_call(pause)
+        try:
+            await handlers.pause_backup(pg_deps, instance.instance_id, call=pause)
+        finally:
+            reset_current_call(call_token)
+            audit.end(token)
+        return state
+
+    async def audit_rows() -> list[events_pb2.AuditRecorded]:
+        rows = await pool.fetch("SELECT payload FROM outbox WHERE topic = $1", AUDIT_RECORDED)
+        found = [events_pb2.AuditRecorded.FromString(bytes(r["payload"])) for r in rows]
+        return [e for e in found if e.resources.get("instance_id") == instance.instance_id]
+
+    # the audit insert fails inside the database (as a full disk or a bug would make it)
+    await pool.execute(
+        "CREATE OR REPLACE FUNCTION refuse_audit_rows() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN IF NEW.topic = 'audit-recorded' THEN RAISE EXCEPTION 'audit insert failed'; END IF; RETURN NEW; END $$;"
+        " CREATE TRIGGER refuse_audit BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_audit_rows()"
+    )
+    try:
+        with pytest.raises(asyncpg.RaiseError, match="audit insert failed"):
+            await pause_audited()
+    finally:
+        await pool.execute("DROP TRIGGER refuse_audit ON outbox; DROP FUNCTION refuse_audit_rows()")
+    got = await handlers.get_instance(pg_deps, instance.instance_id, call=call("GetInstance"))
+    assert not got.paused, "the effect committed without its audit record"
+    assert await audit_rows() == []
+
+    state = await pause_audited()
+    got = await handlers.get_instance(pg_deps, instance.instance_id, call=call("GetInstance"))
+    assert got.paused and state.recorded == 1 and sink.events == []
+    [record] = await audit_rows()
+    assert (record.result_code, list(record.account_ids), record.subject) == ("OK", ["acme"], pause.principal.subject)

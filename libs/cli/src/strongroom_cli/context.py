@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from strongroom.audit.v1 import audit_pb2_grpc
 from strongroom.auth.v1 import auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2_grpc
@@ -66,6 +67,10 @@ class Context:
     def tokens(self) -> auth_pb2_grpc.TokenServiceAsyncStub:
         """API tokens are served by the scheduler."""
         return auth_pb2_grpc.TokenServiceStub(self._channel("scheduler"))
+
+    def audit(self) -> audit_pb2_grpc.AuditServiceAsyncStub:
+        """The audit trail is served by the scheduler."""
+        return audit_pb2_grpc.AuditServiceStub(self._channel("scheduler"))
 
     @property
     def call(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar, cast
 import asyncpg
 from google.protobuf.message import Message
 
-from strongroom_platform import inbox, outbox
+from strongroom_platform import audit, inbox, outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,13 @@ TxT = TypeVar("TxT", bound=PgTransaction)
 
 @asynccontextmanager
 async def transaction(pool: asyncpg.Pool, tx_type: Callable[[asyncpg.Connection], TxT]) -> AsyncIterator[TxT]:
-    """A pooled connection in a transaction, as ``tx_type``: commits when the block exits normally, else rolls back."""
+    """A pooled connection in a transaction, as ``tx_type``: commits when the block exits normally, else rolls back.
+
+    During a mutating operator call, a transaction that wrote anything also enqueues the call's
+    audit record before it commits (``audit.record_effect``, ADR 0027): no effect without its record.
+    """
     async with pool.acquire() as conn, conn.transaction():
         # The pool hands out a proxy of the connection; it forwards every call to it.
-        yield tx_type(cast(asyncpg.Connection, conn))
+        connection = cast(asyncpg.Connection, conn)
+        yield tx_type(connection)
+        await audit.record_effect(connection)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections.abc import Iterable, Mapping
@@ -20,7 +21,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
-from strongroom_platform.eventbus import Handler, PoisonRecord, Record
+from strongroom_platform.clock import Clock, SystemClock
+from strongroom_platform.eventbus import Handler, Record
+from strongroom_platform.events import ALERT_RAISED, TOPIC_SPECS, TopicSpec, dead_letter_topic, topic_spec
+from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
+from strongroom_platform.settings import KafkaSasl
 
 __all__ = ["DLQ_ERROR_HEADER", "FaustConsumer", "KafkaPublisher", "create_topics", "dlq_topic"]
 
@@ -32,43 +37,76 @@ DLQ_ERROR_HEADER = "strongroom-error"
 _TOPIC_ALREADY_EXISTS = 36
 
 
-def dlq_topic(topic: str) -> str:
-    """The dead-letter topic of ``topic``."""
-    return f"{topic}.dlq"
+dlq_topic = dead_letter_topic
+"""The dead-letter topic of a topic (``events.dead_letter_topic``)."""
 
 
-def _security(ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
-    """aiokafka's connection security arguments: TLS with ``ssl_context``, else plaintext."""
+def _security(ssl_context: ssl.SSLContext | None, sasl: KafkaSasl | None = None) -> dict[str, Any]:
+    """aiokafka's connection security arguments: SASL_SSL with ``sasl`` (which needs ``ssl_context``:
+    SASL_PLAINTEXT is refused, ADR 0029), TLS with ``ssl_context`` alone, else plaintext."""
+    if sasl is not None:
+        if ssl_context is None:
+            raise ValueError("Kafka SASL needs TLS (an ssl_context): SASL_PLAINTEXT is refused")
+        return {
+            "security_protocol": "SASL_SSL",
+            "ssl_context": ssl_context,
+            "sasl_mechanism": sasl.mechanism,
+            "sasl_plain_username": sasl.username,
+            "sasl_plain_password": sasl.password,
+        }
     if ssl_context is None:
         return {}
     return {"security_protocol": "SSL", "ssl_context": ssl_context}
+
+
+def _faust_credentials(ssl_context: ssl.SSLContext | None, sasl: KafkaSasl | None) -> Any:
+    """faust's ``broker_credentials`` for the same security as :func:`_security`."""
+    if sasl is None:
+        return ssl_context  # faust turns an SSLContext into security_protocol="SSL" + ssl_context
+    _security(ssl_context, sasl)  # the same refusal of SASL without TLS
+    return faust.SASLCredentials(
+        username=sasl.username, password=sasl.password, ssl_context=ssl_context, mechanism=sasl.mechanism
+    )
 
 
 async def create_topics(
     bootstrap: str,
     topics: Iterable[str],
     *,
-    partitions: int = 1,
-    replication: int = 1,
     timeout_ms: int = 30_000,
     ssl_context: ssl.SSLContext | None = None,
+    sasl: KafkaSasl | None = None,
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
-    Explicit creation matters: a broker's auto-created topics get its default
-    partition count (Tansu: 4), and consumers subscribing before the first
-    publish would otherwise find nothing to join.
+    Partitions and replication factor come from the topic registry (``events.topic_spec``; a
+    dead-letter topic gets its source topic's); the replication factor is capped at the number of
+    brokers in the cluster (one in development). Explicit creation matters: a broker's
+    auto-created topics get its default partition count (Tansu: 4), and consumers subscribing
+    before the first publish would otherwise find nothing to join.
     """
     wanted = sorted(set(topics))
     if not wanted:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(ssl_context))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(ssl_context, sasl)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, partitions, replication) for name in wanted if name not in existing]
-        if not missing:
+        names = [name for name in wanted if name not in existing]
+        if not names:
             return
+        brokers = await _broker_count(admin)
+        missing = []
+        for name in names:
+            spec = _spec_for(name)
+            replication = min(spec.replication_factor, brokers)
+            if replication < spec.replication_factor:
+                log.info(
+                    "topic %s: %d replicas wanted, the cluster has %d brokers", name, spec.replication_factor, brokers
+                )
+            missing.append(NewTopic(name, spec.partitions, replication))
         response = await admin.create_topics(missing, timeout_ms=timeout_ms)
         for topic_error in response.topic_errors:
             name, code = topic_error[0], topic_error[1]
@@ -79,13 +117,33 @@ async def create_topics(
         await admin.close()
 
 
+def _spec_for(name: str) -> TopicSpec:
+    """The registry spec of a topic, or of the topic whose dead-letter topic ``name`` is."""
+    for spec in TOPIC_SPECS.values():
+        if spec.dead_letter_topic == name:
+            return dataclasses.replace(spec, dead_letter_topic=None)
+    if name.endswith(".dlq"):
+        return dataclasses.replace(topic_spec(name[: -len(".dlq")]), dead_letter_topic=None)
+    return topic_spec(name)
+
+
+async def _broker_count(admin: AIOKafkaAdminClient) -> int:
+    try:
+        cluster = await admin.describe_cluster()
+        return max(1, len(cluster.get("brokers", [])))
+    except Exception:  # a broker without DescribeCluster (Tansu): assume the smallest cluster
+        log.warning("cannot describe the Kafka cluster; creating topics with one replica")
+        return 1
+
+
 class KafkaPublisher:
     """The :class:`~strongroom_platform.eventbus.EventPublisher` port on an aiokafka producer.
 
     ``acks="all"``: ``publish`` returns only once every in-sync replica has the
     record. ``idempotent`` enables producer idempotence (no duplicates from
     internal retries); Tansu does not support it, so it is a setting.
-    ``ssl_context`` (``strongroom_platform.tls.backend_ssl_context``) connects over TLS.
+    ``ssl_context`` (``strongroom_platform.tls.backend_ssl_context``) connects over TLS, and
+    ``sasl`` authenticates over it (SASL_SSL).
     Call :meth:`start` before publishing and :meth:`stop` at shutdown (or use
     ``async with``).
     """
@@ -98,9 +156,11 @@ class KafkaPublisher:
         client_id: str = "strongroom",
         request_timeout_ms: int = 30_000,
         ssl_context: ssl.SSLContext | None = None,
+        sasl: KafkaSasl | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._ssl_context = ssl_context
+        self._sasl = sasl
         self._idempotent = idempotent
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
@@ -116,7 +176,7 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=self._idempotent,
             request_timeout_ms=self._request_timeout_ms,
-            **_security(self._ssl_context),
+            **_security(self._ssl_context, self._sasl),
         )
         await producer.start()
         self._producer = producer
@@ -151,12 +211,13 @@ class FaustConsumer:
 
     - it returned: the record is acknowledged; Faust commits acknowledged
       offsets every ``commit_interval`` seconds and at :meth:`stop`;
-    - it raised :class:`PoisonRecord`: the record is published to
-      ``<topic>.dlq`` (error text in the ``strongroom-error`` header), then
-      acknowledged;
-    - it raised anything else: the error is logged and the same record is
-      retried after a backoff doubling from ``retry_initial`` up to
-      ``retry_max`` seconds, forever: a record is never skipped.
+    - it raised :class:`PoisonRecord`, or failed deterministically
+      ``max_attempts`` times: the record is published to its dead-letter topic
+      (error text in the ``strongroom-error`` header), an ``alert-raised``
+      event is published (``alert_topic``), and the record is acknowledged;
+    - it raised a transient failure (``poison.is_transient``: database, broker
+      or peer unreachable): retried after a backoff doubling from
+      ``retry_initial`` up to ``retry_max`` seconds, forever (ADR 0026).
 
     Acks are manual (``stream.noack()``): Faust's automatic ack also fires
     when an agent is cancelled mid-record, which would commit a record whose
@@ -169,7 +230,8 @@ class FaustConsumer:
 
     ``session_timeout`` is the group session timeout in seconds; Tansu holds a
     new member's JoinGroup for half of it, so a small value starts faster there.
-    ``ssl_context`` connects the consumer, its DLQ producer and topic creation over TLS.
+    ``ssl_context`` connects the consumer, its DLQ producer and topic creation over TLS, and
+    ``sasl`` authenticates them over it (SASL_SSL).
     """
 
     def __init__(
@@ -182,20 +244,26 @@ class FaustConsumer:
         commit_interval: float = 1.0,
         retry_initial: float = 0.1,
         retry_max: float = 30.0,
+        max_attempts: int = 5,
         stop_timeout: float = 30.0,
         create_missing_topics: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        sasl: KafkaSasl | None = None,
+        alert_topic: str = ALERT_RAISED,
+        clock: Clock | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one topic handler")
         self._bootstrap = bootstrap
         self._group_id = group_id
         self._handlers = dict(handlers)
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._policy = RetryPolicy(retry_initial, retry_max, max_attempts)
+        self._alert_topic = alert_topic
+        self._clock: Clock = clock or SystemClock()
         self._stop_timeout = stop_timeout
         self._create_missing_topics = create_missing_topics
         self._ssl_context = ssl_context
+        self._sasl = sasl
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -217,8 +285,7 @@ class FaustConsumer:
             # stop() waits for the record in flight itself: Faust's own wait
             # never ends while a record is left unacknowledged.
             stream_wait_empty=False,
-            # faust turns an SSLContext into aiokafka's security_protocol="SSL" + ssl_context.
-            broker_credentials=self._ssl_context,
+            broker_credentials=_faust_credentials(self._ssl_context, self._sasl),
         )
         for index, (topic_name, handler) in enumerate(sorted(self._handlers.items())):
             topic = app.topic(
@@ -241,7 +308,7 @@ class FaustConsumer:
         return agent
 
     async def _process(self, handler: Handler, message: Any) -> bool:
-        """Run the handler until it succeeds; False if stopping interrupted the retries."""
+        """Run the record to an outcome (``poison.run_record``); False if stopping interrupted the retries."""
         record = Record(
             topic=message.topic,
             partition=message.partition,
@@ -249,51 +316,31 @@ class FaustConsumer:
             key=message.key,
             value=message.value if message.value is not None else b"",
         )
-        delay = self._retry_initial
+        if self._stopping.is_set():
+            return False  # left unacknowledged: delivered again after the restart
         self._idle.clear()
         try:
-            while not self._stopping.is_set():
-                try:
-                    await handler(record)
-                    return True
-                except PoisonRecord as exc:
-                    try:
-                        await self._dead_letter(record, exc)
-                        return True
-                    except Exception:
-                        log.exception("cannot dead-letter %s@%d; retrying", record.topic, record.offset)
-                except Exception:
-                    log.exception(
-                        "handler failed on %s[%d]@%d; retrying in %.1fs",
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        delay,
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                delay = min(delay * 2, self._retry_max)
-            return False
+            return await run_record(
+                handler, record, policy=self._policy, dead_letter=self._dead_letter, pause=self._pause
+            )
         finally:
             self._idle.set()
 
-    async def _dead_letter(self, record: Record, exc: PoisonRecord) -> None:
+    async def _pause(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        return not self._stopping.is_set()
+
+    async def _dead_letter(self, record: Record, reason: str, attempts: int) -> None:
+        plan = plan_dead_letter(
+            source=self._group_id, record=record, reason=reason, attempts=attempts, clock=self._clock
+        )
         log.warning(
-            "poison record %s[%d]@%d to %s: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            dlq_topic(record.topic),
-            exc,
+            "poison record %s[%d]@%d to %s: %s", record.topic, record.partition, record.offset, plan.topic, reason
         )
-        await self._app.producer.send_and_wait(
-            dlq_topic(record.topic),
-            record.key,
-            record.value,
-            None,
-            None,
-            [(DLQ_ERROR_HEADER, str(exc).encode())],
-        )
+        send = self._app.producer.send_and_wait
+        await send(plan.topic, record.key, record.value, None, None, [(DLQ_ERROR_HEADER, reason.encode())])
+        await send(self._alert_topic, plan.alert_key, plan.alert, None, None, [])
 
     async def start(self) -> None:
         """Create missing topics (and their DLQs), start the app and join the group.
@@ -305,7 +352,12 @@ class FaustConsumer:
         self._started = True
         if self._create_missing_topics:
             topics = list(self._handlers)
-            await create_topics(self._bootstrap, topics + [dlq_topic(t) for t in topics], ssl_context=self._ssl_context)
+            await create_topics(
+                self._bootstrap,
+                [*topics, *(dlq_topic(t) for t in topics), self._alert_topic],
+                ssl_context=self._ssl_context,
+                sasl=self._sasl,
+            )
         await self._app.start()
 
     async def stop(self) -> None:

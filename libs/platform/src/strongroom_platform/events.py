@@ -7,6 +7,7 @@ checks that the two agree.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from typing import TypeVar
@@ -30,6 +31,8 @@ VERSION_EXPIRED = "version-expired"
 RESTORE_REQUESTED = "restore-requested"
 RESTORE_CANCEL_REQUESTED = "restore-cancel-requested"
 RESTORE_UPDATED = "restore-updated"
+AUDIT_RECORDED = "audit-recorded"
+ALERT_RAISED = "alert-raised"
 
 TOPIC_MESSAGES: dict[str, type[Message]] = {
     INSTANCE_ACTIVATED: events_pb2.InstanceActivated,
@@ -44,7 +47,40 @@ TOPIC_MESSAGES: dict[str, type[Message]] = {
     RESTORE_REQUESTED: events_pb2.RestoreRequested,
     RESTORE_CANCEL_REQUESTED: events_pb2.RestoreCancelRequested,
     RESTORE_UPDATED: events_pb2.RestoreUpdated,
+    AUDIT_RECORDED: events_pb2.AuditRecorded,
+    ALERT_RAISED: events_pb2.AlertRaised,
 }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How a topic is created: the ``partitions``, ``replication_factor`` and ``dead_letter_topic``
+    fields of its ``proto/topics/<topic>.yaml`` (a test checks that the two agree)."""
+
+    partitions: int = 1
+    # Capped at the cluster's broker count when topics are created (one broker in development).
+    replication_factor: int = 3
+    # None: nothing consumes the topic inside Strongroom, so nothing is dead-lettered from it.
+    dead_letter_topic: str | None = None
+
+
+def _consumed(topic: str) -> TopicSpec:
+    return TopicSpec(dead_letter_topic=f"{topic}.dlq")
+
+
+TOPIC_SPECS: dict[str, TopicSpec] = {topic: _consumed(topic) for topic in TOPIC_MESSAGES if topic != ALERT_RAISED}
+TOPIC_SPECS[ALERT_RAISED] = TopicSpec(dead_letter_topic=None)
+
+
+def dead_letter_topic(topic: str) -> str:
+    """Where records of ``topic`` that can never be processed go (its registry entry's, else ``<topic>.dlq``)."""
+    return topic_spec(topic).dead_letter_topic or f"{topic}.dlq"
+
+
+def topic_spec(topic: str) -> TopicSpec:
+    """The registered spec of ``topic``; an unregistered one (tests) gets 1 partition, 1 replica, ``<topic>.dlq``."""
+    return TOPIC_SPECS.get(topic) or TopicSpec(replication_factor=1, dead_letter_topic=f"{topic}.dlq")
+
 
 M = TypeVar("M", bound=Message)
 

@@ -187,18 +187,18 @@ def decode_manifest(data: bytes) -> Iterator[common_pb2.FileEntry]:
 
 
 async def iter_manifest_from_object(
-    store: ObjectStore, key: str, *, range_bytes: int = 4 << 20
+    store: ObjectStore, key: str, *, range_bytes: int = 4 << 20, version_id: str | None = None
 ) -> AsyncIterator[common_pb2.FileEntry]:
-    """Yield the entries of the manifest object ``key``, reading it in ranges (bounded memory).
+    """Yield the entries of the manifest object ``key`` (that version when given), reading it in ranges.
 
     Decompression and parsing run in a worker thread. Raises ``ObjectNotFound``
     or ``ManifestFormatError`` like reading the whole object would.
     """
-    size = (await store.stat(key)).size
+    size = (await store.stat(key, version_id=version_id)).size
     decoder = ManifestDecoder()
     offset = 0
     while offset < size:
-        piece = await store.get(key, offset=offset, length=min(range_bytes, size - offset))
+        piece = await store.get(key, offset=offset, length=min(range_bytes, size - offset), version_id=version_id)
         if not piece:
             break
         offset += len(piece)

@@ -46,21 +46,35 @@ class ObjectStore(Protocol):
       later; an earlier date is ignored.
     - Keys are written once by design (content-addressed or random); writing an
       existing unlocked key replaces it.
+    - Every ``put`` creates a new *version* and returns its id (S3's ``VersionId``;
+      the filesystem store and the in-memory fake make their own). A version's
+      bytes never change, and reading by version id (``get``/``stat`` with
+      ``version_id``) returns them whatever happened to the key since: a later
+      version written over it, or a delete marker (a plain S3 DELETE, which
+      hides the key from unversioned reads but removes no bytes). Callers that
+      must read what they wrote — packs, manifests — record the id and read by
+      it (ADR 0025). Version ids are opaque text of at most 1024 characters.
     - Keys are '/'-separated, without a leading '/', of printable ASCII. A key
       is never a '/'-prefix of another key ("a" and "a/b"): S3 servers backed
       by a POSIX filesystem (versitygw) refuse that, so callers must not rely on it.
     """
 
-    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> None:
-        """Store ``data`` under ``key``, locked until ``retain_until`` when given."""
+    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+        """Store ``data`` under ``key``, locked until ``retain_until`` when given; return the new version's id."""
         ...
 
-    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
-        """Read the object, or ``length`` bytes of it from ``offset``. Raises ObjectNotFound."""
+    async def get(
+        self, key: str, *, offset: int = 0, length: int | None = None, version_id: str | None = None
+    ) -> bytes:
+        """Read the object, or ``length`` bytes of it from ``offset``. Raises ObjectNotFound.
+
+        Without ``version_id`` the current version (ObjectNotFound behind a delete marker); with
+        it exactly that version (ObjectNotFound if the key has no such version).
+        """
         ...
 
-    async def stat(self, key: str) -> ObjectInfo:
-        """Size and retention of the object. Raises ObjectNotFound."""
+    async def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        """Size and retention of the object (of that version when given). Raises ObjectNotFound."""
         ...
 
     async def delete(self, key: str) -> None:
@@ -70,8 +84,8 @@ class ObjectStore(Protocol):
         """
         ...
 
-    async def extend_retention(self, key: str, retain_until: dt.datetime) -> None:
-        """Lock the object until at least ``retain_until``. Raises ObjectNotFound."""
+    async def extend_retention(self, key: str, retain_until: dt.datetime, *, version_id: str | None = None) -> None:
+        """Lock the object (that version when given) until at least ``retain_until``. Raises ObjectNotFound."""
         ...
 
     def list(self, prefix: str) -> AsyncIterator[str]:

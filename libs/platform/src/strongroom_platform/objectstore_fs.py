@@ -7,6 +7,14 @@ Directory names always end in ``.d`` and object files in ``.obj``, so keys
 the mapping is reversible for :meth:`FilesystemObjectStore.list`. Temporary
 files end in ``.tmp`` and are never listed.
 
+Versions: every put writes the bytes once, as ``a.d/b.d/c.versions/<id>.obj``
+(with its own lock sidecar ``<id>.lock.json``), and then hard-links that file
+over ``c.obj``, the current version. The id is 32 random hex digits. A later
+put only moves the ``c.obj`` link, so reading by version id returns the bytes
+that version was written with; objects written before versions existed have
+only ``c.obj`` and are read without an id. ``.versions`` directories do not end
+in ``.d`` and are never listed.
+
 Writes are atomic: a temporary file in the target directory is written,
 fsynced and renamed over the target, then the directory is fsynced. The
 sidecar is written before the data, so a crash in between leaves a lock
@@ -25,7 +33,9 @@ import builtins
 import datetime as dt
 import json
 import os
+import re
 import secrets
+import shutil
 import stat as stat_mod
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -42,6 +52,8 @@ _DIR_SUFFIX = ".d"
 _OBJ_SUFFIX = ".obj"
 _LOCK_SUFFIX = ".lock.json"
 _TMP_SUFFIX = ".tmp"
+_VERSIONS_SUFFIX = ".versions"
+_VERSION_ID = re.compile(r"[0-9a-f]{32}")
 # Leaves room for the suffixes within the usual 255-byte file name limit.
 _MAX_SEGMENT = 200
 
@@ -75,6 +87,18 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _link_over(source: Path, target: Path) -> None:
+    """Make ``target`` another name of ``source``'s file, atomically (link to a temporary name, rename)."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+    os.link(source, tmp)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
 
 
 def _atomic_write(target: Path, data: bytes, *, read_only: bool) -> None:
@@ -121,6 +145,16 @@ class FilesystemObjectStore:
         directory = self._root.joinpath(*(p + _DIR_SUFFIX for p in parts[:-1]))
         return directory / (parts[-1] + _OBJ_SUFFIX), directory / (parts[-1] + _LOCK_SUFFIX)
 
+    def _version_paths(self, key: str, version_id: str | None) -> tuple[Path, Path]:
+        """(data file, lock sidecar) of ``version_id`` of ``key``; the current version's when None."""
+        data_path, lock_path = self._paths(key)
+        if version_id is None:
+            return data_path, lock_path
+        if not _VERSION_ID.fullmatch(version_id):
+            raise ObjectNotFound(f"{key} (no version {version_id!r})")
+        directory = data_path.with_name(data_path.name[: -len(_OBJ_SUFFIX)] + _VERSIONS_SUFFIX)
+        return directory / (version_id + _OBJ_SUFFIX), directory / (version_id + _LOCK_SUFFIX)
+
     @staticmethod
     def _read_lock(lock_path: Path) -> dt.datetime | None:
         try:
@@ -136,32 +170,37 @@ class FilesystemObjectStore:
         until = self._read_lock(lock_path)
         return until if until is not None and until > self._clock.now() else None
 
-    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> None:
-        """Atomically store ``data``; refuse with ObjectLocked while the key is locked."""
+    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+        """Atomically store ``data`` as a new version; refuse with ObjectLocked while the key is locked."""
         if retain_until is not None and retain_until.tzinfo is None:
             raise ValueError("retain_until must be timezone-aware")
-        data_path, lock_path = self._paths(key)
-        await self._call(self._put_sync, key, data_path, lock_path, bytes(data), retain_until)
+        version_id = secrets.token_hex(16)
+        await self._call(self._put_sync, key, version_id, bytes(data), retain_until)
+        return version_id
 
-    def _put_sync(
-        self, key: str, data_path: Path, lock_path: Path, data: bytes, retain_until: dt.datetime | None
-    ) -> None:
+    def _put_sync(self, key: str, version_id: str, data: bytes, retain_until: dt.datetime | None) -> None:
+        data_path, lock_path = self._paths(key)
         until = self._locked_until(data_path, lock_path)
         if until is not None:
             raise ObjectLocked(f"{key} is locked until {until.isoformat()}")
-        data_path.parent.mkdir(parents=True, exist_ok=True)
+        version_path, version_lock = self._version_paths(key, version_id)
+        version_path.parent.mkdir(parents=True, exist_ok=True)
         if retain_until is not None:
             payload = json.dumps({"retain_until": retain_until.astimezone(dt.UTC).isoformat()}).encode()
+            _atomic_write(version_lock, payload, read_only=True)
             _atomic_write(lock_path, payload, read_only=True)
         else:
             lock_path.unlink(missing_ok=True)
-        _atomic_write(data_path, data, read_only=retain_until is not None)
+        _atomic_write(version_path, data, read_only=retain_until is not None)
+        _link_over(version_path, data_path)
 
-    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
-        """The object's bytes, or ``length`` bytes from ``offset`` (fewer at the end)."""
+    async def get(
+        self, key: str, *, offset: int = 0, length: int | None = None, version_id: str | None = None
+    ) -> bytes:
+        """The object's bytes (of that version when given), or ``length`` bytes from ``offset``."""
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
-        data_path, _ = self._paths(key)
+        data_path, _ = self._version_paths(key, version_id)
         return await self._call(self._get_sync, key, data_path, offset, length)
 
     @staticmethod
@@ -173,8 +212,8 @@ class FilesystemObjectStore:
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
 
-    async def stat(self, key: str) -> ObjectInfo:
-        data_path, lock_path = self._paths(key)
+    async def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        data_path, lock_path = self._version_paths(key, version_id)
         return await self._call(self._stat_sync, key, data_path, lock_path)
 
     def _stat_sync(self, key: str, data_path: Path, lock_path: Path) -> ObjectInfo:
@@ -185,34 +224,63 @@ class FilesystemObjectStore:
         return ObjectInfo(key=key, size=size, retain_until=self._read_lock(lock_path))
 
     async def delete(self, key: str) -> None:
-        """Remove the object and its sidecar; ObjectLocked while locked; missing is fine."""
+        """Remove every version and sidecar; ObjectLocked while any version is locked; missing is fine."""
         data_path, lock_path = self._paths(key)
         await self._call(self._delete_sync, key, data_path, lock_path)
 
     def _delete_sync(self, key: str, data_path: Path, lock_path: Path) -> None:
         until = self._locked_until(data_path, lock_path)
+        versions = data_path.with_name(data_path.name[: -len(_OBJ_SUFFIX)] + _VERSIONS_SUFFIX)
+        if until is None and versions.is_dir():
+            for version_lock in versions.glob("*" + _LOCK_SUFFIX):
+                version_until = self._read_lock(version_lock)
+                if version_until is not None and version_until > self._clock.now():
+                    until = version_until
+                    break
         if until is not None:
             raise ObjectLocked(f"{key} is locked until {until.isoformat()}")
         # Data first: without it the sidecar is inert (an object exists only with its data file).
         data_path.unlink(missing_ok=True)
         lock_path.unlink(missing_ok=True)
+        shutil.rmtree(versions, ignore_errors=True)
 
-    async def extend_retention(self, key: str, retain_until: dt.datetime) -> None:
-        """Lock until at least ``retain_until``; an earlier date changes nothing."""
+    async def extend_retention(self, key: str, retain_until: dt.datetime, *, version_id: str | None = None) -> None:
+        """Lock (that version) until at least ``retain_until``; an earlier date changes nothing."""
         if retain_until.tzinfo is None:
             raise ValueError("retain_until must be timezone-aware")
-        data_path, lock_path = self._paths(key)
-        await self._call(self._extend_sync, key, data_path, lock_path, retain_until)
+        await self._call(self._extend_sync, key, version_id, retain_until)
 
-    def _extend_sync(self, key: str, data_path: Path, lock_path: Path, retain_until: dt.datetime) -> None:
+    def _extend_sync(self, key: str, version_id: str | None, retain_until: dt.datetime) -> None:
+        data_path, lock_path = self._version_paths(key, version_id)
         if not data_path.exists():
             raise ObjectNotFound(key)
-        current = self._read_lock(lock_path)
-        if current is not None and retain_until <= current:
-            return
+        targets = [lock_path]
+        current_path, current_lock = self._paths(key)
+        if version_id is None:
+            # The current version's own sidecar too, when it has one (written since versions exist).
+            for candidate in self._current_version_locks(current_path):
+                targets.append(candidate)
+        elif current_path.exists() and os.path.samefile(current_path, data_path):
+            targets.append(current_lock)
         payload = json.dumps({"retain_until": retain_until.astimezone(dt.UTC).isoformat()}).encode()
-        _atomic_write(lock_path, payload, read_only=True)
+        for target in targets:
+            current = self._read_lock(target)
+            if current is None or retain_until > current:
+                _atomic_write(target, payload, read_only=True)
         os.chmod(data_path, stat_mod.S_IRUSR | stat_mod.S_IRGRP | stat_mod.S_IROTH)
+
+    @staticmethod
+    def _current_version_locks(current_path: Path) -> builtins.list[Path]:
+        """The lock sidecar of the version file ``current_path`` links to (same inode), if any."""
+        versions = current_path.with_name(current_path.name[: -len(_OBJ_SUFFIX)] + _VERSIONS_SUFFIX)
+        if not versions.is_dir():
+            return []
+        inode = current_path.stat().st_ino
+        return [
+            versions / (entry.name[: -len(_OBJ_SUFFIX)] + _LOCK_SUFFIX)
+            for entry in os.scandir(versions)
+            if entry.name.endswith(_OBJ_SUFFIX) and entry.inode() == inode
+        ]
 
     async def list(self, prefix: str) -> AsyncIterator[str]:
         """Keys starting with ``prefix``, in lexicographic order."""

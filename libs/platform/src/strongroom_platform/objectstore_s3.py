@@ -12,6 +12,10 @@ Consequences of versioning that this adapter hides from callers:
 - A PUT onto a locked key does not fail on S3: it adds a new current version
   on top of the locked one. :meth:`put` refuses it with ObjectLocked instead,
   as the port promises.
+- Both still happen when someone uses the credentials directly. :meth:`put`
+  returns the S3 ``VersionId`` of what it wrote, and reads and retention
+  extensions given that id address exactly that version, so neither a delete
+  marker nor a later version changes what they see (ADR 0025).
 
 The minio SDK is blocking; every call runs in a worker thread, at most
 ``max_concurrency`` at a time.
@@ -204,21 +208,21 @@ class S3ObjectStore:
 
     # -- objects ----------------------------------------------------------
 
-    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> None:
-        """Store ``data``; with ``retain_until``, under COMPLIANCE retention until then.
+    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+        """Store ``data``; with ``retain_until``, under COMPLIANCE retention until then. Returns the VersionId.
 
         Raises ObjectLocked if ``key`` holds an object still under retention.
         """
         retention = None if retain_until is None else Retention(COMPLIANCE, _ceil_second(retain_until))
-        await self._call(self._put_sync, key, bytes(data), retention)
+        return await self._call(self._put_sync, key, bytes(data), retention)
 
-    def _put_sync(self, key: str, data: bytes, retention: Retention | None) -> None:
+    def _put_sync(self, key: str, data: bytes, retention: Retention | None) -> str:
         # S3 would happily stack a new version on a locked one; the port forbids it.
         current = self._retain_until_sync(key, None)
         if current is not None and current > self._clock.now():
             raise ObjectLocked(f"{key} is locked until {current.isoformat()}")
         try:
-            self._client.put_object(
+            result = self._client.put_object(
                 self._bucket,
                 key,
                 io.BytesIO(data),
@@ -229,43 +233,65 @@ class S3ObjectStore:
             )
         except S3Error as exc:
             raise self._error(exc, key) from exc
+        if not result.version_id or result.version_id == "null":
+            # Only an unversioned bucket answers so, and ensure_bucket refuses one without Object Lock.
+            raise ObjectStoreError(f"S3 returned no version id for {self._bucket}/{key}; the bucket must be versioned")
+        return result.version_id
 
-    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
-        """The object's bytes, or ``length`` bytes from ``offset`` (fewer at the end)."""
+    async def get(
+        self, key: str, *, offset: int = 0, length: int | None = None, version_id: str | None = None
+    ) -> bytes:
+        """The object's bytes (of that version when given), or ``length`` bytes from ``offset`` (fewer at the end)."""
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
-        return await self._call(self._get_sync, key, offset, length)
+        return await self._call(self._get_sync, key, offset, length, version_id)
 
-    def _get_sync(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get_sync(self, key: str, offset: int, length: int | None, version_id: str | None) -> bytes:
         if length == 0:
-            self._stat_sync(key)  # still raise ObjectNotFound for a missing key
+            self._stat_sync(key, version_id)  # still raise ObjectNotFound for a missing key
             return b""
         try:
             # minio sends no Range header for (0, 0): the whole object.
-            response = self._client.get_object(self._bucket, key, offset=offset, length=length or 0)
+            response = self._client.get_object(
+                self._bucket, key, offset=offset, length=length or 0, version_id=version_id
+            )
         except S3Error as exc:
             if exc.code == "InvalidRange":  # offset at or past the end of an existing object
                 return b""
-            raise self._error(exc, key) from exc
+            raise self._error(exc, key, version_id) from exc
         try:
             return bytes(response.read())
         finally:
             response.close()
             response.release_conn()
 
-    async def stat(self, key: str) -> ObjectInfo:
-        """Size and retention (from the HEAD response headers) of the current version."""
-        return await self._call(self._stat_sync, key)
+    async def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        """Size and retention (from the HEAD response headers) of the current version, or of ``version_id``."""
+        return await self._call(self._stat_sync, key, version_id)
 
     def _stat_sync(self, key: str, version_id: str | None = None) -> ObjectInfo:
         try:
             obj = self._client.stat_object(self._bucket, key, version_id=version_id)
         except S3Error as exc:
-            raise self._error(exc, key) from exc
+            raise self._error(exc, key, version_id) from exc
         # GET ?retention is broken on some servers (versitygw, moto); HEAD carries the date too.
         raw = obj.metadata.get(_RETAIN_UNTIL_HEADER) if obj.metadata is not None else None
         retain_until = _parse_s3_time(raw) if raw else None
+        if retain_until is None and version_id is not None:
+            # versitygw leaves the header out of a HEAD of a version that is no longer current.
+            retain_until = self._version_retention_sync(key, version_id)
         return ObjectInfo(key=key, size=obj.size or 0, retain_until=retain_until)
+
+    def _version_retention_sync(self, key: str, version_id: str) -> dt.datetime | None:
+        try:
+            retention = self._client.get_object_retention(self._bucket, key, version_id=version_id)
+        except S3Error as exc:
+            if exc.code in _NOT_FOUND or exc.code in {"NoSuchObjectLockConfiguration", "InvalidRequest"}:
+                return None
+            raise self._error(exc, key, version_id) from exc
+        if retention is None or retention.retain_until_date is None:
+            return None
+        return retention.retain_until_date.astimezone(dt.UTC)
 
     def _retain_until_sync(self, key: str, version_id: str | None) -> dt.datetime | None:
         """Retention date of the key (or version); None if unlocked or missing."""
@@ -344,15 +370,15 @@ class S3ObjectStore:
             if not key_marker:
                 return found
 
-    async def extend_retention(self, key: str, retain_until: dt.datetime) -> None:
-        """Move the retention date of the current version later; an earlier date changes nothing."""
-        await self._call(self._extend_sync, key, _ceil_second(retain_until))
+    async def extend_retention(self, key: str, retain_until: dt.datetime, *, version_id: str | None = None) -> None:
+        """Move the retention date of the current version (or ``version_id``) later; an earlier date changes nothing."""
+        await self._call(self._extend_sync, key, _ceil_second(retain_until), version_id)
 
-    def _extend_sync(self, key: str, retain_until: dt.datetime) -> None:
+    def _extend_sync(self, key: str, retain_until: dt.datetime, version_id: str | None) -> None:
         try:
-            obj = self._client.stat_object(self._bucket, key)
+            obj = self._client.stat_object(self._bucket, key, version_id=version_id)
         except S3Error as exc:
-            raise self._error(exc, key) from exc
+            raise self._error(exc, key, version_id) from exc
         raw = obj.metadata.get(_RETAIN_UNTIL_HEADER) if obj.metadata is not None else None
         current = _parse_s3_time(raw) if raw else None
         if current is not None and retain_until <= current:
@@ -381,7 +407,10 @@ class S3ObjectStore:
         except S3Error as exc:
             raise self._error(exc, "") from exc
 
-    def _error(self, exc: S3Error, key: str) -> ObjectStoreError:
+    def _error(self, exc: S3Error, key: str, version_id: str | None = None) -> ObjectStoreError:
         if exc.code in _NOT_FOUND:
             return ObjectNotFound(key)
+        if version_id is not None and exc.code == "InvalidArgument":
+            # A version id the server cannot even parse names no version of this key.
+            return ObjectNotFound(f"{key} (no version {version_id!r})")
         return ObjectStoreError(f"S3 {exc.code} on {self._bucket}/{key}: {exc.message}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from strongroom_platform import lifecycle
+from strongroom_platform import audit, lifecycle
 from strongroom_platform.auth import AgentAuthenticator, Authenticator, AuthInterceptor, TokenVerifier
 from strongroom_platform.auth.oidc import OidcVerifier
 from strongroom_platform.auth.tokens_pg import AUTH_MIGRATIONS, AUTH_SCHEMA, PgTokenStore
@@ -49,10 +49,18 @@ def agents_only(agents: AgentAuthenticator) -> AuthInterceptor:
 
 
 async def open_auth(
-    stack: AsyncExitStack, settings: PlatformSettings, clock: Clock, *, agents: AgentAuthenticator | None = None
+    stack: AsyncExitStack,
+    settings: PlatformSettings,
+    clock: Clock,
+    *,
+    agents: AgentAuthenticator | None = None,
+    audit_sink: audit.AuditSink | None = None,
 ) -> Auth:
     """The auth interceptor of a process serving operators: API tokens from ``auth.api_tokens``,
     OIDC if configured.
+
+    A process serving mutating calls passes its ``audit_sink`` (``audit.OutboxAuditSink`` over its
+    own pool, ADR 0027); without one the interceptor refuses them.
 
     Opens a small pool on schema ``auth`` and applies its migrations (idempotent, under the
     migration lock), so a service that starts before the scheduler can verify tokens at once.
@@ -63,7 +71,7 @@ async def open_auth(
     tokens = PgTokenStore(pool)
     oidc = OidcVerifier(settings.oidc, clock) if settings.oidc is not None else None
     authenticator = Authenticator(tokens=TokenVerifier(tokens, clock), oidc=oidc, agents=agents)
-    return Auth(AuthInterceptor(authenticator), tokens)
+    return Auth(AuthInterceptor(authenticator, audit_sink=audit_sink), tokens)
 
 
 def _public_tls(tls: TlsSettings | None) -> TlsSettings | None:

@@ -7,7 +7,7 @@ frozen settings object (no import-time configuration).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -149,6 +149,64 @@ class BackendTls:
         return cls(enabled=enabled, ca_file=ca, cert_file=cert, key_file=key)
 
 
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+"""The SASL mechanisms accepted for Kafka; the first is the default (ADR 0029)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSasl:
+    """SASL/SCRAM credentials of the Kafka clients (ADR 0029); they always travel over TLS.
+
+    Environment: ``STRONGROOM_KAFKA_SASL_USERNAME`` and either ``STRONGROOM_KAFKA_SASL_PASSWORD`` or
+    ``STRONGROOM_KAFKA_SASL_PASSWORD_FILE`` (a mounted Secret; one trailing newline is ignored);
+    ``STRONGROOM_KAFKA_SASL_MECHANISM`` is ``SCRAM-SHA-512`` (default) or ``SCRAM-SHA-256``. Any of
+    them turns SASL on, and SASL needs Kafka TLS (``STRONGROOM_KAFKA_TLS*``): SASL_PLAINTEXT is
+    refused, with no escape hatch.
+    """
+
+    username: str
+    password: str = field(repr=False)
+    mechanism: str = KAFKA_SASL_MECHANISMS[0]
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in KAFKA_SASL_MECHANISMS:
+            raise SettingsError(
+                f"STRONGROOM_KAFKA_SASL_MECHANISM must be one of {', '.join(KAFKA_SASL_MECHANISMS)}, "
+                f"got {self.mechanism!r}"
+            )
+        if not self.username or not self.password:
+            raise SettingsError("Kafka SASL needs a username and a password")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], tls: BackendTls) -> KafkaSasl | None:
+        """None when no ``STRONGROOM_KAFKA_SASL_*`` variable is set; SettingsError when incomplete,
+        contradictory, or configured without Kafka TLS."""
+        prefix = "STRONGROOM_KAFKA_SASL"
+        names = [f"{prefix}_{n}" for n in ("MECHANISM", "USERNAME", "PASSWORD", "PASSWORD_FILE")]
+        if not any(environ.get(name) for name in names):
+            return None
+        if not tls.enabled:
+            raise PlaintextRefused(
+                f"Kafka SASL without TLS (SASL_PLAINTEXT) is refused: set STRONGROOM_KAFKA_TLS=1 or "
+                f"STRONGROOM_KAFKA_TLS_CA together with the {prefix}_* settings"
+            )
+        password, password_file = environ.get(f"{prefix}_PASSWORD", ""), _path(environ, f"{prefix}_PASSWORD_FILE")
+        if password and password_file is not None:
+            raise SettingsError(f"set {prefix}_PASSWORD or {prefix}_PASSWORD_FILE, not both")
+        if password_file is not None:
+            try:
+                password = password_file.read_text("utf-8").removesuffix("\n").removesuffix("\r")
+            except OSError as exc:
+                raise SettingsError(f"{prefix}_PASSWORD_FILE={password_file}: {exc.strerror or exc}") from None
+        if not password:
+            raise SettingsError(f"Kafka SASL needs {prefix}_PASSWORD or {prefix}_PASSWORD_FILE")
+        return cls(
+            username=env_str(environ, f"{prefix}_USERNAME"),
+            password=password,
+            mechanism=env_str(environ, f"{prefix}_MECHANISM", KAFKA_SASL_MECHANISMS[0]).strip().upper(),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class S3Settings:
     endpoint: str
@@ -206,6 +264,8 @@ class PlatformSettings:
             (development and tests only); without it and without TLS settings they are refused.
         STRONGROOM_PG_TLS, _CA, _CERT, _KEY and STRONGROOM_KAFKA_TLS, _CA, _CERT, _KEY: TLS to
             PostgreSQL and Kafka (:class:`BackendTls`; off by default).
+        STRONGROOM_KAFKA_SASL_MECHANISM, _USERNAME, _PASSWORD or _PASSWORD_FILE: SCRAM credentials
+            of the Kafka clients (:class:`KafkaSasl`; needs Kafka TLS; off by default).
         STRONGROOM_INTERNAL_LISTEN: host:port of the internal listener, where other Strongroom
             services call this one with their service certificates (mutual TLS; needs
             STRONGROOM_TLS_CLIENT_CA); unset, no internal listener (ADR 0024).
@@ -227,6 +287,7 @@ class PlatformSettings:
     insecure_plaintext: bool = False
     pg_tls: BackendTls = BackendTls()
     kafka_tls: BackendTls = BackendTls()
+    kafka_sasl: KafkaSasl | None = None
     internal_listen: str | None = None
     oidc: OidcSettings | None = None
 
@@ -254,6 +315,7 @@ class PlatformSettings:
         otel = env_str(environ, "STRONGROOM_OTEL", "none")
         if otel not in {"none", "console", "otlp"}:
             raise SettingsError(f"STRONGROOM_OTEL must be none, console or otlp, got {otel!r}")
+        kafka_tls = BackendTls.from_env(environ, "STRONGROOM_KAFKA_TLS")
         settings = cls(
             pg_dsn=env_str(environ, "STRONGROOM_PG_DSN"),
             kafka_bootstrap=env_str(environ, "STRONGROOM_KAFKA_BOOTSTRAP"),
@@ -265,7 +327,8 @@ class PlatformSettings:
             tls=tls,
             insecure_plaintext=insecure_plaintext_from_env(environ, tls),
             pg_tls=BackendTls.from_env(environ, "STRONGROOM_PG_TLS"),
-            kafka_tls=BackendTls.from_env(environ, "STRONGROOM_KAFKA_TLS"),
+            kafka_tls=kafka_tls,
+            kafka_sasl=KafkaSasl.from_env(environ, kafka_tls),
             internal_listen=environ.get("STRONGROOM_INTERNAL_LISTEN") or None,
             oidc=OidcSettings.from_env(environ),
         )

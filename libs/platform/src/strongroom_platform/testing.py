@@ -10,21 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
+import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from strongroom.events.v1 import events_pb2
 
+from strongroom_platform.audit import SinkIdentity
 from strongroom_platform.auth.interceptor import Authenticator, AuthInterceptor
 from strongroom_platform.auth.policy import POLICY
 from strongroom_platform.auth.principal import CallAuth, Principal, Role
 from strongroom_platform.auth.tokens import InMemoryTokenStore, TokenVerifier, new_token
-from strongroom_platform.clock import SystemClock, utc
-from strongroom_platform.eventbus import Handler, PoisonRecord, Record
-from strongroom_platform.events import TOPIC_MESSAGES
+from strongroom_platform.clock import Clock, SystemClock, utc
+from strongroom_platform.eventbus import Handler, Record
+from strongroom_platform.events import ALERT_RAISED, TOPIC_MESSAGES
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound
+from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
 from strongroom_platform.runtime import start_grpc_server
 
 StateT = TypeVar("StateT")
@@ -65,53 +70,99 @@ class FakeClock:
             await self._changed.wait()
 
 
+@dataclasses.dataclass(slots=True)
+class _MemoryVersion:
+    version_id: str
+    data: bytes | None  # None: a delete marker
+    retain_until: dt.datetime | None
+
+
 class InMemoryObjectStore:
-    """ObjectStore fake with Object Lock semantics; ``clock`` decides when locks expire."""
+    """ObjectStore fake with Object Lock and versioning semantics; ``clock`` decides when locks expire.
+
+    ``add_delete_marker`` and ``put_new_version`` do what anyone holding the S3 credentials can do
+    directly, bypassing the port's checks (a plain DELETE; a PUT over a locked key): tests use them
+    to play the attacker.
+    """
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         self._clock: FakeClock | SystemClock = clock or SystemClock()
-        self._objects: dict[str, tuple[bytes, dt.datetime | None]] = {}
+        self._versions: dict[str, list[_MemoryVersion]] = {}
+        self._next_version = itertools.count(1)
 
-    def _locked(self, key: str) -> bool:
-        entry = self._objects.get(key)
-        return entry is not None and entry[1] is not None and entry[1] > self._clock.now()
+    def _new_version_id(self) -> str:
+        return f"v{next(self._next_version):08d}"
 
-    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> None:
-        if self._locked(key):
+    def _current(self, key: str) -> _MemoryVersion | None:
+        versions = self._versions.get(key)
+        if not versions or versions[-1].data is None:
+            return None
+        return versions[-1]
+
+    def _version(self, key: str, version_id: str | None) -> _MemoryVersion:
+        if version_id is None:
+            found = self._current(key)
+        else:
+            found = next((v for v in self._versions.get(key, ()) if v.version_id == version_id), None)
+        if found is None or found.data is None:
+            raise ObjectNotFound(key)
+        return found
+
+    def _is_locked(self, version: _MemoryVersion | None) -> bool:
+        return version is not None and version.retain_until is not None and version.retain_until > self._clock.now()
+
+    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+        if self._is_locked(self._current(key)):
             raise ObjectLocked(key)
-        self._objects[key] = (bytes(data), retain_until)
+        return self.put_new_version(key, data, retain_until=retain_until)
 
-    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+    def put_new_version(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+        """A new current version even over a locked one (what a raw S3 PUT does); returns its id."""
+        version = _MemoryVersion(self._new_version_id(), bytes(data), retain_until)
+        self._versions.setdefault(key, []).append(version)
+        return version.version_id
+
+    def damage(self, key: str, data: bytes) -> None:
+        """Replace the current version's bytes in place, keeping its id and lock (a broken disk would)."""
+        version = self._version(key, None)
+        version.data = bytes(data)
+
+    def clear(self) -> None:
+        """Forget every object (benchmarks keep memory flat between rounds)."""
+        self._versions.clear()
+
+    def add_delete_marker(self, key: str) -> None:
+        """Hide the key from unversioned reads, removing nothing (what a plain S3 DELETE does)."""
+        self._versions.setdefault(key, []).append(_MemoryVersion(self._new_version_id(), None, None))
+
+    async def get(
+        self, key: str, *, offset: int = 0, length: int | None = None, version_id: str | None = None
+    ) -> bytes:
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
-        entry = self._objects.get(key)
-        if entry is None:
-            raise ObjectNotFound(key)
-        data = entry[0]
+        data = self._version(key, version_id).data
+        assert data is not None
         end = len(data) if length is None else offset + length
         return data[offset:end]
 
-    async def stat(self, key: str) -> ObjectInfo:
-        entry = self._objects.get(key)
-        if entry is None:
-            raise ObjectNotFound(key)
-        return ObjectInfo(key=key, size=len(entry[0]), retain_until=entry[1])
+    async def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        version = self._version(key, version_id)
+        assert version.data is not None
+        return ObjectInfo(key=key, size=len(version.data), retain_until=version.retain_until)
 
     async def delete(self, key: str) -> None:
-        if self._locked(key):
+        if any(self._is_locked(v) for v in self._versions.get(key, ())):
             raise ObjectLocked(key)
-        self._objects.pop(key, None)
+        self._versions.pop(key, None)
 
-    async def extend_retention(self, key: str, retain_until: dt.datetime) -> None:
-        entry = self._objects.get(key)
-        if entry is None:
-            raise ObjectNotFound(key)
-        if entry[1] is None or retain_until > entry[1]:
-            self._objects[key] = (entry[0], retain_until)
+    async def extend_retention(self, key: str, retain_until: dt.datetime, *, version_id: str | None = None) -> None:
+        version = self._version(key, version_id)
+        if version.retain_until is None or retain_until > version.retain_until:
+            version.retain_until = retain_until
 
     async def list(self, prefix: str) -> AsyncIterator[str]:
-        for key in sorted(self._objects):
-            if key.startswith(prefix):
+        for key in sorted(self._versions):
+            if key.startswith(prefix) and self._current(key) is not None:
                 yield key
 
 
@@ -146,11 +197,28 @@ class InMemoryEventBus:
 class InMemoryConsumer:
     """A consumer of :class:`InMemoryEventBus`; see ``EventConsumer``."""
 
-    def __init__(self, bus: InMemoryEventBus, group_id: str, handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        bus: InMemoryEventBus,
+        group_id: str,
+        handlers: dict[str, Handler],
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self._bus = bus
         self._group = group_id
         self._handlers = handlers
+        # Short pauses: the same outcomes as the Kafka adapter, without its real-time backoff.
+        self._policy = policy or RetryPolicy(initial=0.01, maximum=0.05)
+        self._clock: Clock = clock or SystemClock()
         self._task: asyncio.Task[None] | None = None
+
+    async def _dead_letter(self, record: Record, reason: str, attempts: int) -> None:
+        plan = plan_dead_letter(source=self._group, record=record, reason=reason, attempts=attempts, clock=self._clock)
+        self._bus.dlq_errors.setdefault(plan.topic, []).append(reason)
+        await self._bus.publish(plan.topic, record.key or b"", record.value)
+        await self._bus.publish(ALERT_RAISED, plan.alert_key, plan.alert)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -172,20 +240,21 @@ class InMemoryConsumer:
                 while position < len(records):
                     key, value = records[position]
                     record = Record(topic=topic, partition=0, offset=position, key=key, value=value)
-                    try:
-                        await handler(record)
-                    except PoisonRecord as exc:
-                        bus.dlq_errors.setdefault(f"{topic}.dlq", []).append(str(exc))
-                        await bus.publish(f"{topic}.dlq", key, value)
-                    except Exception:
-                        await asyncio.sleep(0.01)  # retried, like the Kafka adapter
-                        continue
+                    if not await run_record(
+                        handler, record, policy=self._policy, dead_letter=self._dead_letter, pause=_pause
+                    ):
+                        return
                     position += 1
                     bus._committed[(self._group, topic)] = position
                     progressed = True
             if not progressed:
                 async with bus._appended:
                     await bus._appended.wait()
+
+
+async def _pause(seconds: float) -> bool:
+    await asyncio.sleep(seconds)
+    return True
 
 
 class InMemoryTransactions(Generic[StateT]):
@@ -278,19 +347,36 @@ class _Bearer(_UnaryUnary, _UnaryStream):
         return await continuation(self._details(details), request)
 
 
+class InMemoryAuditSink(SinkIdentity):
+    """An ``audit.AuditSink`` keeping the records in :attr:`events` (they are committed at once)."""
+
+    def __init__(self, clock: Clock | None = None, producer: str = "test") -> None:
+        super().__init__(producer, clock or SystemClock())
+        self.events: list[events_pb2.AuditRecorded] = []
+
+    async def record(self, event: events_pb2.AuditRecorded) -> None:
+        self.events.append(copy.deepcopy(event))
+
+
 @contextlib.asynccontextmanager
 async def serve_authenticated(
-    register: Callable[[grpc.aio.Server], None], grants: Mapping[str, Role]
+    register: Callable[[grpc.aio.Server], None],
+    grants: Mapping[str, Role],
+    *,
+    audit_sink: InMemoryAuditSink | None = None,
 ) -> AsyncIterator[grpc.aio.Channel]:
     """Serve ``register`` on 127.0.0.1 behind the auth interceptor; yield a channel whose calls carry
-    an API token holding ``grants`` (account → role)."""
+    an API token holding ``grants`` (account → role). Mutating calls are recorded in ``audit_sink``
+    (default: a fresh one)."""
     clock = SystemClock()
     store = InMemoryTokenStore()
     token, record = new_token(
         name="test", grants=grants, created_by="test", now=clock.now(), lifetime=dt.timedelta(hours=1)
     )
     await store.insert(record)
-    interceptor = AuthInterceptor(Authenticator(tokens=TokenVerifier(store, clock)))
+    interceptor = AuthInterceptor(
+        Authenticator(tokens=TokenVerifier(store, clock)), audit_sink=audit_sink or InMemoryAuditSink(clock)
+    )
     server, port = await start_grpc_server("127.0.0.1:0", register, interceptors=[interceptor])
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[_Bearer(token)]) as channel:  # type: ignore[list-item]

@@ -16,7 +16,7 @@ from strongroom_platform.eventbus import ConsumerFactory, EventConsumer, EventPu
 from strongroom_platform.eventbus_kafka import FaustConsumer, KafkaPublisher
 from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.objectstore_factory import open_object_store
-from strongroom_platform.settings import BackendTls, PlatformSettings
+from strongroom_platform.settings import BackendTls, KafkaSasl, PlatformSettings
 from strongroom_platform.tls import backend_ssl_context
 
 __all__ = ["KafkaSettings", "consumer_factory", "object_store", "publisher"]
@@ -31,24 +31,35 @@ class KafkaSettings(Protocol):
     @property
     def kafka_idempotent(self) -> bool: ...
 
+    @property
+    def kafka_tls(self) -> BackendTls: ...
+
+    @property
+    def kafka_sasl(self) -> KafkaSasl | None: ...
+
 
 @asynccontextmanager
-async def publisher(settings: KafkaSettings, *, tls: BackendTls | None = None) -> AsyncIterator[EventPublisher]:
-    """A started Kafka producer, stopped (flushed) when the context exits; over TLS with ``tls``
-    (``PlatformSettings.kafka_tls``)."""
-    ssl_context = backend_ssl_context(tls) if tls is not None else None
+async def publisher(settings: KafkaSettings) -> AsyncIterator[EventPublisher]:
+    """A started Kafka producer, stopped (flushed) when the context exits; over TLS per
+    ``settings.kafka_tls`` and authenticated per ``settings.kafka_sasl`` (SASL_SSL)."""
     async with KafkaPublisher(
-        settings.kafka_bootstrap, idempotent=settings.kafka_idempotent, ssl_context=ssl_context
+        settings.kafka_bootstrap,
+        idempotent=settings.kafka_idempotent,
+        ssl_context=backend_ssl_context(settings.kafka_tls),
+        sasl=settings.kafka_sasl,
     ) as kafka:
         yield kafka
 
 
-def consumer_factory(settings: KafkaSettings, *, tls: BackendTls | None = None) -> ConsumerFactory:
-    """A factory of Faust consumers of the cluster at ``settings.kafka_bootstrap``; over TLS with ``tls``."""
-    ssl_context = backend_ssl_context(tls) if tls is not None else None
+def consumer_factory(settings: KafkaSettings) -> ConsumerFactory:
+    """A factory of Faust consumers of the cluster at ``settings.kafka_bootstrap``, connected like
+    :func:`publisher`."""
+    ssl_context = backend_ssl_context(settings.kafka_tls)
 
     def build(group_id: str, handlers: Mapping[str, Handler]) -> EventConsumer:
-        return FaustConsumer(settings.kafka_bootstrap, group_id, handlers, ssl_context=ssl_context)
+        return FaustConsumer(
+            settings.kafka_bootstrap, group_id, handlers, ssl_context=ssl_context, sasl=settings.kafka_sasl
+        )
 
     return build
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import base64
 import importlib.resources
 import os
+import re
+import secrets
 import shutil
 import signal
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from strongroom_servers._process import (
@@ -29,7 +33,7 @@ from strongroom_servers._process import (
 )
 from strongroom_servers.kafka_probe import probe_kafka
 
-__all__ = ["KAFKA_VERSION", "LOG4J_VERSIONS", "LocalKafka", "ensure_kafka_libs", "find_java"]
+__all__ = ["KAFKA_VERSION", "LOG4J_VERSIONS", "KafkaSaslSsl", "LocalKafka", "ensure_kafka_libs", "find_java"]
 
 KAFKA_VERSION = "4.3.1"
 # First entry is the log4j2 release Kafka 4.3 ships with; the others are fallbacks in case the
@@ -133,6 +137,43 @@ def _cluster_id() -> str:
             return cid
 
 
+# SCRAM names and passwords go into StorageTool's --add-scram "[name=...,password=...]" and into a
+# JAAS line in server.properties: characters those syntaxes give meaning to are kept out.
+_SCRAM_TOKEN = re.compile(r"[A-Za-z0-9._~@+:/-]+")
+_SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+_BROKER_USER = "strongroom-broker"
+
+
+@dataclass(frozen=True)
+class KafkaSaslSsl:
+    """A client listener that requires SASL/SCRAM over TLS (``SASL_SSL``), for :class:`LocalKafka`.
+
+    Attributes:
+        cert_file: PEM certificate chain (leaf first) the broker serves; its SANs must name
+            127.0.0.1 (the broker also connects to itself through this listener and verifies it).
+        key_file: the certificate's private key, unencrypted PKCS#8 PEM ("BEGIN PRIVATE KEY"), the
+            form Kafka's PEM key store reads.
+        ca_file: PEM bundle the broker trusts when it connects to itself (inter-broker traffic).
+        users: SCRAM users created when the storage is formatted, name to password.
+        mechanism: ``SCRAM-SHA-512`` (default) or ``SCRAM-SHA-256``; the only mechanism enabled.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    users: Mapping[str, str] = field(default_factory=dict)
+    mechanism: str = "SCRAM-SHA-512"
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in _SCRAM_MECHANISMS:
+            raise ValueError(f"mechanism must be one of {', '.join(_SCRAM_MECHANISMS)}, got {self.mechanism!r}")
+        for name, password in self.users.items():
+            if not (_SCRAM_TOKEN.fullmatch(name) and _SCRAM_TOKEN.fullmatch(password)):
+                raise ValueError(f"SCRAM user {name!r}: names and passwords must match {_SCRAM_TOKEN.pattern}")
+            if name == _BROKER_USER:
+                raise ValueError(f"{_BROKER_USER} is the broker's own user")
+
+
 class LocalKafka(LocalServer):
     """One combined broker+controller KRaft node on 127.0.0.1.
 
@@ -146,6 +187,11 @@ class LocalKafka(LocalServer):
     Settings are tuned for tests: every internal topic has one partition and replication factor 1
     (so consumer groups and transactions work on one node) and the first group rebalance is not
     delayed.
+
+    ``sasl_ssl`` (:class:`KafkaSaslSsl`) makes the one client listener ``SASL_SSL`` requiring SCRAM:
+    no plaintext or TLS-only client gets in. The broker's inter-broker traffic uses the same
+    listener as its own SCRAM user (created with a random password at format time); the KRaft
+    controller listener stays PLAINTEXT on 127.0.0.1 (KRaft controllers cannot use SCRAM).
     """
 
     _bind_errors = _BIND_ERRORS
@@ -161,18 +207,25 @@ class LocalKafka(LocalServer):
         heap_max: str = "1g",
         start_timeout: float = 120.0,
         stop_timeout: float = 30.0,
+        sasl_ssl: KafkaSaslSsl | None = None,
     ) -> None:
         super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.work_dir = Path(work_dir)
         self.version = version
         self.heap_max = heap_max
+        self.sasl_ssl = sasl_ssl
         self._libs_dir = libs_dir
         self._java = ""
 
     @property
     def bootstrap(self) -> str:
-        """``127.0.0.1:PORT`` of the PLAINTEXT listener."""
+        """``127.0.0.1:PORT`` of the client listener (PLAINTEXT, or SASL_SSL with ``sasl_ssl``)."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def security_protocol(self) -> str:
+        """The client listener's security protocol: ``PLAINTEXT`` or ``SASL_SSL``."""
+        return "PLAINTEXT" if self.sasl_ssl is None else "SASL_SSL"
 
     @property
     def log_path(self) -> Path:
@@ -180,13 +233,18 @@ class LocalKafka(LocalServer):
 
     def server_info(self) -> str:
         """``"Kafka 4.3.1 (metadata.version 4.3-IV0 via ApiVersions v3)"``: the jar version this launcher
-        ran plus what the broker reports over the protocol."""
+        ran plus what the broker reports over the protocol (the plaintext probe cannot pass a SASL_SSL
+        listener, which is named instead)."""
+        if self.sasl_ssl is not None:
+            return f"Kafka {self.version} (SASL_SSL listener, {self.sasl_ssl.mechanism})"
         return f"Kafka {self.version} ({probe_kafka(self.bootstrap).describe()})"
 
     def _prepare(self) -> None:
         self._libs_dir = self._libs_dir or ensure_kafka_libs(self.version)
         self._java = find_java()
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.sasl_ssl is not None:
+            self._write_keystore(self.sasl_ssl)
 
     def _launch(self, port: int) -> ManagedProcess:
         assert self._libs_dir is not None
@@ -226,6 +284,44 @@ class LocalKafka(LocalServer):
             f"{libs}/*",
         ]
 
+    def _write_keystore(self, sasl_ssl: KafkaSaslSsl) -> None:
+        """``keystore.pem`` (key, then chain: Kafka's PEM key store file) and the broker's own password."""
+        key = sasl_ssl.key_file.read_text("ascii")
+        if "-----BEGIN PRIVATE KEY-----" not in key:
+            raise ServerStartError(f"{sasl_ssl.key_file}: Kafka needs an unencrypted PKCS#8 key (BEGIN PRIVATE KEY)")
+        keystore = self.work_dir / "keystore.pem"
+        keystore.touch(mode=0o600)
+        keystore.write_text(key.rstrip("\n") + "\n" + sasl_ssl.cert_file.read_text("ascii"))
+        secret = self.work_dir / "broker-scram-password"
+        if not secret.is_file():  # a restart on the same work dir keeps the user formatted with it
+            secret.touch(mode=0o600)
+            secret.write_text(secrets.token_hex(24))
+
+    def _listener_config(self, broker_port: int, controller_port: int) -> str:
+        name = self.security_protocol  # the client listener's name is its protocol
+        listeners = f"""\
+listeners={name}://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners={name}://127.0.0.1:{broker_port}
+inter.broker.listener.name={name}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,{name}:{name}
+"""
+        if self.sasl_ssl is None:
+            return listeners
+        mechanism = self.sasl_ssl.mechanism
+        password = (self.work_dir / "broker-scram-password").read_text().strip()
+        return f"""{listeners}\
+sasl.enabled.mechanisms={mechanism}
+sasl.mechanism.inter.broker.protocol={mechanism}
+listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required username="{_BROKER_USER}" password="{password}";
+ssl.keystore.type=PEM
+ssl.keystore.location={self.work_dir / "keystore.pem"}
+ssl.truststore.type=PEM
+ssl.truststore.location={self.sasl_ssl.ca_file}
+ssl.client.auth=none
+"""
+
     def _write_config(self, broker_port: int, controller_port: int) -> None:
         data = self.work_dir / "kraft-data"
         # Static single voter (controller.quorum.voters), so `format` runs without --standalone.
@@ -233,12 +329,7 @@ class LocalKafka(LocalServer):
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}
-inter.broker.listener.name=PLAINTEXT
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={data}
+{self._listener_config(broker_port, controller_port)}log.dirs={data}
 num.network.threads=2
 num.io.threads=2
 num.partitions=1
@@ -276,9 +367,23 @@ group.initial.rebalance.delay.ms=0
                 "-c",
                 str(self.work_dir / "server.properties"),
                 "--ignore-formatted",  # a restart on the same work dir keeps its data
+                *self._scram_arguments(),
             ],
             what="kafka StorageTool format",
             log_path=self.log_path,
             cwd=self.work_dir,
             timeout=120,
         )
+
+    def _scram_arguments(self) -> list[str]:
+        """StorageTool's ``--add-scram`` for every SCRAM user (KRaft keeps them in the metadata log)."""
+        if self.sasl_ssl is None:
+            return []
+        users = dict(self.sasl_ssl.users)
+        users[_BROKER_USER] = (self.work_dir / "broker-scram-password").read_text().strip()
+        mechanism = self.sasl_ssl.mechanism
+        return [
+            arg
+            for name, password in users.items()
+            for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]

@@ -40,6 +40,7 @@ import pytest
 from strongroom_servers import (
     LocalKafka,
     LocalPostgres,
+    LocalServer,
     LocalVersityGW,
     PrerequisiteMissing,
     free_port,
@@ -61,6 +62,7 @@ __all__ = [
     "pg_server_dsn",
     "s3_config",
     "server_pool",
+    "start_or_skip",
 ]
 
 Kind = Literal["kafka", "postgres", "s3"]
@@ -81,6 +83,7 @@ POSTGRES_IMAGE = os.environ.get("STRONGROOM_POSTGRES_IMAGE", "postgres:18")
 MINIO_IMAGE = os.environ.get("STRONGROOM_MINIO_IMAGE", "minio/minio:RELEASE.2022-12-02T19-19-22Z")
 
 _T = TypeVar("_T")
+_Server = TypeVar("_Server", bound=LocalServer)
 
 
 @dataclass(frozen=True)
@@ -397,6 +400,18 @@ def _require(request: pytest.FixtureRequest, kind: Kind) -> Any:
         if exc.hard or os.environ.get("REQUIRE_SERVICES") == "1":
             pytest.fail(f"{exc.reason} (REQUIRE_SERVICES=1 or a broken launch)", pytrace=False)
         pytest.skip(exc.reason)
+
+
+def start_or_skip(server: _Server) -> _Server:
+    """``server.start()`` for a test that launches its own server: a missing prerequisite (no java,
+    no binary) skips the test, or fails it when ``REQUIRE_SERVICES=1``; a broken launch raises.
+    Use as ``with start_or_skip(LocalKafka(...)) as kafka:`` to stop it afterwards."""
+    try:
+        return server.start()
+    except PrerequisiteMissing as exc:
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            raise
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

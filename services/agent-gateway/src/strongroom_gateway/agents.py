@@ -17,6 +17,7 @@ from strongroom_platform.auth import agent as agent_principal
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import AGENT_ENROLLED, new_meta
 
+from strongroom_gateway import filesystems, validation
 from strongroom_gateway.errors import InvalidArgument, Unauthenticated
 from strongroom_gateway.jobs import FINAL_STATUSES, PRODUCER, command_for_delivery, emit_job_status
 from strongroom_gateway.ports import GatewayStore, GatewayTx, Job
@@ -53,6 +54,7 @@ async def enroll(
 ) -> gateway_pb2.EnrollResponse:
     """Exchange a one-time token for a credential (and, with ``issue_certificate``, a client
     certificate, ADR 0028); the token is consumed, only hashes and serials are stored."""
+    validation.enroll_request(request)
     if not request.enrollment_token:
         raise Unauthenticated("enrollment token missing")
     token_hash = sha256_hex(request.enrollment_token)
@@ -65,6 +67,7 @@ async def enroll(
         if instance.token_expires_at is None or instance.token_expires_at <= clock.now():
             raise Unauthenticated("enrollment token has expired; re-activate backup to get a new one")
         await tx.enroll_instance(instance.instance_id, sha256_hex(secret), request.hostname, clock.now())
+        await filesystems.record_enrolled(tx, instance.instance_id, request.filesystems, clock.now())
         certificate = None
         if issue_certificate is not None:
             certificate = await issue_certificate(tx, instance.account_id, instance.instance_id)
@@ -92,7 +95,7 @@ async def authenticate(authorization: str | None, *, store: GatewayStore) -> Ide
     if not authorization[: len(_BEARER)].lower() == _BEARER:
         raise Unauthenticated("authorization metadata must be 'Bearer <credential>'")
     instance_id, dot, secret = authorization[len(_BEARER) :].strip().rpartition(".")
-    if not dot or not instance_id or not secret:
+    if not dot or not validation.ID_PATTERN.fullmatch(instance_id) or not secret:
         raise Unauthenticated("malformed credential; expected '<instance_id>.<secret>'")
     async with store.transaction() as tx:
         instance = await tx.get_instance(instance_id)
@@ -155,16 +158,20 @@ async def handle_report(
     """Apply one report of the agent's stream (hello, progress, finished)."""
     kind = report.WhichOneof("report")
     if kind == "hello":
+        validation.hello(report.hello)
         capacity = sum(fs.capacity_bytes for fs in report.hello.filesystems)
         session.capacity_bytes = capacity
         async with store.transaction() as tx:
             await tx.set_instance_capacity(identity.instance_id, capacity, report.hello.hostname)
+            await filesystems.note_reported(tx, identity.instance_id, report.hello.filesystems, clock.now())
         return
     if kind == "progress":
+        validation.progress(report.progress)
         await _job_report(identity, report.progress.job_id, None, report.progress.stats, "", [], store, clock)
         return
     if kind == "finished":
         finished = report.finished
+        validation.finished(finished)
         if finished.status not in FINAL_STATUSES:
             raise InvalidArgument(f"JobFinished status {finished.status} is not a final status")
         errors = list(finished.file_errors)[:_MAX_FILE_ERRORS]

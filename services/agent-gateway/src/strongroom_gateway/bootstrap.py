@@ -68,12 +68,12 @@ async def run(
             )
             store = PgGatewayStore(pool)
             if publisher is None:
-                publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
+                publisher = await stack.enter_async_context(wiring.publisher(platform))
             await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
         if object_store is None:
             object_store = await stack.enter_async_context(wiring.object_store(platform, clock))
         if consumer_factory is None:
-            consumer_factory = wiring.consumer_factory(platform, tls=platform.kafka_tls)
+            consumer_factory = wiring.consumer_factory(platform)
 
         sessions = SessionRegistry()
         keys = AccountKeys(store, keyring, clock)

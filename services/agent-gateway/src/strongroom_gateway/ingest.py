@@ -21,7 +21,7 @@ from strongroom.agent.v1 import gateway_pb2
 from strongroom_platform.clock import Clock
 from strongroom_platform.objectstore import ObjectStore
 
-from strongroom_gateway import packfile
+from strongroom_gateway import packfile, validation
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.chunks import MAX_CHUNK_SIZE, PACK_COMPRESSION, UploadedPayload, verify_uploads
 from strongroom_gateway.errors import InvalidArgument, NotFound
@@ -140,9 +140,16 @@ class PackWriter:
             now = self._clock.now()
             retain_until = now + RETENTION + LOCK_MARGIN
             async with self.write_slots:
-                await self._objects.put(key, encoded.data, retain_until=retain_until)
+                version_id = await self._objects.put(key, encoded.data, retain_until=retain_until)
             record = Pack(
-                encoded.pack_id, pack.account_id, key, len(encoded.data), now, retain_until, encoded.format_version
+                encoded.pack_id,
+                pack.account_id,
+                key,
+                len(encoded.data),
+                now,
+                retain_until,
+                encoded.format_version,
+                version_id,
             )
             rows = [
                 ChunkLocation(
@@ -154,6 +161,7 @@ class PackWriter:
                     e.raw_length,
                     e.compression,
                     encoded.format_version,
+                    version_id,
                 )
                 for e in encoded.entries
             ]
@@ -183,7 +191,8 @@ def _uploaded_chunks(request: gateway_pb2.UploadChunkRequest) -> list[UploadedPa
     else:
         forms = (request,)
     out = []
-    for chunk in forms:
+    for number, chunk in enumerate(forms):
+        validation.chunk_id(f"chunks[{number}].chunk_id" if request.chunks else "chunk_id", chunk.chunk_id)
         compression = PACK_COMPRESSION.get(chunk.compression)
         if compression is None:
             raise InvalidArgument(f"chunk {chunk.chunk_id.hex()}: compression must be NONE or ZSTD")

@@ -66,8 +66,10 @@ async def seal(keys: AccountKeys, *, account_id: str, point_id: str, manifest: b
 async def read_point_manifest(object_store: ObjectStore, keys: AccountKeys, point: Point) -> bytes:
     """The manifest bytes (SRMF) of ``point``, read from the object store and opened in a worker thread.
 
-    Raises ObjectNotFound when the object is missing, ManifestFormatError when it is unreadable.
+    Reads the version recorded at commit (ADR 0025): a delete marker or a later object on the key
+    changes nothing; points recorded before version ids were read the latest version. Raises
+    ObjectNotFound when the object (version) is missing, ManifestFormatError when it is unreadable.
     """
-    stored = await object_store.get(point.manifest_key)
+    stored = await object_store.get(point.manifest_key, version_id=point.manifest_version_id)
     key = await keys.data_key(point.account_id)
     return await asyncio.to_thread(open_manifest, key, point.point_id, stored)

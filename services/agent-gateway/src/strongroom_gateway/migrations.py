@@ -104,11 +104,35 @@ CREATE TABLE account_keys (
 ALTER TABLE packs ADD COLUMN format_version smallint NOT NULL DEFAULT 1;
 """
 
+# Pinned object versions (ADR 0025): every pack and manifest is read by the version id it was
+# written as, so a delete marker or a later PUT on its key changes nothing a restore reads. Rows
+# written before this migration keep NULL and are read at the latest version, as before.
+_V5_VERSION_IDS = """
+ALTER TABLE packs ADD COLUMN version_id text CHECK (length(version_id) BETWEEN 1 AND 1024);
+ALTER TABLE points ADD COLUMN manifest_version_id text CHECK (length(manifest_version_id) BETWEEN 1 AND 1024);
+"""
+
+# The filesystems a point may be taken of (issue 9): recorded at enrollment (approved), or seen
+# later in a hello and kept pending until an operator approves them.
+_V6_INSTANCE_FILESYSTEMS = """
+CREATE TABLE instance_filesystems (
+    instance_id text NOT NULL REFERENCES instances (instance_id),
+    mount_point text NOT NULL,
+    filesystem bytea NOT NULL,
+    approved boolean NOT NULL,
+    first_seen_at timestamptz NOT NULL,
+    approved_at timestamptz,
+    PRIMARY KEY (instance_id, mount_point)
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
     Migration(3, _V1),
     Migration(4, _V4_ENCRYPTION),
+    Migration(5, _V5_VERSION_IDS),
+    Migration(6, _V6_INSTANCE_FILESYSTEMS),
     # Agent certificates and their deny-list (ADR 0028).
-    Migration(5, AGENT_CERTIFICATES_DDL),
+    Migration(7, AGENT_CERTIFICATES_DDL),
 ]

@@ -21,7 +21,7 @@ from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
-from strongroom_gateway import manifests
+from strongroom_gateway import filesystems, manifests, validation
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.chunks import CHUNK_ID_SIZE, PROTO_COMPRESSION, ChunkRejected, verify_stored
 from strongroom_gateway.crypto import DataKey
@@ -30,7 +30,7 @@ from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
 from strongroom_gateway.jobs import PRODUCER
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.packfile import ENCRYPTED_VERSIONS, PackFormatError, open_blob
-from strongroom_gateway.ports import ChunkLocation, GatewayStore, Point
+from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack, Point
 from strongroom_gateway.restrictions import require_job
 from strongroom_gateway.synthesis import BuiltManifest, SortedSpool, build_manifest, merge_entries
 
@@ -53,35 +53,21 @@ VERIFY_THREADS = 2
 MANIFEST_BATCH = 1_000
 # Packs whose lock ends sooner than this after a commit get their lock extended.
 LOCK_EXTENSION_SLACK = RETENTION + LOCK_MARGIN / 2
-_ENTRY_TYPES = frozenset({common_pb2.ENTRY_TYPE_FILE, common_pb2.ENTRY_TYPE_DIRECTORY, common_pb2.ENTRY_TYPE_SYMLINK})
 
 
 def manifest_key(account_id: str, point_id: str) -> str:
     return f"manifests/{account_id}/{point_id}"
 
 
-def check_relative_path(path: str, what: str = "path") -> None:
-    """'/'-separated, relative, no empty, '.' or '..' components; '' is the point's root."""
-    if path == "":
-        return
-    if "\x00" in path:
-        raise InvalidArgument(f"{what} {path!r} contains a NUL byte")
-    if path.startswith("/"):
-        raise InvalidArgument(f"{what} {path!r} must be relative to the mount point (no leading '/')")
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise InvalidArgument(f"{what} {path!r} has an empty, '.' or '..' component")
-
-
 async def find_missing_chunks(
     identity: Identity, request: gateway_pb2.FindMissingChunksRequest, *, store: GatewayStore
 ) -> gateway_pb2.FindMissingChunksResponse:
     """The requested ids this agent's account does not hold (other accounts are never consulted)."""
-    await require_job(identity, request.job_id, "backup", store=store)
     ids = [bytes(c) for c in request.chunk_ids]
     if len(ids) > MAX_IDS_PER_REQUEST:
         raise InvalidArgument(f"at most {MAX_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
-    if any(len(c) != CHUNK_ID_SIZE for c in ids):
-        raise InvalidArgument(f"chunk ids must be {CHUNK_ID_SIZE} bytes")
+    validation.chunk_ids("chunk_ids", ids)
+    await require_job(identity, request.job_id, "backup", store=store)
     async with store.transaction() as tx:
         present = await tx.find_chunks(identity.account_id, ids)
     missing: list[bytes] = []
@@ -91,17 +77,6 @@ async def find_missing_chunks(
             missing.append(cid)
             seen.add(cid)
     return gateway_pb2.FindMissingChunksResponse(missing_chunk_ids=missing)
-
-
-def _check_entry(entry: common_pb2.FileEntry) -> None:
-    check_relative_path(entry.path)
-    if entry.type not in _ENTRY_TYPES:
-        raise InvalidArgument(f"entry {entry.path!r} has no valid type")
-    if entry.type != common_pb2.ENTRY_TYPE_FILE and entry.chunk_ids:
-        raise InvalidArgument(f"entry {entry.path!r} is not a file but lists chunks")
-    for cid in entry.chunk_ids:
-        if len(cid) != CHUNK_ID_SIZE:
-            raise InvalidArgument(f"entry {entry.path!r} has a chunk id that is not {CHUNK_ID_SIZE} bytes")
 
 
 async def commit_point(
@@ -129,10 +104,12 @@ async def commit_point(
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument("the first CommitPoint message must be the header")
     header = first.header
+    validation.point_header(header)
     job = await require_job(identity, header.job_id, "backup", store=store)
     filesystem = header.filesystem
-    if not filesystem.mount_point:
-        raise InvalidArgument("the point header needs the filesystem's mount_point")
+    # Before anything is read or written: restores to the "original location" trust this mount point.
+    roots = gateway_pb2.AgentCommand.FromString(job.command).run_backup.roots
+    await filesystems.require_approved(store, identity.instance_id, filesystem.mount_point, job_roots=roots)
     base = await _base_point(identity, header, store) if header.base_point_id else None
     changes = SortedSpool()
     deleted = SortedSpool()
@@ -184,7 +161,7 @@ async def commit_point(
     data = built.data
     data = await manifests.seal(keys, account_id=identity.account_id, point_id=point_id, manifest=data)
     async with write_slots:
-        await object_store.put(key, data, retain_until=retain_until)
+        manifest_version_id = await object_store.put(key, data, retain_until=retain_until)
     timing.lap("manifest write")
 
     file_count, total_bytes = built.file_count, built.total_bytes
@@ -213,6 +190,7 @@ async def commit_point(
             total_bytes=total_bytes,
             created_at=now,
             retain_until=retain_until,
+            manifest_version_id=manifest_version_id,
         )
         await tx.insert_point(point)
         await tx.enqueue(
@@ -281,13 +259,13 @@ async def _receive(
     async for request in requests:
         if request.WhichOneof("part") != "entries":
             raise InvalidArgument("only entry batches may follow the header")
-        for entry in request.entries.entries:
-            _check_entry(entry)
-            changes.add(entry.path.encode(), entry.SerializeToString())
         if request.entries.deleted_paths and not has_base:
             raise InvalidArgument("deleted_paths need a base point (PointHeader.base_point_id)")
+        # The whole batch before any of it is spooled: the field names count across the stream.
+        validation.entry_batch(request.entries, changes.count, deleted.count)
+        for entry in request.entries.entries:
+            changes.add(entry.path.encode(), entry.SerializeToString())
         for path in request.entries.deleted_paths:
-            check_relative_path(path, "deleted path")
             deleted.add(path.encode(), b"")
 
 
@@ -348,11 +326,12 @@ async def _extend_pack_locks(
         stale = await tx.packs_locked_before(account_id, pack_ids, now + LOCK_EXTENSION_SLACK)
     retain_until = now + RETENTION + LOCK_MARGIN
 
-    async def extend(key: str) -> None:
+    async def extend(pack: Pack) -> None:
+        # The version the pack was written as: a later object on the key must not take its lock.
         async with write_slots:
-            await object_store.extend_retention(key, retain_until)
+            await object_store.extend_retention(pack.object_key, retain_until, version_id=pack.version_id)
 
-    await asyncio.gather(*(extend(p.object_key) for p in stale))
+    await asyncio.gather(*(extend(p) for p in stale))
     if stale:
         async with store.transaction() as tx:
             for pack in stale:
@@ -363,13 +342,9 @@ def _under(path: str, prefix: str) -> bool:
     return prefix == "" or path == prefix or path.startswith(prefix + "/")
 
 
-def _normalize(paths: Iterable[str], what: str) -> list[str]:
-    out = []
-    for raw in paths:
-        path = raw.strip("/")
-        check_relative_path(path, what)
-        out.append(path)
-    return out
+def _normalize(paths: Iterable[str]) -> list[str]:
+    """Filter paths without leading and trailing '/' (checked by ``validation.read_manifest_request``)."""
+    return [raw.strip("/") for raw in paths]
 
 
 def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:
@@ -381,8 +356,10 @@ def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) 
     ]
 
 
-async def _restore_point(identity: Identity, restore_job_id: str, point_id: str, store: GatewayStore) -> Point:
-    job = await require_job(identity, restore_job_id, "restore", store=store)
+async def _restore_point(
+    identity: Identity, restore_job_id: str, point_id: str, store: GatewayStore, *, field: str = "restore_job_id"
+) -> Point:
+    job = await require_job(identity, restore_job_id, "restore", store=store, field=field)
     if point_id and point_id != job.point_id:
         raise PermissionDenied(f"restore job {restore_job_id!r} restores another point than {point_id!r}")
     async with store.transaction() as tx:
@@ -403,9 +380,10 @@ async def read_manifest(
     keys: AccountKeys,
 ) -> AsyncIterator[gateway_pb2.ReadManifestResponse]:
     """Stream the entries of the restore job's point below the include paths, minus the exclude paths."""
+    validation.read_manifest_request(request)
     point = await _restore_point(identity, request.restore_job_id, request.point_id, store)
-    include = _normalize(request.include_paths, "include path")
-    exclude = _normalize(request.exclude_paths, "exclude path")
+    include = _normalize(request.include_paths)
+    exclude = _normalize(request.exclude_paths)
     try:
         data = await manifests.read_point_manifest(object_store, keys, point)
     except ObjectNotFound:
@@ -428,6 +406,8 @@ class ReadRange:
     offset: int
     length: int
     blobs: tuple[ChunkLocation, ...]
+    # The pack's recorded object version (None: recorded before version ids, read the latest).
+    version_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -447,11 +427,11 @@ def coalesce(
     A range never grows beyond ``max_bytes`` (a single larger blob gets its own
     range). Ranges come per object in offset order; each blob appears once.
     """
-    by_object: dict[str, list[ChunkLocation]] = {}
+    by_object: dict[tuple[str, str | None], list[ChunkLocation]] = {}
     for location in locations:
-        by_object.setdefault(location.object_key, []).append(location)
+        by_object.setdefault((location.object_key, location.version_id), []).append(location)
     ranges: list[ReadRange] = []
-    for key, blobs in by_object.items():
+    for (key, version_id), blobs in by_object.items():
         blobs.sort(key=lambda b: (b.offset, b.length))
         current = [blobs[0]]
         start, end = blobs[0].offset, blobs[0].offset + blobs[0].length
@@ -461,9 +441,9 @@ def coalesce(
                 current.append(blob)
                 end = max(end, blob_end)
                 continue
-            ranges.append(ReadRange(key, start, end - start, tuple(current)))
+            ranges.append(ReadRange(key, start, end - start, tuple(current), version_id))
             current, start, end = [blob], blob.offset, blob_end
-        ranges.append(ReadRange(key, start, end - start, tuple(current)))
+        ranges.append(ReadRange(key, start, end - start, tuple(current), version_id))
     return ranges
 
 
@@ -583,10 +563,11 @@ async def read_chunks(
     at most ``RANGES_IN_FLIGHT`` ranges are fetched and verified at a time, and
     at most two windows of content are held (the one being sent and the next).
     """
-    await _restore_point(identity, request.restore_job_id, "", store)
     ids = [bytes(c) for c in request.chunk_ids]
     if len(ids) > MAX_READ_IDS_PER_REQUEST:
         raise InvalidArgument(f"at most {MAX_READ_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
+    validation.chunk_ids("chunk_ids", ids)
+    await _restore_point(identity, request.restore_job_id, "", store, field="restore_job_id")
     async with store.transaction() as tx:
         account = await tx.get_account(identity.account_id)
         locations = await tx.find_chunks(identity.account_id, ids)
@@ -604,7 +585,9 @@ async def read_chunks(
     async def fetch(read: ReadRange) -> dict[bytes, OpenedChunk]:
         # The slot covers the GET and the verification, so fetched-but-unverified bytes stay bounded too.
         async with slots:
-            data = await object_store.get(read.object_key, offset=read.offset, length=read.length)
+            data = await object_store.get(
+                read.object_key, offset=read.offset, length=read.length, version_id=read.version_id
+            )
             return await loop.run_in_executor(_verify_pool(), open_fetched, read, data)
 
     windows = plan_reads(

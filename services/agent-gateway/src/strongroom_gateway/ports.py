@@ -85,6 +85,8 @@ class ChunkLocation:
     compression: int
     # Format version of the pack holding the chunk (docs/formats/pack.md): 2 is encrypted.
     pack_format: int = 1
+    # Object store version of the pack (ADR 0025); None for packs recorded before versions were: read the latest.
+    version_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,8 @@ class Pack:
     created_at: dt.datetime
     retain_until: dt.datetime
     format_version: int = 1
+    # Object store version id the pack was written as (ADR 0025); None: recorded before, read the latest.
+    version_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,21 @@ class Point:
     total_bytes: int
     created_at: dt.datetime
     retain_until: dt.datetime
+    # Object store version id of the manifest (ADR 0025); None: recorded before, read the latest.
+    manifest_version_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceFilesystem:
+    """A filesystem of an instance: approved (recorded at enrollment, or by an operator) or pending approval."""
+
+    instance_id: str
+    mount_point: str
+    # Serialized strongroom.common.v1.Filesystem, as the agent first reported it.
+    filesystem: bytes
+    approved: bool
+    first_seen_at: dt.datetime
+    approved_at: dt.datetime | None = None
 
 
 class GatewayTx(InboxOutboxTx, CertificateTx, Protocol):
@@ -155,6 +174,18 @@ class GatewayTx(InboxOutboxTx, CertificateTx, Protocol):
         ...
 
     async def set_instance_capacity(self, instance_id: str, capacity_bytes: int, hostname: str) -> None: ...
+
+    async def instance_filesystems(self, instance_id: str) -> list[InstanceFilesystem]:
+        """The instance's recorded filesystems, approved and pending, by mount point."""
+        ...
+
+    async def add_instance_filesystem(self, filesystem: InstanceFilesystem) -> bool:
+        """Record it unless the instance already has that mount point (then nothing changes); True when added."""
+        ...
+
+    async def approve_instance_filesystem(self, instance_id: str, mount_point: str, now: dt.datetime) -> bool:
+        """Mark a pending filesystem approved; False when the instance has no such filesystem."""
+        ...
 
     async def insert_job(self, job: Job) -> bool:
         """Insert unless a job with that id exists; True when inserted."""

@@ -17,6 +17,7 @@ from strongroom_gateway.ports import (
     AccountDataKey,
     ChunkLocation,
     Instance,
+    InstanceFilesystem,
     Job,
     JobKind,
     JobState,
@@ -82,6 +83,7 @@ def _pack(row: asyncpg.Record) -> Pack:
         created_at=row["created_at"],
         retain_until=row["retain_until"],
         format_version=row["format_version"],
+        version_id=row["version_id"],
     )
 
 
@@ -103,6 +105,7 @@ def _point(row: asyncpg.Record) -> Point:
         total_bytes=row["total_bytes"],
         created_at=row["created_at"],
         retain_until=row["retain_until"],
+        manifest_version_id=row["manifest_version_id"],
     )
 
 
@@ -200,6 +203,45 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
             hostname,
         )
 
+    async def instance_filesystems(self, instance_id: str) -> list[InstanceFilesystem]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM instance_filesystems WHERE instance_id = $1 ORDER BY mount_point", instance_id
+        )
+        return [
+            InstanceFilesystem(
+                instance_id=r["instance_id"],
+                mount_point=r["mount_point"],
+                filesystem=bytes(r["filesystem"]),
+                approved=r["approved"],
+                first_seen_at=r["first_seen_at"],
+                approved_at=r["approved_at"],
+            )
+            for r in rows
+        ]
+
+    async def add_instance_filesystem(self, filesystem: InstanceFilesystem) -> bool:
+        result = await self._conn.execute(
+            "INSERT INTO instance_filesystems (instance_id, mount_point, filesystem, approved, first_seen_at,"
+            " approved_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (instance_id, mount_point) DO NOTHING",
+            filesystem.instance_id,
+            filesystem.mount_point,
+            filesystem.filesystem,
+            filesystem.approved,
+            filesystem.first_seen_at,
+            filesystem.approved_at,
+        )
+        return bool(result == "INSERT 0 1")
+
+    async def approve_instance_filesystem(self, instance_id: str, mount_point: str, now: dt.datetime) -> bool:
+        result = await self._conn.execute(
+            "UPDATE instance_filesystems SET approved = true, approved_at = coalesce(approved_at, $3)"
+            " WHERE instance_id = $1 AND mount_point = $2",
+            instance_id,
+            mount_point,
+            now,
+        )
+        return bool(result == "UPDATE 1")
+
     async def insert_job(self, job: Job) -> bool:
         result = await self._conn.execute(
             "INSERT INTO jobs (job_id, instance_id, account_id, kind, command, state, cancel_requested, created_at,"
@@ -247,7 +289,7 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
         for batch in _batches(chunk_ids):
             rows = await self._conn.fetch(
                 'SELECT c.chunk_id, c.pack_id, p.object_key, c."offset", c.length, c.raw_length, c.compression,'
-                " p.format_version"
+                " p.format_version, p.version_id"
                 " FROM chunks c JOIN packs p ON p.pack_id = c.pack_id"
                 " WHERE c.account_id = $1 AND c.chunk_id = ANY($2::bytea[])",
                 account_id,
@@ -263,6 +305,7 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
                     raw_length=row["raw_length"],
                     compression=row["compression"],
                     pack_format=row["format_version"],
+                    version_id=row["version_id"],
                 )
         return found
 
@@ -286,8 +329,8 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
 
     async def insert_pack(self, pack: Pack, chunks: Sequence[ChunkLocation]) -> int:
         await self._conn.execute(
-            "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until, format_version)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pack_id) DO NOTHING",
+            "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until, format_version,"
+            " version_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pack_id) DO NOTHING",
             pack.pack_id,
             pack.account_id,
             pack.object_key,
@@ -295,6 +338,7 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
             pack.created_at,
             pack.retain_until,
             pack.format_version,
+            pack.version_id,
         )
         result = await self._conn.fetchval(
             "WITH inserted AS ("
@@ -351,10 +395,11 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
             point.total_bytes,
             point.created_at,
             point.retain_until,
+            point.manifest_version_id,
         ]
         await self._conn.execute(
             "INSERT INTO points (point_id, account_id, instance_id, job_id, version_id, mount_point, filesystem,"
-            " manifest_key, file_count, total_bytes, created_at, retain_until)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            " manifest_key, file_count, total_bytes, created_at, retain_until, manifest_version_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             *values,
         )

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from strongroom_gateway import validation
 from strongroom_gateway.agents import Identity
-from strongroom_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from strongroom_gateway.errors import FailedPrecondition, NotFound, PermissionDenied
 from strongroom_gateway.ports import GatewayStore, Job, JobKind
 
 
-async def require_job(identity: Identity, job_id: str, kind: JobKind, *, store: GatewayStore) -> Job:
+async def require_job(
+    identity: Identity, job_id: str, kind: JobKind, *, store: GatewayStore, field: str = "job_id"
+) -> Job:
     """The job, if it is an unfinished ``kind`` job of this agent's instance that it may work on.
 
     A restore job must additionally have been delivered to the agent.
     """
-    if not job_id:
-        raise InvalidArgument(f"{kind} job id missing")
+    validation.identifier(field, job_id)
     async with store.transaction() as tx:
         job = await tx.get_job(job_id)
     if job is None:

@@ -18,7 +18,16 @@ from google.protobuf.message import Message
 from strongroom_platform.events import TOPIC_MESSAGES
 
 from strongroom_gateway.agent_cert_store import AgentCertificate, MemoryCertificateTx
-from strongroom_gateway.ports import Account, AccountDataKey, ChunkLocation, Instance, Job, Pack, Point
+from strongroom_gateway.ports import (
+    Account,
+    AccountDataKey,
+    ChunkLocation,
+    Instance,
+    InstanceFilesystem,
+    Job,
+    Pack,
+    Point,
+)
 
 
 @dataclasses.dataclass
@@ -30,6 +39,7 @@ class _State:
     packs: dict[str, Pack] = dataclasses.field(default_factory=dict)
     chunks: dict[tuple[str, bytes], ChunkLocation] = dataclasses.field(default_factory=dict)
     points: dict[str, Point] = dataclasses.field(default_factory=dict)
+    filesystems: dict[tuple[str, str], InstanceFilesystem] = dataclasses.field(default_factory=dict)
     processed: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     outbox: list[tuple[str, str, Message]] = dataclasses.field(default_factory=list)
     certificates: dict[str, AgentCertificate] = dataclasses.field(default_factory=dict)
@@ -171,6 +181,27 @@ class InMemoryGatewayTx(MemoryCertificateTx):
         # dicts keep insertion order: the order the jobs were requested in.
         return [j for j in self._s.jobs.values() if j.instance_id == instance_id and j.state != "finished"]
 
+    async def instance_filesystems(self, instance_id: str) -> list[InstanceFilesystem]:
+        return sorted(
+            (f for (owner, _), f in self._s.filesystems.items() if owner == instance_id), key=lambda f: f.mount_point
+        )
+
+    async def add_instance_filesystem(self, filesystem: InstanceFilesystem) -> bool:
+        key = (filesystem.instance_id, filesystem.mount_point)
+        if key in self._s.filesystems:
+            return False
+        self._s.filesystems[key] = filesystem
+        return True
+
+    async def approve_instance_filesystem(self, instance_id: str, mount_point: str, now: dt.datetime) -> bool:
+        current = self._s.filesystems.get((instance_id, mount_point))
+        if current is None:
+            return False
+        self._s.filesystems[(instance_id, mount_point)] = dataclasses.replace(
+            current, approved=True, approved_at=current.approved_at or now
+        )
+        return True
+
     async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:
         found: dict[bytes, ChunkLocation] = {}
         for cid in chunk_ids:
@@ -190,7 +221,11 @@ class InMemoryGatewayTx(MemoryCertificateTx):
             if (pack.account_id, chunk.chunk_id) not in self._s.chunks:
                 # As the SQL adapter: the location always names the pack it was inserted with.
                 self._s.chunks[(pack.account_id, chunk.chunk_id)] = dataclasses.replace(
-                    chunk, pack_id=pack.pack_id, object_key=pack.object_key, pack_format=pack.format_version
+                    chunk,
+                    pack_id=pack.pack_id,
+                    object_key=pack.object_key,
+                    pack_format=pack.format_version,
+                    version_id=pack.version_id,
                 )
                 inserted += 1
         return inserted

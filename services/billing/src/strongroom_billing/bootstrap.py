@@ -39,7 +39,7 @@ async def run(
         )
         auth = await serving.open_auth(stack, platform, clock)
         store = PgBillingStore(pool)
-        factory = consumer_factory or wiring.consumer_factory(platform, tls=platform.kafka_tls)
+        factory = consumer_factory or wiring.consumer_factory(platform)
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(store))
         await serving.serve_listeners(
             stack, "billing", platform, settings.grpc_listen, register(BillingServicer(store)), auth=auth.interceptor

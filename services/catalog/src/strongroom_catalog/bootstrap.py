@@ -59,9 +59,9 @@ async def run(
             log.warning("STRONGROOM_GATEWAY_ADDR unset: encrypted manifests cannot be indexed")
             manifests = await stack.enter_async_context(wiring.object_store(settings.platform, clock))
         if publisher is None:
-            publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
+            publisher = await stack.enter_async_context(wiring.publisher(platform))
         if consumer_factory is None:
-            consumer_factory = wiring.consumer_factory(platform, tls=platform.kafka_tls)
+            consumer_factory = wiring.consumer_factory(platform)
 
         await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
         await lifecycle.start_consumer(

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from strongroom_platform import lifecycle, serving, wiring
+from strongroom_platform import audit, lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.tls import backend_ssl_context
@@ -45,7 +45,8 @@ async def run(
         pool = await lifecycle.open_pool(
             stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
         )
-        auth = await serving.open_auth(stack, platform, clock)
+        # Mutating calls leave their audit record in this schema's outbox (ADR 0027).
+        auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, schema, clock))
         repo = PgRestoreStore(pool)
 
         if catalog is None:
@@ -59,9 +60,9 @@ async def run(
             stack.push_async_callback(scheduler_channel.close, None)
             instances = SchedulerInstanceDirectory(scheduler_channel)
         if publisher is None:
-            publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
+            publisher = await stack.enter_async_context(wiring.publisher(platform))
         if consumer_factory is None:
-            consumer_factory = wiring.consumer_factory(platform, tls=platform.kafka_tls)
+            consumer_factory = wiring.consumer_factory(platform)
 
         await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo))

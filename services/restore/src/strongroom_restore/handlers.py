@@ -15,6 +15,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.restore.v1 import restore_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
+from strongroom_platform import audit
 from strongroom_platform.auth import CallAuth, authorize, visible_accounts
 from strongroom_platform.clock import Clock
 from strongroom_platform.eventbus import PoisonRecord
@@ -34,8 +35,6 @@ from strongroom_restore.model import (
 from strongroom_restore.ports import CatalogClient, InstanceDirectory, RestoreStore
 
 log = logging.getLogger(__name__)
-# Restores that need a confirmation are recorded here, with who confirmed them.
-audit = logging.getLogger("strongroom.audit")
 
 PRODUCER = "restore"
 RESTORE_UPDATED_CONSUMER = "restore.restore-updated"
@@ -161,21 +160,18 @@ async def create_restore_job(
         conflict_policy=job.conflict_policy,
         source_mount_point=point.mount_point,
     )
+    # The call's audit record (ADR 0027) commits with the job; it names the job, both instances and,
+    # for a restore over another instance's original paths, the confirmation its caller gave.
+    audit.note(
+        restore_job_id=job.restore_job_id,
+        source_instance_id=job.source_instance_id,
+        target_instance_id=job.target_instance_id,
+    )
+    if onto_original_path_elsewhere:
+        audit.note(original_path_on_other_instance="confirmed", source_mount_point=point.mount_point or "/")
     async with repo.transaction() as tx:
         await tx.insert_job(job)
         await tx.enqueue(RESTORE_REQUESTED, job.target_instance_id, event)
-    if onto_original_path_elsewhere:
-        audit.warning(
-            "AUDIT restore onto another instance at the original path confirmed by %s: account=%s job=%s "
-            "point=%s source=%s target=%s mount=%s",
-            call.principal.subject,
-            job.account_id,
-            job.restore_job_id,
-            job.point_id,
-            job.source_instance_id,
-            job.target_instance_id,
-            point.mount_point,
-        )
     log.info("restore job %s: point %s -> instance %s", job.restore_job_id, job.point_id, target_id)
     return job
 

@@ -8,15 +8,16 @@ import random
 from contextlib import AsyncExitStack
 
 import grpc
-from strongroom_platform import lifecycle, serving, wiring
+from strongroom_platform import audit, lifecycle, serving, wiring
 from strongroom_platform.auth import token_api
+from strongroom_platform.auth.tokens_pg import PgTokenStore
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_scheduler.alerts import LoggingAlerter
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
-from strongroom_scheduler.grpc_api import SchedulerServicer, register
+from strongroom_scheduler.grpc_api import AuditServicer, SchedulerServicer, register, register_audit
 from strongroom_scheduler.handlers import Deps
 from strongroom_scheduler.migrations import MIGRATIONS, SCHEMA
 from strongroom_scheduler.ports import Alerter
@@ -47,13 +48,14 @@ async def run(
         pool = await lifecycle.open_pool(
             stack, platform.pg_dsn, SCHEMA, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
         )
-        auth = await serving.open_auth(stack, platform, clock)
+        # Mutating calls leave their audit record in this schema's outbox (ADR 0027).
+        auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
         store = PgSchedulerStore(pool)
         deps = Deps(store=store, clock=clock, alerter=alerter or LoggingAlerter(), rng=random.SystemRandom())
         if publisher is None:
-            publisher = await stack.enter_async_context(wiring.publisher(platform, tls=platform.kafka_tls))
+            publisher = await stack.enter_async_context(wiring.publisher(platform))
         await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
-        factory = consumer_factory or wiring.consumer_factory(platform, tls=platform.kafka_tls)
+        factory = consumer_factory or wiring.consumer_factory(platform)
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(deps))
 
         async def tick() -> None:
@@ -62,11 +64,15 @@ async def run(
         lifecycle.start_task(stack, run_schedule_loop(tick, clock, interval=settings.schedule_interval), "schedule")
         scheduler_api = register(SchedulerServicer(deps))
         # API tokens are served by the scheduler (ADR 0024): the control plane's front door.
-        tokens_api = token_api.register(token_api.TokenServicer(auth.tokens, clock))
+        # Token writes go through the scheduler's pool, so their audit records commit with them
+        # in this schema's outbox (the SQL names schema auth).
+        tokens_api = token_api.register(token_api.TokenServicer(PgTokenStore(pool), clock))
+        audit_api = register_audit(AuditServicer(deps))
 
         def services(server: grpc.aio.Server) -> None:
             scheduler_api(server)
             tokens_api(server)
+            audit_api(server)
 
         await serving.serve_listeners(
             stack, "scheduler", platform, settings.grpc_listen, services, auth=auth.interceptor

@@ -1,4 +1,5 @@
-"""gRPC ``SchedulerService``: validates, calls ``handlers``; errors become status codes in ``grpc_errors``."""
+"""gRPC ``SchedulerService`` and ``AuditService``: validate, call ``handlers``; errors become status
+codes in ``grpc_errors``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import grpc
+from strongroom.audit.v1 import audit_pb2, audit_pb2_grpc
+from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_platform.auth import CallAuth, current_call
-from strongroom_platform.events import to_timestamp
+from strongroom_platform.events import from_timestamp, to_timestamp
 
 from strongroom_scheduler import handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
@@ -171,5 +174,52 @@ def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:
 
     def add(server: grpc.aio.Server) -> None:
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
+
+    return add
+
+
+def audit_event_to_proto(event: events_pb2.AuditRecorded) -> audit_pb2.AuditEvent:
+    return audit_pb2.AuditEvent(
+        event_id=event.meta.event_id,
+        occurred_at=event.meta.occurred_at,
+        service=event.meta.producer,
+        subject=event.subject,
+        principal_kind=event.principal_kind,
+        account_ids=event.account_ids,
+        method=event.method,
+        verb=event.verb,
+        resources=event.resources,
+        result_code=event.result_code,
+        result_message=event.result_message,
+    )
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    """The audit trail of every service, kept by the scheduler (ADR 0027)."""
+
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    async def ListAuditEvents(  # noqa: N802 (gRPC method name)
+        self, request: audit_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> audit_pb2.ListAuditEventsResponse:
+        events, next_page = await handlers.list_audit_events(
+            self._deps,
+            request.account_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            since=from_timestamp(request.since) if request.HasField("since") else None,
+            until=from_timestamp(request.until) if request.HasField("until") else None,
+            subject=request.subject,
+            call=current_call(),
+        )
+        return audit_pb2.ListAuditEventsResponse(
+            events=[audit_event_to_proto(e) for e in events], next_page_token=next_page
+        )
+
+
+def register_audit(servicer: AuditServicer) -> Callable[[grpc.aio.Server], None]:
+    def add(server: grpc.aio.Server) -> None:
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(servicer, server)
 
     return add

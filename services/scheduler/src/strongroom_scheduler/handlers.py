@@ -8,6 +8,8 @@ message meant for the operator.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import logging
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom_platform import audit
 from strongroom_platform.auth import CallAuth, authorize, choose_account
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import (
@@ -43,14 +46,17 @@ from strongroom_scheduler.models import (
     Job,
     job_status_name,
 )
-from strongroom_scheduler.ports import Alerter, FailureAlert, SchedulerStore, SchedulerTx
+from strongroom_scheduler.ports import Alerter, AuditQuery, FailureAlert, SchedulerStore, SchedulerTx
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "scheduler"
+AUDIT_CONSUMER = "scheduler.audit-recorded"
 TOKEN_VALIDITY = dt.timedelta(hours=24)
 DEFAULT_JOB_LIMIT = 50
 MAX_JOB_LIMIT = 1000
+DEFAULT_AUDIT_PAGE = 100
+MAX_AUDIT_PAGE = 1000
 SETTINGS_FIELDS = ("priority", "daily_start_minute", "keep_latest_version", "roots")
 
 
@@ -195,6 +201,7 @@ async def activate_backup(
         enrollment_token_sha256=instance.token_sha256,
         token_expires_at=to_timestamp(instance.token_expires_at),
     )
+    audit.note(instance_id=instance.instance_id)
     async with deps.store.transaction() as tx:
         await tx.insert_instance(instance)
         await tx.enqueue(INSTANCE_ACTIVATED, instance.instance_id, event)
@@ -234,7 +241,9 @@ async def run_backup_now(deps: Deps, instance_id: str, *, call: CallAuth) -> Job
                 f"backup job {job.job_id} of instance {instance_id} is still {job_status_name(job.status)}; "
                 "wait for it to finish or cancel it"
             )
-        return await start_job(tx, instance, TRIGGER_MANUAL, now)
+        job = await start_job(tx, instance, TRIGGER_MANUAL, now)
+        audit.note(job_id=job.job_id)
+        return job
 
 
 async def pause_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
@@ -355,6 +364,66 @@ async def cancel_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
         )
         await tx.enqueue(JOB_CANCEL_REQUESTED, job.instance_id, event)
         return job
+
+
+# --- the audit trail (ADR 0027) --------------------------------------------------------------
+
+
+def _page_token(event: events_pb2.AuditRecorded) -> str:
+    position = f"{from_timestamp(event.meta.occurred_at).isoformat()}|{event.meta.event_id}"
+    return base64.urlsafe_b64encode(position.encode()).decode()
+
+
+def _after(page_token: str) -> tuple[dt.datetime, str] | None:
+    if not page_token:
+        return None
+    try:
+        when, _, event_id = base64.urlsafe_b64decode(page_token.encode()).decode().partition("|")
+        after = dt.datetime.fromisoformat(when)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidArgument("page_token is not one this service issued; start again without it") from None
+    if after.tzinfo is None or not event_id:
+        raise InvalidArgument("page_token is not one this service issued; start again without it")
+    return after, event_id
+
+
+async def list_audit_events(
+    deps: Deps,
+    account_id: str,
+    *,
+    page_size: int,
+    page_token: str,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    subject: str,
+    call: CallAuth,
+) -> tuple[list[events_pb2.AuditRecorded], str]:
+    """One page of the audit trail of ``choose_account(account_id)`` (admins), newest first, and the
+    token of the next page ("" on the last)."""
+    account = choose_account(account_id.strip(), call=call)
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    if since is not None and until is not None and since >= until:
+        raise InvalidArgument("since must be before until")
+    limit = min(page_size or DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
+    query = AuditQuery(
+        account_id=account, limit=limit + 1, since=since, until=until, subject=subject.strip(), after=_after(page_token)
+    )
+    async with deps.store.transaction() as tx:
+        events = await tx.list_audit_events(query)
+    if len(events) <= limit:
+        return events, ""
+    return events[:limit], _page_token(events[limit - 1])
+
+
+async def handle_audit_recorded(event: events_pb2.AuditRecorded, deps: Deps) -> None:
+    """Keep one audit record (any service's) in the append-only table. Idempotent by event id."""
+    if not event.method or not event.subject or not event.result_code:
+        raise InvalidArgument(f"audit record {event.meta.event_id} lacks its method, subject or result")
+    async with deps.store.transaction() as tx:
+        if not await tx.claim_event(AUDIT_CONSUMER, event.meta.event_id):
+            return
+        await tx.insert_audit_event(event)
 
 
 # --- event handlers ----------------------------------------------------------------------

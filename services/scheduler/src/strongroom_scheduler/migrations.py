@@ -1,4 +1,4 @@
-"""Schema ``scheduler``: instances, backup jobs, outbox and processed events."""
+"""Schema ``scheduler``: instances, backup jobs, the audit trail, outbox and processed events."""
 
 from __future__ import annotations
 
@@ -56,8 +56,39 @@ CREATE INDEX jobs_by_instance ON jobs (instance_id, created_at DESC, seq DESC);
 CREATE UNIQUE INDEX jobs_one_unfinished ON jobs (instance_id) WHERE status IN (1, 2, 3, 7);
 """
 
+# The audit trail of every service (ADR 0027): rows are only ever inserted (by the consumer of
+# ``audit-recorded``, once per event id); the triggers refuse UPDATE, DELETE and TRUNCATE to every
+# role but a superuser who disables them on purpose.
+_AUDIT = """
+CREATE TABLE audit_events (
+    event_id text PRIMARY KEY,
+    occurred_at timestamptz NOT NULL,
+    service text NOT NULL,
+    subject text NOT NULL,
+    principal_kind text NOT NULL,
+    account_ids text[] NOT NULL,
+    method text NOT NULL,
+    verb text NOT NULL,
+    resources jsonb NOT NULL,
+    result_code text NOT NULL,
+    result_message text NOT NULL,
+    stored_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX audit_events_by_account ON audit_events USING gin (account_ids);
+CREATE INDEX audit_events_by_time ON audit_events (occurred_at DESC, event_id DESC);
+CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_events is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events
+    FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
     Migration(3, _TABLES),
+    Migration(4, _AUDIT),
 ]

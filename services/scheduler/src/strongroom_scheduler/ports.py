@@ -7,9 +7,23 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from strongroom.events.v1 import events_pb2
 from strongroom_platform.db import InboxOutboxTx
 
 from strongroom_scheduler.models import Instance, Job
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """One page of the audit trail of an account: ``after`` is the (occurred_at, event_id) of the
+    last record of the previous page; ``since`` inclusive, ``until`` exclusive."""
+
+    account_id: str
+    limit: int
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    subject: str = ""
+    after: tuple[dt.datetime, str] | None = None
 
 
 class SchedulerTx(InboxOutboxTx, Protocol):
@@ -49,6 +63,14 @@ class SchedulerTx(InboxOutboxTx, Protocol):
 
     async def list_jobs(self, instance_id: str, limit: int) -> list[Job]:
         """The instance's jobs, newest first."""
+        ...
+
+    async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
+        """Append one audit record; a record whose event id is stored already is ignored."""
+        ...
+
+    async def list_audit_events(self, query: AuditQuery) -> list[events_pb2.AuditRecorded]:
+        """Records naming ``query.account_id``, newest first (``occurred_at``, then event id, descending)."""
         ...
 
 

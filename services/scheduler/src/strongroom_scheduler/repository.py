@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
 from strongroom_platform import db
 from strongroom_platform.db import PgTransaction
+from strongroom_platform.events import from_timestamp, to_timestamp
 
 from strongroom_scheduler.models import Instance, Job
+from strongroom_scheduler.ports import AuditQuery
 
 _INSTANCE_COLUMNS = (
     "instance_id",
@@ -87,6 +91,23 @@ def _job(row: asyncpg.Record) -> Job:
     return Job(stats=stats, **values)
 
 
+def _audit_event(row: asyncpg.Record) -> events_pb2.AuditRecorded:
+    event = events_pb2.AuditRecorded(
+        subject=row["subject"],
+        principal_kind=row["principal_kind"],
+        account_ids=list(row["account_ids"]),
+        method=row["method"],
+        verb=row["verb"],
+        resources=json.loads(row["resources"]),
+        result_code=row["result_code"],
+        result_message=row["result_message"],
+    )
+    event.meta.event_id = row["event_id"]
+    event.meta.producer = row["service"]
+    event.meta.occurred_at.CopyFrom(to_timestamp(row["occurred_at"]))
+    return event
+
+
 class PgSchedulerTx(PgTransaction):
     """One open transaction on one connection."""
 
@@ -146,6 +167,44 @@ class PgSchedulerTx(PgTransaction):
             f"{_JOB_SELECT} WHERE instance_id = $1 ORDER BY created_at DESC, seq DESC LIMIT $2", instance_id, limit
         )
         return [_job(r) for r in rows]
+
+    async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
+        await self._conn.execute(
+            "INSERT INTO audit_events (event_id, occurred_at, service, subject, principal_kind, account_ids,"
+            " method, verb, resources, result_code, result_message)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            event.meta.event_id,
+            from_timestamp(event.meta.occurred_at),
+            event.meta.producer,
+            event.subject,
+            event.principal_kind,
+            list(event.account_ids),
+            event.method,
+            event.verb,
+            json.dumps(dict(event.resources), sort_keys=True),
+            event.result_code,
+            event.result_message,
+        )
+
+    async def list_audit_events(self, query: AuditQuery) -> list[events_pb2.AuditRecorded]:
+        after_time, after_id = query.after if query.after is not None else (None, "")
+        rows = await self._conn.fetch(
+            "SELECT * FROM audit_events WHERE account_ids @> ARRAY[$1::text]"
+            " AND ($2::timestamptz IS NULL OR occurred_at >= $2)"
+            " AND ($3::timestamptz IS NULL OR occurred_at < $3)"
+            " AND ($4 = '' OR subject = $4)"
+            " AND ($5::timestamptz IS NULL OR (occurred_at, event_id) < ($5, $6))"
+            " ORDER BY occurred_at DESC, event_id DESC LIMIT $7",
+            query.account_id,
+            query.since,
+            query.until,
+            query.subject,
+            after_time,
+            after_id,
+            query.limit,
+        )
+        return [_audit_event(r) for r in rows]
 
 
 class PgSchedulerStore:

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from google.protobuf.message import Message
+from strongroom.events.v1 import events_pb2
+from strongroom_platform.events import from_timestamp
 from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
 from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job
-from strongroom_scheduler.ports import FailureAlert
+from strongroom_scheduler.ports import AuditQuery, FailureAlert
 
 
 class _State:
@@ -26,6 +28,7 @@ class _State:
         self.jobs: dict[str, Job] = {}
         self.claimed: set[tuple[str, str]] = set()
         self.outbox: list[tuple[str, str, Message]] = []
+        self.audit_events: dict[str, events_pb2.AuditRecorded] = {}
 
 
 class InMemorySchedulerTx:
@@ -98,6 +101,24 @@ class InMemorySchedulerTx:
         # insertion order breaks ties of equal creation times, newest first
         order = {job_id: n for n, job_id in enumerate(self._s.jobs)}
         return sorted(jobs, key=lambda j: (j.created_at, order[j.job_id]), reverse=True)[:limit]
+
+    async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
+        self._s.audit_events.setdefault(event.meta.event_id, copy.deepcopy(event))
+
+    async def list_audit_events(self, query: AuditQuery) -> list[events_pb2.AuditRecorded]:
+        def position(e: events_pb2.AuditRecorded) -> tuple[dt.datetime, str]:
+            return from_timestamp(e.meta.occurred_at), e.meta.event_id
+
+        found = [
+            e
+            for e in self._s.audit_events.values()
+            if query.account_id in e.account_ids
+            and (query.since is None or position(e)[0] >= query.since)
+            and (query.until is None or position(e)[0] < query.until)
+            and (not query.subject or e.subject == query.subject)
+            and (query.after is None or position(e) < query.after)
+        ]
+        return [copy.deepcopy(e) for e in sorted(found, key=position, reverse=True)[: query.limit]]
 
 
 class InMemorySchedulerStore(InMemoryTransactions[_State]):

@@ -18,12 +18,13 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from strongroom_platform import audit
 from strongroom_platform.auth.oidc import OidcVerifier, looks_like_jwt
 from strongroom_platform.auth.policy import Caller, Rule, rule_for
 from strongroom_platform.auth.principal import ANONYMOUS, CallAuth, CallerKind, Principal, service, set_current_call
 from strongroom_platform.auth.tokens import TOKEN_PREFIX, TokenVerifier
 from strongroom_platform.errors import PermissionDenied, Unauthenticated
-from strongroom_platform.grpc_errors import ServerInterceptor
+from strongroom_platform.grpc_errors import ServerInterceptor, status_for
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,6 @@ class Authenticator:
             principal = await self._oidc.verify(credential)
         else:
             raise Unauthenticated("invalid credential")
-        if rule.permission is not None and not principal.may_ever(rule.permission):
-            raise PermissionDenied(f"this credential's roles cannot {rule.verb}")
         return principal
 
 
@@ -139,10 +138,14 @@ class AuthInterceptor(ServerInterceptor):
 
     Install it through ``runtime.start_grpc_server(..., interceptors=[...])``: refusals are raised
     as service errors, which the error mapping installed there turns into status codes.
+
+    Calls of ``mutating`` rules are audited (ADR 0027) through ``audit_sink``: without one, such a call
+    is refused (a server that cannot keep the trail must not change state).
     """
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, *, audit_sink: audit.AuditSink | None = None) -> None:
         self._authenticator = authenticator
+        self._audit = audit_sink
 
     async def intercept_service(
         self,
@@ -179,15 +182,64 @@ class AuthInterceptor(ServerInterceptor):
         principal = await self._authenticator.principal(rule, context, method)
         if principal.kind is CallerKind.ANONYMOUS and Caller.PUBLIC not in rule.callers:
             raise Unauthenticated("this call needs a credential")
-        set_current_call(CallAuth(principal=principal, method=method, permission=rule.permission, verb=rule.verb))
+        call = CallAuth(principal=principal, method=method, permission=rule.permission, verb=rule.verb)
+        set_current_call(call)
+        audited = audit.current()
+        if audited is not None:
+            # From here on the call has a "who": its refusals and failures are recorded.
+            audited.call = call
+        if (
+            principal.kind is CallerKind.OPERATOR
+            and rule.permission is not None
+            and not principal.may_ever(rule.permission)
+        ):
+            raise PermissionDenied(f"this credential's roles cannot {rule.verb}")
 
     def _wrap_unary(self, behavior: Behavior, method: str, rule: Rule | None) -> Behavior:
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if rule is not None and rule.mutating:
+                return await self._audited(behavior, request, context, method, rule)
             await self._admit(method, rule, context)
             result = behavior(request, context)
             return await result if inspect.isawaitable(result) else result
 
         return guarded
+
+    async def _audited(
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: str, rule: Rule
+    ) -> Any:
+        """Run a mutating call so that it leaves exactly its audit record(s) (see ``audit``)."""
+        if self._audit is None:
+            log.error("refused %s: it changes state and this server has no audit sink", method)
+            raise PermissionDenied(f"{method} changes state and this server keeps no audit trail")
+        call_audit, token = audit.begin(self._audit, method, rule.verb, request)
+        try:
+            try:
+                await self._admit(method, rule, context)
+                result = behavior(request, context)
+                result = await result if inspect.isawaitable(result) else result
+            except Exception as exc:
+                # Anonymous and bad-credential calls have no "who" (call is None): anyone can make
+                # them, so they are logged by the error mapping, not recorded.
+                if call_audit.call is not None:
+                    code, message = status_for(exc)
+                    await self._record_failure(call_audit, code.name, message)
+                raise
+            if call_audit.recorded == 0:
+                # Nothing committed an effect (a no-op, or an in-memory store): the answer is OK only
+                # once its record is committed.
+                await self._audit.record(call_audit.event(audit.OK, ""))
+            return result
+        finally:
+            audit.end(token)
+
+    async def _record_failure(self, call_audit: audit.CallAudit, code: str, message: str) -> None:
+        assert self._audit is not None
+        try:
+            await self._audit.record(call_audit.event(code, message))
+        except Exception:
+            # The caller gets the call's own error; nothing of it was committed.
+            log.exception("could not record the failure of %s in the audit trail", call_audit.method)
 
     def _wrap_stream(self, behavior: Behavior, method: str, rule: Rule | None) -> Behavior:
         if not inspect.isasyncgenfunction(behavior):

@@ -60,6 +60,7 @@ _MANIFEST = "/strongroom.gateway.v1.ManifestService/"
 _AGENT_GATEWAY = "/strongroom.agent.v1.AgentGatewayService/"
 _TOKENS = "/strongroom.auth.v1.TokenService/"
 _AGENT_ADMIN = "/strongroom.gateway.v1.AgentAdminService/"
+_AUDIT = "/strongroom.audit.v1.AuditService/"
 
 POLICY: Mapping[str, Rule] = MappingProxyType(
     {
@@ -93,6 +94,8 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _TOKENS + "ListTokens": _op(ADMIN, "list API tokens"),
         _TOKENS + "RevokeToken": _op(ADMIN, "revoke API tokens", mutating=True),
         _TOKENS + "WhoAmI": _op(READ, "read its own identity"),
+        # the audit trail (served by the scheduler, ADR 0027): admins of the account only
+        _AUDIT + "ListAuditEvents": _op(ADMIN, "read the audit trail"),
         # gateway, internal listener: decrypted manifests, for the catalog's indexer only
         _MANIFEST + "ReadPointManifest": Rule(
             callers=Caller.SERVICE, services=frozenset({"catalog"}), verb="read manifests"

@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 # Refusals are the platform's service errors, so the one error mapping (``grpc_errors``) turns them
 # into their status codes wherever they are raised: in the interceptor or in a handler.
+from strongroom_platform import audit
 from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDenied
 
 
@@ -207,6 +208,8 @@ def authorize(account_id: str, not_found: Callable[[], Exception], *, call: Call
 def _check(
     principal: Principal, account_id: str, needed: Permission, verb: str, not_found: Callable[[], Exception]
 ) -> None:
+    # The account a mutating call acts on, or tries to, is part of its audit record (ADR 0027).
+    audit.note_account(account_id)
     have = principal.permission_on(account_id)
     if have is None:
         raise not_found()

@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from strongroom_platform import audit
 from strongroom_platform.auth.principal import CallAuth, CallerKind, Permission, Role, choose_account, current_call
 from strongroom_platform.auth.tokens import MAX_TOKEN_LIFETIME, TokenRecord, TokenStore, new_token
 from strongroom_platform.clock import Clock
@@ -58,6 +59,7 @@ async def _issue(
     name: str, grants: dict[str, Role], lifetime: dt.timedelta, *, created_by: str, store: TokenStore, clock: Clock
 ) -> tuple[str, TokenRecord]:
     token, record = new_token(name=name, grants=grants, created_by=created_by, now=clock.now(), lifetime=lifetime)
+    audit.note(token_id=record.token_id)  # the id only: the secret never reaches the audit trail
     await store.insert(record)
     return token, record
 
@@ -86,6 +88,8 @@ async def revoke_token(token_id: str, *, store: TokenStore, clock: Clock, call: 
     seen = [p for a in (record.grants if record else ()) if (p := call.principal.permission_on(a)) is not None]
     if record is None or not seen:
         raise _no_token(token_id)()
+    for account in sorted(record.grants):  # every account the token works on is affected
+        audit.note_account(account)
     if max(seen) < Permission.ADMIN:
         raise PermissionDenied(f"only an admin of one of its accounts can {call.verb}")
     revoked = await store.revoke(token_id, clock.now())

@@ -2,7 +2,9 @@
 
 The scheduler migrates the schema (``AUTH_MIGRATIONS``, applied with ``migrate(pool, "auth", ...)``)
 and writes tokens; every other service only reads ``auth.api_tokens`` to verify bearers. SQL names
-the schema explicitly, so any service's pool can read it whatever its search_path.
+the schema explicitly, so any service's pool can read it whatever its search_path. Writes made by
+an operator's call enqueue its audit record in the same transaction (ADR 0027), in the outbox of
+the pool's schema: the store that serves ``TokenService`` uses the scheduler's pool.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 
 import asyncpg
 
+from strongroom_platform import audit
 from strongroom_platform.auth.principal import Role
 from strongroom_platform.auth.tokens import TokenRecord
 from strongroom_platform.db import Migration
@@ -81,6 +84,7 @@ class PgTokenStore:
                 "INSERT INTO auth.api_token_accounts (account_id, token_id) VALUES ($1, $2)",
                 [(account, record.token_id) for account in record.grants],
             )
+            await audit.record_effect(conn)
 
     async def get(self, token_id: str) -> TokenRecord | None:
         row = await self._pool.fetchrow("SELECT * FROM auth.api_tokens WHERE token_id = $1", token_id)
@@ -95,9 +99,11 @@ class PgTokenStore:
         return [_record(r) for r in rows]
 
     async def revoke(self, token_id: str, at: dt.datetime) -> TokenRecord | None:
-        row = await self._pool.fetchrow(
-            "UPDATE auth.api_tokens SET revoked_at = coalesce(revoked_at, $2) WHERE token_id = $1 RETURNING *",
-            token_id,
-            at,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE auth.api_tokens SET revoked_at = coalesce(revoked_at, $2) WHERE token_id = $1 RETURNING *",
+                token_id,
+                at,
+            )
+            await audit.record_effect(conn)
         return _record(row) if row is not None else None

@@ -7,6 +7,13 @@ server behaves the same way.
 """
 
 from strongroom_testing.contracts.eventbus import BusHarness, EventBusContract
-from strongroom_testing.contracts.objectstore import ObjectStoreContract
+from strongroom_testing.contracts.objectstore import Attacker, InMemoryAttacker, ObjectStoreContract, S3Attacker
 
-__all__ = ["BusHarness", "EventBusContract", "ObjectStoreContract"]
+__all__ = [
+    "Attacker",
+    "BusHarness",
+    "EventBusContract",
+    "InMemoryAttacker",
+    "ObjectStoreContract",
+    "S3Attacker",
+]

@@ -17,7 +17,10 @@ from typing import Protocol
 import pytest
 from strongroom_platform.eventbus import EventConsumer, EventPublisher, Handler, PoisonRecord, Record
 
-__all__ = ["DELIVERY_TIMEOUT", "BusHarness", "EventBusContract", "wait_for"]
+__all__ = ["DELIVERY_TIMEOUT", "MAX_DETERMINISTIC_ATTEMPTS", "BusHarness", "EventBusContract", "wait_for"]
+
+MAX_DETERMINISTIC_ATTEMPTS = 5
+"""Attempts a consumer gives a record that fails the same way before dead-lettering it (``RetryPolicy``)."""
 
 DELIVERY_TIMEOUT = 60.0
 """Seconds a test waits for records to arrive (a consumer group join on a real broker takes a few)."""
@@ -176,12 +179,13 @@ class EventBusContract:
     async def test_record_failing_at_stop_is_delivered_again(self, bus: BusHarness, topic: str, group: str) -> None:
         await bus.create_topics([topic])
         await self._publish(bus, topic, [(b"k", b"ok"), (b"k", b"stuck"), (b"k", b"after")])
-        broken = _Recorder(lambda r, _: RuntimeError("still down") if r.value == b"stuck" else None)
+        # A transient failure (the database is away): retried until the consumer stops, never dead-lettered.
+        broken = _Recorder(lambda r, _: ConnectionRefusedError("still down") if r.value == b"stuck" else None)
         await self._run(
             bus.consumer(group, {topic: broken}),
             lambda: wait_for(lambda: broken.attempts.get(b"stuck", 0) >= 2, "retries of the failing record"),
         )
-        assert broken.values == [b"ok"]
+        assert broken.values == [b"ok"], broken.values
 
         healthy = _Recorder()
         await self._run(
@@ -208,6 +212,39 @@ class EventBusContract:
         assert recorder.values == [b"good-1", b"good-2"]
         assert recorder.attempts[b"garbage"] == 1  # poison is not retried
         assert await bus.read_topic(dlq, 1, DELIVERY_TIMEOUT) == [(b"k2", b"garbage")]
+
+    async def test_a_record_failing_the_same_way_is_dead_lettered_after_bounded_attempts(
+        self, bus: BusHarness, topic: str, group: str
+    ) -> None:
+        dlq = f"{topic}.dlq"
+        await bus.create_topics([topic, dlq])
+
+        def fail(record: Record, attempt: int) -> BaseException | None:
+            return ValueError("a NUL byte the database cannot store") if record.value == b"poison" else None
+
+        recorder = _Recorder(fail)
+        await self._publish(bus, topic, [(b"k1", b"poison"), (b"k2", b"good")])
+        await self._run(
+            bus.consumer(group, {topic: recorder}),
+            lambda: wait_for(lambda: recorder.values == [b"good"], "the record after the poisonous one"),
+        )
+        assert 1 < recorder.attempts[b"poison"] <= MAX_DETERMINISTIC_ATTEMPTS
+        assert await bus.read_topic(dlq, 1, DELIVERY_TIMEOUT) == [(b"k1", b"poison")]
+
+    async def test_transient_failures_are_never_dead_lettered(self, bus: BusHarness, topic: str, group: str) -> None:
+        await bus.create_topics([topic])
+        outage = MAX_DETERMINISTIC_ATTEMPTS + 3
+
+        def fail(record: Record, attempt: int) -> BaseException | None:
+            return ConnectionResetError("database restarting") if attempt <= outage else None
+
+        recorder = _Recorder(fail)
+        await self._publish(bus, topic, [(b"k", b"waits")])
+        await self._run(
+            bus.consumer(group, {topic: recorder}),
+            lambda: wait_for(lambda: recorder.values == [b"waits"], "the record after the outage"),
+        )
+        assert recorder.attempts[b"waits"] == outage + 1
 
     async def test_one_consumer_serves_several_topics(self, bus: BusHarness, topic: str, group: str) -> None:
         other_topic = f"{topic}-b"

@@ -1,24 +1,79 @@
 """Contract suite of the :class:`~strongroom_platform.objectstore.ObjectStore` port.
 
-Subclass :class:`ObjectStoreContract` and provide two fixtures:
+Subclass :class:`ObjectStoreContract` and provide three fixtures:
 
 - ``store``: an empty store (a fresh bucket or directory per test);
 - ``clock``: the clock that decides when the store's locks expire. With a
   :class:`~strongroom_platform.testing.FakeClock` the suite advances it; with
   any other clock (a real server) it sleeps in real time, briefly.
+- ``attacker``: an :class:`Attacker` acting on the same storage directly, with the
+  storage's own credentials, bypassing the adapter's checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import io
+import zlib
+from typing import Protocol
 
 import pytest
+from minio import Minio
 from strongroom_platform.clock import Clock
 from strongroom_platform.objectstore import ObjectLocked, ObjectNotFound, ObjectStore
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.testing import FakeClock, InMemoryObjectStore
 
-__all__ = ["ObjectStoreContract"]
+__all__ = ["Attacker", "InMemoryAttacker", "ObjectStoreContract", "S3Attacker"]
+
+
+class Attacker(Protocol):
+    """What anyone holding the storage credentials can do without the adapter (security.md §b 25)."""
+
+    async def delete_marker(self, key: str) -> None:
+        """A plain DELETE without version id: the key reads as missing, no version's bytes are removed."""
+        ...
+
+    async def overwrite(self, key: str, data: bytes) -> None:
+        """A PUT over the key, locked or not: a new current version on top of the others."""
+        ...
+
+
+class InMemoryAttacker:
+    """The :class:`Attacker` of an :class:`~strongroom_platform.testing.InMemoryObjectStore`."""
+
+    def __init__(self, store: InMemoryObjectStore) -> None:
+        self._store = store
+
+    async def delete_marker(self, key: str) -> None:
+        self._store.add_delete_marker(key)
+
+    async def overwrite(self, key: str, data: bytes) -> None:
+        self._store.put_new_version(key, data)
+
+
+class S3Attacker:
+    """The :class:`Attacker` of an S3 bucket: a plain client with the services' credentials, no adapter checks."""
+
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self._client, self._bucket = client, bucket
+
+    async def delete_marker(self, key: str) -> None:
+        await asyncio.to_thread(self._client.remove_object, self._bucket, key)
+
+    async def overwrite(self, key: str, data: bytes) -> None:
+        # An Object Lock bucket wants a checksum on every PUT (see objectstore_s3).
+        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        headers = {"x-amz-sdk-checksum-algorithm": "CRC32", "x-amz-checksum-crc32": crc}
+        await asyncio.to_thread(
+            self._client.put_object,
+            self._bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            metadata=headers,  # type: ignore[arg-type]  # minio's DictType is too narrow
+        )
 
 
 def _whole_seconds_from(clock: Clock, seconds: int) -> dt.datetime:
@@ -109,6 +164,53 @@ class ObjectStoreContract:
         with pytest.raises(ObjectNotFound):
             await store.extend_retention("nope/missing", _whole_seconds_from(clock, 60))
         await store.delete("nope/missing")  # deleting a missing key is not an error
+
+    # -- versions -----------------------------------------------------------
+
+    async def test_put_returns_a_version_id_that_reads_that_version(self, store: ObjectStore) -> None:
+        v1 = await store.put("v/obj", b"first")
+        v2 = await store.put("v/obj", b"second!")
+        assert v1 and v2 and v1 != v2
+        assert await store.get("v/obj") == b"second!"
+        assert await store.get("v/obj", version_id=v1) == b"first"
+        assert await store.get("v/obj", version_id=v1, offset=1, length=3) == b"irs"
+        assert await store.get("v/obj", version_id=v2) == b"second!"
+        assert (await store.stat("v/obj", version_id=v1)).size == len(b"first")
+
+    async def test_an_unknown_version_is_not_found(self, store: ObjectStore) -> None:
+        v1 = await store.put("v/one", b"data")
+        await store.put("v/other", b"x")
+        for version_id in ("0" * 32, "../v/other", "null"):
+            with pytest.raises(ObjectNotFound):
+                await store.get("v/one", version_id=version_id)
+        with pytest.raises(ObjectNotFound):
+            await store.get("v/missing", version_id=v1)
+
+    async def test_a_delete_marker_hides_the_key_but_not_the_locked_version(
+        self, store: ObjectStore, clock: Clock, attacker: Attacker
+    ) -> None:
+        until = _whole_seconds_from(clock, 600)
+        v1 = await store.put("v/pack", b"locked bytes", retain_until=until)
+        await attacker.delete_marker("v/pack")
+        with pytest.raises(ObjectNotFound):
+            await store.get("v/pack")
+        assert await store.get("v/pack", version_id=v1) == b"locked bytes"
+        assert await store.get("v/pack", version_id=v1, offset=7, length=5) == b"bytes"
+        assert (await store.stat("v/pack", version_id=v1)).retain_until == until
+
+    async def test_a_put_over_a_locked_key_leaves_the_version_readable(
+        self, store: ObjectStore, clock: Clock, attacker: Attacker
+    ) -> None:
+        until = _whole_seconds_from(clock, 600)
+        v1 = await store.put("v/manifest", b"the real manifest", retain_until=until)
+        await attacker.overwrite("v/manifest", b"forged")
+        assert await store.get("v/manifest") == b"forged"
+        assert await store.get("v/manifest", version_id=v1) == b"the real manifest"
+        later = until + dt.timedelta(seconds=300)
+        await store.extend_retention("v/manifest", later, version_id=v1)
+        assert (await store.stat("v/manifest", version_id=v1)).retain_until == later
+        await attacker.delete_marker("v/manifest")
+        assert await store.get("v/manifest", version_id=v1) == b"the real manifest"
 
     # -- listing ------------------------------------------------------------
 

@@ -1,0 +1,94 @@
+"""Before/after in one invocation: the full and no-change backup of two checkouts, alternating.
+
+    uv run python bench/ab.py --base REV [--rounds 3] [--quick] [--work DIR]
+
+Builds (or reuses) the benchmark data set, checks ``REV`` out into a temporary worktree with its
+own environment (``make sync``), then runs ``bench/full_backup_once.py`` from the base checkout
+and from this one in turn, ``--rounds`` times each (ABAB...), each round on a fresh stack and a
+fresh account. Prints the medians and the after/base ratios. The worktree is removed at the end.
+Used for issue 8's budget: TLS and authorization may cost at most 5% of full-backup wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import dataset  # noqa: E402
+
+
+def run_side(checkout: Path, data: Path, work: Path) -> dict[str, list[float]]:
+    python = checkout / ".venv" / "bin" / "python"
+    script = checkout / "bench" / "full_backup_once.py"
+    if work.exists():
+        shutil.rmtree(work)
+    done = subprocess.run(
+        [str(python), str(script), "--data", str(data), "--work", str(work)],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{checkout}: exit {done.returncode}\n{done.stderr[-4000:]}")
+    result: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="the revision to compare against")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="the small data subset")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "strongroom-ab")
+    args = parser.parse_args()
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / ("day1-quick" if args.quick else "day1")
+    if not (data / "DATASET").exists():
+        dataset.build(data, quick=args.quick)
+    base = work / "base-checkout"
+    if base.exists():
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+    subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=ROOT, check=True)
+    try:
+        shutil.copy(HERE / "full_backup_once.py", base / "bench" / "full_backup_once.py")
+        subprocess.run(["make", "sync"], cwd=base, check=True, stdout=subprocess.DEVNULL)
+        sides = {"base": base, "after": ROOT}
+        results: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
+        for round_no in range(args.rounds):
+            for name, checkout in sides.items():
+                started = time.strftime("%H:%M:%S")
+                one = run_side(checkout, data, work / f"run-{name}")
+                for metric, values in one.items():
+                    results[name].setdefault(metric, []).extend(values)
+                print(f"[{started}] round {round_no + 1} {name}: {json.dumps(one)}", file=sys.stderr, flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    print(f"A/B: base {args.base} vs after {head.strip()}, {args.rounds} rounds each, alternating; data {data.name}")
+    print("| metric | base (median) | after (median) | after/base | all base | all after |")
+    print("|---|---:|---:|---:|---|---|")
+    for metric in ("full_s", "nochange_s", "cpu_s"):
+        b, a = results["base"][metric], results["after"][metric]
+        mb, ma = statistics.median(b), statistics.median(a)
+        print(
+            f"| {metric} | {mb:.2f} | {ma:.2f} | {ma / mb:.3f} | "
+            f"{', '.join(f'{v:.2f}' for v in b)} | {', '.join(f'{v:.2f}' for v in a)} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

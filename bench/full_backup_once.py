@@ -1,0 +1,53 @@
+"""One side of an A/B run: start the stack of THIS checkout, back up a tree N times, print JSON.
+
+    python bench/full_backup_once.py --data DIR --work DIR [--runs 1]
+
+Prints one JSON line ``{"full_s": [...], "nochange_s": [...], "cpu_s": [...]}``. Used by
+``bench/ab.py``, which runs it from two checkouts (say, before and after the trust boundary) in one
+invocation, alternating, so both sides see the same machine. Only ``StrongroomBench``'s public
+methods are used, so the same file runs against older checkouts (``ab.py`` copies it there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from strongroom_runner import StrongroomBench  # noqa: E402
+
+
+async def main(data: Path, work: Path, runs: int) -> dict[str, list[float]]:
+    bench = StrongroomBench(work)
+    await bench.start(unthrottled_gateway=True)
+    out: dict[str, list[float]] = {"full_s": [], "nochange_s": [], "cpu_s": []}
+    try:
+        for _ in range(runs):
+            inst = await bench.new_instance(data, priority="high", unthrottled=True)
+            try:
+                full = await bench.backup(inst)
+                out["full_s"].append(full.wall)
+                out["cpu_s"].append(full.agent_cpu + full.gateway_cpu)
+                await bench.latest_point(inst, 1)
+                out["nochange_s"].append((await bench.backup(inst)).wall)
+            finally:
+                await bench.drop_instance(inst)
+                shutil.rmtree(inst.state_dir, ignore_errors=True)
+    finally:
+        await bench.stop()
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.data, args.work, args.runs))), flush=True)
