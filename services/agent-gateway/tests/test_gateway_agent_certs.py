@@ -39,7 +39,7 @@ from strongroom_platform.certs import (
 )
 from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import TlsSettings
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.testing import FakeClock, InMemoryAuditSink
 from strongroom_platform.tls import server_credentials
 
 FIND = gateway_pb2.FindMissingChunksRequest(job_id="no-such-job", chunk_ids=[])
@@ -61,6 +61,7 @@ class Listeners:
     mtls: str
     internal: str
     channels: list[grpc.aio.Channel] = dataclasses.field(default_factory=list)
+    audited: InMemoryAuditSink = dataclasses.field(default_factory=InMemoryAuditSink)
 
     @property
     def ca_pem(self) -> bytes:
@@ -118,7 +119,10 @@ async def listeners(clock: FakeClock, tmp_path: Path) -> AsyncIterator[Listeners
     )
     cert, key = pair_paths(pki, "gateway")
     tls = TlsSettings(cert_file=cert, key_file=key, ca_file=pki / CA_CERT_FILE)
-    bearer = AuthInterceptor(Authenticator(tokens=None, agents=agent_certs.bearer_authenticator(gw.store)))
+    audited = InMemoryAuditSink(clock)
+    bearer = AuthInterceptor(
+        Authenticator(tokens=None, agents=agent_certs.bearer_authenticator(gw.store)), audit_sink=audited
+    )
     by_cert = AuthInterceptor(Authenticator(tokens=None, agents=agent_certs.certificate_authenticator(gw.store, clock)))
     public, public_port = await start_grpc_server(
         "127.0.0.1:0", register(servicer), credentials=server_credentials(tls), interceptors=[bearer]
@@ -140,6 +144,7 @@ async def listeners(clock: FakeClock, tmp_path: Path) -> AsyncIterator[Listeners
     result = Listeners(
         gw, pki, issuer, f"127.0.0.1:{public_port}", f"127.0.0.1:{mtls_port}", f"127.0.0.1:{internal_port}"
     )
+    result.audited = audited
     try:
         yield result
     finally:
@@ -224,6 +229,10 @@ async def test_a_revoked_serial_is_refused_and_the_bearer_no_longer_renews(liste
     )
     revoked = await listeners.admin_stub().RevokeAgentCertificates(request)
     assert list(revoked.revoked_serials) == [serial]
+    # the revocation is in the audit trail (a caller the rule does not admit is refused before it
+    # is a principal, like a missing credential, and is not recorded: ADR 0027)
+    recorded = [(e.subject, e.result_code) for e in listeners.audited.events if e.method.endswith("Certificates")]
+    assert recorded == [("service:admin", "OK")]
 
     assert await _code(stub.FindMissingChunks(FIND)) == grpc.StatusCode.UNAUTHENTICATED
     _, csr = key_and_csr()

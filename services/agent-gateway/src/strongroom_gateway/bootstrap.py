@@ -8,7 +8,7 @@ import logging
 from contextlib import AsyncExitStack
 
 import grpc
-from strongroom_platform import lifecycle, serving, wiring
+from strongroom_platform import audit, lifecycle, serving, wiring
 from strongroom_platform.auth import Authenticator, AuthInterceptor
 from strongroom_platform.certs import load_ca_files
 from strongroom_platform.clock import Clock, SystemClock
@@ -42,6 +42,7 @@ async def run(
     consumer_factory: ConsumerFactory | None = None,
     store: GatewayStore | None = None,
     keyring: MasterKeyring | None = None,
+    audit_sink: audit.AuditSink | None = None,
     schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
@@ -67,6 +68,8 @@ async def run(
                 stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
             )
             store = PgGatewayStore(pool)
+            # agent revocations by an admin are audited in the gateway's outbox (ADR 0027)
+            audit_sink = audit_sink or audit.OutboxAuditSink(pool, schema, clock)
             if publisher is None:
                 publisher = await stack.enter_async_context(wiring.publisher(platform))
             await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
@@ -120,7 +123,7 @@ async def run(
             await _serve_agent_mtls(stack, settings, servicer, issuer, store, clock)
         # The gateway serves agents (their credential) and services (their certificate), no operator.
         bearer = agent_certs.bearer_authenticator(store, data_calls=settings.agent_bearer_data_calls)
-        auth = serving.agents_only(bearer)
+        auth = serving.agents_only(bearer, audit_sink=audit_sink)
         await serving.serve_listeners(
             stack,
             "gateway",
