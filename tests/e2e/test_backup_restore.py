@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import sys
 import time
@@ -150,6 +151,10 @@ async def start_agent(platform: Platform, token: str, state_dir: Path) -> Manage
 
     # The gateway learns of the activation from Kafka; its first group join can be slow on a loaded machine.
     await eventually("agent enrollment", enrolled, within=120)
+    # The agent holds a certificate of the agent CA and calls the gateway's mTLS listener (ADR 0028).
+    state = json.loads((state_dir / "agent.json").read_text())
+    assert state["mtls_address"] == ":" + platform.stack.addresses["gateway-agents"].rpartition(":")[2]
+    assert (state_dir / "agent-identity.pem").stat().st_mode & 0o777 == 0o600
     run = [sys.executable, "-m", "strongroom_agent", "run", "--state-dir", str(state_dir)]
     return await spawn("agent", run, platform.env, platform.logs)
 
@@ -241,6 +246,7 @@ async def test_backup_browse_restore_and_incremental(platform: Platform, tmp_pat
     instance_id, agent = await enrolled_instance(platform, source, tmp_path / "agent-state")
     try:
         first = await backup(platform, instance_id)
+        assert f"(mTLS {platform.stack.addresses['gateway-agents']})" in (platform.logs / "agent.log").read_text()
         total_bytes = sum(p.stat().st_size for p in source.rglob("*") if p.is_file() and not p.is_symlink())
         assert first.stats.bytes_scanned >= total_bytes
         assert first.stats.bytes_uploaded > 0

@@ -164,13 +164,14 @@ async def test_every_listener_refuses_plaintext_and_internal_ones_need_a_service
     platform: Platform,
 ) -> None:
     addresses = platform.stack.addresses
-    assert len(addresses) == 10, addresses  # five services, each public and internal
+    # five services, each public and internal, and the gateway's agent mTLS listener (ADR 0028)
+    assert len(addresses) == 11, addresses
     ca = (platform.tls_dir / CA_CERT_FILE).read_bytes()
     for name, address in sorted(addresses.items()):
         async with grpc.aio.insecure_channel(address) as plaintext:
             code, _, _ = await call(plaintext, LIST_INSTANCES, scheduler_pb2.ListInstancesRequest())
         assert code is grpc.StatusCode.UNAVAILABLE, (name, code)
-        if name.endswith("-internal"):
+        if name.endswith("-internal") or name == "gateway-agents":
             # TLS without a client certificate: the handshake itself fails
             async with grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca)) as no_cert:
                 code, _, _ = await call(no_cert, GET_POINT, catalog_pb2.GetPointRequest())

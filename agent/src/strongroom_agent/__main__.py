@@ -9,15 +9,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import datetime as dt
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 
+from strongroom.agent.v1 import gateway_pb2
+
 from strongroom_agent import __version__
 from strongroom_agent.config import AgentState, StateError, load_state, resolve_state_dir, save_state
-from strongroom_agent.gateway_client import GatewayError, GrpcGatewayClient, enroll, open_channel
+from strongroom_agent.gateway_client import (
+    GatewayError,
+    GrpcGatewayClient,
+    enroll,
+    open_channel,
+    renew_by_bearer,
+)
+from strongroom_agent.identity import (
+    CertificateKeeper,
+    ClientCertificate,
+    IdentityError,
+    load_identity,
+    new_key_and_csr,
+    save_identity,
+)
 from strongroom_agent.session import (
     CredentialRejected,
     Session,
@@ -26,7 +44,7 @@ from strongroom_agent.session import (
     make_hello,
     make_restore_runner,
 )
-from strongroom_agent.transport import GatewayTrust, PinMismatch, channel_credentials
+from strongroom_agent.transport import GatewayTrust, PinMismatch, channel_credentials, mtls_target, pinned_roots
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
 _UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
@@ -102,8 +120,12 @@ def _trust(args: argparse.Namespace) -> tuple[GatewayTrust, str | None]:
 async def _enroll(address: str, token: str, state_dir: str, trust: GatewayTrust, ca_pem: str | None) -> str:
     if not token.strip():
         raise CliError("the enrollment token is empty", EXIT_USAGE)
+    key_pem, csr_pem = new_key_and_csr()
+    request = enroll_request(token)
+    if not trust.plaintext:
+        request.csr_pem = csr_pem
     try:
-        response = await enroll(address, enroll_request(token), trust)
+        response = await enroll(address, request, trust)
     except GatewayError as exc:
         if exc.code in _UNREACHABLE:
             raise CliError(
@@ -123,12 +145,83 @@ async def _enroll(address: str, token: str, state_dir: str, trust: GatewayTrust,
         gateway_ca=ca_pem,
         gateway_pins=trust.pins,
         plaintext=trust.plaintext,
+        mtls_address=response.certificate.mtls_address if response.certificate.certificate_pem else "",
     )
     try:
+        if state.mtls_address:
+            save_identity(state_dir, ClientCertificate(bytes(response.certificate.certificate_pem), key_pem))
         path = save_state(state_dir, state)
     except OSError as exc:
         raise CliError(f"cannot store the credential in {state_dir}: {exc.strerror or exc}", EXIT_ERROR) from exc
     return f"enrolled as instance {response.instance_id}; credential stored in {path}"
+
+
+# An old channel keeps serving the calls in flight on it this long after a renewal.
+OLD_CHANNEL_GRACE_SECONDS = 3600.0
+# Gateways that issue no certificates answer these to RenewCertificate.
+_NO_CERTIFICATES = frozenset({"FAILED_PRECONDITION", "UNIMPLEMENTED"})
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _with_answer(state: AgentState, answer: gateway_pb2.AgentCertificate) -> AgentState:
+    """The state after a renewal: the listener it names and, when the gateway sent them, its CA
+    pins (received over a channel pinned to the current ones, so trusted: how a CA rotation
+    reaches agents before it happens)."""
+    state = dataclasses.replace(state, mtls_address=answer.mtls_address or state.mtls_address)
+    pins = tuple(answer.gateway_ca_pins)
+    if pins and answer.gateway_ca_pem and not state.plaintext:
+        try:
+            pinned_roots(bytes(answer.gateway_ca_pem), pins)
+        except PinMismatch:
+            log.warning("ignoring the gateway's CA bundle: it matches none of its pins")
+        else:
+            state = dataclasses.replace(
+                state, gateway_ca=bytes(answer.gateway_ca_pem).decode("ascii"), gateway_pins=pins
+            )
+    return state
+
+
+async def _certificate(state: AgentState, state_dir: str) -> tuple[AgentState, ClientCertificate | None]:
+    """The agent's certificate, renewed by bearer when missing or expired (ADR 0028).
+
+    None: this agent keeps the bearer (plaintext development setup, or a gateway without an agent
+    CA). An agent enrolled before certificates existed gets its first one here.
+    """
+    if state.plaintext:
+        return state, None
+    try:
+        identity = load_identity(state_dir)
+    except IdentityError as exc:
+        log.warning("%s; asking for a new certificate", exc)
+        identity = None
+    if identity is not None and state.mtls_address and not identity.expired(_now()):
+        return state, identity
+    key_pem, csr_pem = new_key_and_csr()
+    try:
+        answer = await renew_by_bearer(state.gateway, state.trust, state.instance_id, state.credential, csr_pem)
+    except GatewayError as exc:
+        if exc.code in _NO_CERTIFICATES:
+            log.info("the gateway issues no agent certificates; using the bearer credential")
+            return state, None
+        if exc.code in _UNREACHABLE and identity is None:
+            log.warning("cannot reach the gateway for a certificate (%s); using the bearer credential", exc)
+            return state, None
+        if exc.code in _UNREACHABLE:
+            message = f"cannot reach the gateway at {state.gateway} to renew the expired certificate: {exc}"
+            raise CliError(message, EXIT_UNREACHABLE) from exc
+        raise CliError(
+            f"the gateway refused this agent's certificate renewal ({exc}); enroll again with a new token",
+            EXIT_REJECTED,
+        ) from exc
+    identity = ClientCertificate(bytes(answer.certificate_pem), key_pem)
+    save_identity(state_dir, identity)
+    state = _with_answer(state, answer)
+    save_state(state_dir, state)
+    log.info("obtained an agent certificate valid until %s", identity.not_after.isoformat())
+    return state, identity
 
 
 async def _run(state: AgentState, state_dir: str, roots: Sequence[str]) -> None:
@@ -137,24 +230,78 @@ async def _run(state: AgentState, state_dir: str, roots: Sequence[str]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        channel = open_channel(state.gateway, state.trust)
+        state, identity = await _certificate(state, state_dir)
+        if identity is not None and state.mtls_address:
+            target = mtls_target(state.gateway, state.mtls_address)
+            channel = open_channel(target, state.trust, (identity.cert_pem, identity.key_pem))
+            client = GrpcGatewayClient(channel, state.instance_id, None)
+        else:
+            channel = open_channel(state.gateway, state.trust)
+            client = GrpcGatewayClient(channel, state.instance_id, state.credential)
     except PinMismatch as exc:
         raise CliError(f"{exc}; enroll again with the current CA and pins", EXIT_REJECTED) from None
-    async with channel:
-        client = GrpcGatewayClient(channel, state.instance_id, state.credential)
-        session = Session(
-            client,
-            hello=make_hello(state_dir),
-            run_backup=make_backup_runner(client, state_dir, roots),
-            run_restore=make_restore_runner(client),
-        )
-        log.info("strongroom-agent %s: instance %s, gateway %s", __version__, state.instance_id, state.gateway)
+    session = Session(
+        client,
+        hello=make_hello(state_dir),
+        run_backup=make_backup_runner(client, state_dir, roots),
+        run_restore=make_restore_runner(client),
+    )
+    channels = [channel]
+    closing: set[asyncio.Task[None]] = set()
+
+    async def switch(renewed: ClientCertificate, answer: gateway_pb2.AgentCertificate) -> None:
+        nonlocal state
+        state = _with_answer(state, answer)
+        save_state(state_dir, state)
+        target = mtls_target(state.gateway, state.mtls_address)
+        channels.append(open_channel(target, state.trust, (renewed.cert_pem, renewed.key_pem)))
+        client.use_channel(channels[-1])
+        old = channels.pop(0)
+        task = asyncio.create_task(old.close(grace=OLD_CHANNEL_GRACE_SECONDS))
+        closing.add(task)
+        task.add_done_callback(closing.discard)
+        session.reconnect()  # the control stream moves to the new certificate
+
+    async def renew_bearer(csr_pem: bytes) -> gateway_pb2.AgentCertificate:
+        return await renew_by_bearer(state.gateway, state.trust, state.instance_id, state.credential, csr_pem)
+
+    keeper_failed: list[BaseException] = []
+
+    async def keep(keeper: CertificateKeeper) -> None:
         try:
-            await session.run(stop)
-        except CredentialRejected as exc:
-            raise CliError(
-                f"the gateway rejected this agent's credential ({exc}); enroll again with a new token", EXIT_REJECTED
-            ) from exc
+            await keeper.run(stop)
+        except GatewayError as exc:
+            keeper_failed.append(exc)
+            stop.set()
+
+    keeper_task = None
+    if identity is not None:
+        keeper = CertificateKeeper(
+            state_dir,
+            identity,
+            renew_mtls=client.renew_certificate,
+            renew_bearer=renew_bearer,
+            on_renewed=switch,
+            now=_now,
+        )
+        keeper_task = asyncio.create_task(keep(keeper))
+    mode = f"mTLS {mtls_target(state.gateway, state.mtls_address)}" if identity is not None else "bearer"
+    log.info("strongroom-agent %s: instance %s, gateway %s (%s)", __version__, state.instance_id, state.gateway, mode)
+    try:
+        await session.run(stop)
+        if keeper_failed:
+            raise CredentialRejected(str(keeper_failed[0]))
+    except CredentialRejected as exc:
+        raise CliError(
+            f"the gateway rejected this agent's credential ({exc}); enroll again with a new token", EXIT_REJECTED
+        ) from exc
+    finally:
+        if keeper_task is not None:
+            keeper_task.cancel()
+        for task in list(closing):
+            task.cancel()
+        for open_ in channels:
+            await open_.close(None)
     log.info("stopped")
 
 

@@ -35,6 +35,9 @@ class AgentState:
     gateway_ca: str | None = None
     gateway_pins: tuple[str, ...] = ()
     plaintext: bool = False
+    # The gateway's agent mTLS listener ("host:port" or ":port" on the enrolled host, ADR 0028);
+    # empty: no certificate, every call with the bearer credential.
+    mtls_address: str = ""
 
     @property
     def trust(self) -> GatewayTrust:
@@ -52,9 +55,7 @@ def state_path(state_dir: str) -> str:
 
 def save_state(state_dir: str, state: AgentState) -> str:
     """Write the state atomically (temp file + rename), readable only by the owner; return its path."""
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
     path = state_path(state_dir)
-    temp = f"{path}.{secrets.token_hex(4)}.tmp"
     payload = json.dumps(
         {
             "gateway": state.gateway,
@@ -63,9 +64,19 @@ def save_state(state_dir: str, state: AgentState) -> str:
             "gateway_ca": state.gateway_ca,
             "gateway_pins": list(state.gateway_pins),
             "plaintext": state.plaintext,
+            "mtls_address": state.mtls_address,
         },
         indent=2,
     ).encode()
+    write_private(state_dir, path, payload)
+    return path
+
+
+def write_private(state_dir: str, path: str, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` in ``state_dir`` (0700), readable only by the owner (0600),
+    atomically (temp file + rename)."""
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    temp = f"{path}.{secrets.token_hex(4)}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, payload)
@@ -77,7 +88,6 @@ def save_state(state_dir: str, state: AgentState) -> str:
     except OSError:
         os.unlink(temp)
         raise
-    return path
 
 
 def load_state(state_dir: str) -> AgentState:
@@ -94,7 +104,10 @@ def load_state(state_dir: str) -> AgentState:
     if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) and raw[k] for k in _FIELDS):
         raise StateError(f"{path} is not a valid agent state file; enroll again")
     ca, pins, plaintext = raw.get("gateway_ca"), raw.get("gateway_pins", []), raw.get("plaintext", False)
+    mtls_address = raw.get("mtls_address", "")
     if not (ca is None or isinstance(ca, str)) or not isinstance(pins, list) or not isinstance(plaintext, bool):
+        raise StateError(f"{path} is not a valid agent state file; enroll again")
+    if not isinstance(mtls_address, str):
         raise StateError(f"{path} is not a valid agent state file; enroll again")
     return AgentState(
         gateway=raw["gateway"],
@@ -103,6 +116,7 @@ def load_state(state_dir: str) -> AgentState:
         gateway_ca=ca,
         gateway_pins=tuple(str(p) for p in pins),
         plaintext=plaintext,
+        mtls_address=mtls_address,
     )
 
 

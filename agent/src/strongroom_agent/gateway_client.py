@@ -1,9 +1,11 @@
 """The agent's view of the gateway: a small Protocol plus its gRPC implementation.
 
 Backup, restore and the session loop depend only on ``GatewayClient`` so tests
-substitute an in-memory fake. Every call made by ``GrpcGatewayClient`` carries
-``authorization: Bearer <instance_id>.<credential>``; gRPC failures surface as
-``GatewayError`` so callers never import grpc.
+substitute an in-memory fake. ``GrpcGatewayClient`` calls over the agent mTLS listener with the
+client certificate (ADR 0028), or, for an agent without one, with
+``authorization: Bearer <instance_id>.<credential>``; after a certificate renewal it moves to a
+channel built with the new certificate (:meth:`GrpcGatewayClient.use_channel`). gRPC failures
+surface as ``GatewayError`` so callers never import grpc.
 """
 
 from __future__ import annotations
@@ -133,9 +135,10 @@ class GatewayClient(Protocol):
         ...
 
 
-def open_channel(address: str, trust: GatewayTrust) -> grpc.aio.Channel:
-    """A channel to the gateway: TLS under ``trust`` (pinned CA), plaintext only if it says so."""
-    credentials = channel_credentials(trust)
+def open_channel(address: str, trust: GatewayTrust, client: tuple[bytes, bytes] | None = None) -> grpc.aio.Channel:
+    """A channel to the gateway: TLS under ``trust`` (pinned CA), presenting the client certificate
+    ``client`` (certificate, key) when given; plaintext only if ``trust`` says so."""
+    credentials = channel_credentials(trust, client)
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
     return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
@@ -153,6 +156,24 @@ async def enroll(address: str, request: gateway_pb2.EnrollRequest, trust: Gatewa
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.from_rpc(exc) from exc
         return response
+
+
+async def renew_by_bearer(
+    address: str, trust: GatewayTrust, instance_id: str, credential: str, csr_pem: bytes
+) -> gateway_pb2.AgentCertificate:
+    """``RenewCertificate`` on the server-TLS listener with the bearer credential (an expired or
+    missing certificate). Raises GatewayError (UNAUTHENTICATED when the instance was revoked)."""
+    async with open_channel(address, trust) as channel:
+        stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
+        try:
+            response: gateway_pb2.RenewCertificateResponse = await stub.RenewCertificate(
+                gateway_pb2.RenewCertificateRequest(csr_pem=csr_pem),
+                metadata=(("authorization", f"Bearer {instance_id}.{credential}"),),
+                timeout=ENROLL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        return response.certificate
 
 
 class _GrpcControlStream:
@@ -187,11 +208,33 @@ class _GrpcControlStream:
 
 
 class GrpcGatewayClient:
-    """``GatewayClient`` over a gRPC channel, authenticated as one enrolled instance."""
+    """``GatewayClient`` over a gRPC channel, authenticated as one enrolled instance.
 
-    def __init__(self, channel: grpc.aio.Channel, instance_id: str, credential: str) -> None:
+    With ``credential`` every call carries the bearer; without it the channel's client
+    certificate is the agent's identity (the mTLS listener).
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, instance_id: str, credential: str | None) -> None:
         self._stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
-        self._metadata = (("authorization", f"Bearer {instance_id}.{credential}"),)
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if credential is not None:
+            self._metadata = (("authorization", f"Bearer {instance_id}.{credential}"),)
+
+    def use_channel(self, channel: grpc.aio.Channel) -> None:
+        """Make later calls on ``channel`` (built with a renewed certificate); calls in flight
+        finish on the old one."""
+        self._stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
+
+    async def renew_certificate(self, csr_pem: bytes) -> gateway_pb2.AgentCertificate:
+        """``RenewCertificate`` on this client's channel (mTLS: the current certificate)."""
+        request = gateway_pb2.RenewCertificateRequest(csr_pem=csr_pem)
+        try:
+            response: gateway_pb2.RenewCertificateResponse = await self._stub.RenewCertificate(
+                request, metadata=self._metadata, timeout=ENROLL_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.from_rpc(exc) from exc
+        return response.certificate
 
     def connect(self) -> ControlStream:
         return _GrpcControlStream(self._stub.Connect(None, metadata=self._metadata))

@@ -217,6 +217,12 @@ class Session:
             # Unknown here (e.g. the agent restarted): confirm so the gateway does not wait forever.
             await self._finish(gateway_pb2.JobFinished(job_id=job_id, status=common_pb2.JOB_STATUS_CANCELED))
 
+    def reconnect(self) -> None:
+        """End the current control stream; :meth:`run` opens the next one on the client's current
+        channel (after a certificate renewal). Running jobs are not touched."""
+        if self._stream is not None:
+            self._stream.cancel()
+
     def running_jobs(self) -> list[_Job]:
         return [j for j in (self._backup, self._restore) if j is not None and not j.task.done()]
 
@@ -277,7 +283,7 @@ class Session:
                     delay = self._backoff.initial
                 wait = delay * (0.5 + self._jitter() / 2)
                 log.info("reconnecting in %.1f s", wait)
-                await _sleep_or_stop(self._sleep, wait, stop)
+                await sleep_or_stop(self._sleep, wait, stop)
                 delay = min(delay * 2, self._backoff.maximum)
         finally:
             await self._shutdown()
@@ -293,7 +299,8 @@ class Session:
             job.task.cancel()
 
 
-async def _sleep_or_stop(sleep: Sleep, seconds: float, stop: asyncio.Event) -> None:
+async def sleep_or_stop(sleep: Sleep, seconds: float, stop: asyncio.Event) -> None:
+    """Sleep ``seconds`` with ``sleep``, or less when ``stop`` is set meanwhile."""
     sleeper = asyncio.ensure_future(sleep(seconds))
     stopped = asyncio.ensure_future(stop.wait())
     try:

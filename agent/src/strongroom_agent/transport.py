@@ -50,11 +50,24 @@ def pinned_roots(bundle_pem: bytes, pins: Collection[str]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in kept)
 
 
-def channel_credentials(trust: GatewayTrust) -> grpc.ChannelCredentials | None:
-    """TLS credentials under ``trust``; None (plaintext) only when explicitly asked for."""
+def channel_credentials(
+    trust: GatewayTrust, client: tuple[bytes, bytes] | None = None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials under ``trust``, presenting ``client`` (certificate PEM, key PEM) when given
+    (the agent mTLS listener, ADR 0028); None (plaintext) only when explicitly asked for."""
     if trust.plaintext:
         return None
     roots = trust.ca_pem
     if roots is not None and trust.pins:
         roots = pinned_roots(roots, trust.pins)
-    return grpc.ssl_channel_credentials(root_certificates=roots)
+    if client is None:
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+    cert_pem, key_pem = client
+    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key_pem, certificate_chain=cert_pem)
+
+
+def mtls_target(gateway: str, mtls_address: str) -> str:
+    """Where to call with the certificate: ``mtls_address``, or ``:port`` on the enrolled host."""
+    if mtls_address.startswith(":"):
+        return gateway.rpartition(":")[0] + mtls_address
+    return mtls_address

@@ -13,6 +13,7 @@ from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom.gateway.v1 import manifest_pb2, manifest_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_platform.auth import (
+    AgentCall,
     Authenticator,
     AuthInterceptor,
     InMemoryTokenStore,
@@ -64,8 +65,8 @@ class Stack:
     audit: InMemoryAuditSink
 
 
-async def agent_authenticator(bearer: str | None) -> Principal:
-    if bearer != "Bearer i-acme.secret":
+async def agent_authenticator(call: AgentCall) -> Principal:
+    if call.bearer != "Bearer i-acme.secret":
         raise Unauthenticated("unknown agent credential")
     return agent("acme", "i-acme")
 

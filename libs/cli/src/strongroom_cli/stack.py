@@ -27,6 +27,7 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 SERVICES: tuple[str, ...] = ("gateway", "catalog", "scheduler", "billing", "restore")
 _STARTED_ONE_BY_ONE = 3
 INTERNAL = "-internal"
+AGENTS = "gateway-agents"  # the gateway's agent mTLS listener (ADR 0028)
 MODULES: Mapping[str, str] = {
     "catalog": "strongroom_catalog",
     "scheduler": "strongroom_scheduler",
@@ -172,24 +173,32 @@ def service_env(base: Mapping[str, str], addresses: Mapping[str, str]) -> dict[s
     return env
 
 
-def tls_env(tls_dir: Path, service: str, *, internal_listen: str | None = None) -> dict[str, str]:
+def tls_env(
+    tls_dir: Path, service: str, *, internal_listen: str | None = None, agents_listen: str | None = None
+) -> dict[str, str]:
     """TLS of one service from a local PKI (``certs.ensure_local_pki``), with its internal listener.
 
     The service presents ``<service>.pem`` on both listeners and to its peers; its internal
     listener accepts only certificates of the same CA (mutual TLS, ADR 0024). A restarted service
     gets its previous ``internal_listen`` back, so its peers' channels find it again.
     """
-    from strongroom_platform.certs import CA_CERT_FILE, pair_paths
+    from strongroom_platform.certs import AGENT_CA_CERT_FILE, AGENT_CA_KEY_FILE, CA_CERT_FILE, pair_paths
 
     cert, key = pair_paths(tls_dir, service)
     internal = "STRONGROOM_GATEWAY_INTERNAL_LISTEN" if service == "gateway" else "STRONGROOM_INTERNAL_LISTEN"
-    return {
+    env = {
         "STRONGROOM_TLS_CERT": str(cert),
         "STRONGROOM_TLS_KEY": str(key),
         "STRONGROOM_TLS_CA": str(tls_dir / CA_CERT_FILE),
         "STRONGROOM_TLS_CLIENT_CA": str(tls_dir / CA_CERT_FILE),
         internal: internal_listen or "127.0.0.1:0",
     }
+    if service == "gateway":
+        # Agents call with certificates of the agent CA on their own mTLS listener (ADR 0028).
+        env["STRONGROOM_GATEWAY_AGENT_MTLS_LISTEN"] = agents_listen or "127.0.0.1:0"
+        env["STRONGROOM_GATEWAY_AGENT_CA_CERT"] = str(tls_dir / AGENT_CA_CERT_FILE)
+        env["STRONGROOM_GATEWAY_AGENT_CA_KEY"] = str(tls_dir / AGENT_CA_KEY_FILE)
+    return env
 
 
 @dataclass
@@ -222,9 +231,10 @@ class Stack:
         """
         listen = listen or {}
         if tls_dir is not None:
-            from strongroom_platform.certs import ensure_local_pki
+            from strongroom_platform.certs import ensure_agent_ca, ensure_local_pki
 
             ensure_local_pki(tls_dir, SERVICES)
+            ensure_agent_ca(tls_dir)
             self.tls_dir = tls_dir
         try:
             for name in SERVICES[:_STARTED_ONE_BY_ONE]:
@@ -252,8 +262,10 @@ class Stack:
         env = service_env(base_env, self.addresses)
         also: tuple[str, ...] = ()
         if self.tls_dir is not None:
-            env.update(tls_env(self.tls_dir, name, internal_listen=self.addresses.get(name + INTERNAL)))
-            also = (name + INTERNAL,)
+            known = self.addresses
+            internal, agents = known.get(name + INTERNAL), known.get(AGENTS)
+            env.update(tls_env(self.tls_dir, name, internal_listen=internal, agents_listen=agents))
+            also = (name + INTERNAL, AGENTS) if name == "gateway" else (name + INTERNAL,)
         if listen:
             env["STRONGROOM_GRPC_LISTEN"] = listen
         argv = [sys.executable, "-m", MODULES[name]]

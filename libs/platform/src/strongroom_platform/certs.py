@@ -43,13 +43,21 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from strongroom_platform.clock import Clock, SystemClock
 
 __all__ = [
+    "AGENT_CA_CERT_FILE",
+    "AGENT_CA_KEY_FILE",
+    "AGENT_URI_PREFIX",
     "CA_CERT_FILE",
     "CA_KEY_FILE",
     "SERVICE_URI_PREFIX",
     "CertificateAuthority",
+    "CsrRefused",
     "IssuedPair",
+    "agent_identity",
+    "agent_uri",
+    "ensure_agent_ca",
     "ensure_local_pki",
     "load_ca",
+    "load_ca_files",
     "load_certificate",
     "pair_paths",
     "public_key_sha256",
@@ -64,6 +72,10 @@ __all__ = [
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca-key.pem"
 SERVICE_URI_PREFIX = "spiffe://strongroom/service/"
+AGENT_URI_PREFIX = "spiffe://strongroom/agent/"
+# The agent CA (ADR 0028) lives next to the service CA in a local PKI, under its own names.
+AGENT_CA_CERT_FILE = "agent-ca.pem"
+AGENT_CA_KEY_FILE = "agent-ca-key.pem"
 
 # Backdating absorbs small clock differences between the issuer and the verifier.
 _BACKDATE = dt.timedelta(minutes=5)
@@ -76,6 +88,35 @@ def service_uri(name: str) -> str:
     """The URI SAN naming service ``name`` (``spiffe://strongroom/service/<name>``)."""
     _check_name(name)
     return SERVICE_URI_PREFIX + name
+
+
+def agent_uri(account_id: str, instance_id: str) -> str:
+    """The URI SAN naming one agent: ``spiffe://strongroom/agent/<account>/<instance>``."""
+    for part in (account_id, instance_id):
+        _check_name(part)
+    return f"{AGENT_URI_PREFIX}{account_id}/{instance_id}"
+
+
+def agent_identity(cert: x509.Certificate) -> tuple[str, str] | None:
+    """``(account_id, instance_id)`` of the certificate's agent URI SAN, or None when it has none."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if not uri.startswith(AGENT_URI_PREFIX):
+            continue
+        account_id, slash, instance_id = uri[len(AGENT_URI_PREFIX) :].partition("/")
+        try:
+            if slash and agent_uri(account_id, instance_id) == uri:
+                return account_id, instance_id
+        except ValueError:
+            return None
+    return None
+
+
+class CsrRefused(ValueError):
+    """A certificate signing request this CA does not sign (bad signature, wrong key type)."""
 
 
 def _check_name(name: str) -> None:
@@ -208,6 +249,52 @@ class CertificateAuthority:
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)] if uri else []
         return self._issue(name, sans, [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days, clock)
 
+    def sign_agent_csr(
+        self,
+        csr_pem: bytes,
+        *,
+        account_id: str,
+        instance_id: str,
+        validity: dt.timedelta = dt.timedelta(days=CLIENT_VALID_DAYS),
+        clock: Clock | None = None,
+    ) -> x509.Certificate:
+        """An agent's client certificate for the key of ``csr_pem`` (ADR 0028).
+
+        Only the CSR's public key is used: it must be EC P-256 and the CSR must be signed by it
+        (proof of possession). Subject, SANs and usages are this CA's choice, never the CSR's:
+        CN ``strongroom-agent``, URI SAN :func:`agent_uri`, clientAuth only. Raises CsrRefused.
+        """
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise CsrRefused(f"not a PEM certificate signing request: {exc}") from None
+        if not csr.is_signature_valid:
+            raise CsrRefused("the certificate signing request's signature does not verify")
+        public_key = csr.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
+            raise CsrRefused("agent keys must be EC P-256")
+        if validity <= dt.timedelta(0):
+            raise ValueError("validity must be positive")
+        now = (clock or SystemClock()).now()
+        uri = agent_uri(account_id, instance_id)
+        not_after = min(now + validity, self.certificate.not_valid_after_utc)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "strongroom-agent")]))
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _BACKDATE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(signs_certificates=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+
     def _issue(
         self,
         name: str,
@@ -294,13 +381,34 @@ def write_ca(directory: Path, ca: CertificateAuthority) -> Path:
 
 def load_ca(directory: Path) -> CertificateAuthority:
     """The CA stored in ``directory`` by :func:`write_ca`. Raises FileNotFoundError or ValueError."""
-    cert = x509.load_pem_x509_certificate((directory / CA_CERT_FILE).read_bytes())
-    key = serialization.load_pem_private_key((directory / CA_KEY_FILE).read_bytes(), password=None)
+    return load_ca_files(directory / CA_CERT_FILE, directory / CA_KEY_FILE)
+
+
+def load_ca_files(cert_file: Path, key_file: Path) -> CertificateAuthority:
+    """A CA from its certificate and EC key files (a mounted Secret). Raises OSError or ValueError."""
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{directory / CA_KEY_FILE} is not an EC private key")
+        raise ValueError(f"{key_file} is not an EC private key")
     if public_key_sha256(key.public_key()) != spki_sha256(cert):
-        raise ValueError(f"{directory / CA_KEY_FILE} does not belong to {directory / CA_CERT_FILE}")
+        raise ValueError(f"{key_file} does not belong to {cert_file}")
     return CertificateAuthority(cert, key)
+
+
+def ensure_agent_ca(directory: Path, *, clock: Clock | None = None) -> tuple[Path, Path]:
+    """The agent CA of a local PKI (``agent-ca.pem``, ``agent-ca-key.pem``), created when missing.
+
+    A CA of its own, not the service CA: a certificate it issues names an agent and can never pass
+    an internal listener's service check, and its key can live only in the gateway.
+    """
+    cert_file, key_file = directory / AGENT_CA_CERT_FILE, directory / AGENT_CA_KEY_FILE
+    try:
+        load_ca_files(cert_file, key_file)
+    except FileNotFoundError:
+        ca = CertificateAuthority.create("Strongroom agent CA", clock=clock)
+        write_private(key_file, ca.key_pem)
+        write_public(cert_file, ca.cert_pem)
+    return cert_file, key_file
 
 
 def ensure_local_pki(

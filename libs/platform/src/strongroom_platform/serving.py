@@ -43,9 +43,12 @@ class Auth:
     tokens: PgTokenStore
 
 
-def agents_only(agents: AgentAuthenticator) -> AuthInterceptor:
-    """The interceptor of a process that serves no operator (the gateway): agents and services only."""
-    return AuthInterceptor(Authenticator(tokens=None, agents=agents))
+def agents_only(agents: AgentAuthenticator, *, audit_sink: audit.AuditSink | None = None) -> AuthInterceptor:
+    """The interceptor of a process that serves no operator (the gateway): agents and services only.
+
+    Its mutating calls (an admin revoking agent certificates) are audited through ``audit_sink``.
+    """
+    return AuthInterceptor(Authenticator(tokens=None, agents=agents), audit_sink=audit_sink)
 
 
 async def open_auth(

@@ -7,12 +7,12 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
-from strongroom_platform.auth import AgentAuthenticator, Principal
+from strongroom_platform.auth import AgentAuthenticator, AgentCall, Principal
 from strongroom_platform.auth import agent as agent_principal
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import AGENT_ENROLLED, new_meta
@@ -26,7 +26,7 @@ from strongroom_gateway.jobs import (
     command_for_delivery,
     emit_job_status,
 )
-from strongroom_gateway.ports import GatewayStore, Job
+from strongroom_gateway.ports import GatewayStore, GatewayTx, Job
 from strongroom_gateway.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,23 @@ class Identity:
     account_id: str
 
 
+IssueAtEnrollment = Callable[[GatewayTx, str, str], Awaitable[gateway_pb2.AgentCertificate]]
+"""Issues the agent's first certificate inside the enrollment's transaction (account, instance)."""
+
+
 def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
 async def enroll(
-    request: gateway_pb2.EnrollRequest, *, store: GatewayStore, clock: Clock
+    request: gateway_pb2.EnrollRequest,
+    *,
+    store: GatewayStore,
+    clock: Clock,
+    issue_certificate: IssueAtEnrollment | None = None,
 ) -> gateway_pb2.EnrollResponse:
-    """Exchange a one-time token for a credential; the token is consumed, only hashes are stored."""
+    """Exchange a one-time token for a credential (and, with ``issue_certificate``, a client
+    certificate, ADR 0028); the token is consumed, only hashes and serials are stored."""
     validation.enroll_request(request)
     if not request.enrollment_token:
         raise Unauthenticated("enrollment token missing")
@@ -65,6 +74,9 @@ async def enroll(
             raise Unauthenticated("enrollment token has expired; re-activate backup to get a new one")
         await tx.enroll_instance(instance.instance_id, sha256_hex(secret), request.hostname, clock.now())
         await filesystems.record_enrolled(tx, instance.instance_id, request.filesystems, clock.now())
+        certificate = None
+        if issue_certificate is not None:
+            certificate = await issue_certificate(tx, instance.account_id, instance.instance_id)
         await tx.enqueue(
             AGENT_ENROLLED,
             instance.instance_id,
@@ -79,7 +91,7 @@ async def enroll(
             ),
         )
     # The agent sends "Bearer <instance_id>.<credential>" (ADR 0004).
-    return gateway_pb2.EnrollResponse(instance_id=instance.instance_id, credential=secret)
+    return gateway_pb2.EnrollResponse(instance_id=instance.instance_id, credential=secret, certificate=certificate)
 
 
 async def authenticate(authorization: str | None, *, store: GatewayStore) -> Identity:
@@ -106,8 +118,8 @@ async def authenticate(authorization: str | None, *, store: GatewayStore) -> Ide
 def authenticator(store: GatewayStore) -> AgentAuthenticator:
     """The agent check of the auth interceptor on the agents' listener (ADR 0024)."""
 
-    async def check(authorization: str | None) -> Principal:
-        identity = await authenticate(authorization, store=store)
+    async def check(call: AgentCall) -> Principal:
+        identity = await authenticate(call.bearer, store=store)
         return agent_principal(identity.account_id, identity.instance_id)
 
     return check

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from contextlib import AsyncExitStack
 
-from strongroom_platform import lifecycle, serving, wiring
+import grpc
+from strongroom_platform import audit, lifecycle, serving, wiring
+from strongroom_platform.auth import Authenticator, AuthInterceptor
+from strongroom_platform.certs import load_ca_files
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
+from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import SettingsError
-from strongroom_platform.tls import backend_ssl_context
+from strongroom_platform.tls import backend_ssl_context, server_credentials
 
-from strongroom_gateway import agents, consumers, manifest_api
-from strongroom_gateway.grpc_api import GatewayServicer, register
+from strongroom_gateway import agent_certs, consumers, manifest_api
+from strongroom_gateway.agent_certs import CertificateIssuer
+from strongroom_gateway.grpc_api import AgentAdminServicer, GatewayServicer, register, register_admin
 from strongroom_gateway.ingest import PackWriter
 from strongroom_gateway.keys import AccountKeys, MasterKeyring
 from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
@@ -36,6 +42,7 @@ async def run(
     consumer_factory: ConsumerFactory | None = None,
     store: GatewayStore | None = None,
     keyring: MasterKeyring | None = None,
+    audit_sink: audit.AuditSink | None = None,
     schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
@@ -61,6 +68,8 @@ async def run(
                 stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
             )
             store = PgGatewayStore(pool)
+            # agent revocations by an admin are audited in the gateway's outbox (ADR 0027)
+            audit_sink = audit_sink or audit.OutboxAuditSink(pool, schema, clock)
             if publisher is None:
                 publisher = await stack.enter_async_context(wiring.publisher(platform))
             await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
@@ -84,6 +93,7 @@ async def run(
         handlers = consumers.record_handlers(store, clock, sessions)
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, handlers)
 
+        issuer = await asyncio.to_thread(_issuer, settings, clock)
         servicer = GatewayServicer(
             store=store,
             object_store=object_store,
@@ -92,18 +102,28 @@ async def run(
             writer=writer,
             job_poll_interval=settings.job_poll_interval,
             unthrottled=settings.unthrottled,
+            issuer=issuer,
         )
         # The internal ManifestService (decrypted manifests, for the catalog only) is served on the
         # internal listener, to callers with a service certificate; never on the agents' port
         # (ADR 0016, 0024).
-        internal = manifest_api.register(
+        manifests = manifest_api.register(
             manifest_api.ManifestServicer(store=store, object_store=object_store, keys=keys)
         )
+        admin = register_admin(AgentAdminServicer(store=store, clock=clock, sessions=sessions))
+
+        def internal(server: grpc.aio.Server) -> None:
+            manifests(server)
+            admin(server)
+
         internal_listen = settings.internal_listen or platform.internal_listen
         if not internal_listen:
             log.warning("no internal listener (STRONGROOM_GATEWAY_INTERNAL_LISTEN): the catalog cannot index points")
+        if issuer is not None:
+            await _serve_agent_mtls(stack, settings, servicer, issuer, store, clock)
         # The gateway serves agents (their credential) and services (their certificate), no operator.
-        auth = serving.agents_only(agents.authenticator(store))
+        bearer = agent_certs.bearer_authenticator(store, data_calls=settings.agent_bearer_data_calls)
+        auth = serving.agents_only(bearer, audit_sink=audit_sink)
         await serving.serve_listeners(
             stack,
             "gateway",
@@ -116,3 +136,44 @@ async def run(
         )
         await stop.wait()
         log.info("gateway stopping")
+
+
+def _issuer(settings: Settings, clock: Clock) -> CertificateIssuer | None:
+    """The agent CA from its files, or None when agent certificates are not configured."""
+    if settings.agent_ca_cert is None or settings.agent_ca_key is None:
+        log.warning("no agent CA (STRONGROOM_GATEWAY_AGENT_CA_CERT): agents authenticate by bearer only")
+        return None
+    ca = load_ca_files(settings.agent_ca_cert, settings.agent_ca_key)
+    bundle = settings.agent_trust_bundle.read_bytes() if settings.agent_trust_bundle is not None else b""
+    return CertificateIssuer(ca, clock, validity=settings.agent_cert_validity, gateway_ca_pem=bundle)
+
+
+async def _serve_agent_mtls(
+    stack: AsyncExitStack,
+    settings: Settings,
+    servicer: GatewayServicer,
+    issuer: CertificateIssuer,
+    store: GatewayStore,
+    clock: Clock,
+) -> None:
+    """The agent mTLS listener: client certificates of the agent CA required, checked per call.
+
+    Announced as ``LISTENING gateway-agents <addr>`` before the public listener, which then tells
+    enrolling agents where it is.
+    """
+    tls = settings.platform.tls
+    listen = settings.agent_mtls_listen
+    if tls is None or not tls.has_identity or listen is None:
+        raise SettingsError("the agent mTLS listener needs the gateway's certificate (STRONGROOM_TLS_CERT/KEY)")
+    credentials = server_credentials(dataclasses.replace(tls, client_ca_file=settings.agent_ca_cert))
+    interceptor = AuthInterceptor(
+        Authenticator(tokens=None, agents=agent_certs.certificate_authenticator(store, clock))
+    )
+    server, port = await start_grpc_server(
+        listen, register(servicer), credentials=credentials, interceptors=[interceptor]
+    )
+    stack.push_async_callback(server.stop, 5)
+    host = listen.rsplit(":", 1)[0]
+    print(f"LISTENING gateway-agents {host}:{port}", flush=True)
+    issuer.mtls_address = settings.agent_mtls_address or f":{port}"
+    log.info("agent mTLS listener on %s:%d (agents are told %s)", host, port, issuer.mtls_address)

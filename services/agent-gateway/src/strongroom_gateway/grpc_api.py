@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.gateway.v1 import agent_admin_pb2, agent_admin_pb2_grpc
 from strongroom_platform.auth import CallerKind
-from strongroom_platform.auth.principal import peek_call
+from strongroom_platform.auth.principal import current_call, peek_call
 from strongroom_platform.clock import Clock
 from strongroom_platform.objectstore import ObjectStore
 
-from strongroom_gateway import agents, ingest, points
+from strongroom_gateway import agent_certs, agents, ingest, points
+from strongroom_gateway.agent_certs import CertificateIssuer
 from strongroom_gateway.agents import Identity
+from strongroom_gateway.errors import FailedPrecondition
 from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.sessions import Session, SessionRegistry
 
@@ -33,6 +36,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         writer: ingest.PackWriter,
         job_poll_interval: float = 5.0,
         unthrottled: bool = False,
+        issuer: CertificateIssuer | None = None,
     ) -> None:
         self._store = store
         self._objects = object_store
@@ -41,6 +45,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self._writer = writer
         self._poll = job_poll_interval
         self._unthrottled = unthrottled
+        self._issuer = issuer
 
     async def _identity(self, context: grpc.aio.ServicerContext[object, object]) -> Identity:
         # Behind the auth interceptor the agent is already authenticated (one database read per
@@ -57,7 +62,16 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
     async def Enroll(
         self, request: gateway_pb2.EnrollRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> gateway_pb2.EnrollResponse:
-        return await agents.enroll(request, store=self._store, clock=self._clock)
+        issue = agent_certs.enrollment_issuer(self._issuer, request.csr_pem)
+        return await agents.enroll(request, store=self._store, clock=self._clock, issue_certificate=issue)
+
+    async def RenewCertificate(
+        self, request: gateway_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> gateway_pb2.RenewCertificateResponse:
+        identity = await self._identity(context)
+        if self._issuer is None:
+            raise FailedPrecondition("this gateway issues no agent certificates (no agent CA configured)")
+        return await agent_certs.renew(identity, request, store=self._store, issuer=self._issuer)
 
     async def Connect(
         self,
@@ -161,6 +175,30 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             identity, request, store=self._store, object_store=self._objects, keys=self._writer.keys
         ):
             yield response
+
+
+class AgentAdminServicer(agent_admin_pb2_grpc.AgentAdminServiceServicer):
+    """Revocation of agent certificates, on the internal listener (ADR 0028)."""
+
+    def __init__(self, *, store: GatewayStore, clock: Clock, sessions: SessionRegistry) -> None:
+        self._store = store
+        self._clock = clock
+        self._sessions = sessions
+
+    async def RevokeAgentCertificates(
+        self,
+        request: agent_admin_pb2.RevokeAgentCertificatesRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> agent_admin_pb2.RevokeAgentCertificatesResponse:
+        current_call()  # fails closed when served without the interceptor
+        return await agent_certs.revoke(request, store=self._store, clock=self._clock, sessions=self._sessions)
+
+
+def register_admin(servicer: AgentAdminServicer) -> Callable[[grpc.aio.Server], None]:
+    def add(server: grpc.aio.Server) -> None:
+        agent_admin_pb2_grpc.add_AgentAdminServiceServicer_to_server(servicer, server)
+
+    return add
 
 
 def register(servicer: GatewayServicer) -> Callable[[grpc.aio.Server], None]:

@@ -75,6 +75,7 @@ async def handle_instance_deactivated(
     if instance is not None and instance.account_id != event.account_id:
         raise PoisonRecord(f"instance {event.instance_id} belongs to another account than {event.account_id!r}")
     await tx.revoke_instance(event.instance_id)
+    await tx.revoke_certificates(event.instance_id, now=clock.now(), reason="backup canceled")
     for job in await tx.unfinished_jobs(event.instance_id):
         await finish_job(tx, job, common_pb2.JOB_STATUS_CANCELED, clock, error="backup deactivated for the instance")
     return SessionEffect(event.instance_id, disconnect=True)

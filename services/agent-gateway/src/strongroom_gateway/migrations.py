@@ -6,6 +6,8 @@ from strongroom_platform.db import Migration
 from strongroom_platform.inbox import INBOX_DDL
 from strongroom_platform.outbox import OUTBOX_DDL
 
+from strongroom_gateway.agent_cert_store import AGENT_CERTIFICATES_DDL
+
 SCHEMA = "gateway"
 
 _V1 = """
@@ -131,4 +133,6 @@ MIGRATIONS: list[Migration] = [
     Migration(4, _V4_ENCRYPTION),
     Migration(5, _V5_VERSION_IDS),
     Migration(6, _V6_INSTANCE_FILESYSTEMS),
+    # Agent certificates and their deny-list (ADR 0028).
+    Migration(7, AGENT_CERTIFICATES_DDL),
 ]

@@ -19,6 +19,8 @@ from typing import Literal, Protocol
 
 from strongroom_platform.db import InboxOutboxTx
 
+from strongroom_gateway.agent_cert_store import CertificateTx
+
 JobKind = Literal["backup", "restore"]
 # queued: waiting for the agent; delivered: sent on a stream; running: the agent
 # reported on it; finished: final (complete, failed, canceled...).
@@ -132,7 +134,7 @@ class InstanceFilesystem:
     approved_at: dt.datetime | None = None
 
 
-class GatewayTx(InboxOutboxTx, Protocol):
+class GatewayTx(InboxOutboxTx, CertificateTx, Protocol):
     """Reads and writes inside one transaction."""
 
     async def ensure_account(self, account: Account) -> Account:

@@ -11,6 +11,7 @@ import asyncpg
 from strongroom_platform import db
 from strongroom_platform.db import PgTransaction
 
+from strongroom_gateway.agent_cert_store import PgCertificateTx
 from strongroom_gateway.ports import (
     Account,
     AccountDataKey,
@@ -108,7 +109,7 @@ def _point(row: asyncpg.Record) -> Point:
     )
 
 
-class PgGatewayTx(PgTransaction):
+class PgGatewayTx(PgCertificateTx, PgTransaction):
     async def ensure_account(self, account: Account) -> Account:
         await self._conn.execute(
             "INSERT INTO accounts (account_id, chunk_id_key, chunker_seed) VALUES ($1, $2, $3)"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
 
 from strongroom_platform.settings import PlatformSettings, SettingsError, env_bool, env_int, env_str
 
@@ -23,6 +26,19 @@ class Settings:
     STRONGROOM_MASTER_KEY (base64 of 32 bytes) or STRONGROOM_MASTER_KEY_FILE (created 0600 if missing),
         STRONGROOM_MASTER_KEY_ID, STRONGROOM_MASTER_KEYS_RETIRED: the key wrapping the accounts' data
         keys; one of the first two is required (ADR 0015, ``keys.MasterKeyConfig``).
+    Agent certificates (ADR 0028), all or none of the first three:
+    STRONGROOM_GATEWAY_AGENT_MTLS_LISTEN: host:port of the agent mTLS listener (client CA = the
+        agent CA); unset, agents keep their bearer credential on STRONGROOM_GRPC_LISTEN.
+    STRONGROOM_GATEWAY_AGENT_CA_CERT, STRONGROOM_GATEWAY_AGENT_CA_KEY: the agent CA's certificate
+        and EC key files (a mounted Secret).
+    STRONGROOM_GATEWAY_AGENT_MTLS_ADDR: the address agents are told to call with their
+        certificate (default ``:<bound port>``: the host they enrolled with).
+    STRONGROOM_GATEWAY_AGENT_CERT_HOURS: agent certificate lifetime (default 168, 7 days).
+    STRONGROOM_GATEWAY_AGENT_BEARER: ``all`` (default, the transition: older agents call everything
+        with the bearer) or ``renew`` (the bearer only renews certificates).
+    STRONGROOM_GATEWAY_AGENT_TRUST_BUNDLE: the CAs agents may trust for the gateway's certificate,
+        sent with their SPKI pins on each renewal (default STRONGROOM_TLS_CA); append the next CA
+        here before a rotation.
     Plus the platform connections (``PlatformSettings``).
     """
 
@@ -37,6 +53,13 @@ class Settings:
     # None only when constructed in code (tests inject a keyring); from_env requires it.
     master_key: MasterKeyConfig | None = None
     internal_listen: str | None = None
+    agent_mtls_listen: str | None = None
+    agent_mtls_address: str = ""
+    agent_ca_cert: Path | None = None
+    agent_ca_key: Path | None = None
+    agent_cert_validity: dt.timedelta = dt.timedelta(days=7)
+    agent_bearer_data_calls: bool = True
+    agent_trust_bundle: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -54,4 +77,42 @@ class Settings:
             unthrottled=env_bool(environ, "STRONGROOM_GATEWAY_UNTHROTTLED", False),
             master_key=MasterKeyConfig.from_env(environ),
             internal_listen=environ.get("STRONGROOM_GATEWAY_INTERNAL_LISTEN") or None,
+            **_agent_certificates(environ),
         )
+
+
+class _AgentCertificates(TypedDict):
+    agent_mtls_listen: str | None
+    agent_mtls_address: str
+    agent_ca_cert: Path | None
+    agent_ca_key: Path | None
+    agent_cert_validity: dt.timedelta
+    agent_bearer_data_calls: bool
+    agent_trust_bundle: Path | None
+
+
+def _agent_certificates(environ: Mapping[str, str]) -> _AgentCertificates:
+    listen = environ.get("STRONGROOM_GATEWAY_AGENT_MTLS_LISTEN") or None
+    cert = environ.get("STRONGROOM_GATEWAY_AGENT_CA_CERT") or None
+    key = environ.get("STRONGROOM_GATEWAY_AGENT_CA_KEY") or None
+    if (listen is None) != (cert is None) or (cert is None) != (key is None):
+        raise SettingsError(
+            "STRONGROOM_GATEWAY_AGENT_MTLS_LISTEN, STRONGROOM_GATEWAY_AGENT_CA_CERT and "
+            "STRONGROOM_GATEWAY_AGENT_CA_KEY go together (the agent mTLS listener and its CA)"
+        )
+    hours = env_int(environ, "STRONGROOM_GATEWAY_AGENT_CERT_HOURS", 168)
+    if not 1 <= hours <= 24 * 90:
+        raise SettingsError("STRONGROOM_GATEWAY_AGENT_CERT_HOURS must be between 1 and 2160")
+    bearer = env_str(environ, "STRONGROOM_GATEWAY_AGENT_BEARER", "all")
+    if bearer not in ("all", "renew"):
+        raise SettingsError("STRONGROOM_GATEWAY_AGENT_BEARER must be 'all' or 'renew'")
+    bundle = environ.get("STRONGROOM_GATEWAY_AGENT_TRUST_BUNDLE") or environ.get("STRONGROOM_TLS_CA") or None
+    return {
+        "agent_mtls_listen": listen,
+        "agent_mtls_address": environ.get("STRONGROOM_GATEWAY_AGENT_MTLS_ADDR", ""),
+        "agent_ca_cert": Path(cert) if cert else None,
+        "agent_ca_key": Path(key) if key else None,
+        "agent_cert_validity": dt.timedelta(hours=hours),
+        "agent_bearer_data_calls": bearer == "all",
+        "agent_trust_bundle": Path(bundle) if bundle else None,
+    }

@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf.message import Message
 from strongroom_platform.events import TOPIC_MESSAGES
 
+from strongroom_gateway.agent_cert_store import AgentCertificate, MemoryCertificateTx
 from strongroom_gateway.ports import (
     Account,
     AccountDataKey,
@@ -41,6 +42,7 @@ class _State:
     filesystems: dict[tuple[str, str], InstanceFilesystem] = dataclasses.field(default_factory=dict)
     processed: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     outbox: list[tuple[str, str, Message]] = dataclasses.field(default_factory=list)
+    certificates: dict[str, AgentCertificate] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> _State:
         return _State(**{f.name: type(v)(v) for f in dataclasses.fields(self) for v in [getattr(self, f.name)]})
@@ -76,7 +78,9 @@ class InMemoryGatewayStore:
                 raise
 
 
-class InMemoryGatewayTx:
+class InMemoryGatewayTx(MemoryCertificateTx):
+    _s: _State
+
     def __init__(self, state: _State) -> None:
         self._s = state
 

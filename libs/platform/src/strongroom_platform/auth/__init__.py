@@ -4,7 +4,7 @@
 handlers scope their work with ``choose_account`` and ``authorize``.
 """
 
-from strongroom_platform.auth.interceptor import AgentAuthenticator, Authenticator, AuthInterceptor
+from strongroom_platform.auth.interceptor import AgentAuthenticator, AgentCall, Authenticator, AuthInterceptor
 from strongroom_platform.auth.policy import POLICY, Caller, Rule, rule_for
 from strongroom_platform.auth.principal import (
     CallAuth,
@@ -26,6 +26,7 @@ from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDeni
 __all__ = [
     "POLICY",
     "AgentAuthenticator",
+    "AgentCall",
     "AuthInterceptor",
     "Authenticator",
     "CallAuth",

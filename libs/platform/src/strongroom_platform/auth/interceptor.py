@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,8 +30,25 @@ log = logging.getLogger(__name__)
 
 SERVICE_URI_PREFIX = "spiffe://strongroom/service/"
 
-AgentAuthenticator = Callable[[str | None], Awaitable[Principal]]
-"""Checks an agent's ``authorization`` value (None when absent) and returns its principal."""
+
+@dataclass(frozen=True, slots=True)
+class AgentCall:
+    """What an agent authenticator sees of a call: the method, the ``authorization`` value (None
+    when absent) and the transport's auth context (``x509_pem_cert`` of a verified client
+    certificate on a mutual-TLS listener)."""
+
+    method: str
+    bearer: str | None
+    auth_context: Mapping[str, Iterable[bytes]]
+
+    def peer_certificate_pem(self) -> bytes | None:
+        """The verified peer certificate (PEM), or None (no client certificate on this listener)."""
+        pems = list(self.auth_context.get("x509_pem_cert") or ())
+        return bytes(pems[0]) if pems else None
+
+
+AgentAuthenticator = Callable[[AgentCall], Awaitable[Principal]]
+"""Checks an agent's call (its certificate or bearer, per listener) and returns its principal."""
 
 
 def bearer_of(metadata: Any) -> str | None:
@@ -77,7 +95,7 @@ class Authenticator:
         self._oidc = oidc
         self._agents = agents
 
-    async def principal(self, rule: Rule, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+    async def principal(self, rule: Rule, context: grpc.aio.ServicerContext[Any, Any], method: str = "") -> Principal:
         """The caller, admitted by ``rule``; raises ``Unauthenticated`` or ``PermissionDenied`` otherwise."""
         if Caller.PUBLIC in rule.callers:
             return ANONYMOUS
@@ -91,7 +109,7 @@ class Authenticator:
         if Caller.AGENT in rule.callers:
             if self._agents is None:
                 raise PermissionDenied("agents are not served on this listener")
-            return await self._agents(bearer)
+            return await self._agents(AgentCall(method, bearer, context.auth_context()))
         if Caller.OPERATOR in rule.callers:
             return await self._operator(bearer, rule)
         raise PermissionDenied(f"only Strongroom services may {rule.verb}")
@@ -161,7 +179,7 @@ class AuthInterceptor(ServerInterceptor):
         if rule is None:
             log.error("refused %s: the method has no rule in strongroom_platform.auth.policy", method)
             raise PermissionDenied(f"{method} is not open to any caller")
-        principal = await self._authenticator.principal(rule, context)
+        principal = await self._authenticator.principal(rule, context, method)
         if principal.kind is CallerKind.ANONYMOUS and Caller.PUBLIC not in rule.callers:
             raise Unauthenticated("this call needs a credential")
         call = CallAuth(principal=principal, method=method, permission=rule.permission, verb=rule.verb)

@@ -59,6 +59,7 @@ _RESTORE = "/strongroom.restore.v1.RestoreService/"
 _MANIFEST = "/strongroom.gateway.v1.ManifestService/"
 _AGENT_GATEWAY = "/strongroom.agent.v1.AgentGatewayService/"
 _TOKENS = "/strongroom.auth.v1.TokenService/"
+_AGENT_ADMIN = "/strongroom.gateway.v1.AgentAdminService/"
 _AUDIT = "/strongroom.audit.v1.AuditService/"
 
 POLICY: Mapping[str, Rule] = MappingProxyType(
@@ -107,6 +108,12 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _AGENT_GATEWAY + "CommitPoint": _AGENT,
         _AGENT_GATEWAY + "ReadManifest": _AGENT,
         _AGENT_GATEWAY + "ReadChunks": _AGENT,
+        # by certificate on the mTLS listener, or by bearer once the certificate expired (ADR 0028)
+        _AGENT_GATEWAY + "RenewCertificate": _AGENT,
+        # gateway, internal listener: the break-glass operator tool's certificate (ADR 0028)
+        _AGENT_ADMIN + "RevokeAgentCertificates": Rule(
+            callers=Caller.SERVICE, services=frozenset({"admin"}), verb="revoke agent certificates", mutating=True
+        ),
         # standard services every listener may carry
         "/grpc.health.v1.Health/Check": _PUBLIC,
         "/grpc.health.v1.Health/Watch": _PUBLIC,
