@@ -57,6 +57,8 @@ class FakeGateway:
     # Every CommitPoint header and what it sent (entries, deleted paths).
     commits: list[tuple[gateway_pb2.PointHeader, list[common_pb2.FileEntry], list[str]]] = field(default_factory=list)
     refuse_bases: bool = False
+    # Chunks stored but damaged, and the reason the gateway gives (ADR 0030).
+    damaged: dict[bytes, str] = field(default_factory=dict)
 
     def _call(self, kind: str) -> None:
         self.calls[kind] = self.calls.get(kind, 0) + 1
@@ -170,6 +172,9 @@ class FakeGateway:
             if cid not in self.chunks:
                 raise GatewayError("NOT_FOUND", "chunk missing")
             await asyncio.sleep(0)
+            if cid in self.damaged:
+                yield SentChunk(cid, b"", gateway_pb2.CHUNK_COMPRESSION_NONE, 0, self.damaged[cid])
+                continue
             content = self.chunks[cid]
             if number % 2:
                 yield SentChunk(cid, zstandard.compress(content), gateway_pb2.CHUNK_COMPRESSION_ZSTD, len(content))
@@ -192,10 +197,15 @@ class FakeGateway:
             if cid not in self.chunks:
                 raise GatewayError("NOT_FOUND", "chunk missing")
         limit = 0 if legacy else request.max_message_bytes
+        tolerant = request.tolerate_damage and limit > 0
         batch = gateway_pb2.ReadChunksResponse()
         for number, cid in enumerate(request.chunk_ids):
             content = self.chunks[cid]
             served = gateway_pb2.ServedChunk(chunk_id=cid, data=content, raw_length=len(content))
+            if cid in self.damaged:
+                if not tolerant:
+                    raise GatewayError("FAILED_PRECONDITION", f"stored chunk {cid.hex()} is corrupt")
+                served = gateway_pb2.ServedChunk(chunk_id=cid, damage=self.damaged[cid])
             if request.accept_compressed and number % 2:
                 served.data = zstandard.compress(content)
                 served.compression = gateway_pb2.CHUNK_COMPRESSION_ZSTD

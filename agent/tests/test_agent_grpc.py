@@ -152,6 +152,14 @@ def test_cli_run_without_state(
     assert "--roots must be absolute" in capsys.readouterr().err
 
 
+async def back_up(client: GrpcGatewayClient, source: Path) -> None:
+    fs = common_pb2.Filesystem(mount_point=str(source), device="/dev/vdz", fs_type="ext4")
+    finished = await run_backup(
+        run_backup_command(), client=client, points=[fs], exclusions=LinuxExclusions(), cancel=asyncio.Event()
+    )
+    assert finished.status == common_pb2.JOB_STATUS_COMPLETE, finished
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["batched", "old-gateway"])
 async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path, legacy: bool) -> None:
     servicer, address = server
@@ -164,11 +172,7 @@ async def test_backup_and_restore_over_grpc(server: Any, tmp_path: Path, legacy:
     target.mkdir()
     async with open_channel(address, PLAINTEXT) as channel:
         client = GrpcGatewayClient(channel, INSTANCE, SECRET)
-        fs = common_pb2.Filesystem(mount_point=str(source), device="/dev/vdz", fs_type="ext4")
-        finished = await run_backup(
-            run_backup_command(), client=client, points=[fs], exclusions=LinuxExclusions(), cancel=asyncio.Event()
-        )
-        assert finished.status == common_pb2.JOB_STATUS_COMPLETE, finished
+        await back_up(client, source)
         point_id = servicer.fake.only_point().point_id
         command = gateway_pb2.RunRestore(restore_job_id="r-1", point_id=point_id, target_path=str(target))
         restored = await run_restore(command, client=client, cancel=asyncio.Event())
@@ -207,6 +211,36 @@ async def test_read_chunks_yields_every_position_in_order(
     assert got == [(c, servicer.fake.chunks[c]) for c in wanted]
     assert servicer.max_message_bytes == [7000]
     assert servicer.read_chunk_messages == (13 if legacy else 7)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["batched", "old-gateway"])
+async def test_damaged_chunks_over_grpc_fail_only_their_files(server: Any, tmp_path: Path, legacy: bool) -> None:
+    """The agent asks for per-chunk damage; a gateway that does not report it fails the call (the old way)."""
+    servicer, address = server
+    servicer.legacy_read_chunks = legacy
+    source, target = tmp_path / "src", tmp_path / "dst"
+    for i in range(20):
+        write_file(str(source / f"f{i:02}.txt"), f"file {i}\n".encode() * (i + 1))
+    target.mkdir()
+    async with open_channel(address, PLAINTEXT) as channel:
+        client = GrpcGatewayClient(channel, INSTANCE, SECRET)
+        await back_up(client, source)
+        point = servicer.fake.only_point()
+        [bad] = [e for e in point.entries if e.path == "f05.txt"]
+        servicer.fake.damaged[bad.chunk_ids[0]] = "authentication failed"
+        command = gateway_pb2.RunRestore(restore_job_id="r-1", point_id=point.point_id, target_path=str(target))
+        restored = await run_restore(command, client=client, cancel=asyncio.Event())
+    if legacy:
+        assert restored.status == common_pb2.JOB_STATUS_FAILED and "is corrupt" in restored.error
+        return
+    assert restored.status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE, restored
+    assert [(f.path, f.reason) for f in restored.failed_files] == [
+        ("f05.txt", f"chunk {bad.chunk_ids[0].hex()} of this file is damaged in storage (authentication failed)")
+    ]
+    assert sorted(os.listdir(target)) == [f"f{i:02}.txt" for i in range(20) if i != 5]
+    for i in range(20):
+        if i != 5:
+            assert (target / f"f{i:02}.txt").read_bytes() == (source / f"f{i:02}.txt").read_bytes()
 
 
 async def test_wrong_credential_is_a_gateway_error(server: Any) -> None:

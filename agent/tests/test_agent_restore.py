@@ -19,6 +19,7 @@ from strongroom_agent.backup import run_backup
 from strongroom_agent.chunking import chunk_id
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
+from strongroom_agent.jobs import MAX_REPORTED_FAILED_FILES, FileError, job_finished
 from strongroom_agent.restore import destination as destination_module
 from strongroom_agent.restore import run_restore
 
@@ -250,7 +251,8 @@ async def test_a_directory_in_the_way_is_a_file_error(tmp_path: Path) -> None:
     gateway = FakeGateway()
     point_id = add_point(gateway, [file("thing"), directory("plain"), file("plain/child")])
     finished = await restore(gateway, point_id, target, conflict_policy=OVERWRITE)
-    assert finished.status == PARTIAL
+    # Every entry failed and nothing was restored: the job fails (ADR 0030), the per-file errors stay.
+    assert finished.status == FAILED and finished.error.startswith("no file could be restored (3 failed")
     assert sorted(e.split(":")[0] for e in finished.file_errors) == ["plain", "plain/child", "thing"]
     assert (target / "plain").read_bytes() == b"x"
 
@@ -403,7 +405,7 @@ async def test_conflicts_under_batching(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob(".strongroom*")]
 
 
-async def test_a_chunk_that_does_not_decode_fails_the_job_and_writes_no_wrong_content(tmp_path: Path) -> None:
+async def test_a_chunk_that_does_not_decode_fails_only_its_files_and_writes_no_wrong_content(tmp_path: Path) -> None:
     class CorruptingGateway(FakeGateway):
         async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
             async for chunk in super().read_chunks(restore_job_id, chunk_ids):
@@ -414,9 +416,91 @@ async def test_a_chunk_that_does_not_decode_fails_the_job_and_writes_no_wrong_co
     gateway = CorruptingGateway()
     point_id = add_files(gateway, [("a", [b"good"]), ("b", [b"bad"])])
     finished = await restore(gateway, point_id, tmp_path)
-    assert finished.status == common_pb2.JOB_STATUS_FAILED
-    assert "DATA_LOSS" in finished.error and "expected 4" in finished.error
+    assert finished.status == PARTIAL, finished
+    [failed] = finished.failed_files
+    assert failed.path == "b"
+    assert failed.reason.startswith(f"chunk {chunk_id(KEY, b'bad').hex()} of this file is damaged in storage")
+    assert "does not decode" in failed.reason and "expected 4" in failed.reason
+    assert (tmp_path / "a").read_bytes() == b"good"
     assert not (tmp_path / "b").exists()
+
+
+def damaged_tree(gateway: FakeGateway) -> tuple[str, list[tuple[str, list[bytes] | None]], set[str]]:
+    """300 small files in three directories; files 8, 150 and 151 need a damaged chunk (151 shares 150's)."""
+    tree = small_tree(300)
+    files = {path: pieces for path, pieces in tree if pieces is not None}
+    files["d001/f00151"] = [b"another piece", *files["d001/f00150"]]
+    tree = [(path, files.get(path, pieces)) for path, pieces in tree]
+    point_id = add_files(gateway, tree)
+    for path in ("d000/f00008", "d001/f00150"):
+        gateway.damaged[chunk_id(KEY, files[path][-1])] = "authentication failed"
+    return point_id, tree, {"d000/f00008", "d001/f00150", "d001/f00151"}
+
+
+async def test_a_damaged_chunk_fails_only_the_files_that_need_it(tmp_path: Path) -> None:
+    gateway = FakeGateway()
+    point_id, tree, broken = damaged_tree(gateway)
+    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=2000)
+    assert finished.status == PARTIAL, finished.error
+    assert finished.stats.files_restored == 297 and finished.stats.files_failed == 3
+    assert {f.path for f in finished.failed_files} == broken
+    for failed in finished.failed_files:
+        assert failed.reason.endswith("of this file is damaged in storage (authentication failed)"), failed.reason
+    assert {e.split(": ", 1)[0] for e in finished.file_errors} == broken
+    for path, pieces in tree:
+        if pieces is None:
+            continue
+        if path in broken:
+            assert not (tmp_path / path).exists()
+        else:
+            assert (tmp_path / path).read_bytes() == b"".join(pieces), path
+    assert not list(tmp_path.rglob(".strongroom*"))
+
+
+@pytest.mark.parametrize("policy", [SKIP, OVERWRITE], ids=["fresh", "overwrite"])
+async def test_a_streamed_file_with_a_damaged_chunk_leaves_no_partial_content(tmp_path: Path, policy: int) -> None:
+    gateway = FakeGateway()
+    pieces = [bytes([n]) * 1000 for n in range(40)]
+    point_id = add_files(gateway, [("big", pieces), ("small", [b"fine"])])
+    gateway.damaged[chunk_id(KEY, pieces[30])] = "its pack is missing from storage"
+    if policy == OVERWRITE:
+        (tmp_path / "big").write_bytes(b"the operator's own file")
+    # Batches of 4,000 bytes: "big" is streamed in windows; the damaged chunk is in a later one.
+    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=4000, conflict_policy=policy)
+    assert finished.status == PARTIAL
+    reason = "its pack is missing from storage"
+    assert [(f.path, f.reason) for f in finished.failed_files] == [
+        ("big", f"chunk {chunk_id(KEY, pieces[30]).hex()} of this file is damaged in storage ({reason})")
+    ]
+    assert (tmp_path / "small").read_bytes() == b"fine"
+    if policy == OVERWRITE:
+        assert (tmp_path / "big").read_bytes() == b"the operator's own file"  # never replaced by a partial file
+    else:
+        assert not (tmp_path / "big").exists()
+    assert not list(tmp_path.rglob(".strongroom*"))
+
+
+async def test_a_restore_where_every_file_is_damaged_fails(tmp_path: Path) -> None:
+    gateway = FakeGateway()
+    point_id = add_files(gateway, [("d", None), ("d/a", [b"one"]), ("d/b", [b"two"])])
+    for piece in (b"one", b"two"):
+        gateway.damaged[chunk_id(KEY, piece)] = "authentication failed"
+    finished = await restore(gateway, point_id, tmp_path)
+    assert finished.status == FAILED
+    assert finished.error.startswith("no file could be restored (2 failed; first: d/a: chunk ")
+    assert [f.path for f in finished.failed_files] == ["d/a", "d/b"]
+    assert os.listdir(tmp_path / "d") == []
+
+
+def test_reported_failed_files_are_bounded() -> None:
+    errors = [FileError(f"dir/file-{n}", "chunk x of this file is damaged in storage (y)") for n in range(5000)]
+    finished = job_finished("r-1", PARTIAL, common_pb2.JobStats(), errors)
+    assert finished.stats.files_failed == 5000
+    assert len(finished.failed_files) == MAX_REPORTED_FAILED_FILES
+    assert (finished.failed_files[0].path, finished.failed_files[0].reason) == ("dir/file-0", errors[0].reason)
+    assert len(finished.file_errors) == 100
+    long = [FileError("p" * 4000, "r" * 4000) for _ in range(100)]
+    assert 30 <= len(job_finished("r-1", PARTIAL, common_pb2.JobStats(), long).failed_files) <= 33
 
 
 async def test_a_chunk_the_gateway_does_not_return_fails_only_its_files(tmp_path: Path) -> None:
@@ -513,7 +597,7 @@ async def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch
     large.mkdir()
     point_id = add_files(gateway, [("big", [b"doomed" + b"z" * 700, b"w" * 700])])
     finished = await restore(gateway, point_id, large, fetch_batch_bytes=1000)
-    assert finished.status == PARTIAL and list(finished.file_errors) == [f"big: {os.strerror(errno.ENOSPC)}"]
+    assert finished.status == FAILED and list(finished.file_errors) == [f"big: {os.strerror(errno.ENOSPC)}"]
     assert os.listdir(large) == []
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -83,18 +84,30 @@ class Platform:
 
 @pytest.fixture
 async def platform(kafka_bootstrap: str, pg_dsn: str, s3_config: S3Config, tmp_path: Path) -> AsyncIterator[Platform]:
+    store = {
+        "STRONGROOM_OBJECT_STORE": "s3",
+        "STRONGROOM_S3_ENDPOINT": s3_config.endpoint,
+        "STRONGROOM_S3_ACCESS_KEY": s3_config.access_key,
+        "STRONGROOM_S3_SECRET_KEY": s3_config.secret_key,
+        "STRONGROOM_S3_SECURE": "1" if s3_config.secure else "0",
+        "STRONGROOM_S3_BUCKET": f"e2e-{uuid.uuid4().hex[:12]}",
+    }
+    async with running_platform(kafka_bootstrap, pg_dsn, tmp_path, store) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_platform(
+    kafka_bootstrap: str, pg_dsn: str, tmp_path: Path, settings: dict[str, str]
+) -> AsyncIterator[Platform]:
+    """The five services with TLS, an admin token for account "acme" and operator stubs; ``settings`` on top."""
     env = dict(os.environ)
     env.update(
         STRONGROOM_PG_DSN=pg_dsn,
         STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        STRONGROOM_OBJECT_STORE="s3",
-        STRONGROOM_S3_ENDPOINT=s3_config.endpoint,
-        STRONGROOM_S3_ACCESS_KEY=s3_config.access_key,
-        STRONGROOM_S3_SECRET_KEY=s3_config.secret_key,
-        STRONGROOM_S3_SECURE="1" if s3_config.secure else "0",
-        STRONGROOM_S3_BUCKET=f"e2e-{uuid.uuid4().hex[:12]}",
         STRONGROOM_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
     )
+    env.update(settings)
     logs, tls_dir = tmp_path / "logs", tmp_path / "tls"
     stack = Stack()
     await stack.start(env, logs, tls_dir=tls_dir)
@@ -158,7 +171,13 @@ async def backup(platform: Platform, instance_id: str) -> scheduler_pb2.BackupJo
     return final
 
 
-async def restore(platform: Platform, point_id: str, include: list[str], target: Path) -> restore_pb2.RestoreJob:
+async def restore(
+    platform: Platform,
+    point_id: str,
+    include: list[str],
+    target: Path,
+    expect: common_pb2.JobStatus.ValueType = common_pb2.JOB_STATUS_COMPLETE,
+) -> restore_pb2.RestoreJob:
     target.mkdir(parents=True, exist_ok=True)
     job = await platform.restore.CreateRestoreJob(
         restore_pb2.CreateRestoreJobRequest(
@@ -176,7 +195,7 @@ async def restore(platform: Platform, point_id: str, include: list[str], target:
         return current if current.status in FINISHED else None
 
     final = await eventually("restore job to finish", finished, within=300)
-    assert final.status == common_pb2.JOB_STATUS_COMPLETE, final.error
+    assert final.status == expect, (final.error, list(final.failed_files))
     return final
 
 
@@ -190,9 +209,8 @@ async def versions_with_points(platform: Platform, instance_id: str, count: int)
     return await eventually(f"{count} browsable version(s)", listed)
 
 
-async def test_backup_browse_restore_and_incremental(platform: Platform, tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    make_tree(source)
+async def enrolled_instance(platform: Platform, source: Path, state_dir: Path) -> tuple[str, ManagedProcess]:
+    """Activate an instance backing up ``source``, enroll and run its agent; (instance id, agent) once READY."""
     activated = await platform.scheduler.ActivateBackup(
         scheduler_pb2.ActivateBackupRequest(
             account_id="acme",
@@ -208,15 +226,25 @@ async def test_backup_browse_restore_and_incremental(platform: Platform, tmp_pat
         )
     )
     instance_id = activated.instance.instance_id
-    agent = await start_agent(platform, activated.enrollment_token, tmp_path / "agent-state")
+    agent = await start_agent(platform, activated.enrollment_token, state_dir)
+
+    async def ready() -> bool:
+        instance = await platform.scheduler.GetInstance(scheduler_pb2.GetInstanceRequest(instance_id=instance_id))
+        return instance.status == scheduler_pb2.RUNNING_STATUS_READY
+
     try:
-
-        async def ready() -> bool:
-            instance = await platform.scheduler.GetInstance(scheduler_pb2.GetInstanceRequest(instance_id=instance_id))
-            return instance.status == scheduler_pb2.RUNNING_STATUS_READY
-
         await eventually("instance READY after enrollment", ready)
+    except BaseException:
+        await agent.stop()
+        raise
+    return instance_id, agent
 
+
+async def test_backup_browse_restore_and_incremental(platform: Platform, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    make_tree(source)
+    instance_id, agent = await enrolled_instance(platform, source, tmp_path / "agent-state")
+    try:
         first = await backup(platform, instance_id)
         assert f"(mTLS {platform.stack.addresses['gateway-agents']})" in (platform.logs / "agent.log").read_text()
         total_bytes = sum(p.stat().st_size for p in source.rglob("*") if p.is_file() and not p.is_symlink())

@@ -37,12 +37,17 @@ UNARY_TIMEOUT_SECONDS = 120.0
 
 
 class SentChunk(NamedTuple):
-    """A chunk as the gateway sent it: ``data`` encoded as ``compression``, ``raw_length`` bytes decoded."""
+    """A chunk as the gateway sent it: ``data`` encoded as ``compression``, ``raw_length`` bytes decoded.
+
+    ``damage`` set: the gateway cannot serve this chunk (damaged or missing in
+    storage; no data), and why (ADR 0030).
+    """
 
     chunk_id: bytes
     data: bytes
     compression: int
     raw_length: int
+    damage: str = ""
 
 
 def sent_chunks(response: gateway_pb2.ReadChunksResponse) -> list[SentChunk]:
@@ -53,7 +58,7 @@ def sent_chunks(response: gateway_pb2.ReadChunksResponse) -> list[SentChunk]:
     cannot be a batched message.
     """
     if response.chunks:
-        return [SentChunk(c.chunk_id, c.data, c.compression, c.raw_length) for c in response.chunks]
+        return [SentChunk(c.chunk_id, c.data, c.compression, c.raw_length, c.damage) for c in response.chunks]
     return [SentChunk(response.chunk_id, response.data, response.compression, response.raw_length)]
 
 
@@ -122,7 +127,11 @@ class GatewayClient(Protocol):
     def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]: ...
 
     def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[SentChunk]:
-        """The chunks, in any order, as sent (decode each with ``chunking.decode_chunk``)."""
+        """The chunks, in any order, as sent (decode each with ``chunking.decode_chunk``).
+
+        A chunk the gateway cannot serve comes with ``damage`` set instead of
+        data; a gateway that predates that fails the call instead.
+        """
         ...
 
 
@@ -277,6 +286,7 @@ class GrpcGatewayClient:
             chunk_ids=list(chunk_ids),
             accept_compressed=True,
             max_message_bytes=READ_MESSAGE_BYTES,
+            tolerate_damage=True,
         )
         call = self._stub.ReadChunks(request, metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS)
         try:

@@ -32,6 +32,10 @@ T = TypeVar("T")
 ProgressCallback = Callable[[common_pb2.JobStats], Awaitable[None]]
 
 MAX_REPORTED_FILE_ERRORS = 100
+# Structured per-file errors (``JobFinished.failed_files``, ADR 0030): the first this many, and no
+# more than about this much text; ``stats.files_failed`` counts them all.
+MAX_REPORTED_FAILED_FILES = 1000
+MAX_REPORTED_FAILED_FILES_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,18 @@ class FileError:
         return f"{self.path}: {self.reason}"
 
 
+def reported_failed_files(errors: list[FileError]) -> list[common_pb2.FileError]:
+    """The first per-file errors, bounded in number (``MAX_REPORTED_FAILED_FILES``) and text size."""
+    out: list[common_pb2.FileError] = []
+    size = 0
+    for error in errors[:MAX_REPORTED_FAILED_FILES]:
+        size += len(error.path.encode()) + len(error.reason.encode())
+        if out and size > MAX_REPORTED_FAILED_FILES_BYTES:
+            break
+        out.append(common_pb2.FileError(path=error.path, reason=error.reason))
+    return out
+
+
 class JobCanceled(Exception):
     """The job was canceled by a CancelJob command."""
 
@@ -92,7 +108,12 @@ def job_finished(
     errors: list[FileError],
     error: str = "",
 ) -> gateway_pb2.JobFinished:
-    """The JobFinished report of a backup or restore job; the stats count the failed files."""
+    """The JobFinished report of a backup or restore job; the stats count the failed files.
+
+    The per-file errors travel twice: as ``path: reason`` text in
+    ``file_errors`` (the first ``MAX_REPORTED_FILE_ERRORS``, what backups and
+    older gateways read) and as path and reason in ``failed_files``.
+    """
     stats.files_failed = len(errors)
     return gateway_pb2.JobFinished(
         job_id=job_id,
@@ -100,6 +121,7 @@ def job_finished(
         error=error,
         stats=stats,
         file_errors=[str(e) for e in errors[:MAX_REPORTED_FILE_ERRORS]],
+        failed_files=reported_failed_files(errors),
     )
 
 

@@ -234,6 +234,10 @@ class FakeRestore(restore_pb2_grpc.RestoreServiceServicer):
             self.job.stats.files_restored = 3
             if self.final_status == common_pb2.JOB_STATUS_FAILED:
                 self.job.error = "target path /nope does not exist"
+            if self.final_status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE:
+                self.job.stats.files_failed = 3
+                self.job.failed_files.add(path="docs/a.txt", reason="chunk 3f2a of this file is damaged in storage (x)")
+                self.job.failed_files.add(path="odd\nname", reason="chunk 77 of this file is damaged in storage (y)")
         else:
             self.job.status = common_pb2.JOB_STATUS_RUNNING
         return self.job

@@ -196,6 +196,20 @@ def test_restore_wait_exits_1_when_failed(services: FakeServices, cli: Cli) -> N
     assert field(out, "Status") == "failed" and "target path /nope does not exist" in out
 
 
+def test_restore_wait_lists_the_failed_files_of_a_partial_restore(services: FakeServices, cli: Cli) -> None:
+    services.restore.final_status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE
+    code, out, _ = cli("restore", "create", "p-1", "--wait", "--poll-interval", "0.01")
+    assert code == 0
+    assert field(out, "Status") == "partial complete" and field(out, "Failed") == "3 files"
+    assert out.endswith(
+        "Failed files:\n"
+        "  docs/a.txt: chunk 3f2a of this file is damaged in storage (x)\n"
+        "  odd\\x0aname: chunk 77 of this file is damaged in storage (y)\n"
+        "  ... and 1 more (only the first 2 are kept)\n"
+    )
+    assert "Failed files:" in cli("restore", "show", "r-1")[1]
+
+
 def test_restore_show_list_cancel(services: FakeServices, cli: Cli) -> None:
     cli("restore", "create", "p-1")
     assert "r-1" in cli("restore", "list", "i-1")[1]

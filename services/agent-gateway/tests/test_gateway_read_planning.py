@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 from typing import Any
@@ -241,3 +242,69 @@ async def test_batched_messages_carry_each_chunks_compression_and_raw_length(gw:
     ]
     assert decoded == contents
     assert [c.raw_length for c in served] == [len(c) for c in contents]
+
+
+def _read_tolerant(gw: GatewayHarness, agent: Agent, job: str, ids: list[bytes], *, compressed: bool = True) -> Any:
+    request = gateway_pb2.ReadChunksRequest(
+        restore_job_id=job,
+        chunk_ids=ids,
+        max_message_bytes=4 << 20,
+        accept_compressed=compressed,
+        tolerate_damage=True,
+    )
+    return gw.stub.ReadChunks(request, metadata=agent.md)
+
+
+async def _served(call: Any) -> list[gateway_pb2.ServedChunk]:
+    return [c async for m in call for c in m.chunks]
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["decoded", "sent-compressed"])
+async def test_a_tolerant_read_reports_a_corrupt_blob_and_serves_the_rest(gw: GatewayHarness, compressed: bool) -> None:
+    contents = [os.urandom(2000) for _ in range(10)]
+    agent, key, job = await _restorable(gw, contents)
+    ids = [chunk_id(key, c) for c in contents]
+    target = gw.store.state.chunks[("acct-a", ids[4])]
+    data = bytearray(await gw.objects.get(target.object_key))
+    data[target.offset + 50] ^= 0x01
+    gw.objects.damage(target.object_key, bytes(data))
+    served = await _served(_read_tolerant(gw, agent, job, ids + ids[4:5], compressed=compressed))
+    # Every position is answered in order; the damaged one (at both occurrences) carries the reason and no data.
+    assert [c.chunk_id for c in served] == ids + ids[4:5]
+    assert [i for i, c in enumerate(served) if c.damage] == [4, 10]
+    assert {c.damage for c in served if c.damage} == {"authentication failed"}
+    assert served[4].data == b"" and served[10].data == b""
+    good = [c for c in served if not c.damage]
+    assert all(c.raw_length == len(contents[ids.index(c.chunk_id)]) for c in good)
+    if not compressed:
+        assert [c.data for c in good] == [c for i, c in enumerate(contents) if i != 4]
+
+
+async def test_a_tolerant_read_reports_unknown_ids_and_missing_or_short_packs(gw: GatewayHarness) -> None:
+    contents = [os.urandom(2000) for _ in range(250)]  # three packs of up to 100 chunks
+    agent, key, job = await _restorable(gw, contents)
+    ids = [chunk_id(key, c) for c in contents]
+    unknown = os.urandom(32)
+    # The pack of chunk 0 is lost (its recorded object is gone); the pack of chunk 120 is cut short before it.
+    lost = gw.store.state.chunks[("acct-a", ids[0])]
+    gw.store.state.chunks[("acct-a", ids[0])] = dataclasses.replace(lost, object_key=lost.object_key + "-gone")
+    short = gw.store.state.chunks[("acct-a", ids[120])]
+    gw.objects.damage(short.object_key, (await gw.objects.get(short.object_key))[: short.offset + 10])
+    served = await _served(_read_tolerant(gw, agent, job, [ids[0], unknown, ids[1], ids[120], ids[240]]))
+    assert [c.chunk_id for c in served] == [ids[0], unknown, ids[1], ids[120], ids[240]]
+    assert served[0].damage == "its pack is missing from storage"
+    assert served[1].damage == "it is not stored for this account"
+    assert served[3].damage.startswith("its pack is shorter than recorded")
+    assert [c.damage for c in (served[2], served[4])] == ["", ""]
+    assert [zstandard.decompress(c.data) if c.compression else c.data for c in (served[2], served[4])] == [
+        contents[1],
+        contents[240],
+    ]
+
+
+async def test_without_tolerate_damage_an_unknown_id_still_fails_the_call(gw: GatewayHarness) -> None:
+    agent, key, job = await _restorable(gw, [b"one"])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in _read_batched(gw, agent, job, [chunk_id(key, b"one"), os.urandom(32)], 4 << 20):
+            pass
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -208,3 +208,29 @@ async def test_finished_restore_job_can_no_longer_read(gw: GatewayHarness) -> No
         "i-1",
         common_pb2.JOB_STATUS_COMPLETE,
     )
+
+
+async def test_a_partial_restore_passes_its_failed_files_on_bounded(gw: GatewayHarness) -> None:
+    agent, point_id = await _backed_up(gw)
+    await gw.request_restore(agent, "r-1", point_id)
+    await _deliver(gw, agent, "r-1")
+    failed = [common_pb2.FileError(path=f"dir/f{n}", reason="chunk ab of this file is damaged") for n in range(1500)]
+    call = gw.stub.Connect(metadata=agent.md)
+    await call.write(
+        gateway_pb2.AgentReport(
+            finished=gateway_pb2.JobFinished(
+                job_id="r-1",
+                status=common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
+                stats=common_pb2.JobStats(files_restored=3, files_failed=1500),
+                failed_files=failed,
+            )
+        )
+    )
+    for _ in range(200):
+        if gw.store.events(events.RESTORE_UPDATED):
+            break
+        await asyncio.sleep(0.01)
+    call.cancel()
+    [update] = gw.store.events(events.RESTORE_UPDATED)
+    assert update.status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE and update.stats.files_failed == 1500
+    assert list(update.failed_files) == failed[:1000]

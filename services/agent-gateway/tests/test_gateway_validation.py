@@ -196,6 +196,9 @@ def test_error_texts_refuse_nul_invalid_utf8_and_over_long(value: str, problem: 
     _refusal(lambda: validation.finished(finished), "finished.error", problem, value)
     finished = gateway_pb2.JobFinished(job_id="job-1", file_errors=["fine", value])
     _refusal(lambda: validation.finished(finished), "finished.file_errors[1]", problem, value)
+    failed = [common_pb2.FileError(path="a", reason="fine"), common_pb2.FileError(path="b", reason=value)]
+    finished = gateway_pb2.JobFinished(job_id="job-1", failed_files=failed)
+    _refusal(lambda: validation.finished(finished), "finished.failed_files[1].reason", problem, value)
 
 
 def test_error_texts_keep_newlines_and_tabs() -> None:

@@ -60,6 +60,10 @@ class RestoreRepositoryContract:
             status=common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
             error="2 files failed",
             stats=common_pb2.JobStats(files_restored=7, bytes_restored=700, files_failed=2, files_skipped=1),
+            failed_files=(
+                ("etc/a b", "chunk 3f of this file is damaged in storage (authentication failed)"),
+                ("x", "y"),
+            ),
             updated_at=at,
             finished_at=at,
         )

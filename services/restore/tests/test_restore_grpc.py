@@ -72,12 +72,16 @@ async def test_create_get_list_cancel(
     canceling = await stub.CancelRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id))
     assert canceling.status == S.JOB_STATUS_CANCELING
 
-    await handle_restore_updated(
-        restore_updated(created.restore_job_id, S.JOB_STATUS_CANCELED, at=T0 + dt.timedelta(minutes=1), target="i-src"),
-        repo=repo,
+    canceled = restore_updated(
+        created.restore_job_id, S.JOB_STATUS_CANCELED, at=T0 + dt.timedelta(minutes=1), target="i-src"
     )
+    canceled.failed_files.add(path="etc/passwd", reason="chunk 3f of this file is damaged in storage (y)")
+    await handle_restore_updated(canceled, repo=repo)
     finished = await stub.GetRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id))
     assert finished.status == S.JOB_STATUS_CANCELED
+    assert [(f.path, f.reason) for f in finished.failed_files] == [
+        ("etc/passwd", "chunk 3f of this file is damaged in storage (y)")
+    ]
     assert finished.finished_at.ToDatetime(tzinfo=dt.UTC) == T0 + dt.timedelta(minutes=1)
     await expect_error(
         stub.CancelRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id)),

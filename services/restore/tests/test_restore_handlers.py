@@ -253,6 +253,17 @@ async def test_failure_keeps_error_and_earlier_stats(repo: InMemoryRestoreStore)
     assert failed.stats.files_restored == 4
 
 
+async def test_a_partial_restore_keeps_its_failed_files(repo: InMemoryRestoreStore) -> None:
+    await insert(repo, job())
+    finished = restore_updated(status=S.JOB_STATUS_PARTIAL_COMPLETE, at=T0 + 2 * MINUTE, files_restored=8)
+    finished.failed_files.add(path="docs/a.txt", reason="chunk 3f2a of this file is damaged in storage (x)")
+    partial = await apply(
+        repo, restore_updated(status=S.JOB_STATUS_RUNNING, at=T0 + MINUTE, files_restored=4), finished
+    )
+    assert partial.status == S.JOB_STATUS_PARTIAL_COMPLETE and partial.stats.files_restored == 8
+    assert partial.failed_files == (("docs/a.txt", "chunk 3f2a of this file is damaged in storage (x)"),)
+
+
 async def test_redelivered_update_applies_once(repo: InMemoryRestoreStore) -> None:
     await insert(repo, job())
     event = restore_updated(status=S.JOB_STATUS_RUNNING, at=T0 + MINUTE, files_restored=1)

@@ -4,9 +4,12 @@ One ``ReadChunks`` call fetches a batch's distinct chunks (the gateway reads
 them pack by pack); they are decompressed in the writer threads. A file
 larger than a batch is streamed on its own in windows of at most
 ``LARGE_FILE_WINDOW_IDS`` chunk ids and about a batch of content, appended to
-a file the destination opened and finished (or discarded) at the end. A chunk
-that does not decode fails the job (DATA_LOSS); one the gateway leaves out
-fails only its file.
+a file the destination opened and finished (or discarded) at the end.
+
+Damage (ADR 0030): a chunk the gateway reports damaged, one that does not
+decode to its recorded length, and one the gateway leaves out fail only the
+files that need it; such a file is never written (a streamed one is
+discarded), and its error names the chunk and the reason.
 """
 
 from __future__ import annotations
@@ -17,22 +20,30 @@ from concurrent.futures import ThreadPoolExecutor
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.chunking import decode_chunk
-from strongroom_agent.gateway_client import GatewayClient, GatewayError, SentChunk
+from strongroom_agent.gateway_client import GatewayClient, SentChunk
 from strongroom_agent.restore.destination import Destination, EntryProblem
-from strongroom_agent.restore.writer import WRITE_THREADS
+from strongroom_agent.restore.writer import WRITE_THREADS, Contents
 
 # A file larger than a batch is streamed in windows of at most this many ids.
 LARGE_FILE_WINDOW_IDS = 256
 
 
-def decode_all(sent: list[SentChunk]) -> list[tuple[bytes, bytes]]:
-    """(chunk id, content) of each chunk; a chunk that does not decode fails the job (DATA_LOSS)."""
-    out = []
+def damage_reason(chunk_id: bytes, damage: str) -> str:
+    """The per-file error of a file that needs a damaged chunk."""
+    return f"chunk {chunk_id.hex()} of this file is damaged in storage ({damage})"
+
+
+def decode_all(sent: list[SentChunk]) -> Contents:
+    """Decode each chunk; a damaged one, or one that does not decode, is recorded with its reason."""
+    out = Contents()
     for chunk in sent:
+        if chunk.damage:
+            out.damaged[chunk.chunk_id] = damage_reason(chunk.chunk_id, chunk.damage)
+            continue
         try:
-            out.append((chunk.chunk_id, decode_chunk(chunk.data, chunk.compression, chunk.raw_length)))
+            out.decoded[chunk.chunk_id] = decode_chunk(chunk.data, chunk.compression, chunk.raw_length)
         except ValueError as exc:
-            raise GatewayError("DATA_LOSS", f"chunk {chunk.chunk_id.hex()} sent by the gateway: {exc}") from None
+            out.damaged[chunk.chunk_id] = damage_reason(chunk.chunk_id, f"does not decode: {exc}")
     return out
 
 
@@ -53,24 +64,33 @@ class Fetcher:
         self._dest = dest
         self._batch_bytes = fetch_batch_bytes
 
-    async def batch(self, ids: list[bytes]) -> dict[bytes, bytes]:
-        """The decoded content of the distinct chunks ``ids``, fetched in one call."""
+    async def batch(self, ids: list[bytes]) -> Contents:
+        """The decoded content of the distinct chunks ``ids``, fetched in one call (and the damaged ones)."""
         sent = [c async for c in self._client.read_chunks(self._job_id, ids)] if ids else []
         return await self._decode(sent)
 
-    async def _decode(self, sent: list[SentChunk]) -> dict[bytes, bytes]:
+    async def _decode(self, sent: list[SentChunk]) -> Contents:
         """Decompress a batch's chunks in the writer threads (``WRITE_THREADS`` runs)."""
         loop = asyncio.get_running_loop()
         step = max(1, -(-len(sent) // WRITE_THREADS))
         parts = await asyncio.gather(
             *(loop.run_in_executor(self._pool, decode_all, sent[i : i + step]) for i in range(0, len(sent), step))
         )
-        return {chunk_id: content for part in parts for chunk_id, content in part}
+        contents = Contents()
+        for part in parts:
+            contents.update(part)
+        return contents
 
     def _decode_and_write(self, fd: int, wanted: list[bytes], fetched: dict[bytes, SentChunk]) -> int:
-        """Decode a window of a large file and append it (one worker-thread call); the bytes written."""
-        decoded = dict(decode_all(list(fetched.values())))
-        pieces = [decoded[c] for c in wanted]
+        """Decode a window of a large file and append it (one worker-thread call); the bytes written.
+
+        Raises EntryProblem, before writing anything of the window, when a chunk is damaged.
+        """
+        contents = decode_all(list(fetched.values()))
+        for c in wanted:
+            if c in contents.damaged:
+                raise EntryProblem(contents.damaged[c])
+        pieces = [contents.decoded[c] for c in wanted]
         self._dest.write(fd, pieces)
         return sum(len(p) for p in pieces)
 
@@ -92,6 +112,9 @@ class Fetcher:
                 fetched: dict[bytes, SentChunk] = {}
                 async for chunk in self._client.read_chunks(self._job_id, list(dict.fromkeys(wanted))):
                     fetched[chunk.chunk_id] = chunk
+                damaged = next((c for c in wanted if c in fetched and fetched[c].damage), None)
+                if damaged is not None:
+                    raise EntryProblem(damage_reason(damaged, fetched[damaged].damage))
                 missing = [c for c in wanted if c not in fetched]
                 if missing:
                     raise EntryProblem(f"gateway did not return chunk {missing[0].hex()}")

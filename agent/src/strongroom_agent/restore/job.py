@@ -244,7 +244,7 @@ async def run_restore(
     async def close() -> None:
         await asyncio.to_thread(restore.close)
 
-    return await run_job(
+    finished = await run_job(
         restore.run(),
         job_id=job_id,
         cancel=cancel,
@@ -254,3 +254,19 @@ async def run_restore(
         progress_interval=progress_interval,
         finish=close,
     )
+    return nothing_restored_fails(finished)
+
+
+def nothing_restored_fails(finished: gateway_pb2.JobFinished) -> gateway_pb2.JobFinished:
+    """PARTIAL_COMPLETE becomes FAILED when not one file or link was restored or skipped (ADR 0030).
+
+    Some files failed and nothing else could be done: the operator must see a
+    failure, not a partial success; the per-file errors stay in the report.
+    """
+    stats = finished.stats
+    if finished.status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE and not (stats.files_restored or stats.files_skipped):
+        finished.status = common_pb2.JOB_STATUS_FAILED
+        first = finished.failed_files[0] if finished.failed_files else None
+        example = f"; first: {first.path}: {first.reason}" if first is not None else ""
+        finished.error = f"no file could be restored ({stats.files_failed} failed{example})"
+    return finished

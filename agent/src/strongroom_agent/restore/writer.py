@@ -36,6 +36,18 @@ class File:
 
 
 @dataclass
+class Contents:
+    """Decoded chunks by id, and the per-file reason for each chunk that cannot be used."""
+
+    decoded: dict[bytes, bytes] = field(default_factory=dict)
+    damaged: dict[bytes, str] = field(default_factory=dict)
+
+    def update(self, other: Contents) -> None:
+        self.decoded.update(other.decoded)
+        self.damaged.update(other.damaged)
+
+
+@dataclass
 class Batch:
     seq: int
     files: list[File] = field(default_factory=list)
@@ -89,14 +101,24 @@ class Writer:
         finally:
             self.close()
 
-    def write(self, files: Sequence[File], contents: dict[bytes, bytes], overwrite: bool) -> None:
-        """Write checked files; one whose name appeared since the check is skipped (SKIP) or replaced (OVERWRITE)."""
+    def write(self, files: Sequence[File], contents: Contents, overwrite: bool) -> None:
+        """Write checked files; one whose name appeared since the check is skipped (SKIP) or replaced (OVERWRITE).
+
+        A file that needs a damaged chunk is not written at all (nothing is
+        created under its name); its error names the chunk and why.
+        """
+        damaged = contents.damaged
         try:
             for f in files:
                 if self.stop.is_set():
                     return
+                if damaged:
+                    bad = next((c for c in f.entry.chunk_ids if c in damaged), None)
+                    if bad is not None:
+                        f.error = damaged[bad]
+                        continue
                 try:
-                    pieces = [contents[c] for c in f.entry.chunk_ids]
+                    pieces = [contents.decoded[c] for c in f.entry.chunk_ids]
                 except KeyError as exc:
                     f.error = f"gateway did not return chunk {exc.args[0].hex()}"
                     continue

@@ -71,11 +71,30 @@ def print_job(context: Context, job: restore_pb2.RestoreJob) -> None:
             ("On conflict", "overwrite" if job.conflict_policy == gateway_pb2.CONFLICT_POLICY_OVERWRITE else "skip"),
             ("Restored", f"{stats.files_restored} files, {output.size(stats.bytes_restored)}"),
             ("Skipped", f"{stats.files_skipped} files"),
+            ("Failed", f"{stats.files_failed} files"),
             ("Created", output.timestamp(job.created_at)),
             ("Finished", output.timestamp(job.finished_at, present=job.HasField("finished_at"))),
             ("Error", job.error or "-"),
         ]
     )
+    print_failed_files(job)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a file name may hold a newline or an escape sequence)."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)
+
+
+def print_failed_files(job: restore_pb2.RestoreJob) -> None:
+    """The files the restore could not write, one ``path: reason`` line each (ADR 0030)."""
+    if not job.failed_files:
+        return
+    print("Failed files:")
+    for failed in job.failed_files:
+        print(f"  {_printable(failed.path)}: {_printable(failed.reason)}")
+    more = job.stats.files_failed - len(job.failed_files)
+    if more > 0:
+        print(f"  ... and {more} more (only the first {len(job.failed_files)} are kept)")
 
 
 async def create(context: Context) -> int:

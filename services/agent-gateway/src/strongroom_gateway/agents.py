@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -19,7 +19,13 @@ from strongroom_platform.events import AGENT_ENROLLED, new_meta
 
 from strongroom_gateway import filesystems, validation
 from strongroom_gateway.errors import InvalidArgument, Unauthenticated
-from strongroom_gateway.jobs import FINAL_STATUSES, PRODUCER, command_for_delivery, emit_job_status
+from strongroom_gateway.jobs import (
+    FINAL_STATUSES,
+    PRODUCER,
+    bounded_failed_files,
+    command_for_delivery,
+    emit_job_status,
+)
 from strongroom_gateway.ports import GatewayStore, GatewayTx, Job
 from strongroom_gateway.sessions import Session
 
@@ -175,8 +181,9 @@ async def handle_report(
         if finished.status not in FINAL_STATUSES:
             raise InvalidArgument(f"JobFinished status {finished.status} is not a final status")
         errors = list(finished.file_errors)[:_MAX_FILE_ERRORS]
+        failed = bounded_failed_files(finished.failed_files)
         await _job_report(
-            identity, finished.job_id, finished.status, finished.stats, finished.error, errors, store, clock
+            identity, finished.job_id, finished.status, finished.stats, finished.error, errors, store, clock, failed
         )
         return
     raise InvalidArgument("empty AgentReport")
@@ -191,6 +198,7 @@ async def _job_report(
     file_errors: list[str],
     store: GatewayStore,
     clock: Clock,
+    failed_files: Sequence[common_pb2.FileError] = (),
 ) -> None:
     async with store.transaction() as tx:
         job = await tx.get_job(job_id, for_update=True)
@@ -206,4 +214,6 @@ async def _job_report(
         status = final if final is not None else common_pb2.JOB_STATUS_RUNNING
         if job.cancel_requested and final is None:
             status = common_pb2.JOB_STATUS_CANCELING
-        await emit_job_status(tx, updated, status, clock, error=error, stats=stats, file_errors=file_errors)
+        await emit_job_status(
+            tx, updated, status, clock, error=error, stats=stats, file_errors=file_errors, failed_files=failed_files
+        )

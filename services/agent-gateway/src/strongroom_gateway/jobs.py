@@ -13,6 +13,24 @@ from strongroom_platform.events import JOB_UPDATED, RESTORE_UPDATED, new_meta
 
 from strongroom_gateway.ports import Account, GatewayTx, Job
 
+# A restore's per-file errors passed on in restore-updated (ADR 0030): the first this many and at
+# most about this much text (paths and reasons), so the event stays far below Kafka's message limit.
+MAX_FAILED_FILES = 1000
+MAX_FAILED_FILES_BYTES = 256 << 10
+
+
+def bounded_failed_files(failed: Iterable[common_pb2.FileError]) -> list[common_pb2.FileError]:
+    """The first of an agent's per-file errors, within ``MAX_FAILED_FILES`` and ``MAX_FAILED_FILES_BYTES``."""
+    out: list[common_pb2.FileError] = []
+    size = 0
+    for item in failed:
+        size += len(item.path.encode()) + len(item.reason.encode())
+        if len(out) >= MAX_FAILED_FILES or (out and size > MAX_FAILED_FILES_BYTES):
+            break
+        out.append(item)
+    return out
+
+
 PRODUCER = "agent-gateway"
 
 # Chunker parameters every agent uses (docs/formats/chunk-id.md).
@@ -94,8 +112,9 @@ async def emit_job_status(
     error: str = "",
     stats: common_pb2.JobStats | None = None,
     file_errors: Iterable[str] = (),
+    failed_files: Iterable[common_pb2.FileError] = (),
 ) -> None:
-    """Enqueue job-updated (backup) or restore-updated (restore) for ``job``."""
+    """Enqueue job-updated (backup) or restore-updated (restore, with ``failed_files``) for ``job``."""
     meta = new_meta(PRODUCER, clock.now())
     if job.kind == "backup":
         updated = events_pb2.JobUpdated(
@@ -119,6 +138,7 @@ async def emit_job_status(
             target_instance_id=job.instance_id,
             status=status,
             error=error,
+            failed_files=list(failed_files),
         )
         if stats is not None:
             restore.stats.CopyFrom(stats)

@@ -23,7 +23,7 @@ from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
 from strongroom_gateway import filesystems, manifests, validation
 from strongroom_gateway.agents import Identity
-from strongroom_gateway.chunks import CHUNK_ID_SIZE, PROTO_COMPRESSION, ChunkRejected, verify_stored
+from strongroom_gateway.chunks import CHUNK_ID_SIZE, PROTO_COMPRESSION, ChunkRejected, verify_payload
 from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
@@ -457,8 +457,9 @@ def plan_reads(
 ) -> list[ReadWindow]:
     """Cut the request into windows of at most ``window_bytes`` of distinct content, and plan each window's GETs.
 
-    A window holds at least one position. Within a window every distinct chunk
-    is read once, coalesced with its neighbours in the same pack; ranges are
+    A window holds at least one position. Ids without a location (unknown
+    chunks a damage-tolerant request is answered about) take no room and no
+    read. Within a window every distinct chunk is read once, coalesced with its neighbours in the same pack; ranges are
     ordered by the first position that needs them, so the head of the window
     arrives first. A chunk repeated in a later window is read again there (the
     memory bound wins over the extra read).
@@ -471,7 +472,7 @@ def plan_reads(
         end = start
         while end < len(ids):
             cid = ids[end]
-            if cid not in first_use:
+            if cid not in first_use and cid in locations:
                 raw = locations[cid].raw_length
                 if first_use and size + raw > window_bytes:
                     break
@@ -486,12 +487,21 @@ def plan_reads(
 
 
 class OpenedChunk(NamedTuple):
-    """A served chunk: ``data`` encoded as ``compression``, ``raw_length`` bytes once decoded."""
+    """A served chunk: ``data`` encoded as ``compression``, ``raw_length`` bytes once decoded.
+
+    ``damage`` set: the chunk cannot be served (no data), and why (ADR 0030).
+    """
 
     chunk_id: bytes
     data: bytes
     compression: gateway_pb2.ChunkCompression.ValueType
     raw_length: int
+    damage: str = ""
+
+
+def damaged(chunk_id: bytes, raw_length: int, reason: str) -> OpenedChunk:
+    """The answer for a chunk whose stored bytes cannot be served."""
+    return OpenedChunk(chunk_id, b"", gateway_pb2.CHUNK_COMPRESSION_NONE, raw_length, reason)
 
 
 def open_range(
@@ -502,32 +512,36 @@ def open_range(
     A blob of an authenticated (encrypted) pack is only decrypted when the
     agent takes ``compressed`` data: AES-GCM proves it is the payload the
     gateway verified and sealed for this account and chunk id. Every other blob
-    is decoded and its id re-checked (``verify_stored``).
+    is decoded and its id re-checked (``verify_payload``). A blob that does
+    not open or verify, or that the range does not hold in full, is answered
+    ``damaged`` with the reason; the other blobs of the range are served.
     """
     view = memoryview(data)
     responses: dict[bytes, OpenedChunk] = {}
     for blob in read.blobs:
         begin = blob.offset - read.offset
+        if begin + blob.length > len(data):
+            responses[blob.chunk_id] = damaged(
+                blob.chunk_id, blob.raw_length, f"its pack is shorter than recorded ({read.offset + len(data)} bytes)"
+            )
+            continue
         stored = bytes(view[begin : begin + blob.length])
+        encrypted = blob.pack_format in ENCRYPTED_VERSIONS
         try:
-            if compressed and blob.pack_format in ENCRYPTED_VERSIONS:
-                payload = open_blob(
-                    data_key, blob.pack_format, blob.chunk_id, blob.compression, blob.raw_length, stored
-                )
-                compression = PROTO_COMPRESSION[blob.compression]
-            else:
-                payload = verify_stored(
-                    chunk_id_key,
-                    data_key,
-                    blob.pack_format,
-                    blob.chunk_id,
-                    stored,
-                    blob.compression,
-                    blob.raw_length,
-                )
-                compression = gateway_pb2.CHUNK_COMPRESSION_NONE
-        except (ChunkRejected, PackFormatError) as exc:
-            raise FailedPrecondition(f"stored chunk {blob.chunk_id.hex()} is corrupt: {exc}") from None
+            payload = open_blob(data_key, blob.pack_format, blob.chunk_id, blob.compression, blob.raw_length, stored)
+        except PackFormatError as exc:
+            reason = "authentication failed" if encrypted and data_key is not None else f"cannot be opened: {exc}"
+            responses[blob.chunk_id] = damaged(blob.chunk_id, blob.raw_length, reason)
+            continue
+        if compressed and encrypted:
+            compression = PROTO_COMPRESSION[blob.compression]
+        else:
+            try:
+                payload = verify_payload(chunk_id_key, blob.chunk_id, payload, blob.compression, blob.raw_length)
+            except ChunkRejected as exc:
+                responses[blob.chunk_id] = damaged(blob.chunk_id, blob.raw_length, f"verification failed: {exc}")
+                continue
+            compression = gateway_pb2.CHUNK_COMPRESSION_NONE
         responses[blob.chunk_id] = OpenedChunk(blob.chunk_id, payload, compression, blob.raw_length)
     return responses
 
@@ -562,6 +576,13 @@ async def read_chunks(
     is read once, nearby blobs of a pack in one ranged GET;
     at most ``RANGES_IN_FLIGHT`` ranges are fetched and verified at a time, and
     at most two windows of content are held (the one being sent and the next).
+
+    Damage (ADR 0030): a chunk that is not stored for the account, whose pack
+    range cannot be read (``ObjectNotFound``, short) or whose blob does not
+    open or verify is answered with ``ServedChunk.damage`` when the request sets
+    ``tolerate_damage`` (and ``max_message_bytes``), and the read goes on.
+    Otherwise the call fails as it always did: NOT_FOUND for unknown ids
+    before anything is sent, FAILED_PRECONDITION at the first damaged chunk.
     """
     ids = [bytes(c) for c in request.chunk_ids]
     if len(ids) > MAX_READ_IDS_PER_REQUEST:
@@ -573,9 +594,13 @@ async def read_chunks(
         locations = await tx.find_chunks(identity.account_id, ids)
     assert account is not None
     data_key = await keys.data_key(identity.account_id)
-    unknown = [c.hex() for c in dict.fromkeys(ids) if c not in locations]
-    if unknown:
-        raise NotFound(f"{len(unknown)} chunks are not stored for this account: {', '.join(unknown[:5])}")
+    message_bytes = min(request.max_message_bytes, MAX_READ_MESSAGE_BYTES)
+    tolerant = request.tolerate_damage and message_bytes > 0
+    unknown = [c for c in dict.fromkeys(ids) if c not in locations]
+    if unknown and not tolerant:
+        hexes = ", ".join(c.hex() for c in unknown[:5])
+        raise NotFound(f"{len(unknown)} chunks are not stored for this account: {hexes}")
+    missing = {c: damaged(c, 0, "it is not stored for this account") for c in unknown}
 
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(RANGES_IN_FLIGHT)
@@ -585,16 +610,27 @@ async def read_chunks(
     async def fetch(read: ReadRange) -> dict[bytes, OpenedChunk]:
         # The slot covers the GET and the verification, so fetched-but-unverified bytes stay bounded too.
         async with slots:
-            data = await object_store.get(
-                read.object_key, offset=read.offset, length=read.length, version_id=read.version_id
-            )
+            try:
+                data = await object_store.get(
+                    read.object_key, offset=read.offset, length=read.length, version_id=read.version_id
+                )
+            except ObjectNotFound:
+                # Only a missing object (or pinned version) is damage; any other store failure fails the call.
+                return {
+                    b.chunk_id: damaged(b.chunk_id, b.raw_length, "its pack is missing from storage")
+                    for b in read.blobs
+                }
             return await loop.run_in_executor(_verify_pool(), open_fetched, read, data)
 
     windows = plan_reads(
         ids, locations, window_bytes=READ_WINDOW_BYTES, max_gap=COALESCE_GAP, max_bytes=MAX_RANGE_BYTES
     )
-    message_bytes = min(request.max_message_bytes, MAX_READ_MESSAGE_BYTES)
-    async for run in _serve_windows(ids, windows, fetch, message_bytes):
+    async for run in _serve_windows(ids, windows, fetch, message_bytes, missing):
+        if not tolerant:
+            for c in run:
+                if c.damage:
+                    log.warning("stored chunk %s cannot be served: %s", c.chunk_id.hex(), c.damage)
+                    raise FailedPrecondition(f"stored chunk {c.chunk_id.hex()} is corrupt: {c.damage}")
         if not message_bytes:  # an agent that predates max_message_bytes: the response's own fields
             [c] = run
             yield gateway_pb2.ReadChunksResponse(
@@ -607,7 +643,11 @@ async def read_chunks(
         response = gateway_pb2.ReadChunksResponse()
         add = response.chunks.add
         for c in run:
-            add(chunk_id=c.chunk_id, data=c.data, compression=c.compression, raw_length=c.raw_length)
+            if c.damage:
+                log.warning("stored chunk %s cannot be served: %s", c.chunk_id.hex(), c.damage)
+                add(chunk_id=c.chunk_id, damage=c.damage)
+            else:
+                add(chunk_id=c.chunk_id, data=c.data, compression=c.compression, raw_length=c.raw_length)
         yield response
 
 
@@ -617,7 +657,11 @@ _CHUNK_OVERHEAD = CHUNK_ID_SIZE + 16
 
 
 async def _serve_windows(
-    ids: Sequence[bytes], windows: Sequence[ReadWindow], fetch: _Fetch, message_bytes: int = 0
+    ids: Sequence[bytes],
+    windows: Sequence[ReadWindow],
+    fetch: _Fetch,
+    message_bytes: int = 0,
+    missing: dict[bytes, OpenedChunk] | None = None,
 ) -> AsyncIterator[list[OpenedChunk]]:
     """Send every position in order, in runs; the next window's ranges are fetched while the current one is sent.
 
@@ -625,8 +669,10 @@ async def _serve_windows(
     ``_CHUNK_OVERHEAD`` each); a single larger chunk, and every chunk when
     ``message_bytes`` is 0, is a run of its own. A run is sent as soon as the
     next position's chunk is not read yet: the agent gets what is ready rather
-    than waiting for a full message.
+    than waiting for a full message. ``missing``: the answers for ids that have
+    no location (not read; ``plan_reads`` leaves them out).
     """
+    missing = missing or {}
 
     def start(window: ReadWindow) -> dict[bytes, asyncio.Task[dict[bytes, OpenedChunk]]]:
         by_chunk: dict[bytes, asyncio.Task[dict[bytes, OpenedChunk]]] = {}
@@ -648,11 +694,14 @@ async def _serve_windows(
                 held.append(start(windows[number + 1]))  # read ahead while this window is sent
             for position in range(window.start, window.end):
                 cid = ids[position]
-                task = held[0][cid]
-                if run and not task.done():
-                    yield run
-                    run, run_bytes = [], 0
-                chunk = (await task)[cid]
+                task = held[0].get(cid)
+                if task is None:
+                    chunk = missing[cid]
+                else:
+                    if run and not task.done():
+                        yield run
+                        run, run_bytes = [], 0
+                    chunk = (await task)[cid]
                 size = len(chunk.data) + _CHUNK_OVERHEAD
                 if run and run_bytes + size > message_bytes:
                     yield run

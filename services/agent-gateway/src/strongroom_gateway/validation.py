@@ -211,6 +211,9 @@ def finished(value: gateway_pb2.JobFinished) -> None:
     text("finished.error", value.error, max_bytes=MAX_ERROR_BYTES)
     for number, message in enumerate(value.file_errors):
         text(f"finished.file_errors[{number}]", message, max_bytes=MAX_FILE_ERROR_BYTES)
+    for number, failed in enumerate(value.failed_files):
+        text(f"finished.failed_files[{number}].path", failed.path, max_bytes=MAX_PATH_BYTES)
+        text(f"finished.failed_files[{number}].reason", failed.reason, max_bytes=MAX_FILE_ERROR_BYTES)
 
 
 def point_header(value: gateway_pb2.PointHeader) -> None:

@@ -32,6 +32,7 @@ def job_message(job: RestoreJob) -> restore_pb2.RestoreJob:
         error=job.error,
         stats=job.stats,
         created_at=to_timestamp(job.created_at),
+        failed_files=[common_pb2.FileError(path=path, reason=reason) for path, reason in job.failed_files],
     )
     if job.finished_at is not None:
         message.finished_at.CopyFrom(to_timestamp(job.finished_at))

@@ -250,6 +250,7 @@ def _apply(job: RestoreJob, event: events_pb2.RestoreUpdated) -> RestoreJob | No
         status=status,
         error=event.error or job.error,
         stats=event.stats if event.HasField("stats") else job.stats,
+        failed_files=tuple((f.path, f.reason) for f in event.failed_files) or job.failed_files,
         updated_at=occurred,
         finished_at=occurred if status in FINISHED else None,
     )

@@ -32,8 +32,16 @@ CREATE INDEX restore_jobs_by_target ON restore_jobs (target_instance_id, created
 CREATE INDEX restore_jobs_by_source ON restore_jobs (source_instance_id, created_at DESC);
 """
 
+# Files a restore could not write (ADR 0030): paths and reasons, index for index.
+_V4 = """
+ALTER TABLE restore_jobs
+    ADD COLUMN failed_paths text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN failed_reasons text[] NOT NULL DEFAULT '{}';
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
     Migration(3, _V1),
+    Migration(4, _V4),
 ]

@@ -76,6 +76,8 @@ class RestoreJob:
 
     ``updated_at`` is the event time of the last applied ``restore-updated``
     (older updates are stale); ``conflict_policy`` is an ``agent.v1.ConflictPolicy`` value.
+    ``failed_files``: (path, reason) of files the agent could not restore, as
+    reported (at most 1,000; ``stats.files_failed`` counts them all; ADR 0030).
     """
 
     restore_job_id: str
@@ -91,6 +93,7 @@ class RestoreJob:
     created_at: dt.datetime
     error: str = ""
     stats: common_pb2.JobStats = field(default_factory=common_pb2.JobStats)
+    failed_files: tuple[tuple[str, str], ...] = ()
     updated_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
 

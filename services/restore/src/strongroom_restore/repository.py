@@ -14,7 +14,8 @@ from strongroom_restore.model import RestoreJob
 
 _COLUMNS = (
     "restore_job_id, account_id, point_id, source_instance_id, target_instance_id, status, include_paths,"
-    " exclude_paths, target_path, conflict_policy, error, stats, created_at, updated_at, finished_at"
+    " exclude_paths, target_path, conflict_policy, error, stats, created_at, updated_at, finished_at,"
+    " failed_paths, failed_reasons"
 )
 
 
@@ -35,6 +36,7 @@ def _job(row: asyncpg.Record) -> RestoreJob:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
+        failed_files=tuple(zip(row["failed_paths"], row["failed_reasons"], strict=True)),
     )
 
 
@@ -48,7 +50,7 @@ class PgRestoreTx(PgTransaction):
     async def insert_job(self, job: RestoreJob) -> None:
         await self._conn.execute(
             f"INSERT INTO restore_jobs ({_COLUMNS})"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             job.restore_job_id,
             job.account_id,
             job.point_id,
@@ -64,18 +66,22 @@ class PgRestoreTx(PgTransaction):
             job.created_at,
             job.updated_at,
             job.finished_at,
+            [path for path, _ in job.failed_files],
+            [reason for _, reason in job.failed_files],
         )
 
     async def update_job(self, job: RestoreJob) -> None:
         await self._conn.execute(
-            "UPDATE restore_jobs SET status = $2, error = $3, stats = $4, updated_at = $5, finished_at = $6"
-            " WHERE restore_job_id = $1",
+            "UPDATE restore_jobs SET status = $2, error = $3, stats = $4, updated_at = $5, finished_at = $6,"
+            " failed_paths = $7, failed_reasons = $8 WHERE restore_job_id = $1",
             job.restore_job_id,
             job.status,
             job.error,
             job.stats.SerializeToString(),
             job.updated_at,
             job.finished_at,
+            [path for path, _ in job.failed_files],
+            [reason for _, reason in job.failed_files],
         )
 
 

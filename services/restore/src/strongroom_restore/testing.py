@@ -47,6 +47,7 @@ class InMemoryRestoreTx:
             status=job.status,
             error=job.error,
             stats=job.stats,
+            failed_files=job.failed_files,
             updated_at=job.updated_at,
             finished_at=job.finished_at,
         )
