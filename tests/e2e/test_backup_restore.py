@@ -142,15 +142,21 @@ async def start_agent(platform: Platform, token: str, state_dir: Path) -> Manage
     ca_file = platform.tls_dir / CA_CERT_FILE
     argv += ["--state-dir", str(state_dir), "--ca-file", str(ca_file), "--pin", spki_sha256(ca_file.read_bytes())]
 
+    last: list[str] = []
+
     async def enrolled() -> bool:
         process = await asyncio.create_subprocess_exec(
             *argv, env=platform.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
-        await process.communicate()
+        output, _ = await process.communicate()
+        last[:] = [output.decode(errors="replace").strip()]
         return process.returncode == 0
 
     # The gateway learns of the activation from Kafka; its first group join can be slow on a loaded machine.
-    await eventually("agent enrollment", enrolled, within=120)
+    try:
+        await eventually("agent enrollment", enrolled, within=120)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last attempt said: {last[0] if last else '(none)'}") from None
     # The agent holds a certificate of the agent CA and calls the gateway's mTLS listener (ADR 0028).
     state = json.loads((state_dir / "agent.json").read_text())
     assert state["mtls_address"] == ":" + platform.stack.addresses["gateway-agents"].rpartition(":")[2]
