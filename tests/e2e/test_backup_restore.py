@@ -83,7 +83,7 @@ class Platform:
 
 
 @pytest.fixture
-async def platform(kafka_bootstrap: str, pg_dsn: str, s3_config: S3Config, tmp_path: Path) -> AsyncIterator[Platform]:
+async def platform(stack_kafka: str, pg_dsn: str, s3_config: S3Config, tmp_path: Path) -> AsyncIterator[Platform]:
     store = {
         "STRONGROOM_OBJECT_STORE": "s3",
         "STRONGROOM_S3_ENDPOINT": s3_config.endpoint,
@@ -92,7 +92,7 @@ async def platform(kafka_bootstrap: str, pg_dsn: str, s3_config: S3Config, tmp_p
         "STRONGROOM_S3_SECURE": "1" if s3_config.secure else "0",
         "STRONGROOM_S3_BUCKET": f"e2e-{uuid.uuid4().hex[:12]}",
     }
-    async with running_platform(kafka_bootstrap, pg_dsn, tmp_path, store) as running:
+    async with running_platform(stack_kafka, pg_dsn, tmp_path, store) as running:
         yield running
 
 

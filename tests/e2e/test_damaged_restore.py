@@ -58,13 +58,13 @@ def version_file(store: Path, key: str, version_id: str) -> Path:
 
 
 async def test_a_damaged_pack_fails_only_the_files_in_it(
-    kafka_bootstrap: str, pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack_kafka: str, pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tmp_path / "objects"
     settings = {"STRONGROOM_OBJECT_STORE": f"file:{store}", "STRONGROOM_GATEWAY_PACK_BYTES": str(1 << 20)}
     source = tmp_path / "source"
     by_size = make_files(source)
-    async with running_platform(kafka_bootstrap, pg_dsn, tmp_path, settings) as platform:
+    async with running_platform(stack_kafka, pg_dsn, tmp_path, settings) as platform:
         instance_id, agent = await enrolled_instance(platform, source, tmp_path / "agent-state")
         try:
             await backup(platform, instance_id)
