@@ -182,17 +182,9 @@ def tls_env(
     listener accepts only certificates of the same CA (mutual TLS, ADR 0024). A restarted service
     gets its previous ``internal_listen`` back, so its peers' channels find it again.
     """
-    from strongroom_platform.certs import AGENT_CA_CERT_FILE, AGENT_CA_KEY_FILE, CA_CERT_FILE, pair_paths
+    from strongroom_platform.certs import AGENT_CA_CERT_FILE, AGENT_CA_KEY_FILE, service_tls_env
 
-    cert, key = pair_paths(tls_dir, service)
-    internal = "STRONGROOM_GATEWAY_INTERNAL_LISTEN" if service == "gateway" else "STRONGROOM_INTERNAL_LISTEN"
-    env = {
-        "STRONGROOM_TLS_CERT": str(cert),
-        "STRONGROOM_TLS_KEY": str(key),
-        "STRONGROOM_TLS_CA": str(tls_dir / CA_CERT_FILE),
-        "STRONGROOM_TLS_CLIENT_CA": str(tls_dir / CA_CERT_FILE),
-        internal: internal_listen or "127.0.0.1:0",
-    }
+    env = service_tls_env(tls_dir, service, internal_listen=internal_listen)
     if service == "gateway":
         # Agents call with certificates of the agent CA on their own mTLS listener (ADR 0028).
         env["STRONGROOM_GATEWAY_AGENT_MTLS_LISTEN"] = agents_listen or "127.0.0.1:0"
@@ -292,8 +284,6 @@ def operator_channel(address: str, *, ca_file: Path | None, token: str) -> grpc.
     """
     if ca_file is None:
         return grpc.aio.insecure_channel(address)
-    credentials = grpc.composite_channel_credentials(
-        grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes()),
-        grpc.access_token_call_credentials(token),
-    )
-    return grpc.aio.secure_channel(address, credentials)
+    from strongroom_platform.tls import bearer_channel
+
+    return bearer_channel(address, ca_file.read_bytes(), token)

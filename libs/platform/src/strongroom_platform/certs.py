@@ -47,6 +47,7 @@ __all__ = [
     "AGENT_CA_KEY_FILE",
     "AGENT_URI_PREFIX",
     "CA_CERT_FILE",
+    "service_tls_env",
     "CA_KEY_FILE",
     "SERVICE_URI_PREFIX",
     "CertificateAuthority",
@@ -449,3 +450,21 @@ def _still_good(cert_path: Path, key_path: Path, ca: CertificateAuthority, now: 
         return False
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     return cert.not_valid_after_utc - now > life / 3
+
+
+def service_tls_env(directory: Path, service: str, *, internal_listen: str | None = None) -> dict[str, str]:
+    """The environment of ``service`` on the local PKI of ``directory`` (``ensure_local_pki``).
+
+    The service presents ``<service>.pem`` on its listeners and to its peers, trusts the CA, and
+    its internal listener (``internal_listen``, default any free port) accepts only certificates of
+    the same CA (mutual TLS, ADR 0024).
+    """
+    cert, key = pair_paths(directory, service)
+    internal = "STRONGROOM_GATEWAY_INTERNAL_LISTEN" if service == "gateway" else "STRONGROOM_INTERNAL_LISTEN"
+    return {
+        "STRONGROOM_TLS_CERT": str(cert),
+        "STRONGROOM_TLS_KEY": str(key),
+        "STRONGROOM_TLS_CA": str(directory / CA_CERT_FILE),
+        "STRONGROOM_TLS_CLIENT_CA": str(directory / CA_CERT_FILE),
+        internal: internal_listen or "127.0.0.1:0",
+    }

@@ -51,6 +51,7 @@ __all__ = [
     "TlsSettings",
     "channel_credentials",
     "backend_ssl_context",
+    "bearer_channel",
     "client_ssl_context",
     "fetch_peer_certificate",
     "listener_credentials",
@@ -235,6 +236,14 @@ def secure_channel(
     if insecure_plaintext:
         return grpc.aio.insecure_channel(target, options=options)
     raise PlaintextRefused(f"channel to {target}: no TLS settings; plaintext needs {INSECURE_PLAINTEXT_ENV}=1")
+
+
+def bearer_channel(address: str, ca_pem: bytes, token: str) -> grpc.aio.Channel:
+    """A TLS channel trusting ``ca_pem`` that sends ``token`` as the bearer of every call (an operator's)."""
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=ca_pem), grpc.access_token_call_credentials(token)
+    )
+    return grpc.aio.secure_channel(address, credentials)
 
 
 def pinned_roots(bundle_pem: bytes, pins: Collection[str]) -> bytes:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from strongroom_platform.certs import CA_CERT_FILE, ensure_local_pki, pair_paths, spki_sha256
+from strongroom_platform.certs import CA_CERT_FILE, ensure_local_pki, pair_paths, service_tls_env, spki_sha256
 from strongroom_platform.settings import TlsSettings
-from strongroom_platform.tls import server_credentials
+from strongroom_platform.tls import bearer_channel, server_credentials
 
 SERVICES = ("gateway", "catalog", "scheduler", "billing", "restore")
 
@@ -42,23 +42,11 @@ class LocalPki:
 
     def env(self, service: str, *, internal_listen: str = "127.0.0.1:0") -> dict[str, str]:
         """The environment of a ``service`` process: TLS and an internal listener."""
-        cert, key = pair_paths(self.directory, service)
-        internal = "STRONGROOM_GATEWAY_INTERNAL_LISTEN" if service == "gateway" else "STRONGROOM_INTERNAL_LISTEN"
-        return {
-            "STRONGROOM_TLS_CERT": str(cert),
-            "STRONGROOM_TLS_KEY": str(key),
-            "STRONGROOM_TLS_CA": str(self.ca_file),
-            "STRONGROOM_TLS_CLIENT_CA": str(self.ca_file),
-            internal: internal_listen,
-        }
+        return service_tls_env(self.directory, service, internal_listen=internal_listen)
 
     def operator_channel(self, address: str, token: str) -> grpc.aio.Channel:
         """A TLS channel to a public listener that sends ``token`` as the bearer of every call."""
-        credentials = grpc.composite_channel_credentials(
-            grpc.ssl_channel_credentials(root_certificates=self.ca_file.read_bytes()),
-            grpc.access_token_call_credentials(token),
-        )
-        return grpc.aio.secure_channel(address, credentials)
+        return bearer_channel(address, self.ca_file.read_bytes(), token)
 
     def service_channel(self, address: str, service: str) -> grpc.aio.Channel:
         """A mutual-TLS channel to an internal listener, as ``service``."""
