@@ -99,7 +99,9 @@ class PointRun:
         uploader = Uploader(
             job_id=ctx.job_id, client=ctx.client, retry=ctx.retry, budget=budget, stats=ctx.stats, limits=limits
         )
-        compressor = Compressor(executor=ctx.executor, workers=ctx.workers, limits=limits, out=uploader)
+        compressor = Compressor(
+            job_id=ctx.job_id, executor=ctx.executor, workers=ctx.workers, limits=limits, out=uploader
+        )
         deduper = Deduper(
             job_id=ctx.job_id,
             client=ctx.client,

@@ -309,10 +309,12 @@ class Reader:
         return results
 
     async def _small_group(self, files: list[tuple[ScanItem, asyncio.Future[FileOutcome | None]]]) -> None:
-        """Read a group of small files in one worker-thread hop and settle each file's slot."""
+        """Read a group of small files in one worker-thread hop, hand their chunks on as one group, settle each slot."""
         ctx = self._ctx
         try:
             results = await self._in_thread(functools.partial(self._read_small_files, [item for item, _ in files]))
+            chunks = [chunk for result in results if result.entry is not None for chunk in result.chunks]
+            await self._to_dedup(chunks)
             for (item, future), result in zip(files, results, strict=True):
                 ctx.stats.bytes_read += result.bytes_read
                 if result.too_big:
@@ -323,7 +325,6 @@ class Reader:
                     future.set_result(None)
                     continue
                 assert result.before is not None and result.entry is not None
-                await self._to_dedup(result.chunks)
                 ctx.stats.files_read += 1
                 future.set_result((result.entry, result.before))
         finally:
@@ -334,18 +335,18 @@ class Reader:
     async def _to_dedup(self, chunks: list[tuple[bytes, bytes]]) -> list[bytes]:
         """Hand read chunks to the dedup stage (within the memory budget); their ids, in order.
 
-        The chunks of a step or small file (at most a read batch) are charged in one
-        acquire when they fit the budget together, each chunk then holding its own share.
+        The chunks of a step or small-file group (at most about a read batch) are
+        charged in one acquire and handed on as one group when they fit the
+        budget together, each chunk then holding its own share; else chunk by chunk.
         """
         total = sum(len(content) for _, content in chunks)
         if 0 < total <= self._budget.capacity:
             await self._budget.acquire(total)
-            for cid, content in chunks:
-                await self._out.put(Chunk(cid, content, len(content)))
+            await self._out.put([Chunk(cid, content, len(content)) for cid, content in chunks])
         else:
             for cid, content in chunks:
                 charge = await self._budget.acquire(len(content))
-                await self._out.put(Chunk(cid, content, charge))
+                await self._out.put([Chunk(cid, content, charge)])
         return [cid for cid, _ in chunks]
 
     async def _read_file(self, reader: FileReader, item: ScanItem) -> FileOutcome:

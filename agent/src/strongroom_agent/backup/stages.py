@@ -10,7 +10,10 @@ job's thread pool of ``max_cores`` threads; the event loop only moves data.
 
 Each stage owns its input queue (``put`` / ``close``) and runs as one or more
 workers (``run``) that take whatever is ready, up to a batch, never waiting
-for more. ``close`` queues the end marker once per worker; the point's run
+for more. Chunks move in groups (a read step's, a small-file group's, a
+compressed batch's upload messages): one event-loop step per group, not per
+chunk or file, since per-item hand-offs on the loop held the GIL most of a
+small-file backup's time. ``close`` queues the end marker once per worker; the point's run
 closes each stage after the one before it has finished.
 """
 
@@ -206,16 +209,42 @@ def upload_requests(job_id: str, uploads: Sequence[Upload], message_bytes: int) 
     return requests
 
 
-def _compress_all(chunks: list[Chunk]) -> list[Upload]:
+@dataclass
+class Outgoing:
+    """The upload messages of one compressed group of chunks, built in a worker thread.
+
+    ``charge`` is what its chunks hold of the memory budget until the upload returns.
+    """
+
+    requests: list[gateway_pb2.UploadChunkRequest]
+    chunks: int
+    payload_bytes: int
+    charge: int
+
+
+def compress_group(job_id: str, chunks: list[Chunk], message_bytes: int) -> Outgoing:
+    """Compress a group of chunks and build its upload messages (runs in a worker thread).
+
+    Building the messages copies every payload; done here, that copy stays off the event loop.
+    """
     uploads = []
     for chunk in chunks:
         compression, payload = compress(chunk.content)
         uploads.append(Upload(chunk.id, len(chunk.content), compression, payload, chunk.charge))
-    return uploads
+    return Outgoing(
+        upload_requests(job_id, uploads, message_bytes),
+        len(uploads),
+        sum(len(u.payload) for u in uploads),
+        sum(u.charge for u in uploads),
+    )
+
+
+def _group_bytes(group: list[Chunk]) -> int:
+    return sum(len(c.content) for c in group)
 
 
 class Uploader:
-    """Sends compressed chunks to the gateway in batches (``uploaders`` workers), then releases their budget."""
+    """Sends compressed groups to the gateway in batches (``uploaders`` workers), then releases their budget."""
 
     def __init__(
         self,
@@ -234,10 +263,10 @@ class Uploader:
         self._stats = stats
         self._limits = limits
         self.workers = limits.uploaders
-        self._queue: asyncio.Queue[Upload | End] = asyncio.Queue(limits.upload_batch_chunks * 2)
+        self._queue: asyncio.Queue[Outgoing | End] = asyncio.Queue(limits.upload_batch_chunks * 2)
 
-    async def put(self, upload: Upload) -> None:
-        await self._queue.put(upload)
+    async def put(self, outgoing: Outgoing) -> None:
+        await self._queue.put(outgoing)
 
     async def close(self) -> None:
         for _ in range(self.workers):
@@ -246,33 +275,36 @@ class Uploader:
     async def run(self) -> None:
         limits = self._limits
         while True:
-            uploads, end = await take_batch(
-                self._queue, limits.upload_batch_chunks, limits.upload_batch_bytes, lambda u: len(u.payload)
+            groups, end = await take_batch(
+                self._queue, limits.upload_batch_chunks, limits.upload_batch_bytes, lambda o: o.payload_bytes
             )
-            if uploads:
-                requests = upload_requests(self._job_id, uploads, limits.upload_message_bytes)
+            if groups:
+                requests = [r for o in groups for r in o.requests]
                 upload = functools.partial(self._client.upload_chunks, requests)
                 response = await self._retry.call("UploadChunks", upload)
                 self._stats.chunks_new += response.chunks_stored
-                self._stats.bytes_uploaded += sum(len(u.payload) for u in uploads)
-                for u in uploads:
-                    self._budget.release(u.charge)
+                self._stats.bytes_uploaded += sum(o.payload_bytes for o in groups)
+                self._budget.release(sum(o.charge for o in groups))
             if end:
                 return
 
 
 class Compressor:
-    """Compresses new chunks in the job's worker threads (one worker per thread) and passes them to upload."""
+    """Compresses groups of new chunks in the job's worker threads (one worker per thread) and passes them on."""
 
-    def __init__(self, *, executor: ThreadPoolExecutor, workers: int, limits: PipelineLimits, out: Uploader) -> None:
+    def __init__(
+        self, *, job_id: str, executor: ThreadPoolExecutor, workers: int, limits: PipelineLimits, out: Uploader
+    ) -> None:
+        self._job_id = job_id
         self._executor = executor
         self.workers = workers
         self._batch_bytes = limits.compress_batch_bytes
+        self._message_bytes = limits.upload_message_bytes
         self._out = out
-        self._queue: asyncio.Queue[Chunk | End] = asyncio.Queue(limits.chunk_queue)
+        self._queue: asyncio.Queue[list[Chunk] | End] = asyncio.Queue(limits.chunk_queue)
 
-    async def put(self, chunk: Chunk) -> None:
-        await self._queue.put(chunk)
+    async def put(self, group: list[Chunk]) -> None:
+        await self._queue.put(group)
 
     async def close(self) -> None:
         for _ in range(self.workers):
@@ -281,10 +313,11 @@ class Compressor:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            chunks, end = await take_batch(self._queue, 1 << 30, self._batch_bytes, lambda c: len(c.content))
-            if chunks:
-                for upload in await loop.run_in_executor(self._executor, functools.partial(_compress_all, chunks)):
-                    await self._out.put(upload)
+            groups, end = await take_batch(self._queue, 1 << 30, self._batch_bytes, _group_bytes)
+            if groups:
+                chunks = groups[0] if len(groups) == 1 else [c for g in groups for c in g]
+                work = functools.partial(compress_group, self._job_id, chunks, self._message_bytes)
+                await self._out.put(await loop.run_in_executor(self._executor, work))
             if end:
                 return
 
@@ -292,7 +325,8 @@ class Compressor:
 class Deduper:
     """Asks the gateway which chunks it lacks; passes those on to compress and releases the others' budget.
 
-    Ids asked about once in this job (``SeenIds``) are not asked again.
+    Chunks travel in groups (a read step's or a small-file group's), one queue
+    operation each. Ids asked about once in this job (``SeenIds``) are not asked again.
     """
 
     def __init__(
@@ -312,33 +346,49 @@ class Deduper:
         self._seen = seen
         self._budget = budget
         self._batch_ids = limits.dedup_batch_ids
-        self._batch_bytes = limits.memory_budget_bytes // 4
         self._out = out
-        self._queue: asyncio.Queue[Chunk | End] = asyncio.Queue(limits.chunk_queue)
+        self._queue: asyncio.Queue[list[Chunk] | End] = asyncio.Queue(limits.chunk_queue)
 
-    async def put(self, chunk: Chunk) -> None:
-        await self._queue.put(chunk)
+    async def put(self, group: list[Chunk]) -> None:
+        await self._queue.put(group)
 
     async def close(self) -> None:
         await self._queue.put(END)
 
     async def run(self) -> None:
         end = False
+        seen = self._seen
         while not end:
-            batch, end = await take_batch(self._queue, self._batch_ids, self._batch_bytes, lambda c: len(c.content))
+            # Up to about ``dedup_batch_ids`` ids per query (whole groups; the budget bounds their bytes).
+            groups, end = await take_batch(self._queue, 1 << 30, self._batch_ids, len)
             query: dict[bytes, Chunk] = {}
-            for chunk in batch:
-                if chunk.id in self._seen or chunk.id in query:
-                    self._budget.release(chunk.charge)
-                else:
-                    query[chunk.id] = chunk
+            known = 0
+            for group in groups:
+                for chunk in group:
+                    if chunk.id in seen or chunk.id in query:
+                        known += chunk.charge
+                    else:
+                        query[chunk.id] = chunk
+            if known:
+                self._budget.release(known)
+                known = 0
             if not query:
                 continue
-            find = functools.partial(self._client.find_missing_chunks, self._job_id, list(query))
-            missing = set(await self._retry.call("FindMissingChunks", find))
+            ids = list(query)
+            missing: set[bytes] = set()
+            for start in range(0, len(ids), self._batch_ids):  # a group may take a batch past the bound
+                find = functools.partial(
+                    self._client.find_missing_chunks, self._job_id, ids[start : start + self._batch_ids]
+                )
+                missing.update(await self._retry.call("FindMissingChunks", find))
+            new: list[Chunk] = []
             for cid, chunk in query.items():
-                self._seen.add(cid)
+                seen.add(cid)
                 if cid in missing:
-                    await self._out.put(chunk)
+                    new.append(chunk)
                 else:
-                    self._budget.release(chunk.charge)
+                    known += chunk.charge
+            if known:
+                self._budget.release(known)
+            if new:
+                await self._out.put(new)
