@@ -36,6 +36,7 @@ from strongroom_agent.identity import (
     new_key_and_csr,
     save_identity,
 )
+from strongroom_agent.memory import tune_allocator
 from strongroom_agent.session import (
     CredentialRejected,
     Session,
@@ -329,6 +330,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             state = load_state(state_dir)
         except StateError as exc:
             raise CliError(str(exc), EXIT_USAGE) from exc
+        tune_allocator()  # before the job threads allocate
         asyncio.run(_run(state, state_dir, roots))
         return EXIT_OK
     except CliError as exc:

@@ -1,0 +1,46 @@
+"""The agent's allocator settings: keep the process's resident memory close to what the pipeline holds.
+
+Chunk content, compressed copies and gRPC messages are large short-lived
+buffers allocated and freed in several threads. With glibc's defaults each
+thread gets its own arena (up to 8 per core) and the mmap threshold rises to
+the largest buffer freed so far (up to 32 MiB), so buffers of up to a few
+MiB come from arenas that keep their pages after ``free``: on the benchmark
+tree the agent's peak RSS was ~60 MB above what the pipeline held. Two arenas
+and a fixed 1 MiB threshold (buffers from 1 MiB up are mapped and unmapped
+whole) took that away at no measurable CPU cost; a 128 KiB threshold saved a
+little more but cost ~25% more CPU in page faults.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# mallopt parameters (glibc malloc.h).
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 1 << 20
+ARENA_MAX = 2
+
+
+def tune_allocator() -> bool:
+    """Apply the settings above when the C library is glibc; False (and nothing changed) otherwise.
+
+    Called once by the agent's entry point before its jobs start; never at import.
+    """
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (ValueError, OSError, AttributeError):
+        return False  # not glibc (musl, macOS): its allocator's own defaults stand
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    applied = bool(mallopt(M_ARENA_MAX, ARENA_MAX)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    if not applied:
+        log.warning("could not tune the allocator (mallopt refused); memory use may be higher")
+    return applied
