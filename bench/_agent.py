@@ -7,6 +7,11 @@ send 0: HIGH priority is capped at 30 MB/s by design. Everything else is the sto
 With ``BENCH_TRACEMALLOC=<file>`` the agent runs under ``tracemalloc`` and, each time the traced
 Python heap grows 64 MB past its previous peak, rewrites ``<file>`` with the top allocation sites
 (memory diagnosis only: tracemalloc slows the agent down several times).
+
+With ``BENCH_YAPPI=<file>`` the agent runs under yappi (CPU clock, every thread; install it into
+the environment first: ``uv pip install yappi``): ``SIGUSR1`` clears the statistics, ``SIGUSR2``
+writes the functions with the most own CPU time and each thread's total to ``<file>``. Unlike
+cProfile this sees the worker threads; it slows the agent down about 3x.
 """
 
 from __future__ import annotations
@@ -45,6 +50,37 @@ def _trace_memory(path: str) -> None:
 
     threading.Thread(target=watch, daemon=True, name="bench-tracemalloc").start()
 
+
+def _profile_cpu(path: str) -> None:
+    import signal
+
+    import yappi  # type: ignore[import-not-found, unused-ignore]
+
+    yappi.set_clock_type("cpu")
+    yappi.start(builtins=True, profile_threads=True)
+
+    def dump(_signum: int, _frame: object) -> None:
+        stats = yappi.get_func_stats()
+        stats.sort("tsub")
+        lines = [f"{'own s':>7} {'incl s':>7} {'calls':>9} function"]
+        for s in stats[:60]:
+            lines.append(f"{s.tsub:7.2f} {s.ttot:7.2f} {s.ncall:9d} {os.path.basename(s.module)}:{s.lineno} {s.name}")
+        lines.append("threads (CPU s):")
+        lines += [f"  {t.name} {t.id} {t.ttot:.2f}" for t in yappi.get_thread_stats()]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def clear(_signum: int, _frame: object) -> None:
+        yappi.stop()
+        yappi.clear_stats()
+        yappi.start(builtins=True, profile_threads=True)
+
+    signal.signal(signal.SIGUSR1, clear)
+    signal.signal(signal.SIGUSR2, dump)
+
+
+if os.environ.get("BENCH_YAPPI"):
+    _profile_cpu(os.environ["BENCH_YAPPI"])
 
 if os.environ.get("BENCH_TRACEMALLOC"):
     _trace_memory(os.environ["BENCH_TRACEMALLOC"])

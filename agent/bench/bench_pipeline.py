@@ -39,10 +39,9 @@ class SinkGateway:
     async def find_missing_chunks(self, job_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:
         return [c for c in chunk_ids if c not in self.ids]
 
-    async def upload_chunks(
-        self, requests: Sequence[gateway_pb2.UploadChunkRequest]
-    ) -> gateway_pb2.UploadChunksResponse:
-        chunks = [c for r in requests for c in (r.chunks if r.chunks else [r])]
+    async def upload_chunks(self, requests: Sequence[bytes]) -> gateway_pb2.UploadChunksResponse:
+        messages = [gateway_pb2.UploadChunkRequest.FromString(r) for r in requests]
+        chunks = [c for r in messages for c in (r.chunks if r.chunks else [r])]
         for c in chunks:
             self.ids.add(c.chunk_id)
             self.payload_bytes += len(c.payload)

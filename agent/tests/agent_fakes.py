@@ -74,14 +74,16 @@ class FakeGateway:
         return [c for c in chunk_ids if c not in self.chunks]
 
     async def upload_chunks(
-        self, requests: Sequence[gateway_pb2.UploadChunkRequest]
+        self, requests: Sequence[bytes | gateway_pb2.UploadChunkRequest]
     ) -> gateway_pb2.UploadChunksResponse:
+        """Serialized requests (the agent's client) or messages (through the gRPC server of test_agent_grpc)."""
         if self.fail_uploads:
             raise GatewayError("UNAVAILABLE", "object store down")
         self._call("upload")
         self.upload_calls += 1
         stored = present = 0
-        for request in (c for r in requests for c in (r.chunks if r.chunks else [r])):
+        messages = [gateway_pb2.UploadChunkRequest.FromString(r) if isinstance(r, bytes) else r for r in requests]
+        for request in (c for r in messages for c in (r.chunks if r.chunks else [r])):
             if request.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD:
                 data = zstandard.ZstdDecompressor().decompress(request.payload, max_output_size=request.raw_length)
             else:

@@ -8,6 +8,7 @@ gateway verifies, so they come only from ``RepositoryParameters``.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,7 +69,15 @@ class ChunkParams:
             raise InvalidRepositoryParameters("chunker sizes must satisfy min <= avg <= max")
 
     def chunker(self) -> FastCDC:
-        return FastCDC(self.avg_size, min_size=self.min_size, max_size=self.max_size, seed=self.seed)
+        """The FastCDC of these parameters (shared: it is read-only once built, each cut has its own state)."""
+        return _fastcdc(self.min_size, self.avg_size, self.max_size, self.seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _fastcdc(min_size: int, avg_size: int, max_size: int, seed: int) -> FastCDC:
+    # A seeded FastCDC builds its gear tables on creation (~11 us): once per file was ~1 s of
+    # GIL-held CPU on the benchmark tree.
+    return FastCDC(avg_size, min_size=min_size, max_size=max_size, seed=seed)
 
 
 def chunk_id(key: bytes, data: bytes | memoryview) -> bytes:

@@ -50,7 +50,31 @@ class SentChunk(NamedTuple):
     damage: str = ""
 
 
-def sent_chunks(response: gateway_pb2.ReadChunksResponse) -> list[SentChunk]:
+class ChunkSent(Protocol):
+    """What the restore reads of a chunk the gateway sent: a ``SentChunk``, or a ``ServedChunk`` message as received.
+
+    The messages are passed on as they are: reading ``data`` out of one copies
+    it, and that copy belongs in the thread that decodes the chunk, not on the
+    event loop.
+    """
+
+    @property
+    def chunk_id(self) -> bytes: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def compression(self) -> int: ...
+
+    @property
+    def raw_length(self) -> int: ...
+
+    @property
+    def damage(self) -> str: ...
+
+
+def sent_chunks(response: gateway_pb2.ReadChunksResponse) -> Sequence[ChunkSent]:
     """The chunks of one ReadChunks message: its ``chunks``, or, when that is empty, the message itself.
 
     A gateway that predates ``max_message_bytes`` sends one chunk per message in
@@ -58,7 +82,7 @@ def sent_chunks(response: gateway_pb2.ReadChunksResponse) -> list[SentChunk]:
     cannot be a batched message.
     """
     if response.chunks:
-        return [SentChunk(c.chunk_id, c.data, c.compression, c.raw_length, c.damage) for c in response.chunks]
+        return response.chunks
     return [SentChunk(response.chunk_id, response.data, response.compression, response.raw_length)]
 
 
@@ -116,9 +140,13 @@ class GatewayClient(Protocol):
 
     async def find_missing_chunks(self, job_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]: ...
 
-    async def upload_chunks(
-        self, requests: Sequence[gateway_pb2.UploadChunkRequest]
-    ) -> gateway_pb2.UploadChunksResponse: ...
+    async def upload_chunks(self, requests: Sequence[bytes]) -> gateway_pb2.UploadChunksResponse:
+        """One UploadChunks call of ``requests``, each a serialized ``UploadChunkRequest``.
+
+        Serialized by the caller, in a worker thread: serializing megabytes of
+        payload on the event loop held the GIL there.
+        """
+        ...
 
     async def commit_point(
         self, requests: AsyncIterator[gateway_pb2.CommitPointRequest]
@@ -126,7 +154,7 @@ class GatewayClient(Protocol):
 
     def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]: ...
 
-    def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[SentChunk]:
+    def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[ChunkSent]:
         """The chunks, in any order, as sent (decode each with ``chunking.decode_chunk``).
 
         A chunk the gateway cannot serve comes with ``damage`` set instead of
@@ -207,6 +235,18 @@ class _GrpcControlStream:
         self._call.cancel()
 
 
+_UPLOAD_CHUNKS = f"/{gateway_pb2.DESCRIPTOR.services_by_name['AgentGatewayService'].full_name}/UploadChunks"
+
+
+def _serialized_upload(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.StreamUnaryMultiCallable[bytes, gateway_pb2.UploadChunksResponse]:
+    """UploadChunks taking requests already serialized (no serializer: the bytes are sent as they are)."""
+    return channel.stream_unary(
+        _UPLOAD_CHUNKS, request_serializer=None, response_deserializer=gateway_pb2.UploadChunksResponse.FromString
+    )
+
+
 class GrpcGatewayClient:
     """``GatewayClient`` over a gRPC channel, authenticated as one enrolled instance.
 
@@ -216,6 +256,7 @@ class GrpcGatewayClient:
 
     def __init__(self, channel: grpc.aio.Channel, instance_id: str, credential: str | None) -> None:
         self._stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
+        self._upload = _serialized_upload(channel)
         self._metadata: tuple[tuple[str, str], ...] = ()
         if credential is not None:
             self._metadata = (("authorization", f"Bearer {instance_id}.{credential}"),)
@@ -224,6 +265,7 @@ class GrpcGatewayClient:
         """Make later calls on ``channel`` (built with a renewed certificate); calls in flight
         finish on the old one."""
         self._stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
+        self._upload = _serialized_upload(channel)
 
     async def renew_certificate(self, csr_pem: bytes) -> gateway_pb2.AgentCertificate:
         """``RenewCertificate`` on this client's channel (mTLS: the current certificate)."""
@@ -249,11 +291,9 @@ class GrpcGatewayClient:
             raise GatewayError.from_rpc(exc) from exc
         return list(response.missing_chunk_ids)
 
-    async def upload_chunks(
-        self, requests: Sequence[gateway_pb2.UploadChunkRequest]
-    ) -> gateway_pb2.UploadChunksResponse:
+    async def upload_chunks(self, requests: Sequence[bytes]) -> gateway_pb2.UploadChunksResponse:
         try:
-            response: gateway_pb2.UploadChunksResponse = await self._stub.UploadChunks(
+            response: gateway_pb2.UploadChunksResponse = await self._upload(
                 iter(requests), metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as exc:
@@ -280,7 +320,7 @@ class GrpcGatewayClient:
         finally:
             call.cancel()
 
-    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[SentChunk]:
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[ChunkSent]:
         request = gateway_pb2.ReadChunksRequest(
             restore_job_id=restore_job_id,
             chunk_ids=list(chunk_ids),

@@ -216,23 +216,25 @@ class Outgoing:
     ``charge`` is what its chunks hold of the memory budget until the upload returns.
     """
 
-    requests: list[gateway_pb2.UploadChunkRequest]
+    requests: list[bytes]  # serialized UploadChunkRequests
     chunks: int
     payload_bytes: int
     charge: int
 
 
 def compress_group(job_id: str, chunks: list[Chunk], message_bytes: int) -> Outgoing:
-    """Compress a group of chunks and build its upload messages (runs in a worker thread).
+    """Compress a group of chunks and build its upload messages, serialized (runs in a worker thread).
 
-    Building the messages copies every payload; done here, that copy stays off the event loop.
+    Building and serializing the messages copies every payload twice; done
+    here, those copies stay off the event loop, and only the serialized
+    messages are kept until they are sent.
     """
     uploads = []
     for chunk in chunks:
         compression, payload = compress(chunk.content)
         uploads.append(Upload(chunk.id, len(chunk.content), compression, payload, chunk.charge))
     return Outgoing(
-        upload_requests(job_id, uploads, message_bytes),
+        [request.SerializeToString() for request in upload_requests(job_id, uploads, message_bytes)],
         len(uploads),
         sum(len(u.payload) for u in uploads),
         sum(u.charge for u in uploads),

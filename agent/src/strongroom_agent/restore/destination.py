@@ -34,6 +34,7 @@ _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CL
 # crashed run is skipped by O_EXCL) and cost nothing, unlike a random name per file.
 _temp_numbers = itertools.count()
 _TEMP_ATTEMPTS = 100
+_WRITEV_MAX = 1024  # IOV_MAX on Linux: pieces per writev call
 
 
 def _temp_name() -> str:
@@ -74,7 +75,7 @@ def safe_parts(path: str) -> list[str]:
     if path.startswith("/") or "\x00" in path:
         raise UnsafePath(f"refusing unsafe path {path!r}")
     parts = path.split("/")
-    if any(part in ("", ".", "..") for part in parts):
+    if "" in parts or "." in parts or ".." in parts:
         raise UnsafePath(f"refusing unsafe path {path!r}")
     return parts
 
@@ -188,8 +189,21 @@ class Destination:
 
     @staticmethod
     def write(fd: int, data: Sequence[bytes]) -> None:
-        for piece in data:
-            view = memoryview(piece)
+        """Write ``data`` in order: one ``writev`` for all of it when the kernel takes it whole (the usual case)."""
+        if not data:
+            return
+        if len(data) <= _WRITEV_MAX:
+            written = os.writev(fd, data) if len(data) > 1 else os.write(fd, data[0])
+            if written == sum(len(piece) for piece in data):
+                return
+        else:
+            written = 0
+        for piece in data:  # the rest, after a short write
+            if written >= len(piece):
+                written -= len(piece)
+                continue
+            view = memoryview(piece)[written:]
+            written = 0
             while view:
                 view = view[os.write(fd, view) :]
 

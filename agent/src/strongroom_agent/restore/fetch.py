@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.chunking import decode_chunk
-from strongroom_agent.gateway_client import GatewayClient, SentChunk
+from strongroom_agent.gateway_client import ChunkSent, GatewayClient
 from strongroom_agent.restore.destination import Destination, EntryProblem
 from strongroom_agent.restore.writer import WRITE_THREADS, Contents
 
@@ -33,7 +33,7 @@ def damage_reason(chunk_id: bytes, damage: str) -> str:
     return f"chunk {chunk_id.hex()} of this file is damaged in storage ({damage})"
 
 
-def decode_all(sent: list[SentChunk]) -> Contents:
+def decode_all(sent: list[ChunkSent]) -> Contents:
     """Decode each chunk; a damaged one, or one that does not decode, is recorded with its reason."""
     out = Contents()
     for chunk in sent:
@@ -69,7 +69,7 @@ class Fetcher:
         sent = [c async for c in self._client.read_chunks(self._job_id, ids)] if ids else []
         return await self._decode(sent)
 
-    async def _decode(self, sent: list[SentChunk]) -> Contents:
+    async def _decode(self, sent: list[ChunkSent]) -> Contents:
         """Decompress a batch's chunks in the writer threads (``WRITE_THREADS`` runs)."""
         loop = asyncio.get_running_loop()
         step = max(1, -(-len(sent) // WRITE_THREADS))
@@ -81,7 +81,7 @@ class Fetcher:
             contents.update(part)
         return contents
 
-    def _decode_and_write(self, fd: int, wanted: list[bytes], fetched: dict[bytes, SentChunk]) -> int:
+    def _decode_and_write(self, fd: int, wanted: list[bytes], fetched: dict[bytes, ChunkSent]) -> int:
         """Decode a window of a large file and append it (one worker-thread call); the bytes written.
 
         Raises EntryProblem, before writing anything of the window, when a chunk is damaged.
@@ -109,7 +109,7 @@ class Fetcher:
             window = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes // average))
             for start in range(0, len(ids), window):
                 wanted = ids[start : start + window]
-                fetched: dict[bytes, SentChunk] = {}
+                fetched: dict[bytes, ChunkSent] = {}
                 async for chunk in self._client.read_chunks(self._job_id, list(dict.fromkeys(wanted))):
                     fetched[chunk.chunk_id] = chunk
                 damaged = next((c for c in wanted if c in fetched and fetched[c].damage), None)

@@ -110,6 +110,8 @@ class _Restore:
 
     async def _finish_dirs_before(self, path: bytes | None) -> None:
         """Hand the directories whose subtree ends before ``path`` (all when None) to the metadata stage."""
+        if path is not None and not self.metadata.due(path):
+            return  # the common case, checked without a coroutine step per entry
         needed = self.batch.seq if self.batch.files else self.batch.seq - 1
         await self.metadata.finish_before(path, needed)
 
@@ -156,17 +158,18 @@ class _Restore:
 
     async def _add_to_batch(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         batch = self.batch
-        new_ids = [c for c in entry.chunk_ids if c not in batch.ids]
+        ids = list(entry.chunk_ids)  # read out of the message once; the writer uses this list too
+        known = batch.ids
         if batch.files and (
             batch.content_bytes + entry.size > self.fetch_batch_bytes
-            or len(batch.ids) + len(new_ids) > FETCH_BATCH_MAX_IDS
             or len(batch.files) >= FETCH_BATCH_MAX_FILES
+            or len(known) + sum(1 for c in ids if c not in known) > FETCH_BATCH_MAX_IDS
         ):
             await self._submit()
             batch = self.batch
-        batch.files.append(File(parts, entry, exists=not self._in_created_dir(parts)))
+        batch.files.append(File(parts, entry, ids, exists=not self._in_created_dir(parts)))
         batch.content_bytes += entry.size
-        batch.ids.update(dict.fromkeys(entry.chunk_ids))
+        batch.ids.update(dict.fromkeys(ids))
 
     async def _submit(self) -> None:
         """Start fetching and writing the open batch; wait while too many batches hold content."""
@@ -198,7 +201,10 @@ class _Restore:
         if unchecked:
             await in_threads(self.pool, self.dest, self.stop, unchecked, lambda w, run: w.check(run, self.overwrite))
         wanted = [f for f in batch.files if not f.skipped and f.error is None]
-        ids = list(dict.fromkeys(c for f in wanted for c in f.entry.chunk_ids))
+        if len(wanted) == len(batch.files):
+            ids = list(batch.ids)
+        else:
+            ids = list(dict.fromkeys(c for f in wanted for c in f.ids))
         contents = await self.fetcher.batch(ids)
         await in_threads(self.pool, self.dest, self.stop, wanted, lambda w, run: w.write(run, contents, self.overwrite))
 

@@ -43,6 +43,13 @@ class DirectoryMetadata:
     def add(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         heapq.heappush(self._pending, PendingDir(entry.path.encode() + b"/", parts, entry))
 
+    def due(self, path: bytes) -> bool:
+        """Some pending directory's subtree ends before ``path`` (``finish_before`` has work to do)."""
+        if not self._pending:
+            return False
+        key = self._pending[0].key
+        return path > key and not path.startswith(key)
+
     async def finish_before(self, path: bytes | None, needed: int) -> None:
         """Apply metadata of the pending directories whose subtree ends before ``path`` (all when None).
 

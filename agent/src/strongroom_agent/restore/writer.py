@@ -29,6 +29,7 @@ class File:
 
     parts: list[str]
     entry: common_pb2.FileEntry
+    ids: list[bytes]  # the entry's chunk ids, read out of the message once
     skipped: bool = False
     exists: bool = True  # until the check finds the name free (or it is in a directory this restore created)
     written: bool = False
@@ -113,12 +114,12 @@ class Writer:
                 if self.stop.is_set():
                     return
                 if damaged:
-                    bad = next((c for c in f.entry.chunk_ids if c in damaged), None)
+                    bad = next((c for c in f.ids if c in damaged), None)
                     if bad is not None:
                         f.error = damaged[bad]
                         continue
                 try:
-                    pieces = [contents.decoded[c] for c in f.entry.chunk_ids]
+                    pieces = [contents.decoded[c] for c in f.ids]
                 except KeyError as exc:
                     f.error = f"gateway did not return chunk {exc.args[0].hex()}"
                     continue
