@@ -75,7 +75,7 @@ class VerifyTx(GatewayTx, Protocol):
     async def count_packs(self) -> int: ...
 
     async def least_recently_checked_packs(self, limit: int) -> list[str]:
-        """Pack ids by their last check (never checked: their creation), oldest first."""
+        """Pack ids by their last check (never checked: their creation), oldest first; never checked first on ties."""
         ...
 
     async def record_point_check(self, check: PointCheck) -> None:

@@ -236,7 +236,7 @@ class PgVerifyTx(PgGatewayTx):
     async def least_recently_checked_packs(self, limit: int) -> list[str]:
         rows = await self._conn.fetch(
             "SELECT p.pack_id FROM packs p LEFT JOIN pack_checks c USING (pack_id)"
-            " ORDER BY coalesce(c.checked_at, p.created_at), p.pack_id LIMIT $1",
+            " ORDER BY coalesce(c.checked_at, p.created_at), c.checked_at IS NOT NULL, p.pack_id LIMIT $1",
             limit,
         )
         return [r["pack_id"] for r in rows]

@@ -163,9 +163,9 @@ class InMemoryVerifyTx(InMemoryGatewayTx):
         return len(self._s.packs)
 
     async def least_recently_checked_packs(self, limit: int) -> list[str]:
-        def freshness(pack: Pack) -> tuple[dt.datetime, str]:
+        def freshness(pack: Pack) -> tuple[dt.datetime, bool, str]:
             check = self._v.pack_checks.get(pack.pack_id)
-            return (check[0] if check else pack.created_at, pack.pack_id)
+            return (check[0] if check else pack.created_at, check is not None, pack.pack_id)
 
         return [p.pack_id for p in sorted(self._s.packs.values(), key=freshness)[:limit]]
 
