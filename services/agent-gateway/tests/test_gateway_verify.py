@@ -11,12 +11,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry
+from strongroom.gateway.v1 import verify_pb2
+from strongroom_gateway.errors import InvalidArgument, NotFound, PermissionDenied
 from strongroom_gateway.ports import Pack
+from strongroom_gateway.verify import service
 from strongroom_gateway.verify.engine import Deps, run_verification, sample_size
 from strongroom_gateway.verify.model import Verification
 from strongroom_gateway.verify.rate import ReadRate
 from strongroom_gateway.verify.testing import InMemoryVerifyStore
 from strongroom_gateway.verify.worker import VerifyWorker, schedule_sample
+from strongroom_platform.auth.principal import CallAuth, Permission, Role, operator
 from strongroom_platform.testing import FakeClock
 
 AUTH_FAILED = "authentication failed"
@@ -343,3 +347,63 @@ async def test_the_worker_runs_what_is_queued_and_the_days_sample(vgw: GatewayHa
     assert scopes == ["point", "sample"]
     vgw.clock.advance(dt.timedelta(days=1).total_seconds())
     assert await worker.step()  # a new day, a new sample
+
+
+def operator_call(roles: dict[str, Role], permission: Permission) -> CallAuth:
+    return CallAuth(operator("op", roles), "/strongroom.gateway.v1.VerifyService/X", permission, "verify backups")
+
+
+async def test_operators_verify_only_their_accounts_points_and_instances(vgw: GatewayHarness) -> None:
+    _, point_id = await backed_up(vgw)
+    store = vgw.store
+    wake = asyncio.Event()
+    own = operator_call({"acct-a": Role.OPERATOR}, Permission.OPERATE)
+    started = await service.start_verification(
+        verify_pb2.StartVerificationRequest(point_id=point_id), store=store, clock=vgw.clock, call=own, wake=wake
+    )
+    assert (started.scope, started.account_id, started.instance_id, started.state) == (
+        "point",
+        "acct-a",
+        "i-1",
+        "queued",
+    )
+    assert wake.is_set()
+    stranger = operator_call({"acct-b": Role.ADMIN}, Permission.OPERATE)
+    for request in (
+        verify_pb2.StartVerificationRequest(point_id=point_id),
+        verify_pb2.StartVerificationRequest(instance_id="i-1"),
+        verify_pb2.StartVerificationRequest(point_id="no-such-point"),
+    ):
+        with pytest.raises(NotFound):  # another account's point is answered as an unknown one
+            await service.start_verification(request, store=store, clock=vgw.clock, call=stranger)
+    with pytest.raises(NotFound):
+        await service.get_verification(
+            verify_pb2.GetVerificationRequest(verification_id=started.verification_id),
+            store=store,
+            call=operator_call({"acct-b": Role.ADMIN}, Permission.READ),
+        )
+    viewer = operator_call({"acct-a": Role.VIEWER}, Permission.OPERATE)
+    with pytest.raises(PermissionDenied):
+        await service.start_verification(
+            verify_pb2.StartVerificationRequest(whole_account=True), store=store, clock=vgw.clock, call=viewer
+        )
+    for bad in (
+        verify_pb2.StartVerificationRequest(),
+        verify_pb2.StartVerificationRequest(point_id=point_id, instance_id="i-1"),
+        verify_pb2.StartVerificationRequest(point_id="p\x00"),
+        verify_pb2.StartVerificationRequest(instance_id="i" * 256),
+    ):
+        with pytest.raises(InvalidArgument):
+            await service.start_verification(bad, store=store, clock=vgw.clock, call=own)
+    # the sample has no account: no operator reads it
+    sample = await schedule_sample(store, vgw.clock)
+    assert sample is not None
+    with pytest.raises(NotFound):
+        await service.get_verification(
+            verify_pb2.GetVerificationRequest(verification_id=sample.verification_id),
+            store=store,
+            call=operator_call({"acct-a": Role.ADMIN}, Permission.READ),
+        )
+    reader = operator_call({"acct-a": Role.VIEWER}, Permission.READ)
+    listed = await service.list_verifications(verify_pb2.ListVerificationsRequest(), store=store, call=reader)
+    assert [v.verification_id for v in listed] == [started.verification_id]
