@@ -21,7 +21,8 @@ from strongroom_gateway.verify.rate import ReadRate
 from strongroom_gateway.verify.testing import InMemoryVerifyStore
 from strongroom_gateway.verify.worker import VerifyWorker, schedule_sample
 from strongroom_platform.auth.principal import CallAuth, Permission, Role, operator
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.objectstore import ObjectStoreError
+from strongroom_platform.testing import FakeClock, InMemoryObjectStore
 
 AUTH_FAILED = "authentication failed"
 
@@ -407,3 +408,35 @@ async def test_operators_verify_only_their_accounts_points_and_instances(vgw: Ga
     reader = operator_call({"acct-a": Role.VIEWER}, Permission.READ)
     listed = await service.list_verifications(verify_pb2.ListVerificationsRequest(), store=store, call=reader)
     assert [v.verification_id for v in listed] == [started.verification_id]
+
+
+class _Unreachable(InMemoryObjectStore):
+    """Packs cannot be read at all (not damage: the storage is down)."""
+
+    async def get(
+        self, key: str, *, offset: int = 0, length: int | None = None, version_id: str | None = None
+    ) -> bytes:
+        if key.startswith("packs/"):
+            raise ObjectStoreError("the object store did not answer (connection refused)")
+        return await super().get(key, offset=offset, length=length, version_id=version_id)
+
+
+async def test_an_unreachable_store_fails_the_verification_without_calling_anything_damaged(
+    vgw: GatewayHarness,
+) -> None:
+    _, point_id = await backed_up(vgw)
+    unreachable = _Unreachable(vgw.clock)
+    unreachable._versions = vgw.objects._versions
+    await queue(vgw, "point", point_id)
+    d = dataclasses.replace(deps(vgw), objects=unreachable)
+    now = vgw.clock.now()
+    async with vgw.store.transaction() as tx:
+        claimed = await tx.claim_verification(d.owner, now, now + d.lease)
+    assert claimed is not None
+    assert await run_verification(claimed, d) == "failed"
+    async with vgw.store.transaction() as tx:
+        done = await tx.get_verification(claimed.verification_id)
+        assert done is not None
+        assert await tx.recoverability("acct-a", None) == []
+    assert done.error == "the stored data could not be read: the object store did not answer (connection refused)"
+    assert done.progress.damaged_files == done.progress.damaged_packs == 0

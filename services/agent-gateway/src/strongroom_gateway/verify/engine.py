@@ -282,21 +282,27 @@ async def _record_point(run: _Run, point: Point, count: int, listed: list[Damage
 
 
 async def _check_packs(run: _Run, pack_ids: list[str]) -> None:
-    """Check the packs, ``packs_in_flight`` at a time; the first failure cancels the rest."""
-    if not pack_ids:
-        return
-    slots = asyncio.Semaphore(run.deps.packs_in_flight)
+    """Check the packs, ``packs_in_flight`` at a time; the first failure cancels the rest and is raised."""
+    pending: set[asyncio.Task[None]] = set()
 
-    async def one(pack_id: str) -> None:
-        try:
-            await _check_pack(run, pack_id)
-        finally:
-            slots.release()
+    async def settle() -> None:
+        nonlocal pending
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        errors = [e for e in (task.exception() for task in done) if e is not None]  # every one retrieved
+        if errors:
+            raise errors[0]
 
-    async with asyncio.TaskGroup() as group:
+    try:
         for pack_id in pack_ids:
-            await slots.acquire()
-            group.create_task(one(pack_id))
+            while len(pending) >= run.deps.packs_in_flight:
+                await settle()
+            pending.add(asyncio.create_task(_check_pack(run, pack_id)))
+        while pending:
+            await settle()
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _check_pack(run: _Run, pack_id: str) -> None:
