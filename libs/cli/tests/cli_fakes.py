@@ -273,6 +273,41 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
             billable_capacity_bytes=130 * gib,
         )
 
+    def ListLedger(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListLedger", request)
+        rows = [billing_pb2.LedgerInstance(instance_id="i-1", version_id="v-1", capacity_bytes=150 << 30)]
+        day = billing_pb2.LedgerDay(
+            day="2026-12-02",
+            instances=1,
+            capacity_bytes=150 << 30,
+            billable_gib="50.0000",
+            price_per_gib_day="0.0005",
+            fee="0.0250",
+            plan_gib_days="0.0000",
+            charged="0.0250",
+            instance_rows=rows if request.include_instances else [],
+        )
+        return billing_pb2.ListLedgerResponse(days=[day], zone="UTC+08:00", currency="USD")
+
+    def ListPlans(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListPlans", request)
+        plan = billing_pb2.Plan(
+            plan_id="pl-1", gib_days="3000.0000", used_gib_days="50.0000", starts_on="2026-12-01", ends_on="2027-11-30"
+        )
+        return billing_pb2.ListPlansResponse(plans=[plan])
+
+    def CreatePlan(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("CreatePlan", request)
+        if request.gib_days == "bad":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "gib_days must be a decimal number, got 'bad'")
+        return billing_pb2.Plan(
+            plan_id="pl-2",
+            gib_days=request.gib_days,
+            used_gib_days="0",
+            starts_on=request.starts_on,
+            ends_on=request.ends_on,
+        )
+
 
 GOOD_TOKEN = "srt_" + "a" * 24 + "_" + "s" * 43
 

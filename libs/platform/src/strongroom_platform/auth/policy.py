@@ -85,6 +85,10 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _CATALOG + "BrowsePoint": _op(READ, "browse points"),
         # billing
         _BILLING + "GetOverview": _op(READ, "read billing"),
+        _BILLING + "ListLedger": _op(READ, "read billing"),
+        _BILLING + "ListPlans": _op(READ, "read billing"),
+        # A plan offsets the account's fees: its admins only, and audited.
+        _BILLING + "CreatePlan": _op(ADMIN, "create resource plans", mutating=True),
         # restore jobs
         _RESTORE + "CreateRestoreJob": _op(OPERATE, "restore files", mutating=True),
         _RESTORE + "GetRestoreJob": _op(READ, "read restore jobs"),
