@@ -52,6 +52,7 @@ def _instance(instance_id: str, name: str = "web-1", **kwargs: object) -> schedu
         next_backup_at=Timestamp(seconds=T0.seconds + 3600),
         activated_at=T0,
         hostname="web-1.example",
+        schedule_zone="UTC+08:00",
         **values,  # type: ignore[arg-type]
     )
     return instance

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def test_instances_list_table(services: FakeServices, cli: Cli) -> None:
     code, out, err = cli("instances", "list", "--region", "cn-hangzhou")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", "NEXT", "BACKUP", "(UTC+8)"]
+    assert lines[0].split() == ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", "NEXT", "BACKUP", "(UTC+08:00)"]
     assert lines[1].split() == ["i-1", "web-1", "cn-hangzhou", "running", "low", "02:30", "2026-01-01", "11:00:00"]
     assert len(lines) == 3
     request = services.calls.last("ListInstances")
@@ -69,7 +70,7 @@ def test_activate_with_priority_only_picks_a_default_window_time(services: FakeS
 def test_show_instance_fields(services: FakeServices, cli: Cli) -> None:
     code, out, _ = cli("instances", "show", "i-1")
     assert code == 0
-    assert field(out, "Daily start") == "02:30 (UTC+8)"
+    assert field(out, "Daily start") == "02:30 (UTC+08:00)"
     assert field(out, "Keep latest") == "on"
     assert field(out, "Roots") == "all block-storage filesystems"
     assert field(out, "Activated") == "2026-01-01 10:00:00"
@@ -313,3 +314,32 @@ def test_sizes() -> None:
         "1.5 KiB",
         "100.0 GiB",
     ]
+
+
+def test_times_show_in_the_zone_asked_for(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("--tz", "UTC", "instances", "show", "i-1")
+    assert code == 0
+    assert field(out, "Activated") == "2026-01-01 02:00:00"  # 10:00 in UTC+8
+    assert field(out, "Daily start") == "02:30 (UTC+08:00)"  # a minute of the schedule zone, named
+    code, out, _ = cli("--tz", "Asia/Kolkata", "instances", "list")
+    assert "(IST)" in out.splitlines()[0] and "2026-01-01 08:30:00" in out
+
+
+def test_an_unknown_zone_is_refused(services: FakeServices, cli: Cli) -> None:
+    code, _, err = cli("--tz", "Nowhere/Atlantis", "instances", "list")
+    assert code == 2 and "error: --tz: unknown zone 'Nowhere/Atlantis'" in err
+
+
+def test_by_default_times_show_in_this_machines_zone(
+    services: FakeServices, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRONGROOM_TZ")
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        code, out, _ = cli("instances", "show", "i-1")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert code == 0
+    assert field(out, "Activated") == "2026-01-01 11:00:00"  # 02:00 UTC in Tokyo

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from strongroom_platform.zones import parse_zone
 
 from strongroom_cli import (
     audit,
@@ -24,6 +25,7 @@ from strongroom_cli import (
     credentials,
     instances,
     jobs,
+    output,
     overview,
     restores,
     tokens,
@@ -57,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per request (default 30)")
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    parser.add_argument(
+        "--tz",
+        metavar="ZONE",
+        default=None,
+        help="show times in ZONE, an offset (UTC+8) or IANA name (default: $STRONGROOM_TZ, else this machine's zone)",
+    )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     # `--json` is also accepted after the subcommand; SUPPRESS keeps the top-level value when absent.
     common = argparse.ArgumentParser(add_help=False)
@@ -75,6 +83,12 @@ def run(argv: list[str]) -> int:
         return _standalone(standalone_argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    zone_text = args.tz or os.environ.get("STRONGROOM_TZ", "")
+    try:
+        output.set_display_zone(parse_zone(zone_text) if zone_text else None)
+    except ValueError as exc:
+        print(f"error: --tz: {exc}", file=sys.stderr)
+        return 2
     try:
         # local commands (certs) reach no service: a broken state file must not stop them
         local = getattr(args, "local", False)

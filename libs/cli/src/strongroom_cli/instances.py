@@ -17,6 +17,9 @@ from strongroom_cli.jobs import print_job
 DEFAULT_REGION = "local"
 
 
+_IN_ZONE = "in the schedule zone (the deployment's STRONGROOM_ZONE, default UTC+8)"
+
+
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     group = groups.add_parser("instances", help="instances with backup activated")
     commands = group.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -29,7 +32,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.add_argument("name")
     p.add_argument("--region", default=DEFAULT_REGION, help=f"region label (default {DEFAULT_REGION})")
     p.add_argument("--priority", choices=sorted(PRIORITIES), help="backup priority (default low)")
-    p.add_argument("--time", type=time_of_day, metavar="HH:MM", help="daily start, UTC+8 (default: random 00:00-06:00)")
+    p.add_argument(
+        "--time",
+        type=time_of_day,
+        metavar="HH:MM",
+        help=f"daily start {_IN_ZONE} (default: random 00:00-06:00)",
+    )
     p.set_defaults(command=activate)
 
     for name, handler, text in (
@@ -46,7 +54,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     p = commands.add_parser("set", parents=[common], help="change backup settings")
     p.add_argument("instance_id", metavar="ID")
     p.add_argument("--priority", choices=sorted(PRIORITIES), help="applies from the next backup job")
-    p.add_argument("--time", type=time_of_day, metavar="HH:MM", help="daily start time, UTC+8")
+    p.add_argument(
+        "--time",
+        type=time_of_day,
+        metavar="HH:MM",
+        help=f"daily start time {_IN_ZONE}",
+    )
     p.add_argument("--keep-latest", type=on_off, metavar="on|off", help="always keep the latest version")
     p.set_defaults(command=set_settings)
 
@@ -76,7 +89,10 @@ def print_instance(context: Context, i: scheduler_pb2.Instance) -> None:
             ("Status", output.enum_name(scheduler_pb2.RunningStatus.Name(i.status), "RUNNING_STATUS_")),
             ("Hostname", i.hostname or "-"),
             ("Priority", output.enum_name(common_pb2.BackupPriority.Name(i.settings.priority), "BACKUP_PRIORITY_")),
-            ("Daily start", f"{output.minute_of_day(i.settings.daily_start_minute)} (UTC+8)"),
+            (
+                "Daily start",
+                f"{output.minute_of_day(i.settings.daily_start_minute)} ({i.schedule_zone or 'UTC+08:00'})",
+            ),
             ("Keep latest", "on" if i.settings.keep_latest_version else "off"),
             ("Roots", ", ".join(i.settings.roots) or "all block-storage filesystems"),
             ("Next backup", output.timestamp(i.next_backup_at, present=i.HasField("next_backup_at"))),
@@ -90,7 +106,7 @@ def print_instances(context: Context, found: Sequence[scheduler_pb2.Instance]) -
     if context.json:
         output.as_json(list(found))
         return
-    headers = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", "NEXT BACKUP (UTC+8)"]
+    headers = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", f"NEXT BACKUP ({output.zone_label()})"]
     output.table(headers, [_summary_row(i) for i in found])
 
 

@@ -70,7 +70,9 @@ async def list_jobs(context: Context) -> int:
         ]
         for j in response.jobs
     ]
-    output.table(["JOB", "STATUS", "CREATED (UTC+8)", "FINISHED", "FILES", "UPLOADED", "VERSION", "ERROR"], rows)
+    output.table(
+        ["JOB", "STATUS", f"CREATED ({output.zone_label()})", "FINISHED", "FILES", "UPLOADED", "VERSION", "ERROR"], rows
+    )
     return 0
 
 

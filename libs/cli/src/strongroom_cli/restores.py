@@ -154,5 +154,7 @@ async def list_jobs(context: Context) -> int:
         ]
         for j in response.jobs
     ]
-    output.table(["RESTORE JOB", "STATUS", "POINT", "TARGET", "PATH", "FILES", "CREATED (UTC+8)", "ERROR"], rows)
+    output.table(
+        ["RESTORE JOB", "STATUS", "POINT", "TARGET", "PATH", "FILES", f"CREATED ({output.zone_label()})", "ERROR"], rows
+    )
     return 0

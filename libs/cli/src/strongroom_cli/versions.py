@@ -39,6 +39,15 @@ async def list_versions(context: Context) -> int:
                     "yes" if point.browsable else "not yet",
                 ]
             )
-    headers = ["VERSION", "CREATED (UTC+8)", "POINT", "MOUNT", "FILES", "SIZE", "RETAINED UNTIL", "BROWSABLE"]
+    headers = [
+        "VERSION",
+        f"CREATED ({output.zone_label()})",
+        "POINT",
+        "MOUNT",
+        "FILES",
+        "SIZE",
+        "RETAINED UNTIL",
+        "BROWSABLE",
+    ]
     output.table(headers, rows)
     return 0

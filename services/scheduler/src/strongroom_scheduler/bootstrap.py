@@ -51,7 +51,13 @@ async def run(
         # Mutating calls leave their audit record in this schema's outbox (ADR 0027).
         auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
         store = PgSchedulerStore(pool)
-        deps = Deps(store=store, clock=clock, alerter=alerter or LoggingAlerter(), rng=random.SystemRandom())
+        deps = Deps(
+            store=store,
+            clock=clock,
+            alerter=alerter or LoggingAlerter(),
+            rng=random.SystemRandom(),
+            zone=settings.zone,
+        )
         if publisher is None:
             publisher = await stack.enter_async_context(wiring.publisher(platform))
         await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
@@ -59,7 +65,7 @@ async def run(
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(deps))
 
         async def tick() -> None:
-            await schedule_due(store, clock)
+            await schedule_due(store, clock, zone=settings.zone)
 
         lifecycle.start_task(stack, run_schedule_loop(tick, clock, interval=settings.schedule_interval), "schedule")
         scheduler_api = register(SchedulerServicer(deps))

@@ -13,13 +13,14 @@ from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_platform.auth import CallAuth, current_call
 from strongroom_platform.events import from_timestamp, to_timestamp
+from strongroom_platform.zones import zone_name
 
 from strongroom_scheduler import handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
 from strongroom_scheduler.models import Instance, Job
 
 
-def instance_to_proto(instance: Instance, now: dt.datetime) -> scheduler_pb2.Instance:
+def instance_to_proto(instance: Instance, now: dt.datetime, zone: dt.tzinfo) -> scheduler_pb2.Instance:
     status = instance.status(now)
     message = scheduler_pb2.Instance(
         instance_id=instance.instance_id,
@@ -37,6 +38,7 @@ def instance_to_proto(instance: Instance, now: dt.datetime) -> scheduler_pb2.Ins
         last_error=instance.status_error(now),
         activated_at=to_timestamp(instance.activated_at),
         agent_enrolled=instance.enrolled,
+        schedule_zone=zone_name(zone),
     )
     if status not in (scheduler_pb2.RUNNING_STATUS_PAUSED, scheduler_pb2.RUNNING_STATUS_CANCELED):
         message.next_backup_at.CopyFrom(to_timestamp(instance.next_backup_at))
@@ -82,7 +84,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._deps = deps
 
     def _instance(self, instance: Instance) -> scheduler_pb2.Instance:
-        return instance_to_proto(instance, self._deps.clock.now())
+        return instance_to_proto(instance, self._deps.clock.now(), self._deps.zone)
 
     async def ActivateBackup(
         self, request: scheduler_pb2.ActivateBackupRequest, context: grpc.aio.ServicerContext[object, object]

@@ -32,6 +32,7 @@ from strongroom_platform.events import (
     new_meta,
     to_timestamp,
 )
+from strongroom_platform.zones import DEFAULT_ZONE
 
 from strongroom_scheduler import schedule
 from strongroom_scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -68,6 +69,8 @@ class Deps:
     clock: Clock
     alerter: Alerter
     rng: random.Random = field(default_factory=random.Random)
+    # The zone whose midnights daily start minutes count from (STRONGROOM_ZONE, default UTC+8).
+    zone: dt.tzinfo = DEFAULT_ZONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +194,7 @@ async def activate_backup(
         activated_at=now,
         token_sha256=token_sha256(token),
         token_expires_at=now + TOKEN_VALIDITY,
-        next_backup_at=schedule.next_run(minute, now, None),
+        next_backup_at=schedule.next_run(minute, now, None, deps.zone),
     )
     event = events_pb2.InstanceActivated(
         meta=new_meta(PRODUCER, now),
@@ -263,7 +266,9 @@ async def resume_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Inst
         instance = await _active_instance(tx, instance_id, call=call)
         if instance.paused:
             instance.paused = False
-            instance.next_backup_at = schedule.next_run(instance.daily_start_minute, now, instance.last_scheduled_on)
+            instance.next_backup_at = schedule.next_run(
+                instance.daily_start_minute, now, instance.last_scheduled_on, deps.zone
+            )
             await tx.update_instance(instance)
         return instance
 
@@ -317,7 +322,9 @@ async def update_settings(
         if "daily_start_minute" in mask:
             assert settings.daily_start_minute is not None
             instance.daily_start_minute = settings.daily_start_minute
-            instance.next_backup_at = schedule.next_run(instance.daily_start_minute, now, instance.last_scheduled_on)
+            instance.next_backup_at = schedule.next_run(
+                instance.daily_start_minute, now, instance.last_scheduled_on, deps.zone
+            )
         await tx.update_instance(instance)
         await _enqueue_settings(tx, instance, now)
         return instance

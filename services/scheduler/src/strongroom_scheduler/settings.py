@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from strongroom_platform.settings import PlatformSettings, SettingsError, env_str
+from strongroom_platform.zones import DEFAULT_ZONE, zone_from_env
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,11 +16,14 @@ class Settings:
     STRONGROOM_PG_DSN, STRONGROOM_KAFKA_*, STRONGROOM_OUTBOX_REPLAY, ...: see PlatformSettings.
     STRONGROOM_GRPC_LISTEN (default 127.0.0.1:0),
     STRONGROOM_SCHEDULE_INTERVAL (seconds between schedule passes, default 30).
+    STRONGROOM_ZONE: the zone whose midnights daily start times count from (default UTC+8; an
+    offset such as UTC+8 or an IANA name such as Asia/Shanghai).
     """
 
     platform: PlatformSettings
     grpc_listen: str = "127.0.0.1:0"
     schedule_interval: float = 30.0
+    zone: dt.tzinfo = DEFAULT_ZONE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -35,4 +40,5 @@ class Settings:
             platform=PlatformSettings.from_env(environ),
             grpc_listen=env_str(environ, "STRONGROOM_GRPC_LISTEN", "127.0.0.1:0"),
             schedule_interval=interval,
+            zone=zone_from_env(environ),
         )
