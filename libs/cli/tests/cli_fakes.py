@@ -58,6 +58,23 @@ def _instance(instance_id: str, name: str = "web-1", **kwargs: object) -> schedu
     return instance
 
 
+def _next_step(job: scheduler_pb2.BackupJob, *, partial: bool) -> scheduler_pb2.BackupJob:
+    """QUEUED → RUNNING (half read) → COMPLETE, or PARTIAL_COMPLETE with one failed file."""
+    step = scheduler_pb2.BackupJob()
+    step.CopyFrom(job)
+    if job.status == common_pb2.JOB_STATUS_QUEUED:
+        step.status = common_pb2.JOB_STATUS_RUNNING
+        step.stats.CopyFrom(
+            common_pb2.JobStats(files_scanned=10, bytes_scanned=10 << 20, files_read=5, bytes_read=5 << 20)
+        )
+    elif job.status == common_pb2.JOB_STATUS_RUNNING:
+        step.status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE if partial else common_pb2.JOB_STATUS_COMPLETE
+        step.stats.files_read, step.stats.bytes_read = 10, 10 << 20
+        step.stats.files_failed = 1 if partial else 0
+        step.version_id = "v-2"
+    return step
+
+
 class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
@@ -101,9 +118,11 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         instance = self._get(request.instance_id, context)
         if instance.status == scheduler_pb2.RUNNING_STATUS_PAUSED:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"backup of instance {request.instance_id} is paused")
-        return scheduler_pb2.BackupJob(
+        job = scheduler_pb2.BackupJob(
             job_id="j-2", instance_id=request.instance_id, status=common_pb2.JOB_STATUS_QUEUED, created_at=T0
         )
+        self.jobs["j-2"] = job
+        return job
 
     def PauseBackup(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("PauseBackup", request)
@@ -142,7 +161,10 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.calls.record("GetJob", request)
         if request.job_id not in self.jobs:
             context.abort(grpc.StatusCode.NOT_FOUND, f"backup job {request.job_id} not found")
-        return self.jobs[request.job_id]
+        job = self.jobs[request.job_id]
+        if request.job_id == "j-2":  # the job started by RunBackupNow moves on one step per look
+            self.jobs["j-2"] = _next_step(job, partial=job.instance_id == "i-2")
+        return job
 
     def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("CancelJob", request)
@@ -172,6 +194,8 @@ class FakeCatalog(catalog_pb2_grpc.CatalogServiceServicer):
 
     def ListVersions(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListVersions", request)
+        if request.instance_id not in ("i-1", "i-2"):  # the catalog lists nothing for an id it never saw
+            return catalog_pb2.ListVersionsResponse()
         point = catalog_pb2.Point(
             point_id="p-1",
             version_id="v-1",

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -185,7 +188,7 @@ def test_restore_onto_another_instance_at_the_original_path_is_confirmed(service
 def test_restore_wait_polls_until_complete(services: FakeServices, cli: Cli) -> None:
     code, out, _ = cli("restore", "create", "p-1", "--wait", "--poll-interval", "0.01")
     assert code == 0
-    assert "waiting for it to finish" in out
+    assert out.startswith("Restore job:")  # not a terminal: no progress bar, only the result
     assert field(out, "Status") == "complete"
     assert len(services.calls.requests["GetRestoreJob"]) == 2
 
@@ -200,7 +203,7 @@ def test_restore_wait_exits_1_when_failed(services: FakeServices, cli: Cli) -> N
 def test_restore_wait_lists_the_failed_files_of_a_partial_restore(services: FakeServices, cli: Cli) -> None:
     services.restore.final_status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE
     code, out, _ = cli("restore", "create", "p-1", "--wait", "--poll-interval", "0.01")
-    assert code == 0
+    assert code == 3  # partially complete: the files listed below failed
     assert field(out, "Status") == "partial complete" and field(out, "Failed") == "3 files"
     assert out.endswith(
         "Failed files:\n"
@@ -343,3 +346,46 @@ def test_by_default_times_show_in_this_machines_zone(
         time.tzset()
     assert code == 0
     assert field(out, "Activated") == "2026-01-01 11:00:00"  # 02:00 UTC in Tokyo
+
+
+def test_backup_now_wait_follows_the_job_to_its_end(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("instances", "backup-now", "i-1", "--wait", "--poll-interval", "0.01")
+    assert code == 0
+    assert field(out, "Status") == "complete"
+    assert field(out, "Version") == "v-2"
+    code, out, _ = cli("--json", "instances", "backup-now", "i-2", "--wait", "--poll-interval", "0.01")
+    assert code == 3  # partially complete: some files failed
+    assert json.loads(out)["status"] == "JOB_STATUS_PARTIAL_COMPLETE"
+
+
+def test_without_wait_backup_now_returns_at_once(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("instances", "backup-now", "i-1")
+    assert (code, field(out, "Status")) == (0, "queued")
+
+
+def test_errors_are_json_under_json(services: FakeServices, cli: Cli) -> None:
+    code, out, err = cli("--json", "jobs", "show", "j-9")
+    assert code == 1 and err == ""
+    assert json.loads(out) == {"error": {"code": "NOT_FOUND", "message": "backup job j-9 not found"}}
+
+
+def test_a_list_of_an_unknown_instance_exits_non_zero(services: FakeServices, cli: Cli) -> None:
+    code, _, err = cli("versions", "list", "i-nope")
+    assert (code, err) == (1, "error: NOT_FOUND: instance i-nope not found\n")
+    code, _, err = cli("restore", "list", "i-nope")
+    assert (code, err) == (1, "error: NOT_FOUND: instance i-nope not found\n")
+    assert cli("restore", "list", "i-1")[0] == 0  # known, with no restore jobs yet
+
+
+def test_version(cli: Cli) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli("--version")
+    assert exited.value.code == 0
+
+
+def test_a_closed_pipe_ends_quietly(services: FakeServices) -> None:
+    # `true` exits without reading: the CLI's first write meets a closed pipe
+    command = f"{shlex.quote(sys.executable)} -m strongroom_cli --json instances list | true"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 0

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
 
-from strongroom_cli import output
+from strongroom_cli import output, progress
 from strongroom_cli.args import PRIORITIES, on_off, time_of_day
 from strongroom_cli.context import Context, UsageError
-from strongroom_cli.jobs import print_job
+from strongroom_cli.jobs import FINISHED_JOB_STATUSES, exit_code, job_status, print_job
 
 DEFAULT_REGION = "local"
 
@@ -45,11 +45,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
         ("pause", pause, "pause scheduled backups"),
         ("resume", resume, "resume scheduled backups"),
         ("cancel", cancel, "cancel backup: the agent is revoked and backup points are deleted"),
-        ("backup-now", backup_now, "start a backup job now"),
     ):
         p = commands.add_parser(name, parents=[common], help=text)
         p.add_argument("instance_id", metavar="ID")
         p.set_defaults(command=handler)
+    p = commands.add_parser("backup-now", parents=[common], help="start a backup job now")
+    p.add_argument("instance_id", metavar="ID")
+    p.add_argument("--wait", action="store_true", help="follow the job to its end (exit 1 failed, 3 partial)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.set_defaults(command=backup_now)
 
     p = commands.add_parser("set", parents=[common], help="change backup settings")
     p.add_argument("instance_id", metavar="ID")
@@ -165,10 +169,33 @@ async def cancel(context: Context) -> int:
     return 0
 
 
+def _backup_snapshot(job: scheduler_pb2.BackupJob) -> progress.Snapshot:
+    # The scan runs ahead of the reads: what it has found so far is the best total there is.
+    stats = job.stats
+    return progress.Snapshot(
+        bytes_done=stats.bytes_read + stats.bytes_unchanged,
+        bytes_total=stats.bytes_scanned,
+        files_done=stats.files_read + stats.files_unchanged,
+        state=job_status(job.status),
+    )
+
+
 async def backup_now(context: Context) -> int:
-    request = scheduler_pb2.RunBackupNowRequest(instance_id=context.args.instance_id)
-    print_job(context, await context.scheduler().RunBackupNow(request, **context.call))
-    return 0
+    args = context.args
+    stub = context.scheduler()
+    job = await stub.RunBackupNow(scheduler_pb2.RunBackupNowRequest(instance_id=args.instance_id), **context.call)
+    if getattr(args, "wait", False):
+        request = scheduler_pb2.GetJobRequest(job_id=job.job_id)
+        job = await progress.follow(
+            job,
+            lambda: stub.GetJob(request, **context.call),
+            lambda j: j.status in FINISHED_JOB_STATUSES,
+            _backup_snapshot,
+            show=not context.json,
+            interval=args.poll_interval,
+        )
+    print_job(context, job)
+    return exit_code(job.status)
 
 
 async def set_settings(context: Context) -> int:
