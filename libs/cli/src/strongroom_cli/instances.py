@@ -1,4 +1,5 @@
-"""``strongroom instances ...``: activate, list, show, pause, resume, cancel, change settings, back up now."""
+"""``strongroom instances ...``: activate, list, show, pause, resume, cancel, change settings, back up now,
+issue a new enrollment token."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
         ("resume", resume, "resume scheduled backups"),
         ("cancel", cancel, "cancel backup: the agent is revoked and backup points are deleted"),
         ("backup-now", backup_now, "start a backup job now"),
+        ("issue-token", issue_token, "a new enrollment token: the agent enrolls again to this instance id"),
     ):
         p = commands.add_parser(name, parents=[common], help=text)
         p.add_argument("instance_id", metavar="ID")
@@ -146,6 +148,18 @@ async def resume(context: Context) -> int:
 
 async def cancel(context: Context) -> int:
     print_instance(context, await context.scheduler().CancelBackup(_ref(context), **context.call))
+    return 0
+
+
+async def issue_token(context: Context) -> int:
+    response = await context.scheduler().IssueEnrollmentToken(_ref(context), **context.call)
+    if context.json:
+        output.as_json(response)
+        return 0
+    print_instance(context, response.instance)
+    print()
+    print(f"Enrollment token (shown only once, valid 24 h): {response.enrollment_token}")
+    print("Enroll the agent again with: strongroom-agent enroll --gateway HOST:PORT --token TOKEN")
     return 0
 
 

@@ -79,7 +79,7 @@ async def run(
             consumer_factory = wiring.consumer_factory(platform)
 
         sessions = SessionRegistry()
-        keys = AccountKeys(store, keyring, clock)
+        keys = AccountKeys(store, keyring, clock, objects=object_store)
         writer = PackWriter(
             store,
             object_store,

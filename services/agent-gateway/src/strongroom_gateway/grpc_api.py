@@ -21,6 +21,7 @@ from strongroom_gateway.agents import Identity
 from strongroom_gateway.errors import FailedPrecondition
 from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.sessions import Session, SessionRegistry
+from strongroom_gateway.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self._poll = job_poll_interval
         self._unthrottled = unthrottled
         self._issuer = issuer
+        self._vault = Vault(store, object_store, writer.keys, clock)
 
     async def _identity(self, context: grpc.aio.ServicerContext[object, object]) -> Identity:
         # Behind the auth interceptor the agent is already authenticated (one database read per
@@ -63,7 +65,9 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self, request: gateway_pb2.EnrollRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> gateway_pb2.EnrollResponse:
         issue = agent_certs.enrollment_issuer(self._issuer, request.csr_pem)
-        return await agents.enroll(request, store=self._store, clock=self._clock, issue_certificate=issue)
+        return await agents.enroll(
+            request, store=self._store, clock=self._clock, issue_certificate=issue, vault=self._vault
+        )
 
     async def RenewCertificate(
         self, request: gateway_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext[object, object]
@@ -126,7 +130,9 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self, identity: Identity, reports: AsyncIterator[gateway_pb2.AgentReport], session: Session
     ) -> None:
         async for report in reports:
-            await agents.handle_report(identity, report, session, store=self._store, clock=self._clock)
+            await agents.handle_report(
+                identity, report, session, store=self._store, clock=self._clock, vault=self._vault
+            )
 
     async def FindMissingChunks(
         self, request: gateway_pb2.FindMissingChunksRequest, context: grpc.aio.ServicerContext[object, object]
@@ -156,6 +162,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             clock=self._clock,
             write_slots=self._writer.write_slots,
             keys=self._writer.keys,
+            vault=self._vault,
         )
 
     async def ReadManifest(

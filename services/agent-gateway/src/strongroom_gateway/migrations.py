@@ -126,6 +126,14 @@ CREATE TABLE instance_filesystems (
 );
 """
 
+# The instance's region and name from instance-activated, for its disaster-recovery record in the
+# bucket (ADR 0032). Instances activated before keep '' until they are activated again.
+_V9_INSTANCE_IDENTITY = """
+ALTER TABLE instances
+    ADD COLUMN region text NOT NULL DEFAULT '',
+    ADD COLUMN name text NOT NULL DEFAULT '';
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -135,4 +143,6 @@ MIGRATIONS: list[Migration] = [
     Migration(6, _V6_INSTANCE_FILESYSTEMS),
     # Agent certificates and their deny-list (ADR 0028).
     Migration(7, AGENT_CERTIFICATES_DDL),
+    # Migration 8 is taken by a parallel branch (per-service roles); 9 is this one.
+    Migration(9, _V9_INSTANCE_IDENTITY),
 ]

@@ -78,6 +78,8 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _SCHEDULER + "ListJobs": _op(READ, "list jobs"),
         _SCHEDULER + "GetJob": _op(READ, "read jobs"),
         _SCHEDULER + "CancelJob": _op(OPERATE, "cancel jobs", mutating=True),
+        # A new token lets a new agent take over the instance's identity (ADR 0032): admins only.
+        _SCHEDULER + "IssueEnrollmentToken": _op(ADMIN, "issue enrollment tokens", mutating=True),
         # catalog: versions and browse; the restore service reads points for the jobs it creates
         _CATALOG + "ListVersions": _op(READ, "list versions"),
         _CATALOG + "GetPoint": _op(READ, "read points", services=frozenset({"restore"})),
