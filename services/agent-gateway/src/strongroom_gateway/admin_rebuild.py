@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 
 from strongroom_platform import lifecycle, wiring
 from strongroom_platform.clock import SystemClock
-from strongroom_platform.settings import SettingsError
+from strongroom_platform.settings import INSECURE_PLAINTEXT_ENV, SettingsError
 from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_gateway.keys import MasterKeyring
@@ -42,6 +42,10 @@ class RebuildCommand:
         )
 
     def run(self, args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+        if not environ.get("STRONGROOM_TLS_CERT"):
+            # The rebuild opens no listener: the serving certificate the gateway needs is not
+            # required (backend TLS settings still apply).
+            environ = {**environ, INSECURE_PLAINTEXT_ENV: "1"}
         try:
             settings = Settings.from_env(environ)
             if settings.master_key is None:

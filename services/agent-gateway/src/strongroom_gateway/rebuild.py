@@ -231,7 +231,8 @@ async def _restore_packs(
                 report.skipped.append(f"{key} ({version.version_id}): {exc}")
                 continue
             async with store.transaction() as tx:
-                report.chunks += await tx.insert_pack(pack, chunks)
+                inserted = await tx.insert_pack(pack, chunks)
+            report.chunks += inserted  # not `+= await`: that would add to a value read before the wait
             report.packs += 1
             return
 
