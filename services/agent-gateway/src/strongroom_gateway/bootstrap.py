@@ -28,6 +28,7 @@ from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.settings import Settings
+from strongroom_gateway.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ async def run(
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, handlers)
 
         issuer = await asyncio.to_thread(_issuer, settings, clock)
+        vault = Vault(store, object_store, keys, clock)
         servicer = GatewayServicer(
             store=store,
             object_store=object_store,
@@ -103,6 +105,7 @@ async def run(
             job_poll_interval=settings.job_poll_interval,
             unthrottled=settings.unthrottled,
             issuer=issuer,
+            vault=vault,
         )
         # The internal ManifestService (decrypted manifests, for the catalog only) is served on the
         # internal listener, to callers with a service certificate; never on the agents' port
@@ -110,7 +113,7 @@ async def run(
         manifests = manifest_api.register(
             manifest_api.ManifestServicer(store=store, object_store=object_store, keys=keys)
         )
-        admin = register_admin(AgentAdminServicer(store=store, clock=clock, sessions=sessions))
+        admin = register_admin(AgentAdminServicer(store=store, clock=clock, sessions=sessions, vault=vault))
 
         def internal(server: grpc.aio.Server) -> None:
             manifests(server)

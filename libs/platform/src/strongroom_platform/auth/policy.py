@@ -116,6 +116,13 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _AGENT_ADMIN + "RevokeAgentCertificates": Rule(
             callers=Caller.SERVICE, services=frozenset({"admin"}), verb="revoke agent certificates", mutating=True
         ),
+        # the filesystems an instance may back up (ADR 0025, 0032): the same break-glass identity
+        _AGENT_ADMIN + "ListInstanceFilesystems": Rule(
+            callers=Caller.SERVICE, services=frozenset({"admin"}), verb="list instance filesystems"
+        ),
+        _AGENT_ADMIN + "ApproveInstanceFilesystem": Rule(
+            callers=Caller.SERVICE, services=frozenset({"admin"}), verb="approve filesystems", mutating=True
+        ),
         # standard services every listener may carry
         "/grpc.health.v1.Health/Check": _PUBLIC,
         "/grpc.health.v1.Health/Watch": _PUBLIC,
