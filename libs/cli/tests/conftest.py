@@ -7,14 +7,14 @@ import pytest
 from cli_fakes import Cli, FakeServices, fake_services
 from strongroom_cli.__main__ import main
 
-SERVICES = ("scheduler", "catalog", "restore", "billing")
+SERVICES = ("scheduler", "catalog", "restore", "billing", "gateway")
 
 
 @pytest.fixture
 def services(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeServices]:
     """Fakes of every service, found through STRONGROOM_*_ADDR; runs in an empty directory."""
     monkeypatch.chdir(tmp_path)
-    for name in (*SERVICES, "gateway"):
+    for name in SERVICES:
         monkeypatch.delenv(f"STRONGROOM_{name.upper()}_ADDR", raising=False)
     monkeypatch.delenv("STRONGROOM_ACCOUNT_ID", raising=False)
     monkeypatch.delenv("STRONGROOM_TOKEN", raising=False)

@@ -234,6 +234,27 @@ def test_overview_region_has_no_quota(services: FakeServices, cli: Cli) -> None:
     assert "Free quota" not in out
 
 
+def test_billing_ledger_shows_the_rule_and_the_rows(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("billing", "ledger", "--from", "2026-12-01", "--to", "2026-12-02", "--instances")
+    assert code == 0
+    assert "Days end at 00:00 UTC+08:00" in out
+    assert "2026-12-02" in out and "0.0250 USD" in out and "150.0 GiB" in out
+    assert "v-1" in out  # the billed version of each instance
+    request = services.calls.last("ListLedger")
+    assert (request.from_day, request.to_day, request.include_instances) == ("2026-12-01", "2026-12-02", True)
+
+
+def test_billing_plans_list_and_create(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("billing", "plans", "list")
+    assert code == 0 and "pl-1" in out and "3000.0000" in out
+    args = ("billing", "plans", "create", "--gib-days", "300", "--starts-on", "2026-12-01", "--ends-on", "2026-12-31")
+    code, out, _ = cli(*args)
+    assert code == 0 and "pl-2" in out
+    assert services.calls.last("CreatePlan").gib_days == "300"
+    code, _, err = cli("billing", "plans", "create", "--gib-days", "bad", "--starts-on", "x", "--ends-on", "y")
+    assert (code, err) == (1, "error: INVALID_ARGUMENT: gib_days must be a decimal number, got 'bad'\n")
+
+
 def test_overview_json(services: FakeServices, cli: Cli) -> None:
     code, out, _ = cli("overview", "--json")
     data = json.loads(out)

@@ -16,7 +16,20 @@ from pathlib import Path
 
 import grpc
 
-from strongroom_cli import audit, browse, certs, credentials, instances, jobs, overview, restores, tokens, versions
+from strongroom_cli import (
+    audit,
+    billing,
+    browse,
+    certs,
+    credentials,
+    instances,
+    jobs,
+    overview,
+    restores,
+    tokens,
+    verify,
+    versions,
+)
 from strongroom_cli.config import SERVICES, ConfigError, resolve_addresses
 from strongroom_cli.context import Context, UsageError
 
@@ -48,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `--json` is also accepted after the subcommand; SUPPRESS keeps the top-level value when absent.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
-    for module in (instances, jobs, versions, browse, restores, overview, certs, tokens, audit):
+    for module in (instances, jobs, versions, browse, restores, verify, overview, billing, certs, tokens, audit):
         module.register(groups, common)
     # listed for --help only: run() hands `standalone ...` to the runner before parsing
     groups.add_parser("standalone", help="run the whole platform locally (strongroom standalone --help)")

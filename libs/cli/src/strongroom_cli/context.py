@@ -13,6 +13,7 @@ from strongroom.audit.v1 import audit_pb2_grpc
 from strongroom.auth.v1 import auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2_grpc
+from strongroom.gateway.v1 import verify_pb2_grpc
 from strongroom.restore.v1 import restore_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2_grpc
 
@@ -71,6 +72,10 @@ class Context:
     def audit(self) -> audit_pb2_grpc.AuditServiceAsyncStub:
         """The audit trail is served by the scheduler."""
         return audit_pb2_grpc.AuditServiceStub(self._channel("scheduler"))
+
+    def verify(self) -> verify_pb2_grpc.VerifyServiceAsyncStub:
+        """Verifications run in the gateway, which holds the packs and the keys (ADR 0033)."""
+        return verify_pb2_grpc.VerifyServiceStub(self._channel("gateway"))
 
     @property
     def call(self) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def print_job(context: Context, job: restore_pb2.RestoreJob) -> None:
     print_failed_files(job)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` with control characters escaped (a file name may hold a newline or an escape sequence)."""
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)
 
@@ -91,7 +91,7 @@ def print_failed_files(job: restore_pb2.RestoreJob) -> None:
         return
     print("Failed files:")
     for failed in job.failed_files:
-        print(f"  {_printable(failed.path)}: {_printable(failed.reason)}")
+        print(f"  {printable(failed.path)}: {printable(failed.reason)}")
     more = job.stats.files_failed - len(job.failed_files)
     if more > 0:
         print(f"  ... and {more} more (only the first {len(job.failed_files)} are kept)")

@@ -4,6 +4,10 @@
 first API token of a deployment (every later one is made through ``TokenService``), reading
 ``STRONGROOM_PG_DSN`` (and ``STRONGROOM_PG_TLS*``) from the environment. The token is printed once.
 
+``strongroom-admin s3-policy gateway|reclaimer --bucket B [--principal ACCESS_KEY]`` prints the
+least-privilege S3 policy of that identity (ADR 0035): an identity policy, or with ``--principal``
+a bucket policy statement set naming that access key.
+
 Services add their own commands through the ``strongroom.admin`` entry-point group (an object with
 ``name``, ``help``, ``configure(parser)`` and ``run(args, environ) -> exit code``), so that this
 library never imports a service: the agent gateway's ``rebuild --from-bucket`` (ADR 0032).
@@ -15,6 +19,7 @@ import argparse
 import asyncio
 import datetime as dt
 import importlib.metadata
+import json
 import os
 import ssl
 import sys
@@ -26,6 +31,7 @@ from strongroom_platform.auth.token_api import bootstrap_token
 from strongroom_platform.auth.tokens_pg import AUTH_MIGRATIONS, AUTH_SCHEMA, PgTokenStore
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.s3_policy import S3Identity, bucket_policy, identity_policy
 from strongroom_platform.settings import BackendTls, SettingsError, env_str
 from strongroom_platform.tls import backend_ssl_context
 
@@ -88,7 +94,25 @@ def _parser(plugins: Sequence[AdminCommand] = ()) -> argparse.ArgumentParser:
     create.add_argument("--role", default="admin", choices=[r.value for r in Role])
     create.add_argument("--name", default="bootstrap")
     create.add_argument("--ttl-days", type=int, default=90)
+    policy = groups.add_parser("s3-policy", help="print the least-privilege S3 policy of an identity")
+    policy.add_argument("identity", choices=[i.value for i in S3Identity])
+    policy.add_argument("--bucket", required=True)
+    policy.add_argument("--principal", help="render a bucket policy naming this access key (or ARN)")
     return parser
+
+
+def _print_s3_policy(args: argparse.Namespace) -> int:
+    identity = S3Identity(args.identity)
+    try:
+        if args.principal:
+            document = bucket_policy(args.bucket, {identity: args.principal})
+        else:
+            document = identity_policy(identity, args.bucket)
+    except ValueError as exc:
+        print(f"strongroom-admin: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(document, indent=2))
+    return 0
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str], plugins: Sequence[AdminCommand] | None = None) -> int:
@@ -97,6 +121,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str], plugins: Sequence[Admin
     for plugin in plugins:
         if args.group == plugin.name:
             return plugin.run(args, environ)
+    if args.group == "s3-policy":
+        return _print_s3_policy(args)
     if not 1 <= args.ttl_days <= 366:
         print("strongroom-admin: --ttl-days must be between 1 and 366", file=sys.stderr)
         return 2

@@ -95,6 +95,9 @@ class S3Config:
     secret_key: str
     secure: bool
     server_info: str
+    # Creates a least-privilege account (access key, secret) governed by bucket policies; only the
+    # local versitygw offers one here (MinIO's and AWS's IAM are outside the S3 API).
+    create_user: Callable[[str, str], None] | None = None
 
 
 class ServiceUnavailable(Exception):
@@ -358,7 +361,9 @@ class ServerPool:
         self._push(gateway.stop)
         header = s3_server_header(gateway.endpoint) or "no Server header"
         info = f"S3 versitygw {gateway.binary_version()} (Server: {header}; local)"
-        config = S3Config(gateway.endpoint, gateway.access_key, gateway.secret_key, gateway.secure, info)
+        config = S3Config(
+            gateway.endpoint, gateway.access_key, gateway.secret_key, gateway.secure, info, gateway.create_user
+        )
         return _Resolved(config, info)
 
     @staticmethod

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
+import uuid
 from contextlib import AsyncExitStack
 
 import grpc
@@ -29,6 +31,12 @@ from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.settings import Settings
 from strongroom_gateway.vault import Vault
+from strongroom_gateway.verify import engine as verify_engine
+from strongroom_gateway.verify import grpc_api as verify_api
+from strongroom_gateway.verify.ports import VerifyStore
+from strongroom_gateway.verify.rate import ReadRate
+from strongroom_gateway.verify.repository import PgVerifyStore
+from strongroom_gateway.verify.worker import VerifyWorker
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,7 @@ async def run(
     store: GatewayStore | None = None,
     keyring: MasterKeyring | None = None,
     audit_sink: audit.AuditSink | None = None,
+    verify_store: VerifyStore | None = None,
     schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
@@ -54,6 +63,10 @@ async def run(
     fake store keeps its outbox in memory). The master keyring comes from
     ``settings.master_key`` unless injected; without either the gateway refuses
     to start (it never stores backup data unencrypted).
+
+    With a database (or an injected ``verify_store``) the gateway also runs verifications (ADR
+    0033) and serves the operators' VerifyService on its public listener, where operator
+    credentials are then checked as in the other services.
     """
     clock = clock or SystemClock()
     if keyring is None:
@@ -64,11 +77,13 @@ async def run(
     log.info("encrypting with master key id %s", keyring.current.key_id)
     async with AsyncExitStack() as stack:
         platform = settings.platform
+        pool = None
         if store is None:
             pool = await lifecycle.open_pool(
                 stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
             )
             store = PgGatewayStore(pool)
+            verify_store = verify_store or PgVerifyStore(pool)
             # agent revocations by an admin are audited in the gateway's outbox (ADR 0027)
             audit_sink = audit_sink or audit.OutboxAuditSink(pool, schema, clock)
             if publisher is None:
@@ -124,21 +139,62 @@ async def run(
             log.warning("no internal listener (STRONGROOM_GATEWAY_INTERNAL_LISTEN): the catalog cannot index points")
         if issuer is not None:
             await _serve_agent_mtls(stack, settings, servicer, issuer, store, clock)
-        # The gateway serves agents (their credential) and services (their certificate), no operator.
         bearer = agent_certs.bearer_authenticator(store, data_calls=settings.agent_bearer_data_calls)
-        auth = serving.agents_only(bearer, audit_sink=audit_sink)
+        public = register(servicer)
+        if verify_store is not None:
+            verify = _start_verification(stack, settings, verify_store, object_store, keys, clock)
+            agents_api = public
+
+            def public(server: grpc.aio.Server) -> None:
+                agents_api(server)
+                verify(server)
+
+        if pool is not None:
+            # Operators call the VerifyService here: their API tokens and OIDC bearers are checked as
+            # everywhere else; agents keep their own authenticator (ADR 0024, 0033).
+            auth = (await serving.open_auth(stack, platform, clock, agents=bearer, audit_sink=audit_sink)).interceptor
+        else:
+            auth = serving.agents_only(bearer, audit_sink=audit_sink)
         await serving.serve_listeners(
             stack,
             "gateway",
             platform,
             settings.grpc_listen,
-            register(servicer),
+            public,
             auth=auth,
             internal_listen=internal_listen,
             internal_register=internal,
         )
         await stop.wait()
         log.info("gateway stopping")
+
+
+def _start_verification(
+    stack: AsyncExitStack,
+    settings: Settings,
+    store: VerifyStore,
+    object_store: ObjectStore,
+    keys: AccountKeys,
+    clock: Clock,
+) -> serving.Register:
+    """Start the verification worker; return the VerifyService's registration."""
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=verify_engine.CHECK_THREADS, thread_name_prefix="verify"
+    )
+    stack.callback(executor.shutdown, wait=False, cancel_futures=True)
+    deps = verify_engine.Deps(
+        store=store,
+        objects=object_store,
+        keys=keys,
+        clock=clock,
+        rate=ReadRate(clock, settings.verify_bytes_per_second),
+        owner=f"gateway-{uuid.uuid4()}",
+        executor=executor,
+        cover_days=settings.verify_cover_days,
+    )
+    worker = VerifyWorker(deps, poll_interval=settings.job_poll_interval, daily=settings.verify_daily)
+    lifecycle.start_task(stack, worker.run(), "verification worker")
+    return verify_api.register(verify_api.VerifyServicer(store=store, clock=clock, wake=worker.wake))
 
 
 def _issuer(settings: Settings, clock: Clock) -> CertificateIssuer | None:

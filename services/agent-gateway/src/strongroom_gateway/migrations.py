@@ -134,6 +134,83 @@ ALTER TABLE instances
     ADD COLUMN name text NOT NULL DEFAULT '';
 """
 
+# Verification (ADR 0033): verification jobs, the damage they found, when each pack and point was
+# last checked (the daily sample re-reads the least recently checked packs), and the one sample of
+# each day.
+_V10_VERIFICATION = """
+CREATE TABLE verifications (
+    verification_id text PRIMARY KEY,
+    -- '' for the daily sample, which spans every account.
+    account_id text NOT NULL,
+    scope text NOT NULL CHECK (scope IN ('point', 'instance', 'account', 'sample')),
+    -- The point or instance verified ('' for account and sample).
+    target_id text NOT NULL DEFAULT '',
+    -- The instance of a point or instance verification ('' otherwise), for listing by instance.
+    instance_id text NOT NULL DEFAULT '',
+    state text NOT NULL CHECK (state IN ('queued', 'running', 'clean', 'damaged', 'failed')),
+    created_at timestamptz NOT NULL,
+    started_at timestamptz,
+    finished_at timestamptz,
+    -- The gateway process running it, until when; an expired lease lets another replica restart it.
+    lease_owner text,
+    lease_until timestamptz,
+    points_total integer NOT NULL DEFAULT 0,
+    points_done integer NOT NULL DEFAULT 0,
+    packs_checked bigint NOT NULL DEFAULT 0,
+    bytes_read bigint NOT NULL DEFAULT 0,
+    damaged_files bigint NOT NULL DEFAULT 0,
+    damaged_packs integer NOT NULL DEFAULT 0,
+    error text NOT NULL DEFAULT '' CHECK (length(error) <= 4096)
+);
+CREATE INDEX verifications_pending ON verifications (created_at) WHERE state IN ('queued', 'running');
+CREATE INDEX verifications_by_account ON verifications (account_id, created_at DESC);
+
+-- The first damaged files of a verification (the count is verifications.damaged_files).
+CREATE TABLE verification_damaged_files (
+    verification_id text NOT NULL REFERENCES verifications (verification_id),
+    seq integer NOT NULL,
+    point_id text NOT NULL,
+    path text NOT NULL CHECK (length(path) <= 4096),
+    reason text NOT NULL CHECK (length(reason) <= 8192),
+    PRIMARY KEY (verification_id, seq)
+);
+
+CREATE TABLE verification_damaged_packs (
+    verification_id text NOT NULL REFERENCES verifications (verification_id),
+    pack_id text NOT NULL,
+    reason text NOT NULL CHECK (length(reason) <= 8192),
+    PRIMARY KEY (verification_id, pack_id)
+);
+
+-- When each pack was last read back in full; a pack never checked counts from its creation (every
+-- chunk was verified when it was uploaded).
+CREATE TABLE pack_checks (
+    pack_id text PRIMARY KEY REFERENCES packs (pack_id),
+    checked_at timestamptz NOT NULL,
+    damaged_chunks integer NOT NULL,
+    reason text NOT NULL DEFAULT ''
+);
+
+-- Per point: the last verification that checked it; full = every pack it references was read.
+CREATE TABLE point_checks (
+    point_id text PRIMARY KEY REFERENCES points (point_id),
+    account_id text NOT NULL,
+    instance_id text NOT NULL,
+    point_created_at timestamptz NOT NULL,
+    checked_at timestamptz NOT NULL,
+    full_check boolean NOT NULL,
+    damaged_files bigint NOT NULL,
+    verification_id text NOT NULL
+);
+CREATE INDEX point_checks_by_instance ON point_checks (instance_id, point_created_at DESC);
+
+-- One daily sample per UTC day, whichever replica claims the day first.
+CREATE TABLE verification_days (
+    day date PRIMARY KEY,
+    verification_id text NOT NULL
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -143,6 +220,7 @@ MIGRATIONS: list[Migration] = [
     Migration(6, _V6_INSTANCE_FILESYSTEMS),
     # Agent certificates and their deny-list (ADR 0028).
     Migration(7, AGENT_CERTIFICATES_DDL),
-    # Migration 8 is taken by a parallel branch (per-service roles); 9 is this one.
+    # Migration 8 is reserved for per-service roles (a parallel branch).
     Migration(9, _V9_INSTANCE_IDENTITY),
+    Migration(10, _V10_VERIFICATION),
 ]

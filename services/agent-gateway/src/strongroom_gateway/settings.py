@@ -39,6 +39,12 @@ class Settings:
     STRONGROOM_GATEWAY_AGENT_TRUST_BUNDLE: the CAs agents may trust for the gateway's certificate,
         sent with their SPKI pins on each renewal (default STRONGROOM_TLS_CA); append the next CA
         here before a rotation.
+    Verification (ADR 0033):
+    STRONGROOM_GATEWAY_VERIFY_MBPS: the most a verification reads, in MB/s (default 50; 0: no limit).
+    STRONGROOM_GATEWAY_VERIFY_DAILY: 1 (default) queues the daily sample of the least recently
+        checked packs; 0 runs only the verifications operators start.
+    STRONGROOM_GATEWAY_VERIFY_COVER_DAYS: the sample reads every pack within this many days
+        (default 28, at most 30: the retention period).
     Plus the platform connections (``PlatformSettings``).
     """
 
@@ -60,6 +66,9 @@ class Settings:
     agent_cert_validity: dt.timedelta = dt.timedelta(days=7)
     agent_bearer_data_calls: bool = True
     agent_trust_bundle: Path | None = None
+    verify_bytes_per_second: int = 50_000_000
+    verify_daily: bool = True
+    verify_cover_days: int = 28
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -78,7 +87,28 @@ class Settings:
             master_key=MasterKeyConfig.from_env(environ),
             internal_listen=environ.get("STRONGROOM_GATEWAY_INTERNAL_LISTEN") or None,
             **_agent_certificates(environ),
+            **_verification(environ),
         )
+
+
+class _Verification(TypedDict):
+    verify_bytes_per_second: int
+    verify_daily: bool
+    verify_cover_days: int
+
+
+def _verification(environ: Mapping[str, str]) -> _Verification:
+    mbps = env_int(environ, "STRONGROOM_GATEWAY_VERIFY_MBPS", 50)
+    if not 0 <= mbps <= 100_000:
+        raise SettingsError("STRONGROOM_GATEWAY_VERIFY_MBPS must be between 0 (no limit) and 100000")
+    days = env_int(environ, "STRONGROOM_GATEWAY_VERIFY_COVER_DAYS", 28)
+    if not 1 <= days <= 30:
+        raise SettingsError("STRONGROOM_GATEWAY_VERIFY_COVER_DAYS must be between 1 and 30 (the retention period)")
+    return {
+        "verify_bytes_per_second": mbps * 1_000_000,
+        "verify_daily": env_bool(environ, "STRONGROOM_GATEWAY_VERIFY_DAILY", True),
+        "verify_cover_days": days,
+    }
 
 
 class _AgentCertificates(TypedDict):

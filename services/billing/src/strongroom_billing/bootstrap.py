@@ -11,6 +11,7 @@ from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory
 from strongroom_platform.tls import backend_ssl_context
 
+from strongroom_billing import handlers
 from strongroom_billing.consumers import GROUP_ID, record_handlers
 from strongroom_billing.grpc_api import BillingServicer, register
 from strongroom_billing.migrations import MIGRATIONS, SCHEMA
@@ -29,7 +30,8 @@ async def run(
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order; prints ``LISTENING billing <host>:<port>``.
 
-    Billing produces no events, so it has no publisher and no relay; ``clock`` checks token expiry.
+    Billing produces no events, so it has no publisher and no relay; ``clock`` checks token expiry
+    and decides which ledger days have ended.
     """
     clock = clock or SystemClock()
     platform = settings.platform
@@ -41,8 +43,20 @@ async def run(
         store = PgBillingStore(pool)
         factory = consumer_factory or wiring.consumer_factory(platform)
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(store))
+        lifecycle.start_task(stack, _close_days_forever(store, clock, settings), "billing-ledger")
+        servicer = BillingServicer(store, clock, settings.ledger)
         await serving.serve_listeners(
-            stack, "billing", platform, settings.grpc_listen, register(BillingServicer(store)), auth=auth.interceptor
+            stack, "billing", platform, settings.grpc_listen, register(servicer), auth=auth.interceptor
         )
         await stop.wait()
         log.info("billing stopping")
+
+
+async def _close_days_forever(store: PgBillingStore, clock: Clock, settings: Settings) -> None:
+    """Close the ledger's ended days every ``interval_seconds``; a failed pass is retried next time."""
+    while True:
+        try:
+            await handlers.close_ledger_days(store, clock, settings.ledger)
+        except Exception:
+            log.exception("ledger: closing days failed; retrying in %.0f s", settings.ledger.interval_seconds)
+        await clock.sleep(settings.ledger.interval_seconds)

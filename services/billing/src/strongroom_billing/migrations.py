@@ -29,4 +29,57 @@ CREATE TABLE versions (
 CREATE INDEX versions_live ON versions (instance_id, created_at DESC) WHERE NOT expired;
 """
 
-MIGRATIONS: list[Migration] = [Migration(1, INBOX_DDL), Migration(2, _TABLES)]
+# The daily ledger (ADR 0036). When an instance was canceled and a version expired, so that a day
+# is billed on the facts as they stood when it ended. Rows expired or canceled before this
+# migration keep NULL: gone since forever. Ledger rows are written once per closed day, never changed.
+_LEDGER = """
+ALTER TABLE instances ADD COLUMN canceled_at timestamptz;
+ALTER TABLE versions ADD COLUMN expired_at timestamptz;
+
+CREATE TABLE ledger_closed_days (
+    day date PRIMARY KEY,
+    closed_at timestamptz NOT NULL
+);
+
+CREATE TABLE ledger_days (
+    account_id text NOT NULL,
+    day date NOT NULL REFERENCES ledger_closed_days (day),
+    instances integer NOT NULL CHECK (instances > 0),
+    capacity_bytes bigint NOT NULL CHECK (capacity_bytes >= 0),
+    billable_gib numeric(24, 4) NOT NULL CHECK (billable_gib >= 0),
+    price_per_gib_day numeric(24, 10) NOT NULL CHECK (price_per_gib_day >= 0),
+    fee numeric(24, 4) NOT NULL CHECK (fee >= 0),
+    plan_gib_days numeric(24, 4) NOT NULL CHECK (plan_gib_days >= 0),
+    charged numeric(24, 4) NOT NULL CHECK (charged >= 0),
+    PRIMARY KEY (account_id, day)
+);
+
+CREATE TABLE ledger_instances (
+    account_id text NOT NULL,
+    day date NOT NULL,
+    instance_id text NOT NULL,
+    version_id text NOT NULL,
+    capacity_bytes bigint NOT NULL CHECK (capacity_bytes >= 0),
+    PRIMARY KEY (account_id, day, instance_id),
+    FOREIGN KEY (account_id, day) REFERENCES ledger_days (account_id, day)
+);
+
+CREATE TABLE plans (
+    plan_id text PRIMARY KEY,
+    account_id text NOT NULL,
+    gib_days numeric(24, 4) NOT NULL CHECK (gib_days > 0),
+    starts_on date NOT NULL,
+    ends_on date NOT NULL CHECK (ends_on >= starts_on),
+    created_at timestamptz NOT NULL
+);
+CREATE INDEX plans_by_account ON plans (account_id, ends_on);
+
+CREATE TABLE plan_draws (
+    plan_id text NOT NULL REFERENCES plans (plan_id),
+    day date NOT NULL,
+    gib_days numeric(24, 4) NOT NULL CHECK (gib_days > 0),
+    PRIMARY KEY (plan_id, day)
+);
+"""
+
+MIGRATIONS: list[Migration] = [Migration(1, INBOX_DDL), Migration(2, _TABLES), Migration(4, _LEDGER)]

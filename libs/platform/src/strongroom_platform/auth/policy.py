@@ -61,6 +61,7 @@ _AGENT_GATEWAY = "/strongroom.agent.v1.AgentGatewayService/"
 _TOKENS = "/strongroom.auth.v1.TokenService/"
 _AGENT_ADMIN = "/strongroom.gateway.v1.AgentAdminService/"
 _AUDIT = "/strongroom.audit.v1.AuditService/"
+_VERIFY = "/strongroom.gateway.v1.VerifyService/"
 
 POLICY: Mapping[str, Rule] = MappingProxyType(
     {
@@ -86,6 +87,10 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _CATALOG + "BrowsePoint": _op(READ, "browse points"),
         # billing
         _BILLING + "GetOverview": _op(READ, "read billing"),
+        _BILLING + "ListLedger": _op(READ, "read billing"),
+        _BILLING + "ListPlans": _op(READ, "read billing"),
+        # A plan offsets the account's fees: its admins only, and audited.
+        _BILLING + "CreatePlan": _op(ADMIN, "create resource plans", mutating=True),
         # restore jobs
         _RESTORE + "CreateRestoreJob": _op(OPERATE, "restore files", mutating=True),
         _RESTORE + "GetRestoreJob": _op(READ, "read restore jobs"),
@@ -102,6 +107,11 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _MANIFEST + "ReadPointManifest": Rule(
             callers=Caller.SERVICE, services=frozenset({"catalog"}), verb="read manifests"
         ),
+        # gateway, public listener: repository verification (ADR 0033)
+        _VERIFY + "StartVerification": _op(OPERATE, "verify backups", mutating=True),
+        _VERIFY + "GetVerification": _op(READ, "read verifications"),
+        _VERIFY + "ListVerifications": _op(READ, "list verifications"),
+        _VERIFY + "GetRecoverability": _op(READ, "read recoverability"),
         # gateway, agent listener: the one-time enrollment token is Enroll's credential
         _AGENT_GATEWAY + "Enroll": _PUBLIC,
         _AGENT_GATEWAY + "Connect": _AGENT,
