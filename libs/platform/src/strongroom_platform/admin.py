@@ -7,6 +7,10 @@ first API token of a deployment (every later one is made through ``TokenService`
 ``strongroom-admin s3-policy gateway|reclaimer --bucket B [--principal ACCESS_KEY]`` prints the
 least-privilege S3 policy of that identity (ADR 0035): an identity policy, or with ``--principal``
 a bucket policy statement set naming that access key.
+
+Services add their own commands through the ``strongroom.admin`` entry-point group (an object with
+``name``, ``help``, ``configure(parser)`` and ``run(args, environ) -> exit code``), so that this
+library never imports a service: the agent gateway's ``rebuild --from-bucket`` (ADR 0032).
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from strongroom_platform.auth import Role
 from strongroom_platform.auth.token_api import bootstrap_token
@@ -53,9 +59,35 @@ async def create_admin_token(
         await pool.close()
 
 
-def _parser() -> argparse.ArgumentParser:
+ENTRY_POINT_GROUP = "strongroom.admin"
+
+
+class AdminCommand(Protocol):
+    """A command a service distribution adds to ``strongroom-admin`` (entry-point group ``strongroom.admin``)."""
+
+    name: str
+    help: str
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        """Add the command's arguments."""
+        ...
+
+    def run(self, args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+        """Do it; the process's exit code."""
+        ...
+
+
+def installed_commands() -> list[AdminCommand]:
+    """The commands of the installed service distributions, by name."""
+    found = [entry.load() for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    return sorted(found, key=lambda command: command.name)
+
+
+def _parser(plugins: Sequence[AdminCommand] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strongroom-admin", description=__doc__.split("\n\n")[0])
     groups = parser.add_subparsers(dest="group", required=True)
+    for plugin in plugins:
+        plugin.configure(groups.add_parser(plugin.name, help=plugin.help))
     token = groups.add_parser("token", help="API tokens").add_subparsers(dest="action", required=True)
     create = token.add_parser("create", help="create a token with database access; printed once")
     create.add_argument("--account", required=True)
@@ -83,8 +115,12 @@ def _print_s3_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    args = _parser().parse_args(list(argv))
+def run(argv: Sequence[str], environ: Mapping[str, str], plugins: Sequence[AdminCommand] | None = None) -> int:
+    plugins = installed_commands() if plugins is None else plugins
+    args = _parser(plugins).parse_args(list(argv))
+    for plugin in plugins:
+        if args.group == plugin.name:
+            return plugin.run(args, environ)
     if args.group == "s3-policy":
         return _print_s3_policy(args)
     if not 1 <= args.ttl_days <= 366:

@@ -30,6 +30,7 @@ from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.settings import Settings
+from strongroom_gateway.vault import Vault
 from strongroom_gateway.verify import engine as verify_engine
 from strongroom_gateway.verify import grpc_api as verify_api
 from strongroom_gateway.verify.ports import VerifyStore
@@ -94,7 +95,7 @@ async def run(
             consumer_factory = wiring.consumer_factory(platform)
 
         sessions = SessionRegistry()
-        keys = AccountKeys(store, keyring, clock)
+        keys = AccountKeys(store, keyring, clock, objects=object_store)
         writer = PackWriter(
             store,
             object_store,
@@ -109,6 +110,7 @@ async def run(
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, handlers)
 
         issuer = await asyncio.to_thread(_issuer, settings, clock)
+        vault = Vault(store, object_store, keys, clock)
         servicer = GatewayServicer(
             store=store,
             object_store=object_store,
@@ -118,6 +120,7 @@ async def run(
             job_poll_interval=settings.job_poll_interval,
             unthrottled=settings.unthrottled,
             issuer=issuer,
+            vault=vault,
         )
         # The internal ManifestService (decrypted manifests, for the catalog only) is served on the
         # internal listener, to callers with a service certificate; never on the agents' port
@@ -125,7 +128,7 @@ async def run(
         manifests = manifest_api.register(
             manifest_api.ManifestServicer(store=store, object_store=object_store, keys=keys)
         )
-        admin = register_admin(AgentAdminServicer(store=store, clock=clock, sessions=sessions))
+        admin = register_admin(AgentAdminServicer(store=store, clock=clock, sessions=sessions, vault=vault))
 
         def internal(server: grpc.aio.Server) -> None:
             manifests(server)

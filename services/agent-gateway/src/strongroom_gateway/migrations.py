@@ -126,6 +126,14 @@ CREATE TABLE instance_filesystems (
 );
 """
 
+# The instance's region and name from instance-activated, for its disaster-recovery record in the
+# bucket (ADR 0032). Instances activated before keep '' until they are activated again.
+_V9_INSTANCE_IDENTITY = """
+ALTER TABLE instances
+    ADD COLUMN region text NOT NULL DEFAULT '',
+    ADD COLUMN name text NOT NULL DEFAULT '';
+"""
+
 # Verification (ADR 0033): verification jobs, the damage they found, when each pack and point was
 # last checked (the daily sample re-reads the least recently checked packs), and the one sample of
 # each day.
@@ -212,5 +220,7 @@ MIGRATIONS: list[Migration] = [
     Migration(6, _V6_INSTANCE_FILESYSTEMS),
     # Agent certificates and their deny-list (ADR 0028).
     Migration(7, AGENT_CERTIFICATES_DDL),
+    # Migration 8 is reserved for per-service roles (a parallel branch).
+    Migration(9, _V9_INSTANCE_IDENTITY),
     Migration(10, _V10_VERIFICATION),
 ]

@@ -55,6 +55,8 @@ def _instance(row: asyncpg.Record) -> Instance:
         revoked=row["revoked"],
         hostname=row["hostname"],
         capacity_bytes=row["capacity_bytes"],
+        region=row["region"],
+        name=row["name"],
     )
 
 
@@ -157,17 +159,42 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
         )
 
     async def activate_instance(
-        self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime
+        self,
+        instance_id: str,
+        account_id: str,
+        token_sha256: str,
+        token_expires_at: dt.datetime,
+        *,
+        region: str = "",
+        name: str = "",
     ) -> None:
         await self._conn.execute(
-            "INSERT INTO instances (instance_id, account_id, token_sha256, token_expires_at) VALUES ($1, $2, $3, $4)"
+            "INSERT INTO instances (instance_id, account_id, token_sha256, token_expires_at, region, name)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
             " ON CONFLICT (instance_id) DO UPDATE SET account_id = EXCLUDED.account_id,"
-            " token_sha256 = EXCLUDED.token_sha256, token_expires_at = EXCLUDED.token_expires_at, revoked = false",
+            " token_sha256 = EXCLUDED.token_sha256, token_expires_at = EXCLUDED.token_expires_at, revoked = false,"
+            " region = coalesce(nullif(EXCLUDED.region, ''), instances.region),"
+            " name = coalesce(nullif(EXCLUDED.name, ''), instances.name)",
             instance_id,
             account_id,
             token_sha256,
             token_expires_at,
+            region,
+            name,
         )
+
+    async def recover_instance(self, instance: Instance) -> bool:
+        result = await self._conn.execute(
+            "INSERT INTO instances (instance_id, account_id, enrolled_at, hostname, region, name)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (instance_id) DO NOTHING",
+            instance.instance_id,
+            instance.account_id,
+            instance.enrolled_at,
+            instance.hostname,
+            instance.region,
+            instance.name,
+        )
+        return bool(result == "INSERT 0 1")
 
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
         lock = " FOR UPDATE" if for_update else ""

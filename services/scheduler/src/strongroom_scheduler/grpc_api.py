@@ -107,6 +107,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
         return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
 
+    async def IssueEnrollmentToken(
+        self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.ActivateBackupResponse:
+        instance, token = await handlers.issue_enrollment_token(self._deps, request.instance_id, call=current_call())
+        return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
+
     async def GetInstance(
         self, request: scheduler_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.Instance:
