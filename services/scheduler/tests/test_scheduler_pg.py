@@ -100,7 +100,8 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         job.job_id
     ]
     assert [
-        i.instance_id for i in await handlers.list_instances(pg_deps, "acme", "cn-hangzhou", call=call("ListInstances"))
+        i.instance_id
+        for i in (await handlers.list_instances(pg_deps, "acme", "cn-hangzhou", call=call("ListInstances"))).instances
     ] == [instance.instance_id]
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
     # activation and the settings update each publish the settings (instance-settings-changed)
@@ -351,3 +352,28 @@ async def test_a_mutation_commits_with_its_audit_record_or_not_at_all(
     assert got.paused and state.recorded == 1 and sink.events == []
     [record] = await audit_rows()
     assert (record.result_code, list(record.account_ids), record.subject) == ("OK", ["acme"], pause.principal.subject)
+
+
+async def test_instances_page_in_postgres_by_activation_then_id(pg_deps: Deps, clock: FakeClock) -> None:
+    ids = []
+    for n in range(5):
+        ids.append((await active_instance(pg_deps)).instance_id)
+        if n % 2:
+            clock.advance(1)  # pairs share an activation time: the id breaks the tie
+    expected = [
+        i.instance_id
+        for i in (await handlers.list_instances(pg_deps, "acme", "", call=call("ListInstances"))).instances
+    ]
+    assert sorted(expected) == sorted(ids)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await handlers.list_instances(
+            pg_deps, "acme", "", page_size=2, page_token=token, call=call("ListInstances")
+        )
+        assert len(page.instances) <= 2
+        seen += [i.instance_id for i in page.instances]
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert seen == expected

@@ -117,9 +117,19 @@ def print_instances(context: Context, found: Sequence[scheduler_pb2.Instance]) -
 
 
 async def list_instances(context: Context) -> int:
-    request = scheduler_pb2.ListInstancesRequest(account_id=context.account_id, region=context.args.region)
-    response = await context.scheduler().ListInstances(request, **context.call)
-    print_instances(context, response.instances)
+    # Every page, in order: the list is not held by the server in one message (issue 14).
+    instances: list[scheduler_pb2.Instance] = []
+    token = ""
+    while True:
+        request = scheduler_pb2.ListInstancesRequest(
+            account_id=context.account_id, region=context.args.region, page_size=1000, page_token=token
+        )
+        response = await context.scheduler().ListInstances(request, **context.call)
+        instances += response.instances
+        token = response.next_page_token
+        if not token:
+            break
+    print_instances(context, instances)
     return 0
 
 

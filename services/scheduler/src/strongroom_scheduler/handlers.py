@@ -55,6 +55,8 @@ CONSUMER = "scheduler"
 AUDIT_CONSUMER = "scheduler.audit-recorded"
 TOKEN_VALIDITY = dt.timedelta(hours=24)
 DEFAULT_JOB_LIMIT = 50
+DEFAULT_INSTANCE_PAGE = 100
+MAX_INSTANCE_PAGE = 1000
 MAX_JOB_LIMIT = 1000
 DEFAULT_AUDIT_PAGE = 100
 MAX_AUDIT_PAGE = 1000
@@ -252,12 +254,27 @@ async def get_instance(deps: Deps, instance_id: str, *, call: CallAuth) -> Insta
         return await _instance(tx, instance_id, call=call)
 
 
-async def list_instances(deps: Deps, account_id: str, region: str, *, call: CallAuth) -> list[Instance]:
-    """Instances of ``choose_account(account_id)`` with backup activated (canceled ones are removed
-    from the list, as in the seed)."""
+@dataclass(frozen=True, slots=True)
+class InstancePage:
+    instances: list[Instance]
+    next_page_token: str  # empty on the last page
+
+
+async def list_instances(
+    deps: Deps, account_id: str, region: str, *, page_size: int = 0, page_token: str = "", call: CallAuth
+) -> InstancePage:
+    """One page of the instances of ``choose_account(account_id)`` with backup activated, oldest
+    activation first (canceled ones are removed from the list, as in the seed)."""
     account = choose_account(account_id.strip(), call=call)
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    size = min(page_size or DEFAULT_INSTANCE_PAGE, MAX_INSTANCE_PAGE)
+    after = _after(page_token)
     async with deps.store.transaction() as tx:
-        return await tx.list_instances(account, region.strip(), include_canceled=False)
+        found = await tx.list_instances(account, region.strip(), include_canceled=False, after=after, limit=size + 1)
+    page = found[:size]
+    more = len(found) > size
+    return InstancePage(page, _position_token(page[-1].activated_at, page[-1].instance_id) if more else "")
 
 
 async def run_backup_now(deps: Deps, instance_id: str, *, call: CallAuth) -> Job:
@@ -410,9 +427,13 @@ async def cancel_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
 # --- the audit trail (ADR 0027) --------------------------------------------------------------
 
 
+def _position_token(at: dt.datetime, key: str) -> str:
+    """An opaque page token for a list ordered by (time, key): where the next page starts after."""
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{key}".encode()).decode()
+
+
 def _page_token(event: events_pb2.AuditRecorded) -> str:
-    position = f"{from_timestamp(event.meta.occurred_at).isoformat()}|{event.meta.event_id}"
-    return base64.urlsafe_b64encode(position.encode()).decode()
+    return _position_token(from_timestamp(event.meta.occurred_at), event.meta.event_id)
 
 
 def _after(page_token: str) -> tuple[dt.datetime, str] | None:

@@ -91,4 +91,6 @@ MIGRATIONS: list[Migration] = [
     Migration(2, INBOX_DDL),
     Migration(3, _TABLES),
     Migration(4, _AUDIT),
+    # ListInstances pages by (account, activation, id): an index walk per page, not a sort (issue 14).
+    Migration(9, "CREATE INDEX instances_by_account_page ON instances (account_id, activated_at, instance_id)"),
 ]
