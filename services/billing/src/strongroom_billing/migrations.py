@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from strongroom_platform.db import Migration
-from strongroom_platform.inbox import INBOX_DDL
+from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
+from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 SCHEMA = "billing"
 
@@ -30,3 +31,14 @@ CREATE INDEX versions_live ON versions (instance_id, created_at DESC) WHERE NOT 
 """
 
 MIGRATIONS: list[Migration] = [Migration(1, INBOX_DDL), Migration(2, _TABLES)]
+
+ROLE = SERVICE_ROLES["billing"]
+
+# What the billing service's role may do, per table (ADR 0031); a new table adds its line here.
+PRIVILEGES: dict[str, str] = {
+    "processed_events": INBOX_PRIVILEGES,
+    "instances": "SELECT, INSERT, UPDATE",
+    "versions": "SELECT, INSERT, UPDATE",
+}
+
+SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})
