@@ -150,7 +150,7 @@ async def set_role_password(conn: asyncpg.Connection, role: str, password: str) 
 async def _relations(conn: asyncpg.Connection, schema: str, kinds: str) -> list[str]:
     rows = await conn.fetch(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = $1 AND c.relkind = ANY($2::" + '"char"[]) ORDER BY c.relname',
+        " WHERE n.nspname = $1 AND c.relkind::text = ANY($2::text[]) ORDER BY c.relname",
         schema,
         list(kinds),
     )
