@@ -42,6 +42,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from strongroom_platform.pg_roles import SERVICE_ROLES, ensure_login_role, login_dsn, set_role_password
 from strongroom_servers import (
     LocalKafka,
     LocalPostgres,
@@ -52,8 +53,6 @@ from strongroom_servers import (
     probe_kafka,
     s3_server_header,
 )
-
-from strongroom_platform.pg_roles import SERVICE_ROLES, ensure_login_role, login_dsn, set_role_password
 
 from strongroom_testing.pki import LocalPki
 

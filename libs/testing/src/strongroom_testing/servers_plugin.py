@@ -21,9 +21,9 @@ import pytest
 from strongroom_testing.fixtures import (
     FIXTURE_KINDS,
     Kind,
+    _pg_cluster,
     kafka_bootstrap,
     local_pki,
-    _pg_cluster,
     pg_dsn,
     pg_logins,
     pg_server_dsn,
