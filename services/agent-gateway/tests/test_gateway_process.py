@@ -11,17 +11,17 @@ from pathlib import Path
 import grpc
 import pytest
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
 
 
 async def test_process_serves_and_stops_on_sigterm(
-    pg_dsn: str, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
+    pg_logins: PgLogins, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
 ) -> None:
     env = dict(
         os.environ,
-        STRONGROOM_PG_DSN=pg_dsn,
         STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
         STRONGROOM_OBJECT_STORE=f"file:{tmp_path / 'objects'}",
         STRONGROOM_GRPC_LISTEN="127.0.0.1:0",

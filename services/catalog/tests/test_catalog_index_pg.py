@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
-from catalog_fixtures import DIR, call, file_entry, fresh_schema_pool, point_created
+from catalog_fixtures import DIR, call, catalog_pool, file_entry, point_created
 from strongroom_catalog import handlers
 from strongroom_catalog.model import EntryRow
 from strongroom_catalog.repository import PgCatalogStore, PgCatalogTx
 from strongroom_platform.manifest import encode_manifest
 from strongroom_platform.testing import InMemoryObjectStore
+from strongroom_testing.fixtures import PgLogins
 
 pytestmark = pytest.mark.integration
 
@@ -20,8 +21,8 @@ FILES_PER_DIR = 2500
 
 
 @pytest.fixture
-async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool, _ = await fresh_schema_pool(pg_dsn)
+async def pool(pg_logins: PgLogins) -> AsyncIterator[asyncpg.Pool]:
+    pool = await catalog_pool(pg_logins)
     try:
         yield pool
     finally:

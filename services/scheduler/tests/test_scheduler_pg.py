@@ -21,7 +21,7 @@ from strongroom_platform import audit
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.auth.principal import reset_current_call, set_current_call
 from strongroom_platform.clock import SystemClock, utc
-from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.db import create_pool
 from strongroom_platform.events import (
     AGENT_ENROLLED,
     AUDIT_RECORDED,
@@ -31,26 +31,27 @@ from strongroom_platform.events import (
     JOB_UPDATED,
     new_meta,
 )
+from strongroom_platform.pg_roles import migrate_schemas
 from strongroom_platform.settings import PlatformSettings
 from strongroom_platform.testing import FakeClock, InMemoryAuditSink, InMemoryEventBus
 from strongroom_scheduler import bootstrap, handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
 from strongroom_scheduler.jobs import start_job
-from strongroom_scheduler.migrations import MIGRATIONS, SCHEMA
+from strongroom_scheduler.migrations import SCHEMA, SPEC
 from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES
 from strongroom_scheduler.repository import _UNFINISHED, PgSchedulerStore
 from strongroom_scheduler.schedule import schedule_due
 from strongroom_scheduler.settings import Settings
 from strongroom_scheduler.testing import RecordingAlerter
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(pg_dsn, SCHEMA)
-    await migrate(pool, SCHEMA, MIGRATIONS)
+async def pool(pg_logins: PgLogins) -> AsyncIterator[asyncpg.Pool]:
+    pool = await pg_logins.pool(SPEC)  # as the scheduler's own role (ADR 0031)
     try:
         yield pool
     finally:
@@ -66,8 +67,8 @@ def test_unfinished_statuses_match_the_unique_index() -> None:
     assert {int(s) for s in _UNFINISHED.strip("()").split(",")} == set(UNFINISHED_JOB_STATUSES)
 
 
-async def test_migrations_are_idempotent(pool: asyncpg.Pool) -> None:
-    assert await migrate(pool, SCHEMA, MIGRATIONS) == 0
+async def test_migrations_are_idempotent(pool: asyncpg.Pool, pg_logins: PgLogins) -> None:
+    assert await migrate_schemas(pg_logins.owner, [SPEC]) == {SCHEMA: 0}
 
 
 async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock) -> None:
@@ -118,10 +119,10 @@ async def test_database_refuses_a_second_unfinished_job(pg_deps: Deps) -> None:
             await start_job(tx, current, 2, pg_deps.clock.now())
 
 
-async def test_two_schedulers_never_double_schedule(pg_deps: Deps, pg_dsn: str, clock: FakeClock) -> None:
+async def test_two_schedulers_never_double_schedule(pg_deps: Deps, pg_logins: PgLogins, clock: FakeClock) -> None:
     ids = [(await active_instance(pg_deps, minute=120)).instance_id for _ in range(12)]
     clock.set(utc(2026, 1, 1, 18, 0))
-    other_pool = await create_pool(pg_dsn, SCHEMA)
+    other_pool = await create_pool(pg_logins.service("scheduler"), SCHEMA)
     try:
         stores = [pg_deps.store, PgSchedulerStore(other_pool)]
         results = await asyncio.gather(*(schedule_due(s, clock, batch_size=2) for s in stores for _ in range(3)))
@@ -155,13 +156,20 @@ async def _wait_for(predicate: object, what: str) -> None:
 
 
 async def test_process_serves_grpc_and_events(
-    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+    pg_logins: PgLogins, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    token = await create_admin_token(pg_dsn, "a")
+    token = await create_admin_token(pg_logins.owner, "a")
     platform = PlatformSettings(
-        pg_dsn, "unused:9092", True, "file:unused", None, "none", tls=local_pki.tls("scheduler")
+        pg_logins.service("scheduler"),
+        "unused:9092",
+        True,
+        "file:unused",
+        None,
+        "none",
+        tls=local_pki.tls("scheduler"),
+        pg_migrate_dsn=pg_logins.owner,
     )
     settings = Settings(platform=platform, schedule_interval=0.2)
     server = asyncio.create_task(

@@ -41,8 +41,18 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
-from strongroom_platform.pg_roles import SERVICE_ROLES, ensure_login_role, login_dsn, set_role_password
+from strongroom_platform.db import create_pool
+from strongroom_platform.pg_roles import (
+    SERVICE_ROLES,
+    SchemaSpec,
+    ensure_login_role,
+    login_dsn,
+    migrate_schemas,
+    set_role_password,
+)
+from strongroom_platform.schemas import with_platform
 from strongroom_servers import (
     LocalKafka,
     LocalPostgres,
@@ -464,9 +474,11 @@ class PgLogins:
         """A service process's database settings: its own role, and the owner to migrate with."""
         return {"STRONGROOM_PG_DSN": self.service(name), "STRONGROOM_PG_MIGRATE_DSN": self.owner}
 
-    def stack_env(self) -> dict[str, str]:
-        """The e2e Stack's database settings (``Stack.start(..., pg_logins=...)`` splits them per service)."""
-        return {"STRONGROOM_PG_MIGRATE_DSN": self.owner}
+    async def pool(self, spec: SchemaSpec, *, max_size: int = 10) -> asyncpg.Pool:
+        """A pool as the role of the service ``spec`` belongs to, after the owner migrated it (and the
+        platform's schemas), as the service itself would at start."""
+        await migrate_schemas(self.owner, with_platform(spec))
+        return await create_pool(self.service(spec.schema), spec.schema, max_size=max_size)
 
 
 @pytest.fixture(scope="session")

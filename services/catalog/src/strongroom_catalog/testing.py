@@ -142,6 +142,18 @@ class InMemoryCatalogStore(InMemoryTransactions[_State]):
     def outbox(self) -> list[tuple[str, str, Message]]:
         return self._state.outbox
 
+    def mark_expired(self, version_id: str, at: dt.datetime) -> None:
+        """Test set-up: the version expired at ``at`` (as ``expire_due_versions`` would have marked it)."""
+        version = self._state.versions[version_id]
+        self._state.versions[version_id] = dataclasses.replace(version, expired_at=at)
+        for point in self._state.points.values():
+            if point.version_id == version_id:
+                self._state.entries.pop(point.point_id, None)
+
+    def keep_latest(self, instance_id: str) -> bool:
+        """The instance's keep-at-least-one flag, as retention sees it (on until a setting arrives)."""
+        return self._state.keep_latest.get(instance_id, True)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryCatalogTx]:
         async with self._transaction_state() as state:
