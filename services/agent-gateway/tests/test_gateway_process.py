@@ -28,6 +28,7 @@ async def test_process_serves_and_stops_on_sigterm(
         STRONGROOM_MASTER_KEY_FILE=str(tmp_path / "master.key"),
         STRONGROOM_TLS_CERT=local_pki.env("gateway")["STRONGROOM_TLS_CERT"],
         STRONGROOM_TLS_KEY=local_pki.env("gateway")["STRONGROOM_TLS_KEY"],
+        **pg_logins.env("gateway"),
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,

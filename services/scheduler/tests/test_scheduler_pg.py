@@ -269,7 +269,7 @@ def audit_record(clock: FakeClock, account: str = "acme") -> events_pb2.AuditRec
 
 
 async def test_the_audit_table_keeps_each_record_once_and_refuses_changes(
-    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock
+    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock, pg_logins: PgLogins
 ) -> None:
     account = f"acct-{random.getrandbits(32)}"
     event = audit_record(clock, account)
@@ -278,14 +278,26 @@ async def test_the_audit_table_keeps_each_record_once_and_refuses_changes(
     query = {"page_size": 0, "page_token": "", "since": None, "until": None, "subject": ""}
     events, _ = await handlers.list_audit_events(pg_deps, account, call=call("ActivateBackup", admin(account)), **query)  # type: ignore[arg-type]
     assert events == [event]
-    for statement in (
-        "UPDATE audit_events SET result_code = 'NOT_FOUND' WHERE event_id = $1",
-        "DELETE FROM audit_events WHERE event_id = $1",
-    ):
-        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+    statements = (
+        "UPDATE scheduler.audit_events SET result_code = 'NOT_FOUND' WHERE event_id = $1",
+        "DELETE FROM scheduler.audit_events WHERE event_id = $1",
+    )
+    # The scheduler's role holds no such privilege (ADR 0031) ...
+    for statement in statements:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table audit_events"):
             await pool.execute(statement, event.meta.event_id)
-    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only: TRUNCATE"):
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table audit_events"):
         await pool.execute("TRUNCATE audit_events")
+    # ... and the triggers refuse even the table's owner.
+    owner = await asyncpg.connect(pg_logins.owner)
+    try:
+        for statement in statements:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await owner.execute(statement, event.meta.event_id)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only: TRUNCATE"):
+            await owner.execute("TRUNCATE scheduler.audit_events")
+    finally:
+        await owner.close()
     assert await pool.fetchval("SELECT result_code FROM audit_events WHERE event_id = $1", event.meta.event_id) == "OK"
 
 
@@ -316,7 +328,7 @@ async def test_the_audit_trail_pages_in_postgres(pg_deps: Deps, clock: FakeClock
 
 
 async def test_a_mutation_commits_with_its_audit_record_or_not_at_all(
-    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock
+    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock, pg_logins: PgLogins
 ) -> None:
     """Effect and record share one transaction: when the record cannot be written, nothing happened."""
     instance = await active_instance(pg_deps)
@@ -339,17 +351,23 @@ async def test_a_mutation_commits_with_its_audit_record_or_not_at_all(
         found = [events_pb2.AuditRecorded.FromString(bytes(r["payload"])) for r in rows]
         return [e for e in found if e.resources.get("instance_id") == instance.instance_id]
 
-    # the audit insert fails inside the database (as a full disk or a bug would make it)
-    await pool.execute(
-        "CREATE OR REPLACE FUNCTION refuse_audit_rows() RETURNS trigger LANGUAGE plpgsql AS $$"
+    # the audit insert fails inside the database (as a full disk or a bug would make it); the
+    # trigger is the owner's to create
+    owner = await asyncpg.connect(pg_logins.owner)
+    await owner.execute(
+        "CREATE OR REPLACE FUNCTION scheduler.refuse_audit_rows() RETURNS trigger LANGUAGE plpgsql AS $$"
         " BEGIN IF NEW.topic = 'audit-recorded' THEN RAISE EXCEPTION 'audit insert failed'; END IF; RETURN NEW; END $$;"
-        " CREATE TRIGGER refuse_audit BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_audit_rows()"
+        " CREATE TRIGGER refuse_audit BEFORE INSERT ON scheduler.outbox"
+        " FOR EACH ROW EXECUTE FUNCTION scheduler.refuse_audit_rows()"
     )
     try:
         with pytest.raises(asyncpg.RaiseError, match="audit insert failed"):
             await pause_audited()
     finally:
-        await pool.execute("DROP TRIGGER refuse_audit ON outbox; DROP FUNCTION refuse_audit_rows()")
+        await owner.execute(
+            "DROP TRIGGER refuse_audit ON scheduler.outbox; DROP FUNCTION scheduler.refuse_audit_rows()"
+        )
+        await owner.close()
     got = await handlers.get_instance(pg_deps, instance.instance_id, call=call("GetInstance"))
     assert not got.paused, "the effect committed without its audit record"
     assert await audit_rows() == []
