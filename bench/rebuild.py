@@ -37,9 +37,10 @@ sys.path.insert(0, str(HERE))
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc  # noqa: E402
 from strongroom.restore.v1 import restore_pb2_grpc  # noqa: E402
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc  # noqa: E402
-from strongroom_cli.stack import Stack, operator_channel, spawn  # noqa: E402
+from strongroom_cli.stack import SERVICES, Stack, operator_channel, spawn  # noqa: E402
 from strongroom_platform.admin import create_admin_token  # noqa: E402
 from strongroom_platform.certs import spki_sha256  # noqa: E402
+from strongroom_platform.pg_roles import OWNER_ROLE, SERVICE_ROLES, login_dsn  # noqa: E402
 from strongroom_runner import StrongroomBench  # noqa: E402
 from strongroom_servers.postgres import LocalPostgres  # noqa: E402
 
@@ -48,13 +49,14 @@ def _dsn(server_dsn: str, database: str) -> str:
     return urlunsplit(urlsplit(server_dsn)._replace(path=f"/{database}"))
 
 
-async def _create(server_dsn: str, database: str) -> str:
-    conn = await asyncpg.connect(server_dsn)
+async def _create(superuser_dsn: str, owner_dsn: str, database: str) -> str:
+    """A new database owned by the migration owner (ADR 0031); the owner's DSN on it."""
+    conn = await asyncpg.connect(superuser_dsn)
     try:
-        await conn.execute(f'CREATE DATABASE "{database}"')
+        await conn.execute(f'CREATE DATABASE "{database}" OWNER "{OWNER_ROLE}"')
     finally:
         await conn.close()
-    return _dsn(server_dsn, database)
+    return _dsn(owner_dsn, database)
 
 
 async def _counts(dsn: str) -> dict[str, int]:
@@ -75,7 +77,7 @@ async def main(data: Path, work: Path) -> list[str]:
     try:
         pg = bench.servers[0]
         assert isinstance(pg, LocalPostgres)
-        server_dsn = bench.env["STRONGROOM_PG_DSN"]
+        server_dsn = bench.env["STRONGROOM_PG_MIGRATE_DSN"]  # the migration owner, on the deployment's database
         inst = await bench.new_instance(data, priority="high", unthrottled=True)
         full = await bench.backup(inst)
         point_id = await bench.latest_point(inst, 1)
@@ -90,7 +92,7 @@ async def main(data: Path, work: Path) -> list[str]:
             subprocess.run, [str(pg.bin_dir / "pg_dump"), "-Fc", "-f", str(dump), server_dsn], check=True
         )
         dumped = time.perf_counter() - started
-        restored_dsn = await _create(server_dsn, "from_dump")
+        restored_dsn = await _create(pg.dsn, server_dsn, "from_dump")
         started = time.perf_counter()
         await asyncio.to_thread(
             subprocess.run, [str(pg.bin_dir / "pg_restore"), "-d", restored_dsn, str(dump)], check=True
@@ -102,13 +104,15 @@ async def main(data: Path, work: Path) -> list[str]:
             await channel.close(None)
         assert bench.stack is not None
         await bench.stack.stop()
-        rebuilt_dsn = await _create(server_dsn, "rebuilt")
-        env = dict(bench.env, STRONGROOM_PG_DSN=rebuilt_dsn)
+        rebuilt_dsn = await _create(pg.dsn, server_dsn, "rebuilt")
+        databases = {name: login_dsn(rebuilt_dsn, SERVICE_ROLES[name]) for name in SERVICES}
+        env = dict(bench.env, STRONGROOM_PG_MIGRATE_DSN=rebuilt_dsn)
+        rebuild_env = dict(env, STRONGROOM_PG_DSN=databases["gateway"])
         started = time.perf_counter()
         rebuild = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-c", "from strongroom_platform.admin import main; main()", "rebuild", "--from-bucket"],
-            env=env,
+            env=rebuild_env,
             capture_output=True,
             text=True,
             check=True,
@@ -119,7 +123,7 @@ async def main(data: Path, work: Path) -> list[str]:
         started = time.perf_counter()
         bench.stack = Stack()
         bench.env = env
-        await bench.stack.start(env, work / "logs-rebuilt", tls_dir=work / "tls")
+        await bench.stack.start(env, work / "logs-rebuilt", tls_dir=work / "tls", databases=databases)
         addresses = bench.stack.addresses
         token = await create_admin_token(rebuilt_dsn, inst.account_id, name="after-rebuild")
         bench.channels = [

@@ -25,7 +25,8 @@ import pytest
 from minio import Minio
 from strongroom.catalog.v1 import catalog_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
-from strongroom_testing.fixtures import S3Config
+from strongroom_platform.pg_roles import OWNER_ROLE
+from strongroom_testing.fixtures import PgLogins, S3Config
 from test_backup_restore import (
     assert_same_file,
     backup,
@@ -41,16 +42,28 @@ from test_backup_restore import (
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(900)]
 
 
-async def _database(server_dsn: str, name: str, *, drop: bool = False) -> str:
+def _name(dsn: str) -> str:
+    return urlsplit(dsn).path.lstrip("/")
+
+
+async def _drop(server_dsn: str, name: str) -> None:
     conn = await asyncpg.connect(server_dsn, timeout=30)
     try:
-        if drop:
-            await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        else:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await conn.close()
-    return urlunsplit(urlsplit(server_dsn)._replace(path=f"/{name}"))
+
+
+async def _fresh_database(server_dsn: str, logins: PgLogins) -> PgLogins:
+    """A new empty database owned by the migration owner, with the same logins (ADR 0031)."""
+    name = f"t_dr_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_dsn, timeout=30)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" OWNER "{OWNER_ROLE}"')
+    finally:
+        await conn.close()
+    owner = urlunsplit(urlsplit(logins.owner)._replace(path=f"/{name}"))
+    return PgLogins(owner=owner, role_password=logins.role_password)
 
 
 async def _index(dsn: str) -> dict[str, object]:
@@ -99,7 +112,12 @@ async def _rebuild(env: dict[str, str]) -> tuple[float, str]:
 
 
 async def test_drop_every_database_rebuild_from_the_bucket_reenroll_browse_restore(
-    stack_kafka: str, pg_server_dsn: str, s3_config: S3Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack_kafka: str,
+    pg_server_dsn: str,
+    pg_logins: PgLogins,
+    s3_config: S3Config,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     bucket = f"e2e-dr-{uuid.uuid4().hex[:12]}"
     settings = {
@@ -114,10 +132,7 @@ async def test_drop_every_database_rebuild_from_the_bucket_reenroll_browse_resto
     }
     source = tmp_path / "source"
     make_tree(source)
-    before_db = f"t_dr_{uuid.uuid4().hex[:12]}"
-    dsn = await _database(pg_server_dsn, before_db)
-
-    async with running_platform(stack_kafka, dsn, tmp_path / "before", settings) as platform:
+    async with running_platform(stack_kafka, pg_logins, tmp_path / "before", settings) as platform:
         instance_id, agent = await enrolled_instance(platform, source, tmp_path / "agent-state")
         try:
             await backup(platform, instance_id)
@@ -126,9 +141,9 @@ async def test_drop_every_database_rebuild_from_the_bucket_reenroll_browse_resto
         finally:
             await agent.stop()
 
-    before = await _index(dsn)
+    before = await _index(pg_logins.owner)
     # The disaster: every schema (gateway, catalog, scheduler, billing, restore, auth) is gone.
-    await _database(pg_server_dsn, before_db, drop=True)
+    await _drop(pg_server_dsn, _name(pg_logins.owner))
     # The attacker, with the services' S3 credentials: a plain DELETE hides the account's key record.
     s3 = Minio(
         s3_config.endpoint,
@@ -140,19 +155,18 @@ async def test_drop_every_database_rebuild_from_the_bucket_reenroll_browse_resto
     s3.remove_object(bucket, key_record)
     assert not list(s3.list_objects(bucket, prefix="vault/keys/", recursive=True))
 
-    after_db = f"t_dr_{uuid.uuid4().hex[:12]}"
-    dsn = await _database(pg_server_dsn, after_db)
+    after = await _fresh_database(pg_server_dsn, pg_logins)
     try:
         env = dict(os.environ)
-        env.update(STRONGROOM_PG_DSN=dsn, STRONGROOM_KAFKA_BOOTSTRAP=stack_kafka, **settings)
+        env.update(after.env("gateway"), STRONGROOM_KAFKA_BOOTSTRAP=stack_kafka, **settings)
         seconds, output = await _rebuild(env)
         assert "rebuilt 1 account(s), 1 instance(s)" in output and "1 point(s)" in output, output
         # The same packs, chunk index (every location), points and keys as before the disaster.
-        assert await _index(dsn) == before
+        assert await _index(after.owner) == before
 
         # A fresh deployment on the rebuilt database; running_platform bootstraps the admin token
         # (strongroom-admin token create) as an operator would.
-        async with running_platform(stack_kafka, dsn, tmp_path / "after", settings) as platform:
+        async with running_platform(stack_kafka, after, tmp_path / "after", settings) as platform:
 
             async def known() -> scheduler_pb2.Instance | None:
                 try:
@@ -196,7 +210,7 @@ async def test_drop_every_database_rebuild_from_the_bucket_reenroll_browse_resto
             finally:
                 await agent.stop()
     finally:
-        await _database(pg_server_dsn, after_db, drop=True)
+        await _drop(pg_server_dsn, _name(after.owner))
 
     originals = [p for p in source.rglob("*") if p.is_file() or p.is_symlink()]
     for original in originals:

@@ -25,19 +25,18 @@ from strongroom_gateway import vault_format
 from strongroom_gateway.ingest import RETENTION
 from strongroom_gateway.keys import AccountKeys, DataKeyMissing
 from strongroom_gateway.manifests import open_manifest
-from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.rebuild import rebuild_from_bucket
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
 from strongroom_platform.clock import SystemClock
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.manifest import decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound
 from strongroom_platform.objectstore_s3 import S3ObjectStore
 from strongroom_platform.testing import FakeClock
 from strongroom_testing.contracts import Attacker, InMemoryAttacker, S3Attacker
-from strongroom_testing.fixtures import S3Config
+from strongroom_testing.fixtures import PgLogins, S3Config
 
 
 @dataclass
@@ -60,7 +59,7 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
             await gw.stop()
         return
     s3_config: S3Config = request.getfixturevalue("s3_config")
-    pg_dsn: str = request.getfixturevalue("pg_dsn")
+    pg_logins: PgLogins = request.getfixturevalue("pg_logins")
     client = Minio(
         s3_config.endpoint,
         access_key=s3_config.access_key,
@@ -70,8 +69,7 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     )
     objects = S3ObjectStore(client, f"pinned-{uuid.uuid4().hex[:12]}", clock=clock)
     await objects.ensure_bucket()
-    pool = await create_pool(pg_dsn, SCHEMA)
-    await migrate(pool, SCHEMA, MIGRATIONS)
+    pool = await pg_logins.pool(SPEC)
     gw = GatewayHarness(clock, store=PgGatewayStore(pool))
     gw.objects = objects  # type: ignore[assignment]
     await gw.start()

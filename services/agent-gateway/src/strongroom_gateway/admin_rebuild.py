@@ -18,10 +18,9 @@ from contextlib import AsyncExitStack
 from strongroom_platform import lifecycle, wiring
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.settings import INSECURE_PLAINTEXT_ENV, SettingsError
-from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_gateway.keys import MasterKeyring
-from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.rebuild import rebuild_from_bucket
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.settings import Settings
@@ -62,9 +61,9 @@ async def _rebuild(settings: Settings, keyring: MasterKeyring) -> int:
     platform = settings.platform
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        pool = await lifecycle.open_pool(
-            stack, platform.pg_dsn, SCHEMA, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
-        )
+        # As the gateway's own role, which may insert every row a rebuild writes (ADR 0031); with
+        # STRONGROOM_PG_MIGRATE_DSN the fresh database is migrated first.
+        pool = await lifecycle.open_pool(stack, platform, SPEC)
         if await pool.fetchval("SELECT EXISTS (SELECT 1 FROM accounts)"):
             print(
                 "strongroom-admin rebuild: the gateway's database already holds accounts; a rebuild writes into a"

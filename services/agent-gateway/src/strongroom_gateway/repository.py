@@ -76,6 +76,28 @@ def _job(row: asyncpg.Record) -> Job:
     )
 
 
+# The account's data key as last wrapped: the newest row of account_key_wraps, else the first row.
+_DATA_KEY_SELECT = """
+SELECT k.account_id, k.created_at,
+       coalesce(w.master_key_id, k.master_key_id) AS master_key_id,
+       coalesce(w.wrapped_key, k.wrapped_key) AS wrapped_key
+FROM account_keys k
+LEFT JOIN LATERAL (
+    SELECT master_key_id, wrapped_key FROM account_key_wraps
+    WHERE account_id = k.account_id ORDER BY seq DESC LIMIT 1
+) w ON true
+WHERE k.account_id = $1
+"""
+
+# A pack with its effective lock date: the latest of its own and its recorded extensions.
+_PACK_SELECT = """
+SELECT p.pack_id, p.account_id, p.object_key, p.size, p.created_at, p.format_version, p.version_id,
+       greatest(p.retain_until, (SELECT max(r.retain_until) FROM pack_retentions r WHERE r.pack_id = p.pack_id))
+           AS retain_until
+FROM packs p
+"""
+
+
 def _pack(row: asyncpg.Record) -> Pack:
     return Pack(
         pack_id=row["pack_id"],
@@ -133,7 +155,7 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
         return Account(row["account_id"], bytes(row["chunk_id_key"]), row["chunker_seed"])
 
     async def get_data_key(self, account_id: str) -> AccountDataKey | None:
-        row = await self._conn.fetchrow("SELECT * FROM account_keys WHERE account_id = $1", account_id)
+        row = await self._conn.fetchrow(_DATA_KEY_SELECT, account_id)
         return None if row is None else _data_key(row)
 
     async def ensure_data_key(self, key: AccountDataKey) -> AccountDataKey:
@@ -150,8 +172,10 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
         return stored
 
     async def rewrap_data_key(self, account_id: str, old_master_key_id: str, key: AccountDataKey) -> None:
+        # A new wrap row, never an update (ADR 0031): the account's rows stay as they were written.
         await self._conn.execute(
-            "UPDATE account_keys SET master_key_id = $3, wrapped_key = $4 WHERE account_id = $1 AND master_key_id = $2",
+            "INSERT INTO account_key_wraps (account_id, master_key_id, wrapped_key)"
+            " SELECT k.account_id, $3, $4 FROM (" + _DATA_KEY_SELECT + ") k WHERE k.master_key_id = $2",
             account_id,
             old_master_key_id,
             key.master_key_id,
@@ -386,7 +410,8 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
 
     async def packs_locked_before(self, account_id: str, pack_ids: Sequence[str], when: dt.datetime) -> list[Pack]:
         rows = await self._conn.fetch(
-            "SELECT * FROM packs WHERE account_id = $1 AND pack_id = ANY($2::text[]) AND retain_until < $3",
+            "SELECT * FROM (" + _PACK_SELECT + " WHERE p.account_id = $1 AND p.pack_id = ANY($2::text[])) p"
+            " WHERE retain_until < $3",
             account_id,
             list(pack_ids),
             when,
@@ -394,8 +419,12 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
         return [_pack(r) for r in rows]
 
     async def set_pack_retention(self, pack_id: str, retain_until: dt.datetime) -> None:
+        # An extension is a row (ADR 0031); the pack's own row keeps its first lock date.
         await self._conn.execute(
-            "UPDATE packs SET retain_until = greatest(retain_until, $2) WHERE pack_id = $1", pack_id, retain_until
+            "INSERT INTO pack_retentions (pack_id, retain_until) SELECT pack_id, $2 FROM packs WHERE pack_id = $1"
+            " ON CONFLICT DO NOTHING",
+            pack_id,
+            retain_until,
         )
 
     async def get_point(self, point_id: str) -> Point | None:
