@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from strongroom_platform.db import Migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
+from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 SCHEMA = "billing"
@@ -83,12 +84,19 @@ CREATE TABLE plan_draws (
 );
 """
 
-MIGRATIONS: list[Migration] = [Migration(1, INBOX_DDL), Migration(2, _TABLES), Migration(4, _LEDGER)]
+MIGRATIONS: list[Migration] = [
+    Migration(1, INBOX_DDL),
+    Migration(2, _TABLES),
+    # The audit records of billing's mutating calls (CreatePlan) leave through an outbox (ADR 0027).
+    Migration(3, OUTBOX_DDL),
+    Migration(4, _LEDGER),
+]
 
 ROLE = SERVICE_ROLES["billing"]
 
 # What the billing service's role may do, per table (ADR 0031); a new table adds its line here.
 PRIVILEGES: dict[str, str] = {
+    "outbox": OUTBOX_PRIVILEGES,
     "processed_events": INBOX_PRIVILEGES,
     "instances": "SELECT, INSERT, UPDATE",
     "versions": "SELECT, INSERT, UPDATE",
