@@ -61,6 +61,7 @@ def record_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry
         events.JOB_REQUESTED: claimed(events_pb2.JobRequested, handlers.handle_job_requested),
         events.JOB_CANCEL_REQUESTED: claimed(events_pb2.JobCancelRequested, handlers.handle_job_cancel_requested),
         events.RESTORE_REQUESTED: claimed(events_pb2.RestoreRequested, handlers.handle_restore_requested),
+        events.VERSION_EXPIRED: claimed(events_pb2.VersionExpired, handlers.handle_version_expired),
         events.RESTORE_CANCEL_REQUESTED: claimed(
             events_pb2.RestoreCancelRequested, handlers.handle_restore_cancel_requested
         ),
