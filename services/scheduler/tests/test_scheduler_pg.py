@@ -27,6 +27,7 @@ from strongroom_platform.events import (
     AUDIT_RECORDED,
     INSTANCE_ACTIVATED,
     INSTANCE_SETTINGS_CHANGED,
+    INSTANCE_STATUS_CHANGED,
     JOB_REQUESTED,
     JOB_UPDATED,
     new_meta,
@@ -105,8 +106,15 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         for i in (await handlers.list_instances(pg_deps, "acme", "cn-hangzhou", call=call("ListInstances"))).instances
     ] == [instance.instance_id]
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
-    # activation and the settings update each publish the settings (instance-settings-changed)
-    assert topics == [INSTANCE_ACTIVATED, INSTANCE_SETTINGS_CHANGED, INSTANCE_SETTINGS_CHANGED, JOB_REQUESTED]
+    # activation and the settings update each publish the settings (instance-settings-changed);
+    # every status change (new -> PREPARING -> READY -> BACKING_UP -> RUNNING) its own event
+    assert [t for t in topics if t != INSTANCE_STATUS_CHANGED] == [
+        INSTANCE_ACTIVATED,
+        INSTANCE_SETTINGS_CHANGED,
+        INSTANCE_SETTINGS_CHANGED,
+        JOB_REQUESTED,
+    ]
+    assert topics.count(INSTANCE_STATUS_CHANGED) == 4
     assert await pool.fetchval("SELECT count(*) FROM processed_events") == 3
 
 
