@@ -26,6 +26,7 @@ from strongroom_cli import (
     certs,
     credentials,
     instances,
+    inventory,
     jobs,
     output,
     overview,
@@ -72,7 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     # `--json` is also accepted after the subcommand; SUPPRESS keeps the top-level value when absent.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
-    for module in (instances, jobs, versions, browse, restores, verify, overview, billing, certs, tokens, audit):
+    for module in (
+        instances,
+        inventory,
+        jobs,
+        versions,
+        browse,
+        restores,
+        verify,
+        overview,
+        billing,
+        certs,
+        tokens,
+        audit,
+    ):
         module.register(groups, common)
     # listed for --help only: run() hands `standalone ...` to the runner before parsing
     groups.add_parser("standalone", help="run the whole platform locally (strongroom standalone --help)")

@@ -18,6 +18,7 @@ from strongroom_scheduler.alerts import LoggingAlerter
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
 from strongroom_scheduler.grpc_api import AuditServicer, SchedulerServicer, register, register_audit
 from strongroom_scheduler.handlers import Deps
+from strongroom_scheduler.inventory import note_preparation_failures
 from strongroom_scheduler.migrations import SCHEMA, SPEC
 from strongroom_scheduler.ports import Alerter
 from strongroom_scheduler.repository import PgSchedulerStore
@@ -54,6 +55,7 @@ async def run(
             alerter=alerter or LoggingAlerter(),
             rng=random.SystemRandom(),
             zone=settings.zone,
+            preparation_timeout=settings.preparation_timeout,
         )
         if publisher is None:
             publisher = await stack.enter_async_context(wiring.publisher(platform))
@@ -63,6 +65,7 @@ async def run(
 
         async def tick() -> None:
             await schedule_due(store, clock, zone=settings.zone)
+            await note_preparation_failures(store, clock)
 
         lifecycle.start_task(stack, run_schedule_loop(tick, clock, interval=settings.schedule_interval), "schedule")
         scheduler_api = register(SchedulerServicer(deps))
