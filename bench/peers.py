@@ -309,6 +309,12 @@ class Peer:
             return self._run([exe, "create", f"{self._borg_repo()}::{tag}", str(source)])
         raise ValueError(self.tool)
 
+    def check_read_data(self) -> Measured:
+        """Read back and verify every stored pack (restic only: ``restic check --read-data``)."""
+        if self.tool != "restic":
+            raise ValueError(f"{self.tool}: only restic's full read-back check is driven here")
+        return self._run([str(self.exe), *self._restic_repo(), "check", "--read-data"])
+
     def _kopia_root(self, source: Path) -> str:
         out = self._run([*self._kopia(), "snapshot", "list", str(source), "--json"]).stdout
         snaps = json.loads(out[out.index("[") :])

@@ -15,6 +15,7 @@ from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
+from strongroom.gateway.v1 import verify_pb2, verify_pb2_grpc
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -51,9 +52,27 @@ def _instance(instance_id: str, name: str = "web-1", **kwargs: object) -> schedu
         next_backup_at=Timestamp(seconds=T0.seconds + 3600),
         activated_at=T0,
         hostname="web-1.example",
+        schedule_zone="UTC+08:00",
         **values,  # type: ignore[arg-type]
     )
     return instance
+
+
+def _next_step(job: scheduler_pb2.BackupJob, *, partial: bool) -> scheduler_pb2.BackupJob:
+    """QUEUED → RUNNING (half read) → COMPLETE, or PARTIAL_COMPLETE with one failed file."""
+    step = scheduler_pb2.BackupJob()
+    step.CopyFrom(job)
+    if job.status == common_pb2.JOB_STATUS_QUEUED:
+        step.status = common_pb2.JOB_STATUS_RUNNING
+        step.stats.CopyFrom(
+            common_pb2.JobStats(files_scanned=10, bytes_scanned=10 << 20, files_read=5, bytes_read=5 << 20)
+        )
+    elif job.status == common_pb2.JOB_STATUS_RUNNING:
+        step.status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE if partial else common_pb2.JOB_STATUS_COMPLETE
+        step.stats.files_read, step.stats.bytes_read = 10, 10 << 20
+        step.stats.files_failed = 1 if partial else 0
+        step.version_id = "v-2"
+    return step
 
 
 class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -92,16 +111,24 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     def ListInstances(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListInstances", request)
-        return scheduler_pb2.ListInstancesResponse(instances=list(self.instances.values()))
+        # one instance per page, so that the CLI's paging is exercised
+        ordered = list(self.instances.values())
+        start = int(request.page_token or 0)
+        more = start + 1 < len(ordered)
+        return scheduler_pb2.ListInstancesResponse(
+            instances=ordered[start : start + 1], next_page_token=str(start + 1) if more else ""
+        )
 
     def RunBackupNow(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("RunBackupNow", request)
         instance = self._get(request.instance_id, context)
         if instance.status == scheduler_pb2.RUNNING_STATUS_PAUSED:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"backup of instance {request.instance_id} is paused")
-        return scheduler_pb2.BackupJob(
+        job = scheduler_pb2.BackupJob(
             job_id="j-2", instance_id=request.instance_id, status=common_pb2.JOB_STATUS_QUEUED, created_at=T0
         )
+        self.jobs["j-2"] = job
+        return job
 
     def PauseBackup(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("PauseBackup", request)
@@ -140,7 +167,10 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.calls.record("GetJob", request)
         if request.job_id not in self.jobs:
             context.abort(grpc.StatusCode.NOT_FOUND, f"backup job {request.job_id} not found")
-        return self.jobs[request.job_id]
+        job = self.jobs[request.job_id]
+        if request.job_id == "j-2":  # the job started by RunBackupNow moves on one step per look
+            self.jobs["j-2"] = _next_step(job, partial=job.instance_id == "i-2")
+        return job
 
     def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("CancelJob", request)
@@ -170,6 +200,8 @@ class FakeCatalog(catalog_pb2_grpc.CatalogServiceServicer):
 
     def ListVersions(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListVersions", request)
+        if request.instance_id not in ("i-1", "i-2"):  # the catalog lists nothing for an id it never saw
+            return catalog_pb2.ListVersionsResponse()
         point = catalog_pb2.Point(
             point_id="p-1",
             version_id="v-1",
@@ -272,6 +304,41 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
             billable_capacity_bytes=130 * gib,
         )
 
+    def ListLedger(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListLedger", request)
+        rows = [billing_pb2.LedgerInstance(instance_id="i-1", version_id="v-1", capacity_bytes=150 << 30)]
+        day = billing_pb2.LedgerDay(
+            day="2026-12-02",
+            instances=1,
+            capacity_bytes=150 << 30,
+            billable_gib="50.0000",
+            price_per_gib_day="0.0005",
+            fee="0.0250",
+            plan_gib_days="0.0000",
+            charged="0.0250",
+            instance_rows=rows if request.include_instances else [],
+        )
+        return billing_pb2.ListLedgerResponse(days=[day], zone="UTC+08:00", currency="USD")
+
+    def ListPlans(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListPlans", request)
+        plan = billing_pb2.Plan(
+            plan_id="pl-1", gib_days="3000.0000", used_gib_days="50.0000", starts_on="2026-12-01", ends_on="2027-11-30"
+        )
+        return billing_pb2.ListPlansResponse(plans=[plan])
+
+    def CreatePlan(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("CreatePlan", request)
+        if request.gib_days == "bad":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "gib_days must be a decimal number, got 'bad'")
+        return billing_pb2.Plan(
+            plan_id="pl-2",
+            gib_days=request.gib_days,
+            used_gib_days="0",
+            starts_on=request.starts_on,
+            ends_on=request.ends_on,
+        )
+
 
 GOOD_TOKEN = "srt_" + "a" * 24 + "_" + "s" * 43
 
@@ -337,6 +404,69 @@ class FakeAudit(audit_pb2_grpc.AuditServiceServicer):
         return audit_pb2.ListAuditEventsResponse(events=self.events[start:end], next_page_token=next_token)
 
 
+class FakeVerify(verify_pb2_grpc.VerifyServiceServicer):
+    """The gateway's VerifyService: a verification finds ``damaged`` after two polls."""
+
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.polls_until_done = 2
+        self.damaged: list[verify_pb2.DamagedFile] = []
+        self.verification = verify_pb2.Verification()
+
+    def StartVerification(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("StartVerification", request)
+        if request.point_id and request.point_id != "p-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"backup point {request.point_id!r} not found")
+        scope = verify_pb2.VERIFICATION_SCOPE_POINT if request.point_id else verify_pb2.VERIFICATION_SCOPE_INSTANCE
+        self.verification = verify_pb2.Verification(
+            verification_id="v-1",
+            account_id="default",
+            scope=scope,
+            target_id=request.point_id or request.instance_id,
+            state=verify_pb2.VERIFICATION_STATE_QUEUED,
+            created_at=T0,
+        )
+        return self.verification
+
+    def GetVerification(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("GetVerification", request)
+        if request.verification_id != "v-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"verification {request.verification_id!r} not found")
+        self.polls_until_done -= 1
+        v = self.verification
+        v.points_total = 1
+        if self.polls_until_done <= 0:
+            v.points_done, v.packs_checked, v.bytes_read = 1, 3, 48 << 20
+            v.state = verify_pb2.VERIFICATION_STATE_DAMAGED if self.damaged else verify_pb2.VERIFICATION_STATE_CLEAN
+            v.damaged_files_count = len(self.damaged) + (1 if self.damaged else 0)
+            del v.damaged_files[:]
+            v.damaged_files.extend(self.damaged)
+            v.finished_at.CopyFrom(T0)
+        else:
+            v.state = verify_pb2.VERIFICATION_STATE_RUNNING
+        return v
+
+    def ListVerifications(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListVerifications", request)
+        return verify_pb2.ListVerificationsResponse(verifications=[self.verification])
+
+    def GetRecoverability(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("GetRecoverability", request)
+        return verify_pb2.GetRecoverabilityResponse(
+            instances=[
+                verify_pb2.InstanceRecoverability(
+                    instance_id="i-1",
+                    last_verified_point_id="p-1",
+                    last_verified_point_created_at=T0,
+                    last_verified_at=T0,
+                    damaged_files=2,
+                    damaged_points=1,
+                    last_verification_id="v-1",
+                )
+            ]
+        )
+
+
 @dataclass
 class FakeServices:
     calls: Calls
@@ -347,6 +477,7 @@ class FakeServices:
     tokens: FakeTokens
     audit: FakeAudit
     address: str
+    verify: FakeVerify = field(default_factory=lambda: FakeVerify(Calls()))
 
 
 @contextmanager
@@ -362,6 +493,7 @@ def fake_services() -> Iterator[FakeServices]:
         FakeTokens(calls),
         FakeAudit(calls),
         address="",
+        verify=FakeVerify(calls),
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(services.scheduler, server)
@@ -370,6 +502,7 @@ def fake_services() -> Iterator[FakeServices]:
     billing_pb2_grpc.add_BillingServiceServicer_to_server(services.billing, server)
     auth_pb2_grpc.add_TokenServiceServicer_to_server(services.tokens, server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(services.audit, server)
+    verify_pb2_grpc.add_VerifyServiceServicer_to_server(services.verify, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     services.address = f"127.0.0.1:{port}"

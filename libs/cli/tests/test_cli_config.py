@@ -20,7 +20,8 @@ def test_precedence_flag_env_file(tmp_path: Path) -> None:
     addresses = resolve_addresses(
         {"scheduler": "flag:1", "catalog": None}, {"STRONGROOM_CATALOG_ADDR": "env:2"}, tmp_path
     )
-    assert addresses == {"scheduler": "flag:1", "catalog": "env:2", "billing": "file:4"}
+    # the gateway too: operators verify backups there (ADR 0033)
+    assert addresses == {"scheduler": "flag:1", "catalog": "env:2", "billing": "file:4", "gateway": "file:5"}
 
 
 def test_no_state_file_is_fine(tmp_path: Path) -> None:

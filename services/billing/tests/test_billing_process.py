@@ -13,10 +13,11 @@ from strongroom.events.v1 import events_pb2
 from strongroom_billing import bootstrap
 from strongroom_billing.settings import Settings
 from strongroom_platform.admin import create_admin_token
-from strongroom_platform.events import INSTANCE_ACTIVATED, POINT_CREATED, new_meta
+from strongroom_platform.events import AUDIT_RECORDED, INSTANCE_ACTIVATED, POINT_CREATED, new_meta
 from strongroom_platform.settings import PlatformSettings, SettingsError
 from strongroom_platform.testing import InMemoryEventBus
 from strongroom_testing.faults import TcpProxy
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 
@@ -35,20 +36,26 @@ def test_settings_from_env() -> None:
         Settings.from_env({"STRONGROOM_KAFKA_BOOTSTRAP": "k:9092", "STRONGROOM_OBJECT_STORE": "file:/unused"})
 
 
-def _settings(pg_dsn: str, pki: LocalPki) -> Settings:
-    return Settings(
-        platform=PlatformSettings(pg_dsn, "unused:9092", True, "file:unused", None, "none", tls=pki.tls("billing"))
+def _settings(logins: PgLogins, pki: LocalPki, *, via: TcpProxy | None = None) -> Settings:
+    dsn, owner = logins.service("billing"), logins.owner
+    if via is not None:
+        dsn, owner = via.dsn_via(dsn), via.dsn_via(owner)
+    platform = PlatformSettings(
+        dsn, "unused:9092", True, "file:unused", None, "none", tls=pki.tls("billing"), pg_migrate_dsn=owner
     )
+    return Settings(platform=platform)
 
 
 @pytest.mark.integration
 async def test_process_consumes_and_serves_overview(
-    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+    pg_logins: PgLogins, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    token = await create_admin_token(pg_dsn, "acme")
-    task = asyncio.create_task(bootstrap.run(_settings(pg_dsn, local_pki), stop, consumer_factory=bus.consumer))
+    token = await create_admin_token(pg_logins.owner, "acme")
+    task = asyncio.create_task(
+        bootstrap.run(_settings(pg_logins, local_pki), stop, consumer_factory=bus.consumer, publisher=bus)
+    )
     try:
         printed = ""
         for _ in range(500):
@@ -84,6 +91,20 @@ async def test_process_consumes_and_serves_overview(
                 await stub.GetOverview(billing_pb2.GetOverviewRequest(region=" r1"))
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "surrounding spaces" in (info.value.details() or "")
+            # A mutating call: served, and its audit record leaves through billing's outbox (ADR 0027).
+            plan = await stub.CreatePlan(
+                billing_pb2.CreatePlanRequest(
+                    account_id="acme", gib_days="300", starts_on="2026-12-01", ends_on="2026-12-31"
+                )
+            )
+            assert plan.gib_days == "300.0000"
+            for _ in range(500):
+                if bus.topics.get(AUDIT_RECORDED):
+                    break
+                await asyncio.sleep(0.02)
+            [(_, recorded)] = bus.topics[AUDIT_RECORDED]
+            audited = events_pb2.AuditRecorded.FromString(recorded)
+            assert audited.method.endswith("/CreatePlan") and list(audited.account_ids) == ["acme"]
         for _ in range(500):
             if bus.topics.get(f"{POINT_CREATED}.dlq"):
                 break
@@ -97,14 +118,15 @@ async def test_process_consumes_and_serves_overview(
 
 @pytest.mark.integration
 async def test_a_call_while_the_database_is_down_is_unavailable_with_a_clear_message(
-    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+    pg_logins: PgLogins, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target = urlsplit(pg_dsn)
-    token = await create_admin_token(pg_dsn, "acme")
+    target = urlsplit(pg_logins.owner)
+    token = await create_admin_token(pg_logins.owner, "acme")
     async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
         stop = asyncio.Event()
-        settings = _settings(proxy.dsn_via(pg_dsn), local_pki)
-        task = asyncio.create_task(bootstrap.run(settings, stop, consumer_factory=InMemoryEventBus().consumer))
+        settings = _settings(pg_logins, local_pki, via=proxy)
+        bus = InMemoryEventBus()
+        task = asyncio.create_task(bootstrap.run(settings, stop, consumer_factory=bus.consumer, publisher=bus))
         try:
             address = await _listening("billing", capsys)
             async with local_pki.operator_channel(address, token) as channel:

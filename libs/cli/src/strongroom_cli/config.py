@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-SERVICES = ("scheduler", "catalog", "restore", "billing")
+SERVICES = ("scheduler", "catalog", "restore", "billing", "gateway")
 STANDALONE_FILE = Path(".strongroom") / "standalone.json"
 
 

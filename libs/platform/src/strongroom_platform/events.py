@@ -33,6 +33,9 @@ RESTORE_CANCEL_REQUESTED = "restore-cancel-requested"
 RESTORE_UPDATED = "restore-updated"
 AUDIT_RECORDED = "audit-recorded"
 ALERT_RAISED = "alert-raised"
+INSTANCE_RECOVERED = "instance-recovered"
+INSTANCE_STATUS_CHANGED = "instance-status-changed"
+INSTANCE_REINSTATED = "instance-reinstated"
 
 TOPIC_MESSAGES: dict[str, type[Message]] = {
     INSTANCE_ACTIVATED: events_pb2.InstanceActivated,
@@ -49,6 +52,9 @@ TOPIC_MESSAGES: dict[str, type[Message]] = {
     RESTORE_UPDATED: events_pb2.RestoreUpdated,
     AUDIT_RECORDED: events_pb2.AuditRecorded,
     ALERT_RAISED: events_pb2.AlertRaised,
+    INSTANCE_RECOVERED: events_pb2.InstanceRecovered,
+    INSTANCE_STATUS_CHANGED: events_pb2.InstanceStatusChanged,
+    INSTANCE_REINSTATED: events_pb2.InstanceReinstated,
 }
 
 

@@ -176,10 +176,26 @@ class LocalVersityGW(LocalServer):
         header = s3_server_header(self.endpoint) if self._proc is not None else None
         return f"versitygw {self.binary_version()}" + (f" (Server: {header})" if header else "")
 
+    def create_user(self, access_key: str, secret_key: str, *, role: str = "user") -> None:
+        """Create an IAM account on the running gateway (``versitygw admin create-user``).
+
+        A ``user`` may do only what a bucket policy grants it (a bucket without a policy falls back to
+        ACLs: its owner's). Raises ServerStartError with the tool's answer when the gateway refuses.
+        """
+        env = dict(os.environ)
+        # The admin credentials through the environment, so they do not show in `ps`.
+        env.update(ADMIN_ACCESS_KEY_ID=self.access_key, ADMIN_SECRET_ACCESS_KEY=self.secret_key)
+        command = [str(self.binary()), "admin", "--endpoint-url", f"http://{self.endpoint}", "create-user"]
+        command += ["--access", access_key, "--secret", secret_key, "--role", role]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+        if result.returncode != 0:
+            answer = (result.stderr or result.stdout).strip()
+            raise ServerStartError(f"versitygw refused to create user {access_key!r}: {answer}")
+
     def _prepare(self) -> None:
         self.binary()
         root, versions = self.work_dir / "root", self.work_dir / "versions"
-        for directory in (root, versions):
+        for directory in (root, versions, self.work_dir / "iam"):
             directory.mkdir(parents=True, exist_ok=True)
         self._backend = ["posix", "--versioning-dir", str(versions)]
         if not _xattrs_supported(root):
@@ -198,6 +214,10 @@ class LocalVersityGW(LocalServer):
                 "--port",
                 f"127.0.0.1:{port}",
                 "--quiet",
+                # Internal IAM (accounts in a file under work_dir/iam): least-privilege identities
+                # can be created with create_user() and governed by a bucket policy (ADR 0035).
+                "--iam-dir",
+                str(self.work_dir / "iam"),
                 *self._backend,
                 str(self.work_dir / "root"),
             ],

@@ -2,7 +2,8 @@
 
 A service under test connects to the proxy instead of its backend (``dsn_via``); ``cut()`` then
 closes every proxied connection and the listening socket, so the service sees what it would see
-if the backend went away: its open connections reset, and new ones refused.
+if the backend went away: its open connections reset, and new ones refused. ``reopen()`` brings
+the backend back on the same port, as a restarted server would.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    async def reopen(self) -> None:
+        """Listen again on the same port after :meth:`cut`."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.cut()

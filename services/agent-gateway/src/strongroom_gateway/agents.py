@@ -28,6 +28,7 @@ from strongroom_gateway.jobs import (
 )
 from strongroom_gateway.ports import GatewayStore, GatewayTx, Job
 from strongroom_gateway.sessions import Session
+from strongroom_gateway.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class Identity:
     account_id: str
 
 
+# Every refusal of a canceled instance's agent says this (ADR 0040): the agent uninstalls itself on it.
+CANCELED = "backup was deactivated for this instance"
+REVOKED_BY_CANCEL = f"credential revoked: {CANCELED}"
+
 IssueAtEnrollment = Callable[[GatewayTx, str, str], Awaitable[gateway_pb2.AgentCertificate]]
 """Issues the agent's first certificate inside the enrollment's transaction (account, instance)."""
 
@@ -57,9 +62,11 @@ async def enroll(
     store: GatewayStore,
     clock: Clock,
     issue_certificate: IssueAtEnrollment | None = None,
+    vault: Vault | None = None,
 ) -> gateway_pb2.EnrollResponse:
     """Exchange a one-time token for a credential (and, with ``issue_certificate``, a client
-    certificate, ADR 0028); the token is consumed, only hashes and serials are stored."""
+    certificate, ADR 0028); the token is consumed, only hashes and serials are stored. With
+    ``vault``, the instance's disaster-recovery record is written once the enrollment committed."""
     validation.enroll_request(request)
     if not request.enrollment_token:
         raise Unauthenticated("enrollment token missing")
@@ -88,8 +95,13 @@ async def enroll(
                 os=request.os,
                 arch=request.arch,
                 agent_version=request.agent_version,
+                # the inventory record of a host activated without one (ADR 0040)
+                host_id=request.host_id,
+                block_devices=request.block_devices,
             ),
         )
+    if vault is not None:
+        await vault.record_instance_quietly(instance.instance_id)
     # The agent sends "Bearer <instance_id>.<credential>" (ADR 0004).
     return gateway_pb2.EnrollResponse(instance_id=instance.instance_id, credential=secret, certificate=certificate)
 
@@ -111,7 +123,7 @@ async def authenticate(authorization: str | None, *, store: GatewayStore) -> Ide
     if instance is None or not matches:
         raise Unauthenticated("invalid credential")
     if instance.revoked:
-        raise Unauthenticated("credential revoked: backup was deactivated for this instance")
+        raise Unauthenticated(REVOKED_BY_CANCEL)
     return Identity(instance.instance_id, instance.account_id)
 
 
@@ -159,9 +171,19 @@ async def mark_delivered(job_id: str, *, store: GatewayStore) -> None:
 
 
 async def handle_report(
-    identity: Identity, report: gateway_pb2.AgentReport, session: Session, *, store: GatewayStore, clock: Clock
+    identity: Identity,
+    report: gateway_pb2.AgentReport,
+    session: Session,
+    *,
+    store: GatewayStore,
+    clock: Clock,
+    vault: Vault | None = None,
 ) -> None:
-    """Apply one report of the agent's stream (hello, progress, finished)."""
+    """Apply one report of the agent's stream (hello, progress, finished).
+
+    A hello that records filesystems (the first set, or new ones pending approval) writes a new
+    disaster-recovery record of the instance (with ``vault``).
+    """
     kind = report.WhichOneof("report")
     if kind == "hello":
         validation.hello(report.hello)
@@ -169,7 +191,11 @@ async def handle_report(
         session.capacity_bytes = capacity
         async with store.transaction() as tx:
             await tx.set_instance_capacity(identity.instance_id, capacity, report.hello.hostname)
+            before = len(await tx.instance_filesystems(identity.instance_id))
             await filesystems.note_reported(tx, identity.instance_id, report.hello.filesystems, clock.now())
+            changed = len(await tx.instance_filesystems(identity.instance_id)) != before
+        if changed and vault is not None:
+            await vault.record_instance_quietly(identity.instance_id)
         return
     if kind == "progress":
         validation.progress(report.progress)

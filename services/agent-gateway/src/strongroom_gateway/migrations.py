@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from strongroom_platform.db import Migration
-from strongroom_platform.inbox import INBOX_DDL
-from strongroom_platform.outbox import OUTBOX_DDL
+from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
+from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
+from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 from strongroom_gateway.agent_cert_store import AGENT_CERTIFICATES_DDL
+from strongroom_gateway.gc.schema import GC_DDL, GC_FUNCTIONS, GC_PRIVILEGES
 
 SCHEMA = "gateway"
 
@@ -126,6 +128,112 @@ CREATE TABLE instance_filesystems (
 );
 """
 
+# The instance's region and name from instance-activated, for its disaster-recovery record in the
+# bucket (ADR 0032). Instances activated before keep '' until they are activated again.
+_V9_INSTANCE_IDENTITY = """
+ALTER TABLE instances
+    ADD COLUMN region text NOT NULL DEFAULT '',
+    ADD COLUMN name text NOT NULL DEFAULT '';
+"""
+
+# Verification (ADR 0033): verification jobs, the damage they found, when each pack and point was
+# last checked (the daily sample re-reads the least recently checked packs), and the one sample of
+# each day.
+_V10_VERIFICATION = """
+CREATE TABLE verifications (
+    verification_id text PRIMARY KEY,
+    -- '' for the daily sample, which spans every account.
+    account_id text NOT NULL,
+    scope text NOT NULL CHECK (scope IN ('point', 'instance', 'account', 'sample')),
+    -- The point or instance verified ('' for account and sample).
+    target_id text NOT NULL DEFAULT '',
+    -- The instance of a point or instance verification ('' otherwise), for listing by instance.
+    instance_id text NOT NULL DEFAULT '',
+    state text NOT NULL CHECK (state IN ('queued', 'running', 'clean', 'damaged', 'failed')),
+    created_at timestamptz NOT NULL,
+    started_at timestamptz,
+    finished_at timestamptz,
+    -- The gateway process running it, until when; an expired lease lets another replica restart it.
+    lease_owner text,
+    lease_until timestamptz,
+    points_total integer NOT NULL DEFAULT 0,
+    points_done integer NOT NULL DEFAULT 0,
+    packs_checked bigint NOT NULL DEFAULT 0,
+    bytes_read bigint NOT NULL DEFAULT 0,
+    damaged_files bigint NOT NULL DEFAULT 0,
+    damaged_packs integer NOT NULL DEFAULT 0,
+    error text NOT NULL DEFAULT '' CHECK (length(error) <= 4096)
+);
+CREATE INDEX verifications_pending ON verifications (created_at) WHERE state IN ('queued', 'running');
+CREATE INDEX verifications_by_account ON verifications (account_id, created_at DESC);
+
+-- The first damaged files of a verification (the count is verifications.damaged_files).
+CREATE TABLE verification_damaged_files (
+    verification_id text NOT NULL REFERENCES verifications (verification_id),
+    seq integer NOT NULL,
+    point_id text NOT NULL,
+    path text NOT NULL CHECK (length(path) <= 4096),
+    reason text NOT NULL CHECK (length(reason) <= 8192),
+    PRIMARY KEY (verification_id, seq)
+);
+
+CREATE TABLE verification_damaged_packs (
+    verification_id text NOT NULL REFERENCES verifications (verification_id),
+    pack_id text NOT NULL,
+    reason text NOT NULL CHECK (length(reason) <= 8192),
+    PRIMARY KEY (verification_id, pack_id)
+);
+
+-- When each pack was last read back in full; a pack never checked counts from its creation (every
+-- chunk was verified when it was uploaded).
+CREATE TABLE pack_checks (
+    pack_id text PRIMARY KEY REFERENCES packs (pack_id),
+    checked_at timestamptz NOT NULL,
+    damaged_chunks integer NOT NULL,
+    reason text NOT NULL DEFAULT ''
+);
+
+-- Per point: the last verification that checked it; full = every pack it references was read.
+CREATE TABLE point_checks (
+    point_id text PRIMARY KEY REFERENCES points (point_id),
+    account_id text NOT NULL,
+    instance_id text NOT NULL,
+    point_created_at timestamptz NOT NULL,
+    checked_at timestamptz NOT NULL,
+    full_check boolean NOT NULL,
+    damaged_files bigint NOT NULL,
+    verification_id text NOT NULL
+);
+CREATE INDEX point_checks_by_instance ON point_checks (instance_id, point_created_at DESC);
+
+-- One daily sample per UTC day, whichever replica claims the day first.
+CREATE TABLE verification_days (
+    day date PRIMARY KEY,
+    verification_id text NOT NULL
+);
+"""
+
+# Immutable keys and packs (ADR 0031): the gateway's role may not UPDATE or DELETE account_keys,
+# packs, chunks or points. A data key re-wrapped under a new master key is a new row of
+# account_key_wraps (the newest wrap wins; none: the account_keys row); an Object Lock extension
+# (ADR 0010) is a row of pack_retentions (a pack is locked until the latest of its own date and these).
+_V8_APPEND_ONLY = """
+CREATE TABLE account_key_wraps (
+    account_id text NOT NULL REFERENCES account_keys (account_id),
+    seq bigserial NOT NULL,
+    master_key_id text NOT NULL,
+    wrapped_key bytea NOT NULL CHECK (length(wrapped_key) = 60),
+    wrapped_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, seq)
+);
+
+CREATE TABLE pack_retentions (
+    pack_id text NOT NULL REFERENCES packs (pack_id),
+    retain_until timestamptz NOT NULL,
+    PRIMARY KEY (pack_id, retain_until)
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -135,4 +243,38 @@ MIGRATIONS: list[Migration] = [
     Migration(6, _V6_INSTANCE_FILESYSTEMS),
     # Agent certificates and their deny-list (ADR 0028).
     Migration(7, AGENT_CERTIFICATES_DDL),
+    Migration(8, _V8_APPEND_ONLY),
+    Migration(9, _V9_INSTANCE_IDENTITY),
+    Migration(10, _V10_VERIFICATION),
+    # Garbage collection (ADR 0041): expirations, point references, condemned and reclaimed packs.
+    Migration(11, GC_DDL),
 ]
+
+ROLE = SERVICE_ROLES["gateway"]
+
+# What the gateway's role may do, per table (ADR 0031); a new table adds its line here.
+PRIVILEGES: dict[str, str] = {
+    "outbox": OUTBOX_PRIVILEGES,
+    "processed_events": INBOX_PRIVILEGES,
+    "accounts": "SELECT, INSERT",
+    "account_keys": "SELECT, INSERT",
+    "account_key_wraps": "SELECT, INSERT",
+    "instances": "SELECT, INSERT, UPDATE",
+    "instance_filesystems": "SELECT, INSERT, UPDATE (approved, approved_at)",
+    "agent_certificates": "SELECT, INSERT, UPDATE (revoked_at, revoke_reason)",
+    "jobs": "SELECT, INSERT, UPDATE",
+    "packs": "SELECT, INSERT",
+    "pack_retentions": "SELECT, INSERT",
+    "chunks": "SELECT, INSERT",
+    "points": "SELECT, INSERT",
+    # Verification (ADR 0033): jobs and their progress change; a restarted job clears its findings.
+    "verifications": "SELECT, INSERT, UPDATE",
+    "verification_damaged_files": "SELECT, INSERT, DELETE",
+    "verification_damaged_packs": "SELECT, INSERT, DELETE",
+    "pack_checks": "SELECT, INSERT, UPDATE",
+    "point_checks": "SELECT, INSERT, UPDATE",
+    "verification_days": "SELECT, INSERT",
+    **GC_PRIVILEGES,
+}
+
+SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES}, executes={ROLE: GC_FUNCTIONS})

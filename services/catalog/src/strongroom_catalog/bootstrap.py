@@ -6,16 +6,15 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from strongroom_platform import lifecycle, serving, wiring
+from strongroom_platform import audit, lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
-from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_catalog import consumers
 from strongroom_catalog.grpc_api import CatalogServicer, register
 from strongroom_catalog.manifests import GatewayManifestReader, ManifestReader
-from strongroom_catalog.migrations import MIGRATIONS, SCHEMA
+from strongroom_catalog.migrations import SCHEMA, SPEC
 from strongroom_catalog.repository import PgCatalogStore
 from strongroom_catalog.retention import run_retention
 from strongroom_catalog.settings import Settings
@@ -31,7 +30,6 @@ async def run(
     object_store: ObjectStore | None = None,
     publisher: EventPublisher | None = None,
     consumer_factory: ConsumerFactory | None = None,
-    schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
 
@@ -41,10 +39,9 @@ async def run(
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
         platform = settings.platform
-        pool = await lifecycle.open_pool(
-            stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
-        )
-        auth = await serving.open_auth(stack, platform, clock)
+        pool = await lifecycle.open_pool(stack, platform, SPEC)
+        # Reinstatements and holds are audited (ADR 0027, 0040): their records leave through this outbox.
+        auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
         repo = PgCatalogStore(pool)
 
         manifests: ObjectStore | ManifestReader
@@ -63,14 +60,19 @@ async def run(
         if consumer_factory is None:
             consumer_factory = wiring.consumer_factory(platform)
 
-        await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
+        await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
         await lifecycle.start_consumer(
             stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo, manifests)
         )
         retention = run_retention(repo, clock, interval=settings.retention_interval)
         lifecycle.start_task(stack, retention, "catalog-retention")
         await serving.serve_listeners(
-            stack, "catalog", platform, settings.grpc_listen, register(CatalogServicer(repo)), auth=auth.interceptor
+            stack,
+            "catalog",
+            platform,
+            settings.grpc_listen,
+            register(CatalogServicer(repo, clock)),
+            auth=auth.interceptor,
         )
         await stop.wait()
         log.info("catalog stopping")

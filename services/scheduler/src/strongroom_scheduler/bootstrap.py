@@ -13,13 +13,13 @@ from strongroom_platform.auth import token_api
 from strongroom_platform.auth.tokens_pg import PgTokenStore
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
-from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_scheduler.alerts import LoggingAlerter
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
 from strongroom_scheduler.grpc_api import AuditServicer, SchedulerServicer, register, register_audit
 from strongroom_scheduler.handlers import Deps
-from strongroom_scheduler.migrations import MIGRATIONS, SCHEMA
+from strongroom_scheduler.inventory import note_preparation_failures
+from strongroom_scheduler.migrations import SCHEMA, SPEC
 from strongroom_scheduler.ports import Alerter
 from strongroom_scheduler.repository import PgSchedulerStore
 from strongroom_scheduler.schedule import run_schedule_loop, schedule_due
@@ -45,13 +45,18 @@ async def run(
     clock = clock or SystemClock()
     platform = settings.platform
     async with AsyncExitStack() as stack:
-        pool = await lifecycle.open_pool(
-            stack, platform.pg_dsn, SCHEMA, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
-        )
+        pool = await lifecycle.open_pool(stack, platform, SPEC)
         # Mutating calls leave their audit record in this schema's outbox (ADR 0027).
         auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
         store = PgSchedulerStore(pool)
-        deps = Deps(store=store, clock=clock, alerter=alerter or LoggingAlerter(), rng=random.SystemRandom())
+        deps = Deps(
+            store=store,
+            clock=clock,
+            alerter=alerter or LoggingAlerter(),
+            rng=random.SystemRandom(),
+            zone=settings.zone,
+            preparation_timeout=settings.preparation_timeout,
+        )
         if publisher is None:
             publisher = await stack.enter_async_context(wiring.publisher(platform))
         await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
@@ -59,7 +64,8 @@ async def run(
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(deps))
 
         async def tick() -> None:
-            await schedule_due(store, clock)
+            await schedule_due(store, clock, zone=settings.zone)
+            await note_preparation_failures(store, clock)
 
         lifecycle.start_task(stack, run_schedule_loop(tick, clock, interval=settings.schedule_interval), "schedule")
         scheduler_api = register(SchedulerServicer(deps))

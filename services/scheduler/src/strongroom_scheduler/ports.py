@@ -39,16 +39,37 @@ class SchedulerTx(InboxOutboxTx, Protocol):
 
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None: ...
 
-    async def list_instances(self, account_id: str, region: str, *, include_canceled: bool) -> list[Instance]:
-        """Instances of the account, oldest activation first; ``region`` empty = all regions."""
+    async def list_instances(
+        self,
+        account_id: str,
+        region: str,
+        *,
+        include_canceled: bool,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
+        """Instances of the account, oldest activation first (then by id); ``region`` empty = all regions.
+
+        ``after`` (activated_at, instance_id) starts the list after that instance; ``limit`` caps it.
+        """
         ...
 
     async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
-        """Lock and return up to ``limit`` instances, not paused nor canceled, with ``next_backup_at <= now``.
+        """Lock and return up to ``limit`` activated instances, not paused, canceled nor released, with
+        ``next_backup_at <= now``.
 
         Rows locked by another transaction are skipped (``FOR UPDATE SKIP
         LOCKED``), so concurrent schedulers never process the same slot twice.
         """
+        ...
+
+    async def instance_of_host(self, account_id: str, host_id: str, *, for_update: bool = False) -> Instance | None:
+        """The account's instance, not canceled, with this host identity (at most one: a unique index)."""
+        ...
+
+    async def preparation_overdue(self, now: dt.datetime, limit: int) -> list[Instance]:
+        """Lock and return up to ``limit`` activated, unenrolled, not canceled nor released instances whose
+        preparation deadline has passed by ``now`` and whose failure was not published yet (SKIP LOCKED)."""
         ...
 
     async def insert_job(self, job: Job) -> None: ...

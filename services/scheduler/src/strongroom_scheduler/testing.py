@@ -18,7 +18,8 @@ from strongroom.events.v1 import events_pb2
 from strongroom_platform.events import from_timestamp
 from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
-from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job
+from strongroom_scheduler.errors import AlreadyExists
+from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job, host_taken_message
 from strongroom_scheduler.ports import AuditQuery, FailureAlert
 
 
@@ -41,37 +42,80 @@ class InMemorySchedulerTx:
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
         record_event(self._s.outbox, topic, key, event)
 
+    def _check_host(self, instance: Instance) -> None:
+        """The unique index of one instance per host identity and account (canceled ones aside)."""
+        if not instance.host_id or instance.canceled:
+            return
+        for other in self._s.instances.values():
+            if (
+                other.instance_id != instance.instance_id
+                and other.account_id == instance.account_id
+                and other.host_id == instance.host_id
+                and not other.canceled
+            ):
+                raise AlreadyExists(host_taken_message(instance.host_id))
+
     async def insert_instance(self, instance: Instance) -> None:
         if instance.instance_id in self._s.instances:
             raise ValueError(f"duplicate instance {instance.instance_id}")
+        self._check_host(instance)
         self._s.instances[instance.instance_id] = copy.deepcopy(instance)
 
     async def update_instance(self, instance: Instance) -> None:
         if instance.instance_id not in self._s.instances:
             raise KeyError(instance.instance_id)
+        self._check_host(instance)
         self._s.instances[instance.instance_id] = copy.deepcopy(instance)
 
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
         found = self._s.instances.get(instance_id)
         return copy.deepcopy(found) if found is not None else None
 
-    async def list_instances(self, account_id: str, region: str, *, include_canceled: bool) -> list[Instance]:
+    async def list_instances(
+        self,
+        account_id: str,
+        region: str,
+        *,
+        include_canceled: bool,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
         found = [
             copy.deepcopy(i)
             for i in self._s.instances.values()
             if i.account_id == account_id
             and (not region or i.region == region)
             and (include_canceled or not i.canceled)
+            and (after is None or (i.activated_at, i.instance_id) > after)
         ]
-        return sorted(found, key=lambda i: (i.activated_at, i.instance_id))
+        return sorted(found, key=lambda i: (i.activated_at, i.instance_id))[:limit]
 
     async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
         due = [
             copy.deepcopy(i)
             for i in self._s.instances.values()
-            if not i.paused and not i.canceled and i.next_backup_at <= now
+            if i.activated and not i.paused and not i.canceled and not i.released and i.next_backup_at <= now
         ]
         return sorted(due, key=lambda i: (i.next_backup_at, i.instance_id))[:limit]
+
+    async def instance_of_host(self, account_id: str, host_id: str, *, for_update: bool = False) -> Instance | None:
+        for i in self._s.instances.values():
+            if i.account_id == account_id and i.host_id == host_id and not i.canceled:
+                return copy.deepcopy(i)
+        return None
+
+    async def preparation_overdue(self, now: dt.datetime, limit: int) -> list[Instance]:
+        overdue = [
+            copy.deepcopy(i)
+            for i in self._s.instances.values()
+            if i.activated
+            and not i.enrolled
+            and not i.canceled
+            and not i.released
+            and not i.preparation_failure_noted
+            and i.preparation_deadline <= now
+        ]
+        return sorted(overdue, key=lambda i: (i.preparation_deadline, i.instance_id))[:limit]
 
     async def insert_job(self, job: Job) -> None:
         if job.job_id in self._s.jobs:

@@ -61,6 +61,7 @@ _AGENT_GATEWAY = "/strongroom.agent.v1.AgentGatewayService/"
 _TOKENS = "/strongroom.auth.v1.TokenService/"
 _AGENT_ADMIN = "/strongroom.gateway.v1.AgentAdminService/"
 _AUDIT = "/strongroom.audit.v1.AuditService/"
+_VERIFY = "/strongroom.gateway.v1.VerifyService/"
 
 POLICY: Mapping[str, Rule] = MappingProxyType(
     {
@@ -78,12 +79,26 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _SCHEDULER + "ListJobs": _op(READ, "list jobs"),
         _SCHEDULER + "GetJob": _op(READ, "read jobs"),
         _SCHEDULER + "CancelJob": _op(OPERATE, "cancel jobs", mutating=True),
+        # A new token lets a new agent take over the instance's identity (ADR 0032): admins only.
+        _SCHEDULER + "IssueEnrollmentToken": _op(ADMIN, "issue enrollment tokens", mutating=True),
+        # the inventory (ADR 0040): registering hosts and saying one is gone
+        _SCHEDULER + "RegisterInstances": _op(OPERATE, "register instances", mutating=True),
+        _SCHEDULER + "ReleaseInstance": _op(OPERATE, "release instances", mutating=True),
         # catalog: versions and browse; the restore service reads points for the jobs it creates
         _CATALOG + "ListVersions": _op(READ, "list versions"),
         _CATALOG + "GetPoint": _op(READ, "read points", services=frozenset({"restore"})),
         _CATALOG + "BrowsePoint": _op(READ, "browse points"),
+        # Undoing a cancel and holding versions past their retention: admins only, audited (ADR 0040).
+        _CATALOG + "ReinstateBackup": _op(ADMIN, "reinstate backups", mutating=True),
+        _CATALOG + "PlaceHold": _op(ADMIN, "place holds", mutating=True),
+        _CATALOG + "ReleaseHold": _op(ADMIN, "release holds", mutating=True),
+        _CATALOG + "ListHolds": _op(READ, "list holds"),
         # billing
         _BILLING + "GetOverview": _op(READ, "read billing"),
+        _BILLING + "ListLedger": _op(READ, "read billing"),
+        _BILLING + "ListPlans": _op(READ, "read billing"),
+        # A plan offsets the account's fees: its admins only, and audited.
+        _BILLING + "CreatePlan": _op(ADMIN, "create resource plans", mutating=True),
         # restore jobs
         _RESTORE + "CreateRestoreJob": _op(OPERATE, "restore files", mutating=True),
         _RESTORE + "GetRestoreJob": _op(READ, "read restore jobs"),
@@ -100,6 +115,11 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _MANIFEST + "ReadPointManifest": Rule(
             callers=Caller.SERVICE, services=frozenset({"catalog"}), verb="read manifests"
         ),
+        # gateway, public listener: repository verification (ADR 0033)
+        _VERIFY + "StartVerification": _op(OPERATE, "verify backups", mutating=True),
+        _VERIFY + "GetVerification": _op(READ, "read verifications"),
+        _VERIFY + "ListVerifications": _op(READ, "list verifications"),
+        _VERIFY + "GetRecoverability": _op(READ, "read recoverability"),
         # gateway, agent listener: the one-time enrollment token is Enroll's credential
         _AGENT_GATEWAY + "Enroll": _PUBLIC,
         _AGENT_GATEWAY + "Connect": _AGENT,
@@ -113,6 +133,13 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         # gateway, internal listener: the break-glass operator tool's certificate (ADR 0028)
         _AGENT_ADMIN + "RevokeAgentCertificates": Rule(
             callers=Caller.SERVICE, services=frozenset({"admin"}), verb="revoke agent certificates", mutating=True
+        ),
+        # the filesystems an instance may back up (ADR 0025, 0032): the same break-glass identity
+        _AGENT_ADMIN + "ListInstanceFilesystems": Rule(
+            callers=Caller.SERVICE, services=frozenset({"admin"}), verb="list instance filesystems"
+        ),
+        _AGENT_ADMIN + "ApproveInstanceFilesystem": Rule(
+            callers=Caller.SERVICE, services=frozenset({"admin"}), verb="approve filesystems", mutating=True
         ),
         # standard services every listener may carry
         "/grpc.health.v1.Health/Check": _PUBLIC,

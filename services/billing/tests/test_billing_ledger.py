@@ -1,0 +1,213 @@
+"""The daily ledger (ADR 0036): the seed's billing rules, against the fake and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from billing_helpers import GIB
+from strongroom.events.v1 import events_pb2
+from strongroom_billing import handlers, ledger
+from strongroom_billing.errors import InvalidArgument, NotFound
+from strongroom_billing.ledger import InstanceCharge, PlanBalance
+from strongroom_billing.ports import BillingStore
+from strongroom_billing.settings import LedgerSettings
+from strongroom_platform.auth import CallAuth, Role, operator
+from strongroom_platform.events import new_meta, to_timestamp
+from strongroom_platform.testing import FakeClock, call_for
+from strongroom_platform.zones import DEFAULT_ZONE
+
+UTC8 = DEFAULT_ZONE
+PRICE = Decimal("0.0005")
+SETTINGS = LedgerSettings(zone=UTC8, price_per_gib_day=PRICE, grace=dt.timedelta(hours=1))
+
+
+def at8(day: int, hour: int = 0, minute: int = 0) -> dt.datetime:
+    """December ``day`` 2026, ``hour``:``minute`` in UTC+8, as an aware instant."""
+    return dt.datetime(2026, 12, day, hour, minute, tzinfo=UTC8)
+
+
+def call(method: str, account: str = "acme", role: Role = Role.ADMIN) -> CallAuth:
+    return call_for(f"/strongroom.billing.v1.BillingService/{method}", operator(f"token:{account}", {account: role}))
+
+
+async def point(
+    store: BillingStore, instance: str, version: str, capacity: int, when: dt.datetime, account: str = "acme"
+) -> None:
+    event = events_pb2.PointCreated(
+        meta=new_meta("agent-gateway", when),
+        account_id=account,
+        instance_id=instance,
+        version_id=version,
+        point_id=f"{version}-p",
+        version_created_at=to_timestamp(when),
+        instance_capacity_bytes=capacity,
+    )
+    await handlers.handle_point_created(event, store)
+
+
+async def expired(store: BillingStore, instance: str, version: str, when: dt.datetime) -> None:
+    event = events_pb2.VersionExpired(
+        meta=new_meta("catalog", when), account_id="acme", instance_id=instance, version_id=version
+    )
+    await handlers.handle_version_expired(event, store)
+
+
+async def canceled(store: BillingStore, instance: str, when: dt.datetime) -> None:
+    event = events_pb2.InstanceDeactivated(meta=new_meta("scheduler", when), account_id="acme", instance_id=instance)
+    await handlers.handle_instance_deactivated(event, store)
+
+
+async def days(store: BillingStore, first: str, last: str, account: str = "acme") -> dict[str, ledger.AccountDay]:
+    view = await handlers.list_ledger(store, account, first, last, False, call=call("ListLedger", account))
+    return {d.day.isoformat(): d for d in view.days}
+
+
+# -- pure rules ---------------------------------------------------------------------------------
+
+
+def test_a_day_ends_at_midnight_in_the_billing_zone() -> None:
+    assert ledger.day_end(dt.date(2026, 12, 1), UTC8) == dt.datetime(2026, 12, 1, 16, 0, tzinfo=dt.UTC)
+
+
+def test_a_day_closes_after_its_grace_and_not_before_the_first_version() -> None:
+    grace = dt.timedelta(hours=1)
+    assert ledger.days_to_close(None, None, at8(10), UTC8, grace) == []
+    first = at8(1, 9)
+    assert ledger.days_to_close(None, first, at8(2, 0, 59), UTC8, grace) == []
+    assert ledger.days_to_close(None, first, at8(2, 1), UTC8, grace) == [dt.date(2026, 12, 1)]
+    assert ledger.days_to_close(dt.date(2026, 12, 1), first, at8(4, 2), UTC8, grace) == [
+        dt.date(2026, 12, 2),
+        dt.date(2026, 12, 3),
+    ]
+
+
+def test_the_seed_example_three_instances_of_40_50_60_gib() -> None:
+    charges = [InstanceCharge("acme", f"i{n}", f"v{n}", size * GIB) for n, size in enumerate((40, 50, 60))]
+    [row] = ledger.close_day(dt.date(2026, 12, 1), charges, {}, PRICE)
+    assert (row.instances, row.capacity_bytes) == (3, 150 * GIB)
+    assert row.billable_gib == Decimal("50.0000")  # 150 GiB less the free 100 GiB
+    assert row.fee == row.charged == Decimal("0.0250")  # 50 x 0.0005
+    assert row.plan_gib_days == Decimal(0)
+
+
+def test_under_the_free_quota_the_fee_is_zero_and_fees_round_half_up_to_4_places() -> None:
+    [row] = ledger.close_day(dt.date(2026, 12, 1), [InstanceCharge("a", "i", "v", 100 * GIB)], {}, PRICE)
+    assert (row.billable_gib, row.fee) == (Decimal(0), Decimal(0))
+    odd = InstanceCharge("a", "i", "v", 100 * GIB + GIB // 2)  # 0.5 GiB over
+    [row] = ledger.close_day(dt.date(2026, 12, 1), [odd], {}, Decimal("0.00015"))
+    assert row.fee == Decimal("0.0001")  # 0.000075 rounds half up
+
+
+def test_plans_are_drawn_soonest_ending_first_and_only_the_rest_is_charged() -> None:
+    charges = [InstanceCharge("a", "i", "v", 130 * GIB)]  # 30 GiB billable
+    plans = {
+        "a": [
+            PlanBalance("late", dt.date(2027, 6, 1), Decimal(100)),
+            PlanBalance("soon", dt.date(2027, 1, 1), Decimal(20)),
+        ]
+    }
+    [row] = ledger.close_day(dt.date(2026, 12, 1), charges, plans, PRICE)
+    assert [(d.plan_id, d.gib_days) for d in row.draws] == [("soon", Decimal(20)), ("late", Decimal(10))]
+    assert row.plan_gib_days == Decimal(30)
+    assert (row.fee, row.charged) == (Decimal("0.0150"), Decimal("0.0000"))
+
+
+# -- behaviour, fake and PostgreSQL ------------------------------------------------------------
+
+
+async def test_no_fee_before_the_first_version_then_daily_rows(store: BillingStore) -> None:
+    clock = FakeClock(at8(1, 12))
+    assert await handlers.close_ledger_days(store, clock, SETTINGS) == []
+    for n, size in enumerate((40, 50, 60)):
+        await point(store, f"i{n}", f"v{n}", size * GIB, at8(2, 3))
+    clock.set(at8(4, 2))
+    assert await handlers.close_ledger_days(store, clock, SETTINGS) == [dt.date(2026, 12, 2), dt.date(2026, 12, 3)]
+    rows = await days(store, "2026-12-01", "2026-12-03")
+    assert sorted(rows) == ["2026-12-02", "2026-12-03"]  # nothing on the 1st: no version yet
+    for row in rows.values():
+        assert (row.capacity_bytes, row.billable_gib, row.fee) == (150 * GIB, Decimal(50), Decimal("0.0250"))
+    assert await handlers.close_ledger_days(store, clock, SETTINGS) == []  # each day once
+
+
+async def test_the_latest_version_before_midnight_decides_and_a_skipped_day_keeps_it(store: BillingStore) -> None:
+    await point(store, "i1", "v1", 120 * GIB, at8(1, 3))
+    await point(store, "i1", "v2", 150 * GIB, at8(1, 23, 59))  # disk grown; before the 2nd's midnight
+    await point(store, "i1", "v3", 200 * GIB, at8(3, 0, 1))  # after the 3rd began: billed from the 3rd
+    # no version on the 2nd (a skipped backup): the 2nd is billed on v2
+    clock = FakeClock(at8(5, 2))
+    await handlers.close_ledger_days(store, clock, SETTINGS)
+    rows = await days(store, "2026-12-01", "2026-12-04")
+    assert {d: r.capacity_bytes // GIB for d, r in rows.items()} == {
+        "2026-12-01": 150,
+        "2026-12-02": 150,
+        "2026-12-03": 200,
+        "2026-12-04": 200,
+    }
+    view = await handlers.list_ledger(store, "acme", "2026-12-02", "2026-12-02", True, call=call("ListLedger"))
+    assert [(c.instance_id, c.version_id) for c in view.instances[dt.date(2026, 12, 2)]] == [("i1", "v2")]
+
+
+async def test_expired_versions_and_canceled_instances_stop_billing(store: BillingStore) -> None:
+    await point(store, "i1", "v1", 150 * GIB, at8(1, 3))
+    await point(store, "i2", "w1", 60 * GIB, at8(1, 3))
+    await expired(store, "i1", "v1", at8(3, 12))  # gone during the 3rd
+    await canceled(store, "i2", at8(2, 12))  # canceled during the 2nd
+    clock = FakeClock(at8(5, 2))
+    await handlers.close_ledger_days(store, clock, SETTINGS)
+    rows = await days(store, "2026-12-01", "2026-12-04")
+    assert {d: r.capacity_bytes // GIB for d, r in rows.items()} == {"2026-12-01": 210, "2026-12-02": 150}
+
+
+async def test_a_plan_offsets_the_fee_until_it_is_used_up(store: BillingStore) -> None:
+    clock = FakeClock(at8(1, 0))
+    plan = await handlers.create_plan(store, clock, "acme", "75", "2026-12-01", "2026-12-31", call=call("CreatePlan"))
+    await point(store, "i1", "v1", 150 * GIB, at8(1, 3))  # 50 GiB billable a day
+    clock.set(at8(4, 2))
+    await handlers.close_ledger_days(store, clock, SETTINGS)
+    rows = await days(store, "2026-12-01", "2026-12-03")
+    assert [(r.plan_gib_days, r.charged) for r in rows.values()] == [
+        (Decimal(50), Decimal(0)),
+        (Decimal(25), Decimal("0.0125")),
+        (Decimal(0), Decimal("0.0250")),
+    ]
+    [listed] = await handlers.list_plans(store, "acme", call=call("ListPlans"))
+    assert (listed.plan_id, listed.gib_days, listed.used_gib_days) == (plan.plan_id, Decimal(75), Decimal(75))
+
+
+async def test_another_account_sees_none_of_it(store: BillingStore) -> None:
+    await point(store, "i1", "v1", 150 * GIB, at8(1, 3))
+    await point(store, "x1", "xv", 300 * GIB, at8(1, 3), account="other")
+    await handlers.close_ledger_days(store, FakeClock(at8(2, 2)), SETTINGS)
+    assert (await days(store, "2026-12-01", "2026-12-01"))["2026-12-01"].capacity_bytes == 150 * GIB
+    with pytest.raises(NotFound):
+        await handlers.list_ledger(store, "other", "", "", False, call=call("ListLedger"))
+    with pytest.raises(NotFound):
+        await handlers.list_plans(store, "other", call=call("ListPlans"))
+
+
+@pytest.mark.parametrize(
+    ("gib_days", "starts", "ends", "message"),
+    [
+        ("ten", "2026-12-01", "2026-12-31", "decimal number"),
+        ("-5", "2026-12-01", "2026-12-31", "positive"),
+        ("NaN", "2026-12-01", "2026-12-31", "positive"),
+        ("1.00001", "2026-12-01", "2026-12-31", "4 decimal places"),
+        ("10", "2026-12-31", "2026-12-01", "before starts_on"),
+        ("10", "12/01/2026", "2026-12-31", "YYYY-MM-DD"),
+    ],
+)
+async def test_bad_plans_are_refused_clearly(
+    store: BillingStore, gib_days: str, starts: str, ends: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        await handlers.create_plan(store, FakeClock(), "acme", gib_days, starts, ends, call=call("CreatePlan"))
+
+
+async def test_ledger_ranges_are_bounded(store: BillingStore) -> None:
+    with pytest.raises(InvalidArgument, match="at most 366"):
+        await handlers.list_ledger(store, "acme", "2025-01-01", "2026-12-01", False, call=call("ListLedger"))
+    with pytest.raises(InvalidArgument, match="after to_day"):
+        await handlers.list_ledger(store, "acme", "2026-12-02", "2026-12-01", False, call=call("ListLedger"))
+    assert (await handlers.list_ledger(store, "acme", "", "", False, call=call("ListLedger"))).days == []
