@@ -21,6 +21,7 @@ from strongroom_platform import outbox
 from strongroom_platform.clock import Clock
 from strongroom_platform.db import Migration, create_pool, migrate
 from strongroom_platform.eventbus import ConsumerFactory, EventConsumer, EventPublisher, Handler
+from strongroom_platform.health import stop_server
 from strongroom_platform.runtime import serve_grpc
 
 __all__ = ["cancel", "open_pool", "serve", "start_consumer", "start_relay", "start_task"]
@@ -85,7 +86,8 @@ async def serve(
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> grpc.aio.Server:
-    """The service's gRPC server, announced (``runtime.serve_grpc``); stopped with 5 s grace when the stack unwinds."""
+    """The service's gRPC server, announced (``runtime.serve_grpc``); when the stack unwinds its
+    health turns NOT_SERVING and it stops with 5 s grace."""
     server = await serve_grpc(service, listen, register, credentials=credentials, interceptors=interceptors)
-    stack.push_async_callback(server.stop, 5)
+    stack.push_async_callback(stop_server, server, 5)
     return server

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration
+from strongroom_platform.db import Migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL
 from strongroom_platform.outbox import OUTBOX_DDL
 
@@ -213,4 +213,6 @@ MIGRATIONS: list[Migration] = [
     # Agent certificates and their deny-list (ADR 0028).
     Migration(7, AGENT_CERTIFICATES_DDL),
     Migration(10, _V10_VERIFICATION),
+    # The outbox's traceparent column (ADR 0039).
+    outbox_traceparent_migration(11),
 ]

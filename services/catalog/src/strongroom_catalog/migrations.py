@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration
+from strongroom_platform.db import Migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL
 from strongroom_platform.outbox import OUTBOX_DDL
 
@@ -77,4 +77,6 @@ MIGRATIONS: list[Migration] = [
     Migration(2, INBOX_DDL),
     Migration(3, _V1),
     Migration(4, _V2),
+    # The outbox's traceparent column (ADR 0039).
+    outbox_traceparent_migration(6),
 ]
