@@ -96,12 +96,13 @@ class Metrics:
         if duration_seconds is not None and duration_seconds >= 0:
             self.job_duration.record(duration_seconds, labels)
 
-    def backup_bytes(self, *, read: int, unchanged: int, uploaded: int) -> None:
-        """Count a finished backup's bytes; its dedup ratio is (read + unchanged) / uploaded."""
+    def backup_bytes(self, *, read: int, unchanged: int, uploaded: int, ratio: bool = True) -> None:
+        """Count a finished backup's bytes; with ``ratio`` (a backup that completed) also its
+        dedup ratio, (read + unchanged) / uploaded."""
         self.backup_read.add(read)
         self.backup_uploaded.add(uploaded)
         covered = read + unchanged
-        if covered > 0:
+        if ratio and covered > 0:
             self.dedup_ratio.record(covered / uploaded if uploaded > 0 else float(covered))
 
 
