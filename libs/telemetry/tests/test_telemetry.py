@@ -127,11 +127,25 @@ def _echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
     return run()
 
 
+async def _join(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    return b"".join([part async for part in requests])
+
+
+async def _chat(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+    async for part in requests:
+        yield part.upper()
+
+
 @pytest.fixture
 async def traced_server() -> AsyncIterator[tuple[str, InMemorySpanExporter, TracerProvider]]:
     provider, exporter = _memory_provider()
     server = grpc.aio.server(interceptors=[TracingServerInterceptor(provider)])
-    handler = grpc.method_handlers_generic_handler("test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(_echo)})
+    methods = {
+        "Say": grpc.unary_unary_rpc_method_handler(_echo),
+        "Join": grpc.stream_unary_rpc_method_handler(_join),
+        "Chat": grpc.stream_stream_rpc_method_handler(_chat),
+    }
+    handler = grpc.method_handlers_generic_handler("test.Echo", methods)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -166,6 +180,25 @@ async def test_a_call_continues_the_callers_trace_on_the_server(
     failed_server = next(s for s in servers if s.status.status_code is StatusCode.ERROR)
     assert failed_server.attributes is not None
     assert failed_server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+
+
+async def test_streaming_calls_continue_the_trace_too(
+    traced_server: tuple[str, InMemorySpanExporter, TracerProvider],
+) -> None:
+    address, exporter, provider = traced_server
+    async with grpc.aio.insecure_channel(address, interceptors=client_interceptors(provider)) as channel:
+        join = channel.stream_unary("/test.Echo/Join")
+        chat = channel.stream_stream("/test.Echo/Chat")
+        with provider.get_tracer("t").start_as_current_span("job") as job:
+            assert await join(iter([b"a", b"b"])) == b"ab"
+            assert [reply async for reply in chat(iter([b"x", b"y"]))] == [b"X", b"Y"]
+    await _until(lambda: len(exporter.get_finished_spans()) == 5)
+    spans = exporter.get_finished_spans()
+    assert {s.context.trace_id for s in spans} == {job.get_span_context().trace_id}
+    for method in ("test.Echo/Join", "test.Echo/Chat"):
+        (client,) = (s for s in spans if s.name == method and s.kind is SpanKind.CLIENT)
+        (server,) = (s for s in spans if s.name == method and s.kind is SpanKind.SERVER)
+        assert server.parent is not None and server.parent.span_id == client.context.span_id
 
 
 async def _until(condition: Any, within: float = 5.0) -> None:

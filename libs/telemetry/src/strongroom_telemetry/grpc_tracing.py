@@ -140,8 +140,12 @@ class TracingServerInterceptor(_ServerInterceptor):
         return call
 
 
-class _ClientTracing(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
-    """A CLIENT span per call, ``traceparent`` added to the call's metadata; ends when the call does."""
+class _ClientTracing:
+    """A CLIENT span per call, ``traceparent`` added to the call's metadata; ends when the call does.
+
+    grpc.aio files an interceptor under the first of the four kinds it is an instance of, so each
+    kind gets an object of its own (the subclasses below).
+    """
 
     def __init__(self, provider: trace.TracerProvider | None) -> None:
         self._tracer = trace.get_tracer("strongroom.grpc", tracer_provider=provider)
@@ -189,18 +193,26 @@ class _ClientTracing(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
                 span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
 
+
+class _UnaryUnaryTracing(_ClientTracing, _UnaryUnary):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         span, details = self._start(client_call_details)
         return self._end_with(span, await continuation(details, request))
 
+
+class _UnaryStreamTracing(_ClientTracing, _UnaryStream):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         span, details = self._start(client_call_details)
         return self._end_with(span, await continuation(details, request))
 
+
+class _StreamUnaryTracing(_ClientTracing, _StreamUnary):
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         span, details = self._start(client_call_details)
         return self._end_with(span, await continuation(details, request_iterator))
 
+
+class _StreamStreamTracing(_ClientTracing, _StreamStream):
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         span, details = self._start(client_call_details)
         return self._end_with(span, await continuation(details, request_iterator))
@@ -208,4 +220,9 @@ class _ClientTracing(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
 
 def client_interceptors(provider: trace.TracerProvider | None = None) -> list[Any]:
     """The interceptors a channel needs to carry trace context (pass as ``interceptors=``)."""
-    return [_ClientTracing(provider)]
+    return [
+        _UnaryUnaryTracing(provider),
+        _UnaryStreamTracing(provider),
+        _StreamUnaryTracing(provider),
+        _StreamStreamTracing(provider),
+    ]
