@@ -111,7 +111,13 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     def ListInstances(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListInstances", request)
-        return scheduler_pb2.ListInstancesResponse(instances=list(self.instances.values()))
+        # one instance per page, so that the CLI's paging is exercised
+        ordered = list(self.instances.values())
+        start = int(request.page_token or 0)
+        more = start + 1 < len(ordered)
+        return scheduler_pb2.ListInstancesResponse(
+            instances=ordered[start : start + 1], next_page_token=str(start + 1) if more else ""
+        )
 
     def RunBackupNow(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("RunBackupNow", request)

@@ -389,3 +389,9 @@ def test_a_closed_pipe_ends_quietly(services: FakeServices) -> None:
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
     assert result.returncode == 0
+
+
+def test_instances_list_reads_every_page(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("instances", "list")
+    assert code == 0 and "i-1" in out and "i-2" in out
+    assert [r.page_token for r in services.calls.requests["ListInstances"]] == ["", "1"]

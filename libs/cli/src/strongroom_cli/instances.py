@@ -1,4 +1,5 @@
-"""``strongroom instances ...``: activate, list, show, pause, resume, cancel, change settings, back up now."""
+"""``strongroom instances ...``: activate, list, show, pause, resume, cancel, change settings, back up now,
+issue a new enrollment token."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
         ("pause", pause, "pause scheduled backups"),
         ("resume", resume, "resume scheduled backups"),
         ("cancel", cancel, "cancel backup: the agent is revoked and backup points are deleted"),
+        ("issue-token", issue_token, "a new enrollment token: the agent enrolls again to this instance id"),
     ):
         p = commands.add_parser(name, parents=[common], help=text)
         p.add_argument("instance_id", metavar="ID")
@@ -115,9 +117,19 @@ def print_instances(context: Context, found: Sequence[scheduler_pb2.Instance]) -
 
 
 async def list_instances(context: Context) -> int:
-    request = scheduler_pb2.ListInstancesRequest(account_id=context.account_id, region=context.args.region)
-    response = await context.scheduler().ListInstances(request, **context.call)
-    print_instances(context, response.instances)
+    # Every page, in order: the list is not held by the server in one message (issue 14).
+    instances: list[scheduler_pb2.Instance] = []
+    token = ""
+    while True:
+        request = scheduler_pb2.ListInstancesRequest(
+            account_id=context.account_id, region=context.args.region, page_size=1000, page_token=token
+        )
+        response = await context.scheduler().ListInstances(request, **context.call)
+        instances += response.instances
+        token = response.next_page_token
+        if not token:
+            break
+    print_instances(context, instances)
     return 0
 
 
@@ -178,6 +190,18 @@ def _backup_snapshot(job: scheduler_pb2.BackupJob) -> progress.Snapshot:
         files_done=stats.files_read + stats.files_unchanged,
         state=job_status(job.status),
     )
+
+
+async def issue_token(context: Context) -> int:
+    response = await context.scheduler().IssueEnrollmentToken(_ref(context), **context.call)
+    if context.json:
+        output.as_json(response)
+        return 0
+    print_instance(context, response.instance)
+    print()
+    print(f"Enrollment token (shown only once, valid 24 h): {response.enrollment_token}")
+    print("Enroll the agent again with: strongroom-agent enroll --gateway HOST:PORT --token TOKEN")
+    return 0
 
 
 async def backup_now(context: Context) -> int:

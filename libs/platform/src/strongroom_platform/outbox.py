@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE published_at IS NULL;
 """
+# What a service's role needs on its outbox (ADR 0031): the relay marks or deletes published rows.
+OUTBOX_PRIVILEGES = "SELECT, INSERT, UPDATE (published_at), DELETE"
 
 OUTBOX_TRACEPARENT_DDL = """
 -- The W3C traceparent of the span that enqueued the event (NULL: none); sent as a Kafka header.

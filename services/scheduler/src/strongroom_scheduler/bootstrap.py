@@ -13,13 +13,12 @@ from strongroom_platform.auth import token_api
 from strongroom_platform.auth.tokens_pg import PgTokenStore
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
-from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_scheduler.alerts import LoggingAlerter
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
 from strongroom_scheduler.grpc_api import AuditServicer, SchedulerServicer, register, register_audit
 from strongroom_scheduler.handlers import Deps
-from strongroom_scheduler.migrations import MIGRATIONS, SCHEMA
+from strongroom_scheduler.migrations import SCHEMA, SPEC
 from strongroom_scheduler.ports import Alerter
 from strongroom_scheduler.repository import PgSchedulerStore
 from strongroom_scheduler.schedule import run_schedule_loop, schedule_due
@@ -45,9 +44,7 @@ async def run(
     clock = clock or SystemClock()
     platform = settings.platform
     async with AsyncExitStack() as stack:
-        pool = await lifecycle.open_pool(
-            stack, platform.pg_dsn, SCHEMA, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
-        )
+        pool = await lifecycle.open_pool(stack, platform, SPEC)
         # Mutating calls leave their audit record in this schema's outbox (ADR 0027).
         auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
         store = PgSchedulerStore(pool)

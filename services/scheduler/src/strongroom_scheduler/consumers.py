@@ -5,7 +5,7 @@ from __future__ import annotations
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.consume import consume
 from strongroom_platform.eventbus import Handler
-from strongroom_platform.events import AGENT_ENROLLED, AUDIT_RECORDED, JOB_UPDATED
+from strongroom_platform.events import AGENT_ENROLLED, AUDIT_RECORDED, INSTANCE_RECOVERED, JOB_UPDATED
 
 from strongroom_scheduler import handlers
 from strongroom_scheduler.handlers import Deps
@@ -19,4 +19,7 @@ def record_handlers(deps: Deps) -> dict[str, Handler]:
         AGENT_ENROLLED: consume(events_pb2.AgentEnrolled, lambda event: handlers.handle_agent_enrolled(event, deps)),
         JOB_UPDATED: consume(events_pb2.JobUpdated, lambda event: handlers.handle_job_updated(event, deps)),
         AUDIT_RECORDED: consume(events_pb2.AuditRecorded, lambda event: handlers.handle_audit_recorded(event, deps)),
+        INSTANCE_RECOVERED: consume(
+            events_pb2.InstanceRecovered, lambda event: handlers.handle_instance_recovered(event, deps)
+        ),
     }

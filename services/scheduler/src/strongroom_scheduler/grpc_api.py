@@ -107,6 +107,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
         return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
 
+    async def IssueEnrollmentToken(
+        self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.ActivateBackupResponse:
+        instance, token = await handlers.issue_enrollment_token(self._deps, request.instance_id, call=current_call())
+        return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
+
     async def GetInstance(
         self, request: scheduler_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.Instance:
@@ -115,8 +121,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListInstances(
         self, request: scheduler_pb2.ListInstancesRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.ListInstancesResponse:
-        found = await handlers.list_instances(self._deps, request.account_id, request.region, call=current_call())
-        return scheduler_pb2.ListInstancesResponse(instances=[self._instance(i) for i in found])
+        page = await handlers.list_instances(
+            self._deps,
+            request.account_id,
+            request.region,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            call=current_call(),
+        )
+        return scheduler_pb2.ListInstancesResponse(
+            instances=[self._instance(i) for i in page.instances], next_page_token=page.next_page_token
+        )
 
     async def RunBackupNow(
         self, request: scheduler_pb2.RunBackupNowRequest, context: grpc.aio.ServicerContext[object, object]
