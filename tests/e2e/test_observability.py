@@ -24,7 +24,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from strongroom_platform.certs import CA_CERT_FILE
-from strongroom_testing.fixtures import S3Config
+from strongroom_testing.fixtures import PgLogins, S3Config
 from test_backup_restore import Platform, backup, enrolled_instance, eventually, make_tree, running_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)
 
 @pytest.fixture
 async def observed(
-    stack_kafka: str, pg_dsn: str, s3_config: S3Config, tmp_path: Path
+    stack_kafka: str, pg_logins: PgLogins, s3_config: S3Config, tmp_path: Path
 ) -> AsyncIterator[tuple[Platform, Path]]:
     spans = tmp_path / "spans"
     settings = {
@@ -45,7 +45,7 @@ async def observed(
         "STRONGROOM_OTEL": f"file:{spans}",
         "STRONGROOM_METRICS_LISTEN": "127.0.0.1:0",
     }
-    async with running_platform(stack_kafka, pg_dsn, tmp_path, settings) as running:
+    async with running_platform(stack_kafka, pg_logins, tmp_path, settings) as running:
         yield running, spans
 
 

@@ -95,7 +95,7 @@ MIGRATIONS: list[Migration] = [
     # ListInstances pages by (account, activation, id): an index walk per page, not a sort (issue 14).
     Migration(9, "CREATE INDEX instances_by_account_page ON instances (account_id, activated_at, instance_id)"),
     # The outbox's traceparent column (ADR 0039).
-    outbox_traceparent_migration(6),
+    outbox_traceparent_migration(10),
 ]
 
 ROLE = SERVICE_ROLES["scheduler"]
