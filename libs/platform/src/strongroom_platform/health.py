@@ -23,7 +23,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_reflection.v1alpha import reflection
 
-__all__ = ["ServerHealth", "add_standard_services", "stop_server"]
+__all__ = ["ServerHealth", "add_standard_services", "health_of", "stop_server"]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

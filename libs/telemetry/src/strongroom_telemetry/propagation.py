@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
@@ -65,8 +64,3 @@ def context_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) ->
         if key == TRACEPARENT:
             value = raw
     return context_from_traceparent(value)
-
-
-def is_valid(context: otel_context.Context) -> bool:
-    """Whether ``context`` carries a remote or local parent span."""
-    return trace.get_current_span(context).get_span_context().is_valid
