@@ -20,6 +20,7 @@ from strongroom_platform.auth import CallAuth, authorize, visible_accounts
 from strongroom_platform.clock import Clock
 from strongroom_platform.eventbus import PoisonRecord
 from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, RESTORE_REQUESTED, from_timestamp, new_meta
+from strongroom_platform.telemetry import instruments
 
 from strongroom_restore import paths
 from strongroom_restore.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -276,3 +277,6 @@ async def handle_restore_updated(event: events_pb2.RestoreUpdated, *, repo: Rest
         updated = _apply(job, event)
         if updated is not None:
             await tx.update_job(updated)
+    if updated is not None and updated.finished_at is not None:
+        duration = (updated.finished_at - updated.created_at).total_seconds()
+        instruments().job_finished("restore", status_name(updated.status), duration)

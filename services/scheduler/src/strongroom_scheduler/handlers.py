@@ -32,6 +32,7 @@ from strongroom_platform.events import (
     new_meta,
     to_timestamp,
 )
+from strongroom_platform.telemetry import Metrics, instruments
 from strongroom_platform.zones import DEFAULT_ZONE
 
 from strongroom_scheduler import inventory, schedule, status
@@ -76,6 +77,8 @@ class Deps:
     zone: dt.tzinfo = DEFAULT_ZONE
     # How long an activated instance's agent has to enroll before PREPARATION_FAILED (ADR 0040).
     preparation_timeout: dt.timedelta = DEFAULT_PREPARATION_TIMEOUT
+    # Jobs, bytes and last successes (ADR 0039); the process's meter provider unless a test gives one.
+    metrics: Metrics = field(default_factory=instruments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,6 +650,7 @@ async def handle_job_updated(event: events_pb2.JobUpdated, deps: Deps) -> None:
     a failure alert (after the transaction committed).
     """
     alert: FailureAlert | None = None
+    ended: Job | None = None
     async with deps.store.transaction() as tx:
         if not await tx.claim_event(CONSUMER, event.meta.event_id):
             return
@@ -698,8 +702,24 @@ async def handle_job_updated(event: events_pb2.JobUpdated, deps: Deps) -> None:
                     error=instance.last_error,
                 )
             await status.save(tx, instance, before, now)
+        ended = job if finished else None
+    if ended is not None:
+        record_finished_backup(deps.metrics, ended)
     if alert is not None:
         await deps.alerter.backup_failed(alert)
+
+
+def record_finished_backup(metrics: Metrics, job: Job) -> None:
+    """Count a finished backup: its status and duration, its bytes, its instance's last success."""
+    duration = (job.finished_at - job.created_at).total_seconds() if job.finished_at is not None else None
+    metrics.job_finished("backup", job_status_name(job.status), duration)
+    succeeded = job.status in SUCCESSFUL_JOB_STATUSES
+    stats = job.stats
+    metrics.backup_bytes(
+        read=stats.bytes_read, unchanged=stats.bytes_unchanged, uploaded=stats.bytes_uploaded, ratio=succeeded
+    )
+    if succeeded and job.finished_at is not None:
+        metrics.last_success.set(job.finished_at.timestamp(), {"instance_id": job.instance_id})
 
 
 _PROGRESS_ORDER: dict[int, int] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration
+from strongroom_platform.db import Migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
 from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
@@ -119,6 +119,8 @@ MIGRATIONS: list[Migration] = [
     # ListInstances pages by (account, activation, id): an index walk per page, not a sort (issue 14).
     Migration(9, "CREATE INDEX instances_by_account_page ON instances (account_id, activated_at, instance_id)"),
     Migration(10, _INVENTORY),
+    # The outbox's traceparent column (ADR 0039).
+    outbox_traceparent_migration(11),
 ]
 
 ROLE = SERVICE_ROLES["scheduler"]
