@@ -41,7 +41,6 @@ from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES
 from strongroom_scheduler.repository import _UNFINISHED, PgSchedulerStore
 from strongroom_scheduler.schedule import schedule_due
 from strongroom_scheduler.settings import Settings
-from strongroom_scheduler.testing import RecordingAlerter
 from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
@@ -58,8 +57,8 @@ async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def pg_deps(pool: asyncpg.Pool, clock: FakeClock, alerter: RecordingAlerter) -> Deps:
-    return Deps(store=PgSchedulerStore(pool), clock=clock, alerter=alerter, rng=random.Random(3))
+def pg_deps(pool: asyncpg.Pool, clock: FakeClock) -> Deps:
+    return Deps(store=PgSchedulerStore(pool), clock=clock, rng=random.Random(3))
 
 
 def test_unfinished_statuses_match_the_unique_index() -> None:
