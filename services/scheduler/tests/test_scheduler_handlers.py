@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import logging
 
 import pytest
 from scheduler_helpers import activate, active_instance, call, enroll, job_update, update_job
