@@ -192,9 +192,10 @@ class PgAlertTx(PgTransaction):
         self, delivery_id: str, *, state: int, next_attempt_at: dt.datetime, error: str, now: dt.datetime
     ) -> None:
         await self._conn.execute(
-            "UPDATE alert_deliveries SET state = $2, next_attempt_at = $3,"
-            " last_error = CASE WHEN $4 = '' THEN last_error ELSE $4 END,"
-            " finished_at = CASE WHEN $2 = $6 THEN NULL ELSE $5::timestamptz END WHERE delivery_id = $1",
+            "UPDATE alert_deliveries SET state = $2::smallint, next_attempt_at = $3,"
+            " last_error = CASE WHEN $4::text = '' THEN last_error ELSE $4::text END,"
+            " finished_at = CASE WHEN $2::smallint = $6::smallint THEN NULL ELSE $5::timestamptz END"
+            " WHERE delivery_id = $1",
             delivery_id,
             state,
             next_attempt_at,

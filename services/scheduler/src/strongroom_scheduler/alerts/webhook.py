@@ -16,6 +16,7 @@ Redirects are not followed and no proxy from the environment is used.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import hmac
 import ipaddress
@@ -178,7 +179,11 @@ def verify(secret: str, header: str, body: bytes, now: int, *, tolerance: int = 
 
 
 class AddressRefused(OSError):
-    """The webhook's host resolves to an address webhooks may not reach."""
+    """The webhook's host resolves to an address webhooks may not reach (an OSError, so aiohttp
+    reports it as a connection failure with this text)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EACCES, message)
 
 
 class GuardedResolver(AbstractResolver):
