@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 
 from strongroom_cli import (
+    alerts,
     audit,
     billing,
     browse,
@@ -40,7 +41,7 @@ DEFAULT_TIMEOUT = 30.0
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="strongroom",
-        description="Operate a Strongroom deployment: instances, backup jobs, versions, restores, overview.",
+        description="Operate a Strongroom deployment: instances, backup jobs, versions, restores, overview, alerts.",
     )
     for service in SERVICES:
         parser.add_argument(
@@ -61,7 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     # `--json` is also accepted after the subcommand; SUPPRESS keeps the top-level value when absent.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
-    for module in (instances, jobs, versions, browse, restores, verify, overview, billing, certs, tokens, audit):
+    for module in (
+        instances,
+        jobs,
+        versions,
+        browse,
+        restores,
+        verify,
+        overview,
+        billing,
+        alerts,
+        certs,
+        tokens,
+        audit,
+    ):
         module.register(groups, common)
     # listed for --help only: run() hands `standalone ...` to the runner before parsing
     groups.add_parser("standalone", help="run the whole platform locally (strongroom standalone --help)")
