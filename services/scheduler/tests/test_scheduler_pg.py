@@ -11,6 +11,7 @@ import asyncpg
 import grpc
 import pytest
 from scheduler_helpers import active_instance, admin, call, update_job
+from strongroom.alerts.v1 import alerts_pb2, alerts_pb2_grpc
 from strongroom.audit.v1 import audit_pb2, audit_pb2_grpc
 from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.common.v1 import common_pb2
@@ -24,6 +25,7 @@ from strongroom_platform.clock import SystemClock, utc
 from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.events import (
     AGENT_ENROLLED,
+    ALERT_RAISED,
     AUDIT_RECORDED,
     INSTANCE_ACTIVATED,
     INSTANCE_SETTINGS_CHANGED,
@@ -102,8 +104,15 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         i.instance_id for i in await handlers.list_instances(pg_deps, "acme", "cn-hangzhou", call=call("ListInstances"))
     ] == [instance.instance_id]
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
-    # activation and the settings update each publish the settings (instance-settings-changed)
-    assert topics == [INSTANCE_ACTIVATED, INSTANCE_SETTINGS_CHANGED, INSTANCE_SETTINGS_CHANGED, JOB_REQUESTED]
+    # activation and the settings update each publish the settings (instance-settings-changed);
+    # the partially completed job raises its alert in the transaction that finished it
+    assert topics == [
+        INSTANCE_ACTIVATED,
+        INSTANCE_SETTINGS_CHANGED,
+        INSTANCE_SETTINGS_CHANGED,
+        JOB_REQUESTED,
+        ALERT_RAISED,
+    ]
     assert await pool.fetchval("SELECT count(*) FROM processed_events") == 3
 
 
@@ -193,6 +202,27 @@ async def test_process_serves_grpc_and_events(
             assert requested.job_id == job.job_id
             await bus.publish(JOB_UPDATED, b"k", b"\xff\xff not protobuf")  # poison: to the DLQ, not a crash
             await _wait_for(lambda: bus.topics.get(f"{JOB_UPDATED}.dlq"), "the dead-letter record")
+            # the job fails: its alert goes round the bus (alert-raised) into the account's messages
+            failed = events_pb2.JobUpdated(
+                meta=new_meta("agent-gateway", SystemClock().now()),
+                instance_id=instance_id,
+                job_id=job.job_id,
+                status=common_pb2.JOB_STATUS_FAILED,
+                error="disk full",
+            )
+            await bus.publish(JOB_UPDATED, instance_id.encode(), failed.SerializeToString())
+            messages = alerts_pb2_grpc.AlertServiceStub(channel)
+
+            async def listed() -> list[alerts_pb2.Message]:
+                page = await messages.ListMessages(alerts_pb2.ListMessagesRequest(account_id="a"))
+                return list(page.messages)
+
+            for _ in range(500):
+                if await listed():
+                    break
+                await asyncio.sleep(0.02)
+            [message] = await listed()
+            assert (message.job_id, message.title) == (job.job_id, "Backup failed: n")
 
             # the scheduler serves API tokens: a viewer made by the admin reads but cannot act
             tokens = auth_pb2_grpc.TokenServiceStub(channel)
