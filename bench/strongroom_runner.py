@@ -27,6 +27,7 @@ the throttle runs use the stock agent behaviour.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import sys
 import time
@@ -42,6 +43,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_cli.stack import ManagedProcess, Stack, operator_channel, spawn
+from strongroom_cli.standalone import provision_database
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CA_CERT_FILE, spki_sha256
 from strongroom_servers.kafka import LocalKafka
@@ -132,9 +134,12 @@ class StrongroomBench:
             self.servers.append(server)
         self.s3 = s3
         self.bucket = f"strongroom-{uuid.uuid4().hex[:8]}"
+        # As in production (ADR 0031): the owner migrates, each service logs in as its own role.
+        owner, databases = await provision_database(pg.dsn, clock_offset=dt.timedelta(0))
         env = dict(os.environ)
+        env.pop("STRONGROOM_PG_DSN", None)
         env.update(
-            STRONGROOM_PG_DSN=pg.dsn,
+            STRONGROOM_PG_MIGRATE_DSN=owner,
             STRONGROOM_KAFKA_BOOTSTRAP=kafka.bootstrap,
             STRONGROOM_OBJECT_STORE="s3",
             STRONGROOM_S3_ENDPOINT=s3.endpoint,
@@ -151,9 +156,9 @@ class StrongroomBench:
         self.env = env
         self.stack = Stack()
         tls_dir = self.work / "tls"
-        await self.stack.start(env, self.work / "logs", tls_dir=tls_dir)
+        await self.stack.start(env, self.work / "logs", tls_dir=tls_dir, databases=databases)
         addresses = self.stack.addresses
-        token = await create_admin_token(pg.dsn, list(self.accounts), name="bench")
+        token = await create_admin_token(owner, list(self.accounts), name="bench")
         self.ca_file = tls_dir / CA_CERT_FILE
         self.channels = [
             operator_channel(addresses[n], ca_file=self.ca_file, token=token)
@@ -226,7 +231,7 @@ class StrongroomBench:
         )
         instance_id = activated.instance.instance_id
         state_dir = self.work / "agents" / instance_id
-        env = dict(self.env)
+        env = {k: v for k, v in self.env.items() if k != "STRONGROOM_PG_MIGRATE_DSN"}  # agents hold no database access
         env["BENCH_UNTHROTTLED"] = "1" if unthrottled else "0"
         # Experiments: BENCH_AGENT_ENV_<NAME>=<value> sets <NAME> for the agent process only
         # (e.g. BENCH_AGENT_ENV_MALLOC_ARENA_MAX=2).

@@ -103,7 +103,7 @@ async def main(args: argparse.Namespace) -> str:
         restic_stored = bucket_bytes(bench, restic.s3.bucket)
         print(f"restic: {restic_stored / 1e6:.0f} MB stored", flush=True)
 
-        token = await create_admin_token(bench.env["STRONGROOM_PG_DSN"], inst.account_id, name="bench-verify")
+        token = await create_admin_token(bench.env["STRONGROOM_PG_MIGRATE_DSN"], inst.account_id, name="bench-verify")
         channel = operator_channel(bench.stack.addresses["gateway"], ca_file=bench.ca_file, token=token)
         stub = verify_pb2_grpc.VerifyServiceStub(channel)
         ours: list[float] = []

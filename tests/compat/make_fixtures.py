@@ -14,9 +14,12 @@ from pathlib import Path
 import blake3
 import zstandard
 from strongroom.common.v1 import common_pb2
-from strongroom_gateway import packfile
+from strongroom_gateway import packfile, vault_format
 from strongroom_gateway.crypto import DataKey
+from strongroom_gateway.keys import MasterKey, MasterKeyring
 from strongroom_gateway.manifests import SEALED_VERSION, seal_manifest
+from strongroom_gateway.ports import Account, AccountDataKey, Instance, InstanceFilesystem, Point
+from strongroom_platform.clock import utc
 from strongroom_platform.manifest import VERSION as MANIFEST_VERSION
 from strongroom_platform.manifest import encode_manifest
 
@@ -27,6 +30,11 @@ CHUNK_ID_KEY = bytes(range(32))
 DATA_KEY = bytes(range(32, 64))
 RAW_CHUNK = b"strongroom compat fixture: raw chunk\n"
 ZSTD_CHUNK = b"strongroom compat fixture: zstd chunk " * 20
+MASTER_KEY_ID = "compat-master"
+MASTER_KEY = bytes(range(64, 96))
+INSTANCE_ID = "compat-instance"
+WRITTEN_AT = utc(2026, 12, 6, 12, 0)
+FILESYSTEM = common_pb2.Filesystem(mount_point="/srv", device="/dev/vdb1", fs_type="xfs", capacity_bytes=1 << 40)
 
 
 def chunk_id(content: bytes) -> bytes:
@@ -59,6 +67,41 @@ def entries() -> list[common_pb2.FileEntry]:
     ]
 
 
+def key_record(key: DataKey) -> bytes:
+    master_key_id, wrapped = MasterKeyring(MasterKey(MASTER_KEY_ID, MASTER_KEY)).wrap(ACCOUNT_ID, DATA_KEY)
+    row = AccountDataKey(ACCOUNT_ID, master_key_id, wrapped, WRITTEN_AT)
+    return vault_format.encode_key_record(row, Account(ACCOUNT_ID, CHUNK_ID_KEY, 7), key, WRITTEN_AT)
+
+
+def instance_record(key: DataKey) -> bytes:
+    instance = Instance(
+        INSTANCE_ID, ACCOUNT_ID, None, None, None, WRITTEN_AT, False, "db-1.lan", 1 << 40, "eu-1", "db-1"
+    )
+    filesystems = [
+        InstanceFilesystem(INSTANCE_ID, "/srv", FILESYSTEM.SerializeToString(), True, WRITTEN_AT, WRITTEN_AT)
+    ]
+    return vault_format.seal_instance_record(key, instance, filesystems, WRITTEN_AT)
+
+
+def point_record(key: DataKey) -> bytes:
+    point = Point(
+        POINT_ID,
+        ACCOUNT_ID,
+        INSTANCE_ID,
+        "compat-job",
+        "compat-version",
+        "/srv",
+        FILESYSTEM.SerializeToString(),
+        f"manifests/{ACCOUNT_ID}/{POINT_ID}",
+        3,
+        1234,
+        WRITTEN_AT,
+        WRITTEN_AT + (WRITTEN_AT - utc(2026, 11, 5, 12, 0)),
+        "compat-manifest-version",
+    )
+    return vault_format.seal_point_record(key, point, WRITTEN_AT)
+
+
 def main() -> None:
     key = DataKey(ACCOUNT_ID, DATA_KEY)
     manifest = encode_manifest(entries())
@@ -66,6 +109,9 @@ def main() -> None:
         f"pack-v{packfile.FORMAT_VERSION}.bin": lambda: packfile.encode_pack(blobs(), key).data,
         f"manifest-v{MANIFEST_VERSION}.bin": lambda: manifest,
         f"sealed-manifest-v{SEALED_VERSION}.bin": lambda: seal_manifest(key, POINT_ID, manifest),
+        f"key-record-v{vault_format.VERSION}.bin": lambda: key_record(key),
+        f"instance-record-v{vault_format.VERSION}.bin": lambda: instance_record(key),
+        f"point-record-v{vault_format.VERSION}.bin": lambda: point_record(key),
     }
     for name, make in current.items():
         path = FIXTURES / name

@@ -10,10 +10,22 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from make_fixtures import ACCOUNT_ID, CHUNK_ID_KEY, DATA_KEY, POINT_ID, RAW_CHUNK, ZSTD_CHUNK, chunk_id
-from strongroom_gateway import packfile
+from make_fixtures import (
+    ACCOUNT_ID,
+    CHUNK_ID_KEY,
+    DATA_KEY,
+    INSTANCE_ID,
+    MASTER_KEY,
+    MASTER_KEY_ID,
+    POINT_ID,
+    RAW_CHUNK,
+    ZSTD_CHUNK,
+    chunk_id,
+)
+from strongroom_gateway import packfile, vault_format
 from strongroom_gateway.chunks import ChunkRejected, verify_stored
 from strongroom_gateway.crypto import DataKey
+from strongroom_gateway.keys import MasterKey, MasterKeyring
 from strongroom_gateway.manifests import SUPPORTED_SEALED_VERSIONS, open_manifest
 from strongroom_platform import manifest as manifest_format
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
@@ -25,6 +37,9 @@ PINNED = {
     "pack-v2.bin": "cae315d5304b194f704d619b59db82e65adc92087bcd03d8f07e64a6962666af",
     "manifest-v1.bin": "8ae340854135e17ee6f36cb64084c5d3eb1cc39fb513df4ba77cdbdb574ad47a",
     "sealed-manifest-v1.bin": "278d159b201843fae4ec1ec58c7761e45941e0980957f85b90f9b6890f42690d",
+    "key-record-v1.bin": "a421bd4969592d866d24c6ad2341c5b92eeeed455bad5b03f9dadd97f78e0ebd",
+    "instance-record-v1.bin": "254d10f43b987caaea312e6b76af0298f222314a935b58bca2d82daaeb385a8b",
+    "point-record-v1.bin": "dc2b55d4c12ca17739fe5dd5ff989a268413bcea9ca2bd112e9eb510728f60f0",
 }
 PATHS = ["", "etc", "etc/app.conf", "etc/link"]
 
@@ -43,6 +58,8 @@ def test_every_supported_pack_version_has_a_fixture() -> None:
     assert {f"pack-v{v}.bin" for v in packfile.SUPPORTED_VERSIONS} <= set(PINNED)
     assert {f"sealed-manifest-v{v}.bin" for v in SUPPORTED_SEALED_VERSIONS} <= set(PINNED)
     assert {f"manifest-v{v}.bin" for v in manifest_format.SUPPORTED_VERSIONS} <= set(PINNED)
+    for kind in ("key", "instance", "point"):
+        assert {f"{kind}-record-v{v}.bin" for v in vault_format.SUPPORTED_VERSIONS} <= set(PINNED)
 
 
 @pytest.mark.parametrize(("name", "version"), [("pack-v1.bin", 1), ("pack-v2.bin", 2)])
@@ -115,3 +132,42 @@ def test_unknown_magic_is_refused() -> None:
         packfile.decode_index(b"XXXX" + fixture("pack-v1.bin")[4:])
     with pytest.raises(ManifestFormatError, match="bad magic"):
         open_manifest(KEY, POINT_ID, b"SRXX\x01" + bytes(40))
+
+
+def test_vault_record_fixtures_read_back() -> None:
+    record = vault_format.decode_key_record(fixture("key-record-v1.bin"))
+    ring = MasterKeyring(MasterKey(MASTER_KEY_ID, MASTER_KEY))
+    assert ring.unwrap(record.account_id, record.master_key_id, bytes(record.wrapped_key)) == DATA_KEY
+    account = vault_format.open_account_secrets(record, KEY)
+    assert account is not None and (account.chunk_id_key, account.chunker_seed) == (CHUNK_ID_KEY, 7)
+    instance = vault_format.open_instance_record(KEY, INSTANCE_ID, fixture("instance-record-v1.bin"))
+    assert (instance.account_id, instance.region, instance.name, instance.hostname) == (
+        ACCOUNT_ID,
+        "eu-1",
+        "db-1",
+        "db-1.lan",
+    )
+    assert [(f.filesystem.mount_point, f.approved) for f in instance.filesystems] == [("/srv", True)]
+    point = vault_format.point_row(vault_format.open_point_record(KEY, POINT_ID, fixture("point-record-v1.bin")))
+    assert (point.instance_id, point.mount_point, point.manifest_version_id) == (
+        INSTANCE_ID,
+        "/srv",
+        "compat-manifest-version",
+    )
+    with pytest.raises(vault_format.VaultFormatError, match="authentication failed"):
+        vault_format.open_point_record(KEY, "another-point", fixture("point-record-v1.bin"))
+
+
+def test_future_vault_record_versions_are_refused_clearly() -> None:
+    future = _future(vault_format.SUPPORTED_VERSIONS)
+    for name, read in (
+        ("key-record-v1.bin", vault_format.decode_key_record),
+        ("instance-record-v1.bin", lambda data: vault_format.open_instance_record(KEY, INSTANCE_ID, data)),
+        ("point-record-v1.bin", lambda data: vault_format.open_point_record(KEY, POINT_ID, data)),
+    ):
+        data = bytearray(fixture(name))
+        data[4] = future
+        with pytest.raises(vault_format.VaultFormatError, match=f"unsupported .* version {future}"):
+            read(bytes(data))
+        with pytest.raises(vault_format.VaultFormatError, match="bad magic"):
+            read(b"SRXX" + fixture(name)[4:])

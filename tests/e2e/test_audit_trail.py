@@ -27,7 +27,7 @@ SCHEDULER = "/strongroom.scheduler.v1.SchedulerService/"
 
 
 async def test_mutations_and_refusals_are_recorded_and_read_back_by_admins(platform: Platform) -> None:
-    dsn = platform.env["STRONGROOM_PG_DSN"]
+    dsn = platform.env["STRONGROOM_PG_MIGRATE_DSN"]
     ca = platform.tls_dir / CA_CERT_FILE
     scheduler_address = platform.stack.addresses["scheduler"]
     started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)

@@ -27,10 +27,10 @@ from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from strongroom_cli.stack import ManagedProcess, Stack, operator_channel, spawn
+from strongroom_cli.stack import SERVICES, ManagedProcess, Stack, operator_channel, spawn
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CA_CERT_FILE, spki_sha256
-from strongroom_testing.fixtures import S3Config
+from strongroom_testing.fixtures import PgLogins, S3Config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -83,7 +83,9 @@ class Platform:
 
 
 @pytest.fixture
-async def platform(stack_kafka: str, pg_dsn: str, s3_config: S3Config, tmp_path: Path) -> AsyncIterator[Platform]:
+async def platform(
+    stack_kafka: str, pg_logins: PgLogins, s3_config: S3Config, tmp_path: Path
+) -> AsyncIterator[Platform]:
     store = {
         "STRONGROOM_OBJECT_STORE": "s3",
         "STRONGROOM_S3_ENDPOINT": s3_config.endpoint,
@@ -92,27 +94,29 @@ async def platform(stack_kafka: str, pg_dsn: str, s3_config: S3Config, tmp_path:
         "STRONGROOM_S3_SECURE": "1" if s3_config.secure else "0",
         "STRONGROOM_S3_BUCKET": f"e2e-{uuid.uuid4().hex[:12]}",
     }
-    async with running_platform(stack_kafka, pg_dsn, tmp_path, store) as running:
+    async with running_platform(stack_kafka, pg_logins, tmp_path, store) as running:
         yield running
 
 
 @contextlib.asynccontextmanager
 async def running_platform(
-    kafka_bootstrap: str, pg_dsn: str, tmp_path: Path, settings: dict[str, str]
+    kafka_bootstrap: str, pg_logins: PgLogins, tmp_path: Path, settings: dict[str, str]
 ) -> AsyncIterator[Platform]:
-    """The five services with TLS, an admin token for account "acme" and operator stubs; ``settings`` on top."""
+    """The five services with TLS, each as its own PostgreSQL role, an admin token for account "acme"
+    and operator stubs; ``settings`` on top. ``env`` holds the migration owner's DSN (for the test)."""
     env = dict(os.environ)
     env.update(
-        STRONGROOM_PG_DSN=pg_dsn,
+        STRONGROOM_PG_MIGRATE_DSN=pg_logins.owner,
         STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
         STRONGROOM_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
     )
     env.update(settings)
     logs, tls_dir = tmp_path / "logs", tmp_path / "tls"
     stack = Stack()
-    await stack.start(env, logs, tls_dir=tls_dir)
+    databases = {name: pg_logins.service(name) for name in SERVICES}
+    await stack.start(env, logs, tls_dir=tls_dir, databases=databases)
     addresses = stack.addresses
-    token = await create_admin_token(pg_dsn, "acme")
+    token = await create_admin_token(pg_logins.owner, "acme")
     channels = [
         operator_channel(addresses[name], ca_file=tls_dir / CA_CERT_FILE, token=token)
         for name in ("scheduler", "catalog", "restore")

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from strongroom.common.v1 import common_pb2
 from strongroom_platform.objectstore_fs import key_to_parts
+from strongroom_testing.fixtures import PgLogins
 from test_backup_restore import (
     assert_same_file,
     backup,
@@ -58,20 +59,20 @@ def version_file(store: Path, key: str, version_id: str) -> Path:
 
 
 async def test_a_damaged_pack_fails_only_the_files_in_it(
-    stack_kafka: str, pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack_kafka: str, pg_logins: PgLogins, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tmp_path / "objects"
     settings = {"STRONGROOM_OBJECT_STORE": f"file:{store}", "STRONGROOM_GATEWAY_PACK_BYTES": str(1 << 20)}
     source = tmp_path / "source"
     by_size = make_files(source)
-    async with running_platform(stack_kafka, pg_dsn, tmp_path, settings) as platform:
+    async with running_platform(stack_kafka, pg_logins, tmp_path, settings) as platform:
         instance_id, agent = await enrolled_instance(platform, source, tmp_path / "agent-state")
         try:
             await backup(platform, instance_id)
             [version] = await versions_with_points(platform, instance_id, 1)
             [point] = version.points
 
-            conn = await asyncpg.connect(pg_dsn)
+            conn = await asyncpg.connect(pg_logins.owner)
             try:
                 rows = await conn.fetch(
                     'SELECT c.chunk_id, c."offset", c.length, c.raw_length, p.object_key, p.version_id'

@@ -27,7 +27,7 @@ from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_servers import free_port
 from strongroom_servers.kafka import LocalKafka
 from strongroom_testing.faults import TcpProxy
-from strongroom_testing.fixtures import S3Config, start_or_skip
+from strongroom_testing.fixtures import PgLogins, S3Config, start_or_skip
 from test_backup_restore import FINISHED, Platform, running_platform, versions_with_points
 from test_resume import activate, finished, make_tree, start_agent, uploaded_at_least, wait_ready
 
@@ -41,15 +41,16 @@ RAW_DRIVER_TEXT = ("ConnectionRefused", "asyncpg", "Errno", "ConnectionDoesNotEx
 
 
 @pytest.fixture
-async def pg_proxy(pg_dsn: str) -> AsyncIterator[tuple[TcpProxy, str]]:
-    host, port = pg_dsn.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
+async def pg_proxy(pg_logins: PgLogins) -> AsyncIterator[tuple[TcpProxy, PgLogins]]:
+    """A proxy in front of PostgreSQL, and the test database's logins through it."""
+    host, port = pg_logins.owner.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
     async with TcpProxy(host, int(port)) as proxy:
-        yield proxy, proxy.dsn_via(pg_dsn)
+        yield proxy, PgLogins(owner=proxy.dsn_via(pg_logins.owner), role_password=pg_logins.role_password)
 
 
 @pytest.fixture
 async def platform(
-    stack_kafka: str, pg_proxy: tuple[TcpProxy, str], s3_config: S3Config, tmp_path: Path
+    stack_kafka: str, pg_proxy: tuple[TcpProxy, PgLogins], s3_config: S3Config, tmp_path: Path
 ) -> AsyncIterator[Platform]:
     async with running_platform(stack_kafka, pg_proxy[1], tmp_path, s3_settings(s3_config)) as running:
         yield running
@@ -96,7 +97,7 @@ def digest(path: Path) -> str:
 
 
 async def test_a_database_outage_mid_backup_and_mid_restore_costs_retries_not_the_jobs(
-    platform: Platform, pg_proxy: tuple[TcpProxy, str], tmp_path: Path
+    platform: Platform, pg_proxy: tuple[TcpProxy, PgLogins], tmp_path: Path
 ) -> None:
     proxy = pg_proxy[0]
     source = tmp_path / "source"
@@ -166,9 +167,9 @@ def restartable_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
 
 @pytest.fixture
 async def broker_platform(
-    restartable_kafka: LocalKafka, pg_dsn: str, s3_config: S3Config, tmp_path: Path
+    restartable_kafka: LocalKafka, pg_logins: PgLogins, s3_config: S3Config, tmp_path: Path
 ) -> AsyncIterator[Platform]:
-    async with running_platform(restartable_kafka.bootstrap, pg_dsn, tmp_path, s3_settings(s3_config)) as running:
+    async with running_platform(restartable_kafka.bootstrap, pg_logins, tmp_path, s3_settings(s3_config)) as running:
         yield running
 
 

@@ -90,7 +90,7 @@ async def call(channel: grpc.aio.Channel, method: str, request: Message) -> tupl
 
 async def test_every_operator_rpc_holds_the_account_boundary(platform: Platform, tmp_path: Path) -> None:
     stack, env = platform.stack, platform.env
-    dsn = env["STRONGROOM_PG_DSN"]
+    dsn = env["STRONGROOM_PG_MIGRATE_DSN"]
     ca = platform.tls_dir / CA_CERT_FILE
     addresses = stack.addresses
 
@@ -203,7 +203,7 @@ async def test_agent_rpcs_and_manifests_need_their_own_identities(platform: Plat
 async def test_restore_targets_of_another_account_or_unknown_are_refused_alike(
     platform: Platform, tmp_path: Path
 ) -> None:
-    dsn = platform.env["STRONGROOM_PG_DSN"]
+    dsn = platform.env["STRONGROOM_PG_MIGRATE_DSN"]
     ca = platform.tls_dir / CA_CERT_FILE
     source = tmp_path / "source"
     make_tree(source)

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CA_CERT_FILE
+from strongroom_testing.fixtures import PgLogins
 from test_backup_restore import Platform, backup, enrolled_instance, running_platform, versions_with_points
 from test_damaged_restore import make_files, version_file
 
@@ -57,14 +58,14 @@ def field(out: str, label: str) -> str:
 
 
 async def test_verify_finds_a_flipped_byte_and_lists_the_damaged_files(
-    stack_kafka: str, pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack_kafka: str, pg_logins: PgLogins, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tmp_path / "objects"
     settings = {"STRONGROOM_OBJECT_STORE": f"file:{store}", "STRONGROOM_GATEWAY_PACK_BYTES": str(1 << 20)}
     source = tmp_path / "source"
     by_size = make_files(source)
-    async with running_platform(stack_kafka, pg_dsn, tmp_path, settings) as platform:
-        token = await create_admin_token(pg_dsn, "acme")
+    async with running_platform(stack_kafka, pg_logins, tmp_path, settings) as platform:
+        token = await create_admin_token(pg_logins.owner, "acme")
         instance_id, agent = await enrolled_instance(platform, source, tmp_path / "agent-state")
         try:
             await backup(platform, instance_id)
@@ -83,7 +84,7 @@ async def test_verify_finds_a_flipped_byte_and_lists_the_damaged_files(
         packs_read = field(out, "Packs read")
 
         # One byte flipped in one blob of the pack that holds the chunk two files share.
-        conn = await asyncpg.connect(pg_dsn)
+        conn = await asyncpg.connect(pg_logins.owner)
         try:
             rows = await conn.fetch(
                 'SELECT c.chunk_id, c."offset", c.length, c.raw_length, p.object_key, p.version_id, p.pack_id'
@@ -118,7 +119,7 @@ async def test_verify_finds_a_flipped_byte_and_lists_the_damaged_files(
         assert row.split()[-2:] == ["2", "1"]  # damaged files of the newest verified point, damaged points
 
         # Another account's operator sees none of it.
-        other = await create_admin_token(pg_dsn, "other")
+        other = await create_admin_token(pg_logins.owner, "other")
         code, out = await strongroom(platform, other, "verify", "point", point.point_id)
         assert code == 1 and "NOT_FOUND" in out, out
     with capsys.disabled():

@@ -16,6 +16,7 @@ from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
 from strongroom.gateway.v1 import verify_pb2, verify_pb2_grpc
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -53,9 +54,27 @@ def _instance(instance_id: str, name: str = "web-1", **kwargs: object) -> schedu
         next_backup_at=Timestamp(seconds=T0.seconds + 3600),
         activated_at=T0,
         hostname="web-1.example",
+        schedule_zone="UTC+08:00",
         **values,  # type: ignore[arg-type]
     )
     return instance
+
+
+def _next_step(job: scheduler_pb2.BackupJob, *, partial: bool) -> scheduler_pb2.BackupJob:
+    """QUEUED → RUNNING (half read) → COMPLETE, or PARTIAL_COMPLETE with one failed file."""
+    step = scheduler_pb2.BackupJob()
+    step.CopyFrom(job)
+    if job.status == common_pb2.JOB_STATUS_QUEUED:
+        step.status = common_pb2.JOB_STATUS_RUNNING
+        step.stats.CopyFrom(
+            common_pb2.JobStats(files_scanned=10, bytes_scanned=10 << 20, files_read=5, bytes_read=5 << 20)
+        )
+    elif job.status == common_pb2.JOB_STATUS_RUNNING:
+        step.status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE if partial else common_pb2.JOB_STATUS_COMPLETE
+        step.stats.files_read, step.stats.bytes_read = 10, 10 << 20
+        step.stats.files_failed = 1 if partial else 0
+        step.version_id = "v-2"
+    return step
 
 
 class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -94,16 +113,24 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     def ListInstances(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListInstances", request)
-        return scheduler_pb2.ListInstancesResponse(instances=list(self.instances.values()))
+        # one instance per page, so that the CLI's paging is exercised
+        ordered = list(self.instances.values())
+        start = int(request.page_token or 0)
+        more = start + 1 < len(ordered)
+        return scheduler_pb2.ListInstancesResponse(
+            instances=ordered[start : start + 1], next_page_token=str(start + 1) if more else ""
+        )
 
     def RunBackupNow(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("RunBackupNow", request)
         instance = self._get(request.instance_id, context)
         if instance.status == scheduler_pb2.RUNNING_STATUS_PAUSED:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"backup of instance {request.instance_id} is paused")
-        return scheduler_pb2.BackupJob(
+        job = scheduler_pb2.BackupJob(
             job_id="j-2", instance_id=request.instance_id, status=common_pb2.JOB_STATUS_QUEUED, created_at=T0
         )
+        self.jobs["j-2"] = job
+        return job
 
     def PauseBackup(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("PauseBackup", request)
@@ -142,7 +169,10 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.calls.record("GetJob", request)
         if request.job_id not in self.jobs:
             context.abort(grpc.StatusCode.NOT_FOUND, f"backup job {request.job_id} not found")
-        return self.jobs[request.job_id]
+        job = self.jobs[request.job_id]
+        if request.job_id == "j-2":  # the job started by RunBackupNow moves on one step per look
+            self.jobs["j-2"] = _next_step(job, partial=job.instance_id == "i-2")
+        return job
 
     def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("CancelJob", request)
@@ -172,6 +202,8 @@ class FakeCatalog(catalog_pb2_grpc.CatalogServiceServicer):
 
     def ListVersions(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListVersions", request)
+        if request.instance_id not in ("i-1", "i-2"):  # the catalog lists nothing for an id it never saw
+            return catalog_pb2.ListVersionsResponse()
         point = catalog_pb2.Point(
             point_id="p-1",
             version_id="v-1",
@@ -445,7 +477,7 @@ class FakeAlerts(alerts_pb2_grpc.AlertServiceServicer):
         self.messages = [
             alerts_pb2.Message(
                 message_id=f"m-{n}",
-                kind=2,
+                kind=events_pb2.ALERT_KIND_BACKUP_FAILED,
                 title=f"Backup failed: web-{n}",
                 body=f"Instance web-{n} (i-{n}), backup job j-{n}: the source root /data does not exist",
                 instance_id=f"i-{n}",

@@ -22,6 +22,8 @@ def services(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeSe
     monkeypatch.delenv("STRONGROOM_STANDALONE_DIR", raising=False)
     # the fakes speak plaintext; test_cli_login checks that the CLI refuses it by default
     monkeypatch.setenv("STRONGROOM_INSECURE_PLAINTEXT", "1")
+    # the tests read times in UTC+8; the default (this machine's zone) is tested apart
+    monkeypatch.setenv("STRONGROOM_TZ", "UTC+8")
     monkeypatch.setenv("STRONGROOM_CONFIG", str(tmp_path / "config" / "credentials.json"))
     with fake_services() as fakes:
         for name in SERVICES:

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +26,7 @@ def test_instances_list_table(services: FakeServices, cli: Cli) -> None:
     code, out, err = cli("instances", "list", "--region", "cn-hangzhou")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", "NEXT", "BACKUP", "(UTC+8)"]
+    assert lines[0].split() == ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", "NEXT", "BACKUP", "(UTC+08:00)"]
     assert lines[1].split() == ["i-1", "web-1", "cn-hangzhou", "running", "low", "02:30", "2026-01-01", "11:00:00"]
     assert len(lines) == 3
     request = services.calls.last("ListInstances")
@@ -69,7 +73,7 @@ def test_activate_with_priority_only_picks_a_default_window_time(services: FakeS
 def test_show_instance_fields(services: FakeServices, cli: Cli) -> None:
     code, out, _ = cli("instances", "show", "i-1")
     assert code == 0
-    assert field(out, "Daily start") == "02:30 (UTC+8)"
+    assert field(out, "Daily start") == "02:30 (UTC+08:00)"
     assert field(out, "Keep latest") == "on"
     assert field(out, "Roots") == "all block-storage filesystems"
     assert field(out, "Activated") == "2026-01-01 10:00:00"
@@ -184,7 +188,7 @@ def test_restore_onto_another_instance_at_the_original_path_is_confirmed(service
 def test_restore_wait_polls_until_complete(services: FakeServices, cli: Cli) -> None:
     code, out, _ = cli("restore", "create", "p-1", "--wait", "--poll-interval", "0.01")
     assert code == 0
-    assert "waiting for it to finish" in out
+    assert out.startswith("Restore job:")  # not a terminal: no progress bar, only the result
     assert field(out, "Status") == "complete"
     assert len(services.calls.requests["GetRestoreJob"]) == 2
 
@@ -199,7 +203,7 @@ def test_restore_wait_exits_1_when_failed(services: FakeServices, cli: Cli) -> N
 def test_restore_wait_lists_the_failed_files_of_a_partial_restore(services: FakeServices, cli: Cli) -> None:
     services.restore.final_status = common_pb2.JOB_STATUS_PARTIAL_COMPLETE
     code, out, _ = cli("restore", "create", "p-1", "--wait", "--poll-interval", "0.01")
-    assert code == 0
+    assert code == 3  # partially complete: the files listed below failed
     assert field(out, "Status") == "partial complete" and field(out, "Failed") == "3 files"
     assert out.endswith(
         "Failed files:\n"
@@ -313,3 +317,81 @@ def test_sizes() -> None:
         "1.5 KiB",
         "100.0 GiB",
     ]
+
+
+def test_times_show_in_the_zone_asked_for(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("--tz", "UTC", "instances", "show", "i-1")
+    assert code == 0
+    assert field(out, "Activated") == "2026-01-01 02:00:00"  # 10:00 in UTC+8
+    assert field(out, "Daily start") == "02:30 (UTC+08:00)"  # a minute of the schedule zone, named
+    code, out, _ = cli("--tz", "Asia/Kolkata", "instances", "list")
+    assert "(IST)" in out.splitlines()[0] and "2026-01-01 08:30:00" in out
+
+
+def test_an_unknown_zone_is_refused(services: FakeServices, cli: Cli) -> None:
+    code, _, err = cli("--tz", "Nowhere/Atlantis", "instances", "list")
+    assert code == 2 and "error: --tz: unknown zone 'Nowhere/Atlantis'" in err
+
+
+def test_by_default_times_show_in_this_machines_zone(
+    services: FakeServices, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRONGROOM_TZ")
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        code, out, _ = cli("instances", "show", "i-1")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert code == 0
+    assert field(out, "Activated") == "2026-01-01 11:00:00"  # 02:00 UTC in Tokyo
+
+
+def test_backup_now_wait_follows_the_job_to_its_end(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("instances", "backup-now", "i-1", "--wait", "--poll-interval", "0.01")
+    assert code == 0
+    assert field(out, "Status") == "complete"
+    assert field(out, "Version") == "v-2"
+    code, out, _ = cli("--json", "instances", "backup-now", "i-2", "--wait", "--poll-interval", "0.01")
+    assert code == 3  # partially complete: some files failed
+    assert json.loads(out)["status"] == "JOB_STATUS_PARTIAL_COMPLETE"
+
+
+def test_without_wait_backup_now_returns_at_once(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("instances", "backup-now", "i-1")
+    assert (code, field(out, "Status")) == (0, "queued")
+
+
+def test_errors_are_json_under_json(services: FakeServices, cli: Cli) -> None:
+    code, out, err = cli("--json", "jobs", "show", "j-9")
+    assert code == 1 and err == ""
+    assert json.loads(out) == {"error": {"code": "NOT_FOUND", "message": "backup job j-9 not found"}}
+
+
+def test_a_list_of_an_unknown_instance_exits_non_zero(services: FakeServices, cli: Cli) -> None:
+    code, _, err = cli("versions", "list", "i-nope")
+    assert (code, err) == (1, "error: NOT_FOUND: instance i-nope not found\n")
+    code, _, err = cli("restore", "list", "i-nope")
+    assert (code, err) == (1, "error: NOT_FOUND: instance i-nope not found\n")
+    assert cli("restore", "list", "i-1")[0] == 0  # known, with no restore jobs yet
+
+
+def test_version(cli: Cli) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli("--version")
+    assert exited.value.code == 0
+
+
+def test_a_closed_pipe_ends_quietly(services: FakeServices) -> None:
+    # `true` exits without reading: the CLI's first write meets a closed pipe
+    command = f"{shlex.quote(sys.executable)} -m strongroom_cli --json instances list | true"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 0
+
+
+def test_instances_list_reads_every_page(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("instances", "list")
+    assert code == 0 and "i-1" in out and "i-2" in out
+    assert [r.page_token for r in services.calls.requests["ListInstances"]] == ["", "1"]

@@ -130,6 +130,8 @@ async def test_the_gateway_adapter_works_with_the_gateway_identity_alone(identit
     await store.extend_retention("packs/ab/one", until + dt.timedelta(days=1), version_id=version)
     assert (await store.stat("packs/ab/one", version_id=version)).retain_until == until + dt.timedelta(days=1)
     assert [key async for key in store.list("packs/")] == ["packs/ab/one"]
+    # Every version, also behind a marker: how the gateway finds vault records (ADR 0032).
+    assert [(v.key, v.version_id) async for v in store.list_versions("packs/")] == [("packs/ab/one", version)]
 
 
 @pytest.mark.integration

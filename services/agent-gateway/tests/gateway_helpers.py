@@ -65,7 +65,7 @@ class GatewayHarness:
         self._event_offset = 0
 
     async def start(self) -> None:
-        self.keys = AccountKeys(self.store, self.keyring, self.clock)
+        self.keys = AccountKeys(self.store, self.keyring, self.clock, objects=self.objects)
         self.writer = PackWriter(
             self.store,
             self.objects,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Protocol
 
 import pytest
 from strongroom.events.v1 import events_pb2
-from strongroom_gateway.ports import Account, AccountDataKey, ChunkLocation, GatewayStore, Job, Pack, Point
+from strongroom_gateway.ports import Account, AccountDataKey, ChunkLocation, GatewayStore, Instance, Job, Pack, Point
 from strongroom_platform import events
 from strongroom_platform.clock import utc
 
@@ -69,6 +70,20 @@ class GatewayStoreContract:
             await tx.activate_instance("i-1", "acct-a", "n" * 64, T0)
             again = await tx.get_instance("i-1")
             assert again is not None and not again.revoked and again.token_sha256 == "n" * 64
+
+    async def test_region_and_name_and_a_recovered_instance(self, harness: StoreHarness) -> None:
+        await self._accounts(harness.store)
+        async with harness.store.transaction() as tx:
+            await tx.activate_instance("i-1", "acct-a", "h" * 64, T0, region="eu-1", name="web-1")
+            # A new token without region or name (an older scheduler) keeps them.
+            await tx.activate_instance("i-1", "acct-a", "n" * 64, T0)
+            kept = await tx.get_instance("i-1")
+            assert kept is not None and (kept.region, kept.name) == ("eu-1", "web-1")
+            recovered = Instance("i-2", "acct-a", None, None, None, T0, False, "db-1", 0, "eu-2", "db")
+            assert await tx.recover_instance(recovered)
+            assert not await tx.recover_instance(dataclasses.replace(recovered, account_id="acct-b", name="x"))
+            stored = await tx.get_instance("i-2")
+            assert stored == recovered  # no token, no credential: it enrolls again with a new token
 
     async def test_jobs(self, harness: StoreHarness) -> None:
         async with harness.store.transaction() as tx:

@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from strongroom_gateway.agent_cert_store import AgentCertificate
-from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.ports import Account, GatewayStore
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.clock import utc
-from strongroom_platform.db import create_pool, migrate
 
 NOW = utc(2026, 12, 1, 12, 0)
 DAY = dt.timedelta(days=1)
@@ -23,9 +22,8 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[GatewayStore]:
     if request.param == "memory":
         yield InMemoryGatewayStore()
         return
-    pool = await create_pool(request.getfixturevalue("pg_dsn"), SCHEMA)
+    pool = await request.getfixturevalue("pg_logins").pool(SPEC)
     try:
-        await migrate(pool, SCHEMA, MIGRATIONS)
         yield PgGatewayStore(pool)
     finally:
         await pool.close()

@@ -21,11 +21,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from gateway_helpers import GatewayHarness, meta
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.gateway.v1 import agent_admin_pb2, agent_admin_pb2_grpc
-from strongroom_gateway import agent_certs
+from strongroom_gateway import agent_certs, vault_format
 from strongroom_gateway.agent_certs import CertificateIssuer, serial_hex
 from strongroom_gateway.grpc_api import AgentAdminServicer, GatewayServicer, register, register_admin
+from strongroom_gateway.ports import InstanceFilesystem
+from strongroom_gateway.vault import Vault
 from strongroom_platform import events
 from strongroom_platform.auth import AgentCall, Authenticator, AuthInterceptor
 from strongroom_platform.certs import (
@@ -133,7 +136,8 @@ async def listeners(clock: FakeClock, tmp_path: Path) -> AsyncIterator[Listeners
         credentials=server_credentials(dataclasses.replace(tls, client_ca_file=agent_ca_cert)),
         interceptors=[by_cert],
     )
-    admin = register_admin(AgentAdminServicer(store=gw.store, clock=clock, sessions=gw.sessions))
+    vault = Vault(gw.store, gw.objects, gw.keys, clock)
+    admin = register_admin(AgentAdminServicer(store=gw.store, clock=clock, sessions=gw.sessions, vault=vault))
     internal, internal_port = await start_grpc_server(
         "127.0.0.1:0",
         admin,
@@ -306,3 +310,43 @@ async def test_bearer_can_be_limited_to_renewal(listeners: Listeners) -> None:
     assert principal.agent_instance == "i-1"
     with pytest.raises(Exception, match="over mTLS"):
         await check(AgentCall("/strongroom.agent.v1.AgentGatewayService/UploadChunks", bearer, {}))
+
+
+async def test_an_admin_lists_and_approves_a_pending_filesystem_and_the_dr_record_follows(
+    listeners: Listeners, clock: FakeClock
+) -> None:
+    await listeners.enroll("i-1")
+    new_disk = common_pb2.Filesystem(mount_point="/data2", device="/dev/vdc1", fs_type="xfs")
+    async with listeners.gw.store.transaction() as tx:
+        await tx.add_instance_filesystem(
+            InstanceFilesystem("i-1", "/data2", new_disk.SerializeToString(), False, clock.now())
+        )
+    listing = agent_admin_pb2.ListInstanceFilesystemsRequest(instance_id="i-1", pending_only=True)
+    approval = agent_admin_pb2.ApproveInstanceFilesystemRequest(instance_id="i-1", mount_point="/data2")
+    # Another service identity may neither read nor approve.
+    catalog = listeners.admin_stub("catalog")
+    assert await _code(catalog.ListInstanceFilesystems(listing)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await _code(catalog.ApproveInstanceFilesystem(approval)) == grpc.StatusCode.PERMISSION_DENIED
+
+    admin = listeners.admin_stub()
+    clock.advance(1)  # records are named by the time they are written: the approval's sorts last
+    pending = await admin.ListInstanceFilesystems(listing)
+    assert [(f.filesystem.mount_point, f.approved) for f in pending.filesystems] == [("/data2", False)]
+    approved = await admin.ApproveInstanceFilesystem(approval)
+    assert approved.approved and approved.filesystem == new_disk and approved.HasField("approved_at")
+    assert not (await admin.ListInstanceFilesystems(listing)).filesystems
+    recorded = [(e.subject, e.result_code, dict(e.resources)) for e in listeners.audited.events]
+    assert ("service:admin", "OK", {"instance_id": "i-1", "mount_point": "/data2"}) in recorded
+
+    # The instance's disaster-recovery record says so.
+    keys = [k async for k in listeners.gw.objects.list("vault/instances/acct-a/i-1/")]
+    newest = await listeners.gw.objects.get(keys[-1])
+    record = vault_format.open_instance_record(await listeners.gw.data_key("acct-a"), "i-1", newest)
+    assert ("/data2", True) in [(f.filesystem.mount_point, f.approved) for f in record.filesystems]
+
+    unknown = agent_admin_pb2.ApproveInstanceFilesystemRequest(instance_id="i-1", mount_point="/nope")
+    assert await _code(admin.ApproveInstanceFilesystem(unknown)) == grpc.StatusCode.NOT_FOUND
+    hostile = agent_admin_pb2.ApproveInstanceFilesystemRequest(instance_id="i-1", mount_point="/a\x00b")
+    assert await _code(admin.ApproveInstanceFilesystem(hostile)) == grpc.StatusCode.INVALID_ARGUMENT
+    missing = agent_admin_pb2.ListInstanceFilesystemsRequest(instance_id="i-404")
+    assert await _code(admin.ListInstanceFilesystems(missing)) == grpc.StatusCode.NOT_FOUND

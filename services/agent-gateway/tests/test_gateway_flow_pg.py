@@ -9,19 +9,18 @@ import pytest
 from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.events.v1 import events_pb2
-from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_platform import events
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.testing import FakeClock
+from strongroom_testing.fixtures import PgLogins
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def pg_gw(pg_dsn: str, clock: FakeClock) -> AsyncIterator[tuple[GatewayHarness, object]]:
-    pool = await create_pool(pg_dsn, SCHEMA)
-    await migrate(pool, SCHEMA, MIGRATIONS)
+async def pg_gw(pg_logins: PgLogins, clock: FakeClock) -> AsyncIterator[tuple[GatewayHarness, object]]:
+    pool = await pg_logins.pool(SPEC)
     harness = GatewayHarness(clock, store=PgGatewayStore(pool), pack_target_bytes=1 << 20)
     await harness.start()
     try:

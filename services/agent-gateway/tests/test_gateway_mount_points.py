@@ -18,11 +18,11 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway import filesystems
 from strongroom_gateway.errors import NotFound
-from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_platform import events
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.testing import FakeClock
+from strongroom_testing.fixtures import PgLogins
 
 APPROVAL = "an operator must approve the new filesystem"
 
@@ -120,9 +120,8 @@ async def test_approving_a_filesystem_nobody_reported_is_not_found(gw: GatewayHa
 
 
 @pytest.fixture
-async def pg_gw(pg_dsn: str, clock: FakeClock) -> AsyncIterator[GatewayHarness]:
-    pool = await create_pool(pg_dsn, SCHEMA)
-    await migrate(pool, SCHEMA, MIGRATIONS)
+async def pg_gw(pg_logins: PgLogins, clock: FakeClock) -> AsyncIterator[GatewayHarness]:
+    pool = await pg_logins.pool(SPEC)
     harness = GatewayHarness(clock, store=PgGatewayStore(pool))
     await harness.start()
     try:

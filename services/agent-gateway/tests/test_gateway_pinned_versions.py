@@ -19,18 +19,24 @@ from gateway_helpers import Agent, GatewayHarness, aiter_of, chunk_id, dir_entry
 from minio import Minio
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
 from strongroom.gateway.v1 import manifest_pb2
+from strongroom_gateway import vault_format
 from strongroom_gateway.ingest import RETENTION
-from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.keys import AccountKeys, DataKeyMissing
+from strongroom_gateway.manifests import open_manifest
+from strongroom_gateway.migrations import SPEC
+from strongroom_gateway.rebuild import rebuild_from_bucket
 from strongroom_gateway.repository import PgGatewayStore
+from strongroom_gateway.testing import InMemoryGatewayStore
+from strongroom_platform import events
 from strongroom_platform.clock import SystemClock
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.manifest import decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound
 from strongroom_platform.objectstore_s3 import S3ObjectStore
 from strongroom_platform.testing import FakeClock
 from strongroom_testing.contracts import Attacker, InMemoryAttacker, S3Attacker
-from strongroom_testing.fixtures import S3Config
+from strongroom_testing.fixtures import PgLogins, S3Config
 
 
 @dataclass
@@ -53,7 +59,7 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
             await gw.stop()
         return
     s3_config: S3Config = request.getfixturevalue("s3_config")
-    pg_dsn: str = request.getfixturevalue("pg_dsn")
+    pg_logins: PgLogins = request.getfixturevalue("pg_logins")
     client = Minio(
         s3_config.endpoint,
         access_key=s3_config.access_key,
@@ -63,8 +69,7 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     )
     objects = S3ObjectStore(client, f"pinned-{uuid.uuid4().hex[:12]}", clock=clock)
     await objects.ensure_bucket()
-    pool = await create_pool(pg_dsn, SCHEMA)
-    await migrate(pool, SCHEMA, MIGRATIONS)
+    pool = await pg_logins.pool(SPEC)
     gw = GatewayHarness(clock, store=PgGatewayStore(pool))
     gw.objects = objects  # type: ignore[assignment]
     await gw.start()
@@ -173,3 +178,51 @@ async def test_synthesis_and_lock_extension_use_the_written_versions(setup: Setu
     pinned = await gw.objects.stat(location.object_key, version_id=location.version_id)
     assert pinned.retain_until is not None and pinned.retain_until > gw.clock.now() + RETENTION
     assert location.object_key in packs
+
+
+async def _attack_the_key(gw: GatewayHarness, attacker: Attacker, account_id: str) -> None:
+    """``DELETE FROM gateway.account_keys`` (what a service's database role could do) and a plain
+    S3 DELETE of the account's key record (a delete marker)."""
+    if isinstance(gw.store, PgGatewayStore):
+        async with gw.store.transaction() as tx:
+            assert await tx._conn.execute("DELETE FROM account_keys") == "DELETE 1"
+    else:
+        gw.store.state.data_keys.clear()
+    await attacker.delete_marker(vault_format.key_record_key(account_id, gw.keyring.current.key_id))
+
+
+async def _alerts(gw: GatewayHarness) -> list[events_pb2.AlertRaised]:
+    if isinstance(gw.store, PgGatewayStore):
+        async with gw.store.transaction() as tx:
+            rows = await tx._conn.fetch("SELECT payload FROM outbox WHERE topic = $1", events.ALERT_RAISED)
+        return [events_pb2.AlertRaised.FromString(r["payload"]) for r in rows]
+    return list(gw.store.events(events.ALERT_RAISED))
+
+
+async def test_a_deleted_data_key_is_refused_not_minted_and_the_bucket_still_opens_the_point(setup: Setup) -> None:
+    """Issue 9's attack: the key row deleted and the gateway restarted; before, it quietly minted a
+    new key and the locked point became undecryptable. Now: refused with an alert, and a rebuild
+    from the bucket restores the key and the point."""
+    gw = setup.gw
+    agent, point_id = await _backup(gw, "i-key-1", "job-1")
+    await _attack_the_key(gw, setup.attacker, agent.account_id)
+    restarted = AccountKeys(gw.store, gw.keyring, gw.clock, objects=gw.objects)
+    with pytest.raises(DataKeyMissing, match="no new key is generated"):
+        await restarted.data_key(agent.account_id)
+    async with gw.store.transaction() as tx:
+        assert await tx.get_data_key(agent.account_id) is None  # nothing minted
+    [alert] = await _alerts(gw)
+    assert alert.kind == events_pb2.ALERT_KIND_DATA_KEY_MISSING and alert.record_key == agent.account_id.encode()
+
+    # The repair: the key back from the bucket (every version is read, the marker hides nothing).
+    rebuilt = InMemoryGatewayStore()
+    report = await rebuild_from_bucket(store=rebuilt, objects=gw.objects, keyring=gw.keyring, clock=gw.clock)
+    assert report.accounts == 1
+    async with rebuilt.transaction() as tx:
+        key = await tx.get_data_key(agent.account_id)
+    assert key is not None
+    async with gw.store.transaction() as tx:
+        await tx.ensure_data_key(key)
+    opened = AccountKeys(gw.store, gw.keyring, gw.clock, objects=gw.objects)
+    manifest = await gw.objects.get(f"manifests/{agent.account_id}/{point_id}")
+    assert open_manifest(await opened.data_key(agent.account_id), point_id, manifest)[:4] == b"SRMF"

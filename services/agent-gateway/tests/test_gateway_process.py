@@ -11,23 +11,24 @@ from pathlib import Path
 import grpc
 import pytest
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
 
 
 async def test_process_serves_and_stops_on_sigterm(
-    pg_dsn: str, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
+    pg_logins: PgLogins, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
 ) -> None:
     env = dict(
         os.environ,
-        STRONGROOM_PG_DSN=pg_dsn,
         STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
         STRONGROOM_OBJECT_STORE=f"file:{tmp_path / 'objects'}",
         STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
         STRONGROOM_MASTER_KEY_FILE=str(tmp_path / "master.key"),
         STRONGROOM_TLS_CERT=local_pki.env("gateway")["STRONGROOM_TLS_CERT"],
         STRONGROOM_TLS_KEY=local_pki.env("gateway")["STRONGROOM_TLS_KEY"],
+        **pg_logins.env("gateway"),
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,

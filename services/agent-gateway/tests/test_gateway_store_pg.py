@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from gateway_store_contract import GatewayStoreContract
-from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.migrations import MIGRATIONS, SCHEMA, SPEC
 from strongroom_gateway.repository import PgGatewayStore
-from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.pg_roles import migrate_schemas
+from strongroom_testing.fixtures import PgLogins
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +27,11 @@ class PgHarness:
 
 class TestPgGatewayStore(GatewayStoreContract):
     @pytest.fixture
-    async def harness(self, pg_dsn: str) -> AsyncIterator[PgHarness]:  # type: ignore[override]
-        pool = await create_pool(pg_dsn, SCHEMA)
+    async def harness(self, pg_logins: PgLogins) -> AsyncIterator[PgHarness]:  # type: ignore[override]
+        assert await migrate_schemas(pg_logins.owner, [SPEC]) == {SCHEMA: len(MIGRATIONS)}
+        pool = await pg_logins.pool(SPEC)  # as the gateway's own role (ADR 0031)
         try:
-            assert await migrate(pool, SCHEMA, MIGRATIONS) == len(MIGRATIONS)
-            assert await migrate(pool, SCHEMA, MIGRATIONS) == 0
+            assert await migrate_schemas(pg_logins.owner, [SPEC]) == {SCHEMA: 0}
             yield PgHarness(pool)
         finally:
             await pool.close()

@@ -6,20 +6,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 from gateway_helpers import GatewayHarness, chunk_id
-from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.verify.repository import PgVerifyStore
 from strongroom_gateway.verify.worker import schedule_sample
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.testing import FakeClock
+from strongroom_testing.fixtures import PgLogins
 from test_gateway_verify import CONTENT, backed_up, deps, flip, queue, run_next, run_next_with
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def pgw(clock: FakeClock, pg_dsn: str) -> AsyncIterator[GatewayHarness]:
-    pool = await create_pool(pg_dsn, SCHEMA)
-    await migrate(pool, SCHEMA, MIGRATIONS)
+async def pgw(clock: FakeClock, pg_logins: PgLogins) -> AsyncIterator[GatewayHarness]:
+    pool = await pg_logins.pool(SPEC)  # as the gateway's own role (ADR 0031)
     harness = GatewayHarness(clock, store=PgVerifyStore(pool), pack_target_bytes=5000)
     await harness.start()
     try:

@@ -3,11 +3,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from strongroom_billing.migrations import MIGRATIONS, SCHEMA
+from strongroom_billing.migrations import SPEC
 from strongroom_billing.ports import BillingStore
 from strongroom_billing.repository import PgBillingStore
 from strongroom_billing.testing import InMemoryBillingStore
-from strongroom_platform.db import create_pool, migrate
+from strongroom_testing.fixtures import PgLogins
 
 
 @pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
@@ -16,10 +16,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[BillingStore]:
     if request.param == "memory":
         yield InMemoryBillingStore()
         return
-    dsn: str = request.getfixturevalue("pg_dsn")
-    pool = await create_pool(dsn, SCHEMA)
+    logins: PgLogins = request.getfixturevalue("pg_logins")
+    pool = await logins.pool(SPEC)  # as the billing service's own role (ADR 0031)
     try:
-        await migrate(pool, SCHEMA, MIGRATIONS)
         yield PgBillingStore(pool)
     finally:
         await pool.close()

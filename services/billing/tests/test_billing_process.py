@@ -17,6 +17,7 @@ from strongroom_platform.events import INSTANCE_ACTIVATED, POINT_CREATED, new_me
 from strongroom_platform.settings import PlatformSettings, SettingsError
 from strongroom_platform.testing import InMemoryEventBus
 from strongroom_testing.faults import TcpProxy
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 
@@ -35,20 +36,24 @@ def test_settings_from_env() -> None:
         Settings.from_env({"STRONGROOM_KAFKA_BOOTSTRAP": "k:9092", "STRONGROOM_OBJECT_STORE": "file:/unused"})
 
 
-def _settings(pg_dsn: str, pki: LocalPki) -> Settings:
-    return Settings(
-        platform=PlatformSettings(pg_dsn, "unused:9092", True, "file:unused", None, "none", tls=pki.tls("billing"))
+def _settings(logins: PgLogins, pki: LocalPki, *, via: TcpProxy | None = None) -> Settings:
+    dsn, owner = logins.service("billing"), logins.owner
+    if via is not None:
+        dsn, owner = via.dsn_via(dsn), via.dsn_via(owner)
+    platform = PlatformSettings(
+        dsn, "unused:9092", True, "file:unused", None, "none", tls=pki.tls("billing"), pg_migrate_dsn=owner
     )
+    return Settings(platform=platform)
 
 
 @pytest.mark.integration
 async def test_process_consumes_and_serves_overview(
-    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+    pg_logins: PgLogins, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    token = await create_admin_token(pg_dsn, "acme")
-    task = asyncio.create_task(bootstrap.run(_settings(pg_dsn, local_pki), stop, consumer_factory=bus.consumer))
+    token = await create_admin_token(pg_logins.owner, "acme")
+    task = asyncio.create_task(bootstrap.run(_settings(pg_logins, local_pki), stop, consumer_factory=bus.consumer))
     try:
         printed = ""
         for _ in range(500):
@@ -97,13 +102,13 @@ async def test_process_consumes_and_serves_overview(
 
 @pytest.mark.integration
 async def test_a_call_while_the_database_is_down_is_unavailable_with_a_clear_message(
-    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+    pg_logins: PgLogins, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target = urlsplit(pg_dsn)
-    token = await create_admin_token(pg_dsn, "acme")
+    target = urlsplit(pg_logins.owner)
+    token = await create_admin_token(pg_logins.owner, "acme")
     async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
         stop = asyncio.Event()
-        settings = _settings(proxy.dsn_via(pg_dsn), local_pki)
+        settings = _settings(pg_logins, local_pki, via=proxy)
         task = asyncio.create_task(bootstrap.run(settings, stop, consumer_factory=InMemoryEventBus().consumer))
         try:
             address = await _listening("billing", capsys)

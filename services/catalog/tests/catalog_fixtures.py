@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
 from collections.abc import Callable
 
 import asyncpg
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
-from strongroom_catalog.migrations import MIGRATIONS
+from strongroom_catalog.migrations import SPEC
 from strongroom_catalog.model import EntryRow, PointRecord
 from strongroom_platform.auth import CallAuth, Principal, Role, operator
 from strongroom_platform.clock import utc
-from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.db import create_pool
 from strongroom_platform.events import new_meta, to_timestamp
 from strongroom_platform.manifest import encode_manifest
+from strongroom_platform.pg_roles import migrate_schemas
+from strongroom_platform.schemas import with_platform
 from strongroom_platform.testing import call_for
+from strongroom_testing.fixtures import PgLogins
 
 T0 = utc(2026, 1, 1)
 DIR = common_pb2.ENTRY_TYPE_DIRECTORY
@@ -155,9 +157,7 @@ async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> N
     raise AssertionError("condition not met in time")
 
 
-async def fresh_schema_pool(dsn: str) -> tuple[asyncpg.Pool, str]:
-    """A pool on a new, migrated schema of its own (tests never share catalog state)."""
-    schema = f"catalog_test_{uuid.uuid4().hex[:12]}"
-    pool = await create_pool(dsn, schema)
-    await migrate(pool, schema, MIGRATIONS)
-    return pool, schema
+async def catalog_pool(logins: PgLogins) -> asyncpg.Pool:
+    """A pool as the catalog's role on the test database, migrated by the owner (ADR 0031)."""
+    await migrate_schemas(logins.owner, with_platform(SPEC))
+    return await create_pool(logins.service("catalog"), SPEC.schema)

@@ -24,6 +24,14 @@ class Harness(Protocol):
         """(topic, key, serialized event) of every committed enqueue, in order."""
         ...
 
+    async def trusted_now(self) -> dt.datetime:
+        """The trusted time the store expires by."""
+        ...
+
+    async def keep_latest(self, instance_id: str) -> bool:
+        """The instance's keep-at-least-one flag as the store holds it."""
+        ...
+
 
 class Boom(Exception):
     pass
@@ -44,7 +52,7 @@ class CatalogRepositoryContract:
         assert not got.browsable and got.index_error is None and not got.expired
         assert await repo.get_point("nope") is None
 
-    async def test_upsert_keeps_index_state_and_refreshes_fields(self, harness: Harness) -> None:
+    async def test_upsert_keeps_index_state_and_the_point_as_first_recorded(self, harness: Harness) -> None:
         repo = harness.repo
         async with repo.transaction() as tx:
             await tx.upsert_point(point())
@@ -52,7 +60,7 @@ class CatalogRepositoryContract:
         async with repo.transaction() as tx:
             await tx.upsert_point(dataclasses.replace(point(), file_count=99))
             locked = await tx.get_point("p1")
-        assert locked is not None and locked.browsable and locked.file_count == 99
+        assert locked is not None and locked.browsable and locked.file_count == point().file_count
         versions = await repo.list_versions("i-1", accounts=None)
         assert [v.version_id for v in versions] == ["v1"]
 
@@ -180,36 +188,47 @@ class CatalogRepositoryContract:
         assert (topic, key) == (VERSION_EXPIRED, "i-1")
         assert events_pb2.VersionExpired.FromString(payload) == event
 
-    async def test_expire_version(self, harness: Harness) -> None:
+    async def test_expire_due_versions(self, harness: Harness) -> None:
         repo = harness.repo
+        now = await harness.trusted_now()
+        old, recent = now - dt.timedelta(days=31), now - dt.timedelta(days=1)
         async with repo.transaction() as tx:
-            await tx.upsert_point(point("p2", "v1", mount_point="/data"))
-            await tx.upsert_point(point("p1", "v1"))
-            await tx.upsert_point(point("p3", "v2", created_at=T0 + dt.timedelta(days=1)))
+            await tx.upsert_point(point("p2", "v1", created_at=old, mount_point="/data"))
+            await tx.upsert_point(point("p1", "v1", created_at=old))
+            await tx.upsert_point(point("p3", "v2", created_at=recent))
             await tx.add_entries([row("p1", "x"), row("p2", "y"), row("p3", "z")])
             await tx.set_index_state("p1", browsable=True, error=None)
-        at = T0 + dt.timedelta(days=30)
         async with repo.transaction() as tx:
-            assert await tx.expire_version("v1", at) == ["p1", "p2"]
+            [expired] = await tx.expire_due_versions(100)
+        assert (expired.version_id, expired.instance_id, expired.account_id) == ("v1", "i-1", "acct")
+        assert expired.point_ids == ("p1", "p2")
+        assert abs(expired.expired_at - await harness.trusted_now()) < dt.timedelta(minutes=5)
         async with repo.transaction() as tx:
-            assert await tx.expire_version("v1", at) is None
-            assert await tx.expire_version("unknown", at) is None
+            assert await tx.expire_due_versions(100) == []  # nothing twice
         assert [v.version_id for v in await repo.list_versions("i-1", accounts=None)] == ["v2"]
-        expired = await repo.get_point("p1")
-        assert expired is not None and expired.expired and not expired.browsable
+        gone = await repo.get_point("p1")
+        assert gone is not None and gone.expired and not gone.browsable
         assert await repo.list_children("p1", "", after="", limit=10) == []
         assert await repo.list_children("p2", "", after="", limit=10) == []
         assert len(await repo.list_children("p3", "", after="", limit=10)) == 1
         live = await repo.get_point("p3")
         assert live is not None and not live.expired
 
+    async def test_expire_due_versions_refuses_an_unbounded_batch(self, harness: Harness) -> None:
+        for limit in (0, 1001):
+            with pytest.raises(Exception, match="between 1 and 1000"):
+                async with harness.repo.transaction() as tx:
+                    await tx.expire_due_versions(limit)
+
     async def test_upsert_never_revives_an_expired_version(self, harness: Harness) -> None:
         repo = harness.repo
+        now = await harness.trusted_now()
         async with repo.transaction() as tx:
-            await tx.upsert_point(point("p1", "v1"))
-            await tx.expire_version("v1", T0)
+            await tx.upsert_point(point("p1", "v1", created_at=now - dt.timedelta(days=40)))
+            await tx.upsert_point(point("p9", "v9", created_at=now))
+            assert [v.version_id for v in await tx.expire_due_versions(10)] == ["v1"]
             await tx.upsert_point(point("p2", "v1", mount_point="/data"))
-        assert await repo.list_versions("i-1", accounts=None) == []
+        assert [v.version_id for v in await repo.list_versions("i-1", accounts=None)] == ["v9"]
         late = await repo.get_point("p2")
         assert late is not None and late.expired
 
@@ -218,13 +237,13 @@ class CatalogRepositoryContract:
         hour = dt.timedelta(hours=1)
 
         async def flag() -> bool:
-            [candidate] = await repo.retention_candidates(T0 + dt.timedelta(days=100))
-            return candidate.keep_latest
+            return await harness.keep_latest("i-1")
 
         async def set_flag(keep: bool, as_of: dt.datetime | None) -> bool:
             async with repo.transaction() as tx:
                 return await tx.set_keep_latest("i-1", keep, as_of=as_of)
 
+        assert await flag() is True  # on until a setting arrives
         assert await set_flag(False, T0 + hour) is True  # before the instance's first point
         async with repo.transaction() as tx:
             await tx.upsert_point(point("p1", "v1"))
@@ -239,24 +258,23 @@ class CatalogRepositoryContract:
         assert await set_flag(True, T0 + 2 * hour) is True
         assert await flag() is True
 
-    async def test_retention_candidates(self, harness: Harness) -> None:
+    async def test_expiry_keeps_the_newest_version_under_keep_latest(self, harness: Harness) -> None:
         repo = harness.repo
+        now = await harness.trusted_now()
+
+        def age(days: int) -> dt.datetime:
+            return now - dt.timedelta(days=days)
+
         async with repo.transaction() as tx:
-            await tx.upsert_point(point("a1", "va1", "i-a", created_at=T0))
-            await tx.upsert_point(point("a2", "va2", "i-a", created_at=T0 + dt.timedelta(days=2)))
-            await tx.upsert_point(point("a3", "va3", "i-a", created_at=T0 + dt.timedelta(days=5)))
-            await tx.upsert_point(point("b1", "vb1", "i-b", created_at=T0 + dt.timedelta(days=1)))
+            await tx.upsert_point(point("a1", "va1", "i-a", created_at=age(40)))
+            await tx.upsert_point(point("a2", "va2", "i-a", created_at=age(35)))
+            await tx.upsert_point(point("a3", "va3", "i-a", created_at=age(31)))  # newest of i-a: kept
+            await tx.upsert_point(point("b1", "vb1", "i-b", created_at=age(33)))  # newest, keep-latest off
+            await tx.upsert_point(point("c1", "vc1", "i-c", created_at=age(29)))  # too young
+            await tx.upsert_point(point("c0", "vc0", "i-c", created_at=age(60)))
             await tx.set_keep_latest("i-b", False)
-        candidates = await repo.retention_candidates(T0 + dt.timedelta(days=2))
-        assert [(c.version.version_id, c.is_newest, c.keep_latest) for c in candidates] == [
-            ("va1", False, True),
-            ("vb1", True, False),
-            ("va2", False, True),
-        ]
-        assert candidates[0].version.instance_id == "i-a" and candidates[0].version.created_at == T0
-        everything = await repo.retention_candidates(T0 + dt.timedelta(days=100))
-        assert [(c.version.version_id, c.is_newest) for c in everything][-1] == ("va3", True)
         async with repo.transaction() as tx:
-            await tx.expire_version("va1", T0 + dt.timedelta(days=40))
-        after = await repo.retention_candidates(T0 + dt.timedelta(days=100))
-        assert "va1" not in [c.version.version_id for c in after]
+            assert [v.version_id for v in await tx.expire_due_versions(1)] == ["vc0"]  # oldest first
+        async with repo.transaction() as tx:
+            assert [v.version_id for v in await tx.expire_due_versions(100)] == ["va1", "va2", "vb1"]
+        assert [v.version_id for v in await repo.list_versions("i-a", accounts=None)] == ["va3"]

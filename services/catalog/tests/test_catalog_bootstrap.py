@@ -22,6 +22,7 @@ from strongroom_platform.clock import utc
 from strongroom_platform.events import INSTANCE_SETTINGS_CHANGED, POINT_CREATED, VERSION_EXPIRED
 from strongroom_platform.settings import PlatformSettings
 from strongroom_platform.testing import FakeClock, InMemoryEventBus, InMemoryObjectStore
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
@@ -30,9 +31,10 @@ NOW = utc(2026, 6, 1)
 HOUR = 3600
 
 
-def settings(pg_dsn: str, pki: LocalPki) -> Settings:
+def settings(logins: PgLogins, pki: LocalPki) -> Settings:
     platform = PlatformSettings(
-        pg_dsn=pg_dsn,
+        pg_dsn=logins.service("catalog"),
+        pg_migrate_dsn=logins.owner,
         kafka_bootstrap="unused:9092",
         kafka_idempotent=False,
         object_store="file:unused",
@@ -45,14 +47,18 @@ def settings(pg_dsn: str, pki: LocalPki) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running_catalog(
-    pg_dsn: str, capsys: pytest.CaptureFixture[str], bus: InMemoryEventBus, clock: FakeClock, store: InMemoryObjectStore
+    logins: PgLogins,
+    capsys: pytest.CaptureFixture[str],
+    bus: InMemoryEventBus,
+    clock: FakeClock,
+    store: InMemoryObjectStore,
 ) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
     pki = LocalPki.create(Path(tempfile.mkdtemp(prefix="catalog-pki-")))
     # the token's expiry is checked against the test's clock
-    token = await create_admin_token(pg_dsn, "acct", clock=clock)
+    token = await create_admin_token(logins.owner, "acct", clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(
-        run(settings(pg_dsn, pki), stop, clock=clock, object_store=store, publisher=bus, consumer_factory=bus.consumer)
+        run(settings(logins, pki), stop, clock=clock, object_store=store, publisher=bus, consumer_factory=bus.consumer)
     )
     output: list[str] = []
 
@@ -74,13 +80,13 @@ async def running_catalog(
         shutil.rmtree(pki.directory, ignore_errors=True)
 
 
-async def test_points_are_indexed_browsed_and_expired(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_points_are_indexed_browsed_and_expired(pg_logins: PgLogins, capsys: pytest.CaptureFixture[str]) -> None:
     bus = InMemoryEventBus()
     clock = FakeClock(NOW)
     store = InMemoryObjectStore()
     for point_id in ("p-old", "p-new"):
         await store.put(f"manifests/{point_id}", sample_manifest())
-    async with running_catalog(pg_dsn, capsys, bus, clock, store) as stub:
+    async with running_catalog(pg_logins, capsys, bus, clock, store) as stub:
         for point_id, version_id, age in (("p-old", "v-old", 40), ("p-new", "v-new", 35)):
             event = point_created(point_id, version_id, created_at=NOW - dt.timedelta(days=age))
             await bus.publish(POINT_CREATED, b"i-1", event.SerializeToString())
@@ -115,13 +121,13 @@ async def test_points_are_indexed_browsed_and_expired(pg_dsn: str, capsys: pytes
 
 
 async def test_keep_latest_turned_off_expires_the_newest_version(
-    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+    pg_logins: PgLogins, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bus = InMemoryEventBus()
     clock = FakeClock(NOW)
     store = InMemoryObjectStore()
     await store.put("manifests/p-only", sample_manifest())
-    async with running_catalog(pg_dsn, capsys, bus, clock, store) as stub:
+    async with running_catalog(pg_logins, capsys, bus, clock, store) as stub:
         event = point_created("p-only", "v-only", "i-paused", created_at=NOW - dt.timedelta(days=31))
         await bus.publish(POINT_CREATED, b"i-paused", event.SerializeToString())
 

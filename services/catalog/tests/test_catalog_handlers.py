@@ -210,8 +210,7 @@ async def test_late_point_of_expired_version_is_not_indexed(
     repo: InMemoryCatalogStore, store: InMemoryObjectStore
 ) -> None:
     await handlers.handle_point_created(point_created("p0"), repo=repo, store=store)
-    async with repo.transaction() as tx:
-        await tx.expire_version("v1", handlers.from_timestamp(point_created().version_created_at))
+    repo.mark_expired("v1", handlers.from_timestamp(point_created().version_created_at))
     await handlers.handle_point_created(point_created("p1"), repo=repo, store=store)
     p = await repo.get_point("p1")
     assert p is not None and p.expired and not p.browsable
@@ -241,8 +240,7 @@ async def test_get_point(indexed: InMemoryCatalogStore) -> None:
 
 
 async def test_expired_point_is_not_found(indexed: InMemoryCatalogStore) -> None:
-    async with indexed.transaction() as tx:
-        await tx.expire_version("v1", handlers.from_timestamp(point_created().version_created_at))
+    indexed.mark_expired("v1", handlers.from_timestamp(point_created().version_created_at))
     with pytest.raises(NotFound, match="expired"):
         await handlers.get_point(indexed, "p1", call=call("GetPoint"))
     with pytest.raises(NotFound, match="expired"):

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
-from catalog_fixtures import DIR, call, file_entry, fresh_schema_pool, point_created
+from catalog_fixtures import DIR, call, catalog_pool, file_entry, point_created
 from strongroom_catalog import handlers
 from strongroom_catalog.model import EntryRow
 from strongroom_catalog.repository import PgCatalogStore, PgCatalogTx
 from strongroom_platform.manifest import encode_manifest
 from strongroom_platform.testing import InMemoryObjectStore
+from strongroom_testing.fixtures import PgLogins
 
 pytestmark = pytest.mark.integration
 
@@ -20,8 +21,8 @@ FILES_PER_DIR = 2500
 
 
 @pytest.fixture
-async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool, _ = await fresh_schema_pool(pg_dsn)
+async def pool(pg_logins: PgLogins) -> AsyncIterator[asyncpg.Pool]:
+    pool = await catalog_pool(pg_logins)
     try:
         yield pool
     finally:
@@ -49,6 +50,12 @@ async def test_large_manifest_is_indexed_in_batches(pool: asyncpg.Pool, store: I
     assert rows[0].name == "f01000"
 
 
+async def browsable(repo: PgCatalogStore) -> bool:
+    point = await repo.get_point("p1")
+    assert point is not None
+    return point.browsable
+
+
 async def test_crash_mid_index_rolls_back_and_redelivery_completes(
     pool: asyncpg.Pool, store: InMemoryObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,9 +75,9 @@ async def test_crash_mid_index_rolls_back_and_redelivery_completes(
     with pytest.raises(ConnectionResetError):
         await handlers.handle_point_created(event, repo=repo, store=store, batch_size=5000)
     assert await pool.fetchval("SELECT count(*) FROM entries") == 0
-    assert await pool.fetchval("SELECT browsable FROM points WHERE point_id = 'p1'") is False
+    assert not await browsable(repo)
 
     await handlers.handle_point_created(event, repo=repo, store=store, batch_size=5000)
     assert await pool.fetchval("SELECT count(*) FROM entries") == DIRS * (FILES_PER_DIR + 1)
-    assert await pool.fetchval("SELECT browsable FROM points WHERE point_id = 'p1'") is True
+    assert await browsable(repo)
     assert calls > 3

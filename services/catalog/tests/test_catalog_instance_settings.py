@@ -19,14 +19,18 @@ DAY = dt.timedelta(days=1)
 
 
 @pytest.fixture
-def repo() -> InMemoryCatalogStore:
-    return InMemoryCatalogStore()
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def repo(clock: FakeClock) -> InMemoryCatalogStore:
+    return InMemoryCatalogStore(trusted_clock=clock)
 
 
 async def keep_latest(repo: InMemoryCatalogStore, instance_id: str = "i-1") -> bool:
-    """The flag retention sees for the instance (it has one version, created at T0)."""
-    [candidate] = [c for c in await repo.retention_candidates(T0 + 365 * DAY) if c.version.instance_id == instance_id]
-    return candidate.keep_latest
+    """The flag retention sees for the instance."""
+    return repo.keep_latest(instance_id)
 
 
 async def one_version(repo: InMemoryCatalogStore, instance_id: str = "i-1") -> None:
@@ -102,21 +106,24 @@ async def test_consumer_decodes_and_applies(repo: InMemoryCatalogStore) -> None:
         await handler(Record(topic=INSTANCE_SETTINGS_CHANGED, partition=0, offset=1, key=b"i-1", value=b"\xff\xff"))
 
 
-async def test_turning_keep_latest_off_expires_the_newest_old_version(repo: InMemoryCatalogStore) -> None:
+async def test_turning_keep_latest_off_expires_the_newest_old_version(
+    repo: InMemoryCatalogStore, clock: FakeClock
+) -> None:
     """A paused instance (no new backups): its only version is 31 days old."""
     await one_version(repo)
-    clock = FakeClock(T0 + 31 * DAY)
-    assert await expire_versions(repo, clock) == []  # kept: the newest, under keep-latest (on by default)
+    clock.set(T0 + 31 * DAY)
+    assert await expire_versions(repo) == []  # kept: the newest, under keep-latest (on by default)
     await handle_instance_settings_changed(settings_changed(keep_latest=False, at=clock.now()), repo=repo)
     clock.advance(600)
-    assert await expire_versions(repo, clock) == ["v-i-1"]
+    assert await expire_versions(repo) == ["v-i-1"]
     assert await repo.list_versions("i-1", accounts=None) == []
     [(_, _, expired)] = repo.outbox
     assert isinstance(expired, events_pb2.VersionExpired) and expired.version_id == "v-i-1"
 
 
-async def test_turning_keep_latest_on_again_keeps_the_newest(repo: InMemoryCatalogStore) -> None:
+async def test_turning_keep_latest_on_again_keeps_the_newest(repo: InMemoryCatalogStore, clock: FakeClock) -> None:
     await one_version(repo)
     await handle_instance_settings_changed(settings_changed(keep_latest=False, at=T0), repo=repo)
     await handle_instance_settings_changed(settings_changed(keep_latest=True, at=T0 + DAY), repo=repo)
-    assert await expire_versions(repo, FakeClock(T0 + 40 * DAY)) == []
+    clock.set(T0 + 40 * DAY)
+    assert await expire_versions(repo) == []

@@ -28,6 +28,7 @@ from strongroom_platform.clock import SystemClock
 from strongroom_platform.eventbus_kafka import DLQ_ERROR_HEADER, KafkaPublisher, create_topics, dlq_topic
 from strongroom_platform.events import ALERT_RAISED, POINT_CREATED, VERSION_EXPIRED
 from strongroom_platform.objectstore_fs import FilesystemObjectStore
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -71,7 +72,7 @@ async def _browsable(stub: catalog_pb2_grpc.CatalogServiceAsyncStub, point_id: s
 
 
 async def test_a_poisonous_point_is_dead_lettered_and_does_not_hold_up_others(
-    pg_dsn: str, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
+    pg_logins: PgLogins, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
 ) -> None:
     objects = tmp_path / "objects"
     store = FilesystemObjectStore(objects, SystemClock())
@@ -84,14 +85,14 @@ async def test_a_poisonous_point_is_dead_lettered_and_does_not_hold_up_others(
     await create_topics(kafka_bootstrap, [POINT_CREATED, VERSION_EXPIRED, dlq_topic(POINT_CREATED), ALERT_RAISED])
     env = dict(
         os.environ,
-        STRONGROOM_PG_DSN=pg_dsn,
         STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
         STRONGROOM_OBJECT_STORE=f"file:{objects}",
         STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
         PYTHONUNBUFFERED="1",
         **local_pki.env("catalog"),
+        **pg_logins.env("catalog"),
     )
-    token = await create_admin_token(pg_dsn, ["acct", "another-account"])
+    token = await create_admin_token(pg_logins.owner, ["acct", "another-account"])
     process = await spawn("catalog", [sys.executable, "-m", "strongroom_catalog"], env, tmp_path, announce="catalog")
     try:
         async with (

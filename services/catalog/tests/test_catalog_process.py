@@ -19,6 +19,7 @@ from strongroom_platform.clock import SystemClock
 from strongroom_platform.eventbus_kafka import KafkaPublisher, create_topics
 from strongroom_platform.events import POINT_CREATED, VERSION_EXPIRED
 from strongroom_platform.objectstore_fs import FilesystemObjectStore
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 
@@ -33,7 +34,7 @@ def test_missing_setting_fails_fast_with_its_name(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 async def test_process_indexes_a_point_from_kafka(
-    pg_dsn: str, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
+    pg_logins: PgLogins, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
 ) -> None:
     objects = tmp_path / "objects"
     objects.mkdir()
@@ -44,14 +45,14 @@ async def test_process_indexes_a_point_from_kafka(
     await create_topics(kafka_bootstrap, [POINT_CREATED, VERSION_EXPIRED])
     env = dict(
         os.environ,
-        STRONGROOM_PG_DSN=pg_dsn,
         STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
         STRONGROOM_OBJECT_STORE=f"file:{objects}",
         STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
         PYTHONUNBUFFERED="1",
         **local_pki.env("catalog"),
+        **pg_logins.env("catalog"),
     )
-    token = await create_admin_token(pg_dsn, "acct")
+    token = await create_admin_token(pg_logins.owner, "acct")
     process = await spawn("catalog", [sys.executable, "-m", "strongroom_catalog"], env, tmp_path, announce="catalog")
     try:
         event = point_created(point_id, f"v-{point_id}", instance_id)

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from catalog_fixtures import T0
 from contract_repository import CatalogRepositoryContract
 from strongroom_catalog.testing import InMemoryCatalogStore
+from strongroom_platform.testing import FakeClock
 
 
 class FakeHarness:
     def __init__(self) -> None:
-        self.fake = InMemoryCatalogStore()
+        # The trusted time stands still: a year after the fixtures' T0.
+        self.clock = FakeClock(T0 + dt.timedelta(days=365))
+        self.fake = InMemoryCatalogStore(trusted_clock=self.clock)
         self.repo = self.fake
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:
         return [(topic, key, event.SerializeToString()) for topic, key, event in self.fake.outbox]
+
+    async def trusted_now(self) -> dt.datetime:
+        return self.clock.now()
+
+    async def keep_latest(self, instance_id: str) -> bool:
+        return self.fake.keep_latest(instance_id)
 
 
 class TestInMemoryCatalogRepository(CatalogRepositoryContract):

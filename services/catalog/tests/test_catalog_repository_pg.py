@@ -1,40 +1,57 @@
-"""The PostgreSQL adapter passes the repository contract (real server)."""
+"""The PostgreSQL adapter passes the repository contract (real server, as the catalog's own role)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from catalog_fixtures import fresh_schema_pool
+from catalog_fixtures import catalog_pool
 from contract_repository import CatalogRepositoryContract
-from strongroom_catalog.migrations import MIGRATIONS
+from strongroom_catalog.migrations import SPEC
 from strongroom_catalog.repository import PgCatalogStore
-from strongroom_platform.db import migrate
+from strongroom_platform.pg_roles import migrate_schemas
+from strongroom_platform.schemas import with_platform
+from strongroom_testing.fixtures import PgLogins
 
 pytestmark = pytest.mark.integration
 
 
 class PgHarness:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, logins: PgLogins) -> None:
         self.pool = pool
+        self.logins = logins
         self.repo = PgCatalogStore(pool)
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:
         rows = await self.pool.fetch("SELECT topic, key, payload FROM outbox ORDER BY id")
         return [(r["topic"], bytes(r["key"]).decode(), bytes(r["payload"])) for r in rows]
 
+    async def trusted_now(self) -> dt.datetime:
+        value: dt.datetime = await self.pool.fetchval("SELECT trusted.now()")
+        return value
+
+    async def keep_latest(self, instance_id: str) -> bool:
+        value = await self.pool.fetchval(
+            "SELECT keep_latest FROM keep_latest_settings WHERE instance_id = $1 ORDER BY seq DESC LIMIT 1",
+            instance_id,
+        )
+        return True if value is None else bool(value)
+
 
 class TestPgCatalogRepository(CatalogRepositoryContract):
     @pytest.fixture
-    async def harness(self, pg_dsn: str) -> AsyncIterator[PgHarness]:  # type: ignore[override]
-        pool, schema = await fresh_schema_pool(pg_dsn)
+    async def harness(self, pg_logins: PgLogins) -> AsyncIterator[PgHarness]:  # type: ignore[override]
+        pool = await catalog_pool(pg_logins)
         try:
-            yield PgHarness(pool)
+            yield PgHarness(pool, pg_logins)
         finally:
-            await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
             await pool.close()
 
     async def test_migrations_are_idempotent(self, harness: PgHarness) -> None:
-        schema = await harness.pool.fetchval("SELECT current_schema()")
-        assert await migrate(harness.pool, schema, MIGRATIONS) == 0
+        assert await migrate_schemas(harness.logins.owner, with_platform(SPEC)) == {
+            "trusted": 0,
+            "auth": 0,
+            "catalog": 0,
+        }

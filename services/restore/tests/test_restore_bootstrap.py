@@ -18,15 +18,19 @@ from strongroom_platform.settings import PlatformSettings
 from strongroom_platform.testing import InMemoryEventBus
 from strongroom_restore.bootstrap import run
 from strongroom_restore.settings import Settings
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
 
 
-async def test_create_request_and_update(pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_create_request_and_update(
+    pg_logins: PgLogins, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+) -> None:
     catalog_server, peers = await serve_peer_fakes(local_pki, "i-dst")
     platform = PlatformSettings(
-        pg_dsn=pg_dsn,
+        pg_dsn=pg_logins.service("restore"),
+        pg_migrate_dsn=pg_logins.owner,
         kafka_bootstrap="unused:9092",
         kafka_idempotent=False,
         object_store="file:x",
@@ -35,7 +39,7 @@ async def test_create_request_and_update(pg_dsn: str, local_pki: LocalPki, capsy
         tls=local_pki.tls("restore"),
     )
     settings = Settings(platform=platform, grpc_listen="127.0.0.1:0", catalog_addr=peers, scheduler_addr=peers)
-    token = await create_admin_token(pg_dsn, "acct")
+    token = await create_admin_token(pg_logins.owner, "acct")
     bus = InMemoryEventBus()
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop, clock=SystemClock(), publisher=bus, consumer_factory=bus.consumer))

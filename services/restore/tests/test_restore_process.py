@@ -24,6 +24,7 @@ from strongroom_cli.stack import spawn
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.eventbus_kafka import KafkaPublisher, create_topics
 from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, RESTORE_REQUESTED, RESTORE_UPDATED
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 
@@ -62,14 +63,13 @@ async def find_request(bootstrap: str, restore_job_id: str, within: float) -> tu
 
 @pytest.mark.integration
 async def test_process_creates_requests_and_follows_a_restore(
-    pg_dsn: str, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
+    pg_logins: PgLogins, kafka_bootstrap: str, local_pki: LocalPki, tmp_path: Path
 ) -> None:
     target = f"i-{uuid.uuid4().hex[:8]}"
     catalog, peers = await serve_peer_fakes(local_pki, target)
     await create_topics(kafka_bootstrap, [RESTORE_REQUESTED, RESTORE_CANCEL_REQUESTED, RESTORE_UPDATED])
     env = dict(
         os.environ,
-        STRONGROOM_PG_DSN=pg_dsn,
         STRONGROOM_KAFKA_BOOTSTRAP=kafka_bootstrap,
         STRONGROOM_OBJECT_STORE=f"file:{tmp_path / 'objects'}",
         STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
@@ -77,8 +77,9 @@ async def test_process_creates_requests_and_follows_a_restore(
         STRONGROOM_SCHEDULER_ADDR=peers,
         PYTHONUNBUFFERED="1",
         **local_pki.env("restore"),
+        **pg_logins.env("restore"),
     )
-    token = await create_admin_token(pg_dsn, "acct")
+    token = await create_admin_token(pg_logins.owner, "acct")
     process = await spawn("restore", [sys.executable, "-m", "strongroom_restore"], env, tmp_path, announce="restore")
     try:
         async with local_pki.operator_channel(process.address, token) as channel:

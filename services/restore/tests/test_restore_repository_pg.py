@@ -7,16 +7,18 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from restore_contract_repository import RestoreRepositoryContract
-from strongroom_platform.db import create_pool, migrate
-from strongroom_restore.migrations import MIGRATIONS, SCHEMA
+from strongroom_platform.pg_roles import migrate_schemas
+from strongroom_restore.migrations import SCHEMA, SPEC
 from strongroom_restore.repository import PgRestoreStore
+from strongroom_testing.fixtures import PgLogins
 
 pytestmark = pytest.mark.integration
 
 
 class PgHarness:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, logins: PgLogins) -> None:
         self.pool = pool
+        self.logins = logins
         self.repo = PgRestoreStore(pool)
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:
@@ -26,13 +28,12 @@ class PgHarness:
 
 class TestPgRestoreRepository(RestoreRepositoryContract):
     @pytest.fixture
-    async def harness(self, pg_dsn: str) -> AsyncIterator[PgHarness]:  # type: ignore[override]
-        pool = await create_pool(pg_dsn, SCHEMA)  # pg_dsn is a fresh database per test
-        await migrate(pool, SCHEMA, MIGRATIONS)
+    async def harness(self, pg_logins: PgLogins) -> AsyncIterator[PgHarness]:  # type: ignore[override]
+        pool = await pg_logins.pool(SPEC)  # a fresh database per test; the restore service's own role
         try:
-            yield PgHarness(pool)
+            yield PgHarness(pool, pg_logins)
         finally:
             await pool.close()
 
     async def test_migrations_are_idempotent(self, harness: PgHarness) -> None:
-        assert await migrate(harness.pool, SCHEMA, MIGRATIONS) == 0
+        assert await migrate_schemas(harness.logins.owner, [SPEC]) == {SCHEMA: 0}

@@ -375,3 +375,19 @@ async def test_a_channel_without_sender_fails_its_attempts(
     await handlers.handle_alert_raised(alert(clock), deps)
     await deliver_due(store, {WEBHOOK: RecordingSender()}, clock, POLICY)
     assert "not configured" in store.deliveries[0].last_error
+
+
+async def test_missing_data_key_goes_to_the_operator_account(
+    deps: AlertDeps, store: InMemoryAlertStore, clock: FakeClock
+) -> None:
+    event = events_pb2.AlertRaised(
+        meta=new_meta("agent-gateway", clock.now()),
+        kind=events_pb2.ALERT_KIND_DATA_KEY_MISSING,
+        source="agent-gateway",
+        reason="account acme: the data key is missing from the gateway database but held in the bucket",
+        record_key=b"acme",
+    )
+    await handlers.handle_alert_raised(event, deps)
+    [message] = store.messages
+    assert (message.account_id, message.title) == ("platform-team", "Data key missing: account acme")
+    assert message.body.startswith("account acme: the data key is missing")

@@ -15,7 +15,6 @@ from strongroom.events.v1 import events_pb2
 from strongroom_platform.alerts import account_alert
 from strongroom_platform.auth import Role, operator
 from strongroom_platform.clock import utc
-from strongroom_platform.db import create_pool, migrate
 from strongroom_platform.testing import FakeClock, call_for
 from strongroom_scheduler.alerts import handlers
 from strongroom_scheduler.alerts.delivery import DeliveryPolicy, deliver_due
@@ -25,7 +24,8 @@ from strongroom_scheduler.alerts.model import DEAD, DELIVERED, EMAIL, PENDING, W
 from strongroom_scheduler.alerts.repository import PgAlertStore
 from strongroom_scheduler.alerts.testing import RecordingSender
 from strongroom_scheduler.alerts.webhook import WebhookPolicy
-from strongroom_scheduler.migrations import MIGRATIONS, SCHEMA
+from strongroom_scheduler.migrations import SPEC
+from strongroom_testing.fixtures import PgLogins
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +39,8 @@ def call(method: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(pg_dsn, SCHEMA)
-    await migrate(pool, SCHEMA, MIGRATIONS)
-    async with pool.acquire() as conn:
-        await conn.execute("TRUNCATE alert_deliveries, alert_messages, alert_subscriptions")
+async def pool(pg_logins: PgLogins) -> AsyncIterator[asyncpg.Pool]:
+    pool = await pg_logins.pool(SPEC)  # as the scheduler's own role: its declared privileges (ADR 0031)
     try:
         yield pool
     finally:

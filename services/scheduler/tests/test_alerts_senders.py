@@ -16,6 +16,7 @@ from email.message import Message as EmailMessage
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
+from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import utc
 from strongroom_platform.testing import FakeClock
 from strongroom_scheduler.alerts.mail import SmtpSender, SmtpSettings
@@ -40,7 +41,7 @@ def outgoing(target: str, channel: int = WEBHOOK, secret: str = "s3cret") -> Out
         message_id="m-1",
         account_id="acme",
         alert_event_id="e-1",
-        kind=2,
+        kind=events_pb2.ALERT_KIND_BACKUP_FAILED,
         title="Backup failed: web-1",
         body="Instance web-1 (i-1), backup job j-1: the source root /data does not exist",
         instance_id="i-1",

@@ -111,13 +111,10 @@ async def test_get_and_list_instances(deps: Deps, clock: FakeClock) -> None:
     await activate(deps, region="r1", account_id="other")
     c = await activate(deps, region="r1", account_id="acme")
     await handlers.cancel_backup(deps, c.instance_id, call=call("CancelBackup"))
-    assert [i.instance_id for i in await handlers.list_instances(deps, "acme", "", call=call("ListInstances"))] == [
-        a.instance_id,
-        b.instance_id,
-    ]
-    assert [i.instance_id for i in await handlers.list_instances(deps, "acme", "r2", call=call("ListInstances"))] == [
-        b.instance_id
-    ]
+    listed = await handlers.list_instances(deps, "acme", "", call=call("ListInstances"))
+    assert [i.instance_id for i in listed.instances] == [a.instance_id, b.instance_id]
+    listed = await handlers.list_instances(deps, "acme", "r2", call=call("ListInstances"))
+    assert [i.instance_id for i in listed.instances] == [b.instance_id]
     assert (await handlers.get_instance(deps, c.instance_id, call=call("GetInstance"))).canceled
     with pytest.raises(NotFound, match="instance nope not found"):
         await handlers.get_instance(deps, "nope", call=call("GetInstance"))
@@ -460,3 +457,33 @@ async def test_failed_transaction_leaves_no_event(deps: Deps, store: InMemorySch
             )
             raise RuntimeError("boom")
     assert len(store.outbox) == before
+
+
+async def test_instances_list_in_pages_that_a_concurrent_activation_does_not_disturb(
+    deps: Deps, clock: FakeClock
+) -> None:
+    ids = []
+    for _ in range(5):
+        ids.append((await activate(deps, account_id="acme")).instance_id)
+        clock.advance(1)
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await handlers.list_instances(
+            deps, "acme", "", page_size=2, page_token=token, call=call("ListInstances")
+        )
+        seen += [i.instance_id for i in page.instances]
+        pages += 1
+        if pages == 1:
+            await activate(deps, account_id="acme")  # a newcomer lands after the last page so far
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert seen[:5] == ids and len(seen) == 6 and pages == 3
+
+
+@pytest.mark.parametrize("token", ["garbage!", "e30", "WyJub3QtYS10aW1lIiwgIngiXQ"])
+async def test_a_forged_page_token_is_refused(deps: Deps, token: str) -> None:
+    with pytest.raises(InvalidArgument, match="page_token"):
+        await handlers.list_instances(deps, "acme", "", page_token=token, call=call("ListInstances"))

@@ -22,7 +22,7 @@ from strongroom_platform import audit
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.auth.principal import reset_current_call, set_current_call
 from strongroom_platform.clock import SystemClock, utc
-from strongroom_platform.db import create_pool, migrate
+from strongroom_platform.db import create_pool
 from strongroom_platform.events import (
     AGENT_ENROLLED,
     ALERT_RAISED,
@@ -33,25 +33,26 @@ from strongroom_platform.events import (
     JOB_UPDATED,
     new_meta,
 )
+from strongroom_platform.pg_roles import migrate_schemas
 from strongroom_platform.settings import PlatformSettings
 from strongroom_platform.testing import FakeClock, InMemoryAuditSink, InMemoryEventBus
 from strongroom_scheduler import bootstrap, handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
 from strongroom_scheduler.jobs import start_job
-from strongroom_scheduler.migrations import MIGRATIONS, SCHEMA
+from strongroom_scheduler.migrations import SCHEMA, SPEC
 from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES
 from strongroom_scheduler.repository import _UNFINISHED, PgSchedulerStore
 from strongroom_scheduler.schedule import schedule_due
 from strongroom_scheduler.settings import Settings
+from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(pg_dsn, SCHEMA)
-    await migrate(pool, SCHEMA, MIGRATIONS)
+async def pool(pg_logins: PgLogins) -> AsyncIterator[asyncpg.Pool]:
+    pool = await pg_logins.pool(SPEC)  # as the scheduler's own role (ADR 0031)
     try:
         yield pool
     finally:
@@ -67,8 +68,8 @@ def test_unfinished_statuses_match_the_unique_index() -> None:
     assert {int(s) for s in _UNFINISHED.strip("()").split(",")} == set(UNFINISHED_JOB_STATUSES)
 
 
-async def test_migrations_are_idempotent(pool: asyncpg.Pool) -> None:
-    assert await migrate(pool, SCHEMA, MIGRATIONS) == 0
+async def test_migrations_are_idempotent(pool: asyncpg.Pool, pg_logins: PgLogins) -> None:
+    assert await migrate_schemas(pg_logins.owner, [SPEC]) == {SCHEMA: 0}
 
 
 async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock) -> None:
@@ -101,7 +102,8 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         job.job_id
     ]
     assert [
-        i.instance_id for i in await handlers.list_instances(pg_deps, "acme", "cn-hangzhou", call=call("ListInstances"))
+        i.instance_id
+        for i in (await handlers.list_instances(pg_deps, "acme", "cn-hangzhou", call=call("ListInstances"))).instances
     ] == [instance.instance_id]
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
     # activation and the settings update each publish the settings (instance-settings-changed);
@@ -126,10 +128,10 @@ async def test_database_refuses_a_second_unfinished_job(pg_deps: Deps) -> None:
             await start_job(tx, current, 2, pg_deps.clock.now())
 
 
-async def test_two_schedulers_never_double_schedule(pg_deps: Deps, pg_dsn: str, clock: FakeClock) -> None:
+async def test_two_schedulers_never_double_schedule(pg_deps: Deps, pg_logins: PgLogins, clock: FakeClock) -> None:
     ids = [(await active_instance(pg_deps, minute=120)).instance_id for _ in range(12)]
     clock.set(utc(2026, 1, 1, 18, 0))
-    other_pool = await create_pool(pg_dsn, SCHEMA)
+    other_pool = await create_pool(pg_logins.service("scheduler"), SCHEMA)
     try:
         stores = [pg_deps.store, PgSchedulerStore(other_pool)]
         results = await asyncio.gather(*(schedule_due(s, clock, batch_size=2) for s in stores for _ in range(3)))
@@ -163,13 +165,20 @@ async def _wait_for(predicate: object, what: str) -> None:
 
 
 async def test_process_serves_grpc_and_events(
-    pg_dsn: str, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
+    pg_logins: PgLogins, local_pki: LocalPki, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bus = InMemoryEventBus()
     stop = asyncio.Event()
-    token = await create_admin_token(pg_dsn, "a")
+    token = await create_admin_token(pg_logins.owner, "a")
     platform = PlatformSettings(
-        pg_dsn, "unused:9092", True, "file:unused", None, "none", tls=local_pki.tls("scheduler")
+        pg_logins.service("scheduler"),
+        "unused:9092",
+        True,
+        "file:unused",
+        None,
+        "none",
+        tls=local_pki.tls("scheduler"),
+        pg_migrate_dsn=pg_logins.owner,
     )
     settings = Settings(platform=platform, schedule_interval=0.2)
     server = asyncio.create_task(
@@ -290,7 +299,7 @@ def audit_record(clock: FakeClock, account: str = "acme") -> events_pb2.AuditRec
 
 
 async def test_the_audit_table_keeps_each_record_once_and_refuses_changes(
-    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock
+    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock, pg_logins: PgLogins
 ) -> None:
     account = f"acct-{random.getrandbits(32)}"
     event = audit_record(clock, account)
@@ -299,14 +308,26 @@ async def test_the_audit_table_keeps_each_record_once_and_refuses_changes(
     query = {"page_size": 0, "page_token": "", "since": None, "until": None, "subject": ""}
     events, _ = await handlers.list_audit_events(pg_deps, account, call=call("ActivateBackup", admin(account)), **query)  # type: ignore[arg-type]
     assert events == [event]
-    for statement in (
-        "UPDATE audit_events SET result_code = 'NOT_FOUND' WHERE event_id = $1",
-        "DELETE FROM audit_events WHERE event_id = $1",
-    ):
-        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+    statements = (
+        "UPDATE scheduler.audit_events SET result_code = 'NOT_FOUND' WHERE event_id = $1",
+        "DELETE FROM scheduler.audit_events WHERE event_id = $1",
+    )
+    # The scheduler's role holds no such privilege (ADR 0031) ...
+    for statement in statements:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table audit_events"):
             await pool.execute(statement, event.meta.event_id)
-    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only: TRUNCATE"):
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table audit_events"):
         await pool.execute("TRUNCATE audit_events")
+    # ... and the triggers refuse even the table's owner.
+    owner = await asyncpg.connect(pg_logins.owner)
+    try:
+        for statement in statements:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await owner.execute(statement, event.meta.event_id)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only: TRUNCATE"):
+            await owner.execute("TRUNCATE scheduler.audit_events")
+    finally:
+        await owner.close()
     assert await pool.fetchval("SELECT result_code FROM audit_events WHERE event_id = $1", event.meta.event_id) == "OK"
 
 
@@ -337,7 +358,7 @@ async def test_the_audit_trail_pages_in_postgres(pg_deps: Deps, clock: FakeClock
 
 
 async def test_a_mutation_commits_with_its_audit_record_or_not_at_all(
-    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock
+    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock, pg_logins: PgLogins
 ) -> None:
     """Effect and record share one transaction: when the record cannot be written, nothing happened."""
     instance = await active_instance(pg_deps)
@@ -360,17 +381,23 @@ async def test_a_mutation_commits_with_its_audit_record_or_not_at_all(
         found = [events_pb2.AuditRecorded.FromString(bytes(r["payload"])) for r in rows]
         return [e for e in found if e.resources.get("instance_id") == instance.instance_id]
 
-    # the audit insert fails inside the database (as a full disk or a bug would make it)
-    await pool.execute(
-        "CREATE OR REPLACE FUNCTION refuse_audit_rows() RETURNS trigger LANGUAGE plpgsql AS $$"
+    # the audit insert fails inside the database (as a full disk or a bug would make it); the
+    # trigger is the owner's to create
+    owner = await asyncpg.connect(pg_logins.owner)
+    await owner.execute(
+        "CREATE OR REPLACE FUNCTION scheduler.refuse_audit_rows() RETURNS trigger LANGUAGE plpgsql AS $$"
         " BEGIN IF NEW.topic = 'audit-recorded' THEN RAISE EXCEPTION 'audit insert failed'; END IF; RETURN NEW; END $$;"
-        " CREATE TRIGGER refuse_audit BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_audit_rows()"
+        " CREATE TRIGGER refuse_audit BEFORE INSERT ON scheduler.outbox"
+        " FOR EACH ROW EXECUTE FUNCTION scheduler.refuse_audit_rows()"
     )
     try:
         with pytest.raises(asyncpg.RaiseError, match="audit insert failed"):
             await pause_audited()
     finally:
-        await pool.execute("DROP TRIGGER refuse_audit ON outbox; DROP FUNCTION refuse_audit_rows()")
+        await owner.execute(
+            "DROP TRIGGER refuse_audit ON scheduler.outbox; DROP FUNCTION scheduler.refuse_audit_rows()"
+        )
+        await owner.close()
     got = await handlers.get_instance(pg_deps, instance.instance_id, call=call("GetInstance"))
     assert not got.paused, "the effect committed without its audit record"
     assert await audit_rows() == []
@@ -380,3 +407,28 @@ async def test_a_mutation_commits_with_its_audit_record_or_not_at_all(
     assert got.paused and state.recorded == 1 and sink.events == []
     [record] = await audit_rows()
     assert (record.result_code, list(record.account_ids), record.subject) == ("OK", ["acme"], pause.principal.subject)
+
+
+async def test_instances_page_in_postgres_by_activation_then_id(pg_deps: Deps, clock: FakeClock) -> None:
+    ids = []
+    for n in range(5):
+        ids.append((await active_instance(pg_deps)).instance_id)
+        if n % 2:
+            clock.advance(1)  # pairs share an activation time: the id breaks the tie
+    expected = [
+        i.instance_id
+        for i in (await handlers.list_instances(pg_deps, "acme", "", call=call("ListInstances"))).instances
+    ]
+    assert sorted(expected) == sorted(ids)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await handlers.list_instances(
+            pg_deps, "acme", "", page_size=2, page_token=token, call=call("ListInstances")
+        )
+        assert len(page.instances) <= 2
+        seen += [i.instance_id for i in page.instances]
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert seen == expected

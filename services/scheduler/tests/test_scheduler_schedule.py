@@ -10,6 +10,7 @@ from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import utc
 from strongroom_platform.events import ALERT_RAISED, JOB_REQUESTED
 from strongroom_platform.testing import FakeClock
+from strongroom_platform.zones import parse_zone
 from strongroom_scheduler import handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
 from strongroom_scheduler.schedule import (
@@ -250,3 +251,29 @@ async def test_loop_survives_a_failing_pass(clock: FakeClock) -> None:
         loop.cancel()
         with pytest.raises(asyncio.CancelledError):
             await loop
+
+
+def test_the_schedule_zone_is_a_setting_not_a_constant() -> None:
+    berlin = parse_zone("Europe/Berlin")
+    # 02:00 in Berlin on Jan 2 (UTC+1) and on Jul 2 (UTC+2, summer time)
+    assert slot_on(dt.date(2026, 1, 2), 120, berlin) == utc(2026, 1, 2, 1, 0)
+    assert slot_on(dt.date(2026, 7, 2), 120, berlin) == utc(2026, 7, 2, 0, 0)
+    assert local_date(utc(2026, 1, 1, 23, 30), berlin) == dt.date(2026, 1, 2)
+    # the seed's rule holds in any zone: an earlier time than now skips today
+    now = slot_on(dt.date(2026, 1, 5), 4 * 60 + 30, dt.UTC)
+    assert next_run(4 * 60, now, dt.date(2026, 1, 4), dt.UTC) == utc(2026, 1, 6, 4, 0)
+
+
+def test_a_day_with_a_daylight_saving_gap_still_has_one_slot() -> None:
+    berlin = parse_zone("Europe/Berlin")
+    # 2026-03-29: clocks go from 02:00 to 03:00 in Berlin; a 02:30 slot still falls on that day, once
+    slot = next_daily_run(150, utc(2026, 3, 28, 23, 0), berlin)
+    assert local_date(slot, berlin) == dt.date(2026, 3, 29)
+    assert next_daily_run(150, slot, berlin) > slot
+
+
+async def test_activation_in_another_zone_schedules_by_its_midnight(deps: Deps, clock: FakeClock) -> None:
+    clock.set(utc(2026, 1, 1, 12, 0))
+    deps.zone = dt.UTC
+    instance = await active_instance(deps, minute=60)
+    assert instance.next_backup_at == utc(2026, 1, 2, 1, 0)  # 01:00 UTC, not 01:00 UTC+8

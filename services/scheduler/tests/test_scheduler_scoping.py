@@ -129,7 +129,7 @@ async def test_lists_hold_only_the_callers_account(deps: Deps) -> None:
     mine = await activate(deps, account_id="globex")
     await activate(deps, account_id="acme")
     listed = await handlers.list_instances(deps, "", "", call=call("ListInstances", GLOBEX_ADMIN))
-    assert [i.instance_id for i in listed] == [mine.instance_id]
+    assert [i.instance_id for i in listed.instances] == [mine.instance_id]
     asked_for_acme = handlers.list_instances(deps, "acme", "", call=call("ListInstances", GLOBEX_ADMIN))
     assert await refusal(asked_for_acme, NotFound) == "account acme not found"
     asked_for_nobody = handlers.list_instances(deps, "nobody", "", call=call("ListInstances", GLOBEX_ADMIN))
@@ -157,7 +157,7 @@ async def test_a_credential_with_several_accounts_must_choose(deps: Deps) -> Non
     )
     for account, expected in (("acme", acme), ("globex", globex)):
         listed = await handlers.list_instances(deps, account, "", call=call("ListInstances", BOTH))
-        assert [i.instance_id for i in listed] == [expected.instance_id]
+        assert [i.instance_id for i in listed.instances] == [expected.instance_id]
     activation = handlers.activate_backup(
         deps, account_id="", name="web", region="r", settings=None, call=call("ActivateBackup", BOTH)
     )

@@ -21,6 +21,12 @@ def test_defaults() -> None:
     )
 
 
+def test_the_schedule_zone_defaults_to_utc_plus_8_and_can_be_set() -> None:
+    assert str(Settings.from_env(BASE).zone) == "UTC+08:00"
+    assert str(Settings.from_env({**BASE, "STRONGROOM_ZONE": "Asia/Kolkata"}).zone) == "Asia/Kolkata"
+    assert str(Settings.from_env({**BASE, "STRONGROOM_ZONE": "UTC-3"}).zone) == "UTC-03:00"
+
+
 def test_overrides() -> None:
     settings = Settings.from_env(
         {**BASE, "STRONGROOM_SCHEDULE_INTERVAL": "0.5", "STRONGROOM_OUTBOX_REPLAY": "1", "STRONGROOM_GRPC_LISTEN": ":7"}
@@ -34,6 +40,8 @@ def test_overrides() -> None:
         ({"STRONGROOM_KAFKA_BOOTSTRAP": "k", "STRONGROOM_OBJECT_STORE": "file:/x"}, "STRONGROOM_PG_DSN is required"),
         ({**BASE, "STRONGROOM_SCHEDULE_INTERVAL": "soon"}, "must be a number"),
         ({**BASE, "STRONGROOM_SCHEDULE_INTERVAL": "0"}, "must be positive"),
+        ({**BASE, "STRONGROOM_ZONE": "Mars/Olympus"}, "STRONGROOM_ZONE: unknown zone 'Mars/Olympus'"),
+        ({**BASE, "STRONGROOM_ZONE": "UTC+25"}, "STRONGROOM_ZONE: zone offset out of range"),
     ],
 )
 def test_invalid(env: dict[str, str], message: str) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.metadata
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from strongroom_platform.zones import parse_zone
 
 from strongroom_cli import (
     alerts,
@@ -25,6 +28,7 @@ from strongroom_cli import (
     credentials,
     instances,
     jobs,
+    output,
     overview,
     restores,
     tokens,
@@ -57,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         "account, or the credential's only account)",
     )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per request (default 30)")
-    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output (errors too)")
+    parser.add_argument("--version", action="version", version=f"strongroom {_version()}")
+    parser.add_argument(
+        "--tz",
+        metavar="ZONE",
+        default=None,
+        help="show times in ZONE, an offset (UTC+8) or IANA name (default: $STRONGROOM_TZ, else this machine's zone)",
+    )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     # `--json` is also accepted after the subcommand; SUPPRESS keeps the top-level value when absent.
     common = argparse.ArgumentParser(add_help=False)
@@ -82,13 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("strongroom-cli")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def run(argv: list[str]) -> int:
-    """Parse ``argv`` and run the command; errors become one ``error: ...`` line on stderr."""
+    """Parse ``argv`` and run the command; errors become one ``error: ...`` line on stderr (under
+    ``--json``, one ``{"error": {"code", "message"}}`` object on stdout)."""
     standalone_argv = _standalone_argv(argv)
     if standalone_argv is not None:
         return _standalone(standalone_argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    zone_text = args.tz or os.environ.get("STRONGROOM_TZ", "")
+    try:
+        output.set_display_zone(parse_zone(zone_text) if zone_text else None)
+    except ValueError as exc:
+        print(f"error: --tz: {exc}", file=sys.stderr)
+        return 2
     try:
         # local commands (certs) reach no service: a broken state file must not stop them
         local = getattr(args, "local", False)
@@ -136,17 +161,25 @@ def _standalone(argv: list[str]) -> int:
     return code
 
 
+def _error(context: Context, code: str, message: str, *, show_code: bool = True) -> None:
+    """One ``error: ...`` line on stderr; under ``--json`` an error object on stdout, where a script reads."""
+    if context.json:
+        print(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        print(f"error: {code}: {message}" if show_code else f"error: {message}", file=sys.stderr)
+
+
 async def _run(command: Command, context: Context) -> int:
     try:
         return await command(context)
     except grpc.aio.AioRpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details() or 'no details'}", file=sys.stderr)
+        _error(context, exc.code().name, exc.details() or "no details")
         return 1
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(context, "CONFIG", str(exc), show_code=False)
         return 1
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(context, "USAGE", str(exc), show_code=False)
         return 2
     finally:
         await context.close()

@@ -10,7 +10,7 @@ PRIORITIES = {"low": common_pb2.BACKUP_PRIORITY_LOW, "high": common_pb2.BACKUP_P
 
 
 def time_of_day(text: str) -> int:
-    """``HH:MM`` (UTC+8) -> minute of the day."""
+    """``HH:MM`` (in the schedule zone) -> minute of the day."""
     try:
         hours, minutes = text.split(":")
         hour, minute = int(hours), int(minutes)

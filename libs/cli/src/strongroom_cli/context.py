@@ -16,7 +16,7 @@ from strongroom.billing.v1 import billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2_grpc
 from strongroom.gateway.v1 import verify_pb2_grpc
 from strongroom.restore.v1 import restore_pb2_grpc
-from strongroom.scheduler.v1 import scheduler_pb2_grpc
+from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from strongroom_cli.config import missing_address
 
@@ -81,6 +81,15 @@ class Context:
     def verify(self) -> verify_pb2_grpc.VerifyServiceAsyncStub:
         """Verifications run in the gateway, which holds the packs and the keys (ADR 0033)."""
         return verify_pb2_grpc.VerifyServiceStub(self._channel("gateway"))
+
+    async def require_instance(self, instance_id: str) -> None:
+        """Raise the scheduler's NOT_FOUND when ``instance_id`` names no instance of the account.
+
+        Lists served by other services answer an unknown instance with an empty list (they know
+        instances only through their events); a command that got one asks the scheduler, so that a
+        mistyped id exits non-zero instead of looking like an instance with nothing yet.
+        """
+        await self.scheduler().GetInstance(scheduler_pb2.GetInstanceRequest(instance_id=instance_id), **self.call)
 
     @property
     def call(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""``strongroom instances ...``: activate, list, show, pause, resume, cancel, change settings, back up now."""
+"""``strongroom instances ...``: activate, list, show, pause, resume, cancel, change settings, back up now,
+issue a new enrollment token."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from collections.abc import Sequence
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
 
-from strongroom_cli import output
+from strongroom_cli import output, progress
 from strongroom_cli.args import PRIORITIES, on_off, time_of_day
 from strongroom_cli.context import Context, UsageError
-from strongroom_cli.jobs import print_job
+from strongroom_cli.jobs import FINISHED_JOB_STATUSES, exit_code, job_status, print_job
 
 DEFAULT_REGION = "local"
+
+
+_IN_ZONE = "in the schedule zone (the deployment's STRONGROOM_ZONE, default UTC+8)"
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -29,7 +33,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.add_argument("name")
     p.add_argument("--region", default=DEFAULT_REGION, help=f"region label (default {DEFAULT_REGION})")
     p.add_argument("--priority", choices=sorted(PRIORITIES), help="backup priority (default low)")
-    p.add_argument("--time", type=time_of_day, metavar="HH:MM", help="daily start, UTC+8 (default: random 00:00-06:00)")
+    p.add_argument(
+        "--time",
+        type=time_of_day,
+        metavar="HH:MM",
+        help=f"daily start {_IN_ZONE} (default: random 00:00-06:00)",
+    )
     p.set_defaults(command=activate)
 
     for name, handler, text in (
@@ -37,16 +46,26 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
         ("pause", pause, "pause scheduled backups"),
         ("resume", resume, "resume scheduled backups"),
         ("cancel", cancel, "cancel backup: the agent is revoked and backup points are deleted"),
-        ("backup-now", backup_now, "start a backup job now"),
+        ("issue-token", issue_token, "a new enrollment token: the agent enrolls again to this instance id"),
     ):
         p = commands.add_parser(name, parents=[common], help=text)
         p.add_argument("instance_id", metavar="ID")
         p.set_defaults(command=handler)
+    p = commands.add_parser("backup-now", parents=[common], help="start a backup job now")
+    p.add_argument("instance_id", metavar="ID")
+    p.add_argument("--wait", action="store_true", help="follow the job to its end (exit 1 failed, 3 partial)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.set_defaults(command=backup_now)
 
     p = commands.add_parser("set", parents=[common], help="change backup settings")
     p.add_argument("instance_id", metavar="ID")
     p.add_argument("--priority", choices=sorted(PRIORITIES), help="applies from the next backup job")
-    p.add_argument("--time", type=time_of_day, metavar="HH:MM", help="daily start time, UTC+8")
+    p.add_argument(
+        "--time",
+        type=time_of_day,
+        metavar="HH:MM",
+        help=f"daily start time {_IN_ZONE}",
+    )
     p.add_argument("--keep-latest", type=on_off, metavar="on|off", help="always keep the latest version")
     p.set_defaults(command=set_settings)
 
@@ -76,7 +95,10 @@ def print_instance(context: Context, i: scheduler_pb2.Instance) -> None:
             ("Status", output.enum_name(scheduler_pb2.RunningStatus.Name(i.status), "RUNNING_STATUS_")),
             ("Hostname", i.hostname or "-"),
             ("Priority", output.enum_name(common_pb2.BackupPriority.Name(i.settings.priority), "BACKUP_PRIORITY_")),
-            ("Daily start", f"{output.minute_of_day(i.settings.daily_start_minute)} (UTC+8)"),
+            (
+                "Daily start",
+                f"{output.minute_of_day(i.settings.daily_start_minute)} ({i.schedule_zone or 'UTC+08:00'})",
+            ),
             ("Keep latest", "on" if i.settings.keep_latest_version else "off"),
             ("Roots", ", ".join(i.settings.roots) or "all block-storage filesystems"),
             ("Next backup", output.timestamp(i.next_backup_at, present=i.HasField("next_backup_at"))),
@@ -90,14 +112,24 @@ def print_instances(context: Context, found: Sequence[scheduler_pb2.Instance]) -
     if context.json:
         output.as_json(list(found))
         return
-    headers = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", "NEXT BACKUP (UTC+8)"]
+    headers = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", f"NEXT BACKUP ({output.zone_label()})"]
     output.table(headers, [_summary_row(i) for i in found])
 
 
 async def list_instances(context: Context) -> int:
-    request = scheduler_pb2.ListInstancesRequest(account_id=context.account_id, region=context.args.region)
-    response = await context.scheduler().ListInstances(request, **context.call)
-    print_instances(context, response.instances)
+    # Every page, in order: the list is not held by the server in one message (issue 14).
+    instances: list[scheduler_pb2.Instance] = []
+    token = ""
+    while True:
+        request = scheduler_pb2.ListInstancesRequest(
+            account_id=context.account_id, region=context.args.region, page_size=1000, page_token=token
+        )
+        response = await context.scheduler().ListInstances(request, **context.call)
+        instances += response.instances
+        token = response.next_page_token
+        if not token:
+            break
+    print_instances(context, instances)
     return 0
 
 
@@ -149,10 +181,45 @@ async def cancel(context: Context) -> int:
     return 0
 
 
-async def backup_now(context: Context) -> int:
-    request = scheduler_pb2.RunBackupNowRequest(instance_id=context.args.instance_id)
-    print_job(context, await context.scheduler().RunBackupNow(request, **context.call))
+def _backup_snapshot(job: scheduler_pb2.BackupJob) -> progress.Snapshot:
+    # The scan runs ahead of the reads: what it has found so far is the best total there is.
+    stats = job.stats
+    return progress.Snapshot(
+        bytes_done=stats.bytes_read + stats.bytes_unchanged,
+        bytes_total=stats.bytes_scanned,
+        files_done=stats.files_read + stats.files_unchanged,
+        state=job_status(job.status),
+    )
+
+
+async def issue_token(context: Context) -> int:
+    response = await context.scheduler().IssueEnrollmentToken(_ref(context), **context.call)
+    if context.json:
+        output.as_json(response)
+        return 0
+    print_instance(context, response.instance)
+    print()
+    print(f"Enrollment token (shown only once, valid 24 h): {response.enrollment_token}")
+    print("Enroll the agent again with: strongroom-agent enroll --gateway HOST:PORT --token TOKEN")
     return 0
+
+
+async def backup_now(context: Context) -> int:
+    args = context.args
+    stub = context.scheduler()
+    job = await stub.RunBackupNow(scheduler_pb2.RunBackupNowRequest(instance_id=args.instance_id), **context.call)
+    if getattr(args, "wait", False):
+        request = scheduler_pb2.GetJobRequest(job_id=job.job_id)
+        job = await progress.follow(
+            job,
+            lambda: stub.GetJob(request, **context.call),
+            lambda j: j.status in FINISHED_JOB_STATUSES,
+            _backup_snapshot,
+            show=not context.json,
+            interval=args.poll_interval,
+        )
+    print_job(context, job)
+    return exit_code(job.status)
 
 
 async def set_settings(context: Context) -> int:

@@ -24,6 +24,26 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
         p.set_defaults(command=handler)
 
 
+FINISHED_JOB_STATUSES = frozenset(
+    {
+        common_pb2.JOB_STATUS_COMPLETE,
+        common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
+        common_pb2.JOB_STATUS_FAILED,
+        common_pb2.JOB_STATUS_CANCELED,
+        common_pb2.JOB_STATUS_EXPIRED,
+    }
+)
+# The exit code of a command that waited for a job: 0 complete, 3 partially complete (some files
+# failed), 1 failed, canceled or expired. A job still running (no --wait) exits 0.
+PARTIAL_EXIT = 3
+
+
+def exit_code(status: int) -> int:
+    if status not in FINISHED_JOB_STATUSES or status == common_pb2.JOB_STATUS_COMPLETE:
+        return 0
+    return PARTIAL_EXIT if status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE else 1
+
+
 def job_status(status: int) -> str:
     return output.enum_name(common_pb2.JobStatus.Name(status), "JOB_STATUS_")  # type: ignore[arg-type]
 
@@ -70,7 +90,9 @@ async def list_jobs(context: Context) -> int:
         ]
         for j in response.jobs
     ]
-    output.table(["JOB", "STATUS", "CREATED (UTC+8)", "FINISHED", "FILES", "UPLOADED", "VERSION", "ERROR"], rows)
+    output.table(
+        ["JOB", "STATUS", f"CREATED ({output.zone_label()})", "FINISHED", "FILES", "UPLOADED", "VERSION", "ERROR"], rows
+    )
     return 0
 
 

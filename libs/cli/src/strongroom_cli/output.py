@@ -13,8 +13,31 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-# The product's time zone: schedules and times are shown in UTC+8.
-DISPLAY_TZ = dt.timezone(dt.timedelta(hours=8), "UTC+8")
+
+def _local_zone() -> dt.tzinfo:
+    zone = dt.datetime.now().astimezone().tzinfo
+    return zone if zone is not None else dt.UTC
+
+
+# Times are shown in the operator's zone: the machine's, or the one ``--tz`` / ``$STRONGROOM_TZ``
+# names (set once by the CLI's entry point, before any command runs).
+_display_zone: dt.tzinfo = _local_zone()
+
+
+def set_display_zone(zone: dt.tzinfo | None) -> None:
+    """Show times in ``zone`` (None: the machine's local zone)."""
+    global _display_zone
+    _display_zone = zone if zone is not None else _local_zone()
+
+
+def display_zone() -> dt.tzinfo:
+    return _display_zone
+
+
+def zone_label() -> str:
+    """A short name of the display zone for table headers, e.g. ``UTC+08:00`` or ``CET``."""
+    name = _display_zone.tzname(dt.datetime.now(dt.UTC).astimezone(_display_zone))
+    return name or "local"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
@@ -54,14 +77,14 @@ def as_json(message: Message | Sequence[Message], out: TextIO | None = None) -> 
 
 
 def timestamp(ts: Timestamp, *, present: bool = True) -> str:
-    """``2026-01-02 02:00:00`` in UTC+8, or ``-`` when unset."""
+    """``2026-01-02 02:00:00`` in the display zone, or ``-`` when unset."""
     if not present or (ts.seconds == 0 and ts.nanos == 0):
         return "-"
-    return ts.ToDatetime(tzinfo=dt.UTC).astimezone(DISPLAY_TZ).strftime("%Y-%m-%d %H:%M:%S")
+    return ts.ToDatetime(tzinfo=dt.UTC).astimezone(_display_zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def mtime(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).astimezone(DISPLAY_TZ).strftime("%Y-%m-%d %H:%M")
+    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).astimezone(_display_zone).strftime("%Y-%m-%d %H:%M")
 
 
 def size(n: int) -> str:

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
+import grpc
 from strongroom.agent.v1 import gateway_pb2
-from strongroom.common.v1 import common_pb2
+from strongroom.catalog.v1 import catalog_pb2
 from strongroom.restore.v1 import restore_pb2
 
-from strongroom_cli import output
+from strongroom_cli import output, progress
 from strongroom_cli.context import Context
-from strongroom_cli.jobs import job_status
+from strongroom_cli.jobs import FINISHED_JOB_STATUSES, exit_code, job_status
 
-FINISHED = frozenset(
-    {
-        common_pb2.JOB_STATUS_COMPLETE,
-        common_pb2.JOB_STATUS_PARTIAL_COMPLETE,
-        common_pb2.JOB_STATUS_FAILED,
-        common_pb2.JOB_STATUS_CANCELED,
-        common_pb2.JOB_STATUS_EXPIRED,
-    }
-)
+FINISHED = FINISHED_JOB_STATUSES
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -40,7 +32,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
         action="store_true",
         help="restore onto another instance at the point's original paths (no --target-path); audited",
     )
-    p.add_argument("--wait", action="store_true", help="wait until the job finishes; exit 1 if it failed")
+    p.add_argument("--wait", action="store_true", help="follow the job to its end (exit 1 failed, 3 partial)")
     p.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
     p.set_defaults(command=create)
 
@@ -112,15 +104,41 @@ async def create(context: Context) -> int:
     stub = context.restore()
     job = await stub.CreateRestoreJob(request, **context.call)
     if args.wait:
-        if not context.json:
-            print(f"restore job {job.restore_job_id} created; waiting for it to finish ...", flush=True)
-        while job.status not in FINISHED:
-            await asyncio.sleep(args.poll_interval)
-            job = await stub.GetRestoreJob(
-                restore_pb2.GetRestoreJobRequest(restore_job_id=job.restore_job_id), **context.call
-            )
+        poll = restore_pb2.GetRestoreJobRequest(restore_job_id=job.restore_job_id)
+        total = await _point_bytes(context) if not (args.include or args.exclude) else 0
+        job = await progress.follow(
+            job,
+            lambda: stub.GetRestoreJob(poll, **context.call),
+            lambda j: j.status in FINISHED,
+            lambda j: _restore_snapshot(j, total),
+            show=not context.json,
+            interval=args.poll_interval,
+        )
     print_job(context, job)
-    return 1 if job.status == common_pb2.JOB_STATUS_FAILED else 0
+    return exit_code(job.status)
+
+
+async def _point_bytes(context: Context) -> int:
+    """The size of the whole point (the total of a restore of everything), 0 when it cannot be read."""
+    if not context.addresses.get("catalog"):
+        return 0
+    try:
+        point = await context.catalog().GetPoint(
+            catalog_pb2.GetPointRequest(point_id=context.args.point_id), **context.call
+        )
+    except grpc.aio.AioRpcError:
+        return 0  # only the bar's total is missing; the job itself is what matters
+    return int(point.total_bytes)
+
+
+def _restore_snapshot(job: restore_pb2.RestoreJob, total: int) -> progress.Snapshot:
+    stats = job.stats
+    return progress.Snapshot(
+        bytes_done=stats.bytes_restored,
+        bytes_total=total,
+        files_done=stats.files_restored + stats.files_skipped,
+        state=job_status(job.status),
+    )
 
 
 async def show(context: Context) -> int:
@@ -138,6 +156,8 @@ async def cancel(context: Context) -> int:
 async def list_jobs(context: Context) -> int:
     request = restore_pb2.ListRestoreJobsRequest(instance_id=context.args.instance_id)
     response = await context.restore().ListRestoreJobs(request, **context.call)
+    if not response.jobs:
+        await context.require_instance(context.args.instance_id)
     if context.json:
         output.as_json(list(response.jobs))
         return 0
@@ -154,5 +174,7 @@ async def list_jobs(context: Context) -> int:
         ]
         for j in response.jobs
     ]
-    output.table(["RESTORE JOB", "STATUS", "POINT", "TARGET", "PATH", "FILES", "CREATED (UTC+8)", "ERROR"], rows)
+    output.table(
+        ["RESTORE JOB", "STATUS", "POINT", "TARGET", "PATH", "FILES", f"CREATED ({output.zone_label()})", "ERROR"], rows
+    )
     return 0

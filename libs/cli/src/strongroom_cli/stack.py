@@ -193,13 +193,17 @@ def tls_env(
     return env
 
 
+MIGRATE_DSN = "STRONGROOM_PG_MIGRATE_DSN"
+
+
 @dataclass
 class Stack:
-    """The five services, each in its own process."""
+    """The five services, each in its own process, each logged in to PostgreSQL as its own role."""
 
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
 
     tls_dir: Path | None = None
+    databases: dict[str, str] = field(default_factory=dict)
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -214,14 +218,25 @@ class Stack:
         listen: Mapping[str, str] | None = None,
         tls_dir: Path | None = None,
         start_within: float = 90.0,
+        databases: Mapping[str, str] | None = None,
     ) -> None:
         """Start every service; on any failure stop those already started and re-raise.
 
+        ``databases`` maps each service to the DSN of its own PostgreSQL role (ADR 0031). With
+        ``STRONGROOM_PG_MIGRATE_DSN`` (the migration owner) in ``base_env``, every installed schema
+        is migrated first, as ``strongroom-admin migrate`` does, and no service gets the owner's DSN.
         ``listen`` maps a service name to its fixed listen address (default: any free port).
         ``tls_dir`` holds (or receives) a local PKI: every service then serves TLS, with an
         internal mutual-TLS listener for its peers; without it ``base_env`` must say how.
         """
         listen = listen or {}
+        self.databases = dict(databases or {})
+        owner = base_env.get(MIGRATE_DSN)
+        if owner and self.databases:
+            from strongroom_platform.pg_roles import migrate_schemas
+            from strongroom_platform.schemas import installed_specs
+
+            await migrate_schemas(owner, installed_specs())
         if tls_dir is not None:
             from strongroom_platform.certs import ensure_agent_ca, ensure_local_pki
 
@@ -252,6 +267,9 @@ class Stack:
         self, name: str, base_env: Mapping[str, str], log_dir: Path, listen: str | None, start_within: float
     ) -> ManagedProcess:
         env = service_env(base_env, self.addresses)
+        if name in self.databases:
+            env["STRONGROOM_PG_DSN"] = self.databases[name]
+            env.pop(MIGRATE_DSN, None)
         also: tuple[str, ...] = ()
         if self.tls_dir is not None:
             known = self.addresses

@@ -7,12 +7,19 @@ process and a local agent enrolled as an instance. Then it backs up a
 directory (a demo directory it creates, or the one named) and prints how to
 browse the backup and restore a file. Runs until Ctrl-C. State lives in the
 data directory (default ``.strongroom``) and survives a restart.
+
+PostgreSQL is used as in production (ADR 0031): the embedded server's superuser only creates the
+migration owner and its database ``strongroom``; the owner migrates; each service logs in as its
+own role. ``--clock-offset-days N`` runs the platform N days in the future: the trusted time that
+decides expiry (``trusted.clock_offset``) is set, by the owner, for this run only; a start without
+the flag resets it to 0. Only standalone mode, with its filesystem object store, may do this.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import fcntl
 import json
 import os
@@ -30,11 +37,14 @@ from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CA_CERT_FILE, spki_sha256, write_private
+from strongroom_platform.pg_roles import OWNER_ROLE, SERVICE_ROLES, login_dsn, migrate_schemas
 from strongroom_platform.runtime import run_until_signalled
+from strongroom_platform.schemas import installed_specs
+from strongroom_platform.trusted_time import set_clock_offset
 from strongroom_servers.postgres import LocalPostgres
 from strongroom_servers.tansu import LocalTansu
 
-from strongroom_cli.stack import SERVICES, ManagedProcess, Stack, operator_channel, spawn
+from strongroom_cli.stack import MIGRATE_DSN, SERVICES, ManagedProcess, Stack, operator_channel, spawn
 
 DEMO_FILES: Mapping[str, bytes] = {
     "hello.txt": b"Hello from Strongroom!\n",
@@ -53,6 +63,36 @@ class StandaloneError(RuntimeError):
 class Options:
     data_dir: Path
     backup_dir: Path | None
+    clock_offset_days: int = 0
+
+
+DATABASE = "strongroom"
+
+
+async def provision_database(superuser_dsn: str, *, clock_offset: dt.timedelta) -> tuple[str, dict[str, str]]:
+    """As the embedded server's superuser: the migration owner (no superuser, CREATEROLE) and its
+    database; then, as the owner, every schema, role and grant, and the trusted clock's offset.
+
+    Returns the owner's DSN and each service's role DSN on that database.
+    """
+    import asyncpg
+
+    conn = await asyncpg.connect(superuser_dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", OWNER_ROLE):
+            await conn.execute(f'CREATE ROLE "{OWNER_ROLE}" LOGIN CREATEROLE NOSUPERUSER')
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
+            await conn.execute(f'CREATE DATABASE "{DATABASE}" OWNER "{OWNER_ROLE}"')
+    finally:
+        await conn.close()
+    owner = login_dsn(superuser_dsn, OWNER_ROLE).rsplit("/", 1)[0] + "/" + DATABASE
+    await migrate_schemas(owner, installed_specs())
+    conn = await asyncpg.connect(owner)
+    try:
+        await set_clock_offset(conn, clock_offset)
+    finally:
+        await conn.close()
+    return owner, {name: login_dsn(owner, SERVICE_ROLES[name]) for name in SERVICES}
 
 
 def _free_port() -> int:
@@ -212,8 +252,9 @@ ADMIN_TOKEN_REFRESH = 30 * 86400  # seconds: a token older than this is replaced
 async def _admin_token(data_dir: Path, dsn: str) -> str:
     """The standalone admin token of account ``default`` (file 0600), made anew when missing or old.
 
-    Made with database access (``strongroom-admin token create``); valid 90 days, replaced at a
-    start once 30 days old, so a running standalone never holds an expired one.
+    Made with the migration owner's database access (``dsn``, as ``strongroom-admin token create``);
+    valid 90 days, replaced at a start once 30 days old, so a running standalone never holds an
+    expired one.
     """
     path = data_dir / ADMIN_TOKEN_FILE
     if path.is_file() and time.time() - path.stat().st_mtime < ADMIN_TOKEN_REFRESH:
@@ -269,9 +310,14 @@ async def _run_locked(options: Options, stop: asyncio.Event) -> None:
     agent: ManagedProcess | None = None
     try:
         await asyncio.to_thread(tansu.start)
+        offset = dt.timedelta(days=options.clock_offset_days)
+        owner, databases = await provision_database(postgres.dsn, clock_offset=offset)
+        if offset:
+            _say(f"warning: the trusted clock runs {options.clock_offset_days} days ahead (--clock-offset-days)")
         env = dict(os.environ)
+        env.pop("STRONGROOM_PG_DSN", None)
         env.update(
-            STRONGROOM_PG_DSN=postgres.dsn,
+            STRONGROOM_PG_MIGRATE_DSN=owner,
             STRONGROOM_KAFKA_BOOTSTRAP=tansu.bootstrap,
             STRONGROOM_KAFKA_IDEMPOTENT="0",  # Tansu refuses idempotent producers
             STRONGROOM_OBJECT_STORE=f"file:{data_dir / 'objects'}",
@@ -282,10 +328,11 @@ async def _run_locked(options: Options, stop: asyncio.Event) -> None:
         _say("starting services (TLS, local CA) ...")
         listen = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
         tls_dir = data_dir / "tls"
-        await stack.start(env, logs, listen=listen, tls_dir=tls_dir)
+        await stack.start(env, logs, listen=listen, tls_dir=tls_dir, databases=databases)
         addresses = stack.addresses
         (data_dir / "standalone.json").write_text(json.dumps(addresses, indent=2))
-        token = await _admin_token(data_dir, postgres.dsn)
+        token = await _admin_token(data_dir, owner)
+        agent_env_base = {k: v for k, v in env.items() if k != MIGRATE_DSN}
         ca_file = tls_dir / CA_CERT_FILE
         async with (
             operator_channel(addresses["scheduler"], ca_file=ca_file, token=token) as scheduler_channel,
@@ -295,7 +342,7 @@ async def _run_locked(options: Options, stop: asyncio.Event) -> None:
             catalog = catalog_pb2_grpc.CatalogServiceStub(catalog_channel)
             instance_id, enrollment = await _ensure_instance(state, scheduler, backup_dir)
             agent_dir = data_dir / "agent"
-            agent_env = dict(env, STRONGROOM_AGENT_STATE_DIR=str(agent_dir))
+            agent_env = dict(agent_env_base, STRONGROOM_AGENT_STATE_DIR=str(agent_dir))
             if enrollment is not None:
                 await _enroll_agent(addresses["gateway"], enrollment, agent_dir, agent_env, logs, ca_file)
                 state.data.update(instance_id=instance_id, backup_dir=str(backup_dir))
@@ -331,8 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="strongroom standalone", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path(".strongroom"), help="where state is kept")
     parser.add_argument("--backup-dir", type=Path, default=None, help="directory to back up (default: a demo dir)")
+    parser.add_argument(
+        "--clock-offset-days",
+        type=int,
+        default=0,
+        help="run the platform's trusted clock this many days ahead (tests of time rules; standalone only)",
+    )
     args = parser.parse_args(argv)
-    options = Options(data_dir=args.data_dir.absolute(), backup_dir=args.backup_dir)
+    if not 0 <= args.clock_offset_days <= 3650:
+        parser.error("--clock-offset-days must be between 0 and 3650")
+    options = Options(
+        data_dir=args.data_dir.absolute(), backup_dir=args.backup_dir, clock_offset_days=args.clock_offset_days
+    )
     failure: list[str] = []
 
     async def guarded(stop: asyncio.Event) -> None:

@@ -146,7 +146,9 @@ async def list_verifications(context: Context) -> int:
         ]
         for v in response.verifications
     ]
-    output.table(["VERIFICATION", "STATE", "SCOPE", "POINTS", "DAMAGED FILES", "CREATED (UTC+8)"], rows)
+    output.table(
+        ["VERIFICATION", "STATE", "SCOPE", "POINTS", "DAMAGED FILES", f"CREATED ({output.zone_label()})"], rows
+    )
     return 0
 
 
@@ -168,6 +170,14 @@ async def status(context: Context) -> int:
         for r in response.instances
     ]
     output.table(
-        ["INSTANCE", "LAST VERIFIED POINT", "POINT TAKEN", "VERIFIED (UTC+8)", "DAMAGED FILES", "DAMAGED POINTS"], rows
+        [
+            "INSTANCE",
+            "LAST VERIFIED POINT",
+            "POINT TAKEN",
+            f"VERIFIED ({output.zone_label()})",
+            "DAMAGED FILES",
+            "DAMAGED POINTS",
+        ],
+        rows,
     )
     return 0

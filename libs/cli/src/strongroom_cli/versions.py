@@ -21,6 +21,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
 async def list_versions(context: Context) -> int:
     request = catalog_pb2.ListVersionsRequest(instance_id=context.args.instance_id)
     response = await context.catalog().ListVersions(request, **context.call)
+    if not response.versions:
+        await context.require_instance(context.args.instance_id)
     if context.json:
         output.as_json(list(response.versions))
         return 0
@@ -39,6 +41,15 @@ async def list_versions(context: Context) -> int:
                     "yes" if point.browsable else "not yet",
                 ]
             )
-    headers = ["VERSION", "CREATED (UTC+8)", "POINT", "MOUNT", "FILES", "SIZE", "RETAINED UNTIL", "BROWSABLE"]
+    headers = [
+        "VERSION",
+        f"CREATED ({output.zone_label()})",
+        "POINT",
+        "MOUNT",
+        "FILES",
+        "SIZE",
+        "RETAINED UNTIL",
+        "BROWSABLE",
+    ]
     output.table(headers, rows)
     return 0

@@ -36,7 +36,7 @@ class Migration:
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, tls: ssl.SSLContext | None = None
 ) -> asyncpg.Pool:
-    """Open a pool whose connections use ``schema`` (created if missing) as search_path.
+    """Open a pool whose connections use ``schema`` as search_path (the migrations create it).
 
     ``tls`` (``strongroom_platform.tls.backend_ssl_context(settings.pg_tls)``) makes every
     connection use TLS verified by that context, and fail on a server that does not offer it.
@@ -45,11 +45,6 @@ async def create_pool(
     if not schema.isidentifier():
         raise ValueError(f"invalid schema name {schema!r}")
     ssl_args: dict[str, Any] = {} if tls is None else {"ssl": tls}
-    conn = await asyncpg.connect(dsn, **ssl_args)
-    try:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-    finally:
-        await conn.close()
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -61,27 +56,44 @@ async def create_pool(
     return pool
 
 
-async def migrate(pool: asyncpg.Pool, schema: str, migrations: Sequence[Migration]) -> int:
-    """Apply the migrations not applied yet; return how many were applied."""
+async def apply_migrations(conn: asyncpg.Connection, schema: str, migrations: Sequence[Migration]) -> int:
+    """In the caller's transaction: create ``schema`` if missing and apply the migrations not applied yet.
+
+    Takes the schema's migration lock (an advisory transaction lock) first and sets the
+    transaction's search_path to the schema. Returns how many were applied.
+    """
+    if not schema.isidentifier():
+        raise ValueError(f"invalid schema name {schema!r}")
     versions = [m.version for m in migrations]
     if versions != sorted(set(versions)):
         raise ValueError("migration versions must be unique and ascending")
     lock_id = int.from_bytes(hashlib.sha256(schema.encode()).digest()[:8], "big", signed=True)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_id)
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
     applied = 0
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_id)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for migration in migrations:
-            if migration.version in done:
-                continue
-            await conn.execute(migration.sql)
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", migration.version)
-            applied += 1
+    for migration in migrations:
+        if migration.version in done:
+            continue
+        await conn.execute(migration.sql)
+        await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", migration.version)
+        applied += 1
     return applied
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, migrations: Sequence[Migration]) -> int:
+    """Apply the migrations not applied yet (creating the schema); return how many were applied.
+
+    Runs as the pool's login, which then owns what it creates: services migrate through
+    ``pg_roles.migrate_schema`` as the migration owner instead (ADR 0031).
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        return await apply_migrations(cast(asyncpg.Connection, conn), schema, migrations)
 
 
 class InboxTx(Protocol):

@@ -33,6 +33,7 @@ RESTORE_CANCEL_REQUESTED = "restore-cancel-requested"
 RESTORE_UPDATED = "restore-updated"
 AUDIT_RECORDED = "audit-recorded"
 ALERT_RAISED = "alert-raised"
+INSTANCE_RECOVERED = "instance-recovered"
 
 TOPIC_MESSAGES: dict[str, type[Message]] = {
     INSTANCE_ACTIVATED: events_pb2.InstanceActivated,
@@ -49,6 +50,7 @@ TOPIC_MESSAGES: dict[str, type[Message]] = {
     RESTORE_UPDATED: events_pb2.RestoreUpdated,
     AUDIT_RECORDED: events_pb2.AuditRecorded,
     ALERT_RAISED: events_pb2.AlertRaised,
+    INSTANCE_RECOVERED: events_pb2.InstanceRecovered,
 }
 
 

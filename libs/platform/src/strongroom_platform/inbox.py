@@ -18,6 +18,8 @@ CREATE TABLE IF NOT EXISTS processed_events (
     PRIMARY KEY (consumer, event_id)
 );
 """
+# What a service's role needs on its processed events (ADR 0031): claims are only ever added.
+INBOX_PRIVILEGES = "SELECT, INSERT"
 
 
 async def claim_event(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:

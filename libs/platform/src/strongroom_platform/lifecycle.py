@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import grpc
 
 from strongroom_platform import outbox
 from strongroom_platform.clock import Clock
-from strongroom_platform.db import Migration, create_pool, migrate
+from strongroom_platform.db import create_pool
 from strongroom_platform.eventbus import ConsumerFactory, EventConsumer, EventPublisher, Handler
+from strongroom_platform.pg_roles import SchemaSpec, check_service_login, migrate_schemas
 from strongroom_platform.runtime import serve_grpc
+from strongroom_platform.schemas import with_platform
+from strongroom_platform.settings import PlatformSettings
+from strongroom_platform.tls import backend_ssl_context
+from strongroom_platform.trusted_time import check_offset_allowed, clock_offset
 
 __all__ = ["cancel", "open_pool", "serve", "start_consumer", "start_relay", "start_task"]
 
@@ -34,21 +38,25 @@ async def cancel(task: asyncio.Task[Any]) -> None:
 
 
 async def open_pool(
-    stack: AsyncExitStack,
-    dsn: str,
-    schema: str,
-    migrations: Sequence[Migration],
-    *,
-    max_size: int = 10,
-    tls: ssl.SSLContext | None = None,
+    stack: AsyncExitStack, settings: PlatformSettings, spec: SchemaSpec, *, max_size: int = 10
 ) -> asyncpg.Pool:
-    """A pool on ``schema`` with ``migrations`` applied; closed when the stack unwinds.
+    """A pool on ``spec.schema`` as the service's own role; closed when the stack unwinds (ADR 0031).
 
-    ``tls``: ``tls.backend_ssl_context(settings.pg_tls)`` (None: as the DSN says).
+    With ``settings.pg_migrate_dsn`` (the migration owner) the platform's schemas and ``spec`` are
+    migrated first, with their roles and grants. The pool logs in with ``settings.pg_dsn`` and is
+    refused (:class:`~strongroom_platform.pg_roles.LoginRefused`) when that login is a superuser or
+    owns the schema, when the schema is behind this build, or when the trusted clock is offset
+    outside standalone mode.
     """
-    pool = await create_pool(dsn, schema, max_size=max_size, tls=tls)
+    tls = backend_ssl_context(settings.pg_tls)
+    if settings.pg_migrate_dsn is not None:
+        await migrate_schemas(settings.pg_migrate_dsn, with_platform(spec), tls=tls)
+    pool = await create_pool(settings.pg_dsn, spec.schema, max_size=max_size, tls=tls)
     stack.push_async_callback(pool.close)
-    await migrate(pool, schema, migrations)
+    async with pool.acquire() as proxy:
+        conn = cast(asyncpg.Connection, proxy)  # the pool hands out a proxy that forwards every call
+        await check_service_login(conn, spec)
+        check_offset_allowed(await clock_offset(conn), settings.object_store)
     return pool
 
 

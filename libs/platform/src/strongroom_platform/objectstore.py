@@ -34,6 +34,15 @@ class ObjectInfo:
     retain_until: dt.datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    """One stored version of a key (never a delete marker)."""
+
+    key: str
+    # None for an object written before versions existed (filesystem store): read it without an id.
+    version_id: str | None
+
+
 class ObjectStore(Protocol):
     """A flat key -> bytes store with write-once, lockable objects.
 
@@ -90,4 +99,13 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> AsyncIterator[str]:
         """Yield the keys that start with ``prefix``, in lexicographic order."""
+        ...
+
+    def list_versions(self, prefix: str) -> AsyncIterator[ObjectVersion]:
+        """Yield every stored version of every key that starts with ``prefix``, delete markers left out.
+
+        Unlike :meth:`list`, a key whose current version is a delete marker, and versions a later
+        put replaced, are included: what a disaster recovery must find whatever was done to the
+        keys. Keys come in lexicographic order; the versions of one key in no particular order.
+        """
         ...

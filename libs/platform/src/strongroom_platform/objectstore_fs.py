@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from strongroom_platform.clock import Clock
-from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound
+from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound, ObjectVersion
 
 __all__ = ["FilesystemObjectStore", "key_to_parts"]
 
@@ -309,3 +309,46 @@ class FilesystemObjectStore:
                             keys.append(key)
         keys.sort()
         return keys
+
+    async def list_versions(self, prefix: str) -> AsyncIterator[ObjectVersion]:
+        """Every version under ``<name>.versions/`` of the keys under ``prefix``, and a ``<name>.obj``
+        written before versions existed (version id None); also keys whose ``.obj`` was removed."""
+        versions = await self._call(self._list_versions_sync, prefix)
+        for version in versions:
+            yield version
+
+    def _list_versions_sync(self, prefix: str) -> builtins.list[ObjectVersion]:
+        found: builtins.list[ObjectVersion] = []
+        if not self._root.is_dir():
+            return found
+        stack: builtins.list[tuple[Path, str]] = [(self._root, "")]
+        while stack:
+            directory, key_prefix = stack.pop()
+            current: dict[str, int] = {}
+            versioned: dict[str, builtins.list[tuple[str, int]]] = {}
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if entry.is_dir(follow_symlinks=False) and name.endswith(_DIR_SUFFIX):
+                        sub = key_prefix + name[: -len(_DIR_SUFFIX)] + "/"
+                        if sub.startswith(prefix) or prefix.startswith(sub):
+                            stack.append((Path(entry.path), sub))
+                    elif entry.is_dir(follow_symlinks=False) and name.endswith(_VERSIONS_SUFFIX):
+                        key = key_prefix + name[: -len(_VERSIONS_SUFFIX)]
+                        if key.startswith(prefix):
+                            versioned[key] = [
+                                (v.name[: -len(_OBJ_SUFFIX)], v.inode())
+                                for v in os.scandir(entry.path)
+                                if v.name.endswith(_OBJ_SUFFIX) and _VERSION_ID.fullmatch(v.name[: -len(_OBJ_SUFFIX)])
+                            ]
+                    elif entry.is_file(follow_symlinks=False) and name.endswith(_OBJ_SUFFIX):
+                        key = key_prefix + name[: -len(_OBJ_SUFFIX)]
+                        if key.startswith(prefix):
+                            current[key] = entry.inode()
+            for key in set(current) | set(versioned):
+                ids = versioned.get(key, [])
+                found.extend(ObjectVersion(key, version_id) for version_id, _ in ids)
+                if key in current and current[key] not in {inode for _, inode in ids}:
+                    found.append(ObjectVersion(key, None))  # written before versions existed
+        found.sort(key=lambda v: v.key)
+        return found

@@ -43,7 +43,13 @@ from minio.error import S3Error
 from minio.retention import Retention
 
 from strongroom_platform.clock import Clock, SystemClock
-from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound, ObjectStoreError
+from strongroom_platform.objectstore import (
+    ObjectInfo,
+    ObjectLocked,
+    ObjectNotFound,
+    ObjectStoreError,
+    ObjectVersion,
+)
 from strongroom_platform.settings import S3Settings
 from strongroom_platform.tls import client_ssl_context
 
@@ -369,6 +375,41 @@ class S3ObjectStore:
             version_marker = _child_text(root, "NextVersionIdMarker") or ""
             if not key_marker:
                 return found
+
+    async def list_versions(self, prefix: str) -> AsyncIterator[ObjectVersion]:
+        """Every stored version of the keys under ``prefix`` (ListObjectVersions), delete markers left out."""
+        key_marker = version_marker = ""
+        while True:
+            page, key_marker, version_marker = await self._call(
+                self._versions_page_sync, prefix, key_marker, version_marker
+            )
+            for version in page:
+                yield version
+            if not key_marker:
+                return
+
+    def _versions_page_sync(
+        self, prefix: str, key_marker: str, version_marker: str
+    ) -> tuple[builtins.list[ObjectVersion], str, str]:
+        """One page of ListObjectVersions: (versions, next key marker, next version marker); "" when done."""
+        query: dict[str, str | list[str] | tuple[str]] = {"versions": "", "prefix": prefix, "max-keys": "1000"}
+        if key_marker:
+            query["key-marker"] = key_marker
+        if version_marker:
+            query["version-id-marker"] = version_marker
+        try:
+            response = self._client._execute("GET", self._bucket, query_params=query)
+        except S3Error as exc:
+            raise self._error(exc, prefix) from exc
+        root = ElementTree.fromstring(response.data)
+        page = [
+            ObjectVersion(_child_text(element, "Key") or "", _child_text(element, "VersionId") or "null")
+            for element in root
+            if _local(element.tag) == "Version"
+        ]
+        if _child_text(root, "IsTruncated") != "true":
+            return page, "", ""
+        return page, _child_text(root, "NextKeyMarker") or "", _child_text(root, "NextVersionIdMarker") or ""
 
     async def extend_retention(self, key: str, retain_until: dt.datetime, *, version_id: str | None = None) -> None:
         """Move the retention date of the current version (or ``version_id``) later; an earlier date changes nothing."""

@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE published_at IS NULL;
 """
+# What a service's role needs on its outbox (ADR 0031): the relay marks or deletes published rows.
+OUTBOX_PRIVILEGES = "SELECT, INSERT, UPDATE (published_at), DELETE"
 
 
 def _channel(schema: str) -> str:

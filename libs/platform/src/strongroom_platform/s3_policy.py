@@ -43,6 +43,9 @@ _ACTIONS: dict[S3Identity, tuple[str, ...]] = {
         *_BUCKET_READS,
         "s3:GetBucketObjectLockConfiguration",
         "s3:GetBucketVersioning",
+        # Vault records and packs are found behind delete markers and forged versions (ADR 0032):
+        # the refusal to mint a key the bucket holds, and the rebuild from the bucket.
+        "s3:ListBucketVersions",
         "s3:PutObject",
         "s3:GetObject",
         "s3:GetObjectVersion",

@@ -25,10 +25,10 @@ import grpc
 from strongroom_platform import audit, lifecycle
 from strongroom_platform.auth import AgentAuthenticator, Authenticator, AuthInterceptor, TokenVerifier
 from strongroom_platform.auth.oidc import OidcVerifier
-from strongroom_platform.auth.tokens_pg import AUTH_MIGRATIONS, AUTH_SCHEMA, PgTokenStore
+from strongroom_platform.auth.tokens_pg import AUTH_SPEC, PgTokenStore
 from strongroom_platform.clock import Clock
 from strongroom_platform.settings import PlatformSettings, SettingsError, TlsSettings
-from strongroom_platform.tls import backend_ssl_context, listener_credentials, secure_channel, server_credentials
+from strongroom_platform.tls import listener_credentials, secure_channel, server_credentials
 
 __all__ = ["Auth", "agents_only", "open_auth", "peer_channel", "serve_listeners"]
 
@@ -65,12 +65,10 @@ async def open_auth(
     A process serving mutating calls passes its ``audit_sink`` (``audit.OutboxAuditSink`` over its
     own pool, ADR 0027); without one the interceptor refuses them.
 
-    Opens a small pool on schema ``auth`` and applies its migrations (idempotent, under the
-    migration lock), so a service that starts before the scheduler can verify tokens at once.
+    Opens a small pool on schema ``auth`` as the service's role (``lifecycle.open_pool``: migrated
+    first when the process holds the migration owner's DSN).
     """
-    pool = await lifecycle.open_pool(
-        stack, settings.pg_dsn, AUTH_SCHEMA, AUTH_MIGRATIONS, max_size=2, tls=backend_ssl_context(settings.pg_tls)
-    )
+    pool = await lifecycle.open_pool(stack, settings, AUTH_SPEC, max_size=2)
     tokens = PgTokenStore(pool)
     oidc = OidcVerifier(settings.oidc, clock) if settings.oidc is not None else None
     authenticator = Authenticator(tokens=TokenVerifier(tokens, clock), oidc=oidc, agents=agents)

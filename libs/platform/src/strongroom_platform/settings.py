@@ -253,7 +253,11 @@ class PlatformSettings:
     """Connections every service needs.
 
     Environment:
-        STRONGROOM_PG_DSN: PostgreSQL server DSN (each service uses its own schema).
+        STRONGROOM_PG_DSN: PostgreSQL DSN of this service's own login role (``strongroom_<service>``;
+            never a superuser nor the schema's owner: the service refuses those; ADR 0031).
+        STRONGROOM_PG_MIGRATE_DSN: optional DSN of the migration owner (owns the schemas, may create
+            roles); given, the service migrates its schema, roles and grants before serving. Unset, the
+            schema must already be migrated (``strongroom-admin migrate``).
         STRONGROOM_KAFKA_BOOTSTRAP: host:port of a Kafka-compatible broker.
         STRONGROOM_KAFKA_IDEMPOTENT: enable producer idempotence (default on; off for Tansu).
         STRONGROOM_OBJECT_STORE: "s3" (default) or "file:<directory>" (standalone mode).
@@ -290,6 +294,7 @@ class PlatformSettings:
     kafka_sasl: KafkaSasl | None = None
     internal_listen: str | None = None
     oidc: OidcSettings | None = None
+    pg_migrate_dsn: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PlatformSettings:
@@ -331,6 +336,7 @@ class PlatformSettings:
             kafka_sasl=KafkaSasl.from_env(environ, kafka_tls),
             internal_listen=environ.get("STRONGROOM_INTERNAL_LISTEN") or None,
             oidc=OidcSettings.from_env(environ),
+            pg_migrate_dsn=environ.get("STRONGROOM_PG_MIGRATE_DSN") or None,
         )
         if not settings.insecure_plaintext and (tls is None or not tls.has_identity):
             # Refused here, before anything connects, rather than when the listener opens.

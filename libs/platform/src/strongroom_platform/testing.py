@@ -28,7 +28,7 @@ from strongroom_platform.auth.tokens import InMemoryTokenStore, TokenVerifier, n
 from strongroom_platform.clock import Clock, SystemClock, utc
 from strongroom_platform.eventbus import Handler, Record
 from strongroom_platform.events import ALERT_RAISED, TOPIC_MESSAGES
-from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound
+from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound, ObjectVersion
 from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
 from strongroom_platform.runtime import start_grpc_server
 
@@ -164,6 +164,13 @@ class InMemoryObjectStore:
         for key in sorted(self._versions):
             if key.startswith(prefix) and self._current(key) is not None:
                 yield key
+
+    async def list_versions(self, prefix: str) -> AsyncIterator[ObjectVersion]:
+        for key in sorted(self._versions):
+            if key.startswith(prefix):
+                for version in list(self._versions[key]):
+                    if version.data is not None:
+                        yield ObjectVersion(key, version.version_id)
 
 
 class InMemoryEventBus:

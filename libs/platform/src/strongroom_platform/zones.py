@@ -9,8 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
+from collections.abc import Mapping
 
-__all__ = ["DEFAULT_ZONE", "parse_zone", "zone_name"]
+from strongroom_platform.settings import SettingsError
+
+__all__ = ["DEFAULT_ZONE", "ZONE_ENV", "parse_zone", "zone_from_env", "zone_name"]
+
+ZONE_ENV = "STRONGROOM_ZONE"
 
 DEFAULT_ZONE = dt.timezone(dt.timedelta(hours=8), "UTC+08:00")
 
@@ -42,3 +47,11 @@ def zone_name(zone: dt.tzinfo) -> str:
     if isinstance(zone, zoneinfo.ZoneInfo):
         return zone.key
     return zone.tzname(None) or "UTC"
+
+
+def zone_from_env(environ: Mapping[str, str]) -> dt.tzinfo:
+    """``STRONGROOM_ZONE`` (default UTC+8); SettingsError naming the variable when it is not a zone."""
+    try:
+        return parse_zone(environ.get(ZONE_ENV, "") or "UTC+8")
+    except ValueError as exc:
+        raise SettingsError(f"{ZONE_ENV}: {exc}") from None

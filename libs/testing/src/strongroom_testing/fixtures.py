@@ -3,12 +3,16 @@
 Each server is resolved once per session, in this order:
 
 1. an endpoint from the environment: ``TEST_KAFKA_BOOTSTRAP``; ``TEST_PG_DSN`` (a server DSN whose
-   user may create databases); ``TEST_S3_ENDPOINT`` + ``TEST_S3_ACCESS_KEY`` + ``TEST_S3_SECRET_KEY``
+   user may create databases and roles); ``TEST_S3_ENDPOINT`` + ``TEST_S3_ACCESS_KEY`` + ``TEST_S3_SECRET_KEY``
    (+ ``TEST_S3_SECURE``);
 2. testcontainers, when a Docker engine answers a ping (``STRONGROOM_USE_DOCKER=0`` skips this);
 3. the local launchers of :mod:`strongroom_servers` (Kafka from Maven jars, PostgreSQL binaries,
    versitygw built with Go), with downloads and builds cached between runs;
 4. otherwise the test is skipped, or fails when ``REQUIRE_SERVICES=1``.
+
+PostgreSQL runs as Strongroom does (ADR 0031): ``pg_dsn`` is the DSN of the migration owner
+(``strongroom_owner``: no superuser, CREATEROLE, owns the test's database), and ``pg_logins`` adds
+each service's own role on the same database. Only the fixtures use the server's superuser.
 
 A local launcher that is attempted but fails to start always fails the test: a broken launcher must
 not hide behind a skip. The servers live in a :class:`ServerPool` stored on the pytest config and
@@ -24,6 +28,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -36,7 +41,19 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
+from strongroom_platform.db import create_pool
+from strongroom_platform.pg_roles import (
+    OWNER_ROLE,
+    SERVICE_ROLES,
+    SchemaSpec,
+    ensure_login_role,
+    login_dsn,
+    migrate_schemas,
+    set_role_password,
+)
+from strongroom_platform.schemas import with_platform
 from strongroom_servers import (
     LocalKafka,
     LocalPostgres,
@@ -53,12 +70,14 @@ from strongroom_testing.pki import LocalPki
 __all__ = [
     "FIXTURE_KINDS",
     "LocalPki",
+    "PgLogins",
     "S3Config",
     "ServerPool",
     "ServiceUnavailable",
     "kafka_bootstrap",
     "local_pki",
     "pg_dsn",
+    "pg_logins",
     "pg_server_dsn",
     "s3_config",
     "server_pool",
@@ -72,6 +91,7 @@ FIXTURE_KINDS: dict[str, Kind] = {
     "kafka_bootstrap": "kafka",
     "pg_server_dsn": "postgres",
     "pg_dsn": "postgres",
+    "pg_logins": "postgres",
     "s3_config": "s3",
 }
 
@@ -433,24 +453,85 @@ def pg_server_dsn(request: pytest.FixtureRequest) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class _PgCluster:
+    """The session's roles: the migration owner and every service role, with their passwords."""
+
+    server_dsn: str
+    owner_password: str
+    role_password: str
+
+
+@dataclass(frozen=True)
+class PgLogins:
+    """The logins of one test database: the migration owner and each service's own role."""
+
+    owner: str
+    role_password: str
+
+    def service(self, name: str) -> str:
+        """DSN of service ``name``'s role (``catalog``, ``gateway``, ...) on the test's database."""
+        return login_dsn(self.owner, SERVICE_ROLES[name], self.role_password)
+
+    def env(self, name: str) -> dict[str, str]:
+        """A service process's database settings: its own role, and the owner to migrate with."""
+        return {"STRONGROOM_PG_DSN": self.service(name), "STRONGROOM_PG_MIGRATE_DSN": self.owner}
+
+    async def pool(self, spec: SchemaSpec, *, max_size: int = 10) -> asyncpg.Pool:
+        """A pool as the role of the service ``spec`` belongs to, after the owner migrated it (and the
+        platform's schemas), as the service itself would at start."""
+        await migrate_schemas(self.owner, with_platform(spec))
+        return await create_pool(self.service(spec.schema), spec.schema, max_size=max_size)
+
+
+@pytest.fixture(scope="session")
+def _pg_cluster(pg_server_dsn: str) -> _PgCluster:
+    """Create (or update) the owner role as the server's superuser, then the service roles as the owner."""
+    cluster = _PgCluster(pg_server_dsn, secrets.token_hex(16), secrets.token_hex(16))
+
+    async def setup() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(pg_server_dsn, timeout=30)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", OWNER_ROLE):
+                await conn.execute(f'CREATE ROLE "{OWNER_ROLE}" LOGIN CREATEROLE NOSUPERUSER')
+            await conn.execute(f'ALTER ROLE "{OWNER_ROLE}" LOGIN CREATEROLE NOSUPERUSER NOCREATEDB NOBYPASSRLS')
+            await set_role_password(conn, OWNER_ROLE, cluster.owner_password)
+        finally:
+            await conn.close()
+        owner = await asyncpg.connect(login_dsn(pg_server_dsn, OWNER_ROLE, cluster.owner_password), timeout=30)
+        try:
+            for role in SERVICE_ROLES.values():
+                await ensure_login_role(owner, role)
+                await set_role_password(owner, role, cluster.role_password)
+        finally:
+            await owner.close()
+
+    _run_async(setup)
+    return cluster
+
+
 @pytest.fixture
-def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
-    """DSN of a fresh, uniquely named, empty database, dropped (with FORCE) after the test."""
+def pg_dsn(_pg_cluster: _PgCluster) -> Iterator[str]:
+    """DSN of the migration owner (no superuser) on a fresh, uniquely named, empty database it owns;
+    the database is dropped (with FORCE) after the test."""
+    server_dsn = _pg_cluster.server_dsn
     name = f"t_{uuid.uuid4().hex[:16]}"
 
     async def create() -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(pg_server_dsn, timeout=30)
+        conn = await asyncpg.connect(server_dsn, timeout=30)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(f'CREATE DATABASE "{name}" OWNER "{OWNER_ROLE}"')
         finally:
             await conn.close()
 
     async def drop() -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(pg_server_dsn, timeout=30)
+        conn = await asyncpg.connect(server_dsn, timeout=30)
         try:
             # FORCE (PostgreSQL 13+) terminates connections a test left open.
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -458,11 +539,17 @@ def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
             await conn.close()
 
     _run_async(create)
-    parts = urlsplit(pg_server_dsn)
+    parts = urlsplit(login_dsn(server_dsn, OWNER_ROLE, _pg_cluster.owner_password))
     try:
         yield urlunsplit(parts._replace(path=f"/{name}"))
     finally:
         _run_async(drop)
+
+
+@pytest.fixture
+def pg_logins(pg_dsn: str, _pg_cluster: _PgCluster) -> PgLogins:
+    """The test database's logins: ``owner`` (= ``pg_dsn``) and ``service(name)`` per service role."""
+    return PgLogins(owner=pg_dsn, role_password=_pg_cluster.role_password)
 
 
 @pytest.fixture(scope="session")

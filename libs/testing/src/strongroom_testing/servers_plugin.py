@@ -21,16 +21,18 @@ import pytest
 from strongroom_testing.fixtures import (
     FIXTURE_KINDS,
     Kind,
+    _pg_cluster,
     kafka_bootstrap,
     local_pki,
     pg_dsn,
+    pg_logins,
     pg_server_dsn,
     s3_config,
     server_pool,
 )
 
 # Re-exported so pytest registers them as fixtures of this plugin.
-__all__ = ["kafka_bootstrap", "local_pki", "pg_dsn", "pg_server_dsn", "s3_config"]
+__all__ = ["_pg_cluster", "kafka_bootstrap", "local_pki", "pg_dsn", "pg_logins", "pg_server_dsn", "s3_config"]
 
 
 def _needed_kinds(items: list[pytest.Item]) -> set[Kind]:

@@ -28,6 +28,7 @@ from strongroom_gateway.jobs import (
 )
 from strongroom_gateway.ports import GatewayStore, GatewayTx, Job
 from strongroom_gateway.sessions import Session
+from strongroom_gateway.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,11 @@ async def enroll(
     store: GatewayStore,
     clock: Clock,
     issue_certificate: IssueAtEnrollment | None = None,
+    vault: Vault | None = None,
 ) -> gateway_pb2.EnrollResponse:
     """Exchange a one-time token for a credential (and, with ``issue_certificate``, a client
-    certificate, ADR 0028); the token is consumed, only hashes and serials are stored."""
+    certificate, ADR 0028); the token is consumed, only hashes and serials are stored. With
+    ``vault``, the instance's disaster-recovery record is written once the enrollment committed."""
     validation.enroll_request(request)
     if not request.enrollment_token:
         raise Unauthenticated("enrollment token missing")
@@ -90,6 +93,8 @@ async def enroll(
                 agent_version=request.agent_version,
             ),
         )
+    if vault is not None:
+        await vault.record_instance_quietly(instance.instance_id)
     # The agent sends "Bearer <instance_id>.<credential>" (ADR 0004).
     return gateway_pb2.EnrollResponse(instance_id=instance.instance_id, credential=secret, certificate=certificate)
 
@@ -159,9 +164,19 @@ async def mark_delivered(job_id: str, *, store: GatewayStore) -> None:
 
 
 async def handle_report(
-    identity: Identity, report: gateway_pb2.AgentReport, session: Session, *, store: GatewayStore, clock: Clock
+    identity: Identity,
+    report: gateway_pb2.AgentReport,
+    session: Session,
+    *,
+    store: GatewayStore,
+    clock: Clock,
+    vault: Vault | None = None,
 ) -> None:
-    """Apply one report of the agent's stream (hello, progress, finished)."""
+    """Apply one report of the agent's stream (hello, progress, finished).
+
+    A hello that records filesystems (the first set, or new ones pending approval) writes a new
+    disaster-recovery record of the instance (with ``vault``).
+    """
     kind = report.WhichOneof("report")
     if kind == "hello":
         validation.hello(report.hello)
@@ -169,7 +184,11 @@ async def handle_report(
         session.capacity_bytes = capacity
         async with store.transaction() as tx:
             await tx.set_instance_capacity(identity.instance_id, capacity, report.hello.hostname)
+            before = len(await tx.instance_filesystems(identity.instance_id))
             await filesystems.note_reported(tx, identity.instance_id, report.hello.filesystems, clock.now())
+            changed = len(await tx.instance_filesystems(identity.instance_id)) != before
+        if changed and vault is not None:
+            await vault.record_instance_quietly(identity.instance_id)
         return
     if kind == "progress":
         validation.progress(report.progress)

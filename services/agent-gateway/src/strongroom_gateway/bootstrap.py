@@ -18,18 +18,19 @@ from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import SettingsError
-from strongroom_platform.tls import backend_ssl_context, server_credentials
+from strongroom_platform.tls import server_credentials
 
 from strongroom_gateway import agent_certs, consumers, manifest_api
 from strongroom_gateway.agent_certs import CertificateIssuer
 from strongroom_gateway.grpc_api import AgentAdminServicer, GatewayServicer, register, register_admin
 from strongroom_gateway.ingest import PackWriter
 from strongroom_gateway.keys import AccountKeys, MasterKeyring
-from strongroom_gateway.migrations import MIGRATIONS, SCHEMA
+from strongroom_gateway.migrations import SCHEMA, SPEC
 from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.settings import Settings
+from strongroom_gateway.vault import Vault
 from strongroom_gateway.verify import engine as verify_engine
 from strongroom_gateway.verify import grpc_api as verify_api
 from strongroom_gateway.verify.ports import VerifyStore
@@ -52,7 +53,6 @@ async def run(
     keyring: MasterKeyring | None = None,
     audit_sink: audit.AuditSink | None = None,
     verify_store: VerifyStore | None = None,
-    schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
 
@@ -78,23 +78,21 @@ async def run(
         platform = settings.platform
         pool = None
         if store is None:
-            pool = await lifecycle.open_pool(
-                stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
-            )
+            pool = await lifecycle.open_pool(stack, platform, SPEC)
             store = PgGatewayStore(pool)
             verify_store = verify_store or PgVerifyStore(pool)
             # agent revocations by an admin are audited in the gateway's outbox (ADR 0027)
-            audit_sink = audit_sink or audit.OutboxAuditSink(pool, schema, clock)
+            audit_sink = audit_sink or audit.OutboxAuditSink(pool, SCHEMA, clock)
             if publisher is None:
                 publisher = await stack.enter_async_context(wiring.publisher(platform))
-            await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
+            await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
         if object_store is None:
             object_store = await stack.enter_async_context(wiring.object_store(platform, clock))
         if consumer_factory is None:
             consumer_factory = wiring.consumer_factory(platform)
 
         sessions = SessionRegistry()
-        keys = AccountKeys(store, keyring, clock)
+        keys = AccountKeys(store, keyring, clock, objects=object_store)
         writer = PackWriter(
             store,
             object_store,
@@ -109,6 +107,7 @@ async def run(
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, handlers)
 
         issuer = await asyncio.to_thread(_issuer, settings, clock)
+        vault = Vault(store, object_store, keys, clock)
         servicer = GatewayServicer(
             store=store,
             object_store=object_store,
@@ -118,6 +117,7 @@ async def run(
             job_poll_interval=settings.job_poll_interval,
             unthrottled=settings.unthrottled,
             issuer=issuer,
+            vault=vault,
         )
         # The internal ManifestService (decrypted manifests, for the catalog only) is served on the
         # internal listener, to callers with a service certificate; never on the agents' port
@@ -125,7 +125,7 @@ async def run(
         manifests = manifest_api.register(
             manifest_api.ManifestServicer(store=store, object_store=object_store, keys=keys)
         )
-        admin = register_admin(AgentAdminServicer(store=store, clock=clock, sessions=sessions))
+        admin = register_admin(AgentAdminServicer(store=store, clock=clock, sessions=sessions, vault=vault))
 
         def internal(server: grpc.aio.Server) -> None:
             manifests(server)

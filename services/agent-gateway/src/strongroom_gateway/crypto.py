@@ -3,7 +3,7 @@
 Every sealed value is ``nonce (12 random bytes) | ciphertext | tag (16 bytes)``.
 The associated data (AAD) of every seal starts with the magic of the object
 kind (``SRPK`` pack blob, ``SRPX`` pack index, ``SRME`` manifest, ``SRDK``
-wrapped data key) and the format version, followed by the account id and the
+wrapped data key, ``SRAS``/``SRIR``/``SRPR`` vault records) and the format version, followed by the account id and the
 identity of the value (chunk id, point id...). A value therefore opens only
 under the key, kind, version, account and identity it was sealed for: a blob
 moved to another account, swapped with another chunk's blob, or a manifest
@@ -67,6 +67,15 @@ def manifest_aad(account_id: str, envelope_version: int, point_id: str) -> bytes
 def wrap_aad(account_id: str, master_key_id: str) -> bytes:
     """AAD of a wrapped data key: ``SRDK | version u8 (1) | len u8 | account id | len u8 | master key id``."""
     return b"SRDK\x01" + _account_field(account_id) + _account_field(master_key_id)
+
+
+def record_aad(magic: bytes, version: int, account_id: str, record_id: str | None = None) -> bytes:
+    """AAD of a vault record (docs/formats/vault-records.md): ``magic | version u8 | len8 account id``
+    and, for per-instance and per-point records, ``| len8 record id``."""
+    if len(magic) != 4:
+        raise ValueError("magics are 4 bytes")
+    aad = magic + bytes([version]) + _account_field(account_id)
+    return aad if record_id is None else aad + _account_field(record_id)
 
 
 def seal(key: AESGCM, plaintext: bytes, aad: bytes) -> bytes:

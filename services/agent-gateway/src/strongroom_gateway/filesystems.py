@@ -5,7 +5,8 @@ server it is restored to. So it must not be whatever a (possibly compromised) ag
 point may only be committed for a filesystem recorded for the instance **at enrollment**
 (``EnrollRequest.filesystems``; for agents that send none there, the first hello after
 enrollment, while nothing is recorded yet). A filesystem that appears later in a hello is kept
-as *pending approval* and refused at commit until an operator approves it (:func:`approve`).
+as *pending approval* and refused at commit until an operator approves it (:func:`approve`,
+``AgentAdminService.ApproveInstanceFilesystem``).
 A job's explicit backup roots, which the operator chose, count as approved for that job.
 """
 
@@ -14,12 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from strongroom.common.v1 import common_pb2
+from strongroom_platform import audit
 from strongroom_platform.clock import Clock
 
 from strongroom_gateway.errors import FailedPrecondition, NotFound
 from strongroom_gateway.ports import GatewayStore, GatewayTx, InstanceFilesystem
+
+if TYPE_CHECKING:
+    from strongroom_gateway.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +95,29 @@ async def require_approved(
         )
 
 
-async def approve(store: GatewayStore, instance_id: str, mount_point: str, *, clock: Clock) -> None:
-    """An operator approves a pending filesystem (the operator RPC and CLI that call this are to come)."""
+async def approve(
+    store: GatewayStore, instance_id: str, mount_point: str, *, clock: Clock, vault: Vault | None = None
+) -> InstanceFilesystem:
+    """An operator approves a pending filesystem (``AgentAdminService.ApproveInstanceFilesystem``);
+    with ``vault`` the instance's disaster-recovery record is written again once it committed."""
+    audit.note(instance_id=instance_id, mount_point=mount_point)
     async with store.transaction() as tx:
         if not await tx.approve_instance_filesystem(instance_id, mount_point, clock.now()):
             raise NotFound(f"instance {instance_id!r} has reported no filesystem {mount_point!r}")
+        [approved] = [f for f in await tx.instance_filesystems(instance_id) if f.mount_point == mount_point]
     log.info("instance %s: filesystem %r approved", instance_id, mount_point)
+    if vault is not None:
+        await vault.record_instance_quietly(instance_id)
+    return approved
+
+
+async def listed(store: GatewayStore, instance_id: str, *, pending_only: bool = False) -> list[InstanceFilesystem]:
+    """The instance's recorded filesystems (or only those pending); NOT_FOUND for an unknown instance."""
+    async with store.transaction() as tx:
+        if await tx.get_instance(instance_id) is None:
+            raise NotFound(f"instance {instance_id!r} not found")
+        found = await tx.instance_filesystems(instance_id)
+    return [f for f in found if not (pending_only and f.approved)]
 
 
 async def pending(store: GatewayStore, instance_id: str) -> list[InstanceFilesystem]:

@@ -9,18 +9,21 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.common.v1 import common_pb2
 from strongroom.gateway.v1 import agent_admin_pb2, agent_admin_pb2_grpc
 from strongroom_platform.auth import CallerKind
 from strongroom_platform.auth.principal import current_call, peek_call
 from strongroom_platform.clock import Clock
+from strongroom_platform.events import to_timestamp
 from strongroom_platform.objectstore import ObjectStore
 
-from strongroom_gateway import agent_certs, agents, ingest, points
+from strongroom_gateway import agent_certs, agents, filesystems, ingest, points, validation
 from strongroom_gateway.agent_certs import CertificateIssuer
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.errors import FailedPrecondition
-from strongroom_gateway.ports import GatewayStore
+from strongroom_gateway.ports import GatewayStore, InstanceFilesystem
 from strongroom_gateway.sessions import Session, SessionRegistry
+from strongroom_gateway.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         job_poll_interval: float = 5.0,
         unthrottled: bool = False,
         issuer: CertificateIssuer | None = None,
+        vault: Vault | None = None,
     ) -> None:
         self._store = store
         self._objects = object_store
@@ -46,6 +50,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self._poll = job_poll_interval
         self._unthrottled = unthrottled
         self._issuer = issuer
+        self._vault = vault or Vault(store, object_store, writer.keys, clock)
 
     async def _identity(self, context: grpc.aio.ServicerContext[object, object]) -> Identity:
         # Behind the auth interceptor the agent is already authenticated (one database read per
@@ -63,7 +68,9 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self, request: gateway_pb2.EnrollRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> gateway_pb2.EnrollResponse:
         issue = agent_certs.enrollment_issuer(self._issuer, request.csr_pem)
-        return await agents.enroll(request, store=self._store, clock=self._clock, issue_certificate=issue)
+        return await agents.enroll(
+            request, store=self._store, clock=self._clock, issue_certificate=issue, vault=self._vault
+        )
 
     async def RenewCertificate(
         self, request: gateway_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext[object, object]
@@ -126,7 +133,9 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self, identity: Identity, reports: AsyncIterator[gateway_pb2.AgentReport], session: Session
     ) -> None:
         async for report in reports:
-            await agents.handle_report(identity, report, session, store=self._store, clock=self._clock)
+            await agents.handle_report(
+                identity, report, session, store=self._store, clock=self._clock, vault=self._vault
+            )
 
     async def FindMissingChunks(
         self, request: gateway_pb2.FindMissingChunksRequest, context: grpc.aio.ServicerContext[object, object]
@@ -156,6 +165,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             clock=self._clock,
             write_slots=self._writer.write_slots,
             keys=self._writer.keys,
+            vault=self._vault,
         )
 
     async def ReadManifest(
@@ -180,10 +190,13 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
 class AgentAdminServicer(agent_admin_pb2_grpc.AgentAdminServiceServicer):
     """Revocation of agent certificates, on the internal listener (ADR 0028)."""
 
-    def __init__(self, *, store: GatewayStore, clock: Clock, sessions: SessionRegistry) -> None:
+    def __init__(
+        self, *, store: GatewayStore, clock: Clock, sessions: SessionRegistry, vault: Vault | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
         self._sessions = sessions
+        self._vault = vault
 
     async def RevokeAgentCertificates(
         self,
@@ -192,6 +205,40 @@ class AgentAdminServicer(agent_admin_pb2_grpc.AgentAdminServiceServicer):
     ) -> agent_admin_pb2.RevokeAgentCertificatesResponse:
         current_call()  # fails closed when served without the interceptor
         return await agent_certs.revoke(request, store=self._store, clock=self._clock, sessions=self._sessions)
+
+    async def ListInstanceFilesystems(
+        self,
+        request: agent_admin_pb2.ListInstanceFilesystemsRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> agent_admin_pb2.ListInstanceFilesystemsResponse:
+        current_call()
+        validation.identifier("instance_id", request.instance_id)
+        found = await filesystems.listed(self._store, request.instance_id, pending_only=request.pending_only)
+        return agent_admin_pb2.ListInstanceFilesystemsResponse(filesystems=[_filesystem(f) for f in found])
+
+    async def ApproveInstanceFilesystem(
+        self,
+        request: agent_admin_pb2.ApproveInstanceFilesystemRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> agent_admin_pb2.InstanceFilesystem:
+        current_call()
+        validation.identifier("instance_id", request.instance_id)
+        validation.mount_point("mount_point", request.mount_point)
+        approved = await filesystems.approve(
+            self._store, request.instance_id, request.mount_point, clock=self._clock, vault=self._vault
+        )
+        return _filesystem(approved)
+
+
+def _filesystem(found: InstanceFilesystem) -> agent_admin_pb2.InstanceFilesystem:
+    out = agent_admin_pb2.InstanceFilesystem(
+        filesystem=common_pb2.Filesystem.FromString(found.filesystem),
+        approved=found.approved,
+        first_seen_at=to_timestamp(found.first_seen_at),
+    )
+    if found.approved_at is not None:
+        out.approved_at.CopyFrom(to_timestamp(found.approved_at))
+    return out
 
 
 def register_admin(servicer: AgentAdminServicer) -> Callable[[grpc.aio.Server], None]:

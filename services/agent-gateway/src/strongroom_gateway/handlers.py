@@ -27,6 +27,8 @@ CONSUMER = "agent-gateway"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # Ids end up in object keys and the credential ("<instance_id>.<secret>").
 _ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.:-]{0,127}")
+# Region and name of an instance, kept for its disaster-recovery record.
+_MAX_LABEL = 256
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,11 +61,21 @@ async def handle_instance_activated(
         raise PoisonRecord("enrollment_token_sha256 is not a SHA-256 hex digest")
     if not event.HasField("token_expires_at"):
         raise PoisonRecord("token_expires_at missing")
+    for field, value in (("region", event.region), ("name", event.name)):
+        if len(value.encode()) > _MAX_LABEL or "\x00" in value:
+            raise PoisonRecord(f"{field} is longer than {_MAX_LABEL} bytes or contains NUL")
     await _check_instance_account(tx, event.instance_id, event.account_id)
     await tx.ensure_account(
         Account(event.account_id, chunk_id_key=secrets.token_bytes(32), chunker_seed=secrets.randbits(32))
     )
-    await tx.activate_instance(event.instance_id, event.account_id, token_hash, from_timestamp(event.token_expires_at))
+    await tx.activate_instance(
+        event.instance_id,
+        event.account_id,
+        token_hash,
+        from_timestamp(event.token_expires_at),
+        region=event.region,
+        name=event.name,
+    )
     return None
 
 

@@ -139,6 +139,8 @@ class PackWriter:
             key = pack_key(pack.account_id, encoded.pack_id)
             now = self._clock.now()
             retain_until = now + RETENTION + LOCK_MARGIN
+            # The key that opens the pack stays in the vault at least as long (ADR 0032).
+            await self.keys.keep_locked(pack.account_id, retain_until)
             async with self.write_slots:
                 version_id = await self._objects.put(key, encoded.data, retain_until=retain_until)
             record = Pack(

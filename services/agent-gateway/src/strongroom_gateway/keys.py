@@ -14,6 +14,12 @@
   encrypts or decrypts for it; the database stores it only wrapped
   (AES-256-GCM, AAD = account id and master key id, crypto.wrap_aad), together
   with the id of the master key that wrapped it.
+- **Keys in the vault** (ADR 0032): every wrapped data key is also an Object-Locked record in the
+  bucket (``vault/keys/<account>/<master key id>``, docs/formats/vault-records.md), written before
+  anything is encrypted with the key, and kept locked at least as long as every object sealed with
+  it. An account with no key in the database but one in the bucket gets **no new key**: the
+  gateway refuses (``DataKeyMissing``) and raises an ``alert-raised`` event, since a new key would
+  silently make every stored backup of the account unreadable.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -32,11 +40,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import Clock
+from strongroom_platform.events import ALERT_RAISED, new_meta
+from strongroom_platform.objectstore import ObjectLocked, ObjectNotFound, ObjectStore
 from strongroom_platform.settings import SettingsError
 
+from strongroom_gateway import vault_format
 from strongroom_gateway.crypto import KEY_SIZE, DataKey, DecryptionError, open_sealed, seal, wrap_aad
-from strongroom_gateway.ports import AccountDataKey, GatewayStore
+from strongroom_gateway.errors import FailedPrecondition
+from strongroom_gateway.ports import Account, AccountDataKey, GatewayStore
+
+log = logging.getLogger(__name__)
+
+# New vault records are locked like packs (ingest.RETENTION + LOCK_MARGIN); a lock that must be
+# lengthened is moved this much past what is needed, so it is extended at most about once a day.
+VAULT_LOCK = dt.timedelta(days=31)
+VAULT_LOCK_STEP = dt.timedelta(days=1)
+_PRODUCER = "agent-gateway"
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _GENERATE_HINT = 'generate one with: python -c "import base64,os; print(base64.b64encode(os.urandom(32)).decode())"'
@@ -198,18 +219,38 @@ class MasterKeyring:
             ) from None
 
 
-class AccountKeys:
-    """Per-account data keys: created on first use, cached unwrapped in memory."""
+class DataKeyMissing(FailedPrecondition):
+    """The database has no data key for an account whose key the bucket holds: nothing is minted."""
 
-    def __init__(self, store: GatewayStore, keyring: MasterKeyring, clock: Clock) -> None:
+
+@dataclass(slots=True)
+class _VaultCopy:
+    """Where the account's current key record is and how long it is locked."""
+
+    key: str
+    version_id: str | None
+    locked_until: dt.datetime | None
+
+
+class AccountKeys:
+    """Per-account data keys: created on first use, cached unwrapped in memory, kept in the vault."""
+
+    def __init__(self, store: GatewayStore, keyring: MasterKeyring, clock: Clock, *, objects: ObjectStore) -> None:
         self._store = store
         self._keyring = keyring
         self._clock = clock
+        self._objects = objects
         self._cache: dict[str, DataKey] = {}
+        self._vault: dict[str, _VaultCopy] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def data_key(self, account_id: str) -> DataKey:
-        """The account's data key; generated, wrapped and stored the first time (first writer wins)."""
+        """The account's data key; generated, wrapped and stored the first time (first writer wins).
+
+        Before it is returned the first time in this process, its key record is in the bucket.
+        Raises DataKeyMissing (and raises an alert) instead of generating a key when the bucket
+        holds one for the account.
+        """
         cached = self._cache.get(account_id)
         if cached is not None:
             return cached
@@ -219,14 +260,89 @@ class AccountKeys:
                 return cached
             async with self._store.transaction() as tx:
                 stored = await tx.get_data_key(account_id)
-                if stored is None:
-                    key_id, wrapped = self._keyring.wrap(account_id, secrets.token_bytes(KEY_SIZE))
+                account = await tx.get_account(account_id)
+            if stored is None:
+                await self._refuse_if_in_vault(account_id)
+                key_id, wrapped = self._keyring.wrap(account_id, secrets.token_bytes(KEY_SIZE))
+                async with self._store.transaction() as tx:
                     stored = await tx.ensure_data_key(AccountDataKey(account_id, key_id, wrapped, self._clock.now()))
             raw = self._keyring.unwrap(account_id, stored.master_key_id, stored.wrapped_key)
             if stored.master_key_id != self._keyring.current.key_id:
                 await self._rewrap(stored, raw)
-            key = self._cache[account_id] = DataKey(account_id, raw)
+                async with self._store.transaction() as tx:
+                    stored = await tx.get_data_key(account_id) or stored
+            key = DataKey(account_id, raw)
+            await self._keep_in_vault(stored, account, key)
+            self._cache[account_id] = key
             return key
+
+    async def keep_locked(self, account_id: str, until: dt.datetime) -> None:
+        """Keep the account's key record locked at least until ``until`` (an object sealed with the key
+        is about to be locked that long). Extends the lock past ``until`` by a day when it must move."""
+        await self.data_key(account_id)
+        copy = self._vault[account_id]
+        if copy.locked_until is not None and copy.locked_until >= until:
+            return
+        target = until + VAULT_LOCK_STEP
+        await self._objects.extend_retention(copy.key, target, version_id=copy.version_id)
+        copy.locked_until = target
+
+    async def _refuse_if_in_vault(self, account_id: str) -> None:
+        async for _ in self._objects.list_versions(vault_format.keys_of_account(account_id)):
+            break
+        else:
+            return
+        log.error(
+            "account %s has no data key in the database but one in the bucket: refusing to generate a new key",
+            account_id,
+        )
+        alert = events_pb2.AlertRaised(
+            meta=new_meta(_PRODUCER, self._clock.now()),
+            kind=events_pb2.ALERT_KIND_DATA_KEY_MISSING,
+            source=_PRODUCER,
+            reason=(
+                f"account {account_id}: the data key is missing from the gateway database but held in the bucket;"
+                " no new key was generated. Restore gateway.account_keys from the database backup or run"
+                " strongroom-admin rebuild --from-bucket"
+            ),
+            record_key=account_id.encode(),
+        )
+        async with self._store.transaction() as tx:
+            await tx.enqueue(ALERT_RAISED, account_id, alert)
+        raise DataKeyMissing(
+            f"the data key of account {account_id!r} is missing from the gateway's database but the bucket holds one:"
+            " no new key is generated (it would make the account's backups unreadable); an operator must restore the"
+            " key (strongroom-admin rebuild --from-bucket, or the database backup)"
+        )
+
+    async def _keep_in_vault(self, stored: AccountDataKey, account: Account | None, key: DataKey) -> None:
+        """Make sure the bucket holds the key record of ``stored``; remember where and how long it is locked."""
+        object_key = vault_format.key_record_key(stored.account_id, stored.master_key_id)
+        try:
+            current = vault_format.decode_key_record(await self._objects.get(object_key))
+            held = vault_format.key_row(current)
+            if (held.account_id, held.master_key_id, held.wrapped_key) == (
+                stored.account_id,
+                stored.master_key_id,
+                stored.wrapped_key,
+            ):
+                info = await self._objects.stat(object_key)
+                self._vault[stored.account_id] = _VaultCopy(object_key, None, info.retain_until)
+                return
+            log.warning("the key record %s in the bucket does not match the database; writing it again", object_key)
+        except (ObjectNotFound, vault_format.VaultFormatError):
+            pass
+        now = self._clock.now()
+        data = vault_format.encode_key_record(stored, account, key, now)
+        try:
+            version_id = await self._objects.put(object_key, data, retain_until=now + VAULT_LOCK)
+        except ObjectLocked:
+            # A store that refuses a new version over a locked one (not S3): the object there is
+            # locked anyway, and a rebuild reads every version of the key.
+            log.error("the key record %s is locked with other content; not replaced", object_key)
+            self._vault[stored.account_id] = _VaultCopy(object_key, None, None)
+            return
+        self._vault[stored.account_id] = _VaultCopy(object_key, version_id, now + VAULT_LOCK)
 
     async def _rewrap(self, stored: AccountDataKey, raw: bytes) -> None:
         key_id, wrapped = self._keyring.wrap(stored.account_id, raw)

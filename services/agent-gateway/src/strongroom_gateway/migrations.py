@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from strongroom_platform.db import Migration
-from strongroom_platform.inbox import INBOX_DDL
-from strongroom_platform.outbox import OUTBOX_DDL
+from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
+from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
+from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 from strongroom_gateway.agent_cert_store import AGENT_CERTIFICATES_DDL
 
@@ -126,6 +127,14 @@ CREATE TABLE instance_filesystems (
 );
 """
 
+# The instance's region and name from instance-activated, for its disaster-recovery record in the
+# bucket (ADR 0032). Instances activated before keep '' until they are activated again.
+_V9_INSTANCE_IDENTITY = """
+ALTER TABLE instances
+    ADD COLUMN region text NOT NULL DEFAULT '',
+    ADD COLUMN name text NOT NULL DEFAULT '';
+"""
+
 # Verification (ADR 0033): verification jobs, the damage they found, when each pack and point was
 # last checked (the daily sample re-reads the least recently checked packs), and the one sample of
 # each day.
@@ -203,6 +212,27 @@ CREATE TABLE verification_days (
 );
 """
 
+# Immutable keys and packs (ADR 0031): the gateway's role may not UPDATE or DELETE account_keys,
+# packs, chunks or points. A data key re-wrapped under a new master key is a new row of
+# account_key_wraps (the newest wrap wins; none: the account_keys row); an Object Lock extension
+# (ADR 0010) is a row of pack_retentions (a pack is locked until the latest of its own date and these).
+_V8_APPEND_ONLY = """
+CREATE TABLE account_key_wraps (
+    account_id text NOT NULL REFERENCES account_keys (account_id),
+    seq bigserial NOT NULL,
+    master_key_id text NOT NULL,
+    wrapped_key bytea NOT NULL CHECK (length(wrapped_key) = 60),
+    wrapped_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, seq)
+);
+
+CREATE TABLE pack_retentions (
+    pack_id text NOT NULL REFERENCES packs (pack_id),
+    retain_until timestamptz NOT NULL,
+    PRIMARY KEY (pack_id, retain_until)
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -212,5 +242,35 @@ MIGRATIONS: list[Migration] = [
     Migration(6, _V6_INSTANCE_FILESYSTEMS),
     # Agent certificates and their deny-list (ADR 0028).
     Migration(7, AGENT_CERTIFICATES_DDL),
+    Migration(8, _V8_APPEND_ONLY),
+    Migration(9, _V9_INSTANCE_IDENTITY),
     Migration(10, _V10_VERIFICATION),
 ]
+
+ROLE = SERVICE_ROLES["gateway"]
+
+# What the gateway's role may do, per table (ADR 0031); a new table adds its line here.
+PRIVILEGES: dict[str, str] = {
+    "outbox": OUTBOX_PRIVILEGES,
+    "processed_events": INBOX_PRIVILEGES,
+    "accounts": "SELECT, INSERT",
+    "account_keys": "SELECT, INSERT",
+    "account_key_wraps": "SELECT, INSERT",
+    "instances": "SELECT, INSERT, UPDATE",
+    "instance_filesystems": "SELECT, INSERT, UPDATE (approved, approved_at)",
+    "agent_certificates": "SELECT, INSERT, UPDATE (revoked_at, revoke_reason)",
+    "jobs": "SELECT, INSERT, UPDATE",
+    "packs": "SELECT, INSERT",
+    "pack_retentions": "SELECT, INSERT",
+    "chunks": "SELECT, INSERT",
+    "points": "SELECT, INSERT",
+    # Verification (ADR 0033): jobs and their progress change; a restarted job clears its findings.
+    "verifications": "SELECT, INSERT, UPDATE",
+    "verification_damaged_files": "SELECT, INSERT, DELETE",
+    "verification_damaged_packs": "SELECT, INSERT, DELETE",
+    "pack_checks": "SELECT, INSERT, UPDATE",
+    "point_checks": "SELECT, INSERT, UPDATE",
+    "verification_days": "SELECT, INSERT",
+}
+
+SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})

@@ -164,22 +164,32 @@ def decode_index(data: bytes, key: DataKey | None = None) -> list[PackEntry]:
 
     Version 2 packs need the data key of the pack's account.
     """
-    version = check_header(data)
-    if len(data) < HEADER_SIZE + _INDEX_MAGIC_VERSION.size + TRAILER_SIZE:
+    return decode_index_from_tail(data[:HEADER_SIZE], data, len(data), key)
+
+
+def decode_index_from_tail(header: bytes, tail: bytes, size: int, key: DataKey | None = None) -> list[PackEntry]:
+    """:func:`decode_index` from the pack's first ``HEADER_SIZE`` bytes and its last ``len(tail)``
+    bytes (``size`` in all), which must hold the whole index and trailer (else PackFormatError
+    "index not in tail"), so that a pack's index is read without reading its blobs."""
+    version = check_header(header)
+    if size < HEADER_SIZE + _INDEX_MAGIC_VERSION.size + TRAILER_SIZE or len(tail) < TRAILER_SIZE:
         raise PackFormatError("pack too short")
-    index_length, trailer_magic = _TRAILER.unpack_from(data, len(data) - TRAILER_SIZE)
+    tail_start = size - len(tail)
+    index_length, trailer_magic = _TRAILER.unpack_from(tail, len(tail) - TRAILER_SIZE)
     if trailer_magic != TRAILER_MAGIC:
         raise PackFormatError("bad pack trailer magic")
-    index_start = len(data) - TRAILER_SIZE - index_length
+    index_start = size - TRAILER_SIZE - index_length
     if index_start < HEADER_SIZE or index_length < _INDEX_MAGIC_VERSION.size:
         raise PackFormatError("pack index length out of range")
-    magic, index_version = _INDEX_MAGIC_VERSION.unpack_from(data, index_start)
+    if index_start < tail_start:
+        raise PackFormatError(f"index not in tail: it starts {index_length + TRAILER_SIZE} bytes before the end")
+    magic, index_version = _INDEX_MAGIC_VERSION.unpack_from(tail, index_start - tail_start)
     if magic != INDEX_MAGIC:
         raise PackFormatError("bad pack index magic")
     check_version(index_version, "pack index")
     if index_version != version:
         raise PackFormatError(f"pack index version {index_version} does not match the header's {version}")
-    body = data[index_start + _INDEX_MAGIC_VERSION.size : len(data) - TRAILER_SIZE]
+    body = tail[index_start - tail_start + _INDEX_MAGIC_VERSION.size : len(tail) - TRAILER_SIZE]
     if version in ENCRYPTED_VERSIONS:
         if key is None:
             raise PackFormatError(f"pack format version {version} is encrypted and no data key was given")

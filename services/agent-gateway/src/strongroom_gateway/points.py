@@ -33,6 +33,7 @@ from strongroom_gateway.packfile import ENCRYPTED_VERSIONS, PackFormatError, ope
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack, Point
 from strongroom_gateway.restrictions import require_job
 from strongroom_gateway.synthesis import BuiltManifest, SortedSpool, build_manifest, merge_entries
+from strongroom_gateway.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,12 @@ async def commit_point(
     clock: Clock,
     write_slots: asyncio.Semaphore,
     keys: AccountKeys,
+    vault: Vault,
 ) -> gateway_pb2.CommitPointResponse:
     """Validate the entries, write the manifest (locked), record the point and emit point-created.
+
+    The point's disaster-recovery record (``vault``) is written before the point is recorded, and
+    the account's key record and the instance's record are locked at least as long as the point.
 
     With ``base_point_id`` the manifest is synthesized: the base point's entries
     minus the deleted paths, plus the new and changed entries (``synthesis``),
@@ -154,6 +159,7 @@ async def commit_point(
     timing.lap("synthesis")
     now = clock.now()
     retain_until = now + RETENTION + LOCK_MARGIN
+    await vault.keep_for_point(identity.account_id, identity.instance_id, retain_until)
     await _extend_pack_locks(identity.account_id, built.packs, now, store, object_store, write_slots)
     timing.lap("pack locks")
     point_id = str(uuid.uuid4())
@@ -192,6 +198,9 @@ async def commit_point(
             retain_until=retain_until,
             manifest_version_id=manifest_version_id,
         )
+        # Inside the transaction, holding the job's row: a record whose transaction then fails
+        # names a complete, readable point (a rebuild restores it; ADR 0032).
+        await vault.write_point(point, current.version_created_at)
         await tx.insert_point(point)
         await tx.enqueue(
             POINT_CREATED,

@@ -55,6 +55,9 @@ class Instance:
     revoked: bool
     hostname: str
     capacity_bytes: int
+    # From instance-activated (migration 9), for the disaster-recovery record (ADR 0032).
+    region: str = ""
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +157,23 @@ class GatewayTx(InboxOutboxTx, CertificateTx, Protocol):
         ...
 
     async def activate_instance(
-        self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime
+        self,
+        instance_id: str,
+        account_id: str,
+        token_sha256: str,
+        token_expires_at: dt.datetime,
+        *,
+        region: str = "",
+        name: str = "",
     ) -> None:
-        """Create the instance or give it a new enrollment token; clears a revocation."""
+        """Create the instance or give it a new enrollment token; clears a revocation.
+
+        Non-empty ``region`` and ``name`` replace the stored ones.
+        """
+        ...
+
+    async def recover_instance(self, instance: Instance) -> bool:
+        """Insert an instance rebuilt from the bucket (no token, no credential) unless it exists; True when added."""
         ...
 
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None: ...

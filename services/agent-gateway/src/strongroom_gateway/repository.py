@@ -55,6 +55,8 @@ def _instance(row: asyncpg.Record) -> Instance:
         revoked=row["revoked"],
         hostname=row["hostname"],
         capacity_bytes=row["capacity_bytes"],
+        region=row["region"],
+        name=row["name"],
     )
 
 
@@ -72,6 +74,28 @@ def _job(row: asyncpg.Record) -> Job:
         version_id=row["version_id"],
         version_created_at=row["version_created_at"],
     )
+
+
+# The account's data key as last wrapped: the newest row of account_key_wraps, else the first row.
+_DATA_KEY_SELECT = """
+SELECT k.account_id, k.created_at,
+       coalesce(w.master_key_id, k.master_key_id) AS master_key_id,
+       coalesce(w.wrapped_key, k.wrapped_key) AS wrapped_key
+FROM account_keys k
+LEFT JOIN LATERAL (
+    SELECT master_key_id, wrapped_key FROM account_key_wraps
+    WHERE account_id = k.account_id ORDER BY seq DESC LIMIT 1
+) w ON true
+WHERE k.account_id = $1
+"""
+
+# A pack with its effective lock date: the latest of its own and its recorded extensions.
+_PACK_SELECT = """
+SELECT p.pack_id, p.account_id, p.object_key, p.size, p.created_at, p.format_version, p.version_id,
+       greatest(p.retain_until, (SELECT max(r.retain_until) FROM pack_retentions r WHERE r.pack_id = p.pack_id))
+           AS retain_until
+FROM packs p
+"""
 
 
 def _pack(row: asyncpg.Record) -> Pack:
@@ -131,7 +155,7 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
         return Account(row["account_id"], bytes(row["chunk_id_key"]), row["chunker_seed"])
 
     async def get_data_key(self, account_id: str) -> AccountDataKey | None:
-        row = await self._conn.fetchrow("SELECT * FROM account_keys WHERE account_id = $1", account_id)
+        row = await self._conn.fetchrow(_DATA_KEY_SELECT, account_id)
         return None if row is None else _data_key(row)
 
     async def ensure_data_key(self, key: AccountDataKey) -> AccountDataKey:
@@ -148,8 +172,10 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
         return stored
 
     async def rewrap_data_key(self, account_id: str, old_master_key_id: str, key: AccountDataKey) -> None:
+        # A new wrap row, never an update (ADR 0031): the account's rows stay as they were written.
         await self._conn.execute(
-            "UPDATE account_keys SET master_key_id = $3, wrapped_key = $4 WHERE account_id = $1 AND master_key_id = $2",
+            "INSERT INTO account_key_wraps (account_id, master_key_id, wrapped_key)"
+            " SELECT k.account_id, $3, $4 FROM (" + _DATA_KEY_SELECT + ") k WHERE k.master_key_id = $2",
             account_id,
             old_master_key_id,
             key.master_key_id,
@@ -157,17 +183,42 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
         )
 
     async def activate_instance(
-        self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime
+        self,
+        instance_id: str,
+        account_id: str,
+        token_sha256: str,
+        token_expires_at: dt.datetime,
+        *,
+        region: str = "",
+        name: str = "",
     ) -> None:
         await self._conn.execute(
-            "INSERT INTO instances (instance_id, account_id, token_sha256, token_expires_at) VALUES ($1, $2, $3, $4)"
+            "INSERT INTO instances (instance_id, account_id, token_sha256, token_expires_at, region, name)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
             " ON CONFLICT (instance_id) DO UPDATE SET account_id = EXCLUDED.account_id,"
-            " token_sha256 = EXCLUDED.token_sha256, token_expires_at = EXCLUDED.token_expires_at, revoked = false",
+            " token_sha256 = EXCLUDED.token_sha256, token_expires_at = EXCLUDED.token_expires_at, revoked = false,"
+            " region = coalesce(nullif(EXCLUDED.region, ''), instances.region),"
+            " name = coalesce(nullif(EXCLUDED.name, ''), instances.name)",
             instance_id,
             account_id,
             token_sha256,
             token_expires_at,
+            region,
+            name,
         )
+
+    async def recover_instance(self, instance: Instance) -> bool:
+        result = await self._conn.execute(
+            "INSERT INTO instances (instance_id, account_id, enrolled_at, hostname, region, name)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (instance_id) DO NOTHING",
+            instance.instance_id,
+            instance.account_id,
+            instance.enrolled_at,
+            instance.hostname,
+            instance.region,
+            instance.name,
+        )
+        return bool(result == "INSERT 0 1")
 
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
         lock = " FOR UPDATE" if for_update else ""
@@ -359,7 +410,8 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
 
     async def packs_locked_before(self, account_id: str, pack_ids: Sequence[str], when: dt.datetime) -> list[Pack]:
         rows = await self._conn.fetch(
-            "SELECT * FROM packs WHERE account_id = $1 AND pack_id = ANY($2::text[]) AND retain_until < $3",
+            "SELECT * FROM (" + _PACK_SELECT + " WHERE p.account_id = $1 AND p.pack_id = ANY($2::text[])) p"
+            " WHERE retain_until < $3",
             account_id,
             list(pack_ids),
             when,
@@ -367,8 +419,12 @@ class PgGatewayTx(PgCertificateTx, PgTransaction):
         return [_pack(r) for r in rows]
 
     async def set_pack_retention(self, pack_id: str, retain_until: dt.datetime) -> None:
+        # An extension is a row (ADR 0031); the pack's own row keeps its first lock date.
         await self._conn.execute(
-            "UPDATE packs SET retain_until = greatest(retain_until, $2) WHERE pack_id = $1", pack_id, retain_until
+            "INSERT INTO pack_retentions (pack_id, retain_until) SELECT pack_id, $2 FROM packs WHERE pack_id = $1"
+            " ON CONFLICT DO NOTHING",
+            pack_id,
+            retain_until,
         )
 
     async def get_point(self, point_id: str) -> Point | None:

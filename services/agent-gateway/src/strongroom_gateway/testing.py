@@ -118,14 +118,33 @@ class InMemoryGatewayTx(MemoryCertificateTx):
             self._s.data_keys[account_id] = key
 
     async def activate_instance(
-        self, instance_id: str, account_id: str, token_sha256: str, token_expires_at: dt.datetime
+        self,
+        instance_id: str,
+        account_id: str,
+        token_sha256: str,
+        token_expires_at: dt.datetime,
+        *,
+        region: str = "",
+        name: str = "",
     ) -> None:
         current = self._s.instances.get(instance_id)
         if current is None:
             current = Instance(instance_id, account_id, None, None, None, None, False, "", 0)
         self._s.instances[instance_id] = dataclasses.replace(
-            current, account_id=account_id, token_sha256=token_sha256, token_expires_at=token_expires_at, revoked=False
+            current,
+            account_id=account_id,
+            token_sha256=token_sha256,
+            token_expires_at=token_expires_at,
+            revoked=False,
+            region=region or current.region,
+            name=name or current.name,
         )
+
+    async def recover_instance(self, instance: Instance) -> bool:
+        if instance.instance_id in self._s.instances:
+            return False
+        self._s.instances[instance.instance_id] = instance
+        return True
 
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
         return self._s.instances.get(instance_id)

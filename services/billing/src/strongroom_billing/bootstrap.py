@@ -9,12 +9,11 @@ from contextlib import AsyncExitStack
 from strongroom_platform import lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory
-from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_billing import handlers
 from strongroom_billing.consumers import GROUP_ID, record_handlers
 from strongroom_billing.grpc_api import BillingServicer, register
-from strongroom_billing.migrations import MIGRATIONS, SCHEMA
+from strongroom_billing.migrations import SPEC
 from strongroom_billing.repository import PgBillingStore
 from strongroom_billing.settings import Settings
 
@@ -36,9 +35,7 @@ async def run(
     clock = clock or SystemClock()
     platform = settings.platform
     async with AsyncExitStack() as stack:
-        pool = await lifecycle.open_pool(
-            stack, platform.pg_dsn, SCHEMA, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
-        )
+        pool = await lifecycle.open_pool(stack, platform, SPEC)
         auth = await serving.open_auth(stack, platform, clock)
         store = PgBillingStore(pool)
         factory = consumer_factory or wiring.consumer_factory(platform)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from strongroom_platform.db import Migration
-from strongroom_platform.inbox import INBOX_DDL
+from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
+from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 SCHEMA = "billing"
 
@@ -83,3 +84,20 @@ CREATE TABLE plan_draws (
 """
 
 MIGRATIONS: list[Migration] = [Migration(1, INBOX_DDL), Migration(2, _TABLES), Migration(4, _LEDGER)]
+
+ROLE = SERVICE_ROLES["billing"]
+
+# What the billing service's role may do, per table (ADR 0031); a new table adds its line here.
+PRIVILEGES: dict[str, str] = {
+    "processed_events": INBOX_PRIVILEGES,
+    "instances": "SELECT, INSERT, UPDATE",
+    "versions": "SELECT, INSERT, UPDATE",
+    # The ledger (ADR 0036): each closed day is written once and never changed.
+    "ledger_closed_days": "SELECT, INSERT",
+    "ledger_days": "SELECT, INSERT",
+    "ledger_instances": "SELECT, INSERT",
+    "plans": "SELECT, INSERT",
+    "plan_draws": "SELECT, INSERT",
+}
+
+SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})

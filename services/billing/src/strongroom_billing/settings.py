@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from strongroom_platform.settings import PlatformSettings, SettingsError, env_int, env_str
-from strongroom_platform.zones import DEFAULT_ZONE, parse_zone
+from strongroom_platform.zones import DEFAULT_ZONE, zone_from_env
 
 
 def _price(text: str) -> Decimal:
@@ -53,10 +53,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        try:
-            zone = parse_zone(env_str(environ, "STRONGROOM_ZONE", "UTC+8"))
-        except ValueError as exc:
-            raise SettingsError(f"STRONGROOM_ZONE: {exc}") from None
+        zone = zone_from_env(environ)
         grace = env_int(environ, "STRONGROOM_BILLING_GRACE_SECONDS", 3600)
         interval = env_int(environ, "STRONGROOM_BILLING_LEDGER_INTERVAL", 300)
         if grace < 0 or interval < 1:

@@ -10,12 +10,11 @@ from strongroom_platform import lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
-from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_catalog import consumers
 from strongroom_catalog.grpc_api import CatalogServicer, register
 from strongroom_catalog.manifests import GatewayManifestReader, ManifestReader
-from strongroom_catalog.migrations import MIGRATIONS, SCHEMA
+from strongroom_catalog.migrations import SCHEMA, SPEC
 from strongroom_catalog.repository import PgCatalogStore
 from strongroom_catalog.retention import run_retention
 from strongroom_catalog.settings import Settings
@@ -31,7 +30,6 @@ async def run(
     object_store: ObjectStore | None = None,
     publisher: EventPublisher | None = None,
     consumer_factory: ConsumerFactory | None = None,
-    schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
 
@@ -41,9 +39,7 @@ async def run(
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
         platform = settings.platform
-        pool = await lifecycle.open_pool(
-            stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
-        )
+        pool = await lifecycle.open_pool(stack, platform, SPEC)
         auth = await serving.open_auth(stack, platform, clock)
         repo = PgCatalogStore(pool)
 
@@ -63,7 +59,7 @@ async def run(
         if consumer_factory is None:
             consumer_factory = wiring.consumer_factory(platform)
 
-        await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
+        await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
         await lifecycle.start_consumer(
             stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo, manifests)
         )

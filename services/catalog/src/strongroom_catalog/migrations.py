@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from strongroom_platform.db import Migration
-from strongroom_platform.inbox import INBOX_DDL
-from strongroom_platform.outbox import OUTBOX_DDL
+from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
+from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
+from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 SCHEMA = "catalog"
 
@@ -72,9 +73,126 @@ _V2 = """
 ALTER TABLE instances ADD COLUMN settings_at timestamptz;
 """
 
+ROLE = SERVICE_ROLES["catalog"]
+
+# Immutable versions and points (ADR 0031): the catalog's role may only insert and read them.
+# What changed in place is now appended: an expiry is a row of version_expirations (written only by
+# expire_due_versions, below), an indexing outcome a row of point_index_outcomes and a
+# keep-at-least-one setting a row of keep_latest_settings (the newest row of a point or instance
+# wins). Existing state is copied over before its columns go.
+_V5_APPEND_ONLY = """
+CREATE TABLE version_expirations (
+    version_id text PRIMARY KEY REFERENCES versions,
+    expired_at timestamptz NOT NULL
+);
+INSERT INTO version_expirations (version_id, expired_at)
+    SELECT version_id, expired_at FROM versions WHERE expired_at IS NOT NULL;
+ALTER TABLE versions DROP COLUMN expired_at;
+CREATE INDEX versions_by_age ON versions (created_at, version_id COLLATE "C");
+
+CREATE TABLE point_index_outcomes (
+    seq bigserial PRIMARY KEY,
+    point_id text NOT NULL REFERENCES points,
+    browsable boolean NOT NULL,
+    index_error text,
+    CHECK (NOT (browsable AND index_error IS NOT NULL))
+);
+CREATE INDEX point_index_outcomes_latest ON point_index_outcomes (point_id, seq DESC);
+INSERT INTO point_index_outcomes (point_id, browsable, index_error)
+    SELECT point_id, browsable, index_error FROM points WHERE browsable OR index_error IS NOT NULL;
+ALTER TABLE points DROP COLUMN browsable, DROP COLUMN index_error;
+
+CREATE TABLE keep_latest_settings (
+    seq bigserial PRIMARY KEY,
+    instance_id text NOT NULL REFERENCES instances,
+    keep_latest boolean NOT NULL,
+    -- meta.occurred_at of the settings event (NULL: set without one)
+    settings_at timestamptz
+);
+CREATE INDEX keep_latest_settings_latest ON keep_latest_settings (instance_id, seq DESC);
+INSERT INTO keep_latest_settings (instance_id, keep_latest, settings_at)
+    SELECT instance_id, keep_latest, settings_at FROM instances WHERE NOT keep_latest OR settings_at IS NOT NULL;
+ALTER TABLE instances DROP COLUMN keep_latest, DROP COLUMN settings_at;
+
+-- The one path by which a version expires: 30 days after its creation by the trusted time
+-- (trusted.now(), PostgreSQL's clock plus the owner's offset), except an instance's newest version
+-- while its latest keep-at-least-one setting is on (the default). Runs as the schema's owner;
+-- only the catalog's role may call it, and it takes no time or period from the caller. Returns
+-- the versions it expired (at most max_versions), with their points, whose file index it drops.
+CREATE FUNCTION expire_due_versions(max_versions integer)
+RETURNS TABLE (version_id text, instance_id text, account_id text, expired_at timestamptz, point_ids text[])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    trusted_at timestamptz := trusted.now();
+    due record;
+    point text;
+BEGIN
+    IF max_versions IS NULL OR max_versions < 1 OR max_versions > 1000 THEN
+        RAISE EXCEPTION 'max_versions must be between 1 and 1000, got %', max_versions
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR due IN
+        SELECT v.version_id, v.instance_id, v.account_id FROM catalog.versions v
+        WHERE v.created_at <= trusted_at - interval '30 days'
+          AND NOT EXISTS (SELECT 1 FROM catalog.version_expirations e WHERE e.version_id = v.version_id)
+          AND NOT (
+              coalesce((SELECT s.keep_latest FROM catalog.keep_latest_settings s
+                        WHERE s.instance_id = v.instance_id ORDER BY s.seq DESC LIMIT 1), true)
+              AND NOT EXISTS (
+                  SELECT 1 FROM catalog.versions n
+                  WHERE n.instance_id = v.instance_id
+                    AND (n.created_at, n.version_id COLLATE "C") > (v.created_at, v.version_id COLLATE "C")))
+        ORDER BY v.created_at, v.version_id COLLATE "C"
+        LIMIT max_versions
+    LOOP
+        INSERT INTO catalog.version_expirations (version_id, expired_at) VALUES (due.version_id, trusted_at)
+            ON CONFLICT DO NOTHING;
+        CONTINUE WHEN NOT FOUND;  -- a concurrent run expired it first
+        SELECT coalesce(array_agg(p.point_id ORDER BY p.point_id COLLATE "C"), '{}') INTO point_ids
+            FROM catalog.points p WHERE p.version_id = due.version_id;
+        FOREACH point IN ARRAY point_ids LOOP
+            -- the lock an indexing transaction holds on the point (repository.PgCatalogTx.get_point)
+            PERFORM pg_advisory_xact_lock(hashtextextended('catalog.point:' || point, 0));
+        END LOOP;
+        DELETE FROM catalog.entries WHERE point_id = ANY (point_ids);
+        version_id := due.version_id;
+        instance_id := due.instance_id;
+        account_id := due.account_id;
+        expired_at := trusted_at;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION expire_due_versions(integer) FROM PUBLIC;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
     Migration(3, _V1),
     Migration(4, _V2),
+    Migration(5, _V5_APPEND_ONLY),
 ]
+
+# What the catalog's role may do, per table (ADR 0031); a new table adds its line here. The file
+# index (entries) is derived from the manifests and is rebuilt in place.
+PRIVILEGES: dict[str, str] = {
+    "outbox": OUTBOX_PRIVILEGES,
+    "processed_events": INBOX_PRIVILEGES,
+    "instances": "SELECT, INSERT",
+    "versions": "SELECT, INSERT",
+    "version_expirations": "SELECT",
+    "points": "SELECT, INSERT",
+    "point_index_outcomes": "SELECT, INSERT",
+    "keep_latest_settings": "SELECT, INSERT",
+    "entries": "SELECT, INSERT, DELETE",
+}
+
+SPEC = SchemaSpec(
+    schema=SCHEMA,
+    migrations=MIGRATIONS,
+    grants={ROLE: PRIVILEGES},
+    executes={ROLE: ("expire_due_versions(integer)",)},
+)

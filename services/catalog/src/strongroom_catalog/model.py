@@ -70,13 +70,11 @@ class EntryRow:
 
 
 @dataclass(frozen=True, slots=True)
-class RetentionCandidate:
-    """A live version older than the retention cutoff, with what the retention rule needs to know.
+class ExpiredVersion:
+    """A version the retention rule just expired (at ``expired_at``, trusted time), with its points."""
 
-    ``is_newest``: no other version of the instance was created later.
-    ``keep_latest``: the instance's "keep at least one backup version" setting.
-    """
-
-    version: VersionRecord
-    is_newest: bool
-    keep_latest: bool
+    version_id: str
+    instance_id: str
+    account_id: str
+    expired_at: dt.datetime
+    point_ids: tuple[str, ...]

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from strongroom_platform.db import InboxOutboxTx
 
-from strongroom_catalog.model import EntryRow, PointRecord, RetentionCandidate, VersionRecord
+from strongroom_catalog.model import EntryRow, ExpiredVersion, PointRecord, VersionRecord
 
 
 class CatalogTx(InboxOutboxTx, Protocol):
@@ -23,9 +23,8 @@ class CatalogTx(InboxOutboxTx, Protocol):
     async def upsert_point(self, point: PointRecord) -> None:
         """Insert the point, its version and its instance when missing.
 
-        An existing version keeps its state (an expired version stays expired)
-        and an existing point keeps its index state; the point's descriptive
-        fields are refreshed from ``point``.
+        Rows are immutable (ADR 0031): an existing version keeps its state (an
+        expired version stays expired) and an existing point stays as first recorded.
         """
         ...
 
@@ -42,11 +41,11 @@ class CatalogTx(InboxOutboxTx, Protocol):
         ...
 
     async def set_index_state(self, point_id: str, *, browsable: bool, error: str | None) -> None:
-        """Record the outcome of indexing the point."""
+        """Record the outcome of indexing the point (the newest outcome counts)."""
         ...
 
     async def set_keep_latest(self, instance_id: str, keep_latest: bool, *, as_of: dt.datetime | None = None) -> bool:
-        """Set the instance's "keep at least one backup version" flag (inserting the instance).
+        """Record the instance's "keep at least one backup version" flag (inserting the instance).
 
         With ``as_of`` (when the setting was made) the flag changes only if no
         setting made later has been applied already; it returns whether it
@@ -55,10 +54,13 @@ class CatalogTx(InboxOutboxTx, Protocol):
         """
         ...
 
-    async def expire_version(self, version_id: str, at: dt.datetime) -> list[str] | None:
-        """Mark a live version expired and drop its points' entries; return its point ids.
+    async def expire_due_versions(self, limit: int) -> list[ExpiredVersion]:
+        """Expire at most ``limit`` (1-1000) versions that the retention rule says are due, oldest first.
 
-        None when the version is unknown or already expired (nothing changed).
+        Due: created 30 days or more before the trusted time (the database's clock plus the owner's
+        offset, never the caller's), unless it is its instance's newest version and the instance's
+        latest keep-at-least-one setting is on (the default). Their points' entries are dropped.
+        A version expires once, whatever runs concurrently.
         """
         ...
 
@@ -90,8 +92,4 @@ class CatalogStore(Protocol):
 
         Sorted by name in code point (UTF-8 byte) order.
         """
-        ...
-
-    async def retention_candidates(self, cutoff: dt.datetime) -> list[RetentionCandidate]:
-        """Live versions created at or before ``cutoff``, oldest first."""
         ...

@@ -10,15 +10,29 @@ import asyncpg
 from strongroom_platform import db
 from strongroom_platform.db import PgTransaction
 
-from strongroom_catalog.model import EntryRow, PointRecord, RetentionCandidate, VersionRecord
+from strongroom_catalog.model import EntryRow, ExpiredVersion, PointRecord, VersionRecord
 
 _ENTRY_COLUMNS = ("point_id", "parent", "name", "type", "mode", "uid", "gid", "size", "mtime_ns", "link_target")
 
+# Rows are immutable (ADR 0031): a point's index state is its newest outcome row, a version's
+# expiry its row in version_expirations; an expired point is never browsable.
 _POINT_SELECT = """
 SELECT p.point_id, p.version_id, p.instance_id, p.account_id, p.mount_point, p.device, p.fs_type,
        p.capacity_bytes, p.manifest_key, p.file_count, p.total_bytes, p.created_at, p.retain_until,
-       p.browsable, p.index_error, v.expired_at IS NOT NULL AS expired
-FROM points p JOIN versions v USING (version_id)
+       coalesce(o.browsable, false) AND e.version_id IS NULL AS browsable, o.index_error,
+       e.version_id IS NOT NULL AS expired
+FROM points p
+JOIN versions v ON v.version_id = p.version_id
+LEFT JOIN version_expirations e ON e.version_id = p.version_id
+LEFT JOIN LATERAL (
+    SELECT browsable, index_error FROM point_index_outcomes
+    WHERE point_id = p.point_id ORDER BY seq DESC LIMIT 1
+) o ON true
+"""
+
+_VERSION_SELECT = """
+SELECT v.version_id, v.instance_id, v.account_id, v.created_at, e.expired_at
+FROM versions v LEFT JOIN version_expirations e ON e.version_id = v.version_id
 """
 
 
@@ -75,11 +89,7 @@ class PgCatalogTx(PgTransaction):
             INSERT INTO points (point_id, version_id, instance_id, account_id, mount_point, device, fs_type,
                                 capacity_bytes, manifest_key, file_count, total_bytes, created_at, retain_until)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-            ON CONFLICT (point_id) DO UPDATE SET
-                mount_point = EXCLUDED.mount_point, device = EXCLUDED.device, fs_type = EXCLUDED.fs_type,
-                capacity_bytes = EXCLUDED.capacity_bytes, manifest_key = EXCLUDED.manifest_key,
-                file_count = EXCLUDED.file_count, total_bytes = EXCLUDED.total_bytes,
-                retain_until = EXCLUDED.retain_until
+            ON CONFLICT (point_id) DO NOTHING
             """,
             point.point_id,
             point.version_id,
@@ -97,7 +107,10 @@ class PgCatalogTx(PgTransaction):
         )
 
     async def get_point(self, point_id: str) -> PointRecord | None:
-        row = await self._conn.fetchrow(_POINT_SELECT + " WHERE p.point_id = $1 FOR UPDATE OF p", point_id)
+        # The point's lock (the role may not lock immutable rows FOR UPDATE); expire_due_versions
+        # takes it too before it drops the point's index.
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('catalog.point:' || $1, 0))", point_id)
+        row = await self._conn.fetchrow(_POINT_SELECT + " WHERE p.point_id = $1", point_id)
         return None if row is None else _point(row)
 
     async def delete_entries(self, point_id: str) -> None:
@@ -118,45 +131,40 @@ class PgCatalogTx(PgTransaction):
 
     async def set_index_state(self, point_id: str, *, browsable: bool, error: str | None) -> None:
         await self._conn.execute(
-            "UPDATE points SET browsable = $2, index_error = $3 WHERE point_id = $1", point_id, browsable, error
+            "INSERT INTO point_index_outcomes (point_id, browsable, index_error) VALUES ($1, $2, $3)",
+            point_id,
+            browsable,
+            error,
         )
 
     async def set_keep_latest(self, instance_id: str, keep_latest: bool, *, as_of: dt.datetime | None = None) -> bool:
-        applied = await self._conn.fetchval(
-            """
-            INSERT INTO instances (instance_id, keep_latest, settings_at) VALUES ($1, $2, $3)
-            ON CONFLICT (instance_id) DO UPDATE
-                SET keep_latest = EXCLUDED.keep_latest,
-                    settings_at = COALESCE(EXCLUDED.settings_at, instances.settings_at)
-                WHERE EXCLUDED.settings_at IS NULL
-                   OR instances.settings_at IS NULL
-                   OR instances.settings_at <= EXCLUDED.settings_at
-            RETURNING true
-            """,
+        conn = self._conn
+        # Settings of one instance are appended one at a time (the newest row wins).
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('catalog.instance:' || $1, 0))", instance_id)
+        await conn.execute("INSERT INTO instances (instance_id) VALUES ($1) ON CONFLICT DO NOTHING", instance_id)
+        last = await conn.fetchrow(
+            "SELECT settings_at FROM keep_latest_settings WHERE instance_id = $1 ORDER BY seq DESC LIMIT 1",
+            instance_id,
+        )
+        last_at: dt.datetime | None = None if last is None else last["settings_at"]
+        if as_of is not None and last_at is not None and as_of < last_at:
+            return False
+        await conn.execute(
+            "INSERT INTO keep_latest_settings (instance_id, keep_latest, settings_at) VALUES ($1, $2, $3)",
             instance_id,
             keep_latest,
-            as_of,
+            as_of if as_of is not None else last_at,
         )
-        return bool(applied)
+        return True
 
-    async def expire_version(self, version_id: str, at: dt.datetime) -> list[str] | None:
-        conn = self._conn
-        changed = await conn.fetchval(
-            "UPDATE versions SET expired_at = $2 WHERE version_id = $1 AND expired_at IS NULL RETURNING true",
-            version_id,
-            at,
+    async def expire_due_versions(self, limit: int) -> list[ExpiredVersion]:
+        rows = await self._conn.fetch(
+            "SELECT version_id, instance_id, account_id, expired_at, point_ids FROM expire_due_versions($1)", limit
         )
-        if not changed:
-            return None
-        point_ids: list[str] = [
-            r["point_id"]
-            for r in await conn.fetch(
-                "UPDATE points SET browsable = false WHERE version_id = $1 RETURNING point_id", version_id
-            )
+        return [
+            ExpiredVersion(r["version_id"], r["instance_id"], r["account_id"], r["expired_at"], tuple(r["point_ids"]))
+            for r in rows
         ]
-        point_ids.sort()
-        await conn.execute("DELETE FROM entries WHERE point_id = ANY($1::text[])", point_ids)
-        return point_ids
 
 
 class PgCatalogStore:
@@ -172,15 +180,14 @@ class PgCatalogStore:
         account_list = None if accounts is None else list(accounts)
         async with self._pool.acquire() as conn:
             versions = await conn.fetch(
-                "SELECT version_id, instance_id, account_id, created_at, expired_at FROM versions"
-                " WHERE instance_id = $1 AND expired_at IS NULL"
-                " AND ($2::text[] IS NULL OR account_id = ANY($2::text[]))"
-                ' ORDER BY created_at DESC, version_id COLLATE "C" DESC',
+                _VERSION_SELECT + " WHERE v.instance_id = $1 AND e.version_id IS NULL"
+                " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[]))"
+                ' ORDER BY v.created_at DESC, v.version_id COLLATE "C" DESC',
                 instance_id,
                 account_list,
             )
             points = await conn.fetch(
-                _POINT_SELECT + " WHERE v.instance_id = $1 AND v.expired_at IS NULL"
+                _POINT_SELECT + " WHERE v.instance_id = $1 AND e.version_id IS NULL"
                 " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[]))"
                 ' ORDER BY p.mount_point COLLATE "C", p.point_id COLLATE "C"',
                 instance_id,
@@ -215,24 +222,3 @@ class PgCatalogStore:
                 limit,
             )
         return [_entry(r) for r in rows]
-
-    async def retention_candidates(self, cutoff: dt.datetime) -> list[RetentionCandidate]:
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                """
-                SELECT v.version_id, v.instance_id, v.account_id, v.created_at, v.expired_at, i.keep_latest,
-                       NOT EXISTS (
-                           SELECT 1 FROM versions n
-                           WHERE n.instance_id = v.instance_id
-                             AND (n.created_at, n.version_id COLLATE "C") > (v.created_at, v.version_id COLLATE "C")
-                       ) AS is_newest
-                FROM versions v JOIN instances i USING (instance_id)
-                WHERE v.expired_at IS NULL AND v.created_at <= $1
-                ORDER BY v.created_at, v.version_id COLLATE "C"
-                """,
-                cutoff,
-            )
-        return [
-            RetentionCandidate(version=_version(r), is_newest=r["is_newest"], keep_latest=r["keep_latest"])
-            for r in rows
-        ]

@@ -13,9 +13,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
+from strongroom_platform.clock import Clock
 from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
-from strongroom_catalog.model import EntryRow, PointRecord, RetentionCandidate, VersionRecord
+from strongroom_catalog.model import EntryRow, ExpiredVersion, PointRecord, VersionRecord
+from strongroom_catalog.retention import RETENTION_PERIOD
 
 
 @dataclass
@@ -32,8 +34,9 @@ class _State:
 
 
 class InMemoryCatalogTx:
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: _State, trusted_clock: Clock | None) -> None:
         self._s = state
+        self._trusted_clock = trusted_clock
 
     async def claim_event(self, consumer: str, event_id: str) -> bool:
         return claim_once(self._s.processed, consumer, event_id)
@@ -50,13 +53,8 @@ class InMemoryCatalogTx:
                 created_at=point.created_at,
                 expired_at=None,
             )
-        existing = s.points.get(point.point_id)
-        if existing is None:
+        if point.point_id not in s.points:  # an existing point stays as first recorded
             s.points[point.point_id] = dataclasses.replace(point, browsable=False, index_error=None, expired=False)
-        else:
-            s.points[point.point_id] = dataclasses.replace(
-                point, browsable=existing.browsable, index_error=existing.index_error, expired=False
-            )
 
     async def get_point(self, point_id: str) -> PointRecord | None:
         return _with_expiry(self._s, self._s.points.get(point_id))
@@ -86,16 +84,38 @@ class InMemoryCatalogTx:
         self._s.keep_latest[instance_id] = keep_latest
         return True
 
-    async def expire_version(self, version_id: str, at: dt.datetime) -> list[str] | None:
-        version = self._s.versions.get(version_id)
-        if version is None or version.expired_at is not None:
-            return None
-        self._s.versions[version_id] = dataclasses.replace(version, expired_at=at)
-        point_ids = sorted(p.point_id for p in self._s.points.values() if p.version_id == version_id)
-        for point_id in point_ids:
-            self._s.entries.pop(point_id, None)
-            self._s.points[point_id] = dataclasses.replace(self._s.points[point_id], browsable=False)
-        return point_ids
+    async def expire_due_versions(self, limit: int) -> list[ExpiredVersion]:
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"max_versions must be between 1 and 1000, got {limit}")
+        if self._trusted_clock is None:
+            raise RuntimeError("InMemoryCatalogStore(trusted_clock=...) is needed to expire versions")
+        s = self._s
+        now = self._trusted_clock.now()
+        newest: dict[str, tuple[dt.datetime, str]] = {}
+        for v in s.versions.values():
+            key = (v.created_at, v.version_id)
+            if v.instance_id not in newest or key > newest[v.instance_id]:
+                newest[v.instance_id] = key
+        due = sorted(
+            (
+                v
+                for v in s.versions.values()
+                if v.expired_at is None
+                and v.created_at <= now - RETENTION_PERIOD
+                and not (
+                    s.keep_latest.get(v.instance_id, True) and newest[v.instance_id] == (v.created_at, v.version_id)
+                )
+            ),
+            key=lambda v: (v.created_at, v.version_id),
+        )[:limit]
+        expired = []
+        for version in due:
+            s.versions[version.version_id] = dataclasses.replace(version, expired_at=now)
+            point_ids = tuple(sorted(p.point_id for p in s.points.values() if p.version_id == version.version_id))
+            for point_id in point_ids:
+                s.entries.pop(point_id, None)
+            expired.append(ExpiredVersion(version.version_id, version.instance_id, version.account_id, now, point_ids))
+        return expired
 
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
         record_event(self._s.outbox, topic, key, event)
@@ -104,23 +124,40 @@ class InMemoryCatalogTx:
 def _with_expiry(state: _State, point: PointRecord | None) -> PointRecord | None:
     if point is None:
         return None
-    return dataclasses.replace(point, expired=state.versions[point.version_id].expired_at is not None)
+    expired = state.versions[point.version_id].expired_at is not None
+    return dataclasses.replace(point, expired=expired, browsable=point.browsable and not expired)
 
 
 class InMemoryCatalogStore(InMemoryTransactions[_State]):
-    """CatalogStore fake. ``outbox`` lists (topic, key, event) of committed transactions."""
+    """CatalogStore fake. ``outbox`` lists (topic, key, event) of committed transactions.
 
-    def __init__(self) -> None:
+    ``trusted_clock`` stands for the database's trusted time (needed by ``expire_due_versions``).
+    """
+
+    def __init__(self, trusted_clock: Clock | None = None) -> None:
         super().__init__(_State())
+        self._trusted_clock = trusted_clock
 
     @property
     def outbox(self) -> list[tuple[str, str, Message]]:
         return self._state.outbox
 
+    def mark_expired(self, version_id: str, at: dt.datetime) -> None:
+        """Test set-up: the version expired at ``at`` (as ``expire_due_versions`` would have marked it)."""
+        version = self._state.versions[version_id]
+        self._state.versions[version_id] = dataclasses.replace(version, expired_at=at)
+        for point in self._state.points.values():
+            if point.version_id == version_id:
+                self._state.entries.pop(point.point_id, None)
+
+    def keep_latest(self, instance_id: str) -> bool:
+        """The instance's keep-at-least-one flag, as retention sees it (on until a setting arrives)."""
+        return self._state.keep_latest.get(instance_id, True)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryCatalogTx]:
         async with self._transaction_state() as state:
-            yield InMemoryCatalogTx(state)
+            yield InMemoryCatalogTx(state, self._trusted_clock)
 
     async def list_versions(self, instance_id: str, *, accounts: Collection[str] | None) -> list[VersionRecord]:
         s = self._state
@@ -155,22 +192,3 @@ class InMemoryCatalogStore(InMemoryTransactions[_State]):
         ]
         rows.sort(key=lambda row: row.name)
         return rows[:limit]
-
-    async def retention_candidates(self, cutoff: dt.datetime) -> list[RetentionCandidate]:
-        s = self._state
-        newest: dict[str, tuple[dt.datetime, str]] = {}
-        for v in s.versions.values():
-            key = (v.created_at, v.version_id)
-            if v.instance_id not in newest or key > newest[v.instance_id]:
-                newest[v.instance_id] = key
-        candidates = [
-            RetentionCandidate(
-                version=v,
-                is_newest=newest[v.instance_id] == (v.created_at, v.version_id),
-                keep_latest=s.keep_latest.get(v.instance_id, True),
-            )
-            for v in s.versions.values()
-            if v.expired_at is None and v.created_at <= cutoff
-        ]
-        candidates.sort(key=lambda c: (c.version.created_at, c.version.version_id))
-        return candidates

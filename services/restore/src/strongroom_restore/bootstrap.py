@@ -9,12 +9,11 @@ from contextlib import AsyncExitStack
 from strongroom_platform import audit, lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
-from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_restore import consumers
 from strongroom_restore.catalog_client import GrpcCatalogClient
 from strongroom_restore.grpc_api import RestoreServicer, register
-from strongroom_restore.migrations import MIGRATIONS, SCHEMA
+from strongroom_restore.migrations import SCHEMA, SPEC
 from strongroom_restore.ports import CatalogClient, InstanceDirectory
 from strongroom_restore.repository import PgRestoreStore
 from strongroom_restore.scheduler_client import SchedulerInstanceDirectory
@@ -32,7 +31,6 @@ async def run(
     consumer_factory: ConsumerFactory | None = None,
     catalog: CatalogClient | None = None,
     instances: InstanceDirectory | None = None,
-    schema: str = SCHEMA,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
 
@@ -42,11 +40,9 @@ async def run(
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
         platform = settings.platform
-        pool = await lifecycle.open_pool(
-            stack, platform.pg_dsn, schema, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
-        )
+        pool = await lifecycle.open_pool(stack, platform, SPEC)
         # Mutating calls leave their audit record in this schema's outbox (ADR 0027).
-        auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, schema, clock))
+        auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
         repo = PgRestoreStore(pool)
 
         if catalog is None:
@@ -64,7 +60,7 @@ async def run(
         if consumer_factory is None:
             consumer_factory = wiring.consumer_factory(platform)
 
-        await lifecycle.start_relay(stack, pool, schema, publisher, clock, replay=platform.outbox_replay)
+        await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, consumers.record_handlers(repo))
         servicer = RestoreServicer(repo, catalog, clock, instances)
         await serving.serve_listeners(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from strongroom_platform.db import Migration
-from strongroom_platform.inbox import INBOX_DDL
-from strongroom_platform.outbox import OUTBOX_DDL
+from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
+from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
+from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 SCHEMA = "restore"
 
@@ -45,3 +46,14 @@ MIGRATIONS: list[Migration] = [
     Migration(3, _V1),
     Migration(4, _V4),
 ]
+
+ROLE = SERVICE_ROLES["restore"]
+
+# What the restore service's role may do, per table (ADR 0031); a new table adds its line here.
+PRIVILEGES: dict[str, str] = {
+    "outbox": OUTBOX_PRIVILEGES,
+    "processed_events": INBOX_PRIVILEGES,
+    "restore_jobs": "SELECT, INSERT, UPDATE",
+}
+
+SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})

@@ -14,7 +14,6 @@ from strongroom_platform.auth import token_api
 from strongroom_platform.auth.tokens_pg import PgTokenStore
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
-from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_scheduler.alerts import grpc_api as alert_api
 from strongroom_scheduler.alerts.delivery import run_delivery_loop
@@ -27,7 +26,7 @@ from strongroom_scheduler.alerts.webhook import WebhookSender
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
 from strongroom_scheduler.grpc_api import AuditServicer, SchedulerServicer, register, register_audit
 from strongroom_scheduler.handlers import Deps
-from strongroom_scheduler.migrations import MIGRATIONS, SCHEMA
+from strongroom_scheduler.migrations import SCHEMA, SPEC
 from strongroom_scheduler.repository import PgSchedulerStore
 from strongroom_scheduler.schedule import run_schedule_loop, schedule_due
 from strongroom_scheduler.settings import Settings
@@ -53,13 +52,11 @@ async def run(
     clock = clock or SystemClock()
     platform = settings.platform
     async with AsyncExitStack() as stack:
-        pool = await lifecycle.open_pool(
-            stack, platform.pg_dsn, SCHEMA, MIGRATIONS, tls=backend_ssl_context(platform.pg_tls)
-        )
+        pool = await lifecycle.open_pool(stack, platform, SPEC)
         # Mutating calls leave their audit record in this schema's outbox (ADR 0027).
         auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
         store = PgSchedulerStore(pool)
-        deps = Deps(store=store, clock=clock, rng=random.SystemRandom())
+        deps = Deps(store=store, clock=clock, rng=random.SystemRandom(), zone=settings.zone)
         alert_settings = settings.alerts
         alert_store = PgAlertStore(pool)
         wake = asyncio.Event()
@@ -82,7 +79,7 @@ async def run(
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(deps, alert_deps))
 
         async def tick() -> None:
-            await schedule_due(store, clock)
+            await schedule_due(store, clock, zone=settings.zone)
 
         lifecycle.start_task(stack, run_schedule_loop(tick, clock, interval=settings.schedule_interval), "schedule")
         delivery = run_delivery_loop(

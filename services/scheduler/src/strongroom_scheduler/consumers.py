@@ -5,7 +5,7 @@ from __future__ import annotations
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.consume import consume
 from strongroom_platform.eventbus import Handler
-from strongroom_platform.events import AGENT_ENROLLED, ALERT_RAISED, AUDIT_RECORDED, JOB_UPDATED
+from strongroom_platform.events import AGENT_ENROLLED, ALERT_RAISED, AUDIT_RECORDED, INSTANCE_RECOVERED, JOB_UPDATED
 
 from strongroom_scheduler import handlers
 from strongroom_scheduler.alerts import handlers as alert_handlers
@@ -23,5 +23,8 @@ def record_handlers(deps: Deps, alert_deps: AlertDeps) -> dict[str, Handler]:
         AUDIT_RECORDED: consume(events_pb2.AuditRecorded, lambda event: handlers.handle_audit_recorded(event, deps)),
         ALERT_RAISED: consume(
             events_pb2.AlertRaised, lambda event: alert_handlers.handle_alert_raised(event, alert_deps)
+        ),
+        INSTANCE_RECOVERED: consume(
+            events_pb2.InstanceRecovered, lambda event: handlers.handle_instance_recovered(event, deps)
         ),
     }

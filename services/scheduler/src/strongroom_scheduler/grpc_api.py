@@ -13,13 +13,14 @@ from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_platform.auth import CallAuth, current_call
 from strongroom_platform.events import from_timestamp, to_timestamp
+from strongroom_platform.zones import zone_name
 
 from strongroom_scheduler import handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
 from strongroom_scheduler.models import Instance, Job
 
 
-def instance_to_proto(instance: Instance, now: dt.datetime) -> scheduler_pb2.Instance:
+def instance_to_proto(instance: Instance, now: dt.datetime, zone: dt.tzinfo) -> scheduler_pb2.Instance:
     status = instance.status(now)
     message = scheduler_pb2.Instance(
         instance_id=instance.instance_id,
@@ -37,6 +38,7 @@ def instance_to_proto(instance: Instance, now: dt.datetime) -> scheduler_pb2.Ins
         last_error=instance.status_error(now),
         activated_at=to_timestamp(instance.activated_at),
         agent_enrolled=instance.enrolled,
+        schedule_zone=zone_name(zone),
     )
     if status not in (scheduler_pb2.RUNNING_STATUS_PAUSED, scheduler_pb2.RUNNING_STATUS_CANCELED):
         message.next_backup_at.CopyFrom(to_timestamp(instance.next_backup_at))
@@ -82,7 +84,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._deps = deps
 
     def _instance(self, instance: Instance) -> scheduler_pb2.Instance:
-        return instance_to_proto(instance, self._deps.clock.now())
+        return instance_to_proto(instance, self._deps.clock.now(), self._deps.zone)
 
     async def ActivateBackup(
         self, request: scheduler_pb2.ActivateBackupRequest, context: grpc.aio.ServicerContext[object, object]
@@ -105,6 +107,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
         return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
 
+    async def IssueEnrollmentToken(
+        self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.ActivateBackupResponse:
+        instance, token = await handlers.issue_enrollment_token(self._deps, request.instance_id, call=current_call())
+        return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
+
     async def GetInstance(
         self, request: scheduler_pb2.GetInstanceRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.Instance:
@@ -113,8 +121,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListInstances(
         self, request: scheduler_pb2.ListInstancesRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.ListInstancesResponse:
-        found = await handlers.list_instances(self._deps, request.account_id, request.region, call=current_call())
-        return scheduler_pb2.ListInstancesResponse(instances=[self._instance(i) for i in found])
+        page = await handlers.list_instances(
+            self._deps,
+            request.account_id,
+            request.region,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            call=current_call(),
+        )
+        return scheduler_pb2.ListInstancesResponse(
+            instances=[self._instance(i) for i in page.instances], next_page_token=page.next_page_token
+        )
 
     async def RunBackupNow(
         self, request: scheduler_pb2.RunBackupNowRequest, context: grpc.aio.ServicerContext[object, object]

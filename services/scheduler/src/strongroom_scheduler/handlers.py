@@ -34,6 +34,7 @@ from strongroom_platform.events import (
     new_meta,
     to_timestamp,
 )
+from strongroom_platform.zones import DEFAULT_ZONE
 
 from strongroom_scheduler import schedule
 from strongroom_scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -56,6 +57,8 @@ CONSUMER = "scheduler"
 AUDIT_CONSUMER = "scheduler.audit-recorded"
 TOKEN_VALIDITY = dt.timedelta(hours=24)
 DEFAULT_JOB_LIMIT = 50
+DEFAULT_INSTANCE_PAGE = 100
+MAX_INSTANCE_PAGE = 1000
 MAX_JOB_LIMIT = 1000
 DEFAULT_AUDIT_PAGE = 100
 MAX_AUDIT_PAGE = 1000
@@ -69,6 +72,8 @@ class Deps:
     store: SchedulerStore
     clock: Clock
     rng: random.Random = field(default_factory=random.Random)
+    # The zone whose midnights daily start minutes count from (STRONGROOM_ZONE, default UTC+8).
+    zone: dt.tzinfo = DEFAULT_ZONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +197,7 @@ async def activate_backup(
         activated_at=now,
         token_sha256=token_sha256(token),
         token_expires_at=now + TOKEN_VALIDITY,
-        next_backup_at=schedule.next_run(minute, now, None),
+        next_backup_at=schedule.next_run(minute, now, None, deps.zone),
     )
     event = events_pb2.InstanceActivated(
         meta=new_meta(PRODUCER, now),
@@ -201,6 +206,7 @@ async def activate_backup(
         region=instance.region,
         enrollment_token_sha256=instance.token_sha256,
         token_expires_at=to_timestamp(instance.token_expires_at),
+        name=instance.name,
     )
     audit.note(instance_id=instance.instance_id)
     async with deps.store.transaction() as tx:
@@ -211,17 +217,65 @@ async def activate_backup(
     return instance, token
 
 
+async def issue_enrollment_token(deps: Deps, instance_id: str, *, call: CallAuth) -> tuple[Instance, str]:
+    """A new one-time enrollment token for an existing, not canceled instance (ADR 0032).
+
+    Its agent enrolls with it to the **same** instance id: after a rebuild from the bucket (the
+    agents' credentials were lost with the database), or on a reinstalled server. The gateway
+    learns the token from ``instance-activated`` as for a new instance; a credential the agent
+    already holds stays valid until the new token is used.
+    """
+    now = deps.clock.now()
+    token = secrets.token_urlsafe(32)
+    audit.note(instance_id=instance_id)
+    async with deps.store.transaction() as tx:
+        instance = await _active_instance(tx, instance_id, call=call)
+        instance.token_sha256 = token_sha256(token)
+        instance.token_expires_at = now + TOKEN_VALIDITY
+        await tx.update_instance(instance)
+        await tx.enqueue(
+            INSTANCE_ACTIVATED,
+            instance.instance_id,
+            events_pb2.InstanceActivated(
+                meta=new_meta(PRODUCER, now),
+                account_id=instance.account_id,
+                instance_id=instance.instance_id,
+                region=instance.region,
+                enrollment_token_sha256=instance.token_sha256,
+                token_expires_at=to_timestamp(instance.token_expires_at),
+                name=instance.name,
+            ),
+        )
+    log.info("issued a new enrollment token for instance %s", instance_id)
+    return instance, token
+
+
 async def get_instance(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
     async with deps.store.transaction() as tx:
         return await _instance(tx, instance_id, call=call)
 
 
-async def list_instances(deps: Deps, account_id: str, region: str, *, call: CallAuth) -> list[Instance]:
-    """Instances of ``choose_account(account_id)`` with backup activated (canceled ones are removed
-    from the list, as in the seed)."""
+@dataclass(frozen=True, slots=True)
+class InstancePage:
+    instances: list[Instance]
+    next_page_token: str  # empty on the last page
+
+
+async def list_instances(
+    deps: Deps, account_id: str, region: str, *, page_size: int = 0, page_token: str = "", call: CallAuth
+) -> InstancePage:
+    """One page of the instances of ``choose_account(account_id)`` with backup activated, oldest
+    activation first (canceled ones are removed from the list, as in the seed)."""
     account = choose_account(account_id.strip(), call=call)
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    size = min(page_size or DEFAULT_INSTANCE_PAGE, MAX_INSTANCE_PAGE)
+    after = _after(page_token)
     async with deps.store.transaction() as tx:
-        return await tx.list_instances(account, region.strip(), include_canceled=False)
+        found = await tx.list_instances(account, region.strip(), include_canceled=False, after=after, limit=size + 1)
+    page = found[:size]
+    more = len(found) > size
+    return InstancePage(page, _position_token(page[-1].activated_at, page[-1].instance_id) if more else "")
 
 
 async def run_backup_now(deps: Deps, instance_id: str, *, call: CallAuth) -> Job:
@@ -264,7 +318,9 @@ async def resume_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Inst
         instance = await _active_instance(tx, instance_id, call=call)
         if instance.paused:
             instance.paused = False
-            instance.next_backup_at = schedule.next_run(instance.daily_start_minute, now, instance.last_scheduled_on)
+            instance.next_backup_at = schedule.next_run(
+                instance.daily_start_minute, now, instance.last_scheduled_on, deps.zone
+            )
             await tx.update_instance(instance)
         return instance
 
@@ -318,7 +374,9 @@ async def update_settings(
         if "daily_start_minute" in mask:
             assert settings.daily_start_minute is not None
             instance.daily_start_minute = settings.daily_start_minute
-            instance.next_backup_at = schedule.next_run(instance.daily_start_minute, now, instance.last_scheduled_on)
+            instance.next_backup_at = schedule.next_run(
+                instance.daily_start_minute, now, instance.last_scheduled_on, deps.zone
+            )
         await tx.update_instance(instance)
         await _enqueue_settings(tx, instance, now)
         return instance
@@ -370,9 +428,13 @@ async def cancel_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
 # --- the audit trail (ADR 0027) --------------------------------------------------------------
 
 
+def _position_token(at: dt.datetime, key: str) -> str:
+    """An opaque page token for a list ordered by (time, key): where the next page starts after."""
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{key}".encode()).decode()
+
+
 def _page_token(event: events_pb2.AuditRecorded) -> str:
-    position = f"{from_timestamp(event.meta.occurred_at).isoformat()}|{event.meta.event_id}"
-    return base64.urlsafe_b64encode(position.encode()).decode()
+    return _position_token(from_timestamp(event.meta.occurred_at), event.meta.event_id)
 
 
 def _after(page_token: str) -> tuple[dt.datetime, str] | None:
@@ -446,6 +508,40 @@ async def handle_agent_enrolled(event: events_pb2.AgentEnrolled, deps: Deps) -> 
         instance.hostname = event.hostname
         await tx.update_instance(instance)
     log.info("agent of instance %s enrolled (host %s)", event.instance_id, event.hostname)
+
+
+async def handle_instance_recovered(event: events_pb2.InstanceRecovered, deps: Deps) -> None:
+    """An instance rebuilt from the bucket (ADR 0032): known again, with default settings, its agent
+    not enrolled and no valid token (an operator issues one). An instance already known stays as it is."""
+    instance_id = _require_id(event.instance_id, "instance_id")
+    account_id = _require_id(event.account_id, "account_id")
+    now = deps.clock.now()
+    minute = deps.rng.randrange(schedule.DEFAULT_WINDOW_MINUTES)
+    async with deps.store.transaction() as tx:
+        if not await tx.claim_event(CONSUMER, event.meta.event_id):
+            return
+        if await tx.get_instance(instance_id) is not None:
+            log.info("instance-recovered for known instance %s ignored", instance_id)
+            return
+        instance = Instance(
+            instance_id=instance_id,
+            account_id=account_id,
+            name=event.name.strip() or event.hostname.strip() or instance_id,
+            region=event.region.strip() or "unknown",
+            priority=common_pb2.BACKUP_PRIORITY_LOW,
+            daily_start_minute=minute,
+            keep_latest_version=True,
+            roots=[],
+            activated_at=from_timestamp(event.meta.occurred_at),
+            # No token: nothing hashes to "", and it has expired; IssueEnrollmentToken gives one.
+            token_sha256="",
+            token_expires_at=now,
+            next_backup_at=schedule.next_run(minute, now, None),
+            hostname=event.hostname,
+        )
+        await tx.insert_instance(instance)
+        await _enqueue_settings(tx, instance, now)
+    log.info("instance %s of account %s recovered from the bucket", instance_id, account_id)
 
 
 async def handle_job_updated(event: events_pb2.JobUpdated, deps: Deps) -> None:

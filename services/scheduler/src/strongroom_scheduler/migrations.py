@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from strongroom_platform.db import Migration
-from strongroom_platform.inbox import INBOX_DDL
-from strongroom_platform.outbox import OUTBOX_DDL
+from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
+from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
+from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 SCHEMA = "scheduler"
 
@@ -143,4 +144,24 @@ MIGRATIONS: list[Migration] = [
     Migration(3, _TABLES),
     Migration(4, _AUDIT),
     Migration(8, _ALERTS),
+    # ListInstances pages by (account, activation, id): an index walk per page, not a sort (issue 14).
+    Migration(9, "CREATE INDEX instances_by_account_page ON instances (account_id, activated_at, instance_id)"),
 ]
+
+ROLE = SERVICE_ROLES["scheduler"]
+
+# What the scheduler's role may do, per table (ADR 0031); a new table adds its line here.
+PRIVILEGES: dict[str, str] = {
+    "outbox": OUTBOX_PRIVILEGES,
+    "processed_events": INBOX_PRIVILEGES,
+    "instances": "SELECT, INSERT, UPDATE",
+    "jobs": "SELECT, INSERT, UPDATE",
+    "audit_events": "SELECT, INSERT",
+    # alerts (ADR 0037): subscriptions are removed (their deliveries with them); messages are
+    # marked read; deliveries change state
+    "alert_subscriptions": "SELECT, INSERT, DELETE",
+    "alert_messages": "SELECT, INSERT, UPDATE",
+    "alert_deliveries": "SELECT, INSERT, UPDATE, DELETE",
+}
+
+SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})

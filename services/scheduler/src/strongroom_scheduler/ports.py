@@ -40,8 +40,19 @@ class SchedulerTx(InboxOutboxTx, Protocol):
 
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None: ...
 
-    async def list_instances(self, account_id: str, region: str, *, include_canceled: bool) -> list[Instance]:
-        """Instances of the account, oldest activation first; ``region`` empty = all regions."""
+    async def list_instances(
+        self,
+        account_id: str,
+        region: str,
+        *,
+        include_canceled: bool,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
+        """Instances of the account, oldest activation first (then by id); ``region`` empty = all regions.
+
+        ``after`` (activated_at, instance_id) starts the list after that instance; ``limit`` caps it.
+        """
         ...
 
     async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:

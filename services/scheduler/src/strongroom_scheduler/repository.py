@@ -124,13 +124,26 @@ class PgSchedulerTx(PgTransaction):
         row = await self._conn.fetchrow(f"{_INSTANCE_SELECT} WHERE instance_id = $1{lock}", instance_id)
         return _instance(row) if row is not None else None
 
-    async def list_instances(self, account_id: str, region: str, *, include_canceled: bool) -> list[Instance]:
+    async def list_instances(
+        self,
+        account_id: str,
+        region: str,
+        *,
+        include_canceled: bool,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
+        after_at, after_id = after if after is not None else (None, "")
         rows = await self._conn.fetch(
             f"{_INSTANCE_SELECT} WHERE account_id = $1 AND ($2 = '' OR region = $2) AND ($3 OR NOT canceled)"
-            " ORDER BY activated_at, instance_id",
+            " AND ($4::timestamptz IS NULL OR (activated_at, instance_id) > ($4, $5))"
+            " ORDER BY activated_at, instance_id LIMIT $6",
             account_id,
             region,
             include_canceled,
+            after_at,
+            after_id,
+            limit,
         )
         return [_instance(r) for r in rows]
 

@@ -1,9 +1,9 @@
-"""The daily schedule: pure functions over minute-of-day in UTC+8, plus the loop that starts due jobs.
+"""The daily schedule: pure functions over minute-of-day in the schedule zone, plus the loop that starts due jobs.
 
 Every instance has one daily slot, ``daily_start_minute`` minutes after
-midnight in UTC+8 (the seed's time zone). ``next_backup_at`` is the UTC
-instant of the next slot to process; ``last_scheduled_on`` is the UTC+8 date
-of the last slot that was processed (a job was created or the slot was
+midnight in the deployment's schedule zone (``STRONGROOM_ZONE``, default UTC+8,
+the seed's). ``next_backup_at`` is the UTC instant of the next slot to process;
+``last_scheduled_on`` is the zone's date of the last slot that was processed (a job was created or the slot was
 skipped). One rule, :func:`next_run`, serves activation, resume, advancing
 after a slot, and the seed's "modify next backup time" rules.
 """
@@ -20,6 +20,7 @@ from strongroom.events.v1 import events_pb2
 from strongroom_platform.alerts import account_alert
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import ALERT_RAISED
+from strongroom_platform.zones import DEFAULT_ZONE
 
 from strongroom_scheduler.jobs import PRODUCER, start_job
 from strongroom_scheduler.models import TRIGGER_SCHEDULE
@@ -27,38 +28,43 @@ from strongroom_scheduler.ports import SchedulerStore
 
 log = logging.getLogger(__name__)
 
-SCHEDULE_TZ = dt.timezone(dt.timedelta(hours=8), "UTC+8")
 MINUTES_PER_DAY = 24 * 60
-DEFAULT_WINDOW_MINUTES = 6 * 60  # the default start time is random in 00:00-06:00 UTC+8
+DEFAULT_WINDOW_MINUTES = 6 * 60  # the default start time is random in 00:00-06:00 of the zone
 
 
 def validate_minute(minute: int) -> None:
     """Raise ValueError unless ``minute`` is a minute of the day (0 <= minute < 1440)."""
     if not 0 <= minute < MINUTES_PER_DAY:
-        raise ValueError(f"daily_start_minute must be in [0, {MINUTES_PER_DAY}) (00:00-23:59 UTC+8), got {minute}")
+        raise ValueError(f"daily_start_minute must be in [0, {MINUTES_PER_DAY}) (00:00-23:59), got {minute}")
 
 
-def local_date(when: dt.datetime) -> dt.date:
-    """The UTC+8 calendar date of an aware instant."""
-    return when.astimezone(SCHEDULE_TZ).date()
+def local_date(when: dt.datetime, zone: dt.tzinfo = DEFAULT_ZONE) -> dt.date:
+    """The calendar date of an aware instant in ``zone``."""
+    return when.astimezone(zone).date()
 
 
-def slot_on(day: dt.date, minute: int) -> dt.datetime:
-    """The UTC instant of ``minute`` on the UTC+8 date ``day``."""
+def slot_on(day: dt.date, minute: int, zone: dt.tzinfo = DEFAULT_ZONE) -> dt.datetime:
+    """The UTC instant of ``minute`` on the date ``day`` of ``zone``.
+
+    In a zone with daylight saving, a minute the clocks skip resolves to the instant after the gap
+    and a repeated one to its first occurrence (``fold=0``), so every day has exactly one slot.
+    """
     validate_minute(minute)
-    local = dt.datetime.combine(day, dt.time(minute // 60, minute % 60), tzinfo=SCHEDULE_TZ)
+    local = dt.datetime.combine(day, dt.time(minute // 60, minute % 60), tzinfo=zone)
     return local.astimezone(dt.UTC)
 
 
-def next_daily_run(minute: int, after: dt.datetime) -> dt.datetime:
-    """The first daily slot at ``minute`` (UTC+8) strictly later than ``after``, in UTC."""
-    candidate = slot_on(local_date(after), minute)
+def next_daily_run(minute: int, after: dt.datetime, zone: dt.tzinfo = DEFAULT_ZONE) -> dt.datetime:
+    """The first daily slot at ``minute`` (of ``zone``) strictly later than ``after``, in UTC."""
+    candidate = slot_on(local_date(after, zone), minute, zone)
     if candidate <= after:
-        candidate = slot_on(local_date(after) + dt.timedelta(days=1), minute)
+        candidate = slot_on(local_date(after, zone) + dt.timedelta(days=1), minute, zone)
     return candidate
 
 
-def next_run(minute: int, now: dt.datetime, last_scheduled_on: dt.date | None) -> dt.datetime:
+def next_run(
+    minute: int, now: dt.datetime, last_scheduled_on: dt.date | None, zone: dt.tzinfo = DEFAULT_ZONE
+) -> dt.datetime:
     """The next slot to process: the first one after ``now`` whose day has not been processed yet.
 
     This is the seed's "modify next backup time" rule: if today's backup has
@@ -66,9 +72,9 @@ def next_run(minute: int, now: dt.datetime, last_scheduled_on: dt.date | None) -
     if the new time is earlier than now, today's backup is skipped; if today's
     backup already ran, the next one is tomorrow whatever the new time is.
     """
-    candidate = next_daily_run(minute, now)
-    while last_scheduled_on is not None and local_date(candidate) <= last_scheduled_on:
-        candidate = slot_on(local_date(candidate) + dt.timedelta(days=1), minute)
+    candidate = next_daily_run(minute, now, zone)
+    while last_scheduled_on is not None and local_date(candidate, zone) <= last_scheduled_on:
+        candidate = slot_on(local_date(candidate, zone) + dt.timedelta(days=1), minute, zone)
     return candidate
 
 
@@ -85,7 +91,9 @@ class SchedulePass:
     skipped: list[str] = field(default_factory=list)  # instance ids whose slot was skipped
 
 
-async def schedule_due(store: SchedulerStore, clock: Clock, *, batch_size: int = 100) -> SchedulePass:
+async def schedule_due(
+    store: SchedulerStore, clock: Clock, *, batch_size: int = 100, zone: dt.tzinfo = DEFAULT_ZONE
+) -> SchedulePass:
     """Process every slot that is due: start a job, or skip the slot, then advance ``next_backup_at``.
 
     A slot is skipped when the agent has not enrolled yet, or when the
@@ -102,7 +110,7 @@ async def schedule_due(store: SchedulerStore, clock: Clock, *, batch_size: int =
         async with store.transaction() as tx:
             due = await tx.due_instances(now, batch_size)
             for instance in due:
-                slot_day = local_date(instance.next_backup_at)
+                slot_day = local_date(instance.next_backup_at, zone)
                 unfinished = await tx.unfinished_jobs(instance.instance_id)
                 if not instance.enrolled:
                     log.info(
@@ -134,7 +142,7 @@ async def schedule_due(store: SchedulerStore, clock: Clock, *, batch_size: int =
                     log.info("instance %s: started scheduled backup job %s", instance.instance_id, job.job_id)
                     result.created.append(job.job_id)
                 instance.last_scheduled_on = max(slot_day, instance.last_scheduled_on or slot_day)
-                instance.next_backup_at = next_run(instance.daily_start_minute, now, instance.last_scheduled_on)
+                instance.next_backup_at = next_run(instance.daily_start_minute, now, instance.last_scheduled_on, zone)
                 await tx.update_instance(instance)
         if len(due) < batch_size:
             return result

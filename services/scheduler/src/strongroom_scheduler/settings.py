@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from strongroom_platform.settings import PlatformSettings, SettingsError, env_int, env_str
+from strongroom_platform.zones import DEFAULT_ZONE, zone_from_env
 
 from strongroom_scheduler.alerts.delivery import DeliveryPolicy
 from strongroom_scheduler.alerts.mail import SECURITY_MODES, SmtpSettings
@@ -110,13 +112,16 @@ class Settings:
     """Environment:
     STRONGROOM_PG_DSN, STRONGROOM_KAFKA_*, STRONGROOM_OUTBOX_REPLAY, ...: see PlatformSettings.
     STRONGROOM_GRPC_LISTEN (default 127.0.0.1:0),
-    STRONGROOM_SCHEDULE_INTERVAL (seconds between schedule passes, default 30),
-    the alert pipeline's: see AlertSettings.
+    STRONGROOM_SCHEDULE_INTERVAL (seconds between schedule passes, default 30).
+    STRONGROOM_ZONE: the zone whose midnights daily start times count from (default UTC+8; an
+    offset such as UTC+8 or an IANA name such as Asia/Shanghai).
+    The alert pipeline's: see AlertSettings.
     """
 
     platform: PlatformSettings
     grpc_listen: str = "127.0.0.1:0"
     schedule_interval: float = 30.0
+    zone: dt.tzinfo = DEFAULT_ZONE
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @classmethod
@@ -125,5 +130,6 @@ class Settings:
             platform=PlatformSettings.from_env(environ),
             grpc_listen=env_str(environ, "STRONGROOM_GRPC_LISTEN", "127.0.0.1:0"),
             schedule_interval=_seconds(environ, "STRONGROOM_SCHEDULE_INTERVAL", "30"),
+            zone=zone_from_env(environ),
             alerts=AlertSettings.from_env(environ),
         )

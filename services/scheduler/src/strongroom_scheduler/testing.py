@@ -55,15 +55,24 @@ class InMemorySchedulerTx:
         found = self._s.instances.get(instance_id)
         return copy.deepcopy(found) if found is not None else None
 
-    async def list_instances(self, account_id: str, region: str, *, include_canceled: bool) -> list[Instance]:
+    async def list_instances(
+        self,
+        account_id: str,
+        region: str,
+        *,
+        include_canceled: bool,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
         found = [
             copy.deepcopy(i)
             for i in self._s.instances.values()
             if i.account_id == account_id
             and (not region or i.region == region)
             and (include_canceled or not i.canceled)
+            and (after is None or (i.activated_at, i.instance_id) > after)
         ]
-        return sorted(found, key=lambda i: (i.activated_at, i.instance_id))
+        return sorted(found, key=lambda i: (i.activated_at, i.instance_id))[:limit]
 
     async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
         due = [

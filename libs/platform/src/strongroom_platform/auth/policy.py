@@ -80,6 +80,8 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _SCHEDULER + "ListJobs": _op(READ, "list jobs"),
         _SCHEDULER + "GetJob": _op(READ, "read jobs"),
         _SCHEDULER + "CancelJob": _op(OPERATE, "cancel jobs", mutating=True),
+        # A new token lets a new agent take over the instance's identity (ADR 0032): admins only.
+        _SCHEDULER + "IssueEnrollmentToken": _op(ADMIN, "issue enrollment tokens", mutating=True),
         # catalog: versions and browse; the restore service reads points for the jobs it creates
         _CATALOG + "ListVersions": _op(READ, "list versions"),
         _CATALOG + "GetPoint": _op(READ, "read points", services=frozenset({"restore"})),
@@ -132,6 +134,13 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         # gateway, internal listener: the break-glass operator tool's certificate (ADR 0028)
         _AGENT_ADMIN + "RevokeAgentCertificates": Rule(
             callers=Caller.SERVICE, services=frozenset({"admin"}), verb="revoke agent certificates", mutating=True
+        ),
+        # the filesystems an instance may back up (ADR 0025, 0032): the same break-glass identity
+        _AGENT_ADMIN + "ListInstanceFilesystems": Rule(
+            callers=Caller.SERVICE, services=frozenset({"admin"}), verb="list instance filesystems"
+        ),
+        _AGENT_ADMIN + "ApproveInstanceFilesystem": Rule(
+            callers=Caller.SERVICE, services=frozenset({"admin"}), verb="approve filesystems", mutating=True
         ),
         # standard services every listener may carry
         "/grpc.health.v1.Health/Check": _PUBLIC,

@@ -1,7 +1,8 @@
 """The PostgreSQL :class:`~strongroom_platform.auth.tokens.TokenStore`: schema ``auth``.
 
-The scheduler migrates the schema (``AUTH_MIGRATIONS``, applied with ``migrate(pool, "auth", ...)``)
-and writes tokens; every other service only reads ``auth.api_tokens`` to verify bearers. SQL names
+The migration owner migrates the schema (``AUTH_SPEC``, ADR 0031); the scheduler's role writes
+tokens (and may only set ``revoked_at`` on an existing one); every other service's role only reads
+``auth.api_tokens`` to verify bearers. SQL names
 the schema explicitly, so any service's pool can read it whatever its search_path. Writes made by
 an operator's call enqueue its audit record in the same transaction (ADR 0027), in the outbox of
 the pool's schema: the store that serves ``TokenService`` uses the scheduler's pool.
@@ -18,6 +19,7 @@ from strongroom_platform import audit
 from strongroom_platform.auth.principal import Role
 from strongroom_platform.auth.tokens import TokenRecord
 from strongroom_platform.db import Migration
+from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 AUTH_SCHEMA = "auth"
 
@@ -43,6 +45,22 @@ AUTH_MIGRATIONS = [
         """,
     ),
 ]
+
+
+_WRITER = SERVICE_ROLES["scheduler"]
+
+AUTH_SPEC = SchemaSpec(
+    schema=AUTH_SCHEMA,
+    migrations=AUTH_MIGRATIONS,
+    grants={
+        role: (
+            {"api_tokens": "SELECT, INSERT, UPDATE (revoked_at)", "api_token_accounts": "SELECT, INSERT"}
+            if role == _WRITER
+            else {"api_tokens": "SELECT", "api_token_accounts": ""}
+        )
+        for role in SERVICE_ROLES.values()
+    },
+)
 
 
 def _record(row: asyncpg.Record) -> TokenRecord:

@@ -226,6 +226,28 @@ class ObjectStoreContract:
         assert await _keys(store, "a/1x/") == ["a/1x/y"]
         assert await _keys(store, "zz") == []
 
+    async def test_list_versions_finds_what_markers_and_overwrites_hide(
+        self, store: ObjectStore, clock: Clock, attacker: Attacker
+    ) -> None:
+        until = _whole_seconds_from(clock, 600)
+        hidden = await store.put("vault/a/hidden", b"behind a marker", retain_until=until)
+        replaced = await store.put("vault/a/replaced", b"the real one", retain_until=until)
+        plain = await store.put("vault/b", b"plain")
+        await store.put("vaultx", b"outside the prefix")
+        await attacker.delete_marker("vault/a/hidden")
+        await attacker.overwrite("vault/a/replaced", b"forged")
+        assert await _keys(store, "vault/") == ["vault/a/replaced", "vault/b"]
+        found = [v async for v in store.list_versions("vault/")]
+        assert [v.key for v in found] == ["vault/a/hidden", "vault/a/replaced", "vault/a/replaced", "vault/b"]
+        assert {(v.key, v.version_id) for v in found} >= {
+            ("vault/a/hidden", hidden),
+            ("vault/a/replaced", replaced),
+            ("vault/b", plain),
+        }
+        contents = {await store.get(v.key, version_id=v.version_id) for v in found}
+        assert contents == {b"behind a marker", b"the real one", b"forged", b"plain"}
+        assert [v async for v in store.list_versions("nothing/")] == []
+
     # -- deletion and Object Lock ---------------------------------------------
 
     async def test_delete_of_unlocked_object_removes_it(self, store: ObjectStore) -> None:

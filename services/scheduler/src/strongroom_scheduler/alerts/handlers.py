@@ -29,7 +29,7 @@ from strongroom_scheduler.alerts.model import (
     CHANNELS,
     KNOWN_KINDS,
     PENDING,
-    POISON,
+    PLATFORM_KINDS,
     WEBHOOK,
     Delivery,
     Message,
@@ -76,14 +76,15 @@ class AlertDeps:
 async def handle_alert_raised(event: events_pb2.AlertRaised, deps: AlertDeps) -> None:
     """One in-app message per alert, and one pending delivery per subscription that wants its kind.
 
-    Idempotent by event id. Platform alerts go to ``deps.operator_account``; an account alert
+    Idempotent by event id. Platform alerts (poison records, a missing data key) go to
+    ``deps.operator_account``; an account alert
     without its account or instance is refused (``InvalidArgument``: dead-lettered).
     """
     kind = int(event.kind)
     if kind not in KNOWN_KINDS:
         log.warning("alert-raised %s of unknown kind %d ignored", event.meta.event_id, kind)
         return
-    if kind == POISON:
+    if kind in PLATFORM_KINDS:
         account = deps.operator_account
         log.warning(
             "ALERT %s source=%s topic=%s offset=%d: %s",

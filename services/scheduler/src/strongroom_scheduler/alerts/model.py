@@ -17,6 +17,9 @@ DELIVERED = alerts_pb2.DELIVERY_STATE_DELIVERED
 DEAD = alerts_pb2.DELIVERY_STATE_DEAD
 
 POISON = events_pb2.ALERT_KIND_POISON_RECORD
+DATA_KEY_MISSING = events_pb2.ALERT_KIND_DATA_KEY_MISSING
+# Alert kinds about the platform, for its operators (``STRONGROOM_ALERT_OPERATOR_ACCOUNT``).
+PLATFORM_KINDS: frozenset[int] = frozenset({POISON, DATA_KEY_MISSING})
 # Alert kinds about one instance of one account (the producers set account_id and instance_id).
 ACCOUNT_KINDS: frozenset[int] = frozenset(
     {
@@ -28,7 +31,7 @@ ACCOUNT_KINDS: frozenset[int] = frozenset(
         events_pb2.ALERT_KIND_INSTANCE_STOPPED,
     }
 )
-KNOWN_KINDS: frozenset[int] = ACCOUNT_KINDS | {POISON}
+KNOWN_KINDS: frozenset[int] = ACCOUNT_KINDS | PLATFORM_KINDS
 
 _TITLES: dict[int, str] = {
     events_pb2.ALERT_KIND_BACKUP_FAILED: "Backup failed",
@@ -140,6 +143,9 @@ def render(event: events_pb2.AlertRaised) -> tuple[str, str]:
             f"did not happen. Last error: {event.reason or '(none)'}"
         )
         return title, body
+    if event.kind == DATA_KEY_MISSING:
+        account = event.record_key.decode("utf-8", "replace")
+        return f"Data key missing: account {account}", event.reason or "the gateway refused to mint a new data key"
     name = event.instance_name or event.instance_id
     title = f"{_TITLES.get(event.kind, 'Alert')}: {name}"
     parts = [f"Instance {name} ({event.instance_id})" if event.instance_name else f"Instance {event.instance_id}"]
