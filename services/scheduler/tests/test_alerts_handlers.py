@@ -161,6 +161,7 @@ async def test_inventory_kinds_are_delivered(deps: AlertDeps, store: InMemoryAle
     await subscribe(deps)
     for kind in (events_pb2.ALERT_KIND_PREPARATION_FAILED, events_pb2.ALERT_KIND_INSTANCE_STOPPED):
         await handlers.handle_alert_raised(alert(clock, kind, job_id="", reason="installation timed out"), deps)
+        clock.advance(1)
     assert [m.title for m in store.messages] == ["Backup client installation failed: web-1", "Instance stopped: web-1"]
     assert len(store.deliveries) == 2
 
