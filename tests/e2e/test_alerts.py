@@ -33,7 +33,7 @@ from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_cli.stack import operator_channel
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CA_CERT_FILE
-from strongroom_testing.fixtures import S3Config
+from strongroom_testing.fixtures import PgLogins, S3Config
 from test_backup_restore import enrolled_instance, eventually, running_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -102,7 +102,7 @@ async def cli(env: dict[str, str], *argv: str) -> str:
 
 async def test_failed_backup_reaches_webhook_email_and_messages(
     stack_kafka: str,
-    pg_dsn: str,
+    pg_logins: PgLogins,
     s3_config: S3Config,
     tmp_path: Path,
     webhook_receiver: tuple[str, Received],
@@ -125,8 +125,8 @@ async def test_failed_backup_reaches_webhook_email_and_messages(
         "STRONGROOM_SMTP_FROM": "alerts@strongroom.test",
     }
     try:
-        async with running_platform(stack_kafka, pg_dsn, tmp_path, settings) as platform:
-            token = await create_admin_token(pg_dsn, "acme")
+        async with running_platform(stack_kafka, pg_logins, tmp_path, settings) as platform:
+            token = await create_admin_token(pg_logins.owner, "acme")
             ca = platform.tls_dir / CA_CERT_FILE
             channel = operator_channel(platform.stack.addresses["scheduler"], ca_file=ca, token=token)
             try:
