@@ -268,8 +268,17 @@ async def test_messages_page_newest_first_and_mark_read(deps: AlertDeps, clock: 
         deps, "acme", unread_only=False, page_size=1, page_token="", call=call("ListMessages")
     )
     viewer = operator("token:viewer", {"acme": Role.VIEWER})
+    with pytest.raises(PermissionDenied):
+        await handlers.mark_messages_read(
+            deps, "acme", [newest[0].message_id], all_messages=False, call=call("MarkMessagesRead", viewer)
+        )
+    operator_role = operator("token:operator", {"acme": Role.OPERATOR})
     marked = await handlers.mark_messages_read(
-        deps, "acme", [newest[0].message_id, "not-a-message"], all_messages=False, call=call("MarkMessagesRead", viewer)
+        deps,
+        "acme",
+        [newest[0].message_id, "not-a-message"],
+        all_messages=False,
+        call=call("MarkMessagesRead", operator_role),
     )
     assert marked == 1
     unread_only, _, unread = await handlers.list_messages(

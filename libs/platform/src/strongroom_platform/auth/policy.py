@@ -110,7 +110,8 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _ALERTS + "ListSubscriptions": _op(READ, "list alert subscriptions"),
         _ALERTS + "DeleteSubscription": _op(ADMIN, "remove alert subscriptions", mutating=True),
         _ALERTS + "ListMessages": _op(READ, "read messages"),
-        _ALERTS + "MarkMessagesRead": _op(READ, "mark messages read", mutating=True),
+        # read state is the account's, shared by its operators: a viewer changes nothing
+        _ALERTS + "MarkMessagesRead": _op(OPERATE, "mark messages read", mutating=True),
         _ALERTS + "ListDeliveries": _op(READ, "list alert deliveries"),
         # gateway, internal listener: decrypted manifests, for the catalog's indexer only
         _MANIFEST + "ReadPointManifest": Rule(
