@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from agent_fakes import FakeControlStream
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
+from strongroom_agent import host
+from strongroom_agent.config import STATE_FILE, remove_state
 from strongroom_agent.gateway_client import GatewayError
-from strongroom_agent.session import Backoff, CredentialRejected, Session
+from strongroom_agent.session import CANCELED_REFUSAL, Backoff, CredentialRejected, Session, UninstallRequested
 
 COMPLETE = common_pb2.JOB_STATUS_COMPLETE
 
@@ -288,3 +291,47 @@ async def test_a_progress_report_cancelled_mid_write_keeps_the_stream_and_the_fi
     assert not stream.canceled
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_an_uninstall_command_ends_the_session(harness: Any) -> None:
+    factory, _backups, _restores, _sleeps, session, stop = harness
+    stream = factory.add()
+    await stream.commands.put(
+        gateway_pb2.AgentCommand(uninstall=gateway_pb2.Uninstall(reason="backup of this instance was canceled"))
+    )
+    with pytest.raises(UninstallRequested, match="canceled"):
+        await asyncio.wait_for(session.run(stop), 5)
+
+
+async def test_the_refusal_of_a_canceled_instance_is_an_uninstall(harness: Any) -> None:
+    factory, _backups, _restores, _sleeps, session, stop = harness
+    stream = factory.add()
+    await stream.commands.put(GatewayError("UNAUTHENTICATED", f"agent certificate revoked: {CANCELED_REFUSAL}"))
+    with pytest.raises(UninstallRequested):
+        await asyncio.wait_for(session.run(stop), 5)
+
+
+def test_remove_state_removes_only_an_agent_state_directory(tmp_path: Path) -> None:
+    state_dir = tmp_path / "agent"
+    state_dir.mkdir()
+    (state_dir / "spool").mkdir()
+    (state_dir / STATE_FILE).write_text("{}")
+    elsewhere = tmp_path / "not-the-agent"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("x")
+    assert not remove_state(str(elsewhere))
+    assert (elsewhere / "keep").exists()
+    assert remove_state(str(state_dir))
+    assert not state_dir.exists()
+
+
+def test_host_identity_and_block_devices(tmp_path: Path) -> None:
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
+    assert host.host_id((str(tmp_path / "missing"), str(machine_id))) == "machine-id:0123456789abcdef0123456789abcdef"
+    assert host.host_id((str(tmp_path / "missing"),)) == ""
+    for name, sectors in (("vda", 83886080), ("loop0", 100), ("nvme0n1", 2048)):
+        (tmp_path / "block" / name).mkdir(parents=True)
+        (tmp_path / "block" / name / "size").write_text(f"{sectors}\n")
+    found = [(d.device, d.size_bytes) for d in host.block_devices(str(tmp_path / "block"))]
+    assert found == [("/dev/nvme0n1", 1 << 20), ("/dev/vda", 40 << 30)]

@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from strongroom.agent.v1 import gateway_pb2
 
 from strongroom_agent import __version__
-from strongroom_agent.config import AgentState, StateError, load_state, resolve_state_dir, save_state
+from strongroom_agent.config import (
+    AgentState,
+    StateError,
+    load_state,
+    remove_state,
+    resolve_state_dir,
+    save_state,
+)
 from strongroom_agent.gateway_client import (
     GatewayError,
     GrpcGatewayClient,
@@ -39,6 +46,7 @@ from strongroom_agent.identity import (
 from strongroom_agent.session import (
     CredentialRejected,
     Session,
+    UninstallRequested,
     enroll_request,
     make_backup_runner,
     make_hello,
@@ -291,6 +299,15 @@ async def _run(state: AgentState, state_dir: str, roots: Sequence[str]) -> None:
         await session.run(stop)
         if keeper_failed:
             raise CredentialRejected(str(keeper_failed[0]))
+    except UninstallRequested as exc:
+        # Until the package of issue "production" exists, "uninstall" is: remove the state and exit.
+        removed = remove_state(state_dir)
+        log.warning(
+            "backup of instance %s was canceled (%s): %s; exiting",
+            state.instance_id,
+            exc,
+            f"removed {state_dir}" if removed else "no state to remove",
+        )
     except CredentialRejected as exc:
         raise CliError(
             f"the gateway rejected this agent's credential ({exc}); enroll again with a new token", EXIT_REJECTED

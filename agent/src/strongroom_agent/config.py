@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,6 +44,16 @@ class AgentState:
     def trust(self) -> GatewayTrust:
         ca = self.gateway_ca.encode() if self.gateway_ca else None
         return GatewayTrust(ca_pem=ca, pins=self.gateway_pins, plaintext=self.plaintext)
+
+
+def remove_state(state_dir: str) -> bool:
+    """Remove the agent's state directory (credential, certificate, caches, spool) after backup of the
+    instance was canceled (ADR 0040). Only a directory holding the agent's state file is removed;
+    returns whether one was."""
+    if not os.path.isfile(state_path(state_dir)):
+        return False
+    shutil.rmtree(state_dir)
+    return True
 
 
 def resolve_state_dir(cli_value: str | None, environ: Mapping[str, str]) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
-from strongroom_agent import __version__
+from strongroom_agent import __version__, host
 from strongroom_agent.backup import cores_for, plan_points, run_backup
 from strongroom_agent.config import SPOOL_DIR
 from strongroom_agent.cpu_limit import process_cpu_limit
@@ -49,6 +49,15 @@ REDELIVER_WINDOW_SECONDS = 60.0
 
 class CredentialRejected(Exception):
     """The gateway no longer accepts this agent's credential (re-enrollment needed)."""
+
+
+# How the gateway refuses every call of an instance whose backup was canceled (ADR 0040): an agent
+# that was offline when the Uninstall command was sent learns it from this refusal.
+CANCELED_REFUSAL = "backup was deactivated for this instance"
+
+
+class UninstallRequested(Exception):
+    """Backup of this instance was canceled (ADR 0040): the agent removes what it installed and exits."""
 
 
 @dataclass
@@ -204,6 +213,8 @@ class Session:
             self._restore = started or self._restore
         elif kind == "cancel_job":
             await self._cancel(command.cancel_job.job_id)
+        elif kind == "uninstall":
+            raise UninstallRequested(command.uninstall.reason or "backup of this instance was canceled")
         else:
             log.warning("ignoring unknown command %r", kind)
 
@@ -266,7 +277,8 @@ class Session:
             stream.cancel()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set; raises CredentialRejected when the gateway refuses the credential."""
+        """Serve until ``stop`` is set; raises CredentialRejected when the gateway refuses the credential,
+        UninstallRequested when backup of the instance was canceled."""
         delay = self._backoff.initial
         try:
             while not stop.is_set():
@@ -275,6 +287,8 @@ class Session:
                     await self._serve_once(stop)
                 except GatewayError as exc:
                     if exc.code in _AUTH_FAILURES:
+                        if CANCELED_REFUSAL in str(exc):
+                            raise UninstallRequested(str(exc)) from exc
                         raise CredentialRejected(str(exc)) from exc
                     log.warning("control stream failed: %s", exc)
                 if stop.is_set():
@@ -375,4 +389,6 @@ def enroll_request(token: str) -> gateway_pb2.EnrollRequest:
         os=platform.system().lower(),
         arch=platform.machine(),
         agent_version=__version__,
+        host_id=host.host_id(),
+        block_devices=host.block_devices(),
     )

@@ -155,16 +155,19 @@ async def test_cancel_of_a_delivered_job_sends_cancel_job(gw: GatewayHarness) ->
     call.cancel()
 
 
-async def test_deactivation_ends_the_stream(gw: GatewayHarness) -> None:
+async def test_deactivation_tells_the_agent_to_uninstall_and_ends_the_stream(gw: GatewayHarness) -> None:
     agent = await gw.enrolled_agent("i-1")
     call = await _connected_with_job(gw, agent, "job-1")
     await gw.deliver(
         events.INSTANCE_DEACTIVATED,
         events_pb2.InstanceDeactivated(meta=meta(), account_id="acct-a", instance_id="i-1"),
     )
+    command = await read(call)
+    assert command.WhichOneof("command") == "uninstall" and "canceled" in command.uninstall.reason
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await read(call)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "backup was deactivated for this instance" in (err.value.details() or "")
     [canceled] = gw.store.events(events.JOB_UPDATED)
     assert canceled.status == common_pb2.JOB_STATUS_CANCELED
 

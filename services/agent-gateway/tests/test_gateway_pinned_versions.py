@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import asyncpg
 import pytest
 from gateway_helpers import Agent, GatewayHarness, aiter_of, chunk_id, dir_entry, file_entry
 from minio import Minio
@@ -43,6 +44,9 @@ from strongroom_testing.fixtures import PgLogins, S3Config
 class Setup:
     gw: GatewayHarness
     attacker: Attacker
+    # The schema owner's DSN (a DBA, or whoever holds the migration credentials): the service's own
+    # role may not delete keys any more (ADR 0031), the owner still can.
+    owner_dsn: str = ""
 
 
 @pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.integration)])
@@ -74,7 +78,7 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     gw.objects = objects  # type: ignore[assignment]
     await gw.start()
     try:
-        yield Setup(gw, S3Attacker(client, objects.bucket))
+        yield Setup(gw, S3Attacker(client, objects.bucket), owner_dsn=pg_logins.owner)
     finally:
         await gw.stop()
         await pool.close()
@@ -180,12 +184,16 @@ async def test_synthesis_and_lock_extension_use_the_written_versions(setup: Setu
     assert location.object_key in packs
 
 
-async def _attack_the_key(gw: GatewayHarness, attacker: Attacker, account_id: str) -> None:
-    """``DELETE FROM gateway.account_keys`` (what a service's database role could do) and a plain
-    S3 DELETE of the account's key record (a delete marker)."""
+async def _attack_the_key(setup: Setup, account_id: str) -> None:
+    """``DELETE FROM gateway.account_keys`` as the schema owner (the gateway's role is refused, ADR
+    0031) and a plain S3 DELETE of the account's key record (a delete marker)."""
+    gw, attacker = setup.gw, setup.attacker
     if isinstance(gw.store, PgGatewayStore):
-        async with gw.store.transaction() as tx:
-            assert await tx._conn.execute("DELETE FROM account_keys") == "DELETE 1"
+        owner = await asyncpg.connect(setup.owner_dsn)
+        try:
+            assert await owner.execute("DELETE FROM gateway.account_keys") == "DELETE 1"
+        finally:
+            await owner.close()
     else:
         gw.store.state.data_keys.clear()
     await attacker.delete_marker(vault_format.key_record_key(account_id, gw.keyring.current.key_id))
@@ -205,7 +213,7 @@ async def test_a_deleted_data_key_is_refused_not_minted_and_the_bucket_still_ope
     from the bucket restores the key and the point."""
     gw = setup.gw
     agent, point_id = await _backup(gw, "i-key-1", "job-1")
-    await _attack_the_key(gw, setup.attacker, agent.account_id)
+    await _attack_the_key(setup, agent.account_id)
     restarted = AccountKeys(gw.store, gw.keyring, gw.clock, objects=gw.objects)
     with pytest.raises(DataKeyMissing, match="no new key is generated"):
         await restarted.data_key(agent.account_id)

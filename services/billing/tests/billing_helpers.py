@@ -59,3 +59,29 @@ async def expired(store: BillingStore, instance_id: str, version_id: str, accoun
         meta=new_meta("catalog", T0), account_id=account, instance_id=instance_id, version_id=version_id
     )
     await handlers.handle_version_expired(event, store)
+
+
+def status_event(
+    instance_id: str,
+    *,
+    activated: bool = False,
+    released: bool = False,
+    capacity: int = 0,
+    at: dt.datetime = T0,
+    region: str = "cn-hangzhou",
+    account: str = "acme",
+) -> events_pb2.InstanceStatusChanged:
+    """The scheduler's instance-status-changed of an inventory instance (ADR 0040)."""
+    return events_pb2.InstanceStatusChanged(
+        meta=new_meta("scheduler", at),
+        account_id=account,
+        instance_id=instance_id,
+        region=region,
+        activated=activated,
+        released=released,
+        inventory_capacity_bytes=capacity,
+    )
+
+
+async def registered(store: BillingStore, instance_id: str, **kwargs: object) -> None:
+    await handlers.handle_instance_status_changed(status_event(instance_id, **kwargs), store)  # type: ignore[arg-type]

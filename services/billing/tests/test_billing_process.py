@@ -13,7 +13,7 @@ from strongroom.events.v1 import events_pb2
 from strongroom_billing import bootstrap
 from strongroom_billing.settings import Settings
 from strongroom_platform.admin import create_admin_token
-from strongroom_platform.events import INSTANCE_ACTIVATED, POINT_CREATED, new_meta
+from strongroom_platform.events import AUDIT_RECORDED, INSTANCE_ACTIVATED, POINT_CREATED, new_meta
 from strongroom_platform.settings import PlatformSettings, SettingsError
 from strongroom_platform.testing import InMemoryEventBus
 from strongroom_testing.faults import TcpProxy
@@ -53,7 +53,9 @@ async def test_process_consumes_and_serves_overview(
     bus = InMemoryEventBus()
     stop = asyncio.Event()
     token = await create_admin_token(pg_logins.owner, "acme")
-    task = asyncio.create_task(bootstrap.run(_settings(pg_logins, local_pki), stop, consumer_factory=bus.consumer))
+    task = asyncio.create_task(
+        bootstrap.run(_settings(pg_logins, local_pki), stop, consumer_factory=bus.consumer, publisher=bus)
+    )
     try:
         printed = ""
         for _ in range(500):
@@ -89,6 +91,20 @@ async def test_process_consumes_and_serves_overview(
                 await stub.GetOverview(billing_pb2.GetOverviewRequest(region=" r1"))
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "surrounding spaces" in (info.value.details() or "")
+            # A mutating call: served, and its audit record leaves through billing's outbox (ADR 0027).
+            plan = await stub.CreatePlan(
+                billing_pb2.CreatePlanRequest(
+                    account_id="acme", gib_days="300", starts_on="2026-12-01", ends_on="2026-12-31"
+                )
+            )
+            assert plan.gib_days == "300.0000"
+            for _ in range(500):
+                if bus.topics.get(AUDIT_RECORDED):
+                    break
+                await asyncio.sleep(0.02)
+            [(_, recorded)] = bus.topics[AUDIT_RECORDED]
+            audited = events_pb2.AuditRecorded.FromString(recorded)
+            assert audited.method.endswith("/CreatePlan") and list(audited.account_ids) == ["acme"]
         for _ in range(500):
             if bus.topics.get(f"{POINT_CREATED}.dlq"):
                 break
@@ -109,7 +125,8 @@ async def test_a_call_while_the_database_is_down_is_unavailable_with_a_clear_mes
     async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
         stop = asyncio.Event()
         settings = _settings(pg_logins, local_pki, via=proxy)
-        task = asyncio.create_task(bootstrap.run(settings, stop, consumer_factory=InMemoryEventBus().consumer))
+        bus = InMemoryEventBus()
+        task = asyncio.create_task(bootstrap.run(settings, stop, consumer_factory=bus.consumer, publisher=bus))
         try:
             address = await _listening("billing", capsys)
             async with local_pki.operator_channel(address, token) as channel:

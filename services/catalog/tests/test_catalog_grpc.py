@@ -14,7 +14,7 @@ from strongroom_catalog.grpc_api import CatalogServicer, register
 from strongroom_catalog.handlers import handle_point_created
 from strongroom_catalog.testing import InMemoryCatalogStore
 from strongroom_platform.auth import Role
-from strongroom_platform.testing import InMemoryObjectStore, serve_authenticated
+from strongroom_platform.testing import FakeClock, InMemoryObjectStore, serve_authenticated
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ async def repo() -> InMemoryCatalogStore:
 
 @pytest.fixture
 async def stub(repo: InMemoryCatalogStore) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
-    async with serve_authenticated(register(CatalogServicer(repo)), {"acct": Role.ADMIN}) as channel:
+    async with serve_authenticated(register(CatalogServicer(repo, FakeClock(T0))), {"acct": Role.ADMIN}) as channel:
         yield catalog_pb2_grpc.CatalogServiceStub(channel)  # type: ignore[misc]
 
 

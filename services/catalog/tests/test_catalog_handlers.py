@@ -358,5 +358,6 @@ def test_point_from_event_maps_every_field() -> None:
         "browsable": False,
         "index_error": None,
         "expired": False,
+        "canceled": False,
     }
     assert p.created_at == handlers.from_timestamp(event.version_created_at)

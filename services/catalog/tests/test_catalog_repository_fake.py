@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 from catalog_fixtures import T0
+from contract_lifecycle import LifecycleContract
 from contract_repository import CatalogRepositoryContract
 from strongroom_catalog.testing import InMemoryCatalogStore
 from strongroom_platform.testing import FakeClock
@@ -28,7 +29,7 @@ class FakeHarness:
         return self.fake.keep_latest(instance_id)
 
 
-class TestInMemoryCatalogRepository(CatalogRepositoryContract):
+class TestInMemoryCatalogRepository(CatalogRepositoryContract, LifecycleContract):
     @pytest.fixture
     def harness(self) -> FakeHarness:  # type: ignore[override]
         return FakeHarness()

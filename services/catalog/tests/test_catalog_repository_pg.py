@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from catalog_fixtures import catalog_pool
+from contract_lifecycle import LifecycleContract
 from contract_repository import CatalogRepositoryContract
 from strongroom_catalog.migrations import SPEC
 from strongroom_catalog.repository import PgCatalogStore
@@ -40,7 +41,7 @@ class PgHarness:
         return True if value is None else bool(value)
 
 
-class TestPgCatalogRepository(CatalogRepositoryContract):
+class TestPgCatalogRepository(CatalogRepositoryContract, LifecycleContract):
     @pytest.fixture
     async def harness(self, pg_logins: PgLogins) -> AsyncIterator[PgHarness]:  # type: ignore[override]
         pool = await catalog_pool(pg_logins)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import random
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from strongroom_platform.events import (
     AUDIT_RECORDED,
     INSTANCE_ACTIVATED,
     INSTANCE_SETTINGS_CHANGED,
+    INSTANCE_STATUS_CHANGED,
     JOB_REQUESTED,
     JOB_UPDATED,
     new_meta,
@@ -37,10 +39,12 @@ from strongroom_platform.pg_roles import migrate_schemas
 from strongroom_platform.settings import PlatformSettings
 from strongroom_platform.testing import FakeClock, InMemoryAuditSink, InMemoryEventBus
 from strongroom_scheduler import bootstrap, handlers
+from strongroom_scheduler.errors import AlreadyExists
 from strongroom_scheduler.handlers import Deps, SettingsInput
+from strongroom_scheduler.inventory import InventoryInput, note_preparation_failures
 from strongroom_scheduler.jobs import start_job
 from strongroom_scheduler.migrations import SCHEMA, SPEC
-from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES
+from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, BlockDevice
 from strongroom_scheduler.repository import _UNFINISHED, PgSchedulerStore
 from strongroom_scheduler.schedule import schedule_due
 from strongroom_scheduler.settings import Settings
@@ -107,14 +111,16 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
     ] == [instance.instance_id]
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
     # activation and the settings update each publish the settings (instance-settings-changed);
-    # the partially completed job raises its alert in the transaction that finished it
-    assert topics == [
+    # every status change (new -> PREPARING -> READY -> BACKING_UP -> RUNNING) its own event; the
+    # partially completed job raises its alert in the transaction that finished it
+    assert [t for t in topics if t != INSTANCE_STATUS_CHANGED] == [
         INSTANCE_ACTIVATED,
         INSTANCE_SETTINGS_CHANGED,
         INSTANCE_SETTINGS_CHANGED,
         JOB_REQUESTED,
         ALERT_RAISED,
     ]
+    assert topics.count(INSTANCE_STATUS_CHANGED) == 4
     assert await pool.fetchval("SELECT count(*) FROM processed_events") == 3
 
 
@@ -432,3 +438,47 @@ async def test_instances_page_in_postgres_by_activation_then_id(pg_deps: Deps, c
             break
         token = page.next_page_token
     assert seen == expected
+
+
+async def test_inventory_round_trip_and_one_instance_per_host(
+    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock
+) -> None:
+    devices = [BlockDevice("/dev/vda", 40 << 30), BlockDevice("/dev/vdb", 1)]
+    [registered] = await handlers.register_instances(
+        pg_deps,
+        "acme",
+        [InventoryInput(host_id="m-1", name="web", region="r", os="linux", block_devices=devices)],
+        call=call("RegisterInstances"),
+    )
+    got = await handlers.get_instance(pg_deps, registered.instance_id, call=call("GetInstance"))
+    assert (got.host_id, got.os, got.block_devices, got.activated) == ("m-1", "linux", devices, False)
+    assert got.status(clock.now()) == S.RUNNING_STATUS_NOT_ACTIVATED
+    await handlers.activate_backup(
+        pg_deps, account_id="acme", name="", region="", settings=None, call=call("ActivateBackup"), host_id="m-1"
+    )
+    with pytest.raises(AlreadyExists, match="already activated"):
+        await handlers.activate_backup(
+            pg_deps, account_id="acme", name="", region="", settings=None, call=call("ActivateBackup"), host_id="m-1"
+        )
+    # The database itself refuses a second instance of the host (two activations racing).
+    twin = dataclasses.replace(got, instance_id="twin")
+    with pytest.raises(AlreadyExists, match="host m-1 already has an instance"):
+        async with pg_deps.store.transaction() as tx:
+            await tx.insert_instance(twin)
+    # The scheduler's role may not delete instances (the inventory keeps them).
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await pool.execute("DELETE FROM instances")
+
+
+async def test_preparation_failure_is_published_once_on_postgres(
+    pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock
+) -> None:
+    instance, _ = await handlers.activate_backup(
+        pg_deps, account_id="acme", name="web", region="r", settings=None, call=call("ActivateBackup")
+    )
+    clock.advance(minutes=31)
+    assert (await note_preparation_failures(pg_deps.store, clock)).failed == [instance.instance_id]
+    assert (await note_preparation_failures(pg_deps.store, clock)).failed == []
+    payloads = await pool.fetch("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id", INSTANCE_STATUS_CHANGED)
+    last = events_pb2.InstanceStatusChanged.FromString(bytes(payloads[-1]["payload"]))
+    assert last.status == S.RUNNING_STATUS_PREPARATION_FAILED and "did not enroll" in last.error

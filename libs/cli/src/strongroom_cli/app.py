@@ -27,6 +27,7 @@ from strongroom_cli import (
     certs,
     credentials,
     instances,
+    inventory,
     jobs,
     output,
     overview,
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
     for module in (
         instances,
+        inventory,
         jobs,
         versions,
         browse,

@@ -7,6 +7,7 @@ import argparse
 import random
 from collections.abc import Sequence
 
+from strongroom.catalog.v1 import catalog_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
 
@@ -30,7 +31,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.set_defaults(command=list_instances)
 
     p = commands.add_parser("activate", parents=[common], help="activate backup and print the enrollment token")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?", default="", help="name of a new instance (not with --instance)")
+    p.add_argument("--instance", default="", metavar="ID", help="activate this instance of the inventory")
+    p.add_argument("--host-id", default="", help="the host's identity: its inventory instance, or a new one")
     p.add_argument("--region", default=DEFAULT_REGION, help=f"region label (default {DEFAULT_REGION})")
     p.add_argument("--priority", choices=sorted(PRIORITIES), help="backup priority (default low)")
     p.add_argument(
@@ -45,7 +48,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
         ("show", show, "show an instance"),
         ("pause", pause, "pause scheduled backups"),
         ("resume", resume, "resume scheduled backups"),
-        ("cancel", cancel, "cancel backup: the agent is revoked and backup points are deleted"),
+        ("cancel", cancel, "cancel backup: versions hidden at once, deleted when their locks pass; agent uninstalled"),
+        ("reinstate", reinstate, "undo a cancel while the versions' locks hold: listed and restorable again"),
+        ("release", release, "the inventory says the host is gone: Stopped, its jobs stop"),
         ("issue-token", issue_token, "a new enrollment token: the agent enrolls again to this instance id"),
     ):
         p = commands.add_parser(name, parents=[common], help=text)
@@ -94,6 +99,12 @@ def print_instance(context: Context, i: scheduler_pb2.Instance) -> None:
             ("Region", i.region),
             ("Status", output.enum_name(scheduler_pb2.RunningStatus.Name(i.status), "RUNNING_STATUS_")),
             ("Hostname", i.hostname or "-"),
+            ("Host identity", i.inventory.host_id or "-"),
+            ("OS", i.inventory.os or "-"),
+            (
+                "Block devices",
+                ", ".join(f"{d.device} {output.size(d.size_bytes)}" for d in i.inventory.block_devices) or "-",
+            ),
             ("Priority", output.enum_name(common_pb2.BackupPriority.Name(i.settings.priority), "BACKUP_PRIORITY_")),
             (
                 "Daily start",
@@ -102,7 +113,7 @@ def print_instance(context: Context, i: scheduler_pb2.Instance) -> None:
             ("Keep latest", "on" if i.settings.keep_latest_version else "off"),
             ("Roots", ", ".join(i.settings.roots) or "all block-storage filesystems"),
             ("Next backup", output.timestamp(i.next_backup_at, present=i.HasField("next_backup_at"))),
-            ("Activated", output.timestamp(i.activated_at)),
+            ("Activated", output.timestamp(i.activated_at, present=i.HasField("activated_at"))),
             ("Last error", i.last_error or "-"),
         ]
     )
@@ -135,7 +146,15 @@ async def list_instances(context: Context) -> int:
 
 async def activate(context: Context) -> int:
     args = context.args
-    request = scheduler_pb2.ActivateBackupRequest(account_id=context.account_id, name=args.name, region=args.region)
+    if not args.name and not args.instance and not args.host_id:
+        raise UsageError("give a NAME for a new instance, or --instance ID / --host-id of the inventory")
+    request = scheduler_pb2.ActivateBackupRequest(
+        account_id=context.account_id,
+        name=args.name,
+        region=args.region,
+        instance_id=args.instance,
+        host_id=args.host_id,
+    )
     if args.priority is not None or args.time is not None:
         # proto3 cannot say "unset" for the start time: pick the default window's random time here
         minute = args.time if args.time is not None else random.randrange(6 * 60)
@@ -178,6 +197,22 @@ async def resume(context: Context) -> int:
 
 async def cancel(context: Context) -> int:
     print_instance(context, await context.scheduler().CancelBackup(_ref(context), **context.call))
+    return 0
+
+
+async def reinstate(context: Context) -> int:
+    request = catalog_pb2.ReinstateBackupRequest(instance_id=context.args.instance_id)
+    response = await context.catalog().ReinstateBackup(request, **context.call)
+    if context.json:
+        output.as_json(response)
+        return 0
+    print(f"Reinstated {len(response.version_ids)} version(s) of instance {response.instance_id}.")
+    print("The instance is paused: issue a new enrollment token, install the agent, then resume.")
+    return 0
+
+
+async def release(context: Context) -> int:
+    print_instance(context, await context.scheduler().ReleaseInstance(_ref(context), **context.call))
     return 0
 
 

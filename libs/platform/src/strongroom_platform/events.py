@@ -34,6 +34,8 @@ RESTORE_UPDATED = "restore-updated"
 AUDIT_RECORDED = "audit-recorded"
 ALERT_RAISED = "alert-raised"
 INSTANCE_RECOVERED = "instance-recovered"
+INSTANCE_STATUS_CHANGED = "instance-status-changed"
+INSTANCE_REINSTATED = "instance-reinstated"
 
 TOPIC_MESSAGES: dict[str, type[Message]] = {
     INSTANCE_ACTIVATED: events_pb2.InstanceActivated,
@@ -51,6 +53,8 @@ TOPIC_MESSAGES: dict[str, type[Message]] = {
     AUDIT_RECORDED: events_pb2.AuditRecorded,
     ALERT_RAISED: events_pb2.AlertRaised,
     INSTANCE_RECOVERED: events_pb2.InstanceRecovered,
+    INSTANCE_STATUS_CHANGED: events_pb2.InstanceStatusChanged,
+    INSTANCE_REINSTATED: events_pb2.InstanceReinstated,
 }
 
 

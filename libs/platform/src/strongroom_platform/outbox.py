@@ -10,6 +10,7 @@ time (an advisory lock), so the order of events with the same key is kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 
@@ -161,7 +162,10 @@ class OutboxRelay:
                         sleeper.cancel()
                         waker.cancel()
             finally:
-                await listen_conn.remove_listener(_channel(self._schema), self._on_notify)
+                # The listening connection may have died with the database (the poll kept the relay
+                # going meanwhile); its pool discards it, and there is no listener left to remove.
+                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                    await listen_conn.remove_listener(_channel(self._schema), self._on_notify)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

@@ -116,8 +116,10 @@ async def renew(
     """A new certificate for an authenticated agent (by certificate or bearer), unless revoked."""
     async with store.transaction() as tx:
         instance = await tx.get_instance(identity.instance_id, for_update=True)
-        if instance is None or instance.revoked or instance.account_id != identity.account_id:
-            raise Unauthenticated("credential revoked: backup was deactivated for this instance")
+        if instance is not None and instance.revoked and instance.account_id == identity.account_id:
+            raise Unauthenticated(agents.REVOKED_BY_CANCEL)
+        if instance is None or instance.account_id != identity.account_id:
+            raise Unauthenticated("credential refused: unknown instance")
         certificate = await issue(
             tx, issuer, request.csr_pem, account_id=instance.account_id, instance_id=instance.instance_id
         )
@@ -144,7 +146,10 @@ async def authenticate_certificate(cert_pem: bytes | None, *, store: GatewayStor
         log.warning("refused an agent certificate with unknown serial %s for %s/%s", serial_hex(cert), *named)
         raise Unauthenticated("unknown agent certificate")
     record = status.certificate
-    if record.revoked_at is not None or status.instance_revoked:
+    if status.instance_revoked:
+        # the instance's backup was canceled: the agent uninstalls itself on this (ADR 0040)
+        raise Unauthenticated(f"agent certificate revoked: {agents.CANCELED}")
+    if record.revoked_at is not None:
         raise Unauthenticated("agent certificate revoked")
     if (record.account_id, record.instance_id) != named:
         raise Unauthenticated("unknown agent certificate")

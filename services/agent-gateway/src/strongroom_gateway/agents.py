@@ -44,6 +44,10 @@ class Identity:
     account_id: str
 
 
+# Every refusal of a canceled instance's agent says this (ADR 0040): the agent uninstalls itself on it.
+CANCELED = "backup was deactivated for this instance"
+REVOKED_BY_CANCEL = f"credential revoked: {CANCELED}"
+
 IssueAtEnrollment = Callable[[GatewayTx, str, str], Awaitable[gateway_pb2.AgentCertificate]]
 """Issues the agent's first certificate inside the enrollment's transaction (account, instance)."""
 
@@ -91,6 +95,9 @@ async def enroll(
                 os=request.os,
                 arch=request.arch,
                 agent_version=request.agent_version,
+                # the inventory record of a host activated without one (ADR 0040)
+                host_id=request.host_id,
+                block_devices=request.block_devices,
             ),
         )
     if vault is not None:
@@ -116,7 +123,7 @@ async def authenticate(authorization: str | None, *, store: GatewayStore) -> Ide
     if instance is None or not matches:
         raise Unauthenticated("invalid credential")
     if instance.revoked:
-        raise Unauthenticated("credential revoked: backup was deactivated for this instance")
+        raise Unauthenticated(REVOKED_BY_CANCEL)
     return Identity(instance.instance_id, instance.account_id)
 
 

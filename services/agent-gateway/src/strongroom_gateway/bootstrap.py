@@ -16,12 +16,14 @@ from strongroom_platform.certs import load_ca_files
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
+from strongroom_platform.objectstore_s3 import S3ObjectStore
 from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import SettingsError
 from strongroom_platform.tls import server_credentials
 
 from strongroom_gateway import agent_certs, consumers, manifest_api
 from strongroom_gateway.agent_certs import CertificateIssuer
+from strongroom_gateway.gc import collector
 from strongroom_gateway.grpc_api import AgentAdminServicer, GatewayServicer, register, register_admin
 from strongroom_gateway.ingest import PackWriter
 from strongroom_gateway.keys import AccountKeys, MasterKeyring
@@ -53,6 +55,7 @@ async def run(
     keyring: MasterKeyring | None = None,
     audit_sink: audit.AuditSink | None = None,
     verify_store: VerifyStore | None = None,
+    reclaimer: ObjectStore | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order.
 
@@ -66,6 +69,9 @@ async def run(
     With a database (or an injected ``verify_store``) the gateway also runs verifications (ADR
     0033) and serves the operators' VerifyService on its public listener, where operator
     credentials are then checked as in the other services.
+
+    Garbage collection (ADR 0041) runs every ``settings.gc_interval_seconds`` and deletes through
+    ``reclaimer`` (default: the reclaimer identity on S3, the same store on the filesystem).
     """
     clock = clock or SystemClock()
     if keyring is None:
@@ -102,6 +108,15 @@ async def run(
             max_concurrent_writes=settings.max_concurrent_writes,
         )
         stack.push_async_callback(writer.close)
+
+        reclaimer = reclaimer or _reclaimer(settings, object_store, clock)
+        if reclaimer is not None and settings.gc_interval_seconds > 0:
+            deps = collector.Deps(
+                store, object_store, reclaimer, keys, clock, collector.Policy(safety=settings.gc_safety)
+            )
+            lifecycle.start_task(
+                stack, collector.Collector(deps, interval=settings.gc_interval_seconds).run(), "garbage collection"
+            )
 
         handlers = consumers.record_handlers(store, clock, sessions)
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, handlers)
@@ -192,6 +207,20 @@ def _start_verification(
     worker = VerifyWorker(deps, poll_interval=settings.job_poll_interval, daily=settings.verify_daily)
     lifecycle.start_task(stack, worker.run(), "verification worker")
     return verify_api.register(verify_api.VerifyServicer(store=store, clock=clock, wake=worker.wake))
+
+
+def _reclaimer(settings: Settings, object_store: ObjectStore, clock: Clock) -> ObjectStore | None:
+    """The store that deletes: the reclaimer identity on S3 (ADR 0035), else the gateway's own store."""
+    platform = settings.platform
+    if platform.object_store != "s3":
+        return object_store
+    if platform.s3 is None or not settings.reclaim_access_key:
+        log.warning("no reclaimer identity (STRONGROOM_S3_RECLAIM_ACCESS_KEY): storage is not reclaimed")
+        return None
+    s3 = dataclasses.replace(
+        platform.s3, access_key=settings.reclaim_access_key, secret_key=settings.reclaim_secret_key
+    )
+    return S3ObjectStore.from_settings(s3, clock=clock)
 
 
 def _issuer(settings: Settings, clock: Clock) -> CertificateIssuer | None:

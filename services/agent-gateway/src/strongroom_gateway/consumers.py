@@ -19,6 +19,7 @@ from strongroom_platform.consume import consume
 from strongroom_platform.eventbus import Handler
 
 from strongroom_gateway import handlers
+from strongroom_gateway.agents import REVOKED_BY_CANCEL
 from strongroom_gateway.handlers import CONSUMER, SessionEffect
 from strongroom_gateway.ports import GatewayStore, GatewayTx
 from strongroom_gateway.sessions import SessionRegistry
@@ -49,7 +50,7 @@ def record_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry
             if effect is None:
                 return
             if effect.disconnect:
-                sessions.disconnect(effect.instance_id, "credential revoked: backup was deactivated for this instance")
+                sessions.disconnect(effect.instance_id, REVOKED_BY_CANCEL)
             else:
                 sessions.wake(effect.instance_id)
 
@@ -61,6 +62,7 @@ def record_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry
         events.JOB_REQUESTED: claimed(events_pb2.JobRequested, handlers.handle_job_requested),
         events.JOB_CANCEL_REQUESTED: claimed(events_pb2.JobCancelRequested, handlers.handle_job_cancel_requested),
         events.RESTORE_REQUESTED: claimed(events_pb2.RestoreRequested, handlers.handle_restore_requested),
+        events.VERSION_EXPIRED: claimed(events_pb2.VersionExpired, handlers.handle_version_expired),
         events.RESTORE_CANCEL_REQUESTED: claimed(
             events_pb2.RestoreCancelRequested, handlers.handle_restore_cancel_requested
         ),

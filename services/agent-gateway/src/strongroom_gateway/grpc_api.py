@@ -19,7 +19,7 @@ from strongroom_platform.objectstore import ObjectStore
 
 from strongroom_gateway import agent_certs, agents, filesystems, ingest, points, validation
 from strongroom_gateway.agent_certs import CertificateIssuer
-from strongroom_gateway.agents import Identity
+from strongroom_gateway.agents import CANCELED, Identity
 from strongroom_gateway.errors import FailedPrecondition
 from strongroom_gateway.ports import GatewayStore, InstanceFilesystem
 from strongroom_gateway.sessions import Session, SessionRegistry
@@ -103,6 +103,12 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
                 if reader.done() or session.closed.is_set():
                     break
                 await self._wait(session, reader)
+            if session.closed.is_set() and CANCELED in session.close_reason:
+                # Backup was canceled (ADR 0040): the agent uninstalls itself; one that is offline now
+                # learns it from the refusal of its next call, which says the same.
+                yield gateway_pb2.AgentCommand(
+                    uninstall=gateway_pb2.Uninstall(reason="backup of this instance was canceled")
+                )
             if session.closed.is_set():
                 code = grpc.StatusCode.ABORTED
                 if "revoked" in session.close_reason:

@@ -217,3 +217,26 @@ async def handle_restore_cancel_requested(
         account_id=event.account_id,
         kind="restore",
     )
+
+
+async def handle_version_expired(
+    event: events_pb2.VersionExpired, *, tx: GatewayTx, clock: Clock
+) -> SessionEffect | None:
+    """Record that the version's points expired: from now on they keep no pack (ADR 0041).
+
+    A point the gateway never recorded holds no storage and is skipped; a point of another account
+    or version is a forged or corrupt event (dead-lettered, nothing recorded).
+    """
+    _require_id(event.account_id, "account_id")
+    _require_id(event.version_id, "version_id")
+    expired_at = from_timestamp(event.meta.occurred_at) if event.meta.HasField("occurred_at") else clock.now()
+    for point_id in event.point_ids:
+        _require_id(point_id, "point_id")
+        point = await tx.get_point(point_id)
+        if point is None:
+            log.warning("version-expired names point %s, which the gateway has not recorded", point_id)
+            continue
+        if point.account_id != event.account_id or point.version_id != event.version_id:
+            raise PoisonRecord(f"point {point_id} is not a point of version {event.version_id} of {event.account_id}")
+        await tx.expire_point(point_id, event.version_id, expired_at)
+    return None

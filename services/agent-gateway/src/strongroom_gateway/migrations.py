@@ -8,6 +8,7 @@ from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 from strongroom_gateway.agent_cert_store import AGENT_CERTIFICATES_DDL
+from strongroom_gateway.gc.schema import GC_DDL, GC_FUNCTIONS, GC_PRIVILEGES
 
 SCHEMA = "gateway"
 
@@ -245,6 +246,8 @@ MIGRATIONS: list[Migration] = [
     Migration(8, _V8_APPEND_ONLY),
     Migration(9, _V9_INSTANCE_IDENTITY),
     Migration(10, _V10_VERIFICATION),
+    # Garbage collection (ADR 0041): expirations, point references, condemned and reclaimed packs.
+    Migration(11, GC_DDL),
 ]
 
 ROLE = SERVICE_ROLES["gateway"]
@@ -271,6 +274,7 @@ PRIVILEGES: dict[str, str] = {
     "pack_checks": "SELECT, INSERT, UPDATE",
     "point_checks": "SELECT, INSERT, UPDATE",
     "verification_days": "SELECT, INSERT",
+    **GC_PRIVILEGES,
 }
 
-SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})
+SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES}, executes={ROLE: GC_FUNCTIONS})

@@ -30,7 +30,7 @@ from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
 from strongroom_gateway.jobs import PRODUCER
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.packfile import ENCRYPTED_VERSIONS, PackFormatError, open_blob
-from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack, Point
+from strongroom_gateway.ports import ChunkLocation, GatewayStore, GatewayTx, Pack, Point
 from strongroom_gateway.restrictions import require_job
 from strongroom_gateway.synthesis import BuiltManifest, SortedSpool, build_manifest, merge_entries
 from strongroom_gateway.vault import Vault
@@ -183,6 +183,9 @@ async def commit_point(
             await tx.update_job(current)
         assert current.version_id is not None and current.version_created_at is not None
         instance = await tx.get_instance(identity.instance_id)
+        # Held until commit: collection cannot reclaim these packs now; one reclaimed since the
+        # chunks were located fails the commit rather than record a point missing data (ADR 0041).
+        await _refuse_reclaimed(tx, identity.account_id, built.packs)
         point = Point(
             point_id=point_id,
             account_id=identity.account_id,
@@ -202,6 +205,7 @@ async def commit_point(
         # names a complete, readable point (a rebuild restores it; ADR 0032).
         await vault.write_point(point, current.version_created_at)
         await tx.insert_point(point)
+        await tx.record_point_packs(point_id, sorted(built.packs))
         await tx.enqueue(
             POINT_CREATED,
             identity.instance_id,
@@ -332,6 +336,7 @@ async def _extend_pack_locks(
     if not pack_ids:
         return
     async with store.transaction() as tx:
+        await _refuse_reclaimed(tx, account_id, pack_ids)
         stale = await tx.packs_locked_before(account_id, pack_ids, now + LOCK_EXTENSION_SLACK)
     retain_until = now + RETENTION + LOCK_MARGIN
 
@@ -345,6 +350,20 @@ async def _extend_pack_locks(
         async with store.transaction() as tx:
             for pack in stale:
                 await tx.set_pack_retention(pack.pack_id, retain_until)
+
+
+async def _refuse_reclaimed(tx: GatewayTx, account_id: str, pack_ids: Iterable[str]) -> None:
+    """FailedPrecondition when garbage collection reclaimed a pack the point references (ADR 0041).
+
+    Only a backup that learned a chunk was present before its pack was condemned, and committed
+    after the pack was reclaimed, gets here; the next backup uploads the chunk again.
+    """
+    reclaimed = await tx.hold_packs(account_id, sorted(set(pack_ids)))
+    if reclaimed:
+        raise FailedPrecondition(
+            f"{len(reclaimed)} packs holding chunks of this point were reclaimed while the backup ran"
+            f" (first: {reclaimed[0]}); run the backup again, it uploads those chunks anew"
+        )
 
 
 def _under(path: str, prefix: str) -> bool:

@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 from strongroom_platform.db import InboxOutboxTx
 
 from strongroom_gateway.agent_cert_store import CertificateTx
+from strongroom_gateway.gc.store import GcTx
 
 JobKind = Literal["backup", "restore"]
 # queued: waiting for the agent; delivered: sent on a stream; running: the agent
@@ -137,7 +138,7 @@ class InstanceFilesystem:
     approved_at: dt.datetime | None = None
 
 
-class GatewayTx(InboxOutboxTx, CertificateTx, Protocol):
+class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, Protocol):
     """Reads and writes inside one transaction."""
 
     async def ensure_account(self, account: Account) -> Account:

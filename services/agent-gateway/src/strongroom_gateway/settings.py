@@ -45,6 +45,12 @@ class Settings:
         checked packs; 0 runs only the verifications operators start.
     STRONGROOM_GATEWAY_VERIFY_COVER_DAYS: the sample reads every pack within this many days
         (default 28, at most 30: the retention period).
+    Garbage collection (ADR 0041):
+    STRONGROOM_S3_RECLAIM_ACCESS_KEY, STRONGROOM_S3_RECLAIM_SECRET_KEY: the reclaimer identity (ADR
+        0035), the only one that deletes; with the S3 store and without them nothing is reclaimed.
+    STRONGROOM_GATEWAY_GC_INTERVAL_SECONDS: seconds between collection runs (default 3600; 0: off).
+    STRONGROOM_GATEWAY_GC_SAFETY_SECONDS: least age of an unreferenced pack before it is condemned,
+        and of a condemnation before the pack is reclaimed (default 3600).
     Plus the platform connections (``PlatformSettings``).
     """
 
@@ -69,6 +75,10 @@ class Settings:
     verify_bytes_per_second: int = 50_000_000
     verify_daily: bool = True
     verify_cover_days: int = 28
+    reclaim_access_key: str = ""
+    reclaim_secret_key: str = ""
+    gc_interval_seconds: float = 3600.0
+    gc_safety: dt.timedelta = dt.timedelta(hours=1)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -88,7 +98,36 @@ class Settings:
             internal_listen=environ.get("STRONGROOM_GATEWAY_INTERNAL_LISTEN") or None,
             **_agent_certificates(environ),
             **_verification(environ),
+            **_collection(environ),
         )
+
+
+class _Collection(TypedDict):
+    reclaim_access_key: str
+    reclaim_secret_key: str
+    gc_interval_seconds: float
+    gc_safety: dt.timedelta
+
+
+def _collection(environ: Mapping[str, str]) -> _Collection:
+    access = environ.get("STRONGROOM_S3_RECLAIM_ACCESS_KEY", "")
+    secret = environ.get("STRONGROOM_S3_RECLAIM_SECRET_KEY", "")
+    if bool(access) != bool(secret):
+        raise SettingsError(
+            "STRONGROOM_S3_RECLAIM_ACCESS_KEY and STRONGROOM_S3_RECLAIM_SECRET_KEY go together (the reclaimer)"
+        )
+    interval = env_int(environ, "STRONGROOM_GATEWAY_GC_INTERVAL_SECONDS", 3600)
+    if not 0 <= interval <= 7 * 86400:
+        raise SettingsError("STRONGROOM_GATEWAY_GC_INTERVAL_SECONDS must be between 0 (off) and 604800")
+    safety = env_int(environ, "STRONGROOM_GATEWAY_GC_SAFETY_SECONDS", 3600)
+    if not 0 <= safety <= 7 * 86400:
+        raise SettingsError("STRONGROOM_GATEWAY_GC_SAFETY_SECONDS must be between 0 and 604800")
+    return {
+        "reclaim_access_key": access,
+        "reclaim_secret_key": secret,
+        "gc_interval_seconds": float(interval),
+        "gc_safety": dt.timedelta(seconds=safety),
+    }
 
 
 class _Verification(TypedDict):

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from google.protobuf.message import Message
+from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.events import TOPIC_MESSAGES
 
 from strongroom_gateway.agent_cert_store import AgentCertificate, MemoryCertificateTx
+from strongroom_gateway.gc.store import MemoryGcState, MemoryGcTx
 from strongroom_gateway.ports import (
     Account,
     AccountDataKey,
@@ -43,17 +45,25 @@ class _State:
     processed: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     outbox: list[tuple[str, str, Message]] = dataclasses.field(default_factory=list)
     certificates: dict[str, AgentCertificate] = dataclasses.field(default_factory=dict)
+    gc: MemoryGcState = dataclasses.field(default_factory=MemoryGcState)
 
     def copy(self) -> _State:
-        return _State(**{f.name: type(v)(v) for f in dataclasses.fields(self) for v in [getattr(self, f.name)]})
+        return _State(
+            **{f.name: type(v)(v) for f in dataclasses.fields(self) if f.name != "gc" for v in [getattr(self, f.name)]},
+            gc=self.gc.copy(),
+        )
 
 
 class InMemoryGatewayStore:
-    """GatewayStore fake. ``outbox`` lists (topic, key, event) in commit order."""
+    """GatewayStore fake. ``outbox`` lists (topic, key, event) in commit order.
 
-    def __init__(self) -> None:
+    ``trusted_clock`` stands for the database's trusted time (ADR 0031; default: the system clock).
+    """
+
+    def __init__(self, *, trusted_clock: Clock | None = None) -> None:
         self._state = _State()
         self._lock = asyncio.Lock()
+        self._trusted = trusted_clock or SystemClock()
 
     @property
     def outbox(self) -> list[tuple[str, str, Message]]:
@@ -72,17 +82,18 @@ class InMemoryGatewayStore:
         async with self._lock:
             snapshot = self._state.copy()
             try:
-                yield InMemoryGatewayTx(self._state)
+                yield InMemoryGatewayTx(self._state, self._trusted.now)
             except BaseException:
                 self._state = snapshot
                 raise
 
 
-class InMemoryGatewayTx(MemoryCertificateTx):
+class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx):
     _s: _State
 
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: _State, trusted_now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self._s = state
+        self._trusted_now = trusted_now
 
     async def claim_event(self, consumer: str, event_id: str) -> bool:
         if not event_id:

@@ -183,6 +183,13 @@ def enroll_request(request: gateway_pb2.EnrollRequest) -> None:
     label("arch", request.arch)
     label("agent_version", request.agent_version)
     filesystems("filesystems", request.filesystems)
+    label("host_id", request.host_id)
+    if len(request.block_devices) > MAX_FILESYSTEMS:
+        raise _refuse("block_devices", f"has more than {MAX_FILESYSTEMS} devices")
+    for number, device in enumerate(request.block_devices):
+        label(f"block_devices[{number}].device", device.device)
+        if device.size_bytes >= 1 << 63:
+            raise _refuse(f"block_devices[{number}].size_bytes", "is out of range")
 
 
 def filesystems(field: str, values: Iterable[common_pb2.Filesystem]) -> None:

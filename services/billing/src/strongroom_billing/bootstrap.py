@@ -6,14 +6,14 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from strongroom_platform import lifecycle, serving, wiring
+from strongroom_platform import audit, lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
-from strongroom_platform.eventbus import ConsumerFactory
+from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 
 from strongroom_billing import handlers
 from strongroom_billing.consumers import GROUP_ID, record_handlers
 from strongroom_billing.grpc_api import BillingServicer, register
-from strongroom_billing.migrations import SPEC
+from strongroom_billing.migrations import SCHEMA, SPEC
 from strongroom_billing.repository import PgBillingStore
 from strongroom_billing.settings import Settings
 
@@ -26,17 +26,22 @@ async def run(
     *,
     clock: Clock | None = None,
     consumer_factory: ConsumerFactory | None = None,
+    publisher: EventPublisher | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then shut down in reverse order; prints ``LISTENING billing <host>:<port>``.
 
-    Billing produces no events, so it has no publisher and no relay; ``clock`` checks token expiry
-    and decides which ledger days have ended.
+    Billing's only events are the audit records of its mutating calls (``CreatePlan``), which
+    commit with their effect in this schema's outbox (ADR 0027); ``clock`` checks token expiry and
+    decides which ledger days have ended.
     """
     clock = clock or SystemClock()
     platform = settings.platform
     async with AsyncExitStack() as stack:
         pool = await lifecycle.open_pool(stack, platform, SPEC)
-        auth = await serving.open_auth(stack, platform, clock)
+        auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
+        if publisher is None:
+            publisher = await stack.enter_async_context(wiring.publisher(platform))
+        await lifecycle.start_relay(stack, pool, SCHEMA, publisher, clock, replay=platform.outbox_replay)
         store = PgBillingStore(pool)
         factory = consumer_factory or wiring.consumer_factory(platform)
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(store))

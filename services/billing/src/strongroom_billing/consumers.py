@@ -8,7 +8,14 @@ from __future__ import annotations
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.consume import consume
 from strongroom_platform.eventbus import Handler
-from strongroom_platform.events import INSTANCE_ACTIVATED, INSTANCE_DEACTIVATED, POINT_CREATED, VERSION_EXPIRED
+from strongroom_platform.events import (
+    INSTANCE_ACTIVATED,
+    INSTANCE_DEACTIVATED,
+    INSTANCE_REINSTATED,
+    INSTANCE_STATUS_CHANGED,
+    POINT_CREATED,
+    VERSION_EXPIRED,
+)
 
 from strongroom_billing import handlers
 from strongroom_billing.ports import BillingStore
@@ -28,5 +35,11 @@ def record_handlers(store: BillingStore) -> dict[str, Handler]:
         POINT_CREATED: consume(events_pb2.PointCreated, lambda event: handlers.handle_point_created(event, store)),
         VERSION_EXPIRED: consume(
             events_pb2.VersionExpired, lambda event: handlers.handle_version_expired(event, store)
+        ),
+        INSTANCE_STATUS_CHANGED: consume(
+            events_pb2.InstanceStatusChanged, lambda event: handlers.handle_instance_status_changed(event, store)
+        ),
+        INSTANCE_REINSTATED: consume(
+            events_pb2.InstanceReinstated, lambda event: handlers.handle_instance_reinstated(event, store)
         ),
     }

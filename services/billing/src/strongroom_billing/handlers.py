@@ -23,6 +23,9 @@ from strongroom_billing.settings import LedgerSettings
 log = logging.getLogger(__name__)
 
 CONSUMER = "billing"
+# Inbox keys never change (DEVELOPERS.md): the topics of ADR 0040 have their own.
+STATUS_CONSUMER = "billing.instance-status-changed"
+REINSTATED_CONSUMER = "billing.instance-reinstated"
 DEFAULT_ACCOUNT = "default"
 
 
@@ -45,6 +48,34 @@ async def handle_instance_deactivated(event: events_pb2.InstanceDeactivated, sto
             await tx.instance_canceled(
                 event.account_id or DEFAULT_ACCOUNT, event.instance_id, from_timestamp(event.meta.occurred_at)
             )
+
+
+async def handle_instance_status_changed(event: events_pb2.InstanceStatusChanged, store: BillingStore) -> None:
+    """The inventory's view of an instance (ADR 0040): registered instances without versions count as
+    un-backed-up (released ones do not), and its block devices' capacity wins over the agent's report."""
+    _require(event.instance_id, "instance_id", "instance-status-changed")
+    _require(event.account_id, "account_id", "instance-status-changed")
+    if not event.meta.HasField("occurred_at"):
+        raise InvalidArgument("instance-status-changed without meta.occurred_at")
+    async with store.transaction() as tx:
+        if await tx.claim_event(STATUS_CONSUMER, event.meta.event_id):
+            await tx.instance_inventory(
+                event.account_id,
+                event.instance_id,
+                event.region,
+                released=event.released,
+                capacity_bytes=event.inventory_capacity_bytes,
+                as_of=from_timestamp(event.meta.occurred_at),
+            )
+
+
+async def handle_instance_reinstated(event: events_pb2.InstanceReinstated, store: BillingStore) -> None:
+    """A canceled instance's versions were reinstated (ADR 0040): billed again from now."""
+    _require(event.instance_id, "instance_id", "instance-reinstated")
+    _require(event.account_id, "account_id", "instance-reinstated")
+    async with store.transaction() as tx:
+        if await tx.claim_event(REINSTATED_CONSUMER, event.meta.event_id):
+            await tx.instance_reinstated(event.account_id, event.instance_id)
 
 
 async def handle_point_created(event: events_pb2.PointCreated, store: BillingStore) -> None:

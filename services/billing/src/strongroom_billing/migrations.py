@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from strongroom_platform.db import Migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
+from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 SCHEMA = "billing"
@@ -83,12 +84,32 @@ CREATE TABLE plan_draws (
 );
 """
 
-MIGRATIONS: list[Migration] = [Migration(1, INBOX_DDL), Migration(2, _TABLES), Migration(4, _LEDGER)]
+# The inventory (ADR 0040), from instance-status-changed: registered = known to the inventory
+# (activated or not), released = the inventory says the host is gone (not counted as un-backed-up),
+# inventory_capacity_bytes = its block devices (0: unknown; the versions' capacity then), status_at =
+# meta.occurred_at of the newest status applied (an older one arriving later changes nothing).
+_INVENTORY = """
+ALTER TABLE instances
+    ADD COLUMN registered boolean NOT NULL DEFAULT false,
+    ADD COLUMN released boolean NOT NULL DEFAULT false,
+    ADD COLUMN inventory_capacity_bytes bigint NOT NULL DEFAULT 0 CHECK (inventory_capacity_bytes >= 0),
+    ADD COLUMN status_at timestamptz;
+"""
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, INBOX_DDL),
+    Migration(2, _TABLES),
+    # The audit records of billing's mutating calls (CreatePlan) leave through an outbox (ADR 0027).
+    Migration(3, OUTBOX_DDL),
+    Migration(4, _LEDGER),
+    Migration(5, _INVENTORY),
+]
 
 ROLE = SERVICE_ROLES["billing"]
 
 # What the billing service's role may do, per table (ADR 0031); a new table adds its line here.
 PRIVILEGES: dict[str, str] = {
+    "outbox": OUTBOX_PRIVILEGES,
     "processed_events": INBOX_PRIVILEGES,
     "instances": "SELECT, INSERT, UPDATE",
     "versions": "SELECT, INSERT, UPDATE",

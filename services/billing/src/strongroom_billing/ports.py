@@ -26,6 +26,24 @@ class BillingTx(InboxTx, Protocol):
         """Backups of the instance were canceled at ``at`` (the earliest time seen is kept)."""
         ...
 
+    async def instance_inventory(
+        self,
+        account_id: str,
+        instance_id: str,
+        region: str,
+        *,
+        released: bool,
+        capacity_bytes: int,
+        as_of: dt.datetime,
+    ) -> bool:
+        """Record the inventory's view of the instance (ADR 0040) unless a newer one (``as_of``) was
+        applied; returns whether it was."""
+        ...
+
+    async def instance_reinstated(self, account_id: str, instance_id: str) -> None:
+        """A canceled instance's versions were reinstated: it is billed again."""
+        ...
+
     async def point_created(
         self, account_id: str, instance_id: str, version_id: str, created_at: dt.datetime, capacity_bytes: int
     ) -> None:

@@ -28,8 +28,11 @@ WITH latest AS (
 )
 SELECT
     count(*) FILTER (WHERE latest.instance_id IS NOT NULL) AS backed_up,
-    count(*) FILTER (WHERE latest.instance_id IS NULL AND i.activated) AS unbacked_up,
-    coalesce(sum(latest.capacity_bytes), 0)::bigint AS capacity_bytes
+    count(*) FILTER (WHERE latest.instance_id IS NULL AND (i.activated OR i.registered) AND NOT i.released)
+        AS unbacked_up,
+    -- the inventory's capacity wins over the agent's report (ADR 0040)
+    coalesce(sum(coalesce(nullif(i.inventory_capacity_bytes, 0), latest.capacity_bytes))
+             FILTER (WHERE latest.instance_id IS NOT NULL), 0)::bigint AS capacity_bytes
 FROM instances i
 LEFT JOIN latest ON latest.instance_id = i.instance_id
 WHERE i.account_id = $1 AND NOT i.canceled AND ($2 = '' OR i.region = $2)
@@ -38,7 +41,8 @@ WHERE i.account_id = $1 AND NOT i.canceled AND ($2 = '' OR i.region = $2)
 
 # The facts as they stood at $1 (ADR 0036): expired or canceled before this ledger's migration = NULL = long gone.
 _CHARGES_AT = """
-SELECT DISTINCT ON (v.instance_id) i.account_id, v.instance_id, v.version_id, v.capacity_bytes
+SELECT DISTINCT ON (v.instance_id) i.account_id, v.instance_id, v.version_id,
+       coalesce(nullif(i.inventory_capacity_bytes, 0), v.capacity_bytes) AS capacity_bytes
 FROM versions v
 JOIN instances i ON i.instance_id = v.instance_id
 WHERE v.created_at < $1
@@ -84,6 +88,39 @@ class PgBillingTx(PgTransaction):
             instance_id,
             account_id,
             at,
+        )
+
+    async def instance_inventory(
+        self,
+        account_id: str,
+        instance_id: str,
+        region: str,
+        *,
+        released: bool,
+        capacity_bytes: int,
+        as_of: dt.datetime,
+    ) -> bool:
+        result = await self._conn.execute(
+            "INSERT INTO instances (instance_id, account_id, region, registered, released, inventory_capacity_bytes,"
+            " status_at) VALUES ($1, $2, $3, true, $4, $5, $6)"
+            " ON CONFLICT (instance_id) DO UPDATE SET region = EXCLUDED.region, registered = true,"
+            " released = EXCLUDED.released, inventory_capacity_bytes = EXCLUDED.inventory_capacity_bytes,"
+            " status_at = EXCLUDED.status_at"
+            " WHERE instances.status_at IS NULL OR instances.status_at <= EXCLUDED.status_at",
+            instance_id,
+            account_id,
+            region,
+            released,
+            capacity_bytes,
+            as_of,
+        )
+        return result == "INSERT 0 1"
+
+    async def instance_reinstated(self, account_id: str, instance_id: str) -> None:
+        await self._conn.execute(
+            "UPDATE instances SET canceled = false, canceled_at = NULL WHERE instance_id = $1 AND account_id = $2",
+            instance_id,
+            account_id,
         )
 
     async def point_created(

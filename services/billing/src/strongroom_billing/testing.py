@@ -22,6 +22,10 @@ class _Instance:
     activated: bool = False
     canceled: bool = False
     canceled_at: dt.datetime | None = None
+    registered: bool = False
+    released: bool = False
+    inventory_capacity_bytes: int = 0
+    status_at: dt.datetime | None = None
 
 
 @dataclass
@@ -69,6 +73,28 @@ class InMemoryBillingTx:
         instance.canceled = True
         instance.canceled_at = _earliest(instance.canceled_at, at)
 
+    async def instance_inventory(
+        self,
+        account_id: str,
+        instance_id: str,
+        region: str,
+        *,
+        released: bool,
+        capacity_bytes: int,
+        as_of: dt.datetime,
+    ) -> bool:
+        instance = self._instance(account_id, instance_id)
+        if instance.status_at is not None and as_of < instance.status_at:
+            return False
+        instance.region, instance.registered, instance.released = region, True, released
+        instance.inventory_capacity_bytes, instance.status_at = capacity_bytes, as_of
+        return True
+
+    async def instance_reinstated(self, account_id: str, instance_id: str) -> None:
+        instance = self._s.instances.get(instance_id)
+        if instance is not None and instance.account_id == account_id:
+            instance.canceled, instance.canceled_at = False, None
+
     async def point_created(
         self, account_id: str, instance_id: str, version_id: str, created_at: dt.datetime, capacity_bytes: int
     ) -> None:
@@ -90,8 +116,8 @@ class InMemoryBillingTx:
             live = [v for v in self._s.versions.values() if v.instance_id == instance_id and not v.expired]
             if live:
                 backed_up += 1
-                capacity += max(live, key=lambda v: v.created_at).capacity_bytes
-            elif instance.activated:
+                capacity += instance.inventory_capacity_bytes or max(live, key=lambda v: v.created_at).capacity_bytes
+            elif (instance.activated or instance.registered) and not instance.released:
                 unbacked_up += 1
         return Usage(backed_up=backed_up, unbacked_up=unbacked_up, capacity_bytes=capacity)
 
@@ -116,7 +142,12 @@ class InMemoryBillingTx:
             if v.instance_id not in latest or key > latest[v.instance_id]:
                 latest[v.instance_id] = key
         return [
-            InstanceCharge(self._s.instances[i].account_id, i, version_id, self._s.versions[version_id].capacity_bytes)
+            InstanceCharge(
+                self._s.instances[i].account_id,
+                i,
+                version_id,
+                self._s.instances[i].inventory_capacity_bytes or self._s.versions[version_id].capacity_bytes,
+            )
             for i, (_, version_id) in sorted(latest.items())
         ]
 

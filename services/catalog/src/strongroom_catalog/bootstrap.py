@@ -6,7 +6,7 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from strongroom_platform import lifecycle, serving, wiring
+from strongroom_platform import audit, lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
 from strongroom_platform.objectstore import ObjectStore
@@ -40,7 +40,8 @@ async def run(
     async with AsyncExitStack() as stack:
         platform = settings.platform
         pool = await lifecycle.open_pool(stack, platform, SPEC)
-        auth = await serving.open_auth(stack, platform, clock)
+        # Reinstatements and holds are audited (ADR 0027, 0040): their records leave through this outbox.
+        auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
         repo = PgCatalogStore(pool)
 
         manifests: ObjectStore | ManifestReader
@@ -66,7 +67,12 @@ async def run(
         retention = run_retention(repo, clock, interval=settings.retention_interval)
         lifecycle.start_task(stack, retention, "catalog-retention")
         await serving.serve_listeners(
-            stack, "catalog", platform, settings.grpc_listen, register(CatalogServicer(repo)), auth=auth.interceptor
+            stack,
+            "catalog",
+            platform,
+            settings.grpc_listen,
+            register(CatalogServicer(repo, clock)),
+            auth=auth.interceptor,
         )
         await stop.wait()
         log.info("catalog stopping")

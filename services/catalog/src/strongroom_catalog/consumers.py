@@ -9,10 +9,10 @@ from __future__ import annotations
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.consume import consume
 from strongroom_platform.eventbus import Handler
-from strongroom_platform.events import INSTANCE_SETTINGS_CHANGED, POINT_CREATED
+from strongroom_platform.events import INSTANCE_DEACTIVATED, INSTANCE_SETTINGS_CHANGED, POINT_CREATED
 from strongroom_platform.objectstore import ObjectStore
 
-from strongroom_catalog import handlers
+from strongroom_catalog import handlers, lifecycle
 from strongroom_catalog.manifests import ManifestReader
 from strongroom_catalog.ports import CatalogStore
 
@@ -28,5 +28,8 @@ def record_handlers(repo: CatalogStore, store: ObjectStore | ManifestReader) -> 
         INSTANCE_SETTINGS_CHANGED: consume(
             events_pb2.InstanceSettingsChanged,
             lambda event: handlers.handle_instance_settings_changed(event, repo=repo),
+        ),
+        INSTANCE_DEACTIVATED: consume(
+            events_pb2.InstanceDeactivated, lambda event: lifecycle.handle_instance_deactivated(event, repo=repo)
         ),
     }

@@ -9,10 +9,11 @@ import grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom_platform.auth import current_call
+from strongroom_platform.clock import Clock
 from strongroom_platform.events import to_timestamp
 
-from strongroom_catalog import handlers
-from strongroom_catalog.model import EntryRow, PointRecord, VersionRecord
+from strongroom_catalog import handlers, lifecycle
+from strongroom_catalog.model import EntryRow, Hold, PointRecord, VersionRecord
 from strongroom_catalog.ports import CatalogStore
 
 
@@ -62,11 +63,28 @@ def entry_message(row: EntryRow) -> common_pb2.FileEntry:
     )
 
 
+def hold_message(hold: Hold) -> catalog_pb2.Hold:
+    message = catalog_pb2.Hold(
+        hold_id=hold.hold_id,
+        instance_id=hold.instance_id,
+        account_id=hold.account_id,
+        kind=catalog_pb2.HoldKind.ValueType(hold.kind),
+        reason=hold.reason,
+        placed_by=hold.placed_by,
+        placed_at=to_timestamp(hold.placed_at),
+        released_by=hold.released_by,
+    )
+    if hold.released_at is not None:
+        message.released_at.CopyFrom(to_timestamp(hold.released_at))
+    return message
+
+
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     """Every method passes the call's ``CallAuth`` (set by the auth interceptor) to its handler."""
 
-    def __init__(self, repo: CatalogStore) -> None:
+    def __init__(self, repo: CatalogStore, clock: Clock) -> None:
         self._repo = repo
+        self._clock = clock
 
     async def ListVersions(
         self, request: catalog_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -92,6 +110,33 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             page_token=request.page_token,
         )
         return catalog_pb2.BrowsePointResponse(entries=[entry_message(r) for r in rows], next_page_token=token)
+
+    async def ReinstateBackup(
+        self, request: catalog_pb2.ReinstateBackupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.ReinstateBackupResponse:
+        versions = await lifecycle.reinstate_backup(self._repo, self._clock, request.instance_id, call=current_call())
+        return catalog_pb2.ReinstateBackupResponse(instance_id=request.instance_id.strip(), version_ids=versions)
+
+    async def PlaceHold(
+        self, request: catalog_pb2.PlaceHoldRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.Hold:
+        hold = await lifecycle.place_hold(
+            self._repo, self._clock, request.instance_id, int(request.kind), request.reason, call=current_call()
+        )
+        return hold_message(hold)
+
+    async def ReleaseHold(
+        self, request: catalog_pb2.ReleaseHoldRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.Hold:
+        return hold_message(await lifecycle.release_hold(self._repo, self._clock, request.hold_id, call=current_call()))
+
+    async def ListHolds(
+        self, request: catalog_pb2.ListHoldsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.ListHoldsResponse:
+        holds = await lifecycle.list_holds(
+            self._repo, request.instance_id, request.include_released, call=current_call()
+        )
+        return catalog_pb2.ListHoldsResponse(holds=[hold_message(h) for h in holds])
 
 
 def register(servicer: CatalogServicer) -> Callable[[grpc.aio.Server], None]:

@@ -221,6 +221,8 @@ async def get_point(repo: CatalogStore, point_id: str, *, call: CallAuth) -> Poi
     authorize(point.account_id, not_found, call=call)
     if point.expired:
         raise NotFound(f"point {point_id!r} has expired (its version passed the retention period)")
+    if point.canceled:
+        raise NotFound(f"point {point_id!r} was deleted: backup of its instance was canceled")
     return point
 
 

@@ -168,12 +168,132 @@ $$;
 REVOKE ALL ON FUNCTION expire_due_versions(integer) FROM PUBLIC;
 """
 
+# Cancel, reinstate and holds (ADR 0040), append-only like the rest of the history: the newest row
+# of instance_cancellations says whether an instance's backup is canceled (its versions are then
+# hidden from every read and expire once their points' Object Lock has passed); a hold keeps every
+# version of its instance (by retention or by a cancel) until its row in hold_releases exists.
+# expire_due_versions is redefined on version_due, which the loop re-checks under the instance's
+# lock, so a reinstatement committed meanwhile wins.
+_V6_CANCEL_AND_HOLDS = """
+CREATE TABLE instance_cancellations (
+    seq bigserial PRIMARY KEY,
+    instance_id text NOT NULL REFERENCES instances,
+    account_id text NOT NULL,
+    canceled boolean NOT NULL,
+    at timestamptz NOT NULL,
+    -- the instance-deactivated event of a cancel; NULL for a reinstatement
+    event_id text UNIQUE,
+    subject text NOT NULL DEFAULT ''
+);
+CREATE INDEX instance_cancellations_latest ON instance_cancellations (instance_id, seq DESC);
+
+CREATE TABLE holds (
+    hold_id text PRIMARY KEY,
+    instance_id text NOT NULL REFERENCES instances,
+    account_id text NOT NULL,
+    kind smallint NOT NULL CHECK (kind IN (1, 2)),
+    reason text NOT NULL CHECK (reason <> ''),
+    placed_by text NOT NULL,
+    placed_at timestamptz NOT NULL
+);
+CREATE INDEX holds_by_instance ON holds (instance_id, placed_at);
+
+CREATE TABLE hold_releases (
+    hold_id text PRIMARY KEY REFERENCES holds,
+    released_by text NOT NULL,
+    released_at timestamptz NOT NULL
+);
+
+-- Whether a version is due to expire at trusted_at: not expired yet, its instance under no
+-- active hold, and either 30 days old (unless it is the newest of an instance whose latest
+-- keep-at-least-one setting is on, the default) or of a canceled instance with every point's
+-- Object Lock passed.
+CREATE FUNCTION version_due(v catalog.versions, trusted_at timestamptz) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM catalog.version_expirations e WHERE e.version_id = v.version_id)
+       AND NOT EXISTS (
+           SELECT 1 FROM catalog.holds h WHERE h.instance_id = v.instance_id
+              AND NOT EXISTS (SELECT 1 FROM catalog.hold_releases r WHERE r.hold_id = h.hold_id))
+       AND (
+           (coalesce((SELECT c.canceled FROM catalog.instance_cancellations c
+                      WHERE c.instance_id = v.instance_id ORDER BY c.seq DESC LIMIT 1), false)
+            AND NOT EXISTS (SELECT 1 FROM catalog.points p
+                            WHERE p.version_id = v.version_id AND p.retain_until > trusted_at))
+           OR
+           (v.created_at <= trusted_at - interval '30 days'
+            AND NOT (
+                coalesce((SELECT s.keep_latest FROM catalog.keep_latest_settings s
+                          WHERE s.instance_id = v.instance_id ORDER BY s.seq DESC LIMIT 1), true)
+                AND NOT EXISTS (
+                    SELECT 1 FROM catalog.versions n
+                    WHERE n.instance_id = v.instance_id
+                      AND (n.created_at, n.version_id COLLATE "C") > (v.created_at, v.version_id COLLATE "C"))))
+       )
+$$;
+REVOKE ALL ON FUNCTION version_due(catalog.versions, timestamptz) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION expire_due_versions(max_versions integer)
+RETURNS TABLE (version_id text, instance_id text, account_id text, expired_at timestamptz, point_ids text[])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    trusted_at timestamptz := trusted.now();
+    due record;
+    point text;
+BEGIN
+    IF max_versions IS NULL OR max_versions < 1 OR max_versions > 1000 THEN
+        RAISE EXCEPTION 'max_versions must be between 1 and 1000, got %', max_versions
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR due IN
+        SELECT v.version_id, v.instance_id, v.account_id FROM (
+            -- by age (the index on created_at)
+            SELECT v1.* FROM catalog.versions v1 WHERE v1.created_at <= trusted_at - interval '30 days'
+            UNION
+            -- of canceled instances, whatever their age
+            SELECT v2.* FROM catalog.versions v2
+            WHERE v2.instance_id IN (
+                SELECT DISTINCT ON (c.instance_id) c.instance_id FROM catalog.instance_cancellations c
+                ORDER BY c.instance_id, c.seq DESC)
+        ) v
+        WHERE catalog.version_due(v, trusted_at)
+        ORDER BY v.created_at, v.version_id COLLATE "C"
+        LIMIT max_versions
+    LOOP
+        -- the lock a reinstatement or a hold takes on the instance: re-check under it
+        PERFORM pg_advisory_xact_lock(hashtextextended('catalog.instance:' || due.instance_id, 0));
+        CONTINUE WHEN NOT (SELECT catalog.version_due(v, trusted_at) FROM catalog.versions v
+                           WHERE v.version_id = due.version_id);
+        INSERT INTO catalog.version_expirations (version_id, expired_at) VALUES (due.version_id, trusted_at)
+            ON CONFLICT DO NOTHING;
+        CONTINUE WHEN NOT FOUND;  -- a concurrent run expired it first
+        SELECT coalesce(array_agg(p.point_id ORDER BY p.point_id COLLATE "C"), '{}') INTO point_ids
+            FROM catalog.points p WHERE p.version_id = due.version_id;
+        FOREACH point IN ARRAY point_ids LOOP
+            -- the lock an indexing transaction holds on the point (repository.PgCatalogTx.get_point)
+            PERFORM pg_advisory_xact_lock(hashtextextended('catalog.point:' || point, 0));
+        END LOOP;
+        DELETE FROM catalog.entries WHERE point_id = ANY (point_ids);
+        version_id := due.version_id;
+        instance_id := due.instance_id;
+        account_id := due.account_id;
+        expired_at := trusted_at;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION expire_due_versions(integer) FROM PUBLIC;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
     Migration(3, _V1),
     Migration(4, _V2),
     Migration(5, _V5_APPEND_ONLY),
+    Migration(6, _V6_CANCEL_AND_HOLDS),
 ]
 
 # What the catalog's role may do, per table (ADR 0031); a new table adds its line here. The file
@@ -188,6 +308,10 @@ PRIVILEGES: dict[str, str] = {
     "point_index_outcomes": "SELECT, INSERT",
     "keep_latest_settings": "SELECT, INSERT",
     "entries": "SELECT, INSERT, DELETE",
+    # ADR 0040: cancels, reinstatements and holds are appended, never changed.
+    "instance_cancellations": "SELECT, INSERT",
+    "holds": "SELECT, INSERT",
+    "hold_releases": "SELECT, INSERT",
 }
 
 SPEC = SchemaSpec(

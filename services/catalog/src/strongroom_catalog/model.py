@@ -31,6 +31,8 @@ class PointRecord:
     browsable: bool = False
     index_error: str | None = None
     expired: bool = False
+    # Backup of its instance was canceled (ADR 0040): hidden from every read until reinstated.
+    canceled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +80,36 @@ class ExpiredVersion:
     account_id: str
     expired_at: dt.datetime
     point_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    """What cancel, reinstate and holds need to know of an instance (ADR 0040).
+
+    ``account_id`` from its versions (or its cancellation rows); ``canceled`` from its newest
+    cancellation row; ``live_version_ids`` its versions not expired, newest first.
+    """
+
+    instance_id: str
+    account_id: str
+    canceled: bool
+    live_version_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """An incident or legal hold on an instance's versions: none of them expires while it is active."""
+
+    hold_id: str
+    instance_id: str
+    account_id: str
+    kind: int  # catalog_pb2.HoldKind value
+    reason: str
+    placed_by: str
+    placed_at: dt.datetime
+    released_by: str = ""
+    released_at: dt.datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.released_at is None

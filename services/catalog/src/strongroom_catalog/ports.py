@@ -14,7 +14,7 @@ from typing import Protocol
 
 from strongroom_platform.db import InboxOutboxTx
 
-from strongroom_catalog.model import EntryRow, ExpiredVersion, PointRecord, VersionRecord
+from strongroom_catalog.model import EntryRow, ExpiredVersion, Hold, InstanceState, PointRecord, VersionRecord
 
 
 class CatalogTx(InboxOutboxTx, Protocol):
@@ -62,6 +62,29 @@ class CatalogTx(InboxOutboxTx, Protocol):
         latest keep-at-least-one setting is on (the default). Their points' entries are dropped.
         A version expires once, whatever runs concurrently.
         """
+        ...
+
+    async def instance_state(self, instance_id: str) -> InstanceState | None:
+        """The instance's state, locked (the lock expire_due_versions takes) until the transaction
+        ends; None when the catalog has no version and no cancel of it."""
+        ...
+
+    async def append_cancellation(
+        self, instance_id: str, account_id: str, *, canceled: bool, at: dt.datetime, event_id: str | None, subject: str
+    ) -> None:
+        """Append a cancel (``canceled``) or a reinstatement row (inserting the instance when missing)."""
+        ...
+
+    async def add_hold(self, hold: Hold) -> None: ...
+
+    async def get_hold(self, hold_id: str) -> Hold | None: ...
+
+    async def release_hold(self, hold_id: str, *, by: str, at: dt.datetime) -> None:
+        """Append the hold's release (once: a second release of it changes nothing)."""
+        ...
+
+    async def list_holds(self, instance_id: str, *, include_released: bool) -> list[Hold]:
+        """The instance's holds, oldest first."""
         ...
 
 

@@ -10,7 +10,7 @@ import asyncpg
 from strongroom_platform import db
 from strongroom_platform.db import PgTransaction
 
-from strongroom_catalog.model import EntryRow, ExpiredVersion, PointRecord, VersionRecord
+from strongroom_catalog.model import EntryRow, ExpiredVersion, Hold, InstanceState, PointRecord, VersionRecord
 
 _ENTRY_COLUMNS = ("point_id", "parent", "name", "type", "mode", "uid", "gid", "size", "mtime_ns", "link_target")
 
@@ -20,10 +20,13 @@ _POINT_SELECT = """
 SELECT p.point_id, p.version_id, p.instance_id, p.account_id, p.mount_point, p.device, p.fs_type,
        p.capacity_bytes, p.manifest_key, p.file_count, p.total_bytes, p.created_at, p.retain_until,
        coalesce(o.browsable, false) AND e.version_id IS NULL AS browsable, o.index_error,
-       e.version_id IS NOT NULL AS expired
+       e.version_id IS NOT NULL AS expired, coalesce(c.canceled, false) AS canceled
 FROM points p
 JOIN versions v ON v.version_id = p.version_id
 LEFT JOIN version_expirations e ON e.version_id = p.version_id
+LEFT JOIN LATERAL (
+    SELECT canceled FROM instance_cancellations WHERE instance_id = p.instance_id ORDER BY seq DESC LIMIT 1
+) c ON true
 LEFT JOIN LATERAL (
     SELECT browsable, index_error FROM point_index_outcomes
     WHERE point_id = p.point_id ORDER BY seq DESC LIMIT 1
@@ -34,6 +37,22 @@ _VERSION_SELECT = """
 SELECT v.version_id, v.instance_id, v.account_id, v.created_at, e.expired_at
 FROM versions v LEFT JOIN version_expirations e ON e.version_id = v.version_id
 """
+
+# A canceled instance's versions are hidden from every read (ADR 0040): its newest cancellation row.
+_NOT_CANCELED = """
+NOT coalesce((SELECT c.canceled FROM instance_cancellations c WHERE c.instance_id = $1
+              ORDER BY c.seq DESC LIMIT 1), false)
+"""
+
+_HOLD_SELECT = """
+SELECT h.hold_id, h.instance_id, h.account_id, h.kind, h.reason, h.placed_by, h.placed_at,
+       coalesce(r.released_by, '') AS released_by, r.released_at
+FROM holds h LEFT JOIN hold_releases r ON r.hold_id = h.hold_id
+"""
+
+
+def _hold(row: asyncpg.Record) -> Hold:
+    return Hold(**dict(row))
 
 
 def _point(row: asyncpg.Record) -> PointRecord:
@@ -54,6 +73,7 @@ def _point(row: asyncpg.Record) -> PointRecord:
         browsable=row["browsable"],
         index_error=row["index_error"],
         expired=row["expired"],
+        canceled=row["canceled"],
     )
 
 
@@ -166,6 +186,76 @@ class PgCatalogTx(PgTransaction):
             for r in rows
         ]
 
+    async def instance_state(self, instance_id: str) -> InstanceState | None:
+        conn = self._conn
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('catalog.instance:' || $1, 0))", instance_id)
+        latest = await conn.fetchrow(
+            "SELECT account_id, canceled FROM instance_cancellations WHERE instance_id = $1 ORDER BY seq DESC LIMIT 1",
+            instance_id,
+        )
+        versions = await conn.fetch(
+            _VERSION_SELECT + ' WHERE v.instance_id = $1 ORDER BY v.created_at DESC, v.version_id COLLATE "C" DESC',
+            instance_id,
+        )
+        if latest is None and not versions:
+            return None
+        account = latest["account_id"] if latest is not None else versions[0]["account_id"]
+        return InstanceState(
+            instance_id=instance_id,
+            account_id=account,
+            canceled=latest is not None and latest["canceled"],
+            live_version_ids=tuple(v["version_id"] for v in versions if v["expired_at"] is None),
+        )
+
+    async def append_cancellation(
+        self, instance_id: str, account_id: str, *, canceled: bool, at: dt.datetime, event_id: str | None, subject: str
+    ) -> None:
+        await self._conn.execute("INSERT INTO instances (instance_id) VALUES ($1) ON CONFLICT DO NOTHING", instance_id)
+        await self._conn.execute(
+            "INSERT INTO instance_cancellations (instance_id, account_id, canceled, at, event_id, subject)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+            instance_id,
+            account_id,
+            canceled,
+            at,
+            event_id,
+            subject,
+        )
+
+    async def add_hold(self, hold: Hold) -> None:
+        await self._conn.execute(
+            "INSERT INTO holds (hold_id, instance_id, account_id, kind, reason, placed_by, placed_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            hold.hold_id,
+            hold.instance_id,
+            hold.account_id,
+            hold.kind,
+            hold.reason,
+            hold.placed_by,
+            hold.placed_at,
+        )
+
+    async def get_hold(self, hold_id: str) -> Hold | None:
+        row = await self._conn.fetchrow(_HOLD_SELECT + " WHERE h.hold_id = $1", hold_id)
+        return None if row is None else _hold(row)
+
+    async def release_hold(self, hold_id: str, *, by: str, at: dt.datetime) -> None:
+        await self._conn.execute(
+            "INSERT INTO hold_releases (hold_id, released_by, released_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (hold_id) DO NOTHING",
+            hold_id,
+            by,
+            at,
+        )
+
+    async def list_holds(self, instance_id: str, *, include_released: bool) -> list[Hold]:
+        rows = await self._conn.fetch(
+            _HOLD_SELECT + " WHERE h.instance_id = $1 AND ($2 OR r.hold_id IS NULL) ORDER BY h.placed_at, h.hold_id",
+            instance_id,
+            include_released,
+        )
+        return [_hold(r) for r in rows]
+
 
 class PgCatalogStore:
     """The catalog's tables, through a pool whose search_path is the catalog schema."""
@@ -181,15 +271,17 @@ class PgCatalogStore:
         async with self._pool.acquire() as conn:
             versions = await conn.fetch(
                 _VERSION_SELECT + " WHERE v.instance_id = $1 AND e.version_id IS NULL"
-                " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[]))"
-                ' ORDER BY v.created_at DESC, v.version_id COLLATE "C" DESC',
+                " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[])) AND"
+                + _NOT_CANCELED
+                + ' ORDER BY v.created_at DESC, v.version_id COLLATE "C" DESC',
                 instance_id,
                 account_list,
             )
             points = await conn.fetch(
                 _POINT_SELECT + " WHERE v.instance_id = $1 AND e.version_id IS NULL"
-                " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[]))"
-                ' ORDER BY p.mount_point COLLATE "C", p.point_id COLLATE "C"',
+                " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[])) AND"
+                + _NOT_CANCELED
+                + ' ORDER BY p.mount_point COLLATE "C", p.point_id COLLATE "C"',
                 instance_id,
                 account_list,
             )

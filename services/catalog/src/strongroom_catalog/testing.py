@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from strongroom_platform.clock import Clock
 from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
-from strongroom_catalog.model import EntryRow, ExpiredVersion, PointRecord, VersionRecord
+from strongroom_catalog.model import EntryRow, ExpiredVersion, Hold, InstanceState, PointRecord, VersionRecord
 from strongroom_catalog.retention import RETENTION_PERIOD
 
 
@@ -31,6 +31,16 @@ class _State:
     entries: dict[str, dict[tuple[str, str], EntryRow]] = field(default_factory=dict)
     processed: set[tuple[str, str]] = field(default_factory=set)
     outbox: list[tuple[str, str, Message]] = field(default_factory=list)
+    # instance_id -> (account_id, canceled) of its newest cancellation row; event ids of cancels applied
+    cancellations: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    cancel_events: set[str] = field(default_factory=set)
+    holds: dict[str, Hold] = field(default_factory=dict)
+
+    def canceled(self, instance_id: str) -> bool:
+        return self.cancellations.get(instance_id, ("", False))[1]
+
+    def held(self, instance_id: str) -> bool:
+        return any(h.instance_id == instance_id and h.active for h in self.holds.values())
 
 
 class InMemoryCatalogTx:
@@ -96,14 +106,27 @@ class InMemoryCatalogTx:
             key = (v.created_at, v.version_id)
             if v.instance_id not in newest or key > newest[v.instance_id]:
                 newest[v.instance_id] = key
+
+        def locks_passed(version_id: str) -> bool:
+            return all(
+                p.retain_until is None or p.retain_until <= now for p in s.points.values() if p.version_id == version_id
+            )
+
         due = sorted(
             (
                 v
                 for v in s.versions.values()
                 if v.expired_at is None
-                and v.created_at <= now - RETENTION_PERIOD
-                and not (
-                    s.keep_latest.get(v.instance_id, True) and newest[v.instance_id] == (v.created_at, v.version_id)
+                and not s.held(v.instance_id)
+                and (
+                    (s.canceled(v.instance_id) and locks_passed(v.version_id))
+                    or (
+                        v.created_at <= now - RETENTION_PERIOD
+                        and not (
+                            s.keep_latest.get(v.instance_id, True)
+                            and newest[v.instance_id] == (v.created_at, v.version_id)
+                        )
+                    )
                 )
             ),
             key=lambda v: (v.created_at, v.version_id),
@@ -120,12 +143,58 @@ class InMemoryCatalogTx:
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
         record_event(self._s.outbox, topic, key, event)
 
+    async def instance_state(self, instance_id: str) -> InstanceState | None:
+        s = self._s
+        versions = sorted(
+            (v for v in s.versions.values() if v.instance_id == instance_id),
+            key=lambda v: (v.created_at, v.version_id),
+            reverse=True,
+        )
+        latest = s.cancellations.get(instance_id)
+        if latest is None and not versions:
+            return None
+        account = latest[0] if latest is not None else versions[0].account_id
+        return InstanceState(
+            instance_id=instance_id,
+            account_id=account,
+            canceled=s.canceled(instance_id),
+            live_version_ids=tuple(v.version_id for v in versions if v.expired_at is None),
+        )
+
+    async def append_cancellation(
+        self, instance_id: str, account_id: str, *, canceled: bool, at: dt.datetime, event_id: str | None, subject: str
+    ) -> None:
+        if event_id is not None:
+            if event_id in self._s.cancel_events:
+                return
+            self._s.cancel_events.add(event_id)
+        self._s.cancellations[instance_id] = (account_id, canceled)
+
+    async def add_hold(self, hold: Hold) -> None:
+        if hold.hold_id in self._s.holds:
+            raise ValueError(f"duplicate hold {hold.hold_id}")
+        self._s.holds[hold.hold_id] = hold
+
+    async def get_hold(self, hold_id: str) -> Hold | None:
+        return self._s.holds.get(hold_id)
+
+    async def release_hold(self, hold_id: str, *, by: str, at: dt.datetime) -> None:
+        hold = self._s.holds[hold_id]
+        if hold.active:
+            self._s.holds[hold_id] = dataclasses.replace(hold, released_by=by, released_at=at)
+
+    async def list_holds(self, instance_id: str, *, include_released: bool) -> list[Hold]:
+        found = [h for h in self._s.holds.values() if h.instance_id == instance_id and (include_released or h.active)]
+        return sorted(found, key=lambda h: (h.placed_at, h.hold_id))
+
 
 def _with_expiry(state: _State, point: PointRecord | None) -> PointRecord | None:
     if point is None:
         return None
     expired = state.versions[point.version_id].expired_at is not None
-    return dataclasses.replace(point, expired=expired, browsable=point.browsable and not expired)
+    return dataclasses.replace(
+        point, expired=expired, browsable=point.browsable and not expired, canceled=state.canceled(point.instance_id)
+    )
 
 
 class InMemoryCatalogStore(InMemoryTransactions[_State]):
@@ -164,7 +233,10 @@ class InMemoryCatalogStore(InMemoryTransactions[_State]):
         live = [
             v
             for v in s.versions.values()
-            if v.instance_id == instance_id and v.expired_at is None and (accounts is None or v.account_id in accounts)
+            if v.instance_id == instance_id
+            and v.expired_at is None
+            and (accounts is None or v.account_id in accounts)
+            and not s.canceled(instance_id)
         ]
         live.sort(key=lambda v: (v.created_at, v.version_id), reverse=True)
         result = []

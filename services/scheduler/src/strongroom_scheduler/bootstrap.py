@@ -26,6 +26,7 @@ from strongroom_scheduler.alerts.webhook import WebhookSender
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
 from strongroom_scheduler.grpc_api import AuditServicer, SchedulerServicer, register, register_audit
 from strongroom_scheduler.handlers import Deps
+from strongroom_scheduler.inventory import note_preparation_failures
 from strongroom_scheduler.migrations import SCHEMA, SPEC
 from strongroom_scheduler.repository import PgSchedulerStore
 from strongroom_scheduler.schedule import run_schedule_loop, schedule_due
@@ -56,7 +57,13 @@ async def run(
         # Mutating calls leave their audit record in this schema's outbox (ADR 0027).
         auth = await serving.open_auth(stack, platform, clock, audit_sink=audit.OutboxAuditSink(pool, SCHEMA, clock))
         store = PgSchedulerStore(pool)
-        deps = Deps(store=store, clock=clock, rng=random.SystemRandom(), zone=settings.zone)
+        deps = Deps(
+            store=store,
+            clock=clock,
+            rng=random.SystemRandom(),
+            zone=settings.zone,
+            preparation_timeout=settings.preparation_timeout,
+        )
         alert_settings = settings.alerts
         alert_store = PgAlertStore(pool)
         wake = asyncio.Event()
@@ -80,6 +87,7 @@ async def run(
 
         async def tick() -> None:
             await schedule_due(store, clock, zone=settings.zone)
+            await note_preparation_failures(store, clock)
 
         lifecycle.start_task(stack, run_schedule_loop(tick, clock, interval=settings.schedule_interval), "schedule")
         delivery = run_delivery_loop(

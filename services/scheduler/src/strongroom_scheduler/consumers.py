@@ -5,7 +5,14 @@ from __future__ import annotations
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.consume import consume
 from strongroom_platform.eventbus import Handler
-from strongroom_platform.events import AGENT_ENROLLED, ALERT_RAISED, AUDIT_RECORDED, INSTANCE_RECOVERED, JOB_UPDATED
+from strongroom_platform.events import (
+    AGENT_ENROLLED,
+    ALERT_RAISED,
+    AUDIT_RECORDED,
+    INSTANCE_RECOVERED,
+    INSTANCE_REINSTATED,
+    JOB_UPDATED,
+)
 
 from strongroom_scheduler import handlers
 from strongroom_scheduler.alerts import handlers as alert_handlers
@@ -26,5 +33,8 @@ def record_handlers(deps: Deps, alert_deps: AlertDeps) -> dict[str, Handler]:
         ),
         INSTANCE_RECOVERED: consume(
             events_pb2.InstanceRecovered, lambda event: handlers.handle_instance_recovered(event, deps)
+        ),
+        INSTANCE_REINSTATED: consume(
+            events_pb2.InstanceReinstated, lambda event: handlers.handle_instance_reinstated(event, deps)
         ),
     }

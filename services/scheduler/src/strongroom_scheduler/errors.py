@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from strongroom_platform.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ServiceError
+from strongroom_platform.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ServiceError,
+)
 
-__all__ = ["FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "ServiceError"]
+__all__ = ["AlreadyExists", "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "ServiceError"]

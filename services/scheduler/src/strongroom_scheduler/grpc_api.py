@@ -9,6 +9,7 @@ from typing import Protocol
 
 import grpc
 from strongroom.audit.v1 import audit_pb2, audit_pb2_grpc
+from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_platform.auth import CallAuth, current_call
@@ -17,7 +18,8 @@ from strongroom_platform.zones import zone_name
 
 from strongroom_scheduler import handlers
 from strongroom_scheduler.handlers import Deps, SettingsInput
-from strongroom_scheduler.models import Instance, Job
+from strongroom_scheduler.inventory import InventoryInput
+from strongroom_scheduler.models import BlockDevice, Instance, Job
 
 
 def instance_to_proto(instance: Instance, now: dt.datetime, zone: dt.tzinfo) -> scheduler_pb2.Instance:
@@ -39,10 +41,44 @@ def instance_to_proto(instance: Instance, now: dt.datetime, zone: dt.tzinfo) -> 
         activated_at=to_timestamp(instance.activated_at),
         agent_enrolled=instance.enrolled,
         schedule_zone=zone_name(zone),
+        inventory=scheduler_pb2.InventoryRecord(
+            host_id=instance.host_id,
+            name=instance.name,
+            region=instance.region,
+            os=instance.os,
+            block_devices=[
+                common_pb2.BlockDevice(device=d.device, size_bytes=d.size_bytes) for d in instance.block_devices
+            ],
+            released=instance.released,
+        ),
+        activated=instance.activated,
     )
-    if status not in (scheduler_pb2.RUNNING_STATUS_PAUSED, scheduler_pb2.RUNNING_STATUS_CANCELED):
+    if not instance.activated:
+        message.ClearField("activated_at")
+    if status not in _UNSCHEDULED:
         message.next_backup_at.CopyFrom(to_timestamp(instance.next_backup_at))
     return message
+
+
+_UNSCHEDULED = frozenset(
+    {
+        scheduler_pb2.RUNNING_STATUS_PAUSED,
+        scheduler_pb2.RUNNING_STATUS_CANCELED,
+        scheduler_pb2.RUNNING_STATUS_NOT_ACTIVATED,
+        scheduler_pb2.RUNNING_STATUS_STOPPED,
+    }
+)
+
+
+def _inventory_input(record: scheduler_pb2.InventoryRecord) -> InventoryInput:
+    return InventoryInput(
+        host_id=record.host_id,
+        name=record.name,
+        region=record.region,
+        os=record.os,
+        block_devices=[BlockDevice(d.device, d.size_bytes) for d in record.block_devices],
+        released=record.released,
+    )
 
 
 def job_to_proto(job: Job) -> scheduler_pb2.BackupJob:
@@ -104,8 +140,23 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             region=request.region,
             settings=settings,
             call=current_call(),
+            instance_id=request.instance_id,
+            host_id=request.host_id,
         )
         return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
+
+    async def RegisterInstances(
+        self, request: scheduler_pb2.RegisterInstancesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.RegisterInstancesResponse:
+        found = await handlers.register_instances(
+            self._deps, request.account_id, [_inventory_input(r) for r in request.instances], call=current_call()
+        )
+        return scheduler_pb2.RegisterInstancesResponse(instances=[self._instance(i) for i in found])
+
+    async def ReleaseInstance(
+        self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.Instance:
+        return await self._instance_op(handlers.release_instance, request, context)
 
     async def IssueEnrollmentToken(
         self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]

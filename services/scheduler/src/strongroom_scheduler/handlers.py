@@ -36,8 +36,9 @@ from strongroom_platform.events import (
 )
 from strongroom_platform.zones import DEFAULT_ZONE
 
-from strongroom_scheduler import schedule
-from strongroom_scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
+from strongroom_scheduler import inventory, schedule, status
+from strongroom_scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from strongroom_scheduler.inventory import DEFAULT_PREPARATION_TIMEOUT
 from strongroom_scheduler.jobs import PRODUCER, start_job
 from strongroom_scheduler.models import (
     FINISHED_JOB_STATUSES,
@@ -74,6 +75,8 @@ class Deps:
     rng: random.Random = field(default_factory=random.Random)
     # The zone whose midnights daily start minutes count from (STRONGROOM_ZONE, default UTC+8).
     zone: dt.tzinfo = DEFAULT_ZONE
+    # How long an activated instance's agent has to enroll before PREPARATION_FAILED (ADR 0040).
+    preparation_timeout: dt.timedelta = DEFAULT_PREPARATION_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,13 @@ async def _active_instance(tx: SchedulerTx, instance_id: str, *, call: CallAuth)
     return instance
 
 
+def _require_activated(instance: Instance) -> None:
+    if not instance.activated:
+        raise FailedPrecondition(f"backup of instance {instance.instance_id} is not activated; activate it first")
+    if instance.released:
+        raise FailedPrecondition(f"the inventory says instance {instance.instance_id} is gone; its backups stopped")
+
+
 async def _enqueue_settings(tx: SchedulerTx, instance: Instance, now: dt.datetime) -> None:
     """Publish the instance's settings as they are now (the catalog's retention reads
     ``keep_latest_version``); every change sends all of them, so the newest event is the truth."""
@@ -167,39 +177,107 @@ async def _job(tx: SchedulerTx, job_id: str, *, call: CallAuth, for_update: bool
 
 
 async def activate_backup(
-    deps: Deps, *, account_id: str, name: str, region: str, settings: SettingsInput | None, call: CallAuth
+    deps: Deps,
+    *,
+    account_id: str,
+    name: str,
+    region: str,
+    settings: SettingsInput | None,
+    call: CallAuth,
+    instance_id: str = "",
+    host_id: str = "",
 ) -> tuple[Instance, str]:
-    """Activate backup for a new instance; return it (PREPARING) and its one-time enrollment token.
+    """Activate backup and return the instance (PREPARING) and its one-time enrollment token.
 
-    The instance belongs to ``choose_account(account_id)``: empty = the credential's only account.
+    ``instance_id`` activates an instance registered in the inventory; ``host_id`` activates the
+    registered instance of that host, or registers a new one with it; neither: a new instance whose
+    host identity its agent reports at enrollment. A host already activated is refused (the seed:
+    one backup method per instance). The instance belongs to ``choose_account(account_id)``.
     """
     account = choose_account(account_id.strip(), call=call)
-    if not name.strip():
-        raise InvalidArgument("name is required")
-    if not region.strip():
-        raise InvalidArgument("region is required")
     settings = settings or SettingsInput()
     _validate_settings(settings)
+    host = inventory.check_host_id(host_id, "activation") if host_id.strip() else ""
     now = deps.clock.now()
     minute = settings.daily_start_minute
     if minute is None:
         minute = deps.rng.randrange(schedule.DEFAULT_WINDOW_MINUTES)
     token = secrets.token_urlsafe(32)
-    instance = Instance(
-        instance_id=str(uuid.uuid4()),
-        account_id=account,
-        name=name.strip(),
-        region=region.strip(),
-        priority=settings.priority if settings.priority is not None else common_pb2.BACKUP_PRIORITY_LOW,
-        daily_start_minute=minute,
-        keep_latest_version=True if settings.keep_latest_version is None else settings.keep_latest_version,
-        roots=list(settings.roots or []),
-        activated_at=now,
-        token_sha256=token_sha256(token),
-        token_expires_at=now + TOKEN_VALIDITY,
-        next_backup_at=schedule.next_run(minute, now, None, deps.zone),
-    )
-    event = events_pb2.InstanceActivated(
+    async with deps.store.transaction() as tx:
+        known: Instance | None = None
+        if instance_id.strip():
+            known = await _instance(tx, instance_id, call=call, for_update=True)
+            if known.account_id != account:
+                raise InvalidArgument(
+                    f"instance {known.instance_id} belongs to account {known.account_id}, not {account}"
+                )
+            if host and known.host_id and host != known.host_id:
+                raise InvalidArgument(f"instance {known.instance_id} is host {known.host_id}, not {host}")
+        elif host:
+            known = await tx.instance_of_host(account, host, for_update=True)
+        if known is not None:
+            instance = known
+            if instance.canceled:
+                raise FailedPrecondition(
+                    f"backup of instance {instance.instance_id} was canceled; activate the host again"
+                )
+            if instance.activated:
+                raise AlreadyExists(
+                    f"instance {instance.instance_id} (host {instance.host_id or instance.hostname or '?'}) is"
+                    " already activated: one backup per host"
+                )
+            if instance.released:
+                raise FailedPrecondition(
+                    f"the inventory says instance {instance.instance_id} is gone; it cannot be activated"
+                )
+            before = instance.status(now)
+            instance.host_id = instance.host_id or host
+        else:
+            if not name.strip():
+                raise InvalidArgument("name is required")
+            if not region.strip():
+                raise InvalidArgument("region is required")
+            before = status.NEW
+            instance = Instance(
+                instance_id=str(uuid.uuid4()),
+                account_id=account,
+                name=name.strip(),
+                region=region.strip(),
+                priority=common_pb2.BACKUP_PRIORITY_LOW,
+                daily_start_minute=minute,
+                keep_latest_version=True,
+                roots=[],
+                activated_at=now,
+                token_sha256="",
+                token_expires_at=now,
+                next_backup_at=now,
+                host_id=host,
+            )
+        instance.activated = True
+        instance.activated_at = now
+        if settings.priority is not None:
+            instance.priority = settings.priority
+        instance.daily_start_minute = minute
+        instance.keep_latest_version = True if settings.keep_latest_version is None else settings.keep_latest_version
+        instance.roots = list(settings.roots or [])
+        instance.token_sha256 = token_sha256(token)
+        instance.token_expires_at = now + TOKEN_VALIDITY
+        instance.prepare_by = now + deps.preparation_timeout
+        instance.preparation_failure_noted = False
+        instance.next_backup_at = schedule.next_run(minute, now, None, deps.zone)
+        if before == status.NEW:
+            await status.insert(tx, instance, now)
+        else:
+            await status.save(tx, instance, before, now)
+        audit.note(instance_id=instance.instance_id)
+        await tx.enqueue(INSTANCE_ACTIVATED, instance.instance_id, _activated_event(instance, now))
+        await _enqueue_settings(tx, instance, now)
+    log.info("activated backup of instance %s (%s) in %s", instance.instance_id, instance.name, instance.region)
+    return instance, token
+
+
+def _activated_event(instance: Instance, now: dt.datetime) -> events_pb2.InstanceActivated:
+    return events_pb2.InstanceActivated(
         meta=new_meta(PRODUCER, now),
         account_id=instance.account_id,
         instance_id=instance.instance_id,
@@ -208,13 +286,6 @@ async def activate_backup(
         token_expires_at=to_timestamp(instance.token_expires_at),
         name=instance.name,
     )
-    audit.note(instance_id=instance.instance_id)
-    async with deps.store.transaction() as tx:
-        await tx.insert_instance(instance)
-        await tx.enqueue(INSTANCE_ACTIVATED, instance.instance_id, event)
-        await _enqueue_settings(tx, instance, now)
-    log.info("activated backup of instance %s (%s) in %s", instance.instance_id, instance.name, instance.region)
-    return instance, token
 
 
 async def issue_enrollment_token(deps: Deps, instance_id: str, *, call: CallAuth) -> tuple[Instance, str]:
@@ -230,22 +301,19 @@ async def issue_enrollment_token(deps: Deps, instance_id: str, *, call: CallAuth
     audit.note(instance_id=instance_id)
     async with deps.store.transaction() as tx:
         instance = await _active_instance(tx, instance_id, call=call)
+        if not instance.activated:
+            raise FailedPrecondition(f"backup of instance {instance_id} is not activated; activate it instead")
+        if instance.released:
+            raise FailedPrecondition(f"the inventory says instance {instance_id} is gone")
+        before = instance.status(now)
         instance.token_sha256 = token_sha256(token)
         instance.token_expires_at = now + TOKEN_VALIDITY
-        await tx.update_instance(instance)
-        await tx.enqueue(
-            INSTANCE_ACTIVATED,
-            instance.instance_id,
-            events_pb2.InstanceActivated(
-                meta=new_meta(PRODUCER, now),
-                account_id=instance.account_id,
-                instance_id=instance.instance_id,
-                region=instance.region,
-                enrollment_token_sha256=instance.token_sha256,
-                token_expires_at=to_timestamp(instance.token_expires_at),
-                name=instance.name,
-            ),
-        )
+        if not instance.enrolled:
+            # A new preparation: the agent has the timeout again (PREPARATION_FAILED -> PREPARING).
+            instance.prepare_by = now + deps.preparation_timeout
+            instance.preparation_failure_noted = False
+        await status.save(tx, instance, before, now)
+        await tx.enqueue(INSTANCE_ACTIVATED, instance.instance_id, _activated_event(instance, now))
     log.info("issued a new enrollment token for instance %s", instance_id)
     return instance, token
 
@@ -283,6 +351,10 @@ async def run_backup_now(deps: Deps, instance_id: str, *, call: CallAuth) -> Job
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
         instance = await _active_instance(tx, instance_id, call=call)
+        if not instance.activated:
+            raise FailedPrecondition(f"backup of instance {instance_id} is not activated; activate it first")
+        if instance.released:
+            raise FailedPrecondition(f"the inventory says instance {instance_id} is gone; its backups stopped")
         if instance.paused:
             raise FailedPrecondition(f"backup of instance {instance_id} is paused; resume it first")
         if not instance.enrolled:
@@ -303,11 +375,14 @@ async def run_backup_now(deps: Deps, instance_id: str, *, call: CallAuth) -> Job
 
 async def pause_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
     """Stop scheduling jobs (a running job finishes); idempotent."""
+    now = deps.clock.now()
     async with deps.store.transaction() as tx:
         instance = await _active_instance(tx, instance_id, call=call)
+        _require_activated(instance)
         if not instance.paused:
+            before = instance.status(now)
             instance.paused = True
-            await tx.update_instance(instance)
+            await status.save(tx, instance, before, now)
         return instance
 
 
@@ -316,20 +391,27 @@ async def resume_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Inst
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
         instance = await _active_instance(tx, instance_id, call=call)
+        _require_activated(instance)
         if instance.paused:
+            before = instance.status(now)
             instance.paused = False
             instance.next_backup_at = schedule.next_run(
                 instance.daily_start_minute, now, instance.last_scheduled_on, deps.zone
             )
-            await tx.update_instance(instance)
+            await status.save(tx, instance, before, now)
         return instance
 
 
 async def cancel_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
-    """Cancel backup: the agent is revoked (``instance-deactivated``) and unfinished jobs are canceled."""
+    """Cancel backup (the seed: deletes every point, stops billing, removes the instance from the
+    list, uninstalls the client): ``instance-deactivated`` revokes the agent and tells it to
+    uninstall (gateway), hides the versions at once and deletes them when their locks pass
+    (catalog; an admin may reinstate them until then, ADR 0040), stops billing; unfinished jobs are
+    canceled. The inventory keeps the host: it may be activated again."""
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
         instance = await _active_instance(tx, instance_id, call=call)
+        before = instance.status(now)
         for job in await tx.unfinished_jobs(instance.instance_id):
             job.status = common_pb2.JOB_STATUS_CANCELED
             job.error = "backup of the instance was canceled"
@@ -337,7 +419,7 @@ async def cancel_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Inst
             await tx.update_job(job)
         instance.canceled = True
         instance.backing_up = False
-        await tx.update_instance(instance)
+        await status.save(tx, instance, before, now)
         event = events_pb2.InstanceDeactivated(
             meta=new_meta(PRODUCER, now), account_id=instance.account_id, instance_id=instance.instance_id
         )
@@ -504,9 +586,22 @@ async def handle_agent_enrolled(event: events_pb2.AgentEnrolled, deps: Deps) -> 
         if instance.canceled:
             log.warning("agent-enrolled for canceled instance %s ignored", event.instance_id)
             return
+        now = deps.clock.now()
+        before = instance.status(now)
         instance.enrolled = True
         instance.hostname = event.hostname
-        await tx.update_instance(instance)
+        problems = inventory.merge_enrolled_inventory(instance, event)
+        if instance.host_id:
+            other = await tx.instance_of_host(instance.account_id, instance.host_id)
+            if other is not None and other.instance_id != instance.instance_id:
+                # Activated twice without a host identity: the second one stays unenrolled.
+                problems.append(f"host {instance.host_id} is backed up by instance {other.instance_id} already")
+                instance.host_id = ""
+                instance.enrolled = False
+        if problems:
+            instance.last_error = "; ".join(problems)
+            log.warning("instance %s enrollment: %s", instance.instance_id, instance.last_error)
+        await status.save(tx, instance, before, now, inventory=True)
     log.info("agent of instance %s enrolled (host %s)", event.instance_id, event.hostname)
 
 
@@ -538,8 +633,9 @@ async def handle_instance_recovered(event: events_pb2.InstanceRecovered, deps: D
             token_expires_at=now,
             next_backup_at=schedule.next_run(minute, now, None),
             hostname=event.hostname,
+            preparation_failure_noted=True,
         )
-        await tx.insert_instance(instance)
+        await status.insert(tx, instance, now)
         await _enqueue_settings(tx, instance, now)
     log.info("instance %s of account %s recovered from the bucket", instance_id, account_id)
 
@@ -586,14 +682,16 @@ async def handle_job_updated(event: events_pb2.JobUpdated, deps: Deps) -> None:
         await tx.update_job(job)
         instance = await tx.get_instance(job.instance_id, for_update=True)
         if instance is not None:
+            now = deps.clock.now()
+            before = instance.status(now)
             instance.backing_up = job.status in (common_pb2.JOB_STATUS_RUNNING, common_pb2.JOB_STATUS_CANCELING)
             if job.status in SUCCESSFUL_JOB_STATUSES:
                 instance.succeeded_once = True
                 instance.last_error = ""
             elif job.status == common_pb2.JOB_STATUS_FAILED:
                 instance.last_error = job.error or "backup job failed"
-            await tx.update_instance(instance)
-            await _alert_finished_job(tx, instance, job, deps.clock.now())
+            await status.save(tx, instance, before, now)
+            await _alert_finished_job(tx, instance, job, now)
 
 
 MAX_ALERT_FILE_ERRORS = 5
@@ -638,3 +736,55 @@ _PROGRESS_ORDER: dict[int, int] = {
 def _is_backwards(current: int, new: int) -> bool:
     """True if an unfinished status would move the job back (e.g. CANCELING -> RUNNING)."""
     return _PROGRESS_ORDER.get(new, 0) < _PROGRESS_ORDER.get(current, 0)
+
+
+# --- the inventory and the lifecycle (ADR 0040) -------------------------------------------------
+
+
+async def register_instances(
+    deps: Deps, account_id: str, records: list[inventory.InventoryInput], *, call: CallAuth
+) -> list[Instance]:
+    """Register hosts before activation, or update the inventory record of known ones (``inventory``)."""
+    return await inventory.register_instances(deps.store, deps.clock, account_id, records, call=call, zone=deps.zone)
+
+
+async def release_instance(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
+    """The inventory says the instance is gone: STOPPED, its jobs stop, its versions stay
+    restorable until they expire. Idempotent."""
+    now = deps.clock.now()
+    async with deps.store.transaction() as tx:
+        instance = await _instance(tx, instance_id, call=call, for_update=True)
+        return await inventory.release(tx, instance, now)
+
+
+async def handle_instance_reinstated(event: events_pb2.InstanceReinstated, deps: Deps) -> None:
+    """An admin reinstated a canceled instance's versions (catalog, ADR 0040): the instance is
+    listed again, PAUSED, with its agent not enrolled (it uninstalled itself at the cancel): an
+    operator issues a new enrollment token, installs the agent and resumes. Idempotent."""
+    instance_id = _require_id(event.instance_id, "instance_id")
+    now = deps.clock.now()
+    async with deps.store.transaction() as tx:
+        if not await tx.claim_event(CONSUMER, event.meta.event_id):
+            return
+        instance = await tx.get_instance(instance_id, for_update=True)
+        if instance is None or not instance.canceled:
+            log.info("instance-reinstated for %s ignored: not a canceled instance here", instance_id)
+            return
+        before = instance.status(now)
+        notes = ["backup reinstated: issue a new enrollment token, install the agent, then resume"]
+        if instance.host_id:
+            other = await tx.instance_of_host(instance.account_id, instance.host_id)
+            if other is not None:
+                notes.append(f"host {instance.host_id} now belongs to instance {other.instance_id}")
+                instance.host_id = ""
+        instance.canceled = False
+        instance.paused = True
+        instance.enrolled = False
+        instance.backing_up = False
+        instance.token_sha256 = ""
+        instance.token_expires_at = now
+        instance.prepare_by = now
+        instance.preparation_failure_noted = True
+        instance.last_error = "; ".join(notes)
+        await status.save(tx, instance, before, now)
+    log.info("instance %s reinstated (%d versions)", instance_id, len(event.version_ids))

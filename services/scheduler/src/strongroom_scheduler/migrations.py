@@ -138,6 +138,30 @@ CREATE INDEX alert_deliveries_by_account ON alert_deliveries (account_id, create
 CREATE INDEX alert_deliveries_by_subscription ON alert_deliveries (subscription_id);
 """
 
+# The inventory and the lifecycle statuses (ADR 0040): instances known before activation (activated
+# false), their host identity, OS and block devices; released = the inventory says the host is gone
+# (STOPPED); prepare_by = when the agent must have enrolled (activation + the preparation timeout;
+# NULL: the token's expiry, as before), preparation_failure_noted = the sweep published
+# PREPARATION_FAILED for it. One instance per host identity and account, canceled ones aside.
+_INVENTORY = """
+ALTER TABLE instances
+    ADD COLUMN host_id text NOT NULL DEFAULT '',
+    ADD COLUMN os text NOT NULL DEFAULT '',
+    ADD COLUMN block_devices jsonb NOT NULL DEFAULT '[]',
+    ADD COLUMN activated boolean NOT NULL DEFAULT true,
+    ADD COLUMN released boolean NOT NULL DEFAULT false,
+    ADD COLUMN prepare_by timestamptz,
+    ADD COLUMN preparation_failure_noted boolean NOT NULL DEFAULT false;
+-- Instances whose token expired unenrolled before this migration failed long ago: nothing to publish.
+UPDATE instances SET preparation_failure_noted = true WHERE NOT enrolled AND token_expires_at <= now();
+CREATE UNIQUE INDEX instances_one_per_host ON instances (account_id, host_id) WHERE host_id <> '' AND NOT canceled;
+CREATE INDEX instances_preparing ON instances (coalesce(prepare_by, token_expires_at))
+    WHERE activated AND NOT enrolled AND NOT canceled AND NOT released AND NOT preparation_failure_noted;
+DROP INDEX instances_due;
+CREATE INDEX instances_due ON instances (next_backup_at)
+    WHERE activated AND NOT paused AND NOT canceled AND NOT released;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -146,6 +170,7 @@ MIGRATIONS: list[Migration] = [
     Migration(8, _ALERTS),
     # ListInstances pages by (account, activation, id): an index walk per page, not a sort (issue 14).
     Migration(9, "CREATE INDEX instances_by_account_page ON instances (account_id, activated_at, instance_id)"),
+    Migration(10, _INVENTORY),
 ]
 
 ROLE = SERVICE_ROLES["scheduler"]

@@ -47,9 +47,26 @@ def job_status_name(status: JobStatus) -> str:
     return common_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")  # type: ignore[arg-type]
 
 
+def host_taken_message(host_id: str) -> str:
+    """Why a second instance of one host identity is refused (the seed: one backup method per instance)."""
+    return (
+        f"host {host_id} already has an instance in this account (one backup per host): use that instance,"
+        " or cancel its backup first"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDevice:
+    """A block device attached to an instance (the billing basis is their total size)."""
+
+    device: str
+    size_bytes: int
+
+
 @dataclass(slots=True)
 class Instance:
-    """One server with backup activated (or canceled)."""
+    """One server of the inventory: registered only (not activated), or with backup activated
+    (or canceled). ``activated_at`` is the registration time until backup is activated."""
 
     instance_id: str
     account_id: str
@@ -71,15 +88,39 @@ class Instance:
     succeeded_once: bool = False
     backing_up: bool = False
     last_error: str = ""
+    # The inventory record (ADR 0040): stable host identity, OS, attached block devices.
+    host_id: str = ""
+    os: str = ""
+    block_devices: list[BlockDevice] = field(default_factory=list)
+    # False: registered in the inventory only (NOT_ACTIVATED).
+    activated: bool = True
+    # The inventory says the instance is gone (STOPPED).
+    released: bool = False
+    # The agent must enroll before this (activation + the preparation timeout); None: the token's expiry.
+    prepare_by: dt.datetime | None = None
+    # PREPARATION_FAILED was published (by the preparation sweep) for the current preparation.
+    preparation_failure_noted: bool = False
+
+    @property
+    def preparation_deadline(self) -> dt.datetime:
+        return self.prepare_by if self.prepare_by is not None else self.token_expires_at
+
+    @property
+    def inventory_capacity_bytes(self) -> int:
+        return sum(d.size_bytes for d in self.block_devices)
 
     def status(self, now: dt.datetime) -> int:
         """The seed's running status (a ``scheduler_pb2.RunningStatus`` value) at ``now``."""
         if self.canceled:
             return scheduler_pb2.RUNNING_STATUS_CANCELED
+        if self.released:
+            return scheduler_pb2.RUNNING_STATUS_STOPPED
+        if not self.activated:
+            return scheduler_pb2.RUNNING_STATUS_NOT_ACTIVATED
         if self.paused:
             return scheduler_pb2.RUNNING_STATUS_PAUSED
         if not self.enrolled:
-            if now >= self.token_expires_at:
+            if now >= self.preparation_deadline:
                 return scheduler_pb2.RUNNING_STATUS_PREPARATION_FAILED
             return scheduler_pb2.RUNNING_STATUS_PREPARING
         if self.backing_up:
@@ -90,8 +131,17 @@ class Instance:
 
     def status_error(self, now: dt.datetime) -> str:
         """``last_error``, or why preparation failed when the agent never enrolled in time."""
-        if not self.canceled and not self.enrolled and now >= self.token_expires_at:
-            return "the agent did not enroll within 24 hours of activation; cancel and activate the instance again"
+        if self.status(now) == scheduler_pb2.RUNNING_STATUS_PREPARATION_FAILED:
+            return (
+                f"the backup client did not enroll by {self.preparation_deadline.isoformat(timespec='seconds')}"
+                " (installation typically completes within 5 minutes): check that the agent is installed and"
+                " can reach the gateway, then issue a new enrollment token"
+            )
+        if self.status(now) == scheduler_pb2.RUNNING_STATUS_STOPPED:
+            return (
+                "the inventory says the instance is gone: its jobs stopped;"
+                " its versions stay restorable until they expire"
+            )
         return self.last_error
 
 

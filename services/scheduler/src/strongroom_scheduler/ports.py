@@ -56,11 +56,21 @@ class SchedulerTx(InboxOutboxTx, Protocol):
         ...
 
     async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
-        """Lock and return up to ``limit`` instances, not paused nor canceled, with ``next_backup_at <= now``.
+        """Lock and return up to ``limit`` activated instances, not paused, canceled nor released, with
+        ``next_backup_at <= now``.
 
         Rows locked by another transaction are skipped (``FOR UPDATE SKIP
         LOCKED``), so concurrent schedulers never process the same slot twice.
         """
+        ...
+
+    async def instance_of_host(self, account_id: str, host_id: str, *, for_update: bool = False) -> Instance | None:
+        """The account's instance, not canceled, with this host identity (at most one: a unique index)."""
+        ...
+
+    async def preparation_overdue(self, now: dt.datetime, limit: int) -> list[Instance]:
+        """Lock and return up to ``limit`` activated, unenrolled, not canceled nor released instances whose
+        preparation deadline has passed by ``now`` and whose failure was not published yet (SKIP LOCKED)."""
         ...
 
     async def insert_job(self, job: Job) -> None: ...

@@ -13,7 +13,8 @@ from strongroom_platform import db
 from strongroom_platform.db import PgTransaction
 from strongroom_platform.events import from_timestamp, to_timestamp
 
-from strongroom_scheduler.models import Instance, Job
+from strongroom_scheduler.errors import AlreadyExists
+from strongroom_scheduler.models import BlockDevice, Instance, Job, host_taken_message
 from strongroom_scheduler.ports import AuditQuery
 
 _INSTANCE_COLUMNS = (
@@ -37,6 +38,13 @@ _INSTANCE_COLUMNS = (
     "succeeded_once",
     "backing_up",
     "last_error",
+    "host_id",
+    "os",
+    "block_devices",
+    "activated",
+    "released",
+    "prepare_by",
+    "preparation_failure_noted",
 )
 _JOB_COLUMNS = (
     "job_id",
@@ -53,28 +61,41 @@ _JOB_COLUMNS = (
     "version_id",
     "file_errors",
 )
-_INSTANCE_SELECT = f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances"
+_INSTANCE_SELECT = (
+    f"SELECT {', '.join(c + '::text' if c == 'block_devices' else c for c in _INSTANCE_COLUMNS)} FROM instances"
+)
 _JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 _UNFINISHED = "(1, 2, 3, 7)"  # CREATED, QUEUED, RUNNING, CANCELING (models.UNFINISHED_JOB_STATUSES)
 
 
+def _param(column: str, n: int) -> str:
+    return f"${n}::jsonb" if column == "block_devices" else f"${n}"
+
+
 def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    placeholders = ", ".join(_param(c, n) for n, c in enumerate(columns, start=1))
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
 
 
 def _update_sql(table: str, columns: tuple[str, ...]) -> str:
-    assignments = ", ".join(f"{c} = ${n}" for n, c in enumerate(columns[1:], start=2))
+    assignments = ", ".join(f"{c} = {_param(c, n)}" for n, c in enumerate(columns[1:], start=2))
     return f"UPDATE {table} SET {assignments} WHERE {columns[0]} = $1"
 
 
+def _devices_json(devices: list[BlockDevice]) -> str:
+    return json.dumps([{"device": d.device, "size_bytes": d.size_bytes} for d in devices])
+
+
 def _instance_values(i: Instance) -> tuple[object, ...]:
-    return tuple(getattr(i, c) for c in _INSTANCE_COLUMNS)
+    return tuple(_devices_json(i.block_devices) if c == "block_devices" else getattr(i, c) for c in _INSTANCE_COLUMNS)
 
 
 def _instance(row: asyncpg.Record) -> Instance:
     values = dict(row)
     values["roots"] = list(values["roots"])
+    values["block_devices"] = [
+        BlockDevice(str(d["device"]), int(d["size_bytes"])) for d in json.loads(values["block_devices"])
+    ]
     return Instance(**values)
 
 
@@ -108,14 +129,26 @@ def _audit_event(row: asyncpg.Record) -> events_pb2.AuditRecorded:
     return event
 
 
+def _host_taken(instance: Instance, exc: asyncpg.UniqueViolationError) -> Exception:
+    if exc.constraint_name == "instances_one_per_host":
+        return AlreadyExists(host_taken_message(instance.host_id))
+    return exc
+
+
 class PgSchedulerTx(PgTransaction):
     """One open transaction on one connection."""
 
     async def insert_instance(self, instance: Instance) -> None:
-        await self._conn.execute(_insert_sql("instances", _INSTANCE_COLUMNS), *_instance_values(instance))
+        try:
+            await self._conn.execute(_insert_sql("instances", _INSTANCE_COLUMNS), *_instance_values(instance))
+        except asyncpg.UniqueViolationError as exc:
+            raise _host_taken(instance, exc) from None
 
     async def update_instance(self, instance: Instance) -> None:
-        result = await self._conn.execute(_update_sql("instances", _INSTANCE_COLUMNS), *_instance_values(instance))
+        try:
+            result = await self._conn.execute(_update_sql("instances", _INSTANCE_COLUMNS), *_instance_values(instance))
+        except asyncpg.UniqueViolationError as exc:
+            raise _host_taken(instance, exc) from None
         if result != "UPDATE 1":
             raise KeyError(instance.instance_id)
 
@@ -149,8 +182,26 @@ class PgSchedulerTx(PgTransaction):
 
     async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
         rows = await self._conn.fetch(
-            f"{_INSTANCE_SELECT} WHERE NOT paused AND NOT canceled AND next_backup_at <= $1"
+            f"{_INSTANCE_SELECT} WHERE activated AND NOT paused AND NOT canceled AND NOT released"
+            " AND next_backup_at <= $1"
             " ORDER BY next_backup_at, instance_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            now,
+            limit,
+        )
+        return [_instance(r) for r in rows]
+
+    async def instance_of_host(self, account_id: str, host_id: str, *, for_update: bool = False) -> Instance | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self._conn.fetchrow(
+            f"{_INSTANCE_SELECT} WHERE account_id = $1 AND host_id = $2 AND NOT canceled{lock}", account_id, host_id
+        )
+        return _instance(row) if row is not None else None
+
+    async def preparation_overdue(self, now: dt.datetime, limit: int) -> list[Instance]:
+        rows = await self._conn.fetch(
+            f"{_INSTANCE_SELECT} WHERE activated AND NOT enrolled AND NOT canceled AND NOT released"
+            " AND NOT preparation_failure_noted AND coalesce(prepare_by, token_expires_at) <= $1"
+            " ORDER BY coalesce(prepare_by, token_expires_at), instance_id LIMIT $2 FOR UPDATE SKIP LOCKED",
             now,
             limit,
         )

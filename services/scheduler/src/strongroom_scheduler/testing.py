@@ -18,7 +18,8 @@ from strongroom.events.v1 import events_pb2
 from strongroom_platform.events import from_timestamp
 from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
-from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job
+from strongroom_scheduler.errors import AlreadyExists
+from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job, host_taken_message
 from strongroom_scheduler.ports import AuditQuery
 
 
@@ -41,14 +42,29 @@ class InMemorySchedulerTx:
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
         record_event(self._s.outbox, topic, key, event)
 
+    def _check_host(self, instance: Instance) -> None:
+        """The unique index of one instance per host identity and account (canceled ones aside)."""
+        if not instance.host_id or instance.canceled:
+            return
+        for other in self._s.instances.values():
+            if (
+                other.instance_id != instance.instance_id
+                and other.account_id == instance.account_id
+                and other.host_id == instance.host_id
+                and not other.canceled
+            ):
+                raise AlreadyExists(host_taken_message(instance.host_id))
+
     async def insert_instance(self, instance: Instance) -> None:
         if instance.instance_id in self._s.instances:
             raise ValueError(f"duplicate instance {instance.instance_id}")
+        self._check_host(instance)
         self._s.instances[instance.instance_id] = copy.deepcopy(instance)
 
     async def update_instance(self, instance: Instance) -> None:
         if instance.instance_id not in self._s.instances:
             raise KeyError(instance.instance_id)
+        self._check_host(instance)
         self._s.instances[instance.instance_id] = copy.deepcopy(instance)
 
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
@@ -78,9 +94,28 @@ class InMemorySchedulerTx:
         due = [
             copy.deepcopy(i)
             for i in self._s.instances.values()
-            if not i.paused and not i.canceled and i.next_backup_at <= now
+            if i.activated and not i.paused and not i.canceled and not i.released and i.next_backup_at <= now
         ]
         return sorted(due, key=lambda i: (i.next_backup_at, i.instance_id))[:limit]
+
+    async def instance_of_host(self, account_id: str, host_id: str, *, for_update: bool = False) -> Instance | None:
+        for i in self._s.instances.values():
+            if i.account_id == account_id and i.host_id == host_id and not i.canceled:
+                return copy.deepcopy(i)
+        return None
+
+    async def preparation_overdue(self, now: dt.datetime, limit: int) -> list[Instance]:
+        overdue = [
+            copy.deepcopy(i)
+            for i in self._s.instances.values()
+            if i.activated
+            and not i.enrolled
+            and not i.canceled
+            and not i.released
+            and not i.preparation_failure_noted
+            and i.preparation_deadline <= now
+        ]
+        return sorted(overdue, key=lambda i: (i.preparation_deadline, i.instance_id))[:limit]
 
     async def insert_job(self, job: Job) -> None:
         if job.job_id in self._s.jobs:

@@ -82,10 +82,18 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _SCHEDULER + "CancelJob": _op(OPERATE, "cancel jobs", mutating=True),
         # A new token lets a new agent take over the instance's identity (ADR 0032): admins only.
         _SCHEDULER + "IssueEnrollmentToken": _op(ADMIN, "issue enrollment tokens", mutating=True),
+        # the inventory (ADR 0040): registering hosts and saying one is gone
+        _SCHEDULER + "RegisterInstances": _op(OPERATE, "register instances", mutating=True),
+        _SCHEDULER + "ReleaseInstance": _op(OPERATE, "release instances", mutating=True),
         # catalog: versions and browse; the restore service reads points for the jobs it creates
         _CATALOG + "ListVersions": _op(READ, "list versions"),
         _CATALOG + "GetPoint": _op(READ, "read points", services=frozenset({"restore"})),
         _CATALOG + "BrowsePoint": _op(READ, "browse points"),
+        # Undoing a cancel and holding versions past their retention: admins only, audited (ADR 0040).
+        _CATALOG + "ReinstateBackup": _op(ADMIN, "reinstate backups", mutating=True),
+        _CATALOG + "PlaceHold": _op(ADMIN, "place holds", mutating=True),
+        _CATALOG + "ReleaseHold": _op(ADMIN, "release holds", mutating=True),
+        _CATALOG + "ListHolds": _op(READ, "list holds"),
         # billing
         _BILLING + "GetOverview": _op(READ, "read billing"),
         _BILLING + "ListLedger": _op(READ, "read billing"),

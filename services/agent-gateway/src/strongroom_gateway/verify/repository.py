@@ -231,11 +231,18 @@ class PgVerifyTx(PgGatewayTx):
         )
 
     async def count_packs(self) -> int:
-        return int(await self._conn.fetchval("SELECT count(*) FROM packs"))
+        # A reclaimed pack (ADR 0041) is gone on purpose: never sampled, never counted.
+        return int(
+            await self._conn.fetchval(
+                "SELECT count(*) FROM packs p"
+                " WHERE NOT EXISTS (SELECT 1 FROM pack_reclaims x WHERE x.pack_id = p.pack_id)"
+            )
+        )
 
     async def least_recently_checked_packs(self, limit: int) -> list[str]:
         rows = await self._conn.fetch(
             "SELECT p.pack_id FROM packs p LEFT JOIN pack_checks c USING (pack_id)"
+            " WHERE NOT EXISTS (SELECT 1 FROM pack_reclaims x WHERE x.pack_id = p.pack_id)"
             " ORDER BY coalesce(c.checked_at, p.created_at), c.checked_at IS NOT NULL, p.pack_id LIMIT $1",
             limit,
         )

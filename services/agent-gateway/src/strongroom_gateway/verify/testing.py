@@ -160,14 +160,15 @@ class InMemoryVerifyTx(InMemoryGatewayTx):
         self._v.pack_checks[pack_id] = (checked_at, damaged_chunks, reason)
 
     async def count_packs(self) -> int:
-        return len(self._s.packs)
+        return len([p for p in self._s.packs if p not in self._s.gc.reclaimed])
 
     async def least_recently_checked_packs(self, limit: int) -> list[str]:
         def freshness(pack: Pack) -> tuple[dt.datetime, bool, str]:
             check = self._v.pack_checks.get(pack.pack_id)
             return (check[0] if check else pack.created_at, check is not None, pack.pack_id)
 
-        return [p.pack_id for p in sorted(self._s.packs.values(), key=freshness)[:limit]]
+        packs = [p for p in self._s.packs.values() if p.pack_id not in self._s.gc.reclaimed]
+        return [p.pack_id for p in sorted(packs, key=freshness)[:limit]]
 
     async def record_point_check(self, check: PointCheck) -> None:
         current = self._v.point_checks.get(check.point_id)

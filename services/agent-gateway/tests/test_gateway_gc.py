@@ -1,0 +1,238 @@
+"""Garbage collection over the in-memory store (ADR 0041): expiry, mark, sweep, the backup race."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from gateway_helpers import Agent, GatewayHarness, dir_entry, file_entry, meta
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_gateway.gc import collector
+from strongroom_gateway.testing import InMemoryGatewayStore
+from strongroom_platform import events
+from strongroom_platform.eventbus import PoisonRecord
+from strongroom_platform.objectstore import ObjectLocked, ObjectNotFound
+from strongroom_platform.testing import FakeClock
+
+SAFETY = dt.timedelta(hours=1)
+
+
+@pytest.fixture
+async def gc_gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
+    harness = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=clock))
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+def _deps(gw: GatewayHarness) -> collector.Deps:
+    return collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, collector.Policy(safety=SAFETY))
+
+
+def _finish(gw: GatewayHarness, job_id: str) -> None:
+    """Test set-up: the agent reported the backup's end (the fake's job row)."""
+    jobs = gw.store.state.jobs
+    jobs[job_id] = dataclasses.replace(jobs[job_id], state="finished")
+
+
+async def _backup(gw: GatewayHarness, agent: Agent, job_id: str, files: dict[str, list[bytes]]) -> str:
+    """One backup job: upload every content (one pack per call), commit ``files``, finish."""
+    await gw.request_backup(agent, job_id)
+    key = await gw.key_of(agent.account_id)
+    contents = [c for chunks in files.values() for c in chunks]
+    await gw.upload(agent, job_id, contents)
+    entries = [dir_entry("")] + [file_entry(path, key, chunks) for path, chunks in sorted(files.items())]
+    point_id = (await gw.commit(agent, job_id, entries)).point_id
+    _finish(gw, job_id)
+    return point_id
+
+
+async def _expire(gw: GatewayHarness, agent: Agent, point_id: str) -> None:
+    point = gw.store.state.points[point_id]
+    await gw.deliver(
+        events.VERSION_EXPIRED,
+        events_pb2.VersionExpired(
+            meta=meta(),
+            account_id=agent.account_id,
+            instance_id=agent.instance_id,
+            version_id=point.version_id,
+            point_ids=[point_id],
+        ),
+    )
+
+
+def _pack_keys(gw: GatewayHarness) -> set[str]:
+    return {k for k in gw.objects._versions if k.startswith("packs/") and gw.objects._current(k) is not None}
+
+
+async def _restore(gw: GatewayHarness, agent: Agent, job_id: str, point_id: str) -> dict[str, bytes]:
+    """Restore the whole point the way the agent does: manifest, then its chunks; path -> content."""
+    await gw.request_restore(agent, job_id, point_id, conflict_policy=gateway_pb2.CONFLICT_POLICY_OVERWRITE)
+    call = gw.stub.Connect(metadata=agent.md)
+    try:
+        while (await asyncio.wait_for(call.read(), 5)).run_restore.restore_job_id != job_id:
+            pass
+    finally:
+        call.cancel()
+    files: dict[str, bytes] = {}
+    request = gateway_pb2.ReadManifestRequest(restore_job_id=job_id, point_id=point_id)
+    async for response in gw.stub.ReadManifest(request, metadata=agent.md):
+        for entry in response.entries:
+            if not entry.chunk_ids:
+                continue
+            read = gateway_pb2.ReadChunksRequest(restore_job_id=job_id, chunk_ids=list(entry.chunk_ids))
+            files[entry.path] = b"".join([r.data async for r in gw.stub.ReadChunks(read, metadata=agent.md)])
+    return files
+
+
+async def test_an_expired_points_packs_are_reclaimed_once_their_lock_passes(gc_gw: GatewayHarness) -> None:
+    gw = gc_gw
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100], "b": [b"beta" * 100]})
+    gw.clock.advance(days=1)
+    live = await _backup(gw, agent, "job-2", {"c": [b"gamma" * 100]})
+    [old_pack, live_pack] = sorted(gw.store.state.packs.values(), key=lambda p: p.created_at)
+    assert gw.store.state.gc.point_packs == {old: {old_pack.pack_id}, live: {live_pack.pack_id}}
+
+    gw.clock.advance(hours=2)
+    report = await collector.collect(_deps(gw))
+    assert report.packs_condemned == 0  # every pack is referenced by a live point
+
+    await _expire(gw, agent, old)
+    report = await collector.collect(_deps(gw))
+    # Condemned, but locked for 31 days from its writing: nothing is deleted, nothing leaves the index.
+    assert (report.packs_condemned, report.packs_reclaimed, report.objects_deleted) == (1, 0, 0)
+    assert old_pack.object_key in _pack_keys(gw)
+    with pytest.raises(ObjectLocked):
+        await gw.objects.delete(old_pack.object_key)
+
+    gw.clock.set(old_pack.retain_until + dt.timedelta(minutes=1))
+    report = await collector.collect(_deps(gw))
+    assert (report.packs_reclaimed, report.objects_deleted, report.bytes_freed) == (1, 1, old_pack.size)
+    assert _pack_keys(gw) == {live_pack.object_key}
+    assert not any(loc.pack_id == old_pack.pack_id for loc in gw.store.state.chunks.values())
+    # The expired point's manifest and disaster-recovery record are gone too; the live one stays.
+    assert report.points_reclaimed == 1
+    with pytest.raises(ObjectNotFound):
+        await gw.objects.get(f"manifests/acct-a/{old}")
+    with pytest.raises(ObjectNotFound):
+        await gw.objects.get(f"vault/points/acct-a/{old}")
+
+    assert await _restore(gw, agent, "r-1", live) == {"c": b"gamma" * 100}
+    again = await collector.collect(_deps(gw))
+    assert (again.packs_condemned, again.packs_reclaimed, again.objects_deleted) == (0, 0, 0)
+
+
+async def test_a_pack_a_live_point_still_shares_is_kept(gc_gw: GatewayHarness) -> None:
+    gw = gc_gw
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100], "b": [b"beta" * 100]})
+    gw.clock.advance(days=1)
+    # The next day's point still has "a": deduplicated, it references the first pack.
+    live = await _backup(gw, agent, "job-2", {"a": [b"alpha" * 100]})
+    await _expire(gw, agent, old)
+    gw.clock.advance(days=40)
+    report = await collector.collect(_deps(gw))
+    assert (report.packs_condemned, report.packs_reclaimed) == (0, 0)
+    assert await _restore(gw, agent, "r-1", live) == {"a": b"alpha" * 100}
+
+
+async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(gc_gw: GatewayHarness) -> None:
+    """kopia/PBS's race: FindMissingChunks answers "present" for a chunk of a condemned pack."""
+    gw = gc_gw
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
+    await _expire(gw, agent, old)
+    gw.clock.advance(days=32)
+    await gw.request_backup(agent, "job-2")
+    key = await gw.key_of("acct-a")
+    # Condemned and unlocked, but a backup is running since before the condemnation: not reclaimed.
+    report = await collector.collect(_deps(gw))
+    assert (report.packs_condemned, report.packs_reclaimed) == (1, 0)
+    missing = await gw.stub.FindMissingChunks(
+        gateway_pb2.FindMissingChunksRequest(
+            job_id="job-2", chunk_ids=[file_entry("a", key, [b"alpha" * 100]).chunk_ids[0]]
+        ),
+        metadata=agent.md,
+    )
+    assert list(missing.missing_chunk_ids) == []
+    live = (await gw.commit(agent, "job-2", [dir_entry(""), file_entry("a", key, [b"alpha" * 100])])).point_id
+    _finish(gw, "job-2")
+    gw.clock.advance(hours=2)
+    report = await collector.collect(_deps(gw))
+    assert report.packs_reclaimed == 0  # referenced again by the new point
+    assert await _restore(gw, agent, "r-1", live) == {"a": b"alpha" * 100}
+
+
+async def test_a_commit_after_its_pack_was_reclaimed_fails_instead_of_recording_a_broken_point(
+    gc_gw: GatewayHarness,
+) -> None:
+    gw = gc_gw
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
+    await _expire(gw, agent, old)
+    gw.clock.advance(days=32)
+    assert (await collector.collect(_deps(gw))).packs_condemned == 1
+    gw.clock.advance(hours=2)
+    await gw.request_backup(agent, "job-2")  # started after the condemnation
+    key = await gw.key_of("acct-a")
+    entries = [dir_entry(""), file_entry("a", key, [b"alpha" * 100])]
+
+    pack_id = next(iter(gw.store.state.packs))
+    report = await collector.collect(_deps(gw))
+    assert report.packs_reclaimed == 1
+    # The chunk left the index with its pack: the commit is refused, no point names the lost chunk.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await gw.commit(agent, "job-2", entries)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert not [p for p in gw.store.state.points.values() if p.job_id == "job-2"]
+    assert pack_id in gw.store.state.gc.reclaimed
+
+
+async def test_hold_packs_refuses_a_reclaimed_pack(gc_gw: GatewayHarness) -> None:
+    """The commit's last check, in its own transaction (the sweep ran between lookup and record)."""
+    gw = gc_gw
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
+    await _expire(gw, agent, old)
+    gw.clock.advance(days=32)
+    await collector.collect(_deps(gw))
+    gw.clock.advance(hours=2)
+    await collector.collect(_deps(gw))
+    [pack_id] = gw.store.state.gc.reclaimed
+    async with gw.store.transaction() as tx:
+        assert await tx.hold_packs("acct-a", [pack_id, "other"]) == [pack_id]
+
+
+async def test_a_running_backups_fresh_packs_are_not_condemned(gc_gw: GatewayHarness) -> None:
+    gw = gc_gw
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    await gw.upload(agent, "job-1", [b"uploaded, not committed yet"])
+    gw.clock.advance(days=40)
+    assert (await collector.collect(_deps(gw))).packs_condemned == 0
+    _finish(gw, "job-1")  # it failed without a point: its pack is garbage now
+    assert (await collector.collect(_deps(gw))).packs_condemned == 1
+
+
+async def test_version_expired_of_another_account_is_poison(gc_gw: GatewayHarness) -> None:
+    gw = gc_gw
+    agent = await gw.enrolled_agent("i-1")
+    point = await _backup(gw, agent, "job-1", {"a": [b"alpha"]})
+    event = events_pb2.VersionExpired(
+        meta=meta(),
+        account_id="acct-b",
+        instance_id="i-1",
+        version_id=gw.store.state.points[point].version_id,
+        point_ids=[point],
+    )
+    with pytest.raises(PoisonRecord):
+        await gw.deliver(events.VERSION_EXPIRED, event)
+    assert gw.store.state.gc.expirations == {}

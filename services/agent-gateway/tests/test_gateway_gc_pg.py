@@ -1,0 +1,189 @@
+"""Garbage collection on PostgreSQL, as the gateway's own role (ADR 0041): trusted time decides the
+locks, ``gateway.reclaim_pack`` is the only way chunk rows go, and a commit racing the sweep either
+keeps the pack or fails."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from gateway_helpers import Agent, GatewayHarness, dir_entry, file_entry, meta
+from strongroom.events.v1 import events_pb2
+from strongroom_gateway.gc import collector
+from strongroom_gateway.migrations import SPEC
+from strongroom_gateway.repository import PgGatewayStore
+from strongroom_platform import events
+from strongroom_platform.pg_roles import SERVICE_ROLES
+from strongroom_platform.testing import FakeClock
+from strongroom_platform.trusted_time import set_clock_offset
+from strongroom_testing.fixtures import PgLogins
+
+pytestmark = pytest.mark.integration
+
+SAFETY = dt.timedelta(hours=1)
+
+
+class Stack:
+    """A gateway on the test database, its clock and the trusted time moved together."""
+
+    def __init__(self, gw: GatewayHarness, owner: str, start: dt.datetime) -> None:
+        self.gw = gw
+        self.owner = owner
+        self.start = start
+
+    async def advance(self, **delta: float) -> None:
+        self.gw.clock.advance(**delta)
+        conn = await asyncpg.connect(self.owner)
+        try:
+            await set_clock_offset(conn, self.gw.clock.now() - self.start)
+        finally:
+            await conn.close()
+
+    def deps(self) -> collector.Deps:
+        gw = self.gw
+        return collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, collector.Policy(safety=SAFETY))
+
+
+@pytest.fixture
+async def stack(pg_logins: PgLogins) -> AsyncIterator[Stack]:
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    pool = await pg_logins.pool(SPEC)
+    gw = GatewayHarness(FakeClock(start), store=PgGatewayStore(pool))
+    await gw.start()
+    try:
+        yield Stack(gw, pg_logins.owner, start)
+    finally:
+        await gw.stop()
+        await pool.close()
+
+
+async def _backup(gw: GatewayHarness, agent: Agent, job_id: str, files: dict[str, list[bytes]]) -> str:
+    await gw.request_backup(agent, job_id)
+    key = await gw.key_of(agent.account_id)
+    await gw.upload(agent, job_id, [c for chunks in files.values() for c in chunks])
+    entries = [dir_entry("")] + [file_entry(p, key, c) for p, c in sorted(files.items())]
+    point_id = (await gw.commit(agent, job_id, entries)).point_id
+    async with gw.store.transaction() as tx:
+        job = await tx.get_job(job_id)
+        assert job is not None
+        await tx.update_job(dataclasses.replace(job, state="finished"))  # the agent reported its end
+    return point_id
+
+
+async def _expire(gw: GatewayHarness, agent: Agent, point_id: str) -> None:
+    async with gw.store.transaction() as tx:
+        point = await tx.get_point(point_id)
+    assert point is not None
+    await gw.deliver(
+        events.VERSION_EXPIRED,
+        events_pb2.VersionExpired(
+            meta=meta(),
+            account_id=agent.account_id,
+            instance_id=agent.instance_id,
+            version_id=point.version_id,
+            point_ids=[point_id],
+        ),
+    )
+
+
+async def _chunk_rows(gw: GatewayHarness, pack_id: str) -> int:
+    async with gw.store.transaction() as tx:
+        return int(await tx._conn.fetchval("SELECT count(*) FROM chunks WHERE pack_id = $1", pack_id))
+
+
+async def _packs(gw: GatewayHarness) -> list[tuple[str, str]]:
+    async with gw.store.transaction() as tx:
+        rows = await tx._conn.fetch("SELECT pack_id, object_key FROM packs ORDER BY created_at")
+    return [(r["pack_id"], r["object_key"]) for r in rows]
+
+
+async def test_reclaim_follows_the_trusted_time_and_the_references(stack: Stack) -> None:
+    gw = stack.gw
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100], "b": [b"beta" * 100]})
+    await stack.advance(days=1)
+    live = await _backup(gw, agent, "job-2", {"c": [b"gamma" * 100]})
+    [(old_pack, old_key), (live_pack, live_key)] = await _packs(gw)
+
+    await _expire(gw, agent, old)
+    await _expire(gw, agent, old)  # delivered twice: recorded once
+    await stack.advance(hours=2)
+    report = await collector.collect(stack.deps())
+    assert (report.packs_condemned, report.packs_reclaimed) == (1, 0)  # locked for 31 days
+
+    # The function itself refuses a locked pack, whatever the caller asks.
+    async with gw.store.transaction() as tx:
+        assert await tx.reclaim_pack(old_pack, dt.timedelta(0)) is False
+    assert await _chunk_rows(gw, old_pack) == 2
+
+    await stack.advance(days=31)
+    report = await collector.collect(stack.deps())
+    assert (report.packs_reclaimed, report.objects_deleted, report.points_reclaimed) == (1, 1, 1)
+    assert await _chunk_rows(gw, old_pack) == 0 and await _chunk_rows(gw, live_pack) == 1
+    assert [k async for k in gw.objects.list("packs/")] == [live_key]
+    assert old_key != live_key and live != old
+
+
+async def test_a_commit_holding_the_lock_keeps_its_pack(stack: Stack, pg_logins: PgLogins) -> None:
+    """The race, with real locks: the sweep waits for the commit, then sees the new reference."""
+    gw = stack.gw
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
+    await _expire(gw, agent, old)
+    await stack.advance(days=32)
+    assert (await collector.collect(stack.deps())).packs_condemned == 1
+    [(pack_id, _)] = await _packs(gw)
+    await stack.advance(hours=2)
+
+    async with gw.store.transaction() as commit:
+        assert await commit.hold_packs("acct-a", [pack_id]) == []
+        async with gw.store.transaction() as tx:
+            point = await tx.get_point(old)
+        assert point is not None
+        await commit.insert_point(dataclasses.replace(point, point_id="p-new", job_id="job-1", mount_point="/data"))
+        await commit.record_point_packs("p-new", [pack_id])
+
+        async def sweep() -> bool:
+            async with gw.store.transaction() as tx:
+                return await tx.reclaim_pack(pack_id, SAFETY)
+
+        task = asyncio.create_task(sweep())
+        await asyncio.sleep(0.5)
+        assert not task.done()  # waits for the commit's lock
+    assert await task is False
+    assert await _chunk_rows(gw, pack_id) == 1
+
+
+async def test_only_the_function_drops_chunk_rows_and_only_the_gateway_may_call_it(
+    stack: Stack, pg_logins: PgLogins
+) -> None:
+    gw = stack.gw
+    agent = await gw.enrolled_agent("i-1")
+    await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
+    [(pack_id, _)] = await _packs(gw)
+    gateway = await asyncpg.connect(pg_logins.service("gateway"))
+    catalog = await asyncpg.connect(pg_logins.service("catalog"))
+    try:
+        for statement in (
+            "DELETE FROM gateway.chunks",
+            "DELETE FROM gateway.point_packs",
+            "DELETE FROM gateway.point_expirations",
+            "UPDATE gateway.pack_reclaims SET reclaimed_at = now()",
+            f"INSERT INTO gateway.pack_reclaims (pack_id, reclaimed_at) VALUES ('{pack_id}', now())",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await gateway.execute(statement)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await catalog.fetchval("SELECT gateway.reclaim_pack($1, interval '0')", pack_id)
+        # Not condemned (a live point references it): the gateway's own call changes nothing.
+        assert await gateway.fetchval("SELECT gateway.reclaim_pack($1, interval '0')", pack_id) is False
+        with pytest.raises(asyncpg.InvalidParameterValueError):
+            await gateway.fetchval("SELECT gateway.reclaim_pack($1, interval '-1 hour')", pack_id)
+    finally:
+        await gateway.close()
+        await catalog.close()
+    assert SERVICE_ROLES["gateway"] != SERVICE_ROLES["catalog"]

@@ -1,0 +1,106 @@
+"""Garbage collection against the real S3 server (ADR 0041): the gateway writes with its own
+identity, collection deletes with the reclaimer identity (ADR 0035), the server refuses every
+delete while a lock holds, and a live point restores byte for byte after the sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from gateway_helpers import GatewayHarness
+from minio import Minio
+from minio.error import S3Error
+from strongroom_gateway.gc import collector
+from strongroom_gateway.testing import InMemoryGatewayStore
+from strongroom_platform.clock import SystemClock
+from strongroom_platform.objectstore_s3 import S3ObjectStore
+from strongroom_platform.s3_policy import S3Identity, bucket_policy
+from strongroom_platform.testing import FakeClock
+from strongroom_testing.fixtures import S3Config
+from test_gateway_gc import _backup, _expire, _restore
+
+pytestmark = pytest.mark.integration
+
+# The gateway's clock runs 31 days minus this behind the server: its packs' 31-day locks end this
+# many seconds after the test starts, and the server enforces them in real time.
+LOCK_SECONDS = 12
+
+
+def _client(config: S3Config, access: str, secret: str) -> Minio:
+    return Minio(config.endpoint, access_key=access, secret_key=secret, secure=config.secure, region="us-east-1")
+
+
+class Setup:
+    def __init__(self, gw: GatewayHarness, reclaimer: S3ObjectStore, reclaimer_client: Minio, bucket: str) -> None:
+        self.gw = gw
+        self.reclaimer = reclaimer
+        self.reclaimer_client = reclaimer_client
+        self.bucket = bucket
+
+    def deps(self) -> collector.Deps:
+        gw = self.gw
+        policy = collector.Policy(safety=dt.timedelta(0))
+        return collector.Deps(gw.store, gw.objects, self.reclaimer, gw.keys, gw.clock, policy)
+
+
+@pytest.fixture
+async def setup(s3_config: S3Config) -> AsyncIterator[Setup]:
+    if s3_config.create_user is None:
+        pytest.skip("identities need account creation, which only the local versitygw offers through its admin API")
+    users = []
+    for _ in range(2):
+        access, secret = f"gc-{uuid.uuid4().hex[:12]}", secrets.token_urlsafe(24)
+        s3_config.create_user(access, secret)
+        users.append((access, secret))
+    (gateway_key, gateway_secret), (reclaimer_key, reclaimer_secret) = users
+    bucket = f"gc-{uuid.uuid4().hex[:16]}"
+    root = _client(s3_config, s3_config.access_key, s3_config.secret_key)
+    root.make_bucket(bucket, object_lock=True)
+    principals = {S3Identity.GATEWAY: gateway_key, S3Identity.RECLAIMER: reclaimer_key}
+    root.set_bucket_policy(bucket, json.dumps(bucket_policy(bucket, principals)))
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    clock = FakeClock(now - dt.timedelta(days=31) + dt.timedelta(seconds=LOCK_SECONDS))
+    # Trusted time is the real time here, as PostgreSQL's would be.
+    gw = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=SystemClock()))
+    gw.objects = S3ObjectStore(_client(s3_config, gateway_key, gateway_secret), bucket, clock=SystemClock())
+    reclaimer_client = _client(s3_config, reclaimer_key, reclaimer_secret)
+    await gw.start()
+    try:
+        yield Setup(gw, S3ObjectStore(reclaimer_client, bucket, clock=SystemClock()), reclaimer_client, bucket)
+    finally:
+        await gw.stop()
+
+
+async def test_the_reclaimer_frees_unlocked_garbage_and_the_live_point_restores(setup: Setup) -> None:
+    gw = setup.gw
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"a": [b"expired content " * 400]})
+    gw.clock.advance(days=1)  # this point's packs are locked a day longer
+    live = await _backup(gw, agent, "job-2", {"b": [b"live content " * 500], "c": [b"more " * 300]})
+    [old_pack, live_pack] = sorted(gw.store.state.packs.values(), key=lambda p: p.created_at)
+    await _expire(gw, agent, old)
+
+    report = await collector.collect(setup.deps())
+    assert (report.packs_condemned, report.packs_reclaimed, report.objects_deleted) == (1, 0, 0)
+    # Nothing locked is deleted, even when asked directly: the server refuses the reclaimer.
+    with pytest.raises(S3Error) as refused:
+        setup.reclaimer_client.remove_object(setup.bucket, old_pack.object_key, version_id=old_pack.version_id)
+    assert refused.value.code == "AccessDenied"
+
+    await asyncio.sleep(LOCK_SECONDS + 1)
+    report = await collector.collect(setup.deps())
+    assert (report.packs_reclaimed, report.objects_deleted, report.points_reclaimed) == (1, 1, 1)
+    keys = [k async for k in gw.objects.list("")]
+    assert old_pack.object_key not in keys and live_pack.object_key in keys
+    assert f"manifests/acct-a/{old}" not in keys and f"manifests/acct-a/{live}" in keys
+    assert f"vault/points/acct-a/{live}" in keys and f"vault/points/acct-a/{old}" not in keys
+    assert not [v async for v in gw.objects.list_versions(old_pack.object_key)]
+
+    restored = await _restore(gw, agent, "r-1", live)
+    assert restored == {"b": b"live content " * 500, "c": b"more " * 300}
