@@ -487,3 +487,9 @@ async def test_instances_list_in_pages_that_a_concurrent_activation_does_not_dis
 async def test_a_forged_page_token_is_refused(deps: Deps, token: str) -> None:
     with pytest.raises(InvalidArgument, match="page_token"):
         await handlers.list_instances(deps, "acme", "", page_token=token, call=call("ListInstances"))
+
+
+def test_enrollment_tokens_never_read_as_a_command_line_option() -> None:
+    tokens = {handlers.new_enrollment_token() for _ in range(2000)}
+    assert len(tokens) == 2000
+    assert all(t.startswith("sre_") and len(t) == 47 and not t.startswith("-") for t in tokens)

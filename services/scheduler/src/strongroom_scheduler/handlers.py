@@ -67,6 +67,19 @@ MAX_AUDIT_PAGE = 1000
 SETTINGS_FIELDS = ("priority", "daily_start_minute", "keep_latest_version", "roots")
 
 
+ENROLLMENT_TOKEN_PREFIX = "sre_"
+
+
+def new_enrollment_token() -> str:
+    """A one-time enrollment token: ``sre_`` + 43 URL-safe characters (256 random bits).
+
+    The prefix names what it is in logs and secret scanners, and keeps the token from starting
+    with ``-``, which a command line (``strongroom-agent enroll --token -x...``) would read as an
+    option: a bare ``token_urlsafe`` does so once in 64 activations.
+    """
+    return ENROLLMENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 @dataclass
 class Deps:
     """What the handlers need; ``rng`` picks default start times (seeded in tests)."""
@@ -205,7 +218,7 @@ async def activate_backup(
     minute = settings.daily_start_minute
     if minute is None:
         minute = deps.rng.randrange(schedule.DEFAULT_WINDOW_MINUTES)
-    token = secrets.token_urlsafe(32)
+    token = new_enrollment_token()
     async with deps.store.transaction() as tx:
         known: Instance | None = None
         if instance_id.strip():
@@ -300,7 +313,7 @@ async def issue_enrollment_token(deps: Deps, instance_id: str, *, call: CallAuth
     already holds stays valid until the new token is used.
     """
     now = deps.clock.now()
-    token = secrets.token_urlsafe(32)
+    token = new_enrollment_token()
     audit.note(instance_id=instance_id)
     async with deps.store.transaction() as tx:
         instance = await _active_instance(tx, instance_id, call=call)
