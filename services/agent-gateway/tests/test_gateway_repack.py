@@ -14,6 +14,7 @@ import pytest
 from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_gateway.gc import collector
+from strongroom_gateway.gc.repack import RepackPolicy
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.objectstore import ObjectLocked
 from strongroom_platform.testing import FakeClock
@@ -175,3 +176,23 @@ async def test_a_restore_running_before_the_condemnation_keeps_the_source(gw: Ga
     _finish(gw, "r-1")
     await collector.collect(_deps(gw))
     assert first in gw.store.state.gc.reclaimed
+
+
+async def test_measures_in_batches_bounded_by_chunk_ids(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    big2, small2 = RNG.randbytes(30_000), RNG.randbytes(1_500)
+    day1 = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
+    gw.clock.advance(days=1)
+    day2 = await _backup(gw, agent, "job-2", {"big": [big2], "small": [SMALL], "small2": [small2]})
+    gw.clock.advance(days=1)
+    live = await _backup(gw, agent, "job-3", {"small": [SMALL], "small2": [small2]})
+    await _expire(gw, agent, day1)
+    await _expire(gw, agent, day2)
+    gw.clock.advance(hours=2)
+    # One pack's chunk ids at a time: two measures, two moves, each of one source.
+    policy = collector.Policy(safety=SAFETY, repack=RepackPolicy(scan_chunks=1))
+    deps = collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, policy)
+    report = await collector.collect(deps)
+    assert (report.packs_measured, report.packs_repacked) == (2, 2)
+    assert len(set(gw.store.state.gc.repacked.values())) == 2
+    assert await _restore(gw, agent, "r-1", live) == {"small": SMALL, "small2": small2}

@@ -58,7 +58,7 @@ class RepackPolicy:
 
     below: float = 0.6
     pack_bytes: int = 16 << 20
-    scan_chunks: int = 200_000
+    scan_chunks: int = 100_000
 
 
 @dataclasses.dataclass(slots=True)
