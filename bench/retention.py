@@ -1,6 +1,6 @@
 """The 60-day retention simulation (issue 10, ADR 0041): stored bytes per day against live bytes.
 
-    uv run python bench/retention.py [--days 60] [--scale 10] [--out bench/results/F.md]
+    uv run python bench/retention.py [--days 60] [--scale 10] [--repack-below 0.6] [--out bench/results/F.md]
 
 One process: the gateway's gRPC servicer, pack writer, commit and garbage collector (the real
 code), on the **filesystem object store** whose locks follow a shifted clock that advances one day
@@ -12,7 +12,8 @@ day applies ``bench/dataset.py``'s day-2 change (1 % of the small files: a quart
 quarter edited, a quarter deleted, as many added; 4 KiB inserted into every large file but one,
 which re-chunks one chunk per file), backs up (FindMissingChunks, upload of the missing chunks, a
 full manifest), expires the points 30 days old as the catalog would (``version-expired``) and runs
-one collection (safety interval 1 h).
+one collection (safety interval 1 h), which repacks packs whose live bytes fell below
+``--repack-below`` of their size (ADR 0042; 0 turns repacking off, as before it existed).
 
 Printed per day: stored bytes (packs + manifests, file sizes in the store), live bytes (distinct
 chunks referenced by unexpired points, at their stored size, + their manifests) and stored / live.
@@ -36,6 +37,7 @@ from strongroom.agent.v1 import gateway_pb2  # noqa: E402
 from strongroom.common.v1 import common_pb2  # noqa: E402
 from strongroom.events.v1 import events_pb2  # noqa: E402
 from strongroom_gateway.gc import collector  # noqa: E402
+from strongroom_gateway.gc.repack import RepackPolicy  # noqa: E402
 from strongroom_gateway.testing import InMemoryGatewayStore  # noqa: E402
 from strongroom_platform import events  # noqa: E402
 from strongroom_platform.clock import utc  # noqa: E402
@@ -127,7 +129,7 @@ async def _store_bytes(objects: ObjectStore, prefix: str) -> tuple[int, int]:
     return total, count
 
 
-async def simulate(days: int, scale: int, work: Path) -> list[tuple[int, int, int, int, int]]:
+async def simulate(days: int, scale: int, work: Path, repack_below: float) -> list[tuple[int, int, int, int, int]]:
     clock = FakeClock(utc(2026, 1, 1, 1, 0))
     gw = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=clock))
     gw.objects = FilesystemObjectStore(work, clock)  # type: ignore[assignment]
@@ -138,7 +140,8 @@ async def simulate(days: int, scale: int, work: Path) -> list[tuple[int, int, in
     points: list[tuple[str, dt.datetime]] = []
     manifests: dict[str, tuple[bytes, int]] = {}
     rows: list[tuple[int, int, int, int, int]] = []
-    deps = collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, clock, collector.Policy())
+    policy = collector.Policy(repack=RepackPolicy(below=repack_below))
+    deps = collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, clock, policy)
     try:
         for day in range(1, days + 1):
             if day > 1:
@@ -229,14 +232,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--repack-below", type=float, default=RepackPolicy().below)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="strongroom-retention-") as work:
-        rows = asyncio.run(simulate(args.days, args.scale, Path(work)))
+        rows = asyncio.run(simulate(args.days, args.scale, Path(work), args.repack_below))
     steady = [r for r in rows if r[0] > 31]
     worst = max((r[1] / r[2] for r in steady), default=float("nan"))
     lines = [
         f"# Retention simulation: {args.days} daily backups, 30-day retention, tree at 1/{args.scale}",
+        "",
+        f"Repacking below {args.repack_below:.0%} live (0 %: off).",
         "",
         "| day | stored MiB | live MiB | stored / live | live points | pack objects |",
         "|---:|---:|---:|---:|---:|---:|",

@@ -13,6 +13,7 @@ from gateway_helpers import Agent, GatewayHarness, dir_entry, file_entry, meta
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway.gc import collector
+from strongroom_gateway.gc.repack import RepackPolicy
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
 from strongroom_platform.eventbus import PoisonRecord
@@ -33,7 +34,9 @@ async def gc_gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
 
 
 def _deps(gw: GatewayHarness) -> collector.Deps:
-    return collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, collector.Policy(safety=SAFETY))
+    # Repacking off: these are ADR 0041's rules alone (test_gateway_repack.py has ADR 0042's).
+    policy = collector.Policy(safety=SAFETY, repack=RepackPolicy(below=0))
+    return collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, policy)
 
 
 def _finish(gw: GatewayHarness, job_id: str) -> None:

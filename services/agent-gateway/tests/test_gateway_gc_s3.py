@@ -1,18 +1,21 @@
 """Garbage collection against the real S3 server (ADR 0041): the gateway writes with its own
 identity, collection deletes with the reclaimer identity (ADR 0035), the server refuses every
-delete while a lock holds, and a live point restores byte for byte after the sweep."""
+delete while a lock holds, and a live point restores byte for byte after the sweep. Repacking
+(ADR 0042): the new pack is written locked, its source goes through the reclaimer once its lock
+passed, and the repacked point restores byte for byte from the new pack."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import json
+import random
 import secrets
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from gateway_helpers import GatewayHarness
+from gateway_helpers import GatewayHarness, chunk_id
 from minio import Minio
 from minio.error import S3Error
 from strongroom_gateway.gc import collector
@@ -104,3 +107,42 @@ async def test_the_reclaimer_frees_unlocked_garbage_and_the_live_point_restores(
 
     restored = await _restore(gw, agent, "r-1", live)
     assert restored == {"b": b"live content " * 500, "c": b"more " * 300}
+
+
+RNG = random.Random(11)
+BIG = RNG.randbytes(60_000)
+SMALL = RNG.randbytes(3_000)
+OTHER = RNG.randbytes(4_000)
+
+
+async def test_the_live_chunks_move_and_the_source_goes_after_its_lock(setup: Setup) -> None:
+    gw = setup.gw
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
+    [source] = gw.store.state.packs.values()
+    gw.clock.advance(hours=1)  # within the lock slack: the source's lock is not extended
+    live = await _backup(gw, agent, "job-2", {"small": [SMALL], "other": [OTHER]})
+    await _expire(gw, agent, old)
+
+    report = await collector.collect(setup.deps())
+    assert (report.packs_repacked, report.packs_condemned, report.objects_deleted) == (1, 1, 0)
+    new_id = gw.store.state.gc.repacked[source.pack_id]
+    new = gw.store.state.packs[new_id]
+    key = await gw.key_of("acct-a")
+    assert gw.store.state.chunks[("acct-a", chunk_id(key, SMALL))].version_id == new.version_id
+    # Both are locked on the server: the reclaimer is refused either.
+    for pack in (source, new):
+        with pytest.raises(S3Error) as refused:
+            setup.reclaimer_client.remove_object(setup.bucket, pack.object_key, version_id=pack.version_id)
+        assert refused.value.code == "AccessDenied"
+
+    await asyncio.sleep(LOCK_SECONDS + 1)
+    report = await collector.collect(setup.deps())
+    assert (report.packs_reclaimed, report.objects_deleted) == (1, 1)
+    keys = [k async for k in gw.objects.list("packs/")]
+    assert source.object_key not in keys and new.object_key in keys
+    assert not [v async for v in gw.objects.list_versions(source.object_key)]
+    assert new.size < source.size // 5
+
+    restored = await _restore(gw, agent, "r-1", live)
+    assert restored == {"small": SMALL, "other": OTHER}

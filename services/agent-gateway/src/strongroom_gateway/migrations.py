@@ -8,6 +8,7 @@ from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 from strongroom_gateway.agent_cert_store import AGENT_CERTIFICATES_DDL
+from strongroom_gateway.gc.repack_schema import REPACK_DDL, REPACK_FUNCTIONS, REPACK_PRIVILEGES
 from strongroom_gateway.gc.schema import GC_DDL, GC_FUNCTIONS, GC_PRIVILEGES
 
 SCHEMA = "gateway"
@@ -248,7 +249,9 @@ MIGRATIONS: list[Migration] = [
     Migration(10, _V10_VERIFICATION),
     # Garbage collection (ADR 0041): expirations, point references, condemned and reclaimed packs.
     Migration(11, GC_DDL),
-    # The outbox's traceparent column (ADR 0039). 12 and 13 are taken by parallel work.
+    # Repacking (ADR 0042): staged moves, repacked packs, measured liveness; reclaim_pack waits for restores.
+    Migration(13, REPACK_DDL),
+    # The outbox's traceparent column (ADR 0039). 12 is unused (reserved for the lifecycle work, not needed).
     outbox_traceparent_migration(14),
 ]
 
@@ -277,6 +280,9 @@ PRIVILEGES: dict[str, str] = {
     "point_checks": "SELECT, INSERT, UPDATE",
     "verification_days": "SELECT, INSERT",
     **GC_PRIVILEGES,
+    **REPACK_PRIVILEGES,
 }
 
-SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES}, executes={ROLE: GC_FUNCTIONS})
+SPEC = SchemaSpec(
+    schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES}, executes={ROLE: GC_FUNCTIONS + REPACK_FUNCTIONS}
+)

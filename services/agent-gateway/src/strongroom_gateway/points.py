@@ -353,7 +353,8 @@ async def _extend_pack_locks(
 
 
 async def _refuse_reclaimed(tx: GatewayTx, account_id: str, pack_ids: Iterable[str]) -> None:
-    """FailedPrecondition when garbage collection reclaimed a pack the point references (ADR 0041).
+    """FailedPrecondition when garbage collection reclaimed or repacked a pack the point references
+    (ADR 0041, 0042).
 
     Only a backup that learned a chunk was present before its pack was condemned, and committed
     after the pack was reclaimed, gets here; the next backup uploads the chunk again.
@@ -361,7 +362,7 @@ async def _refuse_reclaimed(tx: GatewayTx, account_id: str, pack_ids: Iterable[s
     reclaimed = await tx.hold_packs(account_id, sorted(set(pack_ids)))
     if reclaimed:
         raise FailedPrecondition(
-            f"{len(reclaimed)} packs holding chunks of this point were reclaimed while the backup ran"
+            f"{len(reclaimed)} packs holding chunks of this point were reclaimed or repacked while the backup ran"
             f" (first: {reclaimed[0]}); run the backup again, it uploads those chunks anew"
         )
 

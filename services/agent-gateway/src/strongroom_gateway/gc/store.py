@@ -27,7 +27,8 @@ class GcTx(Protocol):
 
     async def hold_packs(self, account_id: str, pack_ids: Sequence[str]) -> list[str]:
         """Hold the account's collection lock (shared) until the transaction ends; return those of
-        ``pack_ids`` already reclaimed (a point must not reference them)."""
+        ``pack_ids`` already reclaimed or repacked (a point must not reference them: a repacked pack
+        lost its dead chunks and its live ones moved, ADR 0042)."""
         ...
 
     async def record_point_packs(self, point_id: str, pack_ids: Sequence[str]) -> None:
@@ -87,7 +88,9 @@ class PgGcTx:
     async def hold_packs(self, account_id: str, pack_ids: Sequence[str]) -> list[str]:
         await self._conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))", _lock_key(account_id))
         rows = await self._conn.fetch(
-            "SELECT pack_id FROM pack_reclaims WHERE pack_id = ANY($1::text[]) ORDER BY pack_id", list(pack_ids)
+            "SELECT pack_id FROM pack_reclaims WHERE pack_id = ANY($1::text[])"
+            " UNION SELECT old_pack_id FROM pack_repacks WHERE old_pack_id = ANY($1::text[]) ORDER BY 1",
+            list(pack_ids),
         )
         return [r["pack_id"] for r in rows]
 
@@ -193,6 +196,10 @@ class MemoryGcState:
     condemned: dict[str, dt.datetime] = dataclasses.field(default_factory=dict)
     reclaimed: dict[str, dt.datetime | None] = dataclasses.field(default_factory=dict)
     points_reclaimed: set[str] = dataclasses.field(default_factory=set)
+    # Repacking (ADR 0042): source pack -> the pack its live chunks moved to; (pack, expired
+    # references) -> live bytes measured.
+    repacked: dict[str, str] = dataclasses.field(default_factory=dict)
+    liveness: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> MemoryGcState:
         return MemoryGcState(
@@ -201,6 +208,8 @@ class MemoryGcState:
             dict(self.condemned),
             dict(self.reclaimed),
             set(self.points_reclaimed),
+            dict(self.repacked),
+            dict(self.liveness),
         )
 
 
@@ -236,7 +245,8 @@ class MemoryGcTx:
         return True
 
     async def hold_packs(self, account_id: str, pack_ids: Sequence[str]) -> list[str]:
-        return sorted(p for p in set(pack_ids) if p in self._s.gc.reclaimed)
+        gc = self._s.gc
+        return sorted(p for p in set(pack_ids) if p in gc.reclaimed or p in gc.repacked)
 
     async def record_point_packs(self, point_id: str, pack_ids: Sequence[str]) -> None:
         self._s.gc.point_packs.setdefault(point_id, set()).update(pack_ids)
@@ -289,7 +299,7 @@ class MemoryGcTx:
             return False
         running = any(
             j.account_id == pack.account_id
-            and j.kind == "backup"
+            and (j.kind == "backup" or (j.kind == "restore" and pack_id in gc.repacked))
             and j.state != "finished"
             and j.created_at <= gc.condemned[pack_id]
             for j in self._s.jobs.values()

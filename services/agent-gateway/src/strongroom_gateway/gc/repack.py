@@ -1,0 +1,220 @@
+"""Repacking: copy the live chunks of mostly-dead packs into a new pack (ADR 0042).
+
+Garbage collection (ADR 0041) frees a pack only once no live point references it; a pack with one
+live chunk is kept whole, and its Object Lock is extended by every point that deduplicates
+against it. One step of a collection run (:func:`repack`), in bounded memory:
+
+1. **Candidates.** Packs that more referencing points expired of since they were last measured
+   (a pack loses live data only when a point referencing it expires), oldest first.
+2. **Measure.** The chunk ids of a batch of candidates (at most ``scan_chunks`` of them) are held
+   in memory; the manifests of the live points referencing any of those packs are read one at a
+   time and mark the ids they name. A pack's live bytes are the stored lengths of its marked
+   chunks; the measure is recorded, so the pack is measured again only after more expiries.
+3. **Rewrite.** Packs whose live bytes are below ``below`` of their size are grouped (live bytes up
+   to ``pack_bytes`` per group); each group's live blobs are read (by the sources' pinned versions),
+   authenticated and verified against their ids, and written as one new pack, locked until the
+   latest lock of the live points referencing the group (ADR 0010), or a day when those passed.
+4. **Move.** ``gateway.repack_pack`` moves the chunk rows to the new pack under the account's
+   collection lock and re-points the sources' references; the sources lose their dead rows, are
+   condemned like any unreferenced pack and reclaimed once their own lock has passed.
+
+Concurrency: a backup that located a chunk in a source before the move fails its commit cleanly
+(``hold_packs`` names repacked packs; "run the backup again"), and the function refuses while a
+backup of the account runs, so that failure needs a backup started between the two. A restore that
+located a chunk before the move reads the source by its pinned version; the source is not
+reclaimed while a restore of the account that started before its condemnation runs. A refused move
+leaves the new pack unreferenced: the next collection condemns it like a failed backup's pack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from strongroom_platform.manifest import ManifestFormatError, decode_manifest
+from strongroom_platform.objectstore import ObjectNotFound, ObjectStoreError
+
+from strongroom_gateway import manifests, packfile
+from strongroom_gateway.chunks import ChunkRejected, verify_payload
+from strongroom_gateway.crypto import DataKey
+from strongroom_gateway.gc.repack_store import RepackCandidate
+from strongroom_gateway.ingest import LOCK_MARGIN, pack_key
+from strongroom_gateway.ports import ChunkLocation, Pack, Point
+
+if TYPE_CHECKING:
+    from strongroom_gateway.gc.collector import Deps, Report
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RepackPolicy:
+    """``below``: a pack whose live bytes are below this share of its size is rewritten (0: never).
+    ``pack_bytes``: live bytes gathered into one new pack. ``scan_chunks``: chunk ids held while
+    manifests are scanned (the memory bound of a measure)."""
+
+    below: float = 0.6
+    pack_bytes: int = 16 << 20
+    scan_chunks: int = 100_000
+
+
+@dataclasses.dataclass(slots=True)
+class _Measured:
+    pack: Pack
+    live: list[ChunkLocation]
+    live_bytes: int
+
+
+async def repack(deps: Deps, report: Report) -> None:
+    """Measure the candidates and rewrite the mostly-dead ones (see the module's docstring)."""
+    policy = deps.policy.repack
+    if policy.below <= 0:
+        return
+    before = deps.clock.now() - deps.policy.safety
+    while True:
+        async with deps.store.transaction() as tx:
+            candidates = await tx.repack_candidates(before, deps.policy.batch)
+        if not candidates:
+            return
+        batch: list[RepackCandidate] = []
+        chunks: list[ChunkLocation] = []
+        for candidate in candidates:
+            async with deps.store.transaction() as tx:
+                rows = await tx.chunks_in_packs([candidate.pack.pack_id])
+            if batch and len(chunks) + len(rows) > policy.scan_chunks:
+                break
+            batch.append(candidate)
+            chunks.extend(rows)
+        if not await _measure_and_rewrite(deps, report, batch, chunks):
+            return  # a manifest could not be read: nothing is decided on a guess, a later run
+
+
+async def _measure_and_rewrite(
+    deps: Deps, report: Report, batch: Sequence[RepackCandidate], chunks: Sequence[ChunkLocation]
+) -> bool:
+    policy = deps.policy.repack
+    located = {c.chunk_id: c for c in chunks}
+    async with deps.store.transaction() as tx:
+        references = await tx.live_references([c.pack.pack_id for c in batch])
+    points: dict[str, Point] = {p.point_id: p for _, p in references}
+    live: set[bytes] = set()
+    for point in points.values():
+        try:
+            data = await manifests.read_point_manifest(deps.objects, deps.keys, point)
+        except (ObjectNotFound, ManifestFormatError) as exc:
+            log.warning("point %s: manifest unreadable (%s); packs not repacked", point.point_id, exc)
+            report.failures += 1
+            return False
+
+        def mark(data: bytes = data) -> None:
+            for entry in decode_manifest(data):
+                for cid in entry.chunk_ids:
+                    if (key := bytes(cid)) in located:
+                        live.add(key)
+
+        await asyncio.to_thread(mark)
+    measured = {c.pack.pack_id: _Measured(c.pack, [], 0) for c in batch}
+    for cid in live:
+        location = located[cid]
+        entry = measured[location.pack_id]
+        entry.live.append(location)
+        entry.live_bytes += location.length
+    async with deps.store.transaction() as tx:
+        for candidate in batch:
+            await tx.record_liveness(
+                candidate.pack.pack_id, candidate.expired_references, measured[candidate.pack.pack_id].live_bytes
+            )
+    report.packs_measured += len(batch)
+    chosen = [m for m in measured.values() if m.live and m.live_bytes < policy.below * m.pack.size]
+    referencing: dict[str, list[Point]] = {}
+    for pack_id, point in references:
+        referencing.setdefault(pack_id, []).append(point)
+    for group in _groups(chosen, policy.pack_bytes):
+        group_points = {p.point_id: p for m in group for p in referencing.get(m.pack.pack_id, [])}
+        try:
+            await _rewrite(deps, report, group, list(group_points.values()))
+        except (ObjectNotFound, ObjectStoreError, ChunkRejected, packfile.PackFormatError) as exc:
+            log.warning("packs %s not repacked: %s", ", ".join(m.pack.pack_id for m in group), exc)
+            report.failures += 1
+    return True
+
+
+def _groups(chosen: Sequence[_Measured], pack_bytes: int) -> list[list[_Measured]]:
+    """Consecutive (oldest first) groups of at most ``pack_bytes`` live bytes, each of one account."""
+    groups: list[list[_Measured]] = []
+    size = 0
+    for measured in sorted(chosen, key=lambda m: (m.pack.account_id, m.pack.created_at, m.pack.pack_id)):
+        current = groups[-1] if groups else None
+        if (
+            current is None
+            or current[0].pack.account_id != measured.pack.account_id
+            or size + measured.live_bytes > pack_bytes
+        ):
+            groups.append([measured])
+            size = measured.live_bytes
+        else:
+            current.append(measured)
+            size += measured.live_bytes
+    return groups
+
+
+async def _rewrite(deps: Deps, report: Report, group: Sequence[_Measured], points: Sequence[Point]) -> None:
+    account_id = group[0].pack.account_id
+    async with deps.store.transaction() as tx:
+        account = await tx.get_account(account_id)
+    assert account is not None  # packs reference their account
+    data_key = await deps.keys.data_key(account_id)
+    blobs: list[packfile.BlobToPack] = []
+    for measured in group:
+        pack = measured.pack
+        data = await deps.objects.get(pack.object_key, version_id=pack.version_id)
+        blobs.extend(await asyncio.to_thread(_extract, account.chunk_id_key, data_key, pack, measured.live, data))
+        del data
+    encoded = await asyncio.to_thread(packfile.encode_pack, blobs, data_key)
+    del blobs
+    now = deps.clock.now()
+    # The lock of the latest point that references these chunks (ADR 0010); a day when that passed.
+    retain_until = max((p.retain_until for p in points), default=now)
+    if retain_until <= now:
+        retain_until = now + LOCK_MARGIN
+    key = pack_key(account_id, encoded.pack_id)
+    await deps.keys.keep_locked(account_id, retain_until)
+    version_id = await deps.objects.put(key, encoded.data, retain_until=retain_until)
+    record = Pack(
+        encoded.pack_id, account_id, key, len(encoded.data), now, retain_until, encoded.format_version, version_id
+    )
+    rows = [
+        ChunkLocation(
+            e.chunk_id, encoded.pack_id, key, e.offset, e.length, e.raw_length, e.compression, encoded.format_version
+        )
+        for e in encoded.entries
+    ]
+    sources = [m.pack.pack_id for m in group]
+    async with deps.store.transaction() as tx:
+        moved = await tx.repack(record, sources, [p.point_id for p in points], rows)
+    if not moved:
+        log.info("repacking %s refused for now (a backup running, or the packs changed); retried later", sources)
+        report.repacks_refused += 1
+        return
+    report.packs_repacked += len(group)
+    report.bytes_copied += len(encoded.data)
+
+
+def _extract(
+    chunk_id_key: bytes, data_key: DataKey, pack: Pack, live: Sequence[ChunkLocation], data: bytes
+) -> list[packfile.BlobToPack]:
+    """The live blobs of one source pack, authenticated and verified (as uploaded: compressed)."""
+    out: list[packfile.BlobToPack] = []
+    for location in sorted(live, key=lambda c: c.offset):
+        stored = data[location.offset : location.offset + location.length]
+        if len(stored) != location.length:
+            raise ChunkRejected(f"chunk {location.chunk_id.hex()} lies beyond the end of pack {pack.pack_id}")
+        payload = packfile.open_blob(
+            data_key, pack.format_version, location.chunk_id, location.compression, location.raw_length, stored
+        )
+        verify_payload(chunk_id_key, location.chunk_id, payload, location.compression, location.raw_length)
+        out.append(packfile.BlobToPack(location.chunk_id, location.compression, payload, location.raw_length))
+    return out

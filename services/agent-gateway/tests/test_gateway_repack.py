@@ -1,0 +1,198 @@
+"""Repacking over the in-memory store (ADR 0042): a mostly-dead pack's live chunks move to a new pack
+locked like its latest point, the source is reclaimed after its own lock, restores stay byte for
+byte, and backups and restores running meanwhile are safe."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
+from strongroom.agent.v1 import gateway_pb2
+from strongroom_gateway.gc import collector
+from strongroom_gateway.gc.repack import RepackPolicy
+from strongroom_gateway.testing import InMemoryGatewayStore
+from strongroom_platform.objectstore import ObjectLocked
+from strongroom_platform.testing import FakeClock
+from test_gateway_gc import _backup, _expire, _finish, _pack_keys, _restore
+
+SAFETY = dt.timedelta(hours=1)
+RNG = random.Random(42)
+# Incompressible: the stored sizes are about the content's.
+BIG = RNG.randbytes(40_000)
+SMALL = RNG.randbytes(2_000)
+OTHER = RNG.randbytes(3_000)
+
+
+@pytest.fixture
+async def gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
+    harness = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=clock))
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+def _deps(gw: GatewayHarness) -> collector.Deps:
+    return collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, collector.Policy(safety=SAFETY))
+
+
+async def _two_days(gw: GatewayHarness) -> tuple[str, str, str]:
+    """Day 1 backs up BIG and SMALL (one pack); day 2 only SMALL and OTHER; day 1 expires.
+    Returns (the first pack's id, the live point, the expired point)."""
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
+    [first] = gw.store.state.packs
+    gw.clock.advance(days=1)
+    live = await _backup(gw, agent, "job-2", {"small": [SMALL], "other": [OTHER]})
+    await _expire(gw, agent, old)
+    gw.clock.advance(hours=2)
+    return first, live, old
+
+
+async def test_a_mostly_dead_pack_is_repacked_and_reclaimed_after_its_lock(gw: GatewayHarness) -> None:
+    first, live, _ = await _two_days(gw)
+    agent_key = await gw.key_of("acct-a")
+    state = gw.store.state
+    source = state.packs[first]
+
+    report = await collector.collect(_deps(gw))
+    assert (report.packs_measured, report.packs_repacked, report.packs_condemned) == (1, 1, 1)
+    [new] = [p for p in state.packs.values() if p.pack_id not in (first,) and p.created_at == gw.clock.now()]
+    # The live chunk moved; the dead one left the index with its pack; references follow the move.
+    assert state.chunks[("acct-a", chunk_id(agent_key, SMALL))].pack_id == new.pack_id
+    assert ("acct-a", chunk_id(agent_key, BIG)) not in state.chunks
+    assert new.pack_id in state.gc.point_packs[live] and first not in state.gc.point_packs[live]
+    assert state.gc.repacked == {first: new.pack_id}
+    assert new.size < source.size // 5
+    # Locked like the latest point referencing its chunks (ADR 0010), in the store too.
+    assert new.retain_until == state.points[live].retain_until
+    with pytest.raises(ObjectLocked):
+        await gw.objects.delete(new.object_key)
+
+    agent = await gw.enrolled_agent("i-1")
+    expected = {"small": SMALL, "other": OTHER}
+    assert await _restore(gw, agent, "r-1", live) == expected
+    _finish(gw, "r-1")  # (a running restore keeps the source: the last test)
+
+    # The source goes once its own lock passed (it was extended by the second point).
+    gw.clock.set(source.retain_until - dt.timedelta(minutes=1))
+    assert (await collector.collect(_deps(gw))).packs_reclaimed == 0
+    gw.clock.set(max(source.retain_until, state.points[live].created_at) + dt.timedelta(days=1, minutes=1))
+    report = await collector.collect(_deps(gw))
+    assert report.packs_reclaimed >= 1 and first in state.gc.reclaimed
+    assert source.object_key not in _pack_keys(gw) and new.object_key in _pack_keys(gw)
+    assert await _restore(gw, agent, "r-2", live) == expected
+
+
+async def test_a_pack_is_measured_once_per_expiry_and_a_mostly_live_one_is_kept(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    old = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
+    gw.clock.advance(days=1)
+    # BIG stays: the first pack is almost entirely live after the first point expires.
+    live = await _backup(gw, agent, "job-2", {"big": [BIG]})
+    await _expire(gw, agent, old)
+    gw.clock.advance(hours=2)
+    report = await collector.collect(_deps(gw))
+    assert (report.packs_measured, report.packs_repacked) == (1, 0)
+    assert (await collector.collect(_deps(gw))).packs_measured == 0  # nothing expired since
+    assert not gw.store.state.gc.repacked
+    assert await _restore(gw, agent, "r-1", live) == {"big": BIG}
+
+
+async def test_no_move_while_a_backup_runs_and_the_unused_copy_is_collected(gw: GatewayHarness) -> None:
+    first, live, _ = await _two_days(gw)
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-3")
+    state = gw.store.state
+    packs_before = set(state.packs)
+
+    report = await collector.collect(_deps(gw))
+    assert (report.packs_measured, report.packs_repacked, report.repacks_refused) == (1, 0, 1)
+    assert not state.gc.repacked
+    [copy] = set(state.packs) - packs_before
+    assert not any(c.pack_id == copy for c in state.chunks.values())
+    _finish(gw, "job-3")
+    gw.clock.advance(hours=2)
+    # Measured already (nothing expired since): the refused copy, unreferenced, is condemned.
+    report = await collector.collect(_deps(gw))
+    assert report.packs_repacked == 0 and copy in state.gc.condemned and first not in state.gc.condemned
+    assert await _restore(gw, agent, "r-1", live) == {"small": SMALL, "other": OTHER}
+
+
+async def test_a_backup_deduplicating_against_moved_and_dropped_chunks(gw: GatewayHarness) -> None:
+    """FindMissingChunks answered "present" before the move; the commit comes after it."""
+    first, live, _ = await _two_days(gw)
+    agent = await gw.enrolled_agent("i-1")
+    key = await gw.key_of("acct-a")
+    await gw.request_backup(agent, "job-3")
+    present = await gw.stub.FindMissingChunks(
+        gateway_pb2.FindMissingChunksRequest(job_id="job-3", chunk_ids=[chunk_id(key, BIG), chunk_id(key, SMALL)]),
+        metadata=agent.md,
+    )
+    assert not present.missing_chunk_ids
+    # The move happens while the backup runs (here: its job row looks finished to the collector).
+    jobs = gw.store.state.jobs
+    running = jobs["job-3"]
+    jobs["job-3"] = dataclasses.replace(running, state="finished")
+    assert (await collector.collect(_deps(gw))).packs_repacked == 1
+    jobs["job-3"] = running
+
+    # BIG was dead and dropped: the commit refuses rather than record a point missing data.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await gw.commit(agent, "job-3", [dir_entry(""), file_entry("big", key, [BIG])])
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not stored" in (refused.value.details() or "")
+    # SMALL moved: a commit locating it now finds the new pack and records that reference.
+    point = (await gw.commit(agent, "job-3", [dir_entry(""), file_entry("small", key, [SMALL])])).point_id
+    new = gw.store.state.gc.repacked[first]
+    assert gw.store.state.gc.point_packs[point] == {new}
+    _finish(gw, "job-3")
+    assert await _restore(gw, agent, "r-1", point) == {"small": SMALL}
+
+
+async def test_a_commit_that_located_a_chunk_in_a_repacked_pack_fails(gw: GatewayHarness) -> None:
+    first, _, _ = await _two_days(gw)
+    assert (await collector.collect(_deps(gw))).packs_repacked == 1
+    async with gw.store.transaction() as tx:
+        assert await tx.hold_packs("acct-a", [first]) == [first]
+
+
+async def test_a_restore_running_before_the_condemnation_keeps_the_source(gw: GatewayHarness) -> None:
+    first, live, _ = await _two_days(gw)
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_restore(agent, "r-1", live, conflict_policy=gateway_pb2.CONFLICT_POLICY_OVERWRITE)
+    assert (await collector.collect(_deps(gw))).packs_repacked == 1
+    source = gw.store.state.packs[first]
+    gw.clock.set(source.retain_until + dt.timedelta(days=2))
+    assert first not in gw.store.state.gc.reclaimed
+    report = await collector.collect(_deps(gw))
+    assert first not in gw.store.state.gc.reclaimed and report.failures == 0
+    _finish(gw, "r-1")
+    await collector.collect(_deps(gw))
+    assert first in gw.store.state.gc.reclaimed
+
+
+async def test_measures_in_batches_bounded_by_chunk_ids(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    big2, small2 = RNG.randbytes(30_000), RNG.randbytes(1_500)
+    day1 = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
+    gw.clock.advance(days=1)
+    day2 = await _backup(gw, agent, "job-2", {"big": [big2], "small": [SMALL], "small2": [small2]})
+    gw.clock.advance(days=1)
+    live = await _backup(gw, agent, "job-3", {"small": [SMALL], "small2": [small2]})
+    await _expire(gw, agent, day1)
+    await _expire(gw, agent, day2)
+    gw.clock.advance(hours=2)
+    # One pack's chunk ids at a time: two measures, two moves, each of one source.
+    policy = collector.Policy(safety=SAFETY, repack=RepackPolicy(scan_chunks=1))
+    deps = collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, policy)
+    report = await collector.collect(deps)
+    assert (report.packs_measured, report.packs_repacked) == (2, 2)
+    assert len(set(gw.store.state.gc.repacked.values())) == 2
+    assert await _restore(gw, agent, "r-1", live) == {"small": SMALL, "small2": small2}
