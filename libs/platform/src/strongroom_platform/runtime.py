@@ -140,34 +140,35 @@ def service_main(
     settings_from_env: Callable[[Mapping[str, str]], SettingsT],
     run: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
 ) -> None:
-    """The body of a service's ``main()``: telemetry (JSON logs, traces, metrics; ADR 0039),
-    settings from ``os.environ``, then ``run(settings, stop)`` until SIGINT/SIGTERM (see
+    """The body of a service's ``main()``: settings from ``os.environ``, then telemetry (JSON logs,
+    traces, metrics; ADR 0039), then ``run(settings, stop)`` until SIGINT/SIGTERM (see
     :func:`run_until_signalled`); spans and metrics are flushed at exit.
 
-    Bad settings end the process with status 2 and the message on stderr, also those found while
-    starting (a listener refused plaintext, a master key missing).
+    Bad settings end the process with status 2 and the message on stderr, before anything else
+    starts; also those found while starting (a listener refused plaintext, a master key missing).
     """
     try:
-        telemetry = telemetry_process.start(service, TelemetrySettings.from_env(os.environ), announce=sys.stdout)
-    except (TelemetrySettingsError, OSError) as exc:
+        telemetry_settings = TelemetrySettings.from_env(os.environ)
+        settings = settings_from_env(os.environ)
+    except (TelemetrySettingsError, SettingsError) as exc:
         print(f"strongroom-{service}: {exc}", file=sys.stderr)
         sys.exit(2)
     try:
-        _serve_main(service, settings_from_env, run)
+        telemetry = telemetry_process.start(service, telemetry_settings, announce=sys.stdout)
+    except OSError as exc:
+        print(f"strongroom-{service}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        _serve_main(service, settings, run)
     finally:
         telemetry.shutdown()
 
 
 def _serve_main(
     service: str,
-    settings_from_env: Callable[[Mapping[str, str]], SettingsT],
+    settings: SettingsT,
     run: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
 ) -> None:
-    try:
-        settings = settings_from_env(os.environ)
-    except SettingsError as exc:
-        print(f"strongroom-{service}: {exc}", file=sys.stderr)
-        sys.exit(2)
     refused: list[SettingsError] = []
 
     async def serve(stop: asyncio.Event) -> None:
