@@ -297,7 +297,6 @@ class PgCatalogTx(PgTransaction):
         )
         return [_hold(r) for r in rows]
 
-
     async def search_lineage(self, instance_id: str, account_id: str, mount_point: str) -> tuple[int, int]:
         conn = self._conn
         await conn.execute(

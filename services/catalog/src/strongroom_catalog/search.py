@@ -333,7 +333,10 @@ async def file_history(repo: CatalogStore, instance_id: str, path: str, *, call:
         raise InvalidArgument(f"path {path!r} must not contain '.' or '..' segments")
     instance = await _authorized_instance(repo, instance_id, call=call)
     split = _split(normalized, await repo.search_lineages(instance_id=instance, lineage_ids=None))
-    hits = [] if split is None else await _hits(repo, [PathKey(split[0].lineage_id, split[1])], {split[0].lineage_id: split[0]})
+    hits = []
+    if split is not None:
+        lineage, rest = split
+        hits = await _hits(repo, [PathKey(lineage.lineage_id, rest)], {lineage.lineage_id: lineage})
     if not hits:
         raise NotFound(f"no live version of instance {instance} holds {normalized}")
     return hits[0]

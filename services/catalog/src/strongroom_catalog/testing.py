@@ -206,10 +206,9 @@ class InMemoryCatalogTx:
         found = [h for h in self._s.holds.values() if h.instance_id == instance_id and (include_released or h.active)]
         return sorted(found, key=lambda h: (h.placed_at, h.hold_id))
 
-
     async def search_lineage(self, instance_id: str, account_id: str, mount_point: str) -> tuple[int, int]:
         s = self._s
-        found = [l for l in s.lineages.values() if (l.instance_id, l.mount_point) == (instance_id, mount_point)]
+        found = [x for x in s.lineages.values() if (x.instance_id, x.mount_point) == (instance_id, mount_point)]
         if found:
             lineage = found[0]
         else:
