@@ -347,6 +347,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, _V2),
     Migration(5, _V5_APPEND_ONLY),
     Migration(6, _V6_CANCEL_AND_HOLDS),
+    Migration(7, _V7_SEARCH),
 ]
 
 # What the catalog's role may do, per table (ADR 0031); a new table adds its line here. The file
