@@ -1,18 +1,21 @@
 """Before/after in one invocation: the full and no-change backup of two checkouts, alternating.
 
-    uv run python bench/ab.py --base REV [--rounds 3] [--quick] [--work DIR]
+    uv run python bench/ab.py --base REV [--rounds 3] [--quick] [--work DIR] [--after-env KEY=VALUE ...]
 
 Builds (or reuses) the benchmark data set, checks ``REV`` out into a temporary worktree with its
 own environment (``make sync``), then runs ``bench/full_backup_once.py`` from the base checkout
 and from this one in turn, ``--rounds`` times each (ABAB...), each round on a fresh stack and a
 fresh account. Prints the medians and the after/base ratios. The worktree is removed at the end.
-Used for issue 8's budget: TLS and authorization may cost at most 5% of full-backup wall time.
+Used for issue 8's budget: TLS and authorization may cost at most 5% of full-backup wall time,
+and for issue 11's tracing overhead (``--after-env STRONGROOM_OTEL=file:DIR``: the after side's
+processes export every span; ``{work}`` in a value is replaced by the work directory).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -28,7 +31,7 @@ sys.path.insert(0, str(HERE))
 import dataset  # noqa: E402
 
 
-def run_side(checkout: Path, data: Path, work: Path) -> dict[str, list[float]]:
+def run_side(checkout: Path, data: Path, work: Path, env: dict[str, str] | None = None) -> dict[str, list[float]]:
     python = checkout / ".venv" / "bin" / "python"
     script = checkout / "bench" / "full_backup_once.py"
     if work.exists():
@@ -39,6 +42,7 @@ def run_side(checkout: Path, data: Path, work: Path) -> dict[str, list[float]]:
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     if done.returncode != 0:
         raise RuntimeError(f"{checkout}: exit {done.returncode}\n{done.stderr[-4000:]}")
@@ -52,8 +56,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="the small data subset")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "strongroom-ab")
+    parser.add_argument(
+        "--after-env", action="append", default=[], metavar="KEY=VALUE", help="environment of the after side only"
+    )
     args = parser.parse_args()
     work: Path = args.work
+    after_env = dict(item.split("=", 1) for item in args.after_env)
+    after_env = {key: value.replace("{work}", str(work)) for key, value in after_env.items()}
     work.mkdir(parents=True, exist_ok=True)
     data = work / ("day1-quick" if args.quick else "day1")
     if not (data / "DATASET").exists():
@@ -70,14 +79,18 @@ def main() -> int:
         for round_no in range(args.rounds):
             for name, checkout in sides.items():
                 started = time.strftime("%H:%M:%S")
-                one = run_side(checkout, data, work / f"run-{name}")
+                one = run_side(checkout, data, work / f"run-{name}", after_env if name == "after" else None)
                 for metric, values in one.items():
                     results[name].setdefault(metric, []).extend(values)
                 print(f"[{started}] round {round_no + 1} {name}: {json.dumps(one)}", file=sys.stderr, flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print(f"A/B: base {args.base} vs after {head.strip()}, {args.rounds} rounds each, alternating; data {data.name}")
+    extra = f" (after side with {', '.join(args.after_env)})" if args.after_env else ""
+    print(
+        f"A/B: base {args.base} vs after {head.strip()}{extra}, {args.rounds} rounds each, alternating; "
+        f"data {data.name}"
+    )
     print("| metric | base (median) | after (median) | after/base | all base | all after |")
     print("|---|---:|---:|---:|---|---|")
     for metric in ("full_s", "nochange_s", "cpu_s"):

@@ -22,6 +22,7 @@ import pytest
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.alerts.v1 import alerts_pb2, alerts_pb2_grpc
 from strongroom.audit.v1 import audit_pb2
 from strongroom.auth.v1 import auth_pb2
 from strongroom.billing.v1 import billing_pb2
@@ -41,6 +42,7 @@ SERVICE_OF = {
     "strongroom.scheduler.v1.SchedulerService": "scheduler",
     "strongroom.auth.v1.TokenService": "scheduler",
     "strongroom.audit.v1.AuditService": "scheduler",
+    "strongroom.alerts.v1.AlertService": "scheduler",
     "strongroom.catalog.v1.CatalogService": "catalog",
     "strongroom.billing.v1.BillingService": "billing",
     "strongroom.restore.v1.RestoreService": "restore",
@@ -48,7 +50,7 @@ SERVICE_OF = {
 LIST_INSTANCES = "/strongroom.scheduler.v1.SchedulerService/ListInstances"
 GET_POINT = "/strongroom.catalog.v1.CatalogService/GetPoint"
 # imported for their descriptors (the pool must hold every operator service)
-_ = (audit_pb2, auth_pb2, billing_pb2, catalog_pb2, restore_pb2, scheduler_pb2)
+_ = (alerts_pb2, audit_pb2, auth_pb2, billing_pb2, catalog_pb2, restore_pb2, scheduler_pb2)
 
 
 def operator_methods() -> list[tuple[str, str, Any]]:
@@ -114,6 +116,13 @@ async def test_every_operator_rpc_holds_the_account_boundary(platform: Platform,
     finally:
         await agent.stop()
     point_id = version.points[0].point_id
+    owner = await create_admin_token(dsn, "acme", name="owner")
+    async with operator_channel(addresses["scheduler"], ca_file=ca, token=owner) as channel:
+        subscribed = await alerts_pb2_grpc.AlertServiceStub(channel).CreateSubscription(
+            alerts_pb2.CreateSubscriptionRequest(
+                account_id="acme", channel=alerts_pb2.CHANNEL_WEBHOOK, target="https://hooks.example.com/acme"
+            )
+        )
     victim_ids = {
         "account_id": "acme",
         "instance_id": instance_id,
@@ -122,6 +131,7 @@ async def test_every_operator_rpc_holds_the_account_boundary(platform: Platform,
         "restore_job_id": str(uuid.uuid4()),
         "token_id": "0" * 24,
         "target_instance_id": instance_id,
+        "subscription_id": subscribed.subscription.subscription_id,
     }
     random_ids = {k: (v if k == "account_id" else str(uuid.uuid4())) for k, v in victim_ids.items()}
     random_ids |= {"account_id": "no-such-account", "token_id": "1" * 24}
@@ -158,6 +168,11 @@ async def test_every_operator_rpc_holds_the_account_boundary(platform: Platform,
     # the victim's data is intact: nothing the attacker sent changed it
     after = await platform.scheduler.GetInstance(scheduler_pb2.GetInstanceRequest(instance_id=instance_id))
     assert after.status != scheduler_pb2.RUNNING_STATUS_CANCELED
+    async with operator_channel(addresses["scheduler"], ca_file=ca, token=owner) as channel:
+        listed = await alerts_pb2_grpc.AlertServiceStub(channel).ListSubscriptions(
+            alerts_pb2.ListSubscriptionsRequest(account_id="acme")
+        )
+    assert [s.subscription_id for s in listed.subscriptions] == [subscribed.subscription.subscription_id]
 
 
 async def test_every_listener_refuses_plaintext_and_internal_ones_need_a_service_certificate(

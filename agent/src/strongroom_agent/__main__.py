@@ -18,6 +18,9 @@ import sys
 from collections.abc import Sequence
 
 from strongroom.agent.v1 import gateway_pb2
+from strongroom_telemetry.config import TelemetrySettings, TelemetrySettingsError
+from strongroom_telemetry.process import Telemetry
+from strongroom_telemetry.process import start as start_telemetry
 
 from strongroom_agent import __version__
 from strongroom_agent.config import (
@@ -332,6 +335,15 @@ def _check_roots(roots: Sequence[str]) -> list[str]:
     return [os.path.realpath(r) for r in roots]
 
 
+def _start_telemetry(log_level: str) -> Telemetry:
+    """Logs (text unless STRONGROOM_LOG_FORMAT=json), traces and metrics as the environment says (ADR 0039)."""
+    try:
+        settings = TelemetrySettings.from_env(os.environ, default_log_format="text")
+        return start_telemetry("agent", dataclasses.replace(settings, log_level=log_level), announce=sys.stdout)
+    except (TelemetrySettingsError, OSError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+
+
 def run_cli(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     state_dir = resolve_state_dir(args.state_dir, os.environ)
@@ -339,16 +351,17 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         if args.command == "enroll":
             print(asyncio.run(_enroll(args.gateway, args.token, state_dir, *_trust(args))))
             return EXIT_OK
-        logging.basicConfig(
-            level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        roots = _check_roots(args.roots)
+        telemetry = _start_telemetry(args.log_level)
         try:
-            state = load_state(state_dir)
-        except StateError as exc:
-            raise CliError(str(exc), EXIT_USAGE) from exc
-        tune_allocator()  # before the job threads allocate
-        asyncio.run(_run(state, state_dir, roots))
+            roots = _check_roots(args.roots)
+            try:
+                state = load_state(state_dir)
+            except StateError as exc:
+                raise CliError(str(exc), EXIT_USAGE) from exc
+            tune_allocator()  # before the job threads allocate
+            asyncio.run(_run(state, state_dir, roots))
+        finally:
+            telemetry.shutdown()
         return EXIT_OK
     except CliError as exc:
         print(f"strongroom-agent: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Literal, NamedTuple, Protocol, cast
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
+from strongroom_telemetry.grpc_tracing import client_interceptors
 
 from strongroom_agent.transport import GatewayTrust, channel_credentials
 
@@ -167,9 +168,11 @@ def open_channel(address: str, trust: GatewayTrust, client: tuple[bytes, bytes] 
     """A channel to the gateway: TLS under ``trust`` (pinned CA), presenting the client certificate
     ``client`` (certificate, key) when given; plaintext only if ``trust`` says so."""
     credentials = channel_credentials(trust, client)
+    # Every call carries the current trace (the job's span), so the gateway continues it.
+    tracing = client_interceptors()
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=tracing)
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS, interceptors=tracing)
 
 
 async def enroll(address: str, request: gateway_pb2.EnrollRequest, trust: GatewayTrust) -> gateway_pb2.EnrollResponse:

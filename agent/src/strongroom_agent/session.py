@@ -23,8 +23,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
+from strongroom_telemetry.metrics import instruments
 
 from strongroom_agent import __version__, host
 from strongroom_agent.backup import cores_for, plan_points, run_backup
@@ -155,19 +158,29 @@ class Session:
 
     # --- jobs ---
 
-    async def _job(self, job_id: str, cancel: asyncio.Event, work: Awaitable[gateway_pb2.JobFinished]) -> None:
-        try:
-            finished = await work
-        except Exception as exc:  # a bug: still tell the gateway the job is over
-            log.exception("job %s crashed", job_id)
-            finished = gateway_pb2.JobFinished(
-                job_id=job_id, status=common_pb2.JOB_STATUS_FAILED, error=f"internal error: {exc!r}"
-            )
-        if self._stopping and finished.status == common_pb2.JOB_STATUS_CANCELED:
-            finished.status = common_pb2.JOB_STATUS_FAILED
-            finished.error = "the agent was stopped while the job was running"
-        log.info("job %s finished: %s %s", job_id, common_pb2.JobStatus.Name(finished.status), finished.error)
-        await self._finish(finished)
+    async def _job(
+        self, job_id: str, kind: str, cancel: asyncio.Event, work: Awaitable[gateway_pb2.JobFinished]
+    ) -> None:
+        # One trace per job: its gateway calls, the events they cause and their consumers (ADR 0039).
+        tracer = trace.get_tracer("strongroom.agent")
+        with tracer.start_as_current_span(f"agent.{kind}", attributes={"strongroom.job_id": job_id}) as span:
+            try:
+                finished = await work
+            except Exception as exc:  # a bug: still tell the gateway the job is over
+                log.exception("job %s crashed", job_id)
+                finished = gateway_pb2.JobFinished(
+                    job_id=job_id, status=common_pb2.JOB_STATUS_FAILED, error=f"internal error: {exc!r}"
+                )
+            if self._stopping and finished.status == common_pb2.JOB_STATUS_CANCELED:
+                finished.status = common_pb2.JOB_STATUS_FAILED
+                finished.error = "the agent was stopped while the job was running"
+            status = common_pb2.JobStatus.Name(finished.status)
+            log.info("job %s finished: %s %s", job_id, status, finished.error)
+            span.set_attribute("strongroom.job_status", status.removeprefix("JOB_STATUS_"))
+            if finished.status == common_pb2.JOB_STATUS_FAILED:
+                span.set_status(Status(StatusCode.ERROR, finished.error[:200]))
+            instruments().job_finished(kind, status.removeprefix("JOB_STATUS_"), None)
+            await self._finish(finished)
 
     def _start(
         self,
@@ -188,7 +201,7 @@ class Session:
             return None
         log.info("starting %s job %s", kind, job_id)
         cancel = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(self._job(job_id, cancel, runner(cancel)))
+        task = asyncio.get_running_loop().create_task(self._job(job_id, kind, cancel, runner(cancel)))
         return _Job(job_id, cancel, task)
 
     async def _dispatch(self, command: gateway_pb2.AgentCommand) -> None:

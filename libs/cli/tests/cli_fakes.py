@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from strongroom.alerts.v1 import alerts_pb2, alerts_pb2_grpc
 from strongroom.audit.v1 import audit_pb2, audit_pb2_grpc
 from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
 from strongroom.gateway.v1 import verify_pb2, verify_pb2_grpc
 from strongroom.restore.v1 import restore_pb2, restore_pb2_grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -467,6 +469,82 @@ class FakeVerify(verify_pb2_grpc.VerifyServiceServicer):
         )
 
 
+class FakeAlerts(alerts_pb2_grpc.AlertServiceServicer):
+    """Three messages (the newest unread) served two per page, and one webhook subscription."""
+
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.messages = [
+            alerts_pb2.Message(
+                message_id=f"m-{n}",
+                kind=events_pb2.ALERT_KIND_BACKUP_FAILED,
+                title=f"Backup failed: web-{n}",
+                body=f"Instance web-{n} (i-{n}), backup job j-{n}: the source root /data does not exist",
+                instance_id=f"i-{n}",
+                job_id=f"j-{n}",
+                occurred_at=T0,
+                read_at=None if n == 2 else T0,
+            )
+            for n in (2, 1, 0)
+        ]
+
+    def ListMessages(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.calls.record("ListMessages", request)
+        start = int(request.page_token or 0)
+        end = start + min(request.page_size or 50, 2)
+        next_token = str(end) if end < len(self.messages) else ""
+        return alerts_pb2.ListMessagesResponse(messages=self.messages[start:end], next_page_token=next_token, unread=1)
+
+    def MarkMessagesRead(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.calls.record("MarkMessagesRead", request)
+        return alerts_pb2.MarkMessagesReadResponse(marked=3 if request.all else len(request.message_ids))
+
+    def _subscription(self, request: alerts_pb2.CreateSubscriptionRequest) -> alerts_pb2.Subscription:
+        return alerts_pb2.Subscription(
+            subscription_id="s-1",
+            account_id=request.account_id or "default",
+            channel=request.channel,
+            target="https://hooks.example.com/…",
+            kinds=request.kinds,
+            created_at=T0,
+            delivered=4,
+            pending=1,
+            dead_lettered=2,
+            last_error="HTTP 500",
+        )
+
+    def CreateSubscription(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.calls.record("CreateSubscription", request)
+        secret = "whsec-0123" if request.channel == alerts_pb2.CHANNEL_WEBHOOK else ""
+        return alerts_pb2.CreateSubscriptionResponse(subscription=self._subscription(request), signing_secret=secret)
+
+    def ListSubscriptions(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.calls.record("ListSubscriptions", request)
+        sub = self._subscription(alerts_pb2.CreateSubscriptionRequest(channel=alerts_pb2.CHANNEL_WEBHOOK))
+        return alerts_pb2.ListSubscriptionsResponse(subscriptions=[sub])
+
+    def DeleteSubscription(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.calls.record("DeleteSubscription", request)
+        if request.subscription_id != "s-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"alert subscription {request.subscription_id} not found")
+        return alerts_pb2.DeleteSubscriptionResponse()
+
+    def ListDeliveries(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.calls.record("ListDeliveries", request)
+        delivery = alerts_pb2.Delivery(
+            delivery_id="d-1",
+            subscription_id="s-1",
+            message_id="m-2",
+            channel=alerts_pb2.CHANNEL_WEBHOOK,
+            target="https://hooks.example.com/…",
+            state=alerts_pb2.DELIVERY_STATE_DEAD,
+            attempts=8,
+            last_error="HTTP 500",
+            created_at=T0,
+        )
+        return alerts_pb2.ListDeliveriesResponse(deliveries=[delivery])
+
+
 @dataclass
 class FakeServices:
     calls: Calls
@@ -478,6 +556,7 @@ class FakeServices:
     audit: FakeAudit
     address: str
     verify: FakeVerify = field(default_factory=lambda: FakeVerify(Calls()))
+    alerts: FakeAlerts = field(default_factory=lambda: FakeAlerts(Calls()))
 
 
 @contextmanager
@@ -494,6 +573,7 @@ def fake_services() -> Iterator[FakeServices]:
         FakeAudit(calls),
         address="",
         verify=FakeVerify(calls),
+        alerts=FakeAlerts(calls),
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(services.scheduler, server)
@@ -503,6 +583,7 @@ def fake_services() -> Iterator[FakeServices]:
     auth_pb2_grpc.add_TokenServiceServicer_to_server(services.tokens, server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(services.audit, server)
     verify_pb2_grpc.add_VerifyServiceServicer_to_server(services.verify, server)
+    alerts_pb2_grpc.add_AlertServiceServicer_to_server(services.alerts, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     services.address = f"127.0.0.1:{port}"

@@ -12,7 +12,14 @@ from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_platform import audit
 from strongroom_platform.auth.principal import Role, operator, reset_current_call, set_current_call
 from strongroom_platform.clock import utc
-from strongroom_platform.db import Migration, PgTransaction, create_pool, migrate, transaction
+from strongroom_platform.db import (
+    Migration,
+    PgTransaction,
+    create_pool,
+    migrate,
+    outbox_traceparent_migration,
+    transaction,
+)
 from strongroom_platform.events import AUDIT_RECORDED, decode
 from strongroom_platform.outbox import OUTBOX_DDL
 from strongroom_platform.testing import FakeClock, InMemoryAuditSink, call_for
@@ -47,7 +54,7 @@ class EffectTx(PgTransaction):
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(pg_dsn, SCHEMA, max_size=2)
-    await migrate(pool, SCHEMA, [Migration(1, OUTBOX_DDL), Migration(2, EFFECTS)])
+    await migrate(pool, SCHEMA, [Migration(1, OUTBOX_DDL), Migration(2, EFFECTS), outbox_traceparent_migration(3)])
     await pool.execute("DELETE FROM outbox; DELETE FROM effects; DELETE FROM refuse_audit")
     try:
         yield pool

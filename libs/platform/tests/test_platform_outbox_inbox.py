@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import SystemClock
-from strongroom_platform.db import Migration, create_pool, migrate
+from strongroom_platform.db import Migration, create_pool, migrate, outbox_traceparent_migration
 from strongroom_platform.events import JOB_REQUESTED, POINT_CREATED, decode, new_meta
 from strongroom_platform.inbox import INBOX_DDL, claim_event
 from strongroom_platform.outbox import OUTBOX_DDL, OutboxRelay, enqueue
@@ -25,14 +25,16 @@ class RecordingPublisher:
 
     def __init__(self, fail_at: int | None = None) -> None:
         self.published: list[tuple[str, bytes, bytes]] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
         self.calls = 0
         self.fail_at = fail_at
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+    async def publish(self, topic: str, key: bytes, value: bytes, *, headers: Sequence[tuple[str, bytes]] = ()) -> None:
         self.calls += 1
         if self.calls == self.fail_at:
             raise ConnectionError("broker went away")
         self.published.append((topic, key, value))
+        self.headers.append(list(headers))
 
     def job_ids(self) -> list[str]:
         return [decode(events_pb2.JobRequested, value).job_id for _, _, value in self.published]
@@ -41,7 +43,7 @@ class RecordingPublisher:
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(pg_dsn, SCHEMA, max_size=4)
-    await migrate(pool, SCHEMA, [Migration(1, OUTBOX_DDL), Migration(2, INBOX_DDL)])
+    await migrate(pool, SCHEMA, [Migration(1, OUTBOX_DDL), Migration(2, INBOX_DDL), outbox_traceparent_migration(3)])
     try:
         yield pool
     finally:

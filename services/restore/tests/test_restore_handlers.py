@@ -12,7 +12,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.restore.v1 import restore_pb2
 from strongroom_platform.eventbus import PoisonRecord
-from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, RESTORE_REQUESTED
+from strongroom_platform.events import ALERT_RAISED, RESTORE_CANCEL_REQUESTED, RESTORE_REQUESTED
 from strongroom_platform.testing import FakeClock
 from strongroom_restore import handlers
 from strongroom_restore.errors import CatalogUnavailable, FailedPrecondition, InvalidArgument, NotFound
@@ -251,6 +251,32 @@ async def test_failure_keeps_error_and_earlier_stats(repo: InMemoryRestoreStore)
     )
     assert failed.status == S.JOB_STATUS_FAILED and failed.error == "target path /srv does not exist"
     assert failed.stats.files_restored == 4
+
+
+async def test_a_failed_restore_raises_one_alert(repo: InMemoryRestoreStore) -> None:
+    await insert(repo, job())
+    failure = restore_updated(status=S.JOB_STATUS_FAILED, at=T0 + MINUTE, error="target path /srv does not exist")
+    await apply(repo, failure, failure)  # redelivered
+    await apply(repo, restore_updated(status=S.JOB_STATUS_FAILED, at=T0 + 2 * MINUTE, error="again"))
+    [(topic, key, alert)] = [entry for entry in repo.outbox if entry[0] == ALERT_RAISED]
+    assert isinstance(alert, events_pb2.AlertRaised)
+    current = job()
+    assert (topic, key) == (ALERT_RAISED, current.target_instance_id)
+    assert (alert.kind, alert.account_id, alert.instance_id, alert.job_id, alert.source) == (
+        events_pb2.ALERT_KIND_RESTORE_FAILED,
+        current.account_id,
+        current.target_instance_id,
+        "r1",
+        "restore",
+    )
+    assert alert.reason.endswith("failed: target path /srv does not exist")
+    assert f"restore of point {current.point_id} to " in alert.reason
+
+
+async def test_completed_and_partial_restores_raise_no_alert(repo: InMemoryRestoreStore) -> None:
+    await insert(repo, job())
+    await apply(repo, restore_updated(status=S.JOB_STATUS_PARTIAL_COMPLETE, at=T0 + MINUTE))
+    assert [entry for entry in repo.outbox if entry[0] == ALERT_RAISED] == []
 
 
 async def test_a_partial_restore_keeps_its_failed_files(repo: InMemoryRestoreStore) -> None:

@@ -6,7 +6,7 @@ import pytest
 from strongroom_platform.clock import utc
 from strongroom_platform.testing import FakeClock
 from strongroom_scheduler.handlers import Deps
-from strongroom_scheduler.testing import InMemorySchedulerStore, RecordingAlerter
+from strongroom_scheduler.testing import InMemorySchedulerStore
 
 
 @pytest.fixture
@@ -21,10 +21,5 @@ def store() -> InMemorySchedulerStore:
 
 
 @pytest.fixture
-def alerter() -> RecordingAlerter:
-    return RecordingAlerter()
-
-
-@pytest.fixture
-def deps(store: InMemorySchedulerStore, clock: FakeClock, alerter: RecordingAlerter) -> Deps:
-    return Deps(store=store, clock=clock, alerter=alerter, rng=random.Random(7))
+def deps(store: InMemorySchedulerStore, clock: FakeClock) -> Deps:
+    return Deps(store=store, clock=clock, rng=random.Random(7))

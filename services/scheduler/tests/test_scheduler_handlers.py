@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import logging
 
 import pytest
 from scheduler_helpers import activate, active_instance, call, enroll, job_update, update_job
@@ -10,6 +9,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_platform.events import (
+    ALERT_RAISED,
     INSTANCE_ACTIVATED,
     INSTANCE_DEACTIVATED,
     INSTANCE_SETTINGS_CHANGED,
@@ -19,11 +19,9 @@ from strongroom_platform.events import (
 )
 from strongroom_platform.testing import FakeClock
 from strongroom_scheduler import handlers
-from strongroom_scheduler.alerts import LoggingAlerter
 from strongroom_scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
 from strongroom_scheduler.handlers import Deps, SettingsInput
-from strongroom_scheduler.ports import FailureAlert
-from strongroom_scheduler.testing import InMemorySchedulerStore, RecordingAlerter
+from strongroom_scheduler.testing import InMemorySchedulerStore
 
 S = scheduler_pb2
 
@@ -326,44 +324,63 @@ async def test_finished_job_never_moves_back(deps: Deps) -> None:
     assert (after.status, after.error) == (common_pb2.JOB_STATUS_COMPLETE, "")
 
 
-async def test_redelivered_event_is_applied_once(deps: Deps, alerter: RecordingAlerter) -> None:
+def alerts(store: InMemorySchedulerStore) -> list[events_pb2.AlertRaised]:
+    return [e for e in store.events(ALERT_RAISED) if isinstance(e, events_pb2.AlertRaised)]
+
+
+async def test_redelivered_event_is_applied_once(deps: Deps, store: InMemorySchedulerStore) -> None:
     instance = await active_instance(deps)
     job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     failed = job_update(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_FAILED, error="disk gone")
     await handlers.handle_job_updated(failed, deps)
     await handlers.handle_job_updated(failed, deps)
-    assert len(alerter.alerts) == 1
+    assert len(alerts(store)) == 1
 
 
-async def test_failed_job_records_error_and_alerts(deps: Deps, alerter: RecordingAlerter, clock: FakeClock) -> None:
+async def test_failed_job_records_error_and_alerts(deps: Deps, store: InMemorySchedulerStore, clock: FakeClock) -> None:
     instance = await active_instance(deps)
     job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_FAILED, error="disk gone")
     after = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert after.last_error == "disk gone"
     assert after.status(clock.now()) == S.RUNNING_STATUS_READY
-    assert alerter.alerts == [
-        FailureAlert(
-            account_id="acme",
-            instance_id=instance.instance_id,
-            instance_name="web-1",
-            job_id=job.job_id,
-            error="disk gone",
-        )
-    ]
+    [alert] = alerts(store)
+    assert (alert.kind, alert.account_id, alert.instance_id, alert.instance_name, alert.job_id, alert.reason) == (
+        events_pb2.ALERT_KIND_BACKUP_FAILED,
+        "acme",
+        instance.instance_id,
+        "web-1",
+        job.job_id,
+        "disk gone",
+    )
+    assert [key for topic, key, _ in store.outbox if topic == ALERT_RAISED] == [instance.instance_id]
     second = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     await update_job(deps, second.job_id, instance.instance_id, common_pb2.JOB_STATUS_PARTIAL_COMPLETE)
     after = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert (after.last_error, after.status(clock.now())) == ("", S.RUNNING_STATUS_RUNNING)
 
 
-async def test_logging_alerter_writes_alert_line(caplog: pytest.LogCaptureFixture) -> None:
-    alert = FailureAlert(account_id="a", instance_id="i-1", instance_name="web", job_id="j-1", error="no space left")
-    with caplog.at_level(logging.ERROR):
-        await LoggingAlerter().backup_failed(alert)
-    [record] = caplog.records
-    assert record.levelno == logging.ERROR
-    assert record.getMessage() == "ALERT backup failed instance=i-1 job=j-1 error=no space left"
+async def test_partial_job_alerts_with_its_file_errors(deps: Deps, store: InMemorySchedulerStore) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
+    update = job_update(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_PARTIAL_COMPLETE, version_id="v9")
+    update.file_errors.extend([f"/data/f{i}: permission denied" for i in range(7)])
+    update.stats.files_failed = 7
+    await handlers.handle_job_updated(update, deps)
+    [alert] = alerts(store)
+    assert alert.kind == events_pb2.ALERT_KIND_BACKUP_PARTIAL
+    assert alert.reason.startswith("7 file(s) could not be backed up; version v9 lacks them: /data/f0: permission")
+    assert "/data/f4" in alert.reason and "/data/f5" not in alert.reason
+    assert alert.reason.endswith(f"and 2 more (strongroom jobs get {job.job_id})")
+
+
+async def test_complete_and_canceled_jobs_raise_no_alert(deps: Deps, store: InMemorySchedulerStore) -> None:
+    instance = await active_instance(deps)
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE, version_id="v1")
+    second = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
+    await update_job(deps, second.job_id, instance.instance_id, common_pb2.JOB_STATUS_CANCELED)
+    assert alerts(store) == []
 
 
 async def test_update_for_unknown_job_is_ignored(deps: Deps) -> None:

@@ -9,7 +9,13 @@ from scheduler_helpers import admin, call, update_job
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
-from strongroom_platform.events import INSTANCE_ACTIVATED, INSTANCE_STATUS_CHANGED, JOB_CANCEL_REQUESTED, new_meta
+from strongroom_platform.events import (
+    ALERT_RAISED,
+    INSTANCE_ACTIVATED,
+    INSTANCE_STATUS_CHANGED,
+    JOB_CANCEL_REQUESTED,
+    new_meta,
+)
 from strongroom_platform.testing import FakeClock
 from strongroom_scheduler import handlers, schedule
 from strongroom_scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -88,6 +94,10 @@ async def test_every_status_by_its_real_trigger(deps: Deps, store: InMemorySched
     ]
     stopped = await handlers.get_instance(deps, iid, call=call("GetInstance"))
     assert "gone" in stopped.status_error(clock.now())
+    # entering STOPPED alerts the account (ADR 0037), once
+    [alert] = [e for e in store.events(ALERT_RAISED) if isinstance(e, events_pb2.AlertRaised)]
+    assert (alert.kind, alert.account_id, alert.instance_id) == (events_pb2.ALERT_KIND_INSTANCE_STOPPED, "acme", iid)
+    assert alert.reason == stopped.status_error(clock.now())
     # A stopped instance is never scheduled again, nor backed up by hand.
     clock.advance(days=2)
     assert (await schedule.schedule_due(store, clock)).created == []
@@ -110,6 +120,14 @@ async def test_preparation_fails_after_the_timeout_with_the_error_and_once(
     [*_, failed] = [e for e in store.events(INSTANCE_STATUS_CHANGED) if isinstance(e, events_pb2.InstanceStatusChanged)]
     assert (failed.previous_status, failed.status) == (S.RUNNING_STATUS_PREPARING, S.RUNNING_STATUS_PREPARATION_FAILED)
     assert "did not enroll" in failed.error and "issue a new enrollment token" in failed.error
+    # PREPARATION_FAILED alerts the account with the same error, once (ADR 0037)
+    [alert] = [e for e in store.events(ALERT_RAISED) if isinstance(e, events_pb2.AlertRaised)]
+    assert (alert.kind, alert.instance_id, alert.instance_name) == (
+        events_pb2.ALERT_KIND_PREPARATION_FAILED,
+        instance.instance_id,
+        "web",
+    )
+    assert alert.reason == failed.error
     # A new token is a new preparation; the late agent's enrollment makes it READY.
     await handlers.issue_enrollment_token(deps, instance.instance_id, call=call("IssueEnrollmentToken"))
     await enrolled(deps, instance.instance_id)

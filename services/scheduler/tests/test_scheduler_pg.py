@@ -12,6 +12,7 @@ import asyncpg
 import grpc
 import pytest
 from scheduler_helpers import active_instance, admin, call, update_job
+from strongroom.alerts.v1 import alerts_pb2, alerts_pb2_grpc
 from strongroom.audit.v1 import audit_pb2, audit_pb2_grpc
 from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 from strongroom.common.v1 import common_pb2
@@ -25,6 +26,7 @@ from strongroom_platform.clock import SystemClock, utc
 from strongroom_platform.db import create_pool
 from strongroom_platform.events import (
     AGENT_ENROLLED,
+    ALERT_RAISED,
     AUDIT_RECORDED,
     INSTANCE_ACTIVATED,
     INSTANCE_SETTINGS_CHANGED,
@@ -46,7 +48,6 @@ from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, BlockDevice
 from strongroom_scheduler.repository import _UNFINISHED, PgSchedulerStore
 from strongroom_scheduler.schedule import schedule_due
 from strongroom_scheduler.settings import Settings
-from strongroom_scheduler.testing import RecordingAlerter
 from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
 
@@ -63,8 +64,8 @@ async def pool(pg_logins: PgLogins) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def pg_deps(pool: asyncpg.Pool, clock: FakeClock, alerter: RecordingAlerter) -> Deps:
-    return Deps(store=PgSchedulerStore(pool), clock=clock, alerter=alerter, rng=random.Random(3))
+def pg_deps(pool: asyncpg.Pool, clock: FakeClock) -> Deps:
+    return Deps(store=PgSchedulerStore(pool), clock=clock, rng=random.Random(3))
 
 
 def test_unfinished_statuses_match_the_unique_index() -> None:
@@ -110,12 +111,14 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
     ] == [instance.instance_id]
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
     # activation and the settings update each publish the settings (instance-settings-changed);
-    # every status change (new -> PREPARING -> READY -> BACKING_UP -> RUNNING) its own event
+    # every status change (new -> PREPARING -> READY -> BACKING_UP -> RUNNING) its own event; the
+    # partially completed job raises its alert in the transaction that finished it
     assert [t for t in topics if t != INSTANCE_STATUS_CHANGED] == [
         INSTANCE_ACTIVATED,
         INSTANCE_SETTINGS_CHANGED,
         INSTANCE_SETTINGS_CHANGED,
         JOB_REQUESTED,
+        ALERT_RAISED,
     ]
     assert topics.count(INSTANCE_STATUS_CHANGED) == 4
     assert await pool.fetchval("SELECT count(*) FROM processed_events") == 3
@@ -214,6 +217,27 @@ async def test_process_serves_grpc_and_events(
             assert requested.job_id == job.job_id
             await bus.publish(JOB_UPDATED, b"k", b"\xff\xff not protobuf")  # poison: to the DLQ, not a crash
             await _wait_for(lambda: bus.topics.get(f"{JOB_UPDATED}.dlq"), "the dead-letter record")
+            # the job fails: its alert goes round the bus (alert-raised) into the account's messages
+            failed = events_pb2.JobUpdated(
+                meta=new_meta("agent-gateway", SystemClock().now()),
+                instance_id=instance_id,
+                job_id=job.job_id,
+                status=common_pb2.JOB_STATUS_FAILED,
+                error="disk full",
+            )
+            await bus.publish(JOB_UPDATED, instance_id.encode(), failed.SerializeToString())
+            messages = alerts_pb2_grpc.AlertServiceStub(channel)
+
+            async def listed() -> list[alerts_pb2.Message]:
+                page = await messages.ListMessages(alerts_pb2.ListMessagesRequest(account_id="a"))
+                return list(page.messages)
+
+            for _ in range(500):
+                if await listed():
+                    break
+                await asyncio.sleep(0.02)
+            [message] = await listed()
+            assert (message.job_id, message.title) == (job.job_id, "Backup failed: n")
 
             # the scheduler serves API tokens: a viewer made by the admin reads but cannot act
             tokens = auth_pb2_grpc.TokenServiceStub(channel)

@@ -6,8 +6,9 @@ import datetime as dt
 import pytest
 from scheduler_helpers import activate, active_instance, call, enroll, update_job
 from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import utc
-from strongroom_platform.events import JOB_REQUESTED
+from strongroom_platform.events import ALERT_RAISED, JOB_REQUESTED
 from strongroom_platform.testing import FakeClock
 from strongroom_platform.zones import parse_zone
 from strongroom_scheduler import handlers
@@ -109,6 +110,14 @@ async def test_still_running_backup_skips_the_day(deps: Deps, store: InMemorySch
     result = await schedule_due(store, clock)
     assert result.created == []
     assert result.skipped == [instance.instance_id]
+    [alert] = store.events(ALERT_RAISED)
+    assert isinstance(alert, events_pb2.AlertRaised)
+    assert (alert.kind, alert.instance_id, alert.job_id) == (
+        events_pb2.ALERT_KIND_BACKUP_SKIPPED,
+        instance.instance_id,
+        job_id,
+    )
+    assert alert.reason.startswith(f"the 2026-01-03 backup was skipped: backup job {job_id} is still running")
     assert (await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))).next_backup_at == utc(
         2026, 1, 3, 18, 0
     )
@@ -127,6 +136,7 @@ async def test_not_enrolled_and_paused_instances_get_no_jobs(
     result = await schedule_due(store, clock)
     assert result.created == []
     assert result.skipped == [waiting.instance_id]
+    assert store.events(ALERT_RAISED) == []  # not enrolled yet: Preparing, not a skipped backup
     # the agent enrolls later: the next day's slot runs, not a backlog
     await enroll(deps, waiting.instance_id)
     assert (await schedule_due(store, clock)).created == []

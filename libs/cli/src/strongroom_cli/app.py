@@ -20,6 +20,7 @@ import grpc
 from strongroom_platform.zones import parse_zone
 
 from strongroom_cli import (
+    alerts,
     audit,
     billing,
     browse,
@@ -45,7 +46,7 @@ DEFAULT_TIMEOUT = 30.0
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="strongroom",
-        description="Operate a Strongroom deployment: instances, backup jobs, versions, restores, overview.",
+        description="Operate a Strongroom deployment: instances, backup jobs, versions, restores, overview, alerts.",
     )
     for service in SERVICES:
         parser.add_argument(
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         verify,
         overview,
         billing,
+        alerts,
         certs,
         tokens,
         audit,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from strongroom.alerts.v1 import alerts_pb2_grpc
 from strongroom.audit.v1 import audit_pb2_grpc
 from strongroom.auth.v1 import auth_pb2_grpc
 from strongroom.billing.v1 import billing_pb2_grpc
@@ -72,6 +73,10 @@ class Context:
     def audit(self) -> audit_pb2_grpc.AuditServiceAsyncStub:
         """The audit trail is served by the scheduler."""
         return audit_pb2_grpc.AuditServiceStub(self._channel("scheduler"))
+
+    def alerts(self) -> alerts_pb2_grpc.AlertServiceAsyncStub:
+        """Alert subscriptions and in-app messages are served by the scheduler (ADR 0037)."""
+        return alerts_pb2_grpc.AlertServiceStub(self._channel("scheduler"))
 
     def verify(self) -> verify_pb2_grpc.VerifyServiceAsyncStub:
         """Verifications run in the gateway, which holds the packs and the keys (ADR 0033)."""

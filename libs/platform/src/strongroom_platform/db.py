@@ -33,6 +33,12 @@ class Migration:
     sql: str
 
 
+def outbox_traceparent_migration(version: int) -> Migration:
+    """The migration adding the outbox's ``traceparent`` column (``outbox.OUTBOX_TRACEPARENT_DDL``,
+    ADR 0039); a schema with the outbox appends it to its ``MIGRATIONS`` with its next version."""
+    return Migration(version, outbox.OUTBOX_TRACEPARENT_DDL)
+
+
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, tls: ssl.SSLContext | None = None
 ) -> asyncpg.Pool:

@@ -13,20 +13,28 @@ Adapters: ``eventbus_kafka`` (aiokafka producer, faust-streaming consumer) and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+Headers = tuple[tuple[str, bytes], ...]
+"""A record's headers in order, as Kafka keeps them: (name, value) pairs; names may repeat."""
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One consumed Kafka record."""
+    """One consumed Kafka record.
+
+    ``headers`` carry what is not the event itself: ``traceparent`` (the trace the event
+    continues, ADR 0039), ``strongroom-error`` on a dead-lettered record.
+    """
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes
+    headers: Headers = ()
 
 
 Handler = Callable[[Record], Awaitable[None]]
@@ -45,8 +53,8 @@ class PoisonRecord(Exception):
 class EventPublisher(Protocol):
     """Writes records to topics."""
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
-        """Append a record; when this returns, the broker has durably accepted it.
+    async def publish(self, topic: str, key: bytes, value: bytes, *, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Append a record with ``headers``; when this returns, the broker has durably accepted it.
 
         Records with the same key go to the same partition, so their order is kept.
         """

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,9 +20,10 @@ import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
+from strongroom_telemetry.metrics import Metrics, instruments
 
 from strongroom_platform.clock import Clock, SystemClock
-from strongroom_platform.eventbus import Handler, Record
+from strongroom_platform.eventbus import Handler, Headers, Record
 from strongroom_platform.events import ALERT_RAISED, TOPIC_SPECS, TopicSpec, dead_letter_topic, topic_spec
 from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
 from strongroom_platform.settings import KafkaSasl
@@ -187,11 +188,11 @@ class KafkaPublisher:
         if producer is not None:
             await producer.stop()
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
-        """Append a record and wait for the broker's acknowledgement (raises on failure)."""
+    async def publish(self, topic: str, key: bytes, value: bytes, *, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Append a record with ``headers`` and wait for the broker's acknowledgement (raises on failure)."""
         if self._producer is None:
             raise RuntimeError("KafkaPublisher.publish called before start()")
-        await self._producer.send_and_wait(topic, value=value, key=key)
+        await self._producer.send_and_wait(topic, value=value, key=key, headers=list(headers) or None)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -201,6 +202,14 @@ class KafkaPublisher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _headers(raw: Any) -> Headers:
+    """A consumed record's headers as (name, bytes) pairs, whatever shape the client gave them in."""
+    if not raw:
+        return ()
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    return tuple((str(name), bytes(value) if value is not None else b"") for name, value in items)
 
 
 class FaustConsumer:
@@ -232,6 +241,10 @@ class FaustConsumer:
     new member's JoinGroup for half of it, so a small value starts faster there.
     ``ssl_context`` connects the consumer, its DLQ producer and topic creation over TLS, and
     ``sasl`` authenticates them over it (SASL_SSL).
+
+    Records reach the handler with their headers (``traceparent`` among them). The group's lag per
+    partition (records after the one being handled, counting it until it is done) is the
+    ``strongroom_consumer_lag`` gauge, updated around every record.
     """
 
     def __init__(
@@ -251,6 +264,7 @@ class FaustConsumer:
         sasl: KafkaSasl | None = None,
         alert_topic: str = ALERT_RAISED,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one topic handler")
@@ -260,6 +274,7 @@ class FaustConsumer:
         self._policy = RetryPolicy(retry_initial, retry_max, max_attempts)
         self._alert_topic = alert_topic
         self._clock: Clock = clock or SystemClock()
+        self._metrics = metrics or instruments()
         self._stop_timeout = stop_timeout
         self._create_missing_topics = create_missing_topics
         self._ssl_context = ssl_context
@@ -315,16 +330,31 @@ class FaustConsumer:
             offset=message.offset,
             key=message.key,
             value=message.value if message.value is not None else b"",
+            headers=_headers(message.headers),
         )
         if self._stopping.is_set():
             return False  # left unacknowledged: delivered again after the restart
         self._idle.clear()
+        done = False
         try:
-            return await run_record(
+            self._report_lag(message, handled=False)
+            done = await run_record(
                 handler, record, policy=self._policy, dead_letter=self._dead_letter, pause=self._pause
             )
+            return done
         finally:
+            self._report_lag(message, handled=done)
             self._idle.set()
+
+    def _report_lag(self, message: Any, *, handled: bool) -> None:
+        try:
+            highwater = self._app.consumer.highwater(message.tp)
+        except Exception:  # no assignment or metadata yet: nothing to report
+            return
+        if isinstance(highwater, int):
+            lag = max(0, highwater - message.offset - (1 if handled else 0))
+            labels = {"group": self._group_id, "topic": message.topic, "partition": str(message.partition)}
+            self._metrics.consumer_lag.set(lag, labels)
 
     async def _pause(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):

@@ -74,8 +74,8 @@ def _consumed(topic: str) -> TopicSpec:
     return TopicSpec(dead_letter_topic=f"{topic}.dlq")
 
 
-TOPIC_SPECS: dict[str, TopicSpec] = {topic: _consumed(topic) for topic in TOPIC_MESSAGES if topic != ALERT_RAISED}
-TOPIC_SPECS[ALERT_RAISED] = TopicSpec(dead_letter_topic=None)
+# Every topic is consumed inside Strongroom (alert-raised by the scheduler's alert pipeline, ADR 0037).
+TOPIC_SPECS: dict[str, TopicSpec] = {topic: _consumed(topic) for topic in TOPIC_MESSAGES}
 
 
 def dead_letter_topic(topic: str) -> str:

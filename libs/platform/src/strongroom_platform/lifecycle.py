@@ -20,6 +20,7 @@ from strongroom_platform import outbox
 from strongroom_platform.clock import Clock
 from strongroom_platform.db import create_pool
 from strongroom_platform.eventbus import ConsumerFactory, EventConsumer, EventPublisher, Handler
+from strongroom_platform.health import stop_server
 from strongroom_platform.pg_roles import SchemaSpec, check_service_login, migrate_schemas
 from strongroom_platform.runtime import serve_grpc
 from strongroom_platform.schemas import with_platform
@@ -93,7 +94,8 @@ async def serve(
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> grpc.aio.Server:
-    """The service's gRPC server, announced (``runtime.serve_grpc``); stopped with 5 s grace when the stack unwinds."""
+    """The service's gRPC server, announced (``runtime.serve_grpc``); when the stack unwinds its
+    health turns NOT_SERVING and it stops with 5 s grace."""
     server = await serve_grpc(service, listen, register, credentials=credentials, interceptors=interceptors)
-    stack.push_async_callback(server.stop, 5)
+    stack.push_async_callback(stop_server, server, 5)
     return server

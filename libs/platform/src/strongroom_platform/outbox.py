@@ -5,6 +5,11 @@ Nothing is lost when any process dies: a row is deleted only after the broker
 acknowledged the record (at-least-once; consumers deduplicate on event id).
 Records are published in insertion order; one relay per schema publishes at a
 time (an advisory lock), so the order of events with the same key is kept.
+
+Each row keeps the ``traceparent`` of the span that enqueued it (column added by
+:data:`OUTBOX_TRACEPARENT_DDL`, which every service's migrations append; ADR 0039). The relay
+publishes a row in a PRODUCER span continuing that trace and sends the span's ``traceparent`` as
+a Kafka header, so the consumer continues the same trace.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ import logging
 
 import asyncpg
 from google.protobuf.message import Message
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from strongroom_telemetry.metrics import Metrics, instruments
+from strongroom_telemetry.propagation import TRACEPARENT, context_from_traceparent, current_traceparent
 
 from strongroom_platform.clock import Clock
 from strongroom_platform.eventbus import EventPublisher
@@ -39,6 +48,13 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE published_at IS N
 # What a service's role needs on its outbox (ADR 0031): the relay marks or deletes published rows.
 OUTBOX_PRIVILEGES = "SELECT, INSERT, UPDATE (published_at), DELETE"
 
+OUTBOX_TRACEPARENT_DDL = """
+-- The W3C traceparent of the span that enqueued the event (NULL: none); sent as a Kafka header.
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS traceparent text CHECK (length(traceparent) <= 128);
+"""
+"""The outbox's trace column: every schema with :data:`OUTBOX_DDL` appends it as a later migration
+(``db.outbox_traceparent_migration(version)``); :func:`enqueue` writes it."""
+
 
 def _channel(schema: str) -> str:
     return f"outbox_{schema}"
@@ -47,7 +63,8 @@ def _channel(schema: str) -> str:
 async def enqueue(conn: asyncpg.Connection, topic: str, key: str, event: Message) -> None:
     """Add ``event`` to the outbox inside the caller's open transaction.
 
-    Raises ValueError if ``event`` is not the registered message type of ``topic``.
+    The current span's ``traceparent`` is stored with it. Raises ValueError if ``event`` is not
+    the registered message type of ``topic``.
     """
     expected = TOPIC_MESSAGES.get(topic)
     if expected is None or not isinstance(event, expected):
@@ -55,10 +72,11 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, event: Message
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.enqueue must run inside the transaction of the state change")
     await conn.execute(
-        "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3)",
+        "INSERT INTO outbox (topic, key, payload, traceparent) VALUES ($1, $2, $3, $4)",
         topic,
         key.encode(),
         event.SerializeToString(),
+        current_traceparent(),
     )
     schema = await conn.fetchval("SELECT current_schema()")
     await conn.execute("SELECT pg_notify($1, '')", _channel(schema))
@@ -89,8 +107,12 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         batch_size: int = 200,
         keep_published: bool = False,
+        metrics: Metrics | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._keep_published = keep_published
+        self._metrics = metrics or instruments()
+        self._tracer = trace.get_tracer("strongroom.outbox", tracer_provider=tracer_provider)
         self._pool = pool
         self._schema = schema
         self._publisher = publisher
@@ -111,13 +133,14 @@ class OutboxRelay:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
                 return 0
             rows = await conn.fetch(
-                "SELECT id, topic, key, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+                "SELECT id, topic, key, payload, traceparent FROM outbox"
+                " WHERE published_at IS NULL ORDER BY id LIMIT $1",
                 self._batch_size,
             )
             done: list[int] = []
             for row in rows:
                 try:
-                    await self._publisher.publish(row["topic"], bytes(row["key"]), bytes(row["payload"]))
+                    await self._publish(row)
                 except Exception as exc:  # commit what was acknowledged, then report
                     failure = exc
                     break
@@ -129,6 +152,25 @@ class OutboxRelay:
         if failure is not None:
             raise failure
         return len(done)
+
+    async def _publish(self, row: asyncpg.Record) -> None:
+        topic = row["topic"]
+        with self._tracer.start_as_current_span(
+            f"{topic} publish",
+            context=context_from_traceparent(row["traceparent"]),
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
+        ):
+            traceparent = current_traceparent()
+            headers = [(TRACEPARENT, traceparent.encode())] if traceparent else []
+            await self._publisher.publish(topic, bytes(row["key"]), bytes(row["payload"]), headers=headers)
+
+    async def report_backlog(self) -> int:
+        """Count the events not yet published and set the ``strongroom_outbox_backlog`` gauge; return the count."""
+        async with self._pool.acquire() as conn:
+            pending = int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        self._metrics.outbox_backlog.set(pending, {"schema": self._schema})
+        return pending
 
     async def replay_published(self) -> int:
         """Mark every kept, already published row pending again; return how many.
@@ -149,6 +191,7 @@ class OutboxRelay:
                     try:
                         while await self.publish_pending() == self._batch_size:
                             pass
+                        await self.report_backlog()
                     except (OSError, asyncpg.PostgresError, ConnectionError) as exc:
                         log.warning("outbox relay for %s failed, retrying: %s", self._schema, exc)
                     except Exception:

@@ -13,8 +13,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from strongroom_telemetry import process as telemetry_process
+from strongroom_telemetry.config import TelemetrySettings, TelemetrySettingsError
+from strongroom_telemetry.grpc_tracing import TracingServerInterceptor
+from strongroom_telemetry.logs import configure_logging as _configure_logging
 
 from strongroom_platform.grpc_errors import ErrorMappingInterceptor
+from strongroom_platform.health import add_standard_services
 from strongroom_platform.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -23,14 +28,9 @@ SettingsT = TypeVar("SettingsT")
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
-    """Plain-text logs on stderr, one line per record, prefixed with the service name."""
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-    )
-    # aiokafka and faust are chatty at INFO about every rebalance.
-    for noisy in ("aiokafka", "faust", "mode", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Plain-text logs on stderr, one line per record, prefixed with the service name (tools and
+    tests; a service's entry point logs as ``STRONGROOM_LOG_FORMAT`` says, see :func:`service_main`)."""
+    _configure_logging(service, log_format="text", level=level)
 
 
 FORCE_AFTER_SECONDS = 2.0
@@ -91,22 +91,26 @@ async def start_grpc_server(
     With ``credentials`` (``strongroom_platform.tls.listener_credentials``) the port speaks TLS only;
     without, plaintext only.
 
-    The error mapping of ``grpc_errors`` is the outermost interceptor, so a ``ServiceError``
-    raised by one of ``interceptors`` (an authentication check, say) or by a servicer reaches
-    the caller as its status code, and no exception reaches it with its own text.
+    Every call runs in a span continuing the caller's trace (``strongroom_telemetry.grpc_tracing``,
+    outermost, so the span carries the final status); inside it the error mapping of
+    ``grpc_errors``, so a ``ServiceError`` raised by one of ``interceptors`` (an authentication
+    check, say) or by a servicer reaches the caller as its status code, and no exception reaches
+    it with its own text. The server also carries the health service and reflection
+    (``health.add_standard_services``), reporting SERVING once started.
     """
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(), *interceptors],
+        interceptors=[TracingServerInterceptor(), ErrorMappingInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ],
     )
-    register(server)
+    health = await add_standard_services(server, register)
     port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
+    await health.serving()
     return server, port
 
 
@@ -136,13 +140,29 @@ def service_main(
     settings_from_env: Callable[[Mapping[str, str]], SettingsT],
     run: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
 ) -> None:
-    """The body of a service's ``main()``: logging, settings from ``os.environ``, then
-    ``run(settings, stop)`` until SIGINT/SIGTERM (see :func:`run_until_signalled`).
+    """The body of a service's ``main()``: telemetry (JSON logs, traces, metrics; ADR 0039),
+    settings from ``os.environ``, then ``run(settings, stop)`` until SIGINT/SIGTERM (see
+    :func:`run_until_signalled`); spans and metrics are flushed at exit.
 
     Bad settings end the process with status 2 and the message on stderr, also those found while
     starting (a listener refused plaintext, a master key missing).
     """
-    configure_logging(service)
+    try:
+        telemetry = telemetry_process.start(service, TelemetrySettings.from_env(os.environ), announce=sys.stdout)
+    except (TelemetrySettingsError, OSError) as exc:
+        print(f"strongroom-{service}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        _serve_main(service, settings_from_env, run)
+    finally:
+        telemetry.shutdown()
+
+
+def _serve_main(
+    service: str,
+    settings_from_env: Callable[[Mapping[str, str]], SettingsT],
+    run: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
+) -> None:
     try:
         settings = settings_from_env(os.environ)
     except SettingsError as exc:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from strongroom_telemetry.config import TelemetrySettingsError, parse_exporter
+
 
 class SettingsError(ValueError):
     """A required setting is missing or malformed; the message names the variable."""
@@ -274,7 +276,9 @@ class PlatformSettings:
             services call this one with their service certificates (mutual TLS; needs
             STRONGROOM_TLS_CLIENT_CA); unset, no internal listener (ADR 0024).
         STRONGROOM_OIDC_ISSUER, _AUDIENCE, _JWKS, _ROLES_CLAIM: operators' OIDC tokens (:class:`OidcSettings`).
-        STRONGROOM_OTEL: "none" (default), "console" or "otlp".
+        STRONGROOM_OTEL: "none" (default), "console", "otlp" or "file:<dir>"; with
+            STRONGROOM_METRICS_LISTEN, STRONGROOM_LOG_FORMAT and STRONGROOM_LOG_LEVEL read by the
+            process's entry point (``strongroom_telemetry.config``, ADR 0039).
         STRONGROOM_OUTBOX_REPLAY: "1" in standalone mode, whose in-memory broker forgets
             everything on restart: the outbox keeps published events and publishes them
             all again at start (consumers deduplicate by event id).
@@ -317,9 +321,10 @@ class PlatformSettings:
         elif not object_store.startswith("file:"):
             raise SettingsError(f"STRONGROOM_OBJECT_STORE must be 's3' or 'file:<dir>', got {object_store!r}")
         tls = TlsSettings.from_env(environ)
-        otel = env_str(environ, "STRONGROOM_OTEL", "none")
-        if otel not in {"none", "console", "otlp"}:
-            raise SettingsError(f"STRONGROOM_OTEL must be none, console or otlp, got {otel!r}")
+        try:
+            otel = parse_exporter(env_str(environ, "STRONGROOM_OTEL", "none"))
+        except TelemetrySettingsError as exc:
+            raise SettingsError(str(exc)) from None
         kafka_tls = BackendTls.from_env(environ, "STRONGROOM_KAFKA_TLS")
         settings = cls(
             pg_dsn=env_str(environ, "STRONGROOM_PG_DSN"),

@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import datetime as dt
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
@@ -26,7 +26,7 @@ from strongroom_platform.auth.policy import POLICY
 from strongroom_platform.auth.principal import CallAuth, Principal, Role
 from strongroom_platform.auth.tokens import InMemoryTokenStore, TokenVerifier, new_token
 from strongroom_platform.clock import Clock, SystemClock, utc
-from strongroom_platform.eventbus import Handler, Record
+from strongroom_platform.eventbus import Handler, Headers, Record
 from strongroom_platform.events import ALERT_RAISED, TOPIC_MESSAGES
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound, ObjectVersion
 from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
@@ -186,12 +186,15 @@ class InMemoryEventBus:
         # Error text of each dead-lettered record, by DLQ topic, parallel to ``topics``
         # (Kafka keeps it in a record header; the value itself stays as published).
         self.dlq_errors: dict[str, list[str]] = {}
+        # The headers of each record, by topic, parallel to ``topics``.
+        self.headers: dict[str, list[Headers]] = {}
         self._committed: dict[tuple[str, str], int] = {}
         self._appended = asyncio.Condition()
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+    async def publish(self, topic: str, key: bytes, value: bytes, *, headers: Sequence[tuple[str, bytes]] = ()) -> None:
         async with self._appended:
             self.topics.setdefault(topic, []).append((key, value))
+            self.headers.setdefault(topic, []).append(tuple(headers))
             self._appended.notify_all()
 
     def consumer(self, group_id: str, handlers: Mapping[str, Handler]) -> InMemoryConsumer:
@@ -246,7 +249,15 @@ class InMemoryConsumer:
                 position = bus._committed.get((self._group, topic), 0)
                 while position < len(records):
                     key, value = records[position]
-                    record = Record(topic=topic, partition=0, offset=position, key=key, value=value)
+                    headers = bus.headers.get(topic, [])
+                    record = Record(
+                        topic=topic,
+                        partition=0,
+                        offset=position,
+                        key=key,
+                        value=value,
+                        headers=headers[position] if position < len(headers) else (),
+                    )
                     if not await run_record(
                         handler, record, policy=self._policy, dead_letter=self._dead_letter, pause=_pause
                     ):

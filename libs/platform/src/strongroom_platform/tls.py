@@ -31,6 +31,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from strongroom_telemetry.grpc_tracing import client_interceptors
 
 from strongroom_platform.certs import load_certificate, public_key_sha256, spki_sha256
 from strongroom_platform.settings import (
@@ -229,12 +230,14 @@ def secure_channel(
 
     With TLS settings: trusts ``tls.ca_file`` and presents ``tls.cert_file`` as the client
     certificate (service-to-service mutual TLS). Files are read now: a channel keeps the client
-    certificate it was built with.
+    certificate it was built with. Calls carry the caller's trace context (``traceparent``).
     """
     if tls is not None:
-        return grpc.aio.secure_channel(target, _tls_channel_credentials(tls), options=options)
+        return grpc.aio.secure_channel(
+            target, _tls_channel_credentials(tls), options=options, interceptors=client_interceptors()
+        )
     if insecure_plaintext:
-        return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=client_interceptors())
     raise PlaintextRefused(f"channel to {target}: no TLS settings; plaintext needs {INSECURE_PLAINTEXT_ENV}=1")
 
 
@@ -243,7 +246,7 @@ def bearer_channel(address: str, ca_pem: bytes, token: str) -> grpc.aio.Channel:
     credentials = grpc.composite_channel_credentials(
         grpc.ssl_channel_credentials(root_certificates=ca_pem), grpc.access_token_call_credentials(token)
     )
-    return grpc.aio.secure_channel(address, credentials)
+    return grpc.aio.secure_channel(address, credentials, interceptors=client_interceptors())
 
 
 def pinned_roots(bundle_pem: bytes, pins: Collection[str]) -> bytes:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_platform.clock import Clock
 from strongroom_platform.objectstore import ObjectStore
+from strongroom_platform.telemetry import instruments
 
 from strongroom_gateway import packfile, validation
 from strongroom_gateway.agents import Identity
@@ -143,6 +144,7 @@ class PackWriter:
             await self.keys.keep_locked(pack.account_id, retain_until)
             async with self.write_slots:
                 version_id = await self._objects.put(key, encoded.data, retain_until=retain_until)
+            instruments().stored.add(len(encoded.data))
             record = Pack(
                 encoded.pack_id,
                 pack.account_id,

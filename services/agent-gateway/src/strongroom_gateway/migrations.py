@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration
+from strongroom_platform.db import Migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
 from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
@@ -248,6 +248,8 @@ MIGRATIONS: list[Migration] = [
     Migration(10, _V10_VERIFICATION),
     # Garbage collection (ADR 0041): expirations, point references, condemned and reclaimed packs.
     Migration(11, GC_DDL),
+    # The outbox's traceparent column (ADR 0039). 12 and 13 are taken by parallel work.
+    outbox_traceparent_migration(14),
 ]
 
 ROLE = SERVICE_ROLES["gateway"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from strongroom_platform.telemetry import Metrics, instruments
+
 
 @dataclass(eq=False)
 class Session:
@@ -25,8 +27,11 @@ class Session:
 
 
 class SessionRegistry:
-    def __init__(self) -> None:
+    """The open sessions; their number is the ``strongroom_gateway_sessions`` gauge."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._sessions: dict[str, Session] = {}
+        self._metrics = metrics or instruments()
 
     def open(self, instance_id: str) -> Session:
         """Register a new stream; an older stream of the same instance is closed (the agent reconnected)."""
@@ -35,11 +40,13 @@ class SessionRegistry:
             self._close(previous, "replaced by a newer connection of the same agent")
         session = Session(instance_id)
         self._sessions[instance_id] = session
+        self._metrics.gateway_sessions.set(len(self._sessions))
         return session
 
     def release(self, session: Session) -> None:
         if self._sessions.get(session.instance_id) is session:
             del self._sessions[session.instance_id]
+            self._metrics.gateway_sessions.set(len(self._sessions))
 
     def get(self, instance_id: str) -> Session | None:
         return self._sessions.get(instance_id)

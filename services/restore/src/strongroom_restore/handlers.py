@@ -16,10 +16,18 @@ from strongroom.events.v1 import events_pb2
 from strongroom.restore.v1 import restore_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_platform import audit
+from strongroom_platform.alerts import account_alert
 from strongroom_platform.auth import CallAuth, authorize, visible_accounts
 from strongroom_platform.clock import Clock
 from strongroom_platform.eventbus import PoisonRecord
-from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, RESTORE_REQUESTED, from_timestamp, new_meta
+from strongroom_platform.events import (
+    ALERT_RAISED,
+    RESTORE_CANCEL_REQUESTED,
+    RESTORE_REQUESTED,
+    from_timestamp,
+    new_meta,
+)
+from strongroom_platform.telemetry import instruments
 
 from strongroom_restore import paths
 from strongroom_restore.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -260,7 +268,8 @@ async def handle_restore_updated(event: events_pb2.RestoreUpdated, *, repo: Rest
     """Apply an agent's status report to its job, once per event id.
 
     Never moves a job backwards (a progress report cannot undo CANCELING or a
-    finished status); updates older than the last applied one are ignored.
+    finished status); updates older than the last applied one are ignored. A job
+    that becomes FAILED raises a RESTORE_FAILED alert in the same transaction.
     """
     if not event.restore_job_id:
         raise PoisonRecord(f"restore-updated {event.meta.event_id} without restore_job_id")
@@ -276,3 +285,22 @@ async def handle_restore_updated(event: events_pb2.RestoreUpdated, *, repo: Rest
         updated = _apply(job, event)
         if updated is not None:
             await tx.update_job(updated)
+            if updated.status == common_pb2.JOB_STATUS_FAILED and job.status != common_pb2.JOB_STATUS_FAILED:
+                await tx.enqueue(ALERT_RAISED, updated.target_instance_id, _failed_alert(updated, event))
+    if updated is not None and updated.finished_at is not None:
+        duration = (updated.finished_at - updated.created_at).total_seconds()
+        instruments().job_finished("restore", status_name(updated.status), duration)
+
+
+def _failed_alert(job: RestoreJob, event: events_pb2.RestoreUpdated) -> events_pb2.AlertRaised:
+    failed = f" ({job.stats.files_failed} file(s) not restored)" if job.stats.files_failed else ""
+    return account_alert(
+        events_pb2.ALERT_KIND_RESTORE_FAILED,
+        producer=PRODUCER,
+        now=from_timestamp(event.meta.occurred_at),
+        account_id=job.account_id,
+        instance_id=job.target_instance_id,
+        job_id=job.restore_job_id,
+        reason=f"restore of point {job.point_id} to {job.target_path or 'the original path'} failed{failed}: "
+        f"{job.error or 'no error reported'}",
+    )

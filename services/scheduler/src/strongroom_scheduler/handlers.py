@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform import audit
+from strongroom_platform.alerts import account_alert
 from strongroom_platform.auth import CallAuth, authorize, choose_account
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import (
+    ALERT_RAISED,
     INSTANCE_ACTIVATED,
     INSTANCE_DEACTIVATED,
     INSTANCE_SETTINGS_CHANGED,
@@ -32,6 +34,7 @@ from strongroom_platform.events import (
     new_meta,
     to_timestamp,
 )
+from strongroom_platform.telemetry import Metrics, instruments
 from strongroom_platform.zones import DEFAULT_ZONE
 
 from strongroom_scheduler import inventory, schedule, status
@@ -48,7 +51,7 @@ from strongroom_scheduler.models import (
     Job,
     job_status_name,
 )
-from strongroom_scheduler.ports import Alerter, AuditQuery, FailureAlert, SchedulerStore, SchedulerTx
+from strongroom_scheduler.ports import AuditQuery, SchedulerStore, SchedulerTx
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +73,13 @@ class Deps:
 
     store: SchedulerStore
     clock: Clock
-    alerter: Alerter
     rng: random.Random = field(default_factory=random.Random)
     # The zone whose midnights daily start minutes count from (STRONGROOM_ZONE, default UTC+8).
     zone: dt.tzinfo = DEFAULT_ZONE
     # How long an activated instance's agent has to enroll before PREPARATION_FAILED (ADR 0040).
     preparation_timeout: dt.timedelta = DEFAULT_PREPARATION_TIMEOUT
+    # Jobs, bytes and last successes (ADR 0039); the process's meter provider unless a test gives one.
+    metrics: Metrics = field(default_factory=instruments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -643,10 +647,10 @@ async def handle_job_updated(event: events_pb2.JobUpdated, deps: Deps) -> None:
     """Apply a job's progress or result, and the instance's running status. Idempotent.
 
     A finished job never changes again, and a CANCELING job is not moved back
-    to RUNNING. A FAILED result records the instance's last error and raises
-    a failure alert (after the transaction committed).
+    to RUNNING. A FAILED result records the instance's last error; FAILED and
+    PARTIAL_COMPLETE raise an alert (``alert-raised``, in the same transaction).
     """
-    alert: FailureAlert | None = None
+    ended: Job | None = None
     async with deps.store.transaction() as tx:
         if not await tx.claim_event(CONSUMER, event.meta.event_id):
             return
@@ -690,16 +694,55 @@ async def handle_job_updated(event: events_pb2.JobUpdated, deps: Deps) -> None:
                 instance.last_error = ""
             elif job.status == common_pb2.JOB_STATUS_FAILED:
                 instance.last_error = job.error or "backup job failed"
-                alert = FailureAlert(
-                    account_id=instance.account_id,
-                    instance_id=instance.instance_id,
-                    instance_name=instance.name,
-                    job_id=job.job_id,
-                    error=instance.last_error,
-                )
             await status.save(tx, instance, before, now)
-    if alert is not None:
-        await deps.alerter.backup_failed(alert)
+            await _alert_finished_job(tx, instance, job, now)
+        ended = job if finished else None
+    if ended is not None:
+        record_finished_backup(deps.metrics, ended)
+
+
+MAX_ALERT_FILE_ERRORS = 5
+
+
+async def _alert_finished_job(tx: SchedulerTx, instance: Instance, job: Job, now: dt.datetime) -> None:
+    """Raise the alert of a failed or partially completed backup job (ADR 0037)."""
+    if job.status == common_pb2.JOB_STATUS_FAILED:
+        kind = events_pb2.ALERT_KIND_BACKUP_FAILED
+        reason = job.error or "backup job failed"
+    elif job.status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE:
+        kind = events_pb2.ALERT_KIND_BACKUP_PARTIAL
+        failed = job.stats.files_failed or len(job.file_errors)
+        reason = f"{failed} file(s) could not be backed up; version {job.version_id or '(none)'} lacks them"
+        if job.file_errors:
+            shown = "; ".join(job.file_errors[:MAX_ALERT_FILE_ERRORS])
+            more = len(job.file_errors) - MAX_ALERT_FILE_ERRORS
+            reason += f": {shown}" + (f"; and {more} more (strongroom jobs get {job.job_id})" if more > 0 else "")
+    else:
+        return
+    alert = account_alert(
+        kind,
+        producer=PRODUCER,
+        now=now,
+        account_id=instance.account_id,
+        instance_id=instance.instance_id,
+        instance_name=instance.name,
+        job_id=job.job_id,
+        reason=reason,
+    )
+    await tx.enqueue(ALERT_RAISED, instance.instance_id, alert)
+
+
+def record_finished_backup(metrics: Metrics, job: Job) -> None:
+    """Count a finished backup: its status and duration, its bytes, its instance's last success."""
+    duration = (job.finished_at - job.created_at).total_seconds() if job.finished_at is not None else None
+    metrics.job_finished("backup", job_status_name(job.status), duration)
+    succeeded = job.status in SUCCESSFUL_JOB_STATUSES
+    stats = job.stats
+    metrics.backup_bytes(
+        read=stats.bytes_read, unchanged=stats.bytes_unchanged, uploaded=stats.bytes_uploaded, ratio=succeeded
+    )
+    if succeeded and job.finished_at is not None:
+        metrics.last_success.set(job.finished_at.timestamp(), {"instance_id": job.instance_id})
 
 
 _PROGRESS_ORDER: dict[int, int] = {

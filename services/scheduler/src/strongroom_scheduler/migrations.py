@@ -1,8 +1,8 @@
-"""Schema ``scheduler``: instances, backup jobs, the audit trail, outbox and processed events."""
+"""Schema ``scheduler``: instances, backup jobs, the audit trail, alerts, outbox and processed events."""
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration
+from strongroom_platform.db import Migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
 from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
@@ -87,6 +87,57 @@ CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
 """
 
+# The alert pipeline (ADR 0037): subscriptions of an account, one in-app message per alert and
+# account, and the durable queue of webhook and email deliveries (state 1 pending, 2 delivered,
+# 3 dead; a pending row is due at next_attempt_at, which a claim moves to the end of its lease).
+_ALERTS = """
+CREATE TABLE alert_subscriptions (
+    subscription_id text PRIMARY KEY,
+    account_id text NOT NULL,
+    channel smallint NOT NULL CHECK (channel IN (1, 2)),
+    target text NOT NULL,
+    kinds smallint[] NOT NULL,
+    signing_secret text NOT NULL,
+    created_at timestamptz NOT NULL
+);
+CREATE INDEX alert_subscriptions_by_account ON alert_subscriptions (account_id, created_at);
+
+CREATE TABLE alert_messages (
+    message_id text PRIMARY KEY,
+    account_id text NOT NULL,
+    alert_event_id text NOT NULL,
+    kind smallint NOT NULL,
+    title text NOT NULL,
+    body text NOT NULL,
+    instance_id text NOT NULL,
+    job_id text NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL,
+    read_at timestamptz,
+    UNIQUE (account_id, alert_event_id)
+);
+CREATE INDEX alert_messages_by_account ON alert_messages (account_id, created_at DESC, message_id DESC);
+CREATE INDEX alert_messages_unread ON alert_messages (account_id) WHERE read_at IS NULL;
+
+CREATE TABLE alert_deliveries (
+    delivery_id text PRIMARY KEY,
+    subscription_id text NOT NULL REFERENCES alert_subscriptions (subscription_id) ON DELETE CASCADE,
+    account_id text NOT NULL,
+    message_id text NOT NULL REFERENCES alert_messages (message_id),
+    channel smallint NOT NULL,
+    target text NOT NULL,
+    state smallint NOT NULL CHECK (state IN (1, 2, 3)),
+    attempts integer NOT NULL,
+    next_attempt_at timestamptz NOT NULL,
+    last_error text NOT NULL,
+    created_at timestamptz NOT NULL,
+    finished_at timestamptz
+);
+CREATE INDEX alert_deliveries_due ON alert_deliveries (next_attempt_at) WHERE state = 1;
+CREATE INDEX alert_deliveries_by_account ON alert_deliveries (account_id, created_at DESC);
+CREATE INDEX alert_deliveries_by_subscription ON alert_deliveries (subscription_id);
+"""
+
 # The inventory and the lifecycle statuses (ADR 0040): instances known before activation (activated
 # false), their host identity, OS and block devices; released = the inventory says the host is gone
 # (STOPPED); prepare_by = when the agent must have enrolled (activation + the preparation timeout;
@@ -116,9 +167,12 @@ MIGRATIONS: list[Migration] = [
     Migration(2, INBOX_DDL),
     Migration(3, _TABLES),
     Migration(4, _AUDIT),
+    Migration(8, _ALERTS),
     # ListInstances pages by (account, activation, id): an index walk per page, not a sort (issue 14).
     Migration(9, "CREATE INDEX instances_by_account_page ON instances (account_id, activated_at, instance_id)"),
     Migration(10, _INVENTORY),
+    # The outbox's traceparent column (ADR 0039).
+    outbox_traceparent_migration(11),
 ]
 
 ROLE = SERVICE_ROLES["scheduler"]
@@ -130,6 +184,11 @@ PRIVILEGES: dict[str, str] = {
     "instances": "SELECT, INSERT, UPDATE",
     "jobs": "SELECT, INSERT, UPDATE",
     "audit_events": "SELECT, INSERT",
+    # alerts (ADR 0037): subscriptions are removed (their deliveries with them); messages are
+    # marked read; deliveries change state
+    "alert_subscriptions": "SELECT, INSERT, DELETE",
+    "alert_messages": "SELECT, INSERT, UPDATE",
+    "alert_deliveries": "SELECT, INSERT, UPDATE, DELETE",
 }
 
 SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})

@@ -1,4 +1,5 @@
-"""Ports the scheduler's logic depends on; adapters in ``repository`` (PostgreSQL), ``alerts`` and ``testing``."""
+"""Ports the scheduler's logic depends on; adapters in ``repository`` (PostgreSQL) and ``testing``
+(the alert pipeline's are in ``alerts.ports``)."""
 
 from __future__ import annotations
 
@@ -100,23 +101,4 @@ class SchedulerStore(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[SchedulerTx]:
         """A transaction that commits when the block exits normally and rolls back on an exception."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class FailureAlert:
-    """A backup job failed; operators must be told (seed: "Failure alert")."""
-
-    account_id: str
-    instance_id: str
-    instance_name: str
-    job_id: str
-    error: str
-
-
-class Alerter(Protocol):
-    """Delivers failure alerts (log line today; email and webhooks plug in here)."""
-
-    async def backup_failed(self, alert: FailureAlert) -> None:
-        """Deliver one alert; must not raise for delivery problems (log them instead)."""
         ...

@@ -16,10 +16,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from strongroom.events.v1 import events_pb2
+from strongroom_platform.alerts import account_alert
 from strongroom_platform.clock import Clock
+from strongroom_platform.events import ALERT_RAISED
 from strongroom_platform.zones import DEFAULT_ZONE
 
-from strongroom_scheduler.jobs import start_job
+from strongroom_scheduler.jobs import PRODUCER, start_job
 from strongroom_scheduler.models import TRIGGER_SCHEDULE
 from strongroom_scheduler.ports import SchedulerStore
 
@@ -95,7 +98,8 @@ async def schedule_due(
 
     A slot is skipped when the agent has not enrolled yet, or when the
     instance's previous backup is still running (the seed: "subsequent backups
-    are skipped to prioritize the completion of the ongoing backup job").
+    are skipped to prioritize the completion of the ongoing backup job"); the
+    latter raises a BACKUP_SKIPPED alert.
     Slots missed while the scheduler was down collapse into one job.
     Each batch is one transaction whose rows are locked with SKIP LOCKED, so
     several scheduler replicas can run this concurrently.
@@ -121,6 +125,18 @@ async def schedule_due(
                         slot_day,
                     )
                     result.skipped.append(instance.instance_id)
+                    alert = account_alert(
+                        events_pb2.ALERT_KIND_BACKUP_SKIPPED,
+                        producer=PRODUCER,
+                        now=now,
+                        account_id=instance.account_id,
+                        instance_id=instance.instance_id,
+                        instance_name=instance.name,
+                        job_id=unfinished[0].job_id,
+                        reason=f"the {slot_day} backup was skipped: backup job {unfinished[0].job_id} is still "
+                        "running, and an ongoing backup is completed first",
+                    )
+                    await tx.enqueue(ALERT_RAISED, instance.instance_id, alert)
                 else:
                     job = await start_job(tx, instance, TRIGGER_SCHEDULE, now)
                     log.info("instance %s: started scheduled backup job %s", instance.instance_id, job.job_id)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime as dt
 
 from strongroom.events.v1 import events_pb2
-from strongroom_platform.events import INSTANCE_STATUS_CHANGED, new_meta
+from strongroom.scheduler.v1 import scheduler_pb2
+from strongroom_platform.alerts import account_alert
+from strongroom_platform.events import ALERT_RAISED, INSTANCE_STATUS_CHANGED, new_meta
 
 from strongroom_scheduler.jobs import PRODUCER
 from strongroom_scheduler.models import Instance
@@ -38,9 +40,40 @@ def status_event(instance: Instance, previous: int, now: dt.datetime) -> events_
     )
 
 
+# Statuses the account is alerted of when an instance enters them (ADR 0037), and the text used
+# when the instance carries no error of its own.
+_ALERTED: dict[int, tuple[events_pb2.AlertKind.ValueType, str]] = {
+    scheduler_pb2.RUNNING_STATUS_PREPARATION_FAILED: (
+        events_pb2.ALERT_KIND_PREPARATION_FAILED,
+        "the backup client did not enroll in time; see the instance's error and install it again",
+    ),
+    scheduler_pb2.RUNNING_STATUS_STOPPED: (
+        events_pb2.ALERT_KIND_INSTANCE_STOPPED,
+        "the inventory says the instance is gone: its backups stopped, its versions stay restorable until they expire",
+    ),
+}
+
+
 async def publish(tx: SchedulerTx, instance: Instance, previous: int, now: dt.datetime) -> None:
-    """Enqueue the instance's status (and inventory) as it is now; ``previous`` = NEW for a new one."""
-    await tx.enqueue(INSTANCE_STATUS_CHANGED, instance.instance_id, status_event(instance, previous, now))
+    """Enqueue the instance's status (and inventory) as it is now; ``previous`` = NEW for a new one.
+
+    Entering PREPARATION_FAILED or STOPPED also raises the account's alert, in the same transaction.
+    """
+    event = status_event(instance, previous, now)
+    await tx.enqueue(INSTANCE_STATUS_CHANGED, instance.instance_id, event)
+    alerted = _ALERTED.get(event.status)
+    if alerted is not None and previous != event.status:
+        kind, default = alerted
+        alert = account_alert(
+            kind,
+            producer=PRODUCER,
+            now=now,
+            account_id=instance.account_id,
+            instance_id=instance.instance_id,
+            instance_name=instance.name,
+            reason=event.error or default,
+        )
+        await tx.enqueue(ALERT_RAISED, instance.instance_id, alert)
 
 
 async def insert(tx: SchedulerTx, instance: Instance, now: dt.datetime) -> None:

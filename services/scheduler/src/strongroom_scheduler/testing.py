@@ -20,7 +20,7 @@ from strongroom_platform.testing import InMemoryTransactions, claim_once, record
 
 from strongroom_scheduler.errors import AlreadyExists
 from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job, host_taken_message
-from strongroom_scheduler.ports import AuditQuery, FailureAlert
+from strongroom_scheduler.ports import AuditQuery
 
 
 class _State:
@@ -183,13 +183,3 @@ class InMemorySchedulerStore(InMemoryTransactions[_State]):
     async def transaction(self) -> AsyncIterator[InMemorySchedulerTx]:
         async with self._transaction_state() as state:
             yield InMemorySchedulerTx(state)
-
-
-class RecordingAlerter:
-    """Alerter fake: remembers every alert."""
-
-    def __init__(self) -> None:
-        self.alerts: list[FailureAlert] = []
-
-    async def backup_failed(self, alert: FailureAlert) -> None:
-        self.alerts.append(alert)

@@ -62,6 +62,7 @@ _TOKENS = "/strongroom.auth.v1.TokenService/"
 _AGENT_ADMIN = "/strongroom.gateway.v1.AgentAdminService/"
 _AUDIT = "/strongroom.audit.v1.AuditService/"
 _VERIFY = "/strongroom.gateway.v1.VerifyService/"
+_ALERTS = "/strongroom.alerts.v1.AlertService/"
 
 POLICY: Mapping[str, Rule] = MappingProxyType(
     {
@@ -114,6 +115,15 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _TOKENS + "WhoAmI": _op(READ, "read its own identity"),
         # the audit trail (served by the scheduler, ADR 0027): admins of the account only
         _AUDIT + "ListAuditEvents": _op(ADMIN, "read the audit trail"),
+        # alerts (served by the scheduler, ADR 0037): a subscription sends the account's alerts
+        # outside the platform, so only its admins add or remove one (audited)
+        _ALERTS + "CreateSubscription": _op(ADMIN, "subscribe to alerts", mutating=True),
+        _ALERTS + "ListSubscriptions": _op(READ, "list alert subscriptions"),
+        _ALERTS + "DeleteSubscription": _op(ADMIN, "remove alert subscriptions", mutating=True),
+        _ALERTS + "ListMessages": _op(READ, "read messages"),
+        # read state is the account's, shared by its operators: a viewer changes nothing
+        _ALERTS + "MarkMessagesRead": _op(OPERATE, "mark messages read", mutating=True),
+        _ALERTS + "ListDeliveries": _op(READ, "list alert deliveries"),
         # gateway, internal listener: decrypted manifests, for the catalog's indexer only
         _MANIFEST + "ReadPointManifest": Rule(
             callers=Caller.SERVICE, services=frozenset({"catalog"}), verb="read manifests"

@@ -7,8 +7,8 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
-from strongroom_platform import telemetry
-from strongroom_platform.telemetry import TelemetryError, configure_tracing, traced
+from strongroom_telemetry import tracing as telemetry
+from strongroom_telemetry.tracing import TelemetryError, configure_tracing, traced
 
 
 async def test_traced_records_a_span_with_attributes_and_errors() -> None:
