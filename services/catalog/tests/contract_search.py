@@ -55,7 +55,7 @@ async def three_days(harness: Harness) -> None:
 
 
 async def find(harness: Harness, pattern: str, **kwargs: object) -> list[FileHit]:
-    page = await search.search_files(harness.repo, pattern, call=call("SearchFiles"), **kwargs)  # type: ignore[arg-type]
+    page = await search.search_files(harness.repo, pattern, call=call("ListFiles"), **kwargs)  # type: ignore[arg-type]
     return page.hits
 
 
@@ -143,7 +143,7 @@ class SearchContract:
 
     async def test_another_accounts_files_are_not_found(self, harness: Harness) -> None:
         await three_days(harness)
-        globex = call("SearchFiles", GLOBEX_ADMIN)
+        globex = call("ListFiles", GLOBEX_ADMIN)
         assert (await search.search_files(harness.repo, "hosts", call=globex)).hits == []
         with pytest.raises(NotFound) as foreign:
             await search.search_files(harness.repo, "hosts", instance_id="i-1", call=globex)
@@ -178,7 +178,7 @@ class SearchContract:
         token = ""
         for _ in range(10):
             page = await search.search_files(
-                harness.repo, "*.log", call=call("SearchFiles"), page_size=3, page_token=token
+                harness.repo, "*.log", call=call("ListFiles"), page_size=3, page_token=token
             )
             assert len(page.hits) <= 3
             seen.extend((h.instance_id, h.path) for h in page.hits)
@@ -186,8 +186,8 @@ class SearchContract:
             if not token:
                 break
         assert len(seen) == len(set(seen)) == 11
-        first = await search.search_files(harness.repo, "*.log", call=call("SearchFiles"), page_size=3)
+        first = await search.search_files(harness.repo, "*.log", call=call("ListFiles"), page_size=3)
         with pytest.raises(InvalidArgument, match="another search"):
             await search.search_files(
-                harness.repo, "*.txt", call=call("SearchFiles"), page_token=first.next_page_token
+                harness.repo, "*.txt", call=call("ListFiles"), page_token=first.next_page_token
             )

@@ -159,9 +159,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         )
         return catalog_pb2.ListHoldsResponse(holds=[hold_message(h) for h in holds])
 
-    async def SearchFiles(
-        self, request: catalog_pb2.SearchFilesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> catalog_pb2.SearchFilesResponse:
+    async def ListFiles(
+        self, request: catalog_pb2.ListFilesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.ListFilesResponse:
         page = await search.search_files(
             self._repo,
             request.pattern,
@@ -171,7 +171,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return catalog_pb2.SearchFilesResponse(
+        return catalog_pb2.ListFilesResponse(
             hits=[file_hit_message(h) for h in page.hits], next_page_token=page.next_page_token
         )
 

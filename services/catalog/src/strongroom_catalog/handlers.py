@@ -183,8 +183,9 @@ async def index_point(
             delta = await start_delta(tx, locked)
             while batch := await asyncio.to_thread(batcher.next_batch, batch_size):
                 await tx.add_entries(batch)
-                await delta.feed(batch)
-            changes = await delta.finish()
+                if delta is not None:
+                    await delta.feed(batch)
+            changes = 0 if delta is None else await delta.finish()
             await tx.set_index_state(point.point_id, browsable=True, error=None)
         del data
         log.info("indexed point %s: %d entries, %d search changes", point.point_id, batcher.count, changes)

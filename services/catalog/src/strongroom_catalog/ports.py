@@ -111,8 +111,9 @@ class CatalogTx(InboxOutboxTx, Protocol):
         """The paths present in point ``seq`` of the lineage, in UTF-8 byte order of the path."""
         ...
 
-    async def add_search_point(self, lineage_id: int, seq: int, point_id: str) -> None:
-        """Record the point as point ``seq`` of the lineage (once: a point has one place)."""
+    async def add_search_point(self, lineage_id: int, seq: int, point_id: str) -> bool:
+        """Record the point as point ``seq`` of the lineage; False (nothing recorded) when the
+        point has its place already."""
         ...
 
     async def add_search_changes(self, rows: Sequence[SearchChange]) -> None:

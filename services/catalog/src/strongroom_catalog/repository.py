@@ -331,10 +331,15 @@ class PgCatalogTx(PgTransaction):
                 return
             after = rows[-1]["path"]
 
-    async def add_search_point(self, lineage_id: int, seq: int, point_id: str) -> None:
-        await self._conn.execute(
-            "INSERT INTO search_points (lineage_id, seq, point_id) VALUES ($1, $2, $3)", lineage_id, seq, point_id
+    async def add_search_point(self, lineage_id: int, seq: int, point_id: str) -> bool:
+        status = await self._conn.execute(
+            "INSERT INTO search_points (lineage_id, seq, point_id) VALUES ($1, $2, $3)"
+            " ON CONFLICT (point_id) DO NOTHING",
+            lineage_id,
+            seq,
+            point_id,
         )
+        return bool(status == "INSERT 0 1")
 
     async def add_search_changes(self, rows: Sequence[SearchChange]) -> None:
         if not rows:

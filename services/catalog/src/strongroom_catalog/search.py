@@ -207,10 +207,12 @@ class DeltaIndexer:
             self.changes += len(out)
 
 
-async def start_delta(tx: CatalogTx, point: PointRecord) -> DeltaIndexer:
-    """A DeltaIndexer for the point, as the next point of its lineage (locked until the transaction ends)."""
+async def start_delta(tx: CatalogTx, point: PointRecord) -> DeltaIndexer | None:
+    """A DeltaIndexer for the point, as the next point of its lineage (locked until the transaction
+    ends); None when the point is in the search index already (its delta does not change)."""
     lineage_id, head = await tx.search_lineage(point.instance_id, point.account_id, point.mount_point)
-    await tx.add_search_point(lineage_id, head + 1, point.point_id)
+    if not await tx.add_search_point(lineage_id, head + 1, point.point_id):
+        return None
     return DeltaIndexer(tx, lineage_id, head + 1, tx.search_state(lineage_id, head))
 
 

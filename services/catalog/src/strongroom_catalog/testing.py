@@ -227,11 +227,14 @@ class InMemoryCatalogTx:
             if change.type != REMOVED:
                 yield SearchState(path, change.type, change.size, change.mtime_ns)
 
-    async def add_search_point(self, lineage_id: int, seq: int, point_id: str) -> None:
+    async def add_search_point(self, lineage_id: int, seq: int, point_id: str) -> bool:
         s = self._s
-        if (lineage_id, seq) in s.search_points or point_id in s.search_points.values():
-            raise ValueError(f"point {point_id} or seq {seq} of lineage {lineage_id} is indexed already")
+        if point_id in s.search_points.values():
+            return False
+        if (lineage_id, seq) in s.search_points:
+            raise ValueError(f"seq {seq} of lineage {lineage_id} is taken")
         s.search_points[(lineage_id, seq)] = point_id
+        return True
 
     async def add_search_changes(self, rows: Sequence[SearchChange]) -> None:
         for row in rows:
