@@ -81,7 +81,7 @@ class SearchContract:
             "home/a.txt": [(1, FILE), (2, 0), (3, FILE)],
         }
         points = await harness.repo.lineage_points([lineage.lineage_id])
-        assert [(p.seq, p.point.point_id) for p in points] == [(1, "p-i-1-root-1"), (2, "p-i-1-root-2"), (3, "p-i-1-root-3")]
+        assert [(p.seq, p.point.point_id) for p in points] == [(n, f"p-i-1-root-{n}") for n in (1, 2, 3)]
 
     async def test_search_by_name_lists_each_hit_with_its_versions(self, harness: Harness) -> None:
         await three_days(harness)
@@ -188,6 +188,4 @@ class SearchContract:
         assert len(seen) == len(set(seen)) == 11
         first = await search.search_files(harness.repo, "*.log", call=call("ListFiles"), page_size=3)
         with pytest.raises(InvalidArgument, match="another search"):
-            await search.search_files(
-                harness.repo, "*.txt", call=call("ListFiles"), page_token=first.next_page_token
-            )
+            await search.search_files(harness.repo, "*.txt", call=call("ListFiles"), page_token=first.next_page_token)
