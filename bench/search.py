@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import datetime as dt
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -313,6 +314,7 @@ async def main(args: argparse.Namespace) -> list[str]:
             ]
     finally:
         pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return lines
 
 

@@ -106,6 +106,9 @@ class SearchContract:
         assert [h.path for h in await find(harness, "ngin*")] == ["etc/nginx", "etc/nginx/nginx.conf"]
         assert await find(harness, "HOSTS") == []
         assert [h.path for h in await find(harness, "HOSTS", ignore_case=True)] == ["etc/hosts"]
+        assert [h.path for h in await find(harness, "NGIN*", ignore_case=True)] == ["etc/nginx", "etc/nginx/nginx.conf"]
+        assert [h.path for h in await find(harness, "Nginx.[a-z]ONF", ignore_case=True)] == ["etc/nginx/nginx.conf"]
+        assert await find(harness, "NGIN*") == []
         assert [h.path for h in await find(harness, "*.CONF", ignore_case=True)] == [
             "etc/nginx/nginx.conf",
             "home/b.conf",

@@ -291,8 +291,7 @@ REVOKE ALL ON FUNCTION expire_due_versions(integer) FROM PUBLIC;
 # instance; its indexed points get consecutive numbers (seq). A row of search_changes says what a
 # path became at point seq of its lineage: type 0 (a tombstone) when it disappeared, else its type,
 # size and mtime. The state of a path in point s is its newest row with seq <= s, so a point whose
-# files did not change adds no rows. Rows are derived from the manifests (like entries) and may be
-# compacted once no live point needs them. Names are matched by the pg_trgm GIN index (globs) and
+# files did not change adds no rows. Names are matched by the pg_trgm GIN index (globs) and
 # a btree (exact names). pg_trgm is a trusted extension the database's owner creates, in public so
 # that the grants of the catalog schema leave it alone; its opclass is looked up wherever it is.
 _V7_SEARCH = """
@@ -324,6 +323,8 @@ CREATE TABLE search_changes (
 -- a path's history in a lineage, and the state at the newest seq (DISTINCT ON (path) ... seq DESC)
 CREATE UNIQUE INDEX search_changes_by_path ON search_changes (lineage_id, path, seq DESC);
 CREATE INDEX search_changes_by_name ON search_changes (name) WHERE type <> 0;
+-- case-insensitive globs with a literal prefix (lower() folds ASCII letters under "C", as ~* does)
+CREATE INDEX search_changes_by_lower_name ON search_changes (lower(name)) WHERE type <> 0;
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
 DO $$
@@ -368,11 +369,10 @@ PRIVILEGES: dict[str, str] = {
     "instance_cancellations": "SELECT, INSERT",
     "holds": "SELECT, INSERT",
     "hold_releases": "SELECT, INSERT",
-    # ADR 0043: the search index, derived from the manifests like entries; compaction deletes
-    # the rows no live point needs.
+    # ADR 0043: the search index, derived from the manifests, appended as points are indexed.
     "search_lineages": "SELECT, INSERT",
     "search_points": "SELECT, INSERT",
-    "search_changes": "SELECT, INSERT, DELETE",
+    "search_changes": "SELECT, INSERT",
 }
 
 SPEC = SchemaSpec(

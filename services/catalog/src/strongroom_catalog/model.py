@@ -169,11 +169,14 @@ class LineagePoint:
 @dataclass(frozen=True, slots=True)
 class NameQuery:
     """Which names a search matches: ``exact`` (byte for byte) or ``regex`` (anchored, POSIX ARE
-    syntax that Python's ``re`` reads alike), case-insensitively with ``ignore_case``."""
+    syntax that Python's ``re`` reads alike), case-insensitively with ``ignore_case`` (ASCII letters,
+    as PostgreSQL folds case under the "C" collation). ``prefix``: the literal start every match
+    has (up to case), "" when the pattern starts with a wildcard; an index range, not a filter."""
 
     exact: str | None = None
     regex: str | None = None
     ignore_case: bool = False
+    prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -78,8 +78,19 @@ LIMIT $4
 
 
 def _search_paths_sql(query: NameQuery) -> str:
-    # type <> 0: the predicate of the partial name indexes; ~ / ~* use the trigram index.
-    condition = "c.name = $1" if query.exact is not None else ("c.name ~* $1" if query.ignore_case else "c.name ~ $1")
+    # type <> 0: the predicate of the partial name indexes. = and a literal prefix ($7, a range on
+    # the btree of name or of lower(name)) use the btrees; a glob starting with a wildcard uses the
+    # trigram index (~, ~*): a prepared statement's generic plan cannot see a regex's prefix.
+    if query.exact is not None:
+        condition = "c.name = $1"
+    elif query.ignore_case:
+        condition = "c.name ~* $1"
+        if query.prefix:
+            condition += " AND lower(c.name) >= lower($7) AND lower(c.name) < lower($7) || chr(1114111)"
+    else:
+        condition = "c.name ~ $1"
+        if query.prefix:
+            condition += " AND c.name >= $7 AND c.name < $7 || chr(1114111)"
     return f"""
 SELECT c.lineage_id, c.path FROM search_changes c JOIN search_lineages l ON l.lineage_id = c.lineage_id
 WHERE c.type <> 0 AND {condition}
@@ -431,6 +442,7 @@ class PgCatalogStore:
                 after.lineage_id if after is not None else 0,
                 after.path if after is not None else "",
                 limit,
+                *([query.prefix] if query.exact is None and query.prefix else []),
             )
         return [PathKey(r["lineage_id"], r["path"]) for r in rows]
 

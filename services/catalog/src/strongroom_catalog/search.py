@@ -65,7 +65,8 @@ def parse_pattern(pattern: str, *, ignore_case: bool = False) -> NameQuery:
     regex, literal = _glob_to_regex(pattern)
     if not literal:
         raise InvalidArgument(f"pattern {pattern!r} matches every name: give at least one literal character")
-    return NameQuery(regex=regex, ignore_case=ignore_case)
+    cut = min((pattern.index(c) for c in _GLOB_CHARS if c in pattern), default=len(pattern))
+    return NameQuery(regex=regex, ignore_case=ignore_case, prefix=pattern[:cut])
 
 
 def _escape(char: str) -> str:
