@@ -322,8 +322,7 @@ CREATE TABLE search_changes (
 );
 -- a path's history in a lineage, and the state at the newest seq (DISTINCT ON (path) ... seq DESC)
 CREATE UNIQUE INDEX search_changes_by_path ON search_changes (lineage_id, path, seq DESC);
--- exact names, in page order (a common name such as index.js is read only as far as one page)
-CREATE INDEX search_changes_by_name ON search_changes (name, lineage_id, path) WHERE type <> 0;
+CREATE INDEX search_changes_by_name ON search_changes (name) WHERE type <> 0;
 -- case-insensitive globs with a literal prefix (lower() folds ASCII letters under "C", as ~* does)
 CREATE INDEX search_changes_by_lower_name ON search_changes (lower(name)) WHERE type <> 0;
 
