@@ -298,6 +298,16 @@ async def test_backup_browse_restore_and_incremental(platform: Platform, tmp_pat
         )
         versions = await versions_with_points(platform, instance_id, 2)
         assert len(versions) == 2
+        # File search (ADR 0043): the config is in both versions, the new file in the newest only.
+        found = await platform.catalog.ListFiles(catalog_pb2.ListFilesRequest(pattern="*.yaml"))
+        [hit] = [h for h in found.hits if h.instance_id == instance_id]
+        assert hit.full_path == f"{source}/etc/app/config.yaml"
+        assert [v.version_id for v in hit.versions] == [v.version_id for v in versions]
+        assert hit.versions[0].size == len("listen: 0.0.0.0:9090\nworkers: 8\n")
+        history = await platform.catalog.GetFileHistory(
+            catalog_pb2.GetFileHistoryRequest(instance_id=instance_id, path=f"{source}/www/new.txt")
+        )
+        assert [v.version_id for v in history.versions] == [versions[0].version_id]
         newest_point = versions[0].points[0]
         day2_target = tmp_path / "restored-day2"
         await restore(platform, newest_point.point_id, ["www/big.log", "www/new.txt"], day2_target)

@@ -26,7 +26,7 @@ from strongroom.alerts.v1 import alerts_pb2, alerts_pb2_grpc
 from strongroom.audit.v1 import audit_pb2
 from strongroom.auth.v1 import auth_pb2
 from strongroom.billing.v1 import billing_pb2
-from strongroom.catalog.v1 import catalog_pb2
+from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.gateway.v1 import manifest_pb2, manifest_pb2_grpc
 from strongroom.restore.v1 import restore_pb2
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -255,6 +255,25 @@ async def test_restore_targets_of_another_account_or_unknown_are_refused_alike(
     for instance in (mine.instance.instance_id, theirs.instance.instance_id):
         listed = await platform.restore.ListRestoreJobs(restore_pb2.ListRestoreJobsRequest(instance_id=instance))
         assert list(listed.jobs) == [], "a refused restore leaves no job behind (nothing stays QUEUED)"
+    # File search (ADR 0043): another account's admin finds none of acme's files, and acme's instance
+    # is not found exactly like an unknown one.
+    assert [h.path for h in (await platform.catalog.ListFiles(catalog_pb2.ListFilesRequest(pattern="*.yaml"))).hits]
+    async with operator_channel(platform.stack.addresses["catalog"], ca_file=ca, token=other_token) as channel:
+        catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+        assert list((await catalog.ListFiles(catalog_pb2.ListFilesRequest(pattern="*.yaml"))).hits) == []
+        refusals = []
+        for target in (mine.instance.instance_id, str(uuid.uuid4())):
+            for call in (
+                catalog.ListFiles(catalog_pb2.ListFilesRequest(pattern="*.yaml", instance_id=target)),
+                catalog.GetFileHistory(
+                    catalog_pb2.GetFileHistoryRequest(instance_id=target, path=f"{source}/etc/app/config.yaml")
+                ),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                refusals.append((refused.value.code(), (refused.value.details() or "").replace(target, "<id>")))
+        assert refusals[:2] == refusals[2:]
+        assert {code for code, _ in refusals} == {grpc.StatusCode.NOT_FOUND}
 
 
 def scheduler_stub(channel: grpc.aio.Channel) -> Any:

@@ -232,6 +232,34 @@ class FakeCatalog(catalog_pb2_grpc.CatalogServiceServicer):
             return catalog_pb2.BrowsePointResponse(entries=self.entries[:2], next_page_token="page-2")
         return catalog_pb2.BrowsePointResponse(entries=self.entries[2:])
 
+    def _hit(self, instance_id: str, path: str, sizes: list[int]) -> catalog_pb2.FileHit:
+        versions = [
+            catalog_pb2.FileVersion(
+                version_id=f"v-{n}", point_id=f"p-{n}", created_at=T0, type=common_pb2.ENTRY_TYPE_FILE, size=size
+            )
+            for n, size in zip(range(len(sizes), 0, -1), sizes, strict=True)
+        ]
+        return catalog_pb2.FileHit(
+            instance_id=instance_id, mount_point="/", path=path, full_path="/" + path, versions=versions
+        )
+
+    def ListFiles(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("ListFiles", request)
+        if "/" in request.pattern:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pattern contains '/'")
+        # two pages, to exercise paging
+        if request.page_token == "":
+            return catalog_pb2.ListFilesResponse(
+                hits=[self._hit("i-1", "etc/nginx/nginx.conf", [2048, 2000])], next_page_token="page-2"
+            )
+        return catalog_pb2.ListFilesResponse(hits=[self._hit("i-2", "srv/site.conf", [10])])
+
+    def GetFileHistory(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("GetFileHistory", request)
+        if request.instance_id != "i-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"instance {request.instance_id} has no backup versions")
+        return self._hit("i-1", request.path.lstrip("/"), [130, 120])
+
 
 class FakeRestore(restore_pb2_grpc.RestoreServiceServicer):
     def __init__(self, calls: Calls) -> None:

@@ -158,6 +158,41 @@ def test_browse_json(services: FakeServices, cli: Cli) -> None:
     assert [e["path"] for e in json.loads(out)] == ["docs", "hello.txt", "latest"]
 
 
+def test_search_follows_pages_and_shows_each_hits_versions(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("search", "*.conf", "--instance", "i-1", "-i")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["INSTANCE", "PATH", "VERSIONS", "NEWEST", "CREATED", "SIZE"]
+    assert lines[1].split()[:4] == ["i-1", "/etc/nginx/nginx.conf", "2", "v-2"]
+    assert lines[2].split()[:4] == ["i-2", "/srv/site.conf", "1", "v-1"]
+    requests = services.calls.requests["ListFiles"]
+    assert [r.page_token for r in requests] == ["", "page-2"]  # type: ignore[attr-defined]
+    assert requests[0].pattern == "*.conf" and requests[0].instance_id == "i-1"  # type: ignore[attr-defined]
+    assert requests[0].ignore_case  # type: ignore[attr-defined]
+
+
+def test_search_limit_stops_paging(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("search", "*.conf", "--limit", "1")
+    assert code == 0 and "/srv/site.conf" not in out and "showing the first 1" in out
+    assert len(services.calls.requests["ListFiles"]) == 1
+
+
+def test_search_refusal_is_one_line(services: FakeServices, cli: Cli) -> None:
+    code, _, err = cli("search", "etc/*.conf")
+    assert code == 1 and "contains '/'" in err
+
+
+def test_history(services: FakeServices, cli: Cli) -> None:
+    code, out, _ = cli("history", "i-1", "/etc/hosts")
+    assert code == 0
+    assert out.splitlines()[0].startswith("/etc/hosts on i-1")
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["v-2", "v-1"]
+    code, out, _ = cli("--json", "history", "i-1", "/etc/hosts")
+    assert [v["size"] for v in json.loads(out)["versions"]] == [130, 120]
+    code, _, err = cli("history", "i-9", "/etc/hosts")
+    assert code == 1 and "i-9" in err
+
+
 def test_restore_create_request(services: FakeServices, cli: Cli) -> None:
     code, out, _ = cli(
         "restore", "create", "p-1", "--include", "docs", "--include", "hello.txt", "--exclude", "docs/tmp",

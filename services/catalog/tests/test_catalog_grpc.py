@@ -131,3 +131,37 @@ async def test_browse_failures(
     message: str,
 ) -> None:
     await expect_error(stub.BrowsePoint(request_), code, message)
+
+
+async def test_list_files_by_name_with_versions(stub: catalog_pb2_grpc.CatalogServiceAsyncStub) -> None:
+    response = await stub.ListFiles(catalog_pb2.ListFilesRequest(pattern="*.conf"))
+    (hit,) = response.hits
+    assert (hit.instance_id, hit.mount_point, hit.path, hit.full_path) == (
+        "i-1",
+        "/",
+        "etc/nginx/nginx.conf",
+        "/etc/nginx/nginx.conf",
+    )
+    assert [(v.version_id, v.point_id, v.size) for v in hit.versions] == [("v2", "p2", 2048), ("v1", "p1", 2048)]
+    assert hit.versions[0].type == common_pb2.ENTRY_TYPE_FILE and not response.next_page_token
+    history = await stub.GetFileHistory(catalog_pb2.GetFileHistoryRequest(instance_id="i-1", path="/etc/hosts"))
+    assert [v.point_id for v in history.versions] == ["p2", "p1"]
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "message"),
+    [
+        (catalog_pb2.ListFilesRequest(pattern=""), grpc.StatusCode.INVALID_ARGUMENT, "pattern is required"),
+        (catalog_pb2.ListFilesRequest(pattern="*"), grpc.StatusCode.INVALID_ARGUMENT, "matches every name"),
+        (catalog_pb2.ListFilesRequest(pattern="etc/hosts"), grpc.StatusCode.INVALID_ARGUMENT, "contains '/'"),
+        (catalog_pb2.ListFilesRequest(pattern="x", page_token="garbage"), grpc.StatusCode.INVALID_ARGUMENT, "token"),
+        (catalog_pb2.ListFilesRequest(pattern="x", instance_id="i-9"), grpc.StatusCode.NOT_FOUND, "i-9"),
+        (catalog_pb2.GetFileHistoryRequest(instance_id="i-1", path="/nope"), grpc.StatusCode.NOT_FOUND, "/nope"),
+        (catalog_pb2.GetFileHistoryRequest(instance_id="i-1", path="x"), grpc.StatusCode.INVALID_ARGUMENT, "absolute"),
+    ],
+)
+async def test_search_failures(
+    stub: catalog_pb2_grpc.CatalogServiceAsyncStub, call: object, code: grpc.StatusCode, message: str
+) -> None:
+    method = stub.ListFiles if isinstance(call, catalog_pb2.ListFilesRequest) else stub.GetFileHistory
+    await expect_error(method(call), code, message)  # type: ignore[operator]

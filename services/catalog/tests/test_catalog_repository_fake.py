@@ -8,6 +8,7 @@ import pytest
 from catalog_fixtures import T0
 from contract_lifecycle import LifecycleContract
 from contract_repository import CatalogRepositoryContract
+from contract_search import SearchContract
 from strongroom_catalog.testing import InMemoryCatalogStore
 from strongroom_platform.testing import FakeClock
 
@@ -29,7 +30,7 @@ class FakeHarness:
         return self.fake.keep_latest(instance_id)
 
 
-class TestInMemoryCatalogRepository(CatalogRepositoryContract, LifecycleContract):
+class TestInMemoryCatalogRepository(CatalogRepositoryContract, LifecycleContract, SearchContract):
     @pytest.fixture
     def harness(self) -> FakeHarness:  # type: ignore[override]
         return FakeHarness()

@@ -10,6 +10,7 @@ import pytest
 from catalog_fixtures import catalog_pool
 from contract_lifecycle import LifecycleContract
 from contract_repository import CatalogRepositoryContract
+from contract_search import SearchContract
 from strongroom_catalog.migrations import SPEC
 from strongroom_catalog.repository import PgCatalogStore
 from strongroom_platform.pg_roles import migrate_schemas
@@ -41,7 +42,7 @@ class PgHarness:
         return True if value is None else bool(value)
 
 
-class TestPgCatalogRepository(CatalogRepositoryContract, LifecycleContract):
+class TestPgCatalogRepository(CatalogRepositoryContract, LifecycleContract, SearchContract):
     @pytest.fixture
     async def harness(self, pg_logins: PgLogins) -> AsyncIterator[PgHarness]:  # type: ignore[override]
         pool = await catalog_pool(pg_logins)

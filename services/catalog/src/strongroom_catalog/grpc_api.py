@@ -12,8 +12,8 @@ from strongroom_platform.auth import current_call
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import to_timestamp
 
-from strongroom_catalog import handlers, lifecycle
-from strongroom_catalog.model import EntryRow, Hold, PointRecord, VersionRecord
+from strongroom_catalog import handlers, lifecycle, search
+from strongroom_catalog.model import EntryRow, FileHit, Hold, PointRecord, VersionRecord
 from strongroom_catalog.ports import CatalogStore
 
 
@@ -79,6 +79,27 @@ def hold_message(hold: Hold) -> catalog_pb2.Hold:
     return message
 
 
+def file_hit_message(hit: FileHit) -> catalog_pb2.FileHit:
+    return catalog_pb2.FileHit(
+        instance_id=hit.instance_id,
+        account_id=hit.account_id,
+        mount_point=hit.mount_point,
+        path=hit.path,
+        full_path=hit.full_path,
+        versions=[
+            catalog_pb2.FileVersion(
+                version_id=v.version_id,
+                point_id=v.point_id,
+                created_at=to_timestamp(v.created_at),
+                type=common_pb2.EntryType.ValueType(v.type),
+                size=v.size,
+                mtime_ns=v.mtime_ns,
+            )
+            for v in hit.versions
+        ],
+    )
+
+
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     """Every method passes the call's ``CallAuth`` (set by the auth interceptor) to its handler."""
 
@@ -137,6 +158,28 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             self._repo, request.instance_id, request.include_released, call=current_call()
         )
         return catalog_pb2.ListHoldsResponse(holds=[hold_message(h) for h in holds])
+
+    async def ListFiles(
+        self, request: catalog_pb2.ListFilesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.ListFilesResponse:
+        page = await search.search_files(
+            self._repo,
+            request.pattern,
+            call=current_call(),
+            instance_id=request.instance_id,
+            ignore_case=request.ignore_case,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return catalog_pb2.ListFilesResponse(
+            hits=[file_hit_message(h) for h in page.hits], next_page_token=page.next_page_token
+        )
+
+    async def GetFileHistory(
+        self, request: catalog_pb2.GetFileHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.FileHit:
+        hit = await search.file_history(self._repo, request.instance_id, request.path, call=current_call())
+        return file_hit_message(hit)
 
 
 def register(servicer: CatalogServicer) -> Callable[[grpc.aio.Server], None]:

@@ -22,6 +22,7 @@ from strongroom_catalog.manifests import ManifestReader
 from strongroom_catalog.model import EntryRow, PointRecord, VersionRecord
 from strongroom_catalog.paths import decode_page_token, encode_page_token, normalize_directory
 from strongroom_catalog.ports import CatalogStore
+from strongroom_catalog.search import start_delta
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ async def index_point(
     *,
     batch_size: int = INDEX_BATCH_SIZE,
 ) -> None:
-    """Load the point's manifest into the file index and mark the point browsable.
+    """Load the point's manifest into the file index and the search index, and mark the point browsable.
 
     The whole index is replaced in one transaction, in batches (bounded memory
     per batch; decoding runs in a worker thread). A manifest that is missing
@@ -178,11 +179,16 @@ async def index_point(
             if locked is None or locked.browsable or locked.expired:
                 return  # another consumer finished first, or retention came by
             await tx.delete_entries(point.point_id)
+            # the search index takes the point as the delta from its lineage's newest point (ADR 0043)
+            delta = await start_delta(tx, locked)
             while batch := await asyncio.to_thread(batcher.next_batch, batch_size):
                 await tx.add_entries(batch)
+                if delta is not None:
+                    await delta.feed(batch)
+            changes = 0 if delta is None else await delta.finish()
             await tx.set_index_state(point.point_id, browsable=True, error=None)
         del data
-        log.info("indexed point %s: %d entries", point.point_id, batcher.count)
+        log.info("indexed point %s: %d entries, %d search changes", point.point_id, batcher.count, changes)
     except (ObjectNotFound, ManifestFormatError) as exc:
         reason = f"manifest {point.manifest_key!r} not found" if isinstance(exc, ObjectNotFound) else str(exc)
         log.error("point %s cannot be indexed: %s", point.point_id, reason)

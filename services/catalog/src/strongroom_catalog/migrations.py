@@ -287,6 +287,60 @@ $$;
 REVOKE ALL ON FUNCTION expire_due_versions(integer) FROM PUBLIC;
 """
 
+# The search index (ADR 0043), kept as deltas: a lineage is one filesystem (mount point) of one
+# instance; its indexed points get consecutive numbers (seq). A row of search_changes says what a
+# path became at point seq of its lineage: type 0 (a tombstone) when it disappeared, else its type,
+# size and mtime. The state of a path in point s is its newest row with seq <= s, so a point whose
+# files did not change adds no rows. Names are matched by the pg_trgm GIN index (globs) and
+# a btree (exact names). pg_trgm is a trusted extension the database's owner creates, in public so
+# that the grants of the catalog schema leave it alone; its opclass is looked up wherever it is.
+_V7_SEARCH = """
+CREATE TABLE search_lineages (
+    lineage_id bigserial PRIMARY KEY,
+    instance_id text NOT NULL,
+    account_id text NOT NULL,
+    mount_point text COLLATE "C" NOT NULL,
+    UNIQUE (instance_id, mount_point)
+);
+CREATE INDEX search_lineages_by_account ON search_lineages (account_id, lineage_id);
+
+CREATE TABLE search_points (
+    lineage_id bigint NOT NULL REFERENCES search_lineages,
+    seq integer NOT NULL CHECK (seq >= 1),
+    point_id text NOT NULL UNIQUE,
+    PRIMARY KEY (lineage_id, seq)
+);
+
+CREATE TABLE search_changes (
+    lineage_id bigint NOT NULL,
+    path text COLLATE "C" NOT NULL,
+    seq integer NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    type smallint NOT NULL,
+    size bigint NOT NULL,
+    mtime_ns bigint NOT NULL
+);
+-- a path's history in a lineage, and the state at the newest seq (DISTINCT ON (path) ... seq DESC)
+CREATE UNIQUE INDEX search_changes_by_path ON search_changes (lineage_id, path, seq DESC);
+CREATE INDEX search_changes_by_name ON search_changes (name) WHERE type <> 0;
+-- case-insensitive globs with a literal prefix (lower() folds ASCII letters under "C", as ~* does)
+CREATE INDEX search_changes_by_lower_name ON search_changes (lower(name)) WHERE type <> 0;
+
+CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+DO $$
+DECLARE
+    ops_schema text;
+BEGIN
+    SELECT n.nspname INTO ops_schema FROM pg_opclass o JOIN pg_namespace n ON n.oid = o.opcnamespace
+    WHERE o.opcname = 'gin_trgm_ops';
+    EXECUTE format(
+        'CREATE INDEX search_changes_by_name_trgm ON catalog.search_changes USING gin (name %I.gin_trgm_ops)'
+        ' WHERE type <> 0',
+        ops_schema);
+END
+$$;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -294,7 +348,8 @@ MIGRATIONS: list[Migration] = [
     Migration(4, _V2),
     Migration(5, _V5_APPEND_ONLY),
     Migration(6, _V6_CANCEL_AND_HOLDS),
-    # The outbox's traceparent column (ADR 0039). 7 is taken by parallel work (search).
+    Migration(7, _V7_SEARCH),
+    # The outbox's traceparent column (ADR 0039).
     outbox_traceparent_migration(8),
 ]
 
@@ -314,6 +369,10 @@ PRIVILEGES: dict[str, str] = {
     "instance_cancellations": "SELECT, INSERT",
     "holds": "SELECT, INSERT",
     "hold_releases": "SELECT, INSERT",
+    # ADR 0043: the search index, derived from the manifests, appended as points are indexed.
+    "search_lineages": "SELECT, INSERT",
+    "search_points": "SELECT, INSERT",
+    "search_changes": "SELECT, INSERT",
 }
 
 SPEC = SchemaSpec(

@@ -113,3 +113,102 @@ class Hold:
     @property
     def active(self) -> bool:
         return self.released_at is None
+
+
+# --- the search index (ADR 0043) -------------------------------------------------------------
+# A lineage is one filesystem (mount point) of one instance; its indexed points are numbered
+# 1, 2, ... (seq) in the order they were indexed, and each is indexed as the delta from the one
+# before: a SearchChange per path that appeared, changed or disappeared.
+
+REMOVED = 0  # SearchChange.type of a tombstone: the path is absent from seq on
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    lineage_id: int
+    instance_id: str
+    account_id: str
+    mount_point: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchState:
+    """A path as it is in a lineage's newest indexed point (``type`` never ``REMOVED``)."""
+
+    path: str
+    type: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchChange:
+    """What ``path`` (point-relative) became in point ``seq`` of its lineage; ``type`` REMOVED: it is gone."""
+
+    lineage_id: int
+    path: str
+    seq: int
+    type: int
+    size: int
+    mtime_ns: int
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class LineagePoint:
+    """Point ``seq`` of a lineage, with its state (expired, canceled) as the reads see it."""
+
+    lineage_id: int
+    seq: int
+    point: PointRecord
+
+
+@dataclass(frozen=True, slots=True)
+class NameQuery:
+    """Which names a search matches: ``exact`` (byte for byte) or ``regex`` (anchored, POSIX ARE
+    syntax that Python's ``re`` reads alike), case-insensitively with ``ignore_case`` (ASCII letters,
+    as PostgreSQL folds case under the "C" collation). ``prefix``: the literal start every match
+    has (up to case), "" when the pattern starts with a wildcard; an index range, not a filter."""
+
+    exact: str | None = None
+    regex: str | None = None
+    ignore_case: bool = False
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PathKey:
+    """A path of a lineage; search pages are ordered by it."""
+
+    lineage_id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    """A live version holding the file, as it was in that version."""
+
+    version_id: str
+    point_id: str
+    created_at: dt.datetime
+    type: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileHit:
+    """A path of an instance's filesystem and the live versions holding it, newest first."""
+
+    instance_id: str
+    account_id: str
+    mount_point: str
+    path: str  # relative to mount_point
+    versions: tuple[FileVersion, ...]
+
+    @property
+    def full_path(self) -> str:
+        return self.mount_point.rstrip("/") + "/" + self.path

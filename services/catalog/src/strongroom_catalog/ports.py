@@ -8,13 +8,26 @@ Adapters: ``repository.PgCatalogStore`` (asyncpg) and
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from strongroom_platform.db import InboxOutboxTx
 
-from strongroom_catalog.model import EntryRow, ExpiredVersion, Hold, InstanceState, PointRecord, VersionRecord
+from strongroom_catalog.model import (
+    EntryRow,
+    ExpiredVersion,
+    Hold,
+    InstanceState,
+    Lineage,
+    LineagePoint,
+    NameQuery,
+    PathKey,
+    PointRecord,
+    SearchChange,
+    SearchState,
+    VersionRecord,
+)
 
 
 class CatalogTx(InboxOutboxTx, Protocol):
@@ -87,6 +100,26 @@ class CatalogTx(InboxOutboxTx, Protocol):
         """The instance's holds, oldest first."""
         ...
 
+    # --- the search index (ADR 0043) ---
+
+    async def search_lineage(self, instance_id: str, account_id: str, mount_point: str) -> tuple[int, int]:
+        """The lineage of the instance's filesystem (inserted when missing) and its newest point's
+        seq (0: none yet). The lineage is locked against concurrent indexing until the transaction ends."""
+        ...
+
+    def search_state(self, lineage_id: int, seq: int) -> AsyncIterator[SearchState]:
+        """The paths present in point ``seq`` of the lineage, in UTF-8 byte order of the path."""
+        ...
+
+    async def add_search_point(self, lineage_id: int, seq: int, point_id: str) -> bool:
+        """Record the point as point ``seq`` of the lineage; False (nothing recorded) when the
+        point has its place already."""
+        ...
+
+    async def add_search_changes(self, rows: Sequence[SearchChange]) -> None:
+        """Append changes (no two rows of one (lineage_id, path, seq))."""
+        ...
+
 
 class CatalogStore(Protocol):
     """The catalog's storage: versions, points, their file index, and retention queries."""
@@ -108,6 +141,36 @@ class CatalogStore(Protocol):
 
     async def entry_type(self, point_id: str, path: str) -> int | None:
         """The ``EntryType`` of the entry at the non-empty ``path``, or None if absent."""
+        ...
+
+    async def instance_account(self, instance_id: str) -> str | None:
+        """The account of the instance's versions, None when the catalog has none."""
+        ...
+
+    async def search_lineages(self, *, instance_id: str | None, lineage_ids: Collection[int] | None) -> list[Lineage]:
+        """Lineages of the instance, or with these ids (either filter may be None: no filter)."""
+        ...
+
+    async def search_paths(
+        self,
+        query: NameQuery,
+        *,
+        accounts: Collection[str] | None,
+        instance_id: str | None,
+        after: PathKey | None,
+        limit: int,
+    ) -> list[PathKey]:
+        """At most ``limit`` paths, ordered and greater than ``after``, whose name matches in some
+        indexed point of the lineages of ``accounts`` (None: every account) and ``instance_id``
+        (None: every instance). Liveness of the points is the caller's to check."""
+        ...
+
+    async def path_changes(self, keys: Collection[PathKey]) -> list[SearchChange]:
+        """Every change of these paths, ordered by (lineage_id, path, seq)."""
+        ...
+
+    async def lineage_points(self, lineage_ids: Collection[int]) -> list[LineagePoint]:
+        """The indexed points of these lineages, ordered by (lineage_id, seq)."""
         ...
 
     async def list_children(self, point_id: str, parent: str, *, after: str, limit: int) -> list[EntryRow]:

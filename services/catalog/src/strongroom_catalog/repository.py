@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 from strongroom_platform import db
 from strongroom_platform.db import PgTransaction
 
-from strongroom_catalog.model import EntryRow, ExpiredVersion, Hold, InstanceState, PointRecord, VersionRecord
+from strongroom_catalog.model import (
+    EntryRow,
+    ExpiredVersion,
+    Hold,
+    InstanceState,
+    Lineage,
+    LineagePoint,
+    NameQuery,
+    PathKey,
+    PointRecord,
+    SearchChange,
+    SearchState,
+    VersionRecord,
+)
 
 _ENTRY_COLUMNS = ("point_id", "parent", "name", "type", "mode", "uid", "gid", "size", "mtime_ns", "link_target")
 
@@ -48,6 +61,49 @@ _HOLD_SELECT = """
 SELECT h.hold_id, h.instance_id, h.account_id, h.kind, h.reason, h.placed_by, h.placed_at,
        coalesce(r.released_by, '') AS released_by, r.released_at
 FROM holds h LEFT JOIN hold_releases r ON r.hold_id = h.hold_id
+"""
+
+
+_CHANGE_COLUMNS = ("lineage_id", "path", "seq", "name", "type", "size", "mtime_ns")
+_STATE_PAGE = 5000
+
+# A path's state in point $2 of lineage $1: its newest change up to $2 (the index's order);
+# page by page after $3.
+_SEARCH_STATE = """
+SELECT DISTINCT ON (path) path, type, size, mtime_ns FROM search_changes
+WHERE lineage_id = $1 AND seq <= $2 AND path > $3
+ORDER BY path, seq DESC
+LIMIT $4
+"""
+
+
+def _search_paths_sql(query: NameQuery) -> str:
+    # type <> 0: the predicate of the partial name indexes. = and a literal prefix ($7, a range on
+    # the btree of name or of lower(name)) use the btrees; a glob starting with a wildcard uses the
+    # trigram index (~, ~*): a prepared statement's generic plan cannot see a regex's prefix.
+    if query.exact is not None:
+        condition = "c.name = $1"
+    elif query.ignore_case:
+        condition = "c.name ~* $1"
+        if query.prefix:
+            # the range alone picks the rows: the planner would rather AND it with the trigram
+            # index, whose posting lists of common trigrams ("fil") cost 100+ ms at 10M rows
+            condition = (
+                "(c.name || '') ~* $1 AND lower(c.name) >= lower($7) AND lower(c.name) < lower($7) || chr(1114111)"
+            )
+    else:
+        condition = "c.name ~ $1"
+        if query.prefix:
+            condition += " AND c.name >= $7 AND c.name < $7 || chr(1114111)"
+    return f"""
+SELECT c.lineage_id, c.path FROM search_changes c JOIN search_lineages l ON l.lineage_id = c.lineage_id
+WHERE c.type <> 0 AND {condition}
+  AND ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
+  AND ($3::text IS NULL OR l.instance_id = $3)
+  AND (c.lineage_id, c.path) > ($4, $5)
+GROUP BY c.lineage_id, c.path
+ORDER BY c.lineage_id, c.path
+LIMIT $6
 """
 
 
@@ -256,6 +312,59 @@ class PgCatalogTx(PgTransaction):
         )
         return [_hold(r) for r in rows]
 
+    async def search_lineage(self, instance_id: str, account_id: str, mount_point: str) -> tuple[int, int]:
+        conn = self._conn
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('catalog.search-lineage:' || $1 || ':' || $2, 0))",
+            instance_id,
+            mount_point,
+        )
+        await conn.execute(
+            "INSERT INTO search_lineages (instance_id, account_id, mount_point) VALUES ($1, $2, $3)"
+            " ON CONFLICT (instance_id, mount_point) DO NOTHING",
+            instance_id,
+            account_id,
+            mount_point,
+        )
+        row = await conn.fetchrow(
+            "SELECT l.lineage_id, coalesce((SELECT max(seq) FROM search_points p WHERE p.lineage_id = l.lineage_id), 0)"
+            " AS head FROM search_lineages l WHERE l.instance_id = $1 AND l.mount_point = $2",
+            instance_id,
+            mount_point,
+        )
+        assert row is not None
+        return int(row["lineage_id"]), int(row["head"])
+
+    async def search_state(self, lineage_id: int, seq: int) -> AsyncIterator[SearchState]:
+        after = ""
+        while True:
+            rows = await self._conn.fetch(_SEARCH_STATE, lineage_id, seq, after, _STATE_PAGE)
+            for r in rows:
+                if r["type"] != 0:
+                    yield SearchState(r["path"], r["type"], r["size"], r["mtime_ns"])
+            if len(rows) < _STATE_PAGE:
+                return
+            after = rows[-1]["path"]
+
+    async def add_search_point(self, lineage_id: int, seq: int, point_id: str) -> bool:
+        status = await self._conn.execute(
+            "INSERT INTO search_points (lineage_id, seq, point_id) VALUES ($1, $2, $3)"
+            " ON CONFLICT (point_id) DO NOTHING",
+            lineage_id,
+            seq,
+            point_id,
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def add_search_changes(self, rows: Sequence[SearchChange]) -> None:
+        if not rows:
+            return
+        await self._conn.copy_records_to_table(
+            "search_changes",
+            records=[(r.lineage_id, r.path, r.seq, r.name, r.type, r.size, r.mtime_ns) for r in rows],
+            columns=_CHANGE_COLUMNS,
+        )
+
 
 class PgCatalogStore:
     """The catalog's tables, through a pool whose search_path is the catalog schema."""
@@ -302,6 +411,66 @@ class PgCatalogStore:
                 "SELECT type FROM entries WHERE point_id = $1 AND parent = $2 AND name = $3", point_id, parent, name
             )
         return None if value is None else int(value)
+
+    async def instance_account(self, instance_id: str) -> str | None:
+        async with self._pool.acquire() as conn:
+            value = await conn.fetchval("SELECT account_id FROM versions WHERE instance_id = $1 LIMIT 1", instance_id)
+        return None if value is None else str(value)
+
+    async def search_lineages(self, *, instance_id: str | None, lineage_ids: Collection[int] | None) -> list[Lineage]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT lineage_id, instance_id, account_id, mount_point FROM search_lineages"
+                " WHERE ($1::text IS NULL OR instance_id = $1) AND ($2::bigint[] IS NULL OR lineage_id = ANY($2))"
+                " ORDER BY lineage_id",
+                instance_id,
+                None if lineage_ids is None else list(lineage_ids),
+            )
+        return [Lineage(**dict(r)) for r in rows]
+
+    async def search_paths(
+        self,
+        query: NameQuery,
+        *,
+        accounts: Collection[str] | None,
+        instance_id: str | None,
+        after: PathKey | None,
+        limit: int,
+    ) -> list[PathKey]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                _search_paths_sql(query),
+                query.exact if query.exact is not None else query.regex,
+                None if accounts is None else list(accounts),
+                instance_id,
+                after.lineage_id if after is not None else 0,
+                after.path if after is not None else "",
+                limit,
+                *([query.prefix] if query.exact is None and query.prefix else []),
+            )
+        return [PathKey(r["lineage_id"], r["path"]) for r in rows]
+
+    async def path_changes(self, keys: Collection[PathKey]) -> list[SearchChange]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT c.lineage_id, c.path, c.seq, c.type, c.size, c.mtime_ns"
+                " FROM unnest($1::bigint[], $2::text[]) AS k (lineage_id, path)"
+                ' JOIN search_changes c ON c.lineage_id = k.lineage_id AND c.path = k.path COLLATE "C"'
+                " ORDER BY c.lineage_id, c.path, c.seq",
+                [k.lineage_id for k in keys],
+                [k.path for k in keys],
+            )
+        return [SearchChange(**dict(r)) for r in rows]
+
+    async def lineage_points(self, lineage_ids: Collection[int]) -> list[LineagePoint]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT s.lineage_id, s.seq, q.* FROM search_points s"
+                " JOIN LATERAL (" + _POINT_SELECT + " WHERE p.point_id = s.point_id) q ON true"
+                " WHERE s.lineage_id = ANY($1::bigint[]) ORDER BY s.lineage_id, s.seq",
+                list(lineage_ids),
+            )
+        return [LineagePoint(r["lineage_id"], r["seq"], _point(r)) for r in rows]
 
     async def list_children(self, point_id: str, parent: str, *, after: str, limit: int) -> list[EntryRow]:
         async with self._pool.acquire() as conn:

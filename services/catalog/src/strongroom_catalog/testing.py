@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,21 @@ from google.protobuf.message import Message
 from strongroom_platform.clock import Clock
 from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
-from strongroom_catalog.model import EntryRow, ExpiredVersion, Hold, InstanceState, PointRecord, VersionRecord
+from strongroom_catalog.model import (
+    REMOVED,
+    EntryRow,
+    ExpiredVersion,
+    Hold,
+    InstanceState,
+    Lineage,
+    LineagePoint,
+    NameQuery,
+    PathKey,
+    PointRecord,
+    SearchChange,
+    SearchState,
+    VersionRecord,
+)
 from strongroom_catalog.retention import RETENTION_PERIOD
 
 
@@ -35,6 +50,10 @@ class _State:
     cancellations: dict[str, tuple[str, bool]] = field(default_factory=dict)
     cancel_events: set[str] = field(default_factory=set)
     holds: dict[str, Hold] = field(default_factory=dict)
+    # the search index: lineages by id, (lineage_id, seq) -> point_id, (lineage_id, path, seq) -> change
+    lineages: dict[int, Lineage] = field(default_factory=dict)
+    search_points: dict[tuple[int, int], str] = field(default_factory=dict)
+    changes: dict[tuple[int, str, int], SearchChange] = field(default_factory=dict)
 
     def canceled(self, instance_id: str) -> bool:
         return self.cancellations.get(instance_id, ("", False))[1]
@@ -187,6 +206,50 @@ class InMemoryCatalogTx:
         found = [h for h in self._s.holds.values() if h.instance_id == instance_id and (include_released or h.active)]
         return sorted(found, key=lambda h: (h.placed_at, h.hold_id))
 
+    async def search_lineage(self, instance_id: str, account_id: str, mount_point: str) -> tuple[int, int]:
+        s = self._s
+        found = [x for x in s.lineages.values() if (x.instance_id, x.mount_point) == (instance_id, mount_point)]
+        if found:
+            lineage = found[0]
+        else:
+            lineage = Lineage(len(s.lineages) + 1, instance_id, account_id, mount_point)
+            s.lineages[lineage.lineage_id] = lineage
+        head = max((seq for (lid, seq) in s.search_points if lid == lineage.lineage_id), default=0)
+        return lineage.lineage_id, head
+
+    async def search_state(self, lineage_id: int, seq: int) -> AsyncIterator[SearchState]:
+        newest: dict[str, SearchChange] = {}
+        for (lid, path, at), change in sorted(self._s.changes.items()):
+            if lid == lineage_id and at <= seq:
+                newest[path] = change
+        for path in sorted(newest, key=lambda p: p.encode()):
+            change = newest[path]
+            if change.type != REMOVED:
+                yield SearchState(path, change.type, change.size, change.mtime_ns)
+
+    async def add_search_point(self, lineage_id: int, seq: int, point_id: str) -> bool:
+        s = self._s
+        if point_id in s.search_points.values():
+            return False
+        if (lineage_id, seq) in s.search_points:
+            raise ValueError(f"seq {seq} of lineage {lineage_id} is taken")
+        s.search_points[(lineage_id, seq)] = point_id
+        return True
+
+    async def add_search_changes(self, rows: Sequence[SearchChange]) -> None:
+        for row in rows:
+            key = (row.lineage_id, row.path, row.seq)
+            if key in self._s.changes:
+                raise ValueError(f"duplicate change {key}")
+            self._s.changes[key] = row
+
+
+def _matches(query: NameQuery, name: str) -> bool:
+    if query.exact is not None:
+        return name == query.exact
+    assert query.regex is not None
+    return re.search(query.regex, name, re.IGNORECASE if query.ignore_case else 0) is not None
+
 
 def _with_expiry(state: _State, point: PointRecord | None) -> PointRecord | None:
     if point is None:
@@ -255,6 +318,57 @@ class InMemoryCatalogStore(InMemoryTransactions[_State]):
         parent, _, name = path.rpartition("/")
         row = self._state.entries.get(point_id, {}).get((parent, name))
         return None if row is None else row.type
+
+    async def instance_account(self, instance_id: str) -> str | None:
+        for version in self._state.versions.values():
+            if version.instance_id == instance_id:
+                return version.account_id
+        return None
+
+    async def search_lineages(self, *, instance_id: str | None, lineage_ids: Collection[int] | None) -> list[Lineage]:
+        return [
+            lineage
+            for lid, lineage in sorted(self._state.lineages.items())
+            if (instance_id is None or lineage.instance_id == instance_id)
+            and (lineage_ids is None or lid in lineage_ids)
+        ]
+
+    async def search_paths(
+        self,
+        query: NameQuery,
+        *,
+        accounts: Collection[str] | None,
+        instance_id: str | None,
+        after: PathKey | None,
+        limit: int,
+    ) -> list[PathKey]:
+        s = self._state
+        found: set[tuple[int, bytes, str]] = set()
+        for change in s.changes.values():
+            lineage = s.lineages[change.lineage_id]
+            if (
+                change.type != REMOVED
+                and (accounts is None or lineage.account_id in accounts)
+                and (instance_id is None or lineage.instance_id == instance_id)
+                and _matches(query, change.name)
+            ):
+                found.add((change.lineage_id, change.path.encode(), change.path))
+        start = (-1, b"") if after is None else (after.lineage_id, after.path.encode())
+        return [PathKey(lid, path) for lid, raw, path in sorted(found) if (lid, raw) > start][:limit]
+
+    async def path_changes(self, keys: Collection[PathKey]) -> list[SearchChange]:
+        wanted = {(k.lineage_id, k.path) for k in keys}
+        found = [c for c in self._state.changes.values() if (c.lineage_id, c.path) in wanted]
+        return sorted(found, key=lambda c: (c.lineage_id, c.path.encode(), c.seq))
+
+    async def lineage_points(self, lineage_ids: Collection[int]) -> list[LineagePoint]:
+        s = self._state
+        found = []
+        for (lid, seq), point_id in sorted(s.search_points.items()):
+            point = _with_expiry(s, s.points.get(point_id))
+            if lid in lineage_ids and point is not None:
+                found.append(LineagePoint(lid, seq, point))
+        return found
 
     async def list_children(self, point_id: str, parent: str, *, after: str, limit: int) -> list[EntryRow]:
         rows = [

@@ -94,6 +94,9 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _CATALOG + "PlaceHold": _op(ADMIN, "place holds", mutating=True),
         _CATALOG + "ReleaseHold": _op(ADMIN, "release holds", mutating=True),
         _CATALOG + "ListHolds": _op(READ, "list holds"),
+        # file search (ADR 0043)
+        _CATALOG + "ListFiles": _op(READ, "search files"),
+        _CATALOG + "GetFileHistory": _op(READ, "read file history"),
         # billing
         _BILLING + "GetOverview": _op(READ, "read billing"),
         _BILLING + "ListLedger": _op(READ, "read billing"),
