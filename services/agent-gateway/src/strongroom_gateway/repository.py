@@ -12,7 +12,7 @@ from strongroom_platform import db
 from strongroom_platform.db import PgTransaction
 
 from strongroom_gateway.agent_cert_store import PgCertificateTx
-from strongroom_gateway.gc.repack_store import PgRepackTx
+from strongroom_gateway.gc.repack_store import PgRepackTx, chunk_location
 from strongroom_gateway.gc.store import PgGcTx
 from strongroom_gateway.ports import (
     Account,
@@ -349,17 +349,7 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgTransaction):
                 batch,
             )
             for row in rows:
-                found[bytes(row["chunk_id"])] = ChunkLocation(
-                    chunk_id=bytes(row["chunk_id"]),
-                    pack_id=row["pack_id"],
-                    object_key=row["object_key"],
-                    offset=row["offset"],
-                    length=row["length"],
-                    raw_length=row["raw_length"],
-                    compression=row["compression"],
-                    pack_format=row["format_version"],
-                    version_id=row["version_id"],
-                )
+                found[bytes(row["chunk_id"])] = chunk_location(row)
         return found
 
     async def chunk_packs(self, account_id: str, chunk_ids: Sequence[bytes]) -> tuple[set[str], list[bytes]]:

@@ -55,7 +55,9 @@ class RepackTx(Protocol):
         ...
 
 
-def _chunk_location(row: asyncpg.Record) -> ChunkLocation:
+def chunk_location(row: asyncpg.Record) -> ChunkLocation:
+    """A chunk row joined with its pack (chunk_id, pack_id, object_key, offset, length, raw_length,
+    compression, format_version, version_id) as a :class:`ChunkLocation`."""
     from strongroom_gateway.ports import ChunkLocation
 
     return ChunkLocation(
@@ -106,7 +108,7 @@ class PgRepackTx:
             ' WHERE c.pack_id = ANY($1::text[]) ORDER BY c.pack_id, c."offset"',
             list(pack_ids),
         )
-        return [_chunk_location(r) for r in rows]
+        return [chunk_location(r) for r in rows]
 
     async def live_references(self, pack_ids: Sequence[str]) -> list[tuple[str, Point]]:
         from strongroom_gateway.repository import _point
