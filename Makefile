@@ -45,7 +45,7 @@ lint: sync
 	$(UV) run lint-imports
 
 typecheck: sync
-	$(UV) run mypy libs/telemetry/src libs/platform/src libs/servers/src libs/testing/src libs/cli/src agent/src \
+	$(UV) run mypy libs/zones/src libs/telemetry/src libs/platform/src libs/servers/src libs/testing/src libs/cli/src agent/src \
 		services/scheduler/src services/catalog/src services/billing/src services/agent-gateway/src services/restore/src
 
 ## unit: the fast tests only (no real servers)

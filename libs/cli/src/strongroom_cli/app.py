@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
-from strongroom_platform.zones import parse_zone
+from strongroom_zones import parse_zone
 
 from strongroom_cli import (
     alerts,
@@ -159,8 +159,17 @@ def _standalone_argv(argv: list[str]) -> list[str] | None:
 
 
 def _standalone(argv: list[str]) -> int:
-    # the standalone runner has its own options; imported lazily (it pulls in the embedded servers)
-    module = importlib.import_module("strongroom_cli.standalone")
+    # the standalone runner has its own options; imported lazily (it pulls in the embedded servers,
+    # which only the extra [standalone] installs)
+    try:
+        module = importlib.import_module("strongroom_cli.standalone")
+    except ImportError as exc:
+        print(
+            f"error: standalone mode needs the platform ({exc.name} is not installed): "
+            "pip install 'strongroom-cli[standalone]'",
+            file=sys.stderr,
+        )
+        return 2
     code: int = module.main(argv)
     return code
 

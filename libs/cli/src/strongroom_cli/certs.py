@@ -8,16 +8,19 @@
 
 Private keys are written 0600. Production uses certificate files from its own PKI (cert-manager)
 instead; see docs/adr/0023-tls-everywhere.md.
+
+The CA code is the platform's (``strongroom_platform.certs``), which comes with the extra
+``strongroom-cli[standalone]``; without it the commands say so instead of failing to import.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import ipaddress
 import json
 from pathlib import Path
-
-from strongroom_platform import certs
+from types import ModuleType
 
 from strongroom_cli.context import Context, UsageError
 
@@ -29,7 +32,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     init = commands.add_parser("init-ca", parents=[common], help="create a CA in a directory")
     init.add_argument("--dir", required=True, type=Path, help="directory of the CA files (created if missing)")
     init.add_argument("--name", default="Strongroom CA", help="the CA's common name")
-    init.add_argument("--days", type=int, default=certs.CA_VALID_DAYS, help="validity in days (default 3650)")
+    init.add_argument("--days", type=int, default=None, help="validity in days (default 3650)")
     init.set_defaults(command=init_ca, local=True)
 
     issue = commands.add_parser("issue", parents=[common], help="issue a certificate signed by the CA of --dir")
@@ -44,6 +47,14 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     spki = commands.add_parser("spki", parents=[common], help="print the SPKI SHA-256 pin of a certificate")
     spki.add_argument("--cert", required=True, type=Path, help="PEM or DER certificate file")
     spki.set_defaults(command=spki_pin, local=True)
+
+
+def _platform_certs() -> ModuleType:
+    """``strongroom_platform.certs``, or a UsageError saying which install brings it."""
+    try:
+        return importlib.import_module("strongroom_platform.certs")
+    except ImportError:
+        raise UsageError("the certs commands need the platform: pip install 'strongroom-cli[standalone]'") from None
 
 
 def _ip(text: str) -> str:
@@ -63,19 +74,22 @@ def _report(context: Context, fields: dict[str, str]) -> None:
 
 
 async def init_ca(context: Context) -> int:
+    certs = _platform_certs()
     directory: Path = context.args.dir
+    days = context.args.days if context.args.days is not None else certs.CA_VALID_DAYS
     if (directory / certs.CA_CERT_FILE).exists() or (directory / certs.CA_KEY_FILE).exists():
         raise UsageError(f"{directory} already holds a CA ({certs.CA_CERT_FILE}); remove it first to start over")
-    if context.args.days < 1:
+    if days < 1:
         raise UsageError("--days must be at least 1")
-    ca = certs.CertificateAuthority.create(context.args.name, valid_days=context.args.days)
+    ca = certs.CertificateAuthority.create(context.args.name, valid_days=days)
     path = certs.write_ca(directory, ca)
     files = {"CA certificate": str(path), "CA key": str(directory / certs.CA_KEY_FILE)}
-    _report(context, files | _describe(ca.cert_pem))
+    _report(context, files | _describe(certs, ca.cert_pem))
     return 0
 
 
 async def issue_cert(context: Context) -> int:
+    certs = _platform_certs()
     args = context.args
     directory: Path = args.dir
     try:
@@ -93,11 +107,12 @@ async def issue_cert(context: Context) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     cert_path, key_path = certs.write_pair(directory, args.name, pair)
-    _report(context, {"Certificate": str(cert_path), "Key": str(key_path)} | _describe(pair.cert_pem))
+    _report(context, {"Certificate": str(cert_path), "Key": str(key_path)} | _describe(certs, pair.cert_pem))
     return 0
 
 
 async def spki_pin(context: Context) -> int:
+    certs = _platform_certs()
     path: Path = context.args.cert
     try:
         pin = certs.spki_sha256(path.read_bytes())
@@ -112,7 +127,7 @@ async def spki_pin(context: Context) -> int:
     return 0
 
 
-def _describe(cert_pem: bytes) -> dict[str, str]:
+def _describe(certs: ModuleType, cert_pem: bytes) -> dict[str, str]:
     cert = certs.load_certificate(cert_pem)
     return {
         "Subject": cert.subject.rfc4514_string(),
