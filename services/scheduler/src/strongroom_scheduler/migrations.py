@@ -162,6 +162,10 @@ CREATE INDEX instances_due ON instances (next_backup_at)
     WHERE activated AND NOT paused AND NOT canceled AND NOT released;
 """
 
+# Admission control (ADR 0053) counts the fleet's unfinished jobs on every schedule pass: an index of
+# those few rows rather than a scan of every job ever run.
+_ADMISSION = "CREATE INDEX jobs_unfinished ON jobs (instance_id) WHERE status IN (1, 2, 3, 7)"
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -173,6 +177,7 @@ MIGRATIONS: list[Migration] = [
     Migration(10, _INVENTORY),
     # The outbox's traceparent column (ADR 0039).
     outbox_traceparent_migration(11),
+    Migration(15, _ADMISSION),
 ]
 
 ROLE = SERVICE_ROLES["scheduler"]
