@@ -57,6 +57,7 @@ from strongroom_agent.session import (
     make_restore_runner,
 )
 from strongroom_agent.transport import GatewayTrust, PinMismatch, channel_credentials, mtls_target, pinned_roots
+from strongroom_agent.uninstall import uninstall_package
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
 _UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
@@ -304,13 +305,14 @@ async def _run(state: AgentState, state_dir: str, roots: Sequence[str]) -> None:
         if keeper_failed:
             raise CredentialRejected(str(keeper_failed[0]))
     except UninstallRequested as exc:
-        # Until the package of issue "production" exists, "uninstall" is: remove the state and exit.
+        # Uninstall (ADR 0040, 0045): the state, then the package when the agent came from one.
         removed = remove_state(state_dir)
         log.warning(
-            "backup of instance %s was canceled (%s): %s; exiting",
+            "backup of instance %s was canceled (%s): %s; %s; exiting",
             state.instance_id,
             exc,
             f"removed {state_dir}" if removed else "no state to remove",
+            uninstall_package(),
         )
     except CredentialRejected as exc:
         raise CliError(
