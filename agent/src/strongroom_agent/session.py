@@ -32,10 +32,10 @@ from strongroom_telemetry.metrics import instruments
 from strongroom_agent import __version__, host
 from strongroom_agent.backup import cores_for, plan_points, run_backup
 from strongroom_agent.config import SPOOL_DIR
-from strongroom_agent.cpu_limit import process_cpu_limit
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.filesystems import discover_filesystems, filesystem_for_root
 from strongroom_agent.gateway_client import ControlStream, GatewayClient, GatewayError
+from strongroom_agent.job_limits import JobLimits, job_limits
 from strongroom_agent.jobs import ProgressCallback
 from strongroom_agent.restore import run_restore
 
@@ -369,8 +369,10 @@ def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Seq
             discover=lambda: discover_filesystems(excluded=lambda p: exclusions.excluded(p, is_dir=True)),
             describe_root=filesystem_for_root,
         )
-        # The whole process (event loop and gRPC threads too) stays within the job's cores.
-        with process_cpu_limit(cores_for(command)):
+        # The whole process (event loop and gRPC threads too) stays within the job's cores; the
+        # read limit is the job's own throttle, and systemd's per device when systemd runs the agent.
+        limits = JobLimits(cores_for(command), command.max_read_bytes_per_second, tuple(p.mount_point for p in points))
+        with job_limits(limits):
             return await run_backup(
                 command,
                 client=client,
