@@ -12,7 +12,11 @@ Steps:
    the Go module proxy with ``go install``, cached under ``~/.cache/strongroom``);
 3. lay out an apt repository (``dist/apt``: pool + dists/stable, ``apt-ftparchive``) and a yum
    repository (``dist/yum``: the .rpm + repodata, ``createrepo_c``); missing tools are installed
-   with apt-get when running as root.
+   with apt-get when running as root;
+4. with ``STRONGROOM_PACKAGE_SIGNING_KEY`` (a gpg key id of the caller's keyring, ``GNUPGHOME``
+   respected): sign both repositories (``InRelease``/``Release.gpg``, ``repomd.xml.asc``) and
+   export the public key as ``dist/strongroom.asc``, the key the install commands fetch. Without
+   it the repositories are unsigned (development), and said so.
 
 Prints one line per artifact (path and size) and a last line ``PACKAGES <deb> <rpm>``.
 """
@@ -105,7 +109,7 @@ def agent_version() -> str:
     text = (ROOT / "agent" / "src" / "strongroom_agent" / "__init__.py").read_text()
     match = re.search(r'^__version__ = "([0-9]+\.[0-9]+\.[0-9]+)"$', text, re.M)
     if not match:
-        raise BuildError("agent/src/strongroom_agent/__init__.py has no __version__ = \"X.Y.Z\"")
+        raise BuildError('agent/src/strongroom_agent/__init__.py has no __version__ = "X.Y.Z"')
     return match.group(1)
 
 
@@ -116,23 +120,59 @@ def stage(stage_dir: Path, work: Path, arch: str) -> Path:
     lib, wheels = opt / "lib", work / "wheels"
     requirements = work / "requirements.txt"
     exported = run(
-        [tool, "export", "--frozen", "--package", PACKAGE, "--no-dev", "--no-emit-workspace", "--format",
-         "requirements-txt", "--output-file", str(requirements)],
+        [
+            tool,
+            "export",
+            "--frozen",
+            "--package",
+            PACKAGE,
+            "--no-dev",
+            "--no-emit-workspace",
+            "--format",
+            "requirements-txt",
+            "--output-file",
+            str(requirements),
+        ],
         cwd=ROOT,
     )
     del exported
     for name in WORKSPACE_PACKAGES:
         run([tool, "build", "--package", name, "--wheel", "--out-dir", str(wheels)], cwd=ROOT)
     python_platform = PLATFORMS[arch][0]
-    common = ["--target", str(lib), "--python-version", PYTHON_VERSION, "--python-platform", python_platform,
-              "--only-binary", ":all:", "--no-deps", "--link-mode", "copy", "--no-config"]
+    common = [
+        "--target",
+        str(lib),
+        "--python-version",
+        PYTHON_VERSION,
+        "--python-platform",
+        python_platform,
+        "--only-binary",
+        ":all:",
+        "--no-deps",
+        "--link-mode",
+        "copy",
+        "--no-config",
+    ]
     run([tool, "pip", "install", *common, "--require-hashes", "-r", str(requirements)], cwd=ROOT)
     run([tool, "pip", "install", *common, *map(str, sorted(wheels.glob("*.whl")))], cwd=ROOT)
     # Console scripts of the dependencies carry the staging path in their #! line; the package has its own.
     shutil.rmtree(lib / "bin", ignore_errors=True)
     # Byte code for the interpreter the package depends on (3.11), valid whatever the files' times.
-    run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-         "-d", "/opt/strongroom/agent/lib", str(lib)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-d",
+            "/opt/strongroom/agent/lib",
+            str(lib),
+        ]
+    )
     (opt / "bin").mkdir(parents=True)
     shutil.copy2(HERE / "files" / "strongroom-agent", opt / "bin" / "strongroom-agent")
     os.chmod(opt / "bin" / "strongroom-agent", 0o755)
@@ -158,8 +198,7 @@ def package(nfpm: Path, stage_dir: Path, out: Path, arch: str, version: str) -> 
     rpm = out / f"{PACKAGE}-{version}-1.{PLATFORMS[arch][1]}.rpm"
     for packager, target in (("deb", deb), ("rpm", rpm)):
         target.unlink(missing_ok=True)
-        run([str(nfpm), "package", "--config", str(config), "--packager", packager,
-             "--target", str(target)], env=env)
+        run([str(nfpm), "package", "--config", str(config), "--packager", packager, "--target", str(target)], env=env)
     return deb, rpm
 
 
@@ -177,10 +216,21 @@ def apt_repository(deb: Path, out: Path, arch: str) -> Path:
     (binary / "Packages").write_text(packages)
     run(["gzip", "-9nk", str(binary / "Packages")])
     release = run(
-        [ftparchive, "-o", f"APT::FTPArchive::Release::Suite={APT_DIST}", "-o",
-         f"APT::FTPArchive::Release::Codename={APT_DIST}", "-o", "APT::FTPArchive::Release::Origin=Strongroom",
-         "-o", f"APT::FTPArchive::Release::Components={APT_COMPONENT}", "-o",
-         f"APT::FTPArchive::Release::Architectures={arch}", "release", f"dists/{APT_DIST}"],
+        [
+            ftparchive,
+            "-o",
+            f"APT::FTPArchive::Release::Suite={APT_DIST}",
+            "-o",
+            f"APT::FTPArchive::Release::Codename={APT_DIST}",
+            "-o",
+            "APT::FTPArchive::Release::Origin=Strongroom",
+            "-o",
+            f"APT::FTPArchive::Release::Components={APT_COMPONENT}",
+            "-o",
+            f"APT::FTPArchive::Release::Architectures={arch}",
+            "release",
+            f"dists/{APT_DIST}",
+        ],
         cwd=repo,
     )
     (repo / "dists" / APT_DIST / "Release").write_text(release)
@@ -198,6 +248,24 @@ def yum_repository(rpm: Path, out: Path) -> Path:
     return repo
 
 
+def sign_repositories(out: Path, key: str) -> Path:
+    """Clear-sign the apt Release, detach-sign the yum repomd.xml, export the public key."""
+    gpg = shutil.which("gpg")
+    if gpg is None:
+        raise BuildError("STRONGROOM_PACKAGE_SIGNING_KEY is set but gpg is not installed")
+    sign = [gpg, "--batch", "--yes", "--local-user", key, "--armor"]
+    release = out / "apt" / "dists" / APT_DIST / "Release"
+    run([*sign, "--clearsign", "--output", str(release.with_name("InRelease")), str(release)])
+    run([*sign, "--detach-sign", "--output", str(release.with_name("Release.gpg")), str(release)])
+    repomd = out / "yum" / "repodata" / "repomd.xml"
+    run([*sign, "--detach-sign", "--output", f"{repomd}.asc", str(repomd)])
+    public = out / "strongroom.asc"
+    public.write_text(run([gpg, "--batch", "--armor", "--export", key]))
+    if "PUBLIC KEY" not in public.read_text():
+        raise BuildError(f"gpg exported no public key for {key!r}")
+    return public
+
+
 def build(out: Path, arch: str) -> tuple[Path, Path]:
     version = agent_version()
     nfpm = ensure_nfpm()
@@ -208,6 +276,12 @@ def build(out: Path, arch: str) -> tuple[Path, Path]:
         deb, rpm = package(nfpm, work / "stage", out, arch, version)
     apt_repository(deb, out, arch)
     yum_repository(rpm, out)
+    key = os.environ.get("STRONGROOM_PACKAGE_SIGNING_KEY", "")
+    if key:
+        sign_repositories(out, key)
+    else:
+        (out / "strongroom.asc").unlink(missing_ok=True)
+        print("repositories unsigned: set STRONGROOM_PACKAGE_SIGNING_KEY to sign them", file=sys.stderr)
     return deb, rpm
 
 
