@@ -140,15 +140,18 @@ async def test_package_install_backup_cancel_uninstall(platform: Platform, tmp_p
     shutil.copytree(dist, root / "tmp" / "dist")
     for directory in ("lists/partial", "cache/archives/partial"):
         (root / "tmp" / "apt" / directory).mkdir(parents=True)
+    for directory in ("lists/partial", "cache/archives/partial"):
+        (root / "tmp" / "apt" / directory).mkdir(parents=True)
     (root / "tmp" / "strongroom.list").write_text(
         "deb [signed-by=/tmp/dist/strongroom.asc] file:/tmp/dist/apt stable main\n"
     )
-    only_ours = (
-        "-o Dir::Etc::sourcelist=/tmp/strongroom.list -o Dir::Etc::sourceparts=- -o Dir::State::Lists=/tmp/lists"
+    only_ours = " ".join(
+        [
+            "-o Dir::Etc::sourcelist=/tmp/strongroom.list -o Dir::Etc::sourceparts=-",
+            "-o Dir::State::Lists=/tmp/apt/lists -o Dir::Cache=/tmp/apt/cache -o Dpkg::Use-Pty=0",
+        ]
     )
-    install = (
-        f"mkdir -p /tmp/lists/partial && apt-get {only_ours} update && apt-get {only_ours} install -y strongroom-agent"
-    )
+    install = f"apt-get {only_ours} update && apt-get {only_ours} install -y strongroom-agent"
     await asyncio.to_thread(run_in_chroot, root, install, transcript)
     # What the install-and-enroll command does after the install (offline here: no systemd running).
     await asyncio.to_thread(run_in_chroot, root, "systemctl enable strongroom-agent.service", transcript)
@@ -166,6 +169,7 @@ async def test_package_install_backup_cancel_uninstall(platform: Platform, tmp_p
         scheduler_pb2.ActivateBackupRequest(
             account_id="acme",
             name="packaged",
+            region="local",
             has_settings=True,
             settings=scheduler_pb2.BackupSettings(
                 priority=common_pb2.BACKUP_PRIORITY_HIGH, daily_start_minute=120, keep_latest_version=True

@@ -144,7 +144,9 @@ async def _enroll(address: str, token: str, state_dir: str, trust: GatewayTrust,
             raise CliError(
                 f"cannot reach the gateway at {address}: {exc.details or exc.code}", EXIT_UNREACHABLE
             ) from exc
-        if exc.code in {"UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION"}:
+        if exc.code == "FAILED_PRECONDITION":  # e.g. this agent's version is outside the gateway's window
+            raise CliError(f"the gateway refused the enrollment: {exc.details or exc.code}", EXIT_REJECTED) from exc
+        if exc.code in {"UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND", "INVALID_ARGUMENT"}:
             raise CliError(
                 f"the gateway rejected the enrollment token: {exc.details or exc.code}", EXIT_REJECTED
             ) from exc

@@ -18,6 +18,7 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.events import AGENT_ENROLLED, new_meta
 
 from strongroom_gateway import filesystems, validation
+from strongroom_gateway.agent_versions import check_agent_version, gateway_release
 from strongroom_gateway.errors import InvalidArgument, Unauthenticated
 from strongroom_gateway.jobs import (
     FINAL_STATUSES,
@@ -70,6 +71,7 @@ async def enroll(
     validation.enroll_request(request)
     if not request.enrollment_token:
         raise Unauthenticated("enrollment token missing")
+    check_agent_version(request.agent_version, gateway_release())
     token_hash = sha256_hex(request.enrollment_token)
     secret = secrets.token_urlsafe(32)
     async with store.transaction() as tx:
@@ -187,6 +189,9 @@ async def handle_report(
     kind = report.WhichOneof("report")
     if kind == "hello":
         validation.hello(report.hello)
+        # Before anything is recorded: an agent outside N-1..N learns how to upgrade (ADR 0045).
+        check_agent_version(report.hello.agent_version, gateway_release())
+        session.agent_version = report.hello.agent_version
         capacity = sum(fs.capacity_bytes for fs in report.hello.filesystems)
         session.capacity_bytes = capacity
         async with store.transaction() as tx:
@@ -199,7 +204,17 @@ async def handle_report(
         return
     if kind == "progress":
         validation.progress(report.progress)
-        await _job_report(identity, report.progress.job_id, None, report.progress.stats, "", [], store, clock)
+        await _job_report(
+            identity,
+            report.progress.job_id,
+            None,
+            report.progress.stats,
+            "",
+            [],
+            store,
+            clock,
+            agent_version=session.agent_version,
+        )
         return
     if kind == "finished":
         finished = report.finished
@@ -209,7 +224,16 @@ async def handle_report(
         errors = list(finished.file_errors)[:_MAX_FILE_ERRORS]
         failed = bounded_failed_files(finished.failed_files)
         await _job_report(
-            identity, finished.job_id, finished.status, finished.stats, finished.error, errors, store, clock, failed
+            identity,
+            finished.job_id,
+            finished.status,
+            finished.stats,
+            finished.error,
+            errors,
+            store,
+            clock,
+            failed,
+            agent_version=session.agent_version,
         )
         return
     raise InvalidArgument("empty AgentReport")
@@ -225,6 +249,7 @@ async def _job_report(
     store: GatewayStore,
     clock: Clock,
     failed_files: Sequence[common_pb2.FileError] = (),
+    agent_version: str = "",
 ) -> None:
     async with store.transaction() as tx:
         job = await tx.get_job(job_id, for_update=True)
@@ -241,5 +266,13 @@ async def _job_report(
         if job.cancel_requested and final is None:
             status = common_pb2.JOB_STATUS_CANCELING
         await emit_job_status(
-            tx, updated, status, clock, error=error, stats=stats, file_errors=file_errors, failed_files=failed_files
+            tx,
+            updated,
+            status,
+            clock,
+            error=error,
+            stats=stats,
+            file_errors=file_errors,
+            failed_files=failed_files,
+            agent_version=agent_version,
         )
