@@ -140,8 +140,6 @@ async def test_package_install_backup_cancel_uninstall(platform: Platform, tmp_p
     shutil.copytree(dist, root / "tmp" / "dist")
     for directory in ("lists/partial", "cache/archives/partial"):
         (root / "tmp" / "apt" / directory).mkdir(parents=True)
-    for directory in ("lists/partial", "cache/archives/partial"):
-        (root / "tmp" / "apt" / directory).mkdir(parents=True)
     (root / "tmp" / "strongroom.list").write_text(
         "deb [signed-by=/tmp/dist/strongroom.asc] file:/tmp/dist/apt stable main\n"
     )

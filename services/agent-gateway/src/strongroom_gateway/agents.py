@@ -71,7 +71,6 @@ async def enroll(
     validation.enroll_request(request)
     if not request.enrollment_token:
         raise Unauthenticated("enrollment token missing")
-    check_agent_version(request.agent_version, gateway_release())
     token_hash = sha256_hex(request.enrollment_token)
     secret = secrets.token_urlsafe(32)
     async with store.transaction() as tx:
@@ -81,6 +80,8 @@ async def enroll(
             raise Unauthenticated("enrollment token is unknown or was already used")
         if instance.token_expires_at is None or instance.token_expires_at <= clock.now():
             raise Unauthenticated("enrollment token has expired; re-activate backup to get a new one")
+        # Refused before anything is written: the token stays valid for the upgraded agent (ADR 0045).
+        check_agent_version(request.agent_version, gateway_release())
         await tx.enroll_instance(instance.instance_id, sha256_hex(secret), request.hostname, clock.now())
         await filesystems.record_enrolled(tx, instance.instance_id, request.filesystems, clock.now())
         certificate = None
