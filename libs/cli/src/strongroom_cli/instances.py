@@ -104,6 +104,7 @@ def _summary_row(i: scheduler_pb2.Instance) -> list[str]:
         output.enum_name(common_pb2.BackupPriority.Name(i.settings.priority), "BACKUP_PRIORITY_"),
         output.minute_of_day(i.settings.daily_start_minute),
         output.timestamp(i.next_backup_at, present=i.HasField("next_backup_at")),
+        i.agent_version or "-",
     ]
 
 
@@ -119,6 +120,7 @@ def print_instance(context: Context, i: scheduler_pb2.Instance) -> None:
             ("Region", i.region),
             ("Status", output.enum_name(scheduler_pb2.RunningStatus.Name(i.status), "RUNNING_STATUS_")),
             ("Hostname", i.hostname or "-"),
+            ("Agent version", i.agent_version or "-"),
             ("Host identity", i.inventory.host_id or "-"),
             ("OS", i.inventory.os or "-"),
             (
@@ -143,7 +145,7 @@ def print_instances(context: Context, found: Sequence[scheduler_pb2.Instance]) -
     if context.json:
         output.as_json(list(found))
         return
-    headers = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", f"NEXT BACKUP ({output.zone_label()})"]
+    headers = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", f"NEXT BACKUP ({output.zone_label()})", "AGENT"]
     output.table(headers, [_summary_row(i) for i in found])
 
 
