@@ -170,7 +170,10 @@ async def test_package_install_backup_cancel_uninstall(platform: Platform, tmp_p
             region="local",
             has_settings=True,
             settings=scheduler_pb2.BackupSettings(
-                priority=common_pb2.BACKUP_PRIORITY_HIGH, daily_start_minute=120, keep_latest_version=True
+                priority=common_pb2.BACKUP_PRIORITY_HIGH,
+                daily_start_minute=120,
+                keep_latest_version=True,
+                roots=["/srv/data"],  # the path inside the root filesystem the agent runs in
             ),
         )
     )
@@ -197,7 +200,7 @@ async def test_package_install_backup_cancel_uninstall(platform: Platform, tmp_p
     agent_log = tmp_path / "agent.log"
     with agent_log.open("wb") as log_file:
         agent = await asyncio.create_subprocess_exec(
-            *in_chroot(root, "exec /opt/strongroom/agent/bin/strongroom-agent run --roots /srv/data"),
+            *in_chroot(root, "exec /opt/strongroom/agent/bin/strongroom-agent run"),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "STRONGROOM_LOG_FORMAT": "text"},
