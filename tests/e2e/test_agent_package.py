@@ -138,7 +138,7 @@ async def test_package_install_backup_cancel_uninstall(platform: Platform, tmp_p
     # The published apt repository, as a file: source of the root filesystem (no network needed):
     # apt checks its signature with the exported key and installs the package with dpkg.
     shutil.copytree(dist, root / "tmp" / "dist")
-    for directory in ("lists/partial", "cache/archives/partial"):
+    for directory in ("lists/partial", "cache/archives/partial", "log"):
         (root / "tmp" / "apt" / directory).mkdir(parents=True)
     (root / "tmp" / "strongroom.list").write_text(
         "deb [signed-by=/tmp/dist/strongroom.asc] file:/tmp/dist/apt stable main\n"
@@ -146,7 +146,8 @@ async def test_package_install_backup_cancel_uninstall(platform: Platform, tmp_p
     only_ours = " ".join(
         [
             "-o Dir::Etc::sourcelist=/tmp/strongroom.list -o Dir::Etc::sourceparts=-",
-            "-o Dir::State::Lists=/tmp/apt/lists -o Dir::Cache=/tmp/apt/cache -o Dpkg::Use-Pty=0",
+            "-o Dir::State::Lists=/tmp/apt/lists -o Dir::Cache=/tmp/apt/cache -o Dir::Log=/tmp/apt/log",
+            "-o Dpkg::Use-Pty=0",
         ]
     )
     install = f"apt-get {only_ours} update && apt-get {only_ours} install -y strongroom-agent"

@@ -6,6 +6,9 @@ case "$1" in
         # Anything written beside the package's files after installation.
         rm -rf /opt/strongroom/agent
         rmdir /opt/strongroom 2>/dev/null || true
+        # The .deb lists /opt as a parent directory (nfpm adds it); no Debian package owns it, so
+        # dpkg removes it with the package's last file. It is an FHS directory: put it back.
+        [ -d /opt ] || install -d -m 0755 /opt
         if [ -d /run/systemd/system ]; then
             systemctl daemon-reload >/dev/null 2>&1 || true
         fi
