@@ -12,12 +12,15 @@ for (run with ``-s`` to see it).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -106,22 +109,48 @@ def run_in_chroot(root: Path, command: str, transcript: Transcript) -> str:
     return output
 
 
-async def test_package_install_backup_cancel_uninstall(platform: Platform, tmp_path: Path) -> None:
-    transcript = Transcript(tmp_path / "transcript.log")
-    started = time.monotonic()
-    for needed in ("chroot", "unshare", "dpkg-deb", "systemd-analyze"):
-        assert shutil.which(needed), f"{needed} is missing"
+@dataclass
+class Artifacts:
+    tarball: str
+    packages: str
+    seconds: float
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Iterator[concurrent.futures.Future[Artifacts]]:
+    """The root filesystem and the signed packages, built while the platform fixture starts the stack
+    (this fixture comes first in the test's arguments)."""
     # A throwaway signing key: the repositories are signed as a release would be.
     gnupg = tmp_path / "gnupg"
     gnupg.mkdir(mode=0o700)
     signing = {**os.environ, "GNUPGHOME": str(gnupg), "STRONGROOM_PACKAGE_SIGNING_KEY": "test@strongroom.localhost"}
     generate = ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "Strongroom test <test@strongroom.localhost>"]
-    done = await asyncio.to_thread(run, [*generate, "ed25519", "sign", "never"], signing)
-    assert done.returncode == 0, done.stderr
-    dist = tmp_path / "dist"
-    tarball, packages = await asyncio.gather(
-        asyncio.to_thread(tool, "rootfs.py"), asyncio.to_thread(tool, "build.py", "--out", str(dist), env=signing)
-    )
+
+    def build() -> Artifacts:
+        started = time.monotonic()
+        done = run([*generate, "ed25519", "sign", "never"], signing)
+        assert done.returncode == 0, done.stderr
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            tarball = pool.submit(tool, "rootfs.py")
+            packages = pool.submit(tool, "build.py", "--out", str(tmp_path / "dist"), env=signing)
+            return Artifacts(tarball.result(), packages.result(), time.monotonic() - started)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(build)
+        yield future
+        future.result()  # never leave the build running past the test
+
+
+async def test_package_install_backup_cancel_uninstall(
+    artifacts: concurrent.futures.Future[Artifacts], platform: Platform, tmp_path: Path
+) -> None:
+    transcript = Transcript(tmp_path / "transcript.log")
+    started = time.monotonic()
+    for needed in ("chroot", "unshare", "dpkg-deb", "systemd-analyze"):
+        assert shutil.which(needed), f"{needed} is missing"
+    built = await asyncio.wrap_future(artifacts)
+    tarball, packages, dist = built.tarball, built.packages, tmp_path / "dist"
+    transcript.note(f"root filesystem and packages ready (built in {built.seconds:.0f} s, beside the stack's start)")
     deb = Path(packages.split()[1])
     rpm = Path(packages.split()[2])
     transcript.note(
