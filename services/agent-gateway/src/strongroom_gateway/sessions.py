@@ -24,6 +24,8 @@ class Session:
     sent: set[str] = field(default_factory=set)
     # Sum of filesystem capacities from the agent's hello.
     capacity_bytes: int = 0
+    # The agent's version from its hello (ADR 0045), carried by the job-updated events it causes.
+    agent_version: str = ""
 
 
 class SessionRegistry:

@@ -177,6 +177,8 @@ MIGRATIONS: list[Migration] = [
     Migration(10, _INVENTORY),
     # The outbox's traceparent column (ADR 0039).
     outbox_traceparent_migration(11),
+    # The agent's version per instance (ADR 0045).
+    Migration(12, "ALTER TABLE instances ADD COLUMN agent_version text NOT NULL DEFAULT ''"),
     Migration(15, _ADMISSION),
 ]
 

@@ -45,6 +45,7 @@ _INSTANCE_COLUMNS = (
     "released",
     "prepare_by",
     "preparation_failure_noted",
+    "agent_version",
 )
 _JOB_COLUMNS = (
     "job_id",
