@@ -12,12 +12,12 @@ from pathlib import Path
 from strongroom.catalog.v1 import catalog_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
-from strongroom_platform.certs import spki_sha256
 
 from strongroom_cli import agent_install, output, progress
 from strongroom_cli.args import PRIORITIES, on_off, time_of_day
 from strongroom_cli.context import Context, UsageError
 from strongroom_cli.jobs import FINISHED_JOB_STATUSES, exit_code, job_status, print_job
+from strongroom_cli.pins import spki_sha256_pem
 
 DEFAULT_REGION = "local"
 
@@ -216,7 +216,7 @@ def _agent_install(args: argparse.Namespace, environ: Mapping[str, str]) -> agen
         return agent_install.AgentInstall(gateway, repo)
     try:
         ca_pem = Path(ca_file).read_bytes()
-        pin = spki_sha256(ca_pem)
+        pin = spki_sha256_pem(ca_pem)
     except OSError as exc:
         raise UsageError(f"cannot read the agents' CA bundle {ca_file}: {exc.strerror or exc}") from None
     except ValueError as exc:
