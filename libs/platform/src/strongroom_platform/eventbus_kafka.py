@@ -77,15 +77,20 @@ async def create_topics(
     timeout_ms: int = 30_000,
     ssl_context: ssl.SSLContext | None = None,
     sasl: KafkaSasl | None = None,
+    partitions: int | None = None,
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
-    Partitions and replication factor come from the topic registry (``events.topic_spec``; a
-    dead-letter topic gets its source topic's); the replication factor is capped at the number of
-    brokers in the cluster (one in development). Explicit creation matters: a broker's
-    auto-created topics get its default partition count (Tansu: 4), and consumers subscribing
-    before the first publish would otherwise find nothing to join.
+    Partitions, replication factor and ``min.insync.replicas`` come from the topic registry
+    (``events.topic_spec``; a dead-letter topic gets its source topic's); ``partitions`` (the
+    ``STRONGROOM_KAFKA_PARTITIONS`` setting) replaces the registry's count of registered topics
+    (tests and standalone mode use a small one). Replication and ``min.insync.replicas`` are capped
+    at the number of brokers in the cluster (one in development). Explicit creation matters: a
+    broker's auto-created topics get its default partition count (Tansu: 4), and consumers
+    subscribing before the first publish would otherwise find nothing to join.
     """
+    if partitions is not None and partitions < 1:
+        raise ValueError("a topic needs at least one partition")
     wanted = sorted(set(topics))
     if not wanted:
         return
@@ -101,13 +106,15 @@ async def create_topics(
         brokers = await _broker_count(admin)
         missing = []
         for name in names:
-            spec = _spec_for(name)
+            spec = _spec_for(name, partitions)
             replication = min(spec.replication_factor, brokers)
             if replication < spec.replication_factor:
                 log.info(
                     "topic %s: %d replicas wanted, the cluster has %d brokers", name, spec.replication_factor, brokers
                 )
-            missing.append(NewTopic(name, spec.partitions, replication))
+            in_sync = min(spec.min_insync_replicas, replication)
+            config = {"min.insync.replicas": str(in_sync)}
+            missing.append(NewTopic(name, spec.partitions, replication, topic_configs=config))
         response = await admin.create_topics(missing, timeout_ms=timeout_ms)
         for topic_error in response.topic_errors:
             name, code = topic_error[0], topic_error[1]
@@ -118,8 +125,18 @@ async def create_topics(
         await admin.close()
 
 
-def _spec_for(name: str) -> TopicSpec:
-    """The registry spec of a topic, or of the topic whose dead-letter topic ``name`` is."""
+def _spec_for(name: str, partitions: int | None = None) -> TopicSpec:
+    """The registry spec of a topic, or of the topic whose dead-letter topic ``name`` is; a
+    registered one with ``partitions`` partitions when that is given."""
+    spec = _registered_spec_for(name)
+    if partitions is not None and (
+        name in TOPIC_SPECS or any(s.dead_letter_topic == name for s in TOPIC_SPECS.values())
+    ):
+        return dataclasses.replace(spec, partitions=partitions)
+    return spec
+
+
+def _registered_spec_for(name: str) -> TopicSpec:
     for spec in TOPIC_SPECS.values():
         if spec.dead_letter_topic == name:
             return dataclasses.replace(spec, dead_letter_topic=None)
@@ -215,8 +232,15 @@ def _headers(raw: Any) -> Headers:
 class FaustConsumer:
     """The :class:`~strongroom_platform.eventbus.EventConsumer` port on a faust-streaming app.
 
-    One Faust app per consumer group, one agent (concurrency 1) per topic with
-    raw bytes serializers. For each record the handler is called; then:
+    One Faust app per consumer group, one agent per topic with raw bytes serializers, and inside
+    it one worker per assigned partition (Faust's ``isolated_partitions``: a worker starts when
+    its partition is assigned and stops when it is revoked). Records of one partition — of one
+    key, the instance id — are handled one after another; partitions run in parallel. Agent
+    concurrency above 1 is not used: it acknowledges out of order and commits wrong offsets
+    (faust-streaming issue #606). Replicas of a service share partitions as one consumer group;
+    after a rebalance a partition's records after its last committed offset are delivered
+    again, and the handlers' inbox claims make that harmless (ADR 0050). For each record the
+    handler is called; then:
 
     - it returned: the record is acknowledged; Faust commits acknowledged
       offsets every ``commit_interval`` seconds and at :meth:`stop`;
@@ -232,10 +256,11 @@ class FaustConsumer:
     when an agent is cancelled mid-record, which would commit a record whose
     handler never finished.
 
-    :meth:`stop` lets the record in flight finish (up to ``stop_timeout``
+    :meth:`stop` lets the records in flight finish (up to ``stop_timeout``
     seconds; a record still being retried is abandoned unacknowledged, so it is
     delivered again later), then commits and leaves the group. A consumer is
-    started at most once.
+    started at most once. ``partitions`` (``STRONGROOM_KAFKA_PARTITIONS``) is the partition count
+    of the registered topics it creates (``create_topics``).
 
     ``session_timeout`` is the group session timeout in seconds; Tansu holds a
     new member's JoinGroup for half of it, so a small value starts faster there.
@@ -265,6 +290,7 @@ class FaustConsumer:
         alert_topic: str = ALERT_RAISED,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
+        partitions: int | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one topic handler")
@@ -279,7 +305,10 @@ class FaustConsumer:
         self._create_missing_topics = create_missing_topics
         self._ssl_context = ssl_context
         self._sasl = sasl
+        self._partitions = partitions
         self._stopping = asyncio.Event()
+        # Records being handled across the partition workers; _idle is set when there are none.
+        self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._started = False
@@ -310,7 +339,8 @@ class FaustConsumer:
                 key_serializer="raw",
                 value_serializer="raw",
             )
-            app.agent(topic, name=f"{self._group_id}.agent{index}", concurrency=1)(self._agent_for(handler))
+            agent = app.agent(topic, name=f"{self._group_id}.agent{index}", concurrency=1, isolated_partitions=True)
+            agent(self._agent_for(handler))
         return app
 
     def _agent_for(self, handler: Handler) -> Any:
@@ -334,6 +364,7 @@ class FaustConsumer:
         )
         if self._stopping.is_set():
             return False  # left unacknowledged: delivered again after the restart
+        self._in_flight += 1
         self._idle.clear()
         done = False
         try:
@@ -344,7 +375,9 @@ class FaustConsumer:
             return done
         finally:
             self._report_lag(message, handled=done)
-            self._idle.set()
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
 
     def _report_lag(self, message: Any, *, handled: bool) -> None:
         try:
@@ -387,6 +420,7 @@ class FaustConsumer:
                 [*topics, *(dlq_topic(t) for t in topics), self._alert_topic],
                 ssl_context=self._ssl_context,
                 sasl=self._sasl,
+                partitions=self._partitions,
             )
         await self._app.start()
 
