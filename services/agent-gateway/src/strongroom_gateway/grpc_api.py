@@ -37,7 +37,6 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         clock: Clock,
         sessions: SessionRegistry,
         writer: ingest.PackWriter,
-        job_poll_interval: float = 5.0,
         unthrottled: bool = False,
         issuer: CertificateIssuer | None = None,
         vault: Vault | None = None,
@@ -47,7 +46,6 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self._clock = clock
         self._sessions = sessions
         self._writer = writer
-        self._poll = job_poll_interval
         self._unthrottled = unthrottled
         self._issuer = issuer
         self._vault = vault or Vault(store, object_store, writer.keys, clock)
@@ -125,15 +123,14 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             log.info("agent %s disconnected", identity.instance_id)
 
     async def _wait(self, session: Session, reader: asyncio.Task[None]) -> None:
-        waiters = [
-            asyncio.ensure_future(session.wake.wait()),
-            asyncio.ensure_future(self._clock.sleep(self._poll)),
-        ]
+        """Until the session is woken (a new command, from this process's consumer, a notification
+        or the sweep; ``session_events``) or the agent's stream ends. No per-session poll: an idle
+        session costs no database work (ADR 0050)."""
+        waiter = asyncio.ensure_future(session.wake.wait())
         try:
-            await asyncio.wait([*waiters, reader], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([waiter, reader], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            waiter.cancel()
 
     async def _read_reports(
         self, identity: Identity, reports: AsyncIterator[gateway_pb2.AgentReport], session: Session

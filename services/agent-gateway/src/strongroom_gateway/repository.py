@@ -26,6 +26,7 @@ from strongroom_gateway.ports import (
     Pack,
     Point,
 )
+from strongroom_gateway.sessions import SESSIONS_CHANNEL
 
 # Bound on ids per query, so huge lookups do not build huge parameter arrays.
 _BATCH = 10_000
@@ -329,6 +330,17 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgTransaction):
             job.version_id,
             job.version_created_at,
         )
+
+    async def unfinished_job_keys(self, instance_ids: Sequence[str]) -> list[tuple[str, str, bool]]:
+        rows = await self._conn.fetch(
+            "SELECT instance_id, job_id, cancel_requested FROM jobs"
+            " WHERE instance_id = ANY($1::text[]) AND state <> 'finished'",
+            list(instance_ids),
+        )
+        return [(r["instance_id"], r["job_id"], r["cancel_requested"]) for r in rows]
+
+    async def notify_sessions(self, payload: str) -> None:
+        await self._conn.execute("SELECT pg_notify($1, $2)", SESSIONS_CHANNEL, payload)
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
         rows = await self._conn.fetch(
