@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
+from aiokafka.partitioner import murmur2
 from strongroom_telemetry.metrics import Metrics, instruments
 
 from strongroom_platform.clock import Clock, SystemClock
@@ -36,6 +38,9 @@ DLQ_ERROR_HEADER = "strongroom-error"
 """Header of a dead-lettered record holding the handler's error message (UTF-8)."""
 
 _TOPIC_ALREADY_EXISTS = 36
+
+MAX_BATCH_BYTES = 512 * 1024
+"""The most a record batch of the publisher holds (per partition and request)."""
 
 
 dlq_topic = dead_letter_topic
@@ -194,6 +199,8 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=self._idempotent,
             request_timeout_ms=self._request_timeout_ms,
+            # publish_batch fills whole record batches; below the broker's default 1 MB message.max.bytes.
+            max_batch_size=MAX_BATCH_BYTES,
             **_security(self._ssl_context, self._sasl),
         )
         await producer.start()
@@ -212,26 +219,61 @@ class KafkaPublisher:
         await self._producer.send_and_wait(topic, value=value, key=key, headers=list(headers) or None)
 
     async def publish_batch(self, records: Sequence[OutgoingRecord]) -> list[BaseException | None]:
-        """Append every record (in order: one ``send`` after the other), then wait for all acknowledgements.
+        """Append the records as one record batch per partition (in order), then wait for every answer.
 
-        aiokafka gathers the records of a partition into one produce request, so a batch costs a
-        few round trips instead of one per record. Returns None or the failure per record.
+        The partition of a key is the Java client's (murmur2), as ``publish`` picks it; building the
+        batches here instead of one ``send`` per record costs a fraction of the CPU, and a batch
+        costs one round trip per partition. Returns None or the failure per record (a batch fails
+        or succeeds as a whole).
         """
-        if self._producer is None:
+        producer = self._producer
+        if producer is None:
             raise RuntimeError("KafkaPublisher.publish_batch called before start()")
-        pending: list[asyncio.Future[Any] | BaseException] = []
-        for record in records:
-            try:
-                pending.append(
-                    await self._producer.send(
-                        record.topic, value=record.value, key=record.key, headers=list(record.headers) or None
-                    )
-                )
-            except Exception as exc:  # refused before it was queued (too large, unknown topic, closed)
-                pending.append(exc)
-        futures = [item for item in pending if isinstance(item, asyncio.Future)]
-        await asyncio.gather(*futures, return_exceptions=True)
-        return [item if isinstance(item, BaseException) else item.exception() for item in pending]
+        outcomes: list[BaseException | None] = [None] * len(records)
+        waits: list[tuple[list[int], asyncio.Future[Any]]] = []
+        for (topic, partition), indexes in (await self._by_partition(records)).items():
+            batch = producer.create_batch()
+            members: list[int] = []
+            for index in indexes:
+                record = records[index]
+                headers = list(record.headers)
+                if batch.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
+                    if members:  # full: send it, start the next one
+                        waits.append((members, await producer.send_batch(batch, topic, partition=partition)))
+                        batch, members = producer.create_batch(), []
+                    if batch.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
+                        # Larger than a batch on its own: the producer sends (or refuses) it alone.
+                        try:
+                            single = await producer.send(
+                                topic, value=record.value, key=record.key, partition=partition, headers=headers
+                            )
+                        except Exception as exc:  # refused before it was queued (too large)
+                            outcomes[index] = exc
+                            continue
+                        waits.append(([index], single))
+                        continue
+                members.append(index)
+            if members:
+                waits.append((members, await producer.send_batch(batch, topic, partition=partition)))
+        await asyncio.gather(*(future for _, future in waits), return_exceptions=True)
+        for members, future in waits:
+            failure = future.exception()
+            if failure is not None:
+                for index in members:
+                    outcomes[index] = failure
+        return outcomes
+
+    async def _by_partition(self, records: Sequence[OutgoingRecord]) -> dict[tuple[str, int], list[int]]:
+        """Record indexes by (topic, partition), in order."""
+        assert self._producer is not None
+        counts: dict[str, int] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
+        for index, record in enumerate(records):
+            count = counts.get(record.topic)
+            if count is None:
+                count = counts[record.topic] = len(await self._producer.partitions_for(record.topic))
+            groups.setdefault((record.topic, _partition_of(record.key, count)), []).append(index)
+        return groups
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -241,6 +283,12 @@ class KafkaPublisher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+@functools.lru_cache(maxsize=65536)
+def _partition_of(key: bytes, partitions: int) -> int:
+    """The partition of ``key`` among ``partitions`` (0..n-1), as the Java client and aiokafka pick it."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _headers(raw: Any) -> Headers:
