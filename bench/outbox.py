@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import datetime as dt
 import importlib.util
+import os
 import platform
 import shutil
 import subprocess
@@ -185,7 +186,9 @@ def report(results: list[dict[str, object]], args: argparse.Namespace) -> str:
         f"`uv run python bench/outbox.py {' '.join(sys.argv[1:])}`",
         "",
         f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()},"
-        f" {_cpus()} CPUs (shared with other work). PostgreSQL durable, Apache Kafka 1 broker, topic of"
+        f" {_cpus()} CPUs (shared with other work; load average"
+        f" {'/'.join(f'{x:.1f}' for x in os.getloadavg())} at the end)."
+        " PostgreSQL durable, Apache Kafka 1 broker, topic of"
         f" 12 partitions, idempotent producer (acks=all), {args.keys} keys. `before` = `OutboxRelay` at"
         f" `{args.before_ref}`.",
         "",
@@ -198,8 +201,6 @@ def report(results: list[dict[str, object]], args: argparse.Namespace) -> str:
 
 
 def _cpus() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 
