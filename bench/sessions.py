@@ -1,10 +1,10 @@
 """Agent sessions over two gateway processes (ADR 0050): idle cost and job delivery latency.
 
-    uv run python bench/sessions.py [--sessions 1000] [--idle-seconds 60] [--out bench/results/FILE.md]
+    uv run python bench/sessions.py [--sessions 1000] [--idle-seconds 60] [--no-durable] [--out FILE.md]
 
-Real PostgreSQL (durable) and Apache Kafka (topics of the registry's 12 partitions), two
-``strongroom-gateway`` processes (the production entry point, one consumer group). The bench
-process plays the rest of the platform and the agents:
+Real PostgreSQL (durable; ``--no-durable``: without fsync) and Apache Kafka (topics of the
+registry's 12 partitions), two ``strongroom-gateway`` processes (the production entry point, one
+consumer group). The bench process plays the rest of the platform and the agents:
 
 1. publishes ``instance-activated`` for ``--sessions`` instances (as the scheduler's relay does)
    and enrolls each through ``Enroll`` (the real gRPC protocol, bearer credentials);
@@ -196,10 +196,11 @@ def percentile(values: list[float], q: float) -> float:
 
 async def main(args: argparse.Namespace) -> str:
     work = Path(tempfile.mkdtemp(prefix="strongroom-bench-sessions-"))
-    pg = LocalPostgres(None, work / "pg", durable=True)
+    pg = LocalPostgres(None, work / "pg", durable=args.durable)
     kafka = LocalKafka(work / "kafka")
     gateways: list[ManagedProcess] = []
     sessions = Sessions()
+    finished = False
     try:
         await asyncio.to_thread(pg.start)
         await asyncio.to_thread(kafka.start)
@@ -251,13 +252,17 @@ async def main(args: argparse.Namespace) -> str:
         await pool.close()
         for channel in channels:
             await channel.close()
+        finished = True
     finally:
         await sessions.close()
         for gateway in gateways:
             await gateway.stop()
         kafka.stop()
         pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if finished:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"failed; the servers' and gateways' files are kept in {work}", file=sys.stderr)
 
     n = len(enrolled)
     per_1000 = lambda value: value * 1000 / n  # noqa: E731
@@ -269,7 +274,8 @@ async def main(args: argparse.Namespace) -> str:
         "",
         f"Machine: {platform.machine()}, CPython {platform.python_version()}, {os.cpu_count()} CPUs (shared"
         f" with other work; load average {'/'.join(f'{x:.1f}' for x in os.getloadavg())} at the end)."
-        " PostgreSQL durable, Apache Kafka 1 broker, topics of 12 partitions, two"
+        f" PostgreSQL {'durable' if args.durable else 'without fsync'}, Apache Kafka 1 broker, topics of 12"
+        " partitions, two"
         f" `strongroom-gateway` processes in one consumer group; {n} agents (gRPC `Connect` streams, bearer"
         " credentials) in the bench process, alternately on gateway A and B.",
         "",
@@ -305,6 +311,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--no-durable",
+        dest="durable",
+        action="store_false",
+        help="PostgreSQL without fsync (tells commit latency apart from CPU on a busy disk)",
+    )
     parser.add_argument("--out", type=Path)
     arguments = parser.parse_args()
     report = asyncio.run(main(arguments))

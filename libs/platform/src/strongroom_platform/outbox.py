@@ -39,7 +39,7 @@ from strongroom_telemetry.propagation import (
     traceparent_of,
 )
 
-from strongroom_platform.clock import Clock
+from strongroom_platform.clock import Clock, sleep_or_event
 from strongroom_platform.eventbus import EventPublisher, OutgoingRecord
 from strongroom_platform.events import TOPIC_MESSAGES
 from strongroom_platform.pg_listen import Listener
@@ -266,13 +266,7 @@ class OutboxRelay:
                 except Exception:
                     log.exception("outbox relay for %s failed, retrying", self._schema)
                 self._wake.clear()
-                sleeper = asyncio.ensure_future(self._clock.sleep(self._poll_interval))
-                waker = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    sleeper.cancel()
-                    waker.cancel()
+                await sleep_or_event(self._clock, self._poll_interval, self._wake)
         finally:
             listening.cancel()
             with contextlib.suppress(asyncio.CancelledError):

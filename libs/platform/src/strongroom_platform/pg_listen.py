@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from strongroom_platform.clock import Clock
+from strongroom_platform.clock import Clock, sleep_or_event
 
 __all__ = ["Listener"]
 
@@ -98,7 +98,7 @@ class Listener:
                     log.info("listening on %s again", ",".join(self._channels))
                 self._on_listening()
                 while not lost.is_set():
-                    await self._wait(lost)
+                    await sleep_or_event(self._clock, self._check_interval, lost)
                     if not lost.is_set():
                         await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self._check_timeout)
                 log.warning("the connection listening on %s was lost", ",".join(self._channels))
@@ -107,12 +107,3 @@ class Listener:
                 for channel in self._channels:
                     with contextlib.suppress(*_LOST):
                         await conn.remove_listener(channel, self._deliver)
-
-    async def _wait(self, lost: asyncio.Event) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(self._check_interval))
-        waiter = asyncio.ensure_future(lost.wait())
-        try:
-            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waiter.cancel()

@@ -22,7 +22,7 @@ from contextlib import AsyncExitStack
 
 import asyncpg
 from strongroom_platform import lifecycle
-from strongroom_platform.clock import Clock
+from strongroom_platform.clock import Clock, sleep_or_event
 from strongroom_platform.pg_listen import Listener
 
 from strongroom_gateway.agents import REVOKED_BY_CANCEL
@@ -103,13 +103,7 @@ async def sweep_forever(
                 log.info("job sweep woke %d sessions a notification had missed", woken)
         except Exception as exc:  # the database away: the next sweep retries
             log.warning("job sweep failed: %s", exc)
-        sleeper = asyncio.ensure_future(clock.sleep(interval))
-        waiter = asyncio.ensure_future(requested.wait())
-        try:
-            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waiter.cancel()
+        await sleep_or_event(clock, interval, requested)
 
 
 def start(
