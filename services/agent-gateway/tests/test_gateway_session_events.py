@@ -16,6 +16,7 @@ from strongroom.events.v1 import events_pb2
 from strongroom_gateway import session_events
 from strongroom_gateway.agents import REVOKED_BY_CANCEL
 from strongroom_gateway.consumers import record_handlers
+from strongroom_gateway.delivery import Coalescer
 from strongroom_gateway.handlers import SessionEffect
 from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.repository import PgGatewayStore
@@ -161,3 +162,33 @@ async def test_after_its_connection_is_killed_the_listener_listens_again_and_swe
     # ... and the session learns of it all the same: a notification, or the sweep on listening again.
     await _woken(session.wake, within=10)
     await _listening(holding, sessions=2)
+
+
+async def test_coalescer_batches_the_keys_asked_for_while_a_load_runs() -> None:
+    calls: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def load(keys: list[int]) -> dict[int, int]:
+        calls.append(keys)
+        await release.wait()
+        return {key: key * 10 for key in keys}
+
+    coalescer: Coalescer[int, int] = Coalescer(load, max_batch=3)
+    first = asyncio.ensure_future(coalescer.get(1))
+    await asyncio.sleep(0)  # the first load starts with key 1 alone
+    rest = [asyncio.ensure_future(coalescer.get(k)) for k in (2, 3, 3, 4)]
+    release.set()
+    assert await first == 10 and [await r for r in rest] == [20, 30, 30, 40]
+    assert calls == [[1], [2, 3], [4]]  # what waited went in batches of at most 3 (keys once each)
+
+
+async def test_coalescer_failure_reaches_the_callers_of_that_load_only() -> None:
+    async def load(keys: list[int]) -> dict[int, int]:
+        if 13 in keys:
+            raise ConnectionError("database away")
+        return {key: key for key in keys}
+
+    coalescer: Coalescer[int, int] = Coalescer(load)
+    with pytest.raises(ConnectionError):
+        await coalescer.get(13)
+    assert await coalescer.get(7) == 7

@@ -20,6 +20,7 @@ from strongroom_platform.objectstore import ObjectStore
 from strongroom_gateway import agent_certs, agents, filesystems, ingest, points, validation
 from strongroom_gateway.agent_certs import CertificateIssuer
 from strongroom_gateway.agents import CANCELED, Identity
+from strongroom_gateway.delivery import CommandDelivery
 from strongroom_gateway.errors import FailedPrecondition
 from strongroom_gateway.ports import GatewayStore, InstanceFilesystem
 from strongroom_gateway.sessions import Session, SessionRegistry
@@ -47,6 +48,8 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self._sessions = sessions
         self._writer = writer
         self._unthrottled = unthrottled
+        # Sessions woken together read their commands and mark them delivered together (ADR 0050).
+        self._delivery = CommandDelivery(store, unthrottled=unthrottled)
         self._issuer = issuer
         self._vault = vault or Vault(store, object_store, writer.keys, clock)
 
@@ -90,12 +93,10 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         try:
             while True:
                 session.wake.clear()
-                for key, command in await agents.pending_commands(
-                    identity, session, store=self._store, unthrottled=self._unthrottled
-                ):
-                    if not key.startswith("cancel:"):
-                        # Before sending: the agent may call ReadManifest as soon as it has the command.
-                        await agents.mark_delivered(key, store=self._store)
+                commands = await self._delivery.pending(identity, session)
+                # Before sending: the agent may call ReadManifest as soon as it has the command.
+                await self._delivery.mark_delivered([key for key, _ in commands if not key.startswith("cancel:")])
+                for key, command in commands:
                     session.sent.add(key)
                     yield command
                 if reader.done() or session.closed.is_set():

@@ -210,6 +210,23 @@ class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx):
             version_created_at=job.version_created_at,
         )
 
+    async def unfinished_jobs_of(self, instance_ids: Sequence[str]) -> dict[str, list[Job]]:
+        out: dict[str, list[Job]] = {}
+        for instance_id in instance_ids:
+            jobs = await self.unfinished_jobs(instance_id)
+            if jobs:
+                out[instance_id] = jobs
+        return out
+
+    async def get_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+        return {a: self._s.accounts[a] for a in account_ids if a in self._s.accounts}
+
+    async def mark_delivered(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            job = self._s.jobs.get(job_id)
+            if job is not None and job.state == "queued":
+                self._s.jobs[job_id] = dataclasses.replace(job, state="delivered")
+
     async def unfinished_job_keys(self, instance_ids: Sequence[str]) -> list[tuple[str, str, bool]]:
         wanted = set(instance_ids)
         return [
