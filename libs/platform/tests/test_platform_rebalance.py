@@ -22,7 +22,7 @@ from strongroom_platform.eventbus_kafka import FaustConsumer, KafkaPublisher
 WORKER = Path(__file__).with_name("partition_worker.py")
 KEYS = 40
 PARTITIONS = 6
-TOTAL = 8000
+TAIL = 400  # events published after the kill
 
 
 async def _count(pool: asyncpg.Pool, query: str, *args: object) -> int:
@@ -37,18 +37,25 @@ async def _wait(pool: asyncpg.Pool, query: str, at_least: int, within: float, *a
         await asyncio.sleep(0.1)
 
 
-async def _publish(publisher: KafkaPublisher, topic: str, count: int, ids: list[str]) -> None:
-    """Publish ``count`` events at about 400 a second (so the stream outlasts the rebalances)."""
-    for i in range(count):
+async def _publish(publisher: KafkaPublisher, topic: str, ids: list[str], enough: asyncio.Event) -> None:
+    """Publish about 400 events a second until ``enough`` is set, then ``TAIL`` more (events after the
+    kill), so the stream outlasts the rebalances however slow the machine is."""
+    i = 0
+    tail = None
+    while tail is None or i < tail:
+        if tail is None and enough.is_set():
+            tail = i + TAIL
         event_id = uuid.uuid4().hex
         key = f"instance-{i % KEYS}"
         await publisher.publish(topic, key.encode(), f"{key}:{i // KEYS}:{event_id}".encode())
         ids.append(event_id)
-        if i % 20 == 19:
+        i += 1
+        if i % 20 == 0:
             await asyncio.sleep(0.05)
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(600)
 async def test_a_killed_member_loses_nothing_and_duplicates_no_effect(kafka_bootstrap: str, pg_dsn: str) -> None:
     topic = f"rebalance-{uuid.uuid4().hex[:8]}"
     group = f"g-{topic}"
@@ -70,7 +77,8 @@ async def test_a_killed_member_loses_nothing_and_duplicates_no_effect(kafka_boot
         assert (await first.stdout.readline()).strip() == b"STARTED"
         ids: list[str] = []
         async with KafkaPublisher(kafka_bootstrap, idempotent=True) as publisher:
-            producing = asyncio.create_task(_publish(publisher, topic, TOTAL, ids))
+            enough = asyncio.Event()
+            producing = asyncio.create_task(_publish(publisher, topic, ids, enough))
             await _wait(pool, "SELECT count(*) FROM deliveries WHERE worker = 'A'", 300, 60)
             # A second member joins: the group rebalances and both work.
             second = FaustConsumer(
@@ -81,9 +89,9 @@ async def test_a_killed_member_loses_nothing_and_duplicates_no_effect(kafka_boot
             a_before_kill = await _count(pool, "SELECT count(*) FROM deliveries WHERE worker = 'A'")
             first.send_signal(signal.SIGKILL)  # no commit, no leaving the group: mid-stream
             await first.wait()
-            assert not producing.done(), "the stream ended before the kill: publish more events"
+            enough.set()
             await producing
-            await _wait(pool, "SELECT count(DISTINCT event_id) FROM effects", TOTAL, 120)
+            await _wait(pool, "SELECT count(DISTINCT event_id) FROM effects", len(ids), 180)
         await asyncio.sleep(1.0)  # anything still redelivered now would show as a second effect
         effects = await pool.fetch("SELECT event_id, key, seq, worker FROM effects ORDER BY id")
         deliveries = await _count(pool, "SELECT count(*) FROM deliveries")
