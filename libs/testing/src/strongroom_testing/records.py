@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 __all__ = ["find_record"]
 
@@ -20,13 +19,12 @@ async def find_record(
 ) -> tuple[bytes | None, bytes, dict[str, bytes]]:
     """(key, value, headers) of the first record of ``topic``, in any partition, whose (key, value)
     satisfies ``match``; raises TimeoutError after ``within`` seconds. Reads without a group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    # Without a group, a subscription is assigned every partition of the topic, read from the start.
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
-        await consumer.topics()  # the cluster's metadata, with the topic's partitions
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         async with asyncio.timeout(within):
             while True:
                 message = await consumer.getone()
