@@ -85,7 +85,6 @@ class GatewayHarness:
             clock=self.clock,
             sessions=self.sessions,
             writer=self.writer,
-            job_poll_interval=3600,
         )
         manifest_service = manifest_api.register(
             manifest_api.ManifestServicer(store=self.store, object_store=self.objects, keys=self.keys)

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -27,7 +27,7 @@ from strongroom_gateway.jobs import (
     command_for_delivery,
     emit_job_status,
 )
-from strongroom_gateway.ports import GatewayStore, GatewayTx, Job
+from strongroom_gateway.ports import Account, GatewayStore, GatewayTx, Job
 from strongroom_gateway.sessions import Session
 from strongroom_gateway.vault import Vault
 
@@ -148,10 +148,18 @@ async def pending_commands(
     Each new stream gets all unfinished jobs again (the agent ignores a job it
     is already running), so a command lost with a broken stream is re-sent.
     """
-    out: list[tuple[str, gateway_pb2.AgentCommand]] = []
     async with store.transaction() as tx:
         jobs = await tx.unfinished_jobs(identity.instance_id)
         account = await tx.get_account(identity.account_id)
+    return commands_to_send(identity, session, jobs, account, unthrottled=unthrottled)
+
+
+def commands_to_send(
+    identity: Identity, session: Session, jobs: Iterable[Job], account: Account | None, *, unthrottled: bool = False
+) -> list[tuple[str, gateway_pb2.AgentCommand]]:
+    """Of the instance's unfinished ``jobs``, the commands ``session`` has not sent yet, keyed by job id
+    (``cancel:<job id>`` for a cancel)."""
+    out: list[tuple[str, gateway_pb2.AgentCommand]] = []
     if account is None:
         return out
     for job in jobs:
@@ -164,13 +172,6 @@ async def pending_commands(
         elif job.job_id not in session.sent:
             out.append((job.job_id, command_for_delivery(job, account, unthrottled=unthrottled)))
     return out
-
-
-async def mark_delivered(job_id: str, *, store: GatewayStore) -> None:
-    async with store.transaction() as tx:
-        job = await tx.get_job(job_id, for_update=True)
-        if job is not None and job.state == "queued":
-            await tx.update_job(dataclasses.replace(job, state="delivered"))
 
 
 async def handle_report(

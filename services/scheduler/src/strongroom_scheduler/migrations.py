@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration, outbox_traceparent_migration
+from strongroom_platform.db import Migration, outbox_shard_migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
 from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
@@ -179,6 +179,8 @@ MIGRATIONS: list[Migration] = [
     outbox_traceparent_migration(11),
     # The agent's version per instance (ADR 0045).
     Migration(12, "ALTER TABLE instances ADD COLUMN agent_version text NOT NULL DEFAULT ''"),
+    # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
+    outbox_shard_migration(14),
     Migration(15, _ADMISSION),
 ]
 
