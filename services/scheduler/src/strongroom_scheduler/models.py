@@ -100,6 +100,10 @@ class Instance:
     prepare_by: dt.datetime | None = None
     # PREPARATION_FAILED was published (by the preparation sweep) for the current preparation.
     preparation_failure_noted: bool = False
+    # The total size of the block devices the agent last reported (0: no report), and the
+    # "<inventory>:<reported>" totals of the capacity mismatch last alerted ("" = none outstanding).
+    reported_capacity_bytes: int = 0
+    capacity_mismatch_noted: str = ""
 
     @property
     def preparation_deadline(self) -> dt.datetime:

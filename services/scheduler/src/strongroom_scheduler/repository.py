@@ -45,6 +45,8 @@ _INSTANCE_COLUMNS = (
     "released",
     "prepare_by",
     "preparation_failure_noted",
+    "reported_capacity_bytes",
+    "capacity_mismatch_noted",
 )
 _JOB_COLUMNS = (
     "job_id",
