@@ -78,8 +78,8 @@ class ShiftedClock:
 
 async def trusted_clock(pool: asyncpg.Pool, base: Clock) -> ShiftedClock:
     """``base`` shifted by the trusted offset as the database holds it now (zero outside standalone mode)."""
-    async with pool.acquire() as conn:
-        return ShiftedClock(base, await clock_offset(conn))
+    seconds = await pool.fetchval("SELECT offset_seconds FROM trusted.clock_offset")
+    return ShiftedClock(base, dt.timedelta(seconds=int(seconds or 0)))
 
 
 def check_offset_allowed(offset: dt.timedelta, object_store: str) -> None:
