@@ -14,10 +14,11 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 
 from strongroom_platform.clock import Clock
 
-from strongroom_scheduler.alerts.ports import AlertStore
+from strongroom_scheduler.alerts.ports import AlertStore, AlertTx
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +42,25 @@ class Pruned:
     messages: int = 0
 
 
+async def _drain(store: AlertStore, prune: Callable[[AlertTx], Awaitable[int]], batch: int) -> int:
+    """Run ``prune`` (deleting at most ``batch`` rows) in one transaction after another until a short one."""
+    total = 0
+    while True:
+        async with store.transaction() as tx:
+            n = await prune(tx)
+        total += n
+        if n < batch:
+            return total
+
+
 async def prune_alerts(store: AlertStore, clock: Clock, policy: PrunePolicy) -> Pruned:
     """Delete the history older than ``policy.keep``: deliveries first, so that the messages they
     held become prunable in the same pass."""
     before = clock.now() - policy.keep
-    pruned = Pruned()
-    while True:
-        async with store.transaction() as tx:
-            n = await tx.prune_deliveries(before, policy.batch)
-        pruned.deliveries += n
-        if n < policy.batch:
-            break
-    while True:
-        async with store.transaction() as tx:
-            n = await tx.prune_messages(before, policy.batch)
-        pruned.messages += n
-        if n < policy.batch:
-            break
+    pruned = Pruned(
+        deliveries=await _drain(store, lambda tx: tx.prune_deliveries(before, policy.batch), policy.batch),
+    )
+    pruned.messages = await _drain(store, lambda tx: tx.prune_messages(before, policy.batch), policy.batch)
     if pruned.deliveries or pruned.messages:
         log.info(
             "alerts: pruned %d finished deliveries and %d read messages older than %s",
