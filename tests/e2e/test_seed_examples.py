@@ -61,14 +61,12 @@ def zone_where_it_is(hour: int, minute: int, now: dt.datetime) -> str:
     return f"UTC{sign}{abs(delta) // 60:02d}:{abs(delta) % 60:02d}"
 
 
-ZONE = zone_where_it_is(4, 20, dt.datetime.now(dt.UTC))
-
-
 @pytest.fixture
 async def platform(stack_kafka: str, pg_logins: PgLogins, tmp_path: Path) -> AsyncIterator[Platform]:
     settings = {
         "STRONGROOM_OBJECT_STORE": f"file:{tmp_path / 'objects'}",
-        "STRONGROOM_ZONE": ZONE,
+        # chosen when the stack starts (not at import: the suite may reach this test much later)
+        "STRONGROOM_ZONE": zone_where_it_is(4, 20, dt.datetime.now(dt.UTC)),
         "STRONGROOM_SCHEDULE_INTERVAL": "1",
         "STRONGROOM_CATALOG_RETENTION_INTERVAL": "2",
         "STRONGROOM_BILLING_LEDGER_INTERVAL": "1",
@@ -91,6 +89,7 @@ class Operator:
         ca = platform.tls_dir / CA_CERT_FILE
         addresses = platform.stack.addresses
         self.account = account
+        self.zone = platform.env["STRONGROOM_ZONE"]
         self.env = {
             **platform.env,
             **{f"STRONGROOM_{name.upper()}_ADDR": addresses[name] for name in ("scheduler", "catalog", "billing")},
@@ -105,7 +104,7 @@ class Operator:
         """``strongroom --account A --tz ZONE argv…``, which must exit with ``code``; printed with its
         output unless ``show`` is off."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "strongroom_cli", "--account", self.account, "--tz", ZONE, *argv,
+            sys.executable, "-m", "strongroom_cli", "--account", self.account, "--tz", self.zone, *argv,
             env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await process.communicate()
@@ -168,12 +167,12 @@ def source_tree(root: Path, name: str) -> Path:
     return root
 
 
-def local_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).astimezone(parse_zone(ZONE))
+def local_now(zone: str) -> dt.datetime:
+    return dt.datetime.now(dt.UTC).astimezone(parse_zone(zone))
 
 
-def next_backup(instance: dict[str, Any]) -> dt.datetime:
-    return dt.datetime.fromisoformat(instance["next_backup_at"].replace("Z", "+00:00")).astimezone(parse_zone(ZONE))
+def next_backup(instance: dict[str, Any], zone: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(instance["next_backup_at"].replace("Z", "+00:00")).astimezone(parse_zone(zone))
 
 
 async def test_the_seed_examples_end_to_end(platform: Platform, tmp_path: Path) -> None:
@@ -188,7 +187,8 @@ async def test_the_seed_examples_end_to_end(platform: Platform, tmp_path: Path) 
 
 
 async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> None:
-    say(f"\n===== the seed's examples on the real stack (schedule and billing zone {ZONE}) =====")
+    zone = acme.zone
+    say(f"\n===== the seed's examples on the real stack (schedule and billing zone {zone}) =====")
     # -- the inventory: 12 running instances in one region -------------------------------------
     say("\n--- 1. overview counts (the seed's example: 12 instances, 5 + 3 activated) ---")
     hosts = tmp_path / "hosts.jsonl"
@@ -217,9 +217,10 @@ async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> 
         name = f"web-{n:02d}"
         start = "05:00" if n == 6 else "23:00"
         tokens[name] = await acme.activate(ids[name], source_tree(tmp_path / name, name), start)
-    for n in range(1, 6):
-        name = f"web-{n:02d}"
-        await acme.first_backup(ids[name], tokens[name], tmp_path / f"{name}-agent")
+    # five agents at once (each enrolls, backs up once through the CLI and stops)
+    await asyncio.gather(
+        *(acme.first_backup(ids[n], tokens[n], tmp_path / f"{n}-agent") for n in (f"web-0{i}" for i in range(1, 6)))
+    )
     say("activated web-01..web-08; web-01..web-05 backed up once; web-09..web-12 not activated")
     await acme.run("instances", "list", "--region", REGION)
     await overview_reaches(acme, REGION, 5, 7)
@@ -230,28 +231,35 @@ async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> 
     agent06 = await start_agent(acme.platform, tokens["web-06"], tmp_path / "web-06-agent")
     try:
         await reaches(acme.platform, web06, S.RUNNING_STATUS_READY)
-        now = local_now()
+        now = local_now(zone)
         today = now.date()
         assert dt.time(4, 0) < now.time() < dt.time(4, 50), f"the zone was chosen for ~04:20, it is {now:%H:%M}"
-        say(f"it is {now:%H:%M} in {ZONE}; web-06 backs up daily at 05:00")
+        say(f"it is {now:%H:%M} in {zone}; web-06 backs up daily at 05:00")
         shown = await acme.json("instances", "show", web06)
-        assert next_backup(shown) == dt.datetime.combine(today, dt.time(5, 0), tzinfo=now.tzinfo)
+        assert next_backup(shown, zone) == dt.datetime.combine(today, dt.time(5, 0), tzinfo=now.tzinfo)
         await acme.run("instances", "list", "--region", REGION, show=False)
-        say(f"next backup: {next_backup(shown):%Y-%m-%d %H:%M}")
+        say(f"next backup: {next_backup(shown, zone):%Y-%m-%d %H:%M}")
 
         say("\n# the seed: scheduled 05:00, changed to 04:00 at 04:xx -> today's backup is skipped")
         await acme.run("instances", "set", web06, "--time", "04:00", show=False)
         shown = await acme.json("instances", "show", web06)
-        say(f"$ strongroom instances set {web06} --time 04:00  -> next backup {next_backup(shown):%Y-%m-%d %H:%M}")
-        assert next_backup(shown) == dt.datetime.combine(today + dt.timedelta(days=1), dt.time(4, 0), tzinfo=now.tzinfo)
+        say(
+            f"$ strongroom instances set {web06} --time 04:00  -> next backup {next_backup(shown, zone):%Y-%m-%d %H:%M}"
+        )
+        assert next_backup(shown, zone) == dt.datetime.combine(
+            today + dt.timedelta(days=1), dt.time(4, 0), tzinfo=now.tzinfo
+        )
 
         say("# today's backup has not run and the new time is later than now -> it runs today at that time")
         await acme.run("instances", "set", web06, "--time", "04:55", show=False)
         shown = await acme.json("instances", "show", web06)
-        say(f"$ strongroom instances set {web06} --time 04:55  -> next backup {next_backup(shown):%Y-%m-%d %H:%M}")
-        assert next_backup(shown) == dt.datetime.combine(today, dt.time(4, 55), tzinfo=now.tzinfo)
+        say(
+            f"$ strongroom instances set {web06} --time 04:55  -> next backup {next_backup(shown, zone):%Y-%m-%d %H:%M}"
+        )
+        assert next_backup(shown, zone) == dt.datetime.combine(today, dt.time(4, 55), tzinfo=now.tzinfo)
 
-        slot = (local_now() + dt.timedelta(minutes=2)).replace(second=0, microsecond=0)
+        # the next whole minute, unless it is too close to be set before it passes
+        slot = (local_now(zone) + dt.timedelta(seconds=75)).replace(second=0, microsecond=0)
         say(f"# today's backup runs from its slot: the time set to {slot:%H:%M}, the scheduler starts it")
         await acme.run("instances", "set", web06, "--time", f"{slot:%H:%M}", show=False)
 
@@ -266,11 +274,9 @@ async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> 
         for later in ("04:00", "23:30"):
             await acme.run("instances", "set", web06, "--time", later, show=False)
             shown = await acme.json("instances", "show", web06)
-            say(
-                f"$ strongroom instances set {web06} --time {later}  -> next backup {next_backup(shown):%Y-%m-%d %H:%M}"
-            )
-            day_of_next = next_backup(shown).date()
-            assert day_of_next == local_now().date() + dt.timedelta(days=1), "today's backup already ran"
+            when = next_backup(shown, zone)
+            say(f"$ strongroom instances set {web06} --time {later}  -> next backup {when:%Y-%m-%d %H:%M}")
+            assert when.date() == local_now(zone).date() + dt.timedelta(days=1), "today's backup already ran"
     finally:
         await agent06.stop()
 
@@ -310,9 +316,12 @@ async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> 
             "--disk", f"/dev/vda={size}G", show=False,
         )  # fmt: skip
     globex_ids = {i["name"]: i["instance_id"] for i in await globex.json("instances", "list")}
-    for name in regions:
-        token = await globex.activate(globex_ids[name], source_tree(tmp_path / name, name), "23:00")
-        await globex.first_backup(globex_ids[name], token, tmp_path / f"{name}-agent")
+    globex_tokens = {
+        name: await globex.activate(globex_ids[name], source_tree(tmp_path / name, name), "23:00") for name in regions
+    }
+    await asyncio.gather(
+        *(globex.first_backup(globex_ids[n], globex_tokens[n], tmp_path / f"{n}-agent") for n in regions)
+    )
     await globex.run("instances", "list")
     await overview_reaches(globex, "", 3, 0)
     view = await globex.json("overview")
