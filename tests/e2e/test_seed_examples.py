@@ -10,7 +10,7 @@ answered:
   when the stack starts, so the seed's own example (05:00 moved to 04:00 at 04:30: today is
   skipped) runs as written, then a later time (today), then, after today's backup really ran
   from its slot, an earlier and a later time (both tomorrow);
-- cancel versus pause;
+- cancel versus pause, and a restore started before the cancel ending canceled;
 - keep-at-least-one with a paused 31-day-old version: the trusted clock is moved 31 days ahead
   (``trusted.clock_offset``, what ``strongroom standalone --clock-offset-days 31`` sets; allowed
   with the filesystem store only), the paused instance keeps its last version; with the option
@@ -332,6 +332,11 @@ async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> 
     # -- cancel versus pause --------------------------------------------------------------------
     say("\n--- 4. cancel versus pause ---")
     web02, web03 = ids["web-02"], ids["web-03"]
+    # a restore of web-03 started before the cancel (its agent is not running, so the job waits)
+    point03 = (await acme.json("versions", "list", web03))[0]["points"][0]["point_id"]
+    restore_dir = tmp_path / "restore-03"
+    restore_dir.mkdir()
+    await acme.run("restore", "create", point03, "--target-path", str(restore_dir), show=False)
     await acme.run("instances", "pause", web02)
     await acme.run("instances", "cancel", web03)
     await acme.run("versions", "list", web02)
@@ -345,6 +350,16 @@ async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> 
     await acme.run("instances", "list", "--region", REGION)
     assert web03 not in [i["instance_id"] for i in await acme.json("instances", "list", "--region", REGION)]
     say("paused web-02 keeps its versions and is still backed up (and billed); canceled web-03 is gone")
+
+    async def restore_stopped() -> list[dict[str, Any]] | None:
+        jobs: list[dict[str, Any]] = await acme.json("restore", "list", web03)
+        return jobs if jobs and all(j["status"] == "JOB_STATUS_CANCELED" for j in jobs) else None
+
+    [stopped] = await eventually("web-03's restore stopped by the cancel", restore_stopped, within=60)
+    assert "was canceled" in stopped["error"], stopped
+    await acme.run("restore", "list", web03)
+    await acme.run("restore", "create", point03, "--target-path", str(restore_dir), code=1)
+    say("the restore started before the cancel ended canceled; a new one is refused")
     await overview_reaches(acme, REGION, 7, 4)
 
     # -- keep at least one: the trusted clock 31 days ahead --------------------------------------
