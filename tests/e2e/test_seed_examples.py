@@ -297,7 +297,7 @@ async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> 
     try:
         seen = [(await reaches(acme.platform, web07, S.RUNNING_STATUS_READY)).status]
         await acme.run("instances", "backup-now", web07)
-        seen.append((await reaches(acme.platform, web07, S.RUNNING_STATUS_BACKING_UP, within=60)).status)
+        seen.append((await reaches(acme.platform, web07, S.RUNNING_STATUS_BACKING_UP, within=240)).status)
         seen.append((await reaches(acme.platform, web07, S.RUNNING_STATUS_RUNNING, within=300)).status)
     finally:
         await agent07.stop()
