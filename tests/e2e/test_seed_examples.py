@@ -92,7 +92,10 @@ class Operator:
         self.zone = platform.env["STRONGROOM_ZONE"]
         self.env = {
             **platform.env,
-            **{f"STRONGROOM_{name.upper()}_ADDR": addresses[name] for name in ("scheduler", "catalog", "billing")},
+            **{
+                f"STRONGROOM_{name.upper()}_ADDR": addresses[name]
+                for name in ("scheduler", "catalog", "billing", "restore")
+            },
             "STRONGROOM_TOKEN": token,
             "STRONGROOM_TLS_CA": str(ca),
         }
