@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from strongroom_platform.clock import utc
 from strongroom_platform.pg_roles import (
     SERVICE_ROLES,
     LoginRefused,
@@ -23,7 +24,8 @@ from strongroom_platform.pg_roles import (
     migrate_schemas,
 )
 from strongroom_platform.schemas import installed_specs
-from strongroom_platform.trusted_time import set_clock_offset
+from strongroom_platform.testing import FakeClock
+from strongroom_platform.trusted_time import set_clock_offset, trusted_clock
 from strongroom_testing.fixtures import PgLogins
 
 pytestmark = pytest.mark.integration
@@ -262,6 +264,19 @@ async def test_expiry_runs_only_through_the_function_on_the_trusted_time(
         assert rows[0]["expired_at"] - await owner.fetchval("SELECT now()") > DAY
     finally:
         await catalog.close()
+
+
+async def test_the_billing_ledger_clock_follows_the_trusted_offset(logins: PgLogins, owner: asyncpg.Connection) -> None:
+    """Billing closes its days by the trusted time (ADR 0036 update): its role reads the offset the
+    owner set, and its clock moves with it; the service clock underneath is unchanged."""
+    base = FakeClock(utc(2026, 12, 6, 2, 0))
+    pool = await asyncpg.create_pool(logins.service("billing"), min_size=1, max_size=1)
+    try:
+        assert (await trusted_clock(pool, base)).now() == base.now()
+        await set_clock_offset(owner, 31 * DAY)
+        assert (await trusted_clock(pool, base)).now() == base.now() + 31 * DAY
+    finally:
+        await pool.close()
 
 
 async def test_a_service_refuses_to_serve_as_the_owner_or_a_superuser(

@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from billing_helpers import GIB
+from billing_helpers import GIB, registered
 from strongroom.events.v1 import events_pb2
 from strongroom_billing import handlers, ledger
 from strongroom_billing.errors import InvalidArgument, NotFound
@@ -147,6 +147,45 @@ async def test_the_latest_version_before_midnight_decides_and_a_skipped_day_keep
     }
     view = await handlers.list_ledger(store, "acme", "2026-12-02", "2026-12-02", True, call=call("ListLedger"))
     assert [(c.instance_id, c.version_id) for c in view.instances[dt.date(2026, 12, 2)]] == [("i1", "v2")]
+
+
+async def test_a_day_is_billed_with_the_inventory_capacity_of_its_version_not_todays(store: BillingStore) -> None:
+    # The inventory says 40 GiB; the agent's filesystems report 7. The disk grows to 80 GiB on the
+    # 3rd at noon, after that day's version; the 4th's version is the first made with 80 GiB.
+    await registered(store, "i1", activated=True, capacity=40 * GIB, at=at8(1, 1))
+    await point(store, "i1", "v1", 7 * GIB, at8(1, 3))
+    await point(store, "i1", "v2", 7 * GIB, at8(2, 3))
+    await point(store, "i1", "v3", 7 * GIB, at8(3, 3))
+    await registered(store, "i1", activated=True, capacity=80 * GIB, at=at8(3, 12))
+    await point(store, "i1", "v4", 7 * GIB, at8(4, 3))
+    # closed later (on the 6th), when the inventory already says 80 GiB
+    await handlers.close_ledger_days(store, FakeClock(at8(6, 2)), SETTINGS)
+    rows = await days(store, "2026-12-01", "2026-12-05")
+    assert {d: r.capacity_bytes // GIB for d, r in rows.items()} == {
+        "2026-12-01": 40,
+        "2026-12-02": 40,
+        "2026-12-03": 40,  # the 3rd's version was made with 40 GiB attached
+        "2026-12-04": 80,
+        "2026-12-05": 80,  # skipped: billed on the 4th's version
+    }
+    # a late, older inventory record changes nothing already closed, and an instance the inventory
+    # never described is billed on the agent's report
+    await point(store, "i2", "w1", 7 * GIB, at8(6, 3))
+    await handlers.close_ledger_days(store, FakeClock(at8(7, 2)), SETTINGS)
+    view = await handlers.list_ledger(store, "acme", "2026-12-06", "2026-12-06", True, call=call("ListLedger"))
+    assert [(c.instance_id, c.capacity_bytes // GIB) for c in view.instances[dt.date(2026, 12, 6)]] == [
+        ("i1", 80),
+        ("i2", 7),
+    ]
+
+
+async def test_an_inventory_record_after_the_version_still_wins_over_the_agent(store: BillingStore) -> None:
+    # An agent enrolled on a host the inventory learned of only later that day.
+    await point(store, "i1", "v1", 7 * GIB, at8(1, 3))
+    await registered(store, "i1", activated=True, capacity=40 * GIB, at=at8(1, 9))
+    await handlers.close_ledger_days(store, FakeClock(at8(3, 2)), SETTINGS)
+    rows = await days(store, "2026-12-01", "2026-12-02")
+    assert {d: r.capacity_bytes // GIB for d, r in rows.items()} == {"2026-12-01": 40, "2026-12-02": 40}
 
 
 async def test_expired_versions_and_canceled_instances_stop_billing(store: BillingStore) -> None:

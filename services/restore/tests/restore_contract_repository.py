@@ -7,11 +7,16 @@ import datetime as dt
 from typing import Protocol
 
 import pytest
-from restore_fixtures import T0, job
+from restore_fixtures import INSTANCES, POINT, T0, call, job, restore_updated
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom.restore.v1 import restore_pb2
 from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, new_meta
+from strongroom_platform.testing import FakeClock
+from strongroom_restore import handlers
+from strongroom_restore.errors import FailedPrecondition
 from strongroom_restore.ports import RestoreStore
+from strongroom_restore.testing import FakeCatalogClient, FakeInstanceDirectory
 
 
 class Harness(Protocol):
@@ -129,3 +134,55 @@ class RestoreRepositoryContract:
         [(topic, key, payload)] = await harness.outbox()
         assert (topic, key) == (RESTORE_CANCEL_REQUESTED, "i-dst")
         assert events_pb2.RestoreCancelRequested.FromString(payload) == event
+
+    async def test_cancel_of_an_instance_stops_its_restores_and_refuses_new_ones(self, harness: Harness) -> None:
+        """ADR 0040 update: a cancel ends every unfinished restore from or onto the instance CANCELED at
+        once, tells each target's agent, ignores what the agent reports afterwards, and refuses new
+        restores of the instance until it is reinstated."""
+        repo = harness.repo
+        running = common_pb2.JOB_STATUS_RUNNING
+        async with repo.transaction() as tx:
+            await tx.insert_job(job("r-from", status=running, source="i-src", target="i-dst"))
+            await tx.insert_job(job("r-onto", source="i-other", target="i-src", created_at=T0 + dt.timedelta(1)))
+            await tx.insert_job(job("r-done", status=common_pb2.JOB_STATUS_COMPLETE, source="i-src"))
+            await tx.insert_job(job("r-else", status=running, source="i-other", target="i-dst"))
+        at = T0 + dt.timedelta(hours=2)
+        cancel = events_pb2.InstanceDeactivated(meta=new_meta("scheduler", at), account_id="acct", instance_id="i-src")
+        await handlers.handle_instance_deactivated(cancel, repo=repo)
+        await handlers.handle_instance_deactivated(cancel, repo=repo)  # once per event
+        jobs = {r: await repo.get_job(r) for r in ("r-from", "r-onto", "r-done", "r-else")}
+        assert {r: j.status for r, j in jobs.items() if j} == {
+            "r-from": common_pb2.JOB_STATUS_CANCELED,
+            "r-onto": common_pb2.JOB_STATUS_CANCELED,
+            "r-done": common_pb2.JOB_STATUS_COMPLETE,
+            "r-else": running,
+        }
+        stopped = jobs["r-from"]
+        assert stopped is not None and stopped.finished_at == at and "i-src" in stopped.error
+        assert "canceled" in stopped.error and "incomplete" in stopped.error
+        told = [
+            (t, k, events_pb2.RestoreCancelRequested.FromString(p).restore_job_id) for t, k, p in await harness.outbox()
+        ]
+        assert told == [(RESTORE_CANCEL_REQUESTED, "i-dst", "r-from"), (RESTORE_CANCEL_REQUESTED, "i-src", "r-onto")]
+        # the agent finishes writing and says COMPLETE: the job stays CANCELED
+        late = restore_updated("r-from", common_pb2.JOB_STATUS_COMPLETE, at=at + dt.timedelta(seconds=5))
+        await handlers.handle_restore_updated(late, repo=repo)
+        assert (await repo.get_job("r-from")).status == common_pb2.JOB_STATUS_CANCELED  # type: ignore[union-attr]
+
+        async def create() -> None:
+            await handlers.create_restore_job(
+                restore_pb2.CreateRestoreJobRequest(point_id="p1", target_instance_id="i-dst", target_path="/r"),
+                repo=repo,
+                catalog=FakeCatalogClient(POINT),  # the catalog has not hidden the point yet
+                instances=FakeInstanceDirectory(*INSTANCES),
+                clock=FakeClock(at),
+                call=call("CreateRestoreJob"),
+            )
+
+        with pytest.raises(FailedPrecondition, match="backup of instance i-src was canceled"):
+            await create()
+        reinstated = events_pb2.InstanceReinstated(
+            meta=new_meta("catalog", at + dt.timedelta(minutes=1)), account_id="acct", instance_id="i-src"
+        )
+        await handlers.handle_instance_reinstated(reinstated, repo=repo)
+        await create()  # allowed again

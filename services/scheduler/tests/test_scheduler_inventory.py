@@ -185,6 +185,47 @@ async def test_the_inventory_wins_over_the_agent_and_says_so(deps: Deps) -> None
     assert "the inventory" in after.last_error and "billing uses the inventory's" in after.last_error
 
 
+def mismatch_alerts(store: InMemorySchedulerStore, instance_id: str) -> list[str]:
+    return [
+        e.reason
+        for e in store.events(ALERT_RAISED)
+        if isinstance(e, events_pb2.AlertRaised)
+        and e.kind == events_pb2.ALERT_KIND_CAPACITY_MISMATCH
+        and e.instance_id == instance_id
+    ]
+
+
+async def test_a_capacity_mismatch_raises_one_alert_per_change(deps: Deps, store: InMemorySchedulerStore) -> None:
+    [instance] = await register(deps, record("m-1"))  # 60 GiB in the inventory
+    await handlers.activate_backup(
+        deps, account_id="acme", name="", region="", settings=None, call=call("ActivateBackup"), host_id="m-1"
+    )
+    ten = [common_pb2.BlockDevice(device="/dev/vda", size_bytes=10 * GIB)]
+    await enrolled(deps, instance.instance_id, host_id="m-1", block_devices=ten)
+    [reason] = mismatch_alerts(store, instance.instance_id)
+    assert "60.0 GiB" in reason and "10.0 GiB" in reason and "billing uses the inventory's" in reason
+    # the same mismatch again (a re-enrollment, an inventory sync with the same disks): no new alert
+    await enrolled(deps, instance.instance_id, host_id="m-1", block_devices=ten)
+    await register(deps, record("m-1"))
+    assert len(mismatch_alerts(store, instance.instance_id)) == 1
+    # the inventory changes but still differs: a new mismatch, one new alert
+    await register(deps, record("m-1", block_devices=[BlockDevice("/dev/vda", 20 * GIB)]))
+    await register(deps, record("m-1", block_devices=[BlockDevice("/dev/vda", 20 * GIB)]))
+    assert len(mismatch_alerts(store, instance.instance_id)) == 2
+    # they agree: nothing; then they differ again as at first: alerted again
+    await register(deps, record("m-1", block_devices=[BlockDevice("/dev/vda", 10 * GIB)]))
+    assert len(mismatch_alerts(store, instance.instance_id)) == 2
+    await register(deps, record("m-1"))
+    assert len(mismatch_alerts(store, instance.instance_id)) == 3
+    # an instance whose agent reports nothing, or one with no inventory disks, is never a mismatch
+    [other] = await register(deps, record("m-2"))
+    await handlers.activate_backup(
+        deps, account_id="acme", name="", region="", settings=None, call=call("ActivateBackup"), host_id="m-2"
+    )
+    await enrolled(deps, other.instance_id, host_id="m-2")
+    assert mismatch_alerts(store, other.instance_id) == []
+
+
 async def test_registration_updates_known_hosts_and_releases(
     deps: Deps, store: InMemorySchedulerStore, clock: FakeClock
 ) -> None:

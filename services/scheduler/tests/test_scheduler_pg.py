@@ -476,6 +476,36 @@ async def test_inventory_round_trip_and_one_instance_per_host(
         await pool.execute("DELETE FROM instances")
 
 
+async def test_a_capacity_mismatch_is_alerted_once_on_postgres(pg_deps: Deps, pool: asyncpg.Pool) -> None:
+    devices = [BlockDevice("/dev/vda", 40 << 30)]
+    [registered] = await handlers.register_instances(
+        pg_deps,
+        "acme",
+        [InventoryInput(host_id="m-1", name="web", region="r", os="linux", block_devices=devices)],
+        call=call("RegisterInstances"),
+    )
+    await handlers.activate_backup(
+        pg_deps, account_id="acme", name="", region="", settings=None, call=call("ActivateBackup"), host_id="m-1"
+    )
+    for _ in range(2):  # enrolled twice with the same report
+        event = events_pb2.AgentEnrolled(
+            meta=new_meta("agent-gateway", pg_deps.clock.now()),
+            account_id="acme",
+            instance_id=registered.instance_id,
+            hostname="h",
+            host_id="m-1",
+            block_devices=[common_pb2.BlockDevice(device="/dev/vda", size_bytes=8 << 30)],
+        )
+        await handlers.handle_agent_enrolled(event, pg_deps)
+    got = await handlers.get_instance(pg_deps, registered.instance_id, call=call("GetInstance"))
+    assert (got.reported_capacity_bytes, got.capacity_mismatch_noted) == (8 << 30, f"{40 << 30}:{8 << 30}")
+    alerts = [
+        events_pb2.AlertRaised.FromString(bytes(r["payload"]))
+        for r in await pool.fetch("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id", ALERT_RAISED)
+    ]
+    assert [a.kind for a in alerts] == [events_pb2.ALERT_KIND_CAPACITY_MISMATCH]
+
+
 async def test_preparation_failure_is_published_once_on_postgres(
     pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock
 ) -> None:

@@ -6,9 +6,11 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
+import asyncpg
 from strongroom_platform import audit, lifecycle, serving, wiring
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import ConsumerFactory, EventPublisher
+from strongroom_platform.trusted_time import trusted_clock
 
 from strongroom_billing import handlers
 from strongroom_billing.consumers import GROUP_ID, record_handlers
@@ -45,7 +47,7 @@ async def run(
         store = PgBillingStore(pool)
         factory = consumer_factory or wiring.consumer_factory(platform)
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(store))
-        lifecycle.start_task(stack, _close_days_forever(store, clock, settings), "billing-ledger")
+        lifecycle.start_task(stack, _close_days_forever(store, pool, clock, settings), "billing-ledger")
         servicer = BillingServicer(store, clock, settings.ledger)
         await serving.serve_listeners(
             stack, "billing", platform, settings.grpc_listen, register(servicer), auth=auth.interceptor
@@ -54,11 +56,15 @@ async def run(
         log.info("billing stopping")
 
 
-async def _close_days_forever(store: PgBillingStore, clock: Clock, settings: Settings) -> None:
-    """Close the ledger's ended days every ``interval_seconds``; a failed pass is retried next time."""
+async def _close_days_forever(store: PgBillingStore, pool: asyncpg.Pool, clock: Clock, settings: Settings) -> None:
+    """Close the ledger's ended days every ``interval_seconds``; a failed pass is retried next time.
+
+    Days end by the trusted time (ADR 0036, update of 2026-12-06): the service clock plus the
+    trusted offset, which only standalone mode's ``--clock-offset-days`` sets; it is read every pass.
+    """
     while True:
         try:
-            await handlers.close_ledger_days(store, clock, settings.ledger)
+            await handlers.close_ledger_days(store, await trusted_clock(pool, clock), settings.ledger)
         except Exception:
             log.exception("ledger: closing days failed; retrying in %.0f s", settings.ledger.interval_seconds)
         await clock.sleep(settings.ledger.interval_seconds)

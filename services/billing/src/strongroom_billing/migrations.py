@@ -96,6 +96,21 @@ ALTER TABLE instances
     ADD COLUMN status_at timestamptz;
 """
 
+# The inventory's capacity over time (ADR 0036, update of 2026-12-06): a day is billed with the
+# capacity the inventory gave the instance when its billed version was created, not with today's.
+# One row per instance-status-changed (append-only); the rows before this migration start from the
+# capacity known now, since forever.
+_CAPACITY_HISTORY = """
+CREATE TABLE inventory_capacities (
+    instance_id text NOT NULL,
+    as_of timestamptz NOT NULL,
+    capacity_bytes bigint NOT NULL CHECK (capacity_bytes >= 0),
+    PRIMARY KEY (instance_id, as_of)
+);
+INSERT INTO inventory_capacities (instance_id, as_of, capacity_bytes)
+    SELECT instance_id, '-infinity', inventory_capacity_bytes FROM instances WHERE registered;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, INBOX_DDL),
     Migration(2, _TABLES),
@@ -105,6 +120,7 @@ MIGRATIONS: list[Migration] = [
     Migration(5, _INVENTORY),
     # The outbox's traceparent column (ADR 0039).
     outbox_traceparent_migration(6),
+    Migration(7, _CAPACITY_HISTORY),
     # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
     outbox_shard_migration(8),
 ]
@@ -123,6 +139,7 @@ PRIVILEGES: dict[str, str] = {
     "ledger_instances": "SELECT, INSERT",
     "plans": "SELECT, INSERT",
     "plan_draws": "SELECT, INSERT",
+    "inventory_capacities": "SELECT, INSERT",
 }
 
 SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})

@@ -42,7 +42,14 @@ WHERE i.account_id = $1 AND NOT i.canceled AND ($2 = '' OR i.region = $2)
 # The facts as they stood at $1 (ADR 0036): expired or canceled before this ledger's migration = NULL = long gone.
 _CHARGES_AT = """
 SELECT DISTINCT ON (v.instance_id) i.account_id, v.instance_id, v.version_id,
-       coalesce(nullif(i.inventory_capacity_bytes, 0), v.capacity_bytes) AS capacity_bytes
+       -- the inventory's capacity when the version was created (else its first one before the day's
+       -- end) wins over the agent's report; 0 = no block devices known (ADR 0036, 0040)
+       coalesce(nullif(coalesce(
+           (SELECT h.capacity_bytes FROM inventory_capacities h
+            WHERE h.instance_id = v.instance_id AND h.as_of <= v.created_at ORDER BY h.as_of DESC LIMIT 1),
+           (SELECT h.capacity_bytes FROM inventory_capacities h
+            WHERE h.instance_id = v.instance_id AND h.as_of < $1 ORDER BY h.as_of LIMIT 1)
+       ), 0), v.capacity_bytes) AS capacity_bytes
 FROM versions v
 JOIN instances i ON i.instance_id = v.instance_id
 WHERE v.created_at < $1
@@ -100,6 +107,14 @@ class PgBillingTx(PgTransaction):
         capacity_bytes: int,
         as_of: dt.datetime,
     ) -> bool:
+        # history first: an older record arriving late is still what the inventory said then
+        await self._conn.execute(
+            "INSERT INTO inventory_capacities (instance_id, as_of, capacity_bytes) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING",
+            instance_id,
+            as_of,
+            capacity_bytes,
+        )
         result = await self._conn.execute(
             "INSERT INTO instances (instance_id, account_id, region, registered, released, inventory_capacity_bytes,"
             " status_at) VALUES ($1, $2, $3, true, $4, $5, $6)"

@@ -26,6 +26,16 @@ class _Instance:
     released: bool = False
     inventory_capacity_bytes: int = 0
     status_at: dt.datetime | None = None
+    # (as_of, capacity) of every inventory record received: the history the ledger bills from
+    capacities: dict[dt.datetime, int] = field(default_factory=dict)
+
+    def capacity_for(self, created_at: dt.datetime, end: dt.datetime) -> int:
+        """The inventory's capacity when a version was created, else its first before ``end`` (0: none)."""
+        before = [at for at in self.capacities if at <= created_at]
+        if before:
+            return self.capacities[max(before)]
+        known = [at for at in self.capacities if at < end]
+        return self.capacities[min(known)] if known else 0
 
 
 @dataclass
@@ -84,6 +94,7 @@ class InMemoryBillingTx:
         as_of: dt.datetime,
     ) -> bool:
         instance = self._instance(account_id, instance_id)
+        instance.capacities.setdefault(as_of, capacity_bytes)
         if instance.status_at is not None and as_of < instance.status_at:
             return False
         instance.region, instance.registered, instance.released = region, True, released
@@ -146,7 +157,8 @@ class InMemoryBillingTx:
                 self._s.instances[i].account_id,
                 i,
                 version_id,
-                self._s.instances[i].inventory_capacity_bytes or self._s.versions[version_id].capacity_bytes,
+                self._s.instances[i].capacity_for(self._s.versions[version_id].created_at, end)
+                or self._s.versions[version_id].capacity_bytes,
             )
             for i, (_, version_id) in sorted(latest.items())
         ]

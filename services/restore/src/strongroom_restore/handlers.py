@@ -6,6 +6,7 @@ Plain functions over the ports, unit-tested with the in-memory fakes.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "restore"
 RESTORE_UPDATED_CONSUMER = "restore.restore-updated"
+DEACTIVATED_CONSUMER = "restore.instance-deactivated"
+REINSTATED_CONSUMER = "restore.instance-reinstated"
 LIST_LIMIT = 500
 _POLICIES = {gateway_pb2.CONFLICT_POLICY_SKIP, gateway_pb2.CONFLICT_POLICY_OVERWRITE}
 
@@ -178,6 +181,13 @@ async def create_restore_job(
     if onto_original_path_elsewhere:
         audit.note(original_path_on_other_instance="confirmed", source_mount_point=point.mount_point or "/")
     async with repo.transaction() as tx:
+        # The cancel may have reached this service before the catalog hid the point: refuse here too.
+        for instance_id in {job.source_instance_id, job.target_instance_id}:
+            if await tx.is_canceled(instance_id):
+                raise FailedPrecondition(
+                    f"backup of instance {instance_id} was canceled: its points cannot be restored and its agent"
+                    " was removed; an admin can reinstate it while the versions' locks hold"
+                )
         await tx.insert_job(job)
         await tx.enqueue(RESTORE_REQUESTED, job.target_instance_id, event)
     log.info("restore job %s: point %s -> instance %s", job.restore_job_id, job.point_id, target_id)
@@ -304,3 +314,74 @@ def _failed_alert(job: RestoreJob, event: events_pb2.RestoreUpdated) -> events_p
         reason=f"restore of point {job.point_id} to {job.target_path or 'the original path'} failed{failed}: "
         f"{job.error or 'no error reported'}",
     )
+
+
+def canceled_by_deactivation(job: RestoreJob, instance_id: str, at: dt.datetime) -> RestoreJob:
+    """The job ended CANCELED by the cancel of ``instance_id``'s backup: finished now, so that a later
+    report of the agent (even COMPLETE) is ignored and nothing half-written reads as restored."""
+    role = "whose point it restores" if job.source_instance_id == instance_id else "it restores onto"
+    return dataclasses.replace(
+        job,
+        status=common_pb2.JOB_STATUS_CANCELED,
+        error=(
+            f"stopped: backup of instance {instance_id} ({role}) was canceled; files written before the stop"
+            f" may be incomplete under {job.target_path or 'the original paths'}"
+        ),
+        updated_at=at,
+        finished_at=at,
+    )
+
+
+async def handle_instance_deactivated(event: events_pb2.InstanceDeactivated, *, repo: RestoreStore) -> None:
+    """Backup of an instance was canceled (ADR 0040): its points are deleted, its agent uninstalled.
+
+    In one transaction, once per event: the cancellation is recorded (new restores of the instance
+    are refused), and every unfinished restore job from or onto the instance ends CANCELED at once,
+    with ``restore-cancel-requested`` to its target's agent so that it stops writing (an agent that
+    is offline or gone has nothing to stop; the job does not wait for it).
+    """
+    if not event.instance_id or not event.account_id:
+        raise PoisonRecord(f"instance-deactivated {event.meta.event_id} without instance_id or account_id")
+    at = from_timestamp(event.meta.occurred_at)
+    stopped: list[str] = []
+    async with repo.transaction() as tx:
+        if not await tx.claim_event(DEACTIVATED_CONSUMER, event.meta.event_id):
+            return
+        await tx.record_cancellation(event.meta.event_id, event.account_id, event.instance_id, canceled=True, at=at)
+        for job in await tx.unfinished_jobs_of(event.instance_id):
+            if job.account_id != event.account_id:
+                continue  # another account's instance of the same id cannot be; never touch it
+            await tx.update_job(canceled_by_deactivation(job, event.instance_id, at))
+            await tx.enqueue(
+                RESTORE_CANCEL_REQUESTED,
+                job.target_instance_id,
+                events_pb2.RestoreCancelRequested(
+                    meta=new_meta(PRODUCER, at),
+                    account_id=job.account_id,
+                    restore_job_id=job.restore_job_id,
+                    target_instance_id=job.target_instance_id,
+                ),
+            )
+            stopped.append(job.restore_job_id)
+    if stopped:
+        log.warning(
+            "backup of instance %s canceled: %d restore job(s) stopped (%s)",
+            event.instance_id,
+            len(stopped),
+            ", ".join(stopped),
+        )
+
+
+async def handle_instance_reinstated(event: events_pb2.InstanceReinstated, *, repo: RestoreStore) -> None:
+    """A canceled instance's versions were reinstated (ADR 0040): its points may be restored again."""
+    if not event.instance_id or not event.account_id:
+        raise PoisonRecord(f"instance-reinstated {event.meta.event_id} without instance_id or account_id")
+    async with repo.transaction() as tx:
+        if await tx.claim_event(REINSTATED_CONSUMER, event.meta.event_id):
+            await tx.record_cancellation(
+                event.meta.event_id,
+                event.account_id,
+                event.instance_id,
+                canceled=False,
+                at=from_timestamp(event.meta.occurred_at),
+            )

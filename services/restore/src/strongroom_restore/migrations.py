@@ -40,6 +40,20 @@ ALTER TABLE restore_jobs
     ADD COLUMN failed_reasons text[] NOT NULL DEFAULT '{}';
 """
 
+# Cancel stops restores (issue 10, ADR 0040 update): the cancellations and reinstatements of
+# instances, append-only (the newest row by time says whether backup of the instance is canceled),
+# so that a restore of a canceled instance's point is refused here even before the catalog hides it.
+_CANCELLATIONS = """
+CREATE TABLE instance_cancellations (
+    event_id text PRIMARY KEY,
+    instance_id text NOT NULL,
+    account_id text NOT NULL,
+    canceled boolean NOT NULL,
+    at timestamptz NOT NULL
+);
+CREATE INDEX instance_cancellations_newest ON instance_cancellations (instance_id, at DESC, event_id DESC);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -47,6 +61,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, _V4),
     # The outbox's traceparent column (ADR 0039).
     outbox_traceparent_migration(5),
+    Migration(6, _CANCELLATIONS),
     # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
     outbox_shard_migration(7),
 ]
@@ -58,6 +73,7 @@ PRIVILEGES: dict[str, str] = {
     "outbox": OUTBOX_PRIVILEGES,
     "processed_events": INBOX_PRIVILEGES,
     "restore_jobs": "SELECT, INSERT, UPDATE",
+    "instance_cancellations": "SELECT, INSERT",
 }
 
 SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})

@@ -8,6 +8,7 @@ Adapters: ``repository.PgRestoreStore`` / ``testing.InMemoryRestoreStore``
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -30,6 +31,20 @@ class RestoreTx(InboxOutboxTx, Protocol):
 
     async def update_job(self, job: RestoreJob) -> None:
         """Store the job's status, error, stats, updated_at and finished_at."""
+        ...
+
+    async def unfinished_jobs_of(self, instance_id: str) -> list[RestoreJob]:
+        """Unfinished jobs restoring from or onto ``instance_id``, locked, oldest first."""
+        ...
+
+    async def record_cancellation(
+        self, event_id: str, account_id: str, instance_id: str, *, canceled: bool, at: dt.datetime
+    ) -> None:
+        """Append that backup of the instance was canceled (or reinstated) at ``at``; once per event."""
+        ...
+
+    async def is_canceled(self, instance_id: str) -> bool:
+        """Whether the newest cancellation row of the instance says canceled (no row: not canceled)."""
         ...
 
 

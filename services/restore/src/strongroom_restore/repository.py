@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 
@@ -10,7 +11,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom_platform import db
 from strongroom_platform.db import PgTransaction
 
-from strongroom_restore.model import RestoreJob
+from strongroom_restore.model import FINISHED, RestoreJob
 
 _COLUMNS = (
     "restore_job_id, account_id, point_id, source_instance_id, target_instance_id, status, include_paths,"
@@ -83,6 +84,36 @@ class PgRestoreTx(PgTransaction):
             [path for path, _ in job.failed_files],
             [reason for _, reason in job.failed_files],
         )
+
+    async def unfinished_jobs_of(self, instance_id: str) -> list[RestoreJob]:
+        rows = await self._conn.fetch(
+            f"SELECT {_COLUMNS} FROM restore_jobs WHERE (source_instance_id = $1 OR target_instance_id = $1)"
+            " AND NOT (status = ANY($2::smallint[])) ORDER BY created_at, restore_job_id FOR UPDATE",
+            instance_id,
+            sorted(FINISHED),
+        )
+        return [_job(r) for r in rows]
+
+    async def record_cancellation(
+        self, event_id: str, account_id: str, instance_id: str, *, canceled: bool, at: dt.datetime
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO instance_cancellations (event_id, instance_id, account_id, canceled, at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            event_id,
+            instance_id,
+            account_id,
+            canceled,
+            at,
+        )
+
+    async def is_canceled(self, instance_id: str) -> bool:
+        canceled = await self._conn.fetchval(
+            "SELECT canceled FROM instance_cancellations WHERE instance_id = $1 ORDER BY at DESC, event_id DESC"
+            " LIMIT 1",
+            instance_id,
+        )
+        return bool(canceled)
 
 
 class PgRestoreStore:

@@ -7,6 +7,7 @@ PostgreSQL adapter; transactions are serialized and roll back on exceptions.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ class _State:
     jobs: dict[str, RestoreJob] = field(default_factory=dict)
     processed: set[tuple[str, str]] = field(default_factory=set)
     outbox: list[tuple[str, str, Message]] = field(default_factory=list)
+    # event_id -> (instance_id, canceled, at)
+    cancellations: dict[str, tuple[str, bool, dt.datetime]] = field(default_factory=dict)
 
 
 class InMemoryRestoreTx:
@@ -51,6 +54,23 @@ class InMemoryRestoreTx:
             updated_at=job.updated_at,
             finished_at=job.finished_at,
         )
+
+    async def unfinished_jobs_of(self, instance_id: str) -> list[RestoreJob]:
+        found = [
+            j
+            for j in self._s.jobs.values()
+            if instance_id in (j.source_instance_id, j.target_instance_id) and not j.finished
+        ]
+        return sorted(found, key=lambda j: (j.created_at, j.restore_job_id))
+
+    async def record_cancellation(
+        self, event_id: str, account_id: str, instance_id: str, *, canceled: bool, at: dt.datetime
+    ) -> None:
+        self._s.cancellations.setdefault(event_id, (instance_id, canceled, at))
+
+    async def is_canceled(self, instance_id: str) -> bool:
+        rows = [(at, event_id, c) for event_id, (i, c, at) in self._s.cancellations.items() if i == instance_id]
+        return max(rows)[2] if rows else False
 
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
         record_event(self._s.outbox, topic, key, event)

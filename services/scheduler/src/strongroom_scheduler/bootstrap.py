@@ -21,6 +21,7 @@ from strongroom_scheduler.alerts.handlers import AlertDeps
 from strongroom_scheduler.alerts.mail import SmtpSender
 from strongroom_scheduler.alerts.model import EMAIL, WEBHOOK
 from strongroom_scheduler.alerts.ports import Sender
+from strongroom_scheduler.alerts.prune import run_prune_loop
 from strongroom_scheduler.alerts.repository import PgAlertStore
 from strongroom_scheduler.alerts.webhook import WebhookSender
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
@@ -95,6 +96,7 @@ async def run(
             alert_store, senders, clock, alert_settings.delivery, wake, interval=alert_settings.poll_interval
         )
         lifecycle.start_task(stack, delivery, "alert-delivery")
+        lifecycle.start_task(stack, run_prune_loop(alert_store, clock, alert_settings.prune), "alert-prune")
         scheduler_api = register(SchedulerServicer(deps))
         # API tokens are served by the scheduler (ADR 0024): the control plane's front door.
         # Token writes go through the scheduler's pool, so their audit records commit with them

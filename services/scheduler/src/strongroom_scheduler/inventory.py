@@ -216,6 +216,8 @@ def merge_enrolled_inventory(instance: Instance, event: events_pb2.AgentEnrolled
         )
     if not instance.os and event.os:
         instance.os = event.os
+    if reported:
+        instance.reported_capacity_bytes = sum(d.size_bytes for d in reported)
     if not instance.block_devices:
         instance.block_devices = reported[:MAX_DEVICES]
     elif reported:

@@ -165,6 +165,17 @@ CREATE INDEX instances_due ON instances (next_backup_at)
 # Admission control (ADR 0053) counts the fleet's unfinished jobs on every schedule pass: an index of
 # those few rows rather than a scan of every job ever run.
 _ADMISSION = "CREATE INDEX jobs_unfinished ON jobs (instance_id) WHERE status IN (1, 2, 3, 7)"
+# Issue 10's remaining gaps: the agent's reported block-device total and the capacity mismatch
+# last alerted (once per differing pair of totals, ADR 0040 update); indexes that let the alert
+# pruning (ADR 0037 update) find old finished deliveries and old read messages without a scan.
+_CAPACITY_AND_PRUNING = """
+ALTER TABLE instances
+    ADD COLUMN reported_capacity_bytes bigint NOT NULL DEFAULT 0 CHECK (reported_capacity_bytes >= 0),
+    ADD COLUMN capacity_mismatch_noted text NOT NULL DEFAULT '';
+CREATE INDEX alert_deliveries_finished ON alert_deliveries (finished_at) WHERE state <> 1;
+CREATE INDEX alert_deliveries_by_message ON alert_deliveries (message_id);
+CREATE INDEX alert_messages_read ON alert_messages (read_at) WHERE read_at IS NOT NULL;
+"""
 
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
@@ -179,6 +190,7 @@ MIGRATIONS: list[Migration] = [
     outbox_traceparent_migration(11),
     # The agent's version per instance (ADR 0045).
     Migration(12, "ALTER TABLE instances ADD COLUMN agent_version text NOT NULL DEFAULT ''"),
+    Migration(13, _CAPACITY_AND_PRUNING),
     # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
     outbox_shard_migration(14),
     Migration(15, _ADMISSION),
@@ -194,9 +206,9 @@ PRIVILEGES: dict[str, str] = {
     "jobs": "SELECT, INSERT, UPDATE",
     "audit_events": "SELECT, INSERT",
     # alerts (ADR 0037): subscriptions are removed (their deliveries with them); messages are
-    # marked read; deliveries change state
+    # marked read; deliveries change state; old read messages and finished deliveries are pruned
     "alert_subscriptions": "SELECT, INSERT, DELETE",
-    "alert_messages": "SELECT, INSERT, UPDATE",
+    "alert_messages": "SELECT, INSERT, UPDATE, DELETE",
     "alert_deliveries": "SELECT, INSERT, UPDATE, DELETE",
 }
 

@@ -102,6 +102,10 @@ class Instance:
     preparation_failure_noted: bool = False
     # The agent's version: at enrollment, then as reported with its backup jobs (ADR 0045).
     agent_version: str = ""
+    # The total size of the block devices the agent last reported (0: no report), and the
+    # "<inventory>:<reported>" totals of the capacity mismatch last alerted ("" = none outstanding).
+    reported_capacity_bytes: int = 0
+    capacity_mismatch_noted: str = ""
 
     @property
     def preparation_deadline(self) -> dt.datetime:

@@ -46,6 +46,8 @@ _INSTANCE_COLUMNS = (
     "prepare_by",
     "preparation_failure_noted",
     "agent_version",
+    "reported_capacity_bytes",
+    "capacity_mismatch_noted",
 )
 _JOB_COLUMNS = (
     "job_id",

@@ -12,6 +12,7 @@ from strongroom_platform.zones import DEFAULT_ZONE, zone_from_env
 
 from strongroom_scheduler.alerts.delivery import DeliveryPolicy
 from strongroom_scheduler.alerts.mail import SECURITY_MODES, SmtpSettings
+from strongroom_scheduler.alerts.prune import PrunePolicy
 from strongroom_scheduler.alerts.webhook import WebhookPolicy, parse_allow_list
 from strongroom_scheduler.schedule import DEFAULT_WINDOW_MINUTES, Admission
 
@@ -81,6 +82,8 @@ class AlertSettings:
     dead-lettered. STRONGROOM_ALERT_POLL (seconds between delivery passes, default 2).
     STRONGROOM_SMTP_HOST (unset: no email alerts), _PORT, _FROM, _USERNAME, _PASSWORD or
     _PASSWORD_FILE, _SECURITY (starttls, tls or none), _CA.
+    STRONGROOM_ALERT_KEEP_DAYS (default 90, at least 1): finished deliveries and read messages
+    older than this are deleted, hourly, in batches (unread messages are kept).
     """
 
     operator_account: str = ""
@@ -88,6 +91,7 @@ class AlertSettings:
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     poll_interval: float = 2.0
     smtp: SmtpSettings | None = None
+    prune: PrunePolicy = field(default_factory=PrunePolicy)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AlertSettings:
@@ -104,6 +108,9 @@ class AlertSettings:
                 "STRONGROOM_ALERT_RETRY_INITIAL"
             )
         timeout = _seconds(environ, "STRONGROOM_ALERT_WEBHOOK_TIMEOUT", "10")
+        keep_days = env_int(environ, "STRONGROOM_ALERT_KEEP_DAYS", 90)
+        if not 1 <= keep_days <= 36500:
+            raise SettingsError(f"STRONGROOM_ALERT_KEEP_DAYS must be between 1 and 36500, got {keep_days}")
         return cls(
             operator_account=environ.get("STRONGROOM_ALERT_OPERATOR_ACCOUNT", "").strip(),
             webhook=WebhookPolicy(allow=allow, timeout=timeout),
@@ -113,6 +120,7 @@ class AlertSettings:
             ),
             poll_interval=_seconds(environ, "STRONGROOM_ALERT_POLL", "2"),
             smtp=_smtp(environ),
+            prune=PrunePolicy(keep=dt.timedelta(days=keep_days)),
         )
 
 

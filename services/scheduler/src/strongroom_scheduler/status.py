@@ -20,6 +20,7 @@ from strongroom_scheduler.jobs import PRODUCER
 from strongroom_scheduler.models import Instance
 from strongroom_scheduler.ports import SchedulerTx
 
+GIB = 1 << 30
 NEW = 0  # previous status of an instance that did not exist (RUNNING_STATUS_UNSPECIFIED)
 
 
@@ -76,6 +77,40 @@ async def publish(tx: SchedulerTx, instance: Instance, previous: int, now: dt.da
         await tx.enqueue(ALERT_RAISED, instance.instance_id, alert)
 
 
+def capacity_mismatch(instance: Instance) -> str:
+    """Why the inventory's and the agent's block devices disagree ("" when they agree or either is unknown)."""
+    inventory, reported = instance.inventory_capacity_bytes, instance.reported_capacity_bytes
+    if not inventory or not reported or inventory == reported:
+        return ""
+    return (
+        f"the inventory gives the instance {inventory} bytes of block devices ({inventory / GIB:.1f} GiB), its agent"
+        f" reports {reported} bytes ({reported / GIB:.1f} GiB): billing uses the inventory's; correct the inventory"
+        " (strongroom inventory register) if it is out of date"
+    )
+
+
+async def note_capacity_mismatch(tx: SchedulerTx, instance: Instance, now: dt.datetime) -> None:
+    """Raise ALERT_KIND_CAPACITY_MISMATCH when the instance's totals differ, once per differing pair:
+    the same mismatch seen again (every enrollment, every inventory sync) raises nothing, a new one
+    does, and agreement clears it. The caller writes the row."""
+    reason = capacity_mismatch(instance)
+    key = f"{instance.inventory_capacity_bytes}:{instance.reported_capacity_bytes}" if reason else ""
+    if key == instance.capacity_mismatch_noted:
+        return
+    instance.capacity_mismatch_noted = key
+    if reason:
+        alert = account_alert(
+            events_pb2.ALERT_KIND_CAPACITY_MISMATCH,
+            producer=PRODUCER,
+            now=now,
+            account_id=instance.account_id,
+            instance_id=instance.instance_id,
+            instance_name=instance.name,
+            reason=reason,
+        )
+        await tx.enqueue(ALERT_RAISED, instance.instance_id, alert)
+
+
 async def insert(tx: SchedulerTx, instance: Instance, now: dt.datetime) -> None:
     """Insert a new instance and publish its first status."""
     await tx.insert_instance(instance)
@@ -84,7 +119,10 @@ async def insert(tx: SchedulerTx, instance: Instance, now: dt.datetime) -> None:
 
 async def save(tx: SchedulerTx, instance: Instance, before: int, now: dt.datetime, *, inventory: bool = False) -> None:
     """Update the row; publish when the status moved from ``before`` (or, with ``inventory``, when
-    the inventory record changed, so that billing's capacity follows it)."""
+    the inventory record changed, so that billing's capacity follows it, and alert a new capacity
+    mismatch)."""
+    if inventory:
+        await note_capacity_mismatch(tx, instance, now)
     await tx.update_instance(instance)
     if instance.status(now) != before or inventory:
         await publish(tx, instance, before, now)

@@ -29,6 +29,7 @@ ACCOUNT_KINDS: frozenset[int] = frozenset(
         events_pb2.ALERT_KIND_RESTORE_FAILED,
         events_pb2.ALERT_KIND_PREPARATION_FAILED,
         events_pb2.ALERT_KIND_INSTANCE_STOPPED,
+        events_pb2.ALERT_KIND_CAPACITY_MISMATCH,
     }
 )
 KNOWN_KINDS: frozenset[int] = ACCOUNT_KINDS | PLATFORM_KINDS
@@ -40,6 +41,7 @@ _TITLES: dict[int, str] = {
     events_pb2.ALERT_KIND_RESTORE_FAILED: "Restore failed",
     events_pb2.ALERT_KIND_PREPARATION_FAILED: "Backup client installation failed",
     events_pb2.ALERT_KIND_INSTANCE_STOPPED: "Instance stopped",
+    events_pb2.ALERT_KIND_CAPACITY_MISMATCH: "Block storage capacity differs from the inventory",
 }
 
 

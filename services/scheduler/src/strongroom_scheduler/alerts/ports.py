@@ -65,6 +65,16 @@ class AlertTx(InboxTx, Protocol):
         ``next_attempt_at``); ``error`` becomes ``last_error`` unless empty. A deleted delivery is ignored."""
         ...
 
+    async def prune_deliveries(self, before: dt.datetime, limit: int) -> int:
+        """Delete up to ``limit`` finished (delivered or dead) deliveries that finished before ``before``;
+        return how many."""
+        ...
+
+    async def prune_messages(self, before: dt.datetime, limit: int) -> int:
+        """Delete up to ``limit`` messages read before ``before`` that no delivery refers to any more;
+        return how many (unread messages are kept whatever their age)."""
+        ...
+
 
 class AlertStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[AlertTx]:

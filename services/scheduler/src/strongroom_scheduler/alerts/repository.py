@@ -204,6 +204,28 @@ class PgAlertTx(PgTransaction):
             PENDING,
         )
 
+    async def prune_deliveries(self, before: dt.datetime, limit: int) -> int:
+        rows = await self._conn.fetch(
+            "WITH old AS (SELECT delivery_id FROM alert_deliveries WHERE state <> $1 AND finished_at < $2"
+            " ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            " DELETE FROM alert_deliveries d USING old WHERE d.delivery_id = old.delivery_id RETURNING 1",
+            PENDING,
+            before,
+            limit,
+        )
+        return len(rows)
+
+    async def prune_messages(self, before: dt.datetime, limit: int) -> int:
+        rows = await self._conn.fetch(
+            "WITH old AS (SELECT m.message_id FROM alert_messages m WHERE m.read_at < $1"
+            " AND NOT EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.message_id = m.message_id)"
+            " ORDER BY m.read_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            " DELETE FROM alert_messages m USING old WHERE m.message_id = old.message_id RETURNING 1",
+            before,
+            limit,
+        )
+        return len(rows)
+
 
 class PgAlertStore:
     """AlertStore over a pool bound to the ``scheduler`` schema."""

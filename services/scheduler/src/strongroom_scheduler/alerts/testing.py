@@ -146,6 +146,33 @@ class InMemoryAlertTx:
             finished_at=None if state == PENDING else now,
         )
 
+    async def prune_deliveries(self, before: dt.datetime, limit: int) -> int:
+        old = sorted(
+            (
+                d
+                for d in self._s.deliveries.values()
+                if d.state != PENDING and d.finished_at is not None and d.finished_at < before
+            ),
+            key=lambda d: (d.finished_at, d.delivery_id),
+        )[:limit]
+        for d in old:
+            del self._s.deliveries[d.delivery_id]
+        return len(old)
+
+    async def prune_messages(self, before: dt.datetime, limit: int) -> int:
+        referenced = {d.message_id for d in self._s.deliveries.values()}
+        old = sorted(
+            (
+                m
+                for m in self._s.messages.values()
+                if m.read_at is not None and m.read_at < before and m.message_id not in referenced
+            ),
+            key=lambda m: (m.read_at, m.message_id),
+        )[:limit]
+        for m in old:
+            del self._s.messages[m.message_id]
+        return len(old)
+
 
 class InMemoryAlertStore(InMemoryTransactions[_State]):
     """AlertStore fake; ``messages`` and ``deliveries`` expose the committed rows."""
