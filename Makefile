@@ -9,7 +9,7 @@ PROTO_SOURCES := $(shell find proto -name '*.proto')
 PROTO_STAMP := libs/proto/src/strongroom/.generated
 PYTEST_ARGS ?=
 
-.PHONY: run test sync proto lint typecheck unit check prefetch clean
+.PHONY: run test sync proto lint typecheck unit check prefetch clean images
 
 ## run: start every service against embedded backends and back up a demo directory (Ctrl-C stops)
 run: sync
@@ -47,6 +47,10 @@ lint: sync
 typecheck: sync
 	$(UV) run mypy libs/telemetry/src libs/platform/src libs/servers/src libs/testing/src libs/cli/src agent/src \
 		services/scheduler/src services/catalog/src services/billing/src services/agent-gateway/src services/restore/src
+
+## images: build the services and agent OCI images into build/images (root, mmdebstrap, umoci; ADR 0044)
+images: sync
+	UV=$(abspath $(UV)) $(UV) run python tools/images/build.py
 
 ## unit: the fast tests only (no real servers)
 unit: sync
