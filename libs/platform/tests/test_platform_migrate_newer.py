@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -45,7 +46,8 @@ async def test_strongroom_admin_migrate_exits_1_with_the_reason(pg_dsn: str) -> 
     finally:
         await conn.close()
     env = {**os.environ, "STRONGROOM_PG_MIGRATE_DSN": pg_dsn}
-    result = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         [str(Path(sys.executable).with_name("strongroom-admin")), "migrate"],
         env=env,
         capture_output=True,
