@@ -198,11 +198,24 @@ def _build_venv(spec: ImageSpec, repo: Path, venv: Path, uv: str) -> None:
     req_file.write_text(requirements)
     _run([uv, "venv", "--relocatable", "--python", PYTHON, str(venv)], what="uv venv", cwd=repo, env=env)
     _run(
-        [uv, "pip", "install", "--python", str(venv / "bin" / "python"), "--compile-bytecode", "-r", str(req_file)],
+        [
+            uv,
+            "pip",
+            "install",
+            "--no-sources",
+            "--python",
+            str(venv / "bin" / "python"),
+            "--compile-bytecode",
+            "-r",
+            str(req_file),
+        ],
         what=f"uv pip install ({spec.name})",
         cwd=repo,
         env=env,
     )
+    editable = sorted(p.name for p in (venv / "lib").glob("python3*/site-packages/*.pth") if "editable" in p.name)
+    if editable:
+        raise ServerStartError(f"the image's environment has editable installs (pointing at this checkout): {editable}")
     # The interpreter link must name the image's path, which is the host's one too (checked above).
     for link in ("python", "python3", "python3.11"):
         path = venv / "bin" / link
