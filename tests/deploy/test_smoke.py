@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import os
-import shutil
 import sys
 import time
-import tomllib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +28,7 @@ import grpc
 import pytest
 from deploy_tools import REPO, load
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from image_cache import cached_images
 from pods import Pod, launch_argv, manifest_by_name, prepare_mount_points
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -40,9 +38,8 @@ from strongroom_cli.stack import ManagedProcess, operator_channel, spawn
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CertificateAuthority, spki_sha256
 from strongroom_platform.pg_roles import SERVICE_ROLES
-from strongroom_servers import PrerequisiteMissing, cache_root
 from strongroom_servers.gotools import KUSTOMIZE, ensure_go_binary
-from strongroom_servers.images import IMAGES, BuiltImage, build_images, unpack_image
+from strongroom_servers.images import BuiltImage, unpack_image
 from strongroom_servers.kafka import LocalKafka
 from strongroom_testing.fixtures import PgLogins, S3Config, start_or_skip
 
@@ -56,55 +53,10 @@ AGENT_CAPABILITIES = ["DAC_READ_SEARCH", "DAC_OVERRIDE", "CHOWN", "FOWNER"]
 FINISHED = {common_pb2.JOB_STATUS_COMPLETE, common_pb2.JOB_STATUS_PARTIAL_COMPLETE, common_pb2.JOB_STATUS_FAILED}
 
 
-def _missing_prerequisite() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (mount namespaces, chroot, building the image base)"
-    for tool in ("unshare", "chroot", "mmdebstrap", "umoci"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed (apt-get install mmdebstrap umoci)"
-    return None
-
-
-def _source_hash() -> str:
-    """Hash of everything that goes into the images: the lock, the packages' sources, the builder."""
-    digest = hashlib.sha256()
-    roots = [REPO / "libs", REPO / "services", REPO / "agent"]
-    files = [REPO / "uv.lock", REPO / "pyproject.toml"]
-    for root in roots:
-        files += [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts and "tests" not in p.parts]
-    for path in sorted(files):
-        digest.update(str(path.relative_to(REPO)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 @pytest.fixture(scope="module")
 def images() -> dict[str, BuiltImage]:
-    """The two images, built once per source state (cached under <cache>/images/built-<hash>)."""
-    reason = _missing_prerequisite()
-    if reason:
-        pytest.skip(f"deploy smoke test: {reason}")
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    out = cache_root() / "images" / f"built-{_source_hash()}"
-    started = time.monotonic()
-    if (out / ".complete").is_file():
-        built = {spec.name: BuiltImage(spec.name, out / spec.name, version, 0, 0.0) for spec in IMAGES}
-        print(f"images: cached in {out}", file=sys.stderr)
-    else:
-        for stale in (cache_root() / "images").glob("built-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        bootstrapped = REPO / ".bootstrap" / "bin" / "uv"
-        if not os.environ.get("UV") and shutil.which("uv") is None and bootstrapped.is_file():
-            os.environ["UV"] = str(bootstrapped)  # `uv run` sets UV; a bare pytest finds make sync's uv
-        try:
-            built = {image.name: image for image in build_images(REPO, out, version, log=False)}
-        except PrerequisiteMissing as exc:
-            pytest.skip(f"deploy smoke test: {exc}")
-        (out / ".complete").write_text(version)
-        for image in built.values():
-            print(f"image {image.name}: {image.compressed_bytes / 1e6:.1f} MB compressed", file=sys.stderr)
-    print(f"images ready in {time.monotonic() - started:.1f}s", file=sys.stderr)
-    return built
+    """The two images, built once per source state (``image_cache``)."""
+    return cached_images()
 
 
 def _unpacked(image: BuiltImage) -> Path:
@@ -184,7 +136,8 @@ async def cluster(
         c for o in objects if o["kind"] in ("Deployment", "Job") for c in o["spec"]["template"]["spec"]["containers"]
     ]
     prepare_mount_points(services_root, containers, [])
-    prepare_mount_points(agent_root, [], ["/tmp", "/var/lib/strongroom-agent", "/run/strongroom/ca", "/host"])
+    agent_mounts = ["/tmp", "/var/lib/strongroom-agent", "/run/strongroom/ca", "/host/data", "/host/restore"]
+    prepare_mount_points(agent_root, [], agent_mounts)
     cluster = Cluster(
         objects,
         tmp_path / "pods",
