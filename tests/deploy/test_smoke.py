@@ -42,6 +42,7 @@ from strongroom_servers.gotools import KUSTOMIZE, ensure_go_binary
 from strongroom_servers.images import BuiltImage, unpack_image
 from strongroom_servers.kafka import LocalKafka
 from strongroom_testing.fixtures import PgLogins, S3Config, start_or_skip
+from strongroom_testing.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -215,17 +216,6 @@ async def _start_service(cluster: Cluster, name: str) -> list[str]:
     return lines
 
 
-async def _eventually(what: str, probe: Any, within: float) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.5)
-
-
 def _agent_container(cluster: Cluster, argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The agent's pod spec: the agent image as root with a named capability set, read-only root."""
     spec: dict[str, Any] = {"volumes": [{"name": "tmp", "emptyDir": {}}]}
@@ -322,7 +312,7 @@ async def test_dev_overlay_runs_from_the_images_and_backs_up_and_restores(cluste
             return process.returncode == 0
 
         try:
-            await _eventually("agent enrollment", enrolled, 120)
+            await eventually("agent enrollment", enrolled, 120)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the agent said: {last}") from None
         report.append(f"agent: enrolled as {instance_id} through strongroom-gateway:50054")
@@ -338,7 +328,7 @@ async def test_dev_overlay_runs_from_the_images_and_backs_up_and_restores(cluste
             instance = await scheduler.GetInstance(scheduler_pb2.GetInstanceRequest(instance_id=instance_id))
             return instance.status == scheduler_pb2.RUNNING_STATUS_READY
 
-        await _eventually("instance READY", ready, 120)
+        await eventually("instance READY", ready, 120)
         t0 = time.monotonic()
         job = await scheduler.RunBackupNow(scheduler_pb2.RunBackupNowRequest(instance_id=instance_id))
 
@@ -346,7 +336,7 @@ async def test_dev_overlay_runs_from_the_images_and_backs_up_and_restores(cluste
             current = await scheduler.GetJob(scheduler_pb2.GetJobRequest(job_id=job.job_id))
             return current if current.status in FINISHED else None
 
-        final = await _eventually("backup", backed_up, 300)
+        final = await eventually("backup", backed_up, 300)
         assert final.status == common_pb2.JOB_STATUS_COMPLETE, (final.error, list(final.file_errors))
         report.append(
             f"backup {job.job_id}: COMPLETE, {final.stats.bytes_scanned} bytes scanned, "
@@ -369,7 +359,7 @@ async def test_dev_overlay_runs_from_the_images_and_backs_up_and_restores(cluste
             )
             return current if current.status in FINISHED else None
 
-        done = await _eventually("restore", restored, 300)
+        done = await eventually("restore", restored, 300)
         assert done.status == common_pb2.JOB_STATUS_COMPLETE, (done.error, list(done.failed_files))
         copy = target / "etc" / "secret.key"
         assert copy.read_bytes() == secret.read_bytes()
@@ -401,7 +391,7 @@ async def _point_of(cluster: Cluster, instance_id: str, token: str, ca_file: Pat
             points = [p for v in response.versions for p in v.points if p.browsable]
             return points[0].point_id if points else None
 
-        point_id: str = await _eventually("a browsable point", browsable, 120)
+        point_id: str = await eventually("a browsable point", browsable, 120)
         return point_id
     finally:
         await channel.close()
