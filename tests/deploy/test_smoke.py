@@ -238,9 +238,8 @@ async def test_dev_overlay_runs_from_the_images_and_backs_up_and_restores(cluste
     report: list[str] = []
     started = time.monotonic()
     migrated = await _run_job(cluster)
-    report.append(
-        f"job strongroom-migrate: exit 0 ({time.monotonic() - started:.1f}s): {migrated.strip().splitlines()[-1]}"
-    )
+    applied = "; ".join(line for line in migrated.splitlines() if "migration(s) applied" in line)
+    report.append(f"job strongroom-migrate: exit 0 ({time.monotonic() - started:.1f}s): {applied}")
     for name in SERVICES:
         t0 = time.monotonic()
         report += await _start_service(cluster, name)
@@ -342,6 +341,8 @@ async def test_dev_overlay_runs_from_the_images_and_backs_up_and_restores(cluste
             f"backup {job.job_id}: COMPLETE, {final.stats.bytes_scanned} bytes scanned, "
             f"{final.stats.bytes_uploaded} uploaded ({time.monotonic() - t0:.1f}s)"
         )
+        # The agent called the gateway's mutual-TLS port, by the Service's name (ADR 0028).
+        assert "(mTLS strongroom-gateway:50064)" in (tmp_path / "logs" / "agent.log").read_text()
         point_id = await _point_of(cluster, instance_id, token, ca_file)
         t0 = time.monotonic()
         restore_job = await restore.CreateRestoreJob(
