@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from strongroom_servers._process import PrerequisiteMissing, ServerStartError, cache_root, file_lock, which_or_raise
 
@@ -238,20 +239,18 @@ def _blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / algorithm / value
 
 
-def _manifest(layout: Path, tag: str) -> dict[str, dict[str, object]]:
+def _manifest(layout: Path, tag: str) -> dict[str, Any]:
     index = json.loads((layout / "index.json").read_text())
     for entry in index["manifests"]:
         if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
-            manifest: dict[str, dict[str, object]] = json.loads(_blob(layout, entry["digest"]).read_text())
+            manifest: dict[str, Any] = json.loads(_blob(layout, entry["digest"]).read_text())
             return manifest
     raise ServerStartError(f"no image tagged {tag!r} in {layout}")
 
 
 def _compressed_size(layout: Path, tag: str) -> int:
     manifest = _manifest(layout, tag)
-    layers = manifest["layers"]
-    assert isinstance(layers, list)
-    return int(manifest["config"]["size"]) + sum(int(layer["size"]) for layer in layers)  # type: ignore[arg-type]
+    return int(manifest["config"]["size"]) + sum(int(layer["size"]) for layer in manifest["layers"])
 
 
 def _assemble(spec: ImageSpec, root: Path, venv: Path, layout: Path, tag: str, umoci: str, version: str) -> None:
