@@ -28,10 +28,12 @@ def missing_prerequisite() -> str | None:
 
 
 def _source_hash() -> str:
-    """Hash of everything that goes into the images: the lock and the packages' sources (not their tests)."""
+    """Hash of everything that goes into the images: the lock, the installed packages' sources (not their
+    tests) and the builder itself."""
     digest = hashlib.sha256()
-    files = [REPO / "uv.lock", REPO / "pyproject.toml"]
-    for root in (REPO / "libs", REPO / "services", REPO / "agent"):
+    files = [REPO / "uv.lock", REPO / "pyproject.toml", REPO / "libs/servers/src/strongroom_servers/images.py"]
+    installed = [REPO / "libs" / name for name in ("platform", "proto", "telemetry")]
+    for root in (*installed, REPO / "services", REPO / "agent"):
         files += [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts and "tests" not in p.parts]
     for path in sorted(files):
         digest.update(str(path.relative_to(REPO)).encode())
