@@ -44,7 +44,7 @@ from strongroom_servers.kafka import LocalKafka
 from strongroom_testing.fixtures import PgLogins, S3Config, start_or_skip
 from strongroom_testing.waiting import eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 check = load("check")
 SERVICES = ("scheduler", "catalog", "billing", "gateway", "restore")
