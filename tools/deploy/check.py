@@ -135,7 +135,8 @@ def run_checks() -> Report:
         invalid = [(o, reason) for o in objects if (reason := validate(o)) is not None]
         report.errors += [f"{relative}: {_name(o)}: {reason}" for o, reason in invalid]
         counts = {"CRITICAL": 0, "WARNING": 0}
-        if directory.parent.name == "overlays" or directory.name == "agent":
+        linted = directory.parent.name == "overlays" or directory.name == "agent"
+        if linted:
             ignored = KUBE_SCORE_IGNORED_AGENT if directory.name == "agent" else ()
             for level, line in kube_score(objects, score, ignored):
                 if level in counts:
@@ -143,10 +144,14 @@ def run_checks() -> Report:
                     report.lines.append(f"  {relative}: {line}")
         report.criticals += counts["CRITICAL"]
         report.warnings += counts["WARNING"]
+        lint = (
+            f"kube-score: {counts['CRITICAL']} critical, {counts['WARNING']} warning"
+            if linted
+            else "kube-score: linted as part of the overlays"
+        )
         report.summary.append(
             f"{relative}: {len(objects)} objects rendered, {len(objects) - len(invalid)} valid"
-            f" (Kubernetes {KUBERNETES_VERSION} schemas, strict), kube-score: {counts['CRITICAL']} critical,"
-            f" {counts['WARNING']} warning",
+            f" (Kubernetes {KUBERNETES_VERSION} schemas, strict), {lint}"
         )
     if report.criticals:
         report.errors.append(f"kube-score: {report.criticals} critical finding(s)")
