@@ -9,7 +9,7 @@ PROTO_SOURCES := $(shell find proto -name '*.proto')
 PROTO_STAMP := libs/proto/src/strongroom/.generated
 PYTEST_ARGS ?=
 
-.PHONY: run test sync proto lint typecheck unit check prefetch clean packages
+.PHONY: run test sync proto lint typecheck unit check prefetch clean packages images deploy-check deploy-topics
 
 ## run: start every service against embedded backends and back up a demo directory (Ctrl-C stops)
 run: sync
@@ -17,7 +17,7 @@ run: sync
 	GRPC_ENABLE_FORK_SUPPORT=0 $(UV) run strongroom standalone $(if $(DIR),--backup-dir "$(DIR)",)
 
 ## test: lint, type-check and run every test against real Kafka, PostgreSQL and S3
-test: sync lint typecheck prefetch
+test: sync lint typecheck prefetch deploy-check
 	$(UV) run pytest $(PYTEST_ARGS)
 
 .bootstrap/bin/uv:
@@ -47,6 +47,18 @@ lint: sync
 typecheck: sync
 	$(UV) run mypy libs/zones/src libs/telemetry/src libs/platform/src libs/servers/src libs/testing/src libs/cli/src agent/src \
 		services/scheduler/src services/catalog/src services/billing/src services/agent-gateway/src services/restore/src
+
+## images: build the services and agent OCI images into build/images (root, mmdebstrap, umoci; ADR 0044)
+images: sync
+	UV=$(if $(filter .bootstrap/bin/uv,$(UV)),$(abspath $(UV)),$(UV)) $(UV) run python tools/images/build.py
+
+## deploy-check: render every kustomization under deploy/, validate offline (kubernetes-validate), lint (kube-score)
+deploy-check: sync
+	$(UV) run python tools/deploy/check.py
+
+## deploy-topics: regenerate the overlays' Strimzi KafkaTopics from proto/topics/
+deploy-topics: sync
+	$(UV) run python tools/deploy/kafka_topics.py --all
 
 ## unit: the fast tests only (no real servers)
 unit: sync

@@ -14,12 +14,10 @@ import contextlib
 import json
 import os
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from strongroom.agent.v1 import gateway_pb2
@@ -31,22 +29,11 @@ from strongroom_cli.stack import SERVICES, ManagedProcess, Stack, operator_chann
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CA_CERT_FILE, spki_sha256
 from strongroom_testing.fixtures import PgLogins, S3Config
+from strongroom_testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 
-T = TypeVar("T")
 FINISHED = {common_pb2.JOB_STATUS_COMPLETE, common_pb2.JOB_STATUS_PARTIAL_COMPLETE, common_pb2.JOB_STATUS_FAILED}
-
-
-async def eventually(what: str, probe: Callable[[], Awaitable[T | None]], within: float = 120.0) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.3)
 
 
 def make_tree(root: Path) -> None:

@@ -7,6 +7,7 @@ reflection answer a caller without any credential, the service's own methods do 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,6 +19,7 @@ from strongroom_platform.auth import Authenticator, AuthInterceptor, TokenVerifi
 from strongroom_platform.auth.tokens import InMemoryTokenStore
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.health import health_of, stop_server
+from strongroom_platform.lifecycle import serve_health
 from strongroom_platform.runtime import start_grpc_server
 
 SERVICE = "strongroom.scheduler.v1.SchedulerService"
@@ -87,3 +89,27 @@ async def test_a_watcher_sees_not_serving_when_the_server_stops(server: tuple[gr
         assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
         watch.cancel()
         await stopping
+
+
+async def test_the_plaintext_health_listener_mirrors_the_server_and_serves_nothing_else(
+    server: tuple[grpc.aio.Server, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    main, _ = server
+    async with contextlib.AsyncExitStack() as stack:
+        await serve_health(stack, "scheduler", "127.0.0.1:0", main)
+        announced = capsys.readouterr().out.split()
+        assert announced[:2] == ["LISTENING", "scheduler-health"]
+        async with grpc.aio.insecure_channel(announced[2]) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", SERVICE):
+                answer = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
+            # Only health: the service itself is not on this listener.
+            with pytest.raises(grpc.aio.AioRpcError) as absent:
+                await scheduler_pb2_grpc.SchedulerServiceStub(channel).GetInstance(
+                    scheduler_pb2.GetInstanceRequest(instance_id="i-1")
+                )
+            assert absent.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            await stop_server(main, None)
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING

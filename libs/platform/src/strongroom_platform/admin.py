@@ -41,7 +41,7 @@ from strongroom_platform.auth import Role
 from strongroom_platform.auth.token_api import bootstrap_token
 from strongroom_platform.auth.tokens_pg import AUTH_SCHEMA, PgTokenStore
 from strongroom_platform.clock import Clock, SystemClock
-from strongroom_platform.db import create_pool
+from strongroom_platform.db import SchemaNewerThanCode, create_pool
 from strongroom_platform.pg_roles import SERVICE_ROLES, LoginRefused, PrivilegeError, migrate_schemas
 from strongroom_platform.s3_policy import S3Identity, bucket_policy, identity_policy
 from strongroom_platform.schemas import PLATFORM_SPECS, installed_specs
@@ -165,7 +165,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str], plugins: Sequence[Admin
     if args.group == "migrate":
         try:
             applied = asyncio.run(migrate_schemas(dsn, installed_specs(), tls=pg_tls, passwords=passwords))
-        except (LoginRefused, PrivilegeError, asyncpg.PostgresError, OSError) as exc:
+        except (LoginRefused, PrivilegeError, SchemaNewerThanCode, asyncpg.PostgresError, OSError) as exc:
             print(f"strongroom-admin: migration failed: {exc}", file=sys.stderr)
             return 1
         for schema, count in applied.items():

@@ -68,11 +68,29 @@ async def create_pool(
     return pool
 
 
+class SchemaNewerThanCode(Exception):
+    """The database holds migrations of ``schema`` this code does not know: a newer release migrated it.
+
+    Running older code against it could write rows the newer schema no longer expects, so the
+    migration stops before changing anything (ADR 0044).
+    """
+
+    def __init__(self, schema: str, unknown: Sequence[int], known_up_to: int) -> None:
+        self.schema, self.unknown, self.known_up_to = schema, tuple(unknown), known_up_to
+        super().__init__(
+            f"schema {schema!r} has migration(s) {', '.join(map(str, self.unknown))} applied, but this release "
+            f"knows migrations up to {known_up_to}: the database was migrated by a newer release. Deploy that "
+            "release (or newer); to go back, restore the database backup taken before the upgrade"
+        )
+
+
 async def apply_migrations(conn: asyncpg.Connection, schema: str, migrations: Sequence[Migration]) -> int:
     """In the caller's transaction: create ``schema`` if missing and apply the migrations not applied yet.
 
     Takes the schema's migration lock (an advisory transaction lock) first and sets the
-    transaction's search_path to the schema. Returns how many were applied.
+    transaction's search_path to the schema. Returns how many were applied. Raises
+    :class:`SchemaNewerThanCode`, changing nothing, when the schema holds a migration version not
+    in ``migrations`` (a newer release migrated the database).
     """
     if not schema.isidentifier():
         raise ValueError(f"invalid schema name {schema!r}")
@@ -88,6 +106,9 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, migrations: Se
         " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
     )
     done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    unknown = sorted(done - set(versions))
+    if unknown:
+        raise SchemaNewerThanCode(schema, unknown, max(versions, default=0))
     applied = 0
     for migration in migrations:
         if migration.version in done:

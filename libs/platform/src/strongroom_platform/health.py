@@ -23,7 +23,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_reflection.v1alpha import reflection
 
-__all__ = ["ServerHealth", "add_standard_services", "health_of", "stop_server"]
+__all__ = ["ServerHealth", "add_standard_services", "health_of", "serve_health_only", "stop_server"]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -91,6 +91,21 @@ async def add_standard_services(server: grpc.aio.Server, register: Callable[[grp
 def health_of(server: grpc.aio.Server) -> ServerHealth | None:
     """The health of a server built by ``runtime.start_grpc_server``."""
     return _HEALTH.get(server)
+
+
+async def serve_health_only(listen: str, health: ServerHealth) -> tuple[grpc.aio.Server, int]:
+    """Start a plaintext server on ``listen`` serving nothing but ``health``'s answers; return it and its port.
+
+    Health answers carry no data beyond SERVING / NOT_SERVING, so this listener needs no TLS and no
+    authentication (the policy already lets anyone call ``grpc.health.v1.Health``).
+    """
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    return server, port
 
 
 async def stop_server(server: grpc.aio.Server, grace: float | None) -> None:

@@ -20,7 +20,7 @@ from strongroom_platform import outbox
 from strongroom_platform.clock import Clock
 from strongroom_platform.db import create_pool
 from strongroom_platform.eventbus import ConsumerFactory, EventConsumer, EventPublisher, Handler
-from strongroom_platform.health import stop_server
+from strongroom_platform.health import health_of, serve_health_only, stop_server
 from strongroom_platform.pg_roles import SchemaSpec, check_service_login, migrate_schemas
 from strongroom_platform.runtime import serve_grpc
 from strongroom_platform.schemas import with_platform
@@ -98,4 +98,20 @@ async def serve(
     health turns NOT_SERVING and it stops with 5 s grace."""
     server = await serve_grpc(service, listen, register, credentials=credentials, interceptors=interceptors)
     stack.push_async_callback(stop_server, server, 5)
+    return server
+
+
+async def serve_health(stack: AsyncExitStack, service: str, listen: str, of: grpc.aio.Server) -> grpc.aio.Server:
+    """A plaintext listener on ``listen`` carrying only ``grpc.health.v1.Health`` of the server ``of``.
+
+    For the kubelet's ``grpc:`` probes, which cannot speak TLS (ADR 0044): the answers are those of
+    ``of`` (SERVING once it serves, NOT_SERVING once it stops). Announced as
+    ``LISTENING <service>-health <addr>``; stopped when the stack unwinds.
+    """
+    health = health_of(of)
+    if health is None:
+        raise ValueError("serve_health needs a server started by runtime.start_grpc_server")
+    server, port = await serve_health_only(listen, health)
+    stack.push_async_callback(server.stop, 1)
+    print(f"LISTENING {service}-health {listen.rsplit(':', 1)[0]}:{port}", flush=True)
     return server

@@ -18,9 +18,12 @@ async def open_object_store(settings: PlatformSettings, clock: Clock) -> ObjectS
 
     ``"s3"``: an :class:`S3ObjectStore` on ``settings.s3``, whose bucket is created
     with Object Lock if missing. ``"file:<dir>"``: a :class:`FilesystemObjectStore`
-    rooted at ``<dir>`` (created if missing). Raises SettingsError otherwise.
+    rooted at ``<dir>`` (created if missing). Raises SettingsError otherwise, also for
+    ``"none"`` (a process that declared it uses no object store).
     """
     kind = settings.object_store
+    if kind == "none":
+        raise SettingsError("this process needs an object store, but STRONGROOM_OBJECT_STORE=none")
     if kind == "s3":
         if settings.s3 is None:
             raise SettingsError("STRONGROOM_OBJECT_STORE=s3 needs the STRONGROOM_S3_* settings")
@@ -31,4 +34,4 @@ async def open_object_store(settings: PlatformSettings, clock: Clock) -> ObjectS
         root = Path(kind.removeprefix("file:")).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         return FilesystemObjectStore(root, clock)
-    raise SettingsError(f"STRONGROOM_OBJECT_STORE must be 's3' or 'file:<dir>', got {kind!r}")
+    raise SettingsError(f"STRONGROOM_OBJECT_STORE must be 's3', 'file:<dir>' or 'none', got {kind!r}")

@@ -106,7 +106,8 @@ async def serve_listeners(
 
     Announces ``LISTENING <service> <addr>`` and ``LISTENING <service>-internal <addr>``. The
     internal listener serves ``internal_register`` (default: the same services); it listens on
-    ``internal_listen`` or else ``settings.internal_listen``.
+    ``internal_listen`` or else ``settings.internal_listen``. With ``settings.health_listen`` a
+    plaintext health-only listener reports the public listener's health (kubelet probes; ADR 0044).
     """
     internal_listen = internal_listen or settings.internal_listen
     if internal_listen:
@@ -121,7 +122,10 @@ async def serve_listeners(
     credentials = listener_credentials(
         _public_tls(settings.tls), insecure_plaintext=settings.insecure_plaintext, listener=f"{service} gRPC"
     )
-    return await lifecycle.serve(stack, service, listen, register, credentials=credentials, interceptors=[auth])
+    server = await lifecycle.serve(stack, service, listen, register, credentials=credentials, interceptors=[auth])
+    if settings.health_listen:
+        await lifecycle.serve_health(stack, service, settings.health_listen, server)
+    return server
 
 
 def peer_channel(settings: PlatformSettings, address: str) -> grpc.aio.Channel:

@@ -272,7 +272,8 @@ class PlatformSettings:
             schema must already be migrated (``strongroom-admin migrate``).
         STRONGROOM_KAFKA_BOOTSTRAP: host:port of a Kafka-compatible broker.
         STRONGROOM_KAFKA_IDEMPOTENT: enable producer idempotence (default on; off for Tansu).
-        STRONGROOM_OBJECT_STORE: "s3" (default) or "file:<directory>" (standalone mode).
+        STRONGROOM_OBJECT_STORE: "s3" (default), "file:<directory>" (standalone mode) or "none"
+            (a service that never opens the object store: only the gateway does; ADR 0044).
         STRONGROOM_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY, _SECURE, _BUCKET, _REGION: S3 access;
             STRONGROOM_S3_TLS_CA: CA bundle of the endpoint (implies _SECURE).
         STRONGROOM_TLS_CERT, _KEY, _CA, _CLIENT_CA: this process's gRPC TLS (:class:`TlsSettings`).
@@ -286,6 +287,9 @@ class PlatformSettings:
             services call this one with their service certificates (mutual TLS; needs
             STRONGROOM_TLS_CLIENT_CA); unset, no internal listener (ADR 0024).
         STRONGROOM_OIDC_ISSUER, _AUDIENCE, _JWKS, _ROLES_CLAIM: operators' OIDC tokens (:class:`OidcSettings`).
+        STRONGROOM_HEALTH_LISTEN: host:port of a plaintext listener serving only ``grpc.health.v1``
+            with the public listener's answers, for probes that cannot speak TLS (the kubelet's
+            ``grpc:`` probe); unset, none (ADR 0044).
         STRONGROOM_OTEL: "none" (default), "console", "otlp" or "file:<dir>"; with
             STRONGROOM_METRICS_LISTEN, STRONGROOM_LOG_FORMAT and STRONGROOM_LOG_LEVEL read by the
             process's entry point (``strongroom_telemetry.config``, ADR 0039).
@@ -312,6 +316,7 @@ class PlatformSettings:
     oidc: OidcSettings | None = None
     pg_migrate_dsn: str | None = None
     kafka_partitions: int | None = None
+    health_listen: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PlatformSettings:
@@ -331,8 +336,8 @@ class PlatformSettings:
                 region=env_str(environ, "STRONGROOM_S3_REGION", "us-east-1"),
                 ca_file=s3_ca,
             )
-        elif not object_store.startswith("file:"):
-            raise SettingsError(f"STRONGROOM_OBJECT_STORE must be 's3' or 'file:<dir>', got {object_store!r}")
+        elif not object_store.startswith("file:") and object_store != "none":
+            raise SettingsError(f"STRONGROOM_OBJECT_STORE must be 's3', 'file:<dir>' or 'none', got {object_store!r}")
         tls = TlsSettings.from_env(environ)
         try:
             otel = parse_exporter(env_str(environ, "STRONGROOM_OTEL", "none"))
@@ -356,6 +361,7 @@ class PlatformSettings:
             oidc=OidcSettings.from_env(environ),
             pg_migrate_dsn=environ.get("STRONGROOM_PG_MIGRATE_DSN") or None,
             kafka_partitions=_partitions(environ),
+            health_listen=environ.get("STRONGROOM_HEALTH_LISTEN") or None,
         )
         if not settings.insecure_plaintext and (tls is None or not tls.has_identity):
             # Refused here, before anything connects, rather than when the listener opens.

@@ -15,16 +15,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from strongroom_servers._process import (
-    LocalServer,
-    ManagedProcess,
-    PrerequisiteMissing,
-    ServerStartError,
-    cache_root,
-    file_lock,
-    run_checked,
-    which_or_raise,
-)
+from strongroom_servers._process import LocalServer, ManagedProcess, ServerStartError
+from strongroom_servers.gotools import GoTool, ensure_go_binary
 
 __all__ = ["VERSITYGW_MODULE", "VERSITYGW_VERSION", "LocalVersityGW", "ensure_versitygw", "s3_server_header"]
 
@@ -34,51 +26,15 @@ VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw"
 VERSITYGW_VERSION = "v1.8.0"
 
 
-def _binary_ok(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
 def ensure_versitygw(version: str = VERSITYGW_VERSION) -> Path:
     """Path of a versitygw binary for ``version``, building it with ``go install`` if needed.
 
     ``$STRONGROOM_VERSITYGW_BIN`` names a prebuilt binary and skips the build. Raises
     PrerequisiteMissing when ``go`` is needed but absent, ServerStartError when the build fails.
     """
-    override = os.environ.get("STRONGROOM_VERSITYGW_BIN")
-    if override:
-        if not _binary_ok(Path(override)):
-            raise PrerequisiteMissing(f"STRONGROOM_VERSITYGW_BIN={override} is not an executable file")
-        return Path(override)
-    base = cache_root() / f"versitygw-{version}"
-    binary, marker = base / "bin" / "versitygw", base / ".complete"
-    if marker.is_file() and _binary_ok(binary):
-        return binary
-    go = which_or_raise("go", "the Go toolchain builds versitygw once")
-    with file_lock(base.parent / f"versitygw-{version}.lock"):
-        if marker.is_file() and _binary_ok(binary):
-            return binary
-        base.mkdir(parents=True, exist_ok=True)
-        binary.unlink(missing_ok=True)
-        env = dict(os.environ)
-        env.update(
-            CGO_ENABLED="0",  # cmd/versitygw needs no cgo; a static binary has no libc coupling
-            GOTOOLCHAIN="local",  # never fetch another toolchain
-            GOBIN=str(base / "bin"),
-            GOFLAGS=" ".join(filter(None, [env.get("GOFLAGS", ""), "-trimpath"])),
-        )
-        # go install leaves main.Version at "git"; stamp the real tag so `versitygw --version` tells it.
-        ldflags = f"-X main.Version={version} -X main.Build=go-install"
-        run_checked(
-            [go, "install", f"-ldflags={ldflags}", f"{VERSITYGW_MODULE}@{version}"],
-            what=f"go install versitygw {version}",
-            log_path=base / "build.log",
-            env=env,
-            cwd=base,
-        )
-        if not _binary_ok(binary):
-            raise ServerStartError(f"go install finished but {binary} is missing")
-        marker.write_text(f"{VERSITYGW_MODULE}@{version}\n")
-        return binary
+    # go install leaves main.Version at "git"; stamp the real tag so `versitygw --version` tells it.
+    ldflags = f"-X main.Version={version} -X main.Build=go-install"
+    return ensure_go_binary(GoTool("versitygw", VERSITYGW_MODULE, version, "STRONGROOM_VERSITYGW_BIN", ldflags))
 
 
 def s3_server_header(endpoint: str, *, secure: bool = False, timeout: float = 5.0) -> str | None:
