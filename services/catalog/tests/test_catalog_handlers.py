@@ -363,5 +363,6 @@ def test_point_from_event_maps_every_field() -> None:
         "index_error": None,
         "expired": False,
         "canceled": False,
+        "tree": None,
     }
     assert p.created_at == handlers.from_timestamp(event.version_created_at)
