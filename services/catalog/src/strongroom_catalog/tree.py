@@ -209,25 +209,22 @@ class RecordDiff:
     def _merge(self, entry: common_pb2.FileEntry | None, old: common_pb2.FileEntry | None) -> tuple[bool, bool]:
         """Account for a pair of differing records (either side may have ended); returns which
         of (base, new) it consumed."""
-        if entry is not None:
-            path = entry.path.encode()
-            if self._last is not None and path <= self._last:
-                raise ManifestFormatError(f"entries not sorted or duplicated at {entry.path!r}")
-            self._last = path
-        if entry is not None and old is not None and entry.path == old.path:
-            if entry.path:  # the point's root directory itself is not listed
-                check_entry(entry)
-                self.delta.changed(entry, old)
-            return True, True
         if entry is None or (old is not None and old.path.encode() < entry.path.encode()):
             assert old is not None
             if old.path:
                 self.delta.removed(old.path)
             return True, False
-        if entry.path:
+        path = entry.path.encode()
+        if self._last is not None and path <= self._last:
+            raise ManifestFormatError(f"entries not sorted or duplicated at {entry.path!r}")
+        self._last = path
+        if path:  # the point's root directory itself is not listed
             check_entry(entry)
-            self.delta.added(entry)
-        return False, True
+            if old is not None and entry.path == old.path:
+                self.delta.changed(entry, old)
+            else:
+                self.delta.added(entry)
+        return old is not None and entry.path == old.path, True
 
     def step(self) -> RecordStream | None:
         """Advance; returns the stream to fill before the next step, None when both ended."""
