@@ -18,7 +18,6 @@ from catalog_fixtures import (
     children,
     file_entry,
     point_created,
-    row,
     sample_manifest,
 )
 from strongroom.common.v1 import common_pb2

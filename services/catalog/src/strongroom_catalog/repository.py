@@ -82,7 +82,29 @@ LIMIT $4
 """
 
 
+# An exact name, lineage by lineage in lineage order (ADR 0049): each lineage's paths come in path
+# order from the index (lineage_id, name, path), so the LIMIT stops after the first page however
+# many files share the name (a join before ORDER BY ... LIMIT let the planner sort every match).
+_SEARCH_EXACT = """
+SELECT l.lineage_id, k.path FROM search_lineages l
+CROSS JOIN LATERAL (
+    SELECT DISTINCT c.path FROM search_changes c
+    WHERE c.lineage_id = l.lineage_id AND c.name = $1 AND c.type <> 0
+      AND c.path > CASE WHEN l.lineage_id = $4 THEN $5 ELSE '' END
+    ORDER BY c.path
+    LIMIT $6
+) k
+WHERE ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
+  AND ($3::text IS NULL OR l.instance_id = $3)
+  AND l.lineage_id >= $4
+ORDER BY l.lineage_id, k.path
+LIMIT $6
+"""
+
+
 def _search_paths_sql(query: NameQuery) -> str:
+    if query.exact is not None:
+        return _SEARCH_EXACT
     # type <> 0: the predicate of the partial name indexes. = and a literal prefix ($7, a range on
     # the btree of name or of lower(name)) use the btrees; a glob starting with a wildcard uses the
     # trigram index (~, ~*): a prepared statement's generic plan cannot see a regex's prefix.
