@@ -105,12 +105,10 @@ LIMIT $6
 def _search_paths_sql(query: NameQuery) -> str:
     if query.exact is not None:
         return _SEARCH_EXACT
-    # type <> 0: the predicate of the partial name indexes. = and a literal prefix ($7, a range on
-    # the btree of name or of lower(name)) use the btrees; a glob starting with a wildcard uses the
+    # type <> 0: the predicate of the partial name indexes. A literal prefix ($7, a range on the
+    # btree of name or of lower(name)) uses the btrees; a glob starting with a wildcard uses the
     # trigram index (~, ~*): a prepared statement's generic plan cannot see a regex's prefix.
-    if query.exact is not None:
-        condition = "c.name = $1"
-    elif query.ignore_case:
+    if query.ignore_case:
         condition = "c.name ~* $1"
         if query.prefix:
             # the range alone picks the rows: the planner would rather AND it with the trigram
