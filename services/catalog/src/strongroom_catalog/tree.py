@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _INT64_MAX = (1 << 63) - 1
 _INT32_MAX = (1 << 31) - 1
 _COMPACT = 4 << 20  # drop consumed bytes of a stream's buffer past this offset
+_SPAN = 16  # records compared at once on the fast path
 
 
 class BaseUnreadable(Exception):
@@ -178,6 +179,20 @@ def _record_end(buf: bytearray, pos: int) -> int:
     return -1
 
 
+def _span_end(buf: bytearray, pos: int) -> tuple[int, int]:
+    """The end of up to ``_SPAN`` whole records from ``pos``, and how many there are."""
+    n = len(buf)
+    count = 0
+    while count < _SPAN and pos < n:
+        length = buf[pos]
+        end = pos + 1 + length if length < 0x80 else _record_end(buf, pos)
+        if end < 0 or end > n:
+            break
+        pos = end
+        count += 1
+    return pos, count
+
+
 def _parse(buf: bytearray, start: int, end: int) -> common_pb2.FileEntry:
     """The entry of the record ``buf[start:end]`` (its length prefix included)."""
     pos = start
@@ -234,36 +249,41 @@ class RecordDiff:
         records = 0
         try:
             while True:
-                # the fast path: the new record's bytes (length prefix included) equal the base's
-                length = nb[np_] if np_ < len(nb) else 0x80
-                if length < 0x80 and np_ + 1 + length <= len(nb):
-                    ne = np_ + 1 + length
-                else:
-                    ne = _record_end(nb, np_) if np_ < len(nb) else -1
-                if ne >= 0 and bb[bp : bp + ne - np_] == nb[np_:ne]:
-                    bp += ne - np_
-                    np_ = ne
-                    records += 1
+                # the fast path: a span of whole records of the new manifest whose bytes (length
+                # prefixes included) equal the base's at the same place: the same records
+                end, count = _span_end(nb, np_)
+                if count and bb[bp : bp + end - np_] == nb[np_:end]:
+                    bp += end - np_
+                    np_ = end
+                    records += count
                     continue
-                be = _record_end(bb, bp) if bp < len(bb) else -1
-                if ne < 0 and not new.done:
-                    return new
-                if be < 0 and not base.done:
-                    return base
-                if ne < 0 and np_ < len(nb):
-                    raise ManifestFormatError("truncated manifest record")
-                if be < 0 and bp < len(bb):
-                    raise BaseUnreadable("truncated manifest record in the base point's manifest")
-                if ne < 0 and be < 0:
-                    return None
-                take_base, take_new = self._merge(
-                    _parse(nb, np_, ne) if ne >= 0 else None, _parse(bb, bp, be) if be >= 0 else None
-                )
-                if take_base:
-                    bp = be
-                if take_new:
-                    np_ = ne
-                    records += 1
+                # record by record through this span (a record differs, or none is whole yet)
+                for _ in range(max(count, 1)):
+                    ne = _record_end(nb, np_) if np_ < len(nb) else -1
+                    if ne >= 0 and bb[bp : bp + ne - np_] == nb[np_:ne]:
+                        bp += ne - np_
+                        np_ = ne
+                        records += 1
+                        continue
+                    be = _record_end(bb, bp) if bp < len(bb) else -1
+                    if ne < 0 and not new.done:
+                        return new
+                    if be < 0 and not base.done:
+                        return base
+                    if ne < 0 and np_ < len(nb):
+                        raise ManifestFormatError("truncated manifest record")
+                    if be < 0 and bp < len(bb):
+                        raise BaseUnreadable("truncated manifest record in the base point's manifest")
+                    if ne < 0 and be < 0:
+                        return None
+                    take_base, take_new = self._merge(
+                        _parse(nb, np_, ne) if ne >= 0 else None, _parse(bb, bp, be) if be >= 0 else None
+                    )
+                    if take_base:
+                        bp = be
+                    if take_new:
+                        np_ = ne
+                        records += 1
         finally:
             base.pos, new.pos = bp, np_
             self.records += records
