@@ -385,9 +385,11 @@ CREATE TABLE lineage_prunes (
 """
 
 # Search (ADR 0049): an exact name is found per lineage, in path order, so that a name held by
-# many files stops at the first page instead of sorting every match.
+# many files stops at the first page instead of sorting every match. (name, lineage_id, path) also
+# serves what the index on name alone served (equality and ranges on name), which it replaces.
 _V11_SEARCH_BY_LINEAGE = """
-CREATE INDEX search_changes_by_lineage_name ON search_changes (lineage_id, name, path) WHERE type <> 0;
+CREATE INDEX search_changes_by_name_lineage ON search_changes (name, lineage_id, path) WHERE type <> 0;
+DROP INDEX search_changes_by_name;
 """
 
 MIGRATIONS: list[Migration] = [

@@ -83,7 +83,7 @@ LIMIT $4
 
 
 # An exact name, lineage by lineage in lineage order (ADR 0049): each lineage's paths come in path
-# order from the index (lineage_id, name, path), so the LIMIT stops after the first page however
+# order from the index (name, lineage_id, path), so the LIMIT stops after the first page however
 # many files share the name (a join before ORDER BY ... LIMIT let the planner sort every match).
 _SEARCH_EXACT = """
 SELECT l.lineage_id, k.path FROM search_lineages l
