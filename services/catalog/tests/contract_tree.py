@@ -151,16 +151,25 @@ class TreeContract:
         with pytest.raises(handlers.NotFound, match="no directory"):
             await handlers.browse_point(repo, "p2", "a/gone", call=call("BrowsePoint"))
 
-    async def test_browse_after_the_base_expired_and_was_pruned(self, harness: Harness) -> None:
-        repo = harness.repo
-        reader = PieceReader(InMemoryObjectStore(), 1 << 20)
+    async def _old_days(self, harness: Harness, reader: PieceReader) -> dt.datetime:
+        """p1 and p2 past the retention period; returns the trusted time."""
         now = await harness.trusted_now()
         await self._index(harness, reader, "p1", day1(), now - 40 * DAY)
         await self._index(harness, reader, "p2", day2(), now - 35 * DAY)
+        return now
+
+    async def test_browse_after_the_base_expired_and_was_pruned(self, harness: Harness) -> None:
+        repo = harness.repo
+        reader = PieceReader(InMemoryObjectStore(), 1 << 20)
+        now = await self._old_days(harness, reader)
         await self._index(harness, reader, "p3", day3(), now - DAY)
         assert await expire_versions(repo) == ["v-p1", "v-p2"]
         assert await prune_lineages(repo, batch=3) > 0
         assert await prune_lineages(repo) == 0  # nothing left to prune
+        # what is left is exactly p3's state: one row per entry, no tombstone
+        rows = await harness.tree_rows()  # type: ignore[attr-defined]
+        assert sorted(r[1] for r in rows) == [path for path, *_ in expected(day3())]
+        assert all(r[2] != 0 for r in rows)
         assert await browse_all(repo, "p3") == expected(day3())
         hit = await search.file_history(repo, "i-1", "/a/b/f010", call=call("GetFileHistory"))
         assert [(v.point_id, v.size) for v in hit.versions] == [("p3", 5)]
@@ -176,9 +185,7 @@ class TreeContract:
     async def test_point_after_an_expired_base_is_a_baseline(self, harness: Harness) -> None:
         repo = harness.repo
         reader = PieceReader(InMemoryObjectStore(), 1 << 20)
-        now = await harness.trusted_now()
-        await self._index(harness, reader, "p1", day1(), now - 40 * DAY)
-        await self._index(harness, reader, "p2", day2(), now - 35 * DAY)
+        now = await self._old_days(harness, reader)
         async with repo.transaction() as tx:
             await tx.set_keep_latest("i-1", False)
         assert await expire_versions(repo) == ["v-p1", "v-p2"]
