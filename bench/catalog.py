@@ -28,15 +28,16 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+
+from _latency import timed
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 20261206
@@ -156,18 +157,6 @@ def _reset_hwm() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-async def _timed(runs: int, call: Callable[[int], Awaitable[object]]) -> tuple[float, float]:
-    for n in range(5):
-        await call(n)
-    samples = []
-    for n in range(runs):
-        started = time.perf_counter()
-        await call(n)
-        samples.append((time.perf_counter() - started) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[max(0, int(len(samples) * 0.95) - 1)]
-
-
 async def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(args.src))
     import asyncpg
@@ -263,7 +252,7 @@ async def run_variant(args: argparse.Namespace) -> dict[str, Any]:
             ("search, glob 'fNNN?.txt' (first page of 100)", find_glob),
             ("history of one path", one_history),
         ):
-            result["reads"][label] = await _timed(args.runs, call)
+            result["reads"][label] = (await timed(args.runs, call))[:2]
     finally:
         await owner.close()
         await pool.close()
@@ -369,7 +358,6 @@ async def main(args: argparse.Namespace) -> list[str]:
                 check=True,
                 stdout=subprocess.PIPE,
                 text=True,
-                env=os.environ | {"PYTHONSAFEPATH": "1"},
             )
             for line in done.stdout.splitlines():
                 if line.startswith("RESULT "):

@@ -161,33 +161,34 @@ ORDER BY name
 LIMIT $7
 """
 
-# Pruning (ADR 0049), at most $4 rows per statement: browse rows before the floor ($2), then rows
+# Pruning (ADR 0049), at most $4 rows per statement (seq > 0: the predicate of the seq indexes):
+# browse rows before the floor ($2), then rows
 # replaced by a row of a point in ($2, $3] (the same entry or path at a later seq up to $3), then
 # the tombstones of those points (nothing older is left for them to hide).
 _PRUNE_BEFORE_FLOOR = """
 DELETE FROM tree_changes WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM tree_changes WHERE lineage_id = $1 AND seq < $2 LIMIT $3))
+    SELECT ctid FROM tree_changes WHERE lineage_id = $1 AND seq < $2 AND seq > 0 LIMIT $3))
 """
 _PRUNE_IN_WINDOW = (
     """
 DELETE FROM tree_changes WHERE ctid = ANY(ARRAY(
     SELECT o.ctid FROM tree_changes n JOIN tree_changes o
       ON o.lineage_id = n.lineage_id AND o.parent = n.parent AND o.name = n.name AND o.seq < n.seq
-    WHERE n.lineage_id = $1 AND n.seq > $2 AND n.seq <= $3 LIMIT $4))
+    WHERE n.lineage_id = $1 AND n.seq > $2 AND n.seq <= $3 AND n.seq > 0 LIMIT $4))
 """,
     """
 DELETE FROM tree_changes WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM tree_changes WHERE lineage_id = $1 AND seq > $2 AND seq <= $3 AND type = 0 LIMIT $4))
+    SELECT ctid FROM tree_changes WHERE lineage_id = $1 AND seq > $2 AND seq <= $3 AND seq > 0 AND type = 0 LIMIT $4))
 """,
     """
 DELETE FROM search_changes WHERE ctid = ANY(ARRAY(
     SELECT o.ctid FROM search_changes n JOIN search_changes o
       ON o.lineage_id = n.lineage_id AND o.path = n.path AND o.seq < n.seq
-    WHERE n.lineage_id = $1 AND n.seq > $2 AND n.seq <= $3 LIMIT $4))
+    WHERE n.lineage_id = $1 AND n.seq > $2 AND n.seq <= $3 AND n.seq > 0 LIMIT $4))
 """,
     """
 DELETE FROM search_changes WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM search_changes WHERE lineage_id = $1 AND seq > $2 AND seq <= $3 AND type = 0 LIMIT $4))
+    SELECT ctid FROM search_changes WHERE lineage_id = $1 AND seq > $2 AND seq <= $3 AND seq > 0 AND type = 0 LIMIT $4))
 """,
 )
 
