@@ -198,6 +198,22 @@ class TreeContract:
         hit = await search.file_history(repo, "i-1", "/a/b/f010", call=call("GetFileHistory"))
         assert [(v.point_id, v.size) for v in hit.versions] == [("p3", 5)]
 
+    async def test_a_lineage_whose_points_all_expired_keeps_no_row(self, harness: Harness) -> None:
+        repo = harness.repo
+        reader = PieceReader(InMemoryObjectStore(), 1 << 20)
+        await self._old_days(harness, reader)
+        async with repo.transaction() as tx:
+            await tx.set_keep_latest("i-1", False)
+        assert await expire_versions(repo) == ["v-p1", "v-p2"]
+        assert await prune_lineages(repo, batch=100) > 0
+        assert await harness.index_rows() == (0, 0)  # type: ignore[attr-defined]
+        # the lineage goes on: its next point is a baseline, found by search
+        now = await harness.trusted_now()
+        await self._index(harness, reader, "p3", day3(), now)
+        assert await browse_all(repo, "p3") == expected(day3())
+        hit = await search.file_history(repo, "i-1", "/a/b/f010", call=call("GetFileHistory"))
+        assert [(v.point_id, v.size) for v in hit.versions] == [("p3", 5)]
+
     async def test_unreadable_base_manifest_makes_a_baseline(self, harness: Harness) -> None:
         repo = harness.repo
         reader = PieceReader(InMemoryObjectStore(), 1 << 20)

@@ -30,6 +30,10 @@ class FakeHarness:
     async def keep_latest(self, instance_id: str) -> bool:
         return self.fake.keep_latest(instance_id)
 
+    async def index_rows(self) -> tuple[int, int]:
+        """How many browse and search rows the store holds."""
+        return len(self.fake._state.tree), len(self.fake._state.changes)
+
     async def tree_rows(self) -> list[tuple[int, str, int]]:
         """(seq, path, type) of every browse row (ADR 0049)."""
         return [(c.seq, f"{c.parent}/{c.name}".lstrip("/"), c.type) for c in self.fake._state.tree.values()]

@@ -42,6 +42,12 @@ class PgHarness:
         )
         return True if value is None else bool(value)
 
+    async def index_rows(self) -> tuple[int, int]:
+        """How many browse and search rows the store holds."""
+        tree = await self.pool.fetchval("SELECT count(*) FROM tree_changes")
+        found = await self.pool.fetchval("SELECT count(*) FROM search_changes")
+        return int(tree), int(found)
+
     async def tree_rows(self) -> list[tuple[int, str, int]]:
         """(seq, path, type) of every browse row (ADR 0049)."""
         rows = await self.pool.fetch("SELECT seq, ltrim(parent || '/' || name, '/') AS path, type FROM tree_changes")

@@ -119,12 +119,14 @@ class TreeChange:
 class PruneWindow:
     """Rows of a lineage to prune (ADR 0049): every point before ``upto`` expired, and ``after`` was
     the previous prune's ``upto``. ``floor``: the first point of the run of deltas point ``upto``
-    reads (browse rows before it serve no live point)."""
+    reads (browse rows before it serve no live point). ``everything``: no point of the lineage is
+    live (``upto`` is past its newest), so no row serves any point."""
 
     lineage_id: int
     after: int
     upto: int
     floor: int
+    everything: bool = False
 
 
 @dataclass(frozen=True, slots=True)

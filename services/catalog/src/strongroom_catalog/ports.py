@@ -145,8 +145,9 @@ class CatalogTx(InboxOutboxTx, Protocol):
 
     async def prune_changes(self, window: PruneWindow, limit: int) -> int:
         """Delete at most ``limit`` rows of the lineage that no point from ``window.upto`` on reads:
-        browse rows before ``window.floor``, rows replaced by a row of a point in
-        (``after``, ``upto``], and tombstones of those points. Returns how many were deleted."""
+        browse rows before ``window.floor``, every search row before ``upto`` when no point is live,
+        rows replaced by a row of a point in (``after``, ``upto``], and tombstones of those points.
+        Returns how many were deleted."""
         ...
 
     async def mark_pruned(self, window: PruneWindow) -> None:

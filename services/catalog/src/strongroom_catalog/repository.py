@@ -169,6 +169,11 @@ _PRUNE_BEFORE_FLOOR = """
 DELETE FROM tree_changes WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM tree_changes WHERE lineage_id = $1 AND seq < $2 AND seq > 0 LIMIT $3))
 """
+# no point of the lineage is live: no search row serves any
+_PRUNE_SEARCH_BEFORE = """
+DELETE FROM search_changes WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM search_changes WHERE lineage_id = $1 AND seq < $2 AND seq > 0 LIMIT $3))
+"""
 _PRUNE_IN_WINDOW = (
     """
 DELETE FROM tree_changes WHERE ctid = ANY(ARRAY(
@@ -498,28 +503,32 @@ class PgCatalogTx(PgTransaction):
         )
         window = await conn.fetchrow(
             """
-            SELECT coalesce((SELECT min(s.seq) FROM search_points s
-                             WHERE s.lineage_id = $1 AND NOT EXISTS (
-                                 SELECT 1 FROM points p JOIN version_expirations e ON e.version_id = p.version_id
-                                 WHERE p.point_id = s.point_id)),
-                            (SELECT coalesce(max(seq), 0) + 1 FROM search_points WHERE lineage_id = $1)) AS upto,
+            SELECT (SELECT min(s.seq) FROM search_points s
+                    WHERE s.lineage_id = $1 AND NOT EXISTS (
+                        SELECT 1 FROM points p JOIN version_expirations e ON e.version_id = p.version_id
+                        WHERE p.point_id = s.point_id)) AS live,
+                   (SELECT coalesce(max(seq), 0) + 1 FROM search_points WHERE lineage_id = $1) AS next,
                    coalesce((SELECT max(upto_seq) FROM lineage_prunes WHERE lineage_id = $1), 1) AS after
             """,
             lineage_id,
         )
         assert window is not None
-        upto, after = int(window["upto"]), int(window["after"])
+        everything = window["live"] is None
+        upto, after = int(window["next"] if everything else window["live"]), int(window["after"])
         if upto <= after:
             return None
         floor = await conn.fetchval(
             "SELECT floor_seq FROM tree_points WHERE lineage_id = $1 AND seq = $2", lineage_id, upto
         )
         # no browse rows of the lineage before a point indexed before ADR 0049 (or past the head)
-        return PruneWindow(lineage_id, after, upto, upto if floor is None else int(floor))
+        return PruneWindow(lineage_id, after, upto, upto if floor is None else int(floor), everything)
 
     async def prune_changes(self, window: PruneWindow, limit: int) -> int:
         status = await self._conn.execute(_PRUNE_BEFORE_FLOOR, window.lineage_id, window.floor, limit)
         deleted = int(status.split()[-1])
+        if not deleted and window.everything:
+            status = await self._conn.execute(_PRUNE_SEARCH_BEFORE, window.lineage_id, window.upto, limit)
+            deleted = int(status.split()[-1])
         for statement in _PRUNE_IN_WINDOW:
             if deleted:
                 break

@@ -283,12 +283,18 @@ class InMemoryCatalogTx:
         if upto <= after:
             return None
         place = s.points[seqs[upto]].tree if upto in seqs else None
-        return PruneWindow(lineage_id, after, upto, upto if place is None else place.floor)
+        return PruneWindow(lineage_id, after, upto, upto if place is None else place.floor, not live)
 
     async def prune_changes(self, window: PruneWindow, limit: int) -> int:
         s = self._s
         lid, after, upto = window.lineage_id, window.after, window.upto
         tree = [k for k in s.tree if k[0] == lid and k[3] < window.floor]
+        if not tree and window.everything:
+            everything = [k for k in s.changes if k[0] == lid and k[2] < upto][:limit]
+            for change in everything:
+                del s.changes[change]
+            if everything:
+                return len(everything)
         if not tree:
             newer = [k for k in s.tree if k[0] == lid and after < k[3] <= upto]
             tree = [k for k in s.tree for n in newer if k[:3] == n[:3] and k[3] < n[3]]
