@@ -27,7 +27,6 @@ import asyncio
 import datetime as dt
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+from _latency import timed
 from strongroom_catalog import handlers, search
 from strongroom_catalog.migrations import SPEC
 from strongroom_catalog.repository import PgCatalogStore
@@ -147,18 +147,6 @@ async def _load(owner: asyncpg.Connection, layout: str, files: int, points: int)
     return {"rows": rows, "table_bytes": table, "total_bytes": total, "load_s": loaded, "index_s": indexed}
 
 
-async def _timed(runs: int, call: Callable[[int], Awaitable[object]]) -> tuple[float, float, float]:
-    for n in range(5):  # warm-up
-        await call(n)
-    samples = []
-    for n in range(runs):
-        started = time.perf_counter()
-        await call(n)
-        samples.append((time.perf_counter() - started) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.95) - 1], samples[-1]
-
-
 async def _measure(repo: PgCatalogStore, pool: asyncpg.Pool, layout: str, files: int, runs: int) -> list[list[str]]:
     rng = random.Random(7)
     instance = "acct-i1" if layout == "fleet" else "daily-i0"
@@ -209,7 +197,7 @@ async def _measure(repo: PgCatalogStore, pool: asyncpg.Pool, layout: str, files:
     ]
     table = []
     for label, call, n in cases:
-        p50, p95, worst = await _timed(n, call)
+        p50, p95, worst = await timed(n, call)
         table.append([label, str(n), f"{p50:.1f}", f"{p95:.1f}", f"{worst:.1f}"])
         print(f"  {label}: p50 {p50:.1f} ms, p95 {p95:.1f} ms", flush=True)
     return table
@@ -239,7 +227,7 @@ async def _browse_peer(repo: PgCatalogStore, pool: asyncpg.Pool, owner: asyncpg.
             repo, "p-browse-i-1", f"d{rng.randrange(0, 100)}", call=call_for(_BROWSE, PRINCIPAL)
         )
 
-    p50, p95, worst = await _timed(runs, run)
+    p50, p95, worst = await timed(runs, run)
     print(f"  peer: BrowsePoint: p50 {p50:.1f} ms, p95 {p95:.1f} ms", flush=True)
     return ["peer: BrowsePoint of one directory (100 entries)", str(runs), f"{p50:.1f}", f"{p95:.1f}", f"{worst:.1f}"]
 

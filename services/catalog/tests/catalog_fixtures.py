@@ -11,6 +11,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_catalog.migrations import SPEC
 from strongroom_catalog.model import EntryRow, PointRecord
+from strongroom_catalog.ports import CatalogStore
 from strongroom_platform.auth import CallAuth, Principal, Role, operator
 from strongroom_platform.clock import utc
 from strongroom_platform.db import create_pool
@@ -161,3 +162,12 @@ async def catalog_pool(logins: PgLogins) -> asyncpg.Pool:
     """A pool as the catalog's role on the test database, migrated by the owner (ADR 0031)."""
     await migrate_schemas(logins.owner, with_platform(SPEC))
     return await create_pool(logins.service("catalog"), SPEC.schema)
+
+
+async def children(repo: CatalogStore, point_id: str, parent: str = "", limit: int = 10_000) -> list[EntryRow]:
+    """The entries of directory ``parent`` of the point as the browse index holds them, whichever
+    layout it has (ADR 0049), browsable or not."""
+    found = await repo.get_point(point_id)
+    if found is None or found.tree is None:
+        return await repo.list_children(point_id, parent, after="", limit=limit)
+    return await repo.tree_children(point_id, found.tree, parent, after="", limit=limit)

@@ -15,15 +15,15 @@ from catalog_fixtures import (
     SYMLINK,
     T0,
     call,
+    children,
     file_entry,
     point_created,
-    row,
     sample_manifest,
 )
 from strongroom.common.v1 import common_pb2
 from strongroom_catalog import handlers
 from strongroom_catalog.errors import FailedPrecondition, InvalidArgument, NotFound
-from strongroom_catalog.model import EntryRow
+from strongroom_catalog.model import TreeChange
 from strongroom_catalog.paths import encode_page_token
 from strongroom_catalog.testing import InMemoryCatalogStore, InMemoryCatalogTx
 from strongroom_platform.eventbus import PoisonRecord
@@ -45,7 +45,7 @@ async def store() -> InMemoryObjectStore:
 
 async def all_paths(repo: InMemoryCatalogStore, point_id: str, parent: str = "") -> list[str]:
     paths = []
-    for child in await repo.list_children(point_id, parent, after="", limit=10_000):
+    for child in await children(repo, point_id, parent, 10_000):
         paths.append(child.path)
         if child.type == DIR:
             paths.extend(await all_paths(repo, point_id, child.path))
@@ -64,9 +64,9 @@ async def test_point_created_records_version_point_and_index(
     assert p.point_id == "p1" and p.browsable and p.mount_point == "/" and p.manifest_key == "manifests/p1"
     assert p.file_count == 5 and p.total_bytes == 2173 and p.retain_until is not None
     assert await all_paths(repo, "p1") == [e.path for e in SAMPLE_ENTRIES if e.path]
-    [link] = [r for r in await repo.list_children("p1", "home", after="", limit=10) if r.name == "link"]
+    [link] = [r for r in await children(repo, "p1", "home", 10) if r.name == "link"]
     assert link.type == SYMLINK and link.link_target == "a.txt"
-    [conf] = await repo.list_children("p1", "etc/nginx", after="", limit=10)
+    [conf] = await children(repo, "p1", "etc/nginx", 10)
     assert (conf.size, conf.mode, conf.mtime_ns) == (2048, 0o644, 1_700_000_000_123_456_789)
 
 
@@ -80,7 +80,7 @@ async def test_redelivered_event_changes_nothing(repo: InMemoryCatalogStore, sto
 
 
 class CrashingRepository(InMemoryCatalogStore):
-    """Fails the Nth add_entries call once, like a process dying mid-index."""
+    """Fails the Nth add_tree_changes call once, like a process dying mid-index."""
 
     def __init__(self, fail_on_call: int) -> None:
         super().__init__()
@@ -91,16 +91,16 @@ class CrashingRepository(InMemoryCatalogStore):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryCatalogTx]:
         async with super().transaction() as tx:
-            original = tx.add_entries
+            original = tx.add_tree_changes
 
-            async def add_entries(rows: Sequence[EntryRow]) -> None:
+            async def add_tree_changes(rows: Sequence[TreeChange]) -> None:
                 self.calls += 1
                 self.batch_sizes.append(len(rows))
                 if self.calls == self.fail_on_call:
                     raise ConnectionError("database went away")
                 await original(rows)
 
-            tx.add_entries = add_entries  # type: ignore[method-assign]
+            tx.add_tree_changes = add_tree_changes  # type: ignore[method-assign]
             yield tx
 
 
@@ -111,7 +111,7 @@ async def test_crash_mid_index_then_redelivery_completes_without_duplicates(stor
         await handlers.handle_point_created(event, repo=repo, store=store, batch_size=2)
     crashed = await repo.get_point("p1")
     assert crashed is not None and not crashed.browsable  # recorded, not browsable yet
-    assert await repo.list_children("p1", "", after="", limit=100) == []  # the partial index rolled back
+    assert await children(repo, "p1", "", 100) == []  # the partial index rolled back
     await handlers.handle_point_created(event, repo=repo, store=store, batch_size=2)
     done = await repo.get_point("p1")
     assert done is not None and done.browsable
@@ -125,17 +125,20 @@ async def test_index_is_loaded_in_bounded_batches() -> None:
     repo = CrashingRepository(fail_on_call=0)
     await handlers.handle_point_created(point_created(), repo=repo, store=store, batch_size=1000)
     assert repo.batch_sizes == [1000, 1000, 501]
-    assert len(await repo.list_children("p1", "d", after="", limit=5000)) == 2500
+    assert len(await children(repo, "p1", "d", 5000)) == 2500
 
 
-async def test_reindex_replaces_stale_rows(repo: InMemoryCatalogStore, store: InMemoryObjectStore) -> None:
-    # A second point-created for the same point (other event id) while the first never finished.
+async def test_second_point_created_of_an_indexed_point_writes_nothing(
+    repo: InMemoryCatalogStore, store: InMemoryObjectStore
+) -> None:
+    # The same point in a second point-created (another event id): indexing is not repeated.
     await handlers.handle_point_created(point_created(), repo=repo, store=store)
-    async with repo.transaction() as tx:
-        await tx.set_index_state("p1", browsable=False, error=None)
-        await tx.add_entries([row("p1", "stale", FILE)])
-    await handlers.handle_point_created(point_created(), repo=repo, store=store)
-    assert "stale" not in await all_paths(repo, "p1")
+    rows = dict(repo._state.tree)
+    second = point_created()
+    second.meta.event_id = "another-event"
+    await handlers.handle_point_created(second, repo=repo, store=store)
+    assert repo._state.tree == rows
+    assert [p for (_, _), p in repo._state.search_points.items()] == ["p1"]
 
 
 async def test_missing_manifest_is_recorded_not_retried(repo: InMemoryCatalogStore) -> None:
@@ -175,7 +178,7 @@ async def test_manifest_breaking_its_ordering_contract_is_recorded(repo: InMemor
     await handlers.handle_point_created(point_created(), repo=repo, store=store)
     p = await repo.get_point("p1")
     assert p is not None and p.index_error is not None and "not sorted" in p.index_error
-    assert await repo.list_children("p1", "", after="", limit=10) == []
+    assert await children(repo, "p1", "", 10) == []
 
 
 @pytest.mark.parametrize(
@@ -214,7 +217,7 @@ async def test_late_point_of_expired_version_is_not_indexed(
     await handlers.handle_point_created(point_created("p1"), repo=repo, store=store)
     p = await repo.get_point("p1")
     assert p is not None and p.expired and not p.browsable
-    assert await repo.list_children("p1", "", after="", limit=10) == []
+    assert await children(repo, "p1", "", 10) == []
 
 
 # --- read side ---------------------------------------------------------------
@@ -359,5 +362,6 @@ def test_point_from_event_maps_every_field() -> None:
         "index_error": None,
         "expired": False,
         "canceled": False,
+        "tree": None,
     }
     assert p.created_at == handlers.from_timestamp(event.version_created_at)

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from catalog_fixtures import DIR, call, catalog_pool, file_entry, point_created
 from strongroom_catalog import handlers
-from strongroom_catalog.model import EntryRow
+from strongroom_catalog.model import TreeChange
 from strongroom_catalog.repository import PgCatalogStore, PgCatalogTx
 from strongroom_platform.manifest import encode_manifest
 from strongroom_platform.testing import InMemoryObjectStore
@@ -43,7 +43,7 @@ async def store() -> InMemoryObjectStore:
 async def test_large_manifest_is_indexed_in_batches(pool: asyncpg.Pool, store: InMemoryObjectStore) -> None:
     repo = PgCatalogStore(pool)
     await handlers.handle_point_created(point_created(), repo=repo, store=store, batch_size=7000)
-    assert await pool.fetchval("SELECT count(*) FROM entries WHERE point_id = 'p1'") == DIRS * (FILES_PER_DIR + 1)
+    assert await pool.fetchval("SELECT count(*) FROM tree_changes WHERE seq = 1") == DIRS * (FILES_PER_DIR + 1)
     rows, token = await handlers.browse_point(repo, "p1", "d07", page_size=1000, call=call("BrowsePoint"))
     assert rows[0].path == "d07/f00000" and rows[-1].path == "d07/f00999" and token
     rows, _ = await handlers.browse_point(repo, "p1", "d07", page_size=1000, page_token=token, call=call("BrowsePoint"))
@@ -60,9 +60,9 @@ async def test_crash_mid_index_rolls_back_and_redelivery_completes(
     pool: asyncpg.Pool, store: InMemoryObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = 0
-    original = PgCatalogTx.add_entries
+    original = PgCatalogTx.add_tree_changes
 
-    async def failing(self: PgCatalogTx, rows: Sequence[EntryRow]) -> None:
+    async def failing(self: PgCatalogTx, rows: Sequence[TreeChange]) -> None:
         nonlocal calls
         calls += 1
         if calls == 3:
@@ -71,13 +71,14 @@ async def test_crash_mid_index_rolls_back_and_redelivery_completes(
 
     repo = PgCatalogStore(pool)
     event = point_created()
-    monkeypatch.setattr(PgCatalogTx, "add_entries", failing)
+    monkeypatch.setattr(PgCatalogTx, "add_tree_changes", failing)
     with pytest.raises(ConnectionResetError):
         await handlers.handle_point_created(event, repo=repo, store=store, batch_size=5000)
-    assert await pool.fetchval("SELECT count(*) FROM entries") == 0
+    assert await pool.fetchval("SELECT count(*) FROM tree_changes") == 0
+    assert await pool.fetchval("SELECT count(*) FROM search_changes") == 0
     assert not await browsable(repo)
 
     await handlers.handle_point_created(event, repo=repo, store=store, batch_size=5000)
-    assert await pool.fetchval("SELECT count(*) FROM entries") == DIRS * (FILES_PER_DIR + 1)
+    assert await pool.fetchval("SELECT count(*) FROM tree_changes") == DIRS * (FILES_PER_DIR + 1)
     assert await browsable(repo)
     assert calls > 3

@@ -9,6 +9,7 @@ from catalog_fixtures import T0
 from contract_lifecycle import LifecycleContract
 from contract_repository import CatalogRepositoryContract
 from contract_search import SearchContract
+from contract_tree import TreeContract
 from strongroom_catalog.testing import InMemoryCatalogStore
 from strongroom_platform.testing import FakeClock
 
@@ -29,8 +30,16 @@ class FakeHarness:
     async def keep_latest(self, instance_id: str) -> bool:
         return self.fake.keep_latest(instance_id)
 
+    async def index_rows(self) -> tuple[int, int]:
+        """How many browse and search rows the store holds."""
+        return len(self.fake._state.tree), len(self.fake._state.changes)
 
-class TestInMemoryCatalogRepository(CatalogRepositoryContract, LifecycleContract, SearchContract):
+    async def tree_rows(self) -> list[tuple[int, str, int]]:
+        """(seq, path, type) of every browse row (ADR 0049)."""
+        return [(c.seq, f"{c.parent}/{c.name}".lstrip("/"), c.type) for c in self.fake._state.tree.values()]
+
+
+class TestInMemoryCatalogRepository(CatalogRepositoryContract, LifecycleContract, SearchContract, TreeContract):
     @pytest.fixture
     def harness(self) -> FakeHarness:  # type: ignore[override]
         return FakeHarness()

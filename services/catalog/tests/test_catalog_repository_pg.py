@@ -11,6 +11,7 @@ from catalog_fixtures import catalog_pool
 from contract_lifecycle import LifecycleContract
 from contract_repository import CatalogRepositoryContract
 from contract_search import SearchContract
+from contract_tree import TreeContract
 from strongroom_catalog.migrations import SPEC
 from strongroom_catalog.repository import PgCatalogStore
 from strongroom_platform.pg_roles import migrate_schemas
@@ -41,8 +42,19 @@ class PgHarness:
         )
         return True if value is None else bool(value)
 
+    async def index_rows(self) -> tuple[int, int]:
+        """How many browse and search rows the store holds."""
+        tree = await self.pool.fetchval("SELECT count(*) FROM tree_changes")
+        found = await self.pool.fetchval("SELECT count(*) FROM search_changes")
+        return int(tree), int(found)
 
-class TestPgCatalogRepository(CatalogRepositoryContract, LifecycleContract, SearchContract):
+    async def tree_rows(self) -> list[tuple[int, str, int]]:
+        """(seq, path, type) of every browse row (ADR 0049)."""
+        rows = await self.pool.fetch("SELECT seq, ltrim(parent || '/' || name, '/') AS path, type FROM tree_changes")
+        return [(r["seq"], r["path"], r["type"]) for r in rows]
+
+
+class TestPgCatalogRepository(CatalogRepositoryContract, LifecycleContract, SearchContract, TreeContract):
     @pytest.fixture
     async def harness(self, pg_logins: PgLogins) -> AsyncIterator[PgHarness]:  # type: ignore[override]
         pool = await catalog_pool(pg_logins)

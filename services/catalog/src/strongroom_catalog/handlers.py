@@ -5,24 +5,22 @@ Plain functions over the ports, unit-tested with the in-memory fakes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterator
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.auth import CallAuth, authorize, visible_accounts
 from strongroom_platform.eventbus import PoisonRecord
 from strongroom_platform.events import from_timestamp
-from strongroom_platform.manifest import ManifestFormatError, decode_manifest
+from strongroom_platform.manifest import ManifestFormatError
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
 from strongroom_catalog.errors import FailedPrecondition, InvalidArgument, NotFound
-from strongroom_catalog.manifests import ManifestReader
-from strongroom_catalog.model import EntryRow, PointRecord, VersionRecord
+from strongroom_catalog.manifests import ManifestReader, manifest_pieces
+from strongroom_catalog.model import EntryRow, PointRecord, TreePlace, VersionRecord
 from strongroom_catalog.paths import decode_page_token, encode_page_token, normalize_directory
 from strongroom_catalog.ports import CatalogStore
-from strongroom_catalog.search import start_delta
+from strongroom_catalog.tree import BaseUnreadable, Delta, diff_points, index_baseline
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +29,6 @@ INSTANCE_SETTINGS_CONSUMER = "catalog.instance-settings-changed"
 INDEX_BATCH_SIZE = 10_000
 DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 1000
-_INT64_MAX = (1 << 63) - 1
-_INT32_MAX = (1 << 31) - 1
 
 
 def point_from_event(event: events_pb2.PointCreated) -> PointRecord:
@@ -104,52 +100,6 @@ async def handle_instance_settings_changed(event: events_pb2.InstanceSettingsCha
     return applied
 
 
-class _Batcher:
-    """Turns manifest entries into index rows, checking the manifest's ordering contract on the way."""
-
-    def __init__(self, point_id: str, entries: Iterator[common_pb2.FileEntry]) -> None:
-        self._point_id = point_id
-        self._entries = entries
-        self._previous: bytes | None = None
-        self.count = 0
-
-    def next_batch(self, size: int) -> list[EntryRow]:
-        """Up to ``size`` rows (empty at the end). CPU-bound: called in a worker thread."""
-        rows: list[EntryRow] = []
-        for entry in self._entries:
-            path = entry.path
-            encoded = path.encode()
-            if self._previous is not None and encoded <= self._previous:
-                raise ManifestFormatError(f"entries not sorted or duplicated at {path!r}")
-            self._previous = encoded
-            if path == "":  # the point's root directory itself: nothing to list it in
-                continue
-            parent, _, name = path.rpartition("/")
-            if any(segment in ("", ".", "..") for segment in path.split("/")):
-                raise ManifestFormatError(f"invalid entry path {path!r}")
-            if entry.size > _INT64_MAX or entry.mode > _INT32_MAX:
-                # The index stores signed 64/32-bit integers; such an entry can only be corrupt.
-                raise ManifestFormatError(f"entry {path!r} has an out-of-range size or mode")
-            rows.append(
-                EntryRow(
-                    point_id=self._point_id,
-                    parent=parent,
-                    name=name,
-                    type=entry.type,
-                    mode=entry.mode,
-                    uid=entry.uid,
-                    gid=entry.gid,
-                    size=entry.size,
-                    mtime_ns=entry.mtime_ns,
-                    link_target=entry.link_target,
-                )
-            )
-            if len(rows) >= size:
-                break
-        self.count += len(rows)
-        return rows
-
-
 async def index_point(
     repo: CatalogStore,
     store: ObjectStore | ManifestReader,
@@ -157,43 +107,73 @@ async def index_point(
     *,
     batch_size: int = INDEX_BATCH_SIZE,
 ) -> None:
-    """Load the point's manifest into the file index and the search index, and mark the point browsable.
+    """Index the point for browse and search, and mark it browsable (ADR 0049).
 
-    The whole index is replaced in one transaction, in batches (bounded memory
-    per batch; decoding runs in a worker thread). A manifest that is missing
-    or unreadable is recorded as the point's ``index_error`` (the point stays
-    listed but not browsable); other failures propagate so the event is retried.
-    ``store`` is the gateway (manifests are encrypted, ADR 0016) or, for
-    plaintext manifests only, the object store.
+    The point becomes the next point of its lineage. With a live base indexed the same way, only
+    the differences between the two manifests are written; otherwise the point is a baseline.
+    Everything is written in one transaction, streaming (bounded memory; CPU work in a worker
+    thread). A manifest that is missing or unreadable is recorded as the point's ``index_error``
+    (the point stays listed but not browsable); an unreadable base only costs the delta (the point
+    is indexed as a baseline); other failures propagate so the event is retried. ``store`` is the
+    gateway (manifests are encrypted, ADR 0016) or, for plaintext manifests only, the object store.
     """
     try:
-        if isinstance(store, ManifestReader):
-            data = await store.read_point_manifest(point.point_id)
-        else:
-            data = await store.get(point.manifest_key)
-            if data[:4] == b"SRME":
-                raise ManifestFormatError("the manifest is encrypted: set STRONGROOM_GATEWAY_ADDR to read it")
-        batcher = _Batcher(point.point_id, decode_manifest(data))
-        async with repo.transaction() as tx:
-            locked = await tx.get_point(point.point_id)
-            if locked is None or locked.browsable or locked.expired:
-                return  # another consumer finished first, or retention came by
-            await tx.delete_entries(point.point_id)
-            # the search index takes the point as the delta from its lineage's newest point (ADR 0043)
-            delta = await start_delta(tx, locked)
-            while batch := await asyncio.to_thread(batcher.next_batch, batch_size):
-                await tx.add_entries(batch)
-                if delta is not None:
-                    await delta.feed(batch)
-            changes = 0 if delta is None else await delta.finish()
-            await tx.set_index_state(point.point_id, browsable=True, error=None)
-        del data
-        log.info("indexed point %s: %d entries, %d search changes", point.point_id, batcher.count, changes)
+        try:
+            outcome = await _index_once(repo, store, point, batch_size=batch_size, use_base=True)
+        except BaseUnreadable as exc:
+            log.warning(
+                "point %s: the base point's manifest is unreadable (%s); indexed as a baseline", point.point_id, exc
+            )
+            outcome = await _index_once(repo, store, point, batch_size=batch_size, use_base=False)
     except (ObjectNotFound, ManifestFormatError) as exc:
         reason = f"manifest {point.manifest_key!r} not found" if isinstance(exc, ObjectNotFound) else str(exc)
         log.error("point %s cannot be indexed: %s", point.point_id, reason)
         async with repo.transaction() as tx:
             await tx.set_index_state(point.point_id, browsable=False, error=reason)
+        return
+    if outcome is not None:
+        log.info("indexed point %s: %s", point.point_id, outcome)
+
+
+async def _index_once(
+    repo: CatalogStore, store: ObjectStore | ManifestReader, point: PointRecord, *, batch_size: int, use_base: bool
+) -> str | None:
+    async with repo.transaction() as tx:
+        locked = await tx.get_point(point.point_id)
+        if locked is None or locked.browsable or locked.expired:
+            return None  # another consumer finished first, or retention came by
+        # the lineage stays locked until commit: its points are indexed one at a time
+        lineage_id, head = await tx.search_lineage(locked.instance_id, locked.account_id, locked.mount_point)
+        seq = head + 1
+        if not await tx.add_search_point(lineage_id, seq, locked.point_id):
+            # every write of an indexing is one transaction, so a placed point is browsable
+            raise InvalidArgument(f"point {locked.point_id} has a place in the search index but no browse index")
+        pieces = manifest_pieces(store, locked.point_id, locked.manifest_key)
+        base = await tx.lineage_point(lineage_id, head) if head and use_base else None
+        if base is not None and base.tree is not None and not base.expired:
+            place = TreePlace(lineage_id, seq, base.tree.floor)
+            written = [0, 0]
+
+            async def flush(delta: Delta) -> None:
+                await tx.add_tree_changes(delta.tree)
+                await tx.add_search_changes(delta.search)
+                written[0] += len(delta.tree)
+                written[1] += len(delta.search)
+                delta.tree.clear()
+                delta.search.clear()
+
+            base_pieces = manifest_pieces(store, base.point_id, base.manifest_key)
+            records = await diff_points(base_pieces, pieces, Delta(lineage_id, seq), flush)
+            outcome = f"{records} entries, delta from {base.point_id}: {written[0]} browse, {written[1]} search rows"
+        else:
+            place = TreePlace(lineage_id, seq, seq)
+            entries, rows, changes = await index_baseline(
+                tx, pieces, place, tx.search_state(lineage_id, head), batch_size=batch_size
+            )
+            outcome = f"{entries} entries, baseline: {rows} browse rows, {changes} search rows"
+        await tx.add_tree_point(locked.point_id, place)
+        await tx.set_index_state(locked.point_id, browsable=True, error=None)
+    return outcome
 
 
 # --- operator reads: each takes the call's ``CallAuth`` (ADR 0024) -------------------------
@@ -243,14 +223,18 @@ async def browse_point(
         if point.index_error:
             raise FailedPrecondition(f"point {point_id!r} cannot be browsed: {point.index_error}")
         raise FailedPrecondition(f"point {point_id!r} is still being indexed; try again shortly")
+    place = point.tree
     if directory:
-        kind = await repo.entry_type(point_id, directory)
+        kind = await (repo.entry_type(point_id, directory) if place is None else repo.tree_entry_type(place, directory))
         if kind is None:
             raise NotFound(f"no directory {directory!r} in point {point_id!r}")
         if kind != common_pb2.ENTRY_TYPE_DIRECTORY:
             raise NotFound(f"{directory!r} in point {point_id!r} is not a directory")
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    rows = await repo.list_children(point_id, directory, after=after, limit=size + 1)
+    if place is None:  # indexed before ADR 0049
+        rows = await repo.list_children(point_id, directory, after=after, limit=size + 1)
+    else:
+        rows = await repo.tree_children(point_id, place, directory, after=after, limit=size + 1)
     if len(rows) > size:
         rows = rows[:size]
         return rows, encode_page_token(point_id, directory, rows[-1].name)

@@ -6,12 +6,15 @@ gateway's internal ManifestService for the plaintext bytes by point id.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
 import grpc
 from strongroom.gateway.v1 import manifest_pb2, manifest_pb2_grpc
 from strongroom_platform.manifest import ManifestFormatError
-from strongroom_platform.objectstore import ObjectNotFound
+from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
+
+PIECE = 1 << 20  # what the gateway sends per message, and what is read per range of a plaintext object
 
 
 @runtime_checkable
@@ -24,6 +27,11 @@ class ManifestReader(Protocol):
         """
         ...
 
+    def stream_point_manifest(self, point_id: str) -> AsyncIterator[bytes]:
+        """The same bytes in pieces, as they arrive (bounded memory); the same errors, raised
+        when the stream fails."""
+        ...
+
 
 class GatewayManifestReader:
     """ManifestReader over the gateway's ManifestService."""
@@ -33,13 +41,35 @@ class GatewayManifestReader:
         self._timeout = timeout
 
     async def read_point_manifest(self, point_id: str) -> bytes:
+        return b"".join([piece async for piece in self.stream_point_manifest(point_id)])
+
+    async def stream_point_manifest(self, point_id: str) -> AsyncIterator[bytes]:
         request = manifest_pb2.ReadPointManifestRequest(point_id=point_id)
         try:
-            parts = [r.data async for r in self._stub.ReadPointManifest(request, timeout=self._timeout)]
+            async for response in self._stub.ReadPointManifest(request, timeout=self._timeout):
+                yield response.data
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise ObjectNotFound(exc.details() or f"manifest of point {point_id!r} not found") from None
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise ManifestFormatError(exc.details() or f"manifest of point {point_id!r} is unreadable") from None
             raise
-        return b"".join(parts)
+
+
+async def manifest_pieces(store: ObjectStore | ManifestReader, point_id: str, key: str) -> AsyncIterator[bytes]:
+    """The manifest of the point in pieces: from the gateway (``ManifestReader``, ADR 0016) or, for
+    plaintext manifests only (tests, tools), read by ranges from the object store."""
+    if isinstance(store, ManifestReader):
+        async for piece in store.stream_point_manifest(point_id):
+            yield piece
+        return
+    size = (await store.stat(key)).size
+    offset = 0
+    while offset < size:
+        piece = await store.get(key, offset=offset, length=min(PIECE, size - offset))
+        if not piece:
+            return
+        if offset == 0 and piece[:4] == b"SRME":
+            raise ManifestFormatError("the manifest is encrypted: set STRONGROOM_GATEWAY_ADDR to read it")
+        offset += len(piece)
+        yield piece

@@ -341,6 +341,59 @@ END
 $$;
 """
 
+# Browse by lineage (ADR 0049): a point indexed after this migration is browsed from tree_changes, the
+# deltas of its lineage (the search lineage of its filesystem, numbered by search_points), instead of a
+# full copy of its entries. A row says what the entry (parent, name) became at point seq; type 0 is
+# a tombstone. The listing of a directory in point s is, per name, its newest row with
+# floor_seq(s) <= seq <= s: floor_seq is the first point of the run of deltas s belongs to (a point
+# indexed without a usable base starts a run: it is a full baseline). Points indexed before keep their
+# rows in entries (no tree_points row). lineage_prunes records up to which seq the rows only expired
+# points needed were deleted (retention.prune_lineages); the (lineage_id, seq) indexes find the rows
+# written after the previous prune.
+_V10_TREE = """
+CREATE TABLE tree_points (
+    point_id text PRIMARY KEY,
+    lineage_id bigint NOT NULL REFERENCES search_lineages,
+    seq integer NOT NULL,
+    floor_seq integer NOT NULL CHECK (floor_seq BETWEEN 1 AND seq),
+    UNIQUE (lineage_id, seq)
+);
+
+CREATE TABLE tree_changes (
+    lineage_id bigint NOT NULL,
+    parent text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    seq integer NOT NULL,
+    type smallint NOT NULL,
+    mode integer NOT NULL,
+    uid bigint NOT NULL,
+    gid bigint NOT NULL,
+    size bigint NOT NULL,
+    mtime_ns bigint NOT NULL,
+    link_target text NOT NULL
+);
+-- a directory's children by name, newest row first (DISTINCT ON (name) ... seq DESC)
+CREATE UNIQUE INDEX tree_changes_by_entry ON tree_changes (lineage_id, parent, name, seq DESC);
+-- partial on a predicate only the pruning statements state (seq > 0 holds for every row): a generic
+-- plan of a search must not take it for a lookup by lineage (a glob took 2.4 s through it)
+CREATE INDEX tree_changes_by_seq ON tree_changes (lineage_id, seq) WHERE seq > 0;
+CREATE INDEX search_changes_by_seq ON search_changes (lineage_id, seq) WHERE seq > 0;
+
+CREATE TABLE lineage_prunes (
+    lineage_id bigint NOT NULL REFERENCES search_lineages,
+    upto_seq integer NOT NULL,
+    PRIMARY KEY (lineage_id, upto_seq)
+);
+"""
+
+# Search (ADR 0049): an exact name is found per lineage, in path order, so that a name held by
+# many files stops at the first page instead of sorting every match. (name, lineage_id, path) also
+# serves what the index on name alone served (equality and ranges on name), which it replaces.
+_V11_SEARCH_BY_LINEAGE = """
+CREATE INDEX search_changes_by_name_lineage ON search_changes (name, lineage_id, path) WHERE type <> 0;
+DROP INDEX search_changes_by_name;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -351,6 +404,8 @@ MIGRATIONS: list[Migration] = [
     Migration(7, _V7_SEARCH),
     # The outbox's traceparent column (ADR 0039).
     outbox_traceparent_migration(8),
+    Migration(10, _V10_TREE),
+    Migration(11, _V11_SEARCH_BY_LINEAGE),
     # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
     outbox_shard_migration(13),
 ]
@@ -374,7 +429,11 @@ PRIVILEGES: dict[str, str] = {
     # ADR 0043: the search index, derived from the manifests, appended as points are indexed.
     "search_lineages": "SELECT, INSERT",
     "search_points": "SELECT, INSERT",
-    "search_changes": "SELECT, INSERT",
+    # ADR 0049: rows that only expired points need are deleted (prune_lineages).
+    "search_changes": "SELECT, INSERT, DELETE",
+    "tree_points": "SELECT, INSERT",
+    "tree_changes": "SELECT, INSERT, DELETE",
+    "lineage_prunes": "SELECT, INSERT",
 }
 
 SPEC = SchemaSpec(

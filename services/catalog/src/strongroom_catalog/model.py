@@ -7,6 +7,16 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class TreePlace:
+    """Where a point indexed for browsing by lineage (ADR 0049) reads its entries: the rows of
+    ``lineage_id`` with ``floor <= seq <= self.seq``, the newest per (parent, name)."""
+
+    lineage_id: int
+    seq: int
+    floor: int
+
+
+@dataclass(frozen=True, slots=True)
 class PointRecord:
     """One backup point: one filesystem of an instance in one backup version.
 
@@ -33,6 +43,8 @@ class PointRecord:
     expired: bool = False
     # Backup of its instance was canceled (ADR 0040): hidden from every read until reinstated.
     canceled: bool = False
+    # Browsed from its lineage's tree_changes (ADR 0049); None: from entries (indexed before).
+    tree: TreePlace | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +81,52 @@ class EntryRow:
     @property
     def path(self) -> str:
         return f"{self.parent}/{self.name}" if self.parent else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class TreeChange:
+    """What entry ``parent``/``name`` of a lineage became at point ``seq`` (ADR 0049); ``type``
+    REMOVED (0): it is gone from that point on."""
+
+    lineage_id: int
+    seq: int
+    parent: str
+    name: str
+    type: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    link_target: str
+
+    def entry(self, point_id: str) -> EntryRow:
+        return EntryRow(
+            point_id=point_id,
+            parent=self.parent,
+            name=self.name,
+            type=self.type,
+            mode=self.mode,
+            uid=self.uid,
+            gid=self.gid,
+            size=self.size,
+            mtime_ns=self.mtime_ns,
+            link_target=self.link_target,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PruneWindow:
+    """Rows of a lineage to prune (ADR 0049): every point before ``upto`` expired, and ``after`` was
+    the previous prune's ``upto``. ``floor``: the first point of the run of deltas point ``upto``
+    reads (browse rows before it serve no live point). ``everything``: no point of the lineage is
+    live (``upto`` is past its newest), so no row serves any point."""
+
+    lineage_id: int
+    after: int
+    upto: int
+    floor: int
+    everything: bool = False
 
 
 @dataclass(frozen=True, slots=True)

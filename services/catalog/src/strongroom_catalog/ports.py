@@ -24,8 +24,11 @@ from strongroom_catalog.model import (
     NameQuery,
     PathKey,
     PointRecord,
+    PruneWindow,
     SearchChange,
     SearchState,
+    TreeChange,
+    TreePlace,
     VersionRecord,
 )
 
@@ -120,6 +123,37 @@ class CatalogTx(InboxOutboxTx, Protocol):
         """Append changes (no two rows of one (lineage_id, path, seq))."""
         ...
 
+    # --- browse by lineage (ADR 0049) ---
+
+    async def lineage_point(self, lineage_id: int, seq: int) -> PointRecord | None:
+        """Point ``seq`` of the lineage (with its expiry and tree place), None when there is none."""
+        ...
+
+    async def add_tree_point(self, point_id: str, place: TreePlace) -> None:
+        """Record that the point is browsed from its lineage's tree changes."""
+        ...
+
+    async def add_tree_changes(self, rows: Sequence[TreeChange]) -> None:
+        """Append browse changes (no two rows of one (lineage_id, parent, name, seq))."""
+        ...
+
+    async def prune_window(self, lineage_id: int) -> PruneWindow | None:
+        """What the next prune of the lineage covers: ``upto`` is its oldest point not expired (its
+        head + 1 when every point expired), ``after`` the previous prune's ``upto`` (1: none);
+        None when nothing expired since. Locks the lineage against indexing until the transaction ends."""
+        ...
+
+    async def prune_changes(self, window: PruneWindow, limit: int) -> int:
+        """Delete at most ``limit`` rows of the lineage that no point from ``window.upto`` on reads:
+        browse rows before ``window.floor``, every search row before ``upto`` when no point is live,
+        rows replaced by a row of a point in (``after``, ``upto``], and tombstones of those points.
+        Returns how many were deleted."""
+        ...
+
+    async def mark_pruned(self, window: PruneWindow) -> None:
+        """Record that the lineage is pruned up to ``window.upto``."""
+        ...
+
 
 class CatalogStore(Protocol):
     """The catalog's storage: versions, points, their file index, and retention queries."""
@@ -171,6 +205,20 @@ class CatalogStore(Protocol):
 
     async def lineage_points(self, lineage_ids: Collection[int]) -> list[LineagePoint]:
         """The indexed points of these lineages, ordered by (lineage_id, seq)."""
+        ...
+
+    async def prunable_lineages(self, limit: int) -> list[int]:
+        """Up to ``limit`` lineages with a point expired since their last prune."""
+        ...
+
+    async def tree_entry_type(self, place: TreePlace, path: str) -> int | None:
+        """The ``EntryType`` of the entry at the non-empty ``path`` in the point at ``place``, or None."""
+        ...
+
+    async def tree_children(
+        self, point_id: str, place: TreePlace, parent: str, *, after: str, limit: int
+    ) -> list[EntryRow]:
+        """``list_children`` of the point at ``place``, read from its lineage's tree changes."""
         ...
 
     async def list_children(self, point_id: str, parent: str, *, after: str, limit: int) -> list[EntryRow]:

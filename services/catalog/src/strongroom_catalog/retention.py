@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 RETENTION_PERIOD = dt.timedelta(days=30)
 PRODUCER = "catalog"
 BATCH = 100  # versions expired per transaction
+PRUNE_BATCH = 5000  # index rows deleted per transaction
 
 
 async def expire_versions(repo: CatalogStore) -> list[str]:
@@ -59,11 +60,33 @@ async def expire_versions(repo: CatalogStore) -> list[str]:
             return expired
 
 
+async def prune_lineages(repo: CatalogStore, *, batch: int = PRUNE_BATCH, lineages: int = 100) -> int:
+    """Delete the index rows that only expired points need (ADR 0049), for up to ``lineages``
+    lineages whose oldest unpruned point expired; at most ``batch`` rows per transaction, so a run
+    never holds a lineage (and its indexing) for long. Returns how many rows were deleted."""
+    deleted = 0
+    for lineage_id in await repo.prunable_lineages(lineages):
+        while True:
+            async with repo.transaction() as tx:
+                window = await tx.prune_window(lineage_id)
+                if window is None:
+                    break
+                count = await tx.prune_changes(window, batch)
+                if not count:
+                    await tx.mark_pruned(window)
+                    log.info("lineage %d pruned up to point %d", lineage_id, window.upto)
+                    break
+            deleted += count
+    return deleted
+
+
 async def run_retention(repo: CatalogStore, clock: Clock, *, interval: float) -> None:
-    """Run :func:`expire_versions` every ``interval`` seconds until cancelled; failures are logged and retried."""
+    """Run :func:`expire_versions` then :func:`prune_lineages` every ``interval`` seconds until
+    cancelled; failures are logged and retried."""
     while True:
         try:
             await expire_versions(repo)
+            await prune_lineages(repo)
         except asyncio.CancelledError:
             raise
         except Exception:

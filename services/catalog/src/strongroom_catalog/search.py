@@ -17,13 +17,13 @@ import bisect
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from strongroom_platform.auth import CallAuth, authorize, visible_accounts
 
 from strongroom_catalog.errors import InvalidArgument, NotFound
 from strongroom_catalog.model import (
     REMOVED,
-    EntryRow,
     FileHit,
     FileVersion,
     Lineage,
@@ -145,6 +145,25 @@ def decode_search_token(token: str, query: NameQuery, instance_id: str) -> PathK
 # --- indexing -------------------------------------------------------------------------------
 
 
+SearchSource = AsyncIterator[SearchState]
+
+
+class IndexedEntry(Protocol):
+    """What the search index keeps of an entry (an ``EntryRow`` or a manifest's ``FileEntry``)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def type(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def mtime_ns(self) -> int: ...
+
+
 class DeltaIndexer:
     """Appends the delta of one point to its lineage's search index, fed the point's entries in order.
 
@@ -172,7 +191,7 @@ class DeltaIndexer:
     def _change(self, path: str, type_: int, size: int, mtime_ns: int) -> SearchChange:
         return SearchChange(self._lineage, path, self._seq, type_, size, mtime_ns)
 
-    async def feed(self, rows: Sequence[EntryRow]) -> None:
+    async def feed(self, rows: Sequence[IndexedEntry]) -> None:
         out: list[SearchChange] = []
         if self._head is None and not self._base_done:
             await self._next_base()

@@ -28,8 +28,11 @@ from strongroom_catalog.model import (
     NameQuery,
     PathKey,
     PointRecord,
+    PruneWindow,
     SearchChange,
     SearchState,
+    TreeChange,
+    TreePlace,
     VersionRecord,
 )
 from strongroom_catalog.retention import RETENTION_PERIOD
@@ -54,6 +57,12 @@ class _State:
     lineages: dict[int, Lineage] = field(default_factory=dict)
     search_points: dict[tuple[int, int], str] = field(default_factory=dict)
     changes: dict[tuple[int, str, int], SearchChange] = field(default_factory=dict)
+    # browse by lineage (ADR 0049): (lineage_id, parent, name, seq) -> change; prune marks per lineage
+    tree: dict[tuple[int, str, str, int], TreeChange] = field(default_factory=dict)
+    pruned: dict[int, int] = field(default_factory=dict)
+
+    def expired(self, point_id: str) -> bool:
+        return self.versions[self.points[point_id].version_id].expired_at is not None
 
     def canceled(self, instance_id: str) -> bool:
         return self.cancellations.get(instance_id, ("", False))[1]
@@ -243,6 +252,68 @@ class InMemoryCatalogTx:
                 raise ValueError(f"duplicate change {key}")
             self._s.changes[key] = row
 
+    async def lineage_point(self, lineage_id: int, seq: int) -> PointRecord | None:
+        point_id = self._s.search_points.get((lineage_id, seq))
+        return None if point_id is None else _with_expiry(self._s, self._s.points.get(point_id))
+
+    async def add_tree_point(self, point_id: str, place: TreePlace) -> None:
+        s = self._s
+        if any(
+            p.tree is not None and (p.tree.lineage_id, p.tree.seq) == (place.lineage_id, place.seq)
+            for p in s.points.values()
+        ):
+            raise ValueError(f"seq {place.seq} of lineage {place.lineage_id} is taken")
+        s.points[point_id] = dataclasses.replace(s.points[point_id], tree=place)
+
+    async def add_tree_changes(self, rows: Sequence[TreeChange]) -> None:
+        for row in rows:
+            key = (row.lineage_id, row.parent, row.name, row.seq)
+            if key in self._s.tree:
+                raise ValueError(f"duplicate tree change {key}")
+            self._s.tree[key] = row
+
+    async def prune_window(self, lineage_id: int) -> PruneWindow | None:
+        s = self._s
+        seqs = {seq: pid for (lid, seq), pid in s.search_points.items() if lid == lineage_id}
+        if lineage_id not in s.lineages:
+            return None
+        live = [seq for seq, pid in seqs.items() if not s.expired(pid)]
+        upto = min(live, default=max(seqs, default=0) + 1)
+        after = s.pruned.get(lineage_id, 1)
+        if upto <= after:
+            return None
+        place = s.points[seqs[upto]].tree if upto in seqs else None
+        return PruneWindow(lineage_id, after, upto, upto if place is None else place.floor, not live)
+
+    async def prune_changes(self, window: PruneWindow, limit: int) -> int:
+        s = self._s
+        lid, after, upto = window.lineage_id, window.after, window.upto
+        tree = [k for k in s.tree if k[0] == lid and k[3] < window.floor]
+        if not tree and window.everything:
+            everything = [k for k in s.changes if k[0] == lid and k[2] < upto][:limit]
+            for change in everything:
+                del s.changes[change]
+            if everything:
+                return len(everything)
+        if not tree:
+            newer = [k for k in s.tree if k[0] == lid and after < k[3] <= upto]
+            tree = [k for k in s.tree for n in newer if k[:3] == n[:3] and k[3] < n[3]]
+            tree = tree or [k for k in newer if s.tree[k].type == REMOVED]
+        for key in list(dict.fromkeys(tree))[:limit]:
+            del s.tree[key]
+        if tree:
+            return min(len(set(tree)), limit)
+        fresh = [k for k in s.changes if k[0] == lid and after < k[2] <= upto]
+        search = [k for k in s.changes for n in fresh if k[:2] == n[:2] and k[2] < n[2]]
+        search = search or [k for k in fresh if s.changes[k].type == REMOVED]
+        for change in list(dict.fromkeys(search))[:limit]:
+            del s.changes[change]
+        return min(len(set(search)), limit)
+
+    async def mark_pruned(self, window: PruneWindow) -> None:
+        s = self._s
+        s.pruned[window.lineage_id] = max(s.pruned.get(window.lineage_id, 1), window.upto)
+
 
 def _matches(query: NameQuery, name: str) -> bool:
     if query.exact is not None:
@@ -369,6 +440,33 @@ class InMemoryCatalogStore(InMemoryTransactions[_State]):
             if lid in lineage_ids and point is not None:
                 found.append(LineagePoint(lid, seq, point))
         return found
+
+    async def prunable_lineages(self, limit: int) -> list[int]:
+        s = self._state
+        found = []
+        for (lid, seq), point_id in sorted(s.search_points.items()):
+            if seq == s.pruned.get(lid, 1) and s.expired(point_id):
+                found.append(lid)
+        return found[:limit]
+
+    def _tree_state(self, place: TreePlace, parent: str) -> dict[str, TreeChange]:
+        newest: dict[str, TreeChange] = {}
+        for (lid, row_parent, name, seq), change in sorted(self._state.tree.items()):
+            if lid == place.lineage_id and row_parent == parent and place.floor <= seq <= place.seq:
+                newest[name] = change
+        return {name: c for name, c in newest.items() if c.type != REMOVED}
+
+    async def tree_entry_type(self, place: TreePlace, path: str) -> int | None:
+        parent, _, name = path.rpartition("/")
+        change = self._tree_state(place, parent).get(name)
+        return None if change is None else change.type
+
+    async def tree_children(
+        self, point_id: str, place: TreePlace, parent: str, *, after: str, limit: int
+    ) -> list[EntryRow]:
+        state = self._tree_state(place, parent)
+        names = sorted((n for n in state if n > after), key=lambda n: n.encode())
+        return [state[n].entry(point_id) for n in names[:limit]]
 
     async def list_children(self, point_id: str, parent: str, *, after: str, limit: int) -> list[EntryRow]:
         rows = [
