@@ -25,7 +25,7 @@ test: sync lint typecheck prefetch
 	.bootstrap/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 $(PROTO_STAMP): $(PROTO_SOURCES) tools/gen_protos.py $(UV_DEP)
-	$(UV) run --no-project --with grpcio-tools==1.85.1 --with mypy-protobuf==5.1.0 python tools/gen_protos.py
+	$(UV) run --no-project --with grpcio-tools==1.85.1 --with mypy-protobuf==5.1.0 --with googleapis-common-protos==1.76.0 python tools/gen_protos.py
 	touch $@
 
 ## proto: generate the protobuf/gRPC package from proto/
