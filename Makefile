@@ -9,7 +9,7 @@ PROTO_SOURCES := $(shell find proto -name '*.proto')
 PROTO_STAMP := libs/proto/src/strongroom/.generated
 PYTEST_ARGS ?=
 
-.PHONY: run test sync proto lint typecheck unit check prefetch clean
+.PHONY: run test sync proto lint typecheck unit check prefetch clean openapi
 
 ## run: start every service against embedded backends and back up a demo directory (Ctrl-C stops)
 run: sync
@@ -35,6 +35,10 @@ proto: $(PROTO_STAMP)
 sync: $(PROTO_STAMP)
 	$(UV) sync --frozen
 
+## openapi: regenerate docs/api/openapi.yaml from the protos' google.api.http rules (ADR 0052)
+openapi: sync
+	$(UV) run python -m strongroom_api.openapi docs/api/openapi.yaml
+
 ## prefetch: download and build the real servers the tests start (cached between runs)
 prefetch: sync
 	$(UV) run python -m strongroom_servers prefetch
@@ -46,7 +50,7 @@ lint: sync
 
 typecheck: sync
 	$(UV) run mypy libs/zones/src libs/telemetry/src libs/platform/src libs/servers/src libs/testing/src libs/cli/src agent/src \
-		services/scheduler/src services/catalog/src services/billing/src services/agent-gateway/src services/restore/src
+		services/scheduler/src services/catalog/src services/billing/src services/agent-gateway/src services/restore/src services/api/src
 
 ## unit: the fast tests only (no real servers)
 unit: sync
