@@ -81,7 +81,7 @@ async def run(
             for channel in channels.values():
                 stack.push_async_callback(channel.close)
             invoke = backends.GrpcInvoker(channels, timeout=settings.call_timeout)
-        store = store or idempotency.MemoryIdempotencyStore(
+        store = store if store is not None else idempotency.MemoryIdempotencyStore(
             ttl=dt.timedelta(seconds=settings.idempotency_ttl_seconds), max_keys=settings.idempotency_max_keys
         )
         app = http_app.build_app(

@@ -36,7 +36,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body)
+        value = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise invalid("the request body must be UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
