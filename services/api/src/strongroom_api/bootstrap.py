@@ -99,11 +99,11 @@ async def run(
             lifecycle.start_task(stack, _reload_certificate(context, settings.tls, clock), "api-certificate")
         else:
             log.warning("api listens WITHOUT TLS (STRONGROOM_INSECURE_PLAINTEXT=1)")
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         host, _, port = settings.listen.rpartition(":")
-        site = web.TCPSite(runner, host, int(port), ssl_context=context, shutdown_timeout=5.0)
+        site = web.TCPSite(runner, host, int(port), ssl_context=context)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else int(port)
         print(f"LISTENING api {host}:{bound}", flush=True)
