@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import dataclasses
+import io
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -119,7 +119,8 @@ async def test_https_edge_serves_openapi_health_and_forwards_the_token(
                         "ends_on": "",
                     }
                 big = b"{" + b" " * (settings.max_body_bytes + 1) + b"}"
-                async with session.post("/v1/billing/plans", ssl=context, headers=headers, data=io.BytesIO(big)) as response:
+                post = session.post("/v1/billing/plans", ssl=context, headers=headers, data=io.BytesIO(big))
+                async with post as response:
                     assert response.status == 413
                     assert (await response.json())["error"]["code"] == "INVALID_ARGUMENT"
                 with pytest.raises(aiohttp.ClientError):  # no plain HTTP on the TLS port

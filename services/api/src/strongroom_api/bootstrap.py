@@ -79,10 +79,14 @@ async def run(
                 for name, address in settings.backends.items()
             }
             for channel in channels.values():
-                stack.push_async_callback(channel.close)
+                stack.push_async_callback(channel.close, None)
             invoke = backends.GrpcInvoker(channels, timeout=settings.call_timeout)
-        store = store if store is not None else idempotency.MemoryIdempotencyStore(
-            ttl=dt.timedelta(seconds=settings.idempotency_ttl_seconds), max_keys=settings.idempotency_max_keys
+        store = (
+            store
+            if store is not None
+            else idempotency.MemoryIdempotencyStore(
+                ttl=dt.timedelta(seconds=settings.idempotency_ttl_seconds), max_keys=settings.idempotency_max_keys
+            )
         )
         app = http_app.build_app(
             router=Router(routes),

@@ -143,8 +143,8 @@ async def _idempotent(
     print_ = idempotency.fingerprint(request.method, request.raw_path, request.query_string, request.body)
     claim = await store.claim(scope, key, print_, clock.now())
     if isinstance(claim, idempotency.Replay):
-        answer = claim.response
-        return HttpAnswer(answer.status, answer.body, {"Content-Type": JSON, "Idempotent-Replayed": "true"})
+        first = claim.response
+        return HttpAnswer(first.status, first.body, {"Content-Type": JSON, "Idempotent-Replayed": "true"})
     if isinstance(claim, idempotency.InProgress):
         raise ApiError(
             grpc.StatusCode.ABORTED, "a request with this Idempotency-Key is still running; retry after it finished"
@@ -163,6 +163,7 @@ async def _idempotent(
             answer = error_answer(exc)
         return answer
     finally:
+        # A bug (answer None) or an outcome that may differ on retry frees the key for the retry.
         if answer is not None and idempotency.stored(answer.status):
             await store.complete(scope, key, idempotency.StoredResponse(answer.status, answer.body))
         else:

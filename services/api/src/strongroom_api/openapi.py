@@ -74,9 +74,9 @@ class _Schemas:
 
     def single(self, field: FieldDescriptor) -> dict[str, Any]:
         kind = field.type
-        if kind == _F.TYPE_MESSAGE:
+        if field.message_type is not None:
             return self.message(field.message_type)
-        if kind == _F.TYPE_ENUM:
+        if field.enum_type is not None:
             return self.enum(field.enum_type)
         if kind == _F.TYPE_BOOL:
             return {"type": "boolean"}
@@ -113,10 +113,7 @@ def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
     for field in route.method.input_type.fields:
         if field.name in taken:
             continue
-        is_plain_message = (
-            field.type == _F.TYPE_MESSAGE and field.message_type.full_name not in _WELL_KNOWN
-        ) or (field.message_type is not None and field.message_type.GetOptions().map_entry)
-        if is_plain_message:
+        if field.message_type is not None and field.message_type.full_name not in _WELL_KNOWN:
             continue  # only scalars, enums and timestamps travel in the query
         parameter: dict[str, Any] = {"name": field.name, "in": "query", "required": False}
         parameter["schema"] = schemas.field(field)
@@ -156,15 +153,19 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     if parameters:
         operation["parameters"] = parameters
     if route.body:
-        body_type = route.method.input_type
+        body_type: Descriptor | None = route.method.input_type
         if route.body != "*":
-            body_type = body_type.fields_by_name[route.body].message_type
+            body_type = route.method.input_type.fields_by_name[route.body].message_type
+        assert body_type is not None  # rules.load_routes checked the body names a message field
         operation["requestBody"] = {
             "required": False,
             "content": {"application/json": {"schema": schemas.message(body_type)}},
         }
     responses: dict[str, Any] = {
-        "200": {"description": "OK", "content": {"application/json": {"schema": schemas.message(route.method.output_type)}}}
+        "200": {
+            "description": "OK",
+            "content": {"application/json": {"schema": schemas.message(route.method.output_type)}},
+        }
     }
     if route.http_method == "get":
         responses["200"]["headers"] = {"ETag": {"schema": {"type": "string"}}}

@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
@@ -143,10 +144,13 @@ class Route:
 
 def http_rule(method: MethodDescriptor) -> http_pb2.HttpRule | None:
     """The method's ``google.api.http`` option, or None when it has none."""
-    options = method.GetOptions()
+    # googleapis' stub types the extension as a plain FieldDescriptor, which types-protobuf refuses.
+    options: Any = method.GetOptions()
     if not options.HasExtension(annotations_pb2.http):
         return None
-    return options.Extensions[annotations_pb2.http]
+    rule = options.Extensions[annotations_pb2.http]
+    assert isinstance(rule, http_pb2.HttpRule)
+    return rule
 
 
 def _route(service: str, method: MethodDescriptor, backend: str, rule: http_pb2.HttpRule) -> Route:
@@ -196,7 +200,8 @@ def _check_unique(routes: Iterable[Route]) -> None:
         shape = "/".join("{}" if is_variable else text for is_variable, text in route.template.segments)
         key = (route.http_method, f"{shape}:{route.template.verb}")
         if key in seen:
-            raise RuleError(f"{route.grpc_path} and {seen[key]} share {route.http_method.upper()} {route.template.text}")
+            verb = route.http_method.upper()
+            raise RuleError(f"{route.grpc_path} and {seen[key]} share {verb} {route.template.text}")
         seen[key] = route.grpc_path
 
 

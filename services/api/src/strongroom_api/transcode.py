@@ -40,7 +40,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise invalid("the request body must be UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
-        raise invalid(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise invalid(f"the request body is not valid JSON: {exc.msg} at {where}") from None
     if not isinstance(value, dict):
         raise invalid(f"the request body must be a JSON object, not {type(value).__name__}")
     return value
@@ -109,9 +110,7 @@ def _parse(js: dict[str, Any], message: Message, where: str) -> None:
         raise invalid(f"{where}: {exc}") from None
 
 
-def build_request(
-    route: Route, variables: dict[str, str], query: Sequence[tuple[str, str]], body: bytes
-) -> Message:
+def build_request(route: Route, variables: dict[str, str], query: Sequence[tuple[str, str]], body: bytes) -> Message:
     """The RPC's request message from the path variables, query and JSON body; InvalidArgument
     (a clear message naming the field) for anything that does not fit the request type."""
     descriptor = route.method.input_type
@@ -123,7 +122,8 @@ def build_request(
                 raise invalid(f"{name} is {value!r} in the path but {js[name]!r} in the body")
         _parse(js, message, "request body")
         if query:
-            raise invalid(f"{route.http_method.upper()} {route.template.text} takes its fields in the JSON body, not the query")
+            operation = f"{route.http_method.upper()} {route.template.text}"
+            raise invalid(f"{operation} takes its fields in the JSON body, not the query")
     elif route.body:
         _parse(parse_json_object(body), getattr(message, route.body), f"request body ({route.body})")
     elif body.strip():
