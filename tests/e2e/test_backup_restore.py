@@ -100,10 +100,11 @@ async def platform(
 
 @contextlib.asynccontextmanager
 async def running_platform(
-    kafka_bootstrap: str, pg_logins: PgLogins, tmp_path: Path, settings: dict[str, str]
+    kafka_bootstrap: str, pg_logins: PgLogins, tmp_path: Path, settings: dict[str, str], *, edge: bool = False
 ) -> AsyncIterator[Platform]:
     """The five services with TLS, each as its own PostgreSQL role, an admin token for account "acme"
-    and operator stubs; ``settings`` on top. ``env`` holds the migration owner's DSN (for the test)."""
+    and operator stubs; ``settings`` on top. ``env`` holds the migration owner's DSN (for the test).
+    ``edge`` starts the REST edge too (``stack.addresses["api"]``, ADR 0052)."""
     env = dict(os.environ)
     env.update(
         STRONGROOM_PG_MIGRATE_DSN=pg_logins.owner,
@@ -114,7 +115,7 @@ async def running_platform(
     logs, tls_dir = tmp_path / "logs", tmp_path / "tls"
     stack = Stack()
     databases = {name: pg_logins.service(name) for name in SERVICES}
-    await stack.start(env, logs, tls_dir=tls_dir, databases=databases)
+    await stack.start(env, logs, tls_dir=tls_dir, databases=databases, edge=edge)
     addresses = stack.addresses
     token = await create_admin_token(pg_logins.owner, "acme")
     channels = [
