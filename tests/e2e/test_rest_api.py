@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class Rest:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
-    ) -> tuple[int, Any, dict[str, str]]:
+    ) -> tuple[int, Any, Mapping[str, str]]:
         all_headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         all_headers.update(headers or {})
         request = self.session.request(
@@ -53,7 +53,7 @@ class Rest:
         )
         async with request as response:
             payload = await response.json() if response.content_type == "application/json" else None
-            return response.status, payload, dict(response.headers)
+            return response.status, payload, response.headers.copy()  # names case-insensitive
 
 
 @pytest.fixture
