@@ -9,6 +9,7 @@ renders the answer or the error body. ``http_app`` adapts it to aiohttp.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,9 +56,7 @@ class Invoke(Protocol):
 
 
 def error_answer(error: ApiError) -> HttpAnswer:
-    import json
-
-    body = json.dumps(error_body(error.code, error.message), ensure_ascii=False).encode()
+    body = json.dumps(error_body(error.code, error.message), ensure_ascii=False, separators=(",", ":")).encode()
     return HttpAnswer(error.http_status, body, {"Content-Type": JSON, **error.headers})
 
 
