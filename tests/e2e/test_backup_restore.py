@@ -86,7 +86,13 @@ class Platform:
 async def platform(
     stack_kafka: str, pg_logins: PgLogins, s3_config: S3Config, tmp_path: Path
 ) -> AsyncIterator[Platform]:
-    store = {
+    async with running_platform(stack_kafka, pg_logins, tmp_path, s3_settings(s3_config)) as running:
+        yield running
+
+
+def s3_settings(s3_config: S3Config) -> dict[str, str]:
+    """The services' object store: the test's S3 server, a fresh bucket."""
+    return {
         "STRONGROOM_OBJECT_STORE": "s3",
         "STRONGROOM_S3_ENDPOINT": s3_config.endpoint,
         "STRONGROOM_S3_ACCESS_KEY": s3_config.access_key,
@@ -94,8 +100,6 @@ async def platform(
         "STRONGROOM_S3_SECURE": "1" if s3_config.secure else "0",
         "STRONGROOM_S3_BUCKET": f"e2e-{uuid.uuid4().hex[:12]}",
     }
-    async with running_platform(stack_kafka, pg_logins, tmp_path, store) as running:
-        yield running
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ import pytest
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CA_CERT_FILE
 from strongroom_testing.fixtures import PgLogins, S3Config
-from test_backup_restore import Platform, eventually, running_platform, start_agent
+from test_backup_restore import Platform, eventually, running_platform, s3_settings, start_agent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -60,15 +60,7 @@ class Rest:
 async def rest_platform(
     stack_kafka: str, pg_logins: PgLogins, s3_config: S3Config, tmp_path: Path
 ) -> AsyncIterator[Platform]:
-    store = {
-        "STRONGROOM_OBJECT_STORE": "s3",
-        "STRONGROOM_S3_ENDPOINT": s3_config.endpoint,
-        "STRONGROOM_S3_ACCESS_KEY": s3_config.access_key,
-        "STRONGROOM_S3_SECRET_KEY": s3_config.secret_key,
-        "STRONGROOM_S3_SECURE": "1" if s3_config.secure else "0",
-        "STRONGROOM_S3_BUCKET": f"e2e-{uuid.uuid4().hex[:12]}",
-    }
-    async with running_platform(stack_kafka, pg_logins, tmp_path, store, edge=True) as running:
+    async with running_platform(stack_kafka, pg_logins, tmp_path, s3_settings(s3_config), edge=True) as running:
         yield running
 
 
@@ -84,6 +76,16 @@ async def pages(rest: Rest, path: str, items: str, params: dict[str, str]) -> li
         if not token:
             return found
         assert len(found) < 50, "pagination does not end"
+
+
+async def finished(rest: Rest, path: str) -> dict[str, Any]:
+    """The job at ``path`` once it has finished (backup and restore jobs share the statuses)."""
+
+    async def done() -> dict[str, Any] | None:
+        _, current, _ = await rest("GET", path)
+        return current if current["status"] in DONE else None
+
+    return await eventually(f"{path} to finish", done, within=300)
 
 
 async def test_every_capability_class_over_rest(rest_platform: Platform, tmp_path: Path) -> None:
@@ -162,11 +164,7 @@ async def test_every_capability_class_over_rest(rest_platform: Platform, tmp_pat
             status, job, _ = await rest("POST", f"/v1/instances/{instance_id}:backupNow")
             assert status == 200, job
 
-            async def finished() -> dict[str, Any] | None:
-                _, current, _ = await rest("GET", f"/v1/jobs/{job['job_id']}")
-                return current if current["status"] in DONE else None
-
-            final = await eventually("backup job", finished, within=300)
+            final = await finished(rest, f"/v1/jobs/{job['job_id']}")
             assert final["status"] == "JOB_STATUS_COMPLETE", final
             status, jobs, _ = await rest("GET", f"/v1/instances/{instance_id}/jobs", params={"limit": "5"})
             assert status == 200 and jobs["jobs"][0]["job_id"] == job["job_id"]
@@ -202,11 +200,7 @@ async def test_every_capability_class_over_rest(rest_platform: Platform, tmp_pat
             )
             assert status == 200, restore_job
 
-            async def restored() -> dict[str, Any] | None:
-                _, current, _ = await rest("GET", f"/v1/restoreJobs/{restore_job['restore_job_id']}")
-                return current if current["status"] in DONE else None
-
-            final_restore = await eventually("restore job", restored, within=300)
+            final_restore = await finished(rest, f"/v1/restoreJobs/{restore_job['restore_job_id']}")
             assert final_restore["status"] == "JOB_STATUS_COMPLETE", final_restore
             assert (target / "etc/app/config.yaml").read_text() == "listen: 0.0.0.0:8080\n"
             status, restores, _ = await rest("GET", "/v1/restoreJobs", params={"instance_id": instance_id})
