@@ -306,3 +306,21 @@ async def test_unknown_or_fixable_outcomes_release_the_key(
 async def test_bad_idempotency_key_is_400(services: FakeServices) -> None:
     status, body, _ = await call(services, "POST", "/v1/instances/i-1:pause", headers={"Idempotency-Key": "a b"})
     assert status == 400 and "Idempotency-Key" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "query"),
+    [
+        ("GET", "/v1/alerts/deliveries", b"", [("state", "0")]),
+        ("GET", "/v1/alerts/deliveries", b"", [("state", "DELIVERY_STATE_SOMETIMES")]),
+        ("POST", "/v1/restoreJobs", b'{"point_id": "p", "conflict_policy": 2}', []),
+        ("PATCH", "/v1/instances/i-1/settings", b'{"priority": 1}', []),
+        ("POST", "/v1/tokens", b'{"grants": [{"account_id": "a", "role": 3}]}', []),
+    ],
+)
+async def test_enums_by_name_only_as_the_document_says(
+    services: FakeServices, method: str, path: str, body: bytes, query: list[tuple[str, str]]
+) -> None:
+    status, answer, _ = await call(services, method, path, body=body, query=query)
+    assert status == 400 and "must be one of" in answer["error"]["message"], answer
+    assert not services.calls

@@ -52,3 +52,11 @@ def test_schemas_follow_the_proto3_json_mapping() -> None:
         "type": "object",
         "additionalProperties": {"type": "string"},
     }
+
+
+def test_fields_the_services_require_are_required_in_the_document() -> None:
+    document = build_document()
+    search = document["paths"]["/v1/files"]["get"]["parameters"]
+    assert {p["name"]: p["required"] for p in search}["pattern"] is True
+    assert {p["name"]: p["required"] for p in search}["instance_id"] is False
+    assert document["components"]["schemas"]["restore.v1.CreateRestoreJobRequest"]["required"] == ["point_id"]

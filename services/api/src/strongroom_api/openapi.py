@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import yaml
+from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from strongroom_platform.auth import POLICY
 from strongroom_platform.auth.principal import Permission
@@ -41,6 +42,12 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
 }
 
 
+def is_required(field: FieldDescriptor) -> bool:
+    """The field carries ``(google.api.field_behavior) = REQUIRED``: the service refuses a request without it."""
+    options: Any = field.GetOptions()  # googleapis' stub types the extension loosely (see rules.http_rule)
+    return field_behavior_pb2.REQUIRED in options.Extensions[field_behavior_pb2.field_behavior]
+
+
 def schema_name(full_name: str) -> str:
     """``strongroom.scheduler.v1.Instance`` → ``scheduler.v1.Instance``."""
     return full_name.removeprefix("strongroom.")
@@ -63,7 +70,11 @@ class _Schemas:
         if name not in self.schemas:
             self.schemas[name] = {}  # placeholder first: messages may refer to themselves
             properties = {field.name: self.field(field) for field in descriptor.fields}
-            self.schemas[name] = {"type": "object", "properties": properties}
+            schema: dict[str, Any] = {"type": "object", "properties": properties}
+            required = [field.name for field in descriptor.fields if is_required(field)]
+            if required:
+                schema["required"] = required
+            self.schemas[name] = schema
         return _ref(descriptor.full_name)
 
     def enum(self, descriptor: EnumDescriptor) -> dict[str, Any]:
@@ -115,7 +126,7 @@ def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
             continue
         if field.message_type is not None and field.message_type.full_name not in _WELL_KNOWN:
             continue  # only scalars, enums and timestamps travel in the query
-        parameter: dict[str, Any] = {"name": field.name, "in": "query", "required": False}
+        parameter: dict[str, Any] = {"name": field.name, "in": "query", "required": is_required(field)}
         parameter["schema"] = schemas.field(field)
         if field.is_repeated:
             parameter["explode"] = True

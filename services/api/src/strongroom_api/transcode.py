@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -72,6 +72,9 @@ def _scalar(field: FieldDescriptor, dotted: str, text: str) -> Any:
         raise invalid(f"query parameter {dotted!r} must be true or false, got {text!r}")
     if field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
         raise invalid(f"query parameter {dotted!r} is a message: send it in a JSON body")
+    if field.enum_type is not None and text not in field.enum_type.values_by_name:
+        names = ", ".join(field.enum_type.values_by_name)
+        raise invalid(f"query parameter {dotted!r} must be one of {names}; got {text!r}")
     return text  # the JSON mapping parses numbers, enums, timestamps and bytes from strings
 
 
@@ -99,7 +102,28 @@ def query_dict(descriptor: Descriptor, query: Sequence[tuple[str, str]], exclude
     return result
 
 
+def _enum_names_only(js: Any, descriptor: Descriptor, where: str, depth: int = 0) -> None:
+    """Enums by name, as the OpenAPI document says: the proto3 JSON parser also takes numbers,
+    which would make the document's enum lists a lie (and accept values no name stands for)."""
+    if not isinstance(js, dict) or depth > MAX_DEPTH:
+        return
+    for name, value in js.items():
+        field = descriptor.fields_by_name.get(name) or next((f for f in descriptor.fields if f.json_name == name), None)
+        if field is None:
+            continue  # json_format names the unknown field
+        values = value if field.is_repeated and isinstance(value, list) else [value]
+        if field.enum_type is not None:
+            for item in values:
+                if item is not None and item not in field.enum_type.values_by_name:
+                    names = ", ".join(field.enum_type.values_by_name)
+                    raise invalid(f"{where}: {field.name} must be one of {names}; got {item!r}")
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for item in values:
+                _enum_names_only(item, field.message_type, where, depth + 1)
+
+
 def _parse(js: dict[str, Any], message: Message, where: str) -> None:
+    _enum_names_only(js, cast(Descriptor, message.DESCRIPTOR), where)
     try:
         json_format.ParseDict(js, message, max_recursion_depth=MAX_DEPTH)
     except json_format.ParseError as exc:
