@@ -70,6 +70,9 @@ class _Schemas:
         if name not in self.schemas:
             self.schemas[name] = {}  # placeholder first: messages may refer to themselves
             properties = {field.name: self.field(field) for field in descriptor.fields}
+            for field in descriptor.fields:
+                if is_required(field) and field.type == _F.TYPE_STRING:
+                    properties[field.name] = {**properties[field.name], "minLength": 1}
             schema: dict[str, Any] = {"type": "object", "properties": properties}
             required = [field.name for field in descriptor.fields if is_required(field)]
             if required:
@@ -128,6 +131,8 @@ def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
             continue  # only scalars, enums and timestamps travel in the query
         parameter: dict[str, Any] = {"name": field.name, "in": "query", "required": is_required(field)}
         parameter["schema"] = schemas.field(field)
+        if parameter["required"] and field.type == _F.TYPE_STRING:
+            parameter["schema"] = {**parameter["schema"], "minLength": 1}  # an empty value is no value
         if field.is_repeated:
             parameter["explode"] = True
         parameters.append(parameter)
