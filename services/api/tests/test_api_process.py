@@ -16,6 +16,7 @@ import aiohttp
 import grpc
 import pytest
 import yaml
+import yarl
 from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom_api import bootstrap
 from strongroom_api.backends import GrpcInvoker, open_channel
@@ -123,6 +124,10 @@ async def test_https_edge_serves_openapi_health_and_forwards_the_token(
                 async with post as response:
                     assert response.status == 413
                     assert (await response.json())["error"]["code"] == "INVALID_ARGUMENT"
+                odd = yarl.URL(f"https://{address}/v1/no%0Awhere%C2%99", encoded=True)
+                async with session.post(odd, ssl=context, headers=headers) as response:
+                    assert response.status == 404 and response.content_type == "application/json"
+                    assert (await response.json())["error"]["code"] == "NOT_FOUND"
                 with pytest.raises(aiohttp.ClientError):  # no plain HTTP on the TLS port
                     async with session.get(f"http://{address}/healthz") as response:
                         await response.read()

@@ -6,6 +6,7 @@ Thin on purpose: it copies what ``edge`` needs out of the aiohttp request and th
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
 import grpc
 from aiohttp import web
@@ -16,6 +17,7 @@ from strongroom_api.errors import ApiError
 from strongroom_api.rules import Router
 
 OPENAPI_PATHS = ("/openapi.yaml", "/openapi.json")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HEALTH_PATH = "/healthz"
 
 
@@ -64,11 +66,18 @@ def build_app(
         )
         return _answer(await edge.handle(http_request, router=router, invoke=invoke, store=store, clock=clock))
 
-    app = web.Application(client_max_size=max_body_bytes)
+    @web.middleware
+    async def everything_else(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Every path but the document and health goes to the edge, whatever it contains (a route
+        # pattern would miss some: aiohttp matches decoded paths, and '.' no newline).
+        if request.method in ("GET", "HEAD") and (request.path in OPENAPI_PATHS or request.path == HEALTH_PATH):
+            return await handler(request)
+        return await transcode(request)
+
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[everything_else])
     for path in OPENAPI_PATHS:
         app.router.add_get(path, openapi)
     app.router.add_get(HEALTH_PATH, health)
-    app.router.add_route("*", "/{tail:.*}", transcode)
     return app
 
 

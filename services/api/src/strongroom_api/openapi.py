@@ -69,16 +69,21 @@ class _Schemas:
         name = schema_name(descriptor.full_name)
         if name not in self.schemas:
             self.schemas[name] = {}  # placeholder first: messages may refer to themselves
-            properties = {field.name: self.field(field) for field in descriptor.fields}
-            for field in descriptor.fields:
-                if is_required(field) and field.type == _F.TYPE_STRING:
-                    properties[field.name] = {**properties[field.name], "minLength": 1}
-            schema: dict[str, Any] = {"type": "object", "properties": properties}
-            required = [field.name for field in descriptor.fields if is_required(field)]
-            if required:
-                schema["required"] = required
-            self.schemas[name] = schema
+            self.schemas[name] = self.object(descriptor)
         return _ref(descriptor.full_name)
+
+    def object(self, descriptor: Descriptor, without: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The object schema of ``descriptor``'s fields but ``without`` (those a path carries)."""
+        fields = [field for field in descriptor.fields if field.name not in without]
+        properties = {field.name: self.field(field) for field in fields}
+        for field in fields:
+            if is_required(field) and field.type == _F.TYPE_STRING:
+                properties[field.name] = {**properties[field.name], "minLength": 1}
+        schema: dict[str, Any] = {"type": "object", "properties": properties}
+        required = [field.name for field in fields if is_required(field)]
+        if required:
+            schema["required"] = required
+        return schema
 
     def enum(self, descriptor: EnumDescriptor) -> dict[str, Any]:
         name = schema_name(descriptor.full_name)
@@ -169,14 +174,16 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     if parameters:
         operation["parameters"] = parameters
     if route.body:
-        body_type: Descriptor | None = route.method.input_type
-        if route.body != "*":
+        if route.body == "*" and route.template.variables:
+            # the path carries those fields: the body holds the others
+            body = schemas.object(route.method.input_type, frozenset(route.template.variables))
+        elif route.body == "*":
+            body = schemas.message(route.method.input_type)
+        else:
             body_type = route.method.input_type.fields_by_name[route.body].message_type
-        assert body_type is not None  # rules.load_routes checked the body names a message field
-        operation["requestBody"] = {
-            "required": False,
-            "content": {"application/json": {"schema": schemas.message(body_type)}},
-        }
+            assert body_type is not None  # rules.load_routes checked the body names a message field
+            body = schemas.message(body_type)
+        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
     responses: dict[str, Any] = {
         "200": {
             "description": "OK",
