@@ -59,13 +59,18 @@ def test_fields_the_services_require_are_required_in_the_document() -> None:
     search = document["paths"]["/v1/files"]["get"]["parameters"]
     assert {p["name"]: p["required"] for p in search}["pattern"] is True
     assert {p["name"]: p["required"] for p in search}["instance_id"] is False
-    assert document["components"]["schemas"]["restore.v1.CreateRestoreJobRequest"]["required"] == ["point_id"]
+    create = document["paths"]["/v1/restoreJobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert create["required"] == ["point_id"] and create["properties"]["point_id"]["minLength"] == 1
 
 
 def test_a_body_with_every_field_leaves_out_those_the_path_carries() -> None:
     document = build_document()
     pause = document["paths"]["/v1/instances/{instance_id}:pause"]["post"]["requestBody"]
-    assert pause["content"]["application/json"]["schema"] == {"type": "object", "properties": {}}
+    assert pause["content"]["application/json"]["schema"] == {
+        "type": "object",
+        "properties": {},
+        "additionalProperties": False,
+    }
     hold = document["paths"]["/v1/instances/{instance_id}/holds"]["post"]["requestBody"]
     schema = hold["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"kind", "reason"} and schema["required"] == ["reason"]

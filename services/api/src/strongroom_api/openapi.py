@@ -168,17 +168,21 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
                 "in": "header",
                 "required": False,
                 "description": "Retries with the same key get the first answer instead of acting twice (24 h).",
-                "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": idempotency.MAX_KEY_LENGTH,
+                    "pattern": "^[!-~]+$",
+                },
             }
         )
     if parameters:
         operation["parameters"] = parameters
     if route.body:
-        if route.body == "*" and route.template.variables:
-            # the path carries those fields: the body holds the others
+        if route.body == "*":
+            # the path carries its fields, the body the others; the edge refuses unknown fields
             body = schemas.object(route.method.input_type, frozenset(route.template.variables))
-        elif route.body == "*":
-            body = schemas.message(route.method.input_type)
+            body["additionalProperties"] = False
         else:
             body_type = route.method.input_type.fields_by_name[route.body].message_type
             assert body_type is not None  # rules.load_routes checked the body names a message field
