@@ -9,7 +9,7 @@ PROTO_SOURCES := $(shell find proto -name '*.proto')
 PROTO_STAMP := libs/proto/src/strongroom/.generated
 PYTEST_ARGS ?=
 
-.PHONY: run test sync proto lint typecheck unit check prefetch clean openapi
+.PHONY: run test sync proto lint typecheck unit check prefetch clean
 
 ## run: start every service against embedded backends and back up a demo directory (Ctrl-C stops)
 run: sync
@@ -35,6 +35,7 @@ proto: $(PROTO_STAMP)
 sync: $(PROTO_STAMP)
 	$(UV) sync --frozen
 
+.PHONY: openapi
 ## openapi: regenerate docs/api/openapi.yaml from the protos' google.api.http rules (ADR 0052)
 openapi: sync
 	$(UV) run python -m strongroom_api.openapi docs/api/openapi.yaml
