@@ -9,7 +9,7 @@ PROTO_SOURCES := $(shell find proto -name '*.proto')
 PROTO_STAMP := libs/proto/src/strongroom/.generated
 PYTEST_ARGS ?=
 
-.PHONY: run test sync proto lint typecheck unit check prefetch clean
+.PHONY: run test sync proto lint typecheck unit check prefetch clean packages
 
 ## run: start every service against embedded backends and back up a demo directory (Ctrl-C stops)
 run: sync
@@ -59,3 +59,7 @@ unit: sync
 
 clean:
 	rm -rf .venv .bootstrap libs/proto/src/strongroom
+
+## packages: the strongroom-agent .deb and .rpm, and apt/yum repository layouts, into dist/ (ADR 0045)
+packages: sync
+	$(UV) run python tools/packages/build.py --out dist

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from agent_fakes import FakeControlStream
+from opentelemetry import trace
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent import host
@@ -51,6 +52,7 @@ class Runner:
         self.started: list[str] = []
         self.release: dict[str, asyncio.Event] = {}
         self.started_event = asyncio.Event()
+        self.trace_ids: dict[str, int] = {}
 
     def __call__(self, command: Any, cancel: asyncio.Event, on_progress: Callable[[Any], Awaitable[None]]) -> Any:
         job_id = getattr(command, "job_id", "") or command.restore_job_id
@@ -59,6 +61,7 @@ class Runner:
         release = self.release.setdefault(job_id, asyncio.Event())
 
         async def run() -> gateway_pb2.JobFinished:
+            self.trace_ids[job_id] = trace.get_current_span().get_span_context().trace_id
             await on_progress(common_pb2.JobStats(files_scanned=7))
             released = asyncio.ensure_future(release.wait())
             canceled = asyncio.ensure_future(cancel.wait())
@@ -138,6 +141,30 @@ async def test_hello_first_then_jobs_run_and_report(harness: Any) -> None:
     stop.set()
     await asyncio.wait_for(task, 5)
     assert backups.started == ["b-1"] and restores.started == ["r-1"]
+
+
+async def test_a_job_continues_the_trace_its_command_carries(harness: Any) -> None:
+    """The trace of a backup starts at the operator's call (ADR 0045): the job span's parent is the
+    command's traceparent; a command without one starts a trace of its own."""
+    factory, backups, _restores, _sleeps, session, stop = harness
+    stream = factory.add()
+    task = asyncio.create_task(session.run(stop))
+    await next_report(stream, "hello")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = backup_command("b-1")
+    traced.run_backup.traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    await stream.commands.put(traced)
+    await next_report(stream, "progress")
+    backups.release["b-1"].set()
+    await next_report(stream, "finished")
+    await stream.commands.put(backup_command("b-2"))
+    await next_report(stream, "progress")
+    backups.release["b-2"].set()
+    await next_report(stream, "finished")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert backups.trace_ids["b-1"] == int(trace_id, 16)
+    assert backups.trace_ids["b-2"] != int(trace_id, 16)
 
 
 async def test_one_backup_at_a_time(harness: Any) -> None:

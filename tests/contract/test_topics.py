@@ -43,6 +43,9 @@ def test_partitions_replication_and_dead_letter_topic_match_code(topic: str) -> 
     entry = registry()[topic]
     spec = TOPIC_SPECS[topic]
     assert (entry["partitions"], entry["replication_factor"]) == (spec.partitions, spec.replication_factor)
+    assert entry["min_insync_replicas"] == spec.min_insync_replicas
+    # Production: a write survives the loss of one broker (acks=all with 2 of 3 replicas in sync).
+    assert spec.replication_factor > spec.min_insync_replicas >= 2
     assert entry["dead_letter_topic"] == spec.dead_letter_topic
     # What a service consumes can be dead-lettered; what none consumes has nowhere to go.
     assert (spec.dead_letter_topic is not None) == bool(entry["consumers"])

@@ -106,24 +106,21 @@ async def test_one_backup_is_one_trace_and_its_metrics_are_scraped(
         job = await backup(platform, instance_id)
         assert job.stats.bytes_read > 0
 
-        # -- the trace: the agent's job span is the root; the gateway, Kafka and the catalog continue it
+        # -- the trace starts at the operator's backup-now call (ADR 0045): scheduler -> job-requested ->
+        # gateway -> the agent's job span, which the gateway, Kafka and the catalog continue
         async def backup_trace() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
             spans = read_spans(span_dir)
-            roots = [s for s in spans if s["name"] == "agent.backup" and s["attributes"].get("strongroom.job_id")]
-            for root in roots:
-                members = [s for s in spans if s["trace_id"] == root["trace_id"]]
+            jobs = [s for s in spans if s["name"] == "agent.backup" and s["attributes"].get("strongroom.job_id")]
+            for job_span in jobs:
+                members = [s for s in spans if s["trace_id"] == job_span["trace_id"]]
                 if any(s["service"] == "catalog" and s["kind"] == "CONSUMER" for s in members):
-                    return root, members
+                    return job_span, members
             return None
 
-        root, members = await eventually("the backup's trace to reach the catalog", backup_trace, within=60)
+        job_span, members = await eventually("the backup's trace to reach the catalog", backup_trace, within=60)
         # Children end after their parents are written only by the batch timing: wait for a settled trace.
         await asyncio.sleep(2.0)
-        members = [s for s in read_spans(span_dir) if s["trace_id"] == root["trace_id"]]
-        tree = span_tree(members, root)
-        sys.stderr.write(f"----- one backup's trace ({len(members)} spans) -----\n{tree}\n")
-        assert root["parent_id"] is None and root["service"] == "agent"
-        assert root["attributes"]["strongroom.job_status"] == "COMPLETE"
+        members = [s for s in read_spans(span_dir) if s["trace_id"] == job_span["trace_id"]]
         by_id = {s["span_id"]: s for s in members}
 
         def ancestors(span: dict[str, Any]) -> list[dict[str, Any]]:
@@ -133,8 +130,21 @@ async def test_one_backup_is_one_trace_and_its_metrics_are_scraped(
                 chain.append(span)
             return chain
 
-        # Every span of the trace hangs under the agent's job span: nothing is orphaned.
+        [root] = [s for s in members if s["parent_id"] is None]
+        tree = span_tree(members, root)
+        sys.stderr.write(f"----- one backup's trace ({len(members)} spans) -----\n{tree}\n")
+        assert root["service"] == "scheduler" and root["kind"] == "SERVER" and root["name"].endswith("/RunBackupNow")
+        assert job_span["service"] == "agent" and job_span["attributes"]["strongroom.job_status"] == "COMPLETE"
+        requested = by_id[job_span["parent_id"]]
+        assert (requested["service"], requested["kind"], requested["name"]) == (
+            "gateway",
+            "CONSUMER",
+            "job-requested process",
+        )
+        assert ancestors(job_span)[-1]["span_id"] == root["span_id"]
+        # Every span of the trace hangs under the operator's call: nothing is orphaned.
         assert all(s["span_id"] == root["span_id"] or ancestors(s)[-1]["span_id"] == root["span_id"] for s in members)
+        root = job_span  # what follows is the backup itself, under the agent's job span
         services = {s["service"] for s in members}
         assert {"agent", "gateway", "catalog"} <= services
         commit = next(s for s in members if s["service"] == "gateway" and s["name"].endswith("/CommitPoint"))

@@ -57,6 +57,7 @@ from strongroom_agent.session import (
     make_restore_runner,
 )
 from strongroom_agent.transport import GatewayTrust, PinMismatch, channel_credentials, mtls_target, pinned_roots
+from strongroom_agent.uninstall import uninstall_package
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
 _UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
@@ -143,7 +144,9 @@ async def _enroll(address: str, token: str, state_dir: str, trust: GatewayTrust,
             raise CliError(
                 f"cannot reach the gateway at {address}: {exc.details or exc.code}", EXIT_UNREACHABLE
             ) from exc
-        if exc.code in {"UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION"}:
+        if exc.code == "FAILED_PRECONDITION":  # e.g. this agent's version is outside the gateway's window
+            raise CliError(f"the gateway refused the enrollment: {exc.details or exc.code}", EXIT_REJECTED) from exc
+        if exc.code in {"UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND", "INVALID_ARGUMENT"}:
             raise CliError(
                 f"the gateway rejected the enrollment token: {exc.details or exc.code}", EXIT_REJECTED
             ) from exc
@@ -304,13 +307,14 @@ async def _run(state: AgentState, state_dir: str, roots: Sequence[str]) -> None:
         if keeper_failed:
             raise CredentialRejected(str(keeper_failed[0]))
     except UninstallRequested as exc:
-        # Until the package of issue "production" exists, "uninstall" is: remove the state and exit.
+        # Uninstall (ADR 0040, 0045): the state, then the package when the agent came from one.
         removed = remove_state(state_dir)
         log.warning(
-            "backup of instance %s was canceled (%s): %s; exiting",
+            "backup of instance %s was canceled (%s): %s; %s; exiting",
             state.instance_id,
             exc,
             f"removed {state_dir}" if removed else "no state to remove",
+            uninstall_package(),
         )
     except CredentialRejected as exc:
         raise CliError(

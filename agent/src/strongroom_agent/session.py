@@ -28,14 +28,15 @@ from opentelemetry.trace import Status, StatusCode
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_telemetry.metrics import instruments
+from strongroom_telemetry.propagation import context_from_traceparent
 
 from strongroom_agent import __version__, host
 from strongroom_agent.backup import cores_for, plan_points, run_backup
 from strongroom_agent.config import SPOOL_DIR
-from strongroom_agent.cpu_limit import process_cpu_limit
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.filesystems import discover_filesystems, filesystem_for_root
 from strongroom_agent.gateway_client import ControlStream, GatewayClient, GatewayError
+from strongroom_agent.job_limits import JobLimits, job_limits
 from strongroom_agent.jobs import ProgressCallback
 from strongroom_agent.restore import run_restore
 
@@ -159,11 +160,19 @@ class Session:
     # --- jobs ---
 
     async def _job(
-        self, job_id: str, kind: str, cancel: asyncio.Event, work: Awaitable[gateway_pb2.JobFinished]
+        self,
+        job_id: str,
+        kind: str,
+        cancel: asyncio.Event,
+        work: Awaitable[gateway_pb2.JobFinished],
+        traceparent: str = "",
     ) -> None:
-        # One trace per job: its gateway calls, the events they cause and their consumers (ADR 0039).
+        # One trace per job: its gateway calls, the events they cause and their consumers (ADR 0039),
+        # continuing the trace of the call that requested it when the command carries one (ADR 0045).
         tracer = trace.get_tracer("strongroom.agent")
-        with tracer.start_as_current_span(f"agent.{kind}", attributes={"strongroom.job_id": job_id}) as span:
+        parent = context_from_traceparent(traceparent) if traceparent else None
+        attributes = {"strongroom.job_id": job_id}
+        with tracer.start_as_current_span(f"agent.{kind}", context=parent, attributes=attributes) as span:
             try:
                 finished = await work
             except Exception as exc:  # a bug: still tell the gateway the job is over
@@ -188,6 +197,7 @@ class Session:
         job_id: str,
         kind: str,
         runner: Callable[[asyncio.Event], Awaitable[gateway_pb2.JobFinished]],
+        traceparent: str = "",
     ) -> _Job | None:
         """Start a job unless one of its kind is running; returns the new job (None if refused)."""
         if current is not None and not current.task.done():
@@ -201,7 +211,7 @@ class Session:
             return None
         log.info("starting %s job %s", kind, job_id)
         cancel = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(self._job(job_id, kind, cancel, runner(cancel)))
+        task = asyncio.get_running_loop().create_task(self._job(job_id, kind, cancel, runner(cancel), traceparent))
         return _Job(job_id, cancel, task)
 
     async def _dispatch(self, command: gateway_pb2.AgentCommand) -> None:
@@ -213,6 +223,7 @@ class Session:
                 backup.job_id,
                 "backup",
                 lambda cancel: self._run_backup(backup, cancel, self._progress_callback(backup.job_id)),
+                backup.traceparent,
             )
             self._backup = started or self._backup
         elif kind == "run_restore":
@@ -222,6 +233,7 @@ class Session:
                 restore.restore_job_id,
                 "restore",
                 lambda cancel: self._run_restore(restore, cancel, self._progress_callback(restore.restore_job_id)),
+                restore.traceparent,
             )
             self._restore = started or self._restore
         elif kind == "cancel_job":
@@ -369,8 +381,10 @@ def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Seq
             discover=lambda: discover_filesystems(excluded=lambda p: exclusions.excluded(p, is_dir=True)),
             describe_root=filesystem_for_root,
         )
-        # The whole process (event loop and gRPC threads too) stays within the job's cores.
-        with process_cpu_limit(cores_for(command)):
+        # The whole process (event loop and gRPC threads too) stays within the job's cores; the
+        # read limit is the job's own throttle, and systemd's per device when systemd runs the agent.
+        limits = JobLimits(cores_for(command), command.max_read_bytes_per_second, tuple(p.mount_point for p in points))
+        with job_limits(limits):
             return await run_backup(
                 command,
                 client=client,

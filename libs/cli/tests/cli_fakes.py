@@ -55,6 +55,7 @@ def _instance(instance_id: str, name: str = "web-1", **kwargs: object) -> schedu
         activated_at=T0,
         hostname="web-1.example",
         schedule_zone="UTC+08:00",
+        agent_version="0.1.0",
         **values,  # type: ignore[arg-type]
     )
     return instance

@@ -26,8 +26,11 @@ def test_instances_list_table(services: FakeServices, cli: Cli) -> None:
     code, out, err = cli("instances", "list", "--region", "cn-hangzhou")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", "NEXT", "BACKUP", "(UTC+08:00)"]
-    assert lines[1].split() == ["i-1", "web-1", "cn-hangzhou", "running", "low", "02:30", "2026-01-01", "11:00:00"]
+    header = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", "NEXT", "BACKUP", "(UTC+08:00)", "AGENT"]
+    assert lines[0].split() == header
+    assert lines[1].split() == [
+        "i-1", "web-1", "cn-hangzhou", "running", "low", "02:30", "2026-01-01", "11:00:00", "0.1.0",
+    ]  # fmt: skip
     assert len(lines) == 3
     request = services.calls.last("ListInstances")
     # no --account: the empty field means "the credential's only account" (ADR 0024)
@@ -77,6 +80,7 @@ def test_show_instance_fields(services: FakeServices, cli: Cli) -> None:
     assert field(out, "Keep latest") == "on"
     assert field(out, "Roots") == "all block-storage filesystems"
     assert field(out, "Activated") == "2026-01-01 10:00:00"
+    assert field(out, "Agent version") == "0.1.0"
 
 
 def test_pause_resume_cancel(services: FakeServices, cli: Cli) -> None:

@@ -17,6 +17,7 @@ from strongroom_platform.db import (
     PgTransaction,
     create_pool,
     migrate,
+    outbox_shard_migration,
     outbox_traceparent_migration,
     transaction,
 )
@@ -54,7 +55,11 @@ class EffectTx(PgTransaction):
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(pg_dsn, SCHEMA, max_size=2)
-    await migrate(pool, SCHEMA, [Migration(1, OUTBOX_DDL), Migration(2, EFFECTS), outbox_traceparent_migration(3)])
+    await migrate(
+        pool,
+        SCHEMA,
+        [Migration(1, OUTBOX_DDL), Migration(2, EFFECTS), outbox_traceparent_migration(3), outbox_shard_migration(4)],
+    )
     await pool.execute("DELETE FROM outbox; DELETE FROM effects; DELETE FROM refuse_audit")
     try:
         yield pool

@@ -6,8 +6,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from strongroom_platform.eventbus import PoisonRecord, Record
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from strongroom_platform.eventbus import OutgoingRecord, PoisonRecord, Record
 from strongroom_platform.eventbus_kafka import (
     DLQ_ERROR_HEADER,
     FaustConsumer,
@@ -108,3 +109,37 @@ async def test_consumer_can_be_started_only_once(tansu_bootstrap: str) -> None:
             await consumer.start()
     finally:
         await consumer.stop()
+
+
+@pytest.mark.integration
+async def test_a_batch_lands_each_key_on_its_publish_partition_in_order(
+    tansu_bootstrap: str, publisher: KafkaPublisher
+) -> None:
+    topic = f"batch-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=tansu_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 4, 1)])
+    finally:
+        await admin.close()
+    keys = [f"instance-{i}".encode() for i in range(12)]
+    for key in keys:  # one record each through publish: the partition every later one must share
+        await publisher.publish(topic, key, key + b":0")
+    batch = [OutgoingRecord(topic, key, key + f":{n}".encode(), (("h", b"v"),)) for n in range(1, 6) for key in keys]
+    assert await publisher.publish_batch(batch) == [None] * len(batch)
+    seen: dict[bytes, list[tuple[int, bytes]]] = {}
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=tansu_bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        while sum(len(v) for v in seen.values()) < len(keys) * 6:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    assert record.key is not None and record.value is not None
+                    seen.setdefault(record.key, []).append((record.partition, record.value))
+    finally:
+        await consumer.stop()
+    for key in keys:
+        partitions = {partition for partition, _ in seen[key]}
+        assert len(partitions) == 1, key
+        assert [value for _, value in seen[key]] == [key + f":{n}".encode() for n in range(6)]
+    assert len({seen[key][0][0] for key in keys}) > 1  # the keys spread over partitions

@@ -9,10 +9,11 @@ import asyncpg
 import pytest
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import SystemClock
-from strongroom_platform.db import Migration, create_pool, migrate, outbox_traceparent_migration
+from strongroom_platform.db import Migration, create_pool, migrate, outbox_shard_migration, outbox_traceparent_migration
+from strongroom_platform.eventbus import OutgoingRecord
 from strongroom_platform.events import JOB_REQUESTED, POINT_CREATED, decode, new_meta
 from strongroom_platform.inbox import INBOX_DDL, claim_event
-from strongroom_platform.outbox import OUTBOX_DDL, OutboxRelay, enqueue
+from strongroom_platform.outbox import OUTBOX_DDL, OutboxRelay, acknowledged, enqueue
 from strongroom_testing.contracts.eventbus import wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,6 +37,20 @@ class RecordingPublisher:
         self.published.append((topic, key, value))
         self.headers.append(list(headers))
 
+    async def publish_batch(self, records: Sequence[OutgoingRecord]) -> list[BaseException | None]:
+        """One record after the other; after a failure the rest fail too (as the idempotent producer
+        refuses the records behind a failed one)."""
+        outcomes: list[BaseException | None] = []
+        failure: BaseException | None = None
+        for record in records:
+            if failure is None:
+                try:
+                    await self.publish(record.topic, record.key, record.value, headers=record.headers)
+                except ConnectionError as exc:
+                    failure = exc
+            outcomes.append(failure)
+        return outcomes
+
     def job_ids(self) -> list[str]:
         return [decode(events_pb2.JobRequested, value).job_id for _, _, value in self.published]
 
@@ -43,7 +58,11 @@ class RecordingPublisher:
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(pg_dsn, SCHEMA, max_size=4)
-    await migrate(pool, SCHEMA, [Migration(1, OUTBOX_DDL), Migration(2, INBOX_DDL), outbox_traceparent_migration(3)])
+    await migrate(
+        pool,
+        SCHEMA,
+        [Migration(1, OUTBOX_DDL), Migration(2, INBOX_DDL), outbox_traceparent_migration(3), outbox_shard_migration(4)],
+    )
     try:
         yield pool
     finally:
@@ -169,3 +188,72 @@ async def test_claim_in_a_rolled_back_transaction_does_not_count(pool: asyncpg.P
                 raise RuntimeError("handler failed after the claim")
         async with conn.transaction():
             assert await claim_event(conn, "catalog", "event-2") is True
+
+
+class SlowSharedPublisher:
+    """Appends (relay, key, job id) to a shared log; each batch takes a while, so relays overlap."""
+
+    def __init__(self, name: str, log: list[tuple[str, bytes, str]]) -> None:
+        self.name = name
+        self.log = log
+
+    async def publish(self, topic: str, key: bytes, value: bytes, *, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        raise AssertionError("the relay publishes in batches")
+
+    async def publish_batch(self, records: Sequence[OutgoingRecord]) -> list[BaseException | None]:
+        for record in records:
+            self.log.append((self.name, record.key, decode(events_pb2.JobRequested, record.value).job_id))
+        await asyncio.sleep(0.02)
+        return [None] * len(records)
+
+
+async def test_two_relays_share_the_outbox_and_keep_each_keys_order(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        for i in range(1200):
+            key = f"i-{i % 40}"
+            await enqueue(conn, JOB_REQUESTED, key, job(f"{key}/{i // 40:04d}"))
+    log: list[tuple[str, bytes, str]] = []
+    relays = [OutboxRelay(pool, SCHEMA, SlowSharedPublisher(name, log), SystemClock(), batch_size=50) for name in "AB"]
+
+    async def drain(relay: OutboxRelay) -> None:
+        while await pending(pool):
+            await relay.publish_pending()
+
+    await asyncio.gather(*(drain(relay) for relay in relays))
+    published = [job_id for _, _, job_id in log]
+    assert sorted(published) == sorted(set(published)) and len(published) == 1200  # each exactly once
+    by_key: dict[bytes, list[str]] = {}
+    for _, key, job_id in log:
+        by_key.setdefault(key, []).append(job_id)
+    assert all(ids == sorted(ids) for ids in by_key.values())  # per key, in enqueue order
+    assert {name for name, _, _ in log} == {"A", "B"}  # both relays did work
+
+
+def test_a_failed_row_keeps_the_later_rows_of_its_key_pending() -> None:
+    rows = [{"id": i, "topic": "t", "key": key} for i, key in enumerate([b"a", b"b", b"a", b"b", b"a"], start=1)]
+    broken = ConnectionError("broker went away")
+    done, failure = acknowledged(rows, [None, None, broken, None, None])  # type: ignore[arg-type]
+    assert (done, failure) == ([1, 2, 4], broken)  # row 5 (key a) waits behind the failed row 3
+
+
+async def test_relay_listens_again_after_its_connection_is_killed(pool: asyncpg.Pool) -> None:
+    publisher = RecordingPublisher()
+    # Only a NOTIFY (or the wake-up on listening again) can get the relay to publish in time.
+    relay = OutboxRelay(pool, SCHEMA, publisher, SystemClock(), poll_interval=3600, listen_check_interval=0.2)
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(0.3)
+        async with pool.acquire() as conn:
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        assert killed >= 1
+        await asyncio.sleep(1.5)  # the listener notices, waits its retry pause and listens again
+        await enqueue_jobs(pool, ["j-after-outage"])
+        await wait_for(lambda: bool(publisher.published), "the relay to publish after the outage", within=10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert publisher.job_ids() == ["j-after-outage"]

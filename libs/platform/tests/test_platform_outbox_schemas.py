@@ -1,4 +1,4 @@
-"""Every installed schema with the outbox also has its traceparent column (ADR 0039).
+"""Every installed schema with the outbox also has its traceparent (ADR 0039) and shard (ADR 0050) columns.
 
 ``outbox.enqueue`` writes the column, so a service whose migrations create the outbox without
 appending ``db.outbox_traceparent_migration`` could not produce a single event.
@@ -6,7 +6,7 @@ appending ``db.outbox_traceparent_migration`` could not produce a single event.
 
 from __future__ import annotations
 
-from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_TRACEPARENT_DDL
+from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_SHARD_DDL, OUTBOX_TRACEPARENT_DDL
 from strongroom_platform.schemas import installed_specs
 
 
@@ -19,4 +19,6 @@ def test_each_outbox_schema_appends_the_traceparent_migration_after_the_outbox()
         with_outbox.append(spec.schema)
         assert OUTBOX_TRACEPARENT_DDL in sqls, spec.schema
         assert sqls.index(OUTBOX_TRACEPARENT_DDL) > sqls.index(OUTBOX_DDL), spec.schema
-    assert {"scheduler", "catalog", "gateway", "restore"} <= set(with_outbox)
+        assert OUTBOX_SHARD_DDL in sqls, spec.schema
+        assert sqls.index(OUTBOX_SHARD_DDL) > sqls.index(OUTBOX_DDL), spec.schema
+    assert {"scheduler", "catalog", "gateway", "restore", "billing"} <= set(with_outbox)

@@ -23,8 +23,8 @@ from opentelemetry.trace import SpanKind
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.consume import consume
-from strongroom_platform.db import Migration, create_pool, migrate, outbox_traceparent_migration
-from strongroom_platform.eventbus import Record
+from strongroom_platform.db import Migration, create_pool, migrate, outbox_shard_migration, outbox_traceparent_migration
+from strongroom_platform.eventbus import OutgoingRecord, Record
 from strongroom_platform.eventbus_kafka import FaustConsumer, KafkaPublisher
 from strongroom_platform.events import JOB_REQUESTED, new_meta
 from strongroom_platform.outbox import OUTBOX_DDL, OutboxRelay, enqueue
@@ -39,7 +39,7 @@ SCHEMA = "tracetest"
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(pg_dsn, SCHEMA, max_size=4)
-    await migrate(pool, SCHEMA, [Migration(1, OUTBOX_DDL), outbox_traceparent_migration(2)])
+    await migrate(pool, SCHEMA, [Migration(1, OUTBOX_DDL), outbox_traceparent_migration(2), outbox_shard_migration(3)])
     try:
         yield pool
     finally:
@@ -141,6 +141,10 @@ async def test_an_event_enqueued_outside_any_span_gets_a_trace_of_its_own(
     class Publisher:
         async def publish(self, topic: str, key: bytes, value: bytes, *, headers: object = ()) -> None:
             sent.append(list(headers))  # type: ignore[call-overload]
+
+        async def publish_batch(self, records: list[OutgoingRecord]) -> list[BaseException | None]:
+            sent.extend(list(record.headers) for record in records)
+            return [None] * len(records)
 
     relay = OutboxRelay(pool, SCHEMA, Publisher(), SystemClock(), tracer_provider=provider)
     assert await relay.publish_pending() == 1

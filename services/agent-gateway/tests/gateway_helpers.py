@@ -17,6 +17,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.gateway.v1 import manifest_pb2_grpc
 from strongroom_gateway import manifest_api
+from strongroom_gateway.agent_versions import gateway_release
 from strongroom_gateway.consumers import record_handlers
 from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.grpc_api import GatewayServicer, register
@@ -33,6 +34,9 @@ from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.testing import FakeClock, InMemoryObjectStore
 
 Metadata = tuple[tuple[str, str], ...]
+
+# An agent of this gateway's release (the version window, ADR 0045).
+AGENT_VERSION = ".".join(map(str, gateway_release()))
 
 
 def meta() -> common_pb2.EventMeta:
@@ -81,7 +85,6 @@ class GatewayHarness:
             clock=self.clock,
             sessions=self.sessions,
             writer=self.writer,
-            job_poll_interval=3600,
         )
         manifest_service = manifest_api.register(
             manifest_api.ManifestServicer(store=self.store, object_store=self.objects, keys=self.keys)
@@ -130,7 +133,9 @@ class GatewayHarness:
         token = await self.activate(instance_id, account_id)
         filesystems = [common_pb2.Filesystem(mount_point=m, device="/dev/vda1", fs_type="ext4") for m in mount_points]
         response = await self.stub.Enroll(
-            gateway_pb2.EnrollRequest(enrollment_token=token, hostname=instance_id, filesystems=filesystems)
+            gateway_pb2.EnrollRequest(
+                enrollment_token=token, hostname=instance_id, filesystems=filesystems, agent_version=AGENT_VERSION
+            )
         )
         return Agent(response.instance_id, account_id, response.credential)
 

@@ -105,6 +105,26 @@ class GatewayStoreContract:
             )
             assert [j.job_id for j in await tx.unfinished_jobs("i-1")] == ["j-1"]
 
+    async def test_jobs_of_many_instances_for_delivery(self, harness: StoreHarness) -> None:
+        await self._accounts(harness.store)
+        async with harness.store.transaction() as tx:
+            for job_id, instance_id in (("j-2", "i-1"), ("j-1", "i-1"), ("j-3", "i-2"), ("j-4", "i-3")):
+                assert await tx.insert_job(job(job_id, instance_id=instance_id))
+            await tx.update_job(dataclasses.replace(job("j-4", instance_id="i-3"), state="finished"))
+            await tx.update_job(dataclasses.replace(job("j-3", instance_id="i-2"), cancel_requested=True))
+            found = await tx.unfinished_jobs_of(["i-1", "i-2", "i-3", "i-none"])
+            assert {i: [j.job_id for j in jobs] for i, jobs in found.items()} == {"i-1": ["j-2", "j-1"], "i-2": ["j-3"]}
+            assert sorted(await tx.unfinished_job_keys(["i-1", "i-2", "i-3"])) == [
+                ("i-1", "j-1", False),
+                ("i-1", "j-2", False),
+                ("i-2", "j-3", True),
+            ]
+            assert sorted(await tx.get_accounts(["acct-a", "acct-b", "nope"])) == ["acct-a", "acct-b"]
+            await tx.update_job(dataclasses.replace(job("j-1"), state="running"))
+            await tx.mark_delivered(["j-2", "j-1", "j-4", "j-none"])
+            states = {j: (await tx.get_job(j)).state for j in ("j-1", "j-2", "j-3", "j-4")}  # type: ignore[union-attr]
+            assert states == {"j-1": "running", "j-2": "delivered", "j-3": "queued", "j-4": "finished"}
+
     async def test_chunks_are_per_account(self, harness: StoreHarness) -> None:
         await self._accounts(harness.store)
         a1, a2 = b"\x01" * 32, b"\x02" * 32

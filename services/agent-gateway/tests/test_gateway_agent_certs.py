@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from gateway_helpers import GatewayHarness, meta
+from gateway_helpers import AGENT_VERSION, GatewayHarness, meta
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -93,7 +93,9 @@ class Listeners:
     async def enroll(self, instance_id: str) -> tuple[gateway_pb2.EnrollResponse, bytes]:
         token = await self.gw.activate(instance_id, "acct-a")
         key_pem, csr_pem = key_and_csr()
-        request = gateway_pb2.EnrollRequest(enrollment_token=token, hostname=instance_id, csr_pem=csr_pem)
+        request = gateway_pb2.EnrollRequest(
+            enrollment_token=token, hostname=instance_id, csr_pem=csr_pem, agent_version=AGENT_VERSION
+        )
         return await self.public_stub().Enroll(request), key_pem
 
 
@@ -189,11 +191,13 @@ async def test_enrollment_returns_a_certificate_the_mtls_listener_accepts(listen
 async def test_a_bad_csr_is_refused_and_leaves_the_token_usable(listeners: Listeners) -> None:
     token = await listeners.gw.activate("i-1", "acct-a")
     stub = listeners.public_stub()
-    bad = gateway_pb2.EnrollRequest(enrollment_token=token, csr_pem=b"-----BEGIN CERTIFICATE REQUEST-----\nxx")
+    bad = gateway_pb2.EnrollRequest(
+        enrollment_token=token, csr_pem=b"-----BEGIN CERTIFICATE REQUEST-----\nxx", agent_version=AGENT_VERSION
+    )
     assert await _code(stub.Enroll(bad)) == grpc.StatusCode.INVALID_ARGUMENT
     _, csr = key_and_csr()
     assert (
-        await stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, csr_pem=csr))
+        await stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, csr_pem=csr, agent_version=AGENT_VERSION))
     ).certificate.certificate_pem
 
 

@@ -10,7 +10,7 @@ import socket
 
 import grpc
 import pytest
-from gateway_helpers import meta
+from gateway_helpers import AGENT_VERSION, meta
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.events.v1 import events_pb2
 from strongroom.gateway.v1 import manifest_pb2, manifest_pb2_grpc
@@ -81,7 +81,7 @@ async def test_run_announces_and_serves_with_injected_fakes(
                 if "i-1" in store.state.instances:
                     break
                 await asyncio.sleep(0.01)
-            response = await stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token))
+            response = await stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, agent_version=AGENT_VERSION))
         assert response.instance_id == "i-1"
         assert bus.committed("agent-gateway", events.INSTANCE_ACTIVATED) == 1
     finally:

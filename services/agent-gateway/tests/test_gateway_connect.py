@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from gateway_helpers import Agent, GatewayHarness, meta
+from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, meta
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -18,7 +18,7 @@ TIMEOUT = 5
 def hello(*capacities: int) -> gateway_pb2.AgentReport:
     return gateway_pb2.AgentReport(
         hello=gateway_pb2.AgentHello(
-            agent_version="1",
+            agent_version=AGENT_VERSION,
             hostname="web1",
             filesystems=[
                 common_pb2.Filesystem(mount_point=f"/fs{i}", capacity_bytes=c) for i, c in enumerate(capacities)
@@ -119,6 +119,8 @@ async def test_progress_and_finished_reports_become_job_updated(gw: GatewayHarne
     assert finished.status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE
     assert list(finished.file_errors) == ["etc/shadow: permission denied"]
     assert finished.instance_id == "i-1" and finished.account_id == "acct-a"
+    # The version of the agent's hello travels with its jobs (ADR 0045: versions per instance).
+    assert running.agent_version == finished.agent_version == AGENT_VERSION
     assert gw.store.state.jobs["job-1"].state == "finished"
     assert gw.store.state.instances["i-1"].capacity_bytes == 300
     call.cancel()
@@ -177,3 +179,15 @@ async def test_connect_without_credential_is_refused(gw: GatewayHarness) -> None
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await read(call)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_an_agent_outside_the_version_window_is_refused_with_how_to_upgrade(gw: GatewayHarness) -> None:
+    agent = await gw.enrolled_agent("i-1")
+    call = gw.stub.Connect(metadata=agent.md)
+    # An agent from before versions were checked, or a client that is no agent (the window's
+    # arithmetic is tested in test_gateway_agent_versions.py).
+    await call.write(gateway_pb2.AgentReport(hello=gateway_pb2.AgentHello(agent_version="", hostname="web1")))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read(call)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "apt-get install --only-upgrade strongroom-agent" in (err.value.details() or "")

@@ -6,7 +6,7 @@ import datetime as dt
 
 import grpc
 import pytest
-from gateway_helpers import GatewayHarness, meta
+from gateway_helpers import AGENT_VERSION, GatewayHarness, meta
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform import events
@@ -19,7 +19,9 @@ async def _find_missing(gw: GatewayHarness, md: tuple[tuple[str, str], ...]) -> 
 async def test_good_token_yields_a_working_credential_and_agent_enrolled(gw: GatewayHarness) -> None:
     token = await gw.activate("i-1", "acct-a")
     response = await gw.stub.Enroll(
-        gateway_pb2.EnrollRequest(enrollment_token=token, hostname="web1", os="linux", arch="x86_64", agent_version="1")
+        gateway_pb2.EnrollRequest(
+            enrollment_token=token, hostname="web1", os="linux", arch="x86_64", agent_version=AGENT_VERSION
+        )
     )
     assert response.instance_id == "i-1"
     assert len(response.credential) >= 43 and "." not in response.credential
@@ -43,9 +45,9 @@ async def test_good_token_yields_a_working_credential_and_agent_enrolled(gw: Gat
 
 async def test_reused_token_is_refused(gw: GatewayHarness) -> None:
     token = await gw.activate("i-1")
-    await gw.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token))
+    await gw.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, agent_version=AGENT_VERSION))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await gw.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token))
+        await gw.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, agent_version=AGENT_VERSION))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "already used" in (err.value.details() or "")
     assert len(gw.store.events(events.AGENT_ENROLLED)) == 1
@@ -55,7 +57,7 @@ async def test_expired_token_is_refused(gw: GatewayHarness) -> None:
     token = await gw.activate("i-1", valid_hours=1)
     gw.clock.advance(hours=2)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await gw.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token))
+        await gw.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, agent_version=AGENT_VERSION))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "expired" in (err.value.details() or "")
     assert gw.store.state.instances["i-1"].credential_sha256 is None
@@ -115,3 +117,15 @@ async def test_reactivation_issues_a_new_token_that_enrolls(gw: GatewayHarness) 
     assert second.credential != first.credential
     with pytest.raises(grpc.aio.AioRpcError):
         await _find_missing(gw, first.md)
+
+
+async def test_an_old_agent_is_refused_and_its_token_stays_valid(gw: GatewayHarness) -> None:
+    token = await gw.activate("i-1", "acct-a")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gw.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, agent_version="unknown"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "upgrade it on the host" in (err.value.details() or "")
+    assert not gw.store.events(events.AGENT_ENROLLED)
+    # The upgraded agent enrolls with the same token.
+    response = await gw.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, agent_version=AGENT_VERSION))
+    assert response.instance_id == "i-1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from gateway_helpers import GatewayHarness, meta
+from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform import events
@@ -119,3 +120,23 @@ async def test_failed_handler_rolls_back_its_claim(gw: GatewayHarness) -> None:
     with pytest.raises(PoisonRecord):
         await gw.deliver(events.JOB_REQUESTED, event)
     assert ("agent-gateway", event.meta.event_id) not in gw.store.state.processed
+
+
+async def test_a_queued_job_carries_the_trace_of_its_request(gw: GatewayHarness) -> None:
+    """job-requested's traceparent reaches the agent in the command (ADR 0045): the consumer's span
+    continues the record's trace, and the stored command names it."""
+    await gw.enrolled_agent("i-1")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    event = events_pb2.JobRequested(meta=meta(), account_id="acct-a", instance_id="i-1", job_id="job-1")
+    headers = (("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01".encode()),)
+    await gw.handlers[events.JOB_REQUESTED](
+        Record(events.JOB_REQUESTED, 0, 1, b"k", event.SerializeToString(), headers)
+    )
+    command = gateway_pb2.AgentCommand.FromString(gw.store.state.jobs["job-1"].command)
+    assert command.run_backup.traceparent.split("-")[1] == trace_id
+    # Without a trace (an older scheduler), the command carries none, or (when this process traces)
+    # the gateway's own new trace: never another job's.
+    untraced = events_pb2.JobRequested(meta=meta(), account_id="acct-a", instance_id="i-1", job_id="job-2")
+    await gw.deliver(events.JOB_REQUESTED, untraced)
+    second = gateway_pb2.AgentCommand.FromString(gw.store.state.jobs["job-2"].command).run_backup.traceparent
+    assert second == "" or second.split("-")[1] != trace_id

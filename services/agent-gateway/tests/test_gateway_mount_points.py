@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from gateway_helpers import Agent, GatewayHarness, dir_entry, meta
+from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, dir_entry, meta
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -31,7 +31,8 @@ async def _hello(gw: GatewayHarness, agent: Agent, *mount_points: str) -> None:
     """Connect, say hello with these filesystems, and wait until the gateway recorded them."""
     call = gw.stub.Connect(metadata=agent.md)
     hello = gateway_pb2.AgentHello(
-        filesystems=[common_pb2.Filesystem(mount_point=m, capacity_bytes=1 << 30) for m in mount_points]
+        agent_version=AGENT_VERSION,
+        filesystems=[common_pb2.Filesystem(mount_point=m, capacity_bytes=1 << 30) for m in mount_points],
     )
     await call.write(gateway_pb2.AgentReport(hello=hello))
     for _ in range(500):

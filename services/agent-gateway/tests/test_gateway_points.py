@@ -7,7 +7,7 @@ import datetime as dt
 
 import grpc
 import pytest
-from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry
+from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_platform import events
@@ -16,10 +16,11 @@ from strongroom_platform.manifest import decode_manifest
 
 HELLO = gateway_pb2.AgentReport(
     hello=gateway_pb2.AgentHello(
+        agent_version=AGENT_VERSION,
         filesystems=[
             common_pb2.Filesystem(mount_point="/", capacity_bytes=40 << 30),
             common_pb2.Filesystem(mount_point="/data", capacity_bytes=100 << 30),
-        ]
+        ],
     )
 )
 

@@ -14,7 +14,7 @@ import hashlib
 import secrets
 
 import pytest
-from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry, meta
+from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, chunk_id, dir_entry, file_entry, meta
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway import vault_format
@@ -104,7 +104,9 @@ async def test_rebuild_from_the_bucket_then_reenroll_and_restore(gw: GatewayHarn
                 token_expires_at=to_timestamp(clock.now() + dt.timedelta(hours=1)),
             ),
         )
-        enrolled = await gw2.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, hostname="i-1"))
+        enrolled = await gw2.stub.Enroll(
+            gateway_pb2.EnrollRequest(enrollment_token=token, hostname="i-1", agent_version=AGENT_VERSION)
+        )
         assert enrolled.instance_id == "i-1"
         again_agent = Agent("i-1", "acct-a", enrolled.credential)
         await gw2.request_restore(again_agent, "r-1", point_id)

@@ -7,7 +7,7 @@ import random
 
 import grpc
 import pytest
-from gateway_helpers import Agent, GatewayHarness, aiter_of, dir_entry, file_entry
+from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, aiter_of, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_gateway.errors import InvalidArgument
@@ -15,7 +15,9 @@ from strongroom_gateway.synthesis import SortedSpool, merge_entries
 from strongroom_platform.manifest import decode_manifest
 
 HELLO = gateway_pb2.AgentReport(
-    hello=gateway_pb2.AgentHello(filesystems=[common_pb2.Filesystem(mount_point="/", capacity_bytes=1 << 30)])
+    hello=gateway_pb2.AgentHello(
+        agent_version=AGENT_VERSION, filesystems=[common_pb2.Filesystem(mount_point="/", capacity_bytes=1 << 30)]
+    )
 )
 
 

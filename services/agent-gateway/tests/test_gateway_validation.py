@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from gateway_helpers import Agent, GatewayHarness, aiter_of, dir_entry
+from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, aiter_of, dir_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_gateway import validation
@@ -298,7 +298,9 @@ async def test_enroll_with_a_hostile_hostname_is_refused_and_the_token_stays_usa
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == "hostname: contains a NUL byte"
     assert not gw.store.events(events.AGENT_ENROLLED)
-    response = await gw.stub.Enroll(gateway_pb2.EnrollRequest(enrollment_token=token, hostname="host"))
+    response = await gw.stub.Enroll(
+        gateway_pb2.EnrollRequest(enrollment_token=token, hostname="host", agent_version=AGENT_VERSION)
+    )
     assert response.instance_id == "i-1"
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from catalog_fixtures import point_created, sample_manifest
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from strongroom.events.v1 import events_pb2
@@ -30,31 +29,13 @@ from strongroom_platform.events import ALERT_RAISED, POINT_CREATED, VERSION_EXPI
 from strongroom_platform.objectstore_fs import FilesystemObjectStore
 from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
+from strongroom_testing.records import find_record
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 # What "a few seconds" means here: five attempts with backoff 0.1 + 0.2 + 0.4 + 0.8 s, plus the
 # commit interval and polling; a stalled partition would never get there.
 MAX_DELAY_SECONDS = 8.0
-
-
-async def _find(
-    bootstrap: str, topic: str, match: object, within: float = 30.0
-) -> tuple[bytes | None, bytes, dict[str, bytes]]:
-    """The first record of partition 0 of ``topic`` whose (key, value) satisfies ``match``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        async with asyncio.timeout(within):
-            while True:
-                message = await consumer.getone()
-                if match(message.key, message.value):  # type: ignore[operator]
-                    return message.key, message.value or b"", dict(message.headers)
-    finally:
-        await consumer.stop()
 
 
 async def _browsable(stub: catalog_pb2_grpc.CatalogServiceAsyncStub, point_id: str, within: float) -> float:
@@ -117,12 +98,12 @@ async def test_a_poisonous_point_is_dead_lettered_and_does_not_hold_up_others(
             print(f"\nthe good point behind the poisonous one was browsable after {delay:.2f} s")
             assert delay < MAX_DELAY_SECONDS
 
-            key, value, headers = await _find(
+            key, value, headers = await find_record(
                 kafka_bootstrap, dlq_topic(POINT_CREATED), lambda k, v: k == victim.encode()
             )
             assert value == bad.SerializeToString()  # dead-lettered unchanged
             assert b"failed 5 times" in headers[DLQ_ERROR_HEADER]
-            _, raw, _ = await _find(
+            _, raw, _ = await find_record(
                 kafka_bootstrap,
                 ALERT_RAISED,
                 lambda k, v: events_pb2.AlertRaised.FromString(v).record_key == victim.encode(),

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from restore_fixtures import restore_updated, serve_peer_fakes
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -26,6 +25,7 @@ from strongroom_platform.eventbus_kafka import KafkaPublisher, create_topics
 from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, RESTORE_REQUESTED, RESTORE_UPDATED
 from strongroom_testing.fixtures import PgLogins
 from strongroom_testing.pki import LocalPki
+from strongroom_testing.records import find_record
 
 
 def test_missing_catalog_address_fails_fast() -> None:
@@ -45,20 +45,13 @@ def test_missing_catalog_address_fails_fast() -> None:
 
 async def find_request(bootstrap: str, restore_job_id: str, within: float) -> tuple[bytes | None, bytes]:
     """The restore-requested record of the job (the topic is shared with other tests)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        partition = TopicPartition(RESTORE_REQUESTED, 0)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        async with asyncio.timeout(within):
-            while True:
-                message = await consumer.getone()
-                event = events_pb2.RestoreRequested.FromString(message.value or b"")
-                if event.restore_job_id == restore_job_id:
-                    return message.key, message.value or b""
-    finally:
-        await consumer.stop()
+    key, value, _ = await find_record(
+        bootstrap,
+        RESTORE_REQUESTED,
+        lambda _key, value: events_pb2.RestoreRequested.FromString(value).restore_job_id == restore_job_id,
+        within=within,
+    )
+    return key, value
 
 
 @pytest.mark.integration

@@ -4,7 +4,7 @@ import datetime as dt
 import hashlib
 
 import pytest
-from scheduler_helpers import activate, active_instance, call, enroll, job_update, update_job
+from scheduler_helpers import activate, active_instance, call, enroll, job_update, meta, update_job
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
@@ -92,6 +92,24 @@ async def test_enrollment_makes_instance_ready_idempotently(deps: Deps, clock: F
     after = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
     assert after.status(clock.now()) == S.RUNNING_STATUS_READY
     assert after.hostname == "host-a"
+
+
+async def test_the_agent_version_comes_from_enrollment_then_from_its_jobs(deps: Deps, clock: FakeClock) -> None:
+    instance = await activate(deps)
+    enrolled = events_pb2.AgentEnrolled(
+        meta=meta(deps), account_id="acme", instance_id=instance.instance_id, hostname="h", agent_version="0.1.0"
+    )
+    await handlers.handle_agent_enrolled(enrolled, deps)
+    shown = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
+    assert shown.agent_version == "0.1.0"
+    job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
+    running = job_update(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_RUNNING)
+    running.agent_version = "0.2.1"
+    await handlers.handle_job_updated(running, deps)
+    # An event from an older gateway carries no version: the known one stays.
+    await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE)
+    shown = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance"))
+    assert shown.agent_version == "0.2.1"
 
 
 async def test_enrollment_of_unknown_or_canceled_instance_is_ignored(deps: Deps, clock: FakeClock) -> None:

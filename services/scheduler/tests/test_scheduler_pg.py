@@ -199,7 +199,10 @@ async def test_process_serves_grpc_and_events(
             instance_id = response.instance.instance_id
             await _wait_for(lambda: bus.topics.get(INSTANCE_ACTIVATED), "instance-activated")
             enrolled = events_pb2.AgentEnrolled(
-                meta=new_meta("agent-gateway", SystemClock().now()), instance_id=instance_id, hostname="h"
+                meta=new_meta("agent-gateway", SystemClock().now()),
+                instance_id=instance_id,
+                hostname="h",
+                agent_version="0.1.0",
             )
             await bus.publish(AGENT_ENROLLED, instance_id.encode(), enrolled.SerializeToString())
 
@@ -224,6 +227,7 @@ async def test_process_serves_grpc_and_events(
                 job_id=job.job_id,
                 status=common_pb2.JOB_STATUS_FAILED,
                 error="disk full",
+                agent_version="0.1.3",  # upgraded in place since its enrollment (ADR 0045)
             )
             await bus.publish(JOB_UPDATED, instance_id.encode(), failed.SerializeToString())
             messages = alerts_pb2_grpc.AlertServiceStub(channel)
@@ -238,6 +242,8 @@ async def test_process_serves_grpc_and_events(
                 await asyncio.sleep(0.02)
             [message] = await listed()
             assert (message.job_id, message.title) == (job.job_id, "Backup failed: n")
+            shown = await stub.GetInstance(S.GetInstanceRequest(instance_id=instance_id))
+            assert shown.agent_version == "0.1.3"
 
             # the scheduler serves API tokens: a viewer made by the admin reads but cannot act
             tokens = auth_pb2_grpc.TokenServiceStub(channel)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from strongroom_platform.settings import SettingsError
+from strongroom_scheduler.schedule import Admission
 from strongroom_scheduler.settings import Settings
 
 BASE = {
@@ -47,3 +50,15 @@ def test_overrides() -> None:
 def test_invalid(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_the_admission_cap_and_window_are_settings() -> None:
+    assert Settings.from_env(BASE).admission == Admission()  # no cap, a six-hour window
+    tuned = Settings.from_env(
+        {**BASE, "STRONGROOM_MAX_CONCURRENT_BACKUPS": "500", "STRONGROOM_ADMISSION_WINDOW": "7200"}
+    )
+    assert tuned.admission == Admission(max_concurrent=500, window=dt.timedelta(hours=2))
+    with pytest.raises(SettingsError, match="STRONGROOM_MAX_CONCURRENT_BACKUPS"):
+        Settings.from_env({**BASE, "STRONGROOM_MAX_CONCURRENT_BACKUPS": "-1"})
+    with pytest.raises(SettingsError, match="STRONGROOM_ADMISSION_WINDOW"):
+        Settings.from_env({**BASE, "STRONGROOM_ADMISSION_WINDOW": "0"})

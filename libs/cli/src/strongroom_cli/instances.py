@@ -4,17 +4,20 @@ issue a new enrollment token."""
 from __future__ import annotations
 
 import argparse
+import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from strongroom.catalog.v1 import catalog_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
 
-from strongroom_cli import output, progress
+from strongroom_cli import agent_install, output, progress
 from strongroom_cli.args import PRIORITIES, on_off, time_of_day
 from strongroom_cli.context import Context, UsageError
 from strongroom_cli.jobs import FINISHED_JOB_STATUSES, exit_code, job_status, print_job
+from strongroom_cli.pins import spki_sha256_pem
 
 DEFAULT_REGION = "local"
 
@@ -41,6 +44,23 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
         type=time_of_day,
         metavar="HH:MM",
         help=f"daily start {_IN_ZONE} (default: random 00:00-06:00)",
+    )
+    p.add_argument(
+        "--agent-gateway",
+        metavar="HOST:PORT",
+        help="the gateway address agents enroll with (default $STRONGROOM_AGENT_GATEWAY); with --agent-repo, "
+        "prints a one-line install-and-enroll command",
+    )
+    p.add_argument(
+        "--agent-repo",
+        metavar="URL",
+        help="where `make packages`' dist/ is published (default $STRONGROOM_AGENT_REPO)",
+    )
+    p.add_argument(
+        "--agent-ca",
+        metavar="FILE",
+        help="CA bundle agents trust for the gateway, embedded and pinned (default $STRONGROOM_AGENT_CA; "
+        "none: the host's trusted CAs)",
     )
     p.set_defaults(command=activate)
 
@@ -84,6 +104,7 @@ def _summary_row(i: scheduler_pb2.Instance) -> list[str]:
         output.enum_name(common_pb2.BackupPriority.Name(i.settings.priority), "BACKUP_PRIORITY_"),
         output.minute_of_day(i.settings.daily_start_minute),
         output.timestamp(i.next_backup_at, present=i.HasField("next_backup_at")),
+        i.agent_version or "-",
     ]
 
 
@@ -99,6 +120,7 @@ def print_instance(context: Context, i: scheduler_pb2.Instance) -> None:
             ("Region", i.region),
             ("Status", output.enum_name(scheduler_pb2.RunningStatus.Name(i.status), "RUNNING_STATUS_")),
             ("Hostname", i.hostname or "-"),
+            ("Agent version", i.agent_version or "-"),
             ("Host identity", i.inventory.host_id or "-"),
             ("OS", i.inventory.os or "-"),
             (
@@ -123,7 +145,7 @@ def print_instances(context: Context, found: Sequence[scheduler_pb2.Instance]) -
     if context.json:
         output.as_json(list(found))
         return
-    headers = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", f"NEXT BACKUP ({output.zone_label()})"]
+    headers = ["ID", "NAME", "REGION", "STATUS", "PRIORITY", "DAILY", f"NEXT BACKUP ({output.zone_label()})", "AGENT"]
     output.table(headers, [_summary_row(i) for i in found])
 
 
@@ -171,8 +193,35 @@ async def activate(context: Context) -> int:
     print_instance(context, response.instance)
     print()
     print(f"Enrollment token (shown only once, valid 24 h): {response.enrollment_token}")
-    print("Enroll the agent on the instance with: strongroom-agent enroll --gateway HOST:PORT --token TOKEN")
+    install = _agent_install(args, os.environ)
+    if install is None:
+        print("Enroll the agent on the instance with: strongroom-agent enroll --gateway HOST:PORT --token TOKEN")
+        print("(--agent-gateway and --agent-repo print a one-line install-and-enroll command instead)")
+        return 0
+    print("Install and enroll the agent, as root on the instance:")
+    print(f"  Debian/Ubuntu:    {agent_install.apt_command(install, response.enrollment_token)}")
+    print(f"  RHEL/Rocky/Alma:  {agent_install.yum_command(install, response.enrollment_token)}")
     return 0
+
+
+def _agent_install(args: argparse.Namespace, environ: Mapping[str, str]) -> agent_install.AgentInstall | None:
+    gateway = args.agent_gateway or environ.get("STRONGROOM_AGENT_GATEWAY", "")
+    repo = args.agent_repo or environ.get("STRONGROOM_AGENT_REPO", "")
+    ca_file = args.agent_ca or environ.get("STRONGROOM_AGENT_CA", "")
+    if not gateway or not repo:
+        return None
+    if not repo.startswith(("https://", "http://")):
+        raise UsageError(f"--agent-repo must be an http(s) URL, got {repo!r}")
+    if not ca_file:
+        return agent_install.AgentInstall(gateway, repo)
+    try:
+        ca_pem = Path(ca_file).read_bytes()
+        pin = spki_sha256_pem(ca_pem)
+    except OSError as exc:
+        raise UsageError(f"cannot read the agents' CA bundle {ca_file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{ca_file} is not a PEM certificate: {exc}") from None
+    return agent_install.AgentInstall(gateway, repo, ca_pem, (pin,))
 
 
 def _ref(context: Context) -> scheduler_pb2.InstanceRef:

@@ -325,6 +325,7 @@ async def _run_locked(options: Options, stop: asyncio.Event) -> None:
             STRONGROOM_PG_MIGRATE_DSN=owner,
             STRONGROOM_KAFKA_BOOTSTRAP=tansu.bootstrap,
             STRONGROOM_KAFKA_IDEMPOTENT="0",  # Tansu refuses idempotent producers
+            STRONGROOM_KAFKA_PARTITIONS="1",  # one process per service: one worker per topic is enough
             STRONGROOM_OBJECT_STORE=f"file:{data_dir / 'objects'}",
             # The gateway creates the master key here (mode 0600) on first start (ADR 0015).
             STRONGROOM_MASTER_KEY_FILE=str(data_dir / "master.key"),

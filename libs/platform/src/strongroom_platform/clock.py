@@ -35,6 +35,17 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
+async def sleep_or_event(clock: Clock, seconds: float, event: asyncio.Event) -> None:
+    """Wait until ``event`` is set or ``seconds`` of ``clock``'s time have passed, whichever comes first."""
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waiter.cancel()
+
+
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> dt.datetime:
     """Shorthand for a timezone-aware UTC datetime (mostly for tests)."""
     return dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)

@@ -39,6 +39,12 @@ def outbox_traceparent_migration(version: int) -> Migration:
     return Migration(version, outbox.OUTBOX_TRACEPARENT_DDL)
 
 
+def outbox_shard_migration(version: int) -> Migration:
+    """The migration adding the outbox's ``shard`` column and its index (``outbox.OUTBOX_SHARD_DDL``,
+    ADR 0050); a schema with the outbox appends it to its ``MIGRATIONS`` with its next version."""
+    return Migration(version, outbox.OUTBOX_SHARD_DDL)
+
+
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, tls: ssl.SSLContext | None = None
 ) -> asyncpg.Pool:

@@ -50,6 +50,16 @@ class PoisonRecord(Exception):
     """The record can never be processed (undecodable, invalid); it goes to the DLQ."""
 
 
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    """One record to publish: its topic, key (the instance id), value and headers."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
 class EventPublisher(Protocol):
     """Writes records to topics."""
 
@@ -57,6 +67,16 @@ class EventPublisher(Protocol):
         """Append a record with ``headers``; when this returns, the broker has durably accepted it.
 
         Records with the same key go to the same partition, so their order is kept.
+        """
+        ...
+
+    async def publish_batch(self, records: Sequence[OutgoingRecord]) -> list[BaseException | None]:
+        """Append ``records`` in order and wait for the broker's answers; per record, None once it is
+        durably accepted, else the exception that failed it.
+
+        Records with the same key go to the same partition in the order given. A failed record's
+        later records of the same key are not acknowledged before it (the idempotent producer's
+        sequence numbers refuse them), so whoever retries failures keeps each key's order.
         """
         ...
 

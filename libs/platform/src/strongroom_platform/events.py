@@ -60,12 +60,21 @@ TOPIC_MESSAGES: dict[str, type[Message]] = {
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """How a topic is created: the ``partitions``, ``replication_factor`` and ``dead_letter_topic``
-    fields of its ``proto/topics/<topic>.yaml`` (a test checks that the two agree)."""
+    """How a topic is created: the ``partitions``, ``replication_factor``, ``min_insync_replicas``
+    and ``dead_letter_topic`` fields of its ``proto/topics/<topic>.yaml`` (a test checks that the
+    two agree).
 
-    partitions: int = 1
+    Records are keyed by instance id, so the partition count bounds how many workers of one
+    consumer group handle a topic at once while each instance's events stay in order (ADR 0050).
+    """
+
+    # The production default; ``STRONGROOM_KAFKA_PARTITIONS`` overrides it when topics are created
+    # (tests and standalone mode use a small count).
+    partitions: int = 12
     # Capped at the cluster's broker count when topics are created (one broker in development).
     replication_factor: int = 3
+    # With acks=all, a write succeeds only once this many replicas have it (capped like the factor).
+    min_insync_replicas: int = 2
     # None: nothing consumes the topic inside Strongroom, so nothing is dead-lettered from it.
     dead_letter_topic: str | None = None
 
@@ -85,7 +94,9 @@ def dead_letter_topic(topic: str) -> str:
 
 def topic_spec(topic: str) -> TopicSpec:
     """The registered spec of ``topic``; an unregistered one (tests) gets 1 partition, 1 replica, ``<topic>.dlq``."""
-    return TOPIC_SPECS.get(topic) or TopicSpec(replication_factor=1, dead_letter_topic=f"{topic}.dlq")
+    return TOPIC_SPECS.get(topic) or TopicSpec(
+        partitions=1, replication_factor=1, min_insync_replicas=1, dead_letter_topic=f"{topic}.dlq"
+    )
 
 
 M = TypeVar("M", bound=Message)

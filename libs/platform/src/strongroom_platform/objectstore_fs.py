@@ -37,7 +37,7 @@ import re
 import secrets
 import shutil
 import stat as stat_mod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -288,11 +288,11 @@ class FilesystemObjectStore:
         for key in keys:
             yield key
 
-    def _list_sync(self, prefix: str) -> builtins.list[str]:
-        keys: builtins.list[str] = []
+    def _entries(self, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """``(key prefix, entry)`` of every entry other than a key directory, in the directories whose
+        keys can start with ``prefix`` (only those are descended into)."""
         if not self._root.is_dir():
-            return keys
-        # Only descend into directories whose key prefix can still match.
+            return
         stack: builtins.list[tuple[Path, str]] = [(self._root, "")]
         while stack:
             directory, key_prefix = stack.pop()
@@ -303,10 +303,16 @@ class FilesystemObjectStore:
                         sub = key_prefix + name[: -len(_DIR_SUFFIX)] + "/"
                         if sub.startswith(prefix) or prefix.startswith(sub):
                             stack.append((Path(entry.path), sub))
-                    elif entry.is_file(follow_symlinks=False) and name.endswith(_OBJ_SUFFIX):
-                        key = key_prefix + name[: -len(_OBJ_SUFFIX)]
-                        if key.startswith(prefix):
-                            keys.append(key)
+                    else:
+                        yield key_prefix, entry
+
+    def _list_sync(self, prefix: str) -> builtins.list[str]:
+        keys: builtins.list[str] = []
+        for key_prefix, entry in self._entries(prefix):
+            if entry.is_file(follow_symlinks=False) and entry.name.endswith(_OBJ_SUFFIX):
+                key = key_prefix + entry.name[: -len(_OBJ_SUFFIX)]
+                if key.startswith(prefix):
+                    keys.append(key)
         keys.sort()
         return keys
 
@@ -318,37 +324,27 @@ class FilesystemObjectStore:
             yield version
 
     def _list_versions_sync(self, prefix: str) -> builtins.list[ObjectVersion]:
+        current: dict[str, int] = {}
+        versioned: dict[str, builtins.list[tuple[str, int]]] = {}
+        for key_prefix, entry in self._entries(prefix):
+            name = entry.name
+            if entry.is_dir(follow_symlinks=False) and name.endswith(_VERSIONS_SUFFIX):
+                key = key_prefix + name[: -len(_VERSIONS_SUFFIX)]
+                if key.startswith(prefix):
+                    versioned[key] = [
+                        (v.name[: -len(_OBJ_SUFFIX)], v.inode())
+                        for v in os.scandir(entry.path)
+                        if v.name.endswith(_OBJ_SUFFIX) and _VERSION_ID.fullmatch(v.name[: -len(_OBJ_SUFFIX)])
+                    ]
+            elif entry.is_file(follow_symlinks=False) and name.endswith(_OBJ_SUFFIX):
+                key = key_prefix + name[: -len(_OBJ_SUFFIX)]
+                if key.startswith(prefix):
+                    current[key] = entry.inode()
         found: builtins.list[ObjectVersion] = []
-        if not self._root.is_dir():
-            return found
-        stack: builtins.list[tuple[Path, str]] = [(self._root, "")]
-        while stack:
-            directory, key_prefix = stack.pop()
-            current: dict[str, int] = {}
-            versioned: dict[str, builtins.list[tuple[str, int]]] = {}
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if entry.is_dir(follow_symlinks=False) and name.endswith(_DIR_SUFFIX):
-                        sub = key_prefix + name[: -len(_DIR_SUFFIX)] + "/"
-                        if sub.startswith(prefix) or prefix.startswith(sub):
-                            stack.append((Path(entry.path), sub))
-                    elif entry.is_dir(follow_symlinks=False) and name.endswith(_VERSIONS_SUFFIX):
-                        key = key_prefix + name[: -len(_VERSIONS_SUFFIX)]
-                        if key.startswith(prefix):
-                            versioned[key] = [
-                                (v.name[: -len(_OBJ_SUFFIX)], v.inode())
-                                for v in os.scandir(entry.path)
-                                if v.name.endswith(_OBJ_SUFFIX) and _VERSION_ID.fullmatch(v.name[: -len(_OBJ_SUFFIX)])
-                            ]
-                    elif entry.is_file(follow_symlinks=False) and name.endswith(_OBJ_SUFFIX):
-                        key = key_prefix + name[: -len(_OBJ_SUFFIX)]
-                        if key.startswith(prefix):
-                            current[key] = entry.inode()
-            for key in set(current) | set(versioned):
-                ids = versioned.get(key, [])
-                found.extend(ObjectVersion(key, version_id) for version_id, _ in ids)
-                if key in current and current[key] not in {inode for _, inode in ids}:
-                    found.append(ObjectVersion(key, None))  # written before versions existed
+        for key in set(current) | set(versioned):
+            ids = versioned.get(key, [])
+            found.extend(ObjectVersion(key, version_id) for version_id, _ in ids)
+            if key in current and current[key] not in {inode for _, inode in ids}:
+                found.append(ObjectVersion(key, None))  # written before versions existed
         found.sort(key=lambda v: v.key)
         return found

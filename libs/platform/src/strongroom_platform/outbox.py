@@ -3,8 +3,15 @@ state change they describe, and a relay publishes them to Kafka afterwards.
 
 Nothing is lost when any process dies: a row is deleted only after the broker
 acknowledged the record (at-least-once; consumers deduplicate on event id).
-Records are published in insertion order; one relay per schema publishes at a
-time (an advisory lock), so the order of events with the same key is kept.
+
+Batches and replicas (ADR 0050): every row has a ``shard`` (a hash of its key, the instance id,
+into :data:`SHARDS`; column added by :data:`OUTBOX_SHARD_DDL`). A relay pass locks at most half of
+the shards that have pending rows (transaction-scoped advisory locks, ``SKIP``-style: a locked
+shard is left to whoever holds it), takes up to ``batch_size`` of their rows in insertion order,
+hands them to the producer in one go (``EventPublisher.publish_batch``, the idempotent producer)
+and deletes the acknowledged ones in the same transaction. Replicas of a service therefore relay
+different shards at the same time, and the rows of one key are only ever published by one relay
+at a time, oldest first: each key's order is kept.
 
 Each row keeps the ``traceparent`` of the span that enqueued it (column added by
 :data:`OUTBOX_TRACEPARENT_DDL`, which every service's migrations append; ADR 0039). The relay
@@ -18,17 +25,24 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Sequence
 
 import asyncpg
 from google.protobuf.message import Message
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from strongroom_telemetry.metrics import Metrics, instruments
-from strongroom_telemetry.propagation import TRACEPARENT, context_from_traceparent, current_traceparent
+from strongroom_telemetry.propagation import (
+    TRACEPARENT,
+    context_from_traceparent,
+    current_traceparent,
+    traceparent_of,
+)
 
-from strongroom_platform.clock import Clock
-from strongroom_platform.eventbus import EventPublisher
+from strongroom_platform.clock import Clock, sleep_or_event
+from strongroom_platform.eventbus import EventPublisher, OutgoingRecord
 from strongroom_platform.events import TOPIC_MESSAGES
+from strongroom_platform.pg_listen import Listener
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +68,32 @@ ALTER TABLE outbox ADD COLUMN IF NOT EXISTS traceparent text CHECK (length(trace
 """
 """The outbox's trace column: every schema with :data:`OUTBOX_DDL` appends it as a later migration
 (``db.outbox_traceparent_migration(version)``); :func:`enqueue` writes it."""
+
+
+SHARDS = 16
+"""Shards of the outbox: a relay pass claims up to half of those with pending rows."""
+
+OUTBOX_SHARD_DDL = f"""
+-- Which relay may publish the row (ADR 0050): rows of one key share a shard, so one relay at a time
+-- publishes them, in order.
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS shard smallint
+    GENERATED ALWAYS AS ((get_byte(sha256(key), 0) % {SHARDS})::smallint) STORED;
+CREATE INDEX IF NOT EXISTS outbox_pending_by_shard ON outbox (shard, id) WHERE published_at IS NULL;
+"""
+"""The outbox's shard column: every schema with :data:`OUTBOX_DDL` appends it as a later migration
+(``db.outbox_shard_migration(version)``)."""
+
+# Lock the shards of one pass: those with pending rows, in random order, at most half of them
+# (at least one), skipping any another relay holds. LIMIT stops the scan, so no more are locked.
+_CLAIM_SHARDS = f"""
+WITH pending AS MATERIALIZED (
+    SELECT s::smallint AS shard FROM generate_series(0, {SHARDS - 1}) AS s
+    WHERE EXISTS (SELECT 1 FROM outbox WHERE shard = s AND published_at IS NULL)
+    ORDER BY random()
+)
+SELECT shard FROM pending WHERE pg_try_advisory_xact_lock($1::int, shard)
+LIMIT (SELECT greatest(1, ceil(count(*) / 2.0))::int FROM pending)
+"""
 
 
 def _channel(schema: str) -> str:
@@ -83,11 +123,11 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, event: Message
 
 
 class OutboxRelay:
-    """Publishes outbox rows of one schema, oldest first, then deletes them.
+    """Publishes outbox rows of one schema in batches, oldest first per key, then deletes them.
 
     Args:
         pool: pool bound to the service's schema.
-        schema: that schema's name (for the lock and the wake-up channel).
+        schema: that schema's name (for the shard locks and the wake-up channel).
         publisher: the Kafka producer port.
         clock: used for the poll interval.
         poll_interval: seconds between polls when no notification arrives.
@@ -95,6 +135,8 @@ class OutboxRelay:
         keep_published: mark published rows instead of deleting them, so that
             :meth:`replay_published` can publish them again to a broker that
             lost its data (consumers deduplicate by event id).
+        listen_check_interval: seconds between liveness checks of the connection listening for
+            wake-ups (``pg_listen.Listener``; a lost one is replaced).
     """
 
     def __init__(
@@ -105,10 +147,11 @@ class OutboxRelay:
         clock: Clock,
         *,
         poll_interval: float = 1.0,
-        batch_size: int = 200,
+        batch_size: int = 2000,
         keep_published: bool = False,
         metrics: Metrics | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        listen_check_interval: float = 10.0,
     ) -> None:
         self._keep_published = keep_published
         self._metrics = metrics or instruments()
@@ -119,32 +162,28 @@ class OutboxRelay:
         self._clock = clock
         self._poll_interval = poll_interval
         self._batch_size = batch_size
+        self._listen_check_interval = listen_check_interval
         self._wake = asyncio.Event()
-        self._lock_id = int.from_bytes(hashlib.sha256(f"outbox:{schema}".encode()).digest()[:8], "big", signed=True)
+        self._lock_key = int.from_bytes(hashlib.sha256(f"outbox:{schema}".encode()).digest()[:4], "big", signed=True)
 
     async def publish_pending(self) -> int:
-        """Publish one batch of pending rows; return how many were published.
+        """Publish one batch of pending rows of the shards this pass claims; return how many were published.
 
-        If publishing fails midway, the rows already acknowledged are deleted
-        and the error propagates; the rest stay for the next attempt.
+        If publishing fails for some rows, the acknowledged ones are deleted and the first
+        failure propagates; a failed row and the later rows of its key stay for the next attempt.
         """
-        failure: BaseException | None = None
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
+            shards = [row["shard"] for row in await conn.fetch(_CLAIM_SHARDS, self._lock_key)]
+            if not shards:
                 return 0
             rows = await conn.fetch(
                 "SELECT id, topic, key, payload, traceparent FROM outbox"
-                " WHERE published_at IS NULL ORDER BY id LIMIT $1",
+                " WHERE published_at IS NULL AND shard = ANY($1::smallint[]) ORDER BY id LIMIT $2",
+                shards,
                 self._batch_size,
             )
-            done: list[int] = []
-            for row in rows:
-                try:
-                    await self._publish(row)
-                except Exception as exc:  # commit what was acknowledged, then report
-                    failure = exc
-                    break
-                done.append(row["id"])
+            outcomes = await self._publish(rows)
+            done, failure = acknowledged(rows, outcomes)
             if done and self._keep_published:
                 await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", done)
             elif done:
@@ -153,17 +192,36 @@ class OutboxRelay:
             raise failure
         return len(done)
 
-    async def _publish(self, row: asyncpg.Record) -> None:
-        topic = row["topic"]
-        with self._tracer.start_as_current_span(
-            f"{topic} publish",
-            context=context_from_traceparent(row["traceparent"]),
-            kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
-        ):
-            traceparent = current_traceparent()
-            headers = [(TRACEPARENT, traceparent.encode())] if traceparent else []
-            await self._publisher.publish(topic, bytes(row["key"]), bytes(row["payload"]), headers=headers)
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[BaseException | None]:
+        """Publish ``rows`` as one batch, each in its PRODUCER span continuing the enqueuer's trace."""
+        spans = []
+        records = []
+        for row in rows:
+            topic = row["topic"]
+            span = self._tracer.start_span(
+                f"{topic} publish",
+                context=context_from_traceparent(row["traceparent"]),
+                kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
+            )
+            traceparent = traceparent_of(trace.set_span_in_context(span))
+            headers = ((TRACEPARENT, traceparent.encode()),) if traceparent else ()
+            spans.append(span)
+            records.append(OutgoingRecord(topic, bytes(row["key"]), bytes(row["payload"]), headers))
+        try:
+            outcomes = await self._publisher.publish_batch(records)
+        except BaseException as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR))
+                span.end()
+            raise
+        for span, outcome in zip(spans, outcomes, strict=True):
+            if outcome is not None:
+                span.record_exception(outcome)
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        return outcomes
 
     async def report_backlog(self) -> int:
         """Count the events not yet published and set the ``strongroom_outbox_backlog`` gauge; return the count."""
@@ -183,35 +241,58 @@ class OutboxRelay:
         return int(result.split()[-1])
 
     async def run(self) -> None:
-        """Relay forever (until cancelled), woken by NOTIFY or the poll interval."""
-        async with self._pool.acquire() as listen_conn:
-            await listen_conn.add_listener(_channel(self._schema), self._on_notify)
-            try:
-                while True:
-                    try:
-                        while await self.publish_pending() == self._batch_size:
-                            pass
-                        await self.report_backlog()
-                    except (OSError, asyncpg.PostgresError, ConnectionError) as exc:
-                        log.warning("outbox relay for %s failed, retrying: %s", self._schema, exc)
-                    except Exception:
-                        log.exception("outbox relay for %s failed, retrying", self._schema)
-                    self._wake.clear()
-                    sleeper = asyncio.ensure_future(self._clock.sleep(self._poll_interval))
-                    waker = asyncio.ensure_future(self._wake.wait())
-                    try:
-                        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        sleeper.cancel()
-                        waker.cancel()
-            finally:
-                # The listening connection may have died with the database (the poll kept the relay
-                # going meanwhile); its pool discards it, and there is no listener left to remove.
-                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
-                    await listen_conn.remove_listener(_channel(self._schema), self._on_notify)
+        """Relay forever (until cancelled), woken by NOTIFY or the poll interval.
 
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
+        The wake-ups come over a ``pg_listen.Listener``, which listens again after its connection
+        is lost (a database restart) and wakes the relay then.
+        """
+        listener = Listener(
+            self._pool,
+            [_channel(self._schema)],
+            lambda _channel, _payload: self._wake.set(),
+            on_listening=self._wake.set,
+            clock=self._clock,
+            check_interval=self._listen_check_interval,
+        )
+        listening = asyncio.create_task(listener.run(), name=f"outbox-listen-{self._schema}")
+        try:
+            while True:
+                try:
+                    while await self.publish_pending() > 0:
+                        pass
+                    await self.report_backlog()
+                except (OSError, asyncpg.PostgresError, ConnectionError) as exc:
+                    log.warning("outbox relay for %s failed, retrying: %s", self._schema, exc)
+                except Exception:
+                    log.exception("outbox relay for %s failed, retrying", self._schema)
+                self._wake.clear()
+                await sleep_or_event(self._clock, self._poll_interval, self._wake)
+        finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+
+
+def acknowledged(
+    rows: Sequence[asyncpg.Record], outcomes: Sequence[BaseException | None]
+) -> tuple[list[int], BaseException | None]:
+    """The ids of ``rows`` that may be marked published, and the first failure (None: none).
+
+    A row is done when its record was acknowledged and no earlier row of its key failed: from a
+    key's first failure on, its rows stay pending and are published again in order (a duplicate
+    the consumers' inbox ignores, never an effect out of order).
+    """
+    failed_keys: set[tuple[str, bytes]] = set()
+    done: list[int] = []
+    failure: BaseException | None = None
+    for row, outcome in zip(rows, outcomes, strict=True):
+        key = (row["topic"], bytes(row["key"]))
+        if outcome is not None:
+            failed_keys.add(key)
+            failure = failure or outcome
+        elif key not in failed_keys:
+            done.append(row["id"])
+    return done, failure
 
 
 async def start_relay(

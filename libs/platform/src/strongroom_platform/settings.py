@@ -57,6 +57,16 @@ class PlaintextRefused(SettingsError):
     """A listener or connection would carry plaintext and the escape hatch is not set."""
 
 
+def _partitions(environ: Mapping[str, str]) -> int | None:
+    """STRONGROOM_KAFKA_PARTITIONS: None when unset (the registry's count), else 1 to 1000."""
+    if not environ.get("STRONGROOM_KAFKA_PARTITIONS"):
+        return None
+    count = env_int(environ, "STRONGROOM_KAFKA_PARTITIONS", 0)
+    if not 1 <= count <= 1000:
+        raise SettingsError(f"STRONGROOM_KAFKA_PARTITIONS must be between 1 and 1000, got {count}")
+    return count
+
+
 def _path(environ: Mapping[str, str], name: str) -> Path | None:
     value = environ.get(name, "").strip()
     return Path(value) if value else None
@@ -279,6 +289,8 @@ class PlatformSettings:
         STRONGROOM_OTEL: "none" (default), "console", "otlp" or "file:<dir>"; with
             STRONGROOM_METRICS_LISTEN, STRONGROOM_LOG_FORMAT and STRONGROOM_LOG_LEVEL read by the
             process's entry point (``strongroom_telemetry.config``, ADR 0039).
+        STRONGROOM_KAFKA_PARTITIONS: partitions of the topics a consumer creates (default: the
+            registry's, 12 in production; tests and standalone mode use a small count; ADR 0050).
         STRONGROOM_OUTBOX_REPLAY: "1" in standalone mode, whose in-memory broker forgets
             everything on restart: the outbox keeps published events and publishes them
             all again at start (consumers deduplicate by event id).
@@ -299,6 +311,7 @@ class PlatformSettings:
     internal_listen: str | None = None
     oidc: OidcSettings | None = None
     pg_migrate_dsn: str | None = None
+    kafka_partitions: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PlatformSettings:
@@ -342,6 +355,7 @@ class PlatformSettings:
             internal_listen=environ.get("STRONGROOM_INTERNAL_LISTEN") or None,
             oidc=OidcSettings.from_env(environ),
             pg_migrate_dsn=environ.get("STRONGROOM_PG_MIGRATE_DSN") or None,
+            kafka_partitions=_partitions(environ),
         )
         if not settings.insecure_plaintext and (tls is None or not tls.has_identity):
             # Refused here, before anything connects, rather than when the listener opens.

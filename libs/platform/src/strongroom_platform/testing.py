@@ -26,7 +26,7 @@ from strongroom_platform.auth.policy import POLICY
 from strongroom_platform.auth.principal import CallAuth, Principal, Role
 from strongroom_platform.auth.tokens import InMemoryTokenStore, TokenVerifier, new_token
 from strongroom_platform.clock import Clock, SystemClock, utc
-from strongroom_platform.eventbus import Handler, Headers, Record
+from strongroom_platform.eventbus import Handler, Headers, OutgoingRecord, Record
 from strongroom_platform.events import ALERT_RAISED, TOPIC_MESSAGES
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound, ObjectVersion
 from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
@@ -196,6 +196,11 @@ class InMemoryEventBus:
             self.topics.setdefault(topic, []).append((key, value))
             self.headers.setdefault(topic, []).append(tuple(headers))
             self._appended.notify_all()
+
+    async def publish_batch(self, records: Sequence[OutgoingRecord]) -> list[BaseException | None]:
+        for record in records:
+            await self.publish(record.topic, record.key, record.value, headers=record.headers)
+        return [None] * len(records)
 
     def consumer(self, group_id: str, handlers: Mapping[str, Handler]) -> InMemoryConsumer:
         return InMemoryConsumer(self, group_id, dict(handlers))

@@ -37,6 +37,9 @@ class KafkaSettings(Protocol):
     @property
     def kafka_sasl(self) -> KafkaSasl | None: ...
 
+    @property
+    def kafka_partitions(self) -> int | None: ...
+
 
 @asynccontextmanager
 async def publisher(settings: KafkaSettings) -> AsyncIterator[EventPublisher]:
@@ -53,12 +56,18 @@ async def publisher(settings: KafkaSettings) -> AsyncIterator[EventPublisher]:
 
 def consumer_factory(settings: KafkaSettings) -> ConsumerFactory:
     """A factory of Faust consumers of the cluster at ``settings.kafka_bootstrap``, connected like
-    :func:`publisher`."""
+    :func:`publisher`; topics they create get ``settings.kafka_partitions`` partitions (None: the
+    registry's)."""
     ssl_context = backend_ssl_context(settings.kafka_tls)
 
     def build(group_id: str, handlers: Mapping[str, Handler]) -> EventConsumer:
         return FaustConsumer(
-            settings.kafka_bootstrap, group_id, handlers, ssl_context=ssl_context, sasl=settings.kafka_sasl
+            settings.kafka_bootstrap,
+            group_id,
+            handlers,
+            ssl_context=ssl_context,
+            sasl=settings.kafka_sasl,
+            partitions=settings.kafka_partitions,
         )
 
     return build

@@ -83,6 +83,10 @@ class Metrics:
         self.gateway_sessions = meter.create_gauge(
             "strongroom.gateway.sessions", description="Agents connected to this gateway process"
         )
+        self.admission_waiting = meter.create_gauge(
+            "strongroom.admission.waiting",
+            description="Due backups waiting for a free slot under the fleet's concurrent-backup cap",
+        )
         self.last_success = meter.create_gauge(
             "strongroom.instance.last_success_timestamp",
             unit="s",

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -18,6 +18,7 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.events import AGENT_ENROLLED, new_meta
 
 from strongroom_gateway import filesystems, validation
+from strongroom_gateway.agent_versions import check_agent_version, gateway_release
 from strongroom_gateway.errors import InvalidArgument, Unauthenticated
 from strongroom_gateway.jobs import (
     FINAL_STATUSES,
@@ -26,7 +27,7 @@ from strongroom_gateway.jobs import (
     command_for_delivery,
     emit_job_status,
 )
-from strongroom_gateway.ports import GatewayStore, GatewayTx, Job
+from strongroom_gateway.ports import Account, GatewayStore, GatewayTx, Job
 from strongroom_gateway.sessions import Session
 from strongroom_gateway.vault import Vault
 
@@ -79,6 +80,8 @@ async def enroll(
             raise Unauthenticated("enrollment token is unknown or was already used")
         if instance.token_expires_at is None or instance.token_expires_at <= clock.now():
             raise Unauthenticated("enrollment token has expired; re-activate backup to get a new one")
+        # Refused before anything is written: the token stays valid for the upgraded agent (ADR 0045).
+        check_agent_version(request.agent_version, gateway_release())
         await tx.enroll_instance(instance.instance_id, sha256_hex(secret), request.hostname, clock.now())
         await filesystems.record_enrolled(tx, instance.instance_id, request.filesystems, clock.now())
         certificate = None
@@ -145,10 +148,18 @@ async def pending_commands(
     Each new stream gets all unfinished jobs again (the agent ignores a job it
     is already running), so a command lost with a broken stream is re-sent.
     """
-    out: list[tuple[str, gateway_pb2.AgentCommand]] = []
     async with store.transaction() as tx:
         jobs = await tx.unfinished_jobs(identity.instance_id)
         account = await tx.get_account(identity.account_id)
+    return commands_to_send(identity, session, jobs, account, unthrottled=unthrottled)
+
+
+def commands_to_send(
+    identity: Identity, session: Session, jobs: Iterable[Job], account: Account | None, *, unthrottled: bool = False
+) -> list[tuple[str, gateway_pb2.AgentCommand]]:
+    """Of the instance's unfinished ``jobs``, the commands ``session`` has not sent yet, keyed by job id
+    (``cancel:<job id>`` for a cancel)."""
+    out: list[tuple[str, gateway_pb2.AgentCommand]] = []
     if account is None:
         return out
     for job in jobs:
@@ -161,13 +172,6 @@ async def pending_commands(
         elif job.job_id not in session.sent:
             out.append((job.job_id, command_for_delivery(job, account, unthrottled=unthrottled)))
     return out
-
-
-async def mark_delivered(job_id: str, *, store: GatewayStore) -> None:
-    async with store.transaction() as tx:
-        job = await tx.get_job(job_id, for_update=True)
-        if job is not None and job.state == "queued":
-            await tx.update_job(dataclasses.replace(job, state="delivered"))
 
 
 async def handle_report(
@@ -187,6 +191,9 @@ async def handle_report(
     kind = report.WhichOneof("report")
     if kind == "hello":
         validation.hello(report.hello)
+        # Before anything is recorded: an agent outside N-1..N learns how to upgrade (ADR 0045).
+        check_agent_version(report.hello.agent_version, gateway_release())
+        session.agent_version = report.hello.agent_version
         capacity = sum(fs.capacity_bytes for fs in report.hello.filesystems)
         session.capacity_bytes = capacity
         async with store.transaction() as tx:
@@ -199,7 +206,17 @@ async def handle_report(
         return
     if kind == "progress":
         validation.progress(report.progress)
-        await _job_report(identity, report.progress.job_id, None, report.progress.stats, "", [], store, clock)
+        await _job_report(
+            identity,
+            report.progress.job_id,
+            None,
+            report.progress.stats,
+            "",
+            [],
+            store,
+            clock,
+            agent_version=session.agent_version,
+        )
         return
     if kind == "finished":
         finished = report.finished
@@ -209,7 +226,16 @@ async def handle_report(
         errors = list(finished.file_errors)[:_MAX_FILE_ERRORS]
         failed = bounded_failed_files(finished.failed_files)
         await _job_report(
-            identity, finished.job_id, finished.status, finished.stats, finished.error, errors, store, clock, failed
+            identity,
+            finished.job_id,
+            finished.status,
+            finished.stats,
+            finished.error,
+            errors,
+            store,
+            clock,
+            failed,
+            agent_version=session.agent_version,
         )
         return
     raise InvalidArgument("empty AgentReport")
@@ -225,6 +251,7 @@ async def _job_report(
     store: GatewayStore,
     clock: Clock,
     failed_files: Sequence[common_pb2.FileError] = (),
+    agent_version: str = "",
 ) -> None:
     async with store.transaction() as tx:
         job = await tx.get_job(job_id, for_update=True)
@@ -241,5 +268,13 @@ async def _job_report(
         if job.cancel_requested and final is None:
             status = common_pb2.JOB_STATUS_CANCELING
         await emit_job_status(
-            tx, updated, status, clock, error=error, stats=stats, file_errors=file_errors, failed_files=failed_files
+            tx,
+            updated,
+            status,
+            clock,
+            error=error,
+            stats=stats,
+            file_errors=file_errors,
+            failed_files=failed_files,
+            agent_version=agent_version,
         )

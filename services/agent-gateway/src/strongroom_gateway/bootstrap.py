@@ -21,7 +21,7 @@ from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import SettingsError
 from strongroom_platform.tls import server_credentials
 
-from strongroom_gateway import agent_certs, consumers, manifest_api
+from strongroom_gateway import agent_certs, consumers, manifest_api, session_events
 from strongroom_gateway.agent_certs import CertificateIssuer
 from strongroom_gateway.gc import collector
 from strongroom_gateway.grpc_api import AgentAdminServicer, GatewayServicer, register, register_admin
@@ -118,6 +118,8 @@ async def run(
                 stack, collector.Collector(deps, interval=settings.gc_interval_seconds).run(), "garbage collection"
             )
 
+        if pool is not None:
+            session_events.start(stack, pool, store, sessions, clock, sweep_interval=settings.job_sweep_interval)
         handlers = consumers.record_handlers(store, clock, sessions)
         await lifecycle.start_consumer(stack, consumer_factory, consumers.GROUP_ID, handlers)
 
@@ -129,7 +131,6 @@ async def run(
             clock=clock,
             sessions=sessions,
             writer=writer,
-            job_poll_interval=settings.job_poll_interval,
             unthrottled=settings.unthrottled,
             issuer=issuer,
             vault=vault,

@@ -3,7 +3,9 @@
 The documented exception to "the handler claims" (ADR 0021): every gateway event handler fits
 one transaction and returns the effect on agent sessions, so the claim lives here, once, in
 :func:`_claimed` — open a transaction, claim the event, call the handler with ``tx`` — and the
-effect (wake or disconnect a session) is applied after commit.
+effect (wake or disconnect a session) is applied after commit: here, to this process's session,
+and by ``NOTIFY`` (sent in the transaction) to the session wherever it is (``session_events``,
+ADR 0050).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.consume import consume
 from strongroom_platform.eventbus import Handler
 
-from strongroom_gateway import handlers
+from strongroom_gateway import handlers, session_events
 from strongroom_gateway.agents import REVOKED_BY_CANCEL
 from strongroom_gateway.handlers import CONSUMER, SessionEffect
 from strongroom_gateway.ports import GatewayStore, GatewayTx
@@ -47,6 +49,9 @@ def record_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry
                 if not await tx.claim_event(CONSUMER, getattr(event, "meta").event_id):  # noqa: B009
                     return
                 effect = await handler(event, tx=tx, clock=clock)
+                if effect is not None:
+                    # The other gateway processes learn it on commit (their agents' sessions).
+                    await tx.notify_sessions(session_events.payload(sessions.origin, effect))
             if effect is None:
                 return
             if effect.disconnect:

@@ -20,6 +20,7 @@ from strongroom_platform.objectstore import ObjectStore
 from strongroom_gateway import agent_certs, agents, filesystems, ingest, points, validation
 from strongroom_gateway.agent_certs import CertificateIssuer
 from strongroom_gateway.agents import CANCELED, Identity
+from strongroom_gateway.delivery import CommandDelivery
 from strongroom_gateway.errors import FailedPrecondition
 from strongroom_gateway.ports import GatewayStore, InstanceFilesystem
 from strongroom_gateway.sessions import Session, SessionRegistry
@@ -37,7 +38,6 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         clock: Clock,
         sessions: SessionRegistry,
         writer: ingest.PackWriter,
-        job_poll_interval: float = 5.0,
         unthrottled: bool = False,
         issuer: CertificateIssuer | None = None,
         vault: Vault | None = None,
@@ -47,8 +47,9 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self._clock = clock
         self._sessions = sessions
         self._writer = writer
-        self._poll = job_poll_interval
         self._unthrottled = unthrottled
+        # Sessions woken together read their commands and mark them delivered together (ADR 0050).
+        self._delivery = CommandDelivery(store, unthrottled=unthrottled)
         self._issuer = issuer
         self._vault = vault or Vault(store, object_store, writer.keys, clock)
 
@@ -92,12 +93,10 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         try:
             while True:
                 session.wake.clear()
-                for key, command in await agents.pending_commands(
-                    identity, session, store=self._store, unthrottled=self._unthrottled
-                ):
-                    if not key.startswith("cancel:"):
-                        # Before sending: the agent may call ReadManifest as soon as it has the command.
-                        await agents.mark_delivered(key, store=self._store)
+                commands = await self._delivery.pending(identity, session)
+                # Before sending: the agent may call ReadManifest as soon as it has the command.
+                await self._delivery.mark_delivered([key for key, _ in commands if not key.startswith("cancel:")])
+                for key, command in commands:
                     session.sent.add(key)
                     yield command
                 if reader.done() or session.closed.is_set():
@@ -125,15 +124,14 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             log.info("agent %s disconnected", identity.instance_id)
 
     async def _wait(self, session: Session, reader: asyncio.Task[None]) -> None:
-        waiters = [
-            asyncio.ensure_future(session.wake.wait()),
-            asyncio.ensure_future(self._clock.sleep(self._poll)),
-        ]
+        """Until the session is woken (a new command, from this process's consumer, a notification
+        or the sweep; ``session_events``) or the agent's stream ends. No per-session poll: an idle
+        session costs no database work (ADR 0050)."""
+        waiter = asyncio.ensure_future(session.wake.wait())
         try:
-            await asyncio.wait([*waiters, reader], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([waiter, reader], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            waiter.cancel()
 
     async def _read_reports(
         self, identity: Identity, reports: AsyncIterator[gateway_pb2.AgentReport], session: Session

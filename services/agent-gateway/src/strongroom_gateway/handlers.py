@@ -16,6 +16,7 @@ from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import Clock
 from strongroom_platform.eventbus import PoisonRecord
 from strongroom_platform.events import from_timestamp
+from strongroom_telemetry.propagation import current_traceparent
 
 from strongroom_gateway.jobs import emit_job_status, finish_job, run_backup_command
 from strongroom_gateway.ports import Account, GatewayTx, Job, JobKind
@@ -131,6 +132,9 @@ async def _queue_job(
 async def handle_job_requested(event: events_pb2.JobRequested, *, tx: GatewayTx, clock: Clock) -> SessionEffect | None:
     """Queue a backup job; the session delivers it now if the agent is connected, else on connect."""
     command = run_backup_command(event.job_id, event.priority, event.roots)
+    # The consumer's span continues the trace of the call that requested the job (ADR 0039); the
+    # agent's job span continues it in turn.
+    command.run_backup.traceparent = current_traceparent() or ""
     return await _queue_job(
         tx,
         clock,
@@ -159,6 +163,7 @@ async def handle_restore_requested(
             target_path=event.target_path,
             conflict_policy=gateway_pb2.ConflictPolicy.ValueType(policy),
             source_mount_point=event.source_mount_point,
+            traceparent=current_traceparent() or "",
         )
     )
     return await _queue_job(

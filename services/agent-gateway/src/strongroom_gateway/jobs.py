@@ -113,6 +113,7 @@ async def emit_job_status(
     stats: common_pb2.JobStats | None = None,
     file_errors: Iterable[str] = (),
     failed_files: Iterable[common_pb2.FileError] = (),
+    agent_version: str = "",
 ) -> None:
     """Enqueue job-updated (backup) or restore-updated (restore, with ``failed_files``) for ``job``."""
     meta = new_meta(PRODUCER, clock.now())
@@ -126,6 +127,7 @@ async def emit_job_status(
             error=error,
             version_id=job.version_id or "",
             file_errors=list(file_errors),
+            agent_version=agent_version,
         )
         if stats is not None:
             updated.stats.CopyFrom(stats)

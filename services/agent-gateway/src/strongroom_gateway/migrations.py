@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration, outbox_traceparent_migration
+from strongroom_platform.db import Migration, outbox_shard_migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
 from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
@@ -253,6 +253,8 @@ MIGRATIONS: list[Migration] = [
     Migration(13, REPACK_DDL),
     # The outbox's traceparent column (ADR 0039). 12 is unused (reserved for the lifecycle work, not needed).
     outbox_traceparent_migration(14),
+    # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
+    outbox_shard_migration(17),
 ]
 
 ROLE = SERVICE_ROLES["gateway"]

@@ -220,6 +220,28 @@ class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, RepackTx, Protocol):
         """Jobs of the instance not finished yet, in the order they were inserted."""
         ...
 
+    async def unfinished_jobs_of(self, instance_ids: Sequence[str]) -> dict[str, list[Job]]:
+        """``unfinished_jobs`` of several instances at once (an instance without any is absent)."""
+        ...
+
+    async def get_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+        """The accounts among ``account_ids`` that exist."""
+        ...
+
+    async def mark_delivered(self, job_ids: Sequence[str]) -> None:
+        """Set the jobs among ``job_ids`` that are still queued to delivered."""
+        ...
+
+    async def unfinished_job_keys(self, instance_ids: Sequence[str]) -> list[tuple[str, str, bool]]:
+        """(instance id, job id, cancel requested) of the unfinished jobs of ``instance_ids``: what
+        the gateway's safety sweep compares with what each session has sent (ADR 0050)."""
+        ...
+
+    async def notify_sessions(self, payload: str) -> None:
+        """Tell every gateway process, once this transaction commits, what a session must learn
+        (``session_events.payload``; PostgreSQL ``NOTIFY``)."""
+        ...
+
     async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:
         """Locations of those of ``chunk_ids`` the account holds (never another account's)."""
         ...

@@ -26,6 +26,7 @@ from strongroom_gateway.ports import (
     Pack,
     Point,
 )
+from strongroom_gateway.sessions import SESSIONS_CHANNEL
 
 # Bound on ids per query, so huge lookups do not build huge parameter arrays.
 _BATCH = 10_000
@@ -329,6 +330,39 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgTransaction):
             job.version_id,
             job.version_created_at,
         )
+
+    async def unfinished_jobs_of(self, instance_ids: Sequence[str]) -> dict[str, list[Job]]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM jobs WHERE instance_id = ANY($1::text[]) AND state <> 'finished' ORDER BY seq",
+            list(instance_ids),
+        )
+        out: dict[str, list[Job]] = {}
+        for row in rows:
+            out.setdefault(row["instance_id"], []).append(_job(row))
+        return out
+
+    async def get_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+        rows = await self._conn.fetch(
+            "SELECT account_id, chunk_id_key, chunker_seed FROM accounts WHERE account_id = ANY($1::text[])",
+            list(account_ids),
+        )
+        return {r["account_id"]: Account(r["account_id"], bytes(r["chunk_id_key"]), r["chunker_seed"]) for r in rows}
+
+    async def mark_delivered(self, job_ids: Sequence[str]) -> None:
+        await self._conn.execute(
+            "UPDATE jobs SET state = 'delivered' WHERE job_id = ANY($1::text[]) AND state = 'queued'", list(job_ids)
+        )
+
+    async def unfinished_job_keys(self, instance_ids: Sequence[str]) -> list[tuple[str, str, bool]]:
+        rows = await self._conn.fetch(
+            "SELECT instance_id, job_id, cancel_requested FROM jobs"
+            " WHERE instance_id = ANY($1::text[]) AND state <> 'finished'",
+            list(instance_ids),
+        )
+        return [(r["instance_id"], r["job_id"], r["cancel_requested"]) for r in rows]
+
+    async def notify_sessions(self, payload: str) -> None:
+        await self._conn.execute("SELECT pg_notify($1, $2)", SESSIONS_CHANNEL, payload)
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
         rows = await self._conn.fetch(

@@ -8,9 +8,13 @@ restarts.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass, field
 
 from strongroom_platform.telemetry import Metrics, instruments
+
+SESSIONS_CHANNEL = "gateway_sessions"
+"""The ``LISTEN``/``NOTIFY`` channel of session effects, shared by every gateway process (ADR 0050)."""
 
 
 @dataclass(eq=False)
@@ -24,14 +28,21 @@ class Session:
     sent: set[str] = field(default_factory=set)
     # Sum of filesystem capacities from the agent's hello.
     capacity_bytes: int = 0
+    # The agent's version from its hello (ADR 0045), carried by the job-updated events it causes.
+    agent_version: str = ""
 
 
 class SessionRegistry:
-    """The open sessions; their number is the ``strongroom_gateway_sessions`` gauge."""
+    """The open sessions; their number is the ``strongroom_gateway_sessions`` gauge.
+
+    ``origin`` names this registry (this process) in session notifications, so that a process
+    ignores the ones it sent itself (``session_events``).
+    """
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._sessions: dict[str, Session] = {}
         self._metrics = metrics or instruments()
+        self.origin = secrets.token_hex(8)
 
     def open(self, instance_id: str) -> Session:
         """Register a new stream; an older stream of the same instance is closed (the agent reconnected)."""

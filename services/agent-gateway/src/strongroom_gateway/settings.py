@@ -45,6 +45,8 @@ class Settings:
         checked packs; 0 runs only the verifications operators start.
     STRONGROOM_GATEWAY_VERIFY_COVER_DAYS: the sample reads every pack within this many days
         (default 28, at most 30: the retention period).
+    STRONGROOM_GATEWAY_JOB_SWEEP_SECONDS: seconds between safety sweeps for jobs a session
+        notification missed (default 60; ADR 0050).
     Garbage collection (ADR 0041):
     STRONGROOM_S3_RECLAIM_ACCESS_KEY, STRONGROOM_S3_RECLAIM_SECRET_KEY: the reclaimer identity (ADR
         0035), the only one that deletes; with the S3 store and without them nothing is reclaimed.
@@ -58,8 +60,10 @@ class Settings:
     grpc_listen: str = "127.0.0.1:0"
     pack_target_bytes: int = 16 << 20
     max_concurrent_writes: int = 8
-    # Seconds between checks for jobs queued by another gateway replica.
+    # Seconds between the verification worker's checks for queued verifications.
     job_poll_interval: float = 5.0
+    # Seconds between safety sweeps for job commands a session notification missed (ADR 0050).
+    job_sweep_interval: float = 60.0
     # Benchmarks only: deliver backups with no read-rate or core limit.
     unthrottled: bool = False
     # None only when constructed in code (tests inject a keyring); from_env requires it.
@@ -99,7 +103,15 @@ class Settings:
             **_agent_certificates(environ),
             **_verification(environ),
             **_collection(environ),
+            job_sweep_interval=float(_job_sweep_seconds(environ)),
         )
+
+
+def _job_sweep_seconds(environ: Mapping[str, str]) -> int:
+    seconds = env_int(environ, "STRONGROOM_GATEWAY_JOB_SWEEP_SECONDS", 60)
+    if not 1 <= seconds <= 3600:
+        raise SettingsError("STRONGROOM_GATEWAY_JOB_SWEEP_SECONDS must be between 1 and 3600")
+    return seconds
 
 
 class _Collection(TypedDict):

@@ -45,6 +45,8 @@ class _State:
     filesystems: dict[tuple[str, str], InstanceFilesystem] = dataclasses.field(default_factory=dict)
     processed: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     outbox: list[tuple[str, str, Message]] = dataclasses.field(default_factory=list)
+    # Session notifications (``notify_sessions``) in commit order; no other process hears them.
+    notifications: list[str] = dataclasses.field(default_factory=list)
     certificates: dict[str, AgentCertificate] = dataclasses.field(default_factory=dict)
     gc: MemoryGcState = dataclasses.field(default_factory=MemoryGcState)
 
@@ -207,6 +209,34 @@ class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx):
             version_id=job.version_id,
             version_created_at=job.version_created_at,
         )
+
+    async def unfinished_jobs_of(self, instance_ids: Sequence[str]) -> dict[str, list[Job]]:
+        out: dict[str, list[Job]] = {}
+        for instance_id in instance_ids:
+            jobs = await self.unfinished_jobs(instance_id)
+            if jobs:
+                out[instance_id] = jobs
+        return out
+
+    async def get_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+        return {a: self._s.accounts[a] for a in account_ids if a in self._s.accounts}
+
+    async def mark_delivered(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            job = self._s.jobs.get(job_id)
+            if job is not None and job.state == "queued":
+                self._s.jobs[job_id] = dataclasses.replace(job, state="delivered")
+
+    async def unfinished_job_keys(self, instance_ids: Sequence[str]) -> list[tuple[str, str, bool]]:
+        wanted = set(instance_ids)
+        return [
+            (j.instance_id, j.job_id, j.cancel_requested)
+            for j in self._s.jobs.values()
+            if j.instance_id in wanted and j.state != "finished"
+        ]
+
+    async def notify_sessions(self, payload: str) -> None:
+        self._s.notifications.append(payload)
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
         # dicts keep insertion order: the order the jobs were requested in.

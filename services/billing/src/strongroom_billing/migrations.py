@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration, outbox_traceparent_migration
+from strongroom_platform.db import Migration, outbox_shard_migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
 from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
@@ -105,6 +105,8 @@ MIGRATIONS: list[Migration] = [
     Migration(5, _INVENTORY),
     # The outbox's traceparent column (ADR 0039).
     outbox_traceparent_migration(6),
+    # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
+    outbox_shard_migration(8),
 ]
 
 ROLE = SERVICE_ROLES["billing"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration, outbox_traceparent_migration
+from strongroom_platform.db import Migration, outbox_shard_migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
 from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
@@ -351,6 +351,8 @@ MIGRATIONS: list[Migration] = [
     Migration(7, _V7_SEARCH),
     # The outbox's traceparent column (ADR 0039).
     outbox_traceparent_migration(8),
+    # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
+    outbox_shard_migration(13),
 ]
 
 # What the catalog's role may do, per table (ADR 0031); a new table adds its line here. The file

@@ -86,7 +86,8 @@ async def run(
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(deps, alert_deps))
 
         async def tick() -> None:
-            await schedule_due(store, clock, zone=settings.zone)
+            done = await schedule_due(store, clock, zone=settings.zone, admission=settings.admission)
+            deps.metrics.admission_waiting.set(done.waiting_total)
             await note_preparation_failures(store, clock)
 
         lifecycle.start_task(stack, run_schedule_loop(tick, clock, interval=settings.schedule_interval), "schedule")

@@ -52,6 +52,7 @@ def instance_to_proto(instance: Instance, now: dt.datetime, zone: dt.tzinfo) -> 
             released=instance.released,
         ),
         activated=instance.activated,
+        agent_version=instance.agent_version,
     )
     if not instance.activated:
         message.ClearField("activated_at")

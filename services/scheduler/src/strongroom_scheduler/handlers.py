@@ -606,6 +606,7 @@ async def handle_agent_enrolled(event: events_pb2.AgentEnrolled, deps: Deps) -> 
         before = instance.status(now)
         instance.enrolled = True
         instance.hostname = event.hostname
+        instance.agent_version = event.agent_version
         problems = inventory.merge_enrolled_inventory(instance, event)
         if instance.host_id:
             other = await tx.instance_of_host(instance.account_id, instance.host_id)
@@ -702,6 +703,8 @@ async def handle_job_updated(event: events_pb2.JobUpdated, deps: Deps) -> None:
             now = deps.clock.now()
             before = instance.status(now)
             instance.backing_up = job.status in (common_pb2.JOB_STATUS_RUNNING, common_pb2.JOB_STATUS_CANCELING)
+            if event.agent_version:
+                instance.agent_version = event.agent_version
             if job.status in SUCCESSFUL_JOB_STATUSES:
                 instance.succeeded_once = True
                 instance.last_error = ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strongroom_platform.db import Migration, outbox_traceparent_migration
+from strongroom_platform.db import Migration, outbox_shard_migration, outbox_traceparent_migration
 from strongroom_platform.inbox import INBOX_DDL, INBOX_PRIVILEGES
 from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
@@ -162,6 +162,10 @@ CREATE INDEX instances_due ON instances (next_backup_at)
     WHERE activated AND NOT paused AND NOT canceled AND NOT released;
 """
 
+# Admission control (ADR 0053) counts the fleet's unfinished jobs on every schedule pass: an index of
+# those few rows rather than a scan of every job ever run.
+_ADMISSION = "CREATE INDEX jobs_unfinished ON jobs (instance_id) WHERE status IN (1, 2, 3, 7)"
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -173,6 +177,11 @@ MIGRATIONS: list[Migration] = [
     Migration(10, _INVENTORY),
     # The outbox's traceparent column (ADR 0039).
     outbox_traceparent_migration(11),
+    # The agent's version per instance (ADR 0045).
+    Migration(12, "ALTER TABLE instances ADD COLUMN agent_version text NOT NULL DEFAULT ''"),
+    # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
+    outbox_shard_migration(14),
+    Migration(15, _ADMISSION),
 ]
 
 ROLE = SERVICE_ROLES["scheduler"]

@@ -100,6 +100,8 @@ class Instance:
     prepare_by: dt.datetime | None = None
     # PREPARATION_FAILED was published (by the preparation sweep) for the current preparation.
     preparation_failure_noted: bool = False
+    # The agent's version: at enrollment, then as reported with its backup jobs (ADR 0045).
+    agent_version: str = ""
 
     @property
     def preparation_deadline(self) -> dt.datetime:

@@ -87,6 +87,18 @@ class SchedulerTx(InboxOutboxTx, Protocol):
         """The instance's jobs, newest first."""
         ...
 
+    async def count_unfinished_jobs(self) -> int:
+        """Backup jobs of every account that have not finished: what the admission cap counts."""
+        ...
+
+    async def lock_admission(self) -> None:
+        """Serialize admission with every other scheduler replica until the transaction ends."""
+        ...
+
+    async def count_due(self, now: dt.datetime) -> int:
+        """Instances :meth:`due_instances` would return at ``now``, without a limit or locks."""
+        ...
+
     async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
         """Append one audit record; a record whose event id is stored already is ignored."""
         ...

@@ -45,6 +45,7 @@ _INSTANCE_COLUMNS = (
     "released",
     "prepare_by",
     "preparation_failure_noted",
+    "agent_version",
 )
 _JOB_COLUMNS = (
     "job_id",
@@ -65,7 +66,11 @@ _INSTANCE_SELECT = (
     f"SELECT {', '.join(c + '::text' if c == 'block_devices' else c for c in _INSTANCE_COLUMNS)} FROM instances"
 )
 _JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
+# The advisory lock key of admission (ADR 0053): "adm" in ASCII, unique among the scheduler's locks.
+_ADMISSION_LOCK = 0x61646D
 _UNFINISHED = "(1, 2, 3, 7)"  # CREATED, QUEUED, RUNNING, CANCELING (models.UNFINISHED_JOB_STATUSES)
+# Instances whose daily slot is due at $1 (the partial index instances_due).
+_DUE = "activated AND NOT paused AND NOT canceled AND NOT released AND next_backup_at <= $1"
 
 
 def _param(column: str, n: int) -> str:
@@ -182,9 +187,7 @@ class PgSchedulerTx(PgTransaction):
 
     async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
         rows = await self._conn.fetch(
-            f"{_INSTANCE_SELECT} WHERE activated AND NOT paused AND NOT canceled AND NOT released"
-            " AND next_backup_at <= $1"
-            " ORDER BY next_backup_at, instance_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            f"{_INSTANCE_SELECT} WHERE {_DUE} ORDER BY next_backup_at, instance_id LIMIT $2 FOR UPDATE SKIP LOCKED",
             now,
             limit,
         )
@@ -231,6 +234,17 @@ class PgSchedulerTx(PgTransaction):
             f"{_JOB_SELECT} WHERE instance_id = $1 ORDER BY created_at DESC, seq DESC LIMIT $2", instance_id, limit
         )
         return [_job(r) for r in rows]
+
+    async def count_unfinished_jobs(self) -> int:
+        count: int = await self._conn.fetchval(f"SELECT count(*) FROM jobs WHERE status IN {_UNFINISHED}")
+        return count
+
+    async def lock_admission(self) -> None:
+        await self._conn.execute("SELECT pg_advisory_xact_lock($1)", _ADMISSION_LOCK)
+
+    async def count_due(self, now: dt.datetime) -> int:
+        count: int = await self._conn.fetchval(f"SELECT count(*) FROM instances WHERE {_DUE}", now)
+        return count
 
     async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
         await self._conn.execute(

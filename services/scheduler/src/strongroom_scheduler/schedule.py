@@ -23,8 +23,8 @@ from strongroom_platform.events import ALERT_RAISED
 from strongroom_platform.zones import DEFAULT_ZONE
 
 from strongroom_scheduler.jobs import PRODUCER, start_job
-from strongroom_scheduler.models import TRIGGER_SCHEDULE
-from strongroom_scheduler.ports import SchedulerStore
+from strongroom_scheduler.models import TRIGGER_SCHEDULE, Instance
+from strongroom_scheduler.ports import SchedulerStore, SchedulerTx
 
 log = logging.getLogger(__name__)
 
@@ -83,31 +83,59 @@ def format_minute(minute: int) -> str:
     return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """How many backups the fleet runs at once (ADR 0053).
+
+    ``max_concurrent``: unfinished backup jobs of every account together (0: no cap). A due slot that
+    finds them all taken waits, oldest slot first, and starts when one frees; one still waiting
+    ``window`` after its slot time is skipped and reported. "Back up now" is not held back, but its
+    job counts against the cap.
+    """
+
+    max_concurrent: int = 0
+    window: dt.timedelta = dt.timedelta(minutes=DEFAULT_WINDOW_MINUTES)
+
+
 @dataclass
 class SchedulePass:
     """What one pass over the due instances did."""
 
     created: list[str] = field(default_factory=list)  # job ids
     skipped: list[str] = field(default_factory=list)  # instance ids whose slot was skipped
+    waiting: list[str] = field(default_factory=list)  # instance ids whose slot waits for a free backup slot
+    waiting_total: int = 0  # slots of the whole fleet still due when the pass ended (0 without a cap)
 
 
 async def schedule_due(
-    store: SchedulerStore, clock: Clock, *, batch_size: int = 100, zone: dt.tzinfo = DEFAULT_ZONE
+    store: SchedulerStore,
+    clock: Clock,
+    *,
+    batch_size: int = 100,
+    zone: dt.tzinfo = DEFAULT_ZONE,
+    admission: Admission = Admission(),
 ) -> SchedulePass:
-    """Process every slot that is due: start a job, or skip the slot, then advance ``next_backup_at``.
+    """Process every slot that is due: start a job, skip the slot, or leave it waiting for a free
+    backup slot (``admission``); a started or skipped slot advances ``next_backup_at``.
 
     A slot is skipped when the agent has not enrolled yet, or when the
     instance's previous backup is still running (the seed: "subsequent backups
-    are skipped to prioritize the completion of the ongoing backup job"); the
-    latter raises a BACKUP_SKIPPED alert.
+    are skipped to prioritize the completion of the ongoing backup job"), or when it waited for a
+    free backup slot longer than the admission window; the latter two raise a BACKUP_SKIPPED alert.
     Slots missed while the scheduler was down collapse into one job.
     Each batch is one transaction whose rows are locked with SKIP LOCKED, so
-    several scheduler replicas can run this concurrently.
+    several scheduler replicas can run this concurrently; with a cap, admission itself is
+    serialized across replicas (an advisory lock), so the cap holds exactly.
     """
     result = SchedulePass()
+    capped = admission.max_concurrent > 0
     while True:
         now = clock.now()
         async with store.transaction() as tx:
+            free = 0
+            if capped:
+                await tx.lock_admission()
+                free = admission.max_concurrent - await tx.count_unfinished_jobs()
             due = await tx.due_instances(now, batch_size)
             for instance in due:
                 slot_day = local_date(instance.next_backup_at, zone)
@@ -125,27 +153,62 @@ async def schedule_due(
                         slot_day,
                     )
                     result.skipped.append(instance.instance_id)
-                    alert = account_alert(
-                        events_pb2.ALERT_KIND_BACKUP_SKIPPED,
-                        producer=PRODUCER,
-                        now=now,
-                        account_id=instance.account_id,
-                        instance_id=instance.instance_id,
-                        instance_name=instance.name,
-                        job_id=unfinished[0].job_id,
-                        reason=f"the {slot_day} backup was skipped: backup job {unfinished[0].job_id} is still "
-                        "running, and an ongoing backup is completed first",
+                    reason = (
+                        f"the {slot_day} backup was skipped: backup job {unfinished[0].job_id} is still "
+                        "running, and an ongoing backup is completed first"
                     )
-                    await tx.enqueue(ALERT_RAISED, instance.instance_id, alert)
+                    await _alert_skipped(tx, instance, now, reason, job_id=unfinished[0].job_id)
+                elif capped and free <= 0:
+                    if now < instance.next_backup_at + admission.window:
+                        result.waiting.append(instance.instance_id)
+                        continue  # the slot stays due: it starts when a backup slot frees
+                    log.warning(
+                        "instance %s: no free backup slot within %s; skipping the %s backup",
+                        instance.instance_id,
+                        admission.window,
+                        slot_day,
+                    )
+                    result.skipped.append(instance.instance_id)
+                    reason = (
+                        f"the {slot_day} backup was skipped: the fleet's {admission.max_concurrent} concurrent "
+                        f"backups stayed busy for {_hours(admission.window)} after its start time; raise "
+                        "STRONGROOM_MAX_CONCURRENT_BACKUPS or spread the instances' backup times"
+                    )
+                    await _alert_skipped(tx, instance, now, reason)
                 else:
                     job = await start_job(tx, instance, TRIGGER_SCHEDULE, now)
                     log.info("instance %s: started scheduled backup job %s", instance.instance_id, job.job_id)
                     result.created.append(job.job_id)
+                    free -= 1
                 instance.last_scheduled_on = max(slot_day, instance.last_scheduled_on or slot_day)
                 instance.next_backup_at = next_run(instance.daily_start_minute, now, instance.last_scheduled_on, zone)
                 await tx.update_instance(instance)
-        if len(due) < batch_size:
+            if capped:
+                result.waiting_total = await tx.count_due(now)
+        # a full fleet leaves the rest of the due slots waiting for the next pass (oldest first)
+        if len(due) < batch_size or (capped and free <= 0):
             return result
+
+
+async def _alert_skipped(
+    tx: SchedulerTx, instance: Instance, now: dt.datetime, reason: str, *, job_id: str = ""
+) -> None:
+    alert = account_alert(
+        events_pb2.ALERT_KIND_BACKUP_SKIPPED,
+        producer=PRODUCER,
+        now=now,
+        account_id=instance.account_id,
+        instance_id=instance.instance_id,
+        instance_name=instance.name,
+        job_id=job_id,
+        reason=reason,
+    )
+    await tx.enqueue(ALERT_RAISED, instance.instance_id, alert)
+
+
+def _hours(window: dt.timedelta) -> str:
+    hours = window.total_seconds() / 3600
+    return f"{hours:g} h"
 
 
 async def run_schedule_loop(tick: Callable[[], Awaitable[object]], clock: Clock, *, interval: float = 30.0) -> None:

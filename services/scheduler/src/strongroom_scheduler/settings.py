@@ -13,6 +13,7 @@ from strongroom_platform.zones import DEFAULT_ZONE, zone_from_env
 from strongroom_scheduler.alerts.delivery import DeliveryPolicy
 from strongroom_scheduler.alerts.mail import SECURITY_MODES, SmtpSettings
 from strongroom_scheduler.alerts.webhook import WebhookPolicy, parse_allow_list
+from strongroom_scheduler.schedule import DEFAULT_WINDOW_MINUTES, Admission
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: str) -> float:
@@ -24,6 +25,14 @@ def _seconds(environ: Mapping[str, str], name: str, default: str) -> float:
     if value <= 0:
         raise SettingsError(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def _admission(environ: Mapping[str, str]) -> Admission:
+    cap = env_int(environ, "STRONGROOM_MAX_CONCURRENT_BACKUPS", 0)
+    if cap < 0:
+        raise SettingsError(f"STRONGROOM_MAX_CONCURRENT_BACKUPS must be 0 (no cap) or more, got {cap}")
+    window = _seconds(environ, "STRONGROOM_ADMISSION_WINDOW", str(DEFAULT_WINDOW_MINUTES * 60))
+    return Admission(max_concurrent=cap, window=dt.timedelta(seconds=window))
 
 
 def _smtp(environ: Mapping[str, str]) -> SmtpSettings | None:
@@ -117,6 +126,9 @@ class Settings:
     instance is PREPARATION_FAILED (default 1800, the seed's "typically within 5 minutes" with margin).
     STRONGROOM_ZONE: the zone whose midnights daily start times count from (default UTC+8; an
     offset such as UTC+8 or an IANA name such as Asia/Shanghai).
+    STRONGROOM_MAX_CONCURRENT_BACKUPS: backups of the whole fleet running at once (default 0: no cap);
+    STRONGROOM_ADMISSION_WINDOW: seconds a due backup may wait for a free slot before it is skipped
+    and reported (default 21600, the seed's six-hour start window). ADR 0053.
     The alert pipeline's: see AlertSettings.
     """
 
@@ -126,6 +138,7 @@ class Settings:
     zone: dt.tzinfo = DEFAULT_ZONE
     preparation_timeout: dt.timedelta = dt.timedelta(minutes=30)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    admission: Admission = field(default_factory=Admission)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -156,4 +169,5 @@ class Settings:
             zone=zone_from_env(environ),
             preparation_timeout=dt.timedelta(seconds=timeout),
             alerts=AlertSettings.from_env(environ),
+            admission=_admission(environ),
         )

@@ -90,13 +90,16 @@ class InMemorySchedulerTx:
         ]
         return sorted(found, key=lambda i: (i.activated_at, i.instance_id))[:limit]
 
-    async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
-        due = [
-            copy.deepcopy(i)
+    def _due(self, now: dt.datetime) -> list[Instance]:
+        return [
+            i
             for i in self._s.instances.values()
             if i.activated and not i.paused and not i.canceled and not i.released and i.next_backup_at <= now
         ]
-        return sorted(due, key=lambda i: (i.next_backup_at, i.instance_id))[:limit]
+
+    async def due_instances(self, now: dt.datetime, limit: int) -> list[Instance]:
+        due = sorted(self._due(now), key=lambda i: (i.next_backup_at, i.instance_id))[:limit]
+        return [copy.deepcopy(i) for i in due]
 
     async def instance_of_host(self, account_id: str, host_id: str, *, for_update: bool = False) -> Instance | None:
         for i in self._s.instances.values():
@@ -145,6 +148,15 @@ class InMemorySchedulerTx:
         # insertion order breaks ties of equal creation times, newest first
         order = {job_id: n for n, job_id in enumerate(self._s.jobs)}
         return sorted(jobs, key=lambda j: (j.created_at, order[j.job_id]), reverse=True)[:limit]
+
+    async def count_unfinished_jobs(self) -> int:
+        return sum(1 for j in self._s.jobs.values() if j.status in UNFINISHED_JOB_STATUSES)
+
+    async def lock_admission(self) -> None:
+        return None  # the fake's transactions already run one at a time
+
+    async def count_due(self, now: dt.datetime) -> int:
+        return len(self._due(now))
 
     async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
         self._s.audit_events.setdefault(event.meta.event_id, copy.deepcopy(event))

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.alerts import clip
-from strongroom_platform.clock import Clock
+from strongroom_platform.clock import Clock, sleep_or_event
 
 from strongroom_scheduler.alerts import webhook
 from strongroom_scheduler.alerts.model import DEAD, DELIVERED, PENDING, WEBHOOK, Message, Outgoing
@@ -163,10 +163,4 @@ async def run_delivery_loop(
             raise
         except Exception:
             log.exception("delivery pass failed; retrying in %.0fs", interval)
-        sleeper = asyncio.ensure_future(clock.sleep(interval))
-        waker = asyncio.ensure_future(wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        await sleep_or_event(clock, interval, wake)

@@ -1,0 +1,325 @@
+"""Agent sessions over two gateway processes (ADR 0050): idle cost and job delivery latency.
+
+    uv run python bench/sessions.py [--sessions 1000] [--idle-seconds 60] [--no-durable] [--out FILE.md]
+
+Real PostgreSQL (durable; ``--no-durable``: without fsync) and Apache Kafka (topics of the
+registry's 12 partitions), two ``strongroom-gateway`` processes (the production entry point, one
+consumer group). The bench process plays the rest of the platform and the agents:
+
+1. publishes ``instance-activated`` for ``--sessions`` instances (as the scheduler's relay does)
+   and enrolls each through ``Enroll`` (the real gRPC protocol, bearer credentials);
+2. opens one ``Connect`` stream per instance, alternately on gateway A and B: many lightweight
+   agents in one process, each a stream that only waits for commands;
+3. **idle**: CPU seconds of each gateway process and PostgreSQL commits (``pg_stat_database``)
+   over ``--idle-seconds``, first with no session open (the baseline), then with all of them open;
+4. **delivery**: publishes one ``job-requested`` per instance in one batch (1,000 jobs issued at
+   once), then times when each session receives its ``RunBackup`` — from the publish (Kafka,
+   either gateway's consumer, the database, the notification to the session's gateway) and from
+   the job's row (``jobs.created_at``, written by the consuming gateway) to the session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_cli.stack import ManagedProcess, spawn
+from strongroom_cli.standalone import provision_database
+from strongroom_platform.clock import SystemClock
+from strongroom_platform.eventbus import OutgoingRecord
+from strongroom_platform.eventbus_kafka import KafkaPublisher
+from strongroom_platform.events import INSTANCE_ACTIVATED, JOB_REQUESTED, new_meta, to_timestamp
+from strongroom_servers.kafka import LocalKafka
+from strongroom_servers.postgres import LocalPostgres
+
+ACCOUNT = "bench-account"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def commits(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+
+
+async def start_gateways(work: Path, dsn: str, bootstrap: str) -> list[ManagedProcess]:
+    env = dict(
+        os.environ,
+        STRONGROOM_PG_DSN=dsn,
+        STRONGROOM_KAFKA_BOOTSTRAP=bootstrap,
+        STRONGROOM_OBJECT_STORE=f"file:{work / 'objects'}",
+        STRONGROOM_MASTER_KEY_FILE=str(work / "master.key"),
+        STRONGROOM_GRPC_LISTEN="127.0.0.1:0",
+        STRONGROOM_INSECURE_PLAINTEXT="1",
+        STRONGROOM_GATEWAY_GC_INTERVAL_SECONDS="0",
+        STRONGROOM_GATEWAY_VERIFY_DAILY="0",
+    )
+    gateways = []
+    for name in ("gateway-a", "gateway-b"):  # one after the other: the first creates the master key
+        gateways.append(
+            await spawn(name, [sys.executable, "-m", "strongroom_gateway"], env, work / "logs", announce="gateway")
+        )
+    return gateways
+
+
+async def activate_and_enroll(
+    publisher: KafkaPublisher, stubs: list[gateway_pb2_grpc.AgentGatewayServiceStub], count: int
+) -> list[tuple[str, str]]:
+    """(instance id, bearer) of ``count`` enrolled instances."""
+    now = SystemClock().now()
+    tokens = {f"bench-{i:06d}": secrets.token_urlsafe(24) for i in range(count)}
+    records = []
+    for instance_id, token in tokens.items():
+        event = events_pb2.InstanceActivated(
+            meta=new_meta("scheduler", now),
+            account_id=ACCOUNT,
+            instance_id=instance_id,
+            region="r1",
+            enrollment_token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+            token_expires_at=to_timestamp(now + dt.timedelta(hours=1)),
+        )
+        records.append(OutgoingRecord(INSTANCE_ACTIVATED, instance_id.encode(), event.SerializeToString()))
+    outcomes = await publisher.publish_batch(records)
+    assert not any(outcomes), outcomes
+    enrolled: list[tuple[str, str]] = []
+    slots = asyncio.Semaphore(16)
+
+    async def enroll(index: int, token: str) -> None:
+        async with slots:
+            for _ in range(600):  # until the gateway consumed the activation
+                try:
+                    response = await stubs[index % 2].Enroll(
+                        gateway_pb2.EnrollRequest(
+                            enrollment_token=token,
+                            hostname=f"host-{index}",
+                            filesystems=[common_pb2.Filesystem(mount_point="/", device="/dev/vda1", fs_type="ext4")],
+                        ),
+                        timeout=30,
+                    )
+                    enrolled.append((response.instance_id, f"Bearer {response.instance_id}.{response.credential}"))
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                        raise
+                    await asyncio.sleep(0.1)
+            raise RuntimeError("an activation never reached the gateways")
+
+    await asyncio.gather(*(enroll(i, token) for i, token in enumerate(tokens.values())))
+    return enrolled
+
+
+class Sessions:
+    """One ``Connect`` stream per agent; the receive time of every ``RunBackup``, by job id."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, float] = {}
+        self.expected = 0
+        self.all_received = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def connect(self, stub: gateway_pb2_grpc.AgentGatewayServiceStub, bearer: str) -> None:
+        self._tasks.append(asyncio.create_task(self._session(stub, bearer)))
+
+    async def _reports(self) -> AsyncIterator[gateway_pb2.AgentReport]:
+        await self._stop.wait()
+        if False:  # an agent that reports nothing: an async generator that only waits
+            yield gateway_pb2.AgentReport()
+
+    async def _session(self, stub: gateway_pb2_grpc.AgentGatewayServiceStub, bearer: str) -> None:
+        call = stub.Connect(self._reports(), metadata=(("authorization", bearer),))
+        try:
+            async for command in call:
+                if command.HasField("run_backup"):
+                    self.received[command.run_backup.job_id] = time.time()
+                    if self.expected and len(self.received) >= self.expected:
+                        self.all_received.set()
+        except grpc.aio.AioRpcError as exc:
+            if not self._stop.is_set():
+                print(f"session ended: {exc.code()} {exc.details()}", flush=True)
+
+    async def close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def idle_cost(gateways: list[ManagedProcess], pool: asyncpg.Pool, seconds: float) -> dict[str, float]:
+    pids = [g.process.pid for g in gateways]
+    cpu0 = [cpu_seconds(pid) for pid in pids]
+    commits0 = await commits(pool)
+    await asyncio.sleep(seconds)
+    commits1 = await commits(pool)
+    cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu0, strict=True)]
+    return {
+        "cpu_a": cpu[0] / seconds,
+        "cpu_b": cpu[1] / seconds,
+        # Our own two pg_stat_database reads are 2 of these commits.
+        "commits_per_s": (commits1 - commits0 - 1) / seconds,
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def main(args: argparse.Namespace) -> str:
+    work = Path(tempfile.mkdtemp(prefix="strongroom-bench-sessions-"))
+    pg = LocalPostgres(None, work / "pg", durable=args.durable)
+    kafka = LocalKafka(work / "kafka")
+    gateways: list[ManagedProcess] = []
+    sessions = Sessions()
+    finished = False
+    try:
+        await asyncio.to_thread(pg.start)
+        await asyncio.to_thread(kafka.start)
+        owner, databases = await provision_database(pg.dsn, clock_offset=dt.timedelta(0))
+        gateways = await start_gateways(work, databases["gateway"], kafka.bootstrap)
+        pool = await asyncpg.create_pool(owner, min_size=1, max_size=2)
+        channels = [grpc.aio.insecure_channel(g.address) for g in gateways]
+        stubs = [gateway_pb2_grpc.AgentGatewayServiceStub(c) for c in channels]
+        async with KafkaPublisher(kafka.bootstrap, idempotent=True) as publisher:
+            started = time.perf_counter()
+            enrolled = await activate_and_enroll(publisher, stubs, args.sessions)
+            print(f"{len(enrolled)} instances activated and enrolled in {time.perf_counter() - started:.1f} s")
+            await asyncio.sleep(5)  # let the enrollments' own work settle
+            baseline = await idle_cost(gateways, pool, args.idle_seconds)
+            print(f"idle, no sessions: {baseline}", flush=True)
+            for index, (_, bearer) in enumerate(enrolled):
+                sessions.connect(stubs[index % 2], bearer)
+            await asyncio.sleep(10)  # every stream reached the gateway and waits there
+            idle = await idle_cost(gateways, pool, args.idle_seconds)
+            print(f"idle, {len(enrolled)} sessions: {idle}", flush=True)
+            rss = [rss_mb(g.process.pid) for g in gateways]
+
+            now = SystemClock().now()
+            jobs = {}
+            records = []
+            for instance_id, _ in enrolled:
+                job_id = f"job-{instance_id}"
+                jobs[job_id] = instance_id
+                event = events_pb2.JobRequested(
+                    meta=new_meta("scheduler", now), account_id=ACCOUNT, instance_id=instance_id, job_id=job_id
+                )
+                records.append(OutgoingRecord(JOB_REQUESTED, instance_id.encode(), event.SerializeToString()))
+            sessions.expected = len(jobs)
+            cpu0 = [cpu_seconds(g.process.pid) for g in gateways]
+            issued = time.time()
+            outcomes = await publisher.publish_batch(records)
+            published = time.time()
+            assert not any(outcomes), outcomes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sessions.all_received.wait(), timeout=120)
+            cpu_delivery = [cpu_seconds(g.process.pid) - c for g, c in zip(gateways, cpu0, strict=True)]
+        if len(sessions.received) < len(jobs):
+            raise SystemExit(f"only {len(sessions.received)} of {len(jobs)} jobs reached their session")
+        rows = await pool.fetch("SELECT job_id, created_at, state FROM gateway.jobs")
+        stored = {r["job_id"]: r["created_at"].timestamp() for r in rows}
+        from_issue = [(sessions.received[j] - issued) * 1000 for j in jobs]
+        from_store = [(sessions.received[j] - stored[j]) * 1000 for j in jobs]
+        delivered_states = sum(1 for r in rows if r["state"] == "delivered")
+        await pool.close()
+        for channel in channels:
+            await channel.close()
+        finished = True
+    finally:
+        await sessions.close()
+        for gateway in gateways:
+            await gateway.stop()
+        kafka.stop()
+        pg.stop()
+        if finished:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"failed; the servers' and gateways' files are kept in {work}", file=sys.stderr)
+
+    n = len(enrolled)
+    per_1000 = lambda value: value * 1000 / n  # noqa: E731
+    extra_cpu = (idle["cpu_a"] + idle["cpu_b"]) - (baseline["cpu_a"] + baseline["cpu_b"])
+    lines = [
+        f"# Agent sessions over two gateway processes, {dt.date.today().isoformat()}",
+        "",
+        f"`uv run python bench/sessions.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Machine: {platform.machine()}, CPython {platform.python_version()}, {os.cpu_count()} CPUs (shared"
+        f" with other work; load average {'/'.join(f'{x:.1f}' for x in os.getloadavg())} at the end)."
+        f" PostgreSQL {'durable' if args.durable else 'without fsync'}, Apache Kafka 1 broker, topics of 12"
+        " partitions, two"
+        f" `strongroom-gateway` processes in one consumer group; {n} agents (gRPC `Connect` streams, bearer"
+        " credentials) in the bench process, alternately on gateway A and B.",
+        "",
+        "## Idle",
+        "",
+        "| | gateway A CPU | gateway B CPU | PostgreSQL commits/s |",
+        "|---|---:|---:|---:|",
+        f"| no sessions | {baseline['cpu_a']:.2%} | {baseline['cpu_b']:.2%} | {baseline['commits_per_s']:.2f} |",
+        f"| {n} sessions | {idle['cpu_a']:.2%} | {idle['cpu_b']:.2%} | {idle['commits_per_s']:.2f} |",
+        "",
+        f"Cost of the sessions: {extra_cpu:.3%} of a core in total = {per_1000(extra_cpu):.3%} per 1,000 idle"
+        f" sessions (target ≤ 0.1%); {idle['commits_per_s'] - baseline['commits_per_s']:+.2f} commits/s."
+        f" Gateway RSS with the sessions: {rss[0]:.0f} MB and {rss[1]:.0f} MB. Measured over"
+        f" {args.idle_seconds:.0f} s each.",
+        "",
+        f"## Delivery: {n} jobs issued at once",
+        "",
+        "| from | p50 ms | p95 ms | max ms |",
+        "|---|---:|---:|---:|",
+        f"| publish of the job-requested batch | {statistics.median(from_issue):.0f} |"
+        f" {percentile(from_issue, 0.95):.0f} | {max(from_issue):.0f} |",
+        f"| the job's row in the gateway (consumed) | {statistics.median(from_store):.0f} |"
+        f" {percentile(from_store, 0.95):.0f} | {max(from_store):.0f} |",
+        "",
+        f"Publishing the batch took {(published - issued) * 1000:.0f} ms. Jobs marked delivered:"
+        f" {delivered_states} of {n}. Gateway CPU during delivery: A {cpu_delivery[0]:.2f} s, B"
+        f" {cpu_delivery[1]:.2f} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--no-durable",
+        dest="durable",
+        action="store_false",
+        help="PostgreSQL without fsync (tells commit latency apart from CPU on a busy disk)",
+    )
+    parser.add_argument("--out", type=Path)
+    arguments = parser.parse_args()
+    report = asyncio.run(main(arguments))
+    print(report)
+    if arguments.out:
+        arguments.out.write_text(report)

@@ -1,0 +1,167 @@
+"""Admission control (ADR 0053): a cap on the fleet's concurrent backups, due slots that wait oldest
+first, and a slot skipped and reported once the admission window after its start time has passed.
+
+Every test runs on the in-memory store and on PostgreSQL (the scheduler's own role)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+from scheduler_helpers import active_instance, call, update_job
+from strongroom.common.v1 import common_pb2
+from strongroom.events.v1 import events_pb2
+from strongroom_platform.clock import utc
+from strongroom_platform.events import ALERT_RAISED
+from strongroom_platform.testing import FakeClock
+from strongroom_scheduler import handlers
+from strongroom_scheduler.handlers import Deps
+from strongroom_scheduler.migrations import SPEC
+from strongroom_scheduler.repository import PgSchedulerStore
+from strongroom_scheduler.schedule import Admission, schedule_due
+from strongroom_scheduler.testing import InMemorySchedulerStore
+from strongroom_testing.fixtures import PgLogins
+
+SLOT = utc(2026, 1, 1, 18, 0)  # 02:00 UTC+8, the slot of minute 120
+CAP_2 = Admission(max_concurrent=2, window=dt.timedelta(hours=6))
+
+
+@dataclass
+class Backend:
+    deps: Deps
+    alerts: Callable[[], Awaitable[list[events_pb2.AlertRaised]]]
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
+async def backend(
+    request: pytest.FixtureRequest, deps: Deps, store: InMemorySchedulerStore, clock: FakeClock
+) -> AsyncIterator[Backend]:
+    """The in-memory store, or PostgreSQL as the scheduler's own role; ``alerts`` reads the committed
+    alert-raised events of either."""
+    if request.param == "memory":
+
+        async def fake_alerts() -> list[events_pb2.AlertRaised]:
+            return [e for e in store.events(ALERT_RAISED) if isinstance(e, events_pb2.AlertRaised)]
+
+        yield Backend(deps, fake_alerts)
+        return
+    logins: PgLogins = request.getfixturevalue("pg_logins")
+    pool = await logins.pool(SPEC)
+
+    async def pg_alerts() -> list[events_pb2.AlertRaised]:
+        rows = await pool.fetch("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id", ALERT_RAISED)
+        return [events_pb2.AlertRaised.FromString(bytes(r["payload"])) for r in rows]
+
+    try:
+        yield Backend(Deps(store=PgSchedulerStore(pool), clock=clock, rng=random.Random(3)), pg_alerts)
+    finally:
+        await pool.close()
+
+
+async def _due_at(deps: Deps, count: int) -> list[str]:
+    """``count`` enrolled instances whose slot is 02:00 UTC+8, in activation order."""
+    ids = []
+    for _ in range(count):
+        ids.append((await active_instance(deps, minute=120)).instance_id)
+    return ids
+
+
+async def _job_of(deps: Deps, instance_id: str) -> str:
+    [job] = await handlers.list_jobs(deps, instance_id, 1, call=call("ListJobs"))
+    return job.job_id
+
+
+async def test_the_cap_holds_and_waiting_slots_start_oldest_first(backend: Backend, clock: FakeClock) -> None:
+    deps = backend.deps
+    ids = await _due_at(deps, 5)
+    clock.set(SLOT)
+    first = await schedule_due(deps.store, clock, admission=CAP_2)
+    assert len(first.created) == 2
+    assert first.waiting_total == 3
+    started = {iid for iid in ids if await handlers.list_jobs(deps, iid, 1, call=call("ListJobs"))}
+    assert len(started) == 2
+    # nothing frees: the next pass starts nothing, and the waiting slots stay due (not skipped)
+    clock.advance(30)
+    again = await schedule_due(deps.store, clock, admission=CAP_2)
+    assert (again.created, again.skipped, again.waiting_total) == ([], [], 3)
+    # one backup finishes: exactly one waiting slot starts
+    done = sorted(started)[0]
+    await update_job(deps, await _job_of(deps, done), done, common_pb2.JOB_STATUS_COMPLETE)
+    clock.advance(30)
+    third = await schedule_due(deps.store, clock, admission=CAP_2)
+    assert (len(third.created), third.waiting_total) == (1, 2)
+    # the instance that started had its slot advanced to tomorrow; the waiting ones did not
+    for iid in ids:
+        instance = await handlers.get_instance(deps, iid, call=call("GetInstance"))
+        has_job = bool(await handlers.list_jobs(deps, iid, 1, call=call("ListJobs")))
+        assert instance.next_backup_at == (utc(2026, 1, 2, 18, 0) if has_job else SLOT)
+
+
+async def test_a_slot_waiting_past_the_window_is_skipped_and_reported(backend: Backend, clock: FakeClock) -> None:
+    deps = backend.deps
+    ids = await _due_at(deps, 2)
+    one = Admission(max_concurrent=1, window=dt.timedelta(hours=6))
+    clock.set(SLOT)
+    [job_id] = (await schedule_due(deps.store, clock, admission=one)).created
+    # equal slots start in instance id order
+    busy, late = sorted(ids)
+    assert (await handlers.list_jobs(deps, busy, 1, call=call("ListJobs")))[0].job_id == job_id
+    clock.advance(6 * 3600 - 1)  # one second inside the window after the slot time: still waiting
+    assert (await schedule_due(deps.store, clock, admission=one)).waiting == [late]
+    assert await backend.alerts() == []
+    clock.advance(1)
+    result = await schedule_due(deps.store, clock, admission=one)
+    assert (result.created, result.skipped, result.waiting_total) == ([], [late], 0)
+    [alert] = await backend.alerts()
+    assert (alert.kind, alert.instance_id) == (events_pb2.ALERT_KIND_BACKUP_SKIPPED, late)
+    assert "the fleet's 1 concurrent backups stayed busy for 6 h after its start time" in alert.reason
+    assert "STRONGROOM_MAX_CONCURRENT_BACKUPS" in alert.reason
+    skipped = await handlers.get_instance(deps, late, call=call("GetInstance"))
+    assert skipped.next_backup_at == utc(2026, 1, 2, 18, 0)  # tomorrow's slot, not a backlog
+    # the busy backup ends: tomorrow both start again under the cap of 1, oldest first
+    await update_job(deps, job_id, busy, common_pb2.JOB_STATUS_COMPLETE)
+    clock.set(utc(2026, 1, 2, 18, 0))
+    assert len((await schedule_due(deps.store, clock, admission=one)).created) == 1
+
+
+async def test_back_up_now_is_not_held_but_counts(backend: Backend, clock: FakeClock) -> None:
+    deps = backend.deps
+    manual, scheduled = await _due_at(deps, 2)
+    clock.set(SLOT - dt.timedelta(minutes=5))
+    await handlers.run_backup_now(deps, manual, call=call("RunBackupNow"))
+    await handlers.run_backup_now(deps, scheduled, call=call("RunBackupNow"))  # over the cap of 1: not held
+    await update_job(deps, await _job_of(deps, scheduled), scheduled, common_pb2.JOB_STATUS_COMPLETE)
+    clock.set(SLOT)
+    one = Admission(max_concurrent=1)
+    result = await schedule_due(deps.store, clock, admission=one)
+    # the manual backup of `manual` holds the only slot; `manual` itself is skipped (still running)
+    assert (result.created, result.skipped, result.waiting) == ([], [manual], [scheduled])
+
+
+async def test_no_cap_starts_every_due_slot(backend: Backend, clock: FakeClock) -> None:
+    deps = backend.deps
+    await _due_at(deps, 4)
+    clock.set(SLOT)
+    result = await schedule_due(deps.store, clock, batch_size=3)
+    assert (len(result.created), result.waiting, result.waiting_total) == (4, [], 0)
+
+
+@pytest.mark.integration
+async def test_replicas_together_never_pass_the_cap(pg_logins: PgLogins, clock: FakeClock) -> None:
+    pools = [await pg_logins.pool(SPEC) for _ in range(3)]
+    try:
+        stores = [PgSchedulerStore(pool) for pool in pools]
+        deps = Deps(store=stores[0], clock=clock, rng=random.Random(5))
+        await _due_at(deps, 12)
+        clock.set(SLOT)
+        cap = Admission(max_concurrent=5)
+        results = await asyncio.gather(*(schedule_due(s, clock, batch_size=2, admission=cap) for s in stores * 2))
+        assert sum(len(r.created) for r in results) == 5
+        assert await pools[0].fetchval("SELECT count(*) FROM jobs") == 5
+    finally:
+        for pool in pools:
+            await pool.close()
