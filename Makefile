@@ -25,7 +25,7 @@ test: sync lint typecheck prefetch deploy-check
 	.bootstrap/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 $(PROTO_STAMP): $(PROTO_SOURCES) tools/gen_protos.py $(UV_DEP)
-	$(UV) run --no-project --with grpcio-tools==1.85.1 --with mypy-protobuf==5.1.0 python tools/gen_protos.py
+	$(UV) run --no-project --with grpcio-tools==1.85.1 --with mypy-protobuf==5.1.0 --with googleapis-common-protos==1.76.0 python tools/gen_protos.py
 	touch $@
 
 ## proto: generate the protobuf/gRPC package from proto/
@@ -34,6 +34,11 @@ proto: $(PROTO_STAMP)
 ## sync: create/refresh the workspace environment from uv.lock
 sync: $(PROTO_STAMP)
 	$(UV) sync --frozen
+
+.PHONY: openapi
+## openapi: regenerate docs/api/openapi.yaml from the protos' google.api.http rules (ADR 0052)
+openapi: sync
+	$(UV) run python -m strongroom_api.openapi docs/api/openapi.yaml
 
 ## prefetch: download and build the real servers the tests start (cached between runs)
 prefetch: sync
@@ -46,7 +51,7 @@ lint: sync
 
 typecheck: sync
 	$(UV) run mypy libs/zones/src libs/telemetry/src libs/platform/src libs/servers/src libs/testing/src libs/cli/src agent/src \
-		services/scheduler/src services/catalog/src services/billing/src services/agent-gateway/src services/restore/src
+		services/scheduler/src services/catalog/src services/billing/src services/agent-gateway/src services/restore/src services/api/src
 
 ## images: build the services and agent OCI images into build/images (root, mmdebstrap, umoci; ADR 0044)
 images: sync

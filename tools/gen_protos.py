@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from google.api import annotations_pb2  # google/api/{annotations,http}.proto ship in this wheel
 from grpc_tools import protoc  # type: ignore[import-untyped]  # tool-only dependency
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,10 +25,14 @@ def main() -> int:
     package_dir.mkdir(parents=True)
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
+    # The REST rules (google.api.http, ADR 0052) import google/api/annotations.proto: compiled against
+    # the files of googleapis-common-protos, whose generated modules the runtime imports in turn.
+    googleapis = Path(annotations_pb2.__file__).parent.parent.parent
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
+        f"-I{googleapis}",
         f"--python_out={OUT}",
         f"--grpc_python_out={OUT}",
         f"--mypy_out={OUT}",

@@ -73,7 +73,13 @@ class Platform:
 async def platform(
     stack_kafka: str, pg_logins: PgLogins, s3_config: S3Config, tmp_path: Path
 ) -> AsyncIterator[Platform]:
-    store = {
+    async with running_platform(stack_kafka, pg_logins, tmp_path, s3_settings(s3_config)) as running:
+        yield running
+
+
+def s3_settings(s3_config: S3Config) -> dict[str, str]:
+    """The services' object store: the test's S3 server, a fresh bucket."""
+    return {
         "STRONGROOM_OBJECT_STORE": "s3",
         "STRONGROOM_S3_ENDPOINT": s3_config.endpoint,
         "STRONGROOM_S3_ACCESS_KEY": s3_config.access_key,
@@ -81,16 +87,15 @@ async def platform(
         "STRONGROOM_S3_SECURE": "1" if s3_config.secure else "0",
         "STRONGROOM_S3_BUCKET": f"e2e-{uuid.uuid4().hex[:12]}",
     }
-    async with running_platform(stack_kafka, pg_logins, tmp_path, store) as running:
-        yield running
 
 
 @contextlib.asynccontextmanager
 async def running_platform(
-    kafka_bootstrap: str, pg_logins: PgLogins, tmp_path: Path, settings: dict[str, str]
+    kafka_bootstrap: str, pg_logins: PgLogins, tmp_path: Path, settings: dict[str, str], *, edge: bool = False
 ) -> AsyncIterator[Platform]:
     """The five services with TLS, each as its own PostgreSQL role, an admin token for account "acme"
-    and operator stubs; ``settings`` on top. ``env`` holds the migration owner's DSN (for the test)."""
+    and operator stubs; ``settings`` on top. ``env`` holds the migration owner's DSN (for the test).
+    ``edge`` starts the REST edge too (``stack.addresses["api"]``, ADR 0052)."""
     env = dict(os.environ)
     env.update(
         STRONGROOM_PG_MIGRATE_DSN=pg_logins.owner,
@@ -101,7 +106,7 @@ async def running_platform(
     logs, tls_dir = tmp_path / "logs", tmp_path / "tls"
     stack = Stack()
     databases = {name: pg_logins.service(name) for name in SERVICES}
-    await stack.start(env, logs, tls_dir=tls_dir, databases=databases)
+    await stack.start(env, logs, tls_dir=tls_dir, databases=databases, edge=edge)
     addresses = stack.addresses
     token = await create_admin_token(pg_logins.owner, "acme")
     channels = [

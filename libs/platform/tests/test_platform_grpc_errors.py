@@ -41,6 +41,12 @@ def test_a_service_subclass_inherits_the_code_of_its_family() -> None:
     assert status_for(CatalogUnavailable("catalog down"))[0] == grpc.StatusCode.UNAVAILABLE
 
 
+def test_a_nul_character_in_text_is_the_callers_error() -> None:
+    refused = asyncpg.exceptions.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8": 0x00')
+    code, message = status_for(refused)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "NUL" in message and "UTF8" not in message
+
+
 @pytest.mark.parametrize(
     "exc",
     [

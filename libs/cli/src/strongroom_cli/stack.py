@@ -34,7 +34,14 @@ MODULES: Mapping[str, str] = {
     "billing": "strongroom_billing",
     "gateway": "strongroom_gateway",
     "restore": "strongroom_restore",
+    "api": "strongroom_api",
 }
+# The REST edge (ADR 0052): no database, no broker, no peer certificate; it starts last, once the
+# services it forwards to have their addresses.
+EDGE = "api"
+# What the edge's environment keeps of the supervisor's STRONGROOM_* settings: none of the
+# services' secrets (database, master key, object store, broker credentials) reach it.
+_EDGE_SETTINGS = ("STRONGROOM_INSECURE_PLAINTEXT", "STRONGROOM_OTEL", "STRONGROOM_LOG_", "STRONGROOM_API_")
 
 
 class ServiceStartError(RuntimeError):
@@ -196,6 +203,26 @@ def tls_env(
 MIGRATE_DSN = "STRONGROOM_PG_MIGRATE_DSN"
 
 
+def edge_env(
+    base: Mapping[str, str], addresses: Mapping[str, str], tls_dir: Path | None, listen: str | None
+) -> dict[str, str]:
+    """The REST edge's environment: the services' public addresses, its own certificate (server TLS
+    only: it presents none to the services) and ``listen``; no other STRONGROOM_* setting of ``base``."""
+    env = {k: v for k, v in base.items() if not k.startswith("STRONGROOM_") or k.startswith(_EDGE_SETTINGS)}
+    for name in SERVICES:
+        env[f"STRONGROOM_{name.upper()}_ADDR"] = addresses[name]
+    if tls_dir is not None:
+        from strongroom_platform.certs import CA_CERT_FILE, pair_paths
+
+        cert, key = pair_paths(tls_dir, EDGE)
+        env.update(
+            STRONGROOM_TLS_CERT=str(cert), STRONGROOM_TLS_KEY=str(key), STRONGROOM_TLS_CA=str(tls_dir / CA_CERT_FILE)
+        )
+    env["STRONGROOM_API_LISTEN"] = listen or "127.0.0.1:0"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
 @dataclass
 class Stack:
     """The five services, each in its own process, each logged in to PostgreSQL as its own role."""
@@ -219,6 +246,7 @@ class Stack:
         tls_dir: Path | None = None,
         start_within: float = 90.0,
         databases: Mapping[str, str] | None = None,
+        edge: bool = False,
     ) -> None:
         """Start every service; on any failure stop those already started and re-raise.
 
@@ -228,6 +256,7 @@ class Stack:
         ``listen`` maps a service name to its fixed listen address (default: any free port).
         ``tls_dir`` holds (or receives) a local PKI: every service then serves TLS, with an
         internal mutual-TLS listener for its peers; without it ``base_env`` must say how.
+        ``edge`` starts the REST edge (``api``, ADR 0052) last, listening on ``listen["api"]``.
         """
         listen = listen or {}
         self.databases = dict(databases or {})
@@ -240,7 +269,7 @@ class Stack:
         if tls_dir is not None:
             from strongroom_platform.certs import ensure_agent_ca, ensure_local_pki
 
-            ensure_local_pki(tls_dir, SERVICES)
+            ensure_local_pki(tls_dir, (*SERVICES, EDGE) if edge else SERVICES)
             ensure_agent_ca(tls_dir)
             self.tls_dir = tls_dir
         try:
@@ -259,6 +288,10 @@ class Stack:
                     self.processes[name] = result
             if failure is not None:
                 raise failure
+            if edge:
+                env = edge_env(base_env, self.addresses, self.tls_dir, listen.get(EDGE))
+                argv = [sys.executable, "-m", MODULES[EDGE]]
+                self.processes[EDGE] = await spawn(EDGE, argv, env, log_dir, announce=EDGE, start_within=start_within)
         except BaseException:
             await self.stop()
             raise

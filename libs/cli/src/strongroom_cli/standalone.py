@@ -44,7 +44,7 @@ from strongroom_platform.trusted_time import set_clock_offset
 from strongroom_servers.postgres import LocalPostgres
 from strongroom_servers.tansu import LocalTansu
 
-from strongroom_cli.stack import MIGRATE_DSN, SERVICES, ManagedProcess, Stack, operator_channel, spawn
+from strongroom_cli.stack import EDGE, MIGRATE_DSN, SERVICES, ManagedProcess, Stack, operator_channel, spawn
 
 DEMO_FILES: Mapping[str, bytes] = {
     "hello.txt": b"Hello from Strongroom!\n",
@@ -217,7 +217,9 @@ async def _first_backup(
     return listed.versions[0]
 
 
-def _print_instructions(instance_id: str, version: catalog_pb2.Version, backup_dir: Path, data_dir: Path) -> None:
+def _print_instructions(
+    instance_id: str, version: catalog_pb2.Version, backup_dir: Path, data_dir: Path, *, rest: str
+) -> None:
     point = version.points[0]
     sample = next((name for name in DEMO_FILES if (backup_dir / name).is_file()), "")
     cli = str(Path(".venv/bin/strongroom").absolute()) if Path(".venv/bin/strongroom").exists() else "strongroom"
@@ -240,6 +242,9 @@ def _print_instructions(instance_id: str, version: catalog_pb2.Version, backup_d
         f"  {cli} restore create {point.point_id} --include {sample or '<path>'} "
         "--target-path /tmp/strongroom-restore --wait",
         f"  cmp {backup_dir / sample} /tmp/strongroom-restore/{sample}",
+        f"REST API (OpenAPI 3 at https://{rest}/openapi.yaml):",
+        f"  curl --cacert {data_dir / 'tls' / CA_CERT_FILE} "
+        f'-H "Authorization: Bearer $(cat {data_dir / ADMIN_TOKEN_FILE})" https://{rest}/v1/instances',
         f"Logs: {data_dir / 'logs'}. Ctrl-C stops everything; state is kept in {data_dir}.",
     ]
     _say("\n".join(lines))
@@ -293,7 +298,7 @@ async def _run_locked(options: Options, stop: asyncio.Event) -> None:
     logs = data_dir / "logs"
     state = StateFile(data_dir / "state.json")
     ports: dict[str, int] = state.data.setdefault("ports", {})
-    for name in SERVICES:
+    for name in (*SERVICES, EDGE):
         ports.setdefault(name, _free_port())
     state.save()
     backup_dir = (options.backup_dir or data_dir / "demo").absolute()
@@ -329,7 +334,7 @@ async def _run_locked(options: Options, stop: asyncio.Event) -> None:
         _say("starting services (TLS, local CA) ...")
         listen = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
         tls_dir = data_dir / "tls"
-        await stack.start(env, logs, listen=listen, tls_dir=tls_dir, databases=databases)
+        await stack.start(env, logs, listen=listen, tls_dir=tls_dir, databases=databases, edge=True)
         addresses = stack.addresses
         (data_dir / "standalone.json").write_text(json.dumps(addresses, indent=2))
         token = await _admin_token(data_dir, owner)
@@ -351,7 +356,7 @@ async def _run_locked(options: Options, stop: asyncio.Event) -> None:
             agent_argv = [sys.executable, "-m", "strongroom_agent", "run", "--state-dir", str(agent_dir)]
             agent = await spawn("agent", agent_argv, agent_env, logs)
             version = await _first_backup(instance_id, scheduler, catalog, logs)
-            _print_instructions(instance_id, version, backup_dir, data_dir)
+            _print_instructions(instance_id, version, backup_dir, data_dir, rest=addresses[EDGE])
         await stop.wait()
         _say("stopping ...")
     finally:

@@ -4,6 +4,7 @@ The shape of httpx's ``map_exceptions``: the most specific status a failure allo
 one place (ADR 0021).
 
 - :class:`~strongroom_platform.errors.ServiceError` → its class's ``code`` and its message;
+- a NUL character in a text value (PostgreSQL refuses it) → ``INVALID_ARGUMENT``;
 - the metadata database unreachable (asyncpg connection errors, a refused or reset socket) →
   ``UNAVAILABLE``, "the metadata database is unavailable; retry";
 - anything else → ``INTERNAL`` with a generic message; the traceback is logged here, and the
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DATABASE_UNAVAILABLE = "the metadata database is unavailable; retry"
 INTERNAL_ERROR = "internal error; the server logged the details"
+NUL_IN_TEXT = "a text field contains a NUL character (\\0), which no Strongroom name, id or path may hold"
 
 # The database cannot be reached or is going away: the call may succeed when it is back.
 # ConnectionError (refused, reset, aborted) is the socket under asyncpg: the services open no
@@ -61,6 +63,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, str(exc)
     if isinstance(exc, _DATABASE_DOWN):
         return grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE
+    if isinstance(exc, asyncpg.exceptions.CharacterNotInRepertoireError):
+        # SQLSTATE 22021: protobuf strings are valid UTF-8, so the one byte PostgreSQL text refuses
+        # is NUL; found by schemathesis through the REST edge (ADR 0052) on an id in a query.
+        return grpc.StatusCode.INVALID_ARGUMENT, NUL_IN_TEXT
     return grpc.StatusCode.INTERNAL, INTERNAL_ERROR
 
 
