@@ -165,28 +165,27 @@ class MemoryMoveTx:
                     newest_at[pack_id] = max(newest_at.get(pack_id, created), created)
                 else:
                     older.add(pack_id)
+        last: dict[str, tuple[dt.datetime, dt.datetime]] = {}  # pack -> (latest newest_at, latest measure)
+        for (pid, n), measured in gc.heat_measured.items():
+            seen = last.get(pid)
+            last[pid] = (n, measured) if seen is None else (max(seen[0], n), max(seen[1], measured))
         out: list[HeatCandidate] = []
         for pack in sorted(self._s.packs.values(), key=lambda p: (p.created_at, p.pack_id)):
             at = newest_at.get(pack.pack_id)
             if len(out) >= limit:
                 break
+            seen = last.get(pack.pack_id)
             if (
                 at is not None
                 and pack.pack_id in older
                 and pack.created_at < created_before
-                and not any(
-                    pid == pack.pack_id and (n >= at or self._measured_at(pid, n) > measured_before)
-                    for (pid, n) in gc.heat
-                )
+                and (seen is None or (seen[0] < at and seen[1] <= measured_before))
                 and pack.pack_id not in gc.condemned
                 and pack.pack_id not in gc.repacked
                 and self._account_referenced(pack.account_id)
             ):
                 out.append(HeatCandidate(pack, at))
         return out
-
-    def _measured_at(self, pack_id: str, newest_at: dt.datetime) -> dt.datetime:
-        return self._s.gc.heat_measured[(pack_id, newest_at)]
 
     async def newest_references(self, pack_ids: Sequence[str]) -> list[tuple[str, Point]]:
         wanted, newest = set(pack_ids), self._newest()
