@@ -19,6 +19,7 @@ from gateway_helpers import GatewayHarness, chunk_id
 from minio import Minio
 from minio.error import S3Error
 from strongroom_gateway.gc import collector
+from strongroom_gateway.ports import Pack
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.objectstore_s3 import S3ObjectStore
@@ -49,6 +50,13 @@ class Setup:
         gw = self.gw
         policy = collector.Policy(safety=dt.timedelta(0))
         return collector.Deps(gw.store, gw.objects, self.reclaimer, gw.keys, gw.clock, policy)
+
+
+def _refused_while_locked(setup: Setup, *packs: Pack) -> None:
+    for pack in packs:
+        with pytest.raises(S3Error) as refused:
+            setup.reclaimer_client.remove_object(setup.bucket, pack.object_key, version_id=pack.version_id)
+        assert refused.value.code == "AccessDenied"
 
 
 @pytest.fixture
@@ -131,10 +139,7 @@ async def test_the_live_chunks_move_and_the_source_goes_after_its_lock(setup: Se
     key = await gw.key_of("acct-a")
     assert gw.store.state.chunks[("acct-a", chunk_id(key, SMALL))].version_id == new.version_id
     # Both are locked on the server: the reclaimer is refused either.
-    for pack in (source, new):
-        with pytest.raises(S3Error) as refused:
-            setup.reclaimer_client.remove_object(setup.bucket, pack.object_key, version_id=pack.version_id)
-        assert refused.value.code == "AccessDenied"
+    _refused_while_locked(setup, source, new)
 
     await asyncio.sleep(LOCK_SECONDS + 1)
     report = await collector.collect(setup.deps())
@@ -172,10 +177,7 @@ async def test_the_hot_chunks_move_and_the_source_goes_after_its_lock_with_its_o
 
     report = await collector.collect(setup.deps())
     assert source.pack_id in gw.store.state.gc.condemned and report.objects_deleted == 0
-    for pack in (source, new):
-        with pytest.raises(S3Error) as refused:
-            setup.reclaimer_client.remove_object(setup.bucket, pack.object_key, version_id=pack.version_id)
-        assert refused.value.code == "AccessDenied"
+    _refused_while_locked(setup, source, new)
 
     await asyncio.sleep(LOCK_SECONDS + 1)
     report = await collector.collect(setup.deps())

@@ -32,18 +32,16 @@ restore runs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStoreError
 
-from strongroom_gateway import manifests, packfile
+from strongroom_gateway import packfile
 from strongroom_gateway.chunks import ChunkRejected
 from strongroom_gateway.gc.moves_store import HeatCandidate
-from strongroom_gateway.gc.repack import Measured, groups, rewrite
+from strongroom_gateway.gc.repack import groups, measure, rewrite
 from strongroom_gateway.ports import ChunkLocation, Point
 
 if TYPE_CHECKING:
@@ -85,28 +83,11 @@ async def _measure_and_move(
     pack_ids = [c.pack.pack_id for c in batch]
     async with deps.store.transaction() as tx:
         newest = await tx.newest_references(pack_ids)
-    hot: set[bytes] = set()
-    for point in {p.point_id: p for _, p in newest}.values():
-        try:
-            data = await manifests.read_point_manifest(deps.objects, deps.keys, point)
-        except (ObjectNotFound, ManifestFormatError) as exc:
-            log.warning("point %s: manifest unreadable (%s); packs not moved", point.point_id, exc)
-            report.failures += 1
-            return False
-
-        def mark(data: bytes = data) -> None:
-            for entry in decode_manifest(data):
-                for cid in entry.chunk_ids:
-                    if (key := bytes(cid)) in located:
-                        hot.add(key)
-
-        await asyncio.to_thread(mark)
-    measured = {c.pack.pack_id: Measured(c.pack, [], 0) for c in batch}
-    for cid in hot:
-        location = located[cid]
-        entry = measured[location.pack_id]
-        entry.live.append(location)
-        entry.live_bytes += location.length
+    measured = await measure(
+        deps, report, [c.pack for c in batch], {p.point_id: p for _, p in newest}.values(), located
+    )
+    if measured is None:
+        return False
     async with deps.store.transaction() as tx:
         for candidate in batch:
             hot_bytes = measured[candidate.pack.pack_id].live_bytes

@@ -14,6 +14,8 @@ restores of its account that started before its condemnation.
 
 from __future__ import annotations
 
+from strongroom_gateway.gc.repack_schema import REPACK_DDL
+
 MOVES_DDL = """
 -- Written by move_chunks only: some chunks of old_pack_id (those the newest points used) now lie in
 -- new_pack_id; the others stay where they were.
@@ -118,61 +120,19 @@ END
 $$;
 REVOKE ALL ON FUNCTION move_chunks(text) FROM PUBLIC;
 
--- ADR 0042's function; a moved-from pack waits for restores like a repacked one.
-CREATE OR REPLACE FUNCTION reclaim_pack(target text, min_condemned_age interval)
-RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    trusted_at timestamptz := trusted.now();
-    found_pack record;
-BEGIN
-    IF min_condemned_age IS NULL OR min_condemned_age < interval '0' THEN
-        RAISE EXCEPTION 'min_condemned_age must not be negative' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT p.pack_id, p.account_id, c.condemned_at,
-           greatest(p.retain_until,
-                    (SELECT max(r.retain_until) FROM gateway.pack_retentions r WHERE r.pack_id = p.pack_id))
-               AS locked_until
-        INTO found_pack
-        FROM gateway.packs p JOIN gateway.pack_condemnations c ON c.pack_id = p.pack_id
-        WHERE p.pack_id = target;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended('gateway.gc:' || found_pack.account_id, 0));
-    IF EXISTS (SELECT 1 FROM gateway.pack_reclaims x WHERE x.pack_id = target)
-       OR found_pack.locked_until >= trusted_at
-       OR found_pack.condemned_at > trusted_at - min_condemned_age
-       OR EXISTS (
-           SELECT 1 FROM gateway.point_packs pp
-           WHERE pp.pack_id = target
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_expirations e WHERE e.point_id = pp.point_id))
-       OR EXISTS (
-           SELECT 1 FROM gateway.points pt
-           WHERE pt.account_id = found_pack.account_id
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_references r WHERE r.point_id = pt.point_id)
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_expirations e WHERE e.point_id = pt.point_id))
-       OR EXISTS (
-           SELECT 1 FROM gateway.jobs j
-           WHERE j.account_id = found_pack.account_id AND j.kind = 'backup' AND j.state <> 'finished'
-             AND j.created_at <= found_pack.condemned_at)
-       OR ((EXISTS (SELECT 1 FROM gateway.pack_repacks r WHERE r.old_pack_id = target)
-            OR EXISTS (SELECT 1 FROM gateway.pack_moves m WHERE m.old_pack_id = target))
-           AND EXISTS (
-               SELECT 1 FROM gateway.jobs j
-               WHERE j.account_id = found_pack.account_id AND j.kind = 'restore' AND j.state <> 'finished'
-                 AND j.created_at <= found_pack.condemned_at))
-    THEN
-        RETURN false;
-    END IF;
-    DELETE FROM gateway.chunks WHERE pack_id = target;
-    INSERT INTO gateway.pack_reclaims (pack_id, reclaimed_at) VALUES (target, trusted_at);
-    RETURN true;
-END
-$$;
-REVOKE ALL ON FUNCTION reclaim_pack(text, interval) FROM PUBLIC;
 """
+
+
+# ADR 0042's reclaim_pack (migration 13) with its restore rule widened to moved-from packs.
+_REPACKED = "EXISTS (SELECT 1 FROM gateway.pack_repacks r WHERE r.old_pack_id = target)"
+_RECLAIM_13 = REPACK_DDL[REPACK_DDL.index("-- ADR 0041's function and one more rule") :]
+assert _RECLAIM_13.count(_REPACKED) == 1, "migration 13's reclaim_pack changed: write migration 16's out"
+MOVES_DDL += "\n-- ADR 0042's function; a moved-from pack waits for restores like a repacked one.\n" + _RECLAIM_13[
+    _RECLAIM_13.index("CREATE OR REPLACE FUNCTION") :
+].replace(
+    _REPACKED,
+    "(" + _REPACKED + "\n            OR EXISTS (SELECT 1 FROM gateway.pack_moves m WHERE m.old_pack_id = target))",
+)
 
 MOVES_PRIVILEGES: dict[str, str] = {
     "pack_moves": "SELECT",

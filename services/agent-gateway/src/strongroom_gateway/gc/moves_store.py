@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
-from strongroom_gateway.gc.repack_store import stage_move
+from strongroom_gateway.gc.repack_store import move_rows, stage_move, staging_refused
 
 if TYPE_CHECKING:  # ports imports this module
     from strongroom_gateway.ports import ChunkLocation, Pack, Point
@@ -210,38 +210,14 @@ class MemoryMoveTx:
         source_set = set(sources)
         referencing = {pid for pid, packs in gc.point_packs.items() if packs & source_set and self._live(pid)}
         refused = (
-            not source_set
-            or any(c.pack_id == new_pack.pack_id for c in s.chunks.values())
-            or new_pack.pack_id in gc.condemned
-            or new_pack.pack_id in gc.repacked
+            staging_refused(s, new_pack, source_set, chunks)
             or new_pack.pack_id in gc.moved
-            or new_pack.pack_id in source_set
-            or any(
-                p not in s.packs
-                or s.packs[p].account_id != account
-                or p in gc.repacked
-                or p in gc.condemned
-                or p in gc.reclaimed
-                for p in source_set
-            )
             or any(s.points[pid].retain_until > new_pack.retain_until for pid in referencing)
             or not self._account_referenced(account)
-            or any(j.account_id == account and j.kind == "backup" and j.state != "finished" for j in s.jobs.values())
-            or not chunks
-            or any(
-                (loc := s.chunks.get((account, c.chunk_id))) is None or loc.pack_id not in source_set for c in chunks
-            )
         )
         if refused:
             return False
-        for c in chunks:
-            s.chunks[(account, c.chunk_id)] = dataclasses.replace(
-                c,
-                pack_id=new_pack.pack_id,
-                object_key=new_pack.object_key,
-                pack_format=new_pack.format_version,
-                version_id=new_pack.version_id,
-            )
+        move_rows(s, new_pack, chunks)
         for pid in referencing:
             gc.point_packs[pid].add(new_pack.pack_id)
         for p in source_set:

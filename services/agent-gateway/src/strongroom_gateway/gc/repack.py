@@ -32,7 +32,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
@@ -108,28 +108,9 @@ async def _measure_and_rewrite(
     async with deps.store.transaction() as tx:
         references = await tx.live_references([c.pack.pack_id for c in batch])
     points: dict[str, Point] = {p.point_id: p for _, p in references}
-    live: set[bytes] = set()
-    for point in points.values():
-        try:
-            data = await manifests.read_point_manifest(deps.objects, deps.keys, point)
-        except (ObjectNotFound, ManifestFormatError) as exc:
-            log.warning("point %s: manifest unreadable (%s); packs not repacked", point.point_id, exc)
-            report.failures += 1
-            return False
-
-        def mark(data: bytes = data) -> None:
-            for entry in decode_manifest(data):
-                for cid in entry.chunk_ids:
-                    if (key := bytes(cid)) in located:
-                        live.add(key)
-
-        await asyncio.to_thread(mark)
-    measured = {c.pack.pack_id: Measured(c.pack, [], 0) for c in batch}
-    for cid in live:
-        location = located[cid]
-        entry = measured[location.pack_id]
-        entry.live.append(location)
-        entry.live_bytes += location.length
+    measured = await measure(deps, report, [c.pack for c in batch], points.values(), located)
+    if measured is None:
+        return False
     async with deps.store.transaction() as tx:
         for candidate in batch:
             await tx.record_liveness(
@@ -148,6 +129,37 @@ async def _measure_and_rewrite(
             log.warning("packs %s not repacked: %s", ", ".join(m.pack.pack_id for m in group), exc)
             report.failures += 1
     return True
+
+
+async def measure(
+    deps: Deps, report: Report, packs: Sequence[Pack], points: Iterable[Point], located: dict[bytes, ChunkLocation]
+) -> dict[str, Measured] | None:
+    """Per pack, its chunks (of ``located``: the packs' chunk rows by id) that the manifests of
+    ``points`` name, read one at a time. None when a manifest cannot be read (nothing is decided on
+    a guess)."""
+    named: set[bytes] = set()
+    for point in points:
+        try:
+            data = await manifests.read_point_manifest(deps.objects, deps.keys, point)
+        except (ObjectNotFound, ManifestFormatError) as exc:
+            log.warning("point %s: manifest unreadable (%s); its packs are not moved", point.point_id, exc)
+            report.failures += 1
+            return None
+
+        def mark(data: bytes = data) -> None:
+            for entry in decode_manifest(data):
+                for cid in entry.chunk_ids:
+                    if (key := bytes(cid)) in located:
+                        named.add(key)
+
+        await asyncio.to_thread(mark)
+    measured = {pack.pack_id: Measured(pack, [], 0) for pack in packs}
+    for cid in named:
+        location = located[cid]
+        entry = measured[location.pack_id]
+        entry.live.append(location)
+        entry.live_bytes += location.length
+    return measured
 
 
 def groups(chosen: Sequence[Measured], pack_bytes: int) -> list[list[Measured]]:

@@ -184,6 +184,43 @@ class PgRepackTx:
         return bool(await self._conn.fetchval("SELECT repack_pack($1)", new_pack.pack_id))
 
 
+def staging_refused(s: _MemoryState, new_pack: Pack, sources: set[str], chunks: Sequence[ChunkLocation]) -> bool:
+    """What both definer functions refuse (the fakes' side): nothing staged, a new pack that holds
+    rows, is condemned, repacked or its own source, a source of another account or repacked,
+    condemned or reclaimed, a backup of the account running, a staged chunk not in a source now."""
+    gc, account = s.gc, new_pack.account_id
+    return (
+        not sources
+        or not chunks
+        or any(c.pack_id == new_pack.pack_id for c in s.chunks.values())
+        or new_pack.pack_id in gc.condemned
+        or new_pack.pack_id in gc.repacked
+        or new_pack.pack_id in sources
+        or any(
+            p not in s.packs
+            or s.packs[p].account_id != account
+            or p in gc.repacked
+            or p in gc.condemned
+            or p in gc.reclaimed
+            for p in sources
+        )
+        or any(j.account_id == account and j.kind == "backup" and j.state != "finished" for j in s.jobs.values())
+        or any((loc := s.chunks.get((account, c.chunk_id))) is None or loc.pack_id not in sources for c in chunks)
+    )
+
+
+def move_rows(s: _MemoryState, new_pack: Pack, chunks: Sequence[ChunkLocation]) -> None:
+    """The staged rows now locate their chunks in ``new_pack`` (the fakes' side)."""
+    for c in chunks:
+        s.chunks[(new_pack.account_id, c.chunk_id)] = dataclasses.replace(
+            c,
+            pack_id=new_pack.pack_id,
+            object_key=new_pack.object_key,
+            pack_format=new_pack.format_version,
+            version_id=new_pack.version_id,
+        )
+
+
 class MemoryRepackTx:
     """The in-memory side (``self._s`` is the fake store's state)."""
 
@@ -248,37 +285,13 @@ class MemoryRepackTx:
         source_set = set(sources)
         referencing = {pid for pid, packs in gc.point_packs.items() if packs & source_set and self._live(pid)}
         refused = (
-            not source_set
-            or any(c.pack_id == new_pack.pack_id for c in s.chunks.values())
-            or new_pack.pack_id in gc.condemned
-            or new_pack.pack_id in gc.repacked
-            or new_pack.pack_id in source_set
-            or any(
-                p not in s.packs
-                or s.packs[p].account_id != account
-                or p in gc.repacked
-                or p in gc.condemned
-                or p in gc.reclaimed
-                for p in source_set
-            )
+            staging_refused(s, new_pack, source_set, chunks)
             or not referencing <= set(scanned)
             or not self._account_referenced(account)
-            or any(j.account_id == account and j.kind == "backup" and j.state != "finished" for j in s.jobs.values())
-            or not chunks
-            or any(
-                (loc := s.chunks.get((account, c.chunk_id))) is None or loc.pack_id not in source_set for c in chunks
-            )
         )
         if refused:
             return False
-        for c in chunks:
-            s.chunks[(account, c.chunk_id)] = dataclasses.replace(
-                c,
-                pack_id=new_pack.pack_id,
-                object_key=new_pack.object_key,
-                pack_format=new_pack.format_version,
-                version_id=new_pack.version_id,
-            )
+        move_rows(s, new_pack, chunks)
         for key in [k for k, loc in s.chunks.items() if loc.pack_id in source_set]:
             del s.chunks[key]
         for pid, packs in gc.point_packs.items():
