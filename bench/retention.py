@@ -1,6 +1,7 @@
 """The 60-day retention simulation (issue 10, ADR 0041): stored bytes per day against live bytes.
 
-    uv run python bench/retention.py [--days 60] [--scale 10] [--repack-below 0.6] [--out bench/results/F.md]
+    uv run python bench/retention.py [--days 60] [--scale 10] [--repack-below 0.6] [--hot-below 0.6]
+        [--compare] [--out bench/results/F.md]
 
 One process: the gateway's gRPC servicer, pack writer, commit and garbage collector (the real
 code), on the **filesystem object store** whose locks follow a shifted clock that advances one day
@@ -12,8 +13,11 @@ day applies ``bench/dataset.py``'s day-2 change (1 % of the small files: a quart
 quarter edited, a quarter deleted, as many added; 4 KiB inserted into every large file but one,
 which re-chunks one chunk per file), backs up (FindMissingChunks, upload of the missing chunks, a
 full manifest), expires the points 30 days old as the catalog would (``version-expired``) and runs
-one collection (safety interval 1 h), which repacks packs whose live bytes fell below
-``--repack-below`` of their size (ADR 0042; 0 turns repacking off, as before it existed).
+one collection (safety interval 1 h), which moves the chunks the newest point uses out of packs
+where they are below ``--hot-below`` of the size (generational moves, ADR 0042's update of
+2026-12-06; 0 turns them off) and repacks packs whose live bytes fell below ``--repack-below`` of
+their size (ADR 0042; 0 turns repacking off, as before it existed). ``--compare`` runs the same
+simulation without generational moves beside it (a second process) and prints both.
 
 Printed per day: stored bytes (packs + manifests, file sizes in the store), live bytes (distinct
 chunks referenced by unexpired points, at their stored size, + their manifests) and stored / live.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import random
@@ -129,7 +134,9 @@ async def _store_bytes(objects: ObjectStore, prefix: str) -> tuple[int, int]:
     return total, count
 
 
-async def simulate(days: int, scale: int, work: Path, repack_below: float) -> list[tuple[int, int, int, int, int]]:
+async def simulate(
+    days: int, scale: int, work: Path, repack_below: float, hot_below: float, label: str = ""
+) -> list[tuple[int, int, int, int, int]]:
     clock = FakeClock(utc(2026, 1, 1, 1, 0))
     gw = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=clock))
     gw.objects = FilesystemObjectStore(work, clock)  # type: ignore[assignment]
@@ -140,7 +147,7 @@ async def simulate(days: int, scale: int, work: Path, repack_below: float) -> li
     points: list[tuple[str, dt.datetime]] = []
     manifests: dict[str, tuple[bytes, int]] = {}
     rows: list[tuple[int, int, int, int, int]] = []
-    policy = collector.Policy(repack=RepackPolicy(below=repack_below))
+    policy = collector.Policy(repack=RepackPolicy(below=repack_below, hot_below=hot_below))
     deps = collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, clock, policy)
     try:
         for day in range(1, days + 1):
@@ -202,7 +209,9 @@ async def simulate(days: int, scale: int, work: Path, repack_below: float) -> li
             live = _live_bytes(gw, manifests)
             rows.append((day, stored, live, len(_live_points(gw)), pack_count))
             print(
-                f"day {day:2d}: stored {stored / MiB:8.1f} MiB  live {live / MiB:8.1f} MiB  ratio {stored / live:5.3f}"
+                f"{label}day {day:2d}: stored {stored / MiB:8.1f} MiB  live {live / MiB:8.1f} MiB"
+                f"  ratio {stored / live:5.3f}",
+                flush=True,
             )
             clock.advance(hours=22)
     finally:
@@ -228,28 +237,60 @@ def _live_bytes(gw: GatewayHarness, manifests: dict[str, tuple[bytes, int]]) -> 
     return total + sum(state.chunks[("acct-a", c)].length for c in live_chunks)
 
 
+def _run(
+    days: int, scale: int, repack_below: float, hot_below: float, label: str
+) -> list[tuple[int, int, int, int, int]]:
+    with tempfile.TemporaryDirectory(prefix="strongroom-retention-") as work:
+        return asyncio.run(simulate(days, scale, Path(work), repack_below, hot_below, label))
+
+
+def _worst(rows: list[tuple[int, int, int, int, int]]) -> float:
+    return max((r[1] / r[2] for r in rows if r[0] > 31), default=float("nan"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--repack-below", type=float, default=RepackPolicy().below)
+    parser.add_argument("--hot-below", type=float, default=RepackPolicy().hot_below)
+    parser.add_argument("--compare", action="store_true", help="also run without generational moves (--hot-below 0)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="strongroom-retention-") as work:
-        rows = asyncio.run(simulate(args.days, args.scale, Path(work), args.repack_below))
-    steady = [r for r in rows if r[0] > 31]
-    worst = max((r[1] / r[2] for r in steady), default=float("nan"))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2) as pool:
+        after = pool.submit(_run, args.days, args.scale, args.repack_below, args.hot_below, "after  ")
+        before = pool.submit(_run, args.days, args.scale, args.repack_below, 0.0, "before ") if args.compare else None
+        rows = after.result()
+        before_rows = before.result() if before is not None else None
     lines = [
         f"# Retention simulation: {args.days} daily backups, 30-day retention, tree at 1/{args.scale}",
         "",
-        f"Repacking below {args.repack_below:.0%} live (0 %: off).",
+        f"Generational moves below {args.hot_below:.0%} used by the newest point, repacking below"
+        f" {args.repack_below:.0%} live (0 %: off).",
         "",
         "| day | stored MiB | live MiB | stored / live | live points | pack objects |",
         "|---:|---:|---:|---:|---:|---:|",
         *(f"| {d} | {s / MiB:.1f} | {live / MiB:.1f} | {s / live:.3f} | {n} | {k} |" for d, s, live, n, k in rows),
         "",
-        f"Worst stored / live once retention is steady (days 32-{args.days}): {worst:.3f} (goal <= 1.25).",
+        f"Worst stored / live once retention is steady (days 32-{args.days}): {_worst(rows):.3f} (goal <= 1.25).",
     ]
+    if before_rows is not None:
+        lines += [
+            "",
+            f"Same run, same process start, without generational moves (--hot-below 0, repacking below"
+            f" {args.repack_below:.0%}: ADR 0042 before its update):",
+            "",
+            "| day | before: stored MiB | before: stored / live | before: pack objects"
+            " | after: stored MiB | after: stored / live | after: pack objects |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            *(
+                f"| {b[0]} | {b[1] / MiB:.1f} | {b[1] / b[2]:.3f} | {b[4]}"
+                f" | {a[1] / MiB:.1f} | {a[1] / a[2]:.3f} | {a[4]} |"
+                for b, a in zip(before_rows, rows, strict=True)
+            ),
+            "",
+            f"Worst once steady (days 32-{args.days}): before {_worst(before_rows):.3f}, after {_worst(rows):.3f}.",
+        ]
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

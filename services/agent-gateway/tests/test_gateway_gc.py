@@ -34,8 +34,9 @@ async def gc_gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
 
 
 def _deps(gw: GatewayHarness) -> collector.Deps:
-    # Repacking off: these are ADR 0041's rules alone (test_gateway_repack.py has ADR 0042's).
-    policy = collector.Policy(safety=SAFETY, repack=RepackPolicy(below=0))
+    # Repacking and moves off: these are ADR 0041's rules alone (test_gateway_repack.py and
+    # test_gateway_generations.py have ADR 0042's).
+    policy = collector.Policy(safety=SAFETY, repack=RepackPolicy(below=0, hot_below=0))
     return collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, policy)
 
 

@@ -311,3 +311,117 @@ async def test_only_the_function_moves_rows_and_only_the_gateway_may_call_it(sta
         await catalog.close()
     assert await _pack_of(gw, BIG) == first
     assert SERVICE_ROLES["gateway"] != SERVICE_ROLES["catalog"]
+
+
+# Generational moves (ADR 0042, update of 2026-12-06).
+
+BIG2 = RNG.randbytes(40_000)
+
+
+async def _two_live_days(stack: Stack) -> tuple[str, str, str]:
+    """Day 1: BIG and SMALL in one pack; day 2: BIG2 and SMALL; nothing expired. (first pack, day 1, day 2)."""
+    gw = stack.gw
+    agent = await gw.enrolled_agent("i-1")
+    day1 = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
+    [(first, _)] = await _packs(gw)
+    await stack.advance(days=1)
+    day2 = await _backup(gw, agent, "job-2", {"big": [BIG2], "small": [SMALL]})
+    await stack.advance(hours=2)
+    return first, day1, day2
+
+
+async def _references(gw: GatewayHarness, point_id: str) -> set[str]:
+    async with gw.store.transaction() as tx:
+        rows = await tx._conn.fetch("SELECT pack_id FROM point_packs WHERE point_id = $1", point_id)
+    return {r["pack_id"] for r in rows}
+
+
+async def test_a_move_takes_the_hot_rows_only_and_new_points_leave_the_source(stack: Stack) -> None:
+    gw = stack.gw
+    first, day1, day2 = await _two_live_days(stack)
+    report = await collector.collect(stack.deps())
+    assert (report.packs_measured, report.packs_moved, report.packs_condemned) == (1, 1, 0)
+    new = await _pack_of(gw, SMALL)
+    assert new is not None and new != first and await _pack_of(gw, BIG) == first
+    assert await _references(gw, day1) >= {first, new} and await _references(gw, day2) >= {first, new}
+    async with gw.store.transaction() as tx:
+        conn = tx._conn
+        assert await conn.fetchval("SELECT count(*) FROM pack_moves WHERE old_pack_id = $1", first) == 1
+        lock = await conn.fetchval("SELECT retain_until FROM packs WHERE pack_id = $1", new)
+        assert lock == await conn.fetchval("SELECT retain_until FROM points WHERE point_id = $1", day2)
+        assert await tx.hold_packs("acct-a", [first, new]) == []  # the source still holds live rows
+    assert (await collector.collect(stack.deps())).packs_measured == 0  # measured against day 2 already
+    agent = await gw.enrolled_agent("i-1")
+    assert await _restore(gw, agent, "r-1", day1) == {"big": BIG, "small": SMALL}
+    await stack.advance(days=1)
+    day3 = await _backup(gw, agent, "job-3", {"small": [SMALL]})
+    assert await _references(gw, day3) == {new}
+    assert await _restore(gw, agent, "r-2", day3) == {"small": SMALL}
+
+
+async def test_move_chunks_refuses_what_the_index_contradicts(stack: Stack) -> None:
+    gw = stack.gw
+    first, _, day2 = await _two_live_days(stack)
+    key = await gw.key_of("acct-a")
+    async with gw.store.transaction() as tx:
+        [small] = (await tx.find_chunks("acct-a", [chunk_id(key, SMALL)])).values()
+        [source] = await tx.packs_locked_before("acct-a", [first], gw.clock.now().replace(year=2100))
+        point = await tx.get_point(day2)
+    assert point is not None
+
+    def staged(name: str, retain_until: dt.datetime = point.retain_until) -> Pack:
+        return dataclasses.replace(
+            source,
+            pack_id=name * 64,
+            object_key=f"packs/acct-a/{name}",
+            created_at=gw.clock.now(),
+            retain_until=retain_until,
+        )
+
+    moved = dataclasses.replace(small, offset=5)
+    cases = [
+        ("a", [first], [moved], point.retain_until - dt.timedelta(hours=1)),  # locked shorter than day 2
+        ("b", [first], [], point.retain_until),  # nothing to move
+        ("c", ["c" * 64], [moved], point.retain_until),  # the new pack as its own source
+    ]
+    for name, sources, chunks, lock in cases:
+        async with gw.store.transaction() as tx:
+            assert await tx.move_chunks(staged(name, lock), sources, chunks) is False, name
+    assert await _pack_of(gw, SMALL) == first
+
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-3")  # a backup running: no move now
+    async with gw.store.transaction() as tx:
+        assert await tx.move_chunks(staged("d"), [first], [moved]) is False
+        job = await tx.get_job("job-3")
+        assert job is not None
+        await tx.update_job(dataclasses.replace(job, state="finished"))
+    async with gw.store.transaction() as tx:
+        assert await tx.move_chunks(staged("e"), [first], [moved]) is True
+    assert await _pack_of(gw, SMALL) == "e" * 64 and await _pack_of(gw, BIG) == first
+    async with gw.store.transaction() as tx:  # SMALL no longer lies in the source
+        assert await tx.move_chunks(staged("f"), [first], [moved]) is False
+
+
+async def test_only_move_chunks_records_moves_and_only_the_gateway_may_call_it(
+    stack: Stack, pg_logins: PgLogins
+) -> None:
+    gw = stack.gw
+    first, _, _ = await _two_live_days(stack)
+    gateway = await asyncpg.connect(pg_logins.service("gateway"))
+    catalog = await asyncpg.connect(pg_logins.service("catalog"))
+    try:
+        for statement in (
+            f"INSERT INTO gateway.pack_moves VALUES ('{first}', '{first}', 'acct-a', now())",
+            "UPDATE gateway.pack_heat SET hot_bytes = 0",
+            "DELETE FROM gateway.pack_heat",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await gateway.execute(statement)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await catalog.fetchval("SELECT gateway.move_chunks($1)", first)
+        assert await gateway.fetchval("SELECT gateway.move_chunks($1)", first) is False  # nothing staged
+    finally:
+        await gateway.close()
+        await catalog.close()
+    assert await _pack_of(gw, SMALL) == first

@@ -19,6 +19,7 @@ from gateway_helpers import GatewayHarness, chunk_id
 from minio import Minio
 from minio.error import S3Error
 from strongroom_gateway.gc import collector
+from strongroom_gateway.ports import Pack
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.objectstore_s3 import S3ObjectStore
@@ -49,6 +50,13 @@ class Setup:
         gw = self.gw
         policy = collector.Policy(safety=dt.timedelta(0))
         return collector.Deps(gw.store, gw.objects, self.reclaimer, gw.keys, gw.clock, policy)
+
+
+def _refused_while_locked(setup: Setup, *packs: Pack) -> None:
+    for pack in packs:
+        with pytest.raises(S3Error) as refused:
+            setup.reclaimer_client.remove_object(setup.bucket, pack.object_key, version_id=pack.version_id)
+        assert refused.value.code == "AccessDenied"
 
 
 @pytest.fixture
@@ -131,10 +139,7 @@ async def test_the_live_chunks_move_and_the_source_goes_after_its_lock(setup: Se
     key = await gw.key_of("acct-a")
     assert gw.store.state.chunks[("acct-a", chunk_id(key, SMALL))].version_id == new.version_id
     # Both are locked on the server: the reclaimer is refused either.
-    for pack in (source, new):
-        with pytest.raises(S3Error) as refused:
-            setup.reclaimer_client.remove_object(setup.bucket, pack.object_key, version_id=pack.version_id)
-        assert refused.value.code == "AccessDenied"
+    _refused_while_locked(setup, source, new)
 
     await asyncio.sleep(LOCK_SECONDS + 1)
     report = await collector.collect(setup.deps())
@@ -146,3 +151,37 @@ async def test_the_live_chunks_move_and_the_source_goes_after_its_lock(setup: Se
 
     restored = await _restore(gw, agent, "r-1", live)
     assert restored == {"small": SMALL, "other": OTHER}
+
+
+async def test_the_hot_chunks_move_and_the_source_goes_after_its_lock_with_its_older_points(setup: Setup) -> None:
+    """Generational moves (ADR 0042, update of 2026-12-06) against the server's Object Lock."""
+    gw = setup.gw
+    agent = await gw.enrolled_agent("i-1")
+    big2 = random.Random(12).randbytes(len(BIG))
+    day1 = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
+    [source] = gw.store.state.packs.values()
+    gw.clock.advance(hours=1)  # within the lock slack: the source's lock is not extended
+    day2 = await _backup(gw, agent, "job-2", {"big": [big2], "small": [SMALL]})
+    report = await collector.collect(setup.deps())
+    assert (report.packs_moved, report.packs_condemned) == (1, 0)
+    [new_id] = gw.store.state.gc.moved[source.pack_id]
+    new = gw.store.state.packs[new_id]
+    key = await gw.key_of("acct-a")
+    assert gw.store.state.chunks[("acct-a", chunk_id(key, SMALL))].version_id == new.version_id
+    assert gw.store.state.chunks[("acct-a", chunk_id(key, BIG))].version_id == source.version_id
+    gw.clock.advance(minutes=1)
+    day3 = await _backup(gw, agent, "job-3", {"small": [SMALL]})
+    assert gw.store.state.gc.point_packs[day3] == {new_id}
+    await _expire(gw, agent, day1)
+    await _expire(gw, agent, day2)
+
+    report = await collector.collect(setup.deps())
+    assert source.pack_id in gw.store.state.gc.condemned and report.objects_deleted == 0
+    _refused_while_locked(setup, source, new)
+
+    await asyncio.sleep(LOCK_SECONDS + 1)
+    report = await collector.collect(setup.deps())
+    assert (report.packs_reclaimed, report.objects_deleted) == (1, 1)
+    keys = [k async for k in gw.objects.list("packs/")]
+    assert source.object_key not in keys and new.object_key in keys
+    assert await _restore(gw, agent, "r-1", day3) == {"small": SMALL}

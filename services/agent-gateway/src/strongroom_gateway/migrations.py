@@ -8,6 +8,7 @@ from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 from strongroom_gateway.agent_cert_store import AGENT_CERTIFICATES_DDL
+from strongroom_gateway.gc.moves_schema import MOVES_DDL, MOVES_FUNCTIONS, MOVES_PRIVILEGES
 from strongroom_gateway.gc.repack_schema import REPACK_DDL, REPACK_FUNCTIONS, REPACK_PRIVILEGES
 from strongroom_gateway.gc.schema import GC_DDL, GC_FUNCTIONS, GC_PRIVILEGES
 
@@ -253,6 +254,8 @@ MIGRATIONS: list[Migration] = [
     Migration(13, REPACK_DDL),
     # The outbox's traceparent column (ADR 0039). 12 is unused (reserved for the lifecycle work, not needed).
     outbox_traceparent_migration(14),
+    # Generational moves (ADR 0042, update of 2026-12-06): moved packs, measured heat, move_chunks.
+    Migration(16, MOVES_DDL),
     # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
     outbox_shard_migration(17),
 ]
@@ -283,8 +286,12 @@ PRIVILEGES: dict[str, str] = {
     "verification_days": "SELECT, INSERT",
     **GC_PRIVILEGES,
     **REPACK_PRIVILEGES,
+    **MOVES_PRIVILEGES,
 }
 
 SPEC = SchemaSpec(
-    schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES}, executes={ROLE: GC_FUNCTIONS + REPACK_FUNCTIONS}
+    schema=SCHEMA,
+    migrations=MIGRATIONS,
+    grants={ROLE: PRIVILEGES},
+    executes={ROLE: GC_FUNCTIONS + REPACK_FUNCTIONS + MOVES_FUNCTIONS},
 )

@@ -19,6 +19,7 @@ from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.events import TOPIC_MESSAGES
 
 from strongroom_gateway.agent_cert_store import AgentCertificate, MemoryCertificateTx
+from strongroom_gateway.gc.moves_store import MemoryMoveTx
 from strongroom_gateway.gc.repack_store import MemoryRepackTx
 from strongroom_gateway.gc.store import MemoryGcState, MemoryGcTx
 from strongroom_gateway.ports import (
@@ -91,7 +92,7 @@ class InMemoryGatewayStore:
                 raise
 
 
-class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx):
+class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx, MemoryMoveTx):
     _s: _State
 
     def __init__(self, state: _State, trusted_now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:

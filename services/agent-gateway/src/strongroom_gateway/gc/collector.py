@@ -16,8 +16,9 @@ in PostgreSQL as ``point_packs``, never in this process):
    A commit holds that lock shared while it records its packs and fails if one was reclaimed, so
    a point never references a deleted pack, whatever the timing (the safety interval only makes
    that failure rare: kopia's ``MinContentAgeSubjectToGC``, PBS's grace period).
-   Before the mark, packs left mostly dead are **repacked** (``gc.repack``, ADR 0042): their live
-   chunks are copied into a new pack and the sources become unreferenced.
+   Before the mark, the chunks the newest points use leave packs mostly used by older points
+   (``gc.generations``) and packs left mostly dead are **repacked** (``gc.repack``, ADR 0042):
+   their live chunks are copied into a new pack and the sources become unreferenced.
 4. **Expired points.** Once an expired point's lock has passed, its manifest and its point record
    (ADR 0032) are deleted too, so a rebuild from the bucket does not bring it back.
 
@@ -38,6 +39,7 @@ from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectLocked, ObjectNotFound, ObjectStore, ObjectStoreError
 
 from strongroom_gateway import manifests
+from strongroom_gateway.gc.generations import move_hot
 from strongroom_gateway.gc.repack import RepackPolicy, repack
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.ports import GatewayStore, Point
@@ -71,6 +73,7 @@ class Report:
     points_reclaimed: int = 0
     packs_measured: int = 0
     packs_repacked: int = 0
+    packs_moved: int = 0
     repacks_refused: int = 0
     bytes_copied: int = 0
     failures: int = 0
@@ -92,12 +95,19 @@ async def collect(deps: Deps) -> Report:
     """One collection run over every account (see the module's docstring)."""
     report = Report()
     await _record_references(deps, report)
+    await move_hot(deps, report)
     await repack(deps, report)
     await _condemn(deps, report)
     await _reclaim(deps, report)
     await _delete_objects(deps, report)
     await _reclaim_points(deps, report)
-    done = (report.packs_condemned, report.objects_deleted, report.points_reclaimed, report.packs_repacked)
+    done = (
+        report.packs_condemned,
+        report.objects_deleted,
+        report.points_reclaimed,
+        report.packs_repacked,
+        report.packs_moved,
+    )
     if any(done) or report.failures or report.repacks_refused:
         log.info("garbage collection: %s", report)
     return report

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
@@ -54,15 +55,22 @@ log = logging.getLogger(__name__)
 class RepackPolicy:
     """``below``: a pack whose live bytes are below this share of its size is rewritten (0: never).
     ``pack_bytes``: live bytes gathered into one new pack. ``scan_chunks``: chunk ids held while
-    manifests are scanned (the memory bound of a measure)."""
+    manifests are scanned (the memory bound of a measure). ``hot_below``: a pack whose chunks used
+    by the newest point of each lineage are below this share of its size has those moved to a new
+    pack (``gc.generations``; 0: never). ``heat_every``: the least interval between two such
+    measures of a pack (its first comes as soon as a newer point uses it)."""
 
     below: float = 0.6
     pack_bytes: int = 16 << 20
     scan_chunks: int = 100_000
+    hot_below: float = 0.6
+    heat_every: dt.timedelta = dt.timedelta(days=7)
 
 
 @dataclasses.dataclass(slots=True)
-class _Measured:
+class Measured:
+    """A measured pack and the chunks of it to copy (``live``, ``live_bytes`` of them)."""
+
     pack: Pack
     live: list[ChunkLocation]
     live_bytes: int
@@ -100,28 +108,9 @@ async def _measure_and_rewrite(
     async with deps.store.transaction() as tx:
         references = await tx.live_references([c.pack.pack_id for c in batch])
     points: dict[str, Point] = {p.point_id: p for _, p in references}
-    live: set[bytes] = set()
-    for point in points.values():
-        try:
-            data = await manifests.read_point_manifest(deps.objects, deps.keys, point)
-        except (ObjectNotFound, ManifestFormatError) as exc:
-            log.warning("point %s: manifest unreadable (%s); packs not repacked", point.point_id, exc)
-            report.failures += 1
-            return False
-
-        def mark(data: bytes = data) -> None:
-            for entry in decode_manifest(data):
-                for cid in entry.chunk_ids:
-                    if (key := bytes(cid)) in located:
-                        live.add(key)
-
-        await asyncio.to_thread(mark)
-    measured = {c.pack.pack_id: _Measured(c.pack, [], 0) for c in batch}
-    for cid in live:
-        location = located[cid]
-        entry = measured[location.pack_id]
-        entry.live.append(location)
-        entry.live_bytes += location.length
+    measured = await measure(deps, report, [c.pack for c in batch], points.values(), located)
+    if measured is None:
+        return False
     async with deps.store.transaction() as tx:
         for candidate in batch:
             await tx.record_liveness(
@@ -132,19 +121,50 @@ async def _measure_and_rewrite(
     referencing: dict[str, list[Point]] = {}
     for pack_id, point in references:
         referencing.setdefault(pack_id, []).append(point)
-    for group in _groups(chosen, policy.pack_bytes):
+    for group in groups(chosen, policy.pack_bytes):
         group_points = {p.point_id: p for m in group for p in referencing.get(m.pack.pack_id, [])}
         try:
-            await _rewrite(deps, report, group, list(group_points.values()))
+            await rewrite(deps, report, group, list(group_points.values()))
         except (ObjectNotFound, ObjectStoreError, ChunkRejected, packfile.PackFormatError) as exc:
             log.warning("packs %s not repacked: %s", ", ".join(m.pack.pack_id for m in group), exc)
             report.failures += 1
     return True
 
 
-def _groups(chosen: Sequence[_Measured], pack_bytes: int) -> list[list[_Measured]]:
+async def measure(
+    deps: Deps, report: Report, packs: Sequence[Pack], points: Iterable[Point], located: dict[bytes, ChunkLocation]
+) -> dict[str, Measured] | None:
+    """Per pack, its chunks (of ``located``: the packs' chunk rows by id) that the manifests of
+    ``points`` name, read one at a time. None when a manifest cannot be read (nothing is decided on
+    a guess)."""
+    named: set[bytes] = set()
+    for point in points:
+        try:
+            data = await manifests.read_point_manifest(deps.objects, deps.keys, point)
+        except (ObjectNotFound, ManifestFormatError) as exc:
+            log.warning("point %s: manifest unreadable (%s); its packs are not moved", point.point_id, exc)
+            report.failures += 1
+            return None
+
+        def mark(data: bytes = data) -> None:
+            for entry in decode_manifest(data):
+                for cid in entry.chunk_ids:
+                    if (key := bytes(cid)) in located:
+                        named.add(key)
+
+        await asyncio.to_thread(mark)
+    measured = {pack.pack_id: Measured(pack, [], 0) for pack in packs}
+    for cid in named:
+        location = located[cid]
+        entry = measured[location.pack_id]
+        entry.live.append(location)
+        entry.live_bytes += location.length
+    return measured
+
+
+def groups(chosen: Sequence[Measured], pack_bytes: int) -> list[list[Measured]]:
     """Consecutive (oldest first) groups of at most ``pack_bytes`` live bytes, each of one account."""
-    groups: list[list[_Measured]] = []
+    groups: list[list[Measured]] = []
     size = 0
     for measured in sorted(chosen, key=lambda m: (m.pack.account_id, m.pack.created_at, m.pack.pack_id)):
         current = groups[-1] if groups else None
@@ -161,7 +181,12 @@ def _groups(chosen: Sequence[_Measured], pack_bytes: int) -> list[list[_Measured
     return groups
 
 
-async def _rewrite(deps: Deps, report: Report, group: Sequence[_Measured], points: Sequence[Point]) -> None:
+async def rewrite(
+    deps: Deps, report: Report, group: Sequence[Measured], points: Sequence[Point], *, partial: bool = False
+) -> None:
+    """Copy the chosen chunks of ``group`` into one new pack locked like the latest of ``points`` (the
+    live points referencing the group) and move their rows: ``repack_pack`` (the sources' other rows
+    are dead and dropped) or, ``partial``, ``move_chunks`` (the other rows stay)."""
     account_id = group[0].pack.account_id
     async with deps.store.transaction() as tx:
         account = await tx.get_account(account_id)
@@ -194,12 +219,18 @@ async def _rewrite(deps: Deps, report: Report, group: Sequence[_Measured], point
     ]
     sources = [m.pack.pack_id for m in group]
     async with deps.store.transaction() as tx:
-        moved = await tx.repack(record, sources, [p.point_id for p in points], rows)
+        if partial:
+            moved = await tx.move_chunks(record, sources, rows)
+        else:
+            moved = await tx.repack(record, sources, [p.point_id for p in points], rows)
     if not moved:
-        log.info("repacking %s refused for now (a backup running, or the packs changed); retried later", sources)
+        log.info("moving chunks of %s refused for now (a backup running, or the packs changed); retried later", sources)
         report.repacks_refused += 1
         return
-    report.packs_repacked += len(group)
+    if partial:
+        report.packs_moved += len(group)
+    else:
+        report.packs_repacked += len(group)
     report.bytes_copied += len(encoded.data)
 
 

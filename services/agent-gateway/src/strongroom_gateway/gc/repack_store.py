@@ -73,6 +73,44 @@ def chunk_location(row: asyncpg.Record) -> ChunkLocation:
     )
 
 
+async def stage_move(
+    conn: asyncpg.Connection, new_pack: Pack, sources: Sequence[str], chunks: Sequence[ChunkLocation]
+) -> None:
+    """Record ``new_pack`` (stored, no chunk rows yet) and stage a move into it: the packs it replaces
+    (``repack_sources``) and each chunk's place in it (``repack_chunks``). The definer function that
+    follows (``repack_pack`` or ``move_chunks``) checks the staging and moves the rows."""
+    await conn.execute(
+        "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until, format_version,"
+        " version_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pack_id) DO NOTHING",
+        new_pack.pack_id,
+        new_pack.account_id,
+        new_pack.object_key,
+        new_pack.size,
+        new_pack.created_at,
+        new_pack.retain_until,
+        new_pack.format_version,
+        new_pack.version_id,
+    )
+    await conn.execute(
+        "INSERT INTO repack_sources (new_pack_id, old_pack_id) SELECT $1, u FROM unnest($2::text[]) AS u"
+        " ON CONFLICT DO NOTHING",
+        new_pack.pack_id,
+        list(sources),
+    )
+    await conn.execute(
+        'INSERT INTO repack_chunks (new_pack_id, chunk_id, "offset", length, raw_length, compression)'
+        " SELECT $1, u.chunk_id, u.off, u.len, u.raw, u.comp FROM unnest($2::bytea[], $3::bigint[],"
+        " $4::integer[], $5::integer[], $6::smallint[]) AS u(chunk_id, off, len, raw, comp)"
+        " ON CONFLICT DO NOTHING",
+        new_pack.pack_id,
+        [c.chunk_id for c in chunks],
+        [c.offset for c in chunks],
+        [c.length for c in chunks],
+        [c.raw_length for c in chunks],
+        [c.compression for c in chunks],
+    )
+
+
 class PgRepackTx:
     """The PostgreSQL side (``self._conn`` is the transaction's connection)."""
 
@@ -92,6 +130,7 @@ class PgRepackTx:
             "   WHERE l.pack_id = p.pack_id), 0)"
             "  AND NOT EXISTS (SELECT 1 FROM pack_condemnations c WHERE c.pack_id = p.pack_id)"
             "  AND NOT EXISTS (SELECT 1 FROM pack_repacks r WHERE r.old_pack_id = p.pack_id)"
+            "  AND NOT EXISTS (SELECT 1 FROM pack_moves m WHERE m.old_pack_id = p.pack_id)"
             "  AND NOT EXISTS (SELECT 1 FROM points pt WHERE pt.account_id = p.account_id"
             "   AND NOT EXISTS (SELECT 1 FROM point_references r WHERE r.point_id = pt.point_id)"
             "   AND NOT EXISTS (SELECT 1 FROM point_expirations e WHERE e.point_id = pt.point_id))"
@@ -135,43 +174,51 @@ class PgRepackTx:
     async def repack(
         self, new_pack: Pack, sources: Sequence[str], scanned: Sequence[str], chunks: Sequence[ChunkLocation]
     ) -> bool:
-        await self._conn.execute(
-            "INSERT INTO packs (pack_id, account_id, object_key, size, created_at, retain_until, format_version,"
-            " version_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pack_id) DO NOTHING",
-            new_pack.pack_id,
-            new_pack.account_id,
-            new_pack.object_key,
-            new_pack.size,
-            new_pack.created_at,
-            new_pack.retain_until,
-            new_pack.format_version,
-            new_pack.version_id,
-        )
-        await self._conn.execute(
-            "INSERT INTO repack_sources (new_pack_id, old_pack_id) SELECT $1, u FROM unnest($2::text[]) AS u"
-            " ON CONFLICT DO NOTHING",
-            new_pack.pack_id,
-            list(sources),
-        )
+        await stage_move(self._conn, new_pack, sources, chunks)
         await self._conn.execute(
             "INSERT INTO repack_points (new_pack_id, point_id) SELECT $1, u FROM unnest($2::text[]) AS u"
             " ON CONFLICT DO NOTHING",
             new_pack.pack_id,
             list(scanned),
         )
-        await self._conn.execute(
-            'INSERT INTO repack_chunks (new_pack_id, chunk_id, "offset", length, raw_length, compression)'
-            " SELECT $1, u.chunk_id, u.off, u.len, u.raw, u.comp FROM unnest($2::bytea[], $3::bigint[],"
-            " $4::integer[], $5::integer[], $6::smallint[]) AS u(chunk_id, off, len, raw, comp)"
-            " ON CONFLICT DO NOTHING",
-            new_pack.pack_id,
-            [c.chunk_id for c in chunks],
-            [c.offset for c in chunks],
-            [c.length for c in chunks],
-            [c.raw_length for c in chunks],
-            [c.compression for c in chunks],
-        )
         return bool(await self._conn.fetchval("SELECT repack_pack($1)", new_pack.pack_id))
+
+
+def staging_refused(s: _MemoryState, new_pack: Pack, sources: set[str], chunks: Sequence[ChunkLocation]) -> bool:
+    """What both definer functions refuse (the fakes' side): nothing staged, a new pack that holds
+    rows, is condemned, repacked or its own source, a source of another account or repacked,
+    condemned or reclaimed, a backup of the account running, a staged chunk not in a source now."""
+    gc, account = s.gc, new_pack.account_id
+    return (
+        not sources
+        or not chunks
+        or any(c.pack_id == new_pack.pack_id for c in s.chunks.values())
+        or new_pack.pack_id in gc.condemned
+        or new_pack.pack_id in gc.repacked
+        or new_pack.pack_id in sources
+        or any(
+            p not in s.packs
+            or s.packs[p].account_id != account
+            or p in gc.repacked
+            or p in gc.condemned
+            or p in gc.reclaimed
+            for p in sources
+        )
+        or any(j.account_id == account and j.kind == "backup" and j.state != "finished" for j in s.jobs.values())
+        or any((loc := s.chunks.get((account, c.chunk_id))) is None or loc.pack_id not in sources for c in chunks)
+    )
+
+
+def move_rows(s: _MemoryState, new_pack: Pack, chunks: Sequence[ChunkLocation]) -> None:
+    """The staged rows now locate their chunks in ``new_pack`` (the fakes' side)."""
+    for c in chunks:
+        s.chunks[(new_pack.account_id, c.chunk_id)] = dataclasses.replace(
+            c,
+            pack_id=new_pack.pack_id,
+            object_key=new_pack.object_key,
+            pack_format=new_pack.format_version,
+            version_id=new_pack.version_id,
+        )
 
 
 class MemoryRepackTx:
@@ -206,6 +253,7 @@ class MemoryRepackTx:
                 and expired > measured
                 and pack.pack_id not in gc.condemned
                 and pack.pack_id not in gc.repacked
+                and pack.pack_id not in gc.moved
                 and self._account_referenced(pack.account_id)
             ):
                 out.append(RepackCandidate(pack, expired))
@@ -237,37 +285,13 @@ class MemoryRepackTx:
         source_set = set(sources)
         referencing = {pid for pid, packs in gc.point_packs.items() if packs & source_set and self._live(pid)}
         refused = (
-            not source_set
-            or any(c.pack_id == new_pack.pack_id for c in s.chunks.values())
-            or new_pack.pack_id in gc.condemned
-            or new_pack.pack_id in gc.repacked
-            or new_pack.pack_id in source_set
-            or any(
-                p not in s.packs
-                or s.packs[p].account_id != account
-                or p in gc.repacked
-                or p in gc.condemned
-                or p in gc.reclaimed
-                for p in source_set
-            )
+            staging_refused(s, new_pack, source_set, chunks)
             or not referencing <= set(scanned)
             or not self._account_referenced(account)
-            or any(j.account_id == account and j.kind == "backup" and j.state != "finished" for j in s.jobs.values())
-            or not chunks
-            or any(
-                (loc := s.chunks.get((account, c.chunk_id))) is None or loc.pack_id not in source_set for c in chunks
-            )
         )
         if refused:
             return False
-        for c in chunks:
-            s.chunks[(account, c.chunk_id)] = dataclasses.replace(
-                c,
-                pack_id=new_pack.pack_id,
-                object_key=new_pack.object_key,
-                pack_format=new_pack.format_version,
-                version_id=new_pack.version_id,
-            )
+        move_rows(s, new_pack, chunks)
         for key in [k for k, loc in s.chunks.items() if loc.pack_id in source_set]:
             del s.chunks[key]
         for pid, packs in gc.point_packs.items():

@@ -200,6 +200,11 @@ class MemoryGcState:
     # references) -> live bytes measured.
     repacked: dict[str, str] = dataclasses.field(default_factory=dict)
     liveness: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    # Generational moves (ADR 0042, 2026-12-06): source pack -> the packs some of its chunks moved
+    # to; (pack, newest point's time) -> hot bytes measured.
+    moved: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    heat: dict[tuple[str, dt.datetime], int] = dataclasses.field(default_factory=dict)
+    heat_measured: dict[tuple[str, dt.datetime], dt.datetime] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> MemoryGcState:
         return MemoryGcState(
@@ -210,6 +215,9 @@ class MemoryGcState:
             set(self.points_reclaimed),
             dict(self.repacked),
             dict(self.liveness),
+            {k: set(v) for k, v in self.moved.items()},
+            dict(self.heat),
+            dict(self.heat_measured),
         )
 
 
@@ -299,7 +307,7 @@ class MemoryGcTx:
             return False
         running = any(
             j.account_id == pack.account_id
-            and (j.kind == "backup" or (j.kind == "restore" and pack_id in gc.repacked))
+            and (j.kind == "backup" or (j.kind == "restore" and (pack_id in gc.repacked or pack_id in gc.moved)))
             and j.state != "finished"
             and j.created_at <= gc.condemned[pack_id]
             for j in self._s.jobs.values()
