@@ -4,8 +4,9 @@ Usage: python tools/deploy/kafka_topics.py --partitions N --replicas N --min-ins
        python tools/deploy/kafka_topics.py --all    (every overlay's file, as OVERLAYS says)
 
 Each registered topic and its dead-letter topic become one KafkaTopic of the Strimzi cluster
-``--cluster`` (label ``strimzi.io/cluster``). Partitions: the larger of ``--partitions`` and the
-registry's own (keys are instance ids, so more partitions keep per-instance order). ``--check``
+``--cluster`` (label ``strimzi.io/cluster``). Partitions: the overlay's ``--partitions`` (the registry's
+count, 12, is the production default the production overlay repeats; a single-broker dev cluster
+takes 1, as ``STRONGROOM_KAFKA_PARTITIONS`` does for standalone, ADR 0050). ``--check``
 compares instead of writing (the deploy checks run it so a registry change cannot go unrendered).
 """
 
@@ -54,7 +55,7 @@ def render(topics_dir: Path, *, partitions: int, replicas: int, min_insync: int,
     for path in sorted(topics_dir.glob("*.yaml")):
         entry = yaml.safe_load(path.read_text())
         topic = str(entry["topic"])
-        count = max(partitions, int(entry.get("partitions", 1)))
+        count = partitions
         objects.append(_topic(topic, cluster, count, replicas, min_insync, f"proto/topics/{path.name}"))
         dlq = entry.get("dead_letter_topic")
         if dlq:
