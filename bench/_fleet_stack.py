@@ -9,6 +9,7 @@ on the listeners it had, so its peers' channels and its agents' sessions find it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -74,16 +75,19 @@ class Replicas:
     def of(self, service: str) -> list[Replica]:
         return [r for r in self.replicas if r.service == service]
 
-    async def kill_and_restart(self, replica: Replica) -> Replica:
-        """``kill -9`` the replica's process, then start it again on the same listeners."""
-        os.kill(replica.process.process.pid, signal.SIGKILL)
-        await replica.process.process.wait()
-        self.restarts.append(replica)
-        again = await self._spawn(replica.service, replica.index, replica.listen)
-        self.replicas[self.replicas.index(replica)] = again
-        if replica.index == 1:
-            self.stack.processes[replica.service] = again.process
-        return again
+    async def kill_and_restart(self, victims: list[Replica]) -> list[Replica]:
+        """``kill -9`` the replicas' processes all at once, then start each again on its listeners."""
+        for replica in victims:
+            os.kill(replica.process.process.pid, signal.SIGKILL)
+        for replica in victims:
+            await replica.process.process.wait()
+        self.restarts.extend(victims)
+        started = await asyncio.gather(*(self._spawn(r.service, r.index, r.listen) for r in victims))
+        for replica, again in zip(victims, started, strict=True):
+            self.replicas[self.replicas.index(replica)] = again
+            if replica.index == 1:
+                self.stack.processes[replica.service] = again.process
+        return list(started)
 
     async def stop_extra(self) -> None:
         """Stop what ``Stack.stop`` does not know: replica 2 of each service."""
