@@ -526,8 +526,8 @@ class Fleet:
             f" p95 {pct(d, 0.95) * 1000:.0f} ms,"
             f" max {max(d, default=float('nan')) * 1000:.0f} ms (n={len(d)}) |",
             *[
-                f"| job delivery, sessions on {label} | p50 {pct(v, 0.5) * 1000:.0f} ms, p95 {pct(v, 0.95) * 1000:.0f} ms"
-                f" (n={len(v)}) |"
+                f"| job delivery, sessions on {label} | p50 {pct(v, 0.5) * 1000:.0f} ms,"
+                f" p95 {pct(v, 0.95) * 1000:.0f} ms (n={len(v)}) |"
                 for label, v in sorted(f["delivery_by_gateway"].items())
             ],
             f"| job delivery, first / last 10% of jobs created | p95 {pct(f['delivery_first'], 0.95) * 1000:.0f} ms /"
