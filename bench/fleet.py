@@ -511,7 +511,7 @@ class Fleet:
         lines = [
             f"# Fleet simulator: {a.instances} instances, {a.replicas} replicas of every service",
             "",
-            f"- commit `{_git('rev-parse', '--short', 'HEAD')}`, {platform.node()}, {os.cpu_count()} cores;"
+            f"- commit `{self.commit}`, {platform.node()}, {os.cpu_count()} cores;"
             f" load average at start {self.load0}, at end {_load()}",
             f"- window {a.window_minutes} min, schedule interval {a.schedule_interval} s;"
             f" per job {a.fresh_chunks} fresh"
@@ -595,6 +595,9 @@ async def run(args: argparse.Namespace) -> str:
     work = args.work / f"fleet-{uuid.uuid4().hex[:6]}"
     fleet = Fleet(args, work)
     fleet.load0 = _load()  # type: ignore[attr-defined]
+    fleet.commit = _git("rev-parse", "--short", "HEAD") + (
+        " (modified)" if _git("status", "--porcelain", HERE.name) else ""
+    )  # type: ignore[attr-defined]
     try:
         await fleet.start()
         await fleet.activate()
