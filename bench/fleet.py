@@ -596,7 +596,7 @@ async def run(args: argparse.Namespace) -> str:
     fleet = Fleet(args, work)
     fleet.load0 = _load()  # type: ignore[attr-defined]
     fleet.commit = _git("rev-parse", "--short", "HEAD") + (
-        " (modified)" if _git("status", "--porcelain", HERE.name) else ""
+        " (modified)" if _git("status", "--porcelain", ".") else ""
     )  # type: ignore[attr-defined]
     try:
         await fleet.start()
