@@ -595,9 +595,7 @@ async def run(args: argparse.Namespace) -> str:
     work = args.work / f"fleet-{uuid.uuid4().hex[:6]}"
     fleet = Fleet(args, work)
     fleet.load0 = _load()  # type: ignore[attr-defined]
-    fleet.commit = _git("rev-parse", "--short", "HEAD") + (
-        " (modified)" if _git("status", "--porcelain", ".") else ""
-    )  # type: ignore[attr-defined]
+    fleet.commit = _git("rev-parse", "--short", "HEAD") + (" (modified)" if _git("status", "--porcelain", ".") else "")  # type: ignore[attr-defined]
     try:
         await fleet.start()
         await fleet.activate()
