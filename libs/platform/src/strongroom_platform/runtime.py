@@ -78,6 +78,10 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
         asyncio.run(runner())
 
 
+# The shortest keepalive ping interval a client may use on an idle stream (the agent uses 30 s).
+MIN_CLIENT_PING_INTERVAL_MS = 20_000
+
+
 async def start_grpc_server(
     listen: str,
     register: Callable[[grpc.aio.Server], None],
@@ -103,6 +107,11 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # Agents hold one idle stream each and ping it every 30 s, so a dead link is noticed; gRPC's
+            # default (one ping per 5 min without data) answers that with GOAWAY "too_many_pings"
+            # and drops every idle session (seen in bench/fleet.py at 1,000 agents).
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         ],
     )
     health = await add_standard_services(server, register)
