@@ -185,6 +185,31 @@ async def test_one_backup_at_a_time(harness: Any) -> None:
     await task
 
 
+async def test_a_job_sent_again_after_it_finished_gets_its_report_not_a_second_run(harness: Any) -> None:
+    """A gateway that restarts before it reads a job's final report sends the job again (seen in
+    bench/fleet.py's kill run: 49 of 1,000 jobs ran twice). The agent answers with the report it
+    sent, and runs the job once."""
+    factory, backups, _restores, _sleeps, session, stop = harness
+    stream = factory.add()
+    task = asyncio.create_task(session.run(stop))
+    await stream.commands.put(backup_command("b-1"))
+    await next_report(stream, "progress")
+    backups.release["b-1"].set()
+    first = await next_report(stream, "finished")
+    assert (first.job_id, first.status) == ("b-1", COMPLETE)
+    await stream.commands.put(backup_command("b-1"))
+    again = await next_report(stream, "finished")
+    assert again == first
+    # a new job still runs
+    await stream.commands.put(backup_command("b-2"))
+    await next_report(stream, "progress")
+    backups.release["b-2"].set()
+    assert (await next_report(stream, "finished")).job_id == "b-2"
+    assert backups.started == ["b-1", "b-2"]
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
 async def test_cancel_job(harness: Any) -> None:
     factory, backups, _restores, _sleeps, session, stop = harness
     stream = factory.add()

@@ -19,7 +19,7 @@ import os
 import platform
 import random
 import socket
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +49,8 @@ Sleep = Callable[[float], Awaitable[None]]
 _AUTH_FAILURES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 SHUTDOWN_GRACE_SECONDS = 10.0
 REDELIVER_WINDOW_SECONDS = 60.0
+# How many finished jobs the agent remembers, to answer a job sent again with its result.
+FINISHED_REMEMBERED = 1000
 
 
 class CredentialRejected(Exception):
@@ -107,7 +109,9 @@ class Session:
         self._recent: list[tuple[float, gateway_pb2.AgentReport]] = []
         self._backup: _Job | None = None
         self._restore: _Job | None = None
-        self._finished_ids: deque[str] = deque(maxlen=1000)
+        # The final reports of the last jobs, by job id: a job sent again after it finished (a
+        # gateway restarted before it read the report) gets its report again, not a second run.
+        self._finished: OrderedDict[str, gateway_pb2.JobFinished] = OrderedDict()
         self._stopping = False
         self.connections = 0
 
@@ -154,7 +158,9 @@ class Session:
         return on_progress
 
     async def _finish(self, finished: gateway_pb2.JobFinished) -> None:
-        self._finished_ids.append(finished.job_id)
+        self._finished[finished.job_id] = finished
+        while len(self._finished) > FINISHED_REMEMBERED:
+            self._finished.popitem(last=False)
         await self._write(gateway_pb2.AgentReport(finished=finished), must_deliver=True)
 
     # --- jobs ---
@@ -199,7 +205,13 @@ class Session:
         runner: Callable[[asyncio.Event], Awaitable[gateway_pb2.JobFinished]],
         traceparent: str = "",
     ) -> _Job | None:
-        """Start a job unless one of its kind is running; returns the new job (None if refused)."""
+        """Start a job unless one of its kind is running or it already finished here; returns the new
+        job (None if refused or answered)."""
+        done = self._finished.get(job_id)
+        if done is not None:
+            log.info("%s job %s was sent again after it finished: reporting its result again", kind, job_id)
+            asyncio.get_running_loop().create_task(self._finish(done))
+            return None
         if current is not None and not current.task.done():
             if current.job_id != job_id:  # the same id again (e.g. after a reconnect) is already running
                 refusal = gateway_pb2.JobFinished(
@@ -249,7 +261,7 @@ class Session:
                 log.info("canceling job %s", job_id)
                 job.cancel.set()
                 return
-        if job_id not in self._finished_ids:
+        if job_id not in self._finished:
             # Unknown here (e.g. the agent restarted): confirm so the gateway does not wait forever.
             await self._finish(gateway_pb2.JobFinished(job_id=job_id, status=common_pb2.JOB_STATUS_CANCELED))
 
