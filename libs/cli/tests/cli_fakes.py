@@ -162,9 +162,11 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
     def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListJobs", request)
         self._get(request.instance_id, context)
-        return scheduler_pb2.ListJobsResponse(
-            jobs=[j for j in self.jobs.values() if j.instance_id == request.instance_id]
-        )
+        # at most two jobs a page, so that the CLI's paging is exercised
+        jobs = [j for j in self.jobs.values() if j.instance_id == request.instance_id]
+        start = int(request.page_token or 0)
+        end = start + min(request.page_size or 50, 2)
+        return scheduler_pb2.ListJobsResponse(jobs=jobs[start:end], next_page_token=str(end) if end < len(jobs) else "")
 
     def GetJob(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("GetJob", request)

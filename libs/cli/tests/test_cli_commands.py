@@ -11,6 +11,7 @@ import pytest
 from cli_fakes import Cli, FakeServices
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
+from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_cli import output
 
 
@@ -130,10 +131,23 @@ def test_jobs_list_and_show(services: FakeServices, cli: Cli) -> None:
     assert lines[0].startswith("JOB  ")
     assert lines[1].split()[:2] == ["j-1", "complete"]
     assert "2.0 KiB" in lines[1] and "v-1" in lines[1]
-    assert services.calls.last("ListJobs").limit == 5  # type: ignore[attr-defined]
+    assert services.calls.last("ListJobs").page_size == 5  # type: ignore[attr-defined]
     code, out, _ = cli("jobs", "show", "j-1")
     assert field(out, "Scanned") == "12 files, 4.0 KiB"
     assert field(out, "Finished") == "2026-01-01 10:01:30"
+
+
+def test_jobs_list_follows_pages_up_to_the_limit(services: FakeServices, cli: Cli) -> None:
+    for n in range(3, 6):
+        services.scheduler.jobs[f"j-{n}"] = scheduler_pb2.BackupJob(job_id=f"j-{n}", instance_id="i-1")
+    code, out, _ = cli("jobs", "list", "i-1", "--limit", "0")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["j-1", "j-3", "j-4", "j-5"]
+    requests = services.calls.requests["ListJobs"]
+    assert [(r.page_size, r.page_token) for r in requests] == [(1000, ""), (1000, "2")]  # type: ignore[attr-defined]
+    code, out, _ = cli("jobs", "list", "i-1", "--limit", "3")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["j-1", "j-3", "j-4"]
+    assert [(r.page_size, r.page_token) for r in requests[2:]] == [(3, ""), (1, "2")]  # type: ignore[attr-defined]
 
 
 def test_versions_list(services: FakeServices, cli: Cli) -> None:

@@ -16,7 +16,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     commands = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = commands.add_parser("list", parents=[common], help="jobs of an instance, newest first")
     p.add_argument("instance_id", metavar="INSTANCE")
-    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20; 0 = every job)")
     p.set_defaults(command=list_jobs)
     for name, handler, text in (("show", show, "show a job"), ("cancel", cancel, "cancel a queued or running job")):
         p = commands.add_parser(name, parents=[common], help=text)
@@ -71,11 +71,25 @@ def print_job(context: Context, job: scheduler_pb2.BackupJob) -> None:
         print(f"  {error}")
 
 
+# The largest page the scheduler serves (ListJobsRequest.page_size).
+MAX_PAGE = 1000
+
+
 async def list_jobs(context: Context) -> int:
-    request = scheduler_pb2.ListJobsRequest(instance_id=context.args.instance_id, limit=max(context.args.limit, 0))
-    response = await context.scheduler().ListJobs(request, **context.call)
+    # Pages in order until --limit jobs (0: every job) or the last page (issue 14).
+    limit = max(context.args.limit, 0)
+    jobs: list[scheduler_pb2.BackupJob] = []
+    token = ""
+    while True:
+        size = min(limit - len(jobs), MAX_PAGE) if limit else MAX_PAGE
+        request = scheduler_pb2.ListJobsRequest(instance_id=context.args.instance_id, page_size=size, page_token=token)
+        response = await context.scheduler().ListJobs(request, **context.call)
+        jobs += response.jobs
+        token = response.next_page_token
+        if not token or (limit and len(jobs) >= limit):
+            break
     if context.json:
-        output.as_json(list(response.jobs))
+        output.as_json(jobs)
         return 0
     rows = [
         [
@@ -88,7 +102,7 @@ async def list_jobs(context: Context) -> int:
             j.version_id or "-",
             j.error or "",
         ]
-        for j in response.jobs
+        for j in jobs
     ]
     output.table(
         ["JOB", "STATUS", f"CREATED ({output.zone_label()})", "FINISHED", "FILES", "UPLOADED", "VERSION", "ERROR"], rows

@@ -480,14 +480,26 @@ async def update_settings(
         return instance
 
 
-async def list_jobs(deps: Deps, instance_id: str, limit: int, *, call: CallAuth) -> list[Job]:
-    """The instance's jobs, newest first; ``limit`` 0 = the default (50)."""
-    if limit < 0:
-        raise InvalidArgument("limit must not be negative")
-    limit = min(limit or DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT)
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[Job]
+    next_page_token: str  # empty on the last page
+
+
+async def list_jobs(
+    deps: Deps, instance_id: str, page_size: int = 0, *, page_token: str = "", call: CallAuth
+) -> JobPage:
+    """One page of the instance's jobs, newest first; ``page_size`` 0 = the default (50)."""
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    size = min(page_size or DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT)
+    after = _after(page_token)
     async with deps.store.transaction() as tx:
         instance = await _instance(tx, instance_id, call=call)
-        return await tx.list_jobs(instance.instance_id, limit)
+        found = await tx.list_jobs(instance.instance_id, size + 1, after=after)
+    page = found[:size]
+    more = len(found) > size
+    return JobPage(page, _position_token(page[-1].created_at, page[-1].job_id) if more else "")
 
 
 async def get_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
