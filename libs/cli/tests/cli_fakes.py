@@ -217,10 +217,19 @@ class FakeCatalog(catalog_pb2_grpc.CatalogServiceServicer):
             retain_until=Timestamp(seconds=T0.seconds + 30 * 86400),
             browsable=True,
         )
+        # two pages, to exercise paging: v-1, then an older v-0
+        if request.page_token == "":
+            return catalog_pb2.ListVersionsResponse(
+                versions=[
+                    catalog_pb2.Version(
+                        version_id="v-1", instance_id=request.instance_id, created_at=T0, points=[point]
+                    )
+                ],
+                next_page_token="page-2",
+            )
+        older = Timestamp(seconds=T0.seconds - 86400)
         return catalog_pb2.ListVersionsResponse(
-            versions=[
-                catalog_pb2.Version(version_id="v-1", instance_id=request.instance_id, created_at=T0, points=[point])
-            ]
+            versions=[catalog_pb2.Version(version_id="v-0", instance_id=request.instance_id, created_at=older)]
         )
 
     def GetPoint(self, request, context):  # type: ignore[no-untyped-def]

@@ -155,6 +155,8 @@ def test_versions_list(services: FakeServices, cli: Cli) -> None:
     assert code == 0
     row = out.splitlines()[1].split()
     assert row[0] == "v-1" and "p-1" in row and "/" in row and row[-1] == "yes"
+    assert out.splitlines()[2].split()[0] == "v-0"  # from the second page
+    assert [r.page_token for r in services.calls.requests["ListVersions"]] == ["", "page-2"]  # type: ignore[attr-defined]
 
 
 def test_browse_is_ls_like_and_follows_pages(services: FakeServices, cli: Cli) -> None:

@@ -19,15 +19,25 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
 
 
 async def list_versions(context: Context) -> int:
-    request = catalog_pb2.ListVersionsRequest(instance_id=context.args.instance_id)
-    response = await context.catalog().ListVersions(request, **context.call)
-    if not response.versions:
+    # Every page, in order (issue 14).
+    versions: list[catalog_pb2.Version] = []
+    token = ""
+    while True:
+        request = catalog_pb2.ListVersionsRequest(
+            instance_id=context.args.instance_id, page_size=1000, page_token=token
+        )
+        response = await context.catalog().ListVersions(request, **context.call)
+        versions += response.versions
+        token = response.next_page_token
+        if not token:
+            break
+    if not versions:
         await context.require_instance(context.args.instance_id)
     if context.json:
-        output.as_json(list(response.versions))
+        output.as_json(versions)
         return 0
     rows = []
-    for version in response.versions:
+    for version in versions:
         for n, point in enumerate(version.points or [catalog_pb2.Point()]):
             rows.append(
                 [
