@@ -318,7 +318,13 @@ class FakeRestore(restore_pb2_grpc.RestoreServiceServicer):
 
     def ListRestoreJobs(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListRestoreJobs", request)
-        return restore_pb2.ListRestoreJobsResponse(jobs=[self.job] if self.job.restore_job_id else [])
+        if not self.job.restore_job_id:
+            return restore_pb2.ListRestoreJobsResponse()
+        # two pages, to exercise paging: the job, then an older one
+        if request.page_token == "":
+            return restore_pb2.ListRestoreJobsResponse(jobs=[self.job], next_page_token="page-2")
+        older = restore_pb2.RestoreJob(restore_job_id="r-0", target_instance_id=self.job.target_instance_id)
+        return restore_pb2.ListRestoreJobsResponse(jobs=[older])
 
     def CancelRestoreJob(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("CancelRestoreJob", request)

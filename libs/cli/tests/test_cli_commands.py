@@ -271,7 +271,9 @@ def test_restore_wait_lists_the_failed_files_of_a_partial_restore(services: Fake
 
 def test_restore_show_list_cancel(services: FakeServices, cli: Cli) -> None:
     cli("restore", "create", "p-1")
-    assert "r-1" in cli("restore", "list", "i-1")[1]
+    listed = cli("restore", "list", "i-1")[1]
+    assert "r-1" in listed and "r-0" in listed  # the second page's job too
+    assert [r.page_token for r in services.calls.requests["ListRestoreJobs"]] == ["", "page-2"]  # type: ignore[attr-defined]
     assert "canceling" in cli("restore", "cancel", "r-1")[1]
     code, _, err = cli("restore", "show", "r-9")
     assert (code, err) == (1, "error: NOT_FOUND: restore job r-9 not found\n")

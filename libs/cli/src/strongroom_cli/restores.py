@@ -154,12 +154,22 @@ async def cancel(context: Context) -> int:
 
 
 async def list_jobs(context: Context) -> int:
-    request = restore_pb2.ListRestoreJobsRequest(instance_id=context.args.instance_id)
-    response = await context.restore().ListRestoreJobs(request, **context.call)
-    if not response.jobs:
+    # Every page, in order (issue 14).
+    jobs: list[restore_pb2.RestoreJob] = []
+    token = ""
+    while True:
+        request = restore_pb2.ListRestoreJobsRequest(
+            instance_id=context.args.instance_id, page_size=1000, page_token=token
+        )
+        response = await context.restore().ListRestoreJobs(request, **context.call)
+        jobs += response.jobs
+        token = response.next_page_token
+        if not token:
+            break
+    if not jobs:
         await context.require_instance(context.args.instance_id)
     if context.json:
-        output.as_json(list(response.jobs))
+        output.as_json(jobs)
         return 0
     rows = [
         [
@@ -172,7 +182,7 @@ async def list_jobs(context: Context) -> int:
             output.timestamp(j.created_at),
             j.error or "",
         ]
-        for j in response.jobs
+        for j in jobs
     ]
     output.table(
         ["RESTORE JOB", "STATUS", "POINT", "TARGET", "PATH", "FILES", f"CREATED ({output.zone_label()})", "ERROR"], rows
