@@ -354,7 +354,11 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
 
     def ListLedger(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListLedger", request)
+        # with the instances, two pages that cut the day: i-1 on the first, the day again with i-2
+        second = request.page_token == "page-2"
         rows = [billing_pb2.LedgerInstance(instance_id="i-1", version_id="v-1", capacity_bytes=150 << 30)]
+        if second:
+            rows = [billing_pb2.LedgerInstance(instance_id="i-2", version_id="v-2", capacity_bytes=0)]
         day = billing_pb2.LedgerDay(
             day="2026-12-02",
             instances=1,
@@ -366,7 +370,8 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
             charged="0.0250",
             instance_rows=rows if request.include_instances else [],
         )
-        return billing_pb2.ListLedgerResponse(days=[day], zone="UTC+08:00", currency="USD")
+        token = "page-2" if request.include_instances and not second else ""
+        return billing_pb2.ListLedgerResponse(days=[day], zone="UTC+08:00", currency="USD", next_page_token=token)
 
     def ListPlans(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListPlans", request)

@@ -303,6 +303,10 @@ def test_billing_ledger_shows_the_rule_and_the_rows(services: FakeServices, cli:
     assert "v-1" in out  # the billed version of each instance
     request = services.calls.last("ListLedger")
     assert (request.from_day, request.to_day, request.include_instances) == ("2026-12-01", "2026-12-02", True)
+    # the day cut between two pages is one summary row, its instance rows from both pages
+    assert [r.page_token for r in services.calls.requests["ListLedger"]] == ["", "page-2"]  # type: ignore[attr-defined]
+    assert sum(1 for line in out.splitlines() if line.startswith("2026-12-02") and "USD" in line) == 1
+    assert "v-2" in out
 
 
 def test_billing_plans_list_and_create(services: FakeServices, cli: Cli) -> None:
