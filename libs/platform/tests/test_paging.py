@@ -5,7 +5,7 @@ import base64
 import pytest
 from strongroom_platform.clock import utc
 from strongroom_platform.errors import InvalidArgument
-from strongroom_platform.paging import page_size, position_token, token_position
+from strongroom_platform.paging import keyset_page, page_size, position_token, token_position
 
 
 def test_a_position_round_trips_and_the_first_page_has_none() -> None:
@@ -33,3 +33,12 @@ def test_page_size_defaults_and_caps() -> None:
     assert (page_size(0, 50, 1000), page_size(7, 50, 1000), page_size(5000, 50, 1000)) == (50, 7, 1000)
     with pytest.raises(InvalidArgument, match="page_size must not be negative"):
         page_size(-1, 50, 1000)
+
+
+def test_keyset_page_tells_the_last_page_by_the_extra_row() -> None:
+    at = utc(2026, 3, 1)
+    rows = [(at, "a"), (at, "b"), (at, "c")]
+    assert keyset_page(rows, 3, lambda r: r) == (rows, "")  # no extra row: the last page
+    page, token = keyset_page(rows, 2, lambda r: r)
+    assert page == rows[:2] and token_position(token) == (at, "b")
+    assert keyset_page([], 2, lambda r: r) == ([], "")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable
 
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
 
 from strongroom_cli import output
 from strongroom_cli.context import Context
+from strongroom_cli.pages import every_page
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -71,23 +73,13 @@ def print_job(context: Context, job: scheduler_pb2.BackupJob) -> None:
         print(f"  {error}")
 
 
-# The largest page the scheduler serves (ListJobsRequest.page_size).
-MAX_PAGE = 1000
-
-
 async def list_jobs(context: Context) -> int:
     # Pages in order until --limit jobs (0: every job) or the last page (issue 14).
-    limit = max(context.args.limit, 0)
-    jobs: list[scheduler_pb2.BackupJob] = []
-    token = ""
-    while True:
-        size = min(limit - len(jobs), MAX_PAGE) if limit else MAX_PAGE
+    def fetch(token: str, size: int) -> Awaitable[scheduler_pb2.ListJobsResponse]:
         request = scheduler_pb2.ListJobsRequest(instance_id=context.args.instance_id, page_size=size, page_token=token)
-        response = await context.scheduler().ListJobs(request, **context.call)
-        jobs += response.jobs
-        token = response.next_page_token
-        if not token or (limit and len(jobs) >= limit):
-            break
+        return context.scheduler().ListJobs(request, **context.call)
+
+    jobs = await every_page(fetch, lambda page: page.jobs, limit=max(context.args.limit, 0))
     if context.json:
         output.as_json(jobs)
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2
@@ -12,6 +13,7 @@ from strongroom.restore.v1 import restore_pb2
 from strongroom_cli import output, progress
 from strongroom_cli.context import Context
 from strongroom_cli.jobs import FINISHED_JOB_STATUSES, exit_code, job_status
+from strongroom_cli.pages import every_page
 
 FINISHED = FINISHED_JOB_STATUSES
 
@@ -154,18 +156,13 @@ async def cancel(context: Context) -> int:
 
 
 async def list_jobs(context: Context) -> int:
-    # Every page, in order (issue 14).
-    jobs: list[restore_pb2.RestoreJob] = []
-    token = ""
-    while True:
+    def fetch(token: str, size: int) -> Awaitable[restore_pb2.ListRestoreJobsResponse]:
         request = restore_pb2.ListRestoreJobsRequest(
-            instance_id=context.args.instance_id, page_size=1000, page_token=token
+            instance_id=context.args.instance_id, page_size=size, page_token=token
         )
-        response = await context.restore().ListRestoreJobs(request, **context.call)
-        jobs += response.jobs
-        token = response.next_page_token
-        if not token:
-            break
+        return context.restore().ListRestoreJobs(request, **context.call)
+
+    jobs = await every_page(fetch, lambda page: page.jobs)
     if not jobs:
         await context.require_instance(context.args.instance_id)
     if context.json:

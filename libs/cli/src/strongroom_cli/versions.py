@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable
 
 from strongroom.catalog.v1 import catalog_pb2
 
 from strongroom_cli import output
 from strongroom_cli.context import Context
+from strongroom_cli.pages import every_page
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -19,18 +21,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
 
 
 async def list_versions(context: Context) -> int:
-    # Every page, in order (issue 14).
-    versions: list[catalog_pb2.Version] = []
-    token = ""
-    while True:
+    def fetch(token: str, size: int) -> Awaitable[catalog_pb2.ListVersionsResponse]:
         request = catalog_pb2.ListVersionsRequest(
-            instance_id=context.args.instance_id, page_size=1000, page_token=token
+            instance_id=context.args.instance_id, page_size=size, page_token=token
         )
-        response = await context.catalog().ListVersions(request, **context.call)
-        versions += response.versions
-        token = response.next_page_token
-        if not token:
-            break
+        return context.catalog().ListVersions(request, **context.call)
+
+    versions = await every_page(fetch, lambda page: page.versions)
     if not versions:
         await context.require_instance(context.args.instance_id)
     if context.json:

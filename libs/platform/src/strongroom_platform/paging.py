@@ -10,8 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from strongroom_platform.errors import InvalidArgument
+
+T = TypeVar("T")
 
 FORGED = "page_token is not one this service issued; start again without it"
 
@@ -43,3 +47,12 @@ def page_size(requested: int, default: int, maximum: int) -> int:
     if requested < 0:
         raise InvalidArgument("page_size must not be negative")
     return min(requested or default, maximum)
+
+
+def keyset_page(found: Sequence[T], size: int, position: Callable[[T], tuple[dt.datetime, str]]) -> tuple[list[T], str]:
+    """The page of ``found`` — read with ``size + 1`` rows, to tell whether more follow — and the
+    next page's token, the ``position`` of its last row ("" on the last page)."""
+    page = list(found[:size])
+    if len(found) <= size:
+        return page, ""
+    return page, position_token(*position(page[-1]))

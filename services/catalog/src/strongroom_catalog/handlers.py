@@ -202,9 +202,7 @@ async def list_versions(
     size = paging.page_size(page_size, DEFAULT_VERSION_PAGE, MAX_VERSION_PAGE)
     after = paging.token_position(page_token)
     found = await repo.list_versions(instance_id, accounts=visible_accounts(call=call), after=after, limit=size + 1)
-    page = found[:size]
-    more = len(found) > size
-    return VersionPage(page, paging.position_token(page[-1].created_at, page[-1].version_id) if more else "")
+    return VersionPage(*paging.keyset_page(found, size, lambda v: (v.created_at, v.version_id)))
 
 
 async def get_point(repo: CatalogStore, point_id: str, *, call: CallAuth) -> PointRecord:

@@ -222,9 +222,7 @@ async def list_restore_jobs(
     size = paging.page_size(page_size, DEFAULT_LIST_PAGE, MAX_LIST_PAGE)
     after = paging.token_position(page_token)
     found = await repo.list_jobs(instance_id, accounts=visible_accounts(call=call), limit=size + 1, after=after)
-    page = found[:size]
-    more = len(found) > size
-    return RestoreJobPage(page, paging.position_token(page[-1].created_at, page[-1].restore_job_id) if more else "")
+    return RestoreJobPage(*paging.keyset_page(found, size, lambda j: (j.created_at, j.restore_job_id)))
 
 
 async def cancel_restore_job(repo: RestoreStore, restore_job_id: str, *, clock: Clock, call: CallAuth) -> RestoreJob:

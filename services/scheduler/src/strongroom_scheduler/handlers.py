@@ -32,7 +32,7 @@ from strongroom_platform.events import (
     new_meta,
     to_timestamp,
 )
-from strongroom_platform.paging import position_token, token_position
+from strongroom_platform.paging import token_position
 from strongroom_platform.telemetry import Metrics, instruments
 from strongroom_platform.zones import DEFAULT_ZONE
 
@@ -354,9 +354,7 @@ async def list_instances(
     after = token_position(page_token)
     async with deps.store.transaction() as tx:
         found = await tx.list_instances(account, region.strip(), include_canceled=False, after=after, limit=size + 1)
-    page = found[:size]
-    more = len(found) > size
-    return InstancePage(page, position_token(page[-1].activated_at, page[-1].instance_id) if more else "")
+    return InstancePage(*paging.keyset_page(found, size, lambda i: (i.activated_at, i.instance_id)))
 
 
 async def run_backup_now(deps: Deps, instance_id: str, *, call: CallAuth) -> Job:
@@ -492,9 +490,7 @@ async def list_jobs(
     async with deps.store.transaction() as tx:
         instance = await _instance(tx, instance_id, call=call)
         found = await tx.list_jobs(instance.instance_id, size + 1, after=after)
-    page = found[:size]
-    more = len(found) > size
-    return JobPage(page, position_token(page[-1].created_at, page[-1].job_id) if more else "")
+    return JobPage(*paging.keyset_page(found, size, lambda j: (j.created_at, j.job_id)))
 
 
 async def get_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
@@ -533,10 +529,6 @@ async def cancel_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
 # --- the audit trail (ADR 0027) --------------------------------------------------------------
 
 
-def _page_token(event: events_pb2.AuditRecorded) -> str:
-    return position_token(from_timestamp(event.meta.occurred_at), event.meta.event_id)
-
-
 async def list_audit_events(
     deps: Deps,
     account_id: str,
@@ -564,9 +556,7 @@ async def list_audit_events(
     )
     async with deps.store.transaction() as tx:
         events = await tx.list_audit_events(query)
-    if len(events) <= limit:
-        return events, ""
-    return events[:limit], _page_token(events[limit - 1])
+    return paging.keyset_page(events, limit, lambda e: (from_timestamp(e.meta.occurred_at), e.meta.event_id))
 
 
 async def handle_audit_recorded(event: events_pb2.AuditRecorded, deps: Deps) -> None:
