@@ -162,9 +162,11 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
     def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListJobs", request)
         self._get(request.instance_id, context)
-        return scheduler_pb2.ListJobsResponse(
-            jobs=[j for j in self.jobs.values() if j.instance_id == request.instance_id]
-        )
+        # at most two jobs a page, so that the CLI's paging is exercised
+        jobs = [j for j in self.jobs.values() if j.instance_id == request.instance_id]
+        start = int(request.page_token or 0)
+        end = start + min(request.page_size or 50, 2)
+        return scheduler_pb2.ListJobsResponse(jobs=jobs[start:end], next_page_token=str(end) if end < len(jobs) else "")
 
     def GetJob(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("GetJob", request)
@@ -215,10 +217,19 @@ class FakeCatalog(catalog_pb2_grpc.CatalogServiceServicer):
             retain_until=Timestamp(seconds=T0.seconds + 30 * 86400),
             browsable=True,
         )
+        # two pages, to exercise paging: v-1, then an older v-0
+        if request.page_token == "":
+            return catalog_pb2.ListVersionsResponse(
+                versions=[
+                    catalog_pb2.Version(
+                        version_id="v-1", instance_id=request.instance_id, created_at=T0, points=[point]
+                    )
+                ],
+                next_page_token="page-2",
+            )
+        older = Timestamp(seconds=T0.seconds - 86400)
         return catalog_pb2.ListVersionsResponse(
-            versions=[
-                catalog_pb2.Version(version_id="v-1", instance_id=request.instance_id, created_at=T0, points=[point])
-            ]
+            versions=[catalog_pb2.Version(version_id="v-0", instance_id=request.instance_id, created_at=older)]
         )
 
     def GetPoint(self, request, context):  # type: ignore[no-untyped-def]
@@ -307,7 +318,13 @@ class FakeRestore(restore_pb2_grpc.RestoreServiceServicer):
 
     def ListRestoreJobs(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListRestoreJobs", request)
-        return restore_pb2.ListRestoreJobsResponse(jobs=[self.job] if self.job.restore_job_id else [])
+        if not self.job.restore_job_id:
+            return restore_pb2.ListRestoreJobsResponse()
+        # two pages, to exercise paging: the job, then an older one
+        if request.page_token == "":
+            return restore_pb2.ListRestoreJobsResponse(jobs=[self.job], next_page_token="page-2")
+        older = restore_pb2.RestoreJob(restore_job_id="r-0", target_instance_id=self.job.target_instance_id)
+        return restore_pb2.ListRestoreJobsResponse(jobs=[older])
 
     def CancelRestoreJob(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("CancelRestoreJob", request)
@@ -337,7 +354,11 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
 
     def ListLedger(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListLedger", request)
+        # with the instances, two pages that cut the day: i-1 on the first, the day again with i-2
+        second = request.page_token == "page-2"
         rows = [billing_pb2.LedgerInstance(instance_id="i-1", version_id="v-1", capacity_bytes=150 << 30)]
+        if second:
+            rows = [billing_pb2.LedgerInstance(instance_id="i-2", version_id="v-2", capacity_bytes=0)]
         day = billing_pb2.LedgerDay(
             day="2026-12-02",
             instances=1,
@@ -349,7 +370,8 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
             charged="0.0250",
             instance_rows=rows if request.include_instances else [],
         )
-        return billing_pb2.ListLedgerResponse(days=[day], zone="UTC+08:00", currency="USD")
+        token = "page-2" if request.include_instances and not second else ""
+        return billing_pb2.ListLedgerResponse(days=[day], zone="UTC+08:00", currency="USD", next_page_token=token)
 
     def ListPlans(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListPlans", request)

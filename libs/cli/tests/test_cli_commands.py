@@ -11,6 +11,7 @@ import pytest
 from cli_fakes import Cli, FakeServices
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
+from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_cli import output
 
 
@@ -130,10 +131,23 @@ def test_jobs_list_and_show(services: FakeServices, cli: Cli) -> None:
     assert lines[0].startswith("JOB  ")
     assert lines[1].split()[:2] == ["j-1", "complete"]
     assert "2.0 KiB" in lines[1] and "v-1" in lines[1]
-    assert services.calls.last("ListJobs").limit == 5  # type: ignore[attr-defined]
+    assert services.calls.last("ListJobs").page_size == 5  # type: ignore[attr-defined]
     code, out, _ = cli("jobs", "show", "j-1")
     assert field(out, "Scanned") == "12 files, 4.0 KiB"
     assert field(out, "Finished") == "2026-01-01 10:01:30"
+
+
+def test_jobs_list_follows_pages_up_to_the_limit(services: FakeServices, cli: Cli) -> None:
+    for n in range(3, 6):
+        services.scheduler.jobs[f"j-{n}"] = scheduler_pb2.BackupJob(job_id=f"j-{n}", instance_id="i-1")
+    code, out, _ = cli("jobs", "list", "i-1", "--limit", "0")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["j-1", "j-3", "j-4", "j-5"]
+    requests = services.calls.requests["ListJobs"]
+    assert [(r.page_size, r.page_token) for r in requests] == [(1000, ""), (1000, "2")]  # type: ignore[attr-defined]
+    code, out, _ = cli("jobs", "list", "i-1", "--limit", "3")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["j-1", "j-3", "j-4"]
+    assert [(r.page_size, r.page_token) for r in requests[2:]] == [(3, ""), (1, "2")]  # type: ignore[attr-defined]
 
 
 def test_versions_list(services: FakeServices, cli: Cli) -> None:
@@ -141,6 +155,8 @@ def test_versions_list(services: FakeServices, cli: Cli) -> None:
     assert code == 0
     row = out.splitlines()[1].split()
     assert row[0] == "v-1" and "p-1" in row and "/" in row and row[-1] == "yes"
+    assert out.splitlines()[2].split()[0] == "v-0"  # from the second page
+    assert [r.page_token for r in services.calls.requests["ListVersions"]] == ["", "page-2"]  # type: ignore[attr-defined]
 
 
 def test_browse_is_ls_like_and_follows_pages(services: FakeServices, cli: Cli) -> None:
@@ -255,7 +271,9 @@ def test_restore_wait_lists_the_failed_files_of_a_partial_restore(services: Fake
 
 def test_restore_show_list_cancel(services: FakeServices, cli: Cli) -> None:
     cli("restore", "create", "p-1")
-    assert "r-1" in cli("restore", "list", "i-1")[1]
+    listed = cli("restore", "list", "i-1")[1]
+    assert "r-1" in listed and "r-0" in listed  # the second page's job too
+    assert [r.page_token for r in services.calls.requests["ListRestoreJobs"]] == ["", "page-2"]  # type: ignore[attr-defined]
     assert "canceling" in cli("restore", "cancel", "r-1")[1]
     code, _, err = cli("restore", "show", "r-9")
     assert (code, err) == (1, "error: NOT_FOUND: restore job r-9 not found\n")
@@ -285,6 +303,10 @@ def test_billing_ledger_shows_the_rule_and_the_rows(services: FakeServices, cli:
     assert "v-1" in out  # the billed version of each instance
     request = services.calls.last("ListLedger")
     assert (request.from_day, request.to_day, request.include_instances) == ("2026-12-01", "2026-12-02", True)
+    # the day cut between two pages is one summary row, its instance rows from both pages
+    assert [r.page_token for r in services.calls.requests["ListLedger"]] == ["", "page-2"]  # type: ignore[attr-defined]
+    assert sum(1 for line in out.splitlines() if line.startswith("2026-12-02") and "USD" in line) == 1
+    assert "v-2" in out
 
 
 def test_billing_plans_list_and_create(services: FakeServices, cli: Cli) -> None:

@@ -13,6 +13,7 @@ from strongroom_billing.errors import InvalidArgument, NotFound
 from strongroom_billing.ledger import InstanceCharge, PlanBalance
 from strongroom_billing.ports import BillingStore
 from strongroom_billing.settings import LedgerSettings
+from strongroom_platform import paging
 from strongroom_platform.auth import CallAuth, Role, operator
 from strongroom_platform.events import new_meta, to_timestamp
 from strongroom_platform.testing import FakeClock, call_for
@@ -250,3 +251,60 @@ async def test_ledger_ranges_are_bounded(store: BillingStore) -> None:
     with pytest.raises(InvalidArgument, match="after to_day"):
         await handlers.list_ledger(store, "acme", "2026-12-02", "2026-12-01", False, call=call("ListLedger"))
     assert (await handlers.list_ledger(store, "acme", "", "", False, call=call("ListLedger"))).days == []
+
+
+# -- pages (issue 14) ------------------------------------------------------------------------------
+
+
+async def ledger_pages(store: BillingStore, page_size: int, include_instances: bool) -> list[handlers.LedgerView]:
+    pages: list[handlers.LedgerView] = []
+    token = ""
+    while True:
+        view = await handlers.list_ledger(
+            store,
+            "acme",
+            "2026-12-01",
+            "2026-12-04",
+            include_instances,
+            page_size=page_size,
+            page_token=token,
+            call=call("ListLedger"),
+        )
+        pages.append(view)
+        if not view.next_page_token:
+            return pages
+        token = view.next_page_token
+
+
+async def test_the_ledger_lists_in_pages_of_days_and_cuts_a_day_whose_rows_do_not_fit(
+    store: BillingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        await point(store, f"i{n}", f"v{n}", 10 * GIB, at8(1, 3))
+    await handlers.close_ledger_days(store, FakeClock(at8(5, 2)), SETTINGS)
+    by_day = await ledger_pages(store, 1, False)
+    assert [[d.day.day for d in p.days] for p in by_day] == [[1], [2], [3], [4]]
+    assert [[d.day.day for d in p.days] for p in await ledger_pages(store, 0, False)] == [[1, 2, 3, 4]]
+
+    monkeypatch.setattr(handlers, "MAX_LEDGER_INSTANCE_ROWS", 4)
+    pages = await ledger_pages(store, 3, True)
+    # a cut day comes again on the next page, with the rows after the cut
+    assert [[d.day.day for d in p.days] for p in pages] == [[1, 2], [2, 3], [3, 4]]
+    rows = [(day.day, c.instance_id) for p in pages for day, charges in p.instances.items() for c in charges]
+    assert rows == [(d, f"i{n}") for d in range(1, 5) for n in range(3)]  # every row once, in order
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage!",
+        paging.position_token(dt.datetime(2026, 12, 1, 5, tzinfo=dt.UTC), "day"),  # not a day's start
+        paging.position_token(dt.datetime(2026, 12, 1, tzinfo=dt.UTC), "in:"),  # no instance
+        paging.position_token(dt.datetime(2026, 12, 1, tzinfo=dt.UTC), "elsewhere"),
+    ],
+)
+async def test_a_forged_ledger_page_token_is_refused(store: BillingStore, token: str) -> None:
+    with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):
+        await handlers.list_ledger(
+            store, "acme", "2026-12-01", "2026-12-04", False, page_token=token, call=call("ListLedger")
+        )

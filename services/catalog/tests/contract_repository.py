@@ -11,8 +11,10 @@ import datetime as dt
 from typing import Protocol
 
 import pytest
-from catalog_fixtures import DIR, FILE, T0, point, row
+from catalog_fixtures import DIR, FILE, T0, call, point, row
 from strongroom.events.v1 import events_pb2
+from strongroom_catalog import handlers
+from strongroom_catalog.errors import InvalidArgument
 from strongroom_catalog.ports import CatalogStore
 from strongroom_platform.events import VERSION_EXPIRED, new_meta
 
@@ -96,6 +98,30 @@ class CatalogRepositoryContract:
         assert (other.version_id, [p.point_id for p in other.points]) == ("v2", ["p2"])
         assert [v.version_id for v in await repo.list_versions("i-1", accounts=None)] == ["v2", "v1"]
         assert await repo.list_versions("i-1", accounts=[]) == []
+
+    async def test_versions_list_in_pages_newest_first_ties_by_id_in_byte_order(self, harness: Harness) -> None:
+        repo = harness.repo
+        # three versions share a creation time: the id, compared bytewise, breaks the tie
+        made = [("v-old", T0), ("v-B", T0 + dt.timedelta(days=1)), ("v-a", T0 + dt.timedelta(days=1))]
+        made += [("v-\u00e9", T0 + dt.timedelta(days=1)), ("v-new", T0 + dt.timedelta(days=2))]
+        async with repo.transaction() as tx:
+            for n, (version_id, created_at) in enumerate(made):
+                await tx.upsert_point(point(f"p{n}", version_id, created_at=created_at))
+                await tx.upsert_point(point(f"q{n}", version_id, created_at=created_at, mount_point="/data"))
+        pages: list[list[str]] = []
+        token = ""
+        while True:
+            page = await handlers.list_versions(repo, "i-1", page_size=2, page_token=token, call=call("ListVersions"))
+            assert all(len(v.points) == 2 for v in page.versions)  # a page carries its versions' points
+            pages.append([v.version_id for v in page.versions])
+            if not page.next_page_token:
+                break
+            token = page.next_page_token
+        assert pages == [["v-new", "v-\u00e9"], ["v-a", "v-B"], ["v-old"]]
+        whole = await handlers.list_versions(repo, "i-1", call=call("ListVersions"))
+        assert [v.version_id for v in whole.versions] == [v for p in pages for v in p] and whole.next_page_token == ""
+        with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):
+            await handlers.list_versions(repo, "i-1", page_token="garbage!", call=call("ListVersions"))
 
     async def test_children_sorted_by_name_in_byte_order_and_paged(self, harness: Harness) -> None:
         repo = harness.repo

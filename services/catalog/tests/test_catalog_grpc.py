@@ -59,7 +59,21 @@ async def test_list_versions_newest_first_with_points(stub: catalog_pb2_grpc.Cat
         ("p2", "/", True),
         ("p3", "/data", False),  # no manifest for p3
     ]
-    assert newest.instance_id == "i-1" and newest.account_id == "acct"
+    assert newest.instance_id == "i-1" and newest.account_id == "acct" and response.next_page_token == ""
+
+
+async def test_list_versions_in_pages(stub: catalog_pb2_grpc.CatalogServiceAsyncStub) -> None:
+    first = await stub.ListVersions(catalog_pb2.ListVersionsRequest(instance_id="i-1", page_size=1))
+    assert [v.version_id for v in first.versions] == ["v2"] and first.next_page_token
+    rest = await stub.ListVersions(
+        catalog_pb2.ListVersionsRequest(instance_id="i-1", page_size=1, page_token=first.next_page_token)
+    )
+    assert ([v.version_id for v in rest.versions], rest.next_page_token) == (["v1"], "")
+    await expect_error(
+        stub.ListVersions(catalog_pb2.ListVersionsRequest(instance_id="i-1", page_token="garbage!")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token is not one this service issued; start again without it",
+    )
 
 
 async def test_list_versions_without_instance(stub: catalog_pb2_grpc.CatalogServiceAsyncStub) -> None:

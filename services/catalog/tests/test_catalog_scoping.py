@@ -64,19 +64,19 @@ async def test_a_viewer_reads_and_browses_its_points(repo: InMemoryCatalogStore)
 async def test_versions_of_another_accounts_instance_list_like_an_unknown_instance(
     repo: InMemoryCatalogStore,
 ) -> None:
-    own = await handlers.list_versions(repo, "i-1", call=call("ListVersions", ACCT_VIEWER))
+    own = (await handlers.list_versions(repo, "i-1", call=call("ListVersions", ACCT_VIEWER))).versions
     assert [v.version_id for v in own] == ["v1"]
-    assert await handlers.list_versions(repo, "i-1", call=call("ListVersions", GLOBEX_ADMIN)) == []
-    assert await handlers.list_versions(repo, "i-unknown", call=call("ListVersions", GLOBEX_ADMIN)) == []
-    theirs = await handlers.list_versions(repo, "i-g", call=call("ListVersions", GLOBEX_ADMIN))
+    assert (await handlers.list_versions(repo, "i-1", call=call("ListVersions", GLOBEX_ADMIN))).versions == []
+    assert (await handlers.list_versions(repo, "i-unknown", call=call("ListVersions", GLOBEX_ADMIN))).versions == []
+    theirs = (await handlers.list_versions(repo, "i-g", call=call("ListVersions", GLOBEX_ADMIN))).versions
     assert [v.version_id for v in theirs] == ["vg"]
-    assert await handlers.list_versions(repo, "i-g", call=call("ListVersions", ACCT_VIEWER)) == []
+    assert (await handlers.list_versions(repo, "i-g", call=call("ListVersions", ACCT_VIEWER))).versions == []
 
 
 async def test_a_credential_with_several_accounts_reads_each(repo: InMemoryCatalogStore) -> None:
     # by instance or point id, no choice is needed: the resource says its account
     for instance_id, version_id in (("i-1", "v1"), ("i-g", "vg")):
-        versions = await handlers.list_versions(repo, instance_id, call=call("ListVersions", BOTH))
+        versions = (await handlers.list_versions(repo, instance_id, call=call("ListVersions", BOTH))).versions
         assert [v.version_id for v in versions] == [version_id]
     assert (await handlers.get_point(repo, "g1", call=call("GetPoint", BOTH))).account_id == "globex"
 

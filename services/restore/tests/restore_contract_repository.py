@@ -14,7 +14,7 @@ from strongroom.restore.v1 import restore_pb2
 from strongroom_platform.events import RESTORE_CANCEL_REQUESTED, new_meta
 from strongroom_platform.testing import FakeClock
 from strongroom_restore import handlers
-from strongroom_restore.errors import FailedPrecondition
+from strongroom_restore.errors import FailedPrecondition, InvalidArgument
 from strongroom_restore.ports import RestoreStore
 from strongroom_restore.testing import FakeCatalogClient, FakeInstanceDirectory
 
@@ -86,6 +86,30 @@ class RestoreRepositoryContract:
         assert [j.restore_job_id for j in await repo.list_jobs("i-b", accounts=None, limit=10)] == ["r-new", "r-old"]
         assert [j.restore_job_id for j in await repo.list_jobs("i-b", accounts=None, limit=1)] == ["r-new"]
         assert await repo.list_jobs("i-z", accounts=None, limit=10) == []
+
+    async def test_list_in_pages_newest_first_ties_by_id_in_byte_order(self, harness: Harness) -> None:
+        repo = harness.repo
+        # three jobs share a creation time: the id, compared bytewise, breaks the tie
+        made = [("r-old", T0), ("r-B", T0 + dt.timedelta(minutes=1)), ("r-a", T0 + dt.timedelta(minutes=1))]
+        made += [("r-\u00e9", T0 + dt.timedelta(minutes=1)), ("r-new", T0 + dt.timedelta(hours=1))]
+        async with repo.transaction() as tx:
+            for restore_job_id, created_at in made:
+                await tx.insert_job(job(restore_job_id, target="i-a", created_at=created_at))
+        pages: list[list[str]] = []
+        token = ""
+        while True:
+            page = await handlers.list_restore_jobs(
+                repo, "i-a", page_size=2, page_token=token, call=call("ListRestoreJobs")
+            )
+            pages.append([j.restore_job_id for j in page.jobs])
+            if not page.next_page_token:
+                break
+            token = page.next_page_token
+        assert pages == [["r-new", "r-\u00e9"], ["r-a", "r-B"], ["r-old"]]
+        whole = await handlers.list_restore_jobs(repo, "i-a", call=call("ListRestoreJobs"))
+        assert [j.restore_job_id for j in whole.jobs] == [j for p in pages for j in p] and whole.next_page_token == ""
+        with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):
+            await handlers.list_restore_jobs(repo, "i-a", page_token="garbage!", call=call("ListRestoreJobs"))
 
     async def test_list_of_the_given_accounts_only(self, harness: Harness) -> None:
         repo = harness.repo

@@ -67,7 +67,7 @@ async def test_create_get_list_cancel(
     got = await stub.GetRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id))
     assert got == created
     listed = await stub.ListRestoreJobs(restore_pb2.ListRestoreJobsRequest(instance_id="i-src"))
-    assert [j.restore_job_id for j in listed.jobs] == [created.restore_job_id]
+    assert [j.restore_job_id for j in listed.jobs] == [created.restore_job_id] and listed.next_page_token == ""
 
     canceling = await stub.CancelRestoreJob(restore_pb2.GetRestoreJobRequest(restore_job_id=created.restore_job_id))
     assert canceling.status == S.JOB_STATUS_CANCELING
@@ -155,6 +155,11 @@ async def test_lookup_failures(stub: restore_pb2_grpc.RestoreServiceAsyncStub) -
         stub.ListRestoreJobs(restore_pb2.ListRestoreJobsRequest()),
         grpc.StatusCode.INVALID_ARGUMENT,
         "instance_id is required",
+    )
+    await expect_error(
+        stub.ListRestoreJobs(restore_pb2.ListRestoreJobsRequest(instance_id="i-src", page_token="garbage!")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token is not one this service issued; start again without it",
     )
 
 

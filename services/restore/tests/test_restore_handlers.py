@@ -156,9 +156,9 @@ async def test_get_and_list(repo: InMemoryRestoreStore, catalog: FakeCatalogClie
     second = await create(repo, catalog, clock, target_instance_id="i-other", target_path="/srv/restore")
     assert await handlers.get_restore_job(repo, first.restore_job_id, call=call("GetRestoreJob")) == first
     listed = await handlers.list_restore_jobs(repo, "i-src", call=call("ListRestoreJobs"))
-    assert [j.restore_job_id for j in listed] == [second.restore_job_id, first.restore_job_id]
+    assert [j.restore_job_id for j in listed.jobs] == [second.restore_job_id, first.restore_job_id]
     other = await handlers.list_restore_jobs(repo, "i-other", call=call("ListRestoreJobs"))
-    assert [j.restore_job_id for j in other] == [second.restore_job_id]
+    assert [j.restore_job_id for j in other.jobs] == [second.restore_job_id]
 
 
 async def test_get_unknown_and_missing_ids(repo: InMemoryRestoreStore) -> None:

@@ -126,8 +126,8 @@ async def test_lists_hold_only_jobs_of_the_callers_accounts(repo: InMemoryRestor
         await tx.insert_job(dataclasses.replace(job("r-globex", target="i-dst"), account_id="globex"))
 
     async def listed(principal: Principal, instance_id: str = "i-dst") -> list[str]:
-        jobs = await handlers.list_restore_jobs(repo, instance_id, call=call("ListRestoreJobs", principal))
-        return sorted(j.restore_job_id for j in jobs)
+        page = await handlers.list_restore_jobs(repo, instance_id, call=call("ListRestoreJobs", principal))
+        return sorted(j.restore_job_id for j in page.jobs)
 
     assert await listed(VIEWER) == ["r-acct"]
     assert await listed(GLOBEX_ADMIN) == ["r-globex"]

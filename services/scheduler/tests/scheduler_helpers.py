@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -76,3 +77,28 @@ async def update_job(deps: Deps, job_id: str, instance_id: str, status: int, **k
 
 def random_id() -> str:
     return str(uuid.uuid4())
+
+
+async def finished_jobs(deps: Deps, advance: Callable[[int], object], instance_id: str, count: int) -> list[str]:
+    """``count`` completed jobs of the instance, oldest first; pairs share a creation time (``advance``
+    moves the test clock by seconds after every second job), so the order's tie-breaker is exercised."""
+    ids = []
+    for n in range(count):
+        job = await handlers.run_backup_now(deps, instance_id, call=call("RunBackupNow"))
+        await update_job(deps, job.job_id, instance_id, common_pb2.JOB_STATUS_COMPLETE)
+        ids.append(job.job_id)
+        if n % 2:
+            advance(1)
+    return ids
+
+
+async def every_job_page(deps: Deps, instance_id: str, page_size: int) -> list[list[str]]:
+    """The job ids of every page of ``ListJobs``, following the tokens to the last page."""
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        page = await handlers.list_jobs(deps, instance_id, page_size, page_token=token, call=call("ListJobs"))
+        pages.append([j.job_id for j in page.jobs])
+        if not page.next_page_token:
+            return pages
+        token = page.next_page_token

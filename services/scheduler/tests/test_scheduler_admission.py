@@ -71,7 +71,7 @@ async def _due_at(deps: Deps, count: int) -> list[str]:
 
 
 async def _job_of(deps: Deps, instance_id: str) -> str:
-    [job] = await handlers.list_jobs(deps, instance_id, 1, call=call("ListJobs"))
+    [job] = (await handlers.list_jobs(deps, instance_id, 1, call=call("ListJobs"))).jobs
     return job.job_id
 
 
@@ -82,7 +82,7 @@ async def test_the_cap_holds_and_waiting_slots_start_oldest_first(backend: Backe
     first = await schedule_due(deps.store, clock, admission=CAP_2)
     assert len(first.created) == 2
     assert first.waiting_total == 3
-    started = {iid for iid in ids if await handlers.list_jobs(deps, iid, 1, call=call("ListJobs"))}
+    started = {iid for iid in ids if (await handlers.list_jobs(deps, iid, 1, call=call("ListJobs"))).jobs}
     assert len(started) == 2
     # nothing frees: the next pass starts nothing, and the waiting slots stay due (not skipped)
     clock.advance(30)
@@ -97,7 +97,7 @@ async def test_the_cap_holds_and_waiting_slots_start_oldest_first(backend: Backe
     # the instance that started had its slot advanced to tomorrow; the waiting ones did not
     for iid in ids:
         instance = await handlers.get_instance(deps, iid, call=call("GetInstance"))
-        has_job = bool(await handlers.list_jobs(deps, iid, 1, call=call("ListJobs")))
+        has_job = bool((await handlers.list_jobs(deps, iid, 1, call=call("ListJobs"))).jobs)
         assert instance.next_backup_at == (utc(2026, 1, 2, 18, 0) if has_job else SLOT)
 
 
@@ -109,7 +109,7 @@ async def test_a_slot_waiting_past_the_window_is_skipped_and_reported(backend: B
     [job_id] = (await schedule_due(deps.store, clock, admission=one)).created
     # equal slots start in instance id order
     busy, late = sorted(ids)
-    assert (await handlers.list_jobs(deps, busy, 1, call=call("ListJobs")))[0].job_id == job_id
+    assert (await handlers.list_jobs(deps, busy, 1, call=call("ListJobs"))).jobs[0].job_id == job_id
     clock.advance(6 * 3600 - 1)  # one second inside the window after the slot time: still waiting
     assert (await schedule_due(deps.store, clock, admission=one)).waiting == [late]
     assert await backend.alerts() == []

@@ -86,7 +86,19 @@ async def test_full_operator_flow(stub: Stub, deps: Deps, clock: FakeClock) -> N
     fetched = await stub.GetJob(S.GetJobRequest(job_id=job.job_id))
     assert fetched.status == common_pb2.JOB_STATUS_CANCELED and fetched.HasField("finished_at")
     jobs = await stub.ListJobs(S.ListJobsRequest(instance_id=instance.instance_id))
-    assert [j.job_id for j in jobs.jobs] == [job.job_id]
+    assert [j.job_id for j in jobs.jobs] == [job.job_id] and jobs.next_page_token == ""
+    newer = await stub.RunBackupNow(S.RunBackupNowRequest(instance_id=instance.instance_id))
+    first = await stub.ListJobs(S.ListJobsRequest(instance_id=instance.instance_id, limit=1))  # the older field
+    assert [j.job_id for j in first.jobs] == [newer.job_id] and first.next_page_token
+    rest = await stub.ListJobs(
+        S.ListJobsRequest(instance_id=instance.instance_id, page_size=1, page_token=first.next_page_token)
+    )
+    assert ([j.job_id for j in rest.jobs], rest.next_page_token) == ([job.job_id], "")
+    bad = S.ListJobsRequest(instance_id=instance.instance_id, page_token="garbage!")
+    await expect_error(
+        stub.ListJobs(bad), grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this service issued"
+    )
+    await update_job(deps, newer.job_id, instance.instance_id, common_pb2.JOB_STATUS_CANCELED)
     paused = await stub.PauseBackup(ref)
     assert paused.status == S.RUNNING_STATUS_PAUSED and not paused.HasField("next_backup_at")
     assert (await stub.ResumeBackup(ref)).status == S.RUNNING_STATUS_READY

@@ -4,7 +4,17 @@ import datetime as dt
 import hashlib
 
 import pytest
-from scheduler_helpers import activate, active_instance, call, enroll, job_update, meta, update_job
+from scheduler_helpers import (
+    activate,
+    active_instance,
+    call,
+    enroll,
+    every_job_page,
+    finished_jobs,
+    job_update,
+    meta,
+    update_job,
+)
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
@@ -455,14 +465,33 @@ async def test_list_jobs_newest_first_with_limit(deps: Deps, clock: FakeClock) -
         await update_job(deps, job.job_id, instance.instance_id, common_pb2.JOB_STATUS_COMPLETE)
         ids.append(job.job_id)
         clock.advance(1)
-    assert [j.job_id for j in await handlers.list_jobs(deps, instance.instance_id, 0, call=call("ListJobs"))] == ids[
-        ::-1
-    ]
-    assert [j.job_id for j in await handlers.list_jobs(deps, instance.instance_id, 2, call=call("ListJobs"))] == ids[
-        ::-1
-    ][:2]
+    assert [
+        j.job_id for j in (await handlers.list_jobs(deps, instance.instance_id, 0, call=call("ListJobs"))).jobs
+    ] == ids[::-1]
+    assert [
+        j.job_id for j in (await handlers.list_jobs(deps, instance.instance_id, 2, call=call("ListJobs"))).jobs
+    ] == ids[::-1][:2]
     with pytest.raises(NotFound):
         await handlers.list_jobs(deps, "nope", 0, call=call("ListJobs"))
+
+
+async def test_jobs_list_in_pages_newest_first_ties_in_insertion_order(deps: Deps, clock: FakeClock) -> None:
+    instance = await active_instance(deps)
+    ids = await finished_jobs(deps, clock.advance, instance.instance_id, 7)
+    pages = await every_job_page(deps, instance.instance_id, 2)
+    assert [len(p) for p in pages] == [2, 2, 2, 1]
+    assert [j for p in pages for j in p] == ids[::-1]
+    # a page size that divides the list ends with an empty token on the page holding the last job
+    assert [len(p) for p in await every_job_page(deps, instance.instance_id, 7)] == [7]
+    with pytest.raises(InvalidArgument, match="page_size"):
+        await handlers.list_jobs(deps, instance.instance_id, -1, call=call("ListJobs"))
+
+
+@pytest.mark.parametrize("token", ["garbage!", "e30", "WyJub3QtYS10aW1lIiwgIngiXQ"])
+async def test_a_forged_job_page_token_is_refused(deps: Deps, token: str) -> None:
+    instance = await active_instance(deps)
+    with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):
+        await handlers.list_jobs(deps, instance.instance_id, page_token=token, call=call("ListJobs"))
 
 
 async def test_failed_transaction_leaves_no_event(deps: Deps, store: InMemorySchedulerStore) -> None:

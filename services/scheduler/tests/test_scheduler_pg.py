@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
-from scheduler_helpers import active_instance, admin, call, update_job
+from scheduler_helpers import active_instance, admin, call, every_job_page, finished_jobs, update_job
 from strongroom.alerts.v1 import alerts_pb2, alerts_pb2_grpc
 from strongroom.audit.v1 import audit_pb2, audit_pb2_grpc
 from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -102,9 +102,9 @@ async def test_repository_round_trip(pg_deps: Deps, pool: asyncpg.Pool, clock: F
         ["/srv", "/data"],
     )
     assert done.finished_at == clock.now()
-    assert [j.job_id for j in await handlers.list_jobs(pg_deps, instance.instance_id, 10, call=call("ListJobs"))] == [
-        job.job_id
-    ]
+    assert [
+        j.job_id for j in (await handlers.list_jobs(pg_deps, instance.instance_id, 10, call=call("ListJobs"))).jobs
+    ] == [job.job_id]
     assert [
         i.instance_id
         for i in (await handlers.list_instances(pg_deps, "acme", "cn-hangzhou", call=call("ListInstances"))).instances
@@ -146,7 +146,7 @@ async def test_two_schedulers_never_double_schedule(pg_deps: Deps, pg_logins: Pg
     created = [job for r in results for job in r.created]
     assert len(created) == len(set(created)) == 12
     for instance_id in ids:
-        assert len(await handlers.list_jobs(pg_deps, instance_id, 10, call=call("ListJobs"))) == 1
+        assert len((await handlers.list_jobs(pg_deps, instance_id, 10, call=call("ListJobs"))).jobs) == 1
         after = await handlers.get_instance(pg_deps, instance_id, call=call("GetInstance"))
         assert after.last_scheduled_on == dt.date(2026, 1, 2)
 
@@ -444,6 +444,15 @@ async def test_instances_page_in_postgres_by_activation_then_id(pg_deps: Deps, c
             break
         token = page.next_page_token
     assert seen == expected
+
+
+async def test_jobs_page_in_postgres_newest_first_ties_in_insertion_order(pg_deps: Deps, clock: FakeClock) -> None:
+    instance = await active_instance(pg_deps)
+    ids = await finished_jobs(pg_deps, clock.advance, instance.instance_id, 7)
+    pages = await every_job_page(pg_deps, instance.instance_id, 2)
+    assert [len(p) for p in pages] == [2, 2, 2, 1]
+    assert [j for p in pages for j in p] == ids[::-1]
+    assert await every_job_page(pg_deps, instance.instance_id, 0) == [ids[::-1]]
 
 
 async def test_inventory_round_trip_and_one_instance_per_host(

@@ -104,7 +104,7 @@ async def test_a_viewer_reads_but_cannot_cancel_a_job_or_activate(deps: Deps) ->
     job = await handlers.run_backup_now(deps, instance.instance_id, call=call("RunBackupNow"))
     assert (await handlers.get_job(deps, job.job_id, call=call("GetJob", ACME_VIEWER))).job_id == job.job_id
     listed = await handlers.list_jobs(deps, instance.instance_id, 0, call=call("ListJobs", ACME_VIEWER))
-    assert [j.job_id for j in listed] == [job.job_id]
+    assert [j.job_id for j in listed.jobs] == [job.job_id]
     got = await handlers.get_instance(deps, instance.instance_id, call=call("GetInstance", ACME_VIEWER))
     assert got.instance_id == instance.instance_id
     message = await refusal(

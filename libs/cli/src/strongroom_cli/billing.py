@@ -32,10 +32,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
 
 async def ledger(context: Context) -> int:
     args = context.args
-    request = billing_pb2.ListLedgerRequest(
-        account_id=context.account_id, from_day=args.from_day, to_day=args.to_day, include_instances=args.instances
-    )
-    result = await context.billing().ListLedger(request, **context.call)
+    result = await _ledger_pages(context)
     if context.json:
         output.as_json(result)
         return 0
@@ -65,6 +62,34 @@ async def ledger(context: Context) -> int:
         print()
         output.table(["DAY", "INSTANCE", "BILLED VERSION", "CAPACITY"], detail)
     return 0
+
+
+async def _ledger_pages(context: Context) -> billing_pb2.ListLedgerResponse:
+    """Every page of the ledger as one response (issue 14); a day cut between two pages (its
+    instance rows did not fit) is one day, its instance rows from both."""
+    args = context.args
+    merged = billing_pb2.ListLedgerResponse()
+    days: dict[str, billing_pb2.LedgerDay] = {}
+    token = ""
+    while True:
+        request = billing_pb2.ListLedgerRequest(
+            account_id=context.account_id,
+            from_day=args.from_day,
+            to_day=args.to_day,
+            include_instances=args.instances,
+            page_token=token,
+        )
+        page = await context.billing().ListLedger(request, **context.call)
+        merged.zone, merged.currency = page.zone, page.currency
+        for day in page.days:
+            if day.day in days:
+                days[day.day].instance_rows.extend(day.instance_rows)
+            else:
+                days[day.day] = merged.days.add()
+                days[day.day].CopyFrom(day)
+        token = page.next_page_token
+        if not token:
+            return merged
 
 
 def _plan_rows(plans: list[billing_pb2.Plan]) -> list[list[str]]:

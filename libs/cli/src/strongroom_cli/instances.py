@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 
 from strongroom.catalog.v1 import catalog_pb2
@@ -17,6 +17,7 @@ from strongroom_cli import agent_install, output, progress
 from strongroom_cli.args import PRIORITIES, on_off, time_of_day
 from strongroom_cli.context import Context, UsageError
 from strongroom_cli.jobs import FINISHED_JOB_STATUSES, exit_code, job_status, print_job
+from strongroom_cli.pages import every_page
 from strongroom_cli.pins import spki_sha256_pem
 
 DEFAULT_REGION = "local"
@@ -151,17 +152,13 @@ def print_instances(context: Context, found: Sequence[scheduler_pb2.Instance]) -
 
 async def list_instances(context: Context) -> int:
     # Every page, in order: the list is not held by the server in one message (issue 14).
-    instances: list[scheduler_pb2.Instance] = []
-    token = ""
-    while True:
+    def fetch(token: str, size: int) -> Awaitable[scheduler_pb2.ListInstancesResponse]:
         request = scheduler_pb2.ListInstancesRequest(
-            account_id=context.account_id, region=context.args.region, page_size=1000, page_token=token
+            account_id=context.account_id, region=context.args.region, page_size=size, page_token=token
         )
-        response = await context.scheduler().ListInstances(request, **context.call)
-        instances += response.instances
-        token = response.next_page_token
-        if not token:
-            break
+        return context.scheduler().ListInstances(request, **context.call)
+
+    instances = await every_page(fetch, lambda page: page.instances)
     print_instances(context, instances)
     return 0
 

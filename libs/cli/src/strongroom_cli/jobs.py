@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable
 
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
 
 from strongroom_cli import output
 from strongroom_cli.context import Context
+from strongroom_cli.pages import every_page
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -16,7 +18,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     commands = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = commands.add_parser("list", parents=[common], help="jobs of an instance, newest first")
     p.add_argument("instance_id", metavar="INSTANCE")
-    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20; 0 = every job)")
     p.set_defaults(command=list_jobs)
     for name, handler, text in (("show", show, "show a job"), ("cancel", cancel, "cancel a queued or running job")):
         p = commands.add_parser(name, parents=[common], help=text)
@@ -72,10 +74,14 @@ def print_job(context: Context, job: scheduler_pb2.BackupJob) -> None:
 
 
 async def list_jobs(context: Context) -> int:
-    request = scheduler_pb2.ListJobsRequest(instance_id=context.args.instance_id, limit=max(context.args.limit, 0))
-    response = await context.scheduler().ListJobs(request, **context.call)
+    # Pages in order until --limit jobs (0: every job) or the last page (issue 14).
+    def fetch(token: str, size: int) -> Awaitable[scheduler_pb2.ListJobsResponse]:
+        request = scheduler_pb2.ListJobsRequest(instance_id=context.args.instance_id, page_size=size, page_token=token)
+        return context.scheduler().ListJobs(request, **context.call)
+
+    jobs = await every_page(fetch, lambda page: page.jobs, limit=max(context.args.limit, 0))
     if context.json:
-        output.as_json(list(response.jobs))
+        output.as_json(jobs)
         return 0
     rows = [
         [
@@ -88,7 +94,7 @@ async def list_jobs(context: Context) -> int:
             j.version_id or "-",
             j.error or "",
         ]
-        for j in response.jobs
+        for j in jobs
     ]
     output.table(
         ["JOB", "STATUS", f"CREATED ({output.zone_label()})", "FINISHED", "FILES", "UPLOADED", "VERSION", "ERROR"], rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2
@@ -12,6 +13,7 @@ from strongroom.restore.v1 import restore_pb2
 from strongroom_cli import output, progress
 from strongroom_cli.context import Context
 from strongroom_cli.jobs import FINISHED_JOB_STATUSES, exit_code, job_status
+from strongroom_cli.pages import every_page
 
 FINISHED = FINISHED_JOB_STATUSES
 
@@ -154,12 +156,17 @@ async def cancel(context: Context) -> int:
 
 
 async def list_jobs(context: Context) -> int:
-    request = restore_pb2.ListRestoreJobsRequest(instance_id=context.args.instance_id)
-    response = await context.restore().ListRestoreJobs(request, **context.call)
-    if not response.jobs:
+    def fetch(token: str, size: int) -> Awaitable[restore_pb2.ListRestoreJobsResponse]:
+        request = restore_pb2.ListRestoreJobsRequest(
+            instance_id=context.args.instance_id, page_size=size, page_token=token
+        )
+        return context.restore().ListRestoreJobs(request, **context.call)
+
+    jobs = await every_page(fetch, lambda page: page.jobs)
+    if not jobs:
         await context.require_instance(context.args.instance_id)
     if context.json:
-        output.as_json(list(response.jobs))
+        output.as_json(jobs)
         return 0
     rows = [
         [
@@ -172,7 +179,7 @@ async def list_jobs(context: Context) -> int:
             output.timestamp(j.created_at),
             j.error or "",
         ]
-        for j in response.jobs
+        for j in jobs
     ]
     output.table(
         ["RESTORE JOB", "STATUS", "POINT", "TARGET", "PATH", "FILES", f"CREATED ({output.zone_label()})", "ERROR"], rows

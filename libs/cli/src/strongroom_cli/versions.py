@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable
 
 from strongroom.catalog.v1 import catalog_pb2
 
 from strongroom_cli import output
 from strongroom_cli.context import Context
+from strongroom_cli.pages import every_page
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -19,15 +21,20 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
 
 
 async def list_versions(context: Context) -> int:
-    request = catalog_pb2.ListVersionsRequest(instance_id=context.args.instance_id)
-    response = await context.catalog().ListVersions(request, **context.call)
-    if not response.versions:
+    def fetch(token: str, size: int) -> Awaitable[catalog_pb2.ListVersionsResponse]:
+        request = catalog_pb2.ListVersionsRequest(
+            instance_id=context.args.instance_id, page_size=size, page_token=token
+        )
+        return context.catalog().ListVersions(request, **context.call)
+
+    versions = await every_page(fetch, lambda page: page.versions)
+    if not versions:
         await context.require_instance(context.args.instance_id)
     if context.json:
-        output.as_json(list(response.versions))
+        output.as_json(versions)
         return 0
     rows = []
-    for version in response.versions:
+    for version in versions:
         for n, point in enumerate(version.points or [catalog_pb2.Point()]):
             rows.append(
                 [

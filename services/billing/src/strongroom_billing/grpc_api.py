@@ -78,12 +78,15 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             request.from_day,
             request.to_day,
             request.include_instances,
+            page_size=request.page_size,
+            page_token=request.page_token,
             call=current_call(),
         )
         return billing_pb2.ListLedgerResponse(
             days=[_day_message(day, view.instances.get(day.day, [])) for day in view.days],
             zone=zone_name(self._ledger.zone),
             currency=self._ledger.currency,
+            next_page_token=view.next_page_token,
         )
 
     async def ListPlans(

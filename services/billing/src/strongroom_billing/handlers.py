@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from strongroom.events.v1 import events_pb2
+from strongroom_platform import paging
 from strongroom_platform.auth import CallAuth, choose_account
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import from_timestamp
@@ -125,6 +126,8 @@ async def get_overview(store: BillingStore, account_id: str, region: str, *, cal
 
 MAX_LEDGER_DAYS = 366
 DEFAULT_LEDGER_DAYS = 31
+# Instance rows a ledger page holds at most (about 1 MB: well inside gRPC's 4 MiB message).
+MAX_LEDGER_INSTANCE_ROWS = 10_000
 
 
 async def close_ledger_days(store: BillingStore, clock: Clock, settings: LedgerSettings) -> list[dt.date]:
@@ -159,13 +162,50 @@ def _day(text: str, what: str) -> dt.date:
 class LedgerView:
     days: list[AccountDay]
     instances: dict[dt.date, list[InstanceCharge]]
+    next_page_token: str = ""  # empty on the last page
+
+
+# A page ends after a whole day ("day") or inside one, after an instance row ("in:<instance id>").
+_DAY_DONE = "day"
+_INSIDE_DAY = "in:"
+
+
+def _ledger_token(day: dt.date, key: str) -> str:
+    return paging.position_token(dt.datetime.combine(day, dt.time(), dt.UTC), key)
+
+
+def _ledger_position(page_token: str) -> tuple[dt.date, str | None] | None:
+    """(the day to start with, the instance row to start after in it) of a ledger page token."""
+    position = paging.token_position(page_token)
+    if position is None:
+        return None
+    at, key = position
+    if at.utcoffset() != dt.timedelta(0) or at.time() != dt.time():
+        raise InvalidArgument(paging.FORGED)
+    if key == _DAY_DONE:
+        return at.date() + dt.timedelta(days=1), None
+    if key.startswith(_INSIDE_DAY) and len(key) > len(_INSIDE_DAY):
+        return at.date(), key[len(_INSIDE_DAY) :]
+    raise InvalidArgument(paging.FORGED)
 
 
 async def list_ledger(
-    store: BillingStore, account_id: str, from_day: str, to_day: str, include_instances: bool, *, call: CallAuth
+    store: BillingStore,
+    account_id: str,
+    from_day: str,
+    to_day: str,
+    include_instances: bool,
+    *,
+    page_size: int = 0,
+    page_token: str = "",
+    call: CallAuth,
 ) -> LedgerView:
-    """The account's ledger over ``from_day``..``to_day`` (default: the last 31 closed days)."""
+    """One page of the account's ledger over ``from_day``..``to_day`` (default: the last 31 closed
+    days), oldest day first: ``page_size`` days (0: all of them), and with ``include_instances`` at most
+    ``MAX_LEDGER_INSTANCE_ROWS`` instance rows; a day cut there comes again on the next page."""
     account = choose_account(account_id.strip(), call=call)
+    size = paging.page_size(page_size, MAX_LEDGER_DAYS, MAX_LEDGER_DAYS)
+    position = _ledger_position(page_token)
     async with store.transaction() as tx:
         if to_day:
             last = _day(to_day, "to_day")
@@ -179,12 +219,27 @@ async def list_ledger(
             raise InvalidArgument(f"from_day {first} is after to_day {last}")
         if (last - first).days + 1 > MAX_LEDGER_DAYS:
             raise InvalidArgument(f"at most {MAX_LEDGER_DAYS} days per request, asked for {(last - first).days + 1}")
-        days = await tx.ledger(account, first, last)
+        # a position before the range (its default start moved on as days closed) starts at the range
+        start, resume_after = position if position is not None and position[0] >= first else (first, None)
+        if start > last:
+            return LedgerView([], {})
+        found = await tx.ledger(account, start, last)
+        days = found[:size]
+        token = _ledger_token(days[-1].day, _DAY_DONE) if len(found) > size else ""
         by_day: dict[dt.date, list[InstanceCharge]] = {}
-        if include_instances:
-            for day, charge in await tx.ledger_instances(account, first, last):
+        if include_instances and days:
+            after = (start, resume_after) if resume_after is not None else None
+            rows = await tx.ledger_instances(
+                account, start, days[-1].day, after=after, limit=MAX_LEDGER_INSTANCE_ROWS + 1
+            )
+            if len(rows) > MAX_LEDGER_INSTANCE_ROWS:
+                rows = rows[:MAX_LEDGER_INSTANCE_ROWS]
+                cut_day, cut = rows[-1]
+                days = [d for d in days if d.day <= cut_day]
+                token = _ledger_token(cut_day, _INSIDE_DAY + cut.instance_id)
+            for day, charge in rows:
                 by_day.setdefault(day, []).append(charge)
-    return LedgerView(days, by_day)
+    return LedgerView(days, by_day, token)
 
 
 async def list_plans(store: BillingStore, account_id: str, *, call: CallAuth) -> list[Plan]:

@@ -84,9 +84,16 @@ class BillingTx(InboxTx, Protocol):
         ...
 
     async def ledger_instances(
-        self, account_id: str, first: dt.date, last: dt.date
+        self,
+        account_id: str,
+        first: dt.date,
+        last: dt.date,
+        *,
+        after: tuple[dt.date, str] | None = None,
+        limit: int | None = None,
     ) -> list[tuple[dt.date, InstanceCharge]]:
-        """The account's per-instance charges of those days, by day then instance."""
+        """The account's per-instance charges of those days, by day then instance; ``after`` (day,
+        instance_id) starts after that row, ``limit`` caps the rows."""
         ...
 
     async def last_closed_day(self) -> dt.date | None: ...

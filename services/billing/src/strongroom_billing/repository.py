@@ -259,13 +259,25 @@ class PgBillingTx(PgTransaction):
         ]
 
     async def ledger_instances(
-        self, account_id: str, first: dt.date, last: dt.date
+        self,
+        account_id: str,
+        first: dt.date,
+        last: dt.date,
+        *,
+        after: tuple[dt.date, str] | None = None,
+        limit: int | None = None,
     ) -> list[tuple[dt.date, InstanceCharge]]:
+        after_day, after_id = after if after is not None else (None, "")
+        # the primary key's order (account_id, day, instance_id): the keyset reads it in place
         rows = await self._conn.fetch(
-            "SELECT * FROM ledger_instances WHERE account_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day, instance_id",
+            "SELECT * FROM ledger_instances WHERE account_id = $1 AND day BETWEEN $2 AND $3"
+            " AND ($4::date IS NULL OR (day, instance_id) > ($4, $5)) ORDER BY day, instance_id LIMIT $6",
             account_id,
             first,
             last,
+            after_day,
+            after_id,
+            limit,
         )
         return [
             (r["day"], InstanceCharge(r["account_id"], r["instance_id"], r["version_id"], int(r["capacity_bytes"])))

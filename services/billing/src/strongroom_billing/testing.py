@@ -196,13 +196,21 @@ class InMemoryBillingTx:
         ]
 
     async def ledger_instances(
-        self, account_id: str, first: dt.date, last: dt.date
+        self,
+        account_id: str,
+        first: dt.date,
+        last: dt.date,
+        *,
+        after: tuple[dt.date, str] | None = None,
+        limit: int | None = None,
     ) -> list[tuple[dt.date, InstanceCharge]]:
         return [
             (day, charge)
-            for (account, day, _), charge in sorted(self._s.ledger_instances.items(), key=lambda kv: kv[0][1:])
-            if account == account_id and first <= day <= last
-        ]
+            for (account, day, instance_id), charge in sorted(
+                self._s.ledger_instances.items(), key=lambda kv: kv[0][1:]
+            )
+            if account == account_id and first <= day <= last and (after is None or (day, instance_id) > after)
+        ][:limit]
 
     async def add_plan(self, plan: Plan) -> None:
         if plan.plan_id in self._s.plans:

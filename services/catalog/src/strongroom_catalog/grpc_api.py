@@ -110,8 +110,16 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def ListVersions(
         self, request: catalog_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> catalog_pb2.ListVersionsResponse:
-        versions = await handlers.list_versions(self._repo, request.instance_id, call=current_call())
-        return catalog_pb2.ListVersionsResponse(versions=[version_message(v) for v in versions])
+        page = await handlers.list_versions(
+            self._repo,
+            request.instance_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            call=current_call(),
+        )
+        return catalog_pb2.ListVersionsResponse(
+            versions=[version_message(v) for v in page.versions], next_page_token=page.next_page_token
+        )
 
     async def GetPoint(
         self, request: catalog_pb2.GetPointRequest, context: grpc.aio.ServicerContext[Any, Any]

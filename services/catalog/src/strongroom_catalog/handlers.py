@@ -6,9 +6,11 @@ Plain functions over the ports, unit-tested with the in-memory fakes.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom_platform import paging
 from strongroom_platform.auth import CallAuth, authorize, visible_accounts
 from strongroom_platform.eventbus import PoisonRecord
 from strongroom_platform.events import from_timestamp
@@ -29,6 +31,8 @@ INSTANCE_SETTINGS_CONSUMER = "catalog.instance-settings-changed"
 INDEX_BATCH_SIZE = 10_000
 DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 1000
+DEFAULT_VERSION_PAGE = 100
+MAX_VERSION_PAGE = 1000
 
 
 def point_from_event(event: events_pb2.PointCreated) -> PointRecord:
@@ -179,15 +183,26 @@ async def _index_once(
 # --- operator reads: each takes the call's ``CallAuth`` (ADR 0024) -------------------------
 
 
-async def list_versions(repo: CatalogStore, instance_id: str, *, call: CallAuth) -> list[VersionRecord]:
-    """Live versions of the instance, newest first, with their points.
+@dataclass(frozen=True, slots=True)
+class VersionPage:
+    versions: list[VersionRecord]
+    next_page_token: str  # empty on the last page
+
+
+async def list_versions(
+    repo: CatalogStore, instance_id: str, *, page_size: int = 0, page_token: str = "", call: CallAuth
+) -> VersionPage:
+    """One page of the live versions of the instance, newest first, with their points.
 
     Only versions of the caller's accounts are listed: an instance of another account lists
     nothing, like an unknown one.
     """
     if not instance_id:
         raise InvalidArgument("instance_id is required")
-    return await repo.list_versions(instance_id, accounts=visible_accounts(call=call))
+    size = paging.page_size(page_size, DEFAULT_VERSION_PAGE, MAX_VERSION_PAGE)
+    after = paging.token_position(page_token)
+    found = await repo.list_versions(instance_id, accounts=visible_accounts(call=call), after=after, limit=size + 1)
+    return VersionPage(*paging.keyset_page(found, size, lambda v: (v.created_at, v.version_id)))
 
 
 async def get_point(repo: CatalogStore, point_id: str, *, call: CallAuth) -> PointRecord:

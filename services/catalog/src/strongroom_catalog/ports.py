@@ -162,10 +162,19 @@ class CatalogStore(Protocol):
         """Open a transaction; it commits when the block exits normally."""
         ...
 
-    async def list_versions(self, instance_id: str, *, accounts: Collection[str] | None) -> list[VersionRecord]:
-        """Live (not expired) versions of the instance with their points, newest first.
+    async def list_versions(
+        self,
+        instance_id: str,
+        *,
+        accounts: Collection[str] | None,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[VersionRecord]:
+        """Live (not expired) versions of the instance with their points, newest first (then by
+        version id, bytewise, descending).
 
         Only versions of ``accounts`` (None: of every account). Points are ordered by mount point.
+        ``after`` (created_at, version_id) starts the list after that version; ``limit`` caps it.
         """
         ...
 

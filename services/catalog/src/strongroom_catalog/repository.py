@@ -409,24 +409,34 @@ class PgCatalogStore(PgTreeReads):
     def transaction(self) -> AbstractAsyncContextManager[PgCatalogTx]:
         return db.transaction(self._pool, PgCatalogTx)
 
-    async def list_versions(self, instance_id: str, *, accounts: Collection[str] | None) -> list[VersionRecord]:
+    async def list_versions(
+        self,
+        instance_id: str,
+        *,
+        accounts: Collection[str] | None,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[VersionRecord]:
         account_list = None if accounts is None else list(accounts)
+        after_at, after_id = after if after is not None else (None, "")
         async with self._pool.acquire() as conn:
             versions = await conn.fetch(
                 _VERSION_SELECT + " WHERE v.instance_id = $1 AND e.version_id IS NULL"
-                " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[])) AND"
+                " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[]))"
+                " AND ($3::timestamptz IS NULL OR v.created_at < $3"
+                ' OR (v.created_at = $3 AND v.version_id COLLATE "C" < $4::text COLLATE "C")) AND'
                 + _NOT_CANCELED
-                + ' ORDER BY v.created_at DESC, v.version_id COLLATE "C" DESC',
+                + ' ORDER BY v.created_at DESC, v.version_id COLLATE "C" DESC LIMIT $5',
                 instance_id,
                 account_list,
+                after_at,
+                after_id,
+                limit,
             )
             points = await conn.fetch(
-                _POINT_SELECT + " WHERE v.instance_id = $1 AND e.version_id IS NULL"
-                " AND ($2::text[] IS NULL OR v.account_id = ANY($2::text[])) AND"
-                + _NOT_CANCELED
-                + ' ORDER BY p.mount_point COLLATE "C", p.point_id COLLATE "C"',
-                instance_id,
-                account_list,
+                _POINT_SELECT + " WHERE p.version_id = ANY($1::text[])"
+                ' ORDER BY p.mount_point COLLATE "C", p.point_id COLLATE "C"',
+                [v["version_id"] for v in versions],
             )
         by_version: dict[str, list[PointRecord]] = {}
         for row in points:

@@ -362,7 +362,14 @@ class InMemoryCatalogStore(InMemoryTransactions[_State]):
         async with self._transaction_state() as state:
             yield InMemoryCatalogTx(state, self._trusted_clock)
 
-    async def list_versions(self, instance_id: str, *, accounts: Collection[str] | None) -> list[VersionRecord]:
+    async def list_versions(
+        self,
+        instance_id: str,
+        *,
+        accounts: Collection[str] | None,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[VersionRecord]:
         s = self._state
         live = [
             v
@@ -371,10 +378,12 @@ class InMemoryCatalogStore(InMemoryTransactions[_State]):
             and v.expired_at is None
             and (accounts is None or v.account_id in accounts)
             and not s.canceled(instance_id)
+            and (after is None or (v.created_at, v.version_id.encode()) < (after[0], after[1].encode()))
         ]
-        live.sort(key=lambda v: (v.created_at, v.version_id), reverse=True)
+        # bytewise ids, as PostgreSQL's COLLATE "C"
+        live.sort(key=lambda v: (v.created_at, v.version_id.encode()), reverse=True)
         result = []
-        for version in live:
+        for version in live[:limit]:
             points = sorted(
                 (p for p in s.points.values() if p.version_id == version.version_id),
                 key=lambda p: (p.mount_point, p.point_id),

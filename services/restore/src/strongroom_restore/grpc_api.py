@@ -70,8 +70,16 @@ class RestoreServicer(restore_pb2_grpc.RestoreServiceServicer):
     async def ListRestoreJobs(
         self, request: restore_pb2.ListRestoreJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> restore_pb2.ListRestoreJobsResponse:
-        jobs = await handlers.list_restore_jobs(self._repo, request.instance_id, call=current_call())
-        return restore_pb2.ListRestoreJobsResponse(jobs=[job_message(j) for j in jobs])
+        page = await handlers.list_restore_jobs(
+            self._repo,
+            request.instance_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            call=current_call(),
+        )
+        return restore_pb2.ListRestoreJobsResponse(
+            jobs=[job_message(j) for j in page.jobs], next_page_token=page.next_page_token
+        )
 
     async def CancelRestoreJob(
         self, request: restore_pb2.GetRestoreJobRequest, context: grpc.aio.ServicerContext[Any, Any]

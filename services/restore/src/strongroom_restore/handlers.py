@@ -16,7 +16,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.restore.v1 import restore_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
-from strongroom_platform import audit
+from strongroom_platform import audit, paging
 from strongroom_platform.alerts import account_alert
 from strongroom_platform.auth import CallAuth, authorize, visible_accounts
 from strongroom_platform.clock import Clock
@@ -49,7 +49,8 @@ PRODUCER = "restore"
 RESTORE_UPDATED_CONSUMER = "restore.restore-updated"
 DEACTIVATED_CONSUMER = "restore.instance-deactivated"
 REINSTATED_CONSUMER = "restore.instance-reinstated"
-LIST_LIMIT = 500
+DEFAULT_LIST_PAGE = 500  # what the list returned before it had pages
+MAX_LIST_PAGE = 1000
 _POLICIES = {gateway_pb2.CONFLICT_POLICY_SKIP, gateway_pb2.CONFLICT_POLICY_OVERWRITE}
 
 
@@ -205,12 +206,23 @@ async def get_restore_job(repo: RestoreStore, restore_job_id: str, *, call: Call
     return job
 
 
-async def list_restore_jobs(repo: RestoreStore, instance_id: str, *, call: CallAuth) -> list[RestoreJob]:
-    """Jobs of the caller's accounts restoring to or from the instance, newest first (the latest
-    ``LIST_LIMIT``); an instance of another account lists nothing, like an unknown one."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class RestoreJobPage:
+    jobs: list[RestoreJob]
+    next_page_token: str  # empty on the last page
+
+
+async def list_restore_jobs(
+    repo: RestoreStore, instance_id: str, *, page_size: int = 0, page_token: str = "", call: CallAuth
+) -> RestoreJobPage:
+    """One page of the jobs of the caller's accounts restoring to or from the instance, newest
+    first; an instance of another account lists nothing, like an unknown one."""
     if not instance_id:
         raise InvalidArgument("instance_id is required")
-    return await repo.list_jobs(instance_id, accounts=visible_accounts(call=call), limit=LIST_LIMIT)
+    size = paging.page_size(page_size, DEFAULT_LIST_PAGE, MAX_LIST_PAGE)
+    after = paging.token_position(page_token)
+    found = await repo.list_jobs(instance_id, accounts=visible_accounts(call=call), limit=size + 1, after=after)
+    return RestoreJobPage(*paging.keyset_page(found, size, lambda j: (j.created_at, j.restore_job_id)))
 
 
 async def cancel_restore_job(repo: RestoreStore, restore_job_id: str, *, clock: Clock, call: CallAuth) -> RestoreJob:

@@ -55,9 +55,17 @@ class RestoreStore(Protocol):
 
     async def get_job(self, restore_job_id: str) -> RestoreJob | None: ...
 
-    async def list_jobs(self, instance_id: str, *, accounts: Collection[str] | None, limit: int) -> list[RestoreJob]:
+    async def list_jobs(
+        self,
+        instance_id: str,
+        *,
+        accounts: Collection[str] | None,
+        limit: int,
+        after: tuple[dt.datetime, str] | None = None,
+    ) -> list[RestoreJob]:
         """Jobs of ``accounts`` (None: of every account) restoring to or from ``instance_id``, newest
-        first, at most ``limit``."""
+        first (then by job id, bytewise, descending), at most ``limit``; ``after`` (created_at,
+        restore_job_id) starts the list after that job."""
         ...
 
 

@@ -128,15 +128,27 @@ class PgRestoreStore:
             row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM restore_jobs WHERE restore_job_id = $1", restore_job_id)
         return None if row is None else _job(row)
 
-    async def list_jobs(self, instance_id: str, *, accounts: Collection[str] | None, limit: int) -> list[RestoreJob]:
+    async def list_jobs(
+        self,
+        instance_id: str,
+        *,
+        accounts: Collection[str] | None,
+        limit: int,
+        after: tuple[dt.datetime, str] | None = None,
+    ) -> list[RestoreJob]:
+        after_at, after_id = after if after is not None else (None, "")
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM restore_jobs"
                 " WHERE (target_instance_id = $1 OR source_instance_id = $1)"
                 " AND ($3::text[] IS NULL OR account_id = ANY($3::text[]))"
+                " AND ($4::timestamptz IS NULL OR created_at < $4"
+                ' OR (created_at = $4 AND restore_job_id COLLATE "C" < $5::text COLLATE "C"))'
                 ' ORDER BY created_at DESC, restore_job_id COLLATE "C" DESC LIMIT $2',
                 instance_id,
                 limit,
                 None if accounts is None else list(accounts),
+                after_at,
+                after_id,
             )
         return [_job(r) for r in rows]

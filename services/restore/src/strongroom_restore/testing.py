@@ -94,14 +94,26 @@ class InMemoryRestoreStore(InMemoryTransactions[_State]):
     async def get_job(self, restore_job_id: str) -> RestoreJob | None:
         return self._state.jobs.get(restore_job_id)
 
-    async def list_jobs(self, instance_id: str, *, accounts: Collection[str] | None, limit: int) -> list[RestoreJob]:
+    async def list_jobs(
+        self,
+        instance_id: str,
+        *,
+        accounts: Collection[str] | None,
+        limit: int,
+        after: tuple[dt.datetime, str] | None = None,
+    ) -> list[RestoreJob]:
+        def position(j: RestoreJob) -> tuple[dt.datetime, bytes]:
+            return j.created_at, j.restore_job_id.encode()  # bytewise ids, as COLLATE "C"
+
+        start = None if after is None else (after[0], after[1].encode())
         jobs = [
             j
             for j in self._state.jobs.values()
             if instance_id in (j.target_instance_id, j.source_instance_id)
             and (accounts is None or j.account_id in accounts)
+            and (start is None or position(j) < start)
         ]
-        jobs.sort(key=lambda j: (j.created_at, j.restore_job_id), reverse=True)
+        jobs.sort(key=position, reverse=True)
         return jobs[:limit]
 
 

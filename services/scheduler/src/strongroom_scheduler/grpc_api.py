@@ -224,8 +224,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListJobs(
         self, request: scheduler_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.ListJobsResponse:
-        jobs = await handlers.list_jobs(self._deps, request.instance_id, request.limit, call=current_call())
-        return scheduler_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
+        page = await handlers.list_jobs(
+            self._deps,
+            request.instance_id,
+            request.page_size or request.limit,
+            page_token=request.page_token,
+            call=current_call(),
+        )
+        return scheduler_pb2.ListJobsResponse(
+            jobs=[job_to_proto(j) for j in page.jobs], next_page_token=page.next_page_token
+        )
 
     async def GetJob(
         self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext[object, object]

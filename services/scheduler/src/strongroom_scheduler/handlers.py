@@ -8,8 +8,6 @@ message meant for the operator.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
 import logging
@@ -20,7 +18,7 @@ from dataclasses import dataclass, field
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
-from strongroom_platform import audit
+from strongroom_platform import audit, paging
 from strongroom_platform.alerts import account_alert
 from strongroom_platform.auth import CallAuth, authorize, choose_account
 from strongroom_platform.clock import Clock
@@ -34,6 +32,7 @@ from strongroom_platform.events import (
     new_meta,
     to_timestamp,
 )
+from strongroom_platform.paging import token_position
 from strongroom_platform.telemetry import Metrics, instruments
 from strongroom_platform.zones import DEFAULT_ZONE
 
@@ -351,15 +350,11 @@ async def list_instances(
     """One page of the instances of ``choose_account(account_id)`` with backup activated, oldest
     activation first (canceled ones are removed from the list, as in the seed)."""
     account = choose_account(account_id.strip(), call=call)
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative")
-    size = min(page_size or DEFAULT_INSTANCE_PAGE, MAX_INSTANCE_PAGE)
-    after = _after(page_token)
+    size = paging.page_size(page_size, DEFAULT_INSTANCE_PAGE, MAX_INSTANCE_PAGE)
+    after = token_position(page_token)
     async with deps.store.transaction() as tx:
         found = await tx.list_instances(account, region.strip(), include_canceled=False, after=after, limit=size + 1)
-    page = found[:size]
-    more = len(found) > size
-    return InstancePage(page, _position_token(page[-1].activated_at, page[-1].instance_id) if more else "")
+    return InstancePage(*paging.keyset_page(found, size, lambda i: (i.activated_at, i.instance_id)))
 
 
 async def run_backup_now(deps: Deps, instance_id: str, *, call: CallAuth) -> Job:
@@ -480,14 +475,22 @@ async def update_settings(
         return instance
 
 
-async def list_jobs(deps: Deps, instance_id: str, limit: int, *, call: CallAuth) -> list[Job]:
-    """The instance's jobs, newest first; ``limit`` 0 = the default (50)."""
-    if limit < 0:
-        raise InvalidArgument("limit must not be negative")
-    limit = min(limit or DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT)
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[Job]
+    next_page_token: str  # empty on the last page
+
+
+async def list_jobs(
+    deps: Deps, instance_id: str, page_size: int = 0, *, page_token: str = "", call: CallAuth
+) -> JobPage:
+    """One page of the instance's jobs, newest first; ``page_size`` 0 = the default (50)."""
+    size = paging.page_size(page_size, DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT)
+    after = token_position(page_token)
     async with deps.store.transaction() as tx:
         instance = await _instance(tx, instance_id, call=call)
-        return await tx.list_jobs(instance.instance_id, limit)
+        found = await tx.list_jobs(instance.instance_id, size + 1, after=after)
+    return JobPage(*paging.keyset_page(found, size, lambda j: (j.created_at, j.job_id)))
 
 
 async def get_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
@@ -526,28 +529,6 @@ async def cancel_job(deps: Deps, job_id: str, *, call: CallAuth) -> Job:
 # --- the audit trail (ADR 0027) --------------------------------------------------------------
 
 
-def _position_token(at: dt.datetime, key: str) -> str:
-    """An opaque page token for a list ordered by (time, key): where the next page starts after."""
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{key}".encode()).decode()
-
-
-def _page_token(event: events_pb2.AuditRecorded) -> str:
-    return _position_token(from_timestamp(event.meta.occurred_at), event.meta.event_id)
-
-
-def _after(page_token: str) -> tuple[dt.datetime, str] | None:
-    if not page_token:
-        return None
-    try:
-        when, _, event_id = base64.urlsafe_b64decode(page_token.encode()).decode().partition("|")
-        after = dt.datetime.fromisoformat(when)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("page_token is not one this service issued; start again without it") from None
-    if after.tzinfo is None or not event_id:
-        raise InvalidArgument("page_token is not one this service issued; start again without it")
-    return after, event_id
-
-
 async def list_audit_events(
     deps: Deps,
     account_id: str,
@@ -562,19 +543,20 @@ async def list_audit_events(
     """One page of the audit trail of ``choose_account(account_id)`` (admins), newest first, and the
     token of the next page ("" on the last)."""
     account = choose_account(account_id.strip(), call=call)
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative")
+    limit = paging.page_size(page_size, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
     if since is not None and until is not None and since >= until:
         raise InvalidArgument("since must be before until")
-    limit = min(page_size or DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
     query = AuditQuery(
-        account_id=account, limit=limit + 1, since=since, until=until, subject=subject.strip(), after=_after(page_token)
+        account_id=account,
+        limit=limit + 1,
+        since=since,
+        until=until,
+        subject=subject.strip(),
+        after=token_position(page_token),
     )
     async with deps.store.transaction() as tx:
         events = await tx.list_audit_events(query)
-    if len(events) <= limit:
-        return events, ""
-    return events[:limit], _page_token(events[limit - 1])
+    return paging.keyset_page(events, limit, lambda e: (from_timestamp(e.meta.occurred_at), e.meta.event_id))
 
 
 async def handle_audit_recorded(event: events_pb2.AuditRecorded, deps: Deps) -> None:

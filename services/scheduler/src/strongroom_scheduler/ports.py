@@ -83,8 +83,13 @@ class SchedulerTx(InboxOutboxTx, Protocol):
         """Jobs of the instance that have not finished (at most one in practice)."""
         ...
 
-    async def list_jobs(self, instance_id: str, limit: int) -> list[Job]:
-        """The instance's jobs, newest first."""
+    async def list_jobs(
+        self, instance_id: str, limit: int, *, after: tuple[dt.datetime, str] | None = None
+    ) -> list[Job]:
+        """Up to ``limit`` of the instance's jobs, newest first (creation time, then insertion order).
+
+        ``after`` (created_at, job_id) starts the list after that job.
+        """
         ...
 
     async def count_unfinished_jobs(self) -> int:

@@ -231,9 +231,20 @@ class PgSchedulerTx(PgTransaction):
         )
         return [_job(r) for r in rows]
 
-    async def list_jobs(self, instance_id: str, limit: int) -> list[Job]:
+    async def list_jobs(
+        self, instance_id: str, limit: int, *, after: tuple[dt.datetime, str] | None = None
+    ) -> list[Job]:
+        # The order's tie-breaker is the insertion sequence, which the token does not carry: it is
+        # looked up by the job id (the primary key), so the token stays (time, id) like the others.
+        after_at, after_id = after if after is not None else (None, "")
         rows = await self._conn.fetch(
-            f"{_JOB_SELECT} WHERE instance_id = $1 ORDER BY created_at DESC, seq DESC LIMIT $2", instance_id, limit
+            f"{_JOB_SELECT} WHERE instance_id = $1"
+            " AND ($3::timestamptz IS NULL OR (created_at, seq) < ($3, (SELECT seq FROM jobs WHERE job_id = $4)))"
+            " ORDER BY created_at DESC, seq DESC LIMIT $2",
+            instance_id,
+            limit,
+            after_at,
+            after_id,
         )
         return [_job(r) for r in rows]
 

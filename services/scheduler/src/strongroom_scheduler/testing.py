@@ -143,10 +143,17 @@ class InMemorySchedulerTx:
             if j.instance_id == instance_id and j.status in UNFINISHED_JOB_STATUSES
         ]
 
-    async def list_jobs(self, instance_id: str, limit: int) -> list[Job]:
-        jobs = [copy.deepcopy(j) for j in self._s.jobs.values() if j.instance_id == instance_id]
+    async def list_jobs(
+        self, instance_id: str, limit: int, *, after: tuple[dt.datetime, str] | None = None
+    ) -> list[Job]:
         # insertion order breaks ties of equal creation times, newest first
         order = {job_id: n for n, job_id in enumerate(self._s.jobs)}
+        start = (after[0], order.get(after[1], -1)) if after is not None else None
+        jobs = [
+            copy.deepcopy(j)
+            for j in self._s.jobs.values()
+            if j.instance_id == instance_id and (start is None or (j.created_at, order[j.job_id]) < start)
+        ]
         return sorted(jobs, key=lambda j: (j.created_at, order[j.job_id]), reverse=True)[:limit]
 
     async def count_unfinished_jobs(self) -> int:

@@ -8,9 +8,6 @@ transaction each, errors raised as ``errors.*`` with a message meant for the ope
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import datetime as dt
 import logging
 import re
 import secrets
@@ -19,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from strongroom.events.v1 import events_pb2
-from strongroom_platform import audit
+from strongroom_platform import audit, paging
 from strongroom_platform.auth import CallAuth, authorize, choose_account
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import from_timestamp
@@ -247,44 +244,19 @@ async def delete_subscription(deps: AlertDeps, subscription_id: str, *, call: Ca
 # --- in-app messages -------------------------------------------------------------------------
 
 
-def _page_token(message: Message) -> str:
-    position = f"{message.created_at.isoformat()}|{message.message_id}"
-    return base64.urlsafe_b64encode(position.encode()).decode()
-
-
-def _after(page_token: str) -> tuple[dt.datetime, str] | None:
-    if not page_token:
-        return None
-    try:
-        when, _, message_id = base64.urlsafe_b64decode(page_token.encode()).decode().partition("|")
-        after = dt.datetime.fromisoformat(when)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("page_token is not one this service issued; start again without it") from None
-    if after.tzinfo is None or not message_id:
-        raise InvalidArgument("page_token is not one this service issued; start again without it")
-    return after, message_id
-
-
-def _page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument("page_size must not be negative")
-    return min(requested or DEFAULT_PAGE, MAX_PAGE)
-
-
 async def list_messages(
     deps: AlertDeps, account_id: str, *, unread_only: bool, page_size: int, page_token: str, call: CallAuth
 ) -> tuple[list[Message], str, int]:
     """One page of the account's messages, newest first; the next page's token ("" on the last) and
     the count of unread messages."""
     account = choose_account(account_id.strip(), call=call)
-    limit = _page_size(page_size)
-    after = _after(page_token)
+    limit = paging.page_size(page_size, DEFAULT_PAGE, MAX_PAGE)
+    after = paging.token_position(page_token)
     async with deps.store.transaction() as tx:
         messages = await tx.list_messages(account, unread_only=unread_only, after=after, limit=limit + 1)
         unread = await tx.count_unread(account)
-    if len(messages) <= limit:
-        return messages, "", unread
-    return messages[:limit], _page_token(messages[limit - 1]), unread
+    page, token = paging.keyset_page(messages, limit, lambda m: (m.created_at, m.message_id))
+    return page, token, unread
 
 
 async def mark_messages_read(
@@ -307,4 +279,4 @@ async def list_deliveries(
 ) -> list[Delivery]:
     account = choose_account(account_id.strip(), call=call)
     async with deps.store.transaction() as tx:
-        return await tx.list_deliveries(account, state, _page_size(limit))
+        return await tx.list_deliveries(account, state, paging.page_size(limit, DEFAULT_PAGE, MAX_PAGE))
