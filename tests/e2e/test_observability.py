@@ -118,9 +118,17 @@ async def test_one_backup_is_one_trace_and_its_metrics_are_scraped(
             return None
 
         job_span, members = await eventually("the backup's trace to reach the catalog", backup_trace, within=60)
-        # Children end after their parents are written only by the batch timing: wait for a settled trace.
-        await asyncio.sleep(2.0)
-        members = [s for s in read_spans(span_dir) if s["trace_id"] == job_span["trace_id"]]
+
+        # Each process exports its spans in batches (once a second, later under load): wait until the
+        # trace is whole, its root written and every span's parent present.
+        async def settled_trace() -> list[dict[str, Any]] | None:
+            spans = [s for s in read_spans(span_dir) if s["trace_id"] == job_span["trace_id"]]
+            ids = {s["span_id"] for s in spans}
+            whole = all(s["parent_id"] is None or s["parent_id"] in ids for s in spans)
+            rooted = sum(1 for s in spans if s["parent_id"] is None) == 1
+            return spans if whole and rooted else None
+
+        members = await eventually("the whole trace, root included", settled_trace, within=60)
         by_id = {s["span_id"]: s for s in members}
 
         def ancestors(span: dict[str, Any]) -> list[dict[str, Any]]:

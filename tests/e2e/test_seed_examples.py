@@ -284,8 +284,9 @@ async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> 
         await agent06.stop()
 
     # -- the other two activated instances get versions: 8 / 4 ----------------------------------
-    # web-07 at low priority (10 MB/s) with 40 MB to read: the job lasts seconds, long enough to
-    # see "Running (Backing Up)" produced by the running job itself.
+    # web-07 at low priority (10 MB/s) with 120 MiB to read: the job lasts about 12 s, long enough to
+    # see "Running (Backing Up)" produced by the running job itself, even when the job's events reach
+    # the scheduler seconds late on a loaded machine (40 MiB, about 4 s, was missed once).
     say("\n--- status transitions of web-07 during its first job (issue 10) ---")
     web07 = ids["web-07"]
     await acme.scheduler.UpdateSettings(
@@ -295,7 +296,7 @@ async def _run(acme: Operator, globex: Operator, owner: str, tmp_path: Path) -> 
             update_mask=["priority"],
         )
     )
-    (tmp_path / "web-07/site/video.bin").write_bytes(os.urandom(40 << 20))
+    (tmp_path / "web-07/site/video.bin").write_bytes(os.urandom(120 << 20))
     agent07 = await start_agent(acme.platform, tokens["web-07"], tmp_path / "web-07-agent")
     try:
         seen = [(await reaches(acme.platform, web07, S.RUNNING_STATUS_READY)).status]
