@@ -21,9 +21,10 @@ def missing_prerequisite() -> str | None:
     """Why the images cannot be built (and the pods not started) here, or None."""
     if os.geteuid() != 0:
         return "needs root (mount namespaces, chroot, building the image base)"
-    for tool in ("unshare", "chroot", "mmdebstrap", "umoci"):
+    # mmdebstrap and umoci are installed by the image build itself when missing (apt-get, as root)
+    for tool in ("unshare", "chroot"):
         if shutil.which(tool) is None:
-            return f"`{tool}` is not installed (apt-get install mmdebstrap umoci)"
+            return f"`{tool}` is not installed (apt-get install util-linux coreutils)"
     return None
 
 

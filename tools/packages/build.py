@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from strongroom_servers import cache_root
+from strongroom_servers._process import PrerequisiteMissing, debian_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -73,18 +74,10 @@ def uv() -> str:
 
 def ensure_tool(tool: str) -> str:
     """Path of a Debian-packaged tool, installed with apt-get when missing and running as root."""
-    found = shutil.which(tool)
-    if found:
-        return found
-    package = TOOL_PACKAGES[tool]
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise BuildError(f"`{tool}` is missing: install the Debian package {package}")
-    # Other builds on the machine may hold the dpkg lock for a while; wait for it instead of failing.
-    run(["apt-get", "-o", "DPkg::Lock::Timeout=900", "install", "-y", "-q", "--no-install-recommends", package])
-    found = shutil.which(tool)
-    if not found:
-        raise BuildError(f"installed {package} but `{tool}` is still not on PATH")
-    return found
+    try:
+        return debian_tool(tool, TOOL_PACKAGES[tool])
+    except PrerequisiteMissing as exc:
+        raise BuildError(str(exc)) from None
 
 
 def ensure_nfpm() -> Path:

@@ -394,6 +394,30 @@ class ManagedProcess:
             self._log = None
 
 
+def debian_tool(
+    tool: str, package: str, *, run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
+) -> str:
+    """Absolute path of ``tool`` from the Debian package ``package``: installed with apt-get when it is
+    missing and this process is root with apt-get at hand (``make test`` installs what it needs; the
+    package lists are refreshed once if the first install fails), else PrerequisiteMissing."""
+    found = shutil.which(tool)
+    if found is not None:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise PrerequisiteMissing(f"`{tool}` not found on PATH (apt-get install {package})")
+    # Other builds on the machine may hold the dpkg lock for a while: wait for it instead of failing.
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=900", "install", "-y", "-q", "--no-install-recommends", package]
+    done = run(install, capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode != 0:
+        run(["apt-get", "-q", "update"], capture_output=True, text=True, timeout=1800, check=False)
+        done = run(install, capture_output=True, text=True, timeout=1800, check=False)
+    found = shutil.which(tool)
+    if found is None:
+        tail = (done.stderr or done.stdout or "").strip().splitlines()[-3:]
+        raise PrerequisiteMissing(f"`{tool}` not found on PATH; apt-get install {package} failed: {' / '.join(tail)}")
+    return found
+
+
 def which_or_raise(tool: str, hint: str) -> str:
     """Absolute path of ``tool`` on PATH, else PrerequisiteMissing with an install hint."""
     found = shutil.which(tool)

@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from strongroom_servers._process import PrerequisiteMissing, ServerStartError, cache_root, file_lock, which_or_raise
+from strongroom_servers._process import (
+    PrerequisiteMissing,
+    ServerStartError,
+    cache_root,
+    debian_tool,
+    file_lock,
+    which_or_raise,
+)
 
 __all__ = [
     "AGENT",
@@ -151,7 +158,7 @@ def ensure_debian_base() -> Path:
         return tar
     if os.geteuid() != 0:
         raise PrerequisiteMissing("building the image base needs root (mmdebstrap writes root-owned files)")
-    mmdebstrap = which_or_raise("mmdebstrap", "apt-get install mmdebstrap")
+    mmdebstrap = debian_tool("mmdebstrap", "mmdebstrap")
     with file_lock(directory / "debian.lock"):
         if tar.is_file():
             return tar
@@ -297,7 +304,7 @@ def build_images(
     from ``uv.lock`` (uv's own cache makes that quick). Raises PrerequisiteMissing when a tool is
     missing, ServerStartError when a step fails (with the tool's output).
     """
-    umoci = which_or_raise("umoci", "apt-get install umoci")
+    umoci = debian_tool("umoci", "umoci")
     uv = os.environ.get("UV") or which_or_raise("uv", "make sync bootstraps it")
     base = ensure_debian_base()
     built = []
@@ -321,7 +328,7 @@ def build_images(
 
 def unpack_image(image: BuiltImage, dest: Path) -> Path:
     """Unpack ``image`` with ``umoci unpack`` into the runtime bundle ``dest``; returns its root filesystem."""
-    umoci = which_or_raise("umoci", "apt-get install umoci")
+    umoci = debian_tool("umoci", "umoci")
     shutil.rmtree(dest, ignore_errors=True)
     _run([umoci, "unpack", "--image", image.ref, str(dest)], what=f"umoci unpack {image.name}")
     return dest / "rootfs"
