@@ -119,26 +119,30 @@ async def test_one_backup_is_one_trace_and_its_metrics_are_scraped(
 
         job_span, members = await eventually("the backup's trace to reach the catalog", backup_trace, within=60)
 
-        # Each process exports its spans in batches (once a second, later under load): wait until the
-        # trace is whole, its root written and every span's parent present.
+        # The trace's root in the services' files is the operator's call. Its parent is either none or,
+        # when the calling process traces too (this test process, once an earlier test switched
+        # tracing on), that caller's client span, exported elsewhere: a root is a span whose parent
+        # is not in the files. Each process exports in batches (once a second, later under load): wait
+        # until there is exactly one root, i.e. the trace is whole.
+        def roots(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            ids = {s["span_id"] for s in spans}
+            return [s for s in spans if s["parent_id"] is None or s["parent_id"] not in ids]
+
         async def settled_trace() -> list[dict[str, Any]] | None:
             spans = [s for s in read_spans(span_dir) if s["trace_id"] == job_span["trace_id"]]
-            ids = {s["span_id"] for s in spans}
-            whole = all(s["parent_id"] is None or s["parent_id"] in ids for s in spans)
-            rooted = sum(1 for s in spans if s["parent_id"] is None) == 1
-            return spans if whole and rooted else None
+            return spans if len(roots(spans)) == 1 else None
 
-        members = await eventually("the whole trace, root included", settled_trace, within=60)
+        members = await eventually("the whole trace, one root", settled_trace, within=60)
         by_id = {s["span_id"]: s for s in members}
 
         def ancestors(span: dict[str, Any]) -> list[dict[str, Any]]:
             chain = []
-            while span["parent_id"] is not None:
+            while span["parent_id"] in by_id:
                 span = by_id[span["parent_id"]]
                 chain.append(span)
             return chain
 
-        [root] = [s for s in members if s["parent_id"] is None]
+        [root] = roots(members)
         tree = span_tree(members, root)
         sys.stderr.write(f"----- one backup's trace ({len(members)} spans) -----\n{tree}\n")
         assert root["service"] == "scheduler" and root["kind"] == "SERVER" and root["name"].endswith("/RunBackupNow")
