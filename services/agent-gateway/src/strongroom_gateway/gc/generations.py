@@ -41,7 +41,7 @@ from strongroom_platform.objectstore import ObjectNotFound, ObjectStoreError
 from strongroom_gateway import packfile
 from strongroom_gateway.chunks import ChunkRejected
 from strongroom_gateway.gc.moves_store import HeatCandidate
-from strongroom_gateway.gc.repack import groups, measure, rewrite
+from strongroom_gateway.gc.repack import bounded_batch, groups, measure, rewrite
 from strongroom_gateway.ports import ChunkLocation, Point
 
 if TYPE_CHECKING:
@@ -62,15 +62,7 @@ async def move_hot(deps: Deps, report: Report) -> None:
             candidates = await tx.heat_candidates(now - deps.policy.safety, now - policy.heat_every, deps.policy.batch)
         if not candidates:
             return
-        batch: list[HeatCandidate] = []
-        chunks: list[ChunkLocation] = []
-        for candidate in candidates:
-            async with deps.store.transaction() as tx:
-                rows = await tx.chunks_in_packs([candidate.pack.pack_id])
-            if batch and len(chunks) + len(rows) > policy.scan_chunks:
-                break
-            batch.append(candidate)
-            chunks.extend(rows)
+        batch, chunks = await bounded_batch(deps, candidates, policy.scan_chunks)
         if not await _measure_and_move(deps, report, batch, chunks):
             return  # a manifest could not be read: nothing is decided on a guess, a later run
 

@@ -33,7 +33,7 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStoreError
@@ -87,17 +87,34 @@ async def repack(deps: Deps, report: Report) -> None:
             candidates = await tx.repack_candidates(before, deps.policy.batch)
         if not candidates:
             return
-        batch: list[RepackCandidate] = []
-        chunks: list[ChunkLocation] = []
-        for candidate in candidates:
-            async with deps.store.transaction() as tx:
-                rows = await tx.chunks_in_packs([candidate.pack.pack_id])
-            if batch and len(chunks) + len(rows) > policy.scan_chunks:
-                break
-            batch.append(candidate)
-            chunks.extend(rows)
+        batch, chunks = await bounded_batch(deps, candidates, policy.scan_chunks)
         if not await _measure_and_rewrite(deps, report, batch, chunks):
             return  # a manifest could not be read: nothing is decided on a guess, a later run
+
+
+class _HasPack(Protocol):
+    @property
+    def pack(self) -> Pack: ...
+
+
+CandidateT = TypeVar("CandidateT", bound=_HasPack)
+
+
+async def bounded_batch(
+    deps: Deps, candidates: Sequence[CandidateT], scan_chunks: int
+) -> tuple[list[CandidateT], list[ChunkLocation]]:
+    """The leading candidates whose packs' chunk rows fit in ``scan_chunks`` (at least one), with
+    those rows: the memory bound of one measuring pass (repacking and generational moves alike)."""
+    batch: list[CandidateT] = []
+    chunks: list[ChunkLocation] = []
+    for candidate in candidates:
+        async with deps.store.transaction() as tx:
+            rows = await tx.chunks_in_packs([candidate.pack.pack_id])
+        if batch and len(chunks) + len(rows) > scan_chunks:
+            break
+        batch.append(candidate)
+        chunks.extend(rows)
+    return batch, chunks
 
 
 async def _measure_and_rewrite(
