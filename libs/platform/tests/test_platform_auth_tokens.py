@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from strongroom_platform.auth import InMemoryTokenStore, Role, TokenStore, TokenVerifier, Unauthenticated, new_token
+from strongroom_platform.auth.principal import operator
+from strongroom_platform.auth.token_api import list_tokens
 from strongroom_platform.auth.tokens import parse_token, secret_hash
 from strongroom_platform.auth.tokens_pg import AUTH_MIGRATIONS, AUTH_SCHEMA, PgTokenStore
 from strongroom_platform.clock import utc
 from strongroom_platform.db import create_pool, migrate
-from strongroom_platform.testing import FakeClock
+from strongroom_platform.errors import InvalidArgument
+from strongroom_platform.testing import FakeClock, call_for
 
 DAY = dt.timedelta(days=1)
 
@@ -110,3 +114,28 @@ async def test_tokens_are_listed_per_account_newest_first(store: TokenStore) -> 
     assert await store.list("c") == []
     fetched = await store.get(second.token_id)
     assert fetched == second
+
+
+async def test_tokens_are_listed_in_pages_newest_first_ties_by_id_in_byte_order(store: TokenStore) -> None:
+    now = utc(2026, 12, 1)
+    admin = call_for("/strongroom.auth.v1.TokenService/ListTokens", operator("t", {"a": Role.ADMIN}))
+    made = [("old", now), ("tie-1", now + DAY), ("tie-a", now + DAY), ("new", now + 2 * DAY)]
+    for name, created_at in made:
+        _, record = new_token(name=name, grants={"a": Role.VIEWER}, created_by="t", now=created_at, lifetime=DAY)
+        # the tie of creation times is broken by the id ("1..." < "a...")
+        record = dataclasses.replace(record, token_id={"tie-1": "1" * 24, "tie-a": "a" * 24}.get(name, record.token_id))
+        await store.insert(record)
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        records, token = await list_tokens("a", page_size=3, page_token=token, store=store, call=admin)
+        pages.append([r.name for r in records])
+        if not token:
+            break
+    assert pages == [["new", "tie-a", "tie-1"], ["old"]]
+    whole, last = await list_tokens("a", store=store, call=admin)
+    assert [r.name for r in whole] == ["new", "tie-a", "tie-1", "old"] and last == ""
+    with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):
+        await list_tokens("a", page_token="garbage!", store=store, call=admin)
+    with pytest.raises(InvalidArgument, match="page_size must not be negative"):
+        await list_tokens("a", page_size=-1, store=store, call=admin)

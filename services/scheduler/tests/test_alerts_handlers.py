@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 
 import pytest
+from alerts_paging_check import check_subscription_and_delivery_pages
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.alerts import account_alert
 from strongroom_platform.auth import CallAuth, Principal, Role, operator
@@ -240,7 +241,7 @@ async def test_remove_own_subscription_only(deps: AlertDeps, store: InMemoryAler
     with pytest.raises(NotFound, match="not found"):
         await handlers.delete_subscription(deps, hook.subscription_id, call=call("DeleteSubscription", intruder))
     await handlers.delete_subscription(deps, hook.subscription_id, call=call("DeleteSubscription"))
-    listed = await handlers.list_subscriptions(deps, "acme", call=call("ListSubscriptions"))
+    listed, _ = await handlers.list_subscriptions(deps, "acme", call=call("ListSubscriptions"))
     assert listed == [] and store.deliveries == []
     with pytest.raises(NotFound):
         await handlers.delete_subscription(deps, hook.subscription_id, call=call("DeleteSubscription"))
@@ -357,9 +358,9 @@ async def test_failures_back_off_then_dead_letter_with_a_message(
     assert notice.kind == events_pb2.ALERT_KIND_DELIVERY_FAILED
     assert notice.title == "Alert delivery given up: webhook http://127.0.0.1:9/…"
     assert "after 4 attempts" in notice.body and "Last error: HTTP 500" in notice.body
-    dead = await handlers.list_deliveries(deps, "acme", state=DEAD, limit=0, call=call("ListDeliveries"))
+    dead, _ = await handlers.list_deliveries(deps, "acme", state=DEAD, limit=0, call=call("ListDeliveries"))
     assert [d.delivery_id for d in dead] == [delivery.delivery_id]
-    [(_, stats)] = await handlers.list_subscriptions(deps, "acme", call=call("ListSubscriptions"))
+    [(_, stats)], _ = await handlers.list_subscriptions(deps, "acme", call=call("ListSubscriptions"))
     assert (stats.delivered, stats.pending, stats.dead, stats.last_error) == (0, 0, 1, "HTTP 500")
 
 
@@ -401,3 +402,7 @@ async def test_missing_data_key_goes_to_the_operator_account(
     [message] = store.messages
     assert (message.account_id, message.title) == ("platform-team", "Data key missing: account acme")
     assert message.body.startswith("account acme: the data key is missing")
+
+
+async def test_subscriptions_and_deliveries_in_pages(deps: AlertDeps, clock: FakeClock) -> None:
+    await check_subscription_and_delivery_pages(deps, clock)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from alerts_paging_check import check_subscription_and_delivery_pages
 from strongroom.alerts.v1 import alerts_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.alerts import account_alert
@@ -93,7 +94,7 @@ async def test_fan_out_is_idempotent_and_filters_kinds(deps: AlertDeps, clock: F
     )
     assert (len(messages), token, unread) == (1, "", 1)
     assert messages[0].title == "Backup failed: web-1"
-    deliveries = await handlers.list_deliveries(deps, "acme", state=None, limit=0, call=call("ListDeliveries"))
+    deliveries, _ = await handlers.list_deliveries(deps, "acme", state=None, limit=0, call=call("ListDeliveries"))
     assert [(d.subscription_id, d.state, d.attempts) for d in deliveries] == [(hook.subscription_id, PENDING, 0)]
 
 
@@ -134,9 +135,9 @@ async def test_retry_dead_letter_stats_and_secret_never_listed(deps: AlertDeps, 
         assert await deliver_due(deps.store, {WEBHOOK: sender}, clock, POLICY) == 1
         assert await deliver_due(deps.store, {WEBHOOK: sender}, clock, POLICY) == 0
         clock.advance(POLICY.backoff(attempt).total_seconds())
-    [delivery] = await handlers.list_deliveries(deps, "acme", state=DEAD, limit=0, call=call("ListDeliveries"))
+    [delivery], _ = await handlers.list_deliveries(deps, "acme", state=DEAD, limit=0, call=call("ListDeliveries"))
     assert (delivery.attempts, delivery.last_error) == (3, "HTTP 503")
-    [(subscription, stats)] = await handlers.list_subscriptions(deps, "acme", call=call("ListSubscriptions"))
+    [(subscription, stats)], _ = await handlers.list_subscriptions(deps, "acme", call=call("ListSubscriptions"))
     assert (stats.delivered, stats.pending, stats.dead, stats.last_error) == (0, 0, 1, "HTTP 503")
     listed = subscription_to_proto(subscription, stats)
     assert hook.signing_secret not in str(listed) and "tok" not in listed.target
@@ -166,7 +167,7 @@ async def test_lease_and_concurrent_workers(deps: AlertDeps, clock: FakeClock) -
     assert await deliver_due(store, {WEBHOOK: senders[0]}, clock, policy) == 2
     retaken = {o.delivery.delivery_id: o.delivery.attempts for o in senders[0].sent[-2:]}
     assert retaken == {o.delivery.delivery_id: 2 for o in dead_worker}
-    delivered = await handlers.list_deliveries(deps, "acme", state=DELIVERED, limit=500, call=call("ListDeliveries"))
+    delivered, _ = await handlers.list_deliveries(deps, "acme", state=DELIVERED, limit=500, call=call("ListDeliveries"))
     assert len(delivered) == 30
 
 
@@ -175,8 +176,12 @@ async def test_removing_a_subscription_drops_its_pending_deliveries(deps: AlertD
     await handlers.handle_alert_raised(alert(clock), deps)
     await handlers.delete_subscription(deps, hook.subscription_id, call=call("DeleteSubscription"))
     assert await deliver_due(deps.store, {WEBHOOK: RecordingSender()}, clock, POLICY) == 0
-    assert await handlers.list_deliveries(deps, "acme", state=None, limit=0, call=call("ListDeliveries")) == []
+    assert await handlers.list_deliveries(deps, "acme", state=None, limit=0, call=call("ListDeliveries")) == ([], "")
     messages, _, _ = await handlers.list_messages(
         deps, "acme", unread_only=False, page_size=0, page_token="", call=call("ListMessages")
     )
     assert len(messages) == 1  # the in-app message stays
+
+
+async def test_subscriptions_and_deliveries_in_pages(deps: AlertDeps, clock: FakeClock) -> None:
+    await check_subscription_and_delivery_pages(deps, clock)

@@ -98,9 +98,12 @@ async def test_old_finished_deliveries_and_read_messages_are_pruned_in_batches(s
     )
     # unread ones stay whatever their age; a read one stays while its delivery is pending
     assert sorted(m.job_id for m in left) == ["j-3", "j-4", "j-5"] and unread == 2
-    deliveries = await handlers.list_deliveries(deps, "acme", state=None, limit=0, call=call("ListDeliveries"))
+    deliveries, _ = await handlers.list_deliveries(deps, "acme", state=None, limit=0, call=call("ListDeliveries"))
     assert [d.state for d in deliveries] == [PENDING]
-    assert await handlers.list_deliveries(deps, "acme", state=DELIVERED, limit=0, call=call("ListDeliveries")) == []
+    assert await handlers.list_deliveries(deps, "acme", state=DELIVERED, limit=0, call=call("ListDeliveries")) == (
+        [],
+        "",
+    )
     pruned = await prune_alerts(store, clock, policy)
     assert (pruned.deliveries, pruned.messages) == (0, 0)
 

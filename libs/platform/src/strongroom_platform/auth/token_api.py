@@ -14,13 +14,14 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from strongroom.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from strongroom_platform import audit
+from strongroom_platform import audit, paging
 from strongroom_platform.auth.principal import CallAuth, CallerKind, Permission, Role, choose_account, current_call
 from strongroom_platform.auth.tokens import MAX_TOKEN_LIFETIME, TokenRecord, TokenStore, new_token
 from strongroom_platform.clock import Clock
 from strongroom_platform.errors import InvalidArgument, NotFound, PermissionDenied
 
 DEFAULT_LIFETIME = dt.timedelta(days=90)
+MAX_LIST_PAGE = 1000  # also the default: a caller from before pages saw every token
 _ROLE_TO_PROTO = {
     Role.VIEWER: auth_pb2.ROLE_VIEWER,
     Role.OPERATOR: auth_pb2.ROLE_OPERATOR,
@@ -77,8 +78,14 @@ async def bootstrap_token(
     return token
 
 
-async def list_tokens(account: str, *, store: TokenStore, call: CallAuth | None = None) -> list[TokenRecord]:
-    return await store.list(choose_account(account, call=call))
+async def list_tokens(
+    account: str, *, page_size: int = 0, page_token: str = "", store: TokenStore, call: CallAuth | None = None
+) -> tuple[list[TokenRecord], str]:
+    """One page of the account's tokens, newest first, and the next page's token ("" on the last)."""
+    size = paging.page_size(page_size, MAX_LIST_PAGE, MAX_LIST_PAGE)
+    after = paging.token_position(page_token)
+    found = await store.list(choose_account(account, call=call), after=after, limit=size + 1)
+    return paging.keyset_page(found, size, lambda r: (r.created_at, r.token_id))
 
 
 async def revoke_token(token_id: str, *, store: TokenStore, clock: Clock, call: CallAuth | None = None) -> TokenRecord:
@@ -149,8 +156,10 @@ class TokenServicer(auth_pb2_grpc.TokenServiceServicer):
     async def ListTokens(  # noqa: N802
         self, request: auth_pb2.ListTokensRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.ListTokensResponse:
-        records = await list_tokens(request.account_id, store=self._store)
-        return auth_pb2.ListTokensResponse(tokens=[token_message(r) for r in records])
+        records, next_page = await list_tokens(
+            request.account_id, page_size=request.page_size, page_token=request.page_token, store=self._store
+        )
+        return auth_pb2.ListTokensResponse(tokens=[token_message(r) for r in records], next_page_token=next_page)
 
     async def RevokeToken(  # noqa: N802
         self, request: auth_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -55,8 +55,11 @@ class TokenStore(Protocol):
         """The record of ``token_id``, or None."""
         ...
 
-    async def list(self, account_id: str) -> list[TokenRecord]:
-        """Tokens holding a grant on ``account_id``, newest first."""
+    async def list(
+        self, account_id: str, *, after: tuple[dt.datetime, str] | None = None, limit: int | None = None
+    ) -> list[TokenRecord]:
+        """Tokens holding a grant on ``account_id``, newest first by (created_at, token_id bytewise);
+        ``after``: strictly older than that position; at most ``limit`` (None: all)."""
         ...
 
     async def revoke(self, token_id: str, at: dt.datetime) -> TokenRecord | None:
@@ -160,9 +163,15 @@ class InMemoryTokenStore:
     async def get(self, token_id: str) -> TokenRecord | None:
         return self._records.get(token_id)
 
-    async def list(self, account_id: str) -> list[TokenRecord]:
-        found = [r for r in self._records.values() if account_id in r.grants]
-        return sorted(found, key=lambda r: (r.created_at, r.token_id), reverse=True)
+    async def list(
+        self, account_id: str, *, after: tuple[dt.datetime, str] | None = None, limit: int | None = None
+    ) -> list[TokenRecord]:
+        def position(r: TokenRecord) -> tuple[dt.datetime, bytes]:
+            return r.created_at, r.token_id.encode()  # bytewise ids, as COLLATE "C"
+
+        start = None if after is None else (after[0], after[1].encode())
+        found = [r for r in self._records.values() if account_id in r.grants and (start is None or position(r) < start)]
+        return sorted(found, key=position, reverse=True)[:limit]
 
     async def revoke(self, token_id: str, at: dt.datetime) -> TokenRecord | None:
         record = self._records.get(token_id)

@@ -108,11 +108,20 @@ class PgTokenStore:
         row = await self._pool.fetchrow("SELECT * FROM auth.api_tokens WHERE token_id = $1", token_id)
         return _record(row) if row is not None else None
 
-    async def list(self, account_id: str) -> list[TokenRecord]:
+    async def list(
+        self, account_id: str, *, after: tuple[dt.datetime, str] | None = None, limit: int | None = None
+    ) -> list[TokenRecord]:
+        after_at, after_id = after if after is not None else (None, "")
         rows = await self._pool.fetch(
             "SELECT t.* FROM auth.api_tokens t JOIN auth.api_token_accounts a USING (token_id)"
-            " WHERE a.account_id = $1 ORDER BY t.created_at DESC, t.token_id DESC",
+            " WHERE a.account_id = $1"
+            " AND ($2::timestamptz IS NULL OR t.created_at < $2"
+            ' OR (t.created_at = $2 AND t.token_id COLLATE "C" < $3::text COLLATE "C"))'
+            ' ORDER BY t.created_at DESC, t.token_id COLLATE "C" DESC LIMIT $4',
             account_id,
+            after_at,
+            after_id,
+            limit,
         )
         return [_record(r) for r in rows]
 

@@ -92,8 +92,16 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
     async def ListSubscriptions(  # noqa: N802
         self, request: alerts_pb2.ListSubscriptionsRequest, context: Context
     ) -> alerts_pb2.ListSubscriptionsResponse:
-        found = await handlers.list_subscriptions(self._deps, request.account_id, call=current_call())
-        return alerts_pb2.ListSubscriptionsResponse(subscriptions=[subscription_to_proto(s, st) for s, st in found])
+        found, next_page = await handlers.list_subscriptions(
+            self._deps,
+            request.account_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            call=current_call(),
+        )
+        return alerts_pb2.ListSubscriptionsResponse(
+            subscriptions=[subscription_to_proto(s, st) for s, st in found], next_page_token=next_page
+        )
 
     async def DeleteSubscription(  # noqa: N802
         self, request: alerts_pb2.DeleteSubscriptionRequest, context: Context
@@ -128,10 +136,18 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
         self, request: alerts_pb2.ListDeliveriesRequest, context: Context
     ) -> alerts_pb2.ListDeliveriesResponse:
         state = request.state or None
-        deliveries = await handlers.list_deliveries(
-            self._deps, request.account_id, state=state, limit=request.limit, call=current_call()
+        deliveries, next_page = await handlers.list_deliveries(
+            self._deps,
+            request.account_id,
+            state=state,
+            limit=request.limit,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            call=current_call(),
         )
-        return alerts_pb2.ListDeliveriesResponse(deliveries=[delivery_to_proto(d) for d in deliveries])
+        return alerts_pb2.ListDeliveriesResponse(
+            deliveries=[delivery_to_proto(d) for d in deliveries], next_page_token=next_page
+        )
 
 
 def register(servicer: AlertServicer) -> Callable[[grpc.aio.Server], None]:

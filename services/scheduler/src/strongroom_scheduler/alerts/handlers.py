@@ -44,6 +44,7 @@ ALERT_CONSUMER = "scheduler.alert-raised"
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAX_SUBSCRIPTIONS = 50
+MAX_LIST_PAGE = 1000  # also the default page of subscriptions: more than an account may have
 MAX_MARK_IDS = 1000
 MAX_EMAIL_LENGTH = 254
 # One address, no display name, no header-breaking characters: the SMTP envelope and To: use it as is.
@@ -214,13 +215,18 @@ async def create_subscription(
 
 
 async def list_subscriptions(
-    deps: AlertDeps, account_id: str, *, call: CallAuth
-) -> list[tuple[Subscription, SubscriptionStats]]:
+    deps: AlertDeps, account_id: str, *, page_size: int = 0, page_token: str = "", call: CallAuth
+) -> tuple[list[tuple[Subscription, SubscriptionStats]], str]:
+    """One page of the account's subscriptions, oldest first, with their delivery counts; the next
+    page's token ("" on the last)."""
     account = choose_account(account_id.strip(), call=call)
+    limit = paging.page_size(page_size, MAX_LIST_PAGE, MAX_LIST_PAGE)
+    after = paging.token_position(page_token)
     async with deps.store.transaction() as tx:
-        subscriptions = await tx.list_subscriptions(account)
+        found = await tx.list_subscriptions(account, after=after, limit=limit + 1)
+        subscriptions, token = paging.keyset_page(found, limit, lambda s: (s.created_at, s.subscription_id))
         stats = await tx.subscription_stats([s.subscription_id for s in subscriptions])
-    return [(s, stats.get(s.subscription_id, SubscriptionStats())) for s in subscriptions]
+    return [(s, stats.get(s.subscription_id, SubscriptionStats())) for s in subscriptions], token
 
 
 async def delete_subscription(deps: AlertDeps, subscription_id: str, *, call: CallAuth) -> None:
@@ -275,8 +281,20 @@ async def mark_messages_read(
 
 
 async def list_deliveries(
-    deps: AlertDeps, account_id: str, *, state: int | None, limit: int, call: CallAuth
-) -> list[Delivery]:
+    deps: AlertDeps,
+    account_id: str,
+    *,
+    state: int | None,
+    limit: int,
+    page_size: int = 0,
+    page_token: str = "",
+    call: CallAuth,
+) -> tuple[list[Delivery], str]:
+    """One page of the account's deliveries, newest first (``limit`` is the page size when
+    ``page_size`` is 0, its name before pages); the next page's token ("" on the last)."""
     account = choose_account(account_id.strip(), call=call)
+    size = paging.page_size(page_size or limit, DEFAULT_PAGE, MAX_PAGE)
+    after = paging.token_position(page_token)
     async with deps.store.transaction() as tx:
-        return await tx.list_deliveries(account, state, paging.page_size(limit, DEFAULT_PAGE, MAX_PAGE))
+        found = await tx.list_deliveries(account, state, size + 1, after)
+    return paging.keyset_page(found, size, lambda d: (d.created_at, d.delivery_id))

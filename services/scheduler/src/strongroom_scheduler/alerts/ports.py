@@ -18,7 +18,11 @@ class AlertTx(InboxTx, Protocol):
 
     async def insert_subscription(self, subscription: Subscription) -> None: ...
 
-    async def list_subscriptions(self, account_id: str) -> list[Subscription]:
+    async def list_subscriptions(
+        self, account_id: str, *, after: tuple[dt.datetime, str] | None = None, limit: int | None = None
+    ) -> list[Subscription]:
+        """Oldest first by (created_at, subscription_id); ``after``: strictly newer than that
+        position; at most ``limit`` (None: all)."""
         """The account's subscriptions, oldest first."""
         ...
 
@@ -48,8 +52,10 @@ class AlertTx(InboxTx, Protocol):
 
     async def insert_delivery(self, delivery: Delivery) -> None: ...
 
-    async def list_deliveries(self, account_id: str, state: int | None, limit: int) -> list[Delivery]:
-        """Newest first."""
+    async def list_deliveries(
+        self, account_id: str, state: int | None, limit: int, after: tuple[dt.datetime, str] | None = None
+    ) -> list[Delivery]:
+        """Newest first by (created_at, delivery_id); ``after``: strictly older than that position."""
         ...
 
     async def claim_due(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Outgoing]:

@@ -50,11 +50,18 @@ class PgAlertTx(PgTransaction):
             subscription.created_at,
         )
 
-    async def list_subscriptions(self, account_id: str) -> list[Subscription]:
+    async def list_subscriptions(
+        self, account_id: str, *, after: tuple[dt.datetime, str] | None = None, limit: int | None = None
+    ) -> list[Subscription]:
+        after_time, after_id = after if after is not None else (None, "")
         rows = await self._conn.fetch(
             f"SELECT {_SUBSCRIPTION} FROM alert_subscriptions WHERE account_id = $1"
-            " ORDER BY created_at, subscription_id",
+            " AND ($2::timestamptz IS NULL OR (created_at, subscription_id) > ($2, $3))"
+            " ORDER BY created_at, subscription_id LIMIT $4",
             account_id,
+            after_time,
+            after_id,
+            limit,
         )
         return [_subscription(r) for r in rows]
 
@@ -152,13 +159,19 @@ class PgAlertTx(PgTransaction):
             delivery.finished_at,
         )
 
-    async def list_deliveries(self, account_id: str, state: int | None, limit: int) -> list[Delivery]:
+    async def list_deliveries(
+        self, account_id: str, state: int | None, limit: int, after: tuple[dt.datetime, str] | None = None
+    ) -> list[Delivery]:
+        after_time, after_id = after if after is not None else (None, "")
         rows = await self._conn.fetch(
             f"SELECT {_DELIVERY} FROM alert_deliveries WHERE account_id = $1 AND ($2::smallint IS NULL OR state = $2)"
+            " AND ($4::timestamptz IS NULL OR (created_at, delivery_id) < ($4, $5))"
             " ORDER BY created_at DESC, delivery_id DESC LIMIT $3",
             account_id,
             state,
             limit,
+            after_time,
+            after_id,
         )
         return [_delivery(r) for r in rows]
 

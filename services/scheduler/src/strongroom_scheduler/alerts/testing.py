@@ -42,9 +42,15 @@ class InMemoryAlertTx:
             raise ValueError(f"duplicate subscription {subscription.subscription_id}")
         self._s.subscriptions[subscription.subscription_id] = subscription
 
-    async def list_subscriptions(self, account_id: str) -> list[Subscription]:
-        found = [s for s in self._s.subscriptions.values() if s.account_id == account_id]
-        return sorted(found, key=lambda s: (s.created_at, s.subscription_id))
+    async def list_subscriptions(
+        self, account_id: str, *, after: tuple[dt.datetime, str] | None = None, limit: int | None = None
+    ) -> list[Subscription]:
+        found = [
+            s
+            for s in self._s.subscriptions.values()
+            if s.account_id == account_id and (after is None or (s.created_at, s.subscription_id) > after)
+        ]
+        return sorted(found, key=lambda s: (s.created_at, s.subscription_id))[:limit]
 
     async def get_subscription(self, subscription_id: str) -> Subscription | None:
         return self._s.subscriptions.get(subscription_id)
@@ -113,9 +119,15 @@ class InMemoryAlertTx:
             raise ValueError("delivery of an unknown subscription or message")  # the foreign keys
         self._s.deliveries[delivery.delivery_id] = delivery
 
-    async def list_deliveries(self, account_id: str, state: int | None, limit: int) -> list[Delivery]:
+    async def list_deliveries(
+        self, account_id: str, state: int | None, limit: int, after: tuple[dt.datetime, str] | None = None
+    ) -> list[Delivery]:
         found = [
-            d for d in self._s.deliveries.values() if d.account_id == account_id and (state is None or d.state == state)
+            d
+            for d in self._s.deliveries.values()
+            if d.account_id == account_id
+            and (state is None or d.state == state)
+            and (after is None or (d.created_at, d.delivery_id) < after)
         ]
         return sorted(found, key=lambda d: (d.created_at, d.delivery_id), reverse=True)[:limit]
 
