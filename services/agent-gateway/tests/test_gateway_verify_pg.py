@@ -11,7 +11,16 @@ from strongroom_gateway.verify.repository import PgVerifyStore
 from strongroom_gateway.verify.worker import schedule_sample
 from strongroom_platform.testing import FakeClock
 from strongroom_testing.fixtures import PgLogins
-from test_gateway_verify import CONTENT, backed_up, deps, flip, queue, run_next, run_next_with
+from test_gateway_verify import (
+    CONTENT,
+    backed_up,
+    check_verification_pages,
+    deps,
+    flip,
+    queue,
+    run_next,
+    run_next_with,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +87,7 @@ async def test_leases_and_the_daily_sample(pgw: GatewayHarness) -> None:
         checked = await tx.damaged_packs(done.verification_id, 10)
     assert checked == []
     assert len(set(order)) == 3
+
+
+async def test_verifications_are_listed_in_pages(pgw: GatewayHarness) -> None:
+    await check_verification_pages(pgw.store, pgw.clock.now())

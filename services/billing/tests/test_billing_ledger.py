@@ -212,7 +212,7 @@ async def test_a_plan_offsets_the_fee_until_it_is_used_up(store: BillingStore) -
         (Decimal(25), Decimal("0.0125")),
         (Decimal(0), Decimal("0.0250")),
     ]
-    [listed] = await handlers.list_plans(store, "acme", call=call("ListPlans"))
+    [listed], _ = await handlers.list_plans(store, "acme", call=call("ListPlans"))
     assert (listed.plan_id, listed.gib_days, listed.used_gib_days) == (plan.plan_id, Decimal(75), Decimal(75))
 
 
@@ -308,3 +308,25 @@ async def test_a_forged_ledger_page_token_is_refused(store: BillingStore, token:
         await handlers.list_ledger(
             store, "acme", "2026-12-01", "2026-12-04", False, page_token=token, call=call("ListLedger")
         )
+
+
+async def test_plans_are_listed_in_pages_by_end_date_ties_by_id_in_byte_order(store: BillingStore) -> None:
+    clock = FakeClock(at8(1))
+    made = []
+    for ends_on in ("2026-12-31", "2026-12-10", "2026-12-31", "2027-01-31", "2026-12-10"):
+        plan = await handlers.create_plan(store, clock, "acme", "10", "2026-12-01", ends_on, call=call("CreatePlan"))
+        made.append((plan.ends_on, plan.plan_id.encode(), plan.plan_id))
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        plans, token = await handlers.list_plans(store, "acme", page_size=2, page_token=token, call=call("ListPlans"))
+        pages.append([p.plan_id for p in plans])
+        if not token:
+            break
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [plan_id for p in pages for plan_id in p] == [plan_id for *_, plan_id in sorted(made)]
+    whole, last = await handlers.list_plans(store, "acme", call=call("ListPlans"))
+    assert [p.plan_id for p in whole] == [plan_id for p in pages for plan_id in p] and last == ""
+    for bad in ("garbage!", paging.position_token(at8(1), "")):
+        with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):
+            await handlers.list_plans(store, "acme", page_token=bad, call=call("ListPlans"))

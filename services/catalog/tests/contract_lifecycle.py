@@ -110,16 +110,43 @@ class LifecycleContract:
         assert await expire(harness) == []  # v1 is 40 days old, yet held
         await lifecycle.handle_instance_deactivated(deactivated(), repo=harness.repo)
         assert await expire(harness) == []  # canceled and unlocked, yet held
-        assert [h.hold_id for h in await lifecycle.list_holds(harness.repo, "i-1", False, call=call("ListHolds"))] == [
-            hold.hold_id
-        ]
+        held, _ = await lifecycle.list_holds(harness.repo, "i-1", False, call=call("ListHolds"))
+        assert [h.hold_id for h in held] == [hold.hold_id]
         released = await lifecycle.release_hold(harness.repo, clock, hold.hold_id, call=call("ReleaseHold"))
         assert not released.active and released.released_by == "token:admin-of-acct"
         again = await lifecycle.release_hold(harness.repo, clock, hold.hold_id, call=call("ReleaseHold"))
         assert again.released_at == released.released_at  # idempotent
-        assert await lifecycle.list_holds(harness.repo, "i-1", False, call=call("ListHolds")) == []
-        assert len(await lifecycle.list_holds(harness.repo, "i-1", True, call=call("ListHolds"))) == 1
+        assert await lifecycle.list_holds(harness.repo, "i-1", False, call=call("ListHolds")) == ([], "")
+        assert len((await lifecycle.list_holds(harness.repo, "i-1", True, call=call("ListHolds")))[0]) == 1
         assert sorted(await expire(harness)) == ["v1", "v2"]
+
+    async def test_holds_are_listed_in_pages_oldest_first(self, harness: Harness) -> None:
+        now = await harness.trusted_now()
+        clock = FakeClock(now)
+        await add(harness, point("p1", "v1", created_at=now - DAY))
+        placed = []
+        for n in range(5):
+            hold = await lifecycle.place_hold(harness.repo, clock, "i-1", INCIDENT, f"INC-{n}", call=call("PlaceHold"))
+            placed.append((hold.placed_at, hold.hold_id.encode(), hold.hold_id))
+            if n % 2:  # pairs share a time: the id, bytewise, breaks the tie
+                clock.advance(60)
+        await lifecycle.release_hold(harness.repo, clock, placed[0][2], call=call("ReleaseHold"))
+        pages: list[list[str]] = []
+        token = ""
+        while True:
+            holds, token = await lifecycle.list_holds(
+                harness.repo, "i-1", True, page_size=2, page_token=token, call=call("ListHolds")
+            )
+            pages.append([h.hold_id for h in holds])
+            if not token:
+                break
+        assert [len(p) for p in pages] == [2, 2, 1]
+        assert [h for p in pages for h in p] == [hold_id for *_, hold_id in sorted(placed)]
+        active, last = await lifecycle.list_holds(harness.repo, "i-1", False, page_size=10, call=call("ListHolds"))
+        expected = [hold_id for *_, hold_id in sorted(placed) if hold_id != placed[0][2]]  # the first is released
+        assert [h.hold_id for h in active] == expected and last == ""
+        with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):
+            await lifecycle.list_holds(harness.repo, "i-1", True, page_token="garbage!", call=call("ListHolds"))
 
     async def test_holds_refuse_bad_input_and_other_accounts(self, harness: Harness) -> None:
         now = await harness.trusted_now()

@@ -92,8 +92,14 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ListPlans(
         self, request: billing_pb2.ListPlansRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> billing_pb2.ListPlansResponse:
-        plans = await handlers.list_plans(self._store, request.account_id, call=current_call())
-        return billing_pb2.ListPlansResponse(plans=[_plan_message(p) for p in plans])
+        plans, next_page = await handlers.list_plans(
+            self._store,
+            request.account_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            call=current_call(),
+        )
+        return billing_pb2.ListPlansResponse(plans=[_plan_message(p) for p in plans], next_page_token=next_page)
 
     async def CreatePlan(
         self, request: billing_pb2.CreatePlanRequest, context: grpc.aio.ServicerContext[object, object]

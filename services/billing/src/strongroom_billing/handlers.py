@@ -28,6 +28,7 @@ CONSUMER = "billing"
 STATUS_CONSUMER = "billing.instance-status-changed"
 REINSTATED_CONSUMER = "billing.instance-reinstated"
 DEFAULT_ACCOUNT = "default"
+MAX_PLAN_PAGE = 1000  # also the default page: a caller from before pages saw every plan
 
 
 def _require(value: str, what: str, event: str) -> None:
@@ -242,10 +243,17 @@ async def list_ledger(
     return LedgerView(days, by_day, token)
 
 
-async def list_plans(store: BillingStore, account_id: str, *, call: CallAuth) -> list[Plan]:
+async def list_plans(
+    store: BillingStore, account_id: str, *, page_size: int = 0, page_token: str = "", call: CallAuth
+) -> tuple[list[Plan], str]:
+    """One page of the account's plans by end date, and the next page's token ("" on the last)."""
     account = choose_account(account_id.strip(), call=call)
+    size = paging.page_size(page_size, MAX_PLAN_PAGE, MAX_PLAN_PAGE)
+    position = paging.token_position(page_token)
+    after = None if position is None else (position[0].date(), position[1])
     async with store.transaction() as tx:
-        return await tx.plans(account)
+        found = await tx.plans(account, after=after, limit=size + 1)
+    return paging.keyset_page(found, size, lambda p: (dt.datetime.combine(p.ends_on, dt.time(), dt.UTC), p.plan_id))
 
 
 async def create_plan(

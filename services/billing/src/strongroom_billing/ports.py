@@ -100,8 +100,11 @@ class BillingTx(InboxTx, Protocol):
 
     async def add_plan(self, plan: Plan) -> None: ...
 
-    async def plans(self, account_id: str) -> list[Plan]:
-        """The account's plans, with what has been drawn from each, by end date."""
+    async def plans(
+        self, account_id: str, *, after: tuple[dt.date, str] | None = None, limit: int | None = None
+    ) -> list[Plan]:
+        """The account's plans, with what has been drawn from each, by (ends_on, plan_id bytewise);
+        ``after``: strictly after that position; at most ``limit`` (None: all)."""
         ...
 
 

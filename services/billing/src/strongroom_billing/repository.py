@@ -72,8 +72,10 @@ SELECT p.*, coalesce(sum(d.gib_days), 0) AS used
 FROM plans p
 LEFT JOIN plan_draws d ON d.plan_id = p.plan_id
 WHERE p.account_id = $1
+  AND ($2::date IS NULL OR p.ends_on > $2 OR (p.ends_on = $2 AND p.plan_id COLLATE "C" > $3::text COLLATE "C"))
 GROUP BY p.plan_id
-ORDER BY p.ends_on, p.plan_id
+ORDER BY p.ends_on, p.plan_id COLLATE "C"
+LIMIT $4
 """
 
 
@@ -296,7 +298,10 @@ class PgBillingTx(PgTransaction):
             plan.created_at,
         )
 
-    async def plans(self, account_id: str) -> list[Plan]:
+    async def plans(
+        self, account_id: str, *, after: tuple[dt.date, str] | None = None, limit: int | None = None
+    ) -> list[Plan]:
+        after_day, after_id = after if after is not None else (None, "")
         return [
             Plan(
                 plan_id=r["plan_id"],
@@ -307,7 +312,7 @@ class PgBillingTx(PgTransaction):
                 created_at=r["created_at"],
                 used_gib_days=Decimal(r["used"]),
             )
-            for r in await self._conn.fetch(_PLANS, account_id)
+            for r in await self._conn.fetch(_PLANS, account_id, after_day, after_id, limit)
         ]
 
 

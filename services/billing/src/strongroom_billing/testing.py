@@ -217,15 +217,21 @@ class InMemoryBillingTx:
             raise ValueError(f"plan {plan.plan_id} exists")
         self._s.plans[plan.plan_id] = plan
 
-    async def plans(self, account_id: str) -> list[Plan]:
+    async def plans(
+        self, account_id: str, *, after: tuple[dt.date, str] | None = None, limit: int | None = None
+    ) -> list[Plan]:
+        def position(p: Plan) -> tuple[dt.date, bytes]:
+            return p.ends_on, p.plan_id.encode()  # bytewise ids, as COLLATE "C"
+
+        start = None if after is None else (after[0], after[1].encode())
         return sorted(
             (
                 dataclasses.replace(p, used_gib_days=self._used(p.plan_id))
                 for p in self._s.plans.values()
-                if p.account_id == account_id
+                if p.account_id == account_id and (start is None or position(p) > start)
             ),
-            key=lambda p: (p.ends_on, p.plan_id),
-        )
+            key=position,
+        )[:limit]
 
 
 class InMemoryBillingStore(InMemoryTransactions[_State]):

@@ -162,10 +162,15 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def ListHolds(
         self, request: catalog_pb2.ListHoldsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> catalog_pb2.ListHoldsResponse:
-        holds = await lifecycle.list_holds(
-            self._repo, request.instance_id, request.include_released, call=current_call()
+        holds, next_page = await lifecycle.list_holds(
+            self._repo,
+            request.instance_id,
+            request.include_released,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            call=current_call(),
         )
-        return catalog_pb2.ListHoldsResponse(holds=[hold_message(h) for h in holds])
+        return catalog_pb2.ListHoldsResponse(holds=[hold_message(h) for h in holds], next_page_token=next_page)
 
     async def ListFiles(
         self, request: catalog_pb2.ListFilesRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -16,7 +16,7 @@ import uuid
 
 from strongroom.catalog.v1 import catalog_pb2
 from strongroom.events.v1 import events_pb2
-from strongroom_platform import audit
+from strongroom_platform import audit, paging
 from strongroom_platform.auth import CallAuth, authorize
 from strongroom_platform.clock import Clock
 from strongroom_platform.eventbus import PoisonRecord
@@ -32,6 +32,7 @@ CANCEL_CONSUMER = "catalog.instance-deactivated"
 PRODUCER = "catalog"
 HOLD_KINDS = frozenset({catalog_pb2.HOLD_KIND_INCIDENT, catalog_pb2.HOLD_KIND_LEGAL})
 MAX_REASON = 1000
+MAX_HOLD_PAGE = 1000  # also the default page: a caller from before pages saw every hold
 
 
 async def handle_instance_deactivated(event: events_pb2.InstanceDeactivated, *, repo: CatalogStore) -> None:
@@ -158,7 +159,19 @@ async def release_hold(repo: CatalogStore, clock: Clock, hold_id: str, *, call: 
     return hold
 
 
-async def list_holds(repo: CatalogStore, instance_id: str, include_released: bool, *, call: CallAuth) -> list[Hold]:
+async def list_holds(
+    repo: CatalogStore,
+    instance_id: str,
+    include_released: bool,
+    *,
+    page_size: int = 0,
+    page_token: str = "",
+    call: CallAuth,
+) -> tuple[list[Hold], str]:
+    """One page of the instance's holds, oldest first, and the next page's token ("" on the last)."""
+    size = paging.page_size(page_size, MAX_HOLD_PAGE, MAX_HOLD_PAGE)
+    after = paging.token_position(page_token)
     async with repo.transaction() as tx:
         state = await _authorized_state(tx, instance_id, call=call)
-        return await tx.list_holds(state.instance_id, include_released=include_released)
+        found = await tx.list_holds(state.instance_id, include_released=include_released, after=after, limit=size + 1)
+    return paging.keyset_page(found, size, lambda h: (h.placed_at, h.hold_id))

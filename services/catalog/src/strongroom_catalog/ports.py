@@ -99,8 +99,16 @@ class CatalogTx(InboxOutboxTx, Protocol):
         """Append the hold's release (once: a second release of it changes nothing)."""
         ...
 
-    async def list_holds(self, instance_id: str, *, include_released: bool) -> list[Hold]:
-        """The instance's holds, oldest first."""
+    async def list_holds(
+        self,
+        instance_id: str,
+        *,
+        include_released: bool,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Hold]:
+        """The instance's holds, oldest first by (placed_at, hold_id bytewise); ``after``: strictly
+        after that position; at most ``limit`` (None: all)."""
         ...
 
     # --- the search index (ADR 0043) ---

@@ -330,11 +330,25 @@ class PgCatalogTx(PgTreeTx):
             at,
         )
 
-    async def list_holds(self, instance_id: str, *, include_released: bool) -> list[Hold]:
+    async def list_holds(
+        self,
+        instance_id: str,
+        *,
+        include_released: bool,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Hold]:
+        after_at, after_id = after if after is not None else (None, "")
         rows = await self._conn.fetch(
-            _HOLD_SELECT + " WHERE h.instance_id = $1 AND ($2 OR r.hold_id IS NULL) ORDER BY h.placed_at, h.hold_id",
+            _HOLD_SELECT + " WHERE h.instance_id = $1 AND ($2 OR r.hold_id IS NULL)"
+            " AND ($3::timestamptz IS NULL OR h.placed_at > $3"
+            ' OR (h.placed_at = $3 AND h.hold_id COLLATE "C" > $4::text COLLATE "C"))'
+            ' ORDER BY h.placed_at, h.hold_id COLLATE "C" LIMIT $5',
             instance_id,
             include_released,
+            after_at,
+            after_id,
+            limit,
         )
         return [_hold(r) for r in rows]
 

@@ -211,9 +211,26 @@ class InMemoryCatalogTx:
         if hold.active:
             self._s.holds[hold_id] = dataclasses.replace(hold, released_by=by, released_at=at)
 
-    async def list_holds(self, instance_id: str, *, include_released: bool) -> list[Hold]:
-        found = [h for h in self._s.holds.values() if h.instance_id == instance_id and (include_released or h.active)]
-        return sorted(found, key=lambda h: (h.placed_at, h.hold_id))
+    async def list_holds(
+        self,
+        instance_id: str,
+        *,
+        include_released: bool,
+        after: tuple[dt.datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Hold]:
+        def position(h: Hold) -> tuple[dt.datetime, bytes]:
+            return h.placed_at, h.hold_id.encode()  # bytewise ids, as COLLATE "C"
+
+        start = None if after is None else (after[0], after[1].encode())
+        found = [
+            h
+            for h in self._s.holds.values()
+            if h.instance_id == instance_id
+            and (include_released or h.active)
+            and (start is None or position(h) > start)
+        ]
+        return sorted(found, key=position)[:limit]
 
     async def search_lineage(self, instance_id: str, account_id: str, mount_point: str) -> tuple[int, int]:
         s = self._s

@@ -95,8 +95,10 @@ class VerifyServicer(verify_pb2_grpc.VerifyServiceServicer):
     async def ListVerifications(
         self, request: verify_pb2.ListVerificationsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> verify_pb2.ListVerificationsResponse:
-        found = await service.list_verifications(request, store=self._store, call=current_call())
-        return verify_pb2.ListVerificationsResponse(verifications=[to_proto(v) for v in found])
+        found, next_page = await service.list_verifications(request, store=self._store, call=current_call())
+        return verify_pb2.ListVerificationsResponse(
+            verifications=[to_proto(v) for v in found], next_page_token=next_page
+        )
 
     async def GetRecoverability(
         self, request: verify_pb2.GetRecoverabilityRequest, context: grpc.aio.ServicerContext[object, object]

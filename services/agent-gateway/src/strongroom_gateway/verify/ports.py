@@ -36,8 +36,11 @@ class VerifyTx(GatewayTx, Protocol):
 
     async def get_verification(self, verification_id: str) -> Verification | None: ...
 
-    async def list_verifications(self, account_id: str, instance_id: str | None, limit: int) -> list[Verification]:
-        """Newest first."""
+    async def list_verifications(
+        self, account_id: str, instance_id: str | None, limit: int, after: tuple[dt.datetime, str] | None = None
+    ) -> list[Verification]:
+        """Newest first by (created_at, verification_id bytewise); ``after``: strictly older than
+        that position."""
         ...
 
     async def claim_verification(self, owner: str, now: dt.datetime, lease_until: dt.datetime) -> Verification | None:

@@ -107,13 +107,20 @@ class PgVerifyTx(PgGatewayTx):
         row = await self._conn.fetchrow("SELECT * FROM verifications WHERE verification_id = $1", verification_id)
         return None if row is None else _verification(row)
 
-    async def list_verifications(self, account_id: str, instance_id: str | None, limit: int) -> list[Verification]:
+    async def list_verifications(
+        self, account_id: str, instance_id: str | None, limit: int, after: tuple[dt.datetime, str] | None = None
+    ) -> list[Verification]:
+        after_at, after_id = after if after is not None else (None, "")
         rows = await self._conn.fetch(
             "SELECT * FROM verifications WHERE account_id = $1 AND ($2::text IS NULL OR instance_id = $2)"
-            " ORDER BY created_at DESC, verification_id LIMIT $3",
+            " AND ($4::timestamptz IS NULL OR created_at < $4"
+            ' OR (created_at = $4 AND verification_id COLLATE "C" < $5::text COLLATE "C"))'
+            ' ORDER BY created_at DESC, verification_id COLLATE "C" DESC LIMIT $3',
             account_id,
             instance_id,
             limit,
+            after_at,
+            after_id,
         )
         return [_verification(r) for r in rows]
 

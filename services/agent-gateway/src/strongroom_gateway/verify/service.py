@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from strongroom.gateway.v1 import verify_pb2
-from strongroom_platform import audit
+from strongroom_platform import audit, paging
 from strongroom_platform.auth.principal import CallAuth, authorize, choose_account
 from strongroom_platform.clock import Clock
 
@@ -115,12 +115,16 @@ async def get_verification(
 
 async def list_verifications(
     request: verify_pb2.ListVerificationsRequest, *, store: VerifyStore, call: CallAuth
-) -> list[Verification]:
+) -> tuple[list[Verification], str]:
+    """One page of the account's verifications, newest first (``limit`` is the page size when
+    ``page_size`` is 0, its name before pages), and the next page's token ("" on the last)."""
     account_id = choose_account(_id(request.account_id, "account_id"), call=call)
     instance_id = _id(request.instance_id, "instance_id") or None
-    limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
+    size = paging.page_size(request.page_size or request.limit, DEFAULT_LIMIT, MAX_LIMIT)
+    after = paging.token_position(request.page_token)
     async with store.transaction() as tx:
-        return await tx.list_verifications(account_id, instance_id, limit)
+        found = await tx.list_verifications(account_id, instance_id, size + 1, after)
+    return paging.keyset_page(found, size, lambda v: (v.created_at, v.verification_id))
 
 
 async def recoverability(

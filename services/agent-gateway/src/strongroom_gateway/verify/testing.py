@@ -78,15 +78,21 @@ class InMemoryVerifyTx(InMemoryGatewayTx):
     async def get_verification(self, verification_id: str) -> Verification | None:
         return self._v.verifications.get(verification_id)
 
-    async def list_verifications(self, account_id: str, instance_id: str | None, limit: int) -> list[Verification]:
+    async def list_verifications(
+        self, account_id: str, instance_id: str | None, limit: int, after: tuple[dt.datetime, str] | None = None
+    ) -> list[Verification]:
+        def position(v: Verification) -> tuple[dt.datetime, bytes]:
+            return v.created_at, v.verification_id.encode()  # bytewise ids, as COLLATE "C"
+
+        start = None if after is None else (after[0], after[1].encode())
         found = [
             v
             for v in self._v.verifications.values()
-            if v.account_id == account_id and (instance_id is None or v.instance_id == instance_id)
+            if v.account_id == account_id
+            and (instance_id is None or v.instance_id == instance_id)
+            and (start is None or position(v) < start)
         ]
-        found.sort(key=lambda v: v.verification_id)
-        found.sort(key=lambda v: v.created_at, reverse=True)
-        return found[:limit]
+        return sorted(found, key=position, reverse=True)[:limit]
 
     async def claim_verification(self, owner: str, now: dt.datetime, lease_until: dt.datetime) -> Verification | None:
         candidates = [
