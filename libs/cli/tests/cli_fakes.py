@@ -378,7 +378,10 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
         plan = billing_pb2.Plan(
             plan_id="pl-1", gib_days="3000.0000", used_gib_days="50.0000", starts_on="2026-12-01", ends_on="2027-11-30"
         )
-        return billing_pb2.ListPlansResponse(plans=[plan])
+        if request.page_token == "":  # two pages, to exercise paging
+            return billing_pb2.ListPlansResponse(plans=[plan], next_page_token="page-2")
+        later = billing_pb2.Plan(plan_id="pl-0", gib_days="10.0000", starts_on="2027-12-01", ends_on="2028-11-30")
+        return billing_pb2.ListPlansResponse(plans=[later])
 
     def CreatePlan(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("CreatePlan", request)
@@ -501,7 +504,10 @@ class FakeVerify(verify_pb2_grpc.VerifyServiceServicer):
 
     def ListVerifications(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListVerifications", request)
-        return verify_pb2.ListVerificationsResponse(verifications=[self.verification])
+        if request.page_token == "":  # two pages, to exercise paging
+            return verify_pb2.ListVerificationsResponse(verifications=[self.verification], next_page_token="page-2")
+        older = verify_pb2.Verification(verification_id="v-0", created_at=T0)
+        return verify_pb2.ListVerificationsResponse(verifications=[older])
 
     def GetRecoverability(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("GetRecoverability", request)
@@ -572,7 +578,12 @@ class FakeAlerts(alerts_pb2_grpc.AlertServiceServicer):
     def ListSubscriptions(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         self.calls.record("ListSubscriptions", request)
         sub = self._subscription(alerts_pb2.CreateSubscriptionRequest(channel=alerts_pb2.CHANNEL_WEBHOOK))
-        return alerts_pb2.ListSubscriptionsResponse(subscriptions=[sub])
+        if request.page_token == "":  # two pages, to exercise paging
+            return alerts_pb2.ListSubscriptionsResponse(subscriptions=[sub], next_page_token="page-2")
+        later = alerts_pb2.Subscription(
+            subscription_id="s-2", channel=alerts_pb2.CHANNEL_EMAIL, target="ops@example.com"
+        )
+        return alerts_pb2.ListSubscriptionsResponse(subscriptions=[later])
 
     def DeleteSubscription(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         self.calls.record("DeleteSubscription", request)
@@ -593,7 +604,10 @@ class FakeAlerts(alerts_pb2_grpc.AlertServiceServicer):
             last_error="HTTP 500",
             created_at=T0,
         )
-        return alerts_pb2.ListDeliveriesResponse(deliveries=[delivery])
+        if request.page_token == "":  # two pages, to exercise paging
+            return alerts_pb2.ListDeliveriesResponse(deliveries=[delivery], next_page_token="page-2")
+        older = alerts_pb2.Delivery(delivery_id="d-0", state=request.state, created_at=T0)
+        return alerts_pb2.ListDeliveriesResponse(deliveries=[older])
 
 
 @dataclass

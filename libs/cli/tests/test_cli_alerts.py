@@ -87,7 +87,9 @@ def test_subscribe_refuses_unknown_kinds_and_needs_a_target(services: FakeServic
 def test_alerts_list_remove_and_deliveries(services: FakeServices, cli: Cli) -> None:
     code, out, _ = cli("alerts", "list")
     assert code == 0
-    header, row = out.splitlines()
+    header, row, second_page = out.splitlines()
+    assert second_page.split()[:2] == ["s-2", "email"]
+    assert [r.page_token for r in services.calls.requests["ListSubscriptions"]] == ["", "page-2"]  # type: ignore[attr-defined]
     assert header.split() == ["SUBSCRIPTION", "CHANNEL", "TARGET", "KINDS", "DELIVERED/PENDING/DEAD", "LAST", "ERROR"]
     assert row.split()[:5] == ["s-1", "webhook", "https://hooks.example.com/…", "all", "4/1/2"]
     assert cli("alerts", "remove", "s-1")[:2] == (0, "subscription s-1 removed\n")
@@ -102,5 +104,10 @@ def test_alerts_list_remove_and_deliveries(services: FakeServices, cli: Cli) -> 
         "https://hooks.example.com/…",
         "8",
     ]
+    assert out.splitlines()[2].split()[0] == "d-0"  # the second page's
     request = services.calls.last("ListDeliveries")
     assert request.state == alerts_pb2.DELIVERY_STATE_DEAD  # type: ignore[attr-defined]
+    assert [r.page_token for r in services.calls.requests["ListDeliveries"]] == ["", "page-2"]  # type: ignore[attr-defined]
+    # --limit stops reading once that many are in, and asks no page for more
+    assert len(cli("alerts", "deliveries", "--limit", "1")[1].splitlines()) == 2
+    assert services.calls.last("ListDeliveries").page_size == 1  # type: ignore[attr-defined]

@@ -311,7 +311,7 @@ def test_billing_ledger_shows_the_rule_and_the_rows(services: FakeServices, cli:
 
 def test_billing_plans_list_and_create(services: FakeServices, cli: Cli) -> None:
     code, out, _ = cli("billing", "plans", "list")
-    assert code == 0 and "pl-1" in out and "3000.0000" in out
+    assert code == 0 and "pl-1" in out and "3000.0000" in out and "pl-0" in out  # both pages
     args = ("billing", "plans", "create", "--gib-days", "300", "--starts-on", "2026-12-01", "--ends-on", "2026-12-31")
     code, out, _ = cli(*args)
     assert code == 0 and "pl-2" in out

@@ -49,5 +49,6 @@ def test_verify_account_status_list_show(services: FakeServices, cli: Cli) -> No
     assert out.splitlines()[1].split()[-2:] == ["2", "1"]
     [status] = json.loads(cli("verify", "status", "i-1", "--json")[1])
     assert status["damaged_files"] == 2
-    assert "v-1" in cli("verify", "list")[1]
+    listed = cli("verify", "list")[1]
+    assert "v-1" in listed and "v-0" in listed  # the second page's too
     assert field(cli("verify", "show", "v-1")[1], "Verification") == "v-1"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable
 
 from strongroom.alerts.v1 import alerts_pb2
 from strongroom.events.v1 import events_pb2
 
 from strongroom_cli import output
 from strongroom_cli.context import Context, UsageError
+from strongroom_cli.pages import every_page
 
 _CHANNELS = {"webhook": alerts_pb2.CHANNEL_WEBHOOK, "email": alerts_pb2.CHANNEL_EMAIL}
 _STATES = {
@@ -60,7 +62,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.set_defaults(command=remove)
     p = actions.add_parser("deliveries", parents=[common], help="webhook and email deliveries, newest first")
     p.add_argument("--state", choices=sorted(_STATES), help="only deliveries in this state")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50, at most 500)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50; 0 = all)")
     p.set_defaults(command=list_deliveries)
 
 
@@ -160,8 +162,11 @@ async def subscribe(context: Context) -> int:
 
 
 async def list_subscriptions(context: Context) -> int:
-    request = alerts_pb2.ListSubscriptionsRequest(account_id=context.account_id)
-    result = await context.alerts().ListSubscriptions(request, **context.call)
+    def fetch(token: str, size: int) -> Awaitable[alerts_pb2.ListSubscriptionsResponse]:
+        request = alerts_pb2.ListSubscriptionsRequest(account_id=context.account_id, page_size=size, page_token=token)
+        return context.alerts().ListSubscriptions(request, **context.call)
+
+    result = alerts_pb2.ListSubscriptionsResponse(subscriptions=await every_page(fetch, lambda p: p.subscriptions))
     if context.json:
         output.as_json(result)
         return 0
@@ -181,10 +186,15 @@ async def remove(context: Context) -> int:
 
 async def list_deliveries(context: Context) -> int:
     args = context.args
-    request = alerts_pb2.ListDeliveriesRequest(account_id=context.account_id, limit=args.limit)
-    if args.state:
-        request.state = _STATES[args.state]
-    result = await context.alerts().ListDeliveries(request, **context.call)
+
+    def fetch(token: str, size: int) -> Awaitable[alerts_pb2.ListDeliveriesResponse]:
+        request = alerts_pb2.ListDeliveriesRequest(account_id=context.account_id, page_size=size, page_token=token)
+        if args.state:
+            request.state = _STATES[args.state]
+        return context.alerts().ListDeliveries(request, **context.call)
+
+    found = await every_page(fetch, lambda page: page.deliveries, limit=max(args.limit, 0))
+    result = alerts_pb2.ListDeliveriesResponse(deliveries=found)
     if context.json:
         output.as_json(result)
         return 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable
 
 from strongroom.billing.v1 import billing_pb2
 
 from strongroom_cli import output
 from strongroom_cli.context import Context
+from strongroom_cli.pages import every_page
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -100,8 +102,11 @@ _PLAN_HEADERS = ["PLAN", "GIB-DAYS", "USED", "STARTS", "ENDS"]
 
 
 async def list_plans(context: Context) -> int:
-    request = billing_pb2.ListPlansRequest(account_id=context.account_id)
-    result = await context.billing().ListPlans(request, **context.call)
+    def fetch(token: str, size: int) -> Awaitable[billing_pb2.ListPlansResponse]:
+        request = billing_pb2.ListPlansRequest(account_id=context.account_id, page_size=size, page_token=token)
+        return context.billing().ListPlans(request, **context.call)
+
+    result = billing_pb2.ListPlansResponse(plans=await every_page(fetch, lambda page: page.plans))
     if context.json:
         output.as_json(result)
         return 0

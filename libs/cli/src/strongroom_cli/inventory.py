@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
 
 from strongroom.catalog.v1 import catalog_pb2
@@ -24,6 +24,7 @@ from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_cli import output
 from strongroom_cli.context import Context, UsageError
 from strongroom_cli.instances import DEFAULT_REGION, print_instance, print_instances
+from strongroom_cli.pages import every_page
 
 BATCH = 1000  # records per RegisterInstances call (the server's limit)
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -221,10 +222,15 @@ async def release_hold(context: Context) -> int:
 
 
 async def list_holds(context: Context) -> int:
-    request = catalog_pb2.ListHoldsRequest(instance_id=context.args.instance_id, include_released=context.args.all)
-    holds = (await context.catalog().ListHolds(request, **context.call)).holds
+    def fetch(token: str, size: int) -> Awaitable[catalog_pb2.ListHoldsResponse]:
+        request = catalog_pb2.ListHoldsRequest(
+            instance_id=context.args.instance_id, include_released=context.args.all, page_size=size, page_token=token
+        )
+        return context.catalog().ListHolds(request, **context.call)
+
+    holds = await every_page(fetch, lambda page: page.holds)
     if context.json:
-        output.as_json(list(holds))
+        output.as_json(holds)
         return 0
     rows = [
         [

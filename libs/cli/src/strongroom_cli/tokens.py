@@ -6,11 +6,13 @@ import argparse
 import getpass
 import os
 import sys
+from collections.abc import Awaitable
 
 from strongroom.auth.v1 import auth_pb2
 
 from strongroom_cli import credentials, output
 from strongroom_cli.context import Context, UsageError
+from strongroom_cli.pages import every_page
 
 ROLES = {"viewer": auth_pb2.ROLE_VIEWER, "operator": auth_pb2.ROLE_OPERATOR, "admin": auth_pb2.ROLE_ADMIN}
 
@@ -121,9 +123,13 @@ async def create(context: Context) -> int:
 
 
 async def list_tokens(context: Context) -> int:
-    found = await context.tokens().ListTokens(auth_pb2.ListTokensRequest(account_id=context.account_id), **context.call)
+    def fetch(token: str, size: int) -> Awaitable[auth_pb2.ListTokensResponse]:
+        request = auth_pb2.ListTokensRequest(account_id=context.account_id, page_size=size, page_token=token)
+        return context.tokens().ListTokens(request, **context.call)
+
+    tokens = await every_page(fetch, lambda page: page.tokens)
     if context.json:
-        output.as_json(list(found.tokens))
+        output.as_json(tokens)
         return 0
     rows = [
         [
@@ -133,7 +139,7 @@ async def list_tokens(context: Context) -> int:
             output.timestamp(t.expires_at),
             output.timestamp(t.revoked_at) if t.HasField("revoked_at") else "",
         ]
-        for t in found.tokens
+        for t in tokens
     ]
     output.table(["ID", "NAME", "GRANTS", "EXPIRES", "REVOKED"], rows)
     return 0

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable
 
 from strongroom.gateway.v1 import verify_pb2
 
 from strongroom_cli import output
 from strongroom_cli.context import Context
+from strongroom_cli.pages import every_page
 from strongroom_cli.restores import printable
 
 FINISHED = frozenset(
@@ -49,7 +51,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser], common
 
     p = commands.add_parser("list", parents=[common], help="the newest verifications")
     p.add_argument("--instance", default="", metavar="ID", help="only those of this instance")
-    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20, at most 100)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many, newest first (default 20; 0 = all)")
     p.set_defaults(command=list_verifications)
 
     p = commands.add_parser("status", parents=[common], help="recoverability of each instance")
@@ -128,12 +130,15 @@ async def show(context: Context) -> int:
 
 
 async def list_verifications(context: Context) -> int:
-    request = verify_pb2.ListVerificationsRequest(
-        account_id=context.account_id, instance_id=context.args.instance, limit=max(context.args.limit, 1)
-    )
-    response = await context.verify().ListVerifications(request, **context.call)
+    def fetch(token: str, size: int) -> Awaitable[verify_pb2.ListVerificationsResponse]:
+        request = verify_pb2.ListVerificationsRequest(
+            account_id=context.account_id, instance_id=context.args.instance, page_size=size, page_token=token
+        )
+        return context.verify().ListVerifications(request, **context.call)
+
+    verifications = await every_page(fetch, lambda page: page.verifications, limit=max(context.args.limit, 0))
     if context.json:
-        output.as_json(list(response.verifications))
+        output.as_json(verifications)
         return 0
     rows = [
         [
@@ -144,7 +149,7 @@ async def list_verifications(context: Context) -> int:
             str(v.damaged_files_count),
             output.timestamp(v.created_at),
         ]
-        for v in response.verifications
+        for v in verifications
     ]
     output.table(
         ["VERIFICATION", "STATE", "SCOPE", "POINTS", "DAMAGED FILES", f"CREATED ({output.zone_label()})"], rows

@@ -21,9 +21,8 @@ class AlertTx(InboxTx, Protocol):
     async def list_subscriptions(
         self, account_id: str, *, after: tuple[dt.datetime, str] | None = None, limit: int | None = None
     ) -> list[Subscription]:
-        """Oldest first by (created_at, subscription_id); ``after``: strictly newer than that
-        position; at most ``limit`` (None: all)."""
-        """The account's subscriptions, oldest first."""
+        """The account's subscriptions, oldest first by (created_at, subscription_id); ``after``:
+        strictly newer than that position; at most ``limit`` (None: all)."""
         ...
 
     async def get_subscription(self, subscription_id: str) -> Subscription | None: ...
