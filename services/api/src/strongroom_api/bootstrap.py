@@ -8,14 +8,21 @@ import logging
 import ssl
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import cast
 
+import asyncpg
 from aiohttp import web
 from strongroom_platform import lifecycle
 from strongroom_platform.clock import Clock, SystemClock
+from strongroom_platform.db import create_pool
+from strongroom_platform.pg_roles import check_service_login, migrate_schemas
 from strongroom_platform.settings import TlsSettings
+from strongroom_platform.tls import backend_ssl_context
 
 from strongroom_api import backends, http_app, idempotency
 from strongroom_api.edge import Invoke
+from strongroom_api.idempotency_pg import PgIdempotencyStore
+from strongroom_api.migrations import SPEC
 from strongroom_api.openapi import build_document
 from strongroom_api.rules import Router, load_routes
 from strongroom_api.settings import Settings
@@ -55,6 +62,23 @@ async def _reload_certificate(context: ssl.SSLContext, tls: TlsSettings, clock: 
             log.exception("api: reloading the TLS certificate failed; keeping the previous one")
 
 
+async def _idempotency_store(stack: AsyncExitStack, settings: Settings) -> idempotency.IdempotencyStore:
+    """PostgreSQL (shared by the replicas) with STRONGROOM_PG_DSN, else this process's memory."""
+    ttl = dt.timedelta(seconds=settings.idempotency_ttl_seconds)
+    if settings.pg_dsn is None:
+        return idempotency.MemoryIdempotencyStore(ttl=ttl, max_keys=settings.idempotency_max_keys)
+    tls = backend_ssl_context(settings.pg_tls)
+    if settings.pg_migrate_dsn is not None:
+        await migrate_schemas(settings.pg_migrate_dsn, [SPEC], tls=tls)
+    pool = await create_pool(settings.pg_dsn, SPEC.schema, max_size=4, tls=tls)
+    stack.push_async_callback(pool.close)
+    async with pool.acquire() as conn:
+        await check_service_login(cast(asyncpg.Connection, conn), SPEC)
+    # A claim outlives its request by the call timeout and a margin; then another replica may take it over.
+    lease = dt.timedelta(seconds=min(2 * settings.call_timeout + 30, settings.idempotency_ttl_seconds / 2))
+    return PgIdempotencyStore(pool, ttl=ttl, lease=lease)
+
+
 async def run(
     settings: Settings,
     stop: asyncio.Event,
@@ -81,13 +105,8 @@ async def run(
             for channel in channels.values():
                 stack.push_async_callback(channel.close, None)
             invoke = backends.GrpcInvoker(channels, timeout=settings.call_timeout)
-        store = (
-            store
-            if store is not None
-            else idempotency.MemoryIdempotencyStore(
-                ttl=dt.timedelta(seconds=settings.idempotency_ttl_seconds), max_keys=settings.idempotency_max_keys
-            )
-        )
+        if store is None:
+            store = await _idempotency_store(stack, settings)
         app = http_app.build_app(
             router=Router(routes),
             invoke=invoke,

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from strongroom_platform.settings import (
+    BackendTls,
     PlaintextRefused,
     SettingsError,
     TlsSettings,
@@ -30,7 +31,12 @@ class Settings:
     STRONGROOM_API_MAX_BODY_BYTES: largest request body (default 1048576).
     STRONGROOM_API_CALL_TIMEOUT: seconds a service call may take (default 30).
     STRONGROOM_API_IDEMPOTENCY_TTL: seconds an Idempotency-Key is remembered (default 86400).
-    STRONGROOM_API_IDEMPOTENCY_MAX_KEYS: most keys remembered (default 100000; the oldest go first).
+    STRONGROOM_API_IDEMPOTENCY_MAX_KEYS: most keys remembered in memory (default 100000; the oldest
+        go first; without a database only).
+    STRONGROOM_PG_DSN (optional): the edge's own role ``strongroom_api`` on schema ``api``; given, the
+        keys live there, shared by every edge replica (ADR 0055); unset, in this process's memory.
+        STRONGROOM_PG_MIGRATE_DSN (the migration owner: migrate ``api`` first) and STRONGROOM_PG_TLS_*
+        as for the services.
     """
 
     backends: Mapping[str, str]
@@ -41,6 +47,9 @@ class Settings:
     call_timeout: float = 30.0
     idempotency_ttl_seconds: int = 86_400
     idempotency_max_keys: int = 100_000
+    pg_dsn: str | None = None
+    pg_migrate_dsn: str | None = None
+    pg_tls: BackendTls = BackendTls()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -61,9 +70,14 @@ class Settings:
             call_timeout=float(env_int(environ, "STRONGROOM_API_CALL_TIMEOUT", 30)),
             idempotency_ttl_seconds=env_int(environ, "STRONGROOM_API_IDEMPOTENCY_TTL", 86_400),
             idempotency_max_keys=env_int(environ, "STRONGROOM_API_IDEMPOTENCY_MAX_KEYS", 100_000),
+            pg_dsn=environ.get("STRONGROOM_PG_DSN") or None,
+            pg_migrate_dsn=environ.get("STRONGROOM_PG_MIGRATE_DSN") or None,
+            pg_tls=BackendTls.from_env(environ, "STRONGROOM_PG_TLS"),
         )
         if settings.max_body_bytes < 1024 or settings.call_timeout < 1:
             raise SettingsError("STRONGROOM_API_MAX_BODY_BYTES must be ≥ 1024 and STRONGROOM_API_CALL_TIMEOUT ≥ 1")
+        if settings.pg_migrate_dsn is not None and settings.pg_dsn is None:
+            raise SettingsError("STRONGROOM_PG_MIGRATE_DSN needs STRONGROOM_PG_DSN (the edge's own role)")
         if settings.idempotency_ttl_seconds < 60 or settings.idempotency_max_keys < 1:
             raise SettingsError("STRONGROOM_API_IDEMPOTENCY_TTL must be ≥ 60 and _MAX_KEYS ≥ 1")
         host, _, port = settings.listen.rpartition(":")
