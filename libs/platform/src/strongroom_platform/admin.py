@@ -74,9 +74,10 @@ async def create_admin_token(
 
 
 def read_passwords(directory: Path) -> dict[str, str]:
-    """Role -> password from the files of ``directory`` named after a service role (others are ignored)."""
+    """Role -> password from the files of ``directory`` named after a service role or a role of an
+    installed schema, e.g. the REST edge's ``strongroom_api`` (others are ignored)."""
     passwords: dict[str, str] = {}
-    for role in SERVICE_ROLES.values():
+    for role in dict.fromkeys([*SERVICE_ROLES.values(), *(r for spec in installed_specs() for r in spec.roles)]):
         path = directory / role
         if path.is_file():
             password = path.read_text().strip()

@@ -97,6 +97,7 @@ SERVICES = ImageSpec(
         "strongroom-billing",
         "strongroom-gateway",
         "strongroom-restore",
+        "strongroom-api",  # the REST edge (ADR 0052): entry point strongroom-api
     ),
     user=f"{SERVICE_UID}:{SERVICE_UID}",
     cmd=("strongroom-admin", "--help"),
