@@ -324,3 +324,46 @@ async def test_enums_by_name_only_as_the_document_says(
     status, answer, _ = await call(services, method, path, body=body, query=query)
     assert status == 400 and "must be one of" in answer["error"]["message"], answer
     assert not services.calls
+
+
+async def test_if_match_goes_to_the_service_and_a_stale_version_is_412(services: FakeServices) -> None:
+    async def versioned(request: Message) -> Message:
+        if request.etag not in ("", "v1"):  # type: ignore[attr-defined]
+            raise rpc_error(grpc.StatusCode.ABORTED, "instance i-1 changed since etag v0 was read (now v1)")
+        return scheduler_pb2.Instance(instance_id="i-1", etag="v2" if request.etag else "v1")  # type: ignore[attr-defined]
+
+    services.answers["GetInstance"] = scheduler_pb2.Instance(instance_id="i-1", etag="v1")
+    services.answers["UpdateSettings"] = versioned
+    status, _, headers = await call(services, "GET", "/v1/instances/i-1")
+    assert (status, headers["ETag"]) == (200, '"v1"')  # the resource's own version
+    assert (await call(services, "GET", "/v1/instances/i-1", headers={"If-None-Match": '"v1"'}))[0] == 304
+    path = "/v1/instances/i-1/settings"
+    query = [("update_mask", "priority")]
+    body = {"priority": "BACKUP_PRIORITY_HIGH"}
+    status, answer, headers = await call(services, "PATCH", path, body=body, query=query, headers={"If-Match": '"v1"'})
+    assert (status, answer["etag"], headers["ETag"]) == (200, "v2", '"v2"')
+    assert services.calls[-1][1].etag == "v1"  # type: ignore[attr-defined]
+    status, answer, _ = await call(services, "PATCH", path, body=body, query=query, headers={"If-Match": '"v0"'})
+    assert status == 412 and answer["error"]["code"] == "ABORTED" and "changed since etag" in answer["error"]["message"]
+    # the same ABORTED without a precondition stays 409
+    services.answers["UpdateSettings"] = rpc_error(grpc.StatusCode.ABORTED, "conflict")
+    assert (await call(services, "PATCH", path, body=body, query=query))[0] == 409
+    calls = len(services.calls)
+    for header, expected in [
+        ('W/"v1"', 412),  # a weak tag never matches
+        ('"v1", "v2"', 400),
+        ("v1", 400),
+    ]:
+        status, answer, _ = await call(services, "PATCH", path, body=body, query=query, headers={"If-Match": header})
+        assert status == expected, (header, answer)
+    status, answer, _ = await call(
+        services, "PATCH", path, body=body, query=[*query, ("etag", "v9")], headers={"If-Match": '"v1"'}
+    )
+    assert status == 400 and "name different versions" in answer["error"]["message"]
+    assert len(services.calls) == calls  # refused before any service call
+    # an operation whose resource has no version refuses If-Match rather than ignore it
+    status, answer, _ = await call(services, "POST", "/v1/billing/plans", body={}, headers={"If-Match": '"x"'})
+    assert status == 400 and "has no etag" in answer["error"]["message"]
+    services.answers["PauseBackup"] = scheduler_pb2.Instance(instance_id="i-1")
+    assert (await call(services, "POST", "/v1/instances/i-1:pause", body={}, headers={"If-Match": "*"}))[0] == 200
+    assert services.calls[-1][1].etag == ""  # type: ignore[attr-defined]

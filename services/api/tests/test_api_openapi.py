@@ -68,9 +68,18 @@ def test_a_body_with_every_field_leaves_out_those_the_path_carries() -> None:
     pause = document["paths"]["/v1/instances/{instance_id}:pause"]["post"]["requestBody"]
     assert pause["content"]["application/json"]["schema"] == {
         "type": "object",
-        "properties": {},
+        "properties": {"etag": {"type": "string"}},  # the version the caller read, like If-Match
         "additionalProperties": False,
     }
     hold = document["paths"]["/v1/instances/{instance_id}/holds"]["post"]["requestBody"]
     schema = hold["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"kind", "reason"} and schema["required"] == ["reason"]
+
+
+def test_writes_of_a_versioned_resource_document_if_match_and_412() -> None:
+    document = build_document()
+    settings = document["paths"]["/v1/instances/{instance_id}/settings"]["patch"]
+    assert "If-Match" in [p["name"] for p in settings["parameters"]]
+    assert "412" in settings["responses"] and "ETag" in settings["responses"]["200"]["headers"]
+    plan = document["paths"]["/v1/billing/plans"]["post"]  # plans have no version: no If-Match
+    assert "If-Match" not in [p["name"] for p in plan.get("parameters", [])] and "412" not in plan["responses"]

@@ -4,6 +4,7 @@ import datetime as dt
 import hashlib
 
 import pytest
+from etag_check import check_a_stale_etag_changes_nothing
 from scheduler_helpers import (
     activate,
     active_instance,
@@ -540,3 +541,7 @@ def test_enrollment_tokens_never_read_as_a_command_line_option() -> None:
     tokens = {handlers.new_enrollment_token() for _ in range(2000)}
     assert len(tokens) == 2000
     assert all(t.startswith("sre_") and len(t) == 47 and not t.startswith("-") for t in tokens)
+
+
+async def test_a_stale_etag_changes_nothing(deps: Deps) -> None:
+    await check_a_stale_etag_changes_nothing(deps)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
+from etag_check import check_a_stale_etag_changes_nothing
 from scheduler_helpers import active_instance, admin, call, every_job_page, finished_jobs, update_job
 from strongroom.alerts.v1 import alerts_pb2, alerts_pb2_grpc
 from strongroom.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -529,3 +530,7 @@ async def test_preparation_failure_is_published_once_on_postgres(
     payloads = await pool.fetch("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id", INSTANCE_STATUS_CHANGED)
     last = events_pb2.InstanceStatusChanged.FromString(bytes(payloads[-1]["payload"]))
     assert last.status == S.RUNNING_STATUS_PREPARATION_FAILED and "did not enroll" in last.error
+
+
+async def test_a_stale_etag_changes_nothing(pg_deps: Deps) -> None:
+    await check_a_stale_etag_changes_nothing(pg_deps)

@@ -18,6 +18,7 @@ from typing import ClassVar
 import grpc
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
     "FailedPrecondition",
     "InvalidArgument",
@@ -62,6 +63,12 @@ class FailedPrecondition(ServiceError):
     """The request is valid but the current state does not allow it; the message says what would."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(ServiceError):
+    """What the request was based on changed meanwhile (a stale etag); read again, then retry."""
+
+    code = grpc.StatusCode.ABORTED
 
 
 class Unauthenticated(ServiceError):

@@ -8,7 +8,6 @@ renders the answer or the error body. ``http_app`` adapts it to aiohttp.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ import grpc
 from google.protobuf.message import Message
 from strongroom_platform.clock import Clock
 
-from strongroom_api import idempotency
+from strongroom_api import idempotency, preconditions
 from strongroom_api.errors import ApiError, error_body, from_rpc_error
 from strongroom_api.rules import Resolved, Route, Router
 from strongroom_api.transcode import build_request, render
@@ -100,29 +99,23 @@ def _check_content_type(request: HttpRequest) -> None:
         )
 
 
-def etag_of(body: bytes) -> str:
-    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-
-
-def _matches(if_none_match: str, etag: str) -> bool:
-    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return etag in candidates or "*" in candidates
-
-
 async def _call(invoke: Invoke, resolved: Resolved, request: HttpRequest, authorization: str) -> HttpAnswer:
     route = resolved.route
     message = build_request(route, resolved.variables, request.query, request.body)
+    if route.http_method != "get":
+        preconditions.apply_if_match(message, request.headers.get("if-match"), route.operation_id)
     try:
         response = await invoke(route, message, (("authorization", authorization),))
     except grpc.aio.AioRpcError as exc:
-        return error_answer(from_rpc_error(exc))
+        error = from_rpc_error(exc)
+        if error.code == grpc.StatusCode.ABORTED and preconditions.conditional(message):
+            error.http_status = preconditions.STALE  # the resource is not the version the caller read
+        return error_answer(error)
     body = render(response)
-    headers = {"Content-Type": JSON}
-    if route.http_method == "get":
-        etag = etag_of(body)
-        headers["ETag"] = etag
-        if _matches(request.headers.get("if-none-match", ""), etag):
-            return HttpAnswer(304, b"", {"ETag": etag})
+    etag = preconditions.etag_header(response, body)
+    headers = {"Content-Type": JSON, "ETag": etag}
+    if route.http_method == "get" and preconditions.matches_none(request.headers.get("if-none-match", ""), etag):
+        return HttpAnswer(304, b"", {"ETag": etag})
     return HttpAnswer(200, body, headers)
 
 
@@ -139,7 +132,9 @@ async def _idempotent(
     if problem is not None:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, problem)
     scope = idempotency.scope_of(authorization)
-    print_ = idempotency.fingerprint(request.method, request.raw_path, request.query_string, request.body)
+    print_ = idempotency.fingerprint(
+        request.method, request.raw_path, request.query_string, request.body, request.headers.get("if-match", "")
+    )
     claim = await store.claim(scope, key, print_, clock.now())
     if isinstance(claim, idempotency.Replay):
         first = claim.response

@@ -66,10 +66,11 @@ def scope_of(authorization: str) -> str:
     return hashlib.sha256(authorization.encode()).hexdigest()
 
 
-def fingerprint(http_method: str, raw_path: str, query: str, body: bytes) -> str:
-    """What makes two requests "the same request" for one key."""
+def fingerprint(http_method: str, raw_path: str, query: str, body: bytes, if_match: str = "") -> str:
+    """What makes two requests "the same request" for one key (a write's If-Match is part of it)."""
     digest = hashlib.sha256()
-    for part in (http_method.upper().encode(), raw_path.encode(), query.encode()):
+    parts = (http_method.upper().encode(), raw_path.encode(), query.encode())
+    for part in (*parts, *((if_match.encode(),) if if_match else ())):
         digest.update(len(part).to_bytes(8, "big") + part)
     digest.update(body)
     return digest.hexdigest()

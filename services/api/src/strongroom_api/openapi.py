@@ -22,7 +22,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from strongroom_platform.auth import POLICY
 from strongroom_platform.auth.principal import Permission
 
-from strongroom_api import idempotency
+from strongroom_api import idempotency, preconditions
 from strongroom_api.rules import Route, load_routes
 
 TITLE = "Strongroom operator API"
@@ -176,6 +176,19 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
                 },
             }
         )
+    if route.http_method != "get" and preconditions.etag_field(route.method.input_type):
+        parameters.append(
+            {
+                "name": preconditions.HEADER,
+                "in": "header",
+                "required": False,
+                "description": (
+                    "The ETag of the resource as read: the call changes nothing and answers 412 unless the "
+                    "resource is still that version (checked by the service in the writing transaction)."
+                ),
+                "schema": {"type": "string", "pattern": '^(\\*|"[^"]+")$'},
+            }
+        )
     if parameters:
         operation["parameters"] = parameters
     if route.body:
@@ -194,9 +207,15 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
             "content": {"application/json": {"schema": schemas.message(route.method.output_type)}},
         }
     }
-    if route.http_method == "get":
+    if route.http_method == "get" or preconditions.etag_field(route.method.output_type):
         responses["200"]["headers"] = {"ETag": {"schema": {"type": "string"}}}
+    if route.http_method == "get":
         responses["304"] = {"description": "Not modified (If-None-Match matched the ETag)"}
+    if route.http_method != "get" and preconditions.etag_field(route.method.input_type):
+        responses["412"] = {
+            "description": "If-Match (or etag) named a version the resource no longer has; nothing was changed",
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR}"}}},
+        }
     responses["default"] = {
         "description": "An error: the gRPC status code and a message for the caller",
         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR}"}}},

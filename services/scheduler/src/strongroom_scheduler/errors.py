@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from strongroom_platform.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -11,4 +12,12 @@ from strongroom_platform.errors import (
     ServiceError,
 )
 
-__all__ = ["AlreadyExists", "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "ServiceError"]
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ServiceError",
+]

@@ -53,6 +53,7 @@ def instance_to_proto(instance: Instance, now: dt.datetime, zone: dt.tzinfo) -> 
         ),
         activated=instance.activated,
         agent_version=instance.agent_version,
+        etag=instance.etag(now),
     )
     if not instance.activated:
         message.ClearField("activated_at")
@@ -102,7 +103,7 @@ def job_to_proto(job: Job) -> scheduler_pb2.BackupJob:
 class InstanceOp(Protocol):
     """``pause_backup``, ``resume_backup``, ``cancel_backup``."""
 
-    def __call__(self, deps: Deps, instance_id: str, *, call: CallAuth) -> Awaitable[Instance]: ...
+    def __call__(self, deps: Deps, instance_id: str, *, call: CallAuth, etag: str = "") -> Awaitable[Instance]: ...
 
 
 def _settings_input(settings: scheduler_pb2.BackupSettings, fields: set[str]) -> SettingsInput:
@@ -162,7 +163,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def IssueEnrollmentToken(
         self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.ActivateBackupResponse:
-        instance, token = await handlers.issue_enrollment_token(self._deps, request.instance_id, call=current_call())
+        instance, token = await handlers.issue_enrollment_token(
+            self._deps, request.instance_id, call=current_call(), etag=request.etag
+        )
         return scheduler_pb2.ActivateBackupResponse(instance=self._instance(instance), enrollment_token=token)
 
     async def GetInstance(
@@ -196,7 +199,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         request: scheduler_pb2.InstanceRef,
         context: grpc.aio.ServicerContext[object, object],
     ) -> scheduler_pb2.Instance:
-        return self._instance(await op(self._deps, request.instance_id, call=current_call()))
+        return self._instance(await op(self._deps, request.instance_id, call=current_call(), etag=request.etag))
 
     async def PauseBackup(
         self, request: scheduler_pb2.InstanceRef, context: grpc.aio.ServicerContext[object, object]
@@ -218,7 +221,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.Instance:
         mask = list(request.update_mask)
         settings = _settings_input(request.settings, set(mask))
-        instance = await handlers.update_settings(self._deps, request.instance_id, settings, mask, call=current_call())
+        instance = await handlers.update_settings(
+            self._deps, request.instance_id, settings, mask, call=current_call(), etag=request.etag
+        )
         return self._instance(instance)
 
     async def ListJobs(

@@ -37,7 +37,7 @@ from strongroom_platform.telemetry import Metrics, instruments
 from strongroom_platform.zones import DEFAULT_ZONE
 
 from strongroom_scheduler import inventory, schedule, status
-from strongroom_scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from strongroom_scheduler.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from strongroom_scheduler.inventory import DEFAULT_PREPARATION_TIMEOUT
 from strongroom_scheduler.jobs import PRODUCER, start_job
 from strongroom_scheduler.models import (
@@ -130,9 +130,19 @@ def _require_id(value: str, what: str) -> str:
     return value.strip()
 
 
-async def _instance(tx: SchedulerTx, instance_id: str, *, call: CallAuth, for_update: bool = False) -> Instance:
+async def _instance(
+    tx: SchedulerTx,
+    instance_id: str,
+    *,
+    call: CallAuth,
+    for_update: bool = False,
+    etag: str = "",
+    now: dt.datetime | None = None,
+) -> Instance:
     """The instance, if the caller may perform ``call`` on it; an instance of another account is
-    refused exactly like an unknown id."""
+    refused exactly like an unknown id. With ``etag`` (read locked, ``for_update``) it must still be
+    the instance the caller read at ``now`` (``Aborted`` otherwise): the check and the write that
+    follows are one transaction, so no other change slips in between."""
 
     def not_found() -> NotFound:
         return NotFound(f"instance {instance_id} not found")
@@ -141,11 +151,21 @@ async def _instance(tx: SchedulerTx, instance_id: str, *, call: CallAuth, for_up
     if instance is None:
         raise not_found()
     authorize(instance.account_id, not_found, call=call)
+    if etag:
+        assert for_update and now is not None, "an etag is checked on the locked row, at the handler's now"
+        current = instance.etag(now)
+        if etag != current:
+            raise Aborted(
+                f"instance {instance_id} changed since etag {etag} was read (now {current}); nothing was changed: "
+                "read it again and retry"
+            )
     return instance
 
 
-async def _active_instance(tx: SchedulerTx, instance_id: str, *, call: CallAuth) -> Instance:
-    instance = await _instance(tx, instance_id, call=call, for_update=True)
+async def _active_instance(
+    tx: SchedulerTx, instance_id: str, *, call: CallAuth, etag: str = "", now: dt.datetime | None = None
+) -> Instance:
+    instance = await _instance(tx, instance_id, call=call, for_update=True, etag=etag, now=now)
     if instance.canceled:
         raise FailedPrecondition(f"backup of instance {instance_id} was canceled; activate it again to back it up")
     return instance
@@ -303,7 +323,9 @@ def _activated_event(instance: Instance, now: dt.datetime) -> events_pb2.Instanc
     )
 
 
-async def issue_enrollment_token(deps: Deps, instance_id: str, *, call: CallAuth) -> tuple[Instance, str]:
+async def issue_enrollment_token(
+    deps: Deps, instance_id: str, *, call: CallAuth, etag: str = ""
+) -> tuple[Instance, str]:
     """A new one-time enrollment token for an existing, not canceled instance (ADR 0032).
 
     Its agent enrolls with it to the **same** instance id: after a rebuild from the bucket (the
@@ -315,7 +337,7 @@ async def issue_enrollment_token(deps: Deps, instance_id: str, *, call: CallAuth
     token = new_enrollment_token()
     audit.note(instance_id=instance_id)
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id, call=call)
+        instance = await _active_instance(tx, instance_id, call=call, etag=etag, now=now)
         if not instance.activated:
             raise FailedPrecondition(f"backup of instance {instance_id} is not activated; activate it instead")
         if instance.released:
@@ -384,11 +406,11 @@ async def run_backup_now(deps: Deps, instance_id: str, *, call: CallAuth) -> Job
         return job
 
 
-async def pause_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
+async def pause_backup(deps: Deps, instance_id: str, *, call: CallAuth, etag: str = "") -> Instance:
     """Stop scheduling jobs (a running job finishes); idempotent."""
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id, call=call)
+        instance = await _active_instance(tx, instance_id, call=call, etag=etag, now=now)
         _require_activated(instance)
         if not instance.paused:
             before = instance.status(now)
@@ -397,11 +419,11 @@ async def pause_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Insta
         return instance
 
 
-async def resume_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
+async def resume_backup(deps: Deps, instance_id: str, *, call: CallAuth, etag: str = "") -> Instance:
     """Schedule again from the next daily slot after now; idempotent."""
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id, call=call)
+        instance = await _active_instance(tx, instance_id, call=call, etag=etag, now=now)
         _require_activated(instance)
         if instance.paused:
             before = instance.status(now)
@@ -413,7 +435,7 @@ async def resume_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Inst
         return instance
 
 
-async def cancel_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
+async def cancel_backup(deps: Deps, instance_id: str, *, call: CallAuth, etag: str = "") -> Instance:
     """Cancel backup (the seed: deletes every point, stops billing, removes the instance from the
     list, uninstalls the client): ``instance-deactivated`` revokes the agent and tells it to
     uninstall (gateway), hides the versions at once and deletes them when their locks pass
@@ -421,7 +443,7 @@ async def cancel_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Inst
     canceled. The inventory keeps the host: it may be activated again."""
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id, call=call)
+        instance = await _active_instance(tx, instance_id, call=call, etag=etag, now=now)
         before = instance.status(now)
         for job in await tx.unfinished_jobs(instance.instance_id):
             job.status = common_pb2.JOB_STATUS_CANCELED
@@ -440,7 +462,7 @@ async def cancel_backup(deps: Deps, instance_id: str, *, call: CallAuth) -> Inst
 
 
 async def update_settings(
-    deps: Deps, instance_id: str, settings: SettingsInput, mask: list[str], *, call: CallAuth
+    deps: Deps, instance_id: str, settings: SettingsInput, mask: list[str], *, call: CallAuth, etag: str = ""
 ) -> Instance:
     """Change the fields named in ``mask``.
 
@@ -455,7 +477,7 @@ async def update_settings(
     _validate_settings(settings)
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        instance = await _active_instance(tx, instance_id, call=call)
+        instance = await _active_instance(tx, instance_id, call=call, etag=etag, now=now)
         if "priority" in mask:
             assert settings.priority is not None
             instance.priority = settings.priority
@@ -766,12 +788,12 @@ async def register_instances(
     return await inventory.register_instances(deps.store, deps.clock, account_id, records, call=call, zone=deps.zone)
 
 
-async def release_instance(deps: Deps, instance_id: str, *, call: CallAuth) -> Instance:
+async def release_instance(deps: Deps, instance_id: str, *, call: CallAuth, etag: str = "") -> Instance:
     """The inventory says the instance is gone: STOPPED, its jobs stop, its versions stay
     restorable until they expire. Idempotent."""
     now = deps.clock.now()
     async with deps.store.transaction() as tx:
-        instance = await _instance(tx, instance_id, call=call, for_update=True)
+        instance = await _instance(tx, instance_id, call=call, for_update=True, etag=etag, now=now)
         return await inventory.release(tx, instance, now)
 
 

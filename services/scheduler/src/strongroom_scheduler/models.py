@@ -6,7 +6,10 @@ can leave it inconsistent with them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from strongroom.common.v1 import common_pb2
@@ -134,6 +137,12 @@ class Instance:
         if self.succeeded_once:
             return scheduler_pb2.RUNNING_STATUS_RUNNING
         return scheduler_pb2.RUNNING_STATUS_READY
+
+    def etag(self, now: dt.datetime) -> str:
+        """The version a caller read (``Instance.etag``; REST ETag/If-Match): a digest of every stored
+        field and of the status at ``now``, so any change of what the caller saw changes it."""
+        state = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(f"{state}|{self.status(now)}".encode()).hexdigest()[:32]
 
     def status_error(self, now: dt.datetime) -> str:
         """``last_error``, or why preparation failed when the agent never enrolled in time."""
