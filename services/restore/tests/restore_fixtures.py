@@ -100,13 +100,16 @@ async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> N
 
 
 class FakeCatalogService(catalog_pb2_grpc.CatalogServiceServicer):
-    """Knows point p1; any other id is NOT_FOUND, id 'broken' fails INTERNAL."""
+    """Knows point p1; any other id is NOT_FOUND, id 'broken' fails INTERNAL, an id with a NUL
+    INVALID_ARGUMENT (as the catalog's error mapping answers)."""
 
     async def GetPoint(
         self, request: catalog_pb2.GetPointRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> catalog_pb2.Point:
         if request.point_id == "broken":
             await context.abort(grpc.StatusCode.INTERNAL, "database on fire")
+        if "\x00" in request.point_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a text field contains a NUL character")
         if request.point_id != "p1":
             await context.abort(grpc.StatusCode.NOT_FOUND, f"point {request.point_id!r} not found")
         return catalog_pb2.Point(
@@ -136,6 +139,8 @@ class FakeSchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.Instance:
         if request.instance_id == "broken":
             await context.abort(grpc.StatusCode.INTERNAL, "database on fire")
+        if "\x00" in request.instance_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a text field contains a NUL character")
         if request.instance_id not in self.known:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"instance {request.instance_id} not found")
         return scheduler_pb2.Instance(

@@ -17,7 +17,7 @@ from strongroom_platform.auth import Role
 from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.testing import FakeClock, serve_authenticated
 from strongroom_restore.catalog_client import GrpcCatalogClient
-from strongroom_restore.errors import CatalogUnavailable, SchedulerUnavailable
+from strongroom_restore.errors import CatalogUnavailable, InvalidArgument, SchedulerUnavailable
 from strongroom_restore.grpc_api import RestoreServicer, register
 from strongroom_restore.handlers import handle_restore_updated
 from strongroom_restore.scheduler_client import SchedulerInstanceDirectory
@@ -178,6 +178,9 @@ async def test_grpc_catalog_client() -> None:
             assert await client.get_point("p2") is None
             with pytest.raises(CatalogUnavailable, match="database on fire"):
                 await client.get_point("broken")
+            # the caller's bad id is the caller's error, not an outage (was 503 through the edge)
+            with pytest.raises(InvalidArgument, match="point_id: a text field contains a NUL"):
+                await client.get_point("p\x00")
     finally:
         await server.stop(None)
 
@@ -224,6 +227,8 @@ async def test_scheduler_instance_directory() -> None:
             assert await directory.get_instance("i-other") is None
             with pytest.raises(SchedulerUnavailable, match="database on fire"):
                 await directory.get_instance("broken")
+            with pytest.raises(InvalidArgument, match="instance_id: a text field contains a NUL"):
+                await directory.get_instance("i\x00")
     finally:
         await server.stop(None)
 

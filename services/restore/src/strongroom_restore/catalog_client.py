@@ -5,12 +5,14 @@ from __future__ import annotations
 import grpc
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 
-from strongroom_restore.errors import CatalogUnavailable
+from strongroom_restore.errors import CatalogUnavailable, InvalidArgument
 from strongroom_restore.model import CatalogPoint
 
 
 class GrpcCatalogClient:
-    """Asks the catalog service; NOT_FOUND becomes None, any other failure CatalogUnavailable."""
+    """Asks the catalog service; NOT_FOUND becomes None, INVALID_ARGUMENT (the caller's id cannot be
+    one, e.g. it holds a NUL) InvalidArgument with the catalog's message, any other failure
+    CatalogUnavailable."""
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 10.0) -> None:
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
@@ -24,6 +26,8 @@ class GrpcCatalogClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # found by schemathesis (ADR 0055): was 503
+                raise InvalidArgument(f"point_id: {exc.details()}") from None
             raise CatalogUnavailable(f"catalog could not look up point {point_id!r}: {exc.details()}") from exc
         return CatalogPoint(
             point_id=point.point_id,

@@ -9,12 +9,13 @@ from __future__ import annotations
 import grpc
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from strongroom_restore.errors import SchedulerUnavailable
+from strongroom_restore.errors import InvalidArgument, SchedulerUnavailable
 from strongroom_restore.model import InstanceFacts
 
 
 class SchedulerInstanceDirectory:
-    """Asks the scheduler; NOT_FOUND becomes None, any other failure SchedulerUnavailable."""
+    """Asks the scheduler; NOT_FOUND becomes None, INVALID_ARGUMENT (the caller's id cannot be one)
+    InvalidArgument with the scheduler's message, any other failure SchedulerUnavailable."""
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 10.0) -> None:
         self._stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
@@ -28,6 +29,8 @@ class SchedulerInstanceDirectory:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(f"instance_id: {exc.details()}") from None
             raise SchedulerUnavailable(
                 f"scheduler could not look up instance {instance_id!r}: {exc.details()}"
             ) from exc
