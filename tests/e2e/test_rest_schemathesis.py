@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from strongroom_api.rules import load_routes
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CA_CERT_FILE
 from strongroom_testing.fixtures import PgLogins, S3Config
@@ -34,11 +36,13 @@ CHECKS = (
 )
 EXAMPLES = 6  # per operation and phase: about 600 requests for the ~50 operations
 SEED = 55
-RUN_SECONDS = 150
+RUN_SECONDS = 150  # the run takes about 25-55 s on the shared machine
 
 
 @pytest.fixture
-async def platform(stack_kafka: str, pg_logins: PgLogins, s3_config: S3Config, tmp_path: Path) -> AsyncIterator[Platform]:
+async def platform(
+    stack_kafka: str, pg_logins: PgLogins, s3_config: S3Config, tmp_path: Path
+) -> AsyncIterator[Platform]:
     async with running_platform(stack_kafka, pg_logins, tmp_path, s3_settings(s3_config), edge=True) as running:
         yield running
 
@@ -87,5 +91,6 @@ async def test_the_document_holds_for_generated_requests(platform: Platform, tmp
     text = output.decode(errors="replace")
     took = time.monotonic() - started
     sys.stderr.write(text[-6000:] + f"\nschemathesis took {took:.1f}s\n")
-    assert process.returncode == 0, text[-20000:]
-    assert "No issues found" in text or "0 failures" in text or "passed" in text, text[-4000:]
+    assert process.returncode == 0, text[-20000:]  # schemathesis exits 1 on any failed check
+    tested = re.search(r"Tested: (\d+)", text)
+    assert tested is not None and int(tested.group(1)) == len(load_routes()), text[-4000:]  # every operation ran

@@ -313,6 +313,17 @@ def audit_record(clock: FakeClock, account: str = "acme") -> events_pb2.AuditRec
     )
 
 
+async def test_an_audit_record_naming_a_nul_is_kept_with_it_shown(pg_deps: Deps, clock: FakeClock) -> None:
+    account = f"acct-{random.getrandbits(32)}"
+    event = audit_record(clock, account)
+    event.resources["point_id"] = "p\x00-1"
+    event.result_code, event.result_message = "INVALID_ARGUMENT", "point_id: bad\x00"
+    await handlers.handle_audit_recorded(event, pg_deps)  # was: refused by PostgreSQL, dead-lettered
+    query = {"page_size": 0, "page_token": "", "since": None, "until": None, "subject": ""}
+    [kept], _ = await handlers.list_audit_events(pg_deps, account, call=call("ActivateBackup", admin(account)), **query)  # type: ignore[arg-type]
+    assert kept.resources["point_id"] == "p\\0-1" and kept.result_message == "point_id: bad\\0"
+
+
 async def test_the_audit_table_keeps_each_record_once_and_refuses_changes(
     pg_deps: Deps, pool: asyncpg.Pool, clock: FakeClock, pg_logins: PgLogins
 ) -> None:

@@ -112,10 +112,11 @@ async def _call(invoke: Invoke, resolved: Resolved, request: HttpRequest, author
             error.http_status = preconditions.STALE  # the resource is not the version the caller read
         return error_answer(error)
     body = render(response)
-    etag = preconditions.etag_header(response, body)
-    headers = {"Content-Type": JSON, "ETag": etag}
-    if route.http_method == "get" and preconditions.matches_none(request.headers.get("if-none-match", ""), etag):
-        return HttpAnswer(304, b"", {"ETag": etag})
+    headers = {"Content-Type": JSON}
+    if route.http_method == "get" or preconditions.versioned(response):
+        etag = headers["ETag"] = preconditions.etag_header(response, body)
+        if route.http_method == "get" and preconditions.matches_none(request.headers.get("if-none-match", ""), etag):
+            return HttpAnswer(304, b"", {"ETag": etag})
     return HttpAnswer(200, body, headers)
 
 

@@ -34,10 +34,15 @@ def etag_field(descriptor: Descriptor) -> bool:
     return field is not None and field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated
 
 
+def versioned(message: Message) -> bool:
+    """Whether ``message`` is a resource with a version (a non-empty ``etag``)."""
+    return etag_field(_descriptor(message)) and bool(getattr(message, FIELD))
+
+
 def etag_header(response: Message, body: bytes) -> str:
     """The ETag of an answer: the resource's own etag when it has one, else a digest of the body."""
-    if etag_field(_descriptor(response)) and (version := getattr(response, FIELD)):
-        return f'"{version}"'
+    if versioned(response):
+        return f'"{getattr(response, FIELD)}"'
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
@@ -75,4 +80,4 @@ def apply_if_match(request: Message, if_match: str | None, operation: str) -> No
 
 def conditional(request: Message) -> bool:
     """Whether the request names the version it applies to (its ABORTED then means "stale": 412)."""
-    return etag_field(_descriptor(request)) and bool(getattr(request, FIELD))
+    return versioned(request)

@@ -260,6 +260,12 @@ class PgSchedulerTx(PgTransaction):
         return count
 
     async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
+        # A refused request may name a NUL (found by schemathesis through the edge, ADR 0055);
+        # PostgreSQL text and jsonb cannot hold one, and the trail must keep the record: "\0" shows it.
+        def text(value: str) -> str:
+            return value.replace("\x00", "\\0")
+
+        resources = {text(k): text(v) for k, v in event.resources.items()}
         await self._conn.execute(
             "INSERT INTO audit_events (event_id, occurred_at, service, subject, principal_kind, account_ids,"
             " method, verb, resources, result_code, result_message)"
@@ -268,14 +274,14 @@ class PgSchedulerTx(PgTransaction):
             event.meta.event_id,
             from_timestamp(event.meta.occurred_at),
             event.meta.producer,
-            event.subject,
+            text(event.subject),
             event.principal_kind,
-            list(event.account_ids),
-            event.method,
-            event.verb,
-            json.dumps(dict(event.resources), sort_keys=True),
+            [text(a) for a in event.account_ids],
+            text(event.method),
+            text(event.verb),
+            json.dumps(resources, sort_keys=True),
             event.result_code,
-            event.result_message,
+            text(event.result_message),
         )
 
     async def list_audit_events(self, query: AuditQuery) -> list[events_pb2.AuditRecorded]:
