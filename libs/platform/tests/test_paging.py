@@ -5,7 +5,7 @@ import base64
 import pytest
 from strongroom_platform.clock import utc
 from strongroom_platform.errors import InvalidArgument
-from strongroom_platform.paging import keyset_page, page_size, position_token, token_position
+from strongroom_platform.paging import keyset_page, keyset_slice, page_size, position_token, token_position
 
 
 def test_a_position_round_trips_and_the_first_page_has_none() -> None:
@@ -42,3 +42,12 @@ def test_keyset_page_tells_the_last_page_by_the_extra_row() -> None:
     page, token = keyset_page(rows, 2, lambda r: r)
     assert page == rows[:2] and token_position(token) == (at, "b")
     assert keyset_page([], 2, lambda r: r) == ([], "")
+
+
+def test_keyset_slice_orders_ids_bytewise_and_starts_strictly_after() -> None:
+    at, later = utc(2026, 3, 1), utc(2026, 3, 2)
+    rows = [(later, "x"), (at, "b"), (at, "B"), (at, "\u00e9"), (at, "a")]
+    assert keyset_slice(rows, lambda r: r, None) == [(at, "B"), (at, "a"), (at, "b"), (at, "\u00e9"), (later, "x")]
+    assert keyset_slice(rows, lambda r: r, (at, "a"), limit=2) == [(at, "b"), (at, "\u00e9")]
+    assert keyset_slice(rows, lambda r: r, (at, "b"), descending=True) == [(at, "a"), (at, "B")]
+    assert keyset_slice(rows, lambda r: r, (later, "x")) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import secrets
@@ -24,6 +23,7 @@ from strongroom_platform.pg_roles import LoginRefused, login_dsn, migrate_schema
 from strongroom_platform.testing import FakeClock
 from strongroom_testing.fixtures import PgLogins
 from test_api_edge import FakeServices
+from test_api_process import running_edge
 
 pytestmark = pytest.mark.integration
 
@@ -105,24 +105,8 @@ def bootstrap_backends() -> tuple[str, ...]:
     return ("scheduler", "catalog", "restore", "billing", "gateway")
 
 
-@contextlib.asynccontextmanager
-async def edge(settings: Settings, services: FakeServices, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[str]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(bootstrap.run(settings, stop, clock=FakeClock(T0), invoke=services))
-    try:
-        for _ in range(500):
-            out = capsys.readouterr().out
-            if "LISTENING api " in out:
-                yield "http://" + out.split("LISTENING api ", 1)[1].split()[0]
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the edge did not announce its address")
-    finally:
-        stop.set()
-        await task
+def edge(settings: Settings, services: FakeServices, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[str]:
+    return running_edge(settings, capsys, clock=FakeClock(T0), invoke=services)  # yields host:port
 
 
 async def test_two_edges_share_keys_one_effect_a_replay_and_422(
@@ -144,10 +128,11 @@ async def test_two_edges_share_keys_one_effect_a_replay_and_422(
     }
     path = "/v1/instances/i-1:backupNow"
     async with (
-        edge(edge_settings(api_dsn, migrate_dsn=pg_logins.owner), services, capsys) as first,
-        edge(edge_settings(api_dsn), services, capsys) as second,
+        edge(edge_settings(api_dsn, migrate_dsn=pg_logins.owner), services, capsys) as first_address,
+        edge(edge_settings(api_dsn), services, capsys) as second_address,
         aiohttp.ClientSession() as http,
     ):
+        first, second = f"http://{first_address}", f"http://{second_address}"
         running = asyncio.create_task(http.post(first + path, headers=headers, data=b"{}"))
         for _ in range(200):  # the first edge has claimed the key and called the service
             if services.calls:

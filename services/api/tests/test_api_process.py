@@ -20,6 +20,7 @@ import yarl
 from strongroom.billing.v1 import billing_pb2, billing_pb2_grpc
 from strongroom_api import bootstrap
 from strongroom_api.backends import GrpcInvoker, open_channel
+from strongroom_api.edge import Invoke
 from strongroom_api.rules import Router, load_routes
 from strongroom_api.settings import Settings
 from strongroom_platform.settings import SettingsError
@@ -56,9 +57,16 @@ async def grpc_billing(pki: LocalPki, servicer: Billing) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def running_edge(settings: Settings, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[str]:
+async def running_edge(
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    clock: FakeClock | None = None,
+    invoke: Invoke | None = None,
+) -> AsyncIterator[str]:
+    """The edge serving until the block ends; yields the host:port it announced."""
     stop = asyncio.Event()
-    task = asyncio.create_task(bootstrap.run(settings, stop, clock=FakeClock()))
+    task = asyncio.create_task(bootstrap.run(settings, stop, clock=clock or FakeClock(), invoke=invoke))
     try:
         for _ in range(200):
             out = capsys.readouterr().out

@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from strongroom_platform.errors import InvalidArgument
 
@@ -47,6 +47,27 @@ def page_size(requested: int, default: int, maximum: int) -> int:
     if requested < 0:
         raise InvalidArgument("page_size must not be negative")
     return min(requested or default, maximum)
+
+
+def keyset_slice(
+    items: Iterable[T],
+    position: Callable[[T], tuple[Any, str]],
+    after: tuple[Any, str] | None,
+    *,
+    descending: bool = False,
+    limit: int | None = None,
+) -> list[T]:
+    """What a repository's keyset query returns, for the in-memory fakes: ``items`` ordered by
+    ``position`` (an orderable value, then an id compared bytewise as ``COLLATE "C"``), only those
+    strictly after ``after`` in that order, at most ``limit`` (None: all)."""
+
+    def key(item: T) -> tuple[Any, bytes]:
+        at, ident = position(item)
+        return at, ident.encode()
+
+    start = None if after is None else (after[0], after[1].encode())
+    found = [i for i in items if start is None or (key(i) < start if descending else key(i) > start)]
+    return sorted(found, key=key, reverse=descending)[:limit]
 
 
 def keyset_page(found: Sequence[T], size: int, position: Callable[[T], tuple[dt.datetime, str]]) -> tuple[list[T], str]:

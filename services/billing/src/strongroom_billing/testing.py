@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from strongroom_platform.paging import keyset_slice
 from strongroom_platform.testing import InMemoryTransactions, claim_once
 
 from strongroom_billing.ledger import AccountDay, InstanceCharge, Plan, PlanBalance
@@ -220,18 +221,12 @@ class InMemoryBillingTx:
     async def plans(
         self, account_id: str, *, after: tuple[dt.date, str] | None = None, limit: int | None = None
     ) -> list[Plan]:
-        def position(p: Plan) -> tuple[dt.date, bytes]:
-            return p.ends_on, p.plan_id.encode()  # bytewise ids, as COLLATE "C"
-
-        start = None if after is None else (after[0], after[1].encode())
-        return sorted(
-            (
-                dataclasses.replace(p, used_gib_days=self._used(p.plan_id))
-                for p in self._s.plans.values()
-                if p.account_id == account_id and (start is None or position(p) > start)
-            ),
-            key=position,
-        )[:limit]
+        mine = (
+            dataclasses.replace(p, used_gib_days=self._used(p.plan_id))
+            for p in self._s.plans.values()
+            if p.account_id == account_id
+        )
+        return keyset_slice(mine, lambda p: (p.ends_on, p.plan_id), after, limit=limit)
 
 
 class InMemoryBillingStore(InMemoryTransactions[_State]):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 from strongroom_platform.clock import Clock
+from strongroom_platform.paging import keyset_slice
 from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
 from strongroom_catalog.model import (
@@ -219,18 +220,8 @@ class InMemoryCatalogTx:
         after: tuple[dt.datetime, str] | None = None,
         limit: int | None = None,
     ) -> list[Hold]:
-        def position(h: Hold) -> tuple[dt.datetime, bytes]:
-            return h.placed_at, h.hold_id.encode()  # bytewise ids, as COLLATE "C"
-
-        start = None if after is None else (after[0], after[1].encode())
-        found = [
-            h
-            for h in self._s.holds.values()
-            if h.instance_id == instance_id
-            and (include_released or h.active)
-            and (start is None or position(h) > start)
-        ]
-        return sorted(found, key=position)[:limit]
+        found = (h for h in self._s.holds.values() if h.instance_id == instance_id and (include_released or h.active))
+        return keyset_slice(found, lambda h: (h.placed_at, h.hold_id), after, limit=limit)
 
     async def search_lineage(self, instance_id: str, account_id: str, mount_point: str) -> tuple[int, int]:
         s = self._s

@@ -21,6 +21,7 @@ from typing import Protocol
 from strongroom_platform.auth.principal import Principal, Role, operator
 from strongroom_platform.clock import Clock
 from strongroom_platform.errors import Unauthenticated
+from strongroom_platform.paging import keyset_slice
 
 TOKEN_PREFIX = "srt_"
 MAX_TOKEN_LIFETIME = dt.timedelta(days=366)
@@ -166,12 +167,8 @@ class InMemoryTokenStore:
     async def list(
         self, account_id: str, *, after: tuple[dt.datetime, str] | None = None, limit: int | None = None
     ) -> list[TokenRecord]:
-        def position(r: TokenRecord) -> tuple[dt.datetime, bytes]:
-            return r.created_at, r.token_id.encode()  # bytewise ids, as COLLATE "C"
-
-        start = None if after is None else (after[0], after[1].encode())
-        found = [r for r in self._records.values() if account_id in r.grants and (start is None or position(r) < start)]
-        return sorted(found, key=position, reverse=True)[:limit]
+        mine = (r for r in self._records.values() if account_id in r.grants)
+        return keyset_slice(mine, lambda r: (r.created_at, r.token_id), after, descending=True, limit=limit)
 
     async def revoke(self, token_id: str, at: dt.datetime) -> TokenRecord | None:
         record = self._records.get(token_id)

@@ -8,6 +8,8 @@ import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from strongroom_platform.paging import keyset_slice
+
 from strongroom_gateway.ports import ChunkLocation, Pack, Point
 from strongroom_gateway.testing import InMemoryGatewayStore, InMemoryGatewayTx, _State
 from strongroom_gateway.verify.model import (
@@ -81,18 +83,12 @@ class InMemoryVerifyTx(InMemoryGatewayTx):
     async def list_verifications(
         self, account_id: str, instance_id: str | None, limit: int, after: tuple[dt.datetime, str] | None = None
     ) -> list[Verification]:
-        def position(v: Verification) -> tuple[dt.datetime, bytes]:
-            return v.created_at, v.verification_id.encode()  # bytewise ids, as COLLATE "C"
-
-        start = None if after is None else (after[0], after[1].encode())
-        found = [
+        found = (
             v
             for v in self._v.verifications.values()
-            if v.account_id == account_id
-            and (instance_id is None or v.instance_id == instance_id)
-            and (start is None or position(v) < start)
-        ]
-        return sorted(found, key=position, reverse=True)[:limit]
+            if v.account_id == account_id and (instance_id is None or v.instance_id == instance_id)
+        )
+        return keyset_slice(found, lambda v: (v.created_at, v.verification_id), after, descending=True, limit=limit)
 
     async def claim_verification(self, owner: str, now: dt.datetime, lease_until: dt.datetime) -> Verification | None:
         candidates = [

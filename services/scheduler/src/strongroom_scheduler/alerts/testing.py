@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from strongroom_platform.paging import keyset_slice
 from strongroom_platform.testing import InMemoryTransactions, claim_once
 
 from strongroom_scheduler.alerts.model import (
@@ -45,12 +46,8 @@ class InMemoryAlertTx:
     async def list_subscriptions(
         self, account_id: str, *, after: tuple[dt.datetime, str] | None = None, limit: int | None = None
     ) -> list[Subscription]:
-        found = [
-            s
-            for s in self._s.subscriptions.values()
-            if s.account_id == account_id and (after is None or (s.created_at, s.subscription_id) > after)
-        ]
-        return sorted(found, key=lambda s: (s.created_at, s.subscription_id))[:limit]
+        mine = (s for s in self._s.subscriptions.values() if s.account_id == account_id)
+        return keyset_slice(mine, lambda s: (s.created_at, s.subscription_id), after, limit=limit)
 
     async def get_subscription(self, subscription_id: str) -> Subscription | None:
         return self._s.subscriptions.get(subscription_id)
@@ -122,14 +119,10 @@ class InMemoryAlertTx:
     async def list_deliveries(
         self, account_id: str, state: int | None, limit: int, after: tuple[dt.datetime, str] | None = None
     ) -> list[Delivery]:
-        found = [
-            d
-            for d in self._s.deliveries.values()
-            if d.account_id == account_id
-            and (state is None or d.state == state)
-            and (after is None or (d.created_at, d.delivery_id) < after)
-        ]
-        return sorted(found, key=lambda d: (d.created_at, d.delivery_id), reverse=True)[:limit]
+        found = (
+            d for d in self._s.deliveries.values() if d.account_id == account_id and (state is None or d.state == state)
+        )
+        return keyset_slice(found, lambda d: (d.created_at, d.delivery_id), after, descending=True, limit=limit)
 
     async def claim_due(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Outgoing]:
         due = sorted(
