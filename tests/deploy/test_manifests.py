@@ -81,7 +81,7 @@ def test_only_the_gateway_gets_the_master_key_and_the_s3_identity(
 def test_every_service_pod_is_locked_down_and_probed(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     deployments = _of(rendered[overlay], "Deployment")
     assert sorted(d["metadata"]["name"] for d in deployments) == [
-        f"strongroom-{s}" for s in ("billing", "catalog", "gateway", "restore", "scheduler")
+        f"strongroom-{s}" for s in ("api", "billing", "catalog", "gateway", "restore", "scheduler")
     ]
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]
@@ -89,8 +89,14 @@ def test_every_service_pod_is_locked_down_and_probed(rendered: dict[str, list[di
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            assert container[probe]["grpc"] == {"port": 8086}, (deployment["metadata"]["name"], probe)
+        if deployment["metadata"]["name"] == "strongroom-api":  # the REST edge speaks HTTPS (ADR 0055)
+            healthz = {"port": "https", "path": "/healthz", "scheme": "HTTPS"}
+            assert container["readinessProbe"]["httpGet"] == container["startupProbe"]["httpGet"] == healthz
+            assert container["livenessProbe"]["tcpSocket"] == {"port": "https"}
+            assert deployment["spec"]["replicas"] == 2
+        else:
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                assert container[probe]["grpc"] == {"port": 8086}, (deployment["metadata"]["name"], probe)
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/var/lib/strongroom", "/tmp"} <= mounts and container["workingDir"] == "/var/lib/strongroom"
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -125,3 +131,35 @@ def test_every_kustomization_under_deploy_is_found() -> None:
     found = {str(p.relative_to(REPO)) for p in check.kustomizations()}
     expected = {str(p.parent.relative_to(REPO)) for p in Path(REPO / "deploy").rglob("kustomization.yaml")}
     assert found == expected and {"deploy/base", "deploy/overlays/dev", "deploy/overlays/production"} <= found
+
+
+def test_the_rest_edge_is_reachable_from_the_ingress_only_and_reaches_only_the_services(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objects = rendered["production"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in _of(objects, "NetworkPolicy")}
+    ingress = policies["strongroom-api-ingress"]["ingress"]
+    sources = {
+        r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]: r["ports"] for r in ingress
+    }
+    assert sources == {
+        "ingress-nginx": [{"protocol": "TCP", "port": 8443}],
+        "monitoring": [{"protocol": "TCP", "port": 9464}],
+    }
+    egress = policies["strongroom-api-egress"]["egress"]
+    service_ports = sorted(
+        r["ports"][0]["port"]
+        for r in egress
+        if "to" in r and "podSelector" in r["to"][0] and "namespaceSelector" not in r["to"][0]
+    )
+    assert service_ports == [50051, 50052, 50053, 50054, 50055]
+    # the platform's wide egress policy leaves the edge out
+    general = policies["strongroom-egress"]["podSelector"]
+    assert {"key": "app.kubernetes.io/component", "operator": "NotIn", "values": ["api"]} in general["matchExpressions"]
+    budgets = {b["metadata"]["name"]: b["spec"] for b in _of(objects, "PodDisruptionBudget")}
+    assert budgets["strongroom-api"]["minAvailable"] == 1
+    (deployment,) = [d for d in _of(objects, "Deployment") if d["metadata"]["name"] == "strongroom-api"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["strongroom-api"]
+    secrets = [e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e]
+    assert secrets == ["strongroom-pg-api"]  # its own database role, no service's secret
