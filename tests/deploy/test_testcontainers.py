@@ -50,10 +50,11 @@ def test_services_image_runs_as_10001_and_its_entry_points_start() -> None:
     with DockerContainer(ref).with_command("id -u") as container:
         _wait_exit(container)
         assert container.get_logs()[0].decode().strip() == "10001"
-    with DockerContainer(ref).with_command("strongroom-scheduler") as container:
-        code = _wait_exit(container)
-        out, err = container.get_logs()
-        assert code == 2 and b"STRONGROOM_" in out + err  # settings refused, one line, before anything starts
+    for entry_point in ("strongroom-scheduler", "strongroom-api"):  # the REST edge ships in it too (ADR 0055)
+        with DockerContainer(ref).with_command(entry_point) as container:
+            code = _wait_exit(container)
+            out, err = container.get_logs()
+            assert code == 2 and b"STRONGROOM_" in out + err  # settings refused, one line, before anything starts
 
 
 def _wait_exit(container: object, within: float = 60.0) -> int:
