@@ -84,8 +84,8 @@ async def test_the_document_holds_for_generated_requests(platform: Platform, tmp
     ]
     env = {**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""}
     started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    process = await asyncio.create_subprocess_exec(  # in tmp_path: its cache stays out of the work tree
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=tmp_path
     )
     output, _ = await asyncio.wait_for(process.communicate(), RUN_SECONDS + 120)
     text = output.decode(errors="replace")
