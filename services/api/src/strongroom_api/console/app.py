@@ -38,10 +38,11 @@ def build_console(  # noqa: C901 - one small closure per route
     gateway: str,
     timeout: float = 30.0,
     sessions: SessionStore | None = None,
+    services: Services | None = None,
 ) -> web.Application:
-    """The aiohttp application to mount at ``/console/``."""
+    """The aiohttp application to mount at ``/console/``; ``services`` (tests) replaces the stubs on ``channels``."""
     console = Console(
-        services=Services(channels, timeout=timeout),
+        services=services or Services(channels, timeout=timeout),
         sessions=sessions or SessionStore(),
         clock=clock,
         secure_cookies=secure_cookies,

@@ -135,6 +135,8 @@ class Console:
         self.env = templates()
 
     def html(self, name: str, status: int = 200, **values: Any) -> web.Response:
+        values.setdefault("session", None)
+        values.setdefault("flash", [])
         body = self.env.get_template(name).render(**values)
         response = web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
         response.headers["Cache-Control"] = "no-store"
@@ -156,7 +158,7 @@ class Console:
             when=lambda ts: views.when(ts, ctx.zone),
             when_ns=lambda ns: views.when_ns(ns, ctx.zone),
             flash=flash,
-            path=ctx.request.path_qs,
+            current_url=ctx.request.path_qs,
             **values,
         )
 
@@ -231,8 +233,10 @@ async def guard(
     """Security headers on every answer; an unexpected exception is a generic page, logged."""
     try:
         response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
+    except web.HTTPException as exc:  # redirects are raised: they get the headers too
+        for key, value in SECURITY_HEADERS.items():
+            exc.headers.setdefault(key, value)
+        raise
     except Exception:
         log.exception("console %s %s failed", request.method, request.path)
         response = web.Response(
