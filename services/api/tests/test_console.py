@@ -93,7 +93,7 @@ class FakeServices(Services):
         self.called: list[str] = []
 
         def rpc(name: str, answer: Callable[[Any], Any]) -> Callable[..., Awaitable[Any]]:
-            async def call(request: Any, *, metadata: tuple[tuple[str, str], ...], timeout: float) -> Any:
+            async def call(request: Any, *, metadata: tuple[tuple[str, str], ...], timeout: float) -> Any:  # noqa: ASYNC109 - gRPC's signature
                 token = dict(metadata)["authorization"].removeprefix("Bearer ")
                 if token not in (ADMIN, VIEWER):
                     raise FakeError(grpc.StatusCode.UNAUTHENTICATED, "the token is not valid")
@@ -194,7 +194,7 @@ class FakeServices(Services):
                 subject=f"token:{token[:8]}", grants=[auth_pb2.Grant(account_id="acme", role=role)]
             )
 
-        async def whoami_call(request: Any, *, metadata: tuple[tuple[str, str], ...], timeout: float) -> Any:
+        async def whoami_call(request: Any, *, metadata: tuple[tuple[str, str], ...], timeout: float) -> Any:  # noqa: ASYNC109 - gRPC's signature
             self._last_token = dict(metadata)["authorization"].removeprefix("Bearer ")
             return await rpc("WhoAmI", whoami)(request, metadata=metadata, timeout=timeout)
 
