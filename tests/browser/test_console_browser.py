@@ -158,10 +158,10 @@ async def test_console_in_a_real_browser(
         # versions, then browse the point
         await reload_until(page, page.get_by_role("link", name="Browse"))
         await page.get_by_role("link", name="Browse").first.click()
-        await page.get_by_role("link", name=re.compile("etc/")).click()
-        await page.get_by_role("link", name=re.compile("app/")).click()
+        await page.locator("a.dir", has_text="etc").click()
+        await page.locator("a.dir", has_text="app").click()
         row = page.locator("tr", has_text="config.yaml")
-        await expect(row).to_contain_text("22 B")
+        await expect(row).to_contain_text("21 B")
         await shot(page, "browse")
 
         # the restore wizard: include one file, another path, preview, then start
@@ -220,8 +220,15 @@ async def test_console_in_a_real_browser(
         await shot(viewer_page, "viewer-instance")
         csrf = await viewer_page.locator("form.logout input[name=csrf]").get_attribute("value")
         assert csrf
-        forged = await viewer_page.request.post(f"{instance_url}/backup", form={"csrf": csrf})
-        assert forged.status == 403 and "can read account" in await forged.text()
+        # the forged POST: from the viewer's own page, with its session cookie and its valid CSRF token
+        status, text = await viewer_page.evaluate(
+            """async ([url, csrf]) => {
+                const answer = await fetch(url, {method: "POST", body: new URLSearchParams({csrf})});
+                return [answer.status, await answer.text()];
+            }""",
+            [f"{instance_url}/backup", csrf],
+        )
+        assert status == 403 and "can read account" in text, (status, text)
         await viewer_page.goto(f"{base}/console/points/none/restore")
         await shot(viewer_page, "viewer-error")
         await expect(viewer_page.locator("main")).to_contain_text("not found")

@@ -53,9 +53,10 @@ def register(app: web.Application, console: Console) -> None:  # noqa: C901 - on
 
     @get("/")
     async def overview(ctx: Ctx) -> web.StreamResponse:
-        region = ctx.request.query.get("region", "")
         instances = await _instances(ctx)
         regions = sorted({i.region for i in instances if i.region})
+        # The seed: a region is selected at the top of the page (the first one until the user chooses).
+        region = ctx.request.query.get("region", regions[0] if regions else "")
         here, everywhere = await asyncio.gather(
             ctx.call(
                 ctx.services.billing.GetOverview, billing_pb2.GetOverviewRequest(account_id=ctx.account, region=region)
