@@ -9,10 +9,12 @@ import hashlib
 import importlib.resources
 import json
 import re
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import grpc
 import markupsafe
 import pytest
@@ -31,6 +33,9 @@ from strongroom_api.console import build_console, views
 from strongroom_api.console.client import Services
 from strongroom_api.console.sessions import Grant, SessionStore
 from strongroom_platform.testing import FakeClock
+from test_api_process import BACKENDS, pki, running_edge, settings_for
+
+__all__ = ["pki"]  # a fixture of the edge's process tests, used here too
 
 NOW = dt.datetime(2026, 12, 6, 10, 0, tzinfo=dt.UTC)
 ADMIN, VIEWER = "sr_admin_secret", "sr_viewer_secret"
@@ -375,3 +380,24 @@ def test_the_vendored_htmx_is_the_pinned_file() -> None:
     assert pin["package"] == "htmx.org" and pin["integrity"].startswith("sha512-")
     assert hashlib.sha256(script).hexdigest() == pin["sha256"]
     assert (static / "htmx.LICENSE.txt").read_text().startswith(("BSD", "Zero-Clause BSD"))
+
+
+async def test_the_edge_process_serves_the_console_beside_the_api(pki: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Mounted by the composition root on the HTTPS listener; the REST routes are untouched, and a
+    service that cannot be reached is a readable sign-in error, not a traceback."""
+    async with running_edge(settings_for(pki, BACKENDS), capsys) as address:
+        context = ssl.create_default_context(cafile=str(pki.ca_file))
+        async with aiohttp.ClientSession(f"https://{address}") as session:
+            async with session.get("/console", ssl=context, allow_redirects=False) as response:
+                assert response.status == 303 and response.headers["Location"] == "/console/"
+            async with session.get("/console/login", ssl=context) as response:
+                assert response.status == 200 and response.content_type == "text/html"
+                assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+                assert 'name="token"' in await response.text()
+            async with session.get("/console/static/htmx.min.js", ssl=context) as response:
+                assert response.status == 200 and response.content_type == "text/javascript"
+            async with session.post("/console/login", data={"token": "sr_x"}, ssl=context) as response:
+                assert response.status == 503 and "the service is unavailable" in await response.text()
+                assert "Set-Cookie" not in response.headers
+            async with session.get("/v1/instances", ssl=context) as response:
+                assert response.status == 401 and (await response.json())["error"]["code"] == "UNAUTHENTICATED"

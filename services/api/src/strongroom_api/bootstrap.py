@@ -110,7 +110,6 @@ async def run(
                     timeout=settings.call_timeout,
                 ),
             )
-            app.router.add_get(console.PREFIX, console.redirect_to_console)
         context = None
         if not settings.insecure_plaintext and settings.tls is not None:
             context = server_ssl_context(settings.tls)

@@ -122,8 +122,3 @@ def build_console(  # noqa: C901 - one small closure per route
     app.router.add_get("/static/{name}", static_file)
     pages.register(app, console)
     return app
-
-
-async def redirect_to_console(request: web.Request) -> web.StreamResponse:
-    """``/console`` → ``/console/``."""
-    raise web.HTTPSeeOther(f"{PREFIX}/")

@@ -230,8 +230,11 @@ class Console:
 async def guard(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Security headers on every answer; an unexpected exception is a generic page, logged."""
+    """Security headers on every answer; an unexpected exception is a generic page, logged;
+    ``/console`` itself goes to ``/console/``."""
     try:
+        if request.path == PREFIX:
+            raise web.HTTPSeeOther(PREFIX + "/")
         response = await handler(request)
     except web.HTTPException as exc:  # redirects are raised: they get the headers too
         for key, value in SECURITY_HEADERS.items():
