@@ -401,3 +401,15 @@ async def test_the_edge_process_serves_the_console_beside_the_api(pki: Any, caps
                 assert "Set-Cookie" not in response.headers
             async with session.get("/v1/instances", ssl=context) as response:
                 assert response.status == 401 and (await response.json())["error"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_times_are_shown_in_the_zone_the_user_chooses(console: Any) -> None:
+    client, _ = console
+    csrf = await login(client, ADMIN)
+    chosen = await client.post(
+        "/console/preferences", data={"csrf": csrf, "zone": "Europe/Berlin", "back": "/console/instances/i-1"}
+    )
+    text = await chosen.text()
+    assert chosen.status == 200 and "Created (Europe/Berlin)" in text and "2026-12-06 11:00:00" in text
+    bad = await client.post("/console/preferences", data={"csrf": csrf, "zone": "Mars/Base", "back": "//evil"})
+    assert bad.url.path == "/console/" and "Zone not changed" in await bad.text()
