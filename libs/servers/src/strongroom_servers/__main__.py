@@ -62,8 +62,6 @@ def _prefetch(only: Sequence[str] | None) -> int:
     jobs: dict[str, Callable[[], Path]] = {
         "kafka": lambda: ensure_kafka_libs(KAFKA_VERSION),
         "s3": lambda: ensure_versitygw(VERSITYGW_VERSION),
-        # The console's browser tests drive Debian's chromium (ADR 0054); apt-get installs it when root.
-        "chromium": lambda: Path(debian_tool("chromium", "chromium")),
     }
     selected = {k: v for k, v in jobs.items() if not only or k in only}
     print(f"cache: {cache_root()}", file=sys.stderr)
@@ -73,7 +71,7 @@ def _prefetch(only: Sequence[str] | None) -> int:
         return job(), time.monotonic() - started
 
     failed = False
-    with ThreadPoolExecutor(max_workers=len(selected)) as pool:  # Maven and go download in parallel
+    with ThreadPoolExecutor(max_workers=max(1, len(selected))) as pool:  # Maven and go download in parallel
         futures = {name: pool.submit(timed, job) for name, job in selected.items()}
         for name, future in futures.items():
             try:
@@ -83,7 +81,12 @@ def _prefetch(only: Sequence[str] | None) -> int:
                 failed = True
             else:
                 print(f"{name}: {path} ({seconds:.1f}s)", file=sys.stderr)
-    for name, probe in (("postgres", find_pg_bin_dir), ("tansu", find_tansu)):
+    # The console's browser tests drive Debian's chromium (ADR 0054): installed here with apt-get when
+    # missing and root; without it those tests skip, like the optional servers below.
+    probes: list[tuple[str, Callable[[], object]]] = [("postgres", find_pg_bin_dir), ("tansu", find_tansu)]
+    if not only or "chromium" in only:
+        probes.append(("chromium", lambda: debian_tool("chromium", "chromium")))
+    for name, probe in probes:
         try:
             print(f"{name}: {probe()}", file=sys.stderr)
         except PrerequisiteMissing as exc:
