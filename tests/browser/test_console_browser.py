@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Dialog, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Dialog, Locator, Page, Playwright, async_playwright, expect
 from strongroom_platform.admin import create_admin_token
 from strongroom_platform.certs import CA_CERT_FILE, pair_paths, spki_sha256
 from strongroom_testing.fixtures import PgLogins, S3Config
@@ -83,16 +83,13 @@ async def reload_until(page: Page, locator: Locator, within: float = 120.0) -> N
         await page.reload()
 
 
-async def launch(chromium: str, platform: Platform) -> tuple[Browser, object]:
+async def launch(playwright: Playwright, chromium: str, platform: Platform) -> Browser:
     """Debian's chromium, trusting exactly the edge's certificate (its SPKI pin), nothing else."""
     cert, _ = pair_paths(platform.tls_dir, "api")
     pin = spki_sha256(cert.read_bytes())
-    manager = async_playwright()
-    playwright = await manager.start()
-    browser = await playwright.chromium.launch(
+    return await playwright.chromium.launch(
         executable_path=chromium, args=["--no-sandbox", f"--ignore-certificate-errors-spki-list={pin}"]
     )
-    return browser, manager
 
 
 async def test_console_in_a_real_browser(
@@ -111,7 +108,8 @@ async def test_console_in_a_real_browser(
     viewer = await viewer_token(platform, admin)
     base = f"https://{platform.stack.addresses['api']}"
     shot = Shots(artifacts)
-    browser, manager = await launch(chromium, platform)
+    playwright = await async_playwright().start()
+    browser = await launch(playwright, chromium, platform)
     agent = None
     try:
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -236,4 +234,4 @@ async def test_console_in_a_real_browser(
         if agent is not None:
             await agent.stop()
         await browser.close()
-        await manager.__aexit__(None, None, None)  # type: ignore[attr-defined]
+        await playwright.stop()
