@@ -130,6 +130,25 @@ LIMIT $6
 """
 
 
+# The rows of a glob's names (found first in search_names, ADR 0057), in page order.
+_SEARCH_NAMED = """
+SELECT c.lineage_id, c.path FROM unnest($1::text[]) AS m (name)
+JOIN search_changes c ON c.name = m.name COLLATE "C" AND c.type <> 0
+JOIN search_lineages l ON l.lineage_id = c.lineage_id
+WHERE ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
+  AND ($3::text IS NULL OR l.instance_id = $3)
+  AND (c.lineage_id, c.path) > ($4, $5)
+GROUP BY c.lineage_id, c.path
+ORDER BY c.lineage_id, c.path
+LIMIT $6
+"""
+
+NAME_PROBE_LIMIT = 1000
+"""A glob without a literal prefix matching at most this many distinct names reads their rows by
+name; one matching more (a broad glob such as ``*.conf``) scans the rows, which then fill a page
+quickly (ADR 0057)."""
+
+
 def _hold(row: asyncpg.Record) -> Hold:
     return Hold(**dict(row))
 
@@ -390,6 +409,14 @@ class PgCatalogTx(PgTreeTx):
             records=[(r.lineage_id, r.path, r.seq, r.name, r.type, r.size, r.mtime_ns) for r in rows],
             columns=_CHANGE_COLUMNS,
         )
+        # Sorted: concurrent indexers insert shared names in one order (no deadlock).
+        names = sorted({r.name for r in rows if r.type != 0})
+        await self._conn.execute(
+            "INSERT INTO search_names (name) SELECT u FROM unnest($1::text[]) AS u"
+            ' WHERE NOT EXISTS (SELECT 1 FROM search_names n WHERE n.name = u COLLATE "C")'
+            " ORDER BY 1 ON CONFLICT DO NOTHING",
+            names,
+        )
 
     async def lineage_point(self, lineage_id: int, seq: int) -> PointRecord | None:
         row = await self._conn.fetchrow(
@@ -403,8 +430,11 @@ class PgCatalogTx(PgTreeTx):
 class PgCatalogStore(PgTreeReads):
     """The catalog's tables, through a pool whose search_path is the catalog schema."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, name_probe_limit: int = NAME_PROBE_LIMIT) -> None:
+        """``name_probe_limit``: see :data:`NAME_PROBE_LIMIT` (0: globs always scan the rows, as
+        before ADR 0057; ``bench/search.py`` compares the two)."""
         self._pool = pool
+        self._name_probe_limit = name_probe_limit
 
     def transaction(self) -> AbstractAsyncContextManager[PgCatalogTx]:
         return db.transaction(self._pool, PgCatalogTx)
@@ -487,6 +517,18 @@ class PgCatalogStore(PgTreeReads):
                 # cannot see the regex or the prefix and joined the lineages through an index of
                 # every path of each (5 s for a case-insensitive glob at 11M rows)
                 await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                names = await self._probe_names(conn, query)
+                if names is not None:
+                    rows = await conn.fetch(
+                        _SEARCH_NAMED,
+                        names,
+                        None if accounts is None else list(accounts),
+                        instance_id,
+                        after.lineage_id if after is not None else 0,
+                        after.path if after is not None else "",
+                        limit,
+                    )
+                    return [PathKey(r["lineage_id"], r["path"]) for r in rows]
             rows = await conn.fetch(
                 _search_paths_sql(query),
                 query.exact if query.exact is not None else query.regex,
@@ -498,6 +540,21 @@ class PgCatalogStore(PgTreeReads):
                 *([query.prefix] if query.exact is None and query.prefix else []),
             )
         return [PathKey(r["lineage_id"], r["path"]) for r in rows]
+
+    async def _probe_names(
+        self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], query: NameQuery
+    ) -> list[str] | None:
+        """The distinct names a glob without a literal prefix matches, when there are few enough
+        (:data:`NAME_PROBE_LIMIT`); None to scan the rows instead."""
+        if query.prefix or self._name_probe_limit <= 0:
+            return None
+        operator = "~*" if query.ignore_case else "~"
+        rows = await conn.fetch(
+            f"SELECT name FROM search_names WHERE name {operator} $1 LIMIT $2", query.regex, self._name_probe_limit + 1
+        )
+        if len(rows) > self._name_probe_limit:
+            return None
+        return [r["name"] for r in rows]
 
     async def path_changes(self, keys: Collection[PathKey]) -> list[SearchChange]:
         async with self._pool.acquire() as conn:
