@@ -6,7 +6,8 @@ through and then holds the rest, so the agent is caught in the middle of a large
 writes in place under its final name (ADR 0017 addendum). The operator cancels the job: the
 agent stops, the job ends CANCELED, and nothing partial stays under the file's final name nor as a
 temporary file (ADR 0017, 0030: a file is unlinked again on any failure before it is complete);
-the files restored before it are whole.
+whatever else was written is whole (the small files go in batches after the streamed one, so
+usually nothing is).
 """
 
 from __future__ import annotations
