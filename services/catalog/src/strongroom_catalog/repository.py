@@ -16,7 +16,6 @@ from strongroom_catalog.model import (
     InstanceState,
     Lineage,
     LineagePoint,
-    NameQuery,
     PathKey,
     PointRecord,
     SearchChange,
@@ -24,6 +23,7 @@ from strongroom_catalog.model import (
     TreePlace,
     VersionRecord,
 )
+from strongroom_catalog.repository_search import NAME_PROBE_LIMIT, PgSearchReads
 from strongroom_catalog.repository_tree import PgTreeReads, PgTreeTx
 
 _ENTRY_COLUMNS = ("point_id", "parent", "name", "type", "mode", "uid", "gid", "size", "mtime_ns", "link_target")
@@ -78,75 +78,6 @@ WHERE lineage_id = $1 AND seq <= $2 AND path > $3
 ORDER BY path, seq DESC
 LIMIT $4
 """
-
-
-# An exact name, lineage by lineage in lineage order (ADR 0049): each lineage's paths come in path
-# order from the index (name, lineage_id, path), so the LIMIT stops after the first page however
-# many files share the name (a join before ORDER BY ... LIMIT let the planner sort every match).
-_SEARCH_EXACT = """
-SELECT l.lineage_id, k.path FROM search_lineages l
-CROSS JOIN LATERAL (
-    SELECT DISTINCT c.path FROM search_changes c
-    WHERE c.lineage_id = l.lineage_id AND c.name = $1 AND c.type <> 0
-      AND c.path > CASE WHEN l.lineage_id = $4 THEN $5 ELSE '' END
-    ORDER BY c.path
-    LIMIT $6
-) k
-WHERE ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
-  AND ($3::text IS NULL OR l.instance_id = $3)
-  AND l.lineage_id >= $4
-ORDER BY l.lineage_id, k.path
-LIMIT $6
-"""
-
-
-def _search_paths_sql(query: NameQuery) -> str:
-    if query.exact is not None:
-        return _SEARCH_EXACT
-    # type <> 0: the predicate of the partial name indexes. A literal prefix ($7, a range on the
-    # btree of name or of lower(name)) uses the btrees; a glob starting with a wildcard uses the
-    # trigram index (~, ~*): a prepared statement's generic plan cannot see a regex's prefix.
-    if query.ignore_case:
-        condition = "c.name ~* $1"
-        if query.prefix:
-            # the range alone picks the rows: the planner would rather AND it with the trigram
-            # index, whose posting lists of common trigrams ("fil") cost 100+ ms at 10M rows
-            condition = (
-                "(c.name || '') ~* $1 AND lower(c.name) >= lower($7) AND lower(c.name) < lower($7) || chr(1114111)"
-            )
-    else:
-        condition = "c.name ~ $1"
-        if query.prefix:
-            condition += " AND c.name >= $7 AND c.name < $7 || chr(1114111)"
-    return f"""
-SELECT c.lineage_id, c.path FROM search_changes c JOIN search_lineages l ON l.lineage_id = c.lineage_id
-WHERE c.type <> 0 AND {condition}
-  AND ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
-  AND ($3::text IS NULL OR l.instance_id = $3)
-  AND (c.lineage_id, c.path) > ($4, $5)
-GROUP BY c.lineage_id, c.path
-ORDER BY c.lineage_id, c.path
-LIMIT $6
-"""
-
-
-# The rows of a glob's names (found first in search_names, ADR 0057), in page order.
-_SEARCH_NAMED = """
-SELECT c.lineage_id, c.path FROM unnest($1::text[]) AS m (name)
-JOIN search_changes c ON c.name = m.name COLLATE "C" AND c.type <> 0
-JOIN search_lineages l ON l.lineage_id = c.lineage_id
-WHERE ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
-  AND ($3::text IS NULL OR l.instance_id = $3)
-  AND (c.lineage_id, c.path) > ($4, $5)
-GROUP BY c.lineage_id, c.path
-ORDER BY c.lineage_id, c.path
-LIMIT $6
-"""
-
-NAME_PROBE_LIMIT = 1000
-"""A glob without a literal prefix matching at most this many distinct names reads their rows by
-name; one matching more (a broad glob such as ``*.conf``) scans the rows, which then fill a page
-quickly (ADR 0057)."""
 
 
 def _hold(row: asyncpg.Record) -> Hold:
@@ -427,7 +358,7 @@ class PgCatalogTx(PgTreeTx):
         return None if row is None else _point(row)
 
 
-class PgCatalogStore(PgTreeReads):
+class PgCatalogStore(PgTreeReads, PgSearchReads):
     """The catalog's tables, through a pool whose search_path is the catalog schema."""
 
     def __init__(self, pool: asyncpg.Pool, *, name_probe_limit: int = NAME_PROBE_LIMIT) -> None:
@@ -501,60 +432,6 @@ class PgCatalogStore(PgTreeReads):
                 None if lineage_ids is None else list(lineage_ids),
             )
         return [Lineage(**dict(r)) for r in rows]
-
-    async def search_paths(
-        self,
-        query: NameQuery,
-        *,
-        accounts: Collection[str] | None,
-        instance_id: str | None,
-        after: PathKey | None,
-        limit: int,
-    ) -> list[PathKey]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            if query.exact is None:
-                # a glob is planned for its own pattern: the generic plan of a prepared statement
-                # cannot see the regex or the prefix and joined the lineages through an index of
-                # every path of each (5 s for a case-insensitive glob at 11M rows)
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-                names = await self._probe_names(conn, query)
-                if names is not None:
-                    rows = await conn.fetch(
-                        _SEARCH_NAMED,
-                        names,
-                        None if accounts is None else list(accounts),
-                        instance_id,
-                        after.lineage_id if after is not None else 0,
-                        after.path if after is not None else "",
-                        limit,
-                    )
-                    return [PathKey(r["lineage_id"], r["path"]) for r in rows]
-            rows = await conn.fetch(
-                _search_paths_sql(query),
-                query.exact if query.exact is not None else query.regex,
-                None if accounts is None else list(accounts),
-                instance_id,
-                after.lineage_id if after is not None else 0,
-                after.path if after is not None else "",
-                limit,
-                *([query.prefix] if query.exact is None and query.prefix else []),
-            )
-        return [PathKey(r["lineage_id"], r["path"]) for r in rows]
-
-    async def _probe_names(
-        self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], query: NameQuery
-    ) -> list[str] | None:
-        """The distinct names a glob without a literal prefix matches, when there are few enough
-        (:data:`NAME_PROBE_LIMIT`); None to scan the rows instead."""
-        if query.prefix or self._name_probe_limit <= 0:
-            return None
-        operator = "~*" if query.ignore_case else "~"
-        rows = await conn.fetch(
-            f"SELECT name FROM search_names WHERE name {operator} $1 LIMIT $2", query.regex, self._name_probe_limit + 1
-        )
-        if len(rows) > self._name_probe_limit:
-            return None
-        return [r["name"] for r in rows]
 
     async def path_changes(self, keys: Collection[PathKey]) -> list[SearchChange]:
         async with self._pool.acquire() as conn:
