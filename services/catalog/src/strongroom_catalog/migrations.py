@@ -287,6 +287,23 @@ $$;
 REVOKE ALL ON FUNCTION expire_due_versions(integer) FROM PUBLIC;
 """
 
+
+def _trigram_index(index: str, table: str, where: str = "") -> str:
+    """A pg_trgm GIN index on ``table (name)``; the opclass is looked up wherever the extension is."""
+    return f"""
+DO $$
+DECLARE
+    ops_schema text;
+BEGIN
+    SELECT n.nspname INTO ops_schema FROM pg_opclass o JOIN pg_namespace n ON n.oid = o.opcnamespace
+    WHERE o.opcname = 'gin_trgm_ops';
+    EXECUTE format(
+        'CREATE INDEX {index} ON catalog.{table} USING gin (name %I.gin_trgm_ops){where}', ops_schema);
+END
+$$;
+"""
+
+
 # The search index (ADR 0043), kept as deltas: a lineage is one filesystem (mount point) of one
 # instance; its indexed points get consecutive numbers (seq). A row of search_changes says what a
 # path became at point seq of its lineage: type 0 (a tombstone) when it disappeared, else its type,
@@ -327,19 +344,7 @@ CREATE INDEX search_changes_by_name ON search_changes (name) WHERE type <> 0;
 CREATE INDEX search_changes_by_lower_name ON search_changes (lower(name)) WHERE type <> 0;
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
-DO $$
-DECLARE
-    ops_schema text;
-BEGIN
-    SELECT n.nspname INTO ops_schema FROM pg_opclass o JOIN pg_namespace n ON n.oid = o.opcnamespace
-    WHERE o.opcname = 'gin_trgm_ops';
-    EXECUTE format(
-        'CREATE INDEX search_changes_by_name_trgm ON catalog.search_changes USING gin (name %I.gin_trgm_ops)'
-        ' WHERE type <> 0',
-        ops_schema);
-END
-$$;
-"""
+""" + _trigram_index("search_changes_by_name_trgm", "search_changes", " WHERE type <> 0")
 
 # Browse by lineage (ADR 0049): a point indexed after this migration is browsed from tree_changes, the
 # deltas of its lineage (the search lineage of its filesystem, numbered by search_points), instead of a
@@ -404,17 +409,7 @@ CREATE TABLE search_names (
     name text COLLATE "C" PRIMARY KEY
 );
 INSERT INTO search_names SELECT DISTINCT name FROM search_changes WHERE type <> 0;
-DO $$
-DECLARE
-    ops_schema text;
-BEGIN
-    SELECT n.nspname INTO ops_schema FROM pg_opclass o JOIN pg_namespace n ON n.oid = o.opcnamespace
-    WHERE o.opcname = 'gin_trgm_ops';
-    EXECUTE format(
-        'CREATE INDEX search_names_trgm ON catalog.search_names USING gin (name %I.gin_trgm_ops)', ops_schema);
-END
-$$;
-"""
+""" + _trigram_index("search_names_trgm", "search_names")
 
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),

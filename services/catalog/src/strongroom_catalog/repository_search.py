@@ -30,8 +30,6 @@ LIMIT $6
 
 
 def _search_paths_sql(query: NameQuery) -> str:
-    if query.exact is not None:
-        return _SEARCH_EXACT
     # type <> 0: the predicate of the partial name indexes. A literal prefix ($7, a range on the
     # btree of name or of lower(name)) uses the btrees; a glob starting with a wildcard uses the
     # trigram index (~, ~*): a prepared statement's generic plan cannot see a regex's prefix.
@@ -92,33 +90,26 @@ class PgSearchReads:
         limit: int,
     ) -> list[PathKey]:
         async with self._pool.acquire() as conn, conn.transaction():
-            if query.exact is None:
+            scope = (
+                None if accounts is None else list(accounts),
+                instance_id,
+                after.lineage_id if after is not None else 0,
+                after.path if after is not None else "",
+                limit,
+            )
+            if query.exact is not None:
+                rows = await conn.fetch(_SEARCH_EXACT, query.exact, *scope)
+            else:
                 # a glob is planned for its own pattern: the generic plan of a prepared statement
                 # cannot see the regex or the prefix and joined the lineages through an index of
                 # every path of each (5 s for a case-insensitive glob at 11M rows)
                 await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
                 names = await self._probe_names(conn, query)
                 if names is not None:
-                    rows = await conn.fetch(
-                        _SEARCH_NAMED,
-                        names,
-                        None if accounts is None else list(accounts),
-                        instance_id,
-                        after.lineage_id if after is not None else 0,
-                        after.path if after is not None else "",
-                        limit,
-                    )
-                    return [PathKey(r["lineage_id"], r["path"]) for r in rows]
-            rows = await conn.fetch(
-                _search_paths_sql(query),
-                query.exact if query.exact is not None else query.regex,
-                None if accounts is None else list(accounts),
-                instance_id,
-                after.lineage_id if after is not None else 0,
-                after.path if after is not None else "",
-                limit,
-                *([query.prefix] if query.exact is None and query.prefix else []),
-            )
+                    rows = await conn.fetch(_SEARCH_NAMED, names, *scope)
+                else:
+                    prefix = [query.prefix] if query.prefix else []
+                    rows = await conn.fetch(_search_paths_sql(query), query.regex, *scope, *prefix)
         return [PathKey(r["lineage_id"], r["path"]) for r in rows]
 
     async def _probe_names(
