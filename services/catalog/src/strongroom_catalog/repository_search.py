@@ -57,16 +57,22 @@ LIMIT $6
 """
 
 
-# The rows of a glob's names (found first in search_names, ADR 0057), in page order.
+# The rows of a glob's names (found first in search_names, ADR 0057), lineage by lineage as for an
+# exact name: each lineage's few rows of those names come from (name, lineage_id, path) and the
+# LIMIT stops at the first lineages that fill the page.
 _SEARCH_NAMED = """
-SELECT c.lineage_id, c.path FROM unnest($1::text[]) AS m (name)
-JOIN search_changes c ON c.name = m.name COLLATE "C" AND c.type <> 0
-JOIN search_lineages l ON l.lineage_id = c.lineage_id
+SELECT l.lineage_id, k.path FROM search_lineages l
+CROSS JOIN LATERAL (
+    SELECT DISTINCT c.path FROM search_changes c
+    WHERE c.lineage_id = l.lineage_id AND c.name = ANY($1::text[]) AND c.type <> 0
+      AND c.path > CASE WHEN l.lineage_id = $4 THEN $5 ELSE '' END
+    ORDER BY c.path
+    LIMIT $6
+) k
 WHERE ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
   AND ($3::text IS NULL OR l.instance_id = $3)
-  AND (c.lineage_id, c.path) > ($4, $5)
-GROUP BY c.lineage_id, c.path
-ORDER BY c.lineage_id, c.path
+  AND l.lineage_id >= $4
+ORDER BY l.lineage_id, k.path
 LIMIT $6
 """
 
