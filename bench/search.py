@@ -1,6 +1,7 @@
 """File search latency on a large synthetic index (ADR 0043): p50/p95 of the catalog's search reads.
 
     uv run python bench/search.py [--files 1000000] [--points 10] [--runs 200] [--out bench/results/FILE.md]
+        [--compare]   # measure first with the name probe off (globs scan the rows, before ADR 0057)
 
 Backing up 10 × 1M files through agents is too slow on this machine, so the search index rows are
 generated in PostgreSQL (``generate_series``) in the exact layout the indexer writes (migration 7 of
