@@ -9,14 +9,15 @@ import asyncpg
 
 from strongroom_catalog.model import NameQuery, PathKey
 
-# An exact name, lineage by lineage in lineage order (ADR 0049): each lineage's paths come in path
-# order from the index (name, lineage_id, path), so the LIMIT stops after the first page however
-# many files share the name (a join before ORDER BY ... LIMIT let the planner sort every match).
-_SEARCH_EXACT = """
+# Rows of one name ($1) or of a list of names (found first in search_names, ADR 0057), lineage by
+# lineage in lineage order (ADR 0049): each lineage's paths come in path order from the index
+# (name, lineage_id, path), so the LIMIT stops at the first lineages that fill the page however many
+# files share the name (a join before ORDER BY ... LIMIT let the planner sort every match).
+_SEARCH_BY_NAME = """
 SELECT l.lineage_id, k.path FROM search_lineages l
 CROSS JOIN LATERAL (
     SELECT DISTINCT c.path FROM search_changes c
-    WHERE c.lineage_id = l.lineage_id AND c.name = $1 AND c.type <> 0
+    WHERE c.lineage_id = l.lineage_id AND {names} AND c.type <> 0
       AND c.path > CASE WHEN l.lineage_id = $4 THEN $5 ELSE '' END
     ORDER BY c.path
     LIMIT $6
@@ -27,6 +28,8 @@ WHERE ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
 ORDER BY l.lineage_id, k.path
 LIMIT $6
 """
+_SEARCH_EXACT = _SEARCH_BY_NAME.format(names="c.name = $1")
+_SEARCH_NAMED = _SEARCH_BY_NAME.format(names="c.name = ANY($1::text[])")
 
 
 def _search_paths_sql(query: NameQuery) -> str:
@@ -56,25 +59,6 @@ ORDER BY c.lineage_id, c.path
 LIMIT $6
 """
 
-
-# The rows of a glob's names (found first in search_names, ADR 0057), lineage by lineage as for an
-# exact name: each lineage's few rows of those names come from (name, lineage_id, path) and the
-# LIMIT stops at the first lineages that fill the page.
-_SEARCH_NAMED = """
-SELECT l.lineage_id, k.path FROM search_lineages l
-CROSS JOIN LATERAL (
-    SELECT DISTINCT c.path FROM search_changes c
-    WHERE c.lineage_id = l.lineage_id AND c.name = ANY($1::text[]) AND c.type <> 0
-      AND c.path > CASE WHEN l.lineage_id = $4 THEN $5 ELSE '' END
-    ORDER BY c.path
-    LIMIT $6
-) k
-WHERE ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
-  AND ($3::text IS NULL OR l.instance_id = $3)
-  AND l.lineage_id >= $4
-ORDER BY l.lineage_id, k.path
-LIMIT $6
-"""
 
 NAME_PROBE_LIMIT = 1000
 """A glob without a literal prefix matching at most this many distinct names reads their rows by
