@@ -20,6 +20,7 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
+from strongroom_platform.threads import WorkerThreads
 
 from strongroom_gateway import filesystems, manifests, validation
 from strongroom_gateway.agents import Identity
@@ -51,6 +52,8 @@ RANGES_IN_FLIGHT = 4
 # large enough that the per-message cost of gRPC is spread over hundreds of small chunks.
 MAX_READ_MESSAGE_BYTES = 4 << 20
 VERIFY_THREADS = 2
+# Commits building their manifest at once (threads of their own, see _build_threads).
+BUILD_THREADS = 4
 MANIFEST_BATCH = 1_000
 # Packs whose lock ends sooner than this after a commit get their lock extended.
 LOCK_EXTENSION_SLACK = RETENTION + LOCK_MARGIN / 2
@@ -147,7 +150,7 @@ async def commit_point(
 
         timing.lap("read base")
         try:
-            built = await asyncio.to_thread(build)
+            built = await _build_threads().run(build)
         except ManifestFormatError as exc:
             raise FailedPrecondition(f"the base point's manifest cannot be read: {exc}") from None
     finally:
@@ -616,6 +619,20 @@ def open_range(
 
 
 _verify_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_build_workers: WorkerThreads | None = None
+
+
+def _build_threads() -> WorkerThreads:
+    """The threads that build committed manifests (created on first use, shared by all commits).
+
+    A build waits on the event loop for chunk locations (a query: a pool connection), so it must
+    not take the loop's default executor, which the transactions holding those connections may be
+    waiting on (ADR 0050 update); at most ``BUILD_THREADS`` commits build at once.
+    """
+    global _build_workers
+    if _build_workers is None:
+        _build_workers = WorkerThreads(BUILD_THREADS, "manifest-build")
+    return _build_workers
 
 
 def _verify_pool() -> concurrent.futures.ThreadPoolExecutor:
