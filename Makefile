@@ -75,3 +75,8 @@ clean:
 ## packages: the strongroom-agent .deb and .rpm, and apt/yum repository layouts, into dist/ (ADR 0045)
 packages: sync
 	$(UV) run python tools/packages/build.py --out dist
+
+.PHONY: console-vendor
+## console-vendor: re-download the pinned htmx through the npm registry, verify its sha512 and rewrite the vendored copy (ADR 0054)
+console-vendor: sync
+	$(UV) run python tools/console/vendor_htmx.py

@@ -335,20 +335,22 @@ class Fleet:
         n = len(self.instances)
         killer: asyncio.Task[None] | None = None
         seen: dict[str, float] = {}
-        last_seq = 0
         commit_samples: list[tuple[float, int]] = [(time.time(), c0)]
         deadline = time.monotonic() + width * 60 + self.args.timeout
         while True:
             await asyncio.sleep(1.0)
             self._sample()
+            # The committed points not seen browsable yet, by id: polling by ``seq > last`` missed
+            # an outcome whose transaction committed after one with a higher seq (the run waited
+            # for it until the timeout).
+            waiting = [p for p in self.observed.commits if p not in seen]
             rows = await self.db.fetch(
-                "SELECT seq, point_id FROM catalog.point_index_outcomes WHERE seq > $1 AND browsable ORDER BY seq",
-                last_seq,
+                "SELECT DISTINCT point_id FROM catalog.point_index_outcomes WHERE browsable AND point_id = ANY($1)",
+                waiting,
             )
             t = time.time()
             for row in rows:
                 seen.setdefault(row["point_id"], t)
-                last_seq = row["seq"]
             commit_samples.append((t, await self.xact_commits()))
             done = await self.db.fetchval(
                 "SELECT count(DISTINCT instance_id) FROM scheduler.jobs WHERE status = ANY($1::smallint[])", list(FINAL)

@@ -1,6 +1,7 @@
 """File search latency on a large synthetic index (ADR 0043): p50/p95 of the catalog's search reads.
 
     uv run python bench/search.py [--files 1000000] [--points 10] [--runs 200] [--out bench/results/FILE.md]
+        [--compare]   # measure first with the name probe off (globs scan the rows, before ADR 0057)
 
 Backing up 10 × 1M files through agents is too slow on this machine, so the search index rows are
 generated in PostgreSQL (``generate_series``) in the exact layout the indexer writes (migration 7 of
@@ -87,7 +88,8 @@ async def _setup(owner: asyncpg.Connection, lineage: int, instance: str, account
 async def _load(owner: asyncpg.Connection, layout: str, files: int, points: int) -> dict[str, float]:
     """Generate the index; returns rows and sizes. Indexes are dropped for the load and rebuilt."""
     indexes = await owner.fetch(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'catalog' AND tablename = 'search_changes'"
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'catalog'"
+        " AND tablename IN ('search_changes', 'search_names') AND indexname <> 'search_names_pkey'"
     )
     for index in indexes:
         await owner.execute(f"DROP INDEX catalog.{index['indexname']}")
@@ -133,10 +135,15 @@ async def _load(owner: asyncpg.Connection, layout: str, files: int, points: int)
                 files + (seq - 2) * (files // 1000),
                 files // 1000,
             )
+    # the distinct names, as the indexer adds them with the rows (ADR 0057)
+    await owner.execute(
+        "INSERT INTO catalog.search_names SELECT DISTINCT name FROM catalog.search_changes WHERE type <> 0"
+    )
     loaded = time.perf_counter() - started
     started = time.perf_counter()
     for index in indexes:
         await owner.execute(index["indexdef"])
+    await owner.execute("ANALYZE catalog.search_names")
     await owner.execute("ANALYZE catalog.search_changes")
     await owner.execute("ANALYZE catalog.search_lineages")
     await owner.execute("ANALYZE catalog.search_points")
@@ -236,7 +243,7 @@ _BROWSE = "/strongroom.catalog.v1.CatalogService/BrowsePoint"
 
 
 async def run_layout(
-    pg: LocalPostgres, layout: str, files: int, points: int, runs: int
+    pg: LocalPostgres, layout: str, files: int, points: int, runs: int, compare: bool
 ) -> tuple[dict[str, float], list[list[str]]]:
     database = f"search_{layout}"
     superuser = await asyncpg.connect(pg.dsn)
@@ -258,9 +265,16 @@ async def run_layout(
         print(f"  {sizes}", flush=True)
         pool = await create_pool(login_dsn(f"{base}/{database}", SERVICE_ROLES["catalog"]), SPEC.schema)
         try:
+            before: list[list[str]] = []
+            if compare:
+                # first, the same reads with globs scanning the rows only (before ADR 0057), same index
+                before = await _measure(PgCatalogStore(pool, name_probe_limit=0), pool, layout, files, runs)
             repo = PgCatalogStore(pool)
             table = await _measure(repo, pool, layout, files, runs)
             table.append(await _browse_peer(repo, pool, owner, runs))
+            if compare:
+                by_query = {row[0]: row for row in before}
+                table = [row + (by_query[row[0]][2:4] if row[0] in by_query else ["", ""]) for row in table]
         finally:
             await pool.close()
     finally:
@@ -284,7 +298,7 @@ async def main(args: argparse.Namespace) -> list[str]:
     ]
     try:
         for layout in args.layouts:
-            sizes, table = await run_layout(pg, layout, args.files, args.points, args.runs)
+            sizes, table = await run_layout(pg, layout, args.files, args.points, args.runs, args.compare)
             full_copy = args.files * (args.points + (1 if layout == "fleet" else 0))  # fleet: one more, another account
             lines += [
                 f"## Layout `{layout}`",
@@ -295,8 +309,14 @@ async def main(args: argparse.Namespace) -> list[str]:
                 f" {sizes['total_bytes'] / 2**20:,.0f} MiB ({sizes['total_bytes'] / sizes['rows']:.0f} B/row)",
                 f"- generation {sizes['load_s']:.0f} s, index build {sizes['index_s']:.0f} s",
                 "",
-                "| query | runs | p50 | p95 | max |",
-                "|---|---|---|---|---|",
+                *(
+                    [
+                        "| query | runs | p50 | p95 | max | p50 before | p95 before |",
+                        "|---|---|---|---|---|---|---|",
+                    ]
+                    if args.compare
+                    else ["| query | runs | p50 | p95 | max |", "|---|---|---|---|---|"]
+                ),
                 *("| " + " | ".join(row) + " |" for row in table),
                 "",
             ]
@@ -313,6 +333,11 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--layouts", nargs="+", default=["fleet", "daily"], choices=["fleet", "daily"])
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="measure again with globs scanning the rows only (before ADR 0057's name probe), same index",
+    )
     arguments = parser.parse_args()
     report = asyncio.run(main(arguments))
     print("\n".join(report))

@@ -41,6 +41,7 @@ import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom_agent import __version__ as AGENT_VERSION
 from strongroom_cli.stack import ManagedProcess, spawn
 from strongroom_cli.standalone import provision_database
 from strongroom_platform.clock import SystemClock
@@ -121,6 +122,7 @@ async def activate_and_enroll(
                         gateway_pb2.EnrollRequest(
                             enrollment_token=token,
                             hostname=f"host-{index}",
+                            agent_version=AGENT_VERSION,  # the gateway refuses agents outside N-1..N (ADR 0045)
                             filesystems=[common_pb2.Filesystem(mount_point="/", device="/dev/vda1", fs_type="ext4")],
                         ),
                         timeout=30,

@@ -53,6 +53,9 @@ class FakeGateway:
     manifest_batches: list[int] = field(default_factory=list)
     # Calls ("find", "upload", "commit") that fail with UNAVAILABLE before succeeding.
     unavailable: dict[str, int] = field(default_factory=dict)
+    # Calls ("upload", "commit") that do their work, then fail with DEADLINE_EXCEEDED (a stalled or
+    # killed gateway replica: the effect happened, the answer never arrived) before succeeding.
+    timed_out: dict[str, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     # Every CommitPoint header and what it sent (entries, deleted paths).
     commits: list[tuple[gateway_pb2.PointHeader, list[common_pb2.FileEntry], list[str]]] = field(default_factory=list)
@@ -65,6 +68,12 @@ class FakeGateway:
         if self.unavailable.get(kind, 0) > 0:
             self.unavailable[kind] -= 1
             raise GatewayError("UNAVAILABLE", f"{kind}: connection reset")
+
+    def _answer(self, kind: str) -> None:
+        """Raise DEADLINE_EXCEEDED after the work of a call if ``timed_out`` says so."""
+        if self.timed_out.get(kind, 0) > 0:
+            self.timed_out[kind] -= 1
+            raise GatewayError("DEADLINE_EXCEEDED", "Deadline Exceeded")
 
     async def find_missing_chunks(self, job_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:
         self._call("find")
@@ -98,6 +107,7 @@ class FakeGateway:
             else:
                 stored += 1
                 self.chunks[request.chunk_id] = data
+        self._answer("upload")
         return gateway_pb2.UploadChunksResponse(chunks_stored=stored, chunks_already_present=present)
 
     async def commit_point(
@@ -142,9 +152,11 @@ class FakeGateway:
             assert not deleted
         for existing in self.points.values():
             if existing.job_id == header.job_id and existing.filesystem.mount_point == header.filesystem.mount_point:
+                self._answer("commit")
                 return gateway_pb2.CommitPointResponse(point_id=existing.point_id)
         point_id = f"point-{len(self.points) + 1}"
         self.points[point_id] = Point(point_id, header.job_id, header.filesystem, entries)
+        self._answer("commit")
         total = sum(e.size for e in entries)
         return gateway_pb2.CommitPointResponse(point_id=point_id, file_count=len(entries), total_bytes=total)
 

@@ -299,6 +299,24 @@ async def test_unavailable_gateway_calls_are_retried_until_they_succeed(tmp_path
     assert gateway.content(entries_by_path(gateway.only_point())["f"]) == rand(100_000, 9)
 
 
+async def test_calls_that_time_out_are_retried_and_the_job_completes_once(tmp_path: Path) -> None:
+    """A stalled or killed gateway replica: the upload and the commit happened, their answers timed
+    out (DEADLINE_EXCEEDED). The calls are repeated, the job completes, and there is one point."""
+    root = tmp_path / "src"
+    write_file(str(root / "f"), rand(100_000, 9))
+    gateway = FakeGateway(timed_out={"upload": 2, "commit": 2})
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    finished = await backup(gateway, root, retry=RetryPolicy(initial=0.5, maximum=1, sleep=sleep))
+    assert finished.status == COMPLETE, finished
+    assert gateway.calls["commit"] == 3 and len(gateway.points) == 1
+    assert gateway.timed_out == {"upload": 0, "commit": 0} and len(delays) == 4
+    assert gateway.content(entries_by_path(gateway.only_point())["f"]) == rand(100_000, 9)
+
+
 async def test_errors_other_than_unavailable_are_not_retried(tmp_path: Path) -> None:
     root = tmp_path / "src"
     write_file(str(root / "f"), rand(10_000, 9))

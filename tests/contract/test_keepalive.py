@@ -37,5 +37,6 @@ async def test_a_started_server_carries_the_ping_policy(monkeypatch: pytest.Monk
         options = dict(seen[0])
         assert options["grpc.keepalive_permit_without_calls"] == 1
         assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] == MIN_CLIENT_PING_INTERVAL_MS
+        assert options["grpc.http2.max_ping_strikes"] == 0  # no GOAWAY "too_many_pings" at all
     finally:
         await server.stop(None)

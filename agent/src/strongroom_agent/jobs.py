@@ -10,7 +10,9 @@ leaves, so a cancellation or a gateway error inside a group reads the same as
 one raised on its own.
 
 Gateway calls are retried with capped exponential backoff while the gateway
-is UNAVAILABLE (``RetryPolicy``); all of them are idempotent.
+is UNAVAILABLE or a call ran out of time (``RetryPolicy``); all of them are
+idempotent, so a call that timed out after the gateway did its work is
+harmless to repeat.
 """
 
 from __future__ import annotations
@@ -40,13 +42,19 @@ MAX_REPORTED_FAILED_FILES_BYTES = 256 << 10
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential backoff for gateway calls that fail with UNAVAILABLE."""
+    """Capped exponential backoff for gateway calls that fail with UNAVAILABLE or DEADLINE_EXCEEDED.
+
+    Both say nothing about the request: the gateway replica was down or restarting, or too busy
+    to answer within the call's timeout (a replica killed mid-call, a stalled one). Every gateway
+    call is idempotent (a CommitPoint repeated for a job returns the point it made), so a retry
+    is safe and the job fails only once the attempts are used up or the gateway refuses outright.
+    """
 
     initial: float = 0.5
     maximum: float = 30.0
     attempts: int = 20  # about eight minutes with the defaults
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    retry_codes: frozenset[StatusCode] = frozenset({"UNAVAILABLE"})
+    retry_codes: frozenset[StatusCode] = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
     async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         delay = self.initial

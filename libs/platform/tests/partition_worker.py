@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS effects (
     id bigserial PRIMARY KEY, event_id text NOT NULL, key text NOT NULL, seq int NOT NULL, worker text NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deliveries (
-    id bigserial PRIMARY KEY, event_id text NOT NULL, partition int NOT NULL, worker text NOT NULL
+    id bigserial PRIMARY KEY, event_id text NOT NULL, partition int NOT NULL, worker text NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 """
 

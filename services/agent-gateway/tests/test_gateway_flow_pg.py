@@ -9,9 +9,11 @@ import pytest
 from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.events.v1 import events_pb2
+from strongroom_gateway.handlers import handle_job_requested
 from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_platform import events
+from strongroom_platform.events import new_meta
 from strongroom_platform.testing import FakeClock
 from strongroom_testing.fixtures import PgLogins
 
@@ -66,3 +68,27 @@ async def test_backup_then_restore(pg_gw: tuple[GatewayHarness, object]) -> None
     ]
     assert data == contents
     assert await pool.fetchval("SELECT count(DISTINCT pack_id) FROM chunks") == 2  # type: ignore[attr-defined]
+
+
+async def test_a_job_queued_while_its_instance_is_deactivated_ends_canceled(
+    pg_gw: tuple[GatewayHarness, object], clock: FakeClock
+) -> None:
+    """The job's transaction reads the instance once, locked (ADR 0050 update): a deactivation that
+    arrives meanwhile (another topic, so another partition worker) waits for it and then cancels the
+    job, instead of missing a job committed after its scan and leaving it queued for good."""
+    gw, pool = pg_gw
+    agent = await gw.enrolled_agent("i-1")
+    requested = events_pb2.JobRequested(
+        meta=new_meta("test", clock.now()), account_id=agent.account_id, instance_id=agent.instance_id, job_id="job-1"
+    )
+    deactivated = events_pb2.InstanceDeactivated(
+        meta=new_meta("test", clock.now()), account_id=agent.account_id, instance_id=agent.instance_id
+    )
+    async with gw.store.transaction() as tx:
+        assert await handle_job_requested(requested, tx=tx, clock=clock) is not None
+        deactivating = asyncio.create_task(gw.deliver(events.INSTANCE_DEACTIVATED, deactivated))
+        await asyncio.sleep(0.5)
+        assert not deactivating.done(), "the deactivation did not wait for the job's transaction"
+    await asyncio.wait_for(deactivating, 10)
+    state = await pool.fetchval("SELECT state FROM jobs WHERE job_id = 'job-1'")  # type: ignore[attr-defined]
+    assert state == "finished"

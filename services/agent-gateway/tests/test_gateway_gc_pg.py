@@ -1,8 +1,9 @@
 """Garbage collection on PostgreSQL, as the gateway's own role (ADR 0041): trusted time decides the
 locks, ``gateway.reclaim_pack`` is the only way chunk rows go, and a commit racing the sweep either
 keeps the pack or fails. Repacking (ADR 0042): ``gateway.repack_pack`` is the only way a chunk row
-changes pack, refuses a move that the index or the running backups contradict, and the repacked
-point restores byte for byte."""
+changes pack, refuses a move that the index contradicts, and the repacked point restores byte for
+byte. Moves while a backup runs (ADR 0057): a commit that located its chunks before a move records
+the move's new pack, locked as long as the point."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import asyncio
 import dataclasses
 import datetime as dt
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import asyncpg
 import pytest
 from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry, meta
 from strongroom.events.v1 import events_pb2
+from strongroom_gateway import points
 from strongroom_gateway.gc import collector
 from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.ports import ChunkLocation, Pack
@@ -229,7 +232,7 @@ async def test_repack_moves_the_live_rows_and_the_point_restores(stack: Stack) -
     assert (report.packs_measured, report.packs_repacked, report.packs_condemned) == (1, 1, 1)
     new = await _pack_of(gw, SMALL)
     assert new is not None and new != first
-    assert await _pack_of(gw, BIG) is None  # dead: left the index with its pack
+    assert await _pack_of(gw, BIG) == first  # dead: leaves the index with its pack (ADR 0057)
     async with gw.store.transaction() as tx:
         conn = tx._conn
         references = {
@@ -237,7 +240,11 @@ async def test_repack_moves_the_live_rows_and_the_point_restores(stack: Stack) -
         }
         lock = await conn.fetchval("SELECT retain_until FROM packs WHERE pack_id = $1", new)
         point_lock = await conn.fetchval("SELECT retain_until FROM points WHERE point_id = $1", live)
-        assert await tx.hold_packs("acct-a", [first, new]) == [first]
+        assert await tx.hold_packs("acct-a", [first, new]) == []
+        assert await conn.fetchval("SELECT epoch FROM pack_repacks WHERE old_pack_id = $1", first) == 1
+        assert await tx.gc_epoch("acct-a") == 1
+        assert await tx.pack_successors("acct-a", [first], 0) == {new}
+        assert await tx.pack_successors("acct-a", [first], 1) == set()
     assert first not in references and new in references
     assert lock == point_lock
     agent = await gw.enrolled_agent("i-1")
@@ -273,16 +280,10 @@ async def test_the_function_refuses_what_the_index_contradicts(stack: Stack) -> 
     assert await _pack_of(gw, SMALL) == first and await _pack_of(gw, BIG) == first
 
     agent = await gw.enrolled_agent("i-1")
-    await gw.request_backup(agent, "job-3")  # a backup running: no move now
-    async with gw.store.transaction() as tx:
-        assert await tx.repack(staged("d"), [first], [live], [moved(small)]) is False
-    async with gw.store.transaction() as tx:
-        job = await tx.get_job("job-3")
-        assert job is not None
-        await tx.update_job(dataclasses.replace(job, state="finished"))
+    await gw.request_backup(agent, "job-3")  # a backup running does not stop the repack (ADR 0057)
     async with gw.store.transaction() as tx:
         assert await tx.repack(staged("e"), [first], [live], [moved(small)]) is True
-    assert await _pack_of(gw, SMALL) == "e" * 64 and await _pack_of(gw, BIG) is None
+    assert await _pack_of(gw, SMALL) == "e" * 64 and await _pack_of(gw, BIG) == first
     async with gw.store.transaction() as tx:  # a source is repacked once
         assert await tx.repack(staged("f"), [first], [live], [moved(small)]) is False
 
@@ -390,12 +391,7 @@ async def test_move_chunks_refuses_what_the_index_contradicts(stack: Stack) -> N
     assert await _pack_of(gw, SMALL) == first
 
     agent = await gw.enrolled_agent("i-1")
-    await gw.request_backup(agent, "job-3")  # a backup running: no move now
-    async with gw.store.transaction() as tx:
-        assert await tx.move_chunks(staged("d"), [first], [moved]) is False
-        job = await tx.get_job("job-3")
-        assert job is not None
-        await tx.update_job(dataclasses.replace(job, state="finished"))
+    await gw.request_backup(agent, "job-3")  # a backup running does not stop the move (ADR 0057)
     async with gw.store.transaction() as tx:
         assert await tx.move_chunks(staged("e"), [first], [moved]) is True
     assert await _pack_of(gw, SMALL) == "e" * 64 and await _pack_of(gw, BIG) == first
@@ -425,3 +421,48 @@ async def test_only_move_chunks_records_moves_and_only_the_gateway_may_call_it(
         await gateway.close()
         await catalog.close()
     assert await _pack_of(gw, SMALL) == first
+
+
+async def test_a_commit_racing_a_move_locates_again_and_locks_the_new_pack(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR 0057 on PostgreSQL: the backup's chunks are located in the source, the move runs (the
+    backup still running), then the commit sees the move, locates its chunks again and records the
+    new pack, whose lock it extended; every point restores byte for byte."""
+    gw = stack.gw
+    first, day1, day2 = await _two_live_days(stack)
+    agent = await gw.enrolled_agent("i-1")
+    key = await gw.key_of("acct-a")
+    await gw.request_backup(agent, "job-3")
+    await stack.advance(days=2)  # the new pack, locked like day 2, is then short of day 3's lock
+    big3 = RNG.randbytes(40_000)
+    await gw.upload(agent, "job-3", [big3])
+    original = points._extend_pack_locks
+    reports: list[collector.Report] = []
+
+    async def located_then_moved(account_id: str, packs: Iterable[str], *args: Any) -> None:
+        await original(account_id, packs, *args)
+        if not reports:
+            assert first in set(packs)
+            reports.append(await collector.collect(stack.deps()))
+
+    monkeypatch.setattr(points, "_extend_pack_locks", located_then_moved)
+    entries = [dir_entry(""), file_entry("big", key, [big3]), file_entry("small", key, [SMALL])]
+    day3 = (await gw.commit(agent, "job-3", entries)).point_id
+    [report] = reports
+    assert (report.packs_moved, report.repacks_refused) == (1, 0)
+    new = await _pack_of(gw, SMALL)
+    assert new is not None and new != first
+    references = await _references(gw, day3)
+    assert new in references and first not in references  # located again after the move
+    async with gw.store.transaction() as tx:
+        conn = tx._conn
+        point_lock = await conn.fetchval("SELECT retain_until FROM points WHERE point_id = $1", day3)
+        new_lock = await conn.fetchval(
+            "SELECT greatest(p.retain_until, (SELECT max(r.retain_until) FROM pack_retentions r"
+            " WHERE r.pack_id = p.pack_id)) FROM packs p WHERE p.pack_id = $1",
+            new,
+        )
+    assert new_lock == point_lock
+    for job, point_id, big in (("r-1", day1, BIG), ("r-2", day2, BIG2), ("r-3", day3, big3)):
+        assert await _restore(gw, agent, job, point_id) == {"big": big, "small": SMALL}

@@ -7,6 +7,7 @@ passed, and the repacked point restores byte for byte from the new pack."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import random
@@ -19,7 +20,7 @@ from gateway_helpers import GatewayHarness, chunk_id
 from minio import Minio
 from minio.error import S3Error
 from strongroom_gateway.gc import collector
-from strongroom_gateway.ports import Pack
+from strongroom_gateway.ports import GatewayStore, Pack
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.objectstore_s3 import S3ObjectStore
@@ -59,8 +60,10 @@ def _refused_while_locked(setup: Setup, *packs: Pack) -> None:
         assert refused.value.code == "AccessDenied"
 
 
-@pytest.fixture
-async def setup(s3_config: S3Config) -> AsyncIterator[Setup]:
+@contextlib.asynccontextmanager
+async def gateway_with_identities(s3_config: S3Config, store: GatewayStore) -> AsyncIterator[Setup]:
+    """A gateway on ``store`` writing to a new locked bucket as the gateway identity, with the
+    reclaimer identity beside it (ADR 0035); its clock runs 31 days minus ``LOCK_SECONDS`` behind."""
     if s3_config.create_user is None:
         pytest.skip("identities need account creation, which only the local versitygw offers through its admin API")
     users = []
@@ -77,8 +80,7 @@ async def setup(s3_config: S3Config) -> AsyncIterator[Setup]:
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     clock = FakeClock(now - dt.timedelta(days=31) + dt.timedelta(seconds=LOCK_SECONDS))
-    # Trusted time is the real time here, as PostgreSQL's would be.
-    gw = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=SystemClock()))
+    gw = GatewayHarness(clock, store=store)
     gw.objects = S3ObjectStore(_client(s3_config, gateway_key, gateway_secret), bucket, clock=SystemClock())
     reclaimer_client = _client(s3_config, reclaimer_key, reclaimer_secret)
     await gw.start()
@@ -86,6 +88,13 @@ async def setup(s3_config: S3Config) -> AsyncIterator[Setup]:
         yield Setup(gw, S3ObjectStore(reclaimer_client, bucket, clock=SystemClock()), reclaimer_client, bucket)
     finally:
         await gw.stop()
+
+
+@pytest.fixture
+async def setup(s3_config: S3Config) -> AsyncIterator[Setup]:
+    # Trusted time is the real time here, as PostgreSQL's would be.
+    async with gateway_with_identities(s3_config, InMemoryGatewayStore(trusted_clock=SystemClock())) as ready:
+        yield ready
 
 
 async def test_the_reclaimer_frees_unlocked_garbage_and_the_live_point_restores(setup: Setup) -> None:

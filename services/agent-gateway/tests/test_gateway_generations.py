@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import pytest
-from gateway_helpers import GatewayHarness, chunk_id
+from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
+from strongroom_gateway import points
 from strongroom_gateway.gc import collector
 from strongroom_gateway.gc.repack import RepackPolicy
 from strongroom_gateway.testing import InMemoryGatewayStore
@@ -25,6 +27,7 @@ RNG = random.Random(43)
 BIG = RNG.randbytes(40_000)
 BIG2 = RNG.randbytes(40_000)
 SMALL = RNG.randbytes(2_000)
+BIG3 = RNG.randbytes(40_000)
 
 
 @pytest.fixture
@@ -118,21 +121,56 @@ async def test_measured_once_per_newer_point_and_a_mostly_hot_pack_stays(gw: Gat
     assert not gw.store.state.gc.moved and first in gw.store.state.packs
 
 
-async def test_no_move_while_a_backup_runs_and_the_unused_copy_is_collected(gw: GatewayHarness) -> None:
-    first, _, day2 = await _two_days(gw)
+async def test_a_move_while_a_backup_runs_and_the_backup_located_before_it(
+    gw: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR 0057: the move no longer waits for the account's backups. The backup located SMALL in the
+    source, the move took it to a new pack, then the point was recorded: it locates its chunks again
+    and references the new pack, locked as long as itself; the source goes with the older points."""
+    first, day1, day2 = await _two_days(gw)
     agent = await gw.enrolled_agent("i-1")
+    key = await gw.key_of("acct-a")
     await gw.request_backup(agent, "job-3")
-    state = gw.store.state
-    packs_before = set(state.packs)
-    report = await collector.collect(_deps(gw))
-    assert (report.packs_measured, report.packs_moved, report.repacks_refused) == (1, 0, 1)
-    [copy] = set(state.packs) - packs_before
-    assert not state.gc.moved and not any(c.pack_id == copy for c in state.chunks.values())
+    gw.clock.advance(days=1)
+    await gw.upload(agent, "job-3", [BIG3])
+    original = points._extend_pack_locks
+    reports: list[collector.Report] = []
+
+    async def located_then_moved(account_id: str, packs: Iterable[str], *args: Any) -> None:
+        await original(account_id, packs, *args)
+        if not reports:  # once: after the chunks were located, before the point is recorded
+            assert first in set(packs)
+            reports.append(await collector.collect(_deps(gw)))
+
+    monkeypatch.setattr(points, "_extend_pack_locks", located_then_moved)
+    entries = [dir_entry(""), file_entry("big", key, [BIG3]), file_entry("small", key, [SMALL])]
+    day3 = (await gw.commit(agent, "job-3", entries)).point_id
     _finish(gw, "job-3")
+    [report] = reports
+    assert (report.packs_moved, report.repacks_refused) == (1, 0)
+    state = gw.store.state
+    [new] = state.gc.moved[first]
+    assert state.chunks[("acct-a", chunk_id(key, SMALL))].pack_id == new
+    # Located again after the move: day 3 references the new pack, not the source.
+    assert new in state.gc.point_packs[day3] and first not in state.gc.point_packs[day3]
+    assert state.packs[new].retain_until >= state.points[day3].retain_until - dt.timedelta(hours=12)
+    for point_id, files in ((day1, {"big": BIG}), (day2, {"big": BIG2}), (day3, {"big": BIG3})):
+        assert await _restore(gw, agent, f"r-{point_id}", point_id) == {**files, "small": SMALL}
+
+    # Days 1 and 2 expire; day 3 lives past the source's lock, reading SMALL from the new pack.
+    await _expire(gw, agent, day1)
+    await _expire(gw, agent, day2)
+    for point_id in (day1, day2, day3):
+        _finish(gw, f"r-{point_id}")
+    # (The commit extended the source's lock when it located SMALL there, before the move.)
+    gw.clock.set(state.packs[first].retain_until + dt.timedelta(hours=2))
+    await collector.collect(_deps(gw))  # condemned
     gw.clock.advance(hours=2)
-    await collector.collect(_deps(gw))
-    assert copy in state.gc.condemned and first not in state.gc.condemned
-    assert await _restore(gw, agent, "r-1", day2) == {"big": BIG2, "small": SMALL}
+    await collector.collect(_deps(gw))  # reclaimed
+    state = gw.store.state
+    assert first in state.gc.reclaimed and new not in state.gc.reclaimed
+    assert state.packs[first].object_key not in _pack_keys(gw)
+    assert await _restore(gw, agent, "r-last", day3) == {"big": BIG3, "small": SMALL}
 
 
 async def test_a_restore_running_before_the_condemnation_keeps_the_source(gw: GatewayHarness) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 
@@ -202,3 +203,44 @@ async def test_upload_for_a_finished_job_is_refused(gw: GatewayHarness) -> None:
         await gw.upload(agent, "no-such-job", [b"x"])
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert gw.store.state.chunks == {}
+
+
+async def test_an_upload_cancelled_while_waiting_to_write_its_pack_leaves_no_orphan(
+    gw: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled gateway (bench/fleet.py's kill run): every pack-write slot busy, an upload waits for
+    one to seal its pack, and the agent's deadline cancels it. The pack must stay open — not marked
+    sealed and never written, holding its chunks for good: the agent's retry of the same chunks
+    then waited for that pack until its own deadline, again and again, and the job never ended."""
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    real_put = gw.objects.put
+    unblocked = asyncio.Event()
+
+    async def slow_put(key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+        if key.startswith("packs/"):
+            await unblocked.wait()
+        return await real_put(key, data, retain_until=retain_until)
+
+    monkeypatch.setattr(gw.objects, "put", slow_put)
+    # Two uploads take both write slots (max_concurrent_writes=2) and wait for their packs.
+    busy = []
+    for _ in range(2):
+        busy.append(asyncio.ensure_future(gw.upload(agent, "job-1", [os.urandom(1000)])))
+        await asyncio.sleep(0.3)
+    contents = [os.urandom(1000) for _ in range(3)]
+    waiting = asyncio.ensure_future(gw.upload(agent, "job-1", contents))
+    await asyncio.sleep(0.5)  # it buffered its chunks and waits for a slot to seal its pack
+    assert not waiting.done()
+    waiting.cancel()  # the agent's deadline
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.2)
+    unblocked.set()
+    for upload in busy:
+        assert (await asyncio.wait_for(upload, 10)).chunks_stored == 1
+    # The agent's retry of the same chunks is answered, and the chunks are stored.
+    retried = await asyncio.wait_for(gw.upload(agent, "job-1", contents), 10)
+    assert retried.chunks_stored + retried.chunks_already_present == 3
+    key = await gw.key_of("acct-a")
+    assert {("acct-a", chunk_id(key, c)) for c in contents} <= set(gw.store.state.chunks)

@@ -4,15 +4,15 @@ byte, and backups and restores running meanwhile are safe."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
-import grpc
 import pytest
 from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
+from strongroom_gateway import points
 from strongroom_gateway.gc import collector
 from strongroom_gateway.gc.repack import RepackPolicy
 from strongroom_gateway.testing import InMemoryGatewayStore
@@ -64,9 +64,10 @@ async def test_a_mostly_dead_pack_is_repacked_and_reclaimed_after_its_lock(gw: G
     report = await collector.collect(_deps(gw))
     assert (report.packs_measured, report.packs_repacked, report.packs_condemned) == (1, 1, 1)
     [new] = [p for p in state.packs.values() if p.pack_id not in (first,) and p.created_at == gw.clock.now()]
-    # The live chunk moved; the dead one left the index with its pack; references follow the move.
+    # The live chunk moved; the dead one stays in the source until it is reclaimed (ADR 0057);
+    # references follow the move.
     assert state.chunks[("acct-a", chunk_id(agent_key, SMALL))].pack_id == new.pack_id
-    assert ("acct-a", chunk_id(agent_key, BIG)) not in state.chunks
+    assert state.chunks[("acct-a", chunk_id(agent_key, BIG))].pack_id == first
     assert new.pack_id in state.gc.point_packs[live] and first not in state.gc.point_packs[live]
     assert state.gc.repacked == {first: new.pack_id}
     assert new.size < source.size // 5
@@ -86,6 +87,7 @@ async def test_a_mostly_dead_pack_is_repacked_and_reclaimed_after_its_lock(gw: G
     gw.clock.set(max(source.retain_until, state.points[live].created_at) + dt.timedelta(days=1, minutes=1))
     report = await collector.collect(_deps(gw))
     assert report.packs_reclaimed >= 1 and first in state.gc.reclaimed
+    assert ("acct-a", chunk_id(agent_key, BIG)) not in state.chunks
     assert source.object_key not in _pack_keys(gw) and new.object_key in _pack_keys(gw)
     assert await _restore(gw, agent, "r-2", live) == expected
 
@@ -105,28 +107,25 @@ async def test_a_pack_is_measured_once_per_expiry_and_a_mostly_live_one_is_kept(
     assert await _restore(gw, agent, "r-1", live) == {"big": BIG}
 
 
-async def test_no_move_while_a_backup_runs_and_the_unused_copy_is_collected(gw: GatewayHarness) -> None:
+async def test_a_repack_while_a_backup_runs_and_the_backup_commits_after_it(gw: GatewayHarness) -> None:
+    """ADR 0057: the function no longer waits for the account's backups."""
     first, live, _ = await _two_days(gw)
     agent = await gw.enrolled_agent("i-1")
+    key = await gw.key_of("acct-a")
     await gw.request_backup(agent, "job-3")
-    state = gw.store.state
-    packs_before = set(state.packs)
-
     report = await collector.collect(_deps(gw))
-    assert (report.packs_measured, report.packs_repacked, report.repacks_refused) == (1, 0, 1)
-    assert not state.gc.repacked
-    [copy] = set(state.packs) - packs_before
-    assert not any(c.pack_id == copy for c in state.chunks.values())
+    assert (report.packs_measured, report.packs_repacked, report.repacks_refused) == (1, 1, 0)
+    new = gw.store.state.gc.repacked[first]
+    point = (await gw.commit(agent, "job-3", [dir_entry(""), file_entry("small", key, [SMALL])])).point_id
+    assert gw.store.state.gc.point_packs[point] == {new}
     _finish(gw, "job-3")
-    gw.clock.advance(hours=2)
-    # Measured already (nothing expired since): the refused copy, unreferenced, is condemned.
-    report = await collector.collect(_deps(gw))
-    assert report.packs_repacked == 0 and copy in state.gc.condemned and first not in state.gc.condemned
     assert await _restore(gw, agent, "r-1", live) == {"small": SMALL, "other": OTHER}
+    assert await _restore(gw, agent, "r-2", point) == {"small": SMALL}
 
 
-async def test_a_backup_deduplicating_against_moved_and_dropped_chunks(gw: GatewayHarness) -> None:
-    """FindMissingChunks answered "present" before the move; the commit comes after it."""
+async def test_a_backup_deduplicating_against_moved_and_dead_chunks(gw: GatewayHarness) -> None:
+    """FindMissingChunks answered "present" before the repack; the commit comes after it. The dead
+    chunk stayed in the source (ADR 0057), so the point keeps the source alive."""
     first, live, _ = await _two_days(gw)
     agent = await gw.enrolled_agent("i-1")
     key = await gw.key_of("acct-a")
@@ -136,31 +135,55 @@ async def test_a_backup_deduplicating_against_moved_and_dropped_chunks(gw: Gatew
         metadata=agent.md,
     )
     assert not present.missing_chunk_ids
-    # The move happens while the backup runs (here: its job row looks finished to the collector).
-    jobs = gw.store.state.jobs
-    running = jobs["job-3"]
-    jobs["job-3"] = dataclasses.replace(running, state="finished")
     assert (await collector.collect(_deps(gw))).packs_repacked == 1
-    jobs["job-3"] = running
-
-    # BIG was dead and dropped: the commit refuses rather than record a point missing data.
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await gw.commit(agent, "job-3", [dir_entry(""), file_entry("big", key, [BIG])])
-    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "not stored" in (refused.value.details() or "")
-    # SMALL moved: a commit locating it now finds the new pack and records that reference.
-    point = (await gw.commit(agent, "job-3", [dir_entry(""), file_entry("small", key, [SMALL])])).point_id
     new = gw.store.state.gc.repacked[first]
-    assert gw.store.state.gc.point_packs[point] == {new}
+
+    entries = [dir_entry(""), file_entry("big", key, [BIG]), file_entry("small", key, [SMALL])]
+    point = (await gw.commit(agent, "job-3", entries)).point_id
+    assert gw.store.state.gc.point_packs[point] == {first, new}
+    _finish(gw, "job-3")
+    # Condemned by the repack's collection, referenced again (kopia's undelete): past every lock,
+    # the source stays while the point lives.
+    assert first in gw.store.state.gc.condemned
+    gw.clock.set(gw.store.state.packs[first].retain_until + dt.timedelta(days=1))
+    await collector.collect(_deps(gw))
+    assert first not in gw.store.state.gc.reclaimed
+    assert await _restore(gw, agent, "r-1", point) == {"big": BIG, "small": SMALL}
+
+
+async def test_a_commit_that_located_its_chunks_before_a_repack_records_the_new_pack(
+    gw: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race ADR 0057 closes: chunks located in the source, the repack, then the record."""
+    first, live, _ = await _two_days(gw)
+    agent = await gw.enrolled_agent("i-1")
+    key = await gw.key_of("acct-a")
+    await gw.request_backup(agent, "job-3")
+    gw.clock.advance(days=2)  # the new pack, locked like the live point, is then short of this one's lock
+    original = points._extend_pack_locks
+    reports: list[collector.Report] = []
+
+    async def located_then_repacked(account_id: str, packs: Iterable[str], *args: Any) -> None:
+        await original(account_id, packs, *args)
+        if not reports:  # once: after the chunks were located, before the point is recorded
+            assert set(packs) == {first}
+            reports.append(await collector.collect(_deps(gw)))
+
+    monkeypatch.setattr(points, "_extend_pack_locks", located_then_repacked)
+    point = (await gw.commit(agent, "job-3", [dir_entry(""), file_entry("small", key, [SMALL])])).point_id
+    [report] = reports
+    assert report.packs_repacked == 1
+    state = gw.store.state
+    new = state.gc.repacked[first]
+    # Located again after the move: the point references where its chunks are now, not the source.
+    assert state.gc.point_packs[point] == {new}
+    # The new pack was locked like the older points; the commit extended it to its own point's.
+    assert state.packs[new].retain_until >= state.points[point].retain_until
     _finish(gw, "job-3")
     assert await _restore(gw, agent, "r-1", point) == {"small": SMALL}
-
-
-async def test_a_commit_that_located_a_chunk_in_a_repacked_pack_fails(gw: GatewayHarness) -> None:
-    first, _, _ = await _two_days(gw)
-    assert (await collector.collect(_deps(gw))).packs_repacked == 1
+    assert await _restore(gw, agent, "r-2", live) == {"small": SMALL, "other": OTHER}
     async with gw.store.transaction() as tx:
-        assert await tx.hold_packs("acct-a", [first]) == [first]
+        assert await tx.hold_packs("acct-a", [first]) == []
 
 
 async def test_a_restore_running_before_the_condemnation_keeps_the_source(gw: GatewayHarness) -> None:

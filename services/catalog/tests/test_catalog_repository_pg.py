@@ -11,7 +11,10 @@ from catalog_fixtures import catalog_pool
 from contract_lifecycle import LifecycleContract
 from contract_repository import CatalogRepositoryContract
 from contract_search import SearchContract
+from contract_search import call as contract_call
+from contract_search import index as contract_index
 from contract_tree import TreeContract
+from strongroom_catalog import search
 from strongroom_catalog.migrations import SPEC
 from strongroom_catalog.repository import PgCatalogStore
 from strongroom_platform.pg_roles import migrate_schemas
@@ -69,3 +72,52 @@ class TestPgCatalogRepository(CatalogRepositoryContract, LifecycleContract, Sear
             "auth": 0,
             "catalog": 0,
         }
+
+
+async def _all_hits(repo: PgCatalogStore, pattern: str, **kwargs: object) -> list[tuple[str, str]]:
+    """Every hit of ``pattern``, page by page (pages of 3)."""
+    seen: list[tuple[str, str]] = []
+    token = ""
+    while True:
+        page = await search.search_files(
+            repo,
+            pattern,
+            call=contract_call("ListFiles"),
+            page_size=3,
+            page_token=token,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        seen.extend((h.instance_id, h.path) for h in page.hits)
+        token = page.next_page_token
+        if not token:
+            return seen
+
+
+async def test_globs_find_the_same_through_the_names_as_through_the_rows(pg_logins: PgLogins) -> None:
+    """ADR 0057: a glob without a literal prefix probes search_names first; with the probe off
+    (rows only, as before), or overflowing it (a broad glob), the hits are the same, page by page."""
+    pool = await catalog_pool(pg_logins)
+    try:
+        harness = PgHarness(pool, pg_logins)
+        await contract_index(harness, 1, {f"var/log/app-{n:02d}.log": n for n in range(7)} | {"etc/app.conf": 1})
+        await contract_index(harness, 1, {f"log/x-{n}.log": n for n in range(4)} | {"etc/APP.conf": 2}, instance="i-2")
+        names = {r["name"] for r in await pool.fetch("SELECT name FROM search_names")}
+        assert {"app-00.log", "x-3.log", "app.conf", "APP.conf", "var", "log"} <= names
+        routes = {
+            "names": PgCatalogStore(pool),
+            "rows": PgCatalogStore(pool, name_probe_limit=0),
+            "overflow": PgCatalogStore(pool, name_probe_limit=2),
+        }
+        for pattern, kwargs in (
+            ("*.log", {}),
+            ("*-0?.log", {}),
+            ("*pp*", {}),
+            ("*APP.*", {"ignore_case": True}),
+            ("*.conf", {"instance_id": "i-2"}),
+        ):
+            found = {name: await _all_hits(repo, pattern, **kwargs) for name, repo in routes.items()}
+            assert found["names"] == found["rows"] == found["overflow"], (pattern, found)
+            assert found["names"], pattern
+        assert len(await _all_hits(routes["names"], "*.log")) == 11
+    finally:
+        await pool.close()

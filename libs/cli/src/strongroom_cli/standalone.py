@@ -242,6 +242,8 @@ def _print_instructions(
         f"  {cli} restore create {point.point_id} --include {sample or '<path>'} "
         "--target-path /tmp/strongroom-restore --wait",
         f"  cmp {backup_dir / sample} /tmp/strongroom-restore/{sample}",
+        f"Web console: https://{rest}/console/ (sign in with the token in {data_dir / ADMIN_TOKEN_FILE}; "
+        f"the browser must trust the local CA {data_dir / 'tls' / CA_CERT_FILE})",
         f"REST API (OpenAPI 3 at https://{rest}/openapi.yaml):",
         f"  curl --cacert {data_dir / 'tls' / CA_CERT_FILE} "
         f'-H "Authorization: Bearer $(cat {data_dir / ADMIN_TOKEN_FILE})" https://{rest}/v1/instances',

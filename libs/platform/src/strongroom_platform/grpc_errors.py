@@ -5,8 +5,9 @@ one place (ADR 0021).
 
 - :class:`~strongroom_platform.errors.ServiceError` → its class's ``code`` and its message;
 - a NUL character in a text value (PostgreSQL refuses it) → ``INVALID_ARGUMENT``;
-- the metadata database unreachable (asyncpg connection errors, a refused or reset socket) →
-  ``UNAVAILABLE``, "the metadata database is unavailable; retry";
+- the metadata database unreachable (:func:`~strongroom_platform.outages.database_down`: asyncpg
+  connection errors, a refused or reset socket, anywhere in the cause chain) → ``UNAVAILABLE``,
+  "the metadata database is unavailable; retry";
 - anything else → ``INTERNAL`` with a generic message; the traceback is logged here, and the
   exception's own text (a driver's message may name tables, hosts or values) never reaches the caller.
 
@@ -27,6 +28,7 @@ import asyncpg
 import grpc
 
 from strongroom_platform.errors import ServiceError
+from strongroom_platform.outages import database_down
 
 __all__ = [
     "DATABASE_UNAVAILABLE",
@@ -43,25 +45,12 @@ DATABASE_UNAVAILABLE = "the metadata database is unavailable; retry"
 INTERNAL_ERROR = "internal error; the server logged the details"
 NUL_IN_TEXT = "a text field contains a NUL character (\\0), which no Strongroom name, id or path may hold"
 
-# The database cannot be reached or is going away: the call may succeed when it is back.
-# ConnectionError (refused, reset, aborted) is the socket under asyncpg: the services open no
-# other raw sockets in a call (S3 errors arrive as the object store's own exceptions, peers'
-# as grpc.aio.AioRpcError).
-_DATABASE_DOWN: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    ConnectionError,
-)
-
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and the caller-facing message for a call that raised ``exc``."""
     if isinstance(exc, ServiceError):
         return exc.code, str(exc)
-    if isinstance(exc, _DATABASE_DOWN):
+    if database_down(exc):
         return grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE
     if isinstance(exc, asyncpg.exceptions.CharacterNotInRepertoireError):
         # SQLSTATE 22021: protobuf strings are valid UTF-8, so the one byte PostgreSQL text refuses

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from strongroom_platform.clock import Clock
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound, ObjectVersion
+from strongroom_platform.threads import WorkerThreads
 
 __all__ = ["FilesystemObjectStore", "key_to_parts"]
 
@@ -130,6 +131,8 @@ class FilesystemObjectStore:
         self._root = Path(root)
         self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrency)
+        # Threads of its own: a transaction may wait on a bucket write (see strongroom_platform.threads).
+        self._threads = WorkerThreads(max_concurrency, "objects")
 
     @property
     def root(self) -> Path:
@@ -137,7 +140,7 @@ class FilesystemObjectStore:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._slots:
-            return await asyncio.to_thread(fn, *args)
+            return await self._threads.run(fn, *args)
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         """(data file, lock sidecar) of ``key``."""

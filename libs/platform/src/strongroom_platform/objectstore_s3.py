@@ -51,6 +51,7 @@ from strongroom_platform.objectstore import (
     ObjectVersion,
 )
 from strongroom_platform.settings import S3Settings
+from strongroom_platform.threads import WorkerThreads
 from strongroom_platform.tls import client_ssl_context
 
 __all__ = ["S3ObjectStore"]
@@ -145,6 +146,8 @@ class S3ObjectStore:
         self._bucket = bucket
         self._clock: Clock = clock or SystemClock()
         self._slots = asyncio.Semaphore(max_concurrency)
+        # Threads of its own: a transaction may wait on a bucket write (see strongroom_platform.threads).
+        self._threads = WorkerThreads(max_concurrency, "s3")
 
     @classmethod
     def from_settings(cls, s3: S3Settings, *, clock: Clock | None = None, max_concurrency: int = 8) -> S3ObjectStore:
@@ -178,7 +181,7 @@ class S3ObjectStore:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         async with self._slots:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await self._threads.run(fn, *args, **kwargs)
 
     # -- bucket -----------------------------------------------------------
 

@@ -31,6 +31,7 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.errors import Unavailable
 from strongroom_platform.eventbus import Handler, PoisonRecord, Record
 from strongroom_platform.events import dead_letter_topic, new_meta
+from strongroom_platform.outages import database_down
 
 __all__ = ["DeadLetterPlan", "RetryPolicy", "is_transient", "plan_dead_letter", "poison_alert", "run_record"]
 
@@ -38,14 +39,10 @@ log = logging.getLogger(__name__)
 
 MAX_REASON_BYTES = 4096
 
-# The database cannot be reached or is going away (as grpc_errors: UNAVAILABLE to callers).
+# Beyond the database (outages.database_down, as grpc_errors answers UNAVAILABLE): any socket
+# error, and the pool or connection closing under the handler at shutdown.
 _TRANSIENT: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.InterfaceError,  # the pool or connection is closing under the handler
+    asyncpg.exceptions.InterfaceError,
     OSError,  # ConnectionError, TimeoutError, socket errors: the network or a backend is away
     Unavailable,  # a service said "retry" (e.g. restore's CatalogUnavailable)
 )
@@ -65,7 +62,7 @@ def is_transient(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _TRANSIENT):
+        if isinstance(current, _TRANSIENT) or database_down(current):
             return True
         if isinstance(current, grpc.aio.AioRpcError) and current.code() in _TRANSIENT_GRPC:
             return True

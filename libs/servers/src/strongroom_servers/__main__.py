@@ -4,7 +4,7 @@
     python -m strongroom_servers postgres --print-env   # TEST_PG_DSN
     python -m strongroom_servers s3 --print-env         # TEST_S3_ENDPOINT / _ACCESS_KEY / _SECRET_KEY / _SECURE
     python -m strongroom_servers tansu --print-env      # TEST_KAFKA_BOOTSTRAP (memory-only broker)
-    python -m strongroom_servers prefetch               # Kafka jars + versitygw binary into the cache
+    python -m strongroom_servers prefetch               # Kafka jars + versitygw binary into the cache, chromium (apt)
 
 A server runs until SIGINT or SIGTERM, then is stopped cleanly. Status goes to stderr; with
 ``--print-env`` the ``export`` lines go to stdout, so ``... --print-env > env.sh`` works.
@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
-from strongroom_servers._process import LocalServer, PrerequisiteMissing, ServerStartError, cache_root
+from strongroom_servers._process import LocalServer, PrerequisiteMissing, ServerStartError, cache_root, debian_tool
 from strongroom_servers.kafka import KAFKA_VERSION, LocalKafka, ensure_kafka_libs
 from strongroom_servers.postgres import LocalPostgres, find_pg_bin_dir
 from strongroom_servers.s3 import VERSITYGW_VERSION, LocalVersityGW, ensure_versitygw
@@ -53,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "s3":
             p.add_argument("--access-key", default="strongroom")
             p.add_argument("--secret-key", default=None, help="default: random")
-    pre = sub.add_parser("prefetch", help="download the Kafka jars and build versitygw into the cache")
-    pre.add_argument("--only", choices=["kafka", "s3"], action="append", help="limit to these (repeatable)")
+    pre = sub.add_parser("prefetch", help="download the Kafka jars, build versitygw into the cache, install chromium")
+    pre.add_argument("--only", choices=["kafka", "s3", "chromium"], action="append", help="limit to these (repeatable)")
     return parser
 
 
@@ -71,7 +71,7 @@ def _prefetch(only: Sequence[str] | None) -> int:
         return job(), time.monotonic() - started
 
     failed = False
-    with ThreadPoolExecutor(max_workers=len(selected)) as pool:  # Maven and go download in parallel
+    with ThreadPoolExecutor(max_workers=max(1, len(selected))) as pool:  # Maven and go download in parallel
         futures = {name: pool.submit(timed, job) for name, job in selected.items()}
         for name, future in futures.items():
             try:
@@ -81,7 +81,12 @@ def _prefetch(only: Sequence[str] | None) -> int:
                 failed = True
             else:
                 print(f"{name}: {path} ({seconds:.1f}s)", file=sys.stderr)
-    for name, probe in (("postgres", find_pg_bin_dir), ("tansu", find_tansu)):
+    # The console's browser tests drive Debian's chromium (ADR 0054): installed here with apt-get when
+    # missing and root; without it those tests skip, like the optional servers below.
+    probes: list[tuple[str, Callable[[], object]]] = [("postgres", find_pg_bin_dir), ("tansu", find_tansu)]
+    if not only or "chromium" in only:
+        probes.append(("chromium", lambda: debian_tool("chromium", "chromium")))
+    for name, probe in probes:
         try:
             print(f"{name}: {probe()}", file=sys.stderr)
         except PrerequisiteMissing as exc:

@@ -3,7 +3,9 @@
 A service under test connects to the proxy instead of its backend (``dsn_via``); ``cut()`` then
 closes every proxied connection and the listening socket, so the service sees what it would see
 if the backend went away: its open connections reset, and new ones refused. ``reopen()`` brings
-the backend back on the same port, as a restarted server would.
+the backend back on the same port, as a restarted server would. ``stall_after(n)`` lets ``n`` more
+bytes of the backend's answers through and then holds the rest, connections open, as a backend
+that hangs mid-answer would, until ``resume()``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class TcpProxy:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._budget: int | None = None  # bytes of answers still let through; None: no limit
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
 
     async def __aenter__(self) -> TcpProxy:
@@ -45,6 +50,34 @@ class TcpProxy:
         userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
         return urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{self.port}"))
 
+    def stall_after(self, nbytes: int) -> None:
+        """Let ``nbytes`` more bytes of the backend's answers through, then hold them until :meth:`resume`."""
+        self._budget = nbytes
+        if nbytes <= 0:
+            self._flowing.clear()
+
+    def resume(self) -> None:
+        """Forward everything again."""
+        self._budget = None
+        self._flowing.set()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Forward the backend's answers, within the budget of :meth:`stall_after`."""
+        with contextlib.suppress(OSError):
+            while data := await reader.read(_CHUNK):
+                while data:
+                    await self._flowing.wait()
+                    allowed = len(data) if self._budget is None else min(len(data), self._budget)
+                    if self._budget is not None:
+                        self._budget -= allowed
+                        if self._budget <= 0:
+                            self._flowing.clear()
+                    if allowed:
+                        writer.write(data[:allowed])
+                        await writer.drain()
+                    data = data[allowed:]
+        writer.transport.abort()
+
     async def cut(self) -> None:
         """Stop listening (new connections are refused) and reset every open connection."""
         if self._server is not None:
@@ -61,7 +94,7 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, upstream_writer))
-        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        await asyncio.gather(_pipe(reader, upstream_writer), self._answer(upstream_reader, writer))
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

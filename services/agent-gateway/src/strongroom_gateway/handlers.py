@@ -19,7 +19,7 @@ from strongroom_platform.events import from_timestamp
 from strongroom_telemetry.propagation import current_traceparent
 
 from strongroom_gateway.jobs import emit_job_status, finish_job, run_backup_command
-from strongroom_gateway.ports import Account, GatewayTx, Job, JobKind
+from strongroom_gateway.ports import Account, GatewayTx, Instance, Job, JobKind
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,14 @@ def _require_id(value: str, what: str) -> None:
         raise PoisonRecord(f"invalid {what} {value!r}")
 
 
-async def _check_instance_account(tx: GatewayTx, instance_id: str, account_id: str) -> None:
-    instance = await tx.get_instance(instance_id)
+async def _check_instance_account(
+    tx: GatewayTx, instance_id: str, account_id: str, *, for_update: bool = False
+) -> Instance | None:
+    """The instance (None if unknown here); PoisonRecord if it belongs to another account."""
+    instance = await tx.get_instance(instance_id, for_update=for_update)
     if instance is not None and instance.account_id != account_id:
         raise PoisonRecord(f"instance {instance_id} belongs to another account than {account_id!r}")
+    return instance
 
 
 async def handle_instance_activated(
@@ -107,7 +111,9 @@ async def _queue_job(
 ) -> SessionEffect | None:
     _require_id(job_id, "job id")
     _require_id(instance_id, "instance_id")
-    await _check_instance_account(tx, instance_id, account_id)
+    # One read, locked: a deactivation of the instance (which locks the row too) either committed
+    # before — the job is refused below — or waits for this commit and then cancels the job.
+    instance = await _check_instance_account(tx, instance_id, account_id, for_update=True)
     job = Job(
         job_id=job_id,
         instance_id=instance_id,
@@ -122,7 +128,6 @@ async def _queue_job(
     if not await tx.insert_job(job):
         log.info("job %s already known (cancelled before it was requested, or a duplicate)", job_id)
         return None
-    instance = await tx.get_instance(instance_id)
     if instance is not None and instance.revoked:
         await finish_job(tx, job, common_pb2.JOB_STATUS_FAILED, clock, error="backup is deactivated for the instance")
         return None

@@ -123,11 +123,17 @@ class PackWriter:
     async def _seal(self, pack: _PendingPack) -> None:
         if pack.sealed:
             return
+        # Backpressure: the caller (an upload stream) waits while too many packs are in flight.
+        # Only then is the pack sealed: a caller cancelled while waiting (its deadline passed on a
+        # stalled gateway) leaves it open, for the next upload or flush to seal. Sealed first, it
+        # was never written and held its chunks for good: every retry of them waited on it.
+        await self._buffer_slots.acquire()
+        if pack.sealed:  # another caller sealed it meanwhile
+            self._buffer_slots.release()
+            return
         pack.sealed = True
         if self._open.get(pack.account_id) is pack:
             del self._open[pack.account_id]
-        # Backpressure: the caller (an upload stream) waits while too many packs are in flight.
-        await self._buffer_slots.acquire()
         task = asyncio.create_task(self._write(pack), name=f"pack-write-{pack.account_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

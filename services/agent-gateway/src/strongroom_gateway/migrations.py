@@ -8,6 +8,7 @@ from strongroom_platform.outbox import OUTBOX_DDL, OUTBOX_PRIVILEGES
 from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 
 from strongroom_gateway.agent_cert_store import AGENT_CERTIFICATES_DDL
+from strongroom_gateway.gc.concurrent_schema import CONCURRENT_DDL
 from strongroom_gateway.gc.moves_schema import MOVES_DDL, MOVES_FUNCTIONS, MOVES_PRIVILEGES
 from strongroom_gateway.gc.repack_schema import REPACK_DDL, REPACK_FUNCTIONS, REPACK_PRIVILEGES
 from strongroom_gateway.gc.schema import GC_DDL, GC_FUNCTIONS, GC_PRIVILEGES
@@ -258,6 +259,9 @@ MIGRATIONS: list[Migration] = [
     Migration(16, MOVES_DDL),
     # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
     outbox_shard_migration(17),
+    # Moves and repacks while backups run (ADR 0057): move epochs, the functions without the
+    # running-backup rule.
+    Migration(18, CONCURRENT_DDL),
 ]
 
 ROLE = SERVICE_ROLES["gateway"]

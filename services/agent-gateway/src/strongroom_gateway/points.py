@@ -20,6 +20,7 @@ from strongroom_platform.clock import Clock
 from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
 from strongroom_platform.manifest import ManifestFormatError, decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
+from strongroom_platform.threads import WorkerThreads
 
 from strongroom_gateway import filesystems, manifests, validation
 from strongroom_gateway.agents import Identity
@@ -51,6 +52,8 @@ RANGES_IN_FLIGHT = 4
 # large enough that the per-message cost of gRPC is spread over hundreds of small chunks.
 MAX_READ_MESSAGE_BYTES = 4 << 20
 VERIFY_THREADS = 2
+# Commits building their manifest at once (threads of their own, see _build_threads).
+BUILD_THREADS = 4
 MANIFEST_BATCH = 1_000
 # Packs whose lock ends sooner than this after a commit get their lock extended.
 LOCK_EXTENSION_SLACK = RETENTION + LOCK_MARGIN / 2
@@ -128,6 +131,10 @@ async def commit_point(
             return _response(existing)
 
         base_manifest = await _read_base(base, object_store, keys) if base is not None else None
+        # Before any chunk is located: the moves this commit may miss are those of a later epoch
+        # (ADR 0057); the point then references their new packs too.
+        async with store.transaction() as tx:
+            epoch = await tx.gc_epoch(identity.account_id)
         loop = asyncio.get_running_loop()
 
         def locate(ids: list[bytes]) -> tuple[set[str], list[bytes]]:
@@ -143,7 +150,7 @@ async def commit_point(
 
         timing.lap("read base")
         try:
-            built = await asyncio.to_thread(build)
+            built = await _build_threads().run(build)
         except ManifestFormatError as exc:
             raise FailedPrecondition(f"the base point's manifest cannot be read: {exc}") from None
     finally:
@@ -171,60 +178,80 @@ async def commit_point(
     timing.lap("manifest write")
 
     file_count, total_bytes = built.file_count, built.total_bytes
-    async with store.transaction() as tx:
-        current = await tx.get_job(job.job_id, for_update=True)
-        if current is None or current.state == "finished" or current.cancel_requested:
-            raise FailedPrecondition(f"backup job {job.job_id!r} finished or was canceled during the commit")
-        raced = await tx.find_point(job.job_id, filesystem.mount_point)
-        if raced is not None:
-            return _response(raced)
-        if current.version_id is None:
-            current = dataclasses.replace(current, version_id=str(uuid.uuid4()), version_created_at=now)
-            await tx.update_job(current)
-        assert current.version_id is not None and current.version_created_at is not None
-        instance = await tx.get_instance(identity.instance_id)
-        # Held until commit: collection cannot reclaim these packs now; one reclaimed since the
-        # chunks were located fails the commit rather than record a point missing data (ADR 0041).
-        await _refuse_reclaimed(tx, identity.account_id, built.packs)
-        point = Point(
-            point_id=point_id,
-            account_id=identity.account_id,
-            instance_id=identity.instance_id,
-            job_id=job.job_id,
-            version_id=current.version_id,
-            mount_point=filesystem.mount_point,
-            filesystem=filesystem.SerializeToString(),
-            manifest_key=key,
-            file_count=file_count,
-            total_bytes=total_bytes,
-            created_at=now,
-            retain_until=retain_until,
-            manifest_version_id=manifest_version_id,
-        )
-        # Inside the transaction, holding the job's row: a record whose transaction then fails
-        # names a complete, readable point (a rebuild restores it; ADR 0032).
-        await vault.write_point(point, current.version_created_at)
-        await tx.insert_point(point)
-        await tx.record_point_packs(point_id, sorted(built.packs))
-        await tx.enqueue(
-            POINT_CREATED,
-            identity.instance_id,
-            events_pb2.PointCreated(
-                meta=new_meta(PRODUCER, now),
-                account_id=identity.account_id,
-                instance_id=identity.instance_id,
-                job_id=job.job_id,
-                version_id=current.version_id,
-                point_id=point_id,
-                filesystem=filesystem,
-                version_created_at=to_timestamp(current.version_created_at),
-                manifest_key=key,
-                file_count=file_count,
-                total_bytes=total_bytes,
-                retain_until=to_timestamp(retain_until),
-                instance_capacity_bytes=instance.capacity_bytes if instance is not None else 0,
-            ),
-        )
+
+    def relocate() -> set[str]:
+        return build_manifest(decode_manifest(built.data), locate, encoded=built.data).packs
+
+    packs = set(built.packs)
+    for _ in range(_RELOCATE_ATTEMPTS):
+        try:
+            async with store.transaction() as tx:
+                current = await tx.get_job(job.job_id, for_update=True)
+                if current is None or current.state == "finished" or current.cancel_requested:
+                    raise FailedPrecondition(f"backup job {job.job_id!r} finished or was canceled during the commit")
+                raced = await tx.find_point(job.job_id, filesystem.mount_point)
+                if raced is not None:
+                    return _response(raced)
+                if current.version_id is None:
+                    current = dataclasses.replace(current, version_id=str(uuid.uuid4()), version_created_at=now)
+                    await tx.update_job(current)
+                assert current.version_id is not None and current.version_created_at is not None
+                instance = await tx.get_instance(identity.instance_id)
+                # Held until commit: collection cannot reclaim these packs now; one reclaimed since the
+                # chunks were located fails the commit rather than record a point missing data (ADR 0041).
+                await _refuse_moved(tx, identity.account_id, packs, epoch)
+                await _refuse_reclaimed(tx, identity.account_id, packs)
+                point = Point(
+                    point_id=point_id,
+                    account_id=identity.account_id,
+                    instance_id=identity.instance_id,
+                    job_id=job.job_id,
+                    version_id=current.version_id,
+                    mount_point=filesystem.mount_point,
+                    filesystem=filesystem.SerializeToString(),
+                    manifest_key=key,
+                    file_count=file_count,
+                    total_bytes=total_bytes,
+                    created_at=now,
+                    retain_until=retain_until,
+                    manifest_version_id=manifest_version_id,
+                )
+                # Inside the transaction, holding the job's row: a record whose transaction then fails
+                # names a complete, readable point (a rebuild restores it; ADR 0032).
+                await vault.write_point(point, current.version_created_at)
+                await tx.insert_point(point)
+                await tx.record_point_packs(point_id, sorted(packs))
+                await tx.enqueue(
+                    POINT_CREATED,
+                    identity.instance_id,
+                    events_pb2.PointCreated(
+                        meta=new_meta(PRODUCER, now),
+                        account_id=identity.account_id,
+                        instance_id=identity.instance_id,
+                        job_id=job.job_id,
+                        version_id=current.version_id,
+                        point_id=point_id,
+                        filesystem=filesystem,
+                        version_created_at=to_timestamp(current.version_created_at),
+                        manifest_key=key,
+                        file_count=file_count,
+                        total_bytes=total_bytes,
+                        retain_until=to_timestamp(retain_until),
+                        instance_capacity_bytes=instance.capacity_bytes if instance is not None else 0,
+                    ),
+                )
+            break
+        except _Moved:
+            # Garbage collection moved chunks out of this point's packs since they were located (it
+            # does not wait for running backups, ADR 0057): locate them again, lock their packs as
+            # long as the point (ADR 0010), and record where they are now.
+            async with store.transaction() as tx:
+                epoch = await tx.gc_epoch(identity.account_id)
+            packs = await asyncio.to_thread(relocate)
+            await _extend_pack_locks(identity.account_id, packs, now, store, object_store, write_slots)
+            log.info("job %s: chunks moved during the commit; located again in %d packs", job.job_id, len(packs))
+    else:
+        raise FailedPrecondition("packs of this point kept moving while it was committed; run the backup again")
     timing.lap("record")
     log.info(
         "job %s: committed point %s of %s: %d entries (%d sent, %d deleted, base %s) in %.2f s (%s)",
@@ -350,6 +377,22 @@ async def _extend_pack_locks(
         async with store.transaction() as tx:
             for pack in stale:
                 await tx.set_pack_retention(pack.pack_id, retain_until)
+
+
+_RELOCATE_ATTEMPTS = 4
+
+
+class _Moved(Exception):
+    """Leave the commit's transaction: chunks of the point's packs moved since they were located."""
+
+
+async def _refuse_moved(tx: GatewayTx, account_id: str, packs: set[str], epoch: int) -> None:
+    """:class:`_Moved` when a move or repack of a later epoch than ``epoch`` took chunks out of one
+    of ``packs`` (ADR 0057). Holds the shared collection lock from here to the end of the transaction."""
+    if await tx.gc_epoch(account_id) == epoch:  # takes the shared lock; no move of the account since
+        return
+    if await tx.pack_successors(account_id, sorted(packs), epoch):
+        raise _Moved
 
 
 async def _refuse_reclaimed(tx: GatewayTx, account_id: str, pack_ids: Iterable[str]) -> None:
@@ -576,6 +619,20 @@ def open_range(
 
 
 _verify_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_build_workers: WorkerThreads | None = None
+
+
+def _build_threads() -> WorkerThreads:
+    """The threads that build committed manifests (created on first use, shared by all commits).
+
+    A build waits on the event loop for chunk locations (a query: a pool connection), so it must
+    not take the loop's default executor, which the transactions holding those connections may be
+    waiting on (ADR 0050 update); at most ``BUILD_THREADS`` commits build at once.
+    """
+    global _build_workers
+    if _build_workers is None:
+        _build_workers = WorkerThreads(BUILD_THREADS, "manifest-build")
+    return _build_workers
 
 
 def _verify_pool() -> concurrent.futures.ThreadPoolExecutor:

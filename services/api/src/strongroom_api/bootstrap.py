@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import cast
 
 import asyncpg
+import grpc
 from aiohttp import web
 from strongroom_platform import lifecycle
 from strongroom_platform.clock import Clock, SystemClock
@@ -19,7 +20,7 @@ from strongroom_platform.pg_roles import check_service_login, migrate_schemas
 from strongroom_platform.settings import TlsSettings
 from strongroom_platform.tls import backend_ssl_context
 
-from strongroom_api import backends, http_app, idempotency
+from strongroom_api import backends, console, http_app, idempotency
 from strongroom_api.edge import Invoke
 from strongroom_api.idempotency_pg import PgIdempotencyStore
 from strongroom_api.migrations import SPEC
@@ -96,6 +97,7 @@ async def run(
     document = build_document(routes)
     openapi_yaml, openapi_json = http_app.openapi_bytes(document)
     async with AsyncExitStack() as stack:
+        channels: dict[str, grpc.aio.Channel] = {}
         if invoke is None:
             ca_pem = settings.tls.ca_file.read_bytes() if settings.tls and settings.tls.ca_file else None
             channels = {
@@ -116,6 +118,17 @@ async def run(
             openapi_json=openapi_json,
             max_body_bytes=settings.max_body_bytes,
         )
+        if channels:  # the web console calls the same services (ADR 0054)
+            app.add_subapp(
+                console.PREFIX,
+                console.build_console(
+                    channels=channels,
+                    clock=clock,
+                    secure_cookies=not settings.insecure_plaintext,
+                    gateway=settings.backends["gateway"],
+                    timeout=settings.call_timeout,
+                ),
+            )
         context = None
         if not settings.insecure_plaintext and settings.tls is not None:
             context = server_ssl_context(settings.tls)
@@ -130,6 +143,9 @@ async def run(
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else int(port)
         print(f"LISTENING api {host}:{bound}", flush=True)
+        log.info(
+            "api: web console at %s://%s:%d%s/", "http" if context is None else "https", host, bound, console.PREFIX
+        )
         log.info("api serving %d operations on %s:%d", len(routes), host, bound)
         await stop.wait()
         log.info("api stopping")

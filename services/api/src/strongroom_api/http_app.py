@@ -17,6 +17,7 @@ from strongroom_api.errors import ApiError
 from strongroom_api.rules import Router
 
 OPENAPI_PATHS = ("/openapi.yaml", "/openapi.json")
+CONSOLE_PREFIX = "/console"  # the web console's sub-application (ADR 0054), mounted by bootstrap
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HEALTH_PATH = "/healthz"
 
@@ -71,6 +72,8 @@ def build_app(
         # Every path but the document and health goes to the edge, whatever it contains (a route
         # pattern would miss some: aiohttp matches decoded paths, and '.' no newline).
         if request.method in ("GET", "HEAD") and (request.path in OPENAPI_PATHS or request.path == HEALTH_PATH):
+            return await handler(request)
+        if request.path == CONSOLE_PREFIX or request.path.startswith(CONSOLE_PREFIX + "/"):
             return await handler(request)
         return await transcode(request)
 

@@ -287,6 +287,23 @@ $$;
 REVOKE ALL ON FUNCTION expire_due_versions(integer) FROM PUBLIC;
 """
 
+
+def _trigram_index(index: str, table: str, where: str = "") -> str:
+    """A pg_trgm GIN index on ``table (name)``; the opclass is looked up wherever the extension is."""
+    return f"""
+DO $$
+DECLARE
+    ops_schema text;
+BEGIN
+    SELECT n.nspname INTO ops_schema FROM pg_opclass o JOIN pg_namespace n ON n.oid = o.opcnamespace
+    WHERE o.opcname = 'gin_trgm_ops';
+    EXECUTE format(
+        'CREATE INDEX {index} ON catalog.{table} USING gin (name %I.gin_trgm_ops){where}', ops_schema);
+END
+$$;
+"""
+
+
 # The search index (ADR 0043), kept as deltas: a lineage is one filesystem (mount point) of one
 # instance; its indexed points get consecutive numbers (seq). A row of search_changes says what a
 # path became at point seq of its lineage: type 0 (a tombstone) when it disappeared, else its type,
@@ -327,19 +344,7 @@ CREATE INDEX search_changes_by_name ON search_changes (name) WHERE type <> 0;
 CREATE INDEX search_changes_by_lower_name ON search_changes (lower(name)) WHERE type <> 0;
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
-DO $$
-DECLARE
-    ops_schema text;
-BEGIN
-    SELECT n.nspname INTO ops_schema FROM pg_opclass o JOIN pg_namespace n ON n.oid = o.opcnamespace
-    WHERE o.opcname = 'gin_trgm_ops';
-    EXECUTE format(
-        'CREATE INDEX search_changes_by_name_trgm ON catalog.search_changes USING gin (name %I.gin_trgm_ops)'
-        ' WHERE type <> 0',
-        ops_schema);
-END
-$$;
-"""
+""" + _trigram_index("search_changes_by_name_trgm", "search_changes", " WHERE type <> 0")
 
 # Browse by lineage (ADR 0049): a point indexed after this migration is browsed from tree_changes, the
 # deltas of its lineage (the search lineage of its filesystem, numbered by search_points), instead of a
@@ -394,6 +399,18 @@ CREATE INDEX search_changes_by_name_lineage ON search_changes (name, lineage_id,
 DROP INDEX search_changes_by_name;
 """
 
+# Suffix and infix globs (ADR 0057): the distinct names of the index, with their own trigram index.
+# A glob without a literal prefix first finds the few names it matches here (the posting lists of
+# its trigrams are as long as the fleet's distinct names, not its rows: 10x shorter for 10 instances
+# of the same layout), then their rows through (name, lineage_id, path). Names are added with the
+# rows that carry them and never removed (a name without rows matches nothing).
+_V14_SEARCH_NAMES = """
+CREATE TABLE search_names (
+    name text COLLATE "C" PRIMARY KEY
+);
+INSERT INTO search_names SELECT DISTINCT name FROM search_changes WHERE type <> 0;
+""" + _trigram_index("search_names_trgm", "search_names")
+
 MIGRATIONS: list[Migration] = [
     Migration(1, OUTBOX_DDL),
     Migration(2, INBOX_DDL),
@@ -408,6 +425,7 @@ MIGRATIONS: list[Migration] = [
     Migration(11, _V11_SEARCH_BY_LINEAGE),
     # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
     outbox_shard_migration(13),
+    Migration(14, _V14_SEARCH_NAMES),
 ]
 
 # What the catalog's role may do, per table (ADR 0031); a new table adds its line here. The file
@@ -429,6 +447,8 @@ PRIVILEGES: dict[str, str] = {
     # ADR 0043: the search index, derived from the manifests, appended as points are indexed.
     "search_lineages": "SELECT, INSERT",
     "search_points": "SELECT, INSERT",
+    # ADR 0057: the distinct names, for suffix and infix globs.
+    "search_names": "SELECT, INSERT",
     # ADR 0049: rows that only expired points need are deleted (prune_lineages).
     "search_changes": "SELECT, INSERT, DELETE",
     "tree_points": "SELECT, INSERT",

@@ -16,7 +16,6 @@ from strongroom_catalog.model import (
     InstanceState,
     Lineage,
     LineagePoint,
-    NameQuery,
     PathKey,
     PointRecord,
     SearchChange,
@@ -24,6 +23,7 @@ from strongroom_catalog.model import (
     TreePlace,
     VersionRecord,
 )
+from strongroom_catalog.repository_search import NAME_PROBE_LIMIT, PgSearchReads
 from strongroom_catalog.repository_tree import PgTreeReads, PgTreeTx
 
 _ENTRY_COLUMNS = ("point_id", "parent", "name", "type", "mode", "uid", "gid", "size", "mtime_ns", "link_target")
@@ -77,56 +77,6 @@ SELECT DISTINCT ON (path) path, type, size, mtime_ns FROM search_changes
 WHERE lineage_id = $1 AND seq <= $2 AND path > $3
 ORDER BY path, seq DESC
 LIMIT $4
-"""
-
-
-# An exact name, lineage by lineage in lineage order (ADR 0049): each lineage's paths come in path
-# order from the index (name, lineage_id, path), so the LIMIT stops after the first page however
-# many files share the name (a join before ORDER BY ... LIMIT let the planner sort every match).
-_SEARCH_EXACT = """
-SELECT l.lineage_id, k.path FROM search_lineages l
-CROSS JOIN LATERAL (
-    SELECT DISTINCT c.path FROM search_changes c
-    WHERE c.lineage_id = l.lineage_id AND c.name = $1 AND c.type <> 0
-      AND c.path > CASE WHEN l.lineage_id = $4 THEN $5 ELSE '' END
-    ORDER BY c.path
-    LIMIT $6
-) k
-WHERE ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
-  AND ($3::text IS NULL OR l.instance_id = $3)
-  AND l.lineage_id >= $4
-ORDER BY l.lineage_id, k.path
-LIMIT $6
-"""
-
-
-def _search_paths_sql(query: NameQuery) -> str:
-    if query.exact is not None:
-        return _SEARCH_EXACT
-    # type <> 0: the predicate of the partial name indexes. A literal prefix ($7, a range on the
-    # btree of name or of lower(name)) uses the btrees; a glob starting with a wildcard uses the
-    # trigram index (~, ~*): a prepared statement's generic plan cannot see a regex's prefix.
-    if query.ignore_case:
-        condition = "c.name ~* $1"
-        if query.prefix:
-            # the range alone picks the rows: the planner would rather AND it with the trigram
-            # index, whose posting lists of common trigrams ("fil") cost 100+ ms at 10M rows
-            condition = (
-                "(c.name || '') ~* $1 AND lower(c.name) >= lower($7) AND lower(c.name) < lower($7) || chr(1114111)"
-            )
-    else:
-        condition = "c.name ~ $1"
-        if query.prefix:
-            condition += " AND c.name >= $7 AND c.name < $7 || chr(1114111)"
-    return f"""
-SELECT c.lineage_id, c.path FROM search_changes c JOIN search_lineages l ON l.lineage_id = c.lineage_id
-WHERE c.type <> 0 AND {condition}
-  AND ($2::text[] IS NULL OR l.account_id = ANY($2::text[]))
-  AND ($3::text IS NULL OR l.instance_id = $3)
-  AND (c.lineage_id, c.path) > ($4, $5)
-GROUP BY c.lineage_id, c.path
-ORDER BY c.lineage_id, c.path
-LIMIT $6
 """
 
 
@@ -404,6 +354,14 @@ class PgCatalogTx(PgTreeTx):
             records=[(r.lineage_id, r.path, r.seq, r.name, r.type, r.size, r.mtime_ns) for r in rows],
             columns=_CHANGE_COLUMNS,
         )
+        # Sorted: concurrent indexers insert shared names in one order (no deadlock).
+        names = sorted({r.name for r in rows if r.type != 0})
+        await self._conn.execute(
+            "INSERT INTO search_names (name) SELECT u FROM unnest($1::text[]) AS u"
+            ' WHERE NOT EXISTS (SELECT 1 FROM search_names n WHERE n.name = u COLLATE "C")'
+            " ORDER BY 1 ON CONFLICT DO NOTHING",
+            names,
+        )
 
     async def lineage_point(self, lineage_id: int, seq: int) -> PointRecord | None:
         row = await self._conn.fetchrow(
@@ -414,11 +372,14 @@ class PgCatalogTx(PgTreeTx):
         return None if row is None else _point(row)
 
 
-class PgCatalogStore(PgTreeReads):
+class PgCatalogStore(PgTreeReads, PgSearchReads):
     """The catalog's tables, through a pool whose search_path is the catalog schema."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, name_probe_limit: int = NAME_PROBE_LIMIT) -> None:
+        """``name_probe_limit``: see :data:`NAME_PROBE_LIMIT` (0: globs always scan the rows, as
+        before ADR 0057; ``bench/search.py`` compares the two)."""
         self._pool = pool
+        self._name_probe_limit = name_probe_limit
 
     def transaction(self) -> AbstractAsyncContextManager[PgCatalogTx]:
         return db.transaction(self._pool, PgCatalogTx)
@@ -485,33 +446,6 @@ class PgCatalogStore(PgTreeReads):
                 None if lineage_ids is None else list(lineage_ids),
             )
         return [Lineage(**dict(r)) for r in rows]
-
-    async def search_paths(
-        self,
-        query: NameQuery,
-        *,
-        accounts: Collection[str] | None,
-        instance_id: str | None,
-        after: PathKey | None,
-        limit: int,
-    ) -> list[PathKey]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            if query.exact is None:
-                # a glob is planned for its own pattern: the generic plan of a prepared statement
-                # cannot see the regex or the prefix and joined the lineages through an index of
-                # every path of each (5 s for a case-insensitive glob at 11M rows)
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            rows = await conn.fetch(
-                _search_paths_sql(query),
-                query.exact if query.exact is not None else query.regex,
-                None if accounts is None else list(accounts),
-                instance_id,
-                after.lineage_id if after is not None else 0,
-                after.path if after is not None else "",
-                limit,
-                *([query.prefix] if query.exact is None and query.prefix else []),
-            )
-        return [PathKey(r["lineage_id"], r["path"]) for r in rows]
 
     async def path_changes(self, keys: Collection[PathKey]) -> list[SearchChange]:
         async with self._pool.acquire() as conn:

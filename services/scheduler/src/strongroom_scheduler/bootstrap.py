@@ -24,6 +24,7 @@ from strongroom_scheduler.alerts.ports import Sender
 from strongroom_scheduler.alerts.prune import run_prune_loop
 from strongroom_scheduler.alerts.repository import PgAlertStore
 from strongroom_scheduler.alerts.webhook import WebhookSender
+from strongroom_scheduler.audit_retention import run_audit_prune_loop
 from strongroom_scheduler.consumers import GROUP_ID, record_handlers
 from strongroom_scheduler.grpc_api import AuditServicer, SchedulerServicer, register, register_audit
 from strongroom_scheduler.handlers import Deps
@@ -97,6 +98,7 @@ async def run(
         )
         lifecycle.start_task(stack, delivery, "alert-delivery")
         lifecycle.start_task(stack, run_prune_loop(alert_store, clock, alert_settings.prune), "alert-prune")
+        lifecycle.start_task(stack, run_audit_prune_loop(store, clock, settings.audit_retention), "audit-prune")
         scheduler_api = register(SchedulerServicer(deps))
         # API tokens are served by the scheduler (ADR 0024): the control plane's front door.
         # Token writes go through the scheduler's pool, so their audit records commit with them

@@ -87,6 +87,55 @@ CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
 """
 
+# Audit retention (ADR 0057): records are kept for a configured time (STRONGROOM_AUDIT_KEEP_DAYS,
+# default 400) and then deleted, in batches, by prune_audit_events only: a SECURITY DEFINER function
+# owned by the migration owner (the scheduler's role still has no DELETE) that computes the cut-off
+# from the trusted time, refuses to keep less than 90 days, and tells the append-only trigger which
+# rows it may let go (both their producer's time and their storage time older than the cut-off).
+_AUDIT_RETENTION = """
+-- Stored on the trusted timeline (PostgreSQL's clock plus the standalone offset, ADR 0031), which
+-- the cut-off follows.
+ALTER TABLE audit_events ALTER COLUMN stored_at SET DEFAULT trusted.now();
+CREATE INDEX audit_events_by_stored ON audit_events (stored_at);
+CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    prune_before text := current_setting('strongroom.audit_prune_before', true);
+BEGIN
+    IF TG_OP = 'DELETE' AND coalesce(prune_before, '') <> ''
+       AND OLD.stored_at < prune_before::timestamptz AND OLD.occurred_at < prune_before::timestamptz THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'audit_events is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE FUNCTION prune_audit_events(keep interval, batch integer)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz;
+    deleted integer;
+BEGIN
+    IF keep IS NULL OR keep < interval '90 days' THEN
+        RAISE EXCEPTION 'the audit trail is kept at least 90 days' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF batch IS NULL OR batch < 1 OR batch > 10000 THEN
+        RAISE EXCEPTION 'batch must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    cutoff := trusted.now() - keep;
+    PERFORM set_config('strongroom.audit_prune_before', cutoff::text, true);
+    WITH doomed AS (
+        SELECT a.event_id FROM scheduler.audit_events a
+        WHERE a.stored_at < cutoff AND a.occurred_at < cutoff
+        ORDER BY a.stored_at LIMIT batch FOR UPDATE SKIP LOCKED)
+    DELETE FROM scheduler.audit_events a USING doomed d WHERE a.event_id = d.event_id;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    PERFORM set_config('strongroom.audit_prune_before', '', true);
+    RETURN deleted;
+END
+$$;
+REVOKE ALL ON FUNCTION prune_audit_events(interval, integer) FROM PUBLIC;
+"""
+
 # The alert pipeline (ADR 0037): subscriptions of an account, one in-app message per alert and
 # account, and the durable queue of webhook and email deliveries (state 1 pending, 2 delivered,
 # 3 dead; a pending row is due at next_attempt_at, which a claim moves to the end of its lease).
@@ -194,6 +243,8 @@ MIGRATIONS: list[Migration] = [
     # The outbox's shard column: replicas relay different shards, each key in order (ADR 0050).
     outbox_shard_migration(14),
     Migration(15, _ADMISSION),
+    # The audit trail is pruned after its retention (ADR 0057).
+    Migration(16, _AUDIT_RETENTION),
 ]
 
 ROLE = SERVICE_ROLES["scheduler"]
@@ -212,4 +263,9 @@ PRIVILEGES: dict[str, str] = {
     "alert_deliveries": "SELECT, INSERT, UPDATE, DELETE",
 }
 
-SPEC = SchemaSpec(schema=SCHEMA, migrations=MIGRATIONS, grants={ROLE: PRIVILEGES})
+SPEC = SchemaSpec(
+    schema=SCHEMA,
+    migrations=MIGRATIONS,
+    grants={ROLE: PRIVILEGES},
+    executes={ROLE: ("prune_audit_events(interval, integer)",)},
+)

@@ -112,6 +112,12 @@ class SchedulerTx(InboxOutboxTx, Protocol):
         """Records naming ``query.account_id``, newest first (``occurred_at``, then event id, descending)."""
         ...
 
+    async def prune_audit_events(self, keep: dt.timedelta, batch: int) -> int:
+        """Delete at most ``batch`` records older than ``keep`` by the trusted time (both when they
+        occurred and when they were stored; ``scheduler.prune_audit_events``, which refuses ``keep``
+        under 90 days). Returns how many went."""
+        ...
+
 
 class SchedulerStore(Protocol):
     """Opens transactions over the scheduler's state."""

@@ -303,6 +303,10 @@ class PgSchedulerTx(PgTransaction):
         )
         return [_audit_event(r) for r in rows]
 
+    async def prune_audit_events(self, keep: dt.timedelta, batch: int) -> int:
+        deleted: int = await self._conn.fetchval("SELECT prune_audit_events($1, $2)", keep, batch)
+        return deleted
+
 
 class PgSchedulerStore:
     """SchedulerStore over a pool bound to the ``scheduler`` schema."""

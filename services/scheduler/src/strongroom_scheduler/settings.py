@@ -14,6 +14,7 @@ from strongroom_scheduler.alerts.delivery import DeliveryPolicy
 from strongroom_scheduler.alerts.mail import SECURITY_MODES, SmtpSettings
 from strongroom_scheduler.alerts.prune import PrunePolicy
 from strongroom_scheduler.alerts.webhook import WebhookPolicy, parse_allow_list
+from strongroom_scheduler.audit_retention import MIN_AUDIT_KEEP, AuditRetention
 from strongroom_scheduler.schedule import DEFAULT_WINDOW_MINUTES, Admission
 
 
@@ -137,6 +138,8 @@ class Settings:
     STRONGROOM_MAX_CONCURRENT_BACKUPS: backups of the whole fleet running at once (default 0: no cap);
     STRONGROOM_ADMISSION_WINDOW: seconds a due backup may wait for a free slot before it is skipped
     and reported (default 21600, the seed's six-hour start window). ADR 0053.
+    STRONGROOM_AUDIT_KEEP_DAYS: days the audit trail is kept before it is pruned, hourly, by the
+    trusted time (default 400, at least 90; ADR 0057).
     The alert pipeline's: see AlertSettings.
     """
 
@@ -147,6 +150,7 @@ class Settings:
     preparation_timeout: dt.timedelta = dt.timedelta(minutes=30)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     admission: Admission = field(default_factory=Admission)
+    audit_retention: AuditRetention = field(default_factory=AuditRetention)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -178,4 +182,14 @@ class Settings:
             preparation_timeout=dt.timedelta(seconds=timeout),
             alerts=AlertSettings.from_env(environ),
             admission=_admission(environ),
+            audit_retention=_audit_retention(environ),
         )
+
+
+def _audit_retention(environ: Mapping[str, str]) -> AuditRetention:
+    keep_days = env_int(environ, "STRONGROOM_AUDIT_KEEP_DAYS", 400)
+    if not MIN_AUDIT_KEEP.days <= keep_days <= 36500:
+        raise SettingsError(
+            f"STRONGROOM_AUDIT_KEEP_DAYS must be between {MIN_AUDIT_KEEP.days} and 36500, got {keep_days}"
+        )
+    return AuditRetention(keep=dt.timedelta(days=keep_days))

@@ -15,9 +15,11 @@ from contextlib import asynccontextmanager
 
 from google.protobuf.message import Message
 from strongroom.events.v1 import events_pb2
+from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.events import from_timestamp
 from strongroom_platform.testing import InMemoryTransactions, claim_once, record_event
 
+from strongroom_scheduler.audit_retention import MIN_AUDIT_KEEP
 from strongroom_scheduler.errors import AlreadyExists
 from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job, host_taken_message
 from strongroom_scheduler.ports import AuditQuery
@@ -30,11 +32,13 @@ class _State:
         self.claimed: set[tuple[str, str]] = set()
         self.outbox: list[tuple[str, str, Message]] = []
         self.audit_events: dict[str, events_pb2.AuditRecorded] = {}
+        self.audit_stored: dict[str, dt.datetime] = {}
 
 
 class InMemorySchedulerTx:
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: _State, trusted_clock: Clock) -> None:
         self._s = state
+        self._trusted = trusted_clock
 
     async def claim_event(self, consumer: str, event_id: str) -> bool:
         return claim_once(self._s.claimed, consumer, event_id)
@@ -166,7 +170,22 @@ class InMemorySchedulerTx:
         return len(self._due(now))
 
     async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
-        self._s.audit_events.setdefault(event.meta.event_id, copy.deepcopy(event))
+        if event.meta.event_id not in self._s.audit_events:
+            self._s.audit_events[event.meta.event_id] = copy.deepcopy(event)
+            self._s.audit_stored[event.meta.event_id] = self._trusted.now()
+
+    async def prune_audit_events(self, keep: dt.timedelta, batch: int) -> int:
+        if keep < MIN_AUDIT_KEEP or not 1 <= batch <= 10000:
+            raise ValueError("keep at least 90 days, batch between 1 and 10000")  # the function's refusal
+        cutoff = self._trusted.now() - keep
+        doomed = sorted(
+            (stored, event_id)
+            for event_id, stored in self._s.audit_stored.items()
+            if stored < cutoff and from_timestamp(self._s.audit_events[event_id].meta.occurred_at) < cutoff
+        )[:batch]
+        for _, event_id in doomed:
+            del self._s.audit_events[event_id], self._s.audit_stored[event_id]
+        return len(doomed)
 
     async def list_audit_events(self, query: AuditQuery) -> list[events_pb2.AuditRecorded]:
         def position(e: events_pb2.AuditRecorded) -> tuple[dt.datetime, str]:
@@ -187,8 +206,10 @@ class InMemorySchedulerTx:
 class InMemorySchedulerStore(InMemoryTransactions[_State]):
     """SchedulerStore fake; ``outbox`` lists the (topic, key, event) of committed transactions."""
 
-    def __init__(self) -> None:
+    def __init__(self, trusted_clock: Clock | None = None) -> None:
         super().__init__(_State())
+        # The database's trusted time (ADR 0031), which audit retention follows.
+        self._trusted = trusted_clock or SystemClock()
 
     @property
     def outbox(self) -> list[tuple[str, str, Message]]:
@@ -201,4 +222,4 @@ class InMemorySchedulerStore(InMemoryTransactions[_State]):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemorySchedulerTx]:
         async with self._transaction_state() as state:
-            yield InMemorySchedulerTx(state)
+            yield InMemorySchedulerTx(state, self._trusted)

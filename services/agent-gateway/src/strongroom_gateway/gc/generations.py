@@ -24,8 +24,9 @@ before repacking, in bounded memory:
 
 Safety (ADR 0041's argument, unchanged): no chunk row leaves the index here; a moved row points to a
 pack that every live point referencing the source references too, locked at least as long as them
-(the function checks it); the function refuses while a backup of the account runs, so a commit
-locates its chunks after any move it could depend on; a restore that located a chunk in a source
+(the function checks it); a commit that located a chunk in a source before a move sees the move's
+later epoch under the shared lock and locates its chunks again (ADR 0057), so it never records a
+point whose chunks lie in a pack it does not reference; a restore that located a chunk in a source
 before the move reads the source by its pinned version, and the source is not reclaimed while such a
 restore runs.
 """

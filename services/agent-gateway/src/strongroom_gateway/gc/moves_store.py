@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import asyncpg
 
 from strongroom_gateway.gc.repack_store import move_rows, stage_move, staging_refused
+from strongroom_gateway.gc.store import record_epoch
 
 if TYPE_CHECKING:  # ports imports this module
     from strongroom_gateway.ports import ChunkLocation, Pack, Point
@@ -222,4 +223,5 @@ class MemoryMoveTx:
             gc.point_packs[pid].add(new_pack.pack_id)
         for p in source_set:
             gc.moved.setdefault(p, set()).add(new_pack.pack_id)
+        record_epoch(gc, account, new_pack.pack_id, sorted(source_set))
         return True

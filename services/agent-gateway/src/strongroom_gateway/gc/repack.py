@@ -15,12 +15,14 @@ against it. One step of a collection run (:func:`repack`), in bounded memory:
    authenticated and verified against their ids, and written as one new pack, locked until the
    latest lock of the live points referencing the group (ADR 0010), or a day when those passed.
 4. **Move.** ``gateway.repack_pack`` moves the chunk rows to the new pack under the account's
-   collection lock and re-points the sources' references; the sources lose their dead rows, are
-   condemned like any unreferenced pack and reclaimed once their own lock has passed.
+   collection lock and re-points the sources' references; the sources keep their dead rows, are
+   condemned like any unreferenced pack and reclaimed (dead rows with them) once their own lock
+   has passed.
 
-Concurrency: a backup that located a chunk in a source before the move fails its commit cleanly
-(``hold_packs`` names repacked packs; "run the backup again"), and the function refuses while a
-backup of the account runs, so that failure needs a backup started between the two. A restore that
+Concurrency (ADR 0057): the function does not wait for running backups. A commit that located a
+chunk in a source before the move sees the move's later epoch under the shared lock, locates its
+chunks again and records where they are now; a backup told a dead chunk was present finds it still
+in the source, which its point then keeps (ADR 0041's rules protect it until then). A restore that
 located a chunk before the move reads the source by its pinned version; the source is not
 reclaimed while a restore of the account that started before its condemnation runs. A refused move
 leaves the new pack unreferenced: the next collection condemns it like a failed backup's pack.
@@ -241,7 +243,7 @@ async def rewrite(
         else:
             moved = await tx.repack(record, sources, [p.point_id for p in points], rows)
     if not moved:
-        log.info("moving chunks of %s refused for now (a backup running, or the packs changed); retried later", sources)
+        log.info("moving chunks of %s refused (the packs changed since they were measured); retried later", sources)
         report.repacks_refused += 1
         return
     if partial:

@@ -15,6 +15,8 @@ have located chunks in it before they moved, and reads it by its pinned version)
 
 from __future__ import annotations
 
+from strongroom_gateway.gc.move_sql import move_function_sql, reclaim_function_sql
+
 REPACK_DDL = """
 -- Staging of one repack, keyed by the new pack: its source packs, the live points whose manifests
 -- were scanned, and the new location of every live chunk of the sources. Append-only history.
@@ -64,139 +66,14 @@ CREATE INDEX point_packs_by_point ON point_packs (point_id);
 -- a source was scanned; every live point of the account has its references; no backup of the
 -- account is running (a running backup may deduplicate against a chunk this drops: its commit
 -- would fail, see hold_packs).
-CREATE FUNCTION repack_pack(target text)
-RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    trusted_at timestamptz := trusted.now();
-    owner_account text;
-    staged integer;
-    moved integer;
-BEGIN
-    SELECT p.account_id INTO owner_account FROM gateway.packs p WHERE p.pack_id = target;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended('gateway.gc:' || owner_account, 0));
-    IF NOT EXISTS (SELECT 1 FROM gateway.repack_sources s WHERE s.new_pack_id = target)
-       OR EXISTS (SELECT 1 FROM gateway.chunks c WHERE c.pack_id = target)
-       OR EXISTS (SELECT 1 FROM gateway.pack_condemnations c WHERE c.pack_id = target)
-       OR EXISTS (SELECT 1 FROM gateway.pack_repacks r WHERE r.old_pack_id = target)
-       OR EXISTS (
-           SELECT 1 FROM gateway.repack_sources s JOIN gateway.packs p ON p.pack_id = s.old_pack_id
-           WHERE s.new_pack_id = target
-             AND (p.account_id <> owner_account OR s.old_pack_id = target
-                  OR EXISTS (SELECT 1 FROM gateway.pack_repacks r WHERE r.old_pack_id = s.old_pack_id)
-                  OR EXISTS (SELECT 1 FROM gateway.pack_condemnations c WHERE c.pack_id = s.old_pack_id)
-                  OR EXISTS (SELECT 1 FROM gateway.pack_reclaims x WHERE x.pack_id = s.old_pack_id)))
-       OR EXISTS (
-           SELECT 1 FROM gateway.point_packs pp JOIN gateway.repack_sources s ON s.old_pack_id = pp.pack_id
-           WHERE s.new_pack_id = target
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_expirations e WHERE e.point_id = pp.point_id)
-             AND NOT EXISTS (SELECT 1 FROM gateway.repack_points rp
-                             WHERE rp.new_pack_id = target AND rp.point_id = pp.point_id))
-       OR EXISTS (
-           SELECT 1 FROM gateway.points pt
-           WHERE pt.account_id = owner_account
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_references r WHERE r.point_id = pt.point_id)
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_expirations e WHERE e.point_id = pt.point_id))
-       OR EXISTS (
-           SELECT 1 FROM gateway.jobs j
-           WHERE j.account_id = owner_account AND j.kind = 'backup' AND j.state <> 'finished')
-    THEN
-        RETURN false;
-    END IF;
-    SELECT count(*) INTO staged FROM gateway.repack_chunks rc WHERE rc.new_pack_id = target;
-    SELECT count(*) INTO moved
-        FROM gateway.repack_chunks rc
-        JOIN gateway.chunks c ON c.account_id = owner_account AND c.chunk_id = rc.chunk_id
-        JOIN gateway.repack_sources s ON s.new_pack_id = target AND s.old_pack_id = c.pack_id
-        WHERE rc.new_pack_id = target;
-    IF staged = 0 OR moved <> staged THEN
-        RETURN false;
-    END IF;
-    UPDATE gateway.chunks c
-        SET pack_id = target, "offset" = rc."offset", length = rc.length,
-            raw_length = rc.raw_length, compression = rc.compression
-        FROM gateway.repack_chunks rc
-        WHERE rc.new_pack_id = target AND c.account_id = owner_account AND c.chunk_id = rc.chunk_id;
-    -- What stayed in the sources is dead: it leaves the index with them.
-    DELETE FROM gateway.chunks c
-        USING gateway.repack_sources s
-        WHERE s.new_pack_id = target AND c.pack_id = s.old_pack_id;
-    INSERT INTO gateway.point_packs (pack_id, point_id)
-        SELECT DISTINCT target, pp.point_id
-        FROM gateway.point_packs pp JOIN gateway.repack_sources s ON s.old_pack_id = pp.pack_id
-        WHERE s.new_pack_id = target
-          AND NOT EXISTS (SELECT 1 FROM gateway.point_expirations e WHERE e.point_id = pp.point_id)
-        ON CONFLICT DO NOTHING;
-    DELETE FROM gateway.point_packs pp
-        USING gateway.repack_sources s
-        WHERE s.new_pack_id = target AND pp.pack_id = s.old_pack_id;
-    INSERT INTO gateway.pack_repacks (old_pack_id, new_pack_id, account_id, repacked_at)
-        SELECT s.old_pack_id, target, owner_account, trusted_at
-        FROM gateway.repack_sources s WHERE s.new_pack_id = target;
-    RETURN true;
-END
-$$;
-REVOKE ALL ON FUNCTION repack_pack(text) FROM PUBLIC;
+"""
+REPACK_DDL += move_function_sql("repack", concurrent=False)
+REPACK_DDL += """
 
 -- ADR 0041's function and one more rule: a repacked pack waits for the restores of its account that
 -- started before its condemnation (they may have located a chunk in it before it moved).
-CREATE OR REPLACE FUNCTION reclaim_pack(target text, min_condemned_age interval)
-RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    trusted_at timestamptz := trusted.now();
-    found_pack record;
-BEGIN
-    IF min_condemned_age IS NULL OR min_condemned_age < interval '0' THEN
-        RAISE EXCEPTION 'min_condemned_age must not be negative' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT p.pack_id, p.account_id, c.condemned_at,
-           greatest(p.retain_until,
-                    (SELECT max(r.retain_until) FROM gateway.pack_retentions r WHERE r.pack_id = p.pack_id))
-               AS locked_until
-        INTO found_pack
-        FROM gateway.packs p JOIN gateway.pack_condemnations c ON c.pack_id = p.pack_id
-        WHERE p.pack_id = target;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended('gateway.gc:' || found_pack.account_id, 0));
-    IF EXISTS (SELECT 1 FROM gateway.pack_reclaims x WHERE x.pack_id = target)
-       OR found_pack.locked_until >= trusted_at
-       OR found_pack.condemned_at > trusted_at - min_condemned_age
-       OR EXISTS (
-           SELECT 1 FROM gateway.point_packs pp
-           WHERE pp.pack_id = target
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_expirations e WHERE e.point_id = pp.point_id))
-       OR EXISTS (
-           SELECT 1 FROM gateway.points pt
-           WHERE pt.account_id = found_pack.account_id
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_references r WHERE r.point_id = pt.point_id)
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_expirations e WHERE e.point_id = pt.point_id))
-       OR EXISTS (
-           SELECT 1 FROM gateway.jobs j
-           WHERE j.account_id = found_pack.account_id AND j.kind = 'backup' AND j.state <> 'finished'
-             AND j.created_at <= found_pack.condemned_at)
-       OR (EXISTS (SELECT 1 FROM gateway.pack_repacks r WHERE r.old_pack_id = target)
-           AND EXISTS (
-               SELECT 1 FROM gateway.jobs j
-               WHERE j.account_id = found_pack.account_id AND j.kind = 'restore' AND j.state <> 'finished'
-                 AND j.created_at <= found_pack.condemned_at))
-    THEN
-        RETURN false;
-    END IF;
-    DELETE FROM gateway.chunks WHERE pack_id = target;
-    INSERT INTO gateway.pack_reclaims (pack_id, reclaimed_at) VALUES (target, trusted_at);
-    RETURN true;
-END
-$$;
-REVOKE ALL ON FUNCTION reclaim_pack(text, interval) FROM PUBLIC;
 """
+REPACK_DDL += reclaim_function_sql(restores_wait_for=("pack_repacks",))
 
 REPACK_PRIVILEGES: dict[str, str] = {
     "repack_sources": "SELECT, INSERT",

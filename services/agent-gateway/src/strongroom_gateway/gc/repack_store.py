@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
+from strongroom_gateway.gc.store import record_epoch
+
 if TYPE_CHECKING:  # ports imports this module
     from strongroom_gateway.ports import ChunkLocation, Pack, Point
     from strongroom_gateway.testing import _State as _MemoryState
@@ -187,7 +189,8 @@ class PgRepackTx:
 def staging_refused(s: _MemoryState, new_pack: Pack, sources: set[str], chunks: Sequence[ChunkLocation]) -> bool:
     """What both definer functions refuse (the fakes' side): nothing staged, a new pack that holds
     rows, is condemned, repacked or its own source, a source of another account or repacked,
-    condemned or reclaimed, a backup of the account running, a staged chunk not in a source now."""
+    condemned or reclaimed, a staged chunk not in a source now (no running-backup rule since
+    migration 18, ADR 0057)."""
     gc, account = s.gc, new_pack.account_id
     return (
         not sources
@@ -204,7 +207,6 @@ def staging_refused(s: _MemoryState, new_pack: Pack, sources: set[str], chunks: 
             or p in gc.reclaimed
             for p in sources
         )
-        or any(j.account_id == account and j.kind == "backup" and j.state != "finished" for j in s.jobs.values())
         or any((loc := s.chunks.get((account, c.chunk_id))) is None or loc.pack_id not in sources for c in chunks)
     )
 
@@ -292,8 +294,7 @@ class MemoryRepackTx:
         if refused:
             return False
         move_rows(s, new_pack, chunks)
-        for key in [k for k, loc in s.chunks.items() if loc.pack_id in source_set]:
-            del s.chunks[key]
+        # The dead rows stay in the sources until reclaim_pack drops them (ADR 0057).
         for pid, packs in gc.point_packs.items():
             if packs & source_set:
                 if self._live(pid):
@@ -301,4 +302,5 @@ class MemoryRepackTx:
                 packs -= source_set
         for p in source_set:
             gc.repacked[p] = new_pack.pack_id
+        record_epoch(gc, account, new_pack.pack_id, sorted(source_set))
         return True

@@ -8,6 +8,8 @@ that no live point references the pack and that its Object Lock has passed by th
 
 from __future__ import annotations
 
+from strongroom_gateway.gc.move_sql import reclaim_function_sql
+
 GC_DDL = """
 -- Points whose version the catalog expired (from version-expired); a point without a row is live.
 CREATE TABLE point_expirations (
@@ -63,54 +65,8 @@ CREATE INDEX packs_by_age ON packs (created_at);
 -- its own date and its extensions) has passed by the trusted time, no live point references it,
 -- every live point of the account has its references recorded, and no backup of the account
 -- that started before the condemnation is still running. Returns whether it reclaimed.
-CREATE FUNCTION reclaim_pack(target text, min_condemned_age interval)
-RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    trusted_at timestamptz := trusted.now();
-    found_pack record;
-BEGIN
-    IF min_condemned_age IS NULL OR min_condemned_age < interval '0' THEN
-        RAISE EXCEPTION 'min_condemned_age must not be negative' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT p.pack_id, p.account_id, c.condemned_at,
-           greatest(p.retain_until,
-                    (SELECT max(r.retain_until) FROM gateway.pack_retentions r WHERE r.pack_id = p.pack_id))
-               AS locked_until
-        INTO found_pack
-        FROM gateway.packs p JOIN gateway.pack_condemnations c ON c.pack_id = p.pack_id
-        WHERE p.pack_id = target;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended('gateway.gc:' || found_pack.account_id, 0));
-    IF EXISTS (SELECT 1 FROM gateway.pack_reclaims x WHERE x.pack_id = target)
-       OR found_pack.locked_until >= trusted_at
-       OR found_pack.condemned_at > trusted_at - min_condemned_age
-       OR EXISTS (
-           SELECT 1 FROM gateway.point_packs pp
-           WHERE pp.pack_id = target
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_expirations e WHERE e.point_id = pp.point_id))
-       OR EXISTS (
-           SELECT 1 FROM gateway.points pt
-           WHERE pt.account_id = found_pack.account_id
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_references r WHERE r.point_id = pt.point_id)
-             AND NOT EXISTS (SELECT 1 FROM gateway.point_expirations e WHERE e.point_id = pt.point_id))
-       OR EXISTS (
-           SELECT 1 FROM gateway.jobs j
-           WHERE j.account_id = found_pack.account_id AND j.kind = 'backup' AND j.state <> 'finished'
-             AND j.created_at <= found_pack.condemned_at)
-    THEN
-        RETURN false;
-    END IF;
-    DELETE FROM gateway.chunks WHERE pack_id = target;
-    INSERT INTO gateway.pack_reclaims (pack_id, reclaimed_at) VALUES (target, trusted_at);
-    RETURN true;
-END
-$$;
-REVOKE ALL ON FUNCTION reclaim_pack(text, interval) FROM PUBLIC;
 """
+GC_DDL += reclaim_function_sql()
 
 GC_PRIVILEGES: dict[str, str] = {
     "point_expirations": "SELECT, INSERT",

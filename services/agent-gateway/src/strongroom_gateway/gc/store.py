@@ -27,8 +27,19 @@ class GcTx(Protocol):
 
     async def hold_packs(self, account_id: str, pack_ids: Sequence[str]) -> list[str]:
         """Hold the account's collection lock (shared) until the transaction ends; return those of
-        ``pack_ids`` already reclaimed or repacked (a point must not reference them: a repacked pack
-        lost its dead chunks and its live ones moved, ADR 0042)."""
+        ``pack_ids`` already reclaimed, or repacked before migration 18 (a point must not reference
+        them: such a repack dropped its sources' dead chunks, ADR 0042)."""
+        ...
+
+    async def gc_epoch(self, account_id: str) -> int:
+        """Hold the account's collection lock (shared) until the transaction ends and return the
+        epoch of its latest move or repack (0: none). A commit reads it before locating its chunks
+        (ADR 0057)."""
+        ...
+
+    async def pack_successors(self, account_id: str, pack_ids: Sequence[str], after_epoch: int) -> set[str]:
+        """The packs that chunks of ``pack_ids`` moved to (repacks and moves) in the account's moves
+        of a later epoch than ``after_epoch``, and where those moved on since, transitively."""
         ...
 
     async def record_point_packs(self, point_id: str, pack_ids: Sequence[str]) -> None:
@@ -89,10 +100,34 @@ class PgGcTx:
         await self._conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))", _lock_key(account_id))
         rows = await self._conn.fetch(
             "SELECT pack_id FROM pack_reclaims WHERE pack_id = ANY($1::text[])"
-            " UNION SELECT old_pack_id FROM pack_repacks WHERE old_pack_id = ANY($1::text[]) ORDER BY 1",
+            " UNION SELECT old_pack_id FROM pack_repacks WHERE old_pack_id = ANY($1::text[]) AND epoch IS NULL"
+            " ORDER BY 1",
             list(pack_ids),
         )
         return [r["pack_id"] for r in rows]
+
+    async def gc_epoch(self, account_id: str) -> int:
+        await self._conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))", _lock_key(account_id))
+        value = await self._conn.fetchval(
+            "SELECT coalesce(max(e.epoch), 0) FROM (SELECT epoch FROM pack_repacks WHERE account_id = $1"
+            " UNION ALL SELECT epoch FROM pack_moves WHERE account_id = $1) e",
+            account_id,
+        )
+        return int(value)
+
+    async def pack_successors(self, account_id: str, pack_ids: Sequence[str], after_epoch: int) -> set[str]:
+        rows = await self._conn.fetch(
+            "WITH RECURSIVE m AS ("
+            " SELECT old_pack_id, new_pack_id FROM pack_repacks WHERE account_id = $1 AND epoch > $3"
+            " UNION ALL SELECT old_pack_id, new_pack_id FROM pack_moves WHERE account_id = $1 AND epoch > $3),"
+            " s (pack_id) AS (SELECT new_pack_id FROM m WHERE old_pack_id = ANY($2::text[])"
+            "  UNION SELECT m.new_pack_id FROM m JOIN s ON m.old_pack_id = s.pack_id)"
+            " SELECT pack_id FROM s",
+            account_id,
+            list(pack_ids),
+            after_epoch,
+        )
+        return {r["pack_id"] for r in rows}
 
     async def record_point_packs(self, point_id: str, pack_ids: Sequence[str]) -> None:
         await self._conn.execute(
@@ -205,6 +240,8 @@ class MemoryGcState:
     moved: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     heat: dict[tuple[str, dt.datetime], int] = dataclasses.field(default_factory=dict)
     heat_measured: dict[tuple[str, dt.datetime], dt.datetime] = dataclasses.field(default_factory=dict)
+    # Moves concurrent with backups (ADR 0057): (source, new pack, account) -> the move's epoch.
+    epochs: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> MemoryGcState:
         return MemoryGcState(
@@ -218,7 +255,15 @@ class MemoryGcState:
             {k: set(v) for k, v in self.moved.items()},
             dict(self.heat),
             dict(self.heat_measured),
+            dict(self.epochs),
         )
+
+
+def record_epoch(gc: MemoryGcState, account_id: str, new_pack_id: str, sources: Sequence[str]) -> None:
+    """The fakes' side of the move functions' epoch (ADR 0057): one more than the account's latest."""
+    epoch = max((e for (_, _, a), e in gc.epochs.items() if a == account_id), default=0) + 1
+    for old in sources:
+        gc.epochs[(old, new_pack_id, account_id)] = epoch
 
 
 class MemoryGcTx:
@@ -254,7 +299,20 @@ class MemoryGcTx:
 
     async def hold_packs(self, account_id: str, pack_ids: Sequence[str]) -> list[str]:
         gc = self._s.gc
-        return sorted(p for p in set(pack_ids) if p in gc.reclaimed or p in gc.repacked)
+        return sorted(p for p in set(pack_ids) if p in gc.reclaimed)
+
+    async def gc_epoch(self, account_id: str) -> int:
+        return max((e for (_, _, a), e in self._s.gc.epochs.items() if a == account_id), default=0)
+
+    async def pack_successors(self, account_id: str, pack_ids: Sequence[str], after_epoch: int) -> set[str]:
+        moves = [(old, new) for (old, new, a), e in self._s.gc.epochs.items() if a == account_id and e > after_epoch]
+        found: set[str] = set()
+        frontier = set(pack_ids)
+        while frontier:
+            step = {new for old, new in moves if old in frontier} - found
+            found |= step
+            frontier = step
+        return found
 
     async def record_point_packs(self, point_id: str, pack_ids: Sequence[str]) -> None:
         self._s.gc.point_packs.setdefault(point_id, set()).update(pack_ids)

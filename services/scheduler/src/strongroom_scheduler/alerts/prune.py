@@ -10,15 +10,14 @@ large result in memory; replicas skip each other's rows (``SKIP LOCKED``).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
 
 from strongroom_platform.clock import Clock
 
-from strongroom_scheduler.alerts.ports import AlertStore, AlertTx
+from strongroom_scheduler.alerts.ports import AlertStore
+from strongroom_scheduler.pruning import drain, run_every
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +41,14 @@ class Pruned:
     messages: int = 0
 
 
-async def _drain(store: AlertStore, prune: Callable[[AlertTx], Awaitable[int]], batch: int) -> int:
-    """Run ``prune`` (deleting at most ``batch`` rows) in one transaction after another until a short one."""
-    total = 0
-    while True:
-        async with store.transaction() as tx:
-            n = await prune(tx)
-        total += n
-        if n < batch:
-            return total
-
-
 async def prune_alerts(store: AlertStore, clock: Clock, policy: PrunePolicy) -> Pruned:
     """Delete the history older than ``policy.keep``: deliveries first, so that the messages they
     held become prunable in the same pass."""
     before = clock.now() - policy.keep
     pruned = Pruned(
-        deliveries=await _drain(store, lambda tx: tx.prune_deliveries(before, policy.batch), policy.batch),
+        deliveries=await drain(store, lambda tx: tx.prune_deliveries(before, policy.batch), policy.batch),
     )
-    pruned.messages = await _drain(store, lambda tx: tx.prune_messages(before, policy.batch), policy.batch)
+    pruned.messages = await drain(store, lambda tx: tx.prune_messages(before, policy.batch), policy.batch)
     if pruned.deliveries or pruned.messages:
         log.info(
             "alerts: pruned %d finished deliveries and %d read messages older than %s",
@@ -73,11 +61,4 @@ async def prune_alerts(store: AlertStore, clock: Clock, policy: PrunePolicy) -> 
 
 async def run_prune_loop(store: AlertStore, clock: Clock, policy: PrunePolicy) -> None:
     """Prune every ``policy.interval`` seconds until cancelled; a failed pass is logged and retried."""
-    while True:
-        try:
-            await prune_alerts(store, clock, policy)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("alert pruning failed; retrying in %.0fs", policy.interval)
-        await clock.sleep(policy.interval)
+    await run_every(clock, policy.interval, lambda: prune_alerts(store, clock, policy), "alert pruning")
