@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequen
 from typing import Any, NamedTuple
 
 from strongroom.agent.v1 import gateway_pb2
-from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
@@ -367,22 +366,9 @@ async def _refuse_reclaimed(tx: GatewayTx, account_id: str, pack_ids: Iterable[s
         )
 
 
-def _under(path: str, prefix: str) -> bool:
-    return prefix == "" or path == prefix or path.startswith(prefix + "/")
-
-
 def _normalize(paths: Iterable[str]) -> list[str]:
     """Filter paths without leading and trailing '/' (checked by ``validation.read_manifest_request``)."""
     return [raw.strip("/") for raw in paths]
-
-
-def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:
-    """Decode a manifest and keep the entries below an include path (all when none) and below no exclude path."""
-    return [
-        e
-        for e in decode_manifest(data)
-        if (not include or any(_under(e.path, p) for p in include)) and not any(_under(e.path, p) for p in exclude)
-    ]
 
 
 async def _restore_point(
@@ -420,7 +406,7 @@ async def read_manifest(
     except ManifestFormatError as exc:
         raise FailedPrecondition(f"manifest of point {point.point_id!r} cannot be read: {exc}") from None
     try:
-        entries = await asyncio.to_thread(filter_entries, data, include, exclude)
+        entries = await asyncio.to_thread(manifests.filter_entries, data, include, exclude)
     except ManifestFormatError as exc:
         raise FailedPrecondition(f"manifest of point {point.point_id!r} cannot be read: {exc}") from None
     for start in range(0, len(entries), MANIFEST_BATCH):
