@@ -129,8 +129,8 @@ async def commit_point(
         base_manifest = await _read_base(base, object_store, keys) if base is not None else None
         loop = asyncio.get_running_loop()
 
-        def locate(ids: list[bytes]) -> tuple[set[str], list[bytes]]:
-            return asyncio.run_coroutine_threadsafe(_chunk_packs(store, identity.account_id, ids), loop).result()
+        def locate(ids: list[bytes]) -> concurrent.futures.Future[tuple[set[str], list[bytes]]]:
+            return asyncio.run_coroutine_threadsafe(_chunk_packs(store, identity.account_id, ids), loop)
 
         def build() -> BuiltManifest:
             base_entries = decode_manifest(base_manifest) if base_manifest is not None else iter(())
