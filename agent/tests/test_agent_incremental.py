@@ -322,3 +322,43 @@ def test_a_cache_cursor_closed_while_the_next_block_is_read_is_safe(tmp_path: Pa
         return seen
 
     assert asyncio.run(walk_part()) == [f"p{i:05}" for i in range(2500)]
+
+
+def test_cache_records_read_path_and_type_without_parsing_and_agree_with_parsing() -> None:
+    for path in ["", "a", "dir/ü.txt", "d/" + "x" * 300]:
+        for kind in (common_pb2.ENTRY_TYPE_FILE, common_pb2.ENTRY_TYPE_DIRECTORY, common_pb2.ENTRY_TYPE_SYMLINK, 0):
+            entry = common_pb2.FileEntry(path=path, type=kind, size=7, chunk_ids=[b"c" * 32])  # type: ignore[arg-type]
+            lead = cache._leading_path_and_type(entry.SerializeToString())
+            if path:
+                assert lead == (path.encode(), kind)
+            else:
+                assert lead is None  # the root's empty path is left out: parsed instead
+    # Fields in another order than the runtime writes them: not read from the bytes.
+    reordered = common_pb2.FileEntry(type=common_pb2.ENTRY_TYPE_FILE).SerializeToString()
+    reordered += common_pb2.FileEntry(path="a").SerializeToString()
+    assert cache._leading_path_and_type(reordered) is None
+    assert cache._leading_path_and_type(b"\x0a\x05ab") is None  # truncated
+
+
+def test_a_cache_record_is_unchanged_only_for_a_trusted_regular_file_with_the_same_stat(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"x")
+    st = os.lstat(target)
+    writer = cache.CacheWriter(str(tmp_path / "state"), PARAMS, "/mnt", racy_before_ns=st.st_ctime_ns + 1)
+    writer.add(common_pb2.FileEntry(path="a", type=common_pb2.ENTRY_TYPE_DIRECTORY), st)
+    writer.add(common_pb2.FileEntry(path="b", type=common_pb2.ENTRY_TYPE_FILE, size=1), st)
+    writer.add(common_pb2.FileEntry(path="c", type=common_pb2.ENTRY_TYPE_SYMLINK, link_target="b"), st)
+    writer.commit("p1")
+    info = cache.load(str(tmp_path / "state"), PARAMS, "/mnt")
+    assert info is not None
+    cursor = cache.CacheCursor(info)
+    records = cursor._read_some()
+    cursor.close()
+    assert [(r.path, r.entry.path, r.unchanged(st)) for r in records] == [
+        (b"a", "a", False),
+        (b"b", "b", True),
+        (b"c", "c", False),
+    ]
+    assert records[1].entry.size == 1 and records[2].entry.link_target == "b"
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert not records[1].unchanged(os.lstat(target))

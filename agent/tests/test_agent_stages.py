@@ -45,3 +45,24 @@ async def test_the_memory_budget_grants_in_order_and_a_cancelled_wait_takes_noth
     await asyncio.wait_for(small, 1)
     assert order == ["big", "small"]
     assert await budget.acquire(90) == 90  # 10 + 90: the whole capacity, nothing leaked
+
+
+def test_compress_group_builds_the_messages_of_its_compressed_chunks_and_drops_the_contents() -> None:
+    import random
+
+    from strongroom_agent.backup.stages import Chunk, compress_group
+    from strongroom_agent.chunking import compress, decode_chunk
+
+    rng = random.Random(5)
+    contents = [rng.randbytes(3000), b"a" * 5000, rng.randbytes(900), b"b" * 40_000, rng.randbytes(2500)]
+    chunks = [Chunk(bytes([i]) * 32, c, len(c) + i) for i, c in enumerate(contents)]
+    outgoing = compress_group("job-9", chunks, 4000)
+    expected = [Upload(bytes([i]) * 32, len(c), *compress(c), len(c) + i) for i, c in enumerate(contents)]
+    assert [gateway_pb2.UploadChunkRequest.FromString(r) for r in outgoing.requests] == upload_requests(
+        "job-9", expected, 4000
+    )
+    sent = [c for r in outgoing.requests for c in gateway_pb2.UploadChunkRequest.FromString(r).chunks]
+    assert [decode_chunk(c.payload, c.compression, c.raw_length) for c in sent] == contents
+    assert outgoing.chunks == 5 and outgoing.charge == sum(len(c) + i for i, c in enumerate(contents))
+    assert outgoing.payload_bytes == sum(len(u.payload) for u in expected)
+    assert all(c.content == b"" for c in chunks)  # held once, as the serialized messages

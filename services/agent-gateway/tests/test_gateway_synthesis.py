@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+from concurrent.futures import Future
 
 import grpc
 import pytest
 from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, aiter_of, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
-from strongroom_gateway.errors import InvalidArgument
-from strongroom_gateway.synthesis import SortedSpool, merge_entries
+from strongroom_gateway.errors import FailedPrecondition, InvalidArgument
+from strongroom_gateway.synthesis import SortedSpool, build_manifest, merge_entries
 from strongroom_platform.manifest import decode_manifest
 
 HELLO = gateway_pb2.AgentReport(
@@ -206,3 +207,39 @@ async def test_unthrottled_gateway_delivers_backups_without_limits(gw: GatewayHa
     free = await pending_commands(identity, registry.open("i-1"), store=gw.store, unthrottled=True)
     assert [c.run_backup.max_read_bytes_per_second for _, c in limited] == [10_000_000]
     assert [(c.run_backup.max_read_bytes_per_second, c.run_backup.max_cores) for _, c in free] == [(0, 1024)]
+
+
+class _LateAnswer(Future[tuple[set[str], list[bytes]]]):
+    """A lookup answered only when its result is asked for (so the test sees how many are open)."""
+
+    def __init__(self, answer: tuple[set[str], list[bytes]]) -> None:
+        super().__init__()
+        self._answer = answer
+
+    def result(self, timeout: float | None = None) -> tuple[set[str], list[bytes]]:
+        if not self.done():
+            self.set_result(self._answer)
+        return super().result(timeout)
+
+
+def test_build_manifest_keeps_lookups_in_flight_and_checks_every_one() -> None:
+    entries = [
+        common_pb2.FileEntry(path=f"f{i:03d}", type=common_pb2.ENTRY_TYPE_FILE, size=1, chunk_ids=[bytes([i]) * 32])
+        for i in range(10)
+    ]
+    started: list[_LateAnswer] = []
+    most_open = 0
+    lost = b""
+
+    def locate(ids: list[bytes]) -> Future[tuple[set[str], list[bytes]]]:
+        nonlocal most_open
+        most_open = max(most_open, sum(1 for f in started if not f.done()) + 1)
+        started.append(_LateAnswer(({f"pack-{ids[0][0]}"}, [c for c in ids if c == lost])))
+        return started[-1]
+
+    built = build_manifest(iter(entries), locate, lookup_batch=3, lookups_in_flight=2)
+    assert most_open == 2 and len(started) == 4 and all(f.done() for f in started)
+    assert built.packs == {"pack-0", "pack-3", "pack-6", "pack-9"} and built.file_count == 10
+    lost, started, most_open = bytes([7]) * 32, [], 0
+    with pytest.raises(FailedPrecondition, match="1 referenced chunks are not stored"):
+        build_manifest(iter(entries), locate, lookup_batch=3, lookups_in_flight=2)

@@ -29,7 +29,7 @@ from strongroom_agent import cache
 from strongroom_agent.backup.commit import UNCHANGED, Committer, Gone, Slot, Spool, SpoolWriter
 from strongroom_agent.backup.context import JobContext
 from strongroom_agent.backup.read import FileOutcome, Reader
-from strongroom_agent.backup.scan import ScanItem, file_entry, scan_point
+from strongroom_agent.backup.scan import ScanItem, file_entry, scan_batches
 from strongroom_agent.backup.stages import ByteBudget, Compressor, Deduper, Uploader
 from strongroom_agent.jobs import FileError, reason
 
@@ -152,41 +152,59 @@ class _Scan:
 
     async def run(self, group: asyncio.TaskGroup) -> None:
         ctx = self.ctx
-        cursor = self.cursor
         try:
-            async for item in scan_point(self.root, ctx.exclusions, ctx.errors, ctx.cancel):
-                path = item.rel.encode()
-                cached = None
-                if cursor is not None:
-                    while (record := await cursor.peek()) is not None and record.path < path:
-                        await self._put_known(group, Gone(cursor.take().path))
-                    if record is not None and record.path == path:
-                        cached = cursor.take()
-                ctx.stats.files_scanned += 1
-                if stat.S_ISREG(item.st.st_mode):
-                    ctx.stats.bytes_scanned += item.st.st_size
-                    if cached is not None and cached.unchanged(item.st):
-                        # Same inode, size, mtime and ctime: mode and owner are unchanged too (they
-                        # move ctime), so the cached entry is this file's entry as it stands.
-                        ctx.stats.files_unchanged += 1
-                        ctx.stats.bytes_unchanged += item.st.st_size
-                        await self._put_known(group, Slot(path, UNCHANGED, cached))
-                        continue
-                    if item.st.st_size <= ctx.limits.small_file_bytes:
-                        await self._add_small(group, item, path, cached)
-                        continue
-                    await self._put_ordered(group, Slot(path, await self.reader.read(group, item), cached))
-                else:
-                    await self._put_known(group, Slot(path, (file_entry(item), item.st), cached))
+            async for batch in scan_batches(self.root, ctx.exclusions, ctx.errors, ctx.cancel):
+                await self._route(group, batch)
         except FileNotFoundError:
             ctx.errors.append(FileError(self.root, "backup root vanished"))
         except OSError as exc:
             ctx.errors.append(FileError(self.root, reason(exc)))
         await self.reader.flush(group)
+        cursor = self.cursor
         if cursor is not None:
             while await cursor.peek() is not None:
                 await self._put_known(group, Gone(cursor.take().path))
         await self.spool_writer.close()
+
+    async def _route(self, group: asyncio.TaskGroup, batch: list[ScanItem]) -> None:
+        """Pair each item of a batch with its cache record and route it, in scan order.
+
+        The common case (cache records at hand, the spool writer idle, the file
+        unchanged or not a file) runs without suspending, one step per batch.
+        """
+        ctx = self.ctx
+        stats = ctx.stats
+        cursor = self.cursor
+        small_file_bytes = ctx.limits.small_file_bytes
+        for item in batch:
+            path = item.rel.encode()
+            cached = None
+            if cursor is not None:
+                while True:
+                    peeked = cursor.peek_nowait()
+                    record = await cursor.peek() if peeked is cache.PENDING else peeked
+                    if record is None or record.path >= path:
+                        break
+                    await self._put_known(group, Gone(cursor.take().path))
+                if record is not None and record.path == path:
+                    cached = cursor.take()
+            stats.files_scanned += 1
+            st = item.st
+            if stat.S_ISREG(st.st_mode):
+                stats.bytes_scanned += st.st_size
+                if cached is not None and cached.unchanged(st):
+                    # Same inode, size, mtime and ctime: mode and owner are unchanged too (they
+                    # move ctime), so the cached entry is this file's entry as it stands.
+                    stats.files_unchanged += 1
+                    stats.bytes_unchanged += st.st_size
+                    await self._put_known(group, Slot(path, UNCHANGED, cached))
+                    continue
+                if st.st_size <= small_file_bytes:
+                    await self._add_small(group, item, path, cached)
+                    continue
+                await self._put_ordered(group, Slot(path, await self.reader.read(group, item), cached))
+            else:
+                await self._put_known(group, Slot(path, (file_entry(item), st), cached))
 
     async def _put_ordered(self, group: asyncio.TaskGroup, item: Slot | Gone) -> None:
         """Queue ``item`` for the spool writer, first starting the pending small-file group if the queue is full.

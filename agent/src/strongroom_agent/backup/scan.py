@@ -144,6 +144,26 @@ async def scan_point(
 ) -> AsyncIterator[ScanItem]:
     """Yield the entries of the tree at ``root`` in manifest (UTF-8 byte) order, without crossing mounts.
 
+    One item at a time; see ``scan_batches``.
+    """
+    async for batch in scan_batches(root, exclusions, errors, cancel, read_ahead=read_ahead):
+        for item in batch:
+            yield item
+
+
+async def scan_batches(
+    root: str,
+    exclusions: Exclusions,
+    errors: list[FileError],
+    cancel: asyncio.Event,
+    *,
+    read_ahead: int = SCAN_READ_AHEAD,
+) -> AsyncIterator[list[ScanItem]]:
+    """The entries of the tree at ``root`` in manifest (UTF-8 byte) order, without crossing mounts, in batches.
+
+    A batch is a run of one directory's listing up to the next subdirectory the
+    walk enters: one step of the consumer per run instead of per entry (the
+    per-entry steps were a large part of a no-change backup's event-loop time).
     Up to ``read_ahead`` directories the walk will enter next are listed
     concurrently in worker threads while it goes on: listing one directory at
     a time left the walk waiting for each round trip (most of a no-change
@@ -154,7 +174,7 @@ async def scan_point(
     st = await asyncio.to_thread(os.lstat, root)
     device = st.st_dev
     root_item = ScanItem("", root, st)
-    yield root_item
+    yield [root_item]
     started: dict[str, asyncio.Future[_Listing]] = {}
 
     def start(item: ScanItem) -> asyncio.Future[_Listing]:
@@ -177,15 +197,21 @@ async def scan_point(
             if cancel.is_set():
                 raise JobCanceled
             level = stack[-1]
-            if level.next >= len(level.items):
+            items = level.items
+            if level.next >= len(items):
                 stack.pop()
                 continue
-            _key, descend, item = level.items[level.next]
+            run: list[ScanItem] = []
+            while level.next < len(items) and not items[level.next][1]:
+                run.append(items[level.next][2])
+                level.next += 1
+            if run:
+                level.ahead = max(level.ahead, level.next)
+                yield run
+                continue
+            _key, _descend, item = items[level.next]
             level.next += 1
             level.ahead = max(level.ahead, level.next)
-            if not descend:
-                yield item
-                continue
             future = started.pop(item.path, None)
             listing = await (future if future is not None else start(item))
             errors.extend(listing.errors)

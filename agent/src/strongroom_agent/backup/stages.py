@@ -226,19 +226,34 @@ def compress_group(job_id: str, chunks: list[Chunk], message_bytes: int) -> Outg
     """Compress a group of chunks and build its upload messages, serialized (runs in a worker thread).
 
     Building and serializing the messages copies every payload twice; done
-    here, those copies stay off the event loop, and only the serialized
-    messages are kept until they are sent.
+    here, those copies stay off the event loop. Memory: each chunk's content is
+    dropped once compressed and each message's payloads once it is serialized,
+    so the group is held about once, not three times (content, compressed,
+    serialized), while it is compressed and while it waits for an uploader; the
+    budget still holds the content's charge until the upload returns.
     """
-    uploads = []
+    requests: list[bytes] = []
+    pending: list[Upload] = []
+    pending_bytes = payload_bytes = charge = 0
+
+    def seal() -> None:
+        nonlocal pending_bytes
+        requests.extend(request.SerializeToString() for request in upload_requests(job_id, pending, message_bytes))
+        pending.clear()
+        pending_bytes = 0
+
     for chunk in chunks:
         compression, payload = compress(chunk.content)
-        uploads.append(Upload(chunk.id, len(chunk.content), compression, payload, chunk.charge))
-    return Outgoing(
-        [request.SerializeToString() for request in upload_requests(job_id, uploads, message_bytes)],
-        len(uploads),
-        sum(len(u.payload) for u in uploads),
-        sum(u.charge for u in uploads),
-    )
+        if pending and pending_bytes + len(payload) > message_bytes:
+            seal()
+        pending.append(Upload(chunk.id, len(chunk.content), compression, payload, chunk.charge))
+        chunk.content = b""  # its last reference: the caller's lists may live on while this group waits
+        pending_bytes += len(payload)
+        payload_bytes += len(payload)
+        charge += chunk.charge
+    if pending:
+        seal()
+    return Outgoing(requests, len(chunks), payload_bytes, charge)
 
 
 def _group_bytes(group: list[Chunk]) -> int:

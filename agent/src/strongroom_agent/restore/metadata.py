@@ -74,9 +74,20 @@ class DirectoryMetadata:
         await self._apply_deferred()
 
     async def _apply_deferred(self) -> None:
+        ready: list[PendingDir] = []
         while self._deferred and self._deferred[0][0] <= self._done_seq:
-            _, pending = self._deferred.popleft()
+            ready.append(self._deferred.popleft()[1])
+        if ready:
+            # One worker-thread call for all of them: a thread hop per directory cost more than
+            # the work while the writer threads held the GIL.
+            self._errors.extend(await asyncio.to_thread(self._finish, ready))
+
+    def _finish(self, ready: list[PendingDir]) -> list[FileError]:
+        """Apply the metadata of ``ready`` in order (in a worker thread); the failures."""
+        errors = []
+        for pending in ready:
             try:
-                await asyncio.to_thread(self._dest.finish_dir, pending.parts, pending.entry)
+                self._dest.finish_dir(pending.parts, pending.entry)
             except (EntryProblem, OSError) as exc:
-                self._errors.append(FileError(pending.entry.path, f"cannot set directory metadata: {exc}"))
+                errors.append(FileError(pending.entry.path, f"cannot set directory metadata: {exc}"))
+        return errors

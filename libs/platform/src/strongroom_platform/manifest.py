@@ -113,6 +113,10 @@ class ManifestDecoder:
         self._buffer = bytearray()
 
     def feed(self, data: bytes | memoryview) -> list[common_pb2.FileEntry]:
+        return [common_pb2.FileEntry.FromString(record) for record in self.feed_records(data)]
+
+    def feed_records(self, data: bytes | memoryview) -> list[bytes]:
+        """Like ``feed``, but the records unparsed: each a serialized FileEntry (see ``record_path``)."""
         if self._decompressor is None:
             need = 5 - len(self._head)
             self._head += bytes(data[:need])
@@ -141,8 +145,8 @@ class ManifestDecoder:
         if self._head[4] not in SUPPORTED_VERSIONS:
             raise ManifestFormatError(f"unsupported manifest format version {self._head[4]}")
 
-    def _records(self) -> list[common_pb2.FileEntry]:
-        out: list[common_pb2.FileEntry] = []
+    def _records(self) -> list[bytes]:
+        out: list[bytes] = []
         buffer = self._buffer
         position = 0
         while position < len(buffer):
@@ -155,9 +159,7 @@ class ManifestDecoder:
             end = start + length
             if end > len(buffer):
                 break
-            entry = common_pb2.FileEntry()
-            entry.ParseFromString(bytes(buffer[start:end]))
-            out.append(entry)
+            out.append(bytes(buffer[start:end]))
             position = end
         del buffer[:position]
         return out
@@ -175,6 +177,36 @@ class ManifestDecoder:
 
 
 DECODE_PIECE = 1 << 20
+
+
+def record_path(record: bytes) -> bytes | None:
+    """The UTF-8 path of a serialized FileEntry read without parsing it, or None when it is not first.
+
+    Entries are serialized in field order, so ``path`` (field 1) leads; a record
+    that does not start with it (a writer that orders fields otherwise) gives
+    None and must be parsed to learn its path.
+    """
+    if not record or record[0] != 0x0A:
+        return None
+    try:
+        length, start = decode_uvarint(record, 1)
+    except ManifestFormatError:
+        return None
+    end = start + length
+    return record[start:end] if end <= len(record) else None
+
+
+def manifest_records(data: bytes) -> Iterator[bytes]:
+    """The serialized entries of manifest bytes, in stored (path) order, unparsed (decompressed piece by piece).
+
+    A reader that stops early leaves the rest undecompressed; one that reads to
+    the end gets the checks of ``decode_manifest``.
+    """
+    decoder = ManifestDecoder()
+    view = memoryview(data)
+    for offset in range(0, len(view), DECODE_PIECE):
+        yield from decoder.feed_records(view[offset : offset + DECODE_PIECE])
+    decoder.finish()
 
 
 def decode_manifest(data: bytes) -> Iterator[common_pb2.FileEntry]:

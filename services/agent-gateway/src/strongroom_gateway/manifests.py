@@ -14,9 +14,11 @@ rest (plaintext) and are returned unchanged.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
+from strongroom.common.v1 import common_pb2
 from strongroom_platform.manifest import MAGIC as MANIFEST_MAGIC
-from strongroom_platform.manifest import ManifestFormatError
+from strongroom_platform.manifest import ManifestFormatError, manifest_records, record_path
 from strongroom_platform.objectstore import ObjectStore
 
 from strongroom_gateway.crypto import DataKey, DecryptionError, manifest_aad
@@ -73,3 +75,38 @@ async def read_point_manifest(object_store: ObjectStore, keys: AccountKeys, poin
     stored = await object_store.get(point.manifest_key, version_id=point.manifest_version_id)
     key = await keys.data_key(point.account_id)
     return await asyncio.to_thread(open_manifest, key, point.point_id, stored)
+
+
+def under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it (every path is below the empty prefix)."""
+    return prefix == "" or path == prefix or path.startswith(prefix + "/")
+
+
+def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:
+    """Decode a manifest and keep the entries below an include path (all when none) and below no exclude path.
+
+    With include paths only their entries are parsed: a record's path is read
+    from its bytes (``record_path``) and the others are skipped unparsed. The
+    manifest is sorted by path bytes, so everything below ``p`` lies in
+    ``[p, p + "0")`` ("0" follows "/"): decoding stops after the last include
+    path's range. A single-file restore of a large point read and parsed every
+    entry before (~0.6 s for 80k entries).
+    """
+    if not include or "" in include:
+        include = ()
+    starts = [p.encode() for p in include]
+    stop = max((p + b"0" for p in starts), default=None)
+    kept: list[common_pb2.FileEntry] = []
+    for record in manifest_records(data):
+        path = record_path(record)
+        if path is not None and starts:
+            if stop is not None and path >= stop:
+                break
+            if not any(path == p or path.startswith(p + b"/") for p in starts):
+                continue
+        entry = common_pb2.FileEntry.FromString(record)
+        if (not include or any(under(entry.path, p) for p in include)) and not any(
+            under(entry.path, p) for p in exclude
+        ):
+            kept.append(entry)
+    return kept

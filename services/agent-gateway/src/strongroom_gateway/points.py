@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequen
 from typing import Any, NamedTuple
 
 from strongroom.agent.v1 import gateway_pb2
-from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import Clock
 from strongroom_platform.events import POINT_CREATED, new_meta, to_timestamp
@@ -137,8 +136,8 @@ async def commit_point(
             epoch = await tx.gc_epoch(identity.account_id)
         loop = asyncio.get_running_loop()
 
-        def locate(ids: list[bytes]) -> tuple[set[str], list[bytes]]:
-            return asyncio.run_coroutine_threadsafe(_chunk_packs(store, identity.account_id, ids), loop).result()
+        def locate(ids: list[bytes]) -> concurrent.futures.Future[tuple[set[str], list[bytes]]]:
+            return asyncio.run_coroutine_threadsafe(_chunk_packs(store, identity.account_id, ids), loop)
 
         def build() -> BuiltManifest:
             base_entries = decode_manifest(base_manifest) if base_manifest is not None else iter(())
@@ -410,22 +409,9 @@ async def _refuse_reclaimed(tx: GatewayTx, account_id: str, pack_ids: Iterable[s
         )
 
 
-def _under(path: str, prefix: str) -> bool:
-    return prefix == "" or path == prefix or path.startswith(prefix + "/")
-
-
 def _normalize(paths: Iterable[str]) -> list[str]:
     """Filter paths without leading and trailing '/' (checked by ``validation.read_manifest_request``)."""
     return [raw.strip("/") for raw in paths]
-
-
-def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:
-    """Decode a manifest and keep the entries below an include path (all when none) and below no exclude path."""
-    return [
-        e
-        for e in decode_manifest(data)
-        if (not include or any(_under(e.path, p) for p in include)) and not any(_under(e.path, p) for p in exclude)
-    ]
 
 
 async def _restore_point(
@@ -463,7 +449,7 @@ async def read_manifest(
     except ManifestFormatError as exc:
         raise FailedPrecondition(f"manifest of point {point.point_id!r} cannot be read: {exc}") from None
     try:
-        entries = await asyncio.to_thread(filter_entries, data, include, exclude)
+        entries = await asyncio.to_thread(manifests.filter_entries, data, include, exclude)
     except ManifestFormatError as exc:
         raise FailedPrecondition(f"manifest of point {point.point_id!r} cannot be read: {exc}") from None
     for start in range(0, len(entries), MANIFEST_BATCH):

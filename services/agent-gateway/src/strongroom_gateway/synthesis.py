@@ -16,11 +16,13 @@ bridges (``asyncio.run_coroutine_threadsafe``).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import io
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -31,6 +33,7 @@ from strongroom_gateway.errors import FailedPrecondition, InvalidArgument
 
 RUN_BYTES = 32 << 20
 LOOKUP_BATCH = 10_000
+LOOKUPS_IN_FLIGHT = 2
 _HEAD = struct.Struct("<II")
 
 
@@ -156,16 +159,19 @@ class BuiltManifest:
 
 def build_manifest(
     entries: Iterable[common_pb2.FileEntry],
-    locate: Callable[[list[bytes]], tuple[set[str], list[bytes]]],
+    locate: Callable[[list[bytes]], Future[tuple[set[str], list[bytes]]]],
     *,
     lookup_batch: int = LOOKUP_BATCH,
+    lookups_in_flight: int = LOOKUPS_IN_FLIGHT,
     encoded: bytes | None = None,
 ) -> BuiltManifest:
     """Encode the sorted ``entries`` and check that the account holds every chunk they reference.
 
-    ``locate(ids)`` returns the packs holding ``ids`` and those of ``ids`` not stored.
-    With ``encoded`` (the manifest these entries were decoded from, unchanged), nothing is
-    encoded again: the result carries those bytes.
+    ``locate(ids)`` starts a lookup and returns its future: the packs holding
+    ``ids`` and those of ``ids`` not stored. Up to ``lookups_in_flight`` run
+    while the entries go on being decoded (the database works while this
+    thread parses). With ``encoded`` (the manifest these entries were decoded
+    from, unchanged), nothing is encoded again: the result carries those bytes.
 
     Raises FailedPrecondition naming up to five missing chunk ids.
     """
@@ -173,15 +179,21 @@ def build_manifest(
     out = io.BytesIO()
     built = BuiltManifest(b"")
     pending: dict[bytes, None] = {}
+    lookups: collections.deque[Future[tuple[set[str], list[bytes]]]] = collections.deque()
 
-    def check() -> None:
-        ids = list(pending)
-        pending.clear()
-        packs, missing = locate(ids)
+    def settle(lookup: Future[tuple[set[str], list[bytes]]]) -> None:
+        packs, missing = lookup.result()
         if missing:
             sample = ", ".join(sorted(c.hex() for c in missing)[:5])
             raise FailedPrecondition(f"{len(missing)} referenced chunks are not stored (upload them first): {sample}")
         built.packs.update(packs)
+
+    def check() -> None:
+        ids = list(pending)
+        pending.clear()
+        while len(lookups) >= max(1, lookups_in_flight):
+            settle(lookups.popleft())
+        lookups.append(locate(ids))
 
     for entry in entries:
         if encoded is None:
@@ -199,6 +211,8 @@ def build_manifest(
             check()
     if pending:
         check()
+    while lookups:
+        settle(lookups.popleft())
     if encoded is not None:
         built.data = encoded
     else:
