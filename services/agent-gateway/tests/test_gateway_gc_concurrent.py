@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
-from strongroom_gateway import points
 from strongroom_gateway.gc import collector
 from strongroom_gateway.migrations import SPEC
+from strongroom_gateway.points import packs as point_packs
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_testing.fixtures import PgLogins, S3Config
 from test_gateway_gc import _restore
@@ -79,7 +79,7 @@ async def test_a_backup_runs_through_a_repack_and_the_source_is_reclaimed(
     await gw.upload(agent, "job-3", [NEW])
     stored_before = await _pack_bytes(setup)
 
-    original = points._extend_pack_locks
+    original = point_packs.extend_pack_locks
     reports: list[collector.Report] = []
 
     async def located_then_repacked(account_id: str, packs: Iterable[str], *args: Any) -> None:
@@ -88,10 +88,10 @@ async def test_a_backup_runs_through_a_repack_and_the_source_is_reclaimed(
             assert source in set(packs)
             reports.append(await collector.collect(setup.deps()))
 
-    monkeypatch.setattr(points, "_extend_pack_locks", located_then_repacked)
+    monkeypatch.setattr(point_packs, "extend_pack_locks", located_then_repacked)
     entries = [dir_entry(""), file_entry("new", key, [NEW]), file_entry("small", key, [SMALL])]
     day3 = (await gw.commit(agent, "job-3", entries)).point_id
-    monkeypatch.setattr(points, "_extend_pack_locks", original)
+    monkeypatch.setattr(point_packs, "extend_pack_locks", original)
     [report] = reports
     assert (report.packs_repacked, report.repacks_refused, report.packs_condemned) == (1, 0, 1)
     new = await _pack_of(gw, SMALL)

@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry, meta
 from strongroom.events.v1 import events_pb2
-from strongroom_gateway import points
 from strongroom_gateway.gc import collector
 from strongroom_gateway.migrations import SPEC
+from strongroom_gateway.points import packs as point_packs
 from strongroom_gateway.ports import ChunkLocation, Pack
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_platform import events
@@ -437,7 +437,7 @@ async def test_a_commit_racing_a_move_locates_again_and_locks_the_new_pack(
     await stack.advance(days=2)  # the new pack, locked like day 2, is then short of day 3's lock
     big3 = RNG.randbytes(40_000)
     await gw.upload(agent, "job-3", [big3])
-    original = points._extend_pack_locks
+    original = point_packs.extend_pack_locks
     reports: list[collector.Report] = []
 
     async def located_then_moved(account_id: str, packs: Iterable[str], *args: Any) -> None:
@@ -446,7 +446,7 @@ async def test_a_commit_racing_a_move_locates_again_and_locks_the_new_pack(
             assert first in set(packs)
             reports.append(await collector.collect(stack.deps()))
 
-    monkeypatch.setattr(points, "_extend_pack_locks", located_then_moved)
+    monkeypatch.setattr(point_packs, "extend_pack_locks", located_then_moved)
     entries = [dir_entry(""), file_entry("big", key, [big3]), file_entry("small", key, [SMALL])]
     day3 = (await gw.commit(agent, "job-3", entries)).point_id
     [report] = reports

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
-from strongroom_gateway import points
 from strongroom_gateway.gc import collector
 from strongroom_gateway.gc.repack import RepackPolicy
+from strongroom_gateway.points import packs as point_packs
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.objectstore import ObjectLocked
 from strongroom_platform.testing import FakeClock
@@ -133,7 +133,7 @@ async def test_a_move_while_a_backup_runs_and_the_backup_located_before_it(
     await gw.request_backup(agent, "job-3")
     gw.clock.advance(days=1)
     await gw.upload(agent, "job-3", [BIG3])
-    original = points._extend_pack_locks
+    original = point_packs.extend_pack_locks
     reports: list[collector.Report] = []
 
     async def located_then_moved(account_id: str, packs: Iterable[str], *args: Any) -> None:
@@ -142,7 +142,7 @@ async def test_a_move_while_a_backup_runs_and_the_backup_located_before_it(
             assert first in set(packs)
             reports.append(await collector.collect(_deps(gw)))
 
-    monkeypatch.setattr(points, "_extend_pack_locks", located_then_moved)
+    monkeypatch.setattr(point_packs, "extend_pack_locks", located_then_moved)
     entries = [dir_entry(""), file_entry("big", key, [BIG3]), file_entry("small", key, [SMALL])]
     day3 = (await gw.commit(agent, "job-3", entries)).point_id
     _finish(gw, "job-3")

@@ -14,7 +14,7 @@ import zstandard
 from gateway_helpers import Agent, GatewayHarness, chunk_id, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_gateway import points
-from strongroom_gateway.points import coalesce, plan_reads
+from strongroom_gateway.points import chunk_reads, coalesce, plan_reads
 from strongroom_gateway.ports import ChunkLocation
 
 
@@ -132,7 +132,7 @@ async def test_reads_are_windowed_and_windows_reread_repeated_chunks(
 ) -> None:
     contents = [os.urandom(3000) for _ in range(39)]
     agent, key, job = await _restorable(gw, contents)
-    monkeypatch.setattr(points, "READ_WINDOW_BYTES", 10_000)  # three chunks per window
+    monkeypatch.setattr(chunk_reads, "READ_WINDOW_BYTES", 10_000)  # three chunks per window
     objects = CountingObjects(gw)
     ids = [chunk_id(key, c) for c in contents]
     got = [r.data async for r in _read(gw, agent, job, ids + ids[:1])]
@@ -221,7 +221,7 @@ async def test_a_chunk_larger_than_the_message_limit_travels_alone(
     messages = [r async for r in _read_batched(gw, agent, job, ids, 1000)]
     assert [[c.data for c in m.chunks] for m in messages] == [[contents[0]], [contents[1]], contents[2:]]
     # The gateway lowers a larger request to its own cap.
-    monkeypatch.setattr(points, "MAX_READ_MESSAGE_BYTES", 300)
+    monkeypatch.setattr(chunk_reads, "MAX_READ_MESSAGE_BYTES", 300)
     messages = [r async for r in _read_batched(gw, agent, job, ids, 1 << 30)]
     assert [[c.data for c in m.chunks] for m in messages] == [[c] for c in contents]
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
 from strongroom.agent.v1 import gateway_pb2
-from strongroom_gateway import points
 from strongroom_gateway.gc import collector
 from strongroom_gateway.gc.repack import RepackPolicy
+from strongroom_gateway.points import packs as point_packs
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.objectstore import ObjectLocked
 from strongroom_platform.testing import FakeClock
@@ -160,7 +160,7 @@ async def test_a_commit_that_located_its_chunks_before_a_repack_records_the_new_
     key = await gw.key_of("acct-a")
     await gw.request_backup(agent, "job-3")
     gw.clock.advance(days=2)  # the new pack, locked like the live point, is then short of this one's lock
-    original = points._extend_pack_locks
+    original = point_packs.extend_pack_locks
     reports: list[collector.Report] = []
 
     async def located_then_repacked(account_id: str, packs: Iterable[str], *args: Any) -> None:
@@ -169,7 +169,7 @@ async def test_a_commit_that_located_its_chunks_before_a_repack_records_the_new_
             assert set(packs) == {first}
             reports.append(await collector.collect(_deps(gw)))
 
-    monkeypatch.setattr(points, "_extend_pack_locks", located_then_repacked)
+    monkeypatch.setattr(point_packs, "extend_pack_locks", located_then_repacked)
     point = (await gw.commit(agent, "job-3", [dir_entry(""), file_entry("small", key, [SMALL])])).point_id
     [report] = reports
     assert report.packs_repacked == 1
