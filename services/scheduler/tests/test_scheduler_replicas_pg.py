@@ -18,10 +18,8 @@ import pytest
 from scheduler_helpers import call
 from strongroom.events.v1 import events_pb2
 from strongroom.scheduler.v1 import scheduler_pb2 as S
-from strongroom_platform.alerts import account_alert
-from strongroom_platform.auth import Role, operator
-from strongroom_platform.events import INSTANCE_STATUS_CHANGED, new_meta
-from strongroom_platform.testing import FakeClock, call_for
+from strongroom_platform.events import INSTANCE_STATUS_CHANGED
+from strongroom_platform.testing import FakeClock
 from strongroom_platform.trusted_time import set_clock_offset
 from strongroom_scheduler import handlers
 from strongroom_scheduler.alerts import handlers as alert_handlers
@@ -38,6 +36,9 @@ from strongroom_scheduler.inventory import note_preparation_failures
 from strongroom_scheduler.migrations import SPEC
 from strongroom_scheduler.repository import PgSchedulerStore
 from strongroom_testing.fixtures import PgLogins
+from test_alerts_prune import call as alert_prune_call
+from test_alerts_prune import raise_alert, subscribe
+from test_scheduler_audit_retention import Trail
 
 pytestmark = pytest.mark.integration
 
@@ -80,36 +81,17 @@ async def test_two_replicas_prune_the_alert_history_once(
     pools: tuple[asyncpg.Pool, asyncpg.Pool], clock: FakeClock
 ) -> None:
     first, second = (PgAlertStore(pool) for pool in pools)
-    admin = operator("token:admin", {"acme": Role.ADMIN})
     deps = AlertDeps(
         store=first, clock=clock, webhook_policy=WebhookPolicy(allow=(ipaddress.ip_network("127.0.0.1/32"),))
     )
-
-    def alert_call(method: str):  # type: ignore[no-untyped-def]
-        return call_for("/strongroom.alerts.v1.AlertService/" + method, admin)
-
-    await alert_handlers.create_subscription(
-        deps,
-        account_id="acme",
-        channel=WEBHOOK,
-        target="http://127.0.0.1:9/h",
-        kinds=[],
-        call=alert_call("CreateSubscription"),
-    )
+    await subscribe(deps)
     count = 9
     for n in range(count):
-        event = account_alert(
-            events_pb2.ALERT_KIND_BACKUP_FAILED,
-            producer="scheduler",
-            now=clock.now(),
-            account_id="acme",
-            instance_id="i-1",
-            job_id=f"j-{n}",
-            reason="failed",
-        )
-        await alert_handlers.handle_alert_raised(event, deps)
+        await raise_alert(deps, f"j-{n}")
     assert await deliver_due(first, {WEBHOOK: RecordingSender()}, clock, DeliveryPolicy(batch=50)) == count
-    await alert_handlers.mark_messages_read(deps, "acme", [], all_messages=True, call=alert_call("MarkMessagesRead"))
+    await alert_handlers.mark_messages_read(
+        deps, "acme", [], all_messages=True, call=alert_prune_call("MarkMessagesRead")
+    )
     clock.advance(91 * DAY)
     policy = PrunePolicy(keep=dt.timedelta(days=90), batch=2)
     passes = await asyncio.gather(*(prune_alerts(s, clock, policy) for s in (first, second) * 2))
@@ -123,18 +105,9 @@ async def test_two_replicas_prune_the_audit_trail_once(
 ) -> None:
     first, second = (PgSchedulerStore(pool) for pool in pools)
     count = 25
-    async with first.transaction() as tx:
-        for n in range(count):
-            event = events_pb2.AuditRecorded(
-                meta=new_meta("scheduler", dt.datetime.now(dt.UTC)),
-                subject=f"token:t-{n}",
-                principal_kind="operator",
-                account_ids=["acme"],
-                method="/strongroom.scheduler.v1.SchedulerService/PauseBackup",
-                verb="pause backups",
-                result_code="OK",
-            )
-            await tx.insert_audit_event(event)
+    trail = Trail(first, FakeClock(dt.datetime.now(dt.UTC)), lambda: asyncio.sleep(0))
+    for n in range(count):
+        await trail.record(f"t-{n}")
     owner = await asyncpg.connect(pg_logins.owner)
     try:
         await set_clock_offset(owner, dt.timedelta(days=401))  # the trusted time the cut-off is taken by
