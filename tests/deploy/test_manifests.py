@@ -93,7 +93,6 @@ def test_every_service_pod_is_locked_down_and_probed(rendered: dict[str, list[di
             healthz = {"port": "https", "path": "/healthz", "scheme": "HTTPS"}
             assert container["readinessProbe"]["httpGet"] == container["startupProbe"]["httpGet"] == healthz
             assert container["livenessProbe"]["tcpSocket"] == {"port": "https"}
-            assert deployment["spec"]["replicas"] == 2
         else:
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                 assert container[probe]["grpc"] == {"port": 8086}, (deployment["metadata"]["name"], probe)
@@ -101,6 +100,26 @@ def test_every_service_pod_is_locked_down_and_probed(rendered: dict[str, list[di
         assert {"/var/lib/strongroom", "/tmp"} <= mounts and container["workingDir"] == "/var/lib/strongroom"
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == "9464"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_runs_two_replicas_and_a_drain_keeps_one(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Two replicas of each service (the gateway's come from its HPA), and a PDB per service that
+    keeps one serving; the periodic loops are safe with two replicas (ADR 0050, session 4)."""
+    replicas = {d["metadata"]["name"]: d["spec"].get("replicas") for d in _of(rendered[overlay], "Deployment")}
+    assert replicas.pop("strongroom-gateway") is None  # the HPA owns the gateway's count
+    assert set(replicas.values()) == {2}, replicas
+    budgets = {b["metadata"]["name"]: b["spec"] for b in _of(rendered[overlay], "PodDisruptionBudget")}
+    assert sorted(budgets) == [
+        f"strongroom-{s}" for s in ("api", "billing", "catalog", "gateway", "restore", "scheduler")
+    ]
+    for name, spec in budgets.items():
+        if overlay == "dev" and name == "strongroom-gateway":  # dev autoscales the gateway from 1
+            assert spec["maxUnavailable"] == 1
+        else:
+            assert spec["minAvailable"] == 1, name
 
 
 def test_internal_listeners_admit_only_the_services(rendered: dict[str, list[dict[str, Any]]]) -> None:

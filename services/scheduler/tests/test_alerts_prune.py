@@ -36,6 +36,32 @@ def call(method: str):  # type: ignore[no-untyped-def]
     return call_for("/strongroom.alerts.v1.AlertService/" + method, ADMIN)
 
 
+async def subscribe(deps: AlertDeps) -> None:
+    """A webhook subscription of acme to every kind."""
+    await handlers.create_subscription(
+        deps,
+        account_id="acme",
+        channel=WEBHOOK,
+        target="http://127.0.0.1:9/h",
+        kinds=[],
+        call=call("CreateSubscription"),
+    )
+
+
+async def raise_alert(deps: AlertDeps, job: str) -> None:
+    """A backup-failed alert of acme's instance i-1, handled as the consumer would."""
+    event = account_alert(
+        events_pb2.ALERT_KIND_BACKUP_FAILED,
+        producer="scheduler",
+        now=deps.clock.now(),
+        account_id="acme",
+        instance_id="i-1",
+        job_id=job,
+        reason="failed",
+    )
+    await handlers.handle_alert_raised(event, deps)
+
+
 @pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[AlertStore]:
     if request.param == "memory":
@@ -54,31 +80,11 @@ async def test_old_finished_deliveries_and_read_messages_are_pruned_in_batches(s
     deps = AlertDeps(
         store=store, clock=clock, webhook_policy=WebhookPolicy(allow=(ipaddress.ip_network("127.0.0.1/32"),))
     )
-    await handlers.create_subscription(
-        deps,
-        account_id="acme",
-        channel=WEBHOOK,
-        target="http://127.0.0.1:9/h",
-        kinds=[],
-        call=call("CreateSubscription"),
-    )
-
-    async def raise_alert(job: str) -> None:
-        event = account_alert(
-            events_pb2.ALERT_KIND_BACKUP_FAILED,
-            producer="scheduler",
-            now=clock.now(),
-            account_id="acme",
-            instance_id="i-1",
-            job_id=job,
-            reason="failed",
-        )
-        await handlers.handle_alert_raised(event, deps)
-
+    await subscribe(deps)
     for n in range(5):
-        await raise_alert(f"j-{n}")
+        await raise_alert(deps, f"j-{n}")
     assert await deliver_due(store, {WEBHOOK: RecordingSender()}, clock, DeliveryPolicy(batch=50)) == 5
-    await raise_alert("j-5")  # its delivery stays pending
+    await raise_alert(deps, "j-5")  # its delivery stays pending
     messages, _, _ = await handlers.list_messages(
         deps, "acme", unread_only=False, page_size=0, page_token="", call=call("ListMessages")
     )
