@@ -12,6 +12,8 @@ from typing import TextIO
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from strongroom_zones.display import minute_of_day as minute_of_day  # re-exported: callers use this module's name
+from strongroom_zones.display import size as size
 
 
 def _local_zone() -> dt.tzinfo:
@@ -85,20 +87,6 @@ def timestamp(ts: Timestamp, *, present: bool = True) -> str:
 
 def mtime(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).astimezone(_display_zone).strftime("%Y-%m-%d %H:%M")
-
-
-def size(n: int) -> str:
-    """Human-readable size in binary units: ``512 B``, ``1.5 KiB``, ``100.0 GiB``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def minute_of_day(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
 def enum_name(name: str, prefix: str) -> str:

@@ -10,6 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
 from strongroom_zones import parse_zone, zone_name
+from strongroom_zones.display import minute_of_day as minute_of_day  # re-exported: callers use this module's name
+from strongroom_zones.display import size as size
 
 DEFAULT_ZONE = "UTC+08:00"
 
@@ -75,20 +77,6 @@ def when(ts: Timestamp | None, zone: dt.tzinfo) -> str:
 
 def when_ns(mtime_ns: int, zone: dt.tzinfo) -> str:
     return dt.datetime.fromtimestamp(mtime_ns / 1e9, tz=dt.UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def size(n: int) -> str:
-    """Bytes in binary units, e.g. ``1.5 GiB``; exact below 1 KiB."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def minute_of_day(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
 def parse_minute_of_day(text: str) -> int:
