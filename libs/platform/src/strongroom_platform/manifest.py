@@ -179,6 +179,19 @@ class ManifestDecoder:
 DECODE_PIECE = 1 << 20
 
 
+def under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it (every path is below the empty prefix)."""
+    return prefix == "" or path == prefix or path.startswith(prefix + "/")
+
+
+def selected(path: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
+    """Whether a restore with these filters restores ``path``: below an include path (every path
+    when there is none) and below no exclude path. The gateway applies it to what it sends; the
+    console's preview shows what it would send."""
+    included = list(include)
+    return (not included or any(under(path, p) for p in included)) and not any(under(path, p) for p in exclude)
+
+
 def record_path(record: bytes) -> bytes | None:
     """The UTF-8 path of a serialized FileEntry read without parsing it, or None when it is not first.
 

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from strongroom.common.v1 import common_pb2
 from strongroom_platform.manifest import MAGIC as MANIFEST_MAGIC
-from strongroom_platform.manifest import ManifestFormatError, manifest_records, record_path
+from strongroom_platform.manifest import ManifestFormatError, manifest_records, record_path, selected
+from strongroom_platform.manifest import under as under  # re-exported: the restore filter's rule lives in the platform
 from strongroom_platform.objectstore import ObjectStore
 
 from strongroom_gateway.crypto import DataKey, DecryptionError, manifest_aad
@@ -77,11 +78,6 @@ async def read_point_manifest(object_store: ObjectStore, keys: AccountKeys, poin
     return await asyncio.to_thread(open_manifest, key, point.point_id, stored)
 
 
-def under(path: str, prefix: str) -> bool:
-    """``path`` is ``prefix`` or below it (every path is below the empty prefix)."""
-    return prefix == "" or path == prefix or path.startswith(prefix + "/")
-
-
 def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:
     """Decode a manifest and keep the entries below an include path (all when none) and below no exclude path.
 
@@ -105,8 +101,6 @@ def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) 
             if not any(path == p or path.startswith(p + b"/") for p in starts):
                 continue
         entry = common_pb2.FileEntry.FromString(record)
-        if (not include or any(under(entry.path, p) for p in include)) and not any(
-            under(entry.path, p) for p in exclude
-        ):
+        if selected(entry.path, include, exclude):
             kept.append(entry)
     return kept

@@ -4,11 +4,12 @@ backup time rules, and the restore preview's filter. No web framework here."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from strongroom.common.v1 import common_pb2
 from strongroom.scheduler.v1 import scheduler_pb2
+from strongroom_platform.manifest import selected as selected  # re-exported: the gateway's restore rule
+from strongroom_platform.manifest import under as under
 from strongroom_zones import parse_zone, zone_name
 from strongroom_zones.display import minute_of_day as minute_of_day  # re-exported: callers use this module's name
 from strongroom_zones.display import size as size
@@ -111,17 +112,6 @@ def split_paths(text: str) -> list[str]:
     """One point-relative path a line (or comma-separated), without empty ones or outer slashes."""
     parts = (piece.strip().strip("/") for line in text.splitlines() for piece in line.split(","))
     return [p for p in parts if p]
-
-
-def under(path: str, prefix: str) -> bool:
-    """The gateway's restore filter (``strongroom_gateway.points``): the path is the prefix or below it."""
-    return prefix == "" or path == prefix or path.startswith(prefix + "/")
-
-
-def selected(path: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
-    """Whether a restore with these filters restores ``path`` (all when ``include`` is empty)."""
-    included = list(include)
-    return (not included or any(under(path, p) for p in included)) and not any(under(path, p) for p in exclude)
 
 
 def parent(path: str) -> str:
