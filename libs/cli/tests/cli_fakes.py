@@ -112,6 +112,16 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.calls.record("GetInstance", request)
         return self._get(request.instance_id, context)
 
+    def GetAdmission(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.record("GetAdmission", request)
+        if request.region:
+            return scheduler_pb2.Admission(running_backups=1, max_concurrent_backups=40, admission_window_seconds=21600)
+        figures = scheduler_pb2.Admission(
+            running_backups=3, waiting_backups=2, max_concurrent_backups=40, admission_window_seconds=21600
+        )
+        figures.oldest_waiting_since.FromSeconds(1767290400)  # 2026-01-01 18:00 UTC
+        return figures
+
     def ListInstances(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.record("ListInstances", request)
         # one instance per page, so that the CLI's paging is exercised

@@ -286,6 +286,11 @@ def test_overview_all_regions(services: FakeServices, cli: Cli) -> None:
     assert field(out, "Free quota used") == "100.0 GiB (107374182400 bytes)"
     assert field(out, "Billable capacity") == "130.0 GiB (139586437120 bytes)"
     assert field(out, "Free quota remaining") == "0 B (0 bytes)"
+    # admission (ADR 0058): the account's figures with the fleet's cap, from the scheduler
+    assert field(out, "Backups running") == "3"
+    assert field(out, "Waiting for a backup slot") == "2 (oldest since 2026-01-02 02:00:00)"
+    assert field(out, "Concurrent backups cap") == "40 (whole fleet)"
+    assert services.calls.last("GetAdmission").region == ""  # type: ignore[attr-defined]
 
 
 def test_overview_region_has_no_quota(services: FakeServices, cli: Cli) -> None:
@@ -293,6 +298,8 @@ def test_overview_region_has_no_quota(services: FakeServices, cli: Cli) -> None:
     assert code == 0
     assert field(out, "Backed-up instances") == "2"
     assert "Free quota" not in out
+    assert (field(out, "Backups running"), field(out, "Waiting for a backup slot")) == ("1", "0")
+    assert services.calls.last("GetAdmission").region == "cn-hangzhou"  # type: ignore[attr-defined]
 
 
 def test_billing_ledger_shows_the_rule_and_the_rows(services: FakeServices, cli: Cli) -> None:
@@ -325,6 +332,8 @@ def test_overview_json(services: FakeServices, cli: Cli) -> None:
     data = json.loads(out)
     assert data["billable_capacity_bytes"] == 130 << 30
     assert data["unbacked_up_instances"] == 3
+    assert data["admission"]["waiting_backups"] == 2
+    assert data["admission"]["oldest_waiting_since"] == "2026-01-01T18:00:00Z"
 
 
 def test_json_includes_zero_values(services: FakeServices, cli: Cli) -> None:

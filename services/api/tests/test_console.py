@@ -113,11 +113,24 @@ class FakeServices(Services):
         def browse(request: catalog_pb2.BrowsePointRequest) -> catalog_pb2.BrowsePointResponse:
             return catalog_pb2.BrowsePointResponse(entries=ENTRIES.get(request.path, []))
 
+        def admission(request: scheduler_pb2.GetAdmissionRequest) -> scheduler_pb2.Admission:
+            # the account's figures in all regions, and fewer in one (ADR 0058)
+            figures = scheduler_pb2.Admission(
+                running_backups=1 if request.region else 4,
+                waiting_backups=0 if request.region else 7,
+                max_concurrent_backups=40,
+                admission_window_seconds=21600,
+            )
+            if not request.region:
+                figures.oldest_waiting_since.CopyFrom(ts(NOW))
+            return figures
+
         self.tokens = SimpleNamespace(WhoAmI=None)
         self.scheduler = SimpleNamespace(
             ListInstances=rpc("ListInstances", lambda r: scheduler_pb2.ListInstancesResponse(instances=[INSTANCE])),
             GetInstance=rpc("GetInstance", lambda r: INSTANCE if r.instance_id == "i-1" else denied(r)),
             ListJobs=rpc("ListJobs", lambda r: scheduler_pb2.ListJobsResponse(jobs=[JOB])),
+            GetAdmission=rpc("GetAdmission", admission),
             RunBackupNow=rpc("RunBackupNow", lambda r: JOB),
             PauseBackup=rpc("PauseBackup", lambda r: INSTANCE),
             ResumeBackup=rpc("ResumeBackup", lambda r: INSTANCE),
@@ -271,6 +284,19 @@ async def test_every_page_renders_for_an_admin_with_security_headers(console: An
     assert "Back up now" in detail and "Cancel backup" in detail and 'hx-trigger="every 2s"' in detail
     assert "18:00:00" in detail  # 10:00 UTC shown in the default UTC+8
     assert str(markupsafe.escape(views.NEXT_BACKUP_RULES)) in detail
+
+
+async def test_the_overview_shows_admission_per_region_and_for_all(console: Any) -> None:
+    client, services = console
+    await login(client, ADMIN)
+    page = await (await client.get("/console/?region=local")).text()
+    region, everywhere = page.split("<h2>All regions</h2>")
+    assert "Backups running</dt><dd>1</dd>" in region and "Waiting for a backup slot</dt><dd>0</dd>" in region
+    assert "Backups running</dt><dd>4</dd>" in everywhere
+    assert "Waiting for a backup slot</dt><dd>7<br><small>oldest since 2026-12-06 18:00:00" in everywhere
+    assert "Concurrent backups cap (whole fleet)</dt><dd>40</dd>" in everywhere
+    assert "one still waiting 6 h" in everywhere
+    assert services.called.count("GetAdmission") == 2
 
 
 async def test_unauthenticated_goes_to_login_and_a_bad_token_is_told(console: Any) -> None:

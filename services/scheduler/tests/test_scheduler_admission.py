@@ -6,19 +6,21 @@ Every test runs on the in-memory store and on PostgreSQL (the scheduler's own ro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-from scheduler_helpers import active_instance, call, update_job
+from scheduler_helpers import activate, active_instance, admin, call, meta, update_job
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import utc
 from strongroom_platform.events import ALERT_RAISED
 from strongroom_platform.testing import FakeClock
 from strongroom_scheduler import handlers
+from strongroom_scheduler.errors import InvalidArgument, NotFound
 from strongroom_scheduler.handlers import Deps
 from strongroom_scheduler.migrations import SPEC
 from strongroom_scheduler.repository import PgSchedulerStore
@@ -165,3 +167,61 @@ async def test_replicas_together_never_pass_the_cap(pg_logins: PgLogins, clock: 
     finally:
         for pool in pools:
             await pool.close()
+
+
+async def _enrolled(deps: Deps, region: str, account: str = "acme") -> str:
+    instance = await activate(deps, 120, region=region, account_id=account)
+    event = events_pb2.AgentEnrolled(meta=meta(deps), account_id=account, instance_id=instance.instance_id)
+    await handlers.handle_agent_enrolled(event, deps)
+    return instance.instance_id
+
+
+async def _figures(deps: Deps, region: str = "") -> tuple[int, int, dt.datetime | None]:
+    view = await handlers.get_admission(deps, "acme", region, call=call("GetAdmission"))
+    return view.figures.running, view.figures.waiting, view.figures.oldest_waiting
+
+
+async def test_the_overview_shows_running_and_waiting_per_account_and_region(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """ADR 0058: what the overview shows is what the schedule pass does, per account and region."""
+    deps = dataclasses.replace(backend.deps, admission=CAP_2)
+    r1 = [await _enrolled(deps, "r1") for _ in range(3)]
+    r2 = [await _enrolled(deps, "r2") for _ in range(2)]
+    other = await _enrolled(deps, "r1", account="globex")
+    await activate(deps, 120, region="r1")  # never enrolled: its slot is skipped, it never waits
+    clock.set(SLOT - dt.timedelta(seconds=1))
+    assert await _figures(deps) == (0, 0, None)
+    clock.set(SLOT)
+    # due and not started yet: every enrolled slot of acme waits (the pass has not run)
+    assert await _figures(deps) == (0, 5, SLOT)
+    assert await _figures(deps, "r2") == (0, 2, SLOT)
+    started = set()
+    created = await schedule_due(deps.store, clock, admission=CAP_2)
+    assert len(created.created) == 2
+    for iid in (*r1, *r2, other):
+        who = admin("globex" if iid == other else "acme")
+        if (await handlers.list_jobs(deps, iid, 1, call=call("ListJobs", who))).jobs:
+            started.add(iid)
+    in_r1, in_r2 = len(started & set(r1)), len(started & set(r2))
+    assert await _figures(deps) == (in_r1 + in_r2, 5 - in_r1 - in_r2, SLOT)
+    assert await _figures(deps, "r1") == (in_r1, 3 - in_r1, SLOT if in_r1 < 3 else None)
+    assert await _figures(deps, "r2") == (in_r2, 2 - in_r2, SLOT if in_r2 < 2 else None)
+    assert await _figures(deps, "nowhere") == (0, 0, None)
+    # the cap and the window come with the figures
+    view = await handlers.get_admission(deps, "", "", call=call("GetAdmission"))  # the credential's only account
+    assert (view.admission.max_concurrent, view.admission.window) == (2, dt.timedelta(hours=6))
+    # without a cap nothing waits for a free slot; running backups still show
+    uncapped = dataclasses.replace(deps, admission=Admission())
+    running = (await handlers.get_admission(uncapped, "acme", "", call=call("GetAdmission"))).figures
+    assert (running.running, running.waiting, running.oldest_waiting) == (in_r1 + in_r2, 0, None)
+    # at the end of the window the next pass skips the waiting slots: they no longer count as waiting
+    clock.set(SLOT + CAP_2.window)
+    assert await _figures(deps) == (in_r1 + in_r2, 0, None)
+
+
+async def test_admission_figures_refuse_a_bad_region_and_another_account(backend: Backend) -> None:
+    with pytest.raises(InvalidArgument, match="surrounding spaces"):
+        await handlers.get_admission(backend.deps, "acme", " r1", call=call("GetAdmission"))
+    with pytest.raises(NotFound, match="account globex not found"):
+        await handlers.get_admission(backend.deps, "globex", "", call=call("GetAdmission"))

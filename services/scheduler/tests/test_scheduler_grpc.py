@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,6 +13,7 @@ from strongroom_platform.auth import Role
 from strongroom_platform.testing import FakeClock, serve_authenticated
 from strongroom_scheduler.grpc_api import SchedulerServicer
 from strongroom_scheduler.handlers import Deps
+from strongroom_scheduler.schedule import Admission
 
 Stub = scheduler_pb2_grpc.SchedulerServiceStub
 
@@ -155,3 +157,25 @@ async def test_user_facing_errors_map_to_status_codes(stub: Stub, deps: Deps) ->
     await stub.CancelBackup(S.InstanceRef(instance_id=iid))
     for call in (stub.PauseBackup, stub.ResumeBackup, stub.CancelBackup):
         await expect_error(call(S.InstanceRef(instance_id=iid)), codes.FAILED_PRECONDITION, "was canceled")
+
+
+async def test_get_admission_carries_the_figures_and_the_cap(stub: Stub, deps: Deps, clock: FakeClock) -> None:
+    instance = (await activate(stub, daily_start_minute=0)).instance
+    await enroll(deps, instance.instance_id)
+    uncapped = await stub.GetAdmission(S.GetAdmissionRequest(account_id="acme"))
+    assert (uncapped.running_backups, uncapped.waiting_backups, uncapped.max_concurrent_backups) == (0, 0, 0)
+    assert not uncapped.HasField("oldest_waiting_since")
+    deps.admission = Admission(max_concurrent=3, window=dt.timedelta(hours=2))
+    clock.set(instance.next_backup_at.ToDatetime(dt.UTC))
+    due = await stub.GetAdmission(S.GetAdmissionRequest(region="cn-hangzhou"))  # the token's only account
+    assert (due.running_backups, due.waiting_backups, due.max_concurrent_backups) == (0, 1, 3)
+    assert (due.admission_window_seconds, due.oldest_waiting_since) == (7200, instance.next_backup_at)
+    await stub.RunBackupNow(S.RunBackupNowRequest(instance_id=instance.instance_id))
+    running = await stub.GetAdmission(S.GetAdmissionRequest(account_id="acme", region="cn-hangzhou"))
+    assert (running.running_backups, running.waiting_backups) == (1, 0)
+    assert (await stub.GetAdmission(S.GetAdmissionRequest(account_id="acme", region="eu"))).running_backups == 0
+    await expect_error(
+        stub.GetAdmission(S.GetAdmissionRequest(account_id="acme", region="eu ")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "surrounding spaces",
+    )

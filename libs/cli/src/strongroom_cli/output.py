@@ -64,18 +64,22 @@ def fields(pairs: Sequence[tuple[str, str]], out: TextIO | None = None) -> None:
 def as_json(message: Message | Sequence[Message], out: TextIO | None = None) -> None:
     """Print a message (or a list of them) as JSON: proto field names, enum names, zero values included,
     64-bit integers as JSON numbers."""
-    out = out or sys.stdout
+    data = [to_dict(m) for m in message] if isinstance(message, Sequence) else to_dict(message)
+    print_json(data, out)
 
-    def convert(m: Message) -> object:
-        return MessageToDict(
-            m,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-            unquote_int64_if_possible=True,
-        )
 
-    data = [convert(m) for m in message] if isinstance(message, Sequence) else convert(message)
-    print(json.dumps(data, indent=2, sort_keys=True), file=out)
+def to_dict(message: Message) -> dict[str, object]:
+    """A message as :func:`as_json` prints it, for output that combines several."""
+    return MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        unquote_int64_if_possible=True,
+    )
+
+
+def print_json(data: object, out: TextIO | None = None) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True), file=out or sys.stdout)
 
 
 def timestamp(ts: Timestamp, *, present: bool = True) -> str:

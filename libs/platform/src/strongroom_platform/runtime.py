@@ -108,15 +108,14 @@ async def start_grpc_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Agents hold one idle stream each and ping it every 30 s, so a dead link is noticed; gRPC's
-            # default (one ping per 5 min without data) answers that with GOAWAY "too_many_pings"
-            # and drops every idle session (seen in bench/fleet.py at 1,000 agents).
+            # default (one ping per 5 min without data) counts each such ping as a strike and, at the
+            # third, answers with GOAWAY "too_many_pings", dropping the session and every call on the
+            # connection (seen in bench/fleet.py). The key is GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_
+            # WITHOUT_DATA_MS's string, which has no "recv" in it: an unknown key is silently ignored,
+            # and the misspelt one used before left the 5 min default in force (ADR 0050, session 5).
+            # gRPC's limit of two strikes stays: a client pinging more often is still cut off.
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
-            # Even so, busy agents' channels still got GOAWAY "too_many_pings" in the fleet run
-            # (about 2,500 log lines per 500 agents in a kill run: pings the client's transport adds to
-            # its 30 s keepalive); each one drops the session and every call on the connection.
-            # Pings are cheap to answer: count no strikes.
-            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         ],
     )
     health = await add_standard_services(server, register)

@@ -5,13 +5,16 @@ closes every proxied connection and the listening socket, so the service sees wh
 if the backend went away: its open connections reset, and new ones refused. ``reopen()`` brings
 the backend back on the same port, as a restarted server would. ``stall_after(n)`` lets ``n`` more
 bytes of the backend's answers through and then holds the rest, connections open, as a backend
-that hangs mid-answer would, until ``resume()``.
+that hangs mid-answer would, until ``resume()``; ``stall_when(condition)`` holds them from the
+moment a condition of the test holds (checked before every piece forwarded), whatever the number
+of connections the budget would have been spread over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["TcpProxy"]
@@ -27,6 +30,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._budget: int | None = None  # bytes of answers still let through; None: no limit
+        self._condition: Callable[[], bool] | None = None  # once true, answers are held
         self._flowing = asyncio.Event()
         self._flowing.set()
         self.port = 0
@@ -56,9 +60,20 @@ class TcpProxy:
         if nbytes <= 0:
             self._flowing.clear()
 
+    def stall_when(self, condition: Callable[[], bool]) -> None:
+        """Forward the backend's answers while ``condition()`` is false, then hold them until :meth:`resume`.
+
+        ``condition`` is called before every piece is forwarded (at most 64 KiB, on any connection),
+        so once it is true no further byte reaches a client: a test can stop a transfer at a point
+        the client itself reached (a file partly written), however the client spreads its reads
+        over connections. It runs on the event loop: keep it cheap and non-blocking (a ``stat``).
+        """
+        self._condition = condition
+
     def resume(self) -> None:
         """Forward everything again."""
         self._budget = None
+        self._condition = None
         self._flowing.set()
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -67,6 +82,9 @@ class TcpProxy:
             while data := await reader.read(_CHUNK):
                 while data:
                     await self._flowing.wait()
+                    if self._condition is not None and self._condition():
+                        self._flowing.clear()
+                        continue
                     allowed = len(data) if self._budget is None else min(len(data), self._budget)
                     if self._budget is not None:
                         self._budget -= allowed

@@ -65,6 +65,7 @@ async def run(
             rng=random.SystemRandom(),
             zone=settings.zone,
             preparation_timeout=settings.preparation_timeout,
+            admission=settings.admission,
         )
         alert_settings = settings.alerts
         alert_store = PgAlertStore(pool)
@@ -88,7 +89,7 @@ async def run(
         await lifecycle.start_consumer(stack, factory, GROUP_ID, record_handlers(deps, alert_deps))
 
         async def tick() -> None:
-            done = await schedule_due(store, clock, zone=settings.zone, admission=settings.admission)
+            done = await schedule_due(store, clock, zone=settings.zone, admission=deps.admission)
             deps.metrics.admission_waiting.set(done.waiting_total)
             await note_preparation_failures(store, clock)
 

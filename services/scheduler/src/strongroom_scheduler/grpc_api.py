@@ -188,6 +188,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             instances=[self._instance(i) for i in page.instances], next_page_token=page.next_page_token
         )
 
+    async def GetAdmission(
+        self, request: scheduler_pb2.GetAdmissionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> scheduler_pb2.Admission:
+        view = await handlers.get_admission(self._deps, request.account_id, request.region, call=current_call())
+        message = scheduler_pb2.Admission(
+            running_backups=view.figures.running,
+            waiting_backups=view.figures.waiting,
+            max_concurrent_backups=view.admission.max_concurrent,
+            admission_window_seconds=int(view.admission.window.total_seconds()),
+        )
+        if view.figures.oldest_waiting is not None:
+            message.oldest_waiting_since.CopyFrom(to_timestamp(view.figures.oldest_waiting))
+        return message
+
     async def RunBackupNow(
         self, request: scheduler_pb2.RunBackupNowRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> scheduler_pb2.BackupJob:

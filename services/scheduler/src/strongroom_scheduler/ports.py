@@ -27,6 +27,17 @@ class AuditQuery:
     after: tuple[dt.datetime, str] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AccountAdmission:
+    """Admission figures of one account (ADR 0058): ``running`` unfinished backup jobs; ``waiting``
+    due slots that the next pass would neither start for lack of a free slot nor skip, the oldest
+    of them falling due at ``oldest_waiting`` (None when none waits)."""
+
+    running: int
+    waiting: int
+    oldest_waiting: dt.datetime | None
+
+
 class SchedulerTx(InboxOutboxTx, Protocol):
     """One database transaction: every read and write of an operation, committed together.
 
@@ -102,6 +113,15 @@ class SchedulerTx(InboxOutboxTx, Protocol):
 
     async def count_due(self, now: dt.datetime) -> int:
         """Instances :meth:`due_instances` would return at ``now``, without a limit or locks."""
+        ...
+
+    async def account_admission(
+        self, account_id: str, region: str, now: dt.datetime, due_after: dt.datetime
+    ) -> AccountAdmission:
+        """The account's unfinished backup jobs and its waiting slots (``region`` empty = all regions):
+        instances :meth:`due_instances` would return at ``now``, enrolled, without an unfinished
+        job, and whose slot (``next_backup_at``) is later than ``due_after`` (the admission window's
+        start). Read without locks."""
         ...
 
     async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:

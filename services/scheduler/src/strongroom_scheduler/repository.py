@@ -15,7 +15,7 @@ from strongroom_platform.events import from_timestamp, to_timestamp
 
 from strongroom_scheduler.errors import AlreadyExists
 from strongroom_scheduler.models import BlockDevice, Instance, Job, host_taken_message
-from strongroom_scheduler.ports import AuditQuery
+from strongroom_scheduler.ports import AccountAdmission, AuditQuery
 
 _INSTANCE_COLUMNS = (
     "instance_id",
@@ -73,6 +73,17 @@ _ADMISSION_LOCK = 0x61646D
 _UNFINISHED = "(1, 2, 3, 7)"  # CREATED, QUEUED, RUNNING, CANCELING (models.UNFINISHED_JOB_STATUSES)
 # Instances whose daily slot is due at $1 (the partial index instances_due).
 _DUE = "activated AND NOT paused AND NOT canceled AND NOT released AND next_backup_at <= $1"
+# The account's unfinished jobs (the partial index jobs_unfinished: at most the fleet's cap of rows).
+_ACCOUNT_RUNNING = f"""
+SELECT count(*) FROM jobs j JOIN instances i ON i.instance_id = j.instance_id
+WHERE j.status IN {_UNFINISHED} AND j.account_id = $1 AND ($2 = '' OR i.region = $2)
+"""
+# The account's slots a schedule pass would leave waiting for a free backup slot (ADR 0058).
+_ACCOUNT_WAITING = f"""
+SELECT count(*) AS waiting, min(next_backup_at) AS oldest FROM instances i
+WHERE {_DUE} AND account_id = $2 AND ($3 = '' OR region = $3) AND enrolled AND next_backup_at > $4
+  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.instance_id AND j.status IN {_UNFINISHED})
+"""
 
 
 def _param(column: str, n: int) -> str:
@@ -258,6 +269,14 @@ class PgSchedulerTx(PgTransaction):
     async def count_due(self, now: dt.datetime) -> int:
         count: int = await self._conn.fetchval(f"SELECT count(*) FROM instances WHERE {_DUE}", now)
         return count
+
+    async def account_admission(
+        self, account_id: str, region: str, now: dt.datetime, due_after: dt.datetime
+    ) -> AccountAdmission:
+        running: int = await self._conn.fetchval(_ACCOUNT_RUNNING, account_id, region)
+        row = await self._conn.fetchrow(_ACCOUNT_WAITING, now, account_id, region, due_after)
+        assert row is not None  # an aggregate always returns one row
+        return AccountAdmission(running=running, waiting=int(row["waiting"]), oldest_waiting=row["oldest"])
 
     async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
         # A refused request may name a NUL (found by schemathesis through the edge, ADR 0055);

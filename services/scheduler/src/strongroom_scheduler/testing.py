@@ -22,7 +22,7 @@ from strongroom_platform.testing import InMemoryTransactions, claim_once, record
 from strongroom_scheduler.audit_retention import MIN_AUDIT_KEEP
 from strongroom_scheduler.errors import AlreadyExists
 from strongroom_scheduler.models import UNFINISHED_JOB_STATUSES, Instance, Job, host_taken_message
-from strongroom_scheduler.ports import AuditQuery
+from strongroom_scheduler.ports import AccountAdmission, AuditQuery
 
 
 class _State:
@@ -168,6 +168,22 @@ class InMemorySchedulerTx:
 
     async def count_due(self, now: dt.datetime) -> int:
         return len(self._due(now))
+
+    async def account_admission(
+        self, account_id: str, region: str, now: dt.datetime, due_after: dt.datetime
+    ) -> AccountAdmission:
+        def here(instance_id: str) -> bool:
+            i = self._s.instances[instance_id]
+            return i.account_id == account_id and (not region or i.region == region)
+
+        busy = {j.instance_id for j in self._s.jobs.values() if j.status in UNFINISHED_JOB_STATUSES}
+        running = sum(1 for j in self._s.jobs.values() if j.status in UNFINISHED_JOB_STATUSES and here(j.instance_id))
+        waiting = [
+            i.next_backup_at
+            for i in self._due(now)
+            if here(i.instance_id) and i.enrolled and i.instance_id not in busy and i.next_backup_at > due_after
+        ]
+        return AccountAdmission(running=running, waiting=len(waiting), oldest_waiting=min(waiting, default=None))
 
     async def insert_audit_event(self, event: events_pb2.AuditRecorded) -> None:
         if event.meta.event_id not in self._s.audit_events:

@@ -85,6 +85,8 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         # the inventory (ADR 0040): registering hosts and saying one is gone
         _SCHEDULER + "RegisterInstances": _op(OPERATE, "register instances", mutating=True),
         _SCHEDULER + "ReleaseInstance": _op(OPERATE, "release instances", mutating=True),
+        # admission control as the overview shows it (ADR 0058)
+        _SCHEDULER + "GetAdmission": _op(READ, "read admission"),
         # catalog: versions and browse; the restore service reads points for the jobs it creates
         _CATALOG + "ListVersions": _op(READ, "list versions"),
         _CATALOG + "GetPoint": _op(READ, "read points", services=frozenset({"restore"})),

@@ -57,13 +57,26 @@ def register(app: web.Application, console: Console) -> None:  # noqa: C901 - on
         regions = sorted({i.region for i in instances if i.region})
         # The seed: a region is selected at the top of the page (the first one until the user chooses).
         region = ctx.request.query.get("region", regions[0] if regions else "")
-        here, everywhere = await asyncio.gather(
+        # billing's figures and, from the scheduler, the admission figures (ADR 0058), for the region and all
+        admission = ctx.services.scheduler.GetAdmission
+        here, everywhere, admitted_here, admitted = await asyncio.gather(
             ctx.call(
                 ctx.services.billing.GetOverview, billing_pb2.GetOverviewRequest(account_id=ctx.account, region=region)
             ),
             ctx.call(ctx.services.billing.GetOverview, billing_pb2.GetOverviewRequest(account_id=ctx.account)),
+            ctx.call(admission, scheduler_pb2.GetAdmissionRequest(account_id=ctx.account, region=region)),
+            ctx.call(admission, scheduler_pb2.GetAdmissionRequest(account_id=ctx.account)),
         )
-        return s.render(ctx, "overview.html", region=region, regions=regions, here=here, everywhere=everywhere)
+        return s.render(
+            ctx,
+            "overview.html",
+            region=region,
+            regions=regions,
+            here=here,
+            everywhere=everywhere,
+            admitted_here=admitted_here,
+            admitted=admitted,
+        )
 
     @get("/instances")
     async def instances(ctx: Ctx) -> web.StreamResponse:

@@ -14,6 +14,7 @@ One module per area; the adapters (``grpc_api``, ``consumers``) call the names r
 - ``instances``: reading, listing, pausing, resuming, canceling an instance; its settings.
 - ``backup_jobs``: manual jobs, listing and canceling jobs, job progress and results.
 - ``audit_trail``: the append-only audit trail (ADR 0027).
+- ``admission``: the overview's admission figures (ADR 0058).
 - ``lifecycle``: enrollment, recovery from the bucket, the inventory, reinstatement (ADR 0032, 0040).
 """
 
@@ -25,6 +26,7 @@ from strongroom_scheduler.handlers.activation import (
     new_enrollment_token,
     token_sha256,
 )
+from strongroom_scheduler.handlers.admission import AdmissionView, get_admission
 from strongroom_scheduler.handlers.audit_trail import (
     DEFAULT_AUDIT_PAGE,
     MAX_AUDIT_PAGE,
@@ -77,6 +79,7 @@ __all__ = [
     "MAX_JOB_LIMIT",
     "SETTINGS_FIELDS",
     "TOKEN_VALIDITY",
+    "AdmissionView",
     "Deps",
     "InstancePage",
     "JobPage",
@@ -84,6 +87,7 @@ __all__ = [
     "activate_backup",
     "cancel_backup",
     "cancel_job",
+    "get_admission",
     "get_instance",
     "get_job",
     "handle_agent_enrolled",

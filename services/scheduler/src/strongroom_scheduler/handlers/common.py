@@ -41,6 +41,8 @@ class Deps:
     zone: dt.tzinfo = DEFAULT_ZONE
     # How long an activated instance's agent has to enroll before PREPARATION_FAILED (ADR 0040).
     preparation_timeout: dt.timedelta = DEFAULT_PREPARATION_TIMEOUT
+    # The fleet's cap on concurrent backups and the admission window (ADR 0053); the overview shows them.
+    admission: schedule.Admission = field(default_factory=schedule.Admission)
     # Jobs, bytes and last successes (ADR 0039); the process's meter provider unless a test gives one.
     metrics: Metrics = field(default_factory=instruments)
 
