@@ -2,22 +2,27 @@
 
 The documented exception to "the handler claims" (ADR 0021): every gateway event handler fits
 one transaction and returns the effect on agent sessions, so the claim lives here, once, in
-:func:`_claimed` — open a transaction, claim the event, call the handler with ``tx`` — and the
+``claimed`` — open a transaction, claim the event, call the handler with ``tx`` — and the
 effect (wake or disconnect a session) is applied after commit: here, to this process's session,
 and by ``NOTIFY`` (sent in the transaction) to the session wherever it is (``session_events``,
 ADR 0050).
+
+The records a partition worker holds share that transaction (``consume_batch``): each event is
+claimed and handled in order, the effects are notified in one statement, and one commit applies
+them all. If any event fails, the transaction rolls back and the consumer runs the events one at a
+time, each in its own transaction (a poison event is dead-lettered alone).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
 from strongroom.events.v1 import events_pb2
 from strongroom_platform import events
 from strongroom_platform.clock import Clock
-from strongroom_platform.consume import consume
+from strongroom_platform.consume import consume_batch
 from strongroom_platform.eventbus import Handler
 
 from strongroom_gateway import handlers, session_events
@@ -42,24 +47,27 @@ def record_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry
     """{topic: handler} for the gateway's consumer group."""
 
     def claimed(message_type: type[E], handler: EventHandler[E]) -> Handler:
-        async def handle(event: E) -> None:
+        async def handle(events: Iterable[E]) -> None:
             tx: GatewayTx
+            effects: list[SessionEffect] = []
             async with store.transaction() as tx:
-                # decode() has checked that the event has meta.event_id.
-                if not await tx.claim_event(CONSUMER, getattr(event, "meta").event_id):  # noqa: B009
-                    return
-                effect = await handler(event, tx=tx, clock=clock)
-                if effect is not None:
-                    # The other gateway processes learn it on commit (their agents' sessions).
-                    await tx.notify_sessions(session_events.payload(sessions.origin, effect))
-            if effect is None:
-                return
-            if effect.disconnect:
-                sessions.disconnect(effect.instance_id, REVOKED_BY_CANCEL)
-            else:
-                sessions.wake(effect.instance_id)
+                for event in events:
+                    # decode() has checked that the event has meta.event_id.
+                    if not await tx.claim_event(CONSUMER, getattr(event, "meta").event_id):  # noqa: B009
+                        continue
+                    effect = await handler(event, tx=tx, clock=clock)
+                    if effect is not None:
+                        effects.append(effect)
+                if effects:
+                    # The other gateway processes learn them on commit (their agents' sessions).
+                    await tx.notify_sessions([session_events.payload(sessions.origin, e) for e in effects])
+            for effect in effects:
+                if effect.disconnect:
+                    sessions.disconnect(effect.instance_id, REVOKED_BY_CANCEL)
+                else:
+                    sessions.wake(effect.instance_id)
 
-        return consume(message_type, handle)
+        return consume_batch(message_type, handle)
 
     return {
         events.INSTANCE_ACTIVATED: claimed(events_pb2.InstanceActivated, handlers.handle_instance_activated),

@@ -238,9 +238,9 @@ class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, RepackTx, MoveTx, Protocol):
         the gateway's safety sweep compares with what each session has sent (ADR 0050)."""
         ...
 
-    async def notify_sessions(self, payload: str) -> None:
-        """Tell every gateway process, once this transaction commits, what a session must learn
-        (``session_events.payload``; PostgreSQL ``NOTIFY``)."""
+    async def notify_sessions(self, payloads: Sequence[str]) -> None:
+        """Tell every gateway process, once this transaction commits, what sessions must learn
+        (``session_events.payload`` each; PostgreSQL ``NOTIFY``, one notification per payload)."""
         ...
 
     async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:

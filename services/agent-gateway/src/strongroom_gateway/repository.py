@@ -362,8 +362,9 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgTransaction):
         )
         return [(r["instance_id"], r["job_id"], r["cancel_requested"]) for r in rows]
 
-    async def notify_sessions(self, payload: str) -> None:
-        await self._conn.execute("SELECT pg_notify($1, $2)", SESSIONS_CHANNEL, payload)
+    async def notify_sessions(self, payloads: Sequence[str]) -> None:
+        # One statement for the batch; PostgreSQL delivers each notification on commit.
+        await self._conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", SESSIONS_CHANNEL, payloads)
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
         rows = await self._conn.fetch(

@@ -236,8 +236,8 @@ class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx, MemoryM
             if j.instance_id in wanted and j.state != "finished"
         ]
 
-    async def notify_sessions(self, payload: str) -> None:
-        self._s.notifications.append(payload)
+    async def notify_sessions(self, payloads: Sequence[str]) -> None:
+        self._s.notifications.extend(payloads)
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
         # dicts keep insertion order: the order the jobs were requested in.
