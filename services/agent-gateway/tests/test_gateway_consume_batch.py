@@ -138,3 +138,24 @@ async def test_a_poison_event_fails_its_batch_whole_and_alone_goes_to_the_dead_l
     assert done == 4
     assert await probe.job_ids() == ["j-0", "j-1", "j-3"]
     assert [offset for offset, _ in dead] == [2] and "another account" in dead[0][1]
+
+
+async def test_an_event_or_a_job_given_twice_in_a_batch_is_queued_once_in_request_order(probe: _Probe) -> None:
+    sessions = SessionRegistry()
+    handlers = record_handlers(probe.store, SystemClock(), sessions)
+    jobs = handlers[events.JOB_REQUESTED]
+    await _activate(handlers[events.INSTANCE_ACTIVATED])
+    assert isinstance(jobs, BatchHandler)
+    first, again = _job("i-0", "j-a"), _job("i-0", "j-a")  # the same job requested by two events
+    await jobs.handle_batch(
+        _records(events.JOB_REQUESTED, [first, _job("i-0", "j-b"), first, again, _job("i-1", "j-c")])
+    )
+    assert await probe.job_ids() == ["j-a", "j-b", "j-c"]
+    async with probe.store.transaction() as tx:
+        queued = await tx.unfinished_jobs("i-0")
+    assert [job.job_id for job in queued] == ["j-a", "j-b"]  # the delivery order is the request order
+    if isinstance(probe.store, InMemoryGatewayStore):
+        origin = sessions.origin
+        assert await probe.notifications() == [
+            session_events.payload(origin, SessionEffect(i)) for i in ("i-0", "i-0", "i-1")
+        ]
