@@ -4,8 +4,6 @@ poison event applies nothing, and run one at a time only the poison event is ref
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -23,22 +21,12 @@ from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.eventbus import BatchHandler, PoisonRecord, Record
-from strongroom_platform.events import new_meta, to_timestamp
+from strongroom_platform.events import new_meta
 from strongroom_platform.poison import RetryPolicy, run_batch
 from strongroom_testing.fixtures import PgLogins
+from test_gateway_session_events import _activated
 
 INSTANCES = [f"i-{n}" for n in range(5)]
-
-
-def _activated(instance_id: str) -> events_pb2.InstanceActivated:
-    return events_pb2.InstanceActivated(
-        meta=new_meta("test", SystemClock().now()),
-        account_id="acct",
-        instance_id=instance_id,
-        region="r1",
-        enrollment_token_sha256=hashlib.sha256(secrets.token_bytes(8)).hexdigest(),
-        token_expires_at=to_timestamp(SystemClock().now()),
-    )
 
 
 def _job(instance_id: str, job_id: str, account_id: str = "acct") -> events_pb2.JobRequested:
@@ -82,16 +70,18 @@ async def probe(request: pytest.FixtureRequest) -> AsyncIterator[_Probe]:
         await pool.close()
 
 
-async def _activate(handler: BatchHandler) -> None:
-    await handler.handle_batch(_records(events.INSTANCE_ACTIVATED, [_activated(i) for i in INSTANCES]))
-
-
-async def test_a_batch_of_jobs_is_applied_together_and_wakes_every_session(probe: _Probe) -> None:
+async def _job_handler(probe: _Probe) -> tuple[BatchHandler, SessionRegistry]:
+    """The gateway's job-requested handler on ``probe``'s store, with ``INSTANCES`` activated."""
     sessions = SessionRegistry()
     handlers = record_handlers(probe.store, SystemClock(), sessions)
     jobs, activated = handlers[events.JOB_REQUESTED], handlers[events.INSTANCE_ACTIVATED]
     assert isinstance(jobs, BatchHandler) and isinstance(activated, BatchHandler)
-    await _activate(activated)
+    await activated.handle_batch(_records(events.INSTANCE_ACTIVATED, [_activated(i) for i in INSTANCES]))
+    return jobs, sessions
+
+
+async def test_a_batch_of_jobs_is_applied_together_and_wakes_every_session(probe: _Probe) -> None:
+    jobs, sessions = await _job_handler(probe)
     open_sessions = [sessions.open(i) for i in INSTANCES]
     batch = _records(events.JOB_REQUESTED, [_job(i, f"j-{i}") for i in INSTANCES])
     await jobs.handle_batch(batch)
@@ -110,11 +100,7 @@ async def test_a_batch_of_jobs_is_applied_together_and_wakes_every_session(probe
 
 
 async def test_a_poison_event_fails_its_batch_whole_and_alone_goes_to_the_dead_letter_path(probe: _Probe) -> None:
-    sessions = SessionRegistry()
-    handlers = record_handlers(probe.store, SystemClock(), sessions)
-    jobs = handlers[events.JOB_REQUESTED]
-    await _activate(handlers[events.INSTANCE_ACTIVATED])
-    assert isinstance(jobs, BatchHandler)
+    jobs, sessions = await _job_handler(probe)
     # The third job names an instance of another account: the handler refuses it (PoisonRecord).
     batch = _records(
         events.JOB_REQUESTED,
@@ -141,11 +127,7 @@ async def test_a_poison_event_fails_its_batch_whole_and_alone_goes_to_the_dead_l
 
 
 async def test_an_event_or_a_job_given_twice_in_a_batch_is_queued_once_in_request_order(probe: _Probe) -> None:
-    sessions = SessionRegistry()
-    handlers = record_handlers(probe.store, SystemClock(), sessions)
-    jobs = handlers[events.JOB_REQUESTED]
-    await _activate(handlers[events.INSTANCE_ACTIVATED])
-    assert isinstance(jobs, BatchHandler)
+    jobs, sessions = await _job_handler(probe)
     first, again = _job("i-0", "j-a"), _job("i-0", "j-a")  # the same job requested by two events
     await jobs.handle_batch(
         _records(events.JOB_REQUESTED, [first, _job("i-0", "j-b"), first, again, _job("i-1", "j-c")])
