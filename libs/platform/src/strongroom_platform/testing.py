@@ -254,7 +254,7 @@ class InMemoryConsumer:
             for topic, handler in self._handlers.items():
                 records = bus.topics.get(topic, [])
                 position = bus._committed.get((self._group, topic), 0)
-                if position < len(records):
+                while position < len(records):
                     # Everything pending of the topic as one batch for a BatchHandler, as a partition
                     # worker takes the records it holds (``poison.run_batch``); one by one otherwise.
                     size = self._max_batch if isinstance(handler, BatchHandler) else 1
@@ -273,7 +273,8 @@ class InMemoryConsumer:
                     done = await run_batch(
                         handler, batch, policy=self._policy, dead_letter=self._dead_letter, pause=_pause
                     )
-                    bus._committed[(self._group, topic)] = position + done
+                    position += done
+                    bus._committed[(self._group, topic)] = position
                     if done < len(batch):
                         return
                     progressed = True
