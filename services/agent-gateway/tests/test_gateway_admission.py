@@ -90,21 +90,19 @@ def test_a_woken_session_whose_job_went_passes_its_slot_on() -> None:
 
 @pytest.fixture(params=["fake", pytest.param("pg", marks=pytest.mark.integration)])
 async def capped(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[GatewayHarness]:
-    if request.param == "fake":
-        harness = GatewayHarness(clock, max_running_backups=1)
-        await harness.start()
-        yield harness
-        await harness.stop()
-        return
-    logins: PgLogins = request.getfixturevalue("pg_logins")
-    pool = await logins.pool(SPEC)
-    harness = GatewayHarness(clock, store=PgGatewayStore(pool), max_running_backups=1)
+    """A gateway whose replica runs one backup at a time, on the fake store or PostgreSQL."""
+    pool = None
+    if request.param == "pg":
+        logins: PgLogins = request.getfixturevalue("pg_logins")
+        pool = await logins.pool(SPEC)
+    harness = GatewayHarness(clock, store=None if pool is None else PgGatewayStore(pool), max_running_backups=1)
     await harness.start()
     try:
         yield harness
     finally:
         await harness.stop()
-        await pool.close()
+        if pool is not None:
+            await pool.close()
 
 
 async def _eventually(condition: Callable[[], bool]) -> None:
