@@ -17,6 +17,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom.gateway.v1 import manifest_pb2_grpc
 from strongroom_gateway import manifest_api
+from strongroom_gateway.admission import BackupSlots
 from strongroom_gateway.agent_versions import gateway_release
 from strongroom_gateway.consumers import record_handlers
 from strongroom_gateway.crypto import DataKey
@@ -58,9 +59,15 @@ class Agent:
 
 class GatewayHarness:
     def __init__(
-        self, clock: FakeClock, *, pack_target_bytes: int = 16 << 20, store: GatewayStore | None = None
+        self,
+        clock: FakeClock,
+        *,
+        pack_target_bytes: int = 16 << 20,
+        store: GatewayStore | None = None,
+        max_running_backups: int = 0,
     ) -> None:
         self.clock = clock
+        self.slots = BackupSlots(max_running_backups)
         self.store: Any = store or InMemoryGatewayStore()
         self.objects = InMemoryObjectStore(clock)
         self.sessions = SessionRegistry()
@@ -85,6 +92,7 @@ class GatewayHarness:
             clock=self.clock,
             sessions=self.sessions,
             writer=self.writer,
+            slots=self.slots,
         )
         manifest_service = manifest_api.register(
             manifest_api.ManifestServicer(store=self.store, object_store=self.objects, keys=self.keys)

@@ -31,7 +31,13 @@ def test_overrides() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("STRONGROOM_GATEWAY_PACK_BYTES", "10"), ("STRONGROOM_GATEWAY_MAX_WRITES", "0")]
+    ("name", "value"),
+    [
+        ("STRONGROOM_GATEWAY_PACK_BYTES", "10"),
+        ("STRONGROOM_GATEWAY_MAX_WRITES", "0"),
+        ("STRONGROOM_GATEWAY_MAX_RUNNING_BACKUPS", "-1"),
+        ("STRONGROOM_GATEWAY_MAX_RUNNING_BACKUPS", "many"),
+    ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
@@ -41,6 +47,11 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
 def test_database_is_required() -> None:
     with pytest.raises(SettingsError, match="STRONGROOM_PG_DSN"):
         Settings.from_env({k: v for k, v in BASE.items() if k != "STRONGROOM_PG_DSN"})
+
+
+def test_the_running_backups_cap_is_off_unless_set() -> None:
+    assert Settings.from_env(BASE).max_running_backups == 0
+    assert Settings.from_env(BASE | {"STRONGROOM_GATEWAY_MAX_RUNNING_BACKUPS": "40"}).max_running_backups == 40
 
 
 def test_unthrottled_is_off_unless_asked_for() -> None:

@@ -157,6 +157,10 @@ class PgTransaction:
     async def claim_event(self, consumer: str, event_id: str) -> bool:
         return await inbox.claim_event(self._conn, consumer, event_id)
 
+    async def claim_events(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """``claim_event`` of a batch in one statement: the ids newly claimed (``inbox.claim_events``)."""
+        return await inbox.claim_events(self._conn, consumer, event_ids)
+
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
         await outbox.enqueue(self._conn, topic, key, event)
 

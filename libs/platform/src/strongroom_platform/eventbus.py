@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 Headers = tuple[tuple[str, bytes], ...]
 """A record's headers in order, as Kafka keeps them: (name, value) pairs; names may repeat."""
@@ -44,6 +44,26 @@ Raising :class:`PoisonRecord` sends the record to ``<topic>.dlq`` and moves on;
 any other exception is retried with backoff until it succeeds, so a transient
 outage (database down) loses nothing.
 """
+
+
+@runtime_checkable
+class BatchHandler(Protocol):
+    """A :data:`Handler` that can also take the records a partition worker has at hand in one go.
+
+    ``handle_batch(records)`` (one partition's records, in order) applies them all or none — one
+    transaction, one commit — and raises if any cannot be applied. The consumer then runs the same
+    records one at a time through ``__call__`` (the ``Handler``: its retries, its dead-letter path),
+    so a poison record still goes to the dead-letter topic alone and the others are applied once
+    (``poison.run_batch``). Consumers call ``handle_batch`` only for records of one partition.
+    """
+
+    async def __call__(self, record: Record, /) -> None:
+        """Process one record, as a :data:`Handler`."""
+        ...
+
+    async def handle_batch(self, records: Sequence[Record], /) -> None:
+        """Process ``records`` (in order) all together, or fail having applied none of them."""
+        ...
 
 
 class PoisonRecord(Exception):

@@ -27,7 +27,7 @@ from strongroom_telemetry.metrics import Metrics, instruments
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import Handler, Headers, OutgoingRecord, Record
 from strongroom_platform.events import ALERT_RAISED, TOPIC_SPECS, TopicSpec, dead_letter_topic, topic_spec
-from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
+from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_batch
 from strongroom_platform.settings import KafkaSasl
 
 __all__ = ["DLQ_ERROR_HEADER", "FaustConsumer", "KafkaPublisher", "create_topics", "dlq_topic"]
@@ -339,7 +339,13 @@ class FaustConsumer:
 
     Records reach the handler with their headers (``traceparent`` among them). The group's lag per
     partition (records after the one being handled, counting it until it is done) is the
-    ``strongroom_consumer_lag`` gauge, updated around every record.
+    ``strongroom_consumer_lag`` gauge, updated around every batch.
+
+    A partition's worker takes the records it already holds (up to ``max_batch``) together: a
+    :class:`~strongroom_platform.eventbus.BatchHandler` applies them in one transaction, and if that
+    fails they run one at a time as above (``poison.run_batch``). A record arriving alone is handled
+    at once; under a burst, each batch is what arrived while the previous one was being handled.
+    Offsets are acknowledged in order, after the batch (or the prefix of it that was handled).
     """
 
     def __init__(
@@ -361,9 +367,13 @@ class FaustConsumer:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         partitions: int | None = None,
+        max_batch: int = 500,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one topic handler")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._max_batch = max_batch
         self._bootstrap = bootstrap
         self._group_id = group_id
         self._handlers = dict(handlers)
@@ -416,36 +426,49 @@ class FaustConsumer:
     def _agent_for(self, handler: Handler) -> Any:
         async def agent(stream: Any) -> None:
             manual = stream.noack()
+            batch: list[Any] = []
             async for event in manual.events():
-                if await self._process(handler, event.message):
-                    await manual.ack(event)
+                batch.append(event)
+                # The records the partition's worker already holds join the batch (one transaction
+                # for all with a BatchHandler, ADR 0050); a lone record is handled at once.
+                if len(batch) < self._max_batch and not manual.channel.empty():
+                    continue
+                done = await self._process(handler, [e.message for e in batch])
+                for handled in batch[:done]:
+                    await manual.ack(handled)
+                batch = []
 
         return agent
 
-    async def _process(self, handler: Handler, message: Any) -> bool:
-        """Run the record to an outcome (``poison.run_record``); False if stopping interrupted the retries."""
-        record = Record(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            value=message.value if message.value is not None else b"",
-            headers=_headers(message.headers),
-        )
+    async def _process(self, handler: Handler, messages: list[Any]) -> int:
+        """Run one partition's records to an outcome (``poison.run_batch``); return how many did (a
+        prefix: stopping interrupts the retries, and what is left stays unacknowledged)."""
+        records = [
+            Record(
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+                value=message.value if message.value is not None else b"",
+                headers=_headers(message.headers),
+            )
+            for message in messages
+        ]
         if self._stopping.is_set():
-            return False  # left unacknowledged: delivered again after the restart
-        self._in_flight += 1
+            return 0  # left unacknowledged: delivered again after the restart
+        self._in_flight += len(records)
         self._idle.clear()
-        done = False
+        done = 0
         try:
-            self._report_lag(message, handled=False)
-            done = await run_record(
-                handler, record, policy=self._policy, dead_letter=self._dead_letter, pause=self._pause
+            self._report_lag(messages[0], handled=False)
+            done = await run_batch(
+                handler, records, policy=self._policy, dead_letter=self._dead_letter, pause=self._pause
             )
             return done
         finally:
-            self._report_lag(message, handled=done)
-            self._in_flight -= 1
+            if done:
+                self._report_lag(messages[done - 1], handled=True)
+            self._in_flight -= len(records)
             if self._in_flight == 0:
                 self._idle.set()
 

@@ -8,6 +8,8 @@ either fully applied once or not at all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 
 INBOX_DDL = """
@@ -35,3 +37,17 @@ async def claim_event(conn: asyncpg.Connection, consumer: str, event_id: str) ->
         event_id,
     )
     return row is not None
+
+
+async def claim_events(conn: asyncpg.Connection, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    """:func:`claim_event` for many events in one statement; the ids newly claimed (an id given twice
+    is claimed once). Must be called inside the transaction that applies the events' effects."""
+    if not all(event_ids):
+        raise ValueError("event without an event_id cannot be processed idempotently")
+    rows = await conn.fetch(
+        "INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::text[]) AS e"
+        " ON CONFLICT DO NOTHING RETURNING event_id",
+        consumer,
+        list(event_ids),
+    )
+    return {row["event_id"] for row in rows}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 import grpc
@@ -29,11 +29,19 @@ from strongroom.events.v1 import events_pb2
 
 from strongroom_platform.clock import Clock
 from strongroom_platform.errors import Unavailable
-from strongroom_platform.eventbus import Handler, PoisonRecord, Record
+from strongroom_platform.eventbus import BatchHandler, Handler, PoisonRecord, Record
 from strongroom_platform.events import dead_letter_topic, new_meta
 from strongroom_platform.outages import database_down
 
-__all__ = ["DeadLetterPlan", "RetryPolicy", "is_transient", "plan_dead_letter", "poison_alert", "run_record"]
+__all__ = [
+    "DeadLetterPlan",
+    "RetryPolicy",
+    "is_transient",
+    "plan_dead_letter",
+    "poison_alert",
+    "run_batch",
+    "run_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +196,43 @@ async def run_record(
         if not await pause(delay):
             return False
         delay = min(delay * 2, policy.maximum)
+
+
+async def run_batch(
+    handler: Handler,
+    records: Sequence[Record],
+    *,
+    policy: RetryPolicy,
+    dead_letter: DeadLetter,
+    pause: Callable[[float], Awaitable[bool]],
+) -> int:
+    """Process one partition's ``records`` in order; return how many of them reached an outcome (a
+    prefix: the rest are left unacknowledged because the consumer is stopping).
+
+    A :class:`~strongroom_platform.eventbus.BatchHandler` with more than one record first gets them
+    all at once (``handle_batch``: one transaction). If that fails, nothing was applied, and each
+    record runs alone through :func:`run_record` — the poison one is dead-lettered by itself, the
+    others applied once (their inbox claims were rolled back with the batch). A plain handler, or
+    one record, goes straight to :func:`run_record`.
+    """
+    if len(records) > 1 and isinstance(handler, BatchHandler):
+        try:
+            await handler.handle_batch(records)
+            return len(records)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            first, last = records[0], records[-1]
+            log.info(
+                "%s[%d]@%d..%d: the batch failed (%s); handling its %d records one at a time",
+                first.topic,
+                first.partition,
+                first.offset,
+                last.offset,
+                describe(exc),
+                len(records),
+            )
+    for done, record in enumerate(records):
+        if not await run_record(handler, record, policy=policy, dead_letter=dead_letter, pause=pause):
+            return done
+    return len(records)

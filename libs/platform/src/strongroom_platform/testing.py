@@ -26,10 +26,10 @@ from strongroom_platform.auth.policy import POLICY
 from strongroom_platform.auth.principal import CallAuth, Principal, Role
 from strongroom_platform.auth.tokens import InMemoryTokenStore, TokenVerifier, new_token
 from strongroom_platform.clock import Clock, SystemClock, utc
-from strongroom_platform.eventbus import Handler, Headers, OutgoingRecord, Record
+from strongroom_platform.eventbus import BatchHandler, Handler, Headers, OutgoingRecord, Record
 from strongroom_platform.events import ALERT_RAISED, TOPIC_MESSAGES
 from strongroom_platform.objectstore import ObjectInfo, ObjectLocked, ObjectNotFound, ObjectVersion
-from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_record
+from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_batch
 from strongroom_platform.runtime import start_grpc_server
 
 StateT = TypeVar("StateT")
@@ -220,9 +220,11 @@ class InMemoryConsumer:
         *,
         policy: RetryPolicy | None = None,
         clock: Clock | None = None,
+        max_batch: int = 500,
     ) -> None:
         self._bus = bus
         self._group = group_id
+        self._max_batch = max_batch
         self._handlers = handlers
         # Short pauses: the same outcomes as the Kafka adapter, without its real-time backoff.
         self._policy = policy or RetryPolicy(initial=0.01, maximum=0.05)
@@ -253,22 +255,28 @@ class InMemoryConsumer:
                 records = bus.topics.get(topic, [])
                 position = bus._committed.get((self._group, topic), 0)
                 while position < len(records):
-                    key, value = records[position]
+                    # Everything pending of the topic as one batch for a BatchHandler, as a partition
+                    # worker takes the records it holds (``poison.run_batch``); one by one otherwise.
+                    size = self._max_batch if isinstance(handler, BatchHandler) else 1
                     headers = bus.headers.get(topic, [])
-                    record = Record(
-                        topic=topic,
-                        partition=0,
-                        offset=position,
-                        key=key,
-                        value=value,
-                        headers=headers[position] if position < len(headers) else (),
+                    batch = [
+                        Record(
+                            topic=topic,
+                            partition=0,
+                            offset=offset,
+                            key=records[offset][0],
+                            value=records[offset][1],
+                            headers=headers[offset] if offset < len(headers) else (),
+                        )
+                        for offset in range(position, min(len(records), position + size))
+                    ]
+                    done = await run_batch(
+                        handler, batch, policy=self._policy, dead_letter=self._dead_letter, pause=_pause
                     )
-                    if not await run_record(
-                        handler, record, policy=self._policy, dead_letter=self._dead_letter, pause=_pause
-                    ):
-                        return
-                    position += 1
+                    position += done
                     bus._committed[(self._group, topic)] = position
+                    if done < len(batch):
+                        return
                     progressed = True
             if not progressed:
                 async with bus._appended:

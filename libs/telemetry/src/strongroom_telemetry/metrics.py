@@ -17,6 +17,8 @@ Prometheus form, as scraped):
 - ``strongroom_consumer_lag{group,topic,partition}`` (gauge): records not yet handled (every consumer).
 - ``strongroom_outbox_backlog{schema}`` (gauge): events not yet published (every outbox relay).
 - ``strongroom_gateway_sessions`` (gauge): agents connected to this gateway process.
+- ``strongroom_gateway_held_jobs`` (gauge): backup jobs this gateway process holds back until one of
+  its sessions' backups ends (``STRONGROOM_GATEWAY_MAX_RUNNING_BACKUPS``, ADR 0053).
 - ``strongroom_instance_last_success_timestamp_seconds{instance_id}`` (gauge): Unix time of the
   instance's latest successful backup seen by this scheduler process since it started.
 """
@@ -82,6 +84,10 @@ class Metrics:
         )
         self.gateway_sessions = meter.create_gauge(
             "strongroom.gateway.sessions", description="Agents connected to this gateway process"
+        )
+        self.gateway_held_jobs = meter.create_gauge(
+            "strongroom.gateway.held_jobs",
+            description="Backup jobs held back by this gateway process's cap on running backups",
         )
         self.admission_waiting = meter.create_gauge(
             "strongroom.admission.waiting",

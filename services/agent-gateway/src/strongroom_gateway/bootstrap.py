@@ -22,6 +22,7 @@ from strongroom_platform.settings import SettingsError
 from strongroom_platform.tls import server_credentials
 
 from strongroom_gateway import agent_certs, consumers, manifest_api, session_events
+from strongroom_gateway.admission import BackupSlots
 from strongroom_gateway.agent_certs import CertificateIssuer
 from strongroom_gateway.gc import collector
 from strongroom_gateway.grpc_api import AgentAdminServicer, GatewayServicer, register, register_admin
@@ -134,6 +135,7 @@ async def run(
             unthrottled=settings.unthrottled,
             issuer=issuer,
             vault=vault,
+            slots=BackupSlots(settings.max_running_backups),
         )
         # The internal ManifestService (decrypted manifests, for the catalog only) is served on the
         # internal listener, to callers with a service certificate; never on the agents' port

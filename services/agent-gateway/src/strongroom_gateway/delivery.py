@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 from strongroom.agent.v1 import gateway_pb2
 
+from strongroom_gateway.admission import BackupSlots
 from strongroom_gateway.agents import Identity, commands_to_send
 from strongroom_gateway.ports import Account, GatewayStore, Job
 from strongroom_gateway.sessions import Session
@@ -63,17 +64,27 @@ class Coalescer(Generic[K, V]):
 class CommandDelivery:
     """What each session must send, and the marking of sent jobs as delivered, batched across sessions."""
 
-    def __init__(self, store: GatewayStore, *, unthrottled: bool = False, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        store: GatewayStore,
+        *,
+        unthrottled: bool = False,
+        max_batch: int = 1000,
+        slots: BackupSlots | None = None,
+    ) -> None:
         self._store = store
         self._unthrottled = unthrottled
+        self.slots = slots or BackupSlots(0)
         self._reads: Coalescer[tuple[str, str], tuple[list[Job], Account | None]] = Coalescer(
             self._read, max_batch=max_batch
         )
         self._marks: Coalescer[str, None] = Coalescer(self._mark, max_batch=max_batch)
 
     async def pending(self, identity: Identity, session: Session) -> list[tuple[str, gateway_pb2.AgentCommand]]:
-        """The commands ``session`` has not sent yet (``agents.commands_to_send``)."""
+        """The commands ``session`` has not sent yet (``agents.commands_to_send``), but the backups
+        it must hold until this replica has a free slot (``admission.BackupSlots``)."""
         jobs, account = await self._reads.get((identity.instance_id, identity.account_id))
+        jobs = self.slots.admit(session, jobs)
         return commands_to_send(identity, session, jobs, account, unthrottled=self._unthrottled)
 
     async def mark_delivered(self, job_ids: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from strongroom_platform.events import to_timestamp
 from strongroom_platform.objectstore import ObjectStore
 
 from strongroom_gateway import agent_certs, agents, filesystems, ingest, points, validation
+from strongroom_gateway.admission import BackupSlots
 from strongroom_gateway.agent_certs import CertificateIssuer
 from strongroom_gateway.agents import CANCELED, Identity
 from strongroom_gateway.delivery import CommandDelivery
@@ -41,6 +42,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         unthrottled: bool = False,
         issuer: CertificateIssuer | None = None,
         vault: Vault | None = None,
+        slots: BackupSlots | None = None,
     ) -> None:
         self._store = store
         self._objects = object_store
@@ -49,7 +51,8 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         self._writer = writer
         self._unthrottled = unthrottled
         # Sessions woken together read their commands and mark them delivered together (ADR 0050).
-        self._delivery = CommandDelivery(store, unthrottled=unthrottled)
+        # ... and hold backups beyond this replica's cap on running ones (ADR 0053).
+        self._delivery = CommandDelivery(store, unthrottled=unthrottled, slots=slots)
         self._issuer = issuer
         self._vault = vault or Vault(store, object_store, writer.keys, clock)
 
@@ -121,6 +124,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             self._sessions.release(session)
+            self._delivery.slots.forget(session)
             log.info("agent %s disconnected", identity.instance_id)
 
     async def _wait(self, session: Session, reader: asyncio.Task[None]) -> None:
@@ -140,6 +144,8 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             await agents.handle_report(
                 identity, report, session, store=self._store, clock=self._clock, vault=self._vault
             )
+            if report.WhichOneof("report") == "finished":
+                self._delivery.slots.finished(session, report.finished.job_id)
 
     async def FindMissingChunks(
         self, request: gateway_pb2.FindMissingChunksRequest, context: grpc.aio.ServicerContext[object, object]

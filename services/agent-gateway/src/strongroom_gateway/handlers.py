@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import re
 import secrets
+from collections.abc import Sequence
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -98,9 +99,19 @@ async def handle_instance_deactivated(
     return SessionEffect(event.instance_id, disconnect=True)
 
 
-async def _queue_job(
-    tx: GatewayTx,
-    clock: Clock,
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job a request event asks to queue, checked and with its command built (no I/O yet)."""
+
+    job_id: str
+    instance_id: str
+    account_id: str
+    kind: JobKind
+    command: gateway_pb2.AgentCommand
+    point_id: str | None = None
+
+
+def _new_job(
     *,
     job_id: str,
     instance_id: str,
@@ -108,53 +119,70 @@ async def _queue_job(
     kind: JobKind,
     command: gateway_pb2.AgentCommand,
     point_id: str | None = None,
-) -> SessionEffect | None:
+) -> NewJob:
     _require_id(job_id, "job id")
     _require_id(instance_id, "instance_id")
-    # One read, locked: a deactivation of the instance (which locks the row too) either committed
-    # before — the job is refused below — or waits for this commit and then cancels the job.
-    instance = await _check_instance_account(tx, instance_id, account_id, for_update=True)
-    job = Job(
-        job_id=job_id,
-        instance_id=instance_id,
-        account_id=account_id,
-        kind=kind,
-        command=command.SerializeToString(),
-        state="queued",
-        cancel_requested=False,
-        created_at=clock.now(),
-        point_id=point_id,
-    )
-    if not await tx.insert_job(job):
-        log.info("job %s already known (cancelled before it was requested, or a duplicate)", job_id)
-        return None
-    if instance is not None and instance.revoked:
-        await finish_job(tx, job, common_pb2.JOB_STATUS_FAILED, clock, error="backup is deactivated for the instance")
-        return None
-    return SessionEffect(instance_id)
+    return NewJob(job_id, instance_id, account_id, kind, command, point_id)
 
 
-async def handle_job_requested(event: events_pb2.JobRequested, *, tx: GatewayTx, clock: Clock) -> SessionEffect | None:
-    """Queue a backup job; the session delivers it now if the agent is connected, else on connect."""
+async def queue_jobs(jobs: Sequence[NewJob], *, tx: GatewayTx, clock: Clock) -> list[SessionEffect]:
+    """Queue ``jobs`` in order, as one request at a time would, in a few statements for all of them.
+
+    The instances are read once, locked (in id order): a deactivation of one of them (which locks the
+    row too) either committed before — its job is refused below — or waits for this commit and then
+    cancels the job. A job id already known (cancelled before it was requested, or a duplicate) is
+    left alone. An instance of another account than its request says is a PoisonRecord.
+    """
+    if not jobs:
+        return []
+    instances = await tx.get_instances([job.instance_id for job in jobs], for_update=True)
+    for new in jobs:
+        instance = instances.get(new.instance_id)
+        if instance is not None and instance.account_id != new.account_id:
+            raise PoisonRecord(f"instance {new.instance_id} belongs to another account than {new.account_id!r}")
+    rows = [
+        Job(
+            job_id=new.job_id,
+            instance_id=new.instance_id,
+            account_id=new.account_id,
+            kind=new.kind,
+            command=new.command.SerializeToString(),
+            state="queued",
+            cancel_requested=False,
+            created_at=clock.now(),
+            point_id=new.point_id,
+        )
+        for new in jobs
+    ]
+    inserted = await tx.insert_jobs(rows)
+    effects: list[SessionEffect] = []
+    for job in rows:
+        if job.job_id not in inserted:
+            log.info("job %s already known (cancelled before it was requested, or a duplicate)", job.job_id)
+            continue
+        inserted.discard(job.job_id)  # a second request of the same id in this batch is a duplicate
+        instance = instances.get(job.instance_id)
+        if instance is not None and instance.revoked:
+            error = "backup is deactivated for the instance"
+            await finish_job(tx, job, common_pb2.JOB_STATUS_FAILED, clock, error=error)
+            continue
+        effects.append(SessionEffect(job.instance_id))
+    return effects
+
+
+def job_requested(event: events_pb2.JobRequested) -> NewJob:
+    """The backup job a job-requested event asks for (call it with the event's consumer span current)."""
     command = run_backup_command(event.job_id, event.priority, event.roots)
     # The consumer's span continues the trace of the call that requested the job (ADR 0039); the
     # agent's job span continues it in turn.
     command.run_backup.traceparent = current_traceparent() or ""
-    return await _queue_job(
-        tx,
-        clock,
-        job_id=event.job_id,
-        instance_id=event.instance_id,
-        account_id=event.account_id,
-        kind="backup",
-        command=command,
+    return _new_job(
+        job_id=event.job_id, instance_id=event.instance_id, account_id=event.account_id, kind="backup", command=command
     )
 
 
-async def handle_restore_requested(
-    event: events_pb2.RestoreRequested, *, tx: GatewayTx, clock: Clock
-) -> SessionEffect | None:
-    """Queue a restore job on the target instance."""
+def restore_requested(event: events_pb2.RestoreRequested) -> NewJob:
+    """The restore job on the target instance a restore-requested event asks for."""
     _require_id(event.point_id, "point_id")
     policy = event.conflict_policy
     if policy not in gateway_pb2.ConflictPolicy.values():
@@ -171,9 +199,7 @@ async def handle_restore_requested(
             traceparent=current_traceparent() or "",
         )
     )
-    return await _queue_job(
-        tx,
-        clock,
+    return _new_job(
         job_id=event.restore_job_id,
         instance_id=event.target_instance_id,
         account_id=event.account_id,
@@ -181,6 +207,20 @@ async def handle_restore_requested(
         command=command,
         point_id=event.point_id,
     )
+
+
+async def handle_job_requested(event: events_pb2.JobRequested, *, tx: GatewayTx, clock: Clock) -> SessionEffect | None:
+    """Queue a backup job; the session delivers it now if the agent is connected, else on connect."""
+    effects = await queue_jobs([job_requested(event)], tx=tx, clock=clock)
+    return effects[0] if effects else None
+
+
+async def handle_restore_requested(
+    event: events_pb2.RestoreRequested, *, tx: GatewayTx, clock: Clock
+) -> SessionEffect | None:
+    """Queue a restore job on the target instance."""
+    effects = await queue_jobs([restore_requested(event)], tx=tx, clock=clock)
+    return effects[0] if effects else None
 
 
 async def _cancel(

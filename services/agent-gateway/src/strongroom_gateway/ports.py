@@ -143,6 +143,10 @@ class InstanceFilesystem:
 class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, RepackTx, MoveTx, Protocol):
     """Reads and writes inside one transaction."""
 
+    async def claim_events(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """``claim_event`` of a batch in one go: the ids newly claimed (an id given twice is claimed once)."""
+        ...
+
     async def ensure_account(self, account: Account) -> Account:
         """Insert the account unless it exists; return the stored one (its key never changes)."""
         ...
@@ -181,6 +185,10 @@ class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, RepackTx, MoveTx, Protocol):
 
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None: ...
 
+    async def get_instances(self, instance_ids: Sequence[str], *, for_update: bool = False) -> dict[str, Instance]:
+        """The known ones of ``instance_ids`` by id (locked in id order with ``for_update``)."""
+        ...
+
     async def find_instance_by_token(self, token_sha256: str) -> Instance | None:
         """The instance holding this unused token, locked for update."""
         ...
@@ -211,6 +219,11 @@ class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, RepackTx, MoveTx, Protocol):
         """Insert unless a job with that id exists; True when inserted."""
         ...
 
+    async def insert_jobs(self, jobs: Sequence[Job]) -> set[str]:
+        """Insert, in order, those of ``jobs`` whose id is not known yet (the first of an id given
+        twice); return the ids inserted. One statement."""
+        ...
+
     async def get_job(self, job_id: str, *, for_update: bool = False) -> Job | None: ...
 
     async def update_job(self, job: Job) -> None:
@@ -238,9 +251,9 @@ class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, RepackTx, MoveTx, Protocol):
         the gateway's safety sweep compares with what each session has sent (ADR 0050)."""
         ...
 
-    async def notify_sessions(self, payload: str) -> None:
-        """Tell every gateway process, once this transaction commits, what a session must learn
-        (``session_events.payload``; PostgreSQL ``NOTIFY``)."""
+    async def notify_sessions(self, payloads: Sequence[str]) -> None:
+        """Tell every gateway process, once this transaction commits, what sessions must learn
+        (``session_events.payload`` each; PostgreSQL ``NOTIFY``, one notification per payload)."""
         ...
 
     async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:

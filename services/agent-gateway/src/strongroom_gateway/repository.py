@@ -229,6 +229,14 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgTransaction):
         row = await self._conn.fetchrow("SELECT * FROM instances WHERE instance_id = $1" + lock, instance_id)
         return None if row is None else _instance(row)
 
+    async def get_instances(self, instance_ids: Sequence[str], *, for_update: bool = False) -> dict[str, Instance]:
+        # Locked in id order: two batches locking overlapping instances cannot deadlock on them.
+        lock = " ORDER BY instance_id FOR UPDATE" if for_update else ""
+        rows = await self._conn.fetch(
+            "SELECT * FROM instances WHERE instance_id = ANY($1::text[])" + lock, sorted(set(instance_ids))
+        )
+        return {row["instance_id"]: _instance(row) for row in rows}
+
     async def find_instance_by_token(self, token_sha256: str) -> Instance | None:
         row = await self._conn.fetchrow("SELECT * FROM instances WHERE token_sha256 = $1 FOR UPDATE", token_sha256)
         return None if row is None else _instance(row)
@@ -316,6 +324,29 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgTransaction):
         )
         return bool(result.endswith(" 1"))
 
+    async def insert_jobs(self, jobs: Sequence[Job]) -> set[str]:
+        # Rows in the order given (ORDER BY the ordinality): seq, the delivery order, follows it.
+        rows = await self._conn.fetch(
+            "INSERT INTO jobs (job_id, instance_id, account_id, kind, command, state, cancel_requested, created_at,"
+            " point_id, version_id, version_created_at)"
+            " SELECT j, i, a, k, c, s, x, t, p, v, vt FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+            " $5::bytea[], $6::text[], $7::boolean[], $8::timestamptz[], $9::text[], $10::text[], $11::timestamptz[])"
+            " WITH ORDINALITY AS u(j, i, a, k, c, s, x, t, p, v, vt, n) ORDER BY n"
+            " ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+            [j.job_id for j in jobs],
+            [j.instance_id for j in jobs],
+            [j.account_id for j in jobs],
+            [j.kind for j in jobs],
+            [j.command for j in jobs],
+            [j.state for j in jobs],
+            [j.cancel_requested for j in jobs],
+            [j.created_at for j in jobs],
+            [j.point_id for j in jobs],
+            [j.version_id for j in jobs],
+            [j.version_created_at for j in jobs],
+        )
+        return {row["job_id"] for row in rows}
+
     async def get_job(self, job_id: str, *, for_update: bool = False) -> Job | None:
         lock = " FOR UPDATE" if for_update else ""
         row = await self._conn.fetchrow("SELECT * FROM jobs WHERE job_id = $1" + lock, job_id)
@@ -362,8 +393,9 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgTransaction):
         )
         return [(r["instance_id"], r["job_id"], r["cancel_requested"]) for r in rows]
 
-    async def notify_sessions(self, payload: str) -> None:
-        await self._conn.execute("SELECT pg_notify($1, $2)", SESSIONS_CHANNEL, payload)
+    async def notify_sessions(self, payloads: Sequence[str]) -> None:
+        # One statement for the batch; PostgreSQL delivers each notification on commit.
+        await self._conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", SESSIONS_CHANNEL, payloads)
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
         rows = await self._conn.fetch(

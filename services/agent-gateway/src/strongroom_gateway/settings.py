@@ -47,6 +47,9 @@ class Settings:
         (default 28, at most 30: the retention period).
     STRONGROOM_GATEWAY_JOB_SWEEP_SECONDS: seconds between safety sweeps for jobs a session
         notification missed (default 60; ADR 0050).
+    STRONGROOM_GATEWAY_MAX_RUNNING_BACKUPS: the most sessions of this replica running a backup at
+        once; a backup job for another is held until one ends, oldest first (default 0: no cap;
+        ADR 0053).
     Garbage collection (ADR 0041):
     STRONGROOM_S3_RECLAIM_ACCESS_KEY, STRONGROOM_S3_RECLAIM_SECRET_KEY: the reclaimer identity (ADR
         0035), the only one that deletes; with the S3 store and without them nothing is reclaimed.
@@ -64,6 +67,8 @@ class Settings:
     job_poll_interval: float = 5.0
     # Seconds between safety sweeps for job commands a session notification missed (ADR 0050).
     job_sweep_interval: float = 60.0
+    # Sessions of this replica running a backup at once (0: no cap; ADR 0053).
+    max_running_backups: int = 0
     # Benchmarks only: deliver backups with no read-rate or core limit.
     unthrottled: bool = False
     # None only when constructed in code (tests inject a keyring); from_env requires it.
@@ -104,7 +109,15 @@ class Settings:
             **_verification(environ),
             **_collection(environ),
             job_sweep_interval=float(_job_sweep_seconds(environ)),
+            max_running_backups=_max_running_backups(environ),
         )
+
+
+def _max_running_backups(environ: Mapping[str, str]) -> int:
+    limit = env_int(environ, "STRONGROOM_GATEWAY_MAX_RUNNING_BACKUPS", 0)
+    if limit < 0:
+        raise SettingsError("STRONGROOM_GATEWAY_MAX_RUNNING_BACKUPS must be 0 (no cap) or more")
+    return limit
 
 
 def _job_sweep_seconds(environ: Mapping[str, str]) -> int:

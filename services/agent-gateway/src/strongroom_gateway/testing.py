@@ -107,6 +107,9 @@ class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx, MemoryM
         self._s.processed.add((consumer, event_id))
         return True
 
+    async def claim_events(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        return {event_id for event_id in event_ids if await self.claim_event(consumer, event_id)}
+
     async def enqueue(self, topic: str, key: str, event: Message) -> None:
         expected = TOPIC_MESSAGES.get(topic)
         if expected is None or not isinstance(event, expected):
@@ -164,6 +167,9 @@ class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx, MemoryM
     async def get_instance(self, instance_id: str, *, for_update: bool = False) -> Instance | None:
         return self._s.instances.get(instance_id)
 
+    async def get_instances(self, instance_ids: Sequence[str], *, for_update: bool = False) -> dict[str, Instance]:
+        return {i: self._s.instances[i] for i in sorted(set(instance_ids)) if i in self._s.instances}
+
     async def find_instance_by_token(self, token_sha256: str) -> Instance | None:
         for instance in self._s.instances.values():
             if instance.token_sha256 == token_sha256:
@@ -197,6 +203,9 @@ class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx, MemoryM
             return False
         self._s.jobs[job.job_id] = job
         return True
+
+    async def insert_jobs(self, jobs: Sequence[Job]) -> set[str]:
+        return {job.job_id for job in jobs if await self.insert_job(job)}
 
     async def get_job(self, job_id: str, *, for_update: bool = False) -> Job | None:
         return self._s.jobs.get(job_id)
@@ -236,8 +245,8 @@ class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx, MemoryM
             if j.instance_id in wanted and j.state != "finished"
         ]
 
-    async def notify_sessions(self, payload: str) -> None:
-        self._s.notifications.append(payload)
+    async def notify_sessions(self, payloads: Sequence[str]) -> None:
+        self._s.notifications.extend(payloads)
 
     async def unfinished_jobs(self, instance_id: str) -> list[Job]:
         # dicts keep insertion order: the order the jobs were requested in.

@@ -79,6 +79,24 @@ class _Recorder:
         return [r.value for r in self.handled]
 
 
+class _BatchRecorder(_Recorder):
+    """A :class:`~strongroom_platform.eventbus.BatchHandler`: a batch applies all its records or none
+    (as one transaction would), and fails whole when ``fail`` refuses any of them."""
+
+    def __init__(self, fail: Callable[[Record, int], BaseException | None] | None = None) -> None:
+        super().__init__(fail)
+        self.batch_sizes: list[int] = []
+
+    async def handle_batch(self, records: Sequence[Record]) -> None:
+        self.batch_sizes.append(len(records))
+        if self._fail is not None:
+            for record in records:
+                error = self._fail(record, 0)
+                if error is not None:
+                    raise error
+        self.handled.extend(records)
+
+
 class EventBusContract:
     """Behaviour every event bus adapter pair must have."""
 
@@ -259,3 +277,26 @@ class EventBusContract:
         assert first.values == [b"t1-a", b"t1-b"]
         assert second.values == [b"t2-a"]
         assert {r.topic for r in second.handled} == {other_topic}
+
+    async def test_a_batch_handler_gets_the_held_records_together_and_a_poison_one_alone_goes_to_the_dlq(
+        self, bus: BusHarness, topic: str, group: str
+    ) -> None:
+        dlq = f"{topic}.dlq"
+        await bus.create_topics([topic, dlq])
+
+        def fail(record: Record, attempt: int) -> BaseException | None:
+            return PoisonRecord("cannot decode") if record.value == b"garbage" else None
+
+        recorder = _BatchRecorder(fail)
+        good = [f"good-{i}".encode() for i in range(12)]
+        # A backlog of one key (one partition) before the consumer starts: its worker holds it all.
+        await self._publish(bus, topic, [(b"k", v) for v in good[:6]] + [(b"k", b"garbage")])
+        await self._publish(bus, topic, [(b"k", v) for v in good[6:]])
+        await self._run(
+            bus.consumer(group, {topic: recorder}),
+            lambda: wait_for(lambda: len(recorder.handled) >= 12, "the twelve good records"),
+        )
+        assert recorder.values == good  # each once, in order: the failed batch applied none
+        assert recorder.attempts.get(b"garbage") == 1  # alone, once: poison is not retried
+        assert max(recorder.batch_sizes) > 1, recorder.batch_sizes
+        assert await bus.read_topic(dlq, 1, DELIVERY_TIMEOUT) == [(b"k", b"garbage")]
