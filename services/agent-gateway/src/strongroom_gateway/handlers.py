@@ -95,7 +95,7 @@ async def handle_instance_deactivated(
     await tx.revoke_instance(event.instance_id)
     await tx.revoke_certificates(event.instance_id, now=clock.now(), reason="backup canceled")
     for job in await tx.unfinished_jobs(event.instance_id):
-        await finish_job(tx, job, common_pb2.JOB_STATUS_CANCELED, clock, error="backup deactivated for the instance")
+        await finish_job(tx, job, common_pb2.JOB_STATUS_CANCELED, clock, error="backup of the instance was canceled")
     return SessionEffect(event.instance_id, disconnect=True)
 
 
