@@ -8,6 +8,8 @@ Plain functions, no I/O at import; the driver calls them around its phases.
   operations written since.
 - ``schema_bytes``: ``pg_total_relation_size`` (heap, indexes, TOAST) of every table of a schema;
   the catalog's delta over the window divided by the points indexed is the index bytes per point.
+- ``ROWS_WRITTEN_SQL``: rows inserted, updated and deleted per schema (``pg_stat_user_tables``);
+  the delta over the window per job says which service's tables take the writes.
 - ``window_lead_seconds``: how far ahead the compressed window must start so that every
   ``UpdateSettings`` lands before its slot (a slot whose minute has begun when its update lands is
   tomorrow's: the seed's "modify next backup time" rule, ``schedule.next_run``).
@@ -76,3 +78,14 @@ def window_lead_seconds(instances: int, width_minutes: int, updates_per_s: float
     t = per_minute / updates_per_s
     need = t + max(0.0, (width_minutes - 1) * (t - 60.0))
     return max(minimum, 2.0 * need + 30.0)
+
+
+ROWS_WRITTEN_SQL = """
+SELECT schemaname, sum(n_tup_ins + n_tup_upd + n_tup_del)::bigint AS rows
+FROM pg_stat_user_tables GROUP BY schemaname
+"""
+
+
+def rows_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Rows written per schema between two ``ROWS_WRITTEN_SQL`` snapshots (statistics lag ~0.5 s)."""
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}

@@ -139,7 +139,11 @@ def unit_costs(fleet: Any) -> list[str]:  # noqa: ANN401
     sim_cpu = sum(t.cpu for label, t in fleet.tracked.items() if label.startswith("sim-agents"))
     lines += [
         f"| CPU s per job, simulated agents | {_per(sim_cpu, jobs)} |",
-        f"| PostgreSQL commits per job (xact_commit: read-only transactions count too) | {_per(commits, jobs)} |",
+        f"| PostgreSQL commits per job (xact_commit: read-only transactions count too) | {_per(commits, jobs)}"
+        f" ({_per(commits - base['commits_per_s'] * wall, jobs)} net of the no-session baseline) |",
+        "| PostgreSQL rows written per job, by schema | "
+        + ", ".join(f"{k} {_per(v, jobs)}" for k, v in f["rows_written"].items() if v)
+        + " |",
         f"| S3 requests per job | {_per(sum(s3.values()), jobs)} ("
         + ", ".join(f"{op} {_per(k, jobs)}" for op, k in s3.most_common(6))
         + ") |",
@@ -162,6 +166,8 @@ def unit_costs(fleet: Any) -> list[str]:  # noqa: ANN401
         f"| simulator RSS per simulated agent (the processes' RSS / agents, interpreter included) |"
         f" {_per(sum(sims.values()) / 1024, sessions)} KiB |"
     )
+    backends = getattr(fleet, "pg_backends", 0)
+    lines.append(f"| PostgreSQL client connections, most seen at a progress line | {backends} |")
     if fleet.loads:
         loads = fleet.loads
         lines.append(

@@ -41,7 +41,7 @@ from pathlib import Path
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _fleet_costs import SCHEMA_BYTES_SQL, S3Requests, window_lead_seconds
+from _fleet_costs import ROWS_WRITTEN_SQL, SCHEMA_BYTES_SQL, S3Requests, rows_delta, window_lead_seconds
 from _fleet_report import load_average, pct, render
 from _fleet_stack import Replicas, Tracked, rss_bytes
 from aiokafka import AIOKafkaConsumer
@@ -419,6 +419,7 @@ class Fleet:
         self.window_from = window_start
         self.s3_requests.mark()
         self.catalog_bytes0 = int(await self.db.fetchval(SCHEMA_BYTES_SQL, "catalog"))
+        rows0 = {r["schemaname"]: int(r["rows"]) for r in await self.db.fetch(ROWS_WRITTEN_SQL)}
         c0 = await self.xact_commits()
         n = len(self.instances)
         killer: asyncio.Task[None] | None = None
@@ -448,11 +449,15 @@ class Fleet:
                 next_progress += self.args.progress_seconds
                 a, b = commit_samples[-2], commit_samples[-1]
                 busiest = max(self.tracked.values(), key=lambda t: t.cpu)
+                backends = await self.db.fetchval(
+                    "SELECT sum(numbackends) FROM pg_stat_database"  # every role's; pg_stat_activity hides them
+                )
+                self.pg_backends = max(getattr(self, "pg_backends", 0), int(backends))
                 self.progress(
                     f"window +{t - self.window_t0:.0f} s: {done}/{n} jobs final, {len(self.observed.jobs)} delivered,"
                     f" {len(self.observed.commits)} committed, {len(seen)} browsable;"
                     f" {(b[1] - a[1]) / max(b[0] - a[0], 1e-9):.0f} commits/s;"
-                    f" busiest {busiest.label} {busiest.cpu:.0f} CPU s"
+                    f" busiest {busiest.label} {busiest.cpu:.0f} CPU s; {backends} PostgreSQL connections"
                 )
             if self.args.kill and killer is None and done >= self.args.kill_at * n:
                 killer = asyncio.create_task(self.kill())  # sampling goes on while they restart
@@ -469,6 +474,9 @@ class Fleet:
         self.commit_samples = commit_samples
         self.figures["s3_window"] = self.s3_requests.since_mark()
         self.figures["catalog_bytes"] = int(await self.db.fetchval(SCHEMA_BYTES_SQL, "catalog")) - self.catalog_bytes0
+        await asyncio.sleep(1.0)  # table statistics are flushed about every 0.5 s
+        rows1 = {r["schemaname"]: int(r["rows"]) for r in await self.db.fetch(ROWS_WRITTEN_SQL)}
+        self.figures["rows_written"] = rows_delta(rows0, rows1)
 
     async def kill(self) -> None:
         """SIGKILL replica ``--kill-replica`` of every service at once; restart them on their listeners."""
@@ -507,7 +515,7 @@ class Fleet:
                 await asyncio.sleep(0.2)
             tps = list(consumer.assignment())
             ends = await consumer.end_offsets(tps)
-            while time.monotonic() < deadline + 60:
+            while time.monotonic() < deadline + 240:  # tens of thousands of records at 10,000 instances
                 if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
                     break
                 batch = await consumer.getmany(timeout_ms=1000)
