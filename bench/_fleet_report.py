@@ -107,7 +107,11 @@ def render(fleet: Any) -> str:  # noqa: ANN401 - the driver's Fleet (bench/fleet
 
 
 def _per(value: float, n: int) -> str:
-    return f"{value / n:.3g}" if n else "n/a"
+    """``value / n``: three significant digits, without an exponent."""
+    if not n:
+        return "n/a"
+    x = value / n
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}" if abs(x) >= 0.001 else f"{x:.6f}"
 
 
 def unit_costs(fleet: Any) -> list[str]:  # noqa: ANN401

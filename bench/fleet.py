@@ -346,11 +346,22 @@ class Fleet:
         """PostgreSQL commits/s and the gateways' cores with no job running, measured over
         ``--idle-seconds`` after ``--settle-seconds`` (for the events of the phase before to be
         processed): ``what`` is ``baseline`` (no session yet) or ``idle`` (every session up)."""
-        settle = self.args.settle_seconds
         c0, t0 = await self.xact_commits(), time.perf_counter()
-        await asyncio.sleep(settle)
+        await asyncio.sleep(self.args.settle_seconds)
         settle_rate = (await self.xact_commits() - c0) / max(time.perf_counter() - t0, 1e-9)
-        self.progress(f"{what}: settled {settle:.0f} s ({settle_rate:.1f} commits/s meanwhile)")
+        # Then until two 5 s commit rates in a row agree (within 20% or 10/s): the phase's tail is done.
+        rates: list[float] = []
+        while time.perf_counter() - t0 < self.args.settle_max:
+            c, t = await self.xact_commits(), time.perf_counter()
+            await asyncio.sleep(5.0)
+            rates.append((await self.xact_commits() - c) / (time.perf_counter() - t))
+            if len(rates) >= 2 and abs(rates[-1] - rates[-2]) <= max(10.0, 0.2 * rates[-2]):
+                break
+        settle = time.perf_counter() - t0
+        self.progress(
+            f"{what}: settled {settle:.0f} s ({settle_rate:.1f} commits/s at first,"
+            f" then {', '.join(f'{r:.0f}' for r in rates)})"
+        )
         for t in self.tracked.values():
             t.start()
         c0, t0 = await self.xact_commits(), time.perf_counter()
@@ -650,6 +661,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--settle-seconds", type=float, default=30.0, help="wait after the last session came up, before the idle phase"
     )
+    p.add_argument("--settle-max", type=float, default=300.0, help="longest settle before an idle phase")
     p.add_argument("--enroll-timeout", type=float, default=0.0, help="seconds for every session (0: max(900, N/5))")
     p.add_argument("--window-lead", type=float, default=60.0, help="least seconds from the updates to the window")
     p.add_argument("--progress-seconds", type=float, default=15.0, help="a progress line this often")
