@@ -30,7 +30,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,7 +41,9 @@ from pathlib import Path
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _fleet_stack import Replicas, Tracked
+from _fleet_costs import ROWS_WRITTEN_SQL, SCHEMA_BYTES_SQL, S3Requests, rows_delta, window_lead_seconds
+from _fleet_report import load_average, pct, render
+from _fleet_stack import Replicas, Tracked, rss_bytes
 from aiokafka import AIOKafkaConsumer
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_cli.stack import AGENTS, Stack, operator_channel
@@ -61,13 +62,6 @@ SCHEMAS = ("scheduler", "catalog", "billing", "gateway", "restore")
 # Event lag is measured on these topics: activation reaching the other services, a job reaching the
 # gateway (the first hop of job delivery), a point reaching the catalog, job progress reaching the scheduler.
 LAG_TOPICS = ("instance-activated", "job-requested", "point-created", "job-updated")
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 @dataclass
@@ -115,6 +109,7 @@ class Fleet:
     tracked: dict[str, Tracked] = field(default_factory=dict)
     figures: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)  # 1-minute load average at each progress line
     replicas: Replicas | None = None
     instances: list[tuple[str, str, str]] = field(default_factory=list)  # instance id, account, token
 
@@ -126,8 +121,15 @@ class Fleet:
         self.kafka = LocalKafka(self.work / "kafka")
         s3 = LocalVersityGW(self.work / "s3")
         loop = asyncio.get_running_loop()
+        # versitygw logs every request here (its own setting, read from its environment): S3 requests per job.
+        self.s3_requests = S3Requests(self.work / "s3-access.log")
         for server in (self.pg, self.kafka, s3):
-            await loop.run_in_executor(None, server.start)
+            if server is s3:
+                os.environ["VGW_ACCESS_LOG"] = str(self.s3_requests.log)
+            try:
+                await loop.run_in_executor(None, server.start)
+            finally:
+                os.environ.pop("VGW_ACCESS_LOG", None)
             self.servers.append(server)
         owner, databases = await provision_database(self.pg.dsn, clock_offset=dt.timedelta(0))
         env = dict(os.environ)
@@ -191,14 +193,27 @@ class Fleet:
 
     # ---------------------------------------------------------------- phases
 
-    async def _bounded(self, calls: list, concurrency: int) -> list:  # noqa: ANN001
+    async def _bounded(self, calls: list, concurrency: int, what: str) -> list:  # noqa: ANN001
         gate = asyncio.Semaphore(concurrency)
+        done = 0
 
         async def one(call):  # noqa: ANN001, ANN202
+            nonlocal done
             async with gate:
-                return await call()
+                result = await call()
+            done += 1
+            return result
 
-        return await asyncio.gather(*(one(c) for c in calls))
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(self.args.progress_seconds)
+                self.progress(f"{what}: {done}/{len(calls)}")
+
+        reporter = asyncio.create_task(report())
+        try:
+            return await asyncio.gather(*(one(c) for c in calls))
+        finally:
+            reporter.cancel()
 
     async def activate(self) -> None:
         far = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=12)).time()
@@ -224,10 +239,12 @@ class Fleet:
             return activate_one
 
         started = time.perf_counter()
-        self.instances = await self._bounded([call(i) for i in range(self.args.instances)], self.args.concurrency)
+        self.instances = await self._bounded(
+            [call(i) for i in range(self.args.instances)], self.args.concurrency, "activations"
+        )
         elapsed = time.perf_counter() - started
         self.figures["activation"] = (len(self.instances), elapsed)
-        print(f"activated {len(self.instances)} instances in {elapsed:.1f} s", flush=True)
+        self.progress(f"activated {len(self.instances)} instances in {elapsed:.1f} s")
 
     async def start_agents(self) -> None:
         assert self.replicas is not None
@@ -239,6 +256,8 @@ class Fleet:
         ca_pem = self.ca_file.read_text()
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
         env["PYTHONUNBUFFERED"] = "1"
+        self.rss_before_agents = self._rss_of("gateway")
+        self.s3_requests.mark()
         started = time.perf_counter()
         for w in range(self.args.workers):
             spec = {
@@ -265,10 +284,21 @@ class Fleet:
             self.tracked[f"sim-agents-{w}"] = Tracked(f"sim-agents-{w}", proc.pid)
             asyncio.create_task(self._pump(proc))
         n = len(self.instances)
-        await self._until(lambda: len(self.observed.connections) + len(self.observed.errors) >= n, 900, "sessions")
+        within = self.args.enroll_timeout or max(900.0, n / 5.0)  # at least 5 sessions/s
+        await self._until(
+            lambda: len(self.observed.connections) + len(self.observed.errors) >= n,
+            within,
+            "sessions",
+            lambda: (
+                f"{len(self.observed.enrolled)} enrolled, {len(self.observed.connections)} sessions,"
+                f" {len(self.observed.errors)} errors of {n}"
+            ),
+        )
         elapsed = time.perf_counter() - started
         self.figures["enrollment"] = (len(self.observed.enrolled), elapsed)
-        print(f"{len(self.observed.connections)} sessions up in {elapsed:.1f} s; errors {len(self.observed.errors)}")
+        self.figures["s3_enrollment"] = self.s3_requests.since_mark()
+        up, errors = len(self.observed.connections), len(self.observed.errors)
+        self.progress(f"{up} sessions up in {elapsed:.1f} s; {errors} errors")
         for error in self.observed.errors[:5]:
             print("  ", error)
 
@@ -277,12 +307,22 @@ class Fleet:
         while line := await proc.stdout.readline():
             self.observed.take(line)
 
-    async def _until(self, condition, within: float, what: str) -> None:  # noqa: ANN001
+    async def _until(self, condition, within: float, what: str, status=None) -> None:  # noqa: ANN001
         deadline = time.monotonic() + within
+        next_progress = time.monotonic() + self.args.progress_seconds
         while not condition():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {within:.0f} s waiting for {what}")
+            if status is not None and time.monotonic() >= next_progress:
+                next_progress += self.args.progress_seconds
+                self.progress(f"waiting for {what}: {status()}")
             await asyncio.sleep(0.5)
+
+    def progress(self, message: str) -> None:
+        """One progress line on stdout: UTC time, 1-minute load average, message."""
+        load = os.getloadavg()[0]
+        self.loads.append(load)
+        print(f"[{dt.datetime.now(dt.UTC):%H:%M:%S} load {load:.2f}] {message}", flush=True)
 
     async def xact_commits(self) -> int:
         return int(await self.db.fetchval("SELECT sum(xact_commit) FROM pg_stat_database"))
@@ -291,8 +331,37 @@ class Fleet:
         for t in self.tracked.values():
             t.sample()
 
-    async def idle(self) -> None:
-        """Every session up, no job: what idle sessions cost."""
+    def _rss_of(self, prefix: str) -> dict[str, int]:
+        """Current RSS (bytes) of the tracked processes whose label starts with ``prefix``."""
+        out = {}
+        for label, t in self.tracked.items():
+            if label.startswith(prefix):
+                try:
+                    out[label] = rss_bytes(t.pid)
+                except OSError:
+                    continue
+        return out
+
+    async def quiet(self, what: str) -> dict[str, object]:
+        """PostgreSQL commits/s and the gateways' cores with no job running, measured over
+        ``--idle-seconds`` after ``--settle-seconds`` (for the events of the phase before to be
+        processed): ``what`` is ``baseline`` (no session yet) or ``idle`` (every session up)."""
+        c0, t0 = await self.xact_commits(), time.perf_counter()
+        await asyncio.sleep(self.args.settle_seconds)
+        settle_rate = (await self.xact_commits() - c0) / max(time.perf_counter() - t0, 1e-9)
+        # Then until two 5 s commit rates in a row agree (within 20% or 10/s): the phase's tail is done.
+        rates: list[float] = []
+        while time.perf_counter() - t0 < self.args.settle_max:
+            c, t = await self.xact_commits(), time.perf_counter()
+            await asyncio.sleep(5.0)
+            rates.append((await self.xact_commits() - c) / (time.perf_counter() - t))
+            if len(rates) >= 2 and abs(rates[-1] - rates[-2]) <= max(10.0, 0.2 * rates[-2]):
+                break
+        settle = time.perf_counter() - t0
+        self.progress(
+            f"{what}: settled {settle:.0f} s ({settle_rate:.1f} commits/s at first,"
+            f" then {', '.join(f'{r:.0f}' for r in rates)})"
+        )
         for t in self.tracked.values():
             t.start()
         c0, t0 = await self.xact_commits(), time.perf_counter()
@@ -300,14 +369,26 @@ class Fleet:
         c1, wall = await self.xact_commits(), time.perf_counter() - t0
         self._sample()
         gateways = {k: v.cpu / wall for k, v in self.tracked.items() if k.startswith("gateway")}
-        self.figures["idle"] = {"seconds": wall, "commits_per_s": (c1 - c0) / wall, "gateway_cores": gateways}
-        print(f"idle: {(c1 - c0) / wall:.1f} commits/s; gateway cores {gateways}")
+        figure = {"seconds": wall, "commits_per_s": (c1 - c0) / wall, "gateway_cores": gateways, "settle": settle_rate}
+        self.figures[what] = figure
+        cores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(gateways.items()))
+        self.progress(f"{what}: {(c1 - c0) / wall:.1f} commits/s over {wall:.0f} s; gateway cores {cores}")
+        return figure
+
+    async def idle(self) -> None:
+        """Every session up, no job: what idle sessions cost, against the baseline without sessions."""
+        await self.quiet("idle")
+        self.figures["rss_sessions"] = (self.rss_before_agents, self._rss_of("gateway"), self._rss_of("sim-agents"))
 
     async def window(self) -> None:
-        now = dt.datetime.now(dt.UTC)
-        first = now.hour * 60 + now.minute + 2  # at least a minute ahead: every update lands first
+        n_act, t_act = self.figures["activation"]  # type: ignore[misc]
         width = self.args.window_minutes
+        lead = window_lead_seconds(len(self.instances), width, n_act / t_act, minimum=self.args.window_lead)
+        now = dt.datetime.now(dt.UTC)
+        # The first slot: a whole minute at least ``lead`` ahead, so every update lands before its slot.
+        first = now.hour * 60 + now.minute + math.ceil((now.second + lead) / 60)
         minutes = [(first + i % width) % 1440 for i in range(len(self.instances))]
+        self.progress(f"updating {len(self.instances)} start minutes; window from minute {first} (lead {lead:.0f} s)")
 
         def call(instance_id: str, minute: int):  # noqa: ANN202
             async def update() -> None:
@@ -321,22 +402,42 @@ class Fleet:
 
             return update
 
-        calls = [call(iid, m) for (iid, _, _), m in zip(self.instances, minutes, strict=True)]
-        await self._bounded(calls, self.args.concurrency)
+        # In slot order: the first minute's instances first (see ``window_lead_seconds``).
+        pairs = sorted(zip(self.instances, minutes, strict=True), key=lambda p: (p[1] - first) % 1440)
+        started = time.perf_counter()
+        await self._bounded([call(iid, m) for (iid, _, _), m in pairs], self.args.concurrency, "updates")
+        self.figures["updates"] = (len(pairs), time.perf_counter() - started)
         window_start = dt.datetime.combine(now.date(), dt.time(0), tzinfo=dt.UTC) + dt.timedelta(minutes=first)
+        window_end = window_start + dt.timedelta(minutes=width)
+        outside = await self.db.fetchval(
+            "SELECT count(*) FROM scheduler.instances WHERE instance_id = ANY($1)"
+            " AND NOT (next_backup_at >= $2 AND next_backup_at < $3)",
+            [iid for iid, _, _ in self.instances],
+            window_start,
+            window_end,
+        )
+        if outside:
+            self.notes.append(f"{outside} instances' next slot is outside the window (an update landed late)")
         lead = (window_start - dt.datetime.now(dt.UTC)).total_seconds()
-        print(f"window: {width} min from {window_start:%H:%M} UTC (in {lead:.0f} s)", flush=True)
+        self.progress(
+            f"{len(pairs)} updates in {self.figures['updates'][1]:.1f} s; {outside} slots outside the window;"
+            f" window: {width} min from {window_start:%H:%M} UTC (in {lead:.0f} s)"
+        )
         await asyncio.sleep(max(0.0, lead - 1.0))  # CPU and commits count from the window's first slot
         for t in self.tracked.values():
             t.start()
         self.window_t0 = time.time()
         self.window_from = window_start
+        self.s3_requests.mark()
+        self.catalog_bytes0 = int(await self.db.fetchval(SCHEMA_BYTES_SQL, "catalog"))
+        rows0 = {r["schemaname"]: int(r["rows"]) for r in await self.db.fetch(ROWS_WRITTEN_SQL)}
         c0 = await self.xact_commits()
         n = len(self.instances)
         killer: asyncio.Task[None] | None = None
         seen: dict[str, float] = {}
         commit_samples: list[tuple[float, int]] = [(time.time(), c0)]
         deadline = time.monotonic() + width * 60 + self.args.timeout
+        next_progress = time.monotonic() + self.args.progress_seconds
         while True:
             await asyncio.sleep(1.0)
             self._sample()
@@ -355,6 +456,20 @@ class Fleet:
             done = await self.db.fetchval(
                 "SELECT count(DISTINCT instance_id) FROM scheduler.jobs WHERE status = ANY($1::smallint[])", list(FINAL)
             )
+            if time.monotonic() >= next_progress:
+                next_progress += self.args.progress_seconds
+                a, b = commit_samples[-2], commit_samples[-1]
+                busiest = max(self.tracked.values(), key=lambda t: t.cpu)
+                backends = await self.db.fetchval(
+                    "SELECT sum(numbackends) FROM pg_stat_database"  # every role's; pg_stat_activity hides them
+                )
+                self.pg_backends = max(getattr(self, "pg_backends", 0), int(backends))
+                self.progress(
+                    f"window +{t - self.window_t0:.0f} s: {done}/{n} jobs final, {len(self.observed.jobs)} delivered,"
+                    f" {len(self.observed.commits)} committed, {len(seen)} browsable;"
+                    f" {(b[1] - a[1]) / max(b[0] - a[0], 1e-9):.0f} commits/s;"
+                    f" busiest {busiest.label} {busiest.cpu:.0f} CPU s; {backends} PostgreSQL connections"
+                )
             if self.args.kill and killer is None and done >= self.args.kill_at * n:
                 killer = asyncio.create_task(self.kill())  # sampling goes on while they restart
             if done >= n and all(p in seen for p in self.observed.commits):
@@ -368,6 +483,11 @@ class Fleet:
         self.window_t1 = time.time()
         self.browsable = seen
         self.commit_samples = commit_samples
+        self.figures["s3_window"] = self.s3_requests.since_mark()
+        self.figures["catalog_bytes"] = int(await self.db.fetchval(SCHEMA_BYTES_SQL, "catalog")) - self.catalog_bytes0
+        await asyncio.sleep(1.0)  # table statistics are flushed about every 0.5 s
+        rows1 = {r["schemaname"]: int(r["rows"]) for r in await self.db.fetch(ROWS_WRITTEN_SQL)}
+        self.figures["rows_written"] = rows_delta(rows0, rows1)
 
     async def kill(self) -> None:
         """SIGKILL replica ``--kill-replica`` of every service at once; restart them on their listeners."""
@@ -406,7 +526,7 @@ class Fleet:
                 await asyncio.sleep(0.2)
             tps = list(consumer.assignment())
             ends = await consumer.end_offsets(tps)
-            while time.monotonic() < deadline + 60:
+            while time.monotonic() < deadline + 240:  # tens of thousands of records at 10,000 instances
                 if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
                     break
                 batch = await consumer.getmany(timeout_ms=1000)
@@ -503,84 +623,6 @@ class Fleet:
                 out[label.get(at, at or "?")].append(min(times) - created[job])
         return out
 
-    # ---------------------------------------------------------------- report
-
-    def report(self) -> str:
-        f, a = self.figures, self.args
-        n_act, t_act = f["activation"]
-        n_enr, t_enr = f["enrollment"]
-        idle = f["idle"]
-        lines = [
-            f"# Fleet simulator: {a.instances} instances, {a.replicas} replicas of every service",
-            "",
-            f"- commit `{self.commit}`, {platform.node()}, {os.cpu_count()} cores;"
-            f" load average at start {self.load0}, at end {_load()}",
-            f"- window {a.window_minutes} min, schedule interval {a.schedule_interval} s;"
-            f" per job {a.fresh_chunks} fresh"
-            f" + {a.common_chunks} common chunks of {a.chunk_bytes} B; {a.per_account} instances per account;"
-            f" {a.workers} simulator process(es); kill: {'replica ' + str(a.kill_replica) if a.kill else 'no'}",
-            "",
-            "| figure | value |",
-            "|---|---|",
-            f"| activation rate | {n_act / t_act:.1f}/s ({n_act} in {t_act:.1f} s, {a.concurrency} in flight) |",
-            f"| enrollment → every session up | {n_enr} in {t_enr:.1f} s ({n_enr / t_enr:.1f}/s) |",
-        ]
-        for name, (n, p50, p95, last) in sorted(f["event_lag"].items()):
-            lines.append(f"| event lag {name} | p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms,"
-                         f" last claim {last:.1f} s after the last event (n={n}) |")  # fmt: skip
-        d = f["delivery"]
-        lines += [
-            f"| idle: PostgreSQL commits/s ({len(self.observed.connections)} sessions, {idle['seconds']:.0f} s) |"
-            f" {idle['commits_per_s']:.1f} |",
-            "| idle: gateway cores | "
-            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(idle["gateway_cores"].items()))
-            + " |",
-            f"| job delivery (created → session has it) | p50 {pct(d, 0.5) * 1000:.0f} ms,"
-            f" p95 {pct(d, 0.95) * 1000:.0f} ms,"
-            f" max {max(d, default=float('nan')) * 1000:.0f} ms (n={len(d)}) |",
-            *[
-                f"| job delivery, sessions on {label} | p50 {pct(v, 0.5) * 1000:.0f} ms,"
-                f" p95 {pct(v, 0.95) * 1000:.0f} ms (n={len(v)}) |"
-                for label, v in sorted(f["delivery_by_gateway"].items())
-            ],
-            f"| job delivery, first / last 10% of jobs created | p95 {pct(f['delivery_first'], 0.95) * 1000:.0f} ms /"
-            f" {pct(f['delivery_last'], 0.95) * 1000:.0f} ms |",
-            f"| jobs completed per hour | {f['jobs_per_hour']:.0f} ({f['complete']} in {f['span']:.0f} s,"
-            " first created → last finished) |",
-            f"| catalog index lag (commit → browsable) | p50 {pct(f['index_lag'], 0.5):.2f} s,"
-            f" p95 {pct(f['index_lag'], 0.95):.2f} s, max {max(f['index_lag'], default=float('nan')):.2f} s"
-            f" (n={len(f['index_lag'])}; 1 s polling) |",
-            f"| PostgreSQL commits/s in the window | mean {f['commits_per_s']:.0f},"
-            f" peak 1 s {f['commits_per_s_peak']:.0f} |",
-            f"| jobs per instance (count: instances) | {dict(f['per_instance'])}; without a job:"
-            f" {f['instances_without_job']} |",
-            f"| job statuses (4 COMPLETE, 6 FAILED) | {dict(f['statuses'])} |",
-            f"| points per instance (count: instances) | {dict(f['point_counts'])} |",
-            f"| RunBackup received twice for a job / JobFinished sent n times | {f['duplicate_deliveries']} /"
-            f" {dict(f['finished_reports'])} |",
-            f"| session connection attempts after the first / simulator errors | {f['reconnects']} /"
-            f" {len(self.observed.errors)} |",
-        ]
-        wall = f["window_wall"]
-        lines += ["", f"Processes over the window ({wall:.0f} s): CPU seconds, cores (CPU / wall), peak RSS", ""]
-        lines += ["| process | CPU s | cores | peak RSS MB |", "|---|---|---|---|"]
-        ranked = sorted(self.tracked.values(), key=lambda t: -t.cpu)
-        for t in ranked:
-            lines.append(f"| {t.label} | {t.cpu:.1f} | {t.cpu / wall:.2f} | {t.peak / 1e6:.0f} |")
-        top = ranked[0]
-        grow = pct(f["delivery_last"], 0.95) / max(pct(f["delivery_first"], 0.95), 1e-3)
-        lines += [
-            "",
-            f"Saturates first: **{top.label}** at {top.cpu / wall:.2f} cores"
-            f" (next {ranked[1].label} {ranked[1].cpu / wall:.2f}); job-delivery p95 of the last 10% of jobs is"
-            f" {grow:.1f}x the first 10%'s.",
-        ]
-        if self.notes:
-            lines += ["", *[f"- {note}" for note in self.notes]]
-        if self.observed.errors:
-            lines += ["", "Simulator errors (first 5):", *[f"- {e}" for e in self.observed.errors[:5]]]
-        return "\n".join(lines) + "\n"
-
 
 def _git(*args: str) -> str:
     try:
@@ -589,23 +631,20 @@ def _git(*args: str) -> str:
         return "?"
 
 
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 async def run(args: argparse.Namespace) -> str:
     work = args.work / f"fleet-{uuid.uuid4().hex[:6]}"
     fleet = Fleet(args, work)
-    fleet.load0 = _load()  # type: ignore[attr-defined]
+    fleet.load0 = load_average()  # type: ignore[attr-defined]
     fleet.commit = _git("rev-parse", "--short", "HEAD") + (" (modified)" if _git("status", "--porcelain", ".") else "")  # type: ignore[attr-defined]
     try:
         await fleet.start()
         await fleet.activate()
+        await fleet.quiet("baseline")
         await fleet.start_agents()
         await fleet.idle()
         await fleet.window()
         await fleet.collect()
-        return fleet.report()
+        return render(fleet)
     finally:
         await fleet.stop()
         print(f"work dir (logs): {work}", file=sys.stderr)
@@ -619,6 +658,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window-minutes", type=int, default=5, help="daily start minutes spread over this many")
     p.add_argument("--schedule-interval", type=float, default=2.0, help="STRONGROOM_SCHEDULE_INTERVAL (s)")
     p.add_argument("--idle-seconds", type=float, default=30.0)
+    p.add_argument(
+        "--settle-seconds", type=float, default=30.0, help="wait after the last session came up, before the idle phase"
+    )
+    p.add_argument("--settle-max", type=float, default=300.0, help="longest settle before an idle phase")
+    p.add_argument("--enroll-timeout", type=float, default=0.0, help="seconds for every session (0: max(900, N/5))")
+    p.add_argument("--window-lead", type=float, default=60.0, help="least seconds from the updates to the window")
+    p.add_argument("--progress-seconds", type=float, default=15.0, help="a progress line this often")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds after the window to wait for the jobs")
     p.add_argument("--concurrency", type=int, default=16, help="operator calls in flight")
     p.add_argument("--enroll-concurrency", type=int, default=32, help="enrollments in flight per simulator process")
