@@ -24,13 +24,10 @@ from strongroom_gateway.synthesis import SortedSpool
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.manifest import decode_manifest, encode_manifest
 from strongroom_platform.testing import FakeClock
-from test_gateway_gc import _backup, _expire, _finish, _pack_keys, _restore
+from test_gateway_gc import _finish, _pack_keys, _restore
+from test_gateway_repack import BIG, OTHER, SMALL, _deps, _two_days
 
-RNG = random.Random(7)
-BIG = RNG.randbytes(40_000)
-SMALL = RNG.randbytes(2_000)
-OTHER = RNG.randbytes(3_000)
-THIRD = RNG.randbytes(1_000)
+THIRD = random.Random(7).randbytes(1_000)
 INHERITED = "its packs inherited"
 
 
@@ -42,11 +39,6 @@ async def gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
         yield harness
     finally:
         await harness.stop()
-
-
-def _deps(gw: GatewayHarness) -> collector.Deps:
-    policy = collector.Policy(safety=dt.timedelta(hours=1))
-    return collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, policy)
 
 
 async def _day2(
@@ -131,24 +123,12 @@ async def test_a_day2_point_counts_from_its_base_and_drops_the_packs_it_no_longe
     assert INHERITED in caplog.text and await _recorded(gw, same) == (0, refs)
 
 
-async def _live_and_repacked(gw: GatewayHarness) -> tuple[Agent, str, str]:
-    """Day 1 backs up BIG and SMALL (one pack), day 2 SMALL and OTHER, day 1 expires: the first pack
-    is mostly dead. Returns (the agent, the first pack, day 2's point)."""
-    agent = await gw.enrolled_agent("i-1")
-    old = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
-    [first] = gw.store.state.packs
-    gw.clock.advance(days=1)
-    live = await _backup(gw, agent, "job-2", {"small": [SMALL], "other": [OTHER]})
-    await _expire(gw, agent, old)
-    gw.clock.advance(hours=2)
-    return agent, first, live
-
-
 async def test_a_move_after_the_base_was_recorded_locates_every_chunk(
     gw: GatewayHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The guard: the base's counts name the repacked source; the new point must name the new pack."""
-    agent, first, live = await _live_and_repacked(gw)
+    first, live, _ = await _two_days(gw)
+    agent = await gw.enrolled_agent("i-1")
     assert first in (await _recorded(gw, live))[1]
     assert (await collector.collect(_deps(gw))).packs_repacked == 1
     state = gw.store.state
@@ -186,7 +166,8 @@ async def test_a_move_after_the_base_was_recorded_locates_every_chunk(
 async def test_a_move_during_an_inherited_commit_locates_again(
     gw: GatewayHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    agent, first, live = await _live_and_repacked(gw)
+    first, live, _ = await _two_days(gw)
+    agent = await gw.enrolled_agent("i-1")
     gw.clock.advance(days=2)  # the new pack, locked like the live point, is then short of this one's lock
     await gw.request_backup(agent, "job-3")
     await gw.upload(agent, "job-3", [THIRD])
