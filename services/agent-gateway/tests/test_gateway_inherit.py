@@ -121,6 +121,7 @@ async def test_a_day2_point_counts_from_its_base_and_drops_the_packs_it_no_longe
     await gw.request_backup(agent, "job-3")
     same = await _day2(gw, agent, "job-3", point, {}, [], count=4)
     assert INHERITED in caplog.text and await _recorded(gw, same) == (0, refs)
+    assert await gw.stored_manifest("acct-a", same) == await gw.stored_manifest("acct-a", point)
 
 
 async def test_a_move_after_the_base_was_recorded_locates_every_chunk(

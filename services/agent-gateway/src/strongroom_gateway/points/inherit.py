@@ -91,6 +91,12 @@ def build_inherited(
 ) -> BuiltManifest:
     """The point's manifest merged from the base's records, and its references (see the module)."""
     built = BuiltManifest(b"", file_count=inherited.file_count, total_bytes=inherited.total_bytes)
+    if not changes.count and not deleted.count:
+        # Nothing changed (the daily case of an idle server): the base's manifest and references.
+        built.data = base_manifest
+        built.entry_count = sum(1 for _ in manifest_records(base_manifest))
+        built.refs = dict(inherited.refs)
+        return built
     encoder = ManifestEncoder()
     out = io.BytesIO()
     sent = ChunkCheck(locate)
