@@ -16,8 +16,9 @@ the packs left with references, as if every chunk had been located. More than
 ``INHERIT_CHUNK_LIMIT`` distinct dropped chunk ids, a dropped chunk not stored or a pack whose count
 would fall below zero (the counts do not match the manifest) locate every chunk of the new manifest
 instead (``relocate``). File count and bytes are the base's, minus the dropped entries', plus the
-sent ones'. A move after the commit read its epoch is caught when the point is recorded
-(``packs.refuse_moved``), which locates every chunk again.
+sent ones'. With nothing sent nor deleted, the manifest and references are the base's as they are.
+A move after the commit read its epoch is caught when the point is recorded (``packs.refuse_moved``),
+which locates every chunk again.
 """
 
 from __future__ import annotations
