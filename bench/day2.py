@@ -1,6 +1,6 @@
 """The day-2 backup alone, Strongroom against restic on the same S3 server, interleaved per run.
 
-    uv run python bench/day2.py [--runs 3] [--no-restic] [--work DIR] [--out F]
+    uv run python bench/day2.py [--runs 3] [--no-restic] [--tmpfs-restore] [--work DIR] [--out F]
 
 Each run, for each engine: a fresh hard-linked copy of the day-1 tree, a full backup, the data set's
 day-2 change (``dataset.day2``), and the day-2 backup, timed. For Strongroom the agent's and the
@@ -8,6 +8,7 @@ gateway's CPU seconds of the day-2 backup are recorded too, with the gateway's c
 ("committed point ... (receive ..., read base ..., synthesis ...)") of that backup. The 1-minute load
 average is noted next to every figure: the machine may be shared. Much quicker than ``run.py`` (no
 no-change backup, no restores), for work on the day-2 path (ADR 0034, update of session 5).
+``--tmpfs-restore`` also restores the full backup into ``/dev/shm`` and times it, before day 2.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
 import peers  # noqa: E402
-from run import SR, _drop_bucket, fresh_copy, log, rmtree, s3_bucket  # noqa: E402
+from run import SR, TMPFS, _drop_bucket, fresh_copy, log, rmtree, s3_bucket  # noqa: E402
 from strongroom_runner import StrongroomBench  # noqa: E402
 
 RESTIC = "restic/s3"
@@ -48,11 +50,25 @@ def log_size(logs: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-async def strongroom_run(bench: StrongroomBench, day1: Path, data: Path) -> dict[str, object]:
+async def strongroom_run(bench: StrongroomBench, day1: Path, data: Path, tmpfs: bool) -> dict[str, object]:
     fresh_copy(day1, data)
     inst = await bench.new_instance(data, priority="high", unthrottled=True)
     try:
         full = await bench.backup(inst)
+        restored: dict[str, object] = {}
+        if tmpfs:
+            shm = TMPFS / f"sr-day2-{uuid.uuid4().hex[:6]}"
+            try:
+                point = await bench.latest_point(inst, 1)
+                restore_load = load()
+                r = await bench.restore(inst, point, shm)
+                restored = {
+                    "tmpfs_s": r.wall,
+                    "tmpfs_agent_cpu": r.agent_cpu,
+                    "tmpfs_load": (restore_load + load()) / 2,
+                }
+            finally:
+                rmtree(shm)
         dataset.day2(data)
         logs = bench.work / "logs"
         since = log_size(logs)
@@ -67,19 +83,29 @@ async def strongroom_run(bench: StrongroomBench, day1: Path, data: Path) -> dict
             "load": (started_load + load()) / 2,
             "at": time.strftime("%H:%M:%S"),
             "commit": commit_line(logs, since),
+            **restored,
         }
     finally:
         await bench.drop_instance(inst)
         rmtree(inst.state_dir)
 
 
-def restic_run(bench: StrongroomBench, day1: Path, data: Path, work: Path) -> dict[str, object]:
+def restic_run(bench: StrongroomBench, day1: Path, data: Path, work: Path, tmpfs: bool) -> dict[str, object]:
     fresh_copy(day1, data)
     s3 = s3_bucket(bench, "restic")
     peer = peers.Peer("restic", work / "peer-restic-s3", s3)
     try:
         peer.init()
         full = peer.backup(data, "day1")
+        restored: dict[str, object] = {}
+        if tmpfs:
+            shm = TMPFS / f"sr-day2-{uuid.uuid4().hex[:6]}"
+            try:
+                restore_load = load()
+                r = peer.restore(data, "day1", shm)
+                restored = {"tmpfs_s": r.wall, "tmpfs_load": (restore_load + load()) / 2}
+            finally:
+                rmtree(shm)
         dataset.day2(data)
         started_load = load()
         d2 = peer.backup(data, "day2")
@@ -88,6 +114,7 @@ def restic_run(bench: StrongroomBench, day1: Path, data: Path, work: Path) -> di
             "day2_s": d2.wall,
             "load": (started_load + load()) / 2,
             "at": time.strftime("%H:%M:%S"),
+            **restored,
         }
     finally:
         peer.cleanup()
@@ -107,6 +134,19 @@ def report(results: dict[str, list[dict[str, object]]], header: list[str]) -> st
         lines.append(f"| {engine} | {medians[engine]:.2f} | {per_run} |")
     if SR in medians and RESTIC in medians:
         lines += ["", f"Strongroom / restic (medians): **{medians[SR] / medians[RESTIC]:.2f}**"]
+    restores = {e: [r for r in runs if "tmpfs_s" in r] for e, runs in results.items()}
+    if any(restores.values()):
+        lines += ["", "| engine | tmpfs restore s (median) | runs: s (load) |", "|---|---:|---|"]
+        restore_medians: dict[str, float] = {}
+        for engine, runs in restores.items():
+            if not runs:
+                continue
+            restore_medians[engine] = statistics.median(float(r["tmpfs_s"]) for r in runs)  # type: ignore[arg-type]
+            per_run = ", ".join(f"{float(r['tmpfs_s']):.2f} ({float(r['tmpfs_load']):.1f})" for r in runs)  # type: ignore[arg-type]
+            lines.append(f"| {engine} | {restore_medians[engine]:.2f} | {per_run} |")
+        if SR in restore_medians and RESTIC in restore_medians:
+            ratio = restore_medians[SR] / restore_medians[RESTIC]
+            lines += ["", f"tmpfs restore, Strongroom / restic (medians): **{ratio:.2f}**"]
     sr = results.get(SR, [])
     if sr:
         lines += ["", "Strongroom per run:", ""]
@@ -145,10 +185,12 @@ async def amain(args: argparse.Namespace) -> int:
             for engine in engines:
                 log(f"run {run}/{args.runs}: {engine} (load {load():.1f})")
                 if engine == SR:
-                    results[SR].append(await strongroom_run(bench, day1, data))
+                    results[SR].append(await strongroom_run(bench, day1, data, args.tmpfs_restore))
                 else:
                     loop = asyncio.get_running_loop()
-                    results[RESTIC].append(await loop.run_in_executor(None, restic_run, bench, day1, data, work))
+                    results[RESTIC].append(
+                        await loop.run_in_executor(None, restic_run, bench, day1, data, work, args.tmpfs_restore)
+                    )
                 log(f"  {results[engine][-1]}")
     finally:
         await bench.stop()
@@ -164,6 +206,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-restic", action="store_true")
+    parser.add_argument("--tmpfs-restore", action="store_true", help="also time a full restore into /dev/shm")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "strongroom-bench")
     parser.add_argument("--out", type=Path)
     return asyncio.run(amain(parser.parse_args()))
