@@ -1,6 +1,6 @@
 """The day-2 backup alone, Strongroom against restic on the same S3 server, interleaved per run.
 
-    uv run python bench/day2.py [--runs 3] [--no-restic] [--tmpfs-restore] [--work DIR] [--out F]
+    uv run python bench/day2.py [--runs 3] [--quick] [--no-restic] [--tmpfs-restore] [--work DIR] [--out F]
 
 Each run, for each engine: a fresh hard-linked copy of the day-1 tree, a full backup, the data set's
 day-2 change (``dataset.day2``), and the day-2 backup, timed. For Strongroom the agent's and the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import sys
 import time
@@ -42,7 +43,10 @@ def commit_line(logs: Path, since: int) -> str:
     with (logs / "gateway.log").open("rb") as f:
         f.seek(since)
         lines = [line for line in f.read().decode(errors="replace").splitlines() if "committed point" in line]
-    return lines[-1][-400:] if lines else "(no commit line)"
+    if not lines:
+        return "(no commit line)"
+    found = re.search(r"committed point [^\"]*", lines[-1])  # the message, without the JSON around it
+    return found.group(0) if found else lines[-1][-400:]
 
 
 def log_size(logs: Path) -> int:
@@ -163,10 +167,10 @@ def report(results: dict[str, list[dict[str, object]]], header: list[str]) -> st
 async def amain(args: argparse.Namespace) -> int:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
-    day1 = work / "day1"
+    day1 = work / ("day1-quick" if args.quick else "day1")
     if not day1.exists():
         log(f"building data set at {day1}")
-        dataset.build(day1, quick=False)
+        dataset.build(day1, quick=args.quick)
     data = work / "data"
     engines = [SR] + ([] if args.no_restic else [RESTIC])
     if not args.no_restic:
@@ -205,6 +209,7 @@ async def amain(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small data subset, for smoke testing")
     parser.add_argument("--no-restic", action="store_true")
     parser.add_argument("--tmpfs-restore", action="store_true", help="also time a full restore into /dev/shm")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "strongroom-bench")
