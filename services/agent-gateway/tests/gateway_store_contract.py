@@ -213,6 +213,10 @@ class GatewayStoreContract:
             assert await tx.point_refs("p-1") is None
             await tx.record_point_refs("p-1", 7, {"cc33": 2, "aa11": 4})
             assert await tx.point_refs("p-1") == (7, {"aa11": 4, "cc33": 2})
+            empty = dataclasses.replace(point, point_id="p-2", mount_point="/")  # only directories
+            await tx.insert_point(empty)
+            await tx.record_point_refs("p-2", 0, {})
+            assert await tx.point_refs("p-2") == (0, {})
 
     async def test_claims_and_outbox(self, harness: StoreHarness) -> None:
         event = events_pb2.JobCancelRequested(job_id="j")
