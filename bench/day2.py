@@ -2,12 +2,13 @@
 
     uv run python bench/day2.py [--runs 3] [--quick] [--no-restic] [--tmpfs-restore] [--work DIR] [--out F]
 
-Each run, for each engine: a fresh hard-linked copy of the day-1 tree, a full backup, the data set's
-day-2 change (``dataset.day2``), and the day-2 backup, timed. For Strongroom the agent's and the
-gateway's CPU seconds of the day-2 backup are recorded too, with the gateway's commit line
-("committed point ... (receive ..., read base ..., synthesis ...)") of that backup. The 1-minute load
-average is noted next to every figure: the machine may be shared. Much quicker than ``run.py`` (no
-no-change backup, no restores), for work on the day-2 path (ADR 0034, update of session 5).
+Each run, for each engine: a fresh hard-linked copy of the day-1 tree, a full backup, a no-change
+backup, the data set's day-2 change (``dataset.day2``) and the day-2 backup, each timed. For
+Strongroom the agent's and the gateway's CPU seconds of the day-2 backup are recorded too, with the
+gateway's commit lines ("committed point ... (receive ..., read base ..., synthesis ...)") of the
+no-change and day-2 backups. The 1-minute load average is noted next to every figure: the machine
+may be shared. Quicker than ``run.py`` (no disk or single-file restores), for work on the day-2
+path (ADR 0034, update of session 5).
 ``--tmpfs-restore`` also restores the full backup into ``/dev/shm`` and times it, before day 2.
 """
 
@@ -73,8 +74,16 @@ async def strongroom_run(bench: StrongroomBench, day1: Path, data: Path, tmpfs: 
                 }
             finally:
                 rmtree(shm)
-        dataset.day2(data)
         logs = bench.work / "logs"
+        since = log_size(logs)
+        nochange_load = load()
+        nochange = await bench.backup(inst)
+        restored.update(
+            nochange_s=nochange.wall,
+            nochange_load=(nochange_load + load()) / 2,
+            nochange_commit=commit_line(logs, since),
+        )
+        dataset.day2(data)
         since = log_size(logs)
         started_load = load()
         d2 = await bench.backup(inst)
@@ -110,6 +119,9 @@ def restic_run(bench: StrongroomBench, day1: Path, data: Path, work: Path, tmpfs
                 restored = {"tmpfs_s": r.wall, "tmpfs_load": (restore_load + load()) / 2}
             finally:
                 rmtree(shm)
+        nochange_load = load()
+        nochange = peer.backup(data, "day1b")
+        restored.update(nochange_s=nochange.wall, nochange_load=(nochange_load + load()) / 2)
         dataset.day2(data)
         started_load = load()
         d2 = peer.backup(data, "day2")
@@ -125,6 +137,25 @@ def restic_run(bench: StrongroomBench, day1: Path, data: Path, work: Path, tmpfs
         _drop_bucket(bench, s3.bucket)
 
 
+def _extra_table(results: dict[str, list[dict[str, object]]], key: str, title: str) -> list[str]:
+    """Medians and runs of ``key`` (with its load, ``<key minus _s>_load``) per engine, and the ratio."""
+    load_key = key.removesuffix("_s") + "_load"
+    lines = ["", f"| engine | {title} s (median) | runs: s (load) |", "|---|---:|---|"]
+    medians: dict[str, float] = {}
+    for engine, runs in results.items():
+        measured = [r for r in runs if key in r]
+        if not measured:
+            continue
+        medians[engine] = statistics.median(float(r[key]) for r in measured)  # type: ignore[arg-type]
+        per_run = ", ".join(f"{float(r[key]):.2f} ({float(r[load_key]):.1f})" for r in measured)  # type: ignore[arg-type]
+        lines.append(f"| {engine} | {medians[engine]:.2f} | {per_run} |")
+    if not medians:
+        return []
+    if SR in medians and RESTIC in medians:
+        lines += ["", f"{title}, Strongroom / restic (medians): **{medians[SR] / medians[RESTIC]:.2f}**"]
+    return lines
+
+
 def report(results: dict[str, list[dict[str, object]]], header: list[str]) -> str:
     lines = ["# Day-2 backup, focused loop (bench/day2.py)", "", *header, ""]
     lines += ["| engine | day-2 s (median) | runs: day-2 s @ time (load) |", "|---|---:|---|"]
@@ -138,19 +169,8 @@ def report(results: dict[str, list[dict[str, object]]], header: list[str]) -> st
         lines.append(f"| {engine} | {medians[engine]:.2f} | {per_run} |")
     if SR in medians and RESTIC in medians:
         lines += ["", f"Strongroom / restic (medians): **{medians[SR] / medians[RESTIC]:.2f}**"]
-    restores = {e: [r for r in runs if "tmpfs_s" in r] for e, runs in results.items()}
-    if any(restores.values()):
-        lines += ["", "| engine | tmpfs restore s (median) | runs: s (load) |", "|---|---:|---|"]
-        restore_medians: dict[str, float] = {}
-        for engine, runs in restores.items():
-            if not runs:
-                continue
-            restore_medians[engine] = statistics.median(float(r["tmpfs_s"]) for r in runs)  # type: ignore[arg-type]
-            per_run = ", ".join(f"{float(r['tmpfs_s']):.2f} ({float(r['tmpfs_load']):.1f})" for r in runs)  # type: ignore[arg-type]
-            lines.append(f"| {engine} | {restore_medians[engine]:.2f} | {per_run} |")
-        if SR in restore_medians and RESTIC in restore_medians:
-            ratio = restore_medians[SR] / restore_medians[RESTIC]
-            lines += ["", f"tmpfs restore, Strongroom / restic (medians): **{ratio:.2f}**"]
+    for key, title in (("nochange_s", "no-change backup"), ("tmpfs_s", "tmpfs restore")):
+        lines += _extra_table(results, key, title)
     sr = results.get(SR, [])
     if sr:
         lines += ["", "Strongroom per run:", ""]
@@ -161,6 +181,8 @@ def report(results: dict[str, list[dict[str, object]]], header: list[str]) -> st
                 f"| {i} | {float(r['full_s']):.2f} | {float(r['day2_s']):.2f} | {float(r['agent_cpu']):.2f}"  # type: ignore[arg-type]
                 f" | {float(r['gateway_cpu']):.2f} | {float(r['bytes']):.1f} | `{r['commit']}` |"  # type: ignore[arg-type]
             )
+        lines += ["", "No-change commits (gateway):", ""]
+        lines += [f"- run {i}: `{r['nochange_commit']}`" for i, r in enumerate(sr, 1) if "nochange_commit" in r]
     return "\n".join(lines) + "\n"
 
 
