@@ -8,6 +8,7 @@ import itertools
 import os
 import random
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
 from strongroom_agent.jobs import MAX_REPORTED_FAILED_FILES, FileError, job_finished
 from strongroom_agent.restore import destination as destination_module
+from strongroom_agent.restore import fetch as fetch_module
 from strongroom_agent.restore import run_restore
 
 COMPLETE = common_pb2.JOB_STATUS_COMPLETE
@@ -615,6 +617,36 @@ async def test_a_streamed_file_that_fails_midway_is_removed(tmp_path: Path) -> N
     assert finished.status == FAILED and "connection reset" in finished.error
     assert gateway.read_chunk_calls == 1  # the first window was written under the final name
     assert os.listdir(tmp_path) == []
+
+
+async def test_a_streamed_file_fetches_its_next_window_while_one_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each window's write waits (in its thread) until the next window's ReadChunks has started."""
+    started = [threading.Event() for _ in range(6)]
+
+    class CountingGateway(FakeGateway):
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+            started[self.read_chunk_calls].set()
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
+                yield chunk
+
+    original = fetch_module.Fetcher._decode_and_write
+    overlapped: list[bool] = []
+
+    def decode_and_write(self: fetch_module.Fetcher, fd: int, wanted: list[bytes], fetched: dict[bytes, Any]) -> int:
+        window = len(overlapped)
+        overlapped.append(window == 4 or started[window + 1].wait(5))  # the last window has no next one
+        return original(self, fd, wanted, fetched)
+
+    monkeypatch.setattr(fetch_module.Fetcher, "_decode_and_write", decode_and_write)
+    gateway = CountingGateway()
+    contents = [bytes([n]) * 600 for n in range(5)]
+    point_id = add_files(gateway, [("big", contents)])
+    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=1000)  # windows of one chunk
+    assert finished.status == COMPLETE, finished.file_errors
+    assert overlapped == [True] * 5 and gateway.read_chunk_calls == 5
+    assert (tmp_path / "big").read_bytes() == b"".join(contents)
 
 
 class RacingGateway(FakeGateway):

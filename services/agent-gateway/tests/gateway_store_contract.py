@@ -195,6 +195,29 @@ class GatewayStoreContract:
             assert await tx.find_point("j-1", "/") is None
             assert await tx.get_point("p-2") is None
 
+    async def test_chunk_references_per_pack_and_a_points_recorded_references(self, harness: StoreHarness) -> None:
+        """ADR 0034 (session 5): references counted per pack (an id counts as often as given), and
+        recorded with the point at a move epoch."""
+        await self._accounts(harness.store)
+        a1, a2, a3, absent = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32
+        point = Point("p-1", "acct-a", "i-1", "j-1", "v-1", "/data", b"fs", "manifests/acct-a/p-1", 3, 30, T0, T0)
+        async with harness.store.transaction() as tx:
+            await tx.insert_pack(pack("aa11"), [location(a1, "aa11"), location(a2, "aa11", 15)])
+            await tx.insert_pack(pack("cc33"), [location(a3, "cc33")])
+            counts = {a1: 3, a2: 1, a3: 2, absent: 1}
+            assert await tx.chunk_pack_refs("acct-a", counts) == ({"aa11": 4, "cc33": 2}, [absent])
+            assert await tx.chunk_pack_refs("acct-b", {a1: 1}) == ({}, [a1])
+            assert await tx.chunk_pack_refs("acct-a", {}) == ({}, [])
+            await tx.insert_job(job("j-1"))
+            await tx.insert_point(point)
+            assert await tx.point_refs("p-1") is None
+            await tx.record_point_refs("p-1", 7, {"cc33": 2, "aa11": 4})
+            assert await tx.point_refs("p-1") == (7, {"aa11": 4, "cc33": 2})
+            empty = dataclasses.replace(point, point_id="p-2", mount_point="/")  # only directories
+            await tx.insert_point(empty)
+            await tx.record_point_refs("p-2", 0, {})
+            assert await tx.point_refs("p-2") == (0, {})
+
     async def test_claims_and_outbox(self, harness: StoreHarness) -> None:
         event = events_pb2.JobCancelRequested(job_id="j")
         async with harness.store.transaction() as tx:

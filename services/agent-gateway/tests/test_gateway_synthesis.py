@@ -209,14 +209,14 @@ async def test_unthrottled_gateway_delivers_backups_without_limits(gw: GatewayHa
     assert [(c.run_backup.max_read_bytes_per_second, c.run_backup.max_cores) for _, c in free] == [(0, 1024)]
 
 
-class _LateAnswer(Future[tuple[set[str], list[bytes]]]):
+class _LateAnswer(Future[tuple[dict[str, int], list[bytes]]]):
     """A lookup answered only when its result is asked for (so the test sees how many are open)."""
 
-    def __init__(self, answer: tuple[set[str], list[bytes]]) -> None:
+    def __init__(self, answer: tuple[dict[str, int], list[bytes]]) -> None:
         super().__init__()
         self._answer = answer
 
-    def result(self, timeout: float | None = None) -> tuple[set[str], list[bytes]]:
+    def result(self, timeout: float | None = None) -> tuple[dict[str, int], list[bytes]]:
         if not self.done():
             self.set_result(self._answer)
         return super().result(timeout)
@@ -231,15 +231,17 @@ def test_build_manifest_keeps_lookups_in_flight_and_checks_every_one() -> None:
     most_open = 0
     lost = b""
 
-    def locate(ids: list[bytes]) -> Future[tuple[set[str], list[bytes]]]:
+    def locate(counts: dict[bytes, int]) -> Future[tuple[dict[str, int], list[bytes]]]:
         nonlocal most_open
         most_open = max(most_open, sum(1 for f in started if not f.done()) + 1)
-        started.append(_LateAnswer(({f"pack-{ids[0][0]}"}, [c for c in ids if c == lost])))
+        ids = list(counts)
+        started.append(_LateAnswer(({f"pack-{ids[0][0]}": sum(counts.values())}, [c for c in ids if c == lost])))
         return started[-1]
 
     built = build_manifest(iter(entries), locate, lookup_batch=3, lookups_in_flight=2)
     assert most_open == 2 and len(started) == 4 and all(f.done() for f in started)
     assert built.packs == {"pack-0", "pack-3", "pack-6", "pack-9"} and built.file_count == 10
+    assert built.refs == {"pack-0": 3, "pack-3": 3, "pack-6": 3, "pack-9": 1}
     lost, started, most_open = bytes([7]) * 32, [], 0
     with pytest.raises(FailedPrecondition, match="1 referenced chunks are not stored"):
         build_manifest(iter(entries), locate, lookup_batch=3, lookups_in_flight=2)

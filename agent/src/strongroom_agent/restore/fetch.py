@@ -4,7 +4,8 @@ One ``ReadChunks`` call fetches a batch's distinct chunks (the gateway reads
 them pack by pack); they are decompressed in the writer threads. A file
 larger than a batch is streamed on its own in windows of at most
 ``LARGE_FILE_WINDOW_IDS`` chunk ids and about a batch of content, appended to
-a file the destination opened and finished (or discarded) at the end.
+a file the destination opened and finished (or discarded) at the end; the
+next window is fetched while one is decoded and written (two at most).
 
 Damage (ADR 0030): a chunk the gateway reports damaged, one that does not
 decode to its recorded length, and one the gateway leaves out fail only the
@@ -94,6 +95,13 @@ class Fetcher:
         self._dest.write(fd, pieces)
         return sum(len(p) for p in pieces)
 
+    async def _window(self, wanted: list[bytes]) -> dict[bytes, ChunkSent]:
+        """One window of a large file's chunks, fetched (by id)."""
+        fetched: dict[bytes, ChunkSent] = {}
+        async for chunk in self._client.read_chunks(self._job_id, list(dict.fromkeys(wanted))):
+            fetched[chunk.chunk_id] = chunk
+        return fetched
+
     async def large_file(
         self, parts: list[str], entry: common_pb2.FileEntry, *, fresh: bool, overwrite: bool
     ) -> int | None:
@@ -103,15 +111,19 @@ class Fetcher:
             return None
         fd, temp = created
         written = 0
+        ids = list(entry.chunk_ids)
+        average = max(1, entry.size // max(1, len(ids)))
+        window = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes // average))
+        windows = [ids[start : start + window] for start in range(0, len(ids), window)]
+        # The next window is fetched while this one is decoded and written (two windows at most).
+        ahead: asyncio.Task[dict[bytes, ChunkSent]] | None = None
         try:
-            ids = list(entry.chunk_ids)
-            average = max(1, entry.size // max(1, len(ids)))
-            window = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes // average))
-            for start in range(0, len(ids), window):
-                wanted = ids[start : start + window]
-                fetched: dict[bytes, ChunkSent] = {}
-                async for chunk in self._client.read_chunks(self._job_id, list(dict.fromkeys(wanted))):
-                    fetched[chunk.chunk_id] = chunk
+            if windows:
+                ahead = asyncio.create_task(self._window(windows[0]))
+            for n, wanted in enumerate(windows):
+                assert ahead is not None
+                fetched = await ahead
+                ahead = asyncio.create_task(self._window(windows[n + 1])) if n + 1 < len(windows) else None
                 damaged = next((c for c in wanted if c in fetched and fetched[c].damage), None)
                 if damaged is not None:
                     raise EntryProblem(damage_reason(damaged, fetched[damaged].damage))
@@ -123,6 +135,9 @@ class Fetcher:
                 raise EntryProblem(f"content is {written} bytes, expected {entry.size}")
             await asyncio.to_thread(self._dest.finish_file, parts, fd, temp, entry)
         except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
             await asyncio.shield(asyncio.to_thread(self._dest.discard_file, parts, fd, temp))
             raise
         return written

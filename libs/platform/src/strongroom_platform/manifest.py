@@ -35,6 +35,8 @@ class ManifestFormatError(ValueError):
 
 def encode_uvarint(value: int) -> bytes:
     """Protobuf-style unsigned LEB128."""
+    if 0 <= value < 0x80:
+        return bytes((value,))
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -61,35 +63,58 @@ def decode_uvarint(data: bytes | bytearray, position: int) -> tuple[int, int]:
         shift += 7
 
 
-class ManifestEncoder:
-    """Streaming writer: ``add`` entries in path order, collect the returned bytes, end with ``finish``.
+# Records an encoder collects before it compresses them (one zstd call per piece, not per record).
+ENCODE_PIECE = 256 << 10
 
-    Memory stays bounded by zstd's window whatever the number of entries.
+
+class ManifestEncoder:
+    """Streaming writer: ``add`` entries (or ``add_record`` serialized ones) in path order, collect
+    the returned bytes, end with ``finish``.
+
+    Records are compressed a piece (``ENCODE_PIECE`` bytes of records) at a time, so most calls
+    return nothing; memory stays bounded by the piece and zstd's window whatever the number of
+    entries.
     """
 
     def __init__(self, *, level: int = 3) -> None:
         self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
         self._previous: bytes | None = None
-        self._started = False
+        self._pending = bytearray(MAGIC + bytes([VERSION]))
+        self._compressed_head = False
         self.count = 0
 
-    def _head(self) -> bytes:
-        if self._started:
-            return b""
-        self._started = True
-        return MAGIC + bytes([VERSION])
-
     def add(self, entry: common_pb2.FileEntry) -> bytes:
-        path = entry.path.encode()
+        return self.add_record(entry.SerializeToString(), entry.path.encode())
+
+    def add_record(self, record: bytes, path: bytes) -> bytes:
+        """Add a serialized FileEntry whose path is ``path`` (the caller read it from the record)."""
         if self._previous is not None and path <= self._previous:
-            raise ValueError(f"manifest entries must be sorted and unique: {entry.path!r} after {self._previous!r}")
+            raise ValueError(
+                f"manifest entries must be sorted and unique: {path.decode(errors='replace')!r}"
+                f" after {self._previous.decode(errors='replace')!r}"
+            )
         self._previous = path
-        payload = entry.SerializeToString()
         self.count += 1
-        return self._head() + self._compressor.compress(encode_uvarint(len(payload)) + payload)
+        pending = self._pending
+        pending += encode_uvarint(len(record))
+        pending += record
+        if len(pending) < ENCODE_PIECE:
+            return b""
+        return self._flush()
+
+    def _flush(self) -> bytes:
+        if not self._compressed_head:  # the head is stored as is, before the frame
+            self._compressed_head = True
+            head = bytes(self._pending[:5])
+            del self._pending[:5]
+        else:
+            head = b""
+        out = head + self._compressor.compress(bytes(self._pending))
+        self._pending.clear()
+        return out
 
     def finish(self) -> bytes:
-        return self._head() + self._compressor.flush()
+        return self._flush() + self._compressor.flush()
 
 
 def encode_manifest(entries: Iterable[common_pb2.FileEntry], *, level: int = 3) -> bytes:
@@ -150,12 +175,16 @@ class ManifestDecoder:
         buffer = self._buffer
         position = 0
         while position < len(buffer):
-            try:
-                length, start = decode_uvarint(buffer, position)
-            except ManifestFormatError:
-                if len(buffer) - position >= 10:
-                    raise
-                break  # the varint continues in the next piece
+            first = buffer[position]
+            if first < 0x80:  # most records: a one-byte length
+                length, start = first, position + 1
+            else:
+                try:
+                    length, start = decode_uvarint(buffer, position)
+                except ManifestFormatError:
+                    if len(buffer) - position >= 10:
+                        raise
+                    break  # the varint continues in the next piece
             end = start + length
             if end > len(buffer):
                 break
@@ -201,10 +230,13 @@ def record_path(record: bytes) -> bytes | None:
     """
     if not record or record[0] != 0x0A:
         return None
-    try:
-        length, start = decode_uvarint(record, 1)
-    except ManifestFormatError:
-        return None
+    if len(record) > 1 and record[1] < 0x80:  # most paths: a one-byte length
+        length, start = record[1], 2
+    else:
+        try:
+            length, start = decode_uvarint(record, 1)
+        except ManifestFormatError:
+            return None
     end = start + length
     return record[start:end] if end <= len(record) else None
 

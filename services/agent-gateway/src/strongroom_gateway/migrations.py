@@ -10,6 +10,7 @@ from strongroom_platform.pg_roles import SERVICE_ROLES, SchemaSpec
 from strongroom_gateway.agent_cert_store import AGENT_CERTIFICATES_DDL
 from strongroom_gateway.gc.concurrent_schema import CONCURRENT_DDL
 from strongroom_gateway.gc.moves_schema import MOVES_DDL, MOVES_FUNCTIONS, MOVES_PRIVILEGES
+from strongroom_gateway.gc.point_refs import POINT_REFS_DDL, POINT_REFS_PRIVILEGES
 from strongroom_gateway.gc.repack_schema import REPACK_DDL, REPACK_FUNCTIONS, REPACK_PRIVILEGES
 from strongroom_gateway.gc.schema import GC_DDL, GC_FUNCTIONS, GC_PRIVILEGES
 
@@ -262,6 +263,9 @@ MIGRATIONS: list[Migration] = [
     # Moves and repacks while backups run (ADR 0057): move epochs, the functions without the
     # running-backup rule.
     Migration(18, CONCURRENT_DDL),
+    # Each point's chunk references per pack and the move epoch they are exact at: a day-2 commit
+    # counts only its changes while no move touched its base's packs (ADR 0034, update of session 5).
+    Migration(20, POINT_REFS_DDL),
 ]
 
 ROLE = SERVICE_ROLES["gateway"]
@@ -291,6 +295,7 @@ PRIVILEGES: dict[str, str] = {
     **GC_PRIVILEGES,
     **REPACK_PRIVILEGES,
     **MOVES_PRIVILEGES,
+    **POINT_REFS_PRIVILEGES,
 }
 
 SPEC = SchemaSpec(

@@ -21,6 +21,7 @@ from strongroom_platform.db import InboxOutboxTx
 
 from strongroom_gateway.agent_cert_store import CertificateTx
 from strongroom_gateway.gc.moves_store import MoveTx
+from strongroom_gateway.gc.point_refs import PointRefsTx
 from strongroom_gateway.gc.repack_store import RepackTx
 from strongroom_gateway.gc.store import GcTx
 
@@ -140,7 +141,7 @@ class InstanceFilesystem:
     approved_at: dt.datetime | None = None
 
 
-class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, RepackTx, MoveTx, Protocol):
+class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, RepackTx, MoveTx, PointRefsTx, Protocol):
     """Reads and writes inside one transaction."""
 
     async def claim_events(self, consumer: str, event_ids: Sequence[str]) -> set[str]:

@@ -13,6 +13,7 @@ from strongroom_platform.db import PgTransaction
 
 from strongroom_gateway.agent_cert_store import PgCertificateTx
 from strongroom_gateway.gc.moves_store import PgMoveTx
+from strongroom_gateway.gc.point_refs import PgPointRefsTx
 from strongroom_gateway.gc.repack_store import PgRepackTx, chunk_location
 from strongroom_gateway.gc.store import PgGcTx
 from strongroom_gateway.ports import (
@@ -137,7 +138,7 @@ def _point(row: asyncpg.Record) -> Point:
     )
 
 
-class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgTransaction):
+class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgPointRefsTx, PgTransaction):
     async def ensure_account(self, account: Account) -> Account:
         await self._conn.execute(
             "INSERT INTO accounts (account_id, chunk_id_key, chunker_seed) VALUES ($1, $2, $3)"

@@ -20,6 +20,7 @@ from strongroom_platform.events import TOPIC_MESSAGES
 
 from strongroom_gateway.agent_cert_store import AgentCertificate, MemoryCertificateTx
 from strongroom_gateway.gc.moves_store import MemoryMoveTx
+from strongroom_gateway.gc.point_refs import MemoryPointRefsTx
 from strongroom_gateway.gc.repack_store import MemoryRepackTx
 from strongroom_gateway.gc.store import MemoryGcState, MemoryGcTx
 from strongroom_gateway.ports import (
@@ -49,6 +50,8 @@ class _State:
     # Session notifications (``notify_sessions``) in commit order; no other process hears them.
     notifications: list[str] = dataclasses.field(default_factory=list)
     certificates: dict[str, AgentCertificate] = dataclasses.field(default_factory=dict)
+    # point id -> (move epoch, chunk references per pack) recorded with it (migration 20).
+    point_refs: dict[str, tuple[int, dict[str, int]]] = dataclasses.field(default_factory=dict)
     gc: MemoryGcState = dataclasses.field(default_factory=MemoryGcState)
 
     def copy(self) -> _State:
@@ -92,7 +95,7 @@ class InMemoryGatewayStore:
                 raise
 
 
-class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx, MemoryMoveTx):
+class InMemoryGatewayTx(MemoryCertificateTx, MemoryGcTx, MemoryRepackTx, MemoryMoveTx, MemoryPointRefsTx):
     _s: _State
 
     def __init__(self, state: _State, trusted_now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:

@@ -28,6 +28,7 @@ from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.points import building
 from strongroom_gateway.points import packs as pack_locks
+from strongroom_gateway.points.inherit import inheritance, relocate
 from strongroom_gateway.points.packs import RELOCATE_ATTEMPTS, Moved
 from strongroom_gateway.points.record import record_point
 from strongroom_gateway.ports import GatewayStore, Point
@@ -94,10 +95,15 @@ async def commit_point(
         # (ADR 0057); the point then references their new packs too.
         async with store.transaction() as tx:
             epoch = await tx.gc_epoch(identity.account_id)
-        locate = building.locator(store, identity.account_id, asyncio.get_running_loop())
+            # The base's packs, if no move touched them since it was recorded (ADR 0034 update).
+            inherited = await inheritance(tx, identity.account_id, base, epoch) if base is not None else None
+        loop = asyncio.get_running_loop()
+        locate = building.locator(store, identity.account_id, loop)
         timing.lap("read base")
         try:
-            built = await building.build_threads().run(building.build, base_manifest, changes, deleted, locate)
+            built = await building.build_threads().run(
+                building.build, base_manifest, changes, deleted, locate, inherited
+            )
         except ManifestFormatError as exc:
             raise FailedPrecondition(f"the base point's manifest cannot be read: {exc}") from None
     finally:
@@ -139,11 +145,11 @@ async def commit_point(
         retain_until=retain_until,
         manifest_version_id=manifest_version_id,
     )
-    packs = set(built.packs)
+    refs = built.refs
     for _ in range(RELOCATE_ATTEMPTS):
         try:
             async with store.transaction() as tx:
-                point = await record_point(tx, draft, filesystem, packs, epoch, vault=vault)
+                point = await record_point(tx, draft, filesystem, refs, epoch, vault=vault)
             break
         except Moved:
             # Garbage collection moved chunks out of this point's packs since they were located (it
@@ -151,16 +157,16 @@ async def commit_point(
             # long as the point (ADR 0010), and record where they are now.
             async with store.transaction() as tx:
                 epoch = await tx.gc_epoch(identity.account_id)
-            packs = await asyncio.to_thread(building.relocate, built, locate)
-            await pack_locks.extend_pack_locks(identity.account_id, packs, now, store, object_store, write_slots)
-            log.info("job %s: chunks moved during the commit; located again in %d packs", job.job_id, len(packs))
+            refs = await asyncio.to_thread(relocate, built, locate)
+            await pack_locks.extend_pack_locks(identity.account_id, refs, now, store, object_store, write_slots)
+            log.info("job %s: chunks moved during the commit; located again in %d packs", job.job_id, len(refs))
     else:
         raise FailedPrecondition("packs of this point kept moving while it was committed; run the backup again")
     if point.point_id != point_id:  # recorded first by a retry of this commit
         return _response(point)
     timing.lap("record")
     log.info(
-        "job %s: committed point %s of %s: %d entries (%d sent, %d deleted, base %s) in %.2f s (%s)",
+        "job %s: committed point %s of %s: %d entries (%d sent, %d deleted, base %s%s) in %.2f s (%s)",
         job.job_id,
         point_id,
         filesystem.mount_point,
@@ -168,6 +174,7 @@ async def commit_point(
         sent,
         removed,
         base.point_id if base is not None else "none",
+        ", its packs inherited" if inherited is not None else "",
         timing.total(),
         timing,
     )

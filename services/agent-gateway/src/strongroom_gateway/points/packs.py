@@ -68,13 +68,15 @@ class Moved(Exception):
     """Leave the commit's transaction: chunks of the point's packs moved since they were located."""
 
 
-async def refuse_moved(tx: GatewayTx, account_id: str, packs: set[str], epoch: int) -> None:
+async def refuse_moved(tx: GatewayTx, account_id: str, packs: set[str], epoch: int) -> int:
     """:class:`Moved` when a move or repack of a later epoch than ``epoch`` took chunks out of one
-    of ``packs`` (ADR 0057). Holds the shared collection lock from here to the end of the transaction."""
-    if await tx.gc_epoch(account_id) == epoch:  # takes the shared lock; no move of the account since
-        return
-    if await tx.pack_successors(account_id, sorted(packs), epoch):
+    of ``packs`` (ADR 0057). Holds the shared collection lock from here to the end of the transaction.
+
+    Returns the account's current epoch: ``packs`` hold the chunks they held at ``epoch`` as of it."""
+    current = await tx.gc_epoch(account_id)  # takes the shared lock
+    if current != epoch and await tx.pack_successors(account_id, sorted(packs), epoch):
         raise Moved
+    return current
 
 
 async def refuse_reclaimed(tx: GatewayTx, account_id: str, pack_ids: Iterable[str]) -> None:

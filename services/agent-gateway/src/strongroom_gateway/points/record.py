@@ -5,13 +5,15 @@ backup job finished or was canceled, returns the point a concurrent commit of th
 filesystem recorded first (a retry), gives the job its version on the first point, and, while
 collection cannot reclaim the point's packs, raises ``Moved`` or fails on moved or reclaimed packs
 (``packs``). Then it writes the point's disaster-recovery record (``vault``, ADR 0032), inserts the
-point and its packs, and enqueues ``PointCreated`` in the same transaction (outbox).
+point, its packs, and its chunk references per pack with the move epoch they are exact at
+(``gc.point_refs``), and enqueues ``PointCreated`` in the same transaction (outbox).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Mapping
 
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -28,12 +30,13 @@ async def record_point(
     tx: GatewayTx,
     draft: Point,
     filesystem: common_pb2.Filesystem,
-    packs: set[str],
+    refs: Mapping[str, int],
     epoch: int,
     *,
     vault: Vault,
 ) -> Point:
-    """Record ``draft`` (its ``version_id`` is the job's, set here) referencing ``packs``.
+    """Record ``draft`` (its ``version_id`` is the job's, set here) referencing the packs of ``refs``
+    (its chunk references per pack, located at ``epoch``).
 
     The point returned is ``draft``'s, or the one recorded first for the same job and filesystem.
     """
@@ -51,7 +54,8 @@ async def record_point(
     instance = await tx.get_instance(draft.instance_id)
     # Held until commit: collection cannot reclaim these packs now; one reclaimed since the
     # chunks were located fails the commit rather than record a point missing data (ADR 0041).
-    await refuse_moved(tx, draft.account_id, packs, epoch)
+    packs = set(refs)
+    exact_at = await refuse_moved(tx, draft.account_id, packs, epoch)
     await refuse_reclaimed(tx, draft.account_id, packs)
     point = dataclasses.replace(draft, version_id=current.version_id)
     # Inside the transaction, holding the job's row: a record whose transaction then fails
@@ -59,6 +63,8 @@ async def record_point(
     await vault.write_point(point, current.version_created_at)
     await tx.insert_point(point)
     await tx.record_point_packs(point.point_id, sorted(packs))
+    # A commit based on this point counts from these while no move touches its packs (ADR 0034).
+    await tx.record_point_refs(point.point_id, exact_at, refs)
     await tx.enqueue(
         POINT_CREATED,
         point.instance_id,
