@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -14,23 +13,11 @@ from strongroom.agent.v1 import gateway_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway.gc import collector
 from strongroom_gateway.gc.repack import RepackPolicy
-from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
 from strongroom_platform.eventbus import PoisonRecord
 from strongroom_platform.objectstore import ObjectLocked, ObjectNotFound
-from strongroom_platform.testing import FakeClock
 
 SAFETY = dt.timedelta(hours=1)
-
-
-@pytest.fixture
-async def gc_gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
-    harness = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=clock))
-    await harness.start()
-    try:
-        yield harness
-    finally:
-        await harness.stop()
 
 
 def _deps(gw: GatewayHarness) -> collector.Deps:
@@ -96,8 +83,8 @@ async def _restore(gw: GatewayHarness, agent: Agent, job_id: str, point_id: str)
     return files
 
 
-async def test_an_expired_points_packs_are_reclaimed_once_their_lock_passes(gc_gw: GatewayHarness) -> None:
-    gw = gc_gw
+async def test_an_expired_points_packs_are_reclaimed_once_their_lock_passes(trusted_gw: GatewayHarness) -> None:
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100], "b": [b"beta" * 100]})
     gw.clock.advance(days=1)
@@ -134,8 +121,8 @@ async def test_an_expired_points_packs_are_reclaimed_once_their_lock_passes(gc_g
     assert (again.packs_condemned, again.packs_reclaimed, again.objects_deleted) == (0, 0, 0)
 
 
-async def test_a_pack_a_live_point_still_shares_is_kept(gc_gw: GatewayHarness) -> None:
-    gw = gc_gw
+async def test_a_pack_a_live_point_still_shares_is_kept(trusted_gw: GatewayHarness) -> None:
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100], "b": [b"beta" * 100]})
     gw.clock.advance(days=1)
@@ -148,9 +135,9 @@ async def test_a_pack_a_live_point_still_shares_is_kept(gc_gw: GatewayHarness) -
     assert await _restore(gw, agent, "r-1", live) == {"a": b"alpha" * 100}
 
 
-async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(gc_gw: GatewayHarness) -> None:
+async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(trusted_gw: GatewayHarness) -> None:
     """kopia/PBS's race: FindMissingChunks answers "present" for a chunk of a condemned pack."""
-    gw = gc_gw
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
     await _expire(gw, agent, old)
@@ -176,9 +163,9 @@ async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(gc_gw: GatewayHarn
 
 
 async def test_a_commit_after_its_pack_was_reclaimed_fails_instead_of_recording_a_broken_point(
-    gc_gw: GatewayHarness,
+    trusted_gw: GatewayHarness,
 ) -> None:
-    gw = gc_gw
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
     await _expire(gw, agent, old)
@@ -200,9 +187,9 @@ async def test_a_commit_after_its_pack_was_reclaimed_fails_instead_of_recording_
     assert pack_id in gw.store.state.gc.reclaimed
 
 
-async def test_hold_packs_refuses_a_reclaimed_pack(gc_gw: GatewayHarness) -> None:
+async def test_hold_packs_refuses_a_reclaimed_pack(trusted_gw: GatewayHarness) -> None:
     """The commit's last check, in its own transaction (the sweep ran between lookup and record)."""
-    gw = gc_gw
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
     await _expire(gw, agent, old)
@@ -215,8 +202,8 @@ async def test_hold_packs_refuses_a_reclaimed_pack(gc_gw: GatewayHarness) -> Non
         assert await tx.hold_packs("acct-a", [pack_id, "other"]) == [pack_id]
 
 
-async def test_a_running_backups_fresh_packs_are_not_condemned(gc_gw: GatewayHarness) -> None:
-    gw = gc_gw
+async def test_a_running_backups_fresh_packs_are_not_condemned(trusted_gw: GatewayHarness) -> None:
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     await gw.request_backup(agent, "job-1")
     await gw.upload(agent, "job-1", [b"uploaded, not committed yet"])
@@ -226,8 +213,8 @@ async def test_a_running_backups_fresh_packs_are_not_condemned(gc_gw: GatewayHar
     assert (await collector.collect(_deps(gw))).packs_condemned == 1
 
 
-async def test_version_expired_of_another_account_is_poison(gc_gw: GatewayHarness) -> None:
-    gw = gc_gw
+async def test_version_expired_of_another_account_is_poison(trusted_gw: GatewayHarness) -> None:
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     point = await _backup(gw, agent, "job-1", {"a": [b"alpha"]})
     event = events_pb2.VersionExpired(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -16,9 +16,7 @@ from strongroom.agent.v1 import gateway_pb2
 from strongroom_gateway.gc import collector
 from strongroom_gateway.gc.repack import RepackPolicy
 from strongroom_gateway.points import packs as point_packs
-from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.objectstore import ObjectLocked
-from strongroom_platform.testing import FakeClock
 from test_gateway_gc import _backup, _expire, _finish, _pack_keys, _restore
 
 SAFETY = dt.timedelta(hours=1)
@@ -31,13 +29,8 @@ BIG3 = RNG.randbytes(40_000)
 
 
 @pytest.fixture
-async def gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
-    harness = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=clock))
-    await harness.start()
-    try:
-        yield harness
-    finally:
-        await harness.stop()
+def gw(trusted_gw: GatewayHarness) -> GatewayHarness:
+    return trusted_gw
 
 
 def _deps(gw: GatewayHarness, **policy: float | dt.timedelta) -> collector.Deps:

@@ -8,7 +8,7 @@ import collections
 import datetime as dt
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -21,9 +21,7 @@ from strongroom_gateway.points import building, inherit
 from strongroom_gateway.points import packs as point_packs
 from strongroom_gateway.points.inherit import Inheritance
 from strongroom_gateway.synthesis import SortedSpool
-from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.manifest import decode_manifest, encode_manifest
-from strongroom_platform.testing import FakeClock
 from test_gateway_gc import _finish, _pack_keys, _restore
 from test_gateway_repack import BIG, OTHER, SMALL, _deps, _two_days
 
@@ -32,13 +30,8 @@ INHERITED = "its packs inherited"
 
 
 @pytest.fixture
-async def gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
-    harness = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=clock))
-    await harness.start()
-    try:
-        yield harness
-    finally:
-        await harness.stop()
+def gw(trusted_gw: GatewayHarness) -> GatewayHarness:
+    return trusted_gw
 
 
 async def _day2(
