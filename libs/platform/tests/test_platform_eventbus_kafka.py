@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -109,6 +110,24 @@ async def test_consumer_can_be_started_only_once(tansu_bootstrap: str) -> None:
             await consumer.start()
     finally:
         await consumer.stop()
+
+
+@pytest.mark.integration
+async def test_a_consumer_leaves_nothing_in_the_working_directory(
+    tansu_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's data directory is private and temporary, not "<group>-data" in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    topic = f"cwd-{uuid.uuid4().hex[:8]}"
+    consumer = FaustConsumer(tansu_bootstrap, f"g-{topic}", {topic: _noop}, session_timeout=2.0)
+    datadir = Path(consumer._datadir.name)
+    await consumer.start()
+    try:
+        assert datadir.is_dir()
+    finally:
+        await consumer.stop()
+    assert list(tmp_path.iterdir()) == []
+    assert not datadir.exists()
 
 
 @pytest.mark.integration

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import ssl
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -392,6 +393,10 @@ class FaustConsumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._started = False
+        # Faust insists on a data directory even with the memory store; by default it
+        # is "<group>-data" in the working directory. A private temporary one keeps the
+        # working directory clean and is removed when the consumer stops.
+        self._datadir = tempfile.TemporaryDirectory(prefix="strongroom-consumer-")
         self._app = self._build_app(session_timeout, commit_interval)
 
     def _build_app(self, session_timeout: float, commit_interval: float) -> Any:
@@ -399,6 +404,7 @@ class FaustConsumer:
             self._group_id,
             broker=f"kafka://{self._bootstrap}",
             store="memory://",
+            datadir=self._datadir.name,
             web_enabled=False,
             autodiscover=False,
             topic_partitions=1,
@@ -529,3 +535,4 @@ class FaustConsumer:
                 "consumer %s: a handler is still running after %.0fs; abandoning it", self._group_id, self._stop_timeout
             )
         await self._app.stop()
+        self._datadir.cleanup()
