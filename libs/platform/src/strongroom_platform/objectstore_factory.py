@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import urllib3
+
 from strongroom_platform.clock import Clock
 from strongroom_platform.objectstore import ObjectStore
 from strongroom_platform.objectstore_fs import FilesystemObjectStore
@@ -17,8 +19,9 @@ async def open_object_store(settings: PlatformSettings, clock: Clock) -> ObjectS
     """The store named by ``settings.object_store``, ready to use.
 
     ``"s3"``: an :class:`S3ObjectStore` on ``settings.s3``, whose bucket is created
-    with Object Lock if missing. ``"file:<dir>"``: a :class:`FilesystemObjectStore`
-    rooted at ``<dir>`` (created if missing). Raises SettingsError otherwise, also for
+    with Object Lock if missing; a certificate the endpoint presents that does not verify is a
+    SettingsError that says so (a setting to fix, not a fault to retry). ``"file:<dir>"``: a
+    :class:`FilesystemObjectStore` rooted at ``<dir>`` (created if missing). Raises SettingsError otherwise, also for
     ``"none"`` (a process that declared it uses no object store).
     """
     kind = settings.object_store
@@ -28,7 +31,16 @@ async def open_object_store(settings: PlatformSettings, clock: Clock) -> ObjectS
         if settings.s3 is None:
             raise SettingsError("STRONGROOM_OBJECT_STORE=s3 needs the STRONGROOM_S3_* settings")
         store = S3ObjectStore.from_settings(settings.s3, clock=clock)
-        await store.ensure_bucket()
+        try:
+            await store.ensure_bucket()
+        except urllib3.exceptions.MaxRetryError as exc:
+            if not isinstance(exc.reason, urllib3.exceptions.SSLError):
+                raise
+            trusted = settings.s3.ca_file or "the system's roots"
+            raise SettingsError(
+                f"the object store at {settings.s3.endpoint} presented a certificate that {trusted} does not "
+                f"verify ({exc.reason}); STRONGROOM_S3_TLS_CA names the CA that issued it"
+            ) from exc
         return store
     if kind.startswith("file:") and len(kind) > len("file:"):
         root = Path(kind.removeprefix("file:")).expanduser()

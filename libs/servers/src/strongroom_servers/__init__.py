@@ -11,7 +11,7 @@ from strongroom_servers._process import LocalServer, PrerequisiteMissing, Server
 from strongroom_servers.kafka import KAFKA_VERSION, KafkaSaslSsl, LocalKafka, ensure_kafka_libs
 from strongroom_servers.kafka_probe import KafkaServerInfo, probe_kafka
 from strongroom_servers.postgres import LocalPostgres, find_pg_bin_dir
-from strongroom_servers.s3 import VERSITYGW_VERSION, LocalVersityGW, ensure_versitygw, s3_server_header
+from strongroom_servers.s3 import VERSITYGW_VERSION, LocalVersityGW, S3ServerTls, ensure_versitygw, s3_server_header
 from strongroom_servers.tansu import LocalTansu, find_tansu
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "LocalTansu",
     "LocalVersityGW",
     "PrerequisiteMissing",
+    "S3ServerTls",
     "ServerStartError",
     "cache_root",
     "ensure_kafka_libs",

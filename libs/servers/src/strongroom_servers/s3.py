@@ -12,13 +12,22 @@ import http.client
 import os
 import secrets
 import signal
+import ssl
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from strongroom_servers._process import LocalServer, ManagedProcess, ServerStartError
 from strongroom_servers.gotools import GoTool, ensure_go_binary
 
-__all__ = ["VERSITYGW_MODULE", "VERSITYGW_VERSION", "LocalVersityGW", "ensure_versitygw", "s3_server_header"]
+__all__ = [
+    "VERSITYGW_MODULE",
+    "VERSITYGW_VERSION",
+    "LocalVersityGW",
+    "S3ServerTls",
+    "ensure_versitygw",
+    "s3_server_header",
+]
 
 VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw"
 # v1.8.0 rather than v1.7.0: v1.7.0 lets a client *shorten* a COMPLIANCE retention period
@@ -37,10 +46,28 @@ def ensure_versitygw(version: str = VERSITYGW_VERSION) -> Path:
     return ensure_go_binary(GoTool("versitygw", VERSITYGW_MODULE, version, "STRONGROOM_VERSITYGW_BIN", ldflags))
 
 
-def s3_server_header(endpoint: str, *, secure: bool = False, timeout: float = 5.0) -> str | None:
-    """The ``Server`` header of an unauthenticated ``GET /`` (an S3 server answers 403 with it), or None."""
-    conn_cls = http.client.HTTPSConnection if secure else http.client.HTTPConnection
-    conn = conn_cls(endpoint, timeout=timeout)
+@dataclass(frozen=True)
+class S3ServerTls:
+    """The certificate the S3 server presents (``cert_file``, ``key_file``; PEM) and the CA that issued it."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+def s3_server_header(
+    endpoint: str, *, secure: bool = False, ca_file: Path | None = None, timeout: float = 5.0
+) -> str | None:
+    """The ``Server`` header of an unauthenticated ``GET /`` (an S3 server answers 403 with it), or None.
+
+    With ``secure``, over TLS, verifying the server against ``ca_file`` (else the system roots).
+    """
+    conn: http.client.HTTPConnection
+    if secure:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+        conn = http.client.HTTPSConnection(endpoint, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(endpoint, timeout=timeout)
     try:
         conn.request("GET", "/")
         response = conn.getresponse()
@@ -52,8 +79,9 @@ def s3_server_header(endpoint: str, *, secure: bool = False, timeout: float = 5.
         conn.close()
 
 
-def _answers_http(endpoint: str) -> bool:
-    return s3_server_header(endpoint, timeout=1.0) is not None
+def _answers_http(endpoint: str, tls: S3ServerTls | None = None) -> bool:
+    ca_file = tls.ca_file if tls is not None else None
+    return s3_server_header(endpoint, secure=tls is not None, ca_file=ca_file, timeout=1.0) is not None
 
 
 def _xattrs_supported(directory: Path) -> bool:
@@ -74,8 +102,9 @@ class LocalVersityGW(LocalServer):
     it answers HTTP with its Server header; raises ServerStartError with the log tail otherwise.
     Object metadata lives in ``user.*`` xattrs; on a filesystem without them a sidecar dir
     (``work_dir/meta``) is used. One root account, ``access_key`` / ``secret_key`` (a random secret
-    unless given). ``stop()``: SIGTERM, SIGKILL after ``stop_timeout``. Log: ``work_dir/versitygw.log``.
-    The gateway does not outlive the process that started it (ADR 0022).
+    unless given). With ``tls`` it serves HTTPS only, presenting ``tls.cert_file``. ``stop()``:
+    SIGTERM, SIGKILL after ``stop_timeout``. Log: ``work_dir/versitygw.log``. The gateway does not
+    outlive the process that started it (ADR 0022).
     """
 
     _bind_errors = ("address already in use",)
@@ -90,6 +119,7 @@ class LocalVersityGW(LocalServer):
         secret_key: str | None = None,
         version: str = VERSITYGW_VERSION,
         binary: Path | None = None,
+        tls: S3ServerTls | None = None,
         start_timeout: float = 30.0,
         stop_timeout: float = 15.0,
     ) -> None:
@@ -99,16 +129,21 @@ class LocalVersityGW(LocalServer):
         self.secret_key = secret_key or secrets.token_urlsafe(24)
         self.version = version
         self._binary = binary
+        self.tls = tls
         self._backend: list[str] = []
 
     @property
     def endpoint(self) -> str:
-        """``127.0.0.1:PORT`` (no scheme; plain HTTP), as the minio SDK takes it."""
+        """``127.0.0.1:PORT`` (no scheme; HTTPS when :attr:`secure`), as the minio SDK takes it."""
         return f"127.0.0.1:{self.port}"
 
     @property
     def secure(self) -> bool:
-        return False
+        return self.tls is not None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
 
     @property
     def log_path(self) -> Path:
@@ -129,7 +164,10 @@ class LocalVersityGW(LocalServer):
 
     def server_info(self) -> str:
         """``"versitygw v1.8.0 (Server: VERSITYGW)"``: the binary's own version plus the HTTP Server header."""
-        header = s3_server_header(self.endpoint) if self._proc is not None else None
+        ca_file = self.tls.ca_file if self.tls is not None else None
+        header = (
+            s3_server_header(self.endpoint, secure=self.secure, ca_file=ca_file) if self._proc is not None else None
+        )
         return f"versitygw {self.binary_version()}" + (f" (Server: {header})" if header else "")
 
     def create_user(self, access_key: str, secret_key: str, *, role: str = "user") -> None:
@@ -141,7 +179,9 @@ class LocalVersityGW(LocalServer):
         env = dict(os.environ)
         # The admin credentials through the environment, so they do not show in `ps`.
         env.update(ADMIN_ACCESS_KEY_ID=self.access_key, ADMIN_SECRET_ACCESS_KEY=self.secret_key)
-        command = [str(self.binary()), "admin", "--endpoint-url", f"http://{self.endpoint}", "create-user"]
+        if self.tls is not None:
+            env["SSL_CERT_FILE"] = str(self.tls.ca_file)  # Go's roots on Linux: the tool verifies the gateway
+        command = [str(self.binary()), "admin", "--endpoint-url", self.url, "create-user"]
         command += ["--access", access_key, "--secret", secret_key, "--role", role]
         result = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
         if result.returncode != 0:
@@ -163,6 +203,7 @@ class LocalVersityGW(LocalServer):
         env = dict(os.environ)
         # Credentials through the environment, so they do not show in `ps`.
         env.update(ROOT_ACCESS_KEY=self.access_key, ROOT_SECRET_KEY=self.secret_key)
+        tls = [] if self.tls is None else ["--cert", str(self.tls.cert_file), "--key", str(self.tls.key_file)]
         return ManagedProcess(
             "versitygw",
             [
@@ -170,6 +211,7 @@ class LocalVersityGW(LocalServer):
                 "--port",
                 f"127.0.0.1:{port}",
                 "--quiet",
+                *tls,
                 # Internal IAM (accounts in a file under work_dir/iam): least-privilege identities
                 # can be created with create_user() and governed by a bucket policy (ADR 0035).
                 "--iam-dir",
@@ -185,4 +227,4 @@ class LocalVersityGW(LocalServer):
         )
 
     def _ready(self, proc: ManagedProcess, port: int) -> bool:
-        return _answers_http(f"127.0.0.1:{port}")
+        return _answers_http(f"127.0.0.1:{port}", self.tls)
