@@ -192,10 +192,15 @@ def version_of(tool: str) -> str:
 
 @dataclass
 class S3Target:
-    endpoint: str  # host:port, plain HTTP
+    endpoint: str  # host:port
     access_key: str
     secret_key: str
     bucket: str
+    ca_file: Path | None = None  # HTTPS verified against this CA; None: plain HTTP
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.ca_file else 'http'}://{self.endpoint}"
 
 
 @dataclass
@@ -235,11 +240,14 @@ class Peer:
         )
         if self.s3:
             env.update(AWS_ACCESS_KEY_ID=self.s3.access_key, AWS_SECRET_ACCESS_KEY=self.s3.secret_key)
+            if self.s3.ca_file:
+                # rustic (opendal over reqwest) has no CA option of its own; it reads the roots here.
+                env.update(RESTIC_CACERT=str(self.s3.ca_file), SSL_CERT_FILE=str(self.s3.ca_file))
         return env
 
     def _restic_repo(self) -> list[str]:
         if self.s3:
-            return ["-r", f"s3:http://{self.s3.endpoint}/{self.s3.bucket}", "-o", "s3.bucket-lookup=path"]
+            return ["-r", f"s3:{self.s3.url}/{self.s3.bucket}", "-o", "s3.bucket-lookup=path"]
         return ["-r", str(self.repo_dir)]
 
     def _rustic_repo(self) -> list[str]:
@@ -254,7 +262,7 @@ class Peer:
                 'repository = "opendal:s3"\n'
                 "[repository.options]\n"
                 f'bucket = "{s3.bucket}"\n'
-                f'endpoint = "http://{s3.endpoint}"\n'
+                f'endpoint = "{s3.url}"\n'
                 'region = "us-east-1"\n'
                 f'access_key_id = "{s3.access_key}"\n'
                 f'secret_access_key = "{s3.secret_key}"\n'
@@ -284,7 +292,8 @@ class Peer:
             cache = ["--cache-directory", str(self.work / "cache")]
             if self.s3:
                 s3 = self.s3
-                where = ["s3", "--bucket", s3.bucket, "--endpoint", s3.endpoint, "--disable-tls"]
+                where = ["s3", "--bucket", s3.bucket, "--endpoint", s3.endpoint]
+                where += ["--root-ca-pem-path", str(s3.ca_file)] if s3.ca_file else ["--disable-tls"]
                 where += ["--access-key", s3.access_key, "--secret-access-key", s3.secret_key]
             else:
                 where = ["filesystem", "--path", str(self.repo_dir)]

@@ -154,7 +154,7 @@ def s3_bucket(bench: StrongroomBench, tool: str) -> peers.S3Target:
     assert bench.s3 is not None
     bucket = f"{tool}-{uuid.uuid4().hex[:8]}"
     bench.minio().make_bucket(bucket)
-    return peers.S3Target(bench.s3.endpoint, bench.s3.access_key, bench.s3.secret_key, bucket)
+    return peers.S3Target(bench.s3.endpoint, bench.s3.access_key, bench.s3.secret_key, bucket, bench.s3_ca_file)
 
 
 def bucket_bytes(bench: StrongroomBench, bucket: str) -> int:
@@ -319,7 +319,7 @@ async def amain(args: argparse.Namespace) -> int:
     engines = [SR] + [f"{t}/{tg}" for t in available for tg in targets if not (t == "borg" and tg == "s3")]
 
     rec = Recorder()
-    bench = StrongroomBench(work / "strongroom")
+    bench = StrongroomBench(work / "strongroom", s3_tls=args.s3_tls)
     log("starting PostgreSQL, Kafka, versitygw and the Strongroom services")
     await bench.start()
     header = []
@@ -330,7 +330,8 @@ async def amain(args: argparse.Namespace) -> int:
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, {platform.platform()}",
             f"- data set: {(day1 / 'DATASET').read_text().splitlines()[0]}; {files:,} files, {size / 1e9:.2f} GB"
             f"{' (quick)' if args.quick else ''}; single-file restore: `{single}`",
-            f"- runs per metric: {args.runs}; engines: {', '.join(engines)}",
+            f"- runs per metric: {args.runs}; engines: {', '.join(engines)}; "
+            f"S3 over {'HTTPS (verified against a private CA)' if args.s3_tls else 'plain HTTP'} on 127.0.0.1",
             "- versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()),
         ]
         for run in range(1, args.runs + 1):
@@ -456,6 +457,7 @@ def main() -> int:
     parser.add_argument("--scale-dir", type=Path, default=Path("/tmp/strongroom-bench"))
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "strongroom-bench")
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    parser.add_argument("--s3-tls", action="store_true", help="S3 over HTTPS (verified) for Strongroom and every peer")
     args = parser.parse_args()
     return asyncio.run(amain(args))
 

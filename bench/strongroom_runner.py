@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import urllib3
 from minio import Minio
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -45,10 +46,10 @@ from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_cli.stack import ManagedProcess, Stack, operator_channel, spawn
 from strongroom_cli.standalone import provision_database
 from strongroom_platform.admin import create_admin_token
-from strongroom_platform.certs import CA_CERT_FILE, spki_sha256
+from strongroom_platform.certs import CA_CERT_FILE, ensure_local_pki, spki_sha256
 from strongroom_servers.kafka import LocalKafka
 from strongroom_servers.postgres import LocalPostgres
-from strongroom_servers.s3 import LocalVersityGW
+from strongroom_servers.s3 import LocalVersityGW, S3ServerTls
 
 HERE = Path(__file__).resolve().parent
 FINISHED = {
@@ -113,6 +114,8 @@ class StrongroomBench:
     stack: Stack | None = None
     env: dict[str, str] = field(default_factory=dict)
     s3: LocalVersityGW | None = None
+    # S3 over HTTPS (a certificate from a CA of the bench's own) for the gateway and every peer.
+    s3_tls: bool = False
     bucket: str = ""
     ca_file: Path = Path()
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -127,7 +130,12 @@ class StrongroomBench:
         self.work.mkdir(parents=True, exist_ok=True)
         pg = LocalPostgres(None, self.work / "postgres" / "data")
         kafka = LocalKafka(self.work / "kafka")
-        s3 = LocalVersityGW(self.work / "s3")
+        s3_tls = None
+        if self.s3_tls:
+            pki = self.work / "s3-pki"
+            cert, key = ensure_local_pki(pki, ["s3"])["s3"]
+            s3_tls = S3ServerTls(cert, key, pki / CA_CERT_FILE)
+        s3 = LocalVersityGW(self.work / "s3", tls=s3_tls)
         loop = asyncio.get_running_loop()
         for server in (pg, kafka, s3):
             await loop.run_in_executor(None, server.start)
@@ -145,7 +153,7 @@ class StrongroomBench:
             STRONGROOM_S3_ENDPOINT=s3.endpoint,
             STRONGROOM_S3_ACCESS_KEY=s3.access_key,
             STRONGROOM_S3_SECRET_KEY=s3.secret_key,
-            STRONGROOM_S3_SECURE="0",
+            STRONGROOM_S3_SECURE="1" if s3_tls else "0",
             STRONGROOM_S3_BUCKET=self.bucket,
             # Benchmarks only: the gateway setting that lifts the priority's read-rate/core limits
             # (the agent wrapper's BENCH_UNTHROTTLED does the same on the agent side).
@@ -153,6 +161,8 @@ class StrongroomBench:
             # Encryption at rest is always on (ADR 0015): the gateway creates its master key here.
             STRONGROOM_MASTER_KEY_FILE=str(self.work / "master.key"),
         )
+        if s3_tls is not None:
+            env["STRONGROOM_S3_TLS_CA"] = str(s3_tls.ca_file)
         self.env = env
         self.stack = Stack()
         tls_dir = self.work / "tls"
@@ -168,9 +178,22 @@ class StrongroomBench:
         self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channels[1])
         self.restore_api = restore_pb2_grpc.RestoreServiceStub(self.channels[2])
 
+    @property
+    def s3_ca_file(self) -> Path | None:
+        """The CA the S3 server's certificate verifies against, None over plain HTTP."""
+        return self.s3.tls.ca_file if self.s3 is not None and self.s3.tls is not None else None
+
     def minio(self) -> Minio:
         assert self.s3 is not None
-        return Minio(self.s3.endpoint, access_key=self.s3.access_key, secret_key=self.s3.secret_key, secure=False)
+        ca = self.s3_ca_file
+        http = urllib3.PoolManager(ca_certs=str(ca)) if ca is not None else None
+        return Minio(
+            self.s3.endpoint,
+            access_key=self.s3.access_key,
+            secret_key=self.s3.secret_key,
+            secure=self.s3.secure,
+            http_client=http,
+        )
 
     def server_versions(self) -> dict[str, str]:
         out = {}
