@@ -63,10 +63,7 @@ def main() -> int:
     work: Path = args.work
     after_env = dict(item.split("=", 1) for item in args.after_env)
     after_env = {key: value.replace("{work}", str(work)) for key, value in after_env.items()}
-    work.mkdir(parents=True, exist_ok=True)
-    data = work / ("day1-quick" if args.quick else "day1")
-    if not (data / "DATASET").exists():
-        dataset.build(data, quick=args.quick)
+    data = dataset.day1_tree(work, quick=args.quick)
     base = work / "base-checkout"
     if base.exists():
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)

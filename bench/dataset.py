@@ -202,6 +202,20 @@ def big_files(quick: bool) -> list[tuple[str, str, int]]:
 GENERATORS = {"binary": _binary, "log": _log, "mixed": _mixed}
 
 
+def day1_tree(work: Path, *, quick: bool) -> Path:
+    """The day-1 tree under ``work`` (``day1`` or ``day1-quick``), built on first use.
+
+    The tree is built under a ``.partial`` name and renamed when complete, so one that exists
+    is whole. Building it takes a few minutes (the source tarball is cached).
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    root = work / ("day1-quick" if quick else "day1")
+    if not root.exists():
+        print(f"building data set at {root}", file=sys.stderr, flush=True)
+        build(root, quick=quick)
+    return root
+
+
 def build(root: Path, *, quick: bool) -> None:
     """Build the day-1 tree at ``root`` (must not exist)."""
     if root.exists():

@@ -188,11 +188,7 @@ def report(results: dict[str, list[dict[str, object]]], header: list[str]) -> st
 
 async def amain(args: argparse.Namespace) -> int:
     work: Path = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    day1 = work / ("day1-quick" if args.quick else "day1")
-    if not day1.exists():
-        log(f"building data set at {day1}")
-        dataset.build(day1, quick=args.quick)
+    day1 = dataset.day1_tree(work, quick=args.quick)
     data = work / "data"
     engines = [SR] + ([] if args.no_restic else [RESTIC])
     if not args.no_restic:

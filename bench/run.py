@@ -293,11 +293,7 @@ def save(args: argparse.Namespace, work: Path, text: str, rec: Recorder) -> None
 
 async def amain(args: argparse.Namespace) -> int:
     work: Path = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    day1 = work / ("day1-quick" if args.quick else "day1")
-    if not day1.exists():
-        log(f"building data set at {day1}")
-        dataset.build(day1, quick=args.quick)
+    day1 = dataset.day1_tree(work, quick=args.quick)
     data = work / "data"
     single = pick_single_file(day1)
     files = count_files(day1)

@@ -111,6 +111,13 @@ def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalVersi
         gateway.stop()
 
 
+@pytest.fixture
+def other_ca(tmp_path: Path) -> Path:
+    """The bundle of a CA that did not issue the gateway's certificate."""
+    write_ca(tmp_path / "other", CertificateAuthority.create())
+    return tmp_path / "other" / "ca.pem"
+
+
 def tls_settings(gateway: LocalVersityGW, ca_file: Path | None, *, secure: bool = True) -> S3Settings:
     bucket = f"tls-{uuid.uuid4().hex[:16]}"
     return S3Settings(
@@ -150,12 +157,10 @@ class TestS3ObjectStoreOverTls(ObjectStoreContract):
 
 @pytest.mark.integration
 async def test_an_s3_server_whose_certificate_another_ca_issued_is_refused(
-    tls_gateway: LocalVersityGW, tmp_path: Path
+    tls_gateway: LocalVersityGW, other_ca: Path
 ) -> None:
     """A man in the middle with a certificate from another CA gets no request, credentials included."""
-    other = tmp_path / "other"
-    write_ca(other, CertificateAuthority.create())
-    store = S3ObjectStore.from_settings(tls_settings(tls_gateway, other / "ca.pem"))
+    store = S3ObjectStore.from_settings(tls_settings(tls_gateway, other_ca))
     with pytest.raises(urllib3.exceptions.MaxRetryError, match="CERTIFICATE_VERIFY_FAILED"):
         await store.ensure_bucket()
 
@@ -178,11 +183,9 @@ async def test_plain_http_to_a_tls_only_s3_server_is_answered_with_an_error(tls_
 
 @pytest.mark.integration
 async def test_a_service_on_an_untrusted_s3_certificate_stops_with_a_clear_setting_error(
-    tls_gateway: LocalVersityGW, tmp_path: Path
+    tls_gateway: LocalVersityGW, other_ca: Path
 ) -> None:
     """At start-up the wrong CA is a SettingsError naming the endpoint and the setting, not a traceback."""
-    other = tmp_path / "other"
-    write_ca(other, CertificateAuthority.create())
     env = {
         "STRONGROOM_PG_DSN": "postgresql://x",
         "STRONGROOM_KAFKA_BOOTSTRAP": "k:9092",
@@ -192,7 +195,7 @@ async def test_a_service_on_an_untrusted_s3_certificate_stops_with_a_clear_setti
         "STRONGROOM_S3_ACCESS_KEY": tls_gateway.access_key,
         "STRONGROOM_S3_SECRET_KEY": tls_gateway.secret_key,
         "STRONGROOM_S3_BUCKET": f"tls-{uuid.uuid4().hex[:16]}",
-        "STRONGROOM_S3_TLS_CA": str(other / "ca.pem"),
+        "STRONGROOM_S3_TLS_CA": str(other_ca),
     }
     settings = PlatformSettings.from_env(env)
     with pytest.raises(SettingsError, match=r"presented a certificate that .* does not verify.*STRONGROOM_S3_TLS_CA"):
