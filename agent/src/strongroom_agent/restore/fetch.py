@@ -23,10 +23,13 @@ from strongroom.common.v1 import common_pb2
 from strongroom_agent.chunking import decode_chunk
 from strongroom_agent.gateway_client import ChunkSent, GatewayClient
 from strongroom_agent.restore.destination import Destination, EntryProblem
-from strongroom_agent.restore.writer import WRITE_THREADS, Contents
+from strongroom_agent.restore.writer import Contents
 
 # A file larger than a batch is streamed in windows of at most this many ids.
 LARGE_FILE_WINDOW_IDS = 256
+# Content per decoding call of a batch: decoding starts while the rest of the batch arrives, and a
+# thread hop is spread over a few hundred small chunks.
+DECODE_GROUP_BYTES = 4 << 20
 
 
 def damage_reason(chunk_id: bytes, damage: str) -> str:
@@ -66,17 +69,31 @@ class Fetcher:
         self._batch_bytes = fetch_batch_bytes
 
     async def batch(self, ids: list[bytes]) -> Contents:
-        """The decoded content of the distinct chunks ``ids``, fetched in one call (and the damaged ones)."""
-        sent = [c async for c in self._client.read_chunks(self._job_id, ids)] if ids else []
-        return await self._decode(sent)
+        """The decoded content of the distinct chunks ``ids``, fetched in one call (and the damaged ones).
 
-    async def _decode(self, sent: list[ChunkSent]) -> Contents:
-        """Decompress a batch's chunks in the writer threads (``WRITE_THREADS`` runs)."""
+        Chunks are decoded in the writer threads while the rest of the batch is
+        still arriving: a group of about ``DECODE_GROUP_BYTES`` of content is
+        handed to a thread as soon as it is received.
+        """
+        if not ids:
+            return Contents()
         loop = asyncio.get_running_loop()
-        step = max(1, -(-len(sent) // WRITE_THREADS))
-        parts = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, decode_all, sent[i : i + step]) for i in range(0, len(sent), step))
-        )
+        decoding: list[asyncio.Future[Contents]] = []
+        group: list[ChunkSent] = []
+        size = 0
+        try:
+            async for chunk in self._client.read_chunks(self._job_id, ids):
+                group.append(chunk)
+                size += chunk.raw_length  # known without copying the data out of its message
+                if size >= DECODE_GROUP_BYTES:
+                    decoding.append(loop.run_in_executor(self._pool, decode_all, group))
+                    group, size = [], 0
+            if group:
+                decoding.append(loop.run_in_executor(self._pool, decode_all, group))
+            parts = await asyncio.gather(*decoding)
+        except BaseException:
+            await asyncio.gather(*decoding, return_exceptions=True)  # no thread still decodes into a dropped batch
+            raise
         contents = Contents()
         for part in parts:
             contents.update(part)
