@@ -194,7 +194,7 @@ class Destination:
             return
         if len(data) <= _WRITEV_MAX:
             written = os.writev(fd, data) if len(data) > 1 else os.write(fd, data[0])
-            if written == sum(len(piece) for piece in data):
+            if written == sum(map(len, data)):
                 return
         else:
             written = 0

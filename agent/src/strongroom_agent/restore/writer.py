@@ -109,6 +109,7 @@ class Writer:
         created under its name); its error names the chunk and why.
         """
         damaged = contents.damaged
+        decoded = contents.decoded
         try:
             for f in files:
                 if self.stop.is_set():
@@ -119,11 +120,11 @@ class Writer:
                         f.error = damaged[bad]
                         continue
                 try:
-                    pieces = [contents.decoded[c] for c in f.ids]
+                    pieces = [decoded[c] for c in f.ids]
                 except KeyError as exc:
                     f.error = f"gateway did not return chunk {exc.args[0].hex()}"
                     continue
-                size = sum(len(p) for p in pieces)
+                size = sum(map(len, pieces))
                 if size != f.entry.size:
                     f.error = f"content is {size} bytes, expected {f.entry.size}"
                     continue
