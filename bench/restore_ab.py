@@ -7,10 +7,11 @@ One stack (the servers and services of ``run.py``), one backup of the day-1 tree
 ``--rounds`` rounds of full restores into tmpfs (and with ``--disk`` onto the data set's disk),
 engines interleaved within each round: the agent of ``--base`` (its ``agent/src`` extracted with
 ``git archive`` and put first on the agent's ``PYTHONPATH``; the services are this checkout's), the
-agent of this checkout, then each peer on the same versitygw. Every restore's wall time, agent and
-gateway CPU, the agent's peak RSS and the 1-minute load average are printed; the tables give the
-medians and this checkout's ratio to each other engine. ``--pyspy-gil DIR`` records the agent of
-this checkout with ``py-spy --gil --native`` during its restores (py-spy must be on PATH).
+agent of this checkout's HEAD (extracted the same way), then each peer on the same versitygw.
+Every restore's wall time, agent and gateway CPU, the agent's peak RSS and the 1-minute load
+average are printed; the tables give the medians and this checkout's ratio to each other engine.
+``--pyspy-gil DIR`` records one extra, uncounted restore of this checkout's agent with
+``py-spy --gil --native`` (py-spy must be on PATH or next to the interpreter).
 The restored trees are compared with the source by file count after the first round.
 """
 
@@ -129,9 +130,10 @@ async def amain(args: argparse.Namespace) -> int:
         point = await bench.latest_point(inst, 1)
         log(f"strongroom backup {r.wall:.1f}s (load {load():.1f})")
         ours = "strongroom"
-        agents = {ours: None}
+        # This checkout's agent as committed (HEAD), so edits during the run change nothing.
+        agents: dict[str, Path | None] = {ours: base_agent("HEAD", work / "restore-ab-head")}
         if args.base:
-            agents = {f"strongroom@{args.base}": base_agent(args.base, work / "restore-ab-base"), ours: None}
+            agents = {f"strongroom@{args.base}": base_agent(args.base, work / "restore-ab-base"), **agents}
         for tool in [p for p in args.peers.split(",") if p]:
             peer = peers.Peer(tool, work / f"restore-ab-{tool}", s3_bucket(bench, tool))
             peer.init()
@@ -139,8 +141,7 @@ async def amain(args: argparse.Namespace) -> int:
             log(f"{tool} backup {m.wall:.1f}s (load {load():.1f})")
             peer_list.append((f"{tool}/s3", peer))
         if args.pyspy_gil:  # one extra restore of this checkout's agent, profiled and not counted
-            if len(agents) > 1:
-                await swap_agent(bench, inst, None)
+            await swap_agent(bench, inst, agents[ours])
             pyspy = start_pyspy(inst.agent.process.pid, args.pyspy_gil)
             dest = TMPFS / f"restore-ab-{uuid.uuid4().hex[:6]}"
             try:
@@ -154,7 +155,7 @@ async def amain(args: argparse.Namespace) -> int:
         for n in range(args.rounds):
             for kind, parent in targets:
                 for name, src in agents.items():
-                    if len(agents) > 1:
+                    if len(agents) > 1 or n == 0:
                         await swap_agent(bench, inst, src)
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before = load()
