@@ -216,7 +216,8 @@ class _Restore:
         if full:
             self.full.append(batch)
             batch = self.batch = Batch(batch.seq + 1)
-        batch.files.append(File(parts, entry, ids, exists=tuple(parts[:-1]) not in self.created_dirs))
+        new_dir = tuple(parts[:-1]) in self.created_dirs
+        batch.files.append(File(parts, entry, ids, exists=not new_dir, new_dir=new_dir))
         batch.content_bytes += entry.size
         if len(ids) == 1:
             batch.ids[ids[0]] = None
