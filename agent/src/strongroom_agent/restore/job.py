@@ -23,7 +23,7 @@ import concurrent.futures
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -131,7 +131,7 @@ class _Restore:
         needed = self.batch.seq if self.batch.files else self.batch.seq - 1
         await self.metadata.finish_before(path, needed)
 
-    def _make_dirs(self, group: list[common_pb2.FileEntry]) -> list[bool | Exception | None]:
+    def _make_dirs(self, group: Sequence[common_pb2.FileEntry]) -> list[bool | Exception | None]:
         """Create the directories of a group of entries in order (in a worker thread, one call per group).
 
         For each entry: whether its directory was created (False: one was there),
@@ -268,11 +268,16 @@ class _Restore:
         await in_threads(self.pool, self.dest, self.stop, wanted, lambda w, run: w.write(run, contents, self.overwrite))
 
 
-async def _groups(entries: AsyncIterator[common_pb2.FileEntry], size: int) -> AsyncIterator[list[common_pb2.FileEntry]]:
-    """``entries`` in lists of up to ``size``."""
+async def _groups(
+    messages: AsyncIterator[Sequence[common_pb2.FileEntry]], size: int
+) -> AsyncIterator[Sequence[common_pb2.FileEntry]]:
+    """The entries of ``messages`` in groups of at least ``size`` (but the last); a large message is a group itself."""
     group: list[common_pb2.FileEntry] = []
-    async for entry in entries:
-        group.append(entry)
+    async for entries in messages:
+        if not group and len(entries) >= size:
+            yield entries
+            continue
+        group.extend(entries)
         if len(group) >= size:
             yield group
             group = []
