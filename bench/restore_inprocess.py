@@ -98,6 +98,20 @@ def base_restore(rev: str, into: Path) -> Callable[..., Coroutine[Any, Any, gate
     return restore
 
 
+def _variant(module: Any, constant: str, value: int) -> Callable[..., Coroutine[Any, Any, gateway_pb2.JobFinished]]:
+    """``run_restore`` with ``module.constant`` set to ``value`` while it runs."""
+
+    async def restore(*args: Any, **kwargs: Any) -> gateway_pb2.JobFinished:
+        old = getattr(module, constant)
+        setattr(module, constant, value)
+        try:
+            return await run_restore(*args, **kwargs)
+        finally:
+            setattr(module, constant, old)
+
+    return restore
+
+
 def count_files(path: Path) -> int:
     return sum(len(files) for _d, _s, files in os.walk(path))
 
@@ -123,6 +137,15 @@ async def amain(args: argparse.Namespace) -> int:
     sides: list[tuple[str, Callable[..., Coroutine[Any, Any, gateway_pb2.JobFinished]]]] = [("this", run_restore)]
     if args.base:
         sides.insert(0, (args.base, base_restore(args.base, args.target / "restore-inprocess-base")))
+    for setting in args.variant:  # MODULE.NAME=VALUE: this checkout's code with one constant changed
+        name, _, value = setting.partition("=")
+        module_name, _, constant = name.rpartition(".")
+        sides.append(
+            (
+                setting,
+                _variant(importlib.import_module(f"strongroom_agent.restore.{module_name}"), constant, int(value)),
+            )
+        )
     for n, (side, restore) in ((n, side) for n in range(args.runs) for side in sides):
         target = args.target / f"restore-inprocess-{uuid.uuid4().hex[:6]}"
         target.mkdir()
@@ -164,6 +187,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--target", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--yappi", action="store_true")
+    parser.add_argument("--variant", action="append", default=[], help="fetch.DECODE_GROUP_BYTES=N: a third side")
     parser.add_argument("--base", help="also restore with the agent of this revision, alternating (A, B, A, B)")
     return asyncio.run(amain(parser.parse_args()))
 

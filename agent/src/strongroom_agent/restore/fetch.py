@@ -23,7 +23,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom_agent.chunking import decode_chunk
 from strongroom_agent.gateway_client import ChunkSent, GatewayClient
 from strongroom_agent.restore.destination import Destination, EntryProblem
-from strongroom_agent.restore.writer import Contents
+from strongroom_agent.restore.writer import WRITE_THREADS, Contents
 
 # A file larger than a batch is streamed in windows of at most this many ids.
 LARGE_FILE_WINDOW_IDS = 256
@@ -88,8 +88,10 @@ class Fetcher:
                 if size >= DECODE_GROUP_BYTES:
                     decoding.append(loop.run_in_executor(self._pool, decode_all, group))
                     group, size = [], 0
-            if group:
-                decoding.append(loop.run_in_executor(self._pool, decode_all, group))
+            # The rest is decoded by every writer thread at once: nothing else of this batch is left to wait for.
+            step = max(1, -(-len(group) // WRITE_THREADS))
+            for start in range(0, len(group), step):
+                decoding.append(loop.run_in_executor(self._pool, decode_all, group[start : start + step]))
             parts = await asyncio.gather(*decoding)
         except BaseException:
             await asyncio.gather(*decoding, return_exceptions=True)  # no thread still decodes into a dropped batch
