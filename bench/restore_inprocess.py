@@ -50,6 +50,15 @@ class EncodedGateway(FakeGateway):
     """The in-memory gateway, answering ReadChunks with real messages of pre-encoded chunks."""
 
     encoded: dict[bytes, tuple[bytes, int]]
+    per_entry = False  # read_manifest as agents before ADR 0060 take it: one entry per step
+
+    async def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[Any]:
+        async for entries in super().read_manifest(request):
+            if not self.per_entry:
+                yield entries
+                continue
+            for entry in entries:
+                yield entry
 
     def encode(self) -> None:
         compressor = zstandard.ZstdCompressor(level=1, write_content_size=True)
@@ -163,6 +172,7 @@ async def amain(args: argparse.Namespace) -> int:
             target_path=str(target),
             conflict_policy=gateway_pb2.CONFLICT_POLICY_OVERWRITE,
         )
+        gateway.per_entry = side == args.base and args.per_entry_base
         done = await restore(command, client=gateway, cancel=asyncio.Event())
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         if profile:
@@ -188,6 +198,9 @@ def main() -> int:
     parser.add_argument("--target", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--yappi", action="store_true")
     parser.add_argument("--variant", action="append", default=[], help="fetch.DECODE_GROUP_BYTES=N: a third side")
+    parser.add_argument(
+        "--per-entry-base", action="store_true", help="the base agent takes read_manifest one entry at a time"
+    )
     parser.add_argument("--base", help="also restore with the agent of this revision, alternating (A, B, A, B)")
     return asyncio.run(amain(parser.parse_args()))
 
