@@ -1,6 +1,6 @@
 """Full restores only, before and after, with restic and rustic in the same invocation (issue 13, ADR 0060).
 
-    uv run python bench/restore_ab.py [--base REV] [--rounds 3] [--peers restic,rustic] [--disk] [--quick]
+    uv run python bench/restore_ab.py [--base REV ...] [--rounds 3] [--peers restic,rustic] [--disk] [--quick]
                                       [--pyspy-gil DIR] [--out F]
 
 One stack (the servers and services of ``run.py``), one backup of the day-1 tree per engine, then
@@ -132,8 +132,8 @@ async def amain(args: argparse.Namespace) -> int:
         ours = "strongroom"
         # This checkout's agent as committed (HEAD), so edits during the run change nothing.
         agents: dict[str, Path | None] = {ours: base_agent("HEAD", work / "restore-ab-head")}
-        if args.base:
-            agents = {f"strongroom@{args.base}": base_agent(args.base, work / "restore-ab-base"), **agents}
+        bases = {f"strongroom@{rev}": base_agent(rev, work / f"restore-ab-base-{n}") for n, rev in enumerate(args.base)}
+        agents = {**bases, **agents}
         for tool in [p for p in args.peers.split(",") if p]:
             peer = peers.Peer(tool, work / f"restore-ab-{tool}", s3_bucket(bench, tool))
             peer.init()
@@ -204,7 +204,9 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="a revision whose agent is restored with too (before/after)")
+    parser.add_argument(
+        "--base", action="append", default=[], help="a revision whose agent is restored with too (repeatable)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peers", default="restic,rustic")
     parser.add_argument("--disk", action="store_true", help="also restore onto the data set's disk")
