@@ -96,6 +96,21 @@ class Table:
     def add(self, metric: str, engine: str, value: float) -> None:
         self.values[metric][engine].append(value)
 
+    def restore(
+        self, label: str, kind: str, name: str, wall: float, cpu: float, rss: int, load_before: float, gw: float = -1
+    ) -> None:
+        """Record and log one full restore (``gw``: the gateway's CPU seconds, Strongroom only)."""
+        self.add(f"full restore, {kind}, wall (s)", name, wall)
+        self.add(f"full restore, {kind}, agent CPU (s)", name, cpu)
+        if gw >= 0:
+            self.add(f"full restore, {kind}, gateway CPU (s)", name, gw)
+        self.add(f"full restore, {kind}, agent peak RSS (MB)", name, rss / 1e6)
+        gateway = f", gateway CPU {gw:.2f}s" if gw >= 0 else ""
+        log(
+            f"{label} {kind} {name}: {wall:.2f}s, CPU {cpu:.2f}s{gateway}, RSS {rss / 1e6:.0f} MB"
+            f" (load {load_before:.1f} -> {load():.1f})"
+        )
+
     def render(self, ours: str) -> str:
         out = []
         for metric, engines in self.values.items():
@@ -165,14 +180,8 @@ async def amain(args: argparse.Namespace) -> int:
                             raise RuntimeError(f"{name}: {count_files(dest)} files restored of {source_files}")
                     finally:
                         shutil.rmtree(dest, ignore_errors=True)
-                    table.add(f"full restore, {kind}, wall (s)", name, r.wall)
-                    table.add(f"full restore, {kind}, agent CPU (s)", name, r.agent_cpu)
-                    table.add(f"full restore, {kind}, gateway CPU (s)", name, r.gateway_cpu)
-                    table.add(f"full restore, {kind}, agent peak RSS (MB)", name, r.agent_peak_rss / 1e6)
-                    log(
-                        f"round {n + 1} {kind} {name}: {r.wall:.2f}s, agent CPU {r.agent_cpu:.2f}s,"
-                        f" gateway CPU {r.gateway_cpu:.2f}s, RSS {r.agent_peak_rss / 1e6:.0f} MB"
-                        f" (load {before:.1f} -> {load():.1f})"
+                    table.restore(
+                        f"round {n + 1}", kind, name, r.wall, r.agent_cpu, r.agent_peak_rss, before, r.gateway_cpu
                     )
                 for name, peer in peer_list:
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
@@ -181,13 +190,7 @@ async def amain(args: argparse.Namespace) -> int:
                         m = await asyncio.to_thread(peer.restore, day1, "day1", dest)
                     finally:
                         shutil.rmtree(dest, ignore_errors=True)
-                    table.add(f"full restore, {kind}, wall (s)", name, m.wall)
-                    table.add(f"full restore, {kind}, agent CPU (s)", name, m.cpu)
-                    table.add(f"full restore, {kind}, agent peak RSS (MB)", name, m.peak_rss / 1e6)
-                    log(
-                        f"round {n + 1} {kind} {name}: {m.wall:.2f}s, CPU {m.cpu:.2f}s"
-                        f" (load {before:.1f} -> {load():.1f})"
-                    )
+                    table.restore(f"round {n + 1}", kind, name, m.wall, m.cpu, m.peak_rss, before)
     finally:
         if pyspy is not None:
             stop_pyspy(pyspy)
