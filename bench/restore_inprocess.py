@@ -197,7 +197,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--target", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--yappi", action="store_true")
-    parser.add_argument("--variant", action="append", default=[], help="fetch.DECODE_GROUP_BYTES=N: a third side")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="job.BATCHES_IN_FLIGHT=3 (a constant of strongroom_agent.restore): one more side",
+    )
     parser.add_argument(
         "--per-entry-base", action="store_true", help="the base agent takes read_manifest one entry at a time"
     )
