@@ -19,6 +19,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom_agent.gateway_client import GatewayError, SentChunk
 
 KEY = bytes(range(32))
+MANIFEST_MESSAGE_ENTRIES = 1000  # entries per ReadManifest message, as the gateway sends them
 REPOSITORY = gateway_pb2.RepositoryParameters(
     chunker_min_size=1024, chunker_avg_size=4096, chunker_max_size=16384, chunk_id_key=KEY, chunker_seed=7
 )
@@ -163,7 +164,15 @@ class FakeGateway:
     def point(self, point_id: str) -> Point:
         return self.points[point_id]
 
-    async def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]:
+    async def read_manifest(
+        self, request: gateway_pb2.ReadManifestRequest
+    ) -> AsyncIterator[Sequence[common_pb2.FileEntry]]:
+        """The point's entries below the include paths, in messages of ``MANIFEST_MESSAGE_ENTRIES`` entries."""
+        entries = [e async for e in self._entries(request)]
+        for start in range(0, len(entries), MANIFEST_MESSAGE_ENTRIES):
+            yield entries[start : start + MANIFEST_MESSAGE_ENTRIES]
+
+    async def _entries(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]:
         point = self.points.get(request.point_id)
         if point is None:
             raise GatewayError("NOT_FOUND", f"no point {request.point_id}")

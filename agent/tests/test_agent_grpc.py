@@ -69,8 +69,8 @@ class Servicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
 
     async def ReadManifest(self, request: Any, context: Any) -> AsyncIterator[gateway_pb2.ReadManifestResponse]:
         await self._auth(context)
-        async for entry in self.fake.read_manifest(request):
-            yield gateway_pb2.ReadManifestResponse(entries=[entry])
+        async for entries in self.fake.read_manifest(request):
+            yield gateway_pb2.ReadManifestResponse(entries=entries)
 
     async def ReadChunks(self, request: Any, context: Any) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
         await self._auth(context)

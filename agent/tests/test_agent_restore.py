@@ -767,3 +767,48 @@ async def test_a_fresh_file_gets_its_mode_at_creation_when_the_umask_allows(
         assert (tmp_path / name).read_bytes() == {"setuid": b"u"}.get(name, name[0].encode())
     # Only the modes the umask would cut (0666) or that carry set-id bits need an fchmod.
     assert len(chmods.args) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners are only restored as root")
+async def test_as_root_a_file_that_gets_its_owner_at_creation_is_not_chowned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chowns = Calls(monkeypatch, "fchown")
+    chmods = Calls(monkeypatch, "fchmod")
+    gateway = FakeGateway()
+    point_id = add_files(
+        gateway,
+        [("d", None), ("d/mine", [b"m"]), ("d/other", [b"o"]), ("d/ours", [b"g"]), ("top", [b"t"])],
+    )
+    owners = {"d/mine": (os.geteuid(), os.getegid()), "d/other": (1234, 4321), "d/ours": (os.geteuid(), 4321)}
+    for entry in gateway.points[point_id].entries:
+        entry.uid, entry.gid = owners.get(entry.path, (os.geteuid(), os.getegid()))
+    old = os.umask(0o022)
+    try:
+        finished = await restore(gateway, point_id, tmp_path, as_root=True)
+    finally:
+        os.umask(old)
+    assert finished.status == COMPLETE, finished.file_errors
+    for path, (uid, gid) in owners.items():
+        st = os.stat(tmp_path / path)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, 0o640), path
+    # "d/mine" is created in a directory of this restore with its owner and mode: no fchown, no fchmod.
+    # "top" is in the destination root, which the restore did not create: chowned as before.
+    assert len(chowns.args) == 3 + 1  # d/other, d/ours, top, and the directory d
+    assert len(chmods.args) == 3 + 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners are only restored as root")
+async def test_as_root_a_directory_that_passes_on_another_group_still_gets_the_entrys_group(tmp_path: Path) -> None:
+    # The destination root hands its group and set-gid bit down to the directory the restore creates,
+    # so a file created there would get group 4321, not the entry's: it must still be chowned.
+    os.chown(tmp_path, -1, 4321)
+    os.chmod(tmp_path, 0o2755)
+    gateway = FakeGateway()
+    point_id = add_files(gateway, [("d", None), ("d/f", [b"f"])])
+    for entry in gateway.points[point_id].entries:
+        entry.uid, entry.gid = os.geteuid(), os.getegid()
+    finished = await restore(gateway, point_id, tmp_path, as_root=True)
+    assert finished.status == COMPLETE, finished.file_errors
+    st = os.stat(tmp_path / "d/f")
+    assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())

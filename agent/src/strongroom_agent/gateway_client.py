@@ -153,7 +153,9 @@ class GatewayClient(Protocol):
         self, requests: AsyncIterator[gateway_pb2.CommitPointRequest]
     ) -> gateway_pb2.CommitPointResponse: ...
 
-    def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]: ...
+    def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[Sequence[common_pb2.FileEntry]]:
+        """The point's entries in path order, as the messages bring them (a sequence per message)."""
+        ...
 
     def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[ChunkSent]:
         """The chunks, in any order, as sent (decode each with ``chunking.decode_chunk``).
@@ -312,12 +314,13 @@ class GrpcGatewayClient:
             raise GatewayError.from_rpc(exc) from exc
         return response
 
-    async def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[common_pb2.FileEntry]:
+    async def read_manifest(
+        self, request: gateway_pb2.ReadManifestRequest
+    ) -> AsyncIterator[Sequence[common_pb2.FileEntry]]:
         call = self._stub.ReadManifest(request, metadata=self._metadata)
         try:
             async for response in call:
-                for entry in response.entries:
-                    yield entry
+                yield response.entries  # one step per message, not per entry
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.from_rpc(exc) from exc
         finally:

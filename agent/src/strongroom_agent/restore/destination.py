@@ -94,16 +94,28 @@ class Destination:
         self._lock = threading.Lock()
         self._cached: tuple[tuple[str, ...], int] | None = None
 
-    def _creation_mode(self, entry: common_pb2.FileEntry) -> int | None:
+    def _creation_mode(self, entry: common_pb2.FileEntry, owned: bool) -> int | None:
         """The mode to create a file in place with that needs no ``fchmod`` afterwards; None when one is needed.
 
         Only without set-id or sticky bits, without a chown (which would clear
-        them anyway, so root always chmods) and when the umask removes nothing.
+        them anyway, so root chmods unless the file is ``owned`` already) and
+        when the umask removes nothing.
         """
         mode = entry.mode & 0o7777
-        if self.as_root or self._umask is None or mode & 0o7000 or mode & self._umask:
+        if (self.as_root and not owned) or self._umask is None or mode & 0o7000 or mode & self._umask:
             return None
         return mode
+
+    def new_file_owner(self, pfd: int) -> tuple[int, int] | None:
+        """The owner a file created in the directory ``pfd`` gets, when it is sure; None when not known.
+
+        The caller's effective ids, when the directory's group is the effective
+        group: whether the directory passes its group on (set-gid bit, ``grpid``
+        mount) or not, a new file then gets that group. Only for a directory
+        nobody else can change meanwhile (one this restore created: root's, 0700).
+        """
+        egid = os.getegid()
+        return (os.geteuid(), egid) if os.fstat(pfd).st_gid == egid else None
 
     def close(self) -> None:
         with self._lock:
@@ -194,7 +206,7 @@ class Destination:
             return
         if len(data) <= _WRITEV_MAX:
             written = os.writev(fd, data) if len(data) > 1 else os.write(fd, data[0])
-            if written == sum(len(piece) for piece in data):
+            if written == sum(map(len, data)):
                 return
         else:
             written = 0
@@ -218,9 +230,9 @@ class Destination:
             if temp is not None:
                 self._replace(pfd, temp, parts[-1])
 
-    def _apply_metadata(self, fd: int, entry: common_pb2.FileEntry, *, chmod: bool) -> None:
-        """Owner (as root), mode (unless the file was created with it) and mtime of a written file."""
-        if self.as_root:
+    def _apply_metadata(self, fd: int, entry: common_pb2.FileEntry, *, chmod: bool, chown: bool = True) -> None:
+        """Owner (as root, unless the file has it already), mode (unless created with it), mtime of a written file."""
+        if self.as_root and chown:
             os.fchown(fd, entry.uid, entry.gid)  # before chmod: chown clears set-id bits
         if chmod:
             os.fchmod(fd, entry.mode & 0o7777)
@@ -271,38 +283,50 @@ class Destination:
         *,
         fresh: bool,
         overwrite: bool,
+        owned: bool = False,
     ) -> bool:
         """Write a whole file into ``pfd`` with its metadata; False when SKIP leaves a name taken since the check.
 
         ``fresh`` (the check found the name free): created under its final name
         (``O_EXCL``) and unlinked again on any failure. Otherwise, or when the
         name was taken meanwhile under OVERWRITE: a temporary file renamed over it.
+        ``owned``: a file created in ``pfd`` gets the entry's owner and group
+        already (``new_file_owner``), so root needs no ``fchown`` (nor, then,
+        an ``fchmod`` when the mode can be given at creation).
         """
         name = parts[-1]
         if fresh:
             # Created with its final mode when that is exact (one system call less per file), else 0600.
-            mode = self._creation_mode(entry)
+            mode = self._creation_mode(entry, owned)
             try:
                 fd = os.open(name, _NEW_FILE_FLAGS, 0o600 if mode is None else mode, dir_fd=pfd)
             except FileExistsError:
                 if not overwrite:
                     return False
             else:
-                self._fill(pfd, fd, name, entry, pieces, chmod=mode is None)
+                self._fill(pfd, fd, name, entry, pieces, chmod=mode is None, chown=not owned)
                 return True
         fd, temp = _open_temp(pfd)
-        self._fill(pfd, fd, temp, entry, pieces, chmod=True)
+        self._fill(pfd, fd, temp, entry, pieces, chmod=True, chown=not owned)
         self._replace(pfd, temp, name)
         return True
 
     def _fill(
-        self, pfd: int, fd: int, name: str, entry: common_pb2.FileEntry, pieces: Sequence[bytes], *, chmod: bool
+        self,
+        pfd: int,
+        fd: int,
+        name: str,
+        entry: common_pb2.FileEntry,
+        pieces: Sequence[bytes],
+        *,
+        chmod: bool,
+        chown: bool,
     ) -> None:
         """Write, apply the metadata and close the new file ``name``; unlink it if any of that fails."""
         try:
             try:
                 self.write(fd, pieces)
-                self._apply_metadata(fd, entry, chmod=chmod)
+                self._apply_metadata(fd, entry, chmod=chmod, chown=chown)
             finally:
                 os.close(fd)
         except BaseException:

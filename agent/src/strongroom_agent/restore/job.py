@@ -23,7 +23,7 @@ import concurrent.futures
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -72,6 +72,7 @@ class _Restore:
         self.fetcher = Fetcher(client, command.restore_job_id, pool, destination, fetch_batch_bytes)
         self.metadata = DirectoryMetadata(destination, errors)
         self.batch = Batch(0)
+        self.full: collections.deque[Batch] = collections.deque()  # full batches not yet submitted
         self.inflight: collections.deque[tuple[Batch, asyncio.Task[None]]] = collections.deque()
         # Directories this restore created: a name below one is free unless something appeared since,
         # which the O_EXCL create catches, so its files need no conflict check.
@@ -98,15 +99,23 @@ class _Restore:
                 for entry, made_dir in zip(group, made, strict=True):
                     if self.cancel.is_set():
                         return
-                    await self._finish_dirs_before(entry.path.encode())
+                    path = entry.path
+                    if self.metadata.due(path.encode()):
+                        await self._finish_dirs_before(path.encode())
                     try:
+                        # The common case, a small file, without a coroutine step of its own.
+                        if entry.type == common_pb2.ENTRY_TYPE_FILE and not self._large(entry):
+                            parts = safe_parts(path)
+                            if parts and self._add_to_batch(parts, entry):
+                                await self._start_full()
+                            continue
                         await self._restore_entry(entry, made_dir)
                     except UnsafePath as exc:
-                        self.errors.append(FileError(entry.path, str(exc)))
+                        self.errors.append(FileError(path, str(exc)))
                     except EntryProblem as exc:
-                        self.errors.append(FileError(entry.path, str(exc)))
+                        self.errors.append(FileError(path, str(exc)))
                     except OSError as exc:
-                        self.errors.append(FileError(entry.path, exc.strerror or str(exc)))
+                        self.errors.append(FileError(path, exc.strerror or str(exc)))
             await self._submit()
             while self.inflight:
                 await self._harvest_oldest()
@@ -119,12 +128,10 @@ class _Restore:
 
     async def _finish_dirs_before(self, path: bytes | None) -> None:
         """Hand the directories whose subtree ends before ``path`` (all when None) to the metadata stage."""
-        if path is not None and not self.metadata.due(path):
-            return  # the common case, checked without a coroutine step per entry
         needed = self.batch.seq if self.batch.files else self.batch.seq - 1
         await self.metadata.finish_before(path, needed)
 
-    def _make_dirs(self, group: list[common_pb2.FileEntry]) -> list[bool | Exception | None]:
+    def _make_dirs(self, group: Sequence[common_pb2.FileEntry]) -> list[bool | Exception | None]:
         """Create the directories of a group of entries in order (in a worker thread, one call per group).
 
         For each entry: whether its directory was created (False: one was there),
@@ -149,6 +156,7 @@ class _Restore:
         return made
 
     async def _restore_entry(self, entry: common_pb2.FileEntry, made_dir: bool | Exception | None) -> None:
+        """A directory, symlink or large file (``run`` adds small files to batches itself)."""
         parts = safe_parts(entry.path)
         if not parts:
             return  # the point root: the destination root itself
@@ -160,9 +168,6 @@ class _Restore:
                 self.created_dirs.add(tuple(parts))
             if created or self.overwrite:
                 self.metadata.add(parts, entry)
-            return
-        if entry.type == common_pb2.ENTRY_TYPE_FILE and not self._large(entry):
-            await self._add_to_batch(parts, entry)
             return
         if entry.type == common_pb2.ENTRY_TYPE_FILE and self._in_created_dir(parts):
             existing = None  # created with O_EXCL: a name taken meanwhile is still caught
@@ -191,30 +196,49 @@ class _Restore:
     def _large(self, entry: common_pb2.FileEntry) -> bool:
         return entry.size > self.fetch_batch_bytes or len(entry.chunk_ids) > FETCH_BATCH_MAX_IDS
 
-    async def _add_to_batch(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
+    def _add_to_batch(self, parts: list[str], entry: common_pb2.FileEntry) -> bool:
+        """Add a small file to the open batch, or, when it does not fit, to a new one; True: submit the full one.
+
+        Plain bookkeeping on the event loop, no coroutine step: a full batch is
+        swapped for a new one here and the caller awaits ``_start_full``.
+        """
         batch = self.batch
         ids = list(entry.chunk_ids)  # read out of the message once; the writer uses this list too
         known = batch.ids
-        if batch.files and (
+        full = bool(batch.files) and (
             batch.content_bytes + entry.size > self.fetch_batch_bytes
             or len(batch.files) >= FETCH_BATCH_MAX_FILES
-            or len(known) + sum(1 for c in ids if c not in known) > FETCH_BATCH_MAX_IDS
-        ):
-            await self._submit()
-            batch = self.batch
-        batch.files.append(File(parts, entry, ids, exists=not self._in_created_dir(parts)))
+            or (
+                len(known) + len(ids) > FETCH_BATCH_MAX_IDS  # an upper bound first: counting is rarely needed
+                and len(known) + sum(1 for c in ids if c not in known) > FETCH_BATCH_MAX_IDS
+            )
+        )
+        if full:
+            self.full.append(batch)
+            batch = self.batch = Batch(batch.seq + 1)
+        new_dir = tuple(parts[:-1]) in self.created_dirs
+        batch.files.append(File(parts, entry, ids, exists=not new_dir, new_dir=new_dir))
         batch.content_bytes += entry.size
-        batch.ids.update(dict.fromkeys(ids))
+        if len(ids) == 1:
+            batch.ids[ids[0]] = None
+        else:
+            batch.ids.update(dict.fromkeys(ids))
+        return full
 
     async def _submit(self) -> None:
-        """Start fetching and writing the open batch; wait while too many batches hold content."""
-        batch = self.batch
-        if not batch.files:
-            return
-        self.batch = Batch(batch.seq + 1)
-        while len(self.inflight) >= BATCHES_IN_FLIGHT:
-            await self._harvest_oldest()
-        self.inflight.append((batch, asyncio.create_task(self._process(batch))))
+        """Start fetching and writing the open batch (the last one)."""
+        if self.batch.files:
+            self.full.append(self.batch)
+            self.batch = Batch(self.batch.seq + 1)
+        await self._start_full()
+
+    async def _start_full(self) -> None:
+        """Start fetching and writing the full batches; wait while too many batches hold content."""
+        while self.full:
+            while len(self.inflight) >= BATCHES_IN_FLIGHT:
+                await self._harvest_oldest()
+            batch = self.full.popleft()
+            self.inflight.append((batch, asyncio.create_task(self._process(batch))))
 
     async def _harvest_oldest(self) -> None:
         batch, task = self.inflight[0]
@@ -244,11 +268,16 @@ class _Restore:
         await in_threads(self.pool, self.dest, self.stop, wanted, lambda w, run: w.write(run, contents, self.overwrite))
 
 
-async def _groups(entries: AsyncIterator[common_pb2.FileEntry], size: int) -> AsyncIterator[list[common_pb2.FileEntry]]:
-    """``entries`` in lists of up to ``size``."""
+async def _groups(
+    messages: AsyncIterator[Sequence[common_pb2.FileEntry]], size: int
+) -> AsyncIterator[Sequence[common_pb2.FileEntry]]:
+    """The entries of ``messages`` in groups of at least ``size`` (but the last); a large message is a group itself."""
     group: list[common_pb2.FileEntry] = []
-    async for entry in entries:
-        group.append(entry)
+    async for entries in messages:
+        if not group and len(entries) >= size:
+            yield entries
+            continue
+        group.extend(entries)
         if len(group) >= size:
             yield group
             group = []

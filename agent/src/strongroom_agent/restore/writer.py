@@ -34,6 +34,7 @@ class File:
     exists: bool = True  # until the check finds the name free (or it is in a directory this restore created)
     written: bool = False
     error: str | None = None
+    new_dir: bool = False  # its directory was created by this restore (root's, 0700 until its metadata is set)
 
 
 @dataclass
@@ -64,13 +65,15 @@ class Writer:
         self.stop = stop
         self._key: tuple[str, ...] | None = None
         self._fd = -1
+        self._owner: tuple[int, int] | None = None  # of a file created in the current parent, when known
 
-    def _parent(self, parts: list[str]) -> int:
+    def _parent(self, parts: list[str], new_dir: bool = False) -> int:
         key = tuple(parts[:-1])
         if key != self._key:
             self.close()
             self._fd = self.dest.open_parent(parts)
             self._key = key
+            self._owner = self.dest.new_file_owner(self._fd) if new_dir and self.dest.as_root else None
         return self._fd
 
     def close(self) -> None:
@@ -109,6 +112,7 @@ class Writer:
         created under its name); its error names the chunk and why.
         """
         damaged = contents.damaged
+        decoded = contents.decoded
         try:
             for f in files:
                 if self.stop.is_set():
@@ -119,17 +123,23 @@ class Writer:
                         f.error = damaged[bad]
                         continue
                 try:
-                    pieces = [contents.decoded[c] for c in f.ids]
+                    pieces = [decoded[c] for c in f.ids]
                 except KeyError as exc:
                     f.error = f"gateway did not return chunk {exc.args[0].hex()}"
                     continue
-                size = sum(len(p) for p in pieces)
+                size = sum(map(len, pieces))
                 if size != f.entry.size:
                     f.error = f"content is {size} bytes, expected {f.entry.size}"
                     continue
                 try:
-                    pfd = self._parent(f.parts)
-                    if self.dest.write_new(pfd, f.parts, f.entry, pieces, fresh=not f.exists, overwrite=overwrite):
+                    pfd = self._parent(f.parts, f.new_dir)
+                    entry = f.entry
+                    owner = self._owner
+                    # As root, a file that gets its owner and group at creation needs no fchown (nor fchmod).
+                    owned = f.new_dir and owner is not None and owner == (entry.uid, entry.gid)
+                    if self.dest.write_new(
+                        pfd, f.parts, entry, pieces, fresh=not f.exists, overwrite=overwrite, owned=owned
+                    ):
                         f.written = True
                     else:
                         f.skipped = True

@@ -1,0 +1,226 @@
+"""Full restores only, before and after, with restic and rustic in the same invocation (issue 13, ADR 0060).
+
+    uv run python bench/restore_ab.py [--base REV ...] [--rounds 3] [--peers restic,rustic] [--disk] [--quick]
+                                      [--pyspy-gil DIR] [--out F]
+
+One stack (the servers and services of ``run.py``), one backup of the day-1 tree per engine, then
+``--rounds`` rounds of full restores into tmpfs (and with ``--disk`` onto the data set's disk),
+engines interleaved within each round: the agent of ``--base`` (its ``agent/src`` extracted with
+``git archive`` and put first on the agent's ``PYTHONPATH``; the services are this checkout's), the
+agent of this checkout's HEAD (extracted the same way), then each peer on the same versitygw.
+Every restore's wall time, agent and gateway CPU, the agent's peak RSS and the 1-minute load
+average are printed; the tables give the medians and this checkout's ratio to each other engine.
+``--pyspy-gil DIR`` records one extra, uncounted restore of this checkout's agent with
+``py-spy --gil --native`` (py-spy must be on PATH or next to the interpreter).
+The restored trees are compared with the source by file count after the first round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import dataset  # noqa: E402
+import peers  # noqa: E402
+from run import count_files, s3_bucket  # noqa: E402
+from strongroom_cli.stack import spawn  # noqa: E402
+from strongroom_runner import Instance, StrongroomBench  # noqa: E402
+
+TMPFS = Path("/dev/shm")
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def base_agent(rev: str, into: Path) -> Path:
+    """``agent/src`` of ``rev``, extracted from git into ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", rev, "agent/src"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into / "agent" / "src"
+
+
+async def swap_agent(bench: StrongroomBench, inst: Instance, src: Path | None) -> None:
+    """Restart the instance's agent with ``src`` first on its path (None: this checkout's agent)."""
+    await inst.agent.stop()
+    env = {k: v for k, v in bench.env.items() if k != "STRONGROOM_PG_MIGRATE_DSN"}
+    env["BENCH_UNTHROTTLED"] = "1"
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    run = [sys.executable, str(HERE / "_agent.py"), "run", "--state-dir", str(inst.state_dir)]
+    inst.agent = await spawn(f"agent-{inst.instance_id[:8]}", run, env, bench.work / "logs")
+    await asyncio.sleep(3.0)  # its session is up (a job sent before is delivered when it connects)
+
+
+def start_pyspy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    out.mkdir(parents=True, exist_ok=True)
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    argv = [exe, "record", "--pid", str(pid), "--format", "raw", "--gil", "--native", "--threads"]
+    argv += ["--rate", "50", "--output", str(out / "agent-gil.raw")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return proc
+
+
+def stop_pyspy(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(2)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+class Table:
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+
+    def add(self, metric: str, engine: str, value: float) -> None:
+        self.values[metric][engine].append(value)
+
+    def restore(
+        self, label: str, kind: str, name: str, wall: float, cpu: float, rss: int, load_before: float, gw: float = -1
+    ) -> None:
+        """Record and log one full restore (``gw``: the gateway's CPU seconds, Strongroom only)."""
+        self.add(f"full restore, {kind}, wall (s)", name, wall)
+        self.add(f"full restore, {kind}, agent CPU (s)", name, cpu)
+        if gw >= 0:
+            self.add(f"full restore, {kind}, gateway CPU (s)", name, gw)
+        self.add(f"full restore, {kind}, agent peak RSS (MB)", name, rss / 1e6)
+        gateway = f", gateway CPU {gw:.2f}s" if gw >= 0 else ""
+        log(
+            f"{label} {kind} {name}: {wall:.2f}s, CPU {cpu:.2f}s{gateway}, RSS {rss / 1e6:.0f} MB"
+            f" (load {load_before:.1f} -> {load():.1f})"
+        )
+
+    def render(self, ours: str) -> str:
+        out = []
+        for metric, engines in self.values.items():
+            out += [
+                f"\n### {metric}\n",
+                "| engine | median | runs | min | max | this / engine |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            mine = statistics.median(engines[ours]) if engines.get(ours) else None
+            for engine, vals in engines.items():
+                med = statistics.median(vals)
+                ratio = "—" if engine == ours or mine is None or not med else f"{mine / med:.2f}"
+                out.append(f"| {engine} | {med:.2f} | {len(vals)} | {min(vals):.2f} | {max(vals):.2f} | {ratio} |")
+        return "\n".join(out)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    work: Path = args.work
+    day1 = work / ("day1-quick" if args.quick else "day1")
+    if not day1.exists():
+        dataset.build(day1, quick=args.quick)
+    source_files = count_files(day1)
+    bench = StrongroomBench(work / "strongroom-restore-ab")
+    shutil.rmtree(bench.work, ignore_errors=True)
+    await bench.start()
+    table = Table()
+    peer_list: list[tuple[str, peers.Peer]] = []
+    pyspy: subprocess.Popen[bytes] | None = None
+    try:
+        inst = await bench.new_instance(day1, unthrottled=True)
+        r = await bench.backup(inst)
+        point = await bench.latest_point(inst, 1)
+        log(f"strongroom backup {r.wall:.1f}s (load {load():.1f})")
+        ours = "strongroom"
+        # This checkout's agent as committed (HEAD), so edits during the run change nothing.
+        agents: dict[str, Path | None] = {ours: base_agent("HEAD", work / "restore-ab-head")}
+        bases = {f"strongroom@{rev}": base_agent(rev, work / f"restore-ab-base-{n}") for n, rev in enumerate(args.base)}
+        agents = {**bases, **agents}
+        for tool in [p for p in args.peers.split(",") if p]:
+            peer = peers.Peer(tool, work / f"restore-ab-{tool}", s3_bucket(bench, tool))
+            peer.init()
+            m = peer.backup(day1, "day1")
+            log(f"{tool} backup {m.wall:.1f}s (load {load():.1f})")
+            peer_list.append((f"{tool}/s3", peer))
+        if args.pyspy_gil:  # one extra restore of this checkout's agent, profiled and not counted
+            await swap_agent(bench, inst, agents[ours])
+            pyspy = start_pyspy(inst.agent.process.pid, args.pyspy_gil)
+            dest = TMPFS / f"restore-ab-{uuid.uuid4().hex[:6]}"
+            try:
+                r = await bench.restore(inst, point, dest)
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
+                stop_pyspy(pyspy)
+                pyspy = None
+            log(f"profiled restore {r.wall:.2f}s, agent CPU {r.agent_cpu:.2f}s (load {load():.1f})")
+        targets = [("tmpfs", TMPFS)] + ([("disk", work)] if args.disk else [])
+        for n in range(args.rounds):
+            for kind, parent in targets:
+                for name, src in agents.items():
+                    if len(agents) > 1 or n == 0:
+                        await swap_agent(bench, inst, src)
+                    dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
+                    before = load()
+                    try:
+                        r = await bench.restore(inst, point, dest)
+                        if n == 0 and count_files(dest) != source_files:
+                            raise RuntimeError(f"{name}: {count_files(dest)} files restored of {source_files}")
+                    finally:
+                        shutil.rmtree(dest, ignore_errors=True)
+                    table.restore(
+                        f"round {n + 1}", kind, name, r.wall, r.agent_cpu, r.agent_peak_rss, before, r.gateway_cpu
+                    )
+                for name, peer in peer_list:
+                    dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
+                    before = load()
+                    try:
+                        m = await asyncio.to_thread(peer.restore, day1, "day1", dest)
+                    finally:
+                        shutil.rmtree(dest, ignore_errors=True)
+                    table.restore(f"round {n + 1}", kind, name, m.wall, m.cpu, m.peak_rss, before)
+    finally:
+        if pyspy is not None:
+            stop_pyspy(pyspy)
+        for _name, peer in peer_list:
+            peer.cleanup()
+        await bench.stop()
+        shutil.rmtree(bench.work, ignore_errors=True)
+    text = table.render("strongroom")
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--base", action="append", default=[], help="a revision whose agent is restored with too (repeatable)"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peers", default="restic,rustic")
+    parser.add_argument("--disk", action="store_true", help="also restore onto the data set's disk")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pyspy-gil", type=Path, help="record this checkout's agent with py-spy --gil --native")
+    parser.add_argument(
+        "--work", type=Path, default=Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "strongroom-bench"
+    )
+    parser.add_argument("--out", type=Path)
+    return asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

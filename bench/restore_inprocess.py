@@ -1,0 +1,214 @@
+"""The agent's restore alone, in one process, against an in-memory gateway (ADR 0060).
+
+    uv run python bench/restore_inprocess.py DIR [--runs 3] [--target /dev/shm] [--yappi]
+
+Backs ``DIR`` up into the test suite's in-memory gateway (``agent/tests/agent_fakes.py``), encodes
+every chunk once as the real gateway sends it (zstd level 1), then restores the point ``--runs``
+times into a fresh directory under ``--target`` with ``run_restore``. ``ReadChunks`` answers are
+real ``ReadChunksResponse`` messages of at most 4 MiB, serialized and parsed again on the event
+loop as gRPC does, so the agent's message handling is measured too (the serialization, the
+gateway's share, is included in the process CPU; it is a copy of the payload). Prints wall time,
+the process's CPU time and the restored file count per run. With ``--yappi`` the last run is
+profiled per thread (``uv pip install yappi`` first).
+
+The agent's code is whatever ``strongroom_agent`` imports: put another checkout's ``agent/src``
+first on ``PYTHONPATH`` to measure it (before/after, interleaved by the caller).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import zstandard
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "agent" / "tests"))
+
+from agent_fakes import FakeGateway, run_backup_command  # noqa: E402
+from strongroom_agent.backup import run_backup  # noqa: E402
+from strongroom_agent.exclusions import LinuxExclusions  # noqa: E402
+from strongroom_agent.restore import run_restore  # noqa: E402
+
+MESSAGE_BYTES = 4 << 20
+
+
+class EncodedGateway(FakeGateway):
+    """The in-memory gateway, answering ReadChunks with real messages of pre-encoded chunks."""
+
+    encoded: dict[bytes, tuple[bytes, int]]
+    per_entry = False  # read_manifest as agents before ADR 0060 take it: one entry per step
+
+    async def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[Any]:
+        async for entries in super().read_manifest(request):
+            if not self.per_entry:
+                yield entries
+                continue
+            for entry in entries:
+                yield entry
+
+    def encode(self) -> None:
+        compressor = zstandard.ZstdCompressor(level=1, write_content_size=True)
+        self.encoded = {}
+        for cid, content in self.chunks.items():
+            packed = compressor.compress(content)
+            if len(packed) < len(content):
+                self.encoded[cid] = (packed, gateway_pb2.CHUNK_COMPRESSION_ZSTD)
+            else:
+                self.encoded[cid] = (content, gateway_pb2.CHUNK_COMPRESSION_NONE)
+
+    async def read_chunks(
+        self, restore_job_id: str, chunk_ids: Sequence[bytes]
+    ) -> AsyncIterator[gateway_pb2.ServedChunk]:  # type: ignore[override]
+        self.read_chunk_calls += 1
+        message = gateway_pb2.ReadChunksResponse()
+        size = 0
+        for cid in chunk_ids:
+            data, compression = self.encoded[cid]
+            message.chunks.add(chunk_id=cid, data=data, compression=compression, raw_length=len(self.chunks[cid]))
+            size += len(data)
+            if size >= MESSAGE_BYTES:
+                for chunk in gateway_pb2.ReadChunksResponse.FromString(message.SerializeToString()).chunks:
+                    yield chunk
+                await asyncio.sleep(0)
+                message, size = gateway_pb2.ReadChunksResponse(), 0
+        for chunk in gateway_pb2.ReadChunksResponse.FromString(message.SerializeToString()).chunks:
+            yield chunk
+
+
+def base_restore(rev: str, into: Path) -> Callable[..., Coroutine[Any, Any, gateway_pb2.JobFinished]]:
+    """``run_restore`` of the agent at ``rev``, imported as package ``strongroom_agent_base`` (same process)."""
+    shutil.rmtree(into, ignore_errors=True)
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", rev, "agent/src/strongroom_agent"], cwd=HERE.parent, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into), "--strip-components=2"], input=archive.stdout, check=True)
+    package = into / "strongroom_agent_base"
+    (into / "strongroom_agent").rename(package)
+    for source in package.rglob("*.py"):
+        source.write_text(re.sub(r"\bstrongroom_agent\b", "strongroom_agent_base", source.read_text()))
+    sys.path.insert(0, str(into))
+    module = importlib.import_module("strongroom_agent_base.restore")
+    restore: Callable[..., Coroutine[Any, Any, gateway_pb2.JobFinished]] = module.run_restore
+    return restore
+
+
+def _variant(module: Any, constant: str, value: int) -> Callable[..., Coroutine[Any, Any, gateway_pb2.JobFinished]]:
+    """``run_restore`` with ``module.constant`` set to ``value`` while it runs."""
+
+    async def restore(*args: Any, **kwargs: Any) -> gateway_pb2.JobFinished:
+        old = getattr(module, constant)
+        setattr(module, constant, value)
+        try:
+            return await run_restore(*args, **kwargs)
+        finally:
+            setattr(module, constant, old)
+
+    return restore
+
+
+def count_files(path: Path) -> int:
+    return sum(len(files) for _d, _s, files in os.walk(path))
+
+
+async def amain(args: argparse.Namespace) -> int:
+    gateway = EncodedGateway()
+    fs = common_pb2.Filesystem(mount_point=str(args.dir), device="/dev/vdz", fs_type="ext4")
+    t0 = time.perf_counter()
+    command = run_backup_command()
+    # The benchmark's chunker (bench/README.md), not the test suite's small chunks.
+    command.repository.chunker_min_size = 256 << 10
+    command.repository.chunker_avg_size = 1 << 20
+    command.repository.chunker_max_size = 4 << 20
+    finished = await run_backup(
+        command, client=gateway, points=[fs], exclusions=LinuxExclusions(), cancel=asyncio.Event()
+    )
+    if finished.status != common_pb2.JOB_STATUS_COMPLETE:
+        raise RuntimeError(f"backup ended {finished.status}: {finished.error}")
+    gateway.encode()
+    point_id = gateway.only_point().point_id
+    print(f"backup + encode {time.perf_counter() - t0:.1f}s, {len(gateway.chunks)} chunks", flush=True)
+    source = count_files(args.dir)
+    sides: list[tuple[str, Callable[..., Coroutine[Any, Any, gateway_pb2.JobFinished]]]] = [("this", run_restore)]
+    if args.base:
+        sides.insert(0, (args.base, base_restore(args.base, args.target / "restore-inprocess-base")))
+    for setting in args.variant:  # MODULE.NAME=VALUE: this checkout's code with one constant changed
+        name, _, value = setting.partition("=")
+        module_name, _, constant = name.rpartition(".")
+        sides.append(
+            (
+                setting,
+                _variant(importlib.import_module(f"strongroom_agent.restore.{module_name}"), constant, int(value)),
+            )
+        )
+    for n, (side, restore) in ((n, side) for n in range(args.runs) for side in sides):
+        target = args.target / f"restore-inprocess-{uuid.uuid4().hex[:6]}"
+        target.mkdir()
+        profile = args.yappi and n == args.runs - 1 and side == "this"
+        if profile:
+            import yappi  # type: ignore[import-not-found]
+
+            yappi.set_clock_type("cpu")
+            yappi.start()
+        load = os.getloadavg()[0]
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        command = gateway_pb2.RunRestore(
+            restore_job_id="r-1",
+            point_id=point_id,
+            target_path=str(target),
+            conflict_policy=gateway_pb2.CONFLICT_POLICY_OVERWRITE,
+        )
+        gateway.per_entry = side == args.base and args.per_entry_base
+        done = await restore(command, client=gateway, cancel=asyncio.Event())
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        if profile:
+            yappi.stop()
+            columns = {0: ("name", 90), 1: ("ncall", 9), 2: ("tsub", 8), 3: ("ttot", 8), 4: ("tavg", 8)}
+            yappi.get_func_stats().sort("tsub").print_all(out=sys.stdout, columns=columns)
+            yappi.get_thread_stats().print_all()
+        restored = count_files(target)
+        shutil.rmtree(target)
+        status = common_pb2.JobStatus.Name(done.status)
+        print(
+            f"run {n + 1} {side}: wall {wall:.2f}s, CPU {cpu:.2f}s, {restored}/{source} files, {status}"
+            f" (load {load:.1f} -> {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--target", type=Path, default=Path("/dev/shm"))
+    parser.add_argument("--yappi", action="store_true")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="job.BATCHES_IN_FLIGHT=3 (a constant of strongroom_agent.restore): one more side",
+    )
+    parser.add_argument(
+        "--per-entry-base", action="store_true", help="the base agent takes read_manifest one entry at a time"
+    )
+    parser.add_argument("--base", help="also restore with the agent of this revision, alternating (A, B, A, B)")
+    return asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
