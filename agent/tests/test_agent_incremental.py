@@ -307,19 +307,24 @@ def test_cache_cursor_reads_ahead_a_bounded_number_of_records(tmp_path: Path) ->
 
 
 def test_cache_records_read_path_and_type_without_parsing_and_agree_with_parsing() -> None:
-    for path in ["", "a", "dir/ü.txt", "d/" + "x" * 300]:
+    prefix = b"record header"
+    for path in ["", "a", "dir/ü.txt", "d/" + "x" * 127, "d/" + "x" * 300, "d/" + "y" * 20000]:
         for kind in (common_pb2.ENTRY_TYPE_FILE, common_pb2.ENTRY_TYPE_DIRECTORY, common_pb2.ENTRY_TYPE_SYMLINK, 0):
             entry = common_pb2.FileEntry(path=path, type=kind, size=7, chunk_ids=[b"c" * 32])  # type: ignore[arg-type]
-            lead = cache._leading_path_and_type(entry.SerializeToString())
+            data = prefix + entry.SerializeToString()
+            got = cache._leading_type(data, len(prefix), path.encode())
             if path:
-                assert lead == (path.encode(), kind)
+                assert got == kind
             else:
-                assert lead is None  # the root's empty path is left out: parsed instead
+                assert got is None  # the root's empty path is left out: parsed instead
+            if path:  # another path than the record's: parsed (and then found inconsistent)
+                assert cache._leading_type(data, len(prefix), path.encode() + b"x") is None
     # Fields in another order than the runtime writes them: not read from the bytes.
     reordered = common_pb2.FileEntry(type=common_pb2.ENTRY_TYPE_FILE).SerializeToString()
     reordered += common_pb2.FileEntry(path="a").SerializeToString()
-    assert cache._leading_path_and_type(reordered) is None
-    assert cache._leading_path_and_type(b"\x0a\x05ab") is None  # truncated
+    assert cache._leading_type(reordered, 0, b"a") is None
+    assert cache._leading_type(b"\x0a\x05ab", 0, b"ab") is None  # truncated
+    assert cache._leading_type(b"\x0a\x01a\x10\x81\x01", 0, b"a") is None  # a two-byte type
 
 
 def test_a_cache_record_is_unchanged_only_for_a_trusted_regular_file_with_the_same_stat(tmp_path: Path) -> None:

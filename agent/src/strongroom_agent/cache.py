@@ -77,35 +77,36 @@ def cache_path(state_dir: str, mount_point: str) -> str:
     return os.path.join(state_dir, CACHE_DIR, f"{name}.cache")
 
 
-def _leading_path_and_type(body: bytes | memoryview) -> tuple[bytes, int] | None:
-    """Path (field 1) and type (field 2; 0 when absent) of a serialized FileEntry, read without parsing it.
+def _path_field(path: bytes) -> bytes:
+    """``path`` as field 1 of a serialized FileEntry (tag, varint length, bytes)."""
+    n = len(path)
+    head = bytearray([0x0A])
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + path
 
-    None unless the path leads the message, as the protobuf runtime writes it
-    (fields in number order; the point root's empty path is left out): such a
-    record is parsed instead.
+
+def _leading_type(data: bytes, body: int, path: bytes) -> int | None:
+    """The type of the FileEntry at ``data[body:]`` if it leads with ``path`` as the runtime writes it, else None.
+
+    The protobuf runtime writes fields in number order: ``path`` (field 1; the
+    point root's empty path is left out), then ``type`` (field 2; absent when
+    0). Comparing the record's own path with those leading bytes checks the
+    record's consistency without parsing the entry; a record where they do not
+    match (or a type of two or more varint bytes) is parsed instead.
     """
-    if not body or body[0] != 0x0A:
+    lead = _path_field(path) if len(path) >= 0x80 else b"\x0a" + bytes((len(path),)) + path
+    if not path or not data.startswith(lead, body):
         return None
-    length = shift = 0
-    position = 1
-    while True:  # the path's length, a varint
-        if position >= len(body) or shift > 28:
-            return None
-        byte = body[position]
-        position += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-    end = position + length
-    if end > len(body):
+    end = body + len(lead)
+    if end + 1 < len(data) and data[end] == 0x10:
+        kind = data[end + 1]
+        return kind if not kind & 0x80 else None
+    if end < len(data) and data[end] == 0x10:
         return None
-    kind = 0
-    if end + 1 < len(body) and body[end] == 0x10 and not body[end + 1] & 0x80:
-        kind = body[end + 1]
-    elif end < len(body) and body[end] == 0x10:
-        return None  # a type of two or more varint bytes: no such entry type
-    return bytes(body[position:end]), kind
+    return 0
 
 
 class CacheRecord:
@@ -270,15 +271,17 @@ class CacheCursor:
                 flags, dev, ino, size, mtime, ctime, path_length = _STAT.unpack_from(data)
                 body = _STAT.size + path_length
                 path = data[_STAT.size : body]
-                lead = _leading_path_and_type(memoryview(data)[body:])
-                if lead is None:  # parsed to learn its path and type
+                kind = _leading_type(data, body, path)
+                if kind is None:  # parsed to learn its path and type
                     entry = common_pb2.FileEntry.FromString(data[body:])
-                    lead = (entry.path.encode(), entry.type)
-                if lead[0] != path or (self._parsed + len(out) > 0 and path <= self._last):
-                    raise CacheCorrupt(f"record {path!r} out of order or inconsistent")
+                    if entry.path.encode() != path:
+                        raise CacheCorrupt(f"record {path!r} inconsistent")
+                    kind = entry.type
+                if self._parsed + len(out) > 0 and path <= self._last:
+                    raise CacheCorrupt(f"record {path!r} out of order")
                 self._last = path
                 key = (dev, ino, size, mtime, ctime)
-                out.append(CacheRecord(path, key, bool(flags & _TRUSTED), data, body, lead[1]))
+                out.append(CacheRecord(path, key, bool(flags & _TRUSTED), data, body, kind))
         except Exception as exc:  # any malformed byte: stop trusting the rest
             log.warning("backup cache %s unusable after %d records: %s", self.info.path, self._parsed + len(out), exc)
             self.broken = True

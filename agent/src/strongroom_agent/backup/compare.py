@@ -164,21 +164,22 @@ class TreeCompare:
                 stack.pop()
                 continue
             _key, descend, item = items[level.next]
-            level.next += 1
             if descend:
+                level.next += 1
                 listing = _list_dir(item.path, item.rel, self._device, self._exclusions)
                 out.errors.extend(listing.errors)
                 stack.append(_Level(listing.items))
                 continue
+            path = item.rel.encode()
+            budget, run = self._deleted_before(out, run, path, budget)
+            if budget <= 0:
+                break  # cached paths before this entry are still to delete: the entry is the next step's
+            level.next += 1
             budget -= 1
-            run = self._entry(out, run, item)
+            run = self._entry(out, run, item, path)
         if not stack:
-            cursor = self._cursor
-            while cursor is not None and budget > 0 and cursor.peek() is not None:
-                budget -= 1
-                run.delete(cursor.take().path)
-                run = self._maybe_seal(out, run)
-            out.done = cursor is None or cursor.peek() is None
+            budget, run = self._deleted_before(out, run, None, budget)
+            out.done = self._cursor is None or self._cursor.peek() is None
         if run.entries or run.spool_parts:
             out.items.append(run.seal())
         return out
@@ -189,17 +190,34 @@ class TreeCompare:
             return _Run()
         return run
 
-    def _entry(self, out: Step, run: _Run, item: ScanItem) -> _Run:
-        """Settle one entry into ``run`` or hand it out as ``Changed``; the run to go on with."""
-        path = item.rel.encode()
+    def _deleted_before(self, out: Step, run: _Run, path: bytes | None, budget: int) -> tuple[int, _Run]:
+        """Delete the cached paths before ``path`` (None: all that are left), up to ``budget`` of them.
+
+        They are paths of the cached point the walk passed without finding:
+        deleted since. Returns the budget left (0: more may remain) and the run.
+        """
+        cursor = self._cursor
+        if cursor is None:
+            return budget, run
+        record = cursor.peek()
+        while record is not None and (path is None or record.path < path):
+            if budget <= 0:
+                return 0, run
+            budget -= 1
+            run.delete(cursor.take().path)
+            run = self._maybe_seal(out, run)
+            record = cursor.peek()
+        return budget, run
+
+    def _entry(self, out: Step, run: _Run, item: ScanItem, path: bytes) -> _Run:
+        """Settle one entry into ``run`` or hand it out as ``Changed``; the run to go on with.
+
+        The cached paths before ``path`` are deleted already (``_deleted_before``).
+        """
         cached = None
         cursor = self._cursor
         if cursor is not None:
             record = cursor.peek()
-            while record is not None and record.path < path:
-                run.delete(cursor.take().path)  # deleted since the cached point
-                run = self._maybe_seal(out, run)
-                record = cursor.peek()
             if record is not None and record.path == path:
                 cached = cursor.take()
         out.files_scanned += 1
