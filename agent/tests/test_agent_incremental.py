@@ -349,3 +349,20 @@ def test_a_cache_record_is_unchanged_only_for_a_trusted_regular_file_with_the_sa
     assert records[1].entry.size == 1 and records[2].entry.link_target == "b"
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert not records[1].unchanged(os.lstat(target))
+
+
+async def test_a_vanished_root_deletes_every_cached_path_in_a_delta_commit(tmp_path: Path) -> None:
+    root, state = tmp_path / "src", tmp_path / "state"
+    make_tree(root)
+    gateway = FakeGateway()
+    first = await backup(gateway, root, state, "job-1")
+    assert first.status == COMPLETE
+    cached = sorted(e.path for e in gateway.point("point-1").entries)
+    shutil.rmtree(root)
+
+    second = await backup(gateway, root, state, "job-2")
+    assert f"{root}: backup root vanished" in second.file_errors
+    header, sent, deleted = gateway.commits[-1]
+    assert header.base_point_id == "point-1" and header.entry_count == 0
+    assert sent == [] and deleted == sorted(cached, key=str.encode)
+    assert gateway.last_point().entries == []

@@ -146,6 +146,10 @@ class TreeCompare:
         self._stack: list[_Level] | None = None  # None until the first step lstat()s the root
         self._device = 0
 
+    def end_walk(self) -> None:
+        """Walk no further (the root could not be walked): the next steps delete the cached paths left."""
+        self._stack = []
+
     def step(self) -> Step:
         """Walk on for up to ``step_entries`` entries (runs in a worker thread; never two at once)."""
         out = Step()

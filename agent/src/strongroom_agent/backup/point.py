@@ -157,23 +157,26 @@ class _Scan:
     async def run(self, group: asyncio.TaskGroup) -> None:
         ctx = self.ctx
         loop = asyncio.get_running_loop()
-        pending: asyncio.Future[Step] | None = None
+        pending: asyncio.Future[Step] | None = loop.run_in_executor(None, self.compare.step)
         try:
-            pending = loop.run_in_executor(None, self.compare.step)
             while pending is not None:
-                step = await pending
+                try:
+                    step = await pending
+                except OSError as exc:  # the root could not be walked (only the first step lstat()s it)
+                    vanished = isinstance(exc, FileNotFoundError)
+                    ctx.errors.append(FileError(self.root, "backup root vanished" if vanished else reason(exc)))
+                    # The cached paths are then deleted since, as those left at a walk's end are.
+                    self.compare.end_walk()
+                    pending = loop.run_in_executor(None, self.compare.step)
+                    continue
                 pending = None
                 if ctx.cancel.is_set():
                     raise JobCanceled
                 if not step.done:
                     pending = loop.run_in_executor(None, self.compare.step)
                 await self._route(group, step)
-        except FileNotFoundError:
-            ctx.errors.append(FileError(self.root, "backup root vanished"))
-        except OSError as exc:
-            ctx.errors.append(FileError(self.root, reason(exc)))
         finally:
-            if pending is not None:  # left early: the step still running in a thread is dropped with its result
+            if pending is not None and not pending.done():  # left early: the step running in a thread is dropped
                 pending.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         await self.reader.flush(group)
         await self.spool_writer.close()
