@@ -2,7 +2,8 @@
 
     python bench/full_backup_once.py --data DIR --work DIR [--runs 1]
 
-Prints one JSON line ``{"full_s": [...], "nochange_s": [...], "cpu_s": [...]}``. Used by
+Prints one JSON line ``{"full_s": [...], "nochange_s": [...], "cpu_s": [...], "nochange_load": [...]}``
+(``--nochange N``: N no-change backups after each full one, each with the 1-minute load average). Used by
 ``bench/ab.py``, which runs it from two checkouts (say, before and after the trust boundary) in one
 invocation, alternating, so both sides see the same machine. Only ``StrongroomBench``'s public
 methods are used, so the same file runs against older checkouts (``ab.py`` copies it there).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ sys.path.insert(0, str(HERE))
 from strongroom_runner import StrongroomBench  # noqa: E402
 
 
-async def main(data: Path, work: Path, runs: int) -> dict[str, list[float]]:
+async def main(data: Path, work: Path, runs: int, nochange: int = 1) -> dict[str, list[float]]:
     bench = StrongroomBench(work)
     await bench.start(unthrottled_gateway=True)
     out: dict[str, list[float]] = {"full_s": [], "nochange_s": [], "cpu_s": []}
@@ -35,7 +37,9 @@ async def main(data: Path, work: Path, runs: int) -> dict[str, list[float]]:
                 out["full_s"].append(full.wall)
                 out["cpu_s"].append(full.agent_cpu + full.gateway_cpu)
                 await bench.latest_point(inst, 1)
-                out["nochange_s"].append((await bench.backup(inst)).wall)
+                for _ in range(nochange):
+                    out["nochange_s"].append((await bench.backup(inst)).wall)
+                    out.setdefault("nochange_load", []).append(os.getloadavg()[0])
             finally:
                 await bench.drop_instance(inst)
                 shutil.rmtree(inst.state_dir, ignore_errors=True)
@@ -49,5 +53,6 @@ if __name__ == "__main__":
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--nochange", type=int, default=1, help="no-change backups after each full backup")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.data, args.work, args.runs))), flush=True)
+    print(json.dumps(asyncio.run(main(args.data, args.work, args.runs, args.nochange))), flush=True)

@@ -295,49 +295,36 @@ def committed_cache(tmp_path: Path, count: int) -> tuple[cache.CacheInfo, os.sta
 
 def test_cache_cursor_reads_ahead_a_bounded_number_of_records(tmp_path: Path) -> None:
     info, st = committed_cache(tmp_path, 5000)
-
-    async def walk() -> list[str]:
-        cursor = cache.CacheCursor(info)
-        seen = []
-        while (record := await cursor.peek()) is not None:
-            assert len(cursor._ahead) <= 2000
-            assert record.trusted and record.unchanged(st)
-            seen.append(cursor.take().entry.path)
-        cursor.close()
-        return seen
-
-    assert asyncio.run(walk()) == [f"p{i:05}" for i in range(5000)]
-
-
-def test_a_cache_cursor_closed_while_the_next_block_is_read_is_safe(tmp_path: Path) -> None:
-    info, _st = committed_cache(tmp_path, 7000)
-
-    async def walk_part() -> list[str]:
-        cursor = cache.CacheCursor(info)
-        seen = []
-        for _ in range(2500):  # into the second block, with the third being read ahead
-            assert await cursor.peek() is not None
-            seen.append(cursor.take().entry.path)
-        cursor.close()
-        return seen
-
-    assert asyncio.run(walk_part()) == [f"p{i:05}" for i in range(2500)]
+    cursor = cache.CacheCursor(info)
+    seen = []
+    while (record := cursor.peek()) is not None:
+        assert len(cursor._ahead) <= 2000
+        assert record.trusted and record.unchanged(st)
+        seen.append(cursor.take().entry.path)
+    cursor.close()
+    assert seen == [f"p{i:05}" for i in range(5000)]
+    assert cursor.records_read == 5000 and not cursor.broken
 
 
 def test_cache_records_read_path_and_type_without_parsing_and_agree_with_parsing() -> None:
-    for path in ["", "a", "dir/ü.txt", "d/" + "x" * 300]:
+    prefix = b"record header"
+    for path in ["", "a", "dir/ü.txt", "d/" + "x" * 127, "d/" + "x" * 300, "d/" + "y" * 20000]:
         for kind in (common_pb2.ENTRY_TYPE_FILE, common_pb2.ENTRY_TYPE_DIRECTORY, common_pb2.ENTRY_TYPE_SYMLINK, 0):
             entry = common_pb2.FileEntry(path=path, type=kind, size=7, chunk_ids=[b"c" * 32])  # type: ignore[arg-type]
-            lead = cache._leading_path_and_type(entry.SerializeToString())
+            data = prefix + entry.SerializeToString()
+            got = cache._leading_type(data, len(prefix), path.encode())
             if path:
-                assert lead == (path.encode(), kind)
+                assert got == kind
             else:
-                assert lead is None  # the root's empty path is left out: parsed instead
+                assert got is None  # the root's empty path is left out: parsed instead
+            if path:  # another path than the record's: parsed (and then found inconsistent)
+                assert cache._leading_type(data, len(prefix), path.encode() + b"x") is None
     # Fields in another order than the runtime writes them: not read from the bytes.
     reordered = common_pb2.FileEntry(type=common_pb2.ENTRY_TYPE_FILE).SerializeToString()
     reordered += common_pb2.FileEntry(path="a").SerializeToString()
-    assert cache._leading_path_and_type(reordered) is None
-    assert cache._leading_path_and_type(b"\x0a\x05ab") is None  # truncated
+    assert cache._leading_type(reordered, 0, b"a") is None
+    assert cache._leading_type(b"\x0a\x05ab", 0, b"ab") is None  # truncated
+    assert cache._leading_type(b"\x0a\x01a\x10\x81\x01", 0, b"a") is None  # a two-byte type
 
 
 def test_a_cache_record_is_unchanged_only_for_a_trusted_regular_file_with_the_same_stat(tmp_path: Path) -> None:
@@ -362,3 +349,20 @@ def test_a_cache_record_is_unchanged_only_for_a_trusted_regular_file_with_the_sa
     assert records[1].entry.size == 1 and records[2].entry.link_target == "b"
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert not records[1].unchanged(os.lstat(target))
+
+
+async def test_a_vanished_root_deletes_every_cached_path_in_a_delta_commit(tmp_path: Path) -> None:
+    root, state = tmp_path / "src", tmp_path / "state"
+    make_tree(root)
+    gateway = FakeGateway()
+    first = await backup(gateway, root, state, "job-1")
+    assert first.status == COMPLETE
+    cached = sorted(e.path for e in gateway.point("point-1").entries)
+    shutil.rmtree(root)
+
+    second = await backup(gateway, root, state, "job-2")
+    assert f"{root}: backup root vanished" in second.file_errors
+    header, sent, deleted = gateway.commits[-1]
+    assert header.base_point_id == "point-1" and header.entry_count == 0
+    assert sent == [] and deleted == sorted(cached, key=str.encode)
+    assert gateway.last_point().entries == []

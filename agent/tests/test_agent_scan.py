@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
+import struct
 from pathlib import Path
-from typing import Any
 
 from agent_fakes import write_file
 from strongroom.common.v1 import common_pb2
-from strongroom_agent.backup import plan_points, scan_point
+from strongroom_agent.backup import plan_points
+from strongroom_agent.backup.compare import Changed, TreeCompare
 from strongroom_agent.backup.scan import _list_dir
 from strongroom_agent.exclusions import LinuxExclusions
 
@@ -50,7 +50,28 @@ def test_plan_points_validates_roots(tmp_path: Path) -> None:
     assert plan_points([], discover=lambda: discovered, describe_root=lambda p: discovered[0]) == (discovered, [])
 
 
-async def test_the_scan_reads_directories_ahead_and_still_yields_manifest_order(tmp_path: Path) -> None:
+def _walk_order(root: Path, step_entries: int) -> list[str]:
+    """Every path the walk (without a cache) finds, in its order: files handed out, other entries sent."""
+    compare = TreeCompare(str(root), LinuxExclusions(), None, None, step_entries=step_entries, run_entries=2)
+    seen: list[str] = []
+    while True:
+        step = compare.step()
+        assert step.errors == []
+        for item in step.items:
+            if isinstance(item, Changed):
+                seen.append(item.item.rel)
+                continue
+            position = 0
+            while position < len(item.spool):
+                (length,) = struct.unpack(">I", item.spool[position + 1 : position + 5])
+                entry = common_pb2.FileEntry.FromString(item.spool[position + 5 : position + 5 + length])
+                seen.append(entry.path)
+                position += 5 + length
+        if step.done:
+            return seen
+
+
+def test_the_walk_yields_manifest_order_in_steps_of_any_size(tmp_path: Path) -> None:
     rng = random.Random(7)
     names = ["a", "a-b", "a.b", "b", "é", "z z", "0"]
     paths = []
@@ -66,27 +87,5 @@ async def test_the_scan_reads_directories_ahead_and_still_yields_manifest_order(
         (os.path.relpath(os.path.join(d, n), tmp_path) for d, dirs, files in os.walk(tmp_path) for n in dirs + files),
         key=lambda p: p.encode(),
     )
-
-    async def walk(read_ahead: int) -> list[str]:
-        errors: list[Any] = []
-        seen = [
-            item.rel
-            async for item in scan_point(
-                str(tmp_path), LinuxExclusions(), errors, asyncio.Event(), read_ahead=read_ahead
-            )
-        ]
-        assert errors == []
-        return seen
-
-    one_at_a_time = await walk(1)
-    assert one_at_a_time == ["", *expected]
-    assert await walk(32) == one_at_a_time
-
-
-async def test_a_scan_left_early_drops_the_listings_read_ahead(tmp_path: Path) -> None:
-    for i in range(50):
-        (tmp_path / f"d{i:02}" / "sub").mkdir(parents=True)
-    walk = scan_point(str(tmp_path), LinuxExclusions(), [], asyncio.Event(), read_ahead=16)
-    seen = [await anext(walk) for _ in range(5)]
-    await walk.aclose()  # listings started ahead are still running or done: dropped quietly
-    assert [s.rel for s in seen] == ["", "d00", "d00/sub", "d01", "d01/sub"]
+    assert _walk_order(tmp_path, 4096) == ["", *expected]
+    assert _walk_order(tmp_path, 1) == ["", *expected]

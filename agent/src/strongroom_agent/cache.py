@@ -28,9 +28,7 @@ and read again next time.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import enum
 import hashlib
 import logging
 import os
@@ -60,15 +58,6 @@ _READ_AHEAD = 2000
 StatKey = tuple[int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns
 
 
-class Pending(enum.Enum):
-    """``CacheCursor.peek_nowait``'s answer when the next record is still being read."""
-
-    PENDING = enum.auto()
-
-
-PENDING = Pending.PENDING
-
-
 class CacheCorrupt(Exception):
     """The cache file cannot be used (its content is ignored, never trusted)."""
 
@@ -88,35 +77,36 @@ def cache_path(state_dir: str, mount_point: str) -> str:
     return os.path.join(state_dir, CACHE_DIR, f"{name}.cache")
 
 
-def _leading_path_and_type(body: bytes | memoryview) -> tuple[bytes, int] | None:
-    """Path (field 1) and type (field 2; 0 when absent) of a serialized FileEntry, read without parsing it.
+def _path_field(path: bytes) -> bytes:
+    """``path`` as field 1 of a serialized FileEntry (tag, varint length, bytes)."""
+    n = len(path)
+    head = bytearray([0x0A])
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + path
 
-    None unless the path leads the message, as the protobuf runtime writes it
-    (fields in number order; the point root's empty path is left out): such a
-    record is parsed instead.
+
+def _leading_type(data: bytes, body: int, path: bytes) -> int | None:
+    """The type of the FileEntry at ``data[body:]`` if it leads with ``path`` as the runtime writes it, else None.
+
+    The protobuf runtime writes fields in number order: ``path`` (field 1; the
+    point root's empty path is left out), then ``type`` (field 2; absent when
+    0). Comparing the record's own path with those leading bytes checks the
+    record's consistency without parsing the entry; a record where they do not
+    match (or a type of two or more varint bytes) is parsed instead.
     """
-    if not body or body[0] != 0x0A:
+    lead = _path_field(path) if len(path) >= 0x80 else b"\x0a" + bytes((len(path),)) + path
+    if not path or not data.startswith(lead, body):
         return None
-    length = shift = 0
-    position = 1
-    while True:  # the path's length, a varint
-        if position >= len(body) or shift > 28:
-            return None
-        byte = body[position]
-        position += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-    end = position + length
-    if end > len(body):
+    end = body + len(lead)
+    if end + 1 < len(data) and data[end] == 0x10:
+        kind = data[end + 1]
+        return kind if not kind & 0x80 else None
+    if end < len(data) and data[end] == 0x10:
         return None
-    kind = 0
-    if end + 1 < len(body) and body[end] == 0x10 and not body[end + 1] & 0x80:
-        kind = body[end + 1]
-    elif end < len(body) and body[end] == 0x10:
-        return None  # a type of two or more varint bytes: no such entry type
-    return bytes(body[position:end]), kind
+    return 0
 
 
 class CacheRecord:
@@ -147,6 +137,32 @@ class CacheRecord:
     def unchanged(self, st: os.stat_result) -> bool:
         """The file may be taken from the cache without reading it."""
         return self.trusted and self.key == stat_key(st) and self._kind == common_pb2.ENTRY_TYPE_FILE
+
+    def same_entry(self, body: bytes, entry: common_pb2.FileEntry) -> bool:
+        """The cached FileEntry equals ``entry`` (serialized as ``body``): equal bytes, else compared parsed."""
+        raw = self.raw
+        start = self._body
+        if len(raw) - start == len(body) and raw[start:] == body:
+            return True
+        return self.entry == entry
+
+
+def encode_record(path: bytes, body: bytes, st: os.stat_result, racy_before_ns: int) -> bytes:
+    """One length-prefixed cache record of the serialized FileEntry ``body`` made from ``st``.
+
+    Trusted unless racy: changed so recently (ctime not before ``racy_before_ns``)
+    that another change may keep the same timestamps.
+    """
+    trusted = st.st_ctime_ns < racy_before_ns
+    key = _STAT.pack(
+        _TRUSTED if trusted else 0, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, len(path)
+    )
+    return _U32.pack(len(key) + len(path) + len(body)) + key + path + body
+
+
+def encode_unchanged(record: CacheRecord) -> bytes:
+    """The length-prefixed stored record of a file found unchanged, as ``CacheWriter.add_unchanged`` writes it."""
+    return _U32.pack(len(record.raw)) + record.raw
 
 
 def _header(fp: bytes, mount_point: str) -> bytes:
@@ -220,9 +236,11 @@ def load(state_dir: str, params: ChunkParams, mount_point: str) -> CacheInfo | N
 class CacheCursor:
     """Walks a validated cache in path order, in step with the scan (bounded read-ahead).
 
-    If the records turn out malformed after all (e.g. the disk changed the file
-    after validation), ``broken`` is set and the cursor behaves as if the cache
-    ended there; the caller then commits a full manifest.
+    Synchronous: the scan's worker thread (``compare.TreeCompare``) owns it and
+    parses a block of records whenever the one at hand is used up. If the records
+    turn out malformed after all (e.g. the disk changed the file after
+    validation), ``broken`` is set and the cursor behaves as if the cache ended
+    there; the caller then commits a full manifest.
     """
 
     def __init__(self, info: CacheInfo) -> None:
@@ -234,9 +252,7 @@ class CacheCursor:
         self._ahead: deque[CacheRecord] = deque()
         self._done = False
         self._last = b""
-        self._parsed = 0  # records parsed so far (touched only by _read_some, in a thread)
-        # The next block, parsed in a thread while the scan consumes this one.
-        self._next_block: asyncio.Future[list[CacheRecord]] | None = None
+        self._parsed = 0  # records parsed so far
 
     def _read_some(self) -> list[CacheRecord]:
         out: list[CacheRecord] = []
@@ -255,15 +271,17 @@ class CacheCursor:
                 flags, dev, ino, size, mtime, ctime, path_length = _STAT.unpack_from(data)
                 body = _STAT.size + path_length
                 path = data[_STAT.size : body]
-                lead = _leading_path_and_type(memoryview(data)[body:])
-                if lead is None:  # parsed to learn its path and type
+                kind = _leading_type(data, body, path)
+                if kind is None:  # parsed to learn its path and type
                     entry = common_pb2.FileEntry.FromString(data[body:])
-                    lead = (entry.path.encode(), entry.type)
-                if lead[0] != path or (self._parsed + len(out) > 0 and path <= self._last):
-                    raise CacheCorrupt(f"record {path!r} out of order or inconsistent")
+                    if entry.path.encode() != path:
+                        raise CacheCorrupt(f"record {path!r} inconsistent")
+                    kind = entry.type
+                if self._parsed + len(out) > 0 and path <= self._last:
+                    raise CacheCorrupt(f"record {path!r} out of order")
                 self._last = path
                 key = (dev, ino, size, mtime, ctime)
-                out.append(CacheRecord(path, key, bool(flags & _TRUSTED), data, body, lead[1]))
+                out.append(CacheRecord(path, key, bool(flags & _TRUSTED), data, body, kind))
         except Exception as exc:  # any malformed byte: stop trusting the rest
             log.warning("backup cache %s unusable after %d records: %s", self.info.path, self._parsed + len(out), exc)
             self.broken = True
@@ -271,49 +289,23 @@ class CacheCursor:
         self._parsed += len(out)
         return out
 
-    async def _next(self) -> CacheRecord | None:
-        if not self._ahead and (self._next_block is not None or not self._done):
-            block = self._next_block or asyncio.get_running_loop().run_in_executor(None, self._read_some)
-            self._next_block = None
-            self._ahead.extend(await block)
-            if not self._done:
-                self._next_block = asyncio.get_running_loop().run_in_executor(None, self._read_some)
-        if not self._ahead:
-            return None
-        return self._ahead[0]
-
-    async def peek(self) -> CacheRecord | None:
+    def peek(self) -> CacheRecord | None:
         """The next record (smallest path not taken yet), or None at the end."""
-        if self._ahead:
-            return self._ahead[0]
-        return await self._next()
-
-    def peek_nowait(self) -> CacheRecord | None | Pending:
-        """What ``peek`` returns when it is at hand without waiting, else ``PENDING`` (then await ``peek``).
-
-        Records are parsed ahead in blocks; a scan asks for one per entry, and
-        most answers are at hand, so they take no event-loop step.
-        """
-        if self._ahead:
-            return self._ahead[0]
-        if self._done and self._next_block is None:
-            return None
-        return PENDING
+        ahead = self._ahead
+        if not ahead:
+            if self._done:
+                return None
+            ahead.extend(self._read_some())
+            if not ahead:
+                return None
+        return ahead[0]
 
     def take(self) -> CacheRecord:
         """Consume the record ``peek`` returned."""
-        return self._take()
-
-    def _take(self) -> CacheRecord:
         self.records_read += 1
         return self._ahead.popleft()
 
     def close(self) -> None:
-        """Close the file; a block still being parsed in a thread stops at the closed file (its result is dropped)."""
-        block, self._next_block = self._next_block, None
-        if block is not None:
-            block.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-            block.cancel()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -342,7 +334,7 @@ class CacheWriter:
         fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self._file: IO[bytes] | None = os.fdopen(fd, "wb", buffering=_BUFFER)
         self._hasher = blake3.blake3()
-        self._racy_before_ns = racy_before_ns
+        self.racy_before_ns = racy_before_ns
         self._last: bytes | None = None
         self.count = 0
         self._write(_header(fingerprint(params), mount_point))
@@ -358,14 +350,16 @@ class CacheWriter:
         if self._last is not None and path <= self._last:
             raise ValueError(f"cache entries must be sorted: {entry.path!r}")
         self._last = path
-        # Racy: changed so recently that another change may keep the same timestamps.
-        trusted = st.st_ctime_ns < self._racy_before_ns
-        body = entry.SerializeToString()
-        key = _STAT.pack(
-            _TRUSTED if trusted else 0, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, len(path)
-        )
-        self._write(_U32.pack(len(key) + len(path) + len(body)) + key + path + body)
+        self._write(encode_record(path, entry.SerializeToString(), st, self.racy_before_ns))
         self.count += 1
+
+    def add_records(self, records: bytes, count: int, first: bytes, last: bytes) -> None:
+        """Append ``count`` sorted records (``encode_record``/``encode_unchanged``), paths ``first`` to ``last``."""
+        if self._last is not None and first <= self._last:
+            raise ValueError(f"cache entries must be sorted: {first!r}")
+        self._last = last
+        self._write(records)
+        self.count += count
 
     def add_unchanged(self, record: CacheRecord) -> None:
         """Record a file found unchanged (``record.unchanged`` held): its stored record is copied as-is.
@@ -377,7 +371,7 @@ class CacheWriter:
         if not record.raw:
             raise ValueError("only records read from a cache can be copied")
         self._last = record.path
-        self._write(_U32.pack(len(record.raw)) + record.raw)
+        self._write(encode_unchanged(record))
         self.count += 1
 
     def commit(self, point_id: str) -> None:

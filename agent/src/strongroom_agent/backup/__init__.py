@@ -1,7 +1,8 @@
 """The backup pipeline: scan → read+chunk+hash → dedup → compress → upload → commit.
 
 One module per stage, in the order data flows: ``scan.py`` (the points of a
-job and the walk in manifest order; the ordering contract), ``read.py``
+job, directory listings; the ordering contract), ``compare.py`` (the walk in
+manifest order against the cache, in worker-thread steps), ``read.py``
 (opening and chunking files in bounded steps), ``stages.py`` (dedup, compress,
 upload; the memory contract), ``commit.py`` (the spool in scan order, the
 commit with base-point fallback), ``point.py`` (wires the stages of one point
@@ -11,7 +12,7 @@ This package's face is re-exported here.
 
 from strongroom_agent.backup.job import cores_for, run_backup
 from strongroom_agent.backup.read import open_for_backup
-from strongroom_agent.backup.scan import ScanItem, plan_points, scan_point
+from strongroom_agent.backup.scan import ScanItem, plan_points
 from strongroom_agent.backup.stages import PipelineLimits, Upload, upload_requests
 from strongroom_agent.jobs import FileError, JobCanceled, RetryPolicy
 
@@ -26,6 +27,5 @@ __all__ = [
     "open_for_backup",
     "plan_points",
     "run_backup",
-    "scan_point",
     "upload_requests",
 ]

@@ -18,7 +18,6 @@ point up again without the cache.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import struct
@@ -31,6 +30,7 @@ from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent import cache
+from strongroom_agent.backup.compare import Known
 from strongroom_agent.backup.context import JobContext
 from strongroom_agent.backup.read import FileOutcome
 from strongroom_agent.backup.stages import END, End
@@ -57,6 +57,11 @@ class Spool:
         self._file.write(b"E" + struct.pack(">I", len(data)))
         self._file.write(data)
         self.count += 1
+
+    def write_records(self, records: bytes, entries: int) -> None:
+        """Append records already in this layout (``compare.Known.spool``), ``entries`` of them FileEntries."""
+        self._file.write(records)
+        self.count += entries
 
     def write_deleted(self, path: bytes) -> None:
         self._file.write(b"D" + struct.pack(">I", len(path)))
@@ -89,28 +94,12 @@ class Spool:
         self._file.close()
 
 
-class Unchanged(enum.Enum):
-    """``Slot.value`` of a file whose cache record stands as it is."""
-
-    UNCHANGED = enum.auto()
-
-
-UNCHANGED = Unchanged.UNCHANGED
-
-
-@dataclass
-class Gone:
-    """A path of the cached point that the scan did not find (deleted since)."""
-
-    path: bytes
-
-
 @dataclass
 class Slot:
     """One scanned item in manifest order: its outcome (or the future of a file being read) and its cache record."""
 
     path: bytes
-    value: FileOutcome | asyncio.Future[FileOutcome | None] | None | Unchanged
+    value: FileOutcome | asyncio.Future[FileOutcome | None] | None
     cached: cache.CacheRecord | None
 
 
@@ -125,14 +114,14 @@ class SpoolWriter:
     def __init__(self, spool: Spool, writer: cache.CacheWriter | None, bound: int) -> None:
         self._spool = spool
         self._writer = writer
-        self._queue: asyncio.Queue[Slot | Gone | End] = asyncio.Queue(bound)
+        self._queue: asyncio.Queue[Slot | Known | End] = asyncio.Queue(bound)
         # Items queued that the writer has not finished yet.
         self._unwritten = 0
 
     def full(self) -> bool:
         return self._queue.full()
 
-    async def put(self, item: Slot | Gone) -> None:
+    async def put(self, item: Slot | Known) -> None:
         self._unwritten += 1
         await self._queue.put(item)
 
@@ -150,7 +139,7 @@ class SpoolWriter:
             finally:
                 self._unwritten -= 1
 
-    async def _write(self, item: Slot | Gone) -> None:
+    async def _write(self, item: Slot | Known) -> None:
         """Record one queued item, waiting for its file's read first (called in scan order)."""
         if isinstance(item, Slot) and isinstance(item.value, asyncio.Future):
             value = await item.value
@@ -158,15 +147,13 @@ class SpoolWriter:
         else:
             self.record(item)
 
-    def record(self, item: Slot | Gone) -> None:
+    def record(self, item: Slot | Known) -> None:
         """Record an item whose outcome is known in the spool and the new cache (in scan order)."""
-        if isinstance(item, Gone):
-            self._spool.write_deleted(item.path)
-            return
-        if item.value is UNCHANGED:
-            assert item.cached is not None
-            if self._writer is not None:
-                self._writer.add_unchanged(item.cached)
+        if isinstance(item, Known):
+            if item.spool:
+                self._spool.write_records(item.spool, item.spool_entries)
+            if self._writer is not None and item.cache_count:
+                self._writer.add_records(item.cache_records, item.cache_count, item.first, item.last)
             return
         if item.value is None:  # failed or vanished: not part of the point
             if item.cached is not None:

@@ -19,19 +19,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import stat
 import time
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent import cache
-from strongroom_agent.backup.commit import UNCHANGED, Committer, Gone, Slot, Spool, SpoolWriter
+from strongroom_agent.backup.commit import Committer, Slot, Spool, SpoolWriter
+from strongroom_agent.backup.compare import Known, Step, TreeCompare
 from strongroom_agent.backup.context import JobContext
 from strongroom_agent.backup.read import FileOutcome, Reader
-from strongroom_agent.backup.scan import ScanItem, file_entry, scan_batches
+from strongroom_agent.backup.scan import ScanItem
 from strongroom_agent.backup.stages import ByteBudget, Compressor, Deduper, Uploader
-from strongroom_agent.jobs import FileError, reason
+from strongroom_agent.jobs import FileError, JobCanceled, reason
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class PointRun:
         reader = Reader(ctx, budget, deduper)
         spool_writer = SpoolWriter(self.spool, self.writer, limits.ordered_queue)
         async with asyncio.TaskGroup() as group:
-            group.create_task(_Scan(ctx, self.filesystem, self.cursor, reader, spool_writer).run(group))
+            group.create_task(_Scan(ctx, self.filesystem, self.cursor, self.writer, reader, spool_writer).run(group))
             writing = group.create_task(spool_writer.run())
             dedup = group.create_task(deduper.run())
             compressors = [group.create_task(compressor.run()) for _ in range(compressor.workers)]
@@ -130,10 +130,12 @@ class PointRun:
 
 
 class _Scan:
-    """The scan stage: walks the point, pairs each item with its cache record and routes it.
+    """The scan stage: steps the walk against the cache (``compare.TreeCompare``) and routes what it found.
 
-    Unchanged files and non-files go straight to the spool writer; changed
-    files go to the reader, their slot (a future) queued in scan order.
+    Entries the walk settled (unchanged files, directories, symlinks, deleted
+    paths) reach the spool writer as ``Known`` runs; changed files go to the
+    reader, their slot (a future) queued in scan order. The next step of the
+    walk runs in a worker thread while the loop routes the previous one.
     """
 
     def __init__(
@@ -141,72 +143,65 @@ class _Scan:
         ctx: JobContext,
         filesystem: common_pb2.Filesystem,
         cursor: cache.CacheCursor | None,
+        writer: cache.CacheWriter | None,
         reader: Reader,
         spool_writer: SpoolWriter,
     ) -> None:
         self.ctx = ctx
         self.root = filesystem.mount_point
-        self.cursor = cursor
+        racy_before = writer.racy_before_ns if writer is not None else None
+        self.compare = TreeCompare(self.root, ctx.exclusions, cursor, racy_before)
         self.reader = reader
         self.spool_writer = spool_writer
 
     async def run(self, group: asyncio.TaskGroup) -> None:
         ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[Step] | None = loop.run_in_executor(None, self.compare.step)
         try:
-            async for batch in scan_batches(self.root, ctx.exclusions, ctx.errors, ctx.cancel):
-                await self._route(group, batch)
-        except FileNotFoundError:
-            ctx.errors.append(FileError(self.root, "backup root vanished"))
-        except OSError as exc:
-            ctx.errors.append(FileError(self.root, reason(exc)))
+            while pending is not None:
+                try:
+                    step = await pending
+                except OSError as exc:  # the root could not be walked (only the first step lstat()s it)
+                    vanished = isinstance(exc, FileNotFoundError)
+                    ctx.errors.append(FileError(self.root, "backup root vanished" if vanished else reason(exc)))
+                    # The cached paths are then deleted since, as those left at a walk's end are.
+                    self.compare.end_walk()
+                    pending = loop.run_in_executor(None, self.compare.step)
+                    continue
+                pending = None
+                if ctx.cancel.is_set():
+                    raise JobCanceled
+                if not step.done:
+                    pending = loop.run_in_executor(None, self.compare.step)
+                await self._route(group, step)
+        finally:
+            if pending is not None and not pending.done():  # left early: the step running in a thread is dropped
+                pending.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         await self.reader.flush(group)
-        cursor = self.cursor
-        if cursor is not None:
-            while await cursor.peek() is not None:
-                await self._put_known(group, Gone(cursor.take().path))
         await self.spool_writer.close()
 
-    async def _route(self, group: asyncio.TaskGroup, batch: list[ScanItem]) -> None:
-        """Pair each item of a batch with its cache record and route it, in scan order.
-
-        The common case (cache records at hand, the spool writer idle, the file
-        unchanged or not a file) runs without suspending, one step per batch.
-        """
+    async def _route(self, group: asyncio.TaskGroup, step: Step) -> None:
+        """Route one step's items in scan order; settled runs take no event-loop step while the writer is idle."""
         ctx = self.ctx
         stats = ctx.stats
-        cursor = self.cursor
+        ctx.errors.extend(step.errors)
+        stats.files_scanned += step.files_scanned
+        stats.bytes_scanned += step.bytes_scanned
+        stats.files_unchanged += step.files_unchanged
+        stats.bytes_unchanged += step.bytes_unchanged
         small_file_bytes = ctx.limits.small_file_bytes
-        for item in batch:
-            path = item.rel.encode()
-            cached = None
-            if cursor is not None:
-                while True:
-                    peeked = cursor.peek_nowait()
-                    record = await cursor.peek() if peeked is cache.PENDING else peeked
-                    if record is None or record.path >= path:
-                        break
-                    await self._put_known(group, Gone(cursor.take().path))
-                if record is not None and record.path == path:
-                    cached = cursor.take()
-            stats.files_scanned += 1
-            st = item.st
-            if stat.S_ISREG(st.st_mode):
-                stats.bytes_scanned += st.st_size
-                if cached is not None and cached.unchanged(st):
-                    # Same inode, size, mtime and ctime: mode and owner are unchanged too (they
-                    # move ctime), so the cached entry is this file's entry as it stands.
-                    stats.files_unchanged += 1
-                    stats.bytes_unchanged += st.st_size
-                    await self._put_known(group, Slot(path, UNCHANGED, cached))
-                    continue
-                if st.st_size <= small_file_bytes:
-                    await self._add_small(group, item, path, cached)
-                    continue
-                await self._put_ordered(group, Slot(path, await self.reader.read(group, item), cached))
+        for found in step.items:
+            if isinstance(found, Known):
+                await self._put_known(group, found)
+                continue
+            item = found.item
+            if item.st.st_size <= small_file_bytes:
+                await self._add_small(group, item, found.path, found.cached)
             else:
-                await self._put_known(group, Slot(path, (file_entry(item), st), cached))
+                await self._put_ordered(group, Slot(found.path, await self.reader.read(group, item), found.cached))
 
-    async def _put_ordered(self, group: asyncio.TaskGroup, item: Slot | Gone) -> None:
+    async def _put_ordered(self, group: asyncio.TaskGroup, item: Slot | Known) -> None:
         """Queue ``item`` for the spool writer, first starting the pending small-file group if the queue is full.
 
         The writer waits for slots in order; a slot of a group that is not yet
@@ -224,10 +219,10 @@ class _Scan:
         await self._put_ordered(group, Slot(path, future, cached))
         await self.reader.add_small(group, item, future)
 
-    async def _put_known(self, group: asyncio.TaskGroup, item: Slot | Gone) -> None:
-        """Record an item whose outcome is known at once when nothing is queued ahead of it, else queue it.
+    async def _put_known(self, group: asyncio.TaskGroup, item: Known) -> None:
+        """Record a settled run when nothing is queued ahead of it, else queue it.
 
-        Most items of a daily backup (unchanged files, directories) take the
+        Most runs of a daily backup (unchanged files, directories) take the
         direct path and skip the queue round trip.
         """
         if self.spool_writer.idle():

@@ -6,22 +6,22 @@ subtree of a child directory ``d`` is visited where the string ``d/`` sorts
 among its siblings (so ``a``, ``a-c``, ``a/b`` come out in that order). Files
 are read concurrently later on, but their entries are emitted in scan order
 (``point.py``). The walk stays on the point's filesystem and leaves out
-sockets, devices, FIFOs and what the exclusions drop.
+sockets, devices, FIFOs and what the exclusions drop. The walk itself, in
+worker-thread steps compared with the cache, is ``compare.TreeCompare``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.exclusions import Exclusions
-from strongroom_agent.jobs import FileError, JobCanceled, reason
+from strongroom_agent.jobs import FileError, reason
 
 
 def plan_points(
@@ -119,109 +119,14 @@ def _list_dir(path: str, rel: str, device: int, exclusions: Exclusions) -> _List
     return listing
 
 
-# Directory listings started ahead of the walk (each one lstat()s its children in a thread).
-SCAN_READ_AHEAD = 32
-
-
 class _Level:
-    """One directory of the walk: its sorted listing, the walk's position and the read-ahead's."""
+    """One directory of the walk: its sorted listing and the walk's position in it."""
 
-    __slots__ = ("items", "next", "ahead")
+    __slots__ = ("items", "next")
 
     def __init__(self, items: list[tuple[bytes, bool, ScanItem]]) -> None:
         self.items = items
-        self.next = 0  # next item the walk yields or descends into
-        self.ahead = 0  # next item the read-ahead looks at
-
-
-async def scan_point(
-    root: str,
-    exclusions: Exclusions,
-    errors: list[FileError],
-    cancel: asyncio.Event,
-    *,
-    read_ahead: int = SCAN_READ_AHEAD,
-) -> AsyncIterator[ScanItem]:
-    """Yield the entries of the tree at ``root`` in manifest (UTF-8 byte) order, without crossing mounts.
-
-    One item at a time; see ``scan_batches``.
-    """
-    async for batch in scan_batches(root, exclusions, errors, cancel, read_ahead=read_ahead):
-        for item in batch:
-            yield item
-
-
-async def scan_batches(
-    root: str,
-    exclusions: Exclusions,
-    errors: list[FileError],
-    cancel: asyncio.Event,
-    *,
-    read_ahead: int = SCAN_READ_AHEAD,
-) -> AsyncIterator[list[ScanItem]]:
-    """The entries of the tree at ``root`` in manifest (UTF-8 byte) order, without crossing mounts, in batches.
-
-    A batch is a run of one directory's listing up to the next subdirectory the
-    walk enters: one step of the consumer per run instead of per entry (the
-    per-entry steps were a large part of a no-change backup's event-loop time).
-    Up to ``read_ahead`` directories the walk will enter next are listed
-    concurrently in worker threads while it goes on: listing one directory at
-    a time left the walk waiting for each round trip (most of a no-change
-    backup's time). Listings are consumed, and their errors reported, in walk
-    order, so the result is the same as a walk one directory at a time.
-    """
-    loop = asyncio.get_running_loop()
-    st = await asyncio.to_thread(os.lstat, root)
-    device = st.st_dev
-    root_item = ScanItem("", root, st)
-    yield [root_item]
-    started: dict[str, asyncio.Future[_Listing]] = {}
-
-    def start(item: ScanItem) -> asyncio.Future[_Listing]:
-        return loop.run_in_executor(None, _list_dir, item.path, item.rel, device, exclusions)
-
-    def fill(stack: list[_Level]) -> None:
-        """Start listings of the next directories in walk order (deepest level first) until the window is full."""
-        for level in reversed(stack):
-            while len(started) < read_ahead and level.ahead < len(level.items):
-                _key, descend, item = level.items[level.ahead]
-                level.ahead += 1
-                if descend and item.path not in started:
-                    started[item.path] = start(item)
-            if len(started) >= read_ahead:
-                return
-
-    stack = [_Level([(b"", True, root_item)])]
-    try:
-        while stack:
-            if cancel.is_set():
-                raise JobCanceled
-            level = stack[-1]
-            items = level.items
-            if level.next >= len(items):
-                stack.pop()
-                continue
-            run: list[ScanItem] = []
-            while level.next < len(items) and not items[level.next][1]:
-                run.append(items[level.next][2])
-                level.next += 1
-            if run:
-                level.ahead = max(level.ahead, level.next)
-                yield run
-                continue
-            _key, _descend, item = items[level.next]
-            level.next += 1
-            level.ahead = max(level.ahead, level.next)
-            future = started.pop(item.path, None)
-            listing = await (future if future is not None else start(item))
-            errors.extend(listing.errors)
-            stack.append(_Level(listing.items))
-            fill(stack)
-    finally:
-        for future in started.values():
-            # Still running or done in a thread: nobody awaits it now; its result is dropped.
-            future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-            future.cancel()
+        self.next = 0  # next item the walk settles or descends into
 
 
 def file_entry(item: ScanItem, st: os.stat_result | None = None) -> common_pb2.FileEntry:
