@@ -42,6 +42,7 @@ from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_agent import __version__ as AGENT_VERSION
+from strongroom_agent.gateway_client import CHANNEL_OPTIONS
 from strongroom_cli.stack import ManagedProcess, spawn
 from strongroom_cli.standalone import provision_database
 from strongroom_platform.clock import SystemClock
@@ -191,6 +192,16 @@ async def idle_cost(gateways: list[ManagedProcess], pool: asyncpg.Pool, seconds:
     }
 
 
+def agent_options(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """The agent's channel options (``strongroom_agent.gateway_client``), its keepalive interval
+    replaced by ``--keepalive-seconds`` when given."""
+    options = [(key, value) for key, value in CHANNEL_OPTIONS if isinstance(value, int)]
+    if args.keepalive_seconds:
+        options = [(k, v) for k, v in options if k != "grpc.keepalive_time_ms"]
+        options.append(("grpc.keepalive_time_ms", int(args.keepalive_seconds * 1000)))
+    return options
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -219,7 +230,12 @@ async def main(args: argparse.Namespace) -> str:
             baseline = await idle_cost(gateways, pool, args.idle_seconds)
             print(f"idle, no sessions: {baseline}", flush=True)
             for index, (_, bearer) in enumerate(enrolled):
-                sessions.connect(stubs[index % 2], bearer)
+                stub = stubs[index % 2]
+                if args.agent_channels:  # each agent on its own connection, with the agent's keepalive
+                    channel = grpc.aio.insecure_channel(gateways[index % 2].address, options=agent_options(args))
+                    channels.append(channel)
+                    stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
+                sessions.connect(stub, bearer)
             await asyncio.sleep(10)  # every stream reached the gateway and waits there
             idle = await idle_cost(gateways, pool, args.idle_seconds)
             print(f"idle, {len(enrolled)} sessions: {idle}", flush=True)
@@ -238,6 +254,7 @@ async def main(args: argparse.Namespace) -> str:
             sessions.expected = len(jobs)
             cpu0 = [cpu_seconds(g.process.pid) for g in gateways]
             issued = time.time()
+            print(f"publishing the jobs at {dt.datetime.fromtimestamp(issued, dt.UTC).isoformat()}", flush=True)
             outcomes = await publisher.publish_batch(records)
             published = time.time()
             assert not any(outcomes), outcomes
@@ -250,6 +267,7 @@ async def main(args: argparse.Namespace) -> str:
         stored = {r["job_id"]: r["created_at"].timestamp() for r in rows}
         from_issue = [(sessions.received[j] - issued) * 1000 for j in jobs]
         from_store = [(sessions.received[j] - stored[j]) * 1000 for j in jobs]
+        rows_after = [(stored[j] - issued) * 1000 for j in jobs]  # when the consumers wrote the rows
         delivered_states = sum(1 for r in rows if r["state"] == "delivered")
         await pool.close()
         for channel in channels:
@@ -261,8 +279,10 @@ async def main(args: argparse.Namespace) -> str:
             await gateway.stop()
         kafka.stop()
         pg.stop()
-        if finished:
+        if finished and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        elif finished:
+            print(f"the servers' and gateways' files are kept in {work}", file=sys.stderr)
         else:
             print(f"failed; the servers' and gateways' files are kept in {work}", file=sys.stderr)
 
@@ -302,7 +322,10 @@ async def main(args: argparse.Namespace) -> str:
         f"| the job's row in the gateway (consumed) | {statistics.median(from_store):.0f} |"
         f" {percentile(from_store, 0.95):.0f} | {max(from_store):.0f} |",
         "",
-        f"Publishing the batch took {(published - issued) * 1000:.0f} ms. Jobs marked delivered:"
+        f"Publishing the batch took {(published - issued) * 1000:.0f} ms. The consumers wrote the job rows"
+        f" {min(rows_after):.0f} ms (first), {statistics.median(rows_after):.0f} ms (median),"
+        f" {percentile(rows_after, 0.95):.0f} ms (p95) and {max(rows_after):.0f} ms (last) after the publish began."
+        " Jobs marked delivered:"
         f" {delivered_states} of {n}. Gateway CPU during delivery: A {cpu_delivery[0]:.2f} s, B"
         f" {cpu_delivery[1]:.2f} s.",
     ]
@@ -320,6 +343,13 @@ if __name__ == "__main__":
         help="PostgreSQL without fsync (tells commit latency apart from CPU on a busy disk)",
     )
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--agent-channels",
+        action="store_true",
+        help="each agent's stream on its own connection with the agent's channel options (keepalive pings)",
+    )
+    parser.add_argument("--keepalive-seconds", type=float, help="with --agent-channels: the agents' keepalive interval")
+    parser.add_argument("--keep", action="store_true", help="keep the servers' and gateways' files (logs)")
     arguments = parser.parse_args()
     report = asyncio.run(main(arguments))
     print(report)

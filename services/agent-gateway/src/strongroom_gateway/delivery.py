@@ -3,24 +3,27 @@
 When many jobs arrive at once (a scheduling pass, a notification burst), every woken session
 reads its unfinished jobs and marks what it sends as delivered. One transaction per session and
 step would make the delivery of 1,000 jobs 2,000 transactions, each a commit to wait for.
-:class:`Coalescer` runs one load at a time with every key asked for meanwhile, so under a burst the
-reads and the marks go to the database in batches, and a lone request is served at once.
+:class:`Coalescer` runs one load at a time with every key asked for meanwhile, so under a burst
+the sessions woken together are served by one transaction — their jobs read, the commands chosen,
+the jobs to send marked delivered, one commit — and a lone request is served at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Generic, NamedTuple, TypeVar
 
 from strongroom.agent.v1 import gateway_pb2
 
 from strongroom_gateway.admission import BackupSlots
 from strongroom_gateway.agents import Identity, commands_to_send
-from strongroom_gateway.ports import Account, GatewayStore, Job
+from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.sessions import Session
 
 __all__ = ["CommandDelivery", "Coalescer"]
+
+Commands = list[tuple[str, gateway_pb2.AgentCommand]]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -61,8 +64,16 @@ class Coalescer(Generic[K, V]):
                     future.set_result(results[key])
 
 
+class _Woken(NamedTuple):
+    """A session that asks for its commands (a Session hashes by identity: one key per stream)."""
+
+    identity: Identity
+    session: Session
+
+
 class CommandDelivery:
-    """What each session must send, and the marking of sent jobs as delivered, batched across sessions."""
+    """What each session must send, its jobs marked delivered in the same transaction, batched
+    across the sessions woken together."""
 
     def __init__(
         self,
@@ -75,29 +86,26 @@ class CommandDelivery:
         self._store = store
         self._unthrottled = unthrottled
         self.slots = slots or BackupSlots(0)
-        self._reads: Coalescer[tuple[str, str], tuple[list[Job], Account | None]] = Coalescer(
-            self._read, max_batch=max_batch
-        )
-        self._marks: Coalescer[str, None] = Coalescer(self._mark, max_batch=max_batch)
+        self._takes: Coalescer[_Woken, Commands] = Coalescer(self._take, max_batch=max_batch)
 
-    async def pending(self, identity: Identity, session: Session) -> list[tuple[str, gateway_pb2.AgentCommand]]:
+    async def take(self, identity: Identity, session: Session) -> Commands:
         """The commands ``session`` has not sent yet (``agents.commands_to_send``), but the backups
-        it must hold until this replica has a free slot (``admission.BackupSlots``)."""
-        jobs, account = await self._reads.get((identity.instance_id, identity.account_id))
-        jobs = self.slots.admit(session, jobs)
-        return commands_to_send(identity, session, jobs, account, unthrottled=self._unthrottled)
+        it must hold until this replica has a free slot (``admission.BackupSlots``); the jobs among
+        them are marked delivered when this returns (before they are sent: the agent may read
+        manifests at once). Sessions asking together share one transaction."""
+        return await self._takes.get(_Woken(identity, session))
 
-    async def mark_delivered(self, job_ids: Sequence[str]) -> None:
-        """Mark queued jobs delivered (before they are sent: the agent may read manifests at once)."""
-        await asyncio.gather(*(self._marks.get(job_id) for job_id in job_ids))
-
-    async def _read(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[list[Job], Account | None]]:
+    async def _take(self, woken: list[_Woken]) -> dict[_Woken, Commands]:
         async with self._store.transaction() as tx:
-            jobs = await tx.unfinished_jobs_of([instance_id for instance_id, _ in keys])
-            accounts = await tx.get_accounts(sorted({account_id for _, account_id in keys}))
-        return {(i, a): (jobs.get(i, []), accounts.get(a)) for i, a in keys}
-
-    async def _mark(self, job_ids: list[str]) -> dict[str, None]:
-        async with self._store.transaction() as tx:
-            await tx.mark_delivered(job_ids)
-        return dict.fromkeys(job_ids)
+            jobs = await tx.unfinished_jobs_of(list(dict.fromkeys(w.identity.instance_id for w in woken)))
+            accounts = await tx.get_accounts(sorted({w.identity.account_id for w in woken}))
+            out: dict[_Woken, Commands] = {}
+            for w in woken:
+                admitted = self.slots.admit(w.session, jobs.get(w.identity.instance_id, []))
+                out[w] = commands_to_send(
+                    w.identity, w.session, admitted, accounts.get(w.identity.account_id), unthrottled=self._unthrottled
+                )
+            sent_jobs = [key for commands in out.values() for key, _ in commands if not key.startswith("cancel:")]
+            if sent_jobs:
+                await tx.mark_delivered(sent_jobs)
+        return out

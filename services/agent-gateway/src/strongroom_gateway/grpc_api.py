@@ -96,9 +96,8 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         try:
             while True:
                 session.wake.clear()
-                commands = await self._delivery.pending(identity, session)
-                # Before sending: the agent may call ReadManifest as soon as it has the command.
-                await self._delivery.mark_delivered([key for key, _ in commands if not key.startswith("cancel:")])
+                # Marked delivered before sending: the agent may call ReadManifest as soon as it has the command.
+                commands = await self._delivery.take(identity, session)
                 for key, command in commands:
                     session.sent.add(key)
                     yield command
