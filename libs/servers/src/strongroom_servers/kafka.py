@@ -248,7 +248,7 @@ class LocalKafka(LocalServer):
 
     def _launch(self, port: int) -> ManagedProcess:
         assert self._libs_dir is not None
-        self._write_config(port, free_port())
+        self._write_config(port)
         self._format(self._java, self._libs_dir)
         return ManagedProcess(
             "kafka",
@@ -322,7 +322,8 @@ ssl.truststore.location={self.sasl_ssl.ca_file}
 ssl.client.auth=none
 """
 
-    def _write_config(self, broker_port: int, controller_port: int) -> None:
+    def _write_config(self, broker_port: int) -> None:
+        controller_port = free_port()
         data = self.work_dir / "kraft-data"
         # Static single voter (controller.quorum.voters), so `format` runs without --standalone.
         props = f"""\
@@ -348,6 +349,9 @@ share.coordinator.state.topic.min.isr=1
 # Default 3000 ms delays every test's first rebalance.
 group.initial.rebalance.delay.ms=0
 """
+        self._write_properties(props)
+
+    def _write_properties(self, props: str) -> None:
         (self.work_dir / "server.properties").write_text(props)
         (self.work_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
 
