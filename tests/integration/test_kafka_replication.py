@@ -31,7 +31,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import NotEnoughReplicasError
+from aiokafka.errors import KafkaError, NotEnoughReplicasError
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.db import Migration, create_pool, migrate, outbox_shard_migration, outbox_traceparent_migration
@@ -124,11 +124,18 @@ async def min_insync(bootstrap: str, topic: str) -> str:
 async def until(what: str, check: Any, within: float) -> float:
     """Poll the async ``check()`` until true; the seconds it took (AssertionError after ``within``)."""
     started = time.monotonic()
-    while not await check():
+    while not await _holds(check):
         if time.monotonic() - started > within:
             raise AssertionError(f"{what}: not within {within:.0f}s")
         await asyncio.sleep(0.2)
     return time.monotonic() - started
+
+
+async def _holds(check: Any) -> bool:
+    try:
+        return bool(await check())
+    except KafkaError:  # a request to the killed broker, before the metadata says it is gone
+        return False
 
 
 class Stream:
