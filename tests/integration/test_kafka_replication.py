@@ -333,7 +333,8 @@ async def test_rf3_survives_a_broker_and_refuses_writes_below_min_insync(
         f"rf3: {len(stream.event_ids)} events ({first} before the second kill, {len(held)} held), "
         f"{deliveries} deliveries; broker {victim} killed: {len(moved)} of 12 leaders moved in {failover:.1f}s, "
         f"stream drained {drain:.1f}s later; 2 brokers down: write refused (NotEnoughReplicasError), "
-        f"{len(held)} events kept in the outbox; broker back (restart {restart:.0f}s): caught up {catch_up:.1f}s later; "
+        f"{len(held)} events kept in the outbox; broker back (restart {restart:.0f}s): "
+        f"caught up {catch_up:.1f}s later; "
         f"test {time.monotonic() - started:.0f}s"
     )
 
