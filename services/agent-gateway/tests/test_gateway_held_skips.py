@@ -5,23 +5,19 @@ PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
-import pytest
 from gateway_helpers import Agent, GatewayHarness
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway.admission import BackupSlots
 from strongroom_gateway.held_skips import skip_held_past_window
-from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.ports import Job
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.sessions import Session
 from strongroom_platform import events
 from strongroom_platform.clock import utc
 from strongroom_platform.testing import FakeClock
-from strongroom_testing.fixtures import PgLogins
 from test_gateway_admission import _eventually, _Stream
 
 T0 = utc(2026, 12, 6, 1)
@@ -71,29 +67,12 @@ def test_only_held_jobs_are_skipped() -> None:
     assert free.admit(late, [_job("j2", 0, window=10)]) != [] and free.past_window() == []
 
 
-@pytest.fixture(params=["fake", pytest.param("pg", marks=pytest.mark.integration)])
-async def capped(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[GatewayHarness]:
-    """A gateway whose replica runs one backup at a time, on the fake store or PostgreSQL."""
-    pool = None
-    if request.param == "pg":
-        logins: PgLogins = request.getfixturevalue("pg_logins")
-        pool = await logins.pool(SPEC)
-    harness = GatewayHarness(clock, store=None if pool is None else PgGatewayStore(pool), max_running_backups=1)
-    harness.pool = pool  # type: ignore[attr-defined]
-    await harness.start()
-    try:
-        yield harness
-    finally:
-        await harness.stop()
-        if pool is not None:
-            await pool.close()
-
-
 async def _job_updates(gw: GatewayHarness) -> list[events_pb2.JobUpdated]:
-    pool = gw.pool  # type: ignore[attr-defined]
-    if pool is None:
+    """The job-updated events the gateway enqueued, from the fake's outbox or PostgreSQL's."""
+    if not isinstance(gw.store, PgGatewayStore):
         return [e for e in gw.store.events(events.JOB_UPDATED) if isinstance(e, events_pb2.JobUpdated)]
-    rows = await pool.fetch("SELECT payload FROM gateway.outbox WHERE topic = $1 ORDER BY id", events.JOB_UPDATED)
+    async with gw.store.transaction() as tx:
+        rows = await tx._conn.fetch("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id", events.JOB_UPDATED)
     return [events_pb2.JobUpdated.FromString(bytes(row["payload"])) for row in rows]
 
 

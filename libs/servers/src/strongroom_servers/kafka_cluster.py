@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Self
 
 from strongroom_servers._process import ServerStartError, free_port
-from strongroom_servers.kafka import KAFKA_VERSION, LocalKafka, _cluster_id, ensure_kafka_libs
+from strongroom_servers.kafka import KAFKA_VERSION, LocalKafka, _cluster_id, ensure_kafka_libs, topic_defaults
 
 __all__ = ["LocalKafkaCluster"]
 
@@ -103,21 +103,7 @@ num.network.threads=2
 num.io.threads=2
 num.replica.fetchers=1
 broker.heartbeat.interval.ms={_HEARTBEAT_MS}
-# Production-like defaults: three replicas, two in sync for an acknowledged write, internal
-# topics included (one partition each, so the first group join stays fast).
-num.partitions=1
-default.replication.factor=3
-min.insync.replicas=2
-auto.create.topics.enable=true
-offsets.topic.num.partitions=1
-offsets.topic.replication.factor=3
-transaction.state.log.replication.factor=3
-transaction.state.log.min.isr=2
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=3
-share.coordinator.state.topic.min.isr=2
-group.initial.rebalance.delay.ms=0
-"""
+{topic_defaults(replicas=3, min_insync=2)}"""
         self._write_properties(props)
 
 
