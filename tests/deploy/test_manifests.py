@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from deploy_tools import REPO, load
+from strongroom_platform.events import TOPIC_SPECS
+from strongroom_platform.settings import env_bool
 from strongroom_servers import PrerequisiteMissing
 from strongroom_servers.gotools import KUSTOMIZE, ensure_go_binary
 
@@ -44,6 +46,22 @@ def test_topics_follow_the_overlay(rendered: dict[str, list[dict[str, Any]]]) ->
             assert topic["metadata"]["namespace"] == "kafka"
             assert (topic["spec"]["partitions"], topic["spec"]["replicas"]) == (partitions, replicas)
             assert topic["spec"]["config"]["min.insync.replicas"] == isr
+
+
+def test_production_services_create_topics_as_the_topic_manifests_say(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The services' own Kafka settings in production agree with the KafkaTopics (ADR 0061): the
+    producer is idempotent (``acks=all`` always), and no ``STRONGROOM_KAFKA_PARTITIONS`` override, so
+    a topic a service creates gets the registry's 12 partitions, 3 replicas, min ISR 2."""
+    objects = rendered["production"]
+    environ = {k: str(v) for cm in _of(objects, "ConfigMap") for k, v in (cm.get("data") or {}).items()}
+    for deployment in _of(objects, "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            environ |= {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
+    assert env_bool(environ, "STRONGROOM_KAFKA_IDEMPOTENT", False) is True
+    assert "STRONGROOM_KAFKA_PARTITIONS" not in environ
+    assert {(s.partitions, s.replication_factor, s.min_insync_replicas) for s in TOPIC_SPECS.values()} == {(12, 3, 2)}
 
 
 def test_min_insync_above_replicas_is_refused() -> None:

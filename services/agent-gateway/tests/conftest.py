@@ -4,9 +4,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from gateway_helpers import GatewayHarness
+from strongroom_gateway.migrations import SPEC
+from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.clock import utc
 from strongroom_platform.testing import FakeClock
+from strongroom_testing.fixtures import PgLogins
 
 
 @pytest.fixture
@@ -34,3 +37,20 @@ async def trusted_gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
         yield harness
     finally:
         await harness.stop()
+
+
+@pytest.fixture(params=["fake", pytest.param("pg", marks=pytest.mark.integration)])
+async def capped(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[GatewayHarness]:
+    """A gateway whose replica runs one backup at a time (ADR 0053), on the fake store or PostgreSQL."""
+    pool = None
+    if request.param == "pg":
+        logins: PgLogins = request.getfixturevalue("pg_logins")
+        pool = await logins.pool(SPEC)
+    harness = GatewayHarness(clock, store=None if pool is None else PgGatewayStore(pool), max_running_backups=1)
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+        if pool is not None:
+            await pool.close()

@@ -67,7 +67,7 @@ class GatewayHarness:
         max_running_backups: int = 0,
     ) -> None:
         self.clock = clock
-        self.slots = BackupSlots(max_running_backups)
+        self.slots = BackupSlots(max_running_backups, clock=clock)
         self.store: Any = store or InMemoryGatewayStore()
         self.objects = InMemoryObjectStore(clock)
         self.sessions = SessionRegistry()
@@ -148,18 +148,19 @@ class GatewayHarness:
         return Agent(response.instance_id, account_id, response.credential)
 
     async def request_backup(
-        self, agent: Agent, job_id: str, priority: common_pb2.BackupPriority.ValueType = common_pb2.BACKUP_PRIORITY_LOW
+        self,
+        agent: Agent,
+        job_id: str,
+        priority: common_pb2.BackupPriority.ValueType = common_pb2.BACKUP_PRIORITY_LOW,
+        *,
+        start_before: dt.datetime | None = None,
     ) -> None:
-        await self.deliver(
-            events.JOB_REQUESTED,
-            events_pb2.JobRequested(
-                meta=meta(),
-                account_id=agent.account_id,
-                instance_id=agent.instance_id,
-                job_id=job_id,
-                priority=priority,
-            ),
+        request = events_pb2.JobRequested(
+            meta=meta(), account_id=agent.account_id, instance_id=agent.instance_id, job_id=job_id, priority=priority
         )
+        if start_before is not None:
+            request.start_before.CopyFrom(events.to_timestamp(start_before))
+        await self.deliver(events.JOB_REQUESTED, request)
 
     async def request_restore(self, agent: Agent, job_id: str, point_id: str, **fields: Any) -> None:
         await self.deliver(

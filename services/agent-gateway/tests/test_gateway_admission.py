@@ -6,24 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import grpc
-import pytest
 from gateway_helpers import Agent, GatewayHarness
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_gateway.admission import BackupSlots
-from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.ports import Job
-from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.sessions import Session
 from strongroom_platform.clock import utc
 from strongroom_platform.telemetry import Metrics
 from strongroom_platform.testing import FakeClock
-from strongroom_testing.fixtures import PgLogins
 
 T0 = utc(2026, 12, 6, 1)
 
@@ -86,23 +82,6 @@ def test_a_woken_session_whose_job_went_passes_its_slot_on() -> None:
 
 
 # Through the Connect stream: the fake store and PostgreSQL.
-
-
-@pytest.fixture(params=["fake", pytest.param("pg", marks=pytest.mark.integration)])
-async def capped(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[GatewayHarness]:
-    """A gateway whose replica runs one backup at a time, on the fake store or PostgreSQL."""
-    pool = None
-    if request.param == "pg":
-        logins: PgLogins = request.getfixturevalue("pg_logins")
-        pool = await logins.pool(SPEC)
-    harness = GatewayHarness(clock, store=None if pool is None else PgGatewayStore(pool), max_running_backups=1)
-    await harness.start()
-    try:
-        yield harness
-    finally:
-        await harness.stop()
-        if pool is not None:
-            await pool.close()
 
 
 async def _eventually(condition: Callable[[], bool]) -> None:

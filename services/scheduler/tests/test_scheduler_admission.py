@@ -17,7 +17,7 @@ from scheduler_helpers import activate, active_instance, admin, call, meta, upda
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import utc
-from strongroom_platform.events import ALERT_RAISED
+from strongroom_platform.events import ALERT_RAISED, JOB_REQUESTED, from_timestamp
 from strongroom_platform.testing import FakeClock
 from strongroom_scheduler import handlers
 from strongroom_scheduler.errors import InvalidArgument, NotFound
@@ -36,6 +36,7 @@ CAP_2 = Admission(max_concurrent=2, window=dt.timedelta(hours=6))
 class Backend:
     deps: Deps
     alerts: Callable[[], Awaitable[list[events_pb2.AlertRaised]]]
+    requests: Callable[[], Awaitable[list[events_pb2.JobRequested]]]
 
 
 @pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
@@ -49,7 +50,10 @@ async def backend(
         async def fake_alerts() -> list[events_pb2.AlertRaised]:
             return [e for e in store.events(ALERT_RAISED) if isinstance(e, events_pb2.AlertRaised)]
 
-        yield Backend(deps, fake_alerts)
+        async def fake_requests() -> list[events_pb2.JobRequested]:
+            return [e for e in store.events(JOB_REQUESTED) if isinstance(e, events_pb2.JobRequested)]
+
+        yield Backend(deps, fake_alerts, fake_requests)
         return
     logins: PgLogins = request.getfixturevalue("pg_logins")
     pool = await logins.pool(SPEC)
@@ -58,8 +62,13 @@ async def backend(
         rows = await pool.fetch("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id", ALERT_RAISED)
         return [events_pb2.AlertRaised.FromString(bytes(r["payload"])) for r in rows]
 
+    async def pg_requests() -> list[events_pb2.JobRequested]:
+        rows = await pool.fetch("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id", JOB_REQUESTED)
+        return [events_pb2.JobRequested.FromString(bytes(r["payload"])) for r in rows]
+
     try:
-        yield Backend(Deps(store=PgSchedulerStore(pool), clock=clock, rng=random.Random(3)), pg_alerts)
+        deps_pg = Deps(store=PgSchedulerStore(pool), clock=clock, rng=random.Random(3))
+        yield Backend(deps_pg, pg_alerts, pg_requests)
     finally:
         await pool.close()
 
@@ -128,6 +137,40 @@ async def test_a_slot_waiting_past_the_window_is_skipped_and_reported(backend: B
     await update_job(deps, job_id, busy, common_pb2.JOB_STATUS_COMPLETE)
     clock.set(utc(2026, 1, 2, 18, 0))
     assert len((await schedule_due(deps.store, clock, admission=one)).created) == 1
+
+
+async def test_a_job_a_gateway_held_past_its_window_is_skipped_and_reported(backend: Backend, clock: FakeClock) -> None:
+    deps = backend.deps
+    [iid] = await _due_at(deps, 1)
+    clock.set(SLOT + dt.timedelta(minutes=10))
+    one = Admission(max_concurrent=1, window=dt.timedelta(hours=6))
+    [job_id] = (await schedule_due(deps.store, clock, admission=one)).created
+    # The request tells the gateways when the slot's start window closes: its slot time + the window.
+    [request] = await backend.requests()
+    assert from_timestamp(request.start_before) == SLOT + dt.timedelta(hours=6)
+    # A gateway replica held it for a slot until then (held_skips): EXPIRED with the reason.
+    clock.set(SLOT + dt.timedelta(hours=6))
+    reason = "the backup was skipped: this gateway replica's 1 backup slots stayed busy"
+    await update_job(deps, job_id, iid, common_pb2.JOB_STATUS_EXPIRED, error=reason)
+    [alert] = await backend.alerts()  # reported as the schedule's own skipped slots are
+    assert (alert.kind, alert.instance_id, alert.job_id, alert.reason) == (
+        events_pb2.ALERT_KIND_BACKUP_SKIPPED,
+        iid,
+        job_id,
+        reason,
+    )
+    [job] = (await handlers.list_jobs(deps, iid, 1, call=call("ListJobs"))).jobs
+    assert (job.status, job.error) == (common_pb2.JOB_STATUS_EXPIRED, reason)
+    # It no longer holds a fleet slot: tomorrow's slot starts under the cap of 1.
+    clock.set(utc(2026, 1, 2, 18, 0))
+    assert len((await schedule_due(deps.store, clock, admission=one)).created) == 1
+
+
+async def test_back_up_now_carries_no_window(backend: Backend, clock: FakeClock) -> None:
+    [iid] = await _due_at(backend.deps, 1)
+    await handlers.run_backup_now(backend.deps, iid, call=call("RunBackupNow"))
+    [request] = await backend.requests()
+    assert not request.HasField("start_before")  # never skipped by a gateway
 
 
 async def test_back_up_now_is_not_held_but_counts(backend: Backend, clock: FakeClock) -> None:

@@ -9,6 +9,7 @@ builds are cached under :func:`cache_root`. Importing this package starts nothin
 
 from strongroom_servers._process import LocalServer, PrerequisiteMissing, ServerStartError, cache_root, free_port
 from strongroom_servers.kafka import KAFKA_VERSION, KafkaSaslSsl, LocalKafka, ensure_kafka_libs
+from strongroom_servers.kafka_cluster import LocalKafkaCluster
 from strongroom_servers.kafka_probe import KafkaServerInfo, probe_kafka
 from strongroom_servers.postgres import LocalPostgres, find_pg_bin_dir
 from strongroom_servers.s3 import VERSITYGW_VERSION, LocalVersityGW, S3ServerTls, ensure_versitygw, s3_server_header
@@ -20,6 +21,7 @@ __all__ = [
     "KafkaSaslSsl",
     "KafkaServerInfo",
     "LocalKafka",
+    "LocalKafkaCluster",
     "LocalPostgres",
     "LocalServer",
     "LocalTansu",

@@ -129,6 +129,28 @@ def ensure_kafka_libs(version: str = KAFKA_VERSION) -> Path:
         raise last_error
 
 
+def topic_defaults(*, replicas: int, min_insync: int) -> str:
+    """The broker's ``server.properties`` lines for topics and the internal topics: ``replicas``
+    copies of each, ``min_insync`` of them in sync for an acknowledged write (one broker: 1 and 1,
+    which transactions and idempotent producers need there; a cluster: 3 and 2, production's)."""
+    return f"""\
+num.partitions=1
+default.replication.factor={replicas}
+min.insync.replicas={min_insync}
+auto.create.topics.enable=true
+# One partition instead of 50: the first consumer-group join in a test is fast.
+offsets.topic.num.partitions=1
+offsets.topic.replication.factor={replicas}
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_insync}
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_insync}
+# Default 3000 ms delays every test's first rebalance.
+group.initial.rebalance.delay.ms=0
+"""
+
+
 def _cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, url-safe base64 without padding (as Uuid.randomUuid)."""
     while True:
@@ -248,7 +270,7 @@ class LocalKafka(LocalServer):
 
     def _launch(self, port: int) -> ManagedProcess:
         assert self._libs_dir is not None
-        self._write_config(port, free_port())
+        self._write_config(port)
         self._format(self._java, self._libs_dir)
         return ManagedProcess(
             "kafka",
@@ -322,7 +344,8 @@ ssl.truststore.location={self.sasl_ssl.ca_file}
 ssl.client.auth=none
 """
 
-    def _write_config(self, broker_port: int, controller_port: int) -> None:
+    def _write_config(self, broker_port: int) -> None:
+        controller_port = free_port()
         data = self.work_dir / "kraft-data"
         # Static single voter (controller.quorum.voters), so `format` runs without --standalone.
         props = f"""\
@@ -332,22 +355,10 @@ controller.quorum.voters=1@127.0.0.1:{controller_port}
 {self._listener_config(broker_port, controller_port)}log.dirs={data}
 num.network.threads=2
 num.io.threads=2
-num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
-auto.create.topics.enable=true
-# One partition instead of 50: the first consumer-group join in a test is fast.
-offsets.topic.num.partitions=1
-offsets.topic.replication.factor=1
-# Transactions / idempotent producers need these on a single broker.
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-# Default 3000 ms delays every test's first rebalance.
-group.initial.rebalance.delay.ms=0
-"""
+{topic_defaults(replicas=1, min_insync=1)}"""
+        self._write_properties(props)
+
+    def _write_properties(self, props: str) -> None:
         (self.work_dir / "server.properties").write_text(props)
         (self.work_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
 

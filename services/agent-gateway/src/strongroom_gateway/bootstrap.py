@@ -21,7 +21,7 @@ from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.settings import SettingsError
 from strongroom_platform.tls import server_credentials
 
-from strongroom_gateway import agent_certs, consumers, manifest_api, session_events
+from strongroom_gateway import agent_certs, consumers, held_skips, manifest_api, session_events
 from strongroom_gateway.admission import BackupSlots
 from strongroom_gateway.agent_certs import CertificateIssuer
 from strongroom_gateway.gc import collector
@@ -126,6 +126,8 @@ async def run(
 
         issuer = await asyncio.to_thread(_issuer, settings, clock)
         vault = Vault(store, object_store, keys, clock)
+        slots = BackupSlots(settings.max_running_backups, clock=clock)
+        held_skips.start(stack, slots, store, clock)
         servicer = GatewayServicer(
             store=store,
             object_store=object_store,
@@ -135,7 +137,7 @@ async def run(
             unthrottled=settings.unthrottled,
             issuer=issuer,
             vault=vault,
-            slots=BackupSlots(settings.max_running_backups),
+            slots=slots,
         )
         # The internal ManifestService (decrypted manifests, for the catalog only) is served on the
         # internal listener, to callers with a service certificate; never on the agents' port

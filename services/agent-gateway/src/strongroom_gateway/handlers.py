@@ -6,6 +6,7 @@ sessions must learn after commit.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import re
 import secrets
@@ -109,6 +110,7 @@ class NewJob:
     kind: JobKind
     command: gateway_pb2.AgentCommand
     point_id: str | None = None
+    start_before: dt.datetime | None = None
 
 
 def _new_job(
@@ -119,10 +121,11 @@ def _new_job(
     kind: JobKind,
     command: gateway_pb2.AgentCommand,
     point_id: str | None = None,
+    start_before: dt.datetime | None = None,
 ) -> NewJob:
     _require_id(job_id, "job id")
     _require_id(instance_id, "instance_id")
-    return NewJob(job_id, instance_id, account_id, kind, command, point_id)
+    return NewJob(job_id, instance_id, account_id, kind, command, point_id, start_before)
 
 
 async def queue_jobs(jobs: Sequence[NewJob], *, tx: GatewayTx, clock: Clock) -> list[SessionEffect]:
@@ -151,6 +154,7 @@ async def queue_jobs(jobs: Sequence[NewJob], *, tx: GatewayTx, clock: Clock) -> 
             cancel_requested=False,
             created_at=clock.now(),
             point_id=new.point_id,
+            start_before=new.start_before,
         )
         for new in jobs
     ]
@@ -176,8 +180,14 @@ def job_requested(event: events_pb2.JobRequested) -> NewJob:
     # The consumer's span continues the trace of the call that requested the job (ADR 0039); the
     # agent's job span continues it in turn.
     command.run_backup.traceparent = current_traceparent() or ""
+    start_before = from_timestamp(event.start_before) if event.HasField("start_before") else None
     return _new_job(
-        job_id=event.job_id, instance_id=event.instance_id, account_id=event.account_id, kind="backup", command=command
+        job_id=event.job_id,
+        instance_id=event.instance_id,
+        account_id=event.account_id,
+        kind="backup",
+        command=command,
+        start_before=start_before,
     )
 
 

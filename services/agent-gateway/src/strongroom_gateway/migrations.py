@@ -266,6 +266,8 @@ MIGRATIONS: list[Migration] = [
     # Each point's chunk references per pack and the move epoch they are exact at: a day-2 commit
     # counts only its changes while no move touched its base's packs (ADR 0034, update of session 5).
     Migration(20, POINT_REFS_DDL),
+    # A scheduled backup's start window (ADR 0053, session 6): held past it, the job is skipped.
+    Migration(22, "ALTER TABLE jobs ADD COLUMN start_before timestamptz;"),
 ]
 
 ROLE = SERVICE_ROLES["gateway"]

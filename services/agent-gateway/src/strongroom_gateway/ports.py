@@ -79,6 +79,9 @@ class Job:
     point_id: str | None = None
     version_id: str | None = None
     version_created_at: dt.datetime | None = None
+    # A scheduled backup's start window closes here: held for a free backup slot until then, it is
+    # skipped (ADR 0053). None: never skipped ("back up now", restores).
+    start_before: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

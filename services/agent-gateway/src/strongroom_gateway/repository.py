@@ -78,6 +78,7 @@ def _job(row: asyncpg.Record) -> Job:
         point_id=row["point_id"],
         version_id=row["version_id"],
         version_created_at=row["version_created_at"],
+        start_before=row["start_before"],
     )
 
 
@@ -309,8 +310,8 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgPointRefsTx, 
     async def insert_job(self, job: Job) -> bool:
         result = await self._conn.execute(
             "INSERT INTO jobs (job_id, instance_id, account_id, kind, command, state, cancel_requested, created_at,"
-            " point_id, version_id, version_created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            " ON CONFLICT (job_id) DO NOTHING",
+            " point_id, version_id, version_created_at, start_before)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (job_id) DO NOTHING",
             job.job_id,
             job.instance_id,
             job.account_id,
@@ -322,6 +323,7 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgPointRefsTx, 
             job.point_id,
             job.version_id,
             job.version_created_at,
+            job.start_before,
         )
         return bool(result.endswith(" 1"))
 
@@ -329,10 +331,10 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgPointRefsTx, 
         # Rows in the order given (ORDER BY the ordinality): seq, the delivery order, follows it.
         rows = await self._conn.fetch(
             "INSERT INTO jobs (job_id, instance_id, account_id, kind, command, state, cancel_requested, created_at,"
-            " point_id, version_id, version_created_at)"
-            " SELECT j, i, a, k, c, s, x, t, p, v, vt FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-            " $5::bytea[], $6::text[], $7::boolean[], $8::timestamptz[], $9::text[], $10::text[], $11::timestamptz[])"
-            " WITH ORDINALITY AS u(j, i, a, k, c, s, x, t, p, v, vt, n) ORDER BY n"
+            " point_id, version_id, version_created_at, start_before)"
+            " SELECT j, i, a, k, c, s, x, t, p, v, vt, sb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+            " $5::bytea[], $6::text[], $7::boolean[], $8::timestamptz[], $9::text[], $10::text[], $11::timestamptz[],"
+            " $12::timestamptz[]) WITH ORDINALITY AS u(j, i, a, k, c, s, x, t, p, v, vt, sb, n) ORDER BY n"
             " ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
             [j.job_id for j in jobs],
             [j.instance_id for j in jobs],
@@ -345,6 +347,7 @@ class PgGatewayTx(PgCertificateTx, PgGcTx, PgRepackTx, PgMoveTx, PgPointRefsTx, 
             [j.point_id for j in jobs],
             [j.version_id for j in jobs],
             [j.version_created_at for j in jobs],
+            [j.start_before for j in jobs],
         )
         return {row["job_id"] for row in rows}
 

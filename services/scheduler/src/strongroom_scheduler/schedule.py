@@ -176,7 +176,8 @@ async def schedule_due(
                     )
                     await _alert_skipped(tx, instance, now, reason)
                 else:
-                    job = await start_job(tx, instance, TRIGGER_SCHEDULE, now)
+                    window_closes = instance.next_backup_at + admission.window
+                    job = await start_job(tx, instance, TRIGGER_SCHEDULE, now, start_before=window_closes)
                     log.info("instance %s: started scheduled backup job %s", instance.instance_id, job.job_id)
                     result.created.append(job.job_id)
                     free -= 1

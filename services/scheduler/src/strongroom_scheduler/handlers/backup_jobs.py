@@ -124,8 +124,8 @@ async def handle_job_updated(event: events_pb2.JobUpdated, deps: Deps) -> None:
     """Apply a job's progress or result, and the instance's running status. Idempotent.
 
     A finished job never changes again, and a CANCELING job is not moved back
-    to RUNNING. A FAILED result records the instance's last error; FAILED and
-    PARTIAL_COMPLETE raise an alert (``alert-raised``, in the same transaction).
+    to RUNNING. A FAILED result records the instance's last error; FAILED,
+    PARTIAL_COMPLETE and EXPIRED (skipped) raise an alert (``alert-raised``, in the same transaction).
     """
     ended: Job | None = None
     async with deps.store.transaction() as tx:
@@ -184,8 +184,13 @@ MAX_ALERT_FILE_ERRORS = 5
 
 
 async def _alert_finished_job(tx: SchedulerTx, instance: Instance, job: Job, now: dt.datetime) -> None:
-    """Raise the alert of a failed or partially completed backup job (ADR 0037)."""
-    if job.status == common_pb2.JOB_STATUS_FAILED:
+    """Raise the alert of a failed or partially completed backup job (ADR 0037), or of one a gateway
+    replica held for a free backup slot until its start window closed (EXPIRED: the seed's skipped
+    backup, alerted as the schedule's own skipped slots are; ADR 0053)."""
+    if job.status == common_pb2.JOB_STATUS_EXPIRED:
+        kind = events_pb2.ALERT_KIND_BACKUP_SKIPPED
+        reason = job.error or "the backup was skipped: it could not start within its window"
+    elif job.status == common_pb2.JOB_STATUS_FAILED:
         kind = events_pb2.ALERT_KIND_BACKUP_FAILED
         reason = job.error or "backup job failed"
     elif job.status == common_pb2.JOB_STATUS_PARTIAL_COMPLETE:
