@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import blake3
@@ -249,3 +251,53 @@ def dir_entry(path: str) -> common_pb2.FileEntry:
 async def aiter_of(items: Iterable[Any]) -> AsyncIterator[Any]:
     for item in items:
         yield item
+
+
+# Agents on the real Connect stream (the admission tests, ADR 0053).
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait up to 5 s for ``condition`` to hold."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+ConnectCall = grpc.aio.StreamStreamCall[gateway_pb2.AgentReport, gateway_pb2.AgentCommand]
+
+
+class AgentStream:
+    """An agent's Connect stream, read by a task of its own (a timed-out read would cancel the call)."""
+
+    def __init__(self, call: ConnectCall) -> None:
+        self.call = call
+        self._backups: asyncio.Queue[str] = asyncio.Queue()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for command in self.call:
+            assert isinstance(command, gateway_pb2.AgentCommand)
+            if command.HasField("run_backup"):
+                await self._backups.put(command.run_backup.job_id)
+
+    async def next_backup(self, within: float) -> str | None:
+        try:
+            return await asyncio.wait_for(self._backups.get(), within)
+        except TimeoutError:
+            return None
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await self._reader
+
+
+async def connected_agents(gw: GatewayHarness, count: int) -> tuple[list[Agent], list[AgentStream]]:
+    """``count`` enrolled agents ``i-0`` … with their Connect streams open, once every session is up."""
+    agents = [await gw.enrolled_agent(f"i-{n}") for n in range(count)]
+    streams = [AgentStream(gw.stub.Connect(metadata=a.md)) for a in agents]
+    await eventually(lambda: all(gw.sessions.get(a.instance_id) is not None for a in agents))
+    return agents, streams

@@ -3,13 +3,9 @@ slots free up, on the fake and on PostgreSQL, through the real Connect stream.""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-from collections.abc import Callable
 
-import grpc
-from gateway_helpers import Agent, GatewayHarness
+from gateway_helpers import GatewayHarness, connected_agents, eventually
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from strongroom.agent.v1 import gateway_pb2
@@ -84,57 +80,17 @@ def test_a_woken_session_whose_job_went_passes_its_slot_on() -> None:
 # Through the Connect stream: the fake store and PostgreSQL.
 
 
-async def _eventually(condition: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
-Call = grpc.aio.StreamStreamCall[gateway_pb2.AgentReport, gateway_pb2.AgentCommand]
-
-
-class _Stream:
-    """An agent's Connect stream, read by a task of its own (a timed-out read would cancel the call)."""
-
-    def __init__(self, call: Call) -> None:
-        self.call = call
-        self._backups: asyncio.Queue[str] = asyncio.Queue()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        async for command in self.call:
-            assert isinstance(command, gateway_pb2.AgentCommand)
-            if command.HasField("run_backup"):
-                await self._backups.put(command.run_backup.job_id)
-
-    async def next_backup(self, within: float) -> str | None:
-        try:
-            return await asyncio.wait_for(self._backups.get(), within)
-        except TimeoutError:
-            return None
-
-    async def close(self) -> None:
-        self.call.cancel()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-            await self._reader
-
-
 async def test_a_replica_runs_at_most_its_cap_of_backups_and_starts_held_ones_oldest_first(
     capped: GatewayHarness, clock: FakeClock
 ) -> None:
     gw = capped
-    agents: list[Agent] = [await gw.enrolled_agent(f"i-{n}") for n in range(3)]
-    streams = [_Stream(gw.stub.Connect(metadata=a.md)) for a in agents]
-    await _eventually(lambda: all(gw.sessions.get(a.instance_id) is not None for a in agents))
+    agents, streams = await connected_agents(gw, 3)
     await gw.request_backup(agents[2], "job-2")
     assert await streams[2].next_backup(5) == "job-2"
     for n in (0, 1):
         clock.advance(1)
         await gw.request_backup(agents[n], f"job-{n}")
-    await _eventually(lambda: gw.slots.held == 2)  # the replica's one slot is taken
+    await eventually(lambda: gw.slots.held == 2)  # the replica's one slot is taken
     assert await streams[0].next_backup(0.3) is None and await streams[1].next_backup(0.1) is None
 
     await streams[2].call.write(

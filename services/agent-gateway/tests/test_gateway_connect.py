@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, meta
+from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, eventually, meta
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -33,14 +33,6 @@ async def read(
     command = await asyncio.wait_for(call.read(), TIMEOUT)
     assert isinstance(command, gateway_pb2.AgentCommand)
     return command
-
-
-async def eventually(predicate: object) -> None:
-    for _ in range(500):
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 async def test_jobs_queued_while_offline_are_delivered_on_connect(gw: GatewayHarness) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from gateway_helpers import Agent, GatewayHarness
+from gateway_helpers import GatewayHarness, connected_agents, eventually
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -18,7 +18,6 @@ from strongroom_gateway.sessions import Session
 from strongroom_platform import events
 from strongroom_platform.clock import utc
 from strongroom_platform.testing import FakeClock
-from test_gateway_admission import _eventually, _Stream
 
 T0 = utc(2026, 12, 6, 1)
 
@@ -80,14 +79,12 @@ async def test_a_backup_held_past_its_window_is_skipped_and_reported_not_started
     capped: GatewayHarness, clock: FakeClock
 ) -> None:
     gw = capped
-    agents: list[Agent] = [await gw.enrolled_agent(f"i-{n}") for n in range(2)]
-    streams = [_Stream(gw.stub.Connect(metadata=a.md)) for a in agents]
-    await _eventually(lambda: all(gw.sessions.get(a.instance_id) is not None for a in agents))
+    agents, streams = await connected_agents(gw, 2)
     await gw.request_backup(agents[0], "job-running")
     assert await streams[0].next_backup(5) == "job-running"
     closes = clock.now() + dt.timedelta(minutes=30)
     await gw.request_backup(agents[1], "job-late", start_before=closes)
-    await _eventually(lambda: gw.slots.held == 1)
+    await eventually(lambda: gw.slots.held == 1)
 
     clock.advance(29 * 60)
     assert await skip_held_past_window(gw.slots, gw.store, clock) == []  # still inside its window
