@@ -426,7 +426,33 @@ def which_or_raise(tool: str, hint: str) -> str:
     return found
 
 
-class LocalServer(abc.ABC):
+class StartedOnEnter(abc.ABC):
+    """A context manager from ``start()``/``stop()``: entering starts unless already started (so
+    ``with X(...).start() as x`` works too), leaving stops."""
+
+    @property
+    @abc.abstractmethod
+    def started(self) -> bool:
+        """True between a successful ``start()`` and ``stop()``."""
+
+    @abc.abstractmethod
+    def start(self) -> Self:
+        """Start; returns self."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop. Idempotent."""
+
+    def __enter__(self) -> Self:
+        return self if self.started else self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class LocalServer(StartedOnEnter):
     """The common shape of the launchers: ``start()`` on a free (or given) port with one retry on
     "address already in use", ``stop()``, ``port`` / ``log_path`` / ``alive``, context manager.
 
@@ -500,14 +526,9 @@ class LocalServer(abc.ABC):
             self._proc.stop()
             self._proc = None
 
-    def __enter__(self) -> Self:
-        """Start unless already started (so ``with X(...).start() as x`` works too)."""
-        return self if self._proc is not None else self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    @property
+    def started(self) -> bool:
+        return self._proc is not None
 
     def _prepare(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Work before the first launch attempt (provisioning, initdb)."""

@@ -19,10 +19,9 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from strongroom_servers._process import ServerStartError, free_port
+from strongroom_servers._process import ServerStartError, StartedOnEnter, free_port
 from strongroom_servers.kafka import KAFKA_VERSION, LocalKafka, _cluster_id, ensure_kafka_libs, topic_defaults
 
 __all__ = ["LocalKafkaCluster"]
@@ -107,7 +106,7 @@ broker.heartbeat.interval.ms={_HEARTBEAT_MS}
         self._write_properties(props)
 
 
-class LocalKafkaCluster:
+class LocalKafkaCluster(StartedOnEnter):
     """One KRaft controller and ``brokers`` brokers on 127.0.0.1, each its own process.
 
     Contract: ``start()`` picks free ports, formats every node's storage with one cluster id,
@@ -223,10 +222,6 @@ class LocalKafkaCluster:
             self._controller.stop()
             self._controller = None
 
-    def __enter__(self) -> Self:
-        return self if self._controller is not None else self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    @property
+    def started(self) -> bool:
+        return self._controller is not None
