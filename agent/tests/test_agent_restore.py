@@ -812,34 +812,3 @@ async def test_as_root_a_directory_that_passes_on_another_group_still_gets_the_e
     assert finished.status == COMPLETE, finished.file_errors
     st = os.stat(tmp_path / "d/f")
     assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
-
-
-async def test_the_walk_goes_on_while_a_large_file_streams(tmp_path: Path) -> None:
-    """The small files after a large one are fetched and written while it streams; metadata still waits for it."""
-    source, target = tmp_path / "src", tmp_path / "dst"
-    rng = random.Random(7)
-    write_file(str(source / "a/big"), rng.randbytes(5000), mode=0o600, mtime_ns=T0 + 1)
-    for n in range(5):
-        write_file(str(source / f"a/small-{n}"), f"small {n}".encode(), mode=0o644, mtime_ns=T0 + 2 + n)
-    write_file(str(source / "b/after"), b"after", mode=0o644, mtime_ns=T0 + 9)
-    os.utime(source / "a", ns=(T0 + 10, T0 + 10))
-    os.utime(source / "b", ns=(T0 + 11, T0 + 11))
-    target.mkdir()
-    gateway, point_id = await backup_tree(source)
-    big_ids = {bytes(c) for e in gateway.only_point().entries if e.path.endswith("a/big") for c in e.chunk_ids}
-    small_read = asyncio.Event()
-
-    class Gateway(FakeGateway):
-        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
-            if big_ids.isdisjoint(chunk_ids):
-                small_read.set()
-            else:
-                await small_read.wait()  # the large file's windows wait for a read of the files after it
-            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
-                yield chunk
-
-    slowed = Gateway()
-    slowed.__dict__.update(gateway.__dict__)
-    finished = await asyncio.wait_for(restore(slowed, point_id, target, fetch_batch_bytes=1000), 10)
-    assert finished.status == COMPLETE, finished.file_errors
-    assert snapshot(target) == snapshot(source)  # directory mtimes set after the streamed file was renamed

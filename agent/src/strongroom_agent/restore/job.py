@@ -9,8 +9,8 @@ batches of up to ``fetch_batch_bytes`` of content (and ``FETCH_BATCH_MAX_IDS``
 chunk ids). One ``ReadChunks`` call fetches a batch's distinct chunks
 (``fetch.py``), then a small pool of threads writes the batch's files
 (``writer.py``) while the next batch is fetched; at most ``BATCHES_IN_FLIGHT``
-batches hold content at a time. A file larger than a batch is a batch of its
-own, streamed in bounded windows while the walk goes on. Directories and symlinks are made as the walk
+batches hold content at a time. A file larger than a batch is streamed in
+bounded windows on its own. Directories and symlinks are made as the walk
 meets them; every filesystem operation is descriptor-relative
 (``destination.py``). The writer pool is created here and passed in.
 """
@@ -169,40 +169,26 @@ class _Restore:
             if created or self.overwrite:
                 self.metadata.add(parts, entry)
             return
-        if entry.type == common_pb2.ENTRY_TYPE_FILE:
-            self._add_large(parts, entry)
-            await self._start_full()
-            return
-        if entry.type != common_pb2.ENTRY_TYPE_SYMLINK:
-            raise EntryProblem(f"unknown entry type {entry.type}")
-        existing = await asyncio.to_thread(self.dest.existing, parts)
+        if entry.type == common_pb2.ENTRY_TYPE_FILE and self._in_created_dir(parts):
+            existing = None  # created with O_EXCL: a name taken meanwhile is still caught
+        else:
+            existing = await asyncio.to_thread(self.dest.existing, parts)
         if existing is not None and not self.overwrite:
             self.stats.files_skipped += 1
             return
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             raise EntryProblem("a directory is in the way")
-        await asyncio.to_thread(self.dest.make_symlink, parts, entry)
+        if entry.type == common_pb2.ENTRY_TYPE_SYMLINK:
+            await asyncio.to_thread(self.dest.make_symlink, parts, entry)
+        elif entry.type == common_pb2.ENTRY_TYPE_FILE:
+            written = await self.fetcher.large_file(parts, entry, fresh=existing is None, overwrite=self.overwrite)
+            if written is None:
+                self.stats.files_skipped += 1
+                return
+            self.stats.bytes_restored += written
+        else:
+            raise EntryProblem(f"unknown entry type {entry.type}")
         self.stats.files_restored += 1
-
-    def _close_batch(self) -> None:
-        """Queue the open batch, if it has files, and open the next one."""
-        if self.batch.files:
-            self.full.append(self.batch)
-            self.batch = Batch(self.batch.seq + 1)
-
-    def _add_large(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
-        """Queue a file larger than a batch as a batch of its own.
-
-        It takes a slot of ``BATCHES_IN_FLIGHT`` like any batch and is streamed
-        in windows by ``_process``, so the walk goes on meanwhile: the small
-        files after it are fetched and written alongside, and two large files
-        stream at once. Its directory's metadata waits for it like for a batch.
-        """
-        self._close_batch()
-        self.batch.large = True
-        # In a directory this restore created its name is free (the O_EXCL create still checks).
-        self.batch.files.append(File(parts, entry, [], exists=not self._in_created_dir(parts)))
-        self._close_batch()
 
     def _in_created_dir(self, parts: list[str]) -> bool:
         return tuple(parts[:-1]) in self.created_dirs
@@ -241,7 +227,9 @@ class _Restore:
 
     async def _submit(self) -> None:
         """Start fetching and writing the open batch (the last one)."""
-        self._close_batch()
+        if self.batch.files:
+            self.full.append(self.batch)
+            self.batch = Batch(self.batch.seq + 1)
         await self._start_full()
 
     async def _start_full(self) -> None:
@@ -268,9 +256,6 @@ class _Restore:
 
     async def _process(self, batch: Batch) -> None:
         """Check for conflicts, fetch the distinct chunks of the files to write in one call, write them."""
-        if batch.large:
-            await self._large_file(batch.files[0])
-            return
         unchecked = [f for f in batch.files if f.exists]
         if unchecked:
             await in_threads(self.pool, self.dest, self.stop, unchecked, lambda w, run: w.check(run, self.overwrite))
@@ -281,27 +266,6 @@ class _Restore:
             ids = list(dict.fromkeys(c for f in wanted for c in f.ids))
         sent = await self.fetcher.batch(ids)
         await in_threads(self.pool, self.dest, self.stop, wanted, lambda w, run: w.write(run, sent, self.overwrite))
-
-    async def _large_file(self, f: File) -> None:
-        """Check and stream a file larger than a batch (``Fetcher.large_file``); the outcome goes into ``f``."""
-        try:
-            existing = await asyncio.to_thread(self.dest.existing, f.parts) if f.exists else None
-            if existing is not None and not self.overwrite:
-                f.skipped = True
-                return
-            if existing is not None and stat.S_ISDIR(existing.st_mode):
-                raise EntryProblem("a directory is in the way")
-            written = await self.fetcher.large_file(f.parts, f.entry, fresh=existing is None, overwrite=self.overwrite)
-        except (UnsafePath, EntryProblem) as exc:
-            f.error = str(exc)
-            return
-        except OSError as exc:
-            f.error = exc.strerror or str(exc)
-            return
-        if written is None:
-            f.skipped = True  # SKIP: the name was taken since the check
-        else:
-            f.written = True  # all of it: large_file fails the file unless it wrote entry.size bytes
 
 
 async def _groups(

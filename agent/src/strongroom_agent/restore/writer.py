@@ -64,7 +64,6 @@ class Batch:
     files: list[File] = field(default_factory=list)
     content_bytes: int = 0
     ids: dict[bytes, None] = field(default_factory=dict)
-    large: bool = False  # one file larger than a batch, streamed in windows
 
 
 class Writer:
