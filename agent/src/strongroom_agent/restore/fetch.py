@@ -1,8 +1,7 @@
 """Fetching a restore's content from the gateway (restic's restorer is the model).
 
 One ``ReadChunks`` call fetches a batch's distinct chunks (the gateway reads
-them pack by pack); the writer threads decompress each file's chunks as they
-write it (``writer.py``). A file
+them pack by pack); they are decompressed in the writer threads. A file
 larger than a batch is streamed on its own in windows of at most
 ``LARGE_FILE_WINDOW_IDS`` chunk ids and about a batch of content, appended to
 a file the destination opened and finished (or discarded) at the end; the
@@ -17,16 +16,22 @@ discarded), and its error names the chunk and the reason.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.chunking import decode_chunk
 from strongroom_agent.gateway_client import ChunkSent, GatewayClient
 from strongroom_agent.restore.destination import Destination, EntryProblem
-from strongroom_agent.restore.writer import Contents, damage_reason
+from strongroom_agent.restore.writer import WRITE_THREADS, Contents
 
 # A file larger than a batch is streamed in windows of at most this many ids.
 LARGE_FILE_WINDOW_IDS = 256
+
+
+def damage_reason(chunk_id: bytes, damage: str) -> str:
+    """The per-file error of a file that needs a damaged chunk."""
+    return f"chunk {chunk_id.hex()} of this file is damaged in storage ({damage})"
 
 
 def decode_all(sent: list[ChunkSent]) -> Contents:
@@ -50,27 +55,38 @@ class Fetcher:
         self,
         client: GatewayClient,
         restore_job_id: str,
+        pool: ThreadPoolExecutor,
         dest: Destination,
         fetch_batch_bytes: int,
     ) -> None:
         self._client = client
         self._job_id = restore_job_id
+        self._pool = pool
         self._dest = dest
         self._batch_bytes = fetch_batch_bytes
 
-    async def batch(self, ids: list[bytes]) -> dict[bytes, ChunkSent]:
-        """The distinct chunks ``ids`` as sent (not decoded), fetched in one call.
+    async def batch(self, ids: list[bytes]) -> Contents:
+        """The decoded content of the distinct chunks ``ids``, fetched in one call (and the damaged ones)."""
+        sent = [c async for c in self._client.read_chunks(self._job_id, ids)] if ids else []
+        return await self._decode(sent)
 
-        Decoded by the writer threads once the whole batch has arrived, not
-        while it arrives: work queued in the writer pool then pushes the
-        previous batch's writes back, and with them the start of the next
-        batch's fetch (longer wall time at equal CPU in the A/B of ADR 0060).
+    async def _decode(self, sent: list[ChunkSent]) -> Contents:
+        """Decompress a batch's chunks in the writer threads (``WRITE_THREADS`` runs).
+
+        Not while the batch still arrives: decoding calls queued in the writer
+        pool then push the previous batch's writes back, and with them the
+        start of the next batch's fetch (longer wall time at equal CPU in the
+        A/B of ADR 0060).
         """
-        sent: dict[bytes, ChunkSent] = {}
-        if ids:
-            async for chunk in self._client.read_chunks(self._job_id, ids):
-                sent[chunk.chunk_id] = chunk
-        return sent
+        loop = asyncio.get_running_loop()
+        step = max(1, -(-len(sent) // WRITE_THREADS))
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(self._pool, decode_all, sent[i : i + step]) for i in range(0, len(sent), step))
+        )
+        contents = Contents()
+        for part in parts:
+            contents.update(part)
+        return contents
 
     def _decode_and_write(self, fd: int, wanted: list[bytes], fetched: dict[bytes, ChunkSent]) -> int:
         """Decode a window of a large file and append it (one worker-thread call); the bytes written.

@@ -69,7 +69,7 @@ class _Restore:
         self.fetch_batch_bytes = fetch_batch_bytes
         self.stop = threading.Event()
         self.pool = pool
-        self.fetcher = Fetcher(client, command.restore_job_id, destination, fetch_batch_bytes)
+        self.fetcher = Fetcher(client, command.restore_job_id, pool, destination, fetch_batch_bytes)
         self.metadata = DirectoryMetadata(destination, errors)
         self.batch = Batch(0)
         self.full: collections.deque[Batch] = collections.deque()  # full batches not yet submitted
@@ -264,8 +264,8 @@ class _Restore:
             ids = list(batch.ids)
         else:
             ids = list(dict.fromkeys(c for f in wanted for c in f.ids))
-        sent = await self.fetcher.batch(ids)
-        await in_threads(self.pool, self.dest, self.stop, wanted, lambda w, run: w.write(run, sent, self.overwrite))
+        contents = await self.fetcher.batch(ids)
+        await in_threads(self.pool, self.dest, self.stop, wanted, lambda w, run: w.write(run, contents, self.overwrite))
 
 
 async def _groups(

@@ -1,15 +1,9 @@
-"""Writer threads: check, decode and write the regular files of a fetched batch.
+"""Writer threads: check and write the regular files of a fetched batch.
 
 A batch's files are cut into contiguous runs (neighbours share directories);
 each run is worked on in one thread of the job's writer pool, which keeps the
 current parent directory open. Files in a directory this restore created are
 not checked at all: the ``O_EXCL`` create is their check.
-
-A run decodes the chunks its files need as it writes them (one worker-thread
-call per run, no separate decoding pass over the batch): a file's chunks are
-decompressed right before its ``writev``, while they are still in the CPU's
-cache, and the first files are written while the rest of the batch is still
-being decoded by the other runs. A chunk two runs share is decoded by each.
 """
 
 from __future__ import annotations
@@ -24,8 +18,6 @@ from dataclasses import dataclass, field
 
 from strongroom.common.v1 import common_pb2
 
-from strongroom_agent.chunking import decode_chunk
-from strongroom_agent.gateway_client import ChunkSent
 from strongroom_agent.restore.destination import Destination, EntryProblem
 
 WRITE_THREADS = 3
@@ -45,17 +37,16 @@ class File:
     new_dir: bool = False  # its directory was created by this restore (root's, 0700 until its metadata is set)
 
 
-def damage_reason(chunk_id: bytes, damage: str) -> str:
-    """The per-file error of a file that needs a damaged chunk."""
-    return f"chunk {chunk_id.hex()} of this file is damaged in storage ({damage})"
-
-
 @dataclass
 class Contents:
     """Decoded chunks by id, and the per-file reason for each chunk that cannot be used."""
 
     decoded: dict[bytes, bytes] = field(default_factory=dict)
     damaged: dict[bytes, str] = field(default_factory=dict)
+
+    def update(self, other: Contents) -> None:
+        self.decoded.update(other.decoded)
+        self.damaged.update(other.damaged)
 
 
 @dataclass
@@ -114,22 +105,27 @@ class Writer:
         finally:
             self.close()
 
-    def write(self, files: Sequence[File], sent: dict[bytes, ChunkSent], overwrite: bool) -> None:
-        """Decode and write checked files; one whose name appeared since the check is skipped (SKIP) or
-        replaced (OVERWRITE).
+    def write(self, files: Sequence[File], contents: Contents, overwrite: bool) -> None:
+        """Write checked files; one whose name appeared since the check is skipped (SKIP) or replaced (OVERWRITE).
 
-        ``sent``: the batch's chunks as received, by id. A file that needs a
-        chunk the gateway reports damaged, one that does not decode to its
-        recorded length, or one the gateway left out is not written at all
-        (nothing is created under its name); its error names the chunk and why.
+        A file that needs a damaged chunk is not written at all (nothing is
+        created under its name); its error names the chunk and why.
         """
-        contents = Contents()  # this run's decoded chunks (a chunk is often shared by neighbours)
+        damaged = contents.damaged
+        decoded = contents.decoded
         try:
             for f in files:
                 if self.stop.is_set():
                     return
-                pieces, f.error = _pieces(f.ids, sent, contents)
-                if f.error is not None:
+                if damaged:
+                    bad = next((c for c in f.ids if c in damaged), None)
+                    if bad is not None:
+                        f.error = damaged[bad]
+                        continue
+                try:
+                    pieces = [decoded[c] for c in f.ids]
+                except KeyError as exc:
+                    f.error = f"gateway did not return chunk {exc.args[0].hex()}"
                     continue
                 size = sum(map(len, pieces))
                 if size != f.entry.size:
@@ -153,30 +149,6 @@ class Writer:
                     f.error = exc.strerror or str(exc)
         finally:
             self.close()
-
-
-def _pieces(ids: list[bytes], sent: dict[bytes, ChunkSent], contents: Contents) -> tuple[list[bytes], str | None]:
-    """A file's decoded chunks, decoding (and keeping in ``contents``) those not decoded yet; or why not."""
-    decoded = contents.decoded
-    pieces: list[bytes] = []
-    for c in ids:
-        piece = decoded.get(c)
-        if piece is None:
-            if c in contents.damaged:
-                return [], contents.damaged[c]
-            chunk = sent.get(c)
-            if chunk is None:
-                return [], f"gateway did not return chunk {c.hex()}"
-            if chunk.damage:
-                reason = contents.damaged[c] = damage_reason(c, chunk.damage)
-                return [], reason
-            try:
-                piece = decoded[c] = decode_chunk(chunk.data, chunk.compression, chunk.raw_length)
-            except ValueError as exc:
-                reason = contents.damaged[c] = damage_reason(c, f"does not decode: {exc}")
-                return [], reason
-        pieces.append(piece)
-    return pieces, None
 
 
 def runs(files: list[File], count: int) -> list[list[File]]:
