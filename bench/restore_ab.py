@@ -1,7 +1,7 @@
 """Full restores only, before and after, with restic and rustic in the same invocation (issue 13, ADR 0060).
 
     uv run python bench/restore_ab.py [--base REV ...] [--rounds 3] [--peers restic,rustic] [--disk] [--quick]
-                                      [--pyspy-gil DIR] [--out F]
+                                      [--s3-tls] [--pyspy-gil DIR] [--out F]
 
 One stack (the servers and services of ``run.py``), one backup of the day-1 tree per engine, then
 ``--rounds`` rounds of full restores into tmpfs (and with ``--disk`` onto the data set's disk),
@@ -10,8 +10,8 @@ engines interleaved within each round: the agent of ``--base`` (its ``agent/src`
 agent of this checkout's HEAD (extracted the same way), then each peer on the same versitygw.
 Every restore's wall time, agent and gateway CPU, the agent's peak RSS and the 1-minute load
 average are printed; the tables give the medians and this checkout's ratio to each other engine.
-``--pyspy-gil DIR`` records one extra, uncounted restore of this checkout's agent with
-``py-spy --gil --native`` (py-spy must be on PATH or next to the interpreter).
+``--pyspy-gil DIR`` records one extra, uncounted restore of this checkout's agent and of the gateway
+with ``py-spy --gil --native`` (py-spy must be on PATH or next to the interpreter).
 The restored trees are compared with the source by file count after the first round.
 """
 
@@ -38,7 +38,7 @@ import dataset  # noqa: E402
 import peers  # noqa: E402
 from run import count_files, s3_bucket  # noqa: E402
 from strongroom_cli.stack import spawn  # noqa: E402
-from strongroom_runner import Instance, StrongroomBench  # noqa: E402
+from strongroom_runner import Instance, StrongroomBench, cpu_seconds  # noqa: E402
 
 TMPFS = Path("/dev/shm")
 
@@ -71,11 +71,17 @@ async def swap_agent(bench: StrongroomBench, inst: Instance, src: Path | None) -
     await asyncio.sleep(3.0)  # its session is up (a job sent before is delivered when it connects)
 
 
-def start_pyspy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+def s3_cpu(bench: StrongroomBench) -> float:
+    """versitygw's CPU seconds so far (every engine's restore costs it some)."""
+    assert bench.s3 is not None and bench.s3.pid is not None
+    return cpu_seconds(bench.s3.pid)
+
+
+def start_pyspy(pid: int, out: Path, name: str = "agent") -> subprocess.Popen[bytes]:
     out.mkdir(parents=True, exist_ok=True)
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     argv = [exe, "record", "--pid", str(pid), "--format", "raw", "--gil", "--native", "--threads"]
-    argv += ["--rate", "50", "--output", str(out / "agent-gil.raw")]
+    argv += ["--rate", "50", "--output", str(out / f"{name}-gil.raw")]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     return proc
@@ -97,17 +103,30 @@ class Table:
         self.values[metric][engine].append(value)
 
     def restore(
-        self, label: str, kind: str, name: str, wall: float, cpu: float, rss: int, load_before: float, gw: float = -1
+        self,
+        label: str,
+        kind: str,
+        name: str,
+        wall: float,
+        cpu: float,
+        rss: int,
+        load_before: float,
+        gw: float = -1,
+        s3: float = -1,
     ) -> None:
-        """Record and log one full restore (``gw``: the gateway's CPU seconds, Strongroom only)."""
+        """Record and log one full restore (``gw``: the gateway's CPU seconds, Strongroom only; ``s3``: versitygw's)."""
         self.add(f"full restore, {kind}, wall (s)", name, wall)
         self.add(f"full restore, {kind}, agent CPU (s)", name, cpu)
         if gw >= 0:
             self.add(f"full restore, {kind}, gateway CPU (s)", name, gw)
+        if s3 >= 0:
+            self.add(f"full restore, {kind}, versitygw CPU (s)", name, s3)
+            self.add(f"full restore, {kind}, all processes CPU (s)", name, cpu + max(gw, 0.0) + s3)
         self.add(f"full restore, {kind}, agent peak RSS (MB)", name, rss / 1e6)
         gateway = f", gateway CPU {gw:.2f}s" if gw >= 0 else ""
+        versity = f", versitygw CPU {s3:.2f}s" if s3 >= 0 else ""
         log(
-            f"{label} {kind} {name}: {wall:.2f}s, CPU {cpu:.2f}s{gateway}, RSS {rss / 1e6:.0f} MB"
+            f"{label} {kind} {name}: {wall:.2f}s, CPU {cpu:.2f}s{gateway}{versity}, RSS {rss / 1e6:.0f} MB"
             f" (load {load_before:.1f} -> {load():.1f})"
         )
 
@@ -129,16 +148,14 @@ class Table:
 
 async def amain(args: argparse.Namespace) -> int:
     work: Path = args.work
-    day1 = work / ("day1-quick" if args.quick else "day1")
-    if not day1.exists():
-        dataset.build(day1, quick=args.quick)
+    day1 = dataset.day1_tree(work, quick=args.quick)
     source_files = count_files(day1)
-    bench = StrongroomBench(work / "strongroom-restore-ab")
+    bench = StrongroomBench(work / "strongroom-restore-ab", s3_tls=args.s3_tls)
     shutil.rmtree(bench.work, ignore_errors=True)
     await bench.start()
     table = Table()
     peer_list: list[tuple[str, peers.Peer]] = []
-    pyspy: subprocess.Popen[bytes] | None = None
+    pyspies: list[subprocess.Popen[bytes]] = []
     try:
         inst = await bench.new_instance(day1, unthrottled=True)
         r = await bench.backup(inst)
@@ -157,15 +174,20 @@ async def amain(args: argparse.Namespace) -> int:
             peer_list.append((f"{tool}/s3", peer))
         if args.pyspy_gil:  # one extra restore of this checkout's agent, profiled and not counted
             await swap_agent(bench, inst, agents[ours])
-            pyspy = start_pyspy(inst.agent.process.pid, args.pyspy_gil)
+            pyspies.append(start_pyspy(inst.agent.process.pid, args.pyspy_gil))
+            pyspies.append(start_pyspy(bench.gateway_pid, args.pyspy_gil, "gateway"))
             dest = TMPFS / f"restore-ab-{uuid.uuid4().hex[:6]}"
+            s3_before = s3_cpu(bench)
             try:
                 r = await bench.restore(inst, point, dest)
             finally:
                 shutil.rmtree(dest, ignore_errors=True)
-                stop_pyspy(pyspy)
-                pyspy = None
-            log(f"profiled restore {r.wall:.2f}s, agent CPU {r.agent_cpu:.2f}s (load {load():.1f})")
+                while pyspies:
+                    stop_pyspy(pyspies.pop())
+            log(
+                f"profiled restore {r.wall:.2f}s, agent CPU {r.agent_cpu:.2f}s, gateway CPU {r.gateway_cpu:.2f}s,"
+                f" versitygw CPU {s3_cpu(bench) - s3_before:.2f}s (load {load():.1f})"
+            )
         targets = [("tmpfs", TMPFS)] + ([("disk", work)] if args.disk else [])
         for n in range(args.rounds):
             for kind, parent in targets:
@@ -173,27 +195,29 @@ async def amain(args: argparse.Namespace) -> int:
                     if len(agents) > 1 or n == 0:
                         await swap_agent(bench, inst, src)
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
-                    before = load()
+                    before, s3_before = load(), s3_cpu(bench)
                     try:
                         r = await bench.restore(inst, point, dest)
+                        s3 = s3_cpu(bench) - s3_before
                         if n == 0 and count_files(dest) != source_files:
                             raise RuntimeError(f"{name}: {count_files(dest)} files restored of {source_files}")
                     finally:
                         shutil.rmtree(dest, ignore_errors=True)
                     table.restore(
-                        f"round {n + 1}", kind, name, r.wall, r.agent_cpu, r.agent_peak_rss, before, r.gateway_cpu
+                        f"round {n + 1}", kind, name, r.wall, r.agent_cpu, r.agent_peak_rss, before, r.gateway_cpu, s3
                     )
                 for name, peer in peer_list:
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
-                    before = load()
+                    before, s3_before = load(), s3_cpu(bench)
                     try:
                         m = await asyncio.to_thread(peer.restore, day1, "day1", dest)
+                        s3 = s3_cpu(bench) - s3_before
                     finally:
                         shutil.rmtree(dest, ignore_errors=True)
-                    table.restore(f"round {n + 1}", kind, name, m.wall, m.cpu, m.peak_rss, before)
+                    table.restore(f"round {n + 1}", kind, name, m.wall, m.cpu, m.peak_rss, before, s3=s3)
     finally:
-        if pyspy is not None:
-            stop_pyspy(pyspy)
+        while pyspies:
+            stop_pyspy(pyspies.pop())
         for _name, peer in peer_list:
             peer.cleanup()
         await bench.stop()
@@ -214,6 +238,7 @@ def main() -> int:
     parser.add_argument("--peers", default="restic,rustic")
     parser.add_argument("--disk", action="store_true", help="also restore onto the data set's disk")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--s3-tls", action="store_true", help="S3 over HTTPS for the gateway and every peer")
     parser.add_argument("--pyspy-gil", type=Path, help="record this checkout's agent with py-spy --gil --native")
     parser.add_argument(
         "--work", type=Path, default=Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "strongroom-bench"

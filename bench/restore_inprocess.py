@@ -1,15 +1,16 @@
 """The agent's restore alone, in one process, against an in-memory gateway (ADR 0060).
 
-    uv run python bench/restore_inprocess.py DIR [--runs 3] [--target /dev/shm] [--yappi]
+    uv run python bench/restore_inprocess.py [DIR] [--quick] [--runs 3] [--target /dev/shm] [--yappi]
 
-Backs ``DIR`` up into the test suite's in-memory gateway (``agent/tests/agent_fakes.py``), encodes
-every chunk once as the real gateway sends it (zstd level 1), then restores the point ``--runs``
-times into a fresh directory under ``--target`` with ``run_restore``. ``ReadChunks`` answers are
-real ``ReadChunksResponse`` messages of at most 4 MiB, serialized and parsed again on the event
-loop as gRPC does, so the agent's message handling is measured too (the serialization, the
-gateway's share, is included in the process CPU; it is a copy of the payload). Prints wall time,
-the process's CPU time and the restored file count per run. With ``--yappi`` the last run is
-profiled per thread (``uv pip install yappi`` first).
+Backs ``DIR`` (default: the benchmark's day-1 tree, ``dataset.day1_tree``, built on first use) up
+into the test suite's in-memory gateway (``agent/tests/agent_fakes.py``), encodes every chunk once
+as the real gateway sends it (zstd level 1), then restores the point ``--runs`` times into a fresh
+directory under ``--target`` with ``run_restore``. ``ReadChunks`` answers are real
+``ReadChunksResponse`` messages of at most 4 MiB, serialized and parsed again on the event loop as
+gRPC does, so the agent's message handling is measured too (the serialization, the gateway's share,
+is included in the process CPU; it is a copy of the payload). Prints wall time, the process's CPU
+time and the restored file count per run. With ``--yappi`` the last run is profiled per thread (``uv
+pip install yappi`` first).
 
 The agent's code is whatever ``strongroom_agent`` imports: put another checkout's ``agent/src``
 first on ``PYTHONPATH`` to measure it (before/after, interleaved by the caller).
@@ -25,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -37,7 +39,9 @@ from strongroom.common.v1 import common_pb2
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "agent" / "tests"))
+sys.path.insert(0, str(HERE))
 
+import dataset  # noqa: E402
 from agent_fakes import FakeGateway, run_backup_command  # noqa: E402
 from strongroom_agent.backup import run_backup  # noqa: E402
 from strongroom_agent.exclusions import LinuxExclusions  # noqa: E402
@@ -126,6 +130,8 @@ def count_files(path: Path) -> int:
 
 
 async def amain(args: argparse.Namespace) -> int:
+    if args.dir is None:
+        args.dir = dataset.day1_tree(args.work, quick=args.quick)
     gateway = EncodedGateway()
     fs = common_pb2.Filesystem(mount_point=str(args.dir), device="/dev/vdz", fs_type="ext4")
     t0 = time.perf_counter()
@@ -193,7 +199,11 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dir", type=Path)
+    parser.add_argument("dir", type=Path, nargs="?", help="the tree to back up and restore (default: the day-1 tree)")
+    parser.add_argument("--quick", action="store_true", help="the quick day-1 tree (without DIR)")
+    parser.add_argument(
+        "--work", type=Path, default=Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "strongroom-bench"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--target", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--yappi", action="store_true")
