@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from strongroom_platform.eventbus import BatchHandler, Handler, OutgoingRecord, Record
 from strongroom_platform.eventbus_kafka import FaustConsumer, KafkaPublisher, create_topics
 from strongroom_servers.kafka import LocalKafka
@@ -204,7 +205,12 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         else:
             wait = float(args.handler.split(":", 1)[1]) / 1000 if args.handler.startswith("wait:") else 0.0
             handlers = {topic: Timed(probe, None, wait, lambda r: r.value)}
-            await create_topics(kafka.bootstrap, [topic], partitions=PARTITIONS)
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)  # unregistered: create_topics makes 1
+            await admin.start()
+            try:
+                await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+            finally:
+                await admin.close()
         consumer = FaustConsumer(kafka.bootstrap, f"probe-{uuid.uuid4().hex[:8]}", handlers, partitions=PARTITIONS)
         async with KafkaPublisher(kafka.bootstrap, idempotent=True) as publisher:
             await consumer.start()
