@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,57 @@ async def test_a_batch_lands_each_key_on_its_publish_partition_in_order(
         assert len(partitions) == 1, key
         assert [value for _, value in seen[key]] == [key + f":{n}".encode() for n in range(6)]
     assert len({seen[key][0][0] for key in keys}) > 1  # the keys spread over partitions
+
+
+class _LoopTurnsBatchHandler:
+    """A batch handler whose every call takes ``turns`` event-loop iterations and no wall time: the
+    shape of a transaction's database round trips, without a database."""
+
+    def __init__(self, turns: int) -> None:
+        self.turns = turns
+        self.calls: list[list[bytes]] = []
+
+    async def __call__(self, record: Record) -> None:
+        await self.handle_batch([record])
+
+    async def handle_batch(self, records: Sequence[Record]) -> None:
+        for _ in range(self.turns):
+            await asyncio.sleep(0)
+        self.calls.append([record.value for record in records])
+
+    def values(self) -> list[bytes]:
+        return [value for call in self.calls for value in call]
+
+
+@pytest.mark.integration
+async def test_a_burst_reaches_the_partition_workers_in_large_batches(kafka_bootstrap: str) -> None:
+    """The fetch loop hands a fetched batch to the partitions' streams in one go (``faust_transport``):
+    a burst reaches a handler that takes a few loop turns per call in a few large batches. Faust's
+    own loop raced four tasks per record, so records trickled in at the pace of the loop's turns and
+    such a handler got them one or two at a time (ADR 0050 session 7)."""
+    topic = f"burst-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 3, 1)])  # an unregistered name: create_topics makes 1
+    finally:
+        await admin.close()
+    handler = _LoopTurnsBatchHandler(turns=20)
+    keys = [f"instance-{i}".encode() for i in range(30)]
+    async with KafkaPublisher(kafka_bootstrap, idempotent=True) as publisher:
+        consumer = FaustConsumer(kafka_bootstrap, f"g-{uuid.uuid4().hex[:8]}", {topic: handler}, session_timeout=6.0)
+        await consumer.start()
+        try:
+            warm_up = [OutgoingRecord(topic, key, key + b":warm") for key in keys]  # every partition assigned
+            assert await publisher.publish_batch(warm_up) == [None] * len(warm_up)
+            await wait_for(lambda: len(handler.values()) == len(warm_up), "the warm-up", within=60)
+            handler.calls.clear()
+            burst = [OutgoingRecord(topic, key, key + f":{n}".encode()) for n in range(20) for key in keys]
+            assert await publisher.publish_batch(burst) == [None] * len(burst)
+            await wait_for(lambda: len(handler.values()) == len(burst), "the burst", within=60)
+        finally:
+            await consumer.stop()
+    for key in keys:  # each key's records once, in order
+        assert [v for v in handler.values() if v.split(b":")[0] == key] == [key + f":{n}".encode() for n in range(20)]
+    # 600 records over 3 partitions: a handful of fetches, not hundreds of trickled batches.
+    assert len(handler.calls) <= 30, [len(call) for call in handler.calls]

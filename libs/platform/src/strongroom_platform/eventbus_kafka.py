@@ -28,6 +28,7 @@ from strongroom_telemetry.metrics import Metrics, instruments
 from strongroom_platform.clock import Clock, SystemClock
 from strongroom_platform.eventbus import Handler, Headers, OutgoingRecord, Record
 from strongroom_platform.events import ALERT_RAISED, TOPIC_SPECS, TopicSpec, dead_letter_topic, topic_spec
+from strongroom_platform.faust_transport import BatchDrainTransport
 from strongroom_platform.poison import RetryPolicy, plan_dead_letter, run_batch
 from strongroom_platform.settings import KafkaSasl
 
@@ -417,6 +418,9 @@ class FaustConsumer:
             stream_wait_empty=False,
             broker_credentials=_faust_credentials(self._ssl_context, self._sasl),
         )
+        # Faust's aiokafka transport, with a fetch loop that hands a fetched batch to the partitions'
+        # streams in one go instead of one task race per record (faust_transport, ADR 0050 session 7).
+        app.transport = BatchDrainTransport(app.conf.broker_consumer, app)
         for index, (topic_name, handler) in enumerate(sorted(self._handlers.items())):
             topic = app.topic(
                 topic_name,
