@@ -187,6 +187,11 @@ async def one(bench: StrongroomBench, day1: Path, data: Path, env: dict[str, str
             "nochange_cpu": nochange.agent_cpu,
             "day2_mb": d2.bytes_added / 1e6,
             "day2_kinds": added_by_kind(before, after),
+            "day2_sent": {
+                "files_read": d2.stats.files_read if d2.stats else -1,
+                "chunks_new": d2.stats.chunks_new if d2.stats else -1,
+                "bytes_uploaded": d2.stats.bytes_uploaded if d2.stats else -1,
+            },
         }
     finally:
         await bench.drop_instance(inst)
@@ -224,6 +229,7 @@ def report(results: dict[str, list[dict[str, object]]], header: list[str]) -> st
                 f"- {name} run {i}: VmHWM {hwm:.1f} (idle before: {idle:.1f}), sample {r['sample']},"
                 f" max threads {r['threads']}, load {at_load:.1f}; day-2 {d2:.2f} MB = {added}"
             )
+            lines.append(f"  - day-2 job: {r['day2_sent']}")
             lines.append(f"  - resident MB by mapping at the highest 0.5 s sample: {r['smaps']}")
     return "\n".join(lines) + "\n"
 

@@ -424,5 +424,6 @@ async def test_freed_pages_are_trimmed_after_every_so_many_uploaded_bytes(
     assert finished.status == COMPLETE
     entries = entries_by_path(gateway.only_point())
     assert all(gateway.content(entries[f"f{i:02}"]) == rand(10_000, 100 + i) for i in range(20))
-    # 200,000 bytes of chunks released: one trim per 40,000 (released in upload batches of whole files)
-    assert len(trims) == (0 if every == 0 else 200_000 // 40_000)
+    # 200,000 bytes of chunks released in upload batches of one or more whole files: at most one trim
+    # per 40,000 bytes (FreedPages' own test pins the rule), at least one; none when switched off.
+    assert (0 < len(trims) <= 200_000 // 40_000) if every else trims == []

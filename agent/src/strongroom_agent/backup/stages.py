@@ -44,10 +44,12 @@ T = TypeVar("T")
 class PipelineLimits:
     """Sizes of the bounded stages (defaults suit production; tests shrink them)."""
 
-    # Chunk content between read and upload. 64 MiB keeps both uploaders busy with a batch each
-    # plus read-ahead; 256 MiB was no faster on the benchmark tree and peaked 200 MB higher.
-    memory_budget_bytes: int = 64 << 20
-    read_batch_bytes: int = 8 << 20  # chunk content produced per worker-thread step
+    # Chunk content between read and upload. 48 MiB holds both uploaders' batches (16 MiB each)
+    # plus 16 MiB of read-ahead; 256 MiB was no faster on the benchmark tree and peaked 200 MB
+    # higher, and 64 MiB peaked ~20 MB higher than 48 together with the two 4 MiB steps below (ADR 0064).
+    memory_budget_bytes: int = 48 << 20
+    # Chunk content produced per worker-thread step: held outside the budget until it is charged.
+    read_batch_bytes: int = 4 << 20
     # Changed files up to small_file_bytes are read in groups, one worker-thread hop per group
     # (at most small_batch_files files or small_batch_bytes bytes): per-file hand-offs between
     # the event loop and the threads, not reading, dominated trees of small files.
@@ -57,7 +59,7 @@ class PipelineLimits:
     ordered_queue: int = 1024  # files in flight between scan and spool
     chunk_queue: int = 4096
     dedup_batch_ids: int = 1000
-    compress_batch_bytes: int = 8 << 20
+    compress_batch_bytes: int = 4 << 20  # content per compress step; its copies are outside the budget
     upload_batch_chunks: int = 256
     upload_batch_bytes: int = 16 << 20
     upload_message_bytes: int = 4 << 20  # chunk payload per UploadChunks message (a chunk larger goes alone)
