@@ -23,31 +23,22 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
+from restore_ab import base_agent  # noqa: E402
 from run import fresh_copy, log, rmtree  # noqa: E402
 from strongroom_runner import StrongroomBench  # noqa: E402
 
 
 def load() -> float:
     return os.getloadavg()[0]
-
-
-def agent_src(rev: str, into: Path) -> Path:
-    """``agent/src`` of ``rev``, extracted from git into ``into``."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", rev, "agent/src"], cwd=ROOT, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into / "agent" / "src"
 
 
 def status_fields(pid: int) -> dict[str, int]:
@@ -238,9 +229,9 @@ async def amain(args: argparse.Namespace) -> int:
     work: Path = args.work
     day1 = args.day1 or dataset.day1_tree(work, quick=args.quick)
     data = work / "data-rss"
-    variants: dict[str, dict[str, str]] = {"HEAD": {"PYTHONPATH": str(agent_src("HEAD", work / "rss-agent-head"))}}
+    variants: dict[str, dict[str, str]] = {"HEAD": {"PYTHONPATH": str(base_agent("HEAD", work / "rss-agent-head"))}}
     for n, rev in enumerate(args.agent):
-        variants[rev] = {"PYTHONPATH": str(agent_src(rev, work / f"rss-agent-{n}"))}
+        variants[rev] = {"PYTHONPATH": str(base_agent(rev, work / f"rss-agent-{n}"))}
     for setting in args.env:
         name, _, value = setting.partition("=")
         variants[f"HEAD {setting}"] = {**variants["HEAD"], name: value}
