@@ -65,8 +65,9 @@ class PipelineLimits:
     upload_message_bytes: int = 4 << 20  # chunk payload per UploadChunks message (a chunk larger goes alone)
     uploaders: int = 2
     # Freed heap pages go back to the system after every this many bytes of uploaded chunks
-    # (memory.FreedPages; 0: never). Each 16 MiB: peak RSS -30-50 MB on the benchmark tree (ADR 0064).
-    trim_every_bytes: int = 16 << 20
+    # (memory.FreedPages; 0: never): after about every upload call (batches of up to 16 MiB), at most
+    # once per 4 MiB when batches are small. Peak RSS of the full backup -30-45 MB (ADR 0064).
+    trim_every_bytes: int = 4 << 20
     commit_batch_entries: int = 1000
     commit_batch_bytes: int = 1 << 20
     seen_ids: int = 200_000  # chunk ids remembered per job to skip repeat dedup queries
