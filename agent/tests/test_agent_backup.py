@@ -404,3 +404,26 @@ def test_cores_come_from_the_command_only() -> None:
     # An older gateway that sends no max_cores: one core, whatever the priority.
     assert cores_for(gateway_pb2.RunBackup(priority=high)) == 1
     assert cores_for(gateway_pb2.RunBackup(max_cores=1024)) == host
+
+
+@pytest.mark.parametrize("every", [0, 40_000])
+async def test_freed_pages_are_trimmed_after_every_so_many_uploaded_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int
+) -> None:
+    """The uploader hands freed heap pages back (malloc_trim) once per ``trim_every_bytes`` released (ADR 0064)."""
+    from strongroom_agent import memory
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "malloc_trim", lambda: lambda: trims.append(1))
+    root = tmp_path / "src"
+    for i in range(20):
+        write_file(str(root / f"f{i:02}"), rand(10_000, 100 + i))
+    limits = PipelineLimits(small_file_bytes=0, upload_batch_chunks=1, uploaders=1, trim_every_bytes=every)
+    gateway = FakeGateway()
+    finished = await backup(gateway, root, limits=limits)
+    assert finished.status == COMPLETE
+    entries = entries_by_path(gateway.only_point())
+    assert all(gateway.content(entries[f"f{i:02}"]) == rand(10_000, 100 + i) for i in range(20))
+    # 200,000 bytes of chunks released in upload batches of one or more whole files: at most one trim
+    # per 40,000 bytes (FreedPages' own test pins the rule), at least one; none when switched off.
+    assert (0 < len(trims) <= 200_000 // 40_000) if every else trims == []

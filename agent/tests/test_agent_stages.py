@@ -66,3 +66,27 @@ def test_compress_group_builds_the_messages_of_its_compressed_chunks_and_drops_t
     assert outgoing.chunks == 5 and outgoing.charge == sum(len(c) + i for i, c in enumerate(contents))
     assert outgoing.payload_bytes == sum(len(u.payload) for u in expected)
     assert all(c.content == b"" for c in chunks)  # held once, as the serialized messages
+
+
+def test_freed_pages_are_due_once_per_so_many_released_bytes() -> None:
+    from strongroom_agent.memory import FreedPages
+
+    calls: list[int] = []
+    freed = FreedPages(100, lambda: calls.append(1))
+    assert [freed.released(n) for n in (60, 39, 1, 150, 0, 99, 1)] == [False, False, True, True, False, False, True]
+    assert not FreedPages(100, None).released(1000)  # not glibc: never
+    assert not FreedPages(0, lambda: None).released(1000)  # switched off
+
+
+def test_malloc_trim_is_glibc_s() -> None:
+    import os
+
+    import pytest
+    from strongroom_agent.memory import malloc_trim
+
+    trim = malloc_trim()
+    if not os.confstr("CS_GNU_LIBC_VERSION"):
+        assert trim is None
+        pytest.skip("not glibc")
+    assert trim is not None
+    assert trim() in (0, 1)  # 1: memory was released, 0: none to release

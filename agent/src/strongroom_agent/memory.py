@@ -9,13 +9,22 @@ tree the agent's peak RSS was ~60 MB above what the pipeline held. Two arenas
 and a fixed 1 MiB threshold (buffers from 1 MiB up are mapped and unmapped
 whole) took that away at no measurable CPU cost; a 128 KiB threshold saved a
 little more but cost ~25% more CPU in page faults.
+
+Chunks below the threshold (most chunks: FastCDC's 256 KiB-1 MiB), compressed
+copies and the step's small objects still come from the arenas, and pages
+freed inside them stay resident until glibc happens to trim the top of an
+arena. ``FreedPages`` hands them back (``malloc_trim``) after every few MiB
+the pipeline released: with the smaller steps of ADR 0064 the full backup's
+peak RSS on the benchmark tree fell from ~235-250 MB to ~205 MB.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +53,39 @@ def tune_allocator() -> bool:
     if not applied:
         log.warning("could not tune the allocator (mallopt refused); memory use may be higher")
     return applied
+
+
+def malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)`` as a callable, or None when the C library is not glibc."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        trim = ctypes.CDLL(None).malloc_trim
+    except (ValueError, OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return functools.partial(trim, 0)
+
+
+class FreedPages:
+    """Returns freed heap pages to the system once ``every_bytes`` of buffers were released.
+
+    ``released(n)`` is called on the event loop as the pipeline lets go of
+    buffers; it says whether a trim is due (then run ``trim`` in a worker
+    thread: it walks the arenas and takes each one's lock in turn).
+    """
+
+    def __init__(self, every_bytes: int, trim: Callable[[], object] | None) -> None:
+        self._every = every_bytes
+        self._since = 0
+        self.trim = trim
+
+    def released(self, nbytes: int) -> bool:
+        if self.trim is None or self._every <= 0:
+            return False
+        self._since += nbytes
+        if self._since < self._every:
+            return False
+        self._since = 0
+        return True

@@ -32,6 +32,7 @@ from typing import TypeVar
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
+from strongroom_agent import memory
 from strongroom_agent.chunking import compress
 from strongroom_agent.gateway_client import GatewayClient
 from strongroom_agent.jobs import RetryPolicy
@@ -43,10 +44,12 @@ T = TypeVar("T")
 class PipelineLimits:
     """Sizes of the bounded stages (defaults suit production; tests shrink them)."""
 
-    # Chunk content between read and upload. 64 MiB keeps both uploaders busy with a batch each
-    # plus read-ahead; 256 MiB was no faster on the benchmark tree and peaked 200 MB higher.
-    memory_budget_bytes: int = 64 << 20
-    read_batch_bytes: int = 8 << 20  # chunk content produced per worker-thread step
+    # Chunk content between read and upload. 48 MiB holds both uploaders' batches (16 MiB each)
+    # plus 16 MiB of read-ahead; 256 MiB was no faster on the benchmark tree and peaked 200 MB
+    # higher, and 64 MiB peaked ~20 MB higher than 48 together with the two 4 MiB steps below (ADR 0064).
+    memory_budget_bytes: int = 48 << 20
+    # Chunk content produced per worker-thread step: held outside the budget until it is charged.
+    read_batch_bytes: int = 4 << 20
     # Changed files up to small_file_bytes are read in groups, one worker-thread hop per group
     # (at most small_batch_files files or small_batch_bytes bytes): per-file hand-offs between
     # the event loop and the threads, not reading, dominated trees of small files.
@@ -56,11 +59,15 @@ class PipelineLimits:
     ordered_queue: int = 1024  # files in flight between scan and spool
     chunk_queue: int = 4096
     dedup_batch_ids: int = 1000
-    compress_batch_bytes: int = 8 << 20
+    compress_batch_bytes: int = 4 << 20  # content per compress step; its copies are outside the budget
     upload_batch_chunks: int = 256
     upload_batch_bytes: int = 16 << 20
     upload_message_bytes: int = 4 << 20  # chunk payload per UploadChunks message (a chunk larger goes alone)
     uploaders: int = 2
+    # Freed heap pages go back to the system after every this many bytes of uploaded chunks
+    # (memory.FreedPages; 0: never): after about every upload call (batches of up to 16 MiB), at most
+    # once per 4 MiB when batches are small. Peak RSS of the full backup -30-45 MB (ADR 0064).
+    trim_every_bytes: int = 4 << 20
     commit_batch_entries: int = 1000
     commit_batch_bytes: int = 1 << 20
     seen_ids: int = 200_000  # chunk ids remembered per job to skip repeat dedup queries
@@ -272,6 +279,7 @@ class Uploader:
         budget: ByteBudget,
         stats: common_pb2.JobStats,
         limits: PipelineLimits,
+        freed: memory.FreedPages | None = None,
     ) -> None:
         self._job_id = job_id
         self._client = client
@@ -281,6 +289,7 @@ class Uploader:
         self._limits = limits
         self.workers = limits.uploaders
         self._queue: asyncio.Queue[Outgoing | End] = asyncio.Queue(limits.upload_batch_chunks * 2)
+        self._freed = freed or memory.FreedPages(limits.trim_every_bytes, memory.malloc_trim())
 
     async def put(self, outgoing: Outgoing) -> None:
         await self._queue.put(outgoing)
@@ -301,7 +310,11 @@ class Uploader:
                 response = await self._retry.call("UploadChunks", upload)
                 self._stats.chunks_new += response.chunks_stored
                 self._stats.bytes_uploaded += sum(o.payload_bytes for o in groups)
-                self._budget.release(sum(o.charge for o in groups))
+                charge = sum(o.charge for o in groups)
+                self._budget.release(charge)
+                del groups, requests, upload  # the batch's buffers are free before the trim
+                if self._freed.released(charge) and self._freed.trim is not None:
+                    await asyncio.to_thread(self._freed.trim)
             if end:
                 return
 
