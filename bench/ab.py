@@ -31,13 +31,15 @@ sys.path.insert(0, str(HERE))
 import dataset  # noqa: E402
 
 
-def run_side(checkout: Path, data: Path, work: Path, env: dict[str, str] | None = None) -> dict[str, list[float]]:
+def run_side(
+    checkout: Path, data: Path, work: Path, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+) -> dict[str, list[float]]:
     python = checkout / ".venv" / "bin" / "python"
     script = checkout / "bench" / "full_backup_once.py"
     if work.exists():
         shutil.rmtree(work)
     done = subprocess.run(
-        [str(python), str(script), "--data", str(data), "--work", str(work)],
+        [str(python), str(script), "--data", str(data), "--work", str(work), *extra],
         cwd=checkout,
         capture_output=True,
         text=True,
@@ -59,11 +61,15 @@ def main() -> int:
     parser.add_argument(
         "--after-env", action="append", default=[], metavar="KEY=VALUE", help="environment of the after side only"
     )
+    parser.add_argument("--s3-tls", action="store_true", help="S3 over HTTPS, as run.py --s3-tls")
+    parser.add_argument("--nochange", type=int, default=1, help="no-change backups after each full backup")
+    parser.add_argument("--data", type=Path, help="an existing day-1 tree (default: build one under --work)")
     args = parser.parse_args()
     work: Path = args.work
+    extra = ("--nochange", str(args.nochange), *(("--s3-tls",) if args.s3_tls else ()))
     after_env = dict(item.split("=", 1) for item in args.after_env)
     after_env = {key: value.replace("{work}", str(work)) for key, value in after_env.items()}
-    data = dataset.day1_tree(work, quick=args.quick)
+    data = args.data or dataset.day1_tree(work, quick=args.quick)
     base = work / "base-checkout"
     if base.exists():
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
@@ -76,7 +82,7 @@ def main() -> int:
         for round_no in range(args.rounds):
             for name, checkout in sides.items():
                 started = time.strftime("%H:%M:%S")
-                one = run_side(checkout, data, work / f"run-{name}", after_env if name == "after" else None)
+                one = run_side(checkout, data, work / f"run-{name}", after_env if name == "after" else None, extra)
                 for metric, values in one.items():
                     results[name].setdefault(metric, []).extend(values)
                 print(f"[{started}] round {round_no + 1} {name}: {json.dumps(one)}", file=sys.stderr, flush=True)
@@ -90,8 +96,10 @@ def main() -> int:
     )
     print("| metric | base (median) | after (median) | after/base | all base | all after |")
     print("|---|---:|---:|---:|---|---|")
-    for metric in ("full_s", "nochange_s", "cpu_s"):
-        b, a = results["base"][metric], results["after"][metric]
+    for metric in ("full_s", "nochange_s", "cpu_s", "agent_cpu_s", "gateway_cpu_s", "full_load"):
+        b, a = results["base"].get(metric, []), results["after"].get(metric, [])
+        if not b or not a:
+            continue
         mb, ma = statistics.median(b), statistics.median(a)
         print(
             f"| {metric} | {mb:.2f} | {ma:.2f} | {ma / mb:.3f} | "

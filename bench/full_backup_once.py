@@ -3,6 +3,7 @@
     python bench/full_backup_once.py --data DIR --work DIR [--runs 1]
 
 Prints one JSON line ``{"full_s": [...], "nochange_s": [...], "cpu_s": [...], "nochange_load": [...]}``
+(and ``agent_cpu_s``, ``gateway_cpu_s``, ``full_load``: the full backup's CPU per process and the load after it)
 (``--nochange N``: N no-change backups after each full one, each with the 1-minute load average). Used by
 ``bench/ab.py``, which runs it from two checkouts (say, before and after the trust boundary) in one
 invocation, alternating, so both sides see the same machine. Only ``StrongroomBench``'s public
@@ -25,8 +26,8 @@ sys.path.insert(0, str(HERE))
 from strongroom_runner import StrongroomBench  # noqa: E402
 
 
-async def main(data: Path, work: Path, runs: int, nochange: int = 1) -> dict[str, list[float]]:
-    bench = StrongroomBench(work)
+async def main(data: Path, work: Path, runs: int, nochange: int = 1, s3_tls: bool = False) -> dict[str, list[float]]:
+    bench = StrongroomBench(work, s3_tls=s3_tls)
     await bench.start(unthrottled_gateway=True)
     out: dict[str, list[float]] = {"full_s": [], "nochange_s": [], "cpu_s": []}
     try:
@@ -36,6 +37,9 @@ async def main(data: Path, work: Path, runs: int, nochange: int = 1) -> dict[str
                 full = await bench.backup(inst)
                 out["full_s"].append(full.wall)
                 out["cpu_s"].append(full.agent_cpu + full.gateway_cpu)
+                out.setdefault("agent_cpu_s", []).append(full.agent_cpu)
+                out.setdefault("gateway_cpu_s", []).append(full.gateway_cpu)
+                out.setdefault("full_load", []).append(os.getloadavg()[0])
                 await bench.latest_point(inst, 1)
                 for _ in range(nochange):
                     out["nochange_s"].append((await bench.backup(inst)).wall)
@@ -54,5 +58,6 @@ if __name__ == "__main__":
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--nochange", type=int, default=1, help="no-change backups after each full backup")
+    parser.add_argument("--s3-tls", action="store_true", help="S3 over HTTPS, as run.py --s3-tls")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.data, args.work, args.runs, args.nochange))), flush=True)
+    print(json.dumps(asyncio.run(main(args.data, args.work, args.runs, args.nochange, args.s3_tls))), flush=True)

@@ -39,9 +39,11 @@ def pyspy() -> list[str]:
     return [uv, "run", "--no-project", "--with", "py-spy", "py-spy"]
 
 
-def start_record(pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:
-    argv = [*pyspy(), "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate), "--nonblocking"]
+def start_record(pid: int, out: Path, rate: int, *, native: bool = False) -> subprocess.Popen[bytes]:
+    argv = [*pyspy(), "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate)]
     argv += ["--threads", "--output", str(out)]
+    # --native: C frames too (hashing, AES, zstd, TLS); py-spy must pause the process to unwind them.
+    argv.append("--native" if native else "--nonblocking")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -100,7 +102,7 @@ async def amain(args: argparse.Namespace) -> int:
             dataset.build(source, quick=args.quick)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    bench = StrongroomBench(work / "strongroom-profile")
+    bench = StrongroomBench(work / "strongroom-profile", s3_tls=args.s3_tls)
     await bench.start()
     report = []
     try:
@@ -111,7 +113,7 @@ async def amain(args: argparse.Namespace) -> int:
         point = ""
         for job, target in jobs:
             recs = {
-                name: start_record(pid, out / f"{job}-{name}.raw", args.rate)
+                name: start_record(pid, out / f"{job}-{name}.raw", args.rate, native=args.native)
                 for name, pid in (("agent", inst.agent.process.pid), ("gateway", bench.gateway_pid))
             }
             await asyncio.sleep(1.0)  # let py-spy attach
@@ -150,6 +152,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--source", type=Path)
     parser.add_argument("--backup-only", action="store_true")
+    parser.add_argument("--s3-tls", action="store_true", help="S3 over HTTPS, as run.py --s3-tls")
+    parser.add_argument("--native", action="store_true", help="py-spy --native: C frames in the stacks")
     parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "strongroom-bench")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "strongroom-profile")

@@ -217,10 +217,10 @@ async def test_an_upload_cancelled_while_waiting_to_write_its_pack_leaves_no_orp
     real_put = gw.objects.put
     unblocked = asyncio.Event()
 
-    async def slow_put(key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+    async def slow_put(key: str, data: bytes, *, retain_until: dt.datetime | None = None, new_key: bool = False) -> str:
         if key.startswith("packs/"):
             await unblocked.wait()
-        return await real_put(key, data, retain_until=retain_until)
+        return await real_put(key, data, retain_until=retain_until, new_key=new_key)
 
     monkeypatch.setattr(gw.objects, "put", slow_put)
     # Two uploads take both write slots (max_concurrent_writes=2) and wait for their packs.

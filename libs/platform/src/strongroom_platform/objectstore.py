@@ -68,8 +68,15 @@ class ObjectStore(Protocol):
       by a POSIX filesystem (versitygw) refuse that, so callers must not rely on it.
     """
 
-    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
-        """Store ``data`` under ``key``, locked until ``retain_until`` when given; return the new version's id."""
+    async def put(
+        self, key: str, data: bytes, *, retain_until: dt.datetime | None = None, new_key: bool = False
+    ) -> str:
+        """Store ``data`` under ``key``, locked until ``retain_until`` when given; return the new version's id.
+
+        ``new_key=True`` promises that nothing was ever written under ``key`` (it is a hash of
+        content with fresh random bytes in it, such as a pack's SHA-256): the adapter may then
+        skip its check for a locked object there, a round trip per object on S3.
+        """
         ...
 
     async def get(

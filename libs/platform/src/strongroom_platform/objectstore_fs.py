@@ -173,8 +173,13 @@ class FilesystemObjectStore:
         until = self._read_lock(lock_path)
         return until if until is not None and until > self._clock.now() else None
 
-    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
-        """Atomically store ``data`` as a new version; refuse with ObjectLocked while the key is locked."""
+    async def put(
+        self, key: str, data: bytes, *, retain_until: dt.datetime | None = None, new_key: bool = False
+    ) -> str:
+        """Atomically store ``data`` as a new version; refuse with ObjectLocked while the key is locked.
+
+        The lock check is a local file read: done even with ``new_key``.
+        """
         if retain_until is not None and retain_until.tzinfo is None:
             raise ValueError("retain_until must be timezone-aware")
         version_id = secrets.token_hex(16)

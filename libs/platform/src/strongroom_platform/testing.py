@@ -111,7 +111,9 @@ class InMemoryObjectStore:
     def _is_locked(self, version: _MemoryVersion | None) -> bool:
         return version is not None and version.retain_until is not None and version.retain_until > self._clock.now()
 
-    async def put(self, key: str, data: bytes, *, retain_until: dt.datetime | None = None) -> str:
+    async def put(
+        self, key: str, data: bytes, *, retain_until: dt.datetime | None = None, new_key: bool = False
+    ) -> str:
         if self._is_locked(self._current(key)):
             raise ObjectLocked(key)
         return self.put_new_version(key, data, retain_until=retain_until)
