@@ -140,7 +140,8 @@ def test_run_checked_reports_status_and_kills_on_timeout(tmp_path: Path) -> None
     pid_file = tmp_path / "slow.pid"
     with pytest.raises(ServerStartError, match="timed out"):
         run_checked(["sh", "-c", f"echo $$ > {pid_file}; sleep 300"], what="slow", log_path=log, timeout=1)
-    assert live_group_members(int(pid_file.read_text())) == []
+    # SIGKILL is delivered asynchronously: the group is gone moments later, never left running.
+    _wait_gone(int(pid_file.read_text()), within=10)
 
 
 def test_unstartable_executable_is_a_start_error(tmp_path: Path) -> None:
