@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +36,23 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 ARENA_MAX = 2
 
 
+def _glibc_function(name: str) -> Any | None:
+    """glibc's function ``name`` (a ctypes foreign function), or None when the C library is not glibc."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        return getattr(ctypes.CDLL(None), name)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def tune_allocator() -> bool:
     """Apply the settings above when the C library is glibc; False (and nothing changed) otherwise.
 
     Called once by the agent's entry point before its jobs start; never at import.
     """
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return False
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (ValueError, OSError, AttributeError):
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False  # not glibc (musl, macOS): its allocator's own defaults stand
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -57,11 +64,8 @@ def tune_allocator() -> bool:
 
 def malloc_trim() -> Callable[[], object] | None:
     """glibc's ``malloc_trim(0)`` as a callable, or None when the C library is not glibc."""
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return None
-        trim = ctypes.CDLL(None).malloc_trim
-    except (ValueError, OSError, AttributeError):
+    trim = _glibc_function("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
