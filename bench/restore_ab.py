@@ -1,7 +1,7 @@
 """Full restores only, before and after, with restic and rustic in the same invocation (issue 13, ADR 0060).
 
     uv run python bench/restore_ab.py [--base REV ...] [--rounds 3] [--peers restic,rustic] [--disk] [--quick]
-                                      [--s3-tls] [--pyspy-gil DIR] [--out F]
+                                      [--s3-tls] [--pyspy-gil DIR] [--timeline] [--out F]
 
 One stack (the servers and services of ``run.py``), one backup of the day-1 tree per engine, then
 ``--rounds`` rounds of full restores into tmpfs (and with ``--disk`` onto the data set's disk),
@@ -12,6 +12,9 @@ Every restore's wall time, agent and gateway CPU, the agent's peak RSS and the 1
 average are printed; the tables give the medians and this checkout's ratio to each other engine.
 ``--pyspy-gil DIR`` records one extra, uncounted restore of this checkout's agent and of the gateway
 with ``py-spy --gil --native`` (py-spy must be on PATH or next to the interpreter).
+``--timeline`` samples every Strongroom restore's agent, gateway and versitygw every 0.25 s
+(``restore_timeline.py``: CPU per process and thread group, bytes read and written) and prints
+each timeline after the tables (and into ``--out``).
 The restored trees are compared with the source by file count after the first round.
 """
 
@@ -36,6 +39,7 @@ sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
 import peers  # noqa: E402
+from restore_timeline import Timeline  # noqa: E402
 from run import count_files, s3_bucket  # noqa: E402
 from strongroom_cli.stack import spawn  # noqa: E402
 from strongroom_runner import Instance, StrongroomBench, cpu_seconds  # noqa: E402
@@ -156,6 +160,7 @@ async def amain(args: argparse.Namespace) -> int:
     table = Table()
     peer_list: list[tuple[str, peers.Peer]] = []
     pyspies: list[subprocess.Popen[bytes]] = []
+    timelines: list[str] = []
     try:
         inst = await bench.new_instance(day1, unthrottled=True)
         r = await bench.backup(inst)
@@ -196,8 +201,16 @@ async def amain(args: argparse.Namespace) -> int:
                         await swap_agent(bench, inst, src)
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before, s3_before = load(), s3_cpu(bench)
+                    assert bench.s3 is not None and bench.s3.pid is not None
+                    pids = {"agent": inst.agent.process.pid, "gateway": bench.gateway_pid, "versitygw": bench.s3.pid}
+                    timeline = Timeline(pids)
                     try:
-                        r = await bench.restore(inst, point, dest)
+                        if args.timeline:
+                            with timeline:
+                                r = await bench.restore(inst, point, dest)
+                            timelines.append(timeline.summary(f"round {n + 1} {kind} {name} (load {before:.1f})"))
+                        else:
+                            r = await bench.restore(inst, point, dest)
                         s3 = s3_cpu(bench) - s3_before
                         if n == 0 and count_files(dest) != source_files:
                             raise RuntimeError(f"{name}: {count_files(dest)} files restored of {source_files}")
@@ -223,6 +236,8 @@ async def amain(args: argparse.Namespace) -> int:
         await bench.stop()
         shutil.rmtree(bench.work, ignore_errors=True)
     text = table.render("strongroom")
+    if timelines:
+        text += "\n\n### Timelines\n\n" + "\n\n".join(timelines)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
@@ -243,6 +258,7 @@ def main() -> int:
     parser.add_argument(
         "--work", type=Path, default=Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "strongroom-bench"
     )
+    parser.add_argument("--timeline", action="store_true", help="sample every Strongroom restore every 0.25 s")
     parser.add_argument("--out", type=Path)
     return asyncio.run(amain(parser.parse_args()))
 
