@@ -482,31 +482,6 @@ async def test_a_streamed_file_with_a_damaged_chunk_leaves_no_partial_content(tm
     assert not list(tmp_path.rglob(".strongroom*"))
 
 
-async def test_a_streamed_file_fetches_a_bounded_number_of_windows_ahead(tmp_path: Path) -> None:
-    class CountingGateway(FakeGateway):
-        open_calls = 0
-        most_open = 0
-
-        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
-            self.open_calls += 1
-            self.most_open = max(self.most_open, self.open_calls)
-            try:
-                async for chunk in super().read_chunks(restore_job_id, chunk_ids):
-                    await asyncio.sleep(0.001)  # the gateway takes a while per chunk
-                    yield chunk
-            finally:
-                self.open_calls -= 1
-
-    gateway = CountingGateway()
-    pieces = [bytes([n]) * 1000 for n in range(40)]
-    point_id = add_files(gateway, [("big", pieces)])
-    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=1000)  # windows of one chunk
-    assert finished.status == COMPLETE, finished.error
-    assert (tmp_path / "big").read_bytes() == b"".join(pieces)
-    # The window being written and two fetched ahead (fails with one ahead), never more: memory is bounded.
-    assert gateway.most_open == 3 == 1 + fetch_module.LARGE_FILE_WINDOWS_AHEAD
-
-
 async def test_a_restore_where_every_file_is_damaged_fails(tmp_path: Path) -> None:
     gateway = FakeGateway()
     point_id = add_files(gateway, [("d", None), ("d/a", [b"one"]), ("d/b", [b"two"])])

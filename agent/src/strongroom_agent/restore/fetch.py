@@ -5,8 +5,7 @@ them pack by pack); they are decompressed in the writer threads. A file
 larger than a batch is streamed on its own in windows of at most
 ``LARGE_FILE_WINDOW_IDS`` chunk ids and about a batch of content, appended to
 a file the destination opened and finished (or discarded) at the end; the
-next ``LARGE_FILE_WINDOWS_AHEAD`` windows are fetched while one is decoded
-and written (three windows of content at most).
+next window is fetched while one is decoded and written (two at most).
 
 Damage (ADR 0030): a chunk the gateway reports damaged, one that does not
 decode to its recorded length, and one the gateway leaves out fail only the
@@ -17,7 +16,6 @@ discarded), and its error names the chunk and the reason.
 from __future__ import annotations
 
 import asyncio
-import collections
 from concurrent.futures import ThreadPoolExecutor
 
 from strongroom.common.v1 import common_pb2
@@ -29,10 +27,6 @@ from strongroom_agent.restore.writer import WRITE_THREADS, Contents
 
 # A file larger than a batch is streamed in windows of at most this many ids.
 LARGE_FILE_WINDOW_IDS = 256
-# Windows of a large file fetched ahead of the one being decoded and written. One ahead left the
-# gateway idle while the agent decoded and the agent idle while the gateway started the next call
-# (its job and location queries, its first ranged GET): the restore timeline of ADR 0067.
-LARGE_FILE_WINDOWS_AHEAD = 2
 
 
 def damage_reason(chunk_id: bytes, damage: str) -> str:
@@ -127,16 +121,15 @@ class Fetcher:
         average = max(1, entry.size // max(1, len(ids)))
         window = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes // average))
         windows = [ids[start : start + window] for start in range(0, len(ids), window)]
-        # The next windows are fetched while this one is decoded and written (bounded: see the constant).
-        ahead: collections.deque[asyncio.Task[dict[bytes, ChunkSent]]] = collections.deque()
+        # The next window is fetched while this one is decoded and written (two windows at most).
+        ahead: asyncio.Task[dict[bytes, ChunkSent]] | None = None
         try:
-            for wanted in windows[: 1 + LARGE_FILE_WINDOWS_AHEAD]:
-                ahead.append(asyncio.create_task(self._window(wanted)))
+            if windows:
+                ahead = asyncio.create_task(self._window(windows[0]))
             for n, wanted in enumerate(windows):
-                fetched = await ahead.popleft()
-                later = n + 1 + LARGE_FILE_WINDOWS_AHEAD
-                if later < len(windows):
-                    ahead.append(asyncio.create_task(self._window(windows[later])))
+                assert ahead is not None
+                fetched = await ahead
+                ahead = asyncio.create_task(self._window(windows[n + 1])) if n + 1 < len(windows) else None
                 damaged = next((c for c in wanted if c in fetched and fetched[c].damage), None)
                 if damaged is not None:
                     raise EntryProblem(damage_reason(damaged, fetched[damaged].damage))
@@ -148,9 +141,9 @@ class Fetcher:
                 raise EntryProblem(f"content is {written} bytes, expected {entry.size}")
             await asyncio.to_thread(self._dest.finish_file, parts, fd, temp, entry)
         except BaseException:
-            for task in ahead:
-                task.cancel()
-            await asyncio.gather(*ahead, return_exceptions=True)
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
             await asyncio.shield(asyncio.to_thread(self._dest.discard_file, parts, fd, temp))
             raise
         return written
