@@ -42,7 +42,7 @@ import peers  # noqa: E402
 from restore_timeline import Timeline  # noqa: E402
 from run import count_files, s3_bucket  # noqa: E402
 from strongroom_cli.stack import spawn  # noqa: E402
-from strongroom_runner import Instance, StrongroomBench, cpu_seconds  # noqa: E402
+from strongroom_runner import Instance, Result, StrongroomBench, cpu_seconds  # noqa: E402
 
 TMPFS = Path("/dev/shm")
 
@@ -79,6 +79,20 @@ def s3_cpu(bench: StrongroomBench) -> float:
     """versitygw's CPU seconds so far (every engine's restore costs it some)."""
     assert bench.s3 is not None and bench.s3.pid is not None
     return cpu_seconds(bench.s3.pid)
+
+
+async def timed_restore(
+    bench: StrongroomBench, inst: Instance, point: str, dest: Path, timelines: list[str] | None, label: str
+) -> Result:
+    """One full restore; with ``timelines``, sampled (``restore_timeline.py``) and its summary appended."""
+    if timelines is None:
+        return await bench.restore(inst, point, dest)
+    assert bench.s3 is not None and bench.s3.pid is not None
+    pids = {"agent": inst.agent.process.pid, "gateway": bench.gateway_pid, "versitygw": bench.s3.pid}
+    with Timeline(pids) as timeline:
+        r = await bench.restore(inst, point, dest)
+    timelines.append(timeline.summary(label))
+    return r
 
 
 def start_pyspy(pid: int, out: Path, name: str = "agent") -> subprocess.Popen[bytes]:
@@ -201,16 +215,9 @@ async def amain(args: argparse.Namespace) -> int:
                         await swap_agent(bench, inst, src)
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before, s3_before = load(), s3_cpu(bench)
-                    assert bench.s3 is not None and bench.s3.pid is not None
-                    pids = {"agent": inst.agent.process.pid, "gateway": bench.gateway_pid, "versitygw": bench.s3.pid}
-                    timeline = Timeline(pids)
+                    label = f"round {n + 1} {kind} {name} (load {before:.1f})"
                     try:
-                        if args.timeline:
-                            with timeline:
-                                r = await bench.restore(inst, point, dest)
-                            timelines.append(timeline.summary(f"round {n + 1} {kind} {name} (load {before:.1f})"))
-                        else:
-                            r = await bench.restore(inst, point, dest)
+                        r = await timed_restore(bench, inst, point, dest, timelines if args.timeline else None, label)
                         s3 = s3_cpu(bench) - s3_before
                         if n == 0 and count_files(dest) != source_files:
                             raise RuntimeError(f"{name}: {count_files(dest)} files restored of {source_files}")
@@ -228,6 +235,10 @@ async def amain(args: argparse.Namespace) -> int:
                     finally:
                         shutil.rmtree(dest, ignore_errors=True)
                     table.restore(f"round {n + 1}", kind, name, m.wall, m.cpu, m.peak_rss, before, s3=s3)
+    except BaseException:
+        # The services' and agents' logs outlive a failed run (the stack's directory is removed below).
+        shutil.copytree(bench.work / "logs", work / "restore-ab-logs", dirs_exist_ok=True)
+        raise
     finally:
         while pyspies:
             stop_pyspy(pyspies.pop())

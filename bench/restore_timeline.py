@@ -71,7 +71,7 @@ class Timeline:
                         tname, tcpu = _stat_cpu(task / "stat")
                     except (FileNotFoundError, ProcessLookupError):
                         continue
-                    threads[f"{name}/{_thread_group(tname)}"] += tcpu
+                    threads[f"{name}/{_thread_group(tname)}-{task.name}"] += tcpu
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue
         return Sample(time.perf_counter() - t0, cpu, dict(threads), io)
