@@ -4,9 +4,11 @@
 its CPU (utime + stime of ``/proc/<pid>/stat``), the CPU of each of its threads grouped by thread
 name (``/proc/<pid>/task/*/stat``: the agent's event loop vs its ``restore-write`` threads, the
 gateway's loop vs its ``read-verify`` threads) and ``rchar``/``wchar`` of ``/proc/<pid>/io``.
-rchar/wchar are the pipeline's flow without touching the processes: the gateway's rchar is what it
-read from S3 (and PostgreSQL), its wchar what it sent the agent; the agent's rchar is what it
-received, its wchar what it wrote into the destination. ``summary`` renders the busy-core
+rchar/wchar are part of the pipeline's flow without touching the processes: the gateway's rchar is
+what it read from S3 (and PostgreSQL), the agent's wchar what it wrote into the destination. gRPC's
+own socket traffic (``sendmsg``/``recvmsg``) is not counted there, so the agent↔gateway flow is
+not visible. Python threads all carry the OS name ``python``: threads are told apart by id.
+``summary`` renders the busy-core
 profile (how much of the restore had fewer than 1, 1.5 and 2 cores busy) and a per-second table.
 """
 
