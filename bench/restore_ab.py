@@ -1,7 +1,7 @@
 """Full restores only, before and after, with restic and rustic in the same invocation (issue 13, ADR 0060).
 
     uv run python bench/restore_ab.py [--base REV ...] [--rounds 3] [--peers restic,rustic] [--disk] [--quick]
-                                      [--s3-tls] [--pyspy-gil DIR] [--out F]
+                                      [--s3-tls] [--pyspy-gil DIR] [--timeline] [--out F]
 
 One stack (the servers and services of ``run.py``), one backup of the day-1 tree per engine, then
 ``--rounds`` rounds of full restores into tmpfs (and with ``--disk`` onto the data set's disk),
@@ -12,6 +12,9 @@ Every restore's wall time, agent and gateway CPU, the agent's peak RSS and the 1
 average are printed; the tables give the medians and this checkout's ratio to each other engine.
 ``--pyspy-gil DIR`` records one extra, uncounted restore of this checkout's agent and of the gateway
 with ``py-spy --gil --native`` (py-spy must be on PATH or next to the interpreter).
+``--timeline`` samples every Strongroom restore's agent, gateway and versitygw every 0.25 s
+(``restore_timeline.py``: CPU per process and thread group, bytes read and written) and prints
+each timeline after the tables (and into ``--out``).
 The restored trees are compared with the source by file count after the first round.
 """
 
@@ -36,9 +39,10 @@ sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
 import peers  # noqa: E402
+from restore_timeline import Timeline  # noqa: E402
 from run import count_files, s3_bucket  # noqa: E402
 from strongroom_cli.stack import spawn  # noqa: E402
-from strongroom_runner import Instance, StrongroomBench, cpu_seconds  # noqa: E402
+from strongroom_runner import Instance, Result, StrongroomBench, cpu_seconds  # noqa: E402
 
 TMPFS = Path("/dev/shm")
 
@@ -75,6 +79,20 @@ def s3_cpu(bench: StrongroomBench) -> float:
     """versitygw's CPU seconds so far (every engine's restore costs it some)."""
     assert bench.s3 is not None and bench.s3.pid is not None
     return cpu_seconds(bench.s3.pid)
+
+
+async def timed_restore(
+    bench: StrongroomBench, inst: Instance, point: str, dest: Path, timelines: list[str] | None, label: str
+) -> Result:
+    """One full restore; with ``timelines``, sampled (``restore_timeline.py``) and its summary appended."""
+    if timelines is None:
+        return await bench.restore(inst, point, dest)
+    assert bench.s3 is not None and bench.s3.pid is not None
+    pids = {"agent": inst.agent.process.pid, "gateway": bench.gateway_pid, "versitygw": bench.s3.pid}
+    with Timeline(pids) as timeline:
+        r = await bench.restore(inst, point, dest)
+    timelines.append(timeline.summary(label))
+    return r
 
 
 def start_pyspy(pid: int, out: Path, name: str = "agent") -> subprocess.Popen[bytes]:
@@ -156,6 +174,7 @@ async def amain(args: argparse.Namespace) -> int:
     table = Table()
     peer_list: list[tuple[str, peers.Peer]] = []
     pyspies: list[subprocess.Popen[bytes]] = []
+    timelines: list[str] = []
     try:
         inst = await bench.new_instance(day1, unthrottled=True)
         r = await bench.backup(inst)
@@ -196,8 +215,9 @@ async def amain(args: argparse.Namespace) -> int:
                         await swap_agent(bench, inst, src)
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before, s3_before = load(), s3_cpu(bench)
+                    label = f"round {n + 1} {kind} {name} (load {before:.1f})"
                     try:
-                        r = await bench.restore(inst, point, dest)
+                        r = await timed_restore(bench, inst, point, dest, timelines if args.timeline else None, label)
                         s3 = s3_cpu(bench) - s3_before
                         if n == 0 and count_files(dest) != source_files:
                             raise RuntimeError(f"{name}: {count_files(dest)} files restored of {source_files}")
@@ -215,6 +235,10 @@ async def amain(args: argparse.Namespace) -> int:
                     finally:
                         shutil.rmtree(dest, ignore_errors=True)
                     table.restore(f"round {n + 1}", kind, name, m.wall, m.cpu, m.peak_rss, before, s3=s3)
+    except BaseException:
+        # The services' and agents' logs outlive a failed run (the stack's directory is removed below).
+        shutil.copytree(bench.work / "logs", work / "restore-ab-logs", dirs_exist_ok=True)
+        raise
     finally:
         while pyspies:
             stop_pyspy(pyspies.pop())
@@ -223,6 +247,8 @@ async def amain(args: argparse.Namespace) -> int:
         await bench.stop()
         shutil.rmtree(bench.work, ignore_errors=True)
     text = table.render("strongroom")
+    if timelines:
+        text += "\n\n### Timelines\n\n" + "\n\n".join(timelines)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
@@ -243,6 +269,7 @@ def main() -> int:
     parser.add_argument(
         "--work", type=Path, default=Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "strongroom-bench"
     )
+    parser.add_argument("--timeline", action="store_true", help="sample every Strongroom restore every 0.25 s")
     parser.add_argument("--out", type=Path)
     return asyncio.run(amain(parser.parse_args()))
 
