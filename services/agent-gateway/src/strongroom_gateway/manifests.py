@@ -86,13 +86,22 @@ async def read_point_manifest(
     from their packs and verified. Raises ObjectNotFound when the object (version) is missing,
     ManifestFormatError when it (or one of its segments) is unreadable or of an unknown version.
     """
+    data, _ = await read_point_blobs(object_store, keys, point, store=store)
+    return data
+
+
+async def read_point_blobs(
+    object_store: ObjectStore, keys: AccountKeys, point: Point, *, store: GatewayStore | None = None
+) -> tuple[bytes, list[bytes]]:
+    """``read_point_manifest``'s bytes, and the ids of the segment blobs the point's manifest is stored in
+    (none for version 1): the blobs besides its entries' chunks that the point needs (GC, repack)."""
     stored = await object_store.get(point.manifest_key, version_id=point.manifest_version_id)
     key = await keys.data_key(point.account_id)
     data = await asyncio.to_thread(open_manifest, key, point.point_id, stored)
-    if manifest_version(data) == SEGMENTED_VERSION:
-        chunk_table = store if store is not None else keys.store
-        return await segments.expand_manifest(chunk_table, object_store, key, point.account_id, data)
-    return data
+    if manifest_version(data) != SEGMENTED_VERSION:
+        return data, []
+    chunk_table = store if store is not None else keys.store
+    return await segments.expand_manifest(chunk_table, object_store, key, point.account_id, data)
 
 
 def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:

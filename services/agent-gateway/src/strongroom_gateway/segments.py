@@ -121,8 +121,11 @@ async def read_segments(
 
 async def expand_manifest(
     store: GatewayStore, object_store: ObjectStore, data_key: DataKey, account_id: str, data: bytes
-) -> bytes:
-    """The version 1 manifest of the version 2 manifest ``data`` of ``account_id`` (same record stream)."""
+) -> tuple[bytes, list[bytes]]:
+    """The version 1 manifest of the version 2 manifest ``data`` of ``account_id`` (same record stream),
+    and the ids of its segments."""
     refs = await asyncio.to_thread(decode_segment_list, data)
-    contents = await read_segments(store, object_store, data_key, account_id, [r.segment_id for r in refs])
-    return await asyncio.to_thread(manifest_from_segments, refs, (contents[r.segment_id] for r in refs))
+    ids = [r.segment_id for r in refs]
+    contents = await read_segments(store, object_store, data_key, account_id, ids)
+    v1 = await asyncio.to_thread(manifest_from_segments, refs, (contents[r.segment_id] for r in refs))
+    return v1, list(dict.fromkeys(ids))
