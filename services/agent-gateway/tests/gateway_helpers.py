@@ -67,8 +67,10 @@ class GatewayHarness:
         pack_target_bytes: int = 16 << 20,
         store: GatewayStore | None = None,
         max_running_backups: int = 0,
+        manifest_segments: bool = False,
     ) -> None:
         self.clock = clock
+        self.manifest_segments = manifest_segments
         self.slots = BackupSlots(max_running_backups, clock=clock)
         self.store: Any = store or InMemoryGatewayStore()
         self.objects = InMemoryObjectStore(clock)
@@ -95,6 +97,7 @@ class GatewayHarness:
             sessions=self.sessions,
             writer=self.writer,
             slots=self.slots,
+            manifest_segments=self.manifest_segments,
         )
         manifest_service = manifest_api.register(
             manifest_api.ManifestServicer(store=self.store, object_store=self.objects, keys=self.keys)

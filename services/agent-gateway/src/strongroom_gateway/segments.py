@@ -11,23 +11,34 @@ their ids and checked against the list.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import blake3
+import zstandard
+from strongroom.common.v1 import common_pb2
 from strongroom_platform.manifest import (
     ManifestFormatError,
     SegmentRef,
     decode_segment_list,
+    encode_segment_list,
     encode_uvarint,
     manifest_from_segments,
+    manifest_records,
+    record_path,
 )
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
+from strongroom_gateway import packfile
 from strongroom_gateway.chunks import chunk_id
 from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.points.opening import open_range
 from strongroom_gateway.points.planning import ReadRange, coalesce
 from strongroom_gateway.ports import ChunkLocation, GatewayStore
+
+if TYPE_CHECKING:
+    from strongroom_gateway.ingest import PackWriter
 
 # A segment ends after a record whose path's cut hash is 0 modulo this (16 records on average) ...
 CUT_MODULUS = 16
@@ -38,6 +49,8 @@ _CUT_CONTEXT = b"strongroom manifest segment cut\x00"
 # Segment ids looked up per chunk-table query, and segment ranges fetched at a time.
 LOOKUP_BATCH = 10_000
 RANGES_IN_FLIGHT = 4
+# Segments are compressed like the agent's chunks before they are packed.
+SEGMENT_ZSTD_LEVEL = 3
 
 
 def is_cut(chunk_id_key: bytes, path: bytes) -> bool:
@@ -129,3 +142,76 @@ async def expand_manifest(
     contents = await read_segments(store, object_store, data_key, account_id, ids)
     v1 = await asyncio.to_thread(manifest_from_segments, refs, (contents[r.segment_id] for r in refs))
     return v1, list(dict.fromkeys(ids))
+
+
+def stream_segments(chunk_id_key: bytes, manifest: bytes) -> list[tuple[SegmentRef, bytes]]:
+    """The segments of a version 1 manifest's record stream (pure CPU: a worker thread)."""
+
+    def records() -> Iterator[tuple[bytes, bytes]]:
+        for record in manifest_records(manifest):
+            path = record_path(record)
+            yield (path if path is not None else common_pb2.FileEntry.FromString(record).path.encode()), record
+
+    return list(cut_segments(chunk_id_key, records()))
+
+
+async def segment_pack_refs(store: GatewayStore, account_id: str, segment_ids: Sequence[bytes]) -> dict[str, int]:
+    """One reference per distinct segment, in the pack holding it; ManifestFormatError when one is not stored."""
+    refs: dict[str, int] = {}
+    unique = list(dict.fromkeys(segment_ids))
+    for start in range(0, len(unique), LOOKUP_BATCH):
+        async with store.transaction() as tx:
+            found, missing = await tx.chunk_pack_refs(
+                account_id, dict.fromkeys(unique[start : start + LOOKUP_BATCH], 1)
+            )
+        if missing:
+            raise ManifestFormatError(f"{len(missing)} manifest segments are not stored: {missing[0].hex()}")
+        for pack, n in found.items():
+            refs[pack] = refs.get(pack, 0) + n
+    return refs
+
+
+def _compress(segments: Sequence[tuple[SegmentRef, bytes]]) -> list[packfile.BlobToPack]:
+    compressor = zstandard.ZstdCompressor(level=SEGMENT_ZSTD_LEVEL, write_content_size=True)
+    return [
+        packfile.BlobToPack(ref.segment_id, packfile.COMPRESSION_ZSTD, compressor.compress(content), len(content))
+        for ref, content in segments
+    ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WrittenSegments:
+    """A point's version 2 manifest (unsealed), and its segments' references per pack."""
+
+    manifest: bytes
+    segment_ids: list[bytes]
+    refs: dict[str, int]
+    written: int  # segments this commit stored (the others the account held already)
+
+
+async def write_segments(
+    store: GatewayStore, writer: PackWriter, account_id: str, chunk_id_key: bytes, manifest: bytes
+) -> WrittenSegments:
+    """Store the record stream of ``manifest`` (version 1 bytes) as segments: those the account does not
+    hold yet go into packs through ``writer`` (sealed, locked and recorded like uploaded chunks), and the
+    version 2 manifest listing them is returned with one reference per distinct segment in its pack."""
+    segments = await asyncio.to_thread(stream_segments, chunk_id_key, manifest)
+    ids = list(dict.fromkeys(ref.segment_id for ref, _ in segments))
+    absent: set[bytes] = set()
+    for start in range(0, len(ids), LOOKUP_BATCH):
+        async with store.transaction() as tx:
+            _, missing = await tx.chunk_packs(account_id, ids[start : start + LOOKUP_BATCH])
+        absent.update(missing)
+    new: dict[bytes, tuple[SegmentRef, bytes]] = {}
+    for ref, content in segments:
+        if ref.segment_id in absent:
+            new.setdefault(ref.segment_id, (ref, content))
+    blobs = await asyncio.to_thread(_compress, list(new.values()))
+    pending = set()
+    for blob in blobs:
+        pack, _ = await writer.add(account_id, blob)
+        pending.add(pack)
+    await writer.flush(pending)
+    encoded = await asyncio.to_thread(encode_segment_list, [ref for ref, _ in segments])
+    refs = await segment_pack_refs(store, account_id, ids)
+    return WrittenSegments(encoded, ids, refs, len(new))
