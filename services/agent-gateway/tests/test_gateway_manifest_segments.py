@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from gateway_helpers import GatewayHarness, dir_entry, file_entry
-from minio import Minio
+from gateway_helpers import GatewayHarness, dir_entry, file_entry, real_harness
 from strongroom.common.v1 import common_pb2
 from strongroom.gateway.v1 import manifest_pb2
 from strongroom_gateway import manifests
 from strongroom_gateway.manifests import seal_manifest
-from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.ports import Point
-from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.segments import CUT_MODULUS, cut_segments
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.manifest import (
@@ -32,7 +28,6 @@ from strongroom_platform.manifest import (
     manifest_records,
     record_path,
 )
-from strongroom_platform.objectstore_s3 import S3ObjectStore
 from strongroom_platform.testing import FakeClock
 from strongroom_testing.fixtures import PgLogins, S3Config
 
@@ -50,24 +45,8 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[GatewayHarnes
         return
     s3_config: S3Config = request.getfixturevalue("s3_config")
     pg_logins: PgLogins = request.getfixturevalue("pg_logins")
-    client = Minio(
-        s3_config.endpoint,
-        access_key=s3_config.access_key,
-        secret_key=s3_config.secret_key,
-        secure=s3_config.secure,
-        region="us-east-1",
-    )
-    objects = S3ObjectStore(client, f"segments-{uuid.uuid4().hex[:12]}", clock=clock)
-    await objects.ensure_bucket()
-    pool = await pg_logins.pool(SPEC)
-    gw = GatewayHarness(clock, store=PgGatewayStore(pool))
-    gw.objects = objects  # type: ignore[assignment]
-    await gw.start()
-    try:
+    async with real_harness(s3_config, pg_logins, clock, "segments") as (gw, _, _):
         yield gw
-    finally:
-        await gw.stop()
-        await pool.close()
 
 
 @dataclasses.dataclass
