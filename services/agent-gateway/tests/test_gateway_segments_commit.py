@@ -149,3 +149,23 @@ async def test_gc_after_a_day2_point_keeps_the_packs_of_its_inherited_segments(s
         assert pack_id not in gw.store.state.gc.condemned
         assert gw.store.state.packs[pack_id].object_key in _pack_keys(gw)
     assert await _restore(gw, agent, "r-3", day2) == files
+
+
+async def test_an_unchanged_point_takes_its_base_list_and_references_unread(sgw: GatewayHarness) -> None:
+    gw = sgw
+    agent, day1 = await _day1(gw)
+    listing = await _stored(gw, day1)
+    blobs_before = len(gw.store.state.chunks)
+    # A damaged segment pack: a commit that read the base's segments would fail.
+    pack = gw.store.state.packs[gw.store.state.chunks[("acct-a", decode_segment_list(listing)[0].segment_id)].pack_id]
+    intact = await gw.objects.get(pack.object_key)
+    gw.objects.damage(pack.object_key, bytes(len(intact)))
+    gw.clock.advance(days=1)
+    await gw.request_backup(agent, "job-2")
+    day2 = (await _commit(gw, agent, "job-2", [], base=day1, count=1 + 10 + len(FILES))).point_id
+    assert await _stored(gw, day2) == listing
+    assert len(gw.store.state.chunks) == blobs_before
+    assert gw.store.state.point_refs[day2][1] == gw.store.state.point_refs[day1][1]
+    assert gw.store.state.gc.point_packs[day2] == gw.store.state.gc.point_packs[day1]
+    gw.objects.damage(pack.object_key, intact)
+    assert await _expanded(gw, day2) == await _expanded(gw, day1)

@@ -95,12 +95,27 @@ async def read_point_blobs(
 ) -> tuple[bytes, list[bytes]]:
     """``read_point_manifest``'s bytes, and the ids of the segment blobs the point's manifest is stored in
     (none for version 1): the blobs besides its entries' chunks that the point needs (GC, repack)."""
+    data = await read_stored_manifest(object_store, keys, point)
+    return await expand(object_store, keys, point, data, store=store)
+
+
+async def read_stored_manifest(object_store: ObjectStore, keys: AccountKeys, point: Point) -> bytes:
+    """The point's manifest object opened, as stored: version 1, or a version 2 segment list (not expanded)."""
     stored = await object_store.get(point.manifest_key, version_id=point.manifest_version_id)
     key = await keys.data_key(point.account_id)
     data = await asyncio.to_thread(open_manifest, key, point.point_id, stored)
+    manifest_version(data)  # refuses unknown versions here, whatever the caller does next
+    return data
+
+
+async def expand(
+    object_store: ObjectStore, keys: AccountKeys, point: Point, data: bytes, *, store: GatewayStore | None = None
+) -> tuple[bytes, list[bytes]]:
+    """``read_point_blobs`` of the already opened manifest ``data`` of ``point``."""
     if manifest_version(data) != SEGMENTED_VERSION:
         return data, []
     chunk_table = store if store is not None else keys.store
+    key = await keys.data_key(point.account_id)
     return await segments.expand_manifest(chunk_table, object_store, key, point.account_id, data)
 
 
