@@ -19,9 +19,10 @@ from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.keys import MasterKey, MasterKeyring
 from strongroom_gateway.manifests import SEALED_VERSION, seal_manifest
 from strongroom_gateway.ports import Account, AccountDataKey, Instance, InstanceFilesystem, Point
+from strongroom_gateway.segments import cut_segments
 from strongroom_platform.clock import utc
+from strongroom_platform.manifest import SEGMENTED_VERSION, SegmentRef, encode_manifest, encode_segment_list
 from strongroom_platform.manifest import VERSION as MANIFEST_VERSION
-from strongroom_platform.manifest import encode_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ACCOUNT_ID = "compat-acct"
@@ -67,6 +68,20 @@ def entries() -> list[common_pb2.FileEntry]:
     ]
 
 
+def segments() -> list[tuple[SegmentRef, bytes]]:
+    """The fixture entries' record stream cut into manifest segments (format version 2)."""
+    return list(cut_segments(CHUNK_ID_KEY, ((e.path.encode(), e.SerializeToString()) for e in entries())))
+
+
+def segment_blobs() -> list[packfile.BlobToPack]:
+    """The segments as blobs of a pack, zstd-compressed as every segment the gateway writes."""
+    compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+    return [
+        packfile.BlobToPack(ref.segment_id, packfile.COMPRESSION_ZSTD, compressor.compress(content), len(content))
+        for ref, content in segments()
+    ]
+
+
 def key_record(key: DataKey) -> bytes:
     master_key_id, wrapped = MasterKeyring(MasterKey(MASTER_KEY_ID, MASTER_KEY)).wrap(ACCOUNT_ID, DATA_KEY)
     row = AccountDataKey(ACCOUNT_ID, master_key_id, wrapped, WRITTEN_AT)
@@ -109,6 +124,8 @@ def main() -> None:
         f"pack-v{packfile.FORMAT_VERSION}.bin": lambda: packfile.encode_pack(blobs(), key).data,
         f"manifest-v{MANIFEST_VERSION}.bin": lambda: manifest,
         f"sealed-manifest-v{SEALED_VERSION}.bin": lambda: seal_manifest(key, POINT_ID, manifest),
+        f"manifest-v{SEGMENTED_VERSION}.bin": lambda: encode_segment_list(ref for ref, _ in segments()),
+        f"manifest-v{SEGMENTED_VERSION}-segments-pack.bin": lambda: packfile.encode_pack(segment_blobs(), key).data,
         f"key-record-v{vault_format.VERSION}.bin": lambda: key_record(key),
         f"instance-record-v{vault_format.VERSION}.bin": lambda: instance_record(key),
         f"point-record-v{vault_format.VERSION}.bin": lambda: point_record(key),

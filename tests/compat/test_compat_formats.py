@@ -28,7 +28,13 @@ from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.keys import MasterKey, MasterKeyring
 from strongroom_gateway.manifests import SUPPORTED_SEALED_VERSIONS, open_manifest
 from strongroom_platform import manifest as manifest_format
-from strongroom_platform.manifest import ManifestFormatError, decode_manifest
+from strongroom_platform.manifest import (
+    ManifestFormatError,
+    decode_manifest,
+    decode_segment_list,
+    manifest_from_segments,
+    manifest_version,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KEY = DataKey(ACCOUNT_ID, DATA_KEY)
@@ -37,6 +43,8 @@ PINNED = {
     "pack-v2.bin": "cae315d5304b194f704d619b59db82e65adc92087bcd03d8f07e64a6962666af",
     "manifest-v1.bin": "8ae340854135e17ee6f36cb64084c5d3eb1cc39fb513df4ba77cdbdb574ad47a",
     "sealed-manifest-v1.bin": "278d159b201843fae4ec1ec58c7761e45941e0980957f85b90f9b6890f42690d",
+    "manifest-v2.bin": "37e87b3f26e823d001fc9d10513f68b49bcf6b40e51d1830a9e7b36efe36ab07",
+    "manifest-v2-segments-pack.bin": "4e1d3558dbaf9cc1b5640c41098526383ad5b8fdace35908a84ecbabbf1d3763",
     "key-record-v1.bin": "a421bd4969592d866d24c6ad2341c5b92eeeed455bad5b03f9dadd97f78e0ebd",
     "instance-record-v1.bin": "254d10f43b987caaea312e6b76af0298f222314a935b58bca2d82daaeb385a8b",
     "point-record-v1.bin": "dc2b55d4c12ca17739fe5dd5ff989a268413bcea9ca2bd112e9eb510728f60f0",
@@ -57,7 +65,7 @@ def test_every_fixture_is_pinned() -> None:
 def test_every_supported_pack_version_has_a_fixture() -> None:
     assert {f"pack-v{v}.bin" for v in packfile.SUPPORTED_VERSIONS} <= set(PINNED)
     assert {f"sealed-manifest-v{v}.bin" for v in SUPPORTED_SEALED_VERSIONS} <= set(PINNED)
-    assert {f"manifest-v{v}.bin" for v in manifest_format.SUPPORTED_VERSIONS} <= set(PINNED)
+    assert {f"manifest-v{v}.bin" for v in manifest_format.READABLE_VERSIONS} <= set(PINNED)
     for kind in ("key", "instance", "point"):
         assert {f"{kind}-record-v{v}.bin" for v in vault_format.SUPPORTED_VERSIONS} <= set(PINNED)
 
@@ -102,6 +110,28 @@ def test_manifest_fixtures_read_back() -> None:
         open_manifest(KEY, "another-point", fixture("sealed-manifest-v1.bin"))
 
 
+def test_segmented_manifest_fixture_reads_back_as_the_version_1_stream() -> None:
+    refs = decode_segment_list(fixture("manifest-v2.bin"))
+    pack = fixture("manifest-v2-segments-pack.bin")
+    stored = {e.chunk_id: e for e in packfile.decode_index(pack, KEY)}
+    contents = [
+        verify_stored(
+            CHUNK_ID_KEY,
+            KEY,
+            packfile.check_header(pack),
+            ref.segment_id,
+            pack[stored[ref.segment_id].offset : stored[ref.segment_id].offset + stored[ref.segment_id].length],
+            stored[ref.segment_id].compression,
+            stored[ref.segment_id].raw_length,
+        )
+        for ref in refs
+    ]
+    assert sum(r.entry_count for r in refs) == len(PATHS)
+    assert [e.path for e in decode_manifest(manifest_from_segments(refs, contents))] == PATHS
+    with pytest.raises(ManifestFormatError, match="lists segments"):
+        list(decode_manifest(fixture("manifest-v2.bin")))
+
+
 def _future(supported: frozenset[int]) -> int:
     return max(supported) + 1
 
@@ -122,9 +152,11 @@ def test_future_manifest_versions_are_refused_clearly() -> None:
     with pytest.raises(ManifestFormatError, match="unsupported sealed manifest version"):
         open_manifest(KEY, POINT_ID, bytes(sealed))
     plain = bytearray(fixture("manifest-v1.bin"))
-    plain[4] = _future(manifest_format.SUPPORTED_VERSIONS)
+    plain[4] = _future(manifest_format.READABLE_VERSIONS)
     with pytest.raises(ManifestFormatError, match="version"):
         list(decode_manifest(bytes(plain)))
+    with pytest.raises(ManifestFormatError, match=f"unsupported manifest format version {plain[4]} .*upgrade"):
+        manifest_version(bytes(plain))
 
 
 def test_unknown_magic_is_refused() -> None:

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ import blake3
 import grpc
 import zstandard
 from google.protobuf.message import Message
+from minio import Minio
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -27,14 +29,18 @@ from strongroom_gateway.grpc_api import GatewayServicer, register
 from strongroom_gateway.ingest import PackWriter
 from strongroom_gateway.keys import AccountKeys, MasterKey, MasterKeyring
 from strongroom_gateway.manifests import open_manifest
+from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.ports import GatewayStore
+from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
 from strongroom_platform.eventbus import Record
 from strongroom_platform.events import new_meta, to_timestamp
+from strongroom_platform.objectstore_s3 import S3ObjectStore
 from strongroom_platform.runtime import start_grpc_server
 from strongroom_platform.testing import FakeClock, InMemoryObjectStore
+from strongroom_testing.fixtures import PgLogins, S3Config
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -67,8 +73,10 @@ class GatewayHarness:
         pack_target_bytes: int = 16 << 20,
         store: GatewayStore | None = None,
         max_running_backups: int = 0,
+        manifest_segments: bool = False,
     ) -> None:
         self.clock = clock
+        self.manifest_segments = manifest_segments
         self.slots = BackupSlots(max_running_backups, clock=clock)
         self.store: Any = store or InMemoryGatewayStore()
         self.objects = InMemoryObjectStore(clock)
@@ -95,6 +103,7 @@ class GatewayHarness:
             sessions=self.sessions,
             writer=self.writer,
             slots=self.slots,
+            manifest_segments=self.manifest_segments,
         )
         manifest_service = manifest_api.register(
             manifest_api.ManifestServicer(store=self.store, object_store=self.objects, keys=self.keys)
@@ -301,3 +310,32 @@ async def connected_agents(gw: GatewayHarness, count: int) -> tuple[list[Agent],
     streams = [AgentStream(gw.stub.Connect(metadata=a.md)) for a in agents]
     await eventually(lambda: all(gw.sessions.get(a.instance_id) is not None for a in agents))
     return agents, streams
+
+
+def s3_client(s3_config: S3Config) -> Minio:
+    return Minio(
+        s3_config.endpoint,
+        access_key=s3_config.access_key,
+        secret_key=s3_config.secret_key,
+        secure=s3_config.secure,
+        region="us-east-1",
+    )
+
+
+@contextlib.asynccontextmanager
+async def real_harness(
+    s3_config: S3Config, pg_logins: PgLogins, clock: FakeClock, bucket_prefix: str
+) -> AsyncIterator[tuple[GatewayHarness, S3ObjectStore, Minio]]:
+    """A started gateway over real PostgreSQL and S3 (a fresh bucket), its object store and S3 client."""
+    client = s3_client(s3_config)
+    objects = S3ObjectStore(client, f"{bucket_prefix}-{uuid.uuid4().hex[:12]}", clock=clock)
+    await objects.ensure_bucket()
+    pool = await pg_logins.pool(SPEC)
+    gw = GatewayHarness(clock, store=PgGatewayStore(pool))
+    gw.objects = objects  # type: ignore[assignment]
+    await gw.start()
+    try:
+        yield gw, objects, client
+    finally:
+        await gw.stop()
+        await pool.close()

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
 import pytest
-from gateway_helpers import Agent, GatewayHarness, aiter_of, chunk_id, dir_entry, file_entry
-from minio import Minio
+from gateway_helpers import Agent, GatewayHarness, aiter_of, chunk_id, dir_entry, file_entry, real_harness
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -26,7 +24,6 @@ from strongroom_gateway import vault_format
 from strongroom_gateway.ingest import RETENTION
 from strongroom_gateway.keys import AccountKeys, DataKeyMissing
 from strongroom_gateway.manifests import open_manifest
-from strongroom_gateway.migrations import SPEC
 from strongroom_gateway.rebuild import rebuild_from_bucket
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.testing import InMemoryGatewayStore
@@ -34,7 +31,6 @@ from strongroom_platform import events
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.manifest import decode_manifest
 from strongroom_platform.objectstore import ObjectNotFound
-from strongroom_platform.objectstore_s3 import S3ObjectStore
 from strongroom_platform.testing import FakeClock
 from strongroom_testing.contracts import Attacker, InMemoryAttacker, S3Attacker
 from strongroom_testing.fixtures import PgLogins, S3Config
@@ -64,24 +60,8 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
         return
     s3_config: S3Config = request.getfixturevalue("s3_config")
     pg_logins: PgLogins = request.getfixturevalue("pg_logins")
-    client = Minio(
-        s3_config.endpoint,
-        access_key=s3_config.access_key,
-        secret_key=s3_config.secret_key,
-        secure=s3_config.secure,
-        region="us-east-1",
-    )
-    objects = S3ObjectStore(client, f"pinned-{uuid.uuid4().hex[:12]}", clock=clock)
-    await objects.ensure_bucket()
-    pool = await pg_logins.pool(SPEC)
-    gw = GatewayHarness(clock, store=PgGatewayStore(pool))
-    gw.objects = objects  # type: ignore[assignment]
-    await gw.start()
-    try:
+    async with real_harness(s3_config, pg_logins, clock, "pinned") as (gw, objects, client):
         yield Setup(gw, S3Attacker(client, objects.bucket), owner_dsn=pg_logins.owner)
-    finally:
-        await gw.stop()
-        await pool.close()
 
 
 CONTENTS = [os.urandom(70_000), os.urandom(50_000), b"small text\n" * 100]

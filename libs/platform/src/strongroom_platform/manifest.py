@@ -10,13 +10,18 @@ catalog (to index for browsing) and the gateway (for restores). Byte layout
 
 Entries are sorted by path (byte order of UTF-8), directories before their
 children, with no duplicate paths. Readers refuse an unknown magic or version.
+
+Version 2 stores the same record stream cut into segments kept as blobs in the
+account's packs; the object is the list of its segments (``SegmentRef``,
+``encode_segment_list``). Only the gateway reads it (it expands the segments
+into the version 1 stream every other reader gets: ``manifest_from_segments``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zstandard
 from strongroom.common.v1 import common_pb2
@@ -26,7 +31,13 @@ if TYPE_CHECKING:
 
 MAGIC = b"SRMF"
 VERSION = 1
+# Versions whose body is the record stream itself (what ManifestDecoder reads).
 SUPPORTED_VERSIONS = frozenset({1})
+# Version 2: the record stream stored as segments; the object lists them (docs/formats/manifest.md).
+SEGMENTED_VERSION = 2
+# Every version a gateway reads from storage (``manifest_version``).
+READABLE_VERSIONS = frozenset({1, SEGMENTED_VERSION})
+SEGMENT_ID_SIZE = 32
 
 
 class ManifestFormatError(ValueError):
@@ -167,6 +178,10 @@ class ManifestDecoder:
     def _check_head(self) -> None:
         if self._head[:4] != MAGIC:
             raise ManifestFormatError("not a Strongroom manifest (bad magic)")
+        if self._head[4] == SEGMENTED_VERSION:
+            raise ManifestFormatError(
+                "manifest format version 2 lists segments: read it through the gateway, which expands it"
+            )
         if self._head[4] not in SUPPORTED_VERSIONS:
             raise ManifestFormatError(f"unsupported manifest format version {self._head[4]}")
 
@@ -282,3 +297,119 @@ async def iter_manifest_from_object(
         for entry in await asyncio.to_thread(decoder.feed, piece):
             yield entry
     decoder.finish()
+
+
+def manifest_version(data: bytes) -> int:
+    """The format version of stored manifest bytes (1 or 2); ManifestFormatError for anything else."""
+    if data[:4] != MAGIC:
+        raise ManifestFormatError("not a Strongroom manifest (bad magic)")
+    version = data[4] if len(data) > 4 else None
+    if version not in READABLE_VERSIONS:
+        raise ManifestFormatError(
+            f"unsupported manifest format version {version} (this gateway reads 1 and 2; upgrade it to read newer"
+            " manifests)"
+        )
+    assert version is not None
+    return version
+
+
+class SegmentRef(NamedTuple):
+    """One segment of a version 2 manifest: the blob ``segment_id`` holds ``entry_count`` records,
+    ``byte_length`` bytes of the version 1 record stream, the first of them with path ``first_path``."""
+
+    segment_id: bytes
+    entry_count: int
+    byte_length: int
+    first_path: bytes
+
+
+def encode_segment_list(refs: Iterable[SegmentRef], *, level: int = 3) -> bytes:
+    """The version 2 manifest object listing ``refs`` in stream order (docs/formats/manifest.md)."""
+    body = bytearray()
+    for ref in refs:
+        if len(ref.segment_id) != SEGMENT_ID_SIZE:
+            raise ValueError(f"a segment id is {SEGMENT_ID_SIZE} bytes, got {len(ref.segment_id)}")
+        if ref.entry_count < 1 or ref.byte_length < 1:
+            raise ValueError("a segment holds at least one record")
+        body += ref.segment_id
+        body += encode_uvarint(ref.entry_count)
+        body += encode_uvarint(ref.byte_length)
+        body += encode_uvarint(len(ref.first_path))
+        body += ref.first_path
+    return MAGIC + bytes([SEGMENTED_VERSION]) + zstandard.ZstdCompressor(level=level).compress(bytes(body))
+
+
+def decode_segment_list(data: bytes) -> list[SegmentRef]:
+    """The segments listed by a version 2 manifest object, in stream order; ManifestFormatError when corrupt."""
+    if manifest_version(data) != SEGMENTED_VERSION:
+        raise ManifestFormatError(f"manifest format version {data[4]} does not list segments")
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        body = decompressor.decompress(data[5:])
+    except zstandard.ZstdError as exc:
+        raise ManifestFormatError(f"corrupt segment list: {exc}") from exc
+    if not decompressor.eof or decompressor.unused_data:
+        raise ManifestFormatError("corrupt segment list: the frame is truncated or followed by other bytes")
+    refs: list[SegmentRef] = []
+    position = 0
+    while position < len(body):
+        if position + SEGMENT_ID_SIZE > len(body):
+            raise ManifestFormatError("corrupt segment list: truncated segment id")
+        segment_id = bytes(body[position : position + SEGMENT_ID_SIZE])
+        count, position = decode_uvarint(body, position + SEGMENT_ID_SIZE)
+        length, position = decode_uvarint(body, position)
+        path_length, position = decode_uvarint(body, position)
+        first_path = bytes(body[position : position + path_length])
+        position += path_length
+        if position > len(body):
+            raise ManifestFormatError("corrupt segment list: truncated first path")
+        if count < 1 or length < 1:
+            raise ManifestFormatError("corrupt segment list: an empty segment")
+        if refs and first_path <= refs[-1].first_path:
+            raise ManifestFormatError("corrupt segment list: segments out of path order")
+        refs.append(SegmentRef(segment_id, count, length, first_path))
+    return refs
+
+
+def segment_records(ref: SegmentRef, content: bytes) -> list[bytes]:
+    """The records of one segment's blob content, checked against its list entry (count, length, first path)."""
+    if len(content) != ref.byte_length:
+        raise ManifestFormatError(
+            f"segment {ref.segment_id.hex()} holds {len(content)} bytes, the manifest lists {ref.byte_length}"
+        )
+    records: list[bytes] = []
+    position = 0
+    while position < len(content):
+        length, start = decode_uvarint(content, position)
+        position = start + length
+        if position > len(content):
+            raise ManifestFormatError(f"segment {ref.segment_id.hex()}: a record runs past its end")
+        records.append(content[start:position])
+    if len(records) != ref.entry_count:
+        raise ManifestFormatError(
+            f"segment {ref.segment_id.hex()} holds {len(records)} records, the manifest lists {ref.entry_count}"
+        )
+    first = record_path(records[0])
+    if first is None:
+        first = common_pb2.FileEntry.FromString(records[0]).path.encode()
+    if first != ref.first_path:
+        raise ManifestFormatError(f"segment {ref.segment_id.hex()} does not start at the path the manifest lists")
+    return records
+
+
+def manifest_from_segments(refs: Iterable[SegmentRef], contents: Iterable[bytes], *, level: int = 1) -> bytes:
+    """The version 1 manifest (the record stream every reader knows) of a version 2 one whose segments' blob
+    contents are ``contents`` (in the order of ``refs``). Checks every segment against its list entry and
+    the stream's path order at every segment boundary. Pure CPU."""
+    compressor = zstandard.ZstdCompressor(level=level).compressobj()
+    out = [MAGIC + bytes([VERSION])]
+    previous_last: bytes | None = None
+    for ref, content in zip(refs, contents, strict=True):
+        records = segment_records(ref, content)
+        if previous_last is not None and ref.first_path <= previous_last:
+            raise ManifestFormatError(f"segment {ref.segment_id.hex()} is out of path order")
+        last = record_path(records[-1])
+        previous_last = last if last is not None else common_pb2.FileEntry.FromString(records[-1]).path.encode()
+        out.append(compressor.compress(content))
+    out.append(compressor.flush())
+    return b"".join(out)

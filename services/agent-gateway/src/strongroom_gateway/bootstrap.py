@@ -135,6 +135,7 @@ async def run(
             sessions=sessions,
             writer=writer,
             unthrottled=settings.unthrottled,
+            manifest_segments=settings.manifest_segments,
             issuer=issuer,
             vault=vault,
             slots=slots,

@@ -43,8 +43,11 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         issuer: CertificateIssuer | None = None,
         vault: Vault | None = None,
         slots: BackupSlots | None = None,
+        manifest_segments: bool = False,
     ) -> None:
         self._store = store
+        # New points' manifests are written as format version 2, segments (ADR 0065).
+        self._manifest_segments = manifest_segments
         self._objects = object_store
         self._clock = clock
         self._sessions = sessions
@@ -175,6 +178,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             write_slots=self._writer.write_slots,
             keys=self._writer.keys,
             vault=self._vault,
+            segment_writer=self._writer if self._manifest_segments else None,
         )
 
     async def ReadManifest(

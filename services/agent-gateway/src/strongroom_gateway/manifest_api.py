@@ -41,7 +41,7 @@ class ManifestServicer(manifest_pb2_grpc.ManifestServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"point {request.point_id!r} does not exist")
         assert point is not None
         try:
-            data = await manifests.read_point_manifest(self._objects, self._keys, point)
+            data = await manifests.read_point_manifest(self._objects, self._keys, point, store=self._store)
         except ObjectNotFound:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"manifest of point {point.point_id!r} is missing from the object store"

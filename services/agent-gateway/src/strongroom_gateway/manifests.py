@@ -18,13 +18,21 @@ from collections.abc import Sequence
 
 from strongroom.common.v1 import common_pb2
 from strongroom_platform.manifest import MAGIC as MANIFEST_MAGIC
-from strongroom_platform.manifest import ManifestFormatError, manifest_records, record_path, selected
+from strongroom_platform.manifest import (
+    SEGMENTED_VERSION,
+    ManifestFormatError,
+    manifest_records,
+    manifest_version,
+    record_path,
+    selected,
+)
 from strongroom_platform.manifest import under as under  # re-exported: the restore filter's rule lives in the platform
 from strongroom_platform.objectstore import ObjectStore
 
+from strongroom_gateway import segments
 from strongroom_gateway.crypto import DataKey, DecryptionError, manifest_aad
 from strongroom_gateway.keys import AccountKeys
-from strongroom_gateway.ports import Point
+from strongroom_gateway.ports import GatewayStore, Point
 
 SEALED_MAGIC = b"SRME"
 SEALED_VERSION = 1
@@ -66,16 +74,49 @@ async def seal(keys: AccountKeys, *, account_id: str, point_id: str, manifest: b
     return await asyncio.to_thread(seal_manifest, key, point_id, manifest)
 
 
-async def read_point_manifest(object_store: ObjectStore, keys: AccountKeys, point: Point) -> bytes:
-    """The manifest bytes (SRMF) of ``point``, read from the object store and opened in a worker thread.
+async def read_point_manifest(
+    object_store: ObjectStore, keys: AccountKeys, point: Point, *, store: GatewayStore | None = None
+) -> bytes:
+    """The manifest bytes (SRMF version 1) of ``point``, read from the object store and opened in a worker thread.
 
     Reads the version recorded at commit (ADR 0025): a delete marker or a later object on the key
-    changes nothing; points recorded before version ids were read the latest version. Raises
-    ObjectNotFound when the object (version) is missing, ManifestFormatError when it is unreadable.
+    changes nothing; points recorded before version ids were read the latest version. A version 2
+    manifest (segments, ADR 0065) is expanded into the version 1 record stream it stores: its
+    segment blobs are found through ``store``'s chunk table (the keys' store when not given), read
+    from their packs and verified. Raises ObjectNotFound when the object (version) is missing,
+    ManifestFormatError when it (or one of its segments) is unreadable or of an unknown version.
     """
+    data, _ = await read_point_blobs(object_store, keys, point, store=store)
+    return data
+
+
+async def read_point_blobs(
+    object_store: ObjectStore, keys: AccountKeys, point: Point, *, store: GatewayStore | None = None
+) -> tuple[bytes, list[bytes]]:
+    """``read_point_manifest``'s bytes, and the ids of the segment blobs the point's manifest is stored in
+    (none for version 1): the blobs besides its entries' chunks that the point needs (GC, repack)."""
+    data = await read_stored_manifest(object_store, keys, point)
+    return await expand(object_store, keys, point, data, store=store)
+
+
+async def read_stored_manifest(object_store: ObjectStore, keys: AccountKeys, point: Point) -> bytes:
+    """The point's manifest object opened, as stored: version 1, or a version 2 segment list (not expanded)."""
     stored = await object_store.get(point.manifest_key, version_id=point.manifest_version_id)
     key = await keys.data_key(point.account_id)
-    return await asyncio.to_thread(open_manifest, key, point.point_id, stored)
+    data = await asyncio.to_thread(open_manifest, key, point.point_id, stored)
+    manifest_version(data)  # refuses unknown versions here, whatever the caller does next
+    return data
+
+
+async def expand(
+    object_store: ObjectStore, keys: AccountKeys, point: Point, data: bytes, *, store: GatewayStore | None = None
+) -> tuple[bytes, list[bytes]]:
+    """``read_point_blobs`` of the already opened manifest ``data`` of ``point``."""
+    if manifest_version(data) != SEGMENTED_VERSION:
+        return data, []
+    chunk_table = store if store is not None else keys.store
+    key = await keys.data_key(point.account_id)
+    return await segments.expand_manifest(chunk_table, object_store, key, point.account_id, data)
 
 
 def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:

@@ -199,6 +199,9 @@ class BuiltManifest:
     # The point's chunk references per pack: the packs it references (locked as long as it) and
     # how many of its entries' chunk ids each holds (recorded, ADR 0034 update of session 5).
     refs: dict[str, int] = field(default_factory=dict)
+    # The refs were counted from the base point's recorded ones (which include the packs of its
+    # manifest's segments, ADR 0065), not located from this point's entries alone.
+    from_base: bool = False
 
     @property
     def packs(self) -> set[str]:

@@ -133,10 +133,15 @@ async def _record_references(deps: Deps, report: Report) -> None:
 
 
 async def record_point_references(deps: Deps, point: Point) -> None:
-    """Read the point's manifest and record the packs its chunks are in (batches of chunk ids)."""
-    data = await manifests.read_point_manifest(deps.objects, deps.keys, point)
+    """Read the point's manifest and record the packs its chunks are in (batches of chunk ids), and
+    those holding its manifest's segments (format version 2, ADR 0065)."""
+    data, segment_ids = await manifests.read_point_blobs(deps.objects, deps.keys, point, store=deps.store)
     entries = decode_manifest(data)
     packs: set[str] = set()
+    for start in range(0, len(segment_ids), LOOKUP_BATCH):
+        async with deps.store.transaction() as tx:
+            found, _ = await tx.chunk_packs(point.account_id, segment_ids[start : start + LOOKUP_BATCH])
+        packs |= found  # every segment was just read through the chunk table
 
     def next_batch(entries: Iterator[common_pb2.FileEntry]) -> list[bytes]:
         ids: list[bytes] = []

@@ -159,11 +159,14 @@ async def measure(
     named: set[bytes] = set()
     for point in points:
         try:
-            data = await manifests.read_point_manifest(deps.objects, deps.keys, point)
+            data, segment_ids = await manifests.read_point_blobs(deps.objects, deps.keys, point, store=deps.store)
         except (ObjectNotFound, ManifestFormatError) as exc:
             log.warning("point %s: manifest unreadable (%s); its packs are not moved", point.point_id, exc)
             report.failures += 1
             return None
+
+        # The segment blobs its manifest is stored in are live like its chunks (ADR 0065).
+        named.update(s for s in segment_ids if s in located)
 
         def mark(data: bytes = data) -> None:
             for entry in decode_manifest(data):

@@ -18,22 +18,22 @@ from collections.abc import AsyncIterator
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_platform.clock import Clock
-from strongroom_platform.manifest import ManifestFormatError
+from strongroom_platform.manifest import SEGMENTED_VERSION, ManifestFormatError, decode_segment_list, manifest_version
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
-from strongroom_gateway import filesystems, manifests, validation
+from strongroom_gateway import filesystems, manifests, segments, validation
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.errors import FailedPrecondition, InvalidArgument
-from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION
+from strongroom_gateway.ingest import LOCK_MARGIN, RETENTION, PackWriter
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.points import building
 from strongroom_gateway.points import packs as pack_locks
-from strongroom_gateway.points.inherit import inheritance, relocate
+from strongroom_gateway.points.inherit import Inheritance, inheritance, relocate
 from strongroom_gateway.points.packs import RELOCATE_ATTEMPTS, Moved
 from strongroom_gateway.points.record import record_point
 from strongroom_gateway.ports import GatewayStore, Point
 from strongroom_gateway.restrictions import require_job
-from strongroom_gateway.synthesis import SortedSpool
+from strongroom_gateway.synthesis import BuiltManifest, Locate, SortedSpool, add_refs
 from strongroom_gateway.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ async def commit_point(
     write_slots: asyncio.Semaphore,
     keys: AccountKeys,
     vault: Vault,
+    segment_writer: PackWriter | None = None,
 ) -> gateway_pb2.CommitPointResponse:
     """Validate the entries, write the manifest (locked), record the point and emit point-created.
 
@@ -63,6 +64,11 @@ async def commit_point(
     minus the deleted paths, plus the new and changed entries (``synthesis``),
     in bounded memory. The base must be a point of the same instance, account
     and mount point (else FAILED_PRECONDITION, and the agent sends everything).
+
+    With ``segment_writer`` the manifest is stored as format version 2 (ADR 0065): its record stream
+    cut into segments, those the account does not hold yet written into packs through it; the point
+    references the packs of its segments like those of its chunks (locks, GC, repack). Without it,
+    version 1.
 
     Committing the same filesystem of a job again returns the existing point
     (a retry after a lost response).
@@ -90,7 +96,7 @@ async def commit_point(
         if existing is not None:
             return _response(existing)
 
-        base_manifest = await _read_base(base, object_store, keys) if base is not None else None
+        opened = await _open_base(base, object_store, keys) if base else None
         # Before any chunk is located: the moves this commit may miss are those of a later epoch
         # (ADR 0057); the point then references their new packs too.
         async with store.transaction() as tx:
@@ -99,13 +105,33 @@ async def commit_point(
             inherited = await inheritance(tx, identity.account_id, base, epoch) if base is not None else None
         loop = asyncio.get_running_loop()
         locate = building.locator(store, identity.account_id, loop)
-        timing.lap("read base")
-        try:
-            built = await building.build_threads().run(
-                building.build, base_manifest, changes, deleted, locate, inherited
+        unchanged = (
+            segment_writer is not None
+            and inherited is not None
+            and opened is not None
+            and not changes.count
+            and not deleted.count
+            and manifest_version(opened) == SEGMENTED_VERSION
+        )
+        if unchanged:
+            # Nothing changed and the base is stored as segments: its segment list is this point's
+            # manifest and its references are this point's, unread (ADR 0065).
+            assert opened is not None and inherited is not None
+            built, stored = await asyncio.to_thread(_unchanged, opened, inherited)
+        else:
+            base_manifest, base_segments = (
+                await _expand_base(base, opened, object_store, keys, store)
+                if base is not None and opened is not None
+                else (None, [])
             )
-        except ManifestFormatError as exc:
-            raise FailedPrecondition(f"the base point's manifest cannot be read: {exc}") from None
+        timing.lap("read base")
+        if not unchanged:
+            try:
+                built = await building.build_threads().run(
+                    building.build, base_manifest, changes, deleted, locate, inherited
+                )
+            except ManifestFormatError as exc:
+                raise FailedPrecondition(f"the base point's manifest cannot be read: {exc}") from None
     finally:
         sent, removed = changes.count, deleted.count
         changes.close()
@@ -117,6 +143,9 @@ async def commit_point(
         )
 
     timing.lap("synthesis")
+    if not unchanged:
+        stored = await _store_segments(identity.account_id, built, base_segments, store, segment_writer, locate)
+    timing.lap(f"segments ({stored.written} written)")
     now = clock.now()
     retain_until = now + RETENTION + LOCK_MARGIN
     await vault.keep_for_point(identity.account_id, identity.instance_id, retain_until)
@@ -124,8 +153,7 @@ async def commit_point(
     timing.lap("pack locks")
     point_id = str(uuid.uuid4())
     key = manifest_key(identity.account_id, point_id)
-    data = built.data
-    data = await manifests.seal(keys, account_id=identity.account_id, point_id=point_id, manifest=data)
+    data = await manifests.seal(keys, account_id=identity.account_id, point_id=point_id, manifest=stored.manifest)
     async with write_slots:
         manifest_version_id = await object_store.put(key, data, retain_until=retain_until)
     timing.lap("manifest write")
@@ -157,7 +185,12 @@ async def commit_point(
             # long as the point (ADR 0010), and record where they are now.
             async with store.transaction() as tx:
                 epoch = await tx.gc_epoch(identity.account_id)
+            if unchanged and base is not None and not built.data:
+                # The base's list was taken unread: its entries are needed to locate their chunks now.
+                built.data, _ = await _expand_base(base, stored.manifest, object_store, keys, store)
             refs = await asyncio.to_thread(relocate, built, locate)
+            if stored.segment_ids:
+                add_refs(refs, await segments.segment_pack_refs(store, identity.account_id, stored.segment_ids))
             await pack_locks.extend_pack_locks(identity.account_id, refs, now, store, object_store, write_slots)
             log.info("job %s: chunks moved during the commit; located again in %d packs", job.job_id, len(refs))
     else:
@@ -236,14 +269,74 @@ async def _base_point(identity: Identity, header: gateway_pb2.PointHeader, store
     return base
 
 
-async def _read_base(base: Point, object_store: ObjectStore, keys: AccountKeys) -> bytes:
-    """The base point's manifest bytes (opened if sealed); decoded piece by piece in the synthesis thread."""
+async def _store_segments(
+    account_id: str,
+    built: BuiltManifest,
+    base_segments: list[bytes],
+    store: GatewayStore,
+    writer: PackWriter | None,
+    locate: Locate,
+) -> segments.WrittenSegments:
+    """The manifest to store, and ``built.refs`` made the point's references: its entries' chunks and,
+    with ``writer``, its segments (written through it), one reference each per pack (ADR 0065)."""
+    if built.from_base and base_segments:
+        # The base's recorded references count its segments too: take them off before adding ours.
+        try:
+            base_refs: dict[str, int] | None = await segments.segment_pack_refs(store, account_id, base_segments)
+        except ManifestFormatError:
+            base_refs = None
+        if base_refs is None or any(built.refs.get(p, 0) < n for p, n in base_refs.items()):
+            built.refs = await asyncio.to_thread(relocate, built, locate)  # never trusted: count again
+        else:
+            add_refs(built.refs, base_refs, -1)
+    if writer is None:
+        return segments.WrittenSegments(built.data, [], {}, 0)
+    async with store.transaction() as tx:
+        account = await tx.get_account(account_id)
+    assert account is not None  # the agent's identity names it
+    written = await segments.write_segments(store, writer, account_id, account.chunk_id_key, built.data)
+    add_refs(built.refs, written.refs)
+    return written
+
+
+async def _open_base(base: Point, object_store: ObjectStore, keys: AccountKeys) -> bytes:
+    """The base point's manifest object, opened (a version 2 one not expanded)."""
     try:
-        return await manifests.read_point_manifest(object_store, keys, base)
+        return await manifests.read_stored_manifest(object_store, keys, base)
     except (ObjectNotFound, ManifestFormatError) as exc:
-        raise FailedPrecondition(
-            f"the manifest of base point {base.point_id!r} cannot be read ({exc}); send a full manifest"
-        ) from None
+        raise _unreadable_base(base, exc) from None
+
+
+async def _expand_base(
+    base: Point, opened: bytes, object_store: ObjectStore, keys: AccountKeys, store: GatewayStore
+) -> tuple[bytes, list[bytes]]:
+    """The base's version 1 bytes (expanded if stored as segments) and its segment ids; decoded
+    piece by piece in the synthesis thread."""
+    try:
+        return await manifests.expand(object_store, keys, base, opened, store=store)
+    except (ObjectNotFound, ManifestFormatError) as exc:
+        raise _unreadable_base(base, exc) from None
+
+
+def _unreadable_base(base: Point, exc: Exception) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the manifest of base point {base.point_id!r} cannot be read ({exc}); send a full manifest"
+    )
+
+
+def _unchanged(listing: bytes, inherited: Inheritance) -> tuple[BuiltManifest, segments.WrittenSegments]:
+    """The point of an unchanged base stored as segments: its list, counts and references as they are."""
+    refs = decode_segment_list(listing)
+    built = BuiltManifest(
+        b"",
+        entry_count=sum(r.entry_count for r in refs),
+        file_count=inherited.file_count,
+        total_bytes=inherited.total_bytes,
+        refs=dict(inherited.refs),
+        from_base=True,
+    )
+    ids = list(dict.fromkeys(r.segment_id for r in refs))
+    return built, segments.WrittenSegments(listing, ids, {}, 0)
 
 
 def _response(point: Point) -> gateway_pb2.CommitPointResponse:

@@ -97,6 +97,7 @@ def build_inherited(
         built.data = base_manifest
         built.entry_count = sum(1 for _ in manifest_records(base_manifest))
         built.refs = dict(inherited.refs)
+        built.from_base = True
         return built
     encoder = ManifestEncoder()
     out = io.BytesIO()
@@ -134,6 +135,7 @@ def build_inherited(
     else:
         add_refs(refs, sent_refs)
         built.refs = refs
+        built.from_base = True
     return built
 
 
