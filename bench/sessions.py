@@ -214,7 +214,11 @@ class WorkerSessions:
             await worker.stdin.drain()
             self._workers.append(worker)
             self._readers.append(asyncio.create_task(self._read(worker.stdout, total, opened)))
-        await asyncio.wait_for(opened.wait(), timeout=600)
+        waiting = asyncio.ensure_future(opened.wait())
+        await asyncio.wait([waiting, *self._readers], timeout=600, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if not opened.is_set():
+            raise RuntimeError("an agent worker ended (or took 10 minutes) before its streams were open")
 
     async def _read(self, out: asyncio.StreamReader, total: int, opened: asyncio.Event) -> None:
         async for line in out:
@@ -253,7 +257,7 @@ async def agent_worker() -> None:
     """``--agent-worker``: the agents given on stdin (one JSON line), each on its own channel; prints
     ``opened N``, then ``job <job id> <time>`` per RunBackup received; ends when stdin closes."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=1 << 26)  # one line holds every agent of this worker
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     spec = json.loads(await reader.readline())
     stop = asyncio.Event()
