@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
 import platform
 import secrets
@@ -177,6 +178,128 @@ class Sessions:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+class WorkerSessions:
+    """The agents' streams in ``processes`` child processes (this script with ``--agent-worker``),
+    each agent on its own connection with the agent's channel options: 10,000 agents are more
+    than one bench process can drive while it also measures. Same interface as :class:`Sessions`."""
+
+    def __init__(self, processes: int, options: list[tuple[str, int]]) -> None:
+        self.received: dict[str, float] = {}
+        self.expected = 0
+        self.all_received = asyncio.Event()
+        self._count = processes
+        self._options = options
+        self._agents: list[list[tuple[str, str]]] = [[] for _ in range(processes)]
+        self._workers: list[asyncio.subprocess.Process] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._connected = 0
+
+    def connect(self, address: str, bearer: str) -> None:
+        self._agents[sum(len(a) for a in self._agents) % self._count].append((address, bearer))
+
+    async def start(self) -> None:
+        """Start the workers with their agents; returns once every stream is open."""
+        opened = asyncio.Event()
+        total = sum(len(a) for a in self._agents)
+        for agents in self._agents:
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--agent-worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert worker.stdin is not None and worker.stdout is not None
+            worker.stdin.write(json.dumps({"options": self._options, "agents": agents}).encode() + b"\n")
+            await worker.stdin.drain()
+            self._workers.append(worker)
+            self._readers.append(asyncio.create_task(self._read(worker.stdout, total, opened)))
+        waiting = asyncio.ensure_future(opened.wait())
+        await asyncio.wait([waiting, *self._readers], timeout=600, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if not opened.is_set():
+            raise RuntimeError("an agent worker ended (or took 10 minutes) before its streams were open")
+
+    async def _read(self, out: asyncio.StreamReader, total: int, opened: asyncio.Event) -> None:
+        async for line in out:
+            kind, _, rest = line.decode().strip().partition(" ")
+            if kind == "opened":
+                self._connected += int(rest)
+                if self._connected >= total:
+                    opened.set()
+            elif kind == "job":
+                job_id, _, at = rest.partition(" ")
+                self.received[job_id] = float(at)
+                if self.expected and len(self.received) >= self.expected:
+                    self.all_received.set()
+            elif kind == "ended":
+                print(f"session ended: {rest}", flush=True)
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            if worker.stdin is not None:
+                worker.stdin.close()
+        for worker in self._workers:
+            try:
+                await asyncio.wait_for(worker.wait(), timeout=30)
+            except TimeoutError:
+                worker.kill()
+                await worker.wait()
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._workers]
+
+
+async def agent_worker() -> None:
+    """``--agent-worker``: the agents given on stdin (one JSON line), each on its own channel; prints
+    ``opened N``, then ``job <job id> <time>`` per RunBackup received; ends when stdin closes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)  # one line holds every agent of this worker
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    spec = json.loads(await reader.readline())
+    stop = asyncio.Event()
+    options = [tuple(o) for o in spec["options"]]
+
+    async def reports() -> AsyncIterator[gateway_pb2.AgentReport]:
+        await stop.wait()
+        if False:  # an agent that reports nothing
+            yield gateway_pb2.AgentReport()
+
+    async def session(channel: grpc.aio.Channel, bearer: str) -> None:
+        call = gateway_pb2_grpc.AgentGatewayServiceStub(channel).Connect(
+            reports(), metadata=(("authorization", bearer),)
+        )
+        try:
+            async for command in call:
+                if command.HasField("run_backup"):
+                    print(f"job {command.run_backup.job_id} {time.time()}", flush=True)
+        except grpc.aio.AioRpcError as exc:
+            if not stop.is_set():
+                print(f"ended {exc.code()} {exc.details()}", flush=True)
+
+    channels = []
+    tasks = []
+    for address, bearer in spec["agents"]:
+        channel = grpc.aio.insecure_channel(address, options=options)
+        channels.append(channel)
+        tasks.append(asyncio.create_task(session(channel, bearer)))
+        if len(tasks) % 100 == 0:
+            await asyncio.sleep(0.05)  # do not open thousands of connections in one loop turn
+    await asyncio.sleep(2)
+    print(f"opened {len(tasks)}", flush=True)
+    while await reader.readline():
+        pass
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close(grace=None)
+
+
 async def idle_cost(gateways: list[ManagedProcess], pool: asyncpg.Pool, seconds: float) -> dict[str, float]:
     pids = [g.process.pid for g in gateways]
     cpu0 = [cpu_seconds(pid) for pid in pids]
@@ -212,7 +335,9 @@ async def main(args: argparse.Namespace) -> str:
     pg = LocalPostgres(None, work / "pg", durable=args.durable)
     kafka = LocalKafka(work / "kafka")
     gateways: list[ManagedProcess] = []
-    sessions = Sessions()
+    sessions: Sessions | WorkerSessions = (
+        WorkerSessions(args.agent_processes, agent_options(args)) if args.agent_processes else Sessions()
+    )
     finished = False
     try:
         await asyncio.to_thread(pg.start)
@@ -227,16 +352,23 @@ async def main(args: argparse.Namespace) -> str:
             enrolled = await activate_and_enroll(publisher, stubs, args.sessions)
             print(f"{len(enrolled)} instances activated and enrolled in {time.perf_counter() - started:.1f} s")
             await asyncio.sleep(5)  # let the enrollments' own work settle
+            load_baseline = os.getloadavg()
             baseline = await idle_cost(gateways, pool, args.idle_seconds)
             print(f"idle, no sessions: {baseline}", flush=True)
             for index, (_, bearer) in enumerate(enrolled):
+                if isinstance(sessions, WorkerSessions):
+                    sessions.connect(gateways[index % 2].address, bearer)
+                    continue
                 stub = stubs[index % 2]
                 if args.agent_channels:  # each agent on its own connection, with the agent's keepalive
                     channel = grpc.aio.insecure_channel(gateways[index % 2].address, options=agent_options(args))
                     channels.append(channel)
                     stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
                 sessions.connect(stub, bearer)
+            if isinstance(sessions, WorkerSessions):
+                await sessions.start()
             await asyncio.sleep(10)  # every stream reached the gateway and waits there
+            load_idle = os.getloadavg()
             idle = await idle_cost(gateways, pool, args.idle_seconds)
             print(f"idle, {len(enrolled)} sessions: {idle}", flush=True)
             rss = [rss_mb(g.process.pid) for g in gateways]
@@ -261,12 +393,15 @@ async def main(args: argparse.Namespace) -> str:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sessions.all_received.wait(), timeout=120)
             cpu_delivery = [cpu_seconds(g.process.pid) - c for g, c in zip(gateways, cpu0, strict=True)]
-        if len(sessions.received) < len(jobs):
-            raise SystemExit(f"only {len(sessions.received)} of {len(jobs)} jobs reached their session")
+        if not sessions.received:
+            raise SystemExit(f"none of the {len(jobs)} jobs reached its session")
+        # A session the bench could not open (printed above) cannot receive its job: the latencies
+        # are of the jobs received, and the report says how many those are.
+        received = [j for j in jobs if j in sessions.received]
         rows = await pool.fetch("SELECT job_id, created_at, state FROM gateway.jobs")
         stored = {r["job_id"]: r["created_at"].timestamp() for r in rows}
-        from_issue = [(sessions.received[j] - issued) * 1000 for j in jobs]
-        from_store = [(sessions.received[j] - stored[j]) * 1000 for j in jobs]
+        from_issue = [(sessions.received[j] - issued) * 1000 for j in received]
+        from_store = [(sessions.received[j] - stored[j]) * 1000 for j in received]
         rows_after = [(stored[j] - issued) * 1000 for j in jobs]  # when the consumers wrote the rows
         delivered_states = sum(1 for r in rows if r["state"] == "delivered")
         await pool.close()
@@ -288,6 +423,7 @@ async def main(args: argparse.Namespace) -> str:
 
     n = len(enrolled)
     per_1000 = lambda value: value * 1000 / n  # noqa: E731
+    where = f"{args.agent_processes} worker processes" if args.agent_processes else "the bench process"
     extra_cpu = (idle["cpu_a"] + idle["cpu_b"]) - (baseline["cpu_a"] + baseline["cpu_b"])
     lines = [
         f"# Agent sessions over two gateway processes, {dt.date.today().isoformat()}",
@@ -299,7 +435,7 @@ async def main(args: argparse.Namespace) -> str:
         f" PostgreSQL {'durable' if args.durable else 'without fsync'}, Apache Kafka 1 broker, topics of 12"
         " partitions, two"
         f" `strongroom-gateway` processes in one consumer group; {n} agents (gRPC `Connect` streams, bearer"
-        " credentials) in the bench process, alternately on gateway A and B.",
+        f" credentials) in {where}, alternately on gateway A and B.",
         "",
         "## Idle",
         "",
@@ -311,7 +447,14 @@ async def main(args: argparse.Namespace) -> str:
         f"Cost of the sessions: {extra_cpu:.3%} of a core in total = {per_1000(extra_cpu):.3%} per 1,000 idle"
         f" sessions (target ≤ 0.1%); {idle['commits_per_s'] - baseline['commits_per_s']:+.2f} commits/s."
         f" Gateway RSS with the sessions: {rss[0]:.0f} MB and {rss[1]:.0f} MB. Measured over"
-        f" {args.idle_seconds:.0f} s each.",
+        f" {args.idle_seconds:.0f} s each; 1-minute load average {load_baseline[0]:.1f} (no sessions) and"
+        f" {load_idle[0]:.1f} (sessions) as each phase began."
+        + (
+            f" The agents: {args.agent_processes} worker processes, each agent on its own connection with"
+            " the agent's channel options."
+            if args.agent_processes
+            else ""
+        ),
         "",
         f"## Delivery: {n} jobs issued at once",
         "",
@@ -325,7 +468,7 @@ async def main(args: argparse.Namespace) -> str:
         f"Publishing the batch took {(published - issued) * 1000:.0f} ms. The consumers wrote the job rows"
         f" {min(rows_after):.0f} ms (first), {statistics.median(rows_after):.0f} ms (median),"
         f" {percentile(rows_after, 0.95):.0f} ms (p95) and {max(rows_after):.0f} ms (last) after the publish began."
-        " Jobs marked delivered:"
+        f" Jobs received by their session: {len(received)} of {n}. Jobs marked delivered:"
         f" {delivered_states} of {n}. Gateway CPU during delivery: A {cpu_delivery[0]:.2f} s, B"
         f" {cpu_delivery[1]:.2f} s.",
     ]
@@ -350,7 +493,17 @@ if __name__ == "__main__":
     )
     parser.add_argument("--keepalive-seconds", type=float, help="with --agent-channels: the agents' keepalive interval")
     parser.add_argument("--keep", action="store_true", help="keep the servers' and gateways' files (logs)")
+    parser.add_argument(
+        "--agent-processes",
+        type=int,
+        default=0,
+        help="the agents in this many worker processes, each agent on its own connection (10,000 sessions)",
+    )
+    parser.add_argument("--agent-worker", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.agent_worker:
+        asyncio.run(agent_worker())
+        raise SystemExit(0)
     report = asyncio.run(main(arguments))
     print(report)
     if arguments.out:

@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, eventually, meta
+from gateway_helpers import AGENT_VERSION, Agent, GatewayHarness, connected_agents, eventually, meta
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2
@@ -183,3 +183,16 @@ async def test_an_agent_outside_the_version_window_is_refused_with_how_to_upgrad
         await read(call)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "apt-get install --only-upgrade strongroom-agent" in (err.value.details() or "")
+
+
+async def test_an_idle_session_is_its_call_and_its_reader_only(gw: GatewayHarness) -> None:
+    # 10,000 idle sessions per process (ADR 0050, session 8): each waits on its wake event in the
+    # call's own task, with no waiter task of its own and no generator per interceptor layer.
+    before = {id(t): t for t in asyncio.all_tasks()}
+    _, streams = await connected_agents(gw, 20)
+    await asyncio.sleep(0.1)
+    new = [t for t in asyncio.all_tasks() if id(t) not in before]
+    waiting = [t for t in new if getattr(t.get_coro(), "__qualname__", "") == "Event.wait"]
+    assert waiting == []
+    for stream in streams:
+        await stream.close()

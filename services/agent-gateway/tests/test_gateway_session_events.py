@@ -33,15 +33,32 @@ from strongroom_testing.fixtures import PgLogins
 def test_a_notification_wakes_or_closes_the_session_on_another_process_only() -> None:
     here, there = SessionRegistry(), SessionRegistry()
     mine, theirs = here.open("i-1"), there.open("i-1")
-    note = session_events.payload(here.origin, SessionEffect("i-1"))
+    (note,) = session_events.payloads(here.origin, [SessionEffect("i-1")])
     session_events.apply(here, note)  # the sender applied it itself already
     session_events.apply(there, note)
     assert not mine.wake.is_set() and theirs.wake.is_set()
-    session_events.apply(there, session_events.payload(here.origin, SessionEffect("i-1", disconnect=True)))
+    for note in session_events.payloads(here.origin, [SessionEffect("i-1", disconnect=True)]):
+        session_events.apply(there, note)
     assert theirs.closed.is_set() and theirs.close_reason == REVOKED_BY_CANCEL
     for garbage in ("", "w", "w:x", "x:other:i-1", "w:other:"):
         session_events.apply(here, garbage)  # ignored
     assert not mine.wake.is_set() and not mine.closed.is_set()
+
+
+def test_one_notification_names_many_sessions_within_notifys_limit() -> None:
+    here, there = SessionRegistry(), SessionRegistry()
+    ids = [f"instance-{n:04d}-" + "x" * 100 for n in range(300)]  # 300 × 114 bytes: more than one payload
+    theirs = [there.open(i) for i in ids]
+    doomed = there.open("i-doomed")
+    effects = [SessionEffect(i) for i in ids] + [SessionEffect(ids[0]), SessionEffect("i-doomed", disconnect=True)]
+    notes = session_events.payloads(here.origin, effects)
+    assert 2 < len(notes) <= 6  # not one per session
+    assert all(len(note.encode()) <= session_events.MAX_PAYLOAD for note in notes)
+    for note in notes:
+        session_events.apply(there, note)
+    assert all(s.wake.is_set() for s in theirs)
+    assert doomed.closed.is_set() and doomed.close_reason == REVOKED_BY_CANCEL
+    assert not any(s.closed.is_set() for s in theirs)
 
 
 def test_the_sweep_wakes_sessions_with_a_command_they_have_not_sent() -> None:
@@ -66,7 +83,7 @@ async def test_consumed_job_notifies_in_its_transaction() -> None:
     handlers = record_handlers(store, SystemClock(), sessions)
     await _feed(handlers, events.INSTANCE_ACTIVATED, _activated("i-1"))
     await _feed(handlers, events.JOB_REQUESTED, _job("i-1", "j-1"))
-    assert store.state.notifications == [session_events.payload(sessions.origin, SessionEffect("i-1"))]
+    assert store.state.notifications == session_events.payloads(sessions.origin, [SessionEffect("i-1")])
     session = sessions.open("i-1")
     assert await session_events.sweep(sessions, store) == 1 and session.wake.is_set()
 

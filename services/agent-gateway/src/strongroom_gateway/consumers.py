@@ -58,7 +58,7 @@ def record_handlers(store: GatewayStore, clock: Clock, sessions: SessionRegistry
     async def notify(tx: GatewayTx, effects: list[SessionEffect]) -> None:
         if effects:
             # The other gateway processes learn them on commit (their agents' sessions).
-            await tx.notify_sessions([session_events.payload(sessions.origin, e) for e in effects])
+            await tx.notify_sessions(session_events.payloads(sessions.origin, effects))
 
     def claimed(message_type: type[E], handler: EventHandler[E]) -> Handler:
         async def handle(events: Iterable[E]) -> None:

@@ -87,14 +87,18 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             raise FailedPrecondition("this gateway issues no agent certificates (no agent CA configured)")
         return await agent_certs.renew(identity, request, store=self._store, issuer=self._issuer)
 
-    async def Connect(
+    async def Connect(  # type: ignore[override]  # grpc.aio's writer API; the stub knows only iterators
         self,
         request_iterator: AsyncIterator[gateway_pb2.AgentReport],
         context: grpc.aio.ServicerContext[object, object],
-    ) -> AsyncIterator[gateway_pb2.AgentCommand]:
+    ) -> None:
+        # A coroutine writing to the stream, not an async generator: each command goes straight to
+        # gRPC instead of through one generator per interceptor layer (ADR 0050, session 8).
         identity = await self._identity(context)
         session = self._sessions.open(identity.instance_id)
         reader = asyncio.create_task(self._read_reports(identity, request_iterator, session))
+        # The agent's stream ending wakes the session: an idle one waits on its event alone.
+        reader.add_done_callback(lambda _: session.wake.set())
         log.info("agent %s connected", identity.instance_id)
         try:
             while True:
@@ -103,15 +107,20 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
                 commands = await self._delivery.take(identity, session)
                 for key, command in commands:
                     session.sent.add(key)
-                    yield command
+                    await context.write(command)
                 if reader.done() or session.closed.is_set():
                     break
-                await self._wait(session, reader)
+                # Until woken: a new command (this process's consumer, a notification or the sweep;
+                # ``session_events``), a close, or the agent's stream ending. No per-session poll:
+                # an idle session costs no database work (ADR 0050).
+                await session.wake.wait()
             if session.closed.is_set() and CANCELED in session.close_reason:
                 # Backup was canceled (ADR 0040): the agent uninstalls itself; one that is offline now
                 # learns it from the refusal of its next call, which says the same.
-                yield gateway_pb2.AgentCommand(
-                    uninstall=gateway_pb2.Uninstall(reason="backup of this instance was canceled")
+                await context.write(
+                    gateway_pb2.AgentCommand(
+                        uninstall=gateway_pb2.Uninstall(reason="backup of this instance was canceled")
+                    )
                 )
             if session.closed.is_set():
                 code = grpc.StatusCode.ABORTED
@@ -128,16 +137,6 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
             self._sessions.release(session)
             self._delivery.slots.forget(session)
             log.info("agent %s disconnected", identity.instance_id)
-
-    async def _wait(self, session: Session, reader: asyncio.Task[None]) -> None:
-        """Until the session is woken (a new command, from this process's consumer, a notification
-        or the sweep; ``session_events``) or the agent's stream ends. No per-session poll: an idle
-        session costs no database work (ADR 0050)."""
-        waiter = asyncio.ensure_future(session.wake.wait())
-        try:
-            await asyncio.wait([waiter, reader], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
 
     async def _read_reports(
         self, identity: Identity, reports: AsyncIterator[gateway_pb2.AgentReport], session: Session

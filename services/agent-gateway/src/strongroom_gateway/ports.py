@@ -257,7 +257,7 @@ class GatewayTx(InboxOutboxTx, CertificateTx, GcTx, RepackTx, MoveTx, PointRefsT
 
     async def notify_sessions(self, payloads: Sequence[str]) -> None:
         """Tell every gateway process, once this transaction commits, what sessions must learn
-        (``session_events.payload`` each; PostgreSQL ``NOTIFY``, one notification per payload)."""
+        (``session_events.payloads``; PostgreSQL ``NOTIFY``, one notification per payload)."""
         ...
 
     async def find_chunks(self, account_id: str, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkLocation]:

@@ -30,39 +30,71 @@ from strongroom_gateway.handlers import SessionEffect
 from strongroom_gateway.ports import GatewayStore
 from strongroom_gateway.sessions import SESSIONS_CHANNEL, SessionRegistry
 
-__all__ = ["SESSIONS_CHANNEL", "apply", "payload", "sessions_to_wake", "start", "sweep", "sweep_forever"]
+__all__ = [
+    "MAX_PAYLOAD",
+    "SESSIONS_CHANNEL",
+    "apply",
+    "payloads",
+    "sessions_to_wake",
+    "start",
+    "sweep",
+    "sweep_forever",
+]
 
 log = logging.getLogger(__name__)
 
 _WAKE = "w"
 _DISCONNECT = "d"
+# Bytes of one notification's payload: PostgreSQL refuses 8,000 and more.
+MAX_PAYLOAD = 7900
 # Instances per sweep query (the ANY array); a sweep of 10,000 sessions is 10 queries.
 SWEEP_BATCH = 1000
 
 
-def payload(origin: str, effect: SessionEffect) -> str:
-    """The notification of ``effect``, from the process whose registry is ``origin``.
+def payloads(origin: str, effects: Iterable[SessionEffect]) -> list[str]:
+    """The notifications of ``effects``, from the process whose registry is ``origin``.
 
-    ``<kind>:<origin>:<instance id>``; ids are at most 128 characters (far below NOTIFY's 8,000 bytes).
+    ``<kind>:<origin>:<instance id> <instance id> ...``: one notification per kind for as many
+    instances as fit in :data:`MAX_PAYLOAD` bytes (NOTIFY's limit is 8,000), so a burst of 500
+    jobs is 3 notifications, not 500 for every listening process to receive and parse. Ids never
+    hold a space (``validation.ID_PATTERN``, at most 128 characters); each is named once per kind.
     """
-    kind = _DISCONNECT if effect.disconnect else _WAKE
-    return f"{kind}:{origin}:{effect.instance_id}"
+    by_kind: dict[str, dict[str, None]] = {}
+    for effect in effects:
+        by_kind.setdefault(_DISCONNECT if effect.disconnect else _WAKE, {})[effect.instance_id] = None
+    out: list[str] = []
+    for kind, ids in by_kind.items():
+        head = f"{kind}:{origin}:"
+        chunk: list[str] = []
+        size = len(head)
+        for instance_id in ids:
+            if chunk and size + 1 + len(instance_id) > MAX_PAYLOAD:
+                out.append(head + " ".join(chunk))
+                chunk, size = [], len(head)
+            chunk.append(instance_id)
+            size += len(instance_id) + (1 if len(chunk) > 1 else 0)
+        if chunk:
+            out.append(head + " ".join(chunk))
+    return out
 
 
 def apply(sessions: SessionRegistry, notification: str) -> None:
-    """Wake or close the session the notification names, if this process holds it.
+    """Wake or close the sessions the notification names, those this process holds.
 
-    The process that sent it applied the effect itself already (it knows its own ``origin``);
+    The process that sent it applied the effects itself already (it knows its own ``origin``);
     anything malformed is ignored: the channel is only written by gateways.
     """
     kind, _, rest = notification.partition(":")
-    origin, _, instance_id = rest.partition(":")
-    if not instance_id or origin == sessions.origin:
+    origin, _, instance_ids = rest.partition(":")
+    if not instance_ids or origin == sessions.origin:
         return
-    if kind == _DISCONNECT:
-        sessions.disconnect(instance_id, REVOKED_BY_CANCEL)
-    elif kind == _WAKE:
-        sessions.wake(instance_id)
+    for instance_id in instance_ids.split(" "):
+        if not instance_id:
+            continue
+        if kind == _DISCONNECT:
+            sessions.disconnect(instance_id, REVOKED_BY_CANCEL)
+        elif kind == _WAKE:
+            sessions.wake(instance_id)
 
 
 def sessions_to_wake(sessions: SessionRegistry, unfinished: Iterable[tuple[str, str, bool]]) -> set[str]:
