@@ -51,21 +51,14 @@ def process_cpu(pid: int) -> float:
 
 
 def threads_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of the main thread (the event loop) and of all other threads of ``pid``."""
-    main = other = 0.0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    """CPU seconds of the main thread (the event loop) and of all other threads of ``pid``.
+
+    The others are the process's total less the main thread's: a thread that exited keeps counting.
+    """
+    main = _stat_fields(Path(f"/proc/{pid}/task/{pid}/stat"))
+    if main is None:
         return 0.0, 0.0
-    for tid in tids:
-        fields = _stat_fields(Path(f"/proc/{pid}/task/{tid}/stat"))
-        if fields is None:
-            continue
-        if int(tid) == pid:
-            main = _cpu(fields)
-        else:
-            other += _cpu(fields)
-    return main, other
+    return _cpu(main), process_cpu(pid) - _cpu(main)
 
 
 def children(ppid: int) -> list[int]:
@@ -79,16 +72,19 @@ def children(ppid: int) -> list[int]:
     return out
 
 
-def find_pid(needle: str, under: str) -> int | None:
-    """The process whose command line contains both ``needle`` and ``under`` (the bench's work dir)."""
+def find_pid(program: str, under: str) -> int | None:
+    """The process running ``program`` (its argv[0]'s name) whose command line names ``under`` (the work dir).
+
+    Not its watchdog, which names both in its arguments but runs Python.
+    """
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if needle in cmdline and under in cmdline:
+        if argv and os.path.basename(argv[0]) == program and any(under in arg for arg in argv):
             return int(name)
     return None
 
@@ -149,15 +145,27 @@ def per_second(busy: list[tuple[float, dict[str, float]]]) -> Iterable[tuple[int
         yield second, {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
-def report(busy: list[tuple[float, dict[str, float]]], every: float, threshold: float) -> str:
+def report(
+    busy: list[tuple[float, dict[str, float]]],
+    every: float,
+    threshold: float,
+    pipeline: dict[int, dict[str, float]],
+) -> str:
     lines = [
-        "| s | agent loop | agent threads | gateway loop | gateway threads | versitygw | postgres | ours | machine |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| s | agent loop | agent threads | gateway loop | gateway threads | versitygw | postgres | ours | machine "
+        "| budget MiB | budget waiters | reading | compressing | uploading | upload queue |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for second, row in per_second(busy):
         ours = sum(row[k] for k in SERIES)
         cells = " | ".join(f"{row[k]:.2f}" for k in SERIES)
-        lines.append(f"| {second} | {cells} | {ours:.2f} | {row['machine']:.2f} |")
+        agent = pipeline.get(second)
+        state = (
+            f"{agent['budget_used'] / (1 << 20):.1f} | " + " | ".join(f"{agent[k]:.1f}" for k in PIPELINE[1:])
+            if agent
+            else " | ".join("" for _ in PIPELINE)
+        )
+        lines.append(f"| {second} | {cells} | {ours:.2f} | {row['machine']:.2f} | {state} |")
     total = len(busy) * every
     low = [(t, r) for t, r in busy if sum(r[k] for k in SERIES) < threshold]
     lines.append("")
@@ -174,7 +182,23 @@ def report(busy: list[tuple[float, dict[str, float]]], every: float, threshold: 
     return "\n".join(lines)
 
 
+PIPELINE = ("budget_used", "budget_waiting", "reading", "compressing", "uploading", "upload_queue")
+
+
+def pipeline_per_second(trace: Path, wall_start: float) -> dict[int, dict[str, float]]:
+    """The agent's pipeline samples (``STRONGROOM_BACKUP_TRACE``), averaged per second of the run."""
+    buckets: dict[int, list[dict[str, float]]] = {}
+    if trace.exists():
+        for line in trace.read_text().splitlines():
+            row = json.loads(line)
+            buckets.setdefault(int(row["t"] - wall_start), []).append(row)
+    return {s: {k: sum(r[k] for r in rows) / len(rows) for k in PIPELINE} for s, rows in buckets.items()}
+
+
 async def main(args: argparse.Namespace) -> None:
+    trace = args.work / "pipeline.jsonl"
+    trace.unlink(missing_ok=True)
+    os.environ["STRONGROOM_BACKUP_TRACE"] = str(trace)  # the agent's pipeline probe (backup/probe.py)
     bench = StrongroomBench(args.work, s3_tls=args.s3_tls)
     await bench.start(unthrottled_gateway=True)
     try:
@@ -188,6 +212,7 @@ async def main(args: argparse.Namespace) -> None:
                 postmaster=find_pid("postgres", work),
             )
             samples: list[tuple[float, dict[str, float]]] = []
+            wall_start = time.time()
             start = time.perf_counter()
             backup = asyncio.create_task(bench.backup(inst))
             while not backup.done():
@@ -208,7 +233,7 @@ async def main(args: argparse.Namespace) -> None:
         f"full backup {result.wall:.2f} s, agent CPU {result.agent_cpu:.2f} s, gateway CPU {result.gateway_cpu:.2f} s, "
         f"peak RSS {result.agent_peak_rss / 1e6:.1f} MB, load {os.getloadavg()[0]:.2f}"
     )
-    print(report(busy, args.every, args.busy))
+    print(report(busy, args.every, args.busy, pipeline_per_second(trace, wall_start)))
 
 
 if __name__ == "__main__":

@@ -40,3 +40,4 @@ class JobContext:
     retry: RetryPolicy
     state_dir: str | None  # where the forever-incremental cache lives (None: no cache)
     accepts_base_point: bool
+    trace: str | None = None  # a file for the pipeline's timeline (``probe.py``); None: not sampled

@@ -25,6 +25,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom_agent.backup.commit import BaseRefused
 from strongroom_agent.backup.context import JobContext, OpenFile
 from strongroom_agent.backup.point import PointRun
+from strongroom_agent.backup.probe import TRACE_ENV
 from strongroom_agent.backup.read import open_for_backup
 from strongroom_agent.backup.stages import PipelineLimits, SeenIds
 from strongroom_agent.chunking import ChunkParams, InvalidRepositoryParameters
@@ -120,6 +121,7 @@ async def run_backup(
         retry=retry or RetryPolicy(),
         state_dir=state_dir,
         accepts_base_point=command.accepts_base_point,
+        trace=os.environ.get(TRACE_ENV) or None,  # diagnostics (bench/backup_timeline.py)
     )
 
     async def all_points() -> None:

@@ -222,6 +222,10 @@ class Reader:
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._ctx.executor, fn)
 
+    def in_flight(self) -> int:
+        """Files and small-file groups being read (each holds a permit)."""
+        return self._ctx.workers * READERS_PER_WORKER - self._permits._value
+
     async def read(self, group: asyncio.TaskGroup, item: ScanItem) -> asyncio.Task[FileOutcome | None]:
         """Start reading one file on its own once a permit is free; the task gives its outcome."""
         await self._permits.acquire()

@@ -121,6 +121,14 @@ class ByteBudget:
         self._used -= charge
         self._grant()
 
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
     def _grant(self) -> None:
         while self._waiters:
             charge, granted = self._waiters[0]
@@ -290,6 +298,10 @@ class Uploader:
         self.workers = limits.uploaders
         self._queue: asyncio.Queue[Outgoing | End] = asyncio.Queue(limits.upload_batch_chunks * 2)
         self._freed = freed or memory.FreedPages(limits.trim_every_bytes, memory.malloc_trim())
+        self.in_flight = 0  # UploadChunks calls awaiting the gateway
+
+    def depth(self) -> int:
+        return self._queue.qsize()
 
     async def put(self, outgoing: Outgoing) -> None:
         await self._queue.put(outgoing)
@@ -307,7 +319,11 @@ class Uploader:
             if groups:
                 requests = [r for o in groups for r in o.requests]
                 upload = functools.partial(self._client.upload_chunks, requests)
-                response = await self._retry.call("UploadChunks", upload)
+                self.in_flight += 1
+                try:
+                    response = await self._retry.call("UploadChunks", upload)
+                finally:
+                    self.in_flight -= 1
                 self._stats.chunks_new += response.chunks_stored
                 self._stats.bytes_uploaded += sum(o.payload_bytes for o in groups)
                 charge = sum(o.charge for o in groups)
@@ -332,6 +348,10 @@ class Compressor:
         self._message_bytes = limits.upload_message_bytes
         self._out = out
         self._queue: asyncio.Queue[list[Chunk] | End] = asyncio.Queue(limits.chunk_queue)
+        self.in_flight = 0  # groups being compressed in a worker thread
+
+    def depth(self) -> int:
+        return self._queue.qsize()
 
     async def put(self, group: list[Chunk]) -> None:
         await self._queue.put(group)
@@ -347,7 +367,12 @@ class Compressor:
             if groups:
                 chunks = groups[0] if len(groups) == 1 else [c for g in groups for c in g]
                 work = functools.partial(compress_group, self._job_id, chunks, self._message_bytes)
-                await self._out.put(await loop.run_in_executor(self._executor, work))
+                self.in_flight += 1
+                try:
+                    outgoing = await loop.run_in_executor(self._executor, work)
+                finally:
+                    self.in_flight -= 1
+                await self._out.put(outgoing)
             if end:
                 return
 
@@ -378,6 +403,9 @@ class Deduper:
         self._batch_ids = limits.dedup_batch_ids
         self._out = out
         self._queue: asyncio.Queue[list[Chunk] | End] = asyncio.Queue(limits.chunk_queue)
+
+    def depth(self) -> int:
+        return self._queue.qsize()
 
     async def put(self, group: list[Chunk]) -> None:
         await self._queue.put(group)
