@@ -102,7 +102,7 @@ class PointRun:
             job_id=ctx.job_id, client=ctx.client, retry=ctx.retry, budget=budget, stats=ctx.stats, limits=limits
         )
         compressor = Compressor(
-            job_id=ctx.job_id, executor=ctx.executor, workers=ctx.workers, limits=limits, out=uploader
+            job_id=ctx.job_id, executor=ctx.executor, workers=ctx.workers, limits=limits, budget=budget, out=uploader
         )
         deduper = Deduper(
             job_id=ctx.job_id,
