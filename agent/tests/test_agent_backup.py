@@ -407,20 +407,18 @@ def test_cores_come_from_the_command_only() -> None:
 
 
 @pytest.mark.parametrize("every", [0, 40_000])
-async def test_freed_pages_are_trimmed_after_every_so_many_uploaded_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int
-) -> None:
-    """The uploader hands freed heap pages back (malloc_trim) once per ``trim_every_bytes`` released (ADR 0064)."""
+async def test_freed_pages_are_trimmed_after_every_so_many_uploaded_bytes(tmp_path: Path, every: int) -> None:
+    """The uploader hands freed heap pages back (malloc_trim) once per so many bytes released (ADR 0064)."""
     from strongroom_agent import memory
 
     trims: list[int] = []
-    monkeypatch.setattr(memory, "malloc_trim", lambda: lambda: trims.append(1))
     root = tmp_path / "src"
     for i in range(20):
         write_file(str(root / f"f{i:02}"), rand(10_000, 100 + i))
-    limits = PipelineLimits(small_file_bytes=0, upload_batch_chunks=1, uploaders=1, trim_every_bytes=every)
+    limits = PipelineLimits(small_file_bytes=0, upload_batch_chunks=1, uploaders=1)
     gateway = FakeGateway()
-    finished = await backup(gateway, root, limits=limits)
+    freed = memory.FreedPages(every, lambda: trims.append(1))  # the composition root's, shared by jobs
+    finished = await backup(gateway, root, limits=limits, freed=freed)
     assert finished.status == COMPLETE
     entries = entries_by_path(gateway.only_point())
     assert all(gateway.content(entries[f"f{i:02}"]) == rand(10_000, 100 + i) for i in range(20))

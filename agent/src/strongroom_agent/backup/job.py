@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
+from strongroom_agent import memory
 from strongroom_agent.backup.commit import BaseRefused
 from strongroom_agent.backup.context import JobContext, OpenFile
 from strongroom_agent.backup.point import PointRun
@@ -80,6 +81,7 @@ async def run_backup(
     limits: PipelineLimits | None = None,
     state_dir: str | None = None,
     retry: RetryPolicy | None = None,
+    freed: memory.FreedPages | None = None,
 ) -> gateway_pb2.JobFinished:
     """Back up ``points`` one after another and commit each; never raises for job-level failures.
 
@@ -121,6 +123,7 @@ async def run_backup(
         retry=retry or RetryPolicy(),
         state_dir=state_dir,
         accepts_base_point=command.accepts_base_point,
+        freed=freed,
         trace=os.environ.get(TRACE_ENV) or None,  # diagnostics (bench/backup_timeline.py)
     )
 

@@ -99,7 +99,13 @@ class PointRun:
         limits = ctx.limits
         budget = ByteBudget(limits.memory_budget_bytes)
         uploader = Uploader(
-            job_id=ctx.job_id, client=ctx.client, retry=ctx.retry, budget=budget, stats=ctx.stats, limits=limits
+            job_id=ctx.job_id,
+            client=ctx.client,
+            retry=ctx.retry,
+            budget=budget,
+            stats=ctx.stats,
+            limits=limits,
+            freed=ctx.freed,
         )
         compressor = Compressor(
             job_id=ctx.job_id, executor=ctx.executor, workers=ctx.workers, limits=limits, budget=budget, out=uploader

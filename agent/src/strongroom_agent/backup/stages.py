@@ -64,10 +64,6 @@ class PipelineLimits:
     upload_batch_bytes: int = 16 << 20
     upload_message_bytes: int = 4 << 20  # chunk payload per UploadChunks message (a chunk larger goes alone)
     uploaders: int = 2
-    # Freed heap pages go back to the system after every this many bytes of uploaded chunks
-    # (memory.FreedPages; 0: never): after about every upload call (batches of up to 16 MiB), at most
-    # once per 4 MiB when batches are small. Peak RSS of the full backup -30-45 MB (ADR 0064).
-    trim_every_bytes: int = 4 << 20
     commit_batch_entries: int = 1000
     commit_batch_bytes: int = 1 << 20
     seen_ids: int = 200_000  # chunk ids remembered per job to skip repeat dedup queries
@@ -297,7 +293,7 @@ class Uploader:
         self._limits = limits
         self.workers = limits.uploaders
         self._queue: asyncio.Queue[Outgoing | End] = asyncio.Queue(limits.upload_batch_chunks * 2)
-        self._freed = freed or memory.FreedPages(limits.trim_every_bytes, memory.malloc_trim())
+        self._freed = freed  # None: freed pages stay with the allocator (tests, non-agent callers)
         self.in_flight = 0  # UploadChunks calls awaiting the gateway
 
     def depth(self) -> int:
@@ -329,8 +325,9 @@ class Uploader:
                 charge = sum(o.charge for o in groups)
                 self._budget.release(charge)
                 del groups, requests, upload  # the batch's buffers are free before the trim
-                if self._freed.released(charge) and self._freed.trim is not None:
-                    await asyncio.to_thread(self._freed.trim)
+                trim = self._freed.released(charge) if self._freed is not None else None
+                if trim is not None:
+                    await asyncio.to_thread(trim)
             if end:
                 return
 
