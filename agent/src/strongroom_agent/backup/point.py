@@ -108,7 +108,7 @@ class PointRun:
             freed=ctx.freed,
         )
         compressor = Compressor(
-            job_id=ctx.job_id, executor=ctx.executor, workers=ctx.workers, limits=limits, budget=budget, out=uploader
+            job_id=ctx.job_id, executor=ctx.executor, workers=ctx.workers, limits=limits, out=uploader
         )
         deduper = Deduper(
             job_id=ctx.job_id,

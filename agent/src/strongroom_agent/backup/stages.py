@@ -333,10 +333,7 @@ class Uploader:
 
 
 class Compressor:
-    """Compresses groups of new chunks in the job's worker threads (one worker per thread) and passes them on.
-
-    A compressed group's charge on the budget shrinks to the size of its serialized messages.
-    """
+    """Compresses groups of new chunks in the job's worker threads (one worker per thread) and passes them on."""
 
     def __init__(
         self,
@@ -345,12 +342,10 @@ class Compressor:
         executor: ThreadPoolExecutor,
         workers: int,
         limits: PipelineLimits,
-        budget: ByteBudget,
         out: Uploader,
     ) -> None:
         self._job_id = job_id
         self._executor = executor
-        self._budget = budget
         self.workers = workers
         self._batch_bytes = limits.compress_batch_bytes
         self._message_bytes = limits.upload_message_bytes
@@ -380,12 +375,6 @@ class Compressor:
                     outgoing = await loop.run_in_executor(self._executor, work)
                 finally:
                     self.in_flight -= 1
-                # From here on the group holds its messages, not its content: it keeps only their size of
-                # the budget, so compressible data leaves room for reading ahead while uploads are in flight.
-                held = sum(len(r) for r in outgoing.requests)
-                if held < outgoing.charge:
-                    self._budget.release(outgoing.charge - held)
-                    outgoing.charge = held
                 await self._out.put(outgoing)
             if end:
                 return
