@@ -3,7 +3,8 @@
     python bench/full_backup_once.py --data DIR --work DIR [--runs 1]
 
 Prints one JSON line ``{"full_s": [...], "nochange_s": [...], "cpu_s": [...], "nochange_load": [...]}``
-(and ``agent_cpu_s``, ``gateway_cpu_s``, ``full_load``: the full backup's CPU per process and the load after it)
+(and ``agent_cpu_s``, ``gateway_cpu_s``, ``agent_peak_rss_mb``, ``full_load``: the full backup's CPU per process,
+the agent's peak RSS and the load after it)
 (``--nochange N``: N no-change backups after each full one, each with the 1-minute load average). Used by
 ``bench/ab.py``, which runs it from two checkouts (say, before and after the trust boundary) in one
 invocation, alternating, so both sides see the same machine. Only ``StrongroomBench``'s public
@@ -39,6 +40,7 @@ async def main(data: Path, work: Path, runs: int, nochange: int = 1, s3_tls: boo
                 out["cpu_s"].append(full.agent_cpu + full.gateway_cpu)
                 out.setdefault("agent_cpu_s", []).append(full.agent_cpu)
                 out.setdefault("gateway_cpu_s", []).append(full.gateway_cpu)
+                out.setdefault("agent_peak_rss_mb", []).append(full.agent_peak_rss / 1e6)
                 out.setdefault("full_load", []).append(os.getloadavg()[0])
                 await bench.latest_point(inst, 1)
                 for _ in range(nochange):

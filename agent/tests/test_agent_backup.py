@@ -407,23 +407,43 @@ def test_cores_come_from_the_command_only() -> None:
 
 
 @pytest.mark.parametrize("every", [0, 40_000])
-async def test_freed_pages_are_trimmed_after_every_so_many_uploaded_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int
-) -> None:
-    """The uploader hands freed heap pages back (malloc_trim) once per ``trim_every_bytes`` released (ADR 0064)."""
+async def test_freed_pages_are_trimmed_after_every_so_many_uploaded_bytes(tmp_path: Path, every: int) -> None:
+    """The uploader hands freed heap pages back (malloc_trim) once per so many bytes released (ADR 0064)."""
     from strongroom_agent import memory
 
     trims: list[int] = []
-    monkeypatch.setattr(memory, "malloc_trim", lambda: lambda: trims.append(1))
     root = tmp_path / "src"
     for i in range(20):
         write_file(str(root / f"f{i:02}"), rand(10_000, 100 + i))
-    limits = PipelineLimits(small_file_bytes=0, upload_batch_chunks=1, uploaders=1, trim_every_bytes=every)
+    limits = PipelineLimits(small_file_bytes=0, upload_batch_chunks=1, uploaders=1)
     gateway = FakeGateway()
-    finished = await backup(gateway, root, limits=limits)
+    freed = memory.FreedPages(every, lambda: trims.append(1))  # the composition root's, shared by jobs
+    finished = await backup(gateway, root, limits=limits, freed=freed)
     assert finished.status == COMPLETE
     entries = entries_by_path(gateway.only_point())
     assert all(gateway.content(entries[f"f{i:02}"]) == rand(10_000, 100 + i) for i in range(20))
     # 200,000 bytes of chunks released in upload batches of one or more whole files: at most one trim
     # per 40,000 bytes (FreedPages' own test pins the rule), at least one; none when switched off.
     assert (0 < len(trims) <= 200_000 // 40_000) if every else trims == []
+
+
+async def test_the_pipeline_probe_samples_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STRONGROOM_BACKUP_TRACE (bench/backup_timeline.py) gets the pipeline's state as JSON lines; unset, nothing."""
+    import json
+
+    from strongroom_agent.backup.probe import TRACE_ENV
+
+    root = tmp_path / "src"
+    for i in range(20):
+        write_file(str(root / f"f{i:02}"), rand(50_000, 200 + i))
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv(TRACE_ENV, str(trace))
+    gateway = FakeGateway()
+    assert (await backup(gateway, root)).status == COMPLETE
+    rows = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert rows and {"t", "budget_used", "budget_waiting", "reading", "uploading", "upload_queue"} <= set(rows[0])
+    assert all(0 <= row["budget_used"] <= PipelineLimits().memory_budget_bytes for row in rows)
+    monkeypatch.delenv(TRACE_ENV)
+    trace.unlink()
+    assert (await backup(FakeGateway(), root)).status == COMPLETE
+    assert not trace.exists()

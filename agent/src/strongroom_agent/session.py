@@ -30,7 +30,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom_telemetry.metrics import instruments
 from strongroom_telemetry.propagation import context_from_traceparent
 
-from strongroom_agent import __version__, host
+from strongroom_agent import __version__, host, memory
 from strongroom_agent.backup import cores_for, plan_points, run_backup
 from strongroom_agent.config import SPOOL_DIR
 from strongroom_agent.exclusions import LinuxExclusions
@@ -382,6 +382,7 @@ def make_hello(state_dir: str) -> Callable[[], Awaitable[gateway_pb2.AgentHello]
 
 def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Sequence[str]) -> BackupRunner:
     exclusions = host_exclusions(state_dir)
+    freed = memory.FreedPages(memory.TRIM_EVERY_BYTES, memory.malloc_trim())  # one per process, shared by jobs
 
     async def runner(
         command: gateway_pb2.RunBackup, cancel: asyncio.Event, on_progress: ProgressCallback
@@ -407,6 +408,7 @@ def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Seq
                 on_progress=on_progress,
                 spool_dir=os.path.join(state_dir, SPOOL_DIR),
                 state_dir=state_dir,
+                freed=freed,
             )
 
     return runner

@@ -117,6 +117,35 @@ async def test_a_forged_chunk_in_a_batch_is_refused_and_the_chunks_before_it_are
     assert set(gw.store.state.chunks) == {("acct-a", r.chunk_id) for r in good}
 
 
+async def test_batches_verified_while_the_next_is_received_keep_order_and_refusal(
+    gw: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verification of a batch overlaps the receipt of the next (ADR 0066): every chunk of a clean call is
+    stored once and counted; a forged chunk in an earlier batch stops the call before any later batch is stored."""
+    from strongroom_gateway import ingest
+
+    monkeypatch.setattr(ingest, "_VERIFY_BATCH_CHUNKS", 4)
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    key = await gw.key_of("acct-a")
+    contents = [f"chunk {i}".encode() for i in range(10)]  # batches of 4, 4 and 2
+    stream = [upload_request("job-1", key, c) for c in [*contents, contents[1]]]
+    response = await gw.stub.UploadChunks(aiter_of(stream), metadata=agent.md)
+    assert (response.chunks_stored, response.chunks_already_present) == (10, 1)
+    assert set(gw.store.state.chunks) == {("acct-a", chunk_id(key, c)) for c in contents}
+
+    before = set(gw.store.state.chunks)
+    good = [upload_request("job-1", key, f"more {i}".encode()) for i in range(11)]
+    forged = upload_request("job-1", key, b"the real content")
+    forged.chunk_id = chunk_id(key, b"some other content")
+    stream = [*good[:3], forged, *good[3:]]  # the forged chunk ends the first batch; two batches follow
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gw.stub.UploadChunks(aiter_of(stream), metadata=agent.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert forged.chunk_id.hex() in (err.value.details() or "")
+    assert set(gw.store.state.chunks) - before == {("acct-a", r.chunk_id) for r in good[:3]}
+
+
 async def test_a_message_with_both_forms_is_refused(gw: GatewayHarness) -> None:
     agent = await gw.enrolled_agent("i-1")
     await gw.request_backup(agent, "job-1")

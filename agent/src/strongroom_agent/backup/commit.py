@@ -121,6 +121,9 @@ class SpoolWriter:
     def full(self) -> bool:
         return self._queue.full()
 
+    def depth(self) -> int:
+        return self._queue.qsize()
+
     async def put(self, item: Slot | Known) -> None:
         self._unwritten += 1
         await self._queue.put(item)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from strongroom.common.v1 import common_pb2
 
+from strongroom_agent import memory
 from strongroom_agent.backup.stages import PipelineLimits, SeenIds
 from strongroom_agent.chunking import ChunkParams
 from strongroom_agent.exclusions import Exclusions
@@ -40,3 +41,5 @@ class JobContext:
     retry: RetryPolicy
     state_dir: str | None  # where the forever-incremental cache lives (None: no cache)
     accepts_base_point: bool
+    freed: memory.FreedPages | None = None  # the process's (composition root); None: no trimming
+    trace: str | None = None  # a file for the pipeline's timeline (``probe.py``); None: not sampled

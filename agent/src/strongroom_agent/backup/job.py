@@ -22,9 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
+from strongroom_agent import memory
 from strongroom_agent.backup.commit import BaseRefused
 from strongroom_agent.backup.context import JobContext, OpenFile
 from strongroom_agent.backup.point import PointRun
+from strongroom_agent.backup.probe import TRACE_ENV
 from strongroom_agent.backup.read import open_for_backup
 from strongroom_agent.backup.stages import PipelineLimits, SeenIds
 from strongroom_agent.chunking import ChunkParams, InvalidRepositoryParameters
@@ -79,6 +81,7 @@ async def run_backup(
     limits: PipelineLimits | None = None,
     state_dir: str | None = None,
     retry: RetryPolicy | None = None,
+    freed: memory.FreedPages | None = None,
 ) -> gateway_pb2.JobFinished:
     """Back up ``points`` one after another and commit each; never raises for job-level failures.
 
@@ -120,6 +123,8 @@ async def run_backup(
         retry=retry or RetryPolicy(),
         state_dir=state_dir,
         accepts_base_point=command.accepts_base_point,
+        freed=freed,
+        trace=os.environ.get(TRACE_ENV) or None,  # diagnostics (bench/backup_timeline.py)
     )
 
     async def all_points() -> None:

@@ -20,6 +20,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -28,6 +29,7 @@ from strongroom_agent import cache
 from strongroom_agent.backup.commit import Committer, Slot, Spool, SpoolWriter
 from strongroom_agent.backup.compare import Known, Step, TreeCompare
 from strongroom_agent.backup.context import JobContext
+from strongroom_agent.backup.probe import PipelineProbe
 from strongroom_agent.backup.read import FileOutcome, Reader
 from strongroom_agent.backup.scan import ScanItem
 from strongroom_agent.backup.stages import ByteBudget, Compressor, Deduper, Uploader
@@ -97,7 +99,13 @@ class PointRun:
         limits = ctx.limits
         budget = ByteBudget(limits.memory_budget_bytes)
         uploader = Uploader(
-            job_id=ctx.job_id, client=ctx.client, retry=ctx.retry, budget=budget, stats=ctx.stats, limits=limits
+            job_id=ctx.job_id,
+            client=ctx.client,
+            retry=ctx.retry,
+            budget=budget,
+            stats=ctx.stats,
+            limits=limits,
+            freed=ctx.freed,
         )
         compressor = Compressor(
             job_id=ctx.job_id, executor=ctx.executor, workers=ctx.workers, limits=limits, out=uploader
@@ -113,13 +121,28 @@ class PointRun:
         )
         reader = Reader(ctx, budget, deduper)
         spool_writer = SpoolWriter(self.spool, self.writer, limits.ordered_queue)
+        probe = None
+        if ctx.trace is not None:
+            gauges: dict[str, Callable[[], float]] = {
+                "budget_used": lambda: budget.used,
+                "budget_waiting": lambda: budget.waiting,
+                "reading": reader.in_flight,
+                "dedup_queue": deduper.depth,
+                "compress_queue": compressor.depth,
+                "compressing": lambda: compressor.in_flight,
+                "upload_queue": uploader.depth,
+                "uploading": lambda: uploader.in_flight,
+                "spool_queue": spool_writer.depth,
+            }
+            # Wall-clock on purpose: the trace is lined up with the bench's /proc samples.
+            probe = PipelineProbe(ctx.trace, gauges, anchor=time.time())
         async with asyncio.TaskGroup() as group:
+            sampling = group.create_task(probe.run()) if probe is not None else None
             group.create_task(_Scan(ctx, self.filesystem, self.cursor, self.writer, reader, spool_writer).run(group))
             writing = group.create_task(spool_writer.run())
             dedup = group.create_task(deduper.run())
             compressors = [group.create_task(compressor.run()) for _ in range(compressor.workers)]
-            for _ in range(uploader.workers):
-                group.create_task(uploader.run())
+            uploaders = [group.create_task(uploader.run()) for _ in range(uploader.workers)]
             # Shut the stages down in order once each upstream stage is done.
             await writing
             await deduper.close()
@@ -127,6 +150,11 @@ class PointRun:
             await compressor.close()
             await asyncio.gather(*compressors)
             await uploader.close()
+            await asyncio.gather(*uploaders)
+            if sampling is not None:
+                sampling.cancel()
+        if probe is not None:
+            await probe.save()
 
 
 class _Scan:

@@ -215,6 +215,7 @@ class Reader:
         self._budget = budget
         self._out = out
         self._permits = asyncio.Semaphore(ctx.workers * READERS_PER_WORKER)
+        self._reading = 0  # permits held
         # Changed small files scanned but not yet handed to a worker thread.
         self._small: list[tuple[ScanItem, asyncio.Future[FileOutcome | None]]] = []
         self._small_bytes = 0
@@ -222,9 +223,21 @@ class Reader:
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._ctx.executor, fn)
 
+    def in_flight(self) -> int:
+        """Files and small-file groups being read (each holds a permit)."""
+        return self._reading
+
+    async def _acquire(self) -> None:
+        await self._permits.acquire()
+        self._reading += 1
+
+    def _release(self) -> None:
+        self._reading -= 1
+        self._permits.release()
+
     async def read(self, group: asyncio.TaskGroup, item: ScanItem) -> asyncio.Task[FileOutcome | None]:
         """Start reading one file on its own once a permit is free; the task gives its outcome."""
-        await self._permits.acquire()
+        await self._acquire()
         return group.create_task(self._file_entry(item))
 
     async def add_small(
@@ -240,7 +253,7 @@ class Reader:
     async def flush(self, group: asyncio.TaskGroup) -> None:
         """Start the pending small-file group, if any, once a permit is free."""
         if self._small:
-            await self._permits.acquire()
+            await self._acquire()
             group.create_task(self._small_group(self._small))
             self._small, self._small_bytes = [], 0
 
@@ -255,7 +268,7 @@ class Reader:
         try:
             return await self._read_alone(item)
         finally:
-            self._permits.release()
+            self._release()
 
     async def _read_alone(self, item: ScanItem) -> FileOutcome | None:
         ctx = self._ctx
@@ -330,7 +343,7 @@ class Reader:
         finally:
             for _, future in files:
                 future.cancel()  # no-op for settled slots; the job is failing otherwise
-            self._permits.release()
+            self._release()
 
     async def _to_dedup(self, chunks: list[tuple[bytes, bytes]]) -> list[bytes]:
         """Hand read chunks to the dedup stage (within the memory budget); their ids, in order.

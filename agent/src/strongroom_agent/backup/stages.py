@@ -64,10 +64,6 @@ class PipelineLimits:
     upload_batch_bytes: int = 16 << 20
     upload_message_bytes: int = 4 << 20  # chunk payload per UploadChunks message (a chunk larger goes alone)
     uploaders: int = 2
-    # Freed heap pages go back to the system after every this many bytes of uploaded chunks
-    # (memory.FreedPages; 0: never): after about every upload call (batches of up to 16 MiB), at most
-    # once per 4 MiB when batches are small. Peak RSS of the full backup -30-45 MB (ADR 0064).
-    trim_every_bytes: int = 4 << 20
     commit_batch_entries: int = 1000
     commit_batch_bytes: int = 1 << 20
     seen_ids: int = 200_000  # chunk ids remembered per job to skip repeat dedup queries
@@ -120,6 +116,14 @@ class ByteBudget:
     def release(self, charge: int) -> None:
         self._used -= charge
         self._grant()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     def _grant(self) -> None:
         while self._waiters:
@@ -289,7 +293,11 @@ class Uploader:
         self._limits = limits
         self.workers = limits.uploaders
         self._queue: asyncio.Queue[Outgoing | End] = asyncio.Queue(limits.upload_batch_chunks * 2)
-        self._freed = freed or memory.FreedPages(limits.trim_every_bytes, memory.malloc_trim())
+        self._freed = freed  # None: freed pages stay with the allocator (tests, non-agent callers)
+        self.in_flight = 0  # UploadChunks calls awaiting the gateway
+
+    def depth(self) -> int:
+        return self._queue.qsize()
 
     async def put(self, outgoing: Outgoing) -> None:
         await self._queue.put(outgoing)
@@ -307,14 +315,19 @@ class Uploader:
             if groups:
                 requests = [r for o in groups for r in o.requests]
                 upload = functools.partial(self._client.upload_chunks, requests)
-                response = await self._retry.call("UploadChunks", upload)
+                self.in_flight += 1
+                try:
+                    response = await self._retry.call("UploadChunks", upload)
+                finally:
+                    self.in_flight -= 1
                 self._stats.chunks_new += response.chunks_stored
                 self._stats.bytes_uploaded += sum(o.payload_bytes for o in groups)
                 charge = sum(o.charge for o in groups)
                 self._budget.release(charge)
                 del groups, requests, upload  # the batch's buffers are free before the trim
-                if self._freed.released(charge) and self._freed.trim is not None:
-                    await asyncio.to_thread(self._freed.trim)
+                trim = self._freed.released(charge) if self._freed is not None else None
+                if trim is not None:
+                    await asyncio.to_thread(trim)
             if end:
                 return
 
@@ -323,7 +336,13 @@ class Compressor:
     """Compresses groups of new chunks in the job's worker threads (one worker per thread) and passes them on."""
 
     def __init__(
-        self, *, job_id: str, executor: ThreadPoolExecutor, workers: int, limits: PipelineLimits, out: Uploader
+        self,
+        *,
+        job_id: str,
+        executor: ThreadPoolExecutor,
+        workers: int,
+        limits: PipelineLimits,
+        out: Uploader,
     ) -> None:
         self._job_id = job_id
         self._executor = executor
@@ -332,6 +351,10 @@ class Compressor:
         self._message_bytes = limits.upload_message_bytes
         self._out = out
         self._queue: asyncio.Queue[list[Chunk] | End] = asyncio.Queue(limits.chunk_queue)
+        self.in_flight = 0  # groups being compressed in a worker thread
+
+    def depth(self) -> int:
+        return self._queue.qsize()
 
     async def put(self, group: list[Chunk]) -> None:
         await self._queue.put(group)
@@ -347,7 +370,12 @@ class Compressor:
             if groups:
                 chunks = groups[0] if len(groups) == 1 else [c for g in groups for c in g]
                 work = functools.partial(compress_group, self._job_id, chunks, self._message_bytes)
-                await self._out.put(await loop.run_in_executor(self._executor, work))
+                self.in_flight += 1
+                try:
+                    outgoing = await loop.run_in_executor(self._executor, work)
+                finally:
+                    self.in_flight -= 1
+                await self._out.put(outgoing)
             if end:
                 return
 
@@ -378,6 +406,9 @@ class Deduper:
         self._batch_ids = limits.dedup_batch_ids
         self._out = out
         self._queue: asyncio.Queue[list[Chunk] | End] = asyncio.Queue(limits.chunk_queue)
+
+    def depth(self) -> int:
+        return self._queue.qsize()
 
     async def put(self, group: list[Chunk]) -> None:
         await self._queue.put(group)

@@ -24,7 +24,7 @@ from strongroom_platform.telemetry import instruments
 
 from strongroom_gateway import packfile, validation
 from strongroom_gateway.agents import Identity
-from strongroom_gateway.chunks import MAX_CHUNK_SIZE, PACK_COMPRESSION, UploadedPayload, verify_uploads
+from strongroom_gateway.chunks import MAX_CHUNK_SIZE, PACK_COMPRESSION, ChunkRejected, UploadedPayload, verify_uploads
 from strongroom_gateway.errors import InvalidArgument, NotFound
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack
@@ -42,7 +42,9 @@ LOCK_MARGIN = dt.timedelta(days=1)
 # batch costs a thread hop and a dedup transaction: 1024 (was 128) is one of each for about a
 # whole 4 MiB upload message of a tree of small files (ADR 0062).
 _VERIFY_BATCH_CHUNKS = 1024
-_VERIFY_BATCH_BYTES = 8 << 20
+# 4 MiB (was 8): a batch is verified in a thread while the next is received (ADR 0066), so
+# smaller batches leave less of a call's verification after its last message, and hold half as much.
+_VERIFY_BATCH_BYTES = 4 << 20
 
 
 def pack_key(account_id: str, pack_id: str) -> str:
@@ -217,6 +219,73 @@ def _uploaded_chunks(request: gateway_pb2.UploadChunkRequest) -> list[UploadedPa
     return out
 
 
+class _CallIngest:
+    """One UploadChunks call's state: the batch being received, the one being verified, the packs to wait for.
+
+    Chunks are verified in batches (``_VERIFY_BATCH_CHUNKS`` / ``_VERIFY_BATCH_BYTES``), one
+    worker-thread call per batch, while the next batch is received (ADR 0066): at most two batches
+    of a call are held, one of them in verification. A batch's verified chunks are looked up and
+    buffered in order, before the next batch's verification starts.
+    """
+
+    def __init__(self, account_id: str, chunk_id_key: bytes, store: GatewayStore, writer: PackWriter) -> None:
+        self._account_id = account_id
+        self._key = chunk_id_key
+        self._store = store
+        self._writer = writer
+        self.packs: set[_PendingPack] = set()
+        self.response = gateway_pb2.UploadChunksResponse()
+        self._batch: list[UploadedPayload] = []
+        self._batch_bytes = 0
+        self._verifying: tuple[list[UploadedPayload], asyncio.Future[tuple[int, ChunkRejected | None]]] | None = None
+
+    async def add(self, chunk: UploadedPayload) -> None:
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk.payload)
+        if len(self._batch) >= _VERIFY_BATCH_CHUNKS or self._batch_bytes >= _VERIFY_BATCH_BYTES:
+            await self.verify_batch()
+
+    async def verify_batch(self) -> None:
+        """Settle the batch before, then start verifying the one received so far."""
+        await self.settle()
+        if not self._batch:
+            return
+        verification = asyncio.ensure_future(asyncio.to_thread(verify_uploads, self._key, self._batch))
+        self._verifying = (self._batch, verification)
+        self._batch, self._batch_bytes = [], 0
+
+    async def settle(self) -> None:
+        """Wait for the batch in verification, then buffer the chunks that passed; raise for the first refused one."""
+        if self._verifying is None:
+            return
+        batch, verification = self._verifying
+        self._verifying = None
+        passed, refusal = await verification
+        verified = batch[:passed]
+        existing = await _existing(self._store, self._account_id, [c.chunk_id for c in verified])
+        response = self.response
+        for chunk in verified:
+            if chunk.chunk_id in existing:
+                response.chunks_already_present += 1
+                continue
+            blob = packfile.BlobToPack(chunk.chunk_id, chunk.compression, chunk.payload, chunk.raw_length)
+            pack, new = await self._writer.add(self._account_id, blob)
+            self.packs.add(pack)
+            if new:
+                response.chunks_stored += 1
+                response.bytes_stored += len(blob.payload)
+            else:
+                response.chunks_already_present += 1
+        if refusal is not None:
+            raise InvalidArgument(f"chunk {batch[passed].chunk_id.hex()} refused: {refusal}")
+
+    def abandon(self) -> None:
+        """The call failed: a verification still running in a thread cannot be stopped, its outcome is dropped."""
+        if self._verifying is not None:
+            self._verifying[1].add_done_callback(lambda f: None if f.cancelled() else f.exception())
+            self._verifying = None
+
+
 async def upload_chunks(
     identity: Identity,
     requests: AsyncIterator[gateway_pb2.UploadChunkRequest],
@@ -227,45 +296,16 @@ async def upload_chunks(
     """Verify each chunk against the account's key and store the new ones in packs.
 
     A chunk whose content does not hash to its id is refused (InvalidArgument)
-    and never stored; chunks before it in the same call are kept. Chunks are
-    verified in batches (``_VERIFY_BATCH_CHUNKS`` / ``_VERIFY_BATCH_BYTES``),
-    one worker-thread call per batch.
+    and never stored; chunks before it in the same call are kept. Verification
+    runs in batches in a worker thread, overlapping the receipt of the next
+    batch (``_CallIngest``).
     """
     async with store.transaction() as tx:
         account = await tx.get_account(identity.account_id)
     if account is None:
         raise NotFound(f"account {identity.account_id!r} is unknown to the gateway")
     jobs_checked: set[str] = set()
-    packs: set[_PendingPack] = set()
-    response = gateway_pb2.UploadChunksResponse()
-    batch: list[UploadedPayload] = []
-    batch_bytes = 0
-
-    async def store_batch() -> None:
-        """Verify the batch, then buffer the chunks that passed; raise for the first refused one."""
-        nonlocal batch_bytes
-        if not batch:
-            return
-        passed, refusal = await asyncio.to_thread(verify_uploads, account.chunk_id_key, batch)
-        verified = batch[:passed]
-        existing = await _existing(store, identity.account_id, [c.chunk_id for c in verified])
-        for chunk in verified:
-            if chunk.chunk_id in existing:
-                response.chunks_already_present += 1
-                continue
-            blob = packfile.BlobToPack(chunk.chunk_id, chunk.compression, chunk.payload, chunk.raw_length)
-            pack, new = await writer.add(identity.account_id, blob)
-            packs.add(pack)
-            if new:
-                response.chunks_stored += 1
-                response.bytes_stored += len(blob.payload)
-            else:
-                response.chunks_already_present += 1
-        if refusal is not None:
-            raise InvalidArgument(f"chunk {batch[passed].chunk_id.hex()} refused: {refusal}")
-        batch.clear()
-        batch_bytes = 0
-
+    call = _CallIngest(identity.account_id, account.chunk_id_key, store, writer)
     try:
         async for request in requests:
             if request.job_id not in jobs_checked:
@@ -274,21 +314,21 @@ async def upload_chunks(
             try:
                 chunks = _uploaded_chunks(request)
             except InvalidArgument:
-                await store_batch()  # the chunks before the malformed message are kept
+                await call.verify_batch()  # the chunks before the malformed message are kept
+                await call.settle()
                 raise
             for chunk in chunks:
-                batch.append(chunk)
-                batch_bytes += len(chunk.payload)
-                if len(batch) >= _VERIFY_BATCH_CHUNKS or batch_bytes >= _VERIFY_BATCH_BYTES:
-                    await store_batch()
-        await store_batch()
+                await call.add(chunk)
+        await call.verify_batch()
+        await call.settle()
     except BaseException:
+        call.abandon()
         # Also on refusal: chunks already accepted are written rather than left in a buffer.
         with contextlib.suppress(Exception):
-            await writer.flush(packs)
+            await writer.flush(call.packs)
         raise
-    await writer.flush(packs)
-    return response
+    await writer.flush(call.packs)
+    return call.response
 
 
 async def _existing(store: GatewayStore, account_id: str, chunk_ids: list[bytes]) -> set[bytes]:
