@@ -334,9 +334,9 @@ class Probe:
         await conn.add_listener("gateway_sessions", self._on_notification)
         self._conn = conn
 
-    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         at = time.time()
-        kind, _, rest = payload.partition(":")
+        kind, _, rest = str(payload).partition(":")
         if kind != "w":
             return
         for instance_id in rest.partition(":")[2].split(" "):
