@@ -199,44 +199,6 @@ async def test_coalescer_batches_the_keys_asked_for_while_a_load_runs() -> None:
     assert calls == [[1], [2, 3], [4]]  # what waited went in batches of at most 3 (keys once each)
 
 
-async def test_coalescer_starts_a_second_load_while_one_runs_up_to_its_concurrency() -> None:
-    calls: list[list[int]] = []
-    releases = {1: asyncio.Event(), 2: asyncio.Event(), 3: asyncio.Event()}
-
-    async def load(keys: list[int]) -> dict[int, int]:
-        calls.append(keys)
-        if len(calls) in releases:
-            await releases[len(calls)].wait()
-        return {key: key * 10 for key in keys}
-
-    async def turns() -> None:
-        for _ in range(5):
-            await asyncio.sleep(0)
-
-    coalescer: Coalescer[int, int] = Coalescer(load, concurrency=2)
-    first = asyncio.ensure_future(coalescer.get(1))
-    await turns()
-    second = asyncio.ensure_future(coalescer.get(2))
-    await turns()
-    # Key 2 did not wait for the first load: a second one started at once.
-    assert calls == [[1], [2]]
-    later = [asyncio.ensure_future(coalescer.get(k)) for k in (3, 4)]
-    await turns()
-    assert calls == [[1], [2]]  # both loads run: keys 3 and 4 wait for one of them to end, together
-    releases[2].set()
-    assert await second == 20
-    await turns()
-    assert calls == [[1], [2], [3, 4]]
-    releases[3].set()
-    assert [await r for r in later] == [30, 40]
-    assert not first.done()  # the first load's callers are answered by it alone
-    releases[1].set()
-    assert await first == 10
-    # A key asked for after every load has ended starts a new one (no finished worker counted).
-    assert await coalescer.get(5) == 50
-    assert calls[-1] == [5]
-
-
 async def test_coalescer_failure_reaches_the_callers_of_that_load_only() -> None:
     async def load(keys: list[int]) -> dict[int, int]:
         if 13 in keys:

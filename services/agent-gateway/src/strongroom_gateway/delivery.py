@@ -3,11 +3,9 @@
 When many jobs arrive at once (a scheduling pass, a notification burst), every woken session
 reads its unfinished jobs and marks what it sends as delivered. One transaction per session and
 step would make the delivery of 1,000 jobs 2,000 transactions, each a commit to wait for.
-:class:`Coalescer` runs a load with every key asked for meanwhile, so under a burst the sessions
-woken together are served by one transaction — their jobs read, the commands chosen, the jobs to
-send marked delivered, one commit — and a lone request is served at once. Two loads may run at
-once (:data:`TAKE_CONCURRENCY`): the sessions woken while one runs (the next partition's commit)
-do not wait for it to end.
+:class:`Coalescer` runs one load at a time with every key asked for meanwhile, so under a burst
+the sessions woken together are served by one transaction — their jobs read, the commands chosen,
+the jobs to send marked delivered, one commit — and a lone request is served at once.
 """
 
 from __future__ import annotations
@@ -27,42 +25,25 @@ __all__ = ["CommandDelivery", "Coalescer"]
 
 Commands = list[tuple[str, gateway_pb2.AgentCommand]]
 
-TAKE_CONCURRENCY = 2
-"""Delivery transactions of one process at a time (two pool connections of ten at most): sessions
-woken while one runs start the second at once (ADR 0050, session 9)."""
-
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
 class Coalescer(Generic[K, V]):
-    """``get(key)`` answers from ``load(keys)``, which runs at most ``concurrency`` calls at a time,
-    each with every key waiting when it starts (at most ``max_batch``); a failure of ``load`` fails
-    the callers of that call.
+    """``get(key)`` answers from ``load(keys)``, which runs one call at a time with every key
+    waiting (at most ``max_batch``); a failure of ``load`` fails the callers of that call."""
 
-    With ``concurrency`` above 1, keys asked for while a load runs start a load of their own at once
-    (up to the limit) instead of waiting for it: a burst that arrives in waves (one partition's
-    commit after another) is not served one wave after another. Keys asked for while every load runs
-    go together into the next one."""
-
-    def __init__(
-        self, load: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = 1000, concurrency: int = 1
-    ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+    def __init__(self, load: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = 1000) -> None:
         self._load = load
         self._max_batch = max_batch
-        self._concurrency = concurrency
         self._waiting: list[tuple[K, asyncio.Future[V]]] = []
-        self._workers: set[asyncio.Task[None]] = set()
+        self._worker: asyncio.Task[None] | None = None
 
     async def get(self, key: K) -> V:
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._waiting.append((key, future))
-        # A worker that has returned may not have run its done callback yet: count the running ones.
-        self._workers = {worker for worker in self._workers if not worker.done()}
-        if len(self._workers) < self._concurrency:
-            self._workers.add(asyncio.create_task(self._drain()))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -100,13 +81,12 @@ class CommandDelivery:
         *,
         unthrottled: bool = False,
         max_batch: int = 1000,
-        concurrency: int = TAKE_CONCURRENCY,
         slots: BackupSlots | None = None,
     ) -> None:
         self._store = store
         self._unthrottled = unthrottled
         self.slots = slots or BackupSlots(0)
-        self._takes: Coalescer[_Woken, Commands] = Coalescer(self._take, max_batch=max_batch, concurrency=concurrency)
+        self._takes: Coalescer[_Woken, Commands] = Coalescer(self._take, max_batch=max_batch)
 
     async def take(self, identity: Identity, session: Session) -> Commands:
         """The commands ``session`` has not sent yet (``agents.commands_to_send``), but the backups
