@@ -72,7 +72,7 @@ async def _segmented_point(gw: GatewayHarness, files: int = 300) -> Segmented:
     async with gw.store.transaction() as tx:
         point = await tx.get_point(point_id)
     assert point is not None
-    return Segmented(point, await manifests.read_point_manifest(gw.objects, gw.keys, point), segments)
+    return Segmented(point, await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store), segments)
 
 
 async def _store_as(gw: GatewayHarness, point: Point, manifest: bytes) -> Point:
@@ -91,7 +91,7 @@ async def test_a_segmented_manifest_reads_as_the_version_1_record_stream(harness
     v2 = encode_segment_list(ref for ref, _ in made.segments)
     assert v2[:5] == MAGIC + b"\x02"
     point = await _store_as(gw, made.point, v2)
-    data = await manifests.read_point_manifest(gw.objects, gw.keys, point)
+    data = await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
     assert data[:5] == MAGIC + b"\x01"
     assert list(manifest_records(data)) == list(manifest_records(made.v1))
     # The restore filter works on the expanded stream as on any version 1 manifest.
@@ -107,7 +107,7 @@ async def test_two_points_listing_the_same_segments_both_read_them(harness: Gate
     first = await _store_as(gw, made.point, v2)
     second = await _store_as(gw, dataclasses.replace(made.point, manifest_key=made.point.manifest_key + "-b"), v2)
     for point in (first, second):
-        data = await manifests.read_point_manifest(gw.objects, gw.keys, point)
+        data = await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
         assert list(manifest_records(data)) == list(manifest_records(made.v1))
 
 
@@ -118,7 +118,7 @@ async def test_missing_or_foreign_segments_and_version_3_are_refused_clearly(har
     unknown = refs[0]._replace(segment_id=os.urandom(32))
     point = await _store_as(gw, made.point, encode_segment_list([unknown, *refs[1:]]))
     with pytest.raises(ManifestFormatError, match="not stored for the account"):
-        await manifests.read_point_manifest(gw.objects, gw.keys, point)
+        await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
     # A stored blob that is not the segment the list describes (another segment's id in its place).
     swapped = refs[1]._replace(segment_id=refs[0].segment_id)
     point = await _store_as(
@@ -127,13 +127,13 @@ async def test_missing_or_foreign_segments_and_version_3_are_refused_clearly(har
         encode_segment_list([refs[0], swapped, *refs[2:]]),
     )
     with pytest.raises(ManifestFormatError, match="segment"):
-        await manifests.read_point_manifest(gw.objects, gw.keys, point)
+        await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
     future = encode_segment_list(refs)
     point = await _store_as(
         gw, dataclasses.replace(made.point, manifest_key=made.point.manifest_key + "-3"), MAGIC + b"\x03" + future[5:]
     )
     with pytest.raises(ManifestFormatError, match="unsupported manifest format version 3 .*upgrade"):
-        await manifests.read_point_manifest(gw.objects, gw.keys, point)
+        await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
 
 
 async def test_the_catalog_gets_the_version_1_stream_of_a_segmented_point() -> None:

@@ -75,14 +75,14 @@ async def seal(keys: AccountKeys, *, account_id: str, point_id: str, manifest: b
 
 
 async def read_point_manifest(
-    object_store: ObjectStore, keys: AccountKeys, point: Point, *, store: GatewayStore | None = None
+    object_store: ObjectStore, keys: AccountKeys, point: Point, *, store: GatewayStore
 ) -> bytes:
     """The manifest bytes (SRMF version 1) of ``point``, read from the object store and opened in a worker thread.
 
     Reads the version recorded at commit (ADR 0025): a delete marker or a later object on the key
     changes nothing; points recorded before version ids were read the latest version. A version 2
     manifest (segments, ADR 0065) is expanded into the version 1 record stream it stores: its
-    segment blobs are found through ``store``'s chunk table (the keys' store when not given), read
+    segment blobs are found through ``store``'s chunk table, read
     from their packs and verified. Raises ObjectNotFound when the object (version) is missing,
     ManifestFormatError when it (or one of its segments) is unreadable or of an unknown version.
     """
@@ -91,7 +91,7 @@ async def read_point_manifest(
 
 
 async def read_point_blobs(
-    object_store: ObjectStore, keys: AccountKeys, point: Point, *, store: GatewayStore | None = None
+    object_store: ObjectStore, keys: AccountKeys, point: Point, *, store: GatewayStore
 ) -> tuple[bytes, list[bytes]]:
     """``read_point_manifest``'s bytes, and the ids of the segment blobs the point's manifest is stored in
     (none for version 1): the blobs besides its entries' chunks that the point needs (GC, repack)."""
@@ -109,14 +109,13 @@ async def read_stored_manifest(object_store: ObjectStore, keys: AccountKeys, poi
 
 
 async def expand(
-    object_store: ObjectStore, keys: AccountKeys, point: Point, data: bytes, *, store: GatewayStore | None = None
+    object_store: ObjectStore, keys: AccountKeys, point: Point, data: bytes, *, store: GatewayStore
 ) -> tuple[bytes, list[bytes]]:
     """``read_point_blobs`` of the already opened manifest ``data`` of ``point``."""
     if manifest_version(data) != SEGMENTED_VERSION:
         return data, []
-    chunk_table = store if store is not None else keys.store
     key = await keys.data_key(point.account_id)
-    return await segments.expand_manifest(chunk_table, object_store, key, point.account_id, data)
+    return await segments.expand_manifest(store, object_store, key, point.account_id, data)
 
 
 def filter_entries(data: bytes, include: Sequence[str], exclude: Sequence[str]) -> list[common_pb2.FileEntry]:

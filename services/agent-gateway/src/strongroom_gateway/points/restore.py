@@ -58,7 +58,7 @@ async def read_manifest(
     include = _normalize(request.include_paths)
     exclude = _normalize(request.exclude_paths)
     try:
-        data = await manifests.read_point_manifest(object_store, keys, point)
+        data = await manifests.read_point_manifest(object_store, keys, point, store=store)
     except ObjectNotFound:
         raise NotFound(f"manifest of point {point.point_id!r} is missing from the object store") from None
     except ManifestFormatError as exc:
