@@ -11,6 +11,12 @@ files, one or two chunk ids per file) is sealed into an in-memory object store, 
 * ``streamed``: ``manifests.stream_point_entries`` (parsed a batch at a time, the next one while the
   previous is handed on).
 
+Then the same entries as a version 2 manifest's segments (ADR 0065; ``segments.cut_segments``), their
+contents in memory (the pack reads are the same both ways), expanded the way ReadManifest did before
+(``manifest_from_segments``, which rebuilds and recompresses the version 1 stream, then
+``filter_entries``) and the way it does now (each segment's records checked with
+``segment_records`` and filtered straight away, ``filter_records``): CPU only, in this thread.
+
 Per read: the time to the first batch (what the agent waited for before it could start), the time
 to the last batch, and the process's CPU seconds. The consumer does nothing with a batch but count
 it, so the figures are the gateway's manifest work alone (no gRPC, no S3).
@@ -31,9 +37,10 @@ from strongroom.common.v1 import common_pb2
 from strongroom_gateway import manifests
 from strongroom_gateway.keys import AccountKeys, MasterKey, MasterKeyring
 from strongroom_gateway.ports import Account, Point
+from strongroom_gateway.segments import cut_segments
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform.clock import SystemClock
-from strongroom_platform.manifest import encode_manifest
+from strongroom_platform.manifest import encode_manifest, manifest_from_segments, segment_records
 from strongroom_platform.testing import FakeClock, InMemoryObjectStore
 
 ACCOUNT = "bench-manifest"
@@ -131,7 +138,36 @@ async def amain(args: argparse.Namespace) -> int:
     for name, rs in results.items():
         med = [statistics.median(r[i] for r in rs) for i in range(3)]
         print(f"| {name} | {med[0] * 1e3:.1f} | {med[1] * 1e3:.1f} | {med[2]:.3f} |")
+    segments_ab(entries, args.rounds)
     return 0
+
+
+def segments_ab(entries: Sequence[common_pb2.FileEntry], rounds: int) -> None:
+    """Version 2: the CPU of expanding and filtering the segments, rebuilt stream vs records straight."""
+    cut = list(cut_segments(secrets.token_bytes(32), ((e.path.encode(), e.SerializeToString()) for e in entries)))
+    refs = [ref for ref, _ in cut]
+    contents = [content for _, content in cut]
+
+    def rebuilt() -> int:
+        return len(manifests.filter_entries(manifest_from_segments(refs, contents), [], []))
+
+    def straight() -> int:
+        return sum(
+            len(list(manifests.filter_records(segment_records(ref, content), [], [])))
+            for ref, content in zip(refs, contents, strict=True)
+        )
+
+    print(f"\nversion 2: {len(refs)} segments")
+    cpu: dict[str, list[float]] = {"rebuilt": [], "straight": []}
+    for n in range(rounds):
+        for name, way in (("rebuilt", rebuilt), ("straight", straight)):
+            start = time.process_time()
+            assert way() == len(entries)
+            cpu[name].append(time.process_time() - start)
+            print(f"round {n + 1} {name:8} CPU {cpu[name][-1]:.3f} s (load {os.getloadavg()[0]:.1f})")
+    print("\n| version 2 way | CPU s (median) |\n|---|---:|")
+    for name, values in cpu.items():
+        print(f"| {name} | {statistics.median(values):.3f} |")
 
 
 def main() -> int:
