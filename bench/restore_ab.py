@@ -1,7 +1,8 @@
 """Full restores only, before and after, with restic and rustic in the same invocation (issue 13, ADR 0060).
 
     uv run python bench/restore_ab.py [--base REV ...] [--rounds 3] [--peers restic,rustic] [--disk] [--quick]
-                                      [--s3-tls] [--pyspy-gil DIR] [--timeline] [--out F]
+                                      [--s3-tls] [--pyspy-gil DIR] [--timeline] [--swap-gateway]
+                                      [--out F]
 
 One stack (the servers and services of ``run.py``), one backup of the day-1 tree per engine, then
 ``--rounds`` rounds of full restores into tmpfs (and with ``--disk`` onto the data set's disk),
@@ -12,6 +13,9 @@ Every restore's wall time, agent and gateway CPU, the agent's peak RSS and the 1
 average are printed; the tables give the medians and this checkout's ratio to each other engine.
 ``--pyspy-gil DIR`` records one extra, uncounted restore of this checkout's agent and of the gateway
 with ``py-spy --gil --native`` (py-spy must be on PATH or next to the interpreter).
+``--swap-gateway`` runs each engine's restores with the gateway of the same revision too (its
+``services/agent-gateway/src`` extracted the same way; the gateway is restarted on the same
+listeners before the agent), so a gateway change is measured the same way as an agent change.
 ``--timeline`` samples every Strongroom restore's agent, gateway and versitygw every 0.25 s
 (``restore_timeline.py``: CPU per process and thread group, bytes read and written) and prints
 each timeline after the tables (and into ``--out``).
@@ -57,10 +61,31 @@ def log(text: str) -> None:
 
 def base_agent(rev: str, into: Path) -> Path:
     """``agent/src`` of ``rev``, extracted from git into ``into``."""
+    return extracted(rev, "agent/src", into)
+
+
+def extracted(rev: str, tree: str, into: Path) -> Path:
+    """The directory ``tree`` of ``rev``, extracted from git into ``into``."""
     into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", rev, "agent/src"], cwd=ROOT, capture_output=True, check=True)
+    archive = subprocess.run(["git", "archive", rev, tree], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into / "agent" / "src"
+    return into / tree
+
+
+GATEWAY_SRC = "services/agent-gateway/src"
+
+
+async def swap_gateway(bench: StrongroomBench, src: Path) -> None:
+    """Restart the gateway with ``src`` (a revision's ``strongroom_gateway``) first on its path, on the
+    same listeners (its peers' channels and the agent find it again)."""
+    stack = bench.stack
+    assert stack is not None
+    old = stack.processes["gateway"]
+    public = old.announced["gateway"]
+    await old.stop()
+    env = {**bench.env, "PYTHONPATH": str(src)}
+    # Still listed: its addresses (public, internal, agents) are the ones the new process takes.
+    stack.processes["gateway"] = await stack._start_one("gateway", env, bench.work / "logs", public, 90.0)
 
 
 async def swap_agent(bench: StrongroomBench, inst: Instance, src: Path | None) -> None:
@@ -73,6 +98,13 @@ async def swap_agent(bench: StrongroomBench, inst: Instance, src: Path | None) -
     run = [sys.executable, str(HERE / "_agent.py"), "run", "--state-dir", str(inst.state_dir)]
     inst.agent = await spawn(f"agent-{inst.instance_id[:8]}", run, env, bench.work / "logs")
     await asyncio.sleep(3.0)  # its session is up (a job sent before is delivered when it connects)
+
+
+async def swap_engine(bench: StrongroomBench, inst: Instance, agent: Path | None, gateway: Path | None) -> None:
+    """Restart the gateway with ``gateway`` (when given), then the agent with ``agent``."""
+    if gateway is not None:
+        await swap_gateway(bench, gateway)
+    await swap_agent(bench, inst, agent)
 
 
 def s3_cpu(bench: StrongroomBench) -> float:
@@ -185,6 +217,15 @@ async def amain(args: argparse.Namespace) -> int:
         agents: dict[str, Path | None] = {ours: base_agent("HEAD", work / "restore-ab-head")}
         bases = {f"strongroom@{rev}": base_agent(rev, work / f"restore-ab-base-{n}") for n, rev in enumerate(args.base)}
         agents = {**bases, **agents}
+        revs = {ours: "HEAD", **{f"strongroom@{rev}": rev for rev in args.base}}
+        gateways = (
+            {
+                name: extracted(rev, GATEWAY_SRC, work / f"restore-ab-gw-{n}")
+                for n, (name, rev) in enumerate(revs.items())
+            }
+            if args.swap_gateway
+            else {}
+        )
         for tool in [p for p in args.peers.split(",") if p]:
             peer = peers.Peer(tool, work / f"restore-ab-{tool}", s3_bucket(bench, tool))
             peer.init()
@@ -212,7 +253,7 @@ async def amain(args: argparse.Namespace) -> int:
             for kind, parent in targets:
                 for name, src in agents.items():
                     if len(agents) > 1 or n == 0:
-                        await swap_agent(bench, inst, src)
+                        await swap_engine(bench, inst, src, gateways.get(name))
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before, s3_before = load(), s3_cpu(bench)
                     label = f"round {n + 1} {kind} {name} (load {before:.1f})"
@@ -264,6 +305,9 @@ def main() -> int:
     parser.add_argument("--peers", default="restic,rustic")
     parser.add_argument("--disk", action="store_true", help="also restore onto the data set's disk")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--swap-gateway", action="store_true", help="each engine's restores use its revision's gateway too"
+    )
     parser.add_argument("--s3-tls", action="store_true", help="S3 over HTTPS for the gateway and every peer")
     parser.add_argument("--pyspy-gil", type=Path, help="record this checkout's agent with py-spy --gil --native")
     parser.add_argument(

@@ -72,7 +72,7 @@ async def _segmented_point(gw: GatewayHarness, files: int = 300) -> Segmented:
     async with gw.store.transaction() as tx:
         point = await tx.get_point(point_id)
     assert point is not None
-    return Segmented(point, await manifests.read_point_manifest(gw.objects, gw.keys, point), segments)
+    return Segmented(point, await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store), segments)
 
 
 async def _store_as(gw: GatewayHarness, point: Point, manifest: bytes) -> Point:
@@ -91,7 +91,7 @@ async def test_a_segmented_manifest_reads_as_the_version_1_record_stream(harness
     v2 = encode_segment_list(ref for ref, _ in made.segments)
     assert v2[:5] == MAGIC + b"\x02"
     point = await _store_as(gw, made.point, v2)
-    data = await manifests.read_point_manifest(gw.objects, gw.keys, point)
+    data = await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
     assert data[:5] == MAGIC + b"\x01"
     assert list(manifest_records(data)) == list(manifest_records(made.v1))
     # The restore filter works on the expanded stream as on any version 1 manifest.
@@ -107,7 +107,7 @@ async def test_two_points_listing_the_same_segments_both_read_them(harness: Gate
     first = await _store_as(gw, made.point, v2)
     second = await _store_as(gw, dataclasses.replace(made.point, manifest_key=made.point.manifest_key + "-b"), v2)
     for point in (first, second):
-        data = await manifests.read_point_manifest(gw.objects, gw.keys, point)
+        data = await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
         assert list(manifest_records(data)) == list(manifest_records(made.v1))
 
 
@@ -118,7 +118,7 @@ async def test_missing_or_foreign_segments_and_version_3_are_refused_clearly(har
     unknown = refs[0]._replace(segment_id=os.urandom(32))
     point = await _store_as(gw, made.point, encode_segment_list([unknown, *refs[1:]]))
     with pytest.raises(ManifestFormatError, match="not stored for the account"):
-        await manifests.read_point_manifest(gw.objects, gw.keys, point)
+        await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
     # A stored blob that is not the segment the list describes (another segment's id in its place).
     swapped = refs[1]._replace(segment_id=refs[0].segment_id)
     point = await _store_as(
@@ -127,13 +127,13 @@ async def test_missing_or_foreign_segments_and_version_3_are_refused_clearly(har
         encode_segment_list([refs[0], swapped, *refs[2:]]),
     )
     with pytest.raises(ManifestFormatError, match="segment"):
-        await manifests.read_point_manifest(gw.objects, gw.keys, point)
+        await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
     future = encode_segment_list(refs)
     point = await _store_as(
         gw, dataclasses.replace(made.point, manifest_key=made.point.manifest_key + "-3"), MAGIC + b"\x03" + future[5:]
     )
     with pytest.raises(ManifestFormatError, match="unsupported manifest format version 3 .*upgrade"):
-        await manifests.read_point_manifest(gw.objects, gw.keys, point)
+        await manifests.read_point_manifest(gw.objects, gw.keys, point, store=gw.store)
 
 
 async def test_the_catalog_gets_the_version_1_stream_of_a_segmented_point() -> None:
@@ -149,3 +149,94 @@ async def test_the_catalog_gets_the_version_1_stream_of_a_segmented_point() -> N
         assert list(manifest_records(data)) == list(manifest_records(made.v1))
     finally:
         await gw.stop()
+
+
+async def _streamed(
+    gw: GatewayHarness, point: Point, include: list[str], exclude: list[str], batch: int = 7
+) -> list[list[str]]:
+    got = manifests.stream_point_entries(gw.objects, gw.keys, point, include, exclude, store=gw.store, batch=batch)
+    return [[e.path for e in entries] async for entries in got]
+
+
+FILTERS = [([], []), (["d"], ["d/f0003"]), (["d/f0100"], []), (["d/f0050", "link"], []), (["nothing"], []), ([], ["d"])]
+
+
+@pytest.mark.parametrize("groups", [(1,), (2, 5), (64, 256, 1024)])
+async def test_streamed_entries_are_the_filtered_manifest_in_batches_for_both_versions(
+    harness: GatewayHarness, groups: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manifests, "SEGMENT_GROUPS", groups)
+    gw = harness
+    made = await _segmented_point(gw)
+    v2 = await _store_as(gw, made.point, encode_segment_list(ref for ref, _ in made.segments))
+    for include, exclude in FILTERS:
+        expected = [e.path for e in manifests.filter_entries(made.v1, include, exclude)]
+        for point in (made.point, v2):
+            batches = await _streamed(gw, point, include, exclude)
+            assert [p for b in batches for p in b] == expected, (include, exclude)
+            assert all(len(b) == 7 for b in batches[:-1]) and all(batches)
+
+
+async def test_a_streamed_segmented_manifest_reads_only_the_segments_of_its_include_paths(
+    harness: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = harness
+    made = await _segmented_point(gw)
+    refs = [ref for ref, _ in made.segments]
+    wanted = next(n for n, ref in enumerate(refs) if n > 3 and ref.first_path.startswith(b"d/f"))
+    target = refs[wanted].first_path.decode()
+    read: list[bytes] = []
+    real = manifests.segments.read_segments
+
+    async def counting(*args: object) -> dict[bytes, bytes]:
+        ids = args[4]
+        assert isinstance(ids, list)
+        read.extend(ids)
+        return await real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manifests.segments, "read_segments", counting)
+    point = await _store_as(gw, made.point, encode_segment_list(refs))
+    assert await _streamed(gw, point, [target], []) == [[target]]
+    assert read == [refs[wanted].segment_id]
+    read.clear()
+    # A file that is the last of its segment: the next segment starts after it and is not read.
+    last = [e.path for e in manifests.filter_entries(made.v1, [], [])].index(refs[wanted + 1].first_path.decode()) - 1
+    name = [e.path for e in manifests.filter_entries(made.v1, [], [])][last]
+    assert await _streamed(gw, point, [name], []) == [[name]]
+    assert read == [refs[wanted].segment_id]
+
+
+async def test_a_bad_segment_fails_the_stream_after_the_batches_before_it(
+    harness: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manifests, "SEGMENT_GROUPS", (2,))
+    gw = harness
+    made = await _segmented_point(gw)
+    refs = [ref for ref, _ in made.segments]
+    bad = refs[6]._replace(segment_id=os.urandom(32))
+    point = await _store_as(gw, made.point, encode_segment_list([*refs[:6], bad, *refs[7:]]))
+    got = manifests.stream_point_entries(gw.objects, gw.keys, point, [], [], store=gw.store, batch=1)
+    sent: list[str] = []
+    with pytest.raises(ManifestFormatError, match="not stored for the account"):
+        async for entries in got:
+            sent += [e.path for e in entries]
+    assert sent and len(sent) <= sum(r.entry_count for r in refs[:6])
+    # Out of path order across segments (each segment matches its own list entry).
+    point = await _store_as(
+        gw,
+        dataclasses.replace(made.point, manifest_key=made.point.manifest_key + "-o"),
+        encode_segment_list([refs[0], refs[2], refs[1], *refs[3:]]),
+    )
+    with pytest.raises(ManifestFormatError, match="out of path order"):
+        await _streamed(gw, point, [], [])
+
+
+async def test_a_stream_closed_early_stops_reading(harness: GatewayHarness) -> None:
+    gw = harness
+    made = await _segmented_point(gw)
+    v2 = await _store_as(gw, made.point, encode_segment_list(ref for ref, _ in made.segments))
+    for point in (made.point, v2):
+        got = manifests.stream_point_entries(gw.objects, gw.keys, point, [], [], store=gw.store, batch=5)
+        first = await anext(got)
+        await got.aclose()
+        assert len(first) == 5

@@ -308,3 +308,31 @@ async def test_without_tolerate_damage_an_unknown_id_still_fails_the_call(gw: Ga
         async for _ in _read_batched(gw, agent, job, [chunk_id(key, b"one"), os.urandom(32)], 4 << 20):
             pass
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_preserialized_chunks_message_is_what_protobuf_writes() -> None:
+    """``encode_chunks_message`` (sent through a pass-through serializer) equals building the message
+    and serializing it, byte for byte: served, damaged, uncompressed, empty and multi-byte-length chunks."""
+    opened = chunk_reads.OpenedChunk
+    zstd = gateway_pb2.CHUNK_COMPRESSION_ZSTD
+    none = gateway_pb2.CHUNK_COMPRESSION_NONE
+    run = [
+        opened(os.urandom(32), os.urandom(200_000), zstd, 300_000),
+        opened(os.urandom(32), b"", 0, 0, "authentication failed"),
+        opened(os.urandom(32), os.urandom(5), none, 5),
+        opened(os.urandom(32), b"", none, 0),
+        opened(os.urandom(32), os.urandom(127), zstd, 1 << 22),
+    ]
+    expected = gateway_pb2.ReadChunksResponse()
+    for c in run:
+        if c.damage:
+            expected.chunks.add(chunk_id=c.chunk_id, damage=c.damage)
+        else:
+            expected.chunks.add(chunk_id=c.chunk_id, data=c.data, compression=c.compression, raw_length=c.raw_length)
+    encoded = chunk_reads.encode_chunks_message(run)
+    assert encoded == expected.SerializeToString()
+    assert gateway_pb2.ReadChunksResponse.FromString(encoded) == expected
+    single = gateway_pb2.ReadChunksResponse(
+        chunk_id=run[0].chunk_id, data=run[0].data, compression=zstd, raw_length=300_000
+    )
+    assert b"".join(chunk_reads._chunk_fields(run[0])) == single.SerializeToString()

@@ -50,7 +50,7 @@ async def _stored(gw: GatewayHarness, point_id: str) -> bytes:
 
 
 async def _expanded(gw: GatewayHarness, point_id: str) -> dict[str, int]:
-    data = await manifests.read_point_manifest(gw.objects, gw.keys, gw.store.state.points[point_id])
+    data = await manifests.read_point_manifest(gw.objects, gw.keys, gw.store.state.points[point_id], store=gw.store)
     return {e.path: e.size for e in decode_manifest(data)}
 
 
@@ -105,7 +105,9 @@ async def test_a_point_is_written_as_segments_and_reads_back(sgw: GatewayHarness
     served = b"".join([r.data async for r in gw.manifest_stub.ReadPointManifest(request)])
     assert served[:5] == MAGIC + b"\x01"
     assert list(manifest_records(served)) == list(
-        manifest_records(await manifests.read_point_manifest(gw.objects, gw.keys, gw.store.state.points[point_id]))
+        manifest_records(
+            await manifests.read_point_manifest(gw.objects, gw.keys, gw.store.state.points[point_id], store=gw.store)
+        )
     )
     assert await _restore(gw, agent, "r-1", point_id) == FILES
 

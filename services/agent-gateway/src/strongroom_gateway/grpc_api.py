@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
@@ -189,9 +190,10 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         ):
             yield response
 
-    async def ReadChunks(
+    async def ReadChunks(  # type: ignore[override]  # yields serialized messages: see ``register``
         self, request: gateway_pb2.ReadChunksRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Serialized ``ReadChunksResponse`` messages (``register`` sends them as they are)."""
         identity = await self._identity(context)
         async for response in points.read_chunks(
             identity, request, store=self._store, object_store=self._objects, keys=self._writer.keys
@@ -260,8 +262,40 @@ def register_admin(servicer: AgentAdminServicer) -> Callable[[grpc.aio.Server], 
     return add
 
 
+_SERVICE = "strongroom.agent.v1.AgentGatewayService"
+# Methods whose servicer yields serialized messages (ADR 0069): sent as they are.
+_PRESERIALIZED = ("ReadChunks",)
+
+
 def register(servicer: GatewayServicer) -> Callable[[grpc.aio.Server], None]:
+    """The generated registration, with the methods of ``_PRESERIALIZED`` given a pass-through serializer."""
+
     def add(server: grpc.aio.Server) -> None:
-        gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server(servicer, server)
+        recorder = _HandlerRecorder()
+        gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server(servicer, recorder)  # type: ignore[arg-type]
+        handlers = dict(recorder.handlers)
+        for method in _PRESERIALIZED:
+            handlers[method] = handlers[method]._replace(response_serializer=_as_sent)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+        # As the generated code does (the method is missing from grpc's type stubs).
+        server.add_registered_method_handlers(_SERVICE, handlers)  # type: ignore[attr-defined]
 
     return add
+
+
+def _as_sent(message: bytes) -> bytes:
+    return message
+
+
+class _HandlerRecorder:
+    """Takes the method handlers the generated ``add_..._to_server`` would give a server."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """The generic handler wraps the same method handlers as the registered ones (recorded below)."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        assert service == _SERVICE, service
+        self.handlers = handlers

@@ -244,11 +244,6 @@ class AccountKeys:
         self._vault: dict[str, _VaultCopy] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    @property
-    def store(self) -> GatewayStore:
-        """The gateway store the keys live in (readers of segmented manifests find segments through it)."""
-        return self._store
-
     async def data_key(self, account_id: str) -> DataKey:
         """The account's data key; generated, wrapped and stored the first time (first writer wins).
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from strongroom.agent.v1 import gateway_pb2
+from strongroom_platform.manifest import encode_uvarint
 from strongroom_platform.objectstore import ObjectNotFound, ObjectStore
 
 from strongroom_gateway import validation
@@ -65,7 +66,7 @@ async def read_chunks(
     store: GatewayStore,
     object_store: ObjectStore,
     keys: AccountKeys,
-) -> AsyncIterator[gateway_pb2.ReadChunksResponse]:
+) -> AsyncIterator[bytes]:
     """Stream the requested chunks of the agent's account, verified, in request order (every occurrence).
 
     One chunk per message in the response's own fields, or, when the request
@@ -75,6 +76,9 @@ async def read_chunks(
     is read once, nearby blobs of a pack in one ranged GET;
     at most ``RANGES_IN_FLIGHT`` ranges are fetched and verified at a time, and
     at most two windows of content are held (the one being sent and the next).
+
+    Each message is yielded serialized (``encode_chunks_message``): the servicer's method is
+    registered with a pass-through serializer (``grpc_api.register``).
 
     Damage (ADR 0030): a chunk that is not stored for the account, whose pack
     range cannot be read (``ObjectNotFound``, short) or whose blob does not
@@ -132,22 +136,42 @@ async def read_chunks(
                     raise FailedPrecondition(f"stored chunk {c.chunk_id.hex()} is corrupt: {c.damage}")
         if not message_bytes:  # an agent that predates max_message_bytes: the response's own fields
             [c] = run
-            yield gateway_pb2.ReadChunksResponse(
-                chunk_id=c.chunk_id,
-                data=c.data,
-                compression=c.compression,
-                raw_length=c.raw_length,
-            )
+            yield b"".join(_chunk_fields(c))
             continue
-        response = gateway_pb2.ReadChunksResponse()
-        add = response.chunks.add
         for c in run:
             if c.damage:
                 log.warning("stored chunk %s cannot be served: %s", c.chunk_id.hex(), c.damage)
-                add(chunk_id=c.chunk_id, damage=c.damage)
-            else:
-                add(chunk_id=c.chunk_id, data=c.data, compression=c.compression, raw_length=c.raw_length)
-        yield response
+        yield encode_chunks_message(run)
+
+
+def encode_chunks_message(run: Sequence[OpenedChunk]) -> bytes:
+    """The serialized ``ReadChunksResponse`` holding ``run`` in ``chunks`` (field 5), byte for byte what
+    protobuf writes, with each chunk's data copied once (into the joined message). Building the
+    message and serializing it copied every chunk twice and cost 2-5 times the CPU (ADR 0069)."""
+    parts: list[bytes] = []
+    for c in run:
+        fields = _chunk_fields(c)
+        parts.append(_CHUNKS_TAG + encode_uvarint(sum(len(f) for f in fields)))
+        parts += fields
+    return b"".join(parts)
+
+
+def _chunk_fields(c: OpenedChunk) -> list[bytes]:
+    """The fields of a ``ServedChunk`` (the same numbers as ``ReadChunksResponse``'s own 1-4), in field
+    order, proto3 defaults left out."""
+    head = b"\x0a" + encode_uvarint(len(c.chunk_id)) + c.chunk_id
+    if c.damage:
+        damage = c.damage.encode()
+        return [head + b"\x2a" + encode_uvarint(len(damage)) + damage]
+    tail = (b"\x18" + encode_uvarint(c.compression) if c.compression else b"") + (
+        b"\x20" + encode_uvarint(c.raw_length) if c.raw_length else b""
+    )
+    if not c.data:
+        return [head + tail]
+    return [head + b"\x12" + encode_uvarint(len(c.data)), c.data, tail]
+
+
+_CHUNKS_TAG = b"\x2a"  # ReadChunksResponse.chunks: field 5, length-delimited
 
 
 _Fetch = Callable[[ReadRange], Coroutine[Any, Any, dict[bytes, OpenedChunk]]]

@@ -7,7 +7,6 @@ in batches of ``MANIFEST_BATCH``; an unreadable manifest is FAILED_PRECONDITION,
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 from strongroom.agent.v1 import gateway_pb2
@@ -57,15 +56,15 @@ async def read_manifest(
     point = await restore_point(identity, request.restore_job_id, request.point_id, store)
     include = _normalize(request.include_paths)
     exclude = _normalize(request.exclude_paths)
+    entries = manifests.stream_point_entries(
+        object_store, keys, point, include, exclude, store=store, batch=MANIFEST_BATCH
+    )
     try:
-        data = await manifests.read_point_manifest(object_store, keys, point)
+        async for batch in entries:
+            yield gateway_pb2.ReadManifestResponse(entries=batch)
     except ObjectNotFound:
         raise NotFound(f"manifest of point {point.point_id!r} is missing from the object store") from None
     except ManifestFormatError as exc:
         raise FailedPrecondition(f"manifest of point {point.point_id!r} cannot be read: {exc}") from None
-    try:
-        entries = await asyncio.to_thread(manifests.filter_entries, data, include, exclude)
-    except ManifestFormatError as exc:
-        raise FailedPrecondition(f"manifest of point {point.point_id!r} cannot be read: {exc}") from None
-    for start in range(0, len(entries), MANIFEST_BATCH):
-        yield gateway_pb2.ReadManifestResponse(entries=entries[start : start + MANIFEST_BATCH])
+    finally:
+        await entries.aclose()

@@ -186,7 +186,7 @@ async def _chunk_key(run: _Run, account_id: str) -> bytes:
 async def _manifest(run: _Run, point: Point) -> bytes | str:
     """The point's manifest bytes, or why they cannot be read (the whole point is damaged then)."""
     try:
-        data = await manifests.read_point_manifest(run.deps.objects, run.deps.keys, point)
+        data = await manifests.read_point_manifest(run.deps.objects, run.deps.keys, point, store=run.deps.store)
     except ObjectNotFound:
         return "the point's manifest is missing from storage"
     except ManifestFormatError as exc:
