@@ -153,15 +153,16 @@ def report(
 ) -> str:
     lines = [
         "| s | agent loop | agent threads | gateway loop | gateway threads | versitygw | postgres | ours | machine "
-        "| budget MiB | budget waiters | reading | compressing | uploading | upload queue |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| budget MiB | budget waiters | wire MiB | wire waiters | reading | compressing | uploading | upload queue |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for second, row in per_second(busy):
         ours = sum(row[k] for k in SERIES)
         cells = " | ".join(f"{row[k]:.2f}" for k in SERIES)
         agent = pipeline.get(second)
         state = (
-            f"{agent['budget_used'] / (1 << 20):.1f} | " + " | ".join(f"{agent[k]:.1f}" for k in PIPELINE[1:])
+            f"{agent['budget_used'] / (1 << 20):.1f} | {agent['budget_waiting']:.1f} | "
+            f"{agent['wire_used'] / (1 << 20):.1f} | " + " | ".join(f"{agent[k]:.1f}" for k in PIPELINE[3:])
             if agent
             else " | ".join("" for _ in PIPELINE)
         )
@@ -182,7 +183,17 @@ def report(
     return "\n".join(lines)
 
 
-PIPELINE = ("budget_used", "budget_waiting", "reading", "compressing", "uploading", "upload_queue")
+# The wire budget (ADR 0068) is absent from older agents' traces: 0 there.
+PIPELINE = (
+    "budget_used",
+    "budget_waiting",
+    "wire_used",
+    "wire_waiting",
+    "reading",
+    "compressing",
+    "uploading",
+    "upload_queue",
+)
 
 
 def pipeline_per_second(trace: Path, wall_start: float) -> dict[int, dict[str, float]]:
@@ -192,7 +203,7 @@ def pipeline_per_second(trace: Path, wall_start: float) -> dict[int, dict[str, f
         for line in trace.read_text().splitlines():
             row = json.loads(line)
             buckets.setdefault(int(row["t"] - wall_start), []).append(row)
-    return {s: {k: sum(r[k] for r in rows) / len(rows) for k in PIPELINE} for s, rows in buckets.items()}
+    return {s: {k: sum(r.get(k, 0) for r in rows) / len(rows) for k in PIPELINE} for s, rows in buckets.items()}
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -249,6 +249,7 @@ async def test_tiny_limits_still_complete(tmp_path: Path) -> None:
         write_file(str(root / f"d{i % 7}/f{i:03}"), rand(5000 + i * 300, i))
     limits = PipelineLimits(
         memory_budget_bytes=20_000,
+        wire_budget_bytes=6_000,
         read_batch_bytes=4096,
         ordered_queue=2,
         chunk_queue=2,

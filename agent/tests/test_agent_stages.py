@@ -64,6 +64,8 @@ def test_compress_group_builds_the_messages_of_its_compressed_chunks_and_drops_t
     sent = [c for r in outgoing.requests for c in gateway_pb2.UploadChunkRequest.FromString(r).chunks]
     assert [decode_chunk(c.payload, c.compression, c.raw_length) for c in sent] == contents
     assert outgoing.chunks == 5 and outgoing.charge == sum(len(c) + i for i, c in enumerate(contents))
+    assert outgoing.raw_bytes == sum(len(c) for c in contents)
+    assert outgoing.wire_bytes == sum(len(r) for r in outgoing.requests)
     assert outgoing.payload_bytes == sum(len(u.payload) for u in expected)
     assert all(c.content == b"" for c in chunks)  # held once, as the serialized messages
 
@@ -96,3 +98,63 @@ def test_malloc_trim_is_glibc_s() -> None:
         pytest.skip("not glibc")
     assert trim is not None
     assert trim() in (0, 1)  # 1: memory was released, 0: none to release
+
+
+async def test_a_compressed_group_frees_its_content_budget_and_holds_the_wire_budget_until_uploaded() -> None:
+    """Reading goes on while an upload waits for the gateway: only the compressed messages stay charged (ADR 0068)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from strongroom.common.v1 import common_pb2
+    from strongroom_agent.backup.stages import Chunk, Compressor, PipelineLimits, Uploader
+    from strongroom_agent.jobs import RetryPolicy
+
+    class BlockedGateway:
+        def __init__(self) -> None:
+            self.reply = asyncio.Event()
+            self.sent: list[list[bytes]] = []
+
+        async def upload_chunks(self, requests: list[bytes]) -> gateway_pb2.UploadChunksResponse:
+            self.sent.append(requests)
+            await self.reply.wait()
+            return gateway_pb2.UploadChunksResponse(chunks_stored=len(requests))
+
+    limits = PipelineLimits(uploaders=1)
+    content, wire = ByteBudget(1 << 20), ByteBudget(1 << 20)
+    gateway = BlockedGateway()
+    trims: list[int] = []
+    from strongroom_agent.memory import FreedPages
+
+    freed = FreedPages(1, lambda: trims.append(1))
+    uploader = Uploader(
+        job_id="job-1",
+        client=gateway,  # type: ignore[arg-type]
+        retry=RetryPolicy(),
+        wire=wire,
+        stats=common_pb2.JobStats(),
+        limits=limits,
+        freed=freed,
+    )
+    with ThreadPoolExecutor(1) as executor:
+        compressor = Compressor(
+            job_id="job-1", executor=executor, workers=1, limits=limits, budget=content, wire=wire, out=uploader
+        )
+        raw = b"a" * 200_000  # compresses to a few hundred bytes
+        await content.acquire(len(raw))
+        uploading = asyncio.create_task(uploader.run())
+        compressing = asyncio.create_task(compressor.run())
+        await compressor.put([Chunk(b"\x01" * 32, raw, len(raw))])
+        for _ in range(200):
+            if gateway.sent:
+                break
+            await asyncio.sleep(0.01)
+        assert gateway.sent, "the upload was not sent"
+        wire_bytes = sum(len(r) for r in gateway.sent[0])
+        assert content.used == 0  # given back while the upload waits for the gateway's reply
+        assert 0 < wire.used == wire_bytes < len(raw) // 10
+        gateway.reply.set()
+        await compressor.close()
+        await compressing
+        await uploader.close()
+        await asyncio.wait_for(uploading, 5)
+    assert wire.used == 0 and content.used == 0
+    assert trims == [1]  # counted on the raw bytes released, not the compressed ones

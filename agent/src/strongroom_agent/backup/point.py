@@ -98,17 +98,24 @@ class PointRun:
         ctx = self.ctx
         limits = ctx.limits
         budget = ByteBudget(limits.memory_budget_bytes)
+        wire = ByteBudget(limits.wire_budget_bytes)
         uploader = Uploader(
             job_id=ctx.job_id,
             client=ctx.client,
             retry=ctx.retry,
-            budget=budget,
+            wire=wire,
             stats=ctx.stats,
             limits=limits,
             freed=ctx.freed,
         )
         compressor = Compressor(
-            job_id=ctx.job_id, executor=ctx.executor, workers=ctx.workers, limits=limits, out=uploader
+            job_id=ctx.job_id,
+            executor=ctx.executor,
+            workers=ctx.workers,
+            limits=limits,
+            budget=budget,
+            wire=wire,
+            out=uploader,
         )
         deduper = Deduper(
             job_id=ctx.job_id,
@@ -126,6 +133,8 @@ class PointRun:
             gauges: dict[str, Callable[[], float]] = {
                 "budget_used": lambda: budget.used,
                 "budget_waiting": lambda: budget.waiting,
+                "wire_used": lambda: wire.used,
+                "wire_waiting": lambda: wire.waiting,
                 "reading": reader.in_flight,
                 "dedup_queue": deduper.depth,
                 "compress_queue": compressor.depth,

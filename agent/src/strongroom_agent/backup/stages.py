@@ -1,10 +1,14 @@
 """The backup's chunk stages after reading: dedup → compress → upload.
 
-Memory: stages are joined by bounded ``asyncio.Queue``s and a byte budget
-(``ByteBudget``) on chunk content held in memory, so memory stays bounded
-whatever the number or size of files. A chunk is charged to the budget when
-the reader hands it over and released when dedup finds it known or its upload
-returns. CPU work (zstd here; FastCDC and BLAKE3 in ``read.py``) runs in the
+Memory: stages are joined by bounded ``asyncio.Queue``s and two byte budgets
+(``ByteBudget``), so memory stays bounded whatever the number or size of files.
+The *content* budget bounds raw chunk content: a chunk is charged when the
+reader hands it over and released when dedup finds it known or once it is
+compressed and its group holds a place in the *wire* budget. The wire budget
+bounds the serialized upload messages, from compression until their upload
+returns (they are kept for a retry). Compressed messages are a quarter of the
+content on source trees, so the wire budget lets reading go on while uploads
+wait for the gateway's durability reply (ADR 0068). CPU work (zstd here; FastCDC and BLAKE3 in ``read.py``) runs in the
 job's thread pool of ``max_cores`` threads; the event loop only moves data.
 ``PipelineLimits`` sizes every bound, with the measurements behind them.
 
@@ -44,10 +48,14 @@ T = TypeVar("T")
 class PipelineLimits:
     """Sizes of the bounded stages (defaults suit production; tests shrink them)."""
 
-    # Chunk content between read and upload. 48 MiB holds both uploaders' batches (16 MiB each)
-    # plus 16 MiB of read-ahead; 256 MiB was no faster on the benchmark tree and peaked 200 MB
-    # higher, and 64 MiB peaked ~20 MB higher than 48 together with the two 4 MiB steps below (ADR 0064).
-    memory_budget_bytes: int = 48 << 20
+    # Raw chunk content between read and compression (or dedup, for known chunks). Until ADR 0068
+    # this budget held the content until the upload returned: 48 MiB for both uploaders' batches
+    # (16 MiB each) plus 16 MiB of read-ahead; 256 MiB was no faster on the benchmark tree and
+    # peaked 200 MB higher, 64 MiB ~20 MB higher than 48 (ADR 0064).
+    memory_budget_bytes: int = 24 << 20
+    # Serialized upload messages between compression and the return of their upload (ADR 0068):
+    # with the content budget above, the same 48 MiB in all as before ADR 0068.
+    wire_budget_bytes: int = 24 << 20
     # Chunk content produced per worker-thread step: held outside the budget until it is charged.
     read_batch_bytes: int = 4 << 20
     # Changed files up to small_file_bytes are read in groups, one worker-thread hop per group
@@ -224,13 +232,20 @@ def upload_requests(job_id: str, uploads: Sequence[Upload], message_bytes: int) 
 class Outgoing:
     """The upload messages of one compressed group of chunks, built in a worker thread.
 
-    ``charge`` is what its chunks hold of the memory budget until the upload returns.
+    ``charge`` is what its chunks held of the content budget (released once the group holds
+    ``wire_charge`` of the wire budget); ``raw_bytes`` is their content's size.
     """
 
     requests: list[bytes]  # serialized UploadChunkRequests
     chunks: int
     payload_bytes: int
     charge: int
+    raw_bytes: int
+    wire_charge: int = 0
+
+    @property
+    def wire_bytes(self) -> int:
+        return sum(len(r) for r in self.requests)
 
 
 def compress_group(job_id: str, chunks: list[Chunk], message_bytes: int) -> Outgoing:
@@ -245,7 +260,7 @@ def compress_group(job_id: str, chunks: list[Chunk], message_bytes: int) -> Outg
     """
     requests: list[bytes] = []
     pending: list[Upload] = []
-    pending_bytes = payload_bytes = charge = 0
+    pending_bytes = payload_bytes = charge = raw_bytes = 0
 
     def seal() -> None:
         nonlocal pending_bytes
@@ -258,13 +273,14 @@ def compress_group(job_id: str, chunks: list[Chunk], message_bytes: int) -> Outg
         if pending and pending_bytes + len(payload) > message_bytes:
             seal()
         pending.append(Upload(chunk.id, len(chunk.content), compression, payload, chunk.charge))
+        raw_bytes += len(chunk.content)
         chunk.content = b""  # its last reference: the caller's lists may live on while this group waits
         pending_bytes += len(payload)
         payload_bytes += len(payload)
         charge += chunk.charge
     if pending:
         seal()
-    return Outgoing(requests, len(chunks), payload_bytes, charge)
+    return Outgoing(requests, len(chunks), payload_bytes, charge, raw_bytes)
 
 
 def _group_bytes(group: list[Chunk]) -> int:
@@ -272,7 +288,10 @@ def _group_bytes(group: list[Chunk]) -> int:
 
 
 class Uploader:
-    """Sends compressed groups to the gateway in batches (``uploaders`` workers), then releases their budget."""
+    """Sends compressed groups to the gateway in batches (``uploaders`` workers), then releases their wire budget.
+
+    A group's messages are kept until its call returns, for a retry; the wire budget bounds them.
+    """
 
     def __init__(
         self,
@@ -280,7 +299,7 @@ class Uploader:
         job_id: str,
         client: GatewayClient,
         retry: RetryPolicy,
-        budget: ByteBudget,
+        wire: ByteBudget,
         stats: common_pb2.JobStats,
         limits: PipelineLimits,
         freed: memory.FreedPages | None = None,
@@ -288,7 +307,7 @@ class Uploader:
         self._job_id = job_id
         self._client = client
         self._retry = retry
-        self._budget = budget
+        self._wire = wire
         self._stats = stats
         self._limits = limits
         self.workers = limits.uploaders
@@ -322,10 +341,12 @@ class Uploader:
                     self.in_flight -= 1
                 self._stats.chunks_new += response.chunks_stored
                 self._stats.bytes_uploaded += sum(o.payload_bytes for o in groups)
-                charge = sum(o.charge for o in groups)
-                self._budget.release(charge)
+                self._wire.release(sum(o.wire_charge for o in groups))
+                # Trims count the raw content the batch stood for, as before ADR 0068: counted on the
+                # smaller compressed bytes, trims came four times less often and peak RSS rose (ADR 0066).
+                raw = sum(o.raw_bytes for o in groups)
                 del groups, requests, upload  # the batch's buffers are free before the trim
-                trim = self._freed.released(charge) if self._freed is not None else None
+                trim = self._freed.released(raw) if self._freed is not None else None
                 if trim is not None:
                     await asyncio.to_thread(trim)
             if end:
@@ -333,7 +354,11 @@ class Uploader:
 
 
 class Compressor:
-    """Compresses groups of new chunks in the job's worker threads (one worker per thread) and passes them on."""
+    """Compresses groups of new chunks in the job's worker threads (one worker per thread) and passes them on.
+
+    A compressed group waits for its place in the wire budget, then gives back its content budget:
+    while uploads wait for the gateway, reading goes on as long as the compressed messages fit.
+    """
 
     def __init__(
         self,
@@ -342,9 +367,13 @@ class Compressor:
         executor: ThreadPoolExecutor,
         workers: int,
         limits: PipelineLimits,
+        budget: ByteBudget,
+        wire: ByteBudget,
         out: Uploader,
     ) -> None:
         self._job_id = job_id
+        self._budget = budget
+        self._wire = wire
         self._executor = executor
         self.workers = workers
         self._batch_bytes = limits.compress_batch_bytes
@@ -375,6 +404,8 @@ class Compressor:
                     outgoing = await loop.run_in_executor(self._executor, work)
                 finally:
                     self.in_flight -= 1
+                outgoing.wire_charge = await self._wire.acquire(outgoing.wire_bytes)
+                self._budget.release(outgoing.charge)
                 await self._out.put(outgoing)
             if end:
                 return

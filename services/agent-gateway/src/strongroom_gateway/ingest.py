@@ -243,18 +243,26 @@ class _CallIngest:
         self._batch.append(chunk)
         self._batch_bytes += len(chunk.payload)
         if len(self._batch) >= _VERIFY_BATCH_CHUNKS or self._batch_bytes >= _VERIFY_BATCH_BYTES:
-            await self.verify_batch()
+            await self._verify_batch()
 
-    async def verify_batch(self) -> None:
+    async def finish(self) -> None:
+        """Verify and buffer every chunk received so far (the call's end, or before a malformed message).
+
+        Raises InvalidArgument for the first refused chunk, the chunks before it kept.
+        """
+        await self._verify_batch()
+        await self._settle()
+
+    async def _verify_batch(self) -> None:
         """Settle the batch before, then start verifying the one received so far."""
-        await self.settle()
+        await self._settle()
         if not self._batch:
             return
         verification = asyncio.ensure_future(asyncio.to_thread(verify_uploads, self._key, self._batch))
         self._verifying = (self._batch, verification)
         self._batch, self._batch_bytes = [], 0
 
-    async def settle(self) -> None:
+    async def _settle(self) -> None:
         """Wait for the batch in verification, then buffer the chunks that passed; raise for the first refused one."""
         if self._verifying is None:
             return
@@ -314,13 +322,11 @@ async def upload_chunks(
             try:
                 chunks = _uploaded_chunks(request)
             except InvalidArgument:
-                await call.verify_batch()  # the chunks before the malformed message are kept
-                await call.settle()
+                await call.finish()  # the chunks before the malformed message are kept
                 raise
             for chunk in chunks:
                 await call.add(chunk)
-        await call.verify_batch()
-        await call.settle()
+        await call.finish()
     except BaseException:
         call.abandon()
         # Also on refusal: chunks already accepted are written rather than left in a buffer.
