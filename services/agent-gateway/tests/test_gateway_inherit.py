@@ -133,7 +133,8 @@ async def test_a_move_after_the_base_was_recorded_locates_every_chunk(
     first, live, _ = await _two_days(gw)
     agent = await gw.enrolled_agent("i-1")
     assert first in (await _recorded(gw, live))[1]
-    assert (await collector.collect(_deps(gw))).packs_repacked == 1
+    # The chunks' pack, and possibly a pack of segments (format version 2; depends on the account's key).
+    assert (await collector.collect(_deps(gw))).packs_repacked >= 1 and first in gw.store.state.gc.repacked
     state = gw.store.state
     new = state.gc.repacked[first]
 
@@ -153,16 +154,19 @@ async def test_a_move_after_the_base_was_recorded_locates_every_chunk(
     # The source goes once its lock passed; the point restores without it.
     source = state.packs[first]
     gw.clock.set(max(source.retain_until, state.points[live].created_at) + dt.timedelta(days=1, minutes=1))
-    await collector.collect(_deps(gw))
+    report = await collector.collect(_deps(gw))
     assert first in state.gc.reclaimed and source.object_key not in _pack_keys(gw)
     expected = {"small": SMALL, "other": OTHER, "third": THIRD}
     assert await _restore(gw, agent, "r-1", point) == expected
-    # Its child inherits again (no move since it was recorded).
+    # Its child inherits again if nothing moved since it was recorded. With manifest format version 2
+    # that collection may have repacked a pack of segments (which segments the points share depends
+    # on the account's key): a move, so the child counts every reference again.
+    moved = report.packs_repacked + report.packs_moved
     caplog.clear()
     await gw.request_backup(agent, "job-4")
     child = await _day2(gw, agent, "job-4", point, {}, ["third"], count=3)
-    assert INHERITED in caplog.text
-    assert await _recorded(gw, child) == (1, await _full_refs(gw, child))
+    assert (INHERITED in caplog.text) == (moved == 0), report
+    assert (await _recorded(gw, child))[1] == await _full_refs(gw, child)
     assert await _restore(gw, agent, "r-2", child) == {"small": SMALL, "other": OTHER}
 
 
@@ -189,7 +193,7 @@ async def test_a_move_during_an_inherited_commit_locates_again(
     _finish(gw, "job-3")
     assert INHERITED in caplog.text and "chunks moved during the commit" in caplog.text
     [report] = reports
-    assert report.packs_repacked == 1
+    assert report.packs_repacked >= 1  # and possibly a pack of segments, as above
     state = gw.store.state
     new = state.gc.repacked[first]
     refs = await _full_refs(gw, point)
