@@ -20,7 +20,9 @@ their size (ADR 0042; 0 turns repacking off, as before it existed). ``--compare`
 simulation without generational moves beside it (a second process) and prints both.
 
 Printed per day: stored bytes (packs + manifests, file sizes in the store), live bytes (distinct
-chunks referenced by unexpired points, at their stored size, + their manifests) and stored / live.
+chunks referenced by unexpired points, at their stored size, + their manifests: the manifest objects
+and, for manifest format version 2, the distinct segment blobs they list) and stored / live.
+Manifests are read as the gateway reads them (``read_point_manifest``), whatever version was written.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ async def simulate(
     agent = await gw.enrolled_agent("i-sim")
     key = await gw.key_of(agent.account_id)
     points: list[tuple[str, dt.datetime]] = []
-    manifests: dict[str, tuple[bytes, int]] = {}
+    manifests: dict[str, _Manifest] = {}
     rows: list[tuple[int, int, int, int, int]] = []
     policy = collector.Policy(repack=RepackPolicy(below=repack_below, hot_below=hot_below))
     deps = collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, clock, policy)
@@ -187,7 +189,8 @@ async def simulate(
             jobs[job] = dataclasses.replace(jobs[job], state="finished")  # the agent's final report
             points.append((point, clock.now()))
             stat = await gw.objects.stat(f"manifests/{agent.account_id}/{point}")
-            manifests[point] = (await gw.stored_manifest(agent.account_id, point), stat.size)
+            data, segment_ids = await gw.point_blobs(point)
+            manifests[point] = _Manifest(_chunk_ids(data), segment_ids, stat.size)
             # The catalog's expiry: versions 30 days old (trusted time), one event each.
             for point_id, created in points:
                 state = gw.store.state
@@ -224,17 +227,31 @@ def _live_points(gw: GatewayHarness) -> list[str]:
     return [p for p in state.points if p not in state.gc.expirations]
 
 
-def _live_bytes(gw: GatewayHarness, manifests: dict[str, tuple[bytes, int]]) -> int:
-    """Distinct chunks of the unexpired points at their stored size, plus their stored manifests."""
+@dataclasses.dataclass(frozen=True)
+class _Manifest:
+    """A point's manifest as the live-bytes count needs it: its chunks, its segments, its object's size."""
+
+    chunk_ids: frozenset[bytes]
+    segment_ids: list[bytes]
+    size: int
+
+
+def _chunk_ids(data: bytes) -> frozenset[bytes]:
+    return frozenset(bytes(c) for entry in decode_manifest(data) for c in entry.chunk_ids)
+
+
+def _live_bytes(gw: GatewayHarness, manifests: dict[str, _Manifest]) -> int:
+    """Distinct chunks and manifest segments of the unexpired points at their stored size, plus their
+    manifest objects."""
     state = gw.store.state
-    live_chunks: set[bytes] = set()
+    live_blobs: set[bytes] = set()
     total = 0
     for point_id in _live_points(gw):
-        data, size = manifests[point_id]
-        total += size
-        for entry in decode_manifest(data):
-            live_chunks.update(bytes(c) for c in entry.chunk_ids)
-    return total + sum(state.chunks[("acct-a", c)].length for c in live_chunks)
+        manifest = manifests[point_id]
+        total += manifest.size
+        live_blobs.update(manifest.chunk_ids)
+        live_blobs.update(manifest.segment_ids)
+    return total + sum(state.chunks[("acct-a", c)].length for c in live_blobs)
 
 
 def _run(

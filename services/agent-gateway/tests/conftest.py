@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -31,7 +32,24 @@ async def gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
 async def trusted_gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
     """A gateway whose store reads trusted time from ``clock`` (garbage collection, repacking and
     retention decide by trusted time, so their tests move it with the clock)."""
-    harness = GatewayHarness(clock, store=InMemoryGatewayStore(trusted_clock=clock))
+    async with _trusted(clock, manifest_segments=True) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def trusted_v1_gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
+    """``trusted_gw`` writing manifest format version 1 (STRONGROOM_GATEWAY_MANIFEST_SEGMENTS=0): for the
+    tests of the chunk packs' collection and repacking arithmetic, whose exact pack counts and sets are
+    of the uploaded chunks alone; segment packs under GC and repack: test_gateway_segments_gc.py."""
+    async with _trusted(clock, manifest_segments=False) as harness:
+        yield harness
+
+
+@contextlib.asynccontextmanager
+async def _trusted(clock: FakeClock, *, manifest_segments: bool) -> AsyncIterator[GatewayHarness]:
+    harness = GatewayHarness(
+        clock, store=InMemoryGatewayStore(trusted_clock=clock), manifest_segments=manifest_segments
+    )
     await harness.start()
     try:
         yield harness

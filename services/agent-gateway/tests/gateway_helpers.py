@@ -28,9 +28,9 @@ from strongroom_gateway.crypto import DataKey
 from strongroom_gateway.grpc_api import GatewayServicer, register
 from strongroom_gateway.ingest import PackWriter
 from strongroom_gateway.keys import AccountKeys, MasterKey, MasterKeyring
-from strongroom_gateway.manifests import open_manifest
+from strongroom_gateway.manifests import open_manifest, read_point_blobs
 from strongroom_gateway.migrations import SPEC
-from strongroom_gateway.ports import GatewayStore
+from strongroom_gateway.ports import GatewayStore, Point
 from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.testing import InMemoryGatewayStore
@@ -73,7 +73,7 @@ class GatewayHarness:
         pack_target_bytes: int = 16 << 20,
         store: GatewayStore | None = None,
         max_running_backups: int = 0,
-        manifest_segments: bool = False,
+        manifest_segments: bool = True,
     ) -> None:
         self.clock = clock
         self.manifest_segments = manifest_segments
@@ -200,6 +200,34 @@ class GatewayHarness:
         """The manifest bytes (SRMF) of a committed point, opened from its sealed object."""
         stored = await self.objects.get(f"manifests/{account_id}/{point_id}")
         return open_manifest(await self.data_key(account_id), point_id, stored)
+
+    async def point_manifest(self, point_id: str) -> bytes:
+        """The version 1 manifest bytes of a committed point as every gateway reader gets them
+        (``read_point_manifest``: a version 2 manifest's segments expanded)."""
+        return (await self.point_blobs(point_id))[0]
+
+    async def segment_refs(self, point_id: str) -> dict[str, int]:
+        """A point's references for its manifest's segments: one per distinct segment, in the pack
+        holding it (none for a version 1 manifest)."""
+        point, (_, segment_ids) = await self._point(point_id), await self.point_blobs(point_id)
+        async with self.store.transaction() as tx:
+            refs, missing = await tx.chunk_pack_refs(point.account_id, dict.fromkeys(segment_ids, 1))
+        assert not missing
+        return refs
+
+    async def segment_packs(self, point_id: str) -> set[str]:
+        """The ids of the packs holding the segments of a point's manifest (none for version 1)."""
+        return set(await self.segment_refs(point_id))
+
+    async def _point(self, point_id: str) -> Point:
+        async with self.store.transaction() as tx:
+            point = await tx.get_point(point_id)
+        assert point is not None, point_id
+        return point
+
+    async def point_blobs(self, point_id: str) -> tuple[bytes, list[bytes]]:
+        """``point_manifest``'s bytes and the ids of the segments the manifest is stored in (``read_point_blobs``)."""
+        return await read_point_blobs(self.objects, self.keys, await self._point(point_id), store=self.store)
 
     async def upload(
         self, agent: Agent, job_id: str, contents: Iterable[bytes], *, compress: bool = True

@@ -67,7 +67,11 @@ async def test_backup_then_restore(pg_gw: tuple[GatewayHarness, object]) -> None
         )
     ]
     assert data == contents
-    assert await pool.fetchval("SELECT count(DISTINCT pack_id) FROM chunks") == 2  # type: ignore[attr-defined]
+    # Two packs of chunks (1 MiB target), and the manifest's segments (format version 2) in a third.
+    [segments] = await gw.segment_packs(point.point_id)
+    chunk_packs = await pool.fetch("SELECT DISTINCT pack_id FROM chunks WHERE chunk_id = ANY($1)", ids)  # type: ignore[attr-defined]
+    assert len(chunk_packs) == 2 and segments not in {r["pack_id"] for r in chunk_packs}
+    assert await pool.fetchval("SELECT count(DISTINCT pack_id) FROM chunks") == 3  # type: ignore[attr-defined]
 
 
 async def test_a_job_queued_while_its_instance_is_deactivated_ends_canceled(

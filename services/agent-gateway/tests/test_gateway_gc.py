@@ -8,7 +8,7 @@ import datetime as dt
 
 import grpc
 import pytest
-from gateway_helpers import Agent, GatewayHarness, dir_entry, file_entry, meta
+from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry, meta
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway.gc import collector
@@ -83,8 +83,8 @@ async def _restore(gw: GatewayHarness, agent: Agent, job_id: str, point_id: str)
     return files
 
 
-async def test_an_expired_points_packs_are_reclaimed_once_their_lock_passes(trusted_gw: GatewayHarness) -> None:
-    gw = trusted_gw
+async def test_an_expired_points_packs_are_reclaimed_once_their_lock_passes(trusted_v1_gw: GatewayHarness) -> None:
+    gw = trusted_v1_gw  # format version 1: the test counts the uploaded chunks' packs
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100], "b": [b"beta" * 100]})
     gw.clock.advance(days=1)
@@ -128,16 +128,21 @@ async def test_a_pack_a_live_point_still_shares_is_kept(trusted_gw: GatewayHarne
     gw.clock.advance(days=1)
     # The next day's point still has "a": deduplicated, it references the first pack.
     live = await _backup(gw, agent, "job-2", {"a": [b"alpha" * 100]})
+    # Manifest format version 2: the expired point's segments are garbage unless the live point
+    # shares them (where segments are cut depends on the account's chunk-id key).
+    dead_segments = await gw.segment_packs(old) - await gw.segment_packs(live)
+    first_pack = gw.store.state.chunks[("acct-a", chunk_id(await gw.key_of("acct-a"), b"alpha" * 100))].pack_id
     await _expire(gw, agent, old)
     gw.clock.advance(days=40)
     report = await collector.collect(_deps(gw))
-    assert (report.packs_condemned, report.packs_reclaimed) == (0, 0)
+    assert (report.packs_condemned, report.packs_reclaimed) == (len(dead_segments), 0)
+    assert first_pack in gw.store.state.packs and first_pack not in gw.store.state.gc.condemned
     assert await _restore(gw, agent, "r-1", live) == {"a": b"alpha" * 100}
 
 
-async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(trusted_gw: GatewayHarness) -> None:
+async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(trusted_v1_gw: GatewayHarness) -> None:
     """kopia/PBS's race: FindMissingChunks answers "present" for a chunk of a condemned pack."""
-    gw = trusted_gw
+    gw = trusted_v1_gw  # format version 1: the test counts the uploaded chunks' packs
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
     await _expire(gw, agent, old)
@@ -163,9 +168,9 @@ async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(trusted_gw: Gatewa
 
 
 async def test_a_commit_after_its_pack_was_reclaimed_fails_instead_of_recording_a_broken_point(
-    trusted_gw: GatewayHarness,
+    trusted_v1_gw: GatewayHarness,
 ) -> None:
-    gw = trusted_gw
+    gw = trusted_v1_gw  # format version 1: the test counts the uploaded chunks' packs
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
     await _expire(gw, agent, old)
@@ -187,9 +192,9 @@ async def test_a_commit_after_its_pack_was_reclaimed_fails_instead_of_recording_
     assert pack_id in gw.store.state.gc.reclaimed
 
 
-async def test_hold_packs_refuses_a_reclaimed_pack(trusted_gw: GatewayHarness) -> None:
+async def test_hold_packs_refuses_a_reclaimed_pack(trusted_v1_gw: GatewayHarness) -> None:
     """The commit's last check, in its own transaction (the sweep ran between lookup and record)."""
-    gw = trusted_gw
+    gw = trusted_v1_gw  # format version 1: the test counts the uploaded chunks' packs
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
     await _expire(gw, agent, old)

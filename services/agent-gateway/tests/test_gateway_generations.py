@@ -29,8 +29,9 @@ BIG3 = RNG.randbytes(40_000)
 
 
 @pytest.fixture
-def gw(trusted_gw: GatewayHarness) -> GatewayHarness:
-    return trusted_gw
+def gw(trusted_v1_gw: GatewayHarness) -> GatewayHarness:
+    # Manifest format version 1: these tests count the uploaded chunks' packs (ADR 0065 update, session 9).
+    return trusted_v1_gw
 
 
 def _deps(gw: GatewayHarness, **policy: float | dt.timedelta) -> collector.Deps:

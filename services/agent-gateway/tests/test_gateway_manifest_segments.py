@@ -113,8 +113,11 @@ async def test_two_points_listing_the_same_segments_both_read_them(harness: Gate
 
 async def test_missing_or_foreign_segments_and_version_3_are_refused_clearly(harness: GatewayHarness) -> None:
     gw = harness
-    made = await _segmented_point(gw, files=40)
+    # Enough records that the keyed cut rule makes two segments or more whatever the account's key
+    # (with 40 files, one segment ~6 % of the time, and the swap below had nothing to swap with).
+    made = await _segmented_point(gw, files=200)
     refs = [ref for ref, _ in made.segments]
+    assert len(refs) >= 2
     unknown = refs[0]._replace(segment_id=os.urandom(32))
     point = await _store_as(gw, made.point, encode_segment_list([unknown, *refs[1:]]))
     with pytest.raises(ManifestFormatError, match="not stored for the account"):

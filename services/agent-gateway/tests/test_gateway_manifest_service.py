@@ -30,7 +30,9 @@ async def test_serves_the_decrypted_manifest_of_a_point(gw: GatewayHarness) -> N
     data, _ = await _read(gw, point_id)
     assert data[:5] == b"SRMF\x01"
     assert [e.path for e in decode_manifest(data)] == ["a.txt", "b.txt"]
-    assert data == await gw.stored_manifest("acct-a", point_id)
+    # Stored as format version 2 (segments, the default): served as the version 1 stream it stores.
+    assert (await gw.stored_manifest("acct-a", point_id))[:5] == b"SRMF\x02"
+    assert data == await gw.point_manifest(point_id)
 
 
 async def test_large_manifests_are_streamed_in_pieces(gw: GatewayHarness) -> None:

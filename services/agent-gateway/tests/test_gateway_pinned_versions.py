@@ -151,7 +151,7 @@ async def test_synthesis_and_lock_extension_use_the_written_versions(setup: Setu
         job_id="job-2", filesystem=common_pb2.Filesystem(mount_point="/"), base_point_id=base_id, entry_count=4
     )
     response = await gw.stub.CommitPoint(aiter_of([gateway_pb2.CommitPointRequest(header=header)]), metadata=agent.md)
-    manifest = await gw.stored_manifest(agent.account_id, response.point_id)
+    manifest = await gw.point_manifest(response.point_id)
     assert [e.path for e in decode_manifest(manifest)] == ["", "a.bin", "link", "notes.txt"]
 
     first_chunk = chunk_id(await gw.key_of(agent.account_id), CONTENTS[0])

@@ -65,7 +65,7 @@ async def test_commit_writes_the_manifest_and_emits_point_created(gw: GatewayHar
     assert event.instance_capacity_bytes == 140 << 30
     assert event.version_id and event.meta.event_id and event.meta.producer == "agent-gateway"
 
-    stored = await gw.stored_manifest("acct-a", response.point_id)
+    stored = await gw.point_manifest(response.point_id)
     assert [e.path for e in decode_manifest(stored)] == ["", "a.txt", "etc", "etc/b.conf", "etc/link"]
     info = await gw.objects.stat(event.manifest_key)
     assert info.retain_until == committed_at + dt.timedelta(days=31)
@@ -161,8 +161,13 @@ async def test_old_packs_referenced_by_a_new_point_get_their_lock_extended(gw: G
 
     gw.clock.advance(dt.timedelta(days=20).total_seconds())
     await gw.request_backup(agent, "job-2")
-    await gw.commit(agent, "job-2", [file_entry("f", key, [b"old data"])])
+    second = await gw.commit(agent, "job-2", [file_entry("f", key, [b"old data"])])
     extended = (await gw.objects.stat(pack_key)).retain_until
     assert extended == gw.clock.now() + dt.timedelta(days=31)
-    [pack] = gw.store.state.packs.values()
+    # The manifest's segments (format version 2) are in a pack of their own, written by the first
+    # commit and referenced by the second (same entries, same segment): its lock is extended too.
+    [segments] = await gw.segment_packs(second.point_id)
+    [pack] = [p for p in gw.store.state.packs.values() if p.object_key == pack_key]
+    assert {p.pack_id for p in gw.store.state.packs.values()} == {pack.pack_id, segments}
     assert pack.retain_until == extended
+    assert gw.store.state.packs[segments].retain_until == extended

@@ -61,15 +61,20 @@ async def test_rebuild_from_the_bucket_then_reenroll_and_restore(gw: GatewayHarn
 
     # The attacker's moves with the services' S3 credentials.
     gw.objects.add_delete_marker(vault_format.key_record_key("acct-a", gw.keyring.current.key_id))
-    [pack_key] = [k async for k in gw.objects.list("packs/")]
-    gw.objects.put_new_version(pack_key, b"SRPK\x02forged")
+    # The uploaded chunks' pack and the manifest's segments' (format version 2): both forged.
+    segments = sum((await gw.segment_refs(point_id)).values())
+    pack_keys = tuple([k async for k in gw.objects.list("packs/")])
+    assert len(pack_keys) == 2 and segments >= 1
+    for pack_key in pack_keys:
+        gw.objects.put_new_version(pack_key, b"SRPK\x02forged")
     gw.objects.put_new_version(vault_format.point_record_key("acct-a", point_id), b"SRPR\x01forged")
 
     rebuilt = InMemoryGatewayStore()
     report = await rebuild_from_bucket(store=rebuilt, objects=gw.objects, keyring=gw.keyring, clock=clock)
-    assert (report.accounts, report.instances, report.packs, report.chunks, report.points) == (1, 1, 1, 3, 1)
+    counts = (report.accounts, report.instances, report.packs, report.chunks, report.points)
+    assert counts == (1, 1, 2, 3 + segments, 1)  # the segments are blobs of their pack's index, like chunks
     # Only forged versions may be skipped (which are tried depends on the order versions are listed in).
-    assert all(s.startswith((pack_key, "vault/points/")) for s in report.skipped), report.skipped
+    assert all(s.startswith((*pack_keys, "vault/points/")) for s in report.skipped), report.skipped
     after = await _state(rebuilt, point_id, ids)
     assert after == before
     [recovered] = rebuilt.events(events.INSTANCE_RECOVERED)
@@ -124,7 +129,9 @@ async def test_rebuild_from_the_bucket_then_reenroll_and_restore(gw: GatewayHarn
         # Later backups deduplicate against the old data: the chunking secrets came back too.
         assert await gw2.key_of("acct-a") == key
         # And no new data key was minted: the old one opens the old manifest.
-        assert (await gw2.stored_manifest("acct-a", point_id))[:4] == b"SRMF"
+        assert (await gw2.stored_manifest("acct-a", point_id))[:5] == b"SRMF\x02"
+        # The rebuilt chunk table finds the segments: the same entries as before the disaster.
+        assert await gw2.point_manifest(point_id) == await gw.point_manifest(point_id)
     finally:
         await gw2.stop()
 

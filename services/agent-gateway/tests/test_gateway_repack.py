@@ -27,8 +27,9 @@ OTHER = RNG.randbytes(3_000)
 
 
 @pytest.fixture
-def gw(trusted_gw: GatewayHarness) -> GatewayHarness:
-    return trusted_gw
+def gw(trusted_v1_gw: GatewayHarness) -> GatewayHarness:
+    # Manifest format version 1: these tests count the uploaded chunks' packs (ADR 0065 update, session 9).
+    return trusted_v1_gw
 
 
 def _deps(gw: GatewayHarness) -> collector.Deps:
@@ -40,7 +41,8 @@ async def _two_days(gw: GatewayHarness) -> tuple[str, str, str]:
     Returns (the first pack's id, the live point, the expired point)."""
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
-    [first] = gw.store.state.packs
+    # The pack of the uploaded chunks (with manifest format version 2 its segments are in another).
+    first = gw.store.state.chunks[("acct-a", chunk_id(await gw.key_of("acct-a"), BIG))].pack_id
     gw.clock.advance(days=1)
     live = await _backup(gw, agent, "job-2", {"small": [SMALL], "other": [OTHER]})
     await _expire(gw, agent, old)

@@ -21,6 +21,12 @@ def test_defaults() -> None:
     assert settings.grpc_listen == "127.0.0.1:0"
     assert settings.pack_target_bytes == 16 << 20
     assert settings.platform.object_store == "file:/tmp/objects"
+    assert settings.manifest_segments  # manifest format version 2 (ADR 0065)
+
+
+def test_manifest_segments_can_be_turned_off() -> None:
+    assert not Settings.from_env(BASE | {"STRONGROOM_GATEWAY_MANIFEST_SEGMENTS": "0"}).manifest_segments
+    assert Settings.from_env(BASE | {"STRONGROOM_GATEWAY_MANIFEST_SEGMENTS": "1"}).manifest_segments
 
 
 def test_overrides() -> None:

@@ -104,7 +104,7 @@ async def _commit(
 
 
 async def _paths(gw: GatewayHarness, account: str, point_id: str) -> list[tuple[str, int]]:
-    return [(e.path, e.size) for e in decode_manifest(await gw.stored_manifest(account, point_id))]
+    return [(e.path, e.size) for e in decode_manifest(await gw.point_manifest(point_id))]
 
 
 async def test_a_point_is_synthesized_from_its_base_and_stands_alone(gw: GatewayHarness) -> None:

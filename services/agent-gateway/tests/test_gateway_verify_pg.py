@@ -78,15 +78,16 @@ async def test_leases_and_the_daily_sample(pgw: GatewayHarness) -> None:
         assert claimed is not None and claimed.scope == "sample"
         assert await tx.claim_verification("gw-2", now, now + first.lease) is None
     pgw.clock.advance(first.lease.total_seconds() + 1)
-    done = await run_next_with(pgw, cover_days=3)  # owner gw-1 again, but as a new claim after expiry
+    # Three packs of chunks and one of the manifest's segments (format version 2).
+    done = await run_next_with(pgw, cover_days=4)  # owner gw-1 again, but as a new claim after expiry
     assert done.state == "clean" and done.progress.packs_checked == 1
     async with pgw.store.transaction() as tx:
-        assert await tx.count_packs() == 3
+        assert await tx.count_packs() == 4
         # the checked pack goes to the back of the queue
-        order = await tx.least_recently_checked_packs(3)
+        order = await tx.least_recently_checked_packs(4)
         checked = await tx.damaged_packs(done.verification_id, 10)
     assert checked == []
-    assert len(set(order)) == 3
+    assert len(set(order)) == 4
 
 
 async def test_verifications_are_listed_in_pages(pgw: GatewayHarness) -> None:

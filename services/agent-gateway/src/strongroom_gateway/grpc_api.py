@@ -44,7 +44,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         issuer: CertificateIssuer | None = None,
         vault: Vault | None = None,
         slots: BackupSlots | None = None,
-        manifest_segments: bool = False,
+        manifest_segments: bool = True,
     ) -> None:
         self._store = store
         # New points' manifests are written as format version 2, segments (ADR 0065).

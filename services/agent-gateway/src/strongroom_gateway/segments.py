@@ -157,18 +157,28 @@ def stream_segments(chunk_id_key: bytes, manifest: bytes) -> list[tuple[SegmentR
 
 async def segment_pack_refs(store: GatewayStore, account_id: str, segment_ids: Sequence[bytes]) -> dict[str, int]:
     """One reference per distinct segment, in the pack holding it; ManifestFormatError when one is not stored."""
+    refs, missing = await _pack_refs(store, account_id, segment_ids)
+    if missing:
+        raise ManifestFormatError(f"{len(missing)} manifest segments are not stored: {missing[0].hex()}")
+    return refs
+
+
+async def _pack_refs(
+    store: GatewayStore, account_id: str, segment_ids: Sequence[bytes]
+) -> tuple[dict[str, int], list[bytes]]:
+    """One reference per distinct segment the account holds, in the pack holding it; and the ids it does not hold."""
     refs: dict[str, int] = {}
+    absent: list[bytes] = []
     unique = list(dict.fromkeys(segment_ids))
     for start in range(0, len(unique), LOOKUP_BATCH):
         async with store.transaction() as tx:
             found, missing = await tx.chunk_pack_refs(
                 account_id, dict.fromkeys(unique[start : start + LOOKUP_BATCH], 1)
             )
-        if missing:
-            raise ManifestFormatError(f"{len(missing)} manifest segments are not stored: {missing[0].hex()}")
+        absent += missing
         for pack, n in found.items():
             refs[pack] = refs.get(pack, 0) + n
-    return refs
+    return refs, absent
 
 
 def _compress(segments: Sequence[tuple[SegmentRef, bytes]]) -> list[packfile.BlobToPack]:
@@ -196,15 +206,12 @@ async def write_segments(
     hold yet go into packs through ``writer`` (sealed, locked and recorded like uploaded chunks), and the
     version 2 manifest listing them is returned with one reference per distinct segment in its pack."""
     segments = await asyncio.to_thread(stream_segments, chunk_id_key, manifest)
-    ids = list(dict.fromkeys(ref.segment_id for ref, _ in segments))
-    absent: set[bytes] = set()
-    for start in range(0, len(ids), LOOKUP_BATCH):
-        async with store.transaction() as tx:
-            _, missing = await tx.chunk_packs(account_id, ids[start : start + LOOKUP_BATCH])
-        absent.update(missing)
+    # Every id looked up once: the references of the segments the account holds, and the others.
+    refs, absent = await _pack_refs(store, account_id, [ref.segment_id for ref, _ in segments])
+    missing = set(absent)
     new: dict[bytes, tuple[SegmentRef, bytes]] = {}
     for ref, content in segments:
-        if ref.segment_id in absent:
+        if ref.segment_id in missing:
             new.setdefault(ref.segment_id, (ref, content))
     blobs = await asyncio.to_thread(_compress, list(new.values()))
     pending = set()
@@ -212,6 +219,9 @@ async def write_segments(
         pack, _ = await writer.add(account_id, blob)
         pending.add(pack)
     await writer.flush(pending)
+    if new:
+        # The written ones' packs are known once recorded (or another commit's, if it recorded one first).
+        for pack_id, n in (await segment_pack_refs(store, account_id, list(new))).items():
+            refs[pack_id] = refs.get(pack_id, 0) + n
     encoded = await asyncio.to_thread(encode_segment_list, [ref for ref, _ in segments])
-    refs = await segment_pack_refs(store, account_id, ids)
-    return WrittenSegments(encoded, ids, refs, len(new))
+    return WrittenSegments(encoded, list(dict.fromkeys(ref.segment_id for ref, _ in segments)), refs, len(new))

@@ -21,9 +21,9 @@ class Settings:
     STRONGROOM_GATEWAY_MAX_WRITES: concurrent object-store writes (default 8).
     STRONGROOM_GATEWAY_UNTHROTTLED: benchmarks only; when 1, backup jobs are delivered without
         the priority's read-rate and core limits (default 0).
-    STRONGROOM_GATEWAY_MANIFEST_SEGMENTS: 1 writes new points' manifests as format version 2, stored as
-        segments shared across points (ADR 0065); 0 (default) writes version 1. Every gateway reads both:
-        turn it on once no older gateway reads this bucket.
+    STRONGROOM_GATEWAY_MANIFEST_SEGMENTS: 1 (default) writes new points' manifests as format version 2,
+        stored as segments shared across points (ADR 0065); 0 writes version 1. Every gateway reads both
+        (version 1 forever); a gateway older than the version 2 readers must not read this bucket.
     STRONGROOM_GATEWAY_INTERNAL_LISTEN: host:port for the internal API (ManifestService, used by the
         catalog); unset, it is served on STRONGROOM_GRPC_LISTEN (one-machine setups only, ADR 0016).
     STRONGROOM_MASTER_KEY (base64 of 32 bytes) or STRONGROOM_MASTER_KEY_FILE (created 0600 if missing),
@@ -74,7 +74,7 @@ class Settings:
     max_running_backups: int = 0
     # Benchmarks only: deliver backups with no read-rate or core limit.
     unthrottled: bool = False
-    manifest_segments: bool = False
+    manifest_segments: bool = True
     # None only when constructed in code (tests inject a keyring); from_env requires it.
     master_key: MasterKeyConfig | None = None
     internal_listen: str | None = None
@@ -107,7 +107,7 @@ class Settings:
             pack_target_bytes=pack_bytes,
             max_concurrent_writes=writes,
             unthrottled=env_bool(environ, "STRONGROOM_GATEWAY_UNTHROTTLED", False),
-            manifest_segments=env_bool(environ, "STRONGROOM_GATEWAY_MANIFEST_SEGMENTS", False),
+            manifest_segments=env_bool(environ, "STRONGROOM_GATEWAY_MANIFEST_SEGMENTS", True),
             master_key=MasterKeyConfig.from_env(environ),
             internal_listen=environ.get("STRONGROOM_GATEWAY_INTERNAL_LISTEN") or None,
             **_agent_certificates(environ),

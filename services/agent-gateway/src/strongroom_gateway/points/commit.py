@@ -11,6 +11,7 @@ as the point (``packs``), the sealed manifest written under Object Lock, and the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -100,52 +101,27 @@ async def commit_point(
         # Before any chunk is located: the moves this commit may miss are those of a later epoch
         # (ADR 0057); the point then references their new packs too.
         async with store.transaction() as tx:
+            account = await tx.get_account(identity.account_id)
             epoch = await tx.gc_epoch(identity.account_id)
             # The base's packs, if no move touched them since it was recorded (ADR 0034 update).
             inherited = await inheritance(tx, identity.account_id, base, epoch) if base is not None else None
-        loop = asyncio.get_running_loop()
-        locate = building.locator(store, identity.account_id, loop)
-        unchanged = (
-            segment_writer is not None
-            and inherited is not None
-            and opened is not None
-            and not changes.count
-            and not deleted.count
-            and manifest_version(opened) == SEGMENTED_VERSION
+        assert account is not None  # the agent's identity names it
+        locate = building.locator(store, identity.account_id, asyncio.get_running_loop())
+        built, stored = await _manifest(
+            _Inputs(
+                identity.account_id, header.entry_count, base, opened, changes, deleted, inherited, account.chunk_id_key
+            ),
+            store=store,
+            object_store=object_store,
+            keys=keys,
+            writer=segment_writer,
+            locate=locate,
+            timing=timing,
         )
-        if unchanged:
-            # Nothing changed and the base is stored as segments: its segment list is this point's
-            # manifest and its references are this point's, unread (ADR 0065).
-            assert opened is not None and inherited is not None
-            built, stored = await asyncio.to_thread(_unchanged, opened, inherited)
-        else:
-            base_manifest, base_segments = (
-                await _expand_base(base, opened, object_store, keys, store)
-                if base is not None and opened is not None
-                else (None, [])
-            )
-        timing.lap("read base")
-        if not unchanged:
-            try:
-                built = await building.build_threads().run(
-                    building.build, base_manifest, changes, deleted, locate, inherited
-                )
-            except ManifestFormatError as exc:
-                raise FailedPrecondition(f"the base point's manifest cannot be read: {exc}") from None
     finally:
         sent, removed = changes.count, deleted.count
         changes.close()
         deleted.close()
-    if base is not None and built.entry_count != header.entry_count:
-        raise FailedPrecondition(
-            f"the point synthesized from base {base.point_id!r} has {built.entry_count} entries, the agent"
-            f" counted {header.entry_count}; send a full manifest"
-        )
-
-    timing.lap("synthesis")
-    if not unchanged:
-        stored = await _store_segments(identity.account_id, built, base_segments, store, segment_writer, locate)
-    timing.lap(f"segments ({stored.written} written)")
     now = clock.now()
     retain_until = now + RETENTION + LOCK_MARGIN
     await vault.keep_for_point(identity.account_id, identity.instance_id, retain_until)
@@ -185,8 +161,8 @@ async def commit_point(
             # long as the point (ADR 0010), and record where they are now.
             async with store.transaction() as tx:
                 epoch = await tx.gc_epoch(identity.account_id)
-            if unchanged and base is not None and not built.data:
-                # The base's list was taken unread: its entries are needed to locate their chunks now.
+            if not built.data and base is not None:
+                # An unchanged base's list was taken unread: its entries are needed to locate their chunks now.
                 built.data, _ = await _expand_base(base, stored.manifest, object_store, keys, store)
             refs = await asyncio.to_thread(relocate, built, locate)
             if stored.segment_ids:
@@ -269,8 +245,81 @@ async def _base_point(identity: Identity, header: gateway_pb2.PointHeader, store
     return base
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What a commit's manifest is made of: the agent's count, the base (opened, not expanded), the spooled
+    changes and deletions, the base's references if inherited, and the account's chunk-id key."""
+
+    account_id: str
+    entry_count: int
+    base: Point | None
+    opened: bytes | None
+    changes: SortedSpool
+    deleted: SortedSpool
+    inherited: Inheritance | None
+    chunk_id_key: bytes
+
+
+async def _manifest(
+    inputs: _Inputs,
+    *,
+    store: GatewayStore,
+    object_store: ObjectStore,
+    keys: AccountKeys,
+    writer: PackWriter | None,
+    locate: Locate,
+    timing: _Stopwatch,
+) -> tuple[BuiltManifest, segments.WrittenSegments]:
+    """The point's manifest built (``built.refs`` its references) and the manifest to store.
+
+    An unchanged point (nothing sent or deleted) of a base stored as segments whose references are
+    inherited takes the base's segment list, counts and references as they are: nothing is read, cut
+    or looked up (ADR 0065; ``built.data`` is then empty). Otherwise the base is expanded, the point
+    synthesized (ADR 0034) and, with ``writer``, stored as segments.
+    """
+    base, opened, inherited = inputs.base, inputs.opened, inputs.inherited
+    if (
+        writer is not None
+        and inherited is not None
+        and opened is not None
+        and not inputs.changes.count
+        and not inputs.deleted.count
+        and manifest_version(opened) == SEGMENTED_VERSION
+    ):
+        built, stored = await asyncio.to_thread(_unchanged, opened, inherited)
+        _check_count(base, built, inputs.entry_count)
+        timing.lap("unchanged base")
+        return built, stored
+    base_manifest, base_segments = (
+        await _expand_base(base, opened, object_store, keys, store)
+        if base is not None and opened is not None
+        else (None, [])
+    )
+    timing.lap("read base")
+    try:
+        built = await building.build_threads().run(
+            building.build, base_manifest, inputs.changes, inputs.deleted, locate, inherited
+        )
+    except ManifestFormatError as exc:
+        raise FailedPrecondition(f"the base point's manifest cannot be read: {exc}") from None
+    _check_count(base, built, inputs.entry_count)
+    timing.lap("synthesis")
+    stored = await _store_segments(inputs.account_id, inputs.chunk_id_key, built, base_segments, store, writer, locate)
+    timing.lap(f"segments ({stored.written} written)")
+    return built, stored
+
+
+def _check_count(base: Point | None, built: BuiltManifest, entry_count: int) -> None:
+    if base is not None and built.entry_count != entry_count:
+        raise FailedPrecondition(
+            f"the point synthesized from base {base.point_id!r} has {built.entry_count} entries, the agent"
+            f" counted {entry_count}; send a full manifest"
+        )
+
+
 async def _store_segments(
     account_id: str,
+    chunk_id_key: bytes,
     built: BuiltManifest,
     base_segments: list[bytes],
     store: GatewayStore,
@@ -291,10 +340,7 @@ async def _store_segments(
             add_refs(built.refs, base_refs, -1)
     if writer is None:
         return segments.WrittenSegments(built.data, [], {}, 0)
-    async with store.transaction() as tx:
-        account = await tx.get_account(account_id)
-    assert account is not None  # the agent's identity names it
-    written = await segments.write_segments(store, writer, account_id, account.chunk_id_key, built.data)
+    written = await segments.write_segments(store, writer, account_id, chunk_id_key, built.data)
     add_refs(built.refs, written.refs)
     return written
 
