@@ -60,8 +60,7 @@ class Stack:
 async def stack(pg_logins: PgLogins) -> AsyncIterator[Stack]:
     start = dt.datetime.now(dt.UTC).replace(microsecond=0)
     pool = await pg_logins.pool(SPEC)
-    # Manifest format version 1: these tests count the uploaded chunks' packs and rows (ADR 0065).
-    gw = GatewayHarness(FakeClock(start), store=PgGatewayStore(pool), manifest_segments=False)
+    gw = GatewayHarness(FakeClock(start), store=PgGatewayStore(pool))
     await gw.start()
     try:
         yield Stack(gw, pg_logins.owner, start)

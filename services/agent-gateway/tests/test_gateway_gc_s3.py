@@ -80,8 +80,7 @@ async def gateway_with_identities(s3_config: S3Config, store: GatewayStore) -> A
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     clock = FakeClock(now - dt.timedelta(days=31) + dt.timedelta(seconds=LOCK_SECONDS))
-    # Manifest format version 1: these tests count the uploaded chunks' packs (ADR 0065).
-    gw = GatewayHarness(clock, store=store, manifest_segments=False)
+    gw = GatewayHarness(clock, store=store)
     gw.objects = S3ObjectStore(_client(s3_config, gateway_key, gateway_secret), bucket, clock=SystemClock())
     reclaimer_client = _client(s3_config, reclaimer_key, reclaimer_secret)
     await gw.start()
