@@ -153,9 +153,10 @@ async def test_a_pack_a_live_point_still_shares_is_kept(trusted_gw: GatewayHarne
     gw.clock.advance(days=1)
     # The next day's point still has "a": deduplicated, it references the first pack.
     live = await _backup(gw, agent, "job-2", {"a": [b"alpha" * 100]})
-    # Manifest format version 2: the expired point's segments are garbage unless the live point
-    # shares them (where segments are cut depends on the account's chunk-id key).
-    dead_segments = await gw.segment_packs(old) - await gw.segment_packs(live)
+    # Manifest format version 2: the expired point's segment pack is garbage (``_backup``'s points
+    # share no segment).
+    dead_segments = await gw.segment_packs(old)
+    assert len(dead_segments) == 1 and not dead_segments & await gw.segment_packs(live)
     first_pack = gw.store.state.chunks[("acct-a", chunk_id(await gw.key_of("acct-a"), b"alpha" * 100))].pack_id
     await _expire(gw, agent, old)
     gw.clock.advance(days=40)
