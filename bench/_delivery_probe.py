@@ -7,12 +7,7 @@ import statistics
 import time
 
 import asyncpg
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
+from _latency import percentile
 
 PROBE_SQL = """
 CREATE TABLE IF NOT EXISTS gateway.bench_probe (job_id text NOT NULL, what text NOT NULL, at timestamptz NOT NULL);

@@ -6,20 +6,14 @@
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 from collections import Counter
 from typing import Any
 
+from _latency import percentile
+
 SERVICES = ("gateway", "scheduler", "catalog", "billing", "restore")
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def load_average() -> str:
@@ -58,20 +52,21 @@ def render(fleet: Any) -> str:  # noqa: ANN401 - the driver's Fleet (bench/fleet
         + " (no session yet: "
         + ", ".join(f"{k} {v:.3f}" for k, v in sorted(f["baseline"]["gateway_cores"].items()))
         + ") |",
-        f"| job delivery (created → session has it) | p50 {pct(d, 0.5) * 1000:.0f} ms,"
-        f" p95 {pct(d, 0.95) * 1000:.0f} ms,"
+        f"| job delivery (created → session has it) | p50 {percentile(d, 0.5) * 1000:.0f} ms,"
+        f" p95 {percentile(d, 0.95) * 1000:.0f} ms,"
         f" max {max(d, default=float('nan')) * 1000:.0f} ms (n={len(d)}) |",
         *[
-            f"| job delivery, sessions on {label} | p50 {pct(v, 0.5) * 1000:.0f} ms,"
-            f" p95 {pct(v, 0.95) * 1000:.0f} ms (n={len(v)}) |"
+            f"| job delivery, sessions on {label} | p50 {percentile(v, 0.5) * 1000:.0f} ms,"
+            f" p95 {percentile(v, 0.95) * 1000:.0f} ms (n={len(v)}) |"
             for label, v in sorted(f["delivery_by_gateway"].items())
         ],
-        f"| job delivery, first / last 10% of jobs created | p95 {pct(f['delivery_first'], 0.95) * 1000:.0f} ms /"
-        f" {pct(f['delivery_last'], 0.95) * 1000:.0f} ms |",
+        "| job delivery, first / last 10% of jobs created |"
+        f" p95 {percentile(f['delivery_first'], 0.95) * 1000:.0f} ms /"
+        f" {percentile(f['delivery_last'], 0.95) * 1000:.0f} ms |",
         f"| jobs completed per hour | {f['jobs_per_hour']:.0f} ({f['complete']} in {f['span']:.0f} s,"
         " first created → last finished) |",
-        f"| catalog index lag (commit → browsable) | p50 {pct(f['index_lag'], 0.5):.2f} s,"
-        f" p95 {pct(f['index_lag'], 0.95):.2f} s, max {max(f['index_lag'], default=float('nan')):.2f} s"
+        f"| catalog index lag (commit → browsable) | p50 {percentile(f['index_lag'], 0.5):.2f} s,"
+        f" p95 {percentile(f['index_lag'], 0.95):.2f} s, max {max(f['index_lag'], default=float('nan')):.2f} s"
         f" (n={len(f['index_lag'])}; 1 s polling) |",
         f"| PostgreSQL commits/s in the window | mean {f['commits_per_s']:.0f},"
         f" peak 1 s {f['commits_per_s_peak']:.0f} |",
@@ -91,7 +86,7 @@ def render(fleet: Any) -> str:  # noqa: ANN401 - the driver's Fleet (bench/fleet
     for t in ranked:
         lines.append(f"| {t.label} | {t.cpu:.1f} | {t.cpu / wall:.2f} | {t.peak / 1e6:.0f} |")
     top = ranked[0]
-    grow = pct(f["delivery_last"], 0.95) / max(pct(f["delivery_first"], 0.95), 1e-3)
+    grow = percentile(f["delivery_last"], 0.95) / max(percentile(f["delivery_first"], 0.95), 1e-3)
     lines += [
         "",
         f"Saturates first: **{top.label}** at {top.cpu / wall:.2f} cores"

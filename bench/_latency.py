@@ -1,10 +1,25 @@
-"""Latency sampling shared by the read benchmarks (search.py, catalog.py)."""
+"""Latency sampling shared by the read benchmarks (search.py, catalog.py), and the one percentile
+helper every benchmark prints with (sessions.py and its probe, fleet.py's report)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0 < q <= 1): the smallest sample with at least ``q`` of the
+    samples at or below it, i.e. sorted ``values[ceil(q * n) - 1]``; NaN for no samples.
+
+    One method for every figure the benchmarks print, so their p95s compare: 1,000 samples give the
+    950th, 200 the 190th, 4 the 4th (the maximum: fewer than 20 samples have no p95 below it).
+    """
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 async def timed(runs: int, call: Callable[[int], Awaitable[object]]) -> tuple[float, float, float]:
@@ -16,5 +31,4 @@ async def timed(runs: int, call: Callable[[int], Awaitable[object]]) -> tuple[fl
         started = time.perf_counter()
         await call(n)
         samples.append((time.perf_counter() - started) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[max(0, int(len(samples) * 0.95) - 1)], samples[-1]
+    return statistics.median(samples), percentile(samples, 0.95), max(samples)

@@ -42,8 +42,9 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fleet_costs import ROWS_WRITTEN_SQL, SCHEMA_BYTES_SQL, S3Requests, rows_delta, window_lead_seconds
-from _fleet_report import load_average, pct, render
+from _fleet_report import load_average, render
 from _fleet_stack import Replicas, Tracked, rss_bytes
+from _latency import percentile
 from aiokafka import AIOKafkaConsumer
 from strongroom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from strongroom_cli.stack import AGENTS, Stack, operator_channel
@@ -555,7 +556,8 @@ class Fleet:
                 for name, pairs in by_consumer.items():
                     lags = [seen - at for at, seen in pairs]
                     last = max(seen for _, seen in pairs) - max(at for at, _ in pairs)
-                    out[f"{topic} → {schema}: {name}"] = (len(lags), pct(lags, 0.5), pct(lags, 0.95), last)
+                    p50, p95 = percentile(lags, 0.5), percentile(lags, 0.95)
+                    out[f"{topic} → {schema}: {name}"] = (len(lags), p50, p95, last)
         return out
 
     async def collect(self) -> None:

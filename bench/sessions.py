@@ -39,7 +39,8 @@ from pathlib import Path
 
 import asyncpg
 import grpc
-from _delivery_probe import Probe, percentile, probe_table
+from _delivery_probe import Probe, probe_table
+from _latency import percentile
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.events.v1 import events_pb2

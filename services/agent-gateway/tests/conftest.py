@@ -39,8 +39,8 @@ async def trusted_gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
 @pytest.fixture
 async def trusted_v1_gw(clock: FakeClock) -> AsyncIterator[GatewayHarness]:
     """``trusted_gw`` writing manifest format version 1 (STRONGROOM_GATEWAY_MANIFEST_SEGMENTS=0): for the
-    tests of the chunk packs' collection and repacking arithmetic, whose exact pack counts and sets are
-    of the uploaded chunks alone; segment packs under GC and repack: test_gateway_segments_gc.py."""
+    explicit version 1 tests (test_gateway_manifest_v1.py: a version 1 point is collected, read and
+    synthesized from after the default changed); every other test writes the default, version 2."""
     async with _trusted(clock, manifest_segments=False) as harness:
         yield harness
 

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
@@ -283,6 +284,22 @@ def file_entry(path: str, key: bytes, contents: Sequence[bytes]) -> common_pb2.F
 
 def dir_entry(path: str) -> common_pb2.FileEntry:
     return common_pb2.FileEntry(path=path, type=common_pb2.ENTRY_TYPE_DIRECTORY, mode=0o755)
+
+
+def stamped(job_id: str, entries: Iterable[common_pb2.FileEntry]) -> list[common_pb2.FileEntry]:
+    """``entries`` with an mtime of ``job_id``'s own, so no manifest record of its point equals one of
+    another job's point: the points then share no manifest segment (format version 2, ADR 0065),
+    whatever the account's random chunk-id key. Each commit's segments go into one pack of their own,
+    referenced by that point alone (the GC and repack tests count on it: a point's segment pack lives
+    and dies with the point, and its ``segment_packs`` are exactly what it adds)."""
+    mtime = 1_000_000_000 + zlib.crc32(job_id.encode())
+    out = []
+    for entry in entries:
+        copy = common_pb2.FileEntry()
+        copy.CopyFrom(entry)
+        copy.mtime_ns = mtime
+        out.append(copy)
+    return out
 
 
 async def aiter_of(items: Iterable[Any]) -> AsyncIterator[Any]:

@@ -8,11 +8,12 @@ import datetime as dt
 
 import grpc
 import pytest
-from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry, meta
+from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry, meta, stamped
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway.gc import collector
 from strongroom_gateway.gc.repack import RepackPolicy
+from strongroom_gateway.ports import Pack
 from strongroom_platform import events
 from strongroom_platform.eventbus import PoisonRecord
 from strongroom_platform.objectstore import ObjectLocked, ObjectNotFound
@@ -34,12 +35,16 @@ def _finish(gw: GatewayHarness, job_id: str) -> None:
 
 
 async def _backup(gw: GatewayHarness, agent: Agent, job_id: str, files: dict[str, list[bytes]]) -> str:
-    """One backup job: upload every content (one pack per call), commit ``files``, finish."""
+    """One backup job: upload every content (one pack per call), commit ``files``, finish.
+
+    The point's manifest (format version 2) shares no segment with another job's (``stamped``): its
+    segments are in one pack of their own that only it references (``_segment_packs``).
+    """
     await gw.request_backup(agent, job_id)
     key = await gw.key_of(agent.account_id)
     contents = [c for chunks in files.values() for c in chunks]
     await gw.upload(agent, job_id, contents)
-    entries = [dir_entry("")] + [file_entry(path, key, chunks) for path, chunks in sorted(files.items())]
+    entries = stamped(job_id, [dir_entry("")] + [file_entry(p, key, chunks) for p, chunks in sorted(files.items())])
     point_id = (await gw.commit(agent, job_id, entries)).point_id
     _finish(gw, job_id)
     return point_id
@@ -57,6 +62,18 @@ async def _expire(gw: GatewayHarness, agent: Agent, point_id: str) -> None:
             point_ids=[point_id],
         ),
     )
+
+
+async def _chunk_pack(gw: GatewayHarness, content: bytes) -> Pack:
+    """The pack holding the uploaded ``content`` (a pack of chunks, not of manifest segments)."""
+    state = gw.store.state
+    return state.packs[state.chunks[("acct-a", chunk_id(await gw.key_of("acct-a"), content))].pack_id]
+
+
+async def _segment_packs(gw: GatewayHarness, point_id: str) -> set[Pack]:
+    """The packs holding the point's manifest segments: one for a point of ``_backup``, referenced by
+    that point alone (so its fate follows the point's, whatever the account's key)."""
+    return {gw.store.state.packs[p] for p in await gw.segment_packs(point_id)}
 
 
 def _pack_keys(gw: GatewayHarness) -> set[str]:
@@ -83,14 +100,19 @@ async def _restore(gw: GatewayHarness, agent: Agent, job_id: str, point_id: str)
     return files
 
 
-async def test_an_expired_points_packs_are_reclaimed_once_their_lock_passes(trusted_v1_gw: GatewayHarness) -> None:
-    gw = trusted_v1_gw  # format version 1: the test counts the uploaded chunks' packs
+async def test_an_expired_points_packs_are_reclaimed_once_their_lock_passes(trusted_gw: GatewayHarness) -> None:
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100], "b": [b"beta" * 100]})
     gw.clock.advance(days=1)
     live = await _backup(gw, agent, "job-2", {"c": [b"gamma" * 100]})
-    [old_pack, live_pack] = sorted(gw.store.state.packs.values(), key=lambda p: p.created_at)
-    assert gw.store.state.gc.point_packs == {old: {old_pack.pack_id}, live: {live_pack.pack_id}}
+    old_pack, live_pack = await _chunk_pack(gw, b"alpha" * 100), await _chunk_pack(gw, b"gamma" * 100)
+    old_segments, live_segments = await _segment_packs(gw, old), await _segment_packs(gw, live)
+    assert len(old_segments) == len(live_segments) == 1 and len(gw.store.state.packs) == 4
+    assert gw.store.state.gc.point_packs == {
+        old: {p.pack_id for p in {old_pack} | old_segments},
+        live: {p.pack_id for p in {live_pack} | live_segments},
+    }
 
     gw.clock.advance(hours=2)
     report = await collector.collect(_deps(gw))
@@ -98,16 +120,19 @@ async def test_an_expired_points_packs_are_reclaimed_once_their_lock_passes(trus
 
     await _expire(gw, agent, old)
     report = await collector.collect(_deps(gw))
-    # Condemned, but locked for 31 days from its writing: nothing is deleted, nothing leaves the index.
-    assert (report.packs_condemned, report.packs_reclaimed, report.objects_deleted) == (1, 0, 0)
+    # Condemned (its chunks' pack and its segments' pack), but locked for 31 days from their writing:
+    # nothing is deleted, nothing leaves the index.
+    assert (report.packs_condemned, report.packs_reclaimed, report.objects_deleted) == (2, 0, 0)
+    assert gw.store.state.gc.condemned.keys() == {p.pack_id for p in {old_pack} | old_segments}
     assert old_pack.object_key in _pack_keys(gw)
     with pytest.raises(ObjectLocked):
         await gw.objects.delete(old_pack.object_key)
 
-    gw.clock.set(old_pack.retain_until + dt.timedelta(minutes=1))
+    gw.clock.set(max(p.retain_until for p in {old_pack} | old_segments) + dt.timedelta(minutes=1))
     report = await collector.collect(_deps(gw))
-    assert (report.packs_reclaimed, report.objects_deleted, report.bytes_freed) == (1, 1, old_pack.size)
-    assert _pack_keys(gw) == {live_pack.object_key}
+    freed = old_pack.size + sum(p.size for p in old_segments)
+    assert (report.packs_reclaimed, report.objects_deleted, report.bytes_freed) == (2, 2, freed)
+    assert _pack_keys(gw) == {p.object_key for p in {live_pack} | live_segments}
     assert not any(loc.pack_id == old_pack.pack_id for loc in gw.store.state.chunks.values())
     # The expired point's manifest and disaster-recovery record are gone too; the live one stays.
     assert report.points_reclaimed == 1
@@ -128,9 +153,10 @@ async def test_a_pack_a_live_point_still_shares_is_kept(trusted_gw: GatewayHarne
     gw.clock.advance(days=1)
     # The next day's point still has "a": deduplicated, it references the first pack.
     live = await _backup(gw, agent, "job-2", {"a": [b"alpha" * 100]})
-    # Manifest format version 2: the expired point's segments are garbage unless the live point
-    # shares them (where segments are cut depends on the account's chunk-id key).
-    dead_segments = await gw.segment_packs(old) - await gw.segment_packs(live)
+    # Manifest format version 2: the expired point's segment pack is garbage (``_backup``'s points
+    # share no segment).
+    dead_segments = await gw.segment_packs(old)
+    assert len(dead_segments) == 1 and not dead_segments & await gw.segment_packs(live)
     first_pack = gw.store.state.chunks[("acct-a", chunk_id(await gw.key_of("acct-a"), b"alpha" * 100))].pack_id
     await _expire(gw, agent, old)
     gw.clock.advance(days=40)
@@ -140,18 +166,19 @@ async def test_a_pack_a_live_point_still_shares_is_kept(trusted_gw: GatewayHarne
     assert await _restore(gw, agent, "r-1", live) == {"a": b"alpha" * 100}
 
 
-async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(trusted_v1_gw: GatewayHarness) -> None:
+async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(trusted_gw: GatewayHarness) -> None:
     """kopia/PBS's race: FindMissingChunks answers "present" for a chunk of a condemned pack."""
-    gw = trusted_v1_gw  # format version 1: the test counts the uploaded chunks' packs
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
+    pack, [segments] = await _chunk_pack(gw, b"alpha" * 100), await _segment_packs(gw, old)
     await _expire(gw, agent, old)
     gw.clock.advance(days=32)
     await gw.request_backup(agent, "job-2")
     key = await gw.key_of("acct-a")
     # Condemned and unlocked, but a backup is running since before the condemnation: not reclaimed.
     report = await collector.collect(_deps(gw))
-    assert (report.packs_condemned, report.packs_reclaimed) == (1, 0)
+    assert (report.packs_condemned, report.packs_reclaimed) == (2, 0)  # the chunks' pack and the segments'
     missing = await gw.stub.FindMissingChunks(
         gateway_pb2.FindMissingChunksRequest(
             job_id="job-2", chunk_ids=[file_entry("a", key, [b"alpha" * 100]).chunk_ids[0]]
@@ -159,31 +186,34 @@ async def test_a_backup_that_reuses_a_condemned_pack_keeps_it(trusted_v1_gw: Gat
         metadata=agent.md,
     )
     assert list(missing.missing_chunk_ids) == []
-    live = (await gw.commit(agent, "job-2", [dir_entry(""), file_entry("a", key, [b"alpha" * 100])])).point_id
+    entries = stamped("job-2", [dir_entry(""), file_entry("a", key, [b"alpha" * 100])])
+    live = (await gw.commit(agent, "job-2", entries)).point_id
     _finish(gw, "job-2")
     gw.clock.advance(hours=2)
     report = await collector.collect(_deps(gw))
-    assert report.packs_reclaimed == 0  # referenced again by the new point
+    # The chunks' pack is referenced again by the new point; the expired point's segments are not.
+    assert report.packs_reclaimed == 1 and gw.store.state.gc.reclaimed.keys() == {segments.pack_id}
+    assert pack.pack_id in gw.store.state.packs and pack.object_key in _pack_keys(gw)
     assert await _restore(gw, agent, "r-1", live) == {"a": b"alpha" * 100}
 
 
 async def test_a_commit_after_its_pack_was_reclaimed_fails_instead_of_recording_a_broken_point(
-    trusted_v1_gw: GatewayHarness,
+    trusted_gw: GatewayHarness,
 ) -> None:
-    gw = trusted_v1_gw  # format version 1: the test counts the uploaded chunks' packs
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
+    pack_id = (await _chunk_pack(gw, b"alpha" * 100)).pack_id
     await _expire(gw, agent, old)
     gw.clock.advance(days=32)
-    assert (await collector.collect(_deps(gw))).packs_condemned == 1
+    assert (await collector.collect(_deps(gw))).packs_condemned == 2  # the chunks' pack and the segments'
     gw.clock.advance(hours=2)
     await gw.request_backup(agent, "job-2")  # started after the condemnation
     key = await gw.key_of("acct-a")
-    entries = [dir_entry(""), file_entry("a", key, [b"alpha" * 100])]
+    entries = stamped("job-2", [dir_entry(""), file_entry("a", key, [b"alpha" * 100])])
 
-    pack_id = next(iter(gw.store.state.packs))
     report = await collector.collect(_deps(gw))
-    assert report.packs_reclaimed == 1
+    assert report.packs_reclaimed == 2
     # The chunk left the index with its pack: the commit is refused, no point names the lost chunk.
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await gw.commit(agent, "job-2", entries)
@@ -192,17 +222,18 @@ async def test_a_commit_after_its_pack_was_reclaimed_fails_instead_of_recording_
     assert pack_id in gw.store.state.gc.reclaimed
 
 
-async def test_hold_packs_refuses_a_reclaimed_pack(trusted_v1_gw: GatewayHarness) -> None:
+async def test_hold_packs_refuses_a_reclaimed_pack(trusted_gw: GatewayHarness) -> None:
     """The commit's last check, in its own transaction (the sweep ran between lookup and record)."""
-    gw = trusted_v1_gw  # format version 1: the test counts the uploaded chunks' packs
+    gw = trusted_gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
+    pack_id = (await _chunk_pack(gw, b"alpha" * 100)).pack_id
     await _expire(gw, agent, old)
     gw.clock.advance(days=32)
     await collector.collect(_deps(gw))
     gw.clock.advance(hours=2)
     await collector.collect(_deps(gw))
-    [pack_id] = gw.store.state.gc.reclaimed
+    assert pack_id in gw.store.state.gc.reclaimed and len(gw.store.state.gc.reclaimed) == 2
     async with gw.store.transaction() as tx:
         assert await tx.hold_packs("acct-a", [pack_id, "other"]) == [pack_id]
 

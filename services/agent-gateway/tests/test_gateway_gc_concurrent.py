@@ -93,7 +93,8 @@ async def test_a_backup_runs_through_a_repack_and_the_source_is_reclaimed(
     day3 = (await gw.commit(agent, "job-3", entries)).point_id
     monkeypatch.setattr(point_packs, "extend_pack_locks", original)
     [report] = reports
-    assert (report.packs_repacked, report.repacks_refused, report.packs_condemned) == (1, 0, 1)
+    # The source repacked; it and day 1's segment pack (day 1 expired) condemned.
+    assert (report.packs_repacked, report.repacks_refused, report.packs_condemned) == (1, 0, 2)
     new = await _pack_of(gw, SMALL)
     assert new is not None and new != source
     assert new in await _references(gw, day3) and source not in await _references(gw, day3)
@@ -110,7 +111,7 @@ async def test_a_backup_runs_through_a_repack_and_the_source_is_reclaimed(
 
     await asyncio.sleep(LOCK_SECONDS + 1)
     report = await collector.collect(setup.deps())
-    assert (report.packs_reclaimed, report.objects_deleted) == (1, 1)
+    assert (report.packs_reclaimed, report.objects_deleted) == (2, 2)  # the source and day 1's segment pack
     assert source_pack.object_key not in [k async for k in gw.objects.list("packs/")]
     assert not [v async for v in gw.objects.list_versions(source_pack.object_key)]
     stored_after = await _pack_bytes(setup)

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry, meta
+from gateway_helpers import Agent, GatewayHarness, chunk_id, dir_entry, file_entry, meta, stamped
 from strongroom.events.v1 import events_pb2
 from strongroom_gateway.gc import collector
 from strongroom_gateway.migrations import SPEC
@@ -60,8 +60,7 @@ class Stack:
 async def stack(pg_logins: PgLogins) -> AsyncIterator[Stack]:
     start = dt.datetime.now(dt.UTC).replace(microsecond=0)
     pool = await pg_logins.pool(SPEC)
-    # Manifest format version 1: these tests count the uploaded chunks' packs and rows (ADR 0065).
-    gw = GatewayHarness(FakeClock(start), store=PgGatewayStore(pool), manifest_segments=False)
+    gw = GatewayHarness(FakeClock(start), store=PgGatewayStore(pool))
     await gw.start()
     try:
         yield Stack(gw, pg_logins.owner, start)
@@ -71,10 +70,11 @@ async def stack(pg_logins: PgLogins) -> AsyncIterator[Stack]:
 
 
 async def _backup(gw: GatewayHarness, agent: Agent, job_id: str, files: dict[str, list[bytes]]) -> str:
+    """One backup job; its point's segments are in a pack of their own only it references (``stamped``)."""
     await gw.request_backup(agent, job_id)
     key = await gw.key_of(agent.account_id)
     await gw.upload(agent, job_id, [c for chunks in files.values() for c in chunks])
-    entries = [dir_entry("")] + [file_entry(p, key, c) for p, c in sorted(files.items())]
+    entries = stamped(job_id, [dir_entry("")] + [file_entry(p, key, c) for p, c in sorted(files.items())])
     point_id = (await gw.commit(agent, job_id, entries)).point_id
     async with gw.store.transaction() as tx:
         job = await tx.get_job(job_id)
@@ -110,19 +110,32 @@ async def _packs(gw: GatewayHarness) -> list[tuple[str, str]]:
     return [(r["pack_id"], r["object_key"]) for r in rows]
 
 
+async def _pack_of(gw: GatewayHarness, content: bytes) -> str | None:
+    """The pack holding the uploaded ``content`` (a pack of chunks, not of manifest segments)."""
+    key = await gw.key_of("acct-a")
+    async with gw.store.transaction() as tx:
+        found = await tx.find_chunks("acct-a", [chunk_id(key, content)])
+    return next(iter(found.values())).pack_id if found else None
+
+
 async def test_reclaim_follows_the_trusted_time_and_the_references(stack: Stack) -> None:
     gw = stack.gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100], "b": [b"beta" * 100]})
     await stack.advance(days=1)
     live = await _backup(gw, agent, "job-2", {"c": [b"gamma" * 100]})
-    [(old_pack, old_key), (live_pack, live_key)] = await _packs(gw)
+    old_pack, live_pack = await _pack_of(gw, b"alpha" * 100), await _pack_of(gw, b"gamma" * 100)
+    old_segments, live_segments = await gw.segment_packs(old), await gw.segment_packs(live)
+    keys = dict(await _packs(gw))
+    assert len(keys) == 4 and len(old_segments) == len(live_segments) == 1
+    assert old_pack is not None and live_pack is not None
 
     await _expire(gw, agent, old)
     await _expire(gw, agent, old)  # delivered twice: recorded once
     await stack.advance(hours=2)
     report = await collector.collect(stack.deps())
-    assert (report.packs_condemned, report.packs_reclaimed) == (1, 0)  # locked for 31 days
+    # The chunks' and the segments' packs of the expired point, locked for 31 days.
+    assert (report.packs_condemned, report.packs_reclaimed) == (2, 0)
 
     # The function itself refuses a locked pack, whatever the caller asks.
     async with gw.store.transaction() as tx:
@@ -131,10 +144,10 @@ async def test_reclaim_follows_the_trusted_time_and_the_references(stack: Stack)
 
     await stack.advance(days=31)
     report = await collector.collect(stack.deps())
-    assert (report.packs_reclaimed, report.objects_deleted, report.points_reclaimed) == (1, 1, 1)
+    assert (report.packs_reclaimed, report.objects_deleted, report.points_reclaimed) == (2, 2, 1)
     assert await _chunk_rows(gw, old_pack) == 0 and await _chunk_rows(gw, live_pack) == 1
-    assert [k async for k in gw.objects.list("packs/")] == [live_key]
-    assert old_key != live_key and live != old
+    assert {k async for k in gw.objects.list("packs/")} == {keys[p] for p in {live_pack} | live_segments}
+    assert keys[old_pack] != keys[live_pack] and live != old
 
 
 async def test_a_commit_holding_the_lock_keeps_its_pack(stack: Stack, pg_logins: PgLogins) -> None:
@@ -144,8 +157,9 @@ async def test_a_commit_holding_the_lock_keeps_its_pack(stack: Stack, pg_logins:
     old = await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
     await _expire(gw, agent, old)
     await stack.advance(days=32)
-    assert (await collector.collect(stack.deps())).packs_condemned == 1
-    [(pack_id, _)] = await _packs(gw)
+    assert (await collector.collect(stack.deps())).packs_condemned == 2  # the chunks' and the segments' packs
+    pack_id = await _pack_of(gw, b"alpha" * 100)
+    assert pack_id is not None
     await stack.advance(hours=2)
 
     async with gw.store.transaction() as commit:
@@ -173,7 +187,8 @@ async def test_only_the_function_drops_chunk_rows_and_only_the_gateway_may_call_
     gw = stack.gw
     agent = await gw.enrolled_agent("i-1")
     await _backup(gw, agent, "job-1", {"a": [b"alpha" * 100]})
-    [(pack_id, _)] = await _packs(gw)
+    pack_id = await _pack_of(gw, b"alpha" * 100)
+    assert pack_id is not None
     gateway = await asyncpg.connect(pg_logins.service("gateway"))
     catalog = await asyncpg.connect(pg_logins.service("catalog"))
     try:
@@ -211,7 +226,8 @@ async def _two_days(stack: Stack) -> tuple[str, str]:
     gw = stack.gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
-    [(first, _)] = await _packs(gw)
+    first = await _pack_of(gw, BIG)  # (the point's segments are in a pack of their own)
+    assert first is not None
     await stack.advance(days=1)
     live = await _backup(gw, agent, "job-2", {"small": [SMALL], "other": [OTHER]})
     await _expire(gw, agent, old)
@@ -219,18 +235,12 @@ async def _two_days(stack: Stack) -> tuple[str, str]:
     return first, live
 
 
-async def _pack_of(gw: GatewayHarness, content: bytes) -> str | None:
-    key = await gw.key_of("acct-a")
-    async with gw.store.transaction() as tx:
-        found = await tx.find_chunks("acct-a", [chunk_id(key, content)])
-    return next(iter(found.values())).pack_id if found else None
-
-
 async def test_repack_moves_the_live_rows_and_the_point_restores(stack: Stack) -> None:
     gw = stack.gw
     first, live = await _two_days(stack)
     report = await collector.collect(stack.deps())
-    assert (report.packs_measured, report.packs_repacked, report.packs_condemned) == (1, 1, 1)
+    # Measured: the first pack and the expired point's segment pack (all dead); the first repacked; both condemned.
+    assert (report.packs_measured, report.packs_repacked, report.packs_condemned) == (2, 1, 2)
     new = await _pack_of(gw, SMALL)
     assert new is not None and new != first
     assert await _pack_of(gw, BIG) == first  # dead: leaves the index with its pack (ADR 0057)
@@ -325,7 +335,8 @@ async def _two_live_days(stack: Stack) -> tuple[str, str, str]:
     gw = stack.gw
     agent = await gw.enrolled_agent("i-1")
     day1 = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
-    [(first, _)] = await _packs(gw)
+    first = await _pack_of(gw, BIG)  # (the point's segments are in a pack of their own)
+    assert first is not None
     await stack.advance(days=1)
     day2 = await _backup(gw, agent, "job-2", {"big": [BIG2], "small": [SMALL]})
     await stack.advance(hours=2)
@@ -357,7 +368,7 @@ async def test_a_move_takes_the_hot_rows_only_and_new_points_leave_the_source(st
     assert await _restore(gw, agent, "r-1", day1) == {"big": BIG, "small": SMALL}
     await stack.advance(days=1)
     day3 = await _backup(gw, agent, "job-3", {"small": [SMALL]})
-    assert await _references(gw, day3) == {new}
+    assert await _references(gw, day3) == {new} | await gw.segment_packs(day3)
     assert await _restore(gw, agent, "r-2", day3) == {"small": SMALL}
 
 

@@ -27,7 +27,7 @@ from strongroom_platform.objectstore_s3 import S3ObjectStore
 from strongroom_platform.s3_policy import S3Identity, bucket_policy
 from strongroom_platform.testing import FakeClock
 from strongroom_testing.fixtures import S3Config
-from test_gateway_gc import _backup, _expire, _restore
+from test_gateway_gc import _backup, _chunk_pack, _expire, _restore, _segment_packs
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +80,7 @@ async def gateway_with_identities(s3_config: S3Config, store: GatewayStore) -> A
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     clock = FakeClock(now - dt.timedelta(days=31) + dt.timedelta(seconds=LOCK_SECONDS))
-    # Manifest format version 1: these tests count the uploaded chunks' packs (ADR 0065).
-    gw = GatewayHarness(clock, store=store, manifest_segments=False)
+    gw = GatewayHarness(clock, store=store)
     gw.objects = S3ObjectStore(_client(s3_config, gateway_key, gateway_secret), bucket, clock=SystemClock())
     reclaimer_client = _client(s3_config, reclaimer_key, reclaimer_secret)
     await gw.start()
@@ -104,11 +103,16 @@ async def test_the_reclaimer_frees_unlocked_garbage_and_the_live_point_restores(
     old = await _backup(gw, agent, "job-1", {"a": [b"expired content " * 400]})
     gw.clock.advance(days=1)  # this point's packs are locked a day longer
     live = await _backup(gw, agent, "job-2", {"b": [b"live content " * 500], "c": [b"more " * 300]})
-    [old_pack, live_pack] = sorted(gw.store.state.packs.values(), key=lambda p: p.created_at)
+    old_pack, live_pack = (
+        await _chunk_pack(gw, b"expired content " * 400),
+        await _chunk_pack(gw, b"live content " * 500),
+    )
+    [old_segments], [live_segments] = await _segment_packs(gw, old), await _segment_packs(gw, live)
     await _expire(gw, agent, old)
 
     report = await collector.collect(setup.deps())
-    assert (report.packs_condemned, report.packs_reclaimed, report.objects_deleted) == (1, 0, 0)
+    # The expired point's chunks' pack and segments' pack.
+    assert (report.packs_condemned, report.packs_reclaimed, report.objects_deleted) == (2, 0, 0)
     # Nothing locked is deleted, even when asked directly: the server refuses the reclaimer.
     with pytest.raises(S3Error) as refused:
         setup.reclaimer_client.remove_object(setup.bucket, old_pack.object_key, version_id=old_pack.version_id)
@@ -116,9 +120,10 @@ async def test_the_reclaimer_frees_unlocked_garbage_and_the_live_point_restores(
 
     await asyncio.sleep(LOCK_SECONDS + 1)
     report = await collector.collect(setup.deps())
-    assert (report.packs_reclaimed, report.objects_deleted, report.points_reclaimed) == (1, 1, 1)
+    assert (report.packs_reclaimed, report.objects_deleted, report.points_reclaimed) == (2, 2, 1)
     keys = [k async for k in gw.objects.list("")]
     assert old_pack.object_key not in keys and live_pack.object_key in keys
+    assert old_segments.object_key not in keys and live_segments.object_key in keys
     assert f"manifests/acct-a/{old}" not in keys and f"manifests/acct-a/{live}" in keys
     assert f"vault/points/acct-a/{live}" in keys and f"vault/points/acct-a/{old}" not in keys
     assert not [v async for v in gw.objects.list_versions(old_pack.object_key)]
@@ -137,13 +142,14 @@ async def test_the_live_chunks_move_and_the_source_goes_after_its_lock(setup: Se
     gw = setup.gw
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
-    [source] = gw.store.state.packs.values()
+    source = await _chunk_pack(gw, BIG)  # (the point's segments are in a pack of their own)
     gw.clock.advance(hours=1)  # within the lock slack: the source's lock is not extended
     live = await _backup(gw, agent, "job-2", {"small": [SMALL], "other": [OTHER]})
     await _expire(gw, agent, old)
 
     report = await collector.collect(setup.deps())
-    assert (report.packs_repacked, report.packs_condemned, report.objects_deleted) == (1, 1, 0)
+    # The source repacked; it and the expired point's segment pack condemned.
+    assert (report.packs_repacked, report.packs_condemned, report.objects_deleted) == (1, 2, 0)
     new_id = gw.store.state.gc.repacked[source.pack_id]
     new = gw.store.state.packs[new_id]
     key = await gw.key_of("acct-a")
@@ -153,7 +159,7 @@ async def test_the_live_chunks_move_and_the_source_goes_after_its_lock(setup: Se
 
     await asyncio.sleep(LOCK_SECONDS + 1)
     report = await collector.collect(setup.deps())
-    assert (report.packs_reclaimed, report.objects_deleted) == (1, 1)
+    assert (report.packs_reclaimed, report.objects_deleted) == (2, 2)
     keys = [k async for k in gw.objects.list("packs/")]
     assert source.object_key not in keys and new.object_key in keys
     assert not [v async for v in gw.objects.list_versions(source.object_key)]
@@ -169,7 +175,7 @@ async def test_the_hot_chunks_move_and_the_source_goes_after_its_lock_with_its_o
     agent = await gw.enrolled_agent("i-1")
     big2 = random.Random(12).randbytes(len(BIG))
     day1 = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
-    [source] = gw.store.state.packs.values()
+    source = await _chunk_pack(gw, BIG)  # (the point's segments are in a pack of their own)
     gw.clock.advance(hours=1)  # within the lock slack: the source's lock is not extended
     day2 = await _backup(gw, agent, "job-2", {"big": [big2], "small": [SMALL]})
     report = await collector.collect(setup.deps())
@@ -181,17 +187,21 @@ async def test_the_hot_chunks_move_and_the_source_goes_after_its_lock_with_its_o
     assert gw.store.state.chunks[("acct-a", chunk_id(key, BIG))].version_id == source.version_id
     gw.clock.advance(minutes=1)
     day3 = await _backup(gw, agent, "job-3", {"small": [SMALL]})
-    assert gw.store.state.gc.point_packs[day3] == {new_id}
+    assert gw.store.state.gc.point_packs[day3] == {new_id} | await gw.segment_packs(day3)
+    [day1_segments], [day2_segments] = await gw.segment_packs(day1), await gw.segment_packs(day2)
     await _expire(gw, agent, day1)
     await _expire(gw, agent, day2)
 
     report = await collector.collect(setup.deps())
     assert source.pack_id in gw.store.state.gc.condemned and report.objects_deleted == 0
+    assert {day1_segments, day2_segments} <= gw.store.state.gc.condemned.keys()
     _refused_while_locked(setup, source, new)
 
     await asyncio.sleep(LOCK_SECONDS + 1)
     report = await collector.collect(setup.deps())
-    assert (report.packs_reclaimed, report.objects_deleted) == (1, 1)
+    # The source and day 1's segment pack; day 2's, written an hour later, is locked an hour longer.
+    assert (report.packs_reclaimed, report.objects_deleted) == (2, 2)
+    assert gw.store.state.gc.reclaimed.keys() == {source.pack_id, day1_segments}
     keys = [k async for k in gw.objects.list("packs/")]
     assert source.object_key not in keys and new.object_key in keys
     assert await _restore(gw, agent, "r-1", day3) == {"small": SMALL}

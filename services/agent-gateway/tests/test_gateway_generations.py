@@ -17,7 +17,7 @@ from strongroom_gateway.gc import collector
 from strongroom_gateway.gc.repack import RepackPolicy
 from strongroom_gateway.points import packs as point_packs
 from strongroom_platform.objectstore import ObjectLocked
-from test_gateway_gc import _backup, _expire, _finish, _pack_keys, _restore
+from test_gateway_gc import _backup, _chunk_pack, _expire, _finish, _pack_keys, _restore
 
 SAFETY = dt.timedelta(hours=1)
 RNG = random.Random(43)
@@ -29,9 +29,8 @@ BIG3 = RNG.randbytes(40_000)
 
 
 @pytest.fixture
-def gw(trusted_v1_gw: GatewayHarness) -> GatewayHarness:
-    # Manifest format version 1: these tests count the uploaded chunks' packs (ADR 0065 update, session 9).
-    return trusted_v1_gw
+def gw(trusted_gw: GatewayHarness) -> GatewayHarness:
+    return trusted_gw
 
 
 def _deps(gw: GatewayHarness, **policy: float | dt.timedelta) -> collector.Deps:
@@ -46,7 +45,7 @@ async def _two_days(gw: GatewayHarness) -> tuple[str, str, str]:
     Returns (the first pack's id, day 1's point, day 2's point)."""
     agent = await gw.enrolled_agent("i-1")
     day1 = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
-    [first] = gw.store.state.packs
+    first = (await _chunk_pack(gw, BIG)).pack_id  # (its segments are in a pack of their own)
     gw.clock.advance(days=1)
     day2 = await _backup(gw, agent, "job-2", {"big": [BIG2], "small": [SMALL]})
     gw.clock.advance(hours=2)
@@ -99,7 +98,7 @@ async def test_the_hot_chunks_move_and_the_source_goes_with_its_last_older_point
 async def test_measured_once_per_newer_point_and_a_mostly_hot_pack_stays(gw: GatewayHarness) -> None:
     agent = await gw.enrolled_agent("i-1")
     await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
-    [first] = gw.store.state.packs
+    first = (await _chunk_pack(gw, BIG)).pack_id  # (its segments are in a pack of their own)
     assert (await collector.collect(_deps(gw))).packs_measured == 0  # the newest point alone uses it
     gw.clock.advance(days=1)
     await _backup(gw, agent, "job-2", {"big": [BIG], "small": [SMALL]})

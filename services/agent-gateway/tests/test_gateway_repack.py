@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry
+from gateway_helpers import GatewayHarness, chunk_id, dir_entry, file_entry, stamped
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_gateway.gc import collector
 from strongroom_gateway.gc.repack import RepackPolicy
@@ -27,9 +27,8 @@ OTHER = RNG.randbytes(3_000)
 
 
 @pytest.fixture
-def gw(trusted_v1_gw: GatewayHarness) -> GatewayHarness:
-    # Manifest format version 1: these tests count the uploaded chunks' packs (ADR 0065 update, session 9).
-    return trusted_v1_gw
+def gw(trusted_gw: GatewayHarness) -> GatewayHarness:
+    return trusted_gw
 
 
 def _deps(gw: GatewayHarness) -> collector.Deps:
@@ -38,7 +37,11 @@ def _deps(gw: GatewayHarness) -> collector.Deps:
 
 async def _two_days(gw: GatewayHarness) -> tuple[str, str, str]:
     """Day 1 backs up BIG and SMALL (one pack); day 2 only SMALL and OTHER; day 1 expires.
-    Returns (the first pack's id, the live point, the expired point)."""
+    Returns (the first pack's id, the live point, the expired point).
+
+    Each point's manifest segments are in a pack of their own only it references (``_backup``): the
+    expired point's is measured (all dead) and condemned with the first pack, never repacked.
+    """
     agent = await gw.enrolled_agent("i-1")
     old = await _backup(gw, agent, "job-1", {"big": [BIG], "small": [SMALL]})
     # The pack of the uploaded chunks (with manifest format version 2 its segments are in another).
@@ -51,13 +54,16 @@ async def _two_days(gw: GatewayHarness) -> tuple[str, str, str]:
 
 
 async def test_a_mostly_dead_pack_is_repacked_and_reclaimed_after_its_lock(gw: GatewayHarness) -> None:
-    first, live, _ = await _two_days(gw)
+    first, live, old = await _two_days(gw)
     agent_key = await gw.key_of("acct-a")
     state = gw.store.state
     source = state.packs[first]
 
+    [dead_segments] = await gw.segment_packs(old)
     report = await collector.collect(_deps(gw))
-    assert (report.packs_measured, report.packs_repacked, report.packs_condemned) == (1, 1, 1)
+    # Measured: the first pack and the expired point's segment pack; the first repacked; both condemned.
+    assert (report.packs_measured, report.packs_repacked, report.packs_condemned) == (2, 1, 2)
+    assert state.gc.condemned.keys() == {first, dead_segments}
     [new] = [p for p in state.packs.values() if p.pack_id not in (first,) and p.created_at == gw.clock.now()]
     # The live chunk moved; the dead one stays in the source until it is reclaimed (ADR 0057);
     # references follow the move.
@@ -76,9 +82,11 @@ async def test_a_mostly_dead_pack_is_repacked_and_reclaimed_after_its_lock(gw: G
     assert await _restore(gw, agent, "r-1", live) == expected
     _finish(gw, "r-1")  # (a running restore keeps the source: the last test)
 
-    # The source goes once its own lock passed (it was extended by the second point).
+    # The source goes once its own lock passed (it was extended by the second point); the expired
+    # point's segment pack, never extended, before it.
     gw.clock.set(source.retain_until - dt.timedelta(minutes=1))
-    assert (await collector.collect(_deps(gw))).packs_reclaimed == 0
+    await collector.collect(_deps(gw))
+    assert state.gc.reclaimed.keys() == {dead_segments}
     gw.clock.set(max(source.retain_until, state.points[live].created_at) + dt.timedelta(days=1, minutes=1))
     report = await collector.collect(_deps(gw))
     assert report.packs_reclaimed >= 1 and first in state.gc.reclaimed
@@ -96,7 +104,9 @@ async def test_a_pack_is_measured_once_per_expiry_and_a_mostly_live_one_is_kept(
     await _expire(gw, agent, old)
     gw.clock.advance(hours=2)
     report = await collector.collect(_deps(gw))
-    assert (report.packs_measured, report.packs_repacked) == (1, 0)
+    # The first pack (kept) and the expired point's segment pack (all dead: condemned, not repacked).
+    assert (report.packs_measured, report.packs_repacked, report.packs_condemned) == (2, 0, 1)
+    assert gw.store.state.gc.condemned.keys() == await gw.segment_packs(old)
     assert (await collector.collect(_deps(gw))).packs_measured == 0  # nothing expired since
     assert not gw.store.state.gc.repacked
     assert await _restore(gw, agent, "r-1", live) == {"big": BIG}
@@ -109,10 +119,11 @@ async def test_a_repack_while_a_backup_runs_and_the_backup_commits_after_it(gw: 
     key = await gw.key_of("acct-a")
     await gw.request_backup(agent, "job-3")
     report = await collector.collect(_deps(gw))
-    assert (report.packs_measured, report.packs_repacked, report.repacks_refused) == (1, 1, 0)
+    assert (report.packs_measured, report.packs_repacked, report.repacks_refused) == (2, 1, 0)
     new = gw.store.state.gc.repacked[first]
-    point = (await gw.commit(agent, "job-3", [dir_entry(""), file_entry("small", key, [SMALL])])).point_id
-    assert gw.store.state.gc.point_packs[point] == {new}
+    entries = stamped("job-3", [dir_entry(""), file_entry("small", key, [SMALL])])
+    point = (await gw.commit(agent, "job-3", entries)).point_id
+    assert gw.store.state.gc.point_packs[point] == {new} | await gw.segment_packs(point)
     _finish(gw, "job-3")
     assert await _restore(gw, agent, "r-1", live) == {"small": SMALL, "other": OTHER}
     assert await _restore(gw, agent, "r-2", point) == {"small": SMALL}
@@ -133,9 +144,9 @@ async def test_a_backup_deduplicating_against_moved_and_dead_chunks(gw: GatewayH
     assert (await collector.collect(_deps(gw))).packs_repacked == 1
     new = gw.store.state.gc.repacked[first]
 
-    entries = [dir_entry(""), file_entry("big", key, [BIG]), file_entry("small", key, [SMALL])]
+    entries = stamped("job-3", [dir_entry(""), file_entry("big", key, [BIG]), file_entry("small", key, [SMALL])])
     point = (await gw.commit(agent, "job-3", entries)).point_id
-    assert gw.store.state.gc.point_packs[point] == {first, new}
+    assert gw.store.state.gc.point_packs[point] == {first, new} | await gw.segment_packs(point)
     _finish(gw, "job-3")
     # Condemned by the repack's collection, referenced again (kopia's undelete): past every lock,
     # the source stays while the point lives.
@@ -157,21 +168,26 @@ async def test_a_commit_that_located_its_chunks_before_a_repack_records_the_new_
     gw.clock.advance(days=2)  # the new pack, locked like the live point, is then short of this one's lock
     original = point_packs.extend_pack_locks
     reports: list[collector.Report] = []
+    extended: list[set[str]] = []
 
     async def located_then_repacked(account_id: str, packs: Iterable[str], *args: Any) -> None:
         await original(account_id, packs, *args)
         if not reports:  # once: after the chunks were located, before the point is recorded
-            assert set(packs) == {first}
+            extended.append(set(packs))
             reports.append(await collector.collect(_deps(gw)))
 
     monkeypatch.setattr(point_packs, "extend_pack_locks", located_then_repacked)
-    point = (await gw.commit(agent, "job-3", [dir_entry(""), file_entry("small", key, [SMALL])])).point_id
+    entries = stamped("job-3", [dir_entry(""), file_entry("small", key, [SMALL])])
+    point = (await gw.commit(agent, "job-3", entries)).point_id
     [report] = reports
     assert report.packs_repacked == 1
+    # Located in the source, with the segments this commit wrote.
+    segments = await gw.segment_packs(point)
+    assert extended == [{first} | segments]
     state = gw.store.state
     new = state.gc.repacked[first]
     # Located again after the move: the point references where its chunks are now, not the source.
-    assert state.gc.point_packs[point] == {new}
+    assert state.gc.point_packs[point] == {new} | segments
     # The new pack was locked like the older points; the commit extended it to its own point's.
     assert state.packs[new].retain_until >= state.points[point].retain_until
     _finish(gw, "job-3")
@@ -207,10 +223,15 @@ async def test_measures_in_batches_bounded_by_chunk_ids(gw: GatewayHarness) -> N
     await _expire(gw, agent, day1)
     await _expire(gw, agent, day2)
     gw.clock.advance(hours=2)
-    # One pack's chunk ids at a time: two measures, two moves, each of one source.
+    key = await gw.key_of("acct-a")
+    chunk_packs = {gw.store.state.chunks[("acct-a", chunk_id(key, c))].pack_id for c in (BIG, big2)}
+    dead_segments = await gw.segment_packs(day1) | await gw.segment_packs(day2)
+    # One pack's chunk ids at a time: four measures (the two chunk packs and the expired points' two
+    # segment packs, all dead), two moves, each of one source.
     policy = collector.Policy(safety=SAFETY, repack=RepackPolicy(scan_chunks=1))
     deps = collector.Deps(gw.store, gw.objects, gw.objects, gw.keys, gw.clock, policy)
     report = await collector.collect(deps)
-    assert (report.packs_measured, report.packs_repacked) == (2, 2)
+    assert (report.packs_measured, report.packs_repacked) == (4, 2)
+    assert gw.store.state.gc.repacked.keys() == chunk_packs and len(dead_segments) == 2
     assert len(set(gw.store.state.gc.repacked.values())) == 2
     assert await _restore(gw, agent, "r-1", live) == {"small": SMALL, "small2": small2}

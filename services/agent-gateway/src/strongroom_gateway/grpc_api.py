@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import grpc
 from strongroom.agent.v1 import gateway_pb2, gateway_pb2_grpc
 from strongroom.common.v1 import common_pb2
 from strongroom.gateway.v1 import agent_admin_pb2, agent_admin_pb2_grpc
+from strongroom_platform import grpc_methods
 from strongroom_platform.auth import CallerKind
 from strongroom_platform.auth.principal import current_call, peek_call
 from strongroom_platform.clock import Clock
@@ -262,40 +262,12 @@ def register_admin(servicer: AgentAdminServicer) -> Callable[[grpc.aio.Server], 
     return add
 
 
-_SERVICE = "strongroom.agent.v1.AgentGatewayService"
 # Methods whose servicer yields serialized messages (ADR 0069): sent as they are.
-_PRESERIALIZED = ("ReadChunks",)
+_SERIALIZERS: dict[str, grpc_methods.Serializer] = {"ReadChunks": grpc_methods.as_sent}
 
 
 def register(servicer: GatewayServicer) -> Callable[[grpc.aio.Server], None]:
-    """The generated registration, with the methods of ``_PRESERIALIZED`` given a pass-through serializer."""
-
-    def add(server: grpc.aio.Server) -> None:
-        recorder = _HandlerRecorder()
-        gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server(servicer, recorder)  # type: ignore[arg-type]
-        handlers = dict(recorder.handlers)
-        for method in _PRESERIALIZED:
-            handlers[method] = handlers[method]._replace(response_serializer=_as_sent)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
-        # As the generated code does (the method is missing from grpc's type stubs).
-        server.add_registered_method_handlers(_SERVICE, handlers)  # type: ignore[attr-defined]
-
-    return add
-
-
-def _as_sent(message: bytes) -> bytes:
-    return message
-
-
-class _HandlerRecorder:
-    """Takes the method handlers the generated ``add_..._to_server`` would give a server."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, Any] = {}
-
-    def add_generic_rpc_handlers(self, handlers: object) -> None:
-        """The generic handler wraps the same method handlers as the registered ones (recorded below)."""
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
-        assert service == _SERVICE, service
-        self.handlers = handlers
+    """The generated registration, the methods of ``_SERIALIZERS`` answering through theirs."""
+    return grpc_methods.register_service(
+        gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server, servicer, _SERIALIZERS
+    )

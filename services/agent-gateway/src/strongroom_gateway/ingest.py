@@ -52,12 +52,19 @@ def pack_key(account_id: str, pack_id: str) -> str:
 
 
 @dataclass(eq=False)
-class _PendingPack:
+class PendingPack:
+    """A pack being filled, written or recorded by a ``PackWriter``; once ``done`` has succeeded,
+    ``pack_id`` names the stored pack and ``placed`` tells whether every chunk row of its blobs names
+    it (False when some blob was recorded first in another pack, e.g. by another gateway replica:
+    the chunk table keeps the first location)."""
+
     account_id: str
     blobs: list[packfile.BlobToPack] = field(default_factory=list)
     size: int = 0
     sealed: bool = False
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    pack_id: str = ""
+    placed: bool = False
 
 
 class PackWriter:
@@ -85,22 +92,26 @@ class PackWriter:
         self._clock = clock
         self.keys = keys
         self._target = target_bytes
-        self._open: dict[str, _PendingPack] = {}
+        self._open: dict[str, PendingPack] = {}
         # Chunks in an open or not yet recorded pack, per account: never buffered twice.
-        self._pending_ids: dict[str, dict[bytes, _PendingPack]] = {}
+        self._pending_ids: dict[str, dict[bytes, PendingPack]] = {}
         self.write_slots = asyncio.Semaphore(max_concurrent_writes)
         self._buffer_slots = asyncio.Semaphore(max_concurrent_writes)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def add(self, account_id: str, blob: packfile.BlobToPack) -> tuple[_PendingPack, bool]:
-        """Buffer a verified blob; return the pack that will hold it and whether it was new."""
+    async def add(self, account_id: str, blob: packfile.BlobToPack) -> tuple[PendingPack, bool]:
+        """Buffer a verified blob; return the pack that will hold it and whether it was new.
+
+        Once ``flush`` returns, the pack's ``pack_id`` names where the blob was stored and recorded,
+        unless ``placed`` is False (some blob of it had been recorded in another pack first).
+        """
         pending = self._pending_ids.setdefault(account_id, {})
         holder = pending.get(blob.chunk_id)
         if holder is not None:
             return holder, False
         pack = self._open.get(account_id)
         if pack is None:
-            pack = self._open[account_id] = _PendingPack(account_id)
+            pack = self._open[account_id] = PendingPack(account_id)
             # Nobody may await a pack whose upload failed midway; do not warn then.
             pack.done.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         pack.blobs.append(blob)
@@ -110,7 +121,7 @@ class PackWriter:
             await self._seal(pack)
         return pack, True
 
-    async def flush(self, packs: set[_PendingPack]) -> None:
+    async def flush(self, packs: set[PendingPack]) -> None:
         """Seal ``packs`` if still open and wait until all are stored and recorded (raises their error)."""
         for pack in packs:
             if not pack.sealed:
@@ -125,7 +136,7 @@ class PackWriter:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _seal(self, pack: _PendingPack) -> None:
+    async def _seal(self, pack: PendingPack) -> None:
         if pack.sealed:
             return
         # Backpressure: the caller (an upload stream) waits while too many packs are in flight.
@@ -143,7 +154,7 @@ class PackWriter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _write(self, pack: _PendingPack) -> None:
+    async def _write(self, pack: PendingPack) -> None:
         try:
             data_key = await self.keys.data_key(pack.account_id)
             # Encryption (AES-GCM) and hashing release the GIL: off the event loop, in parallel.
@@ -182,7 +193,9 @@ class PackWriter:
                 for e in encoded.entries
             ]
             async with self._store.transaction() as tx:
-                await tx.insert_pack(record, rows)
+                inserted = await tx.insert_pack(record, rows)
+            # Set before ``done``: who waited for the pack reads where its blobs were recorded.
+            pack.pack_id, pack.placed = encoded.pack_id, inserted == len(rows)
             pack.done.set_result(None)
         except BaseException as exc:
             log.warning("writing a pack of account %s failed: %s", pack.account_id, exc)
@@ -233,7 +246,7 @@ class _CallIngest:
         self._key = chunk_id_key
         self._store = store
         self._writer = writer
-        self.packs: set[_PendingPack] = set()
+        self.packs: set[PendingPack] = set()
         self.response = gateway_pb2.UploadChunksResponse()
         self._batch: list[UploadedPayload] = []
         self._batch_bytes = 0

@@ -214,14 +214,19 @@ async def write_segments(
         if ref.segment_id in missing:
             new.setdefault(ref.segment_id, (ref, content))
     blobs = await asyncio.to_thread(_compress, list(new.values()))
-    pending = set()
-    for blob in blobs:
-        pack, _ = await writer.add(account_id, blob)
-        pending.add(pack)
-    await writer.flush(pending)
-    if new:
-        # The written ones' packs are known once recorded (or another commit's, if it recorded one first).
-        for pack_id, n in (await segment_pack_refs(store, account_id, list(new))).items():
+    holders = {blob.chunk_id: (await writer.add(account_id, blob))[0] for blob in blobs}
+    await writer.flush(set(holders.values()))
+    # The writer tells which pack each written segment was recorded in. A pack some of whose blobs
+    # another replica recorded first (between the lookup above and the write) does not say which:
+    # those segments alone are located again, in the pack the chunk table names.
+    elsewhere = []
+    for segment_id, pack in holders.items():
+        if pack.placed:
+            refs[pack.pack_id] = refs.get(pack.pack_id, 0) + 1
+        else:
+            elsewhere.append(segment_id)
+    if elsewhere:
+        for pack_id, n in (await segment_pack_refs(store, account_id, elsewhere)).items():
             refs[pack_id] = refs.get(pack_id, 0) + n
     encoded = await asyncio.to_thread(encode_segment_list, [ref for ref, _ in segments])
     return WrittenSegments(encoded, list(dict.fromkeys(ref.segment_id for ref, _ in segments)), refs, len(new))
