@@ -18,7 +18,7 @@ async def test_an_idle_pool_closes_gracefully_at_once(pg_dsn: str, caplog: pytes
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT 1") == 1
     with caplog.at_level(logging.WARNING, logger="strongroom_platform.db"):
-        await close_pool(pool, timeout=5.0)
+        await close_pool(pool, within=5.0)
     assert pool.is_closing()
     assert "terminating" not in caplog.text
 
@@ -32,7 +32,7 @@ async def test_a_connection_never_released_does_not_keep_the_pool_open(
     held = await pool.acquire()
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="strongroom_platform.db"):
-        await asyncio.wait_for(close_pool(pool, timeout=0.5), timeout=30)
+        await asyncio.wait_for(close_pool(pool, within=0.5), timeout=30)
     assert time.monotonic() - started < 10
     assert pool.is_closing()
     assert "1 connection(s) were in use" in caplog.text

@@ -9,7 +9,14 @@ import asyncpg
 import pytest
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import SystemClock
-from strongroom_platform.db import Migration, close_pool, create_pool, migrate, outbox_shard_migration, outbox_traceparent_migration
+from strongroom_platform.db import (
+    Migration,
+    close_pool,
+    create_pool,
+    migrate,
+    outbox_shard_migration,
+    outbox_traceparent_migration,
+)
 from strongroom_platform.eventbus import OutgoingRecord
 from strongroom_platform.events import JOB_REQUESTED, POINT_CREATED, decode, new_meta
 from strongroom_platform.inbox import INBOX_DDL, claim_event

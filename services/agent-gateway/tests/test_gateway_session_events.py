@@ -23,8 +23,8 @@ from strongroom_gateway.repository import PgGatewayStore
 from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
-from strongroom_platform.db import close_pool
 from strongroom_platform.clock import SystemClock
+from strongroom_platform.db import close_pool
 from strongroom_platform.eventbus import Record
 from strongroom_platform.events import new_meta, to_timestamp
 from strongroom_platform.pg_roles import migrate_schemas

@@ -72,23 +72,23 @@ async def create_pool(
     return pool
 
 
-async def close_pool(pool: asyncpg.Pool, *, timeout: float = 10.0) -> None:
-    """Close ``pool``, waiting at most ``timeout`` seconds for its connections; then close the rest at once.
+async def close_pool(pool: asyncpg.Pool, *, within: float = 10.0) -> None:
+    """Close ``pool``, waiting at most ``within`` seconds for its connections; then close the rest at once.
 
     asyncpg's ``Pool.close`` waits without limit for every connection to be released and to finish
     its close handshake. A connection still held by a task that will not give it back, or one whose
     server went away mid-close (a backend terminated under load), would keep the process from ever
     exiting: a service would not stop on SIGTERM, a test session would hang in teardown. After
-    ``timeout`` the pool is terminated (sockets closed, nothing waited for) and a warning says how
+    ``within`` seconds the pool is terminated (sockets closed, nothing waited for) and a warning says how
     many connections were in use when the close began.
     """
     in_use = pool.get_size() - pool.get_idle_size()  # before closing: a cancelled close resets the count
     try:
-        await asyncio.wait_for(pool.close(), timeout)
+        await asyncio.wait_for(pool.close(), within)
     except TimeoutError:
         log.warning(
             "closing the database pool took over %.1f s (%d connection(s) were in use); terminating it",
-            timeout,
+            within,
             in_use,
         )
         pool.terminate()
