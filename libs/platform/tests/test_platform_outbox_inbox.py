@@ -9,7 +9,14 @@ import asyncpg
 import pytest
 from strongroom.events.v1 import events_pb2
 from strongroom_platform.clock import SystemClock
-from strongroom_platform.db import Migration, create_pool, migrate, outbox_shard_migration, outbox_traceparent_migration
+from strongroom_platform.db import (
+    Migration,
+    close_pool,
+    create_pool,
+    migrate,
+    outbox_shard_migration,
+    outbox_traceparent_migration,
+)
 from strongroom_platform.eventbus import OutgoingRecord
 from strongroom_platform.events import JOB_REQUESTED, POINT_CREATED, decode, new_meta
 from strongroom_platform.inbox import INBOX_DDL, claim_event
@@ -66,7 +73,7 @@ async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     try:
         yield pool
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 def job(job_id: str) -> events_pb2.JobRequested:
@@ -247,6 +254,7 @@ async def test_relay_listens_again_after_its_connection_is_killed(pool: asyncpg.
             killed = await conn.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                f" AND application_name = 'strongroom-{SCHEMA}'"  # this pool's only, not other tests' servers
             )
         assert killed >= 1
         await asyncio.sleep(1.5)  # the listener notices, waits its retry pause and listens again

@@ -24,6 +24,7 @@ from strongroom_gateway.sessions import SessionRegistry
 from strongroom_gateway.testing import InMemoryGatewayStore
 from strongroom_platform import events
 from strongroom_platform.clock import SystemClock
+from strongroom_platform.db import close_pool
 from strongroom_platform.eventbus import Record
 from strongroom_platform.events import new_meta, to_timestamp
 from strongroom_platform.pg_roles import migrate_schemas
@@ -134,7 +135,7 @@ async def processes(pg_logins: PgLogins) -> AsyncIterator[tuple[Process, Process
     async with AsyncExitStack() as stack:
         pools = [await pg_logins.pool(SPEC) for _ in range(2)]
         for pool in pools:
-            stack.push_async_callback(pool.close)
+            stack.push_async_callback(close_pool, pool)
         yield Process(stack, pools[0]), Process(stack, pools[1])
 
 

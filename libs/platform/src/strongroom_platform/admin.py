@@ -41,7 +41,7 @@ from strongroom_platform.auth import Role
 from strongroom_platform.auth.token_api import bootstrap_token
 from strongroom_platform.auth.tokens_pg import AUTH_SCHEMA, PgTokenStore
 from strongroom_platform.clock import Clock, SystemClock
-from strongroom_platform.db import SchemaNewerThanCode, create_pool
+from strongroom_platform.db import SchemaNewerThanCode, close_pool, create_pool
 from strongroom_platform.pg_roles import SERVICE_ROLES, LoginRefused, PrivilegeError, migrate_schemas
 from strongroom_platform.s3_policy import S3Identity, bucket_policy, identity_policy
 from strongroom_platform.schemas import PLATFORM_SPECS, installed_specs
@@ -70,7 +70,7 @@ async def create_admin_token(
             accounts, role, name=name, lifetime=lifetime, store=PgTokenStore(pool), clock=clock or SystemClock()
         )
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 def read_passwords(directory: Path) -> dict[str, str]:

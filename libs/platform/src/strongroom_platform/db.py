@@ -12,7 +12,9 @@ A service's store port opens transactions (``async with store.transaction() as t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -23,6 +25,8 @@ import asyncpg
 from google.protobuf.message import Message
 
 from strongroom_platform import audit, inbox, outbox
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,28 @@ async def create_pool(
     )
     assert pool is not None  # create_pool only returns None when awaited lazily
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, *, within: float = 10.0) -> None:
+    """Close ``pool``, waiting at most ``within`` seconds for its connections; then close the rest at once.
+
+    asyncpg's ``Pool.close`` waits without limit for every connection to be released and to finish
+    its close handshake. A connection still held by a task that will not give it back, or one whose
+    server went away mid-close (a backend terminated under load), would keep the process from ever
+    exiting: a service would not stop on SIGTERM, a test session would hang in teardown. After
+    ``within`` seconds the pool is terminated (sockets closed, nothing waited for) and a warning says how
+    many connections were in use when the close began.
+    """
+    in_use = pool.get_size() - pool.get_idle_size()  # before closing: a cancelled close resets the count
+    try:
+        await asyncio.wait_for(pool.close(), within)
+    except TimeoutError:
+        log.warning(
+            "closing the database pool took over %.1f s (%d connection(s) were in use); terminating it",
+            within,
+            in_use,
+        )
+        pool.terminate()
 
 
 class SchemaNewerThanCode(Exception):

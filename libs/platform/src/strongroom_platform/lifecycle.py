@@ -18,7 +18,7 @@ import grpc
 
 from strongroom_platform import outbox
 from strongroom_platform.clock import Clock
-from strongroom_platform.db import create_pool
+from strongroom_platform.db import close_pool, create_pool
 from strongroom_platform.eventbus import ConsumerFactory, EventConsumer, EventPublisher, Handler
 from strongroom_platform.health import health_of, serve_health_only, stop_server
 from strongroom_platform.pg_roles import SchemaSpec, check_service_login, migrate_schemas
@@ -53,7 +53,7 @@ async def open_pool(
     if settings.pg_migrate_dsn is not None:
         await migrate_schemas(settings.pg_migrate_dsn, with_platform(spec), tls=tls)
     pool = await create_pool(settings.pg_dsn, spec.schema, max_size=max_size, tls=tls)
-    stack.push_async_callback(pool.close)
+    stack.push_async_callback(close_pool, pool)
     async with pool.acquire() as proxy:
         conn = cast(asyncpg.Connection, proxy)  # the pool hands out a proxy that forwards every call
         await check_service_login(conn, spec)
