@@ -119,7 +119,7 @@ class Table:
 
 async def amain(args: argparse.Namespace) -> int:
     work: Path = args.work
-    day1 = dataset.day1_tree(work, quick=args.quick)
+    day1 = dataset.day1_tree(work, quick=args.quick).resolve()  # a symlinked tree: the tools back up its target
     source_files = count_files(day1)
     bench = StrongroomBench(work / "strongroom-s3-connections", s3_tls=not args.plain)
     shutil.rmtree(bench.work, ignore_errors=True)
