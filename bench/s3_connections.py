@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import statistics
@@ -174,12 +175,10 @@ async def amain(args: argparse.Namespace) -> int:
                     shutil.rmtree(inst.state_dir, ignore_errors=True)
                 for tool, peer in peer_list:
                     dest = TMPFS / f"s3-connections-{uuid.uuid4().hex[:6]}"
-                    before, s3_before = load(), cpu_seconds(s3_pid)
-                    try:
-                        m = await asyncio.to_thread(peer.restore, day1, "day1", dest)
-                        s3 = cpu_seconds(s3_pid) - s3_before
-                    finally:
-                        shutil.rmtree(dest, ignore_errors=True)
+                    before = load()
+                    m, s3 = await asyncio.to_thread(
+                        peer.restore_removed, day1, "day1", dest, functools.partial(cpu_seconds, s3_pid)
+                    )
                     table.add(f"{tool} restore, wall (s)", side, m.wall)
                     table.add(f"{tool} restore, {tool} CPU (s)", side, m.cpu)
                     table.add(f"{tool} restore, versitygw CPU (s)", side, s3)
