@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -351,6 +352,18 @@ class Peer:
             rel = str(source / include if include else source).lstrip("/")
             return self._run([exe, "extract", f"{self._borg_repo()}::{tag}", rel], cwd=target)
         raise ValueError(self.tool)
+
+    def restore_removed(
+        self, source: Path, tag: str, target: Path, server_cpu: Callable[[], float]
+    ) -> tuple[Measured, float]:
+        """:meth:`restore` into ``target``, removed afterwards whatever happens; with the CPU seconds
+        ``server_cpu`` (the S3 server's counter) grew by during it."""
+        before = server_cpu()
+        try:
+            measured = self.restore(source, tag, target)
+            return measured, server_cpu() - before
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
 
     def local_bytes(self) -> int:
         total = 0

@@ -269,12 +269,8 @@ async def amain(args: argparse.Namespace) -> int:
                     )
                 for name, peer in peer_list:
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
-                    before, s3_before = load(), s3_cpu(bench)
-                    try:
-                        m = await asyncio.to_thread(peer.restore, day1, "day1", dest)
-                        s3 = s3_cpu(bench) - s3_before
-                    finally:
-                        shutil.rmtree(dest, ignore_errors=True)
+                    before = load()
+                    m, s3 = await asyncio.to_thread(peer.restore_removed, day1, "day1", dest, lambda: s3_cpu(bench))
                     table.restore(f"round {n + 1}", kind, name, m.wall, m.cpu, m.peak_rss, before, s3=s3)
     except BaseException:
         # The services' and agents' logs outlive a failed run (the stack's directory is removed below).

@@ -1,8 +1,8 @@
 """Client TLS to the backends, against real servers: PostgreSQL with ``ssl=on``, versitygw with a certificate.
 
 Both servers are started here with certificates from the built-in CA (the shared session fixtures
-serve plaintext). The launchers in ``strongroom_servers`` have no TLS option yet, so PostgreSQL gets
-its TLS through ``ALTER SYSTEM`` + reload and versitygw is run directly with ``--cert/--key``.
+serve plaintext). PostgreSQL gets its TLS through ``ALTER SYSTEM`` + reload; versitygw through its
+launcher's ``tls``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import glob
 import os
 import shutil
-import socket
 import ssl
 import uuid
 from collections.abc import Iterator
@@ -25,11 +24,12 @@ from strongroom_platform import certs
 from strongroom_platform.certs import CertificateAuthority
 from strongroom_platform.clock import SystemClock
 from strongroom_platform.db import create_pool
+from strongroom_platform.objectstore import ObjectNotFound
 from strongroom_platform.objectstore_s3 import S3ObjectStore
 from strongroom_platform.settings import BackendTls, S3Settings
 from strongroom_platform.tls import backend_ssl_context, client_ssl_context
-from strongroom_servers import LocalPostgres, PrerequisiteMissing, ensure_versitygw, free_port
-from strongroom_servers._process import ManagedProcess
+from strongroom_servers import LocalPostgres, LocalVersityGW, PrerequisiteMissing, S3ServerTls
+from strongroom_testing.fixtures import start_or_skip
 
 pytestmark = pytest.mark.integration
 
@@ -144,75 +144,20 @@ async def test_postgres_refuses_plaintext_and_we_refuse_a_foreign_certificate(tl
 # -- S3 ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TlsS3:
-    endpoint: str
-    access_key: str
-    secret_key: str
-
-
-def _handshakes(port: int, ca_file: Path) -> bool:
-    try:
-        context = client_ssl_context(ca_file=ca_file)
-        with (
-            socket.create_connection((HOST, port), timeout=1.0) as raw,
-            context.wrap_socket(raw, server_hostname=HOST),
-        ):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def tls_s3(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsS3]:
+def tls_s3(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalVersityGW]:
     """versitygw serving HTTPS only with a certificate of the built-in CA."""
-    try:
-        binary = ensure_versitygw()
-    except PrerequisiteMissing as exc:
-        pytest.skip(f"no versitygw: {exc}")
-    work = tmp_path_factory.mktemp("s3-tls")
-    for name in ("root", "versions", "meta"):
-        (work / name).mkdir()
     cert_file, key_file = pki.server_pair("s3")
-    port = free_port()
-    secret = uuid.uuid4().hex
-    env = dict(os.environ, ROOT_ACCESS_KEY="strongroom", ROOT_SECRET_KEY=secret)
-    proc = ManagedProcess(
-        "versitygw-tls",
-        [
-            str(binary),
-            "--port",
-            f"{HOST}:{port}",
-            "--cert",
-            str(cert_file),
-            "--key",
-            str(key_file),
-            "--quiet",
-            "posix",
-            "--versioning-dir",
-            str(work / "versions"),
-            "--sidecar",
-            str(work / "meta"),
-            str(work / "root"),
-        ],
-        work / "versitygw.log",
-        env=env,
-        cwd=work,
-        stop_timeout=10.0,
-    )
-    proc.start()
-    try:
-        proc.wait_until(lambda: _handshakes(port, pki.ca_file), timeout=30.0, what=f"TLS handshake on {port}")
-        yield TlsS3(f"{HOST}:{port}", "strongroom", secret)
-    finally:
-        proc.stop()
+    tls = S3ServerTls(cert_file, key_file, pki.ca_file)
+    with start_or_skip(LocalVersityGW(tmp_path_factory.mktemp("s3-tls"), tls=tls)) as server:
+        yield server
 
 
-def _settings(s3: TlsS3, *, secure: bool, ca_file: Path | None, bucket: str) -> S3Settings:
+def _settings(s3: LocalVersityGW, *, secure: bool, ca_file: Path | None, bucket: str) -> S3Settings:
     return S3Settings(s3.endpoint, s3.access_key, s3.secret_key, secure, bucket, "us-east-1", ca_file)
 
 
-async def test_s3_store_over_verified_tls(tls_s3: TlsS3, pki: Pki) -> None:
+async def test_s3_store_over_verified_tls(tls_s3: LocalVersityGW, pki: Pki) -> None:
     bucket = f"tls-{uuid.uuid4().hex[:12]}"
     store = S3ObjectStore.from_settings(_settings(tls_s3, secure=True, ca_file=pki.ca_file, bucket=bucket))
     await store.ensure_bucket()
@@ -220,7 +165,7 @@ async def test_s3_store_over_verified_tls(tls_s3: TlsS3, pki: Pki) -> None:
     assert await store.get("k") == b"over tls"
 
 
-async def test_s3_store_refuses_a_foreign_certificate_and_plaintext_fails(tls_s3: TlsS3, pki: Pki) -> None:
+async def test_s3_store_refuses_a_foreign_certificate_and_plaintext_fails(tls_s3: LocalVersityGW, pki: Pki) -> None:
     foreign = S3ObjectStore.from_settings(
         _settings(tls_s3, secure=True, ca_file=pki.other_ca_file, bucket="tls-foreign"),
         clock=SystemClock(),
@@ -230,3 +175,40 @@ async def test_s3_store_refuses_a_foreign_certificate_and_plaintext_fails(tls_s3
     plain = S3ObjectStore.from_settings(_settings(tls_s3, secure=False, ca_file=None, bucket="tls-plain"))
     with pytest.raises(urllib3.exceptions.MaxRetryError, match="Connection aborted"):
         await plain.ensure_bucket()
+
+
+async def test_s3_store_reuses_its_tls_connections(
+    tls_s3: LocalVersityGW, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every kind of request, one at a time and many at once, opens at most ``max_concurrency``
+    TLS connections: a reply (an error, a range, a HEAD) always gives its connection back, and the
+    pool keeps one for each thread that may use it (ADR 0070)."""
+    connects: list[object] = []
+    connect = urllib3.connection.HTTPSConnection.connect
+
+    def counted(conn: urllib3.connection.HTTPSConnection) -> None:
+        connects.append(conn)
+        connect(conn)
+
+    monkeypatch.setattr(urllib3.connection.HTTPSConnection, "connect", counted)
+    bucket = f"tls-{uuid.uuid4().hex[:12]}"
+    limit = 3
+    settings = _settings(tls_s3, secure=True, ca_file=pki.ca_file, bucket=bucket)
+    store = S3ObjectStore.from_settings(settings, max_concurrency=limit)
+    await store.ensure_bucket()
+    data = os.urandom(256 << 10)
+    for n in range(8):
+        await store.put(f"k{n}", data, new_key=n % 2 == 0)
+        assert await store.get(f"k{n}") == data
+        assert await store.get(f"k{n}", offset=1000, length=100) == data[1000:1100]
+        assert await store.get(f"k{n}", offset=len(data) + 1, length=10) == b""  # InvalidRange
+        assert (await store.stat(f"k{n}")).size == len(data)
+        with pytest.raises(ObjectNotFound):
+            await store.get(f"missing{n}")
+    assert 1 <= len(connects) <= limit, f"{len(connects)} connections for 48 requests one at a time"
+    ranges = [store.get(f"k{n % 8}", offset=n, length=4096) for n in range(40)]
+    puts = [store.put(f"p{n}", data, new_key=True) for n in range(12)]
+    got = await asyncio.gather(*ranges, *puts)
+    assert got[:40] == [data[n : n + 4096] for n in range(40)]
+    assert [key async for key in store.list("p")] == sorted(f"p{n}" for n in range(12))
+    assert len(connects) <= limit, f"{len(connects)} connections for {limit} threads"

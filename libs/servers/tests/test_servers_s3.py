@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,24 @@ def client(gateway: LocalVersityGW) -> Minio:
 
 def test_server_info(gateway: LocalVersityGW) -> None:
     assert gateway.server_info() == f"versitygw {VERSITYGW_VERSION} (Server: VERSITYGW)"
+
+
+def test_connections_are_kept_alive(gateway: LocalVersityGW) -> None:
+    # versitygw's own default closes every connection after one answer (ADR 0070).
+    host, port = gateway.endpoint.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        sockets = []
+        for _ in range(3):
+            conn.request("GET", "/")  # unauthenticated: 403, with a body, as any S3 server answers
+            response = conn.getresponse()
+            response.read()
+            assert response.getheader("Connection", "").lower() != "close"
+            assert not response.will_close
+            sockets.append(conn.sock)
+        assert sockets[0] is not None and all(sock is sockets[0] for sock in sockets)
+    finally:
+        conn.close()
 
 
 def test_compliance_retention_blocks_delete(client: Minio) -> None:

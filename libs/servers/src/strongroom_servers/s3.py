@@ -102,7 +102,10 @@ class LocalVersityGW(LocalServer):
     it answers HTTP with its Server header; raises ServerStartError with the log tail otherwise.
     Object metadata lives in ``user.*`` xattrs; on a filesystem without them a sidecar dir
     (``work_dir/meta``) is used. One root account, ``access_key`` / ``secret_key`` (a random secret
-    unless given). With ``tls`` it serves HTTPS only, presenting ``tls.cert_file``. ``stop()``:
+    unless given). With ``tls`` it serves HTTPS only, presenting ``tls.cert_file``. ``keep_alive``
+    (default on) keeps client connections open between requests, as AWS S3 and MinIO do; versitygw's
+    own default answers every request with ``Connection: close``, so each request paid a new TCP
+    connection and, over TLS, a full handshake on both sides (ADR 0070). ``stop()``:
     SIGTERM, SIGKILL after ``stop_timeout``. Log: ``work_dir/versitygw.log``. The gateway does not
     outlive the process that started it (ADR 0022).
     """
@@ -120,6 +123,7 @@ class LocalVersityGW(LocalServer):
         version: str = VERSITYGW_VERSION,
         binary: Path | None = None,
         tls: S3ServerTls | None = None,
+        keep_alive: bool = True,
         start_timeout: float = 30.0,
         stop_timeout: float = 15.0,
     ) -> None:
@@ -130,6 +134,7 @@ class LocalVersityGW(LocalServer):
         self.version = version
         self._binary = binary
         self.tls = tls
+        self.keep_alive = keep_alive
         self._backend: list[str] = []
 
     @property
@@ -204,6 +209,7 @@ class LocalVersityGW(LocalServer):
         # Credentials through the environment, so they do not show in `ps`.
         env.update(ROOT_ACCESS_KEY=self.access_key, ROOT_SECRET_KEY=self.secret_key)
         tls = [] if self.tls is None else ["--cert", str(self.tls.cert_file), "--key", str(self.tls.key_file)]
+        keep_alive = ["--keep-alive"] if self.keep_alive else []
         return ManagedProcess(
             "versitygw",
             [
@@ -211,6 +217,7 @@ class LocalVersityGW(LocalServer):
                 "--port",
                 f"127.0.0.1:{port}",
                 "--quiet",
+                *keep_alive,
                 *tls,
                 # Internal IAM (accounts in a file under work_dir/iam): least-privilege identities
                 # can be created with create_user() and governed by a bucket policy (ADR 0035).
