@@ -30,16 +30,24 @@ def write(tmp_path: Path, writer: ContentWriter, chunks: list[Encoded]) -> bytes
     return path.read_bytes()
 
 
-def test_chunks_fill_the_buffer_are_written_and_it_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Decoded chunks share one buffer of 100 bytes: written when the next does not fit, then reused."""
-    writes: list[list[bytes]] = []
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[type, bytes]]]:
+    """Every ``os.writev`` call's pieces: (type, content)."""
+    calls: list[list[tuple[type, bytes]]] = []
     real_writev = os.writev
 
     def writev(fd: int, buffers: list[bytes]) -> int:
-        writes.append([bytes(b) for b in buffers])
+        calls.append([(type(b), bytes(b)) for b in buffers])
         return real_writev(fd, buffers)
 
     monkeypatch.setattr(os, "writev", writev)
+    return calls
+
+
+def test_chunks_fill_the_buffer_are_written_and_it_is_reused(
+    tmp_path: Path, writes: list[list[tuple[type, bytes]]]
+) -> None:
+    """Decoded chunks share one buffer of 100 bytes: written when the next does not fit, then reused."""
     contents = [bytes([65 + n]) * size for n, size in enumerate([40, 50, 30, 250, 60, 20])]
     chunks = [zstd(bytes([n]), c) for n, c in enumerate(contents)]
     chunks[2] = Encoded(b"\x02", contents[2], NONE, 30)  # sent as is: not in the buffer
@@ -47,25 +55,17 @@ def test_chunks_fill_the_buffer_are_written_and_it_is_reused(tmp_path: Path, mon
     assert write(tmp_path, writer, chunks) == b"".join(contents)
     # 40+50 go into the buffer, the stored 30 rides along, 250 (larger than the buffer) gets a buffer of its
     # own; 60 does not fit: what the buffer holds is written first, then 60+20 reuse it.
-    assert writes == [contents[:4], contents[4:]]
+    assert [[content for _, content in call] for call in writes] == [contents[:4], contents[4:]]
     # The next file reuses the same buffer.
     again = [zstd(b"x", b"y" * 100)]
     assert write(tmp_path, writer, again) == b"y" * 100
 
 
-def test_small_chunks_are_inflated_into_new_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kinds: list[list[type]] = []
-    real_writev = os.writev
-
-    def writev(fd: int, buffers: list[bytes]) -> int:
-        kinds.append([type(b) for b in buffers])
-        return real_writev(fd, buffers)
-
-    monkeypatch.setattr(os, "writev", writev)
+def test_small_chunks_are_inflated_into_new_memory(tmp_path: Path, writes: list[list[tuple[type, bytes]]]) -> None:
     writer = ContentWriter(size=100, into_buffer_min=50)
     contents = [b"a" * 49, b"b" * 50, b"c" * 49]
     assert write(tmp_path, writer, [zstd(bytes([n]), c) for n, c in enumerate(contents)]) == b"".join(contents)
-    assert kinds == [[bytes, memoryview, bytes]]  # only the 50 bytes went through the buffer
+    assert [[kind for kind, _ in call] for call in writes] == [[bytes, memoryview, bytes]]  # 50 went via the buffer
 
 
 @pytest.mark.parametrize("into_buffer_min", [0, 1000], ids=["into-buffer", "new-memory"])
