@@ -51,7 +51,7 @@ def test_chunks_fill_the_buffer_are_written_and_it_is_reused(
     contents = [bytes([65 + n]) * size for n, size in enumerate([40, 50, 30, 250, 60, 20])]
     chunks = [zstd(bytes([n]), c) for n, c in enumerate(contents)]
     chunks[2] = Encoded(b"\x02", contents[2], NONE, 30)  # sent as is: not in the buffer
-    writer = ContentWriter(size=100)
+    writer = ContentWriter(size=100, into_buffer_min=0)
     assert write(tmp_path, writer, chunks) == b"".join(contents)
     # 40+50 go into the buffer, the stored 30 rides along, 250 (larger than the buffer) gets a buffer of its
     # own; 60 does not fit: what the buffer holds is written first, then 60+20 reuse it.
@@ -61,12 +61,20 @@ def test_chunks_fill_the_buffer_are_written_and_it_is_reused(
     assert write(tmp_path, writer, again) == b"y" * 100
 
 
-def test_a_chunk_that_does_not_inflate_to_its_length_names_the_chunk(tmp_path: Path) -> None:
+def test_small_chunks_are_inflated_into_new_memory(tmp_path: Path, writes: list[list[tuple[type, bytes]]]) -> None:
+    writer = ContentWriter(size=100, into_buffer_min=50)
+    contents = [b"a" * 49, b"b" * 50, b"c" * 49]
+    assert write(tmp_path, writer, [zstd(bytes([n]), c) for n, c in enumerate(contents)]) == b"".join(contents)
+    assert [[kind for kind, _ in call] for call in writes] == [[bytes, memoryview, bytes]]  # 50 went via the buffer
+
+
+@pytest.mark.parametrize("into_buffer_min", [0, 1000], ids=["into-buffer", "new-memory"])
+def test_a_chunk_that_does_not_inflate_to_its_length_names_the_chunk(tmp_path: Path, into_buffer_min: int) -> None:
     good = zstd(b"\x01", b"good" * 10)
     frame = zstandard.compress(b"bad!" * 100)
     corrupt = Encoded(b"\x02", frame[:-8] + b"\0" * 8, ZSTD, 400)
     with pytest.raises(EntryProblem, match="chunk 02 of this file is damaged in storage \\(does not decode: corrupt"):
-        write(tmp_path, ContentWriter(size=1000), [good, corrupt])
+        write(tmp_path, ContentWriter(size=1000, into_buffer_min=into_buffer_min), [good, corrupt])
 
 
 def test_a_files_chunks_are_checked_before_anything_is_written() -> None:

@@ -5,10 +5,8 @@ that needs them is written, straight into one reused buffer per writer
 (``ContentWriter``) and written from there with ``writev``: inflating each
 chunk into new memory cost three times the CPU of inflating into a reused
 buffer for 1 MiB chunks (page faults), and held a batch's whole decoded
-content at once (ADR 0072). Small chunks go through the buffer too: that costs
-~0.7 µs more per chunk than new memory, and kept the agent's peak RSS ~13 MB
-lower in the A/B. A chunk several files share is decoded once per file that
-uses it.
+content at once (ADR 0072). A chunk several files share is decoded once per
+file that uses it.
 
 Checks: before a file is created, every chunk it needs must have been sent,
 undamaged, and declare (in its header, nothing inflated) the length the sum
@@ -25,13 +23,17 @@ from typing import NamedTuple
 
 from strongroom.agent.v1 import gateway_pb2
 
-from strongroom_agent.chunking import decode_zstd_into, decoded_length
+from strongroom_agent.chunking import decode_chunk, decode_zstd_into, decoded_length
 from strongroom_agent.gateway_client import ChunkSent
 from strongroom_agent.restore.destination import Destination, EntryProblem
 
 # Decoded chunks fill one buffer of this size per writer before they are written (one writev);
 # a larger chunk gets a buffer of its own (chunks are at most the chunker's maximum, 4 MiB by default).
 DECODE_BUFFER_BYTES = 4 << 20
+# A smaller chunk is inflated into new memory: the allocator serves it from memory it holds, and a
+# stream reader per chunk cost more than that (decoding and writing 20,000 of the source tree's files:
+# +12% CPU; the buffer's gain is on large chunks: -25% over 384 MiB of large files; ADR 0072).
+INTO_BUFFER_MIN = 128 << 10
 
 
 def damage_reason(chunk_id: bytes, damage: str) -> str:
@@ -84,10 +86,14 @@ class Contents:
 
 
 class ContentWriter:
-    """Writes files' chunks, inflating the compressed ones into one reused buffer (one writer at a time)."""
+    """Writes files' chunks, inflating the larger compressed ones into one reused buffer (one writer at a time).
 
-    def __init__(self, size: int = DECODE_BUFFER_BYTES) -> None:
+    ``size``: the buffer; ``into_buffer_min``: smaller chunks are inflated into new memory.
+    """
+
+    def __init__(self, size: int = DECODE_BUFFER_BYTES, into_buffer_min: int = INTO_BUFFER_MIN) -> None:
         self._size = size
+        self._into_buffer_min = into_buffer_min
         self._buffer: memoryview | None = None
 
     def write(self, fd: int, chunks: Sequence[Encoded]) -> int:
@@ -106,6 +112,9 @@ class ContentWriter:
                 pieces.append(chunk.data)
                 continue
             try:
+                if length < self._into_buffer_min:
+                    pieces.append(decode_chunk(chunk.data, chunk.compression, length))
+                    continue
                 if length > self._size:
                     target = memoryview(bytearray(length))
                 else:
