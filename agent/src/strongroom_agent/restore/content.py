@@ -1,12 +1,12 @@
 """A restore's file content: chunks as the gateway sent them, decoded as they are written.
 
 A batch's chunks are kept as sent (compressed) and decoded only when a file
-that needs them is written, straight into one reused buffer per writer
-(``ContentWriter``) and written from there with ``writev``: inflating each
-chunk into new memory cost three times the CPU of inflating into a reused
-buffer for 1 MiB chunks (page faults), and held a batch's whole decoded
-content at once (ADR 0072). A chunk several files share is decoded once per
-file that uses it.
+that needs them is written: a chunk of ``INTO_BUFFER_MIN`` or more straight
+into one reused buffer per writer (``ContentWriter``), written from there with
+``writev``; inflating such chunks into new memory cost three times the CPU
+(page faults), and the batch's whole decoded content was held at once (ADR
+0072). Smaller chunks are inflated into new memory, cheaper for them. A chunk
+several files share is decoded once per file that uses it.
 
 Checks: before a file is created, every chunk it needs must have been sent,
 undamaged, and declare (in its header, nothing inflated) the length the sum
