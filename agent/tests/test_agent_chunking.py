@@ -15,6 +15,8 @@ from strongroom_agent.chunking import (
     chunk_id,
     compress,
     decode_chunk,
+    decode_zstd_into,
+    decoded_length,
 )
 
 KEY = bytes(range(32))
@@ -125,3 +127,25 @@ def test_decode_chunk_checks_the_length_before_inflating() -> None:
         decode_chunk(content, gateway_pb2.CHUNK_COMPRESSION_NONE, 5)
     with pytest.raises(ValueError, match="unknown compression code 9"):
         decode_chunk(content, 9, len(content))
+
+
+def test_decode_zstd_into_fills_the_callers_buffer_exactly() -> None:
+    content = b"restore me " * 1000
+    frame = zstandard.ZstdCompressor().compress(content)
+    assert decoded_length(frame, gateway_pb2.CHUNK_COMPRESSION_ZSTD, len(content)) == len(content)
+    buffer = bytearray(len(content) + 5)
+    decode_zstd_into(frame, memoryview(buffer)[: len(content)])
+    assert bytes(buffer[: len(content)]) == content and buffer[len(content) :] == bytes(5)
+    for bad, reason in (
+        (frame[:-8] + b"\0" * 8, "corrupt zstd frame"),  # the last block damaged
+        (frame[:-3], "content is 0 bytes, expected 11000"),  # cut short: its last block is missing
+        (frame + b"more", "corrupt zstd frame"),  # bytes beyond the frame
+    ):
+        with pytest.raises(ValueError, match=reason):
+            decode_zstd_into(bad, memoryview(bytearray(len(content))))
+    # A frame that holds more than its buffer (its header checked against another length) is refused.
+    with pytest.raises(ValueError, match="content is more than the expected 10 bytes"):
+        decode_zstd_into(frame, memoryview(bytearray(10)))
+    with pytest.raises(ValueError, match="declares 11000 bytes, expected 10"):
+        decoded_length(frame, gateway_pb2.CHUNK_COMPRESSION_ZSTD, 10)
+    assert decoded_length(content, gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED, 0) == len(content)

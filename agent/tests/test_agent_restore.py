@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 from agent_fakes import KEY, FakeGateway, Point, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
@@ -427,6 +428,65 @@ async def test_a_chunk_that_does_not_decode_fails_only_its_files_and_writes_no_w
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("policy", [SKIP, OVERWRITE], ids=["skip", "overwrite"])
+async def test_a_chunk_whose_body_does_not_inflate_fails_its_files_and_leaves_nothing_partial(
+    tmp_path: Path, policy: int
+) -> None:
+    """Its header declares the right length, so the file is created; the write fails and the file goes again."""
+    bad = b"bad content " * 100
+
+    class CorruptingGateway(FakeGateway):
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
+                if self.chunks[chunk.chunk_id] == bad:
+                    frame = zstandard.compress(bad)
+                    chunk = chunk._replace(data=frame[:-8] + bytes(8), compression=gateway_pb2.CHUNK_COMPRESSION_ZSTD)
+                yield chunk
+
+    gateway = CorruptingGateway()
+    tree: list[tuple[str, list[bytes] | None]] = [("d", None)]
+    tree += [(f"d/f{n:03}", [f"good {n} ".encode() * 50, b"shared tail " * 40]) for n in range(40)]
+    tree += [("d/g1", [b"head", bad]), ("d/g2", [bad, b"tail"]), ("d/z", [b"last"])]
+    point_id = add_files(gateway, tree)
+    write_file(str(tmp_path / "d/g2"), b"was here before")
+    finished = await restore(gateway, point_id, tmp_path, conflict_policy=policy)
+    assert finished.status == PARTIAL, finished
+    failed = {f.path: f.reason for f in finished.failed_files}
+    reason = f"chunk {chunk_id(KEY, bad).hex()} of this file is damaged in storage (does not decode: corrupt zstd"
+    expected = {"d/g1"} | ({"d/g2"} if policy == OVERWRITE else set())
+    assert set(failed) == expected and all(r.startswith(reason) for r in failed.values()), failed
+    for path, pieces in tree:
+        if pieces is not None and path not in ("d/g1", "d/g2"):
+            assert (tmp_path / path).read_bytes() == b"".join(pieces), path
+    assert not (tmp_path / "d/g1").exists()
+    assert (tmp_path / "d/g2").read_bytes() == b"was here before"  # SKIP left it; OVERWRITE's temp file went
+    assert not [p for p in tmp_path.rglob(".strongroom*")]
+
+
+async def test_a_chunk_many_files_share_is_fetched_once_and_written_to_each(tmp_path: Path) -> None:
+    shared = b"the same block in every file " * 200
+    gateway = FakeGateway()
+    tree: list[tuple[str, list[bytes] | None]] = [("d", None)]
+    tree += [(f"d/f{n:03}", [shared] if n % 2 else [f"own {n}".encode(), shared, shared]) for n in range(200)]
+    point_id = add_files(gateway, tree)
+    asked: list[bytes] = []
+    original = gateway.read_chunks
+
+    async def read_chunks(restore_job_id: str, chunk_ids: Any) -> Any:
+        asked.extend(chunk_ids)
+        async for chunk in original(restore_job_id, chunk_ids):
+            yield chunk
+
+    gateway.read_chunks = read_chunks  # type: ignore[method-assign]
+    finished = await restore(gateway, point_id, tmp_path)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert finished.stats.files_restored == 200
+    assert asked.count(chunk_id(KEY, shared)) == 1 and gateway.read_chunk_calls == 1
+    for path, pieces in tree:
+        if pieces is not None:
+            assert (tmp_path / path).read_bytes() == b"".join(pieces), path
+
+
 def damaged_tree(gateway: FakeGateway) -> tuple[str, list[tuple[str, list[bytes] | None]], set[str]]:
     """300 small files in three directories; files 8, 150 and 151 need a damaged chunk (151 shares 150's)."""
     tree = small_tree(300)
@@ -581,7 +641,7 @@ async def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch
 
     def failing_write(fd: int, data: Any) -> None:
         pieces = list(data)
-        if pieces and pieces[0].startswith(b"doomed"):
+        if pieces and bytes(pieces[0]).startswith(b"doomed"):  # a decoded piece is a view of the decode buffer
             os.write(fd, pieces[0][:3])  # part of the content is on disk already
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         plain_write(fd, pieces)

@@ -124,11 +124,31 @@ def decode_chunk(data: bytes, compression: int, raw_length: int) -> bytes:
     """The content of a chunk the gateway sent encoded as ``compression``.
 
     ValueError unless it decodes to exactly ``raw_length`` bytes (checked
-    before anything is inflated). UNSPECIFIED is what a gateway that does not
-    know ``accept_compressed`` sends: the content itself, no length given.
+    before anything is inflated, ``decoded_length``). UNSPECIFIED is what a
+    gateway that does not know ``accept_compressed`` sends: the content
+    itself, no length given.
+    """
+    length = decoded_length(data, compression, raw_length)
+    if compression != gateway_pb2.CHUNK_COMPRESSION_ZSTD:
+        return data
+    try:
+        content = _decompressor().decompress(data)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"corrupt zstd frame: {exc}") from None
+    if len(content) != length:
+        raise ValueError(f"content is {len(content)} bytes, expected {length}")
+    return content
+
+
+def decoded_length(data: bytes, compression: int, raw_length: int) -> int:
+    """The length a chunk sent as ``compression`` decodes to, from its header alone (nothing is inflated).
+
+    ValueError for an unknown compression, a zstd frame that is not one or
+    declares another length than ``raw_length``, and NONE content that is not
+    ``raw_length`` bytes. UNSPECIFIED (no length given): ``len(data)``.
     """
     if compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED:
-        return data
+        return len(data)
     if compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD:
         try:
             declared = zstandard.frame_content_size(data)
@@ -136,14 +156,36 @@ def decode_chunk(data: bytes, compression: int, raw_length: int) -> bytes:
             raise ValueError(f"not a zstd frame: {exc}") from None
         if declared != raw_length:
             raise ValueError(f"zstd frame declares {declared} bytes, expected {raw_length}")
-        try:
-            content = _decompressor().decompress(data)
-        except zstandard.ZstdError as exc:
-            raise ValueError(f"corrupt zstd frame: {exc}") from None
     elif compression == gateway_pb2.CHUNK_COMPRESSION_NONE:
-        content = data
+        if len(data) != raw_length:
+            raise ValueError(f"content is {len(data)} bytes, expected {raw_length}")
     else:
         raise ValueError(f"unknown compression code {compression}")
-    if len(content) != raw_length:
-        raise ValueError(f"content is {len(content)} bytes, expected {raw_length}")
-    return content
+    return raw_length
+
+
+def decode_zstd_into(frame: bytes, out: memoryview) -> None:
+    """Inflate the zstd ``frame`` into ``out``, which it must fill exactly (no new buffer: the caller's is reused).
+
+    Call ``decoded_length`` first: it checks the declared length before
+    anything is inflated, and ``out`` is that many bytes. ValueError when the
+    frame is corrupt, ends short of ``out`` or holds more. Inflating into fresh
+    memory per chunk cost three times the CPU of inflating into a reused buffer
+    for 1 MiB chunks (page faults; ADR 0072).
+    """
+    reader = _decompressor().stream_reader(frame)
+    filled = 0
+    try:
+        while filled < len(out):
+            n = reader.readinto(out[filled:])
+            if n == 0:
+                break
+            filled += n
+        # One read past the end drives the frame to its end (its last block and checksum) and finds any excess.
+        beyond = reader.readinto(bytearray(1))
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"corrupt zstd frame: {exc}") from None
+    if beyond:
+        raise ValueError(f"content is more than the expected {len(out)} bytes")
+    if filled != len(out):
+        raise ValueError(f"content is {filled} bytes, expected {len(out)}")

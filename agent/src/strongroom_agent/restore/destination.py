@@ -25,7 +25,7 @@ import itertools
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from strongroom.common.v1 import common_pb2
 
@@ -200,7 +200,7 @@ class Destination:
             return _open_temp(pfd)
 
     @staticmethod
-    def write(fd: int, data: Sequence[bytes]) -> None:
+    def write(fd: int, data: Sequence[bytes | memoryview]) -> None:
         """Write ``data`` in order: one ``writev`` for all of it when the kernel takes it whole (the usual case)."""
         if not data:
             return
@@ -279,13 +279,15 @@ class Destination:
         pfd: int,
         parts: list[str],
         entry: common_pb2.FileEntry,
-        pieces: Sequence[bytes],
+        fill: Callable[[int], object],
         *,
         fresh: bool,
         overwrite: bool,
         owned: bool = False,
     ) -> bool:
         """Write a whole file into ``pfd`` with its metadata; False when SKIP leaves a name taken since the check.
+
+        ``fill(fd)`` writes the content into the new file.
 
         ``fresh`` (the check found the name free): created under its final name
         (``O_EXCL``) and unlinked again on any failure. Otherwise, or when the
@@ -304,10 +306,10 @@ class Destination:
                 if not overwrite:
                     return False
             else:
-                self._fill(pfd, fd, name, entry, pieces, chmod=mode is None, chown=not owned)
+                self._fill(pfd, fd, name, entry, fill, chmod=mode is None, chown=not owned)
                 return True
         fd, temp = _open_temp(pfd)
-        self._fill(pfd, fd, temp, entry, pieces, chmod=True, chown=not owned)
+        self._fill(pfd, fd, temp, entry, fill, chmod=True, chown=not owned)
         self._replace(pfd, temp, name)
         return True
 
@@ -317,15 +319,15 @@ class Destination:
         fd: int,
         name: str,
         entry: common_pb2.FileEntry,
-        pieces: Sequence[bytes],
+        fill: Callable[[int], object],
         *,
         chmod: bool,
         chown: bool,
     ) -> None:
-        """Write, apply the metadata and close the new file ``name``; unlink it if any of that fails."""
+        """Fill, apply the metadata and close the new file ``name``; unlink it if any of that fails."""
         try:
             try:
-                self.write(fd, pieces)
+                fill(fd)
                 self._apply_metadata(fd, entry, chmod=chmod, chown=chown)
             finally:
                 os.close(fd)

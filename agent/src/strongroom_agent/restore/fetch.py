@@ -1,8 +1,9 @@
 """Fetching a restore's content from the gateway (restic's restorer is the model).
 
 One ``ReadChunks`` call fetches a batch's distinct chunks (the gateway reads
-them pack by pack); they are decompressed in the writer threads. A file
-larger than a batch is streamed on its own in windows of at most
+them pack by pack); they are kept as sent and decoded by the writer threads
+as each file is written (``content.py``). A file larger than a batch is
+streamed on its own in windows of at most
 ``LARGE_FILE_WINDOW_IDS`` chunk ids and about a batch of content, appended to
 a file the destination opened and finished (or discarded) at the end; the
 next window is fetched while one is decoded and written (two at most).
@@ -16,90 +17,46 @@ discarded), and its error names the chunk and the reason.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 from strongroom.common.v1 import common_pb2
 
-from strongroom_agent.chunking import decode_chunk
 from strongroom_agent.gateway_client import ChunkSent, GatewayClient
+from strongroom_agent.restore.content import Contents, ContentWriter, damage_reason, encoded
 from strongroom_agent.restore.destination import Destination, EntryProblem
-from strongroom_agent.restore.writer import WRITE_THREADS, Contents
 
 # A file larger than a batch is streamed in windows of at most this many ids.
 LARGE_FILE_WINDOW_IDS = 256
 
 
-def damage_reason(chunk_id: bytes, damage: str) -> str:
-    """The per-file error of a file that needs a damaged chunk."""
-    return f"chunk {chunk_id.hex()} of this file is damaged in storage ({damage})"
-
-
-def decode_all(sent: list[ChunkSent]) -> Contents:
-    """Decode each chunk; a damaged one, or one that does not decode, is recorded with its reason."""
-    out = Contents()
-    for chunk in sent:
-        if chunk.damage:
-            out.damaged[chunk.chunk_id] = damage_reason(chunk.chunk_id, chunk.damage)
-            continue
-        try:
-            out.decoded[chunk.chunk_id] = decode_chunk(chunk.data, chunk.compression, chunk.raw_length)
-        except ValueError as exc:
-            out.damaged[chunk.chunk_id] = damage_reason(chunk.chunk_id, f"does not decode: {exc}")
-    return out
-
-
 class Fetcher:
-    """Reads a restore job's chunks from the gateway and decodes them."""
+    """Reads a restore job's chunks from the gateway; decodes and writes the windows of large files."""
 
     def __init__(
         self,
         client: GatewayClient,
         restore_job_id: str,
-        pool: ThreadPoolExecutor,
         dest: Destination,
         fetch_batch_bytes: int,
     ) -> None:
         self._client = client
         self._job_id = restore_job_id
-        self._pool = pool
         self._dest = dest
         self._batch_bytes = fetch_batch_bytes
+        # The large-file windows' decode buffer: one window is written at a time.
+        self._content = ContentWriter()
 
     async def batch(self, ids: list[bytes]) -> Contents:
-        """The decoded content of the distinct chunks ``ids``, fetched in one call (and the damaged ones)."""
-        sent = [c async for c in self._client.read_chunks(self._job_id, ids)] if ids else []
-        return await self._decode(sent)
-
-    async def _decode(self, sent: list[ChunkSent]) -> Contents:
-        """Decompress a batch's chunks in the writer threads (``WRITE_THREADS`` runs).
-
-        Not while the batch still arrives: decoding calls queued in the writer
-        pool then push the previous batch's writes back, and with them the
-        start of the next batch's fetch (longer wall time at equal CPU in the
-        A/B of ADR 0060).
-        """
-        loop = asyncio.get_running_loop()
-        step = max(1, -(-len(sent) // WRITE_THREADS))
-        parts = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, decode_all, sent[i : i + step]) for i in range(0, len(sent), step))
-        )
-        contents = Contents()
-        for part in parts:
-            contents.update(part)
-        return contents
+        """The distinct chunks ``ids`` as sent (decoded when written), fetched in one call."""
+        return Contents.of([c async for c in self._client.read_chunks(self._job_id, ids)] if ids else [])
 
     def _decode_and_write(self, fd: int, wanted: list[bytes], fetched: dict[bytes, ChunkSent]) -> int:
         """Decode a window of a large file and append it (one worker-thread call); the bytes written.
 
-        Raises EntryProblem, before writing anything of the window, when a chunk is damaged.
+        Raises EntryProblem, before writing anything of the window, when a chunk
+        is damaged or declares another length; while writing, when one does not
+        inflate to it.
         """
-        contents = decode_all(list(fetched.values()))
-        for c in wanted:
-            if c in contents.damaged:
-                raise EntryProblem(contents.damaged[c])
-        pieces = [contents.decoded[c] for c in wanted]
-        self._dest.write(fd, pieces)
-        return sum(len(p) for p in pieces)
+        return self._content.write(fd, [encoded(fetched[c]) for c in wanted])
 
     async def _window(self, wanted: list[bytes]) -> dict[bytes, ChunkSent]:
         """One window of a large file's chunks, fetched (by id)."""

@@ -69,7 +69,7 @@ class _Restore:
         self.fetch_batch_bytes = fetch_batch_bytes
         self.stop = threading.Event()
         self.pool = pool
-        self.fetcher = Fetcher(client, command.restore_job_id, pool, destination, fetch_batch_bytes)
+        self.fetcher = Fetcher(client, command.restore_job_id, destination, fetch_batch_bytes)
         self.metadata = DirectoryMetadata(destination, errors)
         self.batch = Batch(0)
         self.full: collections.deque[Batch] = collections.deque()  # full batches not yet submitted

@@ -9,6 +9,7 @@ not checked at all: the ``O_EXCL`` create is their check.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import stat
 import threading
@@ -18,9 +19,20 @@ from dataclasses import dataclass, field
 
 from strongroom.common.v1 import common_pb2
 
+from strongroom_agent.restore.content import Contents, ContentWriter
 from strongroom_agent.restore.destination import Destination, EntryProblem
 
 WRITE_THREADS = 3
+
+# Each writer thread's decode buffer (``ContentWriter``): it lives as long as the job's writer pool.
+_local = threading.local()
+
+
+def _content_writer() -> ContentWriter:
+    writer: ContentWriter | None = getattr(_local, "content", None)
+    if writer is None:
+        writer = _local.content = ContentWriter()
+    return writer
 
 
 @dataclass
@@ -35,18 +47,6 @@ class File:
     written: bool = False
     error: str | None = None
     new_dir: bool = False  # its directory was created by this restore (root's, 0700 until its metadata is set)
-
-
-@dataclass
-class Contents:
-    """Decoded chunks by id, and the per-file reason for each chunk that cannot be used."""
-
-    decoded: dict[bytes, bytes] = field(default_factory=dict)
-    damaged: dict[bytes, str] = field(default_factory=dict)
-
-    def update(self, other: Contents) -> None:
-        self.decoded.update(other.decoded)
-        self.damaged.update(other.damaged)
 
 
 @dataclass
@@ -108,26 +108,22 @@ class Writer:
     def write(self, files: Sequence[File], contents: Contents, overwrite: bool) -> None:
         """Write checked files; one whose name appeared since the check is skipped (SKIP) or replaced (OVERWRITE).
 
-        A file that needs a damaged chunk is not written at all (nothing is
-        created under its name); its error names the chunk and why.
+        A file that needs a chunk that was not sent, is damaged or declares
+        another length is not written at all (nothing is created under its
+        name); one whose chunk then does not inflate is removed again. Its
+        error names the chunk and why.
         """
-        damaged = contents.damaged
-        decoded = contents.decoded
+        content = _content_writer()
         try:
             for f in files:
                 if self.stop.is_set():
                     return
-                if damaged:
-                    bad = next((c for c in f.ids if c in damaged), None)
-                    if bad is not None:
-                        f.error = damaged[bad]
-                        continue
                 try:
-                    pieces = [decoded[c] for c in f.ids]
-                except KeyError as exc:
-                    f.error = f"gateway did not return chunk {exc.args[0].hex()}"
+                    chunks = contents.chunks_of(f.ids)
+                except EntryProblem as exc:
+                    f.error = str(exc)
                     continue
-                size = sum(map(len, pieces))
+                size = sum(c.length for c in chunks)
                 if size != f.entry.size:
                     f.error = f"content is {size} bytes, expected {f.entry.size}"
                     continue
@@ -138,7 +134,13 @@ class Writer:
                     # As root, a file that gets its owner and group at creation needs no fchown (nor fchmod).
                     owned = f.new_dir and owner is not None and owner == (entry.uid, entry.gid)
                     if self.dest.write_new(
-                        pfd, f.parts, entry, pieces, fresh=not f.exists, overwrite=overwrite, owned=owned
+                        pfd,
+                        f.parts,
+                        entry,
+                        functools.partial(content.write, chunks=chunks),
+                        fresh=not f.exists,
+                        overwrite=overwrite,
+                        owned=owned,
                     ):
                         f.written = True
                     else:
