@@ -204,6 +204,9 @@ async def take_batch(
     return batch, False
 
 
+_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
+
+
 def _uvarint(value: int) -> bytes:
     """``value`` as a protobuf base-128 varint."""
     if value < 0x80:
@@ -216,7 +219,6 @@ def _uvarint(value: int) -> bytes:
     return bytes(out)
 
 
-_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
 # Tags (field number << 3 | wire type) of UploadChunkRequest and UploadedChunk (agent/v1/gateway.proto).
 _REQUEST_JOB_ID = b"\x0a"  # UploadChunkRequest.job_id = 1, length-delimited
 _REQUEST_CHUNKS = b"\x32"  # UploadChunkRequest.chunks = 6, length-delimited
