@@ -113,7 +113,7 @@ class SimulatedBackup:
                 compression, payload = compress(content)
                 uploads.append(Upload(cid, len(content), compression, payload, 0))
         if uploads:
-            requests = [r.SerializeToString() for r in upload_requests(job_id, uploads, UPLOAD_MESSAGE_BYTES)]
+            requests = upload_requests(job_id, uploads, UPLOAD_MESSAGE_BYTES)
             await self._retry.call("UploadChunks", lambda: self._client.upload_chunks(requests))
         if cancel.is_set():
             return job_finished(job_id, common_pb2.JOB_STATUS_CANCELED, stats, [])

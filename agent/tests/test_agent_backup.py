@@ -448,3 +448,48 @@ async def test_the_pipeline_probe_samples_only_when_asked(tmp_path: Path, monkey
     trace.unlink()
     assert (await backup(FakeGateway(), root)).status == COMPLETE
     assert not trace.exists()
+
+
+async def test_incompressible_and_compressible_files_round_trip_on_every_read_path(tmp_path: Path) -> None:
+    """Random content goes up raw, text zstd-compressed, and both restore byte for byte.
+
+    Sizes cover each way a file is read (the fake repository's chunks are 1-16 KiB): under the
+    minimum chunk (the file read as bytes is its one chunk, uncopied), a small file of many chunks,
+    a whole-file read above 1 MiB, and a streamed file above 8 MiB.
+    """
+    from strongroom_agent.restore import run_restore
+
+    root, target = tmp_path / "src", tmp_path / "restored"
+    files = {
+        "tiny-random": rand(700, 2),
+        "tiny-text": b"a line of text\n" * 60,
+        "small-random": rand(200_000, 3),
+        "small-text": b"0123456789 some log text\n" * 8000,
+        "whole-random": rand(2 << 20, 4),
+        "streamed-random": rand((8 << 20) + 5000, 5),
+    }
+    for name, content in files.items():
+        write_file(str(root / name), content)
+    target.mkdir()
+    gateway = FakeGateway()
+    sent: dict[bytes, int] = {}
+    upload = gateway.upload_chunks
+
+    async def recording(requests: Any) -> gateway_pb2.UploadChunksResponse:
+        for r in requests:
+            sent.update((c.chunk_id, c.compression) for c in gateway_pb2.UploadChunkRequest.FromString(r).chunks)
+        return await upload(requests)
+
+    gateway.upload_chunks = recording  # type: ignore[method-assign]
+    assert (await backup(gateway, root)).status == COMPLETE
+    entries = entries_by_path(gateway.only_point())
+    for name in files:
+        kinds = {sent[cid] for cid in entries[name].chunk_ids}
+        expected = gateway_pb2.CHUNK_COMPRESSION_NONE if "random" in name else gateway_pb2.CHUNK_COMPRESSION_ZSTD
+        assert kinds == {expected}, name
+    command = gateway_pb2.RunRestore(
+        restore_job_id="r-1", point_id=gateway.only_point().point_id, target_path=str(target)
+    )
+    finished = await run_restore(command, client=gateway, cancel=asyncio.Event())
+    assert finished.status == COMPLETE, finished
+    assert {name: (target / name).read_bytes() for name in files} == files

@@ -14,11 +14,38 @@ def test_upload_requests_carry_many_chunks_per_message_in_order() -> None:
         Upload(bytes([i]) * 32, 100, gateway_pb2.CHUNK_COMPRESSION_NONE, bytes(size), 0)
         for i, size in enumerate([300, 300, 300, 2000, 10, 10])
     ]
-    requests = upload_requests("job-1", uploads, message_bytes=700)
+    requests = [gateway_pb2.UploadChunkRequest.FromString(r) for r in upload_requests("job-1", uploads, 700)]
     assert [[len(c.payload) for c in r.chunks] for r in requests] == [[300, 300], [300], [2000], [10, 10]]
     assert all(r.job_id == "job-1" and not r.chunk_id for r in requests)
     assert [c.chunk_id for r in requests for c in r.chunks] == [u.id for u in uploads]
     assert upload_requests("job-1", [], message_bytes=700) == []
+
+
+def test_upload_requests_are_the_bytes_the_protobuf_runtime_writes() -> None:
+    """Hand-encoded: every field, defaults left out, lengths past one varint byte, an empty job id."""
+    uploads = [
+        Upload(b"\x01" * 32, 5, gateway_pb2.CHUNK_COMPRESSION_NONE, b"12345", 0),
+        Upload(b"\x02" * 32, 300_000, gateway_pb2.CHUNK_COMPRESSION_ZSTD, bytes(range(256)) * 600, 0),
+        Upload(b"\x03" * 32, 0, gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED, b"", 0),
+        Upload(b"\x04" * 32, 1 << 22, gateway_pb2.CHUNK_COMPRESSION_ZSTD, b"x" * 127, 0),
+    ]
+    for job_id in ("job-7", "j" * 200, ""):
+        for message_bytes in (1, 200_000, 1 << 30):
+            expected: list[bytes] = []
+            current: list[gateway_pb2.UploadedChunk] = []
+            size = 0
+            for u in uploads:
+                if current and size + len(u.payload) > message_bytes:
+                    expected.append(gateway_pb2.UploadChunkRequest(job_id=job_id, chunks=current).SerializeToString())
+                    current, size = [], 0
+                current.append(
+                    gateway_pb2.UploadedChunk(
+                        chunk_id=u.id, compression=u.compression, raw_length=u.raw_length, payload=u.payload
+                    )
+                )
+                size += len(u.payload)
+            expected.append(gateway_pb2.UploadChunkRequest(job_id=job_id, chunks=current).SerializeToString())
+            assert upload_requests(job_id, uploads, message_bytes) == expected, (job_id, message_bytes)
 
 
 async def test_the_memory_budget_grants_in_order_and_a_cancelled_wait_takes_nothing() -> None:
@@ -58,9 +85,7 @@ def test_compress_group_builds_the_messages_of_its_compressed_chunks_and_drops_t
     chunks = [Chunk(bytes([i]) * 32, c, len(c) + i) for i, c in enumerate(contents)]
     outgoing = compress_group("job-9", chunks, 4000)
     expected = [Upload(bytes([i]) * 32, len(c), *compress(c), len(c) + i) for i, c in enumerate(contents)]
-    assert [gateway_pb2.UploadChunkRequest.FromString(r) for r in outgoing.requests] == upload_requests(
-        "job-9", expected, 4000
-    )
+    assert outgoing.requests == upload_requests("job-9", expected, 4000)
     sent = [c for r in outgoing.requests for c in gateway_pb2.UploadChunkRequest.FromString(r).chunks]
     assert [decode_chunk(c.payload, c.compression, c.raw_length) for c in sent] == contents
     assert outgoing.chunks == 5 and outgoing.charge == sum(len(c) + i for i, c in enumerate(contents))

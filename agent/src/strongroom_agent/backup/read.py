@@ -126,6 +126,7 @@ class FileReader:
         self._closed = False
         self.before: os.stat_result | None = None
         self._chunks: Iterator[pyfastcdc.Chunk] = iter(())
+        self._whole: bytes | None = None  # a small file's content, as read (see _read_small)
         self._total = 0
         self._delta = 0
 
@@ -136,10 +137,35 @@ class FileReader:
         if not stat.S_ISREG(self.before.st_mode):
             raise FileProblem("no longer a regular file")
         self._total = 0
-        if self.before.st_size <= WHOLE_FILE_BYTES:
+        self._whole = None
+        if self.before.st_size < READ_SIZE:
+            self._whole = self._read_small(self.before.st_size)
+            self._chunks = iter(self._params.chunker().cut_buf(self._whole))
+        elif self.before.st_size <= WHOLE_FILE_BYTES:
             self._chunks = iter(self._params.chunker().cut_buf(self._read_whole(self.before.st_size)))
         else:
             self._chunks = iter(self._params.chunker().cut_stream(self))
+
+    def _read_small(self, size: int) -> bytes:
+        """A file smaller than ``READ_SIZE`` as one ``bytes`` (throttled); one byte more to notice growth.
+
+        Read into ``bytes`` rather than a buffer: a file of one chunk (every file under the
+        chunker's minimum size) is then its chunk's content as it is, without a copy (ADR 0071).
+        """
+        pieces: list[bytes] = []
+        left = size + 1
+        while left:
+            if self._stop.is_set():
+                raise JobCanceled
+            piece = os.read(self._fd, left)
+            if not piece:
+                break
+            self._total += len(piece)
+            self._delta += len(piece)
+            self._throttle.acquire(len(piece))
+            pieces.append(piece)
+            left -= len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _read_whole(self, size: int) -> memoryview:
         """The file's content, read through :meth:`readinto` (throttled); one byte more to notice growth."""
@@ -172,8 +198,11 @@ class FileReader:
                 self._start()
             chunks: list[tuple[bytes, bytes]] = []
             produced = 0
+            whole = self._whole
             for chunk in self._chunks:
-                content = bytes(chunk.data)  # the stream chunker reuses its buffer
+                data = chunk.data
+                # The stream chunker reuses its buffer, and a chunk of a larger buffer would keep all of it.
+                content = whole if whole is not None and len(data) == len(whole) else bytes(data)
                 chunks.append((chunk_id(self._params.key, content), content))
                 produced += len(content)
                 if produced >= self._batch_bytes:
@@ -195,6 +224,7 @@ class FileReader:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._whole = None
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
