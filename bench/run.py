@@ -26,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import _pagecache  # noqa: E402
 import dataset  # noqa: E402
 import peers  # noqa: E402
 from strongroom.scheduler.v1 import scheduler_pb2  # noqa: E402
@@ -54,8 +55,12 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def fresh_copy(day1: Path, data: Path) -> None:
-    """A hard-linked copy of the day-1 tree at the same path for every engine (day 2 never writes in place)."""
+def fresh_copy(day1: Path, data: Path, cache: str | None = None) -> str:
+    """A hard-linked copy of the day-1 tree at the same path for every engine (day 2 never writes in place).
+
+    With ``cache`` (one of ``_pagecache.MODES``) the copy is then put in that page-cache state, the
+    same for every engine, and the return value says what was found and left.
+    """
     if data.exists():
         shutil.rmtree(data)
     subprocess.run(["cp", "-al", str(day1), str(data)], check=True)
@@ -64,6 +69,7 @@ def fresh_copy(day1: Path, data: Path) -> None:
     # show a later change yet) and reads it again at the next backup; a tree that was entirely
     # rewritten a moment ago is not what a server looks like. Untimed, for every engine alike.
     time.sleep(3)
+    return _pagecache.prepare(data, cache) if cache else ""
 
 
 def pick_single_file(root: Path) -> str:
@@ -99,9 +105,9 @@ class Recorder:
 
 
 async def run_strongroom(
-    bench: StrongroomBench, day1: Path, data: Path, work: Path, single: str, rec: Recorder, check: bool
+    bench: StrongroomBench, day1: Path, data: Path, work: Path, single: str, rec: Recorder, check: bool, cache: str
 ) -> None:
-    fresh_copy(day1, data)
+    rec.notes.append(f"{SR} page cache before the full backup: {fresh_copy(day1, data, cache)}")
     inst = await bench.new_instance(data, priority="high", unthrottled=True)
     try:
         full = await bench.backup(inst)
@@ -162,10 +168,18 @@ def bucket_bytes(bench: StrongroomBench, bucket: str) -> int:
 
 
 def run_peer(
-    bench: StrongroomBench, tool: str, target: str, day1: Path, data: Path, work: Path, single: str, rec: Recorder
+    bench: StrongroomBench,
+    tool: str,
+    target: str,
+    day1: Path,
+    data: Path,
+    work: Path,
+    single: str,
+    rec: Recorder,
+    cache: str,
 ) -> None:
     engine = f"{tool}/{target}"
-    fresh_copy(day1, data)
+    rec.notes.append(f"{engine} page cache before the full backup: {fresh_copy(day1, data, cache)}")
     s3 = s3_bucket(bench, tool) if target == "s3" else None
     peer = peers.Peer(tool, work / f"peer-{tool}-{target}", s3)
 
@@ -328,6 +342,8 @@ async def amain(args: argparse.Namespace) -> int:
             f"{' (quick)' if args.quick else ''}; single-file restore: `{single}`",
             f"- runs per metric: {args.runs}; engines: {', '.join(engines)}; "
             f"S3 over {'HTTPS (verified against a private CA)' if args.s3_tls else 'plain HTTP'} on 127.0.0.1",
+            f"- the tree's page cache before every engine's full backup: {args.tree_cache}"
+            " (warm: read through once; cold: evicted, as on a server's first backup; as-is: left alone)",
             "- versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()),
         ]
         for run in range(1, args.runs + 1):
@@ -335,11 +351,13 @@ async def amain(args: argparse.Namespace) -> int:
                 log(f"run {run}/{args.runs}: {engine}")
                 try:
                     if engine == SR:
-                        await run_strongroom(bench, day1, data, work, single, rec, check=run == 1)
+                        await run_strongroom(
+                            bench, day1, data, work, single, rec, check=run == 1, cache=args.tree_cache
+                        )
                     else:
                         tool, target = engine.split("/")
                         await asyncio.get_running_loop().run_in_executor(
-                            None, run_peer, bench, tool, target, day1, data, work, single, rec
+                            None, run_peer, bench, tool, target, day1, data, work, single, rec, args.tree_cache
                         )
                 except Exception as exc:
                     traceback.print_exc()
@@ -464,6 +482,12 @@ def main() -> int:
     parser.add_argument("--scale-dir", type=Path, default=Path("/tmp/strongroom-bench"))
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "strongroom-bench")
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    parser.add_argument(
+        "--tree-cache",
+        choices=_pagecache.MODES,
+        default="warm",
+        help="page-cache state of the tree before every engine's full backup (default: warm, read through once)",
+    )
     parser.add_argument("--s3-tls", action="store_true", help="S3 over HTTPS (verified) for Strongroom and every peer")
     args = parser.parse_args()
     return asyncio.run(amain(args))
