@@ -17,7 +17,7 @@ One invocation, single-threaded, CPU time of this thread (``time.thread_time``),
 3. **Upload messages**: 16 MiB of payload as 1 MiB, 16 KiB and 4 MiB chunks, made into 4 MiB
    messages by the protobuf runtime (build ``UploadedChunk`` / ``UploadChunkRequest``, then
    ``SerializeToString``: the agent before ADR 0071, reproduced here) and by
-   ``stages.upload_requests`` (hand-encoded, one join), alternating, ``malloc_trim`` before each
+   ``messages.upload_requests`` (hand-encoded, one join), alternating, ``malloc_trim`` before each
    (as the agent trims freed pages), CPU milliseconds per MiB of payload.
 4. **Small files read** (the data set's source files under 256 KiB: one chunk each): read into a
    ``bytearray`` with ``readv`` and the chunk copied out with ``bytes()`` (before ADR 0071) against
@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 import dataset  # noqa: E402
 from pyfastcdc import FastCDC  # noqa: E402
 from strongroom.agent.v1 import gateway_pb2  # noqa: E402
-from strongroom_agent.backup.stages import Upload, upload_requests  # noqa: E402
+from strongroom_agent.backup.messages import Upload, upload_requests  # noqa: E402
 from strongroom_agent.chunking import _compressor, compress  # noqa: E402
 
 MiB = 1 << 20
