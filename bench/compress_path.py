@@ -22,6 +22,9 @@ One invocation, single-threaded, CPU time of this thread (``time.thread_time``),
 4. **Small files read** (the data set's source files under 256 KiB: one chunk each): read into a
    ``bytearray`` with ``readv`` and the chunk copied out with ``bytes()`` (before ADR 0071) against
    one ``os.read`` whose ``bytes`` is the chunk, alternating per file, page cache warm.
+
+``--levels 1,-1,...`` instead: only the data set's compression CPU and stored bytes at each zstd
+level, per category, the levels alternating per file (ADR 0074).
 """
 
 from __future__ import annotations
@@ -226,6 +229,60 @@ def over_dataset(root: Path, variants: list[Sampling | None]) -> None:
     print()
 
 
+def over_levels(root: Path, levels: list[int]) -> None:
+    """Compression CPU and stored bytes of the data set at each zstd level (ADR 0074), levels alternating per file."""
+    import zstandard
+
+    cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, seed=SEED)
+    compressors = [zstandard.ZstdCompressor(level=level) for level in levels]
+    tallies: dict[tuple[str, int], Tally] = defaultdict(Tally)
+    files = sorted(os.path.join(d, f) for d, _s, fs in os.walk(root) for f in fs if os.path.isfile(os.path.join(d, f)))
+    for n, path in enumerate(files):
+        kind = category(os.path.relpath(path, root))
+        with open(path, "rb") as f:
+            data = f.read()
+        chunks = [bytes(c.data) for c in cdc.cut_buf(data)] if data else []
+        order = list(range(len(levels)))
+        shift = n % len(order)
+        for v in order[shift:] + order[:shift]:
+            compressor, tally = compressors[v], tallies[(kind, v)]
+            stored = sent_raw = 0
+            start = time.thread_time()
+            for chunk in chunks:  # as chunking.compress: the content itself when zstd does not shrink it
+                compressed = compressor.compress(chunk)
+                if len(compressed) < len(chunk):
+                    stored += len(compressed)
+                else:
+                    stored += len(chunk)
+                    sent_raw += 1
+            tally.cpu += time.thread_time() - start
+            tally.raw += len(data)
+            tally.stored += stored
+            tally.chunks += len(chunks)
+            tally.sent_raw += sent_raw
+    kinds = sorted({k for k, _ in tallies})
+    for v in range(len(levels)):
+        total = tallies[("all", v)]
+        for kind in kinds:
+            t = tallies[(kind, v)]
+            total.raw, total.stored, total.cpu = total.raw + t.raw, total.stored + t.stored, total.cpu + t.cpu
+            total.chunks, total.sent_raw = total.chunks + t.chunks, total.sent_raw + t.sent_raw
+    sizes = f"{MIN_SIZE >> 10}K/{AVG_SIZE >> 10}K/{MAX_SIZE >> 10}K"
+    print(f"## zstd levels, the data set: {len(files):,} files, chunker {sizes}\n")
+    first = levels[0]
+    print(f"| content | level | raw MB | CPU s | stored MB | sent raw / chunks | CPU / {first} | stored / {first} |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for kind in [*kinds, "all"]:
+        base = tallies[(kind, 0)]
+        for v, level in enumerate(levels):
+            t = tallies[(kind, v)]
+            print(
+                f"| {kind} | {level} | {t.raw / 1e6:,.1f} | {t.cpu:.2f} | {t.stored / 1e6:,.1f} "
+                f"| {t.sent_raw:,} / {t.chunks:,} | {t.cpu / base.cpu:.3f} | {t.stored / base.stored:.4f} |"
+            )
+    print()
+
+
 def protobuf_requests(job_id: str, uploads: list[Upload], message_bytes: int) -> list[bytes]:
     """The upload messages as the agent built them before ADR 0071: message objects, then serialized."""
     requests: list[gateway_pb2.UploadChunkRequest] = []
@@ -326,8 +383,16 @@ def main() -> int:
         metavar="PIECE:STRIDE:MIN_CHUNK:SAVING",
         help="a sampling to compare (sizes in KiB; default three), e.g. 4:128:256:0.03",
     )
+    parser.add_argument(
+        "--levels", help="only compare these zstd levels over the data set, e.g. 1,-1,-2 (the first is the base)"
+    )
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    if args.levels:
+        levels = [int(x) for x in args.levels.split(",")]
+        over_levels(args.data or dataset.day1_tree(args.work, quick=args.quick), levels)
+        print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return 0
     per_chunk(args.repeat)
     if not args.skip_dataset:
         root = args.data or dataset.day1_tree(args.work, quick=args.quick)
