@@ -157,7 +157,7 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
 
     async def UploadChunks(
         self,
-        request_iterator: AsyncIterator[gateway_pb2.UploadChunkRequest],
+        request_iterator: AsyncIterator[bytes],  # serialized UploadChunkRequests (_DESERIALIZERS)
         context: grpc.aio.ServicerContext[object, object],
     ) -> gateway_pb2.UploadChunksResponse:
         identity = await self._identity(context)
@@ -264,10 +264,13 @@ def register_admin(servicer: AgentAdminServicer) -> Callable[[grpc.aio.Server], 
 
 # Methods whose servicer yields serialized messages (ADR 0069): sent as they are.
 _SERIALIZERS: dict[str, grpc_methods.Serializer] = {"ReadChunks": grpc_methods.as_sent}
+# Methods whose servicer reads the request bytes itself (ADR 0074: ``upload_messages``, payloads as views).
+_DESERIALIZERS: dict[str, grpc_methods.Deserializer] = {"UploadChunks": grpc_methods.as_received}
 
 
 def register(servicer: GatewayServicer) -> Callable[[grpc.aio.Server], None]:
-    """The generated registration, the methods of ``_SERIALIZERS`` answering through theirs."""
+    """The generated registration, the methods of ``_SERIALIZERS`` answering through theirs and those of
+    ``_DESERIALIZERS`` reading their requests through theirs."""
     return grpc_methods.register_service(
-        gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server, servicer, _SERIALIZERS
+        gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server, servicer, _SERIALIZERS, _DESERIALIZERS
     )
