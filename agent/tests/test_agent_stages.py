@@ -72,6 +72,37 @@ def test_freed_pages_are_due_once_per_so_many_released_bytes() -> None:
     assert calls == []  # released() only says when; the caller runs it
 
 
+def test_freed_pages_are_kept_while_the_process_holds_no_more_than_the_floor() -> None:
+    """Trims are due as often as before, but only taken above the floor (ADR 0074: trimmed pages fault again)."""
+    from strongroom_agent.memory import FreedPages
+
+    def trim() -> None:
+        raise AssertionError("released() only says when; the caller runs it")
+
+    resident = [100]
+    freed = FreedPages(10, trim, floor_bytes=150, resident=lambda: resident[0])
+    assert [freed.released(10) for _ in range(3)] == [None, None, None]  # due, but below the floor
+    resident[0] = 150
+    assert freed.released(10) is None  # at the floor: kept
+    resident[0] = 151
+    assert [freed.released(n) for n in (10, 5, 5)] == [trim, None, trim]  # above it: as often as before
+    assert FreedPages(10, trim, floor_bytes=150).released(10) is trim  # no resident size known: no floor
+
+
+def test_resident_bytes_is_this_process_s() -> None:
+    import os
+
+    import pytest
+    from strongroom_agent.memory import resident_bytes
+
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("no procfs")
+    before = resident_bytes()
+    held = b"\x01" * (32 << 20)  # every page written
+    assert resident_bytes() >= before + (24 << 20)
+    del held
+
+
 def test_malloc_trim_is_glibc_s() -> None:
     import os
 
