@@ -5,7 +5,7 @@
 Takes ``S`` MiB of the small files of ``DIR`` (default: the benchmark's day-1 tree; each file under
 256 KiB is one chunk, as the benchmark's chunker leaves it) and ``L`` MiB of its large files (the same
 part of each: binary, log and mixed) cut with the gateway's chunker sizes (256 KiB / 1 MiB / 4 MiB),
-compresses every chunk as the agent does (``chunking.compress``) and builds the agent's 4 MiB
+compresses every chunk as the agent does (``chunking.compress``) and builds the agent's
 UploadChunkRequest messages (``messages.upload_requests``). Then, in one thread, each side in turn
 per round (the order rotates), every message is received (a fresh copy of its bytes, as gRPC hands
 over each message; the copy is not timed), read and verified:
@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE))
 import dataset  # noqa: E402
 from pyfastcdc import FastCDC  # noqa: E402
 from strongroom.agent.v1 import gateway_pb2  # noqa: E402
+from strongroom_agent.backup import PipelineLimits  # noqa: E402
 from strongroom_agent.backup.messages import Upload, upload_requests  # noqa: E402
 from strongroom_agent.chunking import chunk_id, compress  # noqa: E402
 from strongroom_gateway.chunks import PACK_COMPRESSION, UploadedPayload, verify_payload, verify_uploads  # noqa: E402
@@ -46,7 +47,7 @@ from strongroom_gateway.upload_messages import read_upload_request  # noqa: E402
 
 MiB = 1 << 20
 MIN_SIZE, AVG_SIZE, MAX_SIZE, SEED = 256 << 10, 1 << 20, 4 << 20, 7
-MESSAGE_BYTES = 4 << 20  # the agent's PipelineLimits.upload_message_bytes
+MESSAGE_BYTES = PipelineLimits().upload_message_bytes  # the agent's messages
 KEY = bytes(range(32))
 
 
