@@ -128,7 +128,7 @@ async def test_a_method_with_its_own_deserializer_is_given_the_request_bytes_as_
     assert isinstance(parsed, health_pb2.HealthCheckRequest) and parsed.service == "raw"  # Watch: its own parser
 
 
-def test_a_deserializer_for_a_method_the_service_lacks_is_refused() -> None:
+async def test_a_deserializer_for_a_method_the_service_lacks_is_refused() -> None:
     register = grpc_methods.register_service(
         health_pb2_grpc.add_HealthServicer_to_server, _Health(), {}, {"Chek": grpc_methods.as_received}
     )

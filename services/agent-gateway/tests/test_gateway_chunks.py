@@ -104,8 +104,13 @@ def _cases() -> list[tuple[str, bytes, bytes, int, int]]:
         ("truncated frame", cid(large), frame[: len(frame) // 2], COMPRESSION_ZSTD, len(large)),
         ("corrupt frame", cid(large), corrupt, COMPRESSION_ZSTD, len(large)),
         ("not a frame", cid(large), b"not zstd at all" * 10_000, COMPRESSION_ZSTD, len(large)),
-        ("bomb without a size", cid(large), zstandard.ZstdCompressor(write_content_size=False).compress(
-            bytes(50 << 20)), COMPRESSION_ZSTD, 1 << 20),
+        (
+            "bomb without a size",
+            cid(large),
+            zstandard.ZstdCompressor(write_content_size=False).compress(bytes(50 << 20)),
+            COMPRESSION_ZSTD,
+            1 << 20,
+        ),
         ("past the maximum", cid(large), frame, COMPRESSION_ZSTD, 9 << 20),
         ("unknown compression", cid(large), frame, 7, len(large)),
     ]
@@ -137,7 +142,9 @@ def test_the_reused_buffer_holds_nothing_over_from_the_chunk_before() -> None:
     z = zstandard.ZstdCompressor()
     longer, shorter = b"a" * (INTO_BUFFER_MIN * 4), b"a" * INTO_BUFFER_MIN
     for content in (longer, shorter, longer):
-        verify_upload(KEY, blake3.blake3(content, key=KEY).digest(), z.compress(content), COMPRESSION_ZSTD, len(content))
+        verify_upload(
+            KEY, blake3.blake3(content, key=KEY).digest(), z.compress(content), COMPRESSION_ZSTD, len(content)
+        )
     # A frame that declares its size but ends short would leave the buffer's old bytes in place: refused.
     frame = z.compress(longer)
     with pytest.raises(ChunkRejected):

@@ -155,11 +155,12 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         identity = await self._identity(context)
         return await points.find_missing_chunks(identity, request, store=self._store)
 
-    async def UploadChunks(
+    async def UploadChunks(  # type: ignore[override]  # reads serialized messages: see ``register``
         self,
-        request_iterator: AsyncIterator[bytes],  # serialized UploadChunkRequests (_DESERIALIZERS)
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext[object, object],
     ) -> gateway_pb2.UploadChunksResponse:
+        """Serialized ``UploadChunkRequest`` messages in (``register`` hands them over unparsed)."""
         identity = await self._identity(context)
         return await ingest.upload_chunks(identity, request_iterator, store=self._store, writer=self._writer)
 
