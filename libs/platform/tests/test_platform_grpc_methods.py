@@ -1,4 +1,4 @@
-"""``grpc_methods.register_service``: per-method serializers and deserializers, on a real grpc.aio server.
+"""``grpc_methods.register_service``: a per-method table of response serializers, on a real grpc.aio server.
 
 The health service's generated registration stands in for any service: ``Check`` is given
 ``as_sent`` (its servicer answers with bytes it serialized itself, or with a message), ``Watch``
@@ -88,49 +88,3 @@ async def test_a_serializer_for_a_method_the_service_lacks_is_refused() -> None:
 def test_as_sent_passes_bytes_and_serializes_messages() -> None:
     assert grpc_methods.as_sent(b"\x08\x01xyz") == b"\x08\x01xyz"
     assert grpc_methods.as_sent(health_pb2.HealthCheckResponse(status=SERVING)) == b"\x08\x01"
-
-
-class _Recording(health_pb2_grpc.HealthServicer):
-    """Records the requests as the servicer is given them."""
-
-    def __init__(self) -> None:
-        self.requests: list[object] = []
-
-    async def Check(self, request: object, context: object) -> health_pb2.HealthCheckResponse:  # type: ignore[override]
-        self.requests.append(request)
-        return health_pb2.HealthCheckResponse(status=SERVING)
-
-    async def Watch(  # type: ignore[override]
-        self, request: object, context: object
-    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        self.requests.append(request)
-        yield health_pb2.HealthCheckResponse(status=SERVING)
-
-
-async def test_a_method_with_its_own_deserializer_is_given_the_request_bytes_as_received() -> None:
-    servicer = _Recording()
-    server = grpc.aio.server()
-    grpc_methods.register_service(
-        health_pb2_grpc.add_HealthServicer_to_server, servicer, {}, {"Check": grpc_methods.as_received}
-    )(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            request = health_pb2.HealthCheckRequest(service="raw")
-            assert (await stub.Check(request)).status == SERVING
-            assert [a.status async for a in stub.Watch(request)] == [SERVING]
-    finally:
-        await server.stop(None)
-    raw, parsed = servicer.requests
-    assert raw == request.SerializeToString()  # Check: the bytes, unparsed
-    assert isinstance(parsed, health_pb2.HealthCheckRequest) and parsed.service == "raw"  # Watch: its own parser
-
-
-async def test_a_deserializer_for_a_method_the_service_lacks_is_refused() -> None:
-    register = grpc_methods.register_service(
-        health_pb2_grpc.add_HealthServicer_to_server, _Health(), {}, {"Chek": grpc_methods.as_received}
-    )
-    with pytest.raises(ValueError, match="grpc.health.v1.Health has no method Chek to give a deserializer"):
-        register(grpc.aio.server())

@@ -159,26 +159,6 @@ async def test_a_message_with_both_forms_is_refused(gw: GatewayHarness) -> None:
     assert gw.store.state.chunks == {}
 
 
-async def test_a_malformed_message_is_refused_and_the_chunks_before_it_are_kept(gw: GatewayHarness) -> None:
-    """The gateway reads the request bytes itself (ADR 0074): bytes that are no UploadChunkRequest are
-    INVALID_ARGUMENT, as a malformed chunk is, and the chunks of the messages before them are stored."""
-    agent = await gw.enrolled_agent("i-1")
-    await gw.request_backup(agent, "job-1")
-    key = await gw.key_of("acct-a")
-    good = [upload_request("job-1", key, f"good {i}".encode()) for i in range(3)]
-    raw = gw.channel.stream_unary(
-        "/strongroom.agent.v1.AgentGatewayService/UploadChunks",
-        request_serializer=None,  # the bytes as given
-        response_deserializer=gateway_pb2.UploadChunksResponse.FromString,
-    )
-    stream = [r.SerializeToString() for r in good] + [b"\x0a\x05abc"]  # job_id runs past the end
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await raw(aiter_of(stream), metadata=agent.md)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "not an UploadChunkRequest" in (err.value.details() or "")
-    assert set(gw.store.state.chunks) == {("acct-a", r.chunk_id) for r in good}
-
-
 async def test_wrong_raw_length_is_refused(gw: GatewayHarness) -> None:
     agent = await gw.enrolled_agent("i-1")
     await gw.request_backup(agent, "job-1")

@@ -1,16 +1,13 @@
-"""A service's generated gRPC registration with per-method tables of response serializers and request deserializers.
+"""A service's generated gRPC registration with a per-method table of response serializers.
 
-``register_service(add_to_server, servicer, serializers, deserializers)`` is the ``register``
-callable a composition root hands ``lifecycle.serve`` / ``serving.serve_listeners``: it runs the
-generated ``add_<Service>Servicer_to_server`` against a recorder, gives each method named in
-``serializers`` that response serializer and each method named in ``deserializers`` that request
-deserializer (every other method keeps the generated ones, the messages' own ``SerializeToString``
-and ``FromString``), and registers the handlers on the server as the generated code does.
+``register_service(add_to_server, servicer, serializers)`` is the ``register`` callable a
+composition root hands ``lifecycle.serve`` / ``serving.serve_listeners``: it runs the generated
+``add_<Service>Servicer_to_server`` against a recorder, gives each method named in ``serializers``
+that response serializer (every other method keeps the generated one, the message's own
+``SerializeToString``), and registers the handlers on the server as the generated code does.
 
 ``as_sent`` is the serializer of a method whose servicer yields messages it serialized itself
 (the gateway's ``ReadChunks``, ADR 0069): bytes go out unchanged, a message is serialized.
-``as_received`` is the deserializer of a method whose servicer reads the request bytes itself
-(the gateway's ``UploadChunks``, ADR 0074): the bytes gRPC received, unparsed.
 """
 
 from __future__ import annotations
@@ -20,10 +17,9 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-__all__ = ["Deserializer", "Serializer", "as_received", "as_sent", "register_service"]
+__all__ = ["Serializer", "as_sent", "register_service"]
 
 Serializer = Callable[[Any], bytes]
-Deserializer = Callable[[bytes], Any]
 _S = TypeVar("_S")
 
 
@@ -34,25 +30,15 @@ def as_sent(message: object) -> bytes:
     return cast(bytes, cast(Any, message).SerializeToString())
 
 
-def as_received(data: bytes) -> bytes:
-    """The request bytes as gRPC received them: the servicer parses them itself."""
-    return data
-
-
 def register_service(
-    add_to_server: Callable[[_S, Any], None],
-    servicer: _S,
-    serializers: Mapping[str, Serializer],
-    deserializers: Mapping[str, Deserializer] | None = None,
+    add_to_server: Callable[[_S, Any], None], servicer: _S, serializers: Mapping[str, Serializer]
 ) -> Callable[[grpc.aio.Server], None]:
     """The registration of ``servicer`` through the generated ``add_to_server``, the methods named in
-    ``serializers`` (bare method names, e.g. ``"ReadChunks"``) answering through theirs and those
-    named in ``deserializers`` reading their requests through theirs.
+    ``serializers`` (bare method names, e.g. ``"ReadChunks"``) answering through theirs.
 
-    Raises ValueError when registering if a name in either table is not a method of the service
-    (a renamed method must not silently fall back to the message's serializer or parser).
+    Raises ValueError when registering if a name in ``serializers`` is not a method of the service
+    (a renamed method must not silently fall back to the message's serializer).
     """
-    readers = dict(deserializers or {})
 
     def add(server: grpc.aio.Server) -> None:
         recorder = _HandlerRecorder()
@@ -62,14 +48,10 @@ def register_service(
         unknown = sorted(set(serializers) - set(recorder.handlers))
         if unknown:
             raise ValueError(f"{recorder.service} has no method {', '.join(unknown)} to give a serializer")
-        unknown = sorted(set(readers) - set(recorder.handlers))
-        if unknown:
-            raise ValueError(f"{recorder.service} has no method {', '.join(unknown)} to give a deserializer")
-        handlers = dict(recorder.handlers)
-        for name, serializer in serializers.items():
-            handlers[name] = handlers[name]._replace(response_serializer=serializer)
-        for name, reader in readers.items():
-            handlers[name] = handlers[name]._replace(request_deserializer=reader)
+        handlers = {
+            name: handler if name not in serializers else handler._replace(response_serializer=serializers[name])
+            for name, handler in recorder.handlers.items()
+        }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(recorder.service, handlers),))
         # As the generated code does (grpcio's own method; its type stubs predate it).
         cast(Any, server).add_registered_method_handlers(recorder.service, handlers)

@@ -155,12 +155,11 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         identity = await self._identity(context)
         return await points.find_missing_chunks(identity, request, store=self._store)
 
-    async def UploadChunks(  # type: ignore[override]  # reads serialized messages: see ``register``
+    async def UploadChunks(
         self,
-        request_iterator: AsyncIterator[bytes],
+        request_iterator: AsyncIterator[gateway_pb2.UploadChunkRequest],
         context: grpc.aio.ServicerContext[object, object],
     ) -> gateway_pb2.UploadChunksResponse:
-        """Serialized ``UploadChunkRequest`` messages in (``register`` hands them over unparsed)."""
         identity = await self._identity(context)
         return await ingest.upload_chunks(identity, request_iterator, store=self._store, writer=self._writer)
 
@@ -265,13 +264,10 @@ def register_admin(servicer: AgentAdminServicer) -> Callable[[grpc.aio.Server], 
 
 # Methods whose servicer yields serialized messages (ADR 0069): sent as they are.
 _SERIALIZERS: dict[str, grpc_methods.Serializer] = {"ReadChunks": grpc_methods.as_sent}
-# Methods whose servicer reads the request bytes itself (ADR 0074: ``upload_messages``, payloads as views).
-_DESERIALIZERS: dict[str, grpc_methods.Deserializer] = {"UploadChunks": grpc_methods.as_received}
 
 
 def register(servicer: GatewayServicer) -> Callable[[grpc.aio.Server], None]:
-    """The generated registration, the methods of ``_SERIALIZERS`` answering through theirs and those of
-    ``_DESERIALIZERS`` reading their requests through theirs."""
+    """The generated registration, the methods of ``_SERIALIZERS`` answering through theirs."""
     return grpc_methods.register_service(
-        gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server, servicer, _SERIALIZERS, _DESERIALIZERS
+        gateway_pb2_grpc.add_AgentGatewayServiceServicer_to_server, servicer, _SERIALIZERS
     )

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from strongroom.agent.v1 import gateway_pb2
@@ -29,7 +29,6 @@ from strongroom_gateway.errors import InvalidArgument, NotFound
 from strongroom_gateway.keys import AccountKeys
 from strongroom_gateway.ports import ChunkLocation, GatewayStore, Pack
 from strongroom_gateway.restrictions import require_job
-from strongroom_gateway.upload_messages import MalformedMessage, UploadRequestFields, read_upload_request
 
 log = logging.getLogger(__name__)
 
@@ -212,23 +211,24 @@ class PackWriter:
                     del pending[blob.chunk_id]
 
 
-def _uploaded_chunks(request: UploadRequestFields) -> list[UploadedPayload]:
+def _uploaded_chunks(request: gateway_pb2.UploadChunkRequest) -> list[UploadedPayload]:
     """The chunks one stream message carries (either form, see UploadChunkRequest); InvalidArgument if malformed."""
     if request.chunks:
-        if request.single.chunk_id:
+        if request.chunk_id:
             raise InvalidArgument("a message carries its chunks in `chunks` or in fields 2-5, not both")
-        forms = request.chunks
+        forms: Iterable[gateway_pb2.UploadedChunk | gateway_pb2.UploadChunkRequest] = request.chunks
     else:
-        forms = [request.single]
+        forms = (request,)
     out = []
     for number, chunk in enumerate(forms):
         validation.chunk_id(f"chunks[{number}].chunk_id" if request.chunks else "chunk_id", chunk.chunk_id)
         compression = PACK_COMPRESSION.get(chunk.compression)
         if compression is None:
             raise InvalidArgument(f"chunk {chunk.chunk_id.hex()}: compression must be NONE or ZSTD")
-        if len(chunk.payload) > MAX_CHUNK_SIZE + (64 << 10):
+        payload = chunk.payload  # each read of a bytes field copies it out of the message
+        if len(payload) > MAX_CHUNK_SIZE + (64 << 10):
             raise InvalidArgument(f"chunk {chunk.chunk_id.hex()}: payload larger than any chunk may be")
-        out.append(UploadedPayload(chunk.chunk_id, compression, chunk.raw_length, chunk.payload))
+        out.append(UploadedPayload(chunk.chunk_id, compression, chunk.raw_length, payload))
     return out
 
 
@@ -289,9 +289,7 @@ class _CallIngest:
             if chunk.chunk_id in existing:
                 response.chunks_already_present += 1
                 continue
-            # The payload is a view into its received message: copied out only now, as the pack buffer
-            # keeps it, so that a pack holds no more memory than its payloads whatever the messages held.
-            blob = packfile.BlobToPack(chunk.chunk_id, chunk.compression, bytes(chunk.payload), chunk.raw_length)
+            blob = packfile.BlobToPack(chunk.chunk_id, chunk.compression, chunk.payload, chunk.raw_length)
             pack, new = await self._writer.add(self._account_id, blob)
             self.packs.add(pack)
             if new:
@@ -311,19 +309,17 @@ class _CallIngest:
 
 async def upload_chunks(
     identity: Identity,
-    requests: AsyncIterator[bytes],
+    requests: AsyncIterator[gateway_pb2.UploadChunkRequest],
     *,
     store: GatewayStore,
     writer: PackWriter,
 ) -> gateway_pb2.UploadChunksResponse:
     """Verify each chunk against the account's key and store the new ones in packs.
 
-    ``requests`` are the serialized UploadChunkRequests as received (read by
-    ``upload_messages``, payloads as views: ADR 0074). A chunk whose content
-    does not hash to its id is refused (InvalidArgument) and never stored;
-    chunks before it in the same call are kept, also before a malformed
-    message. Verification runs in batches in a worker thread, overlapping the
-    receipt of the next batch (``_CallIngest``).
+    A chunk whose content does not hash to its id is refused (InvalidArgument)
+    and never stored; chunks before it in the same call are kept. Verification
+    runs in batches in a worker thread, overlapping the receipt of the next
+    batch (``_CallIngest``).
     """
     async with store.transaction() as tx:
         account = await tx.get_account(identity.account_id)
@@ -332,12 +328,7 @@ async def upload_chunks(
     jobs_checked: set[str] = set()
     call = _CallIngest(identity.account_id, account.chunk_id_key, store, writer)
     try:
-        async for data in requests:
-            try:
-                request = read_upload_request(data)
-            except MalformedMessage as exc:
-                await call.finish()  # the chunks before the malformed message are kept
-                raise InvalidArgument(f"not an UploadChunkRequest: {exc}") from None
+        async for request in requests:
             if request.job_id not in jobs_checked:
                 await require_job(identity, request.job_id, "backup", store=store)
                 jobs_checked.add(request.job_id)
