@@ -81,7 +81,7 @@ TRIM_EVERY_BYTES = 4 << 20
 # the benchmark tree took 1.5 million minor page faults (~6 GB of fresh pages for 2.6 GB of data)
 # and 6 of its 17.6 CPU seconds in the kernel. Below the floor the freed pages stay for reuse; above
 # it trims go on as before, so the peak stays where the pipeline's bounds put it.
-TRIM_FLOOR_BYTES = 144 << 20
+TRIM_FLOOR_BYTES = 128 << 20
 
 
 def resident_bytes() -> int:
