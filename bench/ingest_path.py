@@ -1,4 +1,4 @@
-"""The gateway's receive-and-verify step of UploadChunks alone, the previous way and the current one (ADR 0074).
+"""The gateway's receive-and-verify step of UploadChunks alone: the gateway's way and two tried ones (ADR 0074).
 
     uv run python bench/ingest_path.py [DIR] [--small-mib S] [--large-mib L] [--rounds 5]
 
@@ -10,14 +10,16 @@ UploadChunkRequest messages (``messages.upload_requests``). Then, in one thread,
 per round (the order rotates), every message is received (a fresh copy of its bytes, as gRPC hands
 over each message; the copy is not timed), read and verified:
 
-- ``runtime``: the previous way: parsed by the protobuf runtime (the generated ``FromString``, as
-  gRPC did), each chunk's fields and payload read out of the message, each chunk verified with
+- ``runtime``: the gateway's way: parsed by the protobuf runtime (the generated ``FromString``, as
+  gRPC does), each chunk's fields and payload read out of the message, each chunk verified with
   ``chunks.verify_payload`` (its content inflated into new memory);
-- ``runtime-reused``: the runtime's parse and payload copies, verified with ``chunks.verify_uploads``
-  (the verification change alone);
-- ``views``: ``upload_messages.read_upload_request`` (payloads as views into the received bytes),
-  ``ingest._uploaded_chunks`` and ``chunks.verify_uploads`` (large zstd chunks inflated into the
-  thread's reused buffer), then each payload copied out as the pack buffer keeps it.
+- ``runtime-reused`` (tried, not taken): the runtime's parse and payload copies, a zstd chunk of
+  128 KiB or more inflated into one reused buffer (a stream reader's ``readinto``) and hashed there;
+- ``views`` (tried, not taken): the message read from its bytes in Python (``read_upload_request`` below:
+  payloads as views, no copy by the runtime), verified as ``runtime-reused``, then each payload
+  copied out as a pack buffer would keep it.
+
+The tried ways live here only (the gateway was not changed): both cost more CPU than the gateway's.
 
 Prints the CPU seconds (user + system) and minor page faults of each side per round, and the medians.
 """
@@ -30,7 +32,12 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import blake3
+import zstandard
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -41,9 +48,8 @@ from strongroom.agent.v1 import gateway_pb2  # noqa: E402
 from strongroom_agent.backup import PipelineLimits  # noqa: E402
 from strongroom_agent.backup.messages import Upload, upload_requests  # noqa: E402
 from strongroom_agent.chunking import chunk_id, compress  # noqa: E402
-from strongroom_gateway.chunks import PACK_COMPRESSION, UploadedPayload, verify_payload, verify_uploads  # noqa: E402
-from strongroom_gateway.ingest import _uploaded_chunks  # noqa: E402
-from strongroom_gateway.upload_messages import read_upload_request  # noqa: E402
+from strongroom_gateway.chunks import PACK_COMPRESSION, _decompressor, verify_payload  # noqa: E402
+from strongroom_gateway.packfile import COMPRESSION_ZSTD  # noqa: E402
 
 MiB = 1 << 20
 MIN_SIZE, AVG_SIZE, MAX_SIZE, SEED = 256 << 10, 1 << 20, 4 << 20, 7
@@ -85,37 +91,229 @@ def load_messages(root: Path, small_mib: int, large_mib: int) -> tuple[list[byte
     return upload_requests("job-bench", uploads, MESSAGE_BYTES), len(uploads), raw
 
 
+# ---------------------------------------------------------------- the tried ways (not taken, ADR 0074)
+
+# Field numbers of UploadChunkRequest and UploadedChunk (agent/v1/gateway.proto).
+_JOB_ID, _CHUNK_ID, _COMPRESSION, _RAW_LENGTH, _PAYLOAD, _CHUNKS = 1, 2, 3, 4, 5, 6
+_UPLOADED_CHUNK_ID, _UPLOADED_COMPRESSION, _UPLOADED_RAW_LENGTH, _UPLOADED_PAYLOAD = 1, 2, 3, 4
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_U32 = 0xFFFFFFFF
+_EMPTY = memoryview(b"")
+
+
+class MalformedMessage(ValueError):
+    """The bytes are not an UploadChunkRequest."""
+
+
+@dataclass(slots=True)
+class UploadedFields:
+    """One chunk's fields as sent (an ``UploadedChunk``, or fields 2-5 of the request); ``payload`` a view."""
+
+    chunk_id: bytes = b""
+    compression: int = 0
+    raw_length: int = 0
+    payload: memoryview = _EMPTY
+
+
+@dataclass(slots=True)
+class UploadRequestFields:
+    """An ``UploadChunkRequest``: ``single`` is its fields 2-5, ``chunks`` its ``chunks`` elements."""
+
+    job_id: str = ""
+    single: UploadedFields = field(default_factory=UploadedFields)
+    chunks: list[UploadedFields] = field(default_factory=list)
+
+
+def read_upload_request(data: bytes) -> UploadRequestFields:
+    """The fields of the serialized UploadChunkRequest ``data``; its payloads are views into ``data``.
+
+    Raises MalformedMessage for bytes the protobuf runtime would not parse (see the module).
+    """
+    view = memoryview(data)
+    request = UploadRequestFields()
+    try:
+        position, end = 0, len(data)
+        while position < end:
+            tag = data[position]
+            if 8 <= tag < 0x80:  # a one-byte tag (every field of the message's), read inline
+                position += 1
+                number, wire = tag >> 3, tag & 7
+            else:
+                number, wire, position = _tag(data, position)
+            if wire == _LEN:
+                length, position = _varint(data, position)
+                stop = position + length
+                if stop > end:
+                    raise MalformedMessage("a field runs past the end of the message")
+                if number == _CHUNKS:
+                    request.chunks.append(_read_chunk(data, view, position, stop))
+                elif number == _JOB_ID:
+                    request.job_id = str(data[position:stop], "utf-8")
+                elif number == _CHUNK_ID:
+                    request.single.chunk_id = data[position:stop]
+                elif number == _PAYLOAD:
+                    request.single.payload = view[position:stop]
+                position = stop
+            elif wire == _VARINT:
+                value, position = _varint(data, position)
+                if number == _COMPRESSION:
+                    request.single.compression = _int32(value)
+                elif number == _RAW_LENGTH:
+                    request.single.raw_length = value & _U32
+            else:
+                position = _skip_fixed(wire, position, end)
+    except UnicodeDecodeError:
+        raise MalformedMessage("job_id is not UTF-8") from None
+    except IndexError:
+        raise MalformedMessage("the message ends inside a field") from None
+    return request
+
+
+def _read_chunk(data: bytes, view: memoryview, position: int, end: int) -> UploadedFields:
+    # Run once per chunk (tens of thousands per full backup): one-byte tags and lengths, which
+    # are all of the agent's but a payload's length, are read inline.
+    chunk = UploadedFields()
+    while position < end:
+        tag = data[position]
+        if 8 <= tag < 0x80:
+            position += 1
+            number, wire = tag >> 3, tag & 7
+        else:
+            number, wire, position = _tag(data, position)
+        if wire == _LEN:
+            length = data[position]
+            if length < 0x80:
+                position += 1
+            else:
+                length, position = _varint(data, position)
+            stop = position + length
+            if stop > end:
+                raise MalformedMessage("a field of a chunk runs past the chunk's end")
+            if number == _UPLOADED_PAYLOAD:
+                chunk.payload = view[position:stop]
+            elif number == _UPLOADED_CHUNK_ID:
+                chunk.chunk_id = data[position:stop]
+            position = stop
+        elif wire == _VARINT:
+            value, position = _varint(data, position)
+            if number == _UPLOADED_COMPRESSION:
+                chunk.compression = _int32(value)
+            elif number == _UPLOADED_RAW_LENGTH:
+                chunk.raw_length = value & _U32
+        else:
+            position = _skip_fixed(wire, position, end)
+        if position > end:
+            raise MalformedMessage("a field of a chunk runs past the chunk's end")
+    return chunk
+
+
+def _tag(data: bytes, position: int) -> tuple[int, int, int]:
+    tag, position = _varint(data, position)
+    number = tag >> 3
+    if number == 0 or number > 0x1FFFFFFF:
+        raise MalformedMessage(f"invalid field number {number}")
+    return number, tag & 7, position
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    """The varint at ``position`` (IndexError past the end) and the position after it."""
+    byte = data[position]
+    if byte < 0x80:
+        return byte, position + 1
+    value, shift = byte & 0x7F, 7
+    while True:
+        position += 1
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value & 0xFFFFFFFFFFFFFFFF, position + 1
+        shift += 7
+        if shift >= 70:
+            raise MalformedMessage("a varint is longer than 10 bytes")
+
+
+def _skip_fixed(wire: int, position: int, end: int) -> int:
+    if wire == _I64:
+        position += 8
+    elif wire == _I32:
+        position += 4
+    else:
+        raise MalformedMessage(f"unsupported wire type {wire}")
+    if position > end:
+        raise MalformedMessage("a field runs past the end of the message")
+    return position
+
+
+def _int32(value: int) -> int:
+    """An enum's varint as the runtime keeps it: its low 32 bits, signed."""
+    value &= _U32
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+_local = threading.local()
+INTO_BUFFER_MIN = 128 << 10
+SCRATCH_BYTES = 4 << 20
+
+
+def _reused(size: int) -> memoryview:
+    buffer: bytearray | None = getattr(_local, "scratch", None)
+    if size > SCRATCH_BYTES:
+        return memoryview(bytearray(size))
+    if buffer is None:
+        buffer = _local.scratch = bytearray(SCRATCH_BYTES)
+    return memoryview(buffer)[:size]
+
+
+def verify_reused(expected_id: bytes, payload: bytes | memoryview, compression: int, raw_length: int) -> None:
+    """``verify_payload``, but a zstd chunk of INTO_BUFFER_MIN or more that declares its size is inflated
+    into the thread's reused buffer (one read past its end finds any excess) and hashed there."""
+    large = compression == COMPRESSION_ZSTD and raw_length >= INTO_BUFFER_MIN
+    if large and zstandard.frame_content_size(payload) == raw_length:
+        out = _reused(raw_length)
+        reader = _decompressor().stream_reader(payload)  # the gateway's per-thread decompressor
+        filled = 0
+        while filled < raw_length:
+            n = reader.readinto(out[filled:])
+            if n == 0:
+                break
+            filled += n
+        if reader.readinto(bytearray(1)) or filled != raw_length:
+            raise ValueError("content is not raw_length bytes")
+        if blake3.blake3(out, key=KEY).digest() != expected_id:
+            raise ValueError("chunk id mismatch")
+        return
+    verify_payload(KEY, expected_id, bytes(payload), compression, raw_length)
+
+
 def runtime_side(data: bytes) -> int:
-    """The previous way: the protobuf runtime's parse, the payloads read out of it, verified into new memory."""
+    """The gateway's way: the protobuf runtime's parse, the payloads read out of it, verified into new memory."""
     request = gateway_pb2.UploadChunkRequest.FromString(data)
     held = 0
     for chunk in request.chunks:
         payload = chunk.payload  # each read of a bytes field copies it out of the message
-        compression = PACK_COMPRESSION[chunk.compression]
-        verify_payload(KEY, chunk.chunk_id, payload, compression, chunk.raw_length)
+        verify_payload(KEY, chunk.chunk_id, payload, PACK_COMPRESSION[chunk.compression], chunk.raw_length)
+        held += len(payload)
+    return held
+
+
+def runtime_reused_side(data: bytes) -> int:
+    """The runtime's parse and payload copies, large zstd chunks verified in the reused buffer."""
+    request = gateway_pb2.UploadChunkRequest.FromString(data)
+    held = 0
+    for chunk in request.chunks:
+        payload = chunk.payload
+        verify_reused(chunk.chunk_id, payload, PACK_COMPRESSION[chunk.compression], chunk.raw_length)
         held += len(payload)
     return held
 
 
 def views_side(data: bytes) -> int:
-    """The current way: read from the bytes, verified in the reused buffer, payloads copied as a pack keeps them."""
-    chunks: list[UploadedPayload] = _uploaded_chunks(read_upload_request(data))
-    passed, refusal = verify_uploads(KEY, chunks)
-    if refusal is not None:
-        raise refusal
-    return sum(len(bytes(c.payload)) for c in chunks[:passed])
-
-
-def runtime_reused_side(data: bytes) -> int:
-    """The protobuf runtime's parse and payload copies, verified through the reused buffer (the verify change alone)."""
-    request = gateway_pb2.UploadChunkRequest.FromString(data)
-    chunks = [
-        UploadedPayload(c.chunk_id, PACK_COMPRESSION[c.compression], c.raw_length, c.payload) for c in request.chunks
-    ]
-    passed, refusal = verify_uploads(KEY, chunks)
-    if refusal is not None:
-        raise refusal
-    return sum(len(c.payload) for c in chunks[:passed])
+    """Read from the bytes (payloads as views), verified as ``runtime_reused``, payloads copied as a pack keeps them."""
+    held = 0
+    for chunk in read_upload_request(data).chunks:
+        verify_reused(chunk.chunk_id, chunk.payload, PACK_COMPRESSION[chunk.compression], chunk.raw_length)
+        held += len(bytes(chunk.payload))
+    return held
 
 
 SIDES = {"runtime": runtime_side, "runtime-reused": runtime_reused_side, "views": views_side}
