@@ -9,7 +9,7 @@ the backup itself is synthetic (``SimulatedBackup``): instead of scanning a disk
 small generated delta, ``--fresh`` chunks of new random bytes plus ``--common`` chunks that are the
 same for every instance of an account (so all but the first find them already stored), and
 commits a point of those files with ``CommitPoint``, chunks keyed and encoded exactly as the
-agent does (``chunking.chunk_id`` / ``compress``, ``stages.upload_requests``).
+agent does (``chunking.chunk_id`` / ``compress``, ``messages.upload_requests``).
 
 Input: a JSON spec file (``fleet.py`` writes it). Output: one JSON object per line on stdout, for
 the driver: ``enrolled``, ``connected`` (each hello: reconnects show up as more than one),
@@ -32,7 +32,7 @@ from pathlib import Path
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent import __version__
-from strongroom_agent.backup.stages import Upload, upload_requests
+from strongroom_agent.backup.messages import Upload, upload_requests
 from strongroom_agent.chunking import ChunkParams, InvalidRepositoryParameters, chunk_id, compress
 from strongroom_agent.gateway_client import GatewayError, GrpcGatewayClient, enroll, open_channel
 from strongroom_agent.identity import new_key_and_csr

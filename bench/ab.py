@@ -96,7 +96,8 @@ def main() -> int:
     )
     print("| metric | base (median) | after (median) | after/base | all base | all after |")
     print("|---|---:|---:|---:|---|---|")
-    for metric in ("full_s", "nochange_s", "cpu_s", "agent_cpu_s", "gateway_cpu_s", "agent_peak_rss_mb", "full_load"):
+    metrics = ("full_s", "nochange_s", "cpu_s", "agent_cpu_s", "gateway_cpu_s", "agent_peak_rss_mb", "full_load")
+    for metric in (*metrics, "stored_mb", "agent_minflt_k", "gateway_minflt_k"):
         b, a = results["base"].get(metric, []), results["after"].get(metric, [])
         if not b or not a:
             continue

@@ -17,11 +17,14 @@ One invocation, single-threaded, CPU time of this thread (``time.thread_time``),
 3. **Upload messages**: 16 MiB of payload as 1 MiB, 16 KiB and 4 MiB chunks, made into 4 MiB
    messages by the protobuf runtime (build ``UploadedChunk`` / ``UploadChunkRequest``, then
    ``SerializeToString``: the agent before ADR 0071, reproduced here) and by
-   ``stages.upload_requests`` (hand-encoded, one join), alternating, ``malloc_trim`` before each
+   ``messages.upload_requests`` (hand-encoded, one join), alternating, ``malloc_trim`` before each
    (as the agent trims freed pages), CPU milliseconds per MiB of payload.
 4. **Small files read** (the data set's source files under 256 KiB: one chunk each): read into a
    ``bytearray`` with ``readv`` and the chunk copied out with ``bytes()`` (before ADR 0071) against
    one ``os.read`` whose ``bytes`` is the chunk, alternating per file, page cache warm.
+
+``--levels 1,-1,...`` instead: only the data set's compression CPU and stored bytes at each zstd
+level, per category, the levels alternating per file (ADR 0074).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import os
 import random
 import sys
@@ -45,13 +49,14 @@ sys.path.insert(0, str(HERE))
 import dataset  # noqa: E402
 from pyfastcdc import FastCDC  # noqa: E402
 from strongroom.agent.v1 import gateway_pb2  # noqa: E402
-from strongroom_agent.backup.stages import Upload, upload_requests  # noqa: E402
+from strongroom_agent.backup.messages import Upload, upload_requests  # noqa: E402
 from strongroom_agent.chunking import _compressor, compress  # noqa: E402
 
 MiB = 1 << 20
 # The gateway's chunker sizes (docs/formats/chunk-id.md); the seed only moves boundaries.
 MIN_SIZE, AVG_SIZE, MAX_SIZE, SEED = 256 << 10, 1 << 20, 4 << 20, 7
 NONE = gateway_pb2.CHUNK_COMPRESSION_NONE
+ZSTD = gateway_pb2.CHUNK_COMPRESSION_ZSTD
 
 
 @dataclass(frozen=True)
@@ -175,24 +180,31 @@ def label(s: Sampling | None) -> str:
 
 
 def over_dataset(root: Path, variants: list[Sampling | None]) -> None:
+    encoders = [functools.partial(sampled_compress, sampling=v) for v in variants]
+    over_files(root, "## Sampling, the data set", "variant", [label(v) for v in variants], encoders)
+
+
+def over_files(
+    root: Path, title: str, column: str, labels: list[str], encoders: list[Callable[[bytes], tuple[int, bytes]]]
+) -> None:
+    """Every file of ``root`` cut with the gateway's chunker sizes, its chunks encoded by each of ``encoders``
+    in turn (the order rotates per file); CPU and stored bytes per category (``report``)."""
     cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, seed=SEED)
     tallies: dict[tuple[str, int], Tally] = defaultdict(Tally)
     files = sorted(os.path.join(d, f) for d, _s, fs in os.walk(root) for f in fs if os.path.isfile(os.path.join(d, f)))
     for n, path in enumerate(files):
-        rel = os.path.relpath(path, root)
-        kind = category(rel)
+        kind = category(os.path.relpath(path, root))
         with open(path, "rb") as f:
             data = f.read()
         chunks = [bytes(c.data) for c in cdc.cut_buf(data)] if data else []
-        order = list(range(len(variants)))
+        order = list(range(len(encoders)))
         shift = n % len(order)
         for v in order[shift:] + order[:shift]:
-            sampling = variants[v]
-            tally = tallies[(kind, v)]
+            encode, tally = encoders[v], tallies[(kind, v)]
             stored = sent_raw = 0
             start = time.thread_time()
             for chunk in chunks:
-                encoding, payload = sampled_compress(chunk, sampling)
+                encoding, payload = encode(chunk)
                 stored += len(payload)
                 sent_raw += encoding == NONE
             tally.cpu += time.thread_time() - start
@@ -200,30 +212,52 @@ def over_dataset(root: Path, variants: list[Sampling | None]) -> None:
             tally.stored += stored
             tally.chunks += len(chunks)
             tally.sent_raw += sent_raw
-    kinds = sorted({k for k, _ in tallies}) + ["all"]
-    for k in range(len(variants)):
-        total = Tally()
-        for kind in kinds[:-1]:
+    sizes = f"{MIN_SIZE >> 10}K/{AVG_SIZE >> 10}K/{MAX_SIZE >> 10}K"
+    report(f"{title}: {len(files):,} files, chunker {sizes}", column, labels, tallies)
+
+
+def report(title: str, column: str, labels: list[str], tallies: dict[tuple[str, int], Tally]) -> None:
+    """Print per category and for all of them (``labels[i]`` names variant ``i``; ratios to variant 0)."""
+    kinds = sorted({k for k, _ in tallies})
+    for k in range(len(labels)):
+        total = tallies[("all", k)] = Tally()
+        for kind in kinds:
             t = tallies[(kind, k)]
             total.raw += t.raw
             total.stored += t.stored
             total.cpu += t.cpu
             total.chunks += t.chunks
             total.sent_raw += t.sent_raw
-        tallies[("all", k)] = total
-    sizes = f"{MIN_SIZE >> 10}K/{AVG_SIZE >> 10}K/{MAX_SIZE >> 10}K"
-    print(f"## Sampling, the data set: {len(files):,} files, chunker {sizes}\n")
-    print("| content | variant | raw MB | CPU s | stored MB | sent raw / chunks | CPU / full | stored / full |")
+    print(f"{title}\n")
+    first = labels[0]
+    print(f"| content | {column} | raw MB | CPU s | stored MB | sent raw / chunks | CPU / {first} | stored / {first} |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for kind in kinds:
+    for kind in [*kinds, "all"]:
         base = tallies[(kind, 0)]
-        for k, sampling in enumerate(variants):
+        for k, name in enumerate(labels):
             t = tallies[(kind, k)]
             print(
-                f"| {kind} | {label(sampling)} | {t.raw / 1e6:,.1f} | {t.cpu:.2f} | {t.stored / 1e6:,.1f} "
+                f"| {kind} | {name} | {t.raw / 1e6:,.1f} | {t.cpu:.2f} | {t.stored / 1e6:,.1f} "
                 f"| {t.sent_raw:,} / {t.chunks:,} | {t.cpu / base.cpu:.3f} | {t.stored / base.stored:.4f} |"
             )
     print()
+
+
+def over_levels(root: Path, levels: list[int]) -> None:
+    """Compression CPU and stored bytes of the data set at each zstd level (ADR 0074), levels alternating per file."""
+    import zstandard
+
+    def at_level(level: int) -> Callable[[bytes], tuple[int, bytes]]:
+        compressor = zstandard.ZstdCompressor(level=level)
+
+        def encode(chunk: bytes) -> tuple[int, bytes]:  # as chunking.compress: the content when zstd does not shrink it
+            compressed = compressor.compress(chunk)
+            return (ZSTD, compressed) if len(compressed) < len(chunk) else (NONE, chunk)
+
+        return encode
+
+    encoders = [at_level(level) for level in levels]
+    over_files(root, "## zstd levels, the data set", "level", [str(level) for level in levels], encoders)
 
 
 def protobuf_requests(job_id: str, uploads: list[Upload], message_bytes: int) -> list[bytes]:
@@ -326,8 +360,16 @@ def main() -> int:
         metavar="PIECE:STRIDE:MIN_CHUNK:SAVING",
         help="a sampling to compare (sizes in KiB; default three), e.g. 4:128:256:0.03",
     )
+    parser.add_argument(
+        "--levels", help="only compare these zstd levels over the data set, e.g. 1,-1,-2 (the first is the base)"
+    )
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    if args.levels:
+        levels = [int(x) for x in args.levels.split(",")]
+        over_levels(args.data or dataset.day1_tree(args.work, quick=args.quick), levels)
+        print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return 0
     per_chunk(args.repeat)
     if not args.skip_dataset:
         root = args.data or dataset.day1_tree(args.work, quick=args.quick)

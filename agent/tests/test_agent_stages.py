@@ -1,4 +1,4 @@
-"""The backup's chunk stages: the memory budget and the upload messages."""
+"""The backup's chunk stages: the memory budget, compression into upload messages, freed pages."""
 
 from __future__ import annotations
 
@@ -7,45 +7,6 @@ import asyncio
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_agent.backup import Upload, upload_requests
 from strongroom_agent.backup.stages import ByteBudget
-
-
-def test_upload_requests_carry_many_chunks_per_message_in_order() -> None:
-    uploads = [
-        Upload(bytes([i]) * 32, 100, gateway_pb2.CHUNK_COMPRESSION_NONE, bytes(size), 0)
-        for i, size in enumerate([300, 300, 300, 2000, 10, 10])
-    ]
-    requests = [gateway_pb2.UploadChunkRequest.FromString(r) for r in upload_requests("job-1", uploads, 700)]
-    assert [[len(c.payload) for c in r.chunks] for r in requests] == [[300, 300], [300], [2000], [10, 10]]
-    assert all(r.job_id == "job-1" and not r.chunk_id for r in requests)
-    assert [c.chunk_id for r in requests for c in r.chunks] == [u.id for u in uploads]
-    assert upload_requests("job-1", [], message_bytes=700) == []
-
-
-def test_upload_requests_are_the_bytes_the_protobuf_runtime_writes() -> None:
-    """Hand-encoded: every field, defaults left out, lengths past one varint byte, an empty job id."""
-    uploads = [
-        Upload(b"\x01" * 32, 5, gateway_pb2.CHUNK_COMPRESSION_NONE, b"12345", 0),
-        Upload(b"\x02" * 32, 300_000, gateway_pb2.CHUNK_COMPRESSION_ZSTD, bytes(range(256)) * 600, 0),
-        Upload(b"\x03" * 32, 0, gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED, b"", 0),
-        Upload(b"\x04" * 32, 1 << 22, gateway_pb2.CHUNK_COMPRESSION_ZSTD, b"x" * 127, 0),
-    ]
-    for job_id in ("job-7", "j" * 200, ""):
-        for message_bytes in (1, 200_000, 1 << 30):
-            expected: list[bytes] = []
-            current: list[gateway_pb2.UploadedChunk] = []
-            size = 0
-            for u in uploads:
-                if current and size + len(u.payload) > message_bytes:
-                    expected.append(gateway_pb2.UploadChunkRequest(job_id=job_id, chunks=current).SerializeToString())
-                    current, size = [], 0
-                current.append(
-                    gateway_pb2.UploadedChunk(
-                        chunk_id=u.id, compression=u.compression, raw_length=u.raw_length, payload=u.payload
-                    )
-                )
-                size += len(u.payload)
-            expected.append(gateway_pb2.UploadChunkRequest(job_id=job_id, chunks=current).SerializeToString())
-            assert upload_requests(job_id, uploads, message_bytes) == expected, (job_id, message_bytes)
 
 
 async def test_the_memory_budget_grants_in_order_and_a_cancelled_wait_takes_nothing() -> None:
@@ -109,6 +70,37 @@ def test_freed_pages_are_due_once_per_so_many_released_bytes() -> None:
     assert FreedPages(100, None).released(1000) is None  # not glibc: never
     assert FreedPages(0, trim).released(1000) is None  # switched off
     assert calls == []  # released() only says when; the caller runs it
+
+
+def test_freed_pages_are_kept_while_the_process_holds_no_more_than_the_floor() -> None:
+    """Trims are due as often as before, but only taken above the floor (ADR 0074: trimmed pages fault again)."""
+    from strongroom_agent.memory import FreedPages
+
+    def trim() -> None:
+        raise AssertionError("released() only says when; the caller runs it")
+
+    resident = [100]
+    freed = FreedPages(10, trim, floor_bytes=150, resident=lambda: resident[0])
+    assert [freed.released(10) for _ in range(3)] == [None, None, None]  # due, but below the floor
+    resident[0] = 150
+    assert freed.released(10) is None  # at the floor: kept
+    resident[0] = 151
+    assert [freed.released(n) for n in (10, 5, 5)] == [trim, None, trim]  # above it: as often as before
+    assert FreedPages(10, trim, floor_bytes=150).released(10) is trim  # no resident size known: no floor
+
+
+def test_resident_bytes_is_this_process_s() -> None:
+    import os
+
+    import pytest
+    from strongroom_agent.memory import resident_bytes
+
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("no procfs")
+    before = resident_bytes()
+    held = b"\x01" * (32 << 20)  # every page written
+    assert resident_bytes() >= before + (24 << 20)
+    del held
 
 
 def test_malloc_trim_is_glibc_s() -> None:

@@ -382,7 +382,13 @@ def make_hello(state_dir: str) -> Callable[[], Awaitable[gateway_pb2.AgentHello]
 
 def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Sequence[str]) -> BackupRunner:
     exclusions = host_exclusions(state_dir)
-    freed = memory.FreedPages(memory.TRIM_EVERY_BYTES, memory.malloc_trim())  # one per process, shared by jobs
+    # One per process, shared by jobs.
+    freed = memory.FreedPages(
+        memory.TRIM_EVERY_BYTES,
+        memory.malloc_trim(),
+        floor_bytes=memory.TRIM_FLOOR_BYTES,
+        resident=memory.resident_bytes,
+    )
 
     async def runner(
         command: gateway_pb2.RunBackup, cancel: asyncio.Event, on_progress: ProgressCallback
