@@ -10,7 +10,8 @@ directory under ``--target`` with ``run_restore``. ``ReadChunks`` answers are re
 the agent's gRPC client does (by protobuf, or by the revision's ``gateway_client.parse_read_chunks``
 where it has one, ADR 0073), so the agent's message handling is measured too (the serialization,
 the gateway's share, is included in the process CPU; it is a copy of the payload). Prints wall time, the process's CPU
-time, the cyclic garbage collector's time, minor page faults and the restored file count per run;
+time (user and system), the cyclic garbage collector's time, minor page faults, context switches
+(voluntary and involuntary: a thread waiting for the GIL sleeps) and the restored file count per run;
 ``--agent-allocator`` applies the agent's allocator settings first (``memory.tune_allocator``: a
 1 MiB mmap threshold, as the agent process runs). With ``--yappi`` the last run is profiled per thread (``uv
 pip install yappi`` first).
@@ -218,7 +219,7 @@ async def amain(args: argparse.Namespace) -> int:
             yappi.start()
         load = os.getloadavg()[0]
         gc_time.reset()
-        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         command = gateway_pb2.RunRestore(
             restore_job_id="r-1",
@@ -230,7 +231,10 @@ async def amain(args: argparse.Namespace) -> int:
         gateway.parse = parsers.get(side, parsers["this"])
         done = await restore(command, client=gateway, cancel=asyncio.Event())
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = usage.ru_utime - usage0.ru_utime, usage.ru_stime - usage0.ru_stime
+        faults = usage.ru_minflt - usage0.ru_minflt
+        switches = usage.ru_nvcsw - usage0.ru_nvcsw + usage.ru_nivcsw - usage0.ru_nivcsw
         if profile:
             yappi.stop()
             columns = {0: ("name", 90), 1: ("ncall", 9), 2: ("tsub", 8), 3: ("ttot", 8), 4: ("tavg", 8)}
@@ -240,8 +244,9 @@ async def amain(args: argparse.Namespace) -> int:
         shutil.rmtree(target)
         status = common_pb2.JobStatus.Name(done.status)
         print(
-            f"run {n + 1} {side}: wall {wall:.2f}s, CPU {cpu:.2f}s, gc {gc_time.seconds:.2f}s"
-            f" ({gc_time.collections} collections), {faults} minor faults, {restored}/{source} files, {status}"
+            f"run {n + 1} {side}: wall {wall:.2f}s, CPU {cpu:.2f}s (user {user:.2f}, sys {system:.2f}),"
+            f" gc {gc_time.seconds:.2f}s ({gc_time.collections} collections), {faults} minor faults,"
+            f" {switches} context switches, {restored}/{source} files, {status}"
             f" (load {load:.1f} -> {os.getloadavg()[0]:.1f})",
             flush=True,
         )
