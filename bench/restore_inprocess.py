@@ -27,9 +27,10 @@ import asyncio
 import gc
 import importlib
 import os
-import resource
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -208,6 +209,7 @@ async def amain(args: argparse.Namespace) -> int:
                 _variant(importlib.import_module(f"strongroom_agent.restore.{module_name}"), constant, int(value)),
             )
         )
+    figures: dict[str, list[tuple[float, float, float]]] = {side: [] for side, _ in sides}
     for n, (side, restore) in ((n, side) for n in range(args.runs) for side in sides):
         target = args.target / f"restore-inprocess-{uuid.uuid4().hex[:6]}"
         target.mkdir()
@@ -240,6 +242,7 @@ async def amain(args: argparse.Namespace) -> int:
             columns = {0: ("name", 90), 1: ("ncall", 9), 2: ("tsub", 8), 3: ("ttot", 8), 4: ("tavg", 8)}
             yappi.get_func_stats().sort("tsub").print_all(out=sys.stdout, columns=columns)
             yappi.get_thread_stats().print_all()
+        figures[side].append((cpu, wall, system))
         restored = count_files(target)
         shutil.rmtree(target)
         status = common_pb2.JobStatus.Name(done.status)
@@ -250,6 +253,16 @@ async def amain(args: argparse.Namespace) -> int:
             f" (load {load:.1f} -> {os.getloadavg()[0]:.1f})",
             flush=True,
         )
+    for side, runs in figures.items():
+        cpu, wall, system = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(f"median {side}: CPU {cpu:.2f}s (sys {system:.2f}), wall {wall:.2f}s over {len(runs)} runs")
+    reference = args.base or "this"
+    base_cpu = statistics.median(r[0] for r in figures[reference])
+    base_wall = statistics.median(r[1] for r in figures[reference])
+    for side, runs in figures.items():
+        if side != reference:
+            cpu, wall = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+            print(f"{side} / {reference}: CPU {cpu / base_cpu:.2f}, wall {wall / base_wall:.2f}")
     return 0
 
 
