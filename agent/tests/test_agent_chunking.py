@@ -159,13 +159,14 @@ def test_decode_zstd_frames_inflates_each_frame_to_exactly_its_length() -> None:
     decoded = decode_zstd_frames(views, [len(c) for c in contents])
     assert [bytes(d) for d in decoded] == contents
     assert decode_zstd_frames([], []) == []
-    good, bad = frames[3], frames[7]
+    good, size = frames[3], len(contents[3])
+    bad = zstandard.ZstdCompressor().compress(b"restore me " * 1000)  # 11,000 bytes
     for frames_given, lengths, reason in (
-        ([good, bad[:-8] + bytes(8)], [len(contents[3]), len(contents[7])], "corrupt zstd frame"),  # damaged
-        ([good, bad[:-3]], [len(contents[3]), len(contents[7])], "corrupt zstd frame"),  # cut short
-        ([good, bad], [len(contents[3]), len(contents[7]) - 1], "corrupt zstd frame"),  # holds more
-        ([good, bad], [len(contents[3]), len(contents[7]) + 1], "corrupt zstd frame"),  # holds less
-        ([good, bad], [len(contents[3]), 0], "every frame must declare content"),
+        ([good, bad[:-8] + bytes(8)], [size, 11_000], "corrupt zstd frame"),  # the last block damaged
+        ([good, bad[:-3]], [size, 11_000], "corrupt zstd frame"),  # cut short
+        ([good, bad], [size, 10_999], "corrupt zstd frame"),  # holds more
+        ([good, bad], [size, 11_001], "corrupt zstd frame"),  # holds less
+        ([good, bad], [size, 0], "every frame must declare content"),
     ):
         with pytest.raises(ValueError, match=reason):
             decode_zstd_frames(frames_given, lengths)
