@@ -123,7 +123,7 @@ def test_small_chunks_of_a_group_are_inflated_once_each_in_one_call(
 
     monkeypatch.setattr(content_module, "decode_zstd_frames", counting)
     monkeypatch.setattr(content_module, "decode_chunk", counting_one)
-    shared = zstd(b"s", b"shared " * 30)
+    shared = zstd(b"s", b"shared " * 20)
     own = [zstd(bytes([n]), f"own {n} ".encode() * 20) for n in range(5)]
     large = zstd(b"L", b"L" * 200)  # into the buffer, not the group
     stored = Encoded(b"n", b"as sent", NONE, 7)
