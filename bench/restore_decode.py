@@ -1,4 +1,4 @@
-"""The restore writers' decode-and-write step alone: per chunk, into a reused buffer, or a group at a time (ADR 0072, 0073).
+"""The restore writers' decode-and-write step alone: per chunk, a reused buffer, a group at a time (ADR 0072, 0073).
 
     uv run python bench/restore_decode.py [DIR] [--small N] [--large-mib M] [--rounds 5] [--target /dev/shm]
 

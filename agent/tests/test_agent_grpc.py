@@ -218,6 +218,7 @@ async def test_a_read_chunks_message_that_does_not_parse_fails_the_call(
 ) -> None:
     servicer, address = server
     servicer.fake.chunks[b"\x01" * 32] = b"content"
+
     def refuse(message: bytes) -> list[Any]:
         raise ValueError("a field runs past its message")
 

@@ -66,7 +66,8 @@ def unknown_field(rng: random.Random) -> bytes:
 
 
 def random_fields(rng: random.Random, *, served: bool) -> bytes:
-    """Fields 1-4 (and a ServedChunk's 5) in any order, some repeated, some of another wire type, unknown ones between."""
+    """Fields 1-4 (and a ServedChunk's 5) in any order, some repeated, some of another wire type, unknown ones
+    between."""
     fields = [
         field(1, 2, rng.randbytes(rng.choice([0, 32, 32, 5])), rng),
         field(2, 2, rng.randbytes(rng.choice([0, 1, 127, 128, 300, 20_000])), rng),
@@ -95,7 +96,9 @@ def random_message(rng: random.Random) -> bytes:
 
 def test_messages_as_the_gateway_writes_them() -> None:
     chunks = [
-        gateway_pb2.ServedChunk(chunk_id=bytes([n]) * 32, data=bytes([n]) * (n * 997), compression=1 + n % 2, raw_length=n)
+        gateway_pb2.ServedChunk(
+            chunk_id=bytes([n]) * 32, data=bytes([n]) * (n * 997), compression=1 + n % 2, raw_length=n
+        )
         for n in range(1, 30)
     ]
     chunks.append(gateway_pb2.ServedChunk(chunk_id=b"\xdd" * 32, damage="authentication failed"))

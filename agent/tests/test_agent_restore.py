@@ -494,7 +494,7 @@ async def test_a_chunk_many_files_share_is_fetched_once_and_written_to_each(tmp_
 async def test_small_files_chunks_are_inflated_a_group_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """600 small files in one batch: their compressed chunks inflate in a few calls (one per writer run), not one each."""
+    """600 small files in one batch: their compressed chunks inflate in a call per writer run, not one each."""
     calls: list[int] = []
     real = content_module.decode_zstd_frames
 

@@ -89,6 +89,22 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     raise ValueError("malformed varint")
 
 
+_FIXED_WIDTH = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit): their bytes
+
+
+def _small_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """``_varint``, one byte without a loop (lengths of ids, compression codes)."""
+    if pos < end and buf[pos] < 0x80:
+        return buf[pos], pos + 1
+    return _varint(buf, pos, end)
+
+
+def _int32(value: int) -> int:
+    """A varint as protobuf reads an int32 (an enum): its low 32 bits, signed."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def _chunk_fields(buf: bytes, view: memoryview, pos: int, end: int, chunks: list[SentChunk] | None) -> SentChunk:
     """The fields of a ``ServedChunk`` in ``buf[pos:end]``, or with ``chunks`` those of a ``ReadChunksResponse``.
 
@@ -114,11 +130,7 @@ def _chunk_fields(buf: bytes, view: memoryview, pos: int, end: int, chunks: list
         if field == 0:
             raise ValueError("field number 0")
         if wire == 2:  # length-delimited
-            length = buf[pos] if pos < end else 0x80
-            if length < 0x80:
-                pos += 1
-            else:
-                length, pos = _varint(buf, pos, end)
+            length, pos = _small_varint(buf, pos, end)
             stop = pos + length
             if stop > end:
                 raise ValueError("a field runs past its message")
@@ -133,20 +145,13 @@ def _chunk_fields(buf: bytes, view: memoryview, pos: int, end: int, chunks: list
                     chunks.append(_chunk_fields(buf, view, pos, stop, None))
             pos = stop
         elif wire == 0:
-            value = buf[pos] if pos < end else 0x80
-            if value < 0x80:
-                pos += 1
-            else:
-                value, pos = _varint(buf, pos, end)
+            value, pos = _small_varint(buf, pos, end)
             if field == 3:
-                value &= 0xFFFFFFFF
-                compression = value - (1 << 32) if value >= 1 << 31 else value
+                compression = _int32(value)
             elif field == 4:
                 raw_length = value & 0xFFFFFFFF
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
+        elif wire in _FIXED_WIDTH:
+            pos += _FIXED_WIDTH[wire]
         else:
             raise ValueError(f"wire type {wire}")
     if pos != end:

@@ -140,7 +140,9 @@ class ContentWriter:
         group = list(small.values())
         content: dict[bytes, bytes | memoryview] = {}
         try:
-            content.update(zip(small, decode_zstd_frames([c.data for c in group], [c.length for c in group])))
+            content.update(
+                zip(small, decode_zstd_frames([c.data for c in group], [c.length for c in group]), strict=True)
+            )
             return Inflated(content, {})
         except ValueError:
             pass
