@@ -1,4 +1,4 @@
-"""The restore writers' decode-and-write step alone: per chunk, a reused buffer, a group at a time (ADR 0072, 0073).
+"""The restore writers' decode-and-write step alone: one new buffer per chunk, or one reused buffer (ADR 0072).
 
     uv run python bench/restore_decode.py [DIR] [--small N] [--large-mib M] [--rounds 5] [--target /dev/shm]
 
@@ -10,10 +10,8 @@ writes them into fresh files under ``--target`` in one thread, alternating in ea
 
 - ``per-chunk``: the previous writers' way: a batch's chunks decoded first, each into new memory
   (``decode_chunk``), held, then written per file (``Destination.write``, one ``writev``);
-- ``reused``: ``ContentWriter``: each file's large chunks inflated into one reused buffer and
-  written from there, its small ones one at a time into new memory (ADR 0072);
-- ``grouped``: the same, with the small chunks of consecutive files inflated together, about
-  ``SMALL_GROUP_BYTES`` at a time in one native call (``ContentWriter.inflate_small``, ADR 0073).
+- ``reused``: ``ContentWriter``: each file's chunks inflated into one reused buffer and written
+  from there.
 
 Both write the same files (32 MiB batches, the agent's). Prints the CPU seconds (user + system),
 wall time and minor page faults of each side per round, and the medians.
@@ -37,7 +35,7 @@ sys.path.insert(0, str(HERE))
 import dataset  # noqa: E402
 from strongroom.agent.v1 import gateway_pb2  # noqa: E402
 from strongroom_agent.chunking import compress, decode_chunk  # noqa: E402
-from strongroom_agent.restore.content import SMALL_GROUP_BYTES, ContentWriter, Encoded  # noqa: E402
+from strongroom_agent.restore.content import ContentWriter, Encoded  # noqa: E402
 from strongroom_agent.restore.destination import Destination  # noqa: E402
 
 BATCH_BYTES = 32 << 20
@@ -113,26 +111,6 @@ def reused(target: Path, work: list[list[list[Encoded]]]) -> None:
             n += 1
 
 
-def grouped(target: Path, work: list[list[list[Encoded]]]) -> None:
-    writer = ContentWriter()
-    n = 0
-    for batch in work:
-        group: list[list[Encoded]] = []
-        small = 0
-        for i, chunks in enumerate(batch):
-            group.append(chunks)
-            small += sum(c.length for c in chunks if writer.small(c))
-            if small < SMALL_GROUP_BYTES and i + 1 < len(batch):
-                continue
-            inflated = writer.inflate_small(c for file_chunks in group for c in file_chunks)
-            for file_chunks in group:
-                fd = os.open(target / f"f{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                writer.write(fd, file_chunks, inflated)
-                os.close(fd)
-                n += 1
-            group, small = [], 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, nargs="?", help="a day-1 tree (default: the benchmark's, built on first use)")
@@ -151,9 +129,9 @@ def main() -> int:
     zstd = sum(1 for chunks in files for c in chunks if c.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD)
     chunks = sum(len(f) for f in files)
     print(f"{len(files)} files, {chunks} chunks ({zstd} zstd), {raw / 2**20:.0f} MiB, {len(work)} batches", flush=True)
-    figures: dict[str, list[tuple[float, float, int]]] = {"per-chunk": [], "reused": [], "grouped": []}
+    figures: dict[str, list[tuple[float, float, int]]] = {"per-chunk": [], "reused": []}
     for n in range(args.rounds):
-        for name, step in (("per-chunk", per_chunk), ("reused", reused), ("grouped", grouped)):
+        for name, step in (("per-chunk", per_chunk), ("reused", reused)):
             target = Path(tempfile.mkdtemp(prefix="restore-decode-", dir=args.target))
             load = os.getloadavg()[0]
             (c0, f0), w0 = cpu(), time.perf_counter()
@@ -172,8 +150,6 @@ def main() -> int:
         print(f"median {name}: CPU {c:.2f}s, wall {w:.2f}s, {faults:.0f} page faults")
     base = statistics.median(r[0] for r in figures["per-chunk"])
     print(f"reused / per-chunk CPU: {statistics.median(r[0] for r in figures['reused']) / base:.2f}")
-    reused_cpu = statistics.median(r[0] for r in figures["reused"])
-    print(f"grouped / reused CPU: {statistics.median(r[0] for r in figures['grouped']) / reused_cpu:.2f}")
     return 0
 
 

@@ -15,7 +15,6 @@ from strongroom_agent.chunking import (
     chunk_id,
     compress,
     decode_chunk,
-    decode_zstd_frames,
     decode_zstd_into,
     decoded_length,
 )
@@ -150,23 +149,3 @@ def test_decode_zstd_into_fills_the_callers_buffer_exactly() -> None:
     with pytest.raises(ValueError, match="declares 11000 bytes, expected 10"):
         decoded_length(frame, gateway_pb2.CHUNK_COMPRESSION_ZSTD, 10)
     assert decoded_length(content, gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED, 0) == len(content)
-
-
-def test_decode_zstd_frames_inflates_each_frame_to_exactly_its_length() -> None:
-    contents = [f"small file {n} ".encode() * (n + 1) for n in range(50)] + [data(300_000)]
-    frames = [zstandard.ZstdCompressor().compress(c) for c in contents]
-    views = [memoryview(b"head" + f)[4:] for f in frames]  # frames may be views into a larger message
-    decoded = decode_zstd_frames(views, [len(c) for c in contents])
-    assert [bytes(d) for d in decoded] == contents
-    assert decode_zstd_frames([], []) == []
-    good, size = frames[3], len(contents[3])
-    bad = zstandard.ZstdCompressor().compress(b"restore me " * 1000)  # 11,000 bytes
-    for frames_given, lengths, reason in (
-        ([good, bad[:-8] + bytes(8)], [size, 11_000], "corrupt zstd frame"),  # the last block damaged
-        ([good, bad[:-3]], [size, 11_000], "corrupt zstd frame"),  # cut short
-        ([good, bad], [size, 10_999], "corrupt zstd frame"),  # holds more
-        ([good, bad], [size, 11_001], "corrupt zstd frame"),  # holds less
-        ([good, bad], [size, 0], "every frame must declare content"),
-    ):
-        with pytest.raises(ValueError, match=reason):
-            decode_zstd_frames(frames_given, lengths)

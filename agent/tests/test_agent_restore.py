@@ -22,7 +22,6 @@ from strongroom_agent.chunking import chunk_id
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
 from strongroom_agent.jobs import MAX_REPORTED_FAILED_FILES, FileError, job_finished
-from strongroom_agent.restore import content as content_module
 from strongroom_agent.restore import destination as destination_module
 from strongroom_agent.restore import fetch as fetch_module
 from strongroom_agent.restore import run_restore
@@ -434,9 +433,9 @@ async def test_a_chunk_that_does_not_decode_fails_only_its_files_and_writes_no_w
 async def test_a_chunk_whose_body_does_not_inflate_fails_its_files_and_leaves_nothing_partial(
     tmp_path: Path, policy: int, repeat: int
 ) -> None:
-    """Its header declares the right length. A small chunk is found out when its group of files is inflated,
-    before its files are created; a large one (inflated into the writer's buffer) while its file is written,
-    and the file goes again. Either way the other files are written."""
+    """Its header declares the right length, so the file is created; the write fails and the file goes again.
+
+    A small chunk is inflated into new memory, a large one into the writer's buffer (ADR 0072)."""
     bad = b"".join(b"bad content, line %d\n" % n for n in range(repeat))
 
     class CorruptingGateway(FakeGateway):
@@ -489,31 +488,6 @@ async def test_a_chunk_many_files_share_is_fetched_once_and_written_to_each(tmp_
     for path, pieces in tree:
         if pieces is not None:
             assert (tmp_path / path).read_bytes() == b"".join(pieces), path
-
-
-async def test_small_files_chunks_are_inflated_a_group_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """600 small files in one batch: their compressed chunks inflate in a call per writer run, not one each."""
-    calls: list[int] = []
-    real = content_module.decode_zstd_frames
-
-    def counting(frames: list[bytes], lengths: list[int]) -> list[memoryview]:
-        calls.append(len(frames))
-        return real(frames, lengths)
-
-    monkeypatch.setattr(content_module, "decode_zstd_frames", counting)
-    gateway = FakeGateway()
-    tree = [(path, [b"shared head " * 8, *pieces]) if pieces else (path, None) for path, pieces in small_tree(600)]
-    point_id = add_files(gateway, tree)
-    finished = await restore(gateway, point_id, tmp_path)
-    assert finished.status == COMPLETE, finished.file_errors
-    assert finished.stats.files_restored == 600 and gateway.read_chunk_calls == 1
-    for path, pieces in tree:
-        if pieces is not None:
-            assert (tmp_path / path).read_bytes() == b"".join(pieces), path
-    # The fake sends every other chunk compressed: ~260 distinct ones; the shared head once per run.
-    assert 0 < len(calls) <= 6 and sum(calls) >= 250, calls
 
 
 def damaged_tree(gateway: FakeGateway) -> tuple[str, list[tuple[str, list[bytes] | None]], set[str]]:

@@ -9,7 +9,6 @@ import pytest
 import zstandard
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_agent.gateway_client import SentChunk
-from strongroom_agent.restore import content as content_module
 from strongroom_agent.restore.content import Contents, ContentWriter, Encoded
 from strongroom_agent.restore.destination import EntryProblem
 
@@ -21,16 +20,11 @@ def zstd(cid: bytes, content: bytes) -> Encoded:
     return Encoded(cid, zstandard.compress(content), ZSTD, len(content))
 
 
-def write(
-    tmp_path: Path,
-    writer: ContentWriter,
-    chunks: list[Encoded],
-    inflated: content_module.Inflated = content_module.NOTHING_INFLATED,
-) -> bytes:
+def write(tmp_path: Path, writer: ContentWriter, chunks: list[Encoded]) -> bytes:
     path = tmp_path / "f"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        assert writer.write(fd, chunks, inflated) == sum(c.length for c in chunks)
+        assert writer.write(fd, chunks) == sum(c.length for c in chunks)
     finally:
         os.close(fd)
     return path.read_bytes()
@@ -104,53 +98,3 @@ def test_a_files_chunks_are_checked_before_anything_is_written() -> None:
     ):
         with pytest.raises(EntryProblem, match=reason):
             contents.chunks_of(ids)
-
-
-def test_small_chunks_of_a_group_are_inflated_once_each_in_one_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[int] = []
-    one_at_a_time: list[int] = []
-    real, real_one = content_module.decode_zstd_frames, content_module.decode_chunk
-
-    def counting(frames: list[bytes], lengths: list[int]) -> list[memoryview]:
-        calls.append(len(frames))
-        return real(frames, lengths)
-
-    def counting_one(data: bytes, compression: int, length: int) -> bytes:
-        one_at_a_time.append(length)
-        return real_one(data, compression, length)
-
-    monkeypatch.setattr(content_module, "decode_zstd_frames", counting)
-    monkeypatch.setattr(content_module, "decode_chunk", counting_one)
-    shared = zstd(b"s", b"shared " * 20)
-    own = [zstd(bytes([n]), f"own {n} ".encode() * 20) for n in range(5)]
-    large = zstd(b"L", b"L" * 200)  # into the buffer, not the group
-    stored = Encoded(b"n", b"as sent", NONE, 7)
-    empty = zstd(b"e", b"")  # nothing to inflate: not in the group
-    files = [[own[n], shared, stored] for n in range(5)] + [[shared, large, empty]]
-    writer = ContentWriter(size=1000, into_buffer_min=200)
-    inflated = writer.inflate_small(c for chunks in files for c in chunks)
-    assert calls == [6] and not inflated.damage  # five own chunks and the shared one, once
-    assert set(inflated.content) == {c.chunk_id for c in own} | {b"s"}
-    for chunks in files:
-        assert inflated.problem(chunks) is None
-        expected = b"".join(zstandard.decompress(c.data) if c.compression == ZSTD else c.data for c in chunks)
-        assert write(tmp_path, writer, chunks, inflated) == expected
-    assert calls == [6] and one_at_a_time == [0]  # the writes took the group's content; the empty one alone
-
-
-def test_a_corrupt_chunk_in_a_group_names_that_chunk_and_the_others_are_inflated() -> None:
-    good = [zstd(bytes([n]), f"good {n} ".encode() * 10) for n in range(4)]
-    frame = zstandard.compress(b"bad!" * 100)
-    corrupt = Encoded(b"\xbb", frame[:-8] + b"\0" * 8, ZSTD, 400)
-    writer = ContentWriter(size=1000, into_buffer_min=1000)
-    inflated = writer.inflate_small([*good[:2], corrupt, *good[2:]])
-    assert list(inflated.damage) == [b"\xbb"] and inflated.damage[b"\xbb"].startswith("corrupt zstd frame")
-    assert {cid: bytes(c) for cid, c in inflated.content.items()} == {
-        c.chunk_id: zstandard.decompress(c.data) for c in good
-    }
-    assert inflated.problem(good) is None
-    problem = inflated.problem([good[0], corrupt])
-    assert problem is not None
-    assert problem.startswith("chunk bb of this file is damaged in storage (does not decode: corrupt zstd frame")

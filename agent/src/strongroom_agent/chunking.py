@@ -8,10 +8,9 @@ gateway verifies, so they come only from ``RepositoryParameters``.
 
 from __future__ import annotations
 
-import array
 import functools
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -190,28 +189,3 @@ def decode_zstd_into(frame: bytes | memoryview, out: memoryview) -> None:
         raise ValueError(f"content is more than the expected {len(out)} bytes")
     if filled != len(out):
         raise ValueError(f"content is {filled} bytes, expected {len(out)}")
-
-
-def decode_zstd_frames(frames: Sequence[bytes | memoryview], lengths: Sequence[int]) -> list[memoryview]:
-    """Inflate the zstd ``frames`` in one native call, the GIL released for all of them; their contents in order.
-
-    Call ``decoded_length`` on each first: it checks the declared length
-    before anything is inflated, and ``lengths`` are those, each above 0.
-    ValueError when any frame is corrupt, ends short of its length or holds
-    more (which one is not said: inflate them one at a time to find out).
-    One call per chunk dropped and retook the GIL per chunk and cost a
-    Python call chain each: small files are mostly one small chunk (ADR 0073).
-    The contents share memory of the call's own: keep them only while needed.
-    """
-    if not frames:
-        return []
-    if min(lengths) <= 0:
-        raise ValueError("every frame must declare content")
-    try:
-        # Each frame must inflate to exactly its size and end there (the library checks both).
-        out = _decompressor().multi_decompress_to_buffer(
-            list(frames), decompressed_sizes=array.array("Q", lengths).tobytes()
-        )
-    except zstandard.ZstdError as exc:
-        raise ValueError(f"corrupt zstd frame: {exc}") from None
-    return [memoryview(out[n]) for n in range(len(out))]  # type: ignore[arg-type]  # the stub omits the buffer protocol

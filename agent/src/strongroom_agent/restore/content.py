@@ -5,17 +5,14 @@ that needs them is written: a chunk of ``INTO_BUFFER_MIN`` or more straight
 into one reused buffer per writer (``ContentWriter``), written from there with
 ``writev``; inflating such chunks into new memory cost three times the CPU
 (page faults), and the batch's whole decoded content was held at once (ADR
-0072). Smaller chunks are inflated for a group of files at a time
-(``ContentWriter.inflate_small``: about ``SMALL_GROUP_BYTES`` of content, each
-distinct chunk once) in one native call that releases the GIL once, not once
-per chunk (ADR 0073).
+0072). Smaller chunks are inflated into new memory, cheaper for them. A chunk
+several files share is decoded once per file that uses it.
 
 Checks: before a file is created, every chunk it needs must have been sent,
 undamaged, and declare (in its header, nothing inflated) the length the sum
-of which is the file's size (``Contents.chunks_of``), and its small chunks
-must have inflated to exactly that length (``Inflated.problem``); a large
-chunk whose body then does not inflate to exactly its length fails the
-write, and the file is removed by the destination.
+of which is the file's size (``Contents.chunks_of``); a chunk whose body then
+does not inflate to exactly that length fails the write, and the file is
+removed by the destination.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ from typing import NamedTuple
 
 from strongroom.agent.v1 import gateway_pb2
 
-from strongroom_agent.chunking import decode_chunk, decode_zstd_frames, decode_zstd_into, decoded_length
+from strongroom_agent.chunking import decode_chunk, decode_zstd_into, decoded_length
 from strongroom_agent.gateway_client import ChunkSent
 from strongroom_agent.restore.destination import Destination, EntryProblem
 
@@ -37,10 +34,6 @@ DECODE_BUFFER_BYTES = 4 << 20
 # stream reader per chunk cost more than that (decoding and writing 20,000 of the source tree's files:
 # +12% CPU; the buffer's gain is on large chunks: -25% over 384 MiB of large files; ADR 0072).
 INTO_BUFFER_MIN = 128 << 10
-# The small chunks of consecutive files are inflated together until about this much content: one native
-# call per group; kept under the agent's 1 MiB mmap threshold (``memory.py``) so its memory is reused
-# rather than mapped and faulted in afresh per group.
-SMALL_GROUP_BYTES = 768 << 10
 
 
 def damage_reason(chunk_id: bytes, damage: str) -> str:
@@ -92,25 +85,6 @@ class Contents:
         return out
 
 
-class Inflated(NamedTuple):
-    """Small chunks inflated for a group of files: content by chunk id, and why the others did not inflate."""
-
-    content: dict[bytes, bytes | memoryview]
-    damage: dict[bytes, str]
-
-    def problem(self, chunks: Sequence[Encoded]) -> str | None:
-        """The error of a file that needs one of the chunks that did not inflate; None when none of them."""
-        if self.damage:
-            for chunk in chunks:
-                reason = self.damage.get(chunk.chunk_id)
-                if reason is not None:
-                    return damage_reason(chunk.chunk_id, f"does not decode: {reason}")
-        return None
-
-
-NOTHING_INFLATED = Inflated({}, {})
-
-
 class ContentWriter:
     """Writes files' chunks, inflating the larger compressed ones into one reused buffer (one writer at a time).
 
@@ -122,51 +96,15 @@ class ContentWriter:
         self._into_buffer_min = into_buffer_min
         self._buffer: memoryview | None = None
 
-    def small(self, chunk: Encoded) -> bool:
-        """Whether ``chunk`` is inflated with its group's (``inflate_small``), not into the buffer."""
-        return chunk.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD and chunk.length < self._into_buffer_min
-
-    def inflate_small(self, chunks: Iterable[Encoded]) -> Inflated:
-        """Inflate the small compressed ones of ``chunks`` (each distinct chunk once) in one native call.
-
-        When that fails, they are inflated one at a time: the ones that do not
-        inflate to exactly their length are named in ``damage`` with the reason,
-        the others are kept. Memory: their content, at once (callers pass a
-        group of about ``SMALL_GROUP_BYTES``).
-        """
-        small = {c.chunk_id: c for c in chunks if self.small(c) and c.length}
-        if not small:
-            return NOTHING_INFLATED
-        group = list(small.values())
-        content: dict[bytes, bytes | memoryview] = {}
-        try:
-            content.update(
-                zip(small, decode_zstd_frames([c.data for c in group], [c.length for c in group]), strict=True)
-            )
-            return Inflated(content, {})
-        except ValueError:
-            pass
-        damage: dict[bytes, str] = {}
-        for chunk in group:  # which of them does not inflate, and why
-            try:
-                content[chunk.chunk_id] = decode_chunk(chunk.data, chunk.compression, chunk.length)
-            except ValueError as exc:
-                damage[chunk.chunk_id] = str(exc)
-        return Inflated(content, damage)
-
-    def write(self, fd: int, chunks: Sequence[Encoded], inflated: Inflated = NOTHING_INFLATED) -> int:
+    def write(self, fd: int, chunks: Sequence[Encoded]) -> int:
         """Decode ``chunks`` and write them to ``fd`` in order; the bytes written.
 
-        A small compressed chunk's content is taken from ``inflated`` (the
-        file's group's, ``inflate_small``) when it is there, else inflated
-        here. EntryProblem (the chunk named) when one does not inflate to its
-        length; what was written of the file before stays for the caller to
-        discard.
+        EntryProblem (the chunk named) when one does not inflate to its length;
+        what was written of the file before stays for the caller to discard.
         """
         buffer = self._buffer
         pieces: list[bytes | memoryview] = []
         used = written = 0
-        ready = inflated.content
         for chunk in chunks:
             length = chunk.length
             written += length
@@ -175,8 +113,7 @@ class ContentWriter:
                 continue
             try:
                 if length < self._into_buffer_min:
-                    content = ready.get(chunk.chunk_id)
-                    pieces.append(decode_chunk(chunk.data, chunk.compression, length) if content is None else content)
+                    pieces.append(decode_chunk(chunk.data, chunk.compression, length))
                     continue
                 if length > self._size:
                     target = memoryview(bytearray(length))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from strongroom.common.v1 import common_pb2
 
-from strongroom_agent.restore.content import SMALL_GROUP_BYTES, Contents, ContentWriter, Encoded
+from strongroom_agent.restore.content import Contents, ContentWriter
 from strongroom_agent.restore.destination import Destination, DirWalker, EntryProblem
 
 WRITE_THREADS = 3
@@ -108,16 +108,12 @@ class Writer:
     def write(self, files: Sequence[File], contents: Contents, overwrite: bool) -> None:
         """Write checked files; one whose name appeared since the check is skipped (SKIP) or replaced (OVERWRITE).
 
-        A file that needs a chunk that was not sent, is damaged, declares
-        another length or (a small one) does not inflate to it is not written
-        at all (nothing is created under its name); one whose large chunk then
-        does not inflate is removed again. Its error names the chunk and why.
-        The small chunks of consecutive files are inflated a group at a time
-        (``ContentWriter.inflate_small``), right before the group's files are written.
+        A file that needs a chunk that was not sent, is damaged or declares
+        another length is not written at all (nothing is created under its
+        name); one whose chunk then does not inflate is removed again. Its
+        error names the chunk and why.
         """
         content = _content_writer()
-        group: list[tuple[File, list[Encoded]]] = []
-        small_bytes = 0
         try:
             for f in files:
                 if self.stop.is_set():
@@ -131,49 +127,30 @@ class Writer:
                 if size != f.entry.size:
                     f.error = f"content is {size} bytes, expected {f.entry.size}"
                     continue
-                group.append((f, chunks))
-                small_bytes += sum(c.length for c in chunks if content.small(c))
-                if small_bytes >= SMALL_GROUP_BYTES:
-                    self._write_group(group, content, overwrite)
-                    group, small_bytes = [], 0
-            self._write_group(group, content, overwrite)
+                try:
+                    pfd = self._parent(f.parts, f.new_dir)
+                    entry = f.entry
+                    owner = self._owner
+                    # As root, a file that gets its owner and group at creation needs no fchown (nor fchmod).
+                    owned = f.new_dir and owner is not None and owner == (entry.uid, entry.gid)
+                    if self.dest.write_new(
+                        pfd,
+                        f.parts,
+                        entry,
+                        functools.partial(content.write, chunks=chunks),
+                        fresh=not f.exists,
+                        overwrite=overwrite,
+                        owned=owned,
+                    ):
+                        f.written = True
+                    else:
+                        f.skipped = True
+                except EntryProblem as exc:
+                    f.error = str(exc)
+                except OSError as exc:
+                    f.error = exc.strerror or str(exc)
         finally:
             self.close()
-
-    def _write_group(self, group: list[tuple[File, list[Encoded]]], content: ContentWriter, overwrite: bool) -> None:
-        """Inflate the group's small chunks in one call, then write its files in order."""
-        if not group:
-            return
-        inflated = content.inflate_small(c for _, chunks in group for c in chunks)
-        for f, chunks in group:
-            if self.stop.is_set():
-                return
-            problem = inflated.problem(chunks)
-            if problem is not None:
-                f.error = problem
-                continue
-            try:
-                pfd = self._parent(f.parts, f.new_dir)
-                entry = f.entry
-                owner = self._owner
-                # As root, a file that gets its owner and group at creation needs no fchown (nor fchmod).
-                owned = f.new_dir and owner is not None and owner == (entry.uid, entry.gid)
-                if self.dest.write_new(
-                    pfd,
-                    f.parts,
-                    entry,
-                    functools.partial(content.write, chunks=chunks, inflated=inflated),
-                    fresh=not f.exists,
-                    overwrite=overwrite,
-                    owned=owned,
-                ):
-                    f.written = True
-                else:
-                    f.skipped = True
-            except EntryProblem as exc:
-                f.error = str(exc)
-            except OSError as exc:
-                f.error = exc.strerror or str(exc)
 
 
 def runs(files: list[File], count: int) -> list[list[File]]:
