@@ -7,9 +7,13 @@ into the test suite's in-memory gateway (``agent/tests/agent_fakes.py``), encode
 as the real gateway sends it (zstd level 1), then restores the point ``--runs`` times into a fresh
 directory under ``--target`` with ``run_restore``. ``ReadChunks`` answers are real
 ``ReadChunksResponse`` messages of at most 4 MiB, serialized and parsed again on the event loop as
-gRPC does, so the agent's message handling is measured too (the serialization, the gateway's share,
-is included in the process CPU; it is a copy of the payload). Prints wall time, the process's CPU
-time and the restored file count per run. With ``--yappi`` the last run is profiled per thread (``uv
+the agent's gRPC client does (by protobuf, or by the revision's ``gateway_client.parse_read_chunks``
+where it has one, ADR 0073), so the agent's message handling is measured too (the serialization,
+the gateway's share, is included in the process CPU; it is a copy of the payload). Prints wall time, the process's CPU
+time (user and system), the cyclic garbage collector's time, minor page faults, context switches
+(voluntary and involuntary: a thread waiting for the GIL sleeps) and the restored file count per run;
+``--agent-allocator`` applies the agent's allocator settings first (``memory.tune_allocator``: a
+1 MiB mmap threshold, as the agent process runs). With ``--yappi`` the last run is profiled per thread (``uv
 pip install yappi`` first).
 
 The agent's code is whatever ``strongroom_agent`` imports: put another checkout's ``agent/src``
@@ -20,10 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import os
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +62,7 @@ class EncodedGateway(FakeGateway):
 
     encoded: dict[bytes, tuple[bytes, int]]
     per_entry = False  # read_manifest as agents before ADR 0060 take it: one entry per step
+    parse: Callable[[bytes], Sequence[Any]]  # how the restoring agent's client parses a message (set per side)
 
     async def read_manifest(self, request: gateway_pb2.ReadManifestRequest) -> AsyncIterator[Any]:
         async for entries in super().read_manifest(request):
@@ -67,6 +75,7 @@ class EncodedGateway(FakeGateway):
     def encode(self) -> None:
         compressor = zstandard.ZstdCompressor(level=1, write_content_size=True)
         self.encoded = {}
+        self.parse = protobuf_chunks
         for cid, content in self.chunks.items():
             packed = compressor.compress(content)
             if len(packed) < len(content):
@@ -85,12 +94,24 @@ class EncodedGateway(FakeGateway):
             message.chunks.add(chunk_id=cid, data=data, compression=compression, raw_length=len(self.chunks[cid]))
             size += len(data)
             if size >= MESSAGE_BYTES:
-                for chunk in gateway_pb2.ReadChunksResponse.FromString(message.SerializeToString()).chunks:
+                for chunk in self.parse(message.SerializeToString()):
                     yield chunk
                 await asyncio.sleep(0)
                 message, size = gateway_pb2.ReadChunksResponse(), 0
-        for chunk in gateway_pb2.ReadChunksResponse.FromString(message.SerializeToString()).chunks:
+        for chunk in self.parse(message.SerializeToString()):
             yield chunk
+
+
+def protobuf_chunks(message: bytes) -> Sequence[Any]:
+    """A ReadChunks message parsed by protobuf: the ``ServedChunk`` objects (agents before ADR 0073)."""
+    return gateway_pb2.ReadChunksResponse.FromString(message).chunks
+
+
+def parser_of(package: str) -> Callable[[bytes], Sequence[Any]]:
+    """The ReadChunks message parser of the agent imported as ``package``: its own, or protobuf's."""
+    client = importlib.import_module(f"{package}.gateway_client")
+    parse: Callable[[bytes], Sequence[Any]] = getattr(client, "parse_read_chunks", protobuf_chunks)
+    return parse
 
 
 def base_restore(rev: str, into: Path) -> Callable[..., Coroutine[Any, Any, gateway_pb2.JobFinished]]:
@@ -129,7 +150,32 @@ def count_files(path: Path) -> int:
     return sum(len(files) for _d, _s, files in os.walk(path))
 
 
+class GcTime:
+    """Seconds the cyclic garbage collector ran, and how often, since ``reset``."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = 0
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+            self.collections += 1
+
+    def reset(self) -> None:
+        self.seconds, self.collections = 0.0, 0
+
+
 async def amain(args: argparse.Namespace) -> int:
+    if args.agent_allocator:
+        from strongroom_agent.memory import tune_allocator
+
+        print(f"agent allocator settings applied: {tune_allocator()}", flush=True)
+    gc_time = GcTime()
     if args.dir is None:
         args.dir = dataset.day1_tree(args.work, quick=args.quick)
     gateway = EncodedGateway()
@@ -150,8 +196,10 @@ async def amain(args: argparse.Namespace) -> int:
     print(f"backup + encode {time.perf_counter() - t0:.1f}s, {len(gateway.chunks)} chunks", flush=True)
     source = count_files(args.dir)
     sides: list[tuple[str, Callable[..., Coroutine[Any, Any, gateway_pb2.JobFinished]]]] = [("this", run_restore)]
+    parsers = {"this": parser_of("strongroom_agent")}
     if args.base:
         sides.insert(0, (args.base, base_restore(args.base, args.target / "restore-inprocess-base")))
+        parsers[args.base] = parser_of("strongroom_agent_base")
     for setting in args.variant:  # MODULE.NAME=VALUE: this checkout's code with one constant changed
         name, _, value = setting.partition("=")
         module_name, _, constant = name.rpartition(".")
@@ -161,6 +209,7 @@ async def amain(args: argparse.Namespace) -> int:
                 _variant(importlib.import_module(f"strongroom_agent.restore.{module_name}"), constant, int(value)),
             )
         )
+    figures: dict[str, list[tuple[float, float, float]]] = {side: [] for side, _ in sides}
     for n, (side, restore) in ((n, side) for n in range(args.runs) for side in sides):
         target = args.target / f"restore-inprocess-{uuid.uuid4().hex[:6]}"
         target.mkdir()
@@ -171,6 +220,8 @@ async def amain(args: argparse.Namespace) -> int:
             yappi.set_clock_type("cpu")
             yappi.start()
         load = os.getloadavg()[0]
+        gc_time.reset()
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         command = gateway_pb2.RunRestore(
             restore_job_id="r-1",
@@ -179,21 +230,39 @@ async def amain(args: argparse.Namespace) -> int:
             conflict_policy=gateway_pb2.CONFLICT_POLICY_OVERWRITE,
         )
         gateway.per_entry = side == args.base and args.per_entry_base
+        gateway.parse = parsers.get(side, parsers["this"])
         done = await restore(command, client=gateway, cancel=asyncio.Event())
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = usage.ru_utime - usage0.ru_utime, usage.ru_stime - usage0.ru_stime
+        faults = usage.ru_minflt - usage0.ru_minflt
+        switches = usage.ru_nvcsw - usage0.ru_nvcsw + usage.ru_nivcsw - usage0.ru_nivcsw
         if profile:
             yappi.stop()
             columns = {0: ("name", 90), 1: ("ncall", 9), 2: ("tsub", 8), 3: ("ttot", 8), 4: ("tavg", 8)}
             yappi.get_func_stats().sort("tsub").print_all(out=sys.stdout, columns=columns)
             yappi.get_thread_stats().print_all()
+        figures[side].append((cpu, wall, system))
         restored = count_files(target)
         shutil.rmtree(target)
         status = common_pb2.JobStatus.Name(done.status)
         print(
-            f"run {n + 1} {side}: wall {wall:.2f}s, CPU {cpu:.2f}s, {restored}/{source} files, {status}"
+            f"run {n + 1} {side}: wall {wall:.2f}s, CPU {cpu:.2f}s (user {user:.2f}, sys {system:.2f}),"
+            f" gc {gc_time.seconds:.2f}s ({gc_time.collections} collections), {faults} minor faults,"
+            f" {switches} context switches, {restored}/{source} files, {status}"
             f" (load {load:.1f} -> {os.getloadavg()[0]:.1f})",
             flush=True,
         )
+    for side, runs in figures.items():
+        cpu, wall, system = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(f"median {side}: CPU {cpu:.2f}s (sys {system:.2f}), wall {wall:.2f}s over {len(runs)} runs")
+    reference = args.base or "this"
+    base_cpu = statistics.median(r[0] for r in figures[reference])
+    base_wall = statistics.median(r[1] for r in figures[reference])
+    for side, runs in figures.items():
+        if side != reference:
+            cpu, wall = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+            print(f"{side} / {reference}: CPU {cpu / base_cpu:.2f}, wall {wall / base_wall:.2f}")
     return 0
 
 
@@ -207,6 +276,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--target", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--yappi", action="store_true")
+    parser.add_argument("--agent-allocator", action="store_true", help="the agent's malloc settings (memory.py)")
     parser.add_argument(
         "--variant",
         action="append",

@@ -213,6 +213,22 @@ async def test_read_chunks_yields_every_position_in_order(
     assert servicer.read_chunk_messages == (13 if legacy else 7)
 
 
+async def test_a_read_chunks_message_that_does_not_parse_fails_the_call(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servicer, address = server
+    servicer.fake.chunks[b"\x01" * 32] = b"content"
+
+    def refuse(message: bytes) -> list[Any]:
+        raise ValueError("a field runs past its message")
+
+    monkeypatch.setattr(gateway_client, "parse_read_chunks", refuse)
+    async with open_channel(address, PLAINTEXT) as channel:
+        client = GrpcGatewayClient(channel, INSTANCE, SECRET)
+        with pytest.raises(GatewayError, match="INTERNAL: a ReadChunks message does not parse: a field runs past"):
+            [c async for c in client.read_chunks("r-1", [b"\x01" * 32])]
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["batched", "old-gateway"])
 async def test_damaged_chunks_over_grpc_fail_only_their_files(server: Any, tmp_path: Path, legacy: bool) -> None:
     """The agent asks for per-chunk damage; a gateway that does not report it fails the call (the old way)."""

@@ -428,12 +428,15 @@ async def test_a_chunk_that_does_not_decode_fails_only_its_files_and_writes_no_w
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("repeat", [100, 20_000], ids=["small-chunk", "large-chunk"])
 @pytest.mark.parametrize("policy", [SKIP, OVERWRITE], ids=["skip", "overwrite"])
 async def test_a_chunk_whose_body_does_not_inflate_fails_its_files_and_leaves_nothing_partial(
-    tmp_path: Path, policy: int
+    tmp_path: Path, policy: int, repeat: int
 ) -> None:
-    """Its header declares the right length, so the file is created; the write fails and the file goes again."""
-    bad = b"bad content " * 100
+    """Its header declares the right length, so the file is created; the write fails and the file goes again.
+
+    A small chunk is inflated into new memory, a large one into the writer's buffer (ADR 0072)."""
+    bad = b"".join(b"bad content, line %d\n" % n for n in range(repeat))
 
     class CorruptingGateway(FakeGateway):
         async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from strongroom_agent.restore import UnsafePath, safe_parts
-from strongroom_agent.restore.destination import Destination
+from strongroom_agent.restore.destination import Destination, DirWalker, EntryProblem
 
 
 def test_safe_parts() -> None:
@@ -46,3 +46,54 @@ def test_write_of_one_piece_and_of_none(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"xyz"
+
+
+def test_a_walker_reopens_only_the_directories_that_differ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for path in ("a/b/c", "a/b/d", "a/e", "f"):
+        (tmp_path / path).mkdir(parents=True)
+    dest = Destination(str(tmp_path), as_root=False)
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        opened.append(path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    walker = DirWalker(dest)
+    try:
+        for parts, opens in (
+            (["a", "b", "c"], ["a", "b", "c"]),
+            (["a", "b", "c"], []),  # the same directory again
+            (["a", "b", "d"], ["d"]),  # a sibling
+            (["a", "b"], []),  # up: held already
+            (["a", "e"], ["e"]),
+            ([], []),  # the root
+            (["f", "new", "deeper"], ["f", "new", "new", "deeper", "deeper"]),  # made when missing, then opened
+        ):
+            opened.clear()
+            fd = walker.open(parts)
+            assert opened == opens, parts
+            assert os.fstat(fd).st_ino == os.stat(tmp_path.joinpath(*parts)).st_ino, parts
+        with pytest.raises(FileNotFoundError):
+            walker.open(["a", "missing"], create=False)
+    finally:
+        walker.close()
+        dest.close()
+
+
+def test_a_walker_never_goes_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", tmp_path / "a" / "link")
+    dest = Destination(str(tmp_path / "a"), as_root=False)
+    walker = DirWalker(dest)
+    try:
+        with pytest.raises(EntryProblem, match="refusing to write through 'link/x': 'link' is not a directory"):
+            walker.open(["link", "x"])
+        assert not (tmp_path / "outside" / "x").exists()
+        # The walker is still usable after a refusal.
+        assert os.fstat(walker.open([])).st_ino == os.stat(tmp_path / "a").st_ino
+    finally:
+        walker.close()
+        dest.close()

@@ -120,7 +120,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return decompressor
 
 
-def decode_chunk(data: bytes, compression: int, raw_length: int) -> bytes:
+def decode_chunk(data: bytes | memoryview, compression: int, raw_length: int) -> bytes | memoryview:
     """The content of a chunk the gateway sent encoded as ``compression``.
 
     ValueError unless it decodes to exactly ``raw_length`` bytes (checked
@@ -140,7 +140,7 @@ def decode_chunk(data: bytes, compression: int, raw_length: int) -> bytes:
     return content
 
 
-def decoded_length(data: bytes, compression: int, raw_length: int) -> int:
+def decoded_length(data: bytes | memoryview, compression: int, raw_length: int) -> int:
     """The length a chunk sent as ``compression`` decodes to, from its header alone (nothing is inflated).
 
     ValueError for an unknown compression, a zstd frame that is not one or
@@ -164,7 +164,7 @@ def decoded_length(data: bytes, compression: int, raw_length: int) -> int:
     return raw_length
 
 
-def decode_zstd_into(frame: bytes, out: memoryview) -> None:
+def decode_zstd_into(frame: bytes | memoryview, out: memoryview) -> None:
     """Inflate the zstd ``frame`` into ``out``, which it must fill exactly (no new buffer: the caller's is reused).
 
     Call ``decoded_length`` first: it checks the declared length before

@@ -41,29 +41,28 @@ class SentChunk(NamedTuple):
     """A chunk as the gateway sent it: ``data`` encoded as ``compression``, ``raw_length`` bytes decoded.
 
     ``damage`` set: the gateway cannot serve this chunk (damaged or missing in
-    storage; no data), and why (ADR 0030).
+    storage; no data), and why (ADR 0030). ``data`` is a view into the
+    received message when the chunk was parsed out of one (``parse_read_chunks``).
     """
 
     chunk_id: bytes
-    data: bytes
+    data: bytes | memoryview
     compression: int
     raw_length: int
     damage: str = ""
 
 
 class ChunkSent(Protocol):
-    """What the restore reads of a chunk the gateway sent: a ``SentChunk``, or a ``ServedChunk`` message as received.
+    """What the restore reads of a chunk the gateway sent: a ``SentChunk``, or a ``ServedChunk`` message.
 
-    The messages are passed on as they are: reading ``data`` out of one copies
-    it, and that copy belongs in the thread that decodes the chunk, not on the
-    event loop.
+    ``data`` may be a view into the received message (which it keeps alive).
     """
 
     @property
     def chunk_id(self) -> bytes: ...
 
     @property
-    def data(self) -> bytes: ...
+    def data(self) -> bytes | memoryview: ...
 
     @property
     def compression(self) -> int: ...
@@ -75,16 +74,107 @@ class ChunkSent(Protocol):
     def damage(self) -> str: ...
 
 
-def sent_chunks(response: gateway_pb2.ReadChunksResponse) -> Sequence[ChunkSent]:
-    """The chunks of one ReadChunks message: its ``chunks``, or, when that is empty, the message itself.
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The varint at ``pos`` of ``buf`` and the position after it; ValueError past ``end`` or beyond 10 bytes."""
+    result = shift = 0
+    while pos < end:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            break
+    raise ValueError("malformed varint")
 
-    A gateway that predates ``max_message_bytes`` sends one chunk per message in
-    the response's own fields; a chunk id is never empty, so an empty ``chunks``
-    cannot be a batched message.
+
+_FIXED_WIDTH = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit): their bytes
+
+
+def _small_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """``_varint``, one byte without a loop (lengths of ids, compression codes)."""
+    if pos < end and buf[pos] < 0x80:
+        return buf[pos], pos + 1
+    return _varint(buf, pos, end)
+
+
+def _int32(value: int) -> int:
+    """A varint as protobuf reads an int32 (an enum): its low 32 bits, signed."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _chunk_fields(buf: bytes, view: memoryview, pos: int, end: int, chunks: list[SentChunk] | None) -> SentChunk:
+    """The fields of a ``ServedChunk`` in ``buf[pos:end]``, or with ``chunks`` those of a ``ReadChunksResponse``.
+
+    Both have fields 1-4 alike; field 5 is the chunk's ``damage``, or the
+    response's ``chunks``, each parsed and appended to ``chunks``. Read as
+    protobuf reads them: any order, the last occurrence of a field wins,
+    unknown fields (and known numbers with another wire type) are skipped;
+    ``compression`` is an int32 and ``raw_length`` a uint32 (a varint is cut
+    to its low bits), ``damage`` UTF-8. ``data`` is a view into ``buf``.
+    ValueError for anything malformed.
     """
-    if response.chunks:
-        return response.chunks
-    return [SentChunk(response.chunk_id, response.data, response.compression, response.raw_length)]
+    chunk_id = b""
+    data: bytes | memoryview = b""
+    compression = raw_length = 0
+    damage = ""
+    while pos < end:
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos, end)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise ValueError("field number 0")
+        if wire == 2:  # length-delimited
+            length, pos = _small_varint(buf, pos, end)
+            stop = pos + length
+            if stop > end:
+                raise ValueError("a field runs past its message")
+            if field == 2:
+                data = view[pos:stop]  # the message's bytes, not a copy
+            elif field == 1:
+                chunk_id = buf[pos:stop]
+            elif field == 5:
+                if chunks is None:
+                    damage = str(buf[pos:stop], "utf-8")  # UnicodeDecodeError is a ValueError
+                else:
+                    chunks.append(_chunk_fields(buf, view, pos, stop, None))
+            pos = stop
+        elif wire == 0:
+            value, pos = _small_varint(buf, pos, end)
+            if field == 3:
+                compression = _int32(value)
+            elif field == 4:
+                raw_length = value & 0xFFFFFFFF
+        elif wire in _FIXED_WIDTH:
+            pos += _FIXED_WIDTH[wire]
+        else:
+            raise ValueError(f"wire type {wire}")
+    if pos != end:
+        raise ValueError("a field runs past its message")
+    return SentChunk(chunk_id, data, compression, raw_length, damage)
+
+
+def parse_read_chunks(message: bytes) -> list[SentChunk]:
+    """The chunks of one serialized ``ReadChunksResponse``: its ``chunks``, or, when it has none, the message itself.
+
+    A gateway that predates ``max_message_bytes`` sends one chunk per message
+    in the response's own fields (1-4); a chunk id is never empty, so a
+    message without ``chunks`` cannot be a batched one.
+
+    Each chunk's ``data`` is a view into ``message`` (which it keeps alive), so
+    its content is not copied again: parsing the message into protobuf
+    objects copied every chunk once, and reading ``data`` out of one copied
+    it once more (ADR 0073). ValueError when the message is malformed
+    (protobuf's groups, which no gateway sends, are refused too).
+    """
+    chunks: list[SentChunk] = []
+    own = _chunk_fields(message, memoryview(message), 0, len(message), chunks)
+    return chunks or [own]
 
 
 # The gRPC status names (``grpc.StatusCode``), so mypy catches a misspelt code where one is compared.
@@ -252,6 +342,18 @@ def _serialized_upload(
     )
 
 
+_READ_CHUNKS = f"/{gateway_pb2.DESCRIPTOR.services_by_name['AgentGatewayService'].full_name}/ReadChunks"
+
+
+def _raw_read_chunks(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryStreamMultiCallable[gateway_pb2.ReadChunksRequest, bytes]:
+    """ReadChunks answering the messages as received (no deserializer: ``parse_read_chunks`` reads them)."""
+    return channel.unary_stream(
+        _READ_CHUNKS, request_serializer=gateway_pb2.ReadChunksRequest.SerializeToString, response_deserializer=None
+    )
+
+
 class GrpcGatewayClient:
     """``GatewayClient`` over a gRPC channel, authenticated as one enrolled instance.
 
@@ -262,6 +364,7 @@ class GrpcGatewayClient:
     def __init__(self, channel: grpc.aio.Channel, instance_id: str, credential: str | None) -> None:
         self._stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
         self._upload = _serialized_upload(channel)
+        self._read_chunks = _raw_read_chunks(channel)
         self._metadata: tuple[tuple[str, str], ...] = ()
         if credential is not None:
             self._metadata = (("authorization", f"Bearer {instance_id}.{credential}"),)
@@ -271,6 +374,7 @@ class GrpcGatewayClient:
         finish on the old one."""
         self._stub = gateway_pb2_grpc.AgentGatewayServiceStub(channel)
         self._upload = _serialized_upload(channel)
+        self._read_chunks = _raw_read_chunks(channel)
 
     async def renew_certificate(self, csr_pem: bytes) -> gateway_pb2.AgentCertificate:
         """``RenewCertificate`` on this client's channel (mTLS: the current certificate)."""
@@ -334,10 +438,14 @@ class GrpcGatewayClient:
             max_message_bytes=READ_MESSAGE_BYTES,
             tolerate_damage=True,
         )
-        call = self._stub.ReadChunks(request, metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS)
+        call = self._read_chunks(request, metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS)
         try:
-            async for response in call:
-                for chunk in sent_chunks(response):
+            async for message in call:
+                try:
+                    chunks = parse_read_chunks(message)
+                except ValueError as exc:
+                    raise GatewayError("INTERNAL", f"a ReadChunks message does not parse: {exc}") from None
+                for chunk in chunks:
                     yield chunk
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.from_rpc(exc) from exc

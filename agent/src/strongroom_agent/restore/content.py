@@ -45,7 +45,7 @@ class Encoded(NamedTuple):
     """A chunk as sent, its header checked: ``length`` bytes once decoded."""
 
     chunk_id: bytes
-    data: bytes
+    data: bytes | memoryview  # a view into its message when parsed out of one
     compression: int
     length: int
 

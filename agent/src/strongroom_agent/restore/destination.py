@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 from strongroom.common.v1 import common_pb2
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Temporary names: this process's id and a counter are unique among live restores (a name left by a
 # crashed run is skipped by O_EXCL) and cost nothing, unlike a random name per file.
@@ -92,7 +93,7 @@ class Destination:
         self.as_root = as_root
         self._umask = _process_umask()
         self._lock = threading.Lock()
-        self._cached: tuple[tuple[str, ...], int] | None = None
+        self._walker = DirWalker(self)  # the parents of the serialized operations below
 
     def _creation_mode(self, entry: common_pb2.FileEntry, owned: bool) -> int | None:
         """The mode to create a file in place with that needs no ``fchmod`` afterwards; None when one is needed.
@@ -119,49 +120,33 @@ class Destination:
 
     def close(self) -> None:
         with self._lock:
-            self._drop_cache()
+            self._walker.close()
             os.close(self.root_fd)
 
-    def _drop_cache(self) -> None:
-        if self._cached is not None:
-            os.close(self._cached[1])
-            self._cached = None
+    def open_child(self, fd: int, part: str, parts: Sequence[str], *, create: bool) -> int:
+        """A new descriptor of the directory ``part`` in the directory ``fd`` (never through a symlink).
 
-    def _open_dir(self, parts: list[str], *, create: bool) -> int:
-        """A new descriptor of the directory at ``parts`` (never through a symlink)."""
-        fd = os.dup(self.root_fd)
+        ``create``: made (0755) when missing. ``parts``: the path it is on, for
+        the error when ``part`` is not a directory (EntryProblem).
+        """
         try:
-            for part in parts:
-                try:
-                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(part, 0o755, dir_fd=fd)
-                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise EntryProblem(
-                            f"refusing to write through {'/'.join(parts)!r}: {part!r} is not a directory"
-                        ) from exc
-                    raise
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
+            return os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            return self.open_child(fd, part, parts, create=False)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise EntryProblem(
+                    f"refusing to write through {'/'.join(parts)!r}: {part!r} is not a directory"
+                ) from exc
             raise
-        return fd
 
     def parent(self, parts: list[str]) -> int:
-        """Descriptor of the parent directory of ``parts`` (cached; creates missing directories)."""
-        key = tuple(parts[:-1])
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1]
-        self._drop_cache()
-        fd = self._open_dir(list(key), create=True)
-        self._cached = (key, fd)
-        return fd
+        """Descriptor of the parent directory of ``parts`` (kept until the next call; creates missing directories)."""
+        return self._walker.open(parts[:-1])
 
     def existing(self, parts: list[str]) -> os.stat_result | None:
         with self._lock:
@@ -270,10 +255,6 @@ class Destination:
                 raise
             self._replace(pfd, temp, parts[-1])
 
-    def open_parent(self, parts: list[str]) -> int:
-        """A new descriptor of the parent of ``parts`` for one writer thread (creates missing directories)."""
-        return self._open_dir(parts[:-1], create=True)
-
     def write_new(
         self,
         pfd: int,
@@ -338,11 +319,55 @@ class Destination:
 
     def finish_dir(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         with self._lock:
-            fd = self._open_dir(parts, create=False)
-            try:
-                if self.as_root:
-                    os.fchown(fd, entry.uid, entry.gid)
-                os.fchmod(fd, entry.mode & 0o7777)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-            finally:
-                os.close(fd)
+            fd = self._walker.open(parts, create=False)  # the walker's: the next directory up is usually next
+            if self.as_root:
+                os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, entry.mode & 0o7777)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+class DirWalker:
+    """Descriptors of the directories on the way from the root to the current one (one thread's).
+
+    Moving to the next directory of a walk reopens only what differs: going
+    into a subdirectory is one ``open``, to a sibling a ``close`` and an
+    ``open``; each directory is opened relative to its parent's descriptor
+    with ``O_NOFOLLOW`` exactly as ``Destination`` opens a path from the root
+    (reopening every directory from the root whenever a writer moved on cost
+    ~5% of the restore's CPU, ADR 0073).
+    """
+
+    def __init__(self, dest: Destination) -> None:
+        self._dest = dest
+        self._names: list[str] = []
+        self._fds: list[int] = []
+
+    def open(self, parts: list[str], *, create: bool = True) -> int:
+        """The descriptor of the directory ``parts`` (the root when empty), valid until the walker moves on.
+
+        ``create``: missing directories are made (0755). EntryProblem when one
+        on the way is not a directory (a symlink among them).
+        """
+        names, fds = self._names, self._fds
+        depth = len(parts)
+        if depth == len(names) and names == parts:
+            return fds[-1] if fds else self._dest.root_fd
+        same = 0
+        for mine, theirs in zip(names, parts, strict=False):
+            if mine != theirs:
+                break
+            same += 1
+        self._pop(same)
+        for part in parts[same:]:
+            fds.append(self._dest.open_child(fds[-1] if fds else self._dest.root_fd, part, parts, create=create))
+            names.append(part)
+        return fds[-1] if fds else self._dest.root_fd
+
+    def _pop(self, depth: int) -> None:
+        while len(self._fds) > depth:
+            self._names.pop()
+            os.close(self._fds.pop())
+
+    def close(self) -> None:
+        """Close every descriptor the walker holds."""
+        self._pop(0)

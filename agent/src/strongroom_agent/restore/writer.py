@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.restore.content import Contents, ContentWriter
-from strongroom_agent.restore.destination import Destination, EntryProblem
+from strongroom_agent.restore.destination import Destination, DirWalker, EntryProblem
 
 WRITE_THREADS = 3
 
@@ -63,23 +63,23 @@ class Writer:
     def __init__(self, dest: Destination, stop: threading.Event) -> None:
         self.dest = dest
         self.stop = stop
-        self._key: tuple[str, ...] | None = None
+        self._dirs = DirWalker(dest)
+        self._key: list[str] | None = None
         self._fd = -1
         self._owner: tuple[int, int] | None = None  # of a file created in the current parent, when known
 
     def _parent(self, parts: list[str], new_dir: bool = False) -> int:
-        key = tuple(parts[:-1])
+        key = parts[:-1]
         if key != self._key:
-            self.close()
-            self._fd = self.dest.open_parent(parts)
+            self._key = None
+            self._fd = self._dirs.open(key)
             self._key = key
             self._owner = self.dest.new_file_owner(self._fd) if new_dir and self.dest.as_root else None
         return self._fd
 
     def close(self) -> None:
-        if self._key is not None:
-            os.close(self._fd)
-            self._key = None
+        self._key = None
+        self._dirs.close()
 
     def check(self, files: Sequence[File], overwrite: bool) -> None:
         """Mark files that already exist as skipped (SKIP) or in the way of a directory (OVERWRITE)."""
