@@ -211,6 +211,30 @@ class GatewayError(Exception):
     def from_rpc(cls, exc: grpc.aio.AioRpcError) -> GatewayError:
         return cls(cast(StatusCode, exc.code().name), exc.details() or "")
 
+    @classmethod
+    def from_streaming_rpc(cls, exc: grpc.aio.AioRpcError) -> GatewayError:
+        """``from_rpc`` for a call whose requests the agent streams (UploadChunks, CommitPoint).
+
+        When the gateway ends such a call while requests are still being written
+        (it refuses or fails a request early: its database is away, say),
+        grpc.aio's client can replace the status the gateway sent with its own
+        INTERNAL "Internal error from Core" (grpc/grpc#36066, open). Against a
+        server answering UNAVAILABLE after the first message, 3-5 of 40 calls of
+        16-64 messages came back so, none of 4. The gateway's status is lost; it
+        is reported as UNAVAILABLE, so that ``RetryPolicy`` makes the call again
+        (every gateway call is idempotent) and a refusal for good still fails the
+        job once the attempts are used up.
+        """
+        if exc.code() is grpc.StatusCode.INTERNAL and exc.details() == _CLIENT_LOST_THE_STATUS:
+            return cls(
+                "UNAVAILABLE",
+                "the gateway ended the call while its requests were being sent, and gRPC lost its status; retry",
+            )
+        return cls.from_rpc(exc)
+
+
+_CLIENT_LOST_THE_STATUS = "Internal error from Core"  # grpc.aio's text, not one the gateway sends
+
 
 class ControlStream(Protocol):
     """One open Connect stream."""
@@ -406,7 +430,7 @@ class GrpcGatewayClient:
                 iter(requests), metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as exc:
-            raise GatewayError.from_rpc(exc) from exc
+            raise GatewayError.from_streaming_rpc(exc) from exc
         return response
 
     async def commit_point(
@@ -415,7 +439,7 @@ class GrpcGatewayClient:
         try:
             response: gateway_pb2.CommitPointResponse = await self._stub.CommitPoint(requests, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
-            raise GatewayError.from_rpc(exc) from exc
+            raise GatewayError.from_streaming_rpc(exc) from exc
         return response
 
     async def read_manifest(
