@@ -7,6 +7,7 @@ during a backup of small upload messages failed the job instead of retrying it.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,13 @@ class FailsAfterTheFirstMessage(gateway_pb2_grpc.AgentGatewayServiceServicer):
         async for _request in request_iterator:
             await context.abort(grpc.StatusCode.UNAVAILABLE, OUTAGE)
         return gateway_pb2.UploadChunksResponse()
+
+    async def CommitPoint(self, request_iterator: Any, context: Any) -> gateway_pb2.CommitPointResponse:
+        async for request in request_iterator:
+            if request.header.job_id == "hold":  # a gateway that takes its time: the caller gives up first
+                await asyncio.sleep(60)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, OUTAGE)
+        return gateway_pb2.CommitPointResponse()
 
 
 @pytest.fixture
@@ -52,6 +60,33 @@ async def test_uploads_ended_early_by_the_gateway_are_retryable_every_time(addre
                 await client.upload_chunks([message] * 64)
             codes[caught.value.code] += 1
     assert codes == {"UNAVAILABLE": 100}
+
+
+async def commit_requests(job_id: str) -> AsyncIterator[gateway_pb2.CommitPointRequest]:
+    for _ in range(8):
+        yield gateway_pb2.CommitPointRequest(header=gateway_pb2.PointHeader(job_id=job_id))
+
+
+async def test_a_commit_ended_early_by_the_gateway_is_retryable(address: str) -> None:
+    # The agent streams a commit from an async iterator (the spooled manifest): a refusal mid-stream
+    # must reach RetryPolicy as UNAVAILABLE, masked or not.
+    async with open_channel(address, GatewayTrust(plaintext=True)) as channel:
+        client = GrpcGatewayClient(channel, "instance", "credential")
+        for _ in range(20):
+            with pytest.raises(GatewayError) as caught:
+                await client.commit_point(commit_requests("job"))
+            assert caught.value.code == "UNAVAILABLE"
+
+
+async def test_cancelling_a_commit_still_cancels_it(address: str) -> None:
+    async with open_channel(address, GatewayTrust(plaintext=True)) as channel:
+        client = GrpcGatewayClient(channel, "instance", "credential")
+        commit = asyncio.create_task(client.commit_point(commit_requests("hold")))
+        await asyncio.sleep(0.2)
+        commit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await commit
+        assert commit.cancelled()
 
 
 def test_only_the_clients_own_internal_text_is_mapped() -> None:
