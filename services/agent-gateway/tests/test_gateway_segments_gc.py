@@ -19,7 +19,10 @@ from strongroom_platform.manifest import encode_segment_list
 from test_gateway_gc import _expire, _finish, _pack_keys, _restore
 
 SAFETY = dt.timedelta(hours=1)
-FILES = {f"d/f{i:03}": [f"content {i} ".encode() * 50] for i in range(60)}
+# Segment boundaries are keyed by the account's (random) chunk-id key, one cut per 16 paths on
+# average (segments.CUT_MODULUS). With 60 files, day 2 shared fewer than two of day 1's segments in
+# about 1 run of 15 (the repacking test's precondition); with 300 the odds are negligible.
+FILES = {f"d/f{i:03}": [f"content {i} ".encode() * 50] for i in range(300)}
 
 
 def _deps(gw: GatewayHarness, repack: RepackPolicy | None = None) -> collector.Deps:
