@@ -16,7 +16,8 @@ import blake3
 import zstandard
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
-from strongroom_agent.gateway_client import GatewayError, SentChunk
+from strongroom_agent.gateway_client import GatewayError
+from strongroom_agent.wire import SentChunk
 
 KEY = bytes(range(32))
 MANIFEST_MESSAGE_ENTRIES = 1000  # entries per ReadManifest message, as the gateway sends them

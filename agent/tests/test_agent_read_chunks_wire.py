@@ -7,7 +7,7 @@ import random
 import pytest
 from google.protobuf.message import DecodeError
 from strongroom.agent.v1 import gateway_pb2
-from strongroom_agent.gateway_client import SentChunk, parse_read_chunks
+from strongroom_agent.wire import SentChunk, parse_read_chunks
 
 Chunk = tuple[bytes, bytes, int, int, str]
 

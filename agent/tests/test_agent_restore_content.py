@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import zstandard
 from strongroom.agent.v1 import gateway_pb2
-from strongroom_agent.gateway_client import SentChunk
 from strongroom_agent.restore.content import Contents, ContentWriter, Encoded
 from strongroom_agent.restore.destination import EntryProblem
+from strongroom_agent.wire import SentChunk
 
 ZSTD = gateway_pb2.CHUNK_COMPRESSION_ZSTD
 NONE = gateway_pb2.CHUNK_COMPRESSION_NONE

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from strongroom.agent.v1 import gateway_pb2
 
+from strongroom_agent.wire import uvarint
+
 
 @dataclass
 class Upload:
@@ -29,21 +31,6 @@ class Upload:
     compression: gateway_pb2.ChunkCompression.ValueType
     payload: bytes
     charge: int
-
-
-_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
-
-
-def _uvarint(value: int) -> bytes:
-    """``value`` as a protobuf base-128 varint."""
-    if value < 0x80:
-        return _SMALL_VARINTS[value]
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 # Tags (field number << 3 | wire type) of UploadChunkRequest and UploadedChunk (agent/v1/gateway.proto).
@@ -60,14 +47,14 @@ def _chunk_field(u: Upload) -> tuple[bytes, bytes]:
 
     Fields in number order and proto3 defaults left out, as the protobuf runtime writes them.
     """
-    head = _CHUNK_ID + _uvarint(len(u.id)) + u.id
+    head = _CHUNK_ID + uvarint(len(u.id)) + u.id
     if u.compression:
-        head += _CHUNK_COMPRESSION + _uvarint(u.compression)
+        head += _CHUNK_COMPRESSION + uvarint(u.compression)
     if u.raw_length:
-        head += _CHUNK_RAW_LENGTH + _uvarint(u.raw_length)
+        head += _CHUNK_RAW_LENGTH + uvarint(u.raw_length)
     if u.payload:
-        head += _CHUNK_PAYLOAD + _uvarint(len(u.payload))
-    return _REQUEST_CHUNKS + _uvarint(len(head) + len(u.payload)) + head, u.payload
+        head += _CHUNK_PAYLOAD + uvarint(len(u.payload))
+    return _REQUEST_CHUNKS + uvarint(len(head) + len(u.payload)) + head, u.payload
 
 
 def upload_requests(job_id: str, uploads: Sequence[Upload], message_bytes: int) -> list[bytes]:
@@ -81,7 +68,7 @@ def upload_requests(job_id: str, uploads: Sequence[Upload], message_bytes: int) 
     twice, each into freshly allocated memory (ADR 0071).
     """
     job = job_id.encode()
-    lead = _REQUEST_JOB_ID + _uvarint(len(job)) + job if job else b""
+    lead = _REQUEST_JOB_ID + uvarint(len(job)) + job if job else b""
     requests: list[bytes] = []
     parts = [lead]
     size = 0
