@@ -47,6 +47,9 @@ def _malloc_settings(spec: str) -> None:
         name, _, value = item.partition("=")
         if name not in _MALLOC_SETTINGS:
             raise SystemExit(f"BENCH_MALLOC: unknown setting {name!r} (known: {', '.join(_MALLOC_SETTINGS)})")
+        if not hasattr(memory, _MALLOC_SETTINGS[name]):
+            # Older or newer agents lack some settings: setting one would silently change nothing.
+            raise SystemExit(f"BENCH_MALLOC: this agent's memory module has no {_MALLOC_SETTINGS[name]}")
         setattr(memory, _MALLOC_SETTINGS[name], int(value, 0))
 
 
