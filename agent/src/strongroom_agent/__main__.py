@@ -46,6 +46,7 @@ from strongroom_agent.identity import (
     new_key_and_csr,
     save_identity,
 )
+from strongroom_agent.collector import tune_collector
 from strongroom_agent.memory import tune_allocator
 from strongroom_agent.session import (
     CredentialRejected,
@@ -363,6 +364,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             except StateError as exc:
                 raise CliError(str(exc), EXIT_USAGE) from exc
             tune_allocator()  # before the job threads allocate
+            tune_collector()  # after start-up: its heap is frozen (ADR 0076)
             asyncio.run(_run(state, state_dir, roots))
         finally:
             telemetry.shutdown()
