@@ -151,15 +151,16 @@ class _Restore:
 
         For each entry: whether its directory was created (False: one was there),
         the exception that stopped it, or None when it is not a directory made here.
-        Only the directories before the group's first symlink or large file are
-        made here: those are created as the walk meets them, and whatever follows
-        must see them (a directory "through" a restored symlink fails).
+        Only the directories before the group's first symlink are made here: a
+        symlink is created as the walk meets it, and whatever follows must see it
+        (a directory "through" a restored symlink fails). Files are created later
+        anyway, by the batches' writers or the large-file lane.
         """
         made: list[bool | Exception | None] = []
         in_order = True
         for entry in group:
             if entry.type != common_pb2.ENTRY_TYPE_DIRECTORY or not in_order:
-                if entry.type != common_pb2.ENTRY_TYPE_FILE or self._large(entry):
+                if entry.type != common_pb2.ENTRY_TYPE_FILE:
                     in_order = False
                 made.append(None)
                 continue
