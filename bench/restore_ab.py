@@ -106,6 +106,35 @@ def gc_spent(before: dict[str, list[float]], after: dict[str, list[float]]) -> t
     return seconds, ", ".join(parts)
 
 
+async def start_probes(bench: StrongroomBench, args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """With ``--gc-probe``: the agent's and the gateway's probe files (the gateway restarted with its probe
+    now unless ``--swap-gateway`` restarts it before each restore anyway)."""
+    if not args.gc_probe:
+        return None
+    probes = (bench.work / "gc-agent.json", bench.work / "gc-gateway.json")
+    if not args.swap_gateway:
+        await swap_gateway(bench, None, probes[1])  # this checkout's gateway, probed
+    return probes
+
+
+def gc_readings(probes: tuple[Path, Path] | None) -> list[dict[str, list[float]]]:
+    """The agent's and the gateway's probe totals now (none without probes)."""
+    return [gc_totals(p) for p in probes or ()]
+
+
+async def gc_report(
+    table: Table, metric: str, name: str, probes: tuple[Path, Path] | None, before: list[dict[str, list[float]]]
+) -> None:
+    """Log and tabulate the collector's CPU in the agent and the gateway since ``before`` (nothing without probes)."""
+    if probes is None:
+        return
+    await asyncio.sleep(0.5)  # the probes' files are rewritten every 0.2 s
+    for process, probe, earlier in zip(("agent", "gateway"), probes, before, strict=True):
+        seconds, detail = gc_spent(earlier, gc_totals(probe))
+        table.add(f"{metric}, {process} gc CPU (s)", name, seconds)
+        log(f"  {process} gc: {seconds:.2f}s: {detail}")
+
+
 async def swap_gateway(bench: StrongroomBench, src: Path | None, probe: Path | None = None) -> None:
     """Restart the gateway with ``src`` (a revision's ``strongroom_gateway``) first on its path, on the
     same listeners (its peers' channels and the agent find it again); ``probe``: with the gc probe."""
@@ -289,9 +318,7 @@ async def amain(args: argparse.Namespace) -> int:
                 f" versitygw CPU {s3_cpu(bench) - s3_before:.2f}s (load {load():.1f})"
             )
         targets = [("tmpfs", TMPFS)] + ([("disk", work)] if args.disk else [])
-        probes = (bench.work / "gc-agent.json", bench.work / "gc-gateway.json") if args.gc_probe else None
-        if probes is not None and not args.swap_gateway:
-            await swap_gateway(bench, None, probes[1])  # this checkout's gateway, probed
+        probes = await start_probes(bench, args)
         for n in range(args.rounds):
             for kind, parent in targets:
                 for name, src in agents.items():
@@ -299,7 +326,7 @@ async def amain(args: argparse.Namespace) -> int:
                         await swap_engine(bench, inst, src, gateways.get(name), probes)
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before, s3_before = load(), s3_cpu(bench)
-                    gc_before = [gc_totals(p) for p in probes or ()]
+                    gc_before = gc_readings(probes)
                     label = f"round {n + 1} {kind} {name} (load {before:.1f})"
                     try:
                         r = await timed_restore(bench, inst, point, dest, timelines if args.timeline else None, label)
@@ -311,12 +338,7 @@ async def amain(args: argparse.Namespace) -> int:
                     table.restore(
                         f"round {n + 1}", kind, name, r.wall, r.agent_cpu, r.agent_peak_rss, before, r.gateway_cpu, s3
                     )
-                    if probes is not None:
-                        await asyncio.sleep(0.5)  # the probes' files are rewritten every 0.2 s
-                        for process, probe, earlier in zip(("agent", "gateway"), probes, gc_before, strict=True):
-                            seconds, detail = gc_spent(earlier, gc_totals(probe))
-                            table.add(f"full restore, {kind}, {process} gc CPU (s)", name, seconds)
-                            log(f"  {process} gc: {seconds:.2f}s: {detail}")
+                    await gc_report(table, f"full restore, {kind}", name, probes, gc_before)
                 for name, peer in peer_list:
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before = load()

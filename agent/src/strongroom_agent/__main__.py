@@ -23,6 +23,7 @@ from strongroom_telemetry.process import Telemetry
 from strongroom_telemetry.process import start as start_telemetry
 
 from strongroom_agent import __version__
+from strongroom_agent.collector import tune_collector
 from strongroom_agent.config import (
     AgentState,
     StateError,
@@ -46,7 +47,6 @@ from strongroom_agent.identity import (
     new_key_and_csr,
     save_identity,
 )
-from strongroom_agent.collector import tune_collector
 from strongroom_agent.memory import tune_allocator
 from strongroom_agent.session import (
     CredentialRejected,
