@@ -765,14 +765,22 @@ async def test_the_walk_goes_on_with_the_small_files_while_a_large_file_streams(
     os.chmod(tmp_path / "d", 0o755)
 
 
+async def restore_through_a_queue_of_one(
+    monkeypatch: pytest.MonkeyPatch, target: Path, large_files: int, *, fail: bool = False
+) -> gateway_pb2.JobFinished:
+    """``large_and_small`` restored with room for one large file in the lane's queue, nothing held back."""
+    monkeypatch.setattr(job_module, "LARGE_FILES_AHEAD", 1)
+    gateway = LargeAfterSmallGateway()
+    gateway.small_read.set()
+    gateway.fail_large = fail
+    point_id = large_and_small(gateway, large_files=large_files)
+    return await asyncio.wait_for(restore(gateway, point_id, target, fetch_batch_bytes=1000), 10)
+
+
 async def test_large_files_wait_for_the_lane_in_order_and_a_bounded_number(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(job_module, "LARGE_FILES_AHEAD", 1)
-    gateway = LargeAfterSmallGateway()
-    gateway.small_read.set()  # nothing held back
-    point_id = large_and_small(gateway, large_files=4)
-    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=1000)
+    finished = await restore_through_a_queue_of_one(monkeypatch, tmp_path, 4)
     assert finished.status == COMPLETE, finished.file_errors
     assert finished.stats.files_restored == 6
     for n in range(4):
@@ -786,12 +794,7 @@ async def test_a_gateway_failure_in_the_large_file_lane_fails_the_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Also while the walk waits for room in the lane: it sees the failure instead of waiting for ever."""
-    monkeypatch.setattr(job_module, "LARGE_FILES_AHEAD", 1)
-    gateway = LargeAfterSmallGateway()
-    gateway.small_read.set()
-    gateway.fail_large = True
-    point_id = large_and_small(gateway, large_files=3)
-    finished = await asyncio.wait_for(restore(gateway, point_id, tmp_path, fetch_batch_bytes=1000), 10)
+    finished = await restore_through_a_queue_of_one(monkeypatch, tmp_path, 3, fail=True)
     assert finished.status == FAILED and "connection reset" in finished.error
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith("a-large") or p.name.startswith(".strongroom")]
     os.chmod(tmp_path / "d", 0o755)

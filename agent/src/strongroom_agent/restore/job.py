@@ -190,14 +190,25 @@ class _Restore:
             return
         if entry.type != common_pb2.ENTRY_TYPE_SYMLINK:
             raise EntryProblem(f"unknown entry type {entry.type}")
-        existing = await asyncio.to_thread(self.dest.existing, parts)
-        if existing is not None and not self.overwrite:
-            self.stats.files_skipped += 1
+        if await self._name_free(parts) is None:
             return
-        if existing is not None and stat.S_ISDIR(existing.st_mode):
-            raise EntryProblem("a directory is in the way")
         await asyncio.to_thread(self.dest.make_symlink, parts, entry)
         self.stats.files_restored += 1
+
+    async def _name_free(self, parts: list[str], *, check: bool = True) -> bool | None:
+        """The conflict check of a symlink or a large file: True when its name is free, False when
+        OVERWRITE replaces what is there, None when SKIP leaves it (counted skipped). EntryProblem when
+        a directory is in the way. ``check`` False: the name is in a directory this restore created
+        (not looked at: the ``O_EXCL`` create still catches a name taken meanwhile)."""
+        existing = await asyncio.to_thread(self.dest.existing, parts) if check else None
+        if existing is None:
+            return True
+        if not self.overwrite:
+            self.stats.files_skipped += 1
+            return None
+        if stat.S_ISDIR(existing.st_mode):
+            raise EntryProblem("a directory is in the way")
+        return False
 
     async def _to_lane(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         """Queue a large file for the lane, numbered as a batch of its own after the open batch's files.
@@ -240,16 +251,10 @@ class _Restore:
 
     async def _large_file(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         """Check and stream one large file (the lane's step), counting it restored or skipped."""
-        if self._in_created_dir(parts):
-            existing = None  # created with O_EXCL: a name taken meanwhile is still caught
-        else:
-            existing = await asyncio.to_thread(self.dest.existing, parts)
-        if existing is not None and not self.overwrite:
-            self.stats.files_skipped += 1
+        free = await self._name_free(parts, check=not self._in_created_dir(parts))
+        if free is None:
             return
-        if existing is not None and stat.S_ISDIR(existing.st_mode):
-            raise EntryProblem("a directory is in the way")
-        written = await self.fetcher.large_file(parts, entry, fresh=existing is None, overwrite=self.overwrite)
+        written = await self.fetcher.large_file(parts, entry, fresh=free, overwrite=self.overwrite)
         if written is None:
             self.stats.files_skipped += 1
             return
