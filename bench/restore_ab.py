@@ -1,7 +1,7 @@
 """Full restores only, before and after, with restic and rustic in the same invocation (issue 13, ADR 0060).
 
     uv run python bench/restore_ab.py [--base REV ...] [--rounds 3] [--peers restic,rustic] [--disk] [--quick]
-                                      [--s3-tls] [--pyspy-gil DIR] [--timeline] [--swap-gateway]
+                                      [--s3-tls] [--pyspy-gil DIR] [--timeline] [--swap-gateway] [--gc-probe]
                                       [--out F]
 
 One stack (the servers and services of ``run.py``), one backup of the day-1 tree per engine, then
@@ -16,6 +16,8 @@ with ``py-spy --gil --native`` (py-spy must be on PATH or next to the interprete
 ``--swap-gateway`` runs each engine's restores with the gateway of the same revision too (its
 ``services/agent-gateway/src`` extracted the same way; the gateway is restarted on the same
 listeners before the agent), so a gateway change is measured the same way as an agent change.
+``--gc-probe`` runs the agent and the gateway with ``_gc_probe`` on their path (their cyclic garbage
+collector's CPU per generation, ADR 0076) and prints and tabulates each restore's share of it.
 ``--timeline`` samples every Strongroom restore's agent, gateway and versitygw every 0.25 s
 (``restore_timeline.py``: CPU per process and thread group, bytes read and written) and prints
 each timeline after the tables (and into ``--out``).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -73,38 +76,104 @@ def extracted(rev: str, tree: str, into: Path) -> Path:
 
 
 GATEWAY_SRC = "services/agent-gateway/src"
+GC_PROBE = HERE / "_gc_probe"
 
 
-async def swap_gateway(bench: StrongroomBench, src: Path) -> None:
+def probed(env: dict[str, str], probe: Path | None) -> dict[str, str]:
+    """``env`` with the garbage collector probe (``_gc_probe``) writing into ``probe``, when given."""
+    if probe is None:
+        return env
+    probe.unlink(missing_ok=True)
+    path = [p for p in (env.get("PYTHONPATH"), str(GC_PROBE)) if p]
+    return {**env, "PYTHONPATH": os.pathsep.join(path), "BENCH_GC_PROBE": str(probe)}
+
+
+def gc_totals(probe: Path | None) -> dict[str, list[float]]:
+    """The probe's totals per generation (``[collections, CPU s, unreachable]``); empty without one."""
+    if probe is None or not probe.exists():
+        return {}
+    totals: dict[str, list[float]] = json.loads(probe.read_text())
+    return totals
+
+
+def gc_spent(before: dict[str, list[float]], after: dict[str, list[float]]) -> tuple[float, str]:
+    """The collector's CPU seconds between two readings, and a line per generation."""
+    parts, seconds = [], 0.0
+    for gen, (count, cpu, found) in after.items():
+        count0, cpu0, found0 = before.get(gen, [0, 0.0, 0])
+        seconds += cpu - cpu0
+        parts.append(f"gen{gen} {count - count0:.0f}x {cpu - cpu0:.2f}s ({found - found0:.0f} unreachable)")
+    return seconds, ", ".join(parts)
+
+
+async def start_probes(bench: StrongroomBench, args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """With ``--gc-probe``: the agent's and the gateway's probe files (the gateway restarted with its probe
+    now unless ``--swap-gateway`` restarts it before each restore anyway)."""
+    if not args.gc_probe:
+        return None
+    probes = (bench.work / "gc-agent.json", bench.work / "gc-gateway.json")
+    if not args.swap_gateway:
+        await swap_gateway(bench, None, probes[1])  # this checkout's gateway, probed
+    return probes
+
+
+def gc_readings(probes: tuple[Path, Path] | None) -> list[dict[str, list[float]]]:
+    """The agent's and the gateway's probe totals now (none without probes)."""
+    return [gc_totals(p) for p in probes or ()]
+
+
+async def gc_report(
+    table: Table, metric: str, name: str, probes: tuple[Path, Path] | None, before: list[dict[str, list[float]]]
+) -> None:
+    """Log and tabulate the collector's CPU in the agent and the gateway since ``before`` (nothing without probes)."""
+    if probes is None:
+        return
+    await asyncio.sleep(0.5)  # the probes' files are rewritten every 0.2 s
+    for process, probe, earlier in zip(("agent", "gateway"), probes, before, strict=True):
+        seconds, detail = gc_spent(earlier, gc_totals(probe))
+        table.add(f"{metric}, {process} gc CPU (s)", name, seconds)
+        log(f"  {process} gc: {seconds:.2f}s: {detail}")
+
+
+async def swap_gateway(bench: StrongroomBench, src: Path | None, probe: Path | None = None) -> None:
     """Restart the gateway with ``src`` (a revision's ``strongroom_gateway``) first on its path, on the
-    same listeners (its peers' channels and the agent find it again)."""
+    same listeners (its peers' channels and the agent find it again); ``probe``: with the gc probe."""
     stack = bench.stack
     assert stack is not None
     old = stack.processes["gateway"]
     public = old.announced["gateway"]
     await old.stop()
-    env = {**bench.env, "PYTHONPATH": str(src)}
+    env = probed({**bench.env, **({"PYTHONPATH": str(src)} if src is not None else {})}, probe)
     # Still listed: its addresses (public, internal, agents) are the ones the new process takes.
     stack.processes["gateway"] = await stack._start_one("gateway", env, bench.work / "logs", public, 90.0)
 
 
-async def swap_agent(bench: StrongroomBench, inst: Instance, src: Path | None) -> None:
-    """Restart the instance's agent with ``src`` first on its path (None: this checkout's agent)."""
+async def swap_agent(bench: StrongroomBench, inst: Instance, src: Path | None, probe: Path | None = None) -> None:
+    """Restart the instance's agent with ``src`` first on its path (None: this checkout's agent);
+    ``probe``: with the gc probe writing there."""
     await inst.agent.stop()
     env = {k: v for k, v in bench.env.items() if k != "STRONGROOM_PG_MIGRATE_DSN"}
     env["BENCH_UNTHROTTLED"] = "1"
     if src is not None:
         env["PYTHONPATH"] = str(src)
+    env = probed(env, probe)
     run = [sys.executable, str(HERE / "_agent.py"), "run", "--state-dir", str(inst.state_dir)]
     inst.agent = await spawn(f"agent-{inst.instance_id[:8]}", run, env, bench.work / "logs")
     await asyncio.sleep(3.0)  # its session is up (a job sent before is delivered when it connects)
 
 
-async def swap_engine(bench: StrongroomBench, inst: Instance, agent: Path | None, gateway: Path | None) -> None:
-    """Restart the gateway with ``gateway`` (when given), then the agent with ``agent``."""
+async def swap_engine(
+    bench: StrongroomBench,
+    inst: Instance,
+    agent: Path | None,
+    gateway: Path | None,
+    probes: tuple[Path, Path] | None = None,
+) -> None:
+    """Restart the gateway with ``gateway`` (when given), then the agent with ``agent``; ``probes``: the
+    gc probe's files of the agent and the gateway."""
     if gateway is not None:
-        await swap_gateway(bench, gateway)
-    await swap_agent(bench, inst, agent)
+        await swap_gateway(bench, gateway, probes[1] if probes else None)
+    await swap_agent(bench, inst, agent, probes[0] if probes else None)
 
 
 def s3_cpu(bench: StrongroomBench) -> float:
@@ -249,13 +318,15 @@ async def amain(args: argparse.Namespace) -> int:
                 f" versitygw CPU {s3_cpu(bench) - s3_before:.2f}s (load {load():.1f})"
             )
         targets = [("tmpfs", TMPFS)] + ([("disk", work)] if args.disk else [])
+        probes = await start_probes(bench, args)
         for n in range(args.rounds):
             for kind, parent in targets:
                 for name, src in agents.items():
                     if len(agents) > 1 or n == 0:
-                        await swap_engine(bench, inst, src, gateways.get(name))
+                        await swap_engine(bench, inst, src, gateways.get(name), probes)
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before, s3_before = load(), s3_cpu(bench)
+                    gc_before = gc_readings(probes)
                     label = f"round {n + 1} {kind} {name} (load {before:.1f})"
                     try:
                         r = await timed_restore(bench, inst, point, dest, timelines if args.timeline else None, label)
@@ -267,6 +338,7 @@ async def amain(args: argparse.Namespace) -> int:
                     table.restore(
                         f"round {n + 1}", kind, name, r.wall, r.agent_cpu, r.agent_peak_rss, before, r.gateway_cpu, s3
                     )
+                    await gc_report(table, f"full restore, {kind}", name, probes, gc_before)
                 for name, peer in peer_list:
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before = load()
@@ -310,6 +382,9 @@ def main() -> int:
         "--work", type=Path, default=Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "strongroom-bench"
     )
     parser.add_argument("--timeline", action="store_true", help="sample every Strongroom restore every 0.25 s")
+    parser.add_argument(
+        "--gc-probe", action="store_true", help="the agent's and the gateway's garbage collector CPU per restore"
+    )
     parser.add_argument("--out", type=Path)
     return asyncio.run(amain(parser.parse_args()))
 

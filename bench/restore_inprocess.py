@@ -1,6 +1,6 @@
 """The agent's restore alone, in one process, against an in-memory gateway (ADR 0060).
 
-    uv run python bench/restore_inprocess.py [DIR] [--quick] [--runs 3] [--target /dev/shm] [--yappi]
+    uv run python bench/restore_inprocess.py [DIR] [--quick] [--runs 3] [--target /dev/shm] [--yappi] [--gc SPEC ...]
 
 Backs ``DIR`` (default: the benchmark's day-1 tree, ``dataset.day1_tree``, built on first use) up
 into the test suite's in-memory gateway (``agent/tests/agent_fakes.py``), encodes every chunk once
@@ -15,6 +15,8 @@ time (user and system), the cyclic garbage collector's time, minor page faults, 
 ``--agent-allocator`` applies the agent's allocator settings first (``memory.tune_allocator``: a
 1 MiB mmap threshold, as the agent process runs). With ``--yappi`` the last run is profiled per thread (``uv
 pip install yappi`` first).
+
+``--gc SPEC`` adds a side: this checkout's restore under other collector settings (``gc_side``).
 
 The agent's code is whatever ``strongroom_agent`` imports: put another checkout's ``agent/src``
 first on ``PYTHONPATH`` to measure it (before/after, interleaved by the caller).
@@ -151,11 +153,12 @@ def count_files(path: Path) -> int:
 
 
 class GcTime:
-    """Seconds the cyclic garbage collector ran, and how often, since ``reset``."""
+    """Seconds the cyclic garbage collector ran, and how often, since ``reset``; per generation too."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.collections = 0
+        self.by_generation = [[0, 0.0], [0, 0.0], [0, 0.0]]
         self._start = 0.0
         gc.callbacks.append(self._callback)
 
@@ -163,11 +166,48 @@ class GcTime:
         if phase == "start":
             self._start = time.perf_counter()
         else:
-            self.seconds += time.perf_counter() - self._start
+            spent = time.perf_counter() - self._start
+            self.seconds += spent
             self.collections += 1
+            self.by_generation[info["generation"]][0] += 1
+            self.by_generation[info["generation"]][1] += spent
 
     def reset(self) -> None:
         self.seconds, self.collections = 0.0, 0
+        self.by_generation = [[0, 0.0], [0, 0.0], [0, 0.0]]
+
+    def detail(self) -> str:
+        return ", ".join(f"gen{g} {n}x {s:.2f}s" for g, (n, s) in enumerate(self.by_generation))
+
+
+def gc_side(spec: str) -> Callable[..., Coroutine[Any, Any, gateway_pb2.JobFinished]]:
+    """This checkout's ``run_restore`` under other collector settings while it runs (ADR 0076).
+
+    ``spec``: ``freeze`` (``gc.collect()`` then ``gc.freeze()`` first: the heap so far, the in-memory
+    gateway's included, is never traversed again), ``T0/T1/T2`` (``gc.set_threshold``), or both
+    joined by ``+``.
+    """
+
+    async def restore(*args: Any, **kwargs: Any) -> gateway_pb2.JobFinished:
+        thresholds = gc.get_threshold()
+        freeze = False
+        for part in spec.split("+"):
+            if part == "freeze":
+                freeze = True
+            else:
+                t0, t1, t2 = (int(v) for v in part.split("/"))
+                gc.set_threshold(t0, t1, t2)
+        if freeze:
+            gc.collect()
+            gc.freeze()
+        try:
+            return await run_restore(*args, **kwargs)
+        finally:
+            gc.set_threshold(*thresholds)
+            if freeze:
+                gc.unfreeze()
+
+    return restore
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -209,6 +249,8 @@ async def amain(args: argparse.Namespace) -> int:
                 _variant(importlib.import_module(f"strongroom_agent.restore.{module_name}"), constant, int(value)),
             )
         )
+    for spec in args.gc:
+        sides.append((f"gc {spec}", gc_side(spec)))
     figures: dict[str, list[tuple[float, float, float]]] = {side: [] for side, _ in sides}
     for n, (side, restore) in ((n, side) for n in range(args.runs) for side in sides):
         target = args.target / f"restore-inprocess-{uuid.uuid4().hex[:6]}"
@@ -248,7 +290,7 @@ async def amain(args: argparse.Namespace) -> int:
         status = common_pb2.JobStatus.Name(done.status)
         print(
             f"run {n + 1} {side}: wall {wall:.2f}s, CPU {cpu:.2f}s (user {user:.2f}, sys {system:.2f}),"
-            f" gc {gc_time.seconds:.2f}s ({gc_time.collections} collections), {faults} minor faults,"
+            f" gc {gc_time.seconds:.2f}s ({gc_time.detail()}), {faults} minor faults,"
             f" {switches} context switches, {restored}/{source} files, {status}"
             f" (load {load:.1f} -> {os.getloadavg()[0]:.1f})",
             flush=True,
@@ -282,6 +324,13 @@ def main() -> int:
         action="append",
         default=[],
         help="job.BATCHES_IN_FLIGHT=3 (a constant of strongroom_agent.restore): one more side",
+    )
+    parser.add_argument(
+        "--gc",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="one more side: this checkout under collector settings (freeze, T0/T1/T2, or freeze+T0/T1/T2)",
     )
     parser.add_argument(
         "--per-entry-base", action="store_true", help="the base agent takes read_manifest one entry at a time"

@@ -24,6 +24,7 @@ from strongroom_agent.gateway_client import GatewayError
 from strongroom_agent.jobs import MAX_REPORTED_FAILED_FILES, FileError, job_finished
 from strongroom_agent.restore import destination as destination_module
 from strongroom_agent.restore import fetch as fetch_module
+from strongroom_agent.restore import job as job_module
 from strongroom_agent.restore import run_restore
 
 COMPLETE = common_pb2.JOB_STATUS_COMPLETE
@@ -710,6 +711,93 @@ async def test_a_streamed_file_fetches_its_next_window_while_one_is_written(
     assert finished.status == COMPLETE, finished.file_errors
     assert overlapped == [True] * 5 and gateway.read_chunk_calls == 5
     assert (tmp_path / "big").read_bytes() == b"".join(contents)
+
+
+class LargeAfterSmallGateway(FakeGateway):
+    """Holds every read of a large file's window until a read of small files was answered (the lane's test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.large: set[bytes] = set()  # the large files' chunk ids
+        self.small_read = asyncio.Event()
+        self.fail_large = False
+
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+        if self.large.intersection(chunk_ids):
+            await asyncio.wait_for(self.small_read.wait(), 5)
+            if self.fail_large:
+                raise GatewayError("UNAVAILABLE", "connection reset")
+        async for chunk in super().read_chunks(restore_job_id, chunk_ids):
+            yield chunk
+        if not self.large.intersection(chunk_ids):
+            self.small_read.set()
+
+
+def large_and_small(gateway: LargeAfterSmallGateway, large_files: int = 1) -> str:
+    """``d/`` (read-only, an old mtime) holding large files and small ones after them, then ``e/`` with small files."""
+    tree: list[tuple[str, list[bytes] | None]] = [("d", None)]
+    tree += [(f"d/a-large-{n}", [bytes([n]) * 700, bytes([n + 100]) * 700]) for n in range(large_files)]
+    tree += [("d/b-small", [b"small in d"]), ("e", None), ("e/c-small", [b"small in e"])]
+    point_id = add_files(gateway, tree)
+    for entry in gateway.points[point_id].entries:
+        if entry.path.startswith("d/a-large"):
+            gateway.large.update(entry.chunk_ids)
+        if entry.path == "d":
+            entry.mode, entry.mtime_ns = 0o555, T0 - 5
+    return point_id
+
+
+async def test_the_walk_goes_on_with_the_small_files_while_a_large_file_streams(tmp_path: Path) -> None:
+    """A large file's windows are only answered once a batch of the small files after it was read: a walk
+    that waited for the large file first would never get there (ADR 0076). Its directory's metadata
+    still waits for it."""
+    gateway = LargeAfterSmallGateway()
+    point_id = large_and_small(gateway)
+    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=1000)  # "d/a-large-0" is streamed
+    assert finished.status == COMPLETE, finished.file_errors
+    assert finished.stats.files_restored == 3
+    assert finished.stats.bytes_restored == 1400 + len(b"small in d") + len(b"small in e")
+    assert (tmp_path / "d/a-large-0").read_bytes() == bytes([0]) * 700 + bytes([100]) * 700
+    assert (tmp_path / "d/b-small").read_bytes() == b"small in d"
+    assert (tmp_path / "e/c-small").read_bytes() == b"small in e"
+    d = os.stat(tmp_path / "d")
+    assert (stat.S_IMODE(d.st_mode), d.st_mtime_ns) == (0o555, T0 - 5)  # applied after the large file
+    os.chmod(tmp_path / "d", 0o755)
+
+
+async def restore_through_a_queue_of_one(
+    monkeypatch: pytest.MonkeyPatch, target: Path, large_files: int, *, fail: bool = False
+) -> gateway_pb2.JobFinished:
+    """``large_and_small`` restored with room for one large file in the lane's queue, nothing held back."""
+    monkeypatch.setattr(job_module, "LARGE_FILES_AHEAD", 1)
+    gateway = LargeAfterSmallGateway()
+    gateway.small_read.set()
+    gateway.fail_large = fail
+    point_id = large_and_small(gateway, large_files=large_files)
+    return await asyncio.wait_for(restore(gateway, point_id, target, fetch_batch_bytes=1000), 10)
+
+
+async def test_large_files_wait_for_the_lane_in_order_and_a_bounded_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished = await restore_through_a_queue_of_one(monkeypatch, tmp_path, 4)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert finished.stats.files_restored == 6
+    for n in range(4):
+        assert (tmp_path / f"d/a-large-{n}").read_bytes() == bytes([n]) * 700 + bytes([n + 100]) * 700
+    d = os.stat(tmp_path / "d")
+    assert (stat.S_IMODE(d.st_mode), d.st_mtime_ns) == (0o555, T0 - 5)
+    os.chmod(tmp_path / "d", 0o755)
+
+
+async def test_a_gateway_failure_in_the_large_file_lane_fails_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also while the walk waits for room in the lane: it sees the failure instead of waiting for ever."""
+    finished = await restore_through_a_queue_of_one(monkeypatch, tmp_path, 3, fail=True)
+    assert finished.status == FAILED and "connection reset" in finished.error
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith("a-large") or p.name.startswith(".strongroom")]
+    os.chmod(tmp_path / "d", 0o755)
 
 
 class RacingGateway(FakeGateway):

@@ -23,6 +23,7 @@ from strongroom_telemetry.process import Telemetry
 from strongroom_telemetry.process import start as start_telemetry
 
 from strongroom_agent import __version__
+from strongroom_agent.collector import tune_collector
 from strongroom_agent.config import (
     AgentState,
     StateError,
@@ -363,6 +364,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             except StateError as exc:
                 raise CliError(str(exc), EXIT_USAGE) from exc
             tune_allocator()  # before the job threads allocate
+            tune_collector()  # after start-up: its heap is frozen (ADR 0076)
             asyncio.run(_run(state, state_dir, roots))
         finally:
             telemetry.shutdown()

@@ -4,7 +4,7 @@ One ``ReadChunks`` call fetches a batch's distinct chunks (the gateway reads
 them pack by pack); they are kept as sent and decoded by the writer threads
 as each file is written (``content.py``). A file larger than a batch is
 streamed on its own in windows of at most
-``LARGE_FILE_WINDOW_IDS`` chunk ids and about a batch of content, appended to
+``LARGE_FILE_WINDOW_IDS`` chunk ids and about half a batch of content, appended to
 a file the destination opened and finished (or discarded) at the end; the
 next window is fetched while one is decoded and written (two at most).
 
@@ -76,7 +76,8 @@ class Fetcher:
         written = 0
         ids = list(entry.chunk_ids)
         average = max(1, entry.size // max(1, len(ids)))
-        window = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes // average))
+        # Half a batch: the lane's two windows hold what one batch does while the batches go on (ADR 0076).
+        window = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes // 2 // average))
         windows = [ids[start : start + window] for start in range(0, len(ids), window)]
         # The next window is fetched while this one is decoded and written (two windows at most).
         ahead: asyncio.Task[dict[bytes, ChunkSent]] | None = None

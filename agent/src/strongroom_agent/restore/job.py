@@ -10,9 +10,14 @@ chunk ids). One ``ReadChunks`` call fetches a batch's distinct chunks
 (``fetch.py``), then a small pool of threads writes the batch's files
 (``writer.py``) while the next batch is fetched; at most ``BATCHES_IN_FLIGHT``
 batches hold content at a time. A file larger than a batch is streamed in
-bounded windows on its own. Directories and symlinks are made as the walk
-meets them; every filesystem operation is descriptor-relative
-(``destination.py``). The writer pool is created here and passed in.
+bounded windows on its own, in the large-file lane: one such file at a time,
+while the walk goes on with the batches (at most ``LARGE_FILES_AHEAD`` large
+files wait for the lane). Streaming one large file keeps neither the
+machine's cores nor the gateway busy (a window is fetched while the one
+before is written); waiting for it stopped the small files too (ADR 0076).
+Directories and symlinks are made as the walk meets them; every filesystem
+operation is descriptor-relative (``destination.py``). The writer pool is
+created here and passed in.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ FETCH_BATCH_MAX_IDS = 4096
 FETCH_BATCH_MAX_FILES = 4096
 # Batches holding content at a time: one being written while the next is fetched.
 BATCHES_IN_FLIGHT = 2
+# Large files the walk may pass before the lane streams them (each waits as its entry, no content).
+LARGE_FILES_AHEAD = 64
 # Manifest entries handled per step (the gateway sends 1,000 per message): their directories are
 # made in one worker-thread call. A thread hop per directory waited for the GIL while the writer
 # threads held it: ~5,000 directories of the benchmark tree were most of its restore's wall time.
@@ -77,6 +84,11 @@ class _Restore:
         # Directories this restore created: a name below one is free unless something appeared since,
         # which the O_EXCL create catches, so its files need no conflict check.
         self.created_dirs: set[tuple[str, ...]] = set()
+        # The large-file lane: files larger than a batch, streamed one at a time in walk order, each
+        # with its own batch number (its directories' metadata waits for it as for a batch).
+        self.large: collections.deque[tuple[int, list[str], common_pb2.FileEntry]] = collections.deque()
+        self.large_room = asyncio.Semaphore(LARGE_FILES_AHEAD)
+        self.lane: asyncio.Task[None] | None = None
 
     def close(self) -> None:
         """Stop the writer threads, wait for them, then close the destination (blocking; call in a thread)."""
@@ -119,12 +131,15 @@ class _Restore:
             await self._submit()
             while self.inflight:
                 await self._harvest_oldest()
+            if self.lane is not None:
+                await self.lane  # a gateway failure in the lane fails the job
             await self._finish_dirs_before(None)
         finally:
             self.stop.set()
-            for _, task in self.inflight:
+            tasks = [task for _, task in self.inflight] + ([self.lane] if self.lane is not None else [])
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*(task for _, task in self.inflight), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _finish_dirs_before(self, path: bytes | None) -> None:
         """Hand the directories whose subtree ends before ``path`` (all when None) to the metadata stage."""
@@ -136,15 +151,16 @@ class _Restore:
 
         For each entry: whether its directory was created (False: one was there),
         the exception that stopped it, or None when it is not a directory made here.
-        Only the directories before the group's first symlink or large file are
-        made here: those are created as the walk meets them, and whatever follows
-        must see them (a directory "through" a restored symlink fails).
+        Only the directories before the group's first symlink are made here: a
+        symlink is created as the walk meets it, and whatever follows must see it
+        (a directory "through" a restored symlink fails). Files are created later
+        anyway, by the batches' writers or the large-file lane.
         """
         made: list[bool | Exception | None] = []
         in_order = True
         for entry in group:
             if entry.type != common_pb2.ENTRY_TYPE_DIRECTORY or not in_order:
-                if entry.type != common_pb2.ENTRY_TYPE_FILE or self._large(entry):
+                if entry.type != common_pb2.ENTRY_TYPE_FILE:
                     in_order = False
                 made.append(None)
                 continue
@@ -169,25 +185,80 @@ class _Restore:
             if created or self.overwrite:
                 self.metadata.add(parts, entry)
             return
-        if entry.type == common_pb2.ENTRY_TYPE_FILE and self._in_created_dir(parts):
-            existing = None  # created with O_EXCL: a name taken meanwhile is still caught
-        else:
-            existing = await asyncio.to_thread(self.dest.existing, parts)
-        if existing is not None and not self.overwrite:
+        if entry.type == common_pb2.ENTRY_TYPE_FILE:
+            await self._to_lane(parts, entry)
+            return
+        if entry.type != common_pb2.ENTRY_TYPE_SYMLINK:
+            raise EntryProblem(f"unknown entry type {entry.type}")
+        if await self._name_free(parts) is None:
+            return
+        await asyncio.to_thread(self.dest.make_symlink, parts, entry)
+        self.stats.files_restored += 1
+
+    async def _name_free(self, parts: list[str], *, check: bool = True) -> bool | None:
+        """The conflict check of a symlink or a large file: True when its name is free, False when
+        OVERWRITE replaces what is there, None when SKIP leaves it (counted skipped). EntryProblem when
+        a directory is in the way. ``check`` False: the name is in a directory this restore created
+        (not looked at: the ``O_EXCL`` create still catches a name taken meanwhile)."""
+        existing = await asyncio.to_thread(self.dest.existing, parts) if check else None
+        if existing is None:
+            return True
+        if not self.overwrite:
+            self.stats.files_skipped += 1
+            return None
+        if stat.S_ISDIR(existing.st_mode):
+            raise EntryProblem("a directory is in the way")
+        return False
+
+    async def _to_lane(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
+        """Queue a large file for the lane, numbered as a batch of its own after the open batch's files.
+
+        The open batch is submitted first, so every file the walk met before
+        this one is in a lower-numbered batch: a directory's metadata waits for
+        the highest number below it (``_finish_dirs_before``), large files included.
+        """
+        self._check_lane()
+        await self.large_room.acquire()  # released by the lane as it finishes a file (or fails)
+        self._check_lane()
+        await self._submit()
+        seq = self.batch.seq
+        self.batch = Batch(seq + 1)
+        self.large.append((seq, parts, entry))
+        if self.lane is None or self.lane.done():
+            self.lane = asyncio.create_task(self._stream_large())
+
+    def _check_lane(self) -> None:
+        """Raise the lane's failure (a gateway error) as soon as the walk gets to see it."""
+        if self.lane is not None and self.lane.done():
+            self.lane.result()
+
+    async def _stream_large(self) -> None:
+        """The lane: stream the queued large files one at a time, in order; account each, then its number."""
+        try:
+            while self.large:
+                seq, parts, entry = self.large[0]
+                try:
+                    await self._large_file(parts, entry)
+                except (EntryProblem, OSError) as exc:
+                    reason = str(exc) if isinstance(exc, EntryProblem) else exc.strerror or str(exc)
+                    self.errors.append(FileError(entry.path, reason))
+                self.large.popleft()
+                self.large_room.release()
+                await self.metadata.batch_done(seq)
+        finally:
+            for _ in self.large:  # failed: a walk waiting for room wakes up and sees the failure
+                self.large_room.release()
+
+    async def _large_file(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
+        """Check and stream one large file (the lane's step), counting it restored or skipped."""
+        free = await self._name_free(parts, check=not self._in_created_dir(parts))
+        if free is None:
+            return
+        written = await self.fetcher.large_file(parts, entry, fresh=free, overwrite=self.overwrite)
+        if written is None:
             self.stats.files_skipped += 1
             return
-        if existing is not None and stat.S_ISDIR(existing.st_mode):
-            raise EntryProblem("a directory is in the way")
-        if entry.type == common_pb2.ENTRY_TYPE_SYMLINK:
-            await asyncio.to_thread(self.dest.make_symlink, parts, entry)
-        elif entry.type == common_pb2.ENTRY_TYPE_FILE:
-            written = await self.fetcher.large_file(parts, entry, fresh=existing is None, overwrite=self.overwrite)
-            if written is None:
-                self.stats.files_skipped += 1
-                return
-            self.stats.bytes_restored += written
-        else:
-            raise EntryProblem(f"unknown entry type {entry.type}")
+        self.stats.bytes_restored += written
         self.stats.files_restored += 1
 
     def _in_created_dir(self, parts: list[str]) -> bool:
@@ -241,6 +312,7 @@ class _Restore:
             self.inflight.append((batch, asyncio.create_task(self._process(batch))))
 
     async def _harvest_oldest(self) -> None:
+        self._check_lane()
         batch, task = self.inflight[0]
         await task  # a gateway failure fails the job
         self.inflight.popleft()

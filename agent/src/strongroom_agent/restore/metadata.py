@@ -4,7 +4,8 @@ Directory modes and mtimes are applied after their whole subtree is written
 (a read-only directory would otherwise block its own contents, and writing a
 child changes the mtime), deepest first, so a restrictive parent mode never
 blocks a child. A directory whose files may still sit in a batch being fetched
-or written waits until that batch is done. SKIP leaves the metadata of a
+or written (or a large file the lane streams: numbered as a batch) waits
+until every batch up to the last that may hold one of its files is done. SKIP leaves the metadata of a
 directory that existed before alone; OVERWRITE re-applies it. The point root
 (path "") gets no metadata: the destination root is the operator's choice.
 """
@@ -39,6 +40,9 @@ class DirectoryMetadata:
         # Directories whose subtree the walk has passed, waiting for the batch that holds their last file.
         self._deferred: collections.deque[tuple[int, PendingDir]] = collections.deque()
         self._done_seq = -1  # every batch up to this one is written and accounted
+        self._done: set[int] = set()  # batches done after one that is not yet
+        # One application at a time, in order (the walk and the large-file lane both apply).
+        self._applying = asyncio.Lock()
 
     def add(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         heapq.heappush(self._pending, PendingDir(entry.path.encode() + b"/", parts, entry))
@@ -69,18 +73,22 @@ class DirectoryMetadata:
         await self._apply_deferred()
 
     async def batch_done(self, seq: int) -> None:
-        """Every batch up to ``seq`` is written: apply the metadata that waited for it."""
-        self._done_seq = seq
+        """Batch ``seq`` is written (batches finish in any order): apply the metadata that waited for it."""
+        self._done.add(seq)
+        while self._done_seq + 1 in self._done:
+            self._done_seq += 1
+            self._done.discard(self._done_seq)
         await self._apply_deferred()
 
     async def _apply_deferred(self) -> None:
-        ready: list[PendingDir] = []
-        while self._deferred and self._deferred[0][0] <= self._done_seq:
-            ready.append(self._deferred.popleft()[1])
-        if ready:
-            # One worker-thread call for all of them: a thread hop per directory cost more than
-            # the work while the writer threads held the GIL.
-            self._errors.extend(await asyncio.to_thread(self._finish, ready))
+        async with self._applying:  # in the order they were deferred: deepest first
+            ready: list[PendingDir] = []
+            while self._deferred and self._deferred[0][0] <= self._done_seq:
+                ready.append(self._deferred.popleft()[1])
+            if ready:
+                # One worker-thread call for all of them: a thread hop per directory cost more than
+                # the work while the writer threads held the GIL.
+                self._errors.extend(await asyncio.to_thread(self._finish, ready))
 
     def _finish(self, ready: list[PendingDir]) -> list[FileError]:
         """Apply the metadata of ``ready`` in order (in a worker thread); the failures."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from strongroom_platform.collector import freeze_start_up_heap
 from strongroom_platform.runtime import service_main
 
 from strongroom_gateway.bootstrap import run
@@ -9,6 +10,7 @@ from strongroom_gateway.settings import Settings
 
 
 def main() -> None:
+    freeze_start_up_heap()  # its modules are imported: full collections skip them (ADR 0076)
     service_main("gateway", Settings.from_env, run)
 
 
