@@ -4,6 +4,11 @@ With ``BENCH_UNTHROTTLED=1`` the agent's per-job read throttle is replaced by ``
 the agent already does for ``max_read_bytes_per_second == 0``), because the gateway offers no way to
 send 0: HIGH priority is capped at 30 MB/s by design. Everything else is the stock agent.
 
+With ``BENCH_MALLOC=<name>=<bytes>,...`` the allocator settings of ``strongroom_agent.memory`` are
+replaced before the agent starts (experiments, ADR 0077): ``mmap_threshold``, ``trim_threshold``,
+``arena_max`` (what ``tune_allocator`` applies) and ``trim_floor`` (``FreedPages``' floor). Pass it
+to the agent only with ``BENCH_AGENT_ENV_BENCH_MALLOC=...`` (``strongroom_runner.py``).
+
 With ``BENCH_TRACEMALLOC=<file>`` the agent runs under ``tracemalloc`` and, each time the traced
 Python heap grows 64 MB past its previous peak, rewrites ``<file>`` with the top allocation sites
 (memory diagnosis only: tracemalloc slows the agent down several times).
@@ -21,11 +26,32 @@ import threading
 import time
 
 import strongroom_agent.backup.job as backup_job
+from strongroom_agent import memory
 from strongroom_agent.__main__ import main
 from strongroom_agent.throttle import Unlimited
 
 if os.environ.get("BENCH_UNTHROTTLED") == "1":
     backup_job.make_throttle = lambda _rate: Unlimited()  # type: ignore[assignment]
+
+_MALLOC_SETTINGS = {
+    "mmap_threshold": "MMAP_THRESHOLD_BYTES",
+    "trim_threshold": "TRIM_THRESHOLD_BYTES",
+    "arena_max": "ARENA_MAX",
+    "trim_floor": "TRIM_FLOOR_BYTES",
+}
+
+
+def _malloc_settings(spec: str) -> None:
+    """Replace ``memory``'s allocator constants from ``name=value,...`` (read when the agent starts)."""
+    for item in filter(None, spec.split(",")):
+        name, _, value = item.partition("=")
+        if name not in _MALLOC_SETTINGS:
+            raise SystemExit(f"BENCH_MALLOC: unknown setting {name!r} (known: {', '.join(_MALLOC_SETTINGS)})")
+        setattr(memory, _MALLOC_SETTINGS[name], int(value, 0))
+
+
+if os.environ.get("BENCH_MALLOC"):
+    _malloc_settings(os.environ["BENCH_MALLOC"])
 
 
 def _trace_memory(path: str) -> None:

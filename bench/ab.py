@@ -1,6 +1,7 @@
 """Before/after in one invocation: the full and no-change backup of two checkouts, alternating.
 
     uv run python bench/ab.py --base REV [--rounds 3] [--quick] [--work DIR] [--after-env KEY=VALUE ...]
+    uv run python bench/ab.py --base REV --variant NAME:KEY=VALUE [--variant NAME2:KEY=VALUE ...]
 
 Builds (or reuses) the benchmark data set, checks ``REV`` out into a temporary worktree with its
 own environment (``make sync``), then runs ``bench/full_backup_once.py`` from the base checkout
@@ -9,6 +10,11 @@ fresh account. Prints the medians and the after/base ratios. The worktree is rem
 Used for issue 8's budget: TLS and authorization may cost at most 5% of full-backup wall time,
 and for issue 11's tracing overhead (``--after-env STRONGROOM_OTEL=file:DIR``: the after side's
 processes export every span; ``{work}`` in a value is replaced by the work directory).
+``--variant NAME:KEY=VALUE`` (repeatable; a NAME given again adds to its environment) replaces the
+one after side by one side per NAME, each this checkout with its own environment, all interleaved
+with the base in every round (base, A, B, ...): for instance the agent's allocator settings,
+``--variant trim:BENCH_AGENT_ENV_BENCH_MALLOC=trim_threshold=134217728`` (``bench/_agent.py``, ADR 0077).
+Each variant gets its own table against the base.
 """
 
 from __future__ import annotations
@@ -64,11 +70,28 @@ def main() -> int:
     parser.add_argument("--s3-tls", action="store_true", help="S3 over HTTPS, as run.py --s3-tls")
     parser.add_argument("--nochange", type=int, default=1, help="no-change backups after each full backup")
     parser.add_argument("--data", type=Path, help="an existing day-1 tree (default: build one under --work)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="a side of this checkout with this environment (repeatable; replaces the after side)",
+    )
     args = parser.parse_args()
     work: Path = args.work
     extra = ("--nochange", str(args.nochange), *(("--s3-tls",) if args.s3_tls else ()))
     after_env = dict(item.split("=", 1) for item in args.after_env)
     after_env = {key: value.replace("{work}", str(work)) for key, value in after_env.items()}
+    # Sides of this checkout and their environments (the base side runs with the caller's own).
+    envs: dict[str, dict[str, str]] = {}
+    for spec in args.variant:
+        name, sep, item = spec.partition(":")
+        key, eq, value = item.partition("=")
+        if not sep or not eq or not name or name == "base":
+            parser.error(f"--variant {spec!r}: expected NAME:KEY=VALUE")
+        envs.setdefault(name, {})[key] = value.replace("{work}", str(work))
+    if not envs:
+        envs = {"after": after_env}
     data = args.data or dataset.day1_tree(work, quick=args.quick)
     base = work / "base-checkout"
     if base.exists():
@@ -77,35 +100,37 @@ def main() -> int:
     try:
         shutil.copy(HERE / "full_backup_once.py", base / "bench" / "full_backup_once.py")
         subprocess.run(["make", "sync"], cwd=base, check=True, stdout=subprocess.DEVNULL)
-        sides = {"base": base, "after": ROOT}
+        sides = {"base": base, **{name: ROOT for name in envs}}
         results: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
         for round_no in range(args.rounds):
             for name, checkout in sides.items():
                 started = time.strftime("%H:%M:%S")
-                one = run_side(checkout, data, work / f"run-{name}", after_env if name == "after" else None, extra)
+                one = run_side(checkout, data, work / f"run-{name}", envs.get(name), extra)
                 for metric, values in one.items():
                     results[name].setdefault(metric, []).extend(values)
                 print(f"[{started}] round {round_no + 1} {name}: {json.dumps(one)}", file=sys.stderr, flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    extra = f" (after side with {', '.join(args.after_env)})" if args.after_env else ""
-    print(
-        f"A/B: base {args.base} vs after {head.strip()}{extra}, {args.rounds} rounds each, alternating; "
-        f"data {data.name}"
-    )
-    print("| metric | base (median) | after (median) | after/base | all base | all after |")
-    print("|---|---:|---:|---:|---|---|")
-    metrics = ("full_s", "nochange_s", "cpu_s", "agent_cpu_s", "gateway_cpu_s", "agent_peak_rss_mb", "full_load")
-    for metric in (*metrics, "stored_mb", "agent_minflt_k", "gateway_minflt_k"):
-        b, a = results["base"].get(metric, []), results["after"].get(metric, [])
-        if not b or not a:
-            continue
-        mb, ma = statistics.median(b), statistics.median(a)
+    for name, env in envs.items():
+        with_env = f" (with {', '.join(f'{k}={v}' for k, v in env.items())})" if env else ""
         print(
-            f"| {metric} | {mb:.2f} | {ma:.2f} | {ma / mb:.3f} | "
-            f"{', '.join(f'{v:.2f}' for v in b)} | {', '.join(f'{v:.2f}' for v in a)} |"
+            f"A/B: base {args.base} vs {name} {head.strip()}{with_env}, {args.rounds} rounds each, "
+            f"alternating ({', '.join(sides)}); data {data.name}"
         )
+        print(f"| metric | base (median) | {name} (median) | {name}/base | all base | all {name} |")
+        print("|---|---:|---:|---:|---|---|")
+        metrics = ("full_s", "nochange_s", "cpu_s", "agent_cpu_s", "agent_user_s", "agent_sys_s", "gateway_cpu_s")
+        for metric in (*metrics, "agent_peak_rss_mb", "full_load", "stored_mb", "agent_minflt_k", "gateway_minflt_k"):
+            b, a = results["base"].get(metric, []), results[name].get(metric, [])
+            if not b or not a:
+                continue
+            mb, ma = statistics.median(b), statistics.median(a)
+            print(
+                f"| {metric} | {mb:.2f} | {ma:.2f} | {ma / mb:.3f} | "
+                f"{', '.join(f'{v:.2f}' for v in b)} | {', '.join(f'{v:.2f}' for v in a)} |"
+            )
+        print()
     return 0
 
 

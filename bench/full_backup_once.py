@@ -5,8 +5,13 @@
 Prints one JSON line ``{"full_s": [...], "nochange_s": [...], "cpu_s": [...], "nochange_load": [...]}``
 (and ``agent_cpu_s``, ``gateway_cpu_s``, ``agent_peak_rss_mb``, ``full_load``: the full backup's CPU per process,
 the agent's peak RSS and the load after it; ``stored_mb``: what the full backup added to the bucket;
-``agent_minflt_k``, ``gateway_minflt_k``: the processes' minor page faults during it, in thousands)
-(``--nochange N``: N no-change backups after each full one, each with the 1-minute load average). Used by
+``agent_minflt_k``, ``gateway_minflt_k``: the processes' minor page faults during it, in thousands;
+``agent_user_s``, ``agent_sys_s``: the agent's CPU split into user and system time)
+(``--nochange N``: N no-change backups after each full one, each with the 1-minute load average).
+``--perf-faults FILE``: ``perf record`` samples the agent's page faults (every ``--perf-period``-th, with
+call stacks) during the first full backup, into FILE (``perf report -i FILE`` shows where they come from).
+``--timeline FILE``: the agent's resident set, minor page faults, user and system CPU and bytes read
+(``rchar``), sampled every half second during the first full backup, as JSON lines into FILE. Used by
 ``bench/ab.py``, which runs it from two checkouts (say, before and after the trust boundary) in one
 invocation, alternating, so both sides see the same machine. Only ``StrongroomBench``'s public
 methods are used, so the same file runs against older checkouts (``ab.py`` copies it there).
@@ -19,7 +24,9 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +40,55 @@ def minor_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
-async def main(data: Path, work: Path, runs: int, nochange: int = 1, s3_tls: bool = False) -> dict[str, list[float]]:
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU seconds so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+async def perf_faults(pid: int, out: Path, period: int) -> asyncio.subprocess.Process:
+    """``perf record`` of the process's page faults, every ``period``-th with its call stack (DWARF unwinding)."""
+    perf = await asyncio.create_subprocess_exec(
+        *("perf", "record", "-q", "-e", "page-faults", "-c", str(period), "--call-graph", "dwarf,16384"),
+        *("-p", str(pid), "-o", str(out)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.sleep(2)  # attached
+    return perf
+
+
+async def sample_agent(pid: int, out: Path, every: float = 0.5) -> None:
+    """Append the agent's RSS, minor faults, CPU and bytes read to ``out`` every ``every`` seconds until cancelled."""
+    ticks, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    start = time.perf_counter()
+    with out.open("w") as f:
+        while True:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+            sample = {
+                "t": round(time.perf_counter() - start, 2),
+                "rss_mb": int(stat[21]) * page / 1e6,
+                "minflt": int(stat[7]),
+                "user_s": int(stat[11]) / ticks,
+                "sys_s": int(stat[12]) / ticks,
+                "read_mb": int(io["rchar"]) / 1e6,
+            }
+            f.write(json.dumps(sample) + "\n")
+            await asyncio.sleep(every)
+
+
+async def main(
+    data: Path,
+    work: Path,
+    runs: int,
+    nochange: int = 1,
+    s3_tls: bool = False,
+    perf_out: Path | None = None,
+    perf_period: int = 64,
+    timeline: Path | None = None,
+) -> dict[str, list[float]]:
     bench = StrongroomBench(work, s3_tls=s3_tls)
     await bench.start(unthrottled_gateway=True)
     out: dict[str, list[float]] = {"full_s": [], "nochange_s": [], "cpu_s": []}
@@ -42,8 +97,20 @@ async def main(data: Path, work: Path, runs: int, nochange: int = 1, s3_tls: boo
             inst = await bench.new_instance(data, priority="high", unthrottled=True)
             try:
                 faults0 = minor_faults(inst.agent.process.pid), minor_faults(bench.gateway_pid)
+                perf = await perf_faults(inst.agent.process.pid, perf_out, perf_period) if perf_out else None
+                split0 = user_system_seconds(inst.agent.process.pid)
+                sampler = asyncio.create_task(sample_agent(inst.agent.process.pid, timeline)) if timeline else None
                 full = await bench.backup(inst)
+                if sampler is not None:
+                    sampler.cancel()
+                    await asyncio.gather(sampler, return_exceptions=True)
+                    timeline = None  # the first full backup only
+                if perf is not None:
+                    perf.send_signal(signal.SIGINT)
+                    await perf.wait()
+                    perf_out = None  # the first full backup only
                 faults1 = minor_faults(inst.agent.process.pid), minor_faults(bench.gateway_pid)
+                split1 = user_system_seconds(inst.agent.process.pid)
                 out["full_s"].append(full.wall)
                 out["cpu_s"].append(full.agent_cpu + full.gateway_cpu)
                 out.setdefault("agent_cpu_s", []).append(full.agent_cpu)
@@ -53,6 +120,8 @@ async def main(data: Path, work: Path, runs: int, nochange: int = 1, s3_tls: boo
                 out.setdefault("stored_mb", []).append(full.bytes_added / 1e6)
                 out.setdefault("agent_minflt_k", []).append((faults1[0] - faults0[0]) / 1e3)
                 out.setdefault("gateway_minflt_k", []).append((faults1[1] - faults0[1]) / 1e3)
+                out.setdefault("agent_user_s", []).append(split1[0] - split0[0])
+                out.setdefault("agent_sys_s", []).append(split1[1] - split0[1])
                 await bench.latest_point(inst, 1)
                 for _ in range(nochange):
                     out["nochange_s"].append((await bench.backup(inst)).wall)
@@ -72,5 +141,13 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--nochange", type=int, default=1, help="no-change backups after each full backup")
     parser.add_argument("--s3-tls", action="store_true", help="S3 over HTTPS, as run.py --s3-tls")
+    parser.add_argument("--perf-faults", type=Path, help="perf record the agent's page faults into this file")
+    parser.add_argument("--perf-period", type=int, default=64, help="sample every N-th page fault")
+    parser.add_argument("--timeline", type=Path, help="the agent's RSS, faults and CPU every 0.5 s, into this file")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.data, args.work, args.runs, args.nochange, args.s3_tls))), flush=True)
+    result = asyncio.run(
+        main(
+            args.data, args.work, args.runs, args.nochange, args.s3_tls, args.perf_faults, args.perf_period, args.timeline
+        )
+    )
+    print(json.dumps(result), flush=True)
