@@ -145,9 +145,6 @@ if __name__ == "__main__":
     parser.add_argument("--perf-period", type=int, default=64, help="sample every N-th page fault")
     parser.add_argument("--timeline", type=Path, help="the agent's RSS, faults and CPU every 0.5 s, into this file")
     args = parser.parse_args()
-    result = asyncio.run(
-        main(
-            args.data, args.work, args.runs, args.nochange, args.s3_tls, args.perf_faults, args.perf_period, args.timeline
-        )
-    )
+    perf = (args.perf_faults, args.perf_period)
+    result = asyncio.run(main(args.data, args.work, args.runs, args.nochange, args.s3_tls, *perf, args.timeline))
     print(json.dumps(result), flush=True)
