@@ -70,10 +70,10 @@ class PipelineLimits:
     compress_batch_bytes: int = 4 << 20  # content per compress step; its copies are outside the budget
     upload_batch_chunks: int = 256
     upload_batch_bytes: int = 16 << 20
-    # Chunk payload per UploadChunks message (a chunk larger goes alone). Under the allocator's 1 MiB
-    # mmap threshold (memory.py), with room for the chunks' fields: a message, and gRPC's copy of it,
-    # come from the heap and reuse its pages; at 4 MiB each was mapped fresh and every page of it
-    # faulted in, twice per byte uploaded (ADR 0074).
+    # Chunk payload per UploadChunks message (a chunk larger goes alone). Chosen under the allocator's
+    # mmap threshold of the time (1 MiB), so that a message and gRPC's copy of it came from the heap and
+    # reused its pages; at 4 MiB each was mapped fresh and every page of it faulted in, twice per byte
+    # uploaded (ADR 0074). The threshold is now 9 MiB (ADR 0077); this size was not measured again.
     upload_message_bytes: int = 960 << 10
     uploaders: int = 2
     commit_batch_entries: int = 1000
