@@ -336,10 +336,12 @@ class Compressor:
         budget: ByteBudget,
         wire: ByteBudget,
         out: Uploader,
+        freed: memory.FreedPages | None = None,
     ) -> None:
         self._job_id = job_id
         self._budget = budget
         self._wire = wire
+        self._freed = freed  # None: no trims between steps (tests, non-agent callers)
         self._executor = executor
         self.workers = workers
         self._batch_bytes = limits.compress_batch_bytes
@@ -373,6 +375,11 @@ class Compressor:
                 outgoing.wire_charge = await self._wire.acquire(outgoing.wire_bytes)
                 self._budget.release(outgoing.charge)
                 await self._out.put(outgoing)
+                # The group's content copies are free now: above the ceiling, hand them back before more
+                # are read (ADR 0077).
+                trim = self._freed.over_ceiling() if self._freed is not None else None
+                if trim is not None:
+                    await asyncio.to_thread(trim)
             if end:
                 return
 
