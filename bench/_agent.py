@@ -6,7 +6,7 @@ send 0: HIGH priority is capped at 30 MB/s by design. Everything else is the sto
 
 With ``BENCH_MALLOC=<name>=<bytes>,...`` the allocator settings of ``strongroom_agent.memory`` are
 replaced before the agent starts (experiments, ADR 0077): ``mmap_threshold``, ``trim_threshold``,
-``arena_max`` (what ``tune_allocator`` applies) and ``trim_floor`` (``FreedPages``' floor). Pass it
+``arena_max`` (what ``tune_allocator`` applies), ``trim_floor`` and ``trim_ceiling`` (``FreedPages``'). Pass it
 to the agent only with ``BENCH_AGENT_ENV_BENCH_MALLOC=...`` (``strongroom_runner.py``).
 
 With ``BENCH_TRACEMALLOC=<file>`` the agent runs under ``tracemalloc`` and, each time the traced
@@ -38,6 +38,7 @@ _MALLOC_SETTINGS = {
     "trim_threshold": "TRIM_THRESHOLD_BYTES",
     "arena_max": "ARENA_MAX",
     "trim_floor": "TRIM_FLOOR_BYTES",
+    "trim_ceiling": "TRIM_CEILING_BYTES",
 }
 
 

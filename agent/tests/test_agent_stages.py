@@ -89,6 +89,25 @@ def test_freed_pages_are_kept_while_the_process_holds_no_more_than_the_floor() -
     assert FreedPages(10, trim, floor_bytes=150).released(10) is trim  # no resident size known: no floor
 
 
+def test_freed_pages_are_returned_between_steps_only_above_the_ceiling() -> None:
+    """ADR 0077: between the pipeline's steps a trim is due whenever the process holds more than the ceiling."""
+    from strongroom_agent.memory import FreedPages
+
+    def trim() -> None:
+        raise AssertionError("over_ceiling() only says when; the caller runs it")
+
+    resident = [200]
+    freed = FreedPages(10, trim, floor_bytes=100, ceiling_bytes=200, resident=lambda: resident[0])
+    assert freed.over_ceiling() is None  # at the ceiling: kept
+    resident[0] = 201
+    assert freed.over_ceiling() is trim
+    assert freed.released(5) is None  # the count started again with that trim
+    assert freed.released(5) is trim  # above the floor, 10 released since: due as before
+    assert FreedPages(10, trim, floor_bytes=100, resident=lambda: 10**9).over_ceiling() is None  # no ceiling
+    assert FreedPages(10, None, ceiling_bytes=1, resident=lambda: 10**9).over_ceiling() is None  # not glibc
+    assert FreedPages(10, trim, ceiling_bytes=1).over_ceiling() is None  # no resident size known
+
+
 def test_resident_bytes_is_this_process_s() -> None:
     import os
 

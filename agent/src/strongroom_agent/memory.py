@@ -6,9 +6,15 @@ thread gets its own arena (up to 8 per core) and the mmap threshold rises to
 the largest buffer freed so far (up to 32 MiB), so buffers of up to a few
 MiB come from arenas that keep their pages after ``free``: on the benchmark
 tree the agent's peak RSS was ~60 MB above what the pipeline held. Two arenas
-and a fixed 1 MiB threshold (buffers from 1 MiB up are mapped and unmapped
-whole) took that away at no measurable CPU cost; a 128 KiB threshold saved a
-little more but cost ~25% more CPU in page faults.
+and a fixed mmap threshold took that away; a 128 KiB threshold saved a little
+more but cost ~25% more CPU in page faults (ADR 0064). The threshold was 1 MiB
+until ADR 0077: every buffer from 1 MiB up (the content of a large chunk, its
+compressed copy, the upload message carrying it and gRPC's copy of that, the
+read buffers of files over 1 MiB) was then mapped fresh and unmapped whole, and
+each of its pages faulted in and zero-filled: most of the agent's ~1.1 million
+page faults in a full backup of the benchmark tree. At 9 MiB they come from the
+arenas and reuse freed pages (faults -22%), and a trim ceiling keeps the peak
+RSS where it was (``TRIM_CEILING_BYTES``).
 
 Chunks below the threshold (most chunks: FastCDC's 256 KiB-1 MiB), compressed
 copies and the step's small objects still come from the arenas, and pages
@@ -30,10 +36,17 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # mallopt parameters (glibc malloc.h).
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-MMAP_THRESHOLD_BYTES = 1 << 20
+# Above the largest buffer the backup allocates: a whole file read at once (up to 8 MiB + 1 byte,
+# backup/read.py) and FastCDC's stream buffer (twice the 4 MiB maximum chunk). ADR 0077.
+MMAP_THRESHOLD_BYTES = 9 << 20
 ARENA_MAX = 2
+# ``free`` hands back the top of an arena once it holds more than this free: glibc's default, set
+# explicitly. Higher (32 MiB) took 4% of the faults away but kept up to that much at the top of the
+# worker threads' arena, which ``malloc_trim`` does not reach: peak RSS +20 MB (ADR 0077).
+TRIM_THRESHOLD_BYTES = 128 << 10
 
 
 def _glibc_function(name: str) -> Any | None:
@@ -56,7 +69,12 @@ def tune_allocator() -> bool:
         return False  # not glibc (musl, macOS): its allocator's own defaults stand
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    applied = bool(mallopt(M_ARENA_MAX, ARENA_MAX)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    settings = (
+        (M_ARENA_MAX, ARENA_MAX),
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+        (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+    )
+    applied = all([bool(mallopt(parameter, value)) for parameter, value in settings])  # each one tried
     if not applied:
         log.warning("could not tune the allocator (mallopt refused); memory use may be higher")
     return applied
@@ -94,9 +112,17 @@ def resident_bytes() -> int:
         return 0
 
 
+# ... and at once, between the pipeline's steps, whenever the process holds more than this (ADR 0077).
+# With the 9 MiB mmap threshold freed chunk-sized buffers stay in the arenas until the next trim, and
+# the trims above the floor come only after an upload call returns: in between, the peak RSS rose by
+# up to 20 MB.
+TRIM_CEILING_BYTES = 168 << 20
+
+
 class FreedPages:
     """Returns freed heap pages to the system once ``every_bytes`` of buffers were released, while the
-    process holds more than ``floor_bytes`` (``resident``: its resident bytes; no floor without it).
+    process holds more than ``floor_bytes`` (``resident``: its resident bytes; no floor without it),
+    and whenever it holds more than ``ceiling_bytes`` (``over_ceiling``; 0: no ceiling).
 
     One per process, made by the agent's composition root (``session.make_backup_runner``).
     ``released(n)`` is called on the event loop as the pipeline lets go of
@@ -110,12 +136,14 @@ class FreedPages:
         trim: Callable[[], object] | None,
         *,
         floor_bytes: int = 0,
+        ceiling_bytes: int = 0,
         resident: Callable[[], int] | None = None,
     ) -> None:
         self._every = every_bytes
         self._since = 0
         self._trim = trim
         self._floor = floor_bytes
+        self._ceiling = ceiling_bytes
         self._resident = resident
 
     def released(self, nbytes: int) -> Callable[[], object] | None:
@@ -127,4 +155,16 @@ class FreedPages:
         self._since = 0
         if self._floor > 0 and self._resident is not None and self._resident() <= self._floor:
             return None  # below the floor: the freed pages are reused without faults
+        return self._trim
+
+    def over_ceiling(self) -> Callable[[], object] | None:
+        """The trim when the process holds more than the ceiling now, else None (run it as ``released``'s).
+
+        Called on the event loop between the pipeline's steps; the release count is not touched.
+        """
+        if self._trim is None or self._ceiling <= 0 or self._resident is None:
+            return None
+        if self._resident() <= self._ceiling:
+            return None
+        self._since = 0  # this trim returns what was released so far too
         return self._trim

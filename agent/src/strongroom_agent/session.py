@@ -387,6 +387,7 @@ def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Seq
         memory.TRIM_EVERY_BYTES,
         memory.malloc_trim(),
         floor_bytes=memory.TRIM_FLOOR_BYTES,
+        ceiling_bytes=memory.TRIM_CEILING_BYTES,
         resident=memory.resident_bytes,
     )
 

@@ -116,6 +116,7 @@ class PointRun:
             budget=budget,
             wire=wire,
             out=uploader,
+            freed=ctx.freed,
         )
         deduper = Deduper(
             job_id=ctx.job_id,

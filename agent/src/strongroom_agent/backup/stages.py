@@ -70,10 +70,10 @@ class PipelineLimits:
     compress_batch_bytes: int = 4 << 20  # content per compress step; its copies are outside the budget
     upload_batch_chunks: int = 256
     upload_batch_bytes: int = 16 << 20
-    # Chunk payload per UploadChunks message (a chunk larger goes alone). Under the allocator's 1 MiB
-    # mmap threshold (memory.py), with room for the chunks' fields: a message, and gRPC's copy of it,
-    # come from the heap and reuse its pages; at 4 MiB each was mapped fresh and every page of it
-    # faulted in, twice per byte uploaded (ADR 0074).
+    # Chunk payload per UploadChunks message (a chunk larger goes alone). Chosen under the allocator's
+    # mmap threshold of the time (1 MiB), so that a message and gRPC's copy of it came from the heap and
+    # reused its pages; at 4 MiB each was mapped fresh and every page of it faulted in, twice per byte
+    # uploaded (ADR 0074). The threshold is now 9 MiB (ADR 0077); this size was not measured again.
     upload_message_bytes: int = 960 << 10
     uploaders: int = 2
     commit_batch_entries: int = 1000
@@ -336,10 +336,12 @@ class Compressor:
         budget: ByteBudget,
         wire: ByteBudget,
         out: Uploader,
+        freed: memory.FreedPages | None = None,
     ) -> None:
         self._job_id = job_id
         self._budget = budget
         self._wire = wire
+        self._freed = freed  # None: no trims between steps (tests, non-agent callers)
         self._executor = executor
         self.workers = workers
         self._batch_bytes = limits.compress_batch_bytes
@@ -373,6 +375,11 @@ class Compressor:
                 outgoing.wire_charge = await self._wire.acquire(outgoing.wire_bytes)
                 self._budget.release(outgoing.charge)
                 await self._out.put(outgoing)
+                # The group's content copies are free now: above the ceiling, hand them back before more
+                # are read (ADR 0077).
+                trim = self._freed.over_ceiling() if self._freed is not None else None
+                if trim is not None:
+                    await asyncio.to_thread(trim)
             if end:
                 return
 
