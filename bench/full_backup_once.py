@@ -35,14 +35,22 @@ sys.path.insert(0, str(HERE))
 from strongroom_runner import StrongroomBench  # noqa: E402
 
 
+def proc_stat(pid: int) -> list[str]:
+    """``/proc/<pid>/stat``'s fields after the command name (index 0 is field 3, the state).
+
+    Kept in this file rather than imported: ``ab.py`` runs it inside older checkouts.
+    """
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def minor_faults(pid: int) -> int:
     """The process's minor page faults so far (``/proc/<pid>/stat`` field 10)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    return int(proc_stat(pid)[7])
 
 
 def user_system_seconds(pid: int) -> tuple[float, float]:
     """The process's user and system CPU seconds so far (``/proc/<pid>/stat`` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     ticks = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / ticks, int(fields[12]) / ticks
 
@@ -65,7 +73,7 @@ async def sample_agent(pid: int, out: Path, every: float = 0.5) -> None:
     start = time.perf_counter()
     with out.open("w") as f:
         while True:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            stat = proc_stat(pid)
             io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
             sample = {
                 "t": round(time.perf_counter() - start, 2),

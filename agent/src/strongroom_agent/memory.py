@@ -160,7 +160,8 @@ class FreedPages:
     def over_ceiling(self) -> Callable[[], object] | None:
         """The trim when the process holds more than the ceiling now, else None (run it as ``released``'s).
 
-        Called on the event loop between the pipeline's steps; the release count is not touched.
+        Called on the event loop between the pipeline's steps. A trim it returns also returns what was
+        released so far, so the count towards ``released``'s next trim starts again.
         """
         if self._trim is None or self._ceiling <= 0 or self._resident is None:
             return None
