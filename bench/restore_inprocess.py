@@ -12,9 +12,9 @@ where it has one, ADR 0073), so the agent's message handling is measured too (th
 the gateway's share, is included in the process CPU; it is a copy of the payload). Prints wall time, the process's CPU
 time (user and system), the cyclic garbage collector's time, minor page faults, context switches
 (voluntary and involuntary: a thread waiting for the GIL sleeps) and the restored file count per run;
-``--agent-allocator`` applies the agent's allocator settings first (``memory.tune_allocator``: a
-1 MiB mmap threshold, as the agent process runs). With ``--yappi`` the last run is profiled per thread (``uv
-pip install yappi`` first).
+``--agent-allocator`` applies the agent's allocator settings first (``memory.tune_allocator``: the
+mmap threshold and arenas of ``memory.py``, as the agent process runs). With ``--yappi`` the last run is
+profiled per thread (``uv pip install yappi`` first).
 
 ``--gc SPEC`` adds a side: this checkout's restore under other collector settings (``gc_side``).
 
