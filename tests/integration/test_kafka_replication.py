@@ -120,7 +120,12 @@ async def describe_all(bootstrap: str, topics: list[str]) -> dict[str, list[dict
     return {topic["topic"]: topic["partitions"] if topic["error_code"] == 0 else [] for topic in found}
 
 
-async def min_insync(bootstrap: str, topic: str) -> str:
+async def min_insync(bootstrap: str, topic: str) -> str | None:
+    """The topic's ``min.insync.replicas`` as the answering broker sees it; None while it does not know the topic.
+
+    DescribeConfigs goes to any broker, and one that has not applied the topic's creation from the
+    metadata log yet answers with an error code and no entries.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -128,8 +133,10 @@ async def min_insync(bootstrap: str, topic: str) -> str:
     finally:
         await admin.close()
     [resource] = response.resources  # (error code, message, type, name, [entry (name, value, ...)])
+    if resource[0] != 0:
+        return None
     entries = next(field for field in resource if isinstance(field, list))
-    return str(next(entry[1] for entry in entries if entry[0] == "min.insync.replicas"))
+    return next((str(entry[1]) for entry in entries if entry[0] == "min.insync.replicas"), None)
 
 
 async def until(what: str, check: Any, within: float) -> float:
@@ -237,7 +244,14 @@ async def test_rf3_survives_a_broker_and_refuses_writes_below_min_insync(
     assert set(layouts) == registry and all(len(partitions) == 12 for partitions in layouts.values())
     assert all(sorted(p["replicas"]) == sorted(p["isr"]) == [1, 2, 3] for ps in layouts.values() for p in ps)
     assert {p["leader"] for p in layouts[JOB_REQUESTED]} == {1, 2, 3}  # leadership spread over the brokers
-    assert await min_insync(bootstrap, JOB_REQUESTED) == await min_insync(bootstrap, ALERT_RAISED) == "2"
+    settings: dict[str, str | None] = {}
+
+    async def configured() -> bool:  # each broker applies the topic configs from the metadata log on its own
+        settings.update({topic: await min_insync(bootstrap, topic) for topic in (JOB_REQUESTED, ALERT_RAISED)})
+        return None not in settings.values()
+
+    await until("every topic's configs known", configured, 60)
+    assert settings == {JOB_REQUESTED: "2", ALERT_RAISED: "2"}
 
     caplog.set_level(logging.WARNING, logger="aiokafka.producer.sender")
     stream = Stream(pool)
