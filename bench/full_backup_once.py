@@ -10,6 +10,9 @@ the agent's peak RSS and the load after it; ``stored_mb``: what the full backup 
 (``--nochange N``: N no-change backups after each full one, each with the 1-minute load average).
 ``--perf-faults FILE``: ``perf record`` samples the agent's page faults (every ``--perf-period``-th, with
 call stacks) during the first full backup, into FILE (``perf report -i FILE`` shows where they come from).
+``--strace DIR``: ``strace -c -f`` on the agent and on the gateway during the first full backup: the system
+calls of every thread, counted, with their system time, into ``DIR/agent.txt`` and ``DIR/gateway.txt`` (tracing
+slows both processes several-fold: for counts, not timings; ADR 0079).
 ``--timeline FILE``: the agent's resident set, minor page faults, user and system CPU and bytes read
 (``rchar``), sampled every half second during the first full backup, as JSON lines into FILE. Used by
 ``bench/ab.py``, which runs it from two checkouts (say, before and after the trust boundary) in one
@@ -67,6 +70,21 @@ async def perf_faults(pid: int, out: Path, period: int) -> asyncio.subprocess.Pr
     return perf
 
 
+async def strace_counts(pids: dict[str, int], out: Path) -> list[asyncio.subprocess.Process]:
+    """``strace -c -f`` attached to each process (name: pid), its summary into ``out/<name>.txt`` once interrupted."""
+    out.mkdir(parents=True, exist_ok=True)
+    tracers = [
+        await asyncio.create_subprocess_exec(
+            *("strace", "-c", "-f", "-o", str(out / f"{name}.txt"), "-p", str(pid)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+    await asyncio.sleep(2)  # attached to every thread
+    return tracers
+
+
 async def sample_agent(pid: int, out: Path, every: float = 0.5) -> None:
     """Append the agent's RSS, minor faults, CPU and bytes read to ``out`` every ``every`` seconds until cancelled."""
     ticks, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
@@ -96,6 +114,7 @@ async def main(
     perf_out: Path | None = None,
     perf_period: int = 64,
     timeline: Path | None = None,
+    strace_out: Path | None = None,
 ) -> dict[str, list[float]]:
     bench = StrongroomBench(work, s3_tls=s3_tls)
     await bench.start(unthrottled_gateway=True)
@@ -106,6 +125,8 @@ async def main(
             try:
                 faults0 = minor_faults(inst.agent.process.pid), minor_faults(bench.gateway_pid)
                 perf = await perf_faults(inst.agent.process.pid, perf_out, perf_period) if perf_out else None
+                pids = {"agent": inst.agent.process.pid, "gateway": bench.gateway_pid}
+                tracers = await strace_counts(pids, strace_out) if strace_out else []
                 split0 = user_system_seconds(inst.agent.process.pid)
                 sampler = asyncio.create_task(sample_agent(inst.agent.process.pid, timeline)) if timeline else None
                 full = await bench.backup(inst)
@@ -117,6 +138,10 @@ async def main(
                     perf.send_signal(signal.SIGINT)
                     await perf.wait()
                     perf_out = None  # the first full backup only
+                for tracer in tracers:
+                    tracer.send_signal(signal.SIGINT)  # detaches and writes the summary
+                    await tracer.wait()
+                strace_out = None  # the first full backup only
                 faults1 = minor_faults(inst.agent.process.pid), minor_faults(bench.gateway_pid)
                 split1 = user_system_seconds(inst.agent.process.pid)
                 out["full_s"].append(full.wall)
@@ -152,7 +177,10 @@ if __name__ == "__main__":
     parser.add_argument("--perf-faults", type=Path, help="perf record the agent's page faults into this file")
     parser.add_argument("--perf-period", type=int, default=64, help="sample every N-th page fault")
     parser.add_argument("--timeline", type=Path, help="the agent's RSS, faults and CPU every 0.5 s, into this file")
+    parser.add_argument("--strace", type=Path, help="count the agent's and the gateway's system calls into this dir")
     args = parser.parse_args()
     perf = (args.perf_faults, args.perf_period)
-    result = asyncio.run(main(args.data, args.work, args.runs, args.nochange, args.s3_tls, *perf, args.timeline))
+    result = asyncio.run(
+        main(args.data, args.work, args.runs, args.nochange, args.s3_tls, *perf, args.timeline, args.strace)
+    )
     print(json.dumps(result), flush=True)
