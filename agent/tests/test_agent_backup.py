@@ -173,8 +173,10 @@ async def test_file_changing_once_is_reread_and_stored_consistently(tmp_path: Pa
     assert finished.stats.bytes_read == 2 * 50_000
 
 
-async def test_file_rewritten_between_scan_and_read_is_read_again(tmp_path: Path, read_path: PipelineLimits) -> None:
-    """The first attempt reads under the scan's stat: a file rewritten after the scan fails its check and is reread."""
+async def test_file_rewritten_between_scan_and_open_is_stored_as_read(
+    tmp_path: Path, read_path: PipelineLimits
+) -> None:
+    """The stat a read is checked against is taken after the open: a file rewritten since the scan is read once."""
     root = tmp_path / "src"
     write_file(str(root / "conf"), rand(50_000, 6), mtime_ns=1_600_000_000_000_000_000)
     rewritten = rand(50_000, 7)  # same size: only mtime and ctime tell
@@ -190,14 +192,14 @@ async def test_file_rewritten_between_scan_and_read_is_read_again(tmp_path: Path
     assert finished.status == COMPLETE, finished.file_errors
     entry = entries_by_path(gateway.only_point())["conf"]
     assert gateway.content(entry) == rewritten and entry.mtime_ns == later
-    assert finished.stats.bytes_read == 2 * 50_000  # the content read under the scan's stat was not kept
+    assert finished.stats.bytes_read == 50_000
 
 
 @pytest.mark.parametrize("size", [0, 100, 50_000, 900_000])
-async def test_small_file_costs_one_read_and_one_fstat(
+async def test_small_file_costs_one_read_and_no_lseek(
     tmp_path: Path, read_path: PipelineLimits, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file under the read size: one read (no second one to see the end), the fstat after it, no lseek."""
+    """A file under the read size: one read (no second one to see the end), an fstat before and after, no lseek."""
     root = tmp_path / "src"
     blob = rand(size, size)
     for name in "abc":
@@ -234,7 +236,7 @@ async def test_small_file_costs_one_read_and_one_fstat(
     assert finished.status == COMPLETE, finished.file_errors
     entries = entries_by_path(gateway.only_point())
     assert [gateway.content(entries[name]) for name in "abc"] == [blob] * 3
-    assert calls == {"read": 3, "fstat": 3, "lseek": 0}
+    assert calls == {"read": 3, "fstat": 6, "lseek": 0}
 
 
 async def test_unreadable_file_makes_the_job_partial(tmp_path: Path, read_path: PipelineLimits) -> None:

@@ -9,12 +9,11 @@ when its inode, size, mtime and ctime did not move while it was read; a file
 that changes is read once more and left out if it changes again
 (``CHANGED_WHILE_READ``), which makes the job PARTIAL_COMPLETE.
 
-System calls per file (ADR 0079): the first attempt reads under the scan's
-``lstat`` of the file, so a small file costs ``open``, one ``read``, the
-``fstat`` after it and ``close`` (it was seven: an ``lseek`` to 0 and an
-``fstat`` before, and a second ``read`` to see the end). Each call lets go of
-the GIL, and in a tree of small files every hand-over between the reading,
-walking and event-loop threads was a futex wake-up and a context switch.
+System calls per small file (ADR 0079): ``open``, ``fstat``, one ``read``,
+``fstat``, ``close`` (it was seven: an ``lseek`` to 0 of the descriptor just
+opened, and a second ``read`` to see the end). Each call lets go of the GIL,
+and in a tree of small files every hand-over between the reading, walking
+and event-loop threads was a futex wake-up and a context switch.
 """
 
 from __future__ import annotations
@@ -109,13 +108,6 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int]:
 class FileReader:
     """Reads and chunks one file in worker threads, one bounded step at a time.
 
-    The read is consistent when the file's (inode, size, mtime, ctime) after it
-    equals the stat it was read under: on the first attempt ``scanned`` (the
-    scan's ``lstat``, taken before the file was opened) when given, else an
-    ``fstat`` of the new descriptor; a restart always takes a fresh ``fstat``.
-    A file changed between the scan and the read is therefore caught by the
-    first attempt's check and read once more, as one changed during the read.
-
     All methods take a lock, so ``close`` submitted after a cancellation waits
     for a step still running in another thread.
     """
@@ -128,11 +120,8 @@ class FileReader:
         throttle: ReadThrottle,
         stop: threading.Event,
         batch_bytes: int,
-        scanned: os.stat_result | None = None,
     ) -> None:
         self.path = path
-        # The scan's lstat of the path: the first attempt's "before" (see ``_start``); None: fstat it.
-        self._scanned = scanned
         self._params = params
         self._open_file = open_file
         self._throttle = throttle
@@ -147,13 +136,12 @@ class FileReader:
         self._total = 0
         self._delta = 0
 
-    def _start(self, scanned: os.stat_result | None = None) -> None:
-        """Start reading from offset 0 under ``scanned`` (a descriptor just opened, at 0) or a fresh ``fstat``."""
+    def _start(self, *, opened: bool = False) -> None:
+        """(Re)start reading from offset 0 under a fresh ``fstat``; a descriptor just ``opened`` is at 0 already."""
         assert self._fd >= 0
-        if scanned is None:
+        if not opened:
             os.lseek(self._fd, 0, os.SEEK_SET)
-            scanned = os.fstat(self._fd)
-        self.before = scanned
+        self.before = os.fstat(self._fd)
         if not stat.S_ISREG(self.before.st_mode):
             raise FileProblem("no longer a regular file")
         self._total = 0
@@ -222,7 +210,7 @@ class FileReader:
                 raise JobCanceled
             if self._fd < 0:
                 self._fd = self._open_file(self.path)
-                self._start(self._scanned)
+                self._start(opened=True)
             chunks: list[tuple[bytes, bytes]] = []
             produced = 0
             whole = self._whole
@@ -317,13 +305,7 @@ class Reader:
     def _reader(self, item: ScanItem) -> FileReader:
         ctx = self._ctx
         return FileReader(
-            item.path,
-            ctx.params,
-            ctx.open_file,
-            ctx.throttle,
-            ctx.stop_threads,
-            ctx.limits.read_batch_bytes,
-            scanned=item.st,
+            item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes
         )
 
     async def _file_entry(self, item: ScanItem) -> FileOutcome | None:
