@@ -121,7 +121,8 @@ def main() -> int:
         print(f"| metric | base (median) | {name} (median) | {name}/base | all base | all {name} |")
         print("|---|---:|---:|---:|---|---|")
         metrics = ("full_s", "nochange_s", "cpu_s", "agent_cpu_s", "agent_user_s", "agent_sys_s", "gateway_cpu_s")
-        for metric in (*metrics, "agent_peak_rss_mb", "full_load", "stored_mb", "agent_minflt_k", "gateway_minflt_k"):
+        extra = ("postgres_cpu_s", "pg_commits_k", "agent_peak_rss_mb", "full_load", "stored_mb")
+        for metric in (*metrics, *extra, "agent_minflt_k", "gateway_minflt_k"):
             b, a = results["base"].get(metric, []), results[name].get(metric, [])
             if not b or not a:
                 continue

@@ -173,6 +173,72 @@ async def test_file_changing_once_is_reread_and_stored_consistently(tmp_path: Pa
     assert finished.stats.bytes_read == 2 * 50_000
 
 
+async def test_file_rewritten_between_scan_and_open_is_stored_as_read(
+    tmp_path: Path, read_path: PipelineLimits
+) -> None:
+    """The stat a read is checked against is taken after the open: a file rewritten since the scan is read once."""
+    root = tmp_path / "src"
+    write_file(str(root / "conf"), rand(50_000, 6), mtime_ns=1_600_000_000_000_000_000)
+    rewritten = rand(50_000, 7)  # same size: only mtime and ctime tell
+    later = 1_700_000_000_000_000_000
+
+    def opener(path: str) -> int:
+        if path.endswith("conf") and os.lstat(path).st_mtime_ns != later:
+            write_file(path, rewritten, mtime_ns=later)
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+
+    gateway = FakeGateway()
+    finished = await backup(gateway, root, open_file=opener, limits=read_path)
+    assert finished.status == COMPLETE, finished.file_errors
+    entry = entries_by_path(gateway.only_point())["conf"]
+    assert gateway.content(entry) == rewritten and entry.mtime_ns == later
+    assert finished.stats.bytes_read == 50_000
+
+
+@pytest.mark.parametrize("size", [0, 100, 50_000, 900_000])
+async def test_small_file_costs_one_read_and_no_lseek(
+    tmp_path: Path, read_path: PipelineLimits, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file under the read size: one read (no second one to see the end), an fstat before and after, no lseek."""
+    root = tmp_path / "src"
+    blob = rand(size, size)
+    for name in "abc":
+        write_file(str(root / name), blob)
+    fds: set[int] = set()  # descriptors of the files being backed up, while open (a number is reused after close)
+    calls = {"read": 0, "fstat": 0, "lseek": 0}
+    real_close = os.close
+
+    def counting(name: str) -> Any:
+        real = getattr(os, name)
+
+        def call(fd: int, *args: Any) -> Any:
+            if fd in fds:
+                calls[name] += 1
+            return real(fd, *args)
+
+        return call
+
+    def opener(path: str) -> int:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fds.add(fd)
+        return fd
+
+    def close(fd: int) -> None:
+        fds.discard(fd)
+        real_close(fd)
+
+    for name in calls:
+        monkeypatch.setattr(os, name, counting(name))
+    monkeypatch.setattr(os, "close", close)
+    gateway = FakeGateway()
+    finished = await backup(gateway, root, open_file=opener, limits=read_path)
+    monkeypatch.undo()
+    assert finished.status == COMPLETE, finished.file_errors
+    entries = entries_by_path(gateway.only_point())
+    assert [gateway.content(entries[name]) for name in "abc"] == [blob] * 3
+    assert calls == {"read": 3, "fstat": 6, "lseek": 0}
+
+
 async def test_unreadable_file_makes_the_job_partial(tmp_path: Path, read_path: PipelineLimits) -> None:
     root = tmp_path / "src"
     write_file(str(root / "secret"), b"no")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -224,6 +227,48 @@ async def test_account_b_cannot_learn_or_read_account_a_chunks(gw: GatewayHarnes
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await gw.stub.UploadChunks(aiter_of([forged]), metadata=bob.md)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+class _RecordingTx:
+    """A transaction that records the names of the methods its users look up on it."""
+
+    def __init__(self, tx: Any, calls: list[str]) -> None:
+        self._tx, self._calls = tx, calls
+
+    def __getattr__(self, name: str) -> Any:
+        self._calls.append(name)
+        return getattr(self._tx, name)
+
+
+async def test_the_backup_calls_check_their_job_in_the_transaction_of_their_first_read(
+    gw: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each transaction is four round trips to PostgreSQL: the job's check shares one (ADR 0079)."""
+    agent = await gw.enrolled_agent("i-1")
+    await gw.request_backup(agent, "job-1")
+    key = await gw.key_of("acct-a")
+    transactions: list[list[str]] = []
+    real = gw.store.transaction
+
+    @contextlib.asynccontextmanager
+    async def transaction() -> AsyncIterator[_RecordingTx]:
+        calls: list[str] = []
+        transactions.append(calls)
+        async with real() as tx:
+            yield _RecordingTx(tx, calls)
+
+    monkeypatch.setattr(gw.store, "transaction", transaction)
+    request = gateway_pb2.FindMissingChunksRequest(job_id="job-1", chunk_ids=[chunk_id(key, b"x")])
+    missing = await gw.stub.FindMissingChunks(request, metadata=agent.md)
+    assert list(missing.missing_chunk_ids) == [chunk_id(key, b"x")]
+    assert [t for t in transactions if "get_job" in t] == [["get_job", "find_chunks"]]
+    transactions.clear()
+    assert (await gw.upload(agent, "job-1", [b"x"])).chunks_stored == 1
+    assert [t for t in transactions if "get_job" in t] == [["get_account", "get_job"]]
+    # A stream without messages still needs its account, and nothing else.
+    transactions.clear()
+    assert await gw.stub.UploadChunks(aiter_of([]), metadata=agent.md) == gateway_pb2.UploadChunksResponse()
+    assert [t for t in transactions if "get_account" in t] == [["get_account"]]
 
 
 async def test_upload_for_a_finished_job_is_refused(gw: GatewayHarness) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 
 import pytest
 from strongroom_gateway import packfile
-from strongroom_gateway.crypto import OVERHEAD, DataKey
+from strongroom_gateway.crypto import NONCE_SIZE, OVERHEAD, DataKey
 from strongroom_gateway.packfile import BlobToPack, PackFormatError, decode_index, encode_pack, open_blob
 
 KEY = DataKey("acct-a", bytes(range(32)))
@@ -136,3 +137,31 @@ def test_blob_read_under_another_chunk_id_or_compression_fails() -> None:
 
 def test_empty_pack_round_trips() -> None:
     assert decode_index(encode_pack([], KEY).data, KEY) == []
+
+
+def test_one_random_draw_per_pack_and_every_nonce_distinct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All nonces of a pack come from one os.urandom call (ADR 0079) and no two seals of it share one."""
+    draws: list[int] = []
+    real = os.urandom
+
+    def urandom(n: int) -> bytes:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    blobs = [BlobToPack(bytes([i]) * 32, packfile.COMPRESSION_NONE, bytes([i]) * 100, 100) for i in range(50)]
+    pack = encode_pack(blobs, KEY)
+    monkeypatch.undo()
+    assert draws == [NONCE_SIZE * 51]
+    index_length = struct.unpack("<I", pack.data[-8:-4])[0]
+    index_nonce = pack.data[-8 - index_length + 5 :][:NONCE_SIZE]
+    nonces = [pack.data[e.offset : e.offset + NONCE_SIZE] for e in pack.entries] + [index_nonce]
+    assert len(set(nonces)) == 51
+    for blob, entry in zip(blobs, decode_index(pack.data, KEY), strict=True):
+        assert _open(pack.data, entry) == blob.payload
+
+
+def test_seal_into_refuses_a_nonce_of_the_wrong_size() -> None:
+    out = memoryview(bytearray(10 + OVERHEAD))
+    with pytest.raises(ValueError, match="nonces are 12 bytes"):
+        KEY.seal_into(b"0123456789", b"aad", out, b"short")

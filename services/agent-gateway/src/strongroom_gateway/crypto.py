@@ -84,15 +84,30 @@ def seal(key: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
     return nonce + key.encrypt(nonce, plaintext, aad)
 
 
-def seal_into(key: AESGCM, plaintext: bytes, aad: bytes, out: memoryview) -> None:
+def fresh_nonces(count: int) -> list[bytes]:
+    """``count`` random nonces from one ``os.urandom`` call: distinct slices of one draw.
+
+    One draw per pack rather than one per blob: each ``os.urandom`` is a ``getrandom``
+    system call that lets go of the GIL, and a pack of small chunks has thousands of
+    blobs (ADR 0079). Random 96-bit nonces either way; every nonce is used for one seal.
+    """
+    pool = os.urandom(NONCE_SIZE * count)
+    return [pool[i : i + NONCE_SIZE] for i in range(0, len(pool), NONCE_SIZE)]
+
+
+def seal_into(key: AESGCM, plaintext: bytes, aad: bytes, out: memoryview, nonce: bytes | None = None) -> None:
     """Write ``seal(key, plaintext, aad)`` into ``out`` (exactly ``len(plaintext) + OVERHEAD`` bytes).
 
+    ``nonce``: a fresh random nonce (``fresh_nonces``) never used for another seal; None draws one.
     Encrypting in place avoids allocating and copying a buffer per blob, which
     costs more than AES-GCM itself on large chunks.
     """
     if len(out) != len(plaintext) + OVERHEAD:
         raise ValueError("output buffer must be the plaintext length plus nonce and tag")
-    nonce = os.urandom(NONCE_SIZE)
+    if nonce is None:
+        nonce = os.urandom(NONCE_SIZE)
+    elif len(nonce) != NONCE_SIZE:
+        raise ValueError(f"nonces are {NONCE_SIZE} bytes")
     out[:NONCE_SIZE] = nonce
     key.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
 
@@ -126,8 +141,8 @@ class DataKey:
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         return seal(self._aead, plaintext, aad)
 
-    def seal_into(self, plaintext: bytes, aad: bytes, out: memoryview) -> None:
-        seal_into(self._aead, plaintext, aad, out)
+    def seal_into(self, plaintext: bytes, aad: bytes, out: memoryview, nonce: bytes | None = None) -> None:
+        seal_into(self._aead, plaintext, aad, out, nonce)
 
     def open(self, sealed: bytes | memoryview, aad: bytes) -> bytes:
         return open_sealed(self._aead, sealed, aad)

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from strongroom_gateway.crypto import OVERHEAD, DataKey, DecryptionError, blob_aad, index_aad
+from strongroom_gateway.crypto import OVERHEAD, DataKey, DecryptionError, blob_aad, fresh_nonces, index_aad
 
 HEADER_MAGIC = b"SRPK"
 INDEX_MAGIC = b"SRPX"
@@ -102,14 +102,17 @@ def encode_pack(blobs: Sequence[BlobToPack], key: DataKey) -> EncodedPack:
     buffer = bytearray(offset + index_length + TRAILER_SIZE)
     view = memoryview(buffer)
     view[:HEADER_SIZE] = HEADER_MAGIC + bytes([FORMAT_VERSION])
-    for blob, entry in zip(blobs, entries, strict=True):
+    # Every blob's nonce and the index's from one random draw (one system call per pack, ADR 0079).
+    nonces = fresh_nonces(len(blobs) + 1)
+    for blob, entry, nonce in zip(blobs, entries, nonces[:-1], strict=True):
         aad = blob_aad(key.account_id, FORMAT_VERSION, blob.chunk_id, blob.compression, blob.raw_length)
-        key.seal_into(blob.payload, aad, view[entry.offset : entry.offset + entry.length])
+        key.seal_into(blob.payload, aad, view[entry.offset : entry.offset + entry.length], nonce)
     _INDEX_MAGIC_VERSION.pack_into(buffer, offset, INDEX_MAGIC, FORMAT_VERSION)
     key.seal_into(
         bytes(plain_index),
         index_aad(key.account_id, FORMAT_VERSION),
         view[offset + _INDEX_MAGIC_VERSION.size : offset + index_length],
+        nonces[-1],
     )
     _TRAILER.pack_into(buffer, offset + index_length, index_length, TRAILER_MAGIC)
     view.release()

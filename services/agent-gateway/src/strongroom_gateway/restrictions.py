@@ -5,7 +5,7 @@ from __future__ import annotations
 from strongroom_gateway import validation
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.errors import FailedPrecondition, NotFound, PermissionDenied
-from strongroom_gateway.ports import GatewayStore, Job, JobKind
+from strongroom_gateway.ports import GatewayStore, GatewayTx, Job, JobKind
 
 
 async def require_job(
@@ -15,9 +15,18 @@ async def require_job(
 
     A restore job must additionally have been delivered to the agent.
     """
-    validation.identifier(field, job_id)
     async with store.transaction() as tx:
-        job = await tx.get_job(job_id)
+        return await job_in(tx, identity, job_id, kind, field=field)
+
+
+async def job_in(tx: GatewayTx, identity: Identity, job_id: str, kind: JobKind, *, field: str = "job_id") -> Job:
+    """``require_job`` read in the caller's transaction ``tx``, with the caller's next statements.
+
+    Each transaction is four round trips to PostgreSQL (``BEGIN``, the statement, ``COMMIT``, the
+    pool's reset): the backup's calls check their job and read in one (ADR 0079).
+    """
+    validation.identifier(field, job_id)
+    job = await tx.get_job(job_id)
     if job is None:
         raise NotFound(f"unknown {kind} job {job_id!r}")
     if job.instance_id != identity.instance_id or job.account_id != identity.account_id:

@@ -12,7 +12,7 @@ from strongroom_gateway import validation
 from strongroom_gateway.agents import Identity
 from strongroom_gateway.errors import InvalidArgument
 from strongroom_gateway.ports import GatewayStore
-from strongroom_gateway.restrictions import require_job
+from strongroom_gateway.restrictions import job_in
 
 MAX_IDS_PER_REQUEST = 10_000
 
@@ -25,8 +25,8 @@ async def find_missing_chunks(
     if len(ids) > MAX_IDS_PER_REQUEST:
         raise InvalidArgument(f"at most {MAX_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
     validation.chunk_ids("chunk_ids", ids)
-    await require_job(identity, request.job_id, "backup", store=store)
-    async with store.transaction() as tx:
+    async with store.transaction() as tx:  # one transaction: the job's check and the lookup (ADR 0079)
+        await job_in(tx, identity, request.job_id, "backup")
         present = await tx.find_chunks(identity.account_id, ids)
     missing: list[bytes] = []
     seen: set[bytes] = set()
