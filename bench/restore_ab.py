@@ -2,6 +2,7 @@
 
     uv run python bench/restore_ab.py [--base REV ...] [--rounds 3] [--peers restic,rustic] [--disk] [--quick]
                                       [--s3-tls] [--pyspy-gil DIR] [--timeline] [--swap-gateway] [--gc-probe]
+                                      [--s3-requests]
                                       [--out F]
 
 One stack (the servers and services of ``run.py``), one backup of the day-1 tree per engine, then
@@ -18,6 +19,9 @@ with ``py-spy --gil --native`` (py-spy must be on PATH or next to the interprete
 listeners before the agent), so a gateway change is measured the same way as an agent change.
 ``--gc-probe`` runs the agent and the gateway with ``_gc_probe`` on their path (their cyclic garbage
 collector's CPU per generation, ADR 0076) and prints and tabulates each restore's share of it.
+Every restore also gives versitygw's bytes read (its files) and written (the responses) and its read and
+write system calls (``/proc/<pid>/io``); ``--s3-requests`` adds its GetObject requests, counted in the
+access log versitygw writes into the bench's directory (``VGW_ACCESS_LOG``).
 ``--timeline`` samples every Strongroom restore's agent, gateway and versitygw every 0.25 s
 (``restore_timeline.py``: CPU per process and thread group, bytes read and written) and prints
 each timeline after the tables (and into ``--out``).
@@ -182,6 +186,41 @@ def s3_cpu(bench: StrongroomBench) -> float:
     return cpu_seconds(bench.s3.pid)
 
 
+ACCESS_LOG = "versitygw-access.log"
+
+
+def s3_counters(bench: StrongroomBench) -> dict[str, float]:
+    """versitygw's counters so far: what it read (``rchar``: the objects' bytes it was asked for, from its
+    files) and wrote (``wchar``: the responses, TLS records included), its read and write system calls,
+    and the GetObject requests its access log holds (``--s3-requests``; else none)."""
+    assert bench.s3 is not None and bench.s3.pid is not None
+    io = dict(line.split(": ") for line in Path(f"/proc/{bench.s3.pid}/io").read_text().splitlines())
+    counters = {
+        "MB read": int(io["rchar"]) / 1e6,
+        "MB written": int(io["wchar"]) / 1e6,
+        "read calls": float(io["syscr"]),
+        "write calls": float(io["syscw"]),
+    }
+    log_file = bench.work / ACCESS_LOG
+    if log_file.exists():
+        with log_file.open("rb") as f:
+            counters["GetObject requests"] = float(sum(b" s3_GetObject " in line for line in f))
+    return counters
+
+
+def log_requests(bench: StrongroomBench, on: bool) -> None:
+    """With ``on``: versitygw, started after this, writes its access log into the bench's directory
+    (``s3_counters`` counts its GetObject requests). It takes the file from its environment."""
+    if on:
+        bench.work.mkdir(parents=True)
+        os.environ["VGW_ACCESS_LOG"] = str(bench.work / ACCESS_LOG)
+
+
+def s3_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The growth of each of versitygw's counters between two readings."""
+    return {name: after[name] - before[name] for name in after}
+
+
 async def timed_restore(
     bench: StrongroomBench, inst: Instance, point: str, dest: Path, timelines: list[str] | None, label: str
 ) -> Result:
@@ -232,8 +271,10 @@ class Table:
         load_before: float,
         gw: float = -1,
         s3: float = -1,
+        s3_io: dict[str, float] | None = None,
     ) -> None:
-        """Record and log one full restore (``gw``: the gateway's CPU seconds, Strongroom only; ``s3``: versitygw's)."""
+        """Record and log one full restore (``gw``: the gateway's CPU seconds, Strongroom only; ``s3``: versitygw's;
+        ``s3_io``: the growth of versitygw's other counters, ``s3_counters``)."""
         self.add(f"full restore, {kind}, wall (s)", name, wall)
         self.add(f"full restore, {kind}, agent CPU (s)", name, cpu)
         if gw >= 0:
@@ -242,8 +283,12 @@ class Table:
             self.add(f"full restore, {kind}, versitygw CPU (s)", name, s3)
             self.add(f"full restore, {kind}, all processes CPU (s)", name, cpu + max(gw, 0.0) + s3)
         self.add(f"full restore, {kind}, agent peak RSS (MB)", name, rss / 1e6)
+        for counter, value in (s3_io or {}).items():
+            self.add(f"full restore, {kind}, versitygw {counter}", name, value)
         gateway = f", gateway CPU {gw:.2f}s" if gw >= 0 else ""
         versity = f", versitygw CPU {s3:.2f}s" if s3 >= 0 else ""
+        if s3_io:
+            versity += " (" + ", ".join(f"{v:.0f} {k}" for k, v in s3_io.items()) + ")"
         log(
             f"{label} {kind} {name}: {wall:.2f}s, CPU {cpu:.2f}s{gateway}{versity}, RSS {rss / 1e6:.0f} MB"
             f" (load {load_before:.1f} -> {load():.1f})"
@@ -271,6 +316,7 @@ async def amain(args: argparse.Namespace) -> int:
     source_files = count_files(day1)
     bench = StrongroomBench(work / "strongroom-restore-ab", s3_tls=args.s3_tls)
     shutil.rmtree(bench.work, ignore_errors=True)
+    log_requests(bench, args.s3_requests)
     await bench.start()
     table = Table()
     peer_list: list[tuple[str, peers.Peer]] = []
@@ -325,25 +371,35 @@ async def amain(args: argparse.Namespace) -> int:
                     if len(agents) > 1 or n == 0:
                         await swap_engine(bench, inst, src, gateways.get(name), probes)
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
-                    before, s3_before = load(), s3_cpu(bench)
+                    before, s3_before, io_before = load(), s3_cpu(bench), s3_counters(bench)
                     gc_before = gc_readings(probes)
                     label = f"round {n + 1} {kind} {name} (load {before:.1f})"
                     try:
                         r = await timed_restore(bench, inst, point, dest, timelines if args.timeline else None, label)
-                        s3 = s3_cpu(bench) - s3_before
+                        s3, s3_io = s3_cpu(bench) - s3_before, s3_spent(io_before, s3_counters(bench))
                         if n == 0 and count_files(dest) != source_files:
                             raise RuntimeError(f"{name}: {count_files(dest)} files restored of {source_files}")
                     finally:
                         shutil.rmtree(dest, ignore_errors=True)
                     table.restore(
-                        f"round {n + 1}", kind, name, r.wall, r.agent_cpu, r.agent_peak_rss, before, r.gateway_cpu, s3
+                        f"round {n + 1}",
+                        kind,
+                        name,
+                        r.wall,
+                        r.agent_cpu,
+                        r.agent_peak_rss,
+                        before,
+                        r.gateway_cpu,
+                        s3,
+                        s3_io,
                     )
                     await gc_report(table, f"full restore, {kind}", name, probes, gc_before)
                 for name, peer in peer_list:
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
-                    before = load()
+                    before, io_before = load(), s3_counters(bench)
                     m, s3 = await asyncio.to_thread(peer.restore_removed, day1, "day1", dest, lambda: s3_cpu(bench))
-                    table.restore(f"round {n + 1}", kind, name, m.wall, m.cpu, m.peak_rss, before, s3=s3)
+                    s3_io = s3_spent(io_before, s3_counters(bench))
+                    table.restore(f"round {n + 1}", kind, name, m.wall, m.cpu, m.peak_rss, before, s3=s3, s3_io=s3_io)
     except BaseException:
         # The services' and agents' logs outlive a failed run (the stack's directory is removed below).
         shutil.copytree(bench.work / "logs", work / "restore-ab-logs", dirs_exist_ok=True)
@@ -384,6 +440,9 @@ def main() -> int:
     parser.add_argument("--timeline", action="store_true", help="sample every Strongroom restore every 0.25 s")
     parser.add_argument(
         "--gc-probe", action="store_true", help="the agent's and the gateway's garbage collector CPU per restore"
+    )
+    parser.add_argument(
+        "--s3-requests", action="store_true", help="count each restore's GetObject requests (versitygw's access log)"
     )
     parser.add_argument("--out", type=Path)
     return asyncio.run(amain(parser.parse_args()))
