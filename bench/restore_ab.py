@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
 import peers  # noqa: E402
-from restore_timeline import Timeline  # noqa: E402
+from restore_timeline import Timeline, proc_io  # noqa: E402
 from run import count_files, s3_bucket  # noqa: E402
 from strongroom_cli.stack import spawn  # noqa: E402
 from strongroom_runner import Instance, Result, StrongroomBench, cpu_seconds  # noqa: E402
@@ -194,10 +194,10 @@ def s3_counters(bench: StrongroomBench) -> dict[str, float]:
     files) and wrote (``wchar``: the responses, TLS records included), its read and write system calls,
     and the GetObject requests its access log holds (``--s3-requests``; else none)."""
     assert bench.s3 is not None and bench.s3.pid is not None
-    io = dict(line.split(": ") for line in Path(f"/proc/{bench.s3.pid}/io").read_text().splitlines())
+    io = proc_io(bench.s3.pid)
     counters = {
-        "MB read": int(io["rchar"]) / 1e6,
-        "MB written": int(io["wchar"]) / 1e6,
+        "MB read": io["rchar"] / 1e6,
+        "MB written": io["wchar"] / 1e6,
         "read calls": float(io["syscr"]),
         "write calls": float(io["syscw"]),
     }

@@ -31,11 +31,17 @@ def _stat_cpu(path: Path) -> tuple[str, float]:
     return name, (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _io(pid: int) -> tuple[int, int]:
+def proc_io(pid: int) -> dict[str, int]:
+    """``/proc/<pid>/io``'s counters by name (``rchar``, ``wchar``, ``syscr``, ``syscw``, ...)."""
     values = {}
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
         key, _, value = line.partition(":")
         values[key] = int(value)
+    return values
+
+
+def _io(pid: int) -> tuple[int, int]:
+    values = proc_io(pid)
     return values.get("rchar", 0), values.get("wchar", 0)
 
 
