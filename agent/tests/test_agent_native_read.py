@@ -219,3 +219,28 @@ def test_a_stopped_job_reads_no_further(tmp_path: Path, native_files: str | None
     r._ctx.stop_threads.set()
     with pytest.raises(JobCanceled):
         r._read_small_files([item(tmp_path / "f", "f")])
+
+
+def test_the_native_read_starts_no_thread_of_its_own(tmp_path: Path) -> None:
+    """The job's core limit counts on it: the call runs on the calling worker thread alone (no rayon, no zstdmt)."""
+    for i in range(64):
+        write_file(str(tmp_path / f"f{i}"), os.urandom(MIN))
+    items = [item(tmp_path / f"f{i}", f"f{i}") for i in range(64)]
+    native_files = native_reader()
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(len(os.listdir("/proc/self/task")))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    before = len(os.listdir("/proc/self/task"))  # with the watcher
+    try:
+        for _ in range(20):
+            reader(native_files)._read_small_files(items)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen and max(seen) <= before
