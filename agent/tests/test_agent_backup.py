@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_fakes import FakeGateway, entries_by_path, run_backup_command, write_file
+from agent_fakes import FakeGateway, entries_by_path, native_reader, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent.backup import PipelineLimits, RetryPolicy, cores_for, run_backup
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.gateway_client import GatewayError
-from test_agent_native_read import native_reader
 
 COMPLETE = common_pb2.JOB_STATUS_COMPLETE
 PARTIAL = common_pb2.JOB_STATUS_PARTIAL_COMPLETE
