@@ -8,8 +8,10 @@ UV_DEP := $(if $(filter .bootstrap/bin/uv,$(UV)),.bootstrap/bin/uv,)
 PROTO_SOURCES := $(shell find proto -name '*.proto')
 PROTO_STAMP := libs/proto/src/strongroom/.generated
 PYTEST_ARGS ?=
+CARGO := $(shell command -v cargo 2>/dev/null)
+NATIVE_LIB := agent/src/strongroom_agent/_native.abi3.so
 
-.PHONY: run test sync proto lint typecheck unit check prefetch clean packages images deploy-check deploy-topics
+.PHONY: run test sync native proto lint typecheck unit check prefetch clean packages images deploy-check deploy-topics
 
 ## run: start every service against embedded backends and back up a demo directory (Ctrl-C stops)
 run: sync
@@ -31,9 +33,22 @@ $(PROTO_STAMP): $(PROTO_SOURCES) tools/gen_protos.py $(UV_DEP)
 ## proto: generate the protobuf/gRPC package from proto/
 proto: $(PROTO_STAMP)
 
-## sync: create/refresh the workspace environment from uv.lock
+## sync: create/refresh the workspace environment from uv.lock (and build the agent's native extension)
 sync: $(PROTO_STAMP)
 	$(UV) sync --frozen
+	@$(MAKE) --no-print-directory native
+
+## native: build the agent's native small-file reader with the pinned toolchain into the agent's package
+## (ADR 0080; gitignored, so never packaged). Without cargo the agent reads on its Python path; with
+## cargo a failing build fails the target (CI must not fall back silently).
+native:
+ifeq ($(CARGO),)
+	@echo "native: cargo not found; the agent reads small files on its Python path (ADR 0080)"
+else
+	cd native && $(CARGO) build --release --locked --quiet
+	cp native/target/release/lib_native.so $(NATIVE_LIB).tmp
+	mv -f $(NATIVE_LIB).tmp $(NATIVE_LIB)
+endif
 
 .PHONY: openapi
 ## openapi: regenerate docs/api/openapi.yaml from the protos' google.api.http rules (ADR 0052)
@@ -70,7 +85,7 @@ unit: sync
 	$(UV) run pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
 clean:
-	rm -rf .venv .bootstrap libs/proto/src/strongroom
+	rm -rf .venv .bootstrap libs/proto/src/strongroom native/target $(NATIVE_LIB)
 
 ## packages: the strongroom-agent .deb and .rpm, and apt/yum repository layouts, into dist/ (ADR 0045)
 packages: sync

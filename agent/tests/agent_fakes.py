@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import blake3
+import pytest
 import zstandard
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
+from strongroom_agent.backup import native
 from strongroom_agent.gateway_client import GatewayError
 from strongroom_agent.wire import SentChunk
 
@@ -297,3 +300,13 @@ def write_file(path: str, data: bytes, mode: int = 0o644, mtime_ns: int | None =
     os.chmod(path, mode)
     if mtime_ns is not None:
         os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def native_reader() -> native.NativeSmallFiles:
+    """The built extension; skips only where cargo is absent (then nothing could have built it)."""
+    loaded = native.load()
+    if loaded is None:
+        if shutil.which("cargo") is None:
+            pytest.skip("the native extension is not built: cargo is not installed")
+        pytest.fail("cargo is installed but the native extension is not built: run `make native`")
+    return loaded

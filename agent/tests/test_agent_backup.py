@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_fakes import FakeGateway, entries_by_path, run_backup_command, write_file
+from agent_fakes import FakeGateway, entries_by_path, native_reader, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent.backup import PipelineLimits, RetryPolicy, cores_for, run_backup
@@ -31,15 +31,20 @@ def filesystem(root: Path) -> common_pb2.Filesystem:
 
 async def backup(gateway: FakeGateway, root: Path, **kwargs: Any) -> gateway_pb2.JobFinished:
     command = kwargs.pop("command", None) or run_backup_command()
+    if kwargs.get("limits") is NATIVE:
+        kwargs["native"] = native_reader()  # (used only where files are opened with open_for_backup)
     kwargs.setdefault("exclusions", LinuxExclusions())
     kwargs.setdefault("cancel", asyncio.Event())
     return await run_backup(command, client=gateway, points=[filesystem(root)], **kwargs)
 
 
-# Changed files are read in groups of small files (one worker-thread hop per group) or one by
-# one (files above small_file_bytes); the per-file rules must hold on both paths.
+# Changed files are read in groups of small files (one worker-thread hop per group), those groups
+# through the native extension (ADR 0080), or one by one (files above small_file_bytes); the
+# per-file rules must hold on every path.
+NATIVE = PipelineLimits()  # told apart by identity: the limits are the grouped path's
 READ_PATHS = {
     "grouped": PipelineLimits(),
+    "native": NATIVE,
     "one-by-one": PipelineLimits(small_file_bytes=0),
 }
 

@@ -23,6 +23,7 @@ from strongroom_telemetry.process import Telemetry
 from strongroom_telemetry.process import start as start_telemetry
 
 from strongroom_agent import __version__
+from strongroom_agent.backup import native
 from strongroom_agent.collector import tune_collector
 from strongroom_agent.config import (
     AgentState,
@@ -259,7 +260,8 @@ async def _run(state: AgentState, state_dir: str, roots: Sequence[str]) -> None:
     session = Session(
         client,
         hello=make_hello(state_dir),
-        run_backup=make_backup_runner(client, state_dir, roots),
+        # The native small-file reader where it is built, unless STRONGROOM_AGENT_NATIVE=0 (ADR 0080).
+        run_backup=make_backup_runner(client, state_dir, roots, native=native.from_env(os.environ)),
         run_restore=make_restore_runner(client),
     )
     channels = [channel]

@@ -32,6 +32,7 @@ from strongroom_telemetry.propagation import context_from_traceparent
 
 from strongroom_agent import __version__, host, memory
 from strongroom_agent.backup import cores_for, plan_points, run_backup
+from strongroom_agent.backup.native import NativeSmallFiles
 from strongroom_agent.config import SPOOL_DIR
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.filesystems import discover_filesystems, filesystem_for_root
@@ -380,7 +381,10 @@ def make_hello(state_dir: str) -> Callable[[], Awaitable[gateway_pb2.AgentHello]
     return hello
 
 
-def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Sequence[str]) -> BackupRunner:
+def make_backup_runner(
+    client: GatewayClient, state_dir: str, default_roots: Sequence[str], *, native: NativeSmallFiles | None = None
+) -> BackupRunner:
+    """The backup jobs' runner; ``native`` reads small files through the native extension (ADR 0080)."""
     exclusions = host_exclusions(state_dir)
     # One per process, shared by jobs.
     freed = memory.FreedPages(
@@ -416,6 +420,7 @@ def make_backup_runner(client: GatewayClient, state_dir: str, default_roots: Seq
                 spool_dir=os.path.join(state_dir, SPOOL_DIR),
                 state_dir=state_dir,
                 freed=freed,
+                native=native,
             )
 
     return runner

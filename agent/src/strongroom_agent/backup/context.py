@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent import memory
+from strongroom_agent.backup.native import NativeSmallFiles
 from strongroom_agent.backup.stages import PipelineLimits, SeenIds
 from strongroom_agent.chunking import ChunkParams
 from strongroom_agent.exclusions import Exclusions
@@ -43,3 +44,4 @@ class JobContext:
     accepts_base_point: bool
     freed: memory.FreedPages | None = None  # the process's (composition root); None: no trimming
     trace: str | None = None  # a file for the pipeline's timeline (``probe.py``); None: not sampled
+    native: NativeSmallFiles | None = None  # the native small-file reader (ADR 0080); None: the Python path

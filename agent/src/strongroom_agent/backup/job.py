@@ -25,6 +25,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom_agent import memory
 from strongroom_agent.backup.commit import BaseRefused
 from strongroom_agent.backup.context import JobContext, OpenFile
+from strongroom_agent.backup.native import NativeSmallFiles
 from strongroom_agent.backup.point import PointRun
 from strongroom_agent.backup.probe import TRACE_ENV
 from strongroom_agent.backup.read import open_for_backup
@@ -82,12 +83,15 @@ async def run_backup(
     state_dir: str | None = None,
     retry: RetryPolicy | None = None,
     freed: memory.FreedPages | None = None,
+    native: NativeSmallFiles | None = None,
 ) -> gateway_pb2.JobFinished:
     """Back up ``points`` one after another and commit each; never raises for job-level failures.
 
     Returns COMPLETE, PARTIAL_COMPLETE (some files or roots failed; see
     ``file_errors``), FAILED (the gateway or the parameters failed), or
-    CANCELED (``cancel`` was set).
+    CANCELED (``cancel`` was set). ``native`` reads small files through the native
+    extension (ADR 0080); it opens files its own way, so it is not used with an
+    ``open_file`` other than ``open_for_backup``.
     """
     stats = common_pb2.JobStats()
     errors = list(point_errors)
@@ -125,6 +129,7 @@ async def run_backup(
         accepts_base_point=command.accepts_base_point,
         freed=freed,
         trace=os.environ.get(TRACE_ENV) or None,  # diagnostics (bench/backup_timeline.py)
+        native=native if open_file is open_for_backup else None,
     )
 
     async def all_points() -> None:

@@ -31,11 +31,12 @@ import pyfastcdc
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.backup.context import JobContext, OpenFile
+from strongroom_agent.backup.native import Code, NativeRead
 from strongroom_agent.backup.scan import ScanItem, file_entry
 from strongroom_agent.backup.stages import ByteBudget, Chunk, Deduper
 from strongroom_agent.chunking import ChunkParams, chunk_id
 from strongroom_agent.jobs import FileError, JobCanceled, reason
-from strongroom_agent.throttle import ReadThrottle
+from strongroom_agent.throttle import ReadThrottle, Unlimited
 
 T = TypeVar("T")
 
@@ -58,6 +59,7 @@ class FileProblem(Exception):
 
 
 CHANGED_WHILE_READ = "file changed while being read"
+NOT_REGULAR = "no longer a regular file"
 
 
 def read_problem(exc: FileProblem | OSError) -> str:
@@ -85,7 +87,7 @@ def open_for_backup(path: str) -> int:
 class SmallRead:
     """The outcome of one file of a small-file group (see ``read_small_files``)."""
 
-    chunks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
     bytes_read: int = 0
     before: os.stat_result | None = None
     entry: common_pb2.FileEntry | None = None  # the file's entry, when it was read consistently
@@ -143,7 +145,7 @@ class FileReader:
             os.lseek(self._fd, 0, os.SEEK_SET)
         self.before = os.fstat(self._fd)
         if not stat.S_ISREG(self.before.st_mode):
-            raise FileProblem("no longer a regular file")
+            raise FileProblem(NOT_REGULAR)
         self._total = 0
         self._whole = None
         if self.before.st_size < READ_SIZE:
@@ -335,36 +337,94 @@ class Reader:
         Same rules as :meth:`_read_file`: a file that changes during its read
         is read once more, and left out if it changes again. A file that grew
         past the whole-file limit since the scan is marked ``too_big`` and read
-        on its own afterwards.
+        on its own afterwards. With the native extension (``ctx.native``), the
+        files of at most one chunk are read by it (``_read_native``).
         """
-        results = []
+        if self._ctx.native is not None:
+            return self._read_native(items)
+        return [self._read_small_file(item) for item in items]
+
+    def _read_small_file(self, item: ScanItem) -> SmallRead:
+        """One file of a small-file group on the Python path."""
+        result = SmallRead()
+        reader = self._reader(item)
+        try:
+            for attempt in range(2):
+                if attempt:
+                    reader.restart()
+                step = reader.step()
+                result.bytes_read += step.bytes_read
+                if not step.done:
+                    result.too_big = True
+                    break
+                if step.consistent:
+                    assert reader.before is not None
+                    result.chunks = [Chunk(cid, content, 0) for cid, content in step.chunks]
+                    result.before = reader.before
+                    # Built here, in the worker thread: less per-file work on the event loop.
+                    result.entry = file_entry(item, reader.before)
+                    result.entry.chunk_ids.extend(cid for cid, _ in step.chunks)
+                    break
+            else:
+                result.problem = CHANGED_WHILE_READ
+        except (FileProblem, OSError) as exc:
+            result.problem = read_problem(exc)
+        finally:
+            reader.close()
+        return result
+
+    def _read_native(self, items: list[ScanItem]) -> list[SmallRead]:
+        """A small-file group through the native extension, GIL released per call (ADR 0080).
+
+        One call for the group; under a read throttle, calls of about ``READ_SIZE`` scanned
+        bytes each, the bytes read charged after each call (the Python path charges after
+        each read, of at most ``READ_SIZE``). A file larger than one chunk when opened is
+        read on the Python path (FastCDC cuts it there). The job's stop is checked before
+        each call, as the Python path checks it before each read.
+        """
+        ctx = self._ctx
+        assert ctx.native is not None
+        limit = None if isinstance(ctx.throttle, Unlimited) else READ_SIZE
+        calls: list[list[ScanItem]] = [[]]
+        size = 0
         for item in items:
-            result = SmallRead()
-            reader = self._reader(item)
-            try:
-                for attempt in range(2):
-                    if attempt:
-                        reader.restart()
-                    step = reader.step()
-                    result.bytes_read += step.bytes_read
-                    if not step.done:
-                        result.too_big = True
-                        break
-                    if step.consistent:
-                        assert reader.before is not None
-                        result.chunks, result.before = step.chunks, reader.before
-                        # Built here, in the worker thread: less per-file work on the event loop.
-                        result.entry = file_entry(item, reader.before)
-                        result.entry.chunk_ids.extend(cid for cid, _ in step.chunks)
-                        break
-                else:
-                    result.problem = CHANGED_WHILE_READ
-            except (FileProblem, OSError) as exc:
-                result.problem = read_problem(exc)
-            finally:
-                reader.close()
-            results.append(result)
+            if limit is not None and calls[-1] and size + item.st.st_size > limit:
+                calls.append([])
+                size = 0
+            calls[-1].append(item)
+            size += item.st.st_size
+        results: list[SmallRead] = []
+        for call in calls:
+            if ctx.stop_threads.is_set():
+                raise JobCanceled
+            reads = ctx.native.read([item.path for item in call], ctx.params)
+            read_bytes = sum(read.bytes_read for read in reads)
+            if read_bytes:  # as the Python path, which charges only reads that brought bytes
+                ctx.throttle.acquire(read_bytes)
+            results.extend(self._from_native(item, read) for item, read in zip(call, reads, strict=True))
         return results
+
+    def _from_native(self, item: ScanItem, read: NativeRead) -> SmallRead:
+        """A native outcome as the Python path's ``SmallRead`` (same entry, chunk and problem text)."""
+        if read.code is Code.TOO_BIG:
+            result = self._read_small_file(item)
+            result.bytes_read += read.bytes_read
+            return result
+        result = SmallRead(bytes_read=read.bytes_read)
+        if read.code is Code.OK:
+            assert read.stat is not None
+            result.before = read.stat
+            result.entry = file_entry(item, read.stat)
+            if read.chunk is not None:
+                result.chunks = [read.chunk]
+                result.entry.chunk_ids.append(read.chunk.id)
+        elif read.code is Code.OS_ERROR:
+            result.problem = read_problem(OSError(read.errno, os.strerror(read.errno), item.path))
+        elif read.code is Code.NOT_REGULAR:
+            result.problem = NOT_REGULAR
+        else:
+            result.problem = CHANGED_WHILE_READ
+        return result
 
     async def _small_group(self, files: list[tuple[ScanItem, asyncio.Future[FileOutcome | None]]]) -> None:
         """Read a group of small files in one worker-thread hop, hand their chunks on as one group, settle each slot."""
@@ -390,22 +450,25 @@ class Reader:
                 future.cancel()  # no-op for settled slots; the job is failing otherwise
             self._release()
 
-    async def _to_dedup(self, chunks: list[tuple[bytes, bytes]]) -> list[bytes]:
-        """Hand read chunks to the dedup stage (within the memory budget); their ids, in order.
+    async def _to_dedup(self, chunks: list[Chunk]) -> None:
+        """Hand read chunks to the dedup stage within the memory budget, setting each one's ``charge``.
 
         The chunks of a step or small-file group (at most about a read batch) are
         charged in one acquire and handed on as one group when they fit the
         budget together, each chunk then holding its own share; else chunk by chunk.
+        A chunk is charged what it holds: its content, or its payload when the
+        native reader encoded it already.
         """
-        total = sum(len(content) for _, content in chunks)
+        total = sum(len(chunk.content) for chunk in chunks)
         if 0 < total <= self._budget.capacity:
             await self._budget.acquire(total)
-            await self._out.put([Chunk(cid, content, len(content)) for cid, content in chunks])
+            for chunk in chunks:
+                chunk.charge = len(chunk.content)
+            await self._out.put(chunks)
         else:
-            for cid, content in chunks:
-                charge = await self._budget.acquire(len(content))
-                await self._out.put([Chunk(cid, content, charge)])
-        return [cid for cid, _ in chunks]
+            for chunk in chunks:
+                chunk.charge = await self._budget.acquire(len(chunk.content))
+                await self._out.put([chunk])
 
     async def _read_file(self, reader: FileReader, item: ScanItem) -> FileOutcome:
         ctx = self._ctx
@@ -418,7 +481,8 @@ class Reader:
                     raise JobCanceled
                 step = await self._in_thread(reader.step)
                 ctx.stats.bytes_read += step.bytes_read
-                ids.extend(await self._to_dedup(step.chunks))
+                await self._to_dedup([Chunk(cid, content, 0) for cid, content in step.chunks])
+                ids.extend(cid for cid, _ in step.chunks)
                 if step.done:
                     break
             if step.consistent:

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent import memory
@@ -169,8 +170,12 @@ class SeenIds:
 @dataclass
 class Chunk:
     id: bytes
-    content: bytes
+    content: bytes  # the raw content; with ``compression`` set, the chunk already encoded
     charge: int  # bytes held in the budget
+    # Set when the reader encoded the chunk as it read it (the native path, ADR 0080): how, and the
+    # raw content's length. UNSPECIFIED: ``content`` is raw and the compress stage encodes it.
+    compression: gateway_pb2.ChunkCompression.ValueType = gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED
+    raw_length: int = 0
 
 
 async def take_batch(
@@ -217,6 +222,8 @@ class Outgoing:
 def compress_group(job_id: str, chunks: list[Chunk], message_bytes: int) -> Outgoing:
     """Compress a group of chunks and build its upload messages, serialized (runs in a worker thread).
 
+    A chunk the reader encoded already (``Chunk.compression`` set) is sent as it is.
+
     Encoding the messages copies every payload once (``upload_requests``); done
     here, that copy stays off the event loop. Memory: each chunk's content is
     dropped once compressed and each message's payloads once it is serialized,
@@ -235,11 +242,15 @@ def compress_group(job_id: str, chunks: list[Chunk], message_bytes: int) -> Outg
         pending_bytes = 0
 
     for chunk in chunks:
-        compression, payload = compress(chunk.content)
+        if chunk.compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED:
+            raw_length = len(chunk.content)
+            compression, payload = compress(chunk.content)
+        else:  # encoded by the native reader
+            raw_length, compression, payload = chunk.raw_length, chunk.compression, chunk.content
         if pending and pending_bytes + len(payload) > message_bytes:
             seal()
-        pending.append(Upload(chunk.id, len(chunk.content), compression, payload, chunk.charge))
-        raw_bytes += len(chunk.content)
+        pending.append(Upload(chunk.id, raw_length, compression, payload, chunk.charge))
+        raw_bytes += raw_length
         chunk.content = b""  # its last reference: the caller's lists may live on while this group waits
         pending_bytes += len(payload)
         payload_bytes += len(payload)

@@ -1,0 +1,235 @@
+"""The native small-file reader's contract: the same outcome as the Python path, file by file (ADR 0080).
+
+Every case reads one small-file group twice, on the Python path and through
+the native extension, and compares per file: chunk ids, plaintext (the native
+payload decoded as the gateway does), the entry (size, mode, mtime), the stat
+it was read under, bytes read, and the problem reported. Where cargo is
+installed the extension must be built (``make native``); the native cases are
+skipped, with the reason, only where it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import zstandard
+from agent_fakes import REPOSITORY, FakeGateway, native_reader, write_file
+from strongroom.agent.v1 import gateway_pb2
+from strongroom.common.v1 import common_pb2
+from strongroom_agent.backup import native
+from strongroom_agent.backup.context import JobContext
+from strongroom_agent.backup.read import CHANGED_WHILE_READ, NOT_REGULAR, READ_SIZE, Reader, SmallRead, open_for_backup
+from strongroom_agent.backup.scan import ScanItem
+from strongroom_agent.backup.stages import ByteBudget, Chunk, PipelineLimits, SeenIds
+from strongroom_agent.chunking import ChunkParams, chunk_id
+from strongroom_agent.exclusions import LinuxExclusions
+from strongroom_agent.jobs import JobCanceled, RetryPolicy
+from strongroom_agent.throttle import ReadThrottle, Unlimited
+
+PARAMS = ChunkParams.from_proto(REPOSITORY)
+MIN = PARAMS.min_size  # a file of at most this many bytes is one chunk: the native reader's files
+
+
+def reader(
+    native_files: native.NativeSmallFiles | None, throttle: ReadThrottle | None = None, params: ChunkParams = PARAMS
+) -> Reader:
+    ctx = JobContext(
+        job_id="job-1",
+        client=FakeGateway(),
+        params=params,
+        exclusions=LinuxExclusions(),
+        executor=ThreadPoolExecutor(1),
+        workers=1,
+        throttle=throttle or Unlimited(),
+        open_file=open_for_backup,
+        limits=PipelineLimits(),
+        spool_dir=None,
+        cancel=asyncio.Event(),
+        stop_threads=threading.Event(),
+        stats=common_pb2.JobStats(),
+        errors=[],
+        seen=SeenIds(10),
+        retry=RetryPolicy(),
+        state_dir=None,
+        accepts_base_point=True,
+        native=native_files,
+    )
+    return Reader(ctx, ByteBudget(1 << 20), out=None)  # type: ignore[arg-type]  # reading never reaches dedup
+
+
+def plaintext(chunk: Chunk) -> bytes:
+    """A chunk's content as the gateway's verify decodes it (the frame must declare its length)."""
+    if chunk.compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED:
+        return chunk.content
+    if chunk.compression == gateway_pb2.CHUNK_COMPRESSION_NONE:
+        assert len(chunk.content) == chunk.raw_length
+        return chunk.content
+    assert chunk.compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD
+    assert zstandard.frame_content_size(chunk.content) == chunk.raw_length
+    return zstandard.ZstdDecompressor().decompress(chunk.content)
+
+
+def outcome(result: SmallRead) -> tuple[object, ...]:
+    """What both paths must agree on about one file (the stat without atime, which a read may move)."""
+    st = result.before
+    stat_fields = (
+        None
+        if st is None
+        else (st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size)
+        + (st.st_mtime, st.st_mtime_ns, st.st_ctime, st.st_ctime_ns, st.st_blksize, st.st_blocks, st.st_rdev)
+    )
+    return (
+        [(c.id, plaintext(c)) for c in result.chunks],
+        result.entry.SerializeToString(deterministic=True) if result.entry is not None else None,
+        stat_fields,
+        result.bytes_read,
+        result.problem,
+        result.too_big,
+    )
+
+
+def item(path: Path, rel: str, scanned: os.stat_result | None = None) -> ScanItem:
+    return ScanItem(rel=rel, path=str(path), st=scanned or os.lstat(path))
+
+
+def both(items: list[ScanItem]) -> list[tuple[object, ...]]:
+    """Read ``items`` on both paths; their outcomes, asserted equal."""
+    python = [outcome(r) for r in reader(None)._read_small_files(items)]
+    natively = [outcome(r) for r in reader(native_reader())._read_small_files(items)]
+    assert natively == python
+    return natively
+
+
+def test_ordinary_files_give_the_same_ids_plaintext_entries_and_stats(tmp_path: Path) -> None:
+    blobs = {
+        "text": b"quarterly numbers\n" * 50,  # compresses
+        "random": os.urandom(MIN - 1),  # does not: sent as it is
+        "one-byte": b"x",
+        "exactly-min": os.urandom(MIN),  # the largest one-chunk file: read natively
+        "empty": b"",
+    }
+    for i, (name, blob) in enumerate(blobs.items()):
+        write_file(str(tmp_path / name), blob, mode=0o600 + i, mtime_ns=1_600_000_000_123_456_789 + i)
+    outcomes = both([item(tmp_path / name, name) for name in blobs])
+    for (chunks, entry, _, bytes_read, problem, _), blob in zip(outcomes, blobs.values(), strict=True):
+        assert problem == "" and entry is not None and bytes_read == len(blob)
+        assert chunks == ([(chunk_id(PARAMS.key, blob), blob)] if blob else [])
+    # The native payloads are encoded already (the compress stage sends them as they are).
+    results = reader(native_reader())._read_small_files([item(tmp_path / "text", "text")])
+    assert results[0].chunks[0].compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD
+
+
+def test_files_larger_than_one_chunk_are_cut_on_the_python_path(tmp_path: Path) -> None:
+    """Past the chunker's minimum size FastCDC may cut: those files are read as before, same chunks."""
+    sizes = {"min-plus-one": MIN + 1, "several-chunks": 5 * PARAMS.max_size, "read-size": READ_SIZE}
+    for name, size in sizes.items():
+        write_file(str(tmp_path / name), os.urandom(size))
+    outcomes = both([item(tmp_path / name, name) for name in sizes])
+    assert [len(chunks) > 1 for chunks, *_ in outcomes] == [False, True, True]  # type: ignore[arg-type]
+    results = reader(native_reader())._read_small_files([item(tmp_path / "min-plus-one", "m")])
+    assert results[0].chunks[0].compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED
+
+
+def test_grown_and_shrunk_since_the_scan_are_read_as_they_are_now(tmp_path: Path) -> None:
+    write_file(str(tmp_path / "grows"), b"a" * 10)
+    write_file(str(tmp_path / "shrinks"), b"b" * 900)
+    write_file(str(tmp_path / "grows-past-one-chunk"), b"c" * 10)
+    items = [item(tmp_path / name, name) for name in ("grows", "shrinks", "grows-past-one-chunk")]
+    write_file(str(tmp_path / "grows"), b"a" * 700)
+    write_file(str(tmp_path / "shrinks"), b"b" * 3)
+    write_file(str(tmp_path / "grows-past-one-chunk"), os.urandom(MIN * 3))
+    outcomes = both(items)
+    assert [o[3] for o in outcomes] == [700, 3, MIN * 3]
+
+
+def test_failures_are_reported_alike(tmp_path: Path) -> None:
+    write_file(str(tmp_path / "good"), b"fine")
+    write_file(str(tmp_path / "vanishes"), b"soon gone")
+    write_file(str(tmp_path / "becomes-link"), b"soon a symlink")
+    write_file(str(tmp_path / "becomes-dir"), b"soon a directory")
+    write_file(str(tmp_path / "unreadable"), b"mode 000", mode=0o000)
+    names = ["good", "vanishes", "becomes-link", "becomes-dir", "unreadable"]
+    items = [item(tmp_path / name, name) for name in names]
+    os.unlink(tmp_path / "vanishes")
+    os.unlink(tmp_path / "becomes-link")
+    os.symlink("good", tmp_path / "becomes-link")  # swapped in after the scan: never followed
+    os.unlink(tmp_path / "becomes-dir")
+    os.mkdir(tmp_path / "becomes-dir")
+    problems = [o[4] for o in both(items)]
+    # root reads a mode-000 file; anyone else may not
+    unreadable = "" if os.geteuid() == 0 else "Permission denied"
+    assert problems == ["", "vanished during the backup", "Too many levels of symbolic links", NOT_REGULAR, unreadable]
+
+
+def test_a_file_that_moves_on_every_read_is_left_out_as_changed() -> None:
+    """A /proc file stats as 0 bytes but reads as more: a different size on every attempt."""
+    status = Path(f"/proc/{os.getpid()}/status")
+    outcomes = both([item(status, "status")])
+    assert outcomes[0][4] == CHANGED_WHILE_READ and outcomes[0][1] is None
+
+
+def test_a_read_error_is_reported_alike() -> None:
+    """clear_refs opens, then refuses every read (EINVAL)."""
+    refs = Path(f"/proc/{os.getpid()}/clear_refs")
+    assert both([item(refs, "clear_refs")])[0][4] == "Invalid argument"
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.charged: list[int] = []
+
+    def acquire(self, nbytes: int) -> None:
+        self.charged.append(nbytes)
+
+
+def test_a_throttled_group_is_read_and_charged_in_pieces_of_about_the_read_size(tmp_path: Path) -> None:
+    """Under a throttle the group goes native in calls of about READ_SIZE, each charged what it read."""
+    params = ChunkParams(min_size=256 << 10, avg_size=1 << 20, max_size=4 << 20, key=PARAMS.key, seed=PARAMS.seed)
+    blob = os.urandom(200 << 10)
+    for i in range(12):
+        write_file(str(tmp_path / f"f{i}"), blob)
+    items = [item(tmp_path / f"f{i}", f"f{i}") for i in range(12)]
+    throttle = Recording()
+    results = reader(native_reader(), throttle, params)._read_small_files(items)
+    assert sum(throttle.charged) == 12 * len(blob) == sum(r.bytes_read for r in results)
+    assert len(throttle.charged) == 3 and max(throttle.charged) <= READ_SIZE
+    assert all(r.chunks[0].id == chunk_id(params.key, blob) for r in results)
+
+
+@pytest.mark.parametrize("native_files", [None, "native"])
+def test_a_stopped_job_reads_no_further(tmp_path: Path, native_files: str | None) -> None:
+    write_file(str(tmp_path / "f"), b"data")
+    r = reader(native_reader() if native_files else None)
+    r._ctx.stop_threads.set()
+    with pytest.raises(JobCanceled):
+        r._read_small_files([item(tmp_path / "f", "f")])
+
+
+def test_the_native_read_starts_no_thread_of_its_own(tmp_path: Path) -> None:
+    """The job's core limit counts on it: the call runs on the calling worker thread alone (no rayon, no zstdmt)."""
+    for i in range(64):
+        write_file(str(tmp_path / f"f{i}"), os.urandom(MIN))
+    items = [item(tmp_path / f"f{i}", f"f{i}") for i in range(64)]
+    native_files = native_reader()
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(len(os.listdir("/proc/self/task")))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    before = len(os.listdir("/proc/self/task"))  # with the watcher
+    try:
+        for _ in range(20):
+            reader(native_files)._read_small_files(items)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen and max(seen) <= before
