@@ -45,9 +45,13 @@ class Fetcher:
         # The large-file windows' decode buffer: one window is written at a time.
         self._content = ContentWriter()
 
-    async def batch(self, ids: list[bytes]) -> Contents:
-        """The distinct chunks ``ids`` as sent (decoded when written), fetched in one call."""
-        return Contents.of([c async for c in self._client.read_chunks(self._job_id, ids)] if ids else [])
+    async def batch(self, ids: list[bytes], *, grouped: bool = False) -> Contents:
+        """The distinct chunks ``ids`` as sent (decoded when written), fetched in one call.
+
+        ``grouped``: ``ids`` come grouped by storage group (PlanChunks, ADR 0081)."""
+        if not ids:
+            return Contents.of([])
+        return Contents.of([c async for c in self._client.read_chunks(self._job_id, ids, grouped=grouped)])
 
     def _decode_and_write(self, fd: int, wanted: list[bytes], fetched: dict[bytes, ChunkSent]) -> int:
         """Decode a window of a large file and append it (one worker-thread call); the bytes written.
