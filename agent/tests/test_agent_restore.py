@@ -1119,3 +1119,29 @@ def test_cut_batches_orders_files_by_group_and_ends_a_batch_before_a_group_that_
     walk = plan_module.cut_batches(files, None, 0, batch_bytes=30)
     assert [[f.parts[0] for f in b.files] for b in walk] == [["a", "b", "c", "d"], ["e"], ["f", "g"]]
     assert plan_module.cut_batches([], groups, 0, batch_bytes=30) == []
+
+
+async def test_a_large_file_streams_in_windows_of_one_pack_each(tmp_path: Path) -> None:
+    gateway = FakeGateway(pack_chunks=10)
+    pieces = [bytes([n]) * 1000 + os.urandom(24) for n in range(25)]  # fake packs of 10, 10 and 5 chunks
+    point_id = add_files(gateway, [("big", pieces)])
+    # A batch of 16 chunks: windows of half a batch (8) would cut across the packs; one pack's run is a window.
+    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=16 * 1024)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert (tmp_path / "big").read_bytes() == b"".join(pieces)
+    assert [(len(ids), grouped) for ids, grouped in gateway.read_requests] == [(10, True), (10, True), (5, True)]
+    assert [{gateway.pack_of(c) for c in ids} for ids, _ in gateway.read_requests] == [{0}, {1}, {2}]
+    # Runs of one pack are still cut at three quarters of a batch (12 chunks here).
+    gateway, tmp = FakeGateway(pack_chunks=30), tmp_path / "second"
+    tmp.mkdir()
+    point_id = add_files(gateway, [("big", pieces)])
+    finished = await restore(gateway, point_id, tmp, fetch_batch_bytes=16 * 1024)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert [len(ids) for ids, _ in gateway.read_requests] == [12, 12, 1]
+    # From a gateway without PlanChunks: half a batch each, not grouped.
+    gateway, tmp = FakeGateway(pack_chunks=10, plans=False), tmp_path / "third"
+    tmp.mkdir()
+    point_id = add_files(gateway, [("big", pieces)])
+    finished = await restore(gateway, point_id, tmp, fetch_batch_bytes=16 * 1024)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert [(len(ids), grouped) for ids, grouped in gateway.read_requests] == [(8, False)] * 3 + [(1, False)]

@@ -6,7 +6,11 @@ as each file is written (``content.py``). A file larger than a batch is
 streamed on its own in windows of at most
 ``LARGE_FILE_WINDOW_IDS`` chunk ids and about half a batch of content, appended to
 a file the destination opened and finished (or discarded) at the end; the
-next window is fetched while one is decoded and written (two at most).
+next window is fetched while one is decoded and written (two at most). When
+the gateway groups chunks by pack (PlanChunks, ADR 0081), a window is a run
+of the file's chunks in one pack, of up to three quarters of a batch (a
+pack's run of a file is then read with one GET, where windows of half a batch
+cut across packs and read most packs in two or three).
 
 Damage (ADR 0030): a chunk the gateway reports damaged, one that does not
 decode to its recorded length, and one the gateway leaves out fail only the
@@ -17,15 +21,20 @@ discarded), and its error names the chunk and the reason.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.gateway_client import ChunkSent, GatewayClient
 from strongroom_agent.restore.content import Contents, ContentWriter, damage_reason, encoded
 from strongroom_agent.restore.destination import Destination, EntryProblem
+from strongroom_agent.restore.plan import PLAN_WINDOW_IDS
 
 # A file larger than a batch is streamed in windows of at most this many ids.
 LARGE_FILE_WINDOW_IDS = 256
+
+# The storage groups of distinct chunk ids (PlanChunks), or None from a gateway without them.
+Planner = Callable[[list[bytes]], Awaitable[dict[bytes, int] | None]]
 
 
 class Fetcher:
@@ -37,8 +46,10 @@ class Fetcher:
         restore_job_id: str,
         dest: Destination,
         fetch_batch_bytes: int,
+        plan: Planner | None = None,
     ) -> None:
         self._client = client
+        self._plan = plan
         self._job_id = restore_job_id
         self._dest = dest
         self._batch_bytes = fetch_batch_bytes
@@ -62,12 +73,43 @@ class Fetcher:
         """
         return self._content.write(fd, [encoded(fetched[c]) for c in wanted])
 
-    async def _window(self, wanted: list[bytes]) -> dict[bytes, ChunkSent]:
+    async def _window(self, wanted: list[bytes], grouped: bool) -> dict[bytes, ChunkSent]:
         """One window of a large file's chunks, fetched (by id)."""
         fetched: dict[bytes, ChunkSent] = {}
-        async for chunk in self._client.read_chunks(self._job_id, list(dict.fromkeys(wanted))):
+        async for chunk in self._client.read_chunks(self._job_id, list(dict.fromkeys(wanted)), grouped=grouped):
             fetched[chunk.chunk_id] = chunk
         return fetched
+
+    async def _windows(self, ids: list[bytes], size: int) -> list[tuple[list[bytes], bool]]:
+        """A large file's chunk ids cut into windows, each with whether it is one storage group's run.
+
+        Windows hold at most ``LARGE_FILE_WINDOW_IDS`` ids and, by the file's
+        average chunk, half a batch of content (the lane's two windows hold what
+        one batch does, ADR 0076); a window of one group's run up to three
+        quarters of a batch, so a pack's run is not cut for a small remainder.
+        """
+        average = max(1, size // max(1, len(ids)))
+        plain = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes // 2 // average))
+        grouped = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes * 3 // 4 // average))
+        windows: list[tuple[list[bytes], bool]] = []
+        start = 0
+        while start < len(ids):
+            part = ids[start : start + PLAN_WINDOW_IDS]
+            groups = await self._plan(list(dict.fromkeys(part))) if self._plan is not None else None
+            if groups is None:
+                windows += [(ids[n : n + plain], False) for n in range(start, len(ids), plain)]
+                break
+            run: list[bytes] = []
+            group = -1
+            for cid in part:
+                if run and (groups.get(cid, 0) != group or len(run) >= grouped):
+                    windows.append((run, True))
+                    run = []
+                group = groups.get(cid, 0)
+                run.append(cid)
+            windows.append((run, True))
+            start += len(part)
+        return windows
 
     async def large_file(
         self, parts: list[str], entry: common_pb2.FileEntry, *, fresh: bool, overwrite: bool
@@ -78,20 +120,16 @@ class Fetcher:
             return None
         fd, temp = created
         written = 0
-        ids = list(entry.chunk_ids)
-        average = max(1, entry.size // max(1, len(ids)))
-        # Half a batch: the lane's two windows hold what one batch does while the batches go on (ADR 0076).
-        window = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes // 2 // average))
-        windows = [ids[start : start + window] for start in range(0, len(ids), window)]
         # The next window is fetched while this one is decoded and written (two windows at most).
         ahead: asyncio.Task[dict[bytes, ChunkSent]] | None = None
         try:
+            windows = await self._windows(list(entry.chunk_ids), entry.size)
             if windows:
-                ahead = asyncio.create_task(self._window(windows[0]))
-            for n, wanted in enumerate(windows):
+                ahead = asyncio.create_task(self._window(*windows[0]))
+            for n, (wanted, _) in enumerate(windows):
                 assert ahead is not None
                 fetched = await ahead
-                ahead = asyncio.create_task(self._window(windows[n + 1])) if n + 1 < len(windows) else None
+                ahead = asyncio.create_task(self._window(*windows[n + 1])) if n + 1 < len(windows) else None
                 damaged = next((c for c in wanted if c in fetched and fetched[c].damage), None)
                 if damaged is not None:
                     raise EntryProblem(damage_reason(damaged, fetched[damaged].damage))

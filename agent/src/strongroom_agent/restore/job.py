@@ -77,7 +77,7 @@ class _Restore:
         self.fetch_batch_bytes = fetch_batch_bytes
         self.stop = threading.Event()
         self.pool = pool
-        self.fetcher = Fetcher(client, command.restore_job_id, destination, fetch_batch_bytes)
+        self.fetcher = Fetcher(client, command.restore_job_id, destination, fetch_batch_bytes, plan=self._plan)
         self.metadata = DirectoryMetadata(destination, errors)
         # Small files the walk met, not yet in a batch (``plan.py``), and their distinct chunk ids.
         self.window: list[File] = []
@@ -297,7 +297,7 @@ class _Restore:
         files, ids = self.window, self.window_ids
         if files:
             self.window, self.window_ids = [], {}
-            groups = await self._plan(list(ids)) if self.grouping else None
+            groups = await self._plan(list(ids))
             batches = cut_batches(files, groups, self.next_seq, self.fetch_batch_bytes)
             self.next_seq += len(batches)
             self.full.extend(batches)
@@ -306,6 +306,8 @@ class _Restore:
 
     async def _plan(self, ids: list[bytes]) -> dict[bytes, int] | None:
         """The storage group of each of ``ids`` (PlanChunks); None from a gateway that predates it."""
+        if not self.grouping:
+            return None
         try:
             groups = await self.client.plan_chunks(self.command.restore_job_id, ids)
         except GatewayError as exc:
