@@ -1121,7 +1121,7 @@ def test_cut_batches_orders_files_by_group_and_ends_a_batch_before_a_group_that_
     assert plan_module.cut_batches([], groups, 0, batch_bytes=30) == []
 
 
-async def test_a_large_file_streams_in_windows_of_one_pack_each(tmp_path: Path) -> None:
+async def test_a_large_file_streams_in_windows_of_whole_pack_runs(tmp_path: Path) -> None:
     gateway = FakeGateway(pack_chunks=10)
     pieces = [bytes([n]) * 1000 + os.urandom(24) for n in range(25)]  # fake packs of 10, 10 and 5 chunks
     point_id = add_files(gateway, [("big", pieces)])
@@ -1138,6 +1138,18 @@ async def test_a_large_file_streams_in_windows_of_one_pack_each(tmp_path: Path) 
     finished = await restore(gateway, point_id, tmp, fetch_batch_bytes=16 * 1024)
     assert finished.status == COMPLETE, finished.file_errors
     assert [len(ids) for ids, _ in gateway.read_requests] == [12, 12, 1]
+    # Small runs share a window while they fit whole: packs of 4 chunks, three to a window.
+    gateway, tmp = FakeGateway(pack_chunks=4), tmp_path / "merged"
+    tmp.mkdir()
+    point_id = add_files(gateway, [("big", pieces)])
+    finished = await restore(gateway, point_id, tmp, fetch_batch_bytes=16 * 1024)
+    assert finished.status == COMPLETE, finished.file_errors
+    assert [len(ids) for ids, _ in gateway.read_requests] == [12, 12, 1]
+    assert [sorted({gateway.pack_of(c) for c in ids}) for ids, _ in gateway.read_requests] == [
+        [0, 1, 2],
+        [3, 4, 5],
+        [6],
+    ]
     # From a gateway without PlanChunks: half a batch each, not grouped.
     gateway, tmp = FakeGateway(pack_chunks=10, plans=False), tmp_path / "third"
     tmp.mkdir()

@@ -7,10 +7,10 @@ streamed on its own in windows of at most
 ``LARGE_FILE_WINDOW_IDS`` chunk ids and about half a batch of content, appended to
 a file the destination opened and finished (or discarded) at the end; the
 next window is fetched while one is decoded and written (two at most). When
-the gateway groups chunks by pack (PlanChunks, ADR 0081), a window is a run
-of the file's chunks in one pack, of up to three quarters of a batch (a
-pack's run of a file is then read with one GET, where windows of half a batch
-cut across packs and read most packs in two or three).
+the gateway groups chunks by pack (PlanChunks, ADR 0081), a window holds
+whole runs of the file's chunks in one pack, up to three quarters of a batch
+(each run is then read with one GET, where windows of half a batch cut across
+packs and read most packs in two or three); only a run larger than that is cut.
 
 Damage (ADR 0030): a chunk the gateway reports damaged, one that does not
 decode to its recorded length, and one the gateway leaves out fail only the
@@ -85,8 +85,9 @@ class Fetcher:
 
         Windows hold at most ``LARGE_FILE_WINDOW_IDS`` ids and, by the file's
         average chunk, half a batch of content (the lane's two windows hold what
-        one batch does, ADR 0076); a window of one group's run up to three
-        quarters of a batch, so a pack's run is not cut for a small remainder.
+        one batch does, ADR 0076). Grouped: whole runs of one group each, up to
+        three quarters of a batch, so a pack's run is not cut for a small
+        remainder; a run that does not fit starts the next window.
         """
         average = max(1, size // max(1, len(ids)))
         plain = max(1, min(LARGE_FILE_WINDOW_IDS, self._batch_bytes // 2 // average))
@@ -99,15 +100,23 @@ class Fetcher:
             if groups is None:
                 windows += [(ids[n : n + plain], False) for n in range(start, len(ids), plain)]
                 break
-            run: list[bytes] = []
+            runs: list[list[bytes]] = []  # consecutive ids of one group
             group = -1
             for cid in part:
-                if run and (groups.get(cid, 0) != group or len(run) >= grouped):
-                    windows.append((run, True))
-                    run = []
-                group = groups.get(cid, 0)
-                run.append(cid)
-            windows.append((run, True))
+                if not runs or groups.get(cid, 0) != group:
+                    group = groups.get(cid, 0)
+                    runs.append([])
+                runs[-1].append(cid)
+            window: list[bytes] = []
+            for run in runs:  # whole runs while they fit; a run larger than a window is cut
+                if window and len(window) + len(run) > grouped:
+                    windows.append((window, True))
+                    window = []
+                while len(run) > grouped:
+                    windows.append((run[:grouped], True))
+                    run = run[grouped:]
+                window += run
+            windows.append((window, True))
             start += len(part)
         return windows
 
