@@ -1122,28 +1122,26 @@ def test_cut_batches_orders_files_by_group_and_ends_a_batch_before_a_group_that_
 
 
 async def test_a_large_file_streams_in_windows_of_whole_pack_runs(tmp_path: Path) -> None:
-    gateway = FakeGateway(pack_chunks=10)
-    pieces = [bytes([n]) * 1000 + os.urandom(24) for n in range(25)]  # fake packs of 10, 10 and 5 chunks
-    point_id = add_files(gateway, [("big", pieces)])
-    # A batch of 16 chunks: windows of half a batch (8) would cut across the packs; one pack's run is a window.
-    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=16 * 1024)
-    assert finished.status == COMPLETE, finished.file_errors
-    assert (tmp_path / "big").read_bytes() == b"".join(pieces)
+    pieces = [bytes([n]) * 1000 + os.urandom(24) for n in range(25)]
+
+    async def streamed(pack_chunks: int, *, plans: bool = True) -> FakeGateway:
+        """Restore ``big`` (25 chunks) from fake packs of ``pack_chunks``; a batch is 16 chunks."""
+        gateway, target = FakeGateway(pack_chunks=pack_chunks, plans=plans), tmp_path / f"{pack_chunks}-{plans}"
+        target.mkdir()
+        point_id = add_files(gateway, [("big", pieces)])
+        finished = await restore(gateway, point_id, target, fetch_batch_bytes=16 * 1024)
+        assert finished.status == COMPLETE, finished.file_errors
+        assert (target / "big").read_bytes() == b"".join(pieces)
+        return gateway
+
+    # Packs of 10, 10 and 5 chunks: windows of half a batch (8) would cut across them; each run is a window.
+    gateway = await streamed(10)
     assert [(len(ids), grouped) for ids, grouped in gateway.read_requests] == [(10, True), (10, True), (5, True)]
     assert [{gateway.pack_of(c) for c in ids} for ids, _ in gateway.read_requests] == [{0}, {1}, {2}]
-    # Runs of one pack are still cut at three quarters of a batch (12 chunks here).
-    gateway, tmp = FakeGateway(pack_chunks=30), tmp_path / "second"
-    tmp.mkdir()
-    point_id = add_files(gateway, [("big", pieces)])
-    finished = await restore(gateway, point_id, tmp, fetch_batch_bytes=16 * 1024)
-    assert finished.status == COMPLETE, finished.file_errors
-    assert [len(ids) for ids, _ in gateway.read_requests] == [12, 12, 1]
+    # A run larger than three quarters of a batch (12 chunks here) is cut.
+    assert [len(ids) for ids, _ in (await streamed(30)).read_requests] == [12, 12, 1]
     # Small runs share a window while they fit whole: packs of 4 chunks, three to a window.
-    gateway, tmp = FakeGateway(pack_chunks=4), tmp_path / "merged"
-    tmp.mkdir()
-    point_id = add_files(gateway, [("big", pieces)])
-    finished = await restore(gateway, point_id, tmp, fetch_batch_bytes=16 * 1024)
-    assert finished.status == COMPLETE, finished.file_errors
+    gateway = await streamed(4)
     assert [len(ids) for ids, _ in gateway.read_requests] == [12, 12, 1]
     assert [sorted({gateway.pack_of(c) for c in ids}) for ids, _ in gateway.read_requests] == [
         [0, 1, 2],
@@ -1151,9 +1149,5 @@ async def test_a_large_file_streams_in_windows_of_whole_pack_runs(tmp_path: Path
         [6],
     ]
     # From a gateway without PlanChunks: half a batch each, not grouped.
-    gateway, tmp = FakeGateway(pack_chunks=10, plans=False), tmp_path / "third"
-    tmp.mkdir()
-    point_id = add_files(gateway, [("big", pieces)])
-    finished = await restore(gateway, point_id, tmp, fetch_batch_bytes=16 * 1024)
-    assert finished.status == COMPLETE, finished.file_errors
+    gateway = await streamed(10, plans=False)
     assert [(len(ids), grouped) for ids, grouped in gateway.read_requests] == [(8, False)] * 3 + [(1, False)]

@@ -381,6 +381,19 @@ def _plan(gw: GatewayHarness, agent: Agent, job: str, ids: list[bytes]) -> Any:
     return gw.stub.PlanChunks(gateway_pb2.PlanChunksRequest(restore_job_id=job, chunk_ids=ids), metadata=agent.md)
 
 
+async def _read_grouped(gw: GatewayHarness, agent: Agent, job: str, ids: list[bytes]) -> list[gateway_pb2.ServedChunk]:
+    """A grouped, damage-tolerant ReadChunks of ``ids`` (as this agent asks), its chunks in order."""
+    request = gateway_pb2.ReadChunksRequest(
+        restore_job_id=job,
+        chunk_ids=ids,
+        accept_compressed=True,
+        max_message_bytes=1 << 20,
+        tolerate_damage=True,
+        grouped=True,
+    )
+    return await _served(gw.stub.ReadChunks(request, metadata=agent.md))
+
+
 async def test_plan_chunks_groups_by_pack_and_a_grouped_read_makes_one_get_per_pack(gw: GatewayHarness) -> None:
     rng = random.Random(7)
     contents = [os.urandom(rng.randint(500, 3000)) for _ in range(300)]  # three packs (three uploads)
@@ -403,15 +416,7 @@ async def test_plan_chunks_groups_by_pack_and_a_grouped_read_makes_one_get_per_p
     by_group = sorted(range(len(asked) - 1), key=lambda n: groups[n])
     grouped_ids = [asked[n] for n in by_group] + [unknown]
     objects = CountingObjects(gw)
-    request = gateway_pb2.ReadChunksRequest(
-        restore_job_id=job,
-        chunk_ids=grouped_ids,
-        accept_compressed=True,
-        max_message_bytes=1 << 20,
-        tolerate_damage=True,
-        grouped=True,
-    )
-    served = [c async for m in gw.stub.ReadChunks(request, metadata=agent.md) for c in m.chunks]
+    served = await _read_grouped(gw, agent, job, grouped_ids)
     assert [c.chunk_id for c in served] == grouped_ids
     assert served[-1].damage == "it is not stored for this account"
     data = {ids[i]: contents[i] for i in range(300)}
@@ -427,15 +432,7 @@ async def test_a_grouped_read_of_a_pack_cut_short_reports_its_chunks_damaged(gw:
     ids = [chunk_id(key, c) for c in contents]
     short = gw.store.state.chunks[("acct-a", ids[150])]
     gw.objects.damage(short.object_key, (await gw.objects.get(short.object_key))[: short.offset + 10])
-    request = gateway_pb2.ReadChunksRequest(
-        restore_job_id=job,
-        chunk_ids=ids,
-        accept_compressed=True,
-        max_message_bytes=1 << 20,
-        tolerate_damage=True,
-        grouped=True,
-    )
-    served = [c async for m in gw.stub.ReadChunks(request, metadata=agent.md) for c in m.chunks]
+    served = await _read_grouped(gw, agent, job, ids)
     assert [c.chunk_id for c in served] == ids
     # The range read of the second pack comes back short: its chunks from 150 on are damage, the rest served.
     assert [i for i, c in enumerate(served) if c.damage] == list(range(150, 200))

@@ -110,9 +110,7 @@ def plan_reads(
                 first_use[cid] = end
                 size += raw
             end += 1
-        ranges = coalesce((locations[c] for c in first_use), max_gap=max_gap, max_bytes=max_bytes)
-        ranges.sort(key=lambda r: min(first_use[b.chunk_id] for b in r.blobs))
-        windows.append(ReadWindow(start, end, tuple(ranges)))
+        windows.append(_window(start, end, first_use, locations, max_gap=max_gap, max_bytes=max_bytes))
         start = end
     return windows
 
@@ -156,11 +154,25 @@ def plan_grouped(
                     low, high = min(low, location.offset), max(high, blob_end)
                 first_use[cid] = end
             end += 1
-        ranges = coalesce((locations[c] for c in first_use), max_gap=max_gap, max_bytes=span_bytes)
-        ranges.sort(key=lambda r: min(first_use[b.chunk_id] for b in r.blobs))
-        windows.append(ReadWindow(start, end, tuple(ranges)))
+        windows.append(_window(start, end, first_use, locations, max_gap=max_gap, max_bytes=span_bytes))
         start = end
     return windows
+
+
+def _window(
+    start: int,
+    end: int,
+    first_use: dict[bytes, int],
+    locations: dict[bytes, ChunkLocation],
+    *,
+    max_gap: int,
+    max_bytes: int,
+) -> ReadWindow:
+    """The window of positions ``[start, end)`` reading the distinct chunks ``first_use`` (id -> first
+    position), coalesced, its ranges ordered by the first position that needs them."""
+    ranges = coalesce((locations[c] for c in first_use), max_gap=max_gap, max_bytes=max_bytes)
+    ranges.sort(key=lambda r: min(first_use[b.chunk_id] for b in r.blobs))
+    return ReadWindow(start, end, tuple(ranges))
 
 
 def group_chunks(ids: Sequence[bytes], locations: dict[bytes, ChunkLocation]) -> list[int]:
