@@ -86,7 +86,7 @@ class EncodedGateway(FakeGateway):
                 self.encoded[cid] = (content, gateway_pb2.CHUNK_COMPRESSION_NONE)
 
     async def read_chunks(
-        self, restore_job_id: str, chunk_ids: Sequence[bytes], *, grouped: bool = False
+        self, restore_job_id: str, chunk_ids: Sequence[bytes]
     ) -> AsyncIterator[gateway_pb2.ServedChunk]:  # type: ignore[override]
         self.read_chunk_calls += 1
         message = gateway_pb2.ReadChunksResponse()

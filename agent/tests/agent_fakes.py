@@ -64,12 +64,6 @@ class FakeGateway:
     refuse_bases: bool = False
     # Chunks stored but damaged, and the reason the gateway gives (ADR 0030).
     damaged: dict[bytes, str] = field(default_factory=dict)
-    # PlanChunks (ADR 0081): answered (else UNIMPLEMENTED), chunks per fake pack, every call's ids.
-    plans: bool = True
-    pack_chunks: int = 8
-    plan_calls: list[list[bytes]] = field(default_factory=list)
-    # Every ReadChunks call's ids and whether they came grouped.
-    read_requests: list[tuple[list[bytes], bool]] = field(default_factory=list)
 
     def _call(self, kind: str) -> None:
         self.calls[kind] = self.calls.get(kind, 0) + 1
@@ -194,27 +188,8 @@ class FakeGateway:
                 continue
             yield entry
 
-    async def plan_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> list[int]:
-        """Groups as a gateway's packs: ``pack_chunks`` stored chunks a pack, in the order they were stored.
-
-        Ordinals by first appearance in the request, 0 for an unknown id; UNIMPLEMENTED when
-        ``plans`` is False (a gateway that predates PlanChunks)."""
-        self.plan_calls.append(list(chunk_ids))
-        if not self.plans:
-            raise GatewayError("UNIMPLEMENTED", "Method not found!")
-        stored = {cid: n // self.pack_chunks for n, cid in enumerate(self.chunks)}
-        ordinals: dict[int, int] = {}
-        return [ordinals.setdefault(stored[cid], len(ordinals) + 1) if cid in stored else 0 for cid in chunk_ids]
-
-    def pack_of(self, cid: bytes) -> int:
-        """The fake pack holding a stored chunk (``plan_chunks``' grouping before ordinals)."""
-        return list(self.chunks).index(cid) // self.pack_chunks
-
-    async def read_chunks(
-        self, restore_job_id: str, chunk_ids: Sequence[bytes], *, grouped: bool = False
-    ) -> AsyncIterator[SentChunk]:
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[SentChunk]:
         self.read_chunk_calls += 1
-        self.read_requests.append((list(chunk_ids), grouped))
         # Answer in reverse order: the protocol promises no order. Every other chunk goes out zstd
         # compressed, as a gateway does for chunks stored compressed.
         for number, cid in enumerate(reversed(list(dict.fromkeys(chunk_ids)))):

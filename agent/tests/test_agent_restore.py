@@ -25,9 +25,7 @@ from strongroom_agent.jobs import MAX_REPORTED_FAILED_FILES, FileError, job_fini
 from strongroom_agent.restore import destination as destination_module
 from strongroom_agent.restore import fetch as fetch_module
 from strongroom_agent.restore import job as job_module
-from strongroom_agent.restore import plan as plan_module
 from strongroom_agent.restore import run_restore
-from strongroom_agent.restore.writer import File
 
 COMPLETE = common_pb2.JOB_STATUS_COMPLETE
 PARTIAL = common_pb2.JOB_STATUS_PARTIAL_COMPLETE
@@ -282,11 +280,11 @@ class RecordingGateway(FakeGateway):
         self.requests: list[list[bytes]] = []
         self._cancel, self._cancel_at = cancel, cancel_at
 
-    async def read_chunks(self, restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
         self.requests.append(list(chunk_ids))
         if self._cancel is not None and len(self.requests) == self._cancel_at:
             self._cancel.set()
-        async for item in super().read_chunks(restore_job_id, chunk_ids, grouped=grouped):
+        async for item in super().read_chunks(restore_job_id, chunk_ids):
             yield item
 
 
@@ -413,8 +411,8 @@ async def test_conflicts_under_batching(tmp_path: Path) -> None:
 
 async def test_a_chunk_that_does_not_decode_fails_only_its_files_and_writes_no_wrong_content(tmp_path: Path) -> None:
     class CorruptingGateway(FakeGateway):
-        async def read_chunks(self, restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
-            async for chunk in super().read_chunks(restore_job_id, chunk_ids, grouped=grouped):
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
                 if self.chunks[chunk.chunk_id] == b"bad":
                     chunk = chunk._replace(raw_length=chunk.raw_length + 1)  # decodes short: refused
                 yield chunk
@@ -442,8 +440,8 @@ async def test_a_chunk_whose_body_does_not_inflate_fails_its_files_and_leaves_no
     bad = b"".join(b"bad content, line %d\n" % n for n in range(repeat))
 
     class CorruptingGateway(FakeGateway):
-        async def read_chunks(self, restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
-            async for chunk in super().read_chunks(restore_job_id, chunk_ids, grouped=grouped):
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
                 if self.chunks[chunk.chunk_id] == bad:
                     frame = zstandard.compress(bad)
                     chunk = chunk._replace(data=frame[:-8] + bytes(8), compression=gateway_pb2.CHUNK_COMPRESSION_ZSTD)
@@ -478,9 +476,9 @@ async def test_a_chunk_many_files_share_is_fetched_once_and_written_to_each(tmp_
     asked: list[bytes] = []
     original = gateway.read_chunks
 
-    async def read_chunks(restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
+    async def read_chunks(restore_job_id: str, chunk_ids: Any) -> Any:
         asked.extend(chunk_ids)
-        async for chunk in original(restore_job_id, chunk_ids, grouped=grouped):
+        async for chunk in original(restore_job_id, chunk_ids):
             yield chunk
 
     gateway.read_chunks = read_chunks  # type: ignore[method-assign]
@@ -573,8 +571,8 @@ def test_reported_failed_files_are_bounded() -> None:
 
 async def test_a_chunk_the_gateway_does_not_return_fails_only_its_files(tmp_path: Path) -> None:
     class ForgetfulGateway(FakeGateway):
-        async def read_chunks(self, restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
-            async for chunk in super().read_chunks(restore_job_id, chunk_ids, grouped=grouped):
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
                 if self.chunks[chunk.chunk_id] != b"lost":
                     yield chunk
 
@@ -671,10 +669,10 @@ async def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch
 
 async def test_a_streamed_file_that_fails_midway_is_removed(tmp_path: Path) -> None:
     class FailingGateway(FakeGateway):
-        async def read_chunks(self, restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
             if self.read_chunk_calls >= 1:
                 raise GatewayError("UNAVAILABLE", "connection reset")
-            async for chunk in super().read_chunks(restore_job_id, chunk_ids, grouped=grouped):
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
                 yield chunk
 
     gateway = FailingGateway()
@@ -692,9 +690,9 @@ async def test_a_streamed_file_fetches_its_next_window_while_one_is_written(
     started = [threading.Event() for _ in range(6)]
 
     class CountingGateway(FakeGateway):
-        async def read_chunks(self, restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
+        async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
             started[self.read_chunk_calls].set()
-            async for chunk in super().read_chunks(restore_job_id, chunk_ids, grouped=grouped):
+            async for chunk in super().read_chunks(restore_job_id, chunk_ids):
                 yield chunk
 
     original = fetch_module.Fetcher._decode_and_write
@@ -724,12 +722,12 @@ class LargeAfterSmallGateway(FakeGateway):
         self.small_read = asyncio.Event()
         self.fail_large = False
 
-    async def read_chunks(self, restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
         if self.large.intersection(chunk_ids):
             await asyncio.wait_for(self.small_read.wait(), 5)
             if self.fail_large:
                 raise GatewayError("UNAVAILABLE", "connection reset")
-        async for chunk in super().read_chunks(restore_job_id, chunk_ids, grouped=grouped):
+        async for chunk in super().read_chunks(restore_job_id, chunk_ids):
             yield chunk
         if not self.large.intersection(chunk_ids):
             self.small_read.set()
@@ -809,10 +807,10 @@ class RacingGateway(FakeGateway):
         super().__init__()
         self.root, self.path = root, path
 
-    async def read_chunks(self, restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
         if not (self.root / self.path).exists():
             write_file(str(self.root / self.path), b"appeared meanwhile")
-        async for chunk in super().read_chunks(restore_job_id, chunk_ids, grouped=grouped):
+        async for chunk in super().read_chunks(restore_job_id, chunk_ids):
             yield chunk
 
 
@@ -965,189 +963,3 @@ async def test_as_root_a_directory_that_passes_on_another_group_still_gets_the_e
     assert finished.status == COMPLETE, finished.file_errors
     st = os.stat(tmp_path / "d/f")
     assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
-
-
-# The restore in the gateway's storage order (ADR 0081): windows of small files planned by PlanChunks.
-
-
-def interleaved_tree(gateway: FakeGateway, files: int, spread: int) -> list[tuple[str, list[bytes] | None]]:
-    """``files`` small files in directories of 50, stored so that each fake pack holds every ``spread``-th
-    file of the walk (a pack's chunks spread over the whole walk); every 25th file also has a chunk of
-    the pack next to its own, an empty file and a chunk shared by two files at two offsets."""
-    rng = random.Random(81)
-    contents = [rng.randbytes(rng.randint(200, 1500)) for _ in range(files)]
-    order = sorted(range(files), key=lambda i: (i % spread, i))
-    for i in order:
-        gateway.chunks[chunk_id(KEY, contents[i])] = contents[i]
-    tree: list[tuple[str, list[bytes] | None]] = []
-    for i in range(files):
-        if i % 50 == 0:
-            tree.append((f"d{i // 50:02}", None))
-        pieces = [contents[i]] + ([contents[(i + 1) % files], contents[i]] if i % 25 == 0 else [])
-        tree.append((f"d{i // 50:02}/f{i:04}", pieces))
-    tree.append(("d00/zz-empty", []))
-    return tree
-
-
-def packs_per_request(gateway: FakeGateway) -> tuple[dict[int, int], list[bool]]:
-    """How many ReadChunks calls asked for each fake pack's chunks; per call, whether each pack's ids were
-    one contiguous run of the request."""
-    calls: dict[int, int] = {}
-    runs = []
-    for ids, _ in gateway.read_requests:
-        packs = [gateway.pack_of(c) for c in ids]
-        for pack in set(packs):
-            calls[pack] = calls.get(pack, 0) + 1
-        runs.append(len([p for n, p in enumerate(packs) if n == 0 or packs[n - 1] != p]) == len(set(packs)))
-    return calls, runs
-
-
-def assert_restored(tmp_path: Path, gateway: FakeGateway, point_id: str) -> None:
-    for entry in gateway.points[point_id].entries:
-        path = tmp_path / entry.path
-        if entry.type == common_pb2.ENTRY_TYPE_DIRECTORY:
-            # Applied after every file below was written (writing one changes the directory's mtime).
-            assert path.stat().st_mtime_ns == entry.mtime_ns, entry.path
-            continue
-        assert path.read_bytes() == b"".join(gateway.chunks[c] for c in entry.chunk_ids), entry.path
-        assert path.stat().st_mtime_ns == entry.mtime_ns, entry.path
-    assert not list(tmp_path.rglob(".strongroom*"))
-
-
-async def test_batches_follow_the_gateways_packs_each_pack_asked_for_once(tmp_path: Path) -> None:
-    gateway = FakeGateway(pack_chunks=50)
-    point_id = add_files(gateway, interleaved_tree(gateway, 400, spread=8))
-    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=60_000)
-    assert finished.status == COMPLETE, finished.file_errors
-    assert finished.stats.files_restored == 401
-    assert_restored(tmp_path, gateway, point_id)
-    # One window, planned once; every request grouped, each of its packs one run.
-    assert len(gateway.plan_calls) == 1 and len(gateway.plan_calls[0]) == 400
-    assert all(grouped for _, grouped in gateway.read_requests)
-    calls, runs = packs_per_request(gateway)
-    assert all(runs)
-    # A pack's chunks come in one call, and in the call of the pack before it (two files there need one of
-    # its chunks each); in walk order each pack is asked for by 4 calls or more (below).
-    assert set(calls.values()) == {2}, calls
-    assert len(gateway.read_requests) >= 8  # the batch bound still holds: ~60 kB per call
-
-
-async def test_walk_order_asks_for_each_pack_many_times(tmp_path: Path) -> None:
-    """The same tree from a gateway that predates PlanChunks: asked once, then batches in walk order."""
-    gateway = FakeGateway(pack_chunks=50, plans=False)
-    point_id = add_files(gateway, interleaved_tree(gateway, 400, spread=8))
-    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=60_000)
-    assert finished.status == COMPLETE, finished.file_errors
-    assert_restored(tmp_path, gateway, point_id)
-    assert len(gateway.plan_calls) == 1
-    assert not any(grouped for _, grouped in gateway.read_requests)
-    calls, _ = packs_per_request(gateway)
-    assert min(calls.values()) >= 4, calls
-
-
-async def test_windows_are_bounded_and_planned_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plan_module, "PLAN_WINDOW_FILES", 100)
-    gateway = FakeGateway(pack_chunks=50)
-    point_id = add_files(gateway, interleaved_tree(gateway, 400, spread=8))
-    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=60_000)
-    assert finished.status == COMPLETE, finished.file_errors
-    assert_restored(tmp_path, gateway, point_id)
-    # 401 files (one empty) in windows of 100 files: five windows, each planned on its own.
-    assert len(gateway.plan_calls) == 5 and all(90 <= len(ids) <= 100 for ids in gateway.plan_calls[:4])
-    # Files of different windows never share a batch: every request asks for one window's chunks.
-    windows = [set(ids) for ids in gateway.plan_calls]
-    assert all(any(set(ids) <= w for w in windows) for ids, _ in gateway.read_requests)
-
-
-async def test_a_read_failing_midway_fails_the_job_and_leaves_only_whole_files(tmp_path: Path) -> None:
-    class FailingGateway(FakeGateway):
-        async def read_chunks(self, restore_job_id: str, chunk_ids: Any, *, grouped: bool = False) -> Any:
-            failing = self.read_chunk_calls == 2
-            sent = 0
-            async for chunk in super().read_chunks(restore_job_id, chunk_ids, grouped=grouped):
-                if failing and sent == len(chunk_ids) // 2:
-                    raise GatewayError("UNAVAILABLE", "connection reset mid-way")
-                sent += 1
-                yield chunk
-
-    gateway = FailingGateway(pack_chunks=50)
-    point_id = add_files(gateway, interleaved_tree(gateway, 400, spread=8))
-    finished = await restore(gateway, point_id, tmp_path, fetch_batch_bytes=60_000)
-    assert finished.status == FAILED and "connection reset mid-way" in finished.error
-    entries = {e.path: e for e in gateway.points[point_id].entries if e.type == common_pb2.ENTRY_TYPE_FILE}
-    present = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert 0 < len(present) < len(entries)
-    for path in present:  # nothing half-written: every file there is whole
-        entry = entries[str(path.relative_to(tmp_path))]
-        assert path.read_bytes() == b"".join(gateway.chunks[c] for c in entry.chunk_ids)
-    assert not list(tmp_path.rglob(".strongroom*"))
-
-
-async def test_a_plan_of_the_wrong_length_fails_the_job(tmp_path: Path) -> None:
-    class ShortPlan(FakeGateway):
-        async def plan_chunks(self, restore_job_id: str, chunk_ids: Any) -> list[int]:
-            return (await super().plan_chunks(restore_job_id, chunk_ids))[:-1]
-
-    gateway = ShortPlan()
-    point_id = add_files(gateway, [("a", [b"one"]), ("b", [b"two"])])
-    finished = await restore(gateway, point_id, tmp_path)
-    assert finished.status == FAILED and "PlanChunks answered 1 groups for 2 chunk ids" in finished.error
-    assert os.listdir(tmp_path) == []
-
-
-def test_cut_batches_orders_files_by_group_and_ends_a_batch_before_a_group_that_does_not_fit() -> None:
-    def file(name: str, size: int, *ids: bytes) -> File:
-        entry = common_pb2.FileEntry(path=name, type=common_pb2.ENTRY_TYPE_FILE, size=size, chunk_ids=list(ids))
-        return File([name], entry, list(ids))
-
-    files = [
-        file("a", 10, b"x1"),
-        file("b", 10, b"y1"),
-        file("c", 10, b"x2", b"y2"),
-        file("d", 0),
-        file("e", 25, b"z1"),
-        file("f", 10, b"y3"),
-        file("g", 10, b"q"),  # no group: not stored
-    ]
-    groups = {b"x1": 1, b"x2": 1, b"y1": 2, b"y2": 2, b"y3": 2, b"z1": 3}
-    batches = plan_module.cut_batches(files, groups, 7, batch_bytes=30)
-    assert [[f.parts[0] for f in b.files] for b in batches] == [["d", "g", "a", "c"], ["b", "f"], ["e"]]
-    assert [b.seq for b in batches] == [7, 8, 9]
-    assert all(b.groups is groups for b in batches)
-    assert list(batches[0].ids) == [b"q", b"x1", b"x2", b"y2"]
-    # Without groups: walk order, cut by the bounds alone.
-    walk = plan_module.cut_batches(files, None, 0, batch_bytes=30)
-    assert [[f.parts[0] for f in b.files] for b in walk] == [["a", "b", "c", "d"], ["e"], ["f", "g"]]
-    assert plan_module.cut_batches([], groups, 0, batch_bytes=30) == []
-
-
-async def test_a_large_file_streams_in_windows_of_whole_pack_runs(tmp_path: Path) -> None:
-    pieces = [bytes([n]) * 1000 + os.urandom(24) for n in range(25)]
-
-    async def streamed(pack_chunks: int, *, plans: bool = True) -> FakeGateway:
-        """Restore ``big`` (25 chunks) from fake packs of ``pack_chunks``; a batch is 16 chunks."""
-        gateway, target = FakeGateway(pack_chunks=pack_chunks, plans=plans), tmp_path / f"{pack_chunks}-{plans}"
-        target.mkdir()
-        point_id = add_files(gateway, [("big", pieces)])
-        finished = await restore(gateway, point_id, target, fetch_batch_bytes=16 * 1024)
-        assert finished.status == COMPLETE, finished.file_errors
-        assert (target / "big").read_bytes() == b"".join(pieces)
-        return gateway
-
-    # Packs of 10, 10 and 5 chunks: windows of half a batch (8) would cut across them; each run is a window.
-    gateway = await streamed(10)
-    assert [(len(ids), grouped) for ids, grouped in gateway.read_requests] == [(10, True), (10, True), (5, True)]
-    assert [{gateway.pack_of(c) for c in ids} for ids, _ in gateway.read_requests] == [{0}, {1}, {2}]
-    # A run larger than three quarters of a batch (12 chunks here) is cut.
-    assert [len(ids) for ids, _ in (await streamed(30)).read_requests] == [12, 12, 1]
-    # Small runs share a window while they fit whole: packs of 4 chunks, three to a window.
-    gateway = await streamed(4)
-    assert [len(ids) for ids, _ in gateway.read_requests] == [12, 12, 1]
-    assert [sorted({gateway.pack_of(c) for c in ids}) for ids, _ in gateway.read_requests] == [
-        [0, 1, 2],
-        [3, 4, 5],
-        [6],
-    ]
-    # From a gateway without PlanChunks: half a batch each, not grouped.
-    gateway = await streamed(10, plans=False)
-    assert [(len(ids), grouped) for ids, grouped in gateway.read_requests] == [(8, False)] * 3 + [(1, False)]

@@ -154,22 +154,11 @@ class GatewayClient(Protocol):
         """The point's entries in path order, as the messages bring them (a sequence per message)."""
         ...
 
-    def read_chunks(
-        self, restore_job_id: str, chunk_ids: Sequence[bytes], *, grouped: bool = False
-    ) -> AsyncIterator[ChunkSent]:
+    def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[ChunkSent]:
         """The chunks, in any order, as sent (decode each with ``chunking.decode_chunk``).
 
         A chunk the gateway cannot serve comes with ``damage`` set instead of
-        data; a gateway that predates that fails the call instead. ``grouped``:
-        the ids come grouped as ``plan_chunks`` grouped them (the gateway then
-        reads each run of a group with one GET; the answer is the same).
-        """
-        ...
-
-    async def plan_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> list[int]:
-        """Per id, the gateway's storage group (ids stored together share one; 0: not stored).
-
-        ``GatewayError`` UNIMPLEMENTED from a gateway that predates PlanChunks (ADR 0081).
+        data; a gateway that predates that fails the call instead.
         """
         ...
 
@@ -348,26 +337,13 @@ class GrpcGatewayClient:
         finally:
             call.cancel()
 
-    async def plan_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> list[int]:
-        request = gateway_pb2.PlanChunksRequest(restore_job_id=restore_job_id, chunk_ids=list(chunk_ids))
-        try:
-            response: gateway_pb2.PlanChunksResponse = await self._stub.PlanChunks(
-                request, metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise GatewayError.from_rpc(exc) from exc
-        return list(response.groups)
-
-    async def read_chunks(
-        self, restore_job_id: str, chunk_ids: Sequence[bytes], *, grouped: bool = False
-    ) -> AsyncIterator[ChunkSent]:
+    async def read_chunks(self, restore_job_id: str, chunk_ids: Sequence[bytes]) -> AsyncIterator[ChunkSent]:
         request = gateway_pb2.ReadChunksRequest(
             restore_job_id=restore_job_id,
             chunk_ids=list(chunk_ids),
             accept_compressed=True,
             max_message_bytes=READ_MESSAGE_BYTES,
             tolerate_damage=True,
-            grouped=grouped,
         )
         call = self._read_chunks(request, metadata=self._metadata, timeout=UNARY_TIMEOUT_SECONDS)
         try:

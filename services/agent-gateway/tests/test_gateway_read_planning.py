@@ -14,7 +14,7 @@ import zstandard
 from gateway_helpers import Agent, GatewayHarness, chunk_id, file_entry
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_gateway import points
-from strongroom_gateway.points import chunk_reads, coalesce, group_chunks, plan_grouped, plan_reads
+from strongroom_gateway.points import chunk_reads, coalesce, plan_reads
 from strongroom_gateway.ports import ChunkLocation
 
 
@@ -72,45 +72,6 @@ def test_windows_bound_distinct_content_and_order_ranges_by_first_need() -> None
     # One chunk larger than the window still makes progress.
     big = loc(50, 5, 1000)
     assert [(w.start, w.end) for w in plan_reads([big.chunk_id], {big.chunk_id: big}, window_bytes=10)] == [(0, 1)]
-
-
-def test_grouped_windows_are_runs_of_one_pack_bounded_by_their_span() -> None:
-    a = [loc(n, 100 * n, 100) for n in range(10)]
-    b = [loc(20 + n, 100 * n, 100, key="pack-b") for n in range(3)]
-    locations = {x.chunk_id: x for x in a + b}
-    unknown = (999).to_bytes(32, "big")
-    ids = [x.chunk_id for x in (a[5], a[0], a[1])] + [unknown] + [x.chunk_id for x in b] + [a[9].chunk_id]
-    windows = plan_grouped(ids, locations, span_bytes=1000, max_gap=1000)
-    # One window per run of a pack (an unknown id takes no read); the pack's blobs in one range.
-    assert [(w.start, w.end) for w in windows] == [(0, 4), (4, 7), (7, 8)]
-    assert [spans(list(w.ranges)) for w in windows] == [
-        [("pack-a", 0, 600, [0, 1, 5])],
-        [("pack-b", 0, 300, [20, 21, 22])],
-        [("pack-a", 900, 100, [9])],
-    ]
-    # The span bound cuts a run; blobs farther apart than the gap are read apart.
-    ids = [x.chunk_id for x in a]
-    assert [(w.start, w.end) for w in plan_grouped(ids, locations, span_bytes=450, max_gap=0)] == [
-        (0, 4),
-        (4, 8),
-        (8, 10),
-    ]
-    sparse = plan_grouped([a[0].chunk_id, a[9].chunk_id, a[1].chunk_id], locations, span_bytes=1000, max_gap=250)
-    assert [spans(list(w.ranges)) for w in sparse] == [[("pack-a", 0, 200, [0, 1]), ("pack-a", 900, 100, [9])]]
-    # A repeated id is read once per window; a blob larger than the span still makes progress.
-    big = loc(50, 5, 5000)
-    assert [(w.start, w.end) for w in plan_grouped([big.chunk_id] * 2, {big.chunk_id: big}, span_bytes=10)] == [(0, 2)]
-
-
-def test_groups_are_ordinals_of_the_packs_by_first_appearance() -> None:
-    a1, a2 = loc(1, 0, 10), loc(2, 10, 10)
-    b1 = loc(3, 0, 10, key="pack-b")
-    # The same object under another recorded version is another group.
-    c1 = dataclasses.replace(loc(4, 0, 10), version_id="v2")
-    locations = {x.chunk_id: x for x in (a1, a2, b1, c1)}
-    unknown = (999).to_bytes(32, "big")
-    ids = [b1.chunk_id, a1.chunk_id, unknown, c1.chunk_id, a2.chunk_id, b1.chunk_id]
-    assert group_chunks(ids, locations) == [1, 2, 0, 3, 2, 1]
 
 
 class CountingObjects:
@@ -375,80 +336,3 @@ def test_a_preserialized_chunks_message_is_what_protobuf_writes() -> None:
         chunk_id=run[0].chunk_id, data=run[0].data, compression=zstd, raw_length=300_000
     )
     assert b"".join(chunk_reads._chunk_fields(run[0])) == single.SerializeToString()
-
-
-def _plan(gw: GatewayHarness, agent: Agent, job: str, ids: list[bytes]) -> Any:
-    return gw.stub.PlanChunks(gateway_pb2.PlanChunksRequest(restore_job_id=job, chunk_ids=ids), metadata=agent.md)
-
-
-async def _read_grouped(gw: GatewayHarness, agent: Agent, job: str, ids: list[bytes]) -> list[gateway_pb2.ServedChunk]:
-    """A grouped, damage-tolerant ReadChunks of ``ids`` (as this agent asks), its chunks in order."""
-    request = gateway_pb2.ReadChunksRequest(
-        restore_job_id=job,
-        chunk_ids=ids,
-        accept_compressed=True,
-        max_message_bytes=1 << 20,
-        tolerate_damage=True,
-        grouped=True,
-    )
-    return await _served(gw.stub.ReadChunks(request, metadata=agent.md))
-
-
-async def test_plan_chunks_groups_by_pack_and_a_grouped_read_makes_one_get_per_pack(gw: GatewayHarness) -> None:
-    rng = random.Random(7)
-    contents = [os.urandom(rng.randint(500, 3000)) for _ in range(300)]  # three packs (three uploads)
-    agent, key, job = await _restorable(gw, contents)
-    ids = [chunk_id(key, c) for c in contents]
-    order = list(range(300))
-    rng.shuffle(order)
-    unknown = os.urandom(32)
-    asked = [ids[i] for i in order] + [unknown]
-    groups = list((await _plan(gw, agent, job, asked)).groups)
-    assert groups[-1] == 0
-    # Ordinals 1..3 by first appearance; two ids share one exactly when they were uploaded together.
-    assert sorted(set(groups[:-1])) == [1, 2, 3]
-    pack_of = dict(zip(groups, (i // 100 for i in order), strict=False))
-    assert [pack_of[g] for g in groups[:-1]] == [i // 100 for i in order]
-    firsts = [groups[:-1].index(g) for g in (1, 2, 3)]
-    assert firsts == sorted(firsts)
-
-    # Per window of at most 2 chunks the ungrouped read would make a GET per window; grouped: one per pack.
-    by_group = sorted(range(len(asked) - 1), key=lambda n: groups[n])
-    grouped_ids = [asked[n] for n in by_group] + [unknown]
-    objects = CountingObjects(gw)
-    served = await _read_grouped(gw, agent, job, grouped_ids)
-    assert [c.chunk_id for c in served] == grouped_ids
-    assert served[-1].damage == "it is not stored for this account"
-    data = {ids[i]: contents[i] for i in range(300)}
-    assert [zstandard.decompress(c.data) if c.compression else c.data for c in served[:-1]] == [
-        data[c] for c in grouped_ids[:-1]
-    ]
-    assert len(objects.gets) == 3 and len({k for k, _, _ in objects.gets}) == 3
-
-
-async def test_a_grouped_read_of_a_pack_cut_short_reports_its_chunks_damaged(gw: GatewayHarness) -> None:
-    contents = [os.urandom(2000) for _ in range(200)]  # two packs
-    agent, key, job = await _restorable(gw, contents)
-    ids = [chunk_id(key, c) for c in contents]
-    short = gw.store.state.chunks[("acct-a", ids[150])]
-    gw.objects.damage(short.object_key, (await gw.objects.get(short.object_key))[: short.offset + 10])
-    served = await _read_grouped(gw, agent, job, ids)
-    assert [c.chunk_id for c in served] == ids
-    # The range read of the second pack comes back short: its chunks from 150 on are damage, the rest served.
-    assert [i for i, c in enumerate(served) if c.damage] == list(range(150, 200))
-    assert all(c.damage.startswith("its pack is shorter than recorded") for c in served[150:])
-
-
-async def test_plan_chunks_needs_the_callers_restore_job_and_bounds_its_ids(gw: GatewayHarness) -> None:
-    agent, key, job = await _restorable(gw, [b"one"])
-    other = await gw.enrolled_agent("i-2", "acct-b")
-    for caller, restore_job, ids, code in [
-        (agent, "no-such-job", [chunk_id(key, b"one")], grpc.StatusCode.NOT_FOUND),
-        (other, job, [chunk_id(key, b"one")], grpc.StatusCode.PERMISSION_DENIED),
-        (agent, job, [b"short"], grpc.StatusCode.INVALID_ARGUMENT),
-        (agent, job, [chunk_id(key, b"one")] * (points.MAX_READ_IDS_PER_REQUEST + 1), grpc.StatusCode.INVALID_ARGUMENT),
-    ]:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await _plan(gw, caller, restore_job, ids)
-        assert err.value.code() == code, (restore_job, err.value)
-    assert list((await _plan(gw, agent, job, [chunk_id(key, b"one")] * 2)).groups) == [1, 1]

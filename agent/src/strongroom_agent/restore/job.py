@@ -4,12 +4,9 @@ Conflicts: SKIP (default) leaves an existing file, symlink or directory's
 metadata alone and counts it as skipped; OVERWRITE replaces files and
 symlinks and re-applies directory metadata (``metadata.py``).
 
-Throughput (restic's restorer is the model): the walk collects a window of
-small files (``plan.py``: entries only), asks the gateway which of their
-chunks are stored together (PlanChunks), and cuts the window into batches of
-up to ``fetch_batch_bytes`` of content (and ``FETCH_BATCH_MAX_IDS`` chunk
-ids) in that order, so a batch reads a few packs whole rather than parts of
-many (ADR 0081). One ``ReadChunks`` call fetches a batch's distinct chunks
+Throughput (restic's restorer is the model): regular files are restored in
+batches of up to ``fetch_batch_bytes`` of content (and ``FETCH_BATCH_MAX_IDS``
+chunk ids). One ``ReadChunks`` call fetches a batch's distinct chunks
 (``fetch.py``), then a small pool of threads writes the batch's files
 (``writer.py``) while the next batch is fetched; at most ``BATCHES_IN_FLIGHT``
 batches hold content at a time. A file larger than a batch is streamed in
@@ -36,15 +33,17 @@ from collections.abc import AsyncIterator, Sequence
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 
-from strongroom_agent.gateway_client import GatewayClient, GatewayError
+from strongroom_agent.gateway_client import GatewayClient
 from strongroom_agent.jobs import FileError, ProgressCallback, job_finished, run_job
 from strongroom_agent.restore.destination import Destination, EntryProblem, UnsafePath, safe_parts
 from strongroom_agent.restore.fetch import Fetcher
 from strongroom_agent.restore.metadata import DirectoryMetadata
-from strongroom_agent.restore.plan import FETCH_BATCH_MAX_IDS, cut_batches, window_full
 from strongroom_agent.restore.writer import WRITE_THREADS, Batch, File, in_threads
 
 FETCH_BATCH_BYTES = 32 << 20
+# Distinct chunk ids per ReadChunks call of a batch (the gateway takes up to 20,000).
+FETCH_BATCH_MAX_IDS = 4096
+FETCH_BATCH_MAX_FILES = 4096
 # Batches holding content at a time: one being written while the next is fetched.
 BATCHES_IN_FLIGHT = 2
 # Large files the walk may pass before the lane streams them (each waits as its entry, no content).
@@ -77,13 +76,9 @@ class _Restore:
         self.fetch_batch_bytes = fetch_batch_bytes
         self.stop = threading.Event()
         self.pool = pool
-        self.fetcher = Fetcher(client, command.restore_job_id, destination, fetch_batch_bytes, plan=self._plan)
+        self.fetcher = Fetcher(client, command.restore_job_id, destination, fetch_batch_bytes)
         self.metadata = DirectoryMetadata(destination, errors)
-        # Small files the walk met, not yet in a batch (``plan.py``), and their distinct chunk ids.
-        self.window: list[File] = []
-        self.window_ids: dict[bytes, None] = {}
-        self.grouping = True  # until the gateway answers PlanChunks with UNIMPLEMENTED (an older gateway)
-        self.next_seq = 0  # the number of the next batch (or large file)
+        self.batch = Batch(0)
         self.full: collections.deque[Batch] = collections.deque()  # full batches not yet submitted
         self.inflight: collections.deque[tuple[Batch, asyncio.Task[None]]] = collections.deque()
         # Directories this restore created: a name below one is free unless something appeared since,
@@ -123,8 +118,8 @@ class _Restore:
                         # The common case, a small file, without a coroutine step of its own.
                         if entry.type == common_pb2.ENTRY_TYPE_FILE and not self._large(entry):
                             parts = safe_parts(path)
-                            if parts and self._add_to_window(parts, entry):
-                                await self._submit()
+                            if parts and self._add_to_batch(parts, entry):
+                                await self._start_full()
                             continue
                         await self._restore_entry(entry, made_dir)
                     except UnsafePath as exc:
@@ -147,13 +142,8 @@ class _Restore:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _finish_dirs_before(self, path: bytes | None) -> None:
-        """Hand the directories whose subtree ends before ``path`` (all when None) to the metadata stage.
-
-        They wait for the last batch made so far, or, while the window holds
-        files (which may be below them, and may end up in any of its batches),
-        for the window's last batch (``DirectoryMetadata.resolve`` when it is cut).
-        """
-        needed = None if self.window else self.next_seq - 1
+        """Hand the directories whose subtree ends before ``path`` (all when None) to the metadata stage."""
+        needed = self.batch.seq if self.batch.files else self.batch.seq - 1
         await self.metadata.finish_before(path, needed)
 
     def _make_dirs(self, group: Sequence[common_pb2.FileEntry]) -> list[bool | Exception | None]:
@@ -223,7 +213,7 @@ class _Restore:
     async def _to_lane(self, parts: list[str], entry: common_pb2.FileEntry) -> None:
         """Queue a large file for the lane, numbered as a batch of its own after the open batch's files.
 
-        The window is cut and submitted first, so every file the walk met before
+        The open batch is submitted first, so every file the walk met before
         this one is in a lower-numbered batch: a directory's metadata waits for
         the highest number below it (``_finish_dirs_before``), large files included.
         """
@@ -231,8 +221,8 @@ class _Restore:
         await self.large_room.acquire()  # released by the lane as it finishes a file (or fails)
         self._check_lane()
         await self._submit()
-        seq = self.next_seq
-        self.next_seq += 1
+        seq = self.batch.seq
+        self.batch = Batch(seq + 1)
         self.large.append((seq, parts, entry))
         if self.lane is None or self.lane.done():
             self.lane = asyncio.create_task(self._stream_large())
@@ -277,47 +267,41 @@ class _Restore:
     def _large(self, entry: common_pb2.FileEntry) -> bool:
         return entry.size > self.fetch_batch_bytes or len(entry.chunk_ids) > FETCH_BATCH_MAX_IDS
 
-    def _add_to_window(self, parts: list[str], entry: common_pb2.FileEntry) -> bool:
-        """Add a small file to the window; True when the window is full (the caller submits it).
+    def _add_to_batch(self, parts: list[str], entry: common_pb2.FileEntry) -> bool:
+        """Add a small file to the open batch, or, when it does not fit, to a new one; True: submit the full one.
 
-        Plain bookkeeping on the event loop, no coroutine step.
+        Plain bookkeeping on the event loop, no coroutine step: a full batch is
+        swapped for a new one here and the caller awaits ``_start_full``.
         """
+        batch = self.batch
         ids = list(entry.chunk_ids)  # read out of the message once; the writer uses this list too
+        known = batch.ids
+        full = bool(batch.files) and (
+            batch.content_bytes + entry.size > self.fetch_batch_bytes
+            or len(batch.files) >= FETCH_BATCH_MAX_FILES
+            or (
+                len(known) + len(ids) > FETCH_BATCH_MAX_IDS  # an upper bound first: counting is rarely needed
+                and len(known) + sum(1 for c in ids if c not in known) > FETCH_BATCH_MAX_IDS
+            )
+        )
+        if full:
+            self.full.append(batch)
+            batch = self.batch = Batch(batch.seq + 1)
         new_dir = tuple(parts[:-1]) in self.created_dirs
-        self.window.append(File(parts, entry, ids, exists=not new_dir, new_dir=new_dir))
-        known = self.window_ids
+        batch.files.append(File(parts, entry, ids, exists=not new_dir, new_dir=new_dir))
+        batch.content_bytes += entry.size
         if len(ids) == 1:
-            known[ids[0]] = None
+            batch.ids[ids[0]] = None
         else:
-            known.update(dict.fromkeys(ids))
-        return window_full(self.window, known)
+            batch.ids.update(dict.fromkeys(ids))
+        return full
 
     async def _submit(self) -> None:
-        """Cut the window into batches (in the gateway's storage order when it groups), start them."""
-        files, ids = self.window, self.window_ids
-        if files:
-            self.window, self.window_ids = [], {}
-            groups = await self._plan(list(ids))
-            batches = cut_batches(files, groups, self.next_seq, self.fetch_batch_bytes)
-            self.next_seq += len(batches)
-            self.full.extend(batches)
-            self.metadata.resolve(self.next_seq - 1)
+        """Start fetching and writing the open batch (the last one)."""
+        if self.batch.files:
+            self.full.append(self.batch)
+            self.batch = Batch(self.batch.seq + 1)
         await self._start_full()
-
-    async def _plan(self, ids: list[bytes]) -> dict[bytes, int] | None:
-        """The storage group of each of ``ids`` (PlanChunks); None from a gateway that predates it."""
-        if not self.grouping:
-            return None
-        try:
-            groups = await self.client.plan_chunks(self.command.restore_job_id, ids)
-        except GatewayError as exc:
-            if exc.code != "UNIMPLEMENTED":
-                raise
-            self.grouping = False  # an older gateway: batches in walk order, as before
-            return None
-        if len(groups) != len(ids):
-            raise GatewayError("INTERNAL", f"PlanChunks answered {len(groups)} groups for {len(ids)} chunk ids")
-        return dict(zip(ids, groups, strict=True))
 
     async def _start_full(self) -> None:
         """Start fetching and writing the full batches; wait while too many batches hold content."""
@@ -352,10 +336,7 @@ class _Restore:
             ids = list(batch.ids)
         else:
             ids = list(dict.fromkeys(c for f in wanted for c in f.ids))
-        groups = batch.groups
-        if groups is not None:  # a few packs' runs, each read with one GET (stable: walk order within a run)
-            ids.sort(key=lambda c: groups.get(c, 0))
-        contents = await self.fetcher.batch(ids, grouped=groups is not None)
+        contents = await self.fetcher.batch(ids)
         await in_threads(self.pool, self.dest, self.stop, wanted, lambda w, run: w.write(run, contents, self.overwrite))
 
 

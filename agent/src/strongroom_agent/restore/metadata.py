@@ -3,8 +3,8 @@
 Directory modes and mtimes are applied after their whole subtree is written
 (a read-only directory would otherwise block its own contents, and writing a
 child changes the mtime), deepest first, so a restrictive parent mode never
-blocks a child. A directory whose files may still sit in the window not yet
-cut into batches, in a batch being fetched or written (or a large file the lane streams: numbered as a batch) waits
+blocks a child. A directory whose files may still sit in a batch being fetched
+or written (or a large file the lane streams: numbered as a batch) waits
 until every batch up to the last that may hold one of its files is done. SKIP leaves the metadata of a
 directory that existed before alone; OVERWRITE re-applies it. The point root
 (path "") gets no metadata: the destination root is the operator's choice.
@@ -16,7 +16,6 @@ import asyncio
 import collections
 import heapq
 from dataclasses import dataclass, field
-from typing import Any
 
 from strongroom.common.v1 import common_pb2
 
@@ -38,9 +37,8 @@ class DirectoryMetadata:
         self._dest = dest
         self._errors = errors
         self._pending: list[PendingDir] = []
-        # Directories whose subtree the walk has passed, waiting for the batch that holds their last file:
-        # [that batch's number, or None until the window holding it is cut into batches; the directory].
-        self._deferred: collections.deque[list[Any]] = collections.deque()
+        # Directories whose subtree the walk has passed, waiting for the batch that holds their last file.
+        self._deferred: collections.deque[tuple[int, PendingDir]] = collections.deque()
         self._done_seq = -1  # every batch up to this one is written and accounted
         self._done: set[int] = set()  # batches done after one that is not yet
         # One application at a time, in order (the walk and the large-file lane both apply).
@@ -56,12 +54,11 @@ class DirectoryMetadata:
         key = self._pending[0].key
         return path > key and not path.startswith(key)
 
-    async def finish_before(self, path: bytes | None, needed: int | None) -> None:
+    async def finish_before(self, path: bytes | None, needed: int) -> None:
         """Apply metadata of the pending directories whose subtree ends before ``path`` (all when None).
 
         ``needed``: the last batch that may hold a file below them; they wait
-        until it is done. None: not known yet (their files may be in the window
-        not yet cut into batches): they wait for ``resolve``.
+        until it is done.
         """
         ready: list[PendingDir] = []
         while self._pending and (
@@ -72,15 +69,8 @@ class DirectoryMetadata:
             return
         # Deepest first, so a restrictive parent mode never blocks a child.
         for pending in sorted(ready, reverse=True):
-            self._deferred.append([needed, pending])
+            self._deferred.append((needed, pending))
         await self._apply_deferred()
-
-    def resolve(self, needed: int) -> None:
-        """The window is cut: directories deferred until then wait for its last batch, ``needed``."""
-        for deferred in reversed(self._deferred):  # the unresolved ones are the newest
-            if deferred[0] is not None:
-                break
-            deferred[0] = needed
 
     async def batch_done(self, seq: int) -> None:
         """Batch ``seq`` is written (batches finish in any order): apply the metadata that waited for it."""
@@ -93,7 +83,7 @@ class DirectoryMetadata:
     async def _apply_deferred(self) -> None:
         async with self._applying:  # in the order they were deferred: deepest first
             ready: list[PendingDir] = []
-            while self._deferred and self._deferred[0][0] is not None and self._deferred[0][0] <= self._done_seq:
+            while self._deferred and self._deferred[0][0] <= self._done_seq:
                 ready.append(self._deferred.popleft()[1])
             if ready:
                 # One worker-thread call for all of them: a thread hop per directory cost more than

@@ -55,8 +55,6 @@ class Batch:
     files: list[File] = field(default_factory=list)
     content_bytes: int = 0
     ids: dict[bytes, None] = field(default_factory=dict)
-    # The window's storage groups by chunk id (PlanChunks, ADR 0081): the batch's request is grouped by them.
-    groups: dict[bytes, int] | None = None
 
 
 class Writer:

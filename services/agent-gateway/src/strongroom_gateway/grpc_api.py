@@ -200,12 +200,6 @@ class GatewayServicer(gateway_pb2_grpc.AgentGatewayServiceServicer):
         ):
             yield response
 
-    async def PlanChunks(
-        self, request: gateway_pb2.PlanChunksRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> gateway_pb2.PlanChunksResponse:
-        identity = await self._identity(context)
-        return await points.plan_chunks(identity, request, store=self._store)
-
 
 class AgentAdminServicer(agent_admin_pb2_grpc.AgentAdminServiceServicer):
     """Revocation of agent certificates, on the internal listener (ADR 0028)."""

@@ -143,7 +143,6 @@ POLICY: Mapping[str, Rule] = MappingProxyType(
         _AGENT_GATEWAY + "CommitPoint": _AGENT,
         _AGENT_GATEWAY + "ReadManifest": _AGENT,
         _AGENT_GATEWAY + "ReadChunks": _AGENT,
-        _AGENT_GATEWAY + "PlanChunks": _AGENT,
         # by certificate on the mTLS listener, or by bearer once the certificate expired (ADR 0028)
         _AGENT_GATEWAY + "RenewCertificate": _AGENT,
         # gateway, internal listener: the break-glass operator tool's certificate (ADR 0028)

@@ -1,7 +1,6 @@
 """ReadChunks: stream a restore's chunks, verified, in request order.
 
-Contract: for a restore job of the caller; PlanChunks groups a restore's chunk ids by the pack
-holding them (ordinals only, ADR 0081); reads are planned by ``planning``, fetched with at
+Contract: for a restore job of the caller; reads are planned by ``planning``, fetched with at
 most ``RANGES_IN_FLIGHT`` ranges at a time, opened by ``opening`` on a small thread pool, and sent
 in runs of bounded size while the next window is read ahead. Damage is answered per chunk when
 the request tolerates it, else the call fails (ADR 0030).
@@ -32,8 +31,6 @@ from strongroom_gateway.points.planning import (
     READ_WINDOW_BYTES,
     ReadRange,
     ReadWindow,
-    group_chunks,
-    plan_grouped,
     plan_reads,
 )
 from strongroom_gateway.points.restore import restore_point
@@ -90,7 +87,10 @@ async def read_chunks(
     Otherwise the call fails as it always did: NOT_FOUND for unknown ids
     before anything is sent, FAILED_PRECONDITION at the first damaged chunk.
     """
-    ids = _request_ids(request.chunk_ids)
+    ids = [bytes(c) for c in request.chunk_ids]
+    if len(ids) > MAX_READ_IDS_PER_REQUEST:
+        raise InvalidArgument(f"at most {MAX_READ_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
+    validation.chunk_ids("chunk_ids", ids)
     await restore_point(identity, request.restore_job_id, "", store, field="restore_job_id")
     async with store.transaction() as tx:
         account = await tx.get_account(identity.account_id)
@@ -125,13 +125,9 @@ async def read_chunks(
                 }
             return await loop.run_in_executor(_verify_pool(), open_fetched, read, data)
 
-    if request.grouped and request.accept_compressed:
-        # Sent as stored: the span read bounds what is held (ADR 0081).
-        windows = plan_grouped(ids, locations)
-    else:
-        windows = plan_reads(
-            ids, locations, window_bytes=READ_WINDOW_BYTES, max_gap=COALESCE_GAP, max_bytes=MAX_RANGE_BYTES
-        )
+    windows = plan_reads(
+        ids, locations, window_bytes=READ_WINDOW_BYTES, max_gap=COALESCE_GAP, max_bytes=MAX_RANGE_BYTES
+    )
     async for run in _serve_windows(ids, windows, fetch, message_bytes, missing):
         if not tolerant:
             for c in run:
@@ -146,34 +142,6 @@ async def read_chunks(
             if c.damage:
                 log.warning("stored chunk %s cannot be served: %s", c.chunk_id.hex(), c.damage)
         yield encode_chunks_message(run)
-
-
-def _request_ids(chunk_ids: Sequence[bytes]) -> list[bytes]:
-    """A request's chunk ids, checked: at most ``MAX_READ_IDS_PER_REQUEST``, each a chunk id."""
-    ids = [bytes(c) for c in chunk_ids]
-    if len(ids) > MAX_READ_IDS_PER_REQUEST:
-        raise InvalidArgument(f"at most {MAX_READ_IDS_PER_REQUEST} chunk ids per request, got {len(ids)}")
-    validation.chunk_ids("chunk_ids", ids)
-    return ids
-
-
-async def plan_chunks(
-    identity: Identity, request: gateway_pb2.PlanChunksRequest, *, store: GatewayStore
-) -> gateway_pb2.PlanChunksResponse:
-    """Group a restore job's chunk ids by the pack holding them (ADR 0081).
-
-    Per id, in request order: an ordinal shared by the ids of one pack object
-    (1, 2, ... by first appearance), or 0 for an id not stored for the
-    account. Ordinals only: the agent learns which of its chunks are stored
-    together, never a key, pack id or offset. The same checks as ReadChunks
-    (the caller's delivered restore job, at most ``MAX_READ_IDS_PER_REQUEST``
-    well-formed ids); unknown ids are not an error here (ReadChunks answers them).
-    """
-    ids = _request_ids(request.chunk_ids)
-    await restore_point(identity, request.restore_job_id, "", store, field="restore_job_id")
-    async with store.transaction() as tx:
-        locations = await tx.find_chunks(identity.account_id, ids)
-    return gateway_pb2.PlanChunksResponse(groups=group_chunks(ids, locations))
 
 
 def encode_chunks_message(run: Sequence[OpenedChunk]) -> bytes:
