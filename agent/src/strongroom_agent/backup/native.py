@@ -102,22 +102,39 @@ class NativeSmallFiles:
         return results
 
 
-def load() -> NativeSmallFiles | None:
-    """The extension's group read, or None when it is not built (or built for another result shape)."""
+def extension(attribute: str, expected: int) -> ModuleType | None:
+    """The built extension when its ``attribute`` (a result-shape number) is ``expected``; else None.
+
+    None when it is not built; a build for another shape is refused with a warning (a stale build).
+    """
     try:
         module = importlib.import_module(MODULE)
     except ImportError:
         return None
-    if getattr(module, "FORMAT", None) != FORMAT:
-        log.warning("%s has result format %r, expected %d: not used", MODULE, getattr(module, "FORMAT", None), FORMAT)
+    found = getattr(module, attribute, None)
+    if found != expected:
+        log.warning("%s has %s %r, expected %d: not used", MODULE, attribute, found, expected)
         return None
-    return NativeSmallFiles(module)
+    return module
+
+
+def enabled(environ: Mapping[str, str], what: str) -> bool:
+    """False when ``STRONGROOM_AGENT_NATIVE=0`` (logged, naming ``what`` that stays on the Python path)."""
+    if environ.get(NATIVE_ENV, "1") == "0":
+        log.info("%s on the Python path (%s=0)", what, NATIVE_ENV)
+        return False
+    return True
+
+
+def load() -> NativeSmallFiles | None:
+    """The extension's group read, or None when it is not built (or built for another result shape)."""
+    module = extension("FORMAT", FORMAT)
+    return None if module is None else NativeSmallFiles(module)
 
 
 def from_env(environ: Mapping[str, str]) -> NativeSmallFiles | None:
     """The composition root's choice: the native path unless ``STRONGROOM_AGENT_NATIVE=0`` or not built."""
-    if environ.get(NATIVE_ENV, "1") == "0":
-        log.info("small files on the Python read path (%s=0)", NATIVE_ENV)
+    if not enabled(environ, "small files read"):
         return None
     native = load()
     if native is None:
