@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-import shutil
 import signal
 import stat
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from agent_fakes import built_native
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent.restore import native
@@ -40,12 +40,7 @@ MIB = 1 << 20
 
 def native_writes() -> native.NativeWrites:
     """The built extension; skips only where cargo is absent (then nothing could have built it)."""
-    loaded = native.load()
-    if loaded is None:
-        if shutil.which("cargo") is None:
-            pytest.skip("the native extension is not built: cargo is not installed")
-        pytest.fail("cargo is installed but the native extension is not built: run `make native`")
-    return loaded
+    return built_native(native.load())
 
 
 def content(seed: str, size: int) -> bytes:

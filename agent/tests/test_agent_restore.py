@@ -7,7 +7,6 @@ import errno
 import itertools
 import os
 import random
-import shutil
 import stat
 import threading
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from agent_fakes import KEY, FakeGateway, Point, run_backup_command, write_file
+from agent_fakes import KEY, FakeGateway, Point, built_native, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent.backup import run_backup
@@ -57,12 +56,7 @@ WRITE_NATIVE: list[NativeWrites | None] = [None]
 @pytest.fixture(params=["python", "native"])
 def write_path(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.param == "native":
-        loaded = restore_native.load()
-        if loaded is None:
-            if shutil.which("cargo") is None:
-                pytest.skip("the native extension is not built: cargo is not installed")
-            pytest.fail("cargo is installed but the native extension is not built: run `make native`")
-        WRITE_NATIVE[0] = loaded
+        WRITE_NATIVE[0] = built_native(restore_native.load())
     try:
         yield
     finally:

@@ -23,9 +23,10 @@ import enum
 import importlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TypeVar
 
 from strongroom.agent.v1 import gateway_pb2
 
@@ -33,6 +34,7 @@ from strongroom_agent.backup.stages import Chunk
 from strongroom_agent.chunking import ZSTD_LEVEL, ChunkParams
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NATIVE_ENV = "STRONGROOM_AGENT_NATIVE"  # "0": the Python read path even where the extension is built
 MODULE = "strongroom_agent._native"
@@ -118,12 +120,17 @@ def extension(attribute: str, expected: int) -> ModuleType | None:
     return module
 
 
-def enabled(environ: Mapping[str, str], what: str) -> bool:
-    """False when ``STRONGROOM_AGENT_NATIVE=0`` (logged, naming ``what`` that stays on the Python path)."""
+def chosen(environ: Mapping[str, str], what: str, adr: str, loader: Callable[[], T | None]) -> T | None:
+    """The composition root's choice for ``what``: ``loader()`` unless ``STRONGROOM_AGENT_NATIVE=0``; logged once."""
     if environ.get(NATIVE_ENV, "1") == "0":
         log.info("%s on the Python path (%s=0)", what, NATIVE_ENV)
-        return False
-    return True
+        return None
+    native = loader()
+    if native is None:
+        log.info("%s on the Python path (the native extension is not built: `make native`)", what)
+    else:
+        log.info("%s on the native path (%s)", what, adr)
+    return native
 
 
 def load() -> NativeSmallFiles | None:
@@ -134,11 +141,4 @@ def load() -> NativeSmallFiles | None:
 
 def from_env(environ: Mapping[str, str]) -> NativeSmallFiles | None:
     """The composition root's choice: the native path unless ``STRONGROOM_AGENT_NATIVE=0`` or not built."""
-    if not enabled(environ, "small files read"):
-        return None
-    native = load()
-    if native is None:
-        log.info("small files on the Python read path (the native extension is not built: `make native`)")
-    else:
-        log.info("small files on the native read path (ADR 0080)")
-    return native
+    return chosen(environ, "small files read", "ADR 0080", load)

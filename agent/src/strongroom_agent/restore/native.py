@@ -20,16 +20,13 @@ composition root, ``from_env``), the agent writes every file on the Python path.
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 
 from strongroom.agent.v1 import gateway_pb2
 
-from strongroom_agent.backup.native import enabled, extension
+from strongroom_agent.backup.native import chosen, extension
 from strongroom_agent.restore.content import Encoded
-
-log = logging.getLogger(__name__)
 
 WRITE_FORMAT = 1  # the shape of ``write_new_files``' arguments and results (the module's own WRITE_FORMAT)
 
@@ -79,11 +76,4 @@ def load() -> NativeWrites | None:
 
 def from_env(environ: Mapping[str, str]) -> NativeWrites | None:
     """The composition root's choice: the native write unless ``STRONGROOM_AGENT_NATIVE=0`` or not built."""
-    if not enabled(environ, "new restored files written"):
-        return None
-    native = load()
-    if native is None:
-        log.info("restored files on the Python write path (the native extension is not built: `make native`)")
-    else:
-        log.info("new restored files on the native write path (ADR 0082)")
-    return native
+    return chosen(environ, "new restored files written", "ADR 0082", load)
