@@ -38,13 +38,12 @@ sync: $(PROTO_STAMP)
 	$(UV) sync --frozen
 	@$(MAKE) --no-print-directory native
 
-## native: build the agent's native small-file reader and restore writer with the pinned toolchain into the
-## agent's package (ADRs 0080, 0082; gitignored, so never packaged). Without cargo the agent reads and
-## writes on its Python paths; with
+## native: build the agent's native small-file reader with the pinned toolchain into the agent's package
+## (ADR 0080; gitignored, so never packaged). Without cargo the agent reads on its Python path; with
 ## cargo a failing build fails the target (CI must not fall back silently).
 native:
 ifeq ($(CARGO),)
-	@echo "native: cargo not found; the agent reads and restores small files on its Python paths (ADRs 0080, 0082)"
+	@echo "native: cargo not found; the agent reads small files on its Python path (ADR 0080)"
 else
 	cd native && $(CARGO) build --release --locked --quiet
 	cp native/target/release/lib_native.so $(NATIVE_LIB).tmp

@@ -27,7 +27,8 @@ access log versitygw writes into the bench's directory (``VGW_ACCESS_LOG``).
 each timeline after the tables (and into ``--out``).
 ``--variant NAME:KEY=VALUE`` (repeatable; a NAME given again adds to its environment) restores with this
 checkout's agent once more per round as ``strongroom[NAME]``, with ``KEY=VALUE`` in its environment, e.g.
-``--variant python:STRONGROOM_AGENT_NATIVE=0`` (the same build on its Python path, ADR 0082).
+``--variant python:STRONGROOM_AGENT_NATIVE=0`` (the same build without its native paths; ADR 0082 measured
+a native restore write so).
 This checkout's agent carries the native extension built in the checkout (``make native``; ``git archive``
 leaves the gitignored library out), so HEAD's native paths are measured; a ``--base`` agent runs without it.
 The restored trees are compared with the source by file count after the first round.

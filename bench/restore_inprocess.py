@@ -17,8 +17,6 @@ mmap threshold and arenas of ``memory.py``, as the agent process runs). With ``-
 profiled per thread (``uv pip install yappi`` first).
 
 ``--gc SPEC`` adds a side: this checkout's restore under other collector settings (``gc_side``).
-``--native`` adds a side: this checkout's restore with new files written in native runs (ADR 0082; the
-extension built by ``make native``); "this" is the Python write path of the same build.
 
 The agent's code is whatever ``strongroom_agent`` imports: put another checkout's ``agent/src``
 first on ``PYTHONPATH`` to measure it (before/after, interleaved by the caller).
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import gc
 import importlib
 import os
@@ -57,7 +54,6 @@ import dataset  # noqa: E402
 from agent_fakes import FakeGateway, run_backup_command  # noqa: E402
 from strongroom_agent.backup import run_backup  # noqa: E402
 from strongroom_agent.exclusions import LinuxExclusions  # noqa: E402
-from strongroom_agent.restore import native as restore_native  # noqa: E402
 from strongroom_agent.restore import run_restore  # noqa: E402
 
 MESSAGE_BYTES = 4 << 20
@@ -255,11 +251,6 @@ async def amain(args: argparse.Namespace) -> int:
         )
     for spec in args.gc:
         sides.append((f"gc {spec}", gc_side(spec)))
-    if args.native:
-        writes = restore_native.load()
-        if writes is None:
-            raise SystemExit("--native: the native extension is not built (`make native`)")
-        sides.append(("native", functools.partial(run_restore, native=writes)))
     figures: dict[str, list[tuple[float, float, float]]] = {side: [] for side, _ in sides}
     for n, (side, restore) in ((n, side) for n in range(args.runs) for side in sides):
         target = args.target / f"restore-inprocess-{uuid.uuid4().hex[:6]}"
@@ -340,9 +331,6 @@ def main() -> int:
         default=[],
         metavar="SPEC",
         help="one more side: this checkout under collector settings (freeze, T0/T1/T2, or freeze+T0/T1/T2)",
-    )
-    parser.add_argument(
-        "--native", action="store_true", help="one more side: new files written in native runs (ADR 0082)"
     )
     parser.add_argument(
         "--per-entry-base", action="store_true", help="the base agent takes read_manifest one entry at a time"

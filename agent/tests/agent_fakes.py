@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import blake3
-import pytest
 import zstandard
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent.gateway_client import GatewayError
 from strongroom_agent.wire import SentChunk
-
-T = TypeVar("T")
 
 KEY = bytes(range(32))
 MANIFEST_MESSAGE_ENTRIES = 1000  # entries per ReadManifest message, as the gateway sends them
@@ -302,13 +297,3 @@ def write_file(path: str, data: bytes, mode: int = 0o644, mtime_ns: int | None =
     os.chmod(path, mode)
     if mtime_ns is not None:
         os.utime(path, ns=(mtime_ns, mtime_ns))
-
-
-def built_native(loaded: T | None) -> T:
-    """``loaded``, an entry point of the native extension (ADR 0080); the test is skipped only where cargo is
-    absent (then nothing could have built it) and fails where cargo is installed but the module is not built."""
-    if loaded is None:
-        if shutil.which("cargo") is None:
-            pytest.skip("the native extension is not built: cargo is not installed")
-        pytest.fail("cargo is installed but the native extension is not built: run `make native`")
-    return loaded

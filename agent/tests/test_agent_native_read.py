@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import zstandard
-from agent_fakes import REPOSITORY, FakeGateway, built_native, write_file
+from agent_fakes import REPOSITORY, FakeGateway, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent.backup import native
@@ -37,7 +38,12 @@ MIN = PARAMS.min_size  # a file of at most this many bytes is one chunk: the nat
 
 def native_reader() -> native.NativeSmallFiles:
     """The built extension; skips only where cargo is absent (then nothing could have built it)."""
-    return built_native(native.load())
+    loaded = native.load()
+    if loaded is None:
+        if shutil.which("cargo") is None:
+            pytest.skip("the native extension is not built: cargo is not installed")
+        pytest.fail("cargo is installed but the native extension is not built: run `make native`")
+    return loaded
 
 
 def reader(

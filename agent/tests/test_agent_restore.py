@@ -9,13 +9,12 @@ import os
 import random
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zstandard
-from agent_fakes import KEY, FakeGateway, Point, built_native, run_backup_command, write_file
+from agent_fakes import KEY, FakeGateway, Point, run_backup_command, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent.backup import run_backup
@@ -26,9 +25,7 @@ from strongroom_agent.jobs import MAX_REPORTED_FAILED_FILES, FileError, job_fini
 from strongroom_agent.restore import destination as destination_module
 from strongroom_agent.restore import fetch as fetch_module
 from strongroom_agent.restore import job as job_module
-from strongroom_agent.restore import native as restore_native
 from strongroom_agent.restore import run_restore
-from strongroom_agent.restore.native import NativeWrites
 
 COMPLETE = common_pb2.JOB_STATUS_COMPLETE
 PARTIAL = common_pb2.JOB_STATUS_PARTIAL_COMPLETE
@@ -48,23 +45,7 @@ async def backup_tree(root: Path) -> tuple[FakeGateway, str]:
     return gateway, gateway.only_point().point_id
 
 
-# New files are written on the Python path or, for the tests that take ``write_path``, also in native runs
-# (ADR 0082): the per-file rules must hold on both.
-WRITE_NATIVE: list[NativeWrites | None] = [None]
-
-
-@pytest.fixture(params=["python", "native"])
-def write_path(request: pytest.FixtureRequest) -> Iterator[None]:
-    if request.param == "native":
-        WRITE_NATIVE[0] = built_native(restore_native.load())
-    try:
-        yield
-    finally:
-        WRITE_NATIVE[0] = None
-
-
 async def restore(gateway: FakeGateway, point_id: str, target: Path | str, **kwargs: Any) -> gateway_pb2.JobFinished:
-    kwargs.setdefault("native", WRITE_NATIVE[0])
     fields = {k: kwargs.pop(k) for k in list(kwargs) if k in gateway_pb2.RunRestore.DESCRIPTOR.fields_by_name}
     command = gateway_pb2.RunRestore(restore_job_id="r-1", point_id=point_id, target_path=str(target), **fields)
     return await run_restore(command, client=gateway, cancel=asyncio.Event(), **kwargs)
@@ -111,7 +92,6 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
     return result
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_restore_into_another_directory_is_identical(tmp_path: Path) -> None:
     source, target = tmp_path / "src", tmp_path / "dst"
     make_tree(source)
@@ -163,7 +143,6 @@ async def test_unknown_point_fails(tmp_path: Path) -> None:
     assert finished.status == FAILED and "NOT_FOUND" in finished.error
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_skip_leaves_existing_files_and_overwrite_replaces_them(tmp_path: Path) -> None:
     source, target = tmp_path / "src", tmp_path / "dst"
     make_tree(source)
@@ -269,7 +248,6 @@ async def test_restore_never_follows_symlinks_already_in_the_destination(tmp_pat
     assert sorted(e.split(":")[0] for e in finished.file_errors) == ["docs", "docs/victim"]
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_a_directory_in_the_way_is_a_file_error(tmp_path: Path) -> None:
     target = tmp_path / "dst"
     (target / "thing").mkdir(parents=True)
@@ -283,7 +261,6 @@ async def test_a_directory_in_the_way_is_a_file_error(tmp_path: Path) -> None:
     assert (target / "plain").read_bytes() == b"x"
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_missing_chunk_is_a_file_error_and_leaves_no_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "dst"
     target.mkdir()
@@ -347,7 +324,6 @@ def small_tree(files: int, per_dir: int = 100) -> list[tuple[str, list[bytes] | 
     return tree
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_many_small_files_come_in_a_handful_of_read_calls(tmp_path: Path) -> None:
     gateway = RecordingGateway()
     tree = small_tree(5000)
@@ -399,7 +375,6 @@ async def test_a_chunk_shared_by_several_files_is_fetched_once_per_batch(tmp_pat
     assert gateway.requests == [[chunk_id(KEY, shared), chunk_id(KEY, other)]]
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_conflicts_under_batching(tmp_path: Path) -> None:
     tree = small_tree(300, per_dir=50)
     gateway = RecordingGateway()
@@ -434,7 +409,6 @@ async def test_conflicts_under_batching(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob(".strongroom*")]
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_a_chunk_that_does_not_decode_fails_only_its_files_and_writes_no_wrong_content(tmp_path: Path) -> None:
     class CorruptingGateway(FakeGateway):
         async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:
@@ -455,7 +429,6 @@ async def test_a_chunk_that_does_not_decode_fails_only_its_files_and_writes_no_w
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.usefixtures("write_path")
 @pytest.mark.parametrize("repeat", [100, 20_000], ids=["small-chunk", "large-chunk"])
 @pytest.mark.parametrize("policy", [SKIP, OVERWRITE], ids=["skip", "overwrite"])
 async def test_a_chunk_whose_body_does_not_inflate_fails_its_files_and_leaves_nothing_partial(
@@ -494,7 +467,6 @@ async def test_a_chunk_whose_body_does_not_inflate_fails_its_files_and_leaves_no
     assert not [p for p in tmp_path.rglob(".strongroom*")]
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_a_chunk_many_files_share_is_fetched_once_and_written_to_each(tmp_path: Path) -> None:
     shared = b"the same block in every file " * 200
     gateway = FakeGateway()
@@ -531,7 +503,6 @@ def damaged_tree(gateway: FakeGateway) -> tuple[str, list[tuple[str, list[bytes]
     return point_id, tree, {"d000/f00008", "d001/f00150", "d001/f00151"}
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_a_damaged_chunk_fails_only_the_files_that_need_it(tmp_path: Path) -> None:
     gateway = FakeGateway()
     point_id, tree, broken = damaged_tree(gateway)
@@ -575,7 +546,6 @@ async def test_a_streamed_file_with_a_damaged_chunk_leaves_no_partial_content(tm
     assert not list(tmp_path.rglob(".strongroom*"))
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_a_restore_where_every_file_is_damaged_fails(tmp_path: Path) -> None:
     gateway = FakeGateway()
     point_id = add_files(gateway, [("d", None), ("d/a", [b"one"]), ("d/b", [b"two"])])
@@ -599,7 +569,6 @@ def test_reported_failed_files_are_bounded() -> None:
     assert 30 <= len(job_finished("r-1", PARTIAL, common_pb2.JobStats(), long).failed_files) <= 33
 
 
-@pytest.mark.usefixtures("write_path")
 async def test_a_chunk_the_gateway_does_not_return_fails_only_its_files(tmp_path: Path) -> None:
     class ForgetfulGateway(FakeGateway):
         async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:

@@ -49,7 +49,6 @@ from strongroom_agent.identity import (
     save_identity,
 )
 from strongroom_agent.memory import tune_allocator
-from strongroom_agent.restore import native as restore_native
 from strongroom_agent.session import (
     CredentialRejected,
     Session,
@@ -263,8 +262,7 @@ async def _run(state: AgentState, state_dir: str, roots: Sequence[str]) -> None:
         hello=make_hello(state_dir),
         # The native small-file reader where it is built, unless STRONGROOM_AGENT_NATIVE=0 (ADR 0080).
         run_backup=make_backup_runner(client, state_dir, roots, native=native.from_env(os.environ)),
-        # New restored files written natively where it is built, unless STRONGROOM_AGENT_NATIVE=0 (ADR 0082).
-        run_restore=make_restore_runner(client, native=restore_native.from_env(os.environ)),
+        run_restore=make_restore_runner(client),
     )
     channels = [channel]
     closing: set[asyncio.Task[None]] = set()

@@ -40,7 +40,6 @@ from strongroom_agent.gateway_client import ControlStream, GatewayClient, Gatewa
 from strongroom_agent.job_limits import JobLimits, job_limits
 from strongroom_agent.jobs import ProgressCallback
 from strongroom_agent.restore import run_restore
-from strongroom_agent.restore.native import NativeWrites
 
 log = logging.getLogger(__name__)
 
@@ -427,13 +426,11 @@ def make_backup_runner(
     return runner
 
 
-def make_restore_runner(client: GatewayClient, *, native: NativeWrites | None = None) -> RestoreRunner:
-    """Restores with ``client``; ``native``: new files in one native call per run (ADR 0082), None: Python path."""
-
+def make_restore_runner(client: GatewayClient) -> RestoreRunner:
     async def runner(
         command: gateway_pb2.RunRestore, cancel: asyncio.Event, on_progress: ProgressCallback
     ) -> gateway_pb2.JobFinished:
-        return await run_restore(command, client=client, cancel=cancel, on_progress=on_progress, native=native)
+        return await run_restore(command, client=client, cancel=cancel, on_progress=on_progress)
 
     return runner
 

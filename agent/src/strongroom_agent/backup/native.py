@@ -23,10 +23,9 @@ import enum
 import importlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TypeVar
 
 from strongroom.agent.v1 import gateway_pb2
 
@@ -34,7 +33,6 @@ from strongroom_agent.backup.stages import Chunk
 from strongroom_agent.chunking import ZSTD_LEVEL, ChunkParams
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 NATIVE_ENV = "STRONGROOM_AGENT_NATIVE"  # "0": the Python read path even where the extension is built
 MODULE = "strongroom_agent._native"
@@ -104,41 +102,26 @@ class NativeSmallFiles:
         return results
 
 
-def extension(attribute: str, expected: int) -> ModuleType | None:
-    """The built extension when its ``attribute`` (a result-shape number) is ``expected``; else None.
-
-    None when it is not built; a build for another shape is refused with a warning (a stale build).
-    """
+def load() -> NativeSmallFiles | None:
+    """The extension's group read, or None when it is not built (or built for another result shape)."""
     try:
         module = importlib.import_module(MODULE)
     except ImportError:
         return None
-    found = getattr(module, attribute, None)
-    if found != expected:
-        log.warning("%s has %s %r, expected %d: not used", MODULE, attribute, found, expected)
+    if getattr(module, "FORMAT", None) != FORMAT:
+        log.warning("%s has result format %r, expected %d: not used", MODULE, getattr(module, "FORMAT", None), FORMAT)
         return None
-    return module
-
-
-def chosen(environ: Mapping[str, str], what: str, adr: str, loader: Callable[[], T | None]) -> T | None:
-    """The composition root's choice for ``what``: ``loader()`` unless ``STRONGROOM_AGENT_NATIVE=0``; logged once."""
-    if environ.get(NATIVE_ENV, "1") == "0":
-        log.info("%s on the Python path (%s=0)", what, NATIVE_ENV)
-        return None
-    native = loader()
-    if native is None:
-        log.info("%s on the Python path (the native extension is not built: `make native`)", what)
-    else:
-        log.info("%s on the native path (%s)", what, adr)
-    return native
-
-
-def load() -> NativeSmallFiles | None:
-    """The extension's group read, or None when it is not built (or built for another result shape)."""
-    module = extension("FORMAT", FORMAT)
-    return None if module is None else NativeSmallFiles(module)
+    return NativeSmallFiles(module)
 
 
 def from_env(environ: Mapping[str, str]) -> NativeSmallFiles | None:
     """The composition root's choice: the native path unless ``STRONGROOM_AGENT_NATIVE=0`` or not built."""
-    return chosen(environ, "small files read", "ADR 0080", load)
+    if environ.get(NATIVE_ENV, "1") == "0":
+        log.info("small files on the Python read path (%s=0)", NATIVE_ENV)
+        return None
+    native = load()
+    if native is None:
+        log.info("small files on the Python read path (the native extension is not built: `make native`)")
+    else:
+        log.info("small files on the native read path (ADR 0080)")
+    return native

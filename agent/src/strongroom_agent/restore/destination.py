@@ -26,12 +26,8 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from strongroom.common.v1 import common_pb2
-
-if TYPE_CHECKING:
-    from strongroom_agent.restore.native import NativeWrites
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -92,15 +88,14 @@ class EntryProblem(Exception):
 class Destination:
     """Descriptor-relative operations below the destination root (run in threads, serialized)."""
 
-    def __init__(self, root: str, *, as_root: bool, native: NativeWrites | None = None) -> None:
+    def __init__(self, root: str, *, as_root: bool) -> None:
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = as_root
-        self.native = native  # the writers' native write of new files (ADR 0082); None: the Python path
         self._umask = _process_umask()
         self._lock = threading.Lock()
         self._walker = DirWalker(self)  # the parents of the serialized operations below
 
-    def creation_mode(self, entry: common_pb2.FileEntry, owned: bool) -> int | None:
+    def _creation_mode(self, entry: common_pb2.FileEntry, owned: bool) -> int | None:
         """The mode to create a file in place with that needs no ``fchmod`` afterwards; None when one is needed.
 
         Only without set-id or sticky bits, without a chown (which would clear
@@ -285,7 +280,7 @@ class Destination:
         name = parts[-1]
         if fresh:
             # Created with its final mode when that is exact (one system call less per file), else 0600.
-            mode = self.creation_mode(entry, owned)
+            mode = self._creation_mode(entry, owned)
             try:
                 fd = os.open(name, _NEW_FILE_FLAGS, 0o600 if mode is None else mode, dir_fd=pfd)
             except FileExistsError:

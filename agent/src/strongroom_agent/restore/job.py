@@ -38,7 +38,6 @@ from strongroom_agent.jobs import FileError, ProgressCallback, job_finished, run
 from strongroom_agent.restore.destination import Destination, EntryProblem, UnsafePath, safe_parts
 from strongroom_agent.restore.fetch import Fetcher
 from strongroom_agent.restore.metadata import DirectoryMetadata
-from strongroom_agent.restore.native import NativeWrites
 from strongroom_agent.restore.writer import WRITE_THREADS, Batch, File, in_threads
 
 FETCH_BATCH_BYTES = 32 << 20
@@ -372,12 +371,8 @@ async def run_restore(
     progress_interval: float = 5.0,
     as_root: bool | None = None,
     fetch_batch_bytes: int = FETCH_BATCH_BYTES,
-    native: NativeWrites | None = None,
 ) -> gateway_pb2.JobFinished:
-    """Run one restore job; never raises for job-level failures (they become FAILED).
-
-    ``native``: new files written in one native call per run (ADR 0082); None: the Python path.
-    """
+    """Run one restore job; never raises for job-level failures (they become FAILED)."""
     job_id = command.restore_job_id
     stats = common_pb2.JobStats()
     errors: list[FileError] = []
@@ -391,7 +386,7 @@ async def run_restore(
             job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"restore path {root} does not exist on this instance"
         )
     try:
-        destination = Destination(root, as_root=os.geteuid() == 0 if as_root is None else as_root, native=native)
+        destination = Destination(root, as_root=os.geteuid() == 0 if as_root is None else as_root)
     except OSError as exc:
         return job_finished(
             job_id, common_pb2.JOB_STATUS_FAILED, stats, errors, f"cannot open restore path {root}: {exc.strerror}"

@@ -19,13 +19,10 @@ from dataclasses import dataclass, field
 
 from strongroom.common.v1 import common_pb2
 
-from strongroom_agent.restore.content import Contents, ContentWriter, Encoded
+from strongroom_agent.restore.content import Contents, ContentWriter
 from strongroom_agent.restore.destination import Destination, DirWalker, EntryProblem
-from strongroom_agent.restore.native import NativeWrites, Written, new_file
 
 WRITE_THREADS = 3
-# Files per native call at most (ADR 0082): the job's stop is checked between calls.
-NATIVE_RUN_FILES = 256
 
 # Each writer thread's decode buffer (``ContentWriter``): it lives as long as the job's writer pool.
 _local = threading.local()
@@ -114,14 +111,9 @@ class Writer:
         A file that needs a chunk that was not sent, is damaged or declares
         another length is not written at all (nothing is created under its
         name); one whose chunk then does not inflate is removed again. Its
-        error names the chunk and why. With the native write (ADR 0082), the
-        files whose names were free at the check go in runs of one parent
-        directory to one GIL-free call each; the rest, and any file the
-        native call hands back (name taken meanwhile, a chunk that did not
-        inflate), take the Python path.
+        error names the chunk and why.
         """
-        native = self.dest.native
-        run: list[tuple[File, list[Encoded]]] = []  # new names in one parent, for one native call
+        content = _content_writer()
         try:
             for f in files:
                 if self.stop.is_set():
@@ -135,84 +127,30 @@ class Writer:
                 if size != f.entry.size:
                     f.error = f"content is {size} bytes, expected {f.entry.size}"
                     continue
-                if native is None or f.exists:
-                    if run and native is not None:  # in order: the walker moves through the directories once
-                        self._write_native(native, run, overwrite)
-                        run = []
-                    self._write_one(f, chunks, fresh=not f.exists, overwrite=overwrite)
-                    continue
-                if run and (run[0][0].parts[:-1] != f.parts[:-1] or len(run) >= NATIVE_RUN_FILES):
-                    self._write_native(native, run, overwrite)
-                    run = []
-                run.append((f, chunks))
-            if run and native is not None and not self.stop.is_set():
-                self._write_native(native, run, overwrite)
+                try:
+                    pfd = self._parent(f.parts, f.new_dir)
+                    entry = f.entry
+                    owner = self._owner
+                    # As root, a file that gets its owner and group at creation needs no fchown (nor fchmod).
+                    owned = f.new_dir and owner is not None and owner == (entry.uid, entry.gid)
+                    if self.dest.write_new(
+                        pfd,
+                        f.parts,
+                        entry,
+                        functools.partial(content.write, chunks=chunks),
+                        fresh=not f.exists,
+                        overwrite=overwrite,
+                        owned=owned,
+                    ):
+                        f.written = True
+                    else:
+                        f.skipped = True
+                except EntryProblem as exc:
+                    f.error = str(exc)
+                except OSError as exc:
+                    f.error = exc.strerror or str(exc)
         finally:
             self.close()
-
-    def _write_one(self, f: File, chunks: list[Encoded], *, fresh: bool, overwrite: bool) -> None:
-        """The Python path: one file through ``Destination.write_new``; its outcome on ``f``."""
-        try:
-            pfd = self._parent(f.parts, f.new_dir)
-            entry = f.entry
-            if self.dest.write_new(
-                pfd,
-                f.parts,
-                entry,
-                functools.partial(_content_writer().write, chunks=chunks),
-                fresh=fresh,
-                overwrite=overwrite,
-                owned=self._owned(f),
-            ):
-                f.written = True
-            else:
-                f.skipped = True
-        except EntryProblem as exc:
-            f.error = str(exc)
-        except OSError as exc:
-            f.error = exc.strerror or str(exc)
-
-    def _owned(self, f: File) -> bool:
-        """As root, a file that gets its owner and group at creation needs no fchown (nor fchmod)."""
-        owner = self._owner
-        return f.new_dir and owner is not None and owner == (f.entry.uid, f.entry.gid)
-
-    def _write_native(self, native: NativeWrites, run: list[tuple[File, list[Encoded]]], overwrite: bool) -> None:
-        """Files of one parent whose names were free at the check, in one native call; outcomes as the Python path's.
-
-        A name taken since the check goes on to the Python path's SKIP /
-        OVERWRITE; a file with a chunk that did not inflate is written (or
-        refused, in the Python path's words) on the Python path, its name free
-        again. An error opening the parent: every file on the Python path.
-        """
-        first = run[0][0]
-        try:
-            pfd = self._parent(first.parts, first.new_dir)
-        except (EntryProblem, OSError):
-            for f, chunks in run:
-                self._write_one(f, chunks, fresh=True, overwrite=overwrite)
-            return
-        dest = self.dest
-        specs = []
-        for f, chunks in run:
-            entry = f.entry
-            owned = self._owned(f)
-            mode = dest.creation_mode(entry, owned)
-            chown = (entry.uid, entry.gid) if dest.as_root and not owned else None
-            chmod = entry.mode & 0o7777 if mode is None else None
-            specs.append(new_file(f.parts[-1], 0o600 if mode is None else mode, chown, chmod, entry.mtime_ns, chunks))
-        for (f, chunks), (outcome, value) in zip(run, native.write(pfd, specs), strict=True):
-            if outcome is Written.WRITTEN:
-                f.written = True
-            elif outcome is Written.EXISTS:
-                if overwrite:
-                    self._write_one(f, chunks, fresh=False, overwrite=True)
-                else:
-                    f.skipped = True
-            elif outcome is Written.OS_ERROR:
-                f.error = os.strerror(value)
-            else:  # DAMAGED: the Python path gives the chunk's error in its own words (or writes what it can decode)
-                self._write_one(f, chunks, fresh=True, overwrite=overwrite)
 
 
 def runs(files: list[File], count: int) -> list[list[File]]:
