@@ -25,6 +25,12 @@ access log versitygw writes into the bench's directory (``VGW_ACCESS_LOG``).
 ``--timeline`` samples every Strongroom restore's agent, gateway and versitygw every 0.25 s
 (``restore_timeline.py``: CPU per process and thread group, bytes read and written) and prints
 each timeline after the tables (and into ``--out``).
+``--variant NAME:KEY=VALUE`` (repeatable; a NAME given again adds to its environment) restores with this
+checkout's agent once more per round as ``strongroom[NAME]``, with ``KEY=VALUE`` in its environment, e.g.
+``--variant python:STRONGROOM_AGENT_NATIVE=0`` (the same build without its native paths; ADR 0082 measured
+a native restore write so).
+This checkout's agent carries the native extension built in the checkout (``make native``; ``git archive``
+leaves the gitignored library out), so HEAD's native paths are measured; a ``--base`` agent runs without it.
 The restored trees are compared with the source by file count after the first round.
 """
 
@@ -66,9 +72,36 @@ def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
+NATIVE_LIBRARY = "strongroom_agent/_native.abi3.so"  # built by ``make native`` into the checkout (ADR 0080)
+
+
 def base_agent(rev: str, into: Path) -> Path:
     """``agent/src`` of ``rev``, extracted from git into ``into``."""
     return extracted(rev, "agent/src", into)
+
+
+def head_agent(into: Path) -> Path:
+    """``agent/src`` of HEAD with the checkout's built native extension (when built) copied in."""
+    src = base_agent("HEAD", into)
+    built = ROOT / "agent/src" / NATIVE_LIBRARY
+    if built.exists():
+        shutil.copy2(built, src / NATIVE_LIBRARY)
+        log(f"this checkout's agent carries its native extension ({NATIVE_LIBRARY})")
+    else:
+        log("this checkout's agent has no native extension (not built: `make native`)")
+    return src
+
+
+def variants(specs: list[str]) -> dict[str, dict[str, str]]:
+    """``--variant NAME:KEY=VALUE`` specs as each variant's environment."""
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for spec in specs:
+        name, sep, assignment = spec.partition(":")
+        key, eq, value = assignment.partition("=")
+        if not (name and sep and key and eq):
+            raise SystemExit(f"--variant {spec!r}: expected NAME:KEY=VALUE")
+        out[name][key] = value
+    return dict(out)
 
 
 def extracted(rev: str, tree: str, into: Path) -> Path:
@@ -152,12 +185,19 @@ async def swap_gateway(bench: StrongroomBench, src: Path | None, probe: Path | N
     stack.processes["gateway"] = await stack._start_one("gateway", env, bench.work / "logs", public, 90.0)
 
 
-async def swap_agent(bench: StrongroomBench, inst: Instance, src: Path | None, probe: Path | None = None) -> None:
+async def swap_agent(
+    bench: StrongroomBench,
+    inst: Instance,
+    src: Path | None,
+    probe: Path | None = None,
+    extra: dict[str, str] | None = None,
+) -> None:
     """Restart the instance's agent with ``src`` first on its path (None: this checkout's agent);
-    ``probe``: with the gc probe writing there."""
+    ``probe``: with the gc probe writing there; ``extra``: more environment (a ``--variant``)."""
     await inst.agent.stop()
     env = {k: v for k, v in bench.env.items() if k != "STRONGROOM_PG_MIGRATE_DSN"}
     env["BENCH_UNTHROTTLED"] = "1"
+    env.update(extra or {})
     if src is not None:
         env["PYTHONPATH"] = str(src)
     env = probed(env, probe)
@@ -172,12 +212,13 @@ async def swap_engine(
     agent: Path | None,
     gateway: Path | None,
     probes: tuple[Path, Path] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> None:
     """Restart the gateway with ``gateway`` (when given), then the agent with ``agent``; ``probes``: the
-    gc probe's files of the agent and the gateway."""
+    gc probe's files of the agent and the gateway; ``extra``: more environment for the agent."""
     if gateway is not None:
         await swap_gateway(bench, gateway, probes[1] if probes else None)
-    await swap_agent(bench, inst, agent, probes[0] if probes else None)
+    await swap_agent(bench, inst, agent, probes[0] if probes else None, extra)
 
 
 def s3_cpu(bench: StrongroomBench) -> float:
@@ -329,10 +370,12 @@ async def amain(args: argparse.Namespace) -> int:
         log(f"strongroom backup {r.wall:.1f}s (load {load():.1f})")
         ours = "strongroom"
         # This checkout's agent as committed (HEAD), so edits during the run change nothing.
-        agents: dict[str, Path | None] = {ours: base_agent("HEAD", work / "restore-ab-head")}
+        head = head_agent(work / "restore-ab-head")
+        agents: dict[str, Path | None] = {ours: head}
         bases = {f"strongroom@{rev}": base_agent(rev, work / f"restore-ab-base-{n}") for n, rev in enumerate(args.base)}
-        agents = {**bases, **agents}
-        revs = {ours: "HEAD", **{f"strongroom@{rev}": rev for rev in args.base}}
+        envs = {f"{ours}[{name}]": env for name, env in variants(args.variant).items()}
+        agents = {**bases, **agents, **dict.fromkeys(envs, head)}
+        revs = {ours: "HEAD", **{f"strongroom@{rev}": rev for rev in args.base}, **dict.fromkeys(envs, "HEAD")}
         gateways = (
             {
                 name: extracted(rev, GATEWAY_SRC, work / f"restore-ab-gw-{n}")
@@ -369,7 +412,7 @@ async def amain(args: argparse.Namespace) -> int:
             for kind, parent in targets:
                 for name, src in agents.items():
                     if len(agents) > 1 or n == 0:
-                        await swap_engine(bench, inst, src, gateways.get(name), probes)
+                        await swap_engine(bench, inst, src, gateways.get(name), probes, envs.get(name))
                     dest = parent / f"restore-ab-{uuid.uuid4().hex[:6]}"
                     before, s3_before, io_before = load(), s3_cpu(bench), s3_counters(bench)
                     gc_before = gc_readings(probes)
@@ -443,6 +486,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--s3-requests", action="store_true", help="count each restore's GetObject requests (versitygw's access log)"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:KEY=VALUE: this checkout's agent with KEY=VALUE in its environment, restored with too",
     )
     parser.add_argument("--out", type=Path)
     return asyncio.run(amain(parser.parse_args()))
