@@ -93,9 +93,10 @@ impl Drop for Fd {
 }
 
 /// `read.open_for_backup`: read-only, no symlink followed, no blocking on a FIFO, close-on-exec,
-/// and without touching atime where the caller may (O_NOATIME needs ownership or CAP_FOWNER).
+/// no terminal taken as the controlling one (the agent is a session leader without one), and
+/// without touching atime where the caller may (O_NOATIME needs ownership or CAP_FOWNER).
 fn open_for_backup(path: &CString) -> Result<Fd, i32> {
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
     loop {
         // SAFETY: `path` is a NUL-terminated string that outlives the call.
         let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_NOATIME) };
