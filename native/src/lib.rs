@@ -179,18 +179,19 @@ fn read_content(fd: &Fd, size: usize, bytes_read: &mut u64) -> Result<Vec<u8>, i
 }
 
 thread_local! {
-    // One compression context per worker thread, reused for every file (as `chunking._compressor`).
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    // One compression context per worker thread, reused for every file (as `chunking._compressor`),
+    // with the level it was made for: a call at another level gets a new one.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
 }
 
 /// `chunking.compress`: zstd at `level`, or the content itself when that is not smaller.
 fn compress(level: i32, content: Vec<u8>) -> Result<(bool, Vec<u8>), i32> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Compressor::new(level).map_err(|_| libc::ENOMEM)?);
+        if slot.as_ref().map(|(made_for, _)| *made_for) != Some(level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(|_| libc::ENOMEM)?));
         }
-        let compressor = slot.as_mut().ok_or(libc::ENOMEM)?;
+        let (_, compressor) = slot.as_mut().ok_or(libc::ENOMEM)?;
         let frame = compressor.compress(&content).map_err(|_| libc::ENOMEM)?;
         if frame.len() < content.len() {
             Ok((true, frame))
