@@ -271,11 +271,12 @@ fn stat_tuple<'py>(py: Python<'py>, st: &Stat) -> PyResult<Bound<'py, PyTuple>> 
 
 /// Read, hash and compress a group of one-chunk files with the GIL released for the whole group.
 ///
-/// `paths` are file system paths (str or bytes); `key` the 32-byte chunk-id key; `level` the zstd
-/// level; `max_size` the largest file read here (the chunker's minimum size: a file no larger is
-/// one chunk). Returns one tuple per path, in order, `(code, bytes_read, ...)`:
-/// `(0, n, stat, None)` for an empty file, `(0, n, stat, (id, compressed, payload, raw_length))`
-/// for a file read consistently (`stat` the 16 `fstat` fields it was read under, see
+/// `paths` are file system paths (str or `os.PathLike[str]`, encoded as `os.fsencode` does; bytes
+/// are refused with TypeError: PyO3 extracts a `PathBuf` from str alone); `key` the 32-byte
+/// chunk-id key; `level` the zstd level; `max_size` the largest file read here (the chunker's
+/// minimum size: a file no larger is one chunk). Returns one tuple per path, in order,
+/// `(code, bytes_read, ...)`: `(0, n, stat, None)` for an empty file,
+/// `(0, n, stat, (id, compressed, payload, raw_length))` for a file read consistently (`stat` the 16 `fstat` fields it was read under, see
 /// `strongroom_agent.backup.native`), `(1, n)` too big, `(2, n, errno)`, `(3, n)` not a regular
 /// file, `(4, n)` changed while read twice.
 #[pyfunction]
@@ -296,7 +297,8 @@ fn read_small_files<'py>(
                 let mut bytes_read = 0;
                 let outcome = match CString::new(path.as_os_str().as_bytes()) {
                     Ok(cpath) => read_one(&cpath, &key, level, max_size, &mut bytes_read),
-                    Err(_) => Outcome::Os(libc::EINVAL), // a NUL in a path: os.open refuses it too
+                    // A NUL in a path (a scan never yields one; os.open raises ValueError for it).
+                    Err(_) => Outcome::Os(libc::EINVAL),
                 };
                 FileResult { outcome, bytes_read }
             })
