@@ -248,6 +248,53 @@ def test_a_terminal_swapped_in_does_not_become_the_agents_controlling_terminal(h
     assert done.stdout.split() == ["0"]
 
 
+# Run without CAP_FOWNER in the effective set (capabilities are per thread: the native call runs on the
+# calling thread): O_NOATIME on a file the process does not own is then EPERM, and both paths must open
+# the file again without it.
+_WITHOUT_FOWNER = """
+import ctypes, importlib, os, sys
+from strongroom_agent.backup.read import open_for_backup
+
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+libc = ctypes.CDLL(None, use_errno=True)
+header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+assert libc.capget(ctypes.byref(header), data) == 0
+data[0].effective &= ~(1 << 3)  # CAP_FOWNER
+assert libc.capset(ctypes.byref(header), data) == 0
+path = sys.argv[1]
+try:
+    os.close(os.open(path, os.O_RDONLY | os.O_NOATIME))
+except PermissionError:
+    pass
+else:
+    sys.exit("O_NOATIME was allowed: the fallback would not be exercised")
+fd = open_for_backup(path)
+print(os.read(fd, 100).decode())
+os.close(fd)
+result = importlib.import_module("strongroom_agent._native").read_small_files([path], bytes(32), 1, 1 << 18)[0]
+print(result[0], result[1])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a file away to another owner (root only)")
+def test_without_the_right_to_keep_atime_both_paths_open_without_o_noatime(tmp_path: Path) -> None:
+    """O_NOATIME needs ownership or CAP_FOWNER: without either the open is EPERM, and is made again without it."""
+    native_reader()
+    content = b"someone else's file"
+    write_file(str(tmp_path / "f"), content)
+    os.chown(tmp_path / "f", 12345, 12345)
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_FOWNER, str(tmp_path / "f")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [content.decode(), f"{int(native.Code.OK)} {len(content)}"]
+
+
 def test_a_file_that_moves_on_every_read_is_left_out_as_changed() -> None:
     """A /proc file stats as 0 bytes but reads as more: a different size on every attempt."""
     status = Path(f"/proc/{os.getpid()}/status")
