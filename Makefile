@@ -10,6 +10,9 @@ PROTO_STAMP := libs/proto/src/strongroom/.generated
 PYTEST_ARGS ?=
 CARGO := $(shell command -v cargo 2>/dev/null)
 NATIVE_LIB := agent/src/strongroom_agent/_native.abi3.so
+# Copied here first, then renamed over NATIVE_LIB: an agent running the old library keeps its mapping.
+# Named like the library (gitignored, kept out of the wheel) but not importable as the module.
+NATIVE_TMP := agent/src/strongroom_agent/_native.abi3.tmp.so
 
 .PHONY: run test sync native proto lint typecheck unit check prefetch clean packages images deploy-check deploy-topics
 
@@ -46,8 +49,8 @@ ifeq ($(CARGO),)
 	@echo "native: cargo not found; the agent reads small files on its Python path (ADR 0080)"
 else
 	cd native && $(CARGO) build --release --locked --quiet
-	cp native/target/release/lib_native.so $(NATIVE_LIB).tmp
-	mv -f $(NATIVE_LIB).tmp $(NATIVE_LIB)
+	cp native/target/release/lib_native.so $(NATIVE_TMP)
+	mv -f $(NATIVE_TMP) $(NATIVE_LIB)
 endif
 
 .PHONY: openapi
@@ -85,7 +88,7 @@ unit: sync
 	$(UV) run pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
 clean:
-	rm -rf .venv .bootstrap libs/proto/src/strongroom native/target $(NATIVE_LIB)
+	rm -rf .venv .bootstrap libs/proto/src/strongroom native/target $(NATIVE_LIB) $(NATIVE_TMP)
 
 ## packages: the strongroom-agent .deb and .rpm, and apt/yum repository layouts, into dist/ (ADR 0045)
 packages: sync

@@ -11,7 +11,11 @@ skipped, with the reason, only where it is not.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+import socket
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -166,6 +170,131 @@ def test_failures_are_reported_alike(tmp_path: Path) -> None:
     assert problems == ["", "vanished during the backup", "Too many levels of symbolic links", NOT_REGULAR, unreadable]
 
 
+def test_a_fifo_or_socket_swapped_in_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Opened non-blocking: a FIFO without a writer is no regular file; a socket cannot be opened at all."""
+    names = ["fifo", "socket"]
+    for name in names:
+        write_file(str(tmp_path / name), b"a regular file when scanned")
+    items = [item(tmp_path / name, name) for name in names]
+    os.unlink(tmp_path / "fifo")
+    os.mkfifo(tmp_path / "fifo")
+    os.unlink(tmp_path / "socket")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "socket"))
+        problems = [o[4] for o in both(items)]
+    assert problems == [NOT_REGULAR, "No such device or address"]
+
+
+def test_a_path_that_is_not_utf8_opens_the_same_file(tmp_path: Path) -> None:
+    """A root's path may hold bytes that are not UTF-8 (str with surrogate escapes): both paths open those bytes."""
+    root = os.path.join(os.fsencode(tmp_path), b"caf\xe9-\xff")
+    os.mkdir(root)
+    write_file(os.fsdecode(os.path.join(root, b"f")), b"under a Latin-1 directory")
+    path = os.fsdecode(os.path.join(root, b"f"))
+    outcomes = both([ScanItem(rel="f", path=path, st=os.lstat(path))])
+    assert outcomes[0][0] == [(chunk_id(PARAMS.key, b"under a Latin-1 directory"), b"under a Latin-1 directory")]
+
+
+def test_a_file_in_a_directory_without_permissions_is_read_alike(tmp_path: Path) -> None:
+    write_file(str(tmp_path / "locked" / "f"), b"behind a mode-000 directory")
+    items = [item(tmp_path / "locked" / "f", "locked/f")]
+    os.chmod(tmp_path / "locked", 0)
+    try:
+        problems = [o[4] for o in both(items)]
+    finally:
+        os.chmod(tmp_path / "locked", 0o700)
+    # root searches any directory (CAP_DAC_READ_SEARCH); anyone else may not
+    assert problems == ["" if os.geteuid() == 0 else "Permission denied"]
+
+
+# Run in a new session (as the agent's service is: a session leader without a terminal): opens a
+# terminal the way the backup does, then prints the process's controlling terminal (0: none).
+_OPEN_TERMINAL = """
+import importlib, os, sys
+path, how = sys.argv[1], sys.argv[2]
+if how == "python":
+    from strongroom_agent.backup.read import open_for_backup
+    os.close(open_for_backup(path))
+else:
+    results = importlib.import_module("strongroom_agent._native").read_small_files([path], bytes(32), 1, 1 << 18)
+    assert results[0][0] == 3, results  # opened, then refused: not a regular file
+with open("/proc/self/stat") as stat:
+    print(stat.read().rsplit(")", 1)[1].split()[4])  # tty_nr
+"""
+
+
+@pytest.mark.parametrize("how", ["python", "native"])
+def test_a_terminal_swapped_in_does_not_become_the_agents_controlling_terminal(how: str) -> None:
+    """Opened with O_NOCTTY: a session leader without one (a service) would otherwise take the terminal
+    as its controlling terminal, and that terminal's hang-up would then send the agent SIGHUP."""
+    if how == "native":
+        native_reader()  # built wherever cargo is
+    try:
+        master, slave = os.openpty()
+    except OSError as exc:
+        pytest.skip(f"no pseudo-terminal on this machine: {exc}")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _OPEN_TERMINAL, os.ttyname(slave), how],
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+            timeout=60,
+        )
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]
+
+
+# Run without CAP_FOWNER in the effective set (capabilities are per thread: the native call runs on the
+# calling thread): O_NOATIME on a file the process does not own is then EPERM, and both paths must open
+# the file again without it.
+_WITHOUT_FOWNER = """
+import ctypes, importlib, os, sys
+from strongroom_agent.backup.read import open_for_backup
+
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+libc = ctypes.CDLL(None, use_errno=True)
+header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+assert libc.capget(ctypes.byref(header), data) == 0
+data[0].effective &= ~(1 << 3)  # CAP_FOWNER
+assert libc.capset(ctypes.byref(header), data) == 0
+path = sys.argv[1]
+try:
+    os.close(os.open(path, os.O_RDONLY | os.O_NOATIME))
+except PermissionError:
+    pass
+else:
+    sys.exit("O_NOATIME was allowed: the fallback would not be exercised")
+fd = open_for_backup(path)
+print(os.read(fd, 100).decode())
+os.close(fd)
+result = importlib.import_module("strongroom_agent._native").read_small_files([path], bytes(32), 1, 1 << 18)[0]
+print(result[0], result[1])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a file away to another owner (root only)")
+def test_without_the_right_to_keep_atime_both_paths_open_without_o_noatime(tmp_path: Path) -> None:
+    """O_NOATIME needs ownership or CAP_FOWNER: without either the open is EPERM, and is made again without it."""
+    native_reader()
+    content = b"someone else's file"
+    write_file(str(tmp_path / "f"), content)
+    os.chown(tmp_path / "f", 12345, 12345)
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_FOWNER, str(tmp_path / "f")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [content.decode(), f"{int(native.Code.OK)} {len(content)}"]
+
+
 def test_a_file_that_moves_on_every_read_is_left_out_as_changed() -> None:
     """A /proc file stats as 0 bytes but reads as more: a different size on every attempt."""
     status = Path(f"/proc/{os.getpid()}/status")
@@ -208,6 +337,34 @@ def test_a_stopped_job_reads_no_further(tmp_path: Path, native_files: str | None
     r._ctx.stop_threads.set()
     with pytest.raises(JobCanceled):
         r._read_small_files([item(tmp_path / "f", "f")])
+
+
+def test_each_call_compresses_at_its_own_level(tmp_path: Path) -> None:
+    """A worker thread's compression context is reused across calls, its level never: each call's own applies."""
+    native_reader()
+    module = importlib.import_module(native.MODULE)
+    blob = b"".join(b"%08d quarterly numbers, region %d\n" % (i, i % 7) for i in range(MIN // 32))[:MIN]
+    write_file(str(tmp_path / "f"), blob)
+
+    def payloads(levels: list[int]) -> list[bytes]:
+        """The file's payload at each level in turn, all in one new thread (a fresh context)."""
+        out: list[bytes] = []
+
+        def run() -> None:
+            for level in levels:
+                result = module.read_small_files([str(tmp_path / "f")], PARAMS.key, level, MIN)[0]
+                assert result[0] == native.Code.OK, result
+                out.append(result[3][2])
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        return out
+
+    (fresh_1,), (fresh_19,) = payloads([1]), payloads([19])
+    assert fresh_1 != fresh_19  # the levels tell apart on this content
+    assert payloads([19, 1]) == [fresh_19, fresh_1]
+    assert payloads([1, 19]) == [fresh_1, fresh_19]
 
 
 def test_the_native_read_starts_no_thread_of_its_own(tmp_path: Path) -> None:

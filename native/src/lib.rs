@@ -93,9 +93,10 @@ impl Drop for Fd {
 }
 
 /// `read.open_for_backup`: read-only, no symlink followed, no blocking on a FIFO, close-on-exec,
-/// and without touching atime where the caller may (O_NOATIME needs ownership or CAP_FOWNER).
+/// no terminal taken as the controlling one (the agent is a session leader without one), and
+/// without touching atime where the caller may (O_NOATIME needs ownership or CAP_FOWNER).
 fn open_for_backup(path: &CString) -> Result<Fd, i32> {
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
     loop {
         // SAFETY: `path` is a NUL-terminated string that outlives the call.
         let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_NOATIME) };
@@ -178,18 +179,19 @@ fn read_content(fd: &Fd, size: usize, bytes_read: &mut u64) -> Result<Vec<u8>, i
 }
 
 thread_local! {
-    // One compression context per worker thread, reused for every file (as `chunking._compressor`).
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    // One compression context per worker thread, reused for every file (as `chunking._compressor`),
+    // with the level it was made for: a call at another level gets a new one.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
 }
 
 /// `chunking.compress`: zstd at `level`, or the content itself when that is not smaller.
 fn compress(level: i32, content: Vec<u8>) -> Result<(bool, Vec<u8>), i32> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Compressor::new(level).map_err(|_| libc::ENOMEM)?);
+        if slot.as_ref().map(|(made_for, _)| *made_for) != Some(level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(|_| libc::ENOMEM)?));
         }
-        let compressor = slot.as_mut().ok_or(libc::ENOMEM)?;
+        let (_, compressor) = slot.as_mut().ok_or(libc::ENOMEM)?;
         let frame = compressor.compress(&content).map_err(|_| libc::ENOMEM)?;
         if frame.len() < content.len() {
             Ok((true, frame))
@@ -269,11 +271,12 @@ fn stat_tuple<'py>(py: Python<'py>, st: &Stat) -> PyResult<Bound<'py, PyTuple>> 
 
 /// Read, hash and compress a group of one-chunk files with the GIL released for the whole group.
 ///
-/// `paths` are file system paths (str or bytes); `key` the 32-byte chunk-id key; `level` the zstd
-/// level; `max_size` the largest file read here (the chunker's minimum size: a file no larger is
-/// one chunk). Returns one tuple per path, in order, `(code, bytes_read, ...)`:
-/// `(0, n, stat, None)` for an empty file, `(0, n, stat, (id, compressed, payload, raw_length))`
-/// for a file read consistently (`stat` the 16 `fstat` fields it was read under, see
+/// `paths` are file system paths (str or `os.PathLike[str]`, encoded as `os.fsencode` does; bytes
+/// are refused with TypeError: PyO3 extracts a `PathBuf` from str alone); `key` the 32-byte
+/// chunk-id key; `level` the zstd level; `max_size` the largest file read here (the chunker's
+/// minimum size: a file no larger is one chunk). Returns one tuple per path, in order,
+/// `(code, bytes_read, ...)`: `(0, n, stat, None)` for an empty file,
+/// `(0, n, stat, (id, compressed, payload, raw_length))` for a file read consistently (`stat` the 16 `fstat` fields it was read under, see
 /// `strongroom_agent.backup.native`), `(1, n)` too big, `(2, n, errno)`, `(3, n)` not a regular
 /// file, `(4, n)` changed while read twice.
 #[pyfunction]
@@ -294,7 +297,8 @@ fn read_small_files<'py>(
                 let mut bytes_read = 0;
                 let outcome = match CString::new(path.as_os_str().as_bytes()) {
                     Ok(cpath) => read_one(&cpath, &key, level, max_size, &mut bytes_read),
-                    Err(_) => Outcome::Os(libc::EINVAL), // a NUL in a path: os.open refuses it too
+                    // A NUL in a path (a scan never yields one; os.open raises ValueError for it).
+                    Err(_) => Outcome::Os(libc::EINVAL),
                 };
                 FileResult { outcome, bytes_read }
             })

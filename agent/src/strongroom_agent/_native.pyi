@@ -4,5 +4,5 @@ import os
 FORMAT: int
 
 def read_small_files(
-    paths: list[str | bytes | os.PathLike[str]], key: bytes, level: int, max_size: int
+    paths: list[str | os.PathLike[str]], key: bytes, level: int, max_size: int
 ) -> list[tuple[object, ...]]: ...

@@ -1,10 +1,11 @@
 """Reading a file for the backup: open it safely, read and chunk it in bounded steps.
 
-A file is opened without following a symlink, blocking on a FIFO or touching
-atime, and read in ``READ_SIZE`` pieces charged to the job's read throttle.
-Files up to ``WHOLE_FILE_BYTES`` are read whole and cut in memory; larger ones
-are cut as a stream. Each step produces at most a read batch of chunk content,
-so a worker thread never holds more. A file counts as read consistently only
+A file is opened without following a symlink, blocking on a FIFO, touching
+atime or taking a terminal as its controlling one, and read in ``READ_SIZE``
+pieces charged to the job's read throttle. Files up to ``WHOLE_FILE_BYTES``
+are read whole and cut in memory; larger ones are cut as a stream. Each step
+produces at most a read batch of chunk content, so a worker thread never
+holds more. A file counts as read consistently only
 when its inode, size, mtime and ctime did not move while it was read; a file
 that changes is read once more and left out if it changes again
 (``CHANGED_WHILE_READ``), which makes the job PARTIAL_COMPLETE.
@@ -72,8 +73,13 @@ def read_problem(exc: FileProblem | OSError) -> str:
 
 
 def open_for_backup(path: str) -> int:
-    """Open a file read-only without following a symlink, blocking on a FIFO, or touching atime."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    """Open a file read-only without following a symlink, blocking on a FIFO, touching atime, or taking a terminal.
+
+    ``O_NOCTTY``: a terminal swapped in for a scanned file must not become the
+    controlling terminal of the agent, a service's session leader without one
+    (its hang-up would then send the agent SIGHUP).
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     noatime = getattr(os, "O_NOATIME", 0)
     if noatime:
         try:
