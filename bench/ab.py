@@ -35,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
+from _variants import parse_variants  # noqa: E402
 
 
 def run_side(
@@ -83,13 +84,13 @@ def main() -> int:
     after_env = dict(item.split("=", 1) for item in args.after_env)
     after_env = {key: value.replace("{work}", str(work)) for key, value in after_env.items()}
     # Sides of this checkout and their environments (the base side runs with the caller's own).
-    envs: dict[str, dict[str, str]] = {}
-    for spec in args.variant:
-        name, sep, item = spec.partition(":")
-        key, eq, value = item.partition("=")
-        if not sep or not eq or not name or name == "base":
-            parser.error(f"--variant {spec!r}: expected NAME:KEY=VALUE")
-        envs.setdefault(name, {})[key] = value.replace("{work}", str(work))
+    try:
+        envs = parse_variants(args.variant)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if "base" in envs:
+        parser.error("--variant base:...: 'base' names the base revision's side")
+    envs = {name: {key: value.replace("{work}", str(work)) for key, value in env.items()} for name, env in envs.items()}
     if not envs:
         envs = {"after": after_env}
     data = args.data or dataset.day1_tree(work, quick=args.quick)

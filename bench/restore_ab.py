@@ -56,6 +56,7 @@ sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
 import peers  # noqa: E402
+from _variants import parse_variants  # noqa: E402
 from restore_timeline import Timeline, proc_io  # noqa: E402
 from run import count_files, s3_bucket  # noqa: E402
 from strongroom_cli.stack import spawn  # noqa: E402
@@ -92,16 +93,12 @@ def head_agent(into: Path) -> Path:
     return src
 
 
-def variants(specs: list[str]) -> dict[str, dict[str, str]]:
-    """``--variant NAME:KEY=VALUE`` specs as each variant's environment."""
-    out: dict[str, dict[str, str]] = defaultdict(dict)
-    for spec in specs:
-        name, sep, assignment = spec.partition(":")
-        key, eq, value = assignment.partition("=")
-        if not (name and sep and key and eq):
-            raise SystemExit(f"--variant {spec!r}: expected NAME:KEY=VALUE")
-        out[name][key] = value
-    return dict(out)
+def variant_envs(ours: str, specs: list[str]) -> dict[str, dict[str, str]]:
+    """The ``--variant`` sides of this checkout by engine name (``strongroom[NAME]``); exits on a malformed spec."""
+    try:
+        return {f"{ours}[{name}]": env for name, env in parse_variants(specs).items()}
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def extracted(rev: str, tree: str, into: Path) -> Path:
@@ -373,7 +370,7 @@ async def amain(args: argparse.Namespace) -> int:
         head = head_agent(work / "restore-ab-head")
         agents: dict[str, Path | None] = {ours: head}
         bases = {f"strongroom@{rev}": base_agent(rev, work / f"restore-ab-base-{n}") for n, rev in enumerate(args.base)}
-        envs = {f"{ours}[{name}]": env for name, env in variants(args.variant).items()}
+        envs = variant_envs(ours, args.variant)
         agents = {**bases, **agents, **dict.fromkeys(envs, head)}
         revs = {ours: "HEAD", **{f"strongroom@{rev}": rev for rev in args.base}, **dict.fromkeys(envs, "HEAD")}
         gateways = (
