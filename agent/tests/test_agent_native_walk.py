@@ -200,6 +200,9 @@ def _tree(root: Path) -> None:
     os.utime(root / "meta" / "old-dir", ns=(-5_000_000_123, -5_000_000_123))  # int64 mtime before 1970
     os.symlink("d0", root / "meta" / "old-link")
     os.utime(root / "meta" / "old-link", ns=(7, 7), follow_symlinks=False)
+    if os.geteuid() == 0:  # owners other than root's 0: the uid and gid fields are written
+        os.chown(root / "d1", 1234, 5678)
+        os.lchown(root / "meta" / "old-link", 4321, 8765)
     write_file(str(root / "excl" / "f"), b"excluded")
     write_file(str(root / "d2" / "nested-excl" / "f"), b"excluded below")
 
