@@ -33,7 +33,7 @@ from strongroom_agent.backup import PipelineLimits, run_backup
 from strongroom_agent.backup.compare import Changed, Known, Step, TreeCompare
 from strongroom_agent.backup.native import NativeTreeCompare
 from strongroom_agent.chunking import ChunkParams
-from strongroom_agent.exclusions import Exclusions, LinuxExclusions
+from strongroom_agent.exclusions import Exclusions, LinuxExclusions, WindowsExclusions
 
 PARAMS = ChunkParams.from_proto(REPOSITORY)
 SIZES = [(1, 1), (3, 2), (4096, 64)]
@@ -110,7 +110,9 @@ def lockstep(
         str(root), exclusions, py_cursor, racy_before_ns, step_entries=step_entries, run_entries=run_entries
     )
     walk = native_reader().tree_compare(
-        str(root), exclusions, native_cursor, racy_before_ns, step_entries=step_entries, run_entries=run_entries
+        TreeCompare(
+            str(root), exclusions, native_cursor, racy_before_ns, step_entries=step_entries, run_entries=run_entries
+        )
     )
     assert isinstance(walk, NativeTreeCompare)
     steps: list[object] = []
@@ -434,7 +436,25 @@ def test_hand_made_caches_are_read_alike(tmp_path: Path, case: str) -> None:
     assert cursor.broken is (case not in ("reordered fields", "unknown fields"))
 
 
-def test_a_backup_commits_and_caches_the_same_on_both_paths(changed_tree: tuple[Path, Path]) -> None:
+def test_the_native_walk_is_made_only_where_it_walks_as_the_python_path(tmp_path: Path) -> None:
+    native = native_reader()
+    assert isinstance(native.tree_compare(TreeCompare(str(tmp_path), LinuxExclusions(), None, None)), NativeTreeCompare)
+    assert native.tree_compare(TreeCompare(str(tmp_path) + "/", LinuxExclusions(), None, None)) is None
+    assert native.tree_compare(TreeCompare(str(tmp_path) + "/./x", LinuxExclusions(), None, None)) is None
+    assert native.tree_compare(TreeCompare(str(tmp_path), WindowsExclusions(), None, None)) is None
+
+
+def test_a_backup_commits_and_caches_the_same_on_both_paths(
+    changed_tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = {"native": 0}
+    native_step = NativeTreeCompare.step
+
+    def counted(self: NativeTreeCompare) -> Step:
+        steps["native"] += 1
+        return native_step(self)
+
+    monkeypatch.setattr(NativeTreeCompare, "step", counted)
     root, state = changed_tree
     gateway = FakeGateway()
     _backup(root, state, gateway, "job-0", native=False)  # the base both paths start from
@@ -444,7 +464,9 @@ def test_a_backup_commits_and_caches_the_same_on_both_paths(changed_tree: tuple[
         side_state = state.parent / f"state-{native}"
         shutil.copytree(state, side_state)
         side_gateway = copy.deepcopy(gateway)
+        before = steps["native"]
         _backup(root, side_state, side_gateway, "job-2", native=native)
+        assert (steps["native"] > before) is native  # the side walked on the path it names
         header, sent, deleted = side_gateway.commits[-1]
         assert header.base_point_id  # a delta against the cached point
         cache_file = cache.cache_path(str(side_state), str(root))

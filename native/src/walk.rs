@@ -441,6 +441,12 @@ struct WalkError {
     errno: i32,
 }
 
+impl WalkError {
+    fn new(kind: u8, path: Vec<u8>, errno: i32) -> WalkError {
+        WalkError { kind, path, errno }
+    }
+}
+
 /// `os.path.join(directory, name)` for a scanned child (`DirEntry.path`).
 fn join(directory: &[u8], name: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(directory.len() + name.len() + 1);
@@ -563,11 +569,7 @@ fn list_dir(
         next: 0,
     };
     let fail = |errors: &mut Vec<WalkError>, code: i32| {
-        errors.push(WalkError {
-            kind: ERR_LIST,
-            path: abs.to_vec(),
-            errno: code,
-        })
+        errors.push(WalkError::new(ERR_LIST, abs.to_vec(), code))
     };
     let dir = match c_path(abs) {
         // SAFETY: `path` is NUL-terminated.
@@ -612,22 +614,14 @@ fn list_dir(
         let bytes = name.to_bytes();
         let child = join(abs, bytes);
         if std::str::from_utf8(bytes).is_err() {
-            errors.push(WalkError {
-                kind: ERR_NAME,
-                path: child,
-                errno: 0,
-            });
+            errors.push(WalkError::new(ERR_NAME, child, 0));
             continue;
         }
         let st = match lstat_at(fd, name, &child) {
             Ok(st) => st,
             Err(libc::ENOENT) => continue, // vanished since listing: nothing to back up
             Err(code) => {
-                errors.push(WalkError {
-                    kind: ERR_OS,
-                    path: child,
-                    errno: code,
-                });
+                errors.push(WalkError::new(ERR_OS, child, code));
                 continue;
             }
         };
@@ -644,19 +638,11 @@ fn list_dir(
             match readlink_at(fd, name, &child) {
                 Ok(target) if std::str::from_utf8(&target).is_ok() => link = target,
                 Ok(_) => {
-                    errors.push(WalkError {
-                        kind: ERR_LINK,
-                        path: child,
-                        errno: 0,
-                    });
+                    errors.push(WalkError::new(ERR_LINK, child, 0));
                     continue;
                 }
                 Err(code) => {
-                    errors.push(WalkError {
-                        kind: ERR_OS,
-                        path: child,
-                        errno: code,
-                    });
+                    errors.push(WalkError::new(ERR_OS, child, code));
                     continue;
                 }
             }

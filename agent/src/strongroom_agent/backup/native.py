@@ -43,11 +43,11 @@ from typing import Any
 from strongroom.agent.v1 import gateway_pb2
 
 from strongroom_agent import cache
-from strongroom_agent.backup.compare import RUN_ENTRIES, STEP_ENTRIES, Changed, Known, Step
+from strongroom_agent.backup.compare import Changed, Known, Step, TreeCompare
 from strongroom_agent.backup.scan import ScanItem
 from strongroom_agent.backup.stages import Chunk
 from strongroom_agent.chunking import ZSTD_LEVEL, ChunkParams
-from strongroom_agent.exclusions import Exclusions, LinuxExclusions
+from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.jobs import FileError
 
 log = logging.getLogger(__name__)
@@ -104,17 +104,8 @@ class NativeSmallFiles:
                 "%s has walk format %r, expected %d: the walk runs on the Python path", MODULE, walk_format, WALK_FORMAT
             )
 
-    def tree_compare(
-        self,
-        root: str,
-        exclusions: Exclusions,
-        cursor: cache.CacheCursor | None,
-        racy_before_ns: int | None,
-        *,
-        step_entries: int = STEP_ENTRIES,
-        run_entries: int = RUN_ENTRIES,
-    ) -> NativeTreeCompare | None:
-        """The native walk of ``root`` (``compare.TreeCompare``'s arguments), or None where it might walk otherwise.
+    def tree_compare(self, python: TreeCompare) -> NativeTreeCompare | None:
+        """The native walk made from ``python``'s arguments (not yet stepped), or None where it might walk otherwise.
 
         It walks only where its rules are the Python path's by construction: the
         Linux exclusions (other ``Exclusions`` are Python code), a root that is
@@ -122,6 +113,7 @@ class NativeSmallFiles:
         UTF-8 file system encoding with ``surrogateescape`` (names and paths go
         between the two as ``os.fsencode``/``os.fsdecode`` bytes).
         """
+        root, exclusions, cursor = python.root, python.exclusions, python.cursor
         if self._walk is None or type(exclusions) is not LinuxExclusions:
             return None
         if posixpath.normpath(root) != root or root.startswith("//"):
@@ -132,9 +124,9 @@ class NativeSmallFiles:
             os.fsencode(root),
             [os.fsencode(d) for d in exclusions.dirs],
             None if cursor is None else (cursor.info.path, cursor.info.body_offset, cursor.info.count),
-            racy_before_ns,
-            step_entries,
-            run_entries,
+            python.racy_before_ns,
+            python.step_entries,
+            python.run_entries,
         )
         return NativeTreeCompare(walk, root, cursor)
 

@@ -189,12 +189,10 @@ class _Scan:
         self.ctx = ctx
         self.root = filesystem.mount_point
         racy_before = writer.racy_before_ns if writer is not None else None
-        native = None
-        if ctx.native is not None:  # one native call per step where it walks as the Python path (ADR 0085)
-            native = ctx.native.tree_compare(self.root, ctx.exclusions, cursor, racy_before)
-        self.compare: TreeCompare | NativeTreeCompare = native or TreeCompare(
-            self.root, ctx.exclusions, cursor, racy_before
-        )
+        python = TreeCompare(self.root, ctx.exclusions, cursor, racy_before)
+        # One native call per step where it walks as the Python path does (ADR 0085).
+        native = ctx.native.tree_compare(python) if ctx.native is not None else None
+        self.compare: TreeCompare | NativeTreeCompare = native or python
         self.reader = reader
         self.spool_writer = spool_writer
 
