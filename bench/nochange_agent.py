@@ -6,7 +6,8 @@ A full backup of ``--data`` (the in-memory gateway of the agent's tests, ``agent
 with the benchmark's chunker sizes), then ``--runs`` no-change backups with the cache in ``--state``.
 The no-change commits go to a gateway stand-in that only counts what it receives (the real gateway's
 commit is measured by ``run.py`` / ``day2.py``), so the CPU seconds printed are the agent's own: the
-walk, the cache comparison, the new cache and the spool. Each line has the 1-minute load average.
+walk, the cache comparison, the new cache and the spool. Each line has the 1-minute load average and
+the process's peak RSS during that backup.
 ``--pause S`` sleeps S seconds after the full backup and prints the pid first (to attach py-spy).
 To compare with another checkout's agent, put its ``agent/src`` first on ``PYTHONPATH`` (ADR 0059).
 ``--ab`` alternates the Python path and the native extension's (``STRONGROOM_AGENT_NATIVE``'s two sides:
@@ -40,6 +41,23 @@ Request = gateway_pb2.CommitPointRequest
 REPOSITORY = gateway_pb2.RepositoryParameters(
     chunker_min_size=256 << 10, chunker_avg_size=1 << 20, chunker_max_size=4 << 20, chunk_id_key=KEY, chunker_seed=7
 )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since the last ``reset_peak_rss`` (VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not permitted: the peak is then since the process started
 
 
 def cpu_seconds() -> float:
@@ -98,14 +116,15 @@ async def main(data: str, state: str, runs: int, pause: float, ab: bool) -> int:
     for run in range(runs):
         side = ("python", "native")[run % 2] if ab else "default"
         files = native_files if side == "native" else None
+        reset_peak_rss()
         cpu, started = cpu_seconds(), time.perf_counter()
         result = await backup(gateway, data, state, f"job-{run + 1}", files)
         wall = time.perf_counter() - started
         spent = cpu_seconds() - cpu
         sides.setdefault(side, []).append((wall, spent))
         print(
-            f"no-change {run + 1} ({side}): wall {wall:.3f} s, CPU {spent:.3f} s, files read"
-            f" {result.stats.files_read}, load {os.getloadavg()[0]:.1f}",
+            f"no-change {run + 1} ({side}): wall {wall:.3f} s, CPU {spent:.3f} s, peak RSS {peak_rss_mb():.1f} MB,"
+            f" files read {result.stats.files_read}, load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     if ab and sides["python"] and sides["native"]:
