@@ -22,7 +22,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom_agent.restore.content import Contents, ContentWriter
 from strongroom_agent.restore.destination import Destination, DirWalker, EntryProblem
 
-WRITE_THREADS = 6
+WRITE_THREADS = 3
 
 # Each writer thread's decode buffer (``ContentWriter``): it lives as long as the job's writer pool.
 _local = threading.local()
