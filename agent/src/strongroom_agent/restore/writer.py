@@ -154,30 +154,9 @@ class Writer:
 
 
 def runs(files: list[File], count: int) -> list[list[File]]:
-    """``files`` cut into at most ``count`` contiguous runs, never inside a directory's stretch of files.
-
-    A run takes whole stretches of neighbours that share a parent directory
-    until it holds at least its share (``len(files) / count``), so two writer
-    threads never create files in one directory at the same time: a create
-    holds the directory's lock while the filesystem looks the name up, which
-    on ext4 takes longer the larger the directory (ADR 0084). A directory
-    with more files than a share is one run of its own.
-    """
+    """``files`` cut into at most ``count`` contiguous runs (neighbours share directories)."""
     size = max(1, -(-len(files) // count))
-    out: list[list[File]] = []
-    run: list[File] = []
-    parent: list[str] | None = None
-    for f in files:
-        here = f.parts[:-1]
-        if here != parent:
-            if len(run) >= size:
-                out.append(run)
-                run = []
-            parent = here
-        run.append(f)
-    if run:
-        out.append(run)
-    return out
+    return [files[i : i + size] for i in range(0, len(files), size)]
 
 
 async def in_threads(
