@@ -32,12 +32,11 @@ import pyfastcdc
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.backup.context import JobContext, OpenFile
-from strongroom_agent.backup.native import Code, NativeRead
 from strongroom_agent.backup.scan import ScanItem, file_entry
 from strongroom_agent.backup.stages import ByteBudget, Chunk, Deduper
 from strongroom_agent.chunking import ChunkParams, chunk_id
 from strongroom_agent.jobs import FileError, JobCanceled, reason
-from strongroom_agent.throttle import ReadThrottle, Unlimited
+from strongroom_agent.throttle import ReadThrottle
 
 T = TypeVar("T")
 
@@ -344,10 +343,10 @@ class Reader:
         is read once more, and left out if it changes again. A file that grew
         past the whole-file limit since the scan is marked ``too_big`` and read
         on its own afterwards. With the native extension (``ctx.native``), the
-        files of at most one chunk are read by it (``_read_native``).
+        files of at most one chunk are read by it (``NativeSmallFiles.read_group``).
         """
         if self._ctx.native is not None:
-            return self._read_native(items)
+            return self._ctx.native.read_group(self._ctx, items, self._read_small_file)
         return [self._read_small_file(item) for item in items]
 
     def _read_small_file(self, item: ScanItem) -> SmallRead:
@@ -377,59 +376,6 @@ class Reader:
             result.problem = read_problem(exc)
         finally:
             reader.close()
-        return result
-
-    def _read_native(self, items: list[ScanItem]) -> list[SmallRead]:
-        """A small-file group through the native extension, GIL released per call (ADR 0080).
-
-        One call for the group; under a read throttle, calls of about ``READ_SIZE`` scanned
-        bytes each, the bytes read charged after each call (the Python path charges after
-        each read, of at most ``READ_SIZE``). A file larger than one chunk when opened is
-        read on the Python path (FastCDC cuts it there). The job's stop is checked before
-        each call, as the Python path checks it before each read.
-        """
-        ctx = self._ctx
-        assert ctx.native is not None
-        limit = None if isinstance(ctx.throttle, Unlimited) else READ_SIZE
-        calls: list[list[ScanItem]] = [[]]
-        size = 0
-        for item in items:
-            if limit is not None and calls[-1] and size + item.st.st_size > limit:
-                calls.append([])
-                size = 0
-            calls[-1].append(item)
-            size += item.st.st_size
-        results: list[SmallRead] = []
-        for call in calls:
-            if ctx.stop_threads.is_set():
-                raise JobCanceled
-            reads = ctx.native.read([item.path for item in call], ctx.params)
-            read_bytes = sum(read.bytes_read for read in reads)
-            if read_bytes:  # as the Python path, which charges only reads that brought bytes
-                ctx.throttle.acquire(read_bytes)
-            results.extend(self._from_native(item, read) for item, read in zip(call, reads, strict=True))
-        return results
-
-    def _from_native(self, item: ScanItem, read: NativeRead) -> SmallRead:
-        """A native outcome as the Python path's ``SmallRead`` (same entry, chunk and problem text)."""
-        if read.code is Code.TOO_BIG:
-            result = self._read_small_file(item)
-            result.bytes_read += read.bytes_read
-            return result
-        result = SmallRead(bytes_read=read.bytes_read)
-        if read.code is Code.OK:
-            assert read.stat is not None
-            result.before = read.stat
-            result.entry = file_entry(item, read.stat)
-            if read.chunk is not None:
-                result.chunks = [read.chunk]
-                result.entry.chunk_ids.append(read.chunk.id)
-        elif read.code is Code.OS_ERROR:
-            result.problem = read_problem(OSError(read.errno, os.strerror(read.errno), item.path))
-        elif read.code is Code.NOT_REGULAR:
-            result.problem = NOT_REGULAR
-        else:
-            result.problem = CHANGED_WHILE_READ
         return result
 
     async def _small_group(self, files: list[tuple[ScanItem, asyncio.Future[FileOutcome | None]]]) -> None:
