@@ -128,15 +128,15 @@ def test_ordinary_files_give_the_same_ids_plaintext_entries_and_stats(tmp_path: 
     assert results[0].chunks[0].compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD
 
 
-def test_files_larger_than_one_chunk_are_cut_on_the_python_path(tmp_path: Path) -> None:
-    """Past the chunker's minimum size FastCDC may cut: those files are read as before, same chunks."""
+def test_files_larger_than_one_chunk_are_cut_by_the_native_cutter_into_the_same_chunks(tmp_path: Path) -> None:
+    """Past the chunker's minimum size FastCDC may cut: the native cutter reads those (ADR 0083), same chunks."""
     sizes = {"min-plus-one": MIN + 1, "several-chunks": 5 * PARAMS.max_size, "read-size": READ_SIZE}
     for name, size in sizes.items():
         write_file(str(tmp_path / name), os.urandom(size))
     outcomes = both([item(tmp_path / name, name) for name in sizes])
     assert [len(chunks) > 1 for chunks, *_ in outcomes] == [False, True, True]  # type: ignore[arg-type]
     results = reader(native_reader())._read_small_files([item(tmp_path / "min-plus-one", "m")])
-    assert results[0].chunks[0].compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED
+    assert results[0].chunks[0].compression != gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED  # encoded as it was read
 
 
 def test_grown_and_shrunk_since_the_scan_are_read_as_they_are_now(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The native small-file read path: one GIL-free call per group of one-chunk files (ADR 0080).
+"""The native read path: one GIL-free call per group of one-chunk files (ADR 0080) or per large-file step (ADR 0083).
 
 ``strongroom_agent._native`` (``native/`` in the repository, built by
 ``make native`` where cargo is installed; never packaged) reads, hashes and
@@ -13,6 +13,11 @@ content itself when that is not smaller), or why the file is left out. Chunk
 ids and content are the Python path's; zstd frames may differ in bytes but
 decode to the same content, with its length in the frame header.
 
+For a larger file, ``NativeCutter`` is ``FileReader``'s step: it reads the
+descriptor the agent opened, cuts it where pyfastcdc cuts (its own FastCDC,
+the same cut points), and hashes and compresses each chunk, with the GIL
+released for the whole step; the bytes after the last cut wait for the next.
+
 Without the module, or with ``STRONGROOM_AGENT_NATIVE=0`` (read by the
 composition root, ``from_env``), the agent reads on the Python path.
 """
@@ -26,7 +31,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from strongroom.agent.v1 import gateway_pb2
 
@@ -47,7 +52,7 @@ log = logging.getLogger(__name__)
 
 NATIVE_ENV = "STRONGROOM_AGENT_NATIVE"  # "0": the Python read path even where the extension is built
 MODULE = "strongroom_agent._native"
-FORMAT = 1  # the shape of the module's results this code decodes (the module's own FORMAT)
+FORMAT = 2  # the shape of the module's results this code decodes (the module's own FORMAT; 2: FileCutter)
 
 
 class Code(enum.IntEnum):
@@ -84,11 +89,70 @@ def _stat_result(fields: Sequence[int]) -> os.stat_result:
     )
 
 
+def _chunk(raw: tuple[bytes, bool, bytes, int]) -> Chunk:
+    """A chunk as the extension returns it, ``(id, compressed, payload, raw_length)``, encoded already."""
+    cid, compressed, payload, raw_length = raw
+    encoding = gateway_pb2.CHUNK_COMPRESSION_ZSTD if compressed else gateway_pb2.CHUNK_COMPRESSION_NONE
+    return Chunk(cid, payload, 0, encoding, raw_length)
+
+
+@dataclass(slots=True)
+class CutStep:
+    """One native step of a large file (``NativeCutter.step``)."""
+
+    chunks: list[Chunk]  # encoded as ``chunking.compress`` does; ``raw_length`` is each one's content
+    bytes_read: int
+    done: bool  # the file's end was cut
+    errno: int  # a read failed with it (0: none); the chunks before it are in ``chunks``
+
+
+class NativeCutter:
+    """One large file read, cut (pyfastcdc's cut points), hashed and compressed per GIL-free call (ADR 0083).
+
+    Not thread-safe: ``FileReader`` calls it under its lock. It holds the bytes read but not
+    yet cut between steps (less than twice the maximum chunk size) until ``reset`` or ``release``.
+    """
+
+    def __init__(self, cutter: Any) -> None:
+        self._cutter = cutter
+
+    def step(self, fd: int, read_limit: int | None, batch_bytes: int) -> CutStep:
+        """Read at most ``read_limit`` bytes of ``fd`` (None: unbounded), cut until ``batch_bytes`` are cut.
+
+        Reads go on from the descriptor's offset; a step cuts only where pyfastcdc's stream
+        chunker would (the maximum chunk size buffered, or the end of the file), so a step may
+        read and cut nothing new when its read limit is smaller than that. Charges nothing to a
+        throttle (the caller does, with ``bytes_read``).
+        """
+        chunks, bytes_read, done, errno = self._cutter.step(fd, read_limit, batch_bytes)
+        return CutStep([_chunk(raw) for raw in chunks], bytes_read, done, errno)
+
+    def reset(self, read_end: int | None) -> None:
+        """Start over: forget what was read (the caller seeks the descriptor to 0, or opened it).
+
+        ``read_end``: read at most that many bytes in all, and take them as the whole file
+        (``FileReader`` reads a file of up to ``WHOLE_FILE_BYTES`` as its size and one byte more);
+        None: read until a read returns nothing.
+        """
+        self._cutter.reset(read_end)
+
+    def release(self) -> None:
+        """Free the buffer: the file is done."""
+        self._cutter.release()
+
+
 class NativeSmallFiles:
-    """The extension's group read, with its results decoded (thread-safe: each call is independent)."""
+    """The extension: the small-file group read (results decoded) and large-file cutters (thread-safe)."""
 
     def __init__(self, module: ModuleType) -> None:
         self._read = module.read_small_files
+        self._cutter = module.FileCutter
+
+    def cutter(self, params: ChunkParams) -> NativeCutter:
+        """A cutter for one large file with ``params``' FastCDC sizes, gear seed and chunk-id key."""
+        return NativeCutter(
+            self._cutter(params.key, ZSTD_LEVEL, params.min_size, params.avg_size, params.max_size, params.seed)
+        )
 
     def read(self, paths: list[str], params: ChunkParams) -> list[NativeRead]:
         """Read ``paths`` (one chunk each at most: larger ones come back TOO_BIG), GIL released throughout.
@@ -104,9 +168,7 @@ class NativeSmallFiles:
                 fields, chunk = rest
                 result.stat = _stat_result(fields)
                 if chunk is not None:
-                    cid, compressed, payload, raw_length = chunk
-                    encoding = gateway_pb2.CHUNK_COMPRESSION_ZSTD if compressed else gateway_pb2.CHUNK_COMPRESSION_NONE
-                    result.chunk = Chunk(cid, payload, 0, encoding, raw_length)
+                    result.chunk = _chunk(chunk)
             elif result.code is Code.OS_ERROR:
                 result.errno = rest[0]
             results.append(result)
@@ -180,11 +242,11 @@ def load() -> NativeSmallFiles | None:
 def from_env(environ: Mapping[str, str]) -> NativeSmallFiles | None:
     """The composition root's choice: the native path unless ``STRONGROOM_AGENT_NATIVE=0`` or not built."""
     if environ.get(NATIVE_ENV, "1") == "0":
-        log.info("small files on the Python read path (%s=0)", NATIVE_ENV)
+        log.info("files on the Python read path (%s=0)", NATIVE_ENV)
         return None
     native = load()
     if native is None:
-        log.info("small files on the Python read path (the native extension is not built: `make native`)")
+        log.info("files on the Python read path (the native extension is not built: `make native`)")
     else:
-        log.info("small files on the native read path (ADR 0080)")
+        log.info("files on the native read path (ADR 0080, 0083)")
     return native

@@ -26,7 +26,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pyfastcdc
 from strongroom.common.v1 import common_pb2
@@ -36,7 +36,11 @@ from strongroom_agent.backup.scan import ScanItem, file_entry
 from strongroom_agent.backup.stages import ByteBudget, Chunk, Deduper
 from strongroom_agent.chunking import ChunkParams, chunk_id
 from strongroom_agent.jobs import FileError, JobCanceled, reason
-from strongroom_agent.throttle import ReadThrottle
+from strongroom_agent.throttle import ReadThrottle, Unlimited
+
+if TYPE_CHECKING:
+    # Not at run time: the native module imports this one.
+    from strongroom_agent.backup.native import NativeCutter
 
 T = TypeVar("T")
 
@@ -102,7 +106,7 @@ class SmallRead:
 
 @dataclass
 class Step:
-    chunks: list[tuple[bytes, bytes]]
+    chunks: list[Chunk]  # charge 0; raw content, or encoded already on the native path
     bytes_read: int
     done: bool
     consistent: bool = False
@@ -116,7 +120,10 @@ class FileReader:
     """Reads and chunks one file in worker threads, one bounded step at a time.
 
     All methods take a lock, so ``close`` submitted after a cancellation waits
-    for a step still running in another thread.
+    for a step still running in another thread. With a native ``cutter`` (ADR
+    0083) each step reads, cuts, hashes and compresses in one GIL-free call (or,
+    under a read throttle, calls of at most ``READ_SIZE`` read bytes each); the
+    chunks and cut points are the Python path's, the content comes compressed.
     """
 
     def __init__(
@@ -127,8 +134,10 @@ class FileReader:
         throttle: ReadThrottle,
         stop: threading.Event,
         batch_bytes: int,
+        cutter: NativeCutter | None = None,
     ) -> None:
         self.path = path
+        self._cutter = cutter
         self._params = params
         self._open_file = open_file
         self._throttle = throttle
@@ -153,7 +162,11 @@ class FileReader:
             raise FileProblem(NOT_REGULAR)
         self._total = 0
         self._whole = None
-        if self.before.st_size < READ_SIZE:
+        if self._cutter is not None:
+            # As below: a file up to WHOLE_FILE_BYTES is read as its size and one byte to notice growth.
+            size = self.before.st_size
+            self._cutter.reset(size + 1 if size <= WHOLE_FILE_BYTES else None)
+        elif self.before.st_size < READ_SIZE:
             self._whole = self._read_small(self.before.st_size)
             self._chunks = iter(self._params.chunker().cut_buf(self._whole))
         elif self.before.st_size <= WHOLE_FILE_BYTES:
@@ -218,21 +231,53 @@ class FileReader:
             if self._fd < 0:
                 self._fd = self._open_file(self.path)
                 self._start(opened=True)
-            chunks: list[tuple[bytes, bytes]] = []
+            if self._cutter is not None:
+                return self._native_step(self._cutter)
+            chunks: list[Chunk] = []
             produced = 0
             whole = self._whole
             for chunk in self._chunks:
                 data = chunk.data
                 # The stream chunker reuses its buffer, and a chunk of a larger buffer would keep all of it.
                 content = whole if whole is not None and len(data) == len(whole) else bytes(data)
-                chunks.append((chunk_id(self._params.key, content), content))
+                chunks.append(Chunk(chunk_id(self._params.key, content), content, 0))
                 produced += len(content)
                 if produced >= self._batch_bytes:
                     return Step(chunks, self._take_delta(), done=False)
-            assert self.before is not None
-            after = os.fstat(self._fd)
-            consistent = _snapshot(after) == _snapshot(self.before) and self._total == after.st_size
-            return Step(chunks, self._take_delta(), done=True, consistent=consistent)
+            return Step(chunks, self._take_delta(), done=True, consistent=self._consistent())
+
+    def _consistent(self) -> bool:
+        """Whether the file read to its end is the one ``_start`` saw (inode, size, times; every byte read)."""
+        assert self.before is not None
+        after = os.fstat(self._fd)
+        return _snapshot(after) == _snapshot(self.before) and self._total == after.st_size
+
+    def _native_step(self, cutter: NativeCutter) -> Step:
+        """:meth:`step` through the native cutter: one call unthrottled, calls of ``READ_SIZE`` reads under a throttle.
+
+        Each call's reads are charged to the throttle after it (the Python path charges each
+        read of at most ``READ_SIZE`` after it) and the job's stop is checked before each; a
+        failed read raises the ``OSError`` ``os.readv`` would have raised.
+        """
+        limit = None if isinstance(self._throttle, Unlimited) else READ_SIZE
+        chunks: list[Chunk] = []
+        produced = 0
+        while True:
+            if self._stop.is_set():
+                raise JobCanceled
+            cut = cutter.step(self._fd, limit, self._batch_bytes - produced)
+            self._total += cut.bytes_read
+            self._delta += cut.bytes_read
+            if cut.bytes_read:
+                self._throttle.acquire(cut.bytes_read)
+            if cut.errno:
+                raise OSError(cut.errno, os.strerror(cut.errno))
+            chunks.extend(cut.chunks)
+            produced += sum(chunk.raw_length for chunk in cut.chunks)
+            if cut.done:
+                return Step(chunks, self._take_delta(), done=True, consistent=self._consistent())
+            if produced >= self._batch_bytes:
+                return Step(chunks, self._take_delta(), done=False)
 
     def _take_delta(self) -> int:
         """Bytes read since the last step reported (including reads done while (re)starting)."""
@@ -247,6 +292,8 @@ class FileReader:
         with self._lock:
             self._closed = True
             self._whole = None
+            if self._cutter is not None:
+                self._cutter.release()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -311,8 +358,10 @@ class Reader:
 
     def _reader(self, item: ScanItem) -> FileReader:
         ctx = self._ctx
+        # The native cutter reads the descriptor ``open_file`` gave, whatever opened it (ADR 0083).
+        cutter = ctx.native.cutter(ctx.params) if ctx.native is not None else None
         return FileReader(
-            item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes
+            item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes, cutter
         )
 
     async def _file_entry(self, item: ScanItem) -> FileOutcome | None:
@@ -364,11 +413,11 @@ class Reader:
                     break
                 if step.consistent:
                     assert reader.before is not None
-                    result.chunks = [Chunk(cid, content, 0) for cid, content in step.chunks]
+                    result.chunks = step.chunks
                     result.before = reader.before
                     # Built here, in the worker thread: less per-file work on the event loop.
                     result.entry = file_entry(item, reader.before)
-                    result.entry.chunk_ids.extend(cid for cid, _ in step.chunks)
+                    result.entry.chunk_ids.extend(chunk.id for chunk in step.chunks)
                     break
             else:
                 result.problem = CHANGED_WHILE_READ
@@ -433,8 +482,8 @@ class Reader:
                     raise JobCanceled
                 step = await self._in_thread(reader.step)
                 ctx.stats.bytes_read += step.bytes_read
-                await self._to_dedup([Chunk(cid, content, 0) for cid, content in step.chunks])
-                ids.extend(cid for cid, _ in step.chunks)
+                await self._to_dedup(step.chunks)
+                ids.extend(chunk.id for chunk in step.chunks)
                 if step.done:
                     break
             if step.consistent:
