@@ -116,25 +116,27 @@ class NativeCutter:
     def __init__(self, cutter: Any) -> None:
         self._cutter = cutter
 
-    def step(self, fd: int, read_limit: int | None, batch_bytes: int) -> CutStep:
-        """Read at most ``read_limit`` bytes of ``fd`` (None: unbounded), cut until ``batch_bytes`` are cut.
+    def step(self, fd: int, one_read: int | None, batch_bytes: int) -> CutStep:
+        """Read ``fd`` and cut until ``batch_bytes`` are cut, the file's end is, or (``one_read``) one read was made.
 
-        Reads go on from the descriptor's offset; a step cuts only where pyfastcdc's stream
-        chunker would (the maximum chunk size buffered, or the end of the file), so a step may
-        read and cut nothing new when its read limit is smaller than that. Charges nothing to a
-        throttle (the caller does, with ``bytes_read``).
+        ``one_read``: at most one read, of at most that many bytes (under a throttle, which the
+        caller charges after each call); None: as many reads as the buffer takes. Reads go on
+        from the descriptor's offset, and cuts are made only where pyfastcdc's stream chunker
+        makes them (the maximum chunk size buffered, or the end of the file), so a call may
+        cut nothing. Charges nothing to a throttle.
         """
-        chunks, bytes_read, done, errno = self._cutter.step(fd, read_limit, batch_bytes)
+        chunks, bytes_read, done, errno = self._cutter.step(fd, one_read, batch_bytes)
         return CutStep([_chunk(raw) for raw in chunks], bytes_read, done, errno)
 
-    def reset(self, read_end: int | None) -> None:
+    def reset(self, read_end: int | None, ends_at: int | None = None) -> None:
         """Start over: forget what was read (the caller seeks the descriptor to 0, or opened it).
 
         ``read_end``: read at most that many bytes in all, and take them as the whole file
         (``FileReader`` reads a file of up to ``WHOLE_FILE_BYTES`` as its size and one byte more);
-        None: read until a read returns nothing.
+        None: read until a read returns nothing. ``ends_at``: a read that brings the total to
+        exactly that many bytes ends the file (``FileReader._read_small``'s rule).
         """
-        self._cutter.reset(read_end)
+        self._cutter.reset(read_end, ends_at)
 
     def release(self) -> None:
         """Free the buffer: the file is done."""

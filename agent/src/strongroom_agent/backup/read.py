@@ -163,9 +163,11 @@ class FileReader:
         self._total = 0
         self._whole = None
         if self._cutter is not None:
-            # As below: a file up to WHOLE_FILE_BYTES is read as its size and one byte to notice growth.
+            # The reads below: up to WHOLE_FILE_BYTES the size and one byte to notice growth (under
+            # READ_SIZE, ending once the size is in); beyond, until a read returns nothing.
             size = self.before.st_size
-            self._cutter.reset(size + 1 if size <= WHOLE_FILE_BYTES else None)
+            whole = size <= WHOLE_FILE_BYTES
+            self._cutter.reset(size + 1 if whole else None, size if size < READ_SIZE else None)
         elif self.before.st_size < READ_SIZE:
             self._whole = self._read_small(self.before.st_size)
             self._chunks = iter(self._params.chunker().cut_buf(self._whole))
@@ -253,11 +255,11 @@ class FileReader:
         return _snapshot(after) == _snapshot(self.before) and self._total == after.st_size
 
     def _native_step(self, cutter: NativeCutter) -> Step:
-        """:meth:`step` through the native cutter: one call unthrottled, calls of ``READ_SIZE`` reads under a throttle.
+        """:meth:`step` through the native cutter: one call unthrottled, one call per read under a throttle.
 
-        Each call's reads are charged to the throttle after it (the Python path charges each
-        read of at most ``READ_SIZE`` after it) and the job's stop is checked before each; a
-        failed read raises the ``OSError`` ``os.readv`` would have raised.
+        Under a throttle each call makes one read of at most ``READ_SIZE``, charged after it,
+        as the Python path charges each of its reads; the job's stop is checked before each
+        call. A failed read raises the ``OSError`` ``os.readv`` would have raised.
         """
         limit = None if isinstance(self._throttle, Unlimited) else READ_SIZE
         chunks: list[Chunk] = []
