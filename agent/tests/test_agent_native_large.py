@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from agent_fakes import native_reader, write_file
+from agent_fakes import native_reader, threads_while, write_file
 from pyfastcdc import FastCDC
 from strongroom.agent.v1 import gateway_pb2
 from strongroom_agent.backup import native
@@ -350,23 +350,13 @@ def test_the_native_step_starts_no_thread_of_its_own(tmp_path: Path) -> None:
     """The job's core limit counts on it: the step runs on the calling worker thread alone."""
     path = tmp_path / "f"
     write_file(str(path), os.urandom(WHOLE_FILE_BYTES + READ_SIZE))
-    seen: list[int] = []
-    stop = threading.Event()
 
-    def watch() -> None:
-        while not stop.is_set():
-            seen.append(len(os.listdir("/proc/self/task")))
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    before = len(os.listdir("/proc/self/task"))  # with the watcher
-    try:
+    def run() -> None:
         for _ in range(3):
             r = file_reader(path, threading.Event(), native_reader().cutter(PRODUCTION))
             while not r.step().done:
                 pass
             r.close()
-    finally:
-        stop.set()
-        watcher.join()
-    assert seen and max(seen) <= before
+
+    before, most = threads_while(run)
+    assert most <= before

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from agent_fakes import REPOSITORY, FakeGateway, native_reader, write_file
+from agent_fakes import REPOSITORY, FakeGateway, native_reader, threads_while, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent.backup import native
@@ -373,20 +373,10 @@ def test_the_native_read_starts_no_thread_of_its_own(tmp_path: Path) -> None:
         write_file(str(tmp_path / f"f{i}"), os.urandom(MIN))
     items = [item(tmp_path / f"f{i}", f"f{i}") for i in range(64)]
     native_files = native_reader()
-    seen: list[int] = []
-    stop = threading.Event()
 
-    def watch() -> None:
-        while not stop.is_set():
-            seen.append(len(os.listdir("/proc/self/task")))
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    before = len(os.listdir("/proc/self/task"))  # with the watcher
-    try:
+    def run() -> None:
         for _ in range(20):
             reader(native_files)._read_small_files(items)
-    finally:
-        stop.set()
-        watcher.join()
-    assert seen and max(seen) <= before
+
+    before, most = threads_while(run)
+    assert most <= before

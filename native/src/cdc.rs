@@ -219,34 +219,45 @@ impl Cdc {
         } else if remaining < center {
             center = remaining;
         }
-        let mut hash: u64 = 0;
-        let mut pos = (self.min_size / 2) * 2;
-        let mid = (center / 2) * 2;
+        let start = (self.min_size / 2) * 2;
+        let mid = (center / 2) * 2; // at least `start`: the minimum size is at most the centre
         let end = (remaining / 2) * 2;
-        while pos < mid {
-            hash = (hash << 2).wrapping_add(self.gear_ls[buf[pos] as usize]);
-            if hash & self.mask_s_ls == 0 {
-                return pos;
-            }
-            hash = hash.wrapping_add(self.gear[buf[pos + 1] as usize]);
-            if hash & self.mask_s == 0 {
-                return pos + 1;
-            }
-            pos += 2;
+        // Below the centre the stricter mask (fewer cuts), from it the looser one.
+        let hash = match self.roll(buf, start, mid, self.mask_s, self.mask_s_ls, 0) {
+            Ok(cut) => return cut,
+            Err(hash) => hash,
+        };
+        match self.roll(buf, mid, end, self.mask_l, self.mask_l_ls, hash) {
+            Ok(cut) => cut,
+            Err(_) => remaining,
         }
-        pos = mid; // where the first loop ended: the minimum size is at most the centre
+    }
+
+    /// One of `cut`'s two loops (pyfastcdc's): from `pos` to `end`, two bytes per step, the first
+    /// through the left-shifted gear table and `mask_ls`, the second through the gear table and
+    /// `mask`. The cut point, or the hash at `end` for the next loop.
+    #[inline(always)]
+    fn roll(
+        &self,
+        buf: &[u8],
+        mut pos: usize,
+        end: usize,
+        mask: u64,
+        mask_ls: u64,
+        mut hash: u64,
+    ) -> Result<usize, u64> {
         while pos < end {
             hash = (hash << 2).wrapping_add(self.gear_ls[buf[pos] as usize]);
-            if hash & self.mask_l_ls == 0 {
-                return pos;
+            if hash & mask_ls == 0 {
+                return Ok(pos);
             }
             hash = hash.wrapping_add(self.gear[buf[pos + 1] as usize]);
-            if hash & self.mask_l == 0 {
-                return pos + 1;
+            if hash & mask == 0 {
+                return Ok(pos + 1);
             }
             pos += 2;
         }
-        remaining
+        Err(hash)
     }
 
     /// pyfastcdc's stream buffer (`StreamChunker.buf_capacity`).
