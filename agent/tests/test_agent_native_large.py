@@ -19,6 +19,7 @@ import itertools
 import os
 import random
 import threading
+import types
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -360,3 +361,16 @@ def test_the_native_step_starts_no_thread_of_its_own(tmp_path: Path) -> None:
 
     before, most = threads_while(run)
     assert most <= before
+
+
+def test_a_build_with_another_cutter_format_reads_large_files_on_the_python_path(tmp_path: Path) -> None:
+    """A stale or newer build's cutter is not used (its results might be shaped otherwise); small files still are."""
+    module = extension()
+    stale = types.SimpleNamespace(read_small_files=module.read_small_files, FileCutter=module.FileCutter, CDC_FORMAT=99)
+    native_files = native.NativeSmallFiles(stale)  # type: ignore[arg-type]
+    assert native_files.cutter(PRODUCTION) is None
+    path = tmp_path / "f"
+    write_file(str(path), os.urandom(2 * READ_SIZE))
+    chunks = first_step(path, native_files)
+    assert chunks and all(c.compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED for c in chunks)
+    assert native.NativeSmallFiles(module).cutter(PRODUCTION) is not None

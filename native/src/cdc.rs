@@ -274,7 +274,7 @@ fn cdc(min_size: usize, avg_size: usize, max_size: usize, seed: u64) -> PyResult
 /// The lengths of the chunks `FastCDC(avg_size, min_size=min_size, max_size=max_size,
 /// seed=seed).cut_buf(data)` yields, in order (none for empty data).
 #[pyfunction]
-pub fn cdc_cuts(
+fn cdc_cuts(
     py: Python<'_>,
     data: &[u8],
     min_size: usize,
@@ -344,7 +344,7 @@ fn compress_slice(level: i32, content: &[u8]) -> Result<(bool, Vec<u8>), i32> {
 /// with the gateway's sizes (each at most `READ_SIZE`), so a file that changes while it is read
 /// ends the same on both paths.
 #[pyclass(module = "strongroom_agent._native")]
-pub struct FileCutter {
+struct FileCutter {
     cdc: Cdc,
     key: [u8; 32],
     level: i32,
@@ -528,4 +528,14 @@ impl FileCutter {
         }
         (chunks, out.bytes_read, out.done, out.errno).into_pyobject(py)
     }
+}
+
+/// The shape of `FileCutter.step`'s results; the Python side checks it (`native.CDC_FORMAT`).
+const CDC_FORMAT: u32 = 1;
+
+/// Adds `CDC_FORMAT`, `cdc_cuts` and `FileCutter` to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("CDC_FORMAT", CDC_FORMAT)?;
+    m.add_function(wrap_pyfunction!(cdc_cuts, m)?)?;
+    m.add_class::<FileCutter>()
 }

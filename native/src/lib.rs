@@ -329,9 +329,8 @@ fn read_small_files<'py>(
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("FORMAT", 2)?; // the shape of the results (2: with FileCutter, ADR 0083); the Python side checks it
+    m.add("FORMAT", 1)?; // the shape of read_small_files' results; the Python side checks it
     m.add_function(wrap_pyfunction!(read_small_files, m)?)?;
-    m.add_function(wrap_pyfunction!(cdc::cdc_cuts, m)?)?;
-    m.add_class::<cdc::FileCutter>()?;
+    cdc::register(m)?;
     Ok(())
 }

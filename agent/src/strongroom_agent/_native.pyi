@@ -8,6 +8,8 @@ def read_small_files(
 ) -> list[tuple[object, ...]]: ...
 
 # FastCDC with pyfastcdc's cut points and the large-file step (native/src/cdc.rs; ADR 0083).
+CDC_FORMAT: int
+
 def cdc_cuts(data: bytes, min_size: int, avg_size: int, max_size: int, seed: int) -> list[int]: ...
 
 class FileCutter:

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 
 NATIVE_ENV = "STRONGROOM_AGENT_NATIVE"  # "0": the Python read path even where the extension is built
 MODULE = "strongroom_agent._native"
-FORMAT = 2  # the shape of the module's results this code decodes (the module's own FORMAT; 2: FileCutter)
+FORMAT = 1  # the shape of the module's results this code decodes (the module's own FORMAT)
+CDC_FORMAT = 1  # the shape of ``FileCutter.step``'s results this code decodes (the module's CDC_FORMAT)
 
 
 class Code(enum.IntEnum):
@@ -148,10 +149,17 @@ class NativeSmallFiles:
 
     def __init__(self, module: ModuleType) -> None:
         self._read = module.read_small_files
-        self._cutter = module.FileCutter
+        cdc_format = getattr(module, "CDC_FORMAT", None)
+        self._cutter: Any = module.FileCutter if cdc_format == CDC_FORMAT else None
+        if self._cutter is None:
+            log.warning(
+                "%s has cutter format %r, expected %d: large files on the Python path", MODULE, cdc_format, CDC_FORMAT
+            )
 
-    def cutter(self, params: ChunkParams) -> NativeCutter:
-        """A cutter for one large file with ``params``' FastCDC sizes, gear seed and chunk-id key."""
+    def cutter(self, params: ChunkParams) -> NativeCutter | None:
+        """A cutter for one file with ``params``' FastCDC sizes, gear seed and chunk-id key (None: a stale build)."""
+        if self._cutter is None:
+            return None
         return NativeCutter(
             self._cutter(params.key, ZSTD_LEVEL, params.min_size, params.avg_size, params.max_size, params.seed)
         )

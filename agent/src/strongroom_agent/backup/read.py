@@ -361,7 +361,7 @@ class Reader:
     def _reader(self, item: ScanItem) -> FileReader:
         ctx = self._ctx
         # The native cutter reads the descriptor ``open_file`` gave, whatever opened it (ADR 0083).
-        cutter = ctx.native.cutter(ctx.params) if ctx.native is not None else None
+        cutter = ctx.native.cutter(ctx.params) if ctx.native is not None else None  # None: the Python path
         return FileReader(
             item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes, cutter
         )
