@@ -123,6 +123,7 @@ def main() -> int:
         print("|---|---:|---:|---:|---|---|")
         metrics = ("full_s", "nochange_s", "cpu_s", "agent_cpu_s", "agent_user_s", "agent_sys_s", "gateway_cpu_s")
         extra = ("postgres_cpu_s", "pg_commits_k", "agent_peak_rss_mb", "full_load", "stored_mb")
+        extra += ("nochange_agent_cpu_s", "nochange_gateway_cpu_s", "nochange_agent_peak_rss_mb", "nochange_load")
         for metric in (*metrics, *extra, "agent_minflt_k", "gateway_minflt_k"):
             b, a = results["base"].get(metric, []), results[name].get(metric, [])
             if not b or not a:

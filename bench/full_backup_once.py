@@ -9,7 +9,9 @@ the agent's peak RSS and the load after it; ``stored_mb``: what the full backup 
 ``agent_user_s``, ``agent_sys_s``: the agent's CPU split into user and system time; ``postgres_cpu_s``: the CPU of
 PostgreSQL's processes during it, ``pg_commits_k``: the transactions its databases committed, in thousands: every
 service's round trips have a cost on the server too, on the same cores, ADR 0079)
-(``--nochange N``: N no-change backups after each full one, each with the 1-minute load average).
+(``--nochange N``: N no-change backups after each full one, each with the 1-minute load average, the agent's and
+the gateway's CPU seconds and the agent's peak RSS during it: ``nochange_agent_cpu_s``, ``nochange_gateway_cpu_s``,
+``nochange_agent_peak_rss_mb``).
 ``--perf-faults FILE``: ``perf record`` samples the agent's page faults (every ``--perf-period``-th, with
 call stacks) during the first full backup, into FILE (``perf report -i FILE`` shows where they come from).
 ``--strace DIR``: ``strace -c -f`` on the agent and on the gateway during the first full backup: the system
@@ -198,7 +200,11 @@ async def main(
                 out.setdefault("pg_commits_k", []).append((pg1[0] - pg0[0]) / 1e3)
                 await bench.latest_point(inst, 1)
                 for _ in range(nochange):
-                    out["nochange_s"].append((await bench.backup(inst)).wall)
+                    unchanged = await bench.backup(inst)
+                    out["nochange_s"].append(unchanged.wall)
+                    out.setdefault("nochange_agent_cpu_s", []).append(unchanged.agent_cpu)
+                    out.setdefault("nochange_gateway_cpu_s", []).append(unchanged.gateway_cpu)
+                    out.setdefault("nochange_agent_peak_rss_mb", []).append(unchanged.agent_peak_rss / 1e6)
                     out.setdefault("nochange_load", []).append(os.getloadavg()[0])
             finally:
                 await bench.drop_instance(inst)

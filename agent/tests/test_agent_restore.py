@@ -569,6 +569,14 @@ def test_reported_failed_files_are_bounded() -> None:
     assert 30 <= len(job_finished("r-1", PARTIAL, common_pb2.JobStats(), long).failed_files) <= 33
 
 
+def test_a_failed_file_whose_name_is_not_utf8_is_reported_with_escapes() -> None:
+    """A host path that is not UTF-8 (``os.fsdecode``'s surrogates) must not fail the job's report."""
+    path = os.fsdecode(b"/data/bad-\xff-name")
+    finished = job_finished("b-1", PARTIAL, common_pb2.JobStats(), [FileError(path, "name is not valid UTF-8")])
+    assert [(f.path, f.reason) for f in finished.failed_files] == [("/data/bad-\\xff-name", "name is not valid UTF-8")]
+    assert list(finished.file_errors) == ["/data/bad-\\xff-name: name is not valid UTF-8"]
+
+
 async def test_a_chunk_the_gateway_does_not_return_fails_only_its_files(tmp_path: Path) -> None:
     class ForgetfulGateway(FakeGateway):
         async def read_chunks(self, restore_job_id: str, chunk_ids: Any) -> Any:

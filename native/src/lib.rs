@@ -20,6 +20,8 @@ use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
 use pyo3::types::{PyBytes, PyTuple};
 
+mod walk;
+
 /// Read and chunked consistently: the stat it was read under, its chunk (if not empty), bytes read.
 const OK: u8 = 0;
 /// Larger than the one-chunk limit when opened or re-read: the caller reads it its own way.
@@ -131,22 +133,29 @@ fn fstat(fd: &Fd) -> Result<Stat, i32> {
     if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
         return Err(errno());
     }
-    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    Ok(Stat {
-        mode: st.st_mode as u32,
-        ino: st.st_ino as u64,
-        dev: st.st_dev as u64,
-        nlink: st.st_nlink as u64,
-        uid: st.st_uid as u32,
-        gid: st.st_gid as u32,
-        size: st.st_size as i64,
-        atime: (st.st_atime as i64, st.st_atime_nsec as i64),
-        mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
-        ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
-        blksize: st.st_blksize as i64,
-        blocks: st.st_blocks as i64,
-        rdev: st.st_rdev as u64,
-    })
+    Ok(Stat::from_raw(&st))
+}
+
+impl Stat {
+    /// The fields kept of a `stat` as the kernel filled it (`fstat` here, `lstat`/`fstatat` in `walk`).
+    fn from_raw(st: &libc::stat) -> Stat {
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        Stat {
+            mode: st.st_mode as u32,
+            ino: st.st_ino as u64,
+            dev: st.st_dev as u64,
+            nlink: st.st_nlink as u64,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            size: st.st_size as i64,
+            atime: (st.st_atime as i64, st.st_atime_nsec as i64),
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+            blksize: st.st_blksize as i64,
+            blocks: st.st_blocks as i64,
+            rdev: st.st_rdev as u64,
+        }
+    }
 }
 
 /// `FileReader._read_small`: up to `size` bytes plus one to notice growth; a read that brings the
@@ -332,5 +341,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT", 1)?; // the shape of read_small_files' results; the Python side checks it
     m.add_function(wrap_pyfunction!(read_small_files, m)?)?;
     cdc::register(m)?;
+    walk::register(m)?;
     Ok(())
 }

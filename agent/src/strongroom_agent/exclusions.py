@@ -80,6 +80,11 @@ class LinuxExclusions:
         dirs = [*LINUX_EXCLUDED_DIRS, *extra_dirs]
         self._dirs = tuple(posixpath.normpath(d) for d in dirs if d)
 
+    @property
+    def dirs(self) -> tuple[str, ...]:
+        """The excluded directories, normalized (the native walk applies the same rules to them, ADR 0085)."""
+        return self._dirs
+
     def excluded(self, path: str, *, is_dir: bool = True) -> bool:
         """``path`` must be absolute; ``is_dir`` does not matter on Linux (whole subtrees are excluded)."""
         normalized = posixpath.normpath(path)

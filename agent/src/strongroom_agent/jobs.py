@@ -76,7 +76,15 @@ class FileError:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        return f"{printable_path(self.path)}: {self.reason}"
+
+
+def printable_path(path: str) -> str:
+    """``path`` as UTF-8 text: a host path's undecodable bytes (``os.fsdecode``'s surrogates) as ``\\xNN``.
+
+    A protobuf string must be UTF-8; a file name that is not would fail the whole job's report.
+    """
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def reported_failed_files(errors: list[FileError]) -> list[common_pb2.FileError]:
@@ -84,10 +92,11 @@ def reported_failed_files(errors: list[FileError]) -> list[common_pb2.FileError]
     out: list[common_pb2.FileError] = []
     size = 0
     for error in errors[:MAX_REPORTED_FAILED_FILES]:
-        size += len(error.path.encode()) + len(error.reason.encode())
+        path = printable_path(error.path)
+        size += len(path.encode()) + len(error.reason.encode())
         if out and size > MAX_REPORTED_FAILED_FILES_BYTES:
             break
-        out.append(common_pb2.FileError(path=error.path, reason=error.reason))
+        out.append(common_pb2.FileError(path=path, reason=error.reason))
     return out
 
 

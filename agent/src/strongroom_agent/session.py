@@ -384,7 +384,7 @@ def make_hello(state_dir: str) -> Callable[[], Awaitable[gateway_pb2.AgentHello]
 def make_backup_runner(
     client: GatewayClient, state_dir: str, default_roots: Sequence[str], *, native: NativeSmallFiles | None = None
 ) -> BackupRunner:
-    """The backup jobs' runner; ``native`` reads small files through the native extension (ADR 0080)."""
+    """The backup jobs' runner; ``native``: small files read (ADR 0080) and the tree walked (ADR 0085) natively."""
     exclusions = host_exclusions(state_dir)
     # One per process, shared by jobs.
     freed = memory.FreedPages(

@@ -137,12 +137,13 @@ class TreeCompare:
         step_entries: int = STEP_ENTRIES,
         run_entries: int = RUN_ENTRIES,
     ) -> None:
-        self._root = root
-        self._exclusions = exclusions
-        self._cursor = cursor
-        self._racy_before_ns = racy_before_ns
-        self._step_entries = step_entries
-        self._run_entries = run_entries
+        # Public: the native walk (``native.NativeSmallFiles.tree_compare``) is made from the same arguments.
+        self.root = root
+        self.exclusions = exclusions
+        self.cursor = cursor
+        self.racy_before_ns = racy_before_ns
+        self.step_entries = step_entries
+        self.run_entries = run_entries
         self._stack: list[_Level] | None = None  # None until the first step lstat()s the root
         self._device = 0
 
@@ -154,13 +155,13 @@ class TreeCompare:
         """Walk on for up to ``step_entries`` entries (runs in a worker thread; never two at once)."""
         out = Step()
         if self._stack is None:
-            st = os.lstat(self._root)
+            st = os.lstat(self.root)
             self._device = st.st_dev
-            root_item = ScanItem("", self._root, st)
+            root_item = ScanItem("", self.root, st)
             self._stack = [_Level([(b"", False, root_item), (b"/", True, root_item)])]
         stack = self._stack
         run = _Run()
-        budget = self._step_entries
+        budget = self.step_entries
         while stack and budget > 0:
             level = stack[-1]
             items = level.items
@@ -170,7 +171,7 @@ class TreeCompare:
             _key, descend, item = items[level.next]
             if descend:
                 level.next += 1
-                listing = _list_dir(item.path, item.rel, self._device, self._exclusions)
+                listing = _list_dir(item.path, item.rel, self._device, self.exclusions)
                 out.errors.extend(listing.errors)
                 stack.append(_Level(listing.items))
                 continue
@@ -183,13 +184,13 @@ class TreeCompare:
             run = self._entry(out, run, item, path)
         if not stack:
             budget, run = self._deleted_before(out, run, None, budget)
-            out.done = self._cursor is None or self._cursor.peek() is None
+            out.done = self.cursor is None or self.cursor.peek() is None
         if run.entries or run.spool_parts:
             out.items.append(run.seal())
         return out
 
     def _maybe_seal(self, out: Step, run: _Run) -> _Run:
-        if run.entries >= self._run_entries:
+        if run.entries >= self.run_entries:
             out.items.append(run.seal())
             return _Run()
         return run
@@ -200,7 +201,7 @@ class TreeCompare:
         They are paths of the cached point the walk passed without finding:
         deleted since. Returns the budget left (0: more may remain) and the run.
         """
-        cursor = self._cursor
+        cursor = self.cursor
         if cursor is None:
             return budget, run
         record = cursor.peek()
@@ -219,7 +220,7 @@ class TreeCompare:
         The cached paths before ``path`` are deleted already (``_deleted_before``).
         """
         cached = None
-        cursor = self._cursor
+        cursor = self.cursor
         if cursor is not None:
             record = cursor.peek()
             if record is not None and record.path == path:
@@ -238,15 +239,15 @@ class TreeCompare:
             # ctime), so the cached entry is this file's entry as it stands.
             out.files_unchanged += 1
             out.bytes_unchanged += st.st_size
-            if self._racy_before_ns is not None:
+            if self.racy_before_ns is not None:
                 run.add_cache(path, cache.encode_unchanged(cached))
             else:
                 run.entries += 1
         else:
             entry = file_entry(item)
             body = entry.SerializeToString()
-            if self._racy_before_ns is not None:
-                run.add_cache(path, cache.encode_record(path, body, st, self._racy_before_ns))
+            if self.racy_before_ns is not None:
+                run.add_cache(path, cache.encode_record(path, body, st, self.racy_before_ns))
             else:
                 run.entries += 1
             if cached is None or not cached.same_entry(body, entry):

@@ -18,8 +18,18 @@ descriptor the agent opened, cuts it where pyfastcdc cuts (its own FastCDC,
 the same cut points), and hashes and compresses each chunk, with the GIL
 released for the whole step; the bytes after the last cut wait for the next.
 
+The same module walks a point's tree against its previous point's cache
+(``TreeWalk``, ADR 0085): ``NativeTreeCompare`` is ``compare.TreeCompare`` with
+each step one call, the GIL released for its walk. It lists, lstat()s, keeps,
+drops and reports entries as ``scan._list_dir`` does, pairs them with the
+cache's records as ``CacheCursor`` does and hands back the same ``Step``:
+settled entries as ``Known`` runs of encoded bytes, files to read as
+``Changed`` items. It is used where it walks exactly as the Python path
+(``tree_compare``): the Linux exclusions, a normalized root, the UTF-8 file
+system encoding.
+
 Without the module, or with ``STRONGROOM_AGENT_NATIVE=0`` (read by the
-composition root, ``from_env``), the agent reads on the Python path.
+composition root, ``from_env``), the agent reads and walks on the Python path.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ import enum
 import importlib
 import logging
 import os
+import posixpath
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -35,11 +47,14 @@ from typing import TYPE_CHECKING, Any
 
 from strongroom.agent.v1 import gateway_pb2
 
+from strongroom_agent import cache
+from strongroom_agent.backup.compare import Changed, Known, Step, TreeCompare
 from strongroom_agent.backup.read import CHANGED_WHILE_READ, NOT_REGULAR, READ_SIZE, SmallRead, read_problem
 from strongroom_agent.backup.scan import ScanItem, file_entry
 from strongroom_agent.backup.stages import Chunk
 from strongroom_agent.chunking import ZSTD_LEVEL, ChunkParams
-from strongroom_agent.jobs import JobCanceled
+from strongroom_agent.exclusions import LinuxExclusions
+from strongroom_agent.jobs import FileError, JobCanceled
 from strongroom_agent.throttle import Unlimited
 
 if TYPE_CHECKING:
@@ -54,6 +69,7 @@ NATIVE_ENV = "STRONGROOM_AGENT_NATIVE"  # "0": the Python read path even where t
 MODULE = "strongroom_agent._native"
 FORMAT = 1  # the shape of the module's results this code decodes (the module's own FORMAT)
 CDC_FORMAT = 1  # the shape of ``FileCutter.step``'s results this code decodes (the module's CDC_FORMAT)
+WALK_FORMAT = 1  # the shape of ``TreeWalk.step``'s results this code decodes (the module's WALK_FORMAT)
 
 
 class Code(enum.IntEnum):
@@ -155,6 +171,12 @@ class NativeSmallFiles:
             log.warning(
                 "%s has cutter format %r, expected %d: large files on the Python path", MODULE, cdc_format, CDC_FORMAT
             )
+        walk_format = getattr(module, "WALK_FORMAT", None)
+        self._walk: Any = module.TreeWalk if walk_format == WALK_FORMAT else None
+        if self._walk is None:
+            log.warning(
+                "%s has walk format %r, expected %d: the walk runs on the Python path", MODULE, walk_format, WALK_FORMAT
+            )
 
     def cutter(self, params: ChunkParams) -> NativeCutter | None:
         """A cutter for one file with ``params``' FastCDC sizes, gear seed and chunk-id key (None: a stale build)."""
@@ -163,6 +185,32 @@ class NativeSmallFiles:
         return NativeCutter(
             self._cutter(params.key, ZSTD_LEVEL, params.min_size, params.avg_size, params.max_size, params.seed)
         )
+
+    def tree_compare(self, python: TreeCompare) -> NativeTreeCompare | None:
+        """The native walk made from ``python``'s arguments (not yet stepped), or None where it might walk otherwise.
+
+        It walks only where its rules are the Python path's by construction: the
+        Linux exclusions (other ``Exclusions`` are Python code), a root that is
+        already normalized (the exclusions compare normalized paths) and the
+        UTF-8 file system encoding with ``surrogateescape`` (names and paths go
+        between the two as ``os.fsencode``/``os.fsdecode`` bytes).
+        """
+        root, exclusions, cursor = python.root, python.exclusions, python.cursor
+        if self._walk is None or type(exclusions) is not LinuxExclusions:
+            return None
+        if posixpath.normpath(root) != root or root.startswith("//"):
+            return None
+        if (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) != ("utf-8", "surrogateescape"):
+            return None
+        walk = self._walk(
+            os.fsencode(root),
+            [os.fsencode(d) for d in exclusions.dirs],
+            None if cursor is None else (cursor.info.path, cursor.info.body_offset, cursor.info.count),
+            python.racy_before_ns,
+            python.step_entries,
+            python.run_entries,
+        )
+        return NativeTreeCompare(walk, root, cursor)
 
     def read(self, paths: list[str], params: ChunkParams) -> list[NativeRead]:
         """Read ``paths`` (one chunk each at most: larger ones come back TOO_BIG), GIL released throughout.
@@ -237,6 +285,65 @@ def _from_native(item: ScanItem, read: NativeRead, read_python: ReadPython) -> S
     return result
 
 
+class NativeTreeCompare:
+    """``compare.TreeCompare`` as one native call per step (``step`` in a worker thread; never two at once).
+
+    The native walk reads the cache file itself; ``cursor`` (the Python cursor
+    over the same validated file, not read here) carries what the commit asks
+    of it afterwards: ``broken`` and ``records_read`` are updated after each step.
+    """
+
+    def __init__(self, walk: Any, root: str, cursor: cache.CacheCursor | None) -> None:
+        self._walk = walk
+        self._root = root
+        self._cursor = cursor
+
+    def end_walk(self) -> None:
+        """Walk no further (the root could not be walked): the next steps delete the cached paths left."""
+        self._walk.end_walk()
+
+    def step(self) -> Step:
+        """Walk on for up to ``step_entries`` entries; raises OSError when the root cannot be lstat()ed."""
+        code, items, errors, counters, done = self._walk.step()
+        if code:
+            raise OSError(code, os.strerror(code), self._root)
+        out = Step(done=done)
+        out.files_scanned, out.bytes_scanned, out.files_unchanged, out.bytes_unchanged = counters
+        for item in items:
+            if item[0] == 0:
+                _, records, count, first, last, spool, spool_entries = item
+                out.items.append(Known(records, count, first, last, spool, spool_entries))
+                continue
+            _, rel, path, fields, cached = item
+            record = None
+            if cached is not None:
+                cached_path, dev, ino, size, mtime_ns, ctime_ns, trusted, raw, body, kind = cached
+                key = (dev, ino, size, mtime_ns, ctime_ns)
+                record = cache.CacheRecord(cached_path, key, trusted, raw, body, kind)
+            scanned = ScanItem(rel.decode(), os.fsdecode(path), _stat_result(fields))
+            out.items.append(Changed(scanned, rel, record))
+        out.errors.extend(FileError(os.fsdecode(path), _walk_problem(kind, code)) for kind, path, code in errors)
+        cursor = self._cursor
+        if cursor is not None:
+            cursor.records_read = self._walk.records_read
+            broken = self._walk.broken
+            if broken is not None and not cursor.broken:
+                log.warning("backup cache %s %s", cursor.info.path, broken)
+                cursor.broken = True
+        return out
+
+
+def _walk_problem(kind: int, code: int) -> str:
+    """A native walk error's message, worded as ``scan._list_dir`` words it."""
+    if kind == 0:
+        return f"cannot list directory: {os.strerror(code)}"
+    if kind == 1:
+        return "name is not valid UTF-8"
+    if kind == 3:
+        return "symlink target is not valid UTF-8"
+    return os.strerror(code)
+
+
 def load() -> NativeSmallFiles | None:
     """The extension's group read, or None when it is not built (or built for another result shape)."""
     try:
@@ -258,5 +365,5 @@ def from_env(environ: Mapping[str, str]) -> NativeSmallFiles | None:
     if native is None:
         log.info("files on the Python read path (the native extension is not built: `make native`)")
     else:
-        log.info("files on the native read path (ADR 0080, 0083)")
+        log.info("files on the native read path (ADR 0080, 0083), the walk on the native path (ADR 0085)")
     return native

@@ -29,6 +29,7 @@ from strongroom_agent import cache
 from strongroom_agent.backup.commit import Committer, Slot, Spool, SpoolWriter
 from strongroom_agent.backup.compare import Known, Step, TreeCompare
 from strongroom_agent.backup.context import JobContext
+from strongroom_agent.backup.native import NativeTreeCompare
 from strongroom_agent.backup.probe import PipelineProbe
 from strongroom_agent.backup.read import FileOutcome, Reader
 from strongroom_agent.backup.scan import ScanItem
@@ -188,7 +189,10 @@ class _Scan:
         self.ctx = ctx
         self.root = filesystem.mount_point
         racy_before = writer.racy_before_ns if writer is not None else None
-        self.compare = TreeCompare(self.root, ctx.exclusions, cursor, racy_before)
+        python = TreeCompare(self.root, ctx.exclusions, cursor, racy_before)
+        # One native call per step where it walks as the Python path does (ADR 0085).
+        native = ctx.native.tree_compare(python) if ctx.native is not None else None
+        self.compare: TreeCompare | NativeTreeCompare = native or python
         self.reader = reader
         self.spool_writer = spool_writer
 
