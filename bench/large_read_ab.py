@@ -60,7 +60,7 @@ def read_all(paths: list[str], natively: native.NativeSmallFiles | None) -> Side
     read = chunks = stored = 0
     before, wall, faults = os.times(), time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for path in paths:
-        cutter = natively.cutter(PARAMS) if natively is not None else None
+        cutter = natively.cutter(PARAMS, compress=True) if natively is not None else None
         reader = FileReader(path, PARAMS, open_for_backup, Unlimited(), threading.Event(), STEP_BYTES, cutter)
         try:
             while True:

@@ -7,7 +7,9 @@ around the minimum and maximum sizes. ``FileCutter`` through ``FileReader``
 must give what the Python path gives for one file: chunk ids, plaintext (the
 payload decoded as the gateway does), the entry, bytes read and the problem,
 also when the file grows, shrinks, vanishes or is swapped mid-read, when a
-read fails, across step and read-size boundaries, and under a throttle.
+read fails, across step and read-size boundaries, and under a throttle;
+for a new file (chunks compressed in the step) and a modified one (raw chunks,
+compressed after dedup by the compress stage, as on the Python path: issue 13).
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from agent_fakes import native_reader, threads_while, write_file
+from agent_fakes import FakeGateway, entries_by_path, native_reader, run_backup_command, threads_while, write_file
 from pyfastcdc import FastCDC
 from strongroom.agent.v1 import gateway_pb2
-from strongroom_agent.backup import native
+from strongroom.common.v1 import common_pb2
+from strongroom_agent.backup import native, run_backup, stages
 from strongroom_agent.backup.read import CHANGED_WHILE_READ, READ_SIZE, WHOLE_FILE_BYTES, FileReader, open_for_backup
 from strongroom_agent.backup.scan import ScanItem
 from strongroom_agent.backup.stages import ByteBudget, Chunk
 from strongroom_agent.chunking import _AVG_RANGE, _MAX_RANGE, _MIN_RANGE, ChunkParams, chunk_id
+from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.jobs import JobCanceled
 from strongroom_agent.throttle import ReadThrottle, Unlimited
 from test_agent_native_read import PARAMS, item, plaintext, reader
@@ -145,8 +149,12 @@ def read_alone(
     throttle: Callable[[], ReadThrottle] = Unlimited,
     open_file: Callable[[str], int] = open_for_backup,
     batch_bytes: int | None = None,
+    new: bool = True,
 ) -> tuple[object, ...]:
-    """One file read on its own (``Reader._read_alone``) on one path: what both paths must agree on."""
+    """One file read on its own (``Reader._read_alone``) on one path: what both paths must agree on.
+
+    ``new``: the previous point had no record for the file (only then does the native step compress).
+    """
     scanned = item(path, path.name)
     r = reader(native_reader() if natively else None, throttle(), params)
     r._ctx.open_file = open_file
@@ -155,9 +163,10 @@ def read_alone(
     budget = ByteBudget(64 << 20)
     collect = Collect(budget)
     r._budget, r._out = budget, collect  # type: ignore[assignment]
-    result = asyncio.run(r._read_alone(scanned))
+    result = asyncio.run(r._read_alone(scanned, compress=new))
     chunks = [(c.id, plaintext(c), c.compression != gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED) for c in collect.chunks]
-    assert all(encoded is natively for *_, encoded in chunks)  # the native path's chunks come compressed
+    # The native step compresses a new file's chunks; a modified file's reach dedup raw, as the Python path's.
+    assert all(encoded is (natively and new) for *_, encoded in chunks)
     assert all(cid == chunk_id(params.key, content) for cid, content, _ in chunks)
     entry = None if result is None else result[0].SerializeToString(deterministic=True)
     errors = [(e.path, e.reason) for e in r._ctx.errors]
@@ -179,19 +188,21 @@ def both(path: Path, reset: Callable[[], None] = lambda: None, **kwargs: object)
     [PARAMS.min_size, PARAMS.max_size, PARAMS.max_size + 1, READ_SIZE - 1, READ_SIZE, READ_SIZE + 1]
     + [WHOLE_FILE_BYTES, WHOLE_FILE_BYTES + 1, 3 * WHOLE_FILE_BYTES + 12345],
 )
-def test_a_file_gives_the_same_chunks_entry_and_bytes_read(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize("new", [True, False])
+def test_a_file_gives_the_same_chunks_entry_and_bytes_read(tmp_path: Path, size: int, new: bool) -> None:
     """Sizes at the chunker's edges, at the read size, and each side of the whole-file limit (stream beyond)."""
     path = tmp_path / "f"
     write_file(str(path), random.Random(size).randbytes(size))
-    chunks, entry, errors, bytes_read, files_read = both(path)
+    chunks, entry, errors, bytes_read, files_read = both(path, new=new)
     assert entry is not None and errors == [] and bytes_read == size and files_read == 1
     assert b"".join(content for _, content in chunks) == path.read_bytes()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("size", [PRODUCTION.min_size, 9 << 20, 3 * PRODUCTION.max_size + 1])
 @pytest.mark.parametrize("throttled", [False, True])
+@pytest.mark.parametrize("new", [True, False])
 def test_the_gateways_sizes_cut_alike_in_steps_with_the_last_partial_chunk_carried_over(
-    tmp_path: Path, size: int, throttled: bool
+    tmp_path: Path, size: int, throttled: bool, new: bool
 ) -> None:
     """Structured content (few cuts) and random, read in steps of one read batch: the partial chunk waits."""
     path = tmp_path / "f"
@@ -199,7 +210,7 @@ def test_the_gateways_sizes_cut_alike_in_steps_with_the_last_partial_chunk_carri
     write_file(str(path), rnd.randbytes(size // 2) + structured(size - size // 2, rnd)[3])
     throttle: Callable[[], ReadThrottle] = Recording if throttled else Unlimited
     for batch in (1, PRODUCTION.max_size, 5 << 20):
-        chunks, *_ = both(path, params=PRODUCTION, throttle=throttle, batch_bytes=batch)
+        chunks, *_ = both(path, params=PRODUCTION, throttle=throttle, batch_bytes=batch, new=new)
         assert b"".join(content for _, content in chunks) == path.read_bytes()  # type: ignore[attr-defined]
 
 
@@ -304,7 +315,8 @@ def test_a_stopped_job_reads_no_further(tmp_path: Path) -> None:
     """Both paths stop before their next read (the native one before its next call)."""
     path = tmp_path / "f"
     write_file(str(path), os.urandom(WHOLE_FILE_BYTES + 3 * READ_SIZE))
-    for cutter in (None, native_reader().cutter(PRODUCTION)):
+    cutters = [native_reader().cutter(PRODUCTION, compress=compress) for compress in (True, False)]
+    for cutter in (None, *cutters):
         stop = threading.Event()
         r = file_reader(path, stop, cutter)
         try:
@@ -316,7 +328,7 @@ def test_a_stopped_job_reads_no_further(tmp_path: Path) -> None:
         finally:
             r.close()
     stop = threading.Event()
-    r = file_reader(path, stop, native_reader().cutter(PRODUCTION))
+    r = file_reader(path, stop, native_reader().cutter(PRODUCTION, compress=True))
     try:
         r.step()
         stop.set()
@@ -339,8 +351,8 @@ def test_without_the_switch_large_files_are_read_on_the_python_path(tmp_path: Pa
 
 
 def first_step(path: Path, native_files: native.NativeSmallFiles | None) -> list[Chunk]:
-    """The chunks of the first step the job's reader takes through ``path``."""
-    file = reader(native_files)._reader(ScanItem(rel="f", path=str(path), st=path.stat()))
+    """The chunks of the first step the job's reader takes through ``path``, read as a new file."""
+    file = reader(native_files)._reader(ScanItem(rel="f", path=str(path), st=path.stat()), compress=True)
     try:
         return file.step().chunks
     finally:
@@ -354,7 +366,7 @@ def test_the_native_step_starts_no_thread_of_its_own(tmp_path: Path) -> None:
 
     def run() -> None:
         for _ in range(3):
-            r = file_reader(path, threading.Event(), native_reader().cutter(PRODUCTION))
+            r = file_reader(path, threading.Event(), native_reader().cutter(PRODUCTION, compress=True))
             while not r.step().done:
                 pass
             r.close()
@@ -368,9 +380,91 @@ def test_a_build_with_another_cutter_format_reads_large_files_on_the_python_path
     module = extension()
     stale = types.SimpleNamespace(read_small_files=module.read_small_files, FileCutter=module.FileCutter, CDC_FORMAT=99)
     native_files = native.NativeSmallFiles(stale)  # type: ignore[arg-type]
-    assert native_files.cutter(PRODUCTION) is None
+    assert native_files.cutter(PRODUCTION, compress=True) is None
     path = tmp_path / "f"
     write_file(str(path), os.urandom(2 * READ_SIZE))
     chunks = first_step(path, native_files)
     assert chunks and all(c.compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED for c in chunks)
-    assert native.NativeSmallFiles(module).cutter(PRODUCTION) is not None
+    assert native.NativeSmallFiles(module).cutter(PRODUCTION, compress=True) is not None
+
+
+class PythonWalk(LinuxExclusions):
+    """The Linux exclusions, but not of that type: the walk runs on the Python path (``tree_compare``)."""
+
+
+async def backup_twice(
+    tmp_path: Path, native_files: native.NativeSmallFiles | None, exclusions: LinuxExclusions
+) -> list[tuple[object, ...]]:
+    """A large file backed up new, then modified in a few places; per backup what dedup saw and what was compressed.
+
+    Per backup: the compression of each chunk handed to dedup, the content of each chunk the compress
+    stage compressed, the ids uploaded, the file's chunk ids and its content as the gateway stored it.
+    """
+    root, state = tmp_path / "src", tmp_path / "state"
+    big = root / "big.db"
+    data = bytearray(random.Random(13).randbytes(3 << 20))  # above small_file_bytes: read on its own, in steps
+    write_file(str(big), bytes(data), mtime_ns=STAMP)
+    gateway = FakeGateway()
+    outcomes: list[tuple[object, ...]] = []
+    at_dedup: list[int] = []
+    compressed: list[bytes] = []
+    put, compress = stages.Deduper.put, stages.compress
+
+    async def spy_put(self: stages.Deduper, group: list[Chunk]) -> None:
+        at_dedup.extend(chunk.compression for chunk in group)
+        await put(self, group)
+
+    def spy_compress(content: bytes) -> tuple[gateway_pb2.ChunkCompression.ValueType, bytes]:
+        compressed.append(bytes(content))
+        return compress(content)
+
+    for job in ("job-1", "job-2"):
+        at_dedup.clear()
+        compressed.clear()
+        uploaded = len(gateway.uploaded)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(stages.Deduper, "put", spy_put)
+            patch.setattr(stages, "compress", spy_compress)
+            finished = await run_backup(
+                run_backup_command(job),
+                client=gateway,
+                points=[common_pb2.Filesystem(mount_point=str(root), device="/dev/vdz", fs_type="ext4")],
+                exclusions=exclusions,
+                cancel=asyncio.Event(),
+                state_dir=str(state),
+                native=native_files,
+            )
+        assert finished.status == common_pb2.JOB_STATUS_COMPLETE, finished
+        entry = entries_by_path(gateway.points[f"point-{job[-1]}"])["big.db"]
+        new_ids = gateway.uploaded[uploaded:]
+        outcomes.append((list(at_dedup), list(compressed), new_ids, list(entry.chunk_ids), gateway.content(entry)))
+        for offset in (100_000, 1_500_000, 2_900_000):  # a few small rewrites: most chunks stay known
+            data[offset : offset + 8] = b"REWRITE!"
+        write_file(str(big), bytes(data), mtime_ns=STAMP + 1)
+    return outcomes
+
+
+@pytest.mark.parametrize("walk", [LinuxExclusions, PythonWalk])
+async def test_a_modified_large_file_is_compressed_after_dedup_and_a_new_one_as_it_is_read(
+    tmp_path: Path, walk: type[LinuxExclusions]
+) -> None:
+    """Issue 13: the native step compresses only a file the previous point did not have.
+
+    New: every chunk reaches dedup compressed and the compress stage compresses none. Modified:
+    every chunk reaches dedup raw and the compress stage compresses only those dedup passed (the
+    few around the rewrites), as the Python path does. Ids, uploads and stored content are the
+    Python path's in both backups. Both walks (native and Python) tell a new file from a modified one.
+    """
+    natively = await backup_twice(tmp_path / "native", native_reader(), walk())
+    python = await backup_twice(tmp_path / "python", None, LinuxExclusions())
+    (dedup_1, compressed_1, new_1, ids_1, content_1), (dedup_2, compressed_2, new_2, ids_2, content_2) = natively
+    unspecified = gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED
+    assert len(ids_1) > 100 and len(dedup_1) == len(ids_1) and unspecified not in dedup_1 and compressed_1 == []
+    assert dedup_2 == [unspecified] * len(ids_2)
+    assert 3 <= len(new_2) <= 12 and len(compressed_2) == len(new_2)
+    params = ChunkParams.from_proto(run_backup_command().repository)
+    assert sorted(chunk_id(params.key, content) for content in compressed_2) == sorted(new_2)
+    for (_, _, *same_native), (_, _, *same_python) in zip(natively, python, strict=True):
+        assert same_native == same_python
+    assert python[0][1] != [] and sorted(python[1][1]) == sorted(compressed_2)  # the Python path: after dedup only
+    assert content_1 != content_2 and set(new_2) == set(ids_2) - set(ids_1)

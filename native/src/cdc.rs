@@ -347,7 +347,9 @@ fn compress_slice(level: i32, content: &[u8]) -> Result<(bool, Vec<u8>), i32> {
 struct FileCutter {
     cdc: Cdc,
     key: [u8; 32],
-    level: i32,
+    /// zstd at this level in the step (a file the previous point did not have: its chunks are
+    /// almost all new); None: the chunks come back raw, for the compress stage after dedup.
+    level: Option<i32>,
     buf: Vec<u8>,
     /// Where the bytes not yet cut begin in `buf`.
     start: usize,
@@ -434,14 +436,20 @@ impl FileCutter {
             let cut = self.cdc.cut(&self.buf[self.start..]);
             let content = &self.buf[self.start..self.start + cut];
             let id = *blake3::keyed_hash(&self.key, content).as_bytes();
-            match compress_slice(self.level, content) {
-                Ok((compressed, payload)) => out.chunks.push(Cut {
+            match self.level.map(|level| compress_slice(level, content)) {
+                Some(Ok((compressed, payload))) => out.chunks.push(Cut {
                     id,
                     compressed,
                     payload,
                     raw_length: cut,
                 }),
-                Err(code) => {
+                None => out.chunks.push(Cut {
+                    id,
+                    compressed: false,
+                    payload: content.to_vec(),
+                    raw_length: cut,
+                }),
+                Some(Err(code)) => {
                     out.errno = code;
                     return out;
                 }
@@ -458,11 +466,13 @@ impl FileCutter {
 #[pymethods]
 impl FileCutter {
     /// A cutter for one file with the repository's FastCDC sizes and gear `seed` (ValueError as
-    /// pyfastcdc for sizes it refuses), the 32-byte chunk-id `key` and the zstd `level`.
+    /// pyfastcdc for sizes it refuses), the 32-byte chunk-id `key` and the zstd `level` (None: no
+    /// compression in the step, each chunk's payload is its raw content).
     #[new]
+    #[pyo3(signature = (key, level, min_size, avg_size, max_size, seed))]
     fn new(
         key: &[u8],
-        level: i32,
+        level: Option<i32>,
         min_size: usize,
         avg_size: usize,
         max_size: usize,
@@ -508,7 +518,8 @@ impl FileCutter {
     /// `one_read` bytes (None: as many reads as the buffer takes) and chunks cut until
     /// `batch_bytes` of them are.
     /// Returns `(chunks, bytes_read, done, errno)`: `chunks` a list of `(id, compressed, payload,
-    /// raw_length)` as `read_small_files` gives them, `done` whether the file's end was cut (the
+    /// raw_length)` as `read_small_files` gives them (without a level: `compressed` false and the
+    /// payload the raw content), `done` whether the file's end was cut (the
     /// next step would cut nothing), `errno` that of a failed read (0: none).
     #[pyo3(signature = (fd, one_read, batch_bytes))]
     fn step<'py>(
@@ -530,8 +541,9 @@ impl FileCutter {
     }
 }
 
-/// The shape of `FileCutter.step`'s results; the Python side checks it (`native.CDC_FORMAT`).
-const CDC_FORMAT: u32 = 1;
+/// The shape of `FileCutter`'s arguments and `step`'s results; the Python side checks it
+/// (`native.CDC_FORMAT`). 2: the level may be None (no compression in the step).
+const CDC_FORMAT: u32 = 2;
 
 /// Adds `CDC_FORMAT`, `cdc_cuts` and `FileCutter` to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

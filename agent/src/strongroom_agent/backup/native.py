@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 NATIVE_ENV = "STRONGROOM_AGENT_NATIVE"  # "0": the Python read path even where the extension is built
 MODULE = "strongroom_agent._native"
 FORMAT = 1  # the shape of the module's results this code decodes (the module's own FORMAT)
-CDC_FORMAT = 1  # the shape of ``FileCutter.step``'s results this code decodes (the module's CDC_FORMAT)
+CDC_FORMAT = 2  # the shape of ``FileCutter``'s arguments and step results this code uses (the module's CDC_FORMAT)
 WALK_FORMAT = 1  # the shape of ``TreeWalk.step``'s results this code decodes (the module's WALK_FORMAT)
 
 
@@ -117,7 +117,10 @@ def _chunk(raw: tuple[bytes, bool, bytes, int]) -> Chunk:
 class CutStep:
     """One native step of a large file (``NativeCutter.step``)."""
 
-    chunks: list[Chunk]  # encoded as ``chunking.compress`` does; ``raw_length`` is each one's content
+    # Compressing: encoded as ``chunking.compress`` does, ``raw_length`` each one's content; else raw
+    # content with compression UNSPECIFIED, as the Python reader's (the compress stage encodes them).
+    chunks: list[Chunk]
+    cut_bytes: int  # the chunks' raw content, in all
     bytes_read: int
     done: bool  # the file's end was cut
     errno: int  # a read failed with it (0: none); the chunks before it are in ``chunks``
@@ -128,10 +131,13 @@ class NativeCutter:
 
     Not thread-safe: ``FileReader`` calls it under its lock. It holds the bytes read but not
     yet cut between steps (less than twice the maximum chunk size) until ``reset`` or ``release``.
+    Made with ``compress`` false, it returns raw chunks: the compress stage then encodes only
+    those dedup passes, as on the Python path.
     """
 
-    def __init__(self, cutter: Any) -> None:
+    def __init__(self, cutter: Any, *, compress: bool) -> None:
         self._cutter = cutter
+        self.compress = compress
 
     def step(self, fd: int, one_read: int | None, batch_bytes: int) -> CutStep:
         """Read ``fd`` and cut until ``batch_bytes`` are cut, the file's end is, or (``one_read``) one read was made.
@@ -142,8 +148,13 @@ class NativeCutter:
         makes them (the maximum chunk size buffered, or the end of the file), so a call may
         cut nothing. Charges nothing to a throttle.
         """
-        chunks, bytes_read, done, errno = self._cutter.step(fd, one_read, batch_bytes)
-        return CutStep([_chunk(raw) for raw in chunks], bytes_read, done, errno)
+        raws, bytes_read, done, errno = self._cutter.step(fd, one_read, batch_bytes)
+        cut_bytes = sum(raw[3] for raw in raws)
+        if self.compress:
+            chunks = [_chunk(raw) for raw in raws]
+        else:
+            chunks = [Chunk(cid, payload, 0) for cid, _, payload, _ in raws]
+        return CutStep(chunks, cut_bytes, bytes_read, done, errno)
 
     def reset(self, read_end: int | None, ends_at: int | None = None) -> None:
         """Start over: forget what was read (the caller seeks the descriptor to 0, or opened it).
@@ -178,12 +189,19 @@ class NativeSmallFiles:
                 "%s has walk format %r, expected %d: the walk runs on the Python path", MODULE, walk_format, WALK_FORMAT
             )
 
-    def cutter(self, params: ChunkParams) -> NativeCutter | None:
-        """A cutter for one file with ``params``' FastCDC sizes, gear seed and chunk-id key (None: a stale build)."""
+    def cutter(self, params: ChunkParams, *, compress: bool) -> NativeCutter | None:
+        """A cutter for one file with ``params``' FastCDC sizes, gear seed and chunk-id key (None: a stale build).
+
+        ``compress``: zstd in the step, GIL-free (for a file the previous point did not have,
+        whose chunks are almost all new); false: raw chunks, compressed after dedup by the
+        compress stage (a modified file, whose chunks are mostly known: issue 13).
+        """
         if self._cutter is None:
             return None
+        level = ZSTD_LEVEL if compress else None
         return NativeCutter(
-            self._cutter(params.key, ZSTD_LEVEL, params.min_size, params.avg_size, params.max_size, params.seed)
+            self._cutter(params.key, level, params.min_size, params.avg_size, params.max_size, params.seed),
+            compress=compress,
         )
 
     def tree_compare(self, python: TreeCompare) -> NativeTreeCompare | None:

@@ -106,7 +106,7 @@ class SmallRead:
 
 @dataclass
 class Step:
-    chunks: list[Chunk]  # charge 0; raw content, or encoded already on the native path
+    chunks: list[Chunk]  # charge 0; raw content, or encoded already by a compressing native cutter
     bytes_read: int
     done: bool
     consistent: bool = False
@@ -121,9 +121,9 @@ class FileReader:
 
     All methods take a lock, so ``close`` submitted after a cancellation waits
     for a step still running in another thread. With a native ``cutter`` (ADR
-    0083) each step reads, cuts, hashes and compresses in one GIL-free call (or,
-    under a read throttle, calls of at most ``READ_SIZE`` read bytes each); the
-    chunks and cut points are the Python path's, the content comes compressed.
+    0083) each step reads, cuts, hashes (and, for a new file, compresses) in one
+    GIL-free call (or, under a read throttle, calls of at most ``READ_SIZE`` read
+    bytes each); the chunks and cut points are the Python path's.
     """
 
     def __init__(
@@ -275,7 +275,7 @@ class FileReader:
             if cut.errno:
                 raise OSError(cut.errno, os.strerror(cut.errno))
             chunks.extend(cut.chunks)
-            produced += sum(chunk.raw_length for chunk in cut.chunks)
+            produced += cut.cut_bytes
             if cut.done:
                 return Step(chunks, self._take_delta(), done=True, consistent=self._consistent())
             if produced >= self._batch_bytes:
@@ -336,10 +336,15 @@ class Reader:
         self._reading -= 1
         self._permits.release()
 
-    async def read(self, group: asyncio.TaskGroup, item: ScanItem) -> asyncio.Task[FileOutcome | None]:
-        """Start reading one file on its own once a permit is free; the task gives its outcome."""
+    async def read(self, group: asyncio.TaskGroup, item: ScanItem, *, new: bool) -> asyncio.Task[FileOutcome | None]:
+        """Start reading one file on its own once a permit is free; the task gives its outcome.
+
+        ``new``: the previous point had no record for the file's path. Its chunks are then
+        almost all new, and a native cutter compresses them as it reads; a modified file's
+        chunks go to dedup raw and only the new ones are compressed (issue 13, ADR 0083).
+        """
         await self._acquire()
-        return group.create_task(self._file_entry(item))
+        return group.create_task(self._file_entry(item, compress=new))
 
     async def add_small(
         self, group: asyncio.TaskGroup, item: ScanItem, future: asyncio.Future[FileOutcome | None]
@@ -358,24 +363,25 @@ class Reader:
             group.create_task(self._small_group(self._small))
             self._small, self._small_bytes = [], 0
 
-    def _reader(self, item: ScanItem) -> FileReader:
+    def _reader(self, item: ScanItem, *, compress: bool) -> FileReader:
+        """``item``'s reader; a native one (when built) compresses in its steps if told to ``compress``."""
         ctx = self._ctx
         # The native cutter reads the descriptor ``open_file`` gave, whatever opened it (ADR 0083).
-        cutter = ctx.native.cutter(ctx.params) if ctx.native is not None else None  # None: the Python path
+        cutter = ctx.native.cutter(ctx.params, compress=compress) if ctx.native is not None else None
         return FileReader(
             item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes, cutter
         )
 
-    async def _file_entry(self, item: ScanItem) -> FileOutcome | None:
+    async def _file_entry(self, item: ScanItem, *, compress: bool) -> FileOutcome | None:
         """Read one file (holding a reader permit, released at the end); None if it failed (reported)."""
         try:
-            return await self._read_alone(item)
+            return await self._read_alone(item, compress=compress)
         finally:
             self._release()
 
-    async def _read_alone(self, item: ScanItem) -> FileOutcome | None:
+    async def _read_alone(self, item: ScanItem, *, compress: bool) -> FileOutcome | None:
         ctx = self._ctx
-        reader = self._reader(item)
+        reader = self._reader(item, compress=compress)
         try:
             result = await self._read_file(reader, item)
             ctx.stats.files_read += 1
@@ -401,9 +407,13 @@ class Reader:
         return [self._read_small_file(item) for item in items]
 
     def _read_small_file(self, item: ScanItem) -> SmallRead:
-        """One file of a small-file group on the Python path."""
+        """One file of a small-file group on the Python path (or the native cutter's, past one chunk).
+
+        A native cutter compresses in its step, as the native group read does (ADR 0080): the
+        group does not know which files the previous point had, and its files are small.
+        """
         result = SmallRead()
-        reader = self._reader(item)
+        reader = self._reader(item, compress=True)
         try:
             for attempt in range(2):
                 if attempt:
@@ -439,7 +449,7 @@ class Reader:
             for (item, future), result in zip(files, results, strict=True):
                 ctx.stats.bytes_read += result.bytes_read
                 if result.too_big:
-                    future.set_result(await self._read_alone(item))
+                    future.set_result(await self._read_alone(item, compress=True))  # as the group would have
                     continue
                 if result.problem:
                     ctx.errors.append(FileError(item.path, result.problem))
