@@ -298,8 +298,15 @@ fn cdc_cuts(
 struct Cut {
     id: [u8; 32],
     compressed: bool,
-    payload: Vec<u8>,
+    payload: Payload,
     raw_length: usize,
+}
+
+/// A chunk's payload: encoded, or (no level) its raw content where it is in the cutter's buffer,
+/// copied once into the result (the step returns before the buffer moves: see `FileCutter::run`).
+enum Payload {
+    Encoded(Vec<u8>),
+    Buffered(usize),
 }
 
 /// What one step did: its chunks, the bytes it read, whether the file's end was cut, and the errno
@@ -368,7 +375,8 @@ struct FileCutter {
 impl FileCutter {
     /// Read (at most one read of at most `one_read` bytes when given, else as many as the buffer
     /// takes) and cut while at least the maximum chunk size is buffered or the file has ended; stop
-    /// once `batch_bytes` of chunks are cut, after the one read, or when the file's end is cut.
+    /// once `batch_bytes` of chunks are cut, after the one read, when the file's end is cut, or
+    /// (no level) before a refill would move the buffer under raw chunks already cut.
     fn run(&mut self, fd: libc::c_int, one_read: Option<usize>, batch_bytes: usize) -> StepOut {
         let mut out = StepOut {
             chunks: Vec::new(),
@@ -382,6 +390,9 @@ impl FileCutter {
             let buffered = self.buf.len() - self.start;
             if !self.eof && (self.filling || buffered < self.cdc.max_size) {
                 if !self.filling {
+                    if self.level.is_none() && !out.chunks.is_empty() {
+                        return out; // raw chunks point into the buffer: hand them over before it moves
+                    }
                     self.buf.copy_within(self.start.., 0);
                     self.buf.truncate(buffered);
                     self.start = 0;
@@ -440,13 +451,13 @@ impl FileCutter {
                 Some(Ok((compressed, payload))) => out.chunks.push(Cut {
                     id,
                     compressed,
-                    payload,
+                    payload: Payload::Encoded(payload),
                     raw_length: cut,
                 }),
                 None => out.chunks.push(Cut {
                     id,
                     compressed: false,
-                    payload: content.to_vec(),
+                    payload: Payload::Buffered(self.start),
                     raw_length: cut,
                 }),
                 Some(Err(code)) => {
@@ -534,7 +545,10 @@ impl FileCutter {
         let mut chunks = Vec::with_capacity(out.chunks.len());
         for cut in out.chunks {
             let id = PyBytes::new(py, &cut.id);
-            let payload = PyBytes::new(py, &cut.payload);
+            let payload = match &cut.payload {
+                Payload::Encoded(payload) => PyBytes::new(py, payload),
+                Payload::Buffered(at) => PyBytes::new(py, &this.buf[*at..*at + cut.raw_length]),
+            };
             chunks.push((id, cut.compressed, payload, cut.raw_length).into_pyobject(py)?);
         }
         (chunks, out.bytes_read, out.done, out.errno).into_pyobject(py)
