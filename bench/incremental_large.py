@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import os
 import random
-import resource
 import shutil
 import statistics
 import sys
@@ -38,16 +37,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "agent" / "tests"))
 
 from agent_fakes import KEY, FakeGateway  # noqa: E402
-from strongroom.agent.v1 import gateway_pb2  # noqa: E402
+from nochange_agent import backup, cpu_seconds  # noqa: E402  (the gateway's chunker sizes, the cache in state)
 from strongroom.common.v1 import common_pb2  # noqa: E402
-from strongroom_agent.backup import native, run_backup  # noqa: E402
+from strongroom_agent.backup import native  # noqa: E402
 from strongroom_agent.chunking import ChunkParams  # noqa: E402
-from strongroom_agent.exclusions import LinuxExclusions  # noqa: E402
 
 MiB = 1 << 20
-REPOSITORY = gateway_pb2.RepositoryParameters(
-    chunker_min_size=256 << 10, chunker_avg_size=1 << 20, chunker_max_size=4 << 20, chunk_id_key=KEY, chunker_seed=7
-)
 SIDES = ("python", "eager", "native")
 PAGE = 64 << 10
 
@@ -63,11 +58,6 @@ class Eager:
 
     def cutter(self, params: ChunkParams, *, compress: bool) -> native.NativeCutter | None:
         return self._files.cutter(params, compress=True)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def pages(rnd: random.Random, count: int) -> list[bytes]:
@@ -100,21 +90,6 @@ def edit(path: Path, count: int, round_: int) -> None:
             f.write(rnd.randbytes(2048).hex().encode())
 
 
-async def backup(gateway: FakeGateway, root: Path, state: Path, job: str, files: object) -> gateway_pb2.JobFinished:
-    command = gateway_pb2.RunBackup(job_id=job, max_cores=2, accepts_base_point=True)
-    command.repository.CopyFrom(REPOSITORY)
-    point = common_pb2.Filesystem(mount_point=str(root), device="bench", fs_type="ext4", capacity_bytes=1 << 40)
-    return await run_backup(
-        command,
-        client=gateway,
-        points=[point],
-        exclusions=LinuxExclusions(),
-        cancel=asyncio.Event(),
-        state_dir=str(state),
-        native=files,  # type: ignore[arg-type]
-    )
-
-
 async def main(work: Path, size_mib: int, rounds: int, edits: int) -> int:
     files = native.load()
     if files is None:
@@ -124,9 +99,13 @@ async def main(work: Path, size_mib: int, rounds: int, edits: int) -> int:
     root.mkdir(parents=True)
     big = root / "database.img"
     write_data(big, size_mib * MiB)
-    by_side: dict[str, object] = {"python": None, "eager": Eager(files), "native": files}
+    by_side: dict[str, native.NativeSmallFiles | Eager | None] = {
+        "python": None,
+        "eager": Eager(files),
+        "native": files,
+    }
     gateway = FakeGateway(key=KEY)
-    first = await backup(gateway, root, state, "job-0", files)
+    first = await backup(gateway, str(root), str(state), "job-0", files)
     print(f"full backup: {first.stats.chunks_new} chunks, {first.stats.bytes_uploaded / MiB:.1f} MB stored", flush=True)
     cpu: dict[str, list[float]] = {side: [] for side in SIDES}
     wall: dict[str, list[float]] = {side: [] for side in SIDES}
@@ -137,7 +116,7 @@ async def main(work: Path, size_mib: int, rounds: int, edits: int) -> int:
             job += 1
             edit(big, edits, job)
             before, started = cpu_seconds(), time.perf_counter()
-            result = await backup(gateway, root, state, f"job-{job}", by_side[side])
+            result = await backup(gateway, str(root), str(state), f"job-{job}", by_side[side])  # type: ignore[arg-type]
             spent, took = cpu_seconds() - before, time.perf_counter() - started
             if result.status != common_pb2.JOB_STATUS_COMPLETE or result.stats.files_read != 1:
                 raise SystemExit(f"backup {job} ({side}) did not read the one file: {result}")
