@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -310,3 +311,24 @@ def native_reader() -> native.NativeSmallFiles:
             pytest.skip("the native extension is not built: cargo is not installed")
         pytest.fail("cargo is installed but the native extension is not built: run `make native`")
     return loaded
+
+
+def threads_while(run: Callable[[], None]) -> tuple[int, int]:
+    """The process's threads before ``run`` (a watcher counting them included) and the most seen while it ran."""
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(len(os.listdir("/proc/self/task")))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    before = len(os.listdir("/proc/self/task"))  # with the watcher
+    try:
+        run()
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen
+    return before, max(seen)

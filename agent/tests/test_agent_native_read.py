@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from agent_fakes import REPOSITORY, FakeGateway, native_reader, write_file
+from agent_fakes import REPOSITORY, FakeGateway, native_reader, threads_while, write_file
 from strongroom.agent.v1 import gateway_pb2
 from strongroom.common.v1 import common_pb2
 from strongroom_agent.backup import native
@@ -128,15 +128,15 @@ def test_ordinary_files_give_the_same_ids_plaintext_entries_and_stats(tmp_path: 
     assert results[0].chunks[0].compression == gateway_pb2.CHUNK_COMPRESSION_ZSTD
 
 
-def test_files_larger_than_one_chunk_are_cut_on_the_python_path(tmp_path: Path) -> None:
-    """Past the chunker's minimum size FastCDC may cut: those files are read as before, same chunks."""
+def test_files_larger_than_one_chunk_are_cut_by_the_native_cutter_into_the_same_chunks(tmp_path: Path) -> None:
+    """Past the chunker's minimum size FastCDC may cut: the native cutter reads those (ADR 0083), same chunks."""
     sizes = {"min-plus-one": MIN + 1, "several-chunks": 5 * PARAMS.max_size, "read-size": READ_SIZE}
     for name, size in sizes.items():
         write_file(str(tmp_path / name), os.urandom(size))
     outcomes = both([item(tmp_path / name, name) for name in sizes])
     assert [len(chunks) > 1 for chunks, *_ in outcomes] == [False, True, True]  # type: ignore[arg-type]
     results = reader(native_reader())._read_small_files([item(tmp_path / "min-plus-one", "m")])
-    assert results[0].chunks[0].compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED
+    assert results[0].chunks[0].compression != gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED  # encoded as it was read
 
 
 def test_grown_and_shrunk_since_the_scan_are_read_as_they_are_now(tmp_path: Path) -> None:
@@ -373,20 +373,10 @@ def test_the_native_read_starts_no_thread_of_its_own(tmp_path: Path) -> None:
         write_file(str(tmp_path / f"f{i}"), os.urandom(MIN))
     items = [item(tmp_path / f"f{i}", f"f{i}") for i in range(64)]
     native_files = native_reader()
-    seen: list[int] = []
-    stop = threading.Event()
 
-    def watch() -> None:
-        while not stop.is_set():
-            seen.append(len(os.listdir("/proc/self/task")))
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    before = len(os.listdir("/proc/self/task"))  # with the watcher
-    try:
+    def run() -> None:
         for _ in range(20):
             reader(native_files)._read_small_files(items)
-    finally:
-        stop.set()
-        watcher.join()
-    assert seen and max(seen) <= before
+
+    before, most = threads_while(run)
+    assert most <= before

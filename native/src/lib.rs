@@ -9,6 +9,8 @@
 //! (`chunking.compress`). Every failure is a value in the file's result, never a Python exception
 //! or a panic: the caller reports it exactly as the Python path would.
 
+mod cdc;
+
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -338,6 +340,7 @@ fn read_small_files<'py>(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT", 1)?; // the shape of read_small_files' results; the Python side checks it
     m.add_function(wrap_pyfunction!(read_small_files, m)?)?;
+    cdc::register(m)?;
     walk::register(m)?;
     Ok(())
 }

@@ -7,17 +7,21 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent import memory
-from strongroom_agent.backup.native import NativeSmallFiles
 from strongroom_agent.backup.stages import PipelineLimits, SeenIds
 from strongroom_agent.chunking import ChunkParams
 from strongroom_agent.exclusions import Exclusions
 from strongroom_agent.gateway_client import GatewayClient
 from strongroom_agent.jobs import FileError, RetryPolicy
 from strongroom_agent.throttle import ReadThrottle
+
+if TYPE_CHECKING:
+    # Not at run time: the native module reads through ``read``, which imports this one.
+    from strongroom_agent.backup.native import NativeSmallFiles
 
 OpenFile = Callable[[str], int]  # a path to a read-only descriptor (``read.open_for_backup``)
 

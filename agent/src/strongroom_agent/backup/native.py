@@ -1,4 +1,4 @@
-"""The native small-file read path: one GIL-free call per group of one-chunk files (ADR 0080).
+"""The native read path: one GIL-free call per group of one-chunk files (ADR 0080) or per large-file step (ADR 0083).
 
 ``strongroom_agent._native`` (``native/`` in the repository, built by
 ``make native`` where cargo is installed; never packaged) reads, hashes and
@@ -12,6 +12,11 @@ compressed as ``chunking.compress`` does (zstd at ``ZSTD_LEVEL``, or the
 content itself when that is not smaller), or why the file is left out. Chunk
 ids and content are the Python path's; zstd frames may differ in bytes but
 decode to the same content, with its length in the frame header.
+
+For a larger file, ``NativeCutter`` is ``FileReader``'s step: it reads the
+descriptor the agent opened, cuts it where pyfastcdc cuts (its own FastCDC,
+the same cut points), and hashes and compresses each chunk, with the GIL
+released for the whole step; the bytes after the last cut wait for the next.
 
 The same module walks a point's tree against its previous point's cache
 (``TreeWalk``, ADR 0085): ``NativeTreeCompare`` is ``compare.TreeCompare`` with
@@ -35,26 +40,35 @@ import logging
 import os
 import posixpath
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from strongroom.agent.v1 import gateway_pb2
 
 from strongroom_agent import cache
 from strongroom_agent.backup.compare import Changed, Known, Step, TreeCompare
-from strongroom_agent.backup.scan import ScanItem
+from strongroom_agent.backup.read import CHANGED_WHILE_READ, NOT_REGULAR, READ_SIZE, SmallRead, read_problem
+from strongroom_agent.backup.scan import ScanItem, file_entry
 from strongroom_agent.backup.stages import Chunk
 from strongroom_agent.chunking import ZSTD_LEVEL, ChunkParams
 from strongroom_agent.exclusions import LinuxExclusions
-from strongroom_agent.jobs import FileError
+from strongroom_agent.jobs import FileError, JobCanceled
+from strongroom_agent.throttle import Unlimited
+
+if TYPE_CHECKING:
+    from strongroom_agent.backup.context import JobContext
+
+# One file of a small-file group on the Python path (``Reader._read_small_file``).
+ReadPython = Callable[[ScanItem], SmallRead]
 
 log = logging.getLogger(__name__)
 
 NATIVE_ENV = "STRONGROOM_AGENT_NATIVE"  # "0": the Python read path even where the extension is built
 MODULE = "strongroom_agent._native"
 FORMAT = 1  # the shape of the module's results this code decodes (the module's own FORMAT)
+CDC_FORMAT = 2  # the shape of ``FileCutter``'s arguments and step results this code uses (the module's CDC_FORMAT)
 WALK_FORMAT = 1  # the shape of ``TreeWalk.step``'s results this code decodes (the module's WALK_FORMAT)
 
 
@@ -92,17 +106,103 @@ def _stat_result(fields: Sequence[int]) -> os.stat_result:
     )
 
 
+def _chunk(raw: tuple[bytes, bool, bytes, int]) -> Chunk:
+    """A chunk as the extension returns it, ``(id, compressed, payload, raw_length)``, encoded already."""
+    cid, compressed, payload, raw_length = raw
+    encoding = gateway_pb2.CHUNK_COMPRESSION_ZSTD if compressed else gateway_pb2.CHUNK_COMPRESSION_NONE
+    return Chunk(cid, payload, 0, encoding, raw_length)
+
+
+@dataclass(slots=True)
+class CutStep:
+    """One native step of a large file (``NativeCutter.step``)."""
+
+    # Compressing: encoded as ``chunking.compress`` does, ``raw_length`` each one's content; else raw
+    # content with compression UNSPECIFIED, as the Python reader's (the compress stage encodes them).
+    chunks: list[Chunk]
+    cut_bytes: int  # the chunks' raw content, in all
+    bytes_read: int
+    done: bool  # the file's end was cut
+    errno: int  # a read failed with it (0: none); the chunks before it are in ``chunks``
+
+
+class NativeCutter:
+    """One large file read, cut (pyfastcdc's cut points), hashed and compressed per GIL-free call (ADR 0083).
+
+    Not thread-safe: ``FileReader`` calls it under its lock. It holds the bytes read but not
+    yet cut between steps (less than twice the maximum chunk size) until ``reset`` or ``release``.
+    Made with ``compress`` false, it returns raw chunks: the compress stage then encodes only
+    those dedup passes, as on the Python path.
+    """
+
+    def __init__(self, cutter: Any, *, compress: bool) -> None:
+        self._cutter = cutter
+        self.compress = compress
+
+    def step(self, fd: int, one_read: int | None, batch_bytes: int) -> CutStep:
+        """Read ``fd`` and cut until ``batch_bytes`` are cut, the file's end is, or (``one_read``) one read was made.
+
+        ``one_read``: at most one read, of at most that many bytes (under a throttle, which the
+        caller charges after each call); None: as many reads as the buffer takes. Reads go on
+        from the descriptor's offset, and cuts are made only where pyfastcdc's stream chunker
+        makes them (the maximum chunk size buffered, or the end of the file), so a call may
+        cut nothing. Charges nothing to a throttle.
+        """
+        raws, bytes_read, done, errno = self._cutter.step(fd, one_read, batch_bytes)
+        cut_bytes = sum(raw[3] for raw in raws)
+        if self.compress:
+            chunks = [_chunk(raw) for raw in raws]
+        else:
+            chunks = [Chunk(cid, payload, 0) for cid, _, payload, _ in raws]
+        return CutStep(chunks, cut_bytes, bytes_read, done, errno)
+
+    def reset(self, read_end: int | None, ends_at: int | None = None) -> None:
+        """Start over: forget what was read (the caller seeks the descriptor to 0, or opened it).
+
+        ``read_end``: read at most that many bytes in all, and take them as the whole file
+        (``FileReader`` reads a file of up to ``WHOLE_FILE_BYTES`` as its size and one byte more);
+        None: read until a read returns nothing. ``ends_at``: a read that brings the total to
+        exactly that many bytes ends the file (``FileReader._read_small``'s rule).
+        """
+        self._cutter.reset(read_end, ends_at)
+
+    def release(self) -> None:
+        """Free the buffer: the file is done."""
+        self._cutter.release()
+
+
 class NativeSmallFiles:
-    """The extension's group read, with its results decoded (thread-safe: each call is independent)."""
+    """The extension: the small-file group read (results decoded) and large-file cutters (thread-safe)."""
 
     def __init__(self, module: ModuleType) -> None:
         self._read = module.read_small_files
+        cdc_format = getattr(module, "CDC_FORMAT", None)
+        self._cutter: Any = module.FileCutter if cdc_format == CDC_FORMAT else None
+        if self._cutter is None:
+            log.warning(
+                "%s has cutter format %r, expected %d: large files on the Python path", MODULE, cdc_format, CDC_FORMAT
+            )
         walk_format = getattr(module, "WALK_FORMAT", None)
         self._walk: Any = module.TreeWalk if walk_format == WALK_FORMAT else None
         if self._walk is None:
             log.warning(
                 "%s has walk format %r, expected %d: the walk runs on the Python path", MODULE, walk_format, WALK_FORMAT
             )
+
+    def cutter(self, params: ChunkParams, *, compress: bool) -> NativeCutter | None:
+        """A cutter for one file with ``params``' FastCDC sizes, gear seed and chunk-id key (None: a stale build).
+
+        ``compress``: zstd in the step, GIL-free (for a file the previous point did not have,
+        whose chunks are almost all new); false: raw chunks, compressed after dedup by the
+        compress stage (a modified file, whose chunks are mostly known: issue 13).
+        """
+        if self._cutter is None:
+            return None
+        level = ZSTD_LEVEL if compress else None
+        return NativeCutter(
+            self._cutter(params.key, level, params.min_size, params.avg_size, params.max_size, params.seed),
+            compress=compress,
+        )
 
     def tree_compare(self, python: TreeCompare) -> NativeTreeCompare | None:
         """The native walk made from ``python``'s arguments (not yet stepped), or None where it might walk otherwise.
@@ -144,13 +244,63 @@ class NativeSmallFiles:
                 fields, chunk = rest
                 result.stat = _stat_result(fields)
                 if chunk is not None:
-                    cid, compressed, payload, raw_length = chunk
-                    encoding = gateway_pb2.CHUNK_COMPRESSION_ZSTD if compressed else gateway_pb2.CHUNK_COMPRESSION_NONE
-                    result.chunk = Chunk(cid, payload, 0, encoding, raw_length)
+                    result.chunk = _chunk(chunk)
             elif result.code is Code.OS_ERROR:
                 result.errno = rest[0]
             results.append(result)
         return results
+
+    def read_group(self, ctx: JobContext, items: list[ScanItem], read_python: ReadPython) -> list[SmallRead]:
+        """A small-file group through the native extension, GIL released per call (ADR 0080).
+
+        One call for the group; under a read throttle, calls of about ``READ_SIZE`` scanned
+        bytes each, the bytes read charged after each call (the Python path charges after
+        each read, of at most ``READ_SIZE``). A file larger than one chunk when opened is
+        read on the Python path (``read_python``: FastCDC cuts it there). The job's stop is checked before
+        each call, as the Python path checks it before each read.
+        """
+        limit = None if isinstance(ctx.throttle, Unlimited) else READ_SIZE
+        calls: list[list[ScanItem]] = [[]]
+        size = 0
+        for item in items:
+            if limit is not None and calls[-1] and size + item.st.st_size > limit:
+                calls.append([])
+                size = 0
+            calls[-1].append(item)
+            size += item.st.st_size
+        results: list[SmallRead] = []
+        for call in calls:
+            if ctx.stop_threads.is_set():
+                raise JobCanceled
+            reads = self.read([item.path for item in call], ctx.params)
+            read_bytes = sum(read.bytes_read for read in reads)
+            if read_bytes:  # as the Python path, which charges only reads that brought bytes
+                ctx.throttle.acquire(read_bytes)
+            results.extend(_from_native(item, read, read_python) for item, read in zip(call, reads, strict=True))
+        return results
+
+
+def _from_native(item: ScanItem, read: NativeRead, read_python: ReadPython) -> SmallRead:
+    """A native outcome as the Python path's ``SmallRead`` (same entry, chunk and problem text)."""
+    if read.code is Code.TOO_BIG:
+        result = read_python(item)
+        result.bytes_read += read.bytes_read
+        return result
+    result = SmallRead(bytes_read=read.bytes_read)
+    if read.code is Code.OK:
+        assert read.stat is not None
+        result.before = read.stat
+        result.entry = file_entry(item, read.stat)
+        if read.chunk is not None:
+            result.chunks = [read.chunk]
+            result.entry.chunk_ids.append(read.chunk.id)
+    elif read.code is Code.OS_ERROR:
+        result.problem = read_problem(OSError(read.errno, os.strerror(read.errno), item.path))
+    elif read.code is Code.NOT_REGULAR:
+        result.problem = NOT_REGULAR
+    else:
+        result.problem = CHANGED_WHILE_READ
+    return result
 
 
 class NativeTreeCompare:
@@ -227,11 +377,11 @@ def load() -> NativeSmallFiles | None:
 def from_env(environ: Mapping[str, str]) -> NativeSmallFiles | None:
     """The composition root's choice: the native path unless ``STRONGROOM_AGENT_NATIVE=0`` or not built."""
     if environ.get(NATIVE_ENV, "1") == "0":
-        log.info("small files on the Python read path (%s=0)", NATIVE_ENV)
+        log.info("files on the Python read path (%s=0)", NATIVE_ENV)
         return None
     native = load()
     if native is None:
-        log.info("small files on the Python read path (the native extension is not built: `make native`)")
+        log.info("files on the Python read path (the native extension is not built: `make native`)")
     else:
-        log.info("small files on the native read path (ADR 0080), the walk on the native path (ADR 0085)")
+        log.info("files on the native read path (ADR 0080, 0083), the walk on the native path (ADR 0085)")
     return native

@@ -241,7 +241,9 @@ class _Scan:
             if item.st.st_size <= small_file_bytes:
                 await self._add_small(group, item, found.path, found.cached)
             else:
-                await self._put_ordered(group, Slot(found.path, await self.reader.read(group, item), found.cached))
+                # No record for the path: a new file, whose chunks the native cutter compresses as it reads.
+                task = await self.reader.read(group, item, new=found.cached is None)
+                await self._put_ordered(group, Slot(found.path, task, found.cached))
 
     async def _put_ordered(self, group: asyncio.TaskGroup, item: Slot | Known) -> None:
         """Queue ``item`` for the spool writer, first starting the pending small-file group if the queue is full.

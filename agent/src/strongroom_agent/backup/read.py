@@ -26,18 +26,21 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pyfastcdc
 from strongroom.common.v1 import common_pb2
 
 from strongroom_agent.backup.context import JobContext, OpenFile
-from strongroom_agent.backup.native import Code, NativeRead
 from strongroom_agent.backup.scan import ScanItem, file_entry
 from strongroom_agent.backup.stages import ByteBudget, Chunk, Deduper
 from strongroom_agent.chunking import ChunkParams, chunk_id
 from strongroom_agent.jobs import FileError, JobCanceled, reason
 from strongroom_agent.throttle import ReadThrottle, Unlimited
+
+if TYPE_CHECKING:
+    # Not at run time: the native module imports this one.
+    from strongroom_agent.backup.native import NativeCutter
 
 T = TypeVar("T")
 
@@ -103,7 +106,7 @@ class SmallRead:
 
 @dataclass
 class Step:
-    chunks: list[tuple[bytes, bytes]]
+    chunks: list[Chunk]  # charge 0; raw content, or encoded already by a compressing native cutter
     bytes_read: int
     done: bool
     consistent: bool = False
@@ -117,7 +120,10 @@ class FileReader:
     """Reads and chunks one file in worker threads, one bounded step at a time.
 
     All methods take a lock, so ``close`` submitted after a cancellation waits
-    for a step still running in another thread.
+    for a step still running in another thread. With a native ``cutter`` (ADR
+    0083) each step reads, cuts, hashes (and, for a new file, compresses) in one
+    GIL-free call (or, under a read throttle, calls of at most ``READ_SIZE`` read
+    bytes each); the chunks and cut points are the Python path's.
     """
 
     def __init__(
@@ -128,8 +134,10 @@ class FileReader:
         throttle: ReadThrottle,
         stop: threading.Event,
         batch_bytes: int,
+        cutter: NativeCutter | None = None,
     ) -> None:
         self.path = path
+        self._cutter = cutter
         self._params = params
         self._open_file = open_file
         self._throttle = throttle
@@ -154,7 +162,13 @@ class FileReader:
             raise FileProblem(NOT_REGULAR)
         self._total = 0
         self._whole = None
-        if self.before.st_size < READ_SIZE:
+        if self._cutter is not None:
+            # The reads below: up to WHOLE_FILE_BYTES the size and one byte to notice growth (under
+            # READ_SIZE, ending once the size is in); beyond, until a read returns nothing.
+            size = self.before.st_size
+            whole = size <= WHOLE_FILE_BYTES
+            self._cutter.reset(size + 1 if whole else None, size if size < READ_SIZE else None)
+        elif self.before.st_size < READ_SIZE:
             self._whole = self._read_small(self.before.st_size)
             self._chunks = iter(self._params.chunker().cut_buf(self._whole))
         elif self.before.st_size <= WHOLE_FILE_BYTES:
@@ -219,21 +233,53 @@ class FileReader:
             if self._fd < 0:
                 self._fd = self._open_file(self.path)
                 self._start(opened=True)
-            chunks: list[tuple[bytes, bytes]] = []
+            if self._cutter is not None:
+                return self._native_step(self._cutter)
+            chunks: list[Chunk] = []
             produced = 0
             whole = self._whole
             for chunk in self._chunks:
                 data = chunk.data
                 # The stream chunker reuses its buffer, and a chunk of a larger buffer would keep all of it.
                 content = whole if whole is not None and len(data) == len(whole) else bytes(data)
-                chunks.append((chunk_id(self._params.key, content), content))
+                chunks.append(Chunk(chunk_id(self._params.key, content), content, 0))
                 produced += len(content)
                 if produced >= self._batch_bytes:
                     return Step(chunks, self._take_delta(), done=False)
-            assert self.before is not None
-            after = os.fstat(self._fd)
-            consistent = _snapshot(after) == _snapshot(self.before) and self._total == after.st_size
-            return Step(chunks, self._take_delta(), done=True, consistent=consistent)
+            return Step(chunks, self._take_delta(), done=True, consistent=self._consistent())
+
+    def _consistent(self) -> bool:
+        """Whether the file read to its end is the one ``_start`` saw (inode, size, times; every byte read)."""
+        assert self.before is not None
+        after = os.fstat(self._fd)
+        return _snapshot(after) == _snapshot(self.before) and self._total == after.st_size
+
+    def _native_step(self, cutter: NativeCutter) -> Step:
+        """:meth:`step` through the native cutter: one call unthrottled, one call per read under a throttle.
+
+        Under a throttle each call makes one read of at most ``READ_SIZE``, charged after it,
+        as the Python path charges each of its reads; the job's stop is checked before each
+        call. A failed read raises the ``OSError`` ``os.readv`` would have raised.
+        """
+        limit = None if isinstance(self._throttle, Unlimited) else READ_SIZE
+        chunks: list[Chunk] = []
+        produced = 0
+        while True:
+            if self._stop.is_set():
+                raise JobCanceled
+            cut = cutter.step(self._fd, limit, self._batch_bytes - produced)
+            self._total += cut.bytes_read
+            self._delta += cut.bytes_read
+            if cut.bytes_read:
+                self._throttle.acquire(cut.bytes_read)
+            if cut.errno:
+                raise OSError(cut.errno, os.strerror(cut.errno))
+            chunks.extend(cut.chunks)
+            produced += cut.cut_bytes
+            if cut.done:
+                return Step(chunks, self._take_delta(), done=True, consistent=self._consistent())
+            if produced >= self._batch_bytes:
+                return Step(chunks, self._take_delta(), done=False)
 
     def _take_delta(self) -> int:
         """Bytes read since the last step reported (including reads done while (re)starting)."""
@@ -248,6 +294,8 @@ class FileReader:
         with self._lock:
             self._closed = True
             self._whole = None
+            if self._cutter is not None:
+                self._cutter.release()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -288,10 +336,15 @@ class Reader:
         self._reading -= 1
         self._permits.release()
 
-    async def read(self, group: asyncio.TaskGroup, item: ScanItem) -> asyncio.Task[FileOutcome | None]:
-        """Start reading one file on its own once a permit is free; the task gives its outcome."""
+    async def read(self, group: asyncio.TaskGroup, item: ScanItem, *, new: bool) -> asyncio.Task[FileOutcome | None]:
+        """Start reading one file on its own once a permit is free; the task gives its outcome.
+
+        ``new``: the previous point had no record for the file's path. Its chunks are then
+        almost all new, and a native cutter compresses them as it reads; a modified file's
+        chunks go to dedup raw and only the new ones are compressed (issue 13, ADR 0083).
+        """
         await self._acquire()
-        return group.create_task(self._file_entry(item))
+        return group.create_task(self._file_entry(item, compress=new))
 
     async def add_small(
         self, group: asyncio.TaskGroup, item: ScanItem, future: asyncio.Future[FileOutcome | None]
@@ -310,22 +363,25 @@ class Reader:
             group.create_task(self._small_group(self._small))
             self._small, self._small_bytes = [], 0
 
-    def _reader(self, item: ScanItem) -> FileReader:
+    def _reader(self, item: ScanItem, *, compress: bool) -> FileReader:
+        """``item``'s reader; a native one (when built) compresses in its steps if told to ``compress``."""
         ctx = self._ctx
+        # The native cutter reads the descriptor ``open_file`` gave, whatever opened it (ADR 0083).
+        cutter = ctx.native.cutter(ctx.params, compress=compress) if ctx.native is not None else None
         return FileReader(
-            item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes
+            item.path, ctx.params, ctx.open_file, ctx.throttle, ctx.stop_threads, ctx.limits.read_batch_bytes, cutter
         )
 
-    async def _file_entry(self, item: ScanItem) -> FileOutcome | None:
+    async def _file_entry(self, item: ScanItem, *, compress: bool) -> FileOutcome | None:
         """Read one file (holding a reader permit, released at the end); None if it failed (reported)."""
         try:
-            return await self._read_alone(item)
+            return await self._read_alone(item, compress=compress)
         finally:
             self._release()
 
-    async def _read_alone(self, item: ScanItem) -> FileOutcome | None:
+    async def _read_alone(self, item: ScanItem, *, compress: bool) -> FileOutcome | None:
         ctx = self._ctx
-        reader = self._reader(item)
+        reader = self._reader(item, compress=compress)
         try:
             result = await self._read_file(reader, item)
             ctx.stats.files_read += 1
@@ -344,16 +400,20 @@ class Reader:
         is read once more, and left out if it changes again. A file that grew
         past the whole-file limit since the scan is marked ``too_big`` and read
         on its own afterwards. With the native extension (``ctx.native``), the
-        files of at most one chunk are read by it (``_read_native``).
+        files of at most one chunk are read by it (``NativeSmallFiles.read_group``).
         """
         if self._ctx.native is not None:
-            return self._read_native(items)
+            return self._ctx.native.read_group(self._ctx, items, self._read_small_file)
         return [self._read_small_file(item) for item in items]
 
     def _read_small_file(self, item: ScanItem) -> SmallRead:
-        """One file of a small-file group on the Python path."""
+        """One file of a small-file group on the Python path (or the native cutter's, past one chunk).
+
+        A native cutter compresses in its step, as the native group read does (ADR 0080): the
+        group does not know which files the previous point had, and its files are small.
+        """
         result = SmallRead()
-        reader = self._reader(item)
+        reader = self._reader(item, compress=True)
         try:
             for attempt in range(2):
                 if attempt:
@@ -365,11 +425,11 @@ class Reader:
                     break
                 if step.consistent:
                     assert reader.before is not None
-                    result.chunks = [Chunk(cid, content, 0) for cid, content in step.chunks]
+                    result.chunks = step.chunks
                     result.before = reader.before
                     # Built here, in the worker thread: less per-file work on the event loop.
                     result.entry = file_entry(item, reader.before)
-                    result.entry.chunk_ids.extend(cid for cid, _ in step.chunks)
+                    result.entry.chunk_ids.extend(chunk.id for chunk in step.chunks)
                     break
             else:
                 result.problem = CHANGED_WHILE_READ
@@ -377,59 +437,6 @@ class Reader:
             result.problem = read_problem(exc)
         finally:
             reader.close()
-        return result
-
-    def _read_native(self, items: list[ScanItem]) -> list[SmallRead]:
-        """A small-file group through the native extension, GIL released per call (ADR 0080).
-
-        One call for the group; under a read throttle, calls of about ``READ_SIZE`` scanned
-        bytes each, the bytes read charged after each call (the Python path charges after
-        each read, of at most ``READ_SIZE``). A file larger than one chunk when opened is
-        read on the Python path (FastCDC cuts it there). The job's stop is checked before
-        each call, as the Python path checks it before each read.
-        """
-        ctx = self._ctx
-        assert ctx.native is not None
-        limit = None if isinstance(ctx.throttle, Unlimited) else READ_SIZE
-        calls: list[list[ScanItem]] = [[]]
-        size = 0
-        for item in items:
-            if limit is not None and calls[-1] and size + item.st.st_size > limit:
-                calls.append([])
-                size = 0
-            calls[-1].append(item)
-            size += item.st.st_size
-        results: list[SmallRead] = []
-        for call in calls:
-            if ctx.stop_threads.is_set():
-                raise JobCanceled
-            reads = ctx.native.read([item.path for item in call], ctx.params)
-            read_bytes = sum(read.bytes_read for read in reads)
-            if read_bytes:  # as the Python path, which charges only reads that brought bytes
-                ctx.throttle.acquire(read_bytes)
-            results.extend(self._from_native(item, read) for item, read in zip(call, reads, strict=True))
-        return results
-
-    def _from_native(self, item: ScanItem, read: NativeRead) -> SmallRead:
-        """A native outcome as the Python path's ``SmallRead`` (same entry, chunk and problem text)."""
-        if read.code is Code.TOO_BIG:
-            result = self._read_small_file(item)
-            result.bytes_read += read.bytes_read
-            return result
-        result = SmallRead(bytes_read=read.bytes_read)
-        if read.code is Code.OK:
-            assert read.stat is not None
-            result.before = read.stat
-            result.entry = file_entry(item, read.stat)
-            if read.chunk is not None:
-                result.chunks = [read.chunk]
-                result.entry.chunk_ids.append(read.chunk.id)
-        elif read.code is Code.OS_ERROR:
-            result.problem = read_problem(OSError(read.errno, os.strerror(read.errno), item.path))
-        elif read.code is Code.NOT_REGULAR:
-            result.problem = NOT_REGULAR
-        else:
-            result.problem = CHANGED_WHILE_READ
         return result
 
     async def _small_group(self, files: list[tuple[ScanItem, asyncio.Future[FileOutcome | None]]]) -> None:
@@ -442,7 +449,7 @@ class Reader:
             for (item, future), result in zip(files, results, strict=True):
                 ctx.stats.bytes_read += result.bytes_read
                 if result.too_big:
-                    future.set_result(await self._read_alone(item))
+                    future.set_result(await self._read_alone(item, compress=True))  # as the group would have
                     continue
                 if result.problem:
                     ctx.errors.append(FileError(item.path, result.problem))
@@ -487,8 +494,8 @@ class Reader:
                     raise JobCanceled
                 step = await self._in_thread(reader.step)
                 ctx.stats.bytes_read += step.bytes_read
-                await self._to_dedup([Chunk(cid, content, 0) for cid, content in step.chunks])
-                ids.extend(cid for cid, _ in step.chunks)
+                await self._to_dedup(step.chunks)
+                ids.extend(chunk.id for chunk in step.chunks)
                 if step.done:
                     break
             if step.consistent:
