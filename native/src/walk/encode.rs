@@ -53,7 +53,13 @@ pub(super) fn entry_body(rel: &[u8], kind: u64, st: &Stat, link: &[u8]) -> Vec<u
 }
 
 /// `cache.encode_record`: one length-prefixed cache record; trusted unless its ctime is racy.
-pub(super) fn encode_record(out: &mut Vec<u8>, path: &[u8], body: &[u8], st: &Stat, racy_before_ns: i64) {
+pub(super) fn encode_record(
+    out: &mut Vec<u8>,
+    path: &[u8],
+    body: &[u8],
+    st: &Stat,
+    racy_before_ns: i64,
+) {
     let ctime = ns(st.ctime);
     out.extend_from_slice(&((RECORD_HEAD + path.len() + body.len()) as u32).to_le_bytes());
     out.push(if ctime < racy_before_ns { TRUSTED } else { 0 });
