@@ -17,8 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
-use pyo3::IntoPyObjectExt;
 use pyo3::types::{PyBytes, PyTuple};
+use pyo3::IntoPyObjectExt;
 
 mod walk;
 
@@ -81,7 +81,9 @@ struct FileResult {
 }
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// An open descriptor, closed when dropped (every path out of a file's read closes it).
@@ -100,7 +102,8 @@ impl Drop for Fd {
 /// no terminal taken as the controlling one (the agent is a session leader without one), and
 /// without touching atime where the caller may (O_NOATIME needs ownership or CAP_FOWNER).
 fn open_for_backup(path: &CString) -> Result<Fd, i32> {
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+    let flags =
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
     loop {
         // SAFETY: `path` is a NUL-terminated string that outlives the call.
         let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_NOATIME) };
@@ -200,7 +203,10 @@ fn compress(level: i32, content: Vec<u8>) -> Result<(bool, Vec<u8>), i32> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().map(|(made_for, _)| *made_for) != Some(level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(|_| libc::ENOMEM)?));
+            *slot = Some((
+                level,
+                zstd::bulk::Compressor::new(level).map_err(|_| libc::ENOMEM)?,
+            ));
         }
         let (_, compressor) = slot.as_mut().ok_or(libc::ENOMEM)?;
         let frame = compressor.compress(&content).map_err(|_| libc::ENOMEM)?;
@@ -212,7 +218,13 @@ fn compress(level: i32, content: Vec<u8>) -> Result<(bool, Vec<u8>), i32> {
     })
 }
 
-fn read_one(path: &CString, key: &[u8; 32], level: i32, max_size: i64, bytes_read: &mut u64) -> Outcome {
+fn read_one(
+    path: &CString,
+    key: &[u8; 32],
+    level: i32,
+    max_size: i64,
+    bytes_read: &mut u64,
+) -> Outcome {
     let fd = match open_for_backup(path) {
         Ok(fd) => fd,
         Err(code) => return Outcome::Os(code),
@@ -251,7 +263,15 @@ fn read_one(path: &CString, key: &[u8; 32], level: i32, max_size: i64, bytes_rea
         let id = *blake3::keyed_hash(key, &content).as_bytes();
         let raw_length = content.len();
         return match compress(level, content) {
-            Ok((compressed, payload)) => Outcome::Read(before, Some(Chunk { id, compressed, payload, raw_length })),
+            Ok((compressed, payload)) => Outcome::Read(
+                before,
+                Some(Chunk {
+                    id,
+                    compressed,
+                    payload,
+                    raw_length,
+                }),
+            ),
             Err(code) => Outcome::Os(code),
         };
     }
@@ -311,7 +331,10 @@ fn read_small_files<'py>(
                     // A NUL in a path (a scan never yields one; os.open raises ValueError for it).
                     Err(_) => Outcome::Os(libc::EINVAL),
                 };
-                FileResult { outcome, bytes_read }
+                FileResult {
+                    outcome,
+                    bytes_read,
+                }
             })
             .collect()
     });
@@ -320,11 +343,14 @@ fn read_small_files<'py>(
         .map(|result| {
             let n = result.bytes_read;
             match result.outcome {
-                Outcome::Read(st, None) => (OK, n, stat_tuple(py, &st)?, py.None()).into_pyobject(py),
+                Outcome::Read(st, None) => {
+                    (OK, n, stat_tuple(py, &st)?, py.None()).into_pyobject(py)
+                }
                 Outcome::Read(st, Some(chunk)) => {
                     let id = PyBytes::new(py, &chunk.id);
                     let payload = PyBytes::new(py, &chunk.payload);
-                    let chunk = (id, chunk.compressed, payload, chunk.raw_length).into_pyobject(py)?;
+                    let chunk =
+                        (id, chunk.compressed, payload, chunk.raw_length).into_pyobject(py)?;
                     (OK, n, stat_tuple(py, &st)?, chunk).into_pyobject(py)
                 }
                 Outcome::TooBig => (TOO_BIG, n).into_pyobject(py),
