@@ -12,7 +12,7 @@ again with the cache in ``--work``. The sides, rotating per round (the first sid
 
 - ``python``: ``STRONGROOM_AGENT_NATIVE=0``'s path (pyfastcdc, BLAKE3, the compress stage after dedup);
 - ``eager``: the native cutter compressing every chunk in its step, as before issue 13 (the flag
-  forced on: ``NativeSmallFiles.cutter(..., compress=True)`` for every file);
+  forced on: ``NativeExtension.cutter(..., compress=True)`` for every file);
 - ``native``: the native cutter as the agent runs it now: a modified file's chunks go to dedup raw
   and the compress stage compresses only the new ones.
 
@@ -50,7 +50,7 @@ PAGE = 64 << 10
 class Eager:
     """The native extension with every cutter compressing in its step (the agent before issue 13)."""
 
-    def __init__(self, files: native.NativeSmallFiles) -> None:
+    def __init__(self, files: native.NativeExtension) -> None:
         self._files = files
 
     def __getattr__(self, name: str) -> object:
@@ -99,7 +99,7 @@ async def main(work: Path, size_mib: int, rounds: int, edits: int) -> int:
     root.mkdir(parents=True)
     big = root / "database.img"
     write_data(big, size_mib * MiB)
-    by_side: dict[str, native.NativeSmallFiles | Eager | None] = {
+    by_side: dict[str, native.NativeExtension | Eager | None] = {
         "python": None,
         "eager": Eager(files),
         "native": files,

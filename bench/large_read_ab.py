@@ -54,7 +54,7 @@ class Side:
     ids: str  # a digest of every chunk id in order
 
 
-def read_all(paths: list[str], natively: native.NativeSmallFiles | None) -> Side:
+def read_all(paths: list[str], natively: native.NativeExtension | None) -> Side:
     """Read every path as ``Reader`` reads a large file (no retry: the tree does not change)."""
     digest = hashlib.blake2b()
     read = chunks = stored = 0
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.islink(Path(root) / name) and os.path.getsize(Path(root) / name) > args.min_bytes
     )
     print(f"{len(paths)} files over {args.min_bytes} bytes, {sum(os.path.getsize(p) for p in paths) / 1e6:.1f} MB")
-    sides: dict[str, native.NativeSmallFiles | None] = {"python": None, "native": natively}
+    sides: dict[str, native.NativeExtension | None] = {"python": None, "native": natively}
     for side in sides.values():  # warm the page cache, and each path's first allocations
         read_all(paths, side)
     rows: list[tuple[int, str, Side]] = []

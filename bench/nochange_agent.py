@@ -66,7 +66,7 @@ def cpu_seconds() -> float:
 
 
 async def backup(
-    gateway: FakeGateway, root: str, state: str, job: str, native_files: native.NativeSmallFiles | None = None
+    gateway: FakeGateway, root: str, state: str, job: str, native_files: native.NativeExtension | None = None
 ) -> gateway_pb2.JobFinished:
     command = gateway_pb2.RunBackup(job_id=job, max_cores=2, accepts_base_point=True)
     command.repository.CopyFrom(REPOSITORY)

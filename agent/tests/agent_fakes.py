@@ -303,7 +303,7 @@ def write_file(path: str, data: bytes, mode: int = 0o644, mtime_ns: int | None =
         os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
-def native_reader() -> native.NativeSmallFiles:
+def native_reader() -> native.NativeExtension:
     """The built extension; skips only where cargo is absent (then nothing could have built it)."""
     loaded = native.load()
     if loaded is None:

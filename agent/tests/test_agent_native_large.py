@@ -350,7 +350,7 @@ def test_without_the_switch_large_files_are_read_on_the_python_path(tmp_path: Pa
     assert chunks and all(c.compression != gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED for c in chunks)
 
 
-def first_step(path: Path, native_files: native.NativeSmallFiles | None) -> list[Chunk]:
+def first_step(path: Path, native_files: native.NativeExtension | None) -> list[Chunk]:
     """The chunks of the first step the job's reader takes through ``path``, read as a new file."""
     file = reader(native_files)._reader(ScanItem(rel="f", path=str(path), st=path.stat()), compress=True)
     try:
@@ -379,13 +379,13 @@ def test_a_build_with_another_cutter_format_reads_large_files_on_the_python_path
     """A stale or newer build's cutter is not used (its results might be shaped otherwise); small files still are."""
     module = extension()
     stale = types.SimpleNamespace(read_small_files=module.read_small_files, FileCutter=module.FileCutter, CDC_FORMAT=99)
-    native_files = native.NativeSmallFiles(stale)  # type: ignore[arg-type]
+    native_files = native.NativeExtension(stale)  # type: ignore[arg-type]
     assert native_files.cutter(PRODUCTION, compress=True) is None
     path = tmp_path / "f"
     write_file(str(path), os.urandom(2 * READ_SIZE))
     chunks = first_step(path, native_files)
     assert chunks and all(c.compression == gateway_pb2.CHUNK_COMPRESSION_UNSPECIFIED for c in chunks)
-    assert native.NativeSmallFiles(module).cutter(PRODUCTION, compress=True) is not None
+    assert native.NativeExtension(module).cutter(PRODUCTION, compress=True) is not None
 
 
 class PythonWalk(LinuxExclusions):
@@ -393,7 +393,7 @@ class PythonWalk(LinuxExclusions):
 
 
 async def backup_twice(
-    tmp_path: Path, native_files: native.NativeSmallFiles | None, exclusions: LinuxExclusions
+    tmp_path: Path, native_files: native.NativeExtension | None, exclusions: LinuxExclusions
 ) -> list[tuple[object, ...]]:
     """A large file backed up new, then modified in a few places; per backup what dedup saw and what was compressed.
 

@@ -40,7 +40,7 @@ MIN = PARAMS.min_size  # a file of at most this many bytes is one chunk: the nat
 
 
 def reader(
-    native_files: native.NativeSmallFiles | None, throttle: ReadThrottle | None = None, params: ChunkParams = PARAMS
+    native_files: native.NativeExtension | None, throttle: ReadThrottle | None = None, params: ChunkParams = PARAMS
 ) -> Reader:
     ctx = JobContext(
         job_id="job-1",

@@ -32,7 +32,7 @@ from strongroom_telemetry.propagation import context_from_traceparent
 
 from strongroom_agent import __version__, host, memory
 from strongroom_agent.backup import cores_for, plan_points, run_backup
-from strongroom_agent.backup.native import NativeSmallFiles
+from strongroom_agent.backup.native import NativeExtension
 from strongroom_agent.config import SPOOL_DIR
 from strongroom_agent.exclusions import LinuxExclusions
 from strongroom_agent.filesystems import discover_filesystems, filesystem_for_root
@@ -382,7 +382,7 @@ def make_hello(state_dir: str) -> Callable[[], Awaitable[gateway_pb2.AgentHello]
 
 
 def make_backup_runner(
-    client: GatewayClient, state_dir: str, default_roots: Sequence[str], *, native: NativeSmallFiles | None = None
+    client: GatewayClient, state_dir: str, default_roots: Sequence[str], *, native: NativeExtension | None = None
 ) -> BackupRunner:
     """The backup jobs' runner; ``native``: small files read (ADR 0080) and the tree walked (ADR 0085) natively."""
     exclusions = host_exclusions(state_dir)

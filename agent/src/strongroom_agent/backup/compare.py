@@ -137,7 +137,7 @@ class TreeCompare:
         step_entries: int = STEP_ENTRIES,
         run_entries: int = RUN_ENTRIES,
     ) -> None:
-        # Public: the native walk (``native.NativeSmallFiles.tree_compare``) is made from the same arguments.
+        # Public: the native walk (``native.NativeExtension.tree_compare``) is made from the same arguments.
         self.root = root
         self.exclusions = exclusions
         self.cursor = cursor

@@ -21,7 +21,7 @@ from strongroom_agent.throttle import ReadThrottle
 
 if TYPE_CHECKING:
     # Not at run time: the native module reads through ``read``, which imports this one.
-    from strongroom_agent.backup.native import NativeSmallFiles
+    from strongroom_agent.backup.native import NativeExtension
 
 OpenFile = Callable[[str], int]  # a path to a read-only descriptor (``read.open_for_backup``)
 
@@ -48,4 +48,4 @@ class JobContext:
     accepts_base_point: bool
     freed: memory.FreedPages | None = None  # the process's (composition root); None: no trimming
     trace: str | None = None  # a file for the pipeline's timeline (``probe.py``); None: not sampled
-    native: NativeSmallFiles | None = None  # the native small-file reader (ADR 0080); None: the Python path
+    native: NativeExtension | None = None  # the native small-file reader (ADR 0080); None: the Python path

@@ -25,7 +25,7 @@ from strongroom.common.v1 import common_pb2
 from strongroom_agent import memory
 from strongroom_agent.backup.commit import BaseRefused
 from strongroom_agent.backup.context import JobContext, OpenFile
-from strongroom_agent.backup.native import NativeSmallFiles
+from strongroom_agent.backup.native import NativeExtension
 from strongroom_agent.backup.point import PointRun
 from strongroom_agent.backup.probe import TRACE_ENV
 from strongroom_agent.backup.read import open_for_backup
@@ -83,7 +83,7 @@ async def run_backup(
     state_dir: str | None = None,
     retry: RetryPolicy | None = None,
     freed: memory.FreedPages | None = None,
-    native: NativeSmallFiles | None = None,
+    native: NativeExtension | None = None,
 ) -> gateway_pb2.JobFinished:
     """Back up ``points`` one after another and commit each; never raises for job-level failures.
 

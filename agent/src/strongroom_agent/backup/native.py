@@ -171,7 +171,7 @@ class NativeCutter:
         self._cutter.release()
 
 
-class NativeSmallFiles:
+class NativeExtension:
     """The extension: the small-file group read (results decoded) and large-file cutters (thread-safe)."""
 
     def __init__(self, module: ModuleType) -> None:
@@ -362,7 +362,7 @@ def _walk_problem(kind: int, code: int) -> str:
     return os.strerror(code)
 
 
-def load() -> NativeSmallFiles | None:
+def load() -> NativeExtension | None:
     """The extension's group read, or None when it is not built (or built for another result shape)."""
     try:
         module = importlib.import_module(MODULE)
@@ -371,10 +371,10 @@ def load() -> NativeSmallFiles | None:
     if getattr(module, "FORMAT", None) != FORMAT:
         log.warning("%s has result format %r, expected %d: not used", MODULE, getattr(module, "FORMAT", None), FORMAT)
         return None
-    return NativeSmallFiles(module)
+    return NativeExtension(module)
 
 
-def from_env(environ: Mapping[str, str]) -> NativeSmallFiles | None:
+def from_env(environ: Mapping[str, str]) -> NativeExtension | None:
     """The composition root's choice: the native path unless ``STRONGROOM_AGENT_NATIVE=0`` or not built."""
     if environ.get(NATIVE_ENV, "1") == "0":
         log.info("files on the Python read path (%s=0)", NATIVE_ENV)

@@ -400,7 +400,7 @@ class Reader:
         is read once more, and left out if it changes again. A file that grew
         past the whole-file limit since the scan is marked ``too_big`` and read
         on its own afterwards. With the native extension (``ctx.native``), the
-        files of at most one chunk are read by it (``NativeSmallFiles.read_group``).
+        files of at most one chunk are read by it (``NativeExtension.read_group``).
         """
         if self._ctx.native is not None:
             return self._ctx.native.read_group(self._ctx, items, self._read_small_file)
