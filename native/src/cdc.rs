@@ -318,24 +318,12 @@ struct StepOut {
     errno: i32,
 }
 
-/// zstd at `level` with the worker thread's context (`crate::COMPRESSOR`, shared with the small
+/// zstd at `level` (`crate::smaller_frame`, the worker thread's context shared with the small
 /// files' read), or the content itself when that is not smaller (`chunking.compress`).
 fn compress_slice(level: i32, content: &[u8]) -> Result<(bool, Vec<u8>), i32> {
-    crate::COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().map(|(made_for, _)| *made_for) != Some(level) {
-            *slot = Some((
-                level,
-                zstd::bulk::Compressor::new(level).map_err(|_| libc::ENOMEM)?,
-            ));
-        }
-        let (_, compressor) = slot.as_mut().ok_or(libc::ENOMEM)?;
-        let frame = compressor.compress(content).map_err(|_| libc::ENOMEM)?;
-        if frame.len() < content.len() {
-            Ok((true, frame))
-        } else {
-            Ok((false, content.to_vec()))
-        }
+    Ok(match crate::smaller_frame(level, content)? {
+        Some(frame) => (true, frame),
+        None => (false, content.to_vec()),
     })
 }
 

@@ -198,8 +198,9 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
 }
 
-/// `chunking.compress`: zstd at `level`, or the content itself when that is not smaller.
-fn compress(level: i32, content: Vec<u8>) -> Result<(bool, Vec<u8>), i32> {
+/// zstd at `level` with the worker thread's context (`COMPRESSOR`), or None when the frame is not
+/// smaller than `content` (`chunking.compress` then keeps the content itself).
+pub(crate) fn smaller_frame(level: i32, content: &[u8]) -> Result<Option<Vec<u8>>, i32> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().map(|(made_for, _)| *made_for) != Some(level) {
@@ -209,12 +210,16 @@ fn compress(level: i32, content: Vec<u8>) -> Result<(bool, Vec<u8>), i32> {
             ));
         }
         let (_, compressor) = slot.as_mut().ok_or(libc::ENOMEM)?;
-        let frame = compressor.compress(&content).map_err(|_| libc::ENOMEM)?;
-        if frame.len() < content.len() {
-            Ok((true, frame))
-        } else {
-            Ok((false, content))
-        }
+        let frame = compressor.compress(content).map_err(|_| libc::ENOMEM)?;
+        Ok((frame.len() < content.len()).then_some(frame))
+    })
+}
+
+/// `chunking.compress`: zstd at `level`, or the content itself when that is not smaller.
+fn compress(level: i32, content: Vec<u8>) -> Result<(bool, Vec<u8>), i32> {
+    Ok(match smaller_frame(level, &content)? {
+        Some(frame) => (true, frame),
+        None => (false, content),
     })
 }
 
